@@ -1,0 +1,35 @@
+# One command to try gitmesh, one to test it. Both set themselves up from nothing.
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+## demo: validate and plan examples/repo at HEAD, apply it to the embedded store, show status
+demo: $(STAMP)
+	$(BIN)/gitmesh validate --repo . --ref HEAD --path examples/repo
+	$(BIN)/gitmesh plan --repo . --ref HEAD --path examples/repo
+	$(BIN)/gitmesh apply --repo . --ref HEAD --path examples/repo
+	$(BIN)/gitmesh status
+
+## test: lint, then every test (unit and integration)
+test: $(STAMP)
+	$(BIN)/ruff check gitmesh tests bench
+	$(BIN)/ruff format --check gitmesh tests bench
+	$(BIN)/python -m pytest -q
+
+## test-fast: unit tests only, for the edit-test loop
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration"
+
+bench: $(STAMP)
+	$(BIN)/python bench/plan_bench.py
+
+clean:
+	rm -rf $(VENV) .gitmesh .pytest_cache

@@ -1,0 +1,3 @@
+from gitmesh.cli import main
+
+main()

@@ -1,0 +1,235 @@
+"""The ``gitmesh`` command. Commands parse options, call one pipeline function, and print.
+
+Exit codes: 0 success; 1 an error (invalid revision, refused apply, ...);
+2 a usage error, or, with ``plan --detailed-exitcode``, a plan with changes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from gitmesh import pipeline
+from gitmesh.cluster.local import DEFAULT_PATH, LocalBackend
+from gitmesh.errors import GitmeshError
+from gitmesh.plan import encode, render
+from gitmesh.plan.diagnostics import CODES
+from gitmesh.plan.model import Action
+from gitmesh.plan.validate import Validated
+from gitmesh.sync.git import Revision, open_repo, read_directory, read_revision
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _source_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Where the manifests come from: a directory argument, or --repo/--ref/--path."""
+    f = click.argument("directory", required=False, type=click.Path(file_okay=False))(f)
+    f = click.option("--repo", help="Git repository: a local path or a URL.")(f)
+    f = click.option("--ref", default="HEAD", show_default=True, help="Branch, tag or commit to read.")(f)
+    f = click.option("--path", "subdir", default="", help="Directory of the manifests inside the repository.")(f)
+    return f
+
+
+def _store_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--store", type=click.Path(dir_okay=False), default=str(DEFAULT_PATH), show_default=True,
+                        help="The embedded store (used when no cluster is given).")(f)
+
+
+def _source_name_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--source", "source_name", default="default", show_default=True,
+                        help="Name of this source: it owns what it applies, and prunes only that.")(f)
+
+
+def _reports_errors(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The one place a GitmeshError becomes a message and exit code 1."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except GitmeshError as e:
+            err.print(Text("error: ", style="bold red") + Text(str(e)))
+            sys.exit(1)
+
+    return wrapper
+
+
+def _revision(directory: str | None, repo: str | None, ref: str, subdir: str) -> Revision:
+    if directory and repo:
+        raise click.UsageError("give a DIRECTORY or --repo, not both")
+    if repo:
+        return read_revision(open_repo(repo), ref, subdir)
+    return read_directory(directory or ".")
+
+
+def _report(validated: Validated, revision: Revision, output: str) -> None:
+    diagnostics = validated.diagnostics
+    if output == "json":
+        click.echo(render.diagnostics_json(diagnostics))
+    elif output == "github":
+        if diagnostics:
+            click.echo(render.diagnostics_github(diagnostics))
+    elif diagnostics:
+        render.diagnostics_text(err, diagnostics, {f.path: f.data for f in revision.files})
+
+
+@click.group(context_settings={"auto_envvar_prefix": "GITMESH", "help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gitmesh")
+def cli() -> None:
+    """GitOps for an SMI service mesh: validate, plan and apply mesh manifests from Git."""
+
+
+@cli.command()
+@_source_options
+@click.option("--output", type=click.Choice(["human", "json", "github"]), default="human", show_default=True)
+@_reports_errors
+def validate(directory: str | None, repo: str | None, ref: str, subdir: str, output: str) -> None:
+    """Check manifests: schemas and cross-object meaning. Exit 1 on any error."""
+    revision = _revision(directory, repo, ref, subdir)
+    validated = pipeline.check(revision)
+    _report(validated, revision, output)
+    if output == "human":
+        err.print(f"{len(validated.desired)} objects valid in {len(revision.files)} files ({revision.short})")
+    sys.exit(0 if validated.ok else 1)
+
+
+@cli.command()
+@_source_options
+@_store_option
+@_source_name_option
+@click.option("--base", help="Plan against another Git ref instead of the backend (needs --repo).")
+@click.option("--head", help="With --base: the ref to plan (default: --ref).")
+@click.option("--output", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False), help="Save the plan for gitmesh apply.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
+@click.option("--show-unchanged", is_flag=True, help="List unchanged objects too.")
+@_reports_errors
+def plan(directory: str | None, repo: str | None, ref: str, subdir: str, store: str, source_name: str,
+         base: str | None, head: str | None, output: str, out_file: str | None, detailed_exitcode: bool,
+         show_unchanged: bool) -> None:
+    """Show what applying the manifests would change, and what it does to traffic."""
+    if base:
+        if not repo:
+            raise click.UsageError("--base needs --repo")
+        git_repo = open_repo(repo)
+        base_rev = read_revision(git_repo, base, subdir)
+        revision = read_revision(git_repo, head or ref, subdir)
+        backend = LocalBackend(":memory:")
+        base_checked = pipeline.check(base_rev)
+        if not base_checked.ok:
+            err.print(f"[yellow]note:[/] base {base} has errors; planning against an empty mesh")
+        else:
+            pipeline.apply(pipeline.plan(base_rev, base_checked, backend, source_name), backend)
+    else:
+        revision = _revision(directory, repo, ref, subdir)
+        backend = LocalBackend(store)
+    validated = pipeline.check(revision)
+    if not validated.ok:
+        _report(validated, revision, "human")
+        sys.exit(1)
+    result = pipeline.plan(revision, validated, backend, source_name)
+    if out_file:
+        Path(out_file).write_text(encode.dumps(result))
+    if output == "json":
+        click.echo(encode.dumps(result), nl=False)
+    elif output == "markdown":
+        click.echo(render.plan_markdown(result), nl=False)
+    else:
+        if validated.diagnostics:
+            _report(validated, revision, "human")
+        render.plan_text(out, result, show_unchanged=show_unchanged)
+        if out_file:
+            out.print(f"Saved the plan to {out_file}. Apply exactly it with: gitmesh apply {out_file}")
+    sys.exit(2 if detailed_exitcode and result.has_changes else 0)
+
+
+@cli.command()
+@click.argument("target", required=False)
+@click.option("--repo", help="Git repository: a local path or a URL.")
+@click.option("--ref", default="HEAD", show_default=True, help="Branch, tag or commit to read.")
+@click.option("--path", "subdir", default="", help="Directory of the manifests inside the repository.")
+@_store_option
+@_source_name_option
+@click.option("--allow-empty", is_flag=True, help="Allow a revision that deletes every object gitmesh owns.")
+@_reports_errors
+def apply(target: str | None, repo: str | None, ref: str, subdir: str, store: str, source_name: str,
+          allow_empty: bool) -> None:
+    """Apply a saved plan (TARGET is a plan file), or plan and apply a directory or --repo revision."""
+    backend = LocalBackend(store)
+    if target and Path(target).is_file():
+        result = encode.loads(Path(target).read_text())
+    else:
+        revision = _revision(target, repo, ref, subdir)
+        validated = pipeline.check(revision)
+        if not validated.ok:
+            _report(validated, revision, "human")
+            backend.record_error(source_name, f"revision {revision.short} is invalid: "
+                                 f"{len(validated.errors)} error(s)")
+            sys.exit(1)
+        result = pipeline.plan(revision, validated, backend, source_name)
+        render.plan_text(out, result)
+    err.print(f"Applying {sum(c.manifest is not None for c in result.changes)} objects "
+              f"and {result.counts[Action.DELETE]} deletes to {backend.describe()}...")
+    try:
+        pipeline.apply(result, backend, allow_empty=allow_empty)
+    except GitmeshError as e:
+        backend.record_error(result.source, str(e))
+        raise
+    out.print(f"[bold green]Applied.[/] {result.summary()}")
+
+
+@cli.command()
+@_store_option
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_reports_errors
+def status(store: str, output: str) -> None:
+    """Each source's applied revision, object counts and last error."""
+    statuses = LocalBackend(store).status()
+    if output == "json":
+        rows = [
+            {"source": s.source, "revision": s.revision, "ref": s.ref,
+             "applied_at": s.applied_at.isoformat() if s.applied_at else None, "objects": dict(s.objects),
+             "last_error": s.last_error or None,
+             "last_error_at": s.last_error_at.isoformat() if s.last_error_at else None}
+            for s in statuses
+        ]
+        click.echo(json.dumps({"backend": f"local:{store}", "sources": rows}, indent=2))
+        return
+    if not statuses:
+        out.print(f"Nothing applied yet to local:{store}.")
+        return
+    for s in statuses:
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(s.objects.items()))
+        applied = s.applied_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.applied_at else "never"
+        out.print(Text(f"source {s.source}", style="bold"))
+        out.print(f"  revision    {s.revision or '-'} ({s.ref or '-'})", soft_wrap=True)
+        out.print(f"  applied     {applied}")
+        out.print(f"  objects     {sum(s.objects.values())}" + (f": {counts}" if counts else ""), soft_wrap=True)
+        if s.last_error:
+            when = s.last_error_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.last_error_at else ""
+            out.print(Text("  last error  ", style="bold red") + Text(f"{s.last_error} ({when})"), soft_wrap=True)
+        else:
+            out.print("  last error  none")
+
+
+@cli.command()
+@click.argument("code")
+def explain(code: str) -> None:
+    """Explain a diagnostic code, e.g. gitmesh explain GM104."""
+    entry = CODES.get(code.upper())
+    if entry is None:
+        raise click.BadParameter(f"unknown code; known: {', '.join(CODES)}", param_hint="CODE")
+    out.print(f"[bold]{entry.code}[/] ({entry.severity.value}): {entry.title}\n\n{entry.explanation}")
+
+
+def main() -> None:
+    cli()

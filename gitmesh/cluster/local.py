@@ -1,0 +1,156 @@
+"""The embedded store: gitmesh's default backend when there is no cluster.
+
+One SQLite file (standard library). An apply is one transaction, so a crash
+or a kill mid-apply leaves the store exactly before or exactly after it.
+Every write bumps a store-wide counter that becomes the object's
+resourceVersion, as in Kubernetes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gitmesh.cluster.backend import Live, SourceStatus, is_owned, owned
+from gitmesh.errors import ClusterError
+from gitmesh.objects import ObjectRef
+
+DEFAULT_PATH = Path(".gitmesh") / "store.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    grp TEXT NOT NULL, kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    body TEXT NOT NULL, resource_version INTEGER NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (grp, kind, namespace, name)
+);
+CREATE TABLE IF NOT EXISTS inventory (
+    source TEXT NOT NULL, grp TEXT NOT NULL, kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (source, grp, kind, namespace, name)
+);
+CREATE TABLE IF NOT EXISTS sources (
+    source TEXT PRIMARY KEY, revision TEXT, ref TEXT NOT NULL DEFAULT '', applied_at TEXT,
+    last_error TEXT NOT NULL DEFAULT '', last_error_at TEXT
+);
+CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counter VALUES (0, 0);
+"""
+
+
+class LocalBackend:
+    def __init__(self, path: Path | str = DEFAULT_PATH) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise ClusterError(f"cannot open the embedded store at {self.path}: {e}") from e
+
+    def close(self) -> None:
+        self._db.close()
+
+    def describe(self) -> str:
+        return f"local:{self.path}"
+
+    def list_managed(self) -> dict[ObjectRef, Live]:
+        out = {}
+        for grp, kind, ns, name, body, rv, created in self._db.execute(
+            "SELECT grp, kind, namespace, name, body, resource_version, created_at FROM objects"
+        ):
+            obj = json.loads(body)
+            if not is_owned(obj):
+                continue
+            obj["metadata"].update(resourceVersion=str(rv), creationTimestamp=created)
+            out[ObjectRef(grp, kind, ns, name)] = Live(obj, str(rv))
+        return out
+
+    def inventory(self, source: str) -> frozenset[ObjectRef]:
+        rows = self._db.execute("SELECT grp, kind, namespace, name FROM inventory WHERE source = ?", (source,))
+        return frozenset(ObjectRef(*row) for row in rows)
+
+    def dry_run(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        return owned(obj)
+
+    def apply(
+        self,
+        source: str,
+        revision: str | None,
+        ref: str,
+        objects: Sequence[Mapping[str, Any]],
+        deletes: Sequence[ObjectRef],
+        inventory: frozenset[ObjectRef],
+    ) -> None:
+        now = _now()
+        with self._transaction() as db:
+            (counter,) = db.execute("SELECT value FROM counter").fetchone()
+            for obj in objects:
+                counter += 1
+                r = ObjectRef.of(obj)
+                body = json.dumps(owned(obj), separators=(",", ":"), sort_keys=True)
+                db.execute(
+                    "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                    "body = excluded.body, resource_version = excluded.resource_version",
+                    (r.group, r.kind, r.namespace, r.name, body, counter, now),
+                )
+            for r in deletes:
+                db.execute("DELETE FROM objects WHERE grp = ? AND kind = ? AND namespace = ? AND name = ?",
+                           (r.group, r.kind, r.namespace, r.name))
+            db.execute("UPDATE counter SET value = ?", (counter,))
+            db.execute("DELETE FROM inventory WHERE source = ?", (source,))
+            db.executemany("INSERT INTO inventory VALUES (?, ?, ?, ?, ?)",
+                           [(source, r.group, r.kind, r.namespace, r.name) for r in inventory])
+            db.execute(
+                "INSERT INTO sources (source, revision, ref, applied_at, last_error, last_error_at) "
+                "VALUES (?, ?, ?, ?, '', NULL) ON CONFLICT DO UPDATE SET revision = excluded.revision, "
+                "ref = excluded.ref, applied_at = excluded.applied_at, last_error = '', last_error_at = NULL",
+                (source, revision, ref, now),
+            )
+
+    def record_error(self, source: str, message: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO sources (source, last_error, last_error_at) VALUES (?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET last_error = excluded.last_error, last_error_at = excluded.last_error_at",
+                (source, message, _now()),
+            )
+
+    def status(self) -> list[SourceStatus]:
+        counts: dict[str, Counter[str]] = {}
+        for source, kind, n in self._db.execute("SELECT source, kind, count(*) FROM inventory GROUP BY 1, 2"):
+            counts.setdefault(source, Counter())[kind] = n
+        return [
+            SourceStatus(source, revision, ref, _time(applied), dict(counts.get(source, {})), error, _time(error_at))
+            for source, revision, ref, applied, error, error_at in self._db.execute(
+                "SELECT source, revision, ref, applied_at, last_error, last_error_at FROM sources ORDER BY source"
+            )
+        ]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise ClusterError(f"embedded store {self.path}: {e}") from e
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if value else None

@@ -1,0 +1,33 @@
+"""The error tree. Every failure gitmesh reports to a person is a ``GitmeshError``.
+
+    GitmeshError
+    ├── SourceError      the repo, ref or path cannot be read
+    ├── PlanError        a plan cannot be made, saved or loaded
+    │   └── StalePlan    the live state changed since the plan was made
+    └── ClusterError     the cluster backend refused or failed
+
+Invalid manifests are not errors: validation returns diagnostics. Caller
+mistakes (a wrong type passed in code) raise TypeError / ValueError instead.
+"""
+
+from __future__ import annotations
+
+
+class GitmeshError(Exception):
+    """Something gitmesh cannot do; the message says what and why."""
+
+
+class SourceError(GitmeshError):
+    pass
+
+
+class PlanError(GitmeshError):
+    pass
+
+
+class StalePlan(PlanError):
+    pass
+
+
+class ClusterError(GitmeshError):
+    pass

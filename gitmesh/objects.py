@@ -1,0 +1,100 @@
+"""Object identity and source locations: the leaf every other module builds on.
+
+An object's identity is its API group, kind, namespace and name. The version is
+not part of it: a TrafficSplit written as v1alpha2 in Git and stored as
+v1alpha4 in a cluster is one object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "gitmesh"
+
+CLUSTER_SCOPED_KINDS = frozenset({"Namespace", "CustomResourceDefinition"})
+
+# Creation order: what an object refers to exists before it. Deletes run in reverse.
+APPLY_ORDER = (
+    "CustomResourceDefinition",
+    "Namespace",
+    "ServiceAccount",
+    "Service",
+    "EndpointSlice",
+    "HTTPRouteGroup",
+    "TCPRoute",
+    "UDPRoute",
+    "TrafficTarget",
+    "TrafficSplit",
+)
+_RANK = {kind: i for i, kind in enumerate(APPLY_ORDER)}
+
+
+@dataclass(frozen=True, order=True)
+class ObjectRef:
+    """Who an object is: group ("" for the core group), kind, namespace ("" if cluster-scoped), name."""
+
+    group: str
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        if self.namespace:
+            return f"{self.kind}/{self.namespace}/{self.name}"
+        return f"{self.kind}/{self.name}"
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> ObjectRef:
+        """The identity of a well-formed object (apiVersion, kind and metadata.name present)."""
+        api_version = str(obj.get("apiVersion", ""))
+        group = api_version.rpartition("/")[0]
+        meta = obj.get("metadata") or {}
+        return cls(group, str(obj.get("kind", "")), str(meta.get("namespace") or ""), str(meta.get("name", "")))
+
+
+def apply_rank(ref: ObjectRef) -> tuple[int, ObjectRef]:
+    """Sort key putting an object after everything it may refer to."""
+    return (_RANK.get(ref.kind, len(APPLY_ORDER)), ref)
+
+
+@dataclass(frozen=True, order=True)
+class Location:
+    """A place in the source: repo-relative file path, 1-based line and column."""
+
+    file: str
+    line: int = 1
+    column: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One object as written in the source, with where it was written.
+
+    ``positions`` maps a field path (("spec", "backends", 0, "weight")) to where
+    that field's value starts, so every diagnostic can point at the exact line.
+    """
+
+    obj: dict[str, Any]
+    source: Location
+    positions: Mapping[Path, Location] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef.of(self.obj)
+
+    def locate(self, path: Path) -> Location:
+        """The closest known location of ``path``: the field itself, else its nearest parent."""
+        for end in range(len(path), 0, -1):
+            loc = self.positions.get(tuple(path[:end]))
+            if loc is not None:
+                return loc
+        return self.source

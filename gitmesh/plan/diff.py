@@ -1,0 +1,99 @@
+"""Desired vs live -> Plan. Pure: the backend's dry-run results and live objects come in as data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from gitmesh.objects import Manifest, ObjectRef, apply_rank
+from gitmesh.plan import impact
+from gitmesh.plan.diagnostics import Diagnostic, field_path
+from gitmesh.plan.model import Action, Change, FieldDiff, Plan
+
+# Fields the server sets or owns: never part of what Git says, never a change.
+SERVER_METADATA = ("managedFields", "resourceVersion", "uid", "generation", "creationTimestamp", "selfLink")
+SERVER_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def clean(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy without server-set fields and status, for comparison."""
+    out = {k: v for k, v in obj.items() if k != "status"}
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in SERVER_METADATA}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in SERVER_ANNOTATIONS}
+    if annotations:
+        meta["annotations"] = annotations
+    else:
+        meta.pop("annotations", None)
+    out["metadata"] = meta
+    return out
+
+
+def make_plan(
+    *,
+    desired: Sequence[Manifest],
+    predicted: Mapping[ObjectRef, Mapping[str, Any]],
+    live: Mapping[ObjectRef, Mapping[str, Any]],
+    inventory: Iterable[ObjectRef],
+    source: str,
+    revision: str | None,
+    git_ref: str,
+    backend: str,
+    fingerprint: str,
+    diagnostics: Sequence[Diagnostic] = (),
+) -> Plan:
+    """Compare each desired object, as the backend predicts it once applied, with the live one.
+
+    ``predicted`` maps each desired ref to the backend's dry-run result;
+    ``inventory`` is what this source applied before: only those are deleted.
+    """
+    changes: list[Change] = []
+    wanted = set()
+    for m in sorted(desired, key=lambda m: apply_rank(m.ref)):
+        ref = m.ref
+        wanted.add(ref)
+        after = clean(predicted[ref])
+        current = live.get(ref)
+        if current is None:
+            changes.append(Change(ref, Action.CREATE, diff_fields(None, after), None, after, m.obj, m.source))
+            continue
+        before = clean(current)
+        fields = diff_fields(before, after)
+        if fields:
+            changes.append(Change(ref, Action.UPDATE, fields, before, after, m.obj, m.source))
+        else:
+            changes.append(Change(ref, Action.NOOP, source=m.source))
+    stale = sorted((r for r in set(inventory) - wanted if r in live), key=apply_rank, reverse=True)
+    for ref in stale:
+        before = clean(live[ref])
+        changes.append(Change(ref, Action.DELETE, diff_fields(before, None), before, None,
+                              reason="no longer in the revision"))
+    return Plan(source, revision, git_ref, backend, tuple(changes), impact.compute(changes, live),
+                fingerprint, tuple(diagnostics))
+
+
+_MISSING = object()
+
+
+def diff_fields(before: Any, after: Any) -> tuple[FieldDiff, ...]:
+    """Leaf-level differences between two JSON-like values, in document order."""
+    out: list[FieldDiff] = []
+    _diff((), _MISSING if before is None else before, _MISSING if after is None else after, out)
+    return tuple(out)
+
+
+def _diff(path: tuple[str | int, ...], a: Any, b: Any, out: list[FieldDiff]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in [*a, *(k for k in b if k not in a)]:
+            _diff((*path, key), a.get(key, _MISSING), b.get(key, _MISSING), out)
+    elif isinstance(a, list) and isinstance(b, list):
+        for i in range(max(len(a), len(b))):
+            _diff((*path, i), a[i] if i < len(a) else _MISSING, b[i] if i < len(b) else _MISSING, out)
+    elif a is _MISSING and isinstance(b, dict | list) and b:
+        for key, value in (b.items() if isinstance(b, dict) else enumerate(b)):
+            _diff((*path, key), _MISSING, value, out)
+    elif b is _MISSING and isinstance(a, dict | list) and a:
+        for key, value in (a.items() if isinstance(a, dict) else enumerate(a)):
+            _diff((*path, key), value, _MISSING, out)
+    elif a != b or type(a) is not type(b):
+        out.append(FieldDiff(field_path(path), None if a is _MISSING else a, None if b is _MISSING else b,
+                             a is not _MISSING, b is not _MISSING))

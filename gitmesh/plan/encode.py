@@ -1,0 +1,160 @@
+"""The plan's JSON form: what ``gitmesh plan -o FILE`` writes and ``gitmesh apply FILE`` reads.
+
+The format is versioned (``format_version``) and described field by field in
+``plan.schema.json`` beside this module; a test checks every encoded plan
+against it. Fields are only ever added within a format version.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+from gitmesh.errors import PlanError
+from gitmesh.objects import Location, ObjectRef
+from gitmesh.plan.diagnostics import Diagnostic
+from gitmesh.plan.model import (
+    AccessChange,
+    Action,
+    BackendShare,
+    Change,
+    FieldDiff,
+    Impact,
+    Plan,
+    SplitShift,
+)
+
+FORMAT_VERSION = 1
+
+
+def json_schema() -> dict[str, Any]:
+    return json.loads(resources.files("gitmesh.plan").joinpath("plan.schema.json").read_text())
+
+
+def encode(plan: Plan) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "source": plan.source,
+        "revision": plan.revision,
+        "ref": plan.ref,
+        "backend": plan.backend,
+        "live_fingerprint": plan.live_fingerprint,
+        "summary": {a.value: plan.counts[a] for a in Action},
+        "impact": {
+            "splits": [
+                {
+                    "split": _ref(s.split),
+                    "service": s.service,
+                    "backends": [{"service": b.service, "before": b.before, "after": b.after} for b in s.backends],
+                }
+                for s in plan.impact.splits
+            ],
+            "access": [
+                {"source": a.source, "destination": a.destination, "route": a.route,
+                 "change": "gained" if a.gained else "lost"}
+                for a in plan.impact.access
+            ],
+        },
+        "changes": [_change(c) for c in plan.changes],
+        "diagnostics": [
+            {"code": d.code, "severity": d.severity.value, "message": d.message, "path": d.path,
+             "location": _location(d.location), "object": _ref(d.ref) if d.ref else None}
+            for d in plan.diagnostics
+        ],
+    }
+
+
+def dumps(plan: Plan) -> str:
+    return json.dumps(encode(plan), indent=2, sort_keys=False) + "\n"
+
+
+def loads(text: str) -> Plan:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PlanError(f"not a plan file: {e}") from e
+    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+        raise PlanError(f"not a gitmesh plan of format version {FORMAT_VERSION}")
+    try:
+        return decode(data)
+    except (KeyError, TypeError, ValueError) as e:
+        raise PlanError(f"malformed plan file: {e!r}") from e
+
+
+def decode(data: dict[str, Any]) -> Plan:
+    impact = data["impact"]
+    return Plan(
+        source=data["source"],
+        revision=data["revision"],
+        ref=data["ref"],
+        backend=data["backend"],
+        live_fingerprint=data["live_fingerprint"],
+        changes=tuple(_decode_change(c) for c in data["changes"]),
+        impact=Impact(
+            splits=tuple(
+                SplitShift(_decode_ref(s["split"]), s["service"],
+                           tuple(BackendShare(b["service"], b["before"], b["after"]) for b in s["backends"]))
+                for s in impact["splits"]
+            ),
+            access=tuple(
+                AccessChange(a["source"], a["destination"], a["route"], a["change"] == "gained")
+                for a in impact["access"]
+            ),
+        ),
+        diagnostics=tuple(
+            Diagnostic(_decode_location(d["location"]), d["code"], d["message"], d["path"],
+                       _decode_ref(d["object"]) if d["object"] else None)
+            for d in data["diagnostics"]
+        ),
+    )
+
+
+def _change(c: Change) -> dict[str, Any]:
+    out: dict[str, Any] = {"object": _ref(c.ref), "action": c.action.value}
+    if c.source:
+        out["source"] = _location(c.source)
+    if c.reason:
+        out["reason"] = c.reason
+    if c.action is Action.NOOP:
+        return out
+    out["diff"] = [
+        {"path": f.path, "op": f.op}
+        | ({"before": f.before} if f.has_before else {})
+        | ({"after": f.after} if f.has_after else {})
+        for f in c.diff
+    ]
+    out["before"], out["after"], out["manifest"] = c.before, c.after, c.manifest
+    return out
+
+
+def _decode_change(c: dict[str, Any]) -> Change:
+    return Change(
+        ref=_decode_ref(c["object"]),
+        action=Action(c["action"]),
+        diff=tuple(
+            FieldDiff(f["path"], f.get("before"), f.get("after"), "before" in f, "after" in f)
+            for f in c.get("diff", ())
+        ),
+        before=c.get("before"),
+        after=c.get("after"),
+        manifest=c.get("manifest"),
+        source=_decode_location(c["source"]) if "source" in c else None,
+        reason=c.get("reason", ""),
+    )
+
+
+def _ref(r: ObjectRef) -> dict[str, str]:
+    return {"group": r.group, "kind": r.kind, "namespace": r.namespace, "name": r.name}
+
+
+def _decode_ref(d: dict[str, str]) -> ObjectRef:
+    return ObjectRef(d["group"], d["kind"], d["namespace"], d["name"])
+
+
+def _location(loc: Location) -> dict[str, Any]:
+    return {"file": loc.file, "line": loc.line, "column": loc.column}
+
+
+def _decode_location(d: dict[str, Any]) -> Location:
+    return Location(d["file"], d["line"], d["column"])

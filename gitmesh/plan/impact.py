@@ -1,0 +1,91 @@
+"""What a plan does to traffic, from SMI semantics rather than from the text of the change.
+
+Splits: each backend's share of the root service before and after.
+Access: the (caller, destination, route) triples that appear or disappear,
+computed over the whole mesh before and after, so a change to a route group
+shows up on every TrafficTarget that uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from gitmesh import smi
+from gitmesh.objects import ObjectRef
+from gitmesh.plan.model import AccessChange, Action, BackendShare, Change, Impact, SplitShift
+
+_ACCESS_KINDS = frozenset({"TrafficTarget", *smi.ROUTE_KINDS})
+
+
+def compute(changes: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any]]) -> Impact:
+    moved = [c for c in changes if c.action is not Action.NOOP]
+    splits = tuple(s for c in moved if c.ref.kind == "TrafficSplit" and (s := split_shift(c, live)))
+    access: tuple[AccessChange, ...] = ()
+    if any(c.ref.kind in _ACCESS_KINDS for c in moved):
+        before = [o for r, o in live.items() if r.kind in _ACCESS_KINDS]
+        after_by_ref = {r: o for r, o in live.items() if r.kind in _ACCESS_KINDS}
+        for c in moved:
+            if c.ref.kind not in _ACCESS_KINDS:
+                continue
+            if c.after is None:
+                after_by_ref.pop(c.ref, None)
+            else:
+                after_by_ref[c.ref] = c.after
+        old, new = access_triples(before), access_triples(after_by_ref.values())
+        access = tuple(sorted([AccessChange(*t, gained=True) for t in new - old]
+                              + [AccessChange(*t, gained=False) for t in old - new]))
+    return Impact(splits, access)
+
+
+def split_shift(change: Change, live: Mapping[ObjectRef, Mapping[str, Any]]) -> SplitShift | None:
+    before_obj = live.get(change.ref)
+    after_obj = change.after
+    before = _shares(before_obj)
+    after = _shares(after_obj)
+    if before == after:
+        return None
+    root = smi.split_service(dict(after_obj or before_obj or {}))
+    names = [*before, *(s for s in after if s not in before)]
+    return SplitShift(change.ref, root, tuple(BackendShare(n, before.get(n), after.get(n)) for n in names))
+
+
+def _shares(obj: Mapping[str, Any] | None) -> dict[str, float]:
+    if obj is None:
+        return {}
+    return {name: round(float(p), 2) for name, p in smi.shares(smi.split_backends(dict(obj))).items()}
+
+
+def access_triples(objects: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str]]:
+    """Every (source identity, destination identity, route) the TrafficTargets allow."""
+    routes: dict[tuple[str, str, str], dict[str, Any]] = {}
+    targets = []
+    for o in objects:
+        obj = dict(o)
+        if obj["kind"] == "TrafficTarget":
+            targets.append(obj)
+        else:
+            routes[(obj["kind"], smi.namespace(obj), obj["metadata"]["name"])] = obj
+    out = set()
+    for t in targets:
+        dest = str(smi.target_destination(t))
+        names = [
+            name
+            for rule in smi.target_rules(t)
+            if (route := routes.get((rule.kind, smi.namespace(t), rule.name))) is not None
+            for name in _route_names(rule, route)
+        ]
+        out |= {(str(src), dest, name) for src in smi.target_sources(t) for name in names}
+    return out
+
+
+def _route_names(rule: smi.Rule, route: dict[str, Any]) -> list[str]:
+    if rule.kind == "HTTPRouteGroup":
+        return [
+            f"{rule.name}/{m.name} ({m.describe()})"
+            for m in smi.http_matches(route)
+            if rule.matches is None or m.name in rule.matches
+        ]
+    ports = smi.tcp_ports(route)
+    protocol = "tcp" if rule.kind == "TCPRoute" else "udp"
+    return [f"{rule.name} ({protocol} {'ports ' + ','.join(map(str, ports)) if ports else 'any port'})"]

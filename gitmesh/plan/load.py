@@ -1,0 +1,308 @@
+"""Read manifest files into ``Manifest`` objects that remember where each field was written.
+
+Loading never raises on bad input: a file that cannot be read becomes
+diagnostics, and the other files still load. Hostile input is bounded before
+it can cost much: files over ``MAX_FILE_BYTES`` are not parsed, nesting is
+capped at ``MAX_DEPTH`` and alias expansion at ``MAX_VALUES``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from gitmesh.objects import CLUSTER_SCOPED_KINDS, Location, Manifest, Path
+from gitmesh.plan.diagnostics import Diagnostic, field_path
+
+MAX_FILE_BYTES = 2 * 1024 * 1024
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+# libyaml composes nodes recursively in C; past a few thousand levels it would
+# overflow the C stack. Files that might nest that deep are measured on the
+# (flat) event stream first.
+_COMPOSE_SAFE_DEPTH = 2_000
+
+_STR = "tag:yaml.org,2002:str"
+_MERGE = "tag:yaml.org,2002:merge"
+_ctor = yaml.constructor.SafeConstructor()
+_SCALARS = {
+    "tag:yaml.org,2002:null": _ctor.construct_yaml_null,
+    "tag:yaml.org,2002:bool": _ctor.construct_yaml_bool,
+    "tag:yaml.org,2002:int": _ctor.construct_yaml_int,
+    "tag:yaml.org,2002:float": _ctor.construct_yaml_float,
+    # Kubernetes reads YAML as JSON, where a timestamp is just a string.
+    "tag:yaml.org,2002:timestamp": lambda node: node.value,
+}
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file to load: its repo-relative path, its size, and its bytes (empty when over the limit)."""
+
+    path: str
+    size: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Loaded:
+    manifests: tuple[Manifest, ...]
+    diagnostics: tuple[Diagnostic, ...]
+
+
+def is_manifest_path(path: str) -> bool:
+    return path.endswith(MANIFEST_SUFFIXES)
+
+
+def load_files(files: Iterable[SourceFile]) -> Loaded:
+    manifests: list[Manifest] = []
+    diagnostics: list[Diagnostic] = []
+    for f in files:
+        found, problems = load_file(f)
+        manifests.extend(found)
+        diagnostics.extend(problems)
+    return Loaded(tuple(manifests), tuple(diagnostics))
+
+
+def load_file(f: SourceFile) -> tuple[list[Manifest], list[Diagnostic]]:
+    """All objects in one file, with namespaces inferred, or the diagnostics that stopped it."""
+    here = Location(f.path)
+    if f.size > MAX_FILE_BYTES:
+        return [], [Diagnostic(here, "GM003", f"file is {f.size:,} bytes; the limit is {MAX_FILE_BYTES:,}")]
+    if b"\0" in f.data:
+        return [], [Diagnostic(here, "GM002", "file contains NUL bytes: it looks binary")]
+    try:
+        text = f.data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = f.data.count(b"\n", 0, e.start) + 1
+        return [], [Diagnostic(Location(f.path, line), "GM002", f"not UTF-8: byte 0x{f.data[e.start]:02x}")]
+
+    too_deep = _scan_depth(text, f.path) if _might_nest_deeply(f.data) else None
+    if too_deep is not None:
+        return [], [too_deep]
+
+    manifests: list[Manifest] = []
+    diagnostics: list[Diagnostic] = []
+    loader = yaml.CSafeLoader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:  # an empty document
+                continue
+            builder = _Builder(f.path)
+            value = builder.build(node)
+            diagnostics.extend(builder.problems)
+            if builder.problems:
+                continue
+            manifests.extend(_objects(value, builder.positions, _loc(f.path, node), diagnostics))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        loc = _loc(f.path, mark) if mark else here
+        at_tab = mark is not None and text[mark.index : mark.index + 1] == "\t"
+        diagnostics.append(Diagnostic(loc, "GM001", _yaml_message(e, at_tab)))
+    except yaml.YAMLError as e:
+        diagnostics.append(Diagnostic(here, "GM001", str(e)))
+    finally:
+        loader.dispose()
+    return _infer_namespaces(manifests), diagnostics
+
+
+def _objects(
+    value: Any, positions: dict[Path, Location], start: Location, diagnostics: list[Diagnostic]
+) -> list[Manifest]:
+    """The objects of one document: the document itself, or the items of a List."""
+    if not isinstance(value, dict):
+        diagnostics.append(Diagnostic(start, "GM008", f"expected an object, found {_json_type(value)}"))
+        return []
+    if value.get("kind") == "List" and isinstance(value.get("items"), list):
+        out = []
+        for i, item in enumerate(value["items"]):
+            prefix = ("items", i)
+            here = positions.get(prefix, start)
+            if not isinstance(item, dict):
+                diagnostics.append(Diagnostic(here, "GM008", f"List item is {_json_type(item)}, not an object"))
+                continue
+            sub = {p[2:]: loc for p, loc in positions.items() if p[:2] == prefix}
+            out.append(Manifest(item, here, sub))
+        return out
+    return [Manifest(value, start, positions)]
+
+
+def _infer_namespaces(manifests: list[Manifest]) -> list[Manifest]:
+    """Objects without a namespace take the one Namespace object defined in the same file."""
+    names = [m.obj.get("metadata", {}).get("name") for m in manifests if m.obj.get("kind") == "Namespace"]
+    if len(names) != 1 or not isinstance(names[0], str):
+        return manifests
+    for m in manifests:
+        meta = m.obj.get("metadata")
+        if isinstance(meta, dict) and not meta.get("namespace") and m.obj.get("kind") not in CLUSTER_SCOPED_KINDS:
+            meta["namespace"] = names[0]
+    return manifests
+
+
+class _Builder:
+    """Turns one composed YAML node tree into JSON-like values without recursion.
+
+    Aliased nodes are built once and shared, but counted at their expanded size,
+    so an alias bomb is refused before anything downstream walks it.
+    """
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.positions: dict[Path, Location] = {}
+        self.problems: list[Diagnostic] = []
+        self._built: dict[int, Any] = {}
+        self._sizes: dict[int, int] = {}
+        self._count = 0
+
+    def build(self, root: yaml.Node) -> Any:
+        holder: list[Any] = [None]
+        stack: list[tuple[yaml.Node, Path, Any, Any]] = [(root, (), holder, 0)]
+        while stack and not self.problems:
+            node, path, parent, slot = stack.pop()
+            if len(path) > MAX_DEPTH:
+                self._fail(node, path, "GM004", f"nesting deeper than {MAX_DEPTH} levels")
+                break
+            if id(node) in self._built:  # an alias: share the value, count its full size
+                self._count += self._size(node)
+                parent[slot] = self._built[id(node)]
+            else:
+                self._count += 1
+                parent[slot] = self._value(node, path, stack)
+                if isinstance(node, yaml.CollectionNode):
+                    self._built[id(node)] = parent[slot]
+            if self._count > MAX_VALUES:
+                self._fail(node, path, "GM005", f"document expands to more than {MAX_VALUES:,} values")
+        return holder[0]
+
+    def _value(self, node: yaml.Node, path: Path, stack: list[tuple[yaml.Node, Path, Any, Any]]) -> Any:
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            items: list[Any] = [None] * len(node.value)
+            for i, child in reversed(list(enumerate(node.value))):
+                self.positions[(*path, i)] = _loc(self.file, child)
+                stack.append((child, (*path, i), items, i))
+            return items
+        mapping: dict[str, Any] = {}
+        for key_node, child in reversed(self._pairs(node, path)):
+            key = key_node.value
+            self.positions[(*path, key)] = _loc(self.file, key_node)
+            stack.append((child, (*path, key), mapping, key))
+        return mapping
+
+    def _pairs(
+        self, node: yaml.MappingNode, path: Path, seen: frozenset[int] = frozenset()
+    ) -> list[tuple[yaml.Node, yaml.Node]]:
+        """Key/value node pairs with merge keys (<<) resolved; explicit keys win over merged ones."""
+        seen = seen | {id(node)}
+        explicit: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        merged: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for src in sources:
+                    if not isinstance(src, yaml.MappingNode) or id(src) in seen:
+                        self._fail(src, path, "GM006", "a merge key (<<) must refer to another mapping")
+                        return []
+                    for k, v in self._pairs(src, path, seen):
+                        merged.setdefault(k.value, (k, v))
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self._fail(key_node, path, "GM006", "mapping keys must be strings")
+                return []
+            if key_node.value in explicit:
+                self._fail(key_node, (*path, key_node.value), "GM007", f"key {key_node.value!r} appears twice")
+                return []
+            explicit[key_node.value] = (key_node, value_node)
+        return list({**merged, **explicit}.values())
+
+    def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
+        if node.tag == _STR:
+            return node.value
+        construct = _SCALARS.get(node.tag)
+        if construct is None:
+            self._fail(node, path, "GM006", f"tag {node.tag} has no JSON form")
+            return None
+        value = construct(node)
+        if isinstance(value, float) and not math.isfinite(value):
+            self._fail(node, path, "GM006", f"{node.value} is not a finite number")
+        return value
+
+    def _size(self, node: yaml.Node) -> int:
+        """Expanded number of values under ``node``, memoised so shared subtrees cost once."""
+        todo = [node]
+        open_: set[int] = set()
+        while todo:
+            n = todo[-1]
+            if id(n) in self._sizes:
+                todo.pop()
+                continue
+            children = _children(n)
+            missing = [c for c in children if id(c) not in self._sizes]
+            if any(id(c) in open_ for c in missing):  # an alias inside its own anchor
+                return MAX_VALUES + 1
+            if missing:
+                open_.add(id(n))
+                todo.extend(missing)
+                continue
+            todo.pop()
+            self._sizes[id(n)] = 1 + sum(self._sizes[id(c)] for c in children)
+        return self._sizes[id(node)]
+
+    def _fail(self, node: yaml.Node, path: Path, code: str, message: str) -> None:
+        self.problems.append(Diagnostic(_loc(self.file, node), code, message, field_path(path)))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _might_nest_deeply(data: bytes) -> bool:
+    """A cheap upper bound on nesting: each level needs a bracket, a '- ', a '? ' or more indentation."""
+    bound = sum(data.count(t) for t in (b"[", b"{", b"- ", b"-\n", b"? ")) + math.isqrt(2 * len(data)) + 1
+    return bound > _COMPOSE_SAFE_DEPTH
+
+
+def _scan_depth(text: str, file: str) -> Diagnostic | None:
+    """Measure nesting on the flat event stream, before composing nodes recursively."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return Diagnostic(_loc(file, event), "GM004", f"nesting deeper than {MAX_DEPTH} levels")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return None  # the real parse reports the syntax error with its position
+    return None
+
+
+def _loc(file: str, where: Any) -> Location:
+    mark = getattr(where, "start_mark", where)
+    return Location(file, mark.line + 1, mark.column + 1)
+
+
+def _yaml_message(e: yaml.MarkedYAMLError, at_tab: bool) -> str:
+    text = "; ".join(p for p in (e.context, e.problem) if p) or "invalid YAML"
+    return text + " (a tab: YAML indents with spaces only)" if at_tab else text
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {str: "a string", int: "a number", float: "a number", bool: "a boolean", list: "a list"}.get(
+        type(value), type(value).__name__
+    )

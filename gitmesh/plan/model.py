@@ -1,0 +1,127 @@
+"""The plan: a value saying what applying a revision would change, and what that does to traffic.
+
+Pure data. Making a plan lives in ``diff``, rendering in ``render``, the JSON
+form in ``encode``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from gitmesh.objects import Location, ObjectRef
+from gitmesh.plan.diagnostics import Diagnostic
+
+
+class Action(enum.StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    NOOP = "no-op"
+
+
+@dataclass(frozen=True)
+class FieldDiff:
+    """One changed field. ``before`` / ``after`` are absent (``has_*`` false) when the field is added / removed."""
+
+    path: str
+    before: Any = None
+    after: Any = None
+    has_before: bool = True
+    has_after: bool = True
+
+    @property
+    def op(self) -> str:
+        if not self.has_before:
+            return "add"
+        if not self.has_after:
+            return "remove"
+        return "change"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What happens to one object.
+
+    ``before`` is the live object and ``after`` the object as it will be once
+    applied, both without server-set fields; ``manifest`` is what gets sent.
+    No-op changes carry only the ref, to keep large plans small.
+    """
+
+    ref: ObjectRef
+    action: Action
+    diff: tuple[FieldDiff, ...] = ()
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    manifest: dict[str, Any] | None = None
+    source: Location | None = None
+    reason: str = ""  # for people only; never steers apply
+
+
+@dataclass(frozen=True)
+class BackendShare:
+    service: str
+    before: float | None  # percent of the root service's traffic; None: not a backend then
+    after: float | None
+
+
+@dataclass(frozen=True)
+class SplitShift:
+    split: ObjectRef
+    service: str
+    backends: tuple[BackendShare, ...]
+
+
+@dataclass(frozen=True, order=True)
+class AccessChange:
+    """A caller gaining or losing a route to a destination. Identities are ns/serviceaccount."""
+
+    source: str
+    destination: str
+    route: str
+    gained: bool
+
+
+@dataclass(frozen=True)
+class Impact:
+    splits: tuple[SplitShift, ...] = ()
+    access: tuple[AccessChange, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.splits and not self.access
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: str
+    revision: str | None
+    ref: str
+    backend: str
+    changes: tuple[Change, ...]
+    impact: Impact
+    live_fingerprint: str
+    diagnostics: tuple[Diagnostic, ...] = field(default=())
+
+    @property
+    def counts(self) -> Counter[Action]:
+        return Counter(c.action for c in self.changes)
+
+    @property
+    def has_changes(self) -> bool:
+        return any(c.action is not Action.NOOP for c in self.changes)
+
+    @property
+    def deletes_everything(self) -> bool:
+        """True when the plan would leave gitmesh owning nothing while it owns something now."""
+        counts = self.counts
+        return counts[Action.DELETE] > 0 and counts[Action.DELETE] == len(self.changes)
+
+    def summary(self) -> str:
+        c = self.counts
+        if not self.has_changes:
+            return f"No changes. {c[Action.NOOP]} objects up to date."
+        return (f"{c[Action.CREATE]} to create, {c[Action.UPDATE]} to update, {c[Action.DELETE]} to delete, "
+                f"{c[Action.NOOP]} unchanged.")

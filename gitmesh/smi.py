@@ -1,0 +1,184 @@
+"""Version-independent readers for SMI objects.
+
+SMI moved fields between versions (TrafficTarget v1alpha1 keeps destination,
+specs and sources at the top level; HTTPRouteGroup before v1alpha3 keeps
+matches at the top level; TrafficSplit v1alpha1 weights are quantities).
+These readers hide that, and return each value with the path it was read
+from, so callers can point diagnostics at the field as written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from gitmesh.objects import Path
+
+SPLIT_GROUP = "split.smi-spec.io"
+ACCESS_GROUP = "access.smi-spec.io"
+SPECS_GROUP = "specs.smi-spec.io"
+ROUTE_KINDS = ("HTTPRouteGroup", "TCPRoute", "UDPRoute")
+
+
+@dataclass(frozen=True)
+class Backend:
+    service: str
+    weight: Decimal
+    path: Path
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A workload identity: a ServiceAccount, written ns/name."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str
+    name: str
+    matches: tuple[str, ...] | None  # None: every match of the route
+    path: Path
+
+
+@dataclass(frozen=True)
+class HttpMatch:
+    name: str
+    path_regex: str | None
+    methods: tuple[str, ...]
+    headers: tuple[tuple[str, str], ...]
+    path: Path
+
+    def describe(self) -> str:
+        methods = ",".join(self.methods) if self.methods and "*" not in self.methods else "*"
+        text = f"{methods} {self.path_regex or '.*'}"
+        for name, pattern in self.headers:
+            text += f" {name}~{pattern}"
+        return text
+
+
+def namespace(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("namespace") or "")
+
+
+def version(obj: dict[str, Any]) -> str:
+    return str(obj.get("apiVersion", "")).rpartition("/")[2]
+
+
+def split_service(obj: dict[str, Any]) -> str:
+    return str(obj["spec"]["service"])
+
+
+def split_backends(obj: dict[str, Any]) -> list[Backend]:
+    return [
+        Backend(str(b["service"]), parse_weight(b["weight"]), ("spec", "backends", i))
+        for i, b in enumerate(obj["spec"]["backends"])
+    ]
+
+
+def split_matches(obj: dict[str, Any]) -> list[tuple[str, Path]]:
+    """Names of the HTTPRouteGroups a split is limited to (v1alpha3 and later)."""
+    return [(str(m["name"]), ("spec", "matches", i)) for i, m in enumerate(obj["spec"].get("matches") or [])]
+
+
+def shares(backends: list[Backend]) -> dict[str, Decimal]:
+    """Each backend's share of the traffic, in percent. Weights are relative."""
+    total = sum((b.weight for b in backends), Decimal(0))
+    if total == 0:
+        return {b.service: Decimal(0) for b in backends}
+    return {b.service: b.weight * 100 / total for b in backends}
+
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_SUFFIX = {
+    None: Decimal(1), "m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9, "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+}
+
+
+def parse_weight(value: Any) -> Decimal:
+    """A weight as a number: an integer, or (v1alpha1) a Kubernetes quantity such as "500m"."""
+    if isinstance(value, bool):
+        raise ValueError(f"weight {value!r} is not a number")
+    if isinstance(value, int | float):
+        return Decimal(str(value))
+    m = _QUANTITY.match(str(value))
+    if not m:
+        raise ValueError(f"weight {value!r} is not a number or quantity")
+    try:
+        return Decimal(m.group(1)) * _SUFFIX[m.group(2)]
+    except InvalidOperation as e:
+        raise ValueError(f"weight {value!r} is not a number or quantity") from e
+
+
+def _target_body(obj: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    if version(obj) == "v1alpha1":
+        return obj, ()
+    return obj.get("spec") or {}, ("spec",)
+
+
+def target_destination(obj: dict[str, Any]) -> Identity:
+    body, _ = _target_body(obj)
+    dest = body["destination"]
+    return Identity(str(dest.get("namespace") or namespace(obj)), str(dest["name"]))
+
+
+def target_sources(obj: dict[str, Any]) -> list[Identity]:
+    """Sources default to the target's namespace when they name none."""
+    body, _ = _target_body(obj)
+    return [Identity(str(s.get("namespace") or namespace(obj)), str(s["name"])) for s in body.get("sources") or []]
+
+
+def target_rules(obj: dict[str, Any]) -> list[Rule]:
+    body, prefix = _target_body(obj)
+    key = "specs" if version(obj) == "v1alpha1" else "rules"
+    rules = []
+    for i, r in enumerate(body.get(key) or []):
+        matches = r.get("matches")
+        rules.append(
+            Rule(str(r["kind"]), str(r["name"]), None if matches is None else tuple(map(str, matches)),
+                 (*prefix, key, i))
+        )
+    return rules
+
+
+def http_matches(obj: dict[str, Any]) -> list[HttpMatch]:
+    """The matches of an HTTPRouteGroup; headers in either written form come back as (name, regex) pairs."""
+    if version(obj) in ("v1alpha1", "v1alpha2"):
+        items, prefix = obj.get("matches") or [], ("matches",)
+    else:
+        items, prefix = (obj.get("spec") or {}).get("matches") or [], ("spec", "matches")
+    return [
+        HttpMatch(
+            name=str(m["name"]),
+            path_regex=m.get("pathRegex"),
+            methods=tuple(m.get("methods") or ()),
+            headers=tuple(header_pairs(m.get("headers"))),
+            path=(*prefix, i),
+        )
+        for i, m in enumerate(items)
+    ]
+
+
+def header_pairs(headers: Any) -> list[tuple[str, str]]:
+    """Headers as (name, regex) pairs from the map form ({a: x}) or the list form ([{a: x}])."""
+    if not headers:
+        return []
+    if isinstance(headers, dict):
+        return [(str(k), str(v)) for k, v in headers.items()]
+    return [(str(k), str(v)) for item in headers for k, v in item.items()]
+
+
+def tcp_ports(obj: dict[str, Any]) -> tuple[int, ...]:
+    """Ports a TCPRoute or UDPRoute matches; empty means every port (before v1alpha4)."""
+    matches = (obj.get("spec") or {}).get("matches") or {}
+    return tuple(int(p) for p in matches.get("ports") or ())

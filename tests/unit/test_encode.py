@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from gitmesh.errors import PlanError
+from gitmesh.objects import Location, Manifest, ObjectRef
+from gitmesh.plan import encode
+from gitmesh.plan.diagnostics import Diagnostic
+from gitmesh.plan.diff import make_plan
+from gitmesh.plan.model import Plan
+from tests import factory as f
+
+
+def sample_plan() -> Plan:
+    desired = [
+        f.service("store", "bookstore", 8080),
+        f.split("store", "s", "bookstore", {"v1": 1, "v2": 3}),
+        f.route_group("store", "routes", {"books": "/books"}),
+        f.target("store", "t", "bookstore", ["buyer/buyer"], "routes"),
+        f.namespace("store"),
+    ]
+    live = [f.service("store", "bookstore", 80), f.split("store", "s", "bookstore", {"v1": 1}), f.namespace("old"), f.namespace("store")]
+    ms = [Manifest(o, Location("mesh/a.yaml", i + 1, 1)) for i, o in enumerate(desired)]
+    warning = Diagnostic(Location("mesh/x.yaml", 3, 1), "GM011", "not managed", "apiVersion",
+                         ObjectRef("example.com", "Widget", "store", "w"))
+    return make_plan(
+        desired=ms,
+        predicted={m.ref: m.obj for m in ms},
+        live={ObjectRef.of(o): o for o in live},
+        inventory=[ObjectRef.of(o) for o in live],
+        source="default",
+        revision="0123456789abcdef",
+        git_ref="main",
+        backend="local:store.db",
+        fingerprint="fp",
+        diagnostics=[warning],
+    )
+
+
+def test_round_trip_is_exact() -> None:
+    plan = sample_plan()
+    assert {c.action.value for c in plan.changes} == {"create", "update", "delete", "no-op"}
+    assert plan.impact.splits and plan.impact.access
+    assert encode.loads(encode.dumps(plan)) == plan
+
+
+def test_encoded_plan_matches_the_documented_schema() -> None:
+    document = json.loads(encode.dumps(sample_plan()))
+    jsonschema.Draft202012Validator.check_schema(encode.json_schema())
+    jsonschema.validate(document, encode.json_schema())
+    assert document["summary"] == {"create": 2, "update": 2, "delete": 1, "no-op": 1}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["not json", "[]", json.dumps({"format_version": 99}), json.dumps({"format_version": 1, "source": "x"})],
+    ids=["garbage", "list", "future-version", "truncated"],
+)
+def test_bad_plan_files_are_clear_errors(text: str) -> None:
+    with pytest.raises(PlanError):
+        encode.loads(text)

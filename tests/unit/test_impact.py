@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+from typing import Any
+
+from gitmesh.objects import Location, Manifest, ObjectRef
+from gitmesh.plan.diff import make_plan
+from gitmesh.plan.impact import access_triples
+from gitmesh.plan.model import AccessChange, BackendShare, Impact
+from tests import factory as f
+
+
+def impact(desired: list[dict[str, Any]], live: list[dict[str, Any]]) -> Impact:
+    ms = [Manifest(o, Location("m.yaml")) for o in desired]
+    return make_plan(
+        desired=ms,
+        predicted={m.ref: m.obj for m in ms},
+        live={ObjectRef.of(o): o for o in live},
+        inventory=[ObjectRef.of(o) for o in live],
+        source="s",
+        revision=None,
+        git_ref="main",
+        backend="test",
+        fingerprint="",
+    ).impact
+
+
+def test_split_shares_before_and_after_in_percent() -> None:
+    before = f.split("store", "s", "bookstore", {"v1": 90, "v2": 10})
+    after = f.split("store", "s", "bookstore", {"v1": 1, "v2": 1, "v3": 2})
+    (shift,) = impact([after], [before]).splits
+    assert shift.service == "bookstore"
+    assert shift.backends == (
+        BackendShare("v1", 90.0, 25.0),
+        BackendShare("v2", 10.0, 25.0),
+        BackendShare("v3", None, 50.0),
+    )
+
+
+def test_weights_scaled_alike_are_no_traffic_change() -> None:
+    before = f.split("store", "s", "bookstore", {"v1": 9, "v2": 1})
+    after = f.split("store", "s", "bookstore", {"v1": 90, "v2": 10})
+    assert impact([after], [before]).splits == ()
+
+
+def test_v1alpha1_quantity_weights_count_as_numbers() -> None:
+    before = f.split("store", "s", "bookstore", {"v1": 1}, version="v1alpha1")
+    before["spec"]["backends"] = [{"service": "v1", "weight": "750m"}, {"service": "v2", "weight": "250m"}]
+    after = f.split("store", "s", "bookstore", {"v1": 50, "v2": 50})
+    (shift,) = impact([after], [before]).splits
+    assert [(b.before, b.after) for b in shift.backends] == [(75.0, 50.0), (25.0, 50.0)]
+
+
+def test_deleted_split_shows_every_backend_leaving() -> None:
+    before = f.split("store", "s", "bookstore", {"v1": 1})
+    (shift,) = impact([], [before]).splits
+    assert shift.backends == (BackendShare("v1", 100.0, None),)
+
+
+ROUTES = f.route_group("store", "routes", {"books": "/books", "buy": "/buy"})
+
+
+def test_new_target_grants_each_matched_route() -> None:
+    target = f.target("store", "t", "bookstore", ["buyer/buyer"], "routes", ["books"])
+    assert impact([ROUTES, target], [ROUTES]).access == (
+        AccessChange("buyer/buyer", "store/bookstore", "routes/books (GET /books)", gained=True),
+    )
+
+
+def test_removing_a_source_loses_all_its_routes() -> None:
+    before = f.target("store", "t", "bookstore", ["buyer/buyer", "thief/thief"], "routes")
+    after = f.target("store", "t", "bookstore", ["buyer/buyer"], "routes")
+    lost = impact([ROUTES, after], [ROUTES, before]).access
+    assert [(a.source, a.route, a.gained) for a in lost] == [
+        ("thief/thief", "routes/books (GET /books)", False),
+        ("thief/thief", "routes/buy (GET /buy)", False),
+    ]
+
+
+def test_changing_a_route_group_changes_access_of_targets_that_use_it() -> None:
+    target = f.target("store", "t", "bookstore", ["buyer/buyer"], "routes", ["books"])
+    narrowed = f.route_group("store", "routes", {"books": "/books/[0-9]+", "buy": "/buy"})
+    access = impact([narrowed, target], [ROUTES, target]).access
+    assert [(a.route, a.gained) for a in access] == [
+        ("routes/books (GET /books)", False),
+        ("routes/books (GET /books/[0-9]+)", True),
+    ]
+
+
+def test_tcp_routes_and_source_namespace_default() -> None:
+    route = f.tcp_route("db", "pg", 5432)
+    target = f.target("db", "t", "postgres", ["app/api"], "pg", kind="TCPRoute")
+    del target["spec"]["sources"][0]["namespace"]
+    assert access_triples([route, target]) == {("db/api", "db/postgres", "pg (tcp ports 5432)")}
+
+
+def test_no_access_changes_when_no_access_object_changes() -> None:
+    target = f.target("store", "t", "bookstore", ["buyer/buyer"], "routes")
+    svc = f.service("store", "bookstore", 80)
+    assert impact([ROUTES, target, f.service("store", "bookstore", 81)], [ROUTES, target, svc]).access == ()

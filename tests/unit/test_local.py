@@ -1,0 +1,104 @@
+"""The embedded store keeps the backend contract: ownership, inventory, resource versions, status."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gitmesh.cluster.backend import fingerprint, is_owned
+from gitmesh.cluster.local import LocalBackend
+from gitmesh.errors import ClusterError
+from gitmesh.objects import MANAGED_BY_LABEL, ObjectRef
+from tests import factory as f
+
+SVC = f.service("store", "bookstore", 80)
+NS = f.namespace("store")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalBackend:
+    return LocalBackend(tmp_path / "state" / "store.db")
+
+
+def test_applied_objects_are_listed_with_label_and_server_fields(store: LocalBackend) -> None:
+    store.apply("default", "sha1", "main", [NS, SVC], [], frozenset({ObjectRef.of(NS), ObjectRef.of(SVC)}))
+    live = store.list_managed()
+    assert set(live) == {ObjectRef.of(NS), ObjectRef.of(SVC)}
+    svc = live[ObjectRef.of(SVC)].obj
+    assert svc["metadata"]["labels"][MANAGED_BY_LABEL] == "gitmesh"
+    assert svc["metadata"]["resourceVersion"] == live[ObjectRef.of(SVC)].resource_version
+    assert svc["metadata"]["creationTimestamp"].endswith("Z")
+    assert svc["spec"] == SVC["spec"]
+    assert "labels" not in SVC["metadata"], "apply must not modify its input"
+
+
+def test_resource_versions_grow_on_every_write(store: LocalBackend) -> None:
+    inv = frozenset({ObjectRef.of(SVC)})
+    store.apply("default", "a", "main", [SVC], [], inv)
+    first = store.list_managed()[ObjectRef.of(SVC)].resource_version
+    store.apply("default", "b", "main", [f.service("store", "bookstore", 81)], [], inv)
+    second = store.list_managed()[ObjectRef.of(SVC)].resource_version
+    assert int(second) > int(first)
+
+
+def test_fingerprint_changes_with_any_write_or_inventory_change(store: LocalBackend) -> None:
+    inv = frozenset({ObjectRef.of(SVC)})
+    store.apply("default", "a", "main", [SVC], [], inv)
+    before = fingerprint(store.list_managed(), store.inventory("default"))
+    assert before == fingerprint(store.list_managed(), store.inventory("default"))
+    store.apply("other", "a", "main", [], [], frozenset())
+    assert before == fingerprint(store.list_managed(), store.inventory("default"))
+    store.apply("default", "b", "main", [SVC], [], inv)
+    assert before != fingerprint(store.list_managed(), store.inventory("default"))
+
+
+def test_deletes_and_inventory(store: LocalBackend) -> None:
+    both = frozenset({ObjectRef.of(NS), ObjectRef.of(SVC)})
+    store.apply("default", "a", "main", [NS, SVC], [], both)
+    store.apply("default", "b", "main", [], [ObjectRef.of(SVC)], frozenset({ObjectRef.of(NS)}))
+    assert set(store.list_managed()) == {ObjectRef.of(NS)}
+    assert store.inventory("default") == frozenset({ObjectRef.of(NS)})
+    assert store.inventory("someone-else") == frozenset()
+
+
+def test_objects_without_the_label_are_not_listed_as_managed(store: LocalBackend) -> None:
+    store.apply("default", "a", "main", [SVC], [], frozenset({ObjectRef.of(SVC)}))
+    # Someone else writes an object into the same store, without gitmesh's label.
+    db = sqlite3.connect(store.path)
+    db.execute("INSERT INTO objects VALUES ('', 'Service', 'store', 'theirs', '{\"metadata\": {}}', 99, 'x')")
+    db.commit()
+    db.close()
+    assert set(store.list_managed()) == {ObjectRef.of(SVC)}
+    assert all(is_owned(live.obj) for live in store.list_managed().values())
+
+
+def test_status_reports_revision_counts_and_last_error(store: LocalBackend) -> None:
+    store.apply("default", "sha1", "main", [NS, SVC], [], frozenset({ObjectRef.of(NS), ObjectRef.of(SVC)}))
+    store.record_error("default", "revision sha2 is invalid")
+    (status,) = store.status()
+    assert (status.source, status.revision, status.ref) == ("default", "sha1", "main")
+    assert dict(status.objects) == {"Namespace": 1, "Service": 1}
+    assert status.last_error == "revision sha2 is invalid"
+    assert status.last_error_at is not None
+    store.apply("default", "sha3", "main", [NS, SVC], [], frozenset({ObjectRef.of(NS), ObjectRef.of(SVC)}))
+    (status,) = store.status()
+    assert (status.revision, status.last_error) == ("sha3", "")
+
+
+def test_a_failed_apply_changes_nothing(store: LocalBackend) -> None:
+    store.apply("default", "a", "main", [SVC], [], frozenset({ObjectRef.of(SVC)}))
+    before = store.list_managed()
+    with pytest.raises(TypeError):
+        # A body that cannot be stored (not JSON-serialisable) fails after the first write.
+        store.apply("default", "b", "main", [NS, {**SVC, "spec": {"bad": object()}}], [],
+                    frozenset({ObjectRef.of(NS), ObjectRef.of(SVC)}))
+    assert store.list_managed() == before
+    assert store.inventory("default") == frozenset({ObjectRef.of(SVC)})
+
+
+def test_unopenable_store_is_a_cluster_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ClusterError, match="cannot open the embedded store"):
+        LocalBackend(tmp_path / "file" / "store.db")
