@@ -35,18 +35,30 @@ def _source_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.argument("directory", required=False, type=click.Path(file_okay=False))(f)
     f = click.option("--repo", help="Git repository: a local path or a URL.")(f)
     f = click.option("--ref", default="HEAD", show_default=True, help="Branch, tag or commit to read.")(f)
-    f = click.option("--path", "subdir", default="", help="Directory of the manifests inside the repository.")(f)
+    f = click.option(
+        "--path", "subdir", default="", help="Directory of the manifests inside the repository."
+    )(f)
     return f
 
 
 def _store_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--store", type=click.Path(dir_okay=False), default=str(DEFAULT_PATH), show_default=True,
-                        help="The embedded store (used when no cluster is given).")(f)
+    return click.option(
+        "--store",
+        type=click.Path(dir_okay=False),
+        default=str(DEFAULT_PATH),
+        show_default=True,
+        help="The embedded store (used when no cluster is given).",
+    )(f)
 
 
 def _source_name_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--source", "source_name", default="default", show_default=True,
-                        help="Name of this source: it owns what it applies, and prunes only that.")(f)
+    return click.option(
+        "--source",
+        "source_name",
+        default="default",
+        show_default=True,
+        help="Name of this source: it owns what it applies, and prunes only that.",
+    )(f)
 
 
 def _reports_errors(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -109,13 +121,26 @@ def validate(directory: str | None, repo: str | None, ref: str, subdir: str, out
 @click.option("--base", help="Plan against another Git ref instead of the backend (needs --repo).")
 @click.option("--head", help="With --base: the ref to plan (default: --ref).")
 @click.option("--output", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
-@click.option("-o", "--out", "out_file", type=click.Path(dir_okay=False), help="Save the plan for gitmesh apply.")
+@click.option(
+    "-o", "--out", "out_file", type=click.Path(dir_okay=False), help="Save the plan for gitmesh apply."
+)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
 @click.option("--show-unchanged", is_flag=True, help="List unchanged objects too.")
 @_reports_errors
-def plan(directory: str | None, repo: str | None, ref: str, subdir: str, store: str, source_name: str,
-         base: str | None, head: str | None, output: str, out_file: str | None, detailed_exitcode: bool,
-         show_unchanged: bool) -> None:
+def plan(
+    directory: str | None,
+    repo: str | None,
+    ref: str,
+    subdir: str,
+    store: str,
+    source_name: str,
+    base: str | None,
+    head: str | None,
+    output: str,
+    out_file: str | None,
+    detailed_exitcode: bool,
+    show_unchanged: bool,
+) -> None:
     """Show what applying the manifests would change, and what it does to traffic."""
     if base:
         if not repo:
@@ -161,8 +186,15 @@ def plan(directory: str | None, repo: str | None, ref: str, subdir: str, store: 
 @_source_name_option
 @click.option("--allow-empty", is_flag=True, help="Allow a revision that deletes every object gitmesh owns.")
 @_reports_errors
-def apply(target: str | None, repo: str | None, ref: str, subdir: str, store: str, source_name: str,
-          allow_empty: bool) -> None:
+def apply(
+    target: str | None,
+    repo: str | None,
+    ref: str,
+    subdir: str,
+    store: str,
+    source_name: str,
+    allow_empty: bool,
+) -> None:
     """Apply a saved plan (TARGET is a plan file), or plan and apply a directory or --repo revision."""
     backend = LocalBackend(store)
     if target and Path(target).is_file():
@@ -172,13 +204,16 @@ def apply(target: str | None, repo: str | None, ref: str, subdir: str, store: st
         validated = pipeline.check(revision)
         if not validated.ok:
             _report(validated, revision, "human")
-            backend.record_error(source_name, f"revision {revision.short} is invalid: "
-                                 f"{len(validated.errors)} error(s)")
+            backend.record_error(
+                source_name, f"revision {revision.short} is invalid: {len(validated.errors)} error(s)"
+            )
             sys.exit(1)
         result = pipeline.plan(revision, validated, backend, source_name)
         render.plan_text(out, result)
-    err.print(f"Applying {sum(c.manifest is not None for c in result.changes)} objects "
-              f"and {result.counts[Action.DELETE]} deletes to {backend.describe()}...")
+    err.print(
+        f"Applying {sum(c.manifest is not None for c in result.changes)} objects "
+        f"and {result.counts[Action.DELETE]} deletes to {backend.describe()}..."
+    )
     try:
         pipeline.apply(result, backend, allow_empty=allow_empty)
     except GitmeshError as e:
@@ -196,10 +231,15 @@ def status(store: str, output: str) -> None:
     statuses = LocalBackend(store).status()
     if output == "json":
         rows = [
-            {"source": s.source, "revision": s.revision, "ref": s.ref,
-             "applied_at": s.applied_at.isoformat() if s.applied_at else None, "objects": dict(s.objects),
-             "last_error": s.last_error or None,
-             "last_error_at": s.last_error_at.isoformat() if s.last_error_at else None}
+            {
+                "source": s.source,
+                "revision": s.revision,
+                "ref": s.ref,
+                "applied_at": s.applied_at.isoformat() if s.applied_at else None,
+                "objects": dict(s.objects),
+                "last_error": s.last_error or None,
+                "last_error_at": s.last_error_at.isoformat() if s.last_error_at else None,
+            }
             for s in statuses
         ]
         click.echo(json.dumps({"backend": f"local:{store}", "sources": rows}, indent=2))
@@ -213,10 +253,14 @@ def status(store: str, output: str) -> None:
         out.print(Text(f"source {s.source}", style="bold"))
         out.print(f"  revision    {s.revision or '-'} ({s.ref or '-'})", soft_wrap=True)
         out.print(f"  applied     {applied}")
-        out.print(f"  objects     {sum(s.objects.values())}" + (f": {counts}" if counts else ""), soft_wrap=True)
+        out.print(
+            f"  objects     {sum(s.objects.values())}" + (f": {counts}" if counts else ""), soft_wrap=True
+        )
         if s.last_error:
             when = s.last_error_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.last_error_at else ""
-            out.print(Text("  last error  ", style="bold red") + Text(f"{s.last_error} ({when})"), soft_wrap=True)
+            out.print(
+                Text("  last error  ", style="bold red") + Text(f"{s.last_error} ({when})"), soft_wrap=True
+            )
         else:
             out.print("  last error  none")
 

@@ -52,7 +52,9 @@ class ObjectRef:
         api_version = str(obj.get("apiVersion", ""))
         group = api_version.rpartition("/")[0]
         meta = obj.get("metadata") or {}
-        return cls(group, str(obj.get("kind", "")), str(meta.get("namespace") or ""), str(meta.get("name", "")))
+        return cls(
+            group, str(obj.get("kind", "")), str(meta.get("namespace") or ""), str(meta.get("name", ""))
+        )
 
 
 def apply_rank(ref: ObjectRef) -> tuple[int, ObjectRef]:

@@ -24,7 +24,9 @@ def check(revision: Revision) -> Validated:
 def plan(revision: Revision, validated: Validated, backend: ClusterBackend, source: str) -> Plan:
     """Diff a valid revision against what ``source`` owns in the backend."""
     if not validated.ok:
-        raise PlanError(f"revision {revision.short} has {len(validated.errors)} error(s); nothing was planned")
+        raise PlanError(
+            f"revision {revision.short} has {len(validated.errors)} error(s); nothing was planned"
+        )
     live = backend.list_managed()
     inventory = backend.inventory(source)
     return make_plan(

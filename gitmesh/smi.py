@@ -98,10 +98,20 @@ def shares(backends: list[Backend]) -> dict[str, Decimal]:
 
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _SUFFIX = {
-    None: Decimal(1), "m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6,
-    "G": Decimal(10) ** 9, "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
-    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
-    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+    None: Decimal(1),
+    "m": Decimal("0.001"),
+    "k": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15,
+    "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50,
+    "Ei": Decimal(2) ** 60,
 }
 
 
@@ -135,7 +145,9 @@ def target_destination(obj: dict[str, Any]) -> Identity:
 def target_sources(obj: dict[str, Any]) -> list[Identity]:
     """Sources default to the target's namespace when they name none."""
     body, _ = _target_body(obj)
-    return [Identity(str(s.get("namespace") or namespace(obj)), str(s["name"])) for s in body.get("sources") or []]
+    return [
+        Identity(str(s.get("namespace") or namespace(obj)), str(s["name"])) for s in body.get("sources") or []
+    ]
 
 
 def target_rules(obj: dict[str, Any]) -> list[Rule]:
@@ -145,8 +157,12 @@ def target_rules(obj: dict[str, Any]) -> list[Rule]:
     for i, r in enumerate(body.get(key) or []):
         matches = r.get("matches")
         rules.append(
-            Rule(str(r["kind"]), str(r["name"]), None if matches is None else tuple(map(str, matches)),
-                 (*prefix, key, i))
+            Rule(
+                str(r["kind"]),
+                str(r["name"]),
+                None if matches is None else tuple(map(str, matches)),
+                (*prefix, key, i),
+            )
         )
     return rules
 

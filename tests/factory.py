@@ -24,7 +24,9 @@ def service(ns: str, name: str, *ports: int) -> dict[str, Any]:
     }
 
 
-def split(ns: str, name: str, root: str, backends: dict[str, int], version: str = "v1alpha4") -> dict[str, Any]:
+def split(
+    ns: str, name: str, root: str, backends: dict[str, int], version: str = "v1alpha4"
+) -> dict[str, Any]:
     return {
         "apiVersion": f"split.smi-spec.io/{version}",
         "kind": "TrafficSplit",
@@ -53,7 +55,12 @@ def tcp_route(ns: str, name: str, *ports: int) -> dict[str, Any]:
 
 
 def target(
-    ns: str, name: str, dest: str, sources: list[str], group: str, matches: list[str] | None = None,
+    ns: str,
+    name: str,
+    dest: str,
+    sources: list[str],
+    group: str,
+    matches: list[str] | None = None,
     kind: str = "HTTPRouteGroup",
 ) -> dict[str, Any]:
     """sources: "ns/sa" identities; dest: the destination service account in ``ns``."""
@@ -68,7 +75,8 @@ def target(
             "destination": {"kind": "ServiceAccount", "name": dest, "namespace": ns},
             "rules": [rule],
             "sources": [
-                {"kind": "ServiceAccount", "name": s.split("/")[1], "namespace": s.split("/")[0]} for s in sources
+                {"kind": "ServiceAccount", "name": s.split("/")[1], "namespace": s.split("/")[0]}
+                for s in sources
             ],
         },
     }

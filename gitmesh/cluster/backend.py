@@ -58,8 +58,7 @@ class ClusterBackend(Protocol):
     def record_error(self, source: str, message: str) -> None:
         """Remember why the last attempt for ``source`` failed (shown by ``gitmesh status``)."""
 
-    def status(self) -> list[SourceStatus]:
-        ...
+    def status(self) -> list[SourceStatus]: ...
 
 
 def owned(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -74,7 +74,9 @@ class LocalBackend:
         return out
 
     def inventory(self, source: str) -> frozenset[ObjectRef]:
-        rows = self._db.execute("SELECT grp, kind, namespace, name FROM inventory WHERE source = ?", (source,))
+        rows = self._db.execute(
+            "SELECT grp, kind, namespace, name FROM inventory WHERE source = ?", (source,)
+        )
         return frozenset(ObjectRef(*row) for row in rows)
 
     def dry_run(self, obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,12 +104,16 @@ class LocalBackend:
                     (r.group, r.kind, r.namespace, r.name, body, counter, now),
                 )
             for r in deletes:
-                db.execute("DELETE FROM objects WHERE grp = ? AND kind = ? AND namespace = ? AND name = ?",
-                           (r.group, r.kind, r.namespace, r.name))
+                db.execute(
+                    "DELETE FROM objects WHERE grp = ? AND kind = ? AND namespace = ? AND name = ?",
+                    (r.group, r.kind, r.namespace, r.name),
+                )
             db.execute("UPDATE counter SET value = ?", (counter,))
             db.execute("DELETE FROM inventory WHERE source = ?", (source,))
-            db.executemany("INSERT INTO inventory VALUES (?, ?, ?, ?, ?)",
-                           [(source, r.group, r.kind, r.namespace, r.name) for r in inventory])
+            db.executemany(
+                "INSERT INTO inventory VALUES (?, ?, ?, ?, ?)",
+                [(source, r.group, r.kind, r.namespace, r.name) for r in inventory],
+            )
             db.execute(
                 "INSERT INTO sources (source, revision, ref, applied_at, last_error, last_error_at) "
                 "VALUES (?, ?, ?, ?, '', NULL) ON CONFLICT DO UPDATE SET revision = excluded.revision, "
@@ -119,7 +125,8 @@ class LocalBackend:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO sources (source, last_error, last_error_at) VALUES (?, ?, ?) "
-                "ON CONFLICT DO UPDATE SET last_error = excluded.last_error, last_error_at = excluded.last_error_at",
+                "ON CONFLICT DO UPDATE SET "
+                "last_error = excluded.last_error, last_error_at = excluded.last_error_at",
                 (source, message, _now()),
             )
 
@@ -128,9 +135,12 @@ class LocalBackend:
         for source, kind, n in self._db.execute("SELECT source, kind, count(*) FROM inventory GROUP BY 1, 2"):
             counts.setdefault(source, Counter())[kind] = n
         return [
-            SourceStatus(source, revision, ref, _time(applied), dict(counts.get(source, {})), error, _time(error_at))
+            SourceStatus(
+                source, revision, ref, _time(applied), dict(counts.get(source, {})), error, _time(error_at)
+            )
             for source, revision, ref, applied, error, error_at in self._db.execute(
-                "SELECT source, revision, ref, applied_at, last_error, last_error_at FROM sources ORDER BY source"
+                "SELECT source, revision, ref, applied_at, last_error, last_error_at "
+                "FROM sources ORDER BY source"
             )
         ]
 

@@ -32,69 +32,160 @@ CODES: dict[str, Code] = {
     c.code: c
     for c in (
         # GM0xx: the file itself cannot be read as manifests.
-        Code("GM001", _E, "YAML or JSON syntax error",
-             "The parser stopped here. Common causes: a tab used for indentation, an unclosed quote or "
-             "bracket, a key without a colon."),
-        Code("GM002", _E, "not a text file",
-             "The file is not UTF-8 text (it may be binary). Remove it, rename it, or list it in "
-             ".gitmeshignore."),
-        Code("GM003", _E, "file too large",
-             "Manifest files are limited to 2 MiB; a single Kubernetes object cannot be larger than about "
-             "1.5 MiB anyway. Split the file."),
-        Code("GM004", _E, "nesting too deep",
-             "Objects nested more than 64 levels deep are refused: no mesh manifest needs that, and such "
-             "input is usually generated or hostile."),
-        Code("GM005", _E, "alias expansion too large",
-             "YAML anchors and aliases would expand this document past 100,000 values (the 'billion "
-             "laughs' pattern). Write the values out or use fewer aliases."),
-        Code("GM006", _E, "value has no JSON form",
-             "Kubernetes objects are JSON. Mapping keys must be strings, and tags such as !!binary, !!set "
-             "or custom !tags, and non-finite numbers, cannot be represented."),
-        Code("GM007", _E, "duplicate key",
-             "The same key appears twice in one mapping. YAML parsers disagree on which one wins, so "
-             "gitmesh refuses to guess."),
-        Code("GM008", _E, "document is not an object",
-             "Each YAML document (or JSON file) must be a mapping describing one Kubernetes object, or a "
-             "List of them."),
+        Code(
+            "GM001",
+            _E,
+            "YAML or JSON syntax error",
+            "The parser stopped here. Common causes: a tab used for indentation, an unclosed quote or "
+            "bracket, a key without a colon.",
+        ),
+        Code(
+            "GM002",
+            _E,
+            "not a text file",
+            "The file is not UTF-8 text (it may be binary). Remove it, rename it, or list it in "
+            ".gitmeshignore.",
+        ),
+        Code(
+            "GM003",
+            _E,
+            "file too large",
+            "Manifest files are limited to 2 MiB; a single Kubernetes object cannot be larger than about "
+            "1.5 MiB anyway. Split the file.",
+        ),
+        Code(
+            "GM004",
+            _E,
+            "nesting too deep",
+            "Objects nested more than 64 levels deep are refused: no mesh manifest needs that, and such "
+            "input is usually generated or hostile.",
+        ),
+        Code(
+            "GM005",
+            _E,
+            "alias expansion too large",
+            "YAML anchors and aliases would expand this document past 100,000 values (the 'billion "
+            "laughs' pattern). Write the values out or use fewer aliases.",
+        ),
+        Code(
+            "GM006",
+            _E,
+            "value has no JSON form",
+            "Kubernetes objects are JSON. Mapping keys must be strings, and tags such as !!binary, !!set "
+            "or custom !tags, and non-finite numbers, cannot be represented.",
+        ),
+        Code(
+            "GM007",
+            _E,
+            "duplicate key",
+            "The same key appears twice in one mapping. YAML parsers disagree on which one wins, so "
+            "gitmesh refuses to guess.",
+        ),
+        Code(
+            "GM008",
+            _E,
+            "document is not an object",
+            "Each YAML document (or JSON file) must be a mapping describing one Kubernetes object, or a "
+            "List of them.",
+        ),
         # GM01x: object shape.
-        Code("GM010", _E, "missing apiVersion, kind or metadata.name",
-             "Every object needs apiVersion, kind and metadata.name to be identified."),
-        Code("GM011", _W, "unknown apiVersion or kind",
-             "gitmesh has no schema for this apiVersion/kind. The object is reported and not applied."),
-        Code("GM020", _E, "schema violation",
-             "The object does not match gitmesh's schema for its apiVersion and kind. The message names "
-             "the field and the rule it breaks."),
+        Code(
+            "GM010",
+            _E,
+            "missing apiVersion, kind or metadata.name",
+            "Every object needs apiVersion, kind and metadata.name to be identified.",
+        ),
+        Code(
+            "GM011",
+            _W,
+            "unknown apiVersion or kind",
+            "gitmesh has no schema for this apiVersion/kind. The object is reported and not applied.",
+        ),
+        Code(
+            "GM020",
+            _E,
+            "schema violation",
+            "The object does not match gitmesh's schema for its apiVersion and kind. The message names "
+            "the field and the rule it breaks.",
+        ),
         # GM1xx: meaning across objects.
-        Code("GM101", _E, "split root service not found",
-             "A TrafficSplit's spec.service must name a Service defined in the same namespace."),
-        Code("GM102", _E, "split backend service not found",
-             "Each TrafficSplit backend must name a Service defined in the split's namespace."),
-        Code("GM103", _E, "backend shares no port with the root service",
-             "A backend receives split traffic on the root service's ports; a backend with none of them "
-             "would get no traffic."),
-        Code("GM104", _E, "two TrafficSplits for one root service",
-             "At most one TrafficSplit may name a given root service; with two, the traffic shares would "
-             "be ambiguous."),
-        Code("GM105", _E, "split backend is itself a split root",
-             "Splits do not chain: a backend that is the root of another TrafficSplit is refused."),
-        Code("GM106", _E, "all split weights are zero",
-             "Weights are relative; with every weight 0 there is nowhere to send traffic."),
-        Code("GM107", _E, "backend listed twice in one split",
-             "Each backend service may appear once in a TrafficSplit; give it a single combined weight."),
-        Code("GM108", _E, "split match names a missing HTTPRouteGroup",
-             "TrafficSplit spec.matches must name HTTPRouteGroups defined in the split's namespace."),
-        Code("GM111", _E, "traffic target rule names a missing route",
-             "Each TrafficTarget rule must name an HTTPRouteGroup, TCPRoute or UDPRoute defined in the "
-             "target's namespace."),
-        Code("GM112", _E, "traffic target rule names a missing match",
-             "Each name in a rule's matches must be the name of a match in the referenced HTTPRouteGroup."),
-        Code("GM113", _E, "invalid regular expression",
-             "A pathRegex or header pattern does not compile."),
-        Code("GM121", _E, "duplicate object",
-             "Two documents define the same object (group, kind, namespace and name). Keep one."),
-        Code("GM122", _E, "namespace missing",
-             "A namespaced object has no metadata.namespace and none can be inferred: an object without "
-             "one takes the namespace of the single Namespace object defined in the same file."),
+        Code(
+            "GM101",
+            _E,
+            "split root service not found",
+            "A TrafficSplit's spec.service must name a Service defined in the same namespace.",
+        ),
+        Code(
+            "GM102",
+            _E,
+            "split backend service not found",
+            "Each TrafficSplit backend must name a Service defined in the split's namespace.",
+        ),
+        Code(
+            "GM103",
+            _E,
+            "backend shares no port with the root service",
+            "A backend receives split traffic on the root service's ports; a backend with none of them "
+            "would get no traffic.",
+        ),
+        Code(
+            "GM104",
+            _E,
+            "two TrafficSplits for one root service",
+            "At most one TrafficSplit may name a given root service; with two, the traffic shares would "
+            "be ambiguous.",
+        ),
+        Code(
+            "GM105",
+            _E,
+            "split backend is itself a split root",
+            "Splits do not chain: a backend that is the root of another TrafficSplit is refused.",
+        ),
+        Code(
+            "GM106",
+            _E,
+            "all split weights are zero",
+            "Weights are relative; with every weight 0 there is nowhere to send traffic.",
+        ),
+        Code(
+            "GM107",
+            _E,
+            "backend listed twice in one split",
+            "Each backend service may appear once in a TrafficSplit; give it a single combined weight.",
+        ),
+        Code(
+            "GM108",
+            _E,
+            "split match names a missing HTTPRouteGroup",
+            "TrafficSplit spec.matches must name HTTPRouteGroups defined in the split's namespace.",
+        ),
+        Code(
+            "GM111",
+            _E,
+            "traffic target rule names a missing route",
+            "Each TrafficTarget rule must name an HTTPRouteGroup, TCPRoute or UDPRoute defined in the "
+            "target's namespace.",
+        ),
+        Code(
+            "GM112",
+            _E,
+            "traffic target rule names a missing match",
+            "Each name in a rule's matches must be the name of a match in the referenced HTTPRouteGroup.",
+        ),
+        Code("GM113", _E, "invalid regular expression", "A pathRegex or header pattern does not compile."),
+        Code(
+            "GM121",
+            _E,
+            "duplicate object",
+            "Two documents define the same object (group, kind, namespace and name). Keep one.",
+        ),
+        Code(
+            "GM122",
+            _E,
+            "namespace missing",
+            "A namespaced object has no metadata.namespace and none can be inferred: an object without "
+            "one takes the namespace of the single Namespace object defined in the same file.",
+        ),
     )
 }
 

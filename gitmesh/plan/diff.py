@@ -65,10 +65,26 @@ def make_plan(
     stale = sorted((r for r in set(inventory) - wanted if r in live), key=apply_rank, reverse=True)
     for ref in stale:
         before = clean(live[ref])
-        changes.append(Change(ref, Action.DELETE, diff_fields(before, None), before, None,
-                              reason="no longer in the revision"))
-    return Plan(source, revision, git_ref, backend, tuple(changes), impact.compute(changes, live),
-                fingerprint, tuple(diagnostics))
+        changes.append(
+            Change(
+                ref,
+                Action.DELETE,
+                diff_fields(before, None),
+                before,
+                None,
+                reason="no longer in the revision",
+            )
+        )
+    return Plan(
+        source,
+        revision,
+        git_ref,
+        backend,
+        tuple(changes),
+        impact.compute(changes, live),
+        fingerprint,
+        tuple(diagnostics),
+    )
 
 
 _MISSING = object()
@@ -89,11 +105,18 @@ def _diff(path: tuple[str | int, ...], a: Any, b: Any, out: list[FieldDiff]) -> 
         for i in range(max(len(a), len(b))):
             _diff((*path, i), a[i] if i < len(a) else _MISSING, b[i] if i < len(b) else _MISSING, out)
     elif a is _MISSING and isinstance(b, dict | list) and b:
-        for key, value in (b.items() if isinstance(b, dict) else enumerate(b)):
+        for key, value in b.items() if isinstance(b, dict) else enumerate(b):
             _diff((*path, key), _MISSING, value, out)
     elif b is _MISSING and isinstance(a, dict | list) and a:
-        for key, value in (a.items() if isinstance(a, dict) else enumerate(a)):
+        for key, value in a.items() if isinstance(a, dict) else enumerate(a):
             _diff((*path, key), value, _MISSING, out)
     elif a != b or type(a) is not type(b):
-        out.append(FieldDiff(field_path(path), None if a is _MISSING else a, None if b is _MISSING else b,
-                             a is not _MISSING, b is not _MISSING))
+        out.append(
+            FieldDiff(
+                field_path(path),
+                None if a is _MISSING else a,
+                None if b is _MISSING else b,
+                a is not _MISSING,
+                b is not _MISSING,
+            )
+        )

@@ -46,20 +46,32 @@ def encode(plan: Plan) -> dict[str, Any]:
                 {
                     "split": _ref(s.split),
                     "service": s.service,
-                    "backends": [{"service": b.service, "before": b.before, "after": b.after} for b in s.backends],
+                    "backends": [
+                        {"service": b.service, "before": b.before, "after": b.after} for b in s.backends
+                    ],
                 }
                 for s in plan.impact.splits
             ],
             "access": [
-                {"source": a.source, "destination": a.destination, "route": a.route,
-                 "change": "gained" if a.gained else "lost"}
+                {
+                    "source": a.source,
+                    "destination": a.destination,
+                    "route": a.route,
+                    "change": "gained" if a.gained else "lost",
+                }
                 for a in plan.impact.access
             ],
         },
         "changes": [_change(c) for c in plan.changes],
         "diagnostics": [
-            {"code": d.code, "severity": d.severity.value, "message": d.message, "path": d.path,
-             "location": _location(d.location), "object": _ref(d.ref) if d.ref else None}
+            {
+                "code": d.code,
+                "severity": d.severity.value,
+                "message": d.message,
+                "path": d.path,
+                "location": _location(d.location),
+                "object": _ref(d.ref) if d.ref else None,
+            }
             for d in plan.diagnostics
         ],
     }
@@ -93,8 +105,11 @@ def decode(data: dict[str, Any]) -> Plan:
         changes=tuple(_decode_change(c) for c in data["changes"]),
         impact=Impact(
             splits=tuple(
-                SplitShift(_decode_ref(s["split"]), s["service"],
-                           tuple(BackendShare(b["service"], b["before"], b["after"]) for b in s["backends"]))
+                SplitShift(
+                    _decode_ref(s["split"]),
+                    s["service"],
+                    tuple(BackendShare(b["service"], b["before"], b["after"]) for b in s["backends"]),
+                )
                 for s in impact["splits"]
             ),
             access=tuple(
@@ -103,8 +118,13 @@ def decode(data: dict[str, Any]) -> Plan:
             ),
         ),
         diagnostics=tuple(
-            Diagnostic(_decode_location(d["location"]), d["code"], d["message"], d["path"],
-                       _decode_ref(d["object"]) if d["object"] else None)
+            Diagnostic(
+                _decode_location(d["location"]),
+                d["code"],
+                d["message"],
+                d["path"],
+                _decode_ref(d["object"]) if d["object"] else None,
+            )
             for d in data["diagnostics"]
         ),
     )

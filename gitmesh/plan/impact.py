@@ -33,8 +33,12 @@ def compute(changes: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any
             else:
                 after_by_ref[c.ref] = c.after
         old, new = access_triples(before), access_triples(after_by_ref.values())
-        access = tuple(sorted([AccessChange(*t, gained=True) for t in new - old]
-                              + [AccessChange(*t, gained=False) for t in old - new]))
+        access = tuple(
+            sorted(
+                [AccessChange(*t, gained=True) for t in new - old]
+                + [AccessChange(*t, gained=False) for t in old - new]
+            )
+        )
     return Impact(splits, access)
 
 

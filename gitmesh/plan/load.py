@@ -126,7 +126,9 @@ def _objects(
             prefix = ("items", i)
             here = positions.get(prefix, start)
             if not isinstance(item, dict):
-                diagnostics.append(Diagnostic(here, "GM008", f"List item is {_json_type(item)}, not an object"))
+                diagnostics.append(
+                    Diagnostic(here, "GM008", f"List item is {_json_type(item)}, not an object")
+                )
                 continue
             sub = {p[2:]: loc for p, loc in positions.items() if p[:2] == prefix}
             out.append(Manifest(item, here, sub))
@@ -141,7 +143,11 @@ def _infer_namespaces(manifests: list[Manifest]) -> list[Manifest]:
         return manifests
     for m in manifests:
         meta = m.obj.get("metadata")
-        if isinstance(meta, dict) and not meta.get("namespace") and m.obj.get("kind") not in CLUSTER_SCOPED_KINDS:
+        if (
+            isinstance(meta, dict)
+            and not meta.get("namespace")
+            and m.obj.get("kind") not in CLUSTER_SCOPED_KINDS
+        ):
             meta["namespace"] = names[0]
     return manifests
 
@@ -218,7 +224,9 @@ class _Builder:
                 self._fail(key_node, path, "GM006", "mapping keys must be strings")
                 return []
             if key_node.value in explicit:
-                self._fail(key_node, (*path, key_node.value), "GM007", f"key {key_node.value!r} appears twice")
+                self._fail(
+                    key_node, (*path, key_node.value), "GM007", f"key {key_node.value!r} appears twice"
+                )
                 return []
             explicit[key_node.value] = (key_node, value_node)
         return list({**merged, **explicit}.values())

@@ -24,7 +24,7 @@ class Action(enum.StrEnum):
 
 @dataclass(frozen=True)
 class FieldDiff:
-    """One changed field. ``before`` / ``after`` are absent (``has_*`` false) when the field is added / removed."""
+    """One changed field. ``has_before`` is false when it is added, ``has_after`` when removed."""
 
     path: str
     before: Any = None
@@ -123,5 +123,7 @@ class Plan:
         c = self.counts
         if not self.has_changes:
             return f"No changes. {c[Action.NOOP]} objects up to date."
-        return (f"{c[Action.CREATE]} to create, {c[Action.UPDATE]} to update, {c[Action.DELETE]} to delete, "
-                f"{c[Action.NOOP]} unchanged.")
+        return (
+            f"{c[Action.CREATE]} to create, {c[Action.UPDATE]} to update, {c[Action.DELETE]} to delete, "
+            f"{c[Action.NOOP]} unchanged."
+        )

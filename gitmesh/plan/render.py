@@ -24,7 +24,9 @@ _SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "bold yellow"}
 # --- diagnostics ---------------------------------------------------------------------------------
 
 
-def diagnostics_text(console: Console, diagnostics: Sequence[Diagnostic], sources: Mapping[str, bytes]) -> None:
+def diagnostics_text(
+    console: Console, diagnostics: Sequence[Diagnostic], sources: Mapping[str, bytes]
+) -> None:
     """``file:line:col: error GM020 field: message``, then the offending line with a caret."""
     lines_cache: dict[str, list[str]] = {}
     for d in diagnostics:
@@ -41,7 +43,9 @@ def diagnostics_text(console: Console, diagnostics: Sequence[Diagnostic], source
         lines = lines_cache[loc.file]
         if 0 < loc.line <= len(lines) and len(lines[loc.line - 1]) <= 500:
             gutter = f"{loc.line:>5} | "
-            console.print(Text(gutter, style="dim") + Text(lines[loc.line - 1].replace("\t", " ")), soft_wrap=True)
+            console.print(
+                Text(gutter, style="dim") + Text(lines[loc.line - 1].replace("\t", " ")), soft_wrap=True
+            )
             console.print(Text(" " * (len(gutter) + loc.column - 1) + "^", style=_SEVERITY_STYLE[d.severity]))
     errors = sum(d.is_error for d in diagnostics)
     warnings = len(diagnostics) - errors
@@ -54,9 +58,16 @@ def diagnostics_json(diagnostics: Sequence[Diagnostic]) -> str:
             "errors": sum(d.is_error for d in diagnostics),
             "warnings": sum(not d.is_error for d in diagnostics),
             "diagnostics": [
-                {"file": d.location.file, "line": d.location.line, "column": d.location.column, "code": d.code,
-                 "severity": d.severity.value, "path": d.path, "message": d.message,
-                 "object": str(d.ref) if d.ref else None}
+                {
+                    "file": d.location.file,
+                    "line": d.location.line,
+                    "column": d.location.column,
+                    "code": d.code,
+                    "severity": d.severity.value,
+                    "path": d.path,
+                    "message": d.message,
+                    "object": str(d.ref) if d.ref else None,
+                }
                 for d in diagnostics
             ],
         },
@@ -69,8 +80,10 @@ def diagnostics_github(diagnostics: Sequence[Diagnostic]) -> str:
     out = []
     for d in diagnostics:
         level = "error" if d.is_error else "warning"
-        props = (f"file={_gh_prop(d.location.file)},line={d.location.line},col={d.location.column},"
-                 f"title={_gh_prop(d.code)}")
+        props = (
+            f"file={_gh_prop(d.location.file)},line={d.location.line},col={d.location.column},"
+            f"title={_gh_prop(d.code)}"
+        )
         message = f"{d.path}: {d.message}" if d.path else d.message
         out.append(f"::{level} {props}::{_gh_data(message)}")
     return "\n".join(out)
@@ -89,7 +102,10 @@ def _gh_prop(s: str) -> str:
 
 def plan_text(console: Console, plan: Plan, *, show_unchanged: bool = False) -> None:
     revision = plan.revision[:12] if plan.revision else "working directory"
-    console.print(Text(f"Plan for source {plan.source!r}: {revision} ({plan.ref}) -> {plan.backend}", style="bold"), soft_wrap=True)
+    console.print(
+        Text(f"Plan for source {plan.source!r}: {revision} ({plan.ref}) -> {plan.backend}", style="bold"),
+        soft_wrap=True,
+    )
     if not plan.impact.empty:
         console.print()
         console.print(Text("Traffic impact", style="bold underline"))
@@ -165,8 +181,15 @@ def plan_markdown(plan: Plan) -> str:
     if changed:
         out += ["#### Changes", ""]
     for c in changed:
-        out += [f"<details><summary><code>{_SIGN[c.action]} {c.action.value} {c.ref}</code></summary>", "",
-                "```diff", *_change_diff_lines(c), "```", "", "</details>"]
+        out += [
+            f"<details><summary><code>{_SIGN[c.action]} {c.action.value} {c.ref}</code></summary>",
+            "",
+            "```diff",
+            *_change_diff_lines(c),
+            "```",
+            "",
+            "</details>",
+        ]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -59,19 +59,36 @@ def _check_shape(m: Manifest) -> list[Diagnostic]:
     obj = m.obj
     api_version, kind, meta = obj.get("apiVersion"), obj.get("kind"), obj.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
-    missing = [f for f, v in (("apiVersion", api_version), ("kind", kind), ("metadata.name", name))
-               if not isinstance(v, str) or not v]
+    missing = [
+        f
+        for f, v in (("apiVersion", api_version), ("kind", kind), ("metadata.name", name))
+        if not isinstance(v, str) or not v
+    ]
     if missing:
         return [Diagnostic(m.source, "GM010", f"missing or empty: {', '.join(missing)}")]
     ref = m.ref
     validator = schema.validator_for(api_version, kind)
     if validator is None:
-        return [Diagnostic(m.source, "GM011", f"{api_version} {kind} is not a kind gitmesh manages; "
-                           "it will not be applied", "apiVersion", ref)]
+        return [
+            Diagnostic(
+                m.source,
+                "GM011",
+                f"{api_version} {kind} is not a kind gitmesh manages; it will not be applied",
+                "apiVersion",
+                ref,
+            )
+        ]
     if kind not in CLUSTER_SCOPED_KINDS and not meta.get("namespace"):
-        return [Diagnostic(m.locate(("metadata",)), "GM122",
-                           f"{kind} {name!r} has no metadata.namespace, and this file defines no single "
-                           "Namespace to take it from", "metadata.namespace", ref)]
+        return [
+            Diagnostic(
+                m.locate(("metadata",)),
+                "GM122",
+                f"{kind} {name!r} has no metadata.namespace, and this file defines no single "
+                "Namespace to take it from",
+                "metadata.namespace",
+                ref,
+            )
+        ]
     return [_schema_diagnostic(m, ref, e) for e in validator.iter_errors(obj)]
 
 
@@ -118,8 +135,15 @@ def _duplicates(manifests: Sequence[Manifest]) -> list[Diagnostic]:
             continue
         ref = m.ref
         if ref in first:
-            out.append(Diagnostic(m.source, "GM121", f"{ref} is already defined at {first[ref].source}",
-                                  "metadata.name", ref))
+            out.append(
+                Diagnostic(
+                    m.source,
+                    "GM121",
+                    f"{ref} is already defined at {first[ref].source}",
+                    "metadata.name",
+                    ref,
+                )
+            )
         else:
             first[ref] = m
     return out
@@ -156,8 +180,14 @@ def _check_splits(
     for s in splits:
         key = (smi.namespace(s.obj), smi.split_service(s.obj))
         if key in roots:
-            out.append(_at(s, ("spec", "service"), "GM104",
-                           f"service {key[1]!r} is already split by {roots[key].ref} ({roots[key].source})"))
+            out.append(
+                _at(
+                    s,
+                    ("spec", "service"),
+                    "GM104",
+                    f"service {key[1]!r} is already split by {roots[key].ref} ({roots[key].source})",
+                )
+            )
         else:
             roots[key] = s
     for s in splits:
@@ -176,16 +206,28 @@ def _check_splits(
             if ports is None:
                 out.append(_at(s, here, "GM102", f"no Service {b.service!r} in namespace {ns!r}"))
             elif root_ports is not None and b.service != root and not ports & root_ports:
-                out.append(_at(s, here, "GM103", f"Service {b.service!r} has none of the ports of {root!r} "
-                               f"({_ports(root_ports)}); it has {_ports(ports)}"))
+                out.append(
+                    _at(
+                        s,
+                        here,
+                        "GM103",
+                        f"Service {b.service!r} has none of the ports of {root!r} "
+                        f"({_ports(root_ports)}); it has {_ports(ports)}",
+                    )
+                )
             if b.service != root and (ns, b.service) in roots:
-                out.append(_at(s, here, "GM105",
-                               f"backend {b.service!r} is the root of {roots[(ns, b.service)].ref}"))
+                out.append(
+                    _at(
+                        s, here, "GM105", f"backend {b.service!r} is the root of {roots[(ns, b.service)].ref}"
+                    )
+                )
         if backends and all(b.weight == 0 for b in backends):
             out.append(_at(s, ("spec", "backends"), "GM106", "every backend has weight 0"))
         for name, path in smi.split_matches(s.obj):
             if (ns, name) not in route_groups:
-                out.append(_at(s, (*path, "name"), "GM108", f"no HTTPRouteGroup {name!r} in namespace {ns!r}"))
+                out.append(
+                    _at(s, (*path, "name"), "GM108", f"no HTTPRouteGroup {name!r} in namespace {ns!r}")
+                )
     return out
 
 
@@ -198,16 +240,23 @@ def _check_targets(
         for rule in smi.target_rules(t.obj):
             route = routes.get(rule.kind, {}).get((ns, rule.name))
             if route is None:
-                out.append(_at(t, (*rule.path, "name"), "GM111",
-                               f"no {rule.kind} {rule.name!r} in namespace {ns!r}"))
+                out.append(
+                    _at(t, (*rule.path, "name"), "GM111", f"no {rule.kind} {rule.name!r} in namespace {ns!r}")
+                )
                 continue
             if rule.kind != "HTTPRouteGroup" or rule.matches is None:
                 continue
             known = {x.name for x in smi.http_matches(route.obj)}
             for i, name in enumerate(rule.matches):
                 if name not in known:
-                    out.append(_at(t, (*rule.path, "matches", i), "GM112",
-                                   f"{route.ref} has no match {name!r} (it has: {', '.join(sorted(known))})"))
+                    out.append(
+                        _at(
+                            t,
+                            (*rule.path, "matches", i),
+                            "GM112",
+                            f"{route.ref} has no match {name!r} (it has: {', '.join(sorted(known))})",
+                        )
+                    )
     return out
 
 

@@ -102,7 +102,9 @@ def read_directory(root: str) -> Revision:
     if not base.is_dir():
         raise SourceError(f"{root} is not a directory")
     ignore_file = base / IGNORE_FILE
-    ignore = pathspec.GitIgnoreSpec.from_lines(ignore_file.read_text().splitlines() if ignore_file.exists() else [])
+    ignore = pathspec.GitIgnoreSpec.from_lines(
+        ignore_file.read_text().splitlines() if ignore_file.exists() else []
+    )
     files = []
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))

@@ -33,8 +33,13 @@ def plan(desired: list[dict[str, Any]], live: list[dict[str, Any]], inventory: l
 def served(obj: dict[str, Any]) -> dict[str, Any]:
     """``obj`` as a server returns it: with server-set metadata and status."""
     out = copy.deepcopy(obj)
-    out["metadata"].update(resourceVersion="7", uid="u-1", generation=2, creationTimestamp="2026-01-01T00:00:00Z",
-                           managedFields=[{"manager": "gitmesh"}])
+    out["metadata"].update(
+        resourceVersion="7",
+        uid="u-1",
+        generation=2,
+        creationTimestamp="2026-01-01T00:00:00Z",
+        managedFields=[{"manager": "gitmesh"}],
+    )
     out["status"] = {"observed": True}
     return out
 
@@ -48,17 +53,42 @@ OTHER = f.service("store", "other", 80)
 @pytest.mark.parametrize(
     ("desired", "live", "inventory", "expected"),
     [
-        pytest.param([NS, SVC], [], [], {"Namespace/store": "create", "Service/store/bookstore": "create"},
-                     id="empty-live-creates"),
-        pytest.param([SVC], [served(SVC)], [SVC], {"Service/store/bookstore": "no-op"},
-                     id="server-fields-are-not-changes"),
+        pytest.param(
+            [NS, SVC],
+            [],
+            [],
+            {"Namespace/store": "create", "Service/store/bookstore": "create"},
+            id="empty-live-creates",
+        ),
+        pytest.param(
+            [SVC],
+            [served(SVC)],
+            [SVC],
+            {"Service/store/bookstore": "no-op"},
+            id="server-fields-are-not-changes",
+        ),
         pytest.param([SVC_8080], [served(SVC)], [SVC], {"Service/store/bookstore": "update"}, id="update"),
-        pytest.param([SVC], [served(SVC), served(OTHER)], [SVC, OTHER],
-                     {"Service/store/bookstore": "no-op", "Service/store/other": "delete"}, id="prune-inventory"),
-        pytest.param([SVC], [served(SVC), served(OTHER)], [SVC], {"Service/store/bookstore": "no-op"},
-                     id="never-delete-what-was-not-applied"),
-        pytest.param([SVC], [served(SVC)], [SVC, OTHER], {"Service/store/bookstore": "no-op"},
-                     id="inventory-entry-already-gone"),
+        pytest.param(
+            [SVC],
+            [served(SVC), served(OTHER)],
+            [SVC, OTHER],
+            {"Service/store/bookstore": "no-op", "Service/store/other": "delete"},
+            id="prune-inventory",
+        ),
+        pytest.param(
+            [SVC],
+            [served(SVC), served(OTHER)],
+            [SVC],
+            {"Service/store/bookstore": "no-op"},
+            id="never-delete-what-was-not-applied",
+        ),
+        pytest.param(
+            [SVC],
+            [served(SVC)],
+            [SVC, OTHER],
+            {"Service/store/bookstore": "no-op"},
+            id="inventory-entry-already-gone",
+        ),
         pytest.param([], [served(SVC)], [SVC], {"Service/store/bookstore": "delete"}, id="delete-everything"),
     ],
 )
@@ -101,9 +131,16 @@ def test_update_carries_field_diff_and_what_to_send() -> None:
 
 def test_clean_removes_only_server_fields() -> None:
     obj = served(SVC)
-    obj["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": "{}", "team": "books"}
+    obj["metadata"]["annotations"] = {
+        "kubectl.kubernetes.io/last-applied-configuration": "{}",
+        "team": "books",
+    }
     cleaned = clean(obj)
-    assert cleaned["metadata"] == {"name": "bookstore", "namespace": "store", "annotations": {"team": "books"}}
+    assert cleaned["metadata"] == {
+        "name": "bookstore",
+        "namespace": "store",
+        "annotations": {"team": "books"},
+    }
     assert "status" not in cleaned
     assert obj["metadata"]["uid"] == "u-1", "clean must not modify its input"
 
@@ -113,10 +150,18 @@ def test_clean_removes_only_server_fields() -> None:
     [
         pytest.param({"a": 1}, {"a": 1}, [], id="equal"),
         pytest.param({"a": 1}, {"a": 2}, [("a", "change", 1, 2)], id="change"),
-        pytest.param({}, {"a": {"b": 1, "c": [1]}}, [("a.b", "add", None, 1), ("a.c[0]", "add", None, 1)],
-                     id="add-nested"),
-        pytest.param({"l": [1, 2, 3]}, {"l": [1, 5]}, [("l[1]", "change", 2, 5), ("l[2]", "remove", 3, None)],
-                     id="list-shrinks"),
+        pytest.param(
+            {},
+            {"a": {"b": 1, "c": [1]}},
+            [("a.b", "add", None, 1), ("a.c[0]", "add", None, 1)],
+            id="add-nested",
+        ),
+        pytest.param(
+            {"l": [1, 2, 3]},
+            {"l": [1, 5]},
+            [("l[1]", "change", 2, 5), ("l[2]", "remove", 3, None)],
+            id="list-shrinks",
+        ),
         pytest.param({"a": 1}, {"a": 1.0}, [("a", "change", 1, 1.0)], id="int-vs-float"),
         pytest.param({"a": True}, {"a": 1}, [("a", "change", True, 1)], id="bool-vs-int"),
         pytest.param({"a": None}, {}, [("a", "remove", None, None)], id="null-removed"),

@@ -22,10 +22,20 @@ def sample_plan() -> Plan:
         f.target("store", "t", "bookstore", ["buyer/buyer"], "routes"),
         f.namespace("store"),
     ]
-    live = [f.service("store", "bookstore", 80), f.split("store", "s", "bookstore", {"v1": 1}), f.namespace("old"), f.namespace("store")]
+    live = [
+        f.service("store", "bookstore", 80),
+        f.split("store", "s", "bookstore", {"v1": 1}),
+        f.namespace("old"),
+        f.namespace("store"),
+    ]
     ms = [Manifest(o, Location("mesh/a.yaml", i + 1, 1)) for i, o in enumerate(desired)]
-    warning = Diagnostic(Location("mesh/x.yaml", 3, 1), "GM011", "not managed", "apiVersion",
-                         ObjectRef("example.com", "Widget", "store", "w"))
+    warning = Diagnostic(
+        Location("mesh/x.yaml", 3, 1),
+        "GM011",
+        "not managed",
+        "apiVersion",
+        ObjectRef("example.com", "Widget", "store", "w"),
+    )
     return make_plan(
         desired=ms,
         predicted={m.ref: m.obj for m in ms},

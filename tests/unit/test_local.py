@@ -92,8 +92,14 @@ def test_a_failed_apply_changes_nothing(store: LocalBackend) -> None:
     before = store.list_managed()
     with pytest.raises(TypeError):
         # A body that cannot be stored (not JSON-serialisable) fails after the first write.
-        store.apply("default", "b", "main", [NS, {**SVC, "spec": {"bad": object()}}], [],
-                    frozenset({ObjectRef.of(NS), ObjectRef.of(SVC)}))
+        store.apply(
+            "default",
+            "b",
+            "main",
+            [NS, {**SVC, "spec": {"bad": object()}}],
+            [],
+            frozenset({ObjectRef.of(NS), ObjectRef.of(SVC)}),
+        )
     assert store.list_managed() == before
     assert store.inventory("default") == frozenset({ObjectRef.of(SVC)})
 

@@ -43,44 +43,100 @@ SPLIT, TARGET = 5, 7
 @pytest.mark.parametrize(
     ("objs", "expected"),
     [
-        pytest.param(_with(BASE, SPLIT, ("spec", "service"), "nowhere"), [("GM101", "spec.service")],
-                     id="GM101-root-missing"),
-        pytest.param(_with(BASE, SPLIT, ("spec", "backends", 1, "service"), "ghost"),
-                     [("GM102", "spec.backends[1].service")], id="GM102-backend-missing"),
-        pytest.param([*BASE[:4], f.service("store", "bookstore-v2", 8080), *BASE[5:]],
-                     [("GM103", "spec.backends[1].service")], id="GM103-no-shared-port"),
-        pytest.param([*BASE, f.split("store", "second", "bookstore", {"bookstore-v1": 1})],
-                     [("GM104", "spec.service")], id="GM104-two-splits-one-root"),
-        pytest.param([*BASE, f.split("store", "chained", "bookstore-v1", {"bookstore-v2": 1})],
-                     [("GM105", "spec.backends[0].service")], id="GM105-backend-is-a-root"),
-        pytest.param(_with(BASE, SPLIT, ("spec", "backends"),
-                           [{"service": "bookstore-v1", "weight": 0}, {"service": "bookstore-v2", "weight": 0}]),
-                     [("GM106", "spec.backends")], id="GM106-all-weights-zero"),
-        pytest.param(_with(BASE, SPLIT, ("spec", "backends"),
-                           [{"service": "bookstore-v1", "weight": 1}, {"service": "bookstore-v1", "weight": 2}]),
-                     [("GM107", "spec.backends[1].service")], id="GM107-backend-twice"),
-        pytest.param(_with(BASE, SPLIT, ("spec", "matches"), [{"kind": "HTTPRouteGroup", "name": "nope"}]),
-                     [("GM108", "spec.matches[0].name")], id="GM108-split-match-missing"),
-        pytest.param(_with(BASE, TARGET, ("spec", "rules", 0, "name"), "nope"),
-                     [("GM111", "spec.rules[0].name")], id="GM111-route-missing"),
-        pytest.param(_with(BASE, TARGET, ("spec", "rules", 0, "matches"), ["books", "sell"]),
-                     [("GM112", "spec.rules[0].matches[1]")], id="GM112-match-missing"),
-        pytest.param(_with(BASE, 6, ("spec", "matches", 0, "pathRegex"), "/books(["),
-                     [("GM113", "spec.matches[0].pathRegex")], id="GM113-bad-regex"),
-        pytest.param([*BASE, f.service("store", "bookstore", 80)], [("GM121", "metadata.name")],
-                     id="GM121-duplicate"),
-        pytest.param([{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {}}],
-                     [("GM122", "metadata.namespace")], id="GM122-no-namespace"),
-        pytest.param([{"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "x"}}],
-                     [("GM011", "apiVersion")], id="GM011-unknown-kind"),
+        pytest.param(
+            _with(BASE, SPLIT, ("spec", "service"), "nowhere"),
+            [("GM101", "spec.service")],
+            id="GM101-root-missing",
+        ),
+        pytest.param(
+            _with(BASE, SPLIT, ("spec", "backends", 1, "service"), "ghost"),
+            [("GM102", "spec.backends[1].service")],
+            id="GM102-backend-missing",
+        ),
+        pytest.param(
+            [*BASE[:4], f.service("store", "bookstore-v2", 8080), *BASE[5:]],
+            [("GM103", "spec.backends[1].service")],
+            id="GM103-no-shared-port",
+        ),
+        pytest.param(
+            [*BASE, f.split("store", "second", "bookstore", {"bookstore-v1": 1})],
+            [("GM104", "spec.service")],
+            id="GM104-two-splits-one-root",
+        ),
+        pytest.param(
+            [*BASE, f.split("store", "chained", "bookstore-v1", {"bookstore-v2": 1})],
+            [("GM105", "spec.backends[0].service")],
+            id="GM105-backend-is-a-root",
+        ),
+        pytest.param(
+            _with(
+                BASE,
+                SPLIT,
+                ("spec", "backends"),
+                [{"service": "bookstore-v1", "weight": 0}, {"service": "bookstore-v2", "weight": 0}],
+            ),
+            [("GM106", "spec.backends")],
+            id="GM106-all-weights-zero",
+        ),
+        pytest.param(
+            _with(
+                BASE,
+                SPLIT,
+                ("spec", "backends"),
+                [{"service": "bookstore-v1", "weight": 1}, {"service": "bookstore-v1", "weight": 2}],
+            ),
+            [("GM107", "spec.backends[1].service")],
+            id="GM107-backend-twice",
+        ),
+        pytest.param(
+            _with(BASE, SPLIT, ("spec", "matches"), [{"kind": "HTTPRouteGroup", "name": "nope"}]),
+            [("GM108", "spec.matches[0].name")],
+            id="GM108-split-match-missing",
+        ),
+        pytest.param(
+            _with(BASE, TARGET, ("spec", "rules", 0, "name"), "nope"),
+            [("GM111", "spec.rules[0].name")],
+            id="GM111-route-missing",
+        ),
+        pytest.param(
+            _with(BASE, TARGET, ("spec", "rules", 0, "matches"), ["books", "sell"]),
+            [("GM112", "spec.rules[0].matches[1]")],
+            id="GM112-match-missing",
+        ),
+        pytest.param(
+            _with(BASE, 6, ("spec", "matches", 0, "pathRegex"), "/books(["),
+            [("GM113", "spec.matches[0].pathRegex")],
+            id="GM113-bad-regex",
+        ),
+        pytest.param(
+            [*BASE, f.service("store", "bookstore", 80)], [("GM121", "metadata.name")], id="GM121-duplicate"
+        ),
+        pytest.param(
+            [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": {}}],
+            [("GM122", "metadata.namespace")],
+            id="GM122-no-namespace",
+        ),
+        pytest.param(
+            [{"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "x"}}],
+            [("GM011", "apiVersion")],
+            id="GM011-unknown-kind",
+        ),
         pytest.param([{"kind": "Service", "metadata": {}}], [("GM010", "")], id="GM010-no-identity"),
-        pytest.param(_with(BASE, SPLIT, ("spec", "backends", 0, "weigth"), 3),
-                     [("GM020", "spec.backends[0].weigth")], id="GM020-unknown-field"),
-        pytest.param(_with(BASE, SPLIT, ("spec", "backends", 0, "weight"), -5),
-                     [("GM020", "spec.backends[0].weight")], id="GM020-negative-weight"),
+        pytest.param(
+            _with(BASE, SPLIT, ("spec", "backends", 0, "weigth"), 3),
+            [("GM020", "spec.backends[0].weigth")],
+            id="GM020-unknown-field",
+        ),
+        pytest.param(
+            _with(BASE, SPLIT, ("spec", "backends", 0, "weight"), -5),
+            [("GM020", "spec.backends[0].weight")],
+            id="GM020-negative-weight",
+        ),
     ],
 )
-def test_each_check_reports_its_code_at_the_field(objs: list[dict[str, Any]], expected: list[tuple[str, str]]) -> None:
+def test_each_check_reports_its_code_at_the_field(
+    objs: list[dict[str, Any]], expected: list[tuple[str, str]]
+) -> None:
     result = check(*objs)
     assert codes(result) == expected
 
@@ -110,26 +166,28 @@ def test_unknown_kinds_warn_but_do_not_fail() -> None:
 
 def test_diagnostics_point_at_the_line_of_the_field() -> None:
     text = (
-        "apiVersion: split.smi-spec.io/v1alpha4\n"
-        "kind: TrafficSplit\n"
-        "metadata: {name: s, namespace: n}\n"
-        "spec:\n"
-        "  service: root\n"
-        "  backends:\n"
-        "  - service: a\n"
-        "    weight: -1\n"
-        "---\n"
-        "apiVersion: split.smi-spec.io/v1alpha4\n"
-        "kind: TrafficSplit\n"
-        "metadata: {name: t, namespace: n}\n"
-        "spec:\n"
-        "  service: root\n"
-        "  backends: [{service: a, weight: 1}]\n"
-    ).encode()
+        b"apiVersion: split.smi-spec.io/v1alpha4\n"
+        b"kind: TrafficSplit\n"
+        b"metadata: {name: s, namespace: n}\n"
+        b"spec:\n"
+        b"  service: root\n"
+        b"  backends:\n"
+        b"  - service: a\n"
+        b"    weight: -1\n"
+        b"---\n"
+        b"apiVersion: split.smi-spec.io/v1alpha4\n"
+        b"kind: TrafficSplit\n"
+        b"metadata: {name: t, namespace: n}\n"
+        b"spec:\n"
+        b"  service: root\n"
+        b"  backends: [{service: a, weight: 1}]\n"
+    )
     loaded = load_files([SourceFile("s.yaml", len(text), text)])
     result = validate(loaded.manifests, loaded.diagnostics)
     weight = [d for d in result.diagnostics if d.code == "GM020"]
-    assert [(d.location.line, d.location.column, d.path) for d in weight] == [(8, 5, "spec.backends[0].weight")]
+    assert [(d.location.line, d.location.column, d.path) for d in weight] == [
+        (8, 5, "spec.backends[0].weight")
+    ]
     missing = [d for d in result.diagnostics if d.code == "GM101"]
     # The schema-invalid split is not checked for meaning; the valid one is, at its own line.
     assert [(d.location.line, d.path) for d in missing] == [(14, "spec.service")]
