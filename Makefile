@@ -22,6 +22,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check gitmesh tests bench
 	$(BIN)/ruff format --check gitmesh tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 ## test-fast: unit tests only, for the edit-test loop
