@@ -58,10 +58,11 @@ from gitmesh.sync.git import Revision, open_repo, read_revision  # noqa: E402
 TARGET_SECONDS = 3.0
 SOURCE = "default"
 OBJECTS_PER_APP = 7  # ServiceAccount, 3 Services, TrafficSplit, HTTPRouteGroup, TrafficTarget
-APP_WORDS = (
+_APP_WORDS = (
     "catalog checkout payments search inventory shipping reviews accounts cart pricing orders auth notify "
     "media recs ledger billing profile gateway quotes"
-).split()  # noqa: SIM905
+)
+APP_WORDS = tuple(_APP_WORDS.split())
 CANARY_WEIGHTS = ((100, 0), (95, 5), (90, 10), (80, 20), (75, 25), (50, 50), (0, 100))
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "bench",

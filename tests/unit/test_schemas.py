@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -169,7 +169,7 @@ TIGHTENINGS: tuple[Tightening, ...] = (
 )
 
 
-def field_path(parts: Iterator[str | int] | Any) -> str:
+def field_path(parts: Iterable[str | int]) -> str:
     """``['spec', 'backends', 0, 'weight']`` -> ``'spec.backends[*].weight'``."""
     out = ""
     for part in parts:
@@ -228,20 +228,38 @@ needs_crds = pytest.mark.skipif(not CRD_KEYS, reason=f"no SMI CRDs found in {CRD
 
 
 def strict(node: Any) -> Any:
-    """The CRD schema as the API server applies it under strict field validation.
-
-    Wherever fields are listed, unlisted ones are rejected (additionalProperties:
-    false). ``metadata`` is dropped: the tests supply a valid one themselves.
-    """
+    """A CRD schema node as the API server applies it under strict field validation:
+    wherever fields are listed, unlisted ones are rejected (additionalProperties: false)."""
     if isinstance(node, list):
         return [strict(n) for n in node]
     if not isinstance(node, dict):
         return node
     out = {k: strict(v) for k, v in node.items()}
     if "properties" in out:
-        out["properties"] = {k: strict(v) for k, v in node["properties"].items() if k != "metadata"}
         out.setdefault("additionalProperties", False)
     return out
+
+
+def bounded(node: Any, size: int = 4) -> Any:
+    """The same schema with lists and maps capped at ``size`` entries: generated
+    objects stay small and fast to make, and no schema rule depends on length."""
+    if isinstance(node, list):
+        return [bounded(n, size) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: bounded(v, size) for k, v in node.items()}
+    if out.get("type") == "array":
+        out.setdefault("maxItems", size)
+    if isinstance(out.get("additionalProperties"), dict):
+        out.setdefault("maxProperties", size)
+    return out
+
+
+def crd_schema(key: tuple[str, str]) -> dict[str, Any]:
+    """The CRD version's schema made strict, without ``metadata`` (the tests supply a valid one)."""
+    schema = strict(CRD_VERSIONS[key])
+    schema.get("properties", {}).pop("metadata", None)
+    return schema
 
 
 def wrap(api_version: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -253,7 +271,7 @@ def wrap(api_version: str, kind: str, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def property_paths(node: Any, prefix: str = "", *, follow_refs: bool = True) -> set[str]:
+def property_paths(node: Any, prefix: str = "") -> set[str]:
     """Every field path a schema declares: ``[*]`` for list items, ``{*}`` for map values.
 
     Branches of allOf/anyOf/oneOf contribute to the same path; the shared
@@ -404,7 +422,8 @@ VALID: list[Any] = [
         {"service": "bookstore-v1", "weight": "500m"}, {"service": "bookstore-v2", "weight": 1},
         {"service": "bookstore-v3", "weight": 0.25}, {"service": "bookstore-v4", "weight": "1k"}]}),
         id="TrafficSplit-v1alpha1-quantity-weights"),
-    pytest.param(ts(A2, {"service": "bookstore.bookstore-ns", "backends": BACKENDS}), id="TrafficSplit-v1alpha2"),
+    pytest.param(ts(A2, {"service": "bookstore.bookstore-ns", "backends": BACKENDS}),
+                 id="TrafficSplit-v1alpha2"),
     pytest.param(ts(A2, {"service": "bookstore", "backends": [{"service": "v2", "weight": 100.0}]}),
                  id="TrafficSplit-v1alpha2-integral-float-weight"),
     pytest.param(ts(A3, {"service": "bookstore", "backends": BACKENDS,
@@ -414,7 +433,8 @@ VALID: list[Any] = [
                   "status": {"anything": ["goes"]}}, id="TrafficSplit-v1alpha4-zero-weight-and-status"),
     pytest.param(tt(A1, {"destination": {**DEST, "port": 8080}, "specs": RULES, "sources": [SA]}),
                  id="TrafficTarget-v1alpha1-top-level"),
-    pytest.param(tt(A1, {"destination": DEST, "specs": [{"kind": "TCPRoute", "name": "tcp"}], "sources": [SA]}),
+    pytest.param(tt(A1, {"destination": DEST, "specs": [{"kind": "TCPRoute", "name": "tcp"}],
+                         "sources": [SA]}),
                  id="TrafficTarget-v1alpha1-no-port"),
     pytest.param(tt(A2, {"spec": {**TT_SPEC, "destination": {**DEST, "port": 14001}}}),
                  id="TrafficTarget-v1alpha2-port"),
@@ -446,16 +466,21 @@ VALID: list[Any] = [
     pytest.param(specs("TCPRoute", A2, {}), id="TCPRoute-v1alpha2"),
     pytest.param(specs("TCPRoute", A3, {"spec": {}}), id="TCPRoute-v1alpha3-empty-spec"),
     pytest.param(specs("TCPRoute", A3, {}), id="TCPRoute-v1alpha3-no-spec"),
-    pytest.param(specs("TCPRoute", A4, {"spec": {"matches": {"ports": [3306, 6446]}}}), id="TCPRoute-v1alpha4"),
-    pytest.param(specs("TCPRoute", A4, {"spec": {"matches": {"ports": []}}}), id="TCPRoute-v1alpha4-all-ports"),
-    pytest.param(specs("UDPRoute", A4, {"spec": {"matches": {"ports": [53, 65535]}}}), id="UDPRoute-v1alpha4"),
+    pytest.param(specs("TCPRoute", A4, {"spec": {"matches": {"ports": [3306, 6446]}}}),
+                 id="TCPRoute-v1alpha4"),
+    pytest.param(specs("TCPRoute", A4, {"spec": {"matches": {"ports": []}}}),
+                 id="TCPRoute-v1alpha4-all-ports"),
+    pytest.param(specs("UDPRoute", A4, {"spec": {"matches": {"ports": [53, 65535]}}}),
+                 id="UDPRoute-v1alpha4"),
     pytest.param({"apiVersion": "v1", "kind": "Namespace",
                   "metadata": {"name": "bookstore", "labels": {"openservicemesh.io/monitored-by": "osm"}},
                   "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}, id="Namespace"),
     pytest.param(REAL_SERVICE, id="Service-as-read-from-a-cluster"),
     pytest.param({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
-                  "spec": {"type": "ExternalName", "externalName": "db.example.com"}}, id="Service-ExternalName"),
-    pytest.param({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dns", "namespace": "kube-system"},
+                  "spec": {"type": "ExternalName", "externalName": "db.example.com"}},
+                 id="Service-ExternalName"),
+    pytest.param({"apiVersion": "v1", "kind": "Service",
+                  "metadata": {"name": "dns", "namespace": "kube-system"},
                   "spec": {"clusterIP": "None", "ports": [
                       {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
                       {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": "dns-tcp"},
@@ -531,8 +556,8 @@ INVALID: list[Any] = [
                  "$.spec.backends[0]", "required", id="TrafficSplit-typo-weigth-leaves-weight-missing"),
     pytest.param(with_path(ts(A2, TS4["spec"]), "spec.matches", [{"kind": _HRG, "name": "x"}]), "$.spec",
                  "additionalProperties", id="TrafficSplit-v1alpha2-has-no-matches"),
-    pytest.param(with_path(TS4, "spec.matches", [{"kind": "TCPRoute", "name": "x"}]), "$.spec.matches[0].kind",
-                 "enum", id="TrafficSplit-match-kind"),
+    pytest.param(with_path(TS4, "spec.matches", [{"kind": "TCPRoute", "name": "x"}]),
+                 "$.spec.matches[0].kind", "enum", id="TrafficSplit-match-kind"),
     pytest.param(without(TS4, "spec"), "$", "required", id="TrafficSplit-no-spec"),
     pytest.param({**TS4, "spce": {}}, "$", "additionalProperties", id="TrafficSplit-unknown-top-level-field"),
     pytest.param({**TS4, "status": "ok"}, "$.status", "type", id="TrafficSplit-status-not-an-object"),
@@ -541,8 +566,10 @@ INVALID: list[Any] = [
                  id="TrafficTarget-v1alpha3-empty-sources"),
     pytest.param(with_path(TT3, "spec.rules", []), "$.spec.rules", "minItems",
                  id="TrafficTarget-v1alpha3-empty-rules"),
-    pytest.param(with_path(TT1, "sources", []), "$.sources", "minItems", id="TrafficTarget-v1alpha1-empty-sources"),
-    pytest.param(with_path(TT1, "specs", []), "$.specs", "minItems", id="TrafficTarget-v1alpha1-empty-specs"),
+    pytest.param(with_path(TT1, "sources", []), "$.sources", "minItems",
+                 id="TrafficTarget-v1alpha1-empty-sources"),
+    pytest.param(with_path(TT1, "specs", []), "$.specs", "minItems",
+                 id="TrafficTarget-v1alpha1-empty-specs"),
     pytest.param(without(tt(A2, {"spec": TT_SPEC}), "spec.sources"), "$.spec", "required",
                  id="TrafficTarget-v1alpha2-missing-sources"),
     pytest.param(with_path(TT3, "spec.sources.0.kind", "Group"), "$.spec.sources[0].kind", "const",
@@ -557,8 +584,8 @@ INVALID: list[Any] = [
                  id="TrafficTarget-v1alpha1-fractional-port"),
     pytest.param(with_path(TT3, "spec.destination.port", 8080), "$.spec.destination", "additionalProperties",
                  id="TrafficTarget-v1alpha3-has-no-port"),
-    pytest.param(with_path(tt(A2, {"spec": TT_SPEC}), "spec.rules.0.kind", "UDPRoute"), "$.spec.rules[0].kind",
-                 "enum", id="TrafficTarget-v1alpha2-no-UDPRoute"),
+    pytest.param(with_path(tt(A2, {"spec": TT_SPEC}), "spec.rules.0.kind", "UDPRoute"),
+                 "$.spec.rules[0].kind", "enum", id="TrafficTarget-v1alpha2-no-UDPRoute"),
     pytest.param(with_path(TT3, "spec.sources.0.namespace", "Book_Buyer"), "$.spec.sources[0].namespace",
                  "pattern", id="TrafficTarget-bad-namespace"),
     pytest.param(with_path(TT3, "spec.sources.0", {**SA, "serviceAccount": "x"}), "$.spec.sources[0]",
@@ -574,8 +601,8 @@ INVALID: list[Any] = [
                  "anyOf", id="HTTPRouteGroup-headers-a-string"),
     pytest.param(with_path(HRG4, "spec.matches.0", {"pathRegex": "/"}), "$.spec.matches[0]", "required",
                  id="HTTPRouteGroup-match-without-name"),
-    pytest.param(with_path(HRG4, "spec.matches.0.pathregex", "/"), "$.spec.matches[0]", "additionalProperties",
-                 id="HTTPRouteGroup-typo-pathregex"),
+    pytest.param(with_path(HRG4, "spec.matches.0.pathregex", "/"), "$.spec.matches[0]",
+                 "additionalProperties", id="HTTPRouteGroup-typo-pathregex"),
     pytest.param(without(HRG4, "spec"), "$", "required", id="HTTPRouteGroup-v1alpha4-no-spec"),
     pytest.param(specs(_HRG, A1, {"spec": {"matches": [MATCH]}}), "$", "additionalProperties",
                  id="HTTPRouteGroup-v1alpha1-has-no-spec"),
@@ -608,10 +635,11 @@ INVALID: list[Any] = [
                  id="metadata-label-value-not-a-string"),
     pytest.param(with_path(TS4, "metadata.labels", {"bad key!": "x"}), "$.metadata.labels", "pattern",
                  id="metadata-label-key"),
-    pytest.param(with_path(TS4, "metadata.annotations", {"note": True}), "$.metadata.annotations.note", "type",
-                 id="metadata-annotation-value-not-a-string"),
+    pytest.param(with_path(TS4, "metadata.annotations", {"note": True}), "$.metadata.annotations.note",
+                 "type", id="metadata-annotation-value-not-a-string"),
     # core kinds
-    pytest.param(with_path(SVC, "spec.ports.0.port", 0), "$.spec.ports[0].port", "minimum", id="Service-port-0"),
+    pytest.param(with_path(SVC, "spec.ports.0.port", 0), "$.spec.ports[0].port", "minimum",
+                 id="Service-port-0"),
     pytest.param(with_path(SVC, "spec.ports.0.port", 70000), "$.spec.ports[0].port", "maximum",
                  id="Service-port-70000"),
     pytest.param(with_path(SVC, "spec.ports.0.port", "80"), "$.spec.ports[0].port", "type",
@@ -683,8 +711,7 @@ def test_every_crd_version_has_a_schema() -> None:
 @pytest.mark.parametrize("key", CRD_KEYS, ids=[f"{k}-{v.split('/')[1]}" for v, k in CRD_KEYS])
 def test_crd_fields_exist_in_our_schema(key: tuple[str, str]) -> None:
     ours = schemas.schema_document(*key)
-    crd = strict(CRD_VERSIONS[key])
-    missing = property_paths(crd) - property_paths(ours)
+    missing = property_paths(crd_schema(key)) - property_paths(ours)
     assert not missing, f"fields the CRD declares but gitmesh's schema lacks: {sorted(missing)}"
 
 
@@ -700,13 +727,13 @@ HYPOTHESIS = settings(
 def test_objects_the_crd_accepts_are_accepted_or_a_listed_tightening(key: tuple[str, str]) -> None:
     api_version, kind = key
     version = api_version.split("/")[1]
-    crd_schema = strict(CRD_VERSIONS[key])
-    crd_validator = jsonschema.Draft202012Validator(crd_schema)
+    crd = crd_schema(key)
+    crd_validator = jsonschema.Draft202012Validator(crd)
     ours = schemas.validator_for(api_version, kind)
     assert ours is not None
 
     @HYPOTHESIS
-    @given(from_schema(crd_schema))
+    @given(from_schema(bounded(crd)))
     def check(body: dict[str, Any]) -> None:
         assert crd_validator.is_valid(body)
         obj = wrap(api_version, kind, body)
@@ -715,7 +742,7 @@ def test_objects_the_crd_accepts_are_accepted_or_a_listed_tightening(key: tuple[
             for e in ours.iter_errors(obj)
             if not is_tightening(kind, version, e)
         ]
-        assert not unexplained, "the CRD accepts this object but gitmesh rejects it:\n" + "\n".join(unexplained)
+        assert not unexplained, "the CRD accepts this but gitmesh rejects it:\n" + "\n".join(unexplained)
 
     check()
 
@@ -821,6 +848,8 @@ def test_smi_objects_are_strict_everywhere(key: tuple[str, str]) -> None:
     loose = [
         path
         for path, node in walk(doc)
-        if "properties" in node and not path.endswith(".properties") and node.get("additionalProperties") is not False
+        if "properties" in node
+        and not path.endswith(".properties")
+        and node.get("additionalProperties") is not False
     ]
     assert not loose
