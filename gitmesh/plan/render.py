@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.text import Text
 
@@ -152,7 +153,8 @@ def _impact_lines(impact: Impact) -> Iterable[tuple[str, str]]:
         width = max(len(b.service) for b in s.backends)
         for b in s.backends:
             note = "  (new backend)" if b.before is None else "  (removed)" if b.after is None else ""
-            yield f"    {b.service:<{width}}  {_percent(b.before):>7} -> {_percent(b.after):<7}{note}", ""
+            line = f"    {b.service:<{width}}  {_percent(b.before):>7} -> {_percent(b.after):<7}{note}"
+            yield line.rstrip(), ""
     if impact.access:
         yield "  Access:", "bold"
         for a in impact.access:
@@ -194,9 +196,12 @@ def plan_markdown(plan: Plan) -> str:
 
 
 def _change_diff_lines(c: Change) -> list[str]:
+    """Updates as one line per field (``!`` marks a change in diff syntax); whole objects as YAML."""
     if c.action is Action.UPDATE:
         return [_diff_line(f).replace("~ ", "! ", 1) if f.op == "change" else _diff_line(f) for f in c.diff]
-    return [_diff_line(f) for f in c.diff]
+    sign, obj = ("+", c.after) if c.action is Action.CREATE else ("-", c.before)
+    text = yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
+    return [f"{sign} {line}" for line in text.splitlines()]
 
 
 def _md_code(s: str) -> str:
