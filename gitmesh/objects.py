@@ -88,6 +88,7 @@ class Manifest:
     obj: dict[str, Any]
     source: Location
     positions: Mapping[Path, Location] = field(default_factory=dict, compare=False, repr=False)
+    converted_from: str = ""  # the apiVersion as written, when gitmesh converted it to the served one
 
     @property
     def ref(self) -> ObjectRef:

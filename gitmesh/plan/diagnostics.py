@@ -186,6 +186,14 @@ CODES: dict[str, Code] = {
             "A namespaced object has no metadata.namespace and none can be inferred: an object without "
             "one takes the namespace of the single Namespace object defined in the same file.",
         ),
+        Code(
+            "GM130",
+            _E,
+            "field has no equivalent in the served version",
+            "gitmesh converts older SMI versions to the version clusters serve. TrafficTarget "
+            "destination.port (v1alpha1, v1alpha2) has no equivalent in v1alpha3; dropping it would widen "
+            "access to every port, so gitmesh refuses. Limit ports with a TCPRoute rule instead.",
+        ),
     )
 }
 

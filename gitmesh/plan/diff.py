@@ -53,13 +53,16 @@ def make_plan(
         wanted.add(ref)
         after = clean(predicted[ref])
         current = live.get(ref)
+        reason = f"converted from {m.converted_from}" if m.converted_from else ""
         if current is None:
-            changes.append(Change(ref, Action.CREATE, diff_fields(None, after), None, after, m.obj, m.source))
+            changes.append(
+                Change(ref, Action.CREATE, diff_fields(None, after), None, after, m.obj, m.source, reason)
+            )
             continue
         before = clean(current)
         fields = diff_fields(before, after)
         if fields:
-            changes.append(Change(ref, Action.UPDATE, fields, before, after, m.obj, m.source))
+            changes.append(Change(ref, Action.UPDATE, fields, before, after, m.obj, m.source, reason))
         else:
             changes.append(Change(ref, Action.NOOP, source=m.source))
     stale = sorted((r for r in set(inventory) - wanted if r in live), key=apply_rank, reverse=True)

@@ -17,7 +17,7 @@ from jsonschema import exceptions as schema_errors
 
 from gitmesh import smi
 from gitmesh.objects import CLUSTER_SCOPED_KINDS, Manifest, ObjectRef
-from gitmesh.plan import schema
+from gitmesh.plan import convert, schema
 from gitmesh.plan.diagnostics import Diagnostic, field_path
 
 
@@ -46,8 +46,9 @@ def validate(manifests: Sequence[Manifest], extra: Iterable[Diagnostic] = ()) ->
             shaped.append(_normalise(m))
     diagnostics.extend(_duplicates(manifests))
     diagnostics.extend(check_references(shaped))
+    diagnostics.extend(_unconvertible(shaped))
     failed = {d.ref for d in diagnostics if d.is_error and d.ref is not None}
-    desired = tuple(m for m in shaped if m.ref not in failed)
+    desired = tuple(_served(m) for m in shaped if m.ref not in failed)
     return Validated(desired, tuple(sorted(diagnostics, key=_order)))
 
 
@@ -118,6 +119,26 @@ def _normalise(m: Manifest) -> Manifest:
         if x.headers:
             _get(obj, x.path)["headers"] = [{name: pattern} for name, pattern in x.headers]
     return Manifest(obj, m.source, m.positions)
+
+
+def _unconvertible(manifests: Sequence[Manifest]) -> list[Diagnostic]:
+    return [
+        _at(
+            m,
+            path,
+            "GM130",
+            f"{m.obj['apiVersion']} {field_path(path)} cannot be converted to "
+            f"{convert.SERVED[m.obj['kind']]}, which has no such field",
+        )
+        for m in manifests
+        for path in convert.lost_fields(m.obj)
+    ]
+
+
+def _served(m: Manifest) -> Manifest:
+    if not convert.needs_conversion(m.obj):
+        return m
+    return Manifest(convert.to_served(m.obj), m.source, m.positions, converted_from=m.obj["apiVersion"])
 
 
 def _get(obj: Any, path: tuple[str | int, ...]) -> Any:

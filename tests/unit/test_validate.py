@@ -227,4 +227,5 @@ def test_older_versions_are_checked_with_their_own_field_layout() -> None:
     }
     old_split = f.split("store", "s2", "bookstore", {"bookstore-v1": 1}, version="v1alpha2")
     result = check(*BASE[:5], old_split, old_target)
-    assert codes(result) == [("GM111", "specs[0].name")]
+    # destination.port has no place in the served v1alpha3: refused rather than silently widened.
+    assert codes(result) == [("GM130", "destination.port"), ("GM111", "specs[0].name")]

@@ -1,0 +1,90 @@
+"""Convert SMI objects written in older versions to the version clusters serve.
+
+gitmesh's CRDs serve one version per kind (see ``crds.SERVED``): the versions
+differ in layout, not just in name, and a CRD without a conversion webhook
+cannot translate between layouts. So gitmesh converts before it applies, and
+the plan says so. Conversion is lossless; what cannot be carried over is
+refused by validation (GM130) before conversion is reached.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from gitmesh import smi
+
+SERVED = {
+    "TrafficSplit": f"{smi.SPLIT_GROUP}/v1alpha4",
+    "TrafficTarget": f"{smi.ACCESS_GROUP}/v1alpha3",
+    "HTTPRouteGroup": f"{smi.SPECS_GROUP}/v1alpha4",
+    "TCPRoute": f"{smi.SPECS_GROUP}/v1alpha4",
+    "UDPRoute": f"{smi.SPECS_GROUP}/v1alpha4",
+}
+
+
+def needs_conversion(obj: dict[str, Any]) -> bool:
+    served = SERVED.get(obj.get("kind", ""))
+    return served is not None and obj.get("apiVersion") != served
+
+
+def lost_fields(obj: dict[str, Any]) -> list[tuple[str | int, ...]]:
+    """Fields set in ``obj`` that the served version cannot hold (TrafficTarget destination ports)."""
+    if obj.get("kind") != "TrafficTarget" or not needs_conversion(obj):
+        return []
+    if smi.version(obj) == "v1alpha1":
+        return [("destination", "port")] if "port" in (obj.get("destination") or {}) else []
+    dest = (obj.get("spec") or {}).get("destination") or {}
+    return [("spec", "destination", "port")] if "port" in dest else []
+
+
+def to_served(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` in its kind's served version; objects already served, or of other kinds, as they are."""
+    if not needs_conversion(obj):
+        return obj
+    kind = obj["kind"]
+    out: dict[str, Any] = {
+        "apiVersion": SERVED[kind],
+        "kind": kind,
+        "metadata": copy.deepcopy(obj["metadata"]),
+    }
+    if kind == "TrafficSplit":
+        out["spec"] = _split_spec(obj)
+    elif kind == "TrafficTarget":
+        out["spec"] = {
+            "destination": {k: v for k, v in _target_part(obj, "destination").items() if k != "port"},
+            "rules": copy.deepcopy(_target_part(obj, "specs" if smi.version(obj) == "v1alpha1" else "rules")),
+            "sources": copy.deepcopy(_target_part(obj, "sources")),
+        }
+    elif kind == "HTTPRouteGroup":
+        matches = (
+            obj.get("matches") if smi.version(obj) in ("v1alpha1", "v1alpha2") else obj["spec"]["matches"]
+        )
+        out["spec"] = {"matches": copy.deepcopy(matches)}
+    else:  # TCPRoute / UDPRoute before v1alpha4 matched every port
+        out["spec"] = {"matches": {"ports": []}}
+    return out
+
+
+def _target_part(obj: dict[str, Any], key: str) -> Any:
+    body = obj if smi.version(obj) == "v1alpha1" else obj.get("spec") or {}
+    return body.get(key) or ([] if key != "destination" else {})
+
+
+def _split_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = copy.deepcopy(obj["spec"])
+    backends = spec["backends"]
+    weights = [smi.parse_weight(b["weight"]) for b in backends]
+    for b, w in zip(backends, integer_weights(weights), strict=True):
+        b["weight"] = w
+    return spec
+
+
+def integer_weights(weights: list[Decimal]) -> list[int]:
+    """Integer weights in the same proportions: whole weights stay as written, 500m / 1500m become 1 / 3."""
+    fractions = [Fraction(w) for w in weights]
+    scale = math.lcm(*(f.denominator for f in fractions)) if fractions else 1
+    return [int(f * scale) for f in fractions]

@@ -1,0 +1,119 @@
+"""CustomResourceDefinitions for the SMI kinds, rendered from gitmesh's own schemas.
+
+Each CRD serves and stores exactly one version, the newest (``convert.SERVED``):
+the SMI versions differ in layout (TrafficTarget v1alpha1 keeps its fields at
+the top level, HTTPRouteGroup moved ``matches`` under ``spec``), and serving
+several would need a conversion webhook in the cluster. gitmesh converts older
+versions found in Git before applying instead, and says so in the plan.
+
+Kubernetes accepts only *structural* OpenAPI schemas, a subset of JSON Schema,
+so the rendering rewrites what it cannot hold: ``const`` becomes a one-value
+``enum``; ``metadata`` is left to the API server; where gitmesh accepts two
+spellings (HTTPRouteGroup headers) the CRD keeps the one gitmesh writes; and
+``additionalProperties: false`` is dropped because the API server already
+rejects unknown fields under strict field validation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gitmesh.plan import schema
+from gitmesh.plan.convert import SERVED
+
+_PLURALS = {
+    "TrafficSplit": ("trafficsplits", "trafficsplit", ["ts"]),
+    "TrafficTarget": ("traffictargets", "traffictarget", ["tt"]),
+    "HTTPRouteGroup": ("httproutegroups", "httproutegroup", ["htr"]),
+    "TCPRoute": ("tcproutes", "tcproute", ["tr"]),
+    "UDPRoute": ("udproutes", "udproute", ["ur"]),
+}
+_DROP = frozenset({"$schema", "$id", "title", "$comment", "examples"})
+
+
+def plural(kind: str) -> str:
+    return _PLURALS[kind][0]
+
+
+def render_all() -> list[dict[str, Any]]:
+    return [render(kind) for kind in SERVED]
+
+
+def render(kind: str) -> dict[str, Any]:
+    api_version = SERVED[kind]
+    group, version = api_version.split("/")
+    doc = schema.schema_document(api_version, kind)
+    if doc is None:
+        raise ValueError(f"no schema for {api_version} {kind}")
+    plural_name, singular, short = _PLURALS[kind]
+    columns = (
+        [
+            {
+                "name": "Service",
+                "type": "string",
+                "jsonPath": ".spec.service",
+                "description": "The root service.",
+            }
+        ]
+        if kind == "TrafficSplit"
+        else []
+    )
+    version_entry: dict[str, Any] = {
+        "name": version,
+        "served": True,
+        "storage": True,
+        "schema": {"openAPIV3Schema": structural(doc, top=True)},
+    }
+    if columns:
+        version_entry["additionalPrinterColumns"] = columns
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural_name}.{group}", "labels": {"app.kubernetes.io/part-of": "gitmesh"}},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural_name,
+                "singular": singular,
+                "shortNames": short,
+                "categories": ["smi"],
+            },
+            "versions": [version_entry],
+        },
+    }
+
+
+def structural(node: Any, top: bool = False) -> Any:
+    """A JSON Schema node rewritten into Kubernetes' structural OpenAPI subset."""
+    if isinstance(node, list):
+        return [structural(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "anyOf" in node:  # keep the array spelling: the one gitmesh normalises to and stores
+        (chosen,) = [b for b in node["anyOf"] if b.get("type") == "array"]
+        merged = {k: v for k, v in node.items() if k != "anyOf"} | chosen
+        return structural(merged)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP or (key == "additionalProperties" and value is False):
+            continue
+        if key == "const":
+            out["type"] = "string" if isinstance(value, str) else "integer"
+            out["enum"] = [value]
+        elif key == "properties":
+            props = {name: structural(sub) for name, sub in value.items()}
+            if top:  # the API server owns these three
+                props |= {
+                    "apiVersion": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "metadata": {"type": "object"},
+                }
+            out["properties"] = props
+        elif key == "required" and top:
+            out["required"] = [r for r in value if r not in ("apiVersion", "kind", "metadata")]
+        else:
+            out[key] = structural(value)
+    return out
