@@ -6,7 +6,7 @@ controller call these and nothing deeper.
 
 from __future__ import annotations
 
-from gitmesh.cluster.backend import ClusterBackend, fingerprint
+from gitmesh.cluster.backend import ClusterBackend, content_hash, fingerprint
 from gitmesh.errors import PlanError, StalePlan
 from gitmesh.plan.diff import make_plan
 from gitmesh.plan.load import load_files
@@ -22,16 +22,42 @@ def check(revision: Revision) -> Validated:
 
 
 def plan(revision: Revision, validated: Validated, backend: ClusterBackend, source: str) -> Plan:
-    """Diff a valid revision against what ``source`` owns in the backend."""
+    """Diff a valid revision against what ``source`` owns in the backend.
+
+    An object whose manifest is unchanged since gitmesh applied it, and whose
+    live version is the one that apply produced, is unchanged on both sides:
+    it needs no dry-run. Everything else is predicted by the backend.
+    """
     if not validated.ok:
         raise PlanError(
             f"revision {revision.short} has {len(validated.errors)} error(s); nothing was planned"
         )
     live = backend.list_managed()
     inventory = backend.inventory(source)
+    hashes = {m.ref: content_hash(m.obj) for m in validated.desired}
+    unchanged = {
+        ref
+        for ref, h in hashes.items()
+        if (entry := inventory.get(ref)) is not None
+        and ref in live
+        and entry.hash == h
+        and entry.resource_version == live[ref].resource_version
+    }
+    to_predict = [m for m in validated.desired if m.ref not in unchanged]
+    predictions = dict(
+        zip((m.ref for m in to_predict), backend.predict([m.obj for m in to_predict]), strict=True)
+    )
+    notes = {}
+    for ref, entry in inventory.items():
+        if ref not in hashes or ref in unchanged:
+            continue
+        if ref not in live:
+            notes[ref] = "deleted from the cluster since gitmesh applied it"
+        elif entry.hash == hashes[ref]:
+            notes[ref] = "drift: changed in the cluster since gitmesh applied it"
     return make_plan(
         desired=validated.desired,
-        predicted={m.ref: backend.dry_run(m.obj) for m in validated.desired},
+        predicted={ref: live[ref].obj for ref in unchanged} | {ref: p.obj for ref, p in predictions.items()},
         live={ref: obj.obj for ref, obj in live.items()},
         inventory=inventory,
         source=source,
@@ -40,20 +66,31 @@ def plan(revision: Revision, validated: Validated, backend: ClusterBackend, sour
         backend=backend.describe(),
         fingerprint=fingerprint(live, inventory),
         diagnostics=validated.diagnostics,
+        conflicts={ref: p.conflict for ref, p in predictions.items() if p.conflict},
+        notes=notes,
     )
 
 
-def apply(plan: Plan, backend: ClusterBackend, *, allow_empty: bool = False) -> None:
+def apply(
+    plan: Plan, backend: ClusterBackend, *, allow_empty: bool = False, force_conflicts: bool = False
+) -> None:
     """Apply exactly ``plan``, refusing if the live state moved since it was made."""
     if plan.backend != backend.describe():
         raise PlanError(f"the plan is for {plan.backend}, not {backend.describe()}")
-    current = fingerprint(backend.list_managed(), backend.inventory(plan.source))
-    if current != plan.live_fingerprint:
+    inventory = backend.inventory(plan.source)
+    if fingerprint(backend.list_managed(), inventory) != plan.live_fingerprint:
         raise StalePlan("the live state changed since this plan was made; run gitmesh plan again")
     if plan.deletes_everything and not allow_empty:
         raise PlanError(
             f"this revision would delete all {len(plan.changes)} objects that source {plan.source!r} owns; "
             "pass --allow-empty if that is intended"
+        )
+    conflicted = [c for c in plan.changes if c.conflict]
+    if conflicted and not force_conflicts:
+        names = "; ".join(f"{c.ref}: {c.conflict}" for c in conflicted[:5])
+        raise PlanError(
+            f"{len(conflicted)} object(s) have fields owned by another field manager ({names}); "
+            "pass --force-conflicts to take them over"
         )
     backend.apply(
         plan.source,
@@ -61,5 +98,8 @@ def apply(plan: Plan, backend: ClusterBackend, *, allow_empty: bool = False) -> 
         plan.ref,
         objects=[c.manifest for c in plan.changes if c.manifest is not None],
         deletes=[c.ref for c in plan.changes if c.action is Action.DELETE],
-        inventory=frozenset(c.ref for c in plan.changes if c.action is not Action.DELETE),
+        keep={
+            c.ref: inventory[c.ref] for c in plan.changes if c.action is Action.NOOP and c.manifest is None
+        },
+        force_conflicts=force_conflicts,
     )

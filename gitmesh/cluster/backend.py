@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +22,22 @@ class Live:
 
 
 @dataclass(frozen=True)
+class Applied:
+    """An inventory entry: what gitmesh last applied for an object, and the version that produced."""
+
+    hash: str  # content_hash of the manifest sent
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """An object as it would be stored if applied now; ``conflict`` names fields another manager owns."""
+
+    obj: dict[str, Any]
+    conflict: str = ""
+
+
+@dataclass(frozen=True)
 class SourceStatus:
     source: str
     revision: str | None = None
@@ -33,16 +50,16 @@ class SourceStatus:
 
 class ClusterBackend(Protocol):
     def describe(self) -> str:
-        """Where objects go, for plans and logs: ``local:/path/store.db``."""
+        """Where objects go, for plans and logs: ``local:/path/store.db``, ``kube:context``."""
 
     def list_managed(self) -> dict[ObjectRef, Live]:
-        """Every live object that carries gitmesh's managed-by label."""
+        """Every live object of the kinds gitmesh manages that carries its managed-by label."""
 
-    def inventory(self, source: str) -> frozenset[ObjectRef]:
+    def inventory(self, source: str) -> dict[ObjectRef, Applied]:
         """What ``source`` applied last: the only objects its prune may delete."""
 
-    def dry_run(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """The object as it would be stored if applied now, defaults filled in."""
+    def predict(self, objects: Sequence[Mapping[str, Any]]) -> list[Prediction]:
+        """Each object as it would be stored if applied now, defaults filled in, in order."""
 
     def apply(
         self,
@@ -51,9 +68,15 @@ class ClusterBackend(Protocol):
         ref: str,
         objects: Sequence[Mapping[str, Any]],
         deletes: Sequence[ObjectRef],
-        inventory: frozenset[ObjectRef],
+        keep: Mapping[ObjectRef, Applied],
+        *,
+        force_conflicts: bool = False,
     ) -> None:
-        """Write ``objects`` in order, delete ``deletes`` in order, record the inventory and revision."""
+        """Write ``objects`` in order, then delete ``deletes`` in order.
+
+        The new inventory is ``keep`` plus every object written; on failure it
+        still lists exactly what is applied, and the error names what failed.
+        """
 
     def record_error(self, source: str, message: str) -> None:
         """Remember why the last attempt for ``source`` failed (shown by ``gitmesh status``)."""
@@ -73,12 +96,18 @@ def is_owned(obj: Mapping[str, Any]) -> bool:
     return ((obj.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE
 
 
-def fingerprint(live: Mapping[ObjectRef, Live], inventory: frozenset[ObjectRef]) -> str:
+def content_hash(obj: Mapping[str, Any]) -> str:
+    """Identifies a manifest's content: equal hashes, equal manifests."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+def fingerprint(live: Mapping[ObjectRef, Live], inventory: Mapping[ObjectRef, Applied]) -> str:
     """Identifies the live state a plan was made against: any write or inventory change alters it."""
     h = hashlib.sha256()
     for ref in sorted(live):
         h.update(f"{ref.group}/{ref}@{live[ref].resource_version}\n".encode())
     h.update(b"--\n")
     for ref in sorted(inventory):
-        h.update(f"{ref.group}/{ref}\n".encode())
+        entry = inventory[ref]
+        h.update(f"{ref.group}/{ref}@{entry.resource_version}#{entry.hash}\n".encode())
     return h.hexdigest()

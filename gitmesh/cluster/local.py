@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gitmesh.cluster.backend import Live, SourceStatus, is_owned, owned
+from gitmesh.cluster.backend import Applied, Live, Prediction, SourceStatus, content_hash, is_owned, owned
 from gitmesh.errors import ClusterError
 from gitmesh.objects import ObjectRef
 
@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS objects (
 );
 CREATE TABLE IF NOT EXISTS inventory (
     source TEXT NOT NULL, grp TEXT NOT NULL, kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    hash TEXT NOT NULL, resource_version TEXT NOT NULL,
     PRIMARY KEY (source, grp, kind, namespace, name)
 );
 CREATE TABLE IF NOT EXISTS sources (
@@ -73,14 +74,15 @@ class LocalBackend:
             out[ObjectRef(grp, kind, ns, name)] = Live(obj, str(rv))
         return out
 
-    def inventory(self, source: str) -> frozenset[ObjectRef]:
+    def inventory(self, source: str) -> dict[ObjectRef, Applied]:
         rows = self._db.execute(
-            "SELECT grp, kind, namespace, name FROM inventory WHERE source = ?", (source,)
+            "SELECT grp, kind, namespace, name, hash, resource_version FROM inventory WHERE source = ?",
+            (source,),
         )
-        return frozenset(ObjectRef(*row) for row in rows)
+        return {ObjectRef(g, k, ns, n): Applied(h, rv) for g, k, ns, n, h, rv in rows}
 
-    def dry_run(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        return owned(obj)
+    def predict(self, objects: Sequence[Mapping[str, Any]]) -> list[Prediction]:
+        return [Prediction(owned(obj)) for obj in objects]
 
     def apply(
         self,
@@ -89,14 +91,18 @@ class LocalBackend:
         ref: str,
         objects: Sequence[Mapping[str, Any]],
         deletes: Sequence[ObjectRef],
-        inventory: frozenset[ObjectRef],
+        keep: Mapping[ObjectRef, Applied],
+        *,
+        force_conflicts: bool = False,  # one writer: the embedded store has no field conflicts
     ) -> None:
         now = _now()
+        inventory = dict(keep)
         with self._transaction() as db:
             (counter,) = db.execute("SELECT value FROM counter").fetchone()
             for obj in objects:
                 counter += 1
                 r = ObjectRef.of(obj)
+                inventory[r] = Applied(content_hash(obj), str(counter))
                 body = json.dumps(owned(obj), separators=(",", ":"), sort_keys=True)
                 db.execute(
                     "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
@@ -111,8 +117,11 @@ class LocalBackend:
             db.execute("UPDATE counter SET value = ?", (counter,))
             db.execute("DELETE FROM inventory WHERE source = ?", (source,))
             db.executemany(
-                "INSERT INTO inventory VALUES (?, ?, ?, ?, ?)",
-                [(source, r.group, r.kind, r.namespace, r.name) for r in inventory],
+                "INSERT INTO inventory VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (source, r.group, r.kind, r.namespace, r.name, a.hash, a.resource_version)
+                    for r, a in inventory.items()
+                ],
             )
             db.execute(
                 "INSERT INTO sources (source, revision, ref, applied_at, last_error, last_error_at) "

@@ -40,12 +40,17 @@ def make_plan(
     backend: str,
     fingerprint: str,
     diagnostics: Sequence[Diagnostic] = (),
+    conflicts: Mapping[ObjectRef, str] | None = None,
+    notes: Mapping[ObjectRef, str] | None = None,
 ) -> Plan:
     """Compare each desired object, as the backend predicts it once applied, with the live one.
 
     ``predicted`` maps each desired ref to the backend's dry-run result;
     ``inventory`` is what this source applied before: only those are deleted.
+    ``conflicts`` and ``notes`` (why an object changes, e.g. drift) come from the caller.
     """
+    conflicts, notes = conflicts or {}, notes or {}
+    owned = set(inventory)
     changes: list[Change] = []
     wanted = set()
     for m in sorted(desired, key=lambda m: apply_rank(m.ref)):
@@ -53,19 +58,24 @@ def make_plan(
         wanted.add(ref)
         after = clean(predicted[ref])
         current = live.get(ref)
-        reason = f"converted from {m.converted_from}" if m.converted_from else ""
+        reasons = [f"converted from {m.converted_from}" if m.converted_from else "", notes.get(ref, "")]
+        reason = "; ".join(r for r in reasons if r)
+        conflict = conflicts.get(ref, "")
         if current is None:
-            changes.append(
-                Change(ref, Action.CREATE, diff_fields(None, after), None, after, m.obj, m.source, reason)
-            )
+            fields = diff_fields(None, after)
+            changes.append(Change(ref, Action.CREATE, fields, None, after, m.obj, m.source, reason, conflict))
             continue
         before = clean(current)
         fields = diff_fields(before, after)
         if fields:
-            changes.append(Change(ref, Action.UPDATE, fields, before, after, m.obj, m.source, reason))
+            changes.append(
+                Change(ref, Action.UPDATE, fields, before, after, m.obj, m.source, reason, conflict)
+            )
         else:
-            changes.append(Change(ref, Action.NOOP, source=m.source))
-    stale = sorted((r for r in set(inventory) - wanted if r in live), key=apply_rank, reverse=True)
+            # An identical object not yet in the inventory is adopted: apply records it.
+            manifest = None if ref in owned else m.obj
+            changes.append(Change(ref, Action.NOOP, manifest=manifest, source=m.source))
+    stale = sorted((r for r in owned - wanted if r in live), key=apply_rank, reverse=True)
     for ref in stale:
         before = clean(live[ref])
         changes.append(

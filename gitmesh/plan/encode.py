@@ -136,7 +136,11 @@ def _change(c: Change) -> dict[str, Any]:
         out["source"] = _location(c.source)
     if c.reason:
         out["reason"] = c.reason
+    if c.conflict:
+        out["conflict"] = c.conflict
     if c.action is Action.NOOP:
+        if c.manifest is not None:
+            out["manifest"] = c.manifest
         return out
     out["diff"] = [
         {"path": f.path, "op": f.op}
@@ -161,6 +165,7 @@ def _decode_change(c: dict[str, Any]) -> Change:
         manifest=c.get("manifest"),
         source=_decode_location(c["source"]) if "source" in c else None,
         reason=c.get("reason", ""),
+        conflict=c.get("conflict", ""),
     )
 
 

@@ -58,6 +58,7 @@ class Change:
     manifest: dict[str, Any] | None = None
     source: Location | None = None
     reason: str = ""  # for people only; never steers apply
+    conflict: str = ""  # fields another field manager owns; apply refuses unless forced
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gitmesh.cluster.backend import fingerprint, is_owned
+from gitmesh.cluster.backend import content_hash, fingerprint, is_owned
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.errors import ClusterError
 from gitmesh.objects import MANAGED_BY_LABEL, ObjectRef
@@ -23,7 +23,7 @@ def store(tmp_path: Path) -> LocalBackend:
 
 
 def test_applied_objects_are_listed_with_label_and_server_fields(store: LocalBackend) -> None:
-    store.apply("default", "sha1", "main", [NS, SVC], [], frozenset({ObjectRef.of(NS), ObjectRef.of(SVC)}))
+    store.apply("default", "sha1", "main", [NS, SVC], [], {})
     live = store.list_managed()
     assert set(live) == {ObjectRef.of(NS), ObjectRef.of(SVC)}
     svc = live[ObjectRef.of(SVC)].obj
@@ -35,36 +35,41 @@ def test_applied_objects_are_listed_with_label_and_server_fields(store: LocalBac
 
 
 def test_resource_versions_grow_on_every_write(store: LocalBackend) -> None:
-    inv = frozenset({ObjectRef.of(SVC)})
-    store.apply("default", "a", "main", [SVC], [], inv)
+    store.apply("default", "a", "main", [SVC], [], {})
     first = store.list_managed()[ObjectRef.of(SVC)].resource_version
-    store.apply("default", "b", "main", [f.service("store", "bookstore", 81)], [], inv)
+    store.apply("default", "b", "main", [f.service("store", "bookstore", 81)], [], {})
     second = store.list_managed()[ObjectRef.of(SVC)].resource_version
     assert int(second) > int(first)
 
 
 def test_fingerprint_changes_with_any_write_or_inventory_change(store: LocalBackend) -> None:
-    inv = frozenset({ObjectRef.of(SVC)})
-    store.apply("default", "a", "main", [SVC], [], inv)
+    store.apply("default", "a", "main", [SVC], [], {})
     before = fingerprint(store.list_managed(), store.inventory("default"))
     assert before == fingerprint(store.list_managed(), store.inventory("default"))
-    store.apply("other", "a", "main", [], [], frozenset())
+    store.apply("other", "a", "main", [], [], {})
     assert before == fingerprint(store.list_managed(), store.inventory("default"))
-    store.apply("default", "b", "main", [SVC], [], inv)
+    store.apply("default", "b", "main", [SVC], [], {})
     assert before != fingerprint(store.list_managed(), store.inventory("default"))
 
 
 def test_deletes_and_inventory(store: LocalBackend) -> None:
-    both = frozenset({ObjectRef.of(NS), ObjectRef.of(SVC)})
-    store.apply("default", "a", "main", [NS, SVC], [], both)
-    store.apply("default", "b", "main", [], [ObjectRef.of(SVC)], frozenset({ObjectRef.of(NS)}))
+    store.apply("default", "a", "main", [NS, SVC], [], {})
+    kept = store.inventory("default")[ObjectRef.of(NS)]
+    store.apply("default", "b", "main", [], [ObjectRef.of(SVC)], {ObjectRef.of(NS): kept})
     assert set(store.list_managed()) == {ObjectRef.of(NS)}
-    assert store.inventory("default") == frozenset({ObjectRef.of(NS)})
-    assert store.inventory("someone-else") == frozenset()
+    assert store.inventory("default") == {ObjectRef.of(NS): kept}
+    assert store.inventory("someone-else") == {}
+
+
+def test_inventory_records_the_content_hash_and_version_applied(store: LocalBackend) -> None:
+    store.apply("default", "a", "main", [SVC], [], {})
+    (entry,) = store.inventory("default").values()
+    assert entry.hash == content_hash(SVC)
+    assert entry.resource_version == store.list_managed()[ObjectRef.of(SVC)].resource_version
 
 
 def test_objects_without_the_label_are_not_listed_as_managed(store: LocalBackend) -> None:
-    store.apply("default", "a", "main", [SVC], [], frozenset({ObjectRef.of(SVC)}))
+    store.apply("default", "a", "main", [SVC], [], {})
     # Someone else writes an object into the same store, without gitmesh's label.
     db = sqlite3.connect(store.path)
     db.execute("INSERT INTO objects VALUES ('', 'Service', 'store', 'theirs', '{\"metadata\": {}}', 99, 'x')")
@@ -75,20 +80,20 @@ def test_objects_without_the_label_are_not_listed_as_managed(store: LocalBackend
 
 
 def test_status_reports_revision_counts_and_last_error(store: LocalBackend) -> None:
-    store.apply("default", "sha1", "main", [NS, SVC], [], frozenset({ObjectRef.of(NS), ObjectRef.of(SVC)}))
+    store.apply("default", "sha1", "main", [NS, SVC], [], {})
     store.record_error("default", "revision sha2 is invalid")
     (status,) = store.status()
     assert (status.source, status.revision, status.ref) == ("default", "sha1", "main")
     assert dict(status.objects) == {"Namespace": 1, "Service": 1}
     assert status.last_error == "revision sha2 is invalid"
     assert status.last_error_at is not None
-    store.apply("default", "sha3", "main", [NS, SVC], [], frozenset({ObjectRef.of(NS), ObjectRef.of(SVC)}))
+    store.apply("default", "sha3", "main", [NS, SVC], [], {})
     (status,) = store.status()
     assert (status.revision, status.last_error) == ("sha3", "")
 
 
 def test_a_failed_apply_changes_nothing(store: LocalBackend) -> None:
-    store.apply("default", "a", "main", [SVC], [], frozenset({ObjectRef.of(SVC)}))
+    store.apply("default", "a", "main", [SVC], [], {})
     before = store.list_managed()
     with pytest.raises(TypeError):
         # A body that cannot be stored (not JSON-serialisable) fails after the first write.
@@ -98,10 +103,10 @@ def test_a_failed_apply_changes_nothing(store: LocalBackend) -> None:
             "main",
             [NS, {**SVC, "spec": {"bad": object()}}],
             [],
-            frozenset({ObjectRef.of(NS), ObjectRef.of(SVC)}),
+            {},
         )
     assert store.list_managed() == before
-    assert store.inventory("default") == frozenset({ObjectRef.of(SVC)})
+    assert set(store.inventory("default")) == {ObjectRef.of(SVC)}
 
 
 def test_unopenable_store_is_a_cluster_error(tmp_path: Path) -> None:

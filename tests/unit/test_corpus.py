@@ -1,0 +1,160 @@
+"""The broken-manifest corpus: every file in tests/corpus/broken reports exactly what expected.yaml says.
+
+Each file is copied alone into a fresh directory, read with ``read_directory`` and
+checked with ``pipeline.check``, the path ``gitmesh validate`` takes. Alone,
+because validation looks across all files of a revision: a Service in one case
+must not satisfy a TrafficSplit in another.
+
+The comparison is exact: the multiset of (code, line, path) must equal the
+expected one, so a missing diagnostic, an extra one and a wrong line all fail.
+Adding a code to ``CODES`` without a corpus case that produces it fails too.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gitmesh import pipeline
+from gitmesh.plan.diagnostics import CODES, Diagnostic, Severity
+from gitmesh.plan.validate import Validated
+from gitmesh.sync.git import read_directory
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "broken"
+EXPECTED_FILE = CORPUS / "expected.yaml"
+EXPECTED: dict[str, list[dict[str, Any]]] = yaml.safe_load(EXPECTED_FILE.read_text())
+FILES = sorted(p.name for p in CORPUS.iterdir() if p != EXPECTED_FILE)
+MAX_CASE_BYTES = 8 * 1024
+
+# Codes no corpus file can show, with the test that shows them instead.
+GENERATED = {
+    "GM003": ("test_load.py", "test_oversized_file_is_refused_unparsed"),
+}
+
+# Cases that fail today because of a bug in gitmesh, not in the case. Each is an
+# xfail(strict=True): when the bug is fixed the case passes, and the entry must go.
+KNOWN_BUGS = {
+    "yaml-unclosed-quote.yaml": (
+        "load.py reports a ScannerError at its problem_mark (end of file, line 7 of a 6-line file) "
+        "instead of its context_mark, where the quote opens (line 5)"
+    ),
+    "yaml-missing-colon.yaml": (
+        "load.py reports 'could not find expected :' at the line after the key (4) instead of the "
+        "context_mark of 'while scanning a simple key', the line without the colon (3)"
+    ),
+    "merge-cyclic.yaml": (
+        "load.py _pairs reports a bad merge at the merged node (where &meta is, line 4) instead of at "
+        "the << key that merges it (line 6)"
+    ),
+    "tag-on-collection.yaml": (
+        "load.py checks tags on scalars only: !Ref on a mapping and !!set are silently dropped and "
+        "the values accepted as plain mappings"
+    ),
+    "tag-invalid-int.yaml": "load.py: `!!int eighty` raises ValueError out of load_file (traceback)",
+    "int-too-long.yaml": (
+        "load.py: an integer of more than 4,300 digits raises ValueError (Python's int-from-string "
+        "limit) out of load_file (traceback)"
+    ),
+    "namespace-null-metadata.yaml": (
+        "load.py _infer_namespaces calls .get on the metadata of a Namespace whose metadata is null: "
+        "AttributeError (traceback)"
+    ),
+    "split-v1alpha1-quantities.yaml": (
+        "the v1alpha1 TrafficSplit schema accepts weights 1e3 and 500u (valid quantities), but "
+        "smi.parse_weight knows neither the u/n suffixes nor exponents and raises ValueError from "
+        "validate (traceback)"
+    ),
+    "gm113-regex-limits.yaml": (
+        "validate.py _check_regexes catches re.error only: 2,000 nested groups raise RecursionError "
+        "and a{4294967296} raises OverflowError (traceback)"
+    ),
+}
+
+
+def _cases() -> list[Any]:
+    return [
+        pytest.param(name, id=name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[name]))
+        if name in KNOWN_BUGS
+        else pytest.param(name, id=name)
+        for name in FILES
+    ]
+
+
+def _check_alone(name: str, tmp_path: Path) -> tuple[Validated, Path]:
+    """Load and validate one corpus file as the only file of a revision."""
+    root = tmp_path / "revision"
+    root.mkdir()
+    shutil.copyfile(CORPUS / name, root / name)
+    revision = read_directory(str(root))
+    assert [Path(f.path).name for f in revision.files] == [name]
+    try:
+        return pipeline.check(revision), root / name
+    except Exception as e:
+        pytest.fail(f"{name}: loading and validating raised {e!r} instead of returning diagnostics")
+
+
+def _key(d: Diagnostic) -> tuple[str, int, str]:
+    return (d.code, d.location.line, d.path)
+
+
+def _expected_key(entry: dict[str, Any]) -> tuple[str, int, str]:
+    return (entry["code"], entry["line"], entry.get("path", ""))
+
+
+@pytest.mark.parametrize("name", _cases())
+def test_corpus_case(name: str, tmp_path: Path) -> None:
+    validated, path = _check_alone(name, tmp_path)
+    expected = EXPECTED[name]
+    got = validated.diagnostics
+
+    assert sorted(Counter(map(_key, got)).items()) == sorted(Counter(map(_expected_key, expected)).items()), (
+        "\n".join(f"  {d.location} {d.code} {d.path} {d.message}" for d in got) or "  (no diagnostics)"
+    )
+    for entry in expected:
+        if "message" in entry:
+            messages = [d.message for d in got if _key(d) == _expected_key(entry)]
+            assert any(entry["message"] in m for m in messages), (entry, messages)
+
+    lines = max(1, path.read_bytes().count(b"\n"))
+    for d in got:
+        assert d.location.file == str(path)
+        assert d.code in CODES
+        assert d.message
+        assert 1 <= d.location.line <= lines, f"{d} points past the end of the file"
+        assert d.location.column >= 1
+    errors = [e for e in expected if CODES[e["code"]].severity is Severity.ERROR]
+    assert validated.ok == (not errors)
+
+
+def test_expected_covers_exactly_the_corpus() -> None:
+    assert sorted(EXPECTED) == FILES
+    assert set(KNOWN_BUGS) <= set(FILES)
+    for name, entries in EXPECTED.items():
+        assert isinstance(entries, list), name
+        for entry in entries:
+            assert set(entry) <= {"code", "line", "path", "message"}, (name, entry)
+            assert entry["code"] in CODES, (name, entry)
+            assert isinstance(entry["line"], int), (name, entry)
+
+
+def test_every_code_has_a_case() -> None:
+    """A new code in diagnostics.CODES needs a corpus file (or a generated test) that produces it."""
+    shown = {e["code"] for name, entries in EXPECTED.items() if name not in KNOWN_BUGS for e in entries}
+    missing = set(CODES) - shown - set(GENERATED)
+    assert not missing, f"no passing corpus case produces {sorted(missing)}"
+    here = Path(__file__).resolve().parent
+    for code, (module, test) in GENERATED.items():
+        assert code not in shown, f"{code} has a corpus case now; drop it from GENERATED"
+        assert f"def {test}(" in (here / module).read_text(), f"{code}: {module}::{test} is gone"
+
+
+def test_cases_are_small() -> None:
+    big = {name: (CORPUS / name).stat().st_size for name in FILES}
+    assert all(size <= MAX_CASE_BYTES for size in big.values()), {
+        n: s for n, s in big.items() if s > MAX_CASE_BYTES
+    }
