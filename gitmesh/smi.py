@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from gitmesh.objects import Path
@@ -96,16 +96,21 @@ def shares(backends: list[Backend]) -> dict[str, Decimal]:
     return {b.service: b.weight * 100 / total for b in backends}
 
 
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+# A Kubernetes quantity: a number, then a binary suffix, a decimal suffix, or an integer exponent.
+_QUANTITY = re.compile(
+    r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$"
+)
 _SUFFIX = {
-    None: Decimal(1),
-    "m": Decimal("0.001"),
-    "k": Decimal(10) ** 3,
-    "M": Decimal(10) ** 6,
-    "G": Decimal(10) ** 9,
-    "T": Decimal(10) ** 12,
-    "P": Decimal(10) ** 15,
-    "E": Decimal(10) ** 18,
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
     "Ki": Decimal(2) ** 10,
     "Mi": Decimal(2) ** 20,
     "Gi": Decimal(2) ** 30,
@@ -116,7 +121,7 @@ _SUFFIX = {
 
 
 def parse_weight(value: Any) -> Decimal:
-    """A weight as a number: an integer, or (v1alpha1) a Kubernetes quantity such as "500m"."""
+    """A weight as a number: an integer, or (v1alpha1) a Kubernetes quantity such as "500m" or "1e3"."""
     if isinstance(value, bool):
         raise ValueError(f"weight {value!r} is not a number")
     if isinstance(value, int | float):
@@ -124,10 +129,10 @@ def parse_weight(value: Any) -> Decimal:
     m = _QUANTITY.match(str(value))
     if not m:
         raise ValueError(f"weight {value!r} is not a number or quantity")
-    try:
-        return Decimal(m.group(1)) * _SUFFIX[m.group(2)]
-    except InvalidOperation as e:
-        raise ValueError(f"weight {value!r} is not a number or quantity") from e
+    number, suffix = m.group(1), m.group(2) or ""
+    if suffix[:1] in ("e", "E") and len(suffix) > 1:
+        return Decimal(number) * Decimal(10) ** int(suffix[1:])
+    return Decimal(number) * _SUFFIX[suffix]
 
 
 def _target_body(obj: dict[str, Any]) -> tuple[dict[str, Any], Path]:

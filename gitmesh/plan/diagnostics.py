@@ -63,9 +63,9 @@ CODES: dict[str, Code] = {
         Code(
             "GM005",
             _E,
-            "alias expansion too large",
-            "YAML anchors and aliases would expand this document past 100,000 values (the 'billion "
-            "laughs' pattern). Write the values out or use fewer aliases.",
+            "too many values",
+            "A document may hold at most 100,000 values, counting each alias at its expanded size (the "
+            "'billion laughs' pattern). Split the document, or write out what the aliases stand for.",
         ),
         Code(
             "GM006",
@@ -172,7 +172,14 @@ CODES: dict[str, Code] = {
             "traffic target rule names a missing match",
             "Each name in a rule's matches must be the name of a match in the referenced HTTPRouteGroup.",
         ),
-        Code("GM113", _E, "invalid regular expression", "A pathRegex or header pattern does not compile."),
+        Code(
+            "GM113",
+            _E,
+            "invalid regular expression",
+            "A pathRegex or header pattern does not compile as RE2, the regular expression engine Envoy "
+            "uses (no lookarounds, no backreferences, repetition counts up to 1000), or compiles to a "
+            "program larger than Envoy accepts by default (size 100).",
+        ),
         Code(
             "GM121",
             _E,

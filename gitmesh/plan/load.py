@@ -27,9 +27,12 @@ MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 # overflow the C stack. Files that might nest that deep are measured on the
 # (flat) event stream first.
 _COMPOSE_SAFE_DEPTH = 2_000
+_SCAN_ABOVE_BYTES = 64 * 1024
 
 _STR = "tag:yaml.org,2002:str"
+_NULL = "tag:yaml.org,2002:null"
 _MERGE = "tag:yaml.org,2002:merge"
+_COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 _ctor = yaml.constructor.SafeConstructor()
 _SCALARS = {
     "tag:yaml.org,2002:null": _ctor.construct_yaml_null,
@@ -83,9 +86,9 @@ def load_file(f: SourceFile) -> tuple[list[Manifest], list[Diagnostic]]:
         line = f.data.count(b"\n", 0, e.start) + 1
         return [], [Diagnostic(Location(f.path, line), "GM002", f"not UTF-8: byte 0x{f.data[e.start]:02x}")]
 
-    too_deep = _scan_depth(text, f.path) if _might_nest_deeply(f.data) else None
-    if too_deep is not None:
-        return [], [too_deep]
+    too_big = _scan_events(text, f.path) if _needs_event_scan(f.data) else None
+    if too_big is not None:
+        return [], [too_big]
 
     manifests: list[Manifest] = []
     diagnostics: list[Diagnostic] = []
@@ -93,8 +96,8 @@ def load_file(f: SourceFile) -> tuple[list[Manifest], list[Diagnostic]]:
     try:
         while loader.check_node():
             node = loader.get_node()
-            if node is None:  # an empty document
-                continue
+            if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL):
+                continue  # an empty document (a stray ---, or only comments)
             builder = _Builder(f.path)
             value = builder.build(node)
             diagnostics.extend(builder.problems)
@@ -102,7 +105,12 @@ def load_file(f: SourceFile) -> tuple[list[Manifest], list[Diagnostic]]:
                 continue
             manifests.extend(_objects(value, builder.positions, _loc(f.path, node), diagnostics))
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
+        # A scanner error's context is where the unfinished token starts (the open quote, the key
+        # missing its colon); a parser error's problem is the token it could not place.
+        if isinstance(e, yaml.scanner.ScannerError):
+            mark = e.context_mark or e.problem_mark
+        else:
+            mark = e.problem_mark or e.context_mark
         loc = _loc(f.path, mark) if mark else here
         at_tab = mark is not None and text[mark.index : mark.index + 1] == "\t"
         diagnostics.append(Diagnostic(loc, "GM001", _yaml_message(e, at_tab)))
@@ -138,7 +146,11 @@ def _objects(
 
 def _infer_namespaces(manifests: list[Manifest]) -> list[Manifest]:
     """Objects without a namespace take the one Namespace object defined in the same file."""
-    names = [m.obj.get("metadata", {}).get("name") for m in manifests if m.obj.get("kind") == "Namespace"]
+    names = [
+        m.obj["metadata"].get("name")
+        for m in manifests
+        if m.obj.get("kind") == "Namespace" and isinstance(m.obj.get("metadata"), dict)
+    ]
     if len(names) != 1 or not isinstance(names[0], str):
         return manifests
     for m in manifests:
@@ -165,6 +177,8 @@ class _Builder:
         self.problems: list[Diagnostic] = []
         self._built: dict[int, Any] = {}
         self._sizes: dict[int, int] = {}
+        self._merged: dict[int, list[tuple[yaml.Node, yaml.Node]]] = {}
+        self._merging: set[int] = set()
         self._count = 0
 
     def build(self, root: yaml.Node) -> Any:
@@ -190,6 +204,9 @@ class _Builder:
     def _value(self, node: yaml.Node, path: Path, stack: list[tuple[yaml.Node, Path, Any, Any]]) -> Any:
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node, path)
+        if node.tag not in _COLLECTION_TAGS:
+            self._fail(node, path, "GM006", f"tag {node.tag} has no JSON form")
+            return None
         if isinstance(node, yaml.SequenceNode):
             items: list[Any] = [None] * len(node.value)
             for i, child in reversed(list(enumerate(node.value))):
@@ -203,22 +220,32 @@ class _Builder:
             stack.append((child, (*path, key), mapping, key))
         return mapping
 
-    def _pairs(
-        self, node: yaml.MappingNode, path: Path, seen: frozenset[int] = frozenset()
-    ) -> list[tuple[yaml.Node, yaml.Node]]:
-        """Key/value node pairs with merge keys (<<) resolved; explicit keys win over merged ones."""
-        seen = seen | {id(node)}
+    def _pairs(self, node: yaml.MappingNode, path: Path, depth: int = 0) -> list[tuple[yaml.Node, yaml.Node]]:
+        """Key/value node pairs with merge keys (<<) resolved; explicit keys win over merged ones.
+
+        Each mapping is flattened once (memoised), so repeated merges cost nothing extra.
+        """
+        if id(node) in self._merged:
+            return self._merged[id(node)]
         explicit: dict[str, tuple[yaml.Node, yaml.Node]] = {}
         merged: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        self._merging.add(id(node))
         for key_node, value_node in node.value:
             if key_node.tag == _MERGE:
                 sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
                 for src in sources:
-                    if not isinstance(src, yaml.MappingNode) or id(src) in seen:
-                        self._fail(src, path, "GM006", "a merge key (<<) must refer to another mapping")
+                    if not isinstance(src, yaml.MappingNode) or id(src) in self._merging:
+                        self._fail(key_node, path, "GM006", "a merge key (<<) must refer to another mapping")
                         return []
-                    for k, v in self._pairs(src, path, seen):
+                    if depth >= MAX_DEPTH:
+                        self._fail(
+                            key_node, path, "GM004", f"merge keys (<<) chained deeper than {MAX_DEPTH}"
+                        )
+                        return []
+                    for k, v in self._pairs(src, path, depth + 1):
                         merged.setdefault(k.value, (k, v))
+                    if self.problems:
+                        return []
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 self._fail(key_node, path, "GM006", "mapping keys must be strings")
@@ -229,7 +256,10 @@ class _Builder:
                 )
                 return []
             explicit[key_node.value] = (key_node, value_node)
-        return list({**merged, **explicit}.values())
+        self._merging.discard(id(node))
+        pairs = list({**merged, **explicit}.values())
+        self._merged[id(node)] = pairs
+        return pairs
 
     def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
         if node.tag == _STR:
@@ -238,7 +268,13 @@ class _Builder:
         if construct is None:
             self._fail(node, path, "GM006", f"tag {node.tag} has no JSON form")
             return None
-        value = construct(node)
+        try:
+            value = construct(node)
+        except (ValueError, KeyError, IndexError, yaml.YAMLError):
+            self._fail(
+                node, path, "GM006", f"{node.value[:40]!r} cannot be read as {node.tag.rpartition(':')[2]}"
+            )
+            return None
         if isinstance(value, float) and not math.isfinite(value):
             self._fail(node, path, "GM006", f"{node.value} is not a finite number")
         return value
@@ -276,23 +312,42 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def _might_nest_deeply(data: bytes) -> bool:
-    """A cheap upper bound on nesting: each level needs a bracket, a '- ', a '? ' or more indentation."""
+def _needs_event_scan(data: bytes) -> bool:
+    """Large files, and files that might nest past what libyaml composes safely, are measured first.
+
+    Composing nodes costs about 700 bytes a value, before the builder can count
+    them; below 64 KiB that is bounded anyway. Nesting needs a bracket, a '- ',
+    a '? ' or more indentation per level, which bounds it cheaply from the bytes.
+    """
+    if len(data) > _SCAN_ABOVE_BYTES:
+        return True
     bound = sum(data.count(t) for t in (b"[", b"{", b"- ", b"-\n", b"? ")) + math.isqrt(2 * len(data)) + 1
     return bound > _COMPOSE_SAFE_DEPTH
 
 
-def _scan_depth(text: str, file: str) -> Diagnostic | None:
-    """Measure nesting on the flat event stream, before composing nodes recursively."""
-    depth = 0
+def _scan_events(text: str, file: str) -> Diagnostic | None:
+    """Nesting depth and values per document, on the flat event stream, before anything is composed."""
+    depth = count = 0
     try:
         for event in yaml.parse(text, Loader=yaml.CSafeLoader):
-            if isinstance(event, yaml.CollectionStartEvent):
-                depth += 1
-                if depth > MAX_DEPTH:
-                    return Diagnostic(_loc(file, event), "GM004", f"nesting deeper than {MAX_DEPTH} levels")
+            # depth counts open collections: a collection's field path is ``depth`` long, as in
+            # _Builder. Scalars are left to _Builder, which sees keys and values apart.
+            if isinstance(event, yaml.DocumentStartEvent):
+                count = 0
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
+            elif isinstance(event, yaml.NodeEvent):
+                if isinstance(event, yaml.CollectionStartEvent):
+                    if depth > MAX_DEPTH:
+                        return Diagnostic(
+                            _loc(file, event), "GM004", f"nesting deeper than {MAX_DEPTH} levels"
+                        )
+                    depth += 1
+                count += 1
+                if count > MAX_VALUES:
+                    return Diagnostic(
+                        _loc(file, event), "GM005", f"document has more than {MAX_VALUES:,} values"
+                    )
     except yaml.YAMLError:
         return None  # the real parse reports the syntax error with its position
     return None

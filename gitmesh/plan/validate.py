@@ -7,18 +7,25 @@ normalised (HTTPRouteGroup headers always in the list form the CRDs serve).
 from __future__ import annotations
 
 import copy
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import re2
 from jsonschema import exceptions as schema_errors
 
 from gitmesh import smi
 from gitmesh.objects import CLUSTER_SCOPED_KINDS, Manifest, ObjectRef
 from gitmesh.plan import convert, schema
 from gitmesh.plan.diagnostics import Diagnostic, field_path
+
+# Envoy matches routes with RE2, so patterns are checked with RE2: Python's re would accept
+# lookarounds and backreferences that Envoy then rejects.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+# Envoy's default limit on a regex's compiled size (runtime key re2.max_program_size.error_level).
+ENVOY_MAX_PROGRAM_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -289,9 +296,21 @@ def _check_regexes(groups: list[Manifest]) -> list[Diagnostic]:
             patterns += [((*x.path, "headers"), p) for _, p in x.headers]
             for path, pattern in patterns:
                 try:
-                    re.compile(pattern)
-                except re.error as e:
-                    out.append(_at(g, path, "GM113", f"{pattern!r}: {e}"))
+                    size = re2.compile(pattern, _RE2_OPTIONS).programsize
+                except re2.error as e:
+                    reason = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
+                    out.append(_at(g, path, "GM113", f"{pattern[:80]!r}: {reason}"))
+                    continue
+                if size > ENVOY_MAX_PROGRAM_SIZE:
+                    out.append(
+                        _at(
+                            g,
+                            path,
+                            "GM113",
+                            f"{pattern[:80]!r} compiles to an RE2 program of size {size}; "
+                            f"Envoy refuses more than {ENVOY_MAX_PROGRAM_SIZE}",
+                        )
+                    )
     return out
 
 

@@ -38,42 +38,7 @@ GENERATED = {
 
 # Cases that fail today because of a bug in gitmesh, not in the case. Each is an
 # xfail(strict=True): when the bug is fixed the case passes, and the entry must go.
-KNOWN_BUGS = {
-    "yaml-unclosed-quote.yaml": (
-        "load.py reports a ScannerError at its problem_mark (end of file, line 7 of a 6-line file) "
-        "instead of its context_mark, where the quote opens (line 5)"
-    ),
-    "yaml-missing-colon.yaml": (
-        "load.py reports 'could not find expected :' at the line after the key (4) instead of the "
-        "context_mark of 'while scanning a simple key', the line without the colon (3)"
-    ),
-    "merge-cyclic.yaml": (
-        "load.py _pairs reports a bad merge at the merged node (where &meta is, line 4) instead of at "
-        "the << key that merges it (line 6)"
-    ),
-    "tag-on-collection.yaml": (
-        "load.py checks tags on scalars only: !Ref on a mapping and !!set are silently dropped and "
-        "the values accepted as plain mappings"
-    ),
-    "tag-invalid-int.yaml": "load.py: `!!int eighty` raises ValueError out of load_file (traceback)",
-    "int-too-long.yaml": (
-        "load.py: an integer of more than 4,300 digits raises ValueError (Python's int-from-string "
-        "limit) out of load_file (traceback)"
-    ),
-    "namespace-null-metadata.yaml": (
-        "load.py _infer_namespaces calls .get on the metadata of a Namespace whose metadata is null: "
-        "AttributeError (traceback)"
-    ),
-    "split-v1alpha1-quantities.yaml": (
-        "the v1alpha1 TrafficSplit schema accepts weights 1e3 and 500u (valid quantities), but "
-        "smi.parse_weight knows neither the u/n suffixes nor exponents and raises ValueError from "
-        "validate (traceback)"
-    ),
-    "gm113-regex-limits.yaml": (
-        "validate.py _check_regexes catches re.error only: 2,000 nested groups raise RecursionError "
-        "and a{4294967296} raises OverflowError (traceback)"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _cases() -> list[Any]:

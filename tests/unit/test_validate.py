@@ -109,6 +109,16 @@ SPLIT, TARGET = 5, 7
             id="GM113-bad-regex",
         ),
         pytest.param(
+            _with(BASE, 6, ("spec", "matches", 0, "pathRegex"), "/books(?!/secret)"),
+            [("GM113", "spec.matches[0].pathRegex")],
+            id="GM113-lookahead-is-not-re2",
+        ),
+        pytest.param(
+            _with(BASE, 6, ("spec", "matches", 0, "pathRegex"), "(/segment-[0-9]+){10}"),
+            [("GM113", "spec.matches[0].pathRegex")],
+            id="GM113-too-big-for-envoy",
+        ),
+        pytest.param(
             [*BASE, f.service("store", "bookstore", 80)], [("GM121", "metadata.name")], id="GM121-duplicate"
         ),
         pytest.param(
