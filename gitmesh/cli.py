@@ -10,17 +10,21 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 from rich.console import Console
 from rich.text import Text
 
 from gitmesh import pipeline
+from gitmesh.cluster import kube
+from gitmesh.cluster.backend import ClusterBackend
 from gitmesh.cluster.local import DEFAULT_PATH, LocalBackend
 from gitmesh.errors import GitmeshError
-from gitmesh.plan import encode, render
+from gitmesh.plan import crds, encode, render
 from gitmesh.plan.diagnostics import CODES
 from gitmesh.plan.model import Action
 from gitmesh.plan.validate import Validated
@@ -41,14 +45,42 @@ def _source_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _store_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
+@dataclass(frozen=True)
+class BackendChoice:
+    """Where objects live: a cluster when one is named (or gitmesh runs in one), else the embedded store."""
+
+    store: str
+    kubeconfig: str | None
+    context: str | None
+
+    def open(self) -> ClusterBackend:
+        if self.kubeconfig or self.context or kube.in_cluster():
+            return kube.KubeBackend.connect(self.kubeconfig, self.context)
+        return LocalBackend(self.store)
+
+
+def _backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--store / --kubeconfig / --context, handed to the command as one ``target``."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, store: str, kubeconfig: str | None, context: str | None, **kwargs: Any) -> Any:
+        return f(*args, target=BackendChoice(store, kubeconfig, context), **kwargs)
+
+    wrapper = click.option(
         "--store",
         type=click.Path(dir_okay=False),
         default=str(DEFAULT_PATH),
         show_default=True,
-        help="The embedded store (used when no cluster is given).",
-    )(f)
+        help="The embedded store, used when no cluster is given.",
+    )(wrapper)
+    wrapper = click.option(
+        "--kubeconfig",
+        envvar="KUBECONFIG",
+        help="Apply to the cluster of this kubeconfig (default: $KUBECONFIG).",
+    )(wrapper)
+    return click.option("--context", help="The kubeconfig context to use (default: its current one).")(
+        wrapper
+    )
 
 
 def _source_name_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -116,7 +148,7 @@ def validate(directory: str | None, repo: str | None, ref: str, subdir: str, out
 
 @cli.command()
 @_source_options
-@_store_option
+@_backend_options
 @_source_name_option
 @click.option("--base", help="Plan against another Git ref instead of the backend (needs --repo).")
 @click.option("--head", help="With --base: the ref to plan (default: --ref).")
@@ -132,7 +164,7 @@ def plan(
     repo: str | None,
     ref: str,
     subdir: str,
-    store: str,
+    target: BackendChoice,
     source_name: str,
     base: str | None,
     head: str | None,
@@ -156,7 +188,7 @@ def plan(
             pipeline.apply(pipeline.plan(base_rev, base_checked, backend, source_name), backend)
     else:
         revision = _revision(directory, repo, ref, subdir)
-        backend = LocalBackend(store)
+        backend = target.open()
     validated = pipeline.check(revision)
     if not validated.ok:
         _report(validated, revision, "human")
@@ -178,29 +210,31 @@ def plan(
 
 
 @cli.command()
-@click.argument("target", required=False)
+@click.argument("plan_or_directory", required=False)
 @click.option("--repo", help="Git repository: a local path or a URL.")
 @click.option("--ref", default="HEAD", show_default=True, help="Branch, tag or commit to read.")
 @click.option("--path", "subdir", default="", help="Directory of the manifests inside the repository.")
-@_store_option
+@_backend_options
 @_source_name_option
 @click.option("--allow-empty", is_flag=True, help="Allow a revision that deletes every object gitmesh owns.")
+@click.option("--force-conflicts", is_flag=True, help="Take over fields another field manager owns.")
 @_reports_errors
 def apply(
-    target: str | None,
+    plan_or_directory: str | None,
     repo: str | None,
     ref: str,
     subdir: str,
-    store: str,
+    target: BackendChoice,
     source_name: str,
     allow_empty: bool,
+    force_conflicts: bool,
 ) -> None:
-    """Apply a saved plan (TARGET is a plan file), or plan and apply a directory or --repo revision."""
-    backend = LocalBackend(store)
-    if target and Path(target).is_file():
-        result = encode.loads(Path(target).read_text())
+    """Apply a saved plan (a plan file), or plan and apply a directory or --repo revision."""
+    backend = target.open()
+    if plan_or_directory and Path(plan_or_directory).is_file():
+        result = encode.loads(Path(plan_or_directory).read_text())
     else:
-        revision = _revision(target, repo, ref, subdir)
+        revision = _revision(plan_or_directory, repo, ref, subdir)
         validated = pipeline.check(revision)
         if not validated.ok:
             _report(validated, revision, "human")
@@ -215,7 +249,7 @@ def apply(
         f"and {result.counts[Action.DELETE]} deletes to {backend.describe()}..."
     )
     try:
-        pipeline.apply(result, backend, allow_empty=allow_empty)
+        pipeline.apply(result, backend, allow_empty=allow_empty, force_conflicts=force_conflicts)
     except GitmeshError as e:
         backend.record_error(result.source, str(e))
         raise
@@ -223,12 +257,13 @@ def apply(
 
 
 @cli.command()
-@_store_option
+@_backend_options
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @_reports_errors
-def status(store: str, output: str) -> None:
+def status(target: BackendChoice, output: str) -> None:
     """Each source's applied revision, object counts and last error."""
-    statuses = LocalBackend(store).status()
+    backend = target.open()
+    statuses = backend.status()
     if output == "json":
         rows = [
             {
@@ -242,10 +277,10 @@ def status(store: str, output: str) -> None:
             }
             for s in statuses
         ]
-        click.echo(json.dumps({"backend": f"local:{store}", "sources": rows}, indent=2))
+        click.echo(json.dumps({"backend": backend.describe(), "sources": rows}, indent=2))
         return
     if not statuses:
-        out.print(f"Nothing applied yet to local:{store}.")
+        out.print(f"Nothing applied yet to {backend.describe()}.")
         return
     for s in statuses:
         counts = ", ".join(f"{n} {kind}" for kind, n in sorted(s.objects.items()))
@@ -263,6 +298,27 @@ def status(store: str, output: str) -> None:
             )
         else:
             out.print("  last error  none")
+
+
+@cli.group()
+def install() -> None:
+    """Install what gitmesh needs in a cluster."""
+
+
+@install.command("crds")
+@click.option("--kubeconfig", envvar="KUBECONFIG", help="The cluster's kubeconfig (default: $KUBECONFIG).")
+@click.option("--context", help="The kubeconfig context to use (default: its current one).")
+@click.option("--print", "print_only", is_flag=True, help="Print the CRDs as YAML instead of applying them.")
+@_reports_errors
+def install_crds(kubeconfig: str | None, context: str | None, print_only: bool) -> None:
+    """The SMI CustomResourceDefinitions, rendered from gitmesh's schemas (one served version each)."""
+    rendered = crds.render_all()
+    if print_only:
+        click.echo(yaml.safe_dump_all(rendered, sort_keys=False), nl=False)
+        return
+    backend = kube.KubeBackend.connect(kubeconfig, context)
+    for name in backend.install_crds(rendered):
+        out.print(f"{name} established")
 
 
 @cli.command()

@@ -7,7 +7,8 @@ controller call these and nothing deeper.
 from __future__ import annotations
 
 from gitmesh.cluster.backend import ClusterBackend, content_hash, fingerprint
-from gitmesh.errors import PlanError, StalePlan
+from gitmesh.cluster.errors import ApplyFailed
+from gitmesh.errors import ClusterError, PlanError, StalePlan
 from gitmesh.plan.diff import make_plan
 from gitmesh.plan.load import load_files
 from gitmesh.plan.model import Action, Plan
@@ -92,14 +93,23 @@ def apply(
             f"{len(conflicted)} object(s) have fields owned by another field manager ({names}); "
             "pass --force-conflicts to take them over"
         )
-    backend.apply(
-        plan.source,
-        plan.revision,
-        plan.ref,
-        objects=[c.manifest for c in plan.changes if c.manifest is not None],
-        deletes=[c.ref for c in plan.changes if c.action is Action.DELETE],
-        keep={
-            c.ref: inventory[c.ref] for c in plan.changes if c.action is Action.NOOP and c.manifest is None
-        },
-        force_conflicts=force_conflicts,
-    )
+    try:
+        backend.apply(
+            plan.source,
+            plan.revision,
+            plan.ref,
+            objects=[c.manifest for c in plan.changes if c.manifest is not None],
+            deletes=[c.ref for c in plan.changes if c.action is Action.DELETE],
+            keep={
+                c.ref: inventory[c.ref]
+                for c in plan.changes
+                if c.action is Action.NOOP and c.manifest is None
+            },
+            force_conflicts=force_conflicts,
+        )
+    except ApplyFailed as e:
+        written = {c.ref: c.source for c in plan.changes if c.source}
+        lines = [
+            f"  {f.ref} ({written[f.ref]}): {f.detail}" if f.ref in written else f"  {f}" for f in e.failures
+        ]
+        raise ClusterError(f"{len(e.failures)} object(s) could not be applied:\n" + "\n".join(lines)) from e

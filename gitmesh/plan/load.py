@@ -32,6 +32,7 @@ _SCAN_ABOVE_BYTES = 64 * 1024
 _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
 _MERGE = "tag:yaml.org,2002:merge"
+_LOCATE_BY_CONTEXT = frozenset({"while scanning a quoted scalar", "while scanning a simple key"})
 _COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 _ctor = yaml.constructor.SafeConstructor()
 _SCALARS = {
@@ -105,14 +106,13 @@ def load_file(f: SourceFile) -> tuple[list[Manifest], list[Diagnostic]]:
                 continue
             manifests.extend(_objects(value, builder.positions, _loc(f.path, node), diagnostics))
     except yaml.MarkedYAMLError as e:
-        # A scanner error's context is where the unfinished token starts (the open quote, the key
-        # missing its colon); a parser error's problem is the token it could not place.
-        if isinstance(e, yaml.scanner.ScannerError):
-            mark = e.context_mark or e.problem_mark
-        else:
-            mark = e.problem_mark or e.context_mark
+        # An unclosed quote, or a key missing its colon, is best shown where it starts; anything else
+        # where the parser stopped.
+        mark = e.problem_mark or e.context_mark
+        if e.context in _LOCATE_BY_CONTEXT and e.context_mark:
+            mark = e.context_mark
         loc = _loc(f.path, mark) if mark else here
-        at_tab = mark is not None and text[mark.index : mark.index + 1] == "\t"
+        at_tab = e.problem_mark is not None and text[e.problem_mark.index : e.problem_mark.index + 1] == "\t"
         diagnostics.append(Diagnostic(loc, "GM001", _yaml_message(e, at_tab)))
     except yaml.YAMLError as e:
         diagnostics.append(Diagnostic(here, "GM001", str(e)))

@@ -1,0 +1,101 @@
+"""Kubernetes API failures, translated once, here, into ``ClusterError`` values that name the object.
+
+The API answers with a Status object; its reason and field causes are kept so
+the message says what the server refused and why (a 422 lists every field).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import urllib3
+
+from gitmesh.errors import ClusterError
+from gitmesh.objects import ObjectRef
+
+
+@dataclass(frozen=True)
+class Cause:
+    field: str
+    message: str
+
+
+class ApiError(ClusterError):
+    """The API server refused a request about ``ref``."""
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        ref: ObjectRef | None = None,
+        causes: tuple[Cause, ...] = (),
+    ) -> None:
+        self.status, self.reason, self.message, self.ref, self.causes = status, reason, message, ref, causes
+        fields = "".join(f"\n    {c.field}: {c.message}" if c.field else f"\n    {c.message}" for c in causes)
+        self.detail = f"{status} {reason}: {message}{fields}"
+        super().__init__(f"{ref}: {self.detail}" if ref else self.detail)
+
+
+class Forbidden(ApiError):
+    pass
+
+
+class NotFound(ApiError):
+    pass
+
+
+class Conflict(ApiError):
+    """409: a field-manager conflict on apply, or a resourceVersion race."""
+
+
+class Invalid(ApiError):
+    """422: the object breaks the server's validation; ``causes`` name the fields."""
+
+
+class ServerError(ApiError):
+    pass
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {403: Forbidden, 404: NotFound, 409: Conflict, 422: Invalid}
+
+
+class Unreachable(ClusterError):
+    """The API server did not answer: down, wrong address, or too slow."""
+
+
+class ApplyFailed(ClusterError):
+    """Some objects of an apply were refused; the inventory still lists exactly what is applied."""
+
+    def __init__(self, failures: list[ApiError]) -> None:
+        self.failures = failures
+        lines = "\n".join(f"  {f}" for f in failures)
+        super().__init__(f"{len(failures)} object(s) could not be applied:\n{lines}")
+
+
+def api_error(status: int, body: bytes, ref: ObjectRef | None = None) -> ApiError:
+    """The error for a non-2xx answer, from its Status body when there is one."""
+    try:
+        st = json.loads(body)
+    except ValueError:
+        st = {}
+    if not isinstance(st, dict) or st.get("kind") != "Status":
+        text = body[:300].decode("utf-8", "replace").strip()
+        return _class(status)(status, "", text or "no message", ref)
+    causes = tuple(
+        Cause(str(c.get("field", "")), str(c.get("message", "")))
+        for c in (st.get("details") or {}).get("causes") or ()
+    )
+    return _class(status)(status, str(st.get("reason", "")), str(st.get("message", "")), ref, causes)
+
+
+def _class(status: int) -> type[ApiError]:
+    return _BY_STATUS.get(status, ServerError if status >= 500 else ApiError)
+
+
+def unreachable(server: str, error: Exception) -> Unreachable:
+    if isinstance(error, urllib3.exceptions.MaxRetryError) and error.reason is not None:
+        error = error.reason
+    kind = "timed out" if isinstance(error, urllib3.exceptions.TimeoutError) else "is unreachable"
+    return Unreachable(f"the API server at {server} {kind}: {error}")

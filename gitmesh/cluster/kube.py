@@ -1,0 +1,438 @@
+"""The Kubernetes backend: server-side apply as one field manager, dry-run predictions, inventories.
+
+Requests go through the official client's configured ``ApiClient`` (so every
+kubeconfig auth method works) but are built by hand: gitmesh manages a fixed set
+of kinds and needs raw JSON, the apply-patch content type and the dry-run
+and field-manager parameters, which the typed APIs do not all offer.
+
+The inventory of each source lives in the cluster, in a ConfigMap in
+``gitmesh-system``: what the source applied (content hash and the
+resourceVersion the apply produced), the revision, and the last error.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import gzip
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import groupby
+from typing import Any, TypeVar
+
+import kubernetes.client
+import kubernetes.config
+import urllib3
+
+from gitmesh.cluster import errors
+from gitmesh.cluster.backend import Applied, Live, Prediction, SourceStatus, content_hash, owned
+from gitmesh.errors import ClusterError
+from gitmesh.objects import ObjectRef, apply_rank
+from gitmesh.plan.convert import SERVED
+
+FIELD_MANAGER = "gitmesh"
+SYSTEM_NAMESPACE = "gitmesh-system"
+INVENTORY_LABEL = "gitmesh.io/inventory"
+SOURCE_LABEL = "gitmesh.io/source"
+_CONCURRENCY = 8
+_TIMEOUT = (5, 30)  # connect, read (seconds)
+_SOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+    namespaced: bool
+
+    def path(self, namespace: str = "", name: str = "") -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        ns = f"/namespaces/{namespace}" if self.namespaced and namespace else ""
+        return f"{base}{ns}/{self.plural}" + (f"/{name}" if name else "")
+
+
+def _smi(kind: str, plural: str) -> Resource:
+    group, version = SERVED[kind].split("/")
+    return Resource(group, version, plural, True)
+
+
+# The kinds gitmesh manages, in the versions it writes.
+RESOURCES: dict[str, Resource] = {
+    "Namespace": Resource("", "v1", "namespaces", False),
+    "ServiceAccount": Resource("", "v1", "serviceaccounts", True),
+    "Service": Resource("", "v1", "services", True),
+    "EndpointSlice": Resource("discovery.k8s.io", "v1", "endpointslices", True),
+    "HTTPRouteGroup": _smi("HTTPRouteGroup", "httproutegroups"),
+    "TCPRoute": _smi("TCPRoute", "tcproutes"),
+    "UDPRoute": _smi("UDPRoute", "udproutes"),
+    "TrafficTarget": _smi("TrafficTarget", "traffictargets"),
+    "TrafficSplit": _smi("TrafficSplit", "trafficsplits"),
+}
+_CRD = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", False)
+_CONFIGMAP = Resource("", "v1", "configmaps", True)
+
+
+class KubeBackend:
+    def __init__(self, api: kubernetes.client.ApiClient, name: str) -> None:
+        self.api = api
+        self.name = name
+        self.server = api.configuration.host
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeBackend:
+        """The usual conventions: --kubeconfig, else $KUBECONFIG; --context, else the current one;
+        in a pod without either, the in-cluster service account."""
+        cfg = kubernetes.client.Configuration()
+        try:
+            if kubeconfig or context or os.environ.get("KUBECONFIG") or not in_cluster():
+                kubernetes.config.load_kube_config(
+                    config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False
+                )
+                _, active = kubernetes.config.list_kube_config_contexts(kubeconfig)
+                name = context or active["name"]
+            else:
+                kubernetes.config.load_incluster_config(client_configuration=cfg)
+                name = "in-cluster"
+        except (kubernetes.config.ConfigException, OSError, TypeError, KeyError) as e:
+            raise ClusterError(f"cannot load Kubernetes configuration: {e}") from e
+        cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, _CONCURRENCY * 2)
+        cfg.retries = False
+        return cls(kubernetes.client.ApiClient(cfg), name)
+
+    def close(self) -> None:
+        self.api.close()
+
+    def describe(self) -> str:
+        return f"kube:{self.name}"
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def list_managed(self) -> dict[ObjectRef, Live]:
+        query = {"labelSelector": "app.kubernetes.io/managed-by=gitmesh"}
+
+        def list_kind(kind: str) -> list[dict[str, Any]]:
+            res = RESOURCES[kind]
+            try:
+                body = self._request("GET", res.path(), query)
+            except errors.NotFound:
+                return []  # an SMI kind whose CRD is not installed: nothing of it can exist
+            api_version = f"{res.group}/{res.version}" if res.group else res.version
+            return [{"apiVersion": api_version, "kind": kind, **item} for item in body.get("items") or ()]
+
+        out = {}
+        for items in self._parallel(list_kind, RESOURCES):
+            for obj in items:
+                out[ObjectRef.of(obj)] = Live(obj, str(obj["metadata"].get("resourceVersion", "")))
+        return out
+
+    def inventory(self, source: str) -> dict[ObjectRef, Applied]:
+        cm = self._inventory_configmap(source)
+        if cm is None:
+            return {}
+        packed = (cm.get("binaryData") or {}).get("inventory.json.gz")
+        if not packed:
+            return {}
+        rows = json.loads(gzip.decompress(base64.b64decode(packed)))
+        return {ObjectRef(g, k, ns, n): Applied(h, rv) for g, k, ns, n, h, rv in rows}
+
+    def status(self) -> list[SourceStatus]:
+        try:
+            body = self._request(
+                "GET", _CONFIGMAP.path(SYSTEM_NAMESPACE), {"labelSelector": f"{INVENTORY_LABEL}=true"}
+            )
+        except errors.NotFound:
+            return []
+        out = []
+        for cm in sorted(body.get("items") or (), key=lambda c: c["metadata"]["name"]):
+            data = cm.get("data") or {}
+            source = cm["metadata"].get("labels", {}).get(SOURCE_LABEL, "")
+            counts: dict[str, int] = {}
+            for ref in self.inventory(source):
+                counts[ref.kind] = counts.get(ref.kind, 0) + 1
+            out.append(
+                SourceStatus(
+                    source,
+                    data.get("revision") or None,
+                    data.get("ref", ""),
+                    _time(data.get("appliedAt")),
+                    counts,
+                    data.get("lastError", ""),
+                    _time(data.get("lastErrorAt")),
+                )
+            )
+        return out
+
+    # --- predicting and writing -------------------------------------------------------------------
+
+    def predict(self, objects: Sequence[Mapping[str, Any]]) -> list[Prediction]:
+        return self._parallel(self._predict_one, objects)
+
+    def _predict_one(self, obj: Mapping[str, Any]) -> Prediction:
+        body = owned(obj)
+        try:
+            return Prediction(self._apply(body, dry_run=True, force=False))
+        except errors.Conflict as e:
+            # Another field manager owns some of these fields: show what applying would do if
+            # forced, and say whose fields they are. Apply refuses unless --force-conflicts.
+            return Prediction(self._apply(body, dry_run=True, force=True), conflict=_conflict_text(e))
+        except errors.NotFound as e:
+            if "namespaces" in e.message and "not found" in e.message:
+                return Prediction(body)  # its namespace is created by the same plan
+            raise
+
+    def apply(
+        self,
+        source: str,
+        revision: str | None,
+        ref: str,
+        objects: Sequence[Mapping[str, Any]],
+        deletes: Sequence[ObjectRef],
+        keep: Mapping[ObjectRef, Applied],
+        *,
+        force_conflicts: bool = False,
+    ) -> None:
+        _check_source_name(source)
+        previous = self.inventory(source)
+        inventory = dict(keep) | {r: previous[r] for r in deletes if r in previous}
+        failures: list[errors.ApiError] = []
+        try:
+            # Objects arrive in apply order; each kind is applied concurrently, kinds one after another.
+            for _, batch in groupby(objects, key=lambda o: apply_rank(ObjectRef.of(o))[0]):
+                group = list(batch)
+                results = self._parallel(lambda o: self._apply_recorded(o, force_conflicts), group)
+                for obj, result in zip(group, results, strict=True):
+                    if isinstance(result, errors.ApiError):
+                        failures.append(result)
+                    else:
+                        inventory[ObjectRef.of(obj)] = Applied(content_hash(obj), result)
+                if failures:
+                    break
+            if not failures:
+                for r in deletes:  # in order: what refers to others goes first
+                    try:
+                        self._delete(r)
+                        inventory.pop(r, None)
+                    except errors.ApiError as e:
+                        failures.append(e)
+                        break
+        finally:
+            message = errors.ApplyFailed(failures).args[0] if failures else ""
+            self._write_inventory(
+                source, inventory, revision=None if failures else revision, ref=ref, error=message
+            )
+        if failures:
+            raise errors.ApplyFailed(failures)
+
+    def _apply_recorded(self, obj: Mapping[str, Any], force: bool) -> str | errors.ApiError:
+        try:
+            applied = self._apply(owned(obj), dry_run=False, force=force)
+        except errors.ApiError as e:
+            return e
+        return str(applied["metadata"]["resourceVersion"])
+
+    def record_error(self, source: str, message: str) -> None:
+        _check_source_name(source)
+        self._ensure_system_namespace()
+        self._request(
+            "PATCH",
+            _CONFIGMAP.path(SYSTEM_NAMESPACE, _inventory_name(source)),
+            {"fieldManager": f"{FIELD_MANAGER}-status", "force": "true"},
+            body=self._inventory_body(source, {"lastError": message, "lastErrorAt": _now()}),
+            content_type="application/apply-patch+yaml",
+        )
+
+    def install_crds(self, crds: Iterable[Mapping[str, Any]], timeout: float = 60) -> list[str]:
+        """Apply CRDs, then wait until the API server serves every one of them (Established)."""
+        names = []
+        for crd in crds:
+            body = dict(crd)
+            self._request(
+                "PATCH",
+                _CRD.path(name=body["metadata"]["name"]),
+                {"fieldManager": FIELD_MANAGER, "force": "true"},
+                body=body,
+                content_type="application/apply-patch+yaml",
+                ref=ObjectRef.of(body),
+            )
+            names.append(body["metadata"]["name"])
+        deadline = time.monotonic() + timeout
+        for name in names:
+            while not _established(self._request("GET", _CRD.path(name=name))):
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"CustomResourceDefinition {name} was not Established within {timeout:g}s"
+                    )
+                time.sleep(0.1)
+        return names
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    def _apply(self, obj: dict[str, Any], *, dry_run: bool, force: bool) -> dict[str, Any]:
+        ref = ObjectRef.of(obj)
+        res = _resource(ref.kind)
+        query = {"fieldManager": FIELD_MANAGER, "fieldValidation": "Strict"}
+        if force:
+            query["force"] = "true"
+        if dry_run:
+            query["dryRun"] = "All"
+        return self._request(
+            "PATCH",
+            res.path(ref.namespace, ref.name),
+            query,
+            body=obj,
+            content_type="application/apply-patch+yaml",
+            ref=ref,
+        )
+
+    def _delete(self, ref: ObjectRef) -> None:
+        with contextlib.suppress(errors.NotFound):  # already gone: what prune wanted
+            self._request(
+                "DELETE",
+                _resource(ref.kind).path(ref.namespace, ref.name),
+                {"propagationPolicy": "Background"},
+                ref=ref,
+            )
+
+    def _inventory_configmap(self, source: str) -> dict[str, Any] | None:
+        _check_source_name(source)
+        try:
+            return self._request("GET", _CONFIGMAP.path(SYSTEM_NAMESPACE, _inventory_name(source)))
+        except errors.NotFound:
+            return None
+
+    def _write_inventory(
+        self,
+        source: str,
+        inventory: Mapping[ObjectRef, Applied],
+        *,
+        revision: str | None,
+        ref: str,
+        error: str,
+    ) -> None:
+        rows = sorted(
+            [r.group, r.kind, r.namespace, r.name, a.hash, a.resource_version] for r, a in inventory.items()
+        )
+        packed = base64.b64encode(gzip.compress(json.dumps(rows, separators=(",", ":")).encode(), mtime=0))
+        data = {"lastError": error, "lastErrorAt": _now() if error else ""}
+        if revision is not None or not error:
+            data |= {"revision": revision or "", "ref": ref, "appliedAt": _now()}
+        body = self._inventory_body(source, data)
+        body["binaryData"] = {"inventory.json.gz": packed.decode()}
+        self._ensure_system_namespace()
+        self._request(
+            "PATCH",
+            _CONFIGMAP.path(SYSTEM_NAMESPACE, _inventory_name(source)),
+            {"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=body,
+            content_type="application/apply-patch+yaml",
+        )
+
+    @staticmethod
+    def _inventory_body(source: str, data: dict[str, str]) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": _inventory_name(source),
+                "namespace": SYSTEM_NAMESPACE,
+                "labels": {INVENTORY_LABEL: "true", SOURCE_LABEL: source},
+            },
+            "data": data,
+        }
+
+    def _ensure_system_namespace(self) -> None:
+        ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}}
+        self._request(
+            "PATCH",
+            RESOURCES["Namespace"].path(name=SYSTEM_NAMESPACE),
+            {"fieldManager": FIELD_MANAGER},
+            body=ns,
+            content_type="application/apply-patch+yaml",
+        )
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        ref: ObjectRef | None = None,
+    ) -> dict[str, Any]:
+        method, url, headers, payload, _ = self.api.param_serialize(
+            method,
+            path,
+            query_params=list((query or {}).items()),
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=json.dumps(body) if body is not None else None,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            resp = self.api.call_api(method, url, headers, payload, _request_timeout=_TIMEOUT)
+            data = resp.read()
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise errors.unreachable(self.server, e) from e
+        except kubernetes.client.ApiException as e:  # TLS failures surface as status 0
+            raise errors.Unreachable(f"the API server at {self.server}: {e.reason}") from e
+        if not 200 <= resp.status < 300:
+            raise errors.api_error(resp.status, data, ref)
+        return json.loads(data) if data else {}
+
+    def _parallel(self, fn: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
+        items = list(items)
+        if len(items) <= 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(max_workers=min(_CONCURRENCY, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+
+def _resource(kind: str) -> Resource:
+    try:
+        return RESOURCES[kind]
+    except KeyError:
+        raise ClusterError(f"gitmesh does not manage {kind} objects") from None
+
+
+def _inventory_name(source: str) -> str:
+    return f"gitmesh-inventory-{source}"
+
+
+def _check_source_name(source: str) -> None:
+    if not _SOURCE_NAME.match(source):
+        raise ClusterError(f"source name {source!r} must be lowercase letters, digits and '-' (at most 42)")
+
+
+def in_cluster() -> bool:
+    """Running in a pod, with its service account mounted."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )
+
+
+def _established(crd: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Established" and c.get("status") == "True"
+        for c in (crd.get("status") or {}).get("conditions") or ()
+    )
+
+
+def _conflict_text(e: errors.ApiError) -> str:
+    return "; ".join(c.message for c in e.causes) or e.message
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if value else None
