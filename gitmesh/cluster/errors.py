@@ -97,5 +97,9 @@ def _class(status: int) -> type[ApiError]:
 def unreachable(server: str, error: Exception) -> Unreachable:
     if isinstance(error, urllib3.exceptions.MaxRetryError) and error.reason is not None:
         error = error.reason
-    kind = "timed out" if isinstance(error, urllib3.exceptions.TimeoutError) else "is unreachable"
+    # urllib3 counts a refused connection as a kind of timeout; a person would not.
+    timed_out = isinstance(error, urllib3.exceptions.TimeoutError) and not isinstance(
+        error, urllib3.exceptions.NewConnectionError
+    )
+    kind = "timed out" if timed_out else "is unreachable"
     return Unreachable(f"the API server at {server} {kind}: {error}")
