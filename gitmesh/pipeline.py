@@ -6,9 +6,12 @@ controller call these and nothing deeper.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from gitmesh.cluster.backend import ClusterBackend, content_hash, fingerprint
-from gitmesh.cluster.errors import ApplyFailed
+from gitmesh.cluster.errors import ObjectsFailed
 from gitmesh.errors import ClusterError, PlanError, StalePlan
+from gitmesh.objects import Location, ObjectRef
 from gitmesh.plan.diff import make_plan
 from gitmesh.plan.load import load_files
 from gitmesh.plan.model import Action, Plan
@@ -45,10 +48,13 @@ def plan(revision: Revision, validated: Validated, backend: ClusterBackend, sour
         and entry.resource_version == live[ref].resource_version
     }
     to_predict = [m for m in validated.desired if m.ref not in unchanged]
-    predictions = dict(
-        zip((m.ref for m in to_predict), backend.predict([m.obj for m in to_predict]), strict=True)
-    )
+    try:
+        predicted = backend.predict([m.obj for m in to_predict])
+    except ObjectsFailed as e:
+        raise _located(e, {m.ref: m.source for m in to_predict}) from e
+    predictions = dict(zip((m.ref for m in to_predict), predicted, strict=True))
     notes = {}
+    drifted = set()
     for ref, entry in inventory.items():
         if ref not in hashes or ref in unchanged:
             continue
@@ -56,6 +62,8 @@ def plan(revision: Revision, validated: Validated, backend: ClusterBackend, sour
             notes[ref] = "deleted from the cluster since gitmesh applied it"
         elif entry.hash == hashes[ref]:
             notes[ref] = "drift: changed in the cluster since gitmesh applied it"
+            drifted.add(ref)
+    conflicts = {ref: p.conflict for ref, p in predictions.items() if p.conflict}
     return make_plan(
         desired=validated.desired,
         predicted={ref: live[ref].obj for ref in unchanged} | {ref: p.obj for ref, p in predictions.items()},
@@ -67,8 +75,11 @@ def plan(revision: Revision, validated: Validated, backend: ClusterBackend, sour
         backend=backend.describe(),
         fingerprint=fingerprint(live, inventory),
         diagnostics=validated.diagnostics,
-        conflicts={ref: p.conflict for ref, p in predictions.items() if p.conflict},
+        conflicts=conflicts,
         notes=notes,
+        # The manifest is the one gitmesh applied, so every conflicting field is one it set and
+        # someone changed by hand: Git wins.
+        take_over=frozenset(drifted & conflicts.keys()),
     )
 
 
@@ -86,7 +97,7 @@ def apply(
             f"this revision would delete all {len(plan.changes)} objects that source {plan.source!r} owns; "
             "pass --allow-empty if that is intended"
         )
-    conflicted = [c for c in plan.changes if c.conflict]
+    conflicted = [c for c in plan.changes if c.conflict and not c.take_over]
     if conflicted and not force_conflicts:
         names = "; ".join(f"{c.ref}: {c.conflict}" for c in conflicted[:5])
         raise PlanError(
@@ -105,11 +116,15 @@ def apply(
                 for c in plan.changes
                 if c.action is Action.NOOP and c.manifest is None
             },
-            force_conflicts=force_conflicts,
+            force=frozenset(c.ref for c in plan.changes if c.take_over or (c.conflict and force_conflicts)),
         )
-    except ApplyFailed as e:
-        written = {c.ref: c.source for c in plan.changes if c.source}
-        lines = [
-            f"  {f.ref} ({written[f.ref]}): {f.detail}" if f.ref in written else f"  {f}" for f in e.failures
-        ]
-        raise ClusterError(f"{len(e.failures)} object(s) could not be applied:\n" + "\n".join(lines)) from e
+    except ObjectsFailed as e:
+        raise _located(e, {c.ref: c.source for c in plan.changes if c.source}) from e
+
+
+def _located(e: ObjectsFailed, written: Mapping[ObjectRef, Location]) -> ClusterError:
+    """The server's refusals, each naming where the object is written."""
+    lines = [
+        f"  {f.ref} ({written[f.ref]}): {f.detail}" if f.ref in written else f"  {f}" for f in e.failures
+    ]
+    return ClusterError(f"{len(e.failures)} object(s) could not be {e.verb}:\n" + "\n".join(lines))

@@ -70,9 +70,11 @@ class ClusterBackend(Protocol):
         deletes: Sequence[ObjectRef],
         keep: Mapping[ObjectRef, Applied],
         *,
-        force_conflicts: bool = False,
+        force: frozenset[ObjectRef] = frozenset(),
     ) -> None:
         """Write ``objects`` in order, then delete ``deletes`` in order.
+
+        Objects in ``force`` take their fields back from other field managers.
 
         The new inventory is ``keep`` plus every object written; on failure it
         still lists exactly what is applied, and the error names what failed.

@@ -65,13 +65,13 @@ class Unreachable(ClusterError):
     """The API server did not answer: down, wrong address, or too slow."""
 
 
-class ApplyFailed(ClusterError):
-    """Some objects of an apply were refused; the inventory still lists exactly what is applied."""
+class ObjectsFailed(ClusterError):
+    """The server refused some objects of a dry-run or an apply; ``failures`` has one error per object."""
 
-    def __init__(self, failures: list[ApiError]) -> None:
-        self.failures = failures
+    def __init__(self, verb: str, failures: list[ApiError]) -> None:
+        self.verb, self.failures = verb, failures
         lines = "\n".join(f"  {f}" for f in failures)
-        super().__init__(f"{len(failures)} object(s) could not be applied:\n{lines}")
+        super().__init__(f"{len(failures)} object(s) could not be {verb}:\n{lines}")
 
 
 def api_error(status: int, body: bytes, ref: ObjectRef | None = None) -> ApiError:

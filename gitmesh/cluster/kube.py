@@ -42,6 +42,7 @@ INVENTORY_LABEL = "gitmesh.io/inventory"
 SOURCE_LABEL = "gitmesh.io/source"
 _CONCURRENCY = 8
 _TIMEOUT = (5, 30)  # connect, read (seconds)
+_RETRY_FOR = 30.0  # seconds to keep retrying answers of 429 Too Many Requests
 _SOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
 
 T = TypeVar("T")
@@ -174,20 +175,29 @@ class KubeBackend:
     # --- predicting and writing -------------------------------------------------------------------
 
     def predict(self, objects: Sequence[Mapping[str, Any]]) -> list[Prediction]:
-        return self._parallel(self._predict_one, objects)
+        results = self._parallel(self._predict_one, objects)
+        failures = [r for r in results if isinstance(r, errors.ApiError)]
+        if failures:
+            raise errors.ObjectsFailed("dry-run applied", failures)
+        return [r for r in results if isinstance(r, Prediction)]
 
-    def _predict_one(self, obj: Mapping[str, Any]) -> Prediction:
+    def _predict_one(self, obj: Mapping[str, Any]) -> Prediction | errors.ApiError:
         body = owned(obj)
         try:
             return Prediction(self._apply(body, dry_run=True, force=False))
         except errors.Conflict as e:
             # Another field manager owns some of these fields: show what applying would do if
             # forced, and say whose fields they are. Apply refuses unless --force-conflicts.
-            return Prediction(self._apply(body, dry_run=True, force=True), conflict=_conflict_text(e))
+            try:
+                return Prediction(self._apply(body, dry_run=True, force=True), conflict=_conflict_text(e))
+            except errors.ApiError as forced:
+                return forced
         except errors.NotFound as e:
             if "namespaces" in e.message and "not found" in e.message:
                 return Prediction(body)  # its namespace is created by the same plan
-            raise
+            return e
+        except errors.ApiError as e:
+            return e
 
     def apply(
         self,
@@ -198,7 +208,7 @@ class KubeBackend:
         deletes: Sequence[ObjectRef],
         keep: Mapping[ObjectRef, Applied],
         *,
-        force_conflicts: bool = False,
+        force: frozenset[ObjectRef] = frozenset(),
     ) -> None:
         _check_source_name(source)
         previous = self.inventory(source)
@@ -208,7 +218,7 @@ class KubeBackend:
             # Objects arrive in apply order; each kind is applied concurrently, kinds one after another.
             for _, batch in groupby(objects, key=lambda o: apply_rank(ObjectRef.of(o))[0]):
                 group = list(batch)
-                results = self._parallel(lambda o: self._apply_recorded(o, force_conflicts), group)
+                results = self._parallel(lambda o: self._apply_recorded(o, ObjectRef.of(o) in force), group)
                 for obj, result in zip(group, results, strict=True):
                     if isinstance(result, errors.ApiError):
                         failures.append(result)
@@ -225,12 +235,12 @@ class KubeBackend:
                         failures.append(e)
                         break
         finally:
-            message = errors.ApplyFailed(failures).args[0] if failures else ""
+            message = errors.ObjectsFailed("applied", failures).args[0] if failures else ""
             self._write_inventory(
                 source, inventory, revision=None if failures else revision, ref=ref, error=message
             )
         if failures:
-            raise errors.ApplyFailed(failures)
+            raise errors.ObjectsFailed("applied", failures)
 
     def _apply_recorded(self, obj: Mapping[str, Any], force: bool) -> str | errors.ApiError:
         try:
@@ -377,16 +387,23 @@ class KubeBackend:
             body=json.dumps(body) if body is not None else None,
             auth_settings=["BearerToken"],
         )
-        try:
-            resp = self.api.call_api(method, url, headers, payload, _request_timeout=_TIMEOUT)
-            data = resp.read()
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise errors.unreachable(self.server, e) from e
-        except kubernetes.client.ApiException as e:  # TLS failures surface as status 0
-            raise errors.Unreachable(f"the API server at {self.server}: {e.reason}") from e
-        if not 200 <= resp.status < 300:
-            raise errors.api_error(resp.status, data, ref)
-        return json.loads(data) if data else {}
+        deadline = time.monotonic() + _RETRY_FOR
+        while True:
+            try:
+                resp = self.api.call_api(method, url, headers, payload, _request_timeout=_TIMEOUT)
+                data = resp.read()
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                raise errors.unreachable(self.server, e) from e
+            except kubernetes.client.ApiException as e:  # TLS failures surface as status 0
+                raise errors.Unreachable(f"the API server at {self.server}: {e.reason}") from e
+            # 429 means "not now" (throttled, or a new resource's storage still starting): wait as
+            # told, like every Kubernetes client does, for a while.
+            if resp.status == 429 and time.monotonic() < deadline:
+                time.sleep(min(float(resp.getheader("Retry-After") or 1), 1.0))
+                continue
+            if not 200 <= resp.status < 300:
+                raise errors.api_error(resp.status, data, ref)
+            return json.loads(data) if data else {}
 
     def _parallel(self, fn: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
         items = list(items)

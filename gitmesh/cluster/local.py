@@ -93,7 +93,7 @@ class LocalBackend:
         deletes: Sequence[ObjectRef],
         keep: Mapping[ObjectRef, Applied],
         *,
-        force_conflicts: bool = False,  # one writer: the embedded store has no field conflicts
+        force: frozenset[ObjectRef] = frozenset(),  # one writer: the embedded store has no conflicts
     ) -> None:
         now = _now()
         inventory = dict(keep)

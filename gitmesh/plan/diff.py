@@ -42,12 +42,14 @@ def make_plan(
     diagnostics: Sequence[Diagnostic] = (),
     conflicts: Mapping[ObjectRef, str] | None = None,
     notes: Mapping[ObjectRef, str] | None = None,
+    take_over: frozenset[ObjectRef] = frozenset(),
 ) -> Plan:
     """Compare each desired object, as the backend predicts it once applied, with the live one.
 
     ``predicted`` maps each desired ref to the backend's dry-run result;
     ``inventory`` is what this source applied before: only those are deleted.
-    ``conflicts`` and ``notes`` (why an object changes, e.g. drift) come from the caller.
+    ``conflicts`` and ``notes`` (why an object changes, e.g. drift) come from the caller;
+    ``take_over`` are the conflicts on gitmesh's own fields, which apply takes back.
     """
     conflicts, notes = conflicts or {}, notes or {}
     owned = set(inventory)
@@ -63,13 +65,37 @@ def make_plan(
         conflict = conflicts.get(ref, "")
         if current is None:
             fields = diff_fields(None, after)
-            changes.append(Change(ref, Action.CREATE, fields, None, after, m.obj, m.source, reason, conflict))
+            changes.append(
+                Change(
+                    ref,
+                    Action.CREATE,
+                    fields,
+                    None,
+                    after,
+                    m.obj,
+                    m.source,
+                    reason,
+                    conflict,
+                    ref in take_over,
+                )
+            )
             continue
         before = clean(current)
         fields = diff_fields(before, after)
         if fields:
             changes.append(
-                Change(ref, Action.UPDATE, fields, before, after, m.obj, m.source, reason, conflict)
+                Change(
+                    ref,
+                    Action.UPDATE,
+                    fields,
+                    before,
+                    after,
+                    m.obj,
+                    m.source,
+                    reason,
+                    conflict,
+                    ref in take_over,
+                )
             )
         else:
             # An identical object not yet in the inventory is adopted: apply records it.

@@ -138,6 +138,8 @@ def _change(c: Change) -> dict[str, Any]:
         out["reason"] = c.reason
     if c.conflict:
         out["conflict"] = c.conflict
+    if c.take_over:
+        out["take_over"] = True
     if c.action is Action.NOOP:
         if c.manifest is not None:
             out["manifest"] = c.manifest
@@ -166,6 +168,7 @@ def _decode_change(c: dict[str, Any]) -> Change:
         source=_decode_location(c["source"]) if "source" in c else None,
         reason=c.get("reason", ""),
         conflict=c.get("conflict", ""),
+        take_over=c.get("take_over", False),
     )
 
 

@@ -59,6 +59,7 @@ class Change:
     source: Location | None = None
     reason: str = ""  # for people only; never steers apply
     conflict: str = ""  # fields another field manager owns; apply refuses unless forced
+    take_over: bool = False  # the conflict is on gitmesh's own fields, changed by hand: apply takes them back
 
 
 @dataclass(frozen=True)

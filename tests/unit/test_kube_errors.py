@@ -89,7 +89,7 @@ def test_apply_failed_lists_every_object() -> None:
         errors.api_error(422, status_body(422, "Invalid", "bad"), REF),
         errors.api_error(403, status_body(403, "Forbidden", "no"), ObjectRef("", "Namespace", "", "x")),
     ]
-    text = str(errors.ApplyFailed(failures))
+    text = str(errors.ObjectsFailed("applied", failures))
     assert text.splitlines() == [
         "2 object(s) could not be applied:",
         "  Service/app/web: 422 Invalid: bad",
