@@ -150,7 +150,10 @@ def test_base_head_preview_needs_no_store(
     assert result.exit_code == 0, result.output
     assert result.output.startswith("### gitmesh plan for `")
     assert "**0 to create, 0 to update, 3 to delete, 16 unchanged.**" in result.output
-    assert "<details><summary><code>- delete Namespace/bookthief</code></summary>" in result.output
+    assert (
+        "<details><summary><code>- delete Namespace/bookthief</code> (no longer in the revision)</summary>"
+        in result.output
+    )
     assert not (tmp_path / ".gitmesh").exists()
 
 
