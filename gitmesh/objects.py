@@ -7,6 +7,7 @@ v1alpha4 in a cluster is one object.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,23 +82,26 @@ Path = tuple[str | int, ...]
 class Manifest:
     """One object as written in the source, with where it was written.
 
-    ``positions`` maps a field path (("spec", "backends", 0, "weight")) to where
-    that field's value starts, so every diagnostic can point at the exact line.
+    ``positions`` maps a field path (("spec", "backends", 0, "weight")) to the
+    (line, column) where that field starts in ``source.file``, so every
+    diagnostic can point at the exact line. Plain tuples, not Locations: a large
+    repo has hundreds of thousands of them, and tuples of ints cost the garbage
+    collector nothing.
     """
 
     obj: dict[str, Any]
     source: Location
-    positions: Mapping[Path, Location] = field(default_factory=dict, compare=False, repr=False)
+    positions: Mapping[Path, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
     converted_from: str = ""  # the apiVersion as written, when gitmesh converted it to the served one
 
-    @property
+    @functools.cached_property
     def ref(self) -> ObjectRef:
         return ObjectRef.of(self.obj)
 
     def locate(self, path: Path) -> Location:
         """The closest known location of ``path``: the field itself, else its nearest parent."""
         for end in range(len(path), 0, -1):
-            loc = self.positions.get(tuple(path[:end]))
-            if loc is not None:
-                return loc
+            pos = self.positions.get(tuple(path[:end]))
+            if pos is not None:
+                return Location(self.source.file, *pos)
         return self.source

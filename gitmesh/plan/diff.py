@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -81,7 +82,7 @@ def make_plan(
             )
             continue
         before = clean(current)
-        fields = diff_fields(before, after)
+        fields = () if _same(before, after) else diff_fields(before, after)
         if fields:
             changes.append(
                 Change(
@@ -124,6 +125,11 @@ def make_plan(
         fingerprint,
         tuple(diagnostics),
     )
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON: unlike ``==``, 1, 1.0 and true differ, as they do to the API server."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 _MISSING = object()

@@ -122,7 +122,7 @@ def load_file(f: SourceFile) -> tuple[list[Manifest], list[Diagnostic]]:
 
 
 def _objects(
-    value: Any, positions: dict[Path, Location], start: Location, diagnostics: list[Diagnostic]
+    value: Any, positions: dict[Path, tuple[int, int]], start: Location, diagnostics: list[Diagnostic]
 ) -> list[Manifest]:
     """The objects of one document: the document itself, or the items of a List."""
     if not isinstance(value, dict):
@@ -132,7 +132,7 @@ def _objects(
         out = []
         for i, item in enumerate(value["items"]):
             prefix = ("items", i)
-            here = positions.get(prefix, start)
+            here = Location(start.file, *positions[prefix]) if prefix in positions else start
             if not isinstance(item, dict):
                 diagnostics.append(
                     Diagnostic(here, "GM008", f"List item is {_json_type(item)}, not an object")
@@ -173,7 +173,7 @@ class _Builder:
 
     def __init__(self, file: str) -> None:
         self.file = file
-        self.positions: dict[Path, Location] = {}
+        self.positions: dict[Path, tuple[int, int]] = {}
         self.problems: list[Diagnostic] = []
         self._built: dict[int, Any] = {}
         self._sizes: dict[int, int] = {}
@@ -210,13 +210,13 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             items: list[Any] = [None] * len(node.value)
             for i, child in reversed(list(enumerate(node.value))):
-                self.positions[(*path, i)] = _loc(self.file, child)
+                self.positions[(*path, i)] = _pos(child)
                 stack.append((child, (*path, i), items, i))
             return items
         mapping: dict[str, Any] = {}
         for key_node, child in reversed(self._pairs(node, path)):
             key = key_node.value
-            self.positions[(*path, key)] = _loc(self.file, key_node)
+            self.positions[(*path, key)] = _pos(key_node)
             stack.append((child, (*path, key), mapping, key))
         return mapping
 
@@ -351,6 +351,10 @@ def _scan_events(text: str, file: str) -> Diagnostic | None:
     except yaml.YAMLError:
         return None  # the real parse reports the syntax error with its position
     return None
+
+
+def _pos(node: yaml.Node) -> tuple[int, int]:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
 def _loc(file: str, where: Any) -> Location:

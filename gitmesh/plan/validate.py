@@ -97,6 +97,8 @@ def _check_shape(m: Manifest) -> list[Diagnostic]:
                 ref,
             )
         ]
+    if schema.is_valid(api_version, kind, obj):
+        return []
     return [_schema_diagnostic(m, ref, e) for e in validator.iter_errors(obj)]
 
 
