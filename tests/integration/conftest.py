@@ -1,0 +1,79 @@
+"""Fixtures for integration tests that need a real Kubernetes control plane.
+
+``kube_env`` is one etcd with one kube-apiserver (``kube_env.cluster``);
+``add_kube_cluster`` starts further apiservers on the same etcd, each one a
+separate cluster. Everything is session-scoped: a cluster starts in a few
+seconds, so tests share them and keep their objects apart by namespace.
+
+The binaries come from ``testenv/build.sh``. The first run on a machine builds
+them (minutes, see testenv/README.md); that happens once, right after
+collection, so that it does not count against a single test's timeout. A
+failed build is not a skip: every test that asked for the control plane fails
+with the build's own error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kube import Cluster, KubeEnv, KubeEnvError, build_binaries
+
+_FIXTURES_NEEDING_BINARIES = {"kube_binaries", "kube_env", "add_kube_cluster"}
+_build: dict[str, Path | str] = {}
+
+
+def _run_build() -> Path:
+    if "path" not in _build and "error" not in _build:
+        try:
+            _build["path"] = build_binaries()
+        except KubeEnvError as exc:
+            _build["error"] = str(exc)
+    if "error" in _build:
+        pytest.fail(f"cannot build the test control plane:\n{_build['error']}", pytrace=False)
+    path = _build["path"]
+    assert isinstance(path, Path)
+    return path
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the binaries before the first test starts if any selected test needs them."""
+    if session.config.option.collectonly:
+        return
+    wanted = any(
+        _FIXTURES_NEEDING_BINARIES.intersection(getattr(item, "fixturenames", ())) for item in session.items
+    )
+    if wanted and "path" not in _build and "error" not in _build:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        started = time.monotonic()
+        try:
+            _build["path"] = build_binaries()
+        except KubeEnvError as exc:
+            _build["error"] = str(exc)
+        elapsed = time.monotonic() - started
+        if reporter is not None and elapsed > 5:
+            reporter.write_line(f"testenv/build.sh built kube-apiserver and etcd in {elapsed:.0f}s")
+
+
+@pytest.fixture(scope="session")
+def kube_binaries() -> Path:
+    """Directory with the cached ``kube-apiserver`` and ``etcd`` binaries."""
+    return _run_build()
+
+
+@pytest.fixture(scope="session")
+def kube_env(kube_binaries: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeEnv]:
+    """etcd plus one ready kube-apiserver, available as ``kube_env.cluster``."""
+    env = KubeEnv(kube_binaries, tmp_path_factory.mktemp("kube-env"))
+    with env:
+        env.add_cluster("main")
+        yield env
+
+
+@pytest.fixture(scope="session")
+def add_kube_cluster(kube_env: KubeEnv) -> Callable[..., Cluster]:
+    """``add_kube_cluster(name=None)`` starts another apiserver on ``kube_env``'s etcd."""
+    return kube_env.add_cluster
