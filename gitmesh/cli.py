@@ -20,7 +20,6 @@ from rich.console import Console
 from rich.text import Text
 
 from gitmesh import pipeline
-from gitmesh.cluster import kube
 from gitmesh.cluster.backend import ClusterBackend
 from gitmesh.cluster.local import DEFAULT_PATH, LocalBackend
 from gitmesh.errors import GitmeshError
@@ -54,6 +53,8 @@ class BackendChoice:
     context: str | None
 
     def open(self) -> ClusterBackend:
+        from gitmesh.cluster import kube  # the Kubernetes client takes a while to import: only when used
+
         if self.kubeconfig or self.context or kube.in_cluster():
             return kube.KubeBackend.connect(self.kubeconfig, self.context)
         return LocalBackend(self.store)
@@ -316,6 +317,8 @@ def install_crds(kubeconfig: str | None, context: str | None, print_only: bool) 
     if print_only:
         click.echo(yaml.safe_dump_all(rendered, sort_keys=False), nl=False)
         return
+    from gitmesh.cluster import kube
+
     backend = kube.KubeBackend.connect(kubeconfig, context)
     for name in backend.install_crds(rendered):
         out.print(f"{name} established")

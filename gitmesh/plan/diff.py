@@ -44,13 +44,15 @@ def make_plan(
     conflicts: Mapping[ObjectRef, str] | None = None,
     notes: Mapping[ObjectRef, str] | None = None,
     take_over: frozenset[ObjectRef] = frozenset(),
+    unchanged: frozenset[ObjectRef] = frozenset(),
 ) -> Plan:
     """Compare each desired object, as the backend predicts it once applied, with the live one.
 
     ``predicted`` maps each desired ref to the backend's dry-run result;
     ``inventory`` is what this source applied before: only those are deleted.
     ``conflicts`` and ``notes`` (why an object changes, e.g. drift) come from the caller;
-    ``take_over`` are the conflicts on gitmesh's own fields, which apply takes back.
+    ``take_over`` are the conflicts on gitmesh's own fields, which apply takes back;
+    ``unchanged`` are known to be the same on both sides, and need no ``predicted`` entry.
     """
     conflicts, notes = conflicts or {}, notes or {}
     owned = set(inventory)
@@ -59,6 +61,9 @@ def make_plan(
     for m in sorted(desired, key=lambda m: apply_rank(m.ref)):
         ref = m.ref
         wanted.add(ref)
+        if ref in unchanged:
+            changes.append(Change(ref, Action.NOOP, source=m.source))
+            continue
         after = clean(predicted[ref])
         current = live.get(ref)
         reasons = [f"converted from {m.converted_from}" if m.converted_from else "", notes.get(ref, "")]

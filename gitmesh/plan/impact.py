@@ -22,9 +22,12 @@ def compute(changes: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any
     moved = [c for c in changes if c.action is not Action.NOOP]
     splits = tuple(s for c in moved if c.ref.kind == "TrafficSplit" and (s := split_shift(c, live)))
     access: tuple[AccessChange, ...] = ()
-    if any(c.ref.kind in _ACCESS_KINDS for c in moved):
-        before = [o for r, o in live.items() if r.kind in _ACCESS_KINDS]
-        after_by_ref = {r: o for r, o in live.items() if r.kind in _ACCESS_KINDS}
+    # Rules name routes in their TrafficTarget's own namespace, so only namespaces where an
+    # access object changed can gain or lose access.
+    touched = {c.ref.namespace for c in moved if c.ref.kind in _ACCESS_KINDS}
+    if touched:
+        before = [o for r, o in live.items() if r.kind in _ACCESS_KINDS and r.namespace in touched]
+        after_by_ref = {r: o for r, o in live.items() if r.kind in _ACCESS_KINDS and r.namespace in touched}
         for c in moved:
             if c.ref.kind not in _ACCESS_KINDS:
                 continue

@@ -97,6 +97,34 @@ def test_actions(desired: list[Any], live: list[Any], inventory: list[Any], expe
     assert {str(c.ref): c.action.value for c in result.changes} == expected
 
 
+def test_a_number_that_changes_type_is_an_update() -> None:
+    live = f.split("store", "s", "bookstore", {"v1": 1})
+    live["spec"]["backends"][0]["weight"] = 1.0
+    (change,) = plan([f.split("store", "s", "bookstore", {"v1": 1})], [served(live)], [live]).changes
+    assert change.action is Action.UPDATE
+    assert change.diff == (FieldDiff("spec.backends[0].weight", 1.0, 1),)
+
+
+def test_objects_known_unchanged_need_no_prediction() -> None:
+    ms = [manifest(SVC), manifest(NS)]
+    result = make_plan(
+        desired=ms,
+        predicted={ObjectRef.of(NS): NS},  # nothing for SVC: the caller knows it is unchanged
+        live={ObjectRef.of(SVC): served(SVC)},
+        inventory=[ObjectRef.of(SVC)],
+        source="default",
+        revision="abc",
+        git_ref="main",
+        backend="test",
+        fingerprint="fp",
+        unchanged=frozenset({ObjectRef.of(SVC)}),
+    )
+    assert {str(c.ref): c.action.value for c in result.changes} == {
+        "Namespace/store": "create",
+        "Service/store/bookstore": "no-op",
+    }
+
+
 def test_changes_come_in_apply_order_with_deletes_reversed() -> None:
     split = f.split("store", "s", "bookstore", {"bookstore": 1})
     sa = f.service_account("store", "sa")
