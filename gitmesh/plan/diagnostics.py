@@ -178,7 +178,7 @@ CODES: dict[str, Code] = {
             "invalid regular expression",
             "A pathRegex or header pattern does not compile as RE2, the regular expression engine Envoy "
             "uses (no lookarounds, no backreferences, repetition counts up to 1000), or compiles to a "
-            "program larger than Envoy accepts by default (size 100).",
+            "program larger than gitmesh's sidecars accept (RE2 program size 1000).",
         ),
         Code(
             "GM121",

@@ -318,6 +318,25 @@ def test_forbidden_and_unreachable_are_clear_errors(cluster: Cluster, mesh: GitR
     forbidden = run("apply", "--repo", mesh.path, "--path", "mesh", "--kubeconfig", viewer)
     assert forbidden.exit_code == 1
     assert "403 Forbidden" in forbidden.output
+    # The same through the admin kubeconfig's other context, and through $KUBECONFIG.
+    by_context = run(
+        "plan",
+        "--repo",
+        mesh.path,
+        "--path",
+        "mesh",
+        "--kubeconfig",
+        cluster.kubeconfig,
+        "--context",
+        "viewer",
+    )
+    assert by_context.exit_code == 1
+    assert "403 Forbidden" in by_context.output
+    by_env = CliRunner(env={"KUBECONFIG": str(viewer)}).invoke(
+        cli, ["plan", "--repo", str(mesh.path), "--path", "mesh"]
+    )
+    assert by_env.exit_code == 1
+    assert "403 Forbidden" in by_env.output
     down = tmp_path / "down"
     down.write_text(cluster.kubeconfig.read_text().replace(cluster.server, "https://127.0.0.1:1"))
     unreachable = run("plan", "--repo", mesh.path, "--path", "mesh", "--kubeconfig", down)

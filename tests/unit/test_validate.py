@@ -114,7 +114,7 @@ SPLIT, TARGET = 5, 7
             id="GM113-lookahead-is-not-re2",
         ),
         pytest.param(
-            _with(BASE, 6, ("spec", "matches", 0, "pathRegex"), "(/segment-[0-9]+){10}"),
+            _with(BASE, 6, ("spec", "matches", 0, "pathRegex"), "(/segment-[0-9]+){100}"),
             [("GM113", "spec.matches[0].pathRegex")],
             id="GM113-too-big-for-envoy",
         ),
