@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -43,6 +43,28 @@ _SCALARS = {
     # Kubernetes reads YAML as JSON, where a timestamp is just a string.
     "tag:yaml.org,2002:timestamp": lambda node: node.value,
 }
+
+
+class _Loader(yaml.CSafeLoader):
+    """libyaml's parser, with each distinct short scalar's implicit tag resolved once.
+
+    Resolving is regex matching in Python for every scalar, and manifests repeat the
+    same keys and values thousands of times; for the safe loader the answer depends
+    on the scalar alone.
+    """
+
+    _resolved: ClassVar[dict[tuple[str, tuple[bool, bool]], str]] = {}
+
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
+        if kind is not yaml.ScalarNode or len(value) > 64:
+            return str(super().resolve(kind, value, implicit))
+        key = (value, implicit)
+        tag = self._resolved.get(key)
+        if tag is None:
+            if len(self._resolved) >= 100_000:
+                self._resolved.clear()
+            tag = self._resolved[key] = str(super().resolve(kind, value, implicit))
+        return tag
 
 
 @dataclass(frozen=True)
@@ -93,7 +115,7 @@ def load_file(f: SourceFile) -> tuple[list[Manifest], list[Diagnostic]]:
 
     manifests: list[Manifest] = []
     diagnostics: list[Diagnostic] = []
-    loader = yaml.CSafeLoader(text)
+    loader = _Loader(text)
     try:
         while loader.check_node():
             node = loader.get_node()
@@ -182,42 +204,53 @@ class _Builder:
         self._count = 0
 
     def build(self, root: yaml.Node) -> Any:
+        # The hot loop of loading a repo: it runs once per value, so it avoids repeated lookups.
         holder: list[Any] = [None]
         stack: list[tuple[yaml.Node, Path, Any, Any]] = [(root, (), holder, 0)]
-        while stack and not self.problems:
+        built = self._built
+        while stack:
             node, path, parent, slot = stack.pop()
             if len(path) > MAX_DEPTH:
                 self._fail(node, path, "GM004", f"nesting deeper than {MAX_DEPTH} levels")
                 break
-            if id(node) in self._built:  # an alias: share the value, count its full size
+            if type(node) is yaml.ScalarNode:
+                self._count += 1
+                parent[slot] = node.value if node.tag == _STR else self._scalar(node, path)
+            elif id(node) in built:  # an alias: share the value, count its full size
                 self._count += self._size(node)
-                parent[slot] = self._built[id(node)]
+                parent[slot] = built[id(node)]
             else:
                 self._count += 1
-                parent[slot] = self._value(node, path, stack)
-                if isinstance(node, yaml.CollectionNode):
-                    self._built[id(node)] = parent[slot]
+                parent[slot] = built[id(node)] = self._collection(node, path, stack)
             if self._count > MAX_VALUES:
                 self._fail(node, path, "GM005", f"document expands to more than {MAX_VALUES:,} values")
+            if self.problems:
+                break
         return holder[0]
 
-    def _value(self, node: yaml.Node, path: Path, stack: list[tuple[yaml.Node, Path, Any, Any]]) -> Any:
-        if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node, path)
+    def _collection(self, node: yaml.Node, path: Path, stack: list[tuple[yaml.Node, Path, Any, Any]]) -> Any:
+        """An empty list or dict for ``node``; its children are pushed on ``stack`` to fill it."""
         if node.tag not in _COLLECTION_TAGS:
             self._fail(node, path, "GM006", f"tag {node.tag} has no JSON form")
             return None
-        if isinstance(node, yaml.SequenceNode):
-            items: list[Any] = [None] * len(node.value)
-            for i, child in reversed(list(enumerate(node.value))):
-                self.positions[(*path, i)] = _pos(child)
-                stack.append((child, (*path, i), items, i))
+        positions = self.positions
+        if type(node) is yaml.SequenceNode:
+            children = node.value
+            items: list[Any] = [None] * len(children)
+            for i in range(len(children) - 1, -1, -1):
+                child = children[i]
+                at = (*path, i)
+                mark = child.start_mark
+                positions[at] = (mark.line + 1, mark.column + 1)
+                stack.append((child, at, items, i))
             return items
         mapping: dict[str, Any] = {}
         for key_node, child in reversed(self._pairs(node, path)):
             key = key_node.value
-            self.positions[(*path, key)] = _pos(key_node)
-            stack.append((child, (*path, key), mapping, key))
+            at = (*path, key)
+            mark = key_node.start_mark
+            positions[at] = (mark.line + 1, mark.column + 1)
+            stack.append((child, at, mapping, key))
         return mapping
 
     def _pairs(self, node: yaml.MappingNode, path: Path, depth: int = 0) -> list[tuple[yaml.Node, yaml.Node]]:
@@ -225,6 +258,20 @@ class _Builder:
 
         Each mapping is flattened once (memoised), so repeated merges cost nothing extra.
         """
+        pairs: list[tuple[yaml.Node, yaml.Node]] = node.value
+        if not any(k.tag == _MERGE for k, _ in pairs):
+            seen: set[str] = set()
+            for key_node, _ in pairs:
+                if type(key_node) is not yaml.ScalarNode:
+                    self._fail(key_node, path, "GM006", "mapping keys must be strings")
+                    return []
+                if key_node.value in seen:
+                    self._fail(
+                        key_node, (*path, key_node.value), "GM007", f"key {key_node.value!r} appears twice"
+                    )
+                    return []
+                seen.add(key_node.value)
+            return pairs
         if id(node) in self._merged:
             return self._merged[id(node)]
         explicit: dict[str, tuple[yaml.Node, yaml.Node]] = {}
@@ -257,9 +304,9 @@ class _Builder:
                 return []
             explicit[key_node.value] = (key_node, value_node)
         self._merging.discard(id(node))
-        pairs = list({**merged, **explicit}.values())
-        self._merged[id(node)] = pairs
-        return pairs
+        flat = list({**merged, **explicit}.values())
+        self._merged[id(node)] = flat
+        return flat
 
     def _scalar(self, node: yaml.ScalarNode, path: Path) -> Any:
         if node.tag == _STR:
@@ -351,10 +398,6 @@ def _scan_events(text: str, file: str) -> Diagnostic | None:
     except yaml.YAMLError:
         return None  # the real parse reports the syntax error with its position
     return None
-
-
-def _pos(node: yaml.Node) -> tuple[int, int]:
-    return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
 def _loc(file: str, where: Any) -> Location:

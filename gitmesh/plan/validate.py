@@ -6,7 +6,7 @@ normalised (HTTPRouteGroup headers always in the list form the CRDs serve).
 
 from __future__ import annotations
 
-import copy
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -125,7 +125,7 @@ def _normalise(m: Manifest) -> Manifest:
     matches = smi.http_matches(m.obj)
     if not any(isinstance(_get(m.obj, x.path).get("headers"), dict) for x in matches):
         return m
-    obj = copy.deepcopy(m.obj)
+    obj = json.loads(json.dumps(m.obj))  # a deep copy of JSON data, several times faster than copy.deepcopy
     for x in matches:
         if x.headers:
             _get(obj, x.path)["headers"] = [{name: pattern} for name, pattern in x.headers]

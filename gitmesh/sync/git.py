@@ -82,7 +82,7 @@ def read_revision(repo: git.Repo, ref: str, path: str = "") -> Revision:
         rel = item.path[len(path) + 1 :] if path else item.path
         if not is_manifest_path(rel) or ignore.match_file(rel):
             continue
-        size = item.size
+        size = item.size  # asked first: an oversized blob is never read
         data = item.data_stream.read() if size <= MAX_FILE_BYTES else b""
         files.append(SourceFile(item.path, size, data))
     return Revision(

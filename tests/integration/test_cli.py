@@ -278,3 +278,16 @@ def test_a_kill_mid_apply_leaves_the_store_before_or_after(tmp_path: Path) -> No
         outcomes.add(count)
     assert ObjectRef("", "Namespace", "", "big") in inventory or count == 0
     assert 0 in outcomes, "no kill landed before the commit; the test did not exercise a mid-apply kill"
+
+
+def test_an_oversized_blob_is_refused_without_disturbing_the_files_after_it(mesh: GitRepo) -> None:
+    big = "# filler\n" * (300 * 1024)  # about 2.8 MiB: over the limit
+    mesh.commit("big", {"mesh/aaa-big.yaml": big})
+    result = run("validate", "--repo", mesh.path, "--path", "mesh", "--output", "json")
+    report = json.loads(result.output)
+    assert [(d["file"], d["code"]) for d in report["diagnostics"]] == [("mesh/aaa-big.yaml", "GM003")]
+    # Every other file still loaded intact from the same git process.
+    assert run("validate", "--repo", mesh.path, "--path", "mesh").output.count("error") == 1
+    mesh.remove("mesh/aaa-big.yaml")
+    mesh.commit("drop big")
+    assert "19 objects valid" in run("validate", "--repo", mesh.path, "--path", "mesh").output

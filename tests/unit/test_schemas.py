@@ -273,6 +273,13 @@ CRD_VERSIONS = load_crd_versions()
 CRD_KEYS = sorted(CRD_VERSIONS)
 
 
+def test_every_schema_file_is_a_valid_json_schema() -> None:
+    files = sorted(schemas.SCHEMA_DIR.rglob("*.yaml"))
+    assert len(files) == len(schemas.known_kinds()) + 1  # + objectmeta.yaml
+    for path in files:
+        jsonschema.Draft202012Validator.check_schema(yaml.safe_load(path.read_text()))
+
+
 def test_the_official_crds_are_there_to_compare_with() -> None:
     # CI and every developer have ../shared/crds; without it the comparisons below would test nothing.
     assert len(CRD_KEYS) == 12, f"expected the 12 SMI CRD versions in {CRD_DIR}, found {CRD_KEYS}"
