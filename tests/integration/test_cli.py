@@ -287,7 +287,7 @@ def test_an_oversized_blob_is_refused_without_disturbing_the_files_after_it(mesh
     report = json.loads(result.output)
     assert [(d["file"], d["code"]) for d in report["diagnostics"]] == [("mesh/aaa-big.yaml", "GM003")]
     # Every other file still loaded intact from the same git process.
-    assert run("validate", "--repo", mesh.path, "--path", "mesh").output.count("error") == 1
+    assert "19 objects valid in 9 files" in run("validate", "--repo", mesh.path, "--path", "mesh").output
     mesh.remove("mesh/aaa-big.yaml")
     mesh.commit("drop big")
     assert "19 objects valid" in run("validate", "--repo", mesh.path, "--path", "mesh").output
