@@ -68,39 +68,14 @@ def make_plan(
         current = live.get(ref)
         reasons = [f"converted from {m.converted_from}" if m.converted_from else "", notes.get(ref, "")]
         reason = "; ".join(r for r in reasons if r)
-        conflict = conflicts.get(ref, "")
-        if current is None:
-            fields = diff_fields(None, after)
-            changes.append(
-                Change(
-                    ref,
-                    Action.CREATE,
-                    fields,
-                    None,
-                    after,
-                    m.obj,
-                    m.source,
-                    reason,
-                    conflict,
-                    ref in take_over,
-                )
-            )
-            continue
-        before = clean(current)
-        fields = () if _same(before, after) else diff_fields(before, after)
+        before = None if current is None else clean(current)
+        fields = () if before is not None and _same(before, after) else diff_fields(before, after)
         if fields:
+            action = Action.CREATE if before is None else Action.UPDATE
+            conflict = conflicts.get(ref, "")
             changes.append(
                 Change(
-                    ref,
-                    Action.UPDATE,
-                    fields,
-                    before,
-                    after,
-                    m.obj,
-                    m.source,
-                    reason,
-                    conflict,
-                    ref in take_over,
+                    ref, action, fields, before, after, m.obj, m.source, reason, conflict, ref in take_over
                 )
             )
         else:

@@ -477,7 +477,7 @@ def test_documents_before_a_syntax_error_still_load() -> None:
 PROPERTY = settings(max_examples=300, deadline=None, database=None)
 
 
-def _well_formed(result: tuple[list[Manifest], list[Diagnostic]]) -> None:
+def _check_well_formed(result: tuple[list[Manifest], list[Diagnostic]]) -> None:
     manifests, diagnostics = result
     assert all(isinstance(m, Manifest) and isinstance(m.obj, dict) for m in manifests)
     for d in diagnostics:
@@ -489,13 +489,13 @@ def _well_formed(result: tuple[list[Manifest], list[Diagnostic]]) -> None:
 @PROPERTY
 @given(st.text())
 def test_arbitrary_text_never_raises(text: str) -> None:
-    _well_formed(load(text.encode("utf-8", "surrogatepass")))
+    _check_well_formed(load(text.encode("utf-8", "surrogatepass")))
 
 
 @PROPERTY
 @given(st.binary())
 def test_arbitrary_bytes_never_raise(data: bytes) -> None:
-    _well_formed(load(data))
+    _check_well_formed(load(data))
 
 
 # fmt: off
@@ -517,5 +517,5 @@ YAML_TOKENS = [
 def test_yaml_shaped_text_never_raises(text: str) -> None:
     """Text made of YAML's own punctuation and manifest keys reaches deeper than random text does."""
     result = load(text)
-    _well_formed(result)
+    _check_well_formed(result)
     validate(*result)

@@ -18,7 +18,7 @@ from tests.unit.test_encode import sample_plan
 TESTDATA = Path(__file__).parent / "testdata"
 
 
-def golden(name: str, actual: str) -> None:
+def assert_golden(name: str, actual: str) -> None:
     path = TESTDATA / name
     if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(actual)
@@ -33,11 +33,11 @@ def plain_console() -> tuple[Console, io.StringIO]:
 def test_plan_text() -> None:
     console, buf = plain_console()
     render.plan_text(console, sample_plan())
-    golden("plan.txt", buf.getvalue())
+    assert_golden("plan.txt", buf.getvalue())
 
 
 def test_plan_markdown() -> None:
-    golden("plan.md", render.plan_markdown(sample_plan()))
+    assert_golden("plan.md", render.plan_markdown(sample_plan()))
 
 
 DIAGNOSTICS = [
@@ -56,7 +56,7 @@ SOURCES = {"mesh/split.yaml": b"spec:\n  backends:\n    weight: -1\n"}
 def test_diagnostics_text() -> None:
     console, buf = plain_console()
     render.diagnostics_text(console, DIAGNOSTICS, SOURCES)
-    golden("diagnostics.txt", buf.getvalue())
+    assert_golden("diagnostics.txt", buf.getvalue())
 
 
 @pytest.mark.parametrize(
