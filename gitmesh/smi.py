@@ -56,13 +56,6 @@ class HttpMatch:
     headers: tuple[tuple[str, str], ...]
     path: Path
 
-    def describe(self) -> str:
-        methods = ",".join(self.methods) if self.methods and "*" not in self.methods else "*"
-        text = f"{methods} {self.path_regex or '.*'}"
-        for name, pattern in self.headers:
-            text += f" {name}~{pattern}"
-        return text
-
 
 def namespace(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("namespace") or "")

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gitmesh import smi
+from gitmesh.mesh import state
 from gitmesh.objects import ObjectRef
 from gitmesh.plan.model import AccessChange, Action, BackendShare, Change, Impact, SplitShift
 
@@ -65,34 +66,8 @@ def _shares(obj: Mapping[str, Any] | None) -> dict[str, float]:
 
 def access_triples(objects: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str]]:
     """Every (source identity, destination identity, route) the TrafficTargets allow."""
-    routes: dict[tuple[str, str, str], dict[str, Any]] = {}
-    targets = []
-    for o in objects:
-        obj = dict(o)
-        if obj["kind"] == "TrafficTarget":
-            targets.append(obj)
-        else:
-            routes[(obj["kind"], smi.namespace(obj), obj["metadata"]["name"])] = obj
-    out = set()
-    for t in targets:
-        dest = str(smi.target_destination(t))
-        names = [
-            name
-            for rule in smi.target_rules(t)
-            if (route := routes.get((rule.kind, smi.namespace(t), rule.name))) is not None
-            for name in _route_names(rule, route)
-        ]
-        out |= {(str(src), dest, name) for src in smi.target_sources(t) for name in names}
-    return out
-
-
-def _route_names(rule: smi.Rule, route: dict[str, Any]) -> list[str]:
-    if rule.kind == "HTTPRouteGroup":
-        return [
-            f"{rule.name}/{m.name} ({m.describe()})"
-            for m in smi.http_matches(route)
-            if rule.matches is None or m.name in rule.matches
-        ]
-    ports = smi.tcp_ports(route)
-    protocol = "tcp" if rule.kind == "TCPRoute" else "udp"
-    return [f"{rule.name} ({protocol} {'ports ' + ','.join(map(str, ports)) if ports else 'any port'})"]
+    return {
+        (str(p.source), str(p.destination), route)
+        for p in state.build(objects).permissions
+        for route in p.routes()
+    }

@@ -1,0 +1,1 @@
+"""The mesh as a value: identities, services and endpoints, splits, permissions (see ``state``)."""

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+from typing import Any
+
+from gitmesh import pipeline
+from gitmesh.mesh.state import Backend, Endpoint, MeshState, ServiceRef, build
+from gitmesh.smi import Identity
+from gitmesh.sync.git import read_directory
+from tests import factory as f
+from tests.conftest import EXAMPLE_REPO
+
+
+def example() -> MeshState:
+    validated = pipeline.check(read_directory(str(EXAMPLE_REPO)))
+    assert validated.ok
+    return build(m.obj for m in validated.desired)
+
+
+def test_the_bookstore() -> None:
+    mesh = example()
+    assert mesh.warnings == ()
+    assert len(mesh.services) == 6
+    assert Identity("bookthief", "bookthief") in mesh.identities
+    split = mesh.splits[(ServiceRef("bookstore", "bookstore"), 14001)]
+    assert split.backends == (
+        Backend(ServiceRef("bookstore", "bookstore-v1"), 75),
+        Backend(ServiceRef("bookstore", "bookstore-v2"), 25),
+    )
+    callers = {(str(p.source), str(p.destination), tuple(m.name for m in p.http)) for p in mesh.permissions}
+    assert callers == {
+        ("bookbuyer/bookbuyer", "bookstore/bookstore", ("books-bought", "buy-a-book")),
+        ("bookstore/bookstore", "bookwarehouse/bookwarehouse", ("restock-books",)),
+    }
+    assert mesh.allowed_callers(Identity("bookthief", "bookthief")) == ()
+    (books,) = [m for p in mesh.permissions for m in p.http if m.name == "books-bought"]
+    assert (
+        str(books) == "bookstore-service-routes/books-bought (GET /books-bought user-agent~.*-http-client/.*)"
+    )
+    assert (books.path_regex, books.methods, books.headers) == (
+        "/books-bought",
+        ("GET",),
+        (("user-agent", ".*-http-client/.*"),),
+    )
+
+
+def endpoint_slice(
+    ns: str, service: str, port_name: str, port: int, *addresses: str, ready: bool = True
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service}-x",
+            "namespace": ns,
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": port_name, "port": port}],
+        "endpoints": [{"addresses": list(addresses), "conditions": {"ready": ready}}],
+    }
+
+
+def test_endpoints_come_from_ready_endpoint_slices_by_port_name() -> None:
+    mesh = build(
+        [
+            f.service("app", "web", 80),
+            endpoint_slice("app", "web", "p80", 8080, "127.0.0.1", "127.0.0.2"),
+            endpoint_slice("app", "web", "p80", 8080, "127.0.0.9", ready=False),
+            endpoint_slice("app", "web", "other", 9090, "127.0.0.3"),
+        ]
+    )
+    assert mesh.services[ServiceRef("app", "web")].endpoints == {
+        80: (Endpoint("127.0.0.1", 8080), Endpoint("127.0.0.2", 8080))
+    }
+
+
+def test_a_backend_without_the_root_port_gets_no_traffic_and_a_warning() -> None:
+    mesh = build(
+        [
+            f.service("app", "web", 80),
+            f.service("app", "web-v1", 80),
+            f.service("app", "web-v2", 9090),
+            f.split("app", "s", "web", {"web-v1": 1, "web-v2": 1}),
+        ]
+    )
+    assert mesh.splits[(ServiceRef("app", "web"), 80)].backends == (Backend(ServiceRef("app", "web-v1"), 1),)
+    assert mesh.warnings == ("TrafficSplit app/s: backend web-v2 has no port 80 and gets no traffic on it",)
+
+
+def test_older_versions_mean_the_same() -> None:
+    old = build(
+        [
+            f.service("app", "web", 80),
+            f.service("app", "v1", 80),
+            f.split("app", "s", "web", {"v1": 3}, version="v1alpha2"),
+            {
+                "apiVersion": "access.smi-spec.io/v1alpha1",
+                "kind": "TrafficTarget",
+                "metadata": {"name": "t", "namespace": "app"},
+                "destination": {"kind": "ServiceAccount", "name": "web", "namespace": "app"},
+                "specs": [{"kind": "TCPRoute", "name": "all"}],
+                "sources": [{"kind": "ServiceAccount", "name": "client"}],
+            },
+            {
+                "apiVersion": "specs.smi-spec.io/v1alpha1",
+                "kind": "TCPRoute",
+                "metadata": {"name": "all", "namespace": "app"},
+            },
+        ]
+    )
+    (p,) = old.permissions
+    assert (p.source, p.destination) == (Identity("app", "client"), Identity("app", "web"))
+    assert p.routes() == ("all (tcp any port)",)
+    assert old.splits[(ServiceRef("app", "web"), 80)].backends == (Backend(ServiceRef("app", "v1"), 3),)
+
+
+def test_tcp_ports_and_permissive() -> None:
+    mesh = build(
+        [f.tcp_route("db", "pg", 5432), f.target("db", "t", "postgres", ["app/api"], "pg", kind="TCPRoute")],
+        permissive=True,
+    )
+    (p,) = mesh.permissions
+    assert (p.routes(), p.http) == (("pg (tcp ports 5432)",), ())
+    assert mesh.permissive
