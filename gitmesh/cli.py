@@ -301,6 +301,60 @@ def status(target: BackendChoice, output: str) -> None:
             out.print("  last error  none")
 
 
+@cli.command("bootstrap")
+@click.option("--namespace", required=True, help="The sidecar's identity: its ServiceAccount's namespace.")
+@click.option("--service-account", required=True, help="The sidecar's identity: its ServiceAccount.")
+@click.option("--service", required=True, help="The Service whose endpoint this sidecar fronts.")
+@click.option("--service-namespace", help="The Service's namespace (default: --namespace).")
+@click.option("--app-port", type=click.IntRange(1, 65535), required=True, help="Where the app listens.")
+@click.option(
+    "--outbound-port",
+    type=click.IntRange(1, 65535),
+    default=15001,
+    show_default=True,
+    help="Where the app sends its outbound calls (http://127.0.0.1:PORT, Host: the service).",
+)
+@click.option(
+    "--inbound-port",
+    type=click.IntRange(1, 65535),
+    default=15006,
+    show_default=True,
+    help="Where the mesh reaches the app: the service's endpoints point here.",
+)
+@click.option("--admin-port", type=click.IntRange(0, 65535), default=15000, show_default=True)
+@click.option("--xds-address", default="127.0.0.1:15010", show_default=True, help="gitmesh's ADS server.")
+def bootstrap_command(
+    namespace: str,
+    service_account: str,
+    service: str,
+    service_namespace: str | None,
+    app_port: int,
+    outbound_port: int,
+    inbound_port: int,
+    admin_port: int,
+    xds_address: str,
+) -> None:
+    """Print the Envoy bootstrap for one sidecar (run it with: envoy -c FILE)."""
+    from gitmesh.mesh.state import ServiceRef
+    from gitmesh.smi import Identity
+    from gitmesh.xds.bootstrap import bootstrap
+    from gitmesh.xds.translate import Proxy
+
+    host, _, port = xds_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter("expected HOST:PORT", param_hint="--xds-address")
+    proxy = Proxy(
+        Identity(namespace, service_account),
+        ServiceRef(service_namespace or namespace, service),
+        app_port,
+        outbound_port,
+        inbound_port,
+    )
+    click.echo(
+        json.dumps(bootstrap(proxy, xds_host=host, xds_port=int(port), admin_port=admin_port), indent=2)
+    )
+
+
 @cli.group()
 def install() -> None:
     """Install what gitmesh needs in a cluster."""

@@ -20,6 +20,10 @@ SPLIT_GROUP = "split.smi-spec.io"
 ACCESS_GROUP = "access.smi-spec.io"
 SPECS_GROUP = "specs.smi-spec.io"
 ROUTE_KINDS = ("HTTPRouteGroup", "TCPRoute", "UDPRoute")
+# The largest compiled RE2 program a route pattern may have. Envoy refuses bigger ones (runtime key
+# re2.max_program_size.error_level); its default, 100, refuses a UUID pattern ([0-9a-f-]{36} is
+# 131), so gitmesh's sidecar bootstrap raises it to this and validation holds patterns to it.
+REGEX_MAX_PROGRAM_SIZE = 1000
 
 
 @dataclass(frozen=True)

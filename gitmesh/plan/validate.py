@@ -24,10 +24,6 @@ from gitmesh.plan.diagnostics import Diagnostic, field_path
 # lookarounds and backreferences that Envoy then rejects.
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
-# The largest compiled regex Envoy accepts (runtime key re2.max_program_size.error_level). Envoy's
-# default, 100, refuses patterns as ordinary as a UUID ([0-9a-f-]{36} is 131), so the bootstrap
-# gitmesh generates for its sidecars raises it to this, and validation holds patterns to the same.
-ENVOY_MAX_PROGRAM_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -305,14 +301,14 @@ def _check_regexes(groups: list[Manifest]) -> list[Diagnostic]:
                     reason = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
                     out.append(_at(g, path, "GM113", f"{pattern[:80]!r}: {reason}"))
                     continue
-                if size > ENVOY_MAX_PROGRAM_SIZE:
+                if size > smi.REGEX_MAX_PROGRAM_SIZE:
                     out.append(
                         _at(
                             g,
                             path,
                             "GM113",
                             f"{pattern[:80]!r} compiles to an RE2 program of size {size}; "
-                            f"gitmesh's sidecars accept at most {ENVOY_MAX_PROGRAM_SIZE}",
+                            f"gitmesh's sidecars accept at most {smi.REGEX_MAX_PROGRAM_SIZE}",
                         )
                     )
     return out

@@ -1,0 +1,135 @@
+"""Snapshots per proxy, the versions each stream holds, and the NACKs proxies sent.
+
+The cache knows nothing about gRPC: the server registers a ``Watch`` per
+stream with a wake-up callback, and records in ``Watch.held`` the version of
+each type the stream last received. ``set_snapshot`` wakes only the watches
+of that node key whose held version of some type differs from the new one,
+so a change for one proxy never touches the streams of another, and a change
+to clusters alone leaves a stream that already has the listeners asleep.
+
+All methods are safe to call from any thread; wake-up callbacks run on the
+caller's thread and must only schedule work.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import base_pb2
+
+from gitmesh.xds.snapshot import Snapshot
+
+NodeKey = Callable[[base_pb2.Node], str]
+
+MAX_NACKS_PER_NODE = 50
+
+
+def node_id(node: base_pb2.Node) -> str:
+    """The default snapshot key: Envoy's ``--service-node`` / bootstrap ``node.id``."""
+    return node.id
+
+
+@dataclass(frozen=True)
+class Nack:
+    """A response a proxy rejected: which type, which version, Envoy's reason, and when."""
+
+    type_url: str
+    version: str
+    message: str
+    at: float
+
+
+class Watch:
+    """One stream's interest in a node key's snapshots."""
+
+    __slots__ = ("_cache", "_wake", "held", "key")
+
+    def __init__(self, cache: SnapshotCache, key: str, wake: Callable[[], None]) -> None:
+        self._cache = cache
+        self._wake = wake
+        self.key = key
+        self.held: dict[str, str] = {}
+        """type URL -> version the stream last received (or started with)."""
+
+    def outdated(self, snapshot: Snapshot) -> bool:
+        return any(snapshot.type_version(url) != version for url, version in self.held.items())
+
+    def close(self) -> None:
+        self._cache._unwatch(self)
+
+
+class SnapshotCache:
+    """The latest consistent snapshot per node key, and who is watching it."""
+
+    def __init__(self, node_key: NodeKey = node_id) -> None:
+        self._node_key = node_key
+        self._lock = threading.Lock()
+        self._snapshots: dict[str, Snapshot] = {}
+        self._watches: dict[str, set[Watch]] = {}
+        self._nacks: dict[str, deque[Nack]] = {}
+
+    def key_for(self, node: base_pb2.Node) -> str:
+        return self._node_key(node)
+
+    def set_snapshot(self, key: str, snapshot: Snapshot) -> None:
+        """Publish ``snapshot`` for ``key``; refuse it if Envoy could not load it as a whole."""
+        errors = snapshot.consistency_errors()
+        if errors:
+            raise ValueError(f"inconsistent snapshot {snapshot.version!r} for {key!r}: " + "; ".join(errors))
+        with self._lock:
+            self._snapshots[key] = snapshot
+            to_wake = [w for w in self._watches.get(key, ()) if w.outdated(snapshot)]
+        for watch in to_wake:
+            watch._wake()
+
+    def snapshot(self, key: str) -> Snapshot | None:
+        with self._lock:
+            return self._snapshots.get(key)
+
+    def clear_snapshot(self, key: str) -> None:
+        """Forget a proxy; its streams keep what they have until a new snapshot arrives."""
+        with self._lock:
+            self._snapshots.pop(key, None)
+            self._nacks.pop(key, None)
+
+    def version(self, key: str, type_url: str) -> str | None:
+        """The current version of one type for ``key``, or None when it has no snapshot."""
+        snapshot = self.snapshot(key)
+        return None if snapshot is None else snapshot.type_version(type_url)
+
+    def watch(self, key: str, wake: Callable[[], None]) -> Watch:
+        """Register a stream; ``wake`` is called when a new snapshot differs from what it holds."""
+        watch = Watch(self, key, wake)
+        with self._lock:
+            self._watches.setdefault(key, set()).add(watch)
+        return watch
+
+    def watch_count(self, key: str) -> int:
+        with self._lock:
+            return len(self._watches.get(key, ()))
+
+    def _unwatch(self, watch: Watch) -> None:
+        with self._lock:
+            watches = self._watches.get(watch.key)
+            if watches is not None:
+                watches.discard(watch)
+                if not watches:
+                    del self._watches[watch.key]
+
+    def record_nack(self, key: str, type_url: str, version: str, message: str) -> Nack:
+        nack = Nack(type_url, version, message, time.time())
+        with self._lock:
+            self._nacks.setdefault(key, deque(maxlen=MAX_NACKS_PER_NODE)).append(nack)
+        return nack
+
+    def nacks(self, key: str) -> list[Nack]:
+        """The most recent rejections by ``key``'s proxies, oldest first."""
+        with self._lock:
+            return list(self._nacks.get(key, ()))
+
+
+__all__ = ["MAX_NACKS_PER_NODE", "Nack", "NodeKey", "SnapshotCache", "Watch", "node_id"]

@@ -1,0 +1,433 @@
+"""The ADS gRPC server: state of the world and delta, over one ``SnapshotCache``.
+
+This is the only module that imports grpc. Each stream is driven by a small
+protocol object (``SotwStream`` / ``DeltaStream``) that turns requests and
+cache wake-ups into encoded responses without doing I/O; the servicer only
+moves bytes between the protocol object and the gRPC call.
+
+Responses are written as bytes assembled from the snapshot's shared
+``Any`` encodings, so no stream copies or re-serializes a resource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from gitmesh.xds import resources
+from gitmesh.xds.cache import SnapshotCache, Watch
+from gitmesh.xds.snapshot import EncodedResource, Snapshot
+
+SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+WILDCARD = "*"
+
+_log = logging.getLogger(__name__)
+
+
+# --- protobuf wire format, just enough to assemble responses from shared bytes ---
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _sotw_response(version: str, type_url: str, nonce: str, items: Iterable[EncodedResource]) -> bytes:
+    """A serialized DiscoveryResponse: version_info=1, resources=2, type_url=4, nonce=5."""
+    parts = [_field(1, version.encode())]
+    for item in items:
+        parts += (b"\x12", _varint(len(item.any_bytes)), item.any_bytes)
+    parts += (_field(4, type_url.encode()), _field(5, nonce.encode()))
+    return b"".join(parts)
+
+
+def _delta_response(
+    system_version: str, type_url: str, nonce: str, items: Iterable[EncodedResource], removed: Iterable[str]
+) -> bytes:
+    """A serialized DeltaDiscoveryResponse of Resource{version=1, resource=2, name=3} entries."""
+    parts = [_field(1, system_version.encode())]
+    for item in items:
+        head = _field(1, item.version.encode())
+        tail = _field(3, item.name.encode())
+        any_head = b"\x12" + _varint(len(item.any_bytes))
+        size = len(head) + len(any_head) + len(item.any_bytes) + len(tail)
+        parts += (b"\x12", _varint(size), head, any_head, item.any_bytes, tail)
+    parts += (_field(4, type_url.encode()), _field(5, nonce.encode()))
+    parts += (_field(6, name.encode()) for name in removed)
+    return b"".join(parts)
+
+
+# --- per-stream protocol state, free of I/O ---
+
+
+class OnNack(Protocol):
+    def __call__(self, type_url: str, version: str, message: str) -> None: ...
+
+
+def _push_order(type_urls: Iterable[str]) -> list[str]:
+    return sorted(type_urls, key=lambda url: (resources.push_rank(url), url))
+
+
+class _SotwType:
+    __slots__ = ("acked", "force", "names", "nonce", "sent")
+
+    def __init__(self, names: frozenset[str] | None, held: str) -> None:
+        self.names = names  # None: the full set (LDS / CDS)
+        self.sent = held  # version the proxy has or was last sent
+        self.acked = held
+        self.nonce = ""
+        self.force = False
+
+
+class SotwStream:
+    """State-of-the-world ADS for one stream: what each type was sent, under which nonce."""
+
+    def __init__(self, watch: Watch, on_nack: OnNack) -> None:
+        self._watch = watch
+        self._on_nack = on_nack
+        self._types: dict[str, _SotwType] = {}
+        self._nonces = 0
+
+    def acked(self) -> dict[str, str]:
+        """type URL -> last version the proxy accepted on this stream."""
+        return {url: state.acked for url, state in self._types.items()}
+
+    def on_request(self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot | None) -> list[bytes]:
+        url = request.type_url
+        state = self._types.get(url)
+        names = None if url in resources.WILDCARD_TYPES else frozenset(request.resource_names)
+        if not request.response_nonce:
+            # A subscription (first, or renewed after reconnect): start from what the proxy holds.
+            state = self._types[url] = _SotwType(names, request.version_info)
+            self._watch.held[url] = request.version_info
+            return self.push(snapshot)
+        if state is None or request.response_nonce != state.nonce:
+            return []  # an answer to a response that has since been superseded
+        if request.HasField("error_detail"):
+            self._on_nack(url, state.sent, request.error_detail.message)
+            return []
+        state.acked = request.version_info
+        if names != state.names:
+            state.names = names
+            state.force = True
+        return self.push(snapshot)
+
+    def push(self, snapshot: Snapshot | None) -> list[bytes]:
+        """Responses for every type whose content moved past what the stream holds, CDS first."""
+        if snapshot is None:
+            return []
+        out = []
+        clusters_sent = False
+        for url in _push_order(self._types):
+            state = self._types[url]
+            version = snapshot.type_version(url)
+            resend = state.force or (url == resources.ENDPOINT and clusters_sent)
+            if version == state.sent and not resend:
+                continue
+            encoded = snapshot.encoded(url)
+            if state.names is None:
+                items: Iterable[EncodedResource] = encoded.values()
+            else:
+                items = [encoded[name] for name in sorted(state.names) if name in encoded]
+            self._nonces += 1
+            state.nonce = str(self._nonces)
+            state.sent = version
+            state.force = False
+            self._watch.held[url] = version
+            out.append(_sotw_response(version, url, state.nonce, items))
+            clusters_sent |= url == resources.CLUSTER
+        return out
+
+
+class _DeltaType:
+    __slots__ = ("acked", "force", "known", "names", "nonce", "sent", "wildcard")
+
+    def __init__(self, known: dict[str, str], wildcard: bool) -> None:
+        self.known = known  # resource name -> version the proxy has
+        self.wildcard = wildcard
+        self.names: set[str] = set()
+        self.nonce = ""
+        self.sent = ""
+        self.acked = ""
+        self.force = True  # the first request always gets an answer
+
+
+class DeltaStream:
+    """Incremental ADS for one stream: per resource, the version the proxy has."""
+
+    def __init__(self, watch: Watch, on_nack: OnNack) -> None:
+        self._watch = watch
+        self._on_nack = on_nack
+        self._types: dict[str, _DeltaType] = {}
+        self._nonces = 0
+
+    def acked(self) -> dict[str, str]:
+        return {url: state.acked for url, state in self._types.items()}
+
+    def on_request(
+        self, request: discovery_pb2.DeltaDiscoveryRequest, snapshot: Snapshot | None
+    ) -> list[bytes]:
+        url = request.type_url
+        state = self._types.get(url)
+        changes = bool(request.resource_names_subscribe or request.resource_names_unsubscribe)
+        if state is None:
+            # Legacy wildcard: LDS / CDS subscribed with no names means "everything".
+            wildcard = url in resources.WILDCARD_TYPES and not request.resource_names_subscribe
+            state = self._types[url] = _DeltaType(dict(request.initial_resource_versions), wildcard)
+        elif request.response_nonce:
+            if request.response_nonce == state.nonce:
+                if request.HasField("error_detail"):
+                    self._on_nack(url, state.sent, request.error_detail.message)
+                else:
+                    state.acked = state.sent
+            if not changes:
+                return []  # a bare ACK / NACK, or one for a superseded response
+        for name in request.resource_names_subscribe:
+            if name == WILDCARD:
+                state.wildcard = True
+            else:
+                state.names.add(name)
+            state.force = True
+        for name in request.resource_names_unsubscribe:
+            if name == WILDCARD:
+                state.wildcard = False
+            else:
+                state.names.discard(name)
+            state.known.pop(name, None)
+        return self.push(snapshot)
+
+    def push(self, snapshot: Snapshot | None) -> list[bytes]:
+        """Only the resources that differ from what the proxy has, and the ones it has that are gone."""
+        if snapshot is None:
+            return []
+        out = []
+        for url in _push_order(self._types):
+            state = self._types[url]
+            version = snapshot.type_version(url)
+            if version == self._watch.held.get(url) and not state.force:
+                continue
+            self._watch.held[url] = version
+            encoded = snapshot.encoded(url)
+            wanted = encoded.keys() if state.wildcard else state.names & encoded.keys()
+            changed = [encoded[n] for n in sorted(wanted) if state.known.get(n) != encoded[n].version]
+            removed = sorted(
+                n for n in state.known if n not in encoded or not (state.wildcard or n in state.names)
+            )
+            if not changed and not removed and not (state.force and not state.nonce):
+                state.force = False
+                continue
+            for item in changed:
+                state.known[item.name] = item.version
+            for name in removed:
+                del state.known[name]
+            self._nonces += 1
+            state.nonce = str(self._nonces)
+            state.sent = version
+            state.force = False
+            out.append(_delta_response(snapshot.version, url, state.nonce, changed, removed))
+            if url == resources.CLUSTER and changed:
+                self._resend_endpoints(snapshot, [item.name for item in changed])
+        return out
+
+    def _resend_endpoints(self, snapshot: Snapshot, clusters: list[str]) -> None:
+        """An updated EDS cluster warms until it gets its endpoints again, changed or not."""
+        state = self._types.get(resources.ENDPOINT)
+        if state is None:
+            return
+        for name in snapshot.eds_names(clusters):
+            if state.known.pop(name, None) is not None:
+                state.force = True
+
+
+# --- the servicer ---
+
+
+@dataclass
+class StreamInfo:
+    """What metrics and status pages show about one connected stream."""
+
+    node_id: str
+    key: str
+    delta: bool
+    acked: Callable[[], dict[str, str]]
+
+
+class _End:
+    """Marks the end of the request stream in a stream's inbox."""
+
+
+_END = _End()
+_WAKE = None
+
+
+class AggregatedDiscoveryServicer:
+    """ADS over ``cache``: one protocol object per stream, woken by the cache."""
+
+    def __init__(self, cache: SnapshotCache, logger: logging.Logger | None = None) -> None:
+        self._cache = cache
+        self._log = logger or _log
+        self._connections: Counter[str] = Counter()
+        self._streams: dict[int, StreamInfo] = {}
+        self._next_stream = 0
+
+    @property
+    def connections(self) -> Mapping[str, int]:
+        """Connected streams per node key."""
+        return dict(self._connections)
+
+    def streams(self) -> list[StreamInfo]:
+        return list(self._streams.values())
+
+    def rpc_handler(self) -> grpc.GenericRpcHandler:
+        """Method handlers that write pre-encoded response bytes (hence no generated servicer)."""
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self.stream_aggregated_resources,
+                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                    response_serializer=bytes,
+                ),
+                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self.delta_aggregated_resources,
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                    response_serializer=bytes,
+                ),
+            },
+        )
+
+    async def stream_aggregated_resources(
+        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._serve_stream(requests, context, delta=False)
+
+    async def delta_aggregated_resources(
+        self, requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._serve_stream(requests, context, delta=True)
+
+    async def _serve_stream(
+        self,
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext,
+        *,
+        delta: bool,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[object] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    inbox.put_nowait(request)
+            finally:
+                inbox.put_nowait(_END)
+
+        reader = asyncio.create_task(read())
+        try:
+            first = await inbox.get()
+            if isinstance(first, _End):
+                return
+            node = first.node  # type: ignore[attr-defined]
+            if not node.id:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
+            key = self._cache.key_for(node)
+            woken = False
+
+            def wake() -> None:
+                nonlocal woken
+                if not woken:
+                    woken = True
+                    loop.call_soon_threadsafe(inbox.put_nowait, _WAKE)
+
+            def on_nack(type_url: str, version: str, message: str) -> None:
+                self._cache.record_nack(key, type_url, version, message)
+                self._log.warning("proxy %s rejected %s version %s: %s", node.id, type_url, version, message)
+
+            watch = self._cache.watch(key, wake)
+            stream: SotwStream | DeltaStream = (DeltaStream if delta else SotwStream)(watch, on_nack)
+            stream_id = self._next_stream
+            self._next_stream += 1
+            self._streams[stream_id] = StreamInfo(node.id, key, delta, stream.acked)
+            self._connections[key] += 1
+            try:
+                item: object = first
+                while not isinstance(item, _End):
+                    snapshot = self._cache.snapshot(key)
+                    if item is _WAKE:
+                        woken = False
+                        responses = stream.push(snapshot)
+                    else:
+                        responses = stream.on_request(item, snapshot)  # type: ignore[arg-type]
+                    for response in responses:
+                        await context.write(response)
+                    item = await inbox.get()
+            finally:
+                watch.close()
+                del self._streams[stream_id]
+                self._connections[key] -= 1
+                if not self._connections[key]:
+                    del self._connections[key]
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
+@dataclass
+class RunningServer:
+    """A started ADS server and the port it listens on."""
+
+    server: grpc.aio.Server
+    servicer: AggregatedDiscoveryServicer
+    port: int
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.server.stop(grace)
+
+
+async def serve(
+    cache: SnapshotCache, address: str = "127.0.0.1:0", *, logger: logging.Logger | None = None
+) -> RunningServer:
+    """Start an insecure ADS server on ``address`` (port 0 picks a free port)."""
+    servicer = AggregatedDiscoveryServicer(cache, logger)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_concurrent_streams", 1 << 16),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ]
+    )
+    server.add_generic_rpc_handlers((servicer.rpc_handler(),))
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    return RunningServer(server, servicer, port)
+
+
+__all__ = [
+    "SERVICE",
+    "AggregatedDiscoveryServicer",
+    "DeltaStream",
+    "RunningServer",
+    "SotwStream",
+    "StreamInfo",
+    "serve",
+]

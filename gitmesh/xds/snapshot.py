@@ -1,0 +1,170 @@
+"""One proxy's complete configuration at one version, encoded once.
+
+A snapshot is immutable: its resources are serialized into ``Any`` bytes when
+it is built, and identical resources (the same bytes) share one
+``EncodedResource`` across every snapshot alive in the process. Thousands of
+proxies that see the same cluster therefore hold one copy of it, and the
+server writes those bytes to every stream without encoding again.
+
+Messages handed to a snapshot belong to it: do not mutate them afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from gitmesh.xds import resources
+
+_HCM_URL = resources.type_url(hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name)
+
+
+class EncodedResource:
+    """A resource serialized as ``google.protobuf.Any``, with a content version."""
+
+    __slots__ = ("__weakref__", "any_bytes", "name", "version")
+
+    def __init__(self, name: str, version: str, any_bytes: bytes) -> None:
+        self.name = name
+        self.version = version
+        self.any_bytes = any_bytes
+
+    def __repr__(self) -> str:
+        return f"EncodedResource({self.name!r}, version={self.version!r}, {len(self.any_bytes)} bytes)"
+
+
+# (name, digest of the Any bytes) -> the one shared encoding while any snapshot holds it.
+_interned: weakref.WeakValueDictionary[tuple[str, bytes], EncodedResource] = weakref.WeakValueDictionary()
+
+
+def _version(digest: bytes) -> str:
+    return digest.hex()[:16]
+
+
+def encode(name: str, message: Message) -> EncodedResource:
+    """Serialize ``message`` deterministically and return the shared encoding of those bytes."""
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    data = packed.SerializeToString(deterministic=True)
+    digest = hashlib.sha256(data).digest()
+    key = (name, digest)
+    found = _interned.get(key)
+    if found is None:
+        found = EncodedResource(name, _version(digest), data)
+        _interned[key] = found
+    return found
+
+
+def _type_version(encoded: Mapping[str, EncodedResource]) -> str:
+    """A version that changes exactly when some resource of the type is added, removed or changed."""
+    h = hashlib.sha256()
+    for name in sorted(encoded):
+        h.update(name.encode())
+        h.update(b"\0")
+        h.update(encoded[name].version.encode())
+        h.update(b"\0")
+    return _version(h.digest())
+
+
+EMPTY_VERSION = _type_version({})
+
+
+def eds_name(cluster: cluster_pb2.Cluster) -> str | None:
+    """The ClusterLoadAssignment an EDS cluster waits for, or None for other cluster types."""
+    if cluster.WhichOneof("cluster_discovery_type") != "type" or cluster.type != cluster_pb2.Cluster.EDS:
+        return None
+    return cluster.eds_cluster_config.service_name or cluster.name
+
+
+def _route_names(listener: Message) -> Iterator[str]:
+    """RDS names that an HttpConnectionManager in the listener's filter chains loads."""
+    chains = list(listener.filter_chains)  # type: ignore[attr-defined]
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)  # type: ignore[attr-defined]
+    for chain in chains:
+        for network_filter in chain.filters:
+            if network_filter.typed_config.type_url != _HCM_URL:
+                continue
+            manager = hcm_pb2.HttpConnectionManager()
+            network_filter.typed_config.Unpack(manager)
+            if manager.HasField("rds"):
+                yield manager.rds.route_config_name
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every resource of every type for one proxy, labelled with ``version`` (e.g. a git sha).
+
+    The label is for people (and delta's ``system_version_info``). What a proxy
+    is sent is decided by the per-type versions, which hash the content.
+    """
+
+    version: str
+    resources: Mapping[str, Mapping[str, Message]]
+    _encoded: dict[str, dict[str, EncodedResource]] = field(init=False, repr=False, compare=False)
+    _versions: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        frozen = {url: dict(by_name) for url, by_name in self.resources.items()}
+        encoded = {
+            url: {name: encode(name, message) for name, message in by_name.items()}
+            for url, by_name in frozen.items()
+        }
+        object.__setattr__(self, "resources", frozen)
+        object.__setattr__(self, "_encoded", encoded)
+        object.__setattr__(self, "_versions", {url: _type_version(e) for url, e in encoded.items()})
+
+    def type_version(self, type_url: str) -> str:
+        """The version of one type; a type the snapshot lacks has the version of an empty set."""
+        return self._versions.get(type_url, EMPTY_VERSION)
+
+    def encoded(self, type_url: str) -> Mapping[str, EncodedResource]:
+        return self._encoded.get(type_url, {})
+
+    def eds_names(self, cluster_names: Iterable[str]) -> set[str]:
+        """The load assignments that the named clusters (those using EDS) depend on."""
+        clusters = self.resources.get(resources.CLUSTER, {})
+        found: set[str] = set()
+        for name in cluster_names:
+            cluster = clusters.get(name)
+            if isinstance(cluster, cluster_pb2.Cluster) and (assignment := eds_name(cluster)):
+                found.add(assignment)
+        return found
+
+    def consistency_errors(self) -> list[str]:
+        """Every problem that would leave Envoy warming forever or loading the wrong thing."""
+        errors: list[str] = []
+        for url, by_name in self.resources.items():
+            for name, message in by_name.items():
+                actual = resources.type_url(message.DESCRIPTOR.full_name)
+                if actual != url:
+                    errors.append(f"{url}: resource {name!r} is a {actual}")
+                    continue
+                own = getattr(message, "cluster_name" if url == resources.ENDPOINT else "name", name)
+                if own != name:
+                    errors.append(f"{url}: resource keyed {name!r} is named {own!r}")
+        assignments = self.resources.get(resources.ENDPOINT, {})
+        for name, cluster in sorted(self.resources.get(resources.CLUSTER, {}).items()):
+            wanted = eds_name(cluster) if isinstance(cluster, cluster_pb2.Cluster) else None
+            if wanted is not None and wanted not in assignments:
+                errors.append(f"cluster {name!r} uses EDS but load assignment {wanted!r} is missing")
+        routes = self.resources.get(resources.ROUTE, {})
+        for name, listener in sorted(self.resources.get(resources.LISTENER, {}).items()):
+            if resources.type_url(listener.DESCRIPTOR.full_name) != resources.LISTENER:
+                continue
+            for route in _route_names(listener):
+                if route not in routes:
+                    errors.append(f"listener {name!r} loads route configuration {route!r}, which is missing")
+        return errors
+
+
+__all__ = ["EMPTY_VERSION", "EncodedResource", "Snapshot", "eds_name", "encode"]

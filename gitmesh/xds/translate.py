@@ -1,0 +1,329 @@
+"""MeshState + one proxy -> that proxy's Envoy resources. Pure and deterministic.
+
+Sidecars here are local processes, not pods: there is no iptables capture. An
+app reaches the mesh through its sidecar's **outbound** listener
+(``http://127.0.0.1:<outbound_port>`` with the service as Host), and the mesh
+reaches the app through the sidecar's **inbound** listener, which is what a
+service's endpoints point at.
+
+Until mTLS, a sidecar's identity is proven by the loopback address its
+upstream connections come from: every identity has its own address in
+127.0.0.0/8 (``identity_address``), and the destination's RBAC filters admit
+callers by that address.
+
+Resource names, the one scheme used everywhere (users read them in
+``/config_dump``):
+
+============================  =====================================================
+cluster, load assignment      ``<namespace>/<service>|<port>``; the local app: ``local|<app_port>``
+listener                      ``outbound``, ``inbound``
+route configuration           ``outbound``, ``inbound``
+============================  =====================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
+from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
+
+from gitmesh.mesh.state import HttpMatch, MeshState, Service, ServiceRef, Split
+from gitmesh.smi import Identity
+from gitmesh.xds import resources
+
+OUTBOUND = "outbound"
+INBOUND = "inbound"
+CLUSTER_DOMAIN = "cluster.local"
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """One sidecar, as its bootstrap describes it (node metadata)."""
+
+    identity: Identity
+    service: ServiceRef
+    app_port: int
+    outbound_port: int
+    inbound_port: int
+
+
+Resources = dict[str, dict[str, message.Message]]  # type URL -> name -> resource
+
+
+def identity_address(identity: Identity) -> str:
+    """The loopback address a sidecar of ``identity`` connects from: stable, derived from the name."""
+    digest = hashlib.sha256(str(identity).encode()).digest()
+    return f"127.{1 + digest[0] % 254}.{digest[1]}.{1 + digest[2] % 254}"
+
+
+def cluster_name(service: ServiceRef, port: int) -> str:
+    return f"{service.namespace}/{service.name}|{port}"
+
+
+def local_cluster_name(app_port: int) -> str:
+    return f"local|{app_port}"
+
+
+def translate(mesh: MeshState, proxy: Proxy) -> Resources:
+    """Every resource ``proxy`` needs, keyed by type URL and name."""
+    source = identity_address(proxy.identity)
+    clusters: dict[str, message.Message] = {}
+    endpoints: dict[str, message.Message] = {}
+    for svc in sorted(mesh.services.values(), key=lambda s: s.ref):
+        for port in svc.ports:
+            name = cluster_name(svc.ref, port.port)
+            clusters[name] = _eds_cluster(name, source)
+            endpoints[name] = _load_assignment(name, svc, port.port)
+    local = local_cluster_name(proxy.app_port)
+    clusters[local] = _static_cluster(local, "127.0.0.1", proxy.app_port)
+    return {
+        resources.CLUSTER: clusters,
+        resources.ENDPOINT: endpoints,
+        resources.LISTENER: {
+            OUTBOUND: _http_listener(OUTBOUND, proxy.outbound_port),
+            INBOUND: _inbound_listener(mesh, proxy),
+        },
+        resources.ROUTE: {OUTBOUND: _outbound_routes(mesh, proxy), INBOUND: _inbound_routes(local)},
+    }
+
+
+# --- clusters -----------------------------------------------------------------------------------
+
+
+def _eds_cluster(name: str, source_address: str) -> cluster_pb2.Cluster:
+    return cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.EDS,
+        eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
+        connect_timeout=duration_pb2.Duration(seconds=1),
+        upstream_bind_config=address_pb2.BindConfig(
+            source_address=address_pb2.SocketAddress(address=source_address, port_value=0)
+        ),
+    )
+
+
+def _static_cluster(name: str, host: str, port: int) -> cluster_pb2.Cluster:
+    return cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=duration_pb2.Duration(seconds=1),
+        load_assignment=_assignment(name, [(host, port)]),
+    )
+
+
+def _load_assignment(name: str, svc: Service, port: int) -> endpoint_pb2.ClusterLoadAssignment:
+    return _assignment(name, [(e.address, e.port) for e in svc.endpoints.get(port, ())])
+
+
+def _assignment(name: str, hosts: list[tuple[str, int]]) -> endpoint_pb2.ClusterLoadAssignment:
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=name,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                lb_endpoints=[
+                    endpoint_components_pb2.LbEndpoint(
+                        endpoint=endpoint_components_pb2.Endpoint(address=_address(host, port))
+                    )
+                    for host, port in hosts
+                ]
+            )
+        ],
+    )
+
+
+# --- listeners ----------------------------------------------------------------------------------
+
+
+def _http_listener(
+    name: str,
+    port: int,
+    network_filters: Sequence[listener_components_pb2.Filter] = (),
+    http_filters: Sequence[hcm_pb2.HttpFilter] = (),
+) -> listener_pb2.Listener:
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=name,
+        rds=hcm_pb2.Rds(route_config_name=name, config_source=_ads()),
+        http_filters=[*http_filters, _http_filter("envoy.filters.http.router", router_pb2.Router())],
+    )
+    chain = [*network_filters, _network_filter("envoy.filters.network.http_connection_manager", hcm)]
+    return listener_pb2.Listener(
+        name=name,
+        address=_address("127.0.0.1", port),
+        filter_chains=[listener_components_pb2.FilterChain(filters=chain)],
+    )
+
+
+def _inbound_listener(mesh: MeshState, proxy: Proxy) -> listener_pb2.Listener:
+    """In front of the app: callers not allowed at all are refused the connection (network RBAC);
+    allowed callers get 403 for a route their TrafficTargets do not name (HTTP RBAC)."""
+    if mesh.permissive:
+        return _http_listener(INBOUND, proxy.inbound_port)
+    callers = mesh.allowed_callers(proxy.identity)
+    anyone_allowed = rbac_pb2.Policy(
+        permissions=[rbac_pb2.Permission(any=True)],
+        principals=[_principal(p.source) for p in callers] or [_nobody()],
+    )
+    network = network_rbac_pb2.RBAC(
+        stat_prefix="inbound_callers",
+        rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies={"callers": anyone_allowed}),
+    )
+    per_caller = {
+        str(p.source): rbac_pb2.Policy(
+            principals=[_principal(p.source)], permissions=[_permission(m) for m in p.http] or [_nothing()]
+        )
+        for p in callers
+    }
+    http = http_rbac_pb2.RBAC(rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies=per_caller))
+    return _http_listener(
+        INBOUND,
+        proxy.inbound_port,
+        network_filters=[_network_filter("envoy.filters.network.rbac", network)],
+        http_filters=[_http_filter("envoy.filters.http.rbac", http)],
+    )
+
+
+def _principal(identity: Identity) -> rbac_pb2.Principal:
+    return rbac_pb2.Principal(
+        direct_remote_ip=address_pb2.CidrRange(
+            address_prefix=identity_address(identity), prefix_len=wrappers_pb2.UInt32Value(value=32)
+        )
+    )
+
+
+def _nobody() -> rbac_pb2.Principal:
+    return rbac_pb2.Principal(not_id=rbac_pb2.Principal(any=True))
+
+
+def _nothing() -> rbac_pb2.Permission:
+    return rbac_pb2.Permission(not_rule=rbac_pb2.Permission(any=True))
+
+
+def _permission(m: HttpMatch) -> rbac_pb2.Permission:
+    """All of a match's conditions: the path regex (which must match the whole path), a method, headers."""
+    rules = []
+    if m.path_regex:
+        path = string_pb2.StringMatcher(safe_regex=_regex(m.path_regex))
+        rules.append(rbac_pb2.Permission(url_path=path_pb2.PathMatcher(path=path)))
+    if m.methods:
+        methods = [rbac_pb2.Permission(header=_header(":method", exact=method)) for method in m.methods]
+        rules.append(rbac_pb2.Permission(or_rules=rbac_pb2.Permission.Set(rules=methods)))
+    rules += [rbac_pb2.Permission(header=_header(name, regex=pattern)) for name, pattern in m.headers]
+    if not rules:
+        return rbac_pb2.Permission(any=True)
+    return rbac_pb2.Permission(and_rules=rbac_pb2.Permission.Set(rules=rules))
+
+
+# --- routes -------------------------------------------------------------------------------------
+
+
+def _outbound_routes(mesh: MeshState, proxy: Proxy) -> route_pb2.RouteConfiguration:
+    """A virtual host per HTTP service port, found by Host: short name (same namespace only),
+    ``svc.ns``, ``svc.ns.svc`` and the cluster FQDN, with and without the port."""
+    hosts = []
+    for svc in sorted(mesh.services.values(), key=lambda s: s.ref):
+        http_ports = [p for p in svc.ports if p.is_http]
+        for i, port in enumerate(http_ports):
+            names = [
+                f"{svc.ref.name}.{svc.ref.namespace}",
+                f"{svc.ref.name}.{svc.ref.namespace}.svc",
+                f"{svc.ref.name}.{svc.ref.namespace}.svc.{CLUSTER_DOMAIN}",
+            ]
+            if svc.ref.namespace == proxy.service.namespace:
+                names.insert(0, svc.ref.name)
+            domains = [f"{n}:{port.port}" for n in names] + (names if i == 0 else [])
+            hosts.append(
+                route_components_pb2.VirtualHost(
+                    name=cluster_name(svc.ref, port.port),
+                    domains=domains,
+                    routes=[_route(mesh.splits.get((svc.ref, port.port)), cluster_name(svc.ref, port.port))],
+                )
+            )
+    return route_pb2.RouteConfiguration(name=OUTBOUND, virtual_hosts=hosts)
+
+
+def _route(split: Split | None, cluster: str) -> route_components_pb2.Route:
+    match = route_components_pb2.RouteMatch(prefix="/")
+    if split is None:
+        return route_components_pb2.Route(
+            match=match, route=route_components_pb2.RouteAction(cluster=cluster)
+        )
+    weighted = route_components_pb2.WeightedCluster(
+        clusters=[
+            route_components_pb2.WeightedCluster.ClusterWeight(
+                name=cluster_name(b.service, split.port), weight=wrappers_pb2.UInt32Value(value=b.weight)
+            )
+            for b in split.backends
+        ]
+    )
+    return route_components_pb2.Route(
+        match=match, route=route_components_pb2.RouteAction(weighted_clusters=weighted)
+    )
+
+
+def _inbound_routes(local_cluster: str) -> route_pb2.RouteConfiguration:
+    return route_pb2.RouteConfiguration(
+        name=INBOUND,
+        virtual_hosts=[
+            route_components_pb2.VirtualHost(
+                name=local_cluster,
+                domains=["*"],
+                routes=[
+                    route_components_pb2.Route(
+                        match=route_components_pb2.RouteMatch(prefix="/"),
+                        route=route_components_pb2.RouteAction(cluster=local_cluster),
+                    )
+                ],
+            )
+        ],
+    )
+
+
+# --- building blocks ----------------------------------------------------------------------------
+
+
+def _ads() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
+    )
+
+
+def _address(host: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
+
+
+def _typed(msg: message.Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(msg)
+    return packed
+
+
+def _network_filter(name: str, config: message.Message) -> listener_components_pb2.Filter:
+    return listener_components_pb2.Filter(name=name, typed_config=_typed(config))
+
+
+def _http_filter(name: str, config: message.Message) -> hcm_pb2.HttpFilter:
+    return hcm_pb2.HttpFilter(name=name, typed_config=_typed(config))
+
+
+def _regex(pattern: str) -> regex_pb2.RegexMatcher:
+    return regex_pb2.RegexMatcher(regex=pattern)
+
+
+def _header(name: str, *, exact: str = "", regex: str = "") -> route_components_pb2.HeaderMatcher:
+    matcher = (
+        string_pb2.StringMatcher(exact=exact) if exact else string_pb2.StringMatcher(safe_regex=_regex(regex))
+    )
+    return route_components_pb2.HeaderMatcher(name=name, string_match=matcher)

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import json_format
+
+from gitmesh.mesh.state import ServiceRef
+from gitmesh.smi import Identity
+from gitmesh.xds.bootstrap import bootstrap, proxy_of
+from gitmesh.xds.translate import Proxy
+from tests.xds.envoy import ENVOY
+
+PROXY = Proxy(Identity("bookstore", "bookstore"), ServiceRef("bookstore", "bookstore-v1"), 8080, 15101, 15106)
+
+
+def test_the_node_carries_the_proxy_and_reads_back() -> None:
+    config = bootstrap(PROXY, xds_host="127.0.0.1", xds_port=15010, admin_port=15000)
+    node = json_format.ParseDict(config["node"], base_pb2.Node())
+    assert proxy_of(node) == PROXY
+    assert config["layered_runtime"]["layers"][0]["static_layer"] == {
+        "re2.max_program_size.error_level": 1000
+    }
+
+
+def test_a_node_without_gitmesh_metadata_is_refused() -> None:
+    with pytest.raises(ValueError, match="not bootstrapped by gitmesh"):
+        proxy_of(base_pb2.Node(id="stranger"))
+
+
+@pytest.mark.integration
+def test_real_envoy_accepts_the_bootstrap(tmp_path: Path) -> None:
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(bootstrap(PROXY, xds_host="127.0.0.1", xds_port=15010, admin_port=0)))
+    result = subprocess.run(
+        [ENVOY, "--mode", "validate", "-c", str(path), "--use-dynamic-base-id", "-l", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_the_bootstrap_command_prints_it() -> None:
+    from click.testing import CliRunner
+
+    from gitmesh.cli import cli
+
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bootstrap",
+            "--namespace",
+            "bookstore",
+            "--service-account",
+            "bookstore",
+            "--service",
+            "bookstore-v1",
+            "--app-port",
+            "8080",
+            "--outbound-port",
+            "15101",
+            "--inbound-port",
+            "15106",
+            "--xds-address",
+            "127.0.0.1:15010",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.output)
+    assert proxy_of(json_format.ParseDict(config["node"], base_pb2.Node())) == PROXY
+    xds = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert xds["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 15010}
