@@ -24,10 +24,10 @@ from gitmesh.xds.cache import SnapshotCache
 from gitmesh.xds.server import RunningServer, serve
 from gitmesh.xds.snapshot import Snapshot
 from tests.xds import builders as b
+from tests.xds.envoy import ENVOY
 
 pytestmark = pytest.mark.integration
 
-ENVOY = "/tmp/v/bin/envoy"
 NODE = "envoy-under-test"
 T = TypeVar("T")
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
