@@ -6,6 +6,7 @@ Exit codes: 0 success; 1 an error (invalid revision, refused apply, ...);
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -299,6 +300,29 @@ def status(target: BackendChoice, output: str) -> None:
             )
         else:
             out.print("  last error  none")
+
+
+@cli.command("run")
+@_backend_options
+@click.option("--xds-address", default="127.0.0.1:15010", show_default=True, help="Where to serve ADS.")
+@click.option(
+    "--permissive", is_flag=True, help="Let every caller reach every service (no TrafficTarget checks)."
+)
+@_reports_errors
+def run_command(target: BackendChoice, xds_address: str, permissive: bool) -> None:
+    """Serve the mesh in the backend to Envoy sidecars over ADS, following every change."""
+    import asyncio
+    import logging
+
+    from gitmesh import serve
+
+    backend = target.open()
+    if not isinstance(backend, LocalBackend):
+        raise click.UsageError("gitmesh run serves from the embedded store for now")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    err.print(f"Serving ADS on {xds_address} from {backend.describe()}")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve.run(backend, xds_address, permissive=permissive))
 
 
 @cli.command("bootstrap")

@@ -62,6 +62,11 @@ class LocalBackend:
     def describe(self) -> str:
         return f"local:{self.path}"
 
+    def version(self) -> str:
+        """The store-wide resource version: it changes with every write, from any process."""
+        (value,) = self._db.execute("SELECT value FROM counter").fetchone()
+        return str(value)
+
     def list_managed(self) -> dict[ObjectRef, Live]:
         out = {}
         for grp, kind, ns, name, body, rv, created in self._db.execute(

@@ -1,0 +1,113 @@
+"""Serving the mesh: cluster objects -> MeshState -> each connected proxy's snapshot -> ADS.
+
+``MeshPublisher`` keeps, for every proxy that has connected, the snapshot
+``translate(mesh, proxy)``. Proxies with the same identity, service and ports
+share one snapshot key, so their resources are computed and serialized once.
+``run`` watches the backend and republishes when its objects change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from envoy.config.core.v3 import base_pb2
+
+from gitmesh.cluster.backend import Live
+from gitmesh.mesh import state
+from gitmesh.xds.bootstrap import proxy_of
+from gitmesh.xds.cache import SnapshotCache
+from gitmesh.xds.server import serve
+from gitmesh.xds.snapshot import Snapshot
+from gitmesh.xds.translate import Proxy, translate
+
+log = logging.getLogger("gitmesh.serve")
+
+DEFAULT_XDS_ADDRESS = "127.0.0.1:15010"
+POLL_SECONDS = 0.2  # how often the embedded store is asked whether anything changed
+
+
+class Source(Protocol):
+    """What the server reads objects from: the embedded store, later a cluster."""
+
+    def version(self) -> str:
+        """Changes whenever any object changes."""
+
+    def list_managed(self) -> Mapping[Any, Live]: ...
+
+
+def proxy_key(proxy: Proxy) -> str:
+    """Proxies equal in everything translation reads share one snapshot."""
+    ports = f"{proxy.app_port},{proxy.outbound_port},{proxy.inbound_port}"
+    return f"{proxy.identity}|{proxy.service}|{ports}"
+
+
+class MeshPublisher:
+    def __init__(self, *, permissive: bool = False) -> None:
+        self.permissive = permissive
+        self.cache = SnapshotCache(node_key=self._key)
+        self._lock = threading.Lock()
+        self._proxies: dict[str, Proxy] = {}
+        self._mesh = state.build([], permissive=permissive)
+        self._generation = 0
+
+    @property
+    def mesh(self) -> state.MeshState:
+        return self._mesh
+
+    def update(self, objects: Iterable[Mapping[str, Any]]) -> None:
+        """A new mesh: every known proxy gets its new snapshot (unchanged resources keep their versions)."""
+        mesh = state.build(objects, permissive=self.permissive)
+        for warning in mesh.warnings:
+            log.warning("%s", warning)
+        with self._lock:
+            self._mesh = mesh
+            self._generation += 1
+            proxies = dict(self._proxies)
+        for key, proxy in proxies.items():
+            self._publish(key, proxy, mesh)
+
+    def _key(self, node: base_pb2.Node) -> str:
+        proxy = proxy_of(node)
+        key = proxy_key(proxy)
+        with self._lock:
+            new = key not in self._proxies
+            self._proxies[key] = proxy
+            mesh = self._mesh
+        if new:
+            self._publish(key, proxy, mesh)
+        return key
+
+    def _publish(self, key: str, proxy: Proxy, mesh: state.MeshState) -> None:
+        self.cache.set_snapshot(key, Snapshot(str(self._generation), translate(mesh, proxy)))
+
+
+async def run(
+    source: Source,
+    address: str = DEFAULT_XDS_ADDRESS,
+    *,
+    permissive: bool = False,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve ADS on ``address`` until ``stop`` is set, republishing whenever ``source`` changes."""
+    publisher = MeshPublisher(permissive=permissive)
+    seen = source.version()
+    publisher.update(live.obj for live in source.list_managed().values())
+    server = await serve(publisher.cache, address)
+    log.info("serving ADS on %s", address)
+    stop = stop or asyncio.Event()
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), POLL_SECONDS)
+            current = source.version()
+            if current != seen:
+                seen = current
+                publisher.update(live.obj for live in source.list_managed().values())
+                log.info("mesh updated to store version %s", current)
+    finally:
+        await server.stop(1.0)
