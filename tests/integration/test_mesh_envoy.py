@@ -183,7 +183,11 @@ class Demo:
         shutil.copytree(EXAMPLE_REPO, repo.path / "mesh")
         repo.commit("bookstore", {"mesh/endpoints.yaml": yaml.safe_dump_all(slices)})
         self.apply()
-        with (workdir / "gitmesh.log").open("w") as log:
+        self.start_gitmesh()
+        self.sidecars = {name: Sidecar(p, self.xds_port, workdir) for name, p in self.proxies.items()}
+
+    def start_gitmesh(self) -> None:
+        with (self.workdir / "gitmesh.log").open("a") as log:
             self.gitmesh = subprocess.Popen(
                 [
                     sys.executable,
@@ -199,7 +203,6 @@ class Demo:
                 stderr=subprocess.STDOUT,
                 env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
             )
-        self.sidecars = {name: Sidecar(p, self.xds_port, workdir) for name, p in self.proxies.items()}
 
     def apply(self) -> None:
         result = CliRunner().invoke(
@@ -280,3 +283,34 @@ def test_access_follows_the_traffic_targets(demo: Demo) -> None:
         if "inbound_callers.rbac.denied" in line
     ]
     assert denied and int(denied[0].split(":")[1]) > 0
+
+
+def test_restarting_gitmesh_fails_no_request(demo: Demo) -> None:
+    results: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                results.append(demo.buy()[0])
+            except OSError:
+                results.append(0)
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        demo.gitmesh.send_signal(signal.SIGKILL)
+        demo.gitmesh.wait()
+        time.sleep(1.0)  # the sidecars run on their last config meanwhile
+        demo.start_gitmesh()
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        worker.join()
+    assert len(results) > 50
+    assert results.count(200) == len(results), collections.Counter(results)
+    # And the restarted gitmesh still drives them: a change arrives.
+    demo.repo.commit("all v2", {"mesh/bookstore/split.yaml": split_file(0, 1)})
+    demo.apply()
+    eventually(lambda: set(shares(demo, 50)), lambda s: s == {"bookstore-v2"}, "0/1 after the restart")
