@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo demo-live test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -11,12 +11,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-## demo: validate and plan examples/repo at HEAD, apply it to the embedded store, show status
+## demo: validate and plan examples/repo at HEAD, apply it to the embedded store, show status,
+## then run the bookstore for real (Envoy sidecars, apps, gitmesh run) and show what traffic does
 demo: $(STAMP)
 	$(BIN)/gitmesh validate --repo . --ref HEAD --path examples/repo
 	$(BIN)/gitmesh plan --repo . --ref HEAD --path examples/repo
 	$(BIN)/gitmesh apply --repo . --ref HEAD --path examples/repo
 	$(BIN)/gitmesh status
+	$(BIN)/gitmesh demo
+
+## demo-live: the running bookstore for ten minutes: commit to .gitmesh/demo/repo and watch the shares move
+demo-live: $(STAMP)
+	$(BIN)/gitmesh demo --live 600
 
 ## test: lint, then every test (unit and integration)
 test: $(STAMP)

