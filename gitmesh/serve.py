@@ -43,7 +43,7 @@ class Source(Protocol):
 def proxy_key(proxy: Proxy) -> str:
     """Proxies equal in everything translation reads share one snapshot."""
     ports = f"{proxy.app_port},{proxy.outbound_port},{proxy.inbound_port}"
-    return f"{proxy.identity}|{proxy.service}|{ports}"
+    return f"{proxy.identity}|{proxy.service}|{ports}" + ("|grpc" if proxy.grpc else "")
 
 
 class MeshPublisher:

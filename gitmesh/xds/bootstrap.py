@@ -108,6 +108,7 @@ def proxy_of(node: base_pb2.Node) -> Proxy:
             app_port=int(meta["app_port"]),
             outbound_port=int(meta["outbound_port"]),
             inbound_port=int(meta["inbound_port"]),
+            grpc=node.user_agent_name.startswith("gRPC"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"node {node.id!r} was not bootstrapped by gitmesh: metadata lacks {e}") from e

@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, config_source_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
@@ -58,6 +58,7 @@ class Proxy:
     app_port: int
     outbound_port: int
     inbound_port: int
+    grpc: bool = False  # a proxyless gRPC client (xds:/// targets), not an Envoy sidecar
 
 
 Resources = dict[str, dict[str, message.Message]]  # type URL -> name -> resource
@@ -79,6 +80,8 @@ def local_cluster_name(app_port: int) -> str:
 
 def translate(mesh: MeshState, proxy: Proxy) -> Resources:
     """Every resource ``proxy`` needs, keyed by type URL and name."""
+    if proxy.grpc:
+        return _grpc_client(mesh, proxy)
     source = identity_address(proxy.identity)
     clusters: dict[str, message.Message] = {}
     endpoints: dict[str, message.Message] = {}
@@ -97,6 +100,38 @@ def translate(mesh: MeshState, proxy: Proxy) -> Resources:
             INBOUND: _inbound_listener(mesh, proxy),
         },
         resources.ROUTE: {OUTBOUND: _outbound_routes(mesh, proxy), INBOUND: _inbound_routes(local)},
+    }
+
+
+def _grpc_client(mesh: MeshState, proxy: Proxy) -> Resources:
+    """What a proxyless gRPC client needs: an API listener per HTTP service port, named as its
+    ``xds:///`` target (``<service>.<namespace>:<port>``), sharing the outbound routes; no sockets."""
+    listeners: dict[str, message.Message] = {}
+    clusters: dict[str, message.Message] = {}
+    endpoints: dict[str, message.Message] = {}
+    for svc in sorted(mesh.services.values(), key=lambda s: s.ref):
+        for port in svc.ports:
+            name = cluster_name(svc.ref, port.port)
+            clusters[name] = cluster_pb2.Cluster(
+                name=name,
+                type=cluster_pb2.Cluster.EDS,
+                eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
+            )
+            endpoints[name] = _load_assignment(name, svc, port.port)
+            if port.is_http:
+                target = f"{svc.ref.name}.{svc.ref.namespace}:{port.port}"
+                hcm = hcm_pb2.HttpConnectionManager(
+                    rds=hcm_pb2.Rds(route_config_name=OUTBOUND, config_source=_ads()),
+                    http_filters=[_http_filter("envoy.filters.http.router", router_pb2.Router())],
+                )
+                listeners[target] = listener_pb2.Listener(
+                    name=target, api_listener=api_listener_pb2.ApiListener(api_listener=_typed(hcm))
+                )
+    return {
+        resources.CLUSTER: clusters,
+        resources.ENDPOINT: endpoints,
+        resources.LISTENER: listeners,
+        resources.ROUTE: {OUTBOUND: _outbound_routes(mesh, proxy)},
     }
 
 
@@ -133,12 +168,15 @@ def _assignment(name: str, hosts: list[tuple[str, int]]) -> endpoint_pb2.Cluster
         cluster_name=name,
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
+                # gRPC's xDS client wants a locality, weighted, where Envoy would do without.
+                locality=base_pb2.Locality(),
+                load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
                 lb_endpoints=[
                     endpoint_components_pb2.LbEndpoint(
                         endpoint=endpoint_components_pb2.Endpoint(address=_address(host, port))
                     )
                     for host, port in hosts
-                ]
+                ],
             )
         ],
     )
