@@ -403,6 +403,7 @@ def _show_shares(d: Any, revision: str) -> None:
 )
 @click.option("--admin-port", type=click.IntRange(0, 65535), default=15000, show_default=True)
 @click.option("--xds-address", default="127.0.0.1:15010", show_default=True, help="gitmesh's ADS server.")
+@click.option("--delta", is_flag=True, help="Use incremental (delta) xDS instead of state of the world.")
 def bootstrap_command(
     namespace: str,
     service_account: str,
@@ -413,6 +414,7 @@ def bootstrap_command(
     inbound_port: int,
     admin_port: int,
     xds_address: str,
+    delta: bool,
 ) -> None:
     """Print the Envoy bootstrap for one sidecar (run it with: envoy -c FILE)."""
     from gitmesh.mesh.state import ServiceRef
@@ -430,9 +432,8 @@ def bootstrap_command(
         outbound_port,
         inbound_port,
     )
-    click.echo(
-        json.dumps(bootstrap(proxy, xds_host=host, xds_port=int(port), admin_port=admin_port), indent=2)
-    )
+    config = bootstrap(proxy, xds_host=host, xds_port=int(port), admin_port=admin_port, delta=delta)
+    click.echo(json.dumps(config, indent=2))
 
 
 @cli.group()

@@ -90,13 +90,14 @@ class App:
 class Sidecar:
     """A real Envoy, bootstrapped by gitmesh for ``proxy``."""
 
-    def __init__(self, proxy: Proxy, xds_port: int, workdir: Path) -> None:
+    def __init__(self, proxy: Proxy, xds_port: int, workdir: Path, *, delta: bool = False) -> None:
         self.proxy = proxy
         self.admin_port = free_port()
         config = workdir / f"{proxy.service.name}.envoy.json"
-        config.write_text(
-            json.dumps(bootstrap(proxy, xds_host="127.0.0.1", xds_port=xds_port, admin_port=self.admin_port))
+        data = bootstrap(
+            proxy, xds_host="127.0.0.1", xds_port=xds_port, admin_port=self.admin_port, delta=delta
         )
+        config.write_text(json.dumps(data))
         self.log = workdir / f"{proxy.service.name}.envoy.log"
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
@@ -157,8 +158,9 @@ def eventually(probe: Callable[[], Any], want: Callable[[Any], bool], what: str,
 class Demo:
     """The bookstore, running: apps, their sidecars, gitmesh run, and a Git repo to change."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, delta: bool = False) -> None:
         self.workdir = workdir
+        self.delta = delta  # the sidecars use incremental xDS
         self.repo = workdir / "repo"
         self.store = workdir / "store.db"
         self.xds_port = free_port()
@@ -176,7 +178,10 @@ class Demo:
         self._make_repo()
         self.applied = self.apply()
         self.start_gitmesh()
-        self.sidecars = {name: Sidecar(p, self.xds_port, self.workdir) for name, p in self.proxies.items()}
+        self.sidecars = {
+            name: Sidecar(p, self.xds_port, self.workdir, delta=self.delta)
+            for name, p in self.proxies.items()
+        }
         for name, sidecar in self.sidecars.items():
             eventually(sidecar.ready, bool, f"the {name} sidecar becoming ready")
 
@@ -275,9 +280,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running(workdir: Path) -> Iterator[Demo]:
+def running(workdir: Path, *, delta: bool = False) -> Iterator[Demo]:
     workdir.mkdir(parents=True, exist_ok=True)
-    demo = Demo(workdir)
+    demo = Demo(workdir, delta=delta)
     try:
         demo.start()
         yield demo

@@ -27,8 +27,10 @@ def node_id(proxy: Proxy) -> str:
     return f"{proxy.identity.namespace}/{proxy.identity.name}/{proxy.service.name}/{proxy.inbound_port}"
 
 
-def bootstrap(proxy: Proxy, *, xds_host: str, xds_port: int, admin_port: int) -> dict[str, Any]:
-    """A complete Envoy bootstrap (as JSON-ready data) for ``proxy``."""
+def bootstrap(
+    proxy: Proxy, *, xds_host: str, xds_port: int, admin_port: int, delta: bool = False
+) -> dict[str, Any]:
+    """A complete Envoy bootstrap (as JSON-ready data) for ``proxy``; ``delta`` picks incremental xDS."""
     return {
         "node": {
             "id": node_id(proxy),
@@ -46,7 +48,7 @@ def bootstrap(proxy: Proxy, *, xds_host: str, xds_port: int, admin_port: int) ->
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
             },

@@ -22,10 +22,10 @@ from gitmesh.demo import Demo, eventually
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def demo(tmp_path: Path) -> Iterator[Demo]:
+@pytest.fixture(params=["sotw", "delta"])
+def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Demo]:
     try:
-        with demo_mod.running(tmp_path) as d:
+        with demo_mod.running(tmp_path, delta=request.param == "delta") as d:
             yield d
     except (AssertionError, TimeoutError):
         for log in sorted(tmp_path.glob("*.log")):
