@@ -264,7 +264,7 @@ def apply(
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @_reports_errors
 def status(target: BackendChoice, output: str) -> None:
-    """Each source's applied revision, object counts and last error."""
+    """Each source's applied revision, object counts and last error; the sidecars gitmesh run serves."""
     backend = target.open()
     statuses = backend.status()
     if output == "json":
@@ -280,11 +280,13 @@ def status(target: BackendChoice, output: str) -> None:
             }
             for s in statuses
         ]
-        click.echo(json.dumps({"backend": backend.describe(), "sources": rows}, indent=2))
+        sidecars = backend.xds_report() if isinstance(backend, LocalBackend) else None
+        click.echo(
+            json.dumps({"backend": backend.describe(), "sources": rows, "sidecars": sidecars}, indent=2)
+        )
         return
     if not statuses:
         out.print(f"Nothing applied yet to {backend.describe()}.")
-        return
     for s in statuses:
         counts = ", ".join(f"{n} {kind}" for kind, n in sorted(s.objects.items()))
         applied = s.applied_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.applied_at else "never"
@@ -301,6 +303,7 @@ def status(target: BackendChoice, output: str) -> None:
             )
         else:
             out.print("  last error  none")
+    _print_xds(backend)
 
 
 @cli.command("run")
@@ -374,6 +377,20 @@ def demo_command(workdir: str, live: int) -> None:
                         continue
                     time.sleep(1)  # the sidecars take the new config within a second
                     _show_shares(d, d.applied)
+
+
+def _print_xds(backend: ClusterBackend) -> None:
+    """What gitmesh run last reported of its sidecars: how many are connected, what they rejected."""
+    report = backend.xds_report() if isinstance(backend, LocalBackend) else None
+    if not report:
+        return
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report["at"]))
+    out.print(Text("sidecars", style="bold"))
+    out.print(f"  connected   {len(report['proxies'])} (as of {when})")
+    for nack in report["nacks"]:
+        at = time.strftime("%H:%M:%S", time.gmtime(nack["at"]))
+        what = f"{nack['type']} version {nack['version']} by {nack['proxy']} at {at}"
+        out.print(Text(f"  rejected    {what}: {nack['message']}", style="red"))
 
 
 def _show_shares(d: Any, revision: str) -> None:

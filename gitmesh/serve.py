@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
@@ -21,7 +22,7 @@ from gitmesh.cluster.backend import Live
 from gitmesh.mesh import state
 from gitmesh.xds.bootstrap import proxy_of
 from gitmesh.xds.cache import SnapshotCache
-from gitmesh.xds.server import serve
+from gitmesh.xds.server import StreamInfo, serve
 from gitmesh.xds.snapshot import Snapshot
 from gitmesh.xds.translate import Proxy, translate
 
@@ -38,6 +39,26 @@ class Source(Protocol):
         """Changes whenever any object changes."""
 
     def list_managed(self) -> Mapping[Any, Live]: ...
+
+    def record_xds(self, report: Mapping[str, Any]) -> None:
+        """Keep what the server sees of its proxies, for ``gitmesh status``."""
+
+
+def xds_report(streams: Iterable[StreamInfo], cache: SnapshotCache) -> dict[str, Any]:
+    """Connected proxies and every rejection they reported, as plain data."""
+    streams = list(streams)
+    nacks = [
+        {
+            "proxy": key,
+            "type": n.type_url.rpartition(".")[2],
+            "version": n.version,
+            "message": n.message,
+            "at": n.at,
+        }
+        for key in sorted({s.key for s in streams})
+        for n in cache.nacks(key)
+    ]
+    return {"proxies": sorted(s.node_id for s in streams), "nacks": nacks}
 
 
 def proxy_key(proxy: Proxy) -> str:
@@ -100,8 +121,13 @@ async def run(
     server = await serve(publisher.cache, address)
     log.info("serving ADS on %s", address)
     stop = stop or asyncio.Event()
+    reported: dict[str, Any] | None = None
     try:
         while not stop.is_set():
+            report = xds_report(server.servicer.streams(), publisher.cache)
+            if report != reported:
+                source.record_xds({**report, "at": time.time()})
+                reported = report
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_SECONDS)
             current = source.version()

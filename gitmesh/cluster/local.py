@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS sources (
     last_error TEXT NOT NULL DEFAULT '', last_error_at TEXT
 );
 CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS xds (id INTEGER PRIMARY KEY CHECK (id = 0), report TEXT NOT NULL);
 INSERT OR IGNORE INTO counter VALUES (0, 0);
 """
 
@@ -143,6 +144,15 @@ class LocalBackend:
                 "last_error = excluded.last_error, last_error_at = excluded.last_error_at",
                 (source, message, _now()),
             )
+
+    def record_xds(self, report: Mapping[str, Any]) -> None:
+        """What ``gitmesh run`` last saw of its proxies: who is connected, what they rejected."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO xds VALUES (0, ?)", (json.dumps(report, sort_keys=True),))
+
+    def xds_report(self) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT report FROM xds").fetchone()
+        return json.loads(row[0]) if row else None
 
     def status(self) -> list[SourceStatus]:
         counts: dict[str, Counter[str]] = {}

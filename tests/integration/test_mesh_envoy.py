@@ -5,18 +5,21 @@ that answer with their own name."""
 from __future__ import annotations
 
 import collections
+import json
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from gitmesh import demo as demo_mod
 from gitmesh.cli import cli
+from gitmesh.cluster.local import LocalBackend
 from gitmesh.demo import Demo, eventually
 
 pytestmark = pytest.mark.integration
@@ -119,3 +122,32 @@ def test_the_demo_command_shows_the_split_and_the_refusals(tmp_path: Path) -> No
     assert 60 <= v1 <= 90, shares
     assert any("/admin" in line and " 403 " in line for line in lines), result.output
     assert any(line.startswith("bookthief") and " 503 " in line for line in lines), result.output
+
+
+def test_a_config_envoy_rejects_is_reported_and_the_last_good_one_keeps_serving(demo: Demo) -> None:
+    assert demo.buy("/books-bought")[0] == 200
+    # Make one Envoy refuses: write straight into the store, past validation, a route group whose
+    # path pattern does not compile.
+    store = LocalBackend(demo.store)
+    (routes,) = [
+        live.obj for ref, live in store.list_managed().items() if ref.name == "bookstore-service-routes"
+    ]
+    routes["spec"]["matches"][0]["pathRegex"] = "/books-bought("
+    store.apply("vandal", None, "", [routes], [], {})
+    store.close()
+
+    def status() -> dict[str, Any]:
+        result = CliRunner().invoke(cli, ["status", "--store", str(demo.store), "--output", "json"])
+        return json.loads(result.output)["sidecars"] or {}
+
+    report = eventually(status, lambda r: bool(r.get("nacks")), "the rejection reported")
+    nack = report["nacks"][0]
+    assert nack["type"] == "Listener"
+    assert "bookstore/bookstore" in nack["proxy"]
+    assert "missing )" in nack["message"]  # RE2's own words, as Envoy passed them on
+    assert len(report["proxies"]) == 5
+    # The sidecars keep their last good configuration: traffic and access rules are as before.
+    assert demo.buy("/books-bought")[0] == 200
+    assert demo.buy("/admin")[0] == 403
+    text = CliRunner().invoke(cli, ["status", "--store", str(demo.store)]).output
+    assert "rejected    Listener version" in text
