@@ -24,7 +24,7 @@ from gitmesh.xds.bootstrap import proxy_of
 from gitmesh.xds.cache import SnapshotCache
 from gitmesh.xds.server import StreamInfo, serve
 from gitmesh.xds.snapshot import Snapshot
-from gitmesh.xds.translate import Proxy, translate
+from gitmesh.xds.translate import Proxy, Translator
 
 log = logging.getLogger("gitmesh.serve")
 
@@ -74,6 +74,7 @@ class MeshPublisher:
         self._lock = threading.Lock()
         self._proxies: dict[str, Proxy] = {}
         self._mesh = state.build([], permissive=permissive)
+        self._translator = Translator(self._mesh)
         self._generation = 0
 
     @property
@@ -85,12 +86,13 @@ class MeshPublisher:
         mesh = state.build(objects, permissive=self.permissive)
         for warning in mesh.warnings:
             log.warning("%s", warning)
+        translator = Translator(mesh)
         with self._lock:
-            self._mesh = mesh
+            self._mesh, self._translator = mesh, translator
             self._generation += 1
             proxies = dict(self._proxies)
         for key, proxy in proxies.items():
-            self._publish(key, proxy, mesh)
+            self._publish(key, proxy, translator)
 
     def _key(self, node: base_pb2.Node) -> str:
         proxy = proxy_of(node)
@@ -98,13 +100,13 @@ class MeshPublisher:
         with self._lock:
             new = key not in self._proxies
             self._proxies[key] = proxy
-            mesh = self._mesh
+            translator = self._translator
         if new:
-            self._publish(key, proxy, mesh)
+            self._publish(key, proxy, translator)
         return key
 
-    def _publish(self, key: str, proxy: Proxy, mesh: state.MeshState) -> None:
-        self.cache.set_snapshot(key, Snapshot(str(self._generation), translate(mesh, proxy)))
+    def _publish(self, key: str, proxy: Proxy, translator: Translator) -> None:
+        self.cache.set_snapshot(key, Snapshot(str(self._generation), translator.resources(proxy)))
 
 
 async def run(

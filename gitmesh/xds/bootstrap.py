@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from gitmesh import smi
 from gitmesh.mesh.state import ServiceRef
 from gitmesh.smi import Identity
-from gitmesh.xds.translate import Proxy
+from gitmesh.xds.translate import Proxy, identity_address
 
 XDS_CLUSTER = "gitmesh-xds"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"  # ADS is gRPC: HTTP/2
@@ -46,6 +46,13 @@ def bootstrap(
             },
         },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        # Every connection this sidecar makes comes from its identity's own loopback address: that
+        # is how, until mTLS, the destination's RBAC knows who calls.
+        "cluster_manager": {
+            "upstream_bind_config": {
+                "source_address": {"address": identity_address(proxy.identity), "port_value": 0}
+            }
+        },
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if delta else "GRPC",

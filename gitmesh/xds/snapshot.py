@@ -11,7 +11,9 @@ Messages handed to a snapshot belong to it: do not mutate them afterwards.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -50,7 +52,30 @@ def _version(digest: bytes) -> str:
     return digest.hex()[:16]
 
 
+# Proxies are handed the same message objects for what they share (translate.Translator), so an
+# object is serialized once, not once per snapshot: that keeps a republish to thousands of
+# proxies cheap. Entries hold their message, so an id is never reused while it is cached.
+_MAX_BY_OBJECT = 200_000
+_by_object: collections.OrderedDict[int, tuple[Message, str, EncodedResource]] = collections.OrderedDict()
+_by_object_lock = threading.Lock()
+
+
 def encode(name: str, message: Message) -> EncodedResource:
+    """The shared encoding of ``message`` (which must not change once handed over)."""
+    with _by_object_lock:
+        entry = _by_object.get(id(message))
+        if entry is not None and entry[0] is message and entry[1] == name:
+            _by_object.move_to_end(id(message))
+            return entry[2]
+    found = _encode(name, message)
+    with _by_object_lock:
+        _by_object[id(message)] = (message, name, found)
+        if len(_by_object) > _MAX_BY_OBJECT:
+            _by_object.popitem(last=False)
+    return found
+
+
+def _encode(name: str, message: Message) -> EncodedResource:
     """Serialize ``message`` deterministically and return the shared encoding of those bytes."""
     packed = any_pb2.Any()
     packed.Pack(message)

@@ -80,73 +80,99 @@ def local_cluster_name(app_port: int) -> str:
 
 def translate(mesh: MeshState, proxy: Proxy) -> Resources:
     """Every resource ``proxy`` needs, keyed by type URL and name."""
-    if proxy.grpc:
-        return _grpc_client(mesh, proxy)
-    source = identity_address(proxy.identity)
-    clusters: dict[str, message.Message] = {}
-    endpoints: dict[str, message.Message] = {}
-    for svc in sorted(mesh.services.values(), key=lambda s: s.ref):
-        for port in svc.ports:
-            name = cluster_name(svc.ref, port.port)
-            clusters[name] = _eds_cluster(name, source)
-            endpoints[name] = _load_assignment(name, svc, port.port)
-    local = local_cluster_name(proxy.app_port)
-    clusters[local] = _static_cluster(local, "127.0.0.1", proxy.app_port)
-    return {
-        resources.CLUSTER: clusters,
-        resources.ENDPOINT: endpoints,
-        resources.LISTENER: {
-            OUTBOUND: _http_listener(OUTBOUND, proxy.outbound_port),
-            INBOUND: _inbound_listener(mesh, proxy),
-        },
-        resources.ROUTE: {OUTBOUND: _outbound_routes(mesh, proxy), INBOUND: _inbound_routes(local)},
-    }
+    return Translator(mesh).resources(proxy)
 
 
-def _grpc_client(mesh: MeshState, proxy: Proxy) -> Resources:
-    """What a proxyless gRPC client needs: an API listener per HTTP service port, named as its
-    ``xds:///`` target (``<service>.<namespace>:<port>``), sharing the outbound routes; no sockets."""
-    listeners: dict[str, message.Message] = {}
-    clusters: dict[str, message.Message] = {}
-    endpoints: dict[str, message.Message] = {}
-    for svc in sorted(mesh.services.values(), key=lambda s: s.ref):
-        for port in svc.ports:
-            name = cluster_name(svc.ref, port.port)
-            clusters[name] = cluster_pb2.Cluster(
-                name=name,
-                type=cluster_pb2.Cluster.EDS,
-                eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
-            )
-            endpoints[name] = _load_assignment(name, svc, port.port)
-            if port.is_http:
-                target = f"{svc.ref.name}.{svc.ref.namespace}:{port.port}"
-                hcm = hcm_pb2.HttpConnectionManager(
-                    rds=hcm_pb2.Rds(route_config_name=OUTBOUND, config_source=_ads()),
-                    http_filters=[_http_filter("envoy.filters.http.router", router_pb2.Router())],
+class Translator:
+    """Translates one MeshState for many proxies.
+
+    What proxies share is built once and the same message objects go into every
+    snapshot (so they are serialized once too): the clusters and load assignments
+    (the same for all: a sidecar's source address is set once, in its bootstrap)
+    and a namespace's outbound routes (short names resolve in the caller's namespace).
+    """
+
+    def __init__(self, mesh: MeshState) -> None:
+        self.mesh = mesh
+        self._services = sorted(mesh.services.values(), key=lambda s: s.ref)
+        self._endpoints: dict[str, message.Message] | None = None
+        self._clusters: dict[str, message.Message] | None = None
+        self._routes: dict[str, message.Message] = {}
+
+    def resources(self, proxy: Proxy) -> Resources:
+        if proxy.grpc:
+            return self._grpc_client(proxy)
+        local = local_cluster_name(proxy.app_port)
+        clusters = dict(self._mesh_clusters())
+        clusters[local] = _static_cluster(local, "127.0.0.1", proxy.app_port)
+        return {
+            resources.CLUSTER: clusters,
+            resources.ENDPOINT: self._load_assignments(),
+            resources.LISTENER: {
+                OUTBOUND: _http_listener(OUTBOUND, proxy.outbound_port),
+                INBOUND: _inbound_listener(self.mesh, proxy),
+            },
+            resources.ROUTE: {OUTBOUND: self._outbound_routes(proxy), INBOUND: _inbound_routes(local)},
+        }
+
+    def _grpc_client(self, proxy: Proxy) -> Resources:
+        """What a proxyless gRPC client needs: an API listener per HTTP service port, named as its
+        ``xds:///`` target (``<service>.<namespace>:<port>``), sharing the outbound routes; no sockets."""
+        listeners: dict[str, message.Message] = {}
+        for svc in self._services:
+            for port in svc.ports:
+                if port.is_http:
+                    target = f"{svc.ref.name}.{svc.ref.namespace}:{port.port}"
+                    hcm = hcm_pb2.HttpConnectionManager(
+                        rds=hcm_pb2.Rds(route_config_name=OUTBOUND, config_source=_ads()),
+                        http_filters=[_http_filter("envoy.filters.http.router", router_pb2.Router())],
+                    )
+                    listeners[target] = listener_pb2.Listener(
+                        name=target, api_listener=api_listener_pb2.ApiListener(api_listener=_typed(hcm))
+                    )
+        return {
+            resources.CLUSTER: self._mesh_clusters(),
+            resources.ENDPOINT: self._load_assignments(),
+            resources.LISTENER: listeners,
+            resources.ROUTE: {OUTBOUND: self._outbound_routes(proxy)},
+        }
+
+    def _load_assignments(self) -> dict[str, message.Message]:
+        if self._endpoints is None:
+            self._endpoints = {
+                cluster_name(svc.ref, port.port): _load_assignment(
+                    cluster_name(svc.ref, port.port), svc, port.port
                 )
-                listeners[target] = listener_pb2.Listener(
-                    name=target, api_listener=api_listener_pb2.ApiListener(api_listener=_typed(hcm))
-                )
-    return {
-        resources.CLUSTER: clusters,
-        resources.ENDPOINT: endpoints,
-        resources.LISTENER: listeners,
-        resources.ROUTE: {OUTBOUND: _outbound_routes(mesh, proxy)},
-    }
+                for svc in self._services
+                for port in svc.ports
+            }
+        return self._endpoints
+
+    def _mesh_clusters(self) -> dict[str, message.Message]:
+        if self._clusters is None:
+            self._clusters = {
+                cluster_name(svc.ref, port.port): _eds_cluster(cluster_name(svc.ref, port.port))
+                for svc in self._services
+                for port in svc.ports
+            }
+        return self._clusters
+
+    def _outbound_routes(self, proxy: Proxy) -> message.Message:
+        namespace = proxy.service.namespace
+        if namespace not in self._routes:
+            self._routes[namespace] = _outbound_routes(self.mesh, proxy)
+        return self._routes[namespace]
 
 
 # --- clusters -----------------------------------------------------------------------------------
 
 
-def _eds_cluster(name: str, source_address: str) -> cluster_pb2.Cluster:
+def _eds_cluster(name: str) -> cluster_pb2.Cluster:
     return cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
         connect_timeout=duration_pb2.Duration(seconds=1),
-        upstream_bind_config=address_pb2.BindConfig(
-            source_address=address_pb2.SocketAddress(address=source_address, port_value=0)
-        ),
     )
 
 

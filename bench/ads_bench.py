@@ -1,0 +1,783 @@
+"""Benchmark: N Envoy-like ADS streams against a mesh of 1,000 services, and one TrafficSplit change.
+
+The target (from the issue): a load client opens N ADS streams (state of the
+world or delta) as distinct proxies against a mesh of 1,000 services; measure
+the memory per connected proxy, and the time from a TrafficSplit change until
+every affected proxy has ACKed, at N = 1,000 and 5,000. Targets: p99 <= 1 s at
+1,000 proxies, <= 100 KB per proxy.
+
+Three kinds of process, all on the loopback:
+
+- the **orchestrator** (``python bench/ads_bench.py ...``) starts the others,
+  sends them commands over their stdin and reads JSON lines from their stdout;
+- the **server** (``_server``): generates the mesh, feeds it to a
+  ``MeshPublisher``, serves it with ``gitmesh.xds.server.serve`` on
+  127.0.0.1:0 and does nothing else, so its RSS (``/proc/self/status``) is the
+  server's alone. On ``change`` it shifts one TrafficSplit's weights with
+  ``publisher.update(objects)`` on the event loop, as ``gitmesh run`` does,
+  and reports the ``time.monotonic()`` stamp taken just before;
+- one or more **load clients** (``_client``): asyncio + grpc.aio, one gRPC
+  channel (its own TCP connection) per proxy, like Envoy. Each stream sends a
+  distinct node (id and metadata), subscribes CDS and LDS (wildcard), EDS (every
+  cluster of the mesh) and RDS (``outbound``, ``inbound``), and ACKs every
+  response as Envoy does: SotW with version_info + response_nonce and the same
+  resource names, delta with the response_nonce. Responses are decoded only
+  as far as their version, type and nonce. After ``arm``, each stream records
+  when it ACKed the first route configuration that differs from the one it had.
+
+``CLOCK_MONOTONIC`` is system-wide on Linux, so stamps from different
+processes compare directly.
+
+Which proxies: proxy ``i`` belongs to workload ``i % K`` (``--identities K``,
+default N: every proxy distinct). Workload ``w < 1000`` is service ``w``
+with its own ServiceAccount and the default sidecar ports; its proxies are
+replicas (pods on different hosts: same identity, service and ports, different
+node ids). Workload ``w >= 1000`` is a further replica of service ``w % 1000``
+with ports of its own, as every gitmesh sidecar on one host needs. gitmesh keys
+snapshots by identity, service and ports, so K is the number of distinct
+snapshots the server computes and keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+TARGET_P99_SECONDS = 1.0
+TARGET_BYTES_PER_PROXY = 100 * 1024
+SERVICES_PER_NAMESPACE = 10
+HTTP_PORT = 8080
+ENDPOINTS_PER_SERVICE = 3
+OUTBOUND_PORT = 15001
+INBOUND_PORT = 15006
+APP_PORT = 8080
+CHANGED_SPLIT = ("team-000", "reviews")  # namespace, name of the TrafficSplit whose weights shift
+
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+TYPES = (CDS, EDS, LDS, RDS)
+ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
+
+
+# --- the mesh ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    namespace: str
+    service: str
+    service_account: str
+    ports: tuple[int, int, int]  # app, outbound, inbound
+
+
+def _meta(kind: str, api: str, ns: str | None, name: str, **extra: Any) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if ns is not None:
+        metadata["namespace"] = ns
+    metadata.update(extra)
+    return {"apiVersion": api, "kind": kind, "metadata": metadata}
+
+
+def service_names(services: int) -> list[tuple[str, str]]:
+    """(namespace, service) for every service: per namespace of ten, four plain apps and two
+    split apps (a root service and its -v1 and -v2 backends)."""
+    out = []
+    for i in range(services):
+        ns = f"team-{i // SERVICES_PER_NAMESPACE:03d}"
+        j = i % SERVICES_PER_NAMESPACE
+        name = (
+            f"app-{j}"
+            if j < 4
+            else ["reviews", "reviews-v1", "reviews-v2", "ratings", "ratings-v1", "ratings-v2"][j - 4]
+        )
+        out.append((ns, name))
+    return out
+
+
+def mesh_objects(services: int, weights: tuple[int, int] = (90, 10)) -> list[dict[str, Any]]:
+    """Namespaces, a ServiceAccount per service, Services with an HTTP port, EndpointSlices,
+    TrafficSplits, HTTPRouteGroups and TrafficTargets. ``weights`` of the changed split only."""
+    names = service_names(services)
+    objects: list[dict[str, Any]] = []
+    namespaces = sorted({ns for ns, _ in names})
+    for ns in namespaces:
+        objects.append(_meta("Namespace", "v1", None, ns))
+    by_ns: dict[str, list[str]] = {}
+    for index, (ns, name) in enumerate(names):
+        by_ns.setdefault(ns, []).append(name)
+        objects.append(_meta("ServiceAccount", "v1", ns, name))
+        svc = _meta("Service", "v1", ns, name)
+        svc["spec"] = {
+            "selector": {"app": name},
+            "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": APP_PORT, "appProtocol": "http"}],
+        }
+        objects.append(svc)
+        eps = _meta(
+            "EndpointSlice",
+            "discovery.k8s.io/v1",
+            ns,
+            f"{name}-abcde",
+            labels={"kubernetes.io/service-name": name},
+        )
+        eps["addressType"] = "IPv4"
+        eps["ports"] = [{"name": "http", "port": INBOUND_PORT, "protocol": "TCP"}]
+        eps["endpoints"] = [
+            {
+                "addresses": [f"10.{index // 250}.{index % 250}.{k + 1}"],
+                "conditions": {"ready": True},
+            }
+            for k in range(ENDPOINTS_PER_SERVICE)
+        ]
+        objects.append(eps)
+    for n, ns in enumerate(namespaces):
+        members = by_ns[ns]
+        for root in ("reviews", "ratings"):
+            if root not in members or f"{root}-v2" not in members:
+                continue
+            split = _meta("TrafficSplit", "split.smi-spec.io/v1alpha4", ns, root)
+            w1, w2 = weights if (ns, root) == CHANGED_SPLIT else (50, 50)
+            split["spec"] = {
+                "service": root,
+                "backends": [
+                    {"service": f"{root}-v1", "weight": w1},
+                    {"service": f"{root}-v2", "weight": w2},
+                ],
+            }
+            objects.append(split)
+        next_ns = namespaces[(n + 1) % len(namespaces)]
+        for name in members:
+            group = _meta("HTTPRouteGroup", "specs.smi-spec.io/v1alpha4", ns, f"{name}-routes")
+            group["spec"] = {
+                "matches": [
+                    {"name": "read", "pathRegex": f"/{name}/[0-9a-f-]+", "methods": ["GET", "HEAD"]},
+                    {"name": "write", "pathRegex": f"/{name}/items", "methods": ["POST", "PUT"]},
+                    {"name": "health", "pathRegex": "/healthz", "methods": ["GET"]},
+                ]
+            }
+            objects.append(group)
+            callers = [m for m in members if m != name][:3]
+            target = _meta("TrafficTarget", "access.smi-spec.io/v1alpha3", ns, f"{name}-callers")
+            target["spec"] = {
+                "destination": {"kind": "ServiceAccount", "name": name, "namespace": ns},
+                "rules": [{"kind": "HTTPRouteGroup", "name": f"{name}-routes"}],
+                "sources": [
+                    *({"kind": "ServiceAccount", "name": c, "namespace": ns} for c in callers),
+                    {"kind": "ServiceAccount", "name": by_ns[next_ns][0], "namespace": next_ns},
+                ],
+            }
+            objects.append(target)
+    return objects
+
+
+def workloads(services: int, identities: int) -> list[Workload]:
+    names = service_names(services)
+    out = []
+    for w in range(identities):
+        ns, name = names[w % services]
+        shift = w // services  # 0: the default ports; replicas on the same host need ports of their own
+        ports = (APP_PORT + 2 * shift, OUTBOUND_PORT + 2 * shift, INBOUND_PORT + 2 * shift)
+        out.append(Workload(ns, name, name, ports))
+    return out
+
+
+def eds_names(services: int) -> list[str]:
+    return [f"{ns}/{name}|{HTTP_PORT}" for ns, name in service_names(services)]
+
+
+# --- small process helpers -----------------------------------------------------------------------
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def emit(**data: Any) -> None:
+    sys.stdout.write(json.dumps(data) + "\n")
+    sys.stdout.flush()
+
+
+def _stdin_commands(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str]:
+    """Lines from stdin, read by a thread (stdin EOF means "quit")."""
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def pump() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(queue.put_nowait, line.strip())
+        loop.call_soon_threadsafe(queue.put_nowait, "quit")
+
+    threading.Thread(target=pump, daemon=True).start()
+    return queue
+
+
+# --- the server process --------------------------------------------------------------------------
+
+
+async def server_main(args: argparse.Namespace) -> None:
+    import logging
+
+    from gitmesh.serve import MeshPublisher
+    from gitmesh.xds import snapshot as snapshot_module
+    from gitmesh.xds.server import serve
+
+    logging.basicConfig(level=logging.WARNING)
+    loop = asyncio.get_running_loop()
+    commands = _stdin_commands(loop)
+    started = time.perf_counter()
+    objects = mesh_objects(args.services)
+    publisher = MeshPublisher()
+    publisher.update(objects)
+    running = await serve(publisher.cache, "127.0.0.1:0")
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+    gc.collect()
+    emit(
+        port=running.port,
+        objects=len(objects),
+        services=len(publisher.mesh.services),
+        splits=len(publisher.mesh.splits),
+        setup_s=time.perf_counter() - started,
+        rss=rss_bytes(),
+    )
+    flip = False
+    try:
+        while True:
+            command = await commands.get()
+            if command == "quit":
+                break
+            if command == "rss":
+                gc.collect()
+                emit(
+                    rss=rss_bytes(),
+                    cpu=cpu_seconds(),
+                    keys=len(publisher._proxies),
+                    streams=len(running.servicer.streams()),
+                    interned=len(snapshot_module._interned),
+                )
+            elif command == "change":
+                flip = not flip
+                weights = (80, 20) if flip else (90, 10)
+                changed = mesh_objects(args.services, weights)
+                if profiler is not None:
+                    profiler.enable()
+                cpu0 = time.process_time()
+                t0 = time.monotonic()
+                publisher.update(changed)
+                t1 = time.monotonic()
+                cpu1 = time.process_time()
+                emit(t0=t0, t1=t1, update_cpu=cpu1 - cpu0)
+            elif command == "profile-stop":
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(args.profile)
+                emit(ok=True)
+    finally:
+        await running.stop(0)
+
+
+# --- the load client -----------------------------------------------------------------------------
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    tag, size = number << 3 | 2, len(payload)
+    out = bytearray()
+    for value in (tag, size):
+        while value > 0x7F:
+            out.append((value & 0x7F) | 0x80)
+            value >>= 7
+        out.append(value)
+    return bytes(out) + payload
+
+
+@dataclass
+class StreamStats:
+    connected: float = 0.0
+    configured: float = 0.0  # every type ACKed once
+    route_version: str = ""  # the last route configuration ACKed
+    baseline: str | None = None  # after "arm": the one a change must differ from
+    changed_ack: float = 0.0
+    responses: int = 0
+    bytes: int = 0
+    acked: set[str] = field(default_factory=set)
+
+
+class LoadClient:
+    """Many proxies in one process; each is one channel, one ADS stream."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from envoy.config.core.v3 import base_pb2
+        from envoy.service.discovery.v3 import discovery_pb2
+        from google.protobuf import struct_pb2
+
+        self.args = args
+        self.delta = args.mode == "delta"
+        self.pb = discovery_pb2
+        self.base = base_pb2
+        self.struct = struct_pb2
+        self.address = f"127.0.0.1:{args.port}"
+        self.stats: dict[int, StreamStats] = {}
+        self.errors: list[str] = []
+        self.retries = 0  # streams reopened after failing before their first config
+        names = eds_names(args.services)
+        wanted = {CDS: [], EDS: names, LDS: [], RDS: ["inbound", "outbound"]}
+        # Constant parts of every request of a type, serialized once; a message's fields may come in any
+        # order and concatenated serializations merge, so a request is a constant part plus a few fields.
+        if self.delta:
+            self.subscribe = {
+                url: discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=url, resource_names_subscribe=wanted[url]
+                ).SerializeToString()
+                for url in TYPES
+            }
+            self.fixed = {
+                url: discovery_pb2.DeltaDiscoveryRequest(type_url=url).SerializeToString() for url in TYPES
+            }
+        else:
+            self.fixed = {
+                url: discovery_pb2.DiscoveryRequest(
+                    type_url=url, resource_names=wanted[url]
+                ).SerializeToString()
+                for url in TYPES
+            }
+            self.subscribe = self.fixed
+
+    def node(self, index: int, workload: Workload) -> bytes:
+        app, outbound, inbound = workload.ports
+        metadata = self.struct.Struct()
+        metadata.update(
+            {
+                "namespace": workload.namespace,
+                "service_account": workload.service_account,
+                "service": workload.service,
+                "service_namespace": workload.namespace,
+                "app_port": app,
+                "outbound_port": outbound,
+                "inbound_port": inbound,
+            }
+        )
+        node = self.base.Node(
+            id=f"{workload.namespace}/{workload.service}/proxy-{index}",
+            cluster=f"{workload.namespace}/{workload.service}",
+            metadata=metadata,
+        )
+        field_number = 1 if self.delta else 2
+        return _field(field_number, node.SerializeToString())
+
+    def ack(self, url: str, version: str, nonce: str) -> bytes:
+        if self.delta:
+            return self.fixed[url] + _field(6, nonce.encode())
+        return self.fixed[url] + _field(1, version.encode()) + _field(5, nonce.encode())
+
+    async def run_proxy(self, index: int, workload: Workload, stop: asyncio.Event) -> None:
+        """One proxy: its stream, reopened after a failure as Envoy does (after a jittered back-off)."""
+        import random
+
+        import grpc
+
+        stats = self.stats[index] = StreamStats()
+        stats.connected = time.monotonic()
+        node = self.node(index, workload)
+        while not stop.is_set():
+            try:
+                await self.stream(node, stats, stop)
+                return
+            except grpc.aio.AioRpcError as e:
+                if stop.is_set():
+                    return
+                if stats.configured:  # a stream that had its config is not expected to fail
+                    self.errors.append(f"proxy {index}: {e.code()} {e.details()}"[:300])
+                    return
+                self.retries += 1
+                stats.acked.clear()
+                await asyncio.sleep(random.uniform(0.25, 1.0))
+
+    async def stream(self, node: bytes, stats: StreamStats, stop: asyncio.Event) -> None:
+        import grpc
+
+        channel = grpc.aio.insecure_channel(
+            self.address,
+            options=[
+                ("grpc.use_local_subchannel_pool", 1),  # its own connection, as every Envoy has
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.enable_retries", 0),
+            ],
+        )
+        method = "DeltaAggregatedResources" if self.delta else "StreamAggregatedResources"
+        call = channel.stream_stream(
+            ADS + method, request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )()
+        parse = (
+            self.pb.DeltaDiscoveryResponse.FromString if self.delta else self.pb.DiscoveryResponse.FromString
+        )
+        try:
+            first = True
+            for url in TYPES:
+                await call.write(self.subscribe[url] + (node if first else b""))
+                first = False
+            while not stop.is_set():
+                raw = await call.read()
+                if raw is grpc.aio.EOF:
+                    break
+                response = parse(raw)
+                stats.responses += 1
+                stats.bytes += len(raw)
+                url = response.type_url
+                version = response.system_version_info if self.delta else response.version_info
+                if url == RDS and self.delta:
+                    version = ",".join(r.version for r in response.resources)
+                await call.write(self.ack(url, version, response.nonce))
+                now = time.monotonic()
+                if url == RDS:
+                    stats.route_version = version
+                    if stats.baseline is not None and version != stats.baseline and not stats.changed_ack:
+                        stats.changed_ack = now
+                if url not in stats.acked:
+                    stats.acked.add(url)
+                    if len(stats.acked) == len(TYPES) and not stats.configured:
+                        stats.configured = now
+        finally:
+            call.cancel()
+            await channel.close()
+
+    async def main(self) -> None:
+        loop = asyncio.get_running_loop()
+        commands = _stdin_commands(loop)
+        stop = asyncio.Event()
+        mine = [(i, w) for i, w in self.assigned()]
+        tasks: list[asyncio.Task[None]] = []
+        emit(ready=True, proxies=len(mine))
+        try:
+            while True:
+                command = await commands.get()
+                if command == "quit":
+                    break
+                if command == "connect":
+                    t0 = time.monotonic()
+                    for n, (i, w) in enumerate(mine):
+                        tasks.append(asyncio.create_task(self.run_proxy(i, w, stop)))
+                        if n % 50 == 49:
+                            await asyncio.sleep(0)  # let earlier streams start while we open more
+                    emit(started=t0)
+                elif command == "status":
+                    configured = sum(1 for s in self.stats.values() if s.configured)
+                    changed = sum(1 for s in self.stats.values() if s.changed_ack)
+                    emit(
+                        configured=configured,
+                        changed=changed,
+                        errors=self.errors[:5],
+                        retries=self.retries,
+                        cpu=cpu_seconds(),
+                    )
+                elif command == "arm":  # from now on, a route configuration other than the last is the change
+                    for s in self.stats.values():
+                        s.baseline = s.route_version
+                        s.changed_ack = 0.0
+                    emit(armed=True)
+                elif command == "times":
+                    emit(
+                        connected=[s.connected for s in self.stats.values()],
+                        configured=[s.configured for s in self.stats.values()],
+                        changed=[s.changed_ack for s in self.stats.values()],
+                        responses=sum(s.responses for s in self.stats.values()),
+                        bytes=sum(s.bytes for s in self.stats.values()),
+                    )
+        finally:
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def assigned(self) -> Iterator[tuple[int, Workload]]:
+        pool = workloads(self.args.services, self.args.identities)
+        for i in range(self.args.client_index, self.args.proxies, self.args.clients):
+            yield i, pool[i % len(pool)]
+
+
+def client_main(args: argparse.Namespace) -> None:
+    asyncio.run(LoadClient(args).main())
+
+
+# --- the orchestrator ----------------------------------------------------------------------------
+
+
+class Child:
+    """A child process spoken to in JSON lines: commands on stdin, replies on stdout."""
+
+    def __init__(self, name: str, argv: list[str]) -> None:
+        import queue
+        import tempfile
+
+        self.name = name
+        self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            bufsize=1,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def read(self, timeout: float) -> dict[str, Any]:
+        import queue
+
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"{self.name}: no answer within {timeout:.0f} s") from None
+        if line is None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.wait()}")
+        return json.loads(line)
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def ask(self, command: str, timeout: float = 60.0) -> dict[str, Any]:
+        self.send(command)
+        return self.read(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.send("quit")
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.seek(0)
+        tail = self.stderr.read()[-3000:]
+        self.stderr.close()
+        if tail.strip():
+            print(f"--- {self.name} stderr (tail) ---\n{tail}", file=sys.stderr)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def _summary(values: list[float]) -> str:
+    return (
+        f"p50 {percentile(values, 0.50):7.3f} s  p99 {percentile(values, 0.99):7.3f} s  "
+        f"max {max(values):7.3f} s"
+    )
+
+
+def _wait(
+    clients: list[Child], server: Child, key: str, want: int, timeout: float, max_rss: int
+) -> tuple[float, int]:
+    """Poll the clients until ``key`` counts ``want`` streams; returns (seconds waited, server peak RSS)."""
+    started = time.monotonic()
+    peak = 0
+    last = -1
+    last_print = 0.0
+    while True:
+        status = [c.ask("status") for c in clients]
+        done = sum(s[key] for s in status)
+        errors = [e for s in status for e in s["errors"]]
+        retries = sum(s["retries"] for s in status)
+        rss = rss_bytes(server.proc.pid)
+        peak = max(peak, rss)
+        if errors:
+            raise RuntimeError(f"streams failed: {errors[:3]}")
+        now = time.monotonic()
+        if done != last and (now - last_print >= 5 or done >= want):
+            print(
+                f"    {now - started:6.1f} s: {key} {done}/{want}, server RSS {rss / 2**20:,.0f} MiB, "
+                f"{retries} streams reopened",
+                flush=True,
+            )
+            last, last_print = done, now
+        if done >= want:
+            return time.monotonic() - started, peak
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"only {done} of {want} streams {key} after {timeout:.0f} s")
+        if rss > max_rss:
+            raise MemoryError(f"server RSS {rss / 2**20:,.0f} MiB is over --max-server-rss")
+        time.sleep(0.25)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    identities = args.identities or args.proxies
+    print(
+        f"ads_bench: {args.services} services, {args.proxies} proxies ({args.mode}), "
+        f"{identities} distinct proxy keys, {args.clients} client process(es); load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    server_argv = ["_server", "--services", str(args.services)]
+    if args.profile:
+        server_argv += ["--profile", args.profile]
+    server = Child("server", server_argv)
+    clients: list[Child] = []
+    try:
+        info = server.read(120)
+        print(
+            f"  server: {info['objects']} objects, {info['services']} services, "
+            f"{info['splits']} split routes, "
+            f"ready in {info['setup_s']:.2f} s, RSS {info['rss'] / 2**20:,.1f} MiB, port {info['port']}",
+            flush=True,
+        )
+        base = server.ask("rss")
+        for index in range(args.clients):
+            argv = ["_client", "--port", str(info["port"]), "--services", str(args.services)]
+            argv += ["--proxies", str(args.proxies), "--identities", str(identities), "--mode", args.mode]
+            argv += ["--clients", str(args.clients), "--client-index", str(index)]
+            clients.append(Child(f"client {index}", argv))
+        for client in clients:
+            client.read(120)
+        cpu0 = base["cpu"]
+        started = [c.ask("connect")["started"] for c in clients]
+        connect_s, peak = _wait(
+            clients, server, "configured", args.proxies, args.timeout, args.max_server_rss
+        )
+        loaded = server.ask("rss", timeout=120)
+        times = [c.ask("times", timeout=120) for c in clients]
+        t_start = min(started)
+        to_config = [t - t_start for ts in times for t in ts["configured"]]
+        per_proxy = (loaded["rss"] - base["rss"]) / args.proxies
+        result: dict[str, Any] = {
+            "services": args.services,
+            "proxies": args.proxies,
+            "mode": args.mode,
+            "keys": loaded["keys"],
+            "connect_all_s": max(to_config),
+            "connect_p50_s": percentile(to_config, 0.5),
+            "server_cpu_connect_s": loaded["cpu"] - cpu0,
+            "rss_before": base["rss"],
+            "rss_after": loaded["rss"],
+            "rss_peak": peak,
+            "bytes_per_proxy": per_proxy,
+            "initial_bytes_per_proxy_sent": sum(t["bytes"] for t in times) / args.proxies,
+            "changes": [],
+        }
+        print(
+            f"  connected and configured {args.proxies} proxies ({loaded['keys']} snapshot keys, "
+            f"{loaded['streams']} streams) in {connect_s:.2f} s; first config {_summary(to_config)}",
+            flush=True,
+        )
+        print(
+            f"  server RSS {base['rss'] / 2**20:,.1f} -> {loaded['rss'] / 2**20:,.1f} MiB: "
+            f"{per_proxy / 1024:,.1f} KiB per proxy (target {TARGET_BYTES_PER_PROXY // 1024} KiB); "
+            f"server CPU while connecting {loaded['cpu'] - cpu0:.1f} s; "
+            f"{result['initial_bytes_per_proxy_sent'] / 1024:,.0f} KiB of responses per proxy",
+            flush=True,
+        )
+        for n in range(args.changes):
+            for client in clients:
+                client.ask("arm")
+            cpu_before = server.ask("rss")["cpu"]
+            stamp = server.ask("change", timeout=args.timeout)
+            print(
+                f"    publisher.update returned after {stamp['t1'] - stamp['t0']:.2f} s "
+                f"(CPU {stamp['update_cpu']:.2f} s), "
+                f"server RSS {rss_bytes(server.proc.pid) / 2**20:,.0f} MiB",
+                flush=True,
+            )
+            _wait(clients, server, "changed", args.proxies, args.timeout, args.max_server_rss)
+            cpu_after = server.ask("rss")["cpu"]
+            times = [c.ask("times", timeout=120) for c in clients]
+            latencies = [t - stamp["t0"] for ts in times for t in ts["changed"]]
+            change = {
+                "p50_s": percentile(latencies, 0.5),
+                "p99_s": percentile(latencies, 0.99),
+                "max_s": max(latencies),
+                "update_s": stamp["t1"] - stamp["t0"],
+                "update_cpu_s": stamp["update_cpu"],
+                "server_cpu_s": cpu_after - cpu_before,
+            }
+            result["changes"].append(change)
+            print(
+                f"  split change {n + 1}: every proxy ACKed the new routes: {_summary(latencies)} "
+                f"(publisher.update blocked the loop {change['update_s']:.3f} s, "
+                f"server CPU {change['server_cpu_s']:.2f} s)",
+                flush=True,
+            )
+        if args.profile:
+            server.ask("profile-stop", timeout=120)
+        return result
+    finally:
+        for child in (*clients, server):
+            child.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("role", nargs="?", default="bench", choices=["bench", "_server", "_client"])
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--proxies", type=int, default=1000)
+    parser.add_argument("--mode", choices=["sotw", "delta"], default="sotw")
+    parser.add_argument(
+        "--identities", type=int, default=0, help="distinct proxy keys (identity+service+ports); 0: one each"
+    )
+    parser.add_argument("--clients", type=int, default=1, help="load client processes")
+    parser.add_argument("--changes", type=int, default=3, help="TrafficSplit changes to time")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for each phase")
+    parser.add_argument(
+        "--max-server-rss", type=float, default=12.0, help="GiB; abort when the server grows past it"
+    )
+    parser.add_argument("--profile", default="", help="cProfile the server's updates into this file")
+    parser.add_argument("--json", default="", help="also write the figures to this file")
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--client-index", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.role == "_server":
+        asyncio.run(server_main(args))
+        return 0
+    if args.role == "_client":
+        client_main(args)
+        return 0
+    args.max_server_rss = int(args.max_server_rss * 2**30)
+    print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs", flush=True)
+    result = run(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    p99 = result["changes"][0]["p99_s"] if result["changes"] else float("nan")
+    met = p99 <= TARGET_P99_SECONDS and result["bytes_per_proxy"] <= TARGET_BYTES_PER_PROXY
+    print(f"targets (p99 <= {TARGET_P99_SECONDS} s, <= 100 KiB per proxy): {'met' if met else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
