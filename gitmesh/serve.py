@@ -23,7 +23,7 @@ from gitmesh.mesh import state
 from gitmesh.xds.bootstrap import proxy_of
 from gitmesh.xds.cache import SnapshotCache
 from gitmesh.xds.server import StreamInfo, serve
-from gitmesh.xds.snapshot import Snapshot
+from gitmesh.xds.snapshot import Snapshot, forget_shared
 from gitmesh.xds.translate import Proxy, Translator
 
 log = logging.getLogger("gitmesh.serve")
@@ -87,6 +87,7 @@ class MeshPublisher:
         for warning in mesh.warnings:
             log.warning("%s", warning)
         translator = Translator(mesh)
+        forget_shared()  # the previous generation's messages are not needed to encode this one
         with self._lock:
             self._mesh, self._translator = mesh, translator
             self._generation += 1

@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from gitmesh import smi
 from gitmesh.mesh.state import ServiceRef
 from gitmesh.smi import Identity
-from gitmesh.xds.translate import Proxy, identity_address
+from gitmesh.xds.translate import Proxy, identity_address, local_cluster_name
 
 XDS_CLUSTER = "gitmesh-xds"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"  # ADS is gRPC: HTTP/2
@@ -65,6 +65,30 @@ def bootstrap(
         "static_resources": {
             "clusters": [
                 {
+                    "name": local_cluster_name(proxy.app_port),
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": local_cluster_name(proxy.app_port),
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": proxy.app_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                },
+                {
                     "name": XDS_CLUSTER,
                     "type": "STATIC",
                     "connect_timeout": "1s",
@@ -93,7 +117,7 @@ def bootstrap(
                             }
                         ],
                     },
-                }
+                },
             ]
         },
         "layered_runtime": {

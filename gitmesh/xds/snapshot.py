@@ -15,8 +15,9 @@ import collections
 import hashlib
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -125,6 +126,66 @@ def _route_names(listener: Message) -> Iterator[str]:
                 yield manager.rds.route_config_name
 
 
+_MAX_SHARED = 10_000
+_shared_results: collections.OrderedDict[tuple[int, ...], tuple[tuple[Any, ...], Any]] = (
+    collections.OrderedDict()
+)
+_shared_lock = threading.Lock()
+T = TypeVar("T")
+
+
+def _shared(args: tuple[Any, ...], compute: Callable[..., T]) -> T:
+    """``compute(*args)``, remembered for these very objects (held, so their ids stay theirs)."""
+    key = (id(compute.__code__), *map(id, args))
+    with _shared_lock:
+        entry = _shared_results.get(key)
+        if entry is not None and all(a is b for a, b in zip(entry[0], args, strict=True)):
+            _shared_results.move_to_end(key)
+            return entry[1]  # type: ignore[no-any-return]
+    value = compute(*args)
+    with _shared_lock:
+        _shared_results[key] = (args, value)
+        if len(_shared_results) > _MAX_SHARED:
+            _shared_results.popitem(last=False)
+    return value
+
+
+def forget_shared() -> None:
+    """Drop the memoised encodings and results, e.g. when a new generation of messages replaces
+    the old: snapshots keep what they encoded; the memo only keeps old messages alive."""
+    with _by_object_lock:
+        _by_object.clear()
+    with _shared_lock:
+        _shared_results.clear()
+
+
+def _encode_all(by_name: Mapping[str, Message]) -> tuple[dict[str, EncodedResource], str]:
+    encoded = {name: encode(name, message) for name, message in by_name.items()}
+    return encoded, _type_version(encoded)
+
+
+def _misfiled(url: str, by_name: Mapping[str, Message]) -> list[str]:
+    errors = []
+    for name, message in by_name.items():
+        actual = resources.type_url(message.DESCRIPTOR.full_name)
+        if actual != url:
+            errors.append(f"{url}: resource {name!r} is a {actual}")
+            continue
+        own = getattr(message, "cluster_name" if url == resources.ENDPOINT else "name", name)
+        if own != name:
+            errors.append(f"{url}: resource keyed {name!r} is named {own!r}")
+    return errors
+
+
+def _missing_assignments(clusters: Mapping[str, Message], assignments: Mapping[str, Message]) -> list[str]:
+    errors = []
+    for name, cluster in sorted(clusters.items()):
+        wanted = eds_name(cluster) if isinstance(cluster, cluster_pb2.Cluster) else None
+        if wanted is not None and wanted not in assignments:
+            errors.append(f"cluster {name!r} uses EDS but load assignment {wanted!r} is missing")
+    return errors
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Every resource of every type for one proxy, labelled with ``version`` (e.g. a git sha).
@@ -139,14 +200,13 @@ class Snapshot:
     _versions: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        frozen = {url: dict(by_name) for url, by_name in self.resources.items()}
-        encoded = {
-            url: {name: encode(name, message) for name, message in by_name.items()}
-            for url, by_name in frozen.items()
-        }
+        # Maps are kept, not copied: callers hand them over for good (translate.Translator gives
+        # thousands of snapshots the same cluster and endpoint maps, encoded and versioned once).
+        frozen = dict(self.resources)
+        encoded = {url: _shared((by_name,), _encode_all) for url, by_name in frozen.items()}
         object.__setattr__(self, "resources", frozen)
-        object.__setattr__(self, "_encoded", encoded)
-        object.__setattr__(self, "_versions", {url: _type_version(e) for url, e in encoded.items()})
+        object.__setattr__(self, "_encoded", {url: e for url, (e, _) in encoded.items()})
+        object.__setattr__(self, "_versions", {url: v for url, (_, v) in encoded.items()})
 
     def type_version(self, type_url: str) -> str:
         """The version of one type; a type the snapshot lacks has the version of an empty set."""
@@ -169,19 +229,9 @@ class Snapshot:
         """Every problem that would leave Envoy warming forever or loading the wrong thing."""
         errors: list[str] = []
         for url, by_name in self.resources.items():
-            for name, message in by_name.items():
-                actual = resources.type_url(message.DESCRIPTOR.full_name)
-                if actual != url:
-                    errors.append(f"{url}: resource {name!r} is a {actual}")
-                    continue
-                own = getattr(message, "cluster_name" if url == resources.ENDPOINT else "name", name)
-                if own != name:
-                    errors.append(f"{url}: resource keyed {name!r} is named {own!r}")
-        assignments = self.resources.get(resources.ENDPOINT, {})
-        for name, cluster in sorted(self.resources.get(resources.CLUSTER, {}).items()):
-            wanted = eds_name(cluster) if isinstance(cluster, cluster_pb2.Cluster) else None
-            if wanted is not None and wanted not in assignments:
-                errors.append(f"cluster {name!r} uses EDS but load assignment {wanted!r} is missing")
+            errors += _shared((url, by_name), _misfiled)
+        clusters = self.resources.get(resources.CLUSTER, {})
+        errors += _shared((clusters, self.resources.get(resources.ENDPOINT, {})), _missing_assignments)
         routes = self.resources.get(resources.ROUTE, {})
         for name, listener in sorted(self.resources.get(resources.LISTENER, {}).items()):
             if resources.type_url(listener.DESCRIPTOR.full_name) != resources.LISTENER:
@@ -192,4 +242,4 @@ class Snapshot:
         return errors
 
 
-__all__ = ["EMPTY_VERSION", "EncodedResource", "Snapshot", "eds_name", "encode"]
+__all__ = ["EMPTY_VERSION", "EncodedResource", "Snapshot", "eds_name", "encode", "forget_shared"]

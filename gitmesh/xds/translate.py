@@ -16,6 +16,7 @@ Resource names, the one scheme used everywhere (users read them in
 
 ============================  =====================================================
 cluster, load assignment      ``<namespace>/<service>|<port>``; the local app: ``local|<app_port>``
+                              (a static cluster of the sidecar's bootstrap)
 listener                      ``outbound``, ``inbound``
 route configuration           ``outbound``, ``inbound``
 ============================  =====================================================
@@ -102,17 +103,18 @@ class Translator:
     def resources(self, proxy: Proxy) -> Resources:
         if proxy.grpc:
             return self._grpc_client(proxy)
-        local = local_cluster_name(proxy.app_port)
-        clusters = dict(self._mesh_clusters())
-        clusters[local] = _static_cluster(local, "127.0.0.1", proxy.app_port)
         return {
-            resources.CLUSTER: clusters,
+            # The local app's cluster is in the sidecar's bootstrap, so every proxy shares this map.
+            resources.CLUSTER: self._mesh_clusters(),
             resources.ENDPOINT: self._load_assignments(),
             resources.LISTENER: {
                 OUTBOUND: _http_listener(OUTBOUND, proxy.outbound_port),
                 INBOUND: _inbound_listener(self.mesh, proxy),
             },
-            resources.ROUTE: {OUTBOUND: self._outbound_routes(proxy), INBOUND: _inbound_routes(local)},
+            resources.ROUTE: {
+                OUTBOUND: self._outbound_routes(proxy),
+                INBOUND: _inbound_routes(local_cluster_name(proxy.app_port)),
+            },
         }
 
     def _grpc_client(self, proxy: Proxy) -> Resources:
@@ -173,15 +175,6 @@ def _eds_cluster(name: str) -> cluster_pb2.Cluster:
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
         connect_timeout=duration_pb2.Duration(seconds=1),
-    )
-
-
-def _static_cluster(name: str, host: str, port: int) -> cluster_pb2.Cluster:
-    return cluster_pb2.Cluster(
-        name=name,
-        type=cluster_pb2.Cluster.STATIC,
-        connect_timeout=duration_pb2.Duration(seconds=1),
-        load_assignment=_assignment(name, [(host, port)]),
     )
 
 

@@ -72,5 +72,7 @@ def test_the_bootstrap_command_prints_it() -> None:
     assert result.exit_code == 0, result.output
     config = json.loads(result.output)
     assert proxy_of(json_format.ParseDict(config["node"], base_pb2.Node())) == PROXY
-    xds = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    assert set(clusters) == {"gitmesh-xds", "local|8080"}
+    xds = clusters["gitmesh-xds"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
     assert xds["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 15010}

@@ -20,7 +20,8 @@ from gitmesh.mesh.state import MeshState, ServiceRef, build
 from gitmesh.smi import Identity
 from gitmesh.sync.git import read_directory
 from gitmesh.xds import resources
-from gitmesh.xds.translate import Proxy, Resources, identity_address, translate
+from gitmesh.xds.bootstrap import bootstrap
+from gitmesh.xds.translate import Proxy, Resources, Translator, identity_address, translate
 from tests.conftest import EXAMPLE_REPO
 from tests.xds.envoy import ENVOY
 
@@ -65,8 +66,17 @@ def test_names_follow_the_one_scheme() -> None:
     assert set(res[resources.LISTENER]) == {"outbound", "inbound"}
     assert set(res[resources.ROUTE]) == {"outbound", "inbound"}
     assert "bookstore/bookstore-v1|14001" in res[resources.CLUSTER]
-    assert "local|8080" in res[resources.CLUSTER]
-    assert set(res[resources.ENDPOINT]) == set(res[resources.CLUSTER]) - {"local|8080"}
+    assert set(res[resources.ENDPOINT]) == set(res[resources.CLUSTER])  # the local app's is in the bootstrap
+
+
+def test_proxies_share_one_cluster_map_and_one_route_map_per_namespace() -> None:
+    translator = Translator(example())
+    store, thief = translator.resources(BOOKSTORE), translator.resources(BOOKTHIEF)
+    assert store[resources.CLUSTER] is thief[resources.CLUSTER]
+    assert store[resources.ENDPOINT] is thief[resources.ENDPOINT]
+    again = translator.resources(BOOKSTORE)
+    assert again[resources.ROUTE]["outbound"] is store[resources.ROUTE]["outbound"]
+    assert thief[resources.ROUTE]["outbound"] is not store[resources.ROUTE]["outbound"]
 
 
 def test_the_split_becomes_weighted_clusters_found_by_host() -> None:
@@ -116,13 +126,14 @@ def test_identity_addresses_are_stable_loopback_addresses() -> None:
     assert a != "127.0.0.1"
 
 
-def _as_static_bootstrap(res: Resources) -> dict[str, Any]:
+def _as_static_bootstrap(res: Resources, proxy: Proxy) -> dict[str, Any]:
     """The proxy's resources as a static bootstrap, so Envoy's validate mode can judge them."""
 
     def js(m: Any) -> dict[str, Any]:
         return json.loads(json_format.MessageToJson(m))
 
-    clusters = []
+    own = bootstrap(proxy, xds_host="127.0.0.1", xds_port=1, admin_port=0)["static_resources"]["clusters"]
+    clusters = [c for c in own if c["name"] != "gitmesh-xds"]
     for name, c in res[resources.CLUSTER].items():
         d = js(c)
         if "edsClusterConfig" in d:
@@ -181,7 +192,7 @@ def _as_static_bootstrap(res: Resources) -> dict[str, Any]:
 @pytest.mark.parametrize("permissive", [False, True], ids=["rbac", "permissive"])
 def test_real_envoy_accepts_the_translation(proxy: Proxy, permissive: bool, tmp_path: Path) -> None:
     config = tmp_path / "bootstrap.json"
-    config.write_text(json.dumps(_as_static_bootstrap(translate(example(permissive), proxy))))
+    config.write_text(json.dumps(_as_static_bootstrap(translate(example(permissive), proxy), proxy)))
     result = subprocess.run(
         [ENVOY, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id", "-l", "error"],
         capture_output=True,
