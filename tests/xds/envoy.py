@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import sys
-from pathlib import Path
+from gitmesh.demo import envoy_binary
 
-ENVOY = shutil.which("envoy", path=str(Path(sys.executable).parent)) or shutil.which("envoy") or "envoy"
+ENVOY = envoy_binary()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.server
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -19,6 +17,7 @@ from typing import TypeVar
 
 import pytest
 
+from gitmesh.demo import App, free_port
 from gitmesh.xds import resources
 from gitmesh.xds.cache import SnapshotCache
 from gitmesh.xds.server import RunningServer, serve
@@ -33,36 +32,14 @@ T = TypeVar("T")
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.contextmanager
 def upstream(name: str) -> Iterator[int]:
-    """A loopback HTTP server that answers every GET with its own name."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = name.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    """A loopback HTTP app that answers with its own name (the demo's), yielding its port."""
+    app = App(name)
     try:
-        yield server.server_address[1]
+        yield app.port
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        app.close()
 
 
 def bootstrap(api_type: str, ads_port: int, admin_port: int) -> dict[str, object]:
