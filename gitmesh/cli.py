@@ -280,7 +280,7 @@ def status(target: BackendChoice, output: str) -> None:
             }
             for s in statuses
         ]
-        sidecars = backend.xds_report() if isinstance(backend, LocalBackend) else None
+        sidecars = backend.xds_report()
         click.echo(
             json.dumps({"backend": backend.describe(), "sources": rows, "sidecars": sidecars}, indent=2)
         )
@@ -321,12 +321,19 @@ def run_command(target: BackendChoice, xds_address: str, permissive: bool) -> No
     from gitmesh import serve
 
     backend = target.open()
-    if not isinstance(backend, LocalBackend):
-        raise click.UsageError("gitmesh run serves from the embedded store for now")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    source: serve.Source = backend if isinstance(backend, LocalBackend) else _cluster_watch(backend)
     err.print(f"Serving ADS on {xds_address} from {backend.describe()}")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve.run(backend, xds_address, permissive=permissive))
+        asyncio.run(serve.run(source, xds_address, permissive=permissive))
+
+
+def _cluster_watch(backend: ClusterBackend) -> Any:
+    from gitmesh.cluster.kube import KubeBackend
+    from gitmesh.cluster.watch import MeshWatch
+
+    assert isinstance(backend, KubeBackend)
+    return MeshWatch(backend).start()
 
 
 @cli.command("demo")
@@ -381,7 +388,7 @@ def demo_command(workdir: str, live: int) -> None:
 
 def _print_xds(backend: ClusterBackend) -> None:
     """What gitmesh run last reported of its sidecars: how many are connected, what they rejected."""
-    report = backend.xds_report() if isinstance(backend, LocalBackend) else None
+    report = backend.xds_report()
     if not report:
         return
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report["at"]))

@@ -29,7 +29,9 @@ from gitmesh.xds.translate import Proxy, Translator
 log = logging.getLogger("gitmesh.serve")
 
 DEFAULT_XDS_ADDRESS = "127.0.0.1:15010"
-POLL_SECONDS = 0.2  # how often the embedded store is asked whether anything changed
+POLL_SECONDS = 0.2  # how often the source is asked whether anything changed
+DEBOUNCE_SECONDS = 0.1
+MAX_DEBOUNCE_SECONDS = 1.0
 
 
 class Source(Protocol):
@@ -42,6 +44,19 @@ class Source(Protocol):
 
     def record_xds(self, report: Mapping[str, Any]) -> None:
         """Keep what the server sees of its proxies, for ``gitmesh status``."""
+
+
+async def _settled(source: Source, version: str) -> str:
+    """Wait out a burst of changes (an apply writes many objects): until the version holds still
+    for DEBOUNCE_SECONDS, or at most MAX_DEBOUNCE_SECONDS."""
+    deadline = time.monotonic() + MAX_DEBOUNCE_SECONDS
+    while time.monotonic() < deadline:
+        await asyncio.sleep(DEBOUNCE_SECONDS)
+        latest = source.version()
+        if latest == version:
+            break
+        version = latest
+    return version
 
 
 def xds_report(streams: Iterable[StreamInfo], cache: SnapshotCache) -> dict[str, Any]:
@@ -135,6 +150,7 @@ async def run(
                 await asyncio.wait_for(stop.wait(), POLL_SECONDS)
             current = source.version()
             if current != seen:
+                current = await _settled(source, current)
                 seen = current
                 publisher.update(live.obj for live in source.list_managed().values())
                 log.info("mesh updated to store version %s", current)

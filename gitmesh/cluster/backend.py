@@ -85,6 +85,11 @@ class ClusterBackend(Protocol):
 
     def status(self) -> list[SourceStatus]: ...
 
+    def record_xds(self, report: Mapping[str, Any]) -> None:
+        """Keep what ``gitmesh run`` sees of its sidecars (connected, rejections) for ``gitmesh status``."""
+
+    def xds_report(self) -> dict[str, Any] | None: ...
+
 
 def owned(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``obj`` carrying the managed-by label that marks it as gitmesh's."""

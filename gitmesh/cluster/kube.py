@@ -40,6 +40,7 @@ FIELD_MANAGER = "gitmesh"
 SYSTEM_NAMESPACE = "gitmesh-system"
 INVENTORY_LABEL = "gitmesh.io/inventory"
 SOURCE_LABEL = "gitmesh.io/source"
+XDS_CONFIGMAP = "gitmesh-xds"
 _CONCURRENCY = 8
 _TIMEOUT = (5, 30)  # connect, read (seconds)
 _RETRY_FOR = 30.0  # seconds to keep retrying answers of 429 Too Many Requests
@@ -259,6 +260,30 @@ class KubeBackend:
             body=self._inventory_body(source, {"lastError": message, "lastErrorAt": _now()}),
             content_type="application/apply-patch+yaml",
         )
+
+    def record_xds(self, report: Mapping[str, Any]) -> None:
+        """What ``gitmesh run`` last saw of its sidecars, in a ConfigMap beside the inventories."""
+        self._ensure_system_namespace()
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": XDS_CONFIGMAP, "namespace": SYSTEM_NAMESPACE},
+            "data": {"report": json.dumps(report, sort_keys=True)},
+        }
+        self._request(
+            "PATCH",
+            _CONFIGMAP.path(SYSTEM_NAMESPACE, XDS_CONFIGMAP),
+            {"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=body,
+            content_type="application/apply-patch+yaml",
+        )
+
+    def xds_report(self) -> dict[str, Any] | None:
+        try:
+            cm = self._request("GET", _CONFIGMAP.path(SYSTEM_NAMESPACE, XDS_CONFIGMAP))
+        except errors.NotFound:
+            return None
+        return json.loads((cm.get("data") or {}).get("report") or "null")
 
     def install_crds(self, crds: Iterable[Mapping[str, Any]], timeout: float = 60) -> list[str]:
         """Apply CRDs, then wait until the API server serves every one of them (Established)."""

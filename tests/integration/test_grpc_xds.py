@@ -48,14 +48,14 @@ def greeter(name: str) -> tuple[grpc.Server, int]:
     return server, port
 
 
-def endpoints(service: str, port: int) -> dict[str, Any]:
+def endpoints(service: str, port: int, address: str = "127.0.0.1") -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {"name": service, "namespace": "app", "labels": {"kubernetes.io/service-name": service}},
         "addressType": "IPv4",
         "ports": [{"name": "grpc", "port": port}],
-        "endpoints": [{"addresses": ["127.0.0.1"]}],
+        "endpoints": [{"addresses": [address]}],
     }
 
 

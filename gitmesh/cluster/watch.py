@@ -1,0 +1,146 @@
+"""Every object the mesh reads from a cluster, kept current by LIST then WATCH per kind.
+
+The mesh needs everyone's Services, EndpointSlices and ServiceAccounts, not only
+gitmesh's (Kubernetes writes the EndpointSlices), so nothing here filters by
+owner. ``version()`` changes whenever any watched object does; ``gitmesh run``
+polls it and republishes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes.client
+import urllib3
+
+from gitmesh.cluster import errors
+from gitmesh.cluster.backend import Live
+from gitmesh.cluster.kube import RESOURCES, KubeBackend
+from gitmesh.errors import ClusterError
+from gitmesh.objects import ObjectRef
+
+log = logging.getLogger("gitmesh.watch")
+
+WATCH_SECONDS = 300  # the server ends each watch after this; the loop starts another
+RETRY_SECONDS = 1.0
+
+
+class MeshWatch:
+    def __init__(self, backend: KubeBackend) -> None:
+        self.backend = backend
+        self._objects: dict[ObjectRef, Live] = {}
+        self._lock = threading.Lock()
+        self._changes = 0
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._follow, args=(kind,), daemon=True) for kind in RESOURCES
+        ]
+
+    def start(self, timeout: float = 30) -> MeshWatch:
+        """Start following every kind; returns once each has been listed once."""
+        self._listed = threading.Semaphore(0)
+        for t in self._threads:
+            t.start()
+        deadline = time.monotonic() + timeout
+        for _ in self._threads:
+            if not self._listed.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise ClusterError(
+                    f"could not list the mesh's objects from {self.backend.server} in {timeout:g}s"
+                )
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def version(self) -> str:
+        with self._lock:
+            return str(self._changes)
+
+    def list_managed(self) -> Mapping[ObjectRef, Live]:
+        """Every watched object (the name keeps serve.Source one contract for both backends)."""
+        with self._lock:
+            return dict(self._objects)
+
+    def record_xds(self, report: Mapping[str, Any]) -> None:
+        self.backend.record_xds(report)
+
+    def _follow(self, kind: str) -> None:
+        res = RESOURCES[kind]
+        api_version = f"{res.group}/{res.version}" if res.group else res.version
+        first = True
+        while not self._stop.is_set():
+            try:
+                try:
+                    body = self.backend._request("GET", res.path())
+                except errors.NotFound:  # an SMI kind whose CRD is not installed (yet)
+                    body = {"items": [], "metadata": {}}
+                items = [
+                    {"apiVersion": api_version, "kind": kind, **item} for item in body.get("items") or ()
+                ]
+                self._replace(kind, items)
+                if first:
+                    self._listed.release()
+                    first = False
+                rv = (body.get("metadata") or {}).get("resourceVersion")
+                if rv:
+                    self._watch(kind, api_version, res.path(), rv)
+                else:
+                    self._stop.wait(RETRY_SECONDS)
+            except ClusterError as e:
+                log.warning("watching %s: %s; retrying", kind, e)
+                self._stop.wait(RETRY_SECONDS)
+
+    def _watch(self, kind: str, api_version: str, path: str, rv: str) -> None:
+        query = {
+            "watch": "1",
+            "resourceVersion": rv,
+            "timeoutSeconds": str(WATCH_SECONDS),
+            "allowWatchBookmarks": "true",
+        }
+        api = self.backend.api
+        method, url, headers, _, _ = api.param_serialize(
+            "GET",
+            path,
+            query_params=list(query.items()),
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            resp = api.call_api(method, url, headers, None, _request_timeout=(5, WATCH_SECONDS + 30))
+            if resp.status != 200:
+                raise errors.api_error(resp.status, resp.read())
+            for line in resp.response:
+                if self._stop.is_set():
+                    break
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    return  # e.g. 410 Gone: the caller lists again
+                if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                    self._apply(event["type"], {"apiVersion": api_version, "kind": kind, **obj})
+        except (urllib3.exceptions.HTTPError, OSError, kubernetes.client.ApiException) as e:
+            raise errors.unreachable(self.backend.server, e) from e
+        except ValueError as e:
+            raise ClusterError(f"unreadable watch event for {kind}: {e}") from e
+
+    def _replace(self, kind: str, items: list[dict[str, Any]]) -> None:
+        with self._lock:
+            for ref in [r for r in self._objects if r.kind == kind]:
+                del self._objects[ref]
+            for obj in items:
+                self._objects[ObjectRef.of(obj)] = Live(obj, str(obj["metadata"].get("resourceVersion", "")))
+            self._changes += 1
+
+    def _apply(self, kind_of_event: str, obj: dict[str, Any]) -> None:
+        ref = ObjectRef.of(obj)
+        with self._lock:
+            if kind_of_event == "DELETED":
+                self._objects.pop(ref, None)
+            else:
+                self._objects[ref] = Live(obj, str(obj["metadata"].get("resourceVersion", "")))
+            self._changes += 1

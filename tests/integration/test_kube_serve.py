@@ -1,0 +1,143 @@
+"""`gitmesh run` serving a real cluster's mesh: it watches the apiserver and follows every change."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from click.testing import CliRunner
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from gitmesh.cli import cli
+from gitmesh.demo import eventually, free_port
+from gitmesh.xds import resources
+from tests import factory as f
+from tests.conftest import GitRepo
+from tests.integration.test_grpc_xds import endpoints, grpc_service
+from tests.kube import Cluster
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cluster(add_kube_cluster: Callable[..., Cluster]) -> Cluster:
+    c = add_kube_cluster()
+    result = CliRunner().invoke(cli, ["install", "crds", "--kubeconfig", str(c.kubeconfig)])
+    assert result.exit_code == 0, result.output
+    return c
+
+
+@pytest.fixture
+def gitmesh_run(cluster: Cluster, tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    with (tmp_path / "gitmesh-run.log").open("w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gitmesh",
+                "run",
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+                "--xds-address",
+                f"127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        eventually(
+            lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None,
+            bool,
+            "gitmesh run listening",
+        )
+        yield port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        print((tmp_path / "gitmesh-run.log").read_text()[-3000:])
+
+
+def split_weights(xds_port: int) -> dict[str, int]:
+    """Ask gitmesh run, as a proxy would, for the outbound routes; the greeter's weighted clusters."""
+    node = base_pb2.Node(id=f"probe-{time.monotonic_ns()}")
+    node.metadata.update(
+        {
+            "namespace": "app",
+            "service_account": "probe",
+            "service": "probe",
+            "service_namespace": "app",
+            "app_port": 1,
+            "outbound_port": 2,
+            "inbound_port": 3,
+        }
+    )
+    request = discovery_pb2.DiscoveryRequest(node=node, type_url=resources.ROUTE, resource_names=["outbound"])
+    with grpc.insecure_channel(f"127.0.0.1:{xds_port}") as channel:
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+        response = next(iter(stub.StreamAggregatedResources(iter([request]), timeout=10)))
+    for packed in response.resources:
+        routes = route_pb2.RouteConfiguration()
+        packed.Unpack(routes)
+        for host in routes.virtual_hosts:
+            if host.name == "app/greeter|50051":
+                action = host.routes[0].route
+                return {c.name: c.weight.value for c in action.weighted_clusters.clusters}
+    return {}
+
+
+def test_the_mesh_follows_the_cluster(cluster: Cluster, gitmesh_run: int, git_repo: GitRepo) -> None:
+    # The apiserver refuses loopback endpoints, and nothing here sends traffic: a documentation
+    # address (TEST-NET-1, never routed) stands in for the pods.
+    objects = [
+        f.namespace("app"),
+        grpc_service("greeter"),
+        grpc_service("greeter-v1"),
+        grpc_service("greeter-v2"),
+        endpoints("greeter-v1", 50051, "192.0.2.10"),
+        endpoints("greeter-v2", 50051, "192.0.2.11"),
+        f.split("app", "greeter-split", "greeter", {"greeter-v1": 80, "greeter-v2": 20}),
+    ]
+    git_repo.commit("greeter", {"mesh/greeter.yaml": yaml.safe_dump_all(objects)})
+    applied = CliRunner().invoke(
+        cli,
+        ["apply", "--repo", str(git_repo.path), "--path", "mesh", "--kubeconfig", str(cluster.kubeconfig)],
+    )
+    assert applied.exit_code == 0, applied.output
+    # gitmesh run was already watching: the objects it did not have at start are served.
+    weights = {"app/greeter-v1|50051": 80, "app/greeter-v2|50051": 20}
+    eventually(lambda: split_weights(gitmesh_run), lambda w: w == weights, "the 80/20 split served")
+    # A change made in the cluster itself (not through gitmesh) is followed too.
+    cluster.kubectl(
+        "patch",
+        "trafficsplit",
+        "-n",
+        "app",
+        "greeter-split",
+        "--type=merge",
+        "-p",
+        '{"spec":{"backends":[{"service":"greeter-v1","weight":0},{"service":"greeter-v2","weight":1}]}}',
+    )
+    weights = {"app/greeter-v1|50051": 0, "app/greeter-v2|50051": 1}
+    eventually(lambda: split_weights(gitmesh_run), lambda w: w == weights, "the 0/1 split served")
+    # What gitmesh run saw of its proxies is kept in the cluster, for gitmesh status.
+    status = CliRunner().invoke(cli, ["status", "--kubeconfig", str(cluster.kubeconfig), "--output", "json"])
+    assert "proxies" in json.loads(status.output)["sidecars"]
