@@ -365,6 +365,12 @@ class Cluster:
         except ValueError:
             return status, body.decode(errors="replace")
 
+    def stop(self) -> None:
+        """Stop this apiserver (the shared etcd and the other clusters keep running)."""
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+
     def log_tail(self, lines: int = 40) -> str:
         return _tail(self.log_path, lines)
 

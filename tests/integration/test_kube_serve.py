@@ -32,11 +32,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def cluster(add_kube_cluster: Callable[..., Cluster]) -> Cluster:
+def cluster(add_kube_cluster: Callable[..., Cluster]) -> Iterator[Cluster]:
     c = add_kube_cluster()
     result = CliRunner().invoke(cli, ["install", "crds", "--kubeconfig", str(c.kubeconfig)])
     assert result.exit_code == 0, result.output
-    return c
+    yield c
+    c.stop()  # each test had its own apiserver: free it now, not at the end of the session
 
 
 @pytest.fixture
