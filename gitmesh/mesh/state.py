@@ -15,6 +15,7 @@ decided here once:
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -134,8 +135,16 @@ class MeshState:
     permissive: bool = False
     warnings: tuple[str, ...] = ()
 
+    @functools.cached_property
+    def _by_destination(self) -> dict[Identity, tuple[Permission, ...]]:
+        grouped: dict[Identity, list[Permission]] = defaultdict(list)
+        for p in self.permissions:
+            grouped[p.destination].append(p)
+        return {identity: tuple(ps) for identity, ps in grouped.items()}
+
     def allowed_callers(self, destination: Identity) -> tuple[Permission, ...]:
-        return tuple(p for p in self.permissions if p.destination == destination)
+        """The permissions naming ``destination``: asked once per proxy, so indexed once per mesh."""
+        return self._by_destination.get(destination, ())
 
 
 def build(objects: Iterable[Mapping[str, Any]], *, permissive: bool = False) -> MeshState:

@@ -41,7 +41,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
-from gitmesh.mesh.state import HttpMatch, MeshState, Service, ServiceRef, Split
+from gitmesh.mesh.state import HttpMatch, MeshState, Port, Service, ServiceRef, Split
 from gitmesh.smi import Identity
 from gitmesh.xds import resources
 
@@ -99,6 +99,7 @@ class Translator:
         self._endpoints: dict[str, message.Message] | None = None
         self._clusters: dict[str, message.Message] | None = None
         self._routes: dict[str, message.Message] = {}
+        self._hosts: dict[tuple[ServiceRef, int, bool], message.Message] = {}
 
     def resources(self, proxy: Proxy) -> Resources:
         if proxy.grpc:
@@ -160,10 +161,24 @@ class Translator:
         return self._clusters
 
     def _outbound_routes(self, proxy: Proxy) -> message.Message:
+        """A virtual host per HTTP service port, found by Host: short name (same namespace only),
+        ``svc.ns``, ``svc.ns.svc`` and the cluster FQDN, with and without the port."""
         namespace = proxy.service.namespace
         if namespace not in self._routes:
-            self._routes[namespace] = _outbound_routes(self.mesh, proxy)
+            hosts = [
+                self._virtual_host(svc, port, i == 0, svc.ref.namespace == namespace)
+                for svc in self._services
+                for i, port in enumerate(p for p in svc.ports if p.is_http)
+            ]
+            self._routes[namespace] = route_pb2.RouteConfiguration(name=OUTBOUND, virtual_hosts=hosts)
         return self._routes[namespace]
+
+    def _virtual_host(self, svc: Service, port: Port, first: bool, short: bool) -> message.Message:
+        """Virtual hosts differ between namespaces only by the short name: each is built once per kind."""
+        key = (svc.ref, port.port, short)
+        if key not in self._hosts:
+            self._hosts[key] = _virtual_host(self.mesh, svc, port, first, short)
+        return self._hosts[key]
 
 
 # --- clusters -----------------------------------------------------------------------------------
@@ -286,29 +301,21 @@ def _permission(m: HttpMatch) -> rbac_pb2.Permission:
 # --- routes -------------------------------------------------------------------------------------
 
 
-def _outbound_routes(mesh: MeshState, proxy: Proxy) -> route_pb2.RouteConfiguration:
-    """A virtual host per HTTP service port, found by Host: short name (same namespace only),
-    ``svc.ns``, ``svc.ns.svc`` and the cluster FQDN, with and without the port."""
-    hosts = []
-    for svc in sorted(mesh.services.values(), key=lambda s: s.ref):
-        http_ports = [p for p in svc.ports if p.is_http]
-        for i, port in enumerate(http_ports):
-            names = [
-                f"{svc.ref.name}.{svc.ref.namespace}",
-                f"{svc.ref.name}.{svc.ref.namespace}.svc",
-                f"{svc.ref.name}.{svc.ref.namespace}.svc.{CLUSTER_DOMAIN}",
-            ]
-            if svc.ref.namespace == proxy.service.namespace:
-                names.insert(0, svc.ref.name)
-            domains = [f"{n}:{port.port}" for n in names] + (names if i == 0 else [])
-            hosts.append(
-                route_components_pb2.VirtualHost(
-                    name=cluster_name(svc.ref, port.port),
-                    domains=domains,
-                    routes=[_route(mesh.splits.get((svc.ref, port.port)), cluster_name(svc.ref, port.port))],
-                )
-            )
-    return route_pb2.RouteConfiguration(name=OUTBOUND, virtual_hosts=hosts)
+def _virtual_host(
+    mesh: MeshState, svc: Service, port: Port, first: bool, short: bool
+) -> route_components_pb2.VirtualHost:
+    names = [
+        f"{svc.ref.name}.{svc.ref.namespace}",
+        f"{svc.ref.name}.{svc.ref.namespace}.svc",
+        f"{svc.ref.name}.{svc.ref.namespace}.svc.{CLUSTER_DOMAIN}",
+    ]
+    if short:
+        names.insert(0, svc.ref.name)
+    return route_components_pb2.VirtualHost(
+        name=cluster_name(svc.ref, port.port),
+        domains=[f"{n}:{port.port}" for n in names] + (names if first else []),
+        routes=[_route(mesh.splits.get((svc.ref, port.port)), cluster_name(svc.ref, port.port))],
+    )
 
 
 def _route(split: Split | None, cluster: str) -> route_components_pb2.Route:
