@@ -136,7 +136,7 @@ class Sidecar:
             return False
 
     def close(self) -> None:
-        _stop(self.process)
+        stop_process(self.process)
 
 
 def call(port: int, host: str, path: str, user_agent: str = CALLER_AGENT) -> tuple[int, str]:
@@ -259,7 +259,7 @@ class Demo:
         for s in self.sidecars.values():
             s.close()
         if self.gitmesh is not None:
-            _stop(self.gitmesh)
+            stop_process(self.gitmesh)
         for app in self.apps.values():
             app.close()
 
@@ -279,7 +279,8 @@ def _endpoint_slice(service: ServiceRef, port: int) -> dict[str, Any]:
     }
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(10)

@@ -20,6 +20,11 @@ class Live:
     obj: dict[str, Any]
     resource_version: str
 
+    @classmethod
+    def of(cls, obj: dict[str, Any]) -> Live:
+        """A live object as the API server returns it: its version is in its metadata."""
+        return cls(obj, str(obj["metadata"].get("resourceVersion", "")))
+
 
 @dataclass(frozen=True)
 class Applied:

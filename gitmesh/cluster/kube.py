@@ -56,6 +56,10 @@ class Resource:
     plural: str
     namespaced: bool
 
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
     def path(self, namespace: str = "", name: str = "") -> str:
         base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
         ns = f"/namespaces/{namespace}" if self.namespaced and namespace else ""
@@ -127,13 +131,12 @@ class KubeBackend:
                 body = self._request("GET", res.path(), query)
             except errors.NotFound:
                 return []  # an SMI kind whose CRD is not installed: nothing of it can exist
-            api_version = f"{res.group}/{res.version}" if res.group else res.version
-            return [{"apiVersion": api_version, "kind": kind, **item} for item in body.get("items") or ()]
+            return [{"apiVersion": res.api_version, "kind": kind, **item} for item in body.get("items") or ()]
 
         out = {}
         for items in self._parallel(list_kind, RESOURCES):
             for obj in items:
-                out[ObjectRef.of(obj)] = Live(obj, str(obj["metadata"].get("resourceVersion", "")))
+                out[ObjectRef.of(obj)] = Live.of(obj)
         return out
 
     def inventory(self, source: str) -> dict[ObjectRef, Applied]:

@@ -71,7 +71,7 @@ class MeshWatch:
 
     def _follow(self, kind: str) -> None:
         res = RESOURCES[kind]
-        api_version = f"{res.group}/{res.version}" if res.group else res.version
+        api_version = res.api_version
         first = True
         while not self._stop.is_set():
             try:
@@ -133,7 +133,7 @@ class MeshWatch:
             for ref in [r for r in self._objects if r.kind == kind]:
                 del self._objects[ref]
             for obj in items:
-                self._objects[ObjectRef.of(obj)] = Live(obj, str(obj["metadata"].get("resourceVersion", "")))
+                self._objects[ObjectRef.of(obj)] = Live.of(obj)
             self._changes += 1
 
     def _apply(self, kind_of_event: str, obj: dict[str, Any]) -> None:
@@ -142,5 +142,5 @@ class MeshWatch:
             if kind_of_event == "DELETED":
                 self._objects.pop(ref, None)
             else:
-                self._objects[ref] = Live(obj, str(obj["metadata"].get("resourceVersion", "")))
+                self._objects[ref] = Live.of(obj)
             self._changes += 1

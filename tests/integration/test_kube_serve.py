@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from gitmesh.cli import cli
-from gitmesh.demo import eventually, free_port
+from gitmesh.demo import eventually, free_port, stop_process
 from gitmesh.xds import resources
 from tests import factory as f
 from tests.conftest import GitRepo
@@ -68,12 +67,7 @@ def gitmesh_run(cluster: Cluster, tmp_path: Path) -> Iterator[int]:
         )
         yield port
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         print((tmp_path / "gitmesh-run.log").read_text()[-3000:])
 
 
