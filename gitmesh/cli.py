@@ -356,7 +356,8 @@ def demo_command(workdir: str, live: int) -> None:
     """Run the bookstore mesh for real: apps, Envoy sidecars, gitmesh run; send traffic, show what happens."""
     from gitmesh import demo
 
-    out.print(f"Starting the bookstore mesh in {workdir}: 5 apps, 5 Envoy sidecars, gitmesh run ...")
+    n = len(demo.APPS)
+    out.print(f"Starting the bookstore mesh in {workdir}: {n} apps, {n} Envoy sidecars, gitmesh run ...")
     with demo.running(Path(workdir)) as d:
         out.print(f"  gitmesh run serves ADS on 127.0.0.1:{d.xds_port}; the demo repo is {d.repo}\n")
         _show_shares(d, d.applied)
@@ -365,6 +366,12 @@ def demo_command(workdir: str, live: int) -> None:
         status, _ = d.buy(caller="bookthief")
         out.print(
             f"bookthief  -> bookstore /books-bought   {status}  (refused: no TrafficTarget names bookthief)"
+        )
+        shares = "  ".join(f"{name} {share:.0%}" for name, share in d.tcp_shares().items())
+        out.print(f"bookwarehouse -> mysql (TCP, 200 connections)  {shares}")
+        answer = d.query("bookthief") or "closed, nothing received"
+        out.print(
+            f"bookthief  -> mysql (TCP)              {answer}  (refused: only bookwarehouse has a TCPRoute)"
         )
         if not live:
             out.print("\nRun `gitmesh demo --live 600` to keep it running and change the split by a commit.")
@@ -425,6 +432,13 @@ def _show_shares(d: Any, revision: str) -> None:
     show_default=True,
     help="Where the mesh reaches the app: the service's endpoints point here.",
 )
+@click.option(
+    "--upstream",
+    "upstreams",
+    multiple=True,
+    metavar="SERVICE[.NAMESPACE]:PORT=LOCAL_PORT",
+    help="A TCP service port the app calls at 127.0.0.1:LOCAL_PORT (TCP has no Host). Repeatable.",
+)
 @click.option("--admin-port", type=click.IntRange(0, 65535), default=15000, show_default=True)
 @click.option("--xds-address", default="127.0.0.1:15010", show_default=True, help="gitmesh's ADS server.")
 @click.option("--delta", is_flag=True, help="Use incremental (delta) xDS instead of state of the world.")
@@ -436,6 +450,7 @@ def bootstrap_command(
     app_port: int,
     outbound_port: int,
     inbound_port: int,
+    upstreams: tuple[str, ...],
     admin_port: int,
     xds_address: str,
     delta: bool,
@@ -443,18 +458,23 @@ def bootstrap_command(
     """Print the Envoy bootstrap for one sidecar (run it with: envoy -c FILE)."""
     from gitmesh.mesh.state import ServiceRef
     from gitmesh.smi import Identity
-    from gitmesh.xds.bootstrap import bootstrap
+    from gitmesh.xds.bootstrap import bootstrap, parse_upstream
     from gitmesh.xds.translate import Proxy
 
     host, _, port = xds_address.rpartition(":")
     if not host or not port.isdigit():
         raise click.BadParameter("expected HOST:PORT", param_hint="--xds-address")
+    try:
+        parsed = tuple(sorted(parse_upstream(u, service_namespace or namespace) for u in upstreams))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--upstream") from e
     proxy = Proxy(
         Identity(namespace, service_account),
         ServiceRef(service_namespace or namespace, service),
         app_port,
         outbound_port,
         inbound_port,
+        parsed,
     )
     config = bootstrap(proxy, xds_host=host, xds_port=int(port), admin_port=admin_port, delta=delta)
     click.echo(json.dumps(config, indent=2))

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -35,7 +36,7 @@ from gitmesh.mesh.state import ServiceRef
 from gitmesh.smi import Identity
 from gitmesh.sync.git import open_repo, read_revision
 from gitmesh.xds.bootstrap import bootstrap
-from gitmesh.xds.translate import Proxy
+from gitmesh.xds.translate import Proxy, Upstream
 
 EXAMPLE_REPO = Path(__file__).resolve().parent.parent / "examples" / "repo"
 MESH_PATH = "mesh"
@@ -47,7 +48,14 @@ APPS = {
     "bookstore-v1": ("bookstore", "bookstore"),
     "bookstore-v2": ("bookstore", "bookstore"),
     "bookwarehouse": ("bookwarehouse", "bookwarehouse"),
+    "mysql-v1": ("bookwarehouse", "mysql"),
+    "mysql-v2": ("bookwarehouse", "mysql"),
 }
+TCP_APPS = {"mysql-v1", "mysql-v2"}  # the rest speak HTTP
+MYSQL = ServiceRef("bookwarehouse", "mysql")
+MYSQL_PORT = 3306
+# Who calls mysql through a local port of its sidecar: the warehouse, which may, and the thief, which may not.
+MYSQL_CALLERS = ("bookwarehouse", "bookthief")
 
 
 _handed_out: set[int] = set()
@@ -88,6 +96,24 @@ class App:
                 pass  # the demo prints what matters itself
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class TcpApp:
+    """A tiny TCP app on 127.0.0.1 that writes its name to every connection and closes it."""
+
+    def __init__(self, name: str) -> None:
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                self.request.sendall(name.encode())
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -152,6 +178,17 @@ def call(port: int, host: str, path: str, user_agent: str = CALLER_AGENT) -> tup
             return e.code, e.read().decode()
 
 
+def connect(port: int) -> str:
+    """A TCP connection as an app makes it, to a local port of its sidecar: what the far end wrote
+    before closing ("" when the mesh refused the connection)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1024):
+                received += chunk
+    return received.decode()
+
+
 def eventually(probe: Callable[[], Any], want: Callable[[Any], bool], what: str, timeout: float = 30) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -173,10 +210,15 @@ class Demo:
         self.repo = workdir / "repo"
         self.store = workdir / "store.db"
         self.xds_port = free_port()
-        self.apps = {name: App(name) for name in APPS}
+        self.apps = {name: TcpApp(name) if name in TCP_APPS else App(name) for name in APPS}
         self.proxies = {
             name: Proxy(
-                Identity(ns, sa), ServiceRef(ns, name), self.apps[name].port, free_port(), free_port()
+                Identity(ns, sa),
+                ServiceRef(ns, name),
+                self.apps[name].port,
+                free_port(),
+                free_port(),
+                (Upstream(MYSQL, MYSQL_PORT, free_port()),) if name in MYSQL_CALLERS else (),
             )
             for name, (ns, sa) in APPS.items()
         }
@@ -198,7 +240,10 @@ class Demo:
         if self.repo.exists():
             shutil.rmtree(self.repo)
         shutil.copytree(EXAMPLE_REPO, self.repo / MESH_PATH)
-        slices = [_endpoint_slice(p.service, p.inbound_port) for p in self.proxies.values()]
+        slices = [
+            _endpoint_slice(p.service, "mysql" if name in TCP_APPS else "http", p.inbound_port)
+            for name, p in self.proxies.items()
+        ]
         (self.repo / MESH_PATH / "endpoints.yaml").write_text(
             "# Where each service's sidecar listens on this machine (the demo writes this file).\n"
             + yaml.safe_dump_all(slices, sort_keys=False)
@@ -255,6 +300,15 @@ class Demo:
         counts = collections.Counter(self.buy()[1] for _ in range(n))
         return {name: counts[name] / n for name in sorted(counts)}
 
+    def query(self, caller: str = "bookwarehouse") -> str:
+        """A TCP connection from ``caller`` to mysql; which version answered ("" if refused)."""
+        (upstream,) = self.proxies[caller].upstreams
+        return connect(upstream.local_port)
+
+    def tcp_shares(self, n: int = 200) -> dict[str, float]:
+        counts = collections.Counter(self.query() for _ in range(n))
+        return {name: counts[name] / n for name in sorted(counts)}
+
     def close(self) -> None:
         for s in self.sidecars.values():
             s.close()
@@ -264,7 +318,7 @@ class Demo:
             app.close()
 
 
-def _endpoint_slice(service: ServiceRef, port: int) -> dict[str, Any]:
+def _endpoint_slice(service: ServiceRef, port_name: str, port: int) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -274,7 +328,7 @@ def _endpoint_slice(service: ServiceRef, port: int) -> dict[str, Any]:
             "labels": {"kubernetes.io/service-name": service.name},
         },
         "addressType": "IPv4",
-        "ports": [{"name": "http", "port": port}],
+        "ports": [{"name": port_name, "port": port}],
         "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
     }
 

@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from gitmesh import smi
 from gitmesh.mesh.state import ServiceRef
 from gitmesh.smi import Identity
-from gitmesh.xds.translate import Proxy, identity_address, local_cluster_name
+from gitmesh.xds.translate import Proxy, Upstream, identity_address, local_cluster_name
 
 XDS_CLUSTER = "gitmesh-xds"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"  # ADS is gRPC: HTTP/2
@@ -43,6 +43,7 @@ def bootstrap(
                 "app_port": proxy.app_port,
                 "outbound_port": proxy.outbound_port,
                 "inbound_port": proxy.inbound_port,
+                "upstreams": [str(u) for u in proxy.upstreams],
             },
         },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
@@ -141,7 +142,25 @@ def proxy_of(node: base_pb2.Node) -> Proxy:
             app_port=int(meta["app_port"]),
             outbound_port=int(meta["outbound_port"]),
             inbound_port=int(meta["inbound_port"]),
+            upstreams=tuple(sorted(parse_upstream(str(u)) for u in meta.get("upstreams") or ())),
             grpc=node.user_agent_name.startswith("gRPC"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"node {node.id!r} was not bootstrapped by gitmesh: metadata lacks {e}") from e
+
+
+def parse_upstream(text: str, namespace: str = "") -> Upstream:
+    """``SERVICE[.NAMESPACE]:PORT=LOCAL_PORT`` (or ``NAMESPACE/SERVICE:PORT=LOCAL_PORT``, as in the
+    node metadata); a short name is in ``namespace``. ValueError says what is wrong."""
+    target, _, local = text.partition("=")
+    name, _, port = target.rpartition(":")
+    if "/" in name:
+        ns, _, svc = name.partition("/")
+    else:
+        svc, _, ns = name.partition(".")
+        ns = ns or namespace
+    if not (svc and ns and port.isdigit() and local.isdigit()):
+        raise ValueError(f"{text!r}: expected SERVICE[.NAMESPACE]:PORT=LOCAL_PORT")
+    if not (0 < int(port) < 65536 and 0 < int(local) < 65536):
+        raise ValueError(f"{text!r}: ports are 1-65535")
+    return Upstream(ServiceRef(ns, svc), int(port), int(local))

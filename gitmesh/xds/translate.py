@@ -1,10 +1,13 @@
 """MeshState + one proxy -> that proxy's Envoy resources. Pure and deterministic.
 
 Sidecars here are local processes, not pods: there is no iptables capture. An
-app reaches the mesh through its sidecar's **outbound** listener
-(``http://127.0.0.1:<outbound_port>`` with the service as Host), and the mesh
-reaches the app through the sidecar's **inbound** listener, which is what a
-service's endpoints point at.
+app reaches HTTP services through its sidecar's **outbound** listener
+(``http://127.0.0.1:<outbound_port>`` with the service as Host). TCP has no Host
+to route by, so each TCP service port an app calls is an **upstream** of its
+sidecar, given in the bootstrap: a listener on a local port of the app's choosing
+(``127.0.0.1:<local_port>``) that proxies to that service. The mesh reaches the
+app through the sidecar's **inbound** listener, which is what a service's
+endpoints point at: HTTP, or TCP when the ports it serves are not HTTP.
 
 Until mTLS, a sidecar's identity is proven by the loopback address its
 upstream connections come from: every identity has its own address in
@@ -17,7 +20,7 @@ Resource names, the one scheme used everywhere (users read them in
 ============================  =====================================================
 cluster, load assignment      ``<namespace>/<service>|<port>``; the local app: ``local|<app_port>``
                               (a static cluster of the sidecar's bootstrap)
-listener                      ``outbound``, ``inbound``
+listener                      ``outbound``, ``inbound``; upstreams: ``outbound|<namespace>/<service>|<port>``
 route configuration           ``outbound``, ``inbound``
 ============================  =====================================================
 """
@@ -25,6 +28,7 @@ route configuration           ``outbound``, ``inbound``
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,8 +40,10 @@ from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_response_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
@@ -50,6 +56,18 @@ INBOUND = "inbound"
 CLUSTER_DOMAIN = "cluster.local"
 
 
+@dataclass(frozen=True, order=True)
+class Upstream:
+    """A service port the app reaches at ``127.0.0.1:<local_port>`` of its sidecar (how TCP is called)."""
+
+    service: ServiceRef
+    port: int
+    local_port: int
+
+    def __str__(self) -> str:
+        return f"{self.service}:{self.port}={self.local_port}"
+
+
 @dataclass(frozen=True)
 class Proxy:
     """One sidecar, as its bootstrap describes it (node metadata)."""
@@ -59,6 +77,7 @@ class Proxy:
     app_port: int
     outbound_port: int
     inbound_port: int
+    upstreams: tuple[Upstream, ...] = ()
     grpc: bool = False  # a proxyless gRPC client (xds:/// targets), not an Envoy sidecar
 
 
@@ -77,6 +96,10 @@ def cluster_name(service: ServiceRef, port: int) -> str:
 
 def local_cluster_name(app_port: int) -> str:
     return f"local|{app_port}"
+
+
+def upstream_listener_name(upstream: Upstream) -> str:
+    return f"{OUTBOUND}|{cluster_name(upstream.service, upstream.port)}"
 
 
 def translate(mesh: MeshState, proxy: Proxy) -> Resources:
@@ -100,18 +123,24 @@ class Translator:
         self._clusters: dict[str, message.Message] | None = None
         self._routes: dict[str, message.Message] = {}
         self._hosts: dict[tuple[ServiceRef, int, bool], message.Message] = {}
+        self._upstreams: dict[Upstream, message.Message] = {}
 
     def resources(self, proxy: Proxy) -> Resources:
         if proxy.grpc:
             return self._grpc_client(proxy)
+        listeners = {
+            OUTBOUND: _http_listener(OUTBOUND, proxy.outbound_port),
+            INBOUND: _inbound_listener(self.mesh, proxy),
+        }
+        for upstream in proxy.upstreams:
+            if upstream not in self._upstreams:
+                self._upstreams[upstream] = _upstream_listener(self.mesh, upstream)
+            listeners[upstream_listener_name(upstream)] = self._upstreams[upstream]
         return {
             # The local app's cluster is in the sidecar's bootstrap, so every proxy shares this map.
             resources.CLUSTER: self._mesh_clusters(),
             resources.ENDPOINT: self._load_assignments(),
-            resources.LISTENER: {
-                OUTBOUND: _http_listener(OUTBOUND, proxy.outbound_port),
-                INBOUND: _inbound_listener(self.mesh, proxy),
-            },
+            resources.LISTENER: listeners,
             resources.ROUTE: {
                 OUTBOUND: self._outbound_routes(proxy),
                 INBOUND: _inbound_routes(local_cluster_name(proxy.app_port)),
@@ -238,20 +267,61 @@ def _http_listener(
     )
 
 
+def _upstream_listener(mesh: MeshState, upstream: Upstream) -> listener_pb2.Listener:
+    """A local port proxying each connection to the service, or by weight to a split's backends."""
+    split = mesh.splits.get((upstream.service, upstream.port))
+    tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=upstream_listener_name(upstream))
+    if split is None:
+        tcp.cluster = cluster_name(upstream.service, upstream.port)
+    else:
+        tcp.weighted_clusters.CopyFrom(
+            tcp_proxy_pb2.TcpProxy.WeightedCluster(
+                clusters=[
+                    tcp_proxy_pb2.TcpProxy.WeightedCluster.ClusterWeight(
+                        name=cluster_name(b.service, split.port), weight=b.weight
+                    )
+                    for b in split.backends
+                    if b.weight  # tcp_proxy refuses a zero weight; such a backend gets nothing anyway
+                ]
+            )
+        )
+    return listener_pb2.Listener(
+        name=upstream_listener_name(upstream),
+        address=_address("127.0.0.1", upstream.local_port),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[_network_filter("envoy.filters.network.tcp_proxy", tcp)]
+            )
+        ],
+    )
+
+
 def _inbound_listener(mesh: MeshState, proxy: Proxy) -> listener_pb2.Listener:
-    """In front of the app: callers not allowed at all are refused the connection (network RBAC);
-    allowed callers get 403 for a route their TrafficTargets do not name (HTTP RBAC)."""
+    """In front of the app: HTTP unless every port the sidecar serves is TCP."""
+    served = _served_ports(mesh, proxy)
+    if served and not any(p.is_http for p in served):
+        return _inbound_tcp_listener(mesh, proxy, {p.port for p in served})
+    return _inbound_http_listener(mesh, proxy)
+
+
+def _served_ports(mesh: MeshState, proxy: Proxy) -> tuple[Port, ...]:
+    """The ports of the proxy's service whose endpoints are this sidecar's inbound port (all of them
+    while it has no endpoints yet)."""
+    svc = mesh.services.get(proxy.service)
+    if svc is None:
+        return ()
+    mine = tuple(
+        p for p in svc.ports if any(e.port == proxy.inbound_port for e in svc.endpoints.get(p.port, ()))
+    )
+    return mine or svc.ports
+
+
+def _inbound_http_listener(mesh: MeshState, proxy: Proxy) -> listener_pb2.Listener:
+    """Callers not allowed at all are refused the connection (network RBAC); allowed callers get
+    403 for a route their TrafficTargets do not name (HTTP RBAC)."""
     if mesh.permissive:
         return _http_listener(INBOUND, proxy.inbound_port)
     callers = mesh.allowed_callers(proxy.identity)
-    anyone_allowed = rbac_pb2.Policy(
-        permissions=[rbac_pb2.Permission(any=True)],
-        principals=[_principal(p.source) for p in callers] or [_nobody()],
-    )
-    network = network_rbac_pb2.RBAC(
-        stat_prefix="inbound_callers",
-        rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies={"callers": anyone_allowed}),
-    )
     per_caller = {
         str(p.source): rbac_pb2.Policy(
             principals=[_principal(p.source)], permissions=[_permission(m) for m in p.http] or [_nothing()]
@@ -262,16 +332,69 @@ def _inbound_listener(mesh: MeshState, proxy: Proxy) -> listener_pb2.Listener:
     return _http_listener(
         INBOUND,
         proxy.inbound_port,
-        network_filters=[_network_filter("envoy.filters.network.rbac", network)],
+        network_filters=[_callers_only([p.source for p in callers])],
         http_filters=[_http_filter("envoy.filters.http.rbac", http)],
     )
 
 
-def _principal(identity: Identity) -> rbac_pb2.Principal:
-    return rbac_pb2.Principal(
-        direct_remote_ip=address_pb2.CidrRange(
-            address_prefix=identity_address(identity), prefix_len=wrappers_pb2.UInt32Value(value=32)
+def _inbound_tcp_listener(mesh: MeshState, proxy: Proxy, ports: set[int]) -> listener_pb2.Listener:
+    """Only callers a TrafficTarget allows on one of these ports through a TCPRoute connect.
+
+    They are told apart when the connection is accepted (by filter chain match on the source
+    address), not on its first byte as the RBAC filter would: a server that speaks first would
+    otherwise answer anyone who connects. A connection from anyone else matches no filter chain
+    and is closed at once (counted as ``no_filter_chain_match``)."""
+    forward = listener_components_pb2.FilterChain(
+        filters=[
+            _network_filter(
+                "envoy.filters.network.tcp_proxy",
+                tcp_proxy_pb2.TcpProxy(stat_prefix=INBOUND, cluster=local_cluster_name(proxy.app_port)),
+            )
+        ]
+    )
+    listener = listener_pb2.Listener(name=INBOUND, address=_address("127.0.0.1", proxy.inbound_port))
+    if mesh.permissive:
+        listener.filter_chains.append(forward)
+        return listener
+    callers = dict.fromkeys(
+        p.source
+        for p in mesh.allowed_callers(proxy.identity)
+        if any(r.protocol == "tcp" and (not r.ports or ports & set(r.ports)) for r in p.ports)
+    )
+    if callers:
+        forward.filter_chain_match.source_prefix_ranges.extend(_cidr(c) for c in callers)
+        listener.filter_chains.append(forward)
+    else:  # a listener needs a chain: one that closes every connection without a word
+        listener.filter_chains.append(
+            listener_components_pb2.FilterChain(
+                filters=[
+                    _network_filter("envoy.filters.network.direct_response", direct_response_pb2.Config())
+                ]
+            )
         )
+    return listener
+
+
+def _callers_only(callers: Sequence[Identity]) -> listener_components_pb2.Filter:
+    """A network RBAC filter admitting connections from these identities only."""
+    policy = rbac_pb2.Policy(
+        permissions=[rbac_pb2.Permission(any=True)],
+        principals=[_principal(c) for c in dict.fromkeys(callers)] or [_nobody()],
+    )
+    network = network_rbac_pb2.RBAC(
+        stat_prefix="inbound_callers",
+        rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies={"callers": policy}),
+    )
+    return _network_filter("envoy.filters.network.rbac", network)
+
+
+def _principal(identity: Identity) -> rbac_pb2.Principal:
+    return rbac_pb2.Principal(direct_remote_ip=_cidr(identity))
+
+
+def _cidr(identity: Identity) -> address_pb2.CidrRange:
+    return address_pb2.CidrRange(
+        address_prefix=identity_address(identity), prefix_len=wrappers_pb2.UInt32Value(value=32)
     )
 
 
@@ -314,27 +437,48 @@ def _virtual_host(
     return route_components_pb2.VirtualHost(
         name=cluster_name(svc.ref, port.port),
         domains=[f"{n}:{port.port}" for n in names] + (names if first else []),
-        routes=[_route(mesh.splits.get((svc.ref, port.port)), cluster_name(svc.ref, port.port))],
+        routes=_routes(mesh.splits.get((svc.ref, port.port)), cluster_name(svc.ref, port.port)),
     )
 
 
-def _route(split: Split | None, cluster: str) -> route_components_pb2.Route:
-    match = route_components_pb2.RouteMatch(prefix="/")
+def _routes(split: Split | None, cluster: str) -> list[route_components_pb2.Route]:
+    """Requests go to the service, or by weight to a split's backends; a split with matches takes
+    only the requests they match, and the rest go to the root service."""
+    everything = route_components_pb2.RouteMatch(prefix="/")
+    direct = route_components_pb2.Route(
+        match=everything, route=route_components_pb2.RouteAction(cluster=cluster)
+    )
     if split is None:
-        return route_components_pb2.Route(
-            match=match, route=route_components_pb2.RouteAction(cluster=cluster)
+        return [direct]
+    weighted = route_components_pb2.RouteAction(
+        weighted_clusters=route_components_pb2.WeightedCluster(
+            clusters=[
+                route_components_pb2.WeightedCluster.ClusterWeight(
+                    name=cluster_name(b.service, split.port), weight=wrappers_pb2.UInt32Value(value=b.weight)
+                )
+                for b in split.backends
+            ]
         )
-    weighted = route_components_pb2.WeightedCluster(
-        clusters=[
-            route_components_pb2.WeightedCluster.ClusterWeight(
-                name=cluster_name(b.service, split.port), weight=wrappers_pb2.UInt32Value(value=b.weight)
-            )
-            for b in split.backends
-        ]
     )
-    return route_components_pb2.Route(
-        match=match, route=route_components_pb2.RouteAction(weighted_clusters=weighted)
+    if not split.http_matches:
+        return [route_components_pb2.Route(match=everything, route=weighted)]
+    return [route_components_pb2.Route(match=_route_match(m), route=weighted) for m in split.http_matches] + [
+        direct
+    ]
+
+
+def _route_match(m: HttpMatch) -> route_components_pb2.RouteMatch:
+    match = route_components_pb2.RouteMatch(
+        headers=[_header(name, regex=pattern) for name, pattern in m.headers]
     )
+    if m.path_regex:
+        match.safe_regex.CopyFrom(_regex(m.path_regex))
+    else:
+        match.prefix = "/"
+    if m.methods:
+        methods = "|".join(re.escape(method) for method in m.methods)
+        match.headers.append(_header(":method", regex=f"(?:{methods})"))
+    return match
 
 
 def _inbound_routes(local_cluster: str) -> route_pb2.RouteConfiguration:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,49 @@ def test_split_shares_follow_the_repo_with_nothing_restarted(demo: Demo) -> None
     seen = demo.shares(1000)
     assert abs(seen["bookstore-v1"] - 0.75) <= 0.05, seen
     assert all(s.process.poll() is None for s in demo.sidecars.values()), "a sidecar restarted or died"
+
+
+def commit_file(d: Demo, path: str, edit: Callable[[str], str], message: str) -> None:
+    file = d.repo / demo_mod.MESH_PATH / path
+    file.write_text(edit(file.read_text()))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(d.repo)]
+    subprocess.run([*git, "commit", "-q", "-am", message], check=True)
+    d.applied = d.apply()
+
+
+def test_a_tcp_split_follows_the_repo(demo: Demo) -> None:
+    seen = demo.tcp_shares(1000)
+    assert abs(seen.get("mysql-v1", 0) - 0.90) <= 0.05, seen
+    assert abs(seen.get("mysql-v2", 0) - 0.10) <= 0.05, seen
+
+    commit_file(
+        demo,
+        "bookwarehouse/mysql.yaml",
+        lambda t: t.replace("weight: 90", "weight: 50").replace("weight: 10", "weight: 50"),
+        "mysql 50/50",
+    )
+    eventually(
+        lambda: demo.tcp_shares(200).get("mysql-v2", 0), lambda s: 0.35 <= s <= 0.65, "50/50 in effect"
+    )
+    seen = demo.tcp_shares(1000)
+    assert abs(seen.get("mysql-v1", 0) - 0.50) <= 0.05, seen
+    assert abs(seen.get("mysql-v2", 0) - 0.50) <= 0.05, seen
+
+
+def test_tcp_access_follows_the_tcproute(demo: Demo) -> None:
+    assert demo.query("bookwarehouse") in ("mysql-v1", "mysql-v2")
+    # bookthief's sidecar connects, but mysql's refuses it on accept: not a byte comes back.
+    assert demo.query("bookthief") == ""
+    thief = "  - kind: ServiceAccount\n    name: bookthief\n    namespace: bookthief\n"
+    commit_file(demo, "bookwarehouse/mysql.yaml", lambda t: t + thief, "let bookthief at mysql")
+    eventually(lambda: demo.query("bookthief"), bool, "bookthief let in")
+    # The TCPRoute now names another port: nobody reaches mysql on 3306.
+    commit_file(
+        demo, "bookwarehouse/mysql.yaml", lambda t: t.replace("ports: [3306]", "ports: [3307]"), "3307"
+    )
+    eventually(
+        lambda: (demo.query("bookwarehouse"), demo.query("bookthief")), lambda r: r == ("", ""), "shut"
+    )
 
 
 def test_access_follows_the_traffic_targets(demo: Demo) -> None:
@@ -150,7 +193,7 @@ def test_a_config_envoy_rejects_is_reported_and_the_last_good_one_keeps_serving(
     assert nack["type"] == "Listener"
     assert "bookstore/bookstore" in nack["proxy"]
     assert "missing )" in nack["message"]  # RE2's own words, as Envoy passed them on
-    assert len(report["proxies"]) == 5
+    assert len(report["proxies"]) == len(demo_mod.APPS)
     # The sidecars keep their last good configuration: traffic and access rules are as before.
     assert demo.buy("/books-bought")[0] == 200
     assert demo.buy("/admin")[0] == 403

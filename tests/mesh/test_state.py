@@ -19,17 +19,29 @@ def example() -> MeshState:
 def test_the_bookstore() -> None:
     mesh = example()
     assert mesh.warnings == ()
-    assert len(mesh.services) == 6
+    assert len(mesh.services) == 9
     assert Identity("bookthief", "bookthief") in mesh.identities
     split = mesh.splits[(ServiceRef("bookstore", "bookstore"), 14001)]
     assert split.backends == (
         Backend(ServiceRef("bookstore", "bookstore-v1"), 75),
         Backend(ServiceRef("bookstore", "bookstore-v2"), 25),
     )
-    callers = {(str(p.source), str(p.destination), tuple(m.name for m in p.http)) for p in mesh.permissions}
+    callers = {(str(p.source), str(p.destination), p.routes()) for p in mesh.permissions}
     assert callers == {
-        ("bookbuyer/bookbuyer", "bookstore/bookstore", ("books-bought", "buy-a-book")),
-        ("bookstore/bookstore", "bookwarehouse/bookwarehouse", ("restock-books",)),
+        (
+            "bookbuyer/bookbuyer",
+            "bookstore/bookstore",
+            (
+                "bookstore-service-routes/books-bought (GET /books-bought user-agent~.*-http-client/.*)",
+                "bookstore-service-routes/buy-a-book (GET /buy-a-book/new)",
+            ),
+        ),
+        (
+            "bookstore/bookstore",
+            "bookwarehouse/bookwarehouse",
+            ("bookwarehouse-service-routes/restock-books (POST /restock-books)",),
+        ),
+        ("bookwarehouse/bookwarehouse", "bookwarehouse/mysql", ("mysql (tcp ports 3306)",)),
     }
     assert mesh.allowed_callers(Identity("bookthief", "bookthief")) == ()
     (books,) = [m for p in mesh.permissions for m in p.http if m.name == "books-bought"]

@@ -10,11 +10,18 @@ from google.protobuf import json_format
 
 from gitmesh.mesh.state import ServiceRef
 from gitmesh.smi import Identity
-from gitmesh.xds.bootstrap import bootstrap, proxy_of
-from gitmesh.xds.translate import Proxy
+from gitmesh.xds.bootstrap import bootstrap, parse_upstream, proxy_of
+from gitmesh.xds.translate import Proxy, Upstream
 from tests.xds.envoy import ENVOY
 
-PROXY = Proxy(Identity("bookstore", "bookstore"), ServiceRef("bookstore", "bookstore-v1"), 8080, 15101, 15106)
+PROXY = Proxy(
+    Identity("bookstore", "bookstore"),
+    ServiceRef("bookstore", "bookstore-v1"),
+    8080,
+    15101,
+    15106,
+    (Upstream(ServiceRef("bookwarehouse", "mysql"), 3306, 13306),),
+)
 
 
 def test_the_node_carries_the_proxy_and_reads_back() -> None:
@@ -24,6 +31,22 @@ def test_the_node_carries_the_proxy_and_reads_back() -> None:
     assert config["layered_runtime"]["layers"][0]["static_layer"] == {
         "re2.max_program_size.error_level": 1000
     }
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["mysql.bookwarehouse:3306=13306", "bookwarehouse/mysql:3306=13306", "mysql:3306=13306"],
+)
+def test_upstreams_are_written_short_or_qualified(text: str) -> None:
+    assert parse_upstream(text, "bookwarehouse") == Upstream(
+        ServiceRef("bookwarehouse", "mysql"), 3306, 13306
+    )
+
+
+@pytest.mark.parametrize("text", ["mysql:3306", "mysql=13306", ":3306=1", "mysql:0=13306", "mysql:x=1"])
+def test_a_malformed_upstream_says_what_is_expected(text: str) -> None:
+    with pytest.raises(ValueError, match=r"expected SERVICE|ports are 1-65535"):
+        parse_upstream(text, "bookwarehouse")
 
 
 def test_a_node_without_gitmesh_metadata_is_refused() -> None:
@@ -67,6 +90,8 @@ def test_the_bootstrap_command_prints_it() -> None:
             "15106",
             "--xds-address",
             "127.0.0.1:15010",
+            "--upstream",
+            "mysql.bookwarehouse:3306=13306",
         ],
     )
     assert result.exit_code == 0, result.output

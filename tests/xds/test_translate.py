@@ -5,14 +5,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_response_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import json_format
 
 from gitmesh import pipeline
@@ -21,7 +24,7 @@ from gitmesh.smi import Identity
 from gitmesh.sync.git import read_directory
 from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import bootstrap
-from gitmesh.xds.translate import Proxy, Resources, Translator, identity_address, translate
+from gitmesh.xds.translate import Proxy, Resources, Translator, Upstream, identity_address, translate
 from tests.conftest import EXAMPLE_REPO
 from tests.xds.envoy import ENVOY
 
@@ -30,6 +33,18 @@ BOOKSTORE = Proxy(
 )
 BOOKTHIEF = Proxy(
     Identity("bookthief", "bookthief"), ServiceRef("bookthief", "bookthief"), 8080, 15001, 15006
+)
+MYSQL = ServiceRef("bookwarehouse", "mysql")
+WAREHOUSE = Proxy(
+    Identity("bookwarehouse", "bookwarehouse"),
+    ServiceRef("bookwarehouse", "bookwarehouse"),
+    8080,
+    15001,
+    15006,
+    (Upstream(MYSQL, 3306, 13306),),
+)
+MYSQL_V1 = Proxy(
+    Identity("bookwarehouse", "mysql"), ServiceRef("bookwarehouse", "mysql-v1"), 3306, 15001, 15006
 )
 
 
@@ -50,6 +65,8 @@ def network_filters(listener: listener_pb2.Listener) -> dict[str, Any]:
         cls = {
             "envoy.filters.network.rbac": network_rbac_pb2.RBAC,
             "envoy.filters.network.http_connection_manager": hcm_pb2.HttpConnectionManager,
+            "envoy.filters.network.tcp_proxy": tcp_proxy_pb2.TcpProxy,
+            "envoy.filters.network.direct_response": direct_response_pb2.Config,
         }[f.name]
         msg = cls()
         f.typed_config.Unpack(msg)
@@ -116,6 +133,62 @@ def test_a_proxy_nobody_may_call_refuses_everyone() -> None:
 def test_permissive_mode_has_no_rbac() -> None:
     filters = network_filters(translate(example(permissive=True), BOOKTHIEF)[resources.LISTENER]["inbound"])
     assert list(filters) == ["envoy.filters.network.http_connection_manager"]
+
+
+def test_an_upstream_is_a_local_port_proxying_tcp_by_the_split() -> None:
+    listener = translate(example(), WAREHOUSE)[resources.LISTENER]["outbound|bookwarehouse/mysql|3306"]
+    assert listener.address.socket_address.port_value == 13306
+    tcp = network_filters(listener)["envoy.filters.network.tcp_proxy"]
+    assert [(c.name, c.weight) for c in tcp.weighted_clusters.clusters] == [
+        ("bookwarehouse/mysql-v1|3306", 90),
+        ("bookwarehouse/mysql-v2|3306", 10),
+    ]
+
+
+def test_an_upstream_without_a_split_goes_to_the_service() -> None:
+    proxy = replace(WAREHOUSE, upstreams=(Upstream(ServiceRef("bookwarehouse", "mysql-v2"), 3306, 13307),))
+    listener = translate(example(), proxy)[resources.LISTENER]["outbound|bookwarehouse/mysql-v2|3306"]
+    assert (
+        network_filters(listener)["envoy.filters.network.tcp_proxy"].cluster == "bookwarehouse/mysql-v2|3306"
+    )
+
+
+def test_a_tcp_service_is_fronted_by_tcp_admitting_tcproute_callers_on_accept() -> None:
+    inbound = translate(example(), MYSQL_V1)[resources.LISTENER]["inbound"]
+    (chain,) = inbound.filter_chains
+    sources = [r.address_prefix for r in chain.filter_chain_match.source_prefix_ranges]
+    assert sources == [identity_address(Identity("bookwarehouse", "bookwarehouse"))]
+    assert network_filters(inbound)["envoy.filters.network.tcp_proxy"].cluster == "local|3306"
+
+
+def test_an_http_only_permission_does_not_open_a_tcp_service() -> None:
+    objects = [m.obj for m in pipeline.check(read_directory(str(EXAMPLE_REPO))).desired]
+    for o in objects:
+        if o["kind"] == "TrafficTarget" and o["metadata"]["name"] == "bookwarehouse-access-mysql":
+            o["spec"]["rules"] = [{"kind": "HTTPRouteGroup", "name": "bookwarehouse-service-routes"}]
+    inbound = translate(build(objects), MYSQL_V1)[resources.LISTENER]["inbound"]
+    assert list(network_filters(inbound)) == ["envoy.filters.network.direct_response"]
+    assert not inbound.filter_chains[0].HasField("filter_chain_match")
+
+
+def test_permissive_tcp_admits_everyone() -> None:
+    (chain,) = translate(example(permissive=True), MYSQL_V1)[resources.LISTENER]["inbound"].filter_chains
+    assert not chain.HasField("filter_chain_match")
+
+
+def test_a_split_with_matches_takes_only_the_requests_they_match() -> None:
+    objects = [m.obj for m in pipeline.check(read_directory(str(EXAMPLE_REPO))).desired]
+    for o in objects:
+        if o["kind"] == "TrafficSplit" and o["metadata"]["name"] == "bookstore-split":
+            o["spec"]["matches"] = [{"kind": "HTTPRouteGroup", "name": "bookstore-service-routes"}]
+    routes = translate(build(objects), BOOKSTORE)[resources.ROUTE]["outbound"]
+    (host,) = [h for h in routes.virtual_hosts if h.name == "bookstore/bookstore|14001"]
+    *matched, rest = host.routes
+    assert [r.match.safe_regex.regex for r in matched] == ["/books-bought", "/buy-a-book/new"]
+    headers = {h.name: h.string_match.safe_regex.regex for h in matched[0].match.headers}
+    assert headers == {"user-agent": ".*-http-client/.*", ":method": "(?:GET)"}
+    assert all(len(r.route.weighted_clusters.clusters) == 2 for r in matched)
+    assert rest.match.prefix == "/" and rest.route.cluster == "bookstore/bookstore|14001"
 
 
 def test_identity_addresses_are_stable_loopback_addresses() -> None:
@@ -188,7 +261,9 @@ def _as_static_bootstrap(res: Resources, proxy: Proxy) -> dict[str, Any]:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("proxy", [BOOKSTORE, BOOKTHIEF], ids=["bookstore", "bookthief"])
+@pytest.mark.parametrize(
+    "proxy", [BOOKSTORE, BOOKTHIEF, WAREHOUSE, MYSQL_V1], ids=["bookstore", "bookthief", "warehouse", "mysql"]
+)
 @pytest.mark.parametrize("permissive", [False, True], ids=["rbac", "permissive"])
 def test_real_envoy_accepts_the_translation(proxy: Proxy, permissive: bool, tmp_path: Path) -> None:
     config = tmp_path / "bootstrap.json"
