@@ -309,11 +309,8 @@ def status(target: BackendChoice, output: str) -> None:
 @cli.command("run")
 @_backend_options
 @click.option("--xds-address", default="127.0.0.1:15010", show_default=True, help="Where to serve ADS.")
-@click.option(
-    "--permissive", is_flag=True, help="Let every caller reach every service (no TrafficTarget checks)."
-)
 @_reports_errors
-def run_command(target: BackendChoice, xds_address: str, permissive: bool) -> None:
+def run_command(target: BackendChoice, xds_address: str) -> None:
     """Serve the mesh in the backend to Envoy sidecars over ADS, following every change."""
     import asyncio
     import logging
@@ -325,7 +322,7 @@ def run_command(target: BackendChoice, xds_address: str, permissive: bool) -> No
     source: serve.Source = backend if isinstance(backend, LocalBackend) else _cluster_watch(backend)
     err.print(f"Serving ADS on {xds_address} from {backend.describe()}")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve.run(source, xds_address, permissive=permissive))
+        asyncio.run(serve.run(source, xds_address))
 
 
 def _cluster_watch(backend: ClusterBackend) -> Any:

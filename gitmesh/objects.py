@@ -21,6 +21,7 @@ CLUSTER_SCOPED_KINDS = frozenset({"Namespace", "CustomResourceDefinition"})
 APPLY_ORDER = (
     "CustomResourceDefinition",
     "Namespace",
+    "MeshConfig",
     "ServiceAccount",
     "Service",
     "EndpointSlice",

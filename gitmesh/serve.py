@@ -84,12 +84,11 @@ def proxy_key(proxy: Proxy) -> str:
 
 
 class MeshPublisher:
-    def __init__(self, *, permissive: bool = False) -> None:
-        self.permissive = permissive
+    def __init__(self) -> None:
         self.cache = SnapshotCache(node_key=self._key)
         self._lock = threading.Lock()
         self._proxies: dict[str, Proxy] = {}
-        self._mesh = state.build([], permissive=permissive)
+        self._mesh = state.build([])
         self._translator = Translator(self._mesh)
         self._generation = 0
 
@@ -99,7 +98,7 @@ class MeshPublisher:
 
     def update(self, objects: Iterable[Mapping[str, Any]]) -> None:
         """A new mesh: every known proxy gets its new snapshot (unchanged resources keep their versions)."""
-        mesh = state.build(objects, permissive=self.permissive)
+        mesh = state.build(objects)
         for warning in mesh.warnings:
             log.warning("%s", warning)
         translator = Translator(mesh)
@@ -130,11 +129,10 @@ async def run(
     source: Source,
     address: str = DEFAULT_XDS_ADDRESS,
     *,
-    permissive: bool = False,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Serve ADS on ``address`` until ``stop`` is set, republishing whenever ``source`` changes."""
-    publisher = MeshPublisher(permissive=permissive)
+    publisher = MeshPublisher()
     seen = source.version()
     publisher.update(live.obj for live in source.list_managed().values())
     server = await serve(publisher.cache, address)

@@ -19,6 +19,7 @@ from gitmesh.objects import Path
 SPLIT_GROUP = "split.smi-spec.io"
 ACCESS_GROUP = "access.smi-spec.io"
 SPECS_GROUP = "specs.smi-spec.io"
+CONFIG_GROUP = "config.openservicemesh.io"  # MeshConfig: the mesh-wide settings
 ROUTE_KINDS = ("HTTPRouteGroup", "TCPRoute", "UDPRoute")
 # The largest compiled RE2 program a route pattern may have. Envoy refuses bigger ones (runtime key
 # re2.max_program_size.error_level); its default, 100, refuses a UUID pattern ([0-9a-f-]{36} is
@@ -200,3 +201,9 @@ def tcp_ports(obj: dict[str, Any]) -> tuple[int, ...]:
     """Ports a TCPRoute or UDPRoute matches; empty means every port (before v1alpha4)."""
     matches = (obj.get("spec") or {}).get("matches") or {}
     return tuple(int(p) for p in matches.get("ports") or ())
+
+
+def permissive(mesh_config: dict[str, Any]) -> bool:
+    """Whether a MeshConfig turns TrafficTarget checks off."""
+    traffic = (mesh_config.get("spec") or {}).get("traffic") or {}
+    return traffic.get("enablePermissiveTrafficPolicyMode") is True

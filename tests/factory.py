@@ -82,6 +82,15 @@ def target(
     }
 
 
+def mesh_config(permissive: bool, name: str = "mesh", ns: str = "gitmesh-system") -> dict[str, Any]:
+    return {
+        "apiVersion": "config.openservicemesh.io/v1alpha2",
+        "kind": "MeshConfig",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"traffic": {"enablePermissiveTrafficPolicyMode": permissive}},
+    }
+
+
 def dump(*objs: dict[str, Any]) -> str:
     return yaml.safe_dump_all(objs, sort_keys=False)
 

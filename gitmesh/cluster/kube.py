@@ -66,7 +66,7 @@ class Resource:
         return f"{base}{ns}/{self.plural}" + (f"/{name}" if name else "")
 
 
-def _smi(kind: str, plural: str) -> Resource:
+def _custom(kind: str, plural: str) -> Resource:
     group, version = SERVED[kind].split("/")
     return Resource(group, version, plural, True)
 
@@ -77,11 +77,12 @@ RESOURCES: dict[str, Resource] = {
     "ServiceAccount": Resource("", "v1", "serviceaccounts", True),
     "Service": Resource("", "v1", "services", True),
     "EndpointSlice": Resource("discovery.k8s.io", "v1", "endpointslices", True),
-    "HTTPRouteGroup": _smi("HTTPRouteGroup", "httproutegroups"),
-    "TCPRoute": _smi("TCPRoute", "tcproutes"),
-    "UDPRoute": _smi("UDPRoute", "udproutes"),
-    "TrafficTarget": _smi("TrafficTarget", "traffictargets"),
-    "TrafficSplit": _smi("TrafficSplit", "trafficsplits"),
+    "HTTPRouteGroup": _custom("HTTPRouteGroup", "httproutegroups"),
+    "TCPRoute": _custom("TCPRoute", "tcproutes"),
+    "UDPRoute": _custom("UDPRoute", "udproutes"),
+    "TrafficTarget": _custom("TrafficTarget", "traffictargets"),
+    "TrafficSplit": _custom("TrafficSplit", "trafficsplits"),
+    "MeshConfig": _custom("MeshConfig", "meshconfigs"),
 }
 _CRD = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", False)
 _CONFIGMAP = Resource("", "v1", "configmaps", True)

@@ -116,6 +116,7 @@ class LocalBackend:
                     (r.group, r.kind, r.namespace, r.name, body, counter, now),
                 )
             for r in deletes:
+                counter += 1  # a delete is a write too: whoever follows version() must see it
                 db.execute(
                     "DELETE FROM objects WHERE grp = ? AND kind = ? AND namespace = ? AND name = ?",
                     (r.group, r.kind, r.namespace, r.name),

@@ -5,7 +5,7 @@ out. The xDS translation reads only this value, so everything SMI means is
 decided here once:
 
 - identities are ServiceAccounts, written namespace/name;
-- access is denied unless a TrafficTarget allows it (or the mesh is permissive);
+- access is denied unless a TrafficTarget allows it, or a MeshConfig makes the mesh permissive;
   a rule without ``matches`` allows every route of its HTTPRouteGroup, and a
   TCPRoute/UDPRoute without ports allows every port;
 - a TrafficSplit's weights are relative and apply to every client of its root
@@ -147,7 +147,7 @@ class MeshState:
         return self._by_destination.get(destination, ())
 
 
-def build(objects: Iterable[Mapping[str, Any]], *, permissive: bool = False) -> MeshState:
+def build(objects: Iterable[Mapping[str, Any]]) -> MeshState:
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for o in objects:
         by_kind[str(o.get("kind"))].append(dict(o))
@@ -162,6 +162,7 @@ def build(objects: Iterable[Mapping[str, Any]], *, permissive: bool = False) -> 
         (kind, smi.namespace(r), r["metadata"]["name"]): r for kind in smi.ROUTE_KINDS for r in by_kind[kind]
     }
     permissions = tuple(p for t in by_kind["TrafficTarget"] for p in _permissions(t, routes, warnings))
+    permissive = any(smi.permissive(c) for c in by_kind["MeshConfig"])
     return MeshState(services, identities, splits, permissions, permissive, tuple(warnings))
 
 

@@ -23,6 +23,7 @@ SERVED = {
     "HTTPRouteGroup": f"{smi.SPECS_GROUP}/v1alpha4",
     "TCPRoute": f"{smi.SPECS_GROUP}/v1alpha4",
     "UDPRoute": f"{smi.SPECS_GROUP}/v1alpha4",
+    "MeshConfig": f"{smi.CONFIG_GROUP}/v1alpha2",
 }
 
 

@@ -1,4 +1,4 @@
-"""CustomResourceDefinitions for the SMI kinds, rendered from gitmesh's own schemas.
+"""CustomResourceDefinitions for the SMI kinds and MeshConfig, rendered from gitmesh's own schemas.
 
 Each CRD serves and stores exactly one version, the newest (``convert.SERVED``):
 the SMI versions differ in layout (TrafficTarget v1alpha1 keeps its fields at
@@ -27,6 +27,7 @@ _PLURALS = {
     "HTTPRouteGroup": ("httproutegroups", "httproutegroup", ["htr"]),
     "TCPRoute": ("tcproutes", "tcproute", ["tr"]),
     "UDPRoute": ("udproutes", "udproute", ["ur"]),
+    "MeshConfig": ("meshconfigs", "meshconfig", ["meshconfig"]),
 }
 _DROP = frozenset({"$schema", "$id", "title", "$comment", "examples"})
 
@@ -79,7 +80,7 @@ def render(kind: str) -> dict[str, Any]:
                 "plural": plural_name,
                 "singular": singular,
                 "shortNames": short,
-                "categories": ["smi"],
+                "categories": ["smi"] if group.endswith(".smi-spec.io") else ["gitmesh"],
             },
             "versions": [version_entry],
         },

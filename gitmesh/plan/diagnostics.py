@@ -201,6 +201,13 @@ CODES: dict[str, Code] = {
             "destination.port (v1alpha1, v1alpha2) has no equivalent in v1alpha3; dropping it would widen "
             "access to every port, so gitmesh refuses. Limit ports with a TCPRoute rule instead.",
         ),
+        Code(
+            "GM131",
+            _E,
+            "more than one MeshConfig",
+            "A MeshConfig holds the settings of the whole mesh, so a revision may have at most one: with "
+            "two, which setting holds would depend on their order. Keep one.",
+        ),
     )
 }
 

@@ -3,7 +3,8 @@
 Splits: each backend's share of the root service before and after.
 Access: the (caller, destination, route) triples that appear or disappear,
 computed over the whole mesh before and after, so a change to a route group
-shows up on every TrafficTarget that uses it.
+shows up on every TrafficTarget that uses it. A MeshConfig turning permissive
+mode on or off is one triple: every caller, every destination, every route.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gitmesh.objects import ObjectRef
 from gitmesh.plan.model import AccessChange, Action, BackendShare, Change, Impact, SplitShift
 
 _ACCESS_KINDS = frozenset({"TrafficTarget", *smi.ROUTE_KINDS})
+PERMISSIVE = ("*", "*", "every route (permissive mode)")
 
 
 def compute(changes: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any]]) -> Impact:
@@ -43,7 +45,22 @@ def compute(changes: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any
                 + [AccessChange(*t, gained=False) for t in old - new]
             )
         )
-    return Impact(splits, access)
+    return Impact(splits, access + _permissive_change(moved, live))
+
+
+def _permissive_change(
+    moved: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any]]
+) -> tuple[AccessChange, ...]:
+    configs = {r: o for r, o in live.items() if r.kind == "MeshConfig"}
+    before = any(smi.permissive(dict(o)) for o in configs.values())
+    for c in moved:
+        if c.ref.kind == "MeshConfig":
+            if c.after is None:
+                configs.pop(c.ref, None)
+            else:
+                configs[c.ref] = c.after
+    after = any(smi.permissive(dict(o)) for o in configs.values())
+    return () if before == after else (AccessChange(*PERMISSIVE, gained=after),)
 
 
 def split_shift(change: Change, live: Mapping[ObjectRef, Mapping[str, Any]]) -> SplitShift | None:

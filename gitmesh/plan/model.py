@@ -78,7 +78,8 @@ class SplitShift:
 
 @dataclass(frozen=True, order=True)
 class AccessChange:
-    """A caller gaining or losing a route to a destination. Identities are ns/serviceaccount."""
+    """A caller gaining or losing a route to a destination. Identities are ns/serviceaccount; "*" is
+    every identity (permissive mode)."""
 
     source: str
     destination: str

@@ -195,6 +195,17 @@ def check_references(manifests: Sequence[Manifest]) -> list[Diagnostic]:
     out = _check_splits(by_kind["TrafficSplit"], service_ports, routes["HTTPRouteGroup"])
     out += _check_targets(by_kind["TrafficTarget"], routes)
     out += _check_regexes(by_kind["HTTPRouteGroup"])
+    first, *others = by_kind["MeshConfig"] or [None]
+    out += [
+        _at(
+            m,
+            ("metadata", "name"),
+            "GM131",
+            f"a second MeshConfig; the first is {first.ref} at {first.source}",
+        )
+        for m in others
+        if first is not None
+    ]
     return out
 
 

@@ -54,6 +54,7 @@ from gitmesh.xds import resources
 OUTBOUND = "outbound"
 INBOUND = "inbound"
 CLUSTER_DOMAIN = "cluster.local"
+HTTP_RBAC = "envoy.filters.http.rbac"
 
 
 @dataclass(frozen=True, order=True)
@@ -143,7 +144,7 @@ class Translator:
             resources.LISTENER: listeners,
             resources.ROUTE: {
                 OUTBOUND: self._outbound_routes(proxy),
-                INBOUND: _inbound_routes(local_cluster_name(proxy.app_port)),
+                INBOUND: _inbound_routes(self.mesh, proxy),
             },
         }
 
@@ -317,23 +318,22 @@ def _served_ports(mesh: MeshState, proxy: Proxy) -> tuple[Port, ...]:
 
 
 def _inbound_http_listener(mesh: MeshState, proxy: Proxy) -> listener_pb2.Listener:
-    """Callers not allowed at all are refused the connection (network RBAC); allowed callers get
-    403 for a route their TrafficTargets do not name (HTTP RBAC)."""
+    """Callers not allowed at all are refused the connection (network RBAC, new connections); every
+    request is checked against the caller's routes by the HTTP RBAC filter, whose rules live in the
+    inbound route configuration (``_inbound_routes``). A listener change reaches only connections
+    opened after it (open ones drain slowly); a route configuration change reaches the next request
+    on every connection, so revoking access takes effect at once."""
     if mesh.permissive:
-        return _http_listener(INBOUND, proxy.inbound_port)
-    callers = mesh.allowed_callers(proxy.identity)
-    per_caller = {
-        str(p.source): rbac_pb2.Policy(
-            principals=[_principal(p.source)], permissions=[_permission(m) for m in p.http] or [_nothing()]
-        )
-        for p in callers
-    }
-    http = http_rbac_pb2.RBAC(rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies=per_caller))
+        network: list[listener_components_pb2.Filter] = []
+    else:
+        network = [_callers_only([p.source for p in mesh.allowed_callers(proxy.identity)])]
+    # Without a route's rules (none is ever missing) the filter allows nothing.
+    deny_all = http_rbac_pb2.RBAC(rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW))
     return _http_listener(
         INBOUND,
         proxy.inbound_port,
-        network_filters=[_callers_only([p.source for p in callers])],
-        http_filters=[_http_filter("envoy.filters.http.rbac", http)],
+        network_filters=network,
+        http_filters=[_http_filter(HTTP_RBAC, deny_all)],
     )
 
 
@@ -481,7 +481,23 @@ def _route_match(m: HttpMatch) -> route_components_pb2.RouteMatch:
     return match
 
 
-def _inbound_routes(local_cluster: str) -> route_pb2.RouteConfiguration:
+def _inbound_routes(mesh: MeshState, proxy: Proxy) -> route_pb2.RouteConfiguration:
+    """Every request to the local app, checked against the routes each caller is allowed
+    (no rules at all in permissive mode)."""
+    local_cluster = local_cluster_name(proxy.app_port)
+    if mesh.permissive:
+        rules = http_rbac_pb2.RBACPerRoute()  # no rbac: the filter is off for this route
+    else:
+        per_caller = {
+            str(p.source): rbac_pb2.Policy(
+                principals=[_principal(p.source)],
+                permissions=[_permission(m) for m in p.http] or [_nothing()],
+            )
+            for p in mesh.allowed_callers(proxy.identity)
+        }
+        rules = http_rbac_pb2.RBACPerRoute(
+            rbac=http_rbac_pb2.RBAC(rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies=per_caller))
+        )
     return route_pb2.RouteConfiguration(
         name=INBOUND,
         virtual_hosts=[
@@ -494,6 +510,7 @@ def _inbound_routes(local_cluster: str) -> route_pb2.RouteConfiguration:
                         route=route_components_pb2.RouteAction(cluster=local_cluster),
                     )
                 ],
+                typed_per_filter_config={HTTP_RBAC: _typed(rules)},
             )
         ],
     )

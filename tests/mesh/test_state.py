@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from gitmesh import pipeline
 from gitmesh.mesh.state import Backend, Endpoint, MeshState, ServiceRef, build
 from gitmesh.smi import Identity
@@ -126,11 +128,14 @@ def test_older_versions_mean_the_same() -> None:
     assert old.splits[(ServiceRef("app", "web"), 80)].backends == (Backend(ServiceRef("app", "v1"), 3),)
 
 
-def test_tcp_ports_and_permissive() -> None:
+def test_tcp_ports() -> None:
     mesh = build(
-        [f.tcp_route("db", "pg", 5432), f.target("db", "t", "postgres", ["app/api"], "pg", kind="TCPRoute")],
-        permissive=True,
+        [f.tcp_route("db", "pg", 5432), f.target("db", "t", "postgres", ["app/api"], "pg", kind="TCPRoute")]
     )
     (p,) = mesh.permissions
     assert (p.routes(), p.http) == (("pg (tcp ports 5432)",), ())
-    assert mesh.permissive
+
+
+@pytest.mark.parametrize(("configs", "permissive"), [((), False), ((False,), False), ((True,), True)])
+def test_a_mesh_config_makes_the_mesh_permissive(configs: tuple[bool, ...], permissive: bool) -> None:
+    assert build([f.mesh_config(c) for c in configs]).permissive is permissive

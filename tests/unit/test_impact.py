@@ -97,3 +97,12 @@ def test_no_access_changes_when_no_access_object_changes() -> None:
     target = f.target("store", "t", "bookstore", ["buyer/buyer"], "routes")
     svc = f.service("store", "bookstore", 80)
     assert impact([ROUTES, target, f.service("store", "bookstore", 81)], [ROUTES, target, svc]).access == ()
+
+
+def test_turning_permissive_mode_on_and_off_is_one_access_change_each_way() -> None:
+    off, on = f.mesh_config(False), f.mesh_config(True)
+    (gained,) = impact([on], [off]).access
+    assert (gained.source, gained.destination, gained.gained) == ("*", "*", True)
+    (lost,) = impact([], [on]).access  # the MeshConfig deleted: TrafficTargets rule again
+    assert not lost.gained
+    assert impact([on], [on]).access == ()

@@ -42,6 +42,14 @@ def test_resource_versions_grow_on_every_write(store: LocalBackend) -> None:
     assert int(second) > int(first)
 
 
+def test_the_store_version_moves_on_a_delete_alone(store: LocalBackend) -> None:
+    # gitmesh run republishes when version() moves: a revision that only deletes must move it.
+    store.apply("default", "a", "main", [NS, SVC], [], {})
+    before = store.version()
+    store.apply("default", "b", "main", [], [ObjectRef.of(SVC)], {})
+    assert int(store.version()) > int(before)
+
+
 def test_fingerprint_changes_with_any_write_or_inventory_change(store: LocalBackend) -> None:
     store.apply("default", "a", "main", [SVC], [], {})
     before = fingerprint(store.list_managed(), store.inventory("default"))

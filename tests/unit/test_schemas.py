@@ -49,6 +49,7 @@ EXPECTED_KINDS = frozenset(
         ("v1", "Service"),
         ("v1", "ServiceAccount"),
         ("discovery.k8s.io/v1", "EndpointSlice"),
+        ("config.openservicemesh.io/v1alpha2", "MeshConfig"),
     }
 )
 
@@ -283,6 +284,23 @@ def test_every_schema_file_is_a_valid_json_schema() -> None:
 def test_the_official_crds_are_there_to_compare_with() -> None:
     # CI and every developer have ../shared/crds; without it the comparisons below would test nothing.
     assert len(CRD_KEYS) == 12, f"expected the 12 SMI CRD versions in {CRD_DIR}, found {CRD_KEYS}"
+
+
+def test_mesh_config_is_a_subset_of_the_osm_crd() -> None:
+    """gitmesh reads a few MeshConfig fields and refuses the rest: each it reads must exist in OSM's
+    CRD with the same type, so an OSM user's MeshConfig means the same to gitmesh."""
+    (doc,) = yaml.safe_load_all((CRD_DIR / "config.openservicemesh.io_MeshConfig.yaml").read_text())
+    (version,) = [v for v in doc["spec"]["versions"] if v["name"] == "v1alpha2"]
+    theirs = version["schema"]["openAPIV3Schema"]
+    ours = schemas.schema_document("config.openservicemesh.io/v1alpha2", "MeshConfig")
+    assert ours is not None
+    paths = property_paths(ours) - {"apiVersion", "kind", "metadata"}
+    assert "spec.traffic.enablePermissiveTrafficPolicyMode" in paths
+    for path in paths:
+        mine, osm = ours, theirs
+        for part in path.split("."):
+            mine, osm = mine["properties"][part], osm["properties"][part]
+        assert mine["type"] == osm["type"], path
 
 
 def strict(node: Any) -> Any:

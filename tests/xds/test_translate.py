@@ -26,6 +26,7 @@ from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import bootstrap
 from gitmesh.xds.translate import Proxy, Resources, Translator, Upstream, identity_address, translate
 from tests.conftest import EXAMPLE_REPO
+from tests.factory import mesh_config
 from tests.xds.envoy import ENVOY
 
 BOOKSTORE = Proxy(
@@ -50,7 +51,7 @@ MYSQL_V1 = Proxy(
 
 def example(permissive: bool = False) -> MeshState:
     validated = pipeline.check(read_directory(str(EXAMPLE_REPO)))
-    return build((m.obj for m in validated.desired), permissive=permissive)
+    return build([*(m.obj for m in validated.desired), *([mesh_config(True)] if permissive else [])])
 
 
 def serialized(res: Resources) -> dict[str, dict[str, bytes]]:
@@ -115,10 +116,7 @@ def test_inbound_admits_only_allowed_callers_on_their_routes() -> None:
     assert [p.direct_remote_ip.address_prefix for p in callers] == [
         identity_address(Identity("bookbuyer", "bookbuyer"))
     ]
-    hcm = filters["envoy.filters.network.http_connection_manager"]
-    rbac = http_rbac_pb2.RBAC()
-    hcm.http_filters[0].typed_config.Unpack(rbac)
-    policy = rbac.rules.policies["bookbuyer/bookbuyer"]
+    policy = inbound_rules(translate(example(), BOOKSTORE)).rbac.rules.policies["bookbuyer/bookbuyer"]
     assert len(policy.permissions) == 2  # books-bought, buy-a-book
     rules = policy.permissions[0].and_rules.rules
     assert rules[0].url_path.path.safe_regex.regex == "/books-bought"
@@ -130,9 +128,30 @@ def test_a_proxy_nobody_may_call_refuses_everyone() -> None:
     assert principal.not_id.any
 
 
+def inbound_rules(res: Resources) -> http_rbac_pb2.RBACPerRoute:
+    (host,) = res[resources.ROUTE]["inbound"].virtual_hosts
+    rules = http_rbac_pb2.RBACPerRoute()
+    host.typed_per_filter_config["envoy.filters.http.rbac"].Unpack(rules)
+    return rules
+
+
+def test_route_rules_live_in_the_route_configuration_so_changes_reach_open_connections() -> None:
+    # The listener's HTTP RBAC filter is the same whatever the TrafficTargets say: changing access
+    # changes only RDS, which applies to the next request on every connection.
+    strict, permissive = example(), example(permissive=True)
+    listeners = [translate(m, BOOKSTORE)[resources.LISTENER]["inbound"] for m in (strict, permissive)]
+    hcms = [network_filters(x)["envoy.filters.network.http_connection_manager"] for x in listeners]
+    assert hcms[0] == hcms[1]
+    deny_all = http_rbac_pb2.RBAC()
+    hcms[0].http_filters[0].typed_config.Unpack(deny_all)
+    assert deny_all.rules.action == deny_all.rules.ALLOW and not deny_all.rules.policies
+
+
 def test_permissive_mode_has_no_rbac() -> None:
-    filters = network_filters(translate(example(permissive=True), BOOKTHIEF)[resources.LISTENER]["inbound"])
+    res = translate(example(permissive=True), BOOKTHIEF)
+    filters = network_filters(res[resources.LISTENER]["inbound"])
     assert list(filters) == ["envoy.filters.network.http_connection_manager"]
+    assert not inbound_rules(res).HasField("rbac")  # the filter is off on the route
 
 
 def test_an_upstream_is_a_local_port_proxying_tcp_by_the_split() -> None:
