@@ -6,9 +6,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_REPO = REPO_ROOT / "examples" / "repo"
+# The example repo's size, counted here independently of gitmesh's loader.
+EXAMPLE_FILES = sorted(EXAMPLE_REPO.rglob("*.yaml"))
+EXAMPLE_OBJECTS = sum(len([d for d in yaml.safe_load_all(p.read_text()) if d]) for p in EXAMPLE_FILES)
 
 
 @pytest.fixture(autouse=True)

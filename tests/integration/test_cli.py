@@ -18,7 +18,7 @@ from gitmesh.cli import cli
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.objects import ObjectRef
 from tests import factory as f
-from tests.conftest import EXAMPLE_REPO, GitRepo
+from tests.conftest import EXAMPLE_FILES, EXAMPLE_OBJECTS, EXAMPLE_REPO, GitRepo
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def test_validate_reads_the_commit_not_the_work_tree(mesh: GitRepo) -> None:
     (mesh.path / "mesh" / "bookstore" / "split.yaml").write_text("kind: [broken\n")
     result = run("validate", "--repo", mesh.path, "--ref", "main", "--path", "mesh")
     assert result.exit_code == 0, result.output
-    assert "19 objects valid in 8 files" in result.output
+    assert f"{EXAMPLE_OBJECTS} objects valid in {len(EXAMPLE_FILES)} files" in result.output
 
 
 def test_validate_reports_every_error_with_file_line_and_source_line(mesh: GitRepo) -> None:
@@ -100,17 +100,21 @@ def test_plan_apply_then_nothing_to_do(mesh: GitRepo, store: Path) -> None:
     sha = mesh.git("rev-parse", "HEAD").strip()
     planned = run("plan", "--repo", mesh.path, "--path", "mesh", "--store", store, "--detailed-exitcode")
     assert planned.exit_code == 2
-    assert "19 to create, 0 to update, 0 to delete, 0 unchanged." in planned.output
+    assert f"{EXAMPLE_OBJECTS} to create, 0 to update, 0 to delete, 0 unchanged." in planned.output
     assert "bookstore-v1        - -> 75%" in planned.output
     applied = run("apply", "--repo", mesh.path, "--path", "mesh", "--store", store)
     assert applied.exit_code == 0, applied.output
-    assert len(managed(store)) == 19
+    assert len(managed(store)) == EXAMPLE_OBJECTS
     again = run("plan", "--repo", mesh.path, "--path", "mesh", "--store", store, "--detailed-exitcode")
     assert again.exit_code == 0
-    assert "No changes. 19 objects up to date." in again.output
+    assert f"No changes. {EXAMPLE_OBJECTS} objects up to date." in again.output
     status = json.loads(run("status", "--store", store, "--output", "json").output)
     (source,) = status["sources"]
-    assert (source["revision"], source["ref"], sum(source["objects"].values())) == (sha, "HEAD", 19)
+    assert (source["revision"], source["ref"], sum(source["objects"].values())) == (
+        sha,
+        "HEAD",
+        EXAMPLE_OBJECTS,
+    )
 
 
 def test_a_traffic_shift_plans_as_shares(mesh: GitRepo, store: Path) -> None:
@@ -119,7 +123,7 @@ def test_a_traffic_shift_plans_as_shares(mesh: GitRepo, store: Path) -> None:
     mesh.commit("shift", {"mesh/bookstore/split.yaml": split.replace("75", "20").replace("25", "80")})
     result = run("plan", "--repo", mesh.path, "--path", "mesh", "--store", store, "--output", "json")
     plan = json.loads(result.output)
-    assert plan["summary"] == {"create": 0, "update": 1, "delete": 0, "no-op": 18}
+    assert plan["summary"] == {"create": 0, "update": 1, "delete": 0, "no-op": EXAMPLE_OBJECTS - 1}
     (shift,) = plan["impact"]["splits"]
     assert [(b["service"], b["before"], b["after"]) for b in shift["backends"]] == [
         ("bookstore-v1", 75.0, 20.0),
@@ -149,7 +153,7 @@ def test_base_head_preview_needs_no_store(
     )
     assert result.exit_code == 0, result.output
     assert result.output.startswith("### gitmesh plan for `")
-    assert "**0 to create, 0 to update, 3 to delete, 16 unchanged.**" in result.output
+    assert f"**0 to create, 0 to update, 3 to delete, {EXAMPLE_OBJECTS - 3} unchanged.**" in result.output
     assert (
         "<details><summary><code>- delete Namespace/bookthief</code> (no longer in the revision)</summary>"
         in result.output
@@ -168,7 +172,7 @@ def test_saved_plan_applies_exactly_and_refuses_when_stale(
     mesh.commit("later", {"mesh/extra.yaml": f.dump(f.service_account("bookstore", "late"))})
     assert run("apply", plan_file, "--store", store).exit_code == 0
     assert "ServiceAccount/bookstore/late" not in managed(store)
-    assert len(managed(store)) == 19
+    assert len(managed(store)) == EXAMPLE_OBJECTS
     # The live state moved on: the same plan is now stale.
     stale = run("apply", plan_file, "--store", store)
     assert stale.exit_code == 1
@@ -184,7 +188,7 @@ def test_prune_deletes_only_what_this_source_applied(mesh: GitRepo, store: Path,
     mesh.commit("drop bookthief")
     result = run("apply", "--repo", mesh.path, "--path", "mesh", "--store", store)
     assert result.exit_code == 0
-    assert "0 to create, 0 to update, 3 to delete, 16 unchanged." in result.output
+    assert f"0 to create, 0 to update, 3 to delete, {EXAMPLE_OBJECTS - 3} unchanged." in result.output
     remaining = managed(store)
     assert "Namespace/bookthief" not in remaining
     assert "Namespace/theirs" in remaining
@@ -196,8 +200,8 @@ def test_deleting_everything_needs_allow_empty(mesh: GitRepo, store: Path) -> No
     mesh.commit("empty", {"mesh/.keep.yaml": ""})
     refused = run("apply", "--repo", mesh.path, "--path", "mesh", "--store", store)
     assert refused.exit_code == 1
-    assert "would delete all 19 objects" in refused.output
-    assert len(managed(store)) == 19
+    assert f"would delete all {EXAMPLE_OBJECTS} objects" in refused.output
+    assert len(managed(store)) == EXAMPLE_OBJECTS
     assert (
         run("apply", "--repo", mesh.path, "--path", "mesh", "--store", store, "--allow-empty").exit_code == 0
     )
@@ -228,7 +232,7 @@ def test_remote_repositories_are_read_from_a_mirror(mesh: GitRepo, store: Path) 
     assert run("validate", "--repo", url, "--ref", "main", "--path", "mesh").exit_code == 0
     mesh.commit("more", {"mesh/extra.yaml": f.dump(f.service_account("bookstore", "late"))})
     result = run("plan", "--repo", url, "--ref", "main", "--path", "mesh", "--store", store)
-    assert "20 to create" in result.output  # the mirror fetched the new commit
+    assert f"{EXAMPLE_OBJECTS + 1} to create" in result.output  # the mirror fetched the new commit
 
 
 @pytest.mark.parametrize(
@@ -287,7 +291,10 @@ def test_an_oversized_blob_is_refused_without_disturbing_the_files_after_it(mesh
     report = json.loads(result.output)
     assert [(d["file"], d["code"]) for d in report["diagnostics"]] == [("mesh/aaa-big.yaml", "GM003")]
     # Every other file still loaded intact from the same git process.
-    assert "19 objects valid in 9 files" in run("validate", "--repo", mesh.path, "--path", "mesh").output
+    assert (
+        f"{EXAMPLE_OBJECTS} objects valid in {len(EXAMPLE_FILES) + 1} files"
+        in run("validate", "--repo", mesh.path, "--path", "mesh").output
+    )
     mesh.remove("mesh/aaa-big.yaml")
     mesh.commit("drop big")
-    assert "19 objects valid" in run("validate", "--repo", mesh.path, "--path", "mesh").output
+    assert f"{EXAMPLE_OBJECTS} objects valid" in run("validate", "--repo", mesh.path, "--path", "mesh").output

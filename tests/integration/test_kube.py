@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 from gitmesh.cli import cli
 from gitmesh.cluster.kube import KubeBackend
 from tests import factory as f
-from tests.conftest import EXAMPLE_REPO, GitRepo
+from tests.conftest import EXAMPLE_OBJECTS, EXAMPLE_REPO, GitRepo
 from tests.kube import Cluster
 
 pytestmark = pytest.mark.integration
@@ -74,6 +74,7 @@ def test_crds_are_established_with_one_served_version(cluster: Cluster) -> None:
         "httproutegroups.specs.smi-spec.io",
         "tcproutes.specs.smi-spec.io",
         "udproutes.specs.smi-spec.io",
+        "meshconfigs.config.openservicemesh.io",
     }
     for crd in crds.values():
         assert any(c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"])
@@ -106,7 +107,7 @@ def test_a_repo_identical_to_the_cluster_plans_no_changes(cluster: Cluster, mesh
     assert gitmesh(cluster, "apply", mesh).exit_code == 0
     plan = plan_json(cluster, mesh)
     assert changed(plan) == {}
-    assert plan["summary"]["no-op"] == 19
+    assert plan["summary"]["no-op"] == EXAMPLE_OBJECTS
 
 
 def test_defaulted_fields_never_show_as_changes(cluster: Cluster, git_repo: GitRepo) -> None:
@@ -237,7 +238,7 @@ def test_field_conflicts_are_reported_not_forced(cluster: Cluster, mesh: GitRepo
     )
     mesh.commit("shift", {"mesh/bookstore/split.yaml": split_yaml(60, 40)})
     plan = plan_json(cluster, mesh)
-    (split,) = [c for c in plan["changes"] if c["object"]["kind"] == "TrafficSplit"]
+    (split,) = [c for c in plan["changes"] if c["object"]["name"] == "bookstore-split"]
     assert split["action"] == "update"
     assert "hand-edit" in split["conflict"]
     assert "take_over" not in split
