@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import contextlib
 import gc
 import json
@@ -276,7 +277,11 @@ async def server_main(args: argparse.Namespace) -> None:
                 break
             if command == "rss":
                 gc.collect()
+                held = rss_bytes()
+                # What the C allocator holds free but has not given back, told apart from what is in use.
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
                 emit(
+                    rss_untrimmed=held,
                     rss=rss_bytes(),
                     cpu=cpu_seconds(),
                     keys=len(publisher._proxies),
@@ -685,6 +690,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "server_cpu_connect_s": loaded["cpu"] - cpu0,
             "rss_before": base["rss"],
             "rss_after": loaded["rss"],
+            "rss_after_untrimmed": loaded["rss_untrimmed"],
             "rss_peak": peak,
             "bytes_per_proxy": per_proxy,
             "initial_bytes_per_proxy_sent": sum(t["bytes"] for t in times) / args.proxies,
@@ -697,7 +703,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(
             f"  server RSS {base['rss'] / 2**20:,.1f} -> {loaded['rss'] / 2**20:,.1f} MiB: "
-            f"{per_proxy / 1024:,.1f} KiB per proxy (target {TARGET_BYTES_PER_PROXY // 1024} KiB); "
+            f"{per_proxy / 1024:,.1f} KiB per proxy (target {TARGET_BYTES_PER_PROXY // 1024} KiB; "
+            f"{loaded['rss_untrimmed'] / 2**20:,.1f} MiB before malloc_trim); "
             f"server CPU while connecting {loaded['cpu'] - cpu0:.1f} s; "
             f"{result['initial_bytes_per_proxy_sent'] / 1024:,.0f} KiB of responses per proxy",
             flush=True,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -84,11 +85,17 @@ def _push_order(type_urls: Iterable[str]) -> list[str]:
     return sorted(type_urls, key=lambda url: (resources.push_rank(url), url))
 
 
+def _names(names: Iterable[str]) -> tuple[str, ...]:
+    """A subscription's names, sorted and interned: a thousand streams naming the same thousand
+    clusters then hold one copy of each name, not a thousand."""
+    return tuple(sorted({sys.intern(name) for name in names}))
+
+
 class _SotwType:
     __slots__ = ("acked", "force", "names", "nonce", "sent")
 
-    def __init__(self, names: frozenset[str] | None, held: str) -> None:
-        self.names = names  # None: the full set (LDS / CDS)
+    def __init__(self, names: tuple[str, ...] | None, held: str) -> None:
+        self.names = names  # sorted, None: the full set (LDS / CDS)
         self.sent = held  # version the proxy has or was last sent
         self.acked = held
         self.nonce = ""
@@ -111,7 +118,7 @@ class SotwStream:
     def on_request(self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot | None) -> list[bytes]:
         url = request.type_url
         state = self._types.get(url)
-        names = None if url in resources.WILDCARD_TYPES else frozenset(request.resource_names)
+        names = None if url in resources.WILDCARD_TYPES else _names(request.resource_names)
         if not request.response_nonce:
             # A subscription (first, or renewed after reconnect): start from what the proxy holds.
             state = self._types[url] = _SotwType(names, request.version_info)
@@ -144,7 +151,7 @@ class SotwStream:
             if state.names is None:
                 items: Iterable[EncodedResource] = encoded.values()
             else:
-                items = [encoded[name] for name in sorted(state.names) if name in encoded]
+                items = [encoded[name] for name in state.names if name in encoded]
             self._nonces += 1
             state.nonce = str(self._nonces)
             state.sent = version
@@ -189,7 +196,8 @@ class DeltaStream:
         if state is None:
             # Legacy wildcard: LDS / CDS subscribed with no names means "everything".
             wildcard = url in resources.WILDCARD_TYPES and not request.resource_names_subscribe
-            state = self._types[url] = _DeltaType(dict(request.initial_resource_versions), wildcard)
+            known = {sys.intern(name): version for name, version in request.initial_resource_versions.items()}
+            state = self._types[url] = _DeltaType(known, wildcard)
         elif request.response_nonce:
             if request.response_nonce == state.nonce:
                 if request.HasField("error_detail"):
@@ -202,7 +210,7 @@ class DeltaStream:
             if name == WILDCARD:
                 state.wildcard = True
             else:
-                state.names.add(name)
+                state.names.add(sys.intern(name))
             state.force = True
         for name in request.resource_names_unsubscribe:
             if name == WILDCARD:
@@ -336,6 +344,7 @@ class AggregatedDiscoveryServicer:
             try:
                 async for request in requests:
                     inbox.put_nowait(request)
+                    del request  # not held while waiting for the next
             finally:
                 inbox.put_nowait(_END)
 
@@ -348,6 +357,8 @@ class AggregatedDiscoveryServicer:
             if not node.id:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
             key = self._cache.key_for(node)
+            node_id = node.id
+            del node  # a part of a request keeps the whole request alive
             woken = False
 
             def wake() -> None:
@@ -358,25 +369,22 @@ class AggregatedDiscoveryServicer:
 
             def on_nack(type_url: str, version: str, message: str) -> None:
                 self._cache.record_nack(key, type_url, version, message)
-                self._log.warning("proxy %s rejected %s version %s: %s", node.id, type_url, version, message)
+                self._log.warning("proxy %s rejected %s version %s: %s", node_id, type_url, version, message)
 
             watch = self._cache.watch(key, wake)
             stream: SotwStream | DeltaStream = (DeltaStream if delta else SotwStream)(watch, on_nack)
             stream_id = self._next_stream
             self._next_stream += 1
-            self._streams[stream_id] = StreamInfo(node.id, key, delta, stream.acked)
+            self._streams[stream_id] = StreamInfo(node_id, key, delta, stream.acked)
             self._connections[key] += 1
             try:
                 item: object = first
+                del first
                 while not isinstance(item, _End):
-                    snapshot = self._cache.snapshot(key)
                     if item is _WAKE:
                         woken = False
-                        responses = stream.push(snapshot)
-                    else:
-                        responses = stream.on_request(item, snapshot)  # type: ignore[arg-type]
-                    for response in responses:
-                        await context.write(response)
+                    await self._answer(context, stream, key, item)
+                    del item  # not held while waiting for the next
                     item = await inbox.get()
             finally:
                 watch.close()
@@ -388,6 +396,18 @@ class AggregatedDiscoveryServicer:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+
+    async def _answer(
+        self, context: grpc.aio.ServicerContext, stream: SotwStream | DeltaStream, key: str, item: object
+    ) -> None:
+        """Send what a request or a wake-up calls for. Its own coroutine so that the responses and the
+        snapshot die when it returns: a stream waiting for its next request holds none of them
+        (they are the size of the proxy's whole configuration)."""
+        snapshot = self._cache.snapshot(key)
+        request = None if item is _WAKE else item
+        responses = stream.push(snapshot) if request is None else stream.on_request(request, snapshot)  # type: ignore[arg-type]
+        for response in responses:
+            await context.write(response)
 
 
 @dataclass
