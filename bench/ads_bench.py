@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -52,6 +52,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,6 +252,8 @@ async def server_main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     commands = _stdin_commands(loop)
     started = time.perf_counter()
+    if args.tracemalloc:
+        tracemalloc.start()
     objects = mesh_objects(args.services)
     publisher = MeshPublisher()
     publisher.update(objects)
@@ -278,6 +281,9 @@ async def server_main(args: argparse.Namespace) -> None:
             if command == "rss":
                 gc.collect()
                 held = rss_bytes()
+                if args.tracemalloc:
+                    for stat in tracemalloc.take_snapshot().statistics("lineno")[:25]:
+                        print(f"tracemalloc: {stat}", file=sys.stderr, flush=True)
                 # What the C allocator holds free but has not given back, told apart from what is in use.
                 ctypes.CDLL("libc.so.6").malloc_trim(0)
                 emit(
@@ -652,6 +658,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     server_argv = ["_server", "--services", str(args.services)]
     if args.profile:
         server_argv += ["--profile", args.profile]
+    if args.tracemalloc:
+        server_argv.append("--tracemalloc")
     server = Child("server", server_argv)
     clients: list[Child] = []
     try:
@@ -766,6 +774,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", default="", help="cProfile the server's updates into this file")
     parser.add_argument("--json", default="", help="also write the figures to this file")
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="print where the server's Python memory is, at each RSS reading",
+    )
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--client-index", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -430,6 +430,12 @@ def _show_shares(d: Any, revision: str) -> None:
     help="Where the mesh reaches the app: the service's endpoints point here.",
 )
 @click.option(
+    "--inbound-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address the inbound listener binds: the one the service's endpoints name.",
+)
+@click.option(
     "--upstream",
     "upstreams",
     multiple=True,
@@ -447,6 +453,7 @@ def bootstrap_command(
     app_port: int,
     outbound_port: int,
     inbound_port: int,
+    inbound_address: str,
     upstreams: tuple[str, ...],
     admin_port: int,
     xds_address: str,
@@ -472,6 +479,7 @@ def bootstrap_command(
         outbound_port,
         inbound_port,
         parsed,
+        inbound_address,
     )
     config = bootstrap(proxy, xds_host=host, xds_port=int(port), admin_port=admin_port, delta=delta)
     click.echo(json.dumps(config, indent=2))

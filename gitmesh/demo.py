@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from gitmesh import pipeline
+from gitmesh.cluster.kube import KubeBackend
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.mesh.state import ServiceRef
 from gitmesh.smi import Identity
@@ -204,9 +205,13 @@ def eventually(probe: Callable[[], Any], want: Callable[[Any], bool], what: str,
 class Demo:
     """The bookstore, running: apps, their sidecars, gitmesh run, and a Git repo to change."""
 
-    def __init__(self, workdir: Path, *, delta: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, *, delta: bool = False, kubeconfig: Path | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.workdir = workdir
         self.delta = delta  # the sidecars use incremental xDS
+        self.kubeconfig = kubeconfig  # a cluster instead of the embedded store
+        self.host = host  # the address the sidecars' inbound listeners bind, and the endpoints name
         self.repo = workdir / "repo"
         self.store = workdir / "store.db"
         self.xds_port = free_port()
@@ -219,6 +224,7 @@ class Demo:
                 free_port(),
                 free_port(),
                 (Upstream(MYSQL, MYSQL_PORT, free_port()),) if name in MYSQL_CALLERS else (),
+                host,
             )
             for name, (ns, sa) in APPS.items()
         }
@@ -241,7 +247,9 @@ class Demo:
             shutil.rmtree(self.repo)
         shutil.copytree(EXAMPLE_REPO, self.repo / MESH_PATH)
         slices = [
-            _endpoint_slice(p.service, "mysql" if name in TCP_APPS else "http", p.inbound_port)
+            _endpoint_slice(
+                p.service, "mysql" if name in TCP_APPS else "http", p.inbound_address, p.inbound_port
+            )
             for name, p in self.proxies.items()
         ]
         (self.repo / MESH_PATH / "endpoints.yaml").write_text(
@@ -254,14 +262,14 @@ class Demo:
         subprocess.run([*git, "-C", str(self.repo), "commit", "-q", "-m", "The bookstore mesh"], check=True)
 
     def apply(self) -> str:
-        """Apply the demo repo's HEAD to the store; the commit applied."""
+        """Apply the demo repo's HEAD to the store (or the cluster); the commit applied."""
         revision = read_revision(open_repo(str(self.repo)), "HEAD", MESH_PATH)
         validated = pipeline.check(revision)
         if not validated.ok:
             raise ValueError(
                 f"the demo repo's HEAD has {len(validated.errors)} error(s): {validated.errors[0].message}"
             )
-        backend = LocalBackend(self.store)
+        backend = KubeBackend.connect(str(self.kubeconfig)) if self.kubeconfig else LocalBackend(self.store)
         try:
             pipeline.apply(pipeline.plan(revision, validated, backend, "demo"), backend)
         finally:
@@ -281,8 +289,11 @@ class Demo:
                     "-m",
                     "gitmesh",
                     "run",
-                    "--store",
-                    str(self.store),
+                    *(
+                        ("--kubeconfig", str(self.kubeconfig))
+                        if self.kubeconfig
+                        else ("--store", str(self.store))
+                    ),
                     "--xds-address",
                     f"127.0.0.1:{self.xds_port}",
                 ],
@@ -318,7 +329,7 @@ class Demo:
             app.close()
 
 
-def _endpoint_slice(service: ServiceRef, port_name: str, port: int) -> dict[str, Any]:
+def _endpoint_slice(service: ServiceRef, port_name: str, address: str, port: int) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -329,7 +340,7 @@ def _endpoint_slice(service: ServiceRef, port_name: str, port: int) -> dict[str,
         },
         "addressType": "IPv4",
         "ports": [{"name": port_name, "port": port}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+        "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
     }
 
 
@@ -344,9 +355,11 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running(workdir: Path, *, delta: bool = False) -> Iterator[Demo]:
+def running(
+    workdir: Path, *, delta: bool = False, kubeconfig: Path | None = None, host: str = "127.0.0.1"
+) -> Iterator[Demo]:
     workdir.mkdir(parents=True, exist_ok=True)
-    demo = Demo(workdir, delta=delta)
+    demo = Demo(workdir, delta=delta, kubeconfig=kubeconfig, host=host)
     try:
         demo.start()
         yield demo

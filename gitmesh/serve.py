@@ -78,7 +78,7 @@ def xds_report(streams: Iterable[StreamInfo], cache: SnapshotCache) -> dict[str,
 
 def proxy_key(proxy: Proxy) -> str:
     """Proxies equal in everything translation reads share one snapshot."""
-    ports = f"{proxy.app_port},{proxy.outbound_port},{proxy.inbound_port}"
+    ports = f"{proxy.app_port},{proxy.outbound_port},{proxy.inbound_address}:{proxy.inbound_port}"
     upstreams = "".join(f"|{u}" for u in proxy.upstreams)
     return f"{proxy.identity}|{proxy.service}|{ports}{upstreams}" + ("|grpc" if proxy.grpc else "")
 

@@ -43,6 +43,7 @@ def bootstrap(
                 "app_port": proxy.app_port,
                 "outbound_port": proxy.outbound_port,
                 "inbound_port": proxy.inbound_port,
+                "inbound_address": proxy.inbound_address,
                 "upstreams": [str(u) for u in proxy.upstreams],
             },
         },
@@ -143,6 +144,7 @@ def proxy_of(node: base_pb2.Node) -> Proxy:
             outbound_port=int(meta["outbound_port"]),
             inbound_port=int(meta["inbound_port"]),
             upstreams=tuple(sorted(parse_upstream(str(u)) for u in meta.get("upstreams") or ())),
+            inbound_address=str(meta.get("inbound_address") or "127.0.0.1"),
             grpc=node.user_agent_name.startswith("gRPC"),
         )
     except (KeyError, TypeError, ValueError) as e:

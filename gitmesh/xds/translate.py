@@ -79,6 +79,7 @@ class Proxy:
     outbound_port: int
     inbound_port: int
     upstreams: tuple[Upstream, ...] = ()
+    inbound_address: str = "127.0.0.1"  # what the service's endpoints name: the pod's address
     grpc: bool = False  # a proxyless gRPC client (xds:/// targets), not an Envoy sidecar
 
 
@@ -130,7 +131,7 @@ class Translator:
         if proxy.grpc:
             return self._grpc_client(proxy)
         listeners = {
-            OUTBOUND: _http_listener(OUTBOUND, proxy.outbound_port),
+            OUTBOUND: _http_listener(OUTBOUND, "127.0.0.1", proxy.outbound_port),
             INBOUND: _inbound_listener(self.mesh, proxy),
         }
         for upstream in proxy.upstreams:
@@ -251,6 +252,7 @@ def _assignment(name: str, hosts: list[tuple[str, int]]) -> endpoint_pb2.Cluster
 
 def _http_listener(
     name: str,
+    host: str,
     port: int,
     network_filters: Sequence[listener_components_pb2.Filter] = (),
     http_filters: Sequence[hcm_pb2.HttpFilter] = (),
@@ -263,7 +265,7 @@ def _http_listener(
     chain = [*network_filters, _network_filter("envoy.filters.network.http_connection_manager", hcm)]
     return listener_pb2.Listener(
         name=name,
-        address=_address("127.0.0.1", port),
+        address=_address(host, port),
         filter_chains=[listener_components_pb2.FilterChain(filters=chain)],
     )
 
@@ -331,6 +333,7 @@ def _inbound_http_listener(mesh: MeshState, proxy: Proxy) -> listener_pb2.Listen
     deny_all = http_rbac_pb2.RBAC(rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW))
     return _http_listener(
         INBOUND,
+        proxy.inbound_address,
         proxy.inbound_port,
         network_filters=network,
         http_filters=[_http_filter(HTTP_RBAC, deny_all)],
@@ -352,7 +355,9 @@ def _inbound_tcp_listener(mesh: MeshState, proxy: Proxy, ports: set[int]) -> lis
             )
         ]
     )
-    listener = listener_pb2.Listener(name=INBOUND, address=_address("127.0.0.1", proxy.inbound_port))
+    listener = listener_pb2.Listener(
+        name=INBOUND, address=_address(proxy.inbound_address, proxy.inbound_port)
+    )
     if mesh.permissive:
         listener.filter_chains.append(forward)
         return listener

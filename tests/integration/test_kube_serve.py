@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from gitmesh import demo
 from gitmesh.cli import cli
 from gitmesh.demo import eventually, free_port, stop_process
 from gitmesh.xds import resources
@@ -136,3 +138,43 @@ def test_the_mesh_follows_the_cluster(cluster: Cluster, gitmesh_run: int, git_re
     # What gitmesh run saw of its proxies is kept in the cluster, for gitmesh status.
     status = CliRunner().invoke(cli, ["status", "--kubeconfig", str(cluster.kubeconfig), "--output", "json"])
     assert "proxies" in json.loads(status.output)["sidecars"]
+
+
+@pytest.fixture
+def pod_address() -> Iterator[str]:
+    """An address that stands in for the pods: the apiserver refuses loopback endpoints, so one from
+    TEST-NET-1 (never routed) is put on this host's loopback interface for the test."""
+    address = f"192.0.2.{random.randint(2, 254)}"
+    subprocess.run(["ip", "address", "add", f"{address}/32", "dev", "lo"], check=True, capture_output=True)
+    try:
+        yield address
+    finally:
+        subprocess.run(
+            ["ip", "address", "del", f"{address}/32", "dev", "lo"], check=True, capture_output=True
+        )
+
+
+def test_traffic_flows_through_a_mesh_served_from_the_cluster(
+    cluster: Cluster, pod_address: str, tmp_path: Path
+) -> None:
+    with demo.running(tmp_path, kubeconfig=cluster.kubeconfig, host=pod_address) as d:
+        slices = cluster.kubectl("get", "endpointslices", "-n", "bookstore", "-o", "json").stdout
+        assert pod_address in slices  # the cluster holds what the sidecars are reached by
+        seen = d.shares(500)
+        assert abs(seen.get("bookstore-v1", 0) - 0.75) <= 0.07, seen
+        assert d.buy("/admin")[0] == 403
+        assert d.buy(caller="bookthief")[0] == 503
+        assert d.query("bookwarehouse") in ("mysql-v1", "mysql-v2")
+        assert d.query("bookthief") == ""
+        # A change made in the cluster itself reaches the traffic.
+        cluster.kubectl(
+            "patch",
+            "trafficsplit",
+            "-n",
+            "bookstore",
+            "bookstore-split",
+            "--type=merge",
+            "-p",
+            '{"spec":{"backends":[{"service":"bookstore-v1","weight":0},{"service":"bookstore-v2","weight":1}]}}',
+        )
+        eventually(lambda: set(d.shares(50)), lambda s: s == {"bookstore-v2"}, "0/1 served from the cluster")
