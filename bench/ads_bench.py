@@ -77,6 +77,7 @@ EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 TYPES = (CDS, EDS, LDS, RDS)
+TYPE_NAMES = {CDS: "CDS", EDS: "EDS", LDS: "LDS", RDS: "RDS"}
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 
 
@@ -420,6 +421,8 @@ class LoadClient:
         while not stop.is_set():
             try:
                 await self.stream(node, stats, stop)
+                if not stats.configured and not stop.is_set():
+                    self.errors.append(f"proxy {index}: the server ended the stream before its config")
                 return
             except grpc.aio.AioRpcError as e:
                 if stop.is_set():
@@ -507,6 +510,12 @@ class LoadClient:
                         errors=self.errors[:5],
                         retries=self.retries,
                         cpu=cpu_seconds(),
+                        # The first few still waiting: which types each has, and how many responses.
+                        waiting=[
+                            (i, sorted(TYPE_NAMES[url] for url in s.acked), s.responses)
+                            for i, s in self.stats.items()
+                            if not s.configured
+                        ][:5],
                     )
                 elif command == "arm":  # from now on, a route configuration other than the last is the change
                     for s in self.stats.values():
@@ -642,7 +651,11 @@ def _wait(
         if done >= want:
             return time.monotonic() - started, peak
         if time.monotonic() - started > timeout:
-            raise TimeoutError(f"only {done} of {want} streams {key} after {timeout:.0f} s")
+            waiting = [w for s in status for w in s.get("waiting", ())][:5]
+            raise TimeoutError(
+                f"only {done} of {want} streams {key} after {timeout:.0f} s; "
+                f"waiting (proxy, types held, responses): {waiting}"
+            )
         if rss > max_rss:
             raise MemoryError(f"server RSS {rss / 2**20:,.0f} MiB is over --max-server-rss")
         time.sleep(0.25)
