@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
 import http.server
 import json
 import os
@@ -30,11 +31,12 @@ from typing import Any
 import yaml
 
 from gitmesh import pipeline
+from gitmesh.certs import store
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.mesh.state import ServiceRef
 from gitmesh.smi import Identity
 from gitmesh.sync.git import open_repo, read_revision
-from gitmesh.xds.bootstrap import bootstrap
+from gitmesh.xds.bootstrap import XdsClientTls, bootstrap, client_tls
 from gitmesh.xds.translate import Proxy
 
 EXAMPLE_REPO = Path(__file__).resolve().parent.parent / "examples" / "repo"
@@ -99,13 +101,17 @@ class App:
 class Sidecar:
     """A real Envoy, bootstrapped by gitmesh for ``proxy``."""
 
-    def __init__(self, proxy: Proxy, xds_port: int, workdir: Path, *, delta: bool = False) -> None:
+    def __init__(
+        self, proxy: Proxy, xds_port: int, workdir: Path, tls: XdsClientTls, *, delta: bool = False
+    ) -> None:
         self.proxy = proxy
         self.admin_port = free_port()
         config = workdir / f"{proxy.service.name}.envoy.json"
         data = bootstrap(
-            proxy, xds_host="127.0.0.1", xds_port=xds_port, admin_port=self.admin_port, delta=delta
+            proxy, xds_host="127.0.0.1", xds_port=xds_port, admin_port=self.admin_port, delta=delta, tls=tls
         )
+        # The bootstrap holds the sidecar's xDS client key: readable by its owner only.
+        config.touch(mode=0o600)
         config.write_text(json.dumps(data))
         self.log = workdir / f"{proxy.service.name}.envoy.log"
         with self.log.open("w") as log:
@@ -167,9 +173,12 @@ def eventually(probe: Callable[[], Any], want: Callable[[Any], bool], what: str,
 class Demo:
     """The bookstore, running: apps, their sidecars, gitmesh run, and a Git repo to change."""
 
-    def __init__(self, workdir: Path, *, delta: bool = False) -> None:
+    def __init__(self, workdir: Path, *, delta: bool = False, cert_lifetime: str = "24h") -> None:
         self.workdir = workdir
         self.delta = delta  # the sidecars use incremental xDS
+        self.cert_lifetime = (
+            cert_lifetime  # of workload certificates, as gitmesh run --cert-lifetime takes it
+        )
         self.repo = workdir / "repo"
         self.store = workdir / "store.db"
         self.xds_port = free_port()
@@ -186,9 +195,13 @@ class Demo:
     def start(self) -> None:
         self._make_repo()
         self.applied = self.apply()
+        now = datetime.datetime.now(datetime.UTC)
+        ca_state = store.load_or_create(self.ca_keeper(), now)
         self.start_gitmesh()
         self.sidecars = {
-            name: Sidecar(p, self.xds_port, self.workdir, delta=self.delta)
+            name: Sidecar(
+                p, self.xds_port, self.workdir, client_tls(ca_state, p.identity, now), delta=self.delta
+            )
             for name, p in self.proxies.items()
         }
         for name, sidecar in self.sidecars.items():
@@ -223,6 +236,10 @@ class Demo:
             backend.close()
         return revision.sha or ""
 
+    def ca_keeper(self) -> store.FileKeeper:
+        """The mesh CA of the demo's store, as gitmesh run keeps it."""
+        return store.FileKeeper(store.ca_path(self.store))
+
     def head(self) -> str:
         return subprocess.run(
             ["git", "-C", str(self.repo), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
@@ -240,6 +257,8 @@ class Demo:
                     str(self.store),
                     "--xds-address",
                     f"127.0.0.1:{self.xds_port}",
+                    "--cert-lifetime",
+                    self.cert_lifetime,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -290,9 +309,9 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running(workdir: Path, *, delta: bool = False) -> Iterator[Demo]:
+def running(workdir: Path, *, delta: bool = False, cert_lifetime: str = "24h") -> Iterator[Demo]:
     workdir.mkdir(parents=True, exist_ok=True)
-    demo = Demo(workdir, delta=delta)
+    demo = Demo(workdir, delta=delta, cert_lifetime=cert_lifetime)
     try:
         demo.start()
         yield demo

@@ -6,10 +6,8 @@ app reaches the mesh through its sidecar's **outbound** listener
 reaches the app through the sidecar's **inbound** listener, which is what a
 service's endpoints point at.
 
-Until mTLS, a sidecar's identity is proven by the loopback address its
-upstream connections come from: every identity has its own address in
-127.0.0.0/8 (``identity_address``), and the destination's RBAC filters admit
-callers by that address.
+Sidecars talk mTLS (``gitmesh.xds.tls``): a caller's identity is the SPIFFE ID
+in its certificate, and the destination's RBAC filters admit callers by it.
 
 Resource names, the one scheme used everywhere (users read them in
 ``/config_dump``):
@@ -19,12 +17,13 @@ cluster, load assignment      ``<namespace>/<service>|<port>``; the local app: `
                               (a static cluster of the sidecar's bootstrap)
 listener                      ``outbound``, ``inbound``
 route configuration           ``outbound``, ``inbound``
+secret (SDS)                  ``identity:<namespace>/<service-account>``: the sidecar's own certificate
+                              and key; ``trust-bundle``: the mesh's root certificates
 ============================  =====================================================
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,9 +40,10 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
+from gitmesh.certs.ca import DEFAULT_TRUST_DOMAIN
 from gitmesh.mesh.state import HttpMatch, MeshState, Port, Service, ServiceRef, Split
 from gitmesh.smi import Identity
-from gitmesh.xds import resources
+from gitmesh.xds import resources, tls
 
 OUTBOUND = "outbound"
 INBOUND = "inbound"
@@ -65,12 +65,6 @@ class Proxy:
 Resources = dict[str, dict[str, message.Message]]  # type URL -> name -> resource
 
 
-def identity_address(identity: Identity) -> str:
-    """The loopback address a sidecar of ``identity`` connects from: stable, derived from the name."""
-    digest = hashlib.sha256(str(identity).encode()).digest()
-    return f"127.{1 + digest[0] % 254}.{digest[1]}.{1 + digest[2] % 254}"
-
-
 def cluster_name(service: ServiceRef, port: int) -> str:
     return f"{service.namespace}/{service.name}|{port}"
 
@@ -79,25 +73,27 @@ def local_cluster_name(app_port: int) -> str:
     return f"local|{app_port}"
 
 
-def translate(mesh: MeshState, proxy: Proxy) -> Resources:
-    """Every resource ``proxy`` needs, keyed by type URL and name."""
-    return Translator(mesh).resources(proxy)
+def translate(mesh: MeshState, proxy: Proxy, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> Resources:
+    """Every resource ``proxy`` needs, keyed by type URL and name, but its secrets (``tls.secrets``)."""
+    return Translator(mesh, trust_domain).resources(proxy)
 
 
 class Translator:
     """Translates one MeshState for many proxies.
 
     What proxies share is built once and the same message objects go into every
-    snapshot (so they are serialized once too): the clusters and load assignments
-    (the same for all: a sidecar's source address is set once, in its bootstrap)
-    and a namespace's outbound routes (short names resolve in the caller's namespace).
+    snapshot (so they are serialized once too): the load assignments (the same for all),
+    an identity's clusters (they present its certificate; proxyless gRPC clients', keyed
+    None, are plaintext) and a namespace's outbound routes (short names resolve in the
+    caller's namespace).
     """
 
-    def __init__(self, mesh: MeshState) -> None:
+    def __init__(self, mesh: MeshState, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
         self.mesh = mesh
+        self.trust_domain = trust_domain
         self._services = sorted(mesh.services.values(), key=lambda s: s.ref)
         self._endpoints: dict[str, message.Message] | None = None
-        self._clusters: dict[str, message.Message] | None = None
+        self._clusters: dict[Identity | None, dict[str, message.Message]] = {}
         self._routes: dict[str, message.Message] = {}
         self._hosts: dict[tuple[ServiceRef, int, bool], message.Message] = {}
 
@@ -106,11 +102,11 @@ class Translator:
             return self._grpc_client(proxy)
         return {
             # The local app's cluster is in the sidecar's bootstrap, so every proxy shares this map.
-            resources.CLUSTER: self._mesh_clusters(),
+            resources.CLUSTER: self._mesh_clusters(proxy.identity),
             resources.ENDPOINT: self._load_assignments(),
             resources.LISTENER: {
                 OUTBOUND: _http_listener(OUTBOUND, proxy.outbound_port),
-                INBOUND: _inbound_listener(self.mesh, proxy),
+                INBOUND: _inbound_listener(self.mesh, proxy, self.trust_domain),
             },
             resources.ROUTE: {
                 OUTBOUND: self._outbound_routes(proxy),
@@ -134,7 +130,7 @@ class Translator:
                         name=target, api_listener=api_listener_pb2.ApiListener(api_listener=_typed(hcm))
                     )
         return {
-            resources.CLUSTER: self._mesh_clusters(),
+            resources.CLUSTER: self._mesh_clusters(None),
             resources.ENDPOINT: self._load_assignments(),
             resources.LISTENER: listeners,
             resources.ROUTE: {OUTBOUND: self._outbound_routes(proxy)},
@@ -151,14 +147,17 @@ class Translator:
             }
         return self._endpoints
 
-    def _mesh_clusters(self) -> dict[str, message.Message]:
-        if self._clusters is None:
-            self._clusters = {
-                cluster_name(svc.ref, port.port): _eds_cluster(cluster_name(svc.ref, port.port))
+    def _mesh_clusters(self, identity: Identity | None) -> dict[str, message.Message]:
+        if identity not in self._clusters:
+            self._clusters[identity] = {
+                cluster_name(svc.ref, port.port): _eds_cluster(
+                    cluster_name(svc.ref, port.port),
+                    identity and tls.upstream(identity, svc.ref.namespace, self.trust_domain),
+                )
                 for svc in self._services
                 for port in svc.ports
             }
-        return self._clusters
+        return self._clusters[identity]
 
     def _outbound_routes(self, proxy: Proxy) -> message.Message:
         """A virtual host per HTTP service port, found by Host: short name (same namespace only),
@@ -184,12 +183,13 @@ class Translator:
 # --- clusters -----------------------------------------------------------------------------------
 
 
-def _eds_cluster(name: str) -> cluster_pb2.Cluster:
+def _eds_cluster(name: str, transport_socket: base_pb2.TransportSocket | None) -> cluster_pb2.Cluster:
     return cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
         connect_timeout=duration_pb2.Duration(seconds=1),
+        transport_socket=transport_socket,
     )
 
 
@@ -224,6 +224,7 @@ def _http_listener(
     port: int,
     network_filters: Sequence[listener_components_pb2.Filter] = (),
     http_filters: Sequence[hcm_pb2.HttpFilter] = (),
+    transport_socket: base_pb2.TransportSocket | None = None,
 ) -> listener_pb2.Listener:
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=name,
@@ -234,19 +235,21 @@ def _http_listener(
     return listener_pb2.Listener(
         name=name,
         address=_address("127.0.0.1", port),
-        filter_chains=[listener_components_pb2.FilterChain(filters=chain)],
+        filter_chains=[listener_components_pb2.FilterChain(filters=chain, transport_socket=transport_socket)],
     )
 
 
-def _inbound_listener(mesh: MeshState, proxy: Proxy) -> listener_pb2.Listener:
-    """In front of the app: callers not allowed at all are refused the connection (network RBAC);
-    allowed callers get 403 for a route their TrafficTargets do not name (HTTP RBAC)."""
+def _inbound_listener(mesh: MeshState, proxy: Proxy, trust_domain: str) -> listener_pb2.Listener:
+    """In front of the app, mTLS only: callers not allowed at all are refused the connection (network
+    RBAC); allowed callers get 403 for a route their TrafficTargets do not name (HTTP RBAC). Permissive:
+    any caller with a mesh certificate."""
+    mtls = tls.downstream(proxy.identity)
     if mesh.permissive:
-        return _http_listener(INBOUND, proxy.inbound_port)
+        return _http_listener(INBOUND, proxy.inbound_port, transport_socket=mtls)
     callers = mesh.allowed_callers(proxy.identity)
     anyone_allowed = rbac_pb2.Policy(
         permissions=[rbac_pb2.Permission(any=True)],
-        principals=[_principal(p.source) for p in callers] or [_nobody()],
+        principals=[tls.principal(p.source, trust_domain) for p in callers] or [_nobody()],
     )
     network = network_rbac_pb2.RBAC(
         stat_prefix="inbound_callers",
@@ -254,7 +257,8 @@ def _inbound_listener(mesh: MeshState, proxy: Proxy) -> listener_pb2.Listener:
     )
     per_caller = {
         str(p.source): rbac_pb2.Policy(
-            principals=[_principal(p.source)], permissions=[_permission(m) for m in p.http] or [_nothing()]
+            principals=[tls.principal(p.source, trust_domain)],
+            permissions=[_permission(m) for m in p.http] or [_nothing()],
         )
         for p in callers
     }
@@ -264,14 +268,7 @@ def _inbound_listener(mesh: MeshState, proxy: Proxy) -> listener_pb2.Listener:
         proxy.inbound_port,
         network_filters=[_network_filter("envoy.filters.network.rbac", network)],
         http_filters=[_http_filter("envoy.filters.http.rbac", http)],
-    )
-
-
-def _principal(identity: Identity) -> rbac_pb2.Principal:
-    return rbac_pb2.Principal(
-        direct_remote_ip=address_pb2.CidrRange(
-            address_prefix=identity_address(identity), prefix_len=wrappers_pb2.UInt32Value(value=32)
-        )
+        transport_socket=mtls,
     )
 
 

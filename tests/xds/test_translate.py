@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
+import datetime
 import json
 import subprocess
 from pathlib import Path
@@ -13,15 +13,17 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import json_format
 
 from gitmesh import pipeline
+from gitmesh.certs import ca
 from gitmesh.mesh.state import MeshState, ServiceRef, build
 from gitmesh.smi import Identity
 from gitmesh.sync.git import read_directory
-from gitmesh.xds import resources
+from gitmesh.xds import resources, tls
 from gitmesh.xds.bootstrap import bootstrap
-from gitmesh.xds.translate import Proxy, Resources, Translator, identity_address, translate
+from gitmesh.xds.translate import Proxy, Resources, Translator, translate
 from tests.conftest import EXAMPLE_REPO
 from tests.xds.envoy import ENVOY
 
@@ -69,12 +71,13 @@ def test_names_follow_the_one_scheme() -> None:
     assert set(res[resources.ENDPOINT]) == set(res[resources.CLUSTER])  # the local app's is in the bootstrap
 
 
-def test_proxies_share_one_cluster_map_and_one_route_map_per_namespace() -> None:
+def test_proxies_share_load_assignments_an_identity_its_clusters_a_namespace_its_routes() -> None:
     translator = Translator(example())
     store, thief = translator.resources(BOOKSTORE), translator.resources(BOOKTHIEF)
-    assert store[resources.CLUSTER] is thief[resources.CLUSTER]
     assert store[resources.ENDPOINT] is thief[resources.ENDPOINT]
+    assert store[resources.CLUSTER] is not thief[resources.CLUSTER]  # each presents its own certificate
     again = translator.resources(BOOKSTORE)
+    assert again[resources.CLUSTER] is store[resources.CLUSTER]
     assert again[resources.ROUTE]["outbound"] is store[resources.ROUTE]["outbound"]
     assert thief[resources.ROUTE]["outbound"] is not store[resources.ROUTE]["outbound"]
 
@@ -95,8 +98,8 @@ def test_inbound_admits_only_allowed_callers_on_their_routes() -> None:
     inbound = translate(example(), BOOKSTORE)[resources.LISTENER]["inbound"]
     filters = network_filters(inbound)
     callers = filters["envoy.filters.network.rbac"].rules.policies["callers"].principals
-    assert [p.direct_remote_ip.address_prefix for p in callers] == [
-        identity_address(Identity("bookbuyer", "bookbuyer"))
+    assert [p.authenticated.principal_name.exact for p in callers] == [
+        "spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer"
     ]
     hcm = filters["envoy.filters.network.http_connection_manager"]
     rbac = http_rbac_pb2.RBAC()
@@ -113,24 +116,48 @@ def test_a_proxy_nobody_may_call_refuses_everyone() -> None:
     assert principal.not_id.any
 
 
-def test_permissive_mode_has_no_rbac() -> None:
-    filters = network_filters(translate(example(permissive=True), BOOKTHIEF)[resources.LISTENER]["inbound"])
-    assert list(filters) == ["envoy.filters.network.http_connection_manager"]
+def test_permissive_mode_has_no_rbac_but_still_requires_a_mesh_certificate() -> None:
+    inbound = translate(example(permissive=True), BOOKTHIEF)[resources.LISTENER]["inbound"]
+    assert list(network_filters(inbound)) == ["envoy.filters.network.http_connection_manager"]
+    context = tls_pb2.DownstreamTlsContext()
+    inbound.filter_chains[0].transport_socket.typed_config.Unpack(context)
+    assert context.require_client_certificate.value
 
 
-def test_identity_addresses_are_stable_loopback_addresses() -> None:
-    a = identity_address(Identity("bookstore", "bookstore"))
-    assert a == identity_address(Identity("bookstore", "bookstore"))
-    assert ipaddress.ip_address(a) in ipaddress.ip_network("127.0.0.0/8")
-    assert a != identity_address(Identity("bookbuyer", "bookbuyer"))
-    assert a != "127.0.0.1"
+def test_sidecars_talk_mtls_with_their_own_identity_secret() -> None:
+    res = translate(example(), BOOKSTORE, trust_domain="mesh.test")
+    inbound = tls_pb2.DownstreamTlsContext()
+    res[resources.LISTENER]["inbound"].filter_chains[0].transport_socket.typed_config.Unpack(inbound)
+    assert inbound.require_client_certificate.value
+    common = inbound.common_tls_context
+    assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["identity:bookstore/bookstore"]
+    assert common.validation_context_sds_secret_config.name == "trust-bundle"
+    # Outbound: its own certificate; the server must hold an identity of the service's namespace.
+    upstream = tls_pb2.UpstreamTlsContext()
+    res[resources.CLUSTER]["bookwarehouse/bookwarehouse|14001"].transport_socket.typed_config.Unpack(upstream)
+    common = upstream.common_tls_context
+    assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["identity:bookstore/bookstore"]
+    validation = common.combined_validation_context
+    assert validation.validation_context_sds_secret_config.name == "trust-bundle"
+    (san,) = validation.default_validation_context.match_typed_subject_alt_names
+    assert san.matcher.prefix == "spiffe://mesh.test/ns/bookwarehouse/sa/"
+    # The outbound listener is what the app calls: plaintext on the loopback.
+    assert not res[resources.LISTENER]["outbound"].filter_chains[0].HasField("transport_socket")
+
+
+def test_the_secrets_hold_the_identity_certificate_and_the_bundle() -> None:
+    got = tls.secrets(Identity("a", "b"), "CERT", "KEY", ["ROOT1\n", "ROOT2\n"])
+    assert set(got) == {"identity:a/b", "trust-bundle"}
+    assert got["identity:a/b"].tls_certificate.private_key.inline_string == "KEY"
+    assert got["trust-bundle"].validation_context.trusted_ca.inline_string == "ROOT1\nROOT2\n"
 
 
 def _as_static_bootstrap(res: Resources, proxy: Proxy) -> dict[str, Any]:
     """The proxy's resources as a static bootstrap, so Envoy's validate mode can judge them."""
 
     def js(m: Any) -> dict[str, Any]:
-        return json.loads(json_format.MessageToJson(m))
+        # Secrets become static ones here: they are named without an SDS source.
+        return json.loads(json_format.MessageToJson(m).replace('"sdsConfig"', '"_sds"'), object_hook=_no_sds)
 
     own = bootstrap(proxy, xds_host="127.0.0.1", xds_port=1, admin_port=0)["static_resources"]["clusters"]
     clusters = [c for c in own if c["name"] != "gitmesh-xds"]
@@ -183,8 +210,21 @@ def _as_static_bootstrap(res: Resources, proxy: Proxy) -> dict[str, Any]:
                 },
             ],
             "listeners": listeners,
+            "secrets": [js(secret) for secret in _secrets(proxy).values()],
         },
     }
+
+
+def _no_sds(d: dict[str, Any]) -> dict[str, Any]:
+    d.pop("_sds", None)
+    return d
+
+
+def _secrets(proxy: Proxy) -> dict[str, Any]:
+    now = datetime.datetime.now(datetime.UTC)
+    root = ca.new_root("cluster.local", now)
+    issued = ca.issue(root, "cluster.local", proxy.identity, now)
+    return tls.secrets(proxy.identity, issued.cert_pem, issued.key_pem, [root.root_pem])
 
 
 @pytest.mark.integration
