@@ -50,7 +50,7 @@ class Issued:
     identity: Identity
     cert_pem: str  # the leaf, then the issuer's chain (without the root)
     key_pem: str
-    not_before: datetime.datetime
+    issued_at: datetime.datetime  # the certificate is valid from a little earlier (BACKDATE)
     not_after: datetime.datetime
 
     @property
@@ -183,12 +183,12 @@ def issue(
     # A chain without the root: peers hold the root in their bundle, intermediates travel with the leaf.
     above = x509.load_pem_x509_certificates((authority.cert_pem + authority.chain_pem).encode())
     chain = "".join(_pem(c) for c in above if c.issuer != c.subject)
-    return Issued(identity, _pem(cert) + chain, _key_pem(key), now - BACKDATE, not_after)
+    return Issued(identity, _pem(cert) + chain, _key_pem(key), now, not_after)
 
 
 def should_renew(issued: Issued, now: datetime.datetime) -> bool:
-    """Past two thirds of its lifetime (so also when expired)."""
-    return now >= issued.not_before + (issued.not_after - issued.not_before) * 2 / 3
+    """Past two thirds of its lifetime from issue (so also when expired)."""
+    return now >= issued.issued_at + (issued.not_after - issued.issued_at) * 2 / 3
 
 
 def _server_name(name: str) -> x509.GeneralName:
