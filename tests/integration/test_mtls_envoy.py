@@ -76,6 +76,10 @@ def serial_hex(pem: str) -> str:
     return format(x509.load_pem_x509_certificate(pem.encode()).serial_number, "040x")
 
 
+def bundle_of(secrets: dict[str, Any]) -> str:
+    return str(secrets["trust-bundle"]["validation_context"]["trusted_ca"]["inline_string"])
+
+
 def active_secrets(demo: Demo, sidecar: str) -> dict[str, Any]:
     """The secrets the sidecar took over SDS and uses now (Envoy's config dump), by name."""
     dump = json.loads(demo.sidecars[sidecar].admin("/config_dump?resource=dynamic_active_secrets"))
@@ -190,10 +194,10 @@ def test_a_root_rotation_under_traffic_loses_no_request(demo: Demo, tmp_path: Pa
     # would still list the old root while connections made before the rotation stay open.)
     new_root = x509.load_pem_x509_certificate(after.signing.root_pem.encode())
     for name, sidecar in demo.sidecars.items():
-        held = active_secrets(demo, name)
-        assert (
-            held["trust-bundle"]["validation_context"]["trusted_ca"]["inline_string"]
-            == after.signing.root_pem
+        held = eventually(
+            lambda name=name: active_secrets(demo, name),
+            lambda h: bundle_of(h) == after.signing.root_pem,
+            f"{name} trusting only the new root",
         )
         chain = held[f"identity:{sidecar.proxy.identity}"]["tls_certificate"]["certificate_chain"]
         leaf = x509.load_pem_x509_certificate(chain["inline_string"].encode())
