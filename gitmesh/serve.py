@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from envoy.config.core.v3 import base_pb2
+from google.protobuf import message
 
 from gitmesh.certs import ca, store
 from gitmesh.certs.authority import STEADY, CaState, MeshCA, advance
@@ -123,6 +124,7 @@ class MeshPublisher:
         self.cache = SnapshotCache(node_key=self._key)
         self._lock = threading.Lock()
         self._proxies: dict[str, Proxy] = {}
+        self._secrets_of: dict[Identity, tuple[ca.Issued, tuple[str, ...], dict[str, message.Message]]] = {}
         self._mesh = state.build([], permissive=permissive)
         self._translator = Translator(self._mesh, self.ca.trust_domain)
         self._generation = 0
@@ -199,16 +201,24 @@ class MeshPublisher:
 
         return ServerTls(current)
 
+    def _secrets(self, issued: ca.Issued) -> dict[str, message.Message]:
+        """An identity's secrets, built once per certificate and bundle and shared by its proxies."""
+        bundle = self.ca.bundle()
+        with self._lock:
+            held = self._secrets_of.get(issued.identity)
+            if held is None or held[0] is not issued or held[1] != bundle:
+                held = self._secrets_of[issued.identity] = (
+                    issued,
+                    bundle,
+                    tls.secrets(issued.cert_pem, issued.key_pem, bundle),
+                )
+            return held[2]
+
     def _publish(self, key: str, proxy: Proxy, translator: Translator) -> None:
         by_type = translator.resources(proxy)
         if not proxy.grpc:
             issued = self.ca.certificate(proxy.identity, self.clock())
-            by_type = {
-                **by_type,
-                resources.SECRET: tls.secrets(
-                    proxy.identity, issued.cert_pem, issued.key_pem, self.ca.bundle()
-                ),
-            }
+            by_type = {**by_type, resources.SECRET: self._secrets(issued)}
         self.cache.set_snapshot(key, Snapshot(str(self._generation), by_type))
 
 

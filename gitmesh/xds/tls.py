@@ -1,8 +1,11 @@
 """mTLS between sidecars, as Envoy resources: SDS secrets, TLS transport sockets, RBAC principals.
 
 Every sidecar is sent two secrets over SDS on its ADS stream: its own
-identity's certificate and key (``identity:<namespace>/<service-account>``)
-and the mesh's root certificates (``trust-bundle``). Its inbound listener
+identity's certificate and key (``workload-cert``) and the mesh's root
+certificates (``trust-bundle``). The names are the same for every sidecar, as
+a sidecar holds one identity's certificate only: so the clusters of every
+sidecar are one set of messages, built and encoded once per mesh, and which
+certificate the name stands for is the server's choice per proxy. Its inbound listener
 requires a client certificate the bundle verifies, and the RBAC filters
 admit callers by the SPIFFE ID in it; its outbound clusters present the
 sidecar's certificate and accept only a server whose SPIFFE ID belongs to the
@@ -23,23 +26,16 @@ from google.protobuf import any_pb2, message, wrappers_pb2
 from gitmesh.certs.ca import spiffe_id
 from gitmesh.smi import Identity
 
+WORKLOAD_CERT = "workload-cert"
 TRUST_BUNDLE = "trust-bundle"
 _TLS_SOCKET = "envoy.transport_sockets.tls"
 
 
-def identity_secret(identity: Identity) -> str:
-    """The name of ``identity``'s certificate secret: ``identity:<namespace>/<service-account>``."""
-    return f"identity:{identity}"
-
-
-def secrets(
-    identity: Identity, cert_pem: str, key_pem: str, bundle: Sequence[str]
-) -> dict[str, message.Message]:
-    """What one sidecar of ``identity`` is sent over SDS: its certificate and key, and the bundle."""
-    name = identity_secret(identity)
+def secrets(cert_pem: str, key_pem: str, bundle: Sequence[str]) -> dict[str, message.Message]:
+    """What one sidecar is sent over SDS: its identity's certificate and key, and the bundle."""
     return {
-        name: secret_pb2.Secret(
-            name=name,
+        WORKLOAD_CERT: secret_pb2.Secret(
+            name=WORKLOAD_CERT,
             tls_certificate=common_pb2.TlsCertificate(
                 certificate_chain=base_pb2.DataSource(inline_string=cert_pem),
                 private_key=base_pb2.DataSource(inline_string=key_pem),
@@ -54,11 +50,11 @@ def secrets(
     }
 
 
-def downstream(identity: Identity) -> base_pb2.TransportSocket:
-    """An inbound listener's TLS: present ``identity``'s certificate, require one from the caller."""
+def downstream() -> base_pb2.TransportSocket:
+    """An inbound listener's TLS: present the sidecar's certificate, require one from the caller."""
     context = tls_pb2.DownstreamTlsContext(
         common_tls_context=tls_pb2.CommonTlsContext(
-            tls_certificate_sds_secret_configs=[_sds(identity_secret(identity))],
+            tls_certificate_sds_secret_configs=[_sds(WORKLOAD_CERT)],
             validation_context_sds_secret_config=_sds(TRUST_BUNDLE),
         ),
         require_client_certificate=wrappers_pb2.BoolValue(value=True),
@@ -66,19 +62,16 @@ def downstream(identity: Identity) -> base_pb2.TransportSocket:
     return _socket(context)
 
 
-def upstream(identity: Identity, server_namespace: str, trust_domain: str) -> base_pb2.TransportSocket:
-    """An outbound cluster's TLS: present ``identity``'s certificate; accept a server of the namespace."""
+def upstream(server_namespace: str, trust_domain: str) -> base_pb2.TransportSocket:
+    """An outbound cluster's TLS: present the sidecar's certificate; accept a server of the namespace."""
     server = string_pb2.StringMatcher(prefix=f"spiffe://{trust_domain}/ns/{server_namespace}/sa/")
+    san = common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=server)
     context = tls_pb2.UpstreamTlsContext(
         common_tls_context=tls_pb2.CommonTlsContext(
-            tls_certificate_sds_secret_configs=[_sds(identity_secret(identity))],
+            tls_certificate_sds_secret_configs=[_sds(WORKLOAD_CERT)],
             combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
                 default_validation_context=common_pb2.CertificateValidationContext(
-                    match_typed_subject_alt_names=[
-                        common_pb2.SubjectAltNameMatcher(
-                            san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=server
-                        )
-                    ]
+                    match_typed_subject_alt_names=[san]
                 ),
                 validation_context_sds_secret_config=_sds(TRUST_BUNDLE),
             ),
@@ -109,4 +102,4 @@ def _socket(context: message.Message) -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(name=_TLS_SOCKET, typed_config=packed)
 
 
-__all__ = ["TRUST_BUNDLE", "downstream", "identity_secret", "principal", "secrets", "upstream"]
+__all__ = ["TRUST_BUNDLE", "WORKLOAD_CERT", "downstream", "principal", "secrets", "upstream"]

@@ -17,8 +17,8 @@ cluster, load assignment      ``<namespace>/<service>|<port>``; the local app: `
                               (a static cluster of the sidecar's bootstrap)
 listener                      ``outbound``, ``inbound``
 route configuration           ``outbound``, ``inbound``
-secret (SDS)                  ``identity:<namespace>/<service-account>``: the sidecar's own certificate
-                              and key; ``trust-bundle``: the mesh's root certificates
+secret (SDS)                  ``workload-cert``: the sidecar's own identity's certificate and key;
+                              ``trust-bundle``: the mesh's root certificates
 ============================  =====================================================
 """
 
@@ -82,10 +82,10 @@ class Translator:
     """Translates one MeshState for many proxies.
 
     What proxies share is built once and the same message objects go into every
-    snapshot (so they are serialized once too): the load assignments (the same for all),
-    an identity's clusters (they present its certificate; proxyless gRPC clients', keyed
-    None, are plaintext) and a namespace's outbound routes (short names resolve in the
-    caller's namespace).
+    snapshot (so they are serialized once too): the clusters and load assignments (the
+    same for all: each sidecar presents its own certificate under the one secret name;
+    proxyless gRPC clients get plaintext clusters) and a namespace's outbound routes (short
+    names resolve in the caller's namespace).
     """
 
     def __init__(self, mesh: MeshState, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
@@ -93,7 +93,7 @@ class Translator:
         self.trust_domain = trust_domain
         self._services = sorted(mesh.services.values(), key=lambda s: s.ref)
         self._endpoints: dict[str, message.Message] | None = None
-        self._clusters: dict[Identity | None, dict[str, message.Message]] = {}
+        self._clusters: dict[bool, dict[str, message.Message]] = {}  # by mTLS or not
         self._routes: dict[str, message.Message] = {}
         self._hosts: dict[tuple[ServiceRef, int, bool], message.Message] = {}
 
@@ -102,7 +102,7 @@ class Translator:
             return self._grpc_client(proxy)
         return {
             # The local app's cluster is in the sidecar's bootstrap, so every proxy shares this map.
-            resources.CLUSTER: self._mesh_clusters(proxy.identity),
+            resources.CLUSTER: self._mesh_clusters(mtls=True),
             resources.ENDPOINT: self._load_assignments(),
             resources.LISTENER: {
                 OUTBOUND: _http_listener(OUTBOUND, proxy.outbound_port),
@@ -130,7 +130,7 @@ class Translator:
                         name=target, api_listener=api_listener_pb2.ApiListener(api_listener=_typed(hcm))
                     )
         return {
-            resources.CLUSTER: self._mesh_clusters(None),
+            resources.CLUSTER: self._mesh_clusters(mtls=False),
             resources.ENDPOINT: self._load_assignments(),
             resources.LISTENER: listeners,
             resources.ROUTE: {OUTBOUND: self._outbound_routes(proxy)},
@@ -147,17 +147,17 @@ class Translator:
             }
         return self._endpoints
 
-    def _mesh_clusters(self, identity: Identity | None) -> dict[str, message.Message]:
-        if identity not in self._clusters:
-            self._clusters[identity] = {
+    def _mesh_clusters(self, *, mtls: bool) -> dict[str, message.Message]:
+        if mtls not in self._clusters:
+            self._clusters[mtls] = {
                 cluster_name(svc.ref, port.port): _eds_cluster(
                     cluster_name(svc.ref, port.port),
-                    identity and tls.upstream(identity, svc.ref.namespace, self.trust_domain),
+                    tls.upstream(svc.ref.namespace, self.trust_domain) if mtls else None,
                 )
                 for svc in self._services
                 for port in svc.ports
             }
-        return self._clusters[identity]
+        return self._clusters[mtls]
 
     def _outbound_routes(self, proxy: Proxy) -> message.Message:
         """A virtual host per HTTP service port, found by Host: short name (same namespace only),
@@ -243,7 +243,7 @@ def _inbound_listener(mesh: MeshState, proxy: Proxy, trust_domain: str) -> liste
     """In front of the app, mTLS only: callers not allowed at all are refused the connection (network
     RBAC); allowed callers get 403 for a route their TrafficTargets do not name (HTTP RBAC). Permissive:
     any caller with a mesh certificate."""
-    mtls = tls.downstream(proxy.identity)
+    mtls = tls.downstream()
     if mesh.permissive:
         return _http_listener(INBOUND, proxy.inbound_port, transport_socket=mtls)
     callers = mesh.allowed_callers(proxy.identity)

@@ -193,13 +193,13 @@ def test_a_root_rotation_under_traffic_loses_no_request(demo: Demo, tmp_path: Pa
     # Every sidecar trusts only the new root and holds a certificate it issued. (Envoy's /certs
     # would still list the old root while connections made before the rotation stay open.)
     new_root = x509.load_pem_x509_certificate(after.signing.root_pem.encode())
-    for name, sidecar in demo.sidecars.items():
+    for name in demo.sidecars:
         held = eventually(
             lambda name=name: active_secrets(demo, name),
             lambda h: bundle_of(h) == after.signing.root_pem,
             f"{name} trusting only the new root",
         )
-        chain = held[f"identity:{sidecar.proxy.identity}"]["tls_certificate"]["certificate_chain"]
+        chain = held["workload-cert"]["tls_certificate"]["certificate_chain"]
         leaf = x509.load_pem_x509_certificate(chain["inline_string"].encode())
         leaf.verify_directly_issued_by(new_root)
     # The old root is retired in the data plane too: its certificates are refused.

@@ -78,6 +78,15 @@ def secret_names(response: discovery_pb2.DiscoveryResponse) -> list[str]:
     return out
 
 
+def secret_pem(response: discovery_pb2.DiscoveryResponse, name: str) -> str:
+    for packed in response.resources:
+        secret = secret_pb2.Secret()
+        packed.Unpack(secret)
+        if secret.name == name:
+            return secret.tls_certificate.certificate_chain.inline_string
+    raise KeyError(name)
+
+
 def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -89,12 +98,29 @@ def test_a_proxy_gets_its_own_secrets_and_nothing_of_another_identity(
         async with control() as (publisher, running):
             roots = "".join(publisher.ca.bundle())
             alice = ca.issue(publisher.ca.state.signing, publisher.ca.trust_domain, ALICE.identity, now())
-            own = await ask(running.port, roots, alice, ALICE, ["identity:app/alice", "trust-bundle"])
-            assert secret_names(own) == ["identity:app/alice", "trust-bundle"]
+            own = await ask(running.port, roots, alice, ALICE, ["workload-cert", "trust-bundle"])
+            assert secret_names(own) == ["trust-bundle", "workload-cert"]
+            assert (
+                ca.identity_of(secret_pem(own, "workload-cert"), publisher.ca.trust_domain) == ALICE.identity
+            )
+            # Bob's proxy is connected and has its secrets; Alice asks for them by every name it might.
+            bob = ca.issue(publisher.ca.state.signing, publisher.ca.trust_domain, BOB.identity, now())
+            assert secret_names(await ask(running.port, roots, bob, BOB, ["workload-cert"])) == [
+                "workload-cert"
+            ]
             with caplog.at_level(logging.WARNING, logger="gitmesh.xds.server"):
-                other = await ask(running.port, roots, alice, ALICE, ["identity:app/bob"])
-            assert secret_names(other) == []
-            assert "asked for secrets that are not its own, sent nothing: ['identity:app/bob']" in caplog.text
+                other = await ask(
+                    running.port, roots, alice, ALICE, ["workload-cert", "identity:app/bob", "app/bob"]
+                )
+            assert secret_names(other) == ["workload-cert"]
+            assert (
+                ca.identity_of(secret_pem(other, "workload-cert"), publisher.ca.trust_domain)
+                == ALICE.identity
+            )
+            assert (
+                "asked for secrets that are not its own, sent nothing: ['app/bob', 'identity:app/bob']"
+                in caplog.text
+            )
 
     asyncio.run(main())
 
@@ -110,7 +136,7 @@ def test_a_node_claiming_another_identity_than_its_certificate_is_refused(
                 caplog.at_level(logging.WARNING, logger="gitmesh.xds.server"),
                 pytest.raises(grpc.aio.AioRpcError) as refused,
             ):
-                await ask(running.port, roots, alice, BOB, ["identity:app/bob"])
+                await ask(running.port, roots, alice, BOB, ["workload-cert"])
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert "node claims identity app/bob, its certificate is for app/alice" in refused.value.details()
             assert "refused node app/bob/bob/15007" in caplog.text
@@ -129,7 +155,7 @@ def test_a_client_without_a_mesh_certificate_cannot_connect(holding: str) -> Non
                 other_root = ca.new_root(publisher.ca.trust_domain, now())
                 stranger = ca.issue(other_root, publisher.ca.trust_domain, ALICE.identity, now())
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await ask(running.port, roots, stranger, ALICE, ["identity:app/alice"])
+                await ask(running.port, roots, stranger, ALICE, ["workload-cert"])
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # the handshake failed
             assert publisher.cache.snapshot("app/alice|app/alice|8080,15001,15006") is None
 

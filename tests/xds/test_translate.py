@@ -71,13 +71,13 @@ def test_names_follow_the_one_scheme() -> None:
     assert set(res[resources.ENDPOINT]) == set(res[resources.CLUSTER])  # the local app's is in the bootstrap
 
 
-def test_proxies_share_load_assignments_an_identity_its_clusters_a_namespace_its_routes() -> None:
+def test_proxies_share_one_cluster_map_and_one_route_map_per_namespace() -> None:
     translator = Translator(example())
     store, thief = translator.resources(BOOKSTORE), translator.resources(BOOKTHIEF)
+    # Each presents its own identity's certificate, under the one name every sidecar uses.
+    assert store[resources.CLUSTER] is thief[resources.CLUSTER]
     assert store[resources.ENDPOINT] is thief[resources.ENDPOINT]
-    assert store[resources.CLUSTER] is not thief[resources.CLUSTER]  # each presents its own certificate
     again = translator.resources(BOOKSTORE)
-    assert again[resources.CLUSTER] is store[resources.CLUSTER]
     assert again[resources.ROUTE]["outbound"] is store[resources.ROUTE]["outbound"]
     assert thief[resources.ROUTE]["outbound"] is not store[resources.ROUTE]["outbound"]
 
@@ -124,19 +124,19 @@ def test_permissive_mode_has_no_rbac_but_still_requires_a_mesh_certificate() -> 
     assert context.require_client_certificate.value
 
 
-def test_sidecars_talk_mtls_with_their_own_identity_secret() -> None:
+def test_sidecars_talk_mtls_presenting_their_workload_certificate() -> None:
     res = translate(example(), BOOKSTORE, trust_domain="mesh.test")
     inbound = tls_pb2.DownstreamTlsContext()
     res[resources.LISTENER]["inbound"].filter_chains[0].transport_socket.typed_config.Unpack(inbound)
     assert inbound.require_client_certificate.value
     common = inbound.common_tls_context
-    assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["identity:bookstore/bookstore"]
+    assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["workload-cert"]
     assert common.validation_context_sds_secret_config.name == "trust-bundle"
     # Outbound: its own certificate; the server must hold an identity of the service's namespace.
     upstream = tls_pb2.UpstreamTlsContext()
     res[resources.CLUSTER]["bookwarehouse/bookwarehouse|14001"].transport_socket.typed_config.Unpack(upstream)
     common = upstream.common_tls_context
-    assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["identity:bookstore/bookstore"]
+    assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["workload-cert"]
     validation = common.combined_validation_context
     assert validation.validation_context_sds_secret_config.name == "trust-bundle"
     (san,) = validation.default_validation_context.match_typed_subject_alt_names
@@ -146,9 +146,9 @@ def test_sidecars_talk_mtls_with_their_own_identity_secret() -> None:
 
 
 def test_the_secrets_hold_the_identity_certificate_and_the_bundle() -> None:
-    got = tls.secrets(Identity("a", "b"), "CERT", "KEY", ["ROOT1\n", "ROOT2\n"])
-    assert set(got) == {"identity:a/b", "trust-bundle"}
-    assert got["identity:a/b"].tls_certificate.private_key.inline_string == "KEY"
+    got = tls.secrets("CERT", "KEY", ["ROOT1\n", "ROOT2\n"])
+    assert set(got) == {"workload-cert", "trust-bundle"}
+    assert got["workload-cert"].tls_certificate.private_key.inline_string == "KEY"
     assert got["trust-bundle"].validation_context.trusted_ca.inline_string == "ROOT1\nROOT2\n"
 
 
@@ -224,7 +224,7 @@ def _secrets(proxy: Proxy) -> dict[str, Any]:
     now = datetime.datetime.now(datetime.UTC)
     root = ca.new_root("cluster.local", now)
     issued = ca.issue(root, "cluster.local", proxy.identity, now)
-    return tls.secrets(proxy.identity, issued.cert_pem, issued.key_pem, [root.root_pem])
+    return tls.secrets(issued.cert_pem, issued.key_pem, [root.root_pem])
 
 
 @pytest.mark.integration
