@@ -28,6 +28,7 @@ from google.protobuf import message
 from gitmesh.certs import ca, store
 from gitmesh.certs.authority import STEADY, CaState, MeshCA, advance
 from gitmesh.cluster.backend import Live
+from gitmesh.errors import GitmeshError
 from gitmesh.mesh import state
 from gitmesh.smi import Identity
 from gitmesh.xds import resources, tls
@@ -280,7 +281,11 @@ async def run(
 def _follow_rotation(publisher: MeshPublisher, keeper: store.Keeper, streams: Iterable[StreamInfo]) -> None:
     """Take up a rotation begun by ``gitmesh certs rotate``; take its next step once every sidecar
     holds what the last one sent."""
-    kept = keeper.load()
+    try:
+        kept = keeper.load()
+    except GitmeshError as e:  # keep serving what was last read; say so every time it is looked at
+        log.error("cannot read the mesh CA: %s", e)
+        return
     if kept is not None and kept != publisher.ca.state:
         log.info("CA state changed: %s", kept.phase)
         publisher.set_ca_state(kept)

@@ -82,12 +82,15 @@ def identity_of(cert_pem: str | bytes, trust_domain: str) -> Identity | None:
 def new_root(
     trust_domain: str, now: datetime.datetime, lifetime: datetime.timedelta = ROOT_LIFETIME
 ) -> Authority:
-    """A self-signed root for the mesh; its subject names the trust domain and when it was made."""
+    """A self-signed root for the mesh; its subject names the trust domain and its serial."""
     key = ec.generate_private_key(ec.SECP256R1())
+    serial = x509.random_serial_number()
+    # Two roots of one mesh (during a rotation) must not share a name: the serial tells them apart.
+    common_name = f"gitmesh root {serial:040x}"[:24] + f" {trust_domain}"
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "gitmesh"),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"gitmesh root {trust_domain} {now:%Y-%m-%dT%H:%M:%SZ}"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]),
         ]
     )
     cert = (
@@ -95,7 +98,7 @@ def new_root(
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial)
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)

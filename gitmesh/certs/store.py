@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from gitmesh.certs import ca
 from gitmesh.certs.authority import CaState
+from gitmesh.errors import CertsError
 
 
 def ca_path(store: str | Path) -> Path:
@@ -36,17 +37,17 @@ def encode(state: CaState) -> str:
 
 
 def decode(text: str) -> CaState:
-    """ValueError, naming what is wrong, for anything that is not a CA state gitmesh wrote."""
+    """CertsError, naming what is wrong, for anything that is not a CA state gitmesh wrote."""
     try:
         data: Any = json.loads(text)
         authorities = tuple(
             ca.authority_from_pem(a["cert"] + a.get("chain", ""), a["key"]) for a in data["authorities"]
         )
         state = CaState(str(data["trust_domain"]), authorities, int(data["signer"]))
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ValueError(f"not a gitmesh CA state: {e}") from e
+    except (KeyError, TypeError, ValueError) as e:  # JSONDecodeError and unreadable PEM are ValueErrors
+        raise CertsError(f"not a gitmesh CA state: {e}") from e
     if not authorities or not 0 <= state.signer < len(authorities):
-        raise ValueError("not a gitmesh CA state: no authority, or the signer is out of range")
+        raise CertsError("not a gitmesh CA state: no authority, or the signer is out of range")
     return state
 
 
@@ -75,8 +76,8 @@ class FileKeeper:
             return None
         try:
             return decode(text)
-        except ValueError as e:
-            raise ValueError(f"{self.path}: {e}") from e
+        except CertsError as e:
+            raise CertsError(f"{self.path}: {e}") from e
 
     def save(self, state: CaState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

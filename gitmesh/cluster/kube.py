@@ -34,7 +34,7 @@ from gitmesh.certs import store as certs_store
 from gitmesh.certs.authority import CaState
 from gitmesh.cluster import errors
 from gitmesh.cluster.backend import Applied, Live, Prediction, SourceStatus, content_hash, owned
-from gitmesh.errors import ClusterError
+from gitmesh.errors import CertsError, ClusterError
 from gitmesh.objects import ObjectRef, apply_rank
 from gitmesh.plan.convert import SERVED
 
@@ -506,8 +506,8 @@ class SecretKeeper:
             raise ClusterError(f"Secret {SYSTEM_NAMESPACE}/{CA_SECRET} has no ca.json")
         try:
             return certs_store.decode(base64.b64decode(data).decode())
-        except ValueError as e:
-            raise ClusterError(f"Secret {SYSTEM_NAMESPACE}/{CA_SECRET}: {e}") from e
+        except (CertsError, ValueError) as e:  # ValueError: not base64 or not UTF-8
+            raise CertsError(f"Secret {SYSTEM_NAMESPACE}/{CA_SECRET}: {e}") from e
 
     def save(self, state: CaState) -> None:
         self._backend._ensure_system_namespace()

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gitmesh.certs import ca, store
 from gitmesh.certs.authority import ISSUING, STEADY, TRUSTING, CaState, MeshCA, advance, begin_rotation
+from gitmesh.errors import CertsError
 from gitmesh.smi import Identity
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
@@ -148,5 +149,5 @@ def test_the_state_is_kept_in_a_file_only_its_owner_reads(tmp_path: Path, root: 
     keeper.save(rotating)
     assert keeper.load() == rotating
     path.write_text("{not json")
-    with pytest.raises(ValueError, match="not a gitmesh CA state"):
+    with pytest.raises(CertsError, match="not a gitmesh CA state"):
         keeper.load()
