@@ -394,6 +394,8 @@ def demo_command(workdir: str, live: int) -> None:
     with demo.running(Path(workdir)) as d:
         out.print(f"  gitmesh run serves ADS on 127.0.0.1:{d.xds_port}; the demo repo is {d.repo}\n")
         _show_shares(d, d.applied)
+        spiffe, expires = d.sidecars["bookbuyer"].certificate()
+        out.print(f"bookbuyer  -> bookstore over mTLS         as {spiffe} (certificate expires {expires})")
         status, _ = d.buy("/admin")
         out.print(f"bookbuyer  -> bookstore /admin          {status}  (no HTTPRouteGroup match allows it)")
         status, _ = d.buy(caller="bookthief")

@@ -134,6 +134,15 @@ class Sidecar:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=2) as r:
             return r.read().decode()
 
+    def certificate(self) -> tuple[str, str]:
+        """The SPIFFE ID of the certificate this sidecar presents, and when it expires (Envoy's /certs)."""
+        for entry in json.loads(self.admin("/certs"))["certificates"]:
+            for cert in entry.get("cert_chain", []):
+                for san in cert.get("subject_alt_names", []):
+                    if san.get("uri", "").startswith("spiffe://"):
+                        return san["uri"], cert["expiration_time"]
+        return "", ""
+
     def ready(self) -> bool:
         """Envoy says LIVE once its first listeners and clusters from ADS are in place."""
         try:
