@@ -22,6 +22,7 @@ from cryptography import x509
 from gitmesh import demo as demo_mod
 from gitmesh.certs import ca
 from gitmesh.cli import cli
+from gitmesh.cluster.local import LocalBackend
 from gitmesh.demo import CALLER_AGENT, Demo, eventually
 from gitmesh.smi import Identity
 
@@ -224,3 +225,53 @@ def test_short_lived_certificates_are_renewed_under_traffic(tmp_path: Path) -> N
         status = CliRunner().invoke(cli, ["status", "--store", str(demo.store)]).output
     assert load.results.count(200) == len(load.results), collections.Counter(load.results)
     assert "certificate bookbuyer/bookbuyer expires" in status, status
+
+
+def test_a_server_of_another_namespace_is_not_trusted_with_a_services_traffic(
+    demo: Demo, tmp_path: Path
+) -> None:
+    """An endpoint of bookstore-v1 that holds a valid mesh certificate, but for bookthief: the caller's
+    sidecar refuses it during the handshake, so not one byte of the request reaches it."""
+    ca_state = demo.ca_keeper().load()
+    assert ca_state is not None
+    thief = ca.issue(ca_state.signing, ca_state.trust_domain, Identity("bookthief", "bookthief"), now())
+    (tmp_path / "imposter.pem").write_text(thief.cert_pem)
+    (tmp_path / "imposter.key").write_text(thief.key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "imposter.pem", tmp_path / "imposter.key")
+    received: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.2)
+        port = listener.getsockname()[1]
+
+        def serve_imposter(stop: threading.Event) -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                with conn, contextlib.suppress(OSError):
+                    conn.settimeout(5)
+                    with context.wrap_socket(conn, server_side=True) as tls_conn:
+                        received.append(tls_conn.recv(65536))
+
+        stop = threading.Event()
+        worker = threading.Thread(target=serve_imposter, args=(stop,))
+        worker.start()
+        try:
+            store = LocalBackend(demo.store)
+            (endpoints,) = [
+                live.obj for ref, live in store.list_managed().items() if ref.name == "bookstore-v1-local"
+            ]
+            endpoints["ports"][0]["port"] = port
+            store.apply("imposter", None, "", [endpoints], [], {})
+            store.close()
+            host = "bookstore-v1.bookstore:14001"
+            caller = demo.proxies["bookbuyer"].outbound_port
+            eventually(lambda: demo_mod.call(caller, host, "/books-bought")[0], lambda s: s == 503, "refused")
+        finally:
+            stop.set()
+            worker.join()
+    failed = stats(demo, "bookbuyer", "ssl.fail_verify_san")
+    assert failed.get("cluster.bookstore/bookstore-v1|14001.ssl.fail_verify_san", 0) > 0, failed
+    assert not any(received), received
