@@ -76,6 +76,7 @@ CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SDS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 TYPES = (CDS, EDS, LDS, RDS)
 TYPE_NAMES = {CDS: "CDS", EDS: "EDS", LDS: "LDS", RDS: "RDS"}
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
@@ -245,7 +246,9 @@ def _stdin_commands(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str]:
 async def server_main(args: argparse.Namespace) -> None:
     import logging
 
-    from gitmesh.serve import MeshPublisher
+    from gitmesh.certs.authority import MeshCA
+    from gitmesh.certs.store import FileKeeper, load_or_create
+    from gitmesh.serve import MeshPublisher, utcnow
     from gitmesh.xds import snapshot as snapshot_module
     from gitmesh.xds.server import serve
 
@@ -256,9 +259,20 @@ async def server_main(args: argparse.Namespace) -> None:
     if args.tracemalloc:
         tracemalloc.start()
     objects = mesh_objects(args.services)
-    publisher = MeshPublisher()
-    publisher.update(objects)
-    running = await serve(publisher.cache, "127.0.0.1:0")
+    if args.xds == "mtls":  # as gitmesh run serves: TLS, client certificates checked against nodes
+        mesh_ca = MeshCA(load_or_create(FileKeeper(Path(args.ca_file)), utcnow()))
+        publisher = MeshPublisher(mesh_ca=mesh_ca)
+        publisher.update(objects)
+        running = await serve(
+            publisher.cache,
+            "127.0.0.1:0",
+            tls=publisher.server_tls("127.0.0.1"),
+            authorize=publisher.authorize,
+        )
+    else:
+        publisher = MeshPublisher()
+        publisher.update(objects)
+        running = await serve(publisher.cache, "127.0.0.1:0")
     profiler = None
     if args.profile:
         import cProfile
@@ -360,7 +374,16 @@ class LoadClient:
         self.errors: list[str] = []
         self.retries = 0  # streams reopened after failing before their first config
         names = eds_names(args.services)
-        wanted = {CDS: [], EDS: names, LDS: [], RDS: ["inbound", "outbound"]}
+        wanted = {
+            CDS: [],
+            EDS: names,
+            LDS: [],
+            RDS: ["inbound", "outbound"],
+            SDS: ["workload-cert", "trust-bundle"],
+        }
+        # With mTLS, each proxy also subscribes to its secrets, as Envoy does for its TLS contexts.
+        self.types = (*TYPES, SDS) if args.xds == "mtls" else TYPES
+        self.credentials = self._credentials(args) if args.xds == "mtls" else None
         # Constant parts of every request of a type, serialized once; a message's fields may come in any
         # order and concatenated serializations merge, so a request is a constant part plus a few fields.
         if self.delta:
@@ -368,19 +391,44 @@ class LoadClient:
                 url: discovery_pb2.DeltaDiscoveryRequest(
                     type_url=url, resource_names_subscribe=wanted[url]
                 ).SerializeToString()
-                for url in TYPES
+                for url in self.types
             }
             self.fixed = {
-                url: discovery_pb2.DeltaDiscoveryRequest(type_url=url).SerializeToString() for url in TYPES
+                url: discovery_pb2.DeltaDiscoveryRequest(type_url=url).SerializeToString()
+                for url in self.types
             }
         else:
             self.fixed = {
                 url: discovery_pb2.DiscoveryRequest(
                     type_url=url, resource_names=wanted[url]
                 ).SerializeToString()
-                for url in TYPES
+                for url in self.types
             }
             self.subscribe = self.fixed
+
+    @staticmethod
+    def _credentials(args: argparse.Namespace) -> Any:
+        """A client certificate per workload identity, from the CA the server keeps in ``--ca-file``."""
+        import datetime
+
+        import grpc
+
+        from gitmesh.certs import ca, store
+        from gitmesh.smi import Identity
+
+        state = store.FileKeeper(Path(args.ca_file)).load()
+        assert state is not None, f"no CA in {args.ca_file}"
+        now = datetime.datetime.now(datetime.UTC)
+        roots = "".join(state.bundle()).encode()
+        out = {}
+        for w in workloads(args.services, args.identities):
+            key = (w.namespace, w.service_account)
+            if key not in out:
+                issued = ca.issue(state.signing, state.trust_domain, Identity(*key), now)
+                out[key] = grpc.ssl_channel_credentials(
+                    roots, issued.key_pem.encode(), issued.cert_pem.encode()
+                )
+        return out
 
     def node(self, index: int, workload: Workload) -> bytes:
         app, outbound, inbound = workload.ports
@@ -418,9 +466,12 @@ class LoadClient:
         stats = self.stats[index] = StreamStats()
         stats.connected = time.monotonic()
         node = self.node(index, workload)
+        credentials = (
+            self.credentials[(workload.namespace, workload.service_account)] if self.credentials else None
+        )
         while not stop.is_set():
             try:
-                await self.stream(node, stats, stop)
+                await self.stream(node, stats, stop, credentials)
                 if not stats.configured and not stop.is_set():
                     self.errors.append(f"proxy {index}: the server ended the stream before its config")
                 return
@@ -434,17 +485,18 @@ class LoadClient:
                 stats.acked.clear()
                 await asyncio.sleep(random.uniform(0.25, 1.0))
 
-    async def stream(self, node: bytes, stats: StreamStats, stop: asyncio.Event) -> None:
+    async def stream(self, node: bytes, stats: StreamStats, stop: asyncio.Event, credentials: Any) -> None:
         import grpc
 
-        channel = grpc.aio.insecure_channel(
-            self.address,
-            options=[
-                ("grpc.use_local_subchannel_pool", 1),  # its own connection, as every Envoy has
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.enable_retries", 0),
-            ],
-        )
+        options = [
+            ("grpc.use_local_subchannel_pool", 1),  # its own connection, as every Envoy has
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.enable_retries", 0),
+        ]
+        if credentials is None:
+            channel = grpc.aio.insecure_channel(self.address, options=options)
+        else:
+            channel = grpc.aio.secure_channel(self.address, credentials, options=options)
         method = "DeltaAggregatedResources" if self.delta else "StreamAggregatedResources"
         call = channel.stream_stream(
             ADS + method, request_serializer=lambda b: b, response_deserializer=lambda b: b
@@ -454,7 +506,7 @@ class LoadClient:
         )
         try:
             first = True
-            for url in TYPES:
+            for url in self.types:
                 await call.write(self.subscribe[url] + (node if first else b""))
                 first = False
             while not stop.is_set():
@@ -476,7 +528,7 @@ class LoadClient:
                         stats.changed_ack = now
                 if url not in stats.acked:
                     stats.acked.add(url)
-                    if len(stats.acked) == len(TYPES) and not stats.configured:
+                    if len(stats.acked) == len(self.types) and not stats.configured:
                         stats.configured = now
         finally:
             call.cancel()
@@ -664,11 +716,16 @@ def _wait(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     identities = args.identities or args.proxies
     print(
-        f"ads_bench: {args.services} services, {args.proxies} proxies ({args.mode}), "
+        f"ads_bench: {args.services} services, {args.proxies} proxies ({args.mode}, {args.xds}), "
         f"{identities} distinct proxy keys, {args.clients} client process(es); load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    server_argv = ["_server", "--services", str(args.services)]
+    import tempfile
+
+    workdir = tempfile.TemporaryDirectory(prefix="ads_bench.")
+    args.ca_file = str(Path(workdir.name) / "ca.json")
+    xds = ["--xds", args.xds, "--ca-file", args.ca_file]
+    server_argv = ["_server", "--services", str(args.services), *xds]
     if args.profile:
         server_argv += ["--profile", args.profile]
     if args.tracemalloc:
@@ -687,7 +744,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for index in range(args.clients):
             argv = ["_client", "--port", str(info["port"]), "--services", str(args.services)]
             argv += ["--proxies", str(args.proxies), "--identities", str(identities), "--mode", args.mode]
-            argv += ["--clients", str(args.clients), "--client-index", str(index)]
+            argv += ["--clients", str(args.clients), "--client-index", str(index), *xds]
             clients.append(Child(f"client {index}", argv))
         for client in clients:
             client.read(120)
@@ -705,6 +762,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "services": args.services,
             "proxies": args.proxies,
             "mode": args.mode,
+            "xds": args.xds,
             "keys": loaded["keys"],
             "connect_all_s": max(to_config),
             "connect_p50_s": percentile(to_config, 0.5),
@@ -766,6 +824,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for child in (*clients, server):
             child.stop()
+        workdir.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -792,6 +851,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print where the server's Python memory is, at each RSS reading",
     )
+    parser.add_argument(
+        "--xds", choices=["mtls", "plaintext"], default="mtls", help="the ADS connections (gitmesh run: mtls)"
+    )
+    parser.add_argument("--ca-file", default="", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--client-index", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

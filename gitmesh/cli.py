@@ -7,14 +7,16 @@ Exit codes: 0 success; 1 an error (invalid revision, refused apply, ...);
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 import yaml
@@ -306,12 +308,34 @@ def status(target: BackendChoice, output: str) -> None:
     _print_xds(backend)
 
 
+class Duration(click.ParamType):
+    """A length of time: a number and a unit, s, m, h or d (``90s``, ``24h``)."""
+
+    name = "duration"
+    _UNITS: ClassVar[dict[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime.timedelta):
+            return value
+        text = str(value).strip()
+        if len(text) < 2 or text[-1] not in self._UNITS or not text[:-1].isdigit() or int(text[:-1]) == 0:
+            self.fail(f"{value!r} is not a duration such as 90s, 30m, 24h or 7d", param, ctx)
+        return datetime.timedelta(seconds=int(text[:-1]) * self._UNITS[text[-1]])
+
+
 @cli.command("run")
 @_backend_options
 @click.option("--xds-address", default="127.0.0.1:15010", show_default=True, help="Where to serve ADS.")
+@click.option(
+    "--cert-lifetime",
+    type=Duration(),
+    default="24h",
+    show_default=True,
+    help="How long workload certificates are valid; each is renewed at two thirds of it.",
+)
 @_reports_errors
-def run_command(target: BackendChoice, xds_address: str) -> None:
-    """Serve the mesh in the backend to Envoy sidecars over ADS, following every change."""
+def run_command(target: BackendChoice, xds_address: str, cert_lifetime: datetime.timedelta) -> None:
+    """Serve the mesh in the backend to Envoy sidecars over ADS (mTLS), following every change."""
     import asyncio
     import logging
 
@@ -322,7 +346,14 @@ def run_command(target: BackendChoice, xds_address: str) -> None:
     source: serve.Source = backend if isinstance(backend, LocalBackend) else _cluster_watch(backend)
     err.print(f"Serving ADS on {xds_address} from {backend.describe()}")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve.run(source, xds_address))
+        asyncio.run(
+            serve.run(
+                source,
+                xds_address,
+                keeper=backend.ca_keeper(),
+                cert_lifetime=cert_lifetime,
+            )
+        )
 
 
 def _cluster_watch(backend: ClusterBackend) -> Any:
@@ -358,6 +389,8 @@ def demo_command(workdir: str, live: int) -> None:
     with demo.running(Path(workdir)) as d:
         out.print(f"  gitmesh run serves ADS on 127.0.0.1:{d.xds_port}; the demo repo is {d.repo}\n")
         _show_shares(d, d.applied)
+        spiffe, expires = d.sidecars["bookbuyer"].certificate()
+        out.print(f"bookbuyer  -> bookstore over mTLS         as {spiffe} (certificate expires {expires})")
         status, _ = d.buy("/admin")
         out.print(f"bookbuyer  -> bookstore /admin          {status}  (no HTTPRouteGroup match allows it)")
         status, _ = d.buy(caller="bookthief")
@@ -402,6 +435,8 @@ def _print_xds(backend: ClusterBackend) -> None:
         at = time.strftime("%H:%M:%S", time.gmtime(nack["at"]))
         what = f"{nack['type']} version {nack['version']} by {nack['proxy']} at {at}"
         out.print(Text(f"  rejected    {what}: {nack['message']}", style="red"))
+    for identity, expires in sorted(report.get("certificates", {}).items()):
+        out.print(f"  certificate {identity} expires {expires}")
 
 
 def _show_shares(d: Any, revision: str) -> None:
@@ -445,7 +480,17 @@ def _show_shares(d: Any, revision: str) -> None:
 @click.option("--admin-port", type=click.IntRange(0, 65535), default=15000, show_default=True)
 @click.option("--xds-address", default="127.0.0.1:15010", show_default=True, help="gitmesh's ADS server.")
 @click.option("--delta", is_flag=True, help="Use incremental (delta) xDS instead of state of the world.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write it to this file, readable by its owner only (it holds a private key), not to stdout.",
+)
+@_backend_options
+@_reports_errors
 def bootstrap_command(
+    target: BackendChoice,
+    output: str | None,
     namespace: str,
     service_account: str,
     service: str,
@@ -459,10 +504,14 @@ def bootstrap_command(
     xds_address: str,
     delta: bool,
 ) -> None:
-    """Print the Envoy bootstrap for one sidecar (run it with: envoy -c FILE)."""
+    """Print the Envoy bootstrap for one sidecar (run it with: envoy -c FILE).
+
+    It holds a certificate for the identity, from the mesh CA of the store or cluster, with which
+    the sidecar proves who it is to gitmesh's xDS server."""
+    from gitmesh.certs import store
     from gitmesh.mesh.state import ServiceRef
     from gitmesh.smi import Identity
-    from gitmesh.xds.bootstrap import bootstrap, parse_upstream
+    from gitmesh.xds.bootstrap import bootstrap, client_tls, parse_upstream
     from gitmesh.xds.translate import Proxy
 
     host, _, port = xds_address.rpartition(":")
@@ -481,8 +530,110 @@ def bootstrap_command(
         parsed,
         inbound_address,
     )
-    config = bootstrap(proxy, xds_host=host, xds_port=int(port), admin_port=admin_port, delta=delta)
-    click.echo(json.dumps(config, indent=2))
+    now = datetime.datetime.now(datetime.UTC)
+    ca_state = store.load_or_create(target.open().ca_keeper(), now)
+    tls = client_tls(ca_state, proxy.identity, now)
+    config = bootstrap(proxy, xds_host=host, xds_port=int(port), admin_port=admin_port, delta=delta, tls=tls)
+    text = json.dumps(config, indent=2)
+    if output:
+        write_private(Path(output), text + "\n")
+    else:
+        click.echo(text)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (it holds a private key)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+@cli.group()
+def certs() -> None:
+    """The mesh certificate authority: its roots, and rotating them."""
+
+
+def _ca_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--ca-cert",
+        type=click.Path(exists=True, dir_okay=False),
+        help="A CA certificate of your own (PEM): a root, or an intermediate and its chain to the root.",
+    )(f)
+    return click.option(
+        "--ca-key", type=click.Path(exists=True, dir_okay=False), help="Its private key (PEM)."
+    )(f)
+
+
+def _authority(ca_cert: str | None, ca_key: str | None, trust_domain: str) -> Any:
+    from gitmesh.certs import ca
+
+    if bool(ca_cert) != bool(ca_key):
+        raise click.UsageError("give --ca-cert and --ca-key together")
+    if ca_cert and ca_key:
+        try:
+            return ca.authority_from_pem(Path(ca_cert).read_text(), Path(ca_key).read_text())
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--ca-cert/--ca-key") from e
+    return ca.new_root(trust_domain, datetime.datetime.now(datetime.UTC))
+
+
+@certs.command("init")
+@_backend_options
+@_ca_options
+@click.option("--trust-domain", default="cluster.local", show_default=True, help="The SPIFFE trust domain.")
+@_reports_errors
+def certs_init(target: BackendChoice, ca_cert: str | None, ca_key: str | None, trust_domain: str) -> None:
+    """Make the mesh CA, from a new root or your own CA (gitmesh run makes one on first use)."""
+    from gitmesh.certs.authority import CaState
+
+    keeper = target.open().ca_keeper()
+    if keeper.load() is not None:
+        raise click.UsageError("the mesh CA exists already; `gitmesh certs rotate` replaces its root")
+    keeper.save(CaState(trust_domain, (_authority(ca_cert, ca_key, trust_domain),)))
+    out.print(f"Mesh CA for trust domain {trust_domain} kept in {keeper}")
+
+
+@certs.command("rotate")
+@_backend_options
+@_ca_options
+@click.option(
+    "--wait",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Seconds to wait for gitmesh run to finish the rotation (0: start it and return).",
+)
+@_reports_errors
+def certs_rotate(target: BackendChoice, ca_cert: str | None, ca_key: str | None, wait: int) -> None:
+    """Replace the root without downtime: gitmesh run adds the new root to every sidecar's bundle,
+    then reissues every certificate from it, then retires the old root, each step once every
+    connected sidecar has taken the previous one."""
+    from gitmesh.certs import authority
+
+    keeper = target.open().ca_keeper()
+    current = keeper.load()
+    if current is None:
+        raise click.UsageError("there is no mesh CA yet: `gitmesh certs init` or `gitmesh run` makes one")
+    new = _authority(ca_cert, ca_key, current.trust_domain)
+    try:
+        keeper.save(authority.begin_rotation(current, new))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    out.print("Rotation started: the new root is trusted alongside the old one.")
+    deadline = time.monotonic() + wait
+    announced = False
+    while wait and time.monotonic() < deadline:
+        phase = getattr(keeper.load(), "phase", None)
+        if phase == authority.ISSUING and not announced:
+            out.print("Every sidecar trusts the new root: reissuing every certificate from it.")
+            announced = True
+        if phase == authority.STEADY:
+            out.print("Rotation done: the old root is retired.")
+            return
+        time.sleep(0.5)
+    if wait:
+        raise GitmeshError(f"the rotation is still under way after {wait}s (is gitmesh run running?)")
 
 
 @cli.group()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import datetime
 import http.server
 import json
 import os
@@ -31,12 +32,13 @@ from typing import Any
 import yaml
 
 from gitmesh import pipeline
+from gitmesh.certs import store
 from gitmesh.cluster.kube import KubeBackend
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.mesh.state import ServiceRef
 from gitmesh.smi import Identity
 from gitmesh.sync.git import open_repo, read_revision
-from gitmesh.xds.bootstrap import bootstrap
+from gitmesh.xds.bootstrap import XdsClientTls, bootstrap, client_tls
 from gitmesh.xds.translate import Proxy, Upstream
 
 EXAMPLE_REPO = Path(__file__).resolve().parent.parent / "examples" / "repo"
@@ -126,13 +128,17 @@ class TcpApp:
 class Sidecar:
     """A real Envoy, bootstrapped by gitmesh for ``proxy``."""
 
-    def __init__(self, proxy: Proxy, xds_port: int, workdir: Path, *, delta: bool = False) -> None:
+    def __init__(
+        self, proxy: Proxy, xds_port: int, workdir: Path, tls: XdsClientTls, *, delta: bool = False
+    ) -> None:
         self.proxy = proxy
         self.admin_port = free_port()
         config = workdir / f"{proxy.service.name}.envoy.json"
         data = bootstrap(
-            proxy, xds_host="127.0.0.1", xds_port=xds_port, admin_port=self.admin_port, delta=delta
+            proxy, xds_host="127.0.0.1", xds_port=xds_port, admin_port=self.admin_port, delta=delta, tls=tls
         )
+        # The bootstrap holds the sidecar's xDS client key: readable by its owner only.
+        config.touch(mode=0o600)
         config.write_text(json.dumps(data))
         self.log = workdir / f"{proxy.service.name}.envoy.log"
         with self.log.open("w") as log:
@@ -154,6 +160,15 @@ class Sidecar:
     def admin(self, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=2) as r:
             return r.read().decode()
+
+    def certificate(self) -> tuple[str, str]:
+        """The SPIFFE ID of the certificate this sidecar presents, and when it expires (Envoy's /certs)."""
+        for entry in json.loads(self.admin("/certs"))["certificates"]:
+            for cert in entry.get("cert_chain", []):
+                for san in cert.get("subject_alt_names", []):
+                    if san.get("uri", "").startswith("spiffe://"):
+                        return san["uri"], cert["expiration_time"]
+        return "", ""
 
     def ready(self) -> bool:
         """Envoy says LIVE once its first listeners and clusters from ADS are in place."""
@@ -206,12 +221,19 @@ class Demo:
     """The bookstore, running: apps, their sidecars, gitmesh run, and a Git repo to change."""
 
     def __init__(
-        self, workdir: Path, *, delta: bool = False, kubeconfig: Path | None = None, host: str = "127.0.0.1"
+        self,
+        workdir: Path,
+        *,
+        delta: bool = False,
+        kubeconfig: Path | None = None,
+        host: str = "127.0.0.1",
+        cert_lifetime: str = "24h",
     ) -> None:
         self.workdir = workdir
         self.delta = delta  # the sidecars use incremental xDS
         self.kubeconfig = kubeconfig  # a cluster instead of the embedded store
         self.host = host  # the address the sidecars' inbound listeners bind, and the endpoints name
+        self.cert_lifetime = cert_lifetime  # of workload certificates, as gitmesh run takes it
         self.repo = workdir / "repo"
         self.store = workdir / "store.db"
         self.xds_port = free_port()
@@ -234,9 +256,13 @@ class Demo:
     def start(self) -> None:
         self._make_repo()
         self.applied = self.apply()
+        now = datetime.datetime.now(datetime.UTC)
+        ca_state = store.load_or_create(self.ca_keeper(), now)
         self.start_gitmesh()
         self.sidecars = {
-            name: Sidecar(p, self.xds_port, self.workdir, delta=self.delta)
+            name: Sidecar(
+                p, self.xds_port, self.workdir, client_tls(ca_state, p.identity, now), delta=self.delta
+            )
             for name, p in self.proxies.items()
         }
         for name, sidecar in self.sidecars.items():
@@ -269,12 +295,20 @@ class Demo:
             raise ValueError(
                 f"the demo repo's HEAD has {len(validated.errors)} error(s): {validated.errors[0].message}"
             )
-        backend = KubeBackend.connect(str(self.kubeconfig)) if self.kubeconfig else LocalBackend(self.store)
+        backend = self.backend()
         try:
             pipeline.apply(pipeline.plan(revision, validated, backend, "demo"), backend)
         finally:
             backend.close()
         return revision.sha or ""
+
+    def backend(self) -> LocalBackend | KubeBackend:
+        """Where the demo's mesh lives: the embedded store, or the cluster."""
+        return KubeBackend.connect(str(self.kubeconfig)) if self.kubeconfig else LocalBackend(self.store)
+
+    def ca_keeper(self) -> store.Keeper:
+        """The mesh CA, where gitmesh run keeps it (beside the store, or in a Secret of the cluster)."""
+        return self.backend().ca_keeper()
 
     def head(self) -> str:
         return subprocess.run(
@@ -296,6 +330,8 @@ class Demo:
                     ),
                     "--xds-address",
                     f"127.0.0.1:{self.xds_port}",
+                    "--cert-lifetime",
+                    self.cert_lifetime,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -356,10 +392,15 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def running(
-    workdir: Path, *, delta: bool = False, kubeconfig: Path | None = None, host: str = "127.0.0.1"
+    workdir: Path,
+    *,
+    delta: bool = False,
+    kubeconfig: Path | None = None,
+    host: str = "127.0.0.1",
+    cert_lifetime: str = "24h",
 ) -> Iterator[Demo]:
     workdir.mkdir(parents=True, exist_ok=True)
-    demo = Demo(workdir, delta=delta, kubeconfig=kubeconfig, host=host)
+    demo = Demo(workdir, delta=delta, kubeconfig=kubeconfig, host=host, cert_lifetime=cert_lifetime)
     try:
         demo.start()
         yield demo

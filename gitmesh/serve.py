@@ -4,25 +4,37 @@
 ``translate(mesh, proxy)``. Proxies with the same identity, service and ports
 share one snapshot key, so their resources are computed and serialized once.
 ``run`` watches the backend and republishes when its objects change.
+
+Each sidecar's snapshot also holds its identity's certificate and the trust
+bundle (SDS), from the mesh CA. ``run`` renews certificates at two thirds of
+their lifetime and walks a root rotation (``gitmesh certs rotate``) a step at
+a time, each step once every connected sidecar has accepted the previous one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from envoy.config.core.v3 import base_pb2
+from google.protobuf import message
 
+from gitmesh.certs import ca, store
+from gitmesh.certs.authority import STEADY, CaState, MeshCA, advance
 from gitmesh.cluster.backend import Live
+from gitmesh.errors import GitmeshError
 from gitmesh.mesh import state
-from gitmesh.xds.bootstrap import proxy_of
+from gitmesh.smi import Identity
+from gitmesh.xds import resources, tls
+from gitmesh.xds.bootstrap import SERVER_IDENTITY, proxy_of
 from gitmesh.xds.cache import SnapshotCache
-from gitmesh.xds.server import StreamInfo, serve
+from gitmesh.xds.server import ServerTls, StreamInfo, serve
 from gitmesh.xds.snapshot import Snapshot, forget_shared
 from gitmesh.xds.translate import Proxy, Translator
 
@@ -32,6 +44,14 @@ DEFAULT_XDS_ADDRESS = "127.0.0.1:15010"
 POLL_SECONDS = 0.2  # how often the source is asked whether anything changed
 DEBOUNCE_SECONDS = 0.1
 MAX_DEBOUNCE_SECONDS = 1.0
+CA_POLL_EVERY = 5  # polls: the kept CA state is read once a second, for a rotation begun elsewhere
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+Clock = Callable[[], datetime.datetime]
 
 
 class Source(Protocol):
@@ -59,8 +79,11 @@ async def _settled(source: Source, version: str) -> str:
     return version
 
 
-def xds_report(streams: Iterable[StreamInfo], cache: SnapshotCache) -> dict[str, Any]:
-    """Connected proxies and every rejection they reported, as plain data."""
+def xds_report(
+    streams: Iterable[StreamInfo], cache: SnapshotCache, expiries: Mapping[str, datetime.datetime]
+) -> dict[str, Any]:
+    """Connected proxies, every rejection they reported, and when each identity's certificate
+    expires, as plain data."""
     streams = list(streams)
     nacks = [
         {
@@ -73,7 +96,11 @@ def xds_report(streams: Iterable[StreamInfo], cache: SnapshotCache) -> dict[str,
         for key in sorted({s.key for s in streams})
         for n in cache.nacks(key)
     ]
-    return {"proxies": sorted(s.node_id for s in streams), "nacks": nacks}
+    return {
+        "proxies": sorted(s.node_id for s in streams),
+        "nacks": nacks,
+        "certificates": {identity: at.isoformat() for identity, at in expiries.items()},
+    }
 
 
 def proxy_key(proxy: Proxy) -> str:
@@ -83,13 +110,22 @@ def proxy_key(proxy: Proxy) -> str:
     return f"{proxy.identity}|{proxy.service}|{ports}{upstreams}" + ("|grpc" if proxy.grpc else "")
 
 
+def ephemeral_ca(now: datetime.datetime) -> MeshCA:
+    """A CA kept nowhere: for publishers run in-process (tests, benchmarks), whose certificates
+    need not outlive them."""
+    return MeshCA(CaState(ca.DEFAULT_TRUST_DOMAIN, (ca.new_root(ca.DEFAULT_TRUST_DOMAIN, now),)))
+
+
 class MeshPublisher:
-    def __init__(self) -> None:
+    def __init__(self, *, mesh_ca: MeshCA | None = None, clock: Clock = utcnow) -> None:
+        self.clock = clock
+        self.ca = mesh_ca or ephemeral_ca(clock())
         self.cache = SnapshotCache(node_key=self._key)
         self._lock = threading.Lock()
         self._proxies: dict[str, Proxy] = {}
+        self._secrets_of: dict[Identity, tuple[ca.Issued, tuple[str, ...], dict[str, message.Message]]] = {}
         self._mesh = state.build([])
-        self._translator = Translator(self._mesh)
+        self._translator = Translator(self._mesh, self.ca.trust_domain)
         self._generation = 0
 
     @property
@@ -101,7 +137,7 @@ class MeshPublisher:
         mesh = state.build(objects)
         for warning in mesh.warnings:
             log.warning("%s", warning)
-        translator = Translator(mesh)
+        translator = Translator(mesh, self.ca.trust_domain)
         forget_shared()  # the previous generation's messages are not needed to encode this one
         with self._lock:
             self._mesh, self._translator = mesh, translator
@@ -121,27 +157,109 @@ class MeshPublisher:
             self._publish(key, proxy, translator)
         return key
 
+    def set_ca_state(self, ca_state: CaState) -> None:
+        """A rotation step: the bundle or the signer changed; every sidecar gets what follows from it."""
+        self.ca.set_state(ca_state)
+        self.refresh_certificates(force=True)
+
+    def refresh_certificates(self, *, force: bool = False) -> list[Identity]:
+        """Renew every certificate that is due and republish to its proxies (all proxies when
+        ``force``); the identities renewed."""
+        due = set(self.ca.due(self.clock()))
+        with self._lock:
+            proxies = dict(self._proxies)
+            translator = self._translator
+        renewed = set()
+        for key, proxy in proxies.items():
+            if force or proxy.identity in due:
+                self._publish(key, proxy, translator)
+                renewed |= {proxy.identity} & due
+        return sorted(renewed, key=str)
+
+    def authorize(self, node: base_pb2.Node, peer_pem: bytes | None) -> str | None:
+        """Why a stream is refused: its node is not a gitmesh proxy, or its certificate is not
+        for the identity the node claims."""
+        if peer_pem is None:
+            return "no client certificate"
+        try:
+            proxy = proxy_of(node)
+        except ValueError as e:
+            return str(e)
+        holder = ca.identity_of(peer_pem, self.ca.trust_domain)
+        if holder != proxy.identity:
+            held = holder or "no mesh identity"
+            return f"node claims identity {proxy.identity}, its certificate is for {held}"
+        return None
+
+    def server_tls(self, server_name: str) -> ServerTls:
+        """The xDS server's own certificate (identity ``SERVER_IDENTITY``), renewed like the rest."""
+
+        def current() -> tuple[str, str, str]:
+            issued = self.ca.certificate(SERVER_IDENTITY, self.clock(), server_name)
+            return issued.key_pem, issued.cert_pem, "".join(self.ca.bundle())
+
+        return ServerTls(current)
+
+    def _secrets(self, issued: ca.Issued) -> dict[str, message.Message]:
+        """An identity's secrets, built once per certificate and bundle and shared by its proxies."""
+        bundle = self.ca.bundle()
+        with self._lock:
+            held = self._secrets_of.get(issued.identity)
+            if held is None or held[0] is not issued or held[1] != bundle:
+                held = self._secrets_of[issued.identity] = (
+                    issued,
+                    bundle,
+                    tls.secrets(issued.cert_pem, issued.key_pem, bundle),
+                )
+            return held[2]
+
     def _publish(self, key: str, proxy: Proxy, translator: Translator) -> None:
-        self.cache.set_snapshot(key, Snapshot(str(self._generation), translator.resources(proxy)))
+        by_type = translator.resources(proxy)
+        if not proxy.grpc:
+            issued = self.ca.certificate(proxy.identity, self.clock())
+            by_type = {**by_type, resources.SECRET: self._secrets(issued)}
+        self.cache.set_snapshot(key, Snapshot(str(self._generation), by_type))
+
+
+def all_hold_their_secrets(streams: Iterable[StreamInfo], cache: SnapshotCache) -> bool:
+    """Every connected sidecar has accepted the secrets it was last published."""
+    return all(
+        s.acked().get(resources.SECRET) == cache.version(s.key, resources.SECRET)
+        for s in streams
+        if resources.SECRET in s.acked()
+    )
 
 
 async def run(
     source: Source,
     address: str = DEFAULT_XDS_ADDRESS,
     *,
+    keeper: store.Keeper,
+    cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve ADS on ``address`` until ``stop`` is set, republishing whenever ``source`` changes."""
-    publisher = MeshPublisher()
+    """Serve ADS over mTLS on ``address`` until ``stop`` is set, republishing whenever ``source``
+    changes, with the CA ``keeper`` holds (made on first run)."""
+    mesh_ca = MeshCA(store.load_or_create(keeper, utcnow()), cert_lifetime)
+    publisher = MeshPublisher(mesh_ca=mesh_ca)
     seen = source.version()
     publisher.update(live.obj for live in source.list_managed().values())
-    server = await serve(publisher.cache, address)
-    log.info("serving ADS on %s", address)
+    host = address.rpartition(":")[0].strip("[]")
+    server = await serve(
+        publisher.cache, address, tls=publisher.server_tls(host), authorize=publisher.authorize
+    )
+    log.info("serving ADS over mTLS on %s (trust domain %s)", address, mesh_ca.trust_domain)
     stop = stop or asyncio.Event()
     reported: dict[str, Any] | None = None
+    polls = 0
     try:
         while not stop.is_set():
-            report = xds_report(server.servicer.streams(), publisher.cache)
+            polls += 1
+            if renewed := publisher.refresh_certificates():
+                log.info("renewed the certificates of %s", ", ".join(map(str, renewed)))
+            if polls % CA_POLL_EVERY == 0:
+                _follow_rotation(publisher, keeper, server.servicer.streams())
+            report = xds_report(server.servicer.streams(), publisher.cache, mesh_ca.expiries())
             if report != reported:
                 source.record_xds({**report, "at": time.time()})
                 reported = report
@@ -155,3 +273,23 @@ async def run(
                 log.info("mesh updated to store version %s", current)
     finally:
         await server.stop(1.0)
+
+
+def _follow_rotation(publisher: MeshPublisher, keeper: store.Keeper, streams: Iterable[StreamInfo]) -> None:
+    """Take up a rotation begun by ``gitmesh certs rotate``; take its next step once every sidecar
+    holds what the last one sent."""
+    try:
+        kept = keeper.load()
+    except GitmeshError as e:  # keep serving what was last read; say so every time it is looked at
+        log.error("cannot read the mesh CA: %s", e)
+        return
+    if kept is not None and kept != publisher.ca.state:
+        log.info("CA state changed: %s", kept.phase)
+        publisher.set_ca_state(kept)
+        return
+    current = publisher.ca.state
+    if current.phase != STEADY and all_hold_their_secrets(streams, publisher.cache):
+        following = advance(current)
+        keeper.save(following)
+        publisher.set_ca_state(following)
+        log.info("root rotation: %s", following.phase)

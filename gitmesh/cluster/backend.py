@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from gitmesh.certs.store import Keeper
 from gitmesh.objects import MANAGED_BY_LABEL, MANAGED_BY_VALUE, ObjectRef
 
 
@@ -94,6 +95,9 @@ class ClusterBackend(Protocol):
         """Keep what ``gitmesh run`` sees of its sidecars (connected, rejections) for ``gitmesh status``."""
 
     def xds_report(self) -> dict[str, Any] | None: ...
+
+    def ca_keeper(self) -> Keeper:
+        """Where the mesh CA is kept: beside the embedded store, or a Secret in the cluster."""
 
 
 def owned(obj: Mapping[str, Any]) -> dict[str, Any]:

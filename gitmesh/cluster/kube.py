@@ -30,9 +30,11 @@ import kubernetes.client
 import kubernetes.config
 import urllib3
 
+from gitmesh.certs import store as certs_store
+from gitmesh.certs.authority import CaState
 from gitmesh.cluster import errors
 from gitmesh.cluster.backend import Applied, Live, Prediction, SourceStatus, content_hash, owned
-from gitmesh.errors import ClusterError
+from gitmesh.errors import CertsError, ClusterError
 from gitmesh.objects import ObjectRef, apply_rank
 from gitmesh.plan.convert import SERVED
 
@@ -41,6 +43,7 @@ SYSTEM_NAMESPACE = "gitmesh-system"
 INVENTORY_LABEL = "gitmesh.io/inventory"
 SOURCE_LABEL = "gitmesh.io/source"
 XDS_CONFIGMAP = "gitmesh-xds"
+CA_SECRET = "gitmesh-ca"  # the mesh CA's state (roots, keys, rotation), in SYSTEM_NAMESPACE
 _CONCURRENCY = 8
 _TIMEOUT = (5, 30)  # connect, read (seconds)
 _RETRY_FOR = 30.0  # seconds to keep retrying answers of 429 Too Many Requests
@@ -86,6 +89,7 @@ RESOURCES: dict[str, Resource] = {
 }
 _CRD = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", False)
 _CONFIGMAP = Resource("", "v1", "configmaps", True)
+_SECRET = Resource("", "v1", "secrets", True)
 
 
 class KubeBackend:
@@ -289,6 +293,9 @@ class KubeBackend:
             return None
         return json.loads((cm.get("data") or {}).get("report") or "null")
 
+    def ca_keeper(self) -> SecretKeeper:
+        return SecretKeeper(self)
+
     def install_crds(self, crds: Iterable[Mapping[str, Any]], timeout: float = 60) -> list[str]:
         """Apply CRDs, then wait until the API server serves every one of them (Established)."""
         names = []
@@ -482,3 +489,40 @@ def _now() -> str:
 
 def _time(value: str | None) -> datetime | None:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if value else None
+
+
+class SecretKeeper:
+    """The mesh CA's state in the Secret ``gitmesh-system/gitmesh-ca`` (key ``ca.json``)."""
+
+    def __init__(self, backend: KubeBackend) -> None:
+        self._backend = backend
+
+    def load(self) -> CaState | None:
+        try:
+            secret = self._backend._request("GET", _SECRET.path(SYSTEM_NAMESPACE, CA_SECRET))
+        except errors.NotFound:
+            return None
+        data = (secret.get("data") or {}).get("ca.json")
+        if not data:
+            raise ClusterError(f"Secret {SYSTEM_NAMESPACE}/{CA_SECRET} has no ca.json")
+        try:
+            return certs_store.decode(base64.b64decode(data).decode())
+        except (CertsError, ValueError) as e:  # ValueError: not base64 or not UTF-8
+            raise CertsError(f"Secret {SYSTEM_NAMESPACE}/{CA_SECRET}: {e}") from e
+
+    def save(self, state: CaState) -> None:
+        self._backend._ensure_system_namespace()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": CA_SECRET, "namespace": SYSTEM_NAMESPACE},
+            "type": "Opaque",
+            "data": {"ca.json": base64.b64encode(certs_store.encode(state).encode()).decode()},
+        }
+        self._backend._request(
+            "PATCH",
+            _SECRET.path(SYSTEM_NAMESPACE, CA_SECRET),
+            {"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=body,
+            content_type="application/apply-patch+yaml",
+        )

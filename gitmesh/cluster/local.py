@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gitmesh.certs.store import FileKeeper, ca_path
 from gitmesh.cluster.backend import Applied, Live, Prediction, SourceStatus, content_hash, is_owned, owned
 from gitmesh.errors import ClusterError
 from gitmesh.objects import ObjectRef
@@ -150,6 +151,9 @@ class LocalBackend:
         """What ``gitmesh run`` last saw of its proxies: who is connected, what they rejected."""
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO xds VALUES (0, ?)", (json.dumps(report, sort_keys=True),))
+
+    def ca_keeper(self) -> FileKeeper:
+        return FileKeeper(ca_path(self.path))
 
     def xds_report(self) -> dict[str, Any] | None:
         row = self._db.execute("SELECT report FROM xds").fetchone()

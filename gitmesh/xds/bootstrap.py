@@ -3,34 +3,83 @@
 The bootstrap carries everything gitmesh needs to know about a sidecar in the
 node's metadata (identity, service, ports), so the ADS server can compute the
 proxy's resources from the first request alone.
+
+The ADS connection is mTLS: the bootstrap carries, inline, a certificate for
+the sidecar's identity, its key, the mesh's roots, and the SPIFFE ID the
+server must present (``XdsClientTls``). The server checks the node's
+identity against that certificate. A bootstrap therefore holds a private key:
+keep it readable by the sidecar only.
 """
 
 from __future__ import annotations
 
+import datetime
+from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 
 from gitmesh import smi
+from gitmesh.certs import ca
+from gitmesh.certs.authority import CaState
 from gitmesh.mesh.state import ServiceRef
 from gitmesh.smi import Identity
-from gitmesh.xds.translate import Proxy, Upstream, identity_address, local_cluster_name
+from gitmesh.xds.translate import Proxy, Upstream, local_cluster_name
 
 XDS_CLUSTER = "gitmesh-xds"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"  # ADS is gRPC: HTTP/2
 DEFAULT_OUTBOUND_PORT = 15001
 DEFAULT_INBOUND_PORT = 15006
+# Who serves xDS: the control plane's own identity, in the SPIFFE ID of its server certificate.
+SERVER_IDENTITY = Identity("gitmesh-system", "gitmesh")
+# A bootstrap certificate is only shown when the sidecar (re)connects to xDS; it lives as long as
+# the sidecar may run. Its workload certificates are the short-lived ones, renewed over SDS.
+BOOTSTRAP_LIFETIME = datetime.timedelta(days=365)
+
+
+@dataclass(frozen=True)
+class XdsClientTls:
+    """What a sidecar needs to reach the xDS server over mTLS (all PEM, the server's SPIFFE ID)."""
+
+    cert_pem: str
+    key_pem: str
+    bundle_pem: str
+    server_id: str
 
 
 def node_id(proxy: Proxy) -> str:
     return f"{proxy.identity.namespace}/{proxy.identity.name}/{proxy.service.name}/{proxy.inbound_port}"
 
 
+def client_tls(
+    state: CaState,
+    identity: Identity,
+    now: datetime.datetime,
+    lifetime: datetime.timedelta = BOOTSTRAP_LIFETIME,
+) -> XdsClientTls:
+    """A bootstrap certificate for ``identity``, issued by the CA's current signer."""
+    issued = ca.issue(state.signing, state.trust_domain, identity, now, lifetime)
+    return XdsClientTls(
+        issued.cert_pem,
+        issued.key_pem,
+        "".join(state.bundle()),
+        ca.spiffe_id(state.trust_domain, SERVER_IDENTITY),
+    )
+
+
 def bootstrap(
-    proxy: Proxy, *, xds_host: str, xds_port: int, admin_port: int, delta: bool = False
+    proxy: Proxy,
+    *,
+    xds_host: str,
+    xds_port: int,
+    admin_port: int,
+    delta: bool = False,
+    tls: XdsClientTls | None = None,
 ) -> dict[str, Any]:
-    """A complete Envoy bootstrap (as JSON-ready data) for ``proxy``; ``delta`` picks incremental xDS."""
+    """A complete Envoy bootstrap (as JSON-ready data) for ``proxy``; ``delta`` picks incremental xDS,
+    ``tls`` an mTLS connection to the server (without it, plaintext)."""
+    xds_cluster: dict[str, Any] = {"transport_socket": _xds_tls(tls)} if tls else {}
     return {
         "node": {
             "id": node_id(proxy),
@@ -48,13 +97,6 @@ def bootstrap(
             },
         },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        # Every connection this sidecar makes comes from its identity's own loopback address: that
-        # is how, until mTLS, the destination's RBAC knows who calls.
-        "cluster_manager": {
-            "upstream_bind_config": {
-                "source_address": {"address": identity_address(proxy.identity), "port_value": 0}
-            }
-        },
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if delta else "GRPC",
@@ -91,6 +133,7 @@ def bootstrap(
                     },
                 },
                 {
+                    **xds_cluster,
                     "name": XDS_CLUSTER,
                     "type": "STATIC",
                     "connect_timeout": "1s",
@@ -129,6 +172,30 @@ def bootstrap(
                     "static_layer": {"re2.max_program_size.error_level": smi.REGEX_MAX_PROGRAM_SIZE},
                 }
             ]
+        },
+    }
+
+
+def _xds_tls(tls: XdsClientTls) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"inline_string": tls.cert_pem},
+                        "private_key": {"inline_string": tls.key_pem},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"inline_string": tls.bundle_pem},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": tls.server_id}}
+                    ],
+                },
+            },
         },
     }
 

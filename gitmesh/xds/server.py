@@ -7,6 +7,10 @@ moves bytes between the protocol object and the gRPC call.
 
 Responses are written as bytes assembled from the snapshot's shared
 ``Any`` encodings, so no stream copies or re-serializes a resource.
+
+With ``ServerTls`` the server speaks TLS and requires a client certificate; an
+``authorize`` callback then judges each stream's node against its peer's
+certificate before anything is sent.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
+from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from gitmesh.xds import resources
@@ -284,12 +289,20 @@ _END = _End()
 _WAKE = None
 
 
+# Judges a stream's node against the PEM certificate its peer presented (None: no TLS); returns
+# why it is refused, or None to serve it.
+Authorize = Callable[[base_pb2.Node, bytes | None], str | None]
+
+
 class AggregatedDiscoveryServicer:
     """ADS over ``cache``: one protocol object per stream, woken by the cache."""
 
-    def __init__(self, cache: SnapshotCache, logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self, cache: SnapshotCache, logger: logging.Logger | None = None, authorize: Authorize | None = None
+    ) -> None:
         self._cache = cache
         self._log = logger or _log
+        self._authorize = authorize
         self._connections: Counter[str] = Counter()
         self._streams: dict[int, StreamInfo] = {}
         self._next_stream = 0
@@ -356,6 +369,12 @@ class AggregatedDiscoveryServicer:
             node = first.node  # type: ignore[attr-defined]
             if not node.id:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
+            if self._authorize is not None:
+                peer = (context.auth_context().get("x509_pem_cert") or [None])[0]
+                refusal = self._authorize(node, peer)
+                if refusal is not None:
+                    self._log.warning("refused node %s from %s: %s", node.id, context.peer(), refusal)
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
             key = self._cache.key_for(node)
             node_id = node.id
             del node  # a part of a request keeps the whole request alive
@@ -383,7 +402,7 @@ class AggregatedDiscoveryServicer:
                 while not isinstance(item, _End):
                     if item is _WAKE:
                         woken = False
-                    await self._answer(context, stream, key, item)
+                    await self._answer(context, stream, node_id, key, item)
                     del item  # not held while waiting for the next
                     item = await inbox.get()
             finally:
@@ -398,16 +417,63 @@ class AggregatedDiscoveryServicer:
                 await reader
 
     async def _answer(
-        self, context: grpc.aio.ServicerContext, stream: SotwStream | DeltaStream, key: str, item: object
+        self,
+        context: grpc.aio.ServicerContext,
+        stream: SotwStream | DeltaStream,
+        node_id: str,
+        key: str,
+        item: object,
     ) -> None:
         """Send what a request or a wake-up calls for. Its own coroutine so that the responses and the
         snapshot die when it returns: a stream waiting for its next request holds none of them
         (they are the size of the proxy's whole configuration)."""
         snapshot = self._cache.snapshot(key)
-        request = None if item is _WAKE else item
-        responses = stream.push(snapshot) if request is None else stream.on_request(request, snapshot)  # type: ignore[arg-type]
+        if item is _WAKE:
+            responses = stream.push(snapshot)
+        else:
+            self._log_foreign_secrets(node_id, item, snapshot)
+            responses = stream.on_request(item, snapshot)  # type: ignore[arg-type]
         for response in responses:
             await context.write(response)
+
+    def _log_foreign_secrets(self, node_id: str, request: object, snapshot: Snapshot | None) -> None:
+        """A proxy is sent only its own secrets: asking for another's gets nothing, and is logged."""
+        if getattr(request, "type_url", "") != resources.SECRET or snapshot is None:
+            return
+        asked = getattr(request, "resource_names_subscribe", None) or getattr(request, "resource_names", ())
+        foreign = sorted(set(asked) - snapshot.encoded(resources.SECRET).keys() - {WILDCARD})
+        if foreign:
+            self._log.warning(
+                "proxy %s asked for secrets that are not its own, sent nothing: %s", node_id, foreign
+            )
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The server's key and certificate chain and the roots client certificates must chain to (PEM).
+
+    ``current`` is asked on every new connection, so renewed certificates and a rotated bundle
+    take effect without a restart."""
+
+    current: Callable[[], tuple[str, str, str]]  # (key, certificate chain, root bundle)
+
+
+def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    last = tls.current()
+
+    def config(material: tuple[str, str, str]) -> grpc.ServerCertificateConfiguration:
+        key, chain, roots = material
+        return grpc.ssl_server_certificate_configuration([(key.encode(), chain.encode())], roots.encode())
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        nonlocal last
+        material = tls.current()
+        if material == last:
+            return None
+        last = material
+        return config(material)
+
+    return grpc.dynamic_ssl_server_credentials(config(last), fetch, require_client_authentication=True)
 
 
 @dataclass
@@ -423,10 +489,16 @@ class RunningServer:
 
 
 async def serve(
-    cache: SnapshotCache, address: str = "127.0.0.1:0", *, logger: logging.Logger | None = None
+    cache: SnapshotCache,
+    address: str = "127.0.0.1:0",
+    *,
+    logger: logging.Logger | None = None,
+    tls: ServerTls | None = None,
+    authorize: Authorize | None = None,
 ) -> RunningServer:
-    """Start an insecure ADS server on ``address`` (port 0 picks a free port)."""
-    servicer = AggregatedDiscoveryServicer(cache, logger)
+    """Start an ADS server on ``address`` (port 0 picks a free port): TLS with client certificates
+    when ``tls`` is given, else plaintext."""
+    servicer = AggregatedDiscoveryServicer(cache, logger, authorize)
     server = grpc.aio.server(
         options=[
             ("grpc.max_concurrent_streams", 1 << 16),
@@ -435,7 +507,7 @@ async def serve(
         ]
     )
     server.add_generic_rpc_handlers((servicer.rpc_handler(),))
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, _credentials(tls)) if tls else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
@@ -445,8 +517,10 @@ async def serve(
 __all__ = [
     "SERVICE",
     "AggregatedDiscoveryServicer",
+    "Authorize",
     "DeltaStream",
     "RunningServer",
+    "ServerTls",
     "SotwStream",
     "StreamInfo",
     "serve",

@@ -9,10 +9,10 @@ sidecar, given in the bootstrap: a listener on a local port of the app's choosin
 app through the sidecar's **inbound** listener, which is what a service's
 endpoints point at: HTTP, or TCP when the ports it serves are not HTTP.
 
-Until mTLS, a sidecar's identity is proven by the loopback address its
-upstream connections come from: every identity has its own address in
-127.0.0.0/8 (``identity_address``), and the destination's RBAC filters admit
-callers by that address.
+Sidecars talk mTLS (``gitmesh.xds.tls``): a caller's identity is the SPIFFE ID
+in its certificate, and the destination admits callers by it: HTTP by RBAC
+filters, TCP already in the TLS handshake (a server that speaks first must say
+nothing to a caller that is not allowed).
 
 Resource names, the one scheme used everywhere (users read them in
 ``/config_dump``):
@@ -22,12 +22,13 @@ cluster, load assignment      ``<namespace>/<service>|<port>``; the local app: `
                               (a static cluster of the sidecar's bootstrap)
 listener                      ``outbound``, ``inbound``; upstreams: ``outbound|<namespace>/<service>|<port>``
 route configuration           ``outbound``, ``inbound``
+secret (SDS)                  ``workload-cert``: the sidecar's own identity's certificate and key;
+                              ``trust-bundle``: the mesh's root certificates
 ============================  =====================================================
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,9 +48,10 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
+from gitmesh.certs.ca import DEFAULT_TRUST_DOMAIN
 from gitmesh.mesh.state import HttpMatch, MeshState, Port, Service, ServiceRef, Split
 from gitmesh.smi import Identity
-from gitmesh.xds import resources
+from gitmesh.xds import resources, tls
 
 OUTBOUND = "outbound"
 INBOUND = "inbound"
@@ -86,12 +88,6 @@ class Proxy:
 Resources = dict[str, dict[str, message.Message]]  # type URL -> name -> resource
 
 
-def identity_address(identity: Identity) -> str:
-    """The loopback address a sidecar of ``identity`` connects from: stable, derived from the name."""
-    digest = hashlib.sha256(str(identity).encode()).digest()
-    return f"127.{1 + digest[0] % 254}.{digest[1]}.{1 + digest[2] % 254}"
-
-
 def cluster_name(service: ServiceRef, port: int) -> str:
     return f"{service.namespace}/{service.name}|{port}"
 
@@ -104,25 +100,27 @@ def upstream_listener_name(upstream: Upstream) -> str:
     return f"{OUTBOUND}|{cluster_name(upstream.service, upstream.port)}"
 
 
-def translate(mesh: MeshState, proxy: Proxy) -> Resources:
-    """Every resource ``proxy`` needs, keyed by type URL and name."""
-    return Translator(mesh).resources(proxy)
+def translate(mesh: MeshState, proxy: Proxy, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> Resources:
+    """Every resource ``proxy`` needs, keyed by type URL and name, but its secrets (``tls.secrets``)."""
+    return Translator(mesh, trust_domain).resources(proxy)
 
 
 class Translator:
     """Translates one MeshState for many proxies.
 
     What proxies share is built once and the same message objects go into every
-    snapshot (so they are serialized once too): the clusters and load assignments
-    (the same for all: a sidecar's source address is set once, in its bootstrap)
-    and a namespace's outbound routes (short names resolve in the caller's namespace).
+    snapshot (so they are serialized once too): the clusters and load assignments (the
+    same for all: each sidecar presents its own certificate under the one secret name;
+    proxyless gRPC clients get plaintext clusters) and a namespace's outbound routes (short
+    names resolve in the caller's namespace).
     """
 
-    def __init__(self, mesh: MeshState) -> None:
+    def __init__(self, mesh: MeshState, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
         self.mesh = mesh
+        self.trust_domain = trust_domain
         self._services = sorted(mesh.services.values(), key=lambda s: s.ref)
         self._endpoints: dict[str, message.Message] | None = None
-        self._clusters: dict[str, message.Message] | None = None
+        self._clusters: dict[bool, dict[str, message.Message]] = {}  # by mTLS or not
         self._routes: dict[str, message.Message] = {}
         self._hosts: dict[tuple[ServiceRef, int, bool], message.Message] = {}
         self._upstreams: dict[Upstream, message.Message] = {}
@@ -132,7 +130,7 @@ class Translator:
             return self._grpc_client(proxy)
         listeners = {
             OUTBOUND: _http_listener(OUTBOUND, "127.0.0.1", proxy.outbound_port),
-            INBOUND: _inbound_listener(self.mesh, proxy),
+            INBOUND: _inbound_listener(self.mesh, proxy, self.trust_domain),
         }
         for upstream in proxy.upstreams:
             if upstream not in self._upstreams:
@@ -140,12 +138,12 @@ class Translator:
             listeners[upstream_listener_name(upstream)] = self._upstreams[upstream]
         return {
             # The local app's cluster is in the sidecar's bootstrap, so every proxy shares this map.
-            resources.CLUSTER: self._mesh_clusters(),
+            resources.CLUSTER: self._mesh_clusters(mtls=True),
             resources.ENDPOINT: self._load_assignments(),
             resources.LISTENER: listeners,
             resources.ROUTE: {
                 OUTBOUND: self._outbound_routes(proxy),
-                INBOUND: _inbound_routes(self.mesh, proxy),
+                INBOUND: _inbound_routes(self.mesh, proxy, self.trust_domain),
             },
         }
 
@@ -165,7 +163,7 @@ class Translator:
                         name=target, api_listener=api_listener_pb2.ApiListener(api_listener=_typed(hcm))
                     )
         return {
-            resources.CLUSTER: self._mesh_clusters(),
+            resources.CLUSTER: self._mesh_clusters(mtls=False),
             resources.ENDPOINT: self._load_assignments(),
             resources.LISTENER: listeners,
             resources.ROUTE: {OUTBOUND: self._outbound_routes(proxy)},
@@ -182,14 +180,17 @@ class Translator:
             }
         return self._endpoints
 
-    def _mesh_clusters(self) -> dict[str, message.Message]:
-        if self._clusters is None:
-            self._clusters = {
-                cluster_name(svc.ref, port.port): _eds_cluster(cluster_name(svc.ref, port.port))
+    def _mesh_clusters(self, *, mtls: bool) -> dict[str, message.Message]:
+        if mtls not in self._clusters:
+            self._clusters[mtls] = {
+                cluster_name(svc.ref, port.port): _eds_cluster(
+                    cluster_name(svc.ref, port.port),
+                    tls.upstream(svc.ref.namespace, self.trust_domain) if mtls else None,
+                )
                 for svc in self._services
                 for port in svc.ports
             }
-        return self._clusters
+        return self._clusters[mtls]
 
     def _outbound_routes(self, proxy: Proxy) -> message.Message:
         """A virtual host per HTTP service port, found by Host: short name (same namespace only),
@@ -215,12 +216,13 @@ class Translator:
 # --- clusters -----------------------------------------------------------------------------------
 
 
-def _eds_cluster(name: str) -> cluster_pb2.Cluster:
+def _eds_cluster(name: str, transport_socket: base_pb2.TransportSocket | None) -> cluster_pb2.Cluster:
     return cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
         connect_timeout=duration_pb2.Duration(seconds=1),
+        transport_socket=transport_socket,
     )
 
 
@@ -256,6 +258,7 @@ def _http_listener(
     port: int,
     network_filters: Sequence[listener_components_pb2.Filter] = (),
     http_filters: Sequence[hcm_pb2.HttpFilter] = (),
+    transport_socket: base_pb2.TransportSocket | None = None,
 ) -> listener_pb2.Listener:
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=name,
@@ -266,7 +269,7 @@ def _http_listener(
     return listener_pb2.Listener(
         name=name,
         address=_address(host, port),
-        filter_chains=[listener_components_pb2.FilterChain(filters=chain)],
+        filter_chains=[listener_components_pb2.FilterChain(filters=chain, transport_socket=transport_socket)],
     )
 
 
@@ -299,12 +302,12 @@ def _upstream_listener(mesh: MeshState, upstream: Upstream) -> listener_pb2.List
     )
 
 
-def _inbound_listener(mesh: MeshState, proxy: Proxy) -> listener_pb2.Listener:
-    """In front of the app: HTTP unless every port the sidecar serves is TCP."""
+def _inbound_listener(mesh: MeshState, proxy: Proxy, trust_domain: str) -> listener_pb2.Listener:
+    """In front of the app, mTLS only: HTTP unless every port the sidecar serves is TCP."""
     served = _served_ports(mesh, proxy)
     if served and not any(p.is_http for p in served):
-        return _inbound_tcp_listener(mesh, proxy, {p.port for p in served})
-    return _inbound_http_listener(mesh, proxy)
+        return _inbound_tcp_listener(mesh, proxy, {p.port for p in served}, trust_domain)
+    return _inbound_http_listener(mesh, proxy, trust_domain)
 
 
 def _served_ports(mesh: MeshState, proxy: Proxy) -> tuple[Port, ...]:
@@ -319,16 +322,18 @@ def _served_ports(mesh: MeshState, proxy: Proxy) -> tuple[Port, ...]:
     return mine or svc.ports
 
 
-def _inbound_http_listener(mesh: MeshState, proxy: Proxy) -> listener_pb2.Listener:
+def _inbound_http_listener(mesh: MeshState, proxy: Proxy, trust_domain: str) -> listener_pb2.Listener:
     """Callers not allowed at all are refused the connection (network RBAC, new connections); every
     request is checked against the caller's routes by the HTTP RBAC filter, whose rules live in the
     inbound route configuration (``_inbound_routes``). A listener change reaches only connections
     opened after it (open ones drain slowly); a route configuration change reaches the next request
-    on every connection, so revoking access takes effect at once."""
+    on every connection, so revoking access takes effect at once. Permissive: any caller with a
+    mesh certificate."""
     if mesh.permissive:
         network: list[listener_components_pb2.Filter] = []
     else:
-        network = [_callers_only([p.source for p in mesh.allowed_callers(proxy.identity)])]
+        callers = [p.source for p in mesh.allowed_callers(proxy.identity)]
+        network = [_callers_only(callers, trust_domain)]
     # Without a route's rules (none is ever missing) the filter allows nothing.
     deny_all = http_rbac_pb2.RBAC(rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW))
     return _http_listener(
@@ -337,70 +342,56 @@ def _inbound_http_listener(mesh: MeshState, proxy: Proxy) -> listener_pb2.Listen
         proxy.inbound_port,
         network_filters=network,
         http_filters=[_http_filter(HTTP_RBAC, deny_all)],
+        transport_socket=tls.downstream(),
     )
 
 
-def _inbound_tcp_listener(mesh: MeshState, proxy: Proxy, ports: set[int]) -> listener_pb2.Listener:
+def _inbound_tcp_listener(
+    mesh: MeshState, proxy: Proxy, ports: set[int], trust_domain: str
+) -> listener_pb2.Listener:
     """Only callers a TrafficTarget allows on one of these ports through a TCPRoute connect.
 
-    They are told apart when the connection is accepted (by filter chain match on the source
-    address), not on its first byte as the RBAC filter would: a server that speaks first would
-    otherwise answer anyone who connects. A connection from anyone else matches no filter chain
-    and is closed at once (counted as ``no_filter_chain_match``)."""
-    forward = listener_components_pb2.FilterChain(
-        filters=[
-            _network_filter(
-                "envoy.filters.network.tcp_proxy",
-                tcp_proxy_pb2.TcpProxy(stat_prefix=INBOUND, cluster=local_cluster_name(proxy.app_port)),
-            )
-        ]
-    )
+    They are told apart in the TLS handshake, which accepts only their certificates, not on the
+    connection's first byte as the RBAC filter would: a server that speaks first would otherwise
+    answer anyone who connects."""
+    tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=INBOUND, cluster=local_cluster_name(proxy.app_port))
     listener = listener_pb2.Listener(
         name=INBOUND, address=_address(proxy.inbound_address, proxy.inbound_port)
     )
     if mesh.permissive:
-        listener.filter_chains.append(forward)
-        return listener
-    callers = dict.fromkeys(
-        p.source
-        for p in mesh.allowed_callers(proxy.identity)
-        if any(r.protocol == "tcp" and (not r.ports or ports & set(r.ports)) for r in p.ports)
-    )
-    if callers:
-        forward.filter_chain_match.source_prefix_ranges.extend(_cidr(c) for c in callers)
-        listener.filter_chains.append(forward)
-    else:  # a listener needs a chain: one that closes every connection without a word
-        listener.filter_chains.append(
-            listener_components_pb2.FilterChain(
-                filters=[
-                    _network_filter("envoy.filters.network.direct_response", direct_response_pb2.Config())
-                ]
+        callers: list[Identity] | None = None  # any mesh certificate
+    else:
+        callers = list(
+            dict.fromkeys(
+                p.source
+                for p in mesh.allowed_callers(proxy.identity)
+                if any(r.protocol == "tcp" and (not r.ports or ports & set(r.ports)) for r in p.ports)
             )
         )
+    if callers == []:  # a listener needs a chain: one that closes every connection without a word
+        refuse = _network_filter("envoy.filters.network.direct_response", direct_response_pb2.Config())
+        listener.filter_chains.append(listener_components_pb2.FilterChain(filters=[refuse]))
+        return listener
+    listener.filter_chains.append(
+        listener_components_pb2.FilterChain(
+            filters=[_network_filter("envoy.filters.network.tcp_proxy", tcp)],
+            transport_socket=tls.downstream(callers, trust_domain),
+        )
+    )
     return listener
 
 
-def _callers_only(callers: Sequence[Identity]) -> listener_components_pb2.Filter:
+def _callers_only(callers: Sequence[Identity], trust_domain: str) -> listener_components_pb2.Filter:
     """A network RBAC filter admitting connections from these identities only."""
     policy = rbac_pb2.Policy(
         permissions=[rbac_pb2.Permission(any=True)],
-        principals=[_principal(c) for c in dict.fromkeys(callers)] or [_nobody()],
+        principals=[tls.principal(c, trust_domain) for c in dict.fromkeys(callers)] or [_nobody()],
     )
     network = network_rbac_pb2.RBAC(
         stat_prefix="inbound_callers",
         rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies={"callers": policy}),
     )
     return _network_filter("envoy.filters.network.rbac", network)
-
-
-def _principal(identity: Identity) -> rbac_pb2.Principal:
-    return rbac_pb2.Principal(direct_remote_ip=_cidr(identity))
-
-
-def _cidr(identity: Identity) -> address_pb2.CidrRange:
-    return address_pb2.CidrRange(
-        address_prefix=identity_address(identity), prefix_len=wrappers_pb2.UInt32Value(value=32)
-    )
 
 
 def _nobody() -> rbac_pb2.Principal:
@@ -486,7 +477,7 @@ def _route_match(m: HttpMatch) -> route_components_pb2.RouteMatch:
     return match
 
 
-def _inbound_routes(mesh: MeshState, proxy: Proxy) -> route_pb2.RouteConfiguration:
+def _inbound_routes(mesh: MeshState, proxy: Proxy, trust_domain: str) -> route_pb2.RouteConfiguration:
     """Every request to the local app, checked against the routes each caller is allowed
     (no rules at all in permissive mode)."""
     local_cluster = local_cluster_name(proxy.app_port)
@@ -495,7 +486,7 @@ def _inbound_routes(mesh: MeshState, proxy: Proxy) -> route_pb2.RouteConfigurati
     else:
         per_caller = {
             str(p.source): rbac_pb2.Policy(
-                principals=[_principal(p.source)],
+                principals=[tls.principal(p.source, trust_domain)],
                 permissions=[_permission(m) for m in p.http] or [_nothing()],
             )
             for p in mesh.allowed_callers(proxy.identity)

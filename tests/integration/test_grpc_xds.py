@@ -1,9 +1,17 @@
 """A second, independent ADS consumer: grpcio's own xDS client (an xds:/// target with
-GRPC_XDS_BOOTSTRAP), calling a gRPC service through a TrafficSplit."""
+GRPC_XDS_BOOTSTRAP), calling a gRPC service through a TrafficSplit.
+
+Its ADS connection is mTLS like a sidecar's: the bootstrap's ``tls`` channel credentials hold a
+certificate for its identity, which the server checks against the node. Its calls to the greeters
+are plaintext: gRPC's xDS client takes no certificates over SDS (only from certificate-provider
+plugins named in its own bootstrap), so gitmesh sends proxyless clients clusters without TLS. The
+greeters here are plain gRPC servers with no sidecar, the only kind of destination such a client
+can reach: a sidecar's inbound listener requires a mesh certificate and would refuse it."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import subprocess
@@ -18,6 +26,7 @@ import grpc
 import pytest
 
 from gitmesh.serve import MeshPublisher
+from gitmesh.smi import Identity
 from gitmesh.xds.server import serve
 from tests import factory as f
 
@@ -74,8 +83,15 @@ class Control:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
+        # As gitmesh run serves it: mTLS, each node checked against its client certificate.
         self.server = asyncio.run_coroutine_threadsafe(
-            serve(self.publisher.cache, "127.0.0.1:0"), self.loop
+            serve(
+                self.publisher.cache,
+                "127.0.0.1:0",
+                tls=self.publisher.server_tls("127.0.0.1"),
+                authorize=self.publisher.authorize,
+            ),
+            self.loop,
         ).result(10)
 
     def close(self) -> None:
@@ -107,6 +123,15 @@ def mesh() -> Iterator[tuple[Control, list[dict[str, Any]]]]:
 
 
 def run_client(control: Control, tmp_path: Path, calls: int) -> dict[str, int]:
+    """A client of identity app/client, holding a certificate for it from the mesh CA."""
+    issued = control.publisher.ca.certificate(Identity("app", "client"), datetime.datetime.now(datetime.UTC))
+    files = {
+        "cert.pem": issued.cert_pem,
+        "key.pem": issued.key_pem,
+        "roots.pem": "".join(control.publisher.ca.bundle()),
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
     bootstrap = tmp_path / "grpc-xds.json"
     node_metadata = {
         "namespace": "app",
@@ -123,7 +148,16 @@ def run_client(control: Control, tmp_path: Path, calls: int) -> dict[str, int]:
                 "xds_servers": [
                     {
                         "server_uri": f"127.0.0.1:{control.server.port}",
-                        "channel_creds": [{"type": "insecure"}],
+                        "channel_creds": [
+                            {
+                                "type": "tls",
+                                "config": {
+                                    "ca_certificate_file": str(tmp_path / "roots.pem"),
+                                    "certificate_file": str(tmp_path / "cert.pem"),
+                                    "private_key_file": str(tmp_path / "key.pem"),
+                                },
+                            }
+                        ],
                         "server_features": ["xds_v3"],
                     }
                 ],

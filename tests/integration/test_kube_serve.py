@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import random
@@ -21,8 +22,11 @@ from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from gitmesh import demo
+from gitmesh.certs import ca
 from gitmesh.cli import cli
+from gitmesh.cluster.kube import KubeBackend
 from gitmesh.demo import eventually, free_port, stop_process
+from gitmesh.smi import Identity
 from gitmesh.xds import resources
 from tests import factory as f
 from tests.conftest import GitRepo
@@ -73,8 +77,17 @@ def gitmesh_run(cluster: Cluster, tmp_path: Path) -> Iterator[int]:
         print((tmp_path / "gitmesh-run.log").read_text()[-3000:])
 
 
-def split_weights(xds_port: int) -> dict[str, int]:
-    """Ask gitmesh run, as a proxy would, for the outbound routes; the greeter's weighted clusters."""
+def split_weights(xds_port: int, kubeconfig: Path) -> dict[str, int]:
+    """Ask gitmesh run, as a proxy would (over mTLS, with a certificate from the CA it keeps in the
+    cluster), for the outbound routes; the greeter's weighted clusters."""
+    ca_state = KubeBackend.connect(str(kubeconfig), None).ca_keeper().load()
+    assert ca_state is not None
+    issued = ca.issue(
+        ca_state.signing, ca_state.trust_domain, Identity("app", "probe"), datetime.datetime.now(datetime.UTC)
+    )
+    credentials = grpc.ssl_channel_credentials(
+        "".join(ca_state.bundle()).encode(), issued.key_pem.encode(), issued.cert_pem.encode()
+    )
     node = base_pb2.Node(id=f"probe-{time.monotonic_ns()}")
     node.metadata.update(
         {
@@ -88,7 +101,7 @@ def split_weights(xds_port: int) -> dict[str, int]:
         }
     )
     request = discovery_pb2.DiscoveryRequest(node=node, type_url=resources.ROUTE, resource_names=["outbound"])
-    with grpc.insecure_channel(f"127.0.0.1:{xds_port}") as channel:
+    with grpc.secure_channel(f"127.0.0.1:{xds_port}", credentials) as channel:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
         response = next(iter(stub.StreamAggregatedResources(iter([request]), timeout=10)))
     for packed in response.resources:
@@ -121,7 +134,11 @@ def test_the_mesh_follows_the_cluster(cluster: Cluster, gitmesh_run: int, git_re
     assert applied.exit_code == 0, applied.output
     # gitmesh run was already watching: the objects it did not have at start are served.
     weights = {"app/greeter-v1|50051": 80, "app/greeter-v2|50051": 20}
-    eventually(lambda: split_weights(gitmesh_run), lambda w: w == weights, "the 80/20 split served")
+    eventually(
+        lambda: split_weights(gitmesh_run, cluster.kubeconfig),
+        lambda w: w == weights,
+        "the 80/20 split served",
+    )
     # A change made in the cluster itself (not through gitmesh) is followed too.
     cluster.kubectl(
         "patch",
@@ -134,10 +151,19 @@ def test_the_mesh_follows_the_cluster(cluster: Cluster, gitmesh_run: int, git_re
         '{"spec":{"backends":[{"service":"greeter-v1","weight":0},{"service":"greeter-v2","weight":1}]}}',
     )
     weights = {"app/greeter-v1|50051": 0, "app/greeter-v2|50051": 1}
-    eventually(lambda: split_weights(gitmesh_run), lambda w: w == weights, "the 0/1 split served")
+    eventually(
+        lambda: split_weights(gitmesh_run, cluster.kubeconfig), lambda w: w == weights, "the 0/1 split served"
+    )
     # What gitmesh run saw of its proxies is kept in the cluster, for gitmesh status.
     status = CliRunner().invoke(cli, ["status", "--kubeconfig", str(cluster.kubeconfig), "--output", "json"])
-    assert "proxies" in json.loads(status.output)["sidecars"]
+    sidecars = json.loads(status.output)["sidecars"]
+    assert "proxies" in sidecars
+    assert "gitmesh-system/gitmesh" in sidecars["certificates"]  # the xDS server's own certificate
+    # The mesh CA lives in a Secret beside gitmesh's inventories, as kubectl sees it.
+    secret = json.loads(
+        cluster.kubectl("get", "secret", "-n", "gitmesh-system", "gitmesh-ca", "-o", "json").stdout
+    )
+    assert set(secret["data"]) == {"ca.json"}
 
 
 @pytest.fixture

@@ -199,6 +199,8 @@ def test_the_demo_command_shows_the_split_and_the_refusals(tmp_path: Path) -> No
     assert 60 <= v1 <= 90, shares
     assert any("/admin" in line and " 403 " in line for line in lines), result.output
     assert any(line.startswith("bookthief") and " 503 " in line for line in lines), result.output
+    (mtls,) = [line for line in lines if "over mTLS" in line]
+    assert "as spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer (certificate expires 20" in mtls, mtls
 
 
 def test_a_config_envoy_rejects_is_reported_and_the_last_good_one_keeps_serving(demo: Demo) -> None:

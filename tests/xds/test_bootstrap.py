@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import datetime
 import json
+import stat
 import subprocess
 from pathlib import Path
 
@@ -8,9 +10,12 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 
+from gitmesh.certs import ca
+from gitmesh.certs.authority import CaState
+from gitmesh.certs.store import FileKeeper, ca_path
 from gitmesh.mesh.state import ServiceRef
 from gitmesh.smi import Identity
-from gitmesh.xds.bootstrap import bootstrap, parse_upstream, proxy_of
+from gitmesh.xds.bootstrap import bootstrap, client_tls, parse_upstream, proxy_of
 from gitmesh.xds.translate import Proxy, Upstream
 from tests.xds.envoy import ENVOY
 
@@ -56,8 +61,11 @@ def test_a_node_without_gitmesh_metadata_is_refused() -> None:
 
 @pytest.mark.integration
 def test_real_envoy_accepts_the_bootstrap(tmp_path: Path) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    tls = client_tls(CaState("cluster.local", (ca.new_root("cluster.local", now),)), PROXY.identity, now)
     path = tmp_path / "bootstrap.json"
-    path.write_text(json.dumps(bootstrap(PROXY, xds_host="127.0.0.1", xds_port=15010, admin_port=0)))
+    config = bootstrap(PROXY, xds_host="127.0.0.1", xds_port=15010, admin_port=0, tls=tls)
+    path.write_text(json.dumps(config))
     result = subprocess.run(
         [ENVOY, "--mode", "validate", "-c", str(path), "--use-dynamic-base-id", "-l", "error"],
         capture_output=True,
@@ -67,7 +75,7 @@ def test_real_envoy_accepts_the_bootstrap(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
-def test_the_bootstrap_command_prints_it() -> None:
+def test_the_bootstrap_command_writes_it_with_a_certificate_for_the_identity(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from gitmesh.cli import cli
@@ -92,12 +100,30 @@ def test_the_bootstrap_command_prints_it() -> None:
             "127.0.0.1:15010",
             "--upstream",
             "mysql.bookwarehouse:3306=13306",
+            "--store",
+            str(tmp_path / "store.db"),
+            "--output",
+            str(tmp_path / "bootstrap.json"),
         ],
     )
     assert result.exit_code == 0, result.output
-    config = json.loads(result.output)
+    written = tmp_path / "bootstrap.json"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600  # it holds a private key
+    config = json.loads(written.read_text())
     assert proxy_of(json_format.ParseDict(config["node"], base_pb2.Node())) == PROXY
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     assert set(clusters) == {"gitmesh-xds", "local|8080"}
     xds = clusters["gitmesh-xds"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
     assert xds["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 15010}
+
+    # The ADS connection is mTLS: a certificate for the sidecar's identity from the store's CA, and
+    # the server must prove it is gitmesh.
+    context = clusters["gitmesh-xds"]["transport_socket"]["typed_config"]["common_tls_context"]
+    (pair,) = context["tls_certificates"]
+    assert ca.identity_of(pair["certificate_chain"]["inline_string"], "cluster.local") == PROXY.identity
+    kept = FileKeeper(ca_path(tmp_path / "store.db")).load()
+    assert kept is not None
+    assert context["validation_context"]["trusted_ca"]["inline_string"] == "".join(kept.bundle())
+    assert context["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "URI", "matcher": {"exact": "spiffe://cluster.local/ns/gitmesh-system/sa/gitmesh"}}
+    ]

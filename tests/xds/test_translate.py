@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
+import datetime
 import json
 import subprocess
 from dataclasses import replace
@@ -16,15 +16,17 @@ from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as di
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import json_format
 
 from gitmesh import pipeline
+from gitmesh.certs import ca
 from gitmesh.mesh.state import MeshState, ServiceRef, build
 from gitmesh.smi import Identity
 from gitmesh.sync.git import read_directory
-from gitmesh.xds import resources
+from gitmesh.xds import resources, tls
 from gitmesh.xds.bootstrap import bootstrap
-from gitmesh.xds.translate import Proxy, Resources, Translator, Upstream, identity_address, translate
+from gitmesh.xds.translate import Proxy, Resources, Translator, Upstream, translate
 from tests.conftest import EXAMPLE_REPO
 from tests.factory import mesh_config
 from tests.xds.envoy import ENVOY
@@ -90,6 +92,7 @@ def test_names_follow_the_one_scheme() -> None:
 def test_proxies_share_one_cluster_map_and_one_route_map_per_namespace() -> None:
     translator = Translator(example())
     store, thief = translator.resources(BOOKSTORE), translator.resources(BOOKTHIEF)
+    # Each presents its own identity's certificate, under the one name every sidecar uses.
     assert store[resources.CLUSTER] is thief[resources.CLUSTER]
     assert store[resources.ENDPOINT] is thief[resources.ENDPOINT]
     again = translator.resources(BOOKSTORE)
@@ -113,8 +116,8 @@ def test_inbound_admits_only_allowed_callers_on_their_routes() -> None:
     inbound = translate(example(), BOOKSTORE)[resources.LISTENER]["inbound"]
     filters = network_filters(inbound)
     callers = filters["envoy.filters.network.rbac"].rules.policies["callers"].principals
-    assert [p.direct_remote_ip.address_prefix for p in callers] == [
-        identity_address(Identity("bookbuyer", "bookbuyer"))
+    assert [p.authenticated.principal_name.exact for p in callers] == [
+        "spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer"
     ]
     policy = inbound_rules(translate(example(), BOOKSTORE)).rbac.rules.policies["bookbuyer/bookbuyer"]
     assert len(policy.permissions) == 2  # books-bought, buy-a-book
@@ -147,11 +150,18 @@ def test_route_rules_live_in_the_route_configuration_so_changes_reach_open_conne
     assert deny_all.rules.action == deny_all.rules.ALLOW and not deny_all.rules.policies
 
 
-def test_permissive_mode_has_no_rbac() -> None:
+def test_permissive_mode_has_no_rbac_but_still_requires_a_mesh_certificate() -> None:
     res = translate(example(permissive=True), BOOKTHIEF)
-    filters = network_filters(res[resources.LISTENER]["inbound"])
-    assert list(filters) == ["envoy.filters.network.http_connection_manager"]
+    inbound = res[resources.LISTENER]["inbound"]
+    assert list(network_filters(inbound)) == ["envoy.filters.network.http_connection_manager"]
     assert not inbound_rules(res).HasField("rbac")  # the filter is off on the route
+    assert downstream_tls(inbound.filter_chains[0]).require_client_certificate.value
+
+
+def downstream_tls(chain: Any) -> tls_pb2.DownstreamTlsContext:
+    context = tls_pb2.DownstreamTlsContext()
+    chain.transport_socket.typed_config.Unpack(context)
+    return context
 
 
 def test_an_upstream_is_a_local_port_proxying_tcp_by_the_split() -> None:
@@ -172,11 +182,15 @@ def test_an_upstream_without_a_split_goes_to_the_service() -> None:
     )
 
 
-def test_a_tcp_service_is_fronted_by_tcp_admitting_tcproute_callers_on_accept() -> None:
+def test_a_tcp_service_accepts_only_tcproute_callers_in_the_handshake() -> None:
     inbound = translate(example(), MYSQL_V1)[resources.LISTENER]["inbound"]
     (chain,) = inbound.filter_chains
-    sources = [r.address_prefix for r in chain.filter_chain_match.source_prefix_ranges]
-    assert sources == [identity_address(Identity("bookwarehouse", "bookwarehouse"))]
+    context = downstream_tls(chain)
+    validation = context.common_tls_context.combined_validation_context
+    sans = [m.matcher.exact for m in validation.default_validation_context.match_typed_subject_alt_names]
+    assert sans == ["spiffe://cluster.local/ns/bookwarehouse/sa/bookwarehouse"]
+    assert validation.validation_context_sds_secret_config.name == "trust-bundle"
+    assert context.require_client_certificate.value
     assert network_filters(inbound)["envoy.filters.network.tcp_proxy"].cluster == "local|3306"
 
 
@@ -187,12 +201,14 @@ def test_an_http_only_permission_does_not_open_a_tcp_service() -> None:
             o["spec"]["rules"] = [{"kind": "HTTPRouteGroup", "name": "bookwarehouse-service-routes"}]
     inbound = translate(build(objects), MYSQL_V1)[resources.LISTENER]["inbound"]
     assert list(network_filters(inbound)) == ["envoy.filters.network.direct_response"]
-    assert not inbound.filter_chains[0].HasField("filter_chain_match")
+    assert not inbound.filter_chains[0].HasField("transport_socket")
 
 
-def test_permissive_tcp_admits_everyone() -> None:
+def test_permissive_tcp_admits_every_mesh_certificate() -> None:
     (chain,) = translate(example(permissive=True), MYSQL_V1)[resources.LISTENER]["inbound"].filter_chains
-    assert not chain.HasField("filter_chain_match")
+    common = downstream_tls(chain).common_tls_context
+    assert common.validation_context_sds_secret_config.name == "trust-bundle"
+    assert not common.HasField("combined_validation_context")
 
 
 def test_a_split_with_matches_takes_only_the_requests_they_match() -> None:
@@ -210,19 +226,40 @@ def test_a_split_with_matches_takes_only_the_requests_they_match() -> None:
     assert rest.match.prefix == "/" and rest.route.cluster == "bookstore/bookstore|14001"
 
 
-def test_identity_addresses_are_stable_loopback_addresses() -> None:
-    a = identity_address(Identity("bookstore", "bookstore"))
-    assert a == identity_address(Identity("bookstore", "bookstore"))
-    assert ipaddress.ip_address(a) in ipaddress.ip_network("127.0.0.0/8")
-    assert a != identity_address(Identity("bookbuyer", "bookbuyer"))
-    assert a != "127.0.0.1"
+def test_sidecars_talk_mtls_presenting_their_workload_certificate() -> None:
+    res = translate(example(), BOOKSTORE, trust_domain="mesh.test")
+    inbound = tls_pb2.DownstreamTlsContext()
+    res[resources.LISTENER]["inbound"].filter_chains[0].transport_socket.typed_config.Unpack(inbound)
+    assert inbound.require_client_certificate.value
+    common = inbound.common_tls_context
+    assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["workload-cert"]
+    assert common.validation_context_sds_secret_config.name == "trust-bundle"
+    # Outbound: its own certificate; the server must hold an identity of the service's namespace.
+    upstream = tls_pb2.UpstreamTlsContext()
+    res[resources.CLUSTER]["bookwarehouse/bookwarehouse|14001"].transport_socket.typed_config.Unpack(upstream)
+    common = upstream.common_tls_context
+    assert [c.name for c in common.tls_certificate_sds_secret_configs] == ["workload-cert"]
+    validation = common.combined_validation_context
+    assert validation.validation_context_sds_secret_config.name == "trust-bundle"
+    (san,) = validation.default_validation_context.match_typed_subject_alt_names
+    assert san.matcher.prefix == "spiffe://mesh.test/ns/bookwarehouse/sa/"
+    # The outbound listener is what the app calls: plaintext on the loopback.
+    assert not res[resources.LISTENER]["outbound"].filter_chains[0].HasField("transport_socket")
+
+
+def test_the_secrets_hold_the_identity_certificate_and_the_bundle() -> None:
+    got = tls.secrets("CERT", "KEY", ["ROOT1\n", "ROOT2\n"])
+    assert set(got) == {"workload-cert", "trust-bundle"}
+    assert got["workload-cert"].tls_certificate.private_key.inline_string == "KEY"
+    assert got["trust-bundle"].validation_context.trusted_ca.inline_string == "ROOT1\nROOT2\n"
 
 
 def _as_static_bootstrap(res: Resources, proxy: Proxy) -> dict[str, Any]:
     """The proxy's resources as a static bootstrap, so Envoy's validate mode can judge them."""
 
     def js(m: Any) -> dict[str, Any]:
-        return json.loads(json_format.MessageToJson(m))
+        # Secrets become static ones here: they are named without an SDS source.
+        return json.loads(json_format.MessageToJson(m).replace('"sdsConfig"', '"_sds"'), object_hook=_no_sds)
 
     own = bootstrap(proxy, xds_host="127.0.0.1", xds_port=1, admin_port=0)["static_resources"]["clusters"]
     clusters = [c for c in own if c["name"] != "gitmesh-xds"]
@@ -275,8 +312,21 @@ def _as_static_bootstrap(res: Resources, proxy: Proxy) -> dict[str, Any]:
                 },
             ],
             "listeners": listeners,
+            "secrets": [js(secret) for secret in _secrets(proxy).values()],
         },
     }
+
+
+def _no_sds(d: dict[str, Any]) -> dict[str, Any]:
+    d.pop("_sds", None)
+    return d
+
+
+def _secrets(proxy: Proxy) -> dict[str, Any]:
+    now = datetime.datetime.now(datetime.UTC)
+    root = ca.new_root("cluster.local", now)
+    issued = ca.issue(root, "cluster.local", proxy.identity, now)
+    return tls.secrets(issued.cert_pem, issued.key_pem, [root.root_pem])
 
 
 @pytest.mark.integration
