@@ -4,7 +4,8 @@
     ├── SourceError      the repo, ref or path cannot be read
     ├── PlanError        a plan cannot be made, saved or loaded
     │   └── StalePlan    the live state changed since the plan was made
-    └── ClusterError     the cluster backend refused or failed
+    ├── ClusterError     the cluster backend refused or failed
+    └── ConfigError      the controller's configuration file cannot be used
 
 Invalid manifests are not errors: validation returns diagnostics. Caller
 mistakes (a wrong type passed in code) raise TypeError / ValueError instead.
@@ -31,3 +32,7 @@ class StalePlan(PlanError):
 
 class ClusterError(GitmeshError):
     pass
+
+
+class ConfigError(GitmeshError):
+    """The controller's configuration file cannot be used."""
