@@ -33,6 +33,12 @@ class Metrics:
         self.fetches = Counter(
             "gitmesh_fetches", "Fetches of the source's repository.", ["source"], registry=self.registry
         )
+        self.suspended_runs = Counter(
+            "gitmesh_suspended_runs",
+            "Scheduled or requested runs skipped because the source is suspended.",
+            ["source"],
+            registry=self.registry,
+        )
         self.fetch_errors = Counter(
             "gitmesh_fetch_errors", "Fetches that failed.", ["source"], registry=self.registry
         )

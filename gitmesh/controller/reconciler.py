@@ -88,6 +88,7 @@ class Reconciler:
         source = self.sources[name]
         backend = self._backend()
         if name in backend.suspended():
+            self.metrics.suspended_runs.labels(name).inc()
             log.info("source %s is suspended; not reconciled", name, extra={"source": name})
             return None
         progress = self._progress[name]
