@@ -142,7 +142,11 @@ class Reconciler:
             if back and result.succeeded
             else conditions.finished(progress.record.conditions, result, message, _now()),
             last_applied=sha if result.succeeded else progress.record.last_applied,
-            history=(entry, *progress.record.history)[:HISTORY_LENGTH],
+            # A re-check that found the applied revision still in place (a drift check, a restart, a
+            # request) is not news: the history keeps the reconciles that did or refused something.
+            history=progress.record.history
+            if result is Result.UNCHANGED and sha == progress.record.last_applied
+            else (entry, *progress.record.history)[:HISTORY_LENGTH],
         )
         self.metrics.reconciles.labels(name, result.value).inc()
         self.metrics.duration.labels(name).observe(duration)
