@@ -89,6 +89,8 @@ class Reconciler:
         backend = self._backend()
         if name in backend.suspended():
             self.metrics.suspended_runs.labels(name).inc()
+            with self._lock:
+                self._progress[name].attempted = True  # ready: it is as asked, left alone
             log.info("source %s is suspended; not reconciled", name, extra={"source": name})
             return None
         progress = self._progress[name]
@@ -125,7 +127,11 @@ class Reconciler:
             conditions=conditions.progressing(progress.record.conditions, message, _now()),
             last_attempted=sha,
         )
-        result, summary = self._reconcile(repo, source, backend, sha, ref)
+        try:
+            result, summary = self._reconcile(repo, source, backend, sha, ref)
+        except _Abandoned:  # stopping: nothing was written; the next start reconciles it again
+            log.info("stopping: %s@%s not applied", name, sha[:12], extra={"source": name})
+            return None
         duration = time.monotonic() - started
         entry = Reconcile(sha, ref, started_at, duration, result.value, summary, ",".join(sorted(triggers)))
         if result.succeeded:
@@ -189,6 +195,8 @@ class Reconciler:
                 plan = pipeline.plan(revision, validated, backend, source.name)
                 if not plan.has_changes:
                     return Result.UNCHANGED, plan.summary()
+                if self._stopping.is_set():
+                    raise _Abandoned
                 log.info(
                     "applying %s@%s: %s", source.name, sha[:12], plan.summary(), extra={"source": source.name}
                 )
@@ -226,6 +234,10 @@ class Reconciler:
         if backend is None:
             backend = self._local.backend = self._open()
         return backend
+
+
+class _Abandoned(Exception):
+    """The controller is stopping and the plan was not applied."""
 
 
 def _now() -> datetime:

@@ -291,12 +291,32 @@ def test_webhooks_must_be_signed_and_a_signed_push_fetches_at_once(
     c.wait_applied(third)
 
 
+def big_repo(tmp_path: Path) -> tuple[GitRepo, str]:
+    repo = GitRepo(tmp_path / "big")
+    objs = [f.namespace("big")] + [f.service_account("big", f"sa-{i}") for i in range(3000)]
+    return repo, repo.commit("big", {"all.yaml": f.dump(*objs)})
+
+
+def test_sigterm_during_an_apply_lets_it_finish(
+    tmp_path: Path, store: Path, controllers: list[RunningController]
+) -> None:
+    repo, sha = big_repo(tmp_path)
+    c = start(controllers, tmp_path, "--repo", repo.path, "--store", store, "--log-format", "json")
+    eventually(lambda: c.log.read_text(), lambda log: '"message": "applying default@' in log, "the apply")
+    assert c.stop() == 0
+    backend = LocalBackend(store)
+    assert (len(backend.list_managed()), len(backend.inventory("default"))) == (3001, 3001)
+    (record,) = backend.records()
+    assert (record.last_applied, record.history[0].result) == (sha, "applied")
+    lines = [json.loads(line) for line in c.log.read_text().splitlines() if line.startswith("{")]
+    applied = [line for line in lines if line["message"].startswith("applied default@")]
+    assert applied and applied[0]["revision"] == sha and applied[0]["source"] == "default"
+
+
 def test_a_controller_killed_mid_apply_converges_after_a_restart(
     tmp_path: Path, store: Path, controllers: list[RunningController]
 ) -> None:
-    repo = GitRepo(tmp_path / "big")
-    objs = [f.namespace("big")] + [f.service_account("big", f"sa-{i}") for i in range(3000)]
-    sha = repo.commit("big", {"all.yaml": f.dump(*objs)})
+    repo, sha = big_repo(tmp_path)
     args = ("--repo", repo.path, "--store", store, "--interval", "1s")
     first = start(controllers, tmp_path, *args)
     eventually(lambda: first.log.read_text(), lambda log: "applying default@" in log, "the apply starting")
