@@ -32,7 +32,7 @@ from gitmesh.plan.diagnostics import CODES
 from gitmesh.plan.model import Action
 from gitmesh.plan.validate import Validated
 from gitmesh.sync.git import Revision, open_repo, read_directory, read_revision
-from gitmesh.sync.source import Ref, RefKind, Source
+from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -348,6 +348,14 @@ def _print_conditions(record: SourceRecord) -> None:
 @click.option("--interval", default="1m", show_default=True, help="How often to fetch.")
 @click.option("--drift-interval", default="10m", show_default=True, help="How often to look for drift.")
 @click.option("--allow-empty", is_flag=True, help="Let a revision delete everything the source applied.")
+@click.option("--username", help="HTTP(S) basic authentication: the user (with --password-file).")
+@click.option("--password-file", type=click.Path(dir_okay=False), help="HTTP(S) basic authentication.")
+@click.option("--ssh-key-file", type=click.Path(dir_okay=False), help="SSH: the deploy key.")
+@click.option(
+    "--known-hosts-file",
+    type=click.Path(dir_okay=False),
+    help="SSH: the host keys the server may present (needed with --ssh-key-file).",
+)
 @_source_name_option
 @click.option(
     "--http-address",
@@ -374,6 +382,10 @@ def run_command(
     interval: str,
     drift_interval: str,
     allow_empty: bool,
+    username: str | None,
+    password_file: str | None,
+    ssh_key_file: str | None,
+    known_hosts_file: str | None,
     source_name: str,
     http_address: str | None,
     webhook_secret_file: str | None,
@@ -384,6 +396,10 @@ def run_command(
     from gitmesh.controller.run import Settings, run
 
     refs = {k: v for k, v in {"branch": branch, "tag": tag, "semver": semver, "commit": commit}.items() if v}
+    if bool(username) != bool(password_file):
+        raise click.UsageError("--username and --password-file go together")
+    if bool(ssh_key_file) != bool(known_hosts_file):
+        raise click.UsageError("--ssh-key-file needs --known-hosts-file (and the other way round)")
     if config_file and (repo or refs):
         raise click.UsageError("give --config or --repo (with its options), not both")
     if refs and not repo:
@@ -393,11 +409,16 @@ def run_command(
     if config_file:
         config = load_config(Path(config_file))
     else:
-        config = ControllerConfig(
-            (_one_source(repo, refs, subdir, interval, drift_interval, allow_empty, source_name),)
+        auth = BasicAuth(username, Path(password_file)) if username and password_file else None
+        ssh = (
+            SshAuth(Path(ssh_key_file), Path(known_hosts_file)) if ssh_key_file and known_hosts_file else None
+        )
+        sources = (
+            (_one_source(repo, refs, subdir, interval, drift_interval, allow_empty, source_name, auth, ssh),)
             if repo
             else ()
         )
+        config = ControllerConfig(sources)
     secret_file = webhook_secret_file or config.webhook_secret_file
     settings = Settings(
         sources=config.sources,
@@ -433,6 +454,8 @@ def _one_source(
     drift_interval: str,
     allow_empty: bool,
     name: str,
+    auth: BasicAuth | None,
+    ssh: SshAuth | None,
 ) -> Source:
     ((kind, value),) = (refs or {"branch": ""}).items()
     try:
@@ -444,6 +467,8 @@ def _one_source(
             interval=duration(interval),
             drift_interval=duration(drift_interval),
             allow_empty=allow_empty,
+            auth=auth,
+            ssh=ssh,
         )
     except ValueError as e:
         raise click.UsageError(str(e)) from None

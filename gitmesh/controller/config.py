@@ -15,7 +15,7 @@ import jsonschema
 import yaml
 
 from gitmesh.errors import ConfigError
-from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source
+from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:9090"
 
@@ -48,6 +48,15 @@ _SCHEMA: dict[str, Any] = {
                     "interval": _DURATION,
                     "drift_interval": _DURATION,
                     "allow_empty": {"type": "boolean"},
+                    "ssh": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["key_file", "known_hosts_file"],
+                        "properties": {
+                            "key_file": {"type": "string", "minLength": 1},
+                            "known_hosts_file": {"type": "string", "minLength": 1},
+                        },
+                    },
                     "auth": {
                         "type": "object",
                         "additionalProperties": False,
@@ -96,7 +105,7 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
     for i, s in enumerate(data["sources"]):
         where = f"sources.{i}"
         ((kind, value),) = (s.get("ref") or {"branch": ""}).items()
-        auth = s.get("auth")
+        auth, ssh = s.get("auth"), s.get("ssh")
         try:
             sources.append(
                 Source(
@@ -108,6 +117,7 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
                     drift_interval=duration(s.get("drift_interval", "10m")),
                     allow_empty=s.get("allow_empty", False),
                     auth=BasicAuth(auth["username"], base / auth["password_file"]) if auth else None,
+                    ssh=SshAuth(base / ssh["key_file"], base / ssh["known_hosts_file"]) if ssh else None,
                 )
             )
         except ValueError as e:

@@ -156,7 +156,6 @@ def _ignore_spec(tree: git.Tree) -> pathspec.GitIgnoreSpec:
 def _git_reason(e: Exception) -> str:
     if isinstance(e, git.GitCommandError):
         text = (e.stderr or str(e)).strip().removeprefix("stderr:").strip(" '")
-        # Git's progress lines ("Cloning into ...") say nothing about what went wrong.
-        failures = [line for line in text.splitlines() if line.startswith(("fatal:", "error:", "remote:"))]
-        return "\n".join(failures) or text
+        # "Cloning into <a temporary directory>" says nothing about what went wrong.
+        return "\n".join(line for line in text.splitlines() if not line.startswith("Cloning into"))
     return str(e)

@@ -19,6 +19,7 @@ from tests import factory as f
 from tests.conftest import EXAMPLE_REPO, GitRepo
 from tests.controller import RunningController, condition
 from tests.gitserver import GitHttpServer
+from tests.sshserver import SshServer
 
 pytestmark = pytest.mark.integration
 
@@ -413,3 +414,36 @@ def test_a_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:
     assert "sources.0.name: 'Mesh' does not match" in result.output
     assert "sources.0.ref: {'branch': 'a', 'tag': 'b'} has too many properties" in result.output
     assert "sources.1: 'name' is a required property" in result.output
+
+
+def test_an_ssh_remote_with_a_deploy_key_and_a_checked_host_key(
+    mesh: GitRepo, store: Path, tmp_path: Path, controllers: list[RunningController]
+) -> None:
+    server = SshServer(tmp_path / "ssh").start()
+    bare = bare_copy(mesh, tmp_path / "served")
+    # An impostor's host key for the same address: what a man in the middle would present.
+    impostor = SshServer(tmp_path / "impostor")
+    (tmp_path / "impostor_known_hosts").write_text(
+        impostor.known_hosts.read_text().replace(f":{impostor.port}]", f":{server.port}]")
+    )
+    config = tmp_path / "gitmesh.yaml"
+    config.write_text(
+        f"sources:\n"
+        f"  - name: mesh\n    url: {server.url(bare)}\n    path: mesh\n    interval: 1s\n"
+        f"    ssh: {{key_file: {server.deploy_key}, known_hosts_file: {server.known_hosts}}}\n"
+        f"  - name: trusting\n    url: {server.url(bare)}\n    path: mesh\n"
+        f"    ssh: {{key_file: {server.deploy_key}, known_hosts_file: impostor_known_hosts}}\n"
+    )
+    try:
+        c = start(controllers, tmp_path, "--config", config, "--store", store)
+        c.wait_applied(head(mesh), "mesh")
+        record = c.wait(lambda s: bool(s) and s["trusting"]["conditions"], "the second source's attempt")
+        assert condition(record["trusting"], "Ready") == ("False", "FetchFailed")
+        message = next(x["message"] for x in record["trusting"]["conditions"] if x["type"] == "Ready")
+        assert "Host key verification failed" in message
+        assert record["trusting"]["lastAppliedRevision"] is None
+        change = mesh.commit("more", {"mesh/extra.yaml": f.dump(f.service_account("bookstore", "late"))})
+        mesh.git("push", "-q", "origin", "main")
+        c.wait_applied(change, "mesh")
+    finally:
+        server.stop()
