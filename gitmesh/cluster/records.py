@@ -32,7 +32,7 @@ class Reconcile:
     ref: str
     started_at: datetime
     duration: float  # seconds
-    result: str  # applied | unchanged | invalid | refused | failed
+    result: str  # applied | unchanged | invalid | unverified | refused | failed
     summary: str  # the plan's one-line summary, or the error
     trigger: str  # what started it: start, interval, webhook, manual, drift, retry
 

@@ -19,6 +19,7 @@ class Result(Enum):
     APPLIED = "applied"
     UNCHANGED = "unchanged"
     INVALID = "invalid"  # the revision failed to load or validate
+    UNVERIFIED = "unverified"  # the head is not signed by a key the source lists
     REFUSED = "refused"  # the plan may not be applied as it is (deletes everything, conflicts)
     FAILED = "failed"  # the backend failed; retried
 
@@ -29,13 +30,14 @@ class Result(Enum):
     @property
     def stalls(self) -> bool:
         """Retrying the same revision cannot help."""
-        return self in (Result.INVALID, Result.REFUSED)
+        return self in (Result.INVALID, Result.UNVERIFIED, Result.REFUSED)
 
 
 _REASONS = {
     Result.APPLIED: "ReconciliationSucceeded",
     Result.UNCHANGED: "ReconciliationSucceeded",
     Result.INVALID: "ValidationFailed",
+    Result.UNVERIFIED: "VerificationFailed",
     Result.REFUSED: "ApplyRefused",
     Result.FAILED: "ApplyFailed",
 }

@@ -16,6 +16,7 @@ import yaml
 
 from gitmesh.errors import ConfigError
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
+from gitmesh.sync.verify import Verification
 
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:9090"
 
@@ -48,6 +49,15 @@ _SCHEMA: dict[str, Any] = {
                     "interval": _DURATION,
                     "drift_interval": _DURATION,
                     "allow_empty": {"type": "boolean"},
+                    "verify": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "minProperties": 1,
+                        "properties": {
+                            "gpg_keys_file": {"type": "string", "minLength": 1},
+                            "allowed_signers_file": {"type": "string", "minLength": 1},
+                        },
+                    },
                     "ssh": {
                         "type": "object",
                         "additionalProperties": False,
@@ -105,7 +115,7 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
     for i, s in enumerate(data["sources"]):
         where = f"sources.{i}"
         ((kind, value),) = (s.get("ref") or {"branch": ""}).items()
-        auth, ssh = s.get("auth"), s.get("ssh")
+        auth, ssh, verify = s.get("auth"), s.get("ssh"), s.get("verify")
         try:
             sources.append(
                 Source(
@@ -118,6 +128,7 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
                     allow_empty=s.get("allow_empty", False),
                     auth=BasicAuth(auth["username"], base / auth["password_file"]) if auth else None,
                     ssh=SshAuth(base / ssh["key_file"], base / ssh["known_hosts_file"]) if ssh else None,
+                    verify=_verification(base, verify) if verify else None,
                 )
             )
         except ValueError as e:
@@ -127,6 +138,11 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
         raise ValueError(f"sources: the name(s) {', '.join(dupes)} are used more than once")
     secret = data.get("webhook_secret_file")
     return ControllerConfig(tuple(sources), data.get("http_address"), base / secret if secret else None)
+
+
+def _verification(base: Path, verify: dict[str, str]) -> Verification:
+    gpg, ssh = verify.get("gpg_keys_file"), verify.get("allowed_signers_file")
+    return Verification(base / gpg if gpg else None, base / ssh if ssh else None)
 
 
 def _relative_to(base: Path, url: str) -> str:

@@ -26,6 +26,7 @@ from gitmesh.controller.metrics import Metrics
 from gitmesh.errors import ClusterError, PlanError, SourceError, StalePlan
 from gitmesh.plan.model import Plan
 from gitmesh.sync.source import Source, fetch, read, resolve
+from gitmesh.sync.verify import verify_commit
 
 log = logging.getLogger("gitmesh.controller")
 
@@ -179,6 +180,11 @@ class Reconciler:
     def _reconcile(
         self, repo: git.Repo, source: Source, backend: ClusterBackend, sha: str, ref: str
     ) -> tuple[Result, str]:
+        if source.verify is not None:
+            try:
+                verify_commit(repo, sha, source.verify)
+            except SourceError as e:
+                return Result.UNVERIFIED, str(e)
         try:
             revision = read(repo, source, sha, ref)
         except SourceError as e:

@@ -22,6 +22,7 @@ from packaging.version import InvalidVersion, Version
 
 from gitmesh.errors import SourceError
 from gitmesh.sync.git import Revision, mirror, read_revision
+from gitmesh.sync.verify import Verification
 
 
 class RefKind(Enum):
@@ -78,6 +79,7 @@ class Source:
     allow_empty: bool = False  # may a revision delete everything this source applied?
     auth: BasicAuth | None = None
     ssh: SshAuth | None = None
+    verify: Verification | None = None  # apply only heads signed by these keys
 
     def __post_init__(self) -> None:
         # A local path is mirrored like any remote; its cache key must not depend on the cwd.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -447,3 +448,71 @@ def test_an_ssh_remote_with_a_deploy_key_and_a_checked_host_key(
         c.wait_applied(change, "mesh")
     finally:
         server.stop()
+
+
+@pytest.fixture
+def gnupg_home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A keyring of this test's own (a short path: gpg-agent's socket lives in it)."""
+    home = Path(tempfile.mkdtemp(prefix="gm-gpg-"))
+    home.chmod(0o700)
+    monkeypatch.setenv("GNUPGHOME", str(home))
+    yield home
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], capture_output=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def gpg_key(name: str) -> str:
+    """A new signing key in $GNUPGHOME; its fingerprint."""
+    uid = f"{name} <{name}@example.com>"
+    gpg = ["gpg", "--batch", "--passphrase", ""]
+    subprocess.run(
+        [*gpg, "--quick-gen-key", uid, "ed25519", "sign", "never"], check=True, capture_output=True
+    )
+    listing = subprocess.run(
+        [*gpg, "--with-colons", "--list-secret-keys", uid], check=True, capture_output=True, text=True
+    ).stdout
+    return next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+
+
+def ssh_key(path: Path) -> Path:
+    """A new SSH key pair; the public key's file."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path.with_suffix(".pub")
+
+
+def signed_commit(repo: GitRepo, message: str, key: str | Path) -> str:
+    """A commit signed with a GPG key (a fingerprint) or an SSH key (a public key's file)."""
+    ssh = ("-c", "gpg.format=ssh") if isinstance(key, Path) else ()
+    repo.write({f"mesh/{message}.yaml": f.dump(f.service_account("bookstore", message))})
+    repo.git("add", "-A")
+    repo.git(*ssh, "-c", f"user.signingkey={key}", "commit", "-q", "-S", "-m", message)
+    return head(repo)
+
+
+def test_only_heads_signed_by_a_listed_key_are_applied(
+    mesh: GitRepo, store: Path, tmp_path: Path, controllers: list[RunningController], gnupg_home: Path
+) -> None:
+    release, stranger = gpg_key("release"), gpg_key("stranger")  # both in the keyring gitmesh sees
+    exported = subprocess.run(["gpg", "--armor", "--export", release], check=True, capture_output=True)
+    (tmp_path / "release.asc").write_bytes(exported.stdout)
+    deployer, outsider = ssh_key(tmp_path / "deployer"), ssh_key(tmp_path / "outsider")
+    (tmp_path / "allowed_signers").write_text(f"deployer@example.com {deployer.read_text()}")
+    first = signed_commit(mesh, "by-deployer", deployer)
+    config = tmp_path / "gitmesh.yaml"
+    config.write_text(
+        f"sources:\n  - name: mesh\n    url: {mesh.path}\n    path: mesh\n    interval: 1s\n"
+        "    verify: {gpg_keys_file: release.asc, allowed_signers_file: allowed_signers}\n"
+    )
+    c = start(controllers, tmp_path, "--config", config, "--store", store)
+    c.wait_applied(first, "mesh")
+    unsigned = mesh.commit("unsigned", {"mesh/unsigned.yaml": f.dump(f.service_account("bookstore", "u"))})
+    record = c.wait_result(unsigned, "unverified", "mesh")
+    assert condition(record, "Stalled") == ("True", "VerificationFailed")
+    assert f"commit {unsigned[:12]} is not signed by a listed key" in record["history"][0]["summary"]
+    c.wait_result(signed_commit(mesh, "by-outsider", outsider), "unverified", "mesh")
+    c.wait_result(signed_commit(mesh, "by-stranger", stranger), "unverified", "mesh")
+    assert managed(store) & {"ServiceAccount/bookstore/u", "ServiceAccount/bookstore/by-stranger"} == set()
+    record = c.wait_applied(signed_commit(mesh, "by-release", release), "mesh")
+    assert condition(record, "Ready") == ("True", "ReconciliationSucceeded")
+    assert {"ServiceAccount/bookstore/u", "ServiceAccount/bookstore/by-release"} <= managed(store)
+    assert "Ready       True ReconciliationSucceeded" in cli_run("status", "--store", store)

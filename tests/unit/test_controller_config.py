@@ -8,7 +8,8 @@ import pytest
 
 from gitmesh.controller.config import duration, load_config
 from gitmesh.errors import ConfigError
-from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source
+from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
+from gitmesh.sync.verify import Verification
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -35,6 +36,10 @@ sources:
     auth: {username: deploy, password_file: /run/secrets/git}
   - name: local
     url: repos/mesh
+  - name: signed
+    url: git@git.example.com:acme/mesh.git
+    ssh: {key_file: keys/deploy, known_hosts_file: keys/known_hosts}
+    verify: {allowed_signers_file: keys/allowed_signers}
 """,
         )
     )
@@ -52,6 +57,12 @@ sources:
             BasicAuth("deploy", Path("/run/secrets/git")),
         ),
         Source("local", str(tmp_path / "repos/mesh")),  # relative to the file; defaults: 1m, 10m
+        Source(
+            "signed",
+            "git@git.example.com:acme/mesh.git",
+            ssh=SshAuth(tmp_path / "keys/deploy", tmp_path / "keys/known_hosts"),
+            verify=Verification(None, tmp_path / "keys/allowed_signers"),
+        ),
     )
     assert (config.sources[1].interval, config.sources[1].drift_interval) == (60.0, 600.0)
 
@@ -75,6 +86,7 @@ sources:
             ["the name(s) a are used more than once"],
         ),
         ("sources: [\n", ["is not valid YAML"]),
+        ("sources:\n  - {name: a, url: x, verify: {}}\n", ["sources.0.verify: {} should be non-empty"]),
     ],
 )
 def test_problems_are_listed_with_where_they_are(tmp_path: Path, text: str, problems: list[str]) -> None:
