@@ -400,7 +400,7 @@ def run_command(
         raise click.UsageError("--username and --password-file go together")
     if bool(ssh_key_file) != bool(known_hosts_file):
         raise click.UsageError("--ssh-key-file needs --known-hosts-file (and the other way round)")
-    if config_file and (repo or refs):
+    if config_file and (repo or refs or subdir or allow_empty or username or ssh_key_file):
         raise click.UsageError("give --config or --repo (with its options), not both")
     if refs and not repo:
         raise click.UsageError(f"--{next(iter(refs))} needs --repo")

@@ -117,17 +117,16 @@ class Reconciler:
             bool(triggers == {"drift"} and head == progress.seen and stalled and stalled.status)
             and progress.record.last_applied is not None
         )
-        if back:
-            sha, ref = progress.record.last_applied or head, "last applied"
+        before = progress.record.conditions
         if self._stopping.is_set():
             return None
-        message = f"Reconciling {ref}@sha1:{sha[:12]}"
-        self._update(
-            backend,
-            name,
-            conditions=conditions.progressing(progress.record.conditions, message, _now()),
-            last_attempted=sha,
-        )
+        if back:
+            sha, ref = progress.record.last_applied or head, "last applied"
+        else:
+            message = f"Reconciling {ref}@sha1:{sha[:12]}"
+            self._update(
+                backend, name, conditions=conditions.progressing(before, message, _now()), last_attempted=sha
+            )
         try:
             result, summary = self._reconcile(repo, source, backend, sha, ref)
         except _Abandoned:  # stopping: nothing was written; the next start reconciles it again
@@ -145,7 +144,7 @@ class Reconciler:
         self._update(
             backend,
             name,
-            conditions=progress.record.conditions
+            conditions=before
             if back and result.succeeded
             else conditions.finished(progress.record.conditions, result, message, _now()),
             last_applied=sha if result.succeeded else progress.record.last_applied,

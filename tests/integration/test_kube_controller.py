@@ -7,6 +7,7 @@ import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -49,11 +50,23 @@ def weights(cluster: Cluster) -> list[int]:
     return [b["weight"] for b in split["items"][0]["spec"]["backends"]]
 
 
-def stored_record(cluster: Cluster) -> dict[str, object]:
-    cm = cluster.kubectl(
-        "get", "configmap", "-n", "gitmesh-system", "gitmesh-reconciler-default", "-o", "json"
+def patch_weights(cluster: Cluster, v1: int, v2: int) -> None:
+    """Change the split behind gitmesh's back, as someone with kubectl would."""
+    backends = [{"service": "bookstore-v1", "weight": v1}, {"service": "bookstore-v2", "weight": v2}]
+    patch = json.dumps({"spec": {"backends": backends}})
+    cluster.kubectl(
+        "patch", "trafficsplit", "-n", "bookstore", "bookstore-split", "--type=merge", "-p", patch
     )
-    return dict(json.loads(json.loads(cm.stdout)["data"]["record"]))
+
+
+def record_configmap(cluster: Cluster) -> dict[str, Any]:
+    name = "gitmesh-reconciler-default"
+    cm = cluster.kubectl("get", "configmap", "-n", "gitmesh-system", name, "-o", "json")
+    return dict(json.loads(cm.stdout))
+
+
+def stored_record(cluster: Cluster) -> dict[str, Any]:
+    return dict(json.loads(record_configmap(cluster)["data"]["record"]))
 
 
 def test_a_broken_commit_between_two_good_ones_in_a_cluster(
@@ -67,6 +80,17 @@ def test_a_broken_commit_between_two_good_ones_in_a_cluster(
     record = c.wait_result(broken, "invalid")
     assert condition(record, "Stalled") == ("True", "ValidationFailed")
     assert weights(cluster) == [75, 25]
+    # Drift while the head cannot be applied is put right to the last good revision; the source
+    # still says why its head is not applied.
+    patch_weights(cluster, 1, 1)
+    eventually(lambda: weights(cluster), lambda w: w == [75, 25], "the drift put back", timeout=60)
+    record = c.wait(lambda s: bool(s) and s["default"]["history"][0]["trigger"] == "drift", "drift recorded")
+    assert (record["default"]["history"][0]["revision"], record["default"]["history"][0]["ref"]) == (
+        good,
+        "last applied",
+    )
+    assert condition(record["default"], "Stalled") == ("True", "ValidationFailed")
+    assert condition(record["default"], "Reconciling")[0] == "False"
     shift = SPLIT.replace("weight: 75", "weight: 40").replace("weight: 25", "weight: 60")
     fixed = mesh.commit("shift", {"mesh/bookstore/split.yaml": shift})
     c.wait_applied(fixed)
@@ -74,7 +98,7 @@ def test_a_broken_commit_between_two_good_ones_in_a_cluster(
     # The record lives in the cluster, where kubectl and gitmesh history read it.
     stored = stored_record(cluster)
     assert stored["lastAppliedRevision"] == fixed
-    assert [h["result"] for h in stored["history"]] == ["applied", "invalid", "applied"]
+    assert [h["result"] for h in stored["history"]] == ["applied", "applied", "invalid", "applied"]
     history = CliRunner().invoke(cli, ["history", "--kubeconfig", str(cluster.kubeconfig)])
     assert f"{broken[:12]}  invalid" in history.output
 
@@ -84,12 +108,7 @@ def test_drift_in_the_cluster_is_put_back_and_suspension_keeps_the_record(
 ) -> None:
     cluster, mesh, c = controlled
     c.wait_applied(mesh.git("rev-parse", "HEAD").strip())
-    cluster.kubectl(
-        "patch", "trafficsplit", "-n", "bookstore", "bookstore-split", "--type=merge",
-        "-p", json.dumps({"spec": {"backends": [
-            {"service": "bookstore-v1", "weight": 1}, {"service": "bookstore-v2", "weight": 1}
-        ]}}),
-    )  # fmt: skip
+    patch_weights(cluster, 1, 1)
     eventually(lambda: weights(cluster), lambda w: w == [75, 25], "the drift put back", timeout=60)
     record = c.wait(lambda s: bool(s) and s["default"]["history"][0]["trigger"] == "drift", "drift recorded")
     assert (
@@ -102,9 +121,4 @@ def test_drift_in_the_cluster_is_put_back_and_suspension_keeps_the_record(
     late = mesh.commit("late", {"mesh/extra.yaml": f.dump(f.service_account("bookstore", "late"))})
     assert CliRunner().invoke(cli, ["resume", "default", "--kubeconfig", kubeconfig]).exit_code == 0
     c.wait_applied(late)
-    cm = json.loads(
-        cluster.kubectl(
-            "get", "configmap", "-n", "gitmesh-system", "gitmesh-reconciler-default", "-o", "json"
-        ).stdout
-    )
-    assert "suspended" not in cm["data"]
+    assert "suspended" not in record_configmap(cluster)["data"]
