@@ -107,21 +107,23 @@ class Reconciler:
                 backend, name, conditions=conditions.fetch_failed(progress.record.conditions, str(e), _now())
             )
             return self._failed(progress, source)
-        if head == progress.seen and not progress.failures and not triggers & FORCING:
-            return None
-        sha = head
         stalled = progress.record.condition(conditions.STALLED)
-        # The head cannot be applied: drift is put right to the last revision that could, and the
-        # conditions keep saying why the head is not applied.
-        back = (
-            bool(triggers == {"drift"} and head == progress.seen and stalled and stalled.status)
-            and progress.record.last_applied is not None
+        chosen = choose(
+            head,
+            seen=progress.seen,
+            failures=progress.failures,
+            triggers=triggers,
+            stalled=bool(stalled and stalled.status),
+            last_applied=progress.record.last_applied,
         )
+        if chosen is None:
+            return None
+        sha, back = chosen
         before = progress.record.conditions
         if self._stopping.is_set():
             return None
         if back:
-            sha, ref = progress.record.last_applied or head, "last applied"
+            ref = "last applied"
         else:
             message = f"Reconciling {ref}@sha1:{sha[:12]}"
             self._update(
@@ -239,6 +241,25 @@ class Reconciler:
         if backend is None:
             backend = self._local.backend = self._open()
         return backend
+
+
+def choose(
+    head: str,
+    *,
+    seen: str | None,
+    failures: int,
+    triggers: frozenset[str],
+    stalled: bool,
+    last_applied: str | None,
+) -> tuple[str, bool] | None:
+    """The commit to reconcile now, and whether it is the last applied one standing in for a head
+    that cannot be applied (drift is then put right to it, and the head's failure stays on record).
+    None: nothing to do, the head was reconciled and nothing asks for more."""
+    if head == seen and not failures and not triggers & FORCING:
+        return None
+    if triggers == {"drift"} and head == seen and stalled and last_applied is not None:
+        return last_applied, True
+    return head, False
 
 
 class _Abandoned(Exception):

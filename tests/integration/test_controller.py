@@ -15,7 +15,10 @@ from click.testing import CliRunner
 
 from gitmesh.cli import cli
 from gitmesh.cluster.local import LocalBackend
-from gitmesh.demo import eventually
+from gitmesh.demo import Sidecar, eventually, free_port
+from gitmesh.mesh.state import ServiceRef
+from gitmesh.smi import Identity
+from gitmesh.xds.translate import Proxy
 from tests import factory as f
 from tests.conftest import EXAMPLE_REPO, GitRepo
 from tests.controller import RunningController, condition
@@ -516,3 +519,27 @@ def test_only_heads_signed_by_a_listed_key_are_applied(
     assert condition(record, "Ready") == ("True", "ReconciliationSucceeded")
     assert {"ServiceAccount/bookstore/u", "ServiceAccount/bookstore/by-release"} <= managed(store)
     assert "Ready       True ReconciliationSucceeded" in cli_run("status", "--store", store)
+
+
+def test_the_http_port_reports_health_and_the_sidecars_served(
+    mesh: GitRepo, store: Path, tmp_path: Path, controllers: list[RunningController]
+) -> None:
+    c = start(controllers, tmp_path, *local_source(mesh, store))
+    assert c.get("/healthz") == (200, b"ok\n")
+    c.wait_applied(head(mesh))
+    assert c.get("/readyz") == (200, b"ok\n")
+    unknown = CliRunner().invoke(
+        cli, ["reconcile", "nope", "--controller", f"http://127.0.0.1:{c.http_port}"]
+    )
+    assert unknown.exit_code == 1
+    assert "refused: no source 'nope'" in unknown.output
+    # A real Envoy connects to the ADS server: the metrics count it, and its going.
+    ports = (free_port(), free_port(), free_port())
+    proxy = Proxy(Identity("bookbuyer", "bookbuyer"), ServiceRef("bookbuyer", "bookbuyer"), *ports)
+    sidecar = Sidecar(proxy, c.xds_port, tmp_path)
+    try:
+        eventually(lambda: c.metric("gitmesh_xds_connected_proxies"), lambda n: n == 1, "the sidecar counted")
+        assert c.metric("gitmesh_xds_nacks") == 0
+    finally:
+        sidecar.close()
+    eventually(lambda: c.metric("gitmesh_xds_connected_proxies"), lambda n: n == 0, "the sidecar gone")
