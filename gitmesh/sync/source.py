@@ -106,9 +106,10 @@ def resolve(repo: git.Repo, ref: Ref) -> tuple[str, str]:
         name, target = ref.value, f"refs/tags/{ref.value}"
     elif ref.kind is RefKind.COMMIT:
         name, target = ref.value, ref.value
+    elif ref.value:
+        name, target = ref.value, f"refs/heads/{ref.value}"
     else:
-        name = ref.value or "HEAD"
-        target = f"refs/heads/{ref.value}" if ref.value else "HEAD"
+        name, target = _default_branch(repo), "HEAD"
     try:
         commit = repo.commit(target)
     except (git.BadName, ValueError, git.GitCommandError) as e:
@@ -119,6 +120,14 @@ def resolve(repo: git.Repo, ref: Ref) -> tuple[str, str]:
 def read(repo: git.Repo, source: Source, sha: str, name: str) -> Revision:
     """The source's manifests at commit ``sha`` (found as ``name``)."""
     return dataclasses.replace(read_revision(repo, sha, source.path), ref=name)
+
+
+def _default_branch(repo: git.Repo) -> str:
+    """The branch the remote's HEAD names (a mirror copies it), for the record."""
+    try:
+        return str(repo.head.reference.name)
+    except (TypeError, ValueError):  # a detached HEAD
+        return "HEAD"
 
 
 def _highest_tag(repo: git.Repo, spec: str) -> str:
