@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.text import Text
 
 from gitmesh import pipeline
-from gitmesh.cluster.backend import ClusterBackend
+from gitmesh.cluster.backend import ClusterBackend, SourceStatus
 from gitmesh.cluster.local import DEFAULT_PATH, LocalBackend
 from gitmesh.cluster.records import SourceRecord
 from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, ControllerConfig, duration, load_config
@@ -272,6 +272,9 @@ def status(target: BackendChoice, output: str) -> None:
     statuses = backend.status()
     records = {r.source: r for r in backend.records()}
     suspended = backend.suspended()
+    # Sources the controller knows but that never applied anything (their first fetch failed, ...).
+    known = {s.source for s in statuses}
+    statuses += [SourceStatus(name) for name in sorted((records.keys() | suspended) - known)]
     if output == "json":
         rows = [
             {

@@ -246,6 +246,8 @@ def test_wrong_credentials_are_a_fetch_error_that_names_the_remote(
         assert server.url("mesh.git") in message
         assert "hunter2" not in message and managed(store) == set()
         assert "Cloning into" not in message
+        status = cli_run("status", "--store", store)
+        assert "source mesh" in status and "Ready       False FetchFailed" in status
     finally:
         server.stop()
 
