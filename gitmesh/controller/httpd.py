@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gitmesh.controller.metrics import Metrics
 from gitmesh.controller.schedule import Controller
+from gitmesh.errors import ConfigError
 from gitmesh.sync import webhook
 
 log = logging.getLogger("gitmesh.controller.http")
@@ -30,6 +31,8 @@ MAX_BODY = 1 << 20  # GitHub caps push payloads at 25 MB, but a mesh repo's push
 class ControllerPort:
     def __init__(self, address: str, controller: Controller, metrics: Metrics, secret: bytes | None) -> None:
         host, _, port = address.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"the HTTP address {address!r} is not HOST:PORT")
         self.controller = controller
         self.metrics = metrics
         self.secret = secret
@@ -38,7 +41,10 @@ class ControllerPort:
         class Handler(_Handler):
             owner = port_owner
 
-        self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+        try:
+            self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+        except OSError as e:
+            raise ConfigError(f"cannot serve HTTP on {address}: {e.strerror}") from e
         self.server.daemon_threads = True
         self.address = f"{self.server.server_address[0]}:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -545,3 +547,18 @@ def test_the_http_port_reports_health_and_the_sidecars_served(
     finally:
         sidecar.close()
     eventually(lambda: c.metric("gitmesh_xds_connected_proxies"), lambda n: n == 0, "the sidecar gone")
+
+
+def test_a_taken_http_port_is_a_clear_error(mesh: GitRepo, store: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = subprocess.run(
+            [sys.executable, "-m", "gitmesh", "run", *local_source(mesh, store), "--http-address", address],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"error: cannot serve HTTP on {address}: Address already in use" in result.stderr
