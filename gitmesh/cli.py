@@ -353,6 +353,9 @@ def _print_conditions(record: SourceRecord) -> None:
 @click.option("--allow-empty", is_flag=True, help="Let a revision delete everything the source applied.")
 @click.option("--username", help="HTTP(S) basic authentication: the user (with --password-file).")
 @click.option("--password-file", type=click.Path(dir_okay=False), help="HTTP(S) basic authentication.")
+@click.option(
+    "--ca-file", type=click.Path(dir_okay=False), help="HTTPS: the CA certificates to trust for the remote."
+)
 @click.option("--ssh-key-file", type=click.Path(dir_okay=False), help="SSH: the deploy key.")
 @click.option(
     "--known-hosts-file",
@@ -387,6 +390,7 @@ def run_command(
     allow_empty: bool,
     username: str | None,
     password_file: str | None,
+    ca_file: str | None,
     ssh_key_file: str | None,
     known_hosts_file: str | None,
     source_name: str,
@@ -403,7 +407,7 @@ def run_command(
         raise click.UsageError("--username and --password-file go together")
     if bool(ssh_key_file) != bool(known_hosts_file):
         raise click.UsageError("--ssh-key-file needs --known-hosts-file (and the other way round)")
-    if config_file and (repo or refs or subdir or allow_empty or username or ssh_key_file):
+    if config_file and (repo or refs or subdir or allow_empty or username or ca_file or ssh_key_file):
         raise click.UsageError("give --config or --repo (with its options), not both")
     if refs and not repo:
         raise click.UsageError(f"--{next(iter(refs))} needs --repo")
@@ -416,8 +420,9 @@ def run_command(
         ssh = (
             SshAuth(Path(ssh_key_file), Path(known_hosts_file)) if ssh_key_file and known_hosts_file else None
         )
+        extra = {"auth": auth, "ssh": ssh, "ca_file": Path(ca_file) if ca_file else None}
         sources = (
-            (_one_source(repo, refs, subdir, interval, drift_interval, allow_empty, source_name, auth, ssh),)
+            (_one_source(repo, refs, subdir, interval, drift_interval, allow_empty, source_name, extra),)
             if repo
             else ()
         )
@@ -457,8 +462,7 @@ def _one_source(
     drift_interval: str,
     allow_empty: bool,
     name: str,
-    auth: BasicAuth | None,
-    ssh: SshAuth | None,
+    extra: dict[str, Any],
 ) -> Source:
     ((kind, value),) = (refs or {"branch": ""}).items()
     try:
@@ -470,8 +474,7 @@ def _one_source(
             interval=duration(interval),
             drift_interval=duration(drift_interval),
             allow_empty=allow_empty,
-            auth=auth,
-            ssh=ssh,
+            **extra,
         )
     except ValueError as e:
         raise click.UsageError(str(e)) from None

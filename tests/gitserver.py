@@ -2,8 +2,8 @@
 
 ``GitHttpServer(root, credentials=("user", "pass"))`` serves every repository under ``root``
 at ``http://127.0.0.1:PORT/<name>``, asking for basic authentication when credentials are
-given. ``stop()`` takes it down (the remote is unreachable), ``start()`` brings it back on the
-same port.
+given; with ``tls=(certificate, key)`` at ``https://``. ``stop()`` takes it down (the remote
+is unreachable), ``start()`` brings it back on the same port.
 """
 
 from __future__ import annotations
@@ -12,21 +12,25 @@ import base64
 import http.server
 import os
 import shutil
+import ssl
 import subprocess
 import threading
 from pathlib import Path
 
 
 class GitHttpServer:
-    def __init__(self, root: Path, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, root: Path, credentials: tuple[str, str] | None = None, tls: tuple[Path, Path] | None = None
+    ) -> None:
         self.root = root
         self.credentials = credentials
+        self.tls = tls
         self.port = 0
         self.requests = 0
         self._server: http.server.ThreadingHTTPServer | None = None
 
     def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/{name}"
 
     def start(self) -> GitHttpServer:
         owner = self
@@ -90,6 +94,10 @@ class GitHttpServer:
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

@@ -49,6 +49,7 @@ _SCHEMA: dict[str, Any] = {
                     "interval": _DURATION,
                     "drift_interval": _DURATION,
                     "allow_empty": {"type": "boolean"},
+                    "ca_file": {"type": "string", "minLength": 1},
                     "verify": {
                         "type": "object",
                         "additionalProperties": False,
@@ -127,6 +128,7 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
                     drift_interval=duration(s.get("drift_interval", "10m")),
                     allow_empty=s.get("allow_empty", False),
                     auth=BasicAuth(auth["username"], base / auth["password_file"]) if auth else None,
+                    ca_file=base / s["ca_file"] if "ca_file" in s else None,
                     ssh=SshAuth(base / ssh["key_file"], base / ssh["known_hosts_file"]) if ssh else None,
                     verify=_verification(base, verify) if verify else None,
                 )

@@ -78,6 +78,7 @@ class Source:
     drift_interval: float = 600.0  # seconds between re-plans of the applied revision
     allow_empty: bool = False  # may a revision delete everything this source applied?
     auth: BasicAuth | None = None
+    ca_file: Path | None = None  # CA certificates to trust for an https:// remote (default: the system's)
     ssh: SshAuth | None = None
     verify: Verification | None = None  # apply only heads signed by these keys
 
@@ -89,9 +90,15 @@ class Source:
 
 def fetch(source: Source) -> git.Repo:
     """The source's mirror, fetched now."""
-    env = {}
+    settings = []
     if source.auth:
-        env |= _auth_env(source.auth)
+        settings.append(("http.extraHeader", _authorization(source.auth)))
+    if source.ca_file:
+        settings.append(("http.sslCAInfo", str(source.ca_file)))
+    # Git settings passed through the environment: never in a URL, a log or the mirror's config.
+    env = {"GIT_CONFIG_COUNT": str(len(settings))}
+    for i, (key, value) in enumerate(settings):
+        env |= {f"GIT_CONFIG_KEY_{i}": key, f"GIT_CONFIG_VALUE_{i}": value}
     if source.ssh:
         env |= _ssh_env(source.ssh)
     return mirror(source.url, env=env)
@@ -144,19 +151,13 @@ def _highest_tag(repo: git.Repo, spec: str) -> str:
     return max(matching)[1]
 
 
-def _auth_env(auth: BasicAuth) -> dict[str, str]:
-    """Credentials as a request header passed through the environment: never in a URL, a log or the
-    mirror's config."""
+def _authorization(auth: BasicAuth) -> str:
     try:
         password = auth.password_file.read_text().strip()
     except OSError as e:
         raise SourceError(f"cannot read the password file {auth.password_file}: {e.strerror}") from e
     token = base64.b64encode(f"{auth.username}:{password}".encode()).decode()
-    return {
-        "GIT_CONFIG_COUNT": "1",
-        "GIT_CONFIG_KEY_0": "http.extraHeader",
-        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}",
-    }
+    return f"Authorization: Basic {token}"
 
 
 def _ssh_env(ssh: SshAuth) -> dict[str, str]:

@@ -25,6 +25,7 @@ from tests import factory as f
 from tests.conftest import EXAMPLE_REPO, GitRepo
 from tests.controller import RunningController, condition
 from tests.gitserver import GitHttpServer
+from tests.kube import _make_pki
 from tests.sshserver import SshServer
 
 pytestmark = pytest.mark.integration
@@ -562,3 +563,31 @@ def test_a_taken_http_port_is_a_clear_error(mesh: GitRepo, store: Path) -> None:
         )
     assert result.returncode == 1
     assert f"error: cannot serve HTTP on {address}: Address already in use" in result.stderr
+
+
+def test_an_https_remote_is_trusted_only_with_its_ca(
+    mesh: GitRepo, store: Path, tmp_path: Path, controllers: list[RunningController]
+) -> None:
+    pki = _make_pki(tmp_path)  # a CA of the test's own, and a certificate for 127.0.0.1
+    server = GitHttpServer(
+        tmp_path / "served", ("deploy", "s3cret"), (pki.serving_cert, pki.serving_key)
+    ).start()
+    bare_copy(mesh, tmp_path / "served")
+    (tmp_path / "password").write_text("s3cret\n")
+    url = server.url("mesh.git")
+    auth = "auth: {username: deploy, password_file: password}"
+    config = tmp_path / "gitmesh.yaml"
+    config.write_text(
+        f"sources:\n"
+        f"  - {{name: mesh, url: '{url}', path: mesh, interval: 1s, ca_file: {pki.ca_cert}, {auth}}}\n"
+        f"  - {{name: untrusted, url: '{url}', path: mesh, interval: 1s, {auth}}}\n"
+    )
+    try:
+        c = start(controllers, tmp_path, "--config", config, "--store", store)
+        c.wait_applied(head(mesh), "mesh")
+        record = c.wait(lambda s: bool(s) and s["untrusted"]["conditions"], "the untrusted source's attempt")
+        assert condition(record["untrusted"], "Ready") == ("False", "FetchFailed")
+        message = next(x["message"] for x in record["untrusted"]["conditions"] if x["type"] == "Ready")
+        assert "certificate" in message
+    finally:
+        server.stop()

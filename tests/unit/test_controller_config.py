@@ -33,6 +33,7 @@ sources:
     interval: 30s
     drift_interval: 1h
     allow_empty: true
+    ca_file: ca.pem
     auth: {username: deploy, password_file: /run/secrets/git}
   - name: local
     url: repos/mesh
@@ -55,6 +56,7 @@ sources:
             3600.0,
             True,
             BasicAuth("deploy", Path("/run/secrets/git")),
+            tmp_path / "ca.pem",
         ),
         Source("local", str(tmp_path / "repos/mesh")),  # relative to the file; defaults: 1m, 10m
         Source(
