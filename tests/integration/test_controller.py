@@ -229,6 +229,13 @@ def test_the_remote_goes_down_and_comes_back(
         server.stop()
 
 
+def fetch_failure(c: RunningController, source: str) -> str:
+    """Once ``source`` has made a first attempt: that its fetch failed, and the message saying why."""
+    record = c.wait(lambda s: bool(s) and s[source]["conditions"], f"{source}'s first attempt")[source]
+    assert condition(record, "Ready") == ("False", "FetchFailed")
+    return str(next(x["message"] for x in record["conditions"] if x["type"] == "Ready"))
+
+
 def test_wrong_credentials_are_a_fetch_error_that_names_the_remote(
     mesh: GitRepo, store: Path, tmp_path: Path, controllers: list[RunningController]
 ) -> None:
@@ -242,10 +249,7 @@ def test_wrong_credentials_are_a_fetch_error_that_names_the_remote(
     )
     try:
         c = start(controllers, tmp_path, "--config", config, "--store", store)
-        record = c.wait(lambda s: bool(s) and s["mesh"]["conditions"], "a first attempt")["mesh"]
-        status, reason = condition(record, "Ready")
-        assert (status, reason) == ("False", "FetchFailed")
-        message = next(x["message"] for x in record["conditions"] if x["type"] == "Ready")
+        message = fetch_failure(c, "mesh")
         assert server.url("mesh.git") in message
         assert "hunter2" not in message and managed(store) == set()
         assert "Cloning into" not in message
@@ -446,11 +450,8 @@ def test_an_ssh_remote_with_a_deploy_key_and_a_checked_host_key(
     try:
         c = start(controllers, tmp_path, "--config", config, "--store", store)
         c.wait_applied(head(mesh), "mesh")
-        record = c.wait(lambda s: bool(s) and s["trusting"]["conditions"], "the second source's attempt")
-        assert condition(record["trusting"], "Ready") == ("False", "FetchFailed")
-        message = next(x["message"] for x in record["trusting"]["conditions"] if x["type"] == "Ready")
-        assert "Host key verification failed" in message
-        assert record["trusting"]["lastAppliedRevision"] is None
+        assert "Host key verification failed" in fetch_failure(c, "trusting")
+        assert c.status()["trusting"]["lastAppliedRevision"] is None  # type: ignore[index]
         change = mesh.commit("more", {"mesh/extra.yaml": f.dump(f.service_account("bookstore", "late"))})
         mesh.git("push", "-q", "origin", "main")
         c.wait_applied(change, "mesh")
@@ -585,9 +586,6 @@ def test_an_https_remote_is_trusted_only_with_its_ca(
     try:
         c = start(controllers, tmp_path, "--config", config, "--store", store)
         c.wait_applied(head(mesh), "mesh")
-        record = c.wait(lambda s: bool(s) and s["untrusted"]["conditions"], "the untrusted source's attempt")
-        assert condition(record["untrusted"], "Ready") == ("False", "FetchFailed")
-        message = next(x["message"] for x in record["untrusted"]["conditions"] if x["type"] == "Ready")
-        assert "certificate" in message
+        assert "certificate" in fetch_failure(c, "untrusted")
     finally:
         server.stop()
