@@ -5,6 +5,18 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: demo demo-live test test-fast lint bench clean
 
+# Debian packages the tests use, installed once (as root, or with sudo): sshd serves Git over SSH,
+# gpg signs and checks commits.
+SSHD := /usr/sbin/sshd
+GPG_AGENT := /usr/bin/gpg-agent
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL = $(SUDO) apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
+$(SSHD):
+	$(APT_INSTALL) openssh-server
+$(GPG_AGENT):
+	$(APT_INSTALL) gpg gpg-agent
+
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -25,7 +37,7 @@ demo-live: $(STAMP)
 	$(BIN)/gitmesh demo --live 600
 
 ## test: lint, then every test (unit and integration)
-test: $(STAMP)
+test: $(STAMP) $(SSHD) $(GPG_AGENT)
 	$(BIN)/ruff check gitmesh tests bench
 	$(BIN)/ruff format --check gitmesh tests bench
 	$(BIN)/lint-imports

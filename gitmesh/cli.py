@@ -24,14 +24,17 @@ from rich.console import Console
 from rich.text import Text
 
 from gitmesh import pipeline
-from gitmesh.cluster.backend import ClusterBackend
+from gitmesh.cluster.backend import ClusterBackend, SourceStatus
 from gitmesh.cluster.local import DEFAULT_PATH, LocalBackend
+from gitmesh.cluster.records import SourceRecord
+from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, ControllerConfig, duration, load_config
 from gitmesh.errors import GitmeshError
 from gitmesh.plan import crds, encode, render
 from gitmesh.plan.diagnostics import CODES
 from gitmesh.plan.model import Action
 from gitmesh.plan.validate import Validated
 from gitmesh.sync.git import Revision, open_repo, read_directory, read_revision
+from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -269,6 +272,11 @@ def status(target: BackendChoice, output: str) -> None:
     """Each source's applied revision, object counts and last error; the sidecars gitmesh run serves."""
     backend = target.open()
     statuses = backend.status()
+    records = {r.source: r for r in backend.records()}
+    suspended = backend.suspended()
+    # Sources the controller knows but that never applied anything (their first fetch failed, ...).
+    known = {s.source for s in statuses}
+    statuses += [SourceStatus(name) for name in sorted((records.keys() | suspended) - known)]
     if output == "json":
         rows = [
             {
@@ -279,6 +287,8 @@ def status(target: BackendChoice, output: str) -> None:
                 "objects": dict(s.objects),
                 "last_error": s.last_error or None,
                 "last_error_at": s.last_error_at.isoformat() if s.last_error_at else None,
+                "suspended": s.source in suspended,
+                "controller": records[s.source].to_json() if s.source in records else None,
             }
             for s in statuses
         ]
@@ -305,6 +315,10 @@ def status(target: BackendChoice, output: str) -> None:
             )
         else:
             out.print("  last error  none")
+        if s.source in suspended:
+            out.print(Text("  suspended   yes (gitmesh resume to reconcile again)", style="yellow"))
+        if s.source in records:
+            _print_conditions(records[s.source])
     _print_xds(backend)
 
 
@@ -323,6 +337,16 @@ class Duration(click.ParamType):
         return datetime.timedelta(seconds=int(text[:-1]) * self._UNITS[text[-1]])
 
 
+def _print_conditions(record: SourceRecord) -> None:
+    """The controller's view: Flux-style conditions and the last attempted revision."""
+    out.print(f"  attempted   {record.last_attempted or '-'}")
+    for c in record.conditions:
+        when = c.since.strftime("%Y-%m-%d %H:%M:%S UTC")
+        style = "green" if c.status == (c.type == "Ready") else "red"
+        line = Text(f"  {c.type:<11} ") + Text(str(c.status), style=style) + Text(f" {c.reason}: {c.message}")
+        out.print(line + Text(f" (since {when})", style="dim"), soft_wrap=True)
+
+
 @cli.command("run")
 @_backend_options
 @click.option("--xds-address", default="127.0.0.1:15010", show_default=True, help="Where to serve ADS.")
@@ -333,27 +357,148 @@ class Duration(click.ParamType):
     show_default=True,
     help="How long workload certificates are valid; each is renewed at two thirds of it.",
 )
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The controller's sources and HTTP port, from a YAML file (see the README).",
+)
+@click.option("--repo", help="One source: its repository (a path, file://, http(s):// URL).")
+@click.option("--branch", help="Follow this branch (default: the repository's default branch).")
+@click.option("--tag", help="Follow this tag.")
+@click.option("--semver", help="Follow the highest tag in this version range, e.g. '>=1.2,<2'.")
+@click.option("--commit", help="Stay on this commit.")
+@click.option("--path", "subdir", default="", help="Directory of the manifests inside the repository.")
+@click.option("--interval", default="1m", show_default=True, help="How often to fetch.")
+@click.option("--drift-interval", default="10m", show_default=True, help="How often to look for drift.")
+@click.option("--allow-empty", is_flag=True, help="Let a revision delete everything the source applied.")
+@click.option("--username", help="HTTP(S) basic authentication: the user (with --password-file).")
+@click.option("--password-file", type=click.Path(dir_okay=False), help="HTTP(S) basic authentication.")
+@click.option(
+    "--ca-file", type=click.Path(dir_okay=False), help="HTTPS: the CA certificates to trust for the remote."
+)
+@click.option("--ssh-key-file", type=click.Path(dir_okay=False), help="SSH: the deploy key.")
+@click.option(
+    "--known-hosts-file",
+    type=click.Path(dir_okay=False),
+    help="SSH: the host keys the server may present (needed with --ssh-key-file).",
+)
+@_source_name_option
+@click.option(
+    "--http-address",
+    help=f"The controller's HTTP port (default with sources: {DEFAULT_HTTP_ADDRESS}; without: none).",
+)
+@click.option(
+    "--webhook-secret-file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The secret webhooks are signed with (HMAC-SHA256); without it, webhooks are refused.",
+)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @_reports_errors
-def run_command(target: BackendChoice, xds_address: str, cert_lifetime: datetime.timedelta) -> None:
-    """Serve the mesh in the backend to Envoy sidecars over ADS (mTLS), following every change."""
-    import asyncio
-    import logging
+def run_command(
+    target: BackendChoice,
+    xds_address: str,
+    cert_lifetime: datetime.timedelta,
+    config_file: str | None,
+    repo: str | None,
+    branch: str | None,
+    tag: str | None,
+    semver: str | None,
+    commit: str | None,
+    subdir: str,
+    interval: str,
+    drift_interval: str,
+    allow_empty: bool,
+    username: str | None,
+    password_file: str | None,
+    ca_file: str | None,
+    ssh_key_file: str | None,
+    known_hosts_file: str | None,
+    source_name: str,
+    http_address: str | None,
+    webhook_secret_file: str | None,
+    log_format: str,
+) -> None:
+    """Keep the backend in step with Git (with sources) and serve its mesh to Envoy sidecars over ADS."""
+    from gitmesh.controller import logs
+    from gitmesh.controller.run import Settings, run
 
-    from gitmesh import serve
-
-    backend = target.open()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    source: serve.Source = backend if isinstance(backend, LocalBackend) else _cluster_watch(backend)
-    err.print(f"Serving ADS on {xds_address} from {backend.describe()}")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            serve.run(
-                source,
-                xds_address,
-                keeper=backend.ca_keeper(),
-                cert_lifetime=cert_lifetime,
-            )
+    refs = {k: v for k, v in {"branch": branch, "tag": tag, "semver": semver, "commit": commit}.items() if v}
+    if bool(username) != bool(password_file):
+        raise click.UsageError("--username and --password-file go together")
+    if bool(ssh_key_file) != bool(known_hosts_file):
+        raise click.UsageError("--ssh-key-file needs --known-hosts-file (and the other way round)")
+    if config_file and (repo or refs or subdir or allow_empty or username or ca_file or ssh_key_file):
+        raise click.UsageError("give --config or --repo (with its options), not both")
+    if refs and not repo:
+        raise click.UsageError(f"--{next(iter(refs))} needs --repo")
+    if len(refs) > 1:
+        raise click.UsageError(f"give one of --branch, --tag, --semver, --commit; not {', '.join(refs)}")
+    if config_file:
+        config = load_config(Path(config_file))
+    else:
+        auth = BasicAuth(username, Path(password_file)) if username and password_file else None
+        ssh = (
+            SshAuth(Path(ssh_key_file), Path(known_hosts_file)) if ssh_key_file and known_hosts_file else None
         )
+        extra = {"auth": auth, "ssh": ssh, "ca_file": Path(ca_file) if ca_file else None}
+        sources = (
+            (_one_source(repo, refs, subdir, interval, drift_interval, allow_empty, source_name, extra),)
+            if repo
+            else ()
+        )
+        config = ControllerConfig(sources)
+    secret_file = webhook_secret_file or config.webhook_secret_file
+    settings = Settings(
+        sources=config.sources,
+        xds_address=xds_address,
+        http_address=http_address or config.http_address,
+        webhook_secret=Path(secret_file).read_bytes().strip() if secret_file else None,
+        cert_lifetime=cert_lifetime,
+    )
+    logs.setup(log_format)
+    backend = target.open()
+    if isinstance(backend, LocalBackend):
+        mesh: Any = backend
+        store = backend.path
+
+        def open_backend() -> ClusterBackend:
+            return LocalBackend(store)
+    else:
+        mesh = _cluster_watch(backend)
+
+        def open_backend() -> ClusterBackend:
+            return backend  # the Kubernetes client is safe to share between threads
+
+    names = ", ".join(s.name for s in settings.sources) or "none"
+    err.print(f"Serving ADS on {xds_address} from {backend.describe()}; sources: {names}")
+    run(settings, open_backend, mesh, backend.ca_keeper())
+
+
+def _one_source(
+    repo: str,
+    refs: dict[str, str],
+    subdir: str,
+    interval: str,
+    drift_interval: str,
+    allow_empty: bool,
+    name: str,
+    extra: dict[str, Any],
+) -> Source:
+    ((kind, value),) = (refs or {"branch": ""}).items()
+    try:
+        return Source(
+            name=name,
+            url=repo,
+            ref=Ref(RefKind(kind), value),
+            path=subdir,
+            interval=duration(interval),
+            drift_interval=duration(drift_interval),
+            allow_empty=allow_empty,
+            **extra,
+        )
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def _cluster_watch(backend: ClusterBackend) -> Any:
@@ -362,6 +507,79 @@ def _cluster_watch(backend: ClusterBackend) -> Any:
 
     assert isinstance(backend, KubeBackend)
     return MeshWatch(backend).start()
+
+
+@cli.command("reconcile")
+@click.argument("source")
+@click.option(
+    "--controller",
+    default=f"http://{DEFAULT_HTTP_ADDRESS}",
+    show_default=True,
+    help="The running controller's HTTP port.",
+)
+@_reports_errors
+def reconcile_command(source: str, controller: str) -> None:
+    """Ask the running controller (gitmesh run) to fetch and reconcile SOURCE now."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{controller.rstrip('/')}/sources/{source}/reconcile"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST", data=b""), timeout=10):
+            pass
+    except urllib.error.HTTPError as e:
+        with e:
+            detail = json.loads(e.read() or b"{}").get("error", e.reason)
+        raise GitmeshError(f"the controller at {controller} refused: {detail}") from None
+    except OSError as e:
+        raise GitmeshError(f"cannot reach the controller at {controller}: {e}") from None
+    out.print(f"Reconciling {source} now; see gitmesh history {source}.")
+
+
+@cli.command("suspend")
+@click.argument("source")
+@_backend_options
+@_reports_errors
+def suspend_command(source: str, target: BackendChoice) -> None:
+    """Stop reconciling SOURCE (marked in the backend: the controller leaves it alone until resumed)."""
+    target.open().set_suspended(source, True)
+    out.print(f"Suspended {source}.")
+
+
+@cli.command("resume")
+@click.argument("source")
+@_backend_options
+@_reports_errors
+def resume_command(source: str, target: BackendChoice) -> None:
+    """Reconcile SOURCE again (from its next fetch; gitmesh reconcile SOURCE for now)."""
+    target.open().set_suspended(source, False)
+    out.print(f"Resumed {source}.")
+
+
+@cli.command("history")
+@click.argument("source", required=False)
+@_backend_options
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_reports_errors
+def history_command(source: str | None, target: BackendChoice, output: str) -> None:
+    """The last reconciles of each source (or of SOURCE), newest first."""
+    records = [r for r in target.open().records() if source is None or r.source == source]
+    if source is not None and not records:
+        raise GitmeshError(f"no reconciles recorded for source {source!r}")
+    if output == "json":
+        click.echo(json.dumps([r.to_json() for r in records], indent=2))
+        return
+    for record in records:
+        out.print(Text(f"source {record.source}", style="bold"))
+        for r in record.history:
+            when = r.started_at.strftime("%Y-%m-%d %H:%M:%S")
+            style = "red" if r.result in ("invalid", "refused", "failed") else ""
+            out.print(
+                Text(f"  {when}  {r.revision[:12]}  {r.result:<9} {r.duration:6.2f}s  ")
+                + Text(r.summary, style=style)
+                + Text(f"  ({r.ref}; {r.trigger})", style="dim"),
+                soft_wrap=True,
+            )
 
 
 @cli.command("demo")

@@ -5,7 +5,8 @@
     ├── PlanError        a plan cannot be made, saved or loaded
     │   └── StalePlan    the live state changed since the plan was made
     ├── ClusterError     the cluster backend refused or failed
-    └── CertsError       the mesh CA's kept state cannot be read
+    ├── CertsError       the mesh CA's kept state cannot be read
+    └── ConfigError      the controller's configuration file cannot be used
 
 Invalid manifests are not errors: validation returns diagnostics. Caller
 mistakes (a wrong type passed in code) raise TypeError / ValueError instead.
@@ -36,3 +37,7 @@ class ClusterError(GitmeshError):
 
 class CertsError(GitmeshError):
     pass
+
+
+class ConfigError(GitmeshError):
+    """The controller's configuration file cannot be used."""

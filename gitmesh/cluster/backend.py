@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from gitmesh.certs.store import Keeper
+from gitmesh.cluster.records import SourceRecord
 from gitmesh.objects import MANAGED_BY_LABEL, MANAGED_BY_VALUE, ObjectRef
 
 
@@ -98,6 +99,18 @@ class ClusterBackend(Protocol):
 
     def ca_keeper(self) -> Keeper:
         """Where the mesh CA is kept: beside the embedded store, or a Secret in the cluster."""
+
+    def save_record(self, record: SourceRecord) -> None:
+        """Keep the controller's conditions and history for one source (replacing the previous)."""
+
+    def records(self) -> list[SourceRecord]:
+        """Every source's record, by source name."""
+
+    def set_suspended(self, source: str, suspended: bool) -> None:
+        """Mark ``source`` suspended (the controller leaves it alone) or not; kept apart from the
+        record so that the controller writing its record never undoes a suspend."""
+
+    def suspended(self) -> frozenset[str]: ...
 
 
 def owned(obj: Mapping[str, Any]) -> dict[str, Any]:

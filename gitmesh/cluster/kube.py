@@ -34,6 +34,7 @@ from gitmesh.certs import store as certs_store
 from gitmesh.certs.authority import CaState
 from gitmesh.cluster import errors
 from gitmesh.cluster.backend import Applied, Live, Prediction, SourceStatus, content_hash, owned
+from gitmesh.cluster.records import SourceRecord
 from gitmesh.errors import CertsError, ClusterError
 from gitmesh.objects import ObjectRef, apply_rank
 from gitmesh.plan.convert import SERVED
@@ -44,6 +45,8 @@ INVENTORY_LABEL = "gitmesh.io/inventory"
 SOURCE_LABEL = "gitmesh.io/source"
 XDS_CONFIGMAP = "gitmesh-xds"
 CA_SECRET = "gitmesh-ca"  # the mesh CA's state (roots, keys, rotation), in SYSTEM_NAMESPACE
+RECORD_LABEL = "gitmesh.io/reconciler"
+SUSPEND_MANAGER = f"{FIELD_MANAGER}-suspend"  # owns only data.suspended of a record ConfigMap
 _CONCURRENCY = 8
 _TIMEOUT = (5, 30)  # connect, read (seconds)
 _RETRY_FOR = 30.0  # seconds to keep retrying answers of 429 Too Many Requests
@@ -296,6 +299,70 @@ class KubeBackend:
     def ca_keeper(self) -> SecretKeeper:
         return SecretKeeper(self)
 
+    def save_record(self, record: SourceRecord) -> None:
+        """The controller's record of a source, in ConfigMap ``gitmesh-reconciler-<source>``."""
+        body = self._record_body(record.source, {"record": json.dumps(record.to_json(), sort_keys=True)})
+        self._ensure_system_namespace()
+        self._request(
+            "PATCH",
+            _CONFIGMAP.path(SYSTEM_NAMESPACE, _record_name(record.source)),
+            {"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=body,
+            content_type="application/apply-patch+yaml",
+        )
+
+    def records(self) -> list[SourceRecord]:
+        return [
+            SourceRecord.from_json(json.loads(data["record"]))
+            for data in self._record_configmaps()
+            if data.get("record")
+        ]
+
+    def set_suspended(self, source: str, suspended: bool) -> None:
+        # A field manager of its own: resuming applies a body without the field, and server-side
+        # apply removes what this manager alone set, leaving the controller's record as it is.
+        body = self._record_body(source, {"suspended": "true"} if suspended else {})
+        self._ensure_system_namespace()
+        self._request(
+            "PATCH",
+            _CONFIGMAP.path(SYSTEM_NAMESPACE, _record_name(source)),
+            {"fieldManager": SUSPEND_MANAGER, "force": "true"},
+            body=body,
+            content_type="application/apply-patch+yaml",
+        )
+
+    def suspended(self) -> frozenset[str]:
+        return frozenset(
+            data["source"] for data in self._record_configmaps() if data.get("suspended") == "true"
+        )
+
+    def _record_configmaps(self) -> list[dict[str, str]]:
+        """Each record ConfigMap's data, with its source name under ``source``."""
+        try:
+            body = self._request(
+                "GET", _CONFIGMAP.path(SYSTEM_NAMESPACE), {"labelSelector": f"{RECORD_LABEL}=true"}
+            )
+        except errors.NotFound:
+            return []
+        return [
+            {**(cm.get("data") or {}), "source": cm["metadata"].get("labels", {}).get(SOURCE_LABEL, "")}
+            for cm in sorted(body.get("items") or (), key=lambda c: c["metadata"]["name"])
+        ]
+
+    @staticmethod
+    def _record_body(source: str, data: dict[str, str]) -> dict[str, Any]:
+        _check_source_name(source)
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": _record_name(source),
+                "namespace": SYSTEM_NAMESPACE,
+                "labels": {RECORD_LABEL: "true", SOURCE_LABEL: source},
+            },
+            "data": data,
+        }
+
     def install_crds(self, crds: Iterable[Mapping[str, Any]], timeout: float = 60) -> list[str]:
         """Apply CRDs, then wait until the API server serves every one of them (Established)."""
         names = []
@@ -458,6 +525,10 @@ def _resource(kind: str) -> Resource:
 
 def _inventory_name(source: str) -> str:
     return f"gitmesh-inventory-{source}"
+
+
+def _record_name(source: str) -> str:
+    return f"gitmesh-reconciler-{source}"
 
 
 def _check_source_name(source: str) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from gitmesh.certs.store import FileKeeper, ca_path
 from gitmesh.cluster.backend import Applied, Live, Prediction, SourceStatus, content_hash, is_owned, owned
+from gitmesh.cluster.records import SourceRecord
 from gitmesh.errors import ClusterError
 from gitmesh.objects import ObjectRef
 
@@ -41,6 +42,8 @@ CREATE TABLE IF NOT EXISTS sources (
 );
 CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS xds (id INTEGER PRIMARY KEY CHECK (id = 0), report TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (source TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS suspended (source TEXT PRIMARY KEY);
 INSERT OR IGNORE INTO counter VALUES (0, 0);
 """
 
@@ -158,6 +161,27 @@ class LocalBackend:
     def xds_report(self) -> dict[str, Any] | None:
         row = self._db.execute("SELECT report FROM xds").fetchone()
         return json.loads(row[0]) if row else None
+
+    def save_record(self, record: SourceRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO records VALUES (?, ?)",
+                (record.source, json.dumps(record.to_json(), sort_keys=True)),
+            )
+
+    def records(self) -> list[SourceRecord]:
+        rows = self._db.execute("SELECT body FROM records ORDER BY source")
+        return [SourceRecord.from_json(json.loads(body)) for (body,) in rows]
+
+    def set_suspended(self, source: str, suspended: bool) -> None:
+        with self._transaction() as db:
+            if suspended:
+                db.execute("INSERT OR IGNORE INTO suspended VALUES (?)", (source,))
+            else:
+                db.execute("DELETE FROM suspended WHERE source = ?", (source,))
+
+    def suspended(self) -> frozenset[str]:
+        return frozenset(source for (source,) in self._db.execute("SELECT source FROM suspended"))
 
     def status(self) -> list[SourceStatus]:
         counts: dict[str, Counter[str]] = {}

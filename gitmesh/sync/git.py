@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +22,7 @@ from gitmesh.errors import SourceError
 from gitmesh.plan.load import MAX_FILE_BYTES, SourceFile, is_manifest_path
 
 IGNORE_FILE = ".gitmeshignore"
+_FETCH_TIMEOUT = 300  # seconds: a fetch that hangs longer is killed and reported
 
 
 @dataclass(frozen=True)
@@ -45,19 +49,41 @@ def cache_dir() -> Path:
 
 def open_repo(url: str, *, fetch: bool = True) -> git.Repo:
     """A local repository as it is, or a bare mirror of a remote one, fetched now."""
-    try:
-        if os.path.isdir(url):
+    if os.path.isdir(url):
+        try:
             return git.Repo(url)
-        mirror = cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:16]
-        if not mirror.exists():
-            mirror.parent.mkdir(parents=True, exist_ok=True)
-            return git.Repo.clone_from(url, mirror, mirror=True)
-        repo = git.Repo(mirror)
-        if fetch:
-            repo.remotes.origin.fetch(prune=True)
-        return repo
-    except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError) as e:
-        raise SourceError(f"cannot read repository {url}: {_git_reason(e)}") from e
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError) as e:
+            raise SourceError(f"cannot read repository {url}: {_git_reason(e)}") from e
+    return mirror(url, fetch=fetch)
+
+
+_mirror_locks: dict[Path, threading.Lock] = {}
+_mirror_locks_guard = threading.Lock()
+
+
+def mirror(url: str, *, fetch: bool = True, env: Mapping[str, str] | None = None) -> git.Repo:
+    """A bare mirror of ``url`` in the cache, cloned or fetched now. Every ref is copied as the remote
+    has it (forced, pruned), so a force-push simply moves the mirror's branch too. ``env`` adds
+    settings for git (credentials, SSH command) that must not be written into the mirror's config."""
+    path = cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:16]
+    with _mirror_locks_guard:
+        lock = _mirror_locks.setdefault(path, threading.Lock())
+    git_env = {"GIT_TERMINAL_PROMPT": "0", **(env or {})}  # never wait for a password on a terminal
+    with lock:
+        try:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # Cloned beside and renamed into place: a failed clone leaves no half mirror behind.
+                with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                    git.Repo.clone_from(url, Path(tmp) / "repo", mirror=True, env=git_env)
+                    os.rename(Path(tmp) / "repo", path)
+                return git.Repo(path)
+            repo = git.Repo(path)
+            if fetch:
+                repo.git.fetch("--prune", "origin", env=git_env, kill_after_timeout=_FETCH_TIMEOUT)
+            return repo
+        except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError) as e:
+            raise SourceError(f"cannot read repository {url}: {_git_reason(e)}") from e
 
 
 def read_revision(repo: git.Repo, ref: str, path: str = "") -> Revision:
@@ -129,5 +155,7 @@ def _ignore_spec(tree: git.Tree) -> pathspec.GitIgnoreSpec:
 
 def _git_reason(e: Exception) -> str:
     if isinstance(e, git.GitCommandError):
-        return (e.stderr or str(e)).strip().removeprefix("stderr:").strip(" '")
+        text = (e.stderr or str(e)).strip().removeprefix("stderr:").strip(" '")
+        # "Cloning into <a temporary directory>" says nothing about what went wrong.
+        return "\n".join(line for line in text.splitlines() if not line.startswith("Cloning into"))
     return str(e)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from gitmesh.cluster.backend import content_hash, fingerprint, is_owned
 from gitmesh.cluster.local import LocalBackend
+from gitmesh.cluster.records import Condition, Reconcile, SourceRecord
 from gitmesh.errors import ClusterError
 from gitmesh.objects import MANAGED_BY_LABEL, ObjectRef
 from tests import factory as f
@@ -121,3 +124,22 @@ def test_unopenable_store_is_a_cluster_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ClusterError, match="cannot open the embedded store"):
         LocalBackend(tmp_path / "file" / "store.db")
+
+
+def test_records_and_suspension_are_kept_apart(store: LocalBackend, tmp_path: Path) -> None:
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    record = SourceRecord(
+        "mesh",
+        (Condition("Ready", True, "ReconciliationSucceeded", "Applied revision main@sha1:abc", now),),
+        last_applied="abc",
+        last_attempted="abc",
+        history=(Reconcile("abc", "main", now, 0.25, "applied", "1 to create", "start"),),
+    )
+    store.save_record(record)
+    store.set_suspended("mesh", True)
+    store.save_record(replace(record, last_attempted="def"))  # the controller writing again
+    reopened = LocalBackend(tmp_path / "state" / "store.db")
+    assert reopened.records() == [replace(record, last_attempted="def")]
+    assert reopened.suspended() == {"mesh"}
+    reopened.set_suspended("mesh", False)
+    assert store.suspended() == frozenset()

@@ -1,0 +1,169 @@
+"""The controller's configuration file (``gitmesh run --config FILE``): its sources and its HTTP port.
+
+The format is documented in the README ("The controller's configuration file"); the schema
+below is the one definition of it, and every problem in a file is reported at once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from gitmesh.errors import ConfigError
+from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
+from gitmesh.sync.verify import Verification
+
+DEFAULT_HTTP_ADDRESS = "127.0.0.1:9090"
+
+_DURATION = {"type": ["string", "number"]}
+_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["sources"],
+    "properties": {
+        "http_address": {"type": "string", "pattern": r"^[^:\s]*:\d+$"},
+        "webhook_secret_file": {"type": "string", "minLength": 1},
+        "sources": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "url"],
+                "properties": {
+                    "name": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$"},
+                    "url": {"type": "string", "minLength": 1},
+                    "ref": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "minProperties": 1,
+                        "maxProperties": 1,
+                        "properties": {k.value: {"type": "string", "minLength": 1} for k in RefKind},
+                    },
+                    "path": {"type": "string"},
+                    "interval": _DURATION,
+                    "drift_interval": _DURATION,
+                    "allow_empty": {"type": "boolean"},
+                    "ca_file": {"type": "string", "minLength": 1},
+                    "verify": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "minProperties": 1,
+                        "properties": {
+                            "gpg_keys_file": {"type": "string", "minLength": 1},
+                            "allowed_signers_file": {"type": "string", "minLength": 1},
+                        },
+                    },
+                    "ssh": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["key_file", "known_hosts_file"],
+                        "properties": {
+                            "key_file": {"type": "string", "minLength": 1},
+                            "known_hosts_file": {"type": "string", "minLength": 1},
+                        },
+                    },
+                    "auth": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["username", "password_file"],
+                        "properties": {
+                            "username": {"type": "string", "minLength": 1},
+                            "password_file": {"type": "string", "minLength": 1},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    sources: tuple[Source, ...]
+    http_address: str | None = None  # None: the default (DEFAULT_HTTP_ADDRESS)
+    webhook_secret_file: Path | None = None
+
+
+def load_config(path: Path) -> ControllerConfig:
+    """Read and check a configuration file; a ConfigError lists every problem with where it is."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    problems = [
+        f"  {'.'.join(str(p) for p in err.absolute_path) or '(top level)'}: {err.message}"
+        for err in sorted(jsonschema.Draft202012Validator(_SCHEMA).iter_errors(data), key=str)
+    ]
+    if not problems:
+        try:
+            return _parse(data, path.parent)
+        except ValueError as e:
+            problems = [f"  {e}"]
+    raise ConfigError(f"{path} is not a valid gitmesh configuration:\n" + "\n".join(problems))
+
+
+def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
+    sources = []
+    for i, s in enumerate(data["sources"]):
+        where = f"sources.{i}"
+        ((kind, value),) = (s.get("ref") or {"branch": ""}).items()
+        auth, ssh, verify = s.get("auth"), s.get("ssh"), s.get("verify")
+        try:
+            sources.append(
+                Source(
+                    name=s["name"],
+                    url=_relative_to(base, s["url"]),
+                    ref=Ref(RefKind(kind), value),
+                    path=s.get("path", ""),
+                    interval=duration(s.get("interval", "1m")),
+                    drift_interval=duration(s.get("drift_interval", "10m")),
+                    allow_empty=s.get("allow_empty", False),
+                    auth=BasicAuth(auth["username"], base / auth["password_file"]) if auth else None,
+                    ca_file=base / s["ca_file"] if "ca_file" in s else None,
+                    ssh=SshAuth(base / ssh["key_file"], base / ssh["known_hosts_file"]) if ssh else None,
+                    verify=_verification(base, verify) if verify else None,
+                )
+            )
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+    names = [s.name for s in sources]
+    if dupes := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"sources: the name(s) {', '.join(dupes)} are used more than once")
+    secret = data.get("webhook_secret_file")
+    return ControllerConfig(tuple(sources), data.get("http_address"), base / secret if secret else None)
+
+
+def _verification(base: Path, verify: dict[str, str]) -> Verification:
+    gpg, ssh = verify.get("gpg_keys_file"), verify.get("allowed_signers_file")
+    return Verification(base / gpg if gpg else None, base / ssh if ssh else None)
+
+
+def _relative_to(base: Path, url: str) -> str:
+    """A local path in the file is relative to the file; a URL is left as it is."""
+    return url if "://" in url or "@" in url.split("/", 1)[0] else str(base / url)
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_TEXT = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+
+
+def duration(value: str | float) -> float:
+    """Seconds, from a number of seconds or ``500ms``, ``30s``, ``5m``, ``1h``."""
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif m := _DURATION_TEXT.match(value.strip()):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a duration (e.g. 30s, 5m, 1h)")
+    if seconds <= 0:
+        raise ValueError(f"{value!r}: a duration must be more than zero")
+    return seconds

@@ -1,0 +1,270 @@
+"""One source's reconcile: fetch -> resolve the ref -> (a new commit?) -> check -> plan -> apply -> record.
+
+A revision that fails is never applied in part and never replaces the last good one: the
+backend keeps what it had (and the ADS server keeps serving it). What happened goes into the
+source's record in the backend: conditions, the last applied and attempted revisions, and the
+last reconciles.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import git
+
+from gitmesh import pipeline
+from gitmesh.cluster.backend import ClusterBackend
+from gitmesh.cluster.records import HISTORY_LENGTH, Reconcile, SourceRecord
+from gitmesh.controller import conditions
+from gitmesh.controller.conditions import Result
+from gitmesh.controller.metrics import Metrics
+from gitmesh.errors import ClusterError, PlanError, SourceError, StalePlan
+from gitmesh.plan.model import Plan
+from gitmesh.sync.source import Source, fetch, read, resolve
+from gitmesh.sync.verify import verify_commit
+
+log = logging.getLogger("gitmesh.controller")
+
+RETRY_BASE = 1.0  # seconds before the first retry; doubled per failure, at most the source's interval
+# Triggers that reconcile even when the head has not moved: a person asked, or it is time to
+# look for drift (objects changed in the backend behind gitmesh's back).
+FORCING = frozenset({"manual", "drift"})
+
+
+@dataclass
+class _Progress:
+    """What this process knows of a source beyond its stored record."""
+
+    record: SourceRecord
+    seen: str | None = None  # the head last reconciled by this process
+    failures: int = 0  # consecutive failures that are retried
+    attempted: bool = False  # a first attempt has finished (for /readyz)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        open_backend: Callable[[], ClusterBackend],
+        metrics: Metrics,
+        stopping: threading.Event,
+    ) -> None:
+        self.sources = {s.name: s for s in sources}
+        self.metrics = metrics
+        self._open = open_backend
+        self._stopping = stopping
+        self._local = threading.local()
+        # Plans are made against everything live; two sources planning and applying at once would
+        # each find the other's writes and refuse as stale. Fetching stays concurrent.
+        self._apply_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _progress, which the HTTP port reads
+        for name in self.sources:  # every series exists from the start, at zero
+            metrics.fetches.labels(name)
+            metrics.fetch_errors.labels(name)
+        stored = {r.source: r for r in self._backend().records()}
+        self._progress = {name: _Progress(stored.get(name) or SourceRecord(name)) for name in self.sources}
+        for record in stored.values():
+            if record.source in self.sources and record.last_applied and record.history:
+                applied = next((r for r in record.history if r.revision == record.last_applied), None)
+                if applied is not None:
+                    self.metrics.last_applied.labels(record.source).set(applied.started_at.timestamp())
+
+    def records(self) -> list[SourceRecord]:
+        with self._lock:
+            return [p.record for _, p in sorted(self._progress.items())]
+
+    def not_ready(self) -> list[str]:
+        """Sources that have not finished a first attempt yet."""
+        with self._lock:
+            return sorted(name for name, p in self._progress.items() if not p.attempted)
+
+    def reconcile(self, name: str, triggers: frozenset[str]) -> float | None:
+        """Bring the backend in step with the source's head. Returns the seconds after which to try
+        again when the attempt failed in a way a retry may mend, else None."""
+        source = self.sources[name]
+        backend = self._backend()
+        if name in backend.suspended():
+            self.metrics.suspended_runs.labels(name).inc()
+            with self._lock:
+                self._progress[name].attempted = True  # ready: it is as asked, left alone
+            log.info("source %s is suspended; not reconciled", name, extra={"source": name})
+            return None
+        progress = self._progress[name]
+        started, started_at = time.monotonic(), _now()
+        self.metrics.fetches.labels(name).inc()
+        try:
+            repo = fetch(source)
+            head, ref = resolve(repo, source.ref)
+        except SourceError as e:
+            self.metrics.fetch_errors.labels(name).inc()
+            log.warning("fetching %s failed: %s", name, e, extra={"source": name})
+            self._update(
+                backend, name, conditions=conditions.fetch_failed(progress.record.conditions, str(e), _now())
+            )
+            return self._failed(progress, source)
+        stalled = progress.record.condition(conditions.STALLED)
+        chosen = choose(
+            head,
+            seen=progress.seen,
+            failures=progress.failures,
+            triggers=triggers,
+            stalled=bool(stalled and stalled.status),
+            last_applied=progress.record.last_applied,
+        )
+        if chosen is None:
+            return None
+        sha, back = chosen
+        before = progress.record.conditions
+        if self._stopping.is_set():
+            return None
+        if back:
+            ref = "last applied"
+        else:
+            message = f"Reconciling {ref}@sha1:{sha[:12]}"
+            self._update(
+                backend, name, conditions=conditions.progressing(before, message, _now()), last_attempted=sha
+            )
+        try:
+            result, summary = self._reconcile(repo, source, backend, sha, ref)
+        except _Abandoned:  # stopping: nothing was written; the next start reconciles it again
+            log.info("stopping: %s@%s not applied", name, sha[:12], extra={"source": name})
+            return None
+        duration = time.monotonic() - started
+        entry = Reconcile(sha, ref, started_at, duration, result.value, summary, ",".join(sorted(triggers)))
+        if result.succeeded:
+            message = f"Applied revision {ref}@sha1:{sha}: {summary}"
+        else:
+            good = progress.record.last_applied
+            keeps = f"; {good[:12]} stays applied" if good else ""
+            message = f"{ref}@sha1:{sha[:12]}: {summary}{keeps}"
+            backend.record_error(name, message)
+        self._update(
+            backend,
+            name,
+            conditions=before
+            if back and result.succeeded
+            else conditions.finished(progress.record.conditions, result, message, _now()),
+            last_applied=sha if result.succeeded else progress.record.last_applied,
+            # A re-check that found the applied revision still in place (a drift check, a restart, a
+            # request) is not news: the history keeps the reconciles that did or refused something.
+            history=progress.record.history
+            if result is Result.UNCHANGED and sha == progress.record.last_applied
+            else (entry, *progress.record.history)[:HISTORY_LENGTH],
+        )
+        self.metrics.reconciles.labels(name, result.value).inc()
+        self.metrics.duration.labels(name).observe(duration)
+        if result is Result.APPLIED:
+            self.metrics.last_applied.labels(name).set(time.time())
+        log.log(
+            logging.INFO if result.succeeded else logging.WARNING,
+            "%s %s@%s: %s",
+            result.value,
+            name,
+            sha[:12],
+            summary,
+            extra={"source": name, "revision": sha, "result": result.value, "duration": round(duration, 3)},
+        )
+        with self._lock:
+            progress.seen = head
+            progress.attempted = True
+        if result is Result.FAILED:
+            return self._failed(progress, source)
+        with self._lock:
+            progress.failures = 0
+        return None
+
+    def _reconcile(
+        self, repo: git.Repo, source: Source, backend: ClusterBackend, sha: str, ref: str
+    ) -> tuple[Result, str]:
+        if source.verify is not None:
+            try:
+                verify_commit(repo, sha, source.verify)
+            except SourceError as e:
+                return Result.UNVERIFIED, str(e)
+        try:
+            revision = read(repo, source, sha, ref)
+        except SourceError as e:
+            return Result.INVALID, str(e)
+        validated = pipeline.check(revision)
+        if not validated.ok:
+            first = validated.errors[0]
+            return Result.INVALID, (
+                f"invalid: {len(validated.errors)} error(s), the first {first.location}: "
+                f"{first.code} {first.path + ': ' if first.path else ''}{first.message}"
+            )
+        try:
+            with self._apply_lock:
+                plan = pipeline.plan(revision, validated, backend, source.name)
+                if not plan.has_changes:
+                    return Result.UNCHANGED, plan.summary()
+                if self._stopping.is_set():
+                    raise _Abandoned
+                log.info(
+                    "applying %s@%s: %s", source.name, sha[:12], plan.summary(), extra={"source": source.name}
+                )
+                self._apply(plan, backend, source)
+                return Result.APPLIED, plan.summary()
+        except (StalePlan, ClusterError) as e:
+            return Result.FAILED, str(e)
+        except PlanError as e:
+            return Result.REFUSED, str(e)
+
+    def _apply(self, plan: Plan, backend: ClusterBackend, source: Source) -> None:
+        """The one place the controller applies a plan: a stage that changes a plan before it is
+        applied (a progressive rollout) belongs here."""
+        pipeline.apply(plan, backend, allow_empty=source.allow_empty)
+
+    def _failed(self, progress: _Progress, source: Source) -> float:
+        with self._lock:
+            progress.failures += 1
+            progress.attempted = True
+            return min(RETRY_BASE * 2 ** (progress.failures - 1), source.interval)
+
+    def _update(self, backend: ClusterBackend, name: str, **changes: object) -> None:
+        with self._lock:
+            progress = self._progress[name]
+            progress.record = replace(progress.record, **changes)  # type: ignore[arg-type]
+            record = progress.record
+        try:
+            backend.save_record(record)
+        except ClusterError as e:  # the record is kept in memory and written with the next one
+            log.warning("cannot store the record of %s: %s", name, e, extra={"source": name})
+
+    def _backend(self) -> ClusterBackend:
+        """A backend per thread: the embedded store's connection belongs to the thread that opened it."""
+        backend = getattr(self._local, "backend", None)
+        if backend is None:
+            backend = self._local.backend = self._open()
+        return backend
+
+
+def choose(
+    head: str,
+    *,
+    seen: str | None,
+    failures: int,
+    triggers: frozenset[str],
+    stalled: bool,
+    last_applied: str | None,
+) -> tuple[str, bool] | None:
+    """The commit to reconcile now, and whether it is the last applied one standing in for a head
+    that cannot be applied (drift is then put right to it, and the head's failure stays on record).
+    None: nothing to do, the head was reconciled and nothing asks for more."""
+    if head == seen and not failures and not triggers & FORCING:
+        return None
+    if triggers == {"drift"} and head == seen and stalled and last_applied is not None:
+        return last_applied, True
+    return head, False
+
+
+class _Abandoned(Exception):
+    """The controller is stopping and the plan was not applied."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

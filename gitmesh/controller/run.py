@@ -1,0 +1,91 @@
+"""``gitmesh run``: the controller and the ADS server in one process, stopped cleanly by SIGTERM.
+
+The reconciler writes to the backend; the ADS server follows the backend (the embedded store's
+version, or a cluster watch) and republishes to the sidecars. Nothing else connects them, so a
+revision that is not applied never reaches a sidecar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gitmesh import serve
+from gitmesh.certs import ca
+from gitmesh.certs.store import Keeper
+from gitmesh.cluster.backend import ClusterBackend, Live
+from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS
+from gitmesh.controller.httpd import ControllerPort
+from gitmesh.controller.metrics import Metrics
+from gitmesh.controller.reconciler import Reconciler
+from gitmesh.controller.schedule import Controller
+from gitmesh.sync.source import Source
+
+
+@dataclass(frozen=True)
+class Settings:
+    sources: tuple[Source, ...]
+    xds_address: str
+    http_address: str | None = None  # None: DEFAULT_HTTP_ADDRESS when there are sources, else no port
+    webhook_secret: bytes | None = None
+    cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME  # of the workload certificates served
+
+
+def run(
+    settings: Settings, open_backend: Callable[[], ClusterBackend], mesh: serve.Source, keeper: Keeper
+) -> None:
+    """Reconcile the sources into the backend and serve ``mesh`` over ADS (mTLS, with the mesh CA
+    ``keeper`` holds) until SIGTERM or SIGINT."""
+    stopping = threading.Event()
+    metrics = Metrics()
+    controller = Controller(Reconciler(settings.sources, open_backend, metrics, stopping), stopping)
+    address = settings.http_address or (DEFAULT_HTTP_ADDRESS if settings.sources else None)
+    port = ControllerPort(address, controller, metrics, settings.webhook_secret) if address else None
+    asyncio.run(_run(settings, controller, port, _Reporting(mesh, metrics), keeper))
+
+
+async def _run(
+    settings: Settings,
+    controller: Controller,
+    port: ControllerPort | None,
+    mesh: serve.Source,
+    keeper: Keeper,
+) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    controller.start()
+    if port:
+        port.start()
+    try:
+        await serve.run(
+            mesh, settings.xds_address, keeper=keeper, cert_lifetime=settings.cert_lifetime, stop=stop
+        )
+    finally:
+        await loop.run_in_executor(None, controller.stop)  # lets an apply under way finish
+        if port:
+            port.stop()
+
+
+class _Reporting:
+    """The ADS server's source, with its reports of the sidecars also turned into metrics."""
+
+    def __init__(self, inner: serve.Source, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    def version(self) -> str:
+        return self.inner.version()
+
+    def list_managed(self) -> Mapping[Any, Live]:
+        return self.inner.list_managed()
+
+    def record_xds(self, report: Mapping[str, Any]) -> None:
+        self.metrics.xds(report)
+        self.inner.record_xds(report)

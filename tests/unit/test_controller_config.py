@@ -1,0 +1,111 @@
+"""The controller's configuration file: what it accepts, and every problem reported at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gitmesh.controller.config import duration, load_config
+from gitmesh.errors import ConfigError
+from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
+from gitmesh.sync.verify import Verification
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gitmesh.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_full_file(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+http_address: 0.0.0.0:9090
+webhook_secret_file: secrets/hook
+sources:
+  - name: mesh
+    url: https://git.example.com/mesh.git
+    ref: {semver: ">=1.2,<2"}
+    path: clusters/prod
+    interval: 30s
+    drift_interval: 1h
+    allow_empty: true
+    ca_file: ca.pem
+    auth: {username: deploy, password_file: /run/secrets/git}
+  - name: local
+    url: repos/mesh
+  - name: signed
+    url: git@git.example.com:acme/mesh.git
+    ssh: {key_file: keys/deploy, known_hosts_file: keys/known_hosts}
+    verify: {allowed_signers_file: keys/allowed_signers}
+""",
+        )
+    )
+    assert config.http_address == "0.0.0.0:9090"
+    assert config.webhook_secret_file == tmp_path / "secrets/hook"
+    assert config.sources == (
+        Source(
+            "mesh",
+            "https://git.example.com/mesh.git",
+            Ref(RefKind.SEMVER, ">=1.2,<2"),
+            "clusters/prod",
+            30.0,
+            3600.0,
+            True,
+            BasicAuth("deploy", Path("/run/secrets/git")),
+            tmp_path / "ca.pem",
+        ),
+        Source("local", str(tmp_path / "repos/mesh")),  # relative to the file; defaults: 1m, 10m
+        Source(
+            "signed",
+            "git@git.example.com:acme/mesh.git",
+            ssh=SshAuth(tmp_path / "keys/deploy", tmp_path / "keys/known_hosts"),
+            verify=Verification(None, tmp_path / "keys/allowed_signers"),
+        ),
+    )
+    assert (config.sources[1].interval, config.sources[1].drift_interval) == (60.0, 600.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "problems"),
+    [
+        ("sources: []\n", ["sources: [] should be non-empty"]),
+        ("{}\n", ["(top level): 'sources' is a required property"]),
+        (
+            "sources:\n  - {name: a, url: x, ref: {branch: main, tag: v1}, colour: red}\n",
+            [
+                "sources.0: Additional properties are not allowed ('colour' was unexpected)",
+                "sources.0.ref: {'branch': 'main', 'tag': 'v1'} has too many properties",
+            ],
+        ),
+        ("sources:\n  - {name: a, url: x, ref: {semver: 'not a range'}}\n", ["sources.0: semver range"]),
+        ("sources:\n  - {name: a, url: x, interval: soon}\n", ["sources.0: 'soon' is not a duration"]),
+        (
+            "sources:\n  - {name: a, url: x}\n  - {name: a, url: y}\n",
+            ["the name(s) a are used more than once"],
+        ),
+        ("sources: [\n", ["is not valid YAML"]),
+        ("sources:\n  - {name: a, url: x, verify: {}}\n", ["sources.0.verify: {} should be non-empty"]),
+    ],
+)
+def test_problems_are_listed_with_where_they_are(tmp_path: Path, text: str, problems: list[str]) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    for problem in problems:
+        assert problem in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("500ms", 0.5), ("30s", 30.0), ("5m", 300.0), ("1.5h", 5400.0), (2, 2.0)]
+)
+def test_durations(value: str | int, seconds: float) -> None:
+    assert duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "5", "1d", "-1s", "0s", 0])
+def test_bad_durations(value: str | int) -> None:
+    with pytest.raises(ValueError):
+        duration(value)
