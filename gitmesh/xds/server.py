@@ -28,7 +28,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from gitmesh.xds import resources
+from gitmesh.xds import resources, wire
 from gitmesh.xds.cache import SnapshotCache, Watch
 from gitmesh.xds.snapshot import EncodedResource, Snapshot
 
@@ -38,28 +38,15 @@ WILDCARD = "*"
 _log = logging.getLogger(__name__)
 
 
-# --- protobuf wire format, just enough to assemble responses from shared bytes ---
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+# --- responses assembled from shared bytes ---
 
 
 def _sotw_response(version: str, type_url: str, nonce: str, items: Iterable[EncodedResource]) -> bytes:
     """A serialized DiscoveryResponse: version_info=1, resources=2, type_url=4, nonce=5."""
-    parts = [_field(1, version.encode())]
+    parts = [wire.field(1, version.encode())]
     for item in items:
-        parts += (b"\x12", _varint(len(item.any_bytes)), item.any_bytes)
-    parts += (_field(4, type_url.encode()), _field(5, nonce.encode()))
+        parts += (b"\x12", wire.varint(len(item.any_bytes)), item.any_bytes)
+    parts += (wire.field(4, type_url.encode()), wire.field(5, nonce.encode()))
     return b"".join(parts)
 
 
@@ -67,15 +54,15 @@ def _delta_response(
     system_version: str, type_url: str, nonce: str, items: Iterable[EncodedResource], removed: Iterable[str]
 ) -> bytes:
     """A serialized DeltaDiscoveryResponse of Resource{version=1, resource=2, name=3} entries."""
-    parts = [_field(1, system_version.encode())]
+    parts = [wire.field(1, system_version.encode())]
     for item in items:
-        head = _field(1, item.version.encode())
-        tail = _field(3, item.name.encode())
-        any_head = b"\x12" + _varint(len(item.any_bytes))
+        head = wire.field(1, item.version.encode())
+        tail = wire.field(3, item.name.encode())
+        any_head = b"\x12" + wire.varint(len(item.any_bytes))
         size = len(head) + len(any_head) + len(item.any_bytes) + len(tail)
-        parts += (b"\x12", _varint(size), head, any_head, item.any_bytes, tail)
-    parts += (_field(4, type_url.encode()), _field(5, nonce.encode()))
-    parts += (_field(6, name.encode()) for name in removed)
+        parts += (b"\x12", wire.varint(size), head, any_head, item.any_bytes, tail)
+    parts += (wire.field(4, type_url.encode()), wire.field(5, nonce.encode()))
+    parts += (wire.field(6, name.encode()) for name in removed)
     return b"".join(parts)
 
 

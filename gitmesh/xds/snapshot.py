@@ -78,8 +78,11 @@ def encode(name: str, message: Message) -> EncodedResource:
 
 def _encode(name: str, message: Message) -> EncodedResource:
     """Serialize ``message`` deterministically and return the shared encoding of those bytes."""
-    packed = any_pb2.Any()
-    packed.Pack(message)
+    # Written out rather than Any.Pack: some resources arrive serialized already (AssembledRoutes).
+    packed = any_pb2.Any(
+        type_url=resources.type_url(message.DESCRIPTOR.full_name),
+        value=message.SerializeToString(deterministic=True),
+    )
     data = packed.SerializeToString(deterministic=True)
     digest = hashlib.sha256(data).digest()
     key = (name, digest)

@@ -29,9 +29,11 @@ secret (SDS)                  ``workload-cert``: the sidecar's own identity's ce
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
@@ -51,7 +53,7 @@ from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 from gitmesh.certs.ca import DEFAULT_TRUST_DOMAIN
 from gitmesh.mesh.state import HttpMatch, MeshState, Port, Service, ServiceRef, Split
 from gitmesh.smi import Identity
-from gitmesh.xds import resources, tls
+from gitmesh.xds import resources, tls, wire
 
 OUTBOUND = "outbound"
 INBOUND = "inbound"
@@ -85,7 +87,38 @@ class Proxy:
     grpc: bool = False  # a proxyless gRPC client (xds:/// targets), not an Envoy sidecar
 
 
-Resources = dict[str, dict[str, message.Message]]  # type URL -> name -> resource
+class AssembledRoutes:
+    """A RouteConfiguration written straight from its virtual hosts' bytes, never built as a message.
+
+    Every caller namespace's outbound routes hold every service's virtual host again: built as
+    messages, each would copy them all, and be serialized again, at every mesh change. Assembled,
+    the hosts are serialized once and each namespace's routes are just their bytes one after another
+    (byte for byte what serializing the message gives). Read like the message (``.virtual_hosts``),
+    it is parsed on demand.
+    """
+
+    DESCRIPTOR = route_pb2.RouteConfiguration.DESCRIPTOR
+
+    def __init__(self, name: str, hosts: Sequence[bytes]) -> None:
+        """``hosts``: each virtual host already written as the message's field 2 (``host_field``)."""
+        self.name = name
+        self._data = wire.field(1, name.encode()) + b"".join(hosts)
+
+    @staticmethod
+    def host_field(host: route_components_pb2.VirtualHost) -> bytes:
+        return wire.field(2, host.SerializeToString(deterministic=True))
+
+    def SerializeToString(self, deterministic: bool = False) -> bytes:  # the name of the message method
+        return self._data
+
+    def parsed(self) -> route_pb2.RouteConfiguration:
+        return route_pb2.RouteConfiguration.FromString(self._data)
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.parsed(), attribute)
+
+
+Resources = dict[str, dict[str, message.Message | AssembledRoutes]]  # type URL -> name -> resource
 
 
 def cluster_name(service: ServiceRef, port: int) -> str:
@@ -121,8 +154,8 @@ class Translator:
         self._services = sorted(mesh.services.values(), key=lambda s: s.ref)
         self._endpoints: dict[str, message.Message] | None = None
         self._clusters: dict[bool, dict[str, message.Message]] = {}  # by mTLS or not
-        self._routes: dict[str, message.Message] = {}
-        self._hosts: dict[tuple[ServiceRef, int, bool], message.Message] = {}
+        self._routes: dict[str, AssembledRoutes] = {}
+        self._hosts: dict[tuple[ServiceRef, int, bool], bytes] = {}
         self._upstreams: dict[Upstream, message.Message] = {}
 
     def resources(self, proxy: Proxy) -> Resources:
@@ -192,7 +225,7 @@ class Translator:
             }
         return self._clusters[mtls]
 
-    def _outbound_routes(self, proxy: Proxy) -> message.Message:
+    def _outbound_routes(self, proxy: Proxy) -> AssembledRoutes:
         """A virtual host per HTTP service port, found by Host: short name (same namespace only),
         ``svc.ns``, ``svc.ns.svc`` and the cluster FQDN, with and without the port."""
         namespace = proxy.service.namespace
@@ -202,14 +235,15 @@ class Translator:
                 for svc in self._services
                 for i, port in enumerate(p for p in svc.ports if p.is_http)
             ]
-            self._routes[namespace] = route_pb2.RouteConfiguration(name=OUTBOUND, virtual_hosts=hosts)
+            self._routes[namespace] = AssembledRoutes(OUTBOUND, hosts)
         return self._routes[namespace]
 
-    def _virtual_host(self, svc: Service, port: Port, first: bool, short: bool) -> message.Message:
-        """Virtual hosts differ between namespaces only by the short name: each is built once per kind."""
+    def _virtual_host(self, svc: Service, port: Port, first: bool, short: bool) -> bytes:
+        """Virtual hosts differ between namespaces only by the short name: each is built and
+        serialized once per kind."""
         key = (svc.ref, port.port, short)
         if key not in self._hosts:
-            self._hosts[key] = _virtual_host(self.mesh, svc, port, first, short)
+            self._hosts[key] = AssembledRoutes.host_field(_virtual_host(self.mesh, svc, port, first, short))
         return self._hosts[key]
 
 
@@ -402,6 +436,7 @@ def _nothing() -> rbac_pb2.Permission:
     return rbac_pb2.Permission(not_rule=rbac_pb2.Permission(any=True))
 
 
+@functools.lru_cache(maxsize=8192)  # every caller of a destination names the same matches
 def _permission(m: HttpMatch) -> rbac_pb2.Permission:
     """All of a match's conditions: the path regex (which must match the whole path), a method, headers."""
     rules = []

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_response_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -87,6 +88,13 @@ def test_names_follow_the_one_scheme() -> None:
     assert set(res[resources.ROUTE]) == {"outbound", "inbound"}
     assert "bookstore/bookstore-v1|14001" in res[resources.CLUSTER]
     assert set(res[resources.ENDPOINT]) == set(res[resources.CLUSTER])  # the local app's is in the bootstrap
+
+
+def test_assembled_outbound_routes_are_byte_for_byte_the_message() -> None:
+    routes = translate(example(), BOOKSTORE)[resources.ROUTE]["outbound"]
+    built = route_pb2.RouteConfiguration(name="outbound", virtual_hosts=routes.parsed().virtual_hosts)
+    assert routes.SerializeToString(deterministic=True) == built.SerializeToString(deterministic=True)
+    assert len(routes.virtual_hosts) == len(built.virtual_hosts) > 5  # read like the message
 
 
 def test_proxies_share_one_cluster_map_and_one_route_map_per_namespace() -> None:
