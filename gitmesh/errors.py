@@ -4,7 +4,8 @@
     ├── SourceError      the repo, ref or path cannot be read
     ├── PlanError        a plan cannot be made, saved or loaded
     │   └── StalePlan    the live state changed since the plan was made
-    └── ClusterError     the cluster backend refused or failed
+    ├── ClusterError     the cluster backend refused or failed
+    └── RolloutError     a rollout cannot be found or moved as asked
 
 Invalid manifests are not errors: validation returns diagnostics. Caller
 mistakes (a wrong type passed in code) raise TypeError / ValueError instead.
@@ -30,4 +31,8 @@ class StalePlan(PlanError):
 
 
 class ClusterError(GitmeshError):
+    pass
+
+
+class RolloutError(GitmeshError):
     pass

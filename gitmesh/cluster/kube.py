@@ -41,6 +41,7 @@ SYSTEM_NAMESPACE = "gitmesh-system"
 INVENTORY_LABEL = "gitmesh.io/inventory"
 SOURCE_LABEL = "gitmesh.io/source"
 XDS_CONFIGMAP = "gitmesh-xds"
+ROLLOUTS_CONFIGMAP = "gitmesh-rollouts"
 _CONCURRENCY = 8
 _TIMEOUT = (5, 30)  # connect, read (seconds)
 _RETRY_FOR = 30.0  # seconds to keep retrying answers of 429 Too Many Requests
@@ -287,6 +288,31 @@ class KubeBackend:
         except errors.NotFound:
             return None
         return json.loads((cm.get("data") or {}).get("report") or "null")
+
+    def rollouts(self) -> dict[str, dict[str, Any]]:
+        """One data key per split (``namespace_name``: ``_`` is in no Kubernetes name) in one ConfigMap."""
+        try:
+            cm = self._request("GET", _CONFIGMAP.path(SYSTEM_NAMESPACE, ROLLOUTS_CONFIGMAP))
+        except errors.NotFound:
+            return {}
+        records = [json.loads(v) for v in (cm.get("data") or {}).values()]
+        return {r["split"]: r for r in records}
+
+    def save_rollout(self, split: str, record: Mapping[str, Any]) -> None:
+        # A merge patch touches only this split's key; server-side apply would drop the others'.
+        data = {split.replace("/", "_"): json.dumps(record, sort_keys=True)}
+        path = _CONFIGMAP.path(SYSTEM_NAMESPACE, ROLLOUTS_CONFIGMAP)
+        try:
+            self._request("PATCH", path, body={"data": data}, content_type="application/merge-patch+json")
+        except errors.NotFound:
+            self._ensure_system_namespace()
+            body = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": ROLLOUTS_CONFIGMAP, "namespace": SYSTEM_NAMESPACE},
+                "data": data,
+            }
+            self._request("POST", _CONFIGMAP.path(SYSTEM_NAMESPACE), body=body)
 
     def install_crds(self, crds: Iterable[Mapping[str, Any]], timeout: float = 60) -> list[str]:
         """Apply CRDs, then wait until the API server serves every one of them (Established)."""

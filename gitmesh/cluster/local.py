@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS sources (
 );
 CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS xds (id INTEGER PRIMARY KEY CHECK (id = 0), report TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rollouts (split TEXT PRIMARY KEY, record TEXT NOT NULL);
 INSERT OR IGNORE INTO counter VALUES (0, 0);
 """
 
@@ -153,6 +154,13 @@ class LocalBackend:
     def xds_report(self) -> dict[str, Any] | None:
         row = self._db.execute("SELECT report FROM xds").fetchone()
         return json.loads(row[0]) if row else None
+
+    def rollouts(self) -> dict[str, dict[str, Any]]:
+        return {split: json.loads(r) for split, r in self._db.execute("SELECT split, record FROM rollouts")}
+
+    def save_rollout(self, split: str, record: Mapping[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO rollouts VALUES (?, ?)", (split, json.dumps(record)))
 
     def status(self) -> list[SourceStatus]:
         counts: dict[str, Counter[str]] = {}

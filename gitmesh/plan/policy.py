@@ -46,8 +46,9 @@ A TrafficSplit with any {PREFIX}* annotation changes weights progressively. Valu
                                           (default 10 intervals)
   {PREFIX}baseline-margin    "1"         also compare with the backends losing traffic: success rate at
                                           most this many points lower, p99 at most this % higher
-  {PREFIX}query-success-rate PromQL      override the Prometheus query ($backend, $interval filled in)
-  {PREFIX}query-latency-p99  PromQL      override the Prometheus p99 query, in milliseconds
+  {PREFIX}query-requests     PromQL      override the Prometheus queries: requests served, success rate
+  {PREFIX}query-success-rate PromQL      (0-1) and p99 in milliseconds over the interval, for one backend;
+  {PREFIX}query-latency-p99  PromQL      $backend (namespace/service) and $interval (e.g. 30s) filled in
 
 Backends whose share grows are analysed; the final step is the target itself. A check fails on a
 threshold, holds (neither pass nor failure) with too few requests, and the rollout fails when
@@ -65,7 +66,7 @@ class Policy:
     failure_threshold: int = 2
     progress_deadline: float | None = None  # seconds; None: 10 intervals
     baseline_margin: float | None = None
-    queries: Mapping[str, str] = field(default_factory=dict)  # success-rate / latency-p99 -> PromQL
+    queries: Mapping[str, str] = field(default_factory=dict)  # requests/success-rate/latency-p99 -> PromQL
 
     @property
     def deadline(self) -> float:
@@ -190,6 +191,7 @@ _EXPECTED = {
     "progress-deadline": "a duration such as 500ms, 30s, 5m or 1h",
     "min-requests": "a whole number",
     "failure-threshold": "a whole number above 0",
+    "query-requests": "a PromQL query",
     "query-success-rate": "a PromQL query",
     "query-latency-p99": "a PromQL query",
 }
