@@ -30,14 +30,15 @@ def parse(text: str) -> Reading:
     out: Reading = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name not in (_RESPONSES, _LATENCY):
+            name = s.name.removesuffix("_total")  # the parser names counter samples the OpenMetrics way
+            if name not in (_RESPONSES, _LATENCY):
                 continue
             cluster = s.labels.get("envoy_cluster_name", "")
             backend, sep, _port = cluster.partition("|")
             if not sep or "/" not in backend:
                 continue  # the local app's cluster, the ADS cluster
             row = out.setdefault(backend, {"requests": 0.0, "errors": 0.0, "buckets": {}})
-            if s.name == _RESPONSES:
+            if name == _RESPONSES:
                 row["requests"] += s.value
                 if s.labels.get("envoy_response_code_class") == "5":
                     row["errors"] += s.value

@@ -46,6 +46,9 @@ def bootstrap(
             },
         },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        # Latency histograms reach /stats only when flushed (default every 5 s); rollout analysis
+        # reads them, and its intervals can be a few seconds.
+        "stats_flush_interval": "1s",
         # Every connection this sidecar makes comes from its identity's own loopback address: that
         # is how, until mTLS, the destination's RBAC knows who calls.
         "cluster_manager": {
