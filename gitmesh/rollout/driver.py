@@ -162,7 +162,7 @@ class Runner:
             return
         nxt = r
         try:
-            if r.mark is None:  # the window starts now (a new rollout, or one from a source without marks)
+            if r.mark is None:  # a new rollout: its first window starts now
                 nxt = replace(r, mark=self.measure(r, now).mark)
             elif machine.due(r, now):
                 m = self.measure(r, now)

@@ -18,7 +18,7 @@ class MetricsError(RolloutError):
 @dataclass(frozen=True)
 class Measurement:
     samples: Mapping[str, Sample]  # backend (namespace/service) -> what it served in the window
-    mark: Mapping[str, Any] | None  # the reading to measure the next window from, if the source needs one
+    mark: Mapping[str, Any]  # the reading to measure the next window from; {} from a source keeping history
 
 
 class MetricsSource(Protocol):

@@ -2,7 +2,7 @@
 
 Each query is evaluated for one backend at a time, with ``$backend`` (``namespace/service``) and
 ``$interval`` (the analysis window, e.g. ``30s``) filled in; a policy may replace any of them
-(``rollout.gitmesh.dev/query-*``). No mark is needed: Prometheus keeps the history itself.
+(``rollout.gitmesh.dev/query-*``). Its mark is empty: Prometheus keeps the history itself.
 """
 
 from __future__ import annotations
@@ -80,4 +80,4 @@ class Prometheus:
             samples[backend] = Sample(
                 requests, requests * (1 - rate) if rate is not None else 0.0, self.query(q["latency-p99"])
             )
-        return Measurement(samples, None)
+        return Measurement(samples, {})
