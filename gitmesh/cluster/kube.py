@@ -299,20 +299,23 @@ class KubeBackend:
         return {r["split"]: r for r in records}
 
     def save_rollout(self, split: str, record: Mapping[str, Any]) -> None:
-        # A merge patch touches only this split's key; server-side apply would drop the others'.
-        data = {split.replace("/", "_"): json.dumps(record, sort_keys=True)}
-        path = _CONFIGMAP.path(SYSTEM_NAMESPACE, ROLLOUTS_CONFIGMAP)
-        try:
-            self._request("PATCH", path, body={"data": data}, content_type="application/merge-patch+json")
-        except errors.NotFound:
-            self._ensure_system_namespace()
-            body = {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": ROLLOUTS_CONFIGMAP, "namespace": SYSTEM_NAMESPACE},
-                "data": data,
-            }
-            self._request("POST", _CONFIGMAP.path(SYSTEM_NAMESPACE), body=body)
+        # Each split's key is applied by a field manager of its own, so applying one key leaves
+        # the other splits' keys alone.
+        key = split.replace("/", "_")
+        self._ensure_system_namespace()
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": ROLLOUTS_CONFIGMAP, "namespace": SYSTEM_NAMESPACE},
+            "data": {key: json.dumps(record, sort_keys=True)},
+        }
+        self._request(
+            "PATCH",
+            _CONFIGMAP.path(SYSTEM_NAMESPACE, ROLLOUTS_CONFIGMAP),
+            {"fieldManager": f"{FIELD_MANAGER}-rollout-{key}"[:128], "force": "true"},
+            body=body,
+            content_type="application/apply-patch+yaml",
+        )
 
     def install_crds(self, crds: Iterable[Mapping[str, Any]], timeout: float = 60) -> list[str]:
         """Apply CRDs, then wait until the API server serves every one of them (Established)."""
