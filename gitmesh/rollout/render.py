@@ -7,6 +7,7 @@ import time
 
 from gitmesh.rollout.model import Phase, Rollout, Weights
 
+_TICKS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)  # seconds between time ticks
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
 _PHASE_COLOURS = {
     Phase.PROGRESSING: "#1f77b4",
@@ -46,10 +47,11 @@ def timeline_svg(r: Rollout, width: int = 760, height: int = 420) -> str:
     """Two panels over the rollout's time: each backend's weight (percent), and the success rate
     of the backends analysed at each check; the phase changes marked on the time axis."""
     points = r.history
-    left, right, top, gap = 60, 150, 40, 50
-    panel = (height - top - gap - 40) // 2
+    left, right, top, gap = 50, 150, 50, 60
+    panel = (height - top - gap - 50) // 2
     t0 = points[0].at if points else 0.0
-    span = max((points[-1].at - t0) if points else 1.0, 1.0)
+    # A little room after the last point, so the final weights show as a line, not an edge.
+    span = max((points[-1].at - t0) * 1.15 if points else 1.0, 1.0)
 
     def x(t: float) -> float:
         return left + (width - left - right) * (t - t0) / span
@@ -61,7 +63,7 @@ def timeline_svg(r: Rollout, width: int = 760, height: int = 420) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'font-family="sans-serif" font-size="12">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{left}" y="20" font-size="14">Rollout of {html.escape(r.split)}: {r.phase}</text>',
+        f'<text x="{left}" y="18" font-size="14">Rollout of {html.escape(r.split)}: {r.phase}</text>',
     ]
     bases = (top, top + panel + gap)
     for base, title in zip(bases, ("weight %", "success rate %"), strict=True):
@@ -69,9 +71,14 @@ def timeline_svg(r: Rollout, width: int = 760, height: int = 420) -> str:
             f'<rect x="{left}" y="{base}" width="{width - left - right}" height="{panel}" '
             'fill="none" stroke="#999"/>'
         )
-        out.append(f'<text x="8" y="{base + panel / 2}">{title}</text>')
+        out.append(f'<text x="{left}" y="{base - 6}">{title}</text>')
         for v in (0, 50, 100):
-            out.append(f'<text x="{left - 28}" y="{y(v, base) + 4:.1f}">{v}</text>')
+            out.append(f'<text x="{left - 6}" y="{y(v, base) + 4:.1f}" text-anchor="end">{v}</text>')
+    every = next((n for n in _TICKS if n >= span / 6), _TICKS[-1])
+    for t in (every * i for i in range(int(span // every) + 1)):
+        out.append(
+            f'<text x="{x(t0 + t):.1f}" y="{bases[1] + panel + 18}" text-anchor="middle">{t:.0f}s</text>'
+        )
     backends = list(dict.fromkeys(b for p in points for b in p.weights))
     for i, b in enumerate(backends):
         colour = _COLOURS[i % len(_COLOURS)]
@@ -102,13 +109,11 @@ def timeline_svg(r: Rollout, width: int = 760, height: int = 420) -> str:
         if p.phase is not last:
             colour = _PHASE_COLOURS[p.phase]
             out.append(
-                f'<line x1="{x(p.at):.1f}" y1="{top}" x2="{x(p.at):.1f}" y2="{bases[1] + panel}" '
+                f'<line x1="{x(p.at):.1f}" y1="{top - 18}" x2="{x(p.at):.1f}" y2="{bases[1] + panel}" '
                 f'stroke="{colour}" stroke-dasharray="3,3"/>'
             )
-            out.append(
-                f'<text x="{x(p.at) + 3:.1f}" y="{bases[1] + panel + 14}" fill="{colour}">{p.phase}</text>'
-            )
+            out.append(f'<text x="{x(p.at) + 3:.1f}" y="{top - 22}" fill="{colour}">{p.phase}</text>')
             last = p.phase
-    out.append(f'<text x="{left}" y="{height - 6}">seconds since the start: {span:.0f}</text>')
+    out.append(f'<text x="{left}" y="{height - 8}">time since the rollout started</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from gitmesh import demo as demo_mod
 from gitmesh.cli import cli
 from gitmesh.cluster.local import LocalBackend
-from gitmesh.demo import Demo, eventually
+from gitmesh.demo import Demo, eventually, stop_process
 from gitmesh.rollout import driver
 from gitmesh.rollout.model import Phase, Rollout
 
@@ -174,3 +174,27 @@ def wait_for(d: Demo, phases: set[Phase], timeout: float = 90) -> Rollout:
 
 def v2_share(answers: list[tuple[float, int, str]]) -> float:
     return sum(body == "bookstore-v2" for _, _, body in answers) / max(1, len(answers))
+
+
+def roll_out(
+    d: Demo, hook: Webhook, workdir: Path, *runner_args: str, workers: int = 1
+) -> tuple[Rollout, list[tuple[float, int, str]]]:
+    """Commit everything to v2, apply it and run the rollout to its end under bookbuyer's traffic:
+    the rollout's end, and every answer from the apply until all of them come from one version."""
+    commit_split(d, 0, 100)
+    with Traffic(d, workers) as traffic:
+        started = time.time()
+        apply_head(d, hook)
+        runner = start_runner(d, workdir, hook, *runner_args)
+        try:
+            end = wait_for(d, {Phase.SUCCEEDED, Phase.FAILED})
+        finally:
+            stop_process(runner)
+        eventually(lambda: len(d.shares(50)), lambda n: n == 1, "all traffic on one version")
+        return end, traffic.between(started, time.time())
+
+
+def bad_canary(d: Demo, hook: Webhook, workdir: Path) -> tuple[Rollout, list[tuple[float, int, str]]]:
+    """v2 answers half its requests with 500s."""
+    d.apps["bookstore-v2"].error_rate = 0.5
+    return roll_out(d, hook, workdir)

@@ -22,9 +22,11 @@ from tests.integration.rollouts import (
     Traffic,
     Webhook,
     apply_head,
+    bad_canary,
     commit_split,
     demo,
     live_weights,
+    roll_out,
     rollout,
     start_runner,
     v2_share,
@@ -63,30 +65,18 @@ def test_healthy_v2_walks_every_step_to_the_target(demo: Demo, webhook: Webhook,
 
 
 def test_v2_answering_half_500s_is_rolled_back(demo: Demo, webhook: Webhook, tmp_path: Path) -> None:
-    demo.apps["bookstore-v2"].error_rate = 0.5
-    commit_split(demo, 0, 100)
-    with Traffic(demo) as traffic:
-        apply_head(demo, webhook)
-        started = time.time()
-        runner = start_runner(demo, tmp_path, webhook)
-        try:
-            failed = wait_for(demo, {Phase.SUCCEEDED, Phase.FAILED})
-        finally:
-            stop_process(runner)
-        eventually(lambda: set(demo.shares(50)), lambda s: s == {"bookstore-v1"}, "all traffic back on v1")
-        ended = time.time()
+    failed, episode = bad_canary(demo, webhook, tmp_path)
+    assert set(demo.shares(50)) == {"bookstore-v1"}
     assert failed.phase is Phase.FAILED
     assert "success rate" in failed.reason and "below 95%" in failed.reason, failed.reason
     assert failed.failures == 2 and failed.step == 0  # rolled back at the second failed check of step 1
     assert live_weights(demo) == {"bookstore-v1": 100, "bookstore-v2": 0}
     checks = [p for p in failed.history if p.success_rate]
     assert len(checks) == 2 and all(p.success_rate["bookstore-v2"] < 95 for p in checks)
-    took = failed.history[-1].at - failed.started_at
-    assert took < 2 * 3 + 3, f"rolled back {took:.1f}s after the start"  # 2 checks of 3 s, a tick late
-    episode = traffic.between(started, ended)
+    # How long that took, and what it cost, is measured by bench/rollout_bench.py; here only that
+    # the failures stayed a small share of the traffic (v2 had 10% of it, half of that failing).
     failures = sum(status != 200 for _, status, _ in episode) / len(episode)
-    print(f"rolled back after {took:.1f}s; {failures:.2%} of {len(episode)} requests failed over the episode")
-    assert failures < 0.1
+    assert failures < 0.1, f"{failures:.2%} of {len(episode)} requests failed"
     assert webhook.phases() == ["Progressing", "Failed"]
     assert webhook.events[-1]["analysis"]["verdict"] == "fail"
 
@@ -113,14 +103,7 @@ def test_v2_slower_than_the_latency_threshold_is_rolled_back(
     demo: Demo, webhook: Webhook, tmp_path: Path
 ) -> None:
     demo.apps["bookstore-v2"].delay = 0.4
-    commit_split(demo, 0, 100)
-    with Traffic(demo, workers=4):
-        apply_head(demo, webhook)
-        runner = start_runner(demo, tmp_path, webhook)
-        try:
-            failed = wait_for(demo, {Phase.SUCCEEDED, Phase.FAILED})
-        finally:
-            stop_process(runner)
+    failed, _ = roll_out(demo, webhook, tmp_path, workers=4)
     assert failed.phase is Phase.FAILED
     assert "p99 latency" in failed.reason and "above 200 ms" in failed.reason, failed.reason
     assert live_weights(demo) == {"bookstore-v1": 100, "bookstore-v2": 0}

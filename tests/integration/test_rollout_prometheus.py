@@ -19,12 +19,9 @@ from gitmesh.rollout.prometheus import Prometheus, queries
 from tests.integration.rollouts import (
     Traffic,
     Webhook,
-    apply_head,
-    commit_split,
     demo,
     live_weights,
-    start_runner,
-    wait_for,
+    roll_out,
     webhook,
 )
 
@@ -88,14 +85,7 @@ def test_half_500s_are_rolled_back_reading_prometheus(
     demo: Demo, prometheus: str, webhook: Webhook, tmp_path: Path
 ) -> None:
     demo.apps["bookstore-v2"].error_rate = 0.5
-    commit_split(demo, 0, 100)
-    with Traffic(demo):
-        apply_head(demo, webhook)
-        runner = start_runner(demo, tmp_path, webhook, "--prometheus", prometheus)
-        try:
-            failed = wait_for(demo, {Phase.SUCCEEDED, Phase.FAILED})
-        finally:
-            stop_process(runner)
+    failed, _ = roll_out(demo, webhook, tmp_path, "--prometheus", prometheus)
     assert failed.phase is Phase.FAILED
     assert "success rate" in failed.reason and "below 95%" in failed.reason, failed.reason
     assert failed.analysis is not None
