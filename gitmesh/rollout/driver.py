@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gitmesh import smi
-from gitmesh.cluster.backend import ClusterBackend
+from gitmesh.cluster.backend import ClusterBackend, Live
 from gitmesh.errors import RolloutError
 from gitmesh.objects import ObjectRef
 from gitmesh.plan import policy as policies
@@ -31,7 +31,7 @@ from gitmesh.plan.diff import clean, diff_fields
 from gitmesh.plan.model import Action, Change, Plan
 from gitmesh.rollout import machine
 from gitmesh.rollout.analysis import analyse
-from gitmesh.rollout.metrics import MetricsError, MetricsSource
+from gitmesh.rollout.metrics import Measurement, MetricsError, MetricsSource
 from gitmesh.rollout.model import Phase, Rollout, Weights
 from gitmesh.rollout.steps import gaining, losing, same_shares
 
@@ -95,7 +95,7 @@ def prepare(plan: Plan, backend: ClusterBackend, now: float) -> Prepared:
             notes[c.ref] = (
                 f"the rollout toward these weights is {r.phase}; they stay as they are"
                 if r.phase.active
-                else f"these weights failed their rollout ({r.phase}: {r.reason}); not retried until "
+                else f"the rollout toward these weights ended {r.phase} ({r.reason}); not retried until "
                 "a commit changes them (or gitmesh rollout retry)"
             )
         else:
@@ -154,11 +154,11 @@ class Runner:
             if r.phase.active:
                 self._step(r, live.get(split), now)
 
-    def _step(self, r: Rollout, split: Any, now: float) -> None:
+    def _step(self, r: Rollout, split: Live | None, now: float) -> None:
         obj = split.obj if split is not None else None
         if obj is None or policies.of(obj) is None:
             why = "the split was deleted" if obj is None else "the split no longer has a rollout policy"
-            self._save(r, replace(r, phase=Phase.ABORTED, reason=why).record(now))
+            self._save(r, machine.abandon(r, why, now))
             return
         nxt = r
         try:
@@ -166,10 +166,8 @@ class Runner:
                 nxt = replace(r, mark=self.measure(r, now).mark)
             elif machine.due(r, now):
                 m = self.measure(r, now)
-                window = r.policy.interval
-                analysis = analyse(
-                    m.samples, gaining(r.stable, r.target), losing(r.stable, r.target), r.policy, window, now
-                )
+                gains, losses = gaining(r.stable, r.target), losing(r.stable, r.target)
+                analysis = analyse(m.samples, gains, losses, r.policy, r.policy.interval, now)
                 nxt = replace(machine.advance(r, analysis, now), mark=m.mark)
         except MetricsError as e:
             log.warning("rollout of %s: %s", r.split, e)
@@ -180,7 +178,7 @@ class Runner:
         if nxt != r:
             self._save(r, nxt)
 
-    def measure(self, r: Rollout, now: float) -> Any:
+    def measure(self, r: Rollout, now: float) -> Measurement:
         backends = [f"{r.split.partition('/')[0]}/{b}" for b in r.weights]
         m = self.metrics.measure(backends, r.policy, r.policy.interval, r.mark)
         # Samples arrive keyed namespace/service; analysis speaks of the split's backend services.

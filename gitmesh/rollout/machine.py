@@ -116,5 +116,10 @@ def retarget(
     return replace(fresh, history=(*r.history, *fresh.history))
 
 
+def abandon(r: Rollout, reason: str, now: float) -> Rollout:
+    """The split went away or gave up its policy: the rollout ends, its weights no longer its to write."""
+    return replace(r, phase=Phase.ABORTED, reason=reason).record(now)
+
+
 def _roll_back(r: Rollout, phase: Phase, reason: str) -> Rollout:
     return replace(r, phase=phase, weights=r.stable, reason=reason)

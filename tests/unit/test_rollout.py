@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from xml.etree import ElementTree
 
 import pytest
 from hypothesis import given
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from gitmesh.plan import policy as policies
 from gitmesh.plan.policy import PREFIX, Policy
-from gitmesh.rollout import envoy_stats, machine
+from gitmesh.rollout import envoy_stats, machine, render
 from gitmesh.rollout.analysis import analyse
 from gitmesh.rollout.metrics import quantile
 from gitmesh.rollout.model import Analysis, Phase, Rollout, Sample, Verdict
@@ -310,3 +311,37 @@ def test_prometheus_queries_fill_in_the_backend_and_take_overrides() -> None:
     assert 'envoy_cluster_name=~"shop/web-v2\\\\|.*"' in q["requests"] and "[3s]" in q["requests"]
     custom = Policy(queries={"success-rate": 'my_rate{app="$backend"}[$interval]'})
     assert queries(custom, "shop/web-v2", 30)["success-rate"] == 'my_rate{app="shop/web-v2"}[30s]'
+
+
+def test_an_abandoned_rollout_ends_without_touching_the_weights() -> None:
+    r = machine.abandon(started(), "the split was deleted", 1001)
+    assert (r.phase, r.weights, r.reason) == (Phase.ABORTED, {V1: 90, V2: 10}, "the split was deleted")
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def failed_rollout() -> Rollout:
+    r = started(Policy(steps=(10, 50), interval=10, failure_threshold=2))
+    for now in (1010, 1020):
+        r = machine.advance(r, verdict(Verdict.FAIL, now), now)
+    return r
+
+
+def test_status_lines_say_where_a_rollout_stands_and_why() -> None:
+    lines = render.status_lines(failed_rollout(), 1030)
+    assert lines[0] == "shop/web  Failed  (revision abc, source default)"
+    assert "  weights     web-v1 100%  web-v2 0%" in lines
+    assert "  failures    2 of 2 allowed" in lines
+    assert "    it was fail" in lines
+    assert not any("next check" in line for line in lines)  # nothing is due once it has ended
+    assert any(line.startswith("  next check  in 9s") for line in render.status_lines(started(), 1001))
+
+
+def test_the_timeline_draws_each_backend_each_check_and_each_phase() -> None:
+    svg = render.timeline_svg(failed_rollout())
+    ElementTree.fromstring(svg)  # well-formed
+    assert svg.count("<path ") == 2  # a weight line per backend
+    assert svg.count("<circle ") == 2  # v2's success rate at each check (v1 was not sampled here)
+    assert ">Progressing</text>" in svg and ">Failed</text>" in svg
+    assert ">web-v1</text>" in svg and ">web-v2</text>" in svg
