@@ -345,3 +345,36 @@ def test_the_timeline_draws_each_backend_each_check_and_each_phase() -> None:
     assert svg.count("<circle ") == 2  # v2's success rate at each check (v1 was not sampled here)
     assert ">Progressing</text>" in svg and ">Failed</text>" in svg
     assert ">web-v1</text>" in svg and ">web-v2</text>" in svg
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(list(Verdict)), st.floats(0, 30)), max_size=30),
+    st.integers(1, 4),
+    st.one_of(st.none(), st.floats(10, 60)),
+)
+def test_any_sequence_of_checks_keeps_the_rollout_consistent(
+    checks: list[tuple[Verdict, float]], threshold: int, deadline: float | None
+) -> None:
+    p = Policy(steps=(10, 25, 50), interval=10, failure_threshold=threshold, progress_deadline=deadline)
+    r = started(p)
+    now = r.started_at
+    allowed = [dict(s) for s in r.steps]
+    advanced = 0
+    for v, late in checks:
+        if not r.phase.active:
+            break
+        now = r.next_check_at + late  # a check is never early, and may be late
+        before = r
+        r = machine.advance(r, verdict(v, now), now)
+        advanced += 1
+        assert r.failures <= threshold
+        assert r.step >= before.step  # never backwards
+        if r.phase is Phase.FAILED:
+            assert r.weights == r.stable
+            assert v is Verdict.FAIL or now - before.step_started_at >= p.deadline
+        elif r.phase is Phase.SUCCEEDED:
+            assert v is Verdict.PASS and before.step == len(r.steps) - 1 and r.weights == r.target
+        else:
+            assert dict(r.weights) in allowed and r.next_check_at == now + p.interval
+            assert (r.phase is Phase.HOLDING) == (v is Verdict.HOLD)
+    assert len(r.history) == 1 + advanced  # every check is on the timeline
