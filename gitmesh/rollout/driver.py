@@ -67,6 +67,7 @@ def load(backend: ClusterBackend) -> dict[str, Rollout]:
 class Prepared:
     plan: Plan
     starting: tuple[Rollout, ...]  # to save once the plan is applied
+    revised: tuple[Rollout, ...]  # rollouts under way taking this plan's policy, saved with them
     notes: Mapping[ObjectRef, str]  # per split: what this plan does to its rollout, for people
 
 
@@ -75,7 +76,7 @@ def prepare(plan: Plan, backend: ClusterBackend, now: float) -> Prepared:
     step's weights (or keeps its live ones while a rollout toward that target runs or has failed)."""
     rollouts = load(backend)
     inventory = backend.inventory(plan.source) if plan.changes else {}
-    changes, starting, notes = [], [], {}
+    changes, starting, revised, notes = [], [], [], {}
     for c in plan.changes:
         r = rollouts.get(split_key(c.ref))
         if c.ref.kind != "TrafficSplit" or c.after is None or c.before is None:
@@ -92,12 +93,18 @@ def prepare(plan: Plan, backend: ClusterBackend, now: float) -> Prepared:
             continue
         if r is not None and same_shares(r.target, target) and r.phase is not Phase.SUCCEEDED:
             weights: Weights = live
-            notes[c.ref] = (
-                f"the rollout toward these weights is {r.phase}; they stay as they are"
-                if r.phase.active
-                else f"the rollout toward these weights ended {r.phase} ({r.reason}); not retried until "
-                "a commit changes them (or gitmesh rollout retry)"
-            )
+            if not r.phase.active:
+                notes[c.ref] = (
+                    f"the rollout toward these weights ended {r.phase} ({r.reason}); not retried until "
+                    "a commit changes them (or gitmesh rollout retry)"
+                )
+            elif (taking := machine.revise(r, pol)) != r:
+                revised.append(taking)
+                notes[c.ref] = (
+                    f"the rollout toward these weights is {r.phase}; its policy changes from the next check"
+                )
+            else:
+                notes[c.ref] = f"the rollout toward these weights is {r.phase}; they stay as they are"
         else:
             fresh = (
                 machine.retarget(r, plan.revision or "", pol, live, target, now)
@@ -113,7 +120,7 @@ def prepare(plan: Plan, backend: ClusterBackend, now: float) -> Prepared:
                 + f", then {_describe(target)}, every {pol.interval:g}s"
             )
         changes.append(_with_weights(c, weights, c.ref in inventory))
-    return Prepared(replace(plan, changes=tuple(changes)), tuple(starting), notes)
+    return Prepared(replace(plan, changes=tuple(changes)), tuple(starting), tuple(revised), notes)
 
 
 def _with_weights(c: Change, weights: Weights, owned: bool) -> Change:
@@ -127,6 +134,8 @@ def _with_weights(c: Change, weights: Weights, owned: bool) -> Change:
 
 def begin(prepared: Prepared, backend: ClusterBackend, notify: Notify) -> None:
     """The prepared plan is applied: its rollouts are under way."""
+    for r in prepared.revised:
+        backend.save_rollout(r.split, r.to_json())
     for r in prepared.starting:
         backend.save_rollout(r.split, r.to_json())
         notify(r)

@@ -116,6 +116,12 @@ def retarget(
     return replace(fresh, history=(*r.history, *fresh.history))
 
 
+def revise(r: Rollout, policy: Policy) -> Rollout:
+    """A commit changed the policy, not the target: thresholds, interval and deadline apply from the
+    next check; the steps stay those planned at the start."""
+    return replace(r, policy=replace(policy, steps=r.policy.steps))
+
+
 def abandon(r: Rollout, reason: str, now: float) -> Rollout:
     """The split went away or gave up its policy: the rollout ends, its weights no longer its to write."""
     return replace(r, phase=Phase.ABORTED, reason=reason).record(now)

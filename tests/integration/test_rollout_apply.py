@@ -73,6 +73,14 @@ def test_apply_starts_a_rollout_and_plan_shows_it(mesh: GitRepo, tmp_path: Path)
     assert run("apply", *where).exit_code == 0
     assert weights(backend) == {"bookstore-v1": 80, "bookstore-v2": 20}
 
+    # A commit changing the policy but not the target: the rollout goes on under the new policy.
+    stricter = POLICY + '    rollout.gitmesh.dev/success-rate: "99.9"\n'
+    mesh.commit("stricter checks", {SPLIT_FILE: split_yaml(0, 100, stricter)})
+    assert "its policy changes from the next check" in run("apply", *where).output
+    r = driver.load(backend)["bookstore/bookstore-split"]
+    assert (r.phase, r.step, r.policy.success_rate) == (Phase.PROGRESSING, 0, 99.9)
+    assert weights(backend) == {"bookstore-v1": 80, "bookstore-v2": 20}
+
     # Promoted by hand: the target at once, and Git and the store agree again.
     assert run("rollout", "promote", "bookstore-split", "--store", store).exit_code == 0
     assert weights(backend) == {"bookstore-v1": 0, "bookstore-v2": 100}
