@@ -587,6 +587,12 @@ _rollout_action("retry", "Walk a failed or aborted SPLIT toward its target again
 @click.option("--prometheus", help="Read metrics from this Prometheus (URL) instead of the sidecars.")
 @_webhook_option
 @click.option(
+    "--push-reverts",
+    metavar="REPO",
+    help="After a failed rollout, push a commit restoring the stable weights to branch "
+    "gitmesh/rollback/<sha> of this Git repo (path or URL), for a person to review.",
+)
+@click.option(
     "--tick", type=float, default=1.0, show_default=True, help="Seconds between looks at the rollouts."
 )
 @_reports_errors
@@ -595,6 +601,7 @@ def rollout_run(
     envoy_admin: tuple[str, ...],
     prometheus: str | None,
     webhook: str | None,
+    push_reverts: str | None,
     tick: float,
 ) -> None:
     """Walk every rollout under way: analyse each step when due, write the weights, roll back on failure."""
@@ -609,7 +616,7 @@ def rollout_run(
         raise click.UsageError("give the sidecars' --envoy-admin addresses or --prometheus, one of them")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics: MetricsSource = Prometheus(prometheus) if prometheus else EnvoyStats(envoy_admin)
-    runner = driver.Runner(target.open(), metrics, driver.webhook(webhook))
+    runner = driver.Runner(target.open(), metrics, driver.webhook(webhook), push_reverts)
     err.print("Running rollouts; Ctrl-C stops (their state stays in the backend).")
     with contextlib.suppress(KeyboardInterrupt):
         while True:

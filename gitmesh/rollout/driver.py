@@ -24,12 +24,12 @@ from typing import Any
 
 from gitmesh import smi
 from gitmesh.cluster.backend import ClusterBackend, Live
-from gitmesh.errors import RolloutError
+from gitmesh.errors import GitmeshError, RolloutError
 from gitmesh.objects import ObjectRef
 from gitmesh.plan import policy as policies
 from gitmesh.plan.diff import clean, diff_fields
 from gitmesh.plan.model import Action, Change, Plan
-from gitmesh.rollout import machine
+from gitmesh.rollout import machine, revert
 from gitmesh.rollout.analysis import analyse
 from gitmesh.rollout.metrics import Measurement, MetricsError, MetricsSource
 from gitmesh.rollout.model import Phase, Rollout, Weights
@@ -148,10 +148,13 @@ def _describe(weights: Weights) -> str:
 class Runner:
     """Walks every active rollout: on each tick, analyse what is due and write the weights."""
 
-    def __init__(self, backend: ClusterBackend, metrics: MetricsSource, notify: Notify) -> None:
+    def __init__(
+        self, backend: ClusterBackend, metrics: MetricsSource, notify: Notify, revert_to: str | None = None
+    ) -> None:
         self.backend = backend
         self.metrics = metrics
         self.notify = notify
+        self.revert_to = revert_to  # a Git repo (path or URL) to push a revert branch to after a failure
 
     def tick(self, now: float) -> None:
         live = {
@@ -194,6 +197,12 @@ class Runner:
         return replace(m, samples={k.partition("/")[2]: s for k, s in m.samples.items()})
 
     def _save(self, before: Rollout, after: Rollout) -> None:
+        if self.revert_to and after.phase is Phase.FAILED and before.phase.active:
+            try:
+                branch = revert.push_revert(self.revert_to, after)
+                after = replace(after, reason=f"{after.reason}; a revert is on branch {branch}")
+            except GitmeshError as e:  # the rollback itself stands; only the branch is missing
+                log.warning("rollout of %s: no revert branch: %s", after.split, e)
         self.backend.save_rollout(after.split, after.to_json())
         if after.phase is not before.phase:
             self.notify(after)

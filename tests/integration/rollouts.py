@@ -134,11 +134,24 @@ class Traffic:
         return [s for s in self.seen if start <= s[0] < end]
 
 
-def start_runner(d: Demo, workdir: Path, hook: Webhook, *metrics: str) -> subprocess.Popen[bytes]:
-    source = metrics or ("--envoy-admin", f"127.0.0.1:{d.sidecars['bookbuyer'].admin_port}")
+def start_runner(d: Demo, workdir: Path, hook: Webhook, *args: str) -> subprocess.Popen[bytes]:
+    """`gitmesh rollout run`, reading bookbuyer's sidecar stats unless ``args`` name --prometheus."""
+    sidecar = ("--envoy-admin", f"127.0.0.1:{d.sidecars['bookbuyer'].admin_port}")
+    source = () if "--prometheus" in args else sidecar
     with (workdir / "rollout-run.log").open("a") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "gitmesh", "rollout", "run", "--store", str(d.store), *source, *hook.args],
+            [
+                sys.executable,
+                "-m",
+                "gitmesh",
+                "rollout",
+                "run",
+                "--store",
+                str(d.store),
+                *source,
+                *args,
+                *hook.args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -194,7 +207,9 @@ def roll_out(
         return end, traffic.between(started, time.time())
 
 
-def bad_canary(d: Demo, hook: Webhook, workdir: Path) -> tuple[Rollout, list[tuple[float, int, str]]]:
+def bad_canary(
+    d: Demo, hook: Webhook, workdir: Path, *runner_args: str
+) -> tuple[Rollout, list[tuple[float, int, str]]]:
     """v2 answers half its requests with 500s."""
     d.apps["bookstore-v2"].error_rate = 0.5
-    return roll_out(d, hook, workdir)
+    return roll_out(d, hook, workdir, *runner_args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from click.testing import CliRunner, Result
 from gitmesh.cli import cli
 from gitmesh.cluster.kube import KubeBackend
 from gitmesh.cluster.local import LocalBackend
-from gitmesh.rollout import driver
+from gitmesh.rollout import driver, revert
 from gitmesh.rollout.model import Phase
 from tests.conftest import EXAMPLE_REPO, GitRepo
 from tests.kube import Cluster
@@ -163,3 +164,30 @@ def test_on_kubernetes_the_rollout_lives_in_a_configmap(mesh: GitRepo, cluster: 
     assert [b["weight"] for b in split["spec"]["backends"]] == [0, 100]
     assert backend.rollouts()["bookstore/bookstore-split"]["phase"] == "Succeeded"
     assert "No changes." in run("plan", *where).output
+
+
+def test_a_revert_branch_is_pushed_to_the_remote(mesh: GitRepo, tmp_path: Path) -> None:
+    """After a failure `gitmesh rollout run --push-reverts URL` pushes this (push_revert is what it calls)."""
+    store = tmp_path / "store.db"
+    where = ("--repo", mesh.path, "--path", "mesh", "--store", store)
+    run("apply", *where)
+    mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
+    run("apply", *where)
+    run("rollout", "abort", "bookstore-split", "--store", store)
+    r = driver.load(LocalBackend(store))["bookstore/bookstore-split"]
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(mesh.path), str(remote)], check=True)
+
+    branch = revert.push_revert(f"file://{remote}", r)
+    assert branch == f"gitmesh/rollback/{r.revision[:12]}"
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "--git-dir", str(remote), *args], capture_output=True, text=True).stdout
+
+    # Only the weights went back; the policy and everything else are as the failed commit wrote them.
+    assert git("show", f"{branch}:{SPLIT_FILE}") == split_yaml(100, 0)
+    assert git("diff", "--stat", r.revision, branch).splitlines()[0].split() == [SPLIT_FILE, "|", "4", "++--"]
+    subject = git("log", "-1", "--format=%s", branch).strip()
+    assert subject == "Roll back bookstore/bookstore-split to its stable weights"
+    # The remote's main is untouched: the revert waits for a pull request.
+    assert git("rev-parse", "main").strip() == r.revision

@@ -8,6 +8,7 @@ Intervals are short (seconds). Every wait polls a condition; assertions are on w
 from __future__ import annotations
 
 import collections
+import subprocess
 import time
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def test_healthy_v2_walks_every_step_to_the_target(demo: Demo, webhook: Webhook,
 
 
 def test_v2_answering_half_500s_is_rolled_back(demo: Demo, webhook: Webhook, tmp_path: Path) -> None:
-    failed, episode = bad_canary(demo, webhook, tmp_path)
+    failed, episode = bad_canary(demo, webhook, tmp_path, "--push-reverts", str(demo.repo))
     assert set(demo.shares(50)) == {"bookstore-v1"}
     assert failed.phase is Phase.FAILED
     assert "success rate" in failed.reason and "below 95%" in failed.reason, failed.reason
@@ -79,6 +80,18 @@ def test_v2_answering_half_500s_is_rolled_back(demo: Demo, webhook: Webhook, tmp
     assert failures < 0.1, f"{failures:.2%} of {len(episode)} requests failed"
     assert webhook.phases() == ["Progressing", "Failed"]
     assert webhook.events[-1]["analysis"]["verdict"] == "fail"
+    # A revert waits on a branch for a person to open the pull request; main is untouched.
+    branch = f"gitmesh/rollback/{failed.revision[:12]}"
+    assert f"a revert is on branch {branch}" in failed.reason
+    git = ["git", "-C", str(demo.repo)]
+    shown = subprocess.run(
+        [*git, "show", f"{branch}:mesh/bookstore/split.yaml"], capture_output=True, text=True
+    )
+    assert "weight: 100\n  - service: bookstore-v2\n    weight: 0" in shown.stdout, shown.stdout
+    head = subprocess.run(
+        [*git, "rev-parse", "main", f"{branch}^"], capture_output=True, text=True
+    ).stdout.split()
+    assert head == [failed.revision, failed.revision]
 
     # The failed target is not retried by applying the same commit again ...
     output = apply_head(demo, webhook)

@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gitmesh.errors import RolloutError
 from gitmesh.plan import policy as policies
+from gitmesh.plan.load import SourceFile, load_files
 from gitmesh.plan.policy import PREFIX, Policy
-from gitmesh.rollout import envoy_stats, machine, render
+from gitmesh.rollout import envoy_stats, machine, render, revert
 from gitmesh.rollout.analysis import analyse
 from gitmesh.rollout.metrics import quantile
 from gitmesh.rollout.model import Analysis, Phase, Rollout, Sample, Verdict
@@ -378,3 +380,27 @@ def test_any_sequence_of_checks_keeps_the_rollout_consistent(
             assert dict(r.weights) in allowed and r.next_check_at == now + p.interval
             assert (r.phase is Phase.HOLDING) == (v is Verdict.HOLD)
     assert len(r.history) == 1 + advanced  # every check is on the timeline
+
+
+def test_a_revert_changes_only_the_weight_values() -> None:
+    text = (
+        "# the canary\n"
+        "apiVersion: split.smi-spec.io/v1alpha4\n"
+        "kind: TrafficSplit\n"
+        "metadata: {name: web, namespace: shop}\n"
+        "spec:\n"
+        "  service: web\n"
+        "  backends:\n"
+        "  - service: web-v1\n"
+        "    weight: 0   # was 100\n"
+        "  - {service: web-v2, weight: '100'}\n"
+        '  - {"service": "web-v3", "weight": 5}\n'
+    )
+    (m,) = load_files([SourceFile("split.yaml", len(text), text.encode())]).manifests
+    positions = {i: m.positions[("spec", "backends", i, "weight")] for i in range(3)}
+    got = revert.revert_text(text, positions, {0: 100, 1: 0, 2: 0})
+    assert got == text.replace("weight: 0 ", "weight: 100 ").replace("'100'", "0").replace(
+        '"weight": 5', '"weight": 0'
+    )
+    with pytest.raises(RolloutError, match="no weight value at line 2"):
+        revert.revert_text(text, {0: (2, 1)}, {0: 1})
