@@ -183,6 +183,8 @@ class Runner:
                 nxt = replace(machine.advance(r, analysis, now), mark=m.mark)
         except MetricsError as e:
             log.warning("rollout of %s: %s", r.split, e)
+        if load(self.backend).get(r.split) != r:
+            return  # moved meanwhile (promote, abort, a new commit): that wins; look again next tick
         # Weights first, then the state: killed in between, the runner finds the old state and
         # redoes the step, rather than a finished state whose weights were never written.
         if not same_shares(weights_of(obj), nxt.weights) or set(weights_of(obj)) != set(nxt.weights):
