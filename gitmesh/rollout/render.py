@@ -31,7 +31,7 @@ def status_lines(r: Rollout, now: float) -> list[str]:
         f"  step        {min(r.step + 1, len(r.steps))} of {len(r.steps)}, then the target",
         f"  target      {weights_text(r.target)}",
         f"  stable      {weights_text(r.stable)}",
-        f"  failures    {r.failures} of {r.policy.failure_threshold} allowed",
+        f"  failures    {r.failures} failed check(s); {r.policy.failure_threshold} roll back",
         f"  reason      {r.reason}",
     ]
     if r.phase.active:

@@ -334,7 +334,7 @@ def test_status_lines_say_where_a_rollout_stands_and_why() -> None:
     lines = render.status_lines(failed_rollout(), 1030)
     assert lines[0] == "shop/web  Failed  (revision abc, source default)"
     assert "  weights     web-v1 100%  web-v2 0%" in lines
-    assert "  failures    2 of 2 allowed" in lines
+    assert "  failures    2 failed check(s); 2 roll back" in lines
     assert "    it was fail" in lines
     assert not any("next check" in line for line in lines)  # nothing is due once it has ended
     assert any(line.startswith("  next check  in 9s") for line in render.status_lines(started(), 1001))
