@@ -29,11 +29,12 @@ POLICY = {
     "steps": "10,50",
     "interval": "3s",
     "success-rate": "95",
-    "latency-p99": "200ms",
     "min-requests": "5",
     "failure-threshold": "2",
     "progress-deadline": "10s",
 }
+# Only where latency is what is tested: on a loaded machine even a healthy answer can take 200 ms.
+LATENCY_POLICY = POLICY | {"latency-p99": "200ms"}
 
 
 @pytest.fixture
@@ -190,11 +191,16 @@ def v2_share(answers: list[tuple[float, int, str]]) -> float:
 
 
 def roll_out(
-    d: Demo, hook: Webhook, workdir: Path, *runner_args: str, workers: int = 1
+    d: Demo,
+    hook: Webhook,
+    workdir: Path,
+    *runner_args: str,
+    workers: int = 1,
+    policy: dict[str, str] = POLICY,
 ) -> tuple[Rollout, list[tuple[float, int, str]]]:
     """Commit everything to v2, apply it and run the rollout to its end under bookbuyer's traffic:
     the rollout's end, and every answer from the apply until all of them come from one version."""
-    commit_split(d, 0, 100)
+    commit_split(d, 0, 100, policy=policy)
     with Traffic(d, workers) as traffic:
         started = time.time()
         apply_head(d, hook)
