@@ -78,7 +78,7 @@ def test_the_default_queries_read_the_sidecars_metrics(demo: Demo, prometheus: s
         assert requests > 20
         assert source.query(q["success-rate"]) == pytest.approx(1.0)
         p99 = eventually(lambda: source.query(q["latency-p99"]), lambda v: v is not None, "latency known")
-        assert 0 < p99 < 100  # milliseconds; the app answers at once
+        assert 0 < p99 < 1000  # in milliseconds: the app answers at once, Envoy counts in ms
 
 
 def test_half_500s_are_rolled_back_reading_prometheus(
