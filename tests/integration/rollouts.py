@@ -176,7 +176,11 @@ def rollout(d: Demo) -> Rollout:
 def live_weights(d: Demo) -> dict[str, int]:
     store = LocalBackend(d.store)
     try:
-        (obj,) = [o.obj for r, o in store.list_managed().items() if r.kind == "TrafficSplit"]
+        (obj,) = [
+            o.obj
+            for r, o in store.list_managed().items()
+            if r.kind == "TrafficSplit" and driver.split_key(r) == SPLIT
+        ]
         return driver.weights_of(obj)
     finally:
         store.close()

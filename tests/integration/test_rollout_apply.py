@@ -46,7 +46,11 @@ def run(*args: str | Path) -> Result:
 
 
 def weights(backend: LocalBackend | KubeBackend) -> dict[str, int]:
-    (obj,) = [o.obj for r, o in backend.list_managed().items() if r.kind == "TrafficSplit"]
+    (obj,) = [
+        o.obj
+        for r, o in backend.list_managed().items()
+        if r.kind == "TrafficSplit" and driver.split_key(r) == "bookstore/bookstore-split"
+    ]
     return driver.weights_of(obj)
 
 
