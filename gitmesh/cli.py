@@ -620,7 +620,10 @@ def rollout_run(
     err.print("Running rollouts; Ctrl-C stops (their state stays in the backend).")
     with contextlib.suppress(KeyboardInterrupt):
         while True:
-            runner.tick(time.time())
+            try:
+                runner.tick(time.time())
+            except GitmeshError as e:  # the backend may be back next time; the state is kept there
+                logging.getLogger("gitmesh.rollout").warning("tick failed: %s", e)
             time.sleep(tick)
 
 
