@@ -1,9 +1,10 @@
 # One command to try gitmesh, one to test it. Both set themselves up from nothing.
 VENV ?= .venv
 BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo demo-live test test-fast lint bench clean
+.PHONY: demo demo-live test test-fast lint bench clean prometheus
 
 # Debian packages the tests use, installed once (as root, or with sudo): sshd serves Git over SSH,
 # gpg signs and checks commits.
@@ -36,8 +37,12 @@ demo: $(STAMP)
 demo-live: $(STAMP)
 	$(BIN)/gitmesh demo --live 600
 
+## prometheus: Debian's Prometheus, which the rollout tests run (directly, not as the system service)
+prometheus:
+	@command -v prometheus >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
+
 ## test: lint, then every test (unit and integration)
-test: $(STAMP) $(SSHD) $(GPG_AGENT)
+test: $(STAMP) $(SSHD) $(GPG_AGENT) prometheus
 	$(BIN)/ruff check gitmesh tests bench
 	$(BIN)/ruff format --check gitmesh tests bench
 	$(BIN)/lint-imports

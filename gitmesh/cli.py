@@ -27,7 +27,13 @@ from gitmesh import pipeline
 from gitmesh.cluster.backend import ClusterBackend, SourceStatus
 from gitmesh.cluster.local import DEFAULT_PATH, LocalBackend
 from gitmesh.cluster.records import SourceRecord
-from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, ControllerConfig, duration, load_config
+from gitmesh.controller.config import (
+    DEFAULT_HTTP_ADDRESS,
+    ControllerConfig,
+    RolloutSettings,
+    duration,
+    load_config,
+)
 from gitmesh.errors import GitmeshError
 from gitmesh.plan import crds, encode, render
 from gitmesh.plan.diagnostics import CODES
@@ -98,6 +104,14 @@ def _source_name_option(f: Callable[..., Any]) -> Callable[..., Any]:
         default="default",
         show_default=True,
         help="Name of this source: it owns what it applies, and prunes only that.",
+    )(f)
+
+
+def _webhook_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--webhook",
+        envvar="GITMESH_ROLLOUT_WEBHOOK",
+        help="POST a JSON notice of every rollout phase change here.",
     )(f)
 
 
@@ -202,6 +216,7 @@ def plan(
         _report(validated, revision, "human")
         sys.exit(1)
     result = pipeline.plan(revision, validated, backend, source_name)
+    notes = [] if base else _rollout_notes(result, backend)
     if out_file:
         Path(out_file).write_text(encode.dumps(result))
     if output == "json":
@@ -212,6 +227,8 @@ def plan(
         if validated.diagnostics:
             _report(validated, revision, "human")
         render.plan_text(out, result, show_unchanged=show_unchanged)
+        for line in notes:
+            out.print(line, soft_wrap=True)
         if out_file:
             out.print(f"Saved the plan to {out_file}. Apply exactly it with: gitmesh apply {out_file}")
     sys.exit(2 if detailed_exitcode and result.has_changes else 0)
@@ -226,6 +243,7 @@ def plan(
 @_source_name_option
 @click.option("--allow-empty", is_flag=True, help="Allow a revision that deletes every object gitmesh owns.")
 @click.option("--force-conflicts", is_flag=True, help="Take over fields another field manager owns.")
+@_webhook_option
 @_reports_errors
 def apply(
     plan_or_directory: str | None,
@@ -236,6 +254,7 @@ def apply(
     source_name: str,
     allow_empty: bool,
     force_conflicts: bool,
+    webhook: str | None,
 ) -> None:
     """Apply a saved plan (a plan file), or plan and apply a directory or --repo revision."""
     backend = target.open()
@@ -256,12 +275,18 @@ def apply(
         f"Applying {sum(c.manifest is not None for c in result.changes)} objects "
         f"and {result.counts[Action.DELETE]} deletes to {backend.describe()}..."
     )
+    from gitmesh.rollout import driver
+
+    prepared = driver.prepare(result, backend, time.time())
     try:
-        pipeline.apply(result, backend, allow_empty=allow_empty, force_conflicts=force_conflicts)
+        pipeline.apply(prepared.plan, backend, allow_empty=allow_empty, force_conflicts=force_conflicts)
     except GitmeshError as e:
         backend.record_error(result.source, str(e))
         raise
+    driver.begin(prepared, backend, driver.webhook(webhook))
     out.print(f"[bold green]Applied.[/] {result.summary()}")
+    for ref, note in prepared.notes.items():
+        out.print(f"Rollout of {ref.namespace}/{ref.name}: {note}", soft_wrap=True)
 
 
 @cli.command()
@@ -394,6 +419,15 @@ def _print_conditions(record: SourceRecord) -> None:
     help="The secret webhooks are signed with (HMAC-SHA256); without it, webhooks are refused.",
 )
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--rollout-prometheus",
+    help="Rollouts read their metrics from this Prometheus (URL); default: the connected sidecars' stats.",
+)
+@click.option("--rollout-webhook", help="POST every rollout phase change to this URL (JSON).")
+@click.option(
+    "--rollout-push-reverts",
+    help="After a failed rollout, push a revert commit to branch gitmesh/rollback/<sha> of this repository.",
+)
 @_reports_errors
 def run_command(
     target: BackendChoice,
@@ -418,6 +452,9 @@ def run_command(
     http_address: str | None,
     webhook_secret_file: str | None,
     log_format: str,
+    rollout_prometheus: str | None,
+    rollout_webhook: str | None,
+    rollout_push_reverts: str | None,
 ) -> None:
     """Keep the backend in step with Git (with sources) and serve its mesh to Envoy sidecars over ADS."""
     from gitmesh.controller import logs
@@ -430,6 +467,8 @@ def run_command(
         raise click.UsageError("--ssh-key-file needs --known-hosts-file (and the other way round)")
     if config_file and (repo or refs or subdir or allow_empty or username or ca_file or ssh_key_file):
         raise click.UsageError("give --config or --repo (with its options), not both")
+    if config_file and (rollout_prometheus or rollout_webhook or rollout_push_reverts):
+        raise click.UsageError("with --config, rollout settings go in its rollouts section")
     if refs and not repo:
         raise click.UsageError(f"--{next(iter(refs))} needs --repo")
     if len(refs) > 1:
@@ -447,7 +486,9 @@ def run_command(
             if repo
             else ()
         )
-        config = ControllerConfig(sources)
+        config = ControllerConfig(
+            sources, rollouts=RolloutSettings(rollout_prometheus, rollout_webhook, rollout_push_reverts)
+        )
     secret_file = webhook_secret_file or config.webhook_secret_file
     settings = Settings(
         sources=config.sources,
@@ -455,6 +496,7 @@ def run_command(
         http_address=http_address or config.http_address,
         webhook_secret=Path(secret_file).read_bytes().strip() if secret_file else None,
         cert_lifetime=cert_lifetime,
+        rollouts=config.rollouts,
     )
     logs.setup(log_format)
     backend = target.open()
@@ -880,11 +922,144 @@ def install_crds(kubeconfig: str | None, context: str | None, print_only: bool) 
 @cli.command()
 @click.argument("code")
 def explain(code: str) -> None:
-    """Explain a diagnostic code, e.g. gitmesh explain GM104."""
+    """Explain a diagnostic code, e.g. gitmesh explain GM104; gitmesh explain rollout: the rollout policy."""
+    if code.lower() == "rollout":
+        from gitmesh.plan.policy import DOC
+
+        click.echo(DOC)
+        return
     entry = CODES.get(code.upper())
     if entry is None:
         raise click.BadParameter(f"unknown code; known: {', '.join(CODES)}", param_hint="CODE")
     out.print(f"[bold]{entry.code}[/] ({entry.severity.value}): {entry.title}\n\n{entry.explanation}")
+
+
+def _rollout_notes(result: Any, backend: ClusterBackend) -> list[str]:
+    """The rollouts under way, and what this plan does to each (for gitmesh plan)."""
+    from gitmesh.rollout import driver, render
+
+    prepared = driver.prepare(result, backend, time.time())
+    rollouts = driver.load(backend)
+    lines = []
+    for split, r in sorted(rollouts.items()):
+        if r.phase.active:
+            lines.append(
+                f"Rollout under way: {split} {r.phase}, step {r.step + 1} of {len(r.steps)}, "
+                f"now {render.weights_text(r.weights)} toward {render.weights_text(r.target)}"
+            )
+    lines += [
+        f"Rollout of {ref.namespace}/{ref.name}: this revision {note}" for ref, note in prepared.notes.items()
+    ]
+    return (["", "[bold]Rollouts[/]", *(f"  {line}" for line in lines)]) if lines else []
+
+
+@cli.group()
+def rollout() -> None:
+    """Progressive traffic shifts: see them, move them by hand, run them (gitmesh explain rollout)."""
+
+
+@rollout.command("status")
+@click.argument("split", required=False)
+@_backend_options
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_reports_errors
+def rollout_status(split: str | None, target: BackendChoice, output: str) -> None:
+    """Every rollout (or SPLIT's, as name or namespace/name): weights, step, last analysis and why."""
+    from gitmesh.rollout import driver, render
+
+    rollouts = {
+        k: r for k, r in sorted(driver.load(target.open()).items()) if split in (None, k, k.partition("/")[2])
+    }
+    if output == "json":
+        click.echo(json.dumps({k: driver.event(r) for k, r in rollouts.items()}, indent=2))
+        return
+    if not rollouts:
+        out.print("No rollouts." if split is None else f"No rollout of {split}.")
+    for r in rollouts.values():
+        for line in render.status_lines(r, time.time()):
+            out.print(Text(line), soft_wrap=True)
+
+
+def _rollout_action(action: str, doc: str) -> None:
+    @rollout.command(action, help=doc)
+    @click.argument("split")
+    @_backend_options
+    @_webhook_option
+    @_reports_errors
+    def command(split: str, target: BackendChoice, webhook: str | None) -> None:
+        from gitmesh.rollout import driver
+
+        r = driver.act(target.open(), split, action, driver.webhook(webhook), time.time())
+        out.print(f"{r.split}: {r.phase} ({r.reason})")
+
+
+_rollout_action("promote", "Put SPLIT's target weights in place now, whatever the checks say.")
+_rollout_action("abort", "Put SPLIT back on its stable weights; the target waits for a new commit or retry.")
+_rollout_action("retry", "Walk a failed or aborted SPLIT toward its target again, from the start.")
+
+
+@rollout.command("run")
+@_backend_options
+@click.option("--envoy-admin", multiple=True, help="A sidecar's admin HOST:PORT to read stats from (repeat).")
+@click.option("--prometheus", help="Read metrics from this Prometheus (URL) instead of the sidecars.")
+@_webhook_option
+@click.option(
+    "--push-reverts",
+    metavar="REPO",
+    help="After a failed rollout, push a commit restoring the stable weights to branch "
+    "gitmesh/rollback/<sha> of this Git repo (path or URL), for a person to review.",
+)
+@click.option(
+    "--tick", type=float, default=1.0, show_default=True, help="Seconds between looks at the rollouts."
+)
+@_reports_errors
+def rollout_run(
+    target: BackendChoice,
+    envoy_admin: tuple[str, ...],
+    prometheus: str | None,
+    webhook: str | None,
+    push_reverts: str | None,
+    tick: float,
+) -> None:
+    """Walk every rollout under way: analyse each step when due, write the weights, roll back on failure."""
+    import logging
+
+    from gitmesh.rollout import driver
+    from gitmesh.rollout.envoy_stats import EnvoyStats
+    from gitmesh.rollout.metrics import MetricsSource
+    from gitmesh.rollout.prometheus import Prometheus
+
+    if bool(envoy_admin) == bool(prometheus):
+        raise click.UsageError("give the sidecars' --envoy-admin addresses or --prometheus, one of them")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics: MetricsSource = Prometheus(prometheus) if prometheus else EnvoyStats(lambda: envoy_admin)
+    runner = driver.Runner(target.open(), metrics, driver.webhook(webhook), push_reverts)
+    err.print("Running rollouts; Ctrl-C stops (their state stays in the backend).")
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            try:
+                runner.tick(time.time())
+            except GitmeshError as e:  # the backend may be back next time; the state is kept there
+                logging.getLogger("gitmesh.rollout").warning("tick failed: %s", e)
+            time.sleep(tick)
+
+
+@rollout.command("timeline")
+@click.argument("split")
+@_backend_options
+@click.option(
+    "-o", "--out", "out_file", type=click.Path(dir_okay=False), required=True, help="The SVG to write."
+)
+@_reports_errors
+def rollout_timeline(split: str, target: BackendChoice, out_file: str) -> None:
+    """Draw SPLIT's rollout (weights and success rate over time) as an SVG."""
+    from gitmesh.rollout import driver, render
+
+    found = [r for k, r in driver.load(target.open()).items() if split in (k, k.partition("/")[2])]
+    if len(found) != 1:
+        raise click.BadParameter(f"no single rollout of {split!r}", param_hint="SPLIT")
+    Path(out_file).write_text(render.timeline_svg(found[0]))
+    out.print(f"Wrote {out_file}")
 
 
 def main() -> None:

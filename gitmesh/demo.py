@@ -82,13 +82,26 @@ def envoy_binary() -> str:
 
 
 class App:
-    """A tiny HTTP app on 127.0.0.1 that answers every request with its name."""
+    """A tiny HTTP app on 127.0.0.1 that answers every request with its name.
+
+    Tests make it misbehave: ``error_rate`` of its answers are 500s (spread evenly, not at
+    random, so a share is exact), and each answer waits ``delay`` seconds first.
+    """
 
     def __init__(self, name: str) -> None:
+        self.error_rate = 0.0
+        self.delay = 0.0
+        app, served, lock = self, [0], threading.Lock()
+
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                with lock:
+                    n = served[0] = served[0] + 1
+                if app.delay:
+                    time.sleep(app.delay)
+                failing = int(n * app.error_rate) > int((n - 1) * app.error_rate)
                 body = name.encode()
-                self.send_response(200)
+                self.send_response(500 if failing else 200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -6,7 +6,8 @@
     │   └── StalePlan    the live state changed since the plan was made
     ├── ClusterError     the cluster backend refused or failed
     ├── CertsError       the mesh CA's kept state cannot be read
-    └── ConfigError      the controller's configuration file cannot be used
+    ├── ConfigError      the controller's configuration file cannot be used
+    └── RolloutError     a rollout cannot be found or moved as asked
 
 Invalid manifests are not errors: validation returns diagnostics. Caller
 mistakes (a wrong type passed in code) raise TypeError / ValueError instead.
@@ -41,3 +42,7 @@ class CertsError(GitmeshError):
 
 class ConfigError(GitmeshError):
     """The controller's configuration file cannot be used."""
+
+
+class RolloutError(GitmeshError):
+    pass

@@ -82,8 +82,8 @@ async def _settled(source: Source, version: str) -> str:
 def xds_report(
     streams: Iterable[StreamInfo], cache: SnapshotCache, expiries: Mapping[str, datetime.datetime]
 ) -> dict[str, Any]:
-    """Connected proxies, every rejection they reported, and when each identity's certificate
-    expires, as plain data."""
+    """Connected proxies (and their admin interfaces, where rollouts read their stats), every
+    rejection they reported, and when each identity's certificate expires, as plain data."""
     streams = list(streams)
     nacks = [
         {
@@ -98,6 +98,7 @@ def xds_report(
     ]
     return {
         "proxies": sorted(s.node_id for s in streams),
+        "admins": sorted({s.admin for s in streams if s.admin}),
         "nacks": nacks,
         "certificates": {identity: at.isoformat() for identity, at in expiries.items()},
     }

@@ -112,6 +112,12 @@ class ClusterBackend(Protocol):
 
     def suspended(self) -> frozenset[str]: ...
 
+    def rollouts(self) -> dict[str, dict[str, Any]]:
+        """Every rollout's persisted state (``gitmesh.rollout``), by split (``namespace/name``)."""
+
+    def save_rollout(self, split: str, record: Mapping[str, Any]) -> None:
+        """Keep one rollout's state; it survives restarts of whatever drives it."""
+
 
 def owned(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``obj`` carrying the managed-by label that marks it as gitmesh's."""

@@ -47,6 +47,7 @@ XDS_CONFIGMAP = "gitmesh-xds"
 CA_SECRET = "gitmesh-ca"  # the mesh CA's state (roots, keys, rotation), in SYSTEM_NAMESPACE
 RECORD_LABEL = "gitmesh.io/reconciler"
 SUSPEND_MANAGER = f"{FIELD_MANAGER}-suspend"  # owns only data.suspended of a record ConfigMap
+ROLLOUTS_CONFIGMAP = "gitmesh-rollouts"
 _CONCURRENCY = 8
 _TIMEOUT = (5, 30)  # connect, read (seconds)
 _RETRY_FOR = 30.0  # seconds to keep retrying answers of 429 Too Many Requests
@@ -362,6 +363,34 @@ class KubeBackend:
             },
             "data": data,
         }
+
+    def rollouts(self) -> dict[str, dict[str, Any]]:
+        """One data key per split (``namespace_name``: ``_`` is in no Kubernetes name) in one ConfigMap."""
+        try:
+            cm = self._request("GET", _CONFIGMAP.path(SYSTEM_NAMESPACE, ROLLOUTS_CONFIGMAP))
+        except errors.NotFound:
+            return {}
+        records = [json.loads(v) for v in (cm.get("data") or {}).values()]
+        return {r["split"]: r for r in records}
+
+    def save_rollout(self, split: str, record: Mapping[str, Any]) -> None:
+        # Each split's key is applied by a field manager of its own, so applying one key leaves
+        # the other splits' keys alone.
+        key = split.replace("/", "_")
+        self._ensure_system_namespace()
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": ROLLOUTS_CONFIGMAP, "namespace": SYSTEM_NAMESPACE},
+            "data": {key: json.dumps(record, sort_keys=True)},
+        }
+        self._request(
+            "PATCH",
+            _CONFIGMAP.path(SYSTEM_NAMESPACE, ROLLOUTS_CONFIGMAP),
+            {"fieldManager": f"{FIELD_MANAGER}-rollout-{key}"[:128], "force": "true"},
+            body=body,
+            content_type="application/apply-patch+yaml",
+        )
 
     def install_crds(self, crds: Iterable[Mapping[str, Any]], timeout: float = 60) -> list[str]:
         """Apply CRDs, then wait until the API server serves every one of them (Established)."""

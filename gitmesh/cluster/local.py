@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 0), value
 CREATE TABLE IF NOT EXISTS xds (id INTEGER PRIMARY KEY CHECK (id = 0), report TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (source TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS suspended (source TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS rollouts (split TEXT PRIMARY KEY, record TEXT NOT NULL);
 INSERT OR IGNORE INTO counter VALUES (0, 0);
 """
 
@@ -182,6 +183,13 @@ class LocalBackend:
 
     def suspended(self) -> frozenset[str]:
         return frozenset(source for (source,) in self._db.execute("SELECT source FROM suspended"))
+
+    def rollouts(self) -> dict[str, dict[str, Any]]:
+        return {split: json.loads(r) for split, r in self._db.execute("SELECT split, record FROM rollouts")}
+
+    def save_rollout(self, split: str, record: Mapping[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO rollouts VALUES (?, ?)", (split, json.dumps(record)))
 
     def status(self) -> list[SourceStatus]:
         counts: dict[str, Counter[str]] = {}

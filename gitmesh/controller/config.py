@@ -28,6 +28,15 @@ _SCHEMA: dict[str, Any] = {
     "properties": {
         "http_address": {"type": "string", "pattern": r"^[^:\s]*:\d+$"},
         "webhook_secret_file": {"type": "string", "minLength": 1},
+        "rollouts": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "prometheus": {"type": "string", "pattern": "^https?://"},
+                "webhook": {"type": "string", "pattern": "^https?://"},
+                "push_reverts": {"type": "string", "minLength": 1},
+            },
+        },
         "sources": {
             "type": "array",
             "minItems": 1,
@@ -85,10 +94,22 @@ _SCHEMA: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
+class RolloutSettings:
+    """How the controller walks rollouts: metrics from a Prometheus (its URL) or, by default, from the
+    stats of the sidecars connected to it; who hears of every phase change (a URL, POSTed JSON); a
+    repository to push a revert branch to after a failure."""
+
+    prometheus: str | None = None
+    webhook: str | None = None
+    push_reverts: str | None = None
+
+
+@dataclass(frozen=True)
 class ControllerConfig:
     sources: tuple[Source, ...]
     http_address: str | None = None  # None: the default (DEFAULT_HTTP_ADDRESS)
     webhook_secret_file: Path | None = None
+    rollouts: RolloutSettings = RolloutSettings()
 
 
 def load_config(path: Path) -> ControllerConfig:
@@ -139,7 +160,16 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
     if dupes := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"sources: the name(s) {', '.join(dupes)} are used more than once")
     secret = data.get("webhook_secret_file")
-    return ControllerConfig(tuple(sources), data.get("http_address"), base / secret if secret else None)
+    rollouts = data.get("rollouts") or {}
+    reverts = rollouts.get("push_reverts")
+    return ControllerConfig(
+        tuple(sources),
+        data.get("http_address"),
+        base / secret if secret else None,
+        RolloutSettings(
+            rollouts.get("prometheus"), rollouts.get("webhook"), reverts and _relative_to(base, reverts)
+        ),
+    )
 
 
 def _verification(base: Path, verify: dict[str, str]) -> Verification:

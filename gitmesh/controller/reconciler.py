@@ -24,7 +24,7 @@ from gitmesh.controller import conditions
 from gitmesh.controller.conditions import Result
 from gitmesh.controller.metrics import Metrics
 from gitmesh.errors import ClusterError, PlanError, SourceError, StalePlan
-from gitmesh.plan.model import Plan
+from gitmesh.rollout import driver
 from gitmesh.sync.source import Source, fetch, read, resolve
 from gitmesh.sync.verify import verify_commit
 
@@ -53,15 +53,18 @@ class Reconciler:
         open_backend: Callable[[], ClusterBackend],
         metrics: Metrics,
         stopping: threading.Event,
+        notify: driver.Notify = lambda rollout: None,
     ) -> None:
         self.sources = {s.name: s for s in sources}
         self.metrics = metrics
+        self.notify = notify  # told of every rollout phase change
         self._open = open_backend
         self._stopping = stopping
         self._local = threading.local()
-        # Plans are made against everything live; two sources planning and applying at once would
-        # each find the other's writes and refuse as stale. Fetching stays concurrent.
-        self._apply_lock = threading.Lock()
+        # Plans are made against everything live; two sources planning and applying at once (or the
+        # rollout runner writing a step) would each find the other's writes and refuse as stale.
+        # Fetching stays concurrent.
+        self.apply_lock = threading.Lock()
         self._lock = threading.Lock()  # guards _progress, which the HTTP port reads
         for name in self.sources:  # every series exists from the start, at zero
             metrics.fetches.labels(name)
@@ -198,26 +201,30 @@ class Reconciler:
                 f"{first.code} {first.path + ': ' if first.path else ''}{first.message}"
             )
         try:
-            with self._apply_lock:
+            with self.apply_lock:
                 plan = pipeline.plan(revision, validated, backend, source.name)
-                if not plan.has_changes:
+                # A split whose weights change under a rollout policy moves one step now; one whose
+                # rollout is under way keeps its live weights (the runner walks them), so that is no drift.
+                prepared = driver.prepare(plan, backend, time.time())
+                if not prepared.plan.has_changes:
+                    driver.begin(prepared, backend, self.notify)
                     return Result.UNCHANGED, plan.summary()
                 if self._stopping.is_set():
                     raise _Abandoned
                 log.info(
                     "applying %s@%s: %s", source.name, sha[:12], plan.summary(), extra={"source": source.name}
                 )
-                self._apply(plan, backend, source)
-                return Result.APPLIED, plan.summary()
+                self._apply(prepared, backend, source)
+                return Result.APPLIED, prepared.plan.summary()
         except (StalePlan, ClusterError) as e:
             return Result.FAILED, str(e)
         except PlanError as e:
             return Result.REFUSED, str(e)
 
-    def _apply(self, plan: Plan, backend: ClusterBackend, source: Source) -> None:
-        """The one place the controller applies a plan: a stage that changes a plan before it is
-        applied (a progressive rollout) belongs here."""
-        pipeline.apply(plan, backend, allow_empty=source.allow_empty)
+    def _apply(self, prepared: driver.Prepared, backend: ClusterBackend, source: Source) -> None:
+        """The one place the controller applies a plan; its rollouts start once it is applied."""
+        pipeline.apply(prepared.plan, backend, allow_empty=source.allow_empty)
+        driver.begin(prepared, backend, self.notify)
 
     def _failed(self, progress: _Progress, source: Source) -> float:
         with self._lock:

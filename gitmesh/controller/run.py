@@ -9,22 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gitmesh import serve
 from gitmesh.certs import ca
 from gitmesh.certs.store import Keeper
 from gitmesh.cluster.backend import ClusterBackend, Live
-from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS
+from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, RolloutSettings
 from gitmesh.controller.httpd import ControllerPort
 from gitmesh.controller.metrics import Metrics
 from gitmesh.controller.reconciler import Reconciler
 from gitmesh.controller.schedule import Controller
+from gitmesh.errors import GitmeshError
+from gitmesh.rollout import driver
+from gitmesh.rollout.envoy_stats import EnvoyStats
+from gitmesh.rollout.metrics import MetricsSource
+from gitmesh.rollout.prometheus import Prometheus
 from gitmesh.sync.source import Source
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,10 @@ class Settings:
     http_address: str | None = None  # None: DEFAULT_HTTP_ADDRESS when there are sources, else no port
     webhook_secret: bytes | None = None
     cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME  # of the workload certificates served
+    rollouts: RolloutSettings = field(default_factory=RolloutSettings)
+
+
+ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)
 
 
 def run(
@@ -43,10 +56,46 @@ def run(
     ``keeper`` holds) until SIGTERM or SIGINT."""
     stopping = threading.Event()
     metrics = Metrics()
-    controller = Controller(Reconciler(settings.sources, open_backend, metrics, stopping), stopping)
+    notify = driver.webhook(settings.rollouts.webhook)
+    reconciler = Reconciler(settings.sources, open_backend, metrics, stopping, notify)
+    controller = Controller(reconciler, stopping)
     address = settings.http_address or (DEFAULT_HTTP_ADDRESS if settings.sources else None)
     port = ControllerPort(address, controller, metrics, settings.webhook_secret) if address else None
-    asyncio.run(_run(settings, controller, port, _Reporting(mesh, metrics), keeper))
+    reporting = _Reporting(mesh, metrics)
+    rollouts = threading.Thread(
+        target=_walk_rollouts,
+        args=(settings.rollouts, open_backend, reporting, reconciler.apply_lock, notify, stopping),
+        name="rollouts",
+        daemon=True,
+    )
+    rollouts.start()
+    try:
+        asyncio.run(_run(settings, controller, port, reporting, keeper))
+    finally:
+        stopping.set()
+        rollouts.join(timeout=10)
+
+
+def _walk_rollouts(
+    settings: RolloutSettings,
+    open_backend: Callable[[], ClusterBackend],
+    reporting: _Reporting,
+    apply_lock: threading.Lock,
+    notify: driver.Notify,
+    stopping: threading.Event,
+) -> None:
+    """Walk every rollout under way, reading metrics from Prometheus or from the connected sidecars.
+    A tick holds the reconciler's apply lock: a step written meanwhile would make its plan stale."""
+    metrics: MetricsSource = (
+        Prometheus(settings.prometheus) if settings.prometheus else EnvoyStats(lambda: reporting.admins)
+    )
+    runner = driver.Runner(open_backend(), metrics, notify, settings.push_reverts)
+    while not stopping.wait(ROLLOUT_TICK_SECONDS):
+        try:
+            with apply_lock:
+                runner.tick(time.time())
+        except GitmeshError as e:  # the backend may be back next time; the state is kept there
+            log.warning("rollout tick failed: %s", e)
 
 
 async def _run(
@@ -79,6 +128,7 @@ class _Reporting:
     def __init__(self, inner: serve.Source, metrics: Metrics) -> None:
         self.inner = inner
         self.metrics = metrics
+        self.admins: list[str] = []  # the connected sidecars' admin interfaces, for rollout metrics
 
     def version(self) -> str:
         return self.inner.version()
@@ -87,5 +137,6 @@ class _Reporting:
         return self.inner.list_managed()
 
     def record_xds(self, report: Mapping[str, Any]) -> None:
+        self.admins = list(report["admins"])
         self.metrics.xds(report)
         self.inner.record_xds(report)

@@ -208,6 +208,36 @@ CODES: dict[str, Code] = {
             "A MeshConfig holds the settings of the whole mesh, so a revision may have at most one: with "
             "two, which setting holds would depend on their order. Keep one.",
         ),
+        Code(
+            "GM140",
+            _E,
+            "rollout policy annotation invalid",
+            "A rollout.gitmesh.dev/ annotation on a TrafficSplit has an unknown key or a value of the "
+            "wrong form (durations are written 500ms, 30s, 5m, 1h; percents 0-100). gitmesh explain "
+            "rollout lists the keys.",
+        ),
+        Code(
+            "GM141",
+            _E,
+            "rollout steps out of order or range",
+            "rollout.gitmesh.dev/steps are percents of the way to the target: each above 0 and below "
+            "100 (the target itself is always the last step), strictly increasing. step-size is "
+            "above 0 and below 100.",
+        ),
+        Code(
+            "GM142",
+            _E,
+            "conflicting rollout step keys",
+            "Give steps as a list (rollout.gitmesh.dev/steps) or as step-size with an optional "
+            "step-max, not both; step-max alone means nothing.",
+        ),
+        Code(
+            "GM143",
+            _E,
+            "progress deadline shorter than the interval",
+            "A step is analysed once its interval has passed; a progress deadline shorter than the "
+            "interval would fail every rollout before its first check.",
+        ),
     )
 }
 

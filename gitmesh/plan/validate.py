@@ -17,7 +17,7 @@ from jsonschema import exceptions as schema_errors
 
 from gitmesh import smi
 from gitmesh.objects import CLUSTER_SCOPED_KINDS, Manifest, ObjectRef
-from gitmesh.plan import convert, schema
+from gitmesh.plan import convert, policy, schema
 from gitmesh.plan.diagnostics import Diagnostic, field_path
 
 # Envoy matches routes with RE2, so patterns are checked with RE2: Python's re would accept
@@ -206,6 +206,7 @@ def check_references(manifests: Sequence[Manifest]) -> list[Diagnostic]:
         for m in others
         if first is not None
     ]
+    out += [d for s in by_kind["TrafficSplit"] for d in policy.check(s)]
     return out
 
 

@@ -93,10 +93,15 @@ def bootstrap(
                 "outbound_port": proxy.outbound_port,
                 "inbound_port": proxy.inbound_port,
                 "inbound_address": proxy.inbound_address,
+                # Where gitmesh reads this sidecar's stats (rollout analysis): its admin interface.
+                "admin_address": f"127.0.0.1:{admin_port}",
                 "upstreams": [str(u) for u in proxy.upstreams],
             },
         },
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        # Latency histograms reach /stats only when flushed (default every 5 s); rollout analysis
+        # reads them, and its intervals can be a few seconds.
+        "stats_flush_interval": "1s",
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if delta else "GRPC",

@@ -266,6 +266,7 @@ class StreamInfo:
     key: str
     delta: bool
     acked: Callable[[], dict[str, str]]
+    admin: str = ""  # the sidecar's admin interface, HOST:PORT, as its bootstrap gives it
 
 
 class _End:
@@ -364,6 +365,7 @@ class AggregatedDiscoveryServicer:
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
             key = self._cache.key_for(node)
             node_id = node.id
+            admin = str(node.metadata.fields["admin_address"].string_value)
             del node  # a part of a request keeps the whole request alive
             woken = False
 
@@ -381,7 +383,7 @@ class AggregatedDiscoveryServicer:
             stream: SotwStream | DeltaStream = (DeltaStream if delta else SotwStream)(watch, on_nack)
             stream_id = self._next_stream
             self._next_stream += 1
-            self._streams[stream_id] = StreamInfo(node_id, key, delta, stream.acked)
+            self._streams[stream_id] = StreamInfo(node_id, key, delta, stream.acked, admin)
             self._connections[key] += 1
             try:
                 item: object = first

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gitmesh.controller.config import duration, load_config
+from gitmesh.controller.config import RolloutSettings, duration, load_config
 from gitmesh.errors import ConfigError
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 from gitmesh.sync.verify import Verification
@@ -69,6 +69,17 @@ sources:
     assert (config.sources[1].interval, config.sources[1].drift_interval) == (60.0, 600.0)
 
 
+def test_rollout_settings(tmp_path: Path) -> None:
+    text = (
+        "rollouts: {prometheus: 'http://prom:9090', webhook: 'https://chat/hook', push_reverts: repos/mesh}\n"
+        "sources:\n  - {name: a, url: x}\n"
+    )
+    assert load_config(write(tmp_path, text)).rollouts == RolloutSettings(
+        "http://prom:9090", "https://chat/hook", str(tmp_path / "repos/mesh")
+    )
+    assert load_config(write(tmp_path, "sources:\n  - {name: a, url: x}\n")).rollouts == RolloutSettings()
+
+
 @pytest.mark.parametrize(
     ("text", "problems"),
     [
@@ -89,6 +100,10 @@ sources:
         ),
         ("sources: [\n", ["is not valid YAML"]),
         ("sources:\n  - {name: a, url: x, verify: {}}\n", ["sources.0.verify: {} should be non-empty"]),
+        (
+            "rollouts: {prometheus: 'prom:9090'}\nsources:\n  - {name: a, url: x}\n",
+            ["rollouts.prometheus: 'prom:9090' does not match"],
+        ),
     ],
 )
 def test_problems_are_listed_with_where_they_are(tmp_path: Path, text: str, problems: list[str]) -> None:

@@ -1,0 +1,202 @@
+"""The rollout policy a TrafficSplit carries in its annotations.
+
+A split with any ``rollout.gitmesh.dev/`` annotation does not jump to new weights: gitmesh walks
+it there in steps, analysing metrics between them (``gitmesh.rollout``). The policy lives on the
+split itself so it travels with it into the cluster, where the rollout runner reads it, and a
+change to it shows in the plan like any other field. Each key sits on its own line, so a
+diagnostic points at exactly the value that is wrong.
+
+Shape is checked by a JSON Schema (``schemas/rollout-policy.yaml``, GM140), meaning here
+(GM141-GM143).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from gitmesh.objects import Manifest
+from gitmesh.plan import schema
+from gitmesh.plan.diagnostics import Diagnostic, field_path
+
+PREFIX = "rollout.gitmesh.dev/"
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+DOC = f"""\
+A TrafficSplit with any {PREFIX}* annotation changes weights progressively. Values are strings.
+
+  {PREFIX}steps              "10,25,50"  percents of the way from the live weights to the
+                                          target, increasing, each below 100 (default 10,25,50)
+  {PREFIX}step-size          "20"        instead of steps: this percent of the way per step ...
+  {PREFIX}step-max           "80"        ... up to this percent (default: up to 100)
+  {PREFIX}interval           "30s"       each step holds this long, then is analysed (default 60s)
+  {PREFIX}success-rate       "99"        least % of non-5xx responses a gaining backend may show (default 99)
+  {PREFIX}latency-p99        "200ms"     greatest p99 latency a gaining backend may show (default: none)
+  {PREFIX}min-requests       "20"        fewer requests in an interval is no data: hold (default 20)
+  {PREFIX}failure-threshold  "2"         failed checks in one rollout before rolling back (default 2)
+  {PREFIX}progress-deadline  "10m"       a step not passed this long after it began fails the rollout
+                                          (default 10 intervals)
+  {PREFIX}baseline-margin    "1"         also compare with the backends losing traffic: success rate at
+                                          most this many points lower, p99 at most this % higher
+  {PREFIX}query-requests     PromQL      override the Prometheus queries: requests served, success rate
+  {PREFIX}query-success-rate PromQL      (0-1) and p99 in milliseconds over the interval, for one backend;
+  {PREFIX}query-latency-p99  PromQL      $backend (namespace/service) and $interval (e.g. 30s) filled in
+
+Backends whose share grows are analysed; the final step is the target itself. A check fails on a
+threshold, holds (neither pass nor failure) with too few requests, and the rollout fails when
+failure-threshold checks have failed or the progress deadline passes; weights then go back to
+where the rollout started, and the same target is not tried again until a commit changes it."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    steps: tuple[float, ...] = (10.0, 25.0, 50.0)  # percents of the way, increasing, each < 100
+    interval: float = 60.0  # seconds
+    success_rate: float = 99.0  # least percent
+    latency_p99: float | None = None  # greatest, milliseconds
+    min_requests: int = 20
+    failure_threshold: int = 2
+    progress_deadline: float | None = None  # seconds; None: 10 intervals
+    baseline_margin: float | None = None
+    queries: Mapping[str, str] = field(default_factory=dict)  # requests/success-rate/latency-p99 -> PromQL
+
+    @property
+    def deadline(self) -> float:
+        return self.progress_deadline if self.progress_deadline is not None else 10 * self.interval
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "steps": list(self.steps),
+            "interval": self.interval,
+            "success_rate": self.success_rate,
+            "latency_p99": self.latency_p99,
+            "min_requests": self.min_requests,
+            "failure_threshold": self.failure_threshold,
+            "progress_deadline": self.progress_deadline,
+            "baseline_margin": self.baseline_margin,
+            "queries": dict(self.queries),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Policy:
+        return cls(**{**data, "steps": tuple(data["steps"]), "queries": dict(data["queries"])})
+
+
+def annotations(obj: Mapping[str, Any]) -> dict[str, str]:
+    """The policy annotations, keyed without the prefix."""
+    found = ((obj.get("metadata") or {}).get("annotations")) or {}
+    return {k[len(PREFIX) :]: v for k, v in found.items() if isinstance(k, str) and k.startswith(PREFIX)}
+
+
+def of(obj: Mapping[str, Any]) -> Policy | None:
+    """The policy of a split that passed validation; None when it has none (its weights just apply)."""
+    keys = annotations(obj)
+    if not keys:
+        return None
+    if "step-size" in keys:
+        size, top = float(keys["step-size"]), float(keys.get("step-max", "100"))
+        steps = tuple(size * i for i in range(1, int(top // size) + 1) if size * i < 100)
+    elif "steps" in keys:
+        steps = _numbers(keys["steps"])
+    else:
+        steps = Policy.steps
+    return Policy(
+        steps=steps,
+        interval=seconds(keys.get("interval", "60s")),
+        success_rate=float(keys.get("success-rate", "99")),
+        latency_p99=seconds(keys["latency-p99"]) * 1000 if "latency-p99" in keys else None,
+        min_requests=int(keys.get("min-requests", "20")),
+        failure_threshold=int(keys.get("failure-threshold", "2")),
+        progress_deadline=seconds(keys["progress-deadline"]) if "progress-deadline" in keys else None,
+        baseline_margin=float(keys["baseline-margin"]) if "baseline-margin" in keys else None,
+        queries={k[len("query-") :]: v for k, v in keys.items() if k.startswith("query-")},
+    )
+
+
+def seconds(text: str) -> float:
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r}")
+    return float(match[1]) * _UNIT_SECONDS[match[2]]
+
+
+def _numbers(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(","))
+
+
+@functools.cache
+def _validator() -> Draft202012Validator:
+    with (schema.SCHEMA_DIR / "rollout-policy.yaml").open("rb") as f:
+        return Draft202012Validator(yaml.safe_load(f))
+
+
+def check(m: Manifest) -> list[Diagnostic]:
+    """Every problem with a TrafficSplit's rollout policy (it passed its own schema already)."""
+    keys = annotations(m.obj)
+    if not keys:
+        return []
+    out = []
+    shaped = dict(keys)
+    for error in _validator().iter_errors(keys):
+        if error.validator == "additionalProperties":
+            for key in sorted(set(error.instance) - set(error.schema["properties"])):
+                out.append(_at(m, key, "GM140", f"unknown rollout policy key {PREFIX + key!r}"))
+                shaped.pop(key, None)
+        else:
+            key = str(error.absolute_path[0])
+            out.append(_at(m, key, "GM140", f"{keys[key]!r} is not a valid {key}: expected {_EXPECTED[key]}"))
+            shaped.pop(key, None)
+    if "steps" in shaped:
+        steps = _numbers(shaped["steps"])
+        if any(not 0 < s < 100 for s in steps) or any(a >= b for a, b in itertools.pairwise(steps)):
+            message = f"{shaped['steps']!r}: steps must increase, each above 0 and below 100"
+            out.append(_at(m, "steps", "GM141", message))
+    if "step-size" in shaped and not 0 < float(shaped["step-size"]) < 100:
+        out.append(_at(m, "step-size", "GM141", "step-size must be above 0 and below 100"))
+    if "steps" in keys and "step-size" in keys:
+        out.append(_at(m, "step-size", "GM142", "give either steps or step-size, not both"))
+    if "step-max" in keys and "step-size" not in keys:
+        out.append(_at(m, "step-max", "GM142", "step-max needs step-size"))
+    if "interval" in shaped and "progress-deadline" in shaped:
+        interval, deadline = seconds(shaped["interval"]), seconds(shaped["progress-deadline"])
+        if deadline < interval:
+            out.append(
+                _at(
+                    m,
+                    "progress-deadline",
+                    "GM143",
+                    f"progress-deadline {shaped['progress-deadline']} is shorter than the interval "
+                    f"{shaped['interval']}: no step could ever be analysed",
+                )
+            )
+    return out
+
+
+_EXPECTED = {
+    "steps": "comma-separated numbers",
+    "step-size": "a number from 0 to 100",
+    "step-max": "a number from 0 to 100",
+    "success-rate": "a number from 0 to 100",
+    "baseline-margin": "a number from 0 to 100",
+    "interval": "a duration such as 500ms, 30s, 5m or 1h",
+    "latency-p99": "a duration such as 500ms, 30s, 5m or 1h",
+    "progress-deadline": "a duration such as 500ms, 30s, 5m or 1h",
+    "min-requests": "a whole number",
+    "failure-threshold": "a whole number above 0",
+    "query-requests": "a PromQL query",
+    "query-success-rate": "a PromQL query",
+    "query-latency-p99": "a PromQL query",
+}
+
+
+def _at(m: Manifest, key: str, code: str, message: str) -> Diagnostic:
+    path = ("metadata", "annotations", PREFIX + key)
+    return Diagnostic(m.locate(path), code, message, field_path(path), m.ref)

@@ -1,0 +1,1 @@
+"""Progressive traffic shifts: a TrafficSplit's new weights walked in steps, checked, or rolled back."""

@@ -1,0 +1,283 @@
+"""The rollout's I/O: where it plugs into applying a plan, and the runner that walks the steps.
+
+The seam for whatever applies plans (``gitmesh apply`` today, the reconciler later)::
+
+    prepared = driver.prepare(plan, backend, now)   # the plan to apply now
+    pipeline.apply(prepared.plan, backend)
+    driver.begin(prepared, backend, notify)         # its rollouts start once it is applied
+
+and ``Runner.tick()``, called every second or so, analyses what is due and writes each step's
+weights to the split in the backend, which ``gitmesh run`` serves to the sidecars. The state
+lives in the backend, so a new runner carries on where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gitmesh import smi
+from gitmesh.cluster.backend import ClusterBackend, Live
+from gitmesh.errors import GitmeshError, RolloutError
+from gitmesh.objects import ObjectRef
+from gitmesh.plan import policy as policies
+from gitmesh.plan.diff import clean, diff_fields
+from gitmesh.plan.model import Action, Change, Plan
+from gitmesh.rollout import machine, revert
+from gitmesh.rollout.analysis import analyse
+from gitmesh.rollout.metrics import Measurement, MetricsError, MetricsSource
+from gitmesh.rollout.model import Phase, Rollout, Weights
+from gitmesh.rollout.steps import gaining, losing, same_shares
+
+log = logging.getLogger(__name__)
+
+Notify = Callable[[Rollout], None]  # told of every phase change
+
+
+def split_key(ref: ObjectRef) -> str:
+    return f"{ref.namespace}/{ref.name}"
+
+
+def weights_of(obj: Mapping[str, Any]) -> dict[str, int]:
+    return {b.service: int(b.weight) for b in smi.split_backends(dict(obj))}
+
+
+def with_weights(obj: Mapping[str, Any], weights: Weights) -> dict[str, Any]:
+    """A copy of a split carrying ``weights``; a backend only ``weights`` names is added."""
+    out = copy.deepcopy(dict(obj))
+    backends = out["spec"]["backends"]
+    for b in backends:
+        b["weight"] = weights.get(b["service"], 0)
+    named = {b["service"] for b in backends}
+    backends += [{"service": s, "weight": w} for s, w in weights.items() if s not in named]
+    return out
+
+
+def load(backend: ClusterBackend) -> dict[str, Rollout]:
+    return {split: Rollout.from_json(r) for split, r in backend.rollouts().items()}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    plan: Plan
+    starting: tuple[Rollout, ...]  # to save once the plan is applied
+    revised: tuple[Rollout, ...]  # rollouts under way taking this plan's policy, saved with them
+    notes: Mapping[ObjectRef, str]  # per split: what this plan does to its rollout, for people
+
+
+def prepare(plan: Plan, backend: ClusterBackend, now: float) -> Prepared:
+    """The plan to apply now: a split whose weights change under a rollout policy gets the first
+    step's weights (or keeps its live ones while a rollout toward that target runs or has failed)."""
+    rollouts = load(backend)
+    inventory = backend.inventory(plan.source) if plan.changes else {}
+    changes, starting, revised, notes = [], [], [], {}
+    for c in plan.changes:
+        r = rollouts.get(split_key(c.ref))
+        if c.ref.kind != "TrafficSplit" or c.after is None or c.before is None:
+            if r is not None and r.phase.active and c.action is Action.DELETE:
+                notes[c.ref] = f"deletes the split: the rollout ({r.phase}) ends"
+            changes.append(c)
+            continue
+        pol = policies.of(c.after)
+        live, target = weights_of(c.before), weights_of(c.after)
+        if pol is None or same_shares(live, target):
+            if r is not None and r.phase.active and pol is None:
+                notes[c.ref] = "removes the rollout policy: the weights apply at once and the rollout ends"
+            changes.append(c)
+            continue
+        if r is not None and same_shares(r.target, target) and r.phase is not Phase.SUCCEEDED:
+            weights: Weights = live
+            if not r.phase.active:
+                notes[c.ref] = (
+                    f"the rollout toward these weights ended {r.phase} ({r.reason}); not retried until "
+                    "a commit changes them (or gitmesh rollout retry)"
+                )
+            elif (taking := machine.revise(r, pol)) != r:
+                revised.append(taking)
+                notes[c.ref] = (
+                    f"the rollout toward these weights is {r.phase}; its policy changes from the next check"
+                )
+            else:
+                notes[c.ref] = f"the rollout toward these weights is {r.phase}; they stay as they are"
+        else:
+            fresh = (
+                machine.retarget(r, plan.revision or "", pol, live, target, now)
+                if r is not None and r.phase.active
+                else machine.start(split_key(c.ref), plan.source, plan.revision or "", pol, live, target, now)
+            )
+            starting.append(fresh)
+            weights = fresh.weights
+            restarted = "restarts the rollout under way from the live weights" if r and r.phase.active else ""
+            notes[c.ref] = (
+                f"{restarted or 'starts a rollout'}: {len(fresh.steps)} step(s) "
+                + ", ".join(_describe(s) for s in fresh.steps)
+                + f", then {_describe(target)}, every {pol.interval:g}s"
+            )
+        changes.append(_with_weights(c, weights, c.ref in inventory))
+    return Prepared(replace(plan, changes=tuple(changes)), tuple(starting), tuple(revised), notes)
+
+
+def _with_weights(c: Change, weights: Weights, owned: bool) -> Change:
+    assert c.after is not None and c.manifest is not None
+    after = with_weights(c.after, weights)
+    fields = diff_fields(c.before, after)
+    if not fields and owned:
+        return Change(c.ref, Action.NOOP, source=c.source)
+    return replace(c, diff=fields, after=after, manifest=with_weights(c.manifest, weights))
+
+
+def begin(prepared: Prepared, backend: ClusterBackend, notify: Notify) -> None:
+    """The prepared plan is applied: its rollouts are under way."""
+    for r in prepared.revised:
+        backend.save_rollout(r.split, r.to_json())
+    for r in prepared.starting:
+        backend.save_rollout(r.split, r.to_json())
+        notify(r)
+
+
+def _describe(weights: Weights) -> str:
+    return "/".join(f"{w}" for w in weights.values())
+
+
+class Runner:
+    """Walks every active rollout: on each tick, analyse what is due and write the weights."""
+
+    def __init__(
+        self, backend: ClusterBackend, metrics: MetricsSource, notify: Notify, revert_to: str | None = None
+    ) -> None:
+        self.backend = backend
+        self.metrics = metrics
+        self.notify = notify
+        self.revert_to = revert_to  # a Git repo (path or URL) to push a revert branch to after a failure
+
+    def tick(self, now: float) -> None:
+        live = {
+            split_key(ref): obj
+            for ref, obj in self.backend.list_managed().items()
+            if ref.kind == "TrafficSplit"
+        }
+        for split, r in load(self.backend).items():
+            if r.phase.active:
+                self._step(r, live.get(split), now)
+
+    def _step(self, r: Rollout, split: Live | None, now: float) -> None:
+        obj = split.obj if split is not None else None
+        if obj is None or policies.of(obj) is None:
+            why = "the split was deleted" if obj is None else "the split no longer has a rollout policy"
+            self._save(r, machine.abandon(r, why, now))
+            return
+        nxt = r
+        try:
+            if r.mark is None:  # a new rollout: its first window starts now
+                nxt = replace(r, mark=self.measure(r, now).mark)
+            elif machine.due(r, now):
+                m = self.measure(r, now)
+                gains, losses = gaining(r.stable, r.target), losing(r.stable, r.target)
+                analysis = analyse(m.samples, gains, losses, r.policy, r.policy.interval, now)
+                nxt = replace(machine.advance(r, analysis, now), mark=m.mark)
+        except MetricsError as e:
+            log.warning("rollout of %s: %s", r.split, e)
+        if load(self.backend).get(r.split) != r:
+            return  # moved meanwhile (promote, abort, a new commit): that wins; look again next tick
+        # Weights first, then the state: killed in between, the runner finds the old state and
+        # redoes the step, rather than a finished state whose weights were never written.
+        if not same_shares(weights_of(obj), nxt.weights) or set(weights_of(obj)) != set(nxt.weights):
+            write(self.backend, nxt, obj)
+        if nxt != r:
+            self._save(r, nxt)
+
+    def measure(self, r: Rollout, now: float) -> Measurement:
+        backends = [f"{r.split.partition('/')[0]}/{b}" for b in r.weights]
+        m = self.metrics.measure(backends, r.policy, r.policy.interval, r.mark)
+        # Samples arrive keyed namespace/service; analysis speaks of the split's backend services.
+        return replace(m, samples={k.partition("/")[2]: s for k, s in m.samples.items()})
+
+    def _save(self, before: Rollout, after: Rollout) -> None:
+        if self.revert_to and after.phase is Phase.FAILED and before.phase.active:
+            try:
+                branch = revert.push_revert(self.revert_to, after)
+                after = replace(after, reason=f"{after.reason}; a revert is on branch {branch}")
+            except GitmeshError as e:  # the rollback itself stands; only the branch is missing
+                log.warning("rollout of %s: no revert branch: %s", after.split, e)
+        self.backend.save_rollout(after.split, after.to_json())
+        if after.phase is not before.phase:
+            self.notify(after)
+
+
+def write(backend: ClusterBackend, r: Rollout, obj: Mapping[str, Any]) -> None:
+    """The split with the rollout's weights, applied as its source so the inventory stays true."""
+    ref = ObjectRef.of(obj)
+    keep = {k: v for k, v in backend.inventory(r.source).items() if k != ref}
+    status = {s.source: s for s in backend.status()}.get(r.source)
+    revision, git_ref = (status.revision, status.ref) if status else (r.revision, "")
+    backend.apply(r.source, revision, git_ref, [with_weights(clean(obj), r.weights)], [], keep)
+    log.info("rollout of %s: %s, weights %s", r.split, r.phase, dict(r.weights))
+
+
+def act(backend: ClusterBackend, split: str, action: str, notify: Notify, now: float) -> Rollout:
+    """promote, abort or retry one rollout by hand, writing its weights at once."""
+    rollouts = load(backend)
+    matches = [k for k in rollouts if k == split or k.partition("/")[2] == split]
+    if len(matches) != 1:
+        known = ", ".join(sorted(rollouts)) or "none"
+        raise RolloutError(f"no single rollout of {split!r} (rollouts: {known}); name it namespace/name")
+    r = rollouts[matches[0]]
+    try:
+        nxt = {"promote": machine.promote, "abort": machine.abort, "retry": machine.retry}[action](r, now)
+    except ValueError as e:
+        raise RolloutError(str(e)) from e
+    live = {split_key(ref): o.obj for ref, o in backend.list_managed().items() if ref.kind == "TrafficSplit"}
+    if r.split not in live:
+        raise RolloutError(f"TrafficSplit {r.split} is not in {backend.describe()}")
+    write(backend, nxt, live[r.split])
+    backend.save_rollout(nxt.split, nxt.to_json())
+    notify(nxt)
+    return nxt
+
+
+def webhook(url: str | None) -> Notify:
+    """Tell ``url`` (a JSON POST) of every phase change; without one, only the log hears of it."""
+
+    def notify(r: Rollout) -> None:
+        log.info("rollout of %s is %s: %s", r.split, r.phase, r.reason)
+        if not url:
+            return
+        body = event(r)
+        request = urllib.request.Request(
+            url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5):
+                pass
+        except (OSError, urllib.error.HTTPError) as e:
+            log.warning("webhook %s: %s", url, e)  # a missed notice must not stop the rollout
+
+    return notify
+
+
+def event(r: Rollout) -> dict[str, Any]:
+    """What a webhook receives."""
+    return {
+        "split": r.split,
+        "phase": str(r.phase),
+        "reason": r.reason,
+        "revision": r.revision,
+        "weights": dict(r.weights),
+        "target": dict(r.target),
+        "stable": dict(r.stable),
+        "step": r.step + 1,
+        "steps": len(r.steps),
+        "analysis": None
+        if r.analysis is None
+        else {
+            "verdict": str(r.analysis.verdict),
+            "reasons": list(r.analysis.reasons),
+            "values": r.analysis.values,
+        },
+    }

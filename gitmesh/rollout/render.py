@@ -1,0 +1,119 @@
+"""Rollouts for people: the status lines, and the timeline as an SVG drawing. Pure functions."""
+
+from __future__ import annotations
+
+import html
+import time
+
+from gitmesh.rollout.model import Phase, Rollout, Weights
+
+_TICKS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)  # seconds between time ticks
+_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
+_PHASE_COLOURS = {
+    Phase.PROGRESSING: "#1f77b4",
+    Phase.HOLDING: "#bcbd22",
+    Phase.SUCCEEDED: "#2ca02c",
+    Phase.FAILED: "#d62728",
+    Phase.ABORTED: "#7f7f7f",
+}
+
+
+def weights_text(weights: Weights) -> str:
+    total = sum(weights.values()) or 1
+    return "  ".join(f"{b} {100 * w / total:.0f}%" for b, w in weights.items())
+
+
+def status_lines(r: Rollout, now: float) -> list[str]:
+    """What ``gitmesh rollout status`` prints for one rollout."""
+    lines = [
+        f"{r.split}  {r.phase}  (revision {r.revision[:12] or '-'}, source {r.source})",
+        f"  weights     {weights_text(r.weights)}",
+        f"  step        {min(r.step + 1, len(r.steps))} of {len(r.steps)}, then the target",
+        f"  target      {weights_text(r.target)}",
+        f"  stable      {weights_text(r.stable)}",
+        f"  failures    {r.failures} failed check(s); {r.policy.failure_threshold} roll back",
+        f"  reason      {r.reason}",
+    ]
+    if r.phase.active:
+        lines.append(f"  next check  in {max(0.0, r.next_check_at - now):.0f}s")
+    if r.analysis is not None:
+        when = time.strftime("%H:%M:%S", time.gmtime(r.analysis.at))
+        lines.append(f"  analysis    {r.analysis.verdict} at {when} UTC")
+        lines += [f"    {reason}" for reason in r.analysis.reasons]
+    return lines
+
+
+def timeline_svg(r: Rollout, width: int = 760, height: int = 420) -> str:
+    """Two panels over the rollout's time: each backend's weight (percent), and the success rate
+    of the backends analysed at each check; the phase changes marked on the time axis."""
+    points = r.history
+    left, right, top, gap = 50, 150, 50, 60
+    panel = (height - top - gap - 50) // 2
+    t0 = points[0].at if points else 0.0
+    # A little room after the last point, so the final weights show as a line, not an edge.
+    span = max((points[-1].at - t0) * 1.15 if points else 1.0, 1.0)
+
+    def x(t: float) -> float:
+        return left + (width - left - right) * (t - t0) / span
+
+    def y(value: float, base: int) -> float:
+        return base + panel - panel * value / 100
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="18" font-size="14">Rollout of {html.escape(r.split)}: {r.phase}</text>',
+    ]
+    bases = (top, top + panel + gap)
+    for base, title in zip(bases, ("weight %", "success rate %"), strict=True):
+        out.append(
+            f'<rect x="{left}" y="{base}" width="{width - left - right}" height="{panel}" '
+            'fill="none" stroke="#999"/>'
+        )
+        out.append(f'<text x="{left}" y="{base - 6}">{title}</text>')
+        for v in (0, 50, 100):
+            out.append(f'<text x="{left - 6}" y="{y(v, base) + 4:.1f}" text-anchor="end">{v}</text>')
+    every = next((n for n in _TICKS if n >= span / 6), _TICKS[-1])
+    for t in (every * i for i in range(int(span // every) + 1)):
+        out.append(
+            f'<text x="{x(t0 + t):.1f}" y="{bases[1] + panel + 18}" text-anchor="middle">{t:.0f}s</text>'
+        )
+    backends = list(dict.fromkeys(b for p in points for b in p.weights))
+    for i, b in enumerate(backends):
+        colour = _COLOURS[i % len(_COLOURS)]
+        path, prev = [], None
+        for p in points:
+            total = sum(p.weights.values()) or 1
+            share = 100 * p.weights.get(b, 0) / total
+            if prev is not None:
+                path.append(f"L{x(p.at):.1f},{y(prev, bases[0]):.1f}")  # weights hold until they change
+            path.append(f"{'M' if not path else 'L'}{x(p.at):.1f},{y(share, bases[0]):.1f}")
+            prev = share
+        if points:
+            path.append(f"L{x(t0 + span):.1f},{y(prev or 0, bases[0]):.1f}")
+        out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        out.append(
+            f'<text x="{width - right + 8}" y="{top + 14 + 16 * i}" fill="{colour}">{html.escape(b)}</text>'
+        )
+        rates = [(p.at, p.success_rate[b]) for p in points if p.success_rate.get(b) is not None]
+        for at, rate in rates:
+            out.append(
+                f'<circle cx="{x(at):.1f}" cy="{y(rate or 0, bases[1]):.1f}" r="3.5" fill="{colour}"/>'
+            )
+        if len(rates) > 1:
+            line = " ".join(f"{x(at):.1f},{y(rate or 0, bases[1]):.1f}" for at, rate in rates)
+            out.append(f'<polyline points="{line}" fill="none" stroke="{colour}"/>')
+    last = None
+    for p in points:
+        if p.phase is not last:
+            colour = _PHASE_COLOURS[p.phase]
+            out.append(
+                f'<line x1="{x(p.at):.1f}" y1="{top - 18}" x2="{x(p.at):.1f}" y2="{bases[1] + panel}" '
+                f'stroke="{colour}" stroke-dasharray="3,3"/>'
+            )
+            out.append(f'<text x="{x(p.at) + 3:.1f}" y="{top - 22}" fill="{colour}">{p.phase}</text>')
+            last = p.phase
+    out.append(f'<text x="{left}" y="{height - 8}">time since the rollout started</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

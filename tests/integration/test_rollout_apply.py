@@ -1,0 +1,197 @@
+"""`gitmesh apply` starting rollouts, `gitmesh plan` showing them, and promote/abort/retry by hand,
+against real Git and the embedded store, then a real kube-apiserver (state in a ConfigMap)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from gitmesh.cli import cli
+from gitmesh.cluster.kube import KubeBackend
+from gitmesh.cluster.local import LocalBackend
+from gitmesh.rollout import driver, revert
+from gitmesh.rollout.model import Phase
+from tests.conftest import EXAMPLE_REPO, GitRepo
+from tests.kube import Cluster
+
+pytestmark = pytest.mark.integration
+
+SPLIT_FILE = "mesh/bookstore/split.yaml"
+POLICY = '  annotations:\n    rollout.gitmesh.dev/steps: "20,60"\n    rollout.gitmesh.dev/interval: "1m"\n'
+
+
+def split_yaml(v1: int, v2: int, policy: str = POLICY) -> str:
+    return (
+        "apiVersion: split.smi-spec.io/v1alpha4\nkind: TrafficSplit\nmetadata:\n"
+        f"  name: bookstore-split\n  namespace: bookstore\n{policy}spec:\n  service: bookstore\n  backends:\n"
+        f"  - service: bookstore-v1\n    weight: {v1}\n  - service: bookstore-v2\n    weight: {v2}\n"
+    )
+
+
+@pytest.fixture
+def mesh(git_repo: GitRepo) -> GitRepo:
+    shutil.copytree(EXAMPLE_REPO, git_repo.path / "mesh")
+    git_repo.commit("bookstore, v1 only", {SPLIT_FILE: split_yaml(100, 0)})
+    return git_repo
+
+
+def run(*args: str | Path) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def weights(backend: LocalBackend | KubeBackend) -> dict[str, int]:
+    (obj,) = [
+        o.obj
+        for r, o in backend.list_managed().items()
+        if r.kind == "TrafficSplit" and driver.split_key(r) == "bookstore/bookstore-split"
+    ]
+    return driver.weights_of(obj)
+
+
+def test_apply_starts_a_rollout_and_plan_shows_it(mesh: GitRepo, tmp_path: Path) -> None:
+    store = tmp_path / "store.db"
+    where = ("--repo", mesh.path, "--path", "mesh", "--store", store)
+    assert run("apply", *where).exit_code == 0  # the first revision: nothing to roll out from
+    backend = LocalBackend(store)
+    assert weights(backend) == {"bookstore-v1": 100, "bookstore-v2": 0} and backend.rollouts() == {}
+
+    mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
+    plan = run("plan", *where)
+    assert "this revision starts a rollout: 2 step(s) 80/20, 40/60, then 0/100, every 60s" in plan.output
+    result = run("apply", *where)
+    assert result.exit_code == 0, result.output
+    assert weights(backend) == {"bookstore-v1": 80, "bookstore-v2": 20}
+    status = run("rollout", "status", "--store", store)
+    assert "bookstore/bookstore-split  Progressing" in status.output
+    assert "weights     bookstore-v1 80%  bookstore-v2 20%" in status.output
+
+    # Planning the same revision again: the rollout is under way, the weights stay.
+    plan = run("plan", *where)
+    assert "Rollout under way: bookstore/bookstore-split Progressing, step 1 of 2" in plan.output
+    assert "the rollout toward these weights is Progressing; they stay as they are" in plan.output
+    assert run("apply", *where).exit_code == 0
+    assert weights(backend) == {"bookstore-v1": 80, "bookstore-v2": 20}
+
+    # A commit changing the policy but not the target: the rollout goes on under the new policy.
+    stricter = POLICY + '    rollout.gitmesh.dev/success-rate: "99.9"\n'
+    mesh.commit("stricter checks", {SPLIT_FILE: split_yaml(0, 100, stricter)})
+    assert "its policy changes from the next check" in run("apply", *where).output
+    r = driver.load(backend)["bookstore/bookstore-split"]
+    assert (r.phase, r.step, r.policy.success_rate) == (Phase.PROGRESSING, 0, 99.9)
+    assert weights(backend) == {"bookstore-v1": 80, "bookstore-v2": 20}
+
+    # Promoted by hand: the target at once, and Git and the store agree again.
+    assert run("rollout", "promote", "bookstore-split", "--store", store).exit_code == 0
+    assert weights(backend) == {"bookstore-v1": 0, "bookstore-v2": 100}
+    assert driver.load(backend)["bookstore/bookstore-split"].phase is Phase.SUCCEEDED
+    assert "No changes." in run("plan", *where).output
+
+
+def test_abort_holds_the_stable_weights_until_a_commit_changes_the_target(
+    mesh: GitRepo, tmp_path: Path
+) -> None:
+    store = tmp_path / "store.db"
+    where = ("--repo", mesh.path, "--path", "mesh", "--store", store)
+    run("apply", *where)
+    mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
+    run("apply", *where)
+    result = run("rollout", "abort", "bookstore/bookstore-split", "--store", store)
+    assert result.exit_code == 0 and "Aborted (aborted by hand)" in result.output, result.output
+    backend = LocalBackend(store)
+    assert weights(backend) == {"bookstore-v1": 100, "bookstore-v2": 0}
+    assert "not retried until a commit changes them" in run("apply", *where).output
+    assert weights(backend) == {"bookstore-v1": 100, "bookstore-v2": 0}
+    assert run("rollout", "abort", "bookstore-split", "--store", store).exit_code == 1  # not under way
+
+    mesh.commit("half to v2", {SPLIT_FILE: split_yaml(50, 50)})
+    assert "starts a rollout" in run("apply", *where).output
+    assert weights(backend) == {"bookstore-v1": 90, "bookstore-v2": 10}
+    status = json.loads(
+        run("rollout", "status", "bookstore-split", "--store", store, "--output", "json").output
+    )
+    assert status["bookstore/bookstore-split"]["phase"] == "Progressing"
+    assert status["bookstore/bookstore-split"]["target"] == {"bookstore-v1": 50, "bookstore-v2": 50}
+
+
+def test_a_split_without_a_policy_takes_its_weights_at_once(mesh: GitRepo, tmp_path: Path) -> None:
+    store = tmp_path / "store.db"
+    where = ("--repo", mesh.path, "--path", "mesh", "--store", store)
+    run("apply", *where)
+    mesh.commit("no policy, all to v2", {SPLIT_FILE: split_yaml(0, 100, policy="")})
+    assert "Rollout" not in run("apply", *where).output
+    assert weights(LocalBackend(store)) == {"bookstore-v1": 0, "bookstore-v2": 100}
+    assert run("rollout", "status", "--store", store).output.strip() == "No rollouts."
+
+
+def test_rollout_commands_name_a_rollout_that_exists(tmp_path: Path) -> None:
+    result = run("rollout", "promote", "nope", "--store", tmp_path / "store.db")
+    assert result.exit_code == 1 and "no single rollout of 'nope' (rollouts: none)" in result.output
+
+
+@pytest.fixture
+def cluster(add_kube_cluster: Callable[..., Cluster]) -> Iterator[Cluster]:
+    c = add_kube_cluster()
+    assert run("install", "crds", "--kubeconfig", c.kubeconfig).exit_code == 0
+    yield c
+    c.stop()
+
+
+def test_on_kubernetes_the_rollout_lives_in_a_configmap(mesh: GitRepo, cluster: Cluster) -> None:
+    where = ("--repo", mesh.path, "--path", "mesh", "--kubeconfig", cluster.kubeconfig)
+    assert run("apply", *where).exit_code == 0
+    mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
+    result = run("apply", *where)
+    assert result.exit_code == 0 and "starts a rollout" in result.output, result.output
+    split = json.loads(
+        cluster.kubectl("get", "-n", "bookstore", "trafficsplit", "bookstore-split", "-o", "json").stdout
+    )
+    assert [b["weight"] for b in split["spec"]["backends"]] == [80, 20]
+    cm = json.loads(
+        cluster.kubectl("get", "-n", "gitmesh-system", "configmap", "gitmesh-rollouts", "-o", "json").stdout
+    )
+    assert json.loads(cm["data"]["bookstore_bookstore-split"])["phase"] == "Progressing"
+
+    backend = KubeBackend.connect(str(cluster.kubeconfig))
+    other = backend.rollouts()["bookstore/bookstore-split"] | {"split": "shop/other"}
+    backend.save_rollout("shop/other", other)  # another split's key: left alone below
+    assert run("rollout", "promote", "bookstore-split", "--kubeconfig", cluster.kubeconfig).exit_code == 0
+    assert set(backend.rollouts()) == {"bookstore/bookstore-split", "shop/other"}
+    split = json.loads(
+        cluster.kubectl("get", "-n", "bookstore", "trafficsplit", "bookstore-split", "-o", "json").stdout
+    )
+    assert [b["weight"] for b in split["spec"]["backends"]] == [0, 100]
+    assert backend.rollouts()["bookstore/bookstore-split"]["phase"] == "Succeeded"
+    assert "No changes." in run("plan", *where).output
+
+
+def test_a_revert_branch_is_pushed_to_the_remote(mesh: GitRepo, tmp_path: Path) -> None:
+    """After a failure `gitmesh rollout run --push-reverts URL` pushes this (push_revert is what it calls)."""
+    store = tmp_path / "store.db"
+    where = ("--repo", mesh.path, "--path", "mesh", "--store", store)
+    run("apply", *where)
+    mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
+    run("apply", *where)
+    run("rollout", "abort", "bookstore-split", "--store", store)
+    r = driver.load(LocalBackend(store))["bookstore/bookstore-split"]
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(mesh.path), str(remote)], check=True)
+
+    branch = revert.push_revert(f"file://{remote}", r)
+    assert branch == f"gitmesh/rollback/{r.revision[:12]}"
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "--git-dir", str(remote), *args], capture_output=True, text=True).stdout
+
+    # Only the weights went back; the policy and everything else are as the failed commit wrote them.
+    assert git("show", f"{branch}:{SPLIT_FILE}") == split_yaml(100, 0)
+    assert git("diff", "--stat", r.revision, branch).splitlines()[0].split() == [SPLIT_FILE, "|", "4", "++--"]
+    subject = git("log", "-1", "--format=%s", branch).strip()
+    assert subject == "Roll back bookstore/bookstore-split to its stable weights"
+    # The remote's main is untouched: the revert waits for a pull request.
+    assert git("rev-parse", "main").strip() == r.revision

@@ -1,0 +1,406 @@
+"""The rollout core, without I/O: policy, steps, analysis, the state machine, metrics arithmetic."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from xml.etree import ElementTree
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gitmesh.errors import RolloutError
+from gitmesh.plan import policy as policies
+from gitmesh.plan.load import SourceFile, load_files
+from gitmesh.plan.policy import PREFIX, Policy
+from gitmesh.rollout import envoy_stats, machine, render, revert
+from gitmesh.rollout.analysis import analyse
+from gitmesh.rollout.metrics import quantile
+from gitmesh.rollout.model import Analysis, Phase, Rollout, Sample, Verdict
+from gitmesh.rollout.prometheus import queries
+from gitmesh.rollout.steps import gaining, losing, plan_steps, shares
+from tests import factory
+
+V1, V2 = "web-v1", "web-v2"
+POLICY = Policy(steps=(10, 25, 50), interval=10, success_rate=99, latency_p99=200, min_requests=20)
+
+
+def policy_of(**annotations: str) -> Policy | None:
+    obj = factory.split("shop", "web", "web", {V1: 100, V2: 0})
+    obj["metadata"]["annotations"] = {PREFIX + k: v for k, v in annotations.items()}
+    return policies.of(obj)
+
+
+# --- policy -------------------------------------------------------------------------------------
+
+
+def test_a_split_without_rollout_annotations_has_no_policy() -> None:
+    obj = factory.split("shop", "web", "web", {V1: 1})
+    obj["metadata"]["annotations"] = {"team": "shop"}
+    assert policies.of(obj) is None
+
+
+def test_policy_defaults_and_units() -> None:
+    p = policy_of(interval="90s", **{"latency-p99": "0.5s", "progress-deadline": "5m"})
+    assert p == Policy(interval=90, latency_p99=500, progress_deadline=300)
+    assert policy_of(interval="2m") == Policy(interval=120)
+    assert Policy(interval=3).deadline == 30  # ten intervals unless given
+
+
+@pytest.mark.parametrize(
+    ("size", "top", "steps"),
+    [("20", None, (20, 40, 60, 80)), ("30", "80", (30, 60)), ("50", None, (50,)), ("25", "25", (25,))],
+)
+def test_step_size_and_max_become_steps(size: str, top: str | None, steps: tuple[float, ...]) -> None:
+    keys = {"step-size": size} | ({"step-max": top} if top else {})
+    p = policy_of(**keys)
+    assert p is not None and p.steps == steps
+
+
+def test_policy_round_trips_through_json() -> None:
+    p = Policy(steps=(5, 50), interval=1.5, baseline_margin=2, queries={"requests": "sum(x)"})
+    assert Policy.from_json(json.loads(json.dumps(p.to_json()))) == p
+
+
+# --- steps --------------------------------------------------------------------------------------
+
+
+def test_steps_are_percents_of_the_way_from_live_to_target() -> None:
+    assert plan_steps({V1: 100, V2: 0}, {V1: 0, V2: 100}, POLICY) == (
+        {V1: 90, V2: 10},
+        {V1: 75, V2: 25},
+        {V1: 50, V2: 50},
+    )
+    # From 75/25 to 0/100: 10% of the way is 67.5/32.5.
+    assert plan_steps({V1: 3, V2: 1}, {V1: 0, V2: 1}, Policy(steps=(10,)))[0] in (
+        {V1: 68, V2: 32},
+        {V1: 67, V2: 33},
+    )
+
+
+def test_a_backend_new_in_the_target_starts_from_zero() -> None:
+    steps = plan_steps({V1: 1}, {V1: 1, V2: 1}, Policy(steps=(50,)))
+    assert steps == ({V1: 75, V2: 25},)
+
+
+def test_steps_that_round_to_the_start_or_the_target_are_dropped() -> None:
+    assert plan_steps({V1: 99, V2: 1}, {V1: 98, V2: 2}, POLICY) == ()
+    assert plan_steps({V1: 50, V2: 50}, {V1: 50, V2: 50}, POLICY) == ()
+
+
+weights = st.dictionaries(
+    st.sampled_from(["a", "b", "c", "d"]), st.integers(0, 1000), min_size=1, max_size=4
+).filter(lambda w: sum(w.values()) > 0)
+step_lists = st.lists(st.integers(1, 99), min_size=1, max_size=6, unique=True).map(sorted)
+
+
+@given(weights, weights, step_lists)
+def test_every_step_lies_between_live_and_target_and_moves_toward_it(
+    live: dict[str, int], target: dict[str, int], percents: list[int]
+) -> None:
+    p = Policy(steps=tuple(float(x) for x in percents))
+    steps = plan_steps(live, target, p)
+    start, end = shares(live), shares(target)
+    assert len(steps) <= len(percents)
+    for step in steps:
+        assert sum(step.values()) == 100
+        assert set(step) == set(live) | set(target)
+        for b, w in step.items():
+            lo, hi = sorted((start.get(b, 0.0), end.get(b, 0.0)))
+            assert lo - 1 <= w <= hi + 1, (b, w, lo, hi)
+    for a, b in itertools.pairwise(steps):  # each backend moves one way only (rounding aside)
+        for name in a:
+            direction = 1 if end.get(name, 0.0) >= start.get(name, 0.0) else -1
+            assert (b[name] - a[name]) * direction >= -1
+
+
+def test_gaining_and_losing_backends() -> None:
+    assert gaining({V1: 100, V2: 0}, {V1: 0, V2: 100}) == [V2]
+    assert losing({V1: 100, V2: 0}, {V1: 0, V2: 100}) == [V1]
+    assert gaining({V1: 1}, {V1: 1, V2: 1}) == [V2]
+    assert losing({V1: 1, "old": 1}, {V1: 1}) == ["old"]
+
+
+# --- analysis -----------------------------------------------------------------------------------
+
+
+def judge(samples: dict[str, Sample], policy: Policy = POLICY) -> tuple[Verdict, str]:
+    a = analyse(samples, [V2], [V1], policy, 10, 0.0)
+    return a.verdict, "; ".join(a.reasons)
+
+
+@pytest.mark.parametrize(
+    ("v2", "verdict", "said"),
+    [
+        (Sample(100, 0, 12), Verdict.PASS, "success rate 100.0%, p99 12 ms over 100 requests"),
+        (Sample(100, 2, 12), Verdict.FAIL, "success rate 98.0% is below 99% (2 of 100 failed)"),
+        (Sample(100, 0, 450), Verdict.FAIL, "p99 latency 450 ms is above 200 ms"),
+        (Sample(19, 0, 12), Verdict.HOLD, "19 requests in 10s, fewer than min-requests 20"),
+        (Sample(0, 0), Verdict.HOLD, "0 requests"),
+        (Sample(100, 0, None), Verdict.HOLD, "no latency data yet"),
+        (Sample(100, 50, 450), Verdict.FAIL, "success rate 50.0%"),
+    ],
+    ids=["pass", "errors", "slow", "little-traffic", "no-traffic", "no-latency", "errors-and-slow"],
+)
+def test_analysis_verdicts(v2: Sample, verdict: Verdict, said: str) -> None:
+    got, reasons = judge({V1: Sample(1000, 0, 10), V2: v2})
+    assert got is verdict
+    assert said in reasons
+
+
+def test_a_backend_missing_from_the_samples_is_no_data() -> None:
+    assert judge({V1: Sample(1000, 0, 10)})[0] is Verdict.HOLD
+
+
+def test_baseline_margin_compares_with_the_losing_backends() -> None:
+    p = Policy(success_rate=90, baseline_margin=1, min_requests=10)
+    # 95% passes the threshold but is 4 points below v1's 99%.
+    verdict, reasons = judge({V1: Sample(1000, 10, 10), V2: Sample(100, 5, 10)}, p)
+    assert verdict is Verdict.FAIL and "more than 1 points below the baseline's 99.0%" in reasons
+    verdict, reasons = judge({V1: Sample(1000, 10, 10), V2: Sample(100, 0, 30)}, p)
+    assert (
+        verdict is Verdict.FAIL and "p99 latency 30 ms is more than 1% above the baseline's 10 ms" in reasons
+    )
+    # Too little baseline traffic: nothing to compare with, the thresholds alone judge.
+    assert judge({V1: Sample(3, 1, 10), V2: Sample(100, 5, 30)}, p)[0] is Verdict.PASS
+
+
+# --- the state machine --------------------------------------------------------------------------
+
+
+def started(policy: Policy = POLICY, now: float = 1000.0) -> Rollout:
+    return machine.start("shop/web", "default", "abc", policy, {V1: 100, V2: 0}, {V1: 0, V2: 100}, now)
+
+
+def verdict(v: Verdict, at: float) -> Analysis:
+    return Analysis(v, (f"it was {v}",), {V2: {"requests": 50, "success_rate": 100.0, "p99_ms": 5}}, at)
+
+
+def test_passing_checks_walk_every_step_to_the_target() -> None:
+    r = started()
+    assert (r.phase, r.weights) == (Phase.PROGRESSING, {V1: 90, V2: 10})
+    assert not machine.due(r, 1009.9) and machine.due(r, 1010)
+    seen = [r.weights[V2]]
+    now = 1010.0
+    while r.phase.active:
+        r = machine.advance(r, verdict(Verdict.PASS, now), now)
+        seen.append(r.weights[V2])
+        now += 10
+    assert seen == [10, 25, 50, 100]
+    assert r.phase is Phase.SUCCEEDED and r.weights == r.target
+    assert [p.phase for p in r.history][-1] is Phase.SUCCEEDED
+
+
+def test_failed_checks_up_to_the_threshold_roll_back() -> None:
+    r = started(Policy(steps=(10, 50), interval=10, failure_threshold=2))
+    r = machine.advance(r, verdict(Verdict.FAIL, 1010), 1010)
+    assert (r.phase, r.failures, r.weights[V2]) == (Phase.PROGRESSING, 1, 10)
+    assert r.next_check_at == 1020
+    r = machine.advance(r, verdict(Verdict.FAIL, 1020), 1020)
+    assert (r.phase, r.weights) == (Phase.FAILED, {V1: 100, V2: 0})
+    assert r.reason == "2 failed check(s): it was fail"
+    with pytest.raises(ValueError, match="nothing to advance"):
+        machine.advance(r, verdict(Verdict.PASS, 1030), 1030)
+
+
+def test_failures_count_across_steps() -> None:
+    r = started(Policy(steps=(10, 50), interval=10, failure_threshold=2))
+    for now, v in ((1010, Verdict.FAIL), (1020, Verdict.PASS), (1030, Verdict.FAIL)):
+        r = machine.advance(r, verdict(v, now), now)
+    assert r.phase is Phase.FAILED
+
+
+def test_holding_is_neither_pass_nor_failure_until_the_deadline() -> None:
+    r = started(Policy(steps=(10,), interval=10, progress_deadline=30))
+    for now in (1010, 1020):
+        r = machine.advance(r, verdict(Verdict.HOLD, now), now)
+        assert (r.phase, r.failures, r.weights[V2]) == (Phase.HOLDING, 0, 10)
+    r = machine.advance(r, verdict(Verdict.HOLD, 1030), 1030)
+    assert r.phase is Phase.FAILED and r.weights == r.stable
+    assert "within the progress deadline of 30s: it was hold" in r.reason
+    # A pass after holding moves on, and the deadline counts from the new step.
+    r = started(Policy(steps=(10, 50), interval=10, progress_deadline=30))
+    r = machine.advance(r, verdict(Verdict.HOLD, 1010), 1010)
+    r = machine.advance(r, verdict(Verdict.PASS, 1020), 1020)
+    assert (r.phase, r.step, r.step_started_at) == (Phase.PROGRESSING, 1, 1020)
+
+
+def test_promote_abort_retry_by_hand() -> None:
+    r = started()
+    assert machine.promote(r, 1001).weights == r.target
+    aborted = machine.abort(r, 1001)
+    assert (aborted.phase, aborted.weights) == (Phase.ABORTED, r.stable)
+    with pytest.raises(ValueError, match="only a rollout under way"):
+        machine.abort(aborted, 1002)
+    with pytest.raises(ValueError, match="only a failed or aborted"):
+        machine.retry(r, 1002)
+    again = machine.retry(aborted, 1005)
+    assert (again.phase, again.weights, again.failures, again.started_at) == (
+        Phase.PROGRESSING,
+        {V1: 90, V2: 10},
+        0,
+        1005,
+    )
+    assert len(again.history) == len(aborted.history) + 1
+
+
+def test_a_new_target_restarts_from_the_live_weights() -> None:
+    r = machine.advance(started(), verdict(Verdict.PASS, 1010), 1010)
+    assert r.weights == {V1: 75, V2: 25}
+    r2 = machine.retarget(r, "def", POLICY, r.weights, {V1: 50, V2: 50}, 1015)
+    assert (r2.stable, r2.target, r2.revision, r2.step) == (r.weights, {V1: 50, V2: 50}, "def", 0)
+    assert r2.weights == {V1: 73, V2: 27}  # 10% of the way is 72.5/27.5: a tie goes to the first backend
+
+
+def test_no_intermediate_step_succeeds_at_once() -> None:
+    r = machine.start("shop/web", "s", "r", POLICY, {V1: 99, V2: 1}, {V1: 98, V2: 2}, 0)
+    assert (r.phase, r.weights) == (Phase.SUCCEEDED, {V1: 98, V2: 2})
+
+
+def test_rollout_state_round_trips_through_json() -> None:
+    r = machine.advance(started(), verdict(Verdict.FAIL, 1010), 1010)
+    assert Rollout.from_json(json.loads(json.dumps(r.to_json()))) == r
+
+
+# --- metrics arithmetic ---------------------------------------------------------------------------
+
+
+def test_quantile_interpolates_within_the_bucket() -> None:
+    assert quantile(0.99, {}) is None
+    assert quantile(0.99, {10: 0, float("inf"): 0}) is None
+    assert quantile(0.5, {10: 50, 20: 100, float("inf"): 100}) == pytest.approx(10)
+    assert quantile(0.99, {250: 0, 500: 100, float("inf"): 100}) == pytest.approx(497.5)
+    assert quantile(0.99, {5: 1, float("inf"): 100}) == 5  # past the last bound: the bound
+
+
+STATS = """\
+# TYPE envoy_cluster_upstream_rq_xx counter
+envoy_cluster_upstream_rq_xx{{envoy_response_code_class="2",envoy_cluster_name="shop/web-v2|80"}} {ok}
+envoy_cluster_upstream_rq_xx{{envoy_response_code_class="5",envoy_cluster_name="shop/web-v2|80"}} {bad}
+envoy_cluster_upstream_rq_xx{{envoy_response_code_class="2",envoy_cluster_name="local|8080"}} 7
+# TYPE envoy_cluster_upstream_rq_time histogram
+envoy_cluster_upstream_rq_time_bucket{{envoy_cluster_name="shop/web-v2|80",le="5"}} {fast}
+envoy_cluster_upstream_rq_time_bucket{{envoy_cluster_name="shop/web-v2|80",le="500"}} {total}
+envoy_cluster_upstream_rq_time_bucket{{envoy_cluster_name="shop/web-v2|80",le="+Inf"}} {total}
+envoy_cluster_upstream_rq_time_sum{{envoy_cluster_name="shop/web-v2|80"}} 0
+envoy_cluster_upstream_rq_time_count{{envoy_cluster_name="shop/web-v2|80"}} {total}
+"""
+
+
+def stats(ok: int, bad: int, fast: int) -> str:
+    return STATS.format(ok=ok, bad=bad, fast=fast, total=ok + bad)
+
+
+def test_envoy_stats_are_summed_per_backend_and_windowed_by_difference() -> None:
+    first = envoy_stats.parse(stats(10, 0, 10))
+    assert set(first) == {"shop/web-v2"}  # the local app's cluster is not a backend
+    later = envoy_stats.parse(stats(60, 50, 20))
+    (sample,) = envoy_stats.window({"a": later, "b": later}, {"a": first, "b": first}).values()
+    assert (sample.requests, sample.errors) == (200, 100)
+    assert sample.success_rate == 50
+    assert sample.p99_ms is not None and 5 < sample.p99_ms <= 500
+
+
+def test_a_restarted_sidecar_counts_from_zero() -> None:
+    before = {"a": envoy_stats.parse(stats(1000, 0, 1000))}
+    after = {"a": envoy_stats.parse(stats(30, 10, 40))}
+    assert envoy_stats.window(after, before)["shop/web-v2"].requests == 40
+
+
+def test_prometheus_queries_fill_in_the_backend_and_take_overrides() -> None:
+    q = queries(Policy(), "shop/web-v2", 2.6)
+    assert 'envoy_cluster_name=~"shop/web-v2\\\\|.*"' in q["requests"] and "[3s]" in q["requests"]
+    custom = Policy(queries={"success-rate": 'my_rate{app="$backend"}[$interval]'})
+    assert queries(custom, "shop/web-v2", 30)["success-rate"] == 'my_rate{app="shop/web-v2"}[30s]'
+
+
+def test_an_abandoned_rollout_ends_without_touching_the_weights() -> None:
+    r = machine.abandon(started(), "the split was deleted", 1001)
+    assert (r.phase, r.weights, r.reason) == (Phase.ABORTED, {V1: 90, V2: 10}, "the split was deleted")
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def failed_rollout() -> Rollout:
+    r = started(Policy(steps=(10, 50), interval=10, failure_threshold=2))
+    for now in (1010, 1020):
+        r = machine.advance(r, verdict(Verdict.FAIL, now), now)
+    return r
+
+
+def test_status_lines_say_where_a_rollout_stands_and_why() -> None:
+    lines = render.status_lines(failed_rollout(), 1030)
+    assert lines[0] == "shop/web  Failed  (revision abc, source default)"
+    assert "  weights     web-v1 100%  web-v2 0%" in lines
+    assert "  failures    2 failed check(s); 2 roll back" in lines
+    assert "    it was fail" in lines
+    assert not any("next check" in line for line in lines)  # nothing is due once it has ended
+    assert any(line.startswith("  next check  in 9s") for line in render.status_lines(started(), 1001))
+
+
+def test_the_timeline_draws_each_backend_each_check_and_each_phase() -> None:
+    svg = render.timeline_svg(failed_rollout())
+    ElementTree.fromstring(svg)  # well-formed
+    assert svg.count("<path ") == 2  # a weight line per backend
+    assert svg.count("<circle ") == 2  # v2's success rate at each check (v1 was not sampled here)
+    assert ">Progressing</text>" in svg and ">Failed</text>" in svg
+    assert ">web-v1</text>" in svg and ">web-v2</text>" in svg
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(list(Verdict)), st.floats(0, 30)), max_size=30),
+    st.integers(1, 4),
+    st.one_of(st.none(), st.floats(10, 60)),
+)
+def test_any_sequence_of_checks_keeps_the_rollout_consistent(
+    checks: list[tuple[Verdict, float]], threshold: int, deadline: float | None
+) -> None:
+    p = Policy(steps=(10, 25, 50), interval=10, failure_threshold=threshold, progress_deadline=deadline)
+    r = started(p)
+    now = r.started_at
+    allowed = [dict(s) for s in r.steps]
+    advanced = 0
+    for v, late in checks:
+        if not r.phase.active:
+            break
+        now = r.next_check_at + late  # a check is never early, and may be late
+        before = r
+        r = machine.advance(r, verdict(v, now), now)
+        advanced += 1
+        assert r.failures <= threshold
+        assert r.step >= before.step  # never backwards
+        if r.phase is Phase.FAILED:
+            assert r.weights == r.stable
+            assert v is Verdict.FAIL or now - before.step_started_at >= p.deadline
+        elif r.phase is Phase.SUCCEEDED:
+            assert v is Verdict.PASS and before.step == len(r.steps) - 1 and r.weights == r.target
+        else:
+            assert dict(r.weights) in allowed and r.next_check_at == now + p.interval
+            assert (r.phase is Phase.HOLDING) == (v is Verdict.HOLD)
+    assert len(r.history) == 1 + advanced  # every check is on the timeline
+
+
+def test_a_revert_changes_only_the_weight_values() -> None:
+    text = (
+        "# the canary\n"
+        "apiVersion: split.smi-spec.io/v1alpha4\n"
+        "kind: TrafficSplit\n"
+        "metadata: {name: web, namespace: shop}\n"
+        "spec:\n"
+        "  service: web\n"
+        "  backends:\n"
+        "  - service: web-v1\n"
+        "    weight: 0   # was 100\n"
+        "  - {service: web-v2, weight: '100'}\n"
+        '  - {"service": "web-v3", "weight": 5}\n'
+    )
+    (m,) = load_files([SourceFile("split.yaml", len(text), text.encode())]).manifests
+    positions = {i: m.positions[("spec", "backends", i, "weight")] for i in range(3)}
+    got = revert.revert_text(text, positions, {0: 100, 1: 0, 2: 0})
+    assert got == text.replace("weight: 0 ", "weight: 100 ").replace("'100'", "0").replace(
+        '"weight": 5', '"weight": 0'
+    )
+    with pytest.raises(RolloutError, match="no weight value at line 2"):
+        revert.revert_text(text, {0: (2, 1)}, {0: 1})
