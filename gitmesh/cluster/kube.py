@@ -264,31 +264,21 @@ class KubeBackend:
 
     def record_error(self, source: str, message: str) -> None:
         _check_source_name(source)
-        self._ensure_system_namespace()
-        self._request(
-            "PATCH",
-            _CONFIGMAP.path(SYSTEM_NAMESPACE, _inventory_name(source)),
-            {"fieldManager": f"{FIELD_MANAGER}-status", "force": "true"},
-            body=self._inventory_body(source, {"lastError": message, "lastErrorAt": _now()}),
-            content_type="application/apply-patch+yaml",
+        self._apply_system(
+            _CONFIGMAP,
+            self._inventory_body(source, {"lastError": message, "lastErrorAt": _now()}),
+            manager=f"{FIELD_MANAGER}-status",
         )
 
     def record_xds(self, report: Mapping[str, Any]) -> None:
         """What ``gitmesh run`` last saw of its sidecars, in a ConfigMap beside the inventories."""
-        self._ensure_system_namespace()
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": XDS_CONFIGMAP, "namespace": SYSTEM_NAMESPACE},
             "data": {"report": json.dumps(report, sort_keys=True)},
         }
-        self._request(
-            "PATCH",
-            _CONFIGMAP.path(SYSTEM_NAMESPACE, XDS_CONFIGMAP),
-            {"fieldManager": FIELD_MANAGER, "force": "true"},
-            body=body,
-            content_type="application/apply-patch+yaml",
-        )
+        self._apply_system(_CONFIGMAP, body)
 
     def xds_report(self) -> dict[str, Any] | None:
         try:
@@ -303,14 +293,7 @@ class KubeBackend:
     def save_record(self, record: SourceRecord) -> None:
         """The controller's record of a source, in ConfigMap ``gitmesh-reconciler-<source>``."""
         body = self._record_body(record.source, {"record": json.dumps(record.to_json(), sort_keys=True)})
-        self._ensure_system_namespace()
-        self._request(
-            "PATCH",
-            _CONFIGMAP.path(SYSTEM_NAMESPACE, _record_name(record.source)),
-            {"fieldManager": FIELD_MANAGER, "force": "true"},
-            body=body,
-            content_type="application/apply-patch+yaml",
-        )
+        self._apply_system(_CONFIGMAP, body)
 
     def records(self) -> list[SourceRecord]:
         return [
@@ -323,14 +306,7 @@ class KubeBackend:
         # A field manager of its own: resuming applies a body without the field, and server-side
         # apply removes what this manager alone set, leaving the controller's record as it is.
         body = self._record_body(source, {"suspended": "true"} if suspended else {})
-        self._ensure_system_namespace()
-        self._request(
-            "PATCH",
-            _CONFIGMAP.path(SYSTEM_NAMESPACE, _record_name(source)),
-            {"fieldManager": SUSPEND_MANAGER, "force": "true"},
-            body=body,
-            content_type="application/apply-patch+yaml",
-        )
+        self._apply_system(_CONFIGMAP, body, manager=SUSPEND_MANAGER)
 
     def suspended(self) -> frozenset[str]:
         return frozenset(
@@ -377,20 +353,13 @@ class KubeBackend:
         # Each split's key is applied by a field manager of its own, so applying one key leaves
         # the other splits' keys alone.
         key = split.replace("/", "_")
-        self._ensure_system_namespace()
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": ROLLOUTS_CONFIGMAP, "namespace": SYSTEM_NAMESPACE},
             "data": {key: json.dumps(record, sort_keys=True)},
         }
-        self._request(
-            "PATCH",
-            _CONFIGMAP.path(SYSTEM_NAMESPACE, ROLLOUTS_CONFIGMAP),
-            {"fieldManager": f"{FIELD_MANAGER}-rollout-{key}"[:128], "force": "true"},
-            body=body,
-            content_type="application/apply-patch+yaml",
-        )
+        self._apply_system(_CONFIGMAP, body, manager=f"{FIELD_MANAGER}-rollout-{key}"[:128])
 
     def install_crds(self, crds: Iterable[Mapping[str, Any]], timeout: float = 60) -> list[str]:
         """Apply CRDs, then wait until the API server serves every one of them (Established)."""
@@ -469,14 +438,7 @@ class KubeBackend:
             data |= {"revision": revision or "", "ref": ref, "appliedAt": _now()}
         body = self._inventory_body(source, data)
         body["binaryData"] = {"inventory.json.gz": packed.decode()}
-        self._ensure_system_namespace()
-        self._request(
-            "PATCH",
-            _CONFIGMAP.path(SYSTEM_NAMESPACE, _inventory_name(source)),
-            {"fieldManager": FIELD_MANAGER, "force": "true"},
-            body=body,
-            content_type="application/apply-patch+yaml",
-        )
+        self._apply_system(_CONFIGMAP, body)
 
     @staticmethod
     def _inventory_body(source: str, data: dict[str, str]) -> dict[str, Any]:
@@ -490,6 +452,18 @@ class KubeBackend:
             },
             "data": data,
         }
+
+    def _apply_system(self, resource: Resource, body: dict[str, Any], manager: str = FIELD_MANAGER) -> None:
+        """Server-side apply one of gitmesh's own objects (inventories, records, the CA) in
+        SYSTEM_NAMESPACE, which is made first if it is missing."""
+        self._ensure_system_namespace()
+        self._request(
+            "PATCH",
+            resource.path(SYSTEM_NAMESPACE, body["metadata"]["name"]),
+            {"fieldManager": manager, "force": "true"},
+            body=body,
+            content_type="application/apply-patch+yaml",
+        )
 
     def _ensure_system_namespace(self) -> None:
         ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}}
@@ -611,7 +585,6 @@ class SecretKeeper:
             raise CertsError(f"Secret {SYSTEM_NAMESPACE}/{CA_SECRET}: {e}") from e
 
     def save(self, state: CaState) -> None:
-        self._backend._ensure_system_namespace()
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -619,10 +592,4 @@ class SecretKeeper:
             "type": "Opaque",
             "data": {"ca.json": base64.b64encode(certs_store.encode(state).encode()).decode()},
         }
-        self._backend._request(
-            "PATCH",
-            _SECRET.path(SYSTEM_NAMESPACE, CA_SECRET),
-            {"fieldManager": FIELD_MANAGER, "force": "true"},
-            body=body,
-            content_type="application/apply-patch+yaml",
-        )
+        self._backend._apply_system(_SECRET, body)
