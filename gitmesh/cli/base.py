@@ -1,0 +1,137 @@
+"""The ``gitmesh`` command group, and the options and helpers its commands share.
+
+Commands parse options, call one pipeline function, and print.
+
+Exit codes: 0 success; 1 an error (invalid revision, refused apply, ...);
+2 a usage error, or, with ``plan --detailed-exitcode``, a plan with changes.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from gitmesh.cluster.backend import ClusterBackend
+from gitmesh.cluster.local import DEFAULT_PATH, LocalBackend
+from gitmesh.errors import GitmeshError
+from gitmesh.plan import render
+from gitmesh.plan.validate import Validated
+from gitmesh.sync.git import Revision, open_repo, read_directory, read_revision
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def source_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Where the manifests come from: a directory argument, or --repo/--ref/--path."""
+    f = click.argument("directory", required=False, type=click.Path(file_okay=False))(f)
+    f = click.option("--repo", help="Git repository: a local path or a URL.")(f)
+    f = click.option("--ref", default="HEAD", show_default=True, help="Branch, tag or commit to read.")(f)
+    f = click.option(
+        "--path", "subdir", default="", help="Directory of the manifests inside the repository."
+    )(f)
+    return f
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Where objects live: a cluster when one is named (or gitmesh runs in one), else the embedded store."""
+
+    store: str
+    kubeconfig: str | None
+    context: str | None
+
+    def open(self) -> ClusterBackend:
+        from gitmesh.cluster import kube  # the Kubernetes client takes a while to import: only when used
+
+        if self.kubeconfig or self.context or kube.in_cluster():
+            return kube.KubeBackend.connect(self.kubeconfig, self.context)
+        return LocalBackend(self.store)
+
+
+def backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--store / --kubeconfig / --context, handed to the command as one ``target``."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, store: str, kubeconfig: str | None, context: str | None, **kwargs: Any) -> Any:
+        return f(*args, target=BackendChoice(store, kubeconfig, context), **kwargs)
+
+    wrapper = click.option(
+        "--store",
+        type=click.Path(dir_okay=False),
+        default=str(DEFAULT_PATH),
+        show_default=True,
+        help="The embedded store, used when no cluster is given.",
+    )(wrapper)
+    wrapper = click.option(
+        "--kubeconfig",
+        envvar="KUBECONFIG",
+        help="Apply to the cluster of this kubeconfig (default: $KUBECONFIG).",
+    )(wrapper)
+    return click.option("--context", help="The kubeconfig context to use (default: its current one).")(
+        wrapper
+    )
+
+
+def source_name_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--source",
+        "source_name",
+        default="default",
+        show_default=True,
+        help="Name of this source: it owns what it applies, and prunes only that.",
+    )(f)
+
+
+def webhook_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--webhook",
+        envvar="GITMESH_ROLLOUT_WEBHOOK",
+        help="POST a JSON notice of every rollout phase change here.",
+    )(f)
+
+
+def reports_errors(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The one place a GitmeshError becomes a message and exit code 1."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except GitmeshError as e:
+            err.print(Text("error: ", style="bold red") + Text(str(e)))
+            sys.exit(1)
+
+    return wrapper
+
+
+def revision_of(directory: str | None, repo: str | None, ref: str, subdir: str) -> Revision:
+    if directory and repo:
+        raise click.UsageError("give a DIRECTORY or --repo, not both")
+    if repo:
+        return read_revision(open_repo(repo), ref, subdir)
+    return read_directory(directory or ".")
+
+
+def report(validated: Validated, revision: Revision, output: str) -> None:
+    diagnostics = validated.diagnostics
+    if output == "json":
+        click.echo(render.diagnostics_json(diagnostics))
+    elif output == "github":
+        if diagnostics:
+            click.echo(render.diagnostics_github(diagnostics))
+    elif diagnostics:
+        render.diagnostics_text(err, diagnostics, {f.path: f.data for f in revision.files})
+
+
+@click.group(context_settings={"auto_envvar_prefix": "GITMESH", "help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gitmesh")
+def cli() -> None:
+    """GitOps for an SMI service mesh: validate, plan and apply mesh manifests from Git."""

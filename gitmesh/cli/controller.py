@@ -1,0 +1,299 @@
+"""The controller's commands: run, reconcile, suspend, resume, history."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import click
+from rich.text import Text
+
+from gitmesh.cli.base import (
+    BackendChoice,
+    backend_options,
+    cli,
+    err,
+    out,
+    reports_errors,
+    source_name_option,
+)
+from gitmesh.cluster.backend import ClusterBackend
+from gitmesh.cluster.local import LocalBackend
+from gitmesh.controller.config import (
+    DEFAULT_HTTP_ADDRESS,
+    ControllerConfig,
+    RolloutSettings,
+    duration,
+    load_config,
+)
+from gitmesh.errors import GitmeshError
+from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
+
+
+class Duration(click.ParamType):
+    """A length of time: a number and a unit, s, m, h or d (``90s``, ``24h``)."""
+
+    name = "duration"
+    _UNITS: ClassVar[dict[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, datetime.timedelta):
+            return value
+        text = str(value).strip()
+        if len(text) < 2 or text[-1] not in self._UNITS or not text[:-1].isdigit() or int(text[:-1]) == 0:
+            self.fail(f"{value!r} is not a duration such as 90s, 30m, 24h or 7d", param, ctx)
+        return datetime.timedelta(seconds=int(text[:-1]) * self._UNITS[text[-1]])
+
+
+@cli.command("run")
+@backend_options
+@click.option("--xds-address", default="127.0.0.1:15010", show_default=True, help="Where to serve ADS.")
+@click.option(
+    "--cert-lifetime",
+    type=Duration(),
+    default="24h",
+    show_default=True,
+    help="How long workload certificates are valid; each is renewed at two thirds of it.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The controller's sources and HTTP port, from a YAML file (see the README).",
+)
+@click.option("--repo", help="One source: its repository (a path, file://, http(s):// URL).")
+@click.option("--branch", help="Follow this branch (default: the repository's default branch).")
+@click.option("--tag", help="Follow this tag.")
+@click.option("--semver", help="Follow the highest tag in this version range, e.g. '>=1.2,<2'.")
+@click.option("--commit", help="Stay on this commit.")
+@click.option("--path", "subdir", default="", help="Directory of the manifests inside the repository.")
+@click.option("--interval", default="1m", show_default=True, help="How often to fetch.")
+@click.option("--drift-interval", default="10m", show_default=True, help="How often to look for drift.")
+@click.option("--allow-empty", is_flag=True, help="Let a revision delete everything the source applied.")
+@click.option("--username", help="HTTP(S) basic authentication: the user (with --password-file).")
+@click.option("--password-file", type=click.Path(dir_okay=False), help="HTTP(S) basic authentication.")
+@click.option(
+    "--ca-file", type=click.Path(dir_okay=False), help="HTTPS: the CA certificates to trust for the remote."
+)
+@click.option("--ssh-key-file", type=click.Path(dir_okay=False), help="SSH: the deploy key.")
+@click.option(
+    "--known-hosts-file",
+    type=click.Path(dir_okay=False),
+    help="SSH: the host keys the server may present (needed with --ssh-key-file).",
+)
+@source_name_option
+@click.option(
+    "--http-address",
+    help=f"The controller's HTTP port (default with sources: {DEFAULT_HTTP_ADDRESS}; without: none).",
+)
+@click.option(
+    "--webhook-secret-file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The secret webhooks are signed with (HMAC-SHA256); without it, webhooks are refused.",
+)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--rollout-prometheus",
+    help="Rollouts read their metrics from this Prometheus (URL); default: the connected sidecars' stats.",
+)
+@click.option("--rollout-webhook", help="POST every rollout phase change to this URL (JSON).")
+@click.option(
+    "--rollout-push-reverts",
+    help="After a failed rollout, push a revert commit to branch gitmesh/rollback/<sha> of this repository.",
+)
+@reports_errors
+def run_command(
+    target: BackendChoice,
+    xds_address: str,
+    cert_lifetime: datetime.timedelta,
+    config_file: str | None,
+    repo: str | None,
+    branch: str | None,
+    tag: str | None,
+    semver: str | None,
+    commit: str | None,
+    subdir: str,
+    interval: str,
+    drift_interval: str,
+    allow_empty: bool,
+    username: str | None,
+    password_file: str | None,
+    ca_file: str | None,
+    ssh_key_file: str | None,
+    known_hosts_file: str | None,
+    source_name: str,
+    http_address: str | None,
+    webhook_secret_file: str | None,
+    log_format: str,
+    rollout_prometheus: str | None,
+    rollout_webhook: str | None,
+    rollout_push_reverts: str | None,
+) -> None:
+    """Keep the backend in step with Git (with sources) and serve its mesh to Envoy sidecars over ADS."""
+    from gitmesh.controller import logs
+    from gitmesh.controller.run import Settings, run
+
+    refs = {k: v for k, v in {"branch": branch, "tag": tag, "semver": semver, "commit": commit}.items() if v}
+    if bool(username) != bool(password_file):
+        raise click.UsageError("--username and --password-file go together")
+    if bool(ssh_key_file) != bool(known_hosts_file):
+        raise click.UsageError("--ssh-key-file needs --known-hosts-file (and the other way round)")
+    if config_file and (repo or refs or subdir or allow_empty or username or ca_file or ssh_key_file):
+        raise click.UsageError("give --config or --repo (with its options), not both")
+    if config_file and (rollout_prometheus or rollout_webhook or rollout_push_reverts):
+        raise click.UsageError("with --config, rollout settings go in its rollouts section")
+    if refs and not repo:
+        raise click.UsageError(f"--{next(iter(refs))} needs --repo")
+    if len(refs) > 1:
+        raise click.UsageError(f"give one of --branch, --tag, --semver, --commit; not {', '.join(refs)}")
+    if config_file:
+        config = load_config(Path(config_file))
+    else:
+        auth = BasicAuth(username, Path(password_file)) if username and password_file else None
+        ssh = (
+            SshAuth(Path(ssh_key_file), Path(known_hosts_file)) if ssh_key_file and known_hosts_file else None
+        )
+        extra = {"auth": auth, "ssh": ssh, "ca_file": Path(ca_file) if ca_file else None}
+        sources = (
+            (_one_source(repo, refs, subdir, interval, drift_interval, allow_empty, source_name, extra),)
+            if repo
+            else ()
+        )
+        config = ControllerConfig(
+            sources, rollouts=RolloutSettings(rollout_prometheus, rollout_webhook, rollout_push_reverts)
+        )
+    secret_file = webhook_secret_file or config.webhook_secret_file
+    settings = Settings(
+        sources=config.sources,
+        xds_address=xds_address,
+        http_address=http_address or config.http_address,
+        webhook_secret=Path(secret_file).read_bytes().strip() if secret_file else None,
+        cert_lifetime=cert_lifetime,
+        rollouts=config.rollouts,
+    )
+    logs.setup(log_format)
+    backend = target.open()
+    if isinstance(backend, LocalBackend):
+        mesh: Any = backend
+        store = backend.path
+
+        def open_backend() -> ClusterBackend:
+            return LocalBackend(store)
+    else:
+        mesh = _cluster_watch(backend)
+
+        def open_backend() -> ClusterBackend:
+            return backend  # the Kubernetes client is safe to share between threads
+
+    names = ", ".join(s.name for s in settings.sources) or "none"
+    err.print(f"Serving ADS on {xds_address} from {backend.describe()}; sources: {names}")
+    run(settings, open_backend, mesh, backend.ca_keeper())
+
+
+def _one_source(
+    repo: str,
+    refs: dict[str, str],
+    subdir: str,
+    interval: str,
+    drift_interval: str,
+    allow_empty: bool,
+    name: str,
+    extra: dict[str, Any],
+) -> Source:
+    ((kind, value),) = (refs or {"branch": ""}).items()
+    try:
+        return Source(
+            name=name,
+            url=repo,
+            ref=Ref(RefKind(kind), value),
+            path=subdir,
+            interval=duration(interval),
+            drift_interval=duration(drift_interval),
+            allow_empty=allow_empty,
+            **extra,
+        )
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def _cluster_watch(backend: ClusterBackend) -> Any:
+    from gitmesh.cluster.kube import KubeBackend
+    from gitmesh.cluster.watch import MeshWatch
+
+    assert isinstance(backend, KubeBackend)
+    return MeshWatch(backend).start()
+
+
+@cli.command("reconcile")
+@click.argument("source")
+@click.option(
+    "--controller",
+    default=f"http://{DEFAULT_HTTP_ADDRESS}",
+    show_default=True,
+    help="The running controller's HTTP port.",
+)
+@reports_errors
+def reconcile_command(source: str, controller: str) -> None:
+    """Ask the running controller (gitmesh run) to fetch and reconcile SOURCE now."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{controller.rstrip('/')}/sources/{source}/reconcile"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST", data=b""), timeout=10):
+            pass
+    except urllib.error.HTTPError as e:
+        with e:
+            detail = json.loads(e.read() or b"{}").get("error", e.reason)
+        raise GitmeshError(f"the controller at {controller} refused: {detail}") from None
+    except OSError as e:
+        raise GitmeshError(f"cannot reach the controller at {controller}: {e}") from None
+    out.print(f"Reconciling {source} now; see gitmesh history {source}.")
+
+
+@cli.command("suspend")
+@click.argument("source")
+@backend_options
+@reports_errors
+def suspend_command(source: str, target: BackendChoice) -> None:
+    """Stop reconciling SOURCE (marked in the backend: the controller leaves it alone until resumed)."""
+    target.open().set_suspended(source, True)
+    out.print(f"Suspended {source}.")
+
+
+@cli.command("resume")
+@click.argument("source")
+@backend_options
+@reports_errors
+def resume_command(source: str, target: BackendChoice) -> None:
+    """Reconcile SOURCE again (from its next fetch; gitmesh reconcile SOURCE for now)."""
+    target.open().set_suspended(source, False)
+    out.print(f"Resumed {source}.")
+
+
+@cli.command("history")
+@click.argument("source", required=False)
+@backend_options
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@reports_errors
+def history_command(source: str | None, target: BackendChoice, output: str) -> None:
+    """The last reconciles of each source (or of SOURCE), newest first."""
+    records = [r for r in target.open().records() if source is None or r.source == source]
+    if source is not None and not records:
+        raise GitmeshError(f"no reconciles recorded for source {source!r}")
+    if output == "json":
+        click.echo(json.dumps([r.to_json() for r in records], indent=2))
+        return
+    for record in records:
+        out.print(Text(f"source {record.source}", style="bold"))
+        for r in record.history:
+            when = r.started_at.strftime("%Y-%m-%d %H:%M:%S")
+            style = "red" if r.result in ("invalid", "refused", "failed") else ""
+            out.print(
+                Text(f"  {when}  {r.revision[:12]}  {r.result:<9} {r.duration:6.2f}s  ")
+                + Text(r.summary, style=style)
+                + Text(f"  ({r.ref}; {r.trigger})", style="dim"),
+                soft_wrap=True,
+            )
