@@ -98,19 +98,25 @@ def plan(
         report(validated, revision, "human")
         sys.exit(1)
     result = pipeline.plan(revision, validated, backend, source_name)
-    notes = [] if base else _rollout_notes(result, backend)
+    # With --base, against the base revision: what merging the pull request does to rollouts.
+    notes = _rollout_notes(result, backend)
     if out_file:
         Path(out_file).write_text(encode.dumps(result))
     if output == "json":
         click.echo(encode.dumps(result), nl=False)
     elif output == "markdown":
-        click.echo(render.plan_markdown(result), nl=False)
+        rollouts = "".join(f"- {line}\n" for line in notes)
+        click.echo(
+            render.plan_markdown(result) + (f"\n#### Rollouts\n\n{rollouts}" if notes else ""), nl=False
+        )
     else:
         if validated.diagnostics:
             report(validated, revision, "human")
         render.plan_text(out, result, show_unchanged=show_unchanged)
+        if notes:
+            out.print("\n[bold]Rollouts[/]")
         for line in notes:
-            out.print(line, soft_wrap=True)
+            out.print(f"  {line}", soft_wrap=True, markup=False)
         if out_file:
             out.print(f"Saved the plan to {out_file}. Apply exactly it with: gitmesh apply {out_file}")
     sys.exit(2 if detailed_exitcode and result.has_changes else 0)
@@ -306,7 +312,6 @@ def _rollout_notes(result: Any, backend: ClusterBackend) -> list[str]:
                 f"Rollout under way: {split} {r.phase}, step {r.step + 1} of {len(r.steps)}, "
                 f"now {render.weights_text(r.weights)} toward {render.weights_text(r.target)}"
             )
-    lines += [
+    return lines + [
         f"Rollout of {ref.namespace}/{ref.name}: this revision {note}" for ref, note in prepared.notes.items()
     ]
-    return (["", "[bold]Rollouts[/]", *(f"  {line}" for line in lines)]) if lines else []

@@ -195,3 +195,22 @@ def test_a_revert_branch_is_pushed_to_the_remote(mesh: GitRepo, tmp_path: Path) 
     assert subject == "Roll back bookstore/bookstore-split to its stable weights"
     # The remote's main is untouched: the revert waits for a pull request.
     assert git("rev-parse", "main").strip() == r.revision
+
+
+def test_the_pull_request_plan_says_what_merging_does_to_rollouts(mesh: GitRepo) -> None:
+    base = mesh.git("rev-parse", "HEAD").strip()
+    mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
+    preview = ("plan", "--repo", mesh.path, "--path", "mesh", "--base", base, "--head", "HEAD")
+    markdown = run(*preview, "--output", "markdown")
+    assert markdown.exit_code == 0, markdown.output
+    rollouts = markdown.output.split("#### Rollouts\n\n", 1)[1]
+    assert rollouts.startswith(
+        "- Rollout of bookstore/bookstore-split: this revision starts a rollout: 2 step(s) 80/20, 40/60, "
+        "then 0/100, every 60s"
+    ), rollouts
+    assert "Rollouts" in run(*preview).output  # and in the text plan
+    mesh.commit("no policy", {SPLIT_FILE: split_yaml(0, 100, policy="")})
+    unchanged_policy = run(
+        "plan", "--repo", mesh.path, "--path", "mesh", "--base", "HEAD~1", "--output", "markdown"
+    )
+    assert "#### Rollouts" not in unchanged_policy.output  # weights unchanged: nothing rolls out
