@@ -208,7 +208,7 @@ class Reconciler:
                 prepared = driver.prepare(plan, backend, time.time())
                 if not prepared.plan.has_changes:
                     driver.begin(prepared, backend, self.notify)
-                    return Result.UNCHANGED, plan.summary()
+                    return Result.UNCHANGED, prepared.plan.summary()
                 if self._stopping.is_set():
                     raise _Abandoned
                 log.info(
