@@ -113,59 +113,15 @@ def bootstrap(
         },
         "static_resources": {
             "clusters": [
+                _static_cluster(local_cluster_name(proxy.app_port), "127.0.0.1", proxy.app_port),
                 {
-                    "name": local_cluster_name(proxy.app_port),
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": local_cluster_name(proxy.app_port),
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": proxy.app_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                },
-                {
+                    **_static_cluster(XDS_CLUSTER, xds_host, xds_port),
                     **xds_cluster,
-                    "name": XDS_CLUSTER,
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
                     "typed_extension_protocol_options": {
                         _HTTP_OPTIONS: {
                             "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
                             "explicit_http_config": {"http2_protocol_options": {}},
                         }
-                    },
-                    "load_assignment": {
-                        "cluster_name": XDS_CLUSTER,
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": xds_host,
-                                                    "port_value": xds_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
                     },
                 },
             ]
@@ -202,6 +158,17 @@ def _xds_tls(tls: XdsClientTls) -> dict[str, Any]:
                 },
             },
         },
+    }
+
+
+def _static_cluster(name: str, host: str, port: int) -> dict[str, Any]:
+    """A cluster of one fixed endpoint, written in the bootstrap (the local app, gitmesh's ADS)."""
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
     }
 
 
