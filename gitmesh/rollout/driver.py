@@ -157,14 +157,16 @@ class Runner:
         self.revert_to = revert_to  # a Git repo (path or URL) to push a revert branch to after a failure
 
     def tick(self, now: float) -> None:
+        active = {split: r for split, r in load(self.backend).items() if r.phase.active}
+        if not active:  # gitmesh run ticks every second: with nothing under way, read nothing more
+            return
         live = {
             split_key(ref): obj
             for ref, obj in self.backend.list_managed().items()
             if ref.kind == "TrafficSplit"
         }
-        for split, r in load(self.backend).items():
-            if r.phase.active:
-                self._step(r, live.get(split), now)
+        for split, r in active.items():
+            self._step(r, live.get(split), now)
 
     def _step(self, r: Rollout, split: Live | None, now: float) -> None:
         obj = split.obj if split is not None else None
