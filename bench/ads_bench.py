@@ -288,6 +288,7 @@ async def server_main(args: argparse.Namespace) -> None:
         rss=rss_bytes(),
     )
     flip = False
+    heap_before: tracemalloc.Snapshot | None = None
     try:
         while True:
             command = await commands.get()
@@ -297,8 +298,16 @@ async def server_main(args: argparse.Namespace) -> None:
                 gc.collect()
                 held = rss_bytes()
                 if args.tracemalloc:
-                    for stat in tracemalloc.take_snapshot().statistics("lineno")[:25]:
-                        print(f"tracemalloc: {stat}", file=sys.stderr, flush=True)
+                    # The first reading is the baseline; later ones show what the proxies added.
+                    heap = tracemalloc.take_snapshot()
+                    if heap_before is None:
+                        heap_before = heap
+                    else:
+                        grown = heap.compare_to(heap_before, "lineno")
+                        total = sum(stat.size_diff for stat in grown)
+                        print(f"tracemalloc: Python heap grew {total / 2**20:,.1f} MiB", file=sys.stderr)
+                        for stat in grown[:25]:
+                            print(f"tracemalloc: {stat}", file=sys.stderr, flush=True)
                 # What the C allocator holds free but has not given back, told apart from what is in use.
                 ctypes.CDLL("libc.so.6").malloc_trim(0)
                 emit(
@@ -657,7 +666,7 @@ class Child:
                 self.proc.kill()
                 self.proc.wait()
         self.stderr.seek(0)
-        tail = self.stderr.read()[-3000:]
+        tail = self.stderr.read()[-6000:]
         self.stderr.close()
         if tail.strip():
             print(f"--- {self.name} stderr (tail) ---\n{tail}", file=sys.stderr)

@@ -19,8 +19,9 @@ import asyncio
 import contextlib
 import logging
 import sys
+import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,17 +78,28 @@ def _push_order(type_urls: Iterable[str]) -> list[str]:
     return sorted(type_urls, key=lambda url: (resources.push_rank(url), url))
 
 
-def _names(names: Iterable[str]) -> tuple[str, ...]:
-    """A subscription's names, sorted and interned: a thousand streams naming the same thousand
-    clusters then hold one copy of each name, not a thousand."""
-    return tuple(sorted({sys.intern(name) for name in names}))
+Names = frozenset[str]  # the resource names a stream subscribed to
+
+# hash of the set -> the one shared set of those names while any stream holds it
+_subscriptions: weakref.WeakValueDictionary[int, Names] = weakref.WeakValueDictionary()
+
+
+def subscription(names: Iterable[str]) -> Names:
+    """A thousand proxies subscribing to the same thousand clusters hold one set of interned names,
+    not a thousand (a set that size is 32 KiB)."""
+    wanted = frozenset(sys.intern(name) for name in names)
+    shared = _subscriptions.get(hash(wanted))
+    if shared is not None and shared == wanted:
+        return shared
+    _subscriptions[hash(wanted)] = wanted  # a different set with the same hash is simply not shared
+    return wanted
 
 
 class _SotwType:
     __slots__ = ("acked", "force", "names", "nonce", "sent")
 
-    def __init__(self, names: tuple[str, ...] | None, held: str) -> None:
-        self.names = names  # sorted, None: the full set (LDS / CDS)
+    def __init__(self, names: Names | None, held: str) -> None:
+        self.names = names  # None: the full set (LDS / CDS)
         self.sent = held  # version the proxy has or was last sent
         self.acked = held
         self.nonce = ""
@@ -110,7 +122,7 @@ class SotwStream:
     def on_request(self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot | None) -> list[bytes]:
         url = request.type_url
         state = self._types.get(url)
-        names = None if url in resources.WILDCARD_TYPES else _names(request.resource_names)
+        names = None if url in resources.WILDCARD_TYPES else subscription(request.resource_names)
         if not request.response_nonce:
             # A subscription (first, or renewed after reconnect): start from what the proxy holds.
             state = self._types[url] = _SotwType(names, request.version_info)
@@ -143,7 +155,7 @@ class SotwStream:
             if state.names is None:
                 items: Iterable[EncodedResource] = encoded.values()
             else:
-                items = [encoded[name] for name in state.names if name in encoded]
+                items = [item for name, item in encoded.items() if name in state.names]
             self._nonces += 1
             state.nonce = str(self._nonces)
             state.sent = version
@@ -154,13 +166,54 @@ class SotwStream:
         return out
 
 
-class _DeltaType:
-    __slots__ = ("acked", "force", "known", "names", "nonce", "sent", "wildcard")
+class _Held:
+    """Which version of each resource of one type a delta stream's proxy holds.
 
-    def __init__(self, known: dict[str, str], wildcard: bool) -> None:
-        self.known = known  # resource name -> version the proxy has
+    Right after a push the proxy holds exactly the snapshot's resources of its subscription, so
+    that is what is kept: the snapshot's map and the subscription, both shared with every stream of
+    the key, plus the few names where the proxy differs since (None: not held). A per-stream map
+    of a thousand clusters would cost more than everything else a stream keeps.
+    """
+
+    __slots__ = ("base", "differ", "scope")
+
+    def __init__(self, versions: Mapping[str, str]) -> None:
+        self.base: Mapping[str, EncodedResource] = {}
+        self.scope: Names | None = None  # None: all of base
+        self.differ: dict[str, str | None] = dict(versions)
+
+    def get(self, name: str) -> str | None:
+        if name in self.differ:
+            return self.differ[name]
+        item = self.base.get(name)
+        if item is None or (self.scope is not None and name not in self.scope):
+            return None
+        return item.version
+
+    def names(self) -> Iterator[str]:
+        for name in self.base if self.scope is None else self.scope:
+            if name in self.base and name not in self.differ:
+                yield name
+        yield from (name for name, version in self.differ.items() if version is not None)
+
+    def forget(self, name: str) -> bool:
+        """The proxy no longer holds ``name``; whether it did."""
+        had = self.get(name) is not None
+        if had:
+            self.differ[name] = None
+        return had
+
+    def exactly(self, base: Mapping[str, EncodedResource], scope: Names | None) -> None:
+        self.base, self.scope, self.differ = base, scope, {}
+
+
+class _DeltaType:
+    __slots__ = ("acked", "force", "held", "names", "nonce", "sent", "wildcard")
+
+    def __init__(self, held: _Held, wildcard: bool) -> None:
+        self.held = held
         self.wildcard = wildcard
-        self.names: set[str] = set()
+        self.names = subscription(())
         self.nonce = ""
         self.sent = ""
         self.acked = ""
@@ -188,8 +241,8 @@ class DeltaStream:
         if state is None:
             # Legacy wildcard: LDS / CDS subscribed with no names means "everything".
             wildcard = url in resources.WILDCARD_TYPES and not request.resource_names_subscribe
-            known = {sys.intern(name): version for name, version in request.initial_resource_versions.items()}
-            state = self._types[url] = _DeltaType(known, wildcard)
+            held = _Held({sys.intern(name): v for name, v in request.initial_resource_versions.items()})
+            state = self._types[url] = _DeltaType(held, wildcard)
         elif request.response_nonce:
             if request.response_nonce == state.nonce:
                 if request.HasField("error_detail"):
@@ -198,18 +251,16 @@ class DeltaStream:
                     state.acked = state.sent
             if not changes:
                 return []  # a bare ACK / NACK, or one for a superseded response
-        for name in request.resource_names_subscribe:
-            if name == WILDCARD:
-                state.wildcard = True
-            else:
-                state.names.add(sys.intern(name))
+        subscribe = set(request.resource_names_subscribe)
+        unsubscribe = set(request.resource_names_unsubscribe)
+        if subscribe:
             state.force = True
-        for name in request.resource_names_unsubscribe:
-            if name == WILDCARD:
-                state.wildcard = False
-            else:
-                state.names.discard(name)
-            state.known.pop(name, None)
+        if WILDCARD in subscribe or WILDCARD in unsubscribe:
+            state.wildcard = WILDCARD in subscribe
+        if changes:
+            state.names = subscription((state.names | subscribe) - unsubscribe - {WILDCARD})
+        for name in unsubscribe:
+            state.held.forget(name)
         return self.push(snapshot)
 
     def push(self, snapshot: Snapshot | None) -> list[bytes]:
@@ -224,18 +275,18 @@ class DeltaStream:
                 continue
             self._watch.held[url] = version
             encoded = snapshot.encoded(url)
-            wanted = encoded.keys() if state.wildcard else state.names & encoded.keys()
-            changed = [encoded[n] for n in sorted(wanted) if state.known.get(n) != encoded[n].version]
-            removed = sorted(
-                n for n in state.known if n not in encoded or not (state.wildcard or n in state.names)
-            )
+            scope = None if state.wildcard else state.names
+            held = state.held
+            changed = [
+                item
+                for name, item in encoded.items()
+                if (scope is None or name in scope) and held.get(name) != item.version
+            ]
+            removed = sorted(n for n in held.names() if n not in encoded or not (scope is None or n in scope))
+            held.exactly(encoded, scope)  # what it holds once this response is applied
             if not changed and not removed and not (state.force and not state.nonce):
                 state.force = False
                 continue
-            for item in changed:
-                state.known[item.name] = item.version
-            for name in removed:
-                del state.known[name]
             self._nonces += 1
             state.nonce = str(self._nonces)
             state.sent = version
@@ -251,7 +302,7 @@ class DeltaStream:
         if state is None:
             return
         for name in snapshot.eds_names(clusters):
-            if state.known.pop(name, None) is not None:
+            if state.held.forget(name):
                 state.force = True
 
 
@@ -275,6 +326,31 @@ class _End:
 
 _END = _End()
 _WAKE = None
+
+
+class _Inbox:
+    """A stream's requests and wake-ups, in arrival order, for its one consumer. What
+    ``asyncio.Queue`` does here, without its four deques (3 KiB a stream)."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[object] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: object) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> object:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
 
 
 # Judges a stream's node against the PEM certificate its peer presented (None: no TLS); returns
@@ -339,15 +415,15 @@ class AggregatedDiscoveryServicer:
         delta: bool,
     ) -> None:
         loop = asyncio.get_running_loop()
-        inbox: asyncio.Queue[object] = asyncio.Queue()
+        inbox = _Inbox()
 
         async def read() -> None:
             try:
                 async for request in requests:
-                    inbox.put_nowait(request)
+                    inbox.put(request)
                     del request  # not held while waiting for the next
             finally:
-                inbox.put_nowait(_END)
+                inbox.put(_END)
 
         reader = asyncio.create_task(read())
         try:
@@ -373,7 +449,7 @@ class AggregatedDiscoveryServicer:
                 nonlocal woken
                 if not woken:
                     woken = True
-                    loop.call_soon_threadsafe(inbox.put_nowait, _WAKE)
+                    loop.call_soon_threadsafe(inbox.put, _WAKE)
 
             def on_nack(type_url: str, version: str, message: str) -> None:
                 self._cache.record_nack(key, type_url, version, message)

@@ -93,8 +93,9 @@ class AssembledRoutes:
     Every caller namespace's outbound routes hold every service's virtual host again: built as
     messages, each would copy them all, and be serialized again, at every mesh change. Assembled,
     the hosts are serialized once and each namespace's routes are just their bytes one after another
-    (byte for byte what serializing the message gives). Read like the message (``.virtual_hosts``),
-    it is parsed on demand.
+    (byte for byte what serializing the message gives). Only references to the shared host bytes are
+    kept; they are joined when serialized, so the snapshot's encoding is the one whole copy. Read like
+    the message (``.virtual_hosts``), it is parsed on demand.
     """
 
     DESCRIPTOR = route_pb2.RouteConfiguration.DESCRIPTOR
@@ -102,17 +103,17 @@ class AssembledRoutes:
     def __init__(self, name: str, hosts: Sequence[bytes]) -> None:
         """``hosts``: each virtual host already written as the message's field 2 (``host_field``)."""
         self.name = name
-        self._data = wire.field(1, name.encode()) + b"".join(hosts)
+        self._parts = (wire.field(1, name.encode()), *hosts)
 
     @staticmethod
     def host_field(host: route_components_pb2.VirtualHost) -> bytes:
         return wire.field(2, host.SerializeToString(deterministic=True))
 
     def SerializeToString(self, deterministic: bool = False) -> bytes:  # the name of the message method
-        return self._data
+        return b"".join(self._parts)
 
     def parsed(self) -> route_pb2.RouteConfiguration:
-        return route_pb2.RouteConfiguration.FromString(self._data)
+        return route_pb2.RouteConfiguration.FromString(self.SerializeToString())
 
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self.parsed(), attribute)

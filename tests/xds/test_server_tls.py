@@ -70,12 +70,13 @@ async def ask(
 
 
 def secret_names(response: discovery_pb2.DiscoveryResponse) -> list[str]:
+    """The secrets a response carries, sorted (their order in it is the snapshot's)."""
     out = []
     for packed in response.resources:
         secret = secret_pb2.Secret()
         packed.Unpack(secret)
         out.append(secret.name)
-    return out
+    return sorted(out)
 
 
 def secret_pem(response: discovery_pb2.DiscoveryResponse, name: str) -> str:
