@@ -330,6 +330,15 @@ async def server_main(args: argparse.Namespace) -> None:
                 t1 = time.monotonic()
                 cpu1 = time.process_time()
                 emit(t0=t0, t1=t1, update_cpu=cpu1 - cpu0)
+            elif command.startswith("streams "):  # which of these proxies has a stream here, holding what
+                wanted = {f"proxy-{i}" for i in command.split()[1].split(",")}
+                emit(
+                    streams=[
+                        [info.node_id, {TYPE_NAMES.get(u, u): v for u, v in info.acked().items()}]
+                        for info in running.servicer.streams()
+                        if info.node_id.rpartition("/")[2] in wanted
+                    ]
+                )
             elif command == "profile-stop":
                 if profiler is not None:
                     profiler.disable()
@@ -382,6 +391,7 @@ class LoadClient:
         self.stats: dict[int, StreamStats] = {}
         self.errors: list[str] = []
         self.retries = 0  # streams reopened after failing before their first config
+        self.retry_reasons: dict[str, int] = {}  # why, by gRPC status code
         names = eds_names(args.services)
         wanted = {
             CDS: [],
@@ -491,6 +501,8 @@ class LoadClient:
                     self.errors.append(f"proxy {index}: {e.code()} {e.details()}"[:300])
                     return
                 self.retries += 1
+                reason = f"{e.code().name}: {e.details()}"[:120]
+                self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + 1
                 stats.acked.clear()
                 await asyncio.sleep(random.uniform(0.25, 1.0))
 
@@ -570,6 +582,7 @@ class LoadClient:
                         changed=changed,
                         errors=self.errors[:5],
                         retries=self.retries,
+                        retry_reasons=self.retry_reasons,
                         cpu=cpu_seconds(),
                         # The first few still waiting: which types each has, and how many responses.
                         waiting=[
@@ -709,13 +722,23 @@ def _wait(
                 flush=True,
             )
             last, last_print = done, now
+        over = time.monotonic() - started > timeout
+        if done >= want or over:
+            reasons: dict[str, int] = {}
+            for s in status:
+                for reason, count in s["retry_reasons"].items():
+                    reasons[reason] = reasons.get(reason, 0) + count
+            for reason, count in sorted(reasons.items(), key=lambda item: -item[1])[:3]:
+                print(f"      reopened {count} times after {reason}", flush=True)
         if done >= want:
             return time.monotonic() - started, peak
-        if time.monotonic() - started > timeout:
+        if over:
             waiting = [w for s in status for w in s.get("waiting", ())][:5]
+            seen = server.ask("streams " + ",".join(str(w[0]) for w in waiting))["streams"]
             raise TimeoutError(
                 f"only {done} of {want} streams {key} after {timeout:.0f} s; "
-                f"waiting (proxy, types held, responses): {waiting}"
+                f"waiting (proxy, types held, responses): {waiting}; "
+                f"their streams on the server (node, versions acked): {seen}"
             )
         if rss > max_rss:
             raise MemoryError(f"server RSS {rss / 2**20:,.0f} MiB is over --max-server-rss")
