@@ -273,6 +273,9 @@ async def server_main(args: argparse.Namespace) -> None:
         publisher = MeshPublisher()
         publisher.update(objects)
         running = await serve(publisher.cache, "127.0.0.1:0")
+    # The publisher keeps what it needs of the objects; the server keeps no copy of its own.
+    object_count = len(objects)
+    del objects
     profiler = None
     if args.profile:
         import cProfile
@@ -281,7 +284,7 @@ async def server_main(args: argparse.Namespace) -> None:
     gc.collect()
     emit(
         port=running.port,
-        objects=len(objects),
+        objects=object_count,
         services=len(publisher.mesh.services),
         splits=len(publisher.mesh.splits),
         setup_s=time.perf_counter() - started,
@@ -308,16 +311,21 @@ async def server_main(args: argparse.Namespace) -> None:
                         print(f"tracemalloc: Python heap grew {total / 2**20:,.1f} MiB", file=sys.stderr)
                         for stat in grown[:25]:
                             print(f"tracemalloc: {stat}", file=sys.stderr, flush=True)
-                # What the C allocator holds free but has not given back, told apart from what is in use.
-                ctypes.CDLL("libc.so.6").malloc_trim(0)
                 emit(
-                    rss_untrimmed=held,
-                    rss=rss_bytes(),
+                    rss=held,
                     cpu=cpu_seconds(),
                     keys=len(publisher._proxies),
                     streams=len(running.servicer.streams()),
                     interned=len(snapshot_module._interned),
                 )
+            elif command == "trim":
+                # What is in use, told apart from what the C allocator holds free but has not given
+                # back (gitmesh never trims: this is for the reader, after everything was measured).
+                gc.collect()
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+                emit(rss=rss_bytes())
+            elif command == "cpu":
+                emit(cpu=cpu_seconds())
             elif command == "change":
                 flip = not flip
                 weights = (80, 20) if flip else (90, 10)
@@ -329,6 +337,7 @@ async def server_main(args: argparse.Namespace) -> None:
                 publisher.update(changed)
                 t1 = time.monotonic()
                 cpu1 = time.process_time()
+                del changed
                 emit(t0=t0, t1=t1, update_cpu=cpu1 - cpu0)
             elif command.startswith("streams "):  # which of these proxies has a stream here, holding what
                 wanted = {f"proxy-{i}" for i in command.split()[1].split(",")}
@@ -801,7 +810,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "server_cpu_connect_s": loaded["cpu"] - cpu0,
             "rss_before": base["rss"],
             "rss_after": loaded["rss"],
-            "rss_after_untrimmed": loaded["rss_untrimmed"],
             "rss_peak": peak,
             "bytes_per_proxy": per_proxy,
             "initial_bytes_per_proxy_sent": sum(t["bytes"] for t in times) / args.proxies,
@@ -814,8 +822,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(
             f"  server RSS {base['rss'] / 2**20:,.1f} -> {loaded['rss'] / 2**20:,.1f} MiB: "
-            f"{per_proxy / 1024:,.1f} KiB per proxy (target {TARGET_BYTES_PER_PROXY // 1024} KiB; "
-            f"{loaded['rss_untrimmed'] / 2**20:,.1f} MiB before malloc_trim); "
+            f"{per_proxy / 1024:,.1f} KiB per proxy (target {TARGET_BYTES_PER_PROXY // 1024} KiB); "
             f"server CPU while connecting {loaded['cpu'] - cpu0:.1f} s; "
             f"{result['initial_bytes_per_proxy_sent'] / 1024:,.0f} KiB of responses per proxy",
             flush=True,
@@ -823,7 +830,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for n in range(args.changes):
             for client in clients:
                 client.ask("arm")
-            cpu_before = server.ask("rss")["cpu"]
+            cpu_before = server.ask("cpu")["cpu"]
             stamp = server.ask("change", timeout=args.timeout)
             print(
                 f"    publisher.update returned after {stamp['t1'] - stamp['t0']:.2f} s "
@@ -832,7 +839,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
             _wait(clients, server, "changed", args.proxies, args.timeout, args.max_server_rss)
-            cpu_after = server.ask("rss")["cpu"]
+            cpu_after = server.ask("cpu")["cpu"]
             times = [c.ask("times", timeout=120) for c in clients]
             latencies = [t - stamp["t0"] for ts in times for t in ts["changed"]]
             change = {
@@ -848,6 +855,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"  split change {n + 1}: every proxy ACKed the new routes: {_summary(latencies)} "
                 f"(publisher.update blocked the loop {change['update_s']:.3f} s, "
                 f"server CPU {change['server_cpu_s']:.2f} s)",
+                flush=True,
+            )
+        if args.changes:
+            after = server.ask("rss", timeout=120)
+            trimmed = server.ask("trim", timeout=120)
+            result["bytes_per_proxy_after_changes"] = (after["rss"] - base["rss"]) / args.proxies
+            result["in_use_bytes_per_proxy_after_changes"] = (trimmed["rss"] - base["rss"]) / args.proxies
+            print(
+                f"  after the changes: server RSS {after['rss'] / 2**20:,.1f} MiB, "
+                f"{result['bytes_per_proxy_after_changes'] / 1024:,.1f} KiB per proxy; in use (malloc_trim) "
+                f"{trimmed['rss'] / 2**20:,.1f} MiB, "
+                f"{result['in_use_bytes_per_proxy_after_changes'] / 1024:,.1f} KiB per proxy",
                 flush=True,
             )
         if args.profile:

@@ -46,7 +46,7 @@ def _sotw_response(version: str, type_url: str, nonce: str, items: Iterable[Enco
     """A serialized DiscoveryResponse: version_info=1, resources=2, type_url=4, nonce=5."""
     parts = [wire.field(1, version.encode())]
     for item in items:
-        parts += (b"\x12", wire.varint(len(item.any_bytes)), item.any_bytes)
+        parts += (b"\x12", wire.varint(item.size), *item.parts)
     parts += (wire.field(4, type_url.encode()), wire.field(5, nonce.encode()))
     return b"".join(parts)
 
@@ -59,9 +59,9 @@ def _delta_response(
     for item in items:
         head = wire.field(1, item.version.encode())
         tail = wire.field(3, item.name.encode())
-        any_head = b"\x12" + wire.varint(len(item.any_bytes))
-        size = len(head) + len(any_head) + len(item.any_bytes) + len(tail)
-        parts += (b"\x12", wire.varint(size), head, any_head, item.any_bytes, tail)
+        any_head = b"\x12" + wire.varint(item.size)
+        size = len(head) + len(any_head) + item.size + len(tail)
+        parts += (b"\x12", wire.varint(size), head, any_head, *item.parts, tail)
     parts += (wire.field(4, type_url.encode()), wire.field(5, nonce.encode()))
     parts += (wire.field(6, name.encode()) for name in removed)
     return b"".join(parts)

@@ -17,32 +17,45 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from google.protobuf import any_pb2
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
-from gitmesh.xds import resources
+from gitmesh.xds import resources, wire
 
 _HCM_URL = resources.type_url(hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name)
 
 
 class EncodedResource:
-    """A resource serialized as ``google.protobuf.Any``, with a content version."""
+    """A resource serialized as ``google.protobuf.Any``, with a content version.
 
-    __slots__ = ("__weakref__", "any_bytes", "name", "version")
+    The serialization is kept in ``parts`` (one, unless the resource came in pieces that other
+    resources share: see ``Pieces``); written out, they are the Any's bytes in order."""
 
-    def __init__(self, name: str, version: str, any_bytes: bytes) -> None:
+    __slots__ = ("__weakref__", "name", "parts", "size", "version")
+
+    def __init__(self, name: str, version: str, parts: tuple[bytes, ...]) -> None:
         self.name = name
         self.version = version
-        self.any_bytes = any_bytes
+        self.parts = parts
+        self.size = sum(map(len, parts))
 
     def __repr__(self) -> str:
-        return f"EncodedResource({self.name!r}, version={self.version!r}, {len(self.any_bytes)} bytes)"
+        return f"EncodedResource({self.name!r}, version={self.version!r}, {self.size} bytes)"
+
+
+class Pieces(Protocol):
+    """A resource that arrives serialized, in pieces it shares with other resources (their bytes
+    are kept once however many resources hold them)."""
+
+    DESCRIPTOR: Descriptor
+
+    def serialized_parts(self) -> tuple[bytes, ...]: ...
 
 
 # (name, digest of the Any bytes) -> the one shared encoding while any snapshot holds it.
@@ -57,11 +70,13 @@ def _version(digest: bytes) -> str:
 # object is serialized once, not once per snapshot: that keeps a republish to thousands of
 # proxies cheap. Entries hold their message, so an id is never reused while it is cached.
 _MAX_BY_OBJECT = 200_000
-_by_object: collections.OrderedDict[int, tuple[Message, str, EncodedResource]] = collections.OrderedDict()
+_by_object: collections.OrderedDict[int, tuple[Message | Pieces, str, EncodedResource]] = (
+    collections.OrderedDict()
+)
 _by_object_lock = threading.Lock()
 
 
-def encode(name: str, message: Message) -> EncodedResource:
+def encode(name: str, message: Message | Pieces) -> EncodedResource:
     """The shared encoding of ``message`` (which must not change once handed over)."""
     with _by_object_lock:
         entry = _by_object.get(id(message))
@@ -76,19 +91,22 @@ def encode(name: str, message: Message) -> EncodedResource:
     return found
 
 
-def _encode(name: str, message: Message) -> EncodedResource:
+def _encode(name: str, message: Message | Pieces) -> EncodedResource:
     """Serialize ``message`` deterministically and return the shared encoding of those bytes."""
-    # Written out rather than Any.Pack: some resources arrive serialized already (AssembledRoutes).
-    packed = any_pb2.Any(
-        type_url=resources.type_url(message.DESCRIPTOR.full_name),
-        value=message.SerializeToString(deterministic=True),
-    )
-    data = packed.SerializeToString(deterministic=True)
-    digest = hashlib.sha256(data).digest()
-    key = (name, digest)
+    type_field = wire.field(1, resources.type_url(message.DESCRIPTOR.full_name).encode())
+    if isinstance(message, Message):
+        value = message.SerializeToString(deterministic=True)
+        parts: tuple[bytes, ...] = (type_field + wire.field(2, value) if value else type_field,)
+    else:  # Any{type_url=1, value=2}, the value left in its pieces
+        pieces = message.serialized_parts()
+        parts = (type_field + b"\x12" + wire.varint(sum(map(len, pieces))), *pieces)
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    key = (name, digest.digest())
     found = _interned.get(key)
     if found is None:
-        found = EncodedResource(name, _version(digest), data)
+        found = EncodedResource(name, _version(key[1]), parts)
         _interned[key] = found
     return found
 

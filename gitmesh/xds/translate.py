@@ -93,9 +93,9 @@ class AssembledRoutes:
     Every caller namespace's outbound routes hold every service's virtual host again: built as
     messages, each would copy them all, and be serialized again, at every mesh change. Assembled,
     the hosts are serialized once and each namespace's routes are just their bytes one after another
-    (byte for byte what serializing the message gives). Only references to the shared host bytes are
-    kept; they are joined when serialized, so the snapshot's encoding is the one whole copy. Read like
-    the message (``.virtual_hosts``), it is parsed on demand.
+    (byte for byte what serializing the message gives). It stays in those pieces
+    (``serialized_parts``): snapshots keep and send the pieces, so namespaces share their hosts'
+    bytes everywhere. Read like the message (``.virtual_hosts``), it is parsed on demand.
     """
 
     DESCRIPTOR = route_pb2.RouteConfiguration.DESCRIPTOR
@@ -108,6 +108,9 @@ class AssembledRoutes:
     @staticmethod
     def host_field(host: route_components_pb2.VirtualHost) -> bytes:
         return wire.field(2, host.SerializeToString(deterministic=True))
+
+    def serialized_parts(self) -> tuple[bytes, ...]:
+        return self._parts
 
     def SerializeToString(self, deterministic: bool = False) -> bytes:  # the name of the message method
         return b"".join(self._parts)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 from envoy.config.core.v3 import base_pb2
+from google.protobuf import any_pb2
 
 from gitmesh.xds import resources
 from gitmesh.xds.cache import SnapshotCache
-from gitmesh.xds.snapshot import EMPTY_VERSION, Snapshot
+from gitmesh.xds.snapshot import EMPTY_VERSION, Snapshot, encode
 from tests.xds import builders as b
 
 
@@ -65,6 +66,15 @@ def test_identical_resources_share_one_encoding() -> None:
     second = b.mesh("v2", upstream_port=9001)
     assert first.encoded(resources.CLUSTER)["web"] is second.encoded(resources.CLUSTER)["web"]
     assert first.encoded(resources.ENDPOINT)["web"] is not second.encoded(resources.ENDPOINT)["web"]
+
+
+def test_an_encoding_is_the_message_packed_in_any() -> None:
+    cluster = b.eds_cluster("web")
+    packed = any_pb2.Any(
+        type_url=resources.CLUSTER, value=cluster.SerializeToString(deterministic=True)
+    ).SerializeToString(deterministic=True)
+    encoded = encode("web", cluster)
+    assert b"".join(encoded.parts) == packed and encoded.size == len(packed)
 
 
 def test_watchers_wake_only_when_their_held_version_differs() -> None:

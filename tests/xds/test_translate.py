@@ -18,7 +18,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
-from google.protobuf import json_format
+from google.protobuf import any_pb2, json_format
 
 from gitmesh import pipeline
 from gitmesh.certs import ca
@@ -27,6 +27,7 @@ from gitmesh.smi import Identity
 from gitmesh.sync.git import read_directory
 from gitmesh.xds import resources, tls
 from gitmesh.xds.bootstrap import bootstrap
+from gitmesh.xds.snapshot import encode
 from gitmesh.xds.translate import Proxy, Resources, Translator, Upstream, translate
 from tests.conftest import EXAMPLE_REPO
 from tests.factory import mesh_config
@@ -95,6 +96,31 @@ def test_assembled_outbound_routes_are_byte_for_byte_the_message() -> None:
     built = route_pb2.RouteConfiguration(name="outbound", virtual_hosts=routes.parsed().virtual_hosts)
     assert routes.SerializeToString(deterministic=True) == built.SerializeToString(deterministic=True)
     assert len(routes.virtual_hosts) == len(built.virtual_hosts) > 5  # read like the message
+
+
+def test_namespaces_share_their_outbound_hosts_bytes_once_encoded() -> None:
+    translator = Translator(example())
+    store, thief = (
+        encode("outbound", translator.resources(proxy)[resources.ROUTE]["outbound"])
+        for proxy in (BOOKSTORE, BOOKTHIEF)
+    )
+    assert store is not thief  # short names differ between namespaces ...
+    namespaces = {BOOKSTORE.service.namespace, BOOKTHIEF.service.namespace}
+    elsewhere = [
+        port
+        for svc in translator.mesh.services.values()
+        if svc.ref.namespace not in namespaces
+        for port in svc.ports
+        if port.is_http
+    ]
+    hosts = store.parts[2:]  # after the Any's head and the configuration's name
+    shared = {id(part) for part in hosts} & {id(part) for part in thief.parts[2:]}
+    assert len(shared) == len(elsewhere) > 0  # ... the hosts of other namespaces' services are the same bytes
+    packed = any_pb2.Any(
+        type_url=resources.ROUTE,
+        value=translator.resources(BOOKSTORE)[resources.ROUTE]["outbound"].SerializeToString(),
+    )
+    assert b"".join(store.parts) == packed.SerializeToString(deterministic=True)
 
 
 def test_proxies_share_one_cluster_map_and_one_route_map_per_namespace() -> None:
