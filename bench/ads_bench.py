@@ -794,6 +794,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         connect_s, peak = _wait(
             clients, server, "configured", args.proxies, args.timeout, args.max_server_rss
         )
+        time.sleep(args.settle)  # memory at rest: gitmesh gives back what a burst freed once it is over
         loaded = server.ask("rss", timeout=120)
         times = [c.ask("times", timeout=120) for c in clients]
         t_start = min(started)
@@ -858,6 +859,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
         if args.changes:
+            time.sleep(args.settle)
             after = server.ask("rss", timeout=120)
             trimmed = server.ask("trim", timeout=120)
             result["bytes_per_proxy_after_changes"] = (after["rss"] - base["rss"]) / args.proxies
@@ -892,6 +894,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=1, help="load client processes")
     parser.add_argument("--changes", type=int, default=3, help="TrafficSplit changes to time")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for each phase")
+    parser.add_argument(
+        "--settle", type=float, default=3.0, help="seconds of rest before memory is read (at rest)"
+    )
     parser.add_argument(
         "--max-server-rss", type=float, default=12.0, help="GiB; abort when the server grows past it"
     )

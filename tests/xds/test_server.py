@@ -143,8 +143,8 @@ async def receive_all(proxy: FakeProxy, count: int) -> list[discovery_pb2.Discov
     return [await proxy.recv() for _ in range(count)]
 
 
-async def wait_for(condition: Callable[[], bool]) -> None:
-    for _ in range(200):
+async def wait_for(condition: Callable[[], bool], seconds: float = 2.0) -> None:
+    for _ in range(int(seconds * 100)):
         if condition():
             return
         await asyncio.sleep(0.01)
@@ -299,6 +299,18 @@ def test_reconnect_with_current_versions_is_not_resent() -> None:
         await proxy.send(LDS, version_info="something-older")
         assert (await proxy.recv()).type_url == LDS
         await proxy.silent()
+
+    run(scenario)
+
+
+def test_the_server_gives_memory_back_after_pushing() -> None:
+    async def scenario(cache: SnapshotCache, running: RunningServer, connect: Proxies) -> None:
+        assert running.servicer.bursts.releases == 0
+        cache.set_snapshot(NODE, b.mesh("v1"))
+        proxy = connect()
+        await proxy.send(CDS)
+        await proxy.recv()
+        await wait_for(lambda: running.servicer.bursts.releases == 1, 10)  # a second after the burst
 
     run(scenario)
 

@@ -3,11 +3,13 @@ a thousand proxies of one key must not each keep a map of a thousand clusters.""
 
 from __future__ import annotations
 
+import asyncio
+
 from envoy.service.discovery.v3 import discovery_pb2
 
 from gitmesh.xds import resources
 from gitmesh.xds.cache import SnapshotCache
-from gitmesh.xds.server import DeltaStream, SotwStream, subscription
+from gitmesh.xds.server import AfterBursts, DeltaStream, SotwStream, subscription
 from gitmesh.xds.snapshot import Snapshot
 from tests.xds import builders as b
 
@@ -76,3 +78,30 @@ def test_delta_streams_of_one_key_share_what_their_proxies_hold() -> None:
     update = discovery_pb2.DeltaDiscoveryResponse.FromString(response)
     assert [resource.name for resource in update.resources] == ["a"]
     assert held[1].get("a") == changed.encoded(EDS)["a"].version
+
+
+def test_memory_is_given_back_once_after_a_burst_of_responses() -> None:
+    released: list[float] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        bursts = AfterBursts(release=lambda: released.append(loop.time()), settle=0.05)
+        for _ in range(3):  # overlapping answers: one burst
+            bursts.begin()
+        bursts.end(wrote=True)
+        bursts.end(wrote=False)
+        await asyncio.sleep(0.1)
+        assert released == []  # still writing
+        bursts.end(wrote=True)
+        bursts.begin()  # a new answer before the pause is over postpones it
+        await asyncio.sleep(0.1)
+        assert released == []
+        bursts.end(wrote=False)
+        await asyncio.sleep(0.2)
+        assert len(released) == 1 and bursts.releases == 1
+        bursts.begin()
+        bursts.end(wrote=False)  # answers that wrote nothing are no burst
+        await asyncio.sleep(0.2)
+        assert len(released) == 1
+
+    asyncio.run(scenario())
