@@ -371,6 +371,13 @@ def _field(number: int, payload: bytes) -> bytes:
     return bytes(out) + payload
 
 
+FIRST_RESPONSE_TIMEOUT = 60.0
+
+
+class NoFirstResponse(Exception):
+    """A new stream got no response at all in FIRST_RESPONSE_TIMEOUT seconds."""
+
+
 @dataclass
 class StreamStats:
     connected: float = 0.0
@@ -503,14 +510,18 @@ class LoadClient:
                 if not stats.configured and not stop.is_set():
                     self.errors.append(f"proxy {index}: the server ended the stream before its config")
                 return
-            except grpc.aio.AioRpcError as e:
+            except (grpc.aio.AioRpcError, NoFirstResponse) as e:
                 if stop.is_set():
                     return
                 if stats.configured:  # a stream that had its config is not expected to fail
-                    self.errors.append(f"proxy {index}: {e.code()} {e.details()}"[:300])
+                    self.errors.append(f"proxy {index}: {e}"[:300])
                     return
                 self.retries += 1
-                reason = f"{e.code().name}: {e.details()}"[:120]
+                reason = (
+                    f"{e.code().name}: {e.details()}"[:120]
+                    if isinstance(e, grpc.aio.AioRpcError)
+                    else f"no response in {FIRST_RESPONSE_TIMEOUT:.0f} s"
+                )
                 self.retry_reasons[reason] = self.retry_reasons.get(reason, 0) + 1
                 stats.acked.clear()
                 await asyncio.sleep(random.uniform(0.25, 1.0))
@@ -539,8 +550,16 @@ class LoadClient:
             for url in self.types:
                 await call.write(self.subscribe[url] + (node if first else b""))
                 first = False
+            answered = False
             while not stop.is_set():
-                raw = await call.read()
+                if answered:
+                    raw = await call.read()
+                else:  # under a connection storm a call can be lost without an error: open another
+                    try:
+                        raw = await asyncio.wait_for(call.read(), FIRST_RESPONSE_TIMEOUT)
+                    except TimeoutError:
+                        raise NoFirstResponse from None
+                    answered = True
                 if raw is grpc.aio.EOF:
                     break
                 response = parse(raw)

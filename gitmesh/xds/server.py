@@ -626,6 +626,10 @@ async def serve(
             ("grpc.max_concurrent_streams", 1 << 16),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            # Thousands of sidecars reconnect at once after a restart: their calls wait for the
+            # event loop rather than being cancelled past gRPC's default of 1,000 waiting calls.
+            ("grpc.server.max_pending_requests", 1 << 16),
+            ("grpc.server.max_pending_requests_hard_limit", 1 << 16),
         ]
     )
     server.add_generic_rpc_handlers((servicer.rpc_handler(),))

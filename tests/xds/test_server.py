@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -400,3 +403,47 @@ def test_delta_subscribe_unsubscribe_and_endpoint_resend() -> None:
         assert eds.type_url == EDS
 
     run(scenario)
+
+
+def test_a_storm_of_streams_waits_for_a_busy_server_rather_than_failing() -> None:
+    """More streams than gRPC's default of 1,000 waiting calls arrive while the server's event loop
+    is busy (as when every sidecar reconnects to a restarted gitmesh): each is served once it is free."""
+    storm = 1200
+    cache = SnapshotCache()
+    cache.set_snapshot(NODE, b.mesh("v1"))
+    server_loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=server_loop.run_forever, daemon=True)
+    thread.start()
+    running = asyncio.run_coroutine_threadsafe(serve(cache, "127.0.0.1:0"), server_loop).result(10)
+    request = discovery_pb2.DiscoveryRequest(type_url=CDS, node=base_pb2.Node(id=NODE)).SerializeToString()
+
+    async def one() -> str:
+        channel = grpc.aio.insecure_channel(
+            f"127.0.0.1:{running.port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        try:
+            call = channel.stream_stream(
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+                request_serializer=bytes,
+                response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+            )()
+            await call.write(request)
+            response = await asyncio.wait_for(call.read(), 60)
+            call.cancel()
+            return str(response.type_url)
+        except grpc.aio.AioRpcError as e:
+            return e.code().name
+        finally:
+            await channel.close()
+
+    async def clients() -> list[str]:
+        return await asyncio.gather(*(one() for _ in range(storm)))
+
+    try:
+        server_loop.call_soon_threadsafe(time.sleep, 3)  # busy while the storm arrives
+        answers = asyncio.run(clients())
+    finally:
+        asyncio.run_coroutine_threadsafe(running.stop(None), server_loop).result(30)
+        server_loop.call_soon_threadsafe(server_loop.stop)
+        thread.join(10)
+    assert collections.Counter(answers) == {CDS: storm}
