@@ -47,9 +47,20 @@ def _sotw_response(version: str, type_url: str, nonce: str, items: Iterable[Enco
     """A serialized DiscoveryResponse: version_info=1, resources=2, type_url=4, nonce=5."""
     parts = [wire.field(1, version.encode())]
     for item in items:
-        parts += (b"\x12", wire.varint(item.size), *item.parts)
+        parts += (item.field_head, *item.parts)
     parts += (wire.field(4, type_url.encode()), wire.field(5, nonce.encode()))
     return b"".join(parts)
+
+
+def _delta_entry(item: EncodedResource) -> tuple[bytes, ...]:
+    """``item`` as a Resource{version=1, resource=2, name=3} in field 2 of a DeltaDiscoveryResponse,
+    written once and kept on the item, which every stream and snapshot shares."""
+    if item.delta_entry is None:
+        head = wire.field(1, item.version.encode())
+        tail = wire.field(3, item.name.encode())
+        size = len(head) + len(item.field_head) + item.size + len(tail)
+        item.delta_entry = (b"\x12" + wire.varint(size) + head + item.field_head, *item.parts, tail)
+    return item.delta_entry
 
 
 def _delta_response(
@@ -58,11 +69,7 @@ def _delta_response(
     """A serialized DeltaDiscoveryResponse of Resource{version=1, resource=2, name=3} entries."""
     parts = [wire.field(1, system_version.encode())]
     for item in items:
-        head = wire.field(1, item.version.encode())
-        tail = wire.field(3, item.name.encode())
-        any_head = b"\x12" + wire.varint(item.size)
-        size = len(head) + len(any_head) + item.size + len(tail)
-        parts += (b"\x12", wire.varint(size), head, any_head, *item.parts, tail)
+        parts += _delta_entry(item)
     parts += (wire.field(4, type_url.encode()), wire.field(5, nonce.encode()))
     parts += (wire.field(6, name.encode()) for name in removed)
     return b"".join(parts)

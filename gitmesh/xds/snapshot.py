@@ -37,13 +37,17 @@ class EncodedResource:
     The serialization is kept in ``parts`` (one, unless the resource came in pieces that other
     resources share: see ``Pieces``); written out, they are the Any's bytes in order."""
 
-    __slots__ = ("__weakref__", "name", "parts", "size", "version")
+    __slots__ = ("__weakref__", "delta_entry", "field_head", "name", "parts", "size", "version")
 
     def __init__(self, name: str, version: str, parts: tuple[bytes, ...]) -> None:
         self.name = name
         self.version = version
         self.parts = parts
         self.size = sum(map(len, parts))
+        # Key and length that make it field 2 of the message holding it: DiscoveryResponse.resources
+        # and a delta Resource.resource alike.
+        self.field_head = b"\x12" + wire.varint(self.size)
+        self.delta_entry: tuple[bytes, ...] | None = None  # its delta Resource, written when first sent
 
     def __repr__(self) -> str:
         return f"EncodedResource({self.name!r}, version={self.version!r}, {self.size} bytes)"
