@@ -6,19 +6,42 @@ client opening N streams, each on its own connection (as N sidecars would),
 sending one message and reading the answer. The server's VmRSS before and after,
 divided by N, is what grpc itself holds per connected stream. With ``--tls`` every
 connection is mutual TLS, as ``gitmesh run`` serves ADS (ECDSA P-256 certificates from a
-throwaway CA).
+throwaway CA; ``--dynamic-tls`` serves them through ``grpc.dynamic_ssl_server_credentials``, as
+``gitmesh.xds.server`` does).
 
-    python bench/grpc_stream_floor.py [--streams 1000] [--payload 0] [--tls]
+The server's RSS is read twice after the streams are open: as it is, and after glibc's
+``malloc_trim(0)`` (what ``gitmesh.xds.server.AfterBursts`` does after each burst of responses), so
+memory freed but kept by malloc is told apart from memory in use. Every answer is checked byte for
+byte by the client (a pseudo-random PAYLOAD bytes), so a setting that breaks large messages fails here.
+It also prints how long the client took to open the streams and read the answers and the server's
+CPU time, so what a setting costs in throughput shows too (``--streams 100 --payload 8000000``).
+
+Knobs to try what lowers the floor, each applied to the server process only:
+
+- ``--option KEY=VALUE`` (repeatable): a channel argument for ``grpc.aio.server`` (an integer if
+  VALUE parses as one), e.g. ``--option grpc.tsi.max_frame_size=4096``;
+- ``--mallopt NAME=VALUE`` (repeatable): glibc ``mallopt`` before the server starts, NAME one of
+  M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_TEST, M_ARENA_MAX;
+- ``--env KEY=VALUE`` (repeatable): an environment variable for the server process, e.g.
+  ``MALLOC_ARENA_MAX=2`` or ``GRPC_EXPERIMENTS=...``.
+
+    python bench/grpc_stream_floor.py [--streams 1000] [--payload 0] [--tls [--dynamic-tls]]
+        [--option KEY=VALUE ...] [--mallopt NAME=VALUE ...] [--env KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import os
+import random
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -30,6 +53,48 @@ def rss_bytes() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+# glibc's mallopt parameters (malloc.h).
+MALLOPT = {
+    "M_TRIM_THRESHOLD": -1,
+    "M_TOP_PAD": -2,
+    "M_MMAP_THRESHOLD": -3,
+    "M_MMAP_MAX": -4,
+    "M_ARENA_TEST": -7,
+    "M_ARENA_MAX": -8,
+}
+
+
+def answer_bytes(payload: int) -> bytes:
+    """What the server answers and the client expects: PAYLOAD pseudo-random bytes, the same on both sides."""
+    return random.Random(payload).randbytes(payload)
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def channel_option(text: str) -> tuple[str, int | str]:
+    key, value = key_value(text)
+    try:
+        return key, int(value)
+    except ValueError:
+        return key, value
+
+
+def malloc_trim() -> None:
+    ctypes.CDLL(None).malloc_trim(0)
+
+
+def apply_mallopt(settings: list[tuple[str, str]]) -> None:
+    libc = ctypes.CDLL(None)
+    for name, value in settings:
+        if libc.mallopt(MALLOPT[name], int(value)) != 1:
+            raise RuntimeError(f"mallopt({name}, {value}) failed")
 
 
 def throwaway_pki(directory: Path) -> None:
@@ -82,15 +147,17 @@ def throwaway_pki(directory: Path) -> None:
         (directory / f"{name}.key").write_bytes(pem)
 
 
-async def server(payload: int, pki: Path | None) -> None:
-    answer = b"x" * payload
+async def server(
+    payload: int, pki: Path | None, dynamic_tls: bool, options: list[tuple[str, int | str]]
+) -> None:
+    answer = answer_bytes(payload)
 
     async def handler(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         async for request in requests:
             del request
             await context.write(answer)
 
-    srv = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1 << 16)])
+    srv = grpc.aio.server(options=[("grpc.max_concurrent_streams", 1 << 16), *options])
     method = grpc.stream_stream_rpc_method_handler(
         handler, request_deserializer=bytes, response_serializer=bytes
     )
@@ -98,24 +165,34 @@ async def server(payload: int, pki: Path | None) -> None:
     if pki is None:
         port = srv.add_insecure_port("127.0.0.1:0")
     else:
-        credentials = grpc.ssl_server_credentials(
-            [((pki / "server.key").read_bytes(), (pki / "server.pem").read_bytes())],
-            root_certificates=(pki / "ca.pem").read_bytes(),
-            require_client_auth=True,
-        )
+        key_chain = [((pki / "server.key").read_bytes(), (pki / "server.pem").read_bytes())]
+        roots = (pki / "ca.pem").read_bytes()
+        if dynamic_tls:
+            config = grpc.ssl_server_certificate_configuration(key_chain, roots)
+            credentials = grpc.dynamic_ssl_server_credentials(
+                config, lambda: None, require_client_authentication=True
+            )
+        else:
+            credentials = grpc.ssl_server_credentials(
+                key_chain, root_certificates=roots, require_client_auth=True
+            )
         port = srv.add_secure_port("127.0.0.1:0", credentials)
     await srv.start()
     loop = asyncio.get_running_loop()
     print(port, rss_bytes(), flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)  # the client has its streams open
-    print(rss_bytes(), flush=True)
+    after = rss_bytes()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    malloc_trim()
+    print(after, rss_bytes(), usage.ru_utime + usage.ru_stime, flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)
     await srv.stop(None)
 
 
-async def client(port: int, streams: int, pki: Path | None) -> list[object]:
+async def client(port: int, streams: int, payload: int, pki: Path | None) -> list[object]:
     held: list[object] = []
-    options = [("grpc.use_local_subchannel_pool", 1)]
+    expected = answer_bytes(payload)
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1)]
     for _ in range(streams):
         if pki is None:
             channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
@@ -130,7 +207,10 @@ async def client(port: int, streams: int, pki: Path | None) -> list[object]:
             "/floor.Floor/Stream", request_serializer=bytes, response_deserializer=bytes
         )()
         await call.write(b"hello")
-        await call.read()
+        answer = await call.read()
+        if answer != expected:
+            got = len(answer) if isinstance(answer, bytes) else answer
+            raise SystemExit(f"stream {len(held) // 2}: wrong answer ({got} bytes, expected {payload})")
         held += [channel, call]
     return held
 
@@ -142,45 +222,95 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--payload", type=int, default=0, help="bytes in each answer")
     parser.add_argument("--tls", action="store_true", help="mutual TLS on every connection")
+    parser.add_argument(
+        "--dynamic-tls",
+        action="store_true",
+        help="with --tls: grpc.dynamic_ssl_server_credentials, as gitmesh.xds.server serves",
+    )
+    parser.add_argument(
+        "--option",
+        type=channel_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a channel argument for the server (repeatable)",
+    )
+    parser.add_argument(
+        "--mallopt",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"glibc mallopt in the server before it starts (repeatable): {', '.join(MALLOPT)}",
+    )
+    parser.add_argument(
+        "--env",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for the server process (repeatable)",
+    )
     parser.add_argument("--server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pki", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for name, _ in args.mallopt:
+        if name not in MALLOPT:
+            parser.error(f"--mallopt {name}: not one of {', '.join(MALLOPT)}")
     if args.server:
-        asyncio.run(server(args.payload, Path(args.pki) if args.pki else None))
+        apply_mallopt(args.mallopt)
+        pki = Path(args.pki) if args.pki else None
+        asyncio.run(server(args.payload, pki, args.dynamic_tls, args.option))
         return 0
     pki = Path(tempfile.mkdtemp(prefix="grpc-floor-")) if args.tls else None
     if pki is not None:
         throwaway_pki(pki)
+    command = [sys.executable, __file__, "--server", "--payload", str(args.payload), "--pki", str(pki or "")]
+    command += ["--dynamic-tls"] * args.dynamic_tls
+    for key, value in args.option:
+        command += ["--option", f"{key}={value}"]
+    for name, value in args.mallopt:
+        command += ["--mallopt", f"{name}={value}"]
     child = subprocess.Popen(
-        [sys.executable, __file__, "--server", "--payload", str(args.payload), "--pki", str(pki or "")],
+        command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, **dict(args.env)},
     )
     assert child.stdin is not None and child.stdout is not None
     port, before = map(int, child.stdout.readline().split())
 
-    async def measure() -> int:
-        held = await client(port, args.streams, pki)
+    async def measure() -> tuple[float, int, int, float]:
+        start = time.monotonic()
+        held = await client(port, args.streams, args.payload, pki)
+        elapsed = time.monotonic() - start
         await asyncio.sleep(1)
         child.stdin.write("\n")
         child.stdin.flush()
-        after = int(child.stdout.readline())
+        after, trimmed, cpu = child.stdout.readline().split()
         for channel in held[::2]:
             await channel.close()  # type: ignore[attr-defined]
-        return after
+        return elapsed, int(after), int(trimmed), float(cpu)
 
-    after = asyncio.run(measure())
+    elapsed, after, trimmed, cpu = asyncio.run(measure())
     child.stdin.write("\n")
     child.stdin.flush()
     child.wait(30)
-    per_stream = (after - before) / args.streams
     if pki is not None:
         shutil.rmtree(pki)
-    kind = "mutual TLS" if args.tls else "plaintext"
+    kind = (
+        ("mutual TLS (dynamic credentials)" if args.dynamic_tls else "mutual TLS")
+        if args.tls
+        else "plaintext"
+    )
+    settings = [f"{k}={v}" for k, v in (*args.option, *args.mallopt, *args.env)]
     print(
-        f"{args.streams} {kind} streams, {args.payload}-byte answers: server RSS {before / 2**20:.1f} -> "
-        f"{after / 2**20:.1f} MiB, {per_stream / 1024:.1f} KiB per stream"
+        f"{args.streams} {kind} streams, {args.payload}-byte answers, opened and answered in {elapsed:.1f} s "
+        f"(server CPU {cpu:.1f} s)"
+        f"{' with ' + ' '.join(settings) if settings else ''}: server RSS {before / 2**20:.1f} -> "
+        f"{after / 2**20:.1f} MiB, {(after - before) / args.streams / 1024:.1f} KiB per stream; "
+        f"after malloc_trim {trimmed / 2**20:.1f} MiB, {(trimmed - before) / args.streams / 1024:.1f} KiB"
     )
     return 0
 
