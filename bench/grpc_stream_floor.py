@@ -153,7 +153,8 @@ async def server(
     answer = answer_bytes(payload)
 
     async def handler(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
-        async for request in requests:
+        # context.read(), as gitmesh's server reads: the request iterator keeps the last message.
+        while (request := await context.read()) is not grpc.aio.EOF:
             del request
             await context.write(answer)
 

@@ -637,6 +637,10 @@ async def serve(
             # event loop rather than being cancelled past gRPC's default of 1,000 waiting calls.
             ("grpc.server.max_pending_requests", 1 << 16),
             ("grpc.server.max_pending_requests_hard_limit", 1 << 16),
+            # Each TLS connection keeps a frame buffer this size (16 KiB by default): at 4 KiB an mTLS
+            # sidecar costs ~20 KiB less, for ~20% more CPU writing large responses.
+            ("grpc.tsi.max_frame_size", 4096),
+            ("grpc.enable_channelz", 0),  # per-call bookkeeping for an introspection gitmesh does not use
         ]
     )
     server.add_generic_rpc_handlers((servicer.rpc_handler(),))
