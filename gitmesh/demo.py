@@ -15,6 +15,7 @@ import datetime
 import http.server
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -64,16 +65,29 @@ MYSQL_CALLERS = ("bookwarehouse", "bookthief")
 _handed_out: set[int] = set()
 
 
+def _ephemeral_low() -> int:
+    """Where the kernel's range of ports for outgoing connections starts."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A loopback port free now and not handed out before by this process: the kernel may offer a
-    port again as soon as the probe closes, and two sidecars must not be given the same one."""
+    """A loopback port free now, not handed out before by this process (two sidecars must not be
+    given the same one), and below the ephemeral range: a port from that range can be taken by any
+    outgoing connection before the program it was picked for binds it."""
     while True:
+        port = random.randrange(1024, _ephemeral_low())
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 def envoy_binary() -> str:

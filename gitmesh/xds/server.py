@@ -357,6 +357,12 @@ class AfterBursts:
         self.releases += 1
         asyncio.get_running_loop().run_in_executor(None, self._release)
 
+    def close(self) -> None:
+        """No release after the server stops (its loop may be shutting its threads down)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
 
 # --- the servicer ---
 
@@ -615,6 +621,7 @@ class RunningServer:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.server.stop(grace)
+        self.servicer.bursts.close()
 
 
 async def serve(

@@ -103,5 +103,10 @@ def test_memory_is_given_back_once_after_a_burst_of_responses() -> None:
         bursts.end(wrote=False)  # answers that wrote nothing are no burst
         await asyncio.sleep(0.2)
         assert len(released) == 1
+        bursts.begin()
+        bursts.end(wrote=True)
+        bursts.close()  # the server stopped: nothing more
+        await asyncio.sleep(0.2)
+        assert len(released) == 1
 
     asyncio.run(scenario())
