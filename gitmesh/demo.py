@@ -77,8 +77,9 @@ def free_port() -> int:
     """A loopback port free now, not handed out before by this process (two sidecars must not be
     given the same one), and below the ephemeral range: a port from that range can be taken by any
     outgoing connection before the program it was picked for binds it."""
+    below = _ephemeral_low()
     while True:
-        port = random.randrange(1024, _ephemeral_low())
+        port = random.randrange(1024, below)
         if port in _handed_out:
             continue
         with socket.socket() as s:

@@ -59,7 +59,7 @@ def _delta_entry(item: EncodedResource) -> tuple[bytes, ...]:
         head = wire.field(1, item.version.encode())
         tail = wire.field(3, item.name.encode())
         size = len(head) + len(item.field_head) + item.size + len(tail)
-        item.delta_entry = (b"\x12" + wire.varint(size) + head + item.field_head, *item.parts, tail)
+        item.delta_entry = (wire.field_head(2, size) + head + item.field_head, *item.parts, tail)
     return item.delta_entry
 
 
@@ -424,12 +424,11 @@ class AggregatedDiscoveryServicer:
         cache: SnapshotCache,
         logger: logging.Logger | None = None,
         authorize: Authorize | None = None,
-        bursts: AfterBursts | None = None,
     ) -> None:
         self._cache = cache
         self._log = logger or _log
         self._authorize = authorize
-        self.bursts = bursts or AfterBursts()
+        self.bursts = AfterBursts()
         self._connections: Counter[str] = Counter()
         self._streams: dict[int, StreamInfo] = {}
         self._next_stream = 0

@@ -46,7 +46,7 @@ class EncodedResource:
         self.size = sum(map(len, parts))
         # Key and length that make it field 2 of the message holding it: DiscoveryResponse.resources
         # and a delta Resource.resource alike.
-        self.field_head = b"\x12" + wire.varint(self.size)
+        self.field_head = wire.field_head(2, self.size)
         self.delta_entry: tuple[bytes, ...] | None = None  # its delta Resource, written when first sent
 
     def __repr__(self) -> str:
@@ -103,7 +103,7 @@ def _encode(name: str, message: Message | Pieces) -> EncodedResource:
         parts: tuple[bytes, ...] = (type_field + wire.field(2, value) if value else type_field,)
     else:  # Any{type_url=1, value=2}, the value left in its pieces
         pieces = message.serialized_parts()
-        parts = (type_field + b"\x12" + wire.varint(sum(map(len, pieces))), *pieces)
+        parts = (type_field + wire.field_head(2, sum(map(len, pieces))), *pieces)
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part)

@@ -17,6 +17,11 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+def field_head(number: int, length: int) -> bytes:
+    """The key and length of a length-delimited field: what precedes its ``length`` bytes."""
+    return varint(number << 3 | 2) + varint(length)
+
+
 def field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (string, bytes or message) numbered ``number``."""
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
+    return field_head(number, len(payload)) + payload
