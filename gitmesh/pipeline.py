@@ -10,7 +10,7 @@ import contextlib
 import gc
 from collections.abc import Iterator, Mapping
 
-from gitmesh.cluster.backend import ClusterBackend, content_hash, fingerprint
+from gitmesh.cluster.backend import ClusterBackend, content_hash, fingerprint, stale
 from gitmesh.cluster.errors import ObjectsFailed
 from gitmesh.errors import ClusterError, PlanError, StalePlan
 from gitmesh.objects import Location, ObjectRef
@@ -90,6 +90,7 @@ def plan(revision: Revision, validated: Validated, backend: ClusterBackend, sour
         unchanged=frozenset(unchanged),
         live={ref: obj.obj for ref, obj in live.items()},
         inventory=inventory,
+        stale=stale(inventory, live, validated.declared | hashes.keys()),
         source=source,
         revision=revision.sha,
         git_ref=revision.ref,

@@ -20,6 +20,7 @@ SPLIT_GROUP = "split.smi-spec.io"
 ACCESS_GROUP = "access.smi-spec.io"
 SPECS_GROUP = "specs.smi-spec.io"
 CONFIG_GROUP = "config.openservicemesh.io"  # MeshConfig: the mesh-wide settings
+GROUPS = frozenset({SPLIT_GROUP, ACCESS_GROUP, SPECS_GROUP, CONFIG_GROUP})
 ROUTE_KINDS = ("HTTPRouteGroup", "TCPRoute", "UDPRoute")
 # The largest compiled RE2 program a route pattern may have. Envoy refuses bigger ones (runtime key
 # re2.max_program_size.error_level); its default, 100, refuses a UUID pattern ([0-9a-f-]{36} is
@@ -62,6 +63,16 @@ class HttpMatch:
     path: Path
 
 
+def whole_path_regex(path_regex: str) -> str:
+    """The regex the whole request path must match for ``pathRegex`` to match.
+
+    The SMI text anchors pathRegex at the start of the path only, so ``/api`` matches ``/api``,
+    ``/api/books`` and ``/apis``; ``/api$`` matches ``/api`` alone. Envoy matches a regex against
+    the whole path (without the query string), hence the trailing ``.*``.
+    """
+    return f"(?:{path_regex}).*"
+
+
 def namespace(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("namespace") or "")
 
@@ -72,6 +83,22 @@ def version(obj: dict[str, Any]) -> str:
 
 def split_service(obj: dict[str, Any]) -> str:
     return str(obj["spec"]["service"])
+
+
+def service_ref(written: str, namespace: str) -> tuple[str, str]:
+    """The (namespace, name) of the Service a split names, in the split's ``namespace``.
+
+    Written as a name or as the DNS name applications use: ``name``, ``name.ns``,
+    ``name.ns.svc``, ``name.ns.svc.<cluster domain>`` (``cluster``, ``cluster.local``, ...).
+    Anything else with a dot names no Service, and comes back whole for the caller to report.
+    """
+    name, _, rest = written.partition(".")
+    if not rest:
+        return namespace, name
+    ns, _, tail = rest.partition(".")
+    if tail and tail != "svc" and not tail.startswith("svc."):
+        return namespace, written
+    return ns, name
 
 
 def split_backends(obj: dict[str, Any]) -> list[Backend]:
@@ -145,12 +172,27 @@ def target_destination(obj: dict[str, Any]) -> Identity:
     return Identity(str(dest.get("namespace") or namespace(obj)), str(dest["name"]))
 
 
+def target_identities(obj: dict[str, Any]) -> list[tuple[Path, dict[str, Any]]]:
+    """The destination and each source as written, with their paths."""
+    body, prefix = _target_body(obj)
+    found = [((*prefix, "destination"), body.get("destination") or {})]
+    found += [((*prefix, "sources", i), s) for i, s in enumerate(body.get("sources") or [])]
+    return found
+
+
 def target_sources(obj: dict[str, Any]) -> list[Identity]:
     """Sources default to the target's namespace when they name none."""
     body, _ = _target_body(obj)
     return [
         Identity(str(s.get("namespace") or namespace(obj)), str(s["name"])) for s in body.get("sources") or []
     ]
+
+
+def allows_all_traffic(obj: dict[str, Any]) -> bool:
+    """A TrafficTarget without rules (v1alpha1 and v1alpha2 may leave them out; the CRDs require only
+    the destination) allows every request and connection from its sources to its destination."""
+    body, _ = _target_body(obj)
+    return ("specs" if version(obj) == "v1alpha1" else "rules") not in body
 
 
 def target_rules(obj: dict[str, Any]) -> list[Rule]:
@@ -201,6 +243,11 @@ def tcp_ports(obj: dict[str, Any]) -> tuple[int, ...]:
     """Ports a TCPRoute or UDPRoute matches; empty means every port (before v1alpha4)."""
     matches = (obj.get("spec") or {}).get("matches") or {}
     return tuple(int(p) for p in matches.get("ports") or ())
+
+
+# The MeshConfig settings gitmesh acts on, as (section, field) under spec; the rest are accepted as OSM
+# writes them and named in a note.
+MESH_CONFIG_ACTED_ON = frozenset({("traffic", "enablePermissiveTrafficPolicyMode")})
 
 
 def permissive(mesh_config: dict[str, Any]) -> bool:

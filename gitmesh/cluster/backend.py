@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -117,6 +117,16 @@ class ClusterBackend(Protocol):
 
     def save_rollout(self, split: str, record: Mapping[str, Any]) -> None:
         """Keep one rollout's state; it survives restarts of whatever drives it."""
+
+
+def stale(
+    inventory: Iterable[ObjectRef], live: Collection[ObjectRef], declared: Collection[ObjectRef]
+) -> list[ObjectRef]:
+    """What prune deletes, for every backend: objects the source applied that are still live and
+    that the revision no longer declares. ``declared`` holds every object of the revision, whatever
+    its version and whether or not it validated: an object still written in Git is never deleted,
+    whatever else went wrong."""
+    return [ref for ref in inventory if ref in live and ref not in declared]
 
 
 def owned(obj: Mapping[str, Any]) -> dict[str, Any]:

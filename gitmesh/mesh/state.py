@@ -6,11 +6,13 @@ decided here once:
 
 - identities are ServiceAccounts, written namespace/name;
 - access is denied unless a TrafficTarget allows it, or a MeshConfig makes the mesh permissive;
-  a rule without ``matches`` allows every route of its HTTPRouteGroup, and a
-  TCPRoute/UDPRoute without ports allows every port;
+  a rule without ``matches`` allows every route of its HTTPRouteGroup, a
+  TCPRoute/UDPRoute without ports allows every port, and a target without rules
+  (v1alpha1, v1alpha2) allows every request and connection from its sources;
 - a TrafficSplit's weights are relative and apply to every client of its root
   service; a backend that shares no port with the root gets no traffic, and a
-  warning says so.
+  warning says so; the root and backends may be written as DNS names
+  (``smi.service_ref``), in the split's own namespace only.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ class HttpMatch:
     headers: tuple[tuple[str, str], ...]
 
     def describe(self) -> str:
-        text = f"{','.join(self.methods) or '*'} {self.path_regex or '.*'}"
+        """``GET ^/api``: the methods, and the path regex anchored at the start of the path only."""
+        text = f"{','.join(self.methods) or '*'} {'^' + self.path_regex if self.path_regex else 'any path'}"
         return text + "".join(f" {name}~{pattern}" for name, pattern in self.headers)
 
     def __str__(self) -> str:
@@ -110,6 +113,14 @@ class PortRule:
     def __str__(self) -> str:
         ports = "ports " + ",".join(map(str, self.ports)) if self.ports else "any port"
         return f"{self.route} ({self.protocol} {ports})"
+
+
+# What a TrafficTarget without rules allows: every request (an HTTP match with no condition) and
+# every TCP and UDP port.
+ALL_TRAFFIC = (
+    (HttpMatch("(no rules)", "all traffic", None, (), ()),),
+    (PortRule("tcp", "(no rules)", ()), PortRule("udp", "(no rules)", ())),
+)
 
 
 @dataclass(frozen=True)
@@ -200,7 +211,8 @@ def _splits(
     out = {}
     for s in sorted(splits, key=lambda o: (smi.namespace(o), o["metadata"]["name"])):
         ns = smi.namespace(s)
-        root = services.get(ServiceRef(ns, smi.split_service(s)))
+        root_ns, root_name = smi.service_ref(smi.split_service(s), ns)
+        root = services.get(ServiceRef(ns, root_name)) if root_ns == ns else None
         if root is None:
             warnings.append(
                 f"TrafficSplit {ns}/{s['metadata']['name']}: root service {smi.split_service(s)} not found"
@@ -215,7 +227,8 @@ def _splits(
         for port in root.ports:
             backends = []
             for b in smi.split_backends(s):
-                backend = services.get(ServiceRef(ns, b.service))
+                backend_ns, backend_name = smi.service_ref(b.service, ns)
+                backend = services.get(ServiceRef(ns, backend_name)) if backend_ns == ns else None
                 if backend is None:
                     warnings.append(
                         f"TrafficSplit {ns}/{s['metadata']['name']}: backend {b.service} not found"
@@ -241,6 +254,9 @@ def _permissions(
     target: dict[str, Any], routes: Mapping[tuple[str, str, str], dict[str, Any]], warnings: list[str]
 ) -> list[Permission]:
     ns = smi.namespace(target)
+    destination = smi.target_destination(target)
+    if smi.allows_all_traffic(target):
+        return [Permission(source, destination, *ALL_TRAFFIC) for source in smi.target_sources(target)]
     http: list[HttpMatch] = []
     ports: list[PortRule] = []
     for rule in smi.target_rules(target):
@@ -259,7 +275,6 @@ def _permissions(
             ports.append(
                 PortRule("tcp" if rule.kind == "TCPRoute" else "udp", rule.name, smi.tcp_ports(route))
             )
-    destination = smi.target_destination(target)
     return [
         Permission(source, destination, tuple(http), tuple(ports)) for source in smi.target_sources(target)
     ]

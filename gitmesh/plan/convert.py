@@ -55,11 +55,18 @@ def to_served(obj: dict[str, Any]) -> dict[str, Any]:
     if kind == "TrafficSplit":
         out["spec"] = _split_spec(obj)
     elif kind == "TrafficTarget":
+        # v1alpha4 identities may carry a group; a ServiceAccount's is the core group, so it goes.
         out["spec"] = {
-            "destination": {k: v for k, v in _target_part(obj, "destination").items() if k != "port"},
-            "rules": copy.deepcopy(_target_part(obj, "specs" if smi.version(obj) == "v1alpha1" else "rules")),
-            "sources": copy.deepcopy(_target_part(obj, "sources")),
+            "destination": {
+                k: v for k, v in _target_part(obj, "destination").items() if k not in ("port", "group")
+            },
+            "sources": [{k: v for k, v in s.items() if k != "group"} for s in _target_part(obj, "sources")],
         }
+        if not smi.allows_all_traffic(obj):
+            rules = _target_part(obj, "specs" if smi.version(obj) == "v1alpha1" else "rules")
+            out["spec"]["rules"] = copy.deepcopy(rules)
+    elif kind == "MeshConfig":  # v1alpha1's fields are a subset of v1alpha2's, unchanged
+        out["spec"] = copy.deepcopy(obj.get("spec") or {})
     elif kind == "HTTPRouteGroup":
         matches = (
             obj.get("matches") if smi.version(obj) in ("v1alpha1", "v1alpha2") else obj["spec"]["matches"]

@@ -102,6 +102,24 @@ CODES: dict[str, Code] = {
             "gitmesh has no schema for this apiVersion/kind. The object is reported and not applied.",
         ),
         Code(
+            "GM012",
+            _E,
+            "a kind gitmesh reads, at a version it does not",
+            "gitmesh reads this kind, but not at this apiVersion (or the apiVersion lacks its API group, "
+            "as in apiVersion: v1alpha1). Left out, the object would be missing from the revision and "
+            "apply would prune the live one, so the revision is refused. Write one of the versions the "
+            "message names.",
+        ),
+        Code(
+            "GM013",
+            _E,
+            "an SMI or OSM kind gitmesh does not read",
+            "The object belongs to an API group gitmesh reads, but gitmesh does not read its kind "
+            "(IdentityBinding: gitmesh identities are ServiceAccounts). Dropping it would change what "
+            "the mesh allows without a word, so the revision is refused. Remove it, or write what it "
+            "means with the kinds gitmesh reads.",
+        ),
+        Code(
             "GM020",
             _E,
             "schema violation",
@@ -113,7 +131,8 @@ CODES: dict[str, Code] = {
             "GM101",
             _E,
             "split root service not found",
-            "A TrafficSplit's spec.service must name a Service defined in the same namespace.",
+            "A TrafficSplit's spec.service must name a Service defined in the same namespace, by name or "
+            "by DNS name (name.namespace.svc.cluster.local).",
         ),
         Code(
             "GM102",
@@ -158,6 +177,14 @@ CODES: dict[str, Code] = {
             _E,
             "split match names a missing HTTPRouteGroup",
             "TrafficSplit spec.matches must name HTTPRouteGroups defined in the split's namespace.",
+        ),
+        Code(
+            "GM109",
+            _E,
+            "split names a Service in another namespace",
+            "A TrafficSplit's root and backends may be written as DNS names (name.namespace, "
+            "name.namespace.svc, name.namespace.svc.cluster.local), but the namespace must be the "
+            "split's own: splits do not cross namespaces.",
         ),
         Code(
             "GM111",
@@ -207,6 +234,16 @@ CODES: dict[str, Code] = {
             "more than one MeshConfig",
             "A MeshConfig holds the settings of the whole mesh, so a revision may have at most one: with "
             "two, which setting holds would depend on their order. Keep one.",
+        ),
+        Code(
+            "GM132",
+            _W,
+            "MeshConfig settings gitmesh does not act on",
+            "gitmesh reads MeshConfig as Open Service Mesh writes it (config.openservicemesh.io "
+            "v1alpha1 and v1alpha2) but acts only on spec.traffic.enablePermissiveTrafficPolicyMode. "
+            "The other settings are accepted, so that a MeshConfig copied from OSM keeps working, and "
+            "listed in this one note. Sidecar images, TLS versions, egress, certificate and tracing "
+            "settings belong to OSM's own components; gitmesh's equivalents are its command options.",
         ),
         Code(
             "GM140",

@@ -35,6 +35,7 @@ def make_plan(
     predicted: Mapping[ObjectRef, Mapping[str, Any]],
     live: Mapping[ObjectRef, Mapping[str, Any]],
     inventory: Iterable[ObjectRef],
+    stale: Iterable[ObjectRef],
     source: str,
     revision: str | None,
     git_ref: str,
@@ -49,7 +50,8 @@ def make_plan(
     """Compare each desired object, as the backend predicts it once applied, with the live one.
 
     ``predicted`` maps each desired ref to the backend's dry-run result;
-    ``inventory`` is what this source applied before: only those are deleted.
+    ``inventory`` is what this source applied before; ``stale``, the part of it to delete
+    (``cluster.backend.stale``).
     ``conflicts`` and ``notes`` (why an object changes, e.g. drift) come from the caller;
     ``take_over`` are the conflicts on gitmesh's own fields, which apply takes back;
     ``unchanged`` are known to be the same on both sides, and need no ``predicted`` entry.
@@ -57,10 +59,8 @@ def make_plan(
     conflicts, notes = conflicts or {}, notes or {}
     owned = set(inventory)
     changes: list[Change] = []
-    wanted = set()
     for m in sorted(desired, key=lambda m: apply_rank(m.ref)):
         ref = m.ref
-        wanted.add(ref)
         if ref in unchanged:
             changes.append(Change(ref, Action.NOOP, source=m.source))
             continue
@@ -82,8 +82,7 @@ def make_plan(
             # An identical object not yet in the inventory is adopted: apply records it.
             manifest = None if ref in owned else m.obj
             changes.append(Change(ref, Action.NOOP, manifest=manifest, source=m.source))
-    stale = sorted((r for r in owned - wanted if r in live), key=apply_rank, reverse=True)
-    for ref in stale:
+    for ref in sorted(stale, key=apply_rank, reverse=True):
         before = clean(live[ref])
         changes.append(
             Change(

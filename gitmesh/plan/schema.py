@@ -111,6 +111,15 @@ def known_kinds() -> frozenset[tuple[str, str]]:
     return frozenset(_documents())
 
 
+def versions_read(kind: str) -> dict[str, list[str]]:
+    """The apiVersions gitmesh reads ``kind`` at, by API group ("" for the core group), oldest first."""
+    out: dict[str, list[str]] = {}
+    for api_version, k in sorted(_documents()):
+        if k == kind:
+            out.setdefault(api_version.rpartition("/")[0], []).append(api_version)
+    return out
+
+
 def schema_document(api_version: str, kind: str) -> dict[str, Any] | None:
     """A copy of the raw schema for this apiVersion/kind (it still holds ``$ref``s), or None."""
     doc = _documents().get((api_version, kind))

@@ -6,6 +6,7 @@ normalised (HTTPRouteGroup headers always in the list form the CRDs serve).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -30,6 +31,7 @@ _RE2_OPTIONS.log_errors = False
 class Validated:
     desired: tuple[Manifest, ...]
     diagnostics: tuple[Diagnostic, ...]
+    declared: frozenset[ObjectRef]  # every object the revision has, valid or not: never pruned
 
     @property
     def ok(self) -> bool:
@@ -54,7 +56,7 @@ def validate(manifests: Sequence[Manifest], extra: Iterable[Diagnostic] = ()) ->
     diagnostics.extend(_unconvertible(shaped))
     failed = {d.ref for d in diagnostics if d.is_error and d.ref is not None}
     desired = tuple(_served(m) for m in shaped if m.ref not in failed)
-    return Validated(desired, tuple(sorted(diagnostics, key=_order)))
+    return Validated(desired, tuple(sorted(diagnostics, key=_order)), _declared(manifests))
 
 
 def _order(d: Diagnostic) -> tuple[str, int, int, str]:
@@ -75,17 +77,10 @@ def _check_shape(m: Manifest) -> list[Diagnostic]:
     ref = m.ref
     validator = schema.validator_for(api_version, kind)
     if validator is None:
-        return [
-            Diagnostic(
-                m.source,
-                "GM011",
-                f"{api_version} {kind} is not a kind gitmesh manages; it will not be applied",
-                "apiVersion",
-                ref,
-            )
-        ]
+        return [_not_read(m, api_version, kind)]
+    problems = []
     if kind not in CLUSTER_SCOPED_KINDS and not meta.get("namespace"):
-        return [
+        problems.append(
             Diagnostic(
                 m.locate(("metadata",)),
                 "GM122",
@@ -94,10 +89,69 @@ def _check_shape(m: Manifest) -> list[Diagnostic]:
                 "metadata.namespace",
                 ref,
             )
-        ]
+        )
     if schema.is_valid(api_version, kind, obj):
-        return []
-    return [_schema_diagnostic(m, ref, e) for e in validator.iter_errors(obj)]
+        return problems
+    return problems + [_schema_diagnostic(m, ref, e) for e in validator.iter_errors(obj)]
+
+
+def _not_read(m: Manifest, api_version: str, kind: str) -> Diagnostic:
+    """An object gitmesh has no schema for. A kind gitmesh reads, at another version or without its
+    group, and any other kind of an API group gitmesh reads, are errors: left out of the revision,
+    the live object would be pruned. Anything else is not gitmesh's business."""
+    group = api_version.rpartition("/")[0]
+    read = schema.versions_read(kind)
+    here = m.locate(("apiVersion",))
+    if group in read or (read and not group):
+        versions = "; ".join(
+            f"{g}/{', '.join(v.rpartition('/')[2] for v in vs)}" if g else ", ".join(vs)
+            for g, vs in read.items()
+        )
+        missing = " (the API group is missing)" if read.keys() - {""} and not group else ""
+        return Diagnostic(
+            here,
+            "GM012",
+            f"gitmesh reads {kind} at {versions}, not at {api_version}{missing}; the revision is "
+            "refused rather than the object left out of it and pruned",
+            "apiVersion",
+            m.ref,
+        )
+    if group in smi.GROUPS:
+        advice = _UNREAD_ADVICE.get(kind, "")
+        return Diagnostic(
+            here, "GM013", f"{api_version} {kind} is not read by gitmesh{advice}", "apiVersion", m.ref
+        )
+    return Diagnostic(
+        m.source,
+        "GM011",
+        f"{api_version} {kind} is not a kind gitmesh manages; it will not be applied",
+        "apiVersion",
+        m.ref,
+    )
+
+
+_UNREAD_ADVICE = {
+    "IdentityBinding": ": gitmesh identities are ServiceAccounts; name the ServiceAccount in the "
+    "TrafficTarget (kind: ServiceAccount)",
+}
+
+
+def _declared(manifests: Sequence[Manifest]) -> frozenset[ObjectRef]:
+    """The identity of every object the revision declares, whatever its version or its problems.
+
+    A kind written without its API group (``apiVersion: v1`` on a MeshConfig) is taken to mean
+    the group gitmesh reads the kind in, so that prune still recognises it.
+    """
+    out = set()
+    for m in manifests:
+        meta, kind = m.obj.get("metadata"), m.obj.get("kind")
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not isinstance(kind, str):
+            continue
+        ref = m.ref
+        out.add(ref)
+        if not ref.group:
+            out.update(dataclasses.replace(ref, group=g) for g in schema.versions_read(kind))
+    return frozenset(out)
 
 
 def _schema_diagnostic(m: Manifest, ref: ObjectRef, error: schema_errors.ValidationError) -> Diagnostic:
@@ -206,6 +260,7 @@ def check_references(manifests: Sequence[Manifest]) -> list[Diagnostic]:
         for m in others
         if first is not None
     ]
+    out += [d for m in by_kind["MeshConfig"] for d in _settings_not_acted_on(m)]
     out += [d for s in by_kind["TrafficSplit"] for d in policy.check(s)]
     return out
 
@@ -218,7 +273,7 @@ def _check_splits(
     out: list[Diagnostic] = []
     roots: dict[tuple[str, str], Manifest] = {}
     for s in splits:
-        key = (smi.namespace(s.obj), smi.split_service(s.obj))
+        key = smi.service_ref(smi.split_service(s.obj), smi.namespace(s.obj))
         if key in roots:
             out.append(
                 _at(
@@ -231,36 +286,42 @@ def _check_splits(
         else:
             roots[key] = s
     for s in splits:
-        ns, root = smi.namespace(s.obj), smi.split_service(s.obj)
-        root_ports = service_ports.get((ns, root))
-        if root_ports is None:
-            out.append(_at(s, ("spec", "service"), "GM101", f"no Service {root!r} in namespace {ns!r}"))
+        ns = smi.namespace(s.obj)
+        written = smi.split_service(s.obj)
+        root_ns, root = smi.service_ref(written, ns)
+        root_ports = None
+        if root_ns != ns:
+            out.append(_elsewhere(s, ("spec", "service"), written, root_ns))
+        else:
+            root_ports = service_ports.get((ns, root))
+            if root_ports is None:
+                out.append(_at(s, ("spec", "service"), "GM101", f"no Service {root!r} in namespace {ns!r}"))
         backends = smi.split_backends(s.obj)
         seen: set[str] = set()
         for b in backends:
             here = (*b.path, "service")
-            if b.service in seen:
-                out.append(_at(s, here, "GM107", f"backend {b.service!r} is listed more than once"))
-            seen.add(b.service)
-            ports = service_ports.get((ns, b.service))
+            backend_ns, name = smi.service_ref(b.service, ns)
+            if backend_ns != ns:
+                out.append(_elsewhere(s, here, b.service, backend_ns))
+                continue
+            if name in seen:
+                out.append(_at(s, here, "GM107", f"backend {name!r} is listed more than once"))
+            seen.add(name)
+            ports = service_ports.get((ns, name))
             if ports is None:
-                out.append(_at(s, here, "GM102", f"no Service {b.service!r} in namespace {ns!r}"))
-            elif root_ports is not None and b.service != root and not ports & root_ports:
+                out.append(_at(s, here, "GM102", f"no Service {name!r} in namespace {ns!r}"))
+            elif root_ports is not None and name != root and not ports & root_ports:
                 out.append(
                     _at(
                         s,
                         here,
                         "GM103",
-                        f"Service {b.service!r} has none of the ports of {root!r} "
+                        f"Service {name!r} has none of the ports of {root!r} "
                         f"({_ports(root_ports)}); it has {_ports(ports)}",
                     )
                 )
-            if b.service != root and (ns, b.service) in roots:
-                out.append(
-                    _at(
-                        s, here, "GM105", f"backend {b.service!r} is the root of {roots[(ns, b.service)].ref}"
-                    )
-                )
+            if name != root and (ns, name) in roots:
+                out.append(_at(s, here, "GM105", f"backend {name!r} is the root of {roots[(ns, name)].ref}"))
         if backends and all(b.weight == 0 for b in backends):
             out.append(_at(s, ("spec", "backends"), "GM106", "every backend has weight 0"))
         for name, path in smi.split_matches(s.obj):
@@ -271,12 +332,43 @@ def _check_splits(
     return out
 
 
+def _elsewhere(s: Manifest, path: tuple[str | int, ...], written: str, namespace: str) -> Diagnostic:
+    return _at(
+        s,
+        path,
+        "GM109",
+        f"{written!r} names a Service in namespace {namespace!r}; a split and its services share "
+        f"the split's namespace, {smi.namespace(s.obj)!r}",
+    )
+
+
 def _check_targets(
     targets: list[Manifest], routes: dict[str, dict[tuple[str, str], Manifest]]
 ) -> list[Diagnostic]:
     out = []
     for t in targets:
         ns = smi.namespace(t.obj)
+        if smi.allows_all_traffic(t.obj) and smi.version(t.obj) not in ("v1alpha1", "v1alpha2"):
+            # The served version holds rule-less targets converted from older ones; written, it needs rules.
+            out.append(
+                _at(
+                    t,
+                    ("spec",),
+                    "GM020",
+                    f"'rules' is a required property in {t.obj['apiVersion']} (only v1alpha1 and "
+                    "v1alpha2 TrafficTargets may leave it out)",
+                )
+            )
+        out += [
+            _at(
+                t,
+                (*path, "kind"),
+                "GM013",
+                f"{field_path(path)} is an IdentityBinding{_UNREAD_ADVICE['IdentityBinding']}",
+            )
+            for path, identity in smi.target_identities(t.obj)
+            if identity.get("kind") == "IdentityBinding"
+        ]
         for rule in smi.target_rules(t.obj):
             route = routes.get(rule.kind, {}).get((ns, rule.name))
             if route is None:
@@ -300,15 +392,42 @@ def _check_targets(
     return out
 
 
+def _settings_not_acted_on(m: Manifest) -> list[Diagnostic]:
+    """One note naming every MeshConfig setting written that gitmesh accepts but does not act on."""
+    spec = m.obj.get("spec") or {}
+    ignored = [
+        f"{section}.{key}"
+        for section, fields in spec.items()
+        for key in fields
+        if (section, key) not in smi.MESH_CONFIG_ACTED_ON
+    ]
+    if not ignored:
+        return []
+    acted = ", ".join(sorted(f"spec.{s}.{k}" for s, k in smi.MESH_CONFIG_ACTED_ON))
+    return [
+        _at(
+            m,
+            ("spec",),
+            "GM132",
+            f"gitmesh acts on {acted} only; accepted, not acted on: {', '.join(ignored)}",
+        )
+    ]
+
+
 def _check_regexes(groups: list[Manifest]) -> list[Diagnostic]:
     out = []
     for g in groups:
         for x in smi.http_matches(g.obj):
-            patterns = [((*x.path, "pathRegex"), x.path_regex)] if x.path_regex is not None else []
-            patterns += [((*x.path, "headers"), p) for _, p in x.headers]
-            for path, pattern in patterns:
+            # Each pattern is checked as Envoy is given it.
+            patterns = (
+                [((*x.path, "pathRegex"), x.path_regex, smi.whole_path_regex(x.path_regex))]
+                if x.path_regex is not None
+                else []
+            )
+            patterns += [((*x.path, "headers"), p, p) for _, p in x.headers]
+            for path, pattern, sent in patterns:
                 try:
-                    size = re2.compile(pattern, _RE2_OPTIONS).programsize
+                    size = re2.compile(sent, _RE2_OPTIONS).programsize
                 except re2.error as e:
                     reason = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
                     out.append(_at(g, path, "GM113", f"{pattern[:80]!r}: {reason}"))

@@ -34,21 +34,21 @@ def test_the_bookstore() -> None:
             "bookbuyer/bookbuyer",
             "bookstore/bookstore",
             (
-                "bookstore-service-routes/books-bought (GET /books-bought user-agent~.*-http-client/.*)",
-                "bookstore-service-routes/buy-a-book (GET /buy-a-book/new)",
+                "bookstore-service-routes/books-bought (GET ^/books-bought user-agent~.*-http-client/.*)",
+                "bookstore-service-routes/buy-a-book (GET ^/buy-a-book/new)",
             ),
         ),
         (
             "bookstore/bookstore",
             "bookwarehouse/bookwarehouse",
-            ("bookwarehouse-service-routes/restock-books (POST /restock-books)",),
+            ("bookwarehouse-service-routes/restock-books (POST ^/restock-books)",),
         ),
         ("bookwarehouse/bookwarehouse", "bookwarehouse/mysql", ("mysql (tcp ports 3306)",)),
     }
     assert mesh.allowed_callers(Identity("bookthief", "bookthief")) == ()
     (books,) = [m for p in mesh.permissions for m in p.http if m.name == "books-bought"]
-    assert (
-        str(books) == "bookstore-service-routes/books-bought (GET /books-bought user-agent~.*-http-client/.*)"
+    assert str(books) == (
+        "bookstore-service-routes/books-bought (GET ^/books-bought user-agent~.*-http-client/.*)"
     )
     assert (books.path_regex, books.methods, books.headers) == (
         "/books-bought",

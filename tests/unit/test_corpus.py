@@ -1,4 +1,4 @@
-"""The broken-manifest corpus: every file in tests/corpus/broken reports exactly what expected.yaml says.
+"""The manifest corpora: every file in tests/corpus/{broken,dialects} reports exactly what expected.yaml says.
 
 Each file is copied alone into a fresh directory, read with ``read_directory`` and
 checked with ``pipeline.check``, the path ``gitmesh validate`` takes. Alone,
@@ -25,10 +25,20 @@ from gitmesh.plan.diagnostics import CODES, Diagnostic, Severity
 from gitmesh.plan.validate import Validated
 from gitmesh.sync.git import read_directory
 
-CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "broken"
-EXPECTED_FILE = CORPUS / "expected.yaml"
-EXPECTED: dict[str, list[dict[str, Any]]] = yaml.safe_load(EXPECTED_FILE.read_text())
-FILES = sorted(p.name for p in CORPUS.iterdir() if p != EXPECTED_FILE)
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
+# broken/: broken manifests; dialects/: the forms real SMI and OSM repositories write, right or wrong.
+CORPORA = ("broken", "dialects")
+EXPECTED: dict[str, list[dict[str, Any]]] = {
+    f"{corpus}/{name}": entries
+    for corpus in CORPORA
+    for name, entries in yaml.safe_load((CORPUS / corpus / "expected.yaml").read_text()).items()
+}
+FILES = sorted(
+    f"{corpus}/{p.name}"
+    for corpus in CORPORA
+    for p in (CORPUS / corpus).iterdir()
+    if p.name != "expected.yaml"
+)
 MAX_CASE_BYTES = 8 * 1024
 
 # Codes no corpus file can show, with the test that shows them instead.
@@ -54,11 +64,12 @@ def _check_alone(name: str, tmp_path: Path) -> tuple[Validated, Path]:
     """Load and validate one corpus file as the only file of a revision."""
     root = tmp_path / "revision"
     root.mkdir()
-    shutil.copyfile(CORPUS / name, root / name)
+    path = root / Path(name).name
+    shutil.copyfile(CORPUS / name, path)
     revision = read_directory(str(root))
-    assert [Path(f.path).name for f in revision.files] == [name]
+    assert [Path(f.path).name for f in revision.files] == [path.name]
     try:
-        return pipeline.check(revision), root / name
+        return pipeline.check(revision), path
     except Exception as e:
         pytest.fail(f"{name}: loading and validating raised {e!r} instead of returning diagnostics")
 

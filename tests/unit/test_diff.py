@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from gitmesh.cluster.backend import stale
 from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan.diff import clean, diff_fields, make_plan
 from gitmesh.plan.model import Action, FieldDiff, Plan
@@ -17,11 +18,13 @@ def manifest(obj: dict[str, Any]) -> Manifest:
 
 def plan(desired: list[dict[str, Any]], live: list[dict[str, Any]], inventory: list[dict[str, Any]]) -> Plan:
     ms = [manifest(o) for o in desired]
+    owned = [ObjectRef.of(o) for o in inventory]
     return make_plan(
         desired=ms,
         predicted={m.ref: m.obj for m in ms},
         live={ObjectRef.of(o): o for o in live},
-        inventory=[ObjectRef.of(o) for o in inventory],
+        inventory=owned,
+        stale=stale(owned, [ObjectRef.of(o) for o in live], [m.ref for m in ms]),
         source="default",
         revision="abc",
         git_ref="main",
@@ -112,6 +115,7 @@ def test_objects_known_unchanged_need_no_prediction() -> None:
         predicted={ObjectRef.of(NS): NS},  # nothing for SVC: the caller knows it is unchanged
         live={ObjectRef.of(SVC): served(SVC)},
         inventory=[ObjectRef.of(SVC)],
+        stale=[],
         source="default",
         revision="abc",
         git_ref="main",

@@ -5,6 +5,7 @@ import json
 import jsonschema
 import pytest
 
+from gitmesh.cluster.backend import stale
 from gitmesh.errors import PlanError
 from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan import encode
@@ -41,6 +42,7 @@ def sample_plan() -> Plan:
         predicted={m.ref: m.obj for m in ms},
         live={ObjectRef.of(o): o for o in live},
         inventory=[ObjectRef.of(o) for o in live],
+        stale=stale([ObjectRef.of(o) for o in live], [ObjectRef.of(o) for o in live], [m.ref for m in ms]),
         source="default",
         revision="0123456789abcdef",
         git_ref="main",

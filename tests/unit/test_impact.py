@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gitmesh.cluster.backend import stale
 from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan.diff import make_plan
 from gitmesh.plan.impact import access_triples
@@ -16,6 +17,7 @@ def impact(desired: list[dict[str, Any]], live: list[dict[str, Any]]) -> Impact:
         predicted={m.ref: m.obj for m in ms},
         live={ObjectRef.of(o): o for o in live},
         inventory=[ObjectRef.of(o) for o in live],
+        stale=stale([ObjectRef.of(o) for o in live], [ObjectRef.of(o) for o in live], [m.ref for m in ms]),
         source="s",
         revision=None,
         git_ref="main",
@@ -62,7 +64,7 @@ ROUTES = f.route_group("store", "routes", {"books": "/books", "buy": "/buy"})
 def test_new_target_grants_each_matched_route() -> None:
     target = f.target("store", "t", "bookstore", ["buyer/buyer"], "routes", ["books"])
     assert impact([ROUTES, target], [ROUTES]).access == (
-        AccessChange("buyer/buyer", "store/bookstore", "routes/books (GET /books)", gained=True),
+        AccessChange("buyer/buyer", "store/bookstore", "routes/books (GET ^/books)", gained=True),
     )
 
 
@@ -71,8 +73,8 @@ def test_removing_a_source_loses_all_its_routes() -> None:
     after = f.target("store", "t", "bookstore", ["buyer/buyer"], "routes")
     lost = impact([ROUTES, after], [ROUTES, before]).access
     assert [(a.source, a.route, a.gained) for a in lost] == [
-        ("thief/thief", "routes/books (GET /books)", False),
-        ("thief/thief", "routes/buy (GET /buy)", False),
+        ("thief/thief", "routes/books (GET ^/books)", False),
+        ("thief/thief", "routes/buy (GET ^/buy)", False),
     ]
 
 
@@ -81,8 +83,8 @@ def test_changing_a_route_group_changes_access_of_targets_that_use_it() -> None:
     narrowed = f.route_group("store", "routes", {"books": "/books/[0-9]+", "buy": "/buy"})
     access = impact([narrowed, target], [ROUTES, target]).access
     assert [(a.route, a.gained) for a in access] == [
-        ("routes/books (GET /books)", False),
-        ("routes/books (GET /books/[0-9]+)", True),
+        ("routes/books (GET ^/books)", False),
+        ("routes/books (GET ^/books/[0-9]+)", True),
     ]
 
 

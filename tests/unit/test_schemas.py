@@ -37,7 +37,7 @@ SMI_GROUPS = ("split.smi-spec.io", "access.smi-spec.io", "specs.smi-spec.io")
 
 EXPECTED_KINDS = frozenset(
     {(f"split.smi-spec.io/{v}", "TrafficSplit") for v in ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")}
-    | {(f"access.smi-spec.io/{v}", "TrafficTarget") for v in ("v1alpha1", "v1alpha2", "v1alpha3")}
+    | {(f"access.smi-spec.io/{v}", "TrafficTarget") for v in ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")}
     | {
         (f"specs.smi-spec.io/{v}", k)
         for v in ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")
@@ -49,6 +49,7 @@ EXPECTED_KINDS = frozenset(
         ("v1", "Service"),
         ("v1", "ServiceAccount"),
         ("discovery.k8s.io/v1", "EndpointSlice"),
+        ("config.openservicemesh.io/v1alpha1", "MeshConfig"),
         ("config.openservicemesh.io/v1alpha2", "MeshConfig"),
     }
 )
@@ -131,11 +132,10 @@ TIGHTENINGS: tuple[Tightening, ...] = (
     Tightening(
         _TT,
         (A1, A2),
-        (*_TT_SOURCES, *_TT_RULES),
+        _TT_SOURCES,
         ("required",),
-        "a valid TrafficTarget names a destination, at least one rule and at least one source "
-        "(SMI traffic-access spec text, stated from v1alpha3; access is additive, so an older "
-        "object without them grants nothing either)",
+        "a valid TrafficTarget names at least one source (SMI traffic-access spec text, stated from "
+        "v1alpha3; access is additive, so an older object without sources grants nothing either)",
     ),
     Tightening(
         _TT,
@@ -286,20 +286,24 @@ def test_the_official_crds_are_there_to_compare_with() -> None:
     assert len(CRD_KEYS) == 12, f"expected the 12 SMI CRD versions in {CRD_DIR}, found {CRD_KEYS}"
 
 
-def test_mesh_config_is_a_subset_of_the_osm_crd() -> None:
-    """gitmesh reads a few MeshConfig fields and refuses the rest: each it reads must exist in OSM's
-    CRD with the same type, so an OSM user's MeshConfig means the same to gitmesh."""
-    (doc,) = yaml.safe_load_all((CRD_DIR / "config.openservicemesh.io_MeshConfig.yaml").read_text())
-    (version,) = [v for v in doc["spec"]["versions"] if v["name"] == "v1alpha2"]
-    theirs = version["schema"]["openAPIV3Schema"]
-    ours = schemas.schema_document("config.openservicemesh.io/v1alpha2", "MeshConfig")
+@pytest.mark.parametrize("version", ["v1alpha1", "v1alpha2"])
+def test_mesh_config_is_the_osm_crd(version: str) -> None:
+    """gitmesh accepts every MeshConfig field OSM v1.2 defines, with the same type, and no other:
+    an OSM user's MeshConfig means the same to gitmesh, or is refused."""
+    crd = CRD_DIR / "osm-v1.2.4" / "config.openservicemesh.io_MeshConfig.yaml"
+    (doc,) = yaml.safe_load_all(crd.read_text())
+    (served,) = [v for v in doc["spec"]["versions"] if v["name"] == version]
+    theirs = served["schema"]["openAPIV3Schema"]
+    ours = schemas.schema_document(f"config.openservicemesh.io/{version}", "MeshConfig")
     assert ours is not None
     paths = property_paths(ours) - {"apiVersion", "kind", "metadata"}
-    assert "spec.traffic.enablePermissiveTrafficPolicyMode" in paths
+    assert paths == property_paths(theirs)
     for path in paths:
         mine, osm = ours, theirs
-        for part in path.split("."):
-            mine, osm = mine["properties"][part], osm["properties"][part]
+        for part in re.findall(r"[^.\[\]]+|\[\*\]", path):
+            key = ("items",) if part == "[*]" else ("properties", part)
+            for k in key:
+                mine, osm = mine[k], osm[k]
         assert mine["type"] == osm["type"], path
 
 
