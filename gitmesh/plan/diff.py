@@ -35,7 +35,7 @@ def make_plan(
     predicted: Mapping[ObjectRef, Mapping[str, Any]],
     live: Mapping[ObjectRef, Mapping[str, Any]],
     inventory: Iterable[ObjectRef],
-    stale: Iterable[ObjectRef],
+    stale: Sequence[ObjectRef],
     source: str,
     revision: str | None,
     git_ref: str,
@@ -82,6 +82,11 @@ def make_plan(
             # An identical object not yet in the inventory is adopted: apply records it.
             manifest = None if ref in owned else m.obj
             changes.append(Change(ref, Action.NOOP, manifest=manifest, source=m.source))
+    # Owned, live, neither applied nor pruned: the revision still declares it (prune's second wall,
+    # ``cluster.backend.stale``). It stays, and stays in the inventory.
+    kept = owned - {m.ref for m in desired} - set(stale)
+    for ref in sorted((r for r in kept if r in live), key=apply_rank):
+        changes.append(Change(ref, Action.NOOP, reason="kept: the revision still has it"))
     for ref in sorted(stale, key=apply_rank, reverse=True):
         before = clean(live[ref])
         changes.append(

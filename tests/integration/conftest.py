@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from gitmesh.cli import cli
 from tests.kube import Cluster, KubeEnv, KubeEnvError, build_binaries
 
 _FIXTURES_NEEDING_BINARIES = {"kube_binaries", "kube_env", "add_kube_cluster"}
@@ -77,3 +79,13 @@ def kube_env(kube_binaries: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def add_kube_cluster(kube_env: KubeEnv) -> Callable[..., Cluster]:
     """``add_kube_cluster(name=None)`` starts another apiserver on ``kube_env``'s etcd."""
     return kube_env.add_cluster
+
+
+@pytest.fixture
+def crd_cluster(add_kube_cluster: Callable[..., Cluster]) -> Iterator[Cluster]:
+    """A fresh, empty cluster (its own apiserver) with gitmesh's CRDs installed; stopped after the test."""
+    c = add_kube_cluster()
+    installed = CliRunner().invoke(cli, ["install", "crds", "--kubeconfig", str(c.kubeconfig)])
+    assert installed.exit_code == 0, installed.output
+    yield c
+    c.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,8 @@ def run(*args: str | Path) -> Result:
 
 
 @pytest.fixture
-def cluster(add_kube_cluster: Callable[..., Cluster]) -> Iterator[Cluster]:
-    """A fresh, empty cluster (its own apiserver and etcd prefix) with gitmesh's CRDs installed."""
-    c = add_kube_cluster()
-    result = run("install", "crds", "--kubeconfig", c.kubeconfig)
-    assert result.exit_code == 0, result.output
-    yield c
-    c.stop()  # each test had its own apiserver: free it now, not at the end of the session
+def cluster(crd_cluster: Cluster) -> Cluster:
+    return crd_cluster
 
 
 @pytest.fixture

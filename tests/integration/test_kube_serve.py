@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -37,12 +37,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def cluster(add_kube_cluster: Callable[..., Cluster]) -> Iterator[Cluster]:
-    c = add_kube_cluster()
-    result = CliRunner().invoke(cli, ["install", "crds", "--kubeconfig", str(c.kubeconfig)])
-    assert result.exit_code == 0, result.output
-    yield c
-    c.stop()  # each test had its own apiserver: free it now, not at the end of the session
+def cluster(crd_cluster: Cluster) -> Cluster:
+    return crd_cluster
 
 
 @pytest.fixture
