@@ -38,10 +38,17 @@ def _without_cycle_collection() -> Iterator[None]:
 
 
 @_without_cycle_collection()
-def check(revision: Revision) -> Validated:
-    """Load and validate every file of the revision; all diagnostics at once."""
+def check(revision: Revision, backend: ClusterBackend | None = None) -> Validated:
+    """Load and validate every file of the revision; all diagnostics at once.
+
+    With a backend, the Services a split names that the revision does not define are looked up
+    there (another team's, a Helm chart's); without one they are left unchecked, with a warning.
+    """
     loaded = load_files(revision.files)
-    return validate(loaded.manifests, loaded.diagnostics)
+    validated = validate(loaded.manifests, loaded.diagnostics)
+    if backend is None or not validated.outside:
+        return validated
+    return validate(loaded.manifests, loaded.diagnostics, backend.present(validated.outside))
 
 
 @_without_cycle_collection()

@@ -93,7 +93,7 @@ def plan(
     else:
         revision = revision_of(directory, repo, ref, subdir)
         backend = target.open()
-    validated = pipeline.check(revision)
+    validated = pipeline.check(revision, None if base else backend)
     if not validated.ok:
         report(validated, revision, "human")
         sys.exit(1)
@@ -150,7 +150,7 @@ def apply(
         result = encode.loads(Path(plan_or_directory).read_text())
     else:
         revision = revision_of(plan_or_directory, repo, ref, subdir)
-        validated = pipeline.check(revision)
+        validated = pipeline.check(revision, backend)
         if not validated.ok:
             report(validated, revision, "human")
             backend.record_error(

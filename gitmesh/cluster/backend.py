@@ -65,6 +65,9 @@ class ClusterBackend(Protocol):
     def inventory(self, source: str) -> dict[ObjectRef, Applied]:
         """What ``source`` applied last: the only objects its prune may delete."""
 
+    def present(self, refs: Collection[ObjectRef]) -> frozenset[ObjectRef]:
+        """Which of these objects exist, whoever made them."""
+
     def predict(self, objects: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """Each object as it would be stored if applied now, defaults filled in, in order."""
 

@@ -19,7 +19,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -147,6 +147,17 @@ class KubeBackend:
             for obj in items:
                 out[ObjectRef.of(obj)] = Live.of(obj)
         return out
+
+    def present(self, refs: Collection[ObjectRef]) -> frozenset[ObjectRef]:
+        def exists(ref: ObjectRef) -> bool:
+            try:
+                self._request("GET", _resource(ref.kind).path(ref.namespace, ref.name), ref=ref)
+            except errors.NotFound:
+                return False
+            return True
+
+        refs = list(refs)
+        return frozenset(ref for ref, found in zip(refs, self._parallel(exists, refs), strict=True) if found)
 
     def inventory(self, source: str) -> dict[ObjectRef, Applied]:
         cm = self._inventory_configmap(source)

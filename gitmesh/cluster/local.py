@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -91,6 +91,12 @@ class LocalBackend:
             (source,),
         )
         return {ObjectRef(g, k, ns, n): Applied(h, rv) for g, k, ns, n, h, rv in rows}
+
+    def present(self, refs: Collection[ObjectRef]) -> frozenset[ObjectRef]:
+        query = "SELECT 1 FROM objects WHERE grp = ? AND kind = ? AND namespace = ? AND name = ?"
+        return frozenset(
+            r for r in refs if self._db.execute(query, (r.group, r.kind, r.namespace, r.name)).fetchone()
+        )
 
     def predict(self, objects: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         return [Prediction(owned(obj)) for obj in objects]

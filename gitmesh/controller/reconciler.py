@@ -193,7 +193,7 @@ class Reconciler:
             revision = read(repo, source, sha, ref)
         except SourceError as e:
             return Result.INVALID, str(e)
-        validated = pipeline.check(revision)
+        validated = pipeline.check(revision, backend)
         if not validated.ok:
             first = validated.errors[0]
             return Result.INVALID, (

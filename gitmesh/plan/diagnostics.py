@@ -131,14 +131,16 @@ CODES: dict[str, Code] = {
             "GM101",
             _E,
             "split root service not found",
-            "A TrafficSplit's spec.service must name a Service defined in the same namespace, by name or "
-            "by DNS name (name.namespace.svc.cluster.local).",
+            "A TrafficSplit's spec.service must name a Service in the split's namespace, by name or by "
+            "DNS name (name.namespace.svc.cluster.local): one the revision defines, or, checked by plan "
+            "and apply, one the cluster has.",
         ),
         Code(
             "GM102",
             _E,
             "split backend service not found",
-            "Each TrafficSplit backend must name a Service defined in the split's namespace.",
+            "Each TrafficSplit backend must name a Service in the split's namespace: one the revision "
+            "defines, or, checked by plan and apply, one the cluster has.",
         ),
         Code(
             "GM103",
@@ -185,6 +187,15 @@ CODES: dict[str, Code] = {
             "A TrafficSplit's root and backends may be written as DNS names (name.namespace, "
             "name.namespace.svc, name.namespace.svc.cluster.local), but the namespace must be the "
             "split's own: splits do not cross namespaces.",
+        ),
+        Code(
+            "GM110",
+            _W,
+            "split names a Service outside the revision, not checked",
+            "The Service is not defined in the revision: it may come from elsewhere (another team's "
+            "repository, a Helm chart). Without a cluster gitmesh cannot check it; gitmesh plan and "
+            "apply look for it in the cluster (or the embedded store) and refuse the revision with "
+            "GM101 or GM102 if it is not there either.",
         ),
         Code(
             "GM111",

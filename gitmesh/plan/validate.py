@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
 from typing import Any
 
 import re2
@@ -32,6 +34,7 @@ class Validated:
     desired: tuple[Manifest, ...]
     diagnostics: tuple[Diagnostic, ...]
     declared: frozenset[ObjectRef]  # every object the revision has, valid or not: never pruned
+    outside: frozenset[ObjectRef]  # Services named but not defined, not checked: the cluster must have them
 
     @property
     def ok(self) -> bool:
@@ -42,9 +45,19 @@ class Validated:
         return [d for d in self.diagnostics if d.is_error]
 
 
-def validate(manifests: Sequence[Manifest], extra: Iterable[Diagnostic] = ()) -> Validated:
-    """Check every manifest; ``extra`` are load diagnostics to report alongside."""
+def validate(
+    manifests: Sequence[Manifest],
+    extra: Iterable[Diagnostic] = (),
+    present: AbstractSet[ObjectRef] | None = None,
+) -> Validated:
+    """Check every manifest; ``extra`` are load diagnostics to report alongside.
+
+    A split may name Services the revision does not define (another team's, a Helm chart's).
+    Without ``present`` they are not checked: a warning each, and ``Validated.outside`` lists
+    them; ``present`` holds those of them the cluster has, and the others are errors.
+    """
     diagnostics = list(extra)
+    services = _Services(present)
     shaped: list[Manifest] = []
     for m in manifests:
         problems = _check_shape(m)
@@ -52,11 +65,13 @@ def validate(manifests: Sequence[Manifest], extra: Iterable[Diagnostic] = ()) ->
         if not problems and schema.validator_for(m.obj["apiVersion"], m.obj["kind"]) is not None:
             shaped.append(_normalise(m))
     diagnostics.extend(_duplicates(manifests))
-    diagnostics.extend(check_references(shaped))
+    diagnostics.extend(check_references(shaped, services))
     diagnostics.extend(_unconvertible(shaped))
     failed = {d.ref for d in diagnostics if d.is_error and d.ref is not None}
     desired = tuple(_served(m) for m in shaped if m.ref not in failed)
-    return Validated(desired, tuple(sorted(diagnostics, key=_order)), _declared(manifests))
+    return Validated(
+        desired, tuple(sorted(diagnostics, key=_order)), _declared(manifests), frozenset(services.outside)
+    )
 
 
 def _order(d: Diagnostic) -> tuple[str, int, int, str]:
@@ -231,12 +246,12 @@ def _duplicates(manifests: Sequence[Manifest]) -> list[Diagnostic]:
     return out
 
 
-def check_references(manifests: Sequence[Manifest]) -> list[Diagnostic]:
+def check_references(manifests: Sequence[Manifest], services: _Services) -> list[Diagnostic]:
     """The cross-object checks (GM1xx) over schema-valid manifests."""
     by_kind: dict[str, list[Manifest]] = defaultdict(list)
     for m in manifests:
         by_kind[m.obj["kind"]].append(m)
-    service_ports = {
+    services.ports = {
         (smi.namespace(s.obj), s.obj["metadata"]["name"]): {
             (p.get("port"), p.get("protocol", "TCP")) for p in (s.obj.get("spec") or {}).get("ports") or ()
         }
@@ -246,7 +261,7 @@ def check_references(manifests: Sequence[Manifest]) -> list[Diagnostic]:
         kind: {(smi.namespace(r.obj), r.obj["metadata"]["name"]): r for r in by_kind[kind]}
         for kind in smi.ROUTE_KINDS
     }
-    out = _check_splits(by_kind["TrafficSplit"], service_ports, routes["HTTPRouteGroup"])
+    out = _check_splits(by_kind["TrafficSplit"], services, routes["HTTPRouteGroup"])
     out += _check_targets(by_kind["TrafficTarget"], routes)
     out += _check_regexes(by_kind["HTTPRouteGroup"])
     first, *others = by_kind["MeshConfig"] or [None]
@@ -265,9 +280,45 @@ def check_references(manifests: Sequence[Manifest]) -> list[Diagnostic]:
     return out
 
 
+# A Service name is a DNS-1035 label.
+_SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+@dataclass
+class _Services:
+    """The Services a split may name: the revision's, and those outside it that the cluster has."""
+
+    present: AbstractSet[ObjectRef] | None  # None: no cluster was asked
+    ports: dict[tuple[str, str], set[tuple[Any, Any]]] = field(default_factory=dict)
+    outside: set[ObjectRef] = field(default_factory=set)  # named, not defined, not checked
+
+    def ports_of(
+        self, split: Manifest, path: tuple[str | int, ...], code: str, ns: str, name: str
+    ) -> tuple[set[tuple[Any, Any]] | None, list[Diagnostic]]:
+        """The ports of Service ns/name if the revision defines it (None if not), and what to say."""
+        ports = self.ports.get((ns, name))
+        if ports is not None:
+            return ports, []
+        if not _SERVICE_NAME.match(name):
+            return None, [_at(split, path, code, f"{name!r} is not a Service name, nor a Service's DNS name")]
+        ref = ObjectRef("", "Service", ns, name)
+        if self.present is None:
+            self.outside.add(ref)
+            message = (
+                f"Service {name!r} (namespace {ns!r}) is not in the revision; not checked without a "
+                "cluster: plan and apply look for it there"
+            )
+            return None, [_at(split, path, "GM110", message)]
+        if ref in self.present:
+            return None, []
+        return None, [
+            _at(split, path, code, f"no Service {name!r} in namespace {ns!r}, in the revision or the cluster")
+        ]
+
+
 def _check_splits(
     splits: list[Manifest],
-    service_ports: dict[tuple[str, str], set[tuple[Any, Any]]],
+    services: _Services,
     route_groups: dict[tuple[str, str], Manifest],
 ) -> list[Diagnostic]:
     out: list[Diagnostic] = []
@@ -293,9 +344,8 @@ def _check_splits(
         if root_ns != ns:
             out.append(_elsewhere(s, ("spec", "service"), written, root_ns))
         else:
-            root_ports = service_ports.get((ns, root))
-            if root_ports is None:
-                out.append(_at(s, ("spec", "service"), "GM101", f"no Service {root!r} in namespace {ns!r}"))
+            root_ports, problems = services.ports_of(s, ("spec", "service"), "GM101", ns, root)
+            out += problems
         backends = smi.split_backends(s.obj)
         seen: set[str] = set()
         for b in backends:
@@ -307,10 +357,9 @@ def _check_splits(
             if name in seen:
                 out.append(_at(s, here, "GM107", f"backend {name!r} is listed more than once"))
             seen.add(name)
-            ports = service_ports.get((ns, name))
-            if ports is None:
-                out.append(_at(s, here, "GM102", f"no Service {name!r} in namespace {ns!r}"))
-            elif root_ports is not None and name != root and not ports & root_ports:
+            ports, problems = services.ports_of(s, here, "GM102", ns, name)
+            out += problems
+            if ports is not None and root_ports is not None and name != root and not ports & root_ports:
                 out.append(
                     _at(
                         s,

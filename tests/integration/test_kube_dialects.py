@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,6 @@ from gitmesh import pipeline
 from gitmesh.cli import cli
 from gitmesh.cluster.kube import KubeBackend
 from gitmesh.plan.model import Action
-from gitmesh.plan.validate import Validated
 from gitmesh.sync.git import open_repo, read_revision
 from tests.conftest import EXAMPLE_REPO, GitRepo
 from tests.controller import RunningController, condition
@@ -80,11 +80,7 @@ def test_prune_never_deletes_what_the_revision_declares(crd_cluster: Cluster, me
         assert checked.ok
         # As if something upstream dropped the TrafficTargets from what is to be applied while
         # the revision still has them: the plan deletes none of them, and neither does apply.
-        lost = Validated(
-            tuple(m for m in checked.desired if m.ref.kind != "TrafficTarget"),
-            checked.diagnostics,
-            checked.declared,
-        )
+        lost = replace(checked, desired=tuple(m for m in checked.desired if m.ref.kind != "TrafficTarget"))
         plan = pipeline.plan(revision, lost, backend, "default")
         assert not [c for c in plan.changes if c.action is Action.DELETE]
         pipeline.apply(plan, backend)
@@ -125,3 +121,26 @@ def test_gitmesh_run_refuses_targets_at_an_unknown_version_and_says_why(
     finally:
         if controller.process and controller.process.poll() is None:
             controller.kill()
+
+
+def test_a_split_may_name_a_service_the_cluster_has_from_elsewhere(
+    crd_cluster: Cluster, mesh: GitRepo
+) -> None:
+    assert apply(crd_cluster, mesh)[0] == 0
+    split = (EXAMPLE_REPO / "bookstore/split.yaml").read_text()
+    assert "service: bookstore-v2\n" in split
+    mesh.commit(
+        "v2 from the Helm chart", {"mesh/bookstore/split.yaml": split.replace("bookstore-v2", "helm-v2")}
+    )
+    validated = CliRunner().invoke(cli, ["validate", "--repo", str(mesh.path), "--path", "mesh"])
+    assert validated.exit_code == 0, validated.output
+    assert "GM110" in validated.output
+    code, output = apply(crd_cluster, mesh)
+    assert code == 1
+    assert "GM102" in output and "no Service 'helm-v2' in namespace 'bookstore'" in output
+    # Installed by someone else (not labelled as gitmesh's): the split may name it.
+    crd_cluster.kubectl("create", "service", "clusterip", "helm-v2", "--tcp=14001:14001", "-n", "bookstore")
+    code, output = apply(crd_cluster, mesh)
+    assert code == 0, output
+    live = json.loads(crd_cluster.kubectl("get", "trafficsplit", "-n", "bookstore", "-o", "json").stdout)
+    assert [b["service"] for b in live["items"][0]["spec"]["backends"]] == ["bookstore-v1", "helm-v2"]

@@ -3,6 +3,7 @@ not read is refused, and prune never deletes an object the revision still declar
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,7 @@ def test_an_object_still_declared_is_kept_and_stays_owned(tmp_path: Path, store:
     checked = pipeline.check(rev)
     apply(rev, checked, store)
     # As if a stage upstream lost the TrafficTarget while the revision still has it.
-    lost = Validated(
-        tuple(m for m in checked.desired if m.ref != TARGET), checked.diagnostics, checked.declared
-    )
+    lost = replace(checked, desired=tuple(m for m in checked.desired if m.ref != TARGET))
     plan = pipeline.plan(rev, lost, store, "default")
     (kept,) = [c for c in plan.changes if c.ref == TARGET]
     assert (kept.action, kept.reason) == (Action.NOOP, "kept: the revision still has it")

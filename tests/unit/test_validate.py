@@ -1,19 +1,28 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gitmesh import pipeline
+from gitmesh.cluster.local import LocalBackend
+from gitmesh.objects import ObjectRef
 from gitmesh.plan.load import SourceFile, load_files
 from gitmesh.plan.validate import Validated, validate
+from gitmesh.sync.git import read_directory
 from tests import factory as f
 
+NO_CLUSTER = None
+EMPTY_CLUSTER: frozenset[ObjectRef] = frozenset()
 
-def check(*objs: dict[str, Any]) -> Validated:
+
+def check(*objs: dict[str, Any], present: frozenset[ObjectRef] | None = EMPTY_CLUSTER) -> Validated:
+    """Validate as plan does against a cluster that has none of what the revision lacks."""
     text = f.dump(*objs).encode()
     loaded = load_files([SourceFile("mesh.yaml", len(text), text)])
-    return validate(loaded.manifests, loaded.diagnostics)
+    return validate(loaded.manifests, loaded.diagnostics, present)
 
 
 def codes(result: Validated) -> list[tuple[str, str]]:
@@ -151,6 +160,23 @@ def test_each_check_reports_its_code_at_the_field(
     assert codes(result) == expected
 
 
+def test_services_outside_the_revision_are_looked_up_in_the_cluster() -> None:
+    objs = _with(BASE, SPLIT, ("spec", "service"), "storefront")
+    objs = _with(objs, SPLIT, ("spec", "backends", 1, "service"), "storefront-v2.store.svc.cluster.local")
+    root, backend = (
+        ObjectRef("", "Service", "store", "storefront"),
+        ObjectRef("", "Service", "store", "storefront-v2"),
+    )
+    unchecked = check(*objs, present=NO_CLUSTER)
+    assert unchecked.ok
+    assert codes(unchecked) == [("GM110", "spec.service"), ("GM110", "spec.backends[1].service")]
+    assert unchecked.outside == {root, backend}
+    assert check(*objs, present=frozenset({root, backend})).diagnostics == ()
+    missing = check(*objs, present=frozenset({root}))
+    assert codes(missing) == [("GM102", "spec.backends[1].service")]
+    assert "in the revision or the cluster" in missing.diagnostics[0].message
+
+
 def test_all_problems_are_reported_at_once() -> None:
     objs = _with(BASE, SPLIT, ("spec", "service"), "nowhere")
     objs = _with(objs, TARGET, ("spec", "rules", 0, "name"), "nope")
@@ -193,7 +219,7 @@ def test_diagnostics_point_at_the_line_of_the_field() -> None:
         b"  backends: [{service: a, weight: 1}]\n"
     )
     loaded = load_files([SourceFile("s.yaml", len(text), text)])
-    result = validate(loaded.manifests, loaded.diagnostics)
+    result = validate(loaded.manifests, loaded.diagnostics, EMPTY_CLUSTER)
     weight = [d for d in result.diagnostics if d.code == "GM020"]
     assert [(d.location.line, d.location.column, d.path) for d in weight] == [
         (8, 5, "spec.backends[0].weight")
@@ -239,3 +265,14 @@ def test_older_versions_are_checked_with_their_own_field_layout() -> None:
     result = check(*BASE[:5], old_split, old_target)
     # destination.port has no place in the served v1alpha3: refused rather than silently widened.
     assert codes(result) == [("GM130", "destination.port"), ("GM111", "specs[0].name")]
+
+
+def test_the_embedded_store_is_the_cluster_plan_looks_in(tmp_path: Path) -> None:
+    store = LocalBackend(tmp_path / "store.db")
+    root = tmp_path / "revision"
+    root.mkdir()
+    (root / "mesh.yaml").write_text(f.dump(*_with(BASE, SPLIT, ("spec", "service"), "storefront")))
+    revision = read_directory(str(root))
+    assert [d.code for d in pipeline.check(revision, store).errors] == ["GM101"]
+    store.apply("platform", None, "", [f.service("store", "storefront", 80)], [], {})
+    assert pipeline.check(revision, store).diagnostics == ()
