@@ -118,8 +118,8 @@ class PortRule:
 # What a TrafficTarget without rules allows: every request (an HTTP match with no condition) and
 # every TCP and UDP port.
 ALL_TRAFFIC = (
-    (HttpMatch("(no rules)", "all traffic", None, (), ()),),
-    (PortRule("tcp", "(no rules)", ()), PortRule("udp", "(no rules)", ())),
+    (HttpMatch("no rules", "*", None, (), ()),),
+    (PortRule("tcp", "no rules", ()), PortRule("udp", "no rules", ())),
 )
 
 

@@ -76,3 +76,17 @@ def test_an_osm_v1alpha1_mesh_config_with_permissive_mode_is_permissive(demo: De
     thief = lambda: {demo.buy("/admin", caller="bookthief")[0] for _ in range(20)}  # noqa: E731
     eventually(thief, lambda s: s == {200}, "bookthief let in")
     assert demo.query("bookthief") in ("mysql-v1", "mysql-v2")
+
+
+def test_a_split_written_with_dns_names_splits_the_service_they_name(demo: Demo) -> None:
+    split = (demo.repo / demo_mod.MESH_PATH / "bookstore" / "split.yaml").read_text()
+    dns = (
+        split.replace("service: bookstore\n", "service: bookstore.bookstore.svc.cluster.local\n")
+        .replace("service: bookstore-v1\n", "service: bookstore-v1.bookstore\n")
+        .replace("service: bookstore-v2\n", "service: bookstore-v2.bookstore.svc\n")
+        .replace("weight: 75", "weight: 0")
+        .replace("weight: 25", "weight: 100")
+    )
+    assert dns.count(".bookstore") == 3
+    commit(demo, "bookstore/split.yaml", dns, "the split in OSM's spelling, all to v2")
+    eventually(lambda: set(demo.shares(50)), lambda s: s == {"bookstore-v2"}, "0/100 in effect")

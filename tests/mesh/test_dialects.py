@@ -102,6 +102,11 @@ def test_a_target_without_rules_allows_all_traffic_from_its_sources(tmp_path: Pa
     (permission,) = bookstore_caller(mesh)
     assert permission.source == Identity("bookbuyer", "bookbuyer")
     assert (permission.http, permission.ports) == ALL_TRAFFIC
+    assert permission.routes() == (
+        "no rules/* (* any path)",
+        "no rules (tcp any port)",
+        "no rules (udp any port)",
+    )
     # Envoy: any request of the caller passes the route rules, and its TCP connections are accepted.
     routes = translate(mesh, BOOKSTORE_PROXY)[resources.ROUTE]["inbound"]
     rbac = routes.virtual_hosts[0].typed_per_filter_config["envoy.filters.http.rbac"]
