@@ -12,7 +12,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import re2
@@ -57,7 +57,7 @@ def validate(
     them; ``present`` holds those of them the cluster has, and the others are errors.
     """
     diagnostics = list(extra)
-    services = _Services(present)
+    outside: set[ObjectRef] = set()
     shaped: list[Manifest] = []
     for m in manifests:
         problems = _check_shape(m)
@@ -65,12 +65,12 @@ def validate(
         if not problems and schema.validator_for(m.obj["apiVersion"], m.obj["kind"]) is not None:
             shaped.append(_normalise(m))
     diagnostics.extend(_duplicates(manifests))
-    diagnostics.extend(check_references(shaped, services))
+    diagnostics.extend(check_references(shaped, present, outside))
     diagnostics.extend(_unconvertible(shaped))
     failed = {d.ref for d in diagnostics if d.is_error and d.ref is not None}
     desired = tuple(_served(m) for m in shaped if m.ref not in failed)
     return Validated(
-        desired, tuple(sorted(diagnostics, key=_order)), _declared(manifests), frozenset(services.outside)
+        desired, tuple(sorted(diagnostics, key=_order)), _declared(manifests), frozenset(outside)
     )
 
 
@@ -246,12 +246,15 @@ def _duplicates(manifests: Sequence[Manifest]) -> list[Diagnostic]:
     return out
 
 
-def check_references(manifests: Sequence[Manifest], services: _Services) -> list[Diagnostic]:
-    """The cross-object checks (GM1xx) over schema-valid manifests."""
+def check_references(
+    manifests: Sequence[Manifest], present: AbstractSet[ObjectRef] | None, outside: set[ObjectRef]
+) -> list[Diagnostic]:
+    """The cross-object checks (GM1xx) over schema-valid manifests; Services named but neither
+    defined nor looked up (``present`` is None) are added to ``outside``."""
     by_kind: dict[str, list[Manifest]] = defaultdict(list)
     for m in manifests:
         by_kind[m.obj["kind"]].append(m)
-    services.ports = {
+    ports = {
         (smi.namespace(s.obj), s.obj["metadata"]["name"]): {
             (p.get("port"), p.get("protocol", "TCP")) for p in (s.obj.get("spec") or {}).get("ports") or ()
         }
@@ -261,6 +264,7 @@ def check_references(manifests: Sequence[Manifest], services: _Services) -> list
         kind: {(smi.namespace(r.obj), r.obj["metadata"]["name"]): r for r in by_kind[kind]}
         for kind in smi.ROUTE_KINDS
     }
+    services = _Services(ports, present, outside)
     out = _check_splits(by_kind["TrafficSplit"], services, routes["HTTPRouteGroup"])
     out += _check_targets(by_kind["TrafficTarget"], routes)
     out += _check_regexes(by_kind["HTTPRouteGroup"])
@@ -284,13 +288,13 @@ def check_references(manifests: Sequence[Manifest], services: _Services) -> list
 _SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Services:
     """The Services a split may name: the revision's, and those outside it that the cluster has."""
 
+    ports: dict[tuple[str, str], set[tuple[Any, Any]]]  # the revision's, by (namespace, name)
     present: AbstractSet[ObjectRef] | None  # None: no cluster was asked
-    ports: dict[tuple[str, str], set[tuple[Any, Any]]] = field(default_factory=dict)
-    outside: set[ObjectRef] = field(default_factory=set)  # named, not defined, not checked
+    outside: set[ObjectRef]  # named, not defined, not checked: filled in here
 
     def ports_of(
         self, split: Manifest, path: tuple[str | int, ...], code: str, ns: str, name: str
