@@ -195,10 +195,12 @@ class Runner:
             self._save(r, nxt)
 
     def measure(self, r: Rollout, now: float) -> Measurement:
-        backends = [f"{r.split.partition('/')[0]}/{b}" for b in r.weights]
-        m = self.metrics.measure(backends, r.policy, r.policy.interval, r.mark)
-        # Samples arrive keyed namespace/service; analysis speaks of the split's backend services.
-        return replace(m, samples={k.partition("/")[2]: s for k, s in m.samples.items()})
+        # Samples arrive keyed namespace/service; analysis speaks of the split's backends as written
+        # (a name, or a DNS name such as bookstore-v2.bookstore.svc).
+        ns = r.split.partition("/")[0]
+        written = {"/".join(smi.service_ref(b, ns)): b for b in r.weights}
+        m = self.metrics.measure(list(written), r.policy, r.policy.interval, r.mark)
+        return replace(m, samples={written[k]: s for k, s in m.samples.items()})
 
     def _save(self, before: Rollout, after: Rollout) -> None:
         if self.revert_to and after.phase is Phase.FAILED and before.phase.active:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
+from typing import Any
 from xml.etree import ElementTree
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gitmesh.cluster.local import LocalBackend
 from gitmesh.errors import RolloutError
 from gitmesh.plan import policy as policies
 from gitmesh.plan.load import SourceFile, load_files
 from gitmesh.plan.policy import PREFIX, Policy
-from gitmesh.rollout import envoy_stats, machine, render, revert
+from gitmesh.rollout import driver, envoy_stats, machine, render, revert
 from gitmesh.rollout.analysis import analyse
-from gitmesh.rollout.metrics import quantile
+from gitmesh.rollout.metrics import Measurement, quantile
 from gitmesh.rollout.model import Analysis, Phase, Rollout, Sample, Verdict
 from gitmesh.rollout.prometheus import queries
 from gitmesh.rollout.steps import gaining, losing, plan_steps, shares
@@ -404,3 +407,20 @@ def test_a_revert_changes_only_the_weight_values() -> None:
     )
     with pytest.raises(RolloutError, match="no weight value at line 2"):
         revert.revert_text(text, {0: (2, 1)}, {0: 1})
+
+
+def test_backends_written_as_dns_names_are_measured_under_their_service() -> None:
+    class Source:
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def measure(self, backends: Sequence[str], policy: Policy, window: float, mark: Any) -> Measurement:
+            self.asked = list(backends)
+            return Measurement({b: Sample(10, 0) for b in backends}, {})
+
+    v1, v2 = "web-v1.shop", "web-v2.shop.svc.cluster.local"
+    r = machine.start("shop/web", "default", "abc", POLICY, {v1: 100, v2: 0}, {v1: 0, v2: 100}, 1000.0)
+    source = Source()
+    measured = driver.Runner(LocalBackend(":memory:"), source, lambda _: None).measure(r, 1010.0)
+    assert source.asked == ["shop/web-v1", "shop/web-v2"]
+    assert set(measured.samples) == {v1, v2}
