@@ -14,8 +14,8 @@ from gitmesh.cluster.backend import ClusterBackend, content_hash, fingerprint
 from gitmesh.cluster.errors import ObjectsFailed
 from gitmesh.errors import ClusterError, PlanError, StalePlan
 from gitmesh.objects import Location, ObjectRef
+from gitmesh.plan import layout
 from gitmesh.plan.diff import make_plan
-from gitmesh.plan.load import load_files
 from gitmesh.plan.model import Action, Plan
 from gitmesh.plan.validate import Validated, validate
 from gitmesh.sync.git import Revision
@@ -39,9 +39,15 @@ def _without_cycle_collection() -> Iterator[None]:
 
 @_without_cycle_collection()
 def check(revision: Revision) -> Validated:
-    """Load and validate every file of the revision; all diagnostics at once."""
-    loaded = load_files(revision.files)
-    return validate(loaded.manifests, loaded.diagnostics)
+    """Load and validate every file and build of the revision; all diagnostics at once."""
+    loaded = layout.load(
+        revision.files,
+        revision.builds,
+        namespace=revision.namespace,
+        acknowledged=revision.acknowledged,
+        diagnostics=revision.diagnostics,
+    )
+    return layout.explain(validate(loaded.manifests, loaded.diagnostics), loaded.notes)
 
 
 @_without_cycle_collection()

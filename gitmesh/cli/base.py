@@ -37,7 +37,16 @@ def source_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
         "--path", "subdir", default="", help="Directory of the manifests inside the repository."
     )(f)
-    return f
+    return namespace_option(f)
+
+
+def namespace_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "-n",
+        "--namespace",
+        default="",
+        help="The namespace of objects that name none (as kubectl -n, or Flux's targetNamespace).",
+    )(f)
 
 
 @dataclass(frozen=True)
@@ -112,15 +121,15 @@ def reports_errors(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def revision_of(directory: str | None, repo: str | None, ref: str, subdir: str) -> Revision:
+def revision_of(directory: str | None, repo: str | None, ref: str, subdir: str, namespace: str) -> Revision:
     if directory and repo:
         raise click.UsageError("give a DIRECTORY or --repo, not both")
     if repo:
-        return read_revision(open_repo(repo), ref, subdir)
-    return read_directory(directory or ".")
+        return read_revision(open_repo(repo), ref, subdir, namespace)
+    return read_directory(directory or ".", namespace)
 
 
-def report(validated: Validated, revision: Revision, output: str) -> None:
+def report(validated: Validated, revision: Revision, output: str, console: Console = err) -> None:
     diagnostics = validated.diagnostics
     if output == "json":
         click.echo(render.diagnostics_json(diagnostics))
@@ -128,7 +137,7 @@ def report(validated: Validated, revision: Revision, output: str) -> None:
         if diagnostics:
             click.echo(render.diagnostics_github(diagnostics))
     elif diagnostics:
-        render.diagnostics_text(err, diagnostics, {f.path: f.data for f in revision.files})
+        render.diagnostics_text(console, diagnostics, revision.texts)
 
 
 @click.group(context_settings={"auto_envvar_prefix": "GITMESH", "help_option_names": ["-h", "--help"]})

@@ -55,6 +55,7 @@ _SCHEMA: dict[str, Any] = {
                         "properties": {k.value: {"type": "string", "minLength": 1} for k in RefKind},
                     },
                     "path": {"type": "string"},
+                    "namespace": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"},
                     "interval": _DURATION,
                     "drift_interval": _DURATION,
                     "allow_empty": {"type": "boolean"},
@@ -152,6 +153,7 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
                     ca_file=base / s["ca_file"] if "ca_file" in s else None,
                     ssh=SshAuth(base / ssh["key_file"], base / ssh["known_hosts_file"]) if ssh else None,
                     verify=_verification(base, verify) if verify else None,
+                    namespace=s.get("namespace", ""),
                 )
             )
         except ValueError as e:

@@ -171,7 +171,7 @@ def _impact_lines(impact: Impact) -> Iterable[tuple[str, str]]:
 def plan_markdown(plan: Plan) -> str:
     """A pull-request comment: a summary line, the traffic table, and each change folded."""
     revision = f"`{plan.revision[:12]}`" if plan.revision else "the working directory"
-    out = [f"### gitmesh plan for {revision} ({plan.ref})", "", f"**{plan.summary()}**", ""]
+    out = [f"### gitmesh plan for {revision} ({plan.ref}) -> {plan.backend}", "", f"**{plan.summary()}**", ""]
     if plan.impact.splits:
         out += ["#### Traffic splits", "", "| split | backend | before | after |", "|---|---|---:|---:|"]
         for s in plan.impact.splits:
