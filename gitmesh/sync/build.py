@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,7 @@ from gitmesh.plan.load import SourceFile
 
 KUBECTL = "kubectl"
 TIMEOUT = 30.0  # seconds a build may take
+_KLOG_ERROR = re.compile(r'"command failed" err="(.*)"\s*$', re.DOTALL)
 
 
 def build(plan: BuildPlan, tree: Tree) -> Build:
@@ -75,6 +77,8 @@ def _run(plan: BuildPlan, base: Path, inputs: tuple[SourceFile, ...], home: Path
         )
     if done.returncode != 0:
         said = done.stderr.decode("utf-8", "replace").replace(f"{base}/", "").strip()
+        if quoted := _KLOG_ERROR.search(said):  # kubectl's log line around kustomize's own words
+            said = quoted[1].replace('\\"', '"')
         return Build(plan.root, inputs, problems=_problem(plan, f"kubectl kustomize failed: {said[:2000]}"))
     if len(done.stdout) > MAX_OUTPUT_BYTES:
         message = f"kubectl kustomize printed {len(done.stdout):,} bytes; the limit is {MAX_OUTPUT_BYTES:,}"
