@@ -257,8 +257,7 @@ def load_build(build: Build) -> tuple[list[tuple[Manifest, str]], list[Diagnosti
 def _unmark(obj: dict[str, Any]) -> str:
     """Take the mark off a rendered object (and the annotations it alone made); its value."""
     meta = obj.get("metadata")
-    annotations = meta.get("annotations") if isinstance(meta, dict) else None
-    if not isinstance(annotations, dict):
+    if not isinstance(meta, dict) or not isinstance(annotations := meta.get("annotations"), dict):
         return ""
     value = annotations.pop(MARK, "")
     if not annotations:

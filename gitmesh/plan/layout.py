@@ -44,7 +44,8 @@ class Loaded:
 
 def arrange(paths: Sequence[str], tree: Tree) -> Arrangement:
     """Sort a revision's file paths (repository paths, ignored ones already left out)."""
-    charts = sorted({posixpath.dirname(p) for p in paths if posixpath.basename(p) == CHART_FILE})
+    found_charts = sorted({posixpath.dirname(p) for p in paths if posixpath.basename(p) == CHART_FILE})
+    charts = [c for c in found_charts if not any(_under(c, outer) for outer in found_charts if outer != c)]
     in_chart = {p for p in paths if any(_under(p, c) for c in charts)}
     found = kustomize.find((p for p in paths if p not in in_chart), tree)
     plain = tuple(

@@ -117,10 +117,10 @@ def read_revision(repo: git.Repo, ref: str, path: str = "", namespace: str = "")
     files = _GitTree(commit.tree)
     ignore = _ignore_rules(files, posixpath.join(path, IGNORE_FILE) if path else IGNORE_FILE)
     paths = [
-        item.path
+        str(item.path)
         for item in tree.traverse()
         if isinstance(item, git.Blob)
-        and not ignore.ignores(item.path[len(path) + 1 :] if path else item.path)
+        and not ignore.ignores(str(item.path)[len(path) + 1 :] if path else str(item.path))
     ]
     return dataclasses.replace(
         _arranged(files, paths, ignore, namespace),
