@@ -94,6 +94,9 @@ class Manifest:
     source: Location
     positions: Mapping[Path, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
     converted_from: str = ""  # the apiVersion as written, when gitmesh converted it to the served one
+    written: Mapping[str, Any] | None = field(
+        default=None, compare=False, repr=False
+    )  # then: the object as written
 
     @functools.cached_property
     def ref(self) -> ObjectRef:

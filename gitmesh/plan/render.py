@@ -137,11 +137,12 @@ _STYLE_OP = {"add": "green", "remove": "red", "change": "yellow"}
 
 
 def _diff_line(f: FieldDiff) -> str:
+    written = f"  (written as {f.written})" if f.written else ""
     if f.op == "add":
-        return f"+ {f.path}: {_value(f.after)}"
+        return f"+ {f.path}: {_value(f.after)}{written}"
     if f.op == "remove":
         return f"- {f.path}: {_value(f.before)}"
-    return f"~ {f.path}: {_value(f.before)} -> {_value(f.after)}"
+    return f"~ {f.path}: {_value(f.before)} -> {_value(f.after)}{written}"
 
 
 def _value(v: Any) -> str:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -16,7 +17,11 @@ def manifest(obj: dict[str, Any]) -> Manifest:
 
 
 def plan(desired: list[dict[str, Any]], live: list[dict[str, Any]], inventory: list[dict[str, Any]]) -> Plan:
-    ms = [manifest(o) for o in desired]
+    return plan_of([manifest(o) for o in desired], live, inventory)
+
+
+def plan_of(ms: Sequence[Manifest], live: list[dict[str, Any]], inventory: list[dict[str, Any]]) -> Plan:
+    """The plan of ``ms``, each predicted to be stored as it is."""
     return make_plan(
         desired=ms,
         predicted={m.ref: m.obj for m in ms},
