@@ -114,14 +114,10 @@ def read_revision(repo: git.Repo, ref: str, path: str = "", namespace: str = "")
     if not isinstance(tree, git.Tree):
         raise SourceError(f"path {path!r} at {commit.hexsha[:12]} is a file, not a directory")
 
-    files = _GitTree(commit.tree)
+    blobs = {str(item.path): item for item in tree.traverse() if isinstance(item, git.Blob)}
+    files = _GitTree(commit.tree, blobs)
     ignore = _ignore_rules(files, posixpath.join(path, IGNORE_FILE) if path else IGNORE_FILE)
-    paths = [
-        str(item.path)
-        for item in tree.traverse()
-        if isinstance(item, git.Blob)
-        and not ignore.ignores(str(item.path)[len(path) + 1 :] if path else str(item.path))
-    ]
+    paths = [p for p in blobs if not ignore.ignores(p[len(path) + 1 :] if path else p)]
     return dataclasses.replace(
         _arranged(files, paths, ignore, namespace),
         sha=commit.hexsha,
@@ -177,10 +173,13 @@ class _GitTree:
 
     root = ""
 
-    def __init__(self, tree: git.Tree) -> None:
+    def __init__(self, tree: git.Tree, blobs: dict[str, git.Blob]) -> None:
         self.tree = tree
+        self.blobs = blobs  # those already found: looking a path up walks the tree from its root
 
     def _entry(self, path: str) -> object:
+        if path in self.blobs:
+            return self.blobs[path]
         if path in ("", "."):
             return self.tree
         try:
@@ -195,7 +194,7 @@ class _GitTree:
         return isinstance(self._entry(path), git.Tree)
 
     def read(self, path: str) -> SourceFile:
-        blob = self.tree / path
+        blob = self.blobs.get(path) or self.tree / path
         size = blob.size  # asked first: an oversized blob is never read
         return SourceFile(path, size, blob.data_stream.read() if size <= MAX_FILE_BYTES else b"")
 
