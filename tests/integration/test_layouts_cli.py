@@ -17,6 +17,8 @@ from gitmesh.cluster.local import LocalBackend
 from gitmesh.sync.source import Source, read
 from tests import factory as f
 from tests.conftest import EXAMPLE_REPO, GitRepo
+from tests.controller import RunningController, condition
+from tests.gitserver import GitHttpServer
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +151,50 @@ def test_a_controller_source_reads_with_its_default_namespace(git_repo: GitRepo)
     validated = pipeline.check(read(git.Repo(git_repo.path), source, sha, "main"))
     assert validated.ok, validated.diagnostics
     assert [str(m.ref) for m in validated.desired] == ["Service/team/web"]
+
+
+def test_gitmesh_run_follows_an_overlay_over_http_and_keeps_it_when_a_remote_base_comes(
+    overlay: GitRepo, tmp_path: Path
+) -> None:
+    """The controller renders the overlay of a source fetched over HTTP; a later commit with a remote
+    base is refused by name, and what was applied stays (one source in prod by kustomize, one in
+    its configured default namespace)."""
+    store = tmp_path / "store.db"
+    server = GitHttpServer(tmp_path / "served").start()
+    bare = tmp_path / "served" / "mesh.git"
+    overlay.git("clone", "-q", "--bare", str(overlay.path), str(bare))
+    overlay.git("remote", "add", "origin", str(bare))
+    plain = GitRepo(tmp_path / "plain")
+    plain.commit("no namespace", {"web.yaml": f.dump(f.service_account("", "web"))})
+    config = tmp_path / "gitmesh.yaml"
+    config.write_text(
+        f"sources:\n"
+        f"  - {{name: web, url: '{server.url('mesh.git')}', path: mesh, interval: 1s}}\n"
+        f"  - {{name: team, url: '{plain.path}', namespace: team, interval: 1s}}\n"
+    )
+    c = RunningController(tmp_path, ["--config", config, "--store", store]).start()
+    try:
+        c.wait_applied(overlay.git("rev-parse", "HEAD").strip(), "web")
+        c.wait_applied(plain.git("rev-parse", "HEAD").strip(), "team")
+        applied = managed(store)
+        assert "TrafficSplit/prod/web-split" in applied
+        assert "ServiceAccount/team/web" in applied
+        kustomization = (overlay.path / "mesh/overlays/prod/kustomization.yaml").read_text()
+        remote = overlay.commit(
+            "monitoring from elsewhere",
+            {
+                "mesh/overlays/prod/kustomization.yaml": kustomization.replace(
+                    "- ../../base", "- ../../base\n- github.com/example/monitoring?ref=v2"
+                )
+            },
+        )
+        overlay.git("push", "-q", "origin", "main")
+        record = c.wait_result(remote, "invalid", "web")
+        assert condition(record, "Stalled") == ("True", "ValidationFailed")
+        (stalled,) = [x for x in record["conditions"] if x["type"] == "Stalled"]
+        assert "GM052" in stalled["message"]
+        assert "a remote base" in stalled["message"]
+        assert managed(store) == applied
+    finally:
+        assert c.stop() == 0
+        server.stop()
