@@ -34,6 +34,10 @@ def build(plan: BuildPlan, tree: Tree) -> Build:
     with tempfile.TemporaryDirectory(prefix="gitmesh-kustomize-") as tmp:
         base = Path(tmp) / "tree"
         for path in plan.files:
+            copy = _in_copy(path, tree.root)
+            if copy is None:  # a crafted tree (an entry named '..') must not write outside the copy
+                problems.append(Diagnostic(Location(path), "GM052", "the path leaves the repository"))
+                continue
             f = tree.read(path)
             if path in plan.resources:
                 inputs.append(f)
@@ -46,25 +50,38 @@ def build(plan: BuildPlan, tree: Tree) -> Build:
                 continue
             else:
                 data = f.data
-            target = base / path
+            target = base / copy
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        if problems:  # the files' own diagnostics say what to fix; the build is not run
+        directory = _in_copy(posixpath.dirname(plan.root) or ".", tree.root)
+        if directory is None:
+            problems.append(_problem(plan, "the path leaves the repository"))
+        if problems or directory is None:  # the files' own diagnostics say what to fix; nothing runs
             return Build(plan.root, tuple(inputs), problems=tuple(problems))
-        return _run(plan, base, tuple(inputs), Path(tmp))
+        return _run(plan, base / directory, tuple(inputs), Path(tmp))
 
 
-def _run(plan: BuildPlan, base: Path, inputs: tuple[SourceFile, ...], home: Path) -> Build:
+def _in_copy(path: str, root: str) -> str | None:
+    """Where ``path`` (a path of the tree) goes in the copy: relative to the tree's root; None if outside."""
+    relative = posixpath.normpath(posixpath.relpath(path, root) if root else path)
+    if relative == ".." or relative.startswith(("../", "/")):
+        return None
+    return relative
+
+
+def _run(plan: BuildPlan, directory: Path, inputs: tuple[SourceFile, ...], home: Path) -> Build:
     kubectl = shutil.which(KUBECTL)
-    directory = posixpath.dirname(plan.root)
+    base = home / "tree"
     if kubectl is None:
         return Build(
-            plan.root, inputs, problems=_problem(plan, "kubectl is not installed: it renders kustomizations")
+            plan.root,
+            inputs,
+            problems=(_problem(plan, "kubectl is not installed: it renders kustomizations"),),
         )
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "KUBECONFIG": os.devnull}
     try:
         done = subprocess.run(
-            [kubectl, "kustomize", str(base / directory)],
+            [kubectl, "kustomize", str(directory)],
             capture_output=True,
             env=env,
             cwd=home,
@@ -73,18 +90,20 @@ def _run(plan: BuildPlan, base: Path, inputs: tuple[SourceFile, ...], home: Path
         )
     except subprocess.TimeoutExpired:
         return Build(
-            plan.root, inputs, problems=_problem(plan, f"kubectl kustomize took longer than {TIMEOUT:g} s")
+            plan.root, inputs, problems=(_problem(plan, f"kubectl kustomize took longer than {TIMEOUT:g} s"),)
         )
     if done.returncode != 0:
         said = done.stderr.decode("utf-8", "replace").replace(f"{base}/", "").strip()
         if quoted := _KLOG_ERROR.search(said):  # kubectl's log line around kustomize's own words
             said = quoted[1].replace('\\"', '"')
-        return Build(plan.root, inputs, problems=_problem(plan, f"kubectl kustomize failed: {said[:2000]}"))
+        return Build(
+            plan.root, inputs, problems=(_problem(plan, f"kubectl kustomize failed: {said[:2000]}"),)
+        )
     if len(done.stdout) > MAX_OUTPUT_BYTES:
         message = f"kubectl kustomize printed {len(done.stdout):,} bytes; the limit is {MAX_OUTPUT_BYTES:,}"
-        return Build(plan.root, inputs, problems=_problem(plan, message))
+        return Build(plan.root, inputs, problems=(_problem(plan, message),))
     return Build(plan.root, inputs, done.stdout)
 
 
-def _problem(plan: BuildPlan, message: str) -> tuple[Diagnostic]:
-    return (Diagnostic(Location(plan.root), "GM052", message),)
+def _problem(plan: BuildPlan, message: str) -> Diagnostic:
+    return Diagnostic(Location(plan.root), "GM052", message)

@@ -184,6 +184,12 @@ def test_layout_case_from_a_directory(name: str, tmp_path: Path) -> None:
     root = tmp_path / "revision"
     shutil.copytree(LAYOUTS / name, root)
     _assert_layout_verdict(name, pipeline.check(read_directory(str(root))), str(root))
+    # Rendering works on a private copy: the directory read is left exactly as it was.
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == {
+        root / p.relative_to(LAYOUTS / name): p.read_bytes()
+        for p in (LAYOUTS / name).rglob("*")
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("name", _layout_cases(git=True))

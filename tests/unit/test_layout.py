@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import posixpath
+from pathlib import Path
 
 import yaml
 
 from gitmesh.objects import Location
 from gitmesh.plan import kustomize, layout
-from gitmesh.plan.kustomize import MARK, Build
+from gitmesh.plan.kustomize import MARK, Build, BuildPlan
 from gitmesh.plan.load import SourceFile
 from gitmesh.plan.validate import validate
+from gitmesh.sync.build import build
 from tests import factory as f
 
 
@@ -262,3 +264,15 @@ def test_the_core_group_is_written_without_a_slash() -> None:
     (d,) = layout.load([SourceFile("c.yaml", 0, f.dump(config_map).encode())], []).diagnostics
     assert "'kind: ConfigMap'" in d.message
     assert posixpath.basename(d.location.file) == "c.yaml"
+
+
+def test_a_crafted_path_is_never_written_outside_the_private_copy(tmp_path: Path) -> None:
+    """A tree with entries named '..' could name files above the copy; they are refused, not written."""
+    escaping = "../" * 40 + str(tmp_path).lstrip("/") + "/escaped.yaml"
+    t = Files({"k/kustomization.yaml": "resources: [x.yaml]\n", "k/x.yaml": MESH, escaping: MESH})
+    plan = BuildPlan("k/kustomization.yaml", ("k/kustomization.yaml", escaping, "k/x.yaml"), frozenset())
+    result = build(plan, t)
+    assert [(d.location.file, d.code, d.message) for d in result.problems] == [
+        (escaping, "GM052", "the path leaves the repository")
+    ]
+    assert not (tmp_path / "escaped.yaml").exists()
