@@ -308,7 +308,11 @@ def explain(code: str) -> None:
     entry = CODES.get(code.upper())
     if entry is None:
         raise click.BadParameter(f"unknown code; known: {', '.join(CODES)}", param_hint="CODE")
-    out.print(f"[bold]{entry.code}[/] ({entry.severity.value}): {entry.title}\n\n{entry.explanation}")
+    # Explanations quote patterns such as '[z-a]', which rich would take for markup.
+    out.print(
+        Text(entry.code, style="bold")
+        + Text(f" ({entry.severity.value}): {entry.title}\n\n{entry.explanation}")
+    )
 
 
 def _rollout_notes(result: Any, backend: ClusterBackend) -> list[str]:

@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 from gitmesh import pipeline
 from gitmesh.cli import cli
 from gitmesh.cluster.local import LocalBackend
+from gitmesh.plan.diagnostics import CODES
 from gitmesh.sync.source import Source, read
 from tests import factory as f
 from tests.conftest import EXAMPLE_REPO, GitRepo
@@ -198,3 +199,11 @@ def test_gitmesh_run_follows_an_overlay_over_http_and_keeps_it_when_a_remote_bas
     finally:
         assert c.stop() == 0
         server.stop()
+
+
+def test_explain_prints_every_explanation_as_written() -> None:
+    """Explanations quote patterns such as '[z-a]': printed as text, not taken for markup."""
+    for code, entry in CODES.items():
+        result = run("explain", code)
+        assert result.exit_code == 0
+        assert entry.explanation in result.stdout, code
