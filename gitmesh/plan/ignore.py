@@ -37,7 +37,7 @@ class IgnoreRules:
     """What one ``.gitmeshignore`` says: patterns, acknowledged (group, kind) pairs, and its problems."""
 
     spec: pathspec.GitIgnoreSpec = field(default_factory=lambda: pathspec.GitIgnoreSpec([]))
-    kinds: frozenset[tuple[str, str]] = frozenset()
+    acknowledged: frozenset[tuple[str, str]] = frozenset()
     diagnostics: tuple[Diagnostic, ...] = ()
 
     def ignores(self, path: str) -> bool:

@@ -126,21 +126,15 @@ def _foreign(
     for (group, kind), found in sorted(by_kind.items()):
         first = found[0]
         line = f"kind: {group}/{kind}" if group else f"kind: {kind}"
-        count = (
-            f"{len(found)} {kind} objects ({first.obj['apiVersion']})"
+        written = f"{kind} ({first.obj['apiVersion']})"
+        message = (
+            f"{len(found)} {written} objects, the first here: not a kind gitmesh manages, not applied. "
+            f"A line '{line}' in .gitmeshignore acknowledges them"
             if len(found) > 1
-            else (f"{kind} ({first.obj['apiVersion']})")
+            else f"{written}: not a kind gitmesh manages, not applied. "
+            f"A line '{line}' in .gitmeshignore acknowledges it"
         )
-        out.append(
-            Diagnostic(
-                first.source,
-                "GM011",
-                f"{count}: not a kind gitmesh manages, not applied (the first is here). "
-                f"A line '{line}' in .gitmeshignore acknowledges them",
-                "apiVersion",
-                first.ref,
-            )
-        )
+        out.append(Diagnostic(first.source, "GM011", message, "apiVersion", first.ref))
     return managed, out
 
 

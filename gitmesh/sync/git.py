@@ -156,7 +156,7 @@ def _arranged(tree: Tree, paths: list[str], ignore: IgnoreRules, namespace: str)
         files=tuple(tree.read(p) for p in arranged.plain),
         builds=tuple(build(b, tree) for b in arranged.builds),
         diagnostics=(*ignore.diagnostics, *arranged.diagnostics),
-        acknowledged=ignore.kinds,
+        acknowledged=ignore.acknowledged,
         namespace=namespace,
     )
 

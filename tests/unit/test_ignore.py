@@ -83,5 +83,9 @@ def test_matching_does_not_backtrack() -> None:
 def test_kind_lines_acknowledge_kinds() -> None:
     r = rules("kind: apps/Deployment\nkind:   ConfigMap\nkind: helm.toolkit.fluxcd.io/HelmRelease\n")
     assert r.diagnostics == ()
-    assert r.kinds == {("apps", "Deployment"), ("", "ConfigMap"), ("helm.toolkit.fluxcd.io", "HelmRelease")}
+    assert r.acknowledged == {
+        ("apps", "Deployment"),
+        ("", "ConfigMap"),
+        ("helm.toolkit.fluxcd.io", "HelmRelease"),
+    }
     assert not r.ignores("kind: apps/Deployment")

@@ -252,7 +252,7 @@ def test_foreign_kinds_are_one_line_per_kind_and_silent_when_acknowledged() -> N
         ("flux.yaml:1:1", "GM011"),
     ]
     assert loaded.diagnostics[0].message.startswith(
-        "59 Deployment objects (apps/v1): not a kind gitmesh manages"
+        "59 Deployment (apps/v1) objects, the first here: not a kind gitmesh manages, not applied."
     )
     assert "'kind: apps/Deployment' in .gitmeshignore" in loaded.diagnostics[0].message
     quiet = layout.load(files, [], acknowledged=frozenset({("apps", "Deployment")}))
