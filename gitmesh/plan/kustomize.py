@@ -28,9 +28,21 @@ MAX_OUTPUT_BYTES = 32 * 1024 * 1024
 MARK = "gitmesh.dev/written-at"
 
 # Fields whose values name files or directories, relative to the kustomization.
-_PATH_LISTS = ("resources", "bases", "components", "crds", "configurations", "patchesStrategicMerge")
+_PATH_LISTS = (
+    "resources",
+    "bases",
+    "components",
+    "crds",
+    "configurations",
+    "patchesStrategicMerge",
+    "generators",
+    "transformers",
+    "validators",
+)
 _PATH_FIELDS = ("patches", "patchesJson6902", "replacements")
-_DIRECTORY_LISTS = frozenset({"resources", "bases", "components"})
+_DIRECTORY_LISTS = frozenset({"resources", "bases", "components", "generators", "transformers", "validators"})
+_REMOTE_BASE = "a remote base; gitmesh reads only the revision (copy it into the repository)"
+_HOST = re.compile(r"^[a-z0-9-]+(\.[a-z0-9-]+)+/")
 _REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@|git::|(?:github|gitlab|bitbucket)\.(?:com|org)/)|\?ref=")
 
 
@@ -138,10 +150,10 @@ def _walk(root: str, tree: Tree) -> _Walk:
                 _at(body, ("helmCharts",), "helmCharts needs Helm, which gitmesh does not run")
             )
         for key, ref, where in _references(body.obj):
-            target = _resolve(tree, current, ref)
+            target, refused = _resolve(tree, current, ref)
             here = body.locate(where)
-            if isinstance(target, str) and target.startswith("!"):
-                walk.problems.append(Diagnostic(here, "GM052", f"{key}: {ref!r}: {target[1:]}"))
+            if refused:
+                walk.problems.append(Diagnostic(here, "GM052", f"{key}: {ref!r}: {refused}"))
             elif target is None:
                 walk.problems.append(
                     Diagnostic(here, "GM052", f"{key}: {ref!r} does not exist in the revision")
@@ -165,7 +177,7 @@ def _references(body: dict[str, Any]) -> Iterable[tuple[str, str, tuple[str | in
     """(field, path as written, where) for every file or directory a kustomization names."""
     for key in _PATH_LISTS:
         for i, value in enumerate(_list(body.get(key))):
-            # patchesStrategicMerge may hold a patch inline, not a file name.
+            # patchesStrategicMerge, generators and transformers may hold a document inline.
             if isinstance(value, str) and "\n" not in value:
                 yield key, value, (key, i)
     for key in _PATH_FIELDS:
@@ -189,20 +201,20 @@ def _references(body: dict[str, Any]) -> Iterable[tuple[str, str, tuple[str | in
                 yield key, gen["env"], (key, i, "env")
 
 
-def _resolve(tree: Tree, kustomization: str, ref: str) -> str | None:
-    """The repository path ``ref`` names, None if nothing is there, or ``!why`` if it is refused."""
+def _resolve(tree: Tree, kustomization: str, ref: str) -> tuple[str | None, str]:
+    """The path of the revision ``ref`` names (None if nothing is there), or why it is refused."""
     if _REMOTE.search(ref):
-        return "!a remote base; gitmesh reads only the revision (copy it into the repository)"
+        return None, _REMOTE_BASE
     if ref.startswith("/"):
-        return "!an absolute path; name files relative to the kustomization"
+        return None, "an absolute path; name files relative to the kustomization"
     path = posixpath.normpath(posixpath.join(posixpath.dirname(kustomization), ref))
     if not _inside(path, tree.root):
-        return "!leaves the repository"
+        return None, "leaves the repository"
     if tree.is_file(path) or tree.is_dir(path):
-        return path
-    if re.match(r"^[a-z0-9-]+(\.[a-z0-9-]+)+/", ref):  # a host name: kustomize would fetch it
-        return "!a remote base; gitmesh reads only the revision (copy it into the repository)"
-    return None
+        return path, ""
+    if _HOST.match(ref):  # kustomize would fetch it from there
+        return None, _REMOTE_BASE
+    return None, ""
 
 
 def _inside(path: str, root: str) -> bool:

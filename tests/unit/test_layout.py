@@ -149,14 +149,21 @@ def test_generator_files_and_inline_patches() -> None:
             **{
                 "mesh/overlays/prod/kustomization.yaml": OVERLAY
                 + "configMapGenerator:\n- name: c\n  files: [key=conf.txt]\n  envs: [vars.env]\n"
-                + "patchesStrategicMerge:\n- |-\n  kind: Service\n  metadata: {name: web}\n",
+                + "patchesStrategicMerge:\n- |-\n  kind: Service\n  metadata: {name: web}\n"
+                + "transformers: [labels.yaml]\n",
+                "mesh/overlays/prod/labels.yaml": "apiVersion: builtin\nkind: LabelTransformer\n",
                 "mesh/overlays/prod/conf.txt": "x",
                 "mesh/overlays/prod/vars.env": "A=1",
             }
         )
     )
     assert a.diagnostics == ()
-    assert {"mesh/overlays/prod/conf.txt", "mesh/overlays/prod/vars.env"} <= set(a.builds[0].files)
+    assert {
+        "mesh/overlays/prod/conf.txt",
+        "mesh/overlays/prod/vars.env",
+        "mesh/overlays/prod/labels.yaml",
+    } <= set(a.builds[0].files)
+    assert "mesh/overlays/prod/labels.yaml" not in a.plain
 
 
 def test_kustomizations_that_include_each_other_end() -> None:
