@@ -9,6 +9,7 @@ Exit codes: 0 success; 1 an error (invalid revision, refused apply, ...);
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from gitmesh.cluster.backend import ClusterBackend
 from gitmesh.cluster.local import DEFAULT_PATH, LocalBackend
 from gitmesh.errors import GitmeshError
 from gitmesh.plan import render
+from gitmesh.plan.layout import NAMESPACE_NAME
 from gitmesh.plan.validate import Validated
 from gitmesh.sync.git import Revision, open_repo, read_directory, read_revision
 
@@ -45,8 +47,15 @@ def namespace_option(f: Callable[..., Any]) -> Callable[..., Any]:
         "-n",
         "--namespace",
         default="",
+        callback=_namespace_name,
         help="The namespace of objects that name none (as kubectl -n, or Flux's targetNamespace).",
     )(f)
+
+
+def _namespace_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value and not re.match(NAMESPACE_NAME, value):
+        raise click.BadParameter(f"{value!r} is not a namespace name (lowercase letters, digits, '-')")
+    return value
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import jsonschema
 import yaml
 
 from gitmesh.errors import ConfigError
+from gitmesh.plan.layout import NAMESPACE_NAME
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 from gitmesh.sync.verify import Verification
 
@@ -55,7 +56,7 @@ _SCHEMA: dict[str, Any] = {
                         "properties": {k.value: {"type": "string", "minLength": 1} for k in RefKind},
                     },
                     "path": {"type": "string"},
-                    "namespace": {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"},
+                    "namespace": {"type": "string", "pattern": NAMESPACE_NAME},
                     "interval": _DURATION,
                     "drift_interval": _DURATION,
                     "allow_empty": {"type": "boolean"},

@@ -26,6 +26,7 @@ from gitmesh.plan.load import SourceFile, default_namespace, is_manifest_path, l
 from gitmesh.plan.validate import Validated
 
 CHART_FILE = "Chart.yaml"
+NAMESPACE_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # what a default namespace may be (a DNS label)
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,9 @@ def test_the_default_namespace_goes_to_objects_that_name_none(git_repo: GitRepo,
     applied = run("apply", "-n", "team", "--repo", git_repo.path, "--path", "mesh", "--store", store)
     assert applied.exit_code == 0, applied.output
     assert sorted(managed(store)) == ["Service/other/api", "Service/team/web"]
+    bad = run("validate", "-n", "Team_A", "--repo", git_repo.path, "--path", "mesh")
+    assert bad.exit_code == 2
+    assert "'Team_A' is not a namespace name" in bad.output
 
 
 def test_a_controller_source_reads_with_its_default_namespace(git_repo: GitRepo) -> None:
