@@ -45,6 +45,9 @@ class Revision:
     diagnostics: tuple[Diagnostic, ...] = ()  # found while reading: .gitmeshignore, charts, kustomizations
     acknowledged: frozenset[tuple[str, str]] = frozenset()  # foreign (group, kind)s not to mention
     namespace: str = ""  # for objects that name none
+    quoted: tuple[
+        SourceFile, ...
+    ] = ()  # the other files diagnostics of reading point at (.gitmeshignore, ...)
 
     @property
     def short(self) -> str:
@@ -53,7 +56,8 @@ class Revision:
     @property
     def texts(self) -> dict[str, bytes]:
         """Every file's bytes by path, to quote the lines diagnostics point at."""
-        return {f.path: f.data for f in (*self.files, *(i for b in self.builds for i in b.inputs))}
+        builds = (i for b in self.builds for i in b.inputs)
+        return {f.path: f.data for f in (*self.quoted, *self.files, *builds)}
 
 
 def cache_dir() -> Path:
@@ -149,15 +153,18 @@ def read_directory(root: str, namespace: str = "") -> Revision:
 def _arranged(tree: Tree, paths: list[str], ignore: IgnoreRules, namespace: str) -> Revision:
     """The revision's plain files read, its kustomizations rendered, its charts noted."""
     arranged = layout.arrange(sorted(paths), tree)
+    builds = tuple(build(b, tree) for b in arranged.builds)
+    diagnostics = (*ignore.diagnostics, *arranged.diagnostics, *(d for b in builds for d in b.problems))
     return Revision(
         sha=None,
         ref="",
         path="",
         files=tuple(tree.read(p) for p in arranged.plain),
-        builds=tuple(build(b, tree) for b in arranged.builds),
+        builds=builds,
         diagnostics=(*ignore.diagnostics, *arranged.diagnostics),
         acknowledged=ignore.acknowledged,
         namespace=namespace,
+        quoted=tuple(tree.read(p) for p in sorted({d.location.file for d in diagnostics}) if tree.is_file(p)),
     )
 
 

@@ -210,3 +210,16 @@ def test_explain_prints_every_explanation_as_written() -> None:
         result = run("explain", code)
         assert result.exit_code == 0
         assert entry.explanation in result.stdout, code
+
+
+def test_a_bad_gitmeshignore_line_is_quoted_and_the_revision_is_not_applied(
+    git_repo: GitRepo, tmp_path: Path
+) -> None:
+    git_repo.commit(
+        "ignore", {"mesh/.gitmeshignore": "drafts/\n[z-a]\n", "mesh/web.yaml": f.dump(f.service("x", "web"))}
+    )
+    result = run("apply", "--repo", git_repo.path, "--path", "mesh", "--store", tmp_path / "s.db")
+    assert result.exit_code == 1
+    assert "mesh/.gitmeshignore:2:1: error GM050 '[z-a]' is not a valid gitignore pattern" in result.output
+    assert "    2 | [z-a]" in result.output
+    assert not (tmp_path / "s.db").exists() or managed(tmp_path / "s.db") == {}
