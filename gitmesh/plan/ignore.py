@@ -70,7 +70,7 @@ def parse_ignore(file: str, size: int, data: bytes) -> IgnoreRules:
                         here, "GM050", f"{line!r}: write a kind as kind: GROUP/KIND (kind: KIND for core)"
                     )
                 )
-            elif (key := (kind["group"] or "", kind["kind"])) in managed_kinds():
+            elif _close_to_managed(key := (kind["group"] or "", kind["kind"])):
                 message = f"gitmesh manages {line[5:].strip()}: acknowledging it would leave its objects out"
                 problems.append(Diagnostic(here, "GM050", message))
             else:
@@ -107,6 +107,13 @@ def _reason(e: Exception) -> str:
     if isinstance(e, re2.error) and e.args and isinstance(e.args[0], bytes):
         return f": {e.args[0].decode()}"
     return ""
+
+
+def _close_to_managed(key: tuple[str, str]) -> bool:
+    """A kind gitmesh manages, or its name in a group gitmesh reads (``kind: MeshConfig``, for OSM's
+    MeshConfig written as v1): leaving such objects out quietly could prune what they declare."""
+    known = managed_kinds()
+    return key in known or (key[0] in {g for g, _ in known} and key[1] in {k for _, k in known})
 
 
 @functools.cache

@@ -111,6 +111,7 @@ def _foreign(
 ) -> tuple[list[Manifest], list[Diagnostic]]:
     """Objects of kinds gitmesh does not manage are set aside: one line per kind, none if acknowledged."""
     known = managed_kinds()
+    names = {kind for _, kind in known}
     managed: list[Manifest] = []
     by_kind: dict[tuple[str, str], list[Manifest]] = defaultdict(list)
     for m in manifests:
@@ -121,7 +122,13 @@ def _foreign(
         key = (api_version.rpartition("/")[0], kind)
         if key in known:
             managed.append(m)
-        elif key not in acknowledged:
+        elif key in acknowledged:
+            continue
+        elif kind in names:
+            # A kind gitmesh manages, written with another group (a typo, OSM's MeshConfig as v1):
+            # validation says what is wrong, rather than leaving it out (and pruning it) quietly.
+            managed.append(m)
+        else:
             by_kind[key].append(m)
     out = []
     for (group, kind), found in sorted(by_kind.items()):

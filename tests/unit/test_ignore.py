@@ -37,6 +37,8 @@ def test_gitignore_patterns_leave_paths_out() -> None:
         ("kind: apps/", "'kind: apps/': write a kind as kind: GROUP/KIND (kind: KIND for core)"),
         ("kind: Service", "gitmesh manages Service: acknowledging it would leave its objects out"),
         ("kind: split.smi-spec.io/TrafficSplit", "gitmesh manages split.smi-spec.io/TrafficSplit"),
+        ("kind: MeshConfig", "gitmesh manages MeshConfig"),
+        ("kind: split.smi-spec.io/TrafficTarget", "gitmesh manages split.smi-spec.io/TrafficTarget"),
     ],
 )
 def test_a_bad_line_is_a_diagnostic_at_its_line_and_the_others_still_count(line: str, message: str) -> None:

@@ -283,3 +283,19 @@ def test_a_crafted_path_is_never_written_outside_the_private_copy(tmp_path: Path
         (escaping, "GM052", "the path leaves the repository")
     ]
     assert not (tmp_path / "escaped.yaml").exists()
+
+
+def test_a_managed_kind_in_another_group_is_left_to_validation_not_summed_up() -> None:
+    """OSM's demo MeshConfig as apiVersion v1, or a group typo, must never quietly leave the revision."""
+    typo = {**f.mesh_config(True), "apiVersion": "v1"}
+    knative = {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": "k", "namespace": "x"},
+    }
+    files = [SourceFile("m.yaml", 0, f.dump(typo, knative).encode())]
+    assert [m.obj["apiVersion"] for m in layout.load(files, []).manifests] == ["v1", "serving.knative.dev/v1"]
+    acknowledged = frozenset({("serving.knative.dev", "Service")})
+    assert [m.obj["apiVersion"] for m in layout.load(files, [], acknowledged=acknowledged).manifests] == [
+        "v1"
+    ]
