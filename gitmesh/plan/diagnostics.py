@@ -126,7 +126,8 @@ CODES: dict[str, Code] = {
             "A line of .gitmeshignore is not a valid gitignore pattern ('[z-a]', a lone '\\' or '!'), is "
             "longer than 1,024 characters, comes after 1,000 patterns, or acknowledges a kind badly "
             "(write kind: GROUP/KIND, kind: KIND for the core group; a kind gitmesh manages, or its name in "
-            "a group gitmesh reads, cannot be acknowledged). The revision is refused, since files meant to be left out might be applied.",
+            "a group gitmesh reads, cannot be acknowledged). The revision is refused, since files meant to "
+            "be left out might be applied.",
         ),
         Code(
             "GM051",
