@@ -223,3 +223,15 @@ def test_a_bad_gitmeshignore_line_is_quoted_and_the_revision_is_not_applied(
     assert "mesh/.gitmeshignore:2:1: error GM050 '[z-a]' is not a valid gitignore pattern" in result.output
     assert "    2 | [z-a]" in result.output
     assert not (tmp_path / "s.db").exists() or managed(tmp_path / "s.db") == {}
+
+
+def test_a_file_of_200000_documents_is_refused_by_name_not_planned_as_no_changes(
+    git_repo: GitRepo, tmp_path: Path
+) -> None:
+    git_repo.commit(
+        "many", {"mesh/web.yaml": f.dump(f.service("x", "web")), "mesh/many.yaml": "---\n" * 200_000}
+    )
+    result = run("plan", "--repo", git_repo.path, "--path", "mesh", "--store", tmp_path / "s.db")
+    assert result.exit_code == 1
+    assert "mesh/many.yaml:1:1: error GM009 more than 10,000 documents; none of them is used" in result.output
+    assert "No changes" not in result.output
