@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import pathspec
@@ -77,7 +78,9 @@ def parse_ignore(file: str, size: int, data: bytes) -> IgnoreRules:
                 kinds.add(key)
             continue
         try:
-            pattern = GitIgnoreSpecPattern(line)
+            with warnings.catch_warnings():  # Python's re frets over '[[:alpha:]]'; RE2 is what matches
+                warnings.simplefilter("ignore", FutureWarning)
+                pattern = GitIgnoreSpecPattern(line)
             if pattern.regex is not None:
                 re2.compile(pattern.regex.pattern, _RE2_OPTIONS)
         except (ValueError, re.error, re2.error) as e:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from gitmesh.plan.ignore import MAX_IGNORE_BYTES, MAX_LINE_CHARS, MAX_PATTERNS, IgnoreRules, parse_ignore
 
@@ -91,3 +93,13 @@ def test_kind_lines_acknowledge_kinds() -> None:
         ("helm.toolkit.fluxcd.io", "HelmRelease"),
     }
     assert not r.ignores("kind: apps/Deployment")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=40), max_size=20))
+@example(["[z-a]", "\\", "!", "**/[", "[!]", "a/**/", "\\\\", "[[:alpha:]]", "kind:", "kind: /X"])
+def test_any_lines_give_rules_or_diagnostics_never_a_traceback(lines: list[str]) -> None:
+    r = rules("\n".join(lines))
+    for path in ("a.yaml", "drafts/x.yaml", "[z-a]", "kind: x"):
+        assert r.ignores(path) in (True, False)
+    assert all(d.code == "GM050" and d.location.line >= 1 for d in r.diagnostics)
