@@ -11,6 +11,8 @@ import posixpath
 from pathlib import Path
 
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gitmesh.objects import Location
 from gitmesh.plan import kustomize, layout
@@ -299,3 +301,50 @@ def test_a_managed_kind_in_another_group_is_left_to_validation_not_summed_up() -
     assert [m.obj["apiVersion"] for m in layout.load(files, [], acknowledged=acknowledged).manifests] == [
         "v1"
     ]
+
+
+KUSTOMIZATION_FIELDS = [
+    "resources",
+    "bases",
+    "components",
+    "crds",
+    "patches",
+    "patchesStrategicMerge",
+    "patchesJson6902",
+    "replacements",
+    "transformers",
+    "openapi",
+    "configMapGenerator",
+    "secretGenerator",
+    "helmCharts",
+]
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from(["../../base", "mesh.yaml", "x", "/", "..", ""]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["resources", "patches", "path", "files", "envs", "env", "configMapGenerator", "openapi"]
+            ),
+            inner,
+            max_size=3,
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(KUSTOMIZATION_FIELDS), _JSON))
+def test_any_kustomization_is_arranged_without_a_traceback(body: dict[str, object]) -> None:
+    t = tree(**{"mesh/overlays/prod/kustomization.yaml": json.dumps(body)})
+    a = arrange(t)
+    assert all(d.code in ("GM052", "GM001") for d in a.diagnostics)
+    assert all(_inside(p) for b in a.builds for p in b.files)
+
+
+def _inside(path: str) -> bool:
+    return not path.startswith(("../", "/")) and path != ".."
