@@ -45,9 +45,8 @@ class Revision:
     diagnostics: tuple[Diagnostic, ...] = ()  # found while reading: .gitmeshignore, charts, kustomizations
     acknowledged: frozenset[tuple[str, str]] = frozenset()  # foreign (group, kind)s not to mention
     namespace: str = ""  # for objects that name none
-    quoted: tuple[
-        SourceFile, ...
-    ] = ()  # the other files diagnostics of reading point at (.gitmeshignore, ...)
+    # The other files that diagnostics of reading point at (.gitmeshignore, kustomizations), to quote.
+    quoted: tuple[SourceFile, ...] = ()
 
     @property
     def short(self) -> str:
@@ -119,11 +118,11 @@ def read_revision(repo: git.Repo, ref: str, path: str = "", namespace: str = "")
         raise SourceError(f"path {path!r} at {commit.hexsha[:12]} is a file, not a directory")
 
     blobs = {str(item.path): item for item in tree.traverse() if isinstance(item, git.Blob)}
-    files = _GitTree(commit.tree, blobs)
-    ignore = _ignore_rules(files, posixpath.join(path, IGNORE_FILE) if path else IGNORE_FILE)
+    readable = _GitTree(commit.tree, blobs)  # the whole commit: kustomizations may name files beside path
+    ignore = _ignore_rules(readable, posixpath.join(path, IGNORE_FILE) if path else IGNORE_FILE)
     paths = [p for p in blobs if not ignore.ignores(p[len(path) + 1 :] if path else p)]
     return dataclasses.replace(
-        _arranged(files, paths, ignore, namespace),
+        _arranged(readable, paths, ignore, namespace),
         sha=commit.hexsha,
         ref=ref,
         path=path,
@@ -138,8 +137,8 @@ def read_directory(root: str, namespace: str = "") -> Revision:
     base = Path(root)
     if not base.is_dir():
         raise SourceError(f"{root} is not a directory")
-    files = _DirTree(os.path.normpath(root))
-    ignore = _ignore_rules(files, os.path.normpath(base / IGNORE_FILE))
+    readable = _DirTree(os.path.normpath(root))
+    ignore = _ignore_rules(readable, os.path.normpath(base / IGNORE_FILE))
     paths = []
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -147,7 +146,7 @@ def read_directory(root: str, namespace: str = "") -> Revision:
             full = Path(dirpath) / name
             if not ignore.ignores(full.relative_to(base).as_posix()):
                 paths.append(os.path.normpath(full))
-    return dataclasses.replace(_arranged(files, paths, ignore, namespace), ref=str(base))
+    return dataclasses.replace(_arranged(readable, paths, ignore, namespace), ref=str(base))
 
 
 def _arranged(tree: Tree, paths: list[str], ignore: IgnoreRules, namespace: str) -> Revision:
