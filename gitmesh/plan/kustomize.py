@@ -41,6 +41,7 @@ _PATH_LISTS = (
 )
 _PATH_FIELDS = ("patches", "patchesJson6902", "replacements")
 _DIRECTORY_LISTS = frozenset({"resources", "bases", "components", "generators", "transformers", "validators"})
+_FLUX_GROUP = "kustomize.toolkit.fluxcd.io/"
 _REMOTE_BASE = "a remote base; gitmesh reads only the revision (copy it into the repository)"
 _HOST = re.compile(r"^[a-z0-9-]+(\.[a-z0-9-]+)+/")
 _REMOTE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|git@|git::|(?:github|gitlab|bitbucket)\.(?:com|org)/)|\?ref=")
@@ -107,7 +108,7 @@ def is_kustomization(path: str) -> bool:
 
 def find(paths: Iterable[str], tree: Tree) -> Kustomizations:
     """The builds among ``paths`` (repository paths): kustomizations no other one includes."""
-    found = sorted(p for p in paths if is_kustomization(p))
+    found = sorted(p for p in paths if is_kustomization(p) and not _is_flux_object(tree.read(p)))
     walks = {k: _walk(k, tree) for k in found}
     nested = {k for root, w in walks.items() for k in w.kustomizations if k != root}
     builds, problems = [], []
@@ -121,6 +122,12 @@ def find(paths: Iterable[str], tree: Tree) -> Kustomizations:
             builds.append(BuildPlan(root, tuple(sorted(w.files)), frozenset(w.resources)))
     included = frozenset(f for w in walks.values() for f in w.files)
     return Kustomizations(tuple(builds), included, tuple(problems))
+
+
+def _is_flux_object(f: SourceFile) -> bool:
+    """A Flux Kustomization object saved as kustomization.yaml: an object to read, not a build."""
+    manifests, _ = parse_file(f)
+    return len(manifests) == 1 and str(manifests[0].obj.get("apiVersion", "")).startswith(_FLUX_GROUP)
 
 
 def _walk(root: str, tree: Tree) -> _Walk:

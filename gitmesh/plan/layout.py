@@ -49,14 +49,7 @@ def arrange(paths: Sequence[str], tree: Tree) -> Arrangement:
     charts = [c for c in found_charts if not any(_under(c, outer) for outer in found_charts if outer != c)]
     in_chart = {p for p in paths if any(_under(p, c) for c in charts)}
     found = kustomize.find((p for p in paths if p not in in_chart), tree)
-    plain = tuple(
-        p
-        for p in paths
-        if is_manifest_path(p)
-        and p not in in_chart
-        and p not in found.included
-        and not kustomize.is_kustomization(p)
-    )
+    plain = tuple(p for p in paths if is_manifest_path(p) and p not in in_chart and p not in found.included)
     notes = tuple(_chart_note(c, tree, [p for p in in_chart if _under(p, c)]) for c in charts)
     return Arrangement(plain, found.builds, (*notes, *found.diagnostics))
 

@@ -80,6 +80,13 @@ def test_a_base_is_built_through_its_overlay_and_its_files_are_not_read_as_manif
     assert a.plain == ("mesh/overlays/prod/README.yaml", "mesh/plain.yaml")
 
 
+def test_a_flux_kustomization_saved_as_kustomization_yaml_is_an_object_not_a_build() -> None:
+    flux = "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {name: apps}\n"
+    a = arrange(tree(**{"mesh/flux/kustomization.yaml": flux}))
+    assert [b.root for b in a.builds] == ["mesh/overlays/prod/kustomization.yaml"]
+    assert "mesh/flux/kustomization.yaml" in a.plain
+
+
 def test_two_overlays_of_one_base_are_two_builds() -> None:
     a = arrange(tree(**{"mesh/overlays/dev/kustomization.yaml": "resources:\n- ../../base\n"}))
     assert [b.root for b in a.builds] == [
