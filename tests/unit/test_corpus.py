@@ -183,7 +183,8 @@ def _assert_layout_verdict(name: str, validated: Validated, root: str) -> None:
 def test_layout_case_from_a_directory(name: str, tmp_path: Path) -> None:
     root = tmp_path / "revision"
     shutil.copytree(LAYOUTS / name, root)
-    _assert_layout_verdict(name, pipeline.check(read_directory(str(root))), str(root))
+    namespace = LAYOUTS_EXPECTED[name].get("namespace", "")
+    _assert_layout_verdict(name, pipeline.check(read_directory(str(root), namespace)), str(root))
     # Rendering works on a private copy: the directory read is left exactly as it was.
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == {
         root / p.relative_to(LAYOUTS / name): p.read_bytes()
@@ -198,14 +199,16 @@ def test_layout_case_from_a_git_commit(name: str, git_repo: GitRepo) -> None:
     shutil.copytree(LAYOUTS / name, git_repo.path / "mesh")
     git_repo.commit(name)
     shutil.rmtree(git_repo.path / "mesh")  # the work tree is gone: only the commit can be read
-    revision = read_revision(git.Repo(git_repo.path), "HEAD", "mesh")
+    revision = read_revision(
+        git.Repo(git_repo.path), "HEAD", "mesh", LAYOUTS_EXPECTED[name].get("namespace", "")
+    )
     _assert_layout_verdict(name, pipeline.check(revision), "mesh")
 
 
 def test_layout_expectations_cover_exactly_the_cases() -> None:
     assert sorted(LAYOUTS_EXPECTED) == LAYOUT_CASES
     for name, verdict in LAYOUTS_EXPECTED.items():
-        assert set(verdict) <= {"diagnostics", "objects"}, name
+        assert set(verdict) <= {"diagnostics", "objects", "namespace"}, name
         for entry in verdict["diagnostics"]:
             assert set(entry) <= {"file", "code", "line", "path", "message"}, (name, entry)
             assert entry["code"] in CODES, (name, entry)
