@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 .PHONY: demo demo-live test test-fast lint bench clean prometheus
 
 # Debian packages the tests use, installed once (as root, or with sudo): sshd serves Git over SSH,
-# gpg signs and checks commits.
+# gpg signs and checks commits, kubectl renders Kustomize directories and checks the test cluster.
 SSHD := /usr/sbin/sshd
 GPG_AGENT := /usr/bin/gpg-agent
+KUBECTL := /usr/bin/kubectl
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_INSTALL = $(SUDO) apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends
@@ -17,6 +18,8 @@ $(SSHD):
 	$(APT_INSTALL) openssh-server
 $(GPG_AGENT):
 	$(APT_INSTALL) gpg gpg-agent
+$(KUBECTL):
+	$(APT_INSTALL) kubectl
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -42,7 +45,7 @@ prometheus:
 	@command -v prometheus >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
 
 ## test: lint, then every test (unit and integration)
-test: $(STAMP) $(SSHD) $(GPG_AGENT) prometheus
+test: $(STAMP) $(SSHD) $(GPG_AGENT) $(KUBECTL) prometheus
 	$(BIN)/ruff check gitmesh tests bench
 	$(BIN)/ruff format --check gitmesh tests bench
 	$(BIN)/lint-imports

@@ -94,6 +94,8 @@ class Manifest:
     source: Location
     positions: Mapping[Path, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
     converted_from: str = ""  # the apiVersion as written, when gitmesh converted it to the served one
+    # When converted: the object as written, for diffs to show how a field was written.
+    written: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @functools.cached_property
     def ref(self) -> ObjectRef:

@@ -14,8 +14,8 @@ from gitmesh.cluster.backend import ClusterBackend, content_hash, fingerprint, s
 from gitmesh.cluster.errors import ObjectsFailed
 from gitmesh.errors import ClusterError, PlanError, StalePlan
 from gitmesh.objects import Location, ObjectRef
+from gitmesh.plan import layout
 from gitmesh.plan.diff import make_plan
-from gitmesh.plan.load import load_files
 from gitmesh.plan.model import Action, Plan
 from gitmesh.plan.validate import Validated, validate
 from gitmesh.sync.git import Revision
@@ -39,16 +39,22 @@ def _without_cycle_collection() -> Iterator[None]:
 
 @_without_cycle_collection()
 def check(revision: Revision, backend: ClusterBackend | None = None) -> Validated:
-    """Load and validate every file of the revision; all diagnostics at once.
+    """Load and validate every file and build of the revision; all diagnostics at once.
 
     With a backend, the Services a split names that the revision does not define are looked up
     there (another team's, a Helm chart's); without one they are left unchecked, with a warning.
     """
-    loaded = load_files(revision.files)
+    loaded = layout.load(
+        revision.files,
+        revision.builds,
+        namespace=revision.namespace,
+        acknowledged=revision.acknowledged,
+        diagnostics=revision.diagnostics,
+    )
     validated = validate(loaded.manifests, loaded.diagnostics)
-    if backend is None or not validated.outside:
-        return validated
-    return validate(loaded.manifests, loaded.diagnostics, backend.present(validated.outside))
+    if backend is not None and validated.outside:
+        validated = validate(loaded.manifests, loaded.diagnostics, backend.present(validated.outside))
+    return layout.explain(validated, loaded.notes)
 
 
 @_without_cycle_collection()

@@ -9,6 +9,7 @@ Exit codes: 0 success; 1 an error (invalid revision, refused apply, ...);
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from gitmesh.cluster.backend import ClusterBackend
 from gitmesh.cluster.local import DEFAULT_PATH, LocalBackend
 from gitmesh.errors import GitmeshError
 from gitmesh.plan import render
+from gitmesh.plan.layout import NAMESPACE_NAME
 from gitmesh.plan.validate import Validated
 from gitmesh.sync.git import Revision, open_repo, read_directory, read_revision
 
@@ -37,7 +39,23 @@ def source_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
         "--path", "subdir", default="", help="Directory of the manifests inside the repository."
     )(f)
-    return f
+    return namespace_option(f)
+
+
+def namespace_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "-n",
+        "--namespace",
+        default="",
+        callback=_namespace_name,
+        help="The namespace of objects that name none (as kubectl -n, or Flux's targetNamespace).",
+    )(f)
+
+
+def _namespace_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value and not re.match(NAMESPACE_NAME, value):
+        raise click.BadParameter(f"{value!r} is not a namespace name (lowercase letters, digits, '-')")
+    return value
 
 
 @dataclass(frozen=True)
@@ -112,15 +130,15 @@ def reports_errors(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def revision_of(directory: str | None, repo: str | None, ref: str, subdir: str) -> Revision:
+def revision_of(directory: str | None, repo: str | None, ref: str, subdir: str, namespace: str) -> Revision:
     if directory and repo:
         raise click.UsageError("give a DIRECTORY or --repo, not both")
     if repo:
-        return read_revision(open_repo(repo), ref, subdir)
-    return read_directory(directory or ".")
+        return read_revision(open_repo(repo), ref, subdir, namespace)
+    return read_directory(directory or ".", namespace)
 
 
-def report(validated: Validated, revision: Revision, output: str) -> None:
+def report(validated: Validated, revision: Revision, output: str, console: Console = err) -> None:
     diagnostics = validated.diagnostics
     if output == "json":
         click.echo(render.diagnostics_json(diagnostics))
@@ -128,7 +146,7 @@ def report(validated: Validated, revision: Revision, output: str) -> None:
         if diagnostics:
             click.echo(render.diagnostics_github(diagnostics))
     elif diagnostics:
-        render.diagnostics_text(err, diagnostics, {f.path: f.data for f in revision.files})
+        render.diagnostics_text(console, diagnostics, revision.texts)
 
 
 @click.group(context_settings={"auto_envvar_prefix": "GITMESH", "help_option_names": ["-h", "--help"]})

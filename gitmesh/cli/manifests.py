@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -18,6 +19,7 @@ from gitmesh.cli.base import (
     backend_options,
     cli,
     err,
+    namespace_option,
     out,
     report,
     reports_errors,
@@ -40,13 +42,18 @@ from gitmesh.sync.git import open_repo, read_revision
 @source_options
 @click.option("--output", type=click.Choice(["human", "json", "github"]), default="human", show_default=True)
 @reports_errors
-def validate(directory: str | None, repo: str | None, ref: str, subdir: str, output: str) -> None:
+def validate(
+    directory: str | None, repo: str | None, ref: str, subdir: str, namespace: str, output: str
+) -> None:
     """Check manifests: schemas and cross-object meaning. Exit 1 on any error."""
-    revision = revision_of(directory, repo, ref, subdir)
+    revision = revision_of(directory, repo, ref, subdir, namespace)
     validated = pipeline.check(revision)
-    report(validated, revision, output)
+    report(validated, revision, output, out)
     if output == "human":
-        err.print(f"{len(validated.desired)} objects valid in {len(revision.files)} files ({revision.short})")
+        read = f"{len(revision.files)} files" + (
+            f", {len(revision.builds)} kustomizations" if revision.builds else ""
+        )
+        out.print(f"{len(validated.desired)} objects valid in {read} ({revision.short})")
     sys.exit(0 if validated.ok else 1)
 
 
@@ -68,6 +75,7 @@ def plan(
     repo: str | None,
     ref: str,
     subdir: str,
+    namespace: str,
     target: BackendChoice,
     source_name: str,
     base: str | None,
@@ -82,8 +90,8 @@ def plan(
         if not repo:
             raise click.UsageError("--base needs --repo")
         git_repo = open_repo(repo)
-        base_rev = read_revision(git_repo, base, subdir)
-        revision = read_revision(git_repo, head or ref, subdir)
+        base_rev = read_revision(git_repo, base, subdir, namespace)
+        revision = read_revision(git_repo, head or ref, subdir, namespace)
         backend = LocalBackend(":memory:")
         base_checked = pipeline.check(base_rev)
         if not base_checked.ok:
@@ -91,13 +99,15 @@ def plan(
         else:
             pipeline.apply(pipeline.plan(base_rev, base_checked, backend, source_name), backend)
     else:
-        revision = revision_of(directory, repo, ref, subdir)
+        revision = revision_of(directory, repo, ref, subdir, namespace)
         backend = target.open()
     validated = pipeline.check(revision, None if base else backend)
     if not validated.ok:
-        report(validated, revision, "human")
+        report(validated, revision, "json" if output == "json" else "human")
         sys.exit(1)
     result = pipeline.plan(revision, validated, backend, source_name)
+    if base:  # planned against the base revision, not against a backend: the header says which
+        result = dataclasses.replace(result, backend=f"base {base_rev.short} ({base})")
     # With --base, against the base revision: what merging the pull request does to rollouts.
     notes = _rollout_notes(result, backend)
     if out_file:
@@ -127,6 +137,7 @@ def plan(
 @click.option("--repo", help="Git repository: a local path or a URL.")
 @click.option("--ref", default="HEAD", show_default=True, help="Branch, tag or commit to read.")
 @click.option("--path", "subdir", default="", help="Directory of the manifests inside the repository.")
+@namespace_option
 @backend_options
 @source_name_option
 @click.option("--allow-empty", is_flag=True, help="Allow a revision that deletes every object gitmesh owns.")
@@ -138,6 +149,7 @@ def apply(
     repo: str | None,
     ref: str,
     subdir: str,
+    namespace: str,
     target: BackendChoice,
     source_name: str,
     allow_empty: bool,
@@ -149,7 +161,7 @@ def apply(
     if plan_or_directory and Path(plan_or_directory).is_file():
         result = encode.loads(Path(plan_or_directory).read_text())
     else:
-        revision = revision_of(plan_or_directory, repo, ref, subdir)
+        revision = revision_of(plan_or_directory, repo, ref, subdir, namespace)
         validated = pipeline.check(revision, backend)
         if not validated.ok:
             report(validated, revision, "human")
@@ -296,7 +308,11 @@ def explain(code: str) -> None:
     entry = CODES.get(code.upper())
     if entry is None:
         raise click.BadParameter(f"unknown code; known: {', '.join(CODES)}", param_hint="CODE")
-    out.print(f"[bold]{entry.code}[/] ({entry.severity.value}): {entry.title}\n\n{entry.explanation}")
+    # Explanations quote patterns such as '[z-a]', which rich would take for markup.
+    out.print(
+        Text(entry.code, style="bold")
+        + Text(f" ({entry.severity.value}): {entry.title}\n\n{entry.explanation}")
+    )
 
 
 def _rollout_notes(result: Any, backend: ClusterBackend) -> list[str]:

@@ -15,6 +15,7 @@ import jsonschema
 import yaml
 
 from gitmesh.errors import ConfigError
+from gitmesh.plan.layout import NAMESPACE_NAME
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 from gitmesh.sync.verify import Verification
 
@@ -55,6 +56,7 @@ _SCHEMA: dict[str, Any] = {
                         "properties": {k.value: {"type": "string", "minLength": 1} for k in RefKind},
                     },
                     "path": {"type": "string"},
+                    "namespace": {"type": "string", "pattern": NAMESPACE_NAME},
                     "interval": _DURATION,
                     "drift_interval": _DURATION,
                     "allow_empty": {"type": "boolean"},
@@ -152,6 +154,7 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
                     ca_file=base / s["ca_file"] if "ca_file" in s else None,
                     ssh=SshAuth(base / ssh["key_file"], base / ssh["known_hosts_file"]) if ssh else None,
                     verify=_verification(base, verify) if verify else None,
+                    namespace=s.get("namespace", ""),
                 )
             )
         except ValueError as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -75,6 +76,16 @@ def to_served(obj: dict[str, Any]) -> dict[str, Any]:
     else:  # TCPRoute / UDPRoute before v1alpha4 matched every port
         out["spec"] = {"matches": {"ports": []}}
     return out
+
+
+def written_path(written: Mapping[str, Any], path: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """Where the field at ``path`` of the converted object was in ``written``, the object as written."""
+    version, kind = str(written.get("apiVersion", "")).rpartition("/")[2], written.get("kind")
+    if kind == "TrafficTarget" and version == "v1alpha1" and path[:1] == ("spec",) and len(path) > 1:
+        return ("specs" if path[1] == "rules" else path[1], *path[2:])
+    if kind == "HTTPRouteGroup" and version in ("v1alpha1", "v1alpha2") and path[:2] == ("spec", "matches"):
+        return path[1:]
+    return path
 
 
 def _target_part(obj: dict[str, Any], key: str) -> Any:

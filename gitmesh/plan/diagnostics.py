@@ -88,6 +88,13 @@ CODES: dict[str, Code] = {
             "Each YAML document (or JSON file) must be a mapping describing one Kubernetes object, or a "
             "List of them.",
         ),
+        Code(
+            "GM009",
+            _E,
+            "too many documents in one file",
+            "A file may hold at most 10,000 YAML documents (empty ones count). Such a file is refused "
+            "whole rather than read in part. Split it.",
+        ),
         # GM01x: object shape.
         Code(
             "GM010",
@@ -99,7 +106,10 @@ CODES: dict[str, Code] = {
             "GM011",
             _W,
             "unknown apiVersion or kind",
-            "gitmesh has no schema for this apiVersion/kind. The object is reported and not applied.",
+            "gitmesh has no schema for this apiVersion/kind. The object is reported and not applied. "
+            "Objects of a kind gitmesh does not manage at all (a Deployment, a Flux HelmRelease) are "
+            "reported once per kind, with their number and the first one's place; a line such as "
+            "'kind: apps/Deployment' in .gitmeshignore acknowledges the kind and silences it.",
         ),
         Code(
             "GM012",
@@ -125,6 +135,34 @@ CODES: dict[str, Code] = {
             "schema violation",
             "The object does not match gitmesh's schema for its apiVersion and kind. The message names "
             "the field and the rule it breaks.",
+        ),
+        # GM05x: how the repository is laid out.
+        Code(
+            "GM050",
+            _E,
+            ".gitmeshignore line not usable",
+            "A line of .gitmeshignore is not a valid gitignore pattern ('[z-a]', a lone '\\' or '!'), is "
+            "longer than 1,024 characters, comes after 1,000 patterns, or acknowledges a kind badly "
+            "(write kind: GROUP/KIND, kind: KIND for the core group; a kind gitmesh manages, or its name in "
+            "a group gitmesh reads, cannot be acknowledged). The revision is refused, since files meant to "
+            "be left out might be applied.",
+        ),
+        Code(
+            "GM051",
+            _W,
+            "Helm chart not rendered",
+            "gitmesh does not run Helm. A directory with Chart.yaml is skipped whole. Render the chart "
+            "with 'helm template' and commit the output, or install it with a Flux HelmRelease (which "
+            "gitmesh leaves to Flux).",
+        ),
+        Code(
+            "GM052",
+            _E,
+            "kustomization cannot be built",
+            "A directory with kustomization.yaml is rendered with 'kubectl kustomize'. Remote bases (URLs, "
+            "github.com/...) are refused: gitmesh reads only the revision. So are paths leaving the "
+            "repository, references to files that do not exist, helmCharts, and builds that kubectl "
+            "refuses or that take longer than 30 seconds.",
         ),
         # GM1xx: meaning across objects.
         Code(

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gitmesh.objects import Manifest, ObjectRef, apply_rank
-from gitmesh.plan import impact
+from gitmesh.plan import convert, impact
 from gitmesh.plan.diagnostics import Diagnostic, field_path
 from gitmesh.plan.model import Action, Change, FieldDiff, Plan
 
@@ -69,7 +69,7 @@ def make_plan(
         reasons = [f"converted from {m.converted_from}" if m.converted_from else "", notes.get(ref, "")]
         reason = "; ".join(r for r in reasons if r)
         before = None if current is None else clean(current)
-        fields = () if before is not None and _same(before, after) else diff_fields(before, after)
+        fields = () if before is not None and _same(before, after) else diff_fields(before, after, m.written)
         if fields:
             action = Action.CREATE if before is None else Action.UPDATE
             conflict = conflicts.get(ref, "")
@@ -119,26 +119,31 @@ def _same(a: Any, b: Any) -> bool:
 _MISSING = object()
 
 
-def diff_fields(before: Any, after: Any) -> tuple[FieldDiff, ...]:
-    """Leaf-level differences between two JSON-like values, in document order."""
+def diff_fields(before: Any, after: Any, written: Mapping[str, Any] | None = None) -> tuple[FieldDiff, ...]:
+    """Leaf-level differences between two JSON-like values, in document order. ``written``: the object as
+    written in Git when ``after`` was converted from it; each field says how it was written, if otherwise."""
     out: list[FieldDiff] = []
-    _diff((), _MISSING if before is None else before, _MISSING if after is None else after, out)
+    _diff((), _MISSING if before is None else before, _MISSING if after is None else after, out, written)
     return tuple(out)
 
 
-def _diff(path: tuple[str | int, ...], a: Any, b: Any, out: list[FieldDiff]) -> None:
+def _diff(
+    path: tuple[str | int, ...], a: Any, b: Any, out: list[FieldDiff], written: Mapping[str, Any] | None
+) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in [*a, *(k for k in b if k not in a)]:
-            _diff((*path, key), a.get(key, _MISSING), b.get(key, _MISSING), out)
+            _diff((*path, key), a.get(key, _MISSING), b.get(key, _MISSING), out, written)
     elif isinstance(a, list) and isinstance(b, list):
         for i in range(max(len(a), len(b))):
-            _diff((*path, i), a[i] if i < len(a) else _MISSING, b[i] if i < len(b) else _MISSING, out)
+            _diff(
+                (*path, i), a[i] if i < len(a) else _MISSING, b[i] if i < len(b) else _MISSING, out, written
+            )
     elif a is _MISSING and isinstance(b, dict | list) and b:
         for key, value in b.items() if isinstance(b, dict) else enumerate(b):
-            _diff((*path, key), _MISSING, value, out)
+            _diff((*path, key), _MISSING, value, out, written)
     elif b is _MISSING and isinstance(a, dict | list) and a:
         for key, value in a.items() if isinstance(a, dict) else enumerate(a):
-            _diff((*path, key), value, _MISSING, out)
+            _diff((*path, key), value, _MISSING, out, written)
     elif a != b or type(a) is not type(b):
         out.append(
             FieldDiff(
@@ -147,5 +152,20 @@ def _diff(path: tuple[str | int, ...], a: Any, b: Any, out: list[FieldDiff]) -> 
                 None if b is _MISSING else b,
                 a is not _MISSING,
                 b is not _MISSING,
+                _as_written(written, path, b) if written is not None and b is not _MISSING else "",
             )
         )
+
+
+def _as_written(written: Mapping[str, Any], path: tuple[str | int, ...], value: Any) -> str:
+    """The field at ``path`` of a converted object as it was written, when that differs from ``value``."""
+    at = convert.written_path(written, path)
+    found: Any = written
+    try:
+        for part in at:
+            found = found[part]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    if at == path and _same(found, value):
+        return ""
+    return f"{field_path(at)}: {json.dumps(found)}"

@@ -148,6 +148,7 @@ def _change(c: Change) -> dict[str, Any]:
         {"path": f.path, "op": f.op}
         | ({"before": f.before} if f.has_before else {})
         | ({"after": f.after} if f.has_after else {})
+        | ({"written": f.written} if f.written else {})
         for f in c.diff
     ]
     out["before"], out["after"], out["manifest"] = c.before, c.after, c.manifest
@@ -159,7 +160,9 @@ def _decode_change(c: dict[str, Any]) -> Change:
         ref=_decode_ref(c["object"]),
         action=Action(c["action"]),
         diff=tuple(
-            FieldDiff(f["path"], f.get("before"), f.get("after"), "before" in f, "after" in f)
+            FieldDiff(
+                f["path"], f.get("before"), f.get("after"), "before" in f, "after" in f, f.get("written", "")
+            )
             for f in c.get("diff", ())
         ),
         before=c.get("before"),

@@ -3,7 +3,8 @@
 Loading never raises on bad input: a file that cannot be read becomes
 diagnostics, and the other files still load. Hostile input is bounded before
 it can cost much: files over ``MAX_FILE_BYTES`` are not parsed, nesting is
-capped at ``MAX_DEPTH`` and alias expansion at ``MAX_VALUES``.
+capped at ``MAX_DEPTH``, alias expansion at ``MAX_VALUES`` and a file's documents at
+``MAX_DOCUMENTS``. Whatever is refused says so.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gitmesh.plan.diagnostics import Diagnostic, field_path
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_VALUES = 100_000
+MAX_DOCUMENTS = 10_000
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 # libyaml composes nodes recursively in C; past a few thousand levels it would
@@ -98,9 +100,15 @@ def load_files(files: Iterable[SourceFile]) -> Loaded:
 
 def load_file(f: SourceFile) -> tuple[list[Manifest], list[Diagnostic]]:
     """All objects in one file, with namespaces inferred, or the diagnostics that stopped it."""
+    manifests, diagnostics = parse_file(f)
+    return _infer_namespaces(manifests), diagnostics
+
+
+def parse_file(f: SourceFile, max_bytes: int = MAX_FILE_BYTES) -> tuple[list[Manifest], list[Diagnostic]]:
+    """All objects in one file as written, or the diagnostics that stopped it."""
     here = Location(f.path)
-    if f.size > MAX_FILE_BYTES:
-        return [], [Diagnostic(here, "GM003", f"file is {f.size:,} bytes; the limit is {MAX_FILE_BYTES:,}")]
+    if f.size > max_bytes:
+        return [], [Diagnostic(here, "GM003", f"file is {f.size:,} bytes; the limit is {max_bytes:,}")]
     if b"\0" in f.data:
         return [], [Diagnostic(here, "GM002", "file contains NUL bytes: it looks binary")]
     try:
@@ -116,8 +124,14 @@ def load_file(f: SourceFile) -> tuple[list[Manifest], list[Diagnostic]]:
     manifests: list[Manifest] = []
     diagnostics: list[Diagnostic] = []
     loader = _Loader(text)
+    documents = 0
     try:
         while loader.check_node():
+            documents += 1
+            if documents > MAX_DOCUMENTS:
+                return [], [
+                    Diagnostic(here, "GM009", f"more than {MAX_DOCUMENTS:,} documents; none of them is used")
+                ]
             node = loader.get_node()
             if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL):
                 continue  # an empty document (a stray ---, or only comments)
@@ -140,7 +154,7 @@ def load_file(f: SourceFile) -> tuple[list[Manifest], list[Diagnostic]]:
         diagnostics.append(Diagnostic(here, "GM001", str(e)))
     finally:
         loader.dispose()
-    return _infer_namespaces(manifests), diagnostics
+    return manifests, diagnostics
 
 
 def _objects(
@@ -175,6 +189,11 @@ def _infer_namespaces(manifests: list[Manifest]) -> list[Manifest]:
     ]
     if len(names) != 1 or not isinstance(names[0], str):
         return manifests
+    return default_namespace(manifests, names[0])
+
+
+def default_namespace(manifests: list[Manifest], namespace: str) -> list[Manifest]:
+    """``manifests``, the namespaced ones that name no namespace now in ``namespace``."""
     for m in manifests:
         meta = m.obj.get("metadata")
         if (
@@ -182,7 +201,7 @@ def _infer_namespaces(manifests: list[Manifest]) -> list[Manifest]:
             and not meta.get("namespace")
             and m.obj.get("kind") not in CLUSTER_SCOPED_KINDS
         ):
-            meta["namespace"] = names[0]
+            meta["namespace"] = namespace
     return manifests
 
 

@@ -31,6 +31,7 @@ class FieldDiff:
     after: Any = None
     has_before: bool = True
     has_after: bool = True
+    written: str = ""  # for a converted object, the field as written where it differs: 'weight: "500m"'
 
     @property
     def op(self) -> str:

@@ -137,11 +137,12 @@ _STYLE_OP = {"add": "green", "remove": "red", "change": "yellow"}
 
 
 def _diff_line(f: FieldDiff) -> str:
+    written = f"  (written as {f.written})" if f.written else ""
     if f.op == "add":
-        return f"+ {f.path}: {_value(f.after)}"
+        return f"+ {f.path}: {_value(f.after)}{written}"
     if f.op == "remove":
         return f"- {f.path}: {_value(f.before)}"
-    return f"~ {f.path}: {_value(f.before)} -> {_value(f.after)}"
+    return f"~ {f.path}: {_value(f.before)} -> {_value(f.after)}{written}"
 
 
 def _value(v: Any) -> str:
@@ -171,7 +172,7 @@ def _impact_lines(impact: Impact) -> Iterable[tuple[str, str]]:
 def plan_markdown(plan: Plan) -> str:
     """A pull-request comment: a summary line, the traffic table, and each change folded."""
     revision = f"`{plan.revision[:12]}`" if plan.revision else "the working directory"
-    out = [f"### gitmesh plan for {revision} ({plan.ref})", "", f"**{plan.summary()}**", ""]
+    out = [f"### gitmesh plan for {revision} ({plan.ref}) -> {plan.backend}", "", f"**{plan.summary()}**", ""]
     if plan.impact.splits:
         out += ["#### Traffic splits", "", "| split | backend | before | after |", "|---|---|---:|---:|"]
         for s in plan.impact.splits:

@@ -214,7 +214,9 @@ def _unconvertible(manifests: Sequence[Manifest]) -> list[Diagnostic]:
 def _served(m: Manifest) -> Manifest:
     if not convert.needs_conversion(m.obj):
         return m
-    return Manifest(convert.to_served(m.obj), m.source, m.positions, converted_from=m.obj["apiVersion"])
+    return Manifest(
+        convert.to_served(m.obj), m.source, m.positions, converted_from=m.obj["apiVersion"], written=m.obj
+    )
 
 
 def _get(obj: Any, path: tuple[str | int, ...]) -> Any:

@@ -81,6 +81,7 @@ class Source:
     ca_file: Path | None = None  # CA certificates to trust for an https:// remote (default: the system's)
     ssh: SshAuth | None = None
     verify: Verification | None = None  # apply only heads signed by these keys
+    namespace: str = ""  # for objects that name none
 
     def __post_init__(self) -> None:
         # A local path is mirrored like any remote; its cache key must not depend on the cwd.
@@ -126,7 +127,7 @@ def resolve(repo: git.Repo, ref: Ref) -> tuple[str, str]:
 
 def read(repo: git.Repo, source: Source, sha: str, name: str) -> Revision:
     """The source's manifests at commit ``sha`` (found as ``name``)."""
-    return dataclasses.replace(read_revision(repo, sha, source.path), ref=name)
+    return dataclasses.replace(read_revision(repo, sha, source.path, source.namespace), ref=name)
 
 
 def _default_branch(repo: git.Repo) -> str:

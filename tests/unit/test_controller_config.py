@@ -69,6 +69,13 @@ sources:
     assert (config.sources[1].interval, config.sources[1].drift_interval) == (60.0, 600.0)
 
 
+def test_a_default_namespace_per_source(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, "sources:\n  - {name: a, url: x, namespace: team-a}\n  - {name: b, url: y}\n")
+    )
+    assert [s.namespace for s in config.sources] == ["team-a", ""]
+
+
 def test_rollout_settings(tmp_path: Path) -> None:
     text = (
         "rollouts: {prometheus: 'http://prom:9090', webhook: 'https://chat/hook', push_reverts: repos/mesh}\n"
@@ -100,6 +107,10 @@ def test_rollout_settings(tmp_path: Path) -> None:
         ),
         ("sources: [\n", ["is not valid YAML"]),
         ("sources:\n  - {name: a, url: x, verify: {}}\n", ["sources.0.verify: {} should be non-empty"]),
+        (
+            "sources:\n  - {name: a, url: x, namespace: Team_A}\n",
+            ["sources.0.namespace: 'Team_A' does not match"],
+        ),
         (
             "rollouts: {prometheus: 'prom:9090'}\nsources:\n  - {name: a, url: x}\n",
             ["rollouts.prometheus: 'prom:9090' does not match"],

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import io
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from rich.console import Console
 
-from gitmesh.plan import schema
+from gitmesh.plan import encode, render, schema
 from gitmesh.plan.convert import SERVED, integer_weights, lost_fields, to_served
 from gitmesh.plan.load import SourceFile, load_files
+from gitmesh.plan.model import Action, Plan
 from gitmesh.plan.validate import validate
 from tests import factory as f
+from tests.unit.test_diff import plan_of
 
 META = {"name": "x", "namespace": "n"}
 
@@ -142,3 +146,61 @@ def test_destination_port_cannot_be_converted() -> None:
         "spec": {"destination": {"kind": "ServiceAccount", "name": "d", "port": 8080}},
     }
     assert lost_fields(old) == [("spec", "destination", "port")]
+
+
+def _plan_against(written: list[dict[str, Any]], live: list[dict[str, Any]]) -> Plan:
+    """Validate ``written`` (converting older versions) and plan it against ``live``."""
+    text = f.dump(*written).encode()
+    result = validate(load_files([SourceFile("m.yaml", len(text), text)]).manifests)
+    assert result.ok, result.diagnostics
+    return plan_of(result.desired, live, live)
+
+
+def test_field_diffs_of_converted_objects_show_what_was_written() -> None:
+    services = [f.service("n", name, 80) for name in ("root", "a", "b")]
+    split = f.split("n", "x", "root", {"a": 1, "b": 3}, version="v1alpha1")
+    split["spec"]["backends"][0]["weight"] = "1500m"
+    split["spec"]["backends"][1]["weight"] = "500m"
+    live = [*services, to_served(f.split("n", "x", "root", {"a": 1, "b": 3}, version="v1alpha1"))]
+    (change,) = [c for c in _plan_against([*services, split], live).changes if c.action is Action.UPDATE]
+    assert [(d.path, d.before, d.after, d.written) for d in change.diff] == [
+        ("spec.backends[0].weight", 1, 3, 'spec.backends[0].weight: "1500m"'),
+        ("spec.backends[1].weight", 3, 1, 'spec.backends[1].weight: "500m"'),
+    ]
+    console = Console(file=io.StringIO(), width=200)
+    render.plan_text(console, _plan_against([*services, split], live))
+    assert '~ spec.backends[0].weight: 1 -> 3  (written as spec.backends[0].weight: "1500m")' in (
+        console.file.getvalue()
+    )
+    assert encode.loads(encode.dumps(_plan_against([*services, split], live))).changes == (
+        _plan_against([*services, split], live).changes
+    )
+
+
+def test_field_diffs_of_a_v1alpha1_target_name_the_fields_where_they_were_written() -> None:
+    written = {
+        "apiVersion": "access.smi-spec.io/v1alpha1",
+        "kind": "TrafficTarget",
+        "metadata": {"name": "t", "namespace": "n"},
+        "destination": {"kind": "ServiceAccount", "name": "d", "namespace": "n"},
+        "specs": [{"kind": "HTTPRouteGroup", "name": "r", "matches": ["m"]}],
+        "sources": [{"kind": "ServiceAccount", "name": "s", "namespace": "o"}],
+    }
+    routes = f.route_group("n", "r", {"m": "/x", "other": "/y"})
+    live = to_served({**written, "specs": [{"kind": "HTTPRouteGroup", "name": "r", "matches": ["other"]}]})
+    (change,) = [
+        c for c in _plan_against([routes, written], [routes, live]).changes if c.action is Action.UPDATE
+    ]
+    assert [(d.path, d.written) for d in change.diff] == [
+        ("spec.rules[0].matches[0]", 'specs[0].matches[0]: "m"')
+    ]
+
+
+def test_fields_written_as_they_are_served_say_nothing_more() -> None:
+    services = [f.service("n", name, 80) for name in ("root", "a")]
+    before = f.split("n", "x", "root", {"a": 1}, version="v1alpha2")
+    after = f.split("n", "x", "root", {"a": 2}, version="v1alpha2")
+    (change,) = [
+        c for c in _plan_against([*services, after], [*services, to_served(before)]).changes if c.diff
+    ]
+    assert [(d.path, d.written) for d in change.diff] == [("spec.backends[0].weight", "")]

@@ -1,4 +1,7 @@
-"""The manifest corpora: every file in tests/corpus/{broken,dialects} reports exactly what expected.yaml says.
+"""The corpora: every file in tests/corpus/{broken,dialects} reports exactly what expected.yaml says, and
+every directory in tests/corpus/layouts (a revision laid out as real repositories are: Kustomize, Helm
+charts, foreign kinds, .gitmeshignore) gets the verdict its expected.yaml gives, read from a
+directory and from a Git commit alike.
 
 Each file is copied alone into a fresh directory, read with ``read_directory`` and
 checked with ``pipeline.check``, the path ``gitmesh validate`` takes. Alone,
@@ -17,13 +20,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import git
 import pytest
 import yaml
 
 from gitmesh import pipeline
 from gitmesh.plan.diagnostics import CODES, Diagnostic, Severity
+from gitmesh.plan.kustomize import KUSTOMIZATION_FILES
 from gitmesh.plan.validate import Validated
-from gitmesh.sync.git import read_directory
+from gitmesh.sync.git import read_directory, read_revision
+from tests.conftest import GitRepo
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 # broken/: broken manifests; dialects/: the forms real SMI and OSM repositories write, right or wrong.
@@ -44,6 +50,7 @@ MAX_CASE_BYTES = 8 * 1024
 # Codes no corpus file can show, with the test that shows them instead.
 GENERATED = {
     "GM003": ("test_load.py", "test_oversized_file_is_refused_unparsed"),
+    "GM009": ("test_load.py", "test_too_many_documents_are_refused_and_say_so"),
 }
 
 # Cases that fail today because of a bug in gitmesh, not in the case. Each is an
@@ -121,6 +128,7 @@ def test_expected_covers_exactly_the_corpus() -> None:
 def test_every_code_has_a_case() -> None:
     """A new code in diagnostics.CODES needs a corpus file (or a generated test) that produces it."""
     shown = {e["code"] for name, entries in EXPECTED.items() if name not in KNOWN_BUGS for e in entries}
+    shown |= {e["code"] for verdict in LAYOUTS_EXPECTED.values() for e in verdict["diagnostics"]}
     missing = set(CODES) - shown - set(GENERATED)
     assert not missing, f"no passing corpus case produces {sorted(missing)}"
     here = Path(__file__).resolve().parent
@@ -134,3 +142,84 @@ def test_cases_are_small() -> None:
     assert all(size <= MAX_CASE_BYTES for size in big.values()), {
         n: s for n, s in big.items() if s > MAX_CASE_BYTES
     }
+
+
+# --- layouts: each directory of tests/corpus/layouts is one revision ---------------------------------
+
+LAYOUTS = CORPUS / "layouts"
+LAYOUTS_EXPECTED: dict[str, dict[str, Any]] = yaml.safe_load((LAYOUTS / "expected.yaml").read_text())
+LAYOUT_CASES = sorted(p.name for p in LAYOUTS.iterdir() if p.is_dir())
+
+
+def _builds_kustomizations(name: str) -> bool:
+    return any(p.name in KUSTOMIZATION_FILES for p in (LAYOUTS / name).rglob("*"))
+
+
+def _layout_cases(*, git: bool) -> list[Any]:
+    """Cases that render kustomizations run kubectl, and those read from Git run git: integration."""
+    return [
+        pytest.param(name, id=name, marks=pytest.mark.integration)
+        if git or _builds_kustomizations(name)
+        else pytest.param(name, id=name)
+        for name in LAYOUT_CASES
+    ]
+
+
+def _assert_layout_verdict(name: str, validated: Validated, root: str) -> None:
+    """The diagnostics (file relative to the case's ``root``, code, line, path, message) and the objects."""
+    expected = LAYOUTS_EXPECTED[name]
+    got = [
+        (
+            d.location.file.removeprefix(f"{root}/"),
+            d.code,
+            d.location.line,
+            d.path,
+            d.message.replace(f" {root}/", " "),
+        )
+        for d in validated.diagnostics
+    ]
+    want = [(e["file"], e["code"], e["line"], e.get("path", "")) for e in expected["diagnostics"]]
+    assert sorted(g[:4] for g in got) == sorted(want), "\n".join(map(str, got)) or "(no diagnostics)"
+    for e in expected["diagnostics"]:
+        messages = [g[4] for g in got if g[:4] == (e["file"], e["code"], e["line"], e.get("path", ""))]
+        assert any(e.get("message", "") in m for m in messages), (e, messages)
+    if "objects" in expected:
+        assert validated.ok
+        assert sorted(str(m.ref) for m in validated.desired) == expected["objects"]
+    else:
+        assert not validated.ok
+
+
+@pytest.mark.parametrize("name", _layout_cases(git=False))
+def test_layout_case_from_a_directory(name: str, tmp_path: Path) -> None:
+    root = tmp_path / "revision"
+    shutil.copytree(LAYOUTS / name, root)
+    namespace = LAYOUTS_EXPECTED[name].get("namespace", "")
+    _assert_layout_verdict(name, pipeline.check(read_directory(str(root), namespace)), str(root))
+    # Rendering works on a private copy: the directory read is left exactly as it was.
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == {
+        root / p.relative_to(LAYOUTS / name): p.read_bytes()
+        for p in (LAYOUTS / name).rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("name", _layout_cases(git=True))
+def test_layout_case_from_a_git_commit(name: str, git_repo: GitRepo) -> None:
+    """The same verdict from a commit: files come from Git objects, not from the directory."""
+    shutil.copytree(LAYOUTS / name, git_repo.path / "mesh")
+    git_repo.commit(name)
+    shutil.rmtree(git_repo.path / "mesh")  # the work tree is gone: only the commit can be read
+    revision = read_revision(
+        git.Repo(git_repo.path), "HEAD", "mesh", LAYOUTS_EXPECTED[name].get("namespace", "")
+    )
+    _assert_layout_verdict(name, pipeline.check(revision), "mesh")
+
+
+def test_layout_expectations_cover_exactly_the_cases() -> None:
+    assert sorted(LAYOUTS_EXPECTED) == LAYOUT_CASES
+    for name, verdict in LAYOUTS_EXPECTED.items():
+        assert set(verdict) <= {"diagnostics", "objects", "namespace"}, name
+        for entry in verdict["diagnostics"]:
+            assert set(entry) <= {"file", "code", "line", "path", "message"}, (name, entry)
+            assert entry["code"] in CODES, (name, entry)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -17,7 +18,11 @@ def manifest(obj: dict[str, Any]) -> Manifest:
 
 
 def plan(desired: list[dict[str, Any]], live: list[dict[str, Any]], inventory: list[dict[str, Any]]) -> Plan:
-    ms = [manifest(o) for o in desired]
+    return plan_of([manifest(o) for o in desired], live, inventory)
+
+
+def plan_of(ms: Sequence[Manifest], live: list[dict[str, Any]], inventory: list[dict[str, Any]]) -> Plan:
+    """The plan of ``ms``, each predicted to be stored as it is."""
     owned = [ObjectRef.of(o) for o in inventory]
     return make_plan(
         desired=ms,

@@ -21,7 +21,15 @@ from hypothesis import strategies as st
 from gitmesh import pipeline
 from gitmesh.objects import Location, Manifest
 from gitmesh.plan.diagnostics import CODES, Diagnostic
-from gitmesh.plan.load import MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES, SourceFile, load_file, load_files
+from gitmesh.plan.load import (
+    MAX_DEPTH,
+    MAX_DOCUMENTS,
+    MAX_FILE_BYTES,
+    MAX_VALUES,
+    SourceFile,
+    load_file,
+    load_files,
+)
 from gitmesh.plan.validate import validate
 from gitmesh.sync.git import read_directory
 
@@ -88,6 +96,18 @@ def test_oversized_file_on_disk_is_not_even_read(tmp_path: Path) -> None:
     validated = pipeline.check(revision)
     assert codes(validated.diagnostics) == [("GM003", 1)]
     assert validated.desired == ()
+
+
+@pytest.mark.parametrize("document", ["", "{}\n", "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n"])
+def test_too_many_documents_are_refused_and_say_so(document: str) -> None:
+    """200,000 documents in a file once planned as "No changes": now the file is refused, by name."""
+    manifests, diagnostics = load(("---\n" + document) * (MAX_DOCUMENTS + 1), "mesh/many.yaml")
+    assert manifests == []
+    assert [(d.location.file, d.code) for d in diagnostics] == [("mesh/many.yaml", "GM009")]
+    assert f"more than {MAX_DOCUMENTS:,} documents" in diagnostics[0].message
+    assert CODES["GM009"].severity.value == "error"
+    manifests, diagnostics = load(("---\n" + document) * MAX_DOCUMENTS)
+    assert "GM009" not in [d.code for d in diagnostics]
 
 
 def test_file_at_the_size_limit_is_parsed() -> None:
