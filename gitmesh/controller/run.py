@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import resource
 import signal
 import threading
 import time
@@ -42,6 +43,7 @@ class Settings:
     xds_address: str
     http_address: str | None = None  # None: DEFAULT_HTTP_ADDRESS when there are sources, else no port
     webhook_secret: bytes | None = None
+    http_token: bytes | None = None  # the bearer token that lets a client ask for a reconcile
     cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME  # of the workload certificates served
     rollouts: RolloutSettings = field(default_factory=RolloutSettings)
 
@@ -60,7 +62,12 @@ def run(
     reconciler = Reconciler(settings.sources, open_backend, metrics, stopping, notify)
     controller = Controller(reconciler, stopping)
     address = settings.http_address or (DEFAULT_HTTP_ADDRESS if settings.sources else None)
-    port = ControllerPort(address, controller, metrics, settings.webhook_secret) if address else None
+    open_files = _raise_open_files_limit()
+    port = (
+        ControllerPort(address, controller, metrics, settings.webhook_secret, settings.http_token, open_files)
+        if address
+        else None
+    )
     reporting = _Reporting(mesh, metrics)
     rollouts = threading.Thread(
         target=_walk_rollouts,
@@ -74,6 +81,17 @@ def run(
     finally:
         stopping.set()
         rollouts.join(timeout=10)
+
+
+def _raise_open_files_limit() -> int:
+    """The soft limit on open files raised to the hard one (the usual soft 1,024 is soon taken by
+    sidecars' streams and HTTP clients); returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    log.info("open files: at most %d", soft)
+    return soft
 
 
 def _walk_rollouts(
