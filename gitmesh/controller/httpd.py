@@ -10,9 +10,9 @@ POST /sources/NAME/reconcile    token   reconcile NAME now (``gitmesh reconcile 
 Served by asyncio on a thread of its own, one request per connection: a client costs a socket, never
 a thread, and nothing here waits on the ADS server or slows it. Everything a client sends is bounded
 before it is read: the head (16 KiB), the body (a Content-Length of at most 1 MiB, on POST only and
-read only for /hook) and the time a request may take to arrive (10 s; 1 s while every connection slot
-is taken, so that slow clients make room). Connections beyond the cap wait in the listen queue, costing
-no file descriptor.
+read only for /hook, 16 at once) and the time a request may take to arrive (10 s; 1 s while every
+connection slot or every body place is taken, so that slow clients make room). Connections beyond the
+cap wait in the listen queue, costing no file descriptor.
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ log = logging.getLogger("gitmesh.controller.http")
 
 MAX_HEAD = 16 << 10  # the request line and headers
 MAX_BODY = 1 << 20  # GitHub caps push payloads at 25 MB, but a mesh repo's pushes are small
-MAX_BODIES = 16  # webhook bodies held at once (16 MiB at most); more are answered 503
+MAX_BODIES = 16  # webhook bodies held at once (16 MiB at most); one waits 1 s for a place, then 503
 MAX_CONNECTIONS = 256  # or a quarter of the open-file limit if lower: the rest is for xDS, the store, Git
 REQUEST_TIMEOUT = 10.0  # seconds for a whole request to arrive, and for its answer to be taken
-BUSY_TIMEOUT = 1.0  # ... while every connection slot is taken
+BUSY_TIMEOUT = 1.0  # ... while every connection slot or webhook body place is taken
 LISTEN_BACKLOG = 1024  # connections waiting for a slot, queued by the kernel
 LINGER_SECONDS = 1.0  # after answering, how long to discard what the client still sends
 _POLL = 0.25  # how often a request still arriving looks at its deadline
@@ -180,21 +180,27 @@ class ControllerPort:
             writer.close()
             self._slots.release()
 
-    async def _arrival(self, read: Callable[[], Awaitable[bytes]], accepted: float) -> bytes:
-        """``read()``, given up once the request has taken too long to arrive (reads that time out
-        keep what they buffered, so each poll carries on where the last one stopped)."""
+    async def _arrival(
+        self, read: Callable[[], Awaitable[bytes]], accepted: float, busy: Callable[[], bool]
+    ) -> bytes:
+        """``read()``, given up once the request has taken too long to arrive: REQUEST_TIMEOUT, or
+        BUSY_TIMEOUT while ``busy()`` (reads that time out keep what they buffered, so each poll
+        carries on where the last one stopped)."""
         loop = asyncio.get_running_loop()
         while True:
             try:
                 return await asyncio.wait_for(read(), _POLL)
             except TimeoutError:
                 waited = loop.time() - accepted
-                if waited >= REQUEST_TIMEOUT or (waited >= BUSY_TIMEOUT and self._slots.locked()):
+                if waited >= REQUEST_TIMEOUT or (waited >= BUSY_TIMEOUT and busy()):
                     raise _Refused(_text(408, "the request did not arrive in time")) from None
+
+    def _full(self) -> bool:
+        return self._slots.locked() or self._bodies.locked()
 
     async def _handle(self, reader: asyncio.StreamReader, accepted: float) -> Response:
         try:
-            raw = await self._arrival(lambda: reader.readuntil(b"\r\n\r\n"), accepted)
+            raw = await self._arrival(lambda: reader.readuntil(b"\r\n\r\n"), accepted, self._slots.locked)
         except asyncio.LimitOverrunError:
             raise _Refused(_text(431, f"the request head is larger than {MAX_HEAD} bytes")) from None
         head = _parse_head(raw)
@@ -240,10 +246,14 @@ class ControllerPort:
         if self.secret is None:
             metrics.labels("rejected").inc()
             return _json(404, {"error": "no webhook secret is configured: webhooks are off"})
-        if self._bodies.locked():
+        try:
+            await asyncio.wait_for(self._bodies.acquire(), BUSY_TIMEOUT)
+        except TimeoutError:
             return _json(503, {"error": "too many webhooks at once"}, (("Retry-After", "1"),))
-        async with self._bodies:
-            body = await self._arrival(lambda: reader.readexactly(head.length), accepted)
+        try:
+            body = await self._arrival(lambda: reader.readexactly(head.length), accepted, self._full)
+        finally:
+            self._bodies.release()
         if not webhook.verify(self.secret, body, head.headers.get(webhook.SIGNATURE_HEADER)):
             metrics.labels("rejected").inc()
             log.warning("a webhook with a missing or wrong signature was refused")
