@@ -37,24 +37,8 @@ SPLIT = (EXAMPLE_REPO / "bookstore/split.yaml").read_text()
 
 
 @pytest.fixture
-def mesh(git_repo: GitRepo) -> GitRepo:
-    shutil.copytree(EXAMPLE_REPO, git_repo.path / "mesh")
-    git_repo.commit("bookstore")
-    return git_repo
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> Path:
     return tmp_path / "store.db"
-
-
-@pytest.fixture
-def controllers(tmp_path: Path) -> Iterator[list[RunningController]]:
-    """Controllers a test starts; each is stopped with SIGTERM at the end and must exit 0."""
-    started: list[RunningController] = []
-    yield started
-    codes = [c.stop() for c in started if c.process is not None and c.process.poll() is None]
-    assert all(code == 0 for code in codes), codes
 
 
 def start(controllers: list[RunningController], workdir: Path, *args: str | Path) -> RunningController:

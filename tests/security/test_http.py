@@ -14,7 +14,6 @@ import json
 import os
 import resource
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -42,7 +41,7 @@ from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import bootstrap, client_tls
 from gitmesh.xds.translate import Proxy
 from tests import factory as f
-from tests.conftest import EXAMPLE_REPO, GitRepo
+from tests.conftest import GitRepo
 from tests.controller import RunningController
 
 pytestmark = pytest.mark.integration
@@ -114,26 +113,11 @@ class Watch:
 
 
 @pytest.fixture
-def mesh(git_repo: GitRepo) -> GitRepo:
-    shutil.copytree(EXAMPLE_REPO, git_repo.path / "mesh")
-    git_repo.commit("bookstore")
-    return git_repo
-
-
-@pytest.fixture
 def token(tmp_path: Path) -> bytes:
     value = secrets.token_hex(32).encode()
     (tmp_path / "token").write_bytes(value + b"\n")
     (tmp_path / "secret").write_bytes(SECRET + b"\n")
     return value
-
-
-@pytest.fixture
-def controllers() -> Iterator[list[RunningController]]:
-    started: list[RunningController] = []
-    yield started
-    codes = [c.stop() for c in started if c.process is not None and c.process.poll() is None]
-    assert all(code == 0 for code in codes), codes
 
 
 def run_args(mesh: GitRepo, tmp_path: Path, *extra: str | Path) -> list[str | Path]:
