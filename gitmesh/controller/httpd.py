@@ -166,6 +166,11 @@ class ControllerPort:
                 response = await self._handle(reader, accepted)
             except _Refused as e:
                 response = e.response
+            except (OSError, asyncio.IncompleteReadError):
+                raise
+            except Exception:
+                log.exception("the HTTP port failed to answer a request")
+                response = _text(500, "internal error (logged)")
             await self._write(writer, response)
             # Closing with bytes unread would reset the connection and could lose the answer: half-close,
             # then discard what the client still sends (bounded in time and size) until it closes.

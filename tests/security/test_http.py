@@ -169,7 +169,7 @@ def read_all(s: socket.socket) -> bytes:
 
 def healthy(c: RunningController, timeout: float = 15) -> bool:
     with urllib.request.urlopen(f"http://127.0.0.1:{c.http_port}/healthz", timeout=timeout) as r:
-        return r.status == 200 and r.read() == b"ok\n"
+        return bool(r.status == 200 and r.read() == b"ok\n")
 
 
 def ads_answers(c: RunningController, store: Path) -> bool:
@@ -179,9 +179,11 @@ def ads_answers(c: RunningController, store: Path) -> bool:
     )
     backend = LocalBackend(store)
     try:
-        tls = client_tls(backend.ca_keeper().load(), proxy.identity, datetime.datetime.now(datetime.UTC))
+        state = backend.ca_keeper().load()  # the controller made the mesh CA at start
     finally:
         backend.close()
+    assert state is not None
+    tls = client_tls(state, proxy.identity, datetime.datetime.now(datetime.UTC))
     credentials = grpc.ssl_channel_credentials(
         tls.bundle_pem.encode(), tls.key_pem.encode(), tls.cert_pem.encode()
     )
