@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 from rich.text import Text
@@ -32,6 +32,9 @@ from gitmesh.controller.config import (
 )
 from gitmesh.errors import GitmeshError
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
+
+if TYPE_CHECKING:
+    from gitmesh.cluster.kube import KubeBackend
 
 
 class Duration(click.ParamType):
@@ -192,6 +195,7 @@ def run_command(
     )
     logs.setup(log_format)
     backend = target.open()
+    review = None
     if isinstance(backend, LocalBackend):
         mesh: Any = backend
         store = backend.path
@@ -199,14 +203,18 @@ def run_command(
         def open_backend() -> ClusterBackend:
             return LocalBackend(store)
     else:
+        from gitmesh.cluster.kube import KubeBackend
+
+        assert isinstance(backend, KubeBackend)
         mesh = _cluster_watch(backend)
+        review = backend.may_reconcile
 
         def open_backend() -> ClusterBackend:
             return backend  # the Kubernetes client is safe to share between threads
 
     names = ", ".join(s.name for s in settings.sources) or "none"
     err.print(f"Serving ADS on {xds_address} from {backend.describe()}; sources: {names}")
-    run(settings, open_backend, mesh, backend.ca_keeper())
+    run(settings, open_backend, mesh, backend.ca_keeper(), review)
 
 
 def _one_source(
@@ -235,11 +243,9 @@ def _one_source(
         raise click.UsageError(str(e)) from None
 
 
-def _cluster_watch(backend: ClusterBackend) -> Any:
-    from gitmesh.cluster.kube import KubeBackend
+def _cluster_watch(backend: KubeBackend) -> Any:
     from gitmesh.cluster.watch import MeshWatch
 
-    assert isinstance(backend, KubeBackend)
     return MeshWatch(backend).start()
 
 

@@ -5,7 +5,8 @@ GET  /readyz                    open    200 once every source has finished a fir
 GET  /metrics                   open    Prometheus metrics
 GET  /status                    open    every source's record (conditions, revisions, history) as JSON
 POST /hook                      signed  a webhook (GitHub push, or the generic form): HMAC-SHA256 of the body
-POST /sources/NAME/reconcile    token   reconcile NAME now (``gitmesh reconcile NAME``): a bearer token
+POST /sources/NAME/reconcile    token   reconcile NAME now (``gitmesh reconcile NAME``): a bearer token,
+                                        the controller's own, or on a cluster one RBAC lets reconcile NAME
 
 Served by asyncio on a thread of its own, one request per connection: a client costs a socket, never
 a thread, and nothing here waits on the ADS server or slows it. Everything a client sends is bounded
@@ -29,19 +30,23 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gitmesh.controller.metrics import Metrics
 from gitmesh.controller.schedule import Controller
-from gitmesh.errors import ConfigError
+from gitmesh.errors import ClusterError, ConfigError
 from gitmesh.sync import webhook
+
+if TYPE_CHECKING:
+    from gitmesh.cluster.kube import Reviewed
 
 log = logging.getLogger("gitmesh.controller.http")
 
 MAX_HEAD = 16 << 10  # the request line and headers
 MAX_BODY = 1 << 20  # GitHub caps push payloads at 25 MB, but a mesh repo's pushes are small
+MAX_REVIEWS = 4  # bearer tokens being reviewed by the cluster at once; one waits 1 s for a place, then 503
 MAX_BODIES = 16  # webhook bodies held at once (16 MiB at most); one waits 1 s for a place, then 503
 MAX_CONNECTIONS = 256  # or a quarter of the open-file limit if lower: the rest is for xDS, the store, Git
 REQUEST_TIMEOUT = 10.0  # seconds for a whole request to arrive, and for its answer to be taken
@@ -92,6 +97,7 @@ class ControllerPort:
         metrics: Metrics,
         secret: bytes | None,
         token: bytes | None,
+        review: Callable[[str, str], Reviewed] | None,
         open_files: int,
     ) -> None:
         host, _, port = address.rpartition(":")
@@ -101,6 +107,7 @@ class ControllerPort:
         self.metrics = metrics
         self.secret = secret
         self.token = token
+        self.review = review
         self.max_connections = max(1, min(MAX_CONNECTIONS, open_files // 4))
         try:
             self._listener = socket.create_server((host or "127.0.0.1", int(port)), backlog=LISTEN_BACKLOG)
@@ -110,6 +117,7 @@ class ControllerPort:
         self.address = "{}:{}".format(*self._listener.getsockname()[:2])
         self._slots = asyncio.Semaphore(self.max_connections)
         self._bodies = asyncio.Semaphore(MAX_BODIES)
+        self._reviews = asyncio.Semaphore(MAX_REVIEWS)
         self._stop = asyncio.Event()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
@@ -217,7 +225,7 @@ class ControllerPort:
         if head.path == "/hook":
             return await self._hook(head, reader, accepted)
         if len(parts) == 3 and parts[0] == "sources" and parts[2] == "reconcile":
-            return self._reconcile(parts[1], head)
+            return await self._reconcile(parts[1], head)
         return _text(404, "not found")
 
     def _get(self, path: str) -> Response:
@@ -235,16 +243,46 @@ class ControllerPort:
             return _json(200, {"sources": [r.to_json() for r in reconciler.records()]})
         return _text(404, "not found")
 
-    def _reconcile(self, name: str, head: _Head) -> Response:
-        if self.token is None:
+    async def _reconcile(self, name: str, head: _Head) -> Response:
+        if self.token is None and self.review is None:
             return _json(403, {"error": "reconcile over HTTP is off: gitmesh run has no --http-token-file"})
         scheme, _, given = (head.headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("latin-1"), self.token):
-            log.warning("a reconcile of %r without the right bearer token was refused", name)
-            return _json(401, {"error": "missing or wrong bearer token"}, (("WWW-Authenticate", "Bearer"),))
+        token = given.strip()
+        if scheme.lower() != "bearer" or not token:
+            return self._unauthorized(name)
+        if self.token is None or not hmac.compare_digest(token.encode("latin-1"), self.token):
+            refused = await self._reviewed(token, name) if self.review else self._unauthorized(name)
+            if refused:
+                return refused
         if self.controller.trigger(name, "manual"):
             return _json(202, {"triggered": [name]})
         return _json(404, {"error": f"no source {name!r}"})
+
+    async def _reviewed(self, token: str, name: str) -> Response | None:
+        """None when the cluster says the token's user may reconcile ``name``; else the refusal."""
+        assert self.review is not None
+        try:
+            await asyncio.wait_for(self._reviews.acquire(), BUSY_TIMEOUT)
+        except TimeoutError:
+            return _json(503, {"error": "too many tokens under review"}, (("Retry-After", "1"),))
+        try:
+            reviewed = await asyncio.get_running_loop().run_in_executor(None, self.review, token, name)
+        except ClusterError as e:
+            log.warning("cannot review a bearer token with the cluster: %s", e)
+            return _json(503, {"error": f"cannot review the token with the cluster: {e}"})
+        finally:
+            self._reviews.release()
+        if not reviewed.user:
+            return self._unauthorized(name)
+        if not reviewed.allowed:
+            log.warning("%s may not reconcile %r: refused", reviewed.user, name)
+            return _json(403, {"error": f"{reviewed.user} may not reconcile sources.gitmesh.dev {name!r}"})
+        return None
+
+    @staticmethod
+    def _unauthorized(name: str) -> Response:
+        log.warning("a reconcile of %r without the right bearer token was refused", name)
+        return _json(401, {"error": "missing or wrong bearer token"}, (("WWW-Authenticate", "Bearer"),))
 
     async def _hook(self, head: _Head, reader: asyncio.StreamReader, accepted: float) -> Response:
         metrics = self.metrics.webhooks

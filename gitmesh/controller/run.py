@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitmesh import serve
 from gitmesh.certs import ca
@@ -33,6 +33,9 @@ from gitmesh.rollout.envoy_stats import EnvoyStats
 from gitmesh.rollout.metrics import MetricsSource
 from gitmesh.rollout.prometheus import Prometheus
 from gitmesh.sync.source import Source
+
+if TYPE_CHECKING:
+    from gitmesh.cluster.kube import Reviewed
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +55,15 @@ ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each a
 
 
 def run(
-    settings: Settings, open_backend: Callable[[], ClusterBackend], mesh: serve.Source, keeper: Keeper
+    settings: Settings,
+    open_backend: Callable[[], ClusterBackend],
+    mesh: serve.Source,
+    keeper: Keeper,
+    review: Callable[[str, str], Reviewed] | None = None,
 ) -> None:
     """Reconcile the sources into the backend and serve ``mesh`` over ADS (mTLS, with the mesh CA
-    ``keeper`` holds) until SIGTERM or SIGINT."""
+    ``keeper`` holds) until SIGTERM or SIGINT. ``review`` asks a cluster whether a bearer token's
+    user may ask for a reconcile of a source (when there is a cluster to ask)."""
     stopping = threading.Event()
     metrics = Metrics()
     notify = driver.webhook(settings.rollouts.webhook)
@@ -64,7 +72,9 @@ def run(
     address = settings.http_address or (DEFAULT_HTTP_ADDRESS if settings.sources else None)
     open_files = _raise_open_files_limit()
     port = (
-        ControllerPort(address, controller, metrics, settings.webhook_secret, settings.http_token, open_files)
+        ControllerPort(
+            address, controller, metrics, settings.webhook_secret, settings.http_token, review, open_files
+        )
         if address
         else None
     )
