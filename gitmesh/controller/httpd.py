@@ -11,14 +11,15 @@ POST /sources/NAME/reconcile    token   reconcile NAME now (``gitmesh reconcile 
 Served by asyncio on a thread of its own, one request per connection: a client costs a socket, never
 a thread, and nothing here waits on the ADS server or slows it. Everything a client sends is bounded
 before it is read: the head (16 KiB), the body (a Content-Length of at most 1 MiB, on POST only and
-read only for /hook, 16 at once) and the time a request may take to arrive (10 s; 1 s while every
-connection slot or every body place is taken, so that slow clients make room). Connections beyond the
-cap wait in the listen queue, costing no file descriptor.
+read only for /hook, 16 at once) and the time a request may take to arrive (10 s). Connections beyond
+the cap wait in the listen queue, costing no file descriptor; while they wait, connections that have
+not sent their head within 0.25 s are let go, so idle clients cannot hold the port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import http.client
 import io
@@ -50,7 +51,8 @@ MAX_REVIEWS = 4  # bearer tokens being reviewed by the cluster at once; one wait
 MAX_BODIES = 16  # webhook bodies held at once (16 MiB at most); one waits 1 s for a place, then 503
 MAX_CONNECTIONS = 256  # or a quarter of the open-file limit if lower: the rest is for xDS, the store, Git
 REQUEST_TIMEOUT = 10.0  # seconds for a whole request to arrive, and for its answer to be taken
-BUSY_TIMEOUT = 1.0  # ... while every connection slot or webhook body place is taken
+BUSY_TIMEOUT = 1.0  # ... for a webhook body while every body place is taken
+EVICT_AFTER = 0.25  # seconds: while every connection slot is taken, one still without its head is let go
 LISTEN_BACKLOG = 1024  # connections waiting for a slot, queued by the kernel
 LINGER_SECONDS = 1.0  # after answering, how long to discard what the client still sends
 _POLL = 0.25  # how often a request still arriving looks at its deadline
@@ -79,6 +81,10 @@ class _Refused(Exception):
     def __init__(self, response: Response) -> None:
         super().__init__(response.status)
         self.response = response
+
+
+class _Evicted(_Refused):
+    """A connection let go to make room: it is answered and closed at once, its slot wanted."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,7 @@ class ControllerPort:
         self._slots = asyncio.Semaphore(self.max_connections)
         self._bodies = asyncio.Semaphore(MAX_BODIES)
         self._reviews = asyncio.Semaphore(MAX_REVIEWS)
+        self._heads: dict[asyncio.StreamReader, float] = {}  # connections waiting for their head, since
         self._stop = asyncio.Event()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
@@ -148,6 +155,9 @@ class ControllerPort:
     async def _accept(self, connections: set[asyncio.Task[None]]) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            while self._slots.locked():
+                self._evict(loop.time())
+                await asyncio.sleep(_POLL / 5)
             await self._slots.acquire()
             try:
                 sock, _ = await loop.sock_accept(self._listener)
@@ -161,6 +171,15 @@ class ControllerPort:
             connections.add(task)
             task.add_done_callback(connections.discard)
 
+    def _evict(self, now: float) -> None:
+        """Let go of every connection that has not sent its request head within EVICT_AFTER: with
+        the port full, idle or slow clients would otherwise keep quick ones waiting (connections
+        queued in the kernel have had their head there all along)."""
+        for reader, since in list(self._heads.items()):
+            if now - since >= EVICT_AFTER:
+                del self._heads[reader]
+                reader.set_exception(_Evicted(_text(408, "the request did not arrive in time")))
+
     async def _connection(self, sock: socket.socket) -> None:
         accepted = asyncio.get_running_loop().time()
         try:
@@ -169,9 +188,13 @@ class ControllerPort:
             sock.close()
             self._slots.release()
             return
+        self._heads[reader] = accepted
         try:
             try:
                 response = await self._handle(reader, accepted)
+            except _Evicted as e:
+                await self._write(writer, e.response)
+                return
             except _Refused as e:
                 response = e.response
             except (OSError, asyncio.IncompleteReadError):
@@ -190,11 +213,12 @@ class ControllerPort:
         except (OSError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the client went away, or would not take the answer
         finally:
-            writer.close()
+            self._heads.pop(reader, None)
+            await _closed(writer)
             self._slots.release()
 
     async def _arrival(
-        self, read: Callable[[], Awaitable[bytes]], accepted: float, busy: Callable[[], bool]
+        self, read: Callable[[], Awaitable[bytes]], accepted: float, busy: Callable[[], bool] = lambda: False
     ) -> bytes:
         """``read()``, given up once the request has taken too long to arrive: REQUEST_TIMEOUT, or
         BUSY_TIMEOUT while ``busy()`` (reads that time out keep what they buffered, so each poll
@@ -208,14 +232,12 @@ class ControllerPort:
                 if waited >= REQUEST_TIMEOUT or (waited >= BUSY_TIMEOUT and busy()):
                     raise _Refused(_text(408, "the request did not arrive in time")) from None
 
-    def _full(self) -> bool:
-        return self._slots.locked() or self._bodies.locked()
-
     async def _handle(self, reader: asyncio.StreamReader, accepted: float) -> Response:
         try:
-            raw = await self._arrival(lambda: reader.readuntil(b"\r\n\r\n"), accepted, self._slots.locked)
+            raw = await self._arrival(lambda: reader.readuntil(b"\r\n\r\n"), accepted)
         except asyncio.LimitOverrunError:
             raise _Refused(_text(431, f"the request head is larger than {MAX_HEAD} bytes")) from None
+        self._heads.pop(reader, None)  # (an eviction may have come between the head and this)
         head = _parse_head(raw)
         if head.method == "GET":
             return self._get(head.path)
@@ -294,7 +316,7 @@ class ControllerPort:
         except TimeoutError:
             return _json(503, {"error": "too many webhooks at once"}, (("Retry-After", "1"),))
         try:
-            body = await self._arrival(lambda: reader.readexactly(head.length), accepted, self._full)
+            body = await self._arrival(lambda: reader.readexactly(head.length), accepted, self._bodies.locked)
         finally:
             self._bodies.release()
         if not webhook.verify(self.secret, body, head.headers.get(webhook.SIGNATURE_HEADER)):
@@ -331,6 +353,19 @@ class ControllerPort:
         writer.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + response.body)
         async with asyncio.timeout(REQUEST_TIMEOUT):  # a client that does not read its answer is let go
             await writer.drain()
+
+
+async def _closed(writer: asyncio.StreamWriter) -> None:
+    """The connection closed for good, its descriptor too (the slots count descriptors): an answer the
+    client has not taken within LINGER_SECONDS is dropped."""
+    writer.close()
+    with contextlib.suppress(OSError):
+        try:
+            async with asyncio.timeout(LINGER_SECONDS):
+                await writer.wait_closed()
+        except TimeoutError:
+            writer.transport.abort()
+            await writer.wait_closed()
 
 
 def _parse_head(raw: bytes) -> _Head:

@@ -404,7 +404,7 @@ def test_a_thousand_idle_connections_under_a_low_open_files_limit(
         for s in idle:
             s.close()
     most = max(s.fds for s in watch.samples)
-    assert most <= watch.before.fds + min(MAX_CONNECTIONS, 1024 // 4) + 8
+    assert most <= watch.before.fds + min(MAX_CONNECTIONS, 1024 // 4) + 4
     assert healthy(c)
     assert ads_answers(c, store)
     eventually(lambda: watch.sample().fds, lambda n: n <= watch.before.fds + 4, "the port's sockets closed")
