@@ -155,9 +155,9 @@ class ControllerPort:
     async def _accept(self, connections: set[asyncio.Task[None]]) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while self._slots.locked():
+            while self._slots.locked():  # until an evicted (or finished) connection has closed
                 self._evict(loop.time())
-                await asyncio.sleep(_POLL / 5)
+                await asyncio.sleep(EVICT_AFTER / 5)
             await self._slots.acquire()
             try:
                 sock, _ = await loop.sock_accept(self._listener)
