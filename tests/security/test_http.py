@@ -400,6 +400,7 @@ def test_a_thousand_idle_connections_under_a_low_open_files_limit(
             # the listen queue, and the idle ones make room once the port is full.
             assert healthy(c)
             assert ads_answers(c, store)
+            assert all(read_all(s).startswith(b"HTTP/1.1 408 ") for s in idle[:100])  # let go, answered
     finally:
         for s in idle:
             s.close()
