@@ -41,7 +41,7 @@ if str(REPO_ROOT) not in sys.path:  # run from a checkout without `pip install -
 from gitmesh import demo  # noqa: E402
 from gitmesh.sync import webhook  # noqa: E402
 
-SECRET = b"bench-secret"
+SECRET = b"bench-secret-of-32-bytes-at-least"
 SPLIT_FILE = Path(demo.MESH_PATH) / "bookstore" / "split.yaml"
 V1 = "bookstore/bookstore-v1|14001"  # the cluster name scheme of the README
 

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.controller import RunningController
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_REPO = REPO_ROOT / "examples" / "repo"
@@ -66,3 +69,20 @@ class GitRepo:
 @pytest.fixture
 def git_repo(tmp_path: Path) -> Iterator[GitRepo]:
     yield GitRepo(tmp_path / "mesh-repo")
+
+
+@pytest.fixture
+def mesh(git_repo: GitRepo) -> GitRepo:
+    """A repository holding the example mesh under ``mesh/``, committed."""
+    shutil.copytree(EXAMPLE_REPO, git_repo.path / "mesh")
+    git_repo.commit("bookstore")
+    return git_repo
+
+
+@pytest.fixture
+def controllers() -> Iterator[list[RunningController]]:
+    """Controllers a test starts; each is stopped with SIGTERM at the end and must exit 0."""
+    started: list[RunningController] = []
+    yield started
+    codes = [c.stop() for c in started if c.process is not None and c.process.poll() is None]
+    assert all(code == 0 for code in codes), codes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -18,11 +19,15 @@ from gitmesh.sync import webhook
 
 
 class RunningController:
-    """One ``gitmesh run`` process with its HTTP port; ``args`` choose the sources and the backend."""
+    """One ``gitmesh run`` process with its HTTP port; ``args`` choose the sources and the backend,
+    ``open_files`` the (soft, hard) limit on its open files."""
 
-    def __init__(self, workdir: Path, args: Sequence[str | Path]) -> None:
+    def __init__(
+        self, workdir: Path, args: Sequence[str | Path], open_files: tuple[int, int] | None = None
+    ) -> None:
         self.workdir = workdir
         self.args = [str(a) for a in args]
+        self.open_files = open_files
         self.http_port = free_port()
         self.xds_port = free_port()
         self.log = workdir / "gitmesh-run.log"
@@ -46,9 +51,14 @@ class RunningController:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                preexec_fn=self._limit if self.open_files else None,
             )
         self.wait(lambda s: s is not None, "the controller's HTTP port answering", timeout=60)
         return self
+
+    def _limit(self) -> None:
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files)
 
     def stop(self) -> int:
         """SIGTERM; the exit code (the controller finishes what it does and exits 0)."""

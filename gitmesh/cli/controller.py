@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import click
 from rich.text import Text
@@ -27,9 +27,14 @@ from gitmesh.controller.config import (
     RolloutSettings,
     duration,
     load_config,
+    read_http_token,
+    read_webhook_secret,
 )
 from gitmesh.errors import GitmeshError
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
+
+if TYPE_CHECKING:
+    from gitmesh.cluster.kube import KubeBackend
 
 
 class Duration(click.ParamType):
@@ -93,6 +98,16 @@ class Duration(click.ParamType):
     type=click.Path(dir_okay=False, exists=True),
     help="The secret webhooks are signed with (HMAC-SHA256); without it, webhooks are refused.",
 )
+@click.option(
+    "--allow-short-webhook-secret",
+    is_flag=True,
+    help="Accept a webhook secret shorter than 16 bytes (one you cannot change).",
+)
+@click.option(
+    "--http-token-file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The bearer token a client must send to ask for a reconcile; without it, that is refused.",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option(
     "--rollout-prometheus",
@@ -126,6 +141,8 @@ def run_command(
     source_name: str,
     http_address: str | None,
     webhook_secret_file: str | None,
+    allow_short_webhook_secret: bool,
+    http_token_file: str | None,
     log_format: str,
     rollout_prometheus: str | None,
     rollout_webhook: str | None,
@@ -165,16 +182,20 @@ def run_command(
             sources, rollouts=RolloutSettings(rollout_prometheus, rollout_webhook, rollout_push_reverts)
         )
     secret_file = webhook_secret_file or config.webhook_secret_file
+    token_file = http_token_file or config.http_token_file
+    allow_short = allow_short_webhook_secret or config.allow_short_webhook_secret
     settings = Settings(
         sources=config.sources,
         xds_address=xds_address,
         http_address=http_address or config.http_address,
-        webhook_secret=Path(secret_file).read_bytes().strip() if secret_file else None,
+        webhook_secret=read_webhook_secret(Path(secret_file), allow_short) if secret_file else None,
+        http_token=read_http_token(Path(token_file)) if token_file else None,
         cert_lifetime=cert_lifetime,
         rollouts=config.rollouts,
     )
     logs.setup(log_format)
     backend = target.open()
+    review = None
     if isinstance(backend, LocalBackend):
         mesh: Any = backend
         store = backend.path
@@ -182,14 +203,18 @@ def run_command(
         def open_backend() -> ClusterBackend:
             return LocalBackend(store)
     else:
+        from gitmesh.cluster.kube import KubeBackend
+
+        assert isinstance(backend, KubeBackend)
         mesh = _cluster_watch(backend)
+        review = backend.may_reconcile
 
         def open_backend() -> ClusterBackend:
             return backend  # the Kubernetes client is safe to share between threads
 
     names = ", ".join(s.name for s in settings.sources) or "none"
     err.print(f"Serving ADS on {xds_address} from {backend.describe()}; sources: {names}")
-    run(settings, open_backend, mesh, backend.ca_keeper())
+    run(settings, open_backend, mesh, backend.ca_keeper(), review)
 
 
 def _one_source(
@@ -218,11 +243,9 @@ def _one_source(
         raise click.UsageError(str(e)) from None
 
 
-def _cluster_watch(backend: ClusterBackend) -> Any:
-    from gitmesh.cluster.kube import KubeBackend
+def _cluster_watch(backend: KubeBackend) -> Any:
     from gitmesh.cluster.watch import MeshWatch
 
-    assert isinstance(backend, KubeBackend)
     return MeshWatch(backend).start()
 
 
@@ -234,15 +257,23 @@ def _cluster_watch(backend: ClusterBackend) -> Any:
     show_default=True,
     help="The running controller's HTTP port.",
 )
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The controller's bearer token (its --http-token-file).",
+)
 @reports_errors
-def reconcile_command(source: str, controller: str) -> None:
+def reconcile_command(source: str, controller: str, token_file: str | None) -> None:
     """Ask the running controller (gitmesh run) to fetch and reconcile SOURCE now."""
     import urllib.error
     import urllib.request
 
     url = f"{controller.rstrip('/')}/sources/{source}/reconcile"
+    token = read_http_token(Path(token_file)).decode("latin-1") if token_file else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="POST", data=b""), timeout=10):
+        request = urllib.request.Request(url, method="POST", data=b"", headers=headers)
+        with urllib.request.urlopen(request, timeout=10):
             pass
     except urllib.error.HTTPError as e:
         with e:

@@ -96,6 +96,18 @@ _CONFIGMAP = Resource("", "v1", "configmaps", True)
 _SECRET = Resource("", "v1", "secrets", True)
 
 
+RECONCILE_PERMISSION = {"group": "gitmesh.dev", "resource": "sources", "verb": "reconcile"}
+
+
+@dataclass(frozen=True)
+class Reviewed:
+    """What the cluster says of a bearer token: whose it is ("" when it does not know it), and
+    whether that user may ask for the reconcile."""
+
+    user: str
+    allowed: bool
+
+
 class KubeBackend:
     def __init__(self, api: kubernetes.client.ApiClient, name: str) -> None:
         self.api = api
@@ -323,6 +335,29 @@ class KubeBackend:
         return frozenset(
             data["source"] for data in self._record_configmaps() if data.get("suspended") == "true"
         )
+
+    def may_reconcile(self, token: str, source: str) -> Reviewed:
+        """Whose bearer token this is (TokenReview), and whether RBAC lets them ask for a reconcile
+        of ``source`` (SubjectAccessReview: verb ``reconcile`` on ``sources`` in API group
+        ``gitmesh.dev``, a permission that exists only to be granted for this)."""
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+        status = self._review("/apis/authentication.k8s.io/v1/tokenreviews", review)
+        if not status.get("authenticated"):
+            return Reviewed("", False)
+        user = status.get("user") or {}
+        spec = {
+            **{k: user[k] for k in ("uid", "groups", "extra") if k in user},
+            "user": user.get("username", ""),
+            "resourceAttributes": {**RECONCILE_PERMISSION, "name": source},
+        }
+        access = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
+        allowed = self._review("/apis/authorization.k8s.io/v1/subjectaccessreviews", access).get("allowed")
+        return Reviewed(spec["user"], bool(allowed))
+
+    def _review(self, path: str, review: dict[str, Any]) -> dict[str, Any]:
+        # As YAML (which JSON is): the client would encode a JSON body a second time.
+        status = self._request("POST", path, body=review, content_type="application/yaml").get("status")
+        return dict(status or {})
 
     def _record_configmaps(self) -> list[dict[str, str]]:
         """Each record ConfigMap's data, with its source name under ``source``."""

@@ -1,4 +1,5 @@
-"""The controller's configuration file (``gitmesh run --config FILE``): its sources and its HTTP port.
+"""The controller's configuration file (``gitmesh run --config FILE``): its sources and its HTTP port;
+and the secrets the HTTP port checks requests with.
 
 The format is documented in the README ("The controller's configuration file"); the schema
 below is the one definition of it, and every problem in a file is reported at once.
@@ -20,6 +21,7 @@ from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 from gitmesh.sync.verify import Verification
 
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:9090"
+MIN_SECRET_BYTES = 16  # a webhook secret or bearer token shorter than this is refused (unless allowed)
 
 _DURATION = {"type": ["string", "number"]}
 _SCHEMA: dict[str, Any] = {
@@ -29,6 +31,8 @@ _SCHEMA: dict[str, Any] = {
     "properties": {
         "http_address": {"type": "string", "pattern": r"^[^:\s]*:\d+$"},
         "webhook_secret_file": {"type": "string", "minLength": 1},
+        "allow_short_webhook_secret": {"type": "boolean"},
+        "http_token_file": {"type": "string", "minLength": 1},
         "rollouts": {
             "type": "object",
             "additionalProperties": False,
@@ -111,6 +115,8 @@ class ControllerConfig:
     sources: tuple[Source, ...]
     http_address: str | None = None  # None: the default (DEFAULT_HTTP_ADDRESS)
     webhook_secret_file: Path | None = None
+    allow_short_webhook_secret: bool = False
+    http_token_file: Path | None = None
     rollouts: RolloutSettings = RolloutSettings()
 
 
@@ -162,17 +168,51 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
     names = [s.name for s in sources]
     if dupes := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"sources: the name(s) {', '.join(dupes)} are used more than once")
-    secret = data.get("webhook_secret_file")
+    secret, token = data.get("webhook_secret_file"), data.get("http_token_file")
     rollouts = data.get("rollouts") or {}
     reverts = rollouts.get("push_reverts")
     return ControllerConfig(
         tuple(sources),
         data.get("http_address"),
         base / secret if secret else None,
+        data.get("allow_short_webhook_secret", False),
+        base / token if token else None,
         RolloutSettings(
             rollouts.get("prometheus"), rollouts.get("webhook"), reverts and _relative_to(base, reverts)
         ),
     )
+
+
+def read_webhook_secret(path: Path, allow_short: bool) -> bytes:
+    """The HMAC key webhooks are signed with; a short one only when the user says so."""
+    return _read_secret(
+        path,
+        "webhook secret",
+        0 if allow_short else MIN_SECRET_BYTES,
+        " (or keep it with --allow-short-webhook-secret, allow_short_webhook_secret: true in the file)",
+    )
+
+
+def read_http_token(path: Path) -> bytes:
+    """The bearer token that lets a client ask the controller for a reconcile."""
+    return _read_secret(path, "HTTP token", MIN_SECRET_BYTES, "")
+
+
+def _read_secret(path: Path, what: str, min_bytes: int, allow_hint: str) -> bytes:
+    """The secret in ``path`` without surrounding whitespace, refused when empty (anyone could sign
+    with an empty key) or shorter than ``min_bytes`` (it could be guessed). Errors never show it."""
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the {what} in {path}: {e.strerror}") from e
+    if not secret:
+        raise ConfigError(f"the {what} in {path} is empty; make one with: openssl rand -hex 32")
+    if len(secret) < min_bytes:
+        raise ConfigError(
+            f"the {what} in {path} is {len(secret)} bytes, fewer than {min_bytes}; make a longer one "
+            f"with: openssl rand -hex 32{allow_hint}"
+        )
+    return secret
 
 
 def _verification(base: Path, verify: dict[str, str]) -> Verification:

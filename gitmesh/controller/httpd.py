@@ -1,117 +1,337 @@
 """The controller's HTTP port.
 
-GET  /healthz                   200 while the process runs
-GET  /readyz                    200 once every source has finished a first reconcile, else 503
-GET  /metrics                   Prometheus metrics
-GET  /status                    every source's record (conditions, revisions, history) as JSON
-POST /hook                      a webhook (GitHub push, or the generic form); HMAC-SHA256 signed
-POST /sources/NAME/reconcile    reconcile NAME now (what ``gitmesh reconcile NAME`` calls)
+GET  /healthz                   open    200 while the process runs
+GET  /readyz                    open    200 once every source has finished a first reconcile, else 503
+GET  /metrics                   open    Prometheus metrics
+GET  /status                    open    every source's record (conditions, revisions, history) as JSON
+POST /hook                      signed  a webhook (GitHub push, or the generic form): HMAC-SHA256 of the body
+POST /sources/NAME/reconcile    token   reconcile NAME now (``gitmesh reconcile NAME``): a bearer token,
+                                        the controller's own, or on a cluster one RBAC lets reconcile NAME
+
+Served by asyncio on a thread of its own, one request per connection: a client costs a socket, never
+a thread, and nothing here waits on the ADS server or slows it. Everything a client sends is bounded
+before it is read: the head (16 KiB), the body (a Content-Length of at most 1 MiB, on POST only and
+read only for /hook, 16 at once) and the time a request may take to arrive (10 s). Connections beyond
+the cap wait in the listen queue, costing no file descriptor; while they wait, connections that have
+not sent their head within 0.25 s are let go, so idle clients cannot hold the port.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
+import http.client
+import io
 import json
 import logging
+import re
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gitmesh.controller.metrics import Metrics
 from gitmesh.controller.schedule import Controller
-from gitmesh.errors import ConfigError
+from gitmesh.errors import ClusterError, ConfigError
 from gitmesh.sync import webhook
+
+if TYPE_CHECKING:
+    from gitmesh.cluster.kube import Reviewed
 
 log = logging.getLogger("gitmesh.controller.http")
 
+MAX_HEAD = 16 << 10  # the request line and headers
 MAX_BODY = 1 << 20  # GitHub caps push payloads at 25 MB, but a mesh repo's pushes are small
+MAX_REVIEWS = 4  # bearer tokens being reviewed by the cluster at once; one waits 1 s for a place, then 503
+MAX_BODIES = 16  # webhook bodies held at once (16 MiB at most); one waits 1 s for a place, then 503
+MAX_CONNECTIONS = 256  # or a quarter of the open-file limit if lower: the rest is for xDS, the store, Git
+REQUEST_TIMEOUT = 10.0  # seconds for a whole request to arrive, and for its answer to be taken
+BUSY_TIMEOUT = 1.0  # ... for a webhook body while every body place is taken
+EVICT_AFTER = 0.25  # seconds: while every connection slot is taken, one still without its head is let go
+LISTEN_BACKLOG = 1024  # connections waiting for a slot, queued by the kernel
+LINGER_SECONDS = 1.0  # after answering, how long to discard what the client still sends
+_POLL = 0.25  # how often a request still arriving looks at its deadline
+_LENGTH = re.compile(r"[0-9]{1,16}")
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _text(status: int, text: str) -> Response:
+    return Response(status, text.encode() + b"\n")
+
+
+def _json(status: int, data: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(status, json.dumps(data, indent=2).encode() + b"\n", "application/json", headers)
+
+
+class _Refused(Exception):
+    """A request answered before it was read in full."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+class _Evicted(_Refused):
+    """A connection let go to make room: it is answered and closed at once, its slot wanted."""
+
+
+@dataclass(frozen=True)
+class _Head:
+    method: str
+    path: str
+    headers: http.client.HTTPMessage
+    length: int  # of the body, as announced (0 for anything but POST)
 
 
 class ControllerPort:
-    def __init__(self, address: str, controller: Controller, metrics: Metrics, secret: bytes | None) -> None:
+    def __init__(
+        self,
+        address: str,
+        controller: Controller,
+        metrics: Metrics,
+        secret: bytes | None,
+        token: bytes | None,
+        review: Callable[[str, str], Reviewed] | None,
+        open_files: int,
+    ) -> None:
         host, _, port = address.rpartition(":")
         if not port.isdigit():
             raise ConfigError(f"the HTTP address {address!r} is not HOST:PORT")
         self.controller = controller
         self.metrics = metrics
         self.secret = secret
-        port_owner = self
-
-        class Handler(_Handler):
-            owner = port_owner
-
+        self.token = token
+        self.review = review
+        self.max_connections = max(1, min(MAX_CONNECTIONS, open_files // 4))
         try:
-            self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+            self._listener = socket.create_server((host or "127.0.0.1", int(port)), backlog=LISTEN_BACKLOG)
         except OSError as e:
             raise ConfigError(f"cannot serve HTTP on {address}: {e.strerror}") from e
-        self.server.daemon_threads = True
-        self.address = f"{self.server.server_address[0]}:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+        self._listener.setblocking(False)
+        self.address = "{}:{}".format(*self._listener.getsockname()[:2])
+        self._slots = asyncio.Semaphore(self.max_connections)
+        self._bodies = asyncio.Semaphore(MAX_BODIES)
+        self._reviews = asyncio.Semaphore(MAX_REVIEWS)
+        self._heads: dict[asyncio.StreamReader, float] = {}  # connections waiting for their head, since
+        self._stop = asyncio.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
-        log.info("controller HTTP port on %s", self.address)
+        log.info("controller HTTP port on %s (at most %d connections)", self.address, self.max_connections)
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
 
+    def _run(self) -> None:
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:
+            self._loop.close()
+            self._listener.close()
 
-class _Handler(BaseHTTPRequestHandler):
-    owner: ControllerPort
+    async def _serve(self) -> None:
+        connections: set[asyncio.Task[None]] = set()
+        accepting = asyncio.create_task(self._accept(connections))
+        await self._stop.wait()
+        for task in (accepting, *connections):
+            task.cancel()
+        await asyncio.gather(accepting, *connections, return_exceptions=True)
 
-    def do_GET(self) -> None:
-        reconciler = self.owner.controller.reconciler
-        if self.path == "/healthz":
-            self._send(200, b"ok\n")
-        elif self.path == "/readyz":
+    async def _accept(self, connections: set[asyncio.Task[None]]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while self._slots.locked():  # until an evicted (or finished) connection has closed
+                self._evict(loop.time())
+                await asyncio.sleep(EVICT_AFTER / 5)
+            await self._slots.acquire()
+            try:
+                sock, _ = await loop.sock_accept(self._listener)
+            except OSError as e:
+                # Out of file descriptors: the connections wait in the listen queue until some are free.
+                self._slots.release()
+                log.warning("the HTTP port cannot accept a connection now: %s", e.strerror)
+                await asyncio.sleep(_POLL)
+                continue
+            task = asyncio.create_task(self._connection(sock))
+            connections.add(task)
+            task.add_done_callback(connections.discard)
+
+    def _evict(self, now: float) -> None:
+        """Let go of every connection that has not sent its request head within EVICT_AFTER: with
+        the port full, idle or slow clients would otherwise keep quick ones waiting (connections
+        queued in the kernel have had their head there all along)."""
+        for reader, since in list(self._heads.items()):
+            if now - since >= EVICT_AFTER:
+                del self._heads[reader]
+                reader.set_exception(_Evicted(_text(408, "the request did not arrive in time")))
+
+    async def _connection(self, sock: socket.socket) -> None:
+        accepted = asyncio.get_running_loop().time()
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_HEAD)
+        except OSError:
+            sock.close()
+            self._slots.release()
+            return
+        self._heads[reader] = accepted
+        try:
+            try:
+                response = await self._handle(reader, accepted)
+            except _Evicted as e:
+                await self._write(writer, e.response)
+                return
+            except _Refused as e:
+                response = e.response
+            except (OSError, asyncio.IncompleteReadError):
+                raise
+            except Exception:
+                log.exception("the HTTP port failed to answer a request")
+                response = _text(500, "internal error (logged)")
+            await self._write(writer, response)
+            # Closing with bytes unread would reset the connection and could lose the answer: half-close,
+            # then discard what the client still sends (bounded in time and size) until it closes.
+            writer.write_eof()
+            async with asyncio.timeout(LINGER_SECONDS):
+                discarded = 0
+                while discarded <= MAX_BODY and (chunk := await reader.read(MAX_HEAD)):
+                    discarded += len(chunk)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            pass  # the client went away, or would not take the answer
+        finally:
+            self._heads.pop(reader, None)
+            await _closed(writer)
+            self._slots.release()
+
+    async def _arrival(
+        self, read: Callable[[], Awaitable[bytes]], accepted: float, busy: Callable[[], bool] = lambda: False
+    ) -> bytes:
+        """``read()``, given up once the request has taken too long to arrive: REQUEST_TIMEOUT, or
+        BUSY_TIMEOUT while ``busy()`` (reads that time out keep what they buffered, so each poll
+        carries on where the last one stopped)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return await asyncio.wait_for(read(), _POLL)
+            except TimeoutError:
+                waited = loop.time() - accepted
+                if waited >= REQUEST_TIMEOUT or (waited >= BUSY_TIMEOUT and busy()):
+                    raise _Refused(_text(408, "the request did not arrive in time")) from None
+
+    async def _handle(self, reader: asyncio.StreamReader, accepted: float) -> Response:
+        try:
+            raw = await self._arrival(lambda: reader.readuntil(b"\r\n\r\n"), accepted)
+        except asyncio.LimitOverrunError:
+            raise _Refused(_text(431, f"the request head is larger than {MAX_HEAD} bytes")) from None
+        self._heads.pop(reader, None)  # (an eviction may have come between the head and this)
+        head = _parse_head(raw)
+        if head.method == "GET":
+            return self._get(head.path)
+        if head.method != "POST":
+            return _text(405, f"{head.method} is not served here")
+        parts = head.path.strip("/").split("/")
+        if head.path == "/hook":
+            return await self._hook(head, reader, accepted)
+        if len(parts) == 3 and parts[0] == "sources" and parts[2] == "reconcile":
+            return await self._reconcile(parts[1], head)
+        return _text(404, "not found")
+
+    def _get(self, path: str) -> Response:
+        reconciler = self.controller.reconciler
+        if path == "/healthz":
+            return _text(200, "ok")
+        if path == "/readyz":
             waiting = reconciler.not_ready()
             if waiting:
-                self._send(503, f"waiting for a first reconcile of: {', '.join(waiting)}\n".encode())
-            else:
-                self._send(200, b"ok\n")
-        elif self.path == "/metrics":
-            self._send(200, self.owner.metrics.exposition(), CONTENT_TYPE_LATEST)
-        elif self.path == "/status":
-            self._json(200, {"sources": [r.to_json() for r in reconciler.records()]})
-        else:
-            self._send(404, b"not found\n")
+                return _text(503, f"waiting for a first reconcile of: {', '.join(waiting)}")
+            return _text(200, "ok")
+        if path == "/metrics":
+            return Response(200, self.metrics.exposition(), CONTENT_TYPE_LATEST)
+        if path == "/status":
+            return _json(200, {"sources": [r.to_json() for r in reconciler.records()]})
+        return _text(404, "not found")
 
-    def do_POST(self) -> None:
-        parts = self.path.strip("/").split("/")
-        if self.path == "/hook":
-            self._hook()
-        elif len(parts) == 3 and parts[0] == "sources" and parts[2] == "reconcile":
-            self._read_body()
-            if self.owner.controller.trigger(parts[1], "manual"):
-                self._json(202, {"triggered": [parts[1]]})
-            else:
-                self._json(404, {"error": f"no source {parts[1]!r}"})
-        else:
-            self._send(404, b"not found\n")
+    async def _reconcile(self, name: str, head: _Head) -> Response:
+        if self.token is None and self.review is None:
+            return _json(403, {"error": "reconcile over HTTP is off: gitmesh run has no --http-token-file"})
+        scheme, _, given = (head.headers.get("Authorization") or "").partition(" ")
+        token = given.strip()
+        if scheme.lower() != "bearer" or not token:
+            return self._unauthorized(name)
+        if self.token is None or not hmac.compare_digest(token.encode("latin-1"), self.token):
+            refused = await self._reviewed(token, name) if self.review else self._unauthorized(name)
+            if refused:
+                return refused
+        if self.controller.trigger(name, "manual"):
+            return _json(202, {"triggered": [name]})
+        return _json(404, {"error": f"no source {name!r}"})
 
-    def _hook(self) -> None:
-        metrics = self.owner.metrics.webhooks
-        body = self._read_body()
-        if body is None:
-            return
-        if self.owner.secret is None:
-            metrics.labels("rejected").inc()
-            self._json(404, {"error": "no webhook secret is configured: webhooks are off"})
-            return
-        if not webhook.verify(self.owner.secret, body, self.headers.get(webhook.SIGNATURE_HEADER)):
-            metrics.labels("rejected").inc()
-            log.warning("webhook with a missing or wrong signature from %s", self.client_address[0])
-            self._json(401, {"error": f"missing or wrong {webhook.SIGNATURE_HEADER}"})
-            return
+    async def _reviewed(self, token: str, name: str) -> Response | None:
+        """None when the cluster says the token's user may reconcile ``name``; else the refusal."""
+        assert self.review is not None
         try:
-            push = webhook.parse(self.headers.get(webhook.EVENT_HEADER), body)
+            await asyncio.wait_for(self._reviews.acquire(), BUSY_TIMEOUT)
+        except TimeoutError:
+            return _json(503, {"error": "too many tokens under review"}, (("Retry-After", "1"),))
+        try:
+            reviewed = await asyncio.get_running_loop().run_in_executor(None, self.review, token, name)
+        except ClusterError as e:
+            log.warning("cannot review a bearer token with the cluster: %s", e)
+            return _json(503, {"error": f"cannot review the token with the cluster: {e}"})
+        finally:
+            self._reviews.release()
+        if not reviewed.user:
+            return self._unauthorized(name)
+        if not reviewed.allowed:
+            log.warning("%s may not reconcile %r: refused", reviewed.user, name)
+            return _json(403, {"error": f"{reviewed.user} may not reconcile sources.gitmesh.dev {name!r}"})
+        return None
+
+    @staticmethod
+    def _unauthorized(name: str) -> Response:
+        log.warning("a reconcile of %r without the right bearer token was refused", name)
+        return _json(401, {"error": "missing or wrong bearer token"}, (("WWW-Authenticate", "Bearer"),))
+
+    async def _hook(self, head: _Head, reader: asyncio.StreamReader, accepted: float) -> Response:
+        metrics = self.metrics.webhooks
+        if self.secret is None:
+            metrics.labels("rejected").inc()
+            return _json(404, {"error": "no webhook secret is configured: webhooks are off"})
+        try:
+            await asyncio.wait_for(self._bodies.acquire(), BUSY_TIMEOUT)
+        except TimeoutError:
+            return _json(503, {"error": "too many webhooks at once"}, (("Retry-After", "1"),))
+        try:
+            body = await self._arrival(lambda: reader.readexactly(head.length), accepted, self._bodies.locked)
+        finally:
+            self._bodies.release()
+        if not webhook.verify(self.secret, body, head.headers.get(webhook.SIGNATURE_HEADER)):
+            metrics.labels("rejected").inc()
+            log.warning("a webhook with a missing or wrong signature was refused")
+            return _json(401, {"error": f"missing or wrong {webhook.SIGNATURE_HEADER}"})
+        try:
+            push = webhook.parse(head.headers.get(webhook.EVENT_HEADER), body)
         except webhook.BadEvent as e:
             metrics.labels("invalid").inc()
-            self._json(400, {"error": str(e)})
-            return
-        controller = self.owner.controller
+            return _json(400, {"error": str(e)})
+        except RecursionError:  # the JSON decoder's answer to nesting deeper than the interpreter's stack
+            metrics.labels("invalid").inc()
+            return _json(400, {"error": "the body nests too deeply"})
+        controller = self.controller
         names = (
             sorted(n for n, s in controller.reconciler.sources.items() if webhook.concerns(push, s))
             if push
@@ -120,24 +340,56 @@ class _Handler(BaseHTTPRequestHandler):
         for name in names:
             controller.trigger(name, "webhook")
         metrics.labels("accepted" if names else "ignored").inc()
-        self._json(202 if names else 200, {"triggered": names})
+        return _json(202 if names else 200, {"triggered": names})
 
-    def _read_body(self) -> bytes | None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self._json(413, {"error": f"the body is larger than {MAX_BODY} bytes"})
-            return None
-        return self.rfile.read(length)
+    async def _write(self, writer: asyncio.StreamWriter, response: Response) -> None:
+        lines = [
+            f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(response.body)}",
+            "Connection: close",
+            *(f"{k}: {v}" for k, v in response.headers),
+        ]
+        writer.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + response.body)
+        async with asyncio.timeout(REQUEST_TIMEOUT):  # a client that does not read its answer is let go
+            await writer.drain()
 
-    def _json(self, status: int, data: Any) -> None:
-        self._send(status, json.dumps(data, indent=2).encode() + b"\n", "application/json")
 
-    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+async def _closed(writer: asyncio.StreamWriter) -> None:
+    """The connection closed for good, its descriptor too (the slots count descriptors): an answer the
+    client has not taken within LINGER_SECONDS is dropped."""
+    writer.close()
+    with contextlib.suppress(OSError):
+        try:
+            async with asyncio.timeout(LINGER_SECONDS):
+                await writer.wait_closed()
+        except TimeoutError:
+            writer.transport.abort()
+            await writer.wait_closed()
 
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+
+def _parse_head(raw: bytes) -> _Head:
+    """The request line and headers; a POST's body length, refused before any of it is read when it
+    is missing (411), malformed (400) or over the cap (413)."""
+    line, _, rest = raw.partition(b"\r\n")
+    parts = line.decode("latin-1").split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _Refused(_text(400, "a malformed request line"))
+    method, path, _ = parts
+    try:
+        headers = http.client.parse_headers(io.BytesIO(rest))
+    except http.client.HTTPException as e:
+        raise _Refused(_text(400, f"malformed headers: {e}")) from None
+    if method != "POST":
+        return _Head(method, path, headers, 0)
+    if headers.get("Transfer-Encoding") is not None:
+        raise _Refused(_text(411, "send the body with a Content-Length, not a Transfer-Encoding"))
+    lengths = headers.get_all("Content-Length") or []
+    if not lengths:
+        raise _Refused(_text(411, "a POST needs a Content-Length"))
+    if len(lengths) > 1 or not _LENGTH.fullmatch(lengths[0].strip()):
+        raise _Refused(_text(400, f"Content-Length {', '.join(lengths)!r} is not a length"))
+    length = int(lengths[0])
+    if length > MAX_BODY:
+        raise _Refused(_text(413, f"the body is larger than {MAX_BODY} bytes"))
+    return _Head(method, path, headers, length)

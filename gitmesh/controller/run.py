@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import resource
 import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitmesh import serve
 from gitmesh.certs import ca
@@ -33,6 +34,9 @@ from gitmesh.rollout.metrics import MetricsSource
 from gitmesh.rollout.prometheus import Prometheus
 from gitmesh.sync.source import Source
 
+if TYPE_CHECKING:
+    from gitmesh.cluster.kube import Reviewed
+
 log = logging.getLogger(__name__)
 
 
@@ -42,6 +46,7 @@ class Settings:
     xds_address: str
     http_address: str | None = None  # None: DEFAULT_HTTP_ADDRESS when there are sources, else no port
     webhook_secret: bytes | None = None
+    http_token: bytes | None = None  # the bearer token that lets a client ask for a reconcile
     cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME  # of the workload certificates served
     rollouts: RolloutSettings = field(default_factory=RolloutSettings)
 
@@ -50,17 +55,29 @@ ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each a
 
 
 def run(
-    settings: Settings, open_backend: Callable[[], ClusterBackend], mesh: serve.Source, keeper: Keeper
+    settings: Settings,
+    open_backend: Callable[[], ClusterBackend],
+    mesh: serve.Source,
+    keeper: Keeper,
+    review: Callable[[str, str], Reviewed] | None = None,
 ) -> None:
     """Reconcile the sources into the backend and serve ``mesh`` over ADS (mTLS, with the mesh CA
-    ``keeper`` holds) until SIGTERM or SIGINT."""
+    ``keeper`` holds) until SIGTERM or SIGINT. ``review`` asks a cluster whether a bearer token's
+    user may ask for a reconcile of a source (when there is a cluster to ask)."""
     stopping = threading.Event()
     metrics = Metrics()
     notify = driver.webhook(settings.rollouts.webhook)
     reconciler = Reconciler(settings.sources, open_backend, metrics, stopping, notify)
     controller = Controller(reconciler, stopping)
     address = settings.http_address or (DEFAULT_HTTP_ADDRESS if settings.sources else None)
-    port = ControllerPort(address, controller, metrics, settings.webhook_secret) if address else None
+    open_files = _raise_open_files_limit()
+    port = (
+        ControllerPort(
+            address, controller, metrics, settings.webhook_secret, settings.http_token, review, open_files
+        )
+        if address
+        else None
+    )
     reporting = _Reporting(mesh, metrics)
     rollouts = threading.Thread(
         target=_walk_rollouts,
@@ -74,6 +91,17 @@ def run(
     finally:
         stopping.set()
         rollouts.join(timeout=10)
+
+
+def _raise_open_files_limit() -> int:
+    """The soft limit on open files raised to the hard one (the usual soft 1,024 is soon taken by
+    sidecars' streams and HTTP clients); returns the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    log.info("open files: at most %d", soft)
+    return soft
 
 
 def _walk_rollouts(

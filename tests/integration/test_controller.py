@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import secrets
 import shutil
 import socket
 import subprocess
@@ -36,24 +37,8 @@ SPLIT = (EXAMPLE_REPO / "bookstore/split.yaml").read_text()
 
 
 @pytest.fixture
-def mesh(git_repo: GitRepo) -> GitRepo:
-    shutil.copytree(EXAMPLE_REPO, git_repo.path / "mesh")
-    git_repo.commit("bookstore")
-    return git_repo
-
-
-@pytest.fixture
 def store(tmp_path: Path) -> Path:
     return tmp_path / "store.db"
-
-
-@pytest.fixture
-def controllers(tmp_path: Path) -> Iterator[list[RunningController]]:
-    """Controllers a test starts; each is stopped with SIGTERM at the end and must exit 0."""
-    started: list[RunningController] = []
-    yield started
-    codes = [c.stop() for c in started if c.process is not None and c.process.poll() is None]
-    assert all(code == 0 for code in codes), codes
 
 
 def start(controllers: list[RunningController], workdir: Path, *args: str | Path) -> RunningController:
@@ -86,6 +71,13 @@ def bare_copy(repo: GitRepo, root: Path, name: str = "mesh.git") -> Path:
     subprocess.run(["git", "clone", "-q", "--bare", str(repo.path), str(bare)], check=True)
     repo.git("remote", "add", "origin", str(bare))
     return bare
+
+
+def write_token(directory: Path) -> Path:
+    """A bearer token file for the controller's HTTP port (and for gitmesh reconcile)."""
+    path = directory / "http-token"
+    path.write_text(secrets.token_hex(32) + "\n")
+    return path
 
 
 def local_source(repo: GitRepo, store: Path) -> tuple[str | Path, ...]:
@@ -273,8 +265,9 @@ def test_wrong_credentials_are_a_fetch_error_that_names_the_remote(
 def test_webhooks_must_be_signed_and_a_signed_push_fetches_at_once(
     mesh: GitRepo, store: Path, tmp_path: Path, controllers: list[RunningController]
 ) -> None:
-    secret = b"hook-secret"
+    secret = b"a-webhook-secret-of-32-bytes-000"
     (tmp_path / "secret").write_bytes(secret + b"\n")
+    token = write_token(tmp_path)
     bare = bare_copy(mesh, tmp_path / "served")
     url = f"file://{bare}"
     c = start(
@@ -292,6 +285,8 @@ def test_webhooks_must_be_signed_and_a_signed_push_fetches_at_once(
         "1h",
         "--webhook-secret-file",
         tmp_path / "secret",
+        "--http-token-file",
+        token,
     )
     c.wait_applied(head(mesh))
     first = mesh.commit("more", {"mesh/extra.yaml": f.dump(f.service_account("bookstore", "late"))})
@@ -301,7 +296,7 @@ def test_webhooks_must_be_signed_and_a_signed_push_fetches_at_once(
     assert c.hook(push, b"not-the-secret")[0] == 401
     assert c.metric('gitmesh_webhooks_total{result="rejected"}') == 2
     # Nothing was triggered: the commit is applied only when asked for, and the record says by whom.
-    cli_run("reconcile", "default", "--controller", f"http://127.0.0.1:{c.http_port}")
+    cli_run("reconcile", "default", "--controller", f"http://127.0.0.1:{c.http_port}", "--token-file", token)
     record = c.wait_applied(first)
     assert record["history"][0]["trigger"] == "manual"
     second = mesh.commit("again", {"mesh/extra.yaml": f.dump(f.service_account("bookstore", "later"))})
@@ -376,9 +371,8 @@ def test_a_commit_deleting_everything_is_refused_without_the_allow_flag(
 def test_a_suspended_source_is_left_alone_until_resumed(
     mesh: GitRepo, store: Path, tmp_path: Path, controllers: list[RunningController]
 ) -> None:
-    c = start(
-        controllers, tmp_path, "--repo", mesh.path, "--path", "mesh", "--store", store, "--interval", "1s"
-    )
+    token = write_token(tmp_path)
+    c = start(controllers, tmp_path, *local_source(mesh, store), "--http-token-file", token)
     c.wait_applied(head(mesh))
     cli_run("suspend", "default", "--store", store)
     assert "suspended   yes" in cli_run("status", "--store", store)
@@ -386,7 +380,7 @@ def test_a_suspended_source_is_left_alone_until_resumed(
     eventually(lambda: c.metric(skipped), lambda n: n >= 1, "a run skipped")
     fetches = c.metric('gitmesh_fetches_total{source="default"}')
     change = mesh.commit("more", {"mesh/extra.yaml": f.dump(f.service_account("bookstore", "late"))})
-    cli_run("reconcile", "default", "--controller", f"http://127.0.0.1:{c.http_port}")
+    cli_run("reconcile", "default", "--controller", f"http://127.0.0.1:{c.http_port}", "--token-file", token)
     seen = c.metric(skipped)
     # Runs go on (polls, the request) without fetching: the new commit is not applied while suspended.
     eventually(lambda: c.metric(skipped), lambda n: n >= seen + 2, "two more runs skipped")
@@ -541,12 +535,13 @@ def test_only_heads_signed_by_a_listed_key_are_applied(
 def test_the_http_port_reports_health_and_the_sidecars_served(
     mesh: GitRepo, store: Path, tmp_path: Path, controllers: list[RunningController]
 ) -> None:
-    c = start(controllers, tmp_path, *local_source(mesh, store))
+    token = write_token(tmp_path)
+    c = start(controllers, tmp_path, *local_source(mesh, store), "--http-token-file", token)
     assert c.get("/healthz") == (200, b"ok\n")
     c.wait_applied(head(mesh))
     assert c.get("/readyz") == (200, b"ok\n")
     unknown = CliRunner().invoke(
-        cli, ["reconcile", "nope", "--controller", f"http://127.0.0.1:{c.http_port}"]
+        cli, ["reconcile", "nope", "--controller", f"http://127.0.0.1:{c.http_port}", "--token-file", token]
     )
     assert unknown.exit_code == 1
     assert "refused: no source 'nope'" in unknown.output

@@ -123,3 +123,40 @@ def test_drift_in_the_cluster_is_put_back_and_suspension_keeps_the_record(
     assert CliRunner().invoke(cli, ["resume", "default", "--kubeconfig", kubeconfig]).exit_code == 0
     c.wait_applied(late)
     assert "suspended" not in record_configmap(cluster)["data"]
+
+
+RECONCILER_ROLE = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: gitmesh-reconcile-default}
+rules:
+- {apiGroups: [gitmesh.dev], resources: [sources], resourceNames: [default], verbs: [reconcile]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: gitmesh-reconcile-default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: gitmesh-reconcile-default}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: gitmesh-viewer}
+"""
+
+
+def test_a_reconcile_request_is_allowed_by_the_clusters_rbac(
+    controlled: tuple[Cluster, GitRepo, RunningController],
+) -> None:
+    cluster, mesh, c = controlled
+    c.wait_applied(mesh.git("rev-parse", "HEAD").strip())
+
+    def ask(token: str, source: str = "default") -> tuple[int, Any]:
+        return c.post(f"/sources/{source}/reconcile", b"", {"Authorization": f"Bearer {token}"})
+
+    # A token the cluster does not know (TokenReview), and one whose user RBAC does not let reconcile.
+    assert ask("a-token-nobody-issued-0123456789") == (401, {"error": "missing or wrong bearer token"})
+    refused = (403, {"error": "gitmesh-viewer may not reconcile sources.gitmesh.dev 'default'"})
+    assert ask(cluster.viewer_token) == refused
+    assert ask(cluster.admin_token) == (202, {"triggered": ["default"]})  # system:masters may do anything
+    cluster.kubectl("apply", "-f", "-", input=RECONCILER_ROLE)
+    eventually(lambda: ask(cluster.viewer_token), lambda r: r == (202, {"triggered": ["default"]}), "granted")
+    # The role names one source: another is still refused, whether or not it exists.
+    assert ask(cluster.viewer_token, "other")[0] == 403
+    assert ask(cluster.admin_token, "other") == (404, {"error": "no source 'other'"})

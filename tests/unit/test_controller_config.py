@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from gitmesh.controller.config import RolloutSettings, duration, load_config
+from gitmesh.controller.config import (
+    RolloutSettings,
+    duration,
+    load_config,
+    read_http_token,
+    read_webhook_secret,
+)
 from gitmesh.errors import ConfigError
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 from gitmesh.sync.verify import Verification
@@ -25,6 +31,8 @@ def test_a_full_file(tmp_path: Path) -> None:
             """
 http_address: 0.0.0.0:9090
 webhook_secret_file: secrets/hook
+allow_short_webhook_secret: true
+http_token_file: secrets/token
 sources:
   - name: mesh
     url: https://git.example.com/mesh.git
@@ -46,6 +54,8 @@ sources:
     )
     assert config.http_address == "0.0.0.0:9090"
     assert config.webhook_secret_file == tmp_path / "secrets/hook"
+    assert config.allow_short_webhook_secret
+    assert config.http_token_file == tmp_path / "secrets/token"
     assert config.sources == (
         Source(
             "mesh",
@@ -135,3 +145,43 @@ def test_durations(value: str | int, seconds: float) -> None:
 def test_bad_durations(value: str | int) -> None:
     with pytest.raises(ValueError):
         duration(value)
+
+
+@pytest.mark.parametrize(
+    ("content", "allow_short", "problem"),
+    [
+        (b"", False, "is empty"),
+        (b" \n\t\n", True, "is empty"),
+        (b"fifteen-bytes-x\n", False, "is 15 bytes, fewer than 16"),
+    ],
+)
+def test_empty_or_short_secrets_are_refused_without_showing_them(
+    tmp_path: Path, content: bytes, allow_short: bool, problem: str
+) -> None:
+    path = tmp_path / "secret"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"the webhook secret in {path} {problem}") as e:
+        read_webhook_secret(path, allow_short)
+    assert "openssl rand -hex 32" in str(e.value)
+    if content.strip():
+        assert content.strip().decode() not in str(e.value)
+    with pytest.raises(ConfigError, match=f"the HTTP token in {path} {problem}"):
+        read_http_token(path)
+
+
+def test_a_short_webhook_secret_only_when_allowed_and_a_token_never(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_bytes(b"  short\n")
+    assert read_webhook_secret(path, allow_short=True) == b"short"
+    with pytest.raises(ConfigError, match="--allow-short-webhook-secret"):
+        read_webhook_secret(path, allow_short=False)
+    with pytest.raises(ConfigError) as e:
+        read_http_token(path)
+    assert "allow" not in str(e.value)
+    path.write_bytes(b"0123456789abcdef\n")
+    assert read_http_token(path) == read_webhook_secret(path, allow_short=False) == b"0123456789abcdef"
+
+
+def test_an_unreadable_secret_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read the HTTP token in .*: No such file or directory"):
+        read_http_token(tmp_path / "missing")
