@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import yaml
 
+from gitmesh import smi
 from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan import kustomize
 from gitmesh.plan.diagnostics import Diagnostic
@@ -113,8 +114,8 @@ def _foreign(
             managed.append(m)  # validation says what is missing
             continue
         key = (api_version.rpartition("/")[0], kind)
-        if key in known:
-            managed.append(m)
+        if key in known or key[0] in smi.GROUPS:
+            managed.append(m)  # any kind of an SMI or OSM group: validation says if it is not read
         elif key in acknowledged:
             continue
         elif kind in names:
@@ -147,4 +148,4 @@ def explain(validated: Validated, notes: dict[ObjectRef, str]) -> Validated:
         replace(d, message=f"{d.message} ({notes[d.ref]})") if d.ref in notes else d
         for d in validated.diagnostics
     )
-    return Validated(validated.desired, diagnostics)
+    return replace(validated, diagnostics=diagnostics)
