@@ -1,0 +1,243 @@
+"""Attacks on the Git side of a running `gitmesh run`, over real remotes (git http-backend, sshd):
+credentials in URLs, remotes that never answer, crafted tree entries. Each is bounded in time."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gitmesh.cli import cli
+from gitmesh.sync.git import LOW_SPEED_TIME, SSH_TIMEOUT
+from tests import factory as f
+from tests.conftest import EXAMPLE_REPO, GitRepo
+from tests.controller import RunningController, condition
+from tests.gitserver import GitHttpServer
+from tests.sshserver import SshServer
+
+pytestmark = pytest.mark.integration
+
+SIGTERM_BOUND = 10  # seconds from SIGTERM to exit, whatever git is doing
+
+
+@pytest.fixture
+def mesh(git_repo: GitRepo, tmp_path: Path) -> Iterator[tuple[GitRepo, GitHttpServer]]:
+    """The example mesh, pushed to a bare repository served over HTTP by git http-backend, which asks
+    for ``deploy`` and a password."""
+    shutil.copytree(EXAMPLE_REPO, git_repo.path / "mesh")
+    git_repo.commit("bookstore")
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", str(git_repo.path), str(tmp_path / "served/mesh.git")], check=True
+    )
+    git_repo.git("remote", "add", "origin", str(tmp_path / "served/mesh.git"))
+    server = GitHttpServer(tmp_path / "served", ("deploy", PASSWORD)).start()
+    yield git_repo, server
+    server.stop()
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> Iterator[list[RunningController]]:
+    started: list[RunningController] = []
+    yield started
+    for c in started:
+        if c.process is not None and c.process.poll() is None:
+            c.kill()
+
+
+def start(started: list[RunningController], workdir: Path, config: str) -> RunningController:
+    (workdir / "gitmesh.yaml").write_text(config)
+    c = RunningController(workdir, ["--config", workdir / "gitmesh.yaml", "--store", workdir / "store.db"])
+    started.append(c.start())
+    return c
+
+
+def head(repo: GitRepo) -> str:
+    return repo.git("rev-parse", "HEAD").strip()
+
+
+def ready(c: RunningController, source: str) -> tuple[str, str, str]:
+    """The Ready condition of ``source``: status, reason, message (empty before a first attempt)."""
+    record = (c.status() or {}).get(source) or {"conditions": []}
+    found = [x for x in record["conditions"] if x["type"] == "Ready"]
+    return (found[0]["status"], found[0]["reason"], found[0]["message"]) if found else ("", "", "")
+
+
+PASSWORD = "pw-7Hq2vX9zL4"
+WRONG = "wrong-K3m8Rt1Q"
+
+
+def test_credentials_in_a_url_are_never_stored_or_printed(
+    mesh: tuple[GitRepo, GitHttpServer], tmp_path: Path, controller: list[RunningController]
+) -> None:
+    repo, server = mesh
+    url = server.url("mesh.git")
+    config = (
+        f"sources:\n"
+        f"  - name: mesh\n    url: {url.replace('://', f'://deploy:{PASSWORD}@')}\n"
+        f"    path: mesh\n    interval: 1s\n"
+        f"  - name: wrong\n    url: {url.replace('://', f'://deploy:{WRONG}@')}\n    path: mesh\n"
+    )
+    c = start(controller, tmp_path, config)
+    c.wait_applied(head(repo), "mesh")  # the password reached the server
+    c.wait(lambda s: ready(c, "wrong")[:2] == ("False", "FetchFailed"), "the wrong password refused")
+    server.stop()  # every fetch of mesh fails from now on, with its message
+    c.wait(lambda s: ready(c, "mesh")[:2] == ("False", "FetchFailed"), "mesh's fetch failing")
+
+    status_json = c.get("/status")[1].decode()
+    runner = CliRunner()
+    shown = [
+        runner.invoke(cli, ["status", "--store", str(tmp_path / "store.db"), *output]).output
+        for output in ([], ["--output", "json"])
+    ]
+    assert url in ready(c, "mesh")[2] and url in ready(c, "wrong")[2]  # the remote is named, bare
+    mirrors = tmp_path / "cache/gitmesh/repos"
+    stored = b"".join(p.read_bytes() for p in mirrors.rglob("*") if p.is_file())
+    said = {
+        "the log": (tmp_path / "gitmesh-run.log").read_bytes(),
+        "/status": status_json.encode(),
+        "gitmesh status": shown[0].encode(),
+        "gitmesh status -o json": shown[1].encode(),
+        "the mirrors": stored,
+    }
+    for secret in (PASSWORD, WRONG):
+        for form in (secret, base64.b64encode(f"deploy:{secret}".encode()).decode()):
+            assert [where for where, text in said.items() if form.encode() in text] == []
+    assert json.loads(shown[1])["sources"]  # the JSON was read, not an error
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [mirrors, *mirrors.iterdir()]}
+    assert set(modes.values()) == {0o700}, modes
+
+
+class SilentServer:
+    """A TCP server that accepts every connection and never sends a byte."""
+
+    def __init__(self) -> None:
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:  # closed
+                return
+            self._held.append(connection)
+            self.accepted += 1
+
+    def close(self) -> None:
+        self.socket.close()
+        for connection in self._held:
+            connection.close()
+
+
+@pytest.mark.parametrize("scheme", ["http", "ssh"])
+def test_a_remote_that_never_answers_is_unavailable_and_sigterm_still_stops(
+    scheme: str, tmp_path: Path, controller: list[RunningController]
+) -> None:
+    silent = SilentServer()
+    keys = SshServer(tmp_path / "ssh")  # only its keys: the remote is the silent server
+    source = (
+        f"url: http://127.0.0.1:{silent.port}/mesh.git"
+        if scheme == "http"
+        else f"url: ssh://git@127.0.0.1:{silent.port}/mesh.git\n"
+        f"    ssh: {{key_file: {keys.deploy_key}, known_hosts_file: {keys.known_hosts}}}"
+    )
+    try:
+        c = start(controller, tmp_path, f"sources:\n  - name: mesh\n    {source}\n    path: mesh\n")
+        bound = (LOW_SPEED_TIME if scheme == "http" else SSH_TIMEOUT) + 30
+        c.wait(lambda s: ready(c, "mesh")[1] == "SourceUnavailable", "SourceUnavailable", timeout=bound)
+        status, _, message = ready(c, "mesh")
+        assert status == "False" and f"127.0.0.1:{silent.port}" in message
+        record = c.status()["mesh"]  # type: ignore[index]
+        assert condition(record, "Reconciling") == ("True", "ProgressingWithRetry")
+        assert record["lastAppliedRevision"] is None
+        # The retry (after 1 s) is held by the silent server again: SIGTERM lands in a hung fetch.
+        held = silent.accepted
+        c.wait(lambda s: silent.accepted > held, "the retry connecting", timeout=30)
+        assert c.process is not None
+        c.process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        code = c.process.wait(SIGTERM_BOUND)
+        print(f"{scheme}: exited {time.monotonic() - sent:.1f}s after SIGTERM")
+        assert code == 0, c.log.read_text()[-2000:]
+        assert not [p for p in children(c.process.pid)], "git or its helpers outlived gitmesh"
+    finally:
+        silent.close()
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent was ``pid`` (orphans are adopted, so this finds only live children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def crafted_commit(repo: GitRepo, name: bytes) -> str:
+    """A commit on top of HEAD whose ``mesh`` tree also holds an entry called ``name`` (a tree with
+    one manifest), written as raw objects: git itself never writes such a tree."""
+
+    def git(*args: str, data: bytes | None = None) -> bytes:
+        return subprocess.run(
+            ["git", *args], cwd=repo.path, input=data, check=True, capture_output=True
+        ).stdout
+
+    def tree(raw: bytes) -> str:
+        return git("hash-object", "-t", "tree", "--literally", "-w", "--stdin", data=raw).decode().strip()
+
+    blob = git("rev-parse", "HEAD:mesh/bookstore/split.yaml").decode().strip()
+    inner = tree(b"100644 split.yaml\0" + bytes.fromhex(blob))
+    mesh = tree(git("cat-file", "tree", "HEAD:mesh") + b"40000 " + name + b"\0" + bytes.fromhex(inner))
+    root = git("ls-tree", "HEAD").decode().replace(git("rev-parse", "HEAD:mesh").decode().strip(), mesh)
+    top = git("mktree", data=root.encode()).decode().strip()
+    commit = git("commit-tree", top, "-p", "HEAD", "-m", f"crafted {name!r}").decode().strip()
+    git("update-ref", "refs/heads/main", commit)
+    return commit
+
+
+def test_commits_with_unsafe_tree_entries_are_refused_by_path(
+    mesh: tuple[GitRepo, GitHttpServer], tmp_path: Path, controller: list[RunningController]
+) -> None:
+    repo, server = mesh
+    (tmp_path / "password").write_text(PASSWORD)
+    c = start(
+        controller,
+        tmp_path,
+        f"sources:\n  - name: mesh\n    url: {server.url('mesh.git')}\n    path: mesh\n    interval: 1s\n"
+        "    auth: {username: deploy, password_file: password}\n",
+    )
+    good = head(repo)
+    c.wait_applied(good, "mesh")
+    for name in (b"..", b".", b".git", b".GIT", b"../escape", b"/etc"):
+        crafted = crafted_commit(repo, name)
+        repo.git("push", "-q", "--force", "origin", "main")
+        record = c.wait_result(crafted, "invalid", "mesh")
+        shown = f"mesh/{name.decode()}"
+        assert f"it holds a tree entry {shown!r}" in record["history"][0]["summary"], record["history"][0]
+        assert condition(record, "Stalled") == ("True", "ValidationFailed")
+        assert record["lastAppliedRevision"] == good
+        repo.git("reset", "-q", "--hard", good)
+    # A good commit after them is applied as usual.
+    after = repo.commit("after", {"mesh/extra.yaml": f.dump(f.service_account("bookstore", "after"))})
+    repo.git("push", "-q", "--force", "origin", "main")
+    c.wait_applied(after, "mesh")
+    assert c.stop() == 0
