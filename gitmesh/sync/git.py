@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -28,6 +29,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import git
 import pathspec
+from git.objects.fun import tree_entries_from_data
 
 from gitmesh.errors import SourceError
 from gitmesh.plan.load import MAX_FILE_BYTES, SourceFile, is_manifest_path
@@ -297,34 +299,38 @@ def read_directory(root: str) -> Revision:
 
 def _refuse_unsafe_entries(repo: git.Repo, commit: git.Commit, path: str) -> None:
     """Refuse a commit if a tree read from it (those on the way to ``path`` and all under it) holds
-    an entry that no checkout could write where it says: named ``.``, ``..``, ``.git`` (in any
-    case), empty, or holding a ``/``. Git never writes such trees; only a crafted commit has one."""
+    an entry that no checkout could write where it says: ``.``, ``..``, ``.git`` or an alias of it,
+    an empty name, one with a ``/``. Git never writes such trees; only a crafted commit has one.
+    GitPython's own checks decide, entry by entry, so that the message names the entry."""
     wanted = path.split("/") if path else []
     pending = [("", commit.tree.binsha)]
     while pending:
         where, sha = pending.pop()
         depth = where.count("/") + 1 if where else 0
-        for mode, name, entry in _tree_entries(repo.odb.stream(sha).read()):
-            shown = name.decode("utf-8", "replace")
-            full = f"{where}/{shown}" if where else shown
-            if name in (b"", b".", b"..") or b"/" in name or name.rstrip(b". ").lower() == b".git":
+        for raw in _raw_entries(repo.odb.stream(sha).read()):
+            name = raw.partition(b" ")[2].partition(b"\0")[0].decode("utf-8", "replace")
+            full = f"{where}/{name}" if where else name
+            try:
+                ((entry, mode, _),) = tree_entries_from_data(raw)
+            except ValueError:
                 raise SourceError(
-                    f"commit {commit.hexsha[:12]} is refused: it holds a tree entry {full!r} "
-                    "(no entry may be named '.', '..' or '.git', be empty or hold a '/')"
-                )
-            if mode == b"40000" and (depth >= len(wanted) or shown == wanted[depth]):
+                    f"commit {commit.hexsha[:12]} is refused: it holds a tree entry {full!r}, which git "
+                    "never writes ('.', '..', '.git' or an alias of it, an empty name, one with a '/')"
+                ) from None
+            if stat.S_ISDIR(mode) and (depth >= len(wanted) or name == wanted[depth]):
                 pending.append((full, entry))
 
 
-def _tree_entries(data: bytes) -> Iterator[tuple[bytes, bytes, bytes]]:
-    """The (mode, name, binary id) of each entry of a raw tree object, names as they are: GitPython
-    refuses unsafe names with an error that does not say where they are."""
+def _raw_entries(data: bytes) -> Iterator[bytes]:
+    """Each entry of a raw tree object (``<mode> <name>NUL<20-byte id>``) as it is; a malformed rest
+    as one more."""
     at = 0
     while at < len(data):
-        space = data.index(b" ", at)
-        end = data.index(b"\0", space)
-        yield data[at:space], data[space + 1 : end], data[end + 1 : end + 21]
-        at = end + 21
+        end = data.find(b"\0", at) + 21  # a name ends at the first NUL
+        if end < 21 or end > len(data):
+            end = len(data)
+        yield data[at:end]
+        at = end
 
 
 def _ignore_spec(tree: git.Tree) -> pathspec.GitIgnoreSpec:

@@ -22,7 +22,7 @@ def header(pair: str) -> list[tuple[str, str]]:
         ("http://deploy:s3cret@127.0.0.1:8080/m", "http://127.0.0.1:8080/m", header("deploy:s3cret")),
         ("https://deploy:p%40ss%3A@git.example/m", "https://git.example/m", header("deploy:p@ss:")),
         ("https://deploy:p@ss@git.example/m", "https://git.example/m", header("deploy:p@ss")),  # unquoted @
-        ("https://ghp_token@github.com/o/r", "https://github.com/o/r", header("ghp_token:")),  # a token as user
+        ("https://ghp_token@github.com/o/r", "https://github.com/o/r", header("ghp_token:")),  # a token
         ("ssh://git:pw@git.example/m.git", "ssh://git@git.example/m.git", []),  # ssh never takes it
         ("ssh://git@git.example/m.git", "ssh://git@git.example/m.git", []),
         ("git@git.example:o/m.git", "git@git.example:o/m.git", []),
