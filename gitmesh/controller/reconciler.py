@@ -23,7 +23,7 @@ from gitmesh.cluster.records import HISTORY_LENGTH, Reconcile, SourceRecord
 from gitmesh.controller import conditions
 from gitmesh.controller.conditions import Result
 from gitmesh.controller.metrics import Metrics
-from gitmesh.errors import ClusterError, PlanError, SourceError, StalePlan
+from gitmesh.errors import ClusterError, GitmeshError, PlanError, SourceError, StalePlan
 from gitmesh.rollout import driver
 from gitmesh.sync.git import SourceUnavailable
 from gitmesh.sync.source import Source, fetch, read, resolve
@@ -220,10 +220,12 @@ class Reconciler:
                 )
                 self._apply(prepared, backend, source)
                 return Result.APPLIED, prepared.plan.summary()
-        except (StalePlan, ClusterError) as e:
+        except StalePlan as e:
             return Result.FAILED, str(e)
         except PlanError as e:
             return Result.REFUSED, str(e)
+        except GitmeshError as e:  # the backend's (ClusterError) or any other: recorded alike, and retried
+            return Result.FAILED, str(e)
 
     def _apply(self, prepared: driver.Prepared, backend: ClusterBackend, source: Source) -> None:
         """The one place the controller applies a plan; its rollouts start once it is applied."""

@@ -240,6 +240,13 @@ class _Tail:
 def read_revision(repo: git.Repo, ref: str, path: str = "") -> Revision:
     """The manifest files under ``path`` at ``ref`` (a branch, tag or commit)."""
     try:
+        return _read_revision(repo, ref, path)
+    except (ValueError, git.GitError) as e:  # an object the commit names is missing or unreadable
+        raise SourceError(f"{ref} cannot be read from {repo.git_dir}: {e}") from e
+
+
+def _read_revision(repo: git.Repo, ref: str, path: str) -> Revision:
+    try:
         commit = repo.commit(ref)
     except (git.BadName, ValueError, git.GitCommandError) as e:
         raise SourceError(f"no commit {ref!r} in {repo.git_dir}") from e

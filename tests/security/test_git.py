@@ -192,24 +192,29 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def crafted_commit(repo: GitRepo, name: bytes) -> str:
-    """A commit on top of HEAD whose ``mesh`` tree also holds an entry called ``name`` (a tree with
-    one manifest), written as raw objects: git itself never writes such a tree."""
+def crafted_commit(repo: GitRepo, mode: bytes, name: bytes, object_id: str | None = None) -> str:
+    """A commit on top of HEAD whose ``mesh`` tree also holds the entry ``mode name object_id``
+    (default: a tree holding one manifest), written as raw objects: git itself never writes such a
+    tree, nor one naming an object that is not there."""
 
-    def git(*args: str, data: bytes | None = None) -> bytes:
-        return subprocess.run(
-            ["git", *args], cwd=repo.path, input=data, check=True, capture_output=True
-        ).stdout
+    def git(*args: str, data: bytes | None = None) -> str:
+        run = subprocess.run(["git", *args], cwd=repo.path, input=data, check=True, capture_output=True)
+        return run.stdout.decode().strip()
 
     def tree(raw: bytes) -> str:
-        return git("hash-object", "-t", "tree", "--literally", "-w", "--stdin", data=raw).decode().strip()
+        return git("hash-object", "-t", "tree", "--literally", "-w", "--stdin", data=raw)
 
-    blob = git("rev-parse", "HEAD:mesh/bookstore/split.yaml").decode().strip()
-    inner = tree(b"100644 split.yaml\0" + bytes.fromhex(blob))
-    mesh = tree(git("cat-file", "tree", "HEAD:mesh") + b"40000 " + name + b"\0" + bytes.fromhex(inner))
-    root = git("ls-tree", "HEAD").decode().replace(git("rev-parse", "HEAD:mesh").decode().strip(), mesh)
-    top = git("mktree", data=root.encode()).decode().strip()
-    commit = git("commit-tree", top, "-p", "HEAD", "-m", f"crafted {name!r}").decode().strip()
+    def entry(mode: bytes, name: bytes, object_id: str) -> bytes:
+        return mode + b" " + name + b"\0" + bytes.fromhex(object_id)
+
+    if object_id is None:
+        object_id = tree(entry(b"100644", b"split.yaml", git("rev-parse", "HEAD:mesh/bookstore/split.yaml")))
+    listed = subprocess.run(
+        ["git", "cat-file", "tree", "HEAD:mesh"], cwd=repo.path, check=True, capture_output=True
+    ).stdout
+    mesh = tree(listed + entry(mode, name, object_id))
+    root = git("mktree", data=git("ls-tree", "HEAD").replace(git("rev-parse", "HEAD:mesh"), mesh).encode())
+    commit = git("commit-tree", root, "-p", "HEAD", "-m", f"crafted {name!r}")
     git("update-ref", "refs/heads/main", commit)
     return commit
 
@@ -230,7 +235,7 @@ def test_commits_with_unsafe_tree_entries_are_refused_by_path(
     # .git's aliases: on NTFS (a short name, trailing dots) and on HFS+ (ignored code points)
     aliases = (b"GIT~1", b".git.", ".git\u200c".encode())
     for name in (b"..", b".", b".git", b".GIT", *aliases, b"../escape", b"/etc"):
-        crafted = crafted_commit(repo, name)
+        crafted = crafted_commit(repo, b"40000", name)
         repo.git("push", "-q", "--force", "origin", "main")
         record = c.wait_result(crafted, "invalid", "mesh")
         shown = f"mesh/{name.decode()}"
@@ -243,3 +248,26 @@ def test_commits_with_unsafe_tree_entries_are_refused_by_path(
     repo.git("push", "-q", "--force", "origin", "main")
     c.wait_applied(after, "mesh")
     assert c.stop() == 0
+
+
+def test_a_commit_naming_a_missing_object_is_refused_and_recorded(
+    git_repo: GitRepo, tmp_path: Path, controller: list[RunningController]
+) -> None:
+    """A local repository whose head names a blob it does not have: the first clone copies the
+    objects as they are (a fetch would refuse to pack them), so the mirror holds such a commit."""
+    shutil.copytree(EXAMPLE_REPO, git_repo.path / "mesh")
+    good = git_repo.commit("bookstore")
+    missing = "1" * 40
+    broken = crafted_commit(git_repo, b"100644", b"missing.yaml", missing)
+    c = start(
+        controller,
+        tmp_path,
+        f"sources:\n  - name: mesh\n    url: {git_repo.path}\n    path: mesh\n    interval: 1s\n",
+    )
+    record = c.wait_result(broken, "invalid", "mesh")
+    assert missing in record["history"][0]["summary"]
+    assert condition(record, "Stalled") == ("True", "ValidationFailed")
+    assert record["lastAppliedRevision"] is None
+    git_repo.git("reset", "-q", "--hard", good)
+    after = git_repo.commit("after", {"mesh/extra.yaml": f.dump(f.service_account("bookstore", "after"))})
+    c.wait_applied(after, "mesh")
