@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -105,26 +106,34 @@ def mirror(
     configuration) and ``ssh_options`` apply to this fetch only and are never written into the
     mirror. Credentials in ``url`` are taken out of it: only the bare URL is stored or shown."""
     bare, credentials = split_credentials(url)
-    path = cache_dir() / hashlib.sha256(bare.encode()).hexdigest()[:16]
+    path = _mirror_path(bare)
+    if credentials and _mirror_path(url).exists():  # cloned by an older gitmesh, with them in its config
+        shutil.rmtree(_mirror_path(url))
     with _mirror_locks_guard:
         lock = _mirror_locks.setdefault(path, threading.Lock())
     env = _remote_env([*credentials, *settings], ssh_options)
+    # The mirrors are this user's alone, whatever the umask (or an older gitmesh) made of them.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
     with lock:
         try:
             if not path.exists():
-                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 # Cloned beside and renamed into place: a failed clone leaves no half mirror behind.
                 with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
                     _run_git(["clone", "--mirror", "--quiet", "--", bare, f"{tmp}/repo"], env, stop)
                     os.rename(Path(tmp) / "repo", path)
             elif fetch:
                 _run_git(["-C", str(path), "fetch", "--prune", "--quiet", "origin"], env, stop)
-            path.chmod(0o700)  # the mirror is this user's alone, whatever the umask made of it
+            path.chmod(0o700)
             return git.Repo(path)
         except SourceError as e:  # SourceUnavailable stays itself
             raise type(e)(f"cannot read repository {bare}: {e}") from e
         except (git.InvalidGitRepositoryError, git.NoSuchPathError) as e:
             raise SourceError(f"cannot read repository {bare}: {e}") from e
+
+
+def _mirror_path(url: str) -> Path:
+    return cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def push(repo: git.Repo, url: str, refspec: str) -> None:

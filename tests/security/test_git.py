@@ -4,6 +4,7 @@ credentials in URLs, remotes that never answer, crafted tree entries. Each is bo
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 import signal
@@ -82,12 +83,16 @@ def test_credentials_in_a_url_are_never_stored_or_printed(
 ) -> None:
     repo, server = mesh
     url = server.url("mesh.git")
+    right, wrong = (url.replace("://", f"://deploy:{password}@") for password in (PASSWORD, WRONG))
     config = (
-        f"sources:\n"
-        f"  - name: mesh\n    url: {url.replace('://', f'://deploy:{PASSWORD}@')}\n"
-        f"    path: mesh\n    interval: 1s\n"
-        f"  - name: wrong\n    url: {url.replace('://', f'://deploy:{WRONG}@')}\n    path: mesh\n"
+        f"sources:\n  - name: mesh\n    url: {right}\n    path: mesh\n    interval: 1s\n"
+        f"  - name: wrong\n    url: {wrong}\n    path: mesh\n"
     )
+    # A mirror an older gitmesh made: keyed by the whole URL, the password in its config, world-readable.
+    mirrors = tmp_path / "cache/gitmesh/repos"
+    old = mirrors / hashlib.sha256(right.encode()).hexdigest()[:16]
+    old.mkdir(parents=True, mode=0o755)
+    (old / "config").write_text(f'[remote "origin"]\n\turl = {right}\n')
     c = start(controller, tmp_path, config)
     c.wait_applied(head(repo), "mesh")  # the password reached the server
     c.wait(lambda s: ready(c, "wrong")[:2] == ("False", "FetchFailed"), "the wrong password refused")
@@ -101,7 +106,6 @@ def test_credentials_in_a_url_are_never_stored_or_printed(
         for output in ([], ["--output", "json"])
     ]
     assert url in ready(c, "mesh")[2] and url in ready(c, "wrong")[2]  # the remote is named, bare
-    mirrors = tmp_path / "cache/gitmesh/repos"
     stored = b"".join(p.read_bytes() for p in mirrors.rglob("*") if p.is_file())
     said = {
         "the log": (tmp_path / "gitmesh-run.log").read_bytes(),
