@@ -36,6 +36,8 @@ from gitmesh.errors import SourceError
 from gitmesh.plan.load import MAX_FILE_BYTES, SourceFile, is_manifest_path
 
 IGNORE_FILE = ".gitmeshignore"
+MAX_ENTRIES = 100_000  # files and directories under a source's path
+MAX_REVISION_BYTES = 64 << 20  # of manifests under a source's path, together
 FETCH_DEADLINE = 300  # seconds for one clone, fetch or push, however the remote behaves
 LOW_SPEED_LIMIT, LOW_SPEED_TIME = 1000, 20  # an HTTP transfer slower than this (bytes/s, for s) fails
 SSH_TIMEOUT = 15  # seconds to connect and exchange banners; an answerless server is dropped after 2x
@@ -260,7 +262,7 @@ def _read_revision(repo: git.Repo, ref: str, path: str) -> Revision:
     except (git.BadName, ValueError, git.GitCommandError) as e:
         raise SourceError(f"no commit {ref!r} in {repo.git_dir}") from e
     path = path.strip("/")
-    _refuse_unsafe_entries(repo, commit, path)
+    _check_trees(repo, commit, path)
     try:
         tree = commit.tree / path if path else commit.tree
     except KeyError as e:
@@ -313,13 +315,20 @@ def read_directory(root: str) -> Revision:
     return Revision(sha=None, ref=str(base), path="", files=tuple(sorted(files, key=lambda f: f.path)))
 
 
-def _refuse_unsafe_entries(repo: git.Repo, commit: git.Commit, path: str) -> None:
-    """Refuse a commit if a tree read from it (those on the way to ``path`` and all under it) holds
-    an entry that no checkout could write where it says: ``.``, ``..``, ``.git`` or an alias of it,
-    an empty name, one with a ``/``. Git never writes such trees; only a crafted commit has one.
-    GitPython's own checks decide, entry by entry, so that the message names the entry."""
+def _check_trees(repo: git.Repo, commit: git.Commit, path: str) -> None:
+    """Refuse a commit, before any file is read, if a tree read from it (those on the way to ``path``
+    and all under it) holds an entry that no checkout could write where it says (``.``, ``..``,
+    ``.git`` or an alias of it, an empty name, one with a ``/``: git never writes such trees, only a
+    crafted commit has one), or if there is more under ``path`` than gitmesh reads (MAX_ENTRIES tree
+    entries, MAX_REVISION_BYTES of manifests: one blob named many times is cheap to push, dear to
+    read). GitPython's own checks decide, entry by entry, so that the message names the entry."""
+
+    def refused(why: str) -> SourceError:
+        return SourceError(f"commit {commit.hexsha[:12]} is refused: {why}")
+
     wanted = path.split("/") if path else []
     pending = [("", commit.tree.binsha)]
+    entries = size = 0
     while pending:
         where, sha = pending.pop()
         depth = where.count("/") + 1 if where else 0
@@ -329,12 +338,22 @@ def _refuse_unsafe_entries(repo: git.Repo, commit: git.Commit, path: str) -> Non
             try:
                 ((entry, mode, _),) = tree_entries_from_data(raw)
             except ValueError:
-                raise SourceError(
-                    f"commit {commit.hexsha[:12]} is refused: it holds a tree entry {full!r}, which git "
-                    "never writes ('.', '..', '.git' or an alias of it, an empty name, one with a '/')"
+                raise refused(
+                    f"it holds a tree entry {full!r}, which git never writes "
+                    "('.', '..', '.git' or an alias of it, an empty name, one with a '/')"
                 ) from None
-            if stat.S_ISDIR(mode) and (depth >= len(wanted) or name == wanted[depth]):
+            inside = depth >= len(wanted)
+            if stat.S_ISDIR(mode) and (inside or name == wanted[depth]):
                 pending.append((full, entry))
+            if not inside:
+                continue
+            entries += 1
+            if (stat.S_ISREG(mode) or stat.S_ISLNK(mode)) and is_manifest_path(name):
+                size += repo.odb.info(entry).size
+            if entries > MAX_ENTRIES:
+                raise refused(f"{path or '.'} holds more than {MAX_ENTRIES:,} files and directories")
+            if size > MAX_REVISION_BYTES:
+                raise refused(f"{path or '.'} holds more than {MAX_REVISION_BYTES:,} bytes of manifests")
 
 
 def _raw_entries(data: bytes) -> Iterator[bytes]:

@@ -20,7 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from gitmesh.cli import cli
-from gitmesh.sync.git import LOW_SPEED_TIME, SSH_TIMEOUT
+from gitmesh.plan.load import MAX_FILE_BYTES
+from gitmesh.sync.git import LOW_SPEED_TIME, MAX_ENTRIES, MAX_REVISION_BYTES, SSH_TIMEOUT
 from tests import factory as f
 from tests.conftest import EXAMPLE_REPO, GitRepo
 from tests.controller import RunningController, condition
@@ -196,30 +197,33 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def git_bytes(repo: GitRepo, *args: str, data: bytes | None = None) -> bytes:
+    return subprocess.run(["git", *args], cwd=repo.path, input=data, check=True, capture_output=True).stdout
+
+
+def write_object(repo: GitRepo, kind: str, raw: bytes) -> str:
+    """An object written as it is (``--literally``: git would refuse some of these trees); its id."""
+    written = git_bytes(repo, "hash-object", "-t", kind, "--literally", "-w", "--stdin", data=raw)
+    return written.decode().strip()
+
+
+def tree_entry(mode: bytes, name: bytes, object_id: str) -> bytes:
+    return mode + b" " + name + b"\0" + bytes.fromhex(object_id)
+
+
 def crafted_commit(repo: GitRepo, mode: bytes, name: bytes, object_id: str | None = None) -> str:
     """A commit on top of HEAD whose ``mesh`` tree also holds the entry ``mode name object_id``
     (default: a tree holding one manifest), written as raw objects: git itself never writes such a
     tree, nor one naming an object that is not there."""
-
-    def git(*args: str, data: bytes | None = None) -> str:
-        run = subprocess.run(["git", *args], cwd=repo.path, input=data, check=True, capture_output=True)
-        return run.stdout.decode().strip()
-
-    def tree(raw: bytes) -> str:
-        return git("hash-object", "-t", "tree", "--literally", "-w", "--stdin", data=raw)
-
-    def entry(mode: bytes, name: bytes, object_id: str) -> bytes:
-        return mode + b" " + name + b"\0" + bytes.fromhex(object_id)
-
     if object_id is None:
-        object_id = tree(entry(b"100644", b"split.yaml", git("rev-parse", "HEAD:mesh/bookstore/split.yaml")))
-    listed = subprocess.run(
-        ["git", "cat-file", "tree", "HEAD:mesh"], cwd=repo.path, check=True, capture_output=True
-    ).stdout
-    mesh = tree(listed + entry(mode, name, object_id))
-    root = git("mktree", data=git("ls-tree", "HEAD").replace(git("rev-parse", "HEAD:mesh"), mesh).encode())
-    commit = git("commit-tree", root, "-p", "HEAD", "-m", f"crafted {name!r}")
-    git("update-ref", "refs/heads/main", commit)
+        split = repo.git("rev-parse", "HEAD:mesh/bookstore/split.yaml").strip()
+        object_id = write_object(repo, "tree", tree_entry(b"100644", b"split.yaml", split))
+    listed = git_bytes(repo, "cat-file", "tree", "HEAD:mesh")
+    mesh = write_object(repo, "tree", listed + tree_entry(mode, name, object_id))
+    root = repo.git("ls-tree", "HEAD").replace(repo.git("rev-parse", "HEAD:mesh").strip(), mesh)
+    top = git_bytes(repo, "mktree", data=root.encode()).decode().strip()
+    commit = repo.git("commit-tree", top, "-p", "HEAD", "-m", f"crafted {name!r}").strip()
+    repo.git("update-ref", "refs/heads/main", commit)
     return commit
 
 
@@ -275,3 +279,34 @@ def test_a_commit_naming_a_missing_object_is_refused_and_recorded(
     git_repo.git("reset", "-q", "--hard", good)
     after = git_repo.commit("after", {"mesh/extra.yaml": f.dump(f.service_account("bookstore", "after"))})
     c.wait_applied(after, "mesh")
+
+
+def test_a_revision_larger_than_gitmesh_reads_is_refused_before_reading(
+    mesh: tuple[GitRepo, GitHttpServer], tmp_path: Path, controller: list[RunningController]
+) -> None:
+    """Cheap to push, dear to read: one 2 MiB manifest named 33 times (a few KiB packed), and
+    100,001 names for one empty file."""
+    repo, server = mesh
+    (tmp_path / "password").write_text(PASSWORD)
+    c = start(
+        controller,
+        tmp_path,
+        f"sources:\n  - name: mesh\n    url: {server.url('mesh.git')}\n    path: mesh\n    interval: 1s\n"
+        "    auth: {username: deploy, password_file: password}\n",
+    )
+    good = head(repo)
+    c.wait_applied(good, "mesh")
+    big = write_object(repo, "blob", b"# " + b"x" * (MAX_FILE_BYTES - 3) + b"\n")
+    empty = write_object(repo, "blob", b"")
+    many = {
+        f"more than {MAX_REVISION_BYTES:,} bytes of manifests": [(f"{i}.yaml", big) for i in range(33)],
+        f"more than {MAX_ENTRIES:,} files and directories": [(f"{i}", empty) for i in range(MAX_ENTRIES + 1)],
+    }
+    for said, entries in many.items():
+        listing = b"".join(tree_entry(b"100644", n.encode(), oid) for n, oid in sorted(entries))
+        crafted = crafted_commit(repo, b"40000", b"many", write_object(repo, "tree", listing))
+        repo.git("push", "-q", "--force", "origin", "main")
+        record = c.wait_result(crafted, "invalid", "mesh")
+        assert f"commit {crafted[:12]} is refused: mesh holds {said}" in record["history"][0]["summary"]
+        assert record["lastAppliedRevision"] == good
+        repo.git("reset", "-q", "--hard", good)
