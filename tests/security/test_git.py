@@ -227,30 +227,40 @@ def crafted_commit(repo: GitRepo, mode: bytes, name: bytes, object_id: str | Non
     return commit
 
 
+def following(server: GitHttpServer, workdir: Path, controller: list[RunningController]) -> RunningController:
+    """``gitmesh run`` following the served mesh (its password from a file), the head applied."""
+    (workdir / "password").write_text(PASSWORD)
+    c = start(
+        controller,
+        workdir,
+        f"sources:\n  - name: mesh\n    url: {server.url('mesh.git')}\n    path: mesh\n    interval: 1s\n"
+        "    auth: {username: deploy, password_file: password}\n",
+    )
+    c.wait(lambda s: bool(s) and s["mesh"]["lastAppliedRevision"], "the head applied")
+    return c
+
+
+def refused(c: RunningController, repo: GitRepo, crafted: str, good: str) -> str:
+    """Push ``crafted``: it is refused, recorded and stalls the source, ``good`` stays applied. Then
+    ``good`` is the head again. The refusal's summary."""
+    repo.git("push", "-q", "--force", "origin", "main")
+    record = c.wait_result(crafted, "invalid", "mesh")
+    assert condition(record, "Stalled") == ("True", "ValidationFailed")
+    assert record["lastAppliedRevision"] == good
+    repo.git("reset", "-q", "--hard", good)
+    return str(record["history"][0]["summary"])
+
+
 def test_commits_with_unsafe_tree_entries_are_refused_by_path(
     mesh: tuple[GitRepo, GitHttpServer], tmp_path: Path, controller: list[RunningController]
 ) -> None:
     repo, server = mesh
-    (tmp_path / "password").write_text(PASSWORD)
-    c = start(
-        controller,
-        tmp_path,
-        f"sources:\n  - name: mesh\n    url: {server.url('mesh.git')}\n    path: mesh\n    interval: 1s\n"
-        "    auth: {username: deploy, password_file: password}\n",
-    )
-    good = head(repo)
-    c.wait_applied(good, "mesh")
+    c, good = following(server, tmp_path, controller), head(repo)
     # .git's aliases: on NTFS (a short name, trailing dots) and on HFS+ (ignored code points)
     aliases = (b"GIT~1", b".git.", ".git\u200c".encode())
     for name in (b"..", b".", b".git", b".GIT", *aliases, b"../escape", b"/etc"):
-        crafted = crafted_commit(repo, b"40000", name)
-        repo.git("push", "-q", "--force", "origin", "main")
-        record = c.wait_result(crafted, "invalid", "mesh")
-        shown = f"mesh/{name.decode()}"
-        assert f"it holds a tree entry {shown!r}" in record["history"][0]["summary"], record["history"][0]
-        assert condition(record, "Stalled") == ("True", "ValidationFailed")
-        assert record["lastAppliedRevision"] == good
-        repo.git("reset", "-q", "--hard", good)
+        summary = refused(c, repo, crafted_commit(repo, b"40000", name), good)
+        assert f"it holds a tree entry {f'mesh/{name.decode()}'!r}" in summary
     # A good commit after them is applied as usual.
     after = repo.commit("after", {"mesh/extra.yaml": f.dump(f.service_account("bookstore", "after"))})
     repo.git("push", "-q", "--force", "origin", "main")
@@ -287,15 +297,7 @@ def test_a_revision_larger_than_gitmesh_reads_is_refused_before_reading(
     """Cheap to push, dear to read: one 2 MiB manifest named 33 times (a few KiB packed), and
     100,001 names for one empty file."""
     repo, server = mesh
-    (tmp_path / "password").write_text(PASSWORD)
-    c = start(
-        controller,
-        tmp_path,
-        f"sources:\n  - name: mesh\n    url: {server.url('mesh.git')}\n    path: mesh\n    interval: 1s\n"
-        "    auth: {username: deploy, password_file: password}\n",
-    )
-    good = head(repo)
-    c.wait_applied(good, "mesh")
+    c, good = following(server, tmp_path, controller), head(repo)
     big = write_object(repo, "blob", b"# " + b"x" * (MAX_FILE_BYTES - 3) + b"\n")
     empty = write_object(repo, "blob", b"")
     many = {
@@ -305,8 +307,4 @@ def test_a_revision_larger_than_gitmesh_reads_is_refused_before_reading(
     for said, entries in many.items():
         listing = b"".join(tree_entry(b"100644", n.encode(), oid) for n, oid in sorted(entries))
         crafted = crafted_commit(repo, b"40000", b"many", write_object(repo, "tree", listing))
-        repo.git("push", "-q", "--force", "origin", "main")
-        record = c.wait_result(crafted, "invalid", "mesh")
-        assert f"commit {crafted[:12]} is refused: mesh holds {said}" in record["history"][0]["summary"]
-        assert record["lastAppliedRevision"] == good
-        repo.git("reset", "-q", "--hard", good)
+        assert f"commit {crafted[:12]} is refused: mesh holds {said}" in refused(c, repo, crafted, good)
