@@ -149,6 +149,7 @@ def _highest_tag(repo: git.Repo, spec: str) -> str:
 
 
 def _authorization(auth: BasicAuth) -> str:
+    _files(auth.password_file)
     try:
         password = auth.password_file.read_text().strip()
     except OSError as e:
@@ -160,9 +161,7 @@ def _authorization(auth: BasicAuth) -> str:
 def _ssh_options(ssh: SshAuth) -> list[str]:
     """Only this key, only these host keys (strictly: an unknown or changed host key fails the fetch);
     the user's own ssh configuration is not read."""
-    for path in (ssh.key_file, ssh.known_hosts_file):
-        if not path.is_file():
-            raise SourceError(f"{path} does not exist or is not a file")
+    _files(ssh.key_file, ssh.known_hosts_file)
     return [
         "-F", "/dev/null",
         "-i", str(ssh.key_file),
@@ -171,6 +170,13 @@ def _ssh_options(ssh: SshAuth) -> list[str]:
         "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", "StrictHostKeyChecking=yes",
     ]  # fmt: skip
+
+
+def _files(*paths: Path) -> None:
+    """Refuse paths that are not regular files: reading a pipe or a device could hold a fetch forever."""
+    for path in paths:
+        if not path.is_file():
+            raise SourceError(f"{path} does not exist or is not a file")
 
 
 def _scp_like(url: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -308,3 +309,19 @@ def test_a_revision_larger_than_gitmesh_reads_is_refused_before_reading(
         listing = b"".join(tree_entry(b"100644", n.encode(), oid) for n, oid in sorted(entries))
         crafted = crafted_commit(repo, b"40000", b"many", write_object(repo, "tree", listing))
         assert f"commit {crafted[:12]} is refused: mesh holds {said}" in refused(c, repo, crafted, good)
+
+
+def test_a_password_file_that_is_a_pipe_is_refused_not_waited_on(
+    mesh: tuple[GitRepo, GitHttpServer], tmp_path: Path, controller: list[RunningController]
+) -> None:
+    _, server = mesh
+    os.mkfifo(tmp_path / "password")  # nothing ever writes to it
+    c = start(
+        controller,
+        tmp_path,
+        f"sources:\n  - name: mesh\n    url: {server.url('mesh.git')}\n    path: mesh\n"
+        "    auth: {username: deploy, password_file: password}\n",
+    )
+    c.wait(lambda s: ready(c, "mesh")[1] == "FetchFailed", "the fetch failing")
+    assert f"{tmp_path / 'password'} does not exist or is not a file" in ready(c, "mesh")[2]
+    assert c.stop() == 0
