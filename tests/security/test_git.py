@@ -101,27 +101,58 @@ def test_credentials_in_a_url_are_never_stored_or_printed(
     server.stop()  # every fetch of mesh fails from now on, with its message
     c.wait(lambda s: ready(c, "mesh")[:2] == ("False", "FetchFailed"), "mesh's fetch failing")
 
-    status_json = c.get("/status")[1].decode()
-    runner = CliRunner()
-    shown = [
-        runner.invoke(cli, ["status", "--store", str(tmp_path / "store.db"), *output]).output
-        for output in ([], ["--output", "json"])
-    ]
     assert url in ready(c, "mesh")[2] and url in ready(c, "wrong")[2]  # the remote is named, bare
-    stored = b"".join(p.read_bytes() for p in mirrors.rglob("*") if p.is_file())
-    said = {
-        "the log": (tmp_path / "gitmesh-run.log").read_bytes(),
-        "/status": status_json.encode(),
-        "gitmesh status": shown[0].encode(),
-        "gitmesh status -o json": shown[1].encode(),
-        "the mirrors": stored,
-    }
-    for secret in (PASSWORD, WRONG):
-        for form in (secret, base64.b64encode(f"deploy:{secret}".encode()).decode()):
-            assert [where for where, text in said.items() if form.encode() in text] == []
-    assert json.loads(shown[1])["sources"]  # the JSON was read, not an error
+    assert shown_anywhere(c, tmp_path, [PASSWORD, WRONG, *basic("deploy", PASSWORD, WRONG)]) == []
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [mirrors, *mirrors.iterdir()]}
     assert set(modes.values()) == {0o700}, modes
+
+
+def test_a_password_in_an_ssh_url_is_dropped(
+    git_repo: GitRepo, tmp_path: Path, controller: list[RunningController]
+) -> None:
+    """ssh never takes a password from a URL: it is only dropped, and the deploy key does the work."""
+    server = SshServer(tmp_path / "ssh").start()
+    shutil.copytree(EXAMPLE_REPO, git_repo.path / "mesh")
+    good = git_repo.commit("bookstore")
+    bare = tmp_path / "served/mesh.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(git_repo.path), str(bare)], check=True)
+    url = server.url(bare)
+    try:
+        keys = f"{{key_file: {server.deploy_key}, known_hosts_file: {server.known_hosts}}}"
+        c = start(
+            controller,
+            tmp_path,
+            f"sources:\n  - name: mesh\n    url: {url.replace('@', f':{PASSWORD}@', 1)}\n    path: mesh\n"
+            f"    interval: 1s\n    ssh: {keys}\n",
+        )
+        c.wait_applied(good, "mesh")
+        server.stop()
+        c.wait(lambda s: ready(c, "mesh")[:2] == ("False", "FetchFailed"), "mesh's fetch failing")
+        assert url in ready(c, "mesh")[2]
+        assert shown_anywhere(c, tmp_path, [PASSWORD]) == []
+    finally:
+        server.stop()
+
+
+def basic(user: str, *passwords: str) -> list[str]:
+    """The Authorization header's value for each password, which must not be found either."""
+    return [base64.b64encode(f"{user}:{p}".encode()).decode() for p in passwords]
+
+
+def shown_anywhere(c: RunningController, workdir: Path, secrets: list[str]) -> list[tuple[str, str]]:
+    """Where any of ``secrets`` is found: the log, /status, gitmesh status (text and JSON), the mirrors."""
+    status = ["status", "--store", str(workdir / "store.db")]
+    said = {
+        "the log": c.log.read_text(),
+        "/status": c.get("/status")[1].decode(),
+        "gitmesh status": CliRunner().invoke(cli, status).output,
+        "gitmesh status --output json": CliRunner().invoke(cli, [*status, "--output", "json"]).output,
+        "the mirrors": "".join(
+            p.read_bytes().decode("latin-1") for p in (workdir / "cache").rglob("*") if p.is_file()
+        ),
+    }
+    assert json.loads(said["gitmesh status --output json"])["sources"]  # read, not an error
+    return [(where, secret) for where, text in said.items() for secret in secrets if secret in text]
 
 
 class SilentServer:
