@@ -163,7 +163,9 @@ class SilentServer:
         self.port = self.socket.getsockname()[1]
         self.accepted = 0
         self._held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
 
     def _accept(self) -> None:
         while True:
@@ -171,13 +173,17 @@ class SilentServer:
                 connection, _ = self.socket.accept()
             except OSError:  # closed
                 return
-            self._held.append(connection)
-            self.accepted += 1
+            with self._lock:
+                self._held.append(connection)
+                self.accepted += 1
 
     def close(self) -> None:
+        self.socket.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        self._thread.join()
         self.socket.close()
-        for connection in self._held:
-            connection.close()
+        with self._lock:
+            for connection in self._held:
+                connection.close()
 
 
 @pytest.mark.parametrize("scheme", ["http", "ssh"])
