@@ -210,28 +210,32 @@ def test_a_remote_that_never_answers_is_unavailable_and_sigterm_still_stops(
         # The retry (after 1 s) is held by the silent server again: SIGTERM lands in a hung fetch.
         held = silent.accepted
         c.wait(lambda s: silent.accepted > held, "the retry connecting", timeout=30)
+        helpers = talking_to(silent.port)
+        assert helpers, "git's helper (git-remote-http or ssh) talking to the silent server"
         assert c.process is not None
         c.process.send_signal(signal.SIGTERM)
         sent = time.monotonic()
         code = c.process.wait(SIGTERM_BOUND)
         print(f"{scheme}: exited {time.monotonic() - sent:.1f}s after SIGTERM")
         assert code == 0, c.log.read_text()[-2000:]
-        assert not [p for p in children(c.process.pid)], "git or its helpers outlived gitmesh"
+        assert talking_to(silent.port) == [], f"outlived gitmesh: {helpers}"
     finally:
         silent.close()
 
 
-def children(pid: int) -> list[int]:
-    """Processes whose parent was ``pid`` (orphans are adopted, so this finds only live children)."""
+def talking_to(port: int) -> list[str]:
+    """The command lines of the processes named to connect to ``port`` (git-remote-http with the
+    URL, ssh with ``-p PORT``)."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
+        try:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # not a process, or gone
+            continue
+        if Path(args[0]).name in ("git-remote-http", "ssh") and (
+            str(port) in args or any(f":{port}/" in a for a in args)
+        ):
+            found.append(" ".join(args))
     return found
 
 
