@@ -200,8 +200,10 @@ def test_a_remote_that_never_answers_is_unavailable_and_sigterm_still_stops(
     )
     try:
         c = start(controller, tmp_path, f"sources:\n  - name: mesh\n    {source}\n    path: mesh\n")
+        started = time.monotonic()
         bound = (LOW_SPEED_TIME if scheme == "http" else SSH_TIMEOUT) + 30
         c.wait(lambda s: ready(c, "mesh")[1] == "SourceUnavailable", "SourceUnavailable", timeout=bound)
+        print(f"{scheme}: SourceUnavailable {time.monotonic() - started:.1f}s after the start")
         status, _, message = ready(c, "mesh")
         assert status == "False" and f"127.0.0.1:{silent.port}" in message
         record = c.status()["mesh"]  # type: ignore[index]
