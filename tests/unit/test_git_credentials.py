@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import logging
 from pathlib import Path
 
 import pytest
 
+from gitmesh.controller import logs
 from gitmesh.sync.git import redact, split_credentials
 from gitmesh.sync.source import BasicAuth, Source
 
@@ -57,3 +59,11 @@ def test_credentials_are_given_once() -> None:
     with pytest.raises(ValueError, match="give them once"):
         Source("mesh", "https://deploy:s3cret@git.example/m.git", auth=auth)
     assert Source("mesh", "https://git.example/m.git", auth=auth).auth == auth
+
+
+@pytest.mark.parametrize("inner", [logs.JsonFormatter(), logging.Formatter("%(levelname)s %(message)s")])
+def test_log_lines_are_redacted_whoever_wrote_them(inner: logging.Formatter) -> None:
+    args = ("https://hook:t0ken@chat.example/x", "refused")
+    record = logging.LogRecord("gitmesh.rollout", logging.WARNING, __file__, 1, "webhook %s: %s", args, None)
+    line = logs.Redacted(inner).format(record)
+    assert "t0ken" not in line and "https://***@chat.example/x: refused" in line
