@@ -21,8 +21,17 @@ import pytest
 from click.testing import CliRunner
 
 from gitmesh.cli import cli
+from gitmesh.demo import eventually
+from gitmesh.errors import SourceError
 from gitmesh.plan.load import MAX_FILE_BYTES
-from gitmesh.sync.git import LOW_SPEED_TIME, MAX_ENTRIES, MAX_REVISION_BYTES, SSH_TIMEOUT
+from gitmesh.sync.git import (
+    LOW_SPEED_TIME,
+    MAX_ENTRIES,
+    MAX_REVISION_BYTES,
+    SSH_TIMEOUT,
+    SourceUnavailable,
+    mirror,
+)
 from tests import factory as f
 from tests.conftest import EXAMPLE_REPO, GitRepo
 from tests.controller import RunningController, condition
@@ -213,7 +222,7 @@ def test_a_remote_that_never_answers_is_unavailable_and_sigterm_still_stops(
         held = silent.accepted
         c.wait(lambda s: silent.accepted > held, "the retry connecting", timeout=30)
         helpers = talking_to(silent.port)
-        assert helpers, "git's helper (git-remote-http or ssh) talking to the silent server"
+        assert helpers, "git and its helper (git-remote-http or ssh) talking to the silent server"
         assert c.process is not None
         c.process.send_signal(signal.SIGTERM)
         sent = time.monotonic()
@@ -226,15 +235,15 @@ def test_a_remote_that_never_answers_is_unavailable_and_sigterm_still_stops(
 
 
 def talking_to(port: int) -> list[str]:
-    """The command lines of the processes named to connect to ``port`` (git-remote-http with the
-    URL, ssh with ``-p PORT``)."""
+    """The command lines of the processes named to connect to ``port`` (git or git-remote-http with
+    the URL, ssh with ``-p PORT``)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
             args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:  # not a process, or gone
             continue
-        if Path(args[0]).name in ("git-remote-http", "ssh") and (
+        if Path(args[0]).name in ("git", "git-remote-http", "ssh") and (
             str(port) in args or any(f":{port}/" in a for a in args)
         ):
             found.append(" ".join(args))
@@ -368,3 +377,25 @@ def test_a_password_file_that_is_a_pipe_is_refused_not_waited_on(
     c.wait(lambda s: ready(c, "mesh")[1] == "FetchFailed", "the fetch failing")
     assert f"{tmp_path / 'password'} does not exist or is not a file" in ready(c, "mesh")[2]
     assert c.stop() == 0
+
+
+def test_the_overall_deadline_and_a_stop_end_a_fetch_no_bound_of_git_catches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """git:// has no low-speed limit nor ssh timeout: only gitmesh's own deadline, or its stop, ends
+    a fetch from a server that never answers (both shortened or set here, in process)."""
+    silent = SilentServer()
+    url = f"git://127.0.0.1:{silent.port}/mesh.git"
+    try:
+        stop = threading.Event()
+        threading.Thread(
+            target=lambda: eventually(lambda: silent.accepted, bool, "connected") and stop.set()
+        ).start()
+        with pytest.raises(SourceError, match="abandoned: asked to stop"):
+            mirror(url, stop=stop)
+        monkeypatch.setattr("gitmesh.sync.git.FETCH_DEADLINE", 2)
+        with pytest.raises(SourceUnavailable, match=f"cannot read repository {url}: no complete"):
+            mirror(url)
+        assert talking_to(silent.port) == []
+    finally:
+        silent.close()
