@@ -1,5 +1,6 @@
 """Attacks on the Git side of a running `gitmesh run`, over real remotes (git http-backend, sshd):
-credentials in URLs, remotes that never answer, crafted tree entries. Each is bounded in time."""
+credentials in URLs, remotes that never answer, crafted commits (unsafe tree entries, missing
+objects, more than gitmesh reads), a password file that is a pipe. Each is bounded in time."""
 
 from __future__ import annotations
 
