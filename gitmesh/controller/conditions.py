@@ -71,8 +71,11 @@ def finished(
     return _retrying(current, reason, message, now)
 
 
-def fetch_failed(current: tuple[Condition, ...], message: str, now: datetime) -> tuple[Condition, ...]:
-    return _retrying(current, "FetchFailed", message, now)
+def fetch_failed(
+    current: tuple[Condition, ...], message: str, now: datetime, *, unavailable: bool = False
+) -> tuple[Condition, ...]:
+    """The fetch failed; ``unavailable``: because the remote did not answer in time."""
+    return _retrying(current, "SourceUnavailable" if unavailable else "FetchFailed", message, now)
 
 
 def _retrying(

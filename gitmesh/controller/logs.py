@@ -6,6 +6,8 @@ import json
 import logging
 from datetime import UTC, datetime
 
+from gitmesh.sync.git import redact
+
 # Context the controller passes with ``extra=``; a JSON line carries each one that is set.
 FIELDS = ("source", "revision", "result", "duration")
 
@@ -24,13 +26,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line)
 
 
+class Redacted(logging.Formatter):
+    """Another formatter's lines with the credentials of every URL in them hidden, whoever wrote the
+    message (a rollout webhook or Prometheus URL may carry them too)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(self.inner.format(record))
+
+
 def setup(fmt: str) -> None:
     """``text`` or ``json``, on stderr, at INFO."""
     handler = logging.StreamHandler()
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(Redacted(JsonFormatter()))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(Redacted(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)

@@ -23,8 +23,9 @@ from gitmesh.cluster.records import HISTORY_LENGTH, Reconcile, SourceRecord
 from gitmesh.controller import conditions
 from gitmesh.controller.conditions import Result
 from gitmesh.controller.metrics import Metrics
-from gitmesh.errors import ClusterError, PlanError, SourceError, StalePlan
+from gitmesh.errors import ClusterError, GitmeshError, PlanError, SourceError, StalePlan
 from gitmesh.rollout import driver
+from gitmesh.sync.git import SourceUnavailable
 from gitmesh.sync.source import Source, fetch, read, resolve
 from gitmesh.sync.verify import verify_commit
 
@@ -101,14 +102,17 @@ class Reconciler:
         started, started_at = time.monotonic(), _now()
         self.metrics.fetches.labels(name).inc()
         try:
-            repo = fetch(source)
+            repo = fetch(source, self._stopping)
             head, ref = resolve(repo, source.ref)
         except SourceError as e:
+            if self._stopping.is_set():  # the fetch was abandoned, not failed
+                return None
             self.metrics.fetch_errors.labels(name).inc()
             log.warning("fetching %s failed: %s", name, e, extra={"source": name})
-            self._update(
-                backend, name, conditions=conditions.fetch_failed(progress.record.conditions, str(e), _now())
+            changed = conditions.fetch_failed(
+                progress.record.conditions, str(e), _now(), unavailable=isinstance(e, SourceUnavailable)
             )
+            self._update(backend, name, conditions=changed)
             return self._failed(progress, source)
         stalled = progress.record.condition(conditions.STALLED)
         chosen = choose(
@@ -216,10 +220,12 @@ class Reconciler:
                 )
                 self._apply(prepared, backend, source)
                 return Result.APPLIED, prepared.plan.summary()
-        except (StalePlan, ClusterError) as e:
+        except StalePlan as e:
             return Result.FAILED, str(e)
         except PlanError as e:
             return Result.REFUSED, str(e)
+        except GitmeshError as e:  # the backend's (ClusterError) or any other: recorded alike, and retried
+            return Result.FAILED, str(e)
 
     def _apply(self, prepared: driver.Prepared, backend: ClusterBackend, source: Source) -> None:
         """The one place the controller applies a plan; its rollouts start once it is applied."""

@@ -13,10 +13,10 @@ import re
 import git
 from gitdb.base import IStream
 
-from gitmesh.errors import RolloutError
+from gitmesh.errors import RolloutError, SourceError
 from gitmesh.plan.load import load_files
 from gitmesh.rollout.model import Rollout
-from gitmesh.sync.git import open_repo, read_revision
+from gitmesh.sync.git import open_repo, push, read_revision, split_credentials
 
 BRANCH_PREFIX = "gitmesh/rollback/"
 # The value after a `weight:` key (YAML or JSON): a number, a quantity or a quoted string.
@@ -71,12 +71,12 @@ def push_revert(url: str, r: Rollout) -> str:
     )
     commit = git.Commit.create_from_tree(repo, index.write_tree(), message, parent_commits=[base], head=False)
     branch = branch_name(r)
-    try:
-        if repo.bare and repo.remotes:  # a mirror of a remote: the branch goes to the remote
+    if repo.bare and repo.remotes:  # a mirror of a remote: the branch goes to the remote
+        try:
             # To the URL, not to the mirror's remote: a mirror remote pushes all refs or none.
-            repo.git.push(repo.remotes.origin.url, f"{commit.hexsha}:refs/heads/{branch}", "--force")
-        else:
-            repo.create_head(branch, commit, force=True)
-    except git.GitCommandError as e:
-        raise RolloutError(f"cannot push {branch} to {url}: {e.stderr.strip()}") from e
+            push(repo, url, f"{commit.hexsha}:refs/heads/{branch}")
+        except SourceError as e:
+            raise RolloutError(f"cannot push {branch} to {split_credentials(url)[0]}: {e}") from e
+    else:
+        repo.create_head(branch, commit, force=True)
     return branch

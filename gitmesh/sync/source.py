@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
-import shlex
+import threading
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -21,7 +21,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from gitmesh.errors import SourceError
-from gitmesh.sync.git import Revision, mirror, read_revision
+from gitmesh.sync.git import Revision, mirror, read_revision, split_credentials
 from gitmesh.sync.verify import Verification
 
 
@@ -87,22 +87,19 @@ class Source:
         # A local path is mirrored like any remote; its cache key must not depend on the cwd.
         if "://" not in self.url and not _scp_like(self.url):
             object.__setattr__(self, "url", os.path.abspath(self.url))
+        if self.auth and split_credentials(self.url)[1]:
+            raise ValueError("the URL carries credentials and auth is set: give them once")
 
 
-def fetch(source: Source) -> git.Repo:
-    """The source's mirror, fetched now."""
+def fetch(source: Source, stop: threading.Event | None = None) -> git.Repo:
+    """The source's mirror, fetched now (abandoned once ``stop`` is set)."""
     settings = []
     if source.auth:
         settings.append(("http.extraHeader", _authorization(source.auth)))
     if source.ca_file:
         settings.append(("http.sslCAInfo", str(source.ca_file)))
-    # Git settings passed through the environment: never in a URL, a log or the mirror's config.
-    env = {"GIT_CONFIG_COUNT": str(len(settings))}
-    for i, (key, value) in enumerate(settings):
-        env |= {f"GIT_CONFIG_KEY_{i}": key, f"GIT_CONFIG_VALUE_{i}": value}
-    if source.ssh:
-        env |= _ssh_env(source.ssh)
-    return mirror(source.url, env=env)
+    ssh_options = _ssh_options(source.ssh) if source.ssh else ()
+    return mirror(source.url, settings=settings, ssh_options=ssh_options, stop=stop)
 
 
 def resolve(repo: git.Repo, ref: Ref) -> tuple[str, str]:
@@ -153,6 +150,7 @@ def _highest_tag(repo: git.Repo, spec: str) -> str:
 
 
 def _authorization(auth: BasicAuth) -> str:
+    _files(auth.password_file)
     try:
         password = auth.password_file.read_text().strip()
     except OSError as e:
@@ -161,22 +159,25 @@ def _authorization(auth: BasicAuth) -> str:
     return f"Authorization: Basic {token}"
 
 
-def _ssh_env(ssh: SshAuth) -> dict[str, str]:
-    """Only this key, only these host keys (strictly: an unknown or changed host key fails the fetch),
-    and never a question on a terminal; the user's own ssh configuration is not read."""
-    for path in (ssh.key_file, ssh.known_hosts_file):
-        if not path.is_file():
-            raise SourceError(f"{path} does not exist or is not a file")
-    options = [
+def _ssh_options(ssh: SshAuth) -> list[str]:
+    """Only this key, only these host keys (strictly: an unknown or changed host key fails the fetch);
+    the user's own ssh configuration is not read."""
+    _files(ssh.key_file, ssh.known_hosts_file)
+    return [
         "-F", "/dev/null",
         "-i", str(ssh.key_file),
         "-o", "IdentitiesOnly=yes",
         "-o", f"UserKnownHostsFile={ssh.known_hosts_file}",
         "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", "StrictHostKeyChecking=yes",
-        "-o", "BatchMode=yes",
     ]  # fmt: skip
-    return {"GIT_SSH_COMMAND": shlex.join(["ssh", *options])}
+
+
+def _files(*paths: Path) -> None:
+    """Refuse paths that are not regular files: reading a pipe or a device could hold a fetch forever."""
+    for path in paths:
+        if not path.is_file():
+            raise SourceError(f"{path} does not exist or is not a file")
 
 
 def _scp_like(url: str) -> bool:

@@ -33,12 +33,13 @@ def test_each_result(result: Result, ready: tuple[bool, str], reconciling: bool,
     assert (got["Reconciling"][0], got["Stalled"][0]) == (reconciling, stalled)
 
 
-def test_a_fetch_failure_is_retried_not_stalled() -> None:
-    got = view(conditions.fetch_failed((), "cannot read repository", T0))
+@pytest.mark.parametrize(("unavailable", "reason"), [(False, "FetchFailed"), (True, "SourceUnavailable")])
+def test_a_fetch_failure_is_retried_not_stalled(unavailable: bool, reason: str) -> None:
+    got = view(conditions.fetch_failed((), "cannot read repository", T0, unavailable=unavailable))
     assert got == {
-        "Ready": (False, "FetchFailed"),
+        "Ready": (False, reason),
         "Reconciling": (True, "ProgressingWithRetry"),
-        "Stalled": (False, "FetchFailed"),
+        "Stalled": (False, reason),
     }
 
 
