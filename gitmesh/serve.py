@@ -35,7 +35,7 @@ from gitmesh.xds import resources, tls
 from gitmesh.xds.bootstrap import SERVER_IDENTITY, proxy_of
 from gitmesh.xds.cache import SnapshotCache
 from gitmesh.xds.server import ServerTls, StreamInfo, serve
-from gitmesh.xds.snapshot import Snapshot, forget_shared
+from gitmesh.xds.snapshot import Snapshot, forget_encodings, forget_shared
 from gitmesh.xds.translate import Proxy, Translator
 
 log = logging.getLogger("gitmesh.serve")
@@ -45,6 +45,12 @@ POLL_SECONDS = 0.2  # how often the source is asked whether anything changed
 DEBOUNCE_SECONDS = 0.1
 MAX_DEBOUNCE_SECONDS = 1.0
 CA_POLL_EVERY = 5  # polls: the kept CA state is read once a second, for a rotation begun elsewhere
+REPORT_EVERY_SECONDS = 1.0  # the report of the proxies is written to the backend at most this often
+MAX_REPORTED_NACKS = 100  # the latest rejections, of all proxies, that the report lists
+
+
+# The maps translation builds for each proxy (clusters, endpoints and secrets are shared).
+_PER_PROXY_TYPES = (resources.LISTENER, resources.ROUTE)
 
 
 def utcnow() -> datetime.datetime:
@@ -82,8 +88,8 @@ async def _settled(source: Source, version: str) -> str:
 def xds_report(
     streams: Iterable[StreamInfo], cache: SnapshotCache, expiries: Mapping[str, datetime.datetime]
 ) -> dict[str, Any]:
-    """Connected proxies (and their admin interfaces, where rollouts read their stats), every
-    rejection they reported, and when each identity's certificate expires, as plain data."""
+    """Connected proxies (and their admin interfaces, where rollouts read their stats), the latest
+    rejections they reported, and when each identity's certificate expires, as plain data."""
     streams = list(streams)
     nacks = [
         {
@@ -96,6 +102,7 @@ def xds_report(
         for key in sorted({s.key for s in streams})
         for n in cache.nacks(key)
     ]
+    nacks = sorted(nacks, key=lambda n: n["at"])[-MAX_REPORTED_NACKS:]
     return {
         "proxies": sorted(s.node_id for s in streams),
         "admins": sorted({s.admin for s in streams if s.admin}),
@@ -111,6 +118,28 @@ def proxy_key(proxy: Proxy) -> str:
     return f"{proxy.identity}|{proxy.service}|{ports}{upstreams}" + ("|grpc" if proxy.grpc else "")
 
 
+def unbacked_claim(mesh: state.MeshState, proxy: Proxy) -> str | None:
+    """Why the mesh says ``proxy``'s identity cannot front the service it claims, if it can tell.
+
+    A Service selects pods of its own namespace only, and a pod runs as a ServiceAccount of its own
+    namespace; a service with endpoints is fronted only at one of them. Which ServiceAccount runs
+    behind an endpoint is not known (that takes the pods), nor who fronts a service without any."""
+    service = proxy.service
+    if service.namespace != proxy.identity.namespace:
+        return (
+            f"node claims service {service} as {proxy.identity}: "
+            "only an identity of the service's own namespace can back it"
+        )
+    declared = mesh.services.get(service)
+    endpoints = {e for found in declared.endpoints.values() for e in found} if declared else set()
+    if endpoints and state.Endpoint(proxy.inbound_address, proxy.inbound_port) not in endpoints:
+        return (
+            f"node claims service {service} at {proxy.inbound_address}:{proxy.inbound_port}, "
+            "which is not one of its endpoints"
+        )
+    return None
+
+
 def ephemeral_ca(now: datetime.datetime) -> MeshCA:
     """A CA kept nowhere: for publishers run in-process (tests, benchmarks), whose certificates
     need not outlive them."""
@@ -121,7 +150,7 @@ class MeshPublisher:
     def __init__(self, *, mesh_ca: MeshCA | None = None, clock: Clock = utcnow) -> None:
         self.clock = clock
         self.ca = mesh_ca or ephemeral_ca(clock())
-        self.cache = SnapshotCache(node_key=self._key)
+        self.cache = SnapshotCache(node_key=self._key, released=self._forget)
         self._lock = threading.Lock()
         self._proxies: dict[str, Proxy] = {}
         self._secrets_of: dict[Identity, tuple[ca.Issued, tuple[str, ...], dict[str, message.Message]]] = {}
@@ -158,6 +187,19 @@ class MeshPublisher:
             self._publish(key, proxy, translator)
         return key
 
+    def _forget(self, key: str) -> None:
+        """The last stream of ``key`` closed: its proxy and snapshot go, so that proxies that come and
+        go (a new app port each time) leave nothing behind, and a mesh change republishes only the
+        keys of connected proxies. One that comes back is translated again."""
+        with self._lock:
+            if self.cache.watch_count(key):  # a stream of the key opened meanwhile
+                return
+            self._proxies.pop(key, None)
+            snapshot = self.cache.snapshot(key)
+            self.cache.clear_snapshot(key)
+        if snapshot is not None:
+            forget_encodings(snapshot, _PER_PROXY_TYPES)
+
     def set_ca_state(self, ca_state: CaState) -> None:
         """A rotation step: the bundle or the signer changed; every sidecar gets what follows from it."""
         self.ca.set_state(ca_state)
@@ -190,7 +232,7 @@ class MeshPublisher:
         if holder != proxy.identity:
             held = holder or "no mesh identity"
             return f"node claims identity {proxy.identity}, its certificate is for {held}"
-        return None
+        return unbacked_claim(self.mesh, proxy)
 
     def server_tls(self, server_name: str) -> ServerTls:
         """The xDS server's own certificate (identity ``SERVER_IDENTITY``), renewed like the rest."""
@@ -219,7 +261,10 @@ class MeshPublisher:
         if not proxy.grpc:
             issued = self.ca.certificate(proxy.identity, self.clock())
             by_type = {**by_type, resources.SECRET: self._secrets(issued)}
-        self.cache.set_snapshot(key, Snapshot(str(self._generation), by_type))
+        snapshot = Snapshot(str(self._generation), by_type)
+        with self._lock:
+            if key in self._proxies:  # not forgotten while it was translated
+                self.cache.set_snapshot(key, snapshot)
 
 
 def all_hold_their_secrets(streams: Iterable[StreamInfo], cache: SnapshotCache) -> bool:
@@ -252,6 +297,7 @@ async def run(
     log.info("serving ADS over mTLS on %s (trust domain %s)", address, mesh_ca.trust_domain)
     stop = stop or asyncio.Event()
     reported: dict[str, Any] | None = None
+    reported_at = 0.0
     polls = 0
     try:
         while not stop.is_set():
@@ -260,10 +306,11 @@ async def run(
                 log.info("renewed the certificates of %s", ", ".join(map(str, renewed)))
             if polls % CA_POLL_EVERY == 0:
                 _follow_rotation(publisher, keeper, server.servicer.streams())
-            report = xds_report(server.servicer.streams(), publisher.cache, mesh_ca.expiries())
-            if report != reported:
-                source.record_xds({**report, "at": time.time()})
-                reported = report
+            if time.monotonic() - reported_at >= REPORT_EVERY_SECONDS:
+                report = xds_report(server.servicer.streams(), publisher.cache, mesh_ca.expiries())
+                if report != reported:
+                    source.record_xds({**report, "at": time.time()})
+                    reported, reported_at = report, time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_SECONDS)
             current = source.version()
