@@ -91,6 +91,8 @@ def xds_report(
     """Connected proxies (and their admin interfaces, where rollouts read their stats), the latest
     rejections they reported, and when each identity's certificate expires, as plain data."""
     streams = list(streams)
+    every = [(key, n) for key in sorted({s.key for s in streams}) for n in cache.nacks(key)]
+    latest = sorted(every, key=lambda kept: kept[1].at)[-MAX_REPORTED_NACKS:]
     nacks = [
         {
             "proxy": key,
@@ -99,10 +101,8 @@ def xds_report(
             "message": n.message,
             "at": n.at,
         }
-        for key in sorted({s.key for s in streams})
-        for n in cache.nacks(key)
+        for key, n in latest
     ]
-    nacks = sorted(nacks, key=lambda n: n["at"])[-MAX_REPORTED_NACKS:]
     return {
         "proxies": sorted(s.node_id for s in streams),
         "admins": sorted({s.admin for s in streams if s.admin}),
@@ -122,8 +122,9 @@ def unbacked_claim(mesh: state.MeshState, proxy: Proxy) -> str | None:
     """Why the mesh says ``proxy``'s identity cannot front the service it claims, if it can tell.
 
     A Service selects pods of its own namespace only, and a pod runs as a ServiceAccount of its own
-    namespace; a service with endpoints is fronted only at one of them. Which ServiceAccount runs
-    behind an endpoint is not known (that takes the pods), nor who fronts a service without any."""
+    namespace; a service with endpoints is fronted only at their addresses (its pods'). Which
+    ServiceAccount runs behind an address is not known (that takes the pods), nor who fronts a
+    service without endpoints; ports are not compared, so that replicas on one host may differ."""
     service = proxy.service
     if service.namespace != proxy.identity.namespace:
         return (
@@ -131,11 +132,11 @@ def unbacked_claim(mesh: state.MeshState, proxy: Proxy) -> str | None:
             "only an identity of the service's own namespace can back it"
         )
     declared = mesh.services.get(service)
-    endpoints = {e for found in declared.endpoints.values() for e in found} if declared else set()
-    if endpoints and state.Endpoint(proxy.inbound_address, proxy.inbound_port) not in endpoints:
+    addresses = {e.address for found in declared.endpoints.values() for e in found} if declared else set()
+    if addresses and proxy.inbound_address not in addresses:
         return (
-            f"node claims service {service} at {proxy.inbound_address}:{proxy.inbound_port}, "
-            "which is not one of its endpoints"
+            f"node claims service {service} at {proxy.inbound_address}, "
+            "which is not the address of any of its endpoints"
         )
     return None
 

@@ -194,14 +194,14 @@ def forget_encodings(snapshot: Snapshot, type_urls: Iterable[str]) -> None:
             continue
         with _by_object_lock:
             for message in by_name.values():
-                entry = _by_object.get(id(message))
-                if entry is not None and entry[0] is message:
+                encoded = _by_object.get(id(message))
+                if encoded is not None and encoded[0] is message:
                     del _by_object[id(message)]
         with _shared_lock:
             for args, compute in (((by_name,), _encode_all), ((url, by_name), _misfiled)):
                 key = (id(compute.__code__), *map(id, args))
-                entry = _shared_results.get(key)
-                if entry is not None and all(a is b for a, b in zip(entry[0], args, strict=True)):
+                result = _shared_results.get(key)
+                if result is not None and all(a is b for a, b in zip(result[0], args, strict=True)):
                     del _shared_results[key]
 
 

@@ -46,7 +46,7 @@ MiB = 1 << 20
 BOOKBUYER = Identity("bookbuyer", "bookbuyer")
 BOOKSTORE = Identity("bookstore", "bookstore")
 BOOKTHIEF = Identity("bookthief", "bookthief")
-V1_INBOUND_PORT = 16006  # where the mesh's EndpointSlice says bookstore-v1's sidecar listens
+V1_INBOUND_PORT = 16006  # where the mesh's EndpointSlice says bookstore-v1's sidecar listens (127.0.0.1)
 SPLIT = (EXAMPLE_REPO / "bookstore/split.yaml").read_text()
 
 
@@ -374,8 +374,8 @@ def test_proxies_that_come_and_go_leave_nothing_behind(controller: RunningContro
             "only an identity of the service's own namespace can back it",
         ),
         (
-            Proxy(BOOKSTORE, ServiceRef("bookstore", "bookstore-v1"), 8080, 15001, 15007),
-            "claims service bookstore/bookstore-v1 at 127.0.0.1:15007, which is not one of its endpoints",
+            Proxy(BOOKSTORE, ServiceRef("bookstore", "bookstore-v1"), 8080, 15001, 15006, (), "10.0.0.9"),
+            "at 10.0.0.9, which is not the address of any of its endpoints",
         ),
     ],
     ids=["another-namespace", "not-an-endpoint"],
