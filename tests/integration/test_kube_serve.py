@@ -125,6 +125,9 @@ def test_the_mesh_follows_the_cluster(cluster: Cluster, gitmesh_run: int, git_re
         endpoints("greeter-v1", 50051, "192.0.2.10"),
         endpoints("greeter-v2", 50051, "192.0.2.11"),
         f.split("app", "greeter-split", "greeter", {"greeter-v1": 80, "greeter-v2": 20}),
+        # The probe is sent only what its identity may call: the greeters' namespace.
+        f.route_group("app", "greeter-routes", {"name": "/gitmesh.test.Greeter/Name"}),
+        f.target("app", "probe-calls-greeter", "greeter", ["app/probe"], "greeter-routes"),
     ]
     git_repo.commit("greeter", {"mesh/greeter.yaml": yaml.safe_dump_all(objects)})
     applied = CliRunner().invoke(
