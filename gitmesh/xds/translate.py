@@ -167,7 +167,6 @@ class Translator:
         self._clusters: dict[tuple[bool, Scope], dict[str, message.Message]] = {}  # by mTLS or not
         self._routes: dict[tuple[str, Scope], AssembledRoutes] = {}
         self._hosts: dict[tuple[ServiceRef, int, bool], bytes] = {}
-        self._upstreams: dict[Upstream, message.Message] = {}
 
     def resources(self, proxy: Proxy) -> Resources:
         if proxy.grpc:
@@ -177,9 +176,8 @@ class Translator:
             INBOUND: _inbound_listener(self.mesh, proxy, self.trust_domain),
         }
         for upstream in proxy.upstreams:
-            if upstream not in self._upstreams:
-                self._upstreams[upstream] = _upstream_listener(self.mesh, upstream)
-            listeners[upstream_listener_name(upstream)] = self._upstreams[upstream]
+            # Built for each proxy, not kept: a proxy names its upstreams' local ports as it likes.
+            listeners[upstream_listener_name(upstream)] = _upstream_listener(self.mesh, upstream)
         scope = self._scope(proxy.identity)
         return {
             # The local app's cluster is in the sidecar's bootstrap, so proxies of a scope share this map.
