@@ -19,6 +19,7 @@ import datetime
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -118,7 +119,24 @@ def proxy_key(proxy: Proxy) -> str:
     return f"{proxy.identity}|{proxy.service}|{ports}{upstreams}" + ("|grpc" if proxy.grpc else "")
 
 
-def unbacked_claim(mesh: state.MeshState, proxy: Proxy) -> str | None:
+Addresses = Mapping[state.ServiceRef, frozenset[str]]  # a service's endpoint addresses, ready or not
+
+
+def endpoint_addresses(objects: Iterable[Mapping[str, Any]]) -> dict[state.ServiceRef, frozenset[str]]:
+    """Every address of each service's EndpointSlices, ready or not (the mesh keeps the ready ones
+    only, and a new replica's sidecar is configured before its pod is ready)."""
+    found: dict[state.ServiceRef, set[str]] = defaultdict(set)
+    for o in objects:
+        metadata = o.get("metadata") or {}
+        owner = (metadata.get("labels") or {}).get(state.SERVICE_NAME_LABEL)
+        if o.get("kind") == "EndpointSlice" and owner:
+            service = state.ServiceRef(str(metadata.get("namespace") or ""), owner)
+            for endpoint in o.get("endpoints") or ():
+                found[service].update(endpoint.get("addresses") or ())
+    return {service: frozenset(addresses) for service, addresses in found.items()}
+
+
+def unbacked_claim(addresses: Addresses, proxy: Proxy) -> str | None:
     """Why the mesh says ``proxy``'s identity cannot front the service it claims, if it can tell.
 
     A Service selects pods of its own namespace only, and a pod runs as a ServiceAccount of its own
@@ -131,9 +149,8 @@ def unbacked_claim(mesh: state.MeshState, proxy: Proxy) -> str | None:
             f"node claims service {service} as {proxy.identity}: "
             "only an identity of the service's own namespace can back it"
         )
-    declared = mesh.services.get(service)
-    addresses = {e.address for found in declared.endpoints.values() for e in found} if declared else set()
-    if addresses and proxy.inbound_address not in addresses:
+    fronts = addresses.get(service, frozenset())
+    if fronts and proxy.inbound_address not in fronts:
         return (
             f"node claims service {service} at {proxy.inbound_address}, "
             "which is not the address of any of its endpoints"
@@ -156,6 +173,7 @@ class MeshPublisher:
         self._proxies: dict[str, Proxy] = {}
         self._secrets_of: dict[Identity, tuple[ca.Issued, tuple[str, ...], dict[str, message.Message]]] = {}
         self._mesh = state.build([])
+        self._addresses: Addresses = {}
         self._translator = Translator(self._mesh, self.ca.trust_domain)
         self._generation = 0
 
@@ -165,13 +183,15 @@ class MeshPublisher:
 
     def update(self, objects: Iterable[Mapping[str, Any]]) -> None:
         """A new mesh: every known proxy gets its new snapshot (unchanged resources keep their versions)."""
+        objects = list(objects)
         mesh = state.build(objects)
         for warning in mesh.warnings:
             log.warning("%s", warning)
         translator = Translator(mesh, self.ca.trust_domain)
+        addresses = endpoint_addresses(objects)
         forget_shared()  # the previous generation's messages are not needed to encode this one
         with self._lock:
-            self._mesh, self._translator = mesh, translator
+            self._mesh, self._translator, self._addresses = mesh, translator, addresses
             self._generation += 1
             proxies = dict(self._proxies)
         for key, proxy in proxies.items():
@@ -233,7 +253,7 @@ class MeshPublisher:
         if holder != proxy.identity:
             held = holder or "no mesh identity"
             return f"node claims identity {proxy.identity}, its certificate is for {held}"
-        return unbacked_claim(self.mesh, proxy)
+        return unbacked_claim(self._addresses, proxy)
 
     def server_tls(self, server_name: str) -> ServerTls:
         """The xDS server's own certificate (identity ``SERVER_IDENTITY``), renewed like the rest."""

@@ -17,8 +17,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 
 from gitmesh.certs import ca
-from gitmesh.mesh.state import SERVICE_NAME_LABEL, ServiceRef, build
-from gitmesh.serve import MeshPublisher, unbacked_claim
+from gitmesh.mesh.state import SERVICE_NAME_LABEL, ServiceRef
+from gitmesh.serve import MeshPublisher, endpoint_addresses, unbacked_claim
 from gitmesh.smi import Identity
 from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import bootstrap
@@ -188,9 +188,14 @@ def test_a_node_key_is_forgotten_when_its_last_stream_closes() -> None:
             Proxy(Identity("app", "alice"), ServiceRef("app", "alice"), 8080, 15001, 15006, (), "10.0.0.9"),
             "which is not the address of any of its endpoints",
         ),
+        # A replica whose pod is not ready yet: its sidecar is configured before it is.
+        (
+            Proxy(Identity("app", "alice"), ServiceRef("app", "alice"), 8080, 15001, 15006, (), "10.0.0.2"),
+            None,
+        ),
         (Proxy(Identity("app", "alice"), ServiceRef("app", "new"), 8080, 15001, 15006, (), "10.0.0.9"), None),
     ],
-    ids=["backed", "another-namespace", "not-an-endpoint", "no-endpoints-yet"],
+    ids=["backed", "another-namespace", "not-an-endpoint", "not-ready-yet", "no-endpoints-yet"],
 )
 def test_a_claim_is_checked_against_the_namespace_and_the_endpoints(
     claim: Proxy, refusal: str | None
@@ -200,8 +205,11 @@ def test_a_claim_is_checked_against_the_namespace_and_the_endpoints(
         "kind": "EndpointSlice",
         "metadata": {"name": "alice", "namespace": "app", "labels": {SERVICE_NAME_LABEL: "alice"}},
         "ports": [{"name": "p8080", "port": 15006}],
-        "endpoints": [{"addresses": ["127.0.0.1"]}],
+        "endpoints": [
+            {"addresses": ["127.0.0.1"]},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
+        ],
     }
-    mesh = build([f.service("app", "alice", 8080), f.service("app", "new", 8080), slice_])
-    found = unbacked_claim(mesh, claim)
+    addresses = endpoint_addresses([f.service("app", "alice", 8080), f.service("app", "new", 8080), slice_])
+    found = unbacked_claim(addresses, claim)
     assert found is None if refusal is None else refusal in (found or "")
