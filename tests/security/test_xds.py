@@ -50,10 +50,9 @@ V1_INBOUND_PORT = 16006  # where the mesh's EndpointSlice says bookstore-v1's si
 SPLIT = (EXAMPLE_REPO / "bookstore/split.yaml").read_text()
 
 
-def proxy(identity: Identity, service: str = "", *, app_port: int = 8080, inbound_port: int = 15006) -> Proxy:
-    return Proxy(
-        identity, ServiceRef(identity.namespace, service or identity.name), app_port, 15001, inbound_port
-    )
+def proxy(identity: Identity, *, app_port: int = 8080) -> Proxy:
+    """A sidecar of ``identity`` fronting the service of its name; the app port makes its node key."""
+    return Proxy(identity, ServiceRef(identity.namespace, identity.name), app_port, 15001, 15006)
 
 
 def node(p: Proxy) -> base_pb2.Node:
