@@ -264,7 +264,26 @@ def test_a_nack_storm_keeps_a_few_kib_per_proxy(controller: RunningController) -
     assert rss.stop("60 NACKs of 900 KiB") < 64 * MiB
 
 
-def test_subscribing_to_names_that_do_not_exist_costs_nothing_to_keep(controller: RunningController) -> None:
+async def subscribe_eds(stub: Any, names: list[str], *, delta: bool) -> tuple[Any, list[str]]:
+    """A new stream of bookbuyer's asking for these load assignments; the names of those it is sent."""
+    if not delta:
+        call = stub.StreamAggregatedResources()
+        response = await ask(call, proxy(BOOKBUYER), resources.ENDPOINT, names)
+        return call, [a.cluster_name for a in unpacked(response, endpoint_pb2.ClusterLoadAssignment)]
+    call = stub.DeltaAggregatedResources()
+    await call.write(
+        discovery_pb2.DeltaDiscoveryRequest(
+            node=node(proxy(BOOKBUYER)), type_url=resources.ENDPOINT, resource_names_subscribe=names
+        )
+    )
+    response = await asyncio.wait_for(call.read(), 20)
+    return call, [r.name for r in response.resources]
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_subscribing_to_names_that_do_not_exist_costs_nothing_to_keep(
+    controller: RunningController, delta: bool
+) -> None:
     """40 streams asking for 30,000 EDS names each, none alike: the server keeps the names of its
     snapshot and a few others per stream, and answers with what exists."""
     rss = Rss(pid(controller)).start()
@@ -275,25 +294,16 @@ def test_subscribing_to_names_that_do_not_exist_costs_nothing_to_keep(controller
         async with attacker(controller).channel(BOOKBUYER) as stub:
             calls = []
             for i in range(40):
-                call = stub.StreamAggregatedResources()
                 names = [f"ns-{i:02d}/svc-{n:05d}|8080" for n in range(30_000)] + [real]
-                response = await ask(call, proxy(BOOKBUYER), resources.ENDPOINT, names)
-                assert [a.cluster_name for a in unpacked(response, endpoint_pb2.ClusterLoadAssignment)] == [
-                    real
-                ]
+                call, sent = await subscribe_eds(stub, names, delta=delta)
+                assert sent == [real]
                 calls.append(call)
             held = rss.now()
             print(f"40 streams open: controller RSS {held / MiB:.1f} MiB")
             assert held - rss.before < 48 * MiB
             # 80,000 names are over the 1 MiB request cap: refused before they are read.
-            greedy = stub.StreamAggregatedResources()
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await ask(
-                    greedy,
-                    proxy(BOOKBUYER),
-                    resources.ENDPOINT,
-                    [f"ns-99/svc-{n:06d}|8080" for n in range(80_000)],
-                )
+                await subscribe_eds(stub, [f"ns-99/svc-{n:06d}|8080" for n in range(80_000)], delta=delta)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             for call in calls:
                 call.cancel()
