@@ -1,6 +1,7 @@
 """The xDS port under attack: a real ``gitmesh run`` serving the bookstore from Git, and ADS clients
 holding mesh certificates (as a compromised sidecar would) that misbehave. Each test prints the
-controller's RSS before, at its peak during, and after the attack."""
+controller's RSS before, at its peak during, and after the attack, and its threads and open files
+after it."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def node(p: Proxy) -> base_pb2.Node:
 
 
 class Rss:
-    """The controller's resident memory, sampled every 20 ms between ``start`` and ``stop``."""
+    """The controller's resident memory, sampled every 20 ms between ``start`` and ``stop``, and its
+    threads and open files at ``stop``."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -93,9 +95,11 @@ class Rss:
         self._sampler.join()
         self.after = self.now()
         self.peak = max(self.peak, self.after)
+        threads = len(list(Path(f"/proc/{self.pid}/task").iterdir()))
+        fds = len(list(Path(f"/proc/{self.pid}/fd").iterdir()))
         print(
             f"{what}: controller RSS before {self.before / MiB:.1f} MiB, peak {self.peak / MiB:.1f} MiB, "
-            f"after {self.after / MiB:.1f} MiB"
+            f"after {self.after / MiB:.1f} MiB; after: {threads} threads, {fds} open files"
         )
         return self.after - self.before
 
