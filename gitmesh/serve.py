@@ -1,8 +1,9 @@
 """Serving the mesh: cluster objects -> MeshState -> each connected proxy's snapshot -> ADS.
 
-``MeshPublisher`` keeps, for every proxy that has connected, the snapshot
+``MeshPublisher`` keeps, for every connected proxy, the snapshot
 ``translate(mesh, proxy)``. Proxies with the same identity, service and ports
-share one snapshot key, so their resources are computed and serialized once.
+share one snapshot key, so their resources are computed and serialized once;
+a key is forgotten when its last stream closes.
 ``run`` watches the backend and republishes when its objects change.
 
 Each sidecar's snapshot also holds its identity's certificate and the trust
