@@ -1,8 +1,9 @@
 """Serving the mesh: cluster objects -> MeshState -> each connected proxy's snapshot -> ADS.
 
-``MeshPublisher`` keeps, for every proxy that has connected, the snapshot
+``MeshPublisher`` keeps, for every connected proxy, the snapshot
 ``translate(mesh, proxy)``. Proxies with the same identity, service and ports
-share one snapshot key, so their resources are computed and serialized once.
+share one snapshot key, so their resources are computed and serialized once;
+a key is forgotten when its last stream closes.
 ``run`` watches the backend and republishes when its objects change.
 
 Each sidecar's snapshot also holds its identity's certificate and the trust
@@ -19,6 +20,7 @@ import datetime
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
@@ -35,7 +37,7 @@ from gitmesh.xds import resources, tls
 from gitmesh.xds.bootstrap import SERVER_IDENTITY, proxy_of
 from gitmesh.xds.cache import SnapshotCache
 from gitmesh.xds.server import ServerTls, StreamInfo, serve
-from gitmesh.xds.snapshot import Snapshot, forget_shared
+from gitmesh.xds.snapshot import Snapshot, forget_encodings, forget_shared
 from gitmesh.xds.translate import Proxy, Translator
 
 log = logging.getLogger("gitmesh.serve")
@@ -45,6 +47,12 @@ POLL_SECONDS = 0.2  # how often the source is asked whether anything changed
 DEBOUNCE_SECONDS = 0.1
 MAX_DEBOUNCE_SECONDS = 1.0
 CA_POLL_EVERY = 5  # polls: the kept CA state is read once a second, for a rotation begun elsewhere
+REPORT_EVERY_SECONDS = 1.0  # the report of the proxies is written to the backend at most this often
+MAX_REPORTED_NACKS = 100  # the latest rejections, of all proxies, that the report lists
+
+
+# The maps translation builds for each proxy (clusters, endpoints and secrets are shared).
+_PER_PROXY_TYPES = (resources.LISTENER, resources.ROUTE)
 
 
 def utcnow() -> datetime.datetime:
@@ -82,9 +90,11 @@ async def _settled(source: Source, version: str) -> str:
 def xds_report(
     streams: Iterable[StreamInfo], cache: SnapshotCache, expiries: Mapping[str, datetime.datetime]
 ) -> dict[str, Any]:
-    """Connected proxies (and their admin interfaces, where rollouts read their stats), every
-    rejection they reported, and when each identity's certificate expires, as plain data."""
+    """Connected proxies (and their admin interfaces, where rollouts read their stats), the latest
+    rejections they reported, and when each identity's certificate expires, as plain data."""
     streams = list(streams)
+    every = [(key, n) for key in sorted({s.key for s in streams}) for n in cache.nacks(key)]
+    latest = sorted(every, key=lambda kept: kept[1].at)[-MAX_REPORTED_NACKS:]
     nacks = [
         {
             "proxy": key,
@@ -93,8 +103,7 @@ def xds_report(
             "message": n.message,
             "at": n.at,
         }
-        for key in sorted({s.key for s in streams})
-        for n in cache.nacks(key)
+        for key, n in latest
     ]
     return {
         "proxies": sorted(s.node_id for s in streams),
@@ -111,6 +120,45 @@ def proxy_key(proxy: Proxy) -> str:
     return f"{proxy.identity}|{proxy.service}|{ports}{upstreams}" + ("|grpc" if proxy.grpc else "")
 
 
+Addresses = Mapping[state.ServiceRef, frozenset[str]]  # a service's endpoint addresses, ready or not
+
+
+def endpoint_addresses(objects: Iterable[Mapping[str, Any]]) -> dict[state.ServiceRef, frozenset[str]]:
+    """Every address of each service's EndpointSlices, ready or not (the mesh keeps the ready ones
+    only, and a new replica's sidecar is configured before its pod is ready)."""
+    found: dict[state.ServiceRef, set[str]] = defaultdict(set)
+    for o in objects:
+        metadata = o.get("metadata") or {}
+        owner = (metadata.get("labels") or {}).get(state.SERVICE_NAME_LABEL)
+        if o.get("kind") == "EndpointSlice" and owner:
+            service = state.ServiceRef(str(metadata.get("namespace") or ""), owner)
+            for endpoint in o.get("endpoints") or ():
+                found[service].update(endpoint.get("addresses") or ())
+    return {service: frozenset(addresses) for service, addresses in found.items()}
+
+
+def unbacked_claim(addresses: Addresses, proxy: Proxy) -> str | None:
+    """Why the mesh says ``proxy``'s identity cannot front the service it claims, if it can tell.
+
+    A Service selects pods of its own namespace only, and a pod runs as a ServiceAccount of its own
+    namespace; a service with endpoints is fronted only at their addresses (its pods'). Which
+    ServiceAccount runs behind an address is not known (that takes the pods), nor who fronts a
+    service without endpoints; ports are not compared, so that replicas on one host may differ."""
+    service = proxy.service
+    if service.namespace != proxy.identity.namespace:
+        return (
+            f"node claims service {service} as {proxy.identity}: "
+            "only an identity of the service's own namespace can back it"
+        )
+    fronts = addresses.get(service, frozenset())
+    if fronts and proxy.inbound_address not in fronts:
+        return (
+            f"node claims service {service} at {proxy.inbound_address}, "
+            "which is not the address of any of its endpoints"
+        )
+    return None
+
+
 def ephemeral_ca(now: datetime.datetime) -> MeshCA:
     """A CA kept nowhere: for publishers run in-process (tests, benchmarks), whose certificates
     need not outlive them."""
@@ -121,11 +169,12 @@ class MeshPublisher:
     def __init__(self, *, mesh_ca: MeshCA | None = None, clock: Clock = utcnow) -> None:
         self.clock = clock
         self.ca = mesh_ca or ephemeral_ca(clock())
-        self.cache = SnapshotCache(node_key=self._key)
+        self.cache = SnapshotCache(node_key=self._key, released=self._forget)
         self._lock = threading.Lock()
         self._proxies: dict[str, Proxy] = {}
         self._secrets_of: dict[Identity, tuple[ca.Issued, tuple[str, ...], dict[str, message.Message]]] = {}
         self._mesh = state.build([])
+        self._addresses: Addresses = {}
         self._translator = Translator(self._mesh, self.ca.trust_domain)
         self._generation = 0
 
@@ -135,13 +184,15 @@ class MeshPublisher:
 
     def update(self, objects: Iterable[Mapping[str, Any]]) -> None:
         """A new mesh: every known proxy gets its new snapshot (unchanged resources keep their versions)."""
+        objects = list(objects)
         mesh = state.build(objects)
         for warning in mesh.warnings:
             log.warning("%s", warning)
         translator = Translator(mesh, self.ca.trust_domain)
+        addresses = endpoint_addresses(objects)
         forget_shared()  # the previous generation's messages are not needed to encode this one
         with self._lock:
-            self._mesh, self._translator = mesh, translator
+            self._mesh, self._translator, self._addresses = mesh, translator, addresses
             self._generation += 1
             proxies = dict(self._proxies)
         for key, proxy in proxies.items():
@@ -157,6 +208,19 @@ class MeshPublisher:
         if new:
             self._publish(key, proxy, translator)
         return key
+
+    def _forget(self, key: str) -> None:
+        """The last stream of ``key`` closed: its proxy and snapshot go, so that proxies that come and
+        go (a new app port each time) leave nothing behind, and a mesh change republishes only the
+        keys of connected proxies. One that comes back is translated again."""
+        with self._lock:
+            if self.cache.watch_count(key):  # a stream of the key opened meanwhile
+                return
+            self._proxies.pop(key, None)
+            snapshot = self.cache.snapshot(key)
+            self.cache.clear_snapshot(key)
+        if snapshot is not None:
+            forget_encodings(snapshot, _PER_PROXY_TYPES)
 
     def set_ca_state(self, ca_state: CaState) -> None:
         """A rotation step: the bundle or the signer changed; every sidecar gets what follows from it."""
@@ -190,7 +254,7 @@ class MeshPublisher:
         if holder != proxy.identity:
             held = holder or "no mesh identity"
             return f"node claims identity {proxy.identity}, its certificate is for {held}"
-        return None
+        return unbacked_claim(self._addresses, proxy)
 
     def server_tls(self, server_name: str) -> ServerTls:
         """The xDS server's own certificate (identity ``SERVER_IDENTITY``), renewed like the rest."""
@@ -219,7 +283,10 @@ class MeshPublisher:
         if not proxy.grpc:
             issued = self.ca.certificate(proxy.identity, self.clock())
             by_type = {**by_type, resources.SECRET: self._secrets(issued)}
-        self.cache.set_snapshot(key, Snapshot(str(self._generation), by_type))
+        snapshot = Snapshot(str(self._generation), by_type)
+        with self._lock:
+            if key in self._proxies:  # not forgotten while it was translated
+                self.cache.set_snapshot(key, snapshot)
 
 
 def all_hold_their_secrets(streams: Iterable[StreamInfo], cache: SnapshotCache) -> bool:
@@ -252,6 +319,7 @@ async def run(
     log.info("serving ADS over mTLS on %s (trust domain %s)", address, mesh_ca.trust_domain)
     stop = stop or asyncio.Event()
     reported: dict[str, Any] | None = None
+    reported_at = 0.0
     polls = 0
     try:
         while not stop.is_set():
@@ -260,10 +328,11 @@ async def run(
                 log.info("renewed the certificates of %s", ", ".join(map(str, renewed)))
             if polls % CA_POLL_EVERY == 0:
                 _follow_rotation(publisher, keeper, server.servicer.streams())
-            report = xds_report(server.servicer.streams(), publisher.cache, mesh_ca.expiries())
-            if report != reported:
-                source.record_xds({**report, "at": time.time()})
-                reported = report
+            if time.monotonic() - reported_at >= REPORT_EVERY_SECONDS:
+                report = xds_report(server.servicer.streams(), publisher.cache, mesh_ca.expiries())
+                if report != reported:
+                    source.record_xds({**report, "at": time.time()})
+                    reported, reported_at = report, time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_SECONDS)
             current = source.version()

@@ -25,12 +25,22 @@ from gitmesh.xds.snapshot import Snapshot
 
 NodeKey = Callable[[base_pb2.Node], str]
 
-MAX_NACKS_PER_NODE = 50
+# A proxy may reject configuration as often and as wordily as it likes: what is kept of it is bounded.
+MAX_NACKS_PER_NODE = 10
+MAX_NACK_MESSAGE = 4096  # bytes of a rejection's text kept (Envoy's own reasons are far shorter)
 
 
 def node_id(node: base_pb2.Node) -> str:
     """The default snapshot key: Envoy's ``--service-node`` / bootstrap ``node.id``."""
     return node.id
+
+
+def clipped(message: str, limit: int = MAX_NACK_MESSAGE) -> str:
+    """``message`` cut to ``limit`` bytes of UTF-8, with a marker saying how long it was."""
+    data = message.encode()
+    if len(data) <= limit:
+        return message
+    return data[:limit].decode(errors="ignore") + f" [truncated: {len(data):,} bytes]"
 
 
 @dataclass(frozen=True)
@@ -65,8 +75,10 @@ class Watch:
 class SnapshotCache:
     """The latest consistent snapshot per node key, and who is watching it."""
 
-    def __init__(self, node_key: NodeKey = node_id) -> None:
+    def __init__(self, node_key: NodeKey = node_id, released: Callable[[str], None] | None = None) -> None:
+        """``released`` is called (on the closing stream's thread) with a key whose last stream closed."""
         self._node_key = node_key
+        self._released = released
         self._lock = threading.Lock()
         self._snapshots: dict[str, Snapshot] = {}
         self._watches: dict[str, set[Watch]] = {}
@@ -115,13 +127,18 @@ class SnapshotCache:
     def _unwatch(self, watch: Watch) -> None:
         with self._lock:
             watches = self._watches.get(watch.key)
-            if watches is not None:
-                watches.discard(watch)
-                if not watches:
-                    del self._watches[watch.key]
+            if watches is None:
+                return
+            watches.discard(watch)
+            last = not watches
+            if last:
+                del self._watches[watch.key]
+        if last and self._released is not None:
+            self._released(watch.key)
 
     def record_nack(self, key: str, type_url: str, version: str, message: str) -> Nack:
-        nack = Nack(type_url, version, message, time.time())
+        """Keep a rejection: its text clipped, only the latest few per key."""
+        nack = Nack(type_url, version, clipped(message), time.time())
         with self._lock:
             self._nacks.setdefault(key, deque(maxlen=MAX_NACKS_PER_NODE)).append(nack)
         return nack
@@ -132,4 +149,13 @@ class SnapshotCache:
             return list(self._nacks.get(key, ()))
 
 
-__all__ = ["MAX_NACKS_PER_NODE", "Nack", "NodeKey", "SnapshotCache", "Watch", "node_id"]
+__all__ = [
+    "MAX_NACKS_PER_NODE",
+    "MAX_NACK_MESSAGE",
+    "Nack",
+    "NodeKey",
+    "SnapshotCache",
+    "Watch",
+    "clipped",
+    "node_id",
+]

@@ -36,6 +36,9 @@ from gitmesh.xds.snapshot import EncodedResource, Snapshot
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 WILDCARD = "*"
+# gRPC refuses a larger request (RESOURCE_EXHAUSTED, which ends the stream) before it is parsed.
+# A request's size is mostly the names it subscribes to, about 40 bytes each: 1 MiB is some 25,000.
+MAX_REQUEST_BYTES = 1 << 20
 
 _log = logging.getLogger(__name__)
 
@@ -103,6 +106,24 @@ def subscription(names: Iterable[str]) -> Names:
     return wanted
 
 
+# Names a stream subscribes to that are no resource of its snapshot: a proxy asks for what its
+# clusters and listeners name, which the same snapshot holds, and a few ahead of a change at most.
+MAX_UNKNOWN_NAMES = 100
+
+
+def _capped(names: Iterable[str], snapshot: Snapshot | None, type_url: str) -> Iterator[str]:
+    """``names`` that are resources of ``snapshot``, and the first MAX_UNKNOWN_NAMES others: a stream
+    asking for 80,000 names that do not exist is not made to remember them."""
+    known = snapshot.encoded(type_url) if snapshot is not None else {}
+    unknown = 0
+    for name in names:
+        if name in known:
+            yield name
+        elif unknown < MAX_UNKNOWN_NAMES:
+            unknown += 1
+            yield name
+
+
 class _SotwType:
     __slots__ = ("acked", "force", "names", "nonce", "sent")
 
@@ -130,7 +151,11 @@ class SotwStream:
     def on_request(self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot | None) -> list[bytes]:
         url = request.type_url
         state = self._types.get(url)
-        names = None if url in resources.WILDCARD_TYPES else subscription(request.resource_names)
+        names = (
+            None
+            if url in resources.WILDCARD_TYPES
+            else subscription(_capped(request.resource_names, snapshot, url))
+        )
         if not request.response_nonce:
             # A subscription (first, or renewed after reconnect): start from what the proxy holds.
             state = self._types[url] = _SotwType(names, request.version_info)
@@ -249,7 +274,8 @@ class DeltaStream:
         if state is None:
             # Legacy wildcard: LDS / CDS subscribed with no names means "everything".
             wildcard = url in resources.WILDCARD_TYPES and not request.resource_names_subscribe
-            held = _Held({sys.intern(name): v for name, v in request.initial_resource_versions.items()})
+            versions = request.initial_resource_versions
+            held = _Held({sys.intern(name): versions[name] for name in _capped(versions, snapshot, url)})
             state = self._types[url] = _DeltaType(held, wildcard)
         elif request.response_nonce:
             if request.response_nonce == state.nonce:
@@ -266,7 +292,9 @@ class DeltaStream:
         if WILDCARD in subscribe or WILDCARD in unsubscribe:
             state.wildcard = WILDCARD in subscribe
         if changes:
-            state.names = subscription((state.names | subscribe) - unsubscribe - {WILDCARD})
+            state.names = subscription(
+                _capped((state.names | subscribe) - unsubscribe - {WILDCARD}, snapshot, url)
+            )
         for name in unsubscribe:
             state.held.forget(name)
         return self.push(snapshot)
@@ -516,8 +544,10 @@ class AggregatedDiscoveryServicer:
                     loop.call_soon_threadsafe(inbox.put, _WAKE)
 
             def on_nack(type_url: str, version: str, message: str) -> None:
-                self._cache.record_nack(key, type_url, version, message)
-                self._log.warning("proxy %s rejected %s version %s: %s", node_id, type_url, version, message)
+                nack = self._cache.record_nack(key, type_url, version, message)
+                self._log.warning(
+                    "proxy %s rejected %s version %s: %s", node_id, type_url, version, nack.message
+                )
 
             watch = self._cache.watch(key, wake)
             stream: SotwStream | DeltaStream = (DeltaStream if delta else SotwStream)(watch, on_nack)
@@ -577,8 +607,12 @@ class AggregatedDiscoveryServicer:
         asked = getattr(request, "resource_names_subscribe", None) or getattr(request, "resource_names", ())
         foreign = sorted(set(asked) - snapshot.encoded(resources.SECRET).keys() - {WILDCARD})
         if foreign:
+            more = f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""
             self._log.warning(
-                "proxy %s asked for secrets that are not its own, sent nothing: %s", node_id, foreign
+                "proxy %s asked for secrets that are not its own, sent nothing: %s%s",
+                node_id,
+                foreign[:10],
+                more,
             )
 
 
@@ -647,6 +681,7 @@ async def serve(
             # sidecar costs ~20 KiB less, for ~20% more CPU writing large responses.
             ("grpc.tsi.max_frame_size", 4096),
             ("grpc.enable_channelz", 0),  # per-call bookkeeping for an introspection gitmesh does not use
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
         ]
     )
     server.add_generic_rpc_handlers((servicer.rpc_handler(),))
@@ -658,6 +693,8 @@ async def serve(
 
 
 __all__ = [
+    "MAX_REQUEST_BYTES",
+    "MAX_UNKNOWN_NAMES",
     "SERVICE",
     "AfterBursts",
     "AggregatedDiscoveryServicer",

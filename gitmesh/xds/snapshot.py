@@ -184,6 +184,27 @@ def forget_shared() -> None:
         _shared_results.clear()
 
 
+def forget_encodings(snapshot: Snapshot, type_urls: Iterable[str]) -> None:
+    """Drop what the memos keep of ``snapshot``'s maps of these types and of their resources: maps
+    built for one proxy alone, which no later snapshot asks for once that proxy is gone. A resource
+    in them that other snapshots share is found again by its bytes (one hash) when next encoded."""
+    for url in type_urls:
+        by_name = snapshot.resources.get(url)
+        if by_name is None:
+            continue
+        with _by_object_lock:
+            for message in by_name.values():
+                encoded = _by_object.get(id(message))
+                if encoded is not None and encoded[0] is message:
+                    del _by_object[id(message)]
+        with _shared_lock:
+            for args, compute in (((by_name,), _encode_all), ((url, by_name), _misfiled)):
+                key = (id(compute.__code__), *map(id, args))
+                result = _shared_results.get(key)
+                if result is not None and all(a is b for a, b in zip(result[0], args, strict=True)):
+                    del _shared_results[key]
+
+
 def _encode_all(by_name: Mapping[str, Message]) -> tuple[dict[str, EncodedResource], str]:
     encoded = {name: encode(name, message) for name, message in by_name.items()}
     return encoded, _type_version(encoded)
@@ -267,4 +288,12 @@ class Snapshot:
         return errors
 
 
-__all__ = ["EMPTY_VERSION", "EncodedResource", "Snapshot", "eds_name", "encode", "forget_shared"]
+__all__ = [
+    "EMPTY_VERSION",
+    "EncodedResource",
+    "Snapshot",
+    "eds_name",
+    "encode",
+    "forget_encodings",
+    "forget_shared",
+]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +125,7 @@ class AssembledRoutes:
 
 
 Resources = dict[str, dict[str, message.Message | AssembledRoutes]]  # type URL -> name -> resource
+Scope = frozenset[str] | None  # the namespaces whose services a proxy may call; None: every one
 
 
 def cluster_name(service: ServiceRef, port: int) -> str:
@@ -146,22 +148,26 @@ def translate(mesh: MeshState, proxy: Proxy, trust_domain: str = DEFAULT_TRUST_D
 class Translator:
     """Translates one MeshState for many proxies.
 
+    A proxy is sent only the services its identity may call: those of the namespaces of the
+    destinations its TrafficTargets name (a destination identity backs services of its own namespace
+    only; which of them is not known without the pods), every service in permissive mode.
+
     What proxies share is built once and the same message objects go into every
-    snapshot (so they are serialized once too): the clusters and load assignments (the
-    same for all: each sidecar presents its own certificate under the one secret name;
-    proxyless gRPC clients get plaintext clusters) and a namespace's outbound routes (short
-    names resolve in the caller's namespace).
+    snapshot (so they are serialized once too): per set of namespaces reached, the clusters and
+    load assignments (each sidecar presents its own certificate under the one secret name;
+    proxyless gRPC clients get plaintext clusters), and the outbound routes per caller namespace
+    too (short names resolve in the caller's namespace).
     """
 
     def __init__(self, mesh: MeshState, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
         self.mesh = mesh
         self.trust_domain = trust_domain
         self._services = sorted(mesh.services.values(), key=lambda s: s.ref)
-        self._endpoints: dict[str, message.Message] | None = None
-        self._clusters: dict[bool, dict[str, message.Message]] = {}  # by mTLS or not
-        self._routes: dict[str, AssembledRoutes] = {}
+        self._reached: dict[Identity, Scope] | None = None
+        self._endpoints: dict[Scope, dict[str, message.Message]] = {}
+        self._clusters: dict[tuple[bool, Scope], dict[str, message.Message]] = {}  # by mTLS or not
+        self._routes: dict[tuple[str, Scope], AssembledRoutes] = {}
         self._hosts: dict[tuple[ServiceRef, int, bool], bytes] = {}
-        self._upstreams: dict[Upstream, message.Message] = {}
 
     def resources(self, proxy: Proxy) -> Resources:
         if proxy.grpc:
@@ -171,13 +177,13 @@ class Translator:
             INBOUND: _inbound_listener(self.mesh, proxy, self.trust_domain),
         }
         for upstream in proxy.upstreams:
-            if upstream not in self._upstreams:
-                self._upstreams[upstream] = _upstream_listener(self.mesh, upstream)
-            listeners[upstream_listener_name(upstream)] = self._upstreams[upstream]
+            # Built for each proxy, not kept: a proxy names its upstreams' local ports as it likes.
+            listeners[upstream_listener_name(upstream)] = _upstream_listener(self.mesh, upstream)
+        scope = self._scope(proxy.identity)
         return {
-            # The local app's cluster is in the sidecar's bootstrap, so every proxy shares this map.
-            resources.CLUSTER: self._mesh_clusters(mtls=True),
-            resources.ENDPOINT: self._load_assignments(),
+            # The local app's cluster is in the sidecar's bootstrap, so proxies of a scope share this map.
+            resources.CLUSTER: self._mesh_clusters(scope, mtls=True),
+            resources.ENDPOINT: self._load_assignments(scope),
             resources.LISTENER: listeners,
             resources.ROUTE: {
                 OUTBOUND: self._outbound_routes(proxy),
@@ -188,8 +194,9 @@ class Translator:
     def _grpc_client(self, proxy: Proxy) -> Resources:
         """What a proxyless gRPC client needs: an API listener per HTTP service port, named as its
         ``xds:///`` target (``<service>.<namespace>:<port>``), sharing the outbound routes; no sockets."""
+        scope = self._scope(proxy.identity)
         listeners: dict[str, message.Message] = {}
-        for svc in self._services:
+        for svc in self._reachable(scope):
             for port in svc.ports:
                 if port.is_http:
                     target = f"{svc.ref.name}.{svc.ref.namespace}:{port.port}"
@@ -201,47 +208,61 @@ class Translator:
                         name=target, api_listener=api_listener_pb2.ApiListener(api_listener=_typed(hcm))
                     )
         return {
-            resources.CLUSTER: self._mesh_clusters(mtls=False),
-            resources.ENDPOINT: self._load_assignments(),
+            resources.CLUSTER: self._mesh_clusters(scope, mtls=False),
+            resources.ENDPOINT: self._load_assignments(scope),
             resources.LISTENER: listeners,
             resources.ROUTE: {OUTBOUND: self._outbound_routes(proxy)},
         }
 
-    def _load_assignments(self) -> dict[str, message.Message]:
-        if self._endpoints is None:
-            self._endpoints = {
+    def _scope(self, identity: Identity) -> Scope:
+        """The namespaces whose services ``identity`` may call; None: all of them (permissive)."""
+        if self.mesh.permissive:
+            return None
+        if self._reached is None:
+            reached: dict[Identity, set[str]] = defaultdict(set)
+            for p in self.mesh.permissions:
+                reached[p.source].add(p.destination.namespace)
+            self._reached = {identity: frozenset(found) for identity, found in reached.items()}
+        return self._reached.get(identity, frozenset())
+
+    def _reachable(self, scope: Scope) -> list[Service]:
+        return [svc for svc in self._services if scope is None or svc.ref.namespace in scope]
+
+    def _load_assignments(self, scope: Scope) -> dict[str, message.Message]:
+        if scope not in self._endpoints:
+            self._endpoints[scope] = {
                 cluster_name(svc.ref, port.port): _load_assignment(
                     cluster_name(svc.ref, port.port), svc, port.port
                 )
-                for svc in self._services
+                for svc in self._reachable(scope)
                 for port in svc.ports
             }
-        return self._endpoints
+        return self._endpoints[scope]
 
-    def _mesh_clusters(self, *, mtls: bool) -> dict[str, message.Message]:
-        if mtls not in self._clusters:
-            self._clusters[mtls] = {
+    def _mesh_clusters(self, scope: Scope, *, mtls: bool) -> dict[str, message.Message]:
+        if (mtls, scope) not in self._clusters:
+            self._clusters[(mtls, scope)] = {
                 cluster_name(svc.ref, port.port): _eds_cluster(
                     cluster_name(svc.ref, port.port),
                     tls.upstream(svc.ref.namespace, self.trust_domain) if mtls else None,
                 )
-                for svc in self._services
+                for svc in self._reachable(scope)
                 for port in svc.ports
             }
-        return self._clusters[mtls]
+        return self._clusters[(mtls, scope)]
 
     def _outbound_routes(self, proxy: Proxy) -> AssembledRoutes:
         """A virtual host per HTTP service port, found by Host: short name (same namespace only),
         ``svc.ns``, ``svc.ns.svc`` and the cluster FQDN, with and without the port."""
-        namespace = proxy.service.namespace
-        if namespace not in self._routes:
+        key = (proxy.service.namespace, self._scope(proxy.identity))
+        if key not in self._routes:
             hosts = [
-                self._virtual_host(svc, port, i == 0, svc.ref.namespace == namespace)
-                for svc in self._services
+                self._virtual_host(svc, port, i == 0, svc.ref.namespace == key[0])
+                for svc in self._reachable(key[1])
                 for i, port in enumerate(p for p in svc.ports if p.is_http)
             ]
-            self._routes[namespace] = AssembledRoutes(OUTBOUND, hosts)
-        return self._routes[namespace]
+            self._routes[key] = AssembledRoutes(OUTBOUND, hosts)
+        return self._routes[key]
 
     def _virtual_host(self, svc: Service, port: Port, first: bool, short: bool) -> bytes:
         """Virtual hosts differ between namespaces only by the short name: each is built and

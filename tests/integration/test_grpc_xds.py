@@ -111,6 +111,9 @@ def mesh() -> Iterator[tuple[Control, list[dict[str, Any]]]]:
         grpc_service("greeter-v2"),
         endpoints("greeter-v1", v1_port),
         endpoints("greeter-v2", v2_port),
+        # The client is sent only what its identity may call: the greeters' namespace.
+        f.route_group("app", "greeter-routes", {"name": "/gitmesh.test.Greeter/Name"}),
+        f.target("app", "client-calls-greeter", "greeter", ["app/client"], "greeter-routes"),
         f.split("app", "greeter-split", "greeter", {"greeter-v1": 80, "greeter-v2": 20}),
     ]
     control = Control(objects)

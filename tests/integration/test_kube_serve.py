@@ -121,6 +121,9 @@ def test_the_mesh_follows_the_cluster(cluster: Cluster, gitmesh_run: int, git_re
         endpoints("greeter-v1", 50051, "192.0.2.10"),
         endpoints("greeter-v2", 50051, "192.0.2.11"),
         f.split("app", "greeter-split", "greeter", {"greeter-v1": 80, "greeter-v2": 20}),
+        # The probe is sent only what its identity may call: the greeters' namespace.
+        f.route_group("app", "greeter-routes", {"name": "/gitmesh.test.Greeter/Name"}),
+        f.target("app", "probe-calls-greeter", "greeter", ["app/probe"], "greeter-routes"),
     ]
     git_repo.commit("greeter", {"mesh/greeter.yaml": yaml.safe_dump_all(objects)})
     applied = CliRunner().invoke(
@@ -185,7 +188,7 @@ def test_traffic_flows_through_a_mesh_served_from_the_cluster(
         seen = d.shares(500)
         assert abs(seen.get("bookstore-v1", 0) - 0.75) <= 0.07, seen
         assert d.buy("/admin")[0] == 403
-        assert d.buy(caller="bookthief")[0] == 503
+        assert d.buy(caller="bookthief")[0] == 404  # may call nothing: sent no route
         assert d.query("bookwarehouse") in ("mysql-v1", "mysql-v2")
         assert d.query("bookthief") == ""
         # A change made in the cluster itself reaches the traffic.

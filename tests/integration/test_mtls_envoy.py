@@ -175,6 +175,13 @@ def test_a_plaintext_client_and_a_client_of_another_ca_are_refused(demo: Demo, t
         demo, "bookstore-v1", "ssl.connection_error"
     )
     assert sum(failures.values()) >= 1, failures
+    # A mesh certificate of an identity no TrafficTarget names (whose own sidecar is sent no route
+    # to the bookstore anyway): the connection is refused by the callers check.
+    thief = ca.issue(ca_state.signing, ca_state.trust_domain, Identity("bookthief", "bookthief"), now())
+    with pytest.raises(OSError):
+        direct_call(port, thief, tmp_path)
+    denied = stats(demo, "bookstore-v1", "inbound_callers.rbac.denied")
+    assert sum(denied.values()) >= 1, denied
 
 
 def test_a_root_rotation_under_traffic_loses_no_request(demo: Demo, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from envoy.config.core.v3 import base_pb2
 from google.protobuf import any_pb2
 
 from gitmesh.xds import resources
-from gitmesh.xds.cache import SnapshotCache
+from gitmesh.xds.cache import MAX_NACK_MESSAGE, MAX_NACKS_PER_NODE, SnapshotCache, clipped
 from gitmesh.xds.snapshot import EMPTY_VERSION, Snapshot, encode
 from tests.xds import builders as b
 
@@ -120,3 +120,24 @@ def test_version_and_nacks() -> None:
     [nack] = cache.nacks("n")
     assert (nack.type_url, nack.version, nack.message) == (resources.LISTENER, "abc", "bad regex")
     assert cache.nacks("other") == []
+
+
+def test_a_rejection_is_kept_clipped_and_only_the_latest_few() -> None:
+    cache = SnapshotCache()
+    for i in range(MAX_NACKS_PER_NODE + 5):
+        cache.record_nack("n", resources.LISTENER, str(i), "é" * MAX_NACK_MESSAGE)
+    kept = cache.nacks("n")
+    assert [n.version for n in kept] == [str(i) for i in range(5, MAX_NACKS_PER_NODE + 5)]
+    # Cut at a character's boundary, with how long it was.
+    assert kept[0].message == "é" * (MAX_NACK_MESSAGE // 2) + f" [truncated: {2 * MAX_NACK_MESSAGE:,} bytes]"
+    assert clipped("short") == "short"
+
+
+def test_released_is_told_when_the_last_stream_of_a_key_closes() -> None:
+    released: list[str] = []
+    cache = SnapshotCache(released=released.append)
+    first, second = cache.watch("n", lambda: None), cache.watch("n", lambda: None)
+    first.close()
+    assert released == []
+    second.close()
+    assert released == ["n"]

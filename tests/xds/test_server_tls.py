@@ -17,13 +17,14 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 
 from gitmesh.certs import ca
-from gitmesh.mesh.state import ServiceRef
-from gitmesh.serve import MeshPublisher
+from gitmesh.mesh.state import SERVICE_NAME_LABEL, ServiceRef
+from gitmesh.serve import MeshPublisher, endpoint_addresses, unbacked_claim
 from gitmesh.smi import Identity
 from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import bootstrap
 from gitmesh.xds.server import RunningServer, serve
 from gitmesh.xds.translate import Proxy
+from tests import factory as f
 
 ALICE = Proxy(Identity("app", "alice"), ServiceRef("app", "alice"), 8080, 15001, 15006)
 BOB = Proxy(Identity("app", "bob"), ServiceRef("app", "bob"), 8081, 15002, 15007)
@@ -161,3 +162,54 @@ def test_a_client_without_a_mesh_certificate_cannot_connect(holding: str) -> Non
             assert publisher.cache.snapshot("app/alice|app/alice|8080,15001,15006") is None
 
     asyncio.run(main())
+
+
+def test_a_node_key_is_forgotten_when_its_last_stream_closes() -> None:
+    publisher = MeshPublisher()
+    key = publisher.cache.key_for(node(ALICE))
+    streams = [publisher.cache.watch(key, lambda: None) for _ in range(2)]
+    streams[0].close()
+    assert publisher.cache.snapshot(key) is not None
+    streams[1].close()
+    assert publisher.cache.snapshot(key) is None
+    publisher.update([])  # a mesh change republishes only the keys of connected proxies
+    assert publisher.cache.snapshot(key) is None
+
+
+@pytest.mark.parametrize(
+    ("claim", "refusal"),
+    [
+        (ALICE, None),
+        (
+            Proxy(Identity("app", "alice"), ServiceRef("other", "alice"), 8080, 15001, 15006),
+            "only an identity of the service's own namespace can back it",
+        ),
+        (
+            Proxy(Identity("app", "alice"), ServiceRef("app", "alice"), 8080, 15001, 15006, (), "10.0.0.9"),
+            "which is not the address of any of its endpoints",
+        ),
+        # A replica whose pod is not ready yet: its sidecar is configured before it is.
+        (
+            Proxy(Identity("app", "alice"), ServiceRef("app", "alice"), 8080, 15001, 15006, (), "10.0.0.2"),
+            None,
+        ),
+        (Proxy(Identity("app", "alice"), ServiceRef("app", "new"), 8080, 15001, 15006, (), "10.0.0.9"), None),
+    ],
+    ids=["backed", "another-namespace", "not-an-endpoint", "not-ready-yet", "no-endpoints-yet"],
+)
+def test_a_claim_is_checked_against_the_namespace_and_the_endpoints(
+    claim: Proxy, refusal: str | None
+) -> None:
+    slice_ = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "alice", "namespace": "app", "labels": {SERVICE_NAME_LABEL: "alice"}},
+        "ports": [{"name": "p8080", "port": 15006}],
+        "endpoints": [
+            {"addresses": ["127.0.0.1"]},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
+        ],
+    }
+    addresses = endpoint_addresses([f.service("app", "alice", 8080), f.service("app", "new", 8080), slice_])
+    found = unbacked_claim(addresses, claim)
+    assert found is None if refusal is None else refusal in (found or "")

@@ -9,7 +9,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from gitmesh.xds import resources
 from gitmesh.xds.cache import SnapshotCache
-from gitmesh.xds.server import AfterBursts, DeltaStream, SotwStream, subscription
+from gitmesh.xds.server import MAX_UNKNOWN_NAMES, AfterBursts, DeltaStream, SotwStream, subscription
 from gitmesh.xds.snapshot import Snapshot
 from tests.xds import builders as b
 
@@ -110,3 +110,27 @@ def test_memory_is_given_back_once_after_a_burst_of_responses() -> None:
         assert len(released) == 1
 
     asyncio.run(scenario())
+
+
+def test_a_stream_keeps_the_names_that_exist_and_a_few_others() -> None:
+    cache = SnapshotCache()
+    snapshot = two_clusters("v1")
+    cache.set_snapshot(NODE, snapshot)
+    asked = [f"missing-{n}" for n in range(MAX_UNKNOWN_NAMES * 10)] + ["b"]
+    sotw = SotwStream(cache.watch(NODE, lambda: None), ignore_nack)
+    (response,) = sotw.on_request(
+        discovery_pb2.DiscoveryRequest(type_url=EDS, resource_names=asked), snapshot
+    )
+    assert [r.value for r in discovery_pb2.DiscoveryResponse.FromString(response).resources]
+    kept = sotw._types[EDS].names
+    assert kept is not None and "b" in kept and len(kept) == MAX_UNKNOWN_NAMES + 1
+    delta = DeltaStream(cache.watch(NODE, lambda: None), ignore_nack)
+    versions = dict.fromkeys(asked, "v0")
+    delta.on_request(
+        discovery_pb2.DeltaDiscoveryRequest(
+            type_url=EDS, resource_names_subscribe=asked, initial_resource_versions=versions
+        ),
+        snapshot,
+    )
+    state = delta._types[EDS]
+    assert "b" in state.names and len(state.names) == MAX_UNKNOWN_NAMES + 1

@@ -39,6 +39,9 @@ BOOKSTORE = Proxy(
 BOOKTHIEF = Proxy(
     Identity("bookthief", "bookthief"), ServiceRef("bookthief", "bookthief"), 8080, 15001, 15006
 )
+BOOKBUYER = Proxy(
+    Identity("bookbuyer", "bookbuyer"), ServiceRef("bookbuyer", "bookbuyer"), 8080, 15001, 15006
+)
 MYSQL = ServiceRef("bookwarehouse", "mysql")
 WAREHOUSE = Proxy(
     Identity("bookwarehouse", "bookwarehouse"),
@@ -84,7 +87,7 @@ def test_the_same_input_gives_byte_identical_output() -> None:
 
 
 def test_names_follow_the_one_scheme() -> None:
-    res = translate(example(), BOOKSTORE)
+    res = translate(example(permissive=True), BOOKSTORE)
     assert set(res[resources.LISTENER]) == {"outbound", "inbound"}
     assert set(res[resources.ROUTE]) == {"outbound", "inbound"}
     assert "bookstore/bookstore-v1|14001" in res[resources.CLUSTER]
@@ -92,14 +95,14 @@ def test_names_follow_the_one_scheme() -> None:
 
 
 def test_assembled_outbound_routes_are_byte_for_byte_the_message() -> None:
-    routes = translate(example(), BOOKSTORE)[resources.ROUTE]["outbound"]
+    routes = translate(example(permissive=True), BOOKSTORE)[resources.ROUTE]["outbound"]
     built = route_pb2.RouteConfiguration(name="outbound", virtual_hosts=routes.parsed().virtual_hosts)
     assert routes.SerializeToString(deterministic=True) == built.SerializeToString(deterministic=True)
     assert len(routes.virtual_hosts) == len(built.virtual_hosts) > 5  # read like the message
 
 
 def test_namespaces_share_their_outbound_hosts_bytes_once_encoded() -> None:
-    translator = Translator(example())
+    translator = Translator(example(permissive=True))
     store, thief = (
         encode("outbound", translator.resources(proxy)[resources.ROUTE]["outbound"])
         for proxy in (BOOKSTORE, BOOKTHIEF)
@@ -124,7 +127,7 @@ def test_namespaces_share_their_outbound_hosts_bytes_once_encoded() -> None:
 
 
 def test_proxies_share_one_cluster_map_and_one_route_map_per_namespace() -> None:
-    translator = Translator(example())
+    translator = Translator(example(permissive=True))
     store, thief = translator.resources(BOOKSTORE), translator.resources(BOOKTHIEF)
     # Each presents its own identity's certificate, under the one name every sidecar uses.
     assert store[resources.CLUSTER] is thief[resources.CLUSTER]
@@ -135,7 +138,7 @@ def test_proxies_share_one_cluster_map_and_one_route_map_per_namespace() -> None
 
 
 def test_the_split_becomes_weighted_clusters_found_by_host() -> None:
-    routes = translate(example(), BOOKSTORE)[resources.ROUTE]["outbound"]
+    routes = translate(example(permissive=True), BOOKSTORE)[resources.ROUTE]["outbound"]
     (host,) = [h for h in routes.virtual_hosts if h.name == "bookstore/bookstore|14001"]
     assert "bookstore" in host.domains  # same namespace as the proxy: the short name works
     assert {"bookstore.bookstore", "bookstore.bookstore.svc.cluster.local:14001"} <= set(host.domains)
@@ -144,6 +147,35 @@ def test_the_split_becomes_weighted_clusters_found_by_host() -> None:
     (warehouse,) = [h for h in routes.virtual_hosts if h.name == "bookwarehouse/bookwarehouse|14001"]
     assert "bookwarehouse" not in warehouse.domains  # another namespace: only qualified names
     assert warehouse.routes[0].route.cluster == "bookwarehouse/bookwarehouse|14001"
+
+
+def outbound_view(res: Resources) -> tuple[set[str], set[str], set[str]]:
+    """The clusters, load assignments and outbound virtual hosts a proxy is sent."""
+    hosts = {h.name for h in res[resources.ROUTE]["outbound"].virtual_hosts}
+    return set(res[resources.CLUSTER]), set(res[resources.ENDPOINT]), hosts
+
+
+def test_a_proxy_is_sent_only_the_services_its_identity_may_call() -> None:
+    mesh = example()
+    bookstore = {"bookstore/bookstore|14001", "bookstore/bookstore-v1|14001", "bookstore/bookstore-v2|14001"}
+    # bookbuyer may call the bookstore identity, which backs the bookstore namespace's services.
+    assert outbound_view(translate(mesh, BOOKBUYER)) == (bookstore, bookstore, bookstore)
+    # No TrafficTarget names bookthief: it is sent no cluster, no endpoint, no route of anyone's.
+    assert outbound_view(translate(mesh, BOOKTHIEF)) == (set(), set(), set())
+    clusters, _, _ = outbound_view(translate(mesh, BOOKSTORE))
+    assert clusters and all(name.startswith("bookwarehouse/") for name in clusters)
+    # Permissive: every service, as every caller may call it.
+    every = {f"{s.ref.namespace}/{s.ref.name}|{p.port}" for s in mesh.services.values() for p in s.ports}
+    assert outbound_view(translate(example(permissive=True), BOOKTHIEF))[0] == every
+
+
+def test_proxies_reaching_the_same_namespaces_share_their_maps() -> None:
+    translator = Translator(example())
+    buyer = translator.resources(BOOKBUYER)
+    again = translator.resources(BOOKBUYER)
+    assert again[resources.CLUSTER] is buyer[resources.CLUSTER]
+    assert again[resources.ROUTE]["outbound"] is buyer[resources.ROUTE]["outbound"]
+    assert translator.resources(BOOKTHIEF)[resources.CLUSTER] is not buyer[resources.CLUSTER]
 
 
 def test_inbound_admits_only_allowed_callers_on_their_routes() -> None:
@@ -251,7 +283,7 @@ def test_a_split_with_matches_takes_only_the_requests_they_match() -> None:
     for o in objects:
         if o["kind"] == "TrafficSplit" and o["metadata"]["name"] == "bookstore-split":
             o["spec"]["matches"] = [{"kind": "HTTPRouteGroup", "name": "bookstore-service-routes"}]
-    routes = translate(build(objects), BOOKSTORE)[resources.ROUTE]["outbound"]
+    routes = translate(build(objects), BOOKBUYER)[resources.ROUTE]["outbound"]
     (host,) = [h for h in routes.virtual_hosts if h.name == "bookstore/bookstore|14001"]
     *matched, rest = host.routes
     assert [r.match.safe_regex.regex for r in matched] == ["(?:/books-bought).*", "(?:/buy-a-book/new).*"]
