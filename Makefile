@@ -46,6 +46,7 @@ test: $(STAMP) $(SSHD) $(GPG_AGENT) prometheus
 	$(BIN)/ruff check gitmesh tests bench
 	$(BIN)/ruff format --check gitmesh tests bench
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 ## test-fast: unit tests only, for the edit-test loop

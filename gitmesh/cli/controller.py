@@ -32,13 +32,15 @@ from gitmesh.errors import GitmeshError
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType[datetime.timedelta]):
     """A length of time: a number and a unit, s, m, h or d (``90s``, ``24h``)."""
 
     name = "duration"
     _UNITS: ClassVar[dict[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime.timedelta:
         if isinstance(value, datetime.timedelta):
             return value
         text = str(value).strip()

@@ -46,7 +46,7 @@ class ControllerPort:
         except OSError as e:
             raise ConfigError(f"cannot serve HTTP on {address}: {e.strerror}") from e
         self.server.daemon_threads = True
-        self.address = f"{self.server.server_address[0]}:{self.server.server_address[1]}"
+        self.address = ":".join(map(str, self.server.socket.getsockname()[:2]))
         self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
 
     def start(self) -> None:

@@ -9,9 +9,9 @@ capped at ``MAX_DEPTH`` and alias expansion at ``MAX_VALUES``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import yaml
 
@@ -35,7 +35,7 @@ _MERGE = "tag:yaml.org,2002:merge"
 _LOCATE_BY_CONTEXT = frozenset({"while scanning a quoted scalar", "while scanning a simple key"})
 _COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 _ctor = yaml.constructor.SafeConstructor()
-_SCALARS = {
+_SCALARS: dict[str, Callable[[yaml.ScalarNode], Any]] = {
     "tag:yaml.org,2002:null": _ctor.construct_yaml_null,
     "tag:yaml.org,2002:bool": _ctor.construct_yaml_bool,
     "tag:yaml.org,2002:int": _ctor.construct_yaml_int,
@@ -57,13 +57,13 @@ class _Loader(yaml.CSafeLoader):
 
     def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
         if kind is not yaml.ScalarNode or len(value) > 64:
-            return str(super().resolve(kind, value, implicit))
+            return str(super().resolve(kind, value, implicit))  # type: ignore[no-untyped-call]
         key = (value, implicit)
         tag = self._resolved.get(key)
         if tag is None:
             if len(self._resolved) >= 100_000:
                 self._resolved.clear()
-            tag = self._resolved[key] = str(super().resolve(kind, value, implicit))
+            tag = self._resolved[key] = str(super().resolve(kind, value, implicit))  # type: ignore[no-untyped-call]
         return tag
 
 
@@ -245,7 +245,8 @@ class _Builder:
                 stack.append((child, at, items, i))
             return items
         mapping: dict[str, Any] = {}
-        for key_node, child in reversed(self._pairs(node, path)):
+        # Past the tag check, anything not a sequence is a mapping.
+        for key_node, child in reversed(self._pairs(cast(yaml.MappingNode, node), path)):
             key = key_node.value
             at = (*path, key)
             mark = key_node.start_mark

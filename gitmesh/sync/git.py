@@ -105,12 +105,13 @@ def read_revision(repo: git.Repo, ref: str, path: str = "") -> Revision:
     for item in tree.traverse():
         if not isinstance(item, git.Blob):
             continue
-        rel = item.path[len(path) + 1 :] if path else item.path
+        blob_path = os.fspath(item.path)
+        rel = blob_path[len(path) + 1 :] if path else blob_path
         if not is_manifest_path(rel) or ignore.match_file(rel):
             continue
         size = item.size  # asked first: an oversized blob is never read
         data = item.data_stream.read() if size <= MAX_FILE_BYTES else b""
-        files.append(SourceFile(item.path, size, data))
+        files.append(SourceFile(blob_path, size, data))
     return Revision(
         sha=commit.hexsha,
         ref=ref,

@@ -30,7 +30,7 @@ MAX_NACKS_PER_NODE = 50
 
 def node_id(node: base_pb2.Node) -> str:
     """The default snapshot key: Envoy's ``--service-node`` / bootstrap ``node.id``."""
-    return node.id
+    return str(node.id)
 
 
 @dataclass(frozen=True)

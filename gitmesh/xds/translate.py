@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,7 +122,7 @@ class AssembledRoutes:
         return getattr(self.parsed(), attribute)
 
 
-Resources = dict[str, dict[str, message.Message | AssembledRoutes]]  # type URL -> name -> resource
+Resources = dict[str, Mapping[str, message.Message | AssembledRoutes]]  # type URL -> name -> resource
 
 
 def cluster_name(service: ServiceRef, port: int) -> str:
