@@ -33,6 +33,8 @@ _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
 _MERGE = "tag:yaml.org,2002:merge"
 _LOCATE_BY_CONTEXT = frozenset({"while scanning a quoted scalar", "while scanning a simple key"})
+# libyaml 0.2.6 (in the PyYAML 6.0.4 wheels) stops at 1,000 levels by itself, before our own count.
+_LIBYAML_TOO_DEEP = "exceeded maximum nesting depth"
 _COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 _ctor = yaml.constructor.SafeConstructor()
 _SCALARS: dict[str, Callable[[yaml.ScalarNode], Any]] = {
@@ -135,7 +137,10 @@ def load_file(f: SourceFile) -> tuple[list[Manifest], list[Diagnostic]]:
             mark = e.context_mark
         loc = _loc(f.path, mark) if mark else here
         at_tab = e.problem_mark is not None and text[e.problem_mark.index : e.problem_mark.index + 1] == "\t"
-        diagnostics.append(Diagnostic(loc, "GM001", _yaml_message(e, at_tab)))
+        if e.problem == _LIBYAML_TOO_DEEP:
+            diagnostics.append(Diagnostic(loc, "GM004", f"nesting deeper than {MAX_DEPTH} levels"))
+        else:
+            diagnostics.append(Diagnostic(loc, "GM001", _yaml_message(e, at_tab)))
     except yaml.YAMLError as e:
         diagnostics.append(Diagnostic(here, "GM001", str(e)))
     finally:
