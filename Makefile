@@ -47,7 +47,7 @@ test: $(STAMP) $(SSHD) $(GPG_AGENT) prometheus
 	$(BIN)/ruff format --check gitmesh tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 ## test-fast: unit tests only, for the edit-test loop
 test-fast: $(STAMP)
