@@ -49,7 +49,8 @@ test: $(STAMP) $(SSHD) $(GPG_AGENT) $(KUBECTL) prometheus
 	$(BIN)/ruff check gitmesh tests bench
 	$(BIN)/ruff format --check gitmesh tests bench
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 ## test-fast: unit tests only, for the edit-test loop
 test-fast: $(STAMP)

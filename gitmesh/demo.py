@@ -187,7 +187,8 @@ class Sidecar:
 
     def admin(self, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=2) as r:
-            return r.read().decode()
+            body: bytes = r.read()
+        return body.decode()
 
     def certificate(self) -> tuple[str, str]:
         """The SPIFFE ID of the certificate this sidecar presents, and when it expires (Envoy's /certs)."""

@@ -160,6 +160,7 @@ def apply(
 def _located(e: ObjectsFailed, written: Mapping[ObjectRef, Location]) -> ClusterError:
     """The server's refusals, each naming where the object is written."""
     lines = [
-        f"  {f.ref} ({written[f.ref]}): {f.detail}" if f.ref in written else f"  {f}" for f in e.failures
+        f"  {f.ref} ({written[f.ref]}): {f.detail}" if f.ref is not None and f.ref in written else f"  {f}"
+        for f in e.failures
     ]
     return ClusterError(f"{len(e.failures)} object(s) could not be {e.verb}:\n" + "\n".join(lines))

@@ -214,6 +214,7 @@ def target_rules(obj: dict[str, Any]) -> list[Rule]:
 
 def http_matches(obj: dict[str, Any]) -> list[HttpMatch]:
     """The matches of an HTTPRouteGroup; headers in either written form come back as (name, regex) pairs."""
+    prefix: tuple[str, ...]
     if version(obj) in ("v1alpha1", "v1alpha2"):
         items, prefix = obj.get("matches") or [], ("matches",)
     else:

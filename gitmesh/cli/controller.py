@@ -37,13 +37,15 @@ if TYPE_CHECKING:
     from gitmesh.cluster.kube import KubeBackend
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType[datetime.timedelta]):
     """A length of time: a number and a unit, s, m, h or d (``90s``, ``24h``)."""
 
     name = "duration"
     _UNITS: ClassVar[dict[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime.timedelta:
         if isinstance(value, datetime.timedelta):
             return value
         text = str(value).strip()

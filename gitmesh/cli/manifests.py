@@ -92,7 +92,7 @@ def plan(
         git_repo = open_repo(repo)
         base_rev = read_revision(git_repo, base, subdir, namespace)
         revision = read_revision(git_repo, head or ref, subdir, namespace)
-        backend = LocalBackend(":memory:")
+        backend: ClusterBackend = LocalBackend(":memory:")
         base_checked = pipeline.check(base_rev)
         if not base_checked.ok:
             err.print(f"[yellow]note:[/] base {base} has errors; planning against an empty mesh")
@@ -185,8 +185,8 @@ def apply(
         raise
     driver.begin(prepared, backend, driver.webhook(webhook))
     out.print(f"[bold green]Applied.[/] {result.summary()}")
-    for ref, note in prepared.notes.items():
-        out.print(f"Rollout of {ref.namespace}/{ref.name}: {note}", soft_wrap=True)
+    for split, note in prepared.notes.items():
+        out.print(f"Rollout of {split.namespace}/{split.name}: {note}", soft_wrap=True)
 
 
 @cli.command()

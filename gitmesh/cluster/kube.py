@@ -308,7 +308,8 @@ class KubeBackend:
             cm = self._request("GET", _CONFIGMAP.path(SYSTEM_NAMESPACE, XDS_CONFIGMAP))
         except errors.NotFound:
             return None
-        return json.loads((cm.get("data") or {}).get("report") or "null")
+        report: dict[str, Any] | None = json.loads((cm.get("data") or {}).get("report") or "null")
+        return report
 
     def ca_keeper(self) -> SecretKeeper:
         return SecretKeeper(self)

@@ -236,7 +236,7 @@ class Reconciler:
         with self._lock:
             progress.failures += 1
             progress.attempted = True
-            return min(RETRY_BASE * 2 ** (progress.failures - 1), source.interval)
+            return min(RETRY_BASE * 2.0 ** (progress.failures - 1), source.interval)
 
     def _update(self, backend: ClusterBackend, name: str, **changes: object) -> None:
         with self._lock:

@@ -94,7 +94,7 @@ def _target_part(obj: dict[str, Any], key: str) -> Any:
 
 
 def _split_spec(obj: dict[str, Any]) -> dict[str, Any]:
-    spec = copy.deepcopy(obj["spec"])
+    spec: dict[str, Any] = copy.deepcopy(obj["spec"])
     backends = spec["backends"]
     weights = [smi.parse_weight(b["weight"]) for b in backends]
     for b, w in zip(backends, integer_weights(weights), strict=True):

@@ -29,7 +29,10 @@ FORMAT_VERSION = 1
 
 
 def json_schema() -> dict[str, Any]:
-    return json.loads(resources.files("gitmesh.plan").joinpath("plan.schema.json").read_text())
+    schema: dict[str, Any] = json.loads(
+        resources.files("gitmesh.plan").joinpath("plan.schema.json").read_text()
+    )
+    return schema
 
 
 def encode(plan: Plan) -> dict[str, Any]:

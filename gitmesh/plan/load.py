@@ -10,9 +10,9 @@ capped at ``MAX_DEPTH``, alias expansion at ``MAX_VALUES`` and a file's document
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import yaml
 
@@ -35,9 +35,11 @@ _STR = "tag:yaml.org,2002:str"
 _NULL = "tag:yaml.org,2002:null"
 _MERGE = "tag:yaml.org,2002:merge"
 _LOCATE_BY_CONTEXT = frozenset({"while scanning a quoted scalar", "while scanning a simple key"})
+# libyaml 0.2.6 (in the PyYAML 6.0.4 wheels) stops at 1,000 levels by itself, before our own count.
+_LIBYAML_TOO_DEEP = "exceeded maximum nesting depth"
 _COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 _ctor = yaml.constructor.SafeConstructor()
-_SCALARS = {
+_SCALARS: dict[str, Callable[[yaml.ScalarNode], Any]] = {
     "tag:yaml.org,2002:null": _ctor.construct_yaml_null,
     "tag:yaml.org,2002:bool": _ctor.construct_yaml_bool,
     "tag:yaml.org,2002:int": _ctor.construct_yaml_int,
@@ -59,13 +61,13 @@ class _Loader(yaml.CSafeLoader):
 
     def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
         if kind is not yaml.ScalarNode or len(value) > 64:
-            return str(super().resolve(kind, value, implicit))
+            return str(super().resolve(kind, value, implicit))  # type: ignore[no-untyped-call]
         key = (value, implicit)
         tag = self._resolved.get(key)
         if tag is None:
             if len(self._resolved) >= 100_000:
                 self._resolved.clear()
-            tag = self._resolved[key] = str(super().resolve(kind, value, implicit))
+            tag = self._resolved[key] = str(super().resolve(kind, value, implicit))  # type: ignore[no-untyped-call]
         return tag
 
 
@@ -149,7 +151,10 @@ def parse_file(f: SourceFile, max_bytes: int = MAX_FILE_BYTES) -> tuple[list[Man
             mark = e.context_mark
         loc = _loc(f.path, mark) if mark else here
         at_tab = e.problem_mark is not None and text[e.problem_mark.index : e.problem_mark.index + 1] == "\t"
-        diagnostics.append(Diagnostic(loc, "GM001", _yaml_message(e, at_tab)))
+        if e.problem == _LIBYAML_TOO_DEEP:
+            diagnostics.append(Diagnostic(loc, "GM004", f"nesting deeper than {MAX_DEPTH} levels"))
+        else:
+            diagnostics.append(Diagnostic(loc, "GM001", _yaml_message(e, at_tab)))
     except yaml.YAMLError as e:
         diagnostics.append(Diagnostic(here, "GM001", str(e)))
     finally:
@@ -264,7 +269,8 @@ class _Builder:
                 stack.append((child, at, items, i))
             return items
         mapping: dict[str, Any] = {}
-        for key_node, child in reversed(self._pairs(node, path)):
+        # Past the tag check, anything not a sequence is a mapping.
+        for key_node, child in reversed(self._pairs(cast(yaml.MappingNode, node), path)):
             key = key_node.value
             at = (*path, key)
             mark = key_node.start_mark

@@ -90,7 +90,7 @@ class Policy:
         return cls(**{**data, "steps": tuple(data["steps"]), "queries": dict(data["queries"])})
 
 
-def annotations(obj: Mapping[str, Any]) -> dict[str, str]:
+def _annotations(obj: Mapping[str, Any]) -> dict[str, str]:
     """The policy annotations, keyed without the prefix."""
     found = ((obj.get("metadata") or {}).get("annotations")) or {}
     return {k[len(PREFIX) :]: v for k, v in found.items() if isinstance(k, str) and k.startswith(PREFIX)}
@@ -98,7 +98,7 @@ def annotations(obj: Mapping[str, Any]) -> dict[str, str]:
 
 def of(obj: Mapping[str, Any]) -> Policy | None:
     """The policy of a split that passed validation; None when it has none (its weights just apply)."""
-    keys = annotations(obj)
+    keys = _annotations(obj)
     if not keys:
         return None
     if "step-size" in keys:
@@ -140,7 +140,7 @@ def _validator() -> Draft202012Validator:
 
 def check(m: Manifest) -> list[Diagnostic]:
     """Every problem with a TrafficSplit's rollout policy (it passed its own schema already)."""
-    keys = annotations(m.obj)
+    keys = _annotations(m.obj)
     if not keys:
         return []
     out = []

@@ -68,7 +68,8 @@ def _documents() -> dict[Key, dict[str, Any]]:
 @functools.cache
 def _registry() -> Registry:
     objectmeta = _read_yaml(SCHEMA_DIR / _OBJECTMETA_FILE)
-    return Registry().with_resource(OBJECTMETA_URI, DRAFT202012.create_resource(objectmeta))
+    registry: Registry = Registry().with_resource(OBJECTMETA_URI, DRAFT202012.create_resource(objectmeta))
+    return registry
 
 
 @functools.cache

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import re2
 from jsonschema import exceptions as schema_errors
@@ -89,6 +89,7 @@ def _check_shape(m: Manifest) -> list[Diagnostic]:
     ]
     if missing:
         return [Diagnostic(m.source, "GM010", f"missing or empty: {', '.join(missing)}")]
+    assert isinstance(api_version, str) and isinstance(kind, str) and isinstance(meta, dict)  # checked above
     ref = m.ref
     validator = schema.validator_for(api_version, kind)
     if validator is None:
@@ -175,7 +176,9 @@ def _schema_diagnostic(m: Manifest, ref: ObjectRef, error: schema_errors.Validat
     path = tuple(error.absolute_path)
     if error.validator == "additionalProperties":
         # Point at the unknown key itself, not at the object that holds it.
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        # An additionalProperties error is about an object, checked against an object schema.
+        instance, of = cast(dict[str, Any], error.instance), cast(dict[str, Any], error.schema)
+        extra = sorted(set(instance) - set(of.get("properties", {})))
         path = (*path, extra[0]) if extra else path
         message = f"unknown field {extra[0]!r}" if len(extra) == 1 else f"unknown fields {extra}"
     else:
@@ -270,16 +273,15 @@ def check_references(
     out = _check_splits(by_kind["TrafficSplit"], services, routes["HTTPRouteGroup"])
     out += _check_targets(by_kind["TrafficTarget"], routes)
     out += _check_regexes(by_kind["HTTPRouteGroup"])
-    first, *others = by_kind["MeshConfig"] or [None]
+    configs = by_kind["MeshConfig"]
     out += [
         _at(
             m,
             ("metadata", "name"),
             "GM131",
-            f"a second MeshConfig; the first is {first.ref} at {first.source}",
+            f"a second MeshConfig; the first is {configs[0].ref} at {configs[0].source}",
         )
-        for m in others
-        if first is not None
+        for m in configs[1:]
     ]
     out += [d for m in by_kind["MeshConfig"] for d in _settings_not_acted_on(m)]
     out += [d for s in by_kind["TrafficSplit"] for d in policy.check(s)]

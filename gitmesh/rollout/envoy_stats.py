@@ -56,7 +56,7 @@ def window(now: Mapping[str, Reading], before: Mapping[str, Reading] | None) -> 
         for backend, row in reading.items():
             prev = old.get(backend, {"requests": 0.0, "errors": 0.0, "buckets": {}})
             reset = row["requests"] < prev["requests"]  # the sidecar restarted
-            base = {"requests": 0.0, "errors": 0.0, "buckets": {}} if reset else prev
+            base: dict[str, Any] = {"requests": 0.0, "errors": 0.0, "buckets": {}} if reset else prev
             acc = totals.setdefault(backend, {"requests": 0.0, "errors": 0.0, "buckets": {}})
             acc["requests"] += row["requests"] - base["requests"]
             acc["errors"] += row["errors"] - base["errors"]

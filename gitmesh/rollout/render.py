@@ -82,7 +82,8 @@ def timeline_svg(r: Rollout, width: int = 760, height: int = 420) -> str:
     backends = list(dict.fromkeys(b for p in points for b in p.weights))
     for i, b in enumerate(backends):
         colour = _COLOURS[i % len(_COLOURS)]
-        path, prev = [], None
+        path: list[str] = []
+        prev: float | None = None
         for p in points:
             total = sum(p.weights.values()) or 1
             share = 100 * p.weights.get(b, 0) / total

@@ -32,7 +32,7 @@ MAX_NACK_MESSAGE = 4096  # bytes of a rejection's text kept (Envoy's own reasons
 
 def node_id(node: base_pb2.Node) -> str:
     """The default snapshot key: Envoy's ``--service-node`` / bootstrap ``node.id``."""
-    return node.id
+    return str(node.id)
 
 
 def clipped(message: str, limit: int = MAX_NACK_MESSAGE) -> str:

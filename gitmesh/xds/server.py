@@ -488,19 +488,25 @@ class AggregatedDiscoveryServicer:
         )
 
     async def stream_aggregated_resources(
-        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+        self,
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext[discovery_pb2.DiscoveryRequest, bytes],
     ) -> None:
         await self._serve_stream(requests, context, delta=False)
 
     async def delta_aggregated_resources(
-        self, requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+        self,
+        requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext[discovery_pb2.DeltaDiscoveryRequest, bytes],
     ) -> None:
         await self._serve_stream(requests, context, delta=True)
 
     async def _serve_stream(
         self,
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[
+            discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest, bytes
+        ],
         *,
         delta: bool,
     ) -> None:
@@ -526,7 +532,7 @@ class AggregatedDiscoveryServicer:
             if not node.id:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
             if self._authorize is not None:
-                peer = (context.auth_context().get("x509_pem_cert") or [None])[0]
+                peer = next(iter(context.auth_context().get("x509_pem_cert", ())), None)
                 refusal = self._authorize(node, peer)
                 if refusal is not None:
                     self._log.warning("refused node %s from %s: %s", node.id, context.peer(), refusal)
@@ -577,7 +583,9 @@ class AggregatedDiscoveryServicer:
 
     async def _answer(
         self,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[
+            discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest, bytes
+        ],
         stream: SotwStream | DeltaStream,
         node_id: str,
         key: str,
@@ -594,7 +602,7 @@ class AggregatedDiscoveryServicer:
                 responses = stream.push(snapshot)
             else:
                 self._log_foreign_secrets(node_id, item, snapshot)
-                responses = stream.on_request(item, snapshot)  # type: ignore[arg-type]
+                responses = stream.on_request(item, snapshot)
             for response in responses:
                 await context.write(response)
         finally:
@@ -604,7 +612,7 @@ class AggregatedDiscoveryServicer:
         """A proxy is sent only its own secrets: asking for another's gets nothing, and is logged."""
         if getattr(request, "type_url", "") != resources.SECRET or snapshot is None:
             return
-        asked = getattr(request, "resource_names_subscribe", None) or getattr(request, "resource_names", ())
+        asked = getattr(request, "resource_names_subscribe", ()) or getattr(request, "resource_names", ())
         foreign = sorted(set(asked) - snapshot.encoded(resources.SECRET).keys() - {WILDCARD})
         if foreign:
             more = f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""
@@ -641,7 +649,12 @@ def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
         last = material
         return config(material)
 
-    return grpc.dynamic_ssl_server_credentials(config(last), fetch, require_client_authentication=True)
+    # grpc documents None from the fetcher as "no change"; its stubs leave None out.
+    return grpc.dynamic_ssl_server_credentials(
+        config(last),
+        fetch,  # type: ignore[arg-type]
+        require_client_authentication=True,
+    )
 
 
 @dataclass

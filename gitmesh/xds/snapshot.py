@@ -133,7 +133,7 @@ def eds_name(cluster: cluster_pb2.Cluster) -> str | None:
     """The ClusterLoadAssignment an EDS cluster waits for, or None for other cluster types."""
     if cluster.WhichOneof("cluster_discovery_type") != "type" or cluster.type != cluster_pb2.Cluster.EDS:
         return None
-    return cluster.eds_cluster_config.service_name or cluster.name
+    return str(cluster.eds_cluster_config.service_name or cluster.name)
 
 
 def _route_names(listener: Message) -> Iterator[str]:
@@ -205,12 +205,12 @@ def forget_encodings(snapshot: Snapshot, type_urls: Iterable[str]) -> None:
                     del _shared_results[key]
 
 
-def _encode_all(by_name: Mapping[str, Message]) -> tuple[dict[str, EncodedResource], str]:
+def _encode_all(by_name: Mapping[str, Message | Pieces]) -> tuple[dict[str, EncodedResource], str]:
     encoded = {name: encode(name, message) for name, message in by_name.items()}
     return encoded, _type_version(encoded)
 
 
-def _misfiled(url: str, by_name: Mapping[str, Message]) -> list[str]:
+def _misfiled(url: str, by_name: Mapping[str, Message | Pieces]) -> list[str]:
     errors = []
     for name, message in by_name.items():
         actual = resources.type_url(message.DESCRIPTOR.full_name)
@@ -241,7 +241,7 @@ class Snapshot:
     """
 
     version: str
-    resources: Mapping[str, Mapping[str, Message]]
+    resources: Mapping[str, Mapping[str, Message | Pieces]]
     _encoded: dict[str, dict[str, EncodedResource]] = field(init=False, repr=False, compare=False)
     _versions: dict[str, str] = field(init=False, repr=False, compare=False)
 
@@ -281,6 +281,8 @@ class Snapshot:
         routes = self.resources.get(resources.ROUTE, {})
         for name, listener in sorted(self.resources.get(resources.LISTENER, {}).items()):
             if resources.type_url(listener.DESCRIPTOR.full_name) != resources.LISTENER:
+                continue
+            if not isinstance(listener, Message):  # a listener arrives as a message, never in pieces
                 continue
             for route in _route_names(listener):
                 if route not in routes:

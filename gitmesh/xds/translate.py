@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,7 +124,7 @@ class AssembledRoutes:
         return getattr(self.parsed(), attribute)
 
 
-Resources = dict[str, dict[str, message.Message | AssembledRoutes]]  # type URL -> name -> resource
+Resources = dict[str, Mapping[str, message.Message | AssembledRoutes]]  # type URL -> name -> resource
 Scope = frozenset[str] | None  # the namespaces whose services a proxy may call; None: every one
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import shutil
+import subprocess
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +21,8 @@ import pytest
 from tests.kube import SERVICE_CLUSTER_IP_RANGE, Cluster, KubeEnv, KubeEnvError
 
 pytestmark = pytest.mark.integration
+
+TESTENV = Path(__file__).resolve().parents[2] / "testenv"
 
 
 def _service(namespace: str, port: int = 8080) -> str:
@@ -188,3 +193,34 @@ def test_a_broken_apiserver_fails_with_its_log(kube_env: KubeEnv) -> None:
     assert "exited with code" in message
     assert "unknown flag: --no-such-flag" in message
     assert "broken" not in kube_env.clusters
+
+
+def _fetch_crds(testenv: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(testenv / "crds.sh")],
+        env={**os.environ, "GITMESH_TESTENV_CACHE": str(cache)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_the_official_crds_are_fetched_only_with_the_pinned_checksum(tmp_path: Path) -> None:
+    testenv = tmp_path / "testenv"
+    shutil.copytree(TESTENV / "osm-crds", testenv / "osm-crds")
+    shutil.copy(TESTENV / "crds.sh", testenv)
+
+    fetched = _fetch_crds(testenv, tmp_path / "good")
+    assert fetched.returncode == 0, fetched.stderr
+    assert (Path(fetched.stdout.strip()) / "config_meshconfig.yaml").is_file()
+
+    go_sum = testenv / "osm-crds" / "go.sum"
+    module_line, rest = go_sum.read_text().split("\n", 1)
+    digest = module_line.index(" h1:") + 4
+    other = "A" if module_line[digest] != "A" else "B"
+    go_sum.write_text(module_line[:digest] + other + module_line[digest + 1 :] + "\n" + rest)
+    refused = _fetch_crds(testenv, tmp_path / "bad")
+    assert refused.returncode != 0
+    assert "checksum mismatch" in refused.stderr
+    assert not list((tmp_path / "bad").glob("crds/osm-*/*.yaml"))

@@ -5,7 +5,8 @@ Three kinds of checks:
 * hand-written examples per kind: valid objects are accepted, and the mistakes
   gitmesh exists to catch (negative or fractional weights, empty source or rule
   lists, misspelt fields, bad ports) are rejected with the expected keyword;
-* compatibility with the official SMI CRDs in ``<repo>/../shared/crds``: every
+* compatibility with the official SMI CRDs, as Open Service Mesh v1.2.4 ships them
+  (fetched from its Go module by ``testenv/crds.sh``): every
   object the CRD accepts (under strict field validation) must be accepted by
   gitmesh too, unless each complaint is one of the deliberate tightenings
   listed in ``TIGHTENINGS`` below (mirrored in ``gitmesh/plan/schemas/README.md``);
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import re
+import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,7 @@ from hypothesis_jsonschema import from_schema
 from gitmesh.plan import schema as schemas
 
 REPO = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO / ".." / "shared" / "crds"
+CRD_SCRIPT = REPO / "testenv" / "crds.sh"
 README = REPO / "gitmesh" / "plan" / "schemas" / "README.md"
 SMI_GROUPS = ("split.smi-spec.io", "access.smi-spec.io", "specs.smi-spec.io")
 
@@ -250,28 +252,43 @@ def is_tightening(kind: str, version: str, error: jsonschema.ValidationError) ->
 # --------------------------------------------------------------------------- CRD helpers
 
 
-def crd_files() -> list[Path]:
-    if not CRD_DIR.is_dir():
-        return []
-    return sorted(p for p in CRD_DIR.glob("*.yaml") if p.name.startswith(SMI_GROUPS))
+# The SMI CRD versions OSM ships (it has no UDPRoute CRD, so UDPRoute is checked by the examples alone).
+CRD_KEYS = sorted(
+    {(f"split.smi-spec.io/{v}", "TrafficSplit") for v in ("v1alpha2", "v1alpha3", "v1alpha4")}
+    | {(f"access.smi-spec.io/{v}", "TrafficTarget") for v in ("v1alpha1", "v1alpha2", "v1alpha3")}
+    | {(f"specs.smi-spec.io/{v}", "HTTPRouteGroup") for v in ("v1alpha1", "v1alpha2", "v1alpha3", "v1alpha4")}
+    | {("specs.smi-spec.io/v1alpha4", "TCPRoute")}
+)
 
 
-def load_crd_versions() -> dict[tuple[str, str], dict[str, Any]]:
-    """(apiVersion, kind) -> openAPIV3Schema for every version in the top-level SMI CRD files."""
+@pytest.fixture(scope="module")
+def crd_dir() -> Path:
+    """The official CRD files; the first run on a machine fetches them (see testenv/README.md)."""
+    proc = subprocess.run(
+        ["bash", str(CRD_SCRIPT)], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"{CRD_SCRIPT} failed:\n{proc.stderr}", pytrace=False)
+    return Path(proc.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def crd_versions(crd_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> openAPIV3Schema for every version of the SMI CRDs."""
     found: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in crd_files():
+    for path in sorted(crd_dir.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
-            if not doc or doc.get("kind") != "CustomResourceDefinition":
+            if (
+                not doc
+                or doc.get("kind") != "CustomResourceDefinition"
+                or doc["spec"]["group"] not in SMI_GROUPS
+            ):
                 continue
             spec = doc["spec"]
             for version in spec["versions"]:
                 key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
                 found[key] = version["schema"]["openAPIV3Schema"]
     return found
-
-
-CRD_VERSIONS = load_crd_versions()
-CRD_KEYS = sorted(CRD_VERSIONS)
 
 
 def test_every_schema_file_is_a_valid_json_schema() -> None:
@@ -281,17 +298,17 @@ def test_every_schema_file_is_a_valid_json_schema() -> None:
         jsonschema.Draft202012Validator.check_schema(yaml.safe_load(path.read_text()))
 
 
-def test_the_official_crds_are_there_to_compare_with() -> None:
-    # CI and every developer have ../shared/crds; without it the comparisons below would test nothing.
-    assert len(CRD_KEYS) == 12, f"expected the 12 SMI CRD versions in {CRD_DIR}, found {CRD_KEYS}"
+@pytest.mark.integration
+def test_the_official_crds_are_the_versions_compared_with(crd_versions: dict[tuple[str, str], Any]) -> None:
+    assert sorted(crd_versions) == CRD_KEYS
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("version", ["v1alpha1", "v1alpha2"])
-def test_mesh_config_is_the_osm_crd(version: str) -> None:
+def test_mesh_config_is_the_osm_crd(crd_dir: Path, version: str) -> None:
     """gitmesh accepts every MeshConfig field OSM v1.2 defines, with the same type, and no other:
     an OSM user's MeshConfig means the same to gitmesh, or is refused."""
-    crd = CRD_DIR / "osm-v1.2.4" / "config.openservicemesh.io_MeshConfig.yaml"
-    (doc,) = yaml.safe_load_all(crd.read_text())
+    (doc,) = yaml.safe_load_all((crd_dir / "config_meshconfig.yaml").read_text())
     (served,) = [v for v in doc["spec"]["versions"] if v["name"] == version]
     theirs = served["schema"]["openAPIV3Schema"]
     ours = schemas.schema_document(f"config.openservicemesh.io/{version}", "MeshConfig")
@@ -335,9 +352,9 @@ def bounded(node: Any, size: int = 4) -> Any:
     return out
 
 
-def crd_schema(key: tuple[str, str]) -> dict[str, Any]:
-    """The CRD version's schema made strict, without ``metadata`` (the tests supply a valid one)."""
-    schema = strict(CRD_VERSIONS[key])
+def crd_schema(crd: dict[str, Any]) -> dict[str, Any]:
+    """A CRD version's schema made strict, without ``metadata`` (the tests supply a valid one)."""
+    schema = strict(crd)
     schema.get("properties", {}).pop("metadata", None)
     return schema
 
@@ -1118,10 +1135,13 @@ def test_every_crd_version_has_a_schema() -> None:
     assert set(CRD_KEYS) <= schemas.known_kinds()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("key", CRD_KEYS, ids=[f"{k}-{v.split('/')[1]}" for v, k in CRD_KEYS])
-def test_crd_fields_exist_in_our_schema(key: tuple[str, str]) -> None:
+def test_crd_fields_exist_in_our_schema(
+    key: tuple[str, str], crd_versions: dict[tuple[str, str], dict[str, Any]]
+) -> None:
     ours = schemas.schema_document(*key)
-    missing = property_paths(crd_schema(key)) - property_paths(ours)
+    missing = property_paths(crd_schema(crd_versions[key])) - property_paths(ours)
     assert not missing, f"fields the CRD declares but gitmesh's schema lacks: {sorted(missing)}"
 
 
@@ -1132,11 +1152,14 @@ HYPOTHESIS = settings(
 )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("key", CRD_KEYS, ids=[f"{k}-{v.split('/')[1]}" for v, k in CRD_KEYS])
-def test_objects_the_crd_accepts_are_accepted_or_a_listed_tightening(key: tuple[str, str]) -> None:
+def test_objects_the_crd_accepts_are_accepted_or_a_listed_tightening(
+    key: tuple[str, str], crd_versions: dict[tuple[str, str], dict[str, Any]]
+) -> None:
     api_version, kind = key
     version = api_version.split("/")[1]
-    crd = crd_schema(key)
+    crd = crd_schema(crd_versions[key])
     crd_validator = jsonschema.Draft202012Validator(crd)
     ours = schemas.validator_for(api_version, kind)
     assert ours is not None
