@@ -1136,12 +1136,22 @@ def _processes_in_pods() -> list[int]:
     return found
 
 
+def node_processes(directory: Path) -> dict[int, str]:
+    """The node's running processes (components, shims, containers) by PID, with their command names."""
+    state = _State.load(directory / "state.json") or _State()
+    found: dict[int, str] = {}
+    for pid in {*state.pids.values(), *_processes_using(str(directory)), *_processes_in_pods()}:
+        with contextlib.suppress(OSError):
+            if _alive(pid):
+                found[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+    return found
+
+
 def leftovers(directory: Path | None = None) -> dict[str, list[str]]:
     """What of a node is still on the host: empty lists everywhere after a clean teardown."""
     directory = directory or default_directory()
-    pids = sorted({*_processes_using(str(directory)), *_processes_in_pods()})
     return {
-        "processes": [str(pid) for pid in pids],
+        "processes": [f"{pid} {name}" for pid, name in sorted(node_processes(directory).items())],
         "links": our_links(),
         "iptables chains": our_chains(),
         "mounts": _mounts_under([directory, NETNS_DIR, HOST_RUN_CONTAINERD]),
@@ -1173,7 +1183,9 @@ def _teardown(directory: Path) -> None:
     ]
     _stop_pids(containers, grace=2)
     _stop_pids([pid for pid in shims if pid != pids.get("containerd")], grace=5)
-    _stop_pids([pids[name] for name in ("containerd", "kube-apiserver", "etcd") if name in pids])
+    # One at a time: an apiserver whose etcd is gone waits out its whole grace period.
+    for name in ("containerd", "kube-apiserver", "etcd"):
+        _stop_pids([pids[name]] if name in pids else [])
     # Anything else still holding the folder or a pod's cgroup (what an earlier crash left).
     _stop_pids([*_processes_using(str(directory)), *_processes_in_pods()], grace=2)
 
