@@ -80,8 +80,19 @@ APISERVER_PORT = 6443
 # Below the ephemeral range, so the loopback test clusters' free ports never take them.
 ETCD_PORT, ETCD_PEER_PORT = 22379, 22380
 CNI_BIN_DIR = Path("/usr/lib/cni")
-HOST_RUN_CONTAINERD = Path("/run/containerd")  # runc's and the shims' state; not configurable in 1.6
+HOST_RUN_CONTAINERD = Path("/run/containerd")
 NETNS_DIR = Path("/run/netns")
+POD_LOG_LINKS = Path("/var/log/containers")
+# Host paths that the node writes whatever its configuration says: runc's and the shims' state
+# (containerd 1.6), the pods' network namespaces, kubelet's device-plugin socket folder and links
+# to the pod logs, the CNI results cache. Teardown removes those that did not exist before.
+HOST_PATHS = (
+    HOST_RUN_CONTAINERD,
+    NETNS_DIR,
+    Path("/var/lib/kubelet"),
+    POD_LOG_LINKS,
+    Path("/var/lib/cni"),
+)
 
 # Host sysctls that kubelet and kube-proxy set; teardown puts back what was there.
 SYSCTLS = (
@@ -208,8 +219,7 @@ class _State:
 
     pids: dict[str, int] = field(default_factory=dict)
     sysctls: dict[str, str] = field(default_factory=dict)
-    created_run_containerd: bool = False
-    created_netns_dir: bool = False
+    created_paths: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> _State | None:
@@ -866,7 +876,7 @@ def node_up(directory: Path | None = None) -> NodeCluster:
         running = _running(directory)
         if running is not None:
             return running
-        if (directory / "state.json").exists():
+        if (directory / "state.json").exists() or any(leftovers(directory).values()):
             _teardown(directory)  # what a crashed or half-started node left
         started = time.monotonic()
         try:
@@ -884,8 +894,7 @@ def _start(directory: Path, bin_dir: Path, tarballs: Mapping[str, Path]) -> Node
     state_path = directory / "state.json"
     state = _State(
         sysctls={name: value for name in SYSCTLS if (value := read_sysctl(name)) is not None},
-        created_run_containerd=not HOST_RUN_CONTAINERD.exists(),
-        created_netns_dir=not NETNS_DIR.exists(),
+        created_paths=[str(path) for path in HOST_PATHS if not path.exists()],
     )
     state.save(state_path)
     for sub in ("logs", "pod-logs", "kubelet", "cni/net.d", "containerd"):
@@ -1136,6 +1145,17 @@ def _processes_in_pods() -> list[int]:
     return found
 
 
+def _pod_log_links(directory: Path) -> list[Path]:
+    """kubelet's links in /var/log/containers to this node's pod logs."""
+    if not POD_LOG_LINKS.is_dir():
+        return []
+    return [
+        link
+        for link in POD_LOG_LINKS.iterdir()
+        if link.is_symlink() and os.readlink(link).startswith(f"{directory}/")
+    ]
+
+
 def node_processes(directory: Path) -> dict[int, str]:
     """The node's running processes (components, shims, containers) by PID, with their command names."""
     state = _State.load(directory / "state.json") or _State()
@@ -1155,6 +1175,7 @@ def leftovers(directory: Path | None = None) -> dict[str, list[str]]:
         "links": our_links(),
         "iptables chains": our_chains(),
         "mounts": _mounts_under([directory, NETNS_DIR, HOST_RUN_CONTAINERD]),
+        "pod log links": [str(link) for link in _pod_log_links(directory)],
         "cgroups": [str(p) for p in _kubepods_cgroups()],
     }
 
@@ -1194,13 +1215,12 @@ def _teardown(directory: Path) -> None:
     for netns in NETNS_DIR.glob("cni-*"):
         with contextlib.suppress(OSError):
             netns.unlink()
-    if state.created_netns_dir:
-        with contextlib.suppress(OSError):
-            NETNS_DIR.rmdir()
-    if state.created_run_containerd:
-        shutil.rmtree(HOST_RUN_CONTAINERD, ignore_errors=True)
-    for link in (POD_BRIDGE, NODE_BRIDGE):
-        _run("ip", "link", "delete", link, check=False)
+    for log_link in _pod_log_links(directory):
+        log_link.unlink()
+    for created in state.created_paths:
+        shutil.rmtree(created, ignore_errors=True)
+    for bridge in (POD_BRIDGE, NODE_BRIDGE):
+        _run("ip", "link", "delete", bridge, check=False)
     _iptables_cleanup()
     for cgroup in _kubepods_cgroups():
         _remove_cgroup(cgroup)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -306,7 +307,9 @@ def test_teardown_leaves_nothing_behind(node_cluster: NodeCluster) -> None:
         "links": [],
         "iptables chains": [],
         "mounts": [],
+        "pod log links": [],
         "cgroups": [],
     }
+    assert [path for path in state["created_paths"] if Path(path).exists()] == []
     for name, value in state["sysctls"].items():
         assert read_sysctl(name) == value
