@@ -38,7 +38,7 @@ import sysconfig
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,12 +222,16 @@ class _State:
     created_paths: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: Path) -> _State | None:
+    def load(cls, directory: Path) -> _State | None:
+        """The state in ``directory``, keeping only the PIDs that are still the node's own processes
+        (their command lines name the folder), so that a recycled PID is never signalled."""
         try:
-            data = json.loads(path.read_text())
+            state = cls(**json.loads((directory / "state.json").read_text()))
         except FileNotFoundError:
             return None
-        return cls(**data)
+        ours = set(_processes_using(str(directory)))
+        state.pids = {name: pid for name, pid in state.pids.items() if pid in ours}
+        return state
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -295,21 +299,21 @@ def _processes_using(needle: str) -> list[int]:
     return found
 
 
-def _run(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True, check=False)
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise NodeError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
     return proc
 
 
-def _write_if_changed(path: Path, text: str, mode: int = 0o600) -> Path:
+def _write_if_changed(path: Path, text: str) -> Path:
     # kube-proxy exits when its configuration file changes under it, so an unchanged file is left alone.
     if not path.exists() or path.read_text() != text:
-        _write(path, text, mode)
+        _write(path, text, 0o644)
     return path
 
 
-def _wait(what: str, probe: Any, timeout: float, logs: Sequence[Path] = ()) -> None:
+def _wait(what: str, probe: Callable[[], bool], timeout: float, logs: Sequence[Path] = ()) -> None:
     """Poll ``probe()`` (true when done; may raise OSError) until it holds or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     last = ""
@@ -491,7 +495,7 @@ def _runtime_files(site_packages: Path, target: str) -> dict[str, Path]:
     return files
 
 
-def _tree(source: Path, target: str, skip: Any = None) -> dict[str, Path]:
+def _tree(source: Path, target: str, skip: Callable[[Path], bool] | None = None) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source)
@@ -847,7 +851,7 @@ def _handle(directory: Path, owned: bool) -> NodeCluster:
 
 def _running(directory: Path) -> NodeCluster | None:
     """The node in ``directory`` if every component is running and the apiserver answers."""
-    state = _State.load(directory / "state.json")
+    state = _State.load(directory)
     if state is None or set(state.pids) != set(COMPONENTS) or not all(map(_alive, state.pids.values())):
         return None
     cluster = _handle(directory, owned=False)
@@ -1027,7 +1031,7 @@ def _start(directory: Path, bin_dir: Path, tarballs: Mapping[str, Path]) -> Node
             f"--node-ip={NODE_IP}",
         ],
     )
-    config = _write_if_changed(directory / "kube-proxy.yaml", _kube_proxy_config(directory), 0o644)
+    config = _write_if_changed(directory / "kube-proxy.yaml", _kube_proxy_config(directory))
     spawn("kube-proxy", [str(bin_dir / "kube-proxy"), f"--config={config}"])
 
     def node_ready() -> bool:
@@ -1158,7 +1162,7 @@ def _pod_log_links(directory: Path) -> list[Path]:
 
 def node_processes(directory: Path) -> dict[int, str]:
     """The node's running processes (components, shims, containers) by PID, with their command names."""
-    state = _State.load(directory / "state.json") or _State()
+    state = _State.load(directory) or _State()
     found: dict[int, str] = {}
     for pid in {*state.pids.values(), *_processes_using(str(directory)), *_processes_in_pods()}:
         with contextlib.suppress(OSError):
@@ -1188,8 +1192,7 @@ def node_down(directory: Path | None = None) -> None:
 
 
 def _teardown(directory: Path) -> None:
-    state_path = directory / "state.json"
-    state = _State.load(state_path) or _State()
+    state = _State.load(directory) or _State()
     pids = state.pids
     # The node agents first, so that nothing restarts what is being stopped.
     for group in (("kubelet", "kube-proxy"), ("kube-scheduler", "kube-controller-manager")):
