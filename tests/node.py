@@ -81,6 +81,8 @@ APISERVER_PORT = 6443
 ETCD_PORT, ETCD_PEER_PORT = 22379, 22380
 CNI_BIN_DIR = Path("/usr/lib/cni")
 HOST_RUN_CONTAINERD = Path("/run/containerd")
+# Names the folder of the node that runs on this host: there is room for one.
+HOST_MARKER = Path("/run/gitmesh-node")
 NETNS_DIR = Path("/run/netns")
 POD_LOG_LINKS = Path("/var/log/containers")
 # Host paths that the node writes whatever its configuration says: runc's and the shims' state
@@ -875,6 +877,12 @@ def node_up(directory: Path | None = None) -> NodeCluster:
     """Start the node in ``directory`` and wait until CoreDNS is ready; reuse one already running there."""
     directory = directory or default_directory()
     _check_host()
+    owner = Path(HOST_MARKER.read_text()) if HOST_MARKER.exists() else directory
+    if owner != directory and _running(owner) is not None:
+        raise NodeError(
+            f"the test node of {owner} runs on this host, and there is room for one; "
+            f"stop it first: GITMESH_NODE_DIR={owner} testenv/down"
+        )
     bin_dir, tarballs = prepare(directory)
     with _locked(directory):
         running = _running(directory)
@@ -901,6 +909,7 @@ def _start(directory: Path, bin_dir: Path, tarballs: Mapping[str, Path]) -> Node
         created_paths=[str(path) for path in HOST_PATHS if not path.exists()],
     )
     state.save(state_path)
+    HOST_MARKER.write_text(str(directory))
     for sub in ("logs", "pod-logs", "kubelet", "cni/net.d", "containerd"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     logs = directory / "logs"
@@ -1229,6 +1238,7 @@ def _teardown(directory: Path) -> None:
         _remove_cgroup(cgroup)
     for name, value in state.sysctls.items():
         _write_sysctl(name, value)
+    HOST_MARKER.unlink(missing_ok=True)
     # Logs stay for a post-mortem and images as a cache; the rest goes, keys and tokens included.
     for path in directory.iterdir():
         if path.name in ("logs", "images", ".lock"):

@@ -22,7 +22,10 @@ from tests.node import (
     NODE_NAME,
     POD_CIDR,
     NodeCluster,
+    NodeError,
     leftovers,
+    node_processes,
+    node_up,
     read_sysctl,
 )
 
@@ -294,6 +297,24 @@ def test_the_gitmesh_image_runs_gitmesh_and_git(apps: NodeCluster) -> None:
     )
     assert "Usage:" in apps.kubectl("-n", NAMESPACE, "logs", "gitmesh", "-c", "cli").stdout
     assert apps.kubectl("-n", NAMESPACE, "logs", "gitmesh", "-c", "git").stdout.startswith("git 2.")
+
+
+def test_a_second_up_reuses_the_running_node(node_cluster: NodeCluster) -> None:
+    before = node_processes(node_cluster.directory)
+    again = node_up(node_cluster.directory)
+    assert not again.owned
+    assert again.server == node_cluster.server
+    assert again.kubeconfig == node_cluster.kubeconfig
+    assert node_processes(node_cluster.directory) == before
+
+
+def test_a_node_in_another_folder_is_refused_while_one_runs(
+    node_cluster: NodeCluster, tmp_path: Path
+) -> None:
+    with pytest.raises(NodeError, match="there is room for one") as refused:
+        node_up(tmp_path / "other")
+    assert f"GITMESH_NODE_DIR={node_cluster.directory} testenv/down" in str(refused.value)
+    assert not (tmp_path / "other").exists()
 
 
 def test_teardown_leaves_nothing_behind(node_cluster: NodeCluster) -> None:
