@@ -914,7 +914,7 @@ def _start(directory: Path, bin_dir: Path, tarballs: Mapping[str, Path]) -> Node
         (directory / sub).mkdir(parents=True, exist_ok=True)
     logs = directory / "logs"
 
-    def spawn(name: str, argv: Sequence[str]) -> None:
+    def spawn(name: str, argv: list[str]) -> None:
         state.pids[name] = _spawn(name, argv, directory)
         state.save(state_path)
 
@@ -1021,13 +1021,48 @@ def _start(directory: Path, bin_dir: Path, tarballs: Mapping[str, Path]) -> Node
     socket = directory / "containerd" / "containerd.sock"
     spawn("containerd", ["containerd", f"--config={directory / 'containerd' / 'config.toml'}"])
     _wait("containerd's socket", socket.exists, 30, [logs / "containerd.log"])
+    # The node itself needs pause and CoreDNS; the rest are imported while it starts.
+    imports: dict[str, subprocess.Popen[bytes]] = {}
     for name, tarball in tarballs.items():
-        proc = _run(
-            "ctr", f"--address={socket}", "--namespace=k8s.io", "images", "import", str(tarball), check=False
+        with (logs / f"import-{tarball.stem}.log").open("wb") as log:
+            imports[name] = subprocess.Popen(
+                ["ctr", f"--address={socket}", "--namespace=k8s.io", "images", "import", str(tarball)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def imported(*names: str) -> None:
+        for name in names:
+            if imports[name].wait() != 0:
+                log = logs / f"import-{tarballs[name].stem}.log"
+                raise NodeError(f"importing {name} from {tarballs[name]} failed:\n{_tail(log)}")
+
+    try:
+        imported(IMAGES.pause, IMAGES.coredns)
+        mark("node images imported")
+        _start_node(directory, bin_dir, cluster, spawn)
+        mark("node ready")
+        cluster.apply(coredns_manifests())
+        cluster.kubectl(
+            "-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=120s", timeout=130
         )
-        if proc.returncode != 0:
-            raise NodeError(f"importing {name} from {tarball} failed: {proc.stderr.strip()}")
-    mark("images imported")
+        mark("dns ready")
+        imported(*imports)
+        mark("all images imported")
+    finally:
+        for proc in imports.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    return cluster
+
+
+def _start_node(
+    directory: Path, bin_dir: Path, cluster: NodeCluster, spawn: Callable[[str, list[str]], None]
+) -> None:
+    """kubelet and kube-proxy; returns when the node is Ready."""
+    logs = directory / "logs"
 
     spawn(
         "kubelet",
@@ -1049,14 +1084,6 @@ def _start(directory: Path, bin_dir: Path, tarballs: Mapping[str, Path]) -> Node
         return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
     _wait("node Ready", node_ready, 90, [logs / "kubelet.log", logs / "containerd.log"])
-    mark("node ready")
-
-    cluster.apply(coredns_manifests())
-    cluster.kubectl(
-        "-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=120s", timeout=130
-    )
-    mark("dns ready")
-    return cluster
 
 
 # --------------------------------------------------------------------------- down
