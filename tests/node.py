@@ -447,7 +447,9 @@ def _write_image(out: Path, name: str, files: Mapping[str, Path | bytes], config
 def _shared_libraries(binaries: Iterable[Path]) -> dict[str, Path]:
     """The libraries ``ldd`` lists for ``binaries``, by the path the dynamic loader opens."""
     libraries: dict[str, Path] = {}
-    for binary in binaries:
+    # One ldd per file: git's builtins are one file under many names.
+    unique = {(stat.st_dev, stat.st_ino): binary for binary in binaries if (stat := binary.stat())}
+    for binary in unique.values():
         proc = _run("ldd", str(binary), check=False)
         for line in proc.stdout.splitlines():
             match = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
