@@ -390,7 +390,7 @@ def _tar_info(
     return info
 
 
-def _write_image(out: Path, name: str, files: Mapping[str, Path | bytes], config: Mapping[str, Any]) -> None:
+def write_image(out: Path, name: str, files: Mapping[str, Path | bytes], config: Mapping[str, Any]) -> None:
     """A one-layer docker-archive tarball of ``files`` (image path -> host file or content)."""
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
         layer_path = Path(scratch) / "layer.tar"
@@ -588,7 +588,7 @@ def build_images(bin_dir: Path, out: Path) -> dict[str, Path]:
         if not tarball.exists():
             for stale in out.glob(f"{slug}-*.tar"):
                 stale.unlink()
-            _write_image(tarball, name, files, config)
+            write_image(tarball, name, files, config)
         tarballs[name] = tarball
     return tarballs
 
