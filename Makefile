@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo demo-live test test-fast lint bench clean prometheus
+.PHONY: demo demo-live test test-fast lint bench clean prometheus node-packages cluster cluster-down
 
 # Debian packages the tests use, installed once (as root, or with sudo): sshd serves Git over SSH,
 # gpg signs and checks commits, kubectl renders Kustomize directories and checks the test cluster.
@@ -44,8 +44,22 @@ demo-live: $(STAMP)
 prometheus:
 	@command -v prometheus >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
 
+## node-packages: Debian's containerd, runc, CNI plugins, iptables and conntrack, which the test node runs
+node-packages:
+	@command -v containerd >/dev/null && command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] && \
+		command -v iptables >/dev/null && command -v conntrack >/dev/null || \
+		{ $(APT_INSTALL) containerd runc containernetworking-plugins iptables conntrack; }
+
+## cluster: a real single-node Kubernetes on this host (testenv/README.md); prints the KUBECONFIG to export
+cluster: $(STAMP) node-packages
+	testenv/up
+
+## cluster-down: stop it and remove everything it put on the host
+cluster-down: $(STAMP)
+	testenv/down
+
 ## test: lint, then every test (unit and integration)
-test: $(STAMP) $(SSHD) $(GPG_AGENT) $(KUBECTL) prometheus
+test: $(STAMP) $(SSHD) $(GPG_AGENT) $(KUBECTL) prometheus node-packages
 	$(BIN)/ruff check gitmesh tests bench
 	$(BIN)/ruff format --check gitmesh tests bench
 	$(BIN)/lint-imports

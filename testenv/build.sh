@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
 # Build the test control plane (kube-apiserver + etcd) from Go modules into
 #   ${GITMESH_TESTENV_CACHE:-$HOME/.cache/gitmesh/testenv}/<k8s-version>/
-# and print that directory on stdout. Idempotent: a binary is rebuilt only when
-# it is missing or when its wrapper module (go.mod, go.sum, main.go) changed.
+# and print that directory on stdout. `build.sh node` also builds what the test
+# node runs: kubelet, kube-scheduler, kube-controller-manager, kube-proxy,
+# CoreDNS and the pause and app programs of its images.
+# Idempotent: a module's binaries are rebuilt only when one is missing or when
+# the module (go.mod, go.sum, its .go files) or the link flags changed.
 # Progress and errors go to stderr; a failed build exits non-zero with Go's
 # own error output.
 set -euo pipefail
+
+case "${1:-}" in
+"") with_node=false ;;
+node) with_node=true ;;
+*)
+    echo "usage: testenv/build.sh [node]" >&2
+    exit 2
+    ;;
+esac
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -27,6 +39,11 @@ k8s_version="$(required_version "$here/kube-apiserver/go.mod" k8s.io/kubernetes)
 etcd_version="$(required_version "$here/etcd/go.mod" go.etcd.io/etcd/server/v3)"
 [[ -n "$k8s_version" ]] || die "cannot find the k8s.io/kubernetes version in kube-apiserver/go.mod"
 [[ -n "$etcd_version" ]] || die "cannot find the go.etcd.io/etcd/server/v3 version in etcd/go.mod"
+node_k8s_version="$(required_version "$here/node/go.mod" k8s.io/kubernetes)"
+[[ "$node_k8s_version" == "$k8s_version" ]] ||
+    die "node/go.mod requires k8s.io/kubernetes $node_k8s_version but kube-apiserver/go.mod $k8s_version; they must match"
+coredns_version="$(required_version "$here/coredns/go.mod" github.com/coredns/coredns)"
+[[ -n "$coredns_version" ]] || die "cannot find the github.com/coredns/coredns version in coredns/go.mod"
 
 cache_root="${GITMESH_TESTENV_CACHE:-$HOME/.cache/gitmesh/testenv}"
 out="$cache_root/$k8s_version"
@@ -46,34 +63,45 @@ export GOWORK=off
 export CGO_ENABLED=0
 export GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
 
-stamp_of() { # <module dir> <ldflags>: a digest of what decides the binary
+stamp_of() { # <module dir> <ldflags>: a digest of what decides the binaries
     (
         cd "$1"
-        cat go.mod go.sum main.go
+        # shellcheck disable=SC2046 # the names are ours, without blanks
+        cat go.mod go.sum $(find . -name '*.go' | LC_ALL=C sort)
         echo "$2"
     ) | sha256sum | cut -d' ' -f1
 }
 
-build() { # <name> <ldflags>
-    local name="$1" ldflags="$2"
-    local src="$here/$name" bin="$out/$name"
-    local stamp
+# One `go build` per module, so packages shared by its main packages compile once.
+build() { # <module> <ldflags> <binary>...
+    local module="$1" ldflags="$2"
+    shift 2
+    local src="$here/$module" stamp_file="$out/$module.stamp"
+    local stamp binary
     stamp="$(stamp_of "$src" "$ldflags")"
-    if [[ -x "$bin" && -f "$bin.stamp" && "$(cat "$bin.stamp")" == "$stamp" ]]; then
+    local fresh=true
+    for binary in "$@"; do
+        [[ -x "$out/$binary" ]] || fresh=false
+    done
+    if $fresh && [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" ]]; then
         return 0
     fi
-    echo "testenv/build.sh: building $name into $out (the first build downloads modules and compiles; see testenv/README.md)" >&2
+    echo "testenv/build.sh: building $* into $out (the first build downloads modules and compiles; see testenv/README.md)" >&2
     local started=$SECONDS
-    local tmp="$bin.tmp.$$"
-    trap "rm -f '$tmp'" EXIT
-    if ! (cd "$src" && go build -ldflags="$ldflags" -o "$tmp" .); then
-        rm -f "$tmp"
-        die "building $name failed (module $src, see the Go errors above)"
+    local tmp="$out/.build-$module.$$"
+    trap "rm -rf '$tmp'" EXIT
+    mkdir -p "$tmp"
+    if ! (cd "$src" && go build -ldflags="$ldflags" -o "$tmp/" ./...); then
+        rm -rf "$tmp"
+        die "building $module failed (module $src, see the Go errors above)"
     fi
-    mv -f "$tmp" "$bin"
+    for binary in "$@"; do
+        mv -f "$tmp/$binary" "$out/$binary"
+    done
+    rm -rf "$tmp"
     trap - EXIT
-    echo "$stamp" >"$bin.stamp"
-    echo "testenv/build.sh: built $name in $((SECONDS - started))s" >&2
+    echo "$stamp" >"$stamp_file"
+    echo "testenv/build.sh: built $* in $((SECONDS - started))s" >&2
 }
 
 minor="${k8s_version#v1.}"
@@ -84,12 +112,19 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     version_ldflags+=" -X $pkg.gitTreeState=clean"
 done
 
-build etcd "-s -w"
-build kube-apiserver "-s -w$version_ldflags"
+build etcd "-s -w" etcd
+build kube-apiserver "-s -w$version_ldflags" kube-apiserver
+if $with_node; then
+    build node "-s -w$version_ldflags" kubelet kube-scheduler kube-controller-manager kube-proxy
+    build coredns "-s -w" coredns
+    build pods "-s -w" pause app
+fi
 
 cat >"$out/VERSIONS" <<EOF
 kube-apiserver $k8s_version
 etcd $etcd_version
+kubelet, kube-scheduler, kube-controller-manager, kube-proxy $k8s_version
+coredns $coredns_version
 $(go env GOVERSION)
 EOF
 

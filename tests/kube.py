@@ -62,15 +62,27 @@ class KubeEnvError(RuntimeError):
     """The test control plane could not be built or started."""
 
 
-def build_binaries(script: Path = BUILD_SCRIPT, timeout: float = 3600.0) -> Path:
+NODE_BINARIES = (
+    "kubelet",
+    "kube-scheduler",
+    "kube-controller-manager",
+    "kube-proxy",
+    "coredns",
+    "pause",
+    "app",
+)
+
+
+def build_binaries(script: Path = BUILD_SCRIPT, timeout: float = 3600.0, *, node: bool = False) -> Path:
     """Run ``testenv/build.sh`` (a no-op when the cache is warm) and return the
-    directory holding ``kube-apiserver`` and ``etcd``.
+    directory holding ``kube-apiserver`` and ``etcd`` (and, with ``node``, the
+    test node's binaries: ``build.sh node``).
 
     Raises :class:`KubeEnvError` carrying the build's own output on failure.
     """
     try:
         proc = subprocess.run(
-            ["bash", str(script)],
+            ["bash", str(script), *(["node"] if node else [])],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -91,7 +103,7 @@ def build_binaries(script: Path = BUILD_SCRIPT, timeout: float = 3600.0) -> Path
     if not lines:
         raise KubeEnvError(f"{script} printed no output directory; stderr:\n{proc.stderr}")
     bin_dir = Path(lines[-1])
-    for name in ("kube-apiserver", "etcd"):
+    for name in ("kube-apiserver", "etcd", *(NODE_BINARIES if node else ())):
         if not os.access(bin_dir / name, os.X_OK):
             raise KubeEnvError(f"{script} reported {bin_dir}, but {bin_dir / name} is not an executable")
     return bin_dir
@@ -161,59 +173,37 @@ class _Pki:
     serving_key: Path
 
 
-def _make_pki(directory: Path) -> _Pki:
-    """A self-signed CA and a serving certificate for the loopback address."""
+@dataclass(frozen=True)
+class CertificateAuthority:
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+
+def certificate(
+    ca: CertificateAuthority | None,
+    common_name: str,
+    *,
+    organization: str = "",
+    sans: Sequence[str] = (),
+    server: bool = False,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A key and a certificate signed by ``ca`` (self-signed CA when ``ca`` is None)."""
     now = datetime.datetime.now(datetime.UTC)
-    not_before = now - datetime.timedelta(minutes=5)
-    not_after = now + datetime.timedelta(days=2)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gitmesh-test-ca")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
     key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = [
-        x509.DNSName("localhost"),
-        x509.DNSName("kubernetes"),
-        x509.DNSName("kubernetes.default"),
-        x509.DNSName("kubernetes.default.svc"),
-        x509.IPAddress(ipaddress.ip_address(LOOPBACK)),
-        x509.IPAddress(ipaddress.ip_address(KUBERNETES_SERVICE_IP)),
-    ]
-    cert = (
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    subject = x509.Name(attributes)
+    is_ca = ca is None
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
+        .subject_name(subject)
+        .issuer_name(subject if ca is None else ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=0 if is_ca else None), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -221,20 +211,47 @@ def _make_pki(directory: Path) -> _Pki:
                 key_encipherment=False,
                 data_encipherment=False,
                 key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
+                key_cert_sign=is_ca,
+                crl_sign=is_ca,
                 encipher_only=False,
                 decipher_only=False,
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
     )
+    if ca is None:
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        )
+    else:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
+        )
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if sans:
+        names: list[x509.GeneralName] = []
+        for san in sans:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(san)))
+            except ValueError:
+                names.append(x509.DNSName(san))
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return key, builder.sign(key if ca is None else ca.key, hashes.SHA256())
+
+
+def _make_pki(directory: Path) -> _Pki:
+    """A self-signed CA and a serving certificate for the loopback address."""
+    ca_key, ca_cert = certificate(None, "gitmesh-test-ca")
+    sans = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        LOOPBACK,
+        KUBERNETES_SERVICE_IP,
+    ]
+    key, cert = certificate(CertificateAuthority(ca_key, ca_cert), "kube-apiserver", sans=sans, server=True)
     return _Pki(
         ca_cert=_write(directory / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM), 0o644),
         serving_cert=_write(
@@ -295,6 +312,43 @@ class _Process:
                 self._log = None
 
 
+def run_kubectl(
+    kubeconfig: Path,
+    cache_dir: Path,
+    args: Sequence[str],
+    *,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run the system ``kubectl`` with ``kubeconfig``; ``check`` turns a failure into an AssertionError."""
+    argv = ["kubectl", f"--kubeconfig={kubeconfig}", f"--cache-dir={cache_dir}", *args]
+    proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(argv)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+def api_get(server: str, ca_cert: Path, token: str, path: str, timeout: float = 10.0) -> tuple[int, Any]:
+    """GET ``server + path`` with a bearer token; returns (status, decoded JSON or text)."""
+    context = ssl.create_default_context(cafile=str(ca_cert))
+    req = urllib.request.Request(
+        server + path, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, context=context, timeout=timeout) as resp:
+            status, body = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            status, body = exc.code, exc.read()
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body.decode(errors="replace")
+
+
 # --------------------------------------------------------------------------- clusters
 
 
@@ -329,41 +383,14 @@ class Cluster:
         timeout: float = 60.0,
     ) -> subprocess.CompletedProcess[str]:
         """Run the system ``kubectl`` against this cluster and capture its output."""
-        argv = ["kubectl", f"--kubeconfig={self.kubeconfig}", f"--cache-dir={self.kubectl_cache}"]
-        if context is not None:
-            argv.append(f"--context={context}")
-        proc = subprocess.run(
-            [*argv, *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+        options = [f"--context={context}"] if context is not None else []
+        return run_kubectl(
+            self.kubeconfig, self.kubectl_cache, [*options, *args], input=input, check=check, timeout=timeout
         )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(argv + list(args))} exited {proc.returncode}\n"
-                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-            )
-        return proc
 
     def request(self, path: str, token: str | None = None, timeout: float = 10.0) -> tuple[int, Any]:
         """GET ``path`` with a bearer token (the admin's by default); returns (status, decoded body)."""
-        context = ssl.create_default_context(cafile=str(self.ca_cert))
-        req = urllib.request.Request(
-            self.server + path,
-            headers={"Authorization": f"Bearer {token or self.admin_token}", "Accept": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, context=context, timeout=timeout) as resp:
-                status, body = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            with exc:
-                status, body = exc.code, exc.read()
-        try:
-            return status, json.loads(body)
-        except ValueError:
-            return status, body.decode(errors="replace")
+        return api_get(self.server, self.ca_cert, token or self.admin_token, path, timeout)
 
     def stop(self) -> None:
         """Stop this apiserver (the shared etcd and the other clusters keep running)."""

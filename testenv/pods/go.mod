@@ -1,0 +1,3 @@
+module gitmesh.local/testenv/pods
+
+go 1.23.0
