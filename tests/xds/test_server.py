@@ -446,4 +446,5 @@ def test_a_storm_of_streams_waits_for_a_busy_server_rather_than_failing() -> Non
         asyncio.run_coroutine_threadsafe(running.stop(None), server_loop).result(30)
         server_loop.call_soon_threadsafe(server_loop.stop)
         thread.join(10)
+        server_loop.close()
     assert collections.Counter(answers) == {CDS: storm}
