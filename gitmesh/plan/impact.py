@@ -1,4 +1,4 @@
-"""What a plan does to traffic, from SMI semantics rather than from the text of the change.
+"""What a plan does to traffic, from what the objects mean to the mesh rather than from the text.
 
 Splits: each backend's share of the root service before and after.
 Access: the (caller, destination, route) triples that appear or disappear,
@@ -12,18 +12,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from gitmesh import smi
-from gitmesh.mesh import state
+from gitmesh.apis import osm, read, smi
+from gitmesh.apis.kinds import Meaning, with_meaning
 from gitmesh.objects import ObjectRef
 from gitmesh.plan.model import AccessChange, Action, BackendShare, Change, Impact, SplitShift
 
-_ACCESS_KINDS = frozenset({"TrafficTarget", *smi.ROUTE_KINDS})
+_ACCESS_KINDS = with_meaning(Meaning.ACCESS, Meaning.ROUTE)
+_SPLIT_KINDS = with_meaning(Meaning.SPLIT)
+_SETTINGS_KINDS = with_meaning(Meaning.SETTINGS)
 PERMISSIVE = ("*", "*", "every route (permissive mode)")
 
 
 def compute(changes: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any]]) -> Impact:
     moved = [c for c in changes if c.action is not Action.NOOP]
-    splits = tuple(s for c in moved if c.ref.kind == "TrafficSplit" and (s := split_shift(c, live)))
+    splits = tuple(s for c in moved if c.ref.kind in _SPLIT_KINDS and (s := split_shift(c, live)))
     access: tuple[AccessChange, ...] = ()
     # Rules name routes in their TrafficTarget's own namespace, so only namespaces where an
     # access object changed can gain or lose access.
@@ -51,15 +53,15 @@ def compute(changes: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any
 def _permissive_change(
     moved: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any]]
 ) -> tuple[AccessChange, ...]:
-    configs = {r: o for r, o in live.items() if r.kind == "MeshConfig"}
-    before = any(smi.permissive(dict(o)) for o in configs.values())
+    configs = {r: o for r, o in live.items() if r.kind in _SETTINGS_KINDS}
+    before = any(osm.permissive(dict(o)) for o in configs.values())
     for c in moved:
-        if c.ref.kind == "MeshConfig":
+        if c.ref.kind in _SETTINGS_KINDS:
             if c.after is None:
                 configs.pop(c.ref, None)
             else:
                 configs[c.ref] = c.after
-    after = any(smi.permissive(dict(o)) for o in configs.values())
+    after = any(osm.permissive(dict(o)) for o in configs.values())
     return () if before == after else (AccessChange(*PERMISSIVE, gained=after),)
 
 
@@ -85,6 +87,6 @@ def access_triples(objects: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, 
     """Every (source identity, destination identity, route) the TrafficTargets allow."""
     return {
         (str(p.source), str(p.destination), route)
-        for p in state.build(objects).permissions
+        for p in read.mesh(objects).permissions
         for route in p.routes()
     }
