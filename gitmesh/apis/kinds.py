@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 from gitmesh.apis import osm, smi
 from gitmesh.objects import ObjectRef
@@ -52,6 +55,9 @@ class Kind:
     crd: bool = False  # gitmesh renders and installs its CustomResourceDefinition
     short_names: tuple[str, ...] = ()
     columns: tuple[PrinterColumn, ...] = ()
+    # A kind that splits traffic by weight: its root service and each backend's share in percent,
+    # as written, for the plan's traffic impact.
+    shares: Callable[[dict[str, Any]], tuple[str, dict[str, Decimal]]] | None = None
 
     @property
     def api_version(self) -> str:
@@ -94,6 +100,7 @@ KINDS: tuple[Kind, ...] = (
         smi.SPLIT_GROUP, "TrafficSplit", _SMI_VERSIONS, "v1alpha4", "trafficsplits",
         Meaning.SPLIT, crd=True, short_names=("ts",),
         columns=(PrinterColumn("Service", ".spec.service", "The root service."),),
+        shares=smi.split_shares,
     ),
 )  # fmt: skip
 

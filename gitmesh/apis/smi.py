@@ -108,6 +108,11 @@ def shares(backends: list[WrittenBackend]) -> dict[str, Decimal]:
     return {b.service: b.weight * 100 / total for b in backends}
 
 
+def split_shares(obj: dict[str, Any]) -> tuple[str, dict[str, Decimal]]:
+    """The root service a split names, as written, and each backend's share in percent."""
+    return split_service(obj), shares(split_backends(obj))
+
+
 # A Kubernetes quantity: a number, then a binary suffix, a decimal suffix, or an integer exponent.
 _QUANTITY = re.compile(
     r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$"
