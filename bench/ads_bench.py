@@ -209,10 +209,10 @@ def workloads(services: int, identities: int) -> list[Workload]:
 def affected_proxies(services: int, proxies: int, identities: int) -> int:
     """How many proxies a change of CHANGED_SPLIT reaches: those whose identity may call a service
     of its namespace (a proxy is sent only those)."""
-    from gitmesh.mesh import state
-    from gitmesh.smi import Identity
+    from gitmesh.apis import read
+    from gitmesh.mesh.state import Identity
 
-    mesh = state.build(mesh_objects(services))
+    mesh = read.mesh(mesh_objects(services))
     callers = {p.source for p in mesh.permissions if p.destination.namespace == CHANGED_SPLIT[0]}
     pool = workloads(services, identities)
     return sum(
@@ -474,7 +474,7 @@ class LoadClient:
         import grpc
 
         from gitmesh.certs import ca, store
-        from gitmesh.smi import Identity
+        from gitmesh.mesh.state import Identity
 
         state = store.FileKeeper(Path(args.ca_file)).load()
         assert state is not None, f"no CA in {args.ca_file}"

@@ -74,8 +74,7 @@ class Attacker:
         import grpc
 
         from gitmesh.certs import ca, store
-        from gitmesh.mesh.state import ServiceRef
-        from gitmesh.smi import Identity
+        from gitmesh.mesh.state import Identity, ServiceRef
 
         state = store.FileKeeper(Path(args.ca_file)).load()
         assert state is not None, f"no CA in {args.ca_file}"

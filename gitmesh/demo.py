@@ -36,8 +36,7 @@ from gitmesh import pipeline
 from gitmesh.certs import store
 from gitmesh.cluster.kube import KubeBackend
 from gitmesh.cluster.local import LocalBackend
-from gitmesh.mesh.state import ServiceRef
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import Identity, ServiceRef
 from gitmesh.sync.git import open_repo, read_revision
 from gitmesh.xds.bootstrap import XdsClientTls, bootstrap, client_tls
 from gitmesh.xds.translate import Proxy, Upstream

@@ -15,24 +15,6 @@ from typing import Any
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "gitmesh"
 
-CLUSTER_SCOPED_KINDS = frozenset({"Namespace", "CustomResourceDefinition"})
-
-# Creation order: what an object refers to exists before it. Deletes run in reverse.
-APPLY_ORDER = (
-    "CustomResourceDefinition",
-    "Namespace",
-    "MeshConfig",
-    "ServiceAccount",
-    "Service",
-    "EndpointSlice",
-    "HTTPRouteGroup",
-    "TCPRoute",
-    "UDPRoute",
-    "TrafficTarget",
-    "TrafficSplit",
-)
-_RANK = {kind: i for i, kind in enumerate(APPLY_ORDER)}
-
 
 @dataclass(frozen=True, order=True)
 class ObjectRef:
@@ -57,11 +39,6 @@ class ObjectRef:
         return cls(
             group, str(obj.get("kind", "")), str(meta.get("namespace") or ""), str(meta.get("name", ""))
         )
-
-
-def apply_rank(ref: ObjectRef) -> tuple[int, ObjectRef]:
-    """Sort key putting an object after everything it may refer to."""
-    return (_RANK.get(ref.kind, len(APPLY_ORDER)), ref)
 
 
 @dataclass(frozen=True, order=True)

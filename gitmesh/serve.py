@@ -27,12 +27,13 @@ from typing import Any, Protocol
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import message
 
+from gitmesh.apis import core, read
 from gitmesh.certs import ca, store
 from gitmesh.certs.authority import STEADY, CaState, MeshCA, advance
 from gitmesh.cluster.backend import Live
 from gitmesh.errors import GitmeshError
 from gitmesh.mesh import state
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import Identity
 from gitmesh.xds import resources, tls
 from gitmesh.xds.bootstrap import SERVER_IDENTITY, proxy_of
 from gitmesh.xds.cache import SnapshotCache
@@ -129,7 +130,7 @@ def endpoint_addresses(objects: Iterable[Mapping[str, Any]]) -> dict[state.Servi
     found: dict[state.ServiceRef, set[str]] = defaultdict(set)
     for o in objects:
         metadata = o.get("metadata") or {}
-        owner = (metadata.get("labels") or {}).get(state.SERVICE_NAME_LABEL)
+        owner = (metadata.get("labels") or {}).get(core.SERVICE_NAME_LABEL)
         if o.get("kind") == "EndpointSlice" and owner:
             service = state.ServiceRef(str(metadata.get("namespace") or ""), owner)
             for endpoint in o.get("endpoints") or ():
@@ -173,7 +174,7 @@ class MeshPublisher:
         self._lock = threading.Lock()
         self._proxies: dict[str, Proxy] = {}
         self._secrets_of: dict[Identity, tuple[ca.Issued, tuple[str, ...], dict[str, message.Message]]] = {}
-        self._mesh = state.build([])
+        self._mesh = read.mesh([])
         self._addresses: Addresses = {}
         self._translator = Translator(self._mesh, self.ca.trust_domain)
         self._generation = 0
@@ -185,7 +186,7 @@ class MeshPublisher:
     def update(self, objects: Iterable[Mapping[str, Any]]) -> None:
         """A new mesh: every known proxy gets its new snapshot (unchanged resources keep their versions)."""
         objects = list(objects)
-        mesh = state.build(objects)
+        mesh = read.mesh(objects)
         for warning in mesh.warnings:
             log.warning("%s", warning)
         translator = Translator(mesh, self.ca.trust_domain)

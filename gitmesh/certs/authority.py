@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, replace
 
 from gitmesh.certs import ca
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import Identity
 
 STEADY = "steady"
 TRUSTING = "trusting new root"

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import Identity
 
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 DEFAULT_LIFETIME = datetime.timedelta(hours=24)

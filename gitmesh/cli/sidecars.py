@@ -150,8 +150,7 @@ def bootstrap_command(
     It holds a certificate for the identity, from the mesh CA of the store or cluster, with which
     the sidecar proves who it is to gitmesh's xDS server."""
     from gitmesh.certs import store
-    from gitmesh.mesh.state import ServiceRef
-    from gitmesh.smi import Identity
+    from gitmesh.mesh.state import Identity, ServiceRef
     from gitmesh.xds.bootstrap import bootstrap, client_tls, parse_upstream
     from gitmesh.xds.translate import Proxy
 

@@ -30,14 +30,14 @@ import kubernetes.client
 import kubernetes.config
 import urllib3
 
+from gitmesh.apis.kinds import KINDS, apply_rank
 from gitmesh.certs import store as certs_store
 from gitmesh.certs.authority import CaState
 from gitmesh.cluster import errors
 from gitmesh.cluster.backend import Applied, Live, Prediction, SourceStatus, content_hash, owned
 from gitmesh.cluster.records import SourceRecord
 from gitmesh.errors import CertsError, ClusterError
-from gitmesh.objects import ObjectRef, apply_rank
-from gitmesh.plan.convert import SERVED
+from gitmesh.objects import ObjectRef
 
 FIELD_MANAGER = "gitmesh"
 SYSTEM_NAMESPACE = "gitmesh-system"
@@ -73,23 +73,9 @@ class Resource:
         return f"{base}{ns}/{self.plural}" + (f"/{name}" if name else "")
 
 
-def _custom(kind: str, plural: str) -> Resource:
-    group, version = SERVED[kind].split("/")
-    return Resource(group, version, plural, True)
-
-
 # The kinds gitmesh manages, in the versions it writes.
 RESOURCES: dict[str, Resource] = {
-    "Namespace": Resource("", "v1", "namespaces", False),
-    "ServiceAccount": Resource("", "v1", "serviceaccounts", True),
-    "Service": Resource("", "v1", "services", True),
-    "EndpointSlice": Resource("discovery.k8s.io", "v1", "endpointslices", True),
-    "HTTPRouteGroup": _custom("HTTPRouteGroup", "httproutegroups"),
-    "TCPRoute": _custom("TCPRoute", "tcproutes"),
-    "UDPRoute": _custom("UDPRoute", "udproutes"),
-    "TrafficTarget": _custom("TrafficTarget", "traffictargets"),
-    "TrafficSplit": _custom("TrafficSplit", "trafficsplits"),
-    "MeshConfig": _custom("MeshConfig", "meshconfigs"),
+    k.name: Resource(k.group, k.served, k.plural, k.namespaced) for k in KINDS if k.read
 }
 _CRD = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", False)
 _CONFIGMAP = Resource("", "v1", "configmaps", True)

@@ -1,6 +1,6 @@
 """Convert SMI objects written in older versions to the version clusters serve.
 
-gitmesh's CRDs serve one version per kind (see ``crds.SERVED``): the versions
+gitmesh's CRDs serve one version per kind (``Kind.served`` in ``apis.kinds``): the versions
 differ in layout, not just in name, and a CRD without a conversion webhook
 cannot translate between layouts. So gitmesh converts before it applies, and
 the plan says so. Conversion is lossless; what cannot be carried over is
@@ -16,21 +16,13 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from gitmesh import smi
-
-SERVED = {
-    "TrafficSplit": f"{smi.SPLIT_GROUP}/v1alpha4",
-    "TrafficTarget": f"{smi.ACCESS_GROUP}/v1alpha3",
-    "HTTPRouteGroup": f"{smi.SPECS_GROUP}/v1alpha4",
-    "TCPRoute": f"{smi.SPECS_GROUP}/v1alpha4",
-    "UDPRoute": f"{smi.SPECS_GROUP}/v1alpha4",
-    "MeshConfig": f"{smi.CONFIG_GROUP}/v1alpha2",
-}
+from gitmesh.apis import smi
+from gitmesh.apis.kinds import BY_NAME
 
 
 def needs_conversion(obj: dict[str, Any]) -> bool:
-    served = SERVED.get(obj.get("kind", ""))
-    return served is not None and obj.get("apiVersion") != served
+    kind = BY_NAME.get(obj.get("kind", ""))
+    return kind is not None and obj.get("apiVersion") != kind.api_version
 
 
 def lost_fields(obj: dict[str, Any]) -> list[tuple[str | int, ...]]:
@@ -49,7 +41,7 @@ def to_served(obj: dict[str, Any]) -> dict[str, Any]:
         return obj
     kind = obj["kind"]
     out: dict[str, Any] = {
-        "apiVersion": SERVED[kind],
+        "apiVersion": BY_NAME[kind].api_version,
         "kind": kind,
         "metadata": copy.deepcopy(obj["metadata"]),
     }

@@ -1,6 +1,6 @@
 """CustomResourceDefinitions for the SMI kinds and MeshConfig, rendered from gitmesh's own schemas.
 
-Each CRD serves and stores exactly one version, the newest (``convert.SERVED``):
+Each CRD serves and stores exactly one version (``Kind.served`` in ``apis.kinds``):
 the SMI versions differ in layout (TrafficTarget v1alpha1 keeps its fields at
 the top level, HTTPRouteGroup moved ``matches`` under ``spec``), and serving
 several would need a conversion webhook in the cluster. gitmesh converts older
@@ -18,49 +18,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from gitmesh.apis.kinds import BY_NAME, KINDS
 from gitmesh.plan import schema
-from gitmesh.plan.convert import SERVED
 
-_PLURALS = {
-    "TrafficSplit": ("trafficsplits", "trafficsplit", ["ts"]),
-    "TrafficTarget": ("traffictargets", "traffictarget", ["tt"]),
-    "HTTPRouteGroup": ("httproutegroups", "httproutegroup", ["htr"]),
-    "TCPRoute": ("tcproutes", "tcproute", ["tr"]),
-    "UDPRoute": ("udproutes", "udproute", ["ur"]),
-    "MeshConfig": ("meshconfigs", "meshconfig", ["meshconfig"]),
-}
 _DROP = frozenset({"$schema", "$id", "title", "$comment", "examples"})
 
 
-def plural(kind: str) -> str:
-    return _PLURALS[kind][0]
-
-
 def render_all() -> list[dict[str, Any]]:
-    return [render(kind) for kind in SERVED]
+    return [render(kind.name) for kind in KINDS if kind.crd]
 
 
-def render(kind: str) -> dict[str, Any]:
-    api_version = SERVED[kind]
-    group, version = api_version.split("/")
-    doc = schema.schema_document(api_version, kind)
+def render(name: str) -> dict[str, Any]:
+    kind = BY_NAME[name]
+    doc = schema.schema_document(kind.api_version, kind.name)
     if doc is None:
-        raise ValueError(f"no schema for {api_version} {kind}")
-    plural_name, singular, short = _PLURALS[kind]
-    columns = (
-        [
-            {
-                "name": "Service",
-                "type": "string",
-                "jsonPath": ".spec.service",
-                "description": "The root service.",
-            }
-        ]
-        if kind == "TrafficSplit"
-        else []
-    )
+        raise ValueError(f"no schema for {kind.api_version} {kind.name}")
+    columns = [
+        {"name": c.name, "type": "string", "jsonPath": c.json_path, "description": c.description}
+        for c in kind.columns
+    ]
     version_entry: dict[str, Any] = {
-        "name": version,
+        "name": kind.served,
         "served": True,
         "storage": True,
         "schema": {"openAPIV3Schema": structural(doc, top=True)},
@@ -70,17 +48,20 @@ def render(kind: str) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural_name}.{group}", "labels": {"app.kubernetes.io/part-of": "gitmesh"}},
+        "metadata": {
+            "name": f"{kind.plural}.{kind.group}",
+            "labels": {"app.kubernetes.io/part-of": "gitmesh"},
+        },
         "spec": {
-            "group": group,
+            "group": kind.group,
             "scope": "Namespaced",
             "names": {
-                "kind": kind,
-                "listKind": f"{kind}List",
-                "plural": plural_name,
-                "singular": singular,
-                "shortNames": short,
-                "categories": ["smi"] if group.endswith(".smi-spec.io") else ["gitmesh"],
+                "kind": kind.name,
+                "listKind": f"{kind.name}List",
+                "plural": kind.plural,
+                "singular": kind.name.lower(),
+                "shortNames": list(kind.short_names),
+                "categories": ["smi"] if kind.group.endswith(".smi-spec.io") else ["gitmesh"],
             },
             "versions": [version_entry],
         },

@@ -257,6 +257,13 @@ CODES: dict[str, Code] = {
             "program larger than gitmesh's sidecars accept (RE2 program size 1000).",
         ),
         Code(
+            "GM114",
+            _W,
+            "backend lacks one of the root service's ports",
+            "A backend gets split traffic only on the root service's ports it has too; on the others "
+            "the split sends all traffic to the backends that have them.",
+        ),
+        Code(
             "GM121",
             _E,
             "duplicate object",

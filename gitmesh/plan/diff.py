@@ -6,7 +6,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from gitmesh.objects import Manifest, ObjectRef, apply_rank
+from gitmesh.apis.kinds import apply_rank
+from gitmesh.objects import Manifest, ObjectRef
 from gitmesh.plan import convert, impact
 from gitmesh.plan.diagnostics import Diagnostic, field_path
 from gitmesh.plan.model import Action, Change, FieldDiff, Plan

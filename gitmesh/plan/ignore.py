@@ -8,7 +8,6 @@ line that cannot be used is a diagnostic at that line, and the lines around it s
 
 from __future__ import annotations
 
-import functools
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -17,8 +16,8 @@ import pathspec
 import re2
 from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
 
+from gitmesh.apis import kinds
 from gitmesh.objects import Location
-from gitmesh.plan import schema
 from gitmesh.plan.diagnostics import Diagnostic
 
 IGNORE_FILE = ".gitmeshignore"
@@ -115,11 +114,5 @@ def _reason(e: Exception) -> str:
 def _close_to_managed(key: tuple[str, str]) -> bool:
     """A kind gitmesh manages, or its name in a group gitmesh reads (``kind: MeshConfig``, for OSM's
     MeshConfig written as v1): leaving such objects out quietly could prune what they declare."""
-    known = managed_kinds()
+    known = kinds.managed()
     return key in known or (key[0] in {g for g, _ in known} and key[1] in {k for _, k in known})
-
-
-@functools.cache
-def managed_kinds() -> frozenset[tuple[str, str]]:
-    """Every (group, kind) gitmesh has a schema for, at any version."""
-    return frozenset((api_version.rpartition("/")[0], kind) for api_version, kind in schema.known_kinds())

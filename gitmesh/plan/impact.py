@@ -1,4 +1,4 @@
-"""What a plan does to traffic, from SMI semantics rather than from the text of the change.
+"""What a plan does to traffic, from what the objects mean to the mesh rather than from the text.
 
 Splits: each backend's share of the root service before and after.
 Access: the (caller, destination, route) triples that appear or disappear,
@@ -10,20 +10,22 @@ mode on or off is one triple: every caller, every destination, every route.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
-from gitmesh import smi
-from gitmesh.mesh import state
+from gitmesh.apis import osm, read
+from gitmesh.apis.kinds import BY_NAME, Meaning, with_meaning
 from gitmesh.objects import ObjectRef
 from gitmesh.plan.model import AccessChange, Action, BackendShare, Change, Impact, SplitShift
 
-_ACCESS_KINDS = frozenset({"TrafficTarget", *smi.ROUTE_KINDS})
+_ACCESS_KINDS = with_meaning(Meaning.ACCESS, Meaning.ROUTE)
+_SETTINGS_KINDS = with_meaning(Meaning.SETTINGS)
 PERMISSIVE = ("*", "*", "every route (permissive mode)")
 
 
 def compute(changes: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any]]) -> Impact:
     moved = [c for c in changes if c.action is not Action.NOOP]
-    splits = tuple(s for c in moved if c.ref.kind == "TrafficSplit" and (s := split_shift(c, live)))
+    splits = tuple(s for c in moved if (s := split_shift(c, live)))
     access: tuple[AccessChange, ...] = ()
     # Rules name routes in their TrafficTarget's own namespace, so only namespaces where an
     # access object changed can gain or lose access.
@@ -51,40 +53,41 @@ def compute(changes: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any
 def _permissive_change(
     moved: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any]]
 ) -> tuple[AccessChange, ...]:
-    configs = {r: o for r, o in live.items() if r.kind == "MeshConfig"}
-    before = any(smi.permissive(dict(o)) for o in configs.values())
+    configs = {r: o for r, o in live.items() if r.kind in _SETTINGS_KINDS}
+    before = any(osm.permissive(dict(o)) for o in configs.values())
     for c in moved:
-        if c.ref.kind == "MeshConfig":
+        if c.ref.kind in _SETTINGS_KINDS:
             if c.after is None:
                 configs.pop(c.ref, None)
             else:
                 configs[c.ref] = c.after
-    after = any(smi.permissive(dict(o)) for o in configs.values())
+    after = any(osm.permissive(dict(o)) for o in configs.values())
     return () if before == after else (AccessChange(*PERMISSIVE, gained=after),)
 
 
 def split_shift(change: Change, live: Mapping[ObjectRef, Mapping[str, Any]]) -> SplitShift | None:
-    before_obj = live.get(change.ref)
-    after_obj = change.after
-    before = _shares(before_obj)
-    after = _shares(after_obj)
+    """How a change moves traffic between the backends of a kind that splits it (``Kind.shares``)."""
+    kind = BY_NAME.get(change.ref.kind)
+    if kind is None or kind.shares is None:
+        return None
+    before_obj, after_obj = live.get(change.ref), change.after
+    before = {} if before_obj is None else _percent(kind.shares(dict(before_obj))[1])
+    after = {} if after_obj is None else _percent(kind.shares(dict(after_obj))[1])
     if before == after:
         return None
-    root = smi.split_service(dict(after_obj or before_obj or {}))
+    root, _ = kind.shares(dict(after_obj or before_obj or {}))
     names = [*before, *(s for s in after if s not in before)]
     return SplitShift(change.ref, root, tuple(BackendShare(n, before.get(n), after.get(n)) for n in names))
 
 
-def _shares(obj: Mapping[str, Any] | None) -> dict[str, float]:
-    if obj is None:
-        return {}
-    return {name: round(float(p), 2) for name, p in smi.shares(smi.split_backends(dict(obj))).items()}
+def _percent(shares: Mapping[str, Decimal]) -> dict[str, float]:
+    return {name: round(float(p), 2) for name, p in shares.items()}
 
 
 def access_triples(objects: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str]]:
     """Every (source identity, destination identity, route) the TrafficTargets allow."""
     return {
         (str(p.source), str(p.destination), route)
-        for p in state.build(objects).permissions
+        for p in read.mesh(objects).permissions
         for route in p.routes()
     }

@@ -17,11 +17,10 @@ from dataclasses import dataclass, replace
 
 import yaml
 
-from gitmesh import smi
+from gitmesh.apis import kinds
 from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan import kustomize
 from gitmesh.plan.diagnostics import Diagnostic
-from gitmesh.plan.ignore import managed_kinds
 from gitmesh.plan.kustomize import Build, BuildPlan, Tree
 from gitmesh.plan.load import SourceFile, default_namespace, is_manifest_path, load_files
 from gitmesh.plan.validate import Validated
@@ -104,7 +103,7 @@ def _foreign(
     manifests: list[Manifest], acknowledged: frozenset[tuple[str, str]]
 ) -> tuple[list[Manifest], list[Diagnostic]]:
     """Objects of kinds gitmesh does not manage are set aside: one line per kind, none if acknowledged."""
-    known = managed_kinds()
+    known = kinds.managed()
     names = {kind for _, kind in known}
     managed: list[Manifest] = []
     by_kind: dict[tuple[str, str], list[Manifest]] = defaultdict(list)
@@ -114,7 +113,7 @@ def _foreign(
             managed.append(m)  # validation says what is missing
             continue
         key = (api_version.rpartition("/")[0], kind)
-        if key in known or key[0] in smi.GROUPS:
+        if key in known or key[0] in kinds.READ_GROUPS:
             managed.append(m)  # any kind of an SMI or OSM group: validation says if it is not read
         elif key in acknowledged:
             continue

@@ -16,7 +16,8 @@ from typing import Any, ClassVar, cast
 
 import yaml
 
-from gitmesh.objects import CLUSTER_SCOPED_KINDS, Location, Manifest, Path
+from gitmesh.apis.kinds import CLUSTER_SCOPED
+from gitmesh.objects import Location, Manifest, Path
 from gitmesh.plan.diagnostics import Diagnostic, field_path
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
@@ -201,11 +202,7 @@ def default_namespace(manifests: list[Manifest], namespace: str) -> list[Manifes
     """``manifests``, the namespaced ones that name no namespace now in ``namespace``."""
     for m in manifests:
         meta = m.obj.get("metadata")
-        if (
-            isinstance(meta, dict)
-            and not meta.get("namespace")
-            and m.obj.get("kind") not in CLUSTER_SCOPED_KINDS
-        ):
+        if isinstance(meta, dict) and not meta.get("namespace") and m.obj.get("kind") not in CLUSTER_SCOPED:
             meta["namespace"] = namespace
     return manifests
 

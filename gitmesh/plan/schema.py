@@ -1,7 +1,7 @@
 """JSON Schemas for every manifest kind gitmesh reads, and their compiled validators.
 
 The schemas are YAML files shipped inside the package, one per kind and
-version, at ``schemas/<group>/<version>/<Kind>.yaml`` (``core`` stands for the
+version read (``apis.kinds``), at ``schemas/<group>/<version>/<Kind>.yaml`` (``core`` stands for the
 core API group, whose apiVersion is just the version). Each is a draft 2020-12
 JSON Schema for the whole object; they all share ``schemas/objectmeta.yaml``
 through ``$ref: urn:gitmesh:objectmeta``. See ``schemas/README.md`` for the
@@ -27,6 +27,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
+from gitmesh.apis import kinds
+
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 OBJECTMETA_URI = "urn:gitmesh:objectmeta"
 _OBJECTMETA_FILE = "objectmeta.yaml"
@@ -43,25 +45,32 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return doc
 
 
+def schema_path(group: str, version: str, kind: str) -> Path:
+    """Where the schema of ``kind`` at ``version`` of ``group`` ("" for the core group) is."""
+    return SCHEMA_DIR / (group or _CORE_GROUP) / version / f"{kind}.yaml"
+
+
 def _api_version(group: str, version: str) -> str:
     return version if group == _CORE_GROUP else f"{group}/{version}"
 
 
 @functools.cache
 def _documents() -> dict[Key, dict[str, Any]]:
-    """Every kind schema, keyed by (apiVersion, kind). (The tests check each against the metaschema.)"""
+    """The schema of every kind at every version read, keyed by (apiVersion, kind). (The tests check
+    each against the metaschema.)"""
     docs: dict[Key, dict[str, Any]] = {}
-    for path in sorted(SCHEMA_DIR.glob("*/*/*.yaml")):
-        version_dir = path.parent
-        key = (_api_version(version_dir.parent.name, version_dir.name), path.stem)
-        doc = _read_yaml(path)
-        declared = (
-            doc.get("properties", {}).get("apiVersion", {}).get("const"),
-            doc.get("properties", {}).get("kind", {}).get("const"),
-        )
-        if declared != key:
-            raise ValueError(f"{path}: declares apiVersion/kind {declared}, but its path says {key}")
-        docs[key] = doc
+    for kind in kinds.KINDS:
+        for version in kind.read:
+            path = schema_path(kind.group, version, kind.name)
+            key = (_api_version(kind.group or _CORE_GROUP, version), kind.name)
+            doc = _read_yaml(path)
+            declared = (
+                doc.get("properties", {}).get("apiVersion", {}).get("const"),
+                doc.get("properties", {}).get("kind", {}).get("const"),
+            )
+            if declared != key:
+                raise ValueError(f"{path}: declares apiVersion/kind {declared}, but its path says {key}")
+            docs[key] = doc
     return docs
 
 

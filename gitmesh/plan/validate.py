@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, cast
@@ -18,8 +17,11 @@ from typing import Any, cast
 import re2
 from jsonschema import exceptions as schema_errors
 
-from gitmesh import smi
-from gitmesh.objects import CLUSTER_SCOPED_KINDS, Manifest, ObjectRef
+from gitmesh.apis import core, osm, smi
+from gitmesh.apis.kinds import BY_NAME, CLUSTER_SCOPED, READ_GROUPS
+from gitmesh.apis.problem import Problem
+from gitmesh.mesh.state import REGEX_MAX_PROGRAM_SIZE, Service, ServiceRef, whole_path_regex
+from gitmesh.objects import Manifest, ObjectRef
 from gitmesh.plan import convert, policy, schema
 from gitmesh.plan.diagnostics import Diagnostic, field_path
 
@@ -95,7 +97,7 @@ def _check_shape(m: Manifest) -> list[Diagnostic]:
     if validator is None:
         return [_not_read(m, api_version, kind)]
     problems = []
-    if kind not in CLUSTER_SCOPED_KINDS and not meta.get("namespace"):
+    if kind not in CLUSTER_SCOPED and not meta.get("namespace"):
         problems.append(
             Diagnostic(
                 m.locate(("metadata",)),
@@ -132,7 +134,7 @@ def _not_read(m: Manifest, api_version: str, kind: str) -> Diagnostic:
             "apiVersion",
             m.ref,
         )
-    if group in smi.GROUPS:
+    if group in READ_GROUPS:
         advice = _UNREAD_ADVICE.get(kind, "")
         return Diagnostic(
             here, "GM013", f"{api_version} {kind} is not read by gitmesh{advice}", "apiVersion", m.ref
@@ -191,12 +193,12 @@ def _normalise(m: Manifest) -> Manifest:
     if m.obj["kind"] != "HTTPRouteGroup":
         return m
     matches = smi.http_matches(m.obj)
-    if not any(isinstance(_get(m.obj, x.path).get("headers"), dict) for x in matches):
+    if not any(isinstance(_get(m.obj, at).get("headers"), dict) for _, at in matches):
         return m
     obj = json.loads(json.dumps(m.obj))  # a deep copy of JSON data, several times faster than copy.deepcopy
-    for x in matches:
+    for x, at in matches:
         if x.headers:
-            _get(obj, x.path)["headers"] = [{name: pattern} for name, pattern in x.headers]
+            _get(obj, at)["headers"] = [{name: pattern} for name, pattern in x.headers]
     return Manifest(obj, m.source, m.positions)
 
 
@@ -207,7 +209,7 @@ def _unconvertible(manifests: Sequence[Manifest]) -> list[Diagnostic]:
             path,
             "GM130",
             f"{m.obj['apiVersion']} {field_path(path)} cannot be converted to "
-            f"{convert.SERVED[m.obj['kind']]}, which has no such field",
+            f"{BY_NAME[m.obj['kind']].api_version}, which has no such field",
         )
         for m in manifests
         for path in convert.lost_fields(m.obj)
@@ -259,18 +261,14 @@ def check_references(
     by_kind: dict[str, list[Manifest]] = defaultdict(list)
     for m in manifests:
         by_kind[m.obj["kind"]].append(m)
-    ports = {
-        (smi.namespace(s.obj), s.obj["metadata"]["name"]): {
-            (p.get("port"), p.get("protocol", "TCP")) for p in (s.obj.get("spec") or {}).get("ports") or ()
-        }
-        for s in by_kind["Service"]
-    }
+    services = core.services(s.obj for s in by_kind["Service"])
     routes = {
-        kind: {(smi.namespace(r.obj), r.obj["metadata"]["name"]): r for r in by_kind[kind]}
+        (kind, core.namespace(r.obj), r.obj["metadata"]["name"]): r.obj
         for kind in smi.ROUTE_KINDS
+        for r in by_kind[kind]
     }
-    services = _Services(ports, present, outside)
-    out = _check_splits(by_kind["TrafficSplit"], services, routes["HTTPRouteGroup"])
+    groups = {(ns, name): r for (kind, ns, name), r in routes.items() if kind == "HTTPRouteGroup"}
+    out = _check_splits(by_kind["TrafficSplit"], services, groups, present, outside)
     out += _check_targets(by_kind["TrafficTarget"], routes)
     out += _check_regexes(by_kind["HTTPRouteGroup"])
     configs = by_kind["MeshConfig"]
@@ -288,51 +286,19 @@ def check_references(
     return out
 
 
-# A Service name is a DNS-1035 label.
-_SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-
-
-@dataclass(frozen=True)
-class _Services:
-    """The Services a split may name: the revision's, and those outside it that the cluster has."""
-
-    ports: dict[tuple[str, str], set[tuple[Any, Any]]]  # the revision's, by (namespace, name)
-    present: AbstractSet[ObjectRef] | None  # None: no cluster was asked
-    outside: set[ObjectRef]  # named, not defined, not checked: filled in here
-
-    def ports_of(
-        self, split: Manifest, path: tuple[str | int, ...], code: str, ns: str, name: str
-    ) -> tuple[set[tuple[Any, Any]] | None, list[Diagnostic]]:
-        """The ports of Service ns/name if the revision defines it (None if not), and what to say."""
-        ports = self.ports.get((ns, name))
-        if ports is not None:
-            return ports, []
-        if not _SERVICE_NAME.match(name):
-            return None, [_at(split, path, code, f"{name!r} is not a Service name, nor a Service's DNS name")]
-        ref = ObjectRef("", "Service", ns, name)
-        if self.present is None:
-            self.outside.add(ref)
-            message = (
-                f"Service {name!r} (namespace {ns!r}) is not in the revision; not checked without a "
-                "cluster: plan and apply look for it there"
-            )
-            return None, [_at(split, path, "GM110", message)]
-        if ref in self.present:
-            return None, []
-        return None, [
-            _at(split, path, code, f"no Service {name!r} in namespace {ns!r}, in the revision or the cluster")
-        ]
-
-
 def _check_splits(
     splits: list[Manifest],
-    services: _Services,
-    route_groups: dict[tuple[str, str], Manifest],
+    services: Mapping[ServiceRef, Service],
+    groups: Mapping[tuple[str, str], dict[str, Any]],
+    present: AbstractSet[ObjectRef] | None,
+    outside: set[ObjectRef],
 ) -> list[Diagnostic]:
+    """Each split's own rules (``smi.read_split``), then those between splits: one split per root,
+    and no backend that is another split's root."""
     out: list[Diagnostic] = []
     roots: dict[tuple[str, str], Manifest] = {}
     for s in splits:
-        key = smi.service_ref(smi.split_service(s.obj), smi.namespace(s.obj))
+        key = smi.service_ref(smi.split_service(s.obj), core.namespace(s.obj))
         if key in roots:
             out.append(
                 _at(
@@ -345,66 +311,43 @@ def _check_splits(
         else:
             roots[key] = s
     for s in splits:
-        ns = smi.namespace(s.obj)
-        written = smi.split_service(s.obj)
-        root_ns, root = smi.service_ref(written, ns)
-        root_ports = None
-        if root_ns != ns:
-            out.append(_elsewhere(s, ("spec", "service"), written, root_ns))
-        else:
-            root_ports, problems = services.ports_of(s, ("spec", "service"), "GM101", ns, root)
-            out += problems
-        backends = smi.split_backends(s.obj)
-        seen: set[str] = set()
-        for b in backends:
-            here = (*b.path, "service")
+        _, problems = smi.read_split(s.obj, services, groups)
+        out += [d for p in problems if (d := _outside(s, p, present, outside)) is not None]
+        ns = core.namespace(s.obj)
+        _, root = smi.service_ref(smi.split_service(s.obj), ns)
+        for b in smi.split_backends(s.obj):
             backend_ns, name = smi.service_ref(b.service, ns)
-            if backend_ns != ns:
-                out.append(_elsewhere(s, here, b.service, backend_ns))
-                continue
-            if name in seen:
-                out.append(_at(s, here, "GM107", f"backend {name!r} is listed more than once"))
-            seen.add(name)
-            ports, problems = services.ports_of(s, here, "GM102", ns, name)
-            out += problems
-            if ports is not None and root_ports is not None and name != root and not ports & root_ports:
-                out.append(
-                    _at(
-                        s,
-                        here,
-                        "GM103",
-                        f"Service {name!r} has none of the ports of {root!r} "
-                        f"({_ports(root_ports)}); it has {_ports(ports)}",
-                    )
-                )
-            if name != root and (ns, name) in roots:
-                out.append(_at(s, here, "GM105", f"backend {name!r} is the root of {roots[(ns, name)].ref}"))
-        if backends and all(b.weight == 0 for b in backends):
-            out.append(_at(s, ("spec", "backends"), "GM106", "every backend has weight 0"))
-        for name, path in smi.split_matches(s.obj):
-            if (ns, name) not in route_groups:
-                out.append(
-                    _at(s, (*path, "name"), "GM108", f"no HTTPRouteGroup {name!r} in namespace {ns!r}")
-                )
+            if backend_ns == ns and name != root and (ns, name) in roots:
+                message = f"backend {name!r} is the root of {roots[(ns, name)].ref}"
+                out.append(_at(s, (*b.path, "service"), "GM105", message))
     return out
 
 
-def _elsewhere(s: Manifest, path: tuple[str | int, ...], written: str, namespace: str) -> Diagnostic:
-    return _at(
-        s,
-        path,
-        "GM109",
-        f"{written!r} names a Service in namespace {namespace!r}; a split and its services share "
-        f"the split's namespace, {smi.namespace(s.obj)!r}",
-    )
+def _outside(
+    split: Manifest, p: Problem, present: AbstractSet[ObjectRef] | None, outside: set[ObjectRef]
+) -> Diagnostic | None:
+    """A problem as a diagnostic; a Service the revision does not define may be the cluster's:
+    unchecked without a cluster (GM110), fine if the cluster has it."""
+    if p.missing is None:
+        return _at(split, p.path, p.code, p.message)
+    ref = ObjectRef("", "Service", p.missing.namespace, p.missing.name)
+    if present is None:
+        outside.add(ref)
+        message = (
+            f"Service {ref.name!r} (namespace {ref.namespace!r}) is not in the revision; not checked "
+            "without a cluster: plan and apply look for it there"
+        )
+        return _at(split, p.path, "GM110", message)
+    if ref in present:
+        return None
+    return _at(split, p.path, p.code, f"{p.message}, in the revision or the cluster")
 
 
 def _check_targets(
-    targets: list[Manifest], routes: dict[str, dict[tuple[str, str], Manifest]]
+    targets: list[Manifest], routes: Mapping[tuple[str, str, str], dict[str, Any]]
 ) -> list[Diagnostic]:
     out = []
     for t in targets:
-        ns = smi.namespace(t.obj)
         if smi.allows_all_traffic(t.obj) and smi.version(t.obj) not in ("v1alpha1", "v1alpha2"):
             # The served version holds rule-less targets converted from older ones; written, it needs rules.
             out.append(
@@ -426,26 +369,8 @@ def _check_targets(
             for path, identity in smi.target_identities(t.obj)
             if identity.get("kind") == "IdentityBinding"
         ]
-        for rule in smi.target_rules(t.obj):
-            route = routes.get(rule.kind, {}).get((ns, rule.name))
-            if route is None:
-                out.append(
-                    _at(t, (*rule.path, "name"), "GM111", f"no {rule.kind} {rule.name!r} in namespace {ns!r}")
-                )
-                continue
-            if rule.kind != "HTTPRouteGroup" or rule.matches is None:
-                continue
-            known = {x.name for x in smi.http_matches(route.obj)}
-            for i, name in enumerate(rule.matches):
-                if name not in known:
-                    out.append(
-                        _at(
-                            t,
-                            (*rule.path, "matches", i),
-                            "GM112",
-                            f"{route.ref} has no match {name!r} (it has: {', '.join(sorted(known))})",
-                        )
-                    )
+        _, problems = smi.read_target(t.obj, routes)
+        out += [_at(t, p.path, p.code, p.message) for p in problems]
     return out
 
 
@@ -456,11 +381,11 @@ def _settings_not_acted_on(m: Manifest) -> list[Diagnostic]:
         f"{section}.{key}"
         for section, fields in spec.items()
         for key in fields
-        if (section, key) not in smi.MESH_CONFIG_ACTED_ON
+        if (section, key) not in osm.MESH_CONFIG_ACTED_ON
     ]
     if not ignored:
         return []
-    acted = ", ".join(sorted(f"spec.{s}.{k}" for s, k in smi.MESH_CONFIG_ACTED_ON))
+    acted = ", ".join(sorted(f"spec.{s}.{k}" for s, k in osm.MESH_CONFIG_ACTED_ON))
     return [
         _at(
             m,
@@ -474,14 +399,14 @@ def _settings_not_acted_on(m: Manifest) -> list[Diagnostic]:
 def _check_regexes(groups: list[Manifest]) -> list[Diagnostic]:
     out = []
     for g in groups:
-        for x in smi.http_matches(g.obj):
+        for x, at in smi.http_matches(g.obj):
             # Each pattern is checked as Envoy is given it.
             patterns = (
-                [((*x.path, "pathRegex"), x.path_regex, smi.whole_path_regex(x.path_regex))]
+                [((*at, "pathRegex"), x.path_regex, whole_path_regex(x.path_regex))]
                 if x.path_regex is not None
                 else []
             )
-            patterns += [((*x.path, "headers"), p, p) for _, p in x.headers]
+            patterns += [((*at, "headers"), p, p) for _, p in x.headers]
             for path, pattern, sent in patterns:
                 try:
                     size = re2.compile(sent, _RE2_OPTIONS).programsize
@@ -489,14 +414,14 @@ def _check_regexes(groups: list[Manifest]) -> list[Diagnostic]:
                     reason = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
                     out.append(_at(g, path, "GM113", f"{pattern[:80]!r}: {reason}"))
                     continue
-                if size > smi.REGEX_MAX_PROGRAM_SIZE:
+                if size > REGEX_MAX_PROGRAM_SIZE:
                     out.append(
                         _at(
                             g,
                             path,
                             "GM113",
                             f"{pattern[:80]!r} compiles to an RE2 program of size {size}; "
-                            f"gitmesh's sidecars accept at most {smi.REGEX_MAX_PROGRAM_SIZE}",
+                            f"gitmesh's sidecars accept at most {REGEX_MAX_PROGRAM_SIZE}",
                         )
                     )
     return out
@@ -504,7 +429,3 @@ def _check_regexes(groups: list[Manifest]) -> list[Diagnostic]:
 
 def _at(m: Manifest, path: tuple[str | int, ...], code: str, message: str) -> Diagnostic:
     return Diagnostic(m.locate(path), code, message, field_path(path), m.ref)
-
-
-def _ports(ports: set[tuple[Any, Any]]) -> str:
-    return ", ".join(f"{port}/{proto}" for port, proto in sorted(ports, key=str)) or "no ports"

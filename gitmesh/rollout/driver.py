@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gitmesh import smi
+from gitmesh.apis import smi
 from gitmesh.cluster.backend import ClusterBackend, Live
 from gitmesh.errors import GitmeshError, RolloutError
 from gitmesh.objects import ObjectRef

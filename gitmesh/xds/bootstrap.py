@@ -20,11 +20,9 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from google.protobuf import json_format
 
-from gitmesh import smi
 from gitmesh.certs import ca
 from gitmesh.certs.authority import CaState
-from gitmesh.mesh.state import ServiceRef
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import REGEX_MAX_PROGRAM_SIZE, Identity, ServiceRef
 from gitmesh.xds.translate import Proxy, Upstream, local_cluster_name
 
 XDS_CLUSTER = "gitmesh-xds"
@@ -130,7 +128,7 @@ def bootstrap(
             "layers": [
                 {
                     "name": "gitmesh",
-                    "static_layer": {"re2.max_program_size.error_level": smi.REGEX_MAX_PROGRAM_SIZE},
+                    "static_layer": {"re2.max_program_size.error_level": REGEX_MAX_PROGRAM_SIZE},
                 }
             ]
         },

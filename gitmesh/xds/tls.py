@@ -24,7 +24,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, message, wrappers_pb2
 
 from gitmesh.certs.ca import spiffe_id
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import Identity
 
 WORKLOAD_CERT = "workload-cert"
 TRUST_BUNDLE = "trust-bundle"

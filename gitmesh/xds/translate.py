@@ -51,10 +51,17 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
-from gitmesh import smi
 from gitmesh.certs.ca import DEFAULT_TRUST_DOMAIN
-from gitmesh.mesh.state import HttpMatch, MeshState, Port, Service, ServiceRef, Split
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import (
+    HttpMatch,
+    Identity,
+    MeshState,
+    Port,
+    Service,
+    ServiceRef,
+    Split,
+    whole_path_regex,
+)
 from gitmesh.xds import resources, tls, wire
 
 OUTBOUND = "outbound"
@@ -467,7 +474,7 @@ def _permission(m: HttpMatch) -> rbac_pb2.Permission:
     """All of a match's conditions: the path regex (anchored at the start of the path), a method, headers."""
     rules = []
     if m.path_regex:
-        path = string_pb2.StringMatcher(safe_regex=_regex(smi.whole_path_regex(m.path_regex)))
+        path = string_pb2.StringMatcher(safe_regex=_regex(whole_path_regex(m.path_regex)))
         rules.append(rbac_pb2.Permission(url_path=path_pb2.PathMatcher(path=path)))
     if m.methods:
         methods = [rbac_pb2.Permission(header=_header(":method", exact=method)) for method in m.methods]
@@ -529,7 +536,7 @@ def _route_match(m: HttpMatch) -> route_components_pb2.RouteMatch:
         headers=[_header(name, regex=pattern) for name, pattern in m.headers]
     )
     if m.path_regex:
-        match.safe_regex.CopyFrom(_regex(smi.whole_path_regex(m.path_regex)))
+        match.safe_regex.CopyFrom(_regex(whole_path_regex(m.path_regex)))
     else:
         match.prefix = "/"
     if m.methods:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gitmesh.certs import ca, store
 from gitmesh.certs.authority import ISSUING, STEADY, TRUSTING, CaState, MeshCA, advance, begin_rotation
 from gitmesh.errors import CertsError
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import Identity
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
 TD = "mesh.test"

@@ -20,8 +20,7 @@ from click.testing import CliRunner
 from gitmesh.cli import cli
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.demo import Sidecar, eventually, free_port
-from gitmesh.mesh.state import ServiceRef
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import Identity, ServiceRef
 from gitmesh.xds.bootstrap import client_tls
 from gitmesh.xds.translate import Proxy
 from tests import factory as f

@@ -25,8 +25,8 @@ from typing import Any
 import grpc
 import pytest
 
+from gitmesh.mesh.state import Identity
 from gitmesh.serve import MeshPublisher
-from gitmesh.smi import Identity
 from gitmesh.xds.server import serve
 from tests import factory as f
 

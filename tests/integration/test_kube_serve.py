@@ -26,7 +26,7 @@ from gitmesh.certs import ca
 from gitmesh.cli import cli
 from gitmesh.cluster.kube import KubeBackend
 from gitmesh.demo import eventually, free_port, stop_process
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import Identity
 from gitmesh.xds import resources
 from tests import factory as f
 from tests.conftest import GitRepo

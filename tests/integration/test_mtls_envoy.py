@@ -24,7 +24,7 @@ from gitmesh.certs import ca
 from gitmesh.cli import cli
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.demo import CALLER_AGENT, Demo, eventually
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import Identity
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ import pytest
 import re2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 
-from gitmesh import pipeline, smi
-from gitmesh.mesh.state import ALL_TRAFFIC, Backend, MeshState, ServiceRef, build
-from gitmesh.smi import Identity
+from gitmesh import pipeline
+from gitmesh.apis import read, smi
+from gitmesh.mesh.state import ALL_TRAFFIC, Backend, Identity, MeshState, ServiceRef, whole_path_regex
 from gitmesh.sync.git import read_directory
 from gitmesh.xds import resources
 from gitmesh.xds.translate import Proxy, translate
@@ -58,7 +58,7 @@ def test_service_names_resolve_in_the_split_namespace(written: str, meant: tuple
 
 @pytest.mark.parametrize("spelling", [1, 2, 3, 4, 5])
 def test_a_dns_name_root_splits_the_service_it_names(tmp_path: Path, spelling: int) -> None:
-    mesh = build(desired(tmp_path, f"split-root-dns-{spelling}.yaml"))
+    mesh = read.mesh(desired(tmp_path, f"split-root-dns-{spelling}.yaml"))
     assert mesh.warnings == ()
     split = mesh.splits[(BOOKSTORE, 14001)]
     assert split.backends == (Backend(ServiceRef("bookstore", "bookstore-v1"), 100),)
@@ -69,7 +69,7 @@ def test_dns_name_backends_get_their_share() -> None:
         *(f.service("shop", name, 80) for name in ("web", "web-v1", "web-v2")),
         f.split("shop", "web", "web.shop.svc.cluster.local", {"web-v1.shop": 1, "web-v2.shop.svc": 3}),
     ]
-    mesh = build(objects)
+    mesh = read.mesh(objects)
     assert mesh.splits[(ServiceRef("shop", "web"), 80)].backends == (
         Backend(ServiceRef("shop", "web-v1"), 1),
         Backend(ServiceRef("shop", "web-v2"), 3),
@@ -83,9 +83,12 @@ def test_a_root_in_another_namespace_splits_nothing_and_says_so() -> None:
         f.service("shop", "web-v1", 80),
         f.split("shop", "web", "web.other.svc.cluster.local", {"web-v1": 1}),
     ]
-    mesh = build(objects)
+    mesh = read.mesh(objects)
     assert mesh.splits == {}
-    assert mesh.warnings == ("TrafficSplit shop/web: root service web.other.svc.cluster.local not found",)
+    assert mesh.warnings == (
+        "TrafficSplit shop/web: 'web.other.svc.cluster.local' names a Service in namespace 'other'; "
+        "a split and its services share the split's namespace, 'shop'",
+    )
 
 
 def bookstore_caller(mesh: MeshState) -> list[Any]:
@@ -98,7 +101,7 @@ def test_a_target_without_rules_allows_all_traffic_from_its_sources(tmp_path: Pa
     (target,) = objects
     assert target["apiVersion"] == "access.smi-spec.io/v1alpha3"
     assert "rules" not in target["spec"]  # the served version holds it as written: no rules
-    mesh = build(objects)
+    mesh = read.mesh(objects)
     (permission,) = bookstore_caller(mesh)
     assert permission.source == Identity("bookbuyer", "bookbuyer")
     assert (permission.http, permission.ports) == ALL_TRAFFIC
@@ -128,7 +131,7 @@ def test_access_v1alpha4_is_served_as_v1alpha3(tmp_path: Path) -> None:
     assert target["spec"]["sources"] == [
         {"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "bookbuyer"}
     ]
-    (permission,) = bookstore_caller(build(objects))
+    (permission,) = bookstore_caller(read.mesh(objects))
     assert permission.routes() == ("routes/books (GET ^/books)",)
 
 
@@ -137,12 +140,12 @@ def test_an_osm_mesh_config_in_permissive_mode_is_permissive(tmp_path: Path, nam
     objects = desired(tmp_path, name)
     (config,) = objects
     assert config["apiVersion"] == "config.openservicemesh.io/v1alpha2"
-    mesh = build([*objects, HTTP_SERVICE])
+    mesh = read.mesh([*objects, HTTP_SERVICE])
     assert mesh.permissive
     # Envoy: the inbound listener checks no caller (any mesh certificate); without the MeshConfig
     # it admits only the callers TrafficTargets name.
     assert "envoy.filters.network.rbac" not in inbound_filters(mesh)
-    assert "envoy.filters.network.rbac" in inbound_filters(build([HTTP_SERVICE]))
+    assert "envoy.filters.network.rbac" in inbound_filters(read.mesh([HTTP_SERVICE]))
 
 
 def inbound_filters(mesh: MeshState) -> list[str]:
@@ -164,4 +167,4 @@ def inbound_filters(mesh: MeshState) -> list[str]:
     ],
 )
 def test_path_regex_is_anchored_at_the_start_of_the_path(pattern: str, path: str, matches: bool) -> None:
-    assert bool(re2.fullmatch(smi.whole_path_regex(pattern), path)) is matches
+    assert bool(re2.fullmatch(whole_path_regex(pattern), path)) is matches

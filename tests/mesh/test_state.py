@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 
 from gitmesh import pipeline
-from gitmesh.mesh.state import Backend, Endpoint, MeshState, ServiceRef, build
-from gitmesh.smi import Identity
+from gitmesh.apis import read
+from gitmesh.mesh.state import Backend, Endpoint, Identity, MeshState, ServiceRef
 from gitmesh.sync.git import read_directory
 from tests import factory as f
 from tests.conftest import EXAMPLE_REPO
@@ -15,7 +15,7 @@ from tests.conftest import EXAMPLE_REPO
 def example() -> MeshState:
     validated = pipeline.check(read_directory(str(EXAMPLE_REPO)))
     assert validated.ok
-    return build(m.obj for m in validated.desired)
+    return read.mesh(m.obj for m in validated.desired)
 
 
 def test_the_bookstore() -> None:
@@ -75,7 +75,7 @@ def endpoint_slice(
 
 
 def test_endpoints_come_from_ready_endpoint_slices_by_port_name() -> None:
-    mesh = build(
+    mesh = read.mesh(
         [
             f.service("app", "web", 80),
             endpoint_slice("app", "web", "p80", 8080, "127.0.0.1", "127.0.0.2"),
@@ -89,20 +89,29 @@ def test_endpoints_come_from_ready_endpoint_slices_by_port_name() -> None:
 
 
 def test_a_backend_without_the_root_port_gets_no_traffic_and_a_warning() -> None:
-    mesh = build(
+    mesh = read.mesh(
         [
-            f.service("app", "web", 80),
-            f.service("app", "web-v1", 80),
+            f.service("app", "web", 80, 9090),
+            f.service("app", "web-v1", 80, 9090),
             f.service("app", "web-v2", 9090),
-            f.split("app", "s", "web", {"web-v1": 1, "web-v2": 1}),
+            f.service("app", "web-v3", 8080),
+            f.split("app", "s", "web", {"web-v1": 1, "web-v2": 1, "web-v3": 1}),
         ]
     )
     assert mesh.splits[(ServiceRef("app", "web"), 80)].backends == (Backend(ServiceRef("app", "web-v1"), 1),)
-    assert mesh.warnings == ("TrafficSplit app/s: backend web-v2 has no port 80 and gets no traffic on it",)
+    assert mesh.splits[(ServiceRef("app", "web"), 9090)].backends == (
+        Backend(ServiceRef("app", "web-v1"), 1),
+        Backend(ServiceRef("app", "web-v2"), 1),
+    )
+    assert mesh.warnings == (
+        "TrafficSplit app/s: backend web-v2 has no port 80 and gets no traffic on it",
+        "TrafficSplit app/s: Service 'web-v3' has none of the ports of 'web' (80/TCP, 9090/TCP); "
+        "it has 8080/TCP",
+    )
 
 
 def test_older_versions_mean_the_same() -> None:
-    old = build(
+    old = read.mesh(
         [
             f.service("app", "web", 80),
             f.service("app", "v1", 80),
@@ -129,7 +138,7 @@ def test_older_versions_mean_the_same() -> None:
 
 
 def test_tcp_ports() -> None:
-    mesh = build(
+    mesh = read.mesh(
         [f.tcp_route("db", "pg", 5432), f.target("db", "t", "postgres", ["app/api"], "pg", kind="TCPRoute")]
     )
     (p,) = mesh.permissions
@@ -138,4 +147,4 @@ def test_tcp_ports() -> None:
 
 @pytest.mark.parametrize(("configs", "permissive"), [((), False), ((False,), False), ((True,), True)])
 def test_a_mesh_config_makes_the_mesh_permissive(configs: tuple[bool, ...], permissive: bool) -> None:
-    assert build([f.mesh_config(c) for c in configs]).permissive is permissive
+    assert read.mesh([f.mesh_config(c) for c in configs]).permissive is permissive

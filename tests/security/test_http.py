@@ -34,8 +34,7 @@ from google.protobuf import json_format
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.controller.httpd import MAX_BODY, MAX_CONNECTIONS, MAX_HEAD, REQUEST_TIMEOUT
 from gitmesh.demo import eventually, free_port
-from gitmesh.mesh.state import ServiceRef
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import Identity, ServiceRef
 from gitmesh.sync import webhook
 from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import bootstrap, client_tls

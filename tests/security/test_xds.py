@@ -31,8 +31,7 @@ from google.rpc import status_pb2
 from gitmesh.certs import ca
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.demo import eventually
-from gitmesh.mesh.state import ServiceRef
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import Identity, ServiceRef
 from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import bootstrap
 from gitmesh.xds.cache import MAX_NACK_MESSAGE, MAX_NACKS_PER_NODE

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from gitmesh.apis.kinds import BY_NAME
 from gitmesh.plan import encode, render, schema
-from gitmesh.plan.convert import SERVED, integer_weights, lost_fields, to_served
+from gitmesh.plan.convert import integer_weights, lost_fields, to_served
 from gitmesh.plan.load import SourceFile, load_files
 from gitmesh.plan.model import Action, Plan
 from gitmesh.plan.validate import validate
@@ -80,7 +81,7 @@ def served_schema_accepts(obj: dict[str, Any]) -> None:
 def test_older_versions_convert_to_a_valid_served_object(old: dict[str, Any]) -> None:
     assert lost_fields(old) == []
     new = to_served(old)
-    assert new["apiVersion"] == SERVED[old["kind"]]
+    assert new["apiVersion"] == BY_NAME[old["kind"]].api_version
     assert new["metadata"] == old["metadata"]
     served_schema_accepts(new)
 

@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
+from gitmesh.apis.kinds import BY_NAME, KINDS
 from gitmesh.plan import crds
-from gitmesh.plan.convert import SERVED
 
 
 def walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -20,17 +20,20 @@ def walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-@pytest.mark.parametrize("kind", list(SERVED))
+SERVED = [k.name for k in KINDS if k.crd]
+
+
+@pytest.mark.parametrize("kind", SERVED)
 def test_each_crd_serves_and_stores_exactly_the_served_version(kind: str) -> None:
     crd = crds.render(kind)
-    group, version = SERVED[kind].split("/")
-    assert crd["metadata"]["name"] == f"{crds.plural(kind)}.{group}"
+    group, version = BY_NAME[kind].group, BY_NAME[kind].served
+    assert crd["metadata"]["name"] == f"{BY_NAME[kind].plural}.{group}"
     assert [(v["name"], v["served"], v["storage"]) for v in crd["spec"]["versions"]] == [
         (version, True, True)
     ]
 
 
-@pytest.mark.parametrize("kind", list(SERVED))
+@pytest.mark.parametrize("kind", SERVED)
 def test_schemas_are_structural(kind: str) -> None:
     """The rules the API server enforces for CRD schemas, checked before any server sees them."""
     schema = crds.render(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

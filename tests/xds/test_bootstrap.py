@@ -13,8 +13,7 @@ from google.protobuf import json_format
 from gitmesh.certs import ca
 from gitmesh.certs.authority import CaState
 from gitmesh.certs.store import FileKeeper, ca_path
-from gitmesh.mesh.state import ServiceRef
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import Identity, ServiceRef
 from gitmesh.xds.bootstrap import bootstrap, client_tls, parse_upstream, proxy_of
 from gitmesh.xds.translate import Proxy, Upstream
 from tests.xds.envoy import ENVOY

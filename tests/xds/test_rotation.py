@@ -16,8 +16,7 @@ from gitmesh import serve
 from gitmesh.certs import ca
 from gitmesh.certs.authority import ISSUING, STEADY, TRUSTING, begin_rotation
 from gitmesh.certs.store import FileKeeper
-from gitmesh.mesh.state import ServiceRef
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import Identity, ServiceRef
 from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import bootstrap
 from gitmesh.xds.server import StreamInfo

@@ -16,10 +16,10 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 
+from gitmesh.apis.core import SERVICE_NAME_LABEL
 from gitmesh.certs import ca
-from gitmesh.mesh.state import SERVICE_NAME_LABEL, ServiceRef
+from gitmesh.mesh.state import Identity, ServiceRef
 from gitmesh.serve import MeshPublisher, endpoint_addresses, unbacked_claim
-from gitmesh.smi import Identity
 from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import bootstrap
 from gitmesh.xds.server import RunningServer, serve

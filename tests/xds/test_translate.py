@@ -21,9 +21,9 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import any_pb2, json_format
 
 from gitmesh import pipeline
+from gitmesh.apis import read
 from gitmesh.certs import ca
-from gitmesh.mesh.state import MeshState, ServiceRef, build
-from gitmesh.smi import Identity
+from gitmesh.mesh.state import Identity, MeshState, ServiceRef
 from gitmesh.sync.git import read_directory
 from gitmesh.xds import resources, tls
 from gitmesh.xds.bootstrap import bootstrap
@@ -58,7 +58,7 @@ MYSQL_V1 = Proxy(
 
 def example(permissive: bool = False) -> MeshState:
     validated = pipeline.check(read_directory(str(EXAMPLE_REPO)))
-    return build([*(m.obj for m in validated.desired), *([mesh_config(True)] if permissive else [])])
+    return read.mesh([*(m.obj for m in validated.desired), *([mesh_config(True)] if permissive else [])])
 
 
 def serialized(res: Resources) -> dict[str, dict[str, bytes]]:
@@ -266,7 +266,7 @@ def test_an_http_only_permission_does_not_open_a_tcp_service() -> None:
     for o in objects:
         if o["kind"] == "TrafficTarget" and o["metadata"]["name"] == "bookwarehouse-access-mysql":
             o["spec"]["rules"] = [{"kind": "HTTPRouteGroup", "name": "bookwarehouse-service-routes"}]
-    inbound = translate(build(objects), MYSQL_V1)[resources.LISTENER]["inbound"]
+    inbound = translate(read.mesh(objects), MYSQL_V1)[resources.LISTENER]["inbound"]
     assert list(network_filters(inbound)) == ["envoy.filters.network.direct_response"]
     assert not inbound.filter_chains[0].HasField("transport_socket")
 
@@ -283,7 +283,7 @@ def test_a_split_with_matches_takes_only_the_requests_they_match() -> None:
     for o in objects:
         if o["kind"] == "TrafficSplit" and o["metadata"]["name"] == "bookstore-split":
             o["spec"]["matches"] = [{"kind": "HTTPRouteGroup", "name": "bookstore-service-routes"}]
-    routes = translate(build(objects), BOOKBUYER)[resources.ROUTE]["outbound"]
+    routes = translate(read.mesh(objects), BOOKBUYER)[resources.ROUTE]["outbound"]
     (host,) = [h for h in routes.virtual_hosts if h.name == "bookstore/bookstore|14001"]
     *matched, rest = host.routes
     assert [r.match.safe_regex.regex for r in matched] == ["(?:/books-bought).*", "(?:/buy-a-book/new).*"]
