@@ -10,9 +10,10 @@ import contextlib
 import gc
 from collections.abc import Iterator, Mapping
 
-from gitmesh.cluster.backend import ClusterBackend, content_hash, fingerprint, stale
-from gitmesh.cluster.errors import ObjectsFailed
+from gitmesh.cluster.backend import Changes, ClusterBackend, ObjectsFailed, content_hash, fingerprint, write
+from gitmesh.cluster.inventory import stale
 from gitmesh.errors import ClusterError, PlanError, StalePlan
+from gitmesh.kube.errors import ApiError
 from gitmesh.objects import Location, ObjectRef
 from gitmesh.plan import layout
 from gitmesh.plan.diff import make_plan
@@ -124,8 +125,7 @@ def apply(
     """Apply exactly ``plan``, refusing if the live state moved since it was made."""
     if plan.backend != backend.describe():
         raise PlanError(f"the plan is for {plan.backend}, not {backend.describe()}")
-    inventory = backend.inventory(plan.source)
-    if fingerprint(backend.list_managed(), inventory) != plan.live_fingerprint:
+    if fingerprint(backend.list_managed(), backend.inventory(plan.source)) != plan.live_fingerprint:
         raise StalePlan("the live state changed since this plan was made; run gitmesh plan again")
     if plan.deletes_everything and not allow_empty:
         raise PlanError(
@@ -139,28 +139,32 @@ def apply(
             f"{len(conflicted)} object(s) have fields owned by another field manager ({names}); "
             "pass --force-conflicts to take them over"
         )
-    try:
-        backend.apply(
-            plan.source,
-            plan.revision,
-            plan.ref,
-            objects=[c.manifest for c in plan.changes if c.manifest is not None],
-            deletes=[c.ref for c in plan.changes if c.action is Action.DELETE],
-            keep={
-                c.ref: inventory[c.ref]
-                for c in plan.changes
-                if c.action is Action.NOOP and c.manifest is None
-            },
+    done = write(
+        backend,
+        plan.source,
+        plan.revision,
+        plan.ref,
+        Changes(
+            writes=tuple(c.manifest for c in plan.changes if c.manifest is not None),
+            deletes=tuple(c.ref for c in plan.changes if c.action is Action.DELETE),
+            unchanged=frozenset(
+                c.ref for c in plan.changes if c.action is Action.NOOP and c.manifest is None
+            ),
             force=frozenset(c.ref for c in plan.changes if c.take_over or (c.conflict and force_conflicts)),
+        ),
+    )
+    if done.failures:
+        raise _located(
+            ObjectsFailed("applied", list(done.failures)), {c.ref: c.source for c in plan.changes if c.source}
         )
-    except ObjectsFailed as e:
-        raise _located(e, {c.ref: c.source for c in plan.changes if c.source}) from e
 
 
 def _located(e: ObjectsFailed, written: Mapping[ObjectRef, Location]) -> ClusterError:
     """The server's refusals, each naming where the object is written."""
     lines = [
-        f"  {f.ref} ({written[f.ref]}): {f.detail}" if f.ref is not None and f.ref in written else f"  {f}"
+        f"  {f.ref} ({written[f.ref]}): {f.detail}"
+        if isinstance(f, ApiError) and f.ref is not None and f.ref in written
+        else f"  {f}"
         for f in e.failures
     ]
     return ClusterError(f"{len(e.failures)} object(s) could not be {e.verb}:\n" + "\n".join(lines))

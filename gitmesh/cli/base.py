@@ -68,8 +68,9 @@ class BackendChoice:
 
     def open(self) -> ClusterBackend:
         from gitmesh.cluster import kube  # the Kubernetes client takes a while to import: only when used
+        from gitmesh.kube.client import in_cluster
 
-        if self.kubeconfig or self.context or kube.in_cluster():
+        if self.kubeconfig or self.context or in_cluster():
             return kube.KubeBackend.connect(self.kubeconfig, self.context)
         return LocalBackend(self.store)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -206,10 +207,11 @@ def run_command(
             return LocalBackend(store)
     else:
         from gitmesh.cluster.kube import KubeBackend
+        from gitmesh.kube.review import may_reconcile
 
         assert isinstance(backend, KubeBackend)
         mesh = _cluster_watch(backend)
-        review = backend.may_reconcile
+        review = functools.partial(may_reconcile, backend.client)
 
         def open_backend() -> ClusterBackend:
             return backend  # the Kubernetes client is safe to share between threads

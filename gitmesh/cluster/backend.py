@@ -5,13 +5,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from gitmesh.certs.store import Keeper
+from gitmesh.cluster.inventory import Applied, ChangeSet, next_inventory
 from gitmesh.cluster.records import SourceRecord
+from gitmesh.errors import ClusterError
 from gitmesh.objects import MANAGED_BY_LABEL, MANAGED_BY_VALUE, ObjectRef
 
 
@@ -26,14 +29,6 @@ class Live:
     def of(cls, obj: dict[str, Any]) -> Live:
         """A live object as the API server returns it: its version is in its metadata."""
         return cls(obj, str(obj["metadata"].get("resourceVersion", "")))
-
-
-@dataclass(frozen=True)
-class Applied:
-    """An inventory entry: what gitmesh last applied for an object, and the version that produced."""
-
-    hash: str  # content_hash of the manifest sent
-    resource_version: str
 
 
 @dataclass(frozen=True)
@@ -55,6 +50,27 @@ class SourceStatus:
     last_error_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class Changes:
+    """What one apply is asked to do: ``writes`` in apply order, then ``deletes`` in order.
+    ``unchanged`` objects are declared and left as they are; those in ``force`` take their fields
+    back from other field managers."""
+
+    writes: tuple[Mapping[str, Any], ...] = ()
+    deletes: tuple[ObjectRef, ...] = ()
+    unchanged: frozenset[ObjectRef] = frozenset()
+    force: frozenset[ObjectRef] = frozenset()
+
+
+class ObjectsFailed(ClusterError):
+    """The server refused some objects of a dry-run or an apply; ``failures`` has one error per object."""
+
+    def __init__(self, verb: str, failures: Sequence[ClusterError]) -> None:
+        self.verb, self.failures = verb, failures
+        lines = "\n".join(f"  {f}" for f in failures)
+        super().__init__(f"{len(failures)} object(s) could not be {verb}:\n{lines}")
+
+
 class ClusterBackend(Protocol):
     def describe(self) -> str:
         """Where objects go, for plans and logs: ``local:/path/store.db``, ``kube:context``."""
@@ -71,24 +87,17 @@ class ClusterBackend(Protocol):
     def predict(self, objects: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """Each object as it would be stored if applied now, defaults filled in, in order."""
 
-    def apply(
-        self,
-        source: str,
-        revision: str | None,
-        ref: str,
-        objects: Sequence[Mapping[str, Any]],
-        deletes: Sequence[ObjectRef],
-        keep: Mapping[ObjectRef, Applied],
-        *,
-        force: frozenset[ObjectRef] = frozenset(),
+    def transaction(self) -> AbstractContextManager[None]:
+        """Writes inside commit together where the store can (the embedded one), else one by one."""
+
+    def apply(self, changes: Changes) -> ChangeSet:
+        """Write ``changes.writes`` in order, then delete ``changes.deletes`` in order, stopping at
+        the first kind with a refusal; the refusals are in the change set, not raised."""
+
+    def save_inventory(
+        self, source: str, inventory: Mapping[ObjectRef, Applied], revision: str | None, ref: str, error: str
     ) -> None:
-        """Write ``objects`` in order, then delete ``deletes`` in order.
-
-        Objects in ``force`` take their fields back from other field managers.
-
-        The new inventory is ``keep`` plus every object written; on failure it
-        still lists exactly what is applied, and the error names what failed.
-        """
+        """Keep what ``source`` applied; ``revision`` None (after a failure) keeps the last applied one."""
 
     def record_error(self, source: str, message: str) -> None:
         """Remember why the last attempt for ``source`` failed (shown by ``gitmesh status``)."""
@@ -122,16 +131,6 @@ class ClusterBackend(Protocol):
         """Keep one rollout's state; it survives restarts of whatever drives it."""
 
 
-def stale(
-    inventory: Iterable[ObjectRef], live: Collection[ObjectRef], declared: Collection[ObjectRef]
-) -> list[ObjectRef]:
-    """What prune deletes, for every backend: objects the source applied that are still live and
-    that the revision no longer declares. ``declared`` holds every object of the revision, whatever
-    its version and whether or not it validated: an object still written in Git is never deleted,
-    whatever else went wrong."""
-    return [ref for ref in inventory if ref in live and ref not in declared]
-
-
 def owned(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``obj`` carrying the managed-by label that marks it as gitmesh's."""
     out = copy.deepcopy(dict(obj))
@@ -159,3 +158,19 @@ def fingerprint(live: Mapping[ObjectRef, Live], inventory: Mapping[ObjectRef, Ap
         entry = inventory[ref]
         h.update(f"{ref.group}/{ref}@{entry.resource_version}#{entry.hash}\n".encode())
     return h.hexdigest()
+
+
+def write(
+    backend: ClusterBackend, source: str, revision: str | None, ref: str, changes: Changes
+) -> ChangeSet:
+    """Apply ``changes`` as ``source`` and keep its next inventory: the one path every write takes.
+    The inventory is written whatever happened, so that it lists exactly what is applied; in the
+    embedded store, objects and inventory commit together (a kill leaves both before or after)."""
+    with backend.transaction():
+        previous = backend.inventory(source)
+        done = backend.apply(changes)
+        error = str(ObjectsFailed("applied", list(done.failures))) if done.failures else ""
+        backend.save_inventory(
+            source, next_inventory(previous, done), None if error else revision, ref, error
+        )
+    return done

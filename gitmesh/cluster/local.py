@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from gitmesh.certs.store import FileKeeper, ca_path
-from gitmesh.cluster.backend import Applied, Live, Prediction, SourceStatus, content_hash, is_owned, owned
+from gitmesh.cluster.backend import Changes, Live, Prediction, SourceStatus, content_hash, is_owned, owned
+from gitmesh.cluster.inventory import Applied, ChangeSet
 from gitmesh.cluster.records import SourceRecord
 from gitmesh.errors import ClusterError
 from gitmesh.objects import ObjectRef
@@ -101,38 +102,35 @@ class LocalBackend:
     def predict(self, objects: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         return [Prediction(owned(obj)) for obj in objects]
 
-    def apply(
-        self,
-        source: str,
-        revision: str | None,
-        ref: str,
-        objects: Sequence[Mapping[str, Any]],
-        deletes: Sequence[ObjectRef],
-        keep: Mapping[ObjectRef, Applied],
-        *,
-        force: frozenset[ObjectRef] = frozenset(),  # one writer: the embedded store has no conflicts
-    ) -> None:
+    def apply(self, changes: Changes) -> ChangeSet:
+        # One transaction: all of it is written or, on an error, none (no partial change set).
         now = _now()
-        inventory = dict(keep)
+        applied = {}
         with self._transaction() as db:
             (counter,) = db.execute("SELECT value FROM counter").fetchone()
-            for obj in objects:
+            for obj in changes.writes:
                 counter += 1
                 r = ObjectRef.of(obj)
-                inventory[r] = Applied(content_hash(obj), str(counter))
+                applied[r] = Applied(content_hash(obj), str(counter))
                 body = json.dumps(owned(obj), separators=(",", ":"), sort_keys=True)
                 db.execute(
                     "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
                     "body = excluded.body, resource_version = excluded.resource_version",
                     (r.group, r.kind, r.namespace, r.name, body, counter, now),
                 )
-            for r in deletes:
+            for r in changes.deletes:
                 counter += 1  # a delete is a write too: whoever follows version() must see it
                 db.execute(
                     "DELETE FROM objects WHERE grp = ? AND kind = ? AND namespace = ? AND name = ?",
                     (r.group, r.kind, r.namespace, r.name),
                 )
             db.execute("UPDATE counter SET value = ?", (counter,))
+        return ChangeSet(applied, frozenset(changes.deletes), changes.unchanged)
+
+    def save_inventory(
+        self, source: str, inventory: Mapping[ObjectRef, Applied], revision: str | None, ref: str, error: str
+    ) -> None:
+        with self._transaction() as db:
             db.execute("DELETE FROM inventory WHERE source = ?", (source,))
             db.executemany(
                 "INSERT INTO inventory VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -141,11 +139,20 @@ class LocalBackend:
                     for r, a in inventory.items()
                 ],
             )
+            if revision is None and error:
+                db.execute(
+                    "INSERT INTO sources (source, last_error, last_error_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT DO UPDATE SET "
+                    "last_error = excluded.last_error, last_error_at = excluded.last_error_at",
+                    (source, error, _now()),
+                )
+                return
             db.execute(
                 "INSERT INTO sources (source, revision, ref, applied_at, last_error, last_error_at) "
-                "VALUES (?, ?, ?, ?, '', NULL) ON CONFLICT DO UPDATE SET revision = excluded.revision, "
-                "ref = excluded.ref, applied_at = excluded.applied_at, last_error = '', last_error_at = NULL",
-                (source, revision, ref, now),
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET revision = excluded.revision, "
+                "ref = excluded.ref, applied_at = excluded.applied_at, last_error = excluded.last_error, "
+                "last_error_at = excluded.last_error_at",
+                (source, revision, ref, _now(), error, _now() if error else None),
             )
 
     def record_error(self, source: str, message: str) -> None:
@@ -212,7 +219,16 @@ class LocalBackend:
         ]
 
     @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything inside commits together or not at all (writes inside join it)."""
+        with self._transaction():
+            yield
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        if self._db.in_transaction:  # inside transaction(): the outer one commits or rolls back
+            yield self._db
+            return
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:

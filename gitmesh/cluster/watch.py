@@ -8,20 +8,16 @@ polls it and republishes.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import kubernetes.client
-import urllib3
-
-from gitmesh.cluster import errors
 from gitmesh.cluster.backend import Live
 from gitmesh.cluster.kube import RESOURCES, KubeBackend
 from gitmesh.errors import ClusterError
+from gitmesh.kube import errors
 from gitmesh.objects import ObjectRef
 
 log = logging.getLogger("gitmesh.watch")
@@ -50,7 +46,7 @@ class MeshWatch:
         for _ in self._threads:
             if not self._listed.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 raise ClusterError(
-                    f"could not list the mesh's objects from {self.backend.server} in {timeout:g}s"
+                    f"could not list the mesh's objects from {self.backend.client.server} in {timeout:g}s"
                 )
         return self
 
@@ -76,7 +72,7 @@ class MeshWatch:
         while not self._stop.is_set():
             try:
                 try:
-                    body = self.backend._request("GET", res.path())
+                    body = self.backend.client.get(res.path())
                 except errors.NotFound:  # an SMI kind whose CRD is not installed (yet)
                     body = {"items": [], "metadata": {}}
                 items = [
@@ -96,37 +92,14 @@ class MeshWatch:
                 self._stop.wait(RETRY_SECONDS)
 
     def _watch(self, kind: str, api_version: str, path: str, rv: str) -> None:
-        query = {
-            "watch": "1",
-            "resourceVersion": rv,
-            "timeoutSeconds": str(WATCH_SECONDS),
-            "allowWatchBookmarks": "true",
-        }
-        api = self.backend.api
-        method, url, headers, _, _ = api.param_serialize(
-            "GET",
-            path,
-            query_params=list(query.items()),
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        try:
-            resp = api.call_api(method, url, headers, None, _request_timeout=(5, WATCH_SECONDS + 30))
-            if resp.status != 200:
-                raise errors.api_error(resp.status, resp.read())
-            for line in resp.response:
-                if self._stop.is_set():
-                    break
-                event = json.loads(line)
-                obj = event.get("object") or {}
-                if event.get("type") == "ERROR":
-                    return  # e.g. 410 Gone: the caller lists again
-                if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                    self._apply(event["type"], {"apiVersion": api_version, "kind": kind, **obj})
-        except (urllib3.exceptions.HTTPError, OSError, kubernetes.client.ApiException) as e:
-            raise errors.unreachable(self.backend.server, e) from e
-        except ValueError as e:
-            raise ClusterError(f"unreadable watch event for {kind}: {e}") from e
+        for event in self.backend.client.watch(path, rv, WATCH_SECONDS):
+            if self._stop.is_set():
+                break
+            obj = event.get("object") or {}
+            if event.get("type") == "ERROR":
+                return  # e.g. 410 Gone: the caller lists again
+            if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                self._apply(event["type"], {"apiVersion": api_version, "kind": kind, **obj})
 
     def _replace(self, kind: str, items: list[dict[str, Any]]) -> None:
         with self._lock:

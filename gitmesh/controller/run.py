@@ -35,7 +35,7 @@ from gitmesh.rollout.prometheus import Prometheus
 from gitmesh.sync.source import Source
 
 if TYPE_CHECKING:
-    from gitmesh.cluster.kube import Reviewed
+    from gitmesh.kube.review import Reviewed
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gitmesh import smi
-from gitmesh.cluster.backend import ClusterBackend, Live
+from gitmesh.cluster import backend as backends
+from gitmesh.cluster.backend import Changes, ClusterBackend, Live, ObjectsFailed
 from gitmesh.errors import GitmeshError, RolloutError
 from gitmesh.objects import ObjectRef
 from gitmesh.plan import policy as policies
@@ -217,10 +218,13 @@ class Runner:
 def write(backend: ClusterBackend, r: Rollout, obj: Mapping[str, Any]) -> None:
     """The split with the rollout's weights, applied as its source so the inventory stays true."""
     ref = ObjectRef.of(obj)
-    keep = {k: v for k, v in backend.inventory(r.source).items() if k != ref}
+    unchanged = frozenset(k for k in backend.inventory(r.source) if k != ref)
     status = {s.source: s for s in backend.status()}.get(r.source)
     revision, git_ref = (status.revision, status.ref) if status else (r.revision, "")
-    backend.apply(r.source, revision, git_ref, [with_weights(clean(obj), r.weights)], [], keep)
+    changes = Changes(writes=(with_weights(clean(obj), r.weights),), unchanged=unchanged)
+    done = backends.write(backend, r.source, revision, git_ref, changes)
+    if done.failures:
+        raise ObjectsFailed("applied", list(done.failures))
     log.info("rollout of %s: %s, weights %s", r.split, r.phase, dict(r.weights))
 
 

@@ -19,6 +19,8 @@ from click.testing import CliRunner
 
 from gitmesh import demo as demo_mod
 from gitmesh.cli import cli
+from gitmesh.cluster import backend as backends
+from gitmesh.cluster.backend import Changes
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.demo import Demo, eventually
 
@@ -204,7 +206,7 @@ def test_a_config_envoy_rejects_is_reported_and_the_last_good_one_keeps_serving(
         live.obj for ref, live in store.list_managed().items() if ref.name == "bookstore-service-routes"
     ]
     routes["spec"]["matches"][0]["pathRegex"] = "/books-bought("
-    store.apply("vandal", None, "", [routes], [], {})
+    backends.write(store, "vandal", None, "", Changes(writes=(routes,)))
     store.close()
 
     def status() -> dict[str, Any]:

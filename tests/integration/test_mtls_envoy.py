@@ -22,6 +22,8 @@ from cryptography import x509
 from gitmesh import demo as demo_mod
 from gitmesh.certs import ca
 from gitmesh.cli import cli
+from gitmesh.cluster import backend as backends
+from gitmesh.cluster.backend import Changes
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.demo import CALLER_AGENT, Demo, eventually
 from gitmesh.smi import Identity
@@ -271,7 +273,7 @@ def test_a_server_of_another_namespace_is_not_trusted_with_a_services_traffic(
                 live.obj for ref, live in store.list_managed().items() if ref.name == "bookstore-v1-local"
             ]
             endpoints["ports"][0]["port"] = port
-            store.apply("imposter", None, "", [endpoints], [], {})
+            backends.write(store, "imposter", None, "", Changes(writes=(endpoints,)))
             store.close()
             host = "bookstore-v1.bookstore:14001"
             caller = demo.proxies["bookbuyer"].outbound_port

@@ -5,8 +5,9 @@ import json
 import pytest
 import urllib3
 
-from gitmesh.cluster import errors
+from gitmesh.cluster.backend import ObjectsFailed
 from gitmesh.errors import ClusterError
+from gitmesh.kube import errors
 from gitmesh.objects import ObjectRef
 
 REF = ObjectRef("", "Service", "app", "web")
@@ -89,7 +90,7 @@ def test_apply_failed_lists_every_object() -> None:
         errors.api_error(422, status_body(422, "Invalid", "bad"), REF),
         errors.api_error(403, status_body(403, "Forbidden", "no"), ObjectRef("", "Namespace", "", "x")),
     ]
-    text = str(errors.ObjectsFailed("applied", failures))
+    text = str(ObjectsFailed("applied", failures))
     assert text.splitlines() == [
         "2 object(s) could not be applied:",
         "  Service/app/web: 422 Invalid: bad",

@@ -6,10 +6,12 @@ import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gitmesh.cluster.backend import content_hash, fingerprint, is_owned
+from gitmesh.cluster import backend as backends
+from gitmesh.cluster.backend import Changes, content_hash, fingerprint, is_owned
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.cluster.records import Condition, Reconcile, SourceRecord
 from gitmesh.errors import ClusterError
@@ -20,13 +22,25 @@ SVC = f.service("store", "bookstore", 80)
 NS = f.namespace("store")
 
 
+def put(
+    store: LocalBackend,
+    source: str,
+    revision: str,
+    ref: str,
+    writes: list[dict[str, Any]],
+    deletes: tuple[ObjectRef, ...] = (),
+    unchanged: frozenset[ObjectRef] = frozenset(),
+) -> None:
+    backends.write(store, source, revision, ref, Changes(tuple(writes), deletes, unchanged))
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> LocalBackend:
     return LocalBackend(tmp_path / "state" / "store.db")
 
 
 def test_applied_objects_are_listed_with_label_and_server_fields(store: LocalBackend) -> None:
-    store.apply("default", "sha1", "main", [NS, SVC], [], {})
+    put(store, "default", "sha1", "main", [NS, SVC])
     live = store.list_managed()
     assert set(live) == {ObjectRef.of(NS), ObjectRef.of(SVC)}
     svc = live[ObjectRef.of(SVC)].obj
@@ -38,49 +52,49 @@ def test_applied_objects_are_listed_with_label_and_server_fields(store: LocalBac
 
 
 def test_resource_versions_grow_on_every_write(store: LocalBackend) -> None:
-    store.apply("default", "a", "main", [SVC], [], {})
+    put(store, "default", "a", "main", [SVC])
     first = store.list_managed()[ObjectRef.of(SVC)].resource_version
-    store.apply("default", "b", "main", [f.service("store", "bookstore", 81)], [], {})
+    put(store, "default", "b", "main", [f.service("store", "bookstore", 81)])
     second = store.list_managed()[ObjectRef.of(SVC)].resource_version
     assert int(second) > int(first)
 
 
 def test_the_store_version_moves_on_a_delete_alone(store: LocalBackend) -> None:
     # gitmesh run republishes when version() moves: a revision that only deletes must move it.
-    store.apply("default", "a", "main", [NS, SVC], [], {})
+    put(store, "default", "a", "main", [NS, SVC])
     before = store.version()
-    store.apply("default", "b", "main", [], [ObjectRef.of(SVC)], {})
+    put(store, "default", "b", "main", [], (ObjectRef.of(SVC),))
     assert int(store.version()) > int(before)
 
 
 def test_fingerprint_changes_with_any_write_or_inventory_change(store: LocalBackend) -> None:
-    store.apply("default", "a", "main", [SVC], [], {})
+    put(store, "default", "a", "main", [SVC])
     before = fingerprint(store.list_managed(), store.inventory("default"))
     assert before == fingerprint(store.list_managed(), store.inventory("default"))
-    store.apply("other", "a", "main", [], [], {})
+    put(store, "other", "a", "main", [])
     assert before == fingerprint(store.list_managed(), store.inventory("default"))
-    store.apply("default", "b", "main", [SVC], [], {})
+    put(store, "default", "b", "main", [SVC])
     assert before != fingerprint(store.list_managed(), store.inventory("default"))
 
 
 def test_deletes_and_inventory(store: LocalBackend) -> None:
-    store.apply("default", "a", "main", [NS, SVC], [], {})
+    put(store, "default", "a", "main", [NS, SVC])
     kept = store.inventory("default")[ObjectRef.of(NS)]
-    store.apply("default", "b", "main", [], [ObjectRef.of(SVC)], {ObjectRef.of(NS): kept})
+    put(store, "default", "b", "main", [], (ObjectRef.of(SVC),), frozenset({ObjectRef.of(NS)}))
     assert set(store.list_managed()) == {ObjectRef.of(NS)}
     assert store.inventory("default") == {ObjectRef.of(NS): kept}
     assert store.inventory("someone-else") == {}
 
 
 def test_inventory_records_the_content_hash_and_version_applied(store: LocalBackend) -> None:
-    store.apply("default", "a", "main", [SVC], [], {})
+    put(store, "default", "a", "main", [SVC])
     (entry,) = store.inventory("default").values()
     assert entry.hash == content_hash(SVC)
     assert entry.resource_version == store.list_managed()[ObjectRef.of(SVC)].resource_version
 
 
 def test_objects_without_the_label_are_not_listed_as_managed(store: LocalBackend) -> None:
-    store.apply("default", "a", "main", [SVC], [], {})
+    put(store, "default", "a", "main", [SVC])
     # Someone else writes an object into the same store, without gitmesh's label.
     db = sqlite3.connect(store.path)
     db.execute("INSERT INTO objects VALUES ('', 'Service', 'store', 'theirs', '{\"metadata\": {}}', 99, 'x')")
@@ -91,31 +105,24 @@ def test_objects_without_the_label_are_not_listed_as_managed(store: LocalBackend
 
 
 def test_status_reports_revision_counts_and_last_error(store: LocalBackend) -> None:
-    store.apply("default", "sha1", "main", [NS, SVC], [], {})
+    put(store, "default", "sha1", "main", [NS, SVC])
     store.record_error("default", "revision sha2 is invalid")
     (status,) = store.status()
     assert (status.source, status.revision, status.ref) == ("default", "sha1", "main")
     assert dict(status.objects) == {"Namespace": 1, "Service": 1}
     assert status.last_error == "revision sha2 is invalid"
     assert status.last_error_at is not None
-    store.apply("default", "sha3", "main", [NS, SVC], [], {})
+    put(store, "default", "sha3", "main", [NS, SVC])
     (status,) = store.status()
     assert (status.revision, status.last_error) == ("sha3", "")
 
 
 def test_a_failed_apply_changes_nothing(store: LocalBackend) -> None:
-    store.apply("default", "a", "main", [SVC], [], {})
+    put(store, "default", "a", "main", [SVC])
     before = store.list_managed()
     with pytest.raises(TypeError):
         # A body that cannot be stored (not JSON-serialisable) fails after the first write.
-        store.apply(
-            "default",
-            "b",
-            "main",
-            [NS, {**SVC, "spec": {"bad": object()}}],
-            [],
-            {},
-        )
+        put(store, "default", "b", "main", [NS, {**SVC, "spec": {"bad": object()}}])
     assert store.list_managed() == before
     assert set(store.inventory("default")) == {ObjectRef.of(SVC)}
 

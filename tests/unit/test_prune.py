@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gitmesh import pipeline
-from gitmesh.cluster.backend import stale
+from gitmesh.cluster.inventory import stale
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.errors import PlanError
 from gitmesh.objects import ObjectRef
@@ -40,7 +40,7 @@ def apply(rev: Revision, validated: Validated, store: LocalBackend) -> None:
 
 def test_stale_is_what_was_applied_is_live_and_is_declared_no_more() -> None:
     a, b, c, d = (ObjectRef("", "Service", "store", n) for n in "abcd")
-    assert stale(inventory=[a, b, c], live=[a, b, d], declared=[b]) == [a]
+    assert stale(previous=[a, b, c], live=[a, b, d], declared=[b]) == [a]
 
 
 def test_a_target_at_an_unknown_version_refuses_the_revision(tmp_path: Path, store: LocalBackend) -> None:

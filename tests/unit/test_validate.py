@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from gitmesh import pipeline
+from gitmesh.cluster.backend import Changes
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.objects import ObjectRef
 from gitmesh.plan.load import SourceFile, load_files
@@ -274,5 +275,5 @@ def test_the_embedded_store_is_the_cluster_plan_looks_in(tmp_path: Path) -> None
     (root / "mesh.yaml").write_text(f.dump(*_with(BASE, SPLIT, ("spec", "service"), "storefront")))
     revision = read_directory(str(root))
     assert [d.code for d in pipeline.check(revision, store).errors] == ["GM101"]
-    store.apply("platform", None, "", [f.service("store", "storefront", 80)], [], {})
+    store.apply(Changes(writes=(f.service("store", "storefront", 80),)))
     assert pipeline.check(revision, store).diagnostics == ()

@@ -65,15 +65,6 @@ class Unreachable(ClusterError):
     """The API server did not answer: down, wrong address, or too slow."""
 
 
-class ObjectsFailed(ClusterError):
-    """The server refused some objects of a dry-run or an apply; ``failures`` has one error per object."""
-
-    def __init__(self, verb: str, failures: list[ApiError]) -> None:
-        self.verb, self.failures = verb, failures
-        lines = "\n".join(f"  {f}" for f in failures)
-        super().__init__(f"{len(failures)} object(s) could not be {verb}:\n{lines}")
-
-
 def api_error(status: int, body: bytes, ref: ObjectRef | None = None) -> ApiError:
     """The error for a non-2xx answer, from its Status body when there is one."""
     try:
