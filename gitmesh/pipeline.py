@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 from collections.abc import Iterator, Mapping
 
-from gitmesh.cluster.backend import Changes, ClusterBackend, ObjectsFailed, content_hash, fingerprint, write
-from gitmesh.cluster.inventory import stale
+from gitmesh.cluster.inventory import Applied, stale
+from gitmesh.cluster.port import Changes, Live, ObjectPort, ObjectsFailed, content_hash
 from gitmesh.errors import ClusterError, PlanError, StalePlan
 from gitmesh.kube.errors import ApiError
 from gitmesh.objects import Location, ObjectRef
@@ -19,6 +20,7 @@ from gitmesh.plan import layout
 from gitmesh.plan.diff import make_plan
 from gitmesh.plan.model import Action, Plan
 from gitmesh.plan.validate import Validated, validate
+from gitmesh.settings import Settings
 from gitmesh.sync.git import Revision
 
 
@@ -39,10 +41,10 @@ def _without_cycle_collection() -> Iterator[None]:
 
 
 @_without_cycle_collection()
-def check(revision: Revision, backend: ClusterBackend | None = None) -> Validated:
+def check(revision: Revision, objects: ObjectPort | None = None) -> Validated:
     """Load and validate every file and build of the revision; all diagnostics at once.
 
-    With a backend, the Services a split names that the revision does not define are looked up
+    With a cluster's objects, the Services a split names that the revision does not define are looked up
     there (another team's, a Helm chart's); without one they are left unchecked, with a warning.
     """
     loaded = layout.load(
@@ -53,25 +55,26 @@ def check(revision: Revision, backend: ClusterBackend | None = None) -> Validate
         diagnostics=revision.diagnostics,
     )
     validated = validate(loaded.manifests, loaded.diagnostics)
-    if backend is not None and validated.outside:
-        validated = validate(loaded.manifests, loaded.diagnostics, backend.present(validated.outside))
+    if objects is not None and validated.outside:
+        present = frozenset(objects.list(validated.outside))
+        validated = validate(loaded.manifests, loaded.diagnostics, present)
     return layout.explain(validated, loaded.notes)
 
 
 @_without_cycle_collection()
-def plan(revision: Revision, validated: Validated, backend: ClusterBackend, source: str) -> Plan:
-    """Diff a valid revision against what ``source`` owns in the backend.
+def plan(revision: Revision, validated: Validated, settings: Settings, source: str) -> Plan:
+    """Diff a valid revision against what ``source`` owns in the cluster.
 
     An object whose manifest is unchanged since gitmesh applied it, and whose
     live version is the one that apply produced, is unchanged on both sides:
-    it needs no dry-run. Everything else is predicted by the backend.
+    it needs no dry-run. Everything else is predicted by the cluster.
     """
     if not validated.ok:
         raise PlanError(
             f"revision {revision.short} has {len(validated.errors)} error(s); nothing was planned"
         )
-    live = backend.list_managed()
-    inventory = backend.inventory(source)
+    live = settings.objects.list()
+    inventory = settings.state.inventories.get(source)
     hashes = {m.ref: content_hash(m.obj) for m in validated.desired}
     unchanged = {
         ref
@@ -83,7 +86,7 @@ def plan(revision: Revision, validated: Validated, backend: ClusterBackend, sour
     }
     to_predict = [m for m in validated.desired if m.ref not in unchanged]
     try:
-        predicted = backend.predict([m.obj for m in to_predict])
+        predicted = settings.objects.predict([m.obj for m in to_predict])
     except ObjectsFailed as e:
         raise _located(e, {m.ref: m.source for m in to_predict}) from e
     predictions = dict(zip((m.ref for m in to_predict), predicted, strict=True))
@@ -108,7 +111,7 @@ def plan(revision: Revision, validated: Validated, backend: ClusterBackend, sour
         source=source,
         revision=revision.sha,
         git_ref=revision.ref,
-        backend=backend.describe(),
+        backend=settings.objects.describe(),
         fingerprint=fingerprint(live, inventory),
         diagnostics=validated.diagnostics,
         conflicts=conflicts,
@@ -120,12 +123,14 @@ def plan(revision: Revision, validated: Validated, backend: ClusterBackend, sour
 
 
 def apply(
-    plan: Plan, backend: ClusterBackend, *, allow_empty: bool = False, force_conflicts: bool = False
+    plan: Plan, settings: Settings, *, allow_empty: bool = False, force_conflicts: bool = False
 ) -> None:
     """Apply exactly ``plan``, refusing if the live state moved since it was made."""
-    if plan.backend != backend.describe():
-        raise PlanError(f"the plan is for {plan.backend}, not {backend.describe()}")
-    if fingerprint(backend.list_managed(), backend.inventory(plan.source)) != plan.live_fingerprint:
+    where = settings.objects.describe()
+    if plan.backend != where:
+        raise PlanError(f"the plan is for {plan.backend}, not {where}")
+    live, inventory = settings.objects.list(), settings.state.inventories.get(plan.source)
+    if fingerprint(live, inventory) != plan.live_fingerprint:
         raise StalePlan("the live state changed since this plan was made; run gitmesh plan again")
     if plan.deletes_everything and not allow_empty:
         raise PlanError(
@@ -139,8 +144,7 @@ def apply(
             f"{len(conflicted)} object(s) have fields owned by another field manager ({names}); "
             "pass --force-conflicts to take them over"
         )
-    done = write(
-        backend,
+    done = settings.write(
         plan.source,
         plan.revision,
         plan.ref,
@@ -157,6 +161,18 @@ def apply(
         raise _located(
             ObjectsFailed("applied", list(done.failures)), {c.ref: c.source for c in plan.changes if c.source}
         )
+
+
+def fingerprint(live: Mapping[ObjectRef, Live], inventory: Mapping[ObjectRef, Applied]) -> str:
+    """Identifies the live state a plan was made against: any write or inventory change alters it."""
+    h = hashlib.sha256()
+    for ref in sorted(live):
+        h.update(f"{ref.group}/{ref}@{live[ref].resource_version}\n".encode())
+    h.update(b"--\n")
+    for ref in sorted(inventory):
+        entry = inventory[ref]
+        h.update(f"{ref.group}/{ref}@{entry.resource_version}#{entry.hash}\n".encode())
+    return h.hexdigest()
 
 
 def _located(e: ObjectsFailed, written: Mapping[ObjectRef, Location]) -> ClusterError:

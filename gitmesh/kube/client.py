@@ -24,6 +24,7 @@ from gitmesh.errors import ClusterError
 from gitmesh.kube import errors
 from gitmesh.objects import ObjectRef
 
+FIELD_MANAGER = "gitmesh"  # gitmesh applies as this field manager (its own state under suffixes)
 CONCURRENCY = 8
 _TIMEOUT = (5, 30)  # connect, read (seconds)
 _RETRY_FOR = 30.0  # seconds to keep retrying answers of 429 Too Many Requests

@@ -2,13 +2,13 @@
 
 The seam for whatever applies plans (``gitmesh apply`` today, the reconciler later)::
 
-    prepared = driver.prepare(plan, backend, now)   # the plan to apply now
-    pipeline.apply(prepared.plan, backend)
-    driver.begin(prepared, backend, notify)         # its rollouts start once it is applied
+    prepared = driver.prepare(plan, settings, now)   # the plan to apply now
+    pipeline.apply(prepared.plan, settings)
+    driver.begin(prepared, settings, notify)         # its rollouts start once it is applied
 
 and ``Runner.tick()``, called every second or so, analyses what is due and writes each step's
-weights to the split in the backend, which ``gitmesh run`` serves to the sidecars. The state
-lives in the backend, so a new runner carries on where the last one stopped.
+weights to the split in the cluster, which ``gitmesh run`` serves to the sidecars. The state
+lives in the rollout store, so a new runner carries on where the last one stopped.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gitmesh import smi
-from gitmesh.cluster import backend as backends
-from gitmesh.cluster.backend import Changes, ClusterBackend, Live, ObjectsFailed
+from gitmesh.cluster.port import Changes, Live, ObjectsFailed
 from gitmesh.errors import GitmeshError, RolloutError
 from gitmesh.objects import ObjectRef
 from gitmesh.plan import policy as policies
@@ -35,6 +34,7 @@ from gitmesh.rollout.analysis import analyse
 from gitmesh.rollout.metrics import Measurement, MetricsError, MetricsSource
 from gitmesh.rollout.model import Phase, Rollout, Weights
 from gitmesh.rollout.steps import gaining, losing, same_shares
+from gitmesh.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ def with_weights(obj: Mapping[str, Any], weights: Weights) -> dict[str, Any]:
     return out
 
 
-def load(backend: ClusterBackend) -> dict[str, Rollout]:
-    return {split: Rollout.from_json(r) for split, r in backend.rollouts().items()}
+def load(settings: Settings) -> dict[str, Rollout]:
+    return {split: Rollout.from_json(r) for split, r in settings.state.rollouts.all().items()}
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,11 @@ class Prepared:
     notes: Mapping[ObjectRef, str]  # per split: what this plan does to its rollout, for people
 
 
-def prepare(plan: Plan, backend: ClusterBackend, now: float) -> Prepared:
+def prepare(plan: Plan, settings: Settings, now: float) -> Prepared:
     """The plan to apply now: a split whose weights change under a rollout policy gets the first
     step's weights (or keeps its live ones while a rollout toward that target runs or has failed)."""
-    rollouts = load(backend)
-    inventory = backend.inventory(plan.source) if plan.changes else {}
+    rollouts = load(settings)
+    inventory = settings.state.inventories.get(plan.source) if plan.changes else {}
     changes, starting, revised, notes = [], [], [], {}
     for c in plan.changes:
         r = rollouts.get(split_key(c.ref))
@@ -133,12 +133,12 @@ def _with_weights(c: Change, weights: Weights, owned: bool) -> Change:
     return replace(c, diff=fields, after=after, manifest=with_weights(c.manifest, weights))
 
 
-def begin(prepared: Prepared, backend: ClusterBackend, notify: Notify) -> None:
+def begin(prepared: Prepared, settings: Settings, notify: Notify) -> None:
     """The prepared plan is applied: its rollouts are under way."""
     for r in prepared.revised:
-        backend.save_rollout(r.split, r.to_json())
+        settings.state.rollouts.save(r.split, r.to_json())
     for r in prepared.starting:
-        backend.save_rollout(r.split, r.to_json())
+        settings.state.rollouts.save(r.split, r.to_json())
         notify(r)
 
 
@@ -150,20 +150,20 @@ class Runner:
     """Walks every active rollout: on each tick, analyse what is due and write the weights."""
 
     def __init__(
-        self, backend: ClusterBackend, metrics: MetricsSource, notify: Notify, revert_to: str | None = None
+        self, settings: Settings, metrics: MetricsSource, notify: Notify, revert_to: str | None = None
     ) -> None:
-        self.backend = backend
+        self.settings = settings
         self.metrics = metrics
         self.notify = notify
         self.revert_to = revert_to  # a Git repo (path or URL) to push a revert branch to after a failure
 
     def tick(self, now: float) -> None:
-        active = {split: r for split, r in load(self.backend).items() if r.phase.active}
+        active = {split: r for split, r in load(self.settings).items() if r.phase.active}
         if not active:  # gitmesh run ticks every second: with nothing under way, read nothing more
             return
         live = {
             split_key(ref): obj
-            for ref, obj in self.backend.list_managed().items()
+            for ref, obj in self.settings.objects.list().items()
             if ref.kind == "TrafficSplit"
         }
         for split, r in active.items():
@@ -186,12 +186,12 @@ class Runner:
                 nxt = replace(machine.advance(r, analysis, now), mark=m.mark)
         except MetricsError as e:
             log.warning("rollout of %s: %s", r.split, e)
-        if load(self.backend).get(r.split) != r:
+        if load(self.settings).get(r.split) != r:
             return  # moved meanwhile (promote, abort, a new commit): that wins; look again next tick
         # Weights first, then the state: killed in between, the runner finds the old state and
         # redoes the step, rather than a finished state whose weights were never written.
         if not same_shares(weights_of(obj), nxt.weights) or set(weights_of(obj)) != set(nxt.weights):
-            write(self.backend, nxt, obj)
+            write(self.settings, nxt, obj)
         if nxt != r:
             self._save(r, nxt)
 
@@ -210,27 +210,27 @@ class Runner:
                 after = replace(after, reason=f"{after.reason}; a revert is on branch {branch}")
             except GitmeshError as e:  # the rollback itself stands; only the branch is missing
                 log.warning("rollout of %s: no revert branch: %s", after.split, e)
-        self.backend.save_rollout(after.split, after.to_json())
+        self.settings.state.rollouts.save(after.split, after.to_json())
         if after.phase is not before.phase:
             self.notify(after)
 
 
-def write(backend: ClusterBackend, r: Rollout, obj: Mapping[str, Any]) -> None:
+def write(settings: Settings, r: Rollout, obj: Mapping[str, Any]) -> None:
     """The split with the rollout's weights, applied as its source so the inventory stays true."""
     ref = ObjectRef.of(obj)
-    unchanged = frozenset(k for k in backend.inventory(r.source) if k != ref)
-    status = {s.source: s for s in backend.status()}.get(r.source)
+    unchanged = frozenset(k for k in settings.state.inventories.get(r.source) if k != ref)
+    status = {s.source: s for s in settings.state.inventories.status()}.get(r.source)
     revision, git_ref = (status.revision, status.ref) if status else (r.revision, "")
     changes = Changes(writes=(with_weights(clean(obj), r.weights),), unchanged=unchanged)
-    done = backends.write(backend, r.source, revision, git_ref, changes)
+    done = settings.write(r.source, revision, git_ref, changes)
     if done.failures:
         raise ObjectsFailed("applied", list(done.failures))
     log.info("rollout of %s: %s, weights %s", r.split, r.phase, dict(r.weights))
 
 
-def act(backend: ClusterBackend, split: str, action: str, notify: Notify, now: float) -> Rollout:
+def act(settings: Settings, split: str, action: str, notify: Notify, now: float) -> Rollout:
     """promote, abort or retry one rollout by hand, writing its weights at once."""
-    rollouts = load(backend)
+    rollouts = load(settings)
     matches = [k for k in rollouts if k == split or k.partition("/")[2] == split]
     if len(matches) != 1:
         known = ", ".join(sorted(rollouts)) or "none"
@@ -240,11 +240,12 @@ def act(backend: ClusterBackend, split: str, action: str, notify: Notify, now: f
         nxt = {"promote": machine.promote, "abort": machine.abort, "retry": machine.retry}[action](r, now)
     except ValueError as e:
         raise RolloutError(str(e)) from e
-    live = {split_key(ref): o.obj for ref, o in backend.list_managed().items() if ref.kind == "TrafficSplit"}
+    objects = settings.objects
+    live = {split_key(ref): o.obj for ref, o in objects.list().items() if ref.kind == "TrafficSplit"}
     if r.split not in live:
-        raise RolloutError(f"TrafficSplit {r.split} is not in {backend.describe()}")
-    write(backend, nxt, live[r.split])
-    backend.save_rollout(nxt.split, nxt.to_json())
+        raise RolloutError(f"TrafficSplit {r.split} is not in {objects.describe()}")
+    write(settings, nxt, live[r.split])
+    settings.state.rollouts.save(nxt.split, nxt.to_json())
     notify(nxt)
     return nxt
 

@@ -13,10 +13,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from gitmesh.cli import cli
-from gitmesh.cluster.kube import KubeBackend
-from gitmesh.cluster.local import LocalBackend
 from gitmesh.rollout import driver, revert
 from gitmesh.rollout.model import Phase
+from gitmesh.settings import Settings, embedded, kubernetes
 from tests.conftest import EXAMPLE_REPO, GitRepo
 from tests.kube import Cluster
 
@@ -45,10 +44,10 @@ def run(*args: str | Path) -> Result:
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-def weights(backend: LocalBackend | KubeBackend) -> dict[str, int]:
+def weights(backend: Settings | Settings) -> dict[str, int]:
     (obj,) = [
         o.obj
-        for r, o in backend.list_managed().items()
+        for r, o in backend.objects.list().items()
         if r.kind == "TrafficSplit" and driver.split_key(r) == "bookstore/bookstore-split"
     ]
     return driver.weights_of(obj)
@@ -58,8 +57,8 @@ def test_apply_starts_a_rollout_and_plan_shows_it(mesh: GitRepo, tmp_path: Path)
     store = tmp_path / "store.db"
     where = ("--repo", mesh.path, "--path", "mesh", "--store", store)
     assert run("apply", *where).exit_code == 0  # the first revision: nothing to roll out from
-    backend = LocalBackend(store)
-    assert weights(backend) == {"bookstore-v1": 100, "bookstore-v2": 0} and backend.rollouts() == {}
+    backend = embedded(store)
+    assert weights(backend) == {"bookstore-v1": 100, "bookstore-v2": 0} and backend.state.rollouts.all() == {}
 
     mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
     plan = run("plan", *where)
@@ -103,7 +102,7 @@ def test_abort_holds_the_stable_weights_until_a_commit_changes_the_target(
     run("apply", *where)
     result = run("rollout", "abort", "bookstore/bookstore-split", "--store", store)
     assert result.exit_code == 0 and "Aborted (aborted by hand)" in result.output, result.output
-    backend = LocalBackend(store)
+    backend = embedded(store)
     assert weights(backend) == {"bookstore-v1": 100, "bookstore-v2": 0}
     assert "not retried until a commit changes them" in run("apply", *where).output
     assert weights(backend) == {"bookstore-v1": 100, "bookstore-v2": 0}
@@ -125,7 +124,7 @@ def test_a_split_without_a_policy_takes_its_weights_at_once(mesh: GitRepo, tmp_p
     run("apply", *where)
     mesh.commit("no policy, all to v2", {SPLIT_FILE: split_yaml(0, 100, policy="")})
     assert "Rollout" not in run("apply", *where).output
-    assert weights(LocalBackend(store)) == {"bookstore-v1": 0, "bookstore-v2": 100}
+    assert weights(embedded(store)) == {"bookstore-v1": 0, "bookstore-v2": 100}
     assert run("rollout", "status", "--store", store).output.strip() == "No rollouts."
 
 
@@ -157,16 +156,16 @@ def test_on_kubernetes_the_rollout_lives_in_a_configmap(mesh: GitRepo, cluster: 
     )
     assert json.loads(cm["data"]["bookstore_bookstore-split"])["phase"] == "Progressing"
 
-    backend = KubeBackend.connect(str(cluster.kubeconfig))
-    other = backend.rollouts()["bookstore/bookstore-split"] | {"split": "shop/other"}
-    backend.save_rollout("shop/other", other)  # another split's key: left alone below
+    backend = kubernetes(str(cluster.kubeconfig))
+    other = backend.state.rollouts.all()["bookstore/bookstore-split"] | {"split": "shop/other"}
+    backend.state.rollouts.save("shop/other", other)  # another split's key: left alone below
     assert run("rollout", "promote", "bookstore-split", "--kubeconfig", cluster.kubeconfig).exit_code == 0
-    assert set(backend.rollouts()) == {"bookstore/bookstore-split", "shop/other"}
+    assert set(backend.state.rollouts.all()) == {"bookstore/bookstore-split", "shop/other"}
     split = json.loads(
         cluster.kubectl("get", "-n", "bookstore", "trafficsplit", "bookstore-split", "-o", "json").stdout
     )
     assert [b["weight"] for b in split["spec"]["backends"]] == [0, 100]
-    assert backend.rollouts()["bookstore/bookstore-split"]["phase"] == "Succeeded"
+    assert backend.state.rollouts.all()["bookstore/bookstore-split"]["phase"] == "Succeeded"
     assert "No changes." in run("plan", *where).output
 
 
@@ -178,7 +177,7 @@ def test_a_revert_branch_is_pushed_to_the_remote(mesh: GitRepo, tmp_path: Path) 
     mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
     run("apply", *where)
     run("rollout", "abort", "bookstore-split", "--store", store)
-    r = driver.load(LocalBackend(store))["bookstore/bookstore-split"]
+    r = driver.load(embedded(store))["bookstore/bookstore-split"]
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(mesh.path), str(remote)], check=True)
 

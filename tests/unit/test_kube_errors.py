@@ -5,7 +5,7 @@ import json
 import pytest
 import urllib3
 
-from gitmesh.cluster.backend import ObjectsFailed
+from gitmesh.cluster.port import ObjectsFailed
 from gitmesh.errors import ClusterError
 from gitmesh.kube import errors
 from gitmesh.objects import ObjectRef

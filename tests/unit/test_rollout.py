@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gitmesh.cluster.local import LocalBackend
 from gitmesh.errors import RolloutError
 from gitmesh.plan import policy as policies
 from gitmesh.plan.load import SourceFile, load_files
@@ -23,6 +22,7 @@ from gitmesh.rollout.metrics import Measurement, quantile
 from gitmesh.rollout.model import Analysis, Phase, Rollout, Sample, Verdict
 from gitmesh.rollout.prometheus import queries
 from gitmesh.rollout.steps import gaining, losing, plan_steps, shares
+from gitmesh.settings import embedded
 from tests import factory
 
 V1, V2 = "web-v1", "web-v2"
@@ -421,6 +421,6 @@ def test_backends_written_as_dns_names_are_measured_under_their_service() -> Non
     v1, v2 = "web-v1.shop", "web-v2.shop.svc.cluster.local"
     r = machine.start("shop/web", "default", "abc", POLICY, {v1: 100, v2: 0}, {v1: 0, v2: 100}, 1000.0)
     source = Source()
-    measured = driver.Runner(LocalBackend(":memory:"), source, lambda _: None).measure(r, 1010.0)
+    measured = driver.Runner(embedded(":memory:"), source, lambda _: None).measure(r, 1010.0)
     assert source.asked == ["shop/web-v1", "shop/web-v2"]
     assert set(measured.samples) == {v1, v2}
