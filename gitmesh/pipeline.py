@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import json
 from collections.abc import Iterator, Mapping
+from typing import Any
 
-from gitmesh.cluster.inventory import Applied, stale
+from gitmesh.cluster.inventory import Applied, ChangeSet, stale
 from gitmesh.cluster.port import Changes, Live, ObjectPort, ObjectsFailed, content_hash
 from gitmesh.errors import ClusterError, PlanError, StalePlan
 from gitmesh.kube.errors import ApiError
@@ -112,7 +114,7 @@ def plan(revision: Revision, validated: Validated, settings: Settings, source: s
         revision=revision.sha,
         git_ref=revision.ref,
         backend=settings.objects.describe(),
-        fingerprint=fingerprint(live, inventory),
+        fingerprint=fingerprint(live, inventory, settings.state.rollouts.all()),
         diagnostics=validated.diagnostics,
         conflicts=conflicts,
         notes=notes,
@@ -125,12 +127,23 @@ def plan(revision: Revision, validated: Validated, settings: Settings, source: s
 def apply(
     plan: Plan, settings: Settings, *, allow_empty: bool = False, force_conflicts: bool = False
 ) -> None:
-    """Apply exactly ``plan``, refusing if the live state moved since it was made."""
+    """Apply exactly ``plan``: its objects, then its rollouts' state, refusing if anything it was
+    made against (objects, the source's inventory, rollouts) moved since. In the embedded store,
+    the check and every write are one transaction."""
+    with settings.transaction():
+        done = _apply(plan, settings, allow_empty, force_conflicts)
+    if done.failures:
+        raise _located(
+            ObjectsFailed("applied", list(done.failures)), {c.ref: c.source for c in plan.changes if c.source}
+        )
+
+
+def _apply(plan: Plan, settings: Settings, allow_empty: bool, force_conflicts: bool) -> ChangeSet:
     where = settings.objects.describe()
     if plan.backend != where:
         raise PlanError(f"the plan is for {plan.backend}, not {where}")
     live, inventory = settings.objects.list(), settings.state.inventories.get(plan.source)
-    if fingerprint(live, inventory) != plan.live_fingerprint:
+    if fingerprint(live, inventory, settings.state.rollouts.all()) != plan.live_fingerprint:
         raise StalePlan("the live state changed since this plan was made; run gitmesh plan again")
     if plan.deletes_everything and not allow_empty:
         raise PlanError(
@@ -157,14 +170,19 @@ def apply(
             force=frozenset(c.ref for c in plan.changes if c.take_over or (c.conflict and force_conflicts)),
         ),
     )
-    if done.failures:
-        raise _located(
-            ObjectsFailed("applied", list(done.failures)), {c.ref: c.source for c in plan.changes if c.source}
-        )
+    if not done.failures:
+        for step in plan.rollouts:
+            if step.record is not None:
+                settings.state.rollouts.save(step.split, step.record)
+    return done
 
 
-def fingerprint(live: Mapping[ObjectRef, Live], inventory: Mapping[ObjectRef, Applied]) -> str:
-    """Identifies the live state a plan was made against: any write or inventory change alters it."""
+def fingerprint(
+    live: Mapping[ObjectRef, Live],
+    inventory: Mapping[ObjectRef, Applied],
+    rollouts: Mapping[str, Mapping[str, Any]],
+) -> str:
+    """Identifies the state a plan was made against: any write, inventory or rollout change alters it."""
     h = hashlib.sha256()
     for ref in sorted(live):
         h.update(f"{ref.group}/{ref}@{live[ref].resource_version}\n".encode())
@@ -172,6 +190,8 @@ def fingerprint(live: Mapping[ObjectRef, Live], inventory: Mapping[ObjectRef, Ap
     for ref in sorted(inventory):
         entry = inventory[ref]
         h.update(f"{ref.group}/{ref}@{entry.resource_version}#{entry.hash}\n".encode())
+    h.update(b"--\n")
+    h.update(json.dumps(rollouts, sort_keys=True).encode())
     return h.hexdigest()
 
 

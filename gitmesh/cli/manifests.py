@@ -7,7 +7,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 import yaml
@@ -31,7 +30,7 @@ from gitmesh.cli.base import (
 from gitmesh.errors import GitmeshError
 from gitmesh.plan import crds, encode, render
 from gitmesh.plan.diagnostics import CODES
-from gitmesh.plan.model import Action
+from gitmesh.plan.model import Action, Plan
 from gitmesh.settings import Settings, embedded
 from gitmesh.state import SourceStatus
 from gitmesh.state.records import SourceRecord
@@ -105,7 +104,10 @@ def plan(
     if not validated.ok:
         report(validated, revision, "json" if output == "json" else "human")
         sys.exit(1)
-    result = pipeline.plan(revision, validated, settings, source_name)
+    from gitmesh.rollout import driver
+
+    # The plan as apply will write it: rollout steps included.
+    result = driver.prepare(pipeline.plan(revision, validated, settings, source_name), settings, time.time())
     if base:  # planned against the base revision, not against a backend: the header says which
         result = dataclasses.replace(result, backend=f"base {base_rev.short} ({base})")
     # With --base, against the base revision: what merging the pull request does to rollouts.
@@ -169,7 +171,10 @@ def apply(
                 source_name, f"revision {revision.short} is invalid: {len(validated.errors)} error(s)"
             )
             sys.exit(1)
-        result = pipeline.plan(revision, validated, settings, source_name)
+        from gitmesh.rollout import driver
+
+        plan = pipeline.plan(revision, validated, settings, source_name)
+        result = driver.prepare(plan, settings, time.time())
         render.plan_text(out, result)
     err.print(
         f"Applying {sum(c.manifest is not None for c in result.changes)} objects "
@@ -177,16 +182,15 @@ def apply(
     )
     from gitmesh.rollout import driver
 
-    prepared = driver.prepare(result, settings, time.time())
     try:
-        pipeline.apply(prepared.plan, settings, allow_empty=allow_empty, force_conflicts=force_conflicts)
+        pipeline.apply(result, settings, allow_empty=allow_empty, force_conflicts=force_conflicts)
     except GitmeshError as e:
         settings.state.inventories.record_error(result.source, str(e))
         raise
-    driver.begin(prepared, settings, driver.webhook(webhook))
+    driver.begin(result, driver.webhook(webhook))
     out.print(f"[bold green]Applied.[/] {result.summary()}")
-    for split, note in prepared.notes.items():
-        out.print(f"Rollout of {split.namespace}/{split.name}: {note}", soft_wrap=True)
+    for step in result.rollouts:
+        out.print(f"Rollout of {step.split}: {step.note}", soft_wrap=True)
 
 
 @cli.command()
@@ -313,11 +317,10 @@ def explain(code: str) -> None:
     )
 
 
-def _rollout_notes(result: Any, settings: Settings) -> list[str]:
+def _rollout_notes(result: Plan, settings: Settings) -> list[str]:
     """The rollouts under way, and what this plan does to each (for gitmesh plan)."""
     from gitmesh.rollout import driver, render
 
-    prepared = driver.prepare(result, settings, time.time())
     rollouts = driver.load(settings)
     lines = []
     for split, r in sorted(rollouts.items()):
@@ -326,6 +329,4 @@ def _rollout_notes(result: Any, settings: Settings) -> list[str]:
                 f"Rollout under way: {split} {r.phase}, step {r.step + 1} of {len(r.steps)}, "
                 f"now {render.weights_text(r.weights)} toward {render.weights_text(r.target)}"
             )
-    return lines + [
-        f"Rollout of {ref.namespace}/{ref.name}: this revision {note}" for ref, note in prepared.notes.items()
-    ]
+    return lines + [f"Rollout of {step.split}: this revision {step.note}" for step in result.rollouts]

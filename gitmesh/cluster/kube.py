@@ -123,7 +123,7 @@ class KubeObjects:
             except errors.ApiError as forced:
                 return forced
         except errors.NotFound as e:
-            if "namespaces" in e.message and "not found" in e.message:
+            if e.missing == "namespaces":
                 return Prediction(body)  # its namespace is created by the same plan
             return e
         except errors.ApiError as e:

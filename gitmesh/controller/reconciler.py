@@ -22,6 +22,7 @@ from gitmesh.controller import conditions
 from gitmesh.controller.conditions import Result
 from gitmesh.controller.metrics import Metrics
 from gitmesh.errors import ClusterError, GitmeshError, PlanError, SourceError, StalePlan
+from gitmesh.plan.model import Plan
 from gitmesh.rollout import driver
 from gitmesh.settings import Settings
 from gitmesh.state.records import HISTORY_LENGTH, Reconcile, SourceRecord
@@ -208,17 +209,18 @@ class Reconciler:
                 plan = pipeline.plan(revision, validated, settings, source.name)
                 # A split whose weights change under a rollout policy moves one step now; one whose
                 # rollout is under way keeps its live weights (the runner walks them), so that is no drift.
-                prepared = driver.prepare(plan, settings, time.time())
-                if not prepared.plan.has_changes:
-                    driver.begin(prepared, settings, self.notify)
-                    return Result.UNCHANGED, prepared.plan.summary()
+                plan = driver.prepare(plan, settings, time.time())
+                if not plan.has_changes:
+                    if any(step.record is not None for step in plan.rollouts):
+                        self._apply(plan, settings, source)  # a rollout takes a new policy
+                    return Result.UNCHANGED, plan.summary()
                 if self._stopping.is_set():
                     raise _Abandoned
                 log.info(
                     "applying %s@%s: %s", source.name, sha[:12], plan.summary(), extra={"source": source.name}
                 )
-                self._apply(prepared, settings, source)
-                return Result.APPLIED, prepared.plan.summary()
+                self._apply(plan, settings, source)
+                return Result.APPLIED, plan.summary()
         except StalePlan as e:
             return Result.FAILED, str(e)
         except PlanError as e:
@@ -226,10 +228,10 @@ class Reconciler:
         except GitmeshError as e:  # the cluster's (ClusterError) or any other: recorded alike, and retried
             return Result.FAILED, str(e)
 
-    def _apply(self, prepared: driver.Prepared, settings: Settings, source: Source) -> None:
-        """The one place the controller applies a plan; its rollouts start once it is applied."""
-        pipeline.apply(prepared.plan, settings, allow_empty=source.allow_empty)
-        driver.begin(prepared, settings, self.notify)
+    def _apply(self, plan: Plan, settings: Settings, source: Source) -> None:
+        """The one place the controller applies a plan; its rollouts start with it."""
+        pipeline.apply(plan, settings, allow_empty=source.allow_empty)
+        driver.begin(plan, self.notify)
 
     def _failed(self, progress: _Progress, source: Source) -> float:
         with self._lock:

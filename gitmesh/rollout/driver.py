@@ -1,10 +1,10 @@
 """The rollout's I/O: where it plugs into applying a plan, and the runner that walks the steps.
 
-The seam for whatever applies plans (``gitmesh apply`` today, the reconciler later)::
+The seam for whatever applies plans (``gitmesh plan`` and ``apply``, the reconciler)::
 
-    prepared = driver.prepare(plan, settings, now)   # the plan to apply now
-    pipeline.apply(prepared.plan, settings)
-    driver.begin(prepared, settings, notify)         # its rollouts start once it is applied
+    plan = driver.prepare(plan, settings, now)   # the plan to apply, each rollout's next state in it
+    pipeline.apply(plan, settings)               # objects, inventory and rollout state together
+    driver.begin(plan, notify)                   # announces the rollouts it started
 
 and ``Runner.tick()``, called every second or so, analyses what is due and writes each step's
 weights to the split in the cluster, which ``gitmesh run`` serves to the sidecars. The state
@@ -19,7 +19,7 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from gitmesh import smi
@@ -28,7 +28,7 @@ from gitmesh.errors import GitmeshError, RolloutError
 from gitmesh.objects import ObjectRef
 from gitmesh.plan import policy as policies
 from gitmesh.plan.diff import clean, diff_fields
-from gitmesh.plan.model import Action, Change, Plan
+from gitmesh.plan.model import Action, Change, Plan, RolloutStep
 from gitmesh.rollout import machine, revert
 from gitmesh.rollout.analysis import analyse
 from gitmesh.rollout.metrics import Measurement, MetricsError, MetricsSource
@@ -64,64 +64,62 @@ def load(settings: Settings) -> dict[str, Rollout]:
     return {split: Rollout.from_json(r) for split, r in settings.state.rollouts.all().items()}
 
 
-@dataclass(frozen=True)
-class Prepared:
-    plan: Plan
-    starting: tuple[Rollout, ...]  # to save once the plan is applied
-    revised: tuple[Rollout, ...]  # rollouts under way taking this plan's policy, saved with them
-    notes: Mapping[ObjectRef, str]  # per split: what this plan does to its rollout, for people
-
-
-def prepare(plan: Plan, settings: Settings, now: float) -> Prepared:
-    """The plan to apply now: a split whose weights change under a rollout policy gets the first
-    step's weights (or keeps its live ones while a rollout toward that target runs or has failed)."""
+def prepare(plan: Plan, settings: Settings, now: float) -> Plan:
+    """The plan to apply, rollouts included: a split whose weights change under a rollout policy
+    gets the first step's weights (or keeps its live ones while a rollout toward that target runs
+    or has failed), and the plan carries each rollout's state to keep once it is applied."""
     rollouts = load(settings)
     inventory = settings.state.inventories.get(plan.source) if plan.changes else {}
-    changes, starting, revised, notes = [], [], [], {}
+    changes, steps = [], []
     for c in plan.changes:
-        r = rollouts.get(split_key(c.ref))
+        split = split_key(c.ref)
+        r = rollouts.get(split)
         if c.ref.kind != "TrafficSplit" or c.after is None or c.before is None:
             if r is not None and r.phase.active and c.action is Action.DELETE:
-                notes[c.ref] = f"deletes the split: the rollout ({r.phase}) ends"
+                steps.append(RolloutStep(split, f"deletes the split: the rollout ({r.phase}) ends"))
             changes.append(c)
             continue
         pol = policies.of(c.after)
         live, target = weights_of(c.before), weights_of(c.after)
         if pol is None or same_shares(live, target):
             if r is not None and r.phase.active and pol is None:
-                notes[c.ref] = "removes the rollout policy: the weights apply at once and the rollout ends"
+                note = "removes the rollout policy: the weights apply at once and the rollout ends"
+                steps.append(RolloutStep(split, note))
             changes.append(c)
             continue
         if r is not None and same_shares(r.target, target) and r.phase is not Phase.SUCCEEDED:
             weights: Weights = live
             if not r.phase.active:
-                notes[c.ref] = (
+                note = (
                     f"the rollout toward these weights ended {r.phase} ({r.reason}); not retried until "
                     "a commit changes them (or gitmesh rollout retry)"
                 )
+                steps.append(RolloutStep(split, note))
             elif (taking := machine.revise(r, pol)) != r:
-                revised.append(taking)
-                notes[c.ref] = (
+                note = (
                     f"the rollout toward these weights is {r.phase}; its policy changes from the next check"
                 )
+                steps.append(RolloutStep(split, note, taking.to_json()))
             else:
-                notes[c.ref] = f"the rollout toward these weights is {r.phase}; they stay as they are"
+                note = f"the rollout toward these weights is {r.phase}; they stay as they are"
+                steps.append(RolloutStep(split, note))
         else:
             fresh = (
                 machine.retarget(r, plan.revision or "", pol, live, target, now)
                 if r is not None and r.phase.active
-                else machine.start(split_key(c.ref), plan.source, plan.revision or "", pol, live, target, now)
+                else machine.start(split, plan.source, plan.revision or "", pol, live, target, now)
             )
-            starting.append(fresh)
             weights = fresh.weights
             restarted = "restarts the rollout under way from the live weights" if r and r.phase.active else ""
-            notes[c.ref] = (
+            note = (
                 f"{restarted or 'starts a rollout'}: {len(fresh.steps)} step(s) "
                 + ", ".join(_describe(s) for s in fresh.steps)
-                + f", then {_describe(target)}, every {pol.interval:g}s"
+                + f", then {_describe(target)}, every {pol.interval:g}s (step 1 of {len(fresh.steps) + 1}: "
+                + f"{_describe(live)} -> {_describe(weights)}, then analysis)"
             )
+            steps.append(RolloutStep(split, note, fresh.to_json(), starts=True))
         changes.append(_with_weights(c, weights, c.ref in inventory))
-    return Prepared(replace(plan, changes=tuple(changes)), tuple(starting), tuple(revised), notes)
+    return replace(plan, changes=tuple(changes), rollouts=tuple(steps))
 
 
 def _with_weights(c: Change, weights: Weights, owned: bool) -> Change:
@@ -133,13 +131,11 @@ def _with_weights(c: Change, weights: Weights, owned: bool) -> Change:
     return replace(c, diff=fields, after=after, manifest=with_weights(c.manifest, weights))
 
 
-def begin(prepared: Prepared, settings: Settings, notify: Notify) -> None:
-    """The prepared plan is applied: its rollouts are under way."""
-    for r in prepared.revised:
-        settings.state.rollouts.save(r.split, r.to_json())
-    for r in prepared.starting:
-        settings.state.rollouts.save(r.split, r.to_json())
-        notify(r)
+def begin(plan: Plan, notify: Notify) -> None:
+    """The plan is applied (its rollouts' state with it): announce the rollouts it started."""
+    for step in plan.rollouts:
+        if step.starts and step.record is not None:
+            notify(Rollout.from_json(step.record))
 
 
 def _describe(weights: Weights) -> str:

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from gitmesh.cli import cli
+from gitmesh.plan import encode
 from gitmesh.rollout import driver, revert
 from gitmesh.rollout.model import Phase
 from gitmesh.settings import Settings, embedded, kubernetes
@@ -44,7 +45,7 @@ def run(*args: str | Path) -> Result:
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-def weights(backend: Settings | Settings) -> dict[str, int]:
+def weights(backend: Settings) -> dict[str, int]:
     (obj,) = [
         o.obj
         for r, o in backend.objects.list().items()
@@ -90,6 +91,38 @@ def test_apply_starts_a_rollout_and_plan_shows_it(mesh: GitRepo, tmp_path: Path)
     assert weights(backend) == {"bookstore-v1": 0, "bookstore-v2": 100}
     assert driver.load(backend)["bookstore/bookstore-split"].phase is Phase.SUCCEEDED
     assert "No changes." in run("plan", *where).output
+
+
+def test_apply_planfile_writes_exactly_the_saved_plan_rollout_step_included(
+    mesh: GitRepo, tmp_path: Path
+) -> None:
+    store, saved = tmp_path / "store.db", tmp_path / "plan.json"
+    where = ("--repo", mesh.path, "--path", "mesh", "--store", store)
+    assert run("apply", *where).exit_code == 0
+    mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
+    shown = run("plan", *where, "-o", saved)
+    assert "(step 1 of 3: 100/0 -> 80/20, then analysis)" in shown.output, shown.output
+    plan = encode.loads(saved.read_text())
+    (split,) = [c.manifest for c in plan.changes if c.manifest is not None]
+    assert driver.weights_of(split) == {"bookstore-v1": 80, "bookstore-v2": 20}
+    (step,) = plan.rollouts
+    assert step.record is not None and step.starts
+
+    result = run("apply", saved, "--store", store)
+    assert result.exit_code == 0, result.output
+    backend = embedded(store)
+    assert weights(backend) == {"bookstore-v1": 80, "bookstore-v2": 20}
+    assert backend.state.rollouts.all() == {step.split: step.record}  # the saved state, not a new one
+
+    # A plan saved while the rollout is at one state is refused once it moved, whatever else held still.
+    mesh.commit("half to v2", {SPLIT_FILE: split_yaml(50, 50)})
+    assert run("plan", *where, "-o", saved).exit_code == 0
+    moved = {**step.record, "reason": "moved by hand"}
+    backend.state.rollouts.save(step.split, moved)
+    refused = run("apply", saved, "--store", store)
+    assert refused.exit_code == 1 and "changed since this plan was made" in refused.output, refused.output
+    assert weights(backend) == {"bookstore-v1": 80, "bookstore-v2": 20}
+    assert backend.state.rollouts.all() == {step.split: moved}
 
 
 def test_abort_holds_the_stable_weights_until_a_commit_changes_the_target(

@@ -96,3 +96,18 @@ def test_apply_failed_lists_every_object() -> None:
         "  Service/app/web: 422 Invalid: bad",
         "  Namespace/x: 403 Forbidden: no",
     ]
+
+
+def test_a_404_names_the_resource_the_server_did_not_find() -> None:
+    # What the API server answers when an object's namespace does not exist yet.
+    body = {
+        "kind": "Status",
+        "code": 404,
+        "reason": "NotFound",
+        "message": 'namespaces "shop" not found',
+        "details": {"name": "shop", "kind": "namespaces"},
+    }
+    e = errors.api_error(404, json.dumps(body).encode(), REF)
+    assert isinstance(e, errors.NotFound) and e.missing == "namespaces"
+    other = status_body(404, "NotFound", "services web not found")  # no details.kind: nothing named
+    assert errors.api_error(404, other, REF).missing == ""

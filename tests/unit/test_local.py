@@ -70,12 +70,12 @@ def test_the_store_version_moves_on_a_delete_alone(store: Settings) -> None:
 
 def test_fingerprint_changes_with_any_write_or_inventory_change(store: Settings) -> None:
     put(store, "default", "a", "main", [SVC])
-    before = fingerprint(store.objects.list(), store.state.inventories.get("default"))
-    assert before == fingerprint(store.objects.list(), store.state.inventories.get("default"))
+    before = fingerprint(store.objects.list(), store.state.inventories.get("default"), {})
+    assert before == fingerprint(store.objects.list(), store.state.inventories.get("default"), {})
     put(store, "other", "a", "main", [])
-    assert before == fingerprint(store.objects.list(), store.state.inventories.get("default"))
+    assert before == fingerprint(store.objects.list(), store.state.inventories.get("default"), {})
     put(store, "default", "b", "main", [SVC])
-    assert before != fingerprint(store.objects.list(), store.state.inventories.get("default"))
+    assert before != fingerprint(store.objects.list(), store.state.inventories.get("default"), {})
 
 
 def test_deletes_and_inventory(store: Settings) -> None:
