@@ -225,7 +225,15 @@ def write(settings: Settings, r: Rollout, obj: Mapping[str, Any]) -> None:
 
 
 def act(settings: Settings, split: str, action: str, notify: Notify, now: float) -> Rollout:
-    """promote, abort or retry one rollout by hand, writing its weights at once."""
+    """promote, abort or retry one rollout by hand, writing its weights at once. What it reads and
+    writes is one transaction where the store has them (the embedded one)."""
+    with settings.transaction():
+        nxt = _act(settings, split, action, now)
+    notify(nxt)
+    return nxt
+
+
+def _act(settings: Settings, split: str, action: str, now: float) -> Rollout:
     rollouts = load(settings)
     matches = [k for k in rollouts if k == split or k.partition("/")[2] == split]
     if len(matches) != 1:
@@ -242,7 +250,6 @@ def act(settings: Settings, split: str, action: str, notify: Notify, now: float)
         raise RolloutError(f"TrafficSplit {r.split} is not in {objects.describe()}")
     write(settings, nxt, live[r.split])
     settings.state.rollouts.save(nxt.split, nxt.to_json())
-    notify(nxt)
     return nxt
 
 
