@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ class FakeObjects:
     def list(self, refs: Collection[ObjectRef] | None = None) -> dict[ObjectRef, Live]:
         return {r: o for r, o in self.objects.items() if (r in refs if refs is not None else is_owned(o.obj))}
 
-    def predict(self, objects: Sequence[Mapping[str, Any]]) -> list[Prediction]:
+    def predict(self, objects: Sequence[Mapping[str, Any]]) -> builtins.list[Prediction]:
         return [Prediction(owned(o)) for o in objects]
 
     def apply(self, changes: Changes) -> ChangeSet:
