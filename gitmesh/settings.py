@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Settings:
+    """One cluster and where gitmesh keeps its state about it."""
+
     objects: ObjectPort
     state: StateStores
     # Writes inside commit together where the stores share a file (the embedded store).
