@@ -11,7 +11,7 @@ What it does, all inside one temporary directory:
    ``git`` as revision A;
 2. changes about 1% of the objects (split weights, route regexes, added and
    removed TrafficTargets) and commits that as revision B;
-3. applies A to a fresh embedded store (``LocalBackend``): setup, not timed;
+3. applies A to a fresh embedded store (``gitmesh.settings.embedded``): setup, not timed;
 4. times, ``--repeat`` times, the three stages of ``gitmesh plan``: read B
    from Git, ``pipeline.check`` (load + validate) and ``pipeline.plan``
    (diff against the store), and checks the plan finds exactly the changes
@@ -52,9 +52,9 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
 from gitmesh import pipeline  # noqa: E402
-from gitmesh.cluster.local import LocalBackend  # noqa: E402
 from gitmesh.plan.model import Action, Plan  # noqa: E402
 from gitmesh.plan.validate import Validated  # noqa: E402
+from gitmesh.settings import embedded  # noqa: E402
 from gitmesh.sync.git import Revision, open_repo, read_revision  # noqa: E402
 
 TARGET_SECONDS = 3.0
@@ -322,7 +322,7 @@ def read_stage(repo_dir: Path, sha: str) -> Revision:
 
 
 def plan_stage(store: Path, revision: Revision, validated: Validated) -> Plan:
-    backend = LocalBackend(store)
+    backend = embedded(store)
     try:
         return pipeline.plan(revision, validated, backend, SOURCE)
     finally:
@@ -563,7 +563,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
     check_ok(checked_a, "revision A")
     if len(checked_a.desired) != args.manifests:
         raise SystemExit(f"revision A has {len(checked_a.desired)} valid objects, expected {args.manifests}")
-    backend = LocalBackend(store)
+    backend = embedded(store)
     try:
         pipeline.apply(pipeline.plan(rev_a, checked_a, backend, SOURCE), backend)
         again = pipeline.plan(rev_a, checked_a, backend, SOURCE)

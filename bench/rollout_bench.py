@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gitmesh import demo as demo_mod
-from gitmesh.cluster.local import LocalBackend
 from gitmesh.rollout import driver, render
 from gitmesh.rollout.model import Phase
+from gitmesh.settings import embedded
 from tests.integration.rollouts import (
     SPLIT,
     Webhook,
@@ -44,7 +44,7 @@ def episode(workdir: Path, svg: Path | None) -> tuple[float, float, int]:
             if failed.phase is not Phase.FAILED:
                 raise SystemExit(f"the bad canary was not rolled back: {failed.reason}")
             if svg is not None:
-                store = LocalBackend(d.store)
+                store = embedded(d.store)
                 svg.write_text(render.timeline_svg(driver.load(store)[SPLIT]))
                 store.close()
             failures = sum(status != 200 for _, status, _ in answers) / len(answers)

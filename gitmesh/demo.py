@@ -32,10 +32,8 @@ from typing import Any
 
 import yaml
 
-from gitmesh import pipeline
+from gitmesh import pipeline, settings
 from gitmesh.certs import store
-from gitmesh.cluster.kube import KubeBackend
-from gitmesh.cluster.local import LocalBackend
 from gitmesh.mesh.state import Identity, ServiceRef
 from gitmesh.sync.git import open_repo, read_revision
 from gitmesh.xds.bootstrap import XdsClientTls, bootstrap, client_tls
@@ -323,20 +321,17 @@ class Demo:
             raise ValueError(
                 f"the demo repo's HEAD has {len(validated.errors)} error(s): {validated.errors[0].message}"
             )
-        backend = self.backend()
-        try:
-            pipeline.apply(pipeline.plan(revision, validated, backend, "demo"), backend)
-        finally:
-            backend.close()
+        target = self.settings()
+        pipeline.apply(pipeline.plan(revision, validated, target, "demo"), target)
         return revision.sha or ""
 
-    def backend(self) -> LocalBackend | KubeBackend:
+    def settings(self) -> settings.Settings:
         """Where the demo's mesh lives: the embedded store, or the cluster."""
-        return KubeBackend.connect(str(self.kubeconfig)) if self.kubeconfig else LocalBackend(self.store)
+        return settings.kubernetes(str(self.kubeconfig)) if self.kubeconfig else settings.embedded(self.store)
 
     def ca_keeper(self) -> store.Keeper:
         """The mesh CA, where gitmesh run keeps it (beside the store, or in a Secret of the cluster)."""
-        return self.backend().ca_keeper()
+        return self.settings().state.ca
 
     def head(self) -> str:
         return subprocess.run(

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
+import json
 from collections.abc import Iterator, Mapping
+from typing import Any
 
-from gitmesh.cluster.backend import ClusterBackend, content_hash, fingerprint, stale
-from gitmesh.cluster.errors import ObjectsFailed
+from gitmesh.cluster.inventory import Applied, ChangeSet, stale
+from gitmesh.cluster.port import Changes, Live, ObjectPort, ObjectsFailed, content_hash
 from gitmesh.errors import ClusterError, PlanError, StalePlan
+from gitmesh.kube.errors import ApiError
 from gitmesh.objects import Location, ObjectRef
 from gitmesh.plan import layout
 from gitmesh.plan.diff import make_plan
 from gitmesh.plan.model import Action, Plan
 from gitmesh.plan.validate import Validated, validate
+from gitmesh.settings import Settings
 from gitmesh.sync.git import Revision
 
 
@@ -38,10 +43,10 @@ def _without_cycle_collection() -> Iterator[None]:
 
 
 @_without_cycle_collection()
-def check(revision: Revision, backend: ClusterBackend | None = None) -> Validated:
+def check(revision: Revision, objects: ObjectPort | None = None) -> Validated:
     """Load and validate every file and build of the revision; all diagnostics at once.
 
-    With a backend, the Services a split names that the revision does not define are looked up
+    With a cluster's objects, the Services a split names that the revision does not define are looked up
     there (another team's, a Helm chart's); without one they are left unchecked, with a warning.
     """
     loaded = layout.load(
@@ -52,25 +57,26 @@ def check(revision: Revision, backend: ClusterBackend | None = None) -> Validate
         diagnostics=revision.diagnostics,
     )
     validated = validate(loaded.manifests, loaded.diagnostics)
-    if backend is not None and validated.outside:
-        validated = validate(loaded.manifests, loaded.diagnostics, backend.present(validated.outside))
+    if objects is not None and validated.outside:
+        present = frozenset(objects.list(validated.outside))
+        validated = validate(loaded.manifests, loaded.diagnostics, present)
     return layout.explain(validated, loaded.notes)
 
 
 @_without_cycle_collection()
-def plan(revision: Revision, validated: Validated, backend: ClusterBackend, source: str) -> Plan:
-    """Diff a valid revision against what ``source`` owns in the backend.
+def plan(revision: Revision, validated: Validated, settings: Settings, source: str) -> Plan:
+    """Diff a valid revision against what ``source`` owns in the cluster.
 
     An object whose manifest is unchanged since gitmesh applied it, and whose
     live version is the one that apply produced, is unchanged on both sides:
-    it needs no dry-run. Everything else is predicted by the backend.
+    it needs no dry-run. Everything else is predicted by the cluster.
     """
     if not validated.ok:
         raise PlanError(
             f"revision {revision.short} has {len(validated.errors)} error(s); nothing was planned"
         )
-    live = backend.list_managed()
-    inventory = backend.inventory(source)
+    live = settings.objects.list()
+    inventory = settings.state.inventories.get(source)
     hashes = {m.ref: content_hash(m.obj) for m in validated.desired}
     unchanged = {
         ref
@@ -82,7 +88,7 @@ def plan(revision: Revision, validated: Validated, backend: ClusterBackend, sour
     }
     to_predict = [m for m in validated.desired if m.ref not in unchanged]
     try:
-        predicted = backend.predict([m.obj for m in to_predict])
+        predicted = settings.objects.predict([m.obj for m in to_predict])
     except ObjectsFailed as e:
         raise _located(e, {m.ref: m.source for m in to_predict}) from e
     predictions = dict(zip((m.ref for m in to_predict), predicted, strict=True))
@@ -107,8 +113,8 @@ def plan(revision: Revision, validated: Validated, backend: ClusterBackend, sour
         source=source,
         revision=revision.sha,
         git_ref=revision.ref,
-        backend=backend.describe(),
-        fingerprint=fingerprint(live, inventory),
+        backend=settings.objects.describe(),
+        fingerprint=fingerprint(live, inventory, settings.state.rollouts.all()),
         diagnostics=validated.diagnostics,
         conflicts=conflicts,
         notes=notes,
@@ -119,13 +125,25 @@ def plan(revision: Revision, validated: Validated, backend: ClusterBackend, sour
 
 
 def apply(
-    plan: Plan, backend: ClusterBackend, *, allow_empty: bool = False, force_conflicts: bool = False
+    plan: Plan, settings: Settings, *, allow_empty: bool = False, force_conflicts: bool = False
 ) -> None:
-    """Apply exactly ``plan``, refusing if the live state moved since it was made."""
-    if plan.backend != backend.describe():
-        raise PlanError(f"the plan is for {plan.backend}, not {backend.describe()}")
-    inventory = backend.inventory(plan.source)
-    if fingerprint(backend.list_managed(), inventory) != plan.live_fingerprint:
+    """Apply exactly ``plan``: its objects, then its rollouts' state, refusing if anything it was
+    made against (objects, the source's inventory, rollouts) moved since. In the embedded store,
+    the check and every write are one transaction."""
+    with settings.transaction():
+        done = _apply(plan, settings, allow_empty, force_conflicts)
+    if done.failures:
+        raise _located(
+            ObjectsFailed("applied", list(done.failures)), {c.ref: c.source for c in plan.changes if c.source}
+        )
+
+
+def _apply(plan: Plan, settings: Settings, allow_empty: bool, force_conflicts: bool) -> ChangeSet:
+    where = settings.objects.describe()
+    if plan.backend != where:
+        raise PlanError(f"the plan is for {plan.backend}, not {where}")
+    live, inventory = settings.objects.list(), settings.state.inventories.get(plan.source)
+    if fingerprint(live, inventory, settings.state.rollouts.all()) != plan.live_fingerprint:
         raise StalePlan("the live state changed since this plan was made; run gitmesh plan again")
     if plan.deletes_everything and not allow_empty:
         raise PlanError(
@@ -139,28 +157,50 @@ def apply(
             f"{len(conflicted)} object(s) have fields owned by another field manager ({names}); "
             "pass --force-conflicts to take them over"
         )
-    try:
-        backend.apply(
-            plan.source,
-            plan.revision,
-            plan.ref,
-            objects=[c.manifest for c in plan.changes if c.manifest is not None],
-            deletes=[c.ref for c in plan.changes if c.action is Action.DELETE],
-            keep={
-                c.ref: inventory[c.ref]
-                for c in plan.changes
-                if c.action is Action.NOOP and c.manifest is None
-            },
+    done = settings.write(
+        plan.source,
+        plan.revision,
+        plan.ref,
+        Changes(
+            writes=tuple(c.manifest for c in plan.changes if c.manifest is not None),
+            deletes=tuple(c.ref for c in plan.changes if c.action is Action.DELETE),
+            unchanged=frozenset(
+                c.ref for c in plan.changes if c.action is Action.NOOP and c.manifest is None
+            ),
             force=frozenset(c.ref for c in plan.changes if c.take_over or (c.conflict and force_conflicts)),
-        )
-    except ObjectsFailed as e:
-        raise _located(e, {c.ref: c.source for c in plan.changes if c.source}) from e
+        ),
+    )
+    if not done.failures:
+        for step in plan.rollouts:
+            if step.record is not None:
+                settings.state.rollouts.save(step.split, step.record)
+    return done
+
+
+def fingerprint(
+    live: Mapping[ObjectRef, Live],
+    inventory: Mapping[ObjectRef, Applied],
+    rollouts: Mapping[str, Mapping[str, Any]],
+) -> str:
+    """Identifies the state a plan was made against: any write, inventory or rollout change alters it."""
+    h = hashlib.sha256()
+    for ref in sorted(live):
+        h.update(f"{ref.group}/{ref}@{live[ref].resource_version}\n".encode())
+    h.update(b"--\n")
+    for ref in sorted(inventory):
+        entry = inventory[ref]
+        h.update(f"{ref.group}/{ref}@{entry.resource_version}#{entry.hash}\n".encode())
+    h.update(b"--\n")
+    h.update(json.dumps(rollouts, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def _located(e: ObjectsFailed, written: Mapping[ObjectRef, Location]) -> ClusterError:
     """The server's refusals, each naming where the object is written."""
     lines = [
-        f"  {f.ref} ({written[f.ref]}): {f.detail}" if f.ref is not None and f.ref in written else f"  {f}"
+        f"  {f.ref} ({written[f.ref]}): {f.detail}"
+        if isinstance(f, ApiError) and f.ref is not None and f.ref in written
+        else f"  {f}"
         for f in e.failures
     ]
     return ClusterError(f"{len(e.failures)} object(s) could not be {e.verb}:\n" + "\n".join(lines))

@@ -30,7 +30,7 @@ from google.protobuf import message
 from gitmesh.apis import core, read
 from gitmesh.certs import ca, store
 from gitmesh.certs.authority import STEADY, CaState, MeshCA, advance
-from gitmesh.cluster.backend import Live
+from gitmesh.cluster.port import Live
 from gitmesh.errors import GitmeshError
 from gitmesh.mesh import state
 from gitmesh.mesh.state import Identity

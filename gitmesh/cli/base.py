@@ -19,12 +19,12 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from gitmesh.cluster.backend import ClusterBackend
-from gitmesh.cluster.local import DEFAULT_PATH, LocalBackend
+from gitmesh.embedded import DEFAULT_PATH
 from gitmesh.errors import GitmeshError
 from gitmesh.plan import render
 from gitmesh.plan.layout import NAMESPACE_NAME
 from gitmesh.plan.validate import Validated
+from gitmesh.settings import Settings, open_settings
 from gitmesh.sync.git import Revision, open_repo, read_directory, read_revision
 
 out = Console(highlight=False, soft_wrap=True)
@@ -66,12 +66,8 @@ class BackendChoice:
     kubeconfig: str | None
     context: str | None
 
-    def open(self) -> ClusterBackend:
-        from gitmesh.cluster import kube  # the Kubernetes client takes a while to import: only when used
-
-        if self.kubeconfig or self.context or kube.in_cluster():
-            return kube.KubeBackend.connect(self.kubeconfig, self.context)
-        return LocalBackend(self.store)
+    def open(self) -> Settings:
+        return open_settings(self.store, self.kubeconfig, self.context)
 
 
 def backend_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -58,7 +58,7 @@ def certs_init(target: BackendChoice, ca_cert: str | None, ca_key: str | None, t
     """Make the mesh CA, from a new root or your own CA (gitmesh run makes one on first use)."""
     from gitmesh.certs.authority import CaState
 
-    keeper = target.open().ca_keeper()
+    keeper = target.open().state.ca
     if keeper.load() is not None:
         raise click.UsageError("the mesh CA exists already; `gitmesh certs rotate` replaces its root")
     keeper.save(CaState(trust_domain, (_authority(ca_cert, ca_key, trust_domain),)))
@@ -82,7 +82,7 @@ def certs_rotate(target: BackendChoice, ca_cert: str | None, ca_key: str | None,
     connected sidecar has taken the previous one."""
     from gitmesh.certs import authority
 
-    keeper = target.open().ca_keeper()
+    keeper = target.open().state.ca
     current = keeper.load()
     if current is None:
         raise click.UsageError("there is no mesh CA yet: `gitmesh certs init` or `gitmesh run` makes one")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import click
 from rich.text import Text
@@ -19,8 +19,6 @@ from gitmesh.cli.base import (
     reports_errors,
     source_name_option,
 )
-from gitmesh.cluster.backend import ClusterBackend
-from gitmesh.cluster.local import LocalBackend
 from gitmesh.controller.config import (
     DEFAULT_HTTP_ADDRESS,
     ControllerConfig,
@@ -32,9 +30,6 @@ from gitmesh.controller.config import (
 )
 from gitmesh.errors import GitmeshError
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
-
-if TYPE_CHECKING:
-    from gitmesh.cluster.kube import KubeBackend
 
 
 class Duration(click.ParamType[datetime.timedelta]):
@@ -150,9 +145,9 @@ def run_command(
     rollout_webhook: str | None,
     rollout_push_reverts: str | None,
 ) -> None:
-    """Keep the backend in step with Git (with sources) and serve its mesh to Envoy sidecars over ADS."""
+    """Keep the cluster in step with Git (with sources) and serve its mesh to Envoy sidecars over ADS."""
     from gitmesh.controller import logs
-    from gitmesh.controller.run import Settings, run
+    from gitmesh.controller.run import Options, run
 
     refs = {k: v for k, v in {"branch": branch, "tag": tag, "semver": semver, "commit": commit}.items() if v}
     if bool(username) != bool(password_file):
@@ -186,7 +181,7 @@ def run_command(
     secret_file = webhook_secret_file or config.webhook_secret_file
     token_file = http_token_file or config.http_token_file
     allow_short = allow_short_webhook_secret or config.allow_short_webhook_secret
-    settings = Settings(
+    options = Options(
         sources=config.sources,
         xds_address=xds_address,
         http_address=http_address or config.http_address,
@@ -196,27 +191,10 @@ def run_command(
         rollouts=config.rollouts,
     )
     logs.setup(log_format)
-    backend = target.open()
-    review = None
-    if isinstance(backend, LocalBackend):
-        mesh: Any = backend
-        store = backend.path
-
-        def open_backend() -> ClusterBackend:
-            return LocalBackend(store)
-    else:
-        from gitmesh.cluster.kube import KubeBackend
-
-        assert isinstance(backend, KubeBackend)
-        mesh = _cluster_watch(backend)
-        review = backend.may_reconcile
-
-        def open_backend() -> ClusterBackend:
-            return backend  # the Kubernetes client is safe to share between threads
-
-    names = ", ".join(s.name for s in settings.sources) or "none"
-    err.print(f"Serving ADS on {xds_address} from {backend.describe()}; sources: {names}")
-    run(settings, open_backend, mesh, backend.ca_keeper(), review)
+    settings = target.open()
+    names = ", ".join(s.name for s in options.sources) or "none"
+    err.print(f"Serving ADS on {xds_address} from {settings.objects.describe()}; sources: {names}")
+    run(options, settings)
 
 
 def _one_source(
@@ -243,12 +221,6 @@ def _one_source(
         )
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-
-
-def _cluster_watch(backend: KubeBackend) -> Any:
-    from gitmesh.cluster.watch import MeshWatch
-
-    return MeshWatch(backend).start()
 
 
 @cli.command("reconcile")
@@ -292,7 +264,7 @@ def reconcile_command(source: str, controller: str, token_file: str | None) -> N
 @reports_errors
 def suspend_command(source: str, target: BackendChoice) -> None:
     """Stop reconciling SOURCE (marked in the backend: the controller leaves it alone until resumed)."""
-    target.open().set_suspended(source, True)
+    target.open().state.records.set_suspended(source, True)
     out.print(f"Suspended {source}.")
 
 
@@ -302,7 +274,7 @@ def suspend_command(source: str, target: BackendChoice) -> None:
 @reports_errors
 def resume_command(source: str, target: BackendChoice) -> None:
     """Reconcile SOURCE again (from its next fetch; gitmesh reconcile SOURCE for now)."""
-    target.open().set_suspended(source, False)
+    target.open().state.records.set_suspended(source, False)
     out.print(f"Resumed {source}.")
 
 
@@ -313,7 +285,7 @@ def resume_command(source: str, target: BackendChoice) -> None:
 @reports_errors
 def history_command(source: str | None, target: BackendChoice, output: str) -> None:
     """The last reconciles of each source (or of SOURCE), newest first."""
-    records = [r for r in target.open().records() if source is None or r.source == source]
+    records = [r for r in target.open().state.records.all() if source is None or r.source == source]
     if source is not None and not records:
         raise GitmeshError(f"no reconciles recorded for source {source!r}")
     if output == "json":

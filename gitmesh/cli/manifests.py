@@ -7,7 +7,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 import yaml
@@ -28,13 +27,13 @@ from gitmesh.cli.base import (
     source_options,
     webhook_option,
 )
-from gitmesh.cluster.backend import ClusterBackend, SourceStatus
-from gitmesh.cluster.local import LocalBackend
-from gitmesh.cluster.records import SourceRecord
 from gitmesh.errors import GitmeshError
 from gitmesh.plan import crds, encode, render
 from gitmesh.plan.diagnostics import CODES
-from gitmesh.plan.model import Action
+from gitmesh.plan.model import Action, Plan
+from gitmesh.settings import Settings, embedded
+from gitmesh.state import SourceStatus
+from gitmesh.state.records import SourceRecord
 from gitmesh.sync.git import open_repo, read_revision
 
 
@@ -92,24 +91,27 @@ def plan(
         git_repo = open_repo(repo)
         base_rev = read_revision(git_repo, base, subdir, namespace)
         revision = read_revision(git_repo, head or ref, subdir, namespace)
-        backend: ClusterBackend = LocalBackend(":memory:")
+        settings = embedded(":memory:")
         base_checked = pipeline.check(base_rev)
         if not base_checked.ok:
             err.print(f"[yellow]note:[/] base {base} has errors; planning against an empty mesh")
         else:
-            pipeline.apply(pipeline.plan(base_rev, base_checked, backend, source_name), backend)
+            pipeline.apply(pipeline.plan(base_rev, base_checked, settings, source_name), settings)
     else:
         revision = revision_of(directory, repo, ref, subdir, namespace)
-        backend = target.open()
-    validated = pipeline.check(revision, None if base else backend)
+        settings = target.open()
+    validated = pipeline.check(revision, None if base else settings.objects)
     if not validated.ok:
         report(validated, revision, "json" if output == "json" else "human")
         sys.exit(1)
-    result = pipeline.plan(revision, validated, backend, source_name)
+    from gitmesh.rollout import driver
+
+    # The plan as apply will write it: rollout steps included.
+    result = driver.prepare(pipeline.plan(revision, validated, settings, source_name), settings, time.time())
     if base:  # planned against the base revision, not against a backend: the header says which
         result = dataclasses.replace(result, backend=f"base {base_rev.short} ({base})")
     # With --base, against the base revision: what merging the pull request does to rollouts.
-    notes = _rollout_notes(result, backend)
+    notes = _rollout_notes(result, settings)
     if out_file:
         Path(out_file).write_text(encode.dumps(result))
     if output == "json":
@@ -157,36 +159,38 @@ def apply(
     webhook: str | None,
 ) -> None:
     """Apply a saved plan (a plan file), or plan and apply a directory or --repo revision."""
-    backend = target.open()
+    settings = target.open()
     if plan_or_directory and Path(plan_or_directory).is_file():
         result = encode.loads(Path(plan_or_directory).read_text())
     else:
         revision = revision_of(plan_or_directory, repo, ref, subdir, namespace)
-        validated = pipeline.check(revision, backend)
+        validated = pipeline.check(revision, settings.objects)
         if not validated.ok:
             report(validated, revision, "human")
-            backend.record_error(
+            settings.state.inventories.record_error(
                 source_name, f"revision {revision.short} is invalid: {len(validated.errors)} error(s)"
             )
             sys.exit(1)
-        result = pipeline.plan(revision, validated, backend, source_name)
+        from gitmesh.rollout import driver
+
+        plan = pipeline.plan(revision, validated, settings, source_name)
+        result = driver.prepare(plan, settings, time.time())
         render.plan_text(out, result)
     err.print(
         f"Applying {sum(c.manifest is not None for c in result.changes)} objects "
-        f"and {result.counts[Action.DELETE]} deletes to {backend.describe()}..."
+        f"and {result.counts[Action.DELETE]} deletes to {settings.objects.describe()}..."
     )
     from gitmesh.rollout import driver
 
-    prepared = driver.prepare(result, backend, time.time())
     try:
-        pipeline.apply(prepared.plan, backend, allow_empty=allow_empty, force_conflicts=force_conflicts)
+        pipeline.apply(result, settings, allow_empty=allow_empty, force_conflicts=force_conflicts)
     except GitmeshError as e:
-        backend.record_error(result.source, str(e))
+        settings.state.inventories.record_error(result.source, str(e))
         raise
-    driver.begin(prepared, backend, driver.webhook(webhook))
+    driver.begin(result, driver.webhook(webhook))
     out.print(f"[bold green]Applied.[/] {result.summary()}")
-    for split, note in prepared.notes.items():
-        out.print(f"Rollout of {split.namespace}/{split.name}: {note}", soft_wrap=True)
+    for step in result.rollouts:
+        out.print(f"Rollout of {step.split}: {step.note}", soft_wrap=True)
 
 
 @cli.command()
@@ -195,10 +199,10 @@ def apply(
 @reports_errors
 def status(target: BackendChoice, output: str) -> None:
     """Each source's applied revision, object counts and last error; the sidecars gitmesh run serves."""
-    backend = target.open()
-    statuses = backend.status()
-    records = {r.source: r for r in backend.records()}
-    suspended = backend.suspended()
+    settings = target.open()
+    statuses = settings.state.inventories.status()
+    records = {r.source: r for r in settings.state.records.all()}
+    suspended = settings.state.records.suspended()
     # Sources the controller knows but that never applied anything (their first fetch failed, ...).
     known = {s.source for s in statuses}
     statuses += [SourceStatus(name) for name in sorted((records.keys() | suspended) - known)]
@@ -217,13 +221,12 @@ def status(target: BackendChoice, output: str) -> None:
             }
             for s in statuses
         ]
-        sidecars = backend.xds_report()
-        click.echo(
-            json.dumps({"backend": backend.describe(), "sources": rows, "sidecars": sidecars}, indent=2)
-        )
+        sidecars = settings.state.xds.latest()
+        where = settings.objects.describe()
+        click.echo(json.dumps({"backend": where, "sources": rows, "sidecars": sidecars}, indent=2))
         return
     if not statuses:
-        out.print(f"Nothing applied yet to {backend.describe()}.")
+        out.print(f"Nothing applied yet to {settings.objects.describe()}.")
     for s in statuses:
         counts = ", ".join(f"{n} {kind}" for kind, n in sorted(s.objects.items()))
         applied = s.applied_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.applied_at else "never"
@@ -244,7 +247,7 @@ def status(target: BackendChoice, output: str) -> None:
             out.print(Text("  suspended   yes (gitmesh resume to reconcile again)", style="yellow"))
         if s.source in records:
             _print_conditions(records[s.source])
-    _print_xds(backend)
+    _print_xds(settings)
 
 
 def _print_conditions(record: SourceRecord) -> None:
@@ -257,9 +260,9 @@ def _print_conditions(record: SourceRecord) -> None:
         out.print(line + Text(f" (since {when})", style="dim"), soft_wrap=True)
 
 
-def _print_xds(backend: ClusterBackend) -> None:
+def _print_xds(settings: Settings) -> None:
     """What gitmesh run last reported of its sidecars: how many are connected, what they rejected."""
-    report = backend.xds_report()
+    report = settings.state.xds.latest()
     if not report:
         return
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report["at"]))
@@ -291,8 +294,7 @@ def install_crds(kubeconfig: str | None, context: str | None, print_only: bool) 
         return
     from gitmesh.cluster import kube
 
-    backend = kube.KubeBackend.connect(kubeconfig, context)
-    for name in backend.install_crds(rendered):
+    for name in kube.KubeObjects.connect(kubeconfig, context).install_crds(rendered):
         out.print(f"{name} established")
 
 
@@ -315,12 +317,11 @@ def explain(code: str) -> None:
     )
 
 
-def _rollout_notes(result: Any, backend: ClusterBackend) -> list[str]:
+def _rollout_notes(result: Plan, settings: Settings) -> list[str]:
     """The rollouts under way, and what this plan does to each (for gitmesh plan)."""
     from gitmesh.rollout import driver, render
 
-    prepared = driver.prepare(result, backend, time.time())
-    rollouts = driver.load(backend)
+    rollouts = driver.load(settings)
     lines = []
     for split, r in sorted(rollouts.items()):
         if r.phase.active:
@@ -328,6 +329,4 @@ def _rollout_notes(result: Any, backend: ClusterBackend) -> list[str]:
                 f"Rollout under way: {split} {r.phase}, step {r.step + 1} of {len(r.steps)}, "
                 f"now {render.weights_text(r.weights)} toward {render.weights_text(r.target)}"
             )
-    return lines + [
-        f"Rollout of {ref.namespace}/{ref.name}: this revision {note}" for ref, note in prepared.notes.items()
-    ]
+    return lines + [f"Rollout of {step.split}: this revision {step.note}" for step in result.rollouts]

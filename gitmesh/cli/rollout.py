@@ -103,12 +103,12 @@ def rollout_run(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics: MetricsSource = Prometheus(prometheus) if prometheus else EnvoyStats(lambda: envoy_admin)
     runner = driver.Runner(target.open(), metrics, driver.webhook(webhook), push_reverts)
-    err.print("Running rollouts; Ctrl-C stops (their state stays in the backend).")
+    err.print("Running rollouts; Ctrl-C stops (their state stays in the rollout store).")
     with contextlib.suppress(KeyboardInterrupt):
         while True:
             try:
                 runner.tick(time.time())
-            except GitmeshError as e:  # the backend may be back next time; the state is kept there
+            except GitmeshError as e:  # the cluster may be back next time; the state is kept
                 logging.getLogger("gitmesh.rollout").warning("tick failed: %s", e)
             time.sleep(tick)
 

@@ -171,7 +171,7 @@ def bootstrap_command(
         inbound_address,
     )
     now = datetime.datetime.now(datetime.UTC)
-    ca_state = store.load_or_create(target.open().ca_keeper(), now)
+    ca_state = store.load_or_create(target.open().state.ca, now)
     tls = client_tls(ca_state, proxy.identity, now)
     config = bootstrap(proxy, xds_host=host, xds_port=int(port), admin_port=admin_port, delta=delta, tls=tls)
     text = json.dumps(config, indent=2)

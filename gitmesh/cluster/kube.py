@@ -1,206 +1,100 @@
-"""The Kubernetes backend: server-side apply as one field manager, dry-run predictions, inventories.
+"""The object port to a Kubernetes cluster: server-side apply as one field manager, dry runs, a watch.
 
-Requests go through the official client's configured ``ApiClient`` (so every
-kubeconfig auth method works) but are built by hand: gitmesh manages a fixed set
-of kinds and needs raw JSON, the apply-patch content type and the dry-run
-and field-manager parameters, which the typed APIs do not all offer.
+Every request goes through the shared client (``gitmesh.kube.client``).
 
-The inventory of each source lives in the cluster, in a ConfigMap in
-``gitmesh-system``: what the source applied (content hash and the
-resourceVersion the apply produced), the revision, and the last error.
+gitmesh's own state (inventories, records, rollouts, the CA) is not kept here: see
+``gitmesh.state.kube``.
 """
 
 from __future__ import annotations
 
-import base64
+import builtins
 import contextlib
-import gzip
-import json
-import os
-import re
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from itertools import groupby
-from typing import Any, TypeVar
-
-import kubernetes.client
-import kubernetes.config
-import urllib3
+from typing import TYPE_CHECKING, Any
 
 from gitmesh.apis.kinds import KINDS, apply_rank
-from gitmesh.certs import store as certs_store
-from gitmesh.certs.authority import CaState
-from gitmesh.cluster import errors
-from gitmesh.cluster.backend import Applied, Live, Prediction, SourceStatus, content_hash, owned
-from gitmesh.cluster.records import SourceRecord
-from gitmesh.errors import CertsError, ClusterError
+from gitmesh.cluster.inventory import Applied, ChangeSet
+from gitmesh.cluster.port import Changes, Live, ObjectsFailed, Prediction, content_hash, owned
+from gitmesh.errors import ClusterError
+from gitmesh.kube import client, errors
+from gitmesh.kube.client import FIELD_MANAGER, Client, Resource
 from gitmesh.objects import ObjectRef
 
-FIELD_MANAGER = "gitmesh"
-SYSTEM_NAMESPACE = "gitmesh-system"
-INVENTORY_LABEL = "gitmesh.io/inventory"
-SOURCE_LABEL = "gitmesh.io/source"
-XDS_CONFIGMAP = "gitmesh-xds"
-CA_SECRET = "gitmesh-ca"  # the mesh CA's state (roots, keys, rotation), in SYSTEM_NAMESPACE
-RECORD_LABEL = "gitmesh.io/reconciler"
-SUSPEND_MANAGER = f"{FIELD_MANAGER}-suspend"  # owns only data.suspended of a record ConfigMap
-ROLLOUTS_CONFIGMAP = "gitmesh-rollouts"
-_CONCURRENCY = 8
-_TIMEOUT = (5, 30)  # connect, read (seconds)
-_RETRY_FOR = 30.0  # seconds to keep retrying answers of 429 Too Many Requests
-_SOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Resource:
-    group: str
-    version: str
-    plural: str
-    namespaced: bool
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def path(self, namespace: str = "", name: str = "") -> str:
-        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
-        ns = f"/namespaces/{namespace}" if self.namespaced and namespace else ""
-        return f"{base}{ns}/{self.plural}" + (f"/{name}" if name else "")
+if TYPE_CHECKING:
+    from gitmesh.cluster.watch import MeshWatch
 
 
 # The kinds gitmesh manages, in the versions it writes.
 RESOURCES: dict[str, Resource] = {
     k.name: Resource(k.group, k.served, k.plural, k.namespaced) for k in KINDS if k.read
 }
-_CRD = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", False)
-_CONFIGMAP = Resource("", "v1", "configmaps", True)
-_SECRET = Resource("", "v1", "secrets", True)
 
 
-RECONCILE_PERMISSION = {"group": "gitmesh.dev", "resource": "sources", "verb": "reconcile"}
+class KubeObjects:
+    """The object port to a Kubernetes cluster: server-side apply as one field manager, dry runs,
+    and a watch of everything the mesh reads."""
 
-
-@dataclass(frozen=True)
-class Reviewed:
-    """What the cluster says of a bearer token: whose it is ("" when it does not know it), and
-    whether that user may ask for the reconcile."""
-
-    user: str
-    allowed: bool
-
-
-class KubeBackend:
-    def __init__(self, api: kubernetes.client.ApiClient, name: str) -> None:
-        self.api = api
-        self.name = name
-        self.server = api.configuration.host
+    def __init__(self, client: Client) -> None:
+        self.client = client
 
     @classmethod
-    def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeBackend:
-        """The usual conventions: --kubeconfig, else $KUBECONFIG; --context, else the current one;
-        in a pod without either, the in-cluster service account."""
-        cfg = kubernetes.client.Configuration()
-        try:
-            if kubeconfig or context or os.environ.get("KUBECONFIG") or not in_cluster():
-                kubernetes.config.load_kube_config(
-                    config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False
-                )
-                _, active = kubernetes.config.list_kube_config_contexts(kubeconfig)
-                name = context or active["name"]
-            else:
-                kubernetes.config.load_incluster_config(client_configuration=cfg)
-                name = "in-cluster"
-        except (kubernetes.config.ConfigException, OSError, TypeError, KeyError) as e:
-            raise ClusterError(f"cannot load Kubernetes configuration: {e}") from e
-        cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, _CONCURRENCY * 2)
-        cfg.retries = False
-        return cls(kubernetes.client.ApiClient(cfg), name)
+    def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeObjects:
+        return cls(Client.connect(kubeconfig, context))
 
     def close(self) -> None:
-        self.api.close()
+        self.client.close()
 
     def describe(self) -> str:
-        return f"kube:{self.name}"
+        return f"kube:{self.client.name}"
 
     # --- reading --------------------------------------------------------------------------------
 
-    def list_managed(self) -> dict[ObjectRef, Live]:
+    def list(self, refs: Collection[ObjectRef] | None = None) -> dict[ObjectRef, Live]:
+        if refs is not None:
+            return self._get_each(list(refs))
         query = {"labelSelector": "app.kubernetes.io/managed-by=gitmesh"}
 
-        def list_kind(kind: str) -> list[dict[str, Any]]:
+        def list_kind(kind: str) -> builtins.list[dict[str, Any]]:
             res = RESOURCES[kind]
             try:
-                body = self._request("GET", res.path(), query)
+                body = self.client.get(res.path(), query)
             except errors.NotFound:
                 return []  # an SMI kind whose CRD is not installed: nothing of it can exist
             return [{"apiVersion": res.api_version, "kind": kind, **item} for item in body.get("items") or ()]
 
         out = {}
-        for items in self._parallel(list_kind, RESOURCES):
+        for items in self.client.parallel(list_kind, RESOURCES):
             for obj in items:
                 out[ObjectRef.of(obj)] = Live.of(obj)
         return out
 
-    def present(self, refs: Collection[ObjectRef]) -> frozenset[ObjectRef]:
-        def exists(ref: ObjectRef) -> bool:
+    def _get_each(self, refs: builtins.list[ObjectRef]) -> dict[ObjectRef, Live]:
+        def get(ref: ObjectRef) -> Live | None:
+            res = _resource(ref.kind)
             try:
-                self._request("GET", _resource(ref.kind).path(ref.namespace, ref.name), ref=ref)
+                obj = self.client.get(res.path(ref.namespace, ref.name), ref=ref)
             except errors.NotFound:
-                return False
-            return True
+                return None
+            return Live.of({"apiVersion": res.api_version, "kind": ref.kind, **obj})
 
-        refs = list(refs)
-        return frozenset(ref for ref, found in zip(refs, self._parallel(exists, refs), strict=True) if found)
+        found = self.client.parallel(get, refs)
+        return {ref: live for ref, live in zip(refs, found, strict=True) if live is not None}
 
-    def inventory(self, source: str) -> dict[ObjectRef, Applied]:
-        cm = self._inventory_configmap(source)
-        if cm is None:
-            return {}
-        packed = (cm.get("binaryData") or {}).get("inventory.json.gz")
-        if not packed:
-            return {}
-        rows = json.loads(gzip.decompress(base64.b64decode(packed)))
-        return {ObjectRef(g, k, ns, n): Applied(h, rv) for g, k, ns, n, h, rv in rows}
+    def watch(self) -> MeshWatch:
+        from gitmesh.cluster.watch import MeshWatch  # it imports this module
 
-    def status(self) -> list[SourceStatus]:
-        try:
-            body = self._request(
-                "GET", _CONFIGMAP.path(SYSTEM_NAMESPACE), {"labelSelector": f"{INVENTORY_LABEL}=true"}
-            )
-        except errors.NotFound:
-            return []
-        out = []
-        for cm in sorted(body.get("items") or (), key=lambda c: c["metadata"]["name"]):
-            data = cm.get("data") or {}
-            source = cm["metadata"].get("labels", {}).get(SOURCE_LABEL, "")
-            counts: dict[str, int] = {}
-            for ref in self.inventory(source):
-                counts[ref.kind] = counts.get(ref.kind, 0) + 1
-            out.append(
-                SourceStatus(
-                    source,
-                    data.get("revision") or None,
-                    data.get("ref", ""),
-                    _time(data.get("appliedAt")),
-                    counts,
-                    data.get("lastError", ""),
-                    _time(data.get("lastErrorAt")),
-                )
-            )
-        return out
+        return MeshWatch(self).start()
 
     # --- predicting and writing -------------------------------------------------------------------
 
-    def predict(self, objects: Sequence[Mapping[str, Any]]) -> list[Prediction]:
-        results = self._parallel(self._predict_one, objects)
+    def predict(self, objects: Sequence[Mapping[str, Any]]) -> builtins.list[Prediction]:
+        results = self.client.parallel(self._predict_one, objects)
         failures = [r for r in results if isinstance(r, errors.ApiError)]
         if failures:
-            raise errors.ObjectsFailed("dry-run applied", failures)
+            raise ObjectsFailed("dry-run applied", failures)
         return [r for r in results if isinstance(r, Prediction)]
 
     def _predict_one(self, obj: Mapping[str, Any]) -> Prediction | errors.ApiError:
@@ -215,202 +109,61 @@ class KubeBackend:
             except errors.ApiError as forced:
                 return forced
         except errors.NotFound as e:
-            if "namespaces" in e.message and "not found" in e.message:
+            if e.missing == "namespaces":
                 return Prediction(body)  # its namespace is created by the same plan
             return e
         except errors.ApiError as e:
             return e
 
-    def apply(
-        self,
-        source: str,
-        revision: str | None,
-        ref: str,
-        objects: Sequence[Mapping[str, Any]],
-        deletes: Sequence[ObjectRef],
-        keep: Mapping[ObjectRef, Applied],
-        *,
-        force: frozenset[ObjectRef] = frozenset(),
-    ) -> None:
-        _check_source_name(source)
-        previous = self.inventory(source)
-        inventory = dict(keep) | {r: previous[r] for r in deletes if r in previous}
-        failures: list[errors.ApiError] = []
-        try:
-            # Objects arrive in apply order; each kind is applied concurrently, kinds one after another.
-            for _, batch in groupby(objects, key=lambda o: apply_rank(ObjectRef.of(o))[0]):
-                group = list(batch)
-                results = self._parallel(lambda o: self._apply_recorded(o, ObjectRef.of(o) in force), group)
-                for obj, result in zip(group, results, strict=True):
-                    if isinstance(result, errors.ApiError):
-                        failures.append(result)
-                    else:
-                        inventory[ObjectRef.of(obj)] = Applied(content_hash(obj), result)
-                if failures:
-                    break
-            if not failures:
-                for r in deletes:  # in order: what refers to others goes first
-                    try:
-                        self._delete(r)
-                        inventory.pop(r, None)
-                    except errors.ApiError as e:
-                        failures.append(e)
-                        break
-        finally:
-            message = errors.ObjectsFailed("applied", failures).args[0] if failures else ""
-            self._write_inventory(
-                source, inventory, revision=None if failures else revision, ref=ref, error=message
+    def apply(self, changes: Changes) -> ChangeSet:
+        applied: dict[ObjectRef, Applied] = {}
+        deleted: set[ObjectRef] = set()
+        failures: builtins.list[ClusterError] = []
+        # Writes arrive in apply order; each kind is applied concurrently, kinds one after another.
+        for _, batch in groupby(changes.writes, key=lambda o: apply_rank(ObjectRef.of(o))[0]):
+            group = list(batch)
+            results = self.client.parallel(
+                lambda o: self._apply_recorded(o, ObjectRef.of(o) in changes.force), group
             )
-        if failures:
-            raise errors.ObjectsFailed("applied", failures)
+            for obj, result in zip(group, results, strict=True):
+                if isinstance(result, ClusterError):
+                    failures.append(result)
+                else:
+                    applied[ObjectRef.of(obj)] = Applied(content_hash(obj), result)
+            if failures:
+                break
+        if not failures:
+            for r in changes.deletes:  # in order: what refers to others goes first
+                try:
+                    self._delete(r)
+                    deleted.add(r)
+                except ClusterError as e:
+                    failures.append(e)
+                    break
+        reached = applied.keys() | deleted
+        untouched = changes.unchanged | {
+            r for r in [*map(ObjectRef.of, changes.writes), *changes.deletes] if r not in reached
+        }
+        return ChangeSet(applied, frozenset(deleted), frozenset(untouched), tuple(failures))
 
-    def _apply_recorded(self, obj: Mapping[str, Any], force: bool) -> str | errors.ApiError:
+    def _apply_recorded(self, obj: Mapping[str, Any], force: bool) -> str | ClusterError:
         try:
             applied = self._apply(owned(obj), dry_run=False, force=force)
-        except errors.ApiError as e:
+        except ClusterError as e:  # refused, or the server gone: the change set says so
             return e
         return str(applied["metadata"]["resourceVersion"])
 
-    def record_error(self, source: str, message: str) -> None:
-        _check_source_name(source)
-        self._apply_system(
-            _CONFIGMAP,
-            self._inventory_body(source, {"lastError": message, "lastErrorAt": _now()}),
-            manager=f"{FIELD_MANAGER}-status",
-        )
-
-    def record_xds(self, report: Mapping[str, Any]) -> None:
-        """What ``gitmesh run`` last saw of its sidecars, in a ConfigMap beside the inventories."""
-        body = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": XDS_CONFIGMAP, "namespace": SYSTEM_NAMESPACE},
-            "data": {"report": json.dumps(report, sort_keys=True)},
-        }
-        self._apply_system(_CONFIGMAP, body)
-
-    def xds_report(self) -> dict[str, Any] | None:
-        try:
-            cm = self._request("GET", _CONFIGMAP.path(SYSTEM_NAMESPACE, XDS_CONFIGMAP))
-        except errors.NotFound:
-            return None
-        report: dict[str, Any] | None = json.loads((cm.get("data") or {}).get("report") or "null")
-        return report
-
-    def ca_keeper(self) -> SecretKeeper:
-        return SecretKeeper(self)
-
-    def save_record(self, record: SourceRecord) -> None:
-        """The controller's record of a source, in ConfigMap ``gitmesh-reconciler-<source>``."""
-        body = self._record_body(record.source, {"record": json.dumps(record.to_json(), sort_keys=True)})
-        self._apply_system(_CONFIGMAP, body)
-
-    def records(self) -> list[SourceRecord]:
-        return [
-            SourceRecord.from_json(json.loads(data["record"]))
-            for data in self._record_configmaps()
-            if data.get("record")
-        ]
-
-    def set_suspended(self, source: str, suspended: bool) -> None:
-        # A field manager of its own: resuming applies a body without the field, and server-side
-        # apply removes what this manager alone set, leaving the controller's record as it is.
-        body = self._record_body(source, {"suspended": "true"} if suspended else {})
-        self._apply_system(_CONFIGMAP, body, manager=SUSPEND_MANAGER)
-
-    def suspended(self) -> frozenset[str]:
-        return frozenset(
-            data["source"] for data in self._record_configmaps() if data.get("suspended") == "true"
-        )
-
-    def may_reconcile(self, token: str, source: str) -> Reviewed:
-        """Whose bearer token this is (TokenReview), and whether RBAC lets them ask for a reconcile
-        of ``source`` (SubjectAccessReview: verb ``reconcile`` on ``sources`` in API group
-        ``gitmesh.dev``, a permission that exists only to be granted for this)."""
-        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
-        status = self._review("/apis/authentication.k8s.io/v1/tokenreviews", review)
-        if not status.get("authenticated"):
-            return Reviewed("", False)
-        user = status.get("user") or {}
-        spec = {
-            **{k: user[k] for k in ("uid", "groups", "extra") if k in user},
-            "user": user.get("username", ""),
-            "resourceAttributes": {**RECONCILE_PERMISSION, "name": source},
-        }
-        access = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
-        allowed = self._review("/apis/authorization.k8s.io/v1/subjectaccessreviews", access).get("allowed")
-        return Reviewed(spec["user"], bool(allowed))
-
-    def _review(self, path: str, review: dict[str, Any]) -> dict[str, Any]:
-        # As YAML (which JSON is): the client would encode a JSON body a second time.
-        status = self._request("POST", path, body=review, content_type="application/yaml").get("status")
-        return dict(status or {})
-
-    def _record_configmaps(self) -> list[dict[str, str]]:
-        """Each record ConfigMap's data, with its source name under ``source``."""
-        try:
-            body = self._request(
-                "GET", _CONFIGMAP.path(SYSTEM_NAMESPACE), {"labelSelector": f"{RECORD_LABEL}=true"}
-            )
-        except errors.NotFound:
-            return []
-        return [
-            {**(cm.get("data") or {}), "source": cm["metadata"].get("labels", {}).get(SOURCE_LABEL, "")}
-            for cm in sorted(body.get("items") or (), key=lambda c: c["metadata"]["name"])
-        ]
-
-    @staticmethod
-    def _record_body(source: str, data: dict[str, str]) -> dict[str, Any]:
-        _check_source_name(source)
-        return {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": _record_name(source),
-                "namespace": SYSTEM_NAMESPACE,
-                "labels": {RECORD_LABEL: "true", SOURCE_LABEL: source},
-            },
-            "data": data,
-        }
-
-    def rollouts(self) -> dict[str, dict[str, Any]]:
-        """One data key per split (``namespace_name``: ``_`` is in no Kubernetes name) in one ConfigMap."""
-        try:
-            cm = self._request("GET", _CONFIGMAP.path(SYSTEM_NAMESPACE, ROLLOUTS_CONFIGMAP))
-        except errors.NotFound:
-            return {}
-        records = [json.loads(v) for v in (cm.get("data") or {}).values()]
-        return {r["split"]: r for r in records}
-
-    def save_rollout(self, split: str, record: Mapping[str, Any]) -> None:
-        # Each split's key is applied by a field manager of its own, so applying one key leaves
-        # the other splits' keys alone.
-        key = split.replace("/", "_")
-        body = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": ROLLOUTS_CONFIGMAP, "namespace": SYSTEM_NAMESPACE},
-            "data": {key: json.dumps(record, sort_keys=True)},
-        }
-        self._apply_system(_CONFIGMAP, body, manager=f"{FIELD_MANAGER}-rollout-{key}"[:128])
-
-    def install_crds(self, crds: Iterable[Mapping[str, Any]], timeout: float = 60) -> list[str]:
+    def install_crds(self, crds: Iterable[Mapping[str, Any]], timeout: float = 60) -> builtins.list[str]:
         """Apply CRDs, then wait until the API server serves every one of them (Established)."""
         names = []
         for crd in crds:
             body = dict(crd)
-            self._request(
-                "PATCH",
-                _CRD.path(name=body["metadata"]["name"]),
-                {"fieldManager": FIELD_MANAGER, "force": "true"},
-                body=body,
-                content_type="application/apply-patch+yaml",
-                ref=ObjectRef.of(body),
-            )
+            path = client.CRD.path(name=body["metadata"]["name"])
+            self.client.apply(path, body, FIELD_MANAGER, force=True, ref=ObjectRef.of(body))
             names.append(body["metadata"]["name"])
         deadline = time.monotonic() + timeout
         for name in names:
-            while not _established(self._request("GET", _CRD.path(name=name))):
+            while not _established(self.client.request("GET", client.CRD.path(name=name))):
                 if time.monotonic() > deadline:
                     raise ClusterError(
                         f"CustomResourceDefinition {name} was not Established within {timeout:g}s"
@@ -422,134 +175,12 @@ class KubeBackend:
 
     def _apply(self, obj: dict[str, Any], *, dry_run: bool, force: bool) -> dict[str, Any]:
         ref = ObjectRef.of(obj)
-        res = _resource(ref.kind)
-        query = {"fieldManager": FIELD_MANAGER, "fieldValidation": "Strict"}
-        if force:
-            query["force"] = "true"
-        if dry_run:
-            query["dryRun"] = "All"
-        return self._request(
-            "PATCH",
-            res.path(ref.namespace, ref.name),
-            query,
-            body=obj,
-            content_type="application/apply-patch+yaml",
-            ref=ref,
-        )
+        path = _resource(ref.kind).path(ref.namespace, ref.name)
+        return self.client.apply(path, obj, FIELD_MANAGER, force=force, dry_run=dry_run, strict=True, ref=ref)
 
     def _delete(self, ref: ObjectRef) -> None:
         with contextlib.suppress(errors.NotFound):  # already gone: what prune wanted
-            self._request(
-                "DELETE",
-                _resource(ref.kind).path(ref.namespace, ref.name),
-                {"propagationPolicy": "Background"},
-                ref=ref,
-            )
-
-    def _inventory_configmap(self, source: str) -> dict[str, Any] | None:
-        _check_source_name(source)
-        try:
-            return self._request("GET", _CONFIGMAP.path(SYSTEM_NAMESPACE, _inventory_name(source)))
-        except errors.NotFound:
-            return None
-
-    def _write_inventory(
-        self,
-        source: str,
-        inventory: Mapping[ObjectRef, Applied],
-        *,
-        revision: str | None,
-        ref: str,
-        error: str,
-    ) -> None:
-        rows = sorted(
-            [r.group, r.kind, r.namespace, r.name, a.hash, a.resource_version] for r, a in inventory.items()
-        )
-        packed = base64.b64encode(gzip.compress(json.dumps(rows, separators=(",", ":")).encode(), mtime=0))
-        data = {"lastError": error, "lastErrorAt": _now() if error else ""}
-        if revision is not None or not error:
-            data |= {"revision": revision or "", "ref": ref, "appliedAt": _now()}
-        body = self._inventory_body(source, data)
-        body["binaryData"] = {"inventory.json.gz": packed.decode()}
-        self._apply_system(_CONFIGMAP, body)
-
-    @staticmethod
-    def _inventory_body(source: str, data: dict[str, str]) -> dict[str, Any]:
-        return {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": _inventory_name(source),
-                "namespace": SYSTEM_NAMESPACE,
-                "labels": {INVENTORY_LABEL: "true", SOURCE_LABEL: source},
-            },
-            "data": data,
-        }
-
-    def _apply_system(self, resource: Resource, body: dict[str, Any], manager: str = FIELD_MANAGER) -> None:
-        """Server-side apply one of gitmesh's own objects (inventories, records, the CA) in
-        SYSTEM_NAMESPACE, which is made first if it is missing."""
-        self._ensure_system_namespace()
-        self._request(
-            "PATCH",
-            resource.path(SYSTEM_NAMESPACE, body["metadata"]["name"]),
-            {"fieldManager": manager, "force": "true"},
-            body=body,
-            content_type="application/apply-patch+yaml",
-        )
-
-    def _ensure_system_namespace(self) -> None:
-        ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}}
-        self._request(
-            "PATCH",
-            RESOURCES["Namespace"].path(name=SYSTEM_NAMESPACE),
-            {"fieldManager": FIELD_MANAGER},
-            body=ns,
-            content_type="application/apply-patch+yaml",
-        )
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        query: Mapping[str, str] | None = None,
-        *,
-        body: Any = None,
-        content_type: str = "application/json",
-        ref: ObjectRef | None = None,
-    ) -> dict[str, Any]:
-        method, url, headers, payload, _ = self.api.param_serialize(
-            method,
-            path,
-            query_params=list((query or {}).items()),
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=json.dumps(body) if body is not None else None,
-            auth_settings=["BearerToken"],
-        )
-        deadline = time.monotonic() + _RETRY_FOR
-        while True:
-            try:
-                resp = self.api.call_api(method, url, headers, payload, _request_timeout=_TIMEOUT)
-                data = resp.read()
-            except (urllib3.exceptions.HTTPError, OSError) as e:
-                raise errors.unreachable(self.server, e) from e
-            except kubernetes.client.ApiException as e:  # TLS failures surface as status 0
-                raise errors.Unreachable(f"the API server at {self.server}: {e.reason}") from e
-            # 429 means "not now" (throttled, or a new resource's storage still starting): wait as
-            # told, like every Kubernetes client does, for a while.
-            if resp.status == 429 and time.monotonic() < deadline:
-                time.sleep(min(float(resp.getheader("Retry-After") or 1), 1.0))
-                continue
-            if not 200 <= resp.status < 300:
-                raise errors.api_error(resp.status, data, ref)
-            return json.loads(data) if data else {}
-
-    def _parallel(self, fn: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
-        items = list(items)
-        if len(items) <= 1:
-            return [fn(i) for i in items]
-        with ThreadPoolExecutor(max_workers=min(_CONCURRENCY, len(items))) as pool:
-            return list(pool.map(fn, items))
+            self.client.delete(_resource(ref.kind).path(ref.namespace, ref.name), ref=ref)
 
 
 def _resource(kind: str) -> Resource:
@@ -557,26 +188,6 @@ def _resource(kind: str) -> Resource:
         return RESOURCES[kind]
     except KeyError:
         raise ClusterError(f"gitmesh does not manage {kind} objects") from None
-
-
-def _inventory_name(source: str) -> str:
-    return f"gitmesh-inventory-{source}"
-
-
-def _record_name(source: str) -> str:
-    return f"gitmesh-reconciler-{source}"
-
-
-def _check_source_name(source: str) -> None:
-    if not _SOURCE_NAME.match(source):
-        raise ClusterError(f"source name {source!r} must be lowercase letters, digits and '-' (at most 42)")
-
-
-def in_cluster() -> bool:
-    """Running in a pod, with its service account mounted."""
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
-        "/var/run/secrets/kubernetes.io/serviceaccount/token"
-    )
 
 
 def _established(crd: Mapping[str, Any]) -> bool:
@@ -588,41 +199,3 @@ def _established(crd: Mapping[str, Any]) -> bool:
 
 def _conflict_text(e: errors.ApiError) -> str:
     return "; ".join(c.message for c in e.causes) or e.message
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _time(value: str | None) -> datetime | None:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if value else None
-
-
-class SecretKeeper:
-    """The mesh CA's state in the Secret ``gitmesh-system/gitmesh-ca`` (key ``ca.json``)."""
-
-    def __init__(self, backend: KubeBackend) -> None:
-        self._backend = backend
-
-    def load(self) -> CaState | None:
-        try:
-            secret = self._backend._request("GET", _SECRET.path(SYSTEM_NAMESPACE, CA_SECRET))
-        except errors.NotFound:
-            return None
-        data = (secret.get("data") or {}).get("ca.json")
-        if not data:
-            raise ClusterError(f"Secret {SYSTEM_NAMESPACE}/{CA_SECRET} has no ca.json")
-        try:
-            return certs_store.decode(base64.b64decode(data).decode())
-        except (CertsError, ValueError) as e:  # ValueError: not base64 or not UTF-8
-            raise CertsError(f"Secret {SYSTEM_NAMESPACE}/{CA_SECRET}: {e}") from e
-
-    def save(self, state: CaState) -> None:
-        body = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": CA_SECRET, "namespace": SYSTEM_NAMESPACE},
-            "type": "Opaque",
-            "data": {"ca.json": base64.b64encode(certs_store.encode(state).encode()).decode()},
-        }
-        self._backend._apply_system(_SECRET, body)

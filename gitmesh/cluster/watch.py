@@ -8,20 +8,17 @@ polls it and republishes.
 
 from __future__ import annotations
 
-import json
+import builtins
 import logging
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
-import kubernetes.client
-import urllib3
-
-from gitmesh.cluster import errors
-from gitmesh.cluster.backend import Live
-from gitmesh.cluster.kube import RESOURCES, KubeBackend
+from gitmesh.cluster.kube import RESOURCES, KubeObjects
+from gitmesh.cluster.port import Live
 from gitmesh.errors import ClusterError
+from gitmesh.kube import errors
 from gitmesh.objects import ObjectRef
 
 log = logging.getLogger("gitmesh.watch")
@@ -31,8 +28,8 @@ RETRY_SECONDS = 1.0
 
 
 class MeshWatch:
-    def __init__(self, backend: KubeBackend) -> None:
-        self.backend = backend
+    def __init__(self, objects: KubeObjects) -> None:
+        self.objects = objects
         self._objects: dict[ObjectRef, Live] = {}
         self._lock = threading.Lock()
         self._changes = 0
@@ -50,7 +47,7 @@ class MeshWatch:
         for _ in self._threads:
             if not self._listed.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 raise ClusterError(
-                    f"could not list the mesh's objects from {self.backend.server} in {timeout:g}s"
+                    f"could not list the mesh's objects from {self.objects.client.server} in {timeout:g}s"
                 )
         return self
 
@@ -61,13 +58,9 @@ class MeshWatch:
         with self._lock:
             return str(self._changes)
 
-    def list_managed(self) -> Mapping[ObjectRef, Live]:
-        """Every watched object (the name keeps serve.Source one contract for both backends)."""
+    def list(self) -> Mapping[ObjectRef, Live]:
         with self._lock:
             return dict(self._objects)
-
-    def record_xds(self, report: Mapping[str, Any]) -> None:
-        self.backend.record_xds(report)
 
     def _follow(self, kind: str) -> None:
         res = RESOURCES[kind]
@@ -76,7 +69,7 @@ class MeshWatch:
         while not self._stop.is_set():
             try:
                 try:
-                    body = self.backend._request("GET", res.path())
+                    body = self.objects.client.get(res.path())
                 except errors.NotFound:  # an SMI kind whose CRD is not installed (yet)
                     body = {"items": [], "metadata": {}}
                 items = [
@@ -96,39 +89,16 @@ class MeshWatch:
                 self._stop.wait(RETRY_SECONDS)
 
     def _watch(self, kind: str, api_version: str, path: str, rv: str) -> None:
-        query = {
-            "watch": "1",
-            "resourceVersion": rv,
-            "timeoutSeconds": str(WATCH_SECONDS),
-            "allowWatchBookmarks": "true",
-        }
-        api = self.backend.api
-        method, url, headers, _, _ = api.param_serialize(
-            "GET",
-            path,
-            query_params=list(query.items()),
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        try:
-            resp = api.call_api(method, url, headers, None, _request_timeout=(5, WATCH_SECONDS + 30))
-            if resp.status != 200:
-                raise errors.api_error(resp.status, resp.read())
-            for line in resp.response:
-                if self._stop.is_set():
-                    break
-                event = json.loads(line)
-                obj = event.get("object") or {}
-                if event.get("type") == "ERROR":
-                    return  # e.g. 410 Gone: the caller lists again
-                if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                    self._apply(event["type"], {"apiVersion": api_version, "kind": kind, **obj})
-        except (urllib3.exceptions.HTTPError, OSError, kubernetes.client.ApiException) as e:
-            raise errors.unreachable(self.backend.server, e) from e
-        except ValueError as e:
-            raise ClusterError(f"unreadable watch event for {kind}: {e}") from e
+        for event in self.objects.client.watch(path, rv, WATCH_SECONDS):
+            if self._stop.is_set():
+                break
+            obj = event.get("object") or {}
+            if event.get("type") == "ERROR":
+                return  # e.g. 410 Gone: the caller lists again
+            if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                self._apply(event["type"], {"apiVersion": api_version, "kind": kind, **obj})
 
-    def _replace(self, kind: str, items: list[dict[str, Any]]) -> None:
+    def _replace(self, kind: str, items: builtins.list[dict[str, Any]]) -> None:
         with self._lock:
             for ref in [r for r in self._objects if r.kind == kind]:
                 del self._objects[ref]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import Enum
 
-from gitmesh.cluster.records import Condition
+from gitmesh.state.records import Condition
 
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
 

@@ -41,7 +41,7 @@ from gitmesh.errors import ClusterError, ConfigError
 from gitmesh.sync import webhook
 
 if TYPE_CHECKING:
-    from gitmesh.cluster.kube import Reviewed
+    from gitmesh.kube.review import Reviewed
 
 log = logging.getLogger("gitmesh.controller.http")
 

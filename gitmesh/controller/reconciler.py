@@ -1,8 +1,8 @@
 """One source's reconcile: fetch -> resolve the ref -> (a new commit?) -> check -> plan -> apply -> record.
 
 A revision that fails is never applied in part and never replaces the last good one: the
-backend keeps what it had (and the ADS server keeps serving it). What happened goes into the
-source's record in the backend: conditions, the last applied and attempted revisions, and the
+cluster keeps what it had (and the ADS server keeps serving it). What happened goes into the
+source's record in the record store: conditions, the last applied and attempted revisions, and the
 last reconciles.
 """
 
@@ -11,20 +11,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import git
 
 from gitmesh import pipeline
-from gitmesh.cluster.backend import ClusterBackend
-from gitmesh.cluster.records import HISTORY_LENGTH, Reconcile, SourceRecord
 from gitmesh.controller import conditions
 from gitmesh.controller.conditions import Result
 from gitmesh.controller.metrics import Metrics
 from gitmesh.errors import ClusterError, GitmeshError, PlanError, SourceError, StalePlan
+from gitmesh.plan.model import Plan
 from gitmesh.rollout import driver
+from gitmesh.settings import Settings
+from gitmesh.state.records import HISTORY_LENGTH, Reconcile, SourceRecord
 from gitmesh.sync.git import SourceUnavailable
 from gitmesh.sync.source import Source, fetch, read, resolve
 from gitmesh.sync.verify import verify_commit
@@ -33,7 +34,7 @@ log = logging.getLogger("gitmesh.controller")
 
 RETRY_BASE = 1.0  # seconds before the first retry; doubled per failure, at most the source's interval
 # Triggers that reconcile even when the head has not moved: a person asked, or it is time to
-# look for drift (objects changed in the backend behind gitmesh's back).
+# look for drift (objects changed in the cluster behind gitmesh's back).
 FORCING = frozenset({"manual", "drift"})
 
 
@@ -51,7 +52,7 @@ class Reconciler:
     def __init__(
         self,
         sources: Sequence[Source],
-        open_backend: Callable[[], ClusterBackend],
+        settings: Settings,
         metrics: Metrics,
         stopping: threading.Event,
         notify: driver.Notify = lambda rollout: None,
@@ -59,9 +60,8 @@ class Reconciler:
         self.sources = {s.name: s for s in sources}
         self.metrics = metrics
         self.notify = notify  # told of every rollout phase change
-        self._open = open_backend
+        self.settings = settings
         self._stopping = stopping
-        self._local = threading.local()
         # Plans are made against everything live; two sources planning and applying at once (or the
         # rollout runner writing a step) would each find the other's writes and refuse as stale.
         # Fetching stays concurrent.
@@ -70,7 +70,7 @@ class Reconciler:
         for name in self.sources:  # every series exists from the start, at zero
             metrics.fetches.labels(name)
             metrics.fetch_errors.labels(name)
-        stored = {r.source: r for r in self._backend().records()}
+        stored = {r.source: r for r in settings.state.records.all()}
         self._progress = {name: _Progress(stored.get(name) or SourceRecord(name)) for name in self.sources}
         for record in stored.values():
             if record.source in self.sources and record.last_applied and record.history:
@@ -88,11 +88,11 @@ class Reconciler:
             return sorted(name for name, p in self._progress.items() if not p.attempted)
 
     def reconcile(self, name: str, triggers: frozenset[str]) -> float | None:
-        """Bring the backend in step with the source's head. Returns the seconds after which to try
+        """Bring the cluster in step with the source's head. Returns the seconds after which to try
         again when the attempt failed in a way a retry may mend, else None."""
         source = self.sources[name]
-        backend = self._backend()
-        if name in backend.suspended():
+        settings = self.settings
+        if name in settings.state.records.suspended():
             self.metrics.suspended_runs.labels(name).inc()
             with self._lock:
                 self._progress[name].attempted = True  # ready: it is as asked, left alone
@@ -112,7 +112,7 @@ class Reconciler:
             changed = conditions.fetch_failed(
                 progress.record.conditions, str(e), _now(), unavailable=isinstance(e, SourceUnavailable)
             )
-            self._update(backend, name, conditions=changed)
+            self._update(settings, name, conditions=changed)
             return self._failed(progress, source)
         stalled = progress.record.condition(conditions.STALLED)
         chosen = choose(
@@ -134,10 +134,10 @@ class Reconciler:
         else:
             message = f"Reconciling {ref}@sha1:{sha[:12]}"
             self._update(
-                backend, name, conditions=conditions.progressing(before, message, _now()), last_attempted=sha
+                settings, name, conditions=conditions.progressing(before, message, _now()), last_attempted=sha
             )
         try:
-            result, summary = self._reconcile(repo, source, backend, sha, ref)
+            result, summary = self._reconcile(repo, source, settings, sha, ref)
         except _Abandoned:  # stopping: nothing was written; the next start reconciles it again
             log.info("stopping: %s@%s not applied", name, sha[:12], extra={"source": name})
             return None
@@ -149,9 +149,9 @@ class Reconciler:
             good = progress.record.last_applied
             keeps = f"; {good[:12]} stays applied" if good else ""
             message = f"{ref}@sha1:{sha[:12]}: {summary}{keeps}"
-            backend.record_error(name, message)
+            settings.state.inventories.record_error(name, message)
         self._update(
-            backend,
+            settings,
             name,
             conditions=before
             if back and result.succeeded
@@ -186,7 +186,7 @@ class Reconciler:
         return None
 
     def _reconcile(
-        self, repo: git.Repo, source: Source, backend: ClusterBackend, sha: str, ref: str
+        self, repo: git.Repo, source: Source, settings: Settings, sha: str, ref: str
     ) -> tuple[Result, str]:
         if source.verify is not None:
             try:
@@ -197,7 +197,7 @@ class Reconciler:
             revision = read(repo, source, sha, ref)
         except SourceError as e:
             return Result.INVALID, str(e)
-        validated = pipeline.check(revision, backend)
+        validated = pipeline.check(revision, settings.objects)
         if not validated.ok:
             first = validated.errors[0]
             return Result.INVALID, (
@@ -206,31 +206,32 @@ class Reconciler:
             )
         try:
             with self.apply_lock:
-                plan = pipeline.plan(revision, validated, backend, source.name)
+                plan = pipeline.plan(revision, validated, settings, source.name)
                 # A split whose weights change under a rollout policy moves one step now; one whose
                 # rollout is under way keeps its live weights (the runner walks them), so that is no drift.
-                prepared = driver.prepare(plan, backend, time.time())
-                if not prepared.plan.has_changes:
-                    driver.begin(prepared, backend, self.notify)
-                    return Result.UNCHANGED, prepared.plan.summary()
+                plan = driver.prepare(plan, settings, time.time())
+                if not plan.has_changes:
+                    if any(step.record is not None for step in plan.rollouts):
+                        self._apply(plan, settings, source)  # a rollout takes a new policy
+                    return Result.UNCHANGED, plan.summary()
                 if self._stopping.is_set():
                     raise _Abandoned
                 log.info(
                     "applying %s@%s: %s", source.name, sha[:12], plan.summary(), extra={"source": source.name}
                 )
-                self._apply(prepared, backend, source)
-                return Result.APPLIED, prepared.plan.summary()
+                self._apply(plan, settings, source)
+                return Result.APPLIED, plan.summary()
         except StalePlan as e:
             return Result.FAILED, str(e)
         except PlanError as e:
             return Result.REFUSED, str(e)
-        except GitmeshError as e:  # the backend's (ClusterError) or any other: recorded alike, and retried
+        except GitmeshError as e:  # the cluster's (ClusterError) or any other: recorded alike, and retried
             return Result.FAILED, str(e)
 
-    def _apply(self, prepared: driver.Prepared, backend: ClusterBackend, source: Source) -> None:
-        """The one place the controller applies a plan; its rollouts start once it is applied."""
-        pipeline.apply(prepared.plan, backend, allow_empty=source.allow_empty)
-        driver.begin(prepared, backend, self.notify)
+    def _apply(self, plan: Plan, settings: Settings, source: Source) -> None:
+        """The one place the controller applies a plan; its rollouts start with it."""
+        pipeline.apply(plan, settings, allow_empty=source.allow_empty)
+        driver.begin(plan, self.notify)
 
     def _failed(self, progress: _Progress, source: Source) -> float:
         with self._lock:
@@ -238,22 +239,15 @@ class Reconciler:
             progress.attempted = True
             return min(RETRY_BASE * 2.0 ** (progress.failures - 1), source.interval)
 
-    def _update(self, backend: ClusterBackend, name: str, **changes: object) -> None:
+    def _update(self, settings: Settings, name: str, **changes: object) -> None:
         with self._lock:
             progress = self._progress[name]
             progress.record = replace(progress.record, **changes)  # type: ignore[arg-type]
             record = progress.record
         try:
-            backend.save_record(record)
+            settings.state.records.save(record)
         except ClusterError as e:  # the record is kept in memory and written with the next one
             log.warning("cannot store the record of %s: %s", name, e, extra={"source": name})
-
-    def _backend(self) -> ClusterBackend:
-        """A backend per thread: the embedded store's connection belongs to the thread that opened it."""
-        backend = getattr(self._local, "backend", None)
-        if backend is None:
-            backend = self._local.backend = self._open()
-        return backend
 
 
 def choose(

@@ -1,8 +1,8 @@
 """``gitmesh run``: the controller and the ADS server in one process, stopped cleanly by SIGTERM.
 
-The reconciler writes to the backend; the ADS server follows the backend (the embedded store's
-version, or a cluster watch) and republishes to the sidecars. Nothing else connects them, so a
-revision that is not applied never reaches a sidecar.
+The reconciler writes to the cluster; the ADS server follows the cluster's watch (the embedded
+store's version, or a Kubernetes watch) and republishes to the sidecars. Nothing else connects
+them, so a revision that is not applied never reaches a sidecar.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gitmesh import serve
 from gitmesh.certs import ca
 from gitmesh.certs.store import Keeper
-from gitmesh.cluster.backend import ClusterBackend, Live
+from gitmesh.cluster.port import Live, Watched
 from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, RolloutSettings
 from gitmesh.controller.httpd import ControllerPort
 from gitmesh.controller.metrics import Metrics
@@ -32,16 +32,17 @@ from gitmesh.rollout import driver
 from gitmesh.rollout.envoy_stats import EnvoyStats
 from gitmesh.rollout.metrics import MetricsSource
 from gitmesh.rollout.prometheus import Prometheus
+from gitmesh.settings import Settings
+from gitmesh.state import XdsReports
 from gitmesh.sync.source import Source
-
-if TYPE_CHECKING:
-    from gitmesh.cluster.kube import Reviewed
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Settings:
+class Options:
+    """What ``gitmesh run`` does beyond the cluster and state it is given."""
+
     sources: tuple[Source, ...]
     xds_address: str
     http_address: str | None = None  # None: DEFAULT_HTTP_ADDRESS when there are sources, else no port
@@ -54,40 +55,39 @@ class Settings:
 ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)
 
 
-def run(
-    settings: Settings,
-    open_backend: Callable[[], ClusterBackend],
-    mesh: serve.Source,
-    keeper: Keeper,
-    review: Callable[[str, str], Reviewed] | None = None,
-) -> None:
-    """Reconcile the sources into the backend and serve ``mesh`` over ADS (mTLS, with the mesh CA
-    ``keeper`` holds) until SIGTERM or SIGINT. ``review`` asks a cluster whether a bearer token's
-    user may ask for a reconcile of a source (when there is a cluster to ask)."""
+def run(options: Options, settings: Settings) -> None:
+    """Reconcile the sources into the cluster and serve its objects over ADS (mTLS, with the mesh
+    CA of the state stores) until SIGTERM or SIGINT."""
     stopping = threading.Event()
     metrics = Metrics()
-    notify = driver.webhook(settings.rollouts.webhook)
-    reconciler = Reconciler(settings.sources, open_backend, metrics, stopping, notify)
+    notify = driver.webhook(options.rollouts.webhook)
+    reconciler = Reconciler(options.sources, settings, metrics, stopping, notify)
     controller = Controller(reconciler, stopping)
-    address = settings.http_address or (DEFAULT_HTTP_ADDRESS if settings.sources else None)
+    address = options.http_address or (DEFAULT_HTTP_ADDRESS if options.sources else None)
     open_files = _raise_open_files_limit()
     port = (
         ControllerPort(
-            address, controller, metrics, settings.webhook_secret, settings.http_token, review, open_files
+            address,
+            controller,
+            metrics,
+            options.webhook_secret,
+            options.http_token,
+            settings.review,
+            open_files,
         )
         if address
         else None
     )
-    reporting = _Reporting(mesh, metrics)
+    reporting = _Reporting(settings.objects.watch(), settings.state.xds, metrics)
     rollouts = threading.Thread(
         target=_walk_rollouts,
-        args=(settings.rollouts, open_backend, reporting, reconciler.apply_lock, notify, stopping),
+        args=(options.rollouts, settings, reporting, reconciler.apply_lock, notify, stopping),
         name="rollouts",
         daemon=True,
     )
     rollouts.start()
     try:
-        asyncio.run(_run(settings, controller, port, reporting, keeper))
+        asyncio.run(_run(options, controller, port, reporting, settings.state.ca))
     finally:
         stopping.set()
         rollouts.join(timeout=10)
@@ -105,8 +105,8 @@ def _raise_open_files_limit() -> int:
 
 
 def _walk_rollouts(
-    settings: RolloutSettings,
-    open_backend: Callable[[], ClusterBackend],
+    rollouts: RolloutSettings,
+    settings: Settings,
     reporting: _Reporting,
     apply_lock: threading.Lock,
     notify: driver.Notify,
@@ -115,19 +115,19 @@ def _walk_rollouts(
     """Walk every rollout under way, reading metrics from Prometheus or from the connected sidecars.
     A tick holds the reconciler's apply lock: a step written meanwhile would make its plan stale."""
     metrics: MetricsSource = (
-        Prometheus(settings.prometheus) if settings.prometheus else EnvoyStats(lambda: reporting.admins)
+        Prometheus(rollouts.prometheus) if rollouts.prometheus else EnvoyStats(lambda: reporting.admins)
     )
-    runner = driver.Runner(open_backend(), metrics, notify, settings.push_reverts)
+    runner = driver.Runner(settings, metrics, notify, rollouts.push_reverts)
     while not stopping.wait(ROLLOUT_TICK_SECONDS):
         try:
             with apply_lock:
                 runner.tick(time.time())
-        except GitmeshError as e:  # the backend may be back next time; the state is kept there
+        except GitmeshError as e:  # the cluster may be back next time; the state is kept
             log.warning("rollout tick failed: %s", e)
 
 
 async def _run(
-    settings: Settings,
+    options: Options,
     controller: Controller,
     port: ControllerPort | None,
     mesh: serve.Source,
@@ -142,7 +142,7 @@ async def _run(
         port.start()
     try:
         await serve.run(
-            mesh, settings.xds_address, keeper=keeper, cert_lifetime=settings.cert_lifetime, stop=stop
+            mesh, options.xds_address, keeper=keeper, cert_lifetime=options.cert_lifetime, stop=stop
         )
     finally:
         await loop.run_in_executor(None, controller.stop)  # lets an apply under way finish
@@ -151,20 +151,22 @@ async def _run(
 
 
 class _Reporting:
-    """The ADS server's source, with its reports of the sidecars also turned into metrics."""
+    """The ADS server's source: the cluster's watch, with the reports of the sidecars kept in the
+    xDS report store and turned into metrics."""
 
-    def __init__(self, inner: serve.Source, metrics: Metrics) -> None:
-        self.inner = inner
+    def __init__(self, watched: Watched, reports: XdsReports, metrics: Metrics) -> None:
+        self.watched = watched
+        self.reports = reports
         self.metrics = metrics
         self.admins: list[str] = []  # the connected sidecars' admin interfaces, for rollout metrics
 
     def version(self) -> str:
-        return self.inner.version()
+        return self.watched.version()
 
     def list_managed(self) -> Mapping[Any, Live]:
-        return self.inner.list_managed()
+        return self.watched.list()
 
     def record_xds(self, report: Mapping[str, Any]) -> None:
         self.admins = list(report["admins"])
         self.metrics.xds(report)
-        self.inner.record_xds(report)
+        self.reports.save(report)

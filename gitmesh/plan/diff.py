@@ -52,7 +52,7 @@ def make_plan(
 
     ``predicted`` maps each desired ref to the backend's dry-run result;
     ``inventory`` is what this source applied before; ``stale``, the part of it to delete
-    (``cluster.backend.stale``).
+    (``cluster.inventory.stale``).
     ``conflicts`` and ``notes`` (why an object changes, e.g. drift) come from the caller;
     ``take_over`` are the conflicts on gitmesh's own fields, which apply takes back;
     ``unchanged`` are known to be the same on both sides, and need no ``predicted`` entry.
@@ -84,7 +84,7 @@ def make_plan(
             manifest = None if ref in owned else m.obj
             changes.append(Change(ref, Action.NOOP, manifest=manifest, source=m.source))
     # Owned, live, neither applied nor pruned: the revision still declares it (prune's second wall,
-    # ``cluster.backend.stale``). It stays, and stays in the inventory.
+    # ``cluster.inventory.stale``). It stays, and stays in the inventory.
     kept = owned - {m.ref for m in desired} - set(stale)
     for ref in sorted((r for r in kept if r in live), key=apply_rank):
         changes.append(Change(ref, Action.NOOP, reason="kept: the revision still has it"))

@@ -22,6 +22,7 @@ from gitmesh.plan.model import (
     FieldDiff,
     Impact,
     Plan,
+    RolloutStep,
     SplitShift,
 )
 
@@ -77,6 +78,9 @@ def encode(plan: Plan) -> dict[str, Any]:
             }
             for d in plan.diagnostics
         ],
+        "rollouts": [
+            {"split": r.split, "note": r.note, "record": r.record, "starts": r.starts} for r in plan.rollouts
+        ],
     }
 
 
@@ -129,6 +133,9 @@ def decode(data: dict[str, Any]) -> Plan:
                 _decode_ref(d["object"]) if d["object"] else None,
             )
             for d in data["diagnostics"]
+        ),
+        rollouts=tuple(
+            RolloutStep(r["split"], r["note"], r["record"], r["starts"]) for r in data.get("rollouts", ())
         ),
     )
 

@@ -99,6 +99,17 @@ class Impact:
 
 
 @dataclass(frozen=True)
+class RolloutStep:
+    """What applying the plan does to one split's rollout: the rollout state kept with the applied
+    objects (None: left as it is) and, for people, what that means."""
+
+    split: str  # namespace/name
+    note: str
+    record: dict[str, Any] | None = None  # the rollout's JSON form (``gitmesh.rollout.model``)
+    starts: bool = False  # a rollout starts: its first phase is announced once applied
+
+
+@dataclass(frozen=True)
 class Plan:
     source: str
     revision: str | None
@@ -108,6 +119,7 @@ class Plan:
     impact: Impact
     live_fingerprint: str
     diagnostics: tuple[Diagnostic, ...] = field(default=())
+    rollouts: tuple[RolloutStep, ...] = ()
 
     @property
     def counts(self) -> Counter[Action]:

@@ -1,14 +1,14 @@
 """The rollout's I/O: where it plugs into applying a plan, and the runner that walks the steps.
 
-The seam for whatever applies plans (``gitmesh apply`` today, the reconciler later)::
+The seam for whatever applies plans (``gitmesh plan`` and ``apply``, the reconciler)::
 
-    prepared = driver.prepare(plan, backend, now)   # the plan to apply now
-    pipeline.apply(prepared.plan, backend)
-    driver.begin(prepared, backend, notify)         # its rollouts start once it is applied
+    plan = driver.prepare(plan, settings, now)   # the plan to apply, each rollout's next state in it
+    pipeline.apply(plan, settings)               # objects, inventory and rollout state together
+    driver.begin(plan, notify)                   # announces the rollouts it started
 
 and ``Runner.tick()``, called every second or so, analyses what is due and writes each step's
-weights to the split in the backend, which ``gitmesh run`` serves to the sidecars. The state
-lives in the backend, so a new runner carries on where the last one stopped.
+weights to the split in the cluster, which ``gitmesh run`` serves to the sidecars. The state
+lives in the rollout store, so a new runner carries on where the last one stopped.
 """
 
 from __future__ import annotations
@@ -19,21 +19,22 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from gitmesh.apis import smi
-from gitmesh.cluster.backend import ClusterBackend, Live
+from gitmesh.cluster.port import Changes, Live, ObjectsFailed
 from gitmesh.errors import GitmeshError, RolloutError
 from gitmesh.objects import ObjectRef
 from gitmesh.plan import policy as policies
 from gitmesh.plan.diff import clean, diff_fields
-from gitmesh.plan.model import Action, Change, Plan
+from gitmesh.plan.model import Action, Change, Plan, RolloutStep
 from gitmesh.rollout import machine, revert
 from gitmesh.rollout.analysis import analyse
 from gitmesh.rollout.metrics import Measurement, MetricsError, MetricsSource
 from gitmesh.rollout.model import Phase, Rollout, Weights
 from gitmesh.rollout.steps import gaining, losing, same_shares
+from gitmesh.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -59,68 +60,66 @@ def with_weights(obj: Mapping[str, Any], weights: Weights) -> dict[str, Any]:
     return out
 
 
-def load(backend: ClusterBackend) -> dict[str, Rollout]:
-    return {split: Rollout.from_json(r) for split, r in backend.rollouts().items()}
+def load(settings: Settings) -> dict[str, Rollout]:
+    return {split: Rollout.from_json(r) for split, r in settings.state.rollouts.all().items()}
 
 
-@dataclass(frozen=True)
-class Prepared:
-    plan: Plan
-    starting: tuple[Rollout, ...]  # to save once the plan is applied
-    revised: tuple[Rollout, ...]  # rollouts under way taking this plan's policy, saved with them
-    notes: Mapping[ObjectRef, str]  # per split: what this plan does to its rollout, for people
-
-
-def prepare(plan: Plan, backend: ClusterBackend, now: float) -> Prepared:
-    """The plan to apply now: a split whose weights change under a rollout policy gets the first
-    step's weights (or keeps its live ones while a rollout toward that target runs or has failed)."""
-    rollouts = load(backend)
-    inventory = backend.inventory(plan.source) if plan.changes else {}
-    changes, starting, revised, notes = [], [], [], {}
+def prepare(plan: Plan, settings: Settings, now: float) -> Plan:
+    """The plan to apply, rollouts included: a split whose weights change under a rollout policy
+    gets the first step's weights (or keeps its live ones while a rollout toward that target runs
+    or has failed), and the plan carries each rollout's state to keep once it is applied."""
+    rollouts = load(settings)
+    inventory = settings.state.inventories.get(plan.source) if plan.changes else {}
+    changes, steps = [], []
     for c in plan.changes:
-        r = rollouts.get(split_key(c.ref))
+        split = split_key(c.ref)
+        r = rollouts.get(split)
         if c.ref.kind != "TrafficSplit" or c.after is None or c.before is None:
             if r is not None and r.phase.active and c.action is Action.DELETE:
-                notes[c.ref] = f"deletes the split: the rollout ({r.phase}) ends"
+                steps.append(RolloutStep(split, f"deletes the split: the rollout ({r.phase}) ends"))
             changes.append(c)
             continue
         pol = policies.of(c.after)
         live, target = weights_of(c.before), weights_of(c.after)
         if pol is None or same_shares(live, target):
             if r is not None and r.phase.active and pol is None:
-                notes[c.ref] = "removes the rollout policy: the weights apply at once and the rollout ends"
+                note = "removes the rollout policy: the weights apply at once and the rollout ends"
+                steps.append(RolloutStep(split, note))
             changes.append(c)
             continue
         if r is not None and same_shares(r.target, target) and r.phase is not Phase.SUCCEEDED:
             weights: Weights = live
             if not r.phase.active:
-                notes[c.ref] = (
+                note = (
                     f"the rollout toward these weights ended {r.phase} ({r.reason}); not retried until "
                     "a commit changes them (or gitmesh rollout retry)"
                 )
+                steps.append(RolloutStep(split, note))
             elif (taking := machine.revise(r, pol)) != r:
-                revised.append(taking)
-                notes[c.ref] = (
+                note = (
                     f"the rollout toward these weights is {r.phase}; its policy changes from the next check"
                 )
+                steps.append(RolloutStep(split, note, taking.to_json()))
             else:
-                notes[c.ref] = f"the rollout toward these weights is {r.phase}; they stay as they are"
+                note = f"the rollout toward these weights is {r.phase}; they stay as they are"
+                steps.append(RolloutStep(split, note))
         else:
             fresh = (
                 machine.retarget(r, plan.revision or "", pol, live, target, now)
                 if r is not None and r.phase.active
-                else machine.start(split_key(c.ref), plan.source, plan.revision or "", pol, live, target, now)
+                else machine.start(split, plan.source, plan.revision or "", pol, live, target, now)
             )
-            starting.append(fresh)
             weights = fresh.weights
             restarted = "restarts the rollout under way from the live weights" if r and r.phase.active else ""
-            notes[c.ref] = (
+            note = (
                 f"{restarted or 'starts a rollout'}: {len(fresh.steps)} step(s) "
                 + ", ".join(_describe(s) for s in fresh.steps)
-                + f", then {_describe(target)}, every {pol.interval:g}s"
+                + f", then {_describe(target)}, every {pol.interval:g}s (step 1 of {len(fresh.steps) + 1}: "
+                + f"{_describe(live)} -> {_describe(weights)}, then analysis)"
             )
+            steps.append(RolloutStep(split, note, fresh.to_json(), starts=True))
         changes.append(_with_weights(c, weights, c.ref in inventory))
-    return Prepared(replace(plan, changes=tuple(changes)), tuple(starting), tuple(revised), notes)
+    return replace(plan, changes=tuple(changes), rollouts=tuple(steps))
 
 
 def _with_weights(c: Change, weights: Weights, owned: bool) -> Change:
@@ -132,13 +131,11 @@ def _with_weights(c: Change, weights: Weights, owned: bool) -> Change:
     return replace(c, diff=fields, after=after, manifest=with_weights(c.manifest, weights))
 
 
-def begin(prepared: Prepared, backend: ClusterBackend, notify: Notify) -> None:
-    """The prepared plan is applied: its rollouts are under way."""
-    for r in prepared.revised:
-        backend.save_rollout(r.split, r.to_json())
-    for r in prepared.starting:
-        backend.save_rollout(r.split, r.to_json())
-        notify(r)
+def begin(plan: Plan, notify: Notify) -> None:
+    """The plan is applied (its rollouts' state with it): announce the rollouts it started."""
+    for step in plan.rollouts:
+        if step.starts and step.record is not None:
+            notify(Rollout.from_json(step.record))
 
 
 def _describe(weights: Weights) -> str:
@@ -149,20 +146,20 @@ class Runner:
     """Walks every active rollout: on each tick, analyse what is due and write the weights."""
 
     def __init__(
-        self, backend: ClusterBackend, metrics: MetricsSource, notify: Notify, revert_to: str | None = None
+        self, settings: Settings, metrics: MetricsSource, notify: Notify, revert_to: str | None = None
     ) -> None:
-        self.backend = backend
+        self.settings = settings
         self.metrics = metrics
         self.notify = notify
         self.revert_to = revert_to  # a Git repo (path or URL) to push a revert branch to after a failure
 
     def tick(self, now: float) -> None:
-        active = {split: r for split, r in load(self.backend).items() if r.phase.active}
+        active = {split: r for split, r in load(self.settings).items() if r.phase.active}
         if not active:  # gitmesh run ticks every second: with nothing under way, read nothing more
             return
         live = {
             split_key(ref): obj
-            for ref, obj in self.backend.list_managed().items()
+            for ref, obj in self.settings.objects.list().items()
             if ref.kind == "TrafficSplit"
         }
         for split, r in active.items():
@@ -185,12 +182,12 @@ class Runner:
                 nxt = replace(machine.advance(r, analysis, now), mark=m.mark)
         except MetricsError as e:
             log.warning("rollout of %s: %s", r.split, e)
-        if load(self.backend).get(r.split) != r:
+        if load(self.settings).get(r.split) != r:
             return  # moved meanwhile (promote, abort, a new commit): that wins; look again next tick
         # Weights first, then the state: killed in between, the runner finds the old state and
         # redoes the step, rather than a finished state whose weights were never written.
         if not same_shares(weights_of(obj), nxt.weights) or set(weights_of(obj)) != set(nxt.weights):
-            write(self.backend, nxt, obj)
+            write(self.settings, nxt, obj)
         if nxt != r:
             self._save(r, nxt)
 
@@ -209,24 +206,35 @@ class Runner:
                 after = replace(after, reason=f"{after.reason}; a revert is on branch {branch}")
             except GitmeshError as e:  # the rollback itself stands; only the branch is missing
                 log.warning("rollout of %s: no revert branch: %s", after.split, e)
-        self.backend.save_rollout(after.split, after.to_json())
+        self.settings.state.rollouts.save(after.split, after.to_json())
         if after.phase is not before.phase:
             self.notify(after)
 
 
-def write(backend: ClusterBackend, r: Rollout, obj: Mapping[str, Any]) -> None:
+def write(settings: Settings, r: Rollout, obj: Mapping[str, Any]) -> None:
     """The split with the rollout's weights, applied as its source so the inventory stays true."""
     ref = ObjectRef.of(obj)
-    keep = {k: v for k, v in backend.inventory(r.source).items() if k != ref}
-    status = {s.source: s for s in backend.status()}.get(r.source)
+    unchanged = frozenset(k for k in settings.state.inventories.get(r.source) if k != ref)
+    status = {s.source: s for s in settings.state.inventories.status()}.get(r.source)
     revision, git_ref = (status.revision, status.ref) if status else (r.revision, "")
-    backend.apply(r.source, revision, git_ref, [with_weights(clean(obj), r.weights)], [], keep)
+    changes = Changes(writes=(with_weights(clean(obj), r.weights),), unchanged=unchanged)
+    done = settings.write(r.source, revision, git_ref, changes)
+    if done.failures:
+        raise ObjectsFailed("applied", list(done.failures))
     log.info("rollout of %s: %s, weights %s", r.split, r.phase, dict(r.weights))
 
 
-def act(backend: ClusterBackend, split: str, action: str, notify: Notify, now: float) -> Rollout:
-    """promote, abort or retry one rollout by hand, writing its weights at once."""
-    rollouts = load(backend)
+def act(settings: Settings, split: str, action: str, notify: Notify, now: float) -> Rollout:
+    """promote, abort or retry one rollout by hand, writing its weights at once. What it reads and
+    writes is one transaction where the store has them (the embedded one)."""
+    with settings.transaction():
+        nxt = _act(settings, split, action, now)
+    notify(nxt)
+    return nxt
+
+
+def _act(settings: Settings, split: str, action: str, now: float) -> Rollout:
+    rollouts = load(settings)
     matches = [k for k in rollouts if k == split or k.partition("/")[2] == split]
     if len(matches) != 1:
         known = ", ".join(sorted(rollouts)) or "none"
@@ -236,12 +244,12 @@ def act(backend: ClusterBackend, split: str, action: str, notify: Notify, now: f
         nxt = {"promote": machine.promote, "abort": machine.abort, "retry": machine.retry}[action](r, now)
     except ValueError as e:
         raise RolloutError(str(e)) from e
-    live = {split_key(ref): o.obj for ref, o in backend.list_managed().items() if ref.kind == "TrafficSplit"}
+    objects = settings.objects
+    live = {split_key(ref): o.obj for ref, o in objects.list().items() if ref.kind == "TrafficSplit"}
     if r.split not in live:
-        raise RolloutError(f"TrafficSplit {r.split} is not in {backend.describe()}")
-    write(backend, nxt, live[r.split])
-    backend.save_rollout(nxt.split, nxt.to_json())
-    notify(nxt)
+        raise RolloutError(f"TrafficSplit {r.split} is not in {objects.describe()}")
+    write(settings, nxt, live[r.split])
+    settings.state.rollouts.save(nxt.split, nxt.to_json())
     return nxt
 
 

@@ -19,10 +19,10 @@ from click.testing import CliRunner
 
 from gitmesh import demo as demo_mod
 from gitmesh.cli import cli
-from gitmesh.cluster.local import LocalBackend
 from gitmesh.demo import Demo, eventually, stop_process
 from gitmesh.rollout import driver
 from gitmesh.rollout.model import Phase, Rollout
+from gitmesh.settings import embedded
 
 SPLIT = "bookstore/bookstore-split"
 POLICY = {
@@ -166,7 +166,7 @@ def apply_head(d: Demo, hook: Webhook) -> str:
 
 
 def rollout(d: Demo) -> Rollout:
-    store = LocalBackend(d.store)
+    store = embedded(d.store)
     try:
         return driver.load(store)[SPLIT]
     finally:
@@ -174,11 +174,11 @@ def rollout(d: Demo) -> Rollout:
 
 
 def live_weights(d: Demo) -> dict[str, int]:
-    store = LocalBackend(d.store)
+    store = embedded(d.store)
     try:
         (obj,) = [
             o.obj
-            for r, o in store.list_managed().items()
+            for r, o in store.objects.list().items()
             if r.kind == "TrafficSplit" and driver.split_key(r) == SPLIT
         ]
         return driver.weights_of(obj)

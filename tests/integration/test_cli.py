@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from gitmesh.cli import cli
-from gitmesh.cluster.local import LocalBackend
 from gitmesh.objects import ObjectRef
+from gitmesh.settings import embedded
 from tests import factory as f
 from tests.conftest import EXAMPLE_FILES, EXAMPLE_OBJECTS, EXAMPLE_REPO, GitRepo
 
@@ -41,7 +41,7 @@ def mesh(git_repo: GitRepo) -> GitRepo:
 
 
 def managed(store: Path) -> set[str]:
-    return {str(r) for r in LocalBackend(store).list_managed()}
+    return {str(r) for r in embedded(store).objects.list()}
 
 
 def test_validate_reads_the_commit_not_the_work_tree(mesh: GitRepo) -> None:
@@ -276,8 +276,8 @@ def test_a_kill_mid_apply_leaves_the_store_before_or_after(tmp_path: Path) -> No
             assert line.startswith("Applying 3001 objects"), line
             time.sleep(delay)
             proc.send_signal(signal.SIGKILL)
-        count = len(LocalBackend(store).list_managed())
-        inventory = LocalBackend(store).inventory("default")
+        count = len(embedded(store).objects.list())
+        inventory = embedded(store).state.inventories.get("default")
         assert (count, len(inventory)) in {(0, 0), (3001, 3001)}, (delay, count, len(inventory))
         outcomes.add(count)
     assert ObjectRef("", "Namespace", "", "big") in inventory or count == 0

@@ -18,9 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from gitmesh.cli import cli
-from gitmesh.cluster.local import LocalBackend
 from gitmesh.demo import Sidecar, eventually, free_port
 from gitmesh.mesh.state import Identity, ServiceRef
+from gitmesh.settings import embedded
 from gitmesh.xds.bootstrap import client_tls
 from gitmesh.xds.translate import Proxy
 from tests import factory as f
@@ -47,9 +47,9 @@ def start(controllers: list[RunningController], workdir: Path, *args: str | Path
 
 
 def managed(store: Path) -> set[str]:
-    backend = LocalBackend(store)
+    backend = embedded(store)
     try:
-        return {str(r) for r in backend.list_managed()}
+        return {str(r) for r in backend.objects.list()}
     finally:
         backend.close()
 
@@ -323,9 +323,9 @@ def test_sigterm_during_an_apply_lets_it_finish(
     c = start(controllers, tmp_path, "--repo", repo.path, "--store", store, "--log-format", "json")
     eventually(lambda: c.log.read_text(), lambda log: '"message": "applying default@' in log, "the apply")
     assert c.stop() == 0
-    backend = LocalBackend(store)
-    assert (len(backend.list_managed()), len(backend.inventory("default"))) == (3001, 3001)
-    (record,) = backend.records()
+    backend = embedded(store)
+    assert (len(backend.objects.list()), len(backend.state.inventories.get("default"))) == (3001, 3001)
+    (record,) = backend.state.records.all()
     assert (record.last_applied, record.history[0].result) == (sha, "applied")
     lines = [json.loads(line) for line in c.log.read_text().splitlines() if line.startswith("{")]
     applied = [line for line in lines if line["message"].startswith("applied default@")]
@@ -342,10 +342,10 @@ def test_a_controller_killed_mid_apply_converges_after_a_restart(
     first.kill()
     second = start(controllers, tmp_path, *args)
     record = second.wait_applied(sha)
-    backend = LocalBackend(store)
+    backend = embedded(store)
     # Every object written exactly once: the store's counter counts each write.
-    assert (len(backend.list_managed()), len(backend.inventory("default"))) == (3001, 3001)
-    assert backend.version() == "3001"
+    assert (len(backend.objects.list()), len(backend.state.inventories.get("default"))) == (3001, 3001)
+    assert backend.objects.watch().version() == "3001"
     assert record["history"][0]["result"] in ("applied", "unchanged")
 
 
@@ -548,7 +548,7 @@ def test_the_http_port_reports_health_and_the_sidecars_served(
     ports = (free_port(), free_port(), free_port())
     proxy = Proxy(Identity("bookbuyer", "bookbuyer"), ServiceRef("bookbuyer", "bookbuyer"), *ports)
     now = datetime.datetime.now(datetime.UTC)
-    ca_state = LocalBackend(store).ca_keeper().load()  # the controller made the mesh CA at start
+    ca_state = embedded(store).state.ca.load()  # the controller made the mesh CA at start
     sidecar = Sidecar(proxy, c.xds_port, tmp_path, client_tls(ca_state, proxy.identity, now))
     try:
         eventually(lambda: c.metric("gitmesh_xds_connected_proxies"), lambda n: n == 1, "the sidecar counted")

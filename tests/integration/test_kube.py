@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from gitmesh.cli import cli
-from gitmesh.cluster.kube import KubeBackend
+from gitmesh.settings import kubernetes
 from tests import factory as f
 from tests.conftest import EXAMPLE_OBJECTS, EXAMPLE_REPO, GitRepo
 from tests.kube import Cluster
@@ -295,18 +295,18 @@ def test_a_failed_apply_names_the_object_and_the_inventory_stays_true(
     assert result.exit_code == 1
     assert "could not be applied" in result.output
     assert "Service/fresh/b (mesh/fresh.yaml:" in result.output
-    backend = KubeBackend.connect(str(cluster.kubeconfig))
-    inventory = {str(r) for r in backend.inventory("default")}
+    backend = kubernetes(str(cluster.kubeconfig))
+    inventory = {str(r) for r in backend.state.inventories.get("default")}
     assert inventory == {"Namespace/app", "Service/app/a", "Namespace/fresh", "ServiceAccount/fresh/sa"}
     assert kubectl_json(cluster, "serviceaccount", "-n", "fresh", "sa")["metadata"]["name"] == "sa"
-    (status,) = backend.status()
+    (status,) = backend.state.inventories.status()
     assert "Service/fresh/b" in status.last_error
     # Fixing the file converges: the next apply creates the Service and clears the error.
     git_repo.commit("fix", {"mesh/fresh.yaml": f.dump(*fresh[:2], f.service("fresh", "b", 80))})
     assert gitmesh(cluster, "apply", git_repo).exit_code == 0
-    (status,) = backend.status()
+    (status,) = backend.state.inventories.status()
     assert status.last_error == ""
-    assert len(backend.inventory("default")) == 5
+    assert len(backend.state.inventories.get("default")) == 5
 
 
 def test_forbidden_and_unreachable_are_clear_errors(cluster: Cluster, mesh: GitRepo, tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from gitmesh import pipeline
 from gitmesh.cli import cli
-from gitmesh.cluster.kube import KubeBackend
 from gitmesh.plan.model import Action
+from gitmesh.settings import kubernetes
 from gitmesh.sync.git import open_repo, read_revision
 from tests.conftest import EXAMPLE_REPO, GitRepo
 from tests.controller import RunningController, condition
@@ -73,7 +73,7 @@ def test_prune_never_deletes_what_the_revision_declares(crd_cluster: Cluster, me
     assert apply(crd_cluster, mesh)[0] == 0
     before = live_targets(crd_cluster)
     assert "bookstore/bookbuyer-access-bookstore" in before
-    backend = KubeBackend.connect(str(crd_cluster.kubeconfig))
+    backend = kubernetes(str(crd_cluster.kubeconfig))
     try:
         revision = read_revision(open_repo(str(mesh.path)), "HEAD", "mesh")
         checked = pipeline.check(revision)

@@ -24,9 +24,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from gitmesh import demo
 from gitmesh.certs import ca
 from gitmesh.cli import cli
-from gitmesh.cluster.kube import KubeBackend
 from gitmesh.demo import eventually, free_port, stop_process
 from gitmesh.mesh.state import Identity
+from gitmesh.settings import kubernetes
 from gitmesh.xds import resources
 from tests import factory as f
 from tests.conftest import GitRepo
@@ -76,7 +76,7 @@ def gitmesh_run(cluster: Cluster, tmp_path: Path) -> Iterator[int]:
 def split_weights(xds_port: int, kubeconfig: Path) -> dict[str, int]:
     """Ask gitmesh run, as a proxy would (over mTLS, with a certificate from the CA it keeps in the
     cluster), for the outbound routes; the greeter's weighted clusters."""
-    ca_state = KubeBackend.connect(str(kubeconfig), None).ca_keeper().load()
+    ca_state = kubernetes(str(kubeconfig), None).state.ca.load()
     assert ca_state is not None
     issued = ca.issue(
         ca_state.signing, ca_state.trust_domain, Identity("app", "probe"), datetime.datetime.now(datetime.UTC)

@@ -13,8 +13,8 @@ from click.testing import CliRunner, Result
 
 from gitmesh import pipeline
 from gitmesh.cli import cli
-from gitmesh.cluster.local import LocalBackend
 from gitmesh.plan.diagnostics import CODES
+from gitmesh.settings import embedded
 from gitmesh.sync.source import Source, read
 from tests import factory as f
 from tests.conftest import EXAMPLE_REPO, GitRepo
@@ -31,7 +31,7 @@ def run(*args: str | Path) -> Result:
 
 
 def managed(store: Path) -> dict[str, dict[str, object]]:
-    return {str(ref): obj.obj for ref, obj in LocalBackend(store).list_managed().items()}
+    return {str(ref): obj.obj for ref, obj in embedded(store).objects.list().items()}
 
 
 @pytest.fixture

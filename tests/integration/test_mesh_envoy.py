@@ -19,8 +19,9 @@ from click.testing import CliRunner
 
 from gitmesh import demo as demo_mod
 from gitmesh.cli import cli
-from gitmesh.cluster.local import LocalBackend
+from gitmesh.cluster.port import Changes
 from gitmesh.demo import Demo, eventually
+from gitmesh.settings import embedded
 
 pytestmark = pytest.mark.integration
 
@@ -199,12 +200,12 @@ def test_a_config_envoy_rejects_is_reported_and_the_last_good_one_keeps_serving(
     assert demo.buy("/books-bought")[0] == 200
     # Make one Envoy refuses: write straight into the store, past validation, a route group whose
     # path pattern does not compile.
-    store = LocalBackend(demo.store)
+    store = embedded(demo.store)
     (routes,) = [
-        live.obj for ref, live in store.list_managed().items() if ref.name == "bookstore-service-routes"
+        live.obj for ref, live in store.objects.list().items() if ref.name == "bookstore-service-routes"
     ]
     routes["spec"]["matches"][0]["pathRegex"] = "/books-bought("
-    store.apply("vandal", None, "", [routes], [], {})
+    store.write("vandal", None, "", Changes(writes=(routes,)))
     store.close()
 
     def status() -> dict[str, Any]:

@@ -22,9 +22,10 @@ from cryptography import x509
 from gitmesh import demo as demo_mod
 from gitmesh.certs import ca
 from gitmesh.cli import cli
-from gitmesh.cluster.local import LocalBackend
+from gitmesh.cluster.port import Changes
 from gitmesh.demo import CALLER_AGENT, Demo, eventually
 from gitmesh.mesh.state import Identity
+from gitmesh.settings import embedded
 
 pytestmark = pytest.mark.integration
 
@@ -266,12 +267,12 @@ def test_a_server_of_another_namespace_is_not_trusted_with_a_services_traffic(
         worker = threading.Thread(target=serve_imposter, args=(stop,))
         worker.start()
         try:
-            store = LocalBackend(demo.store)
+            store = embedded(demo.store)
             (endpoints,) = [
-                live.obj for ref, live in store.list_managed().items() if ref.name == "bookstore-v1-local"
+                live.obj for ref, live in store.objects.list().items() if ref.name == "bookstore-v1-local"
             ]
             endpoints["ports"][0]["port"] = port
-            store.apply("imposter", None, "", [endpoints], [], {})
+            store.write("imposter", None, "", Changes(writes=(endpoints,)))
             store.close()
             host = "bookstore-v1.bookstore:14001"
             caller = demo.proxies["bookbuyer"].outbound_port

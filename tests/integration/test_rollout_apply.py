@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from gitmesh.cli import cli
-from gitmesh.cluster.kube import KubeBackend
-from gitmesh.cluster.local import LocalBackend
+from gitmesh.plan import encode
 from gitmesh.rollout import driver, revert
 from gitmesh.rollout.model import Phase
+from gitmesh.settings import Settings, embedded, kubernetes
 from tests.conftest import EXAMPLE_REPO, GitRepo
 from tests.kube import Cluster
 
@@ -45,10 +45,10 @@ def run(*args: str | Path) -> Result:
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-def weights(backend: LocalBackend | KubeBackend) -> dict[str, int]:
+def weights(backend: Settings) -> dict[str, int]:
     (obj,) = [
         o.obj
-        for r, o in backend.list_managed().items()
+        for r, o in backend.objects.list().items()
         if r.kind == "TrafficSplit" and driver.split_key(r) == "bookstore/bookstore-split"
     ]
     return driver.weights_of(obj)
@@ -58,8 +58,8 @@ def test_apply_starts_a_rollout_and_plan_shows_it(mesh: GitRepo, tmp_path: Path)
     store = tmp_path / "store.db"
     where = ("--repo", mesh.path, "--path", "mesh", "--store", store)
     assert run("apply", *where).exit_code == 0  # the first revision: nothing to roll out from
-    backend = LocalBackend(store)
-    assert weights(backend) == {"bookstore-v1": 100, "bookstore-v2": 0} and backend.rollouts() == {}
+    backend = embedded(store)
+    assert weights(backend) == {"bookstore-v1": 100, "bookstore-v2": 0} and backend.state.rollouts.all() == {}
 
     mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
     plan = run("plan", *where)
@@ -93,6 +93,38 @@ def test_apply_starts_a_rollout_and_plan_shows_it(mesh: GitRepo, tmp_path: Path)
     assert "No changes." in run("plan", *where).output
 
 
+def test_apply_planfile_writes_exactly_the_saved_plan_rollout_step_included(
+    mesh: GitRepo, tmp_path: Path
+) -> None:
+    store, saved = tmp_path / "store.db", tmp_path / "plan.json"
+    where = ("--repo", mesh.path, "--path", "mesh", "--store", store)
+    assert run("apply", *where).exit_code == 0
+    mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
+    shown = run("plan", *where, "-o", saved)
+    assert "(step 1 of 3: 100/0 -> 80/20, then analysis)" in shown.output, shown.output
+    plan = encode.loads(saved.read_text())
+    (split,) = [c.manifest for c in plan.changes if c.manifest is not None]
+    assert driver.weights_of(split) == {"bookstore-v1": 80, "bookstore-v2": 20}
+    (step,) = plan.rollouts
+    assert step.record is not None and step.starts
+
+    result = run("apply", saved, "--store", store)
+    assert result.exit_code == 0, result.output
+    backend = embedded(store)
+    assert weights(backend) == {"bookstore-v1": 80, "bookstore-v2": 20}
+    assert backend.state.rollouts.all() == {step.split: step.record}  # the saved state, not a new one
+
+    # A plan saved while the rollout is at one state is refused once it moved, whatever else held still.
+    mesh.commit("half to v2", {SPLIT_FILE: split_yaml(50, 50)})
+    assert run("plan", *where, "-o", saved).exit_code == 0
+    moved = {**step.record, "reason": "moved by hand"}
+    backend.state.rollouts.save(step.split, moved)
+    refused = run("apply", saved, "--store", store)
+    assert refused.exit_code == 1 and "changed since this plan was made" in refused.output, refused.output
+    assert weights(backend) == {"bookstore-v1": 80, "bookstore-v2": 20}
+    assert backend.state.rollouts.all() == {step.split: moved}
+
+
 def test_abort_holds_the_stable_weights_until_a_commit_changes_the_target(
     mesh: GitRepo, tmp_path: Path
 ) -> None:
@@ -103,7 +135,7 @@ def test_abort_holds_the_stable_weights_until_a_commit_changes_the_target(
     run("apply", *where)
     result = run("rollout", "abort", "bookstore/bookstore-split", "--store", store)
     assert result.exit_code == 0 and "Aborted (aborted by hand)" in result.output, result.output
-    backend = LocalBackend(store)
+    backend = embedded(store)
     assert weights(backend) == {"bookstore-v1": 100, "bookstore-v2": 0}
     assert "not retried until a commit changes them" in run("apply", *where).output
     assert weights(backend) == {"bookstore-v1": 100, "bookstore-v2": 0}
@@ -125,7 +157,7 @@ def test_a_split_without_a_policy_takes_its_weights_at_once(mesh: GitRepo, tmp_p
     run("apply", *where)
     mesh.commit("no policy, all to v2", {SPLIT_FILE: split_yaml(0, 100, policy="")})
     assert "Rollout" not in run("apply", *where).output
-    assert weights(LocalBackend(store)) == {"bookstore-v1": 0, "bookstore-v2": 100}
+    assert weights(embedded(store)) == {"bookstore-v1": 0, "bookstore-v2": 100}
     assert run("rollout", "status", "--store", store).output.strip() == "No rollouts."
 
 
@@ -157,16 +189,16 @@ def test_on_kubernetes_the_rollout_lives_in_a_configmap(mesh: GitRepo, cluster: 
     )
     assert json.loads(cm["data"]["bookstore_bookstore-split"])["phase"] == "Progressing"
 
-    backend = KubeBackend.connect(str(cluster.kubeconfig))
-    other = backend.rollouts()["bookstore/bookstore-split"] | {"split": "shop/other"}
-    backend.save_rollout("shop/other", other)  # another split's key: left alone below
+    backend = kubernetes(str(cluster.kubeconfig))
+    other = backend.state.rollouts.all()["bookstore/bookstore-split"] | {"split": "shop/other"}
+    backend.state.rollouts.save("shop/other", other)  # another split's key: left alone below
     assert run("rollout", "promote", "bookstore-split", "--kubeconfig", cluster.kubeconfig).exit_code == 0
-    assert set(backend.rollouts()) == {"bookstore/bookstore-split", "shop/other"}
+    assert set(backend.state.rollouts.all()) == {"bookstore/bookstore-split", "shop/other"}
     split = json.loads(
         cluster.kubectl("get", "-n", "bookstore", "trafficsplit", "bookstore-split", "-o", "json").stdout
     )
     assert [b["weight"] for b in split["spec"]["backends"]] == [0, 100]
-    assert backend.rollouts()["bookstore/bookstore-split"]["phase"] == "Succeeded"
+    assert backend.state.rollouts.all()["bookstore/bookstore-split"]["phase"] == "Succeeded"
     assert "No changes." in run("plan", *where).output
 
 
@@ -178,7 +210,7 @@ def test_a_revert_branch_is_pushed_to_the_remote(mesh: GitRepo, tmp_path: Path) 
     mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
     run("apply", *where)
     run("rollout", "abort", "bookstore-split", "--store", store)
-    r = driver.load(LocalBackend(store))["bookstore/bookstore-split"]
+    r = driver.load(embedded(store))["bookstore/bookstore-split"]
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(mesh.path), str(remote)], check=True)
 

@@ -31,10 +31,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 
-from gitmesh.cluster.local import LocalBackend
 from gitmesh.controller.httpd import MAX_BODY, MAX_CONNECTIONS, MAX_HEAD, REQUEST_TIMEOUT
 from gitmesh.demo import eventually, free_port
 from gitmesh.mesh.state import Identity, ServiceRef
+from gitmesh.settings import embedded
 from gitmesh.sync import webhook
 from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import bootstrap, client_tls
@@ -176,9 +176,9 @@ def ads_answers(c: RunningController, store: Path) -> bool:
     proxy = Proxy(
         Identity("bookbuyer", "bookbuyer"), ServiceRef("bookbuyer", "bookbuyer"), 8080, 15001, 15006
     )
-    backend = LocalBackend(store)
+    backend = embedded(store)
     try:
-        state = backend.ca_keeper().load()  # the controller made the mesh CA at start
+        state = backend.state.ca.load()  # the controller made the mesh CA at start
     finally:
         backend.close()
     assert state is not None

@@ -29,9 +29,9 @@ from google.protobuf import json_format
 from google.rpc import status_pb2
 
 from gitmesh.certs import ca
-from gitmesh.cluster.local import LocalBackend
 from gitmesh.demo import eventually
 from gitmesh.mesh.state import Identity, ServiceRef
+from gitmesh.settings import embedded
 from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import bootstrap
 from gitmesh.xds.cache import MAX_NACK_MESSAGE, MAX_NACKS_PER_NODE
@@ -107,7 +107,7 @@ class Attacker:
     """ADS clients holding genuine mesh certificates, on one mTLS channel to the controller."""
 
     def __init__(self, store: Path, xds_port: int) -> None:
-        state = LocalBackend(store).ca_keeper().load()  # the controller made the mesh CA at start
+        state = embedded(store).state.ca.load()  # the controller made the mesh CA at start
         assert state is not None
         self.state = state
         self.xds_port = xds_port
@@ -243,7 +243,7 @@ def test_a_nack_storm_keeps_a_few_kib_per_proxy(controller: RunningController) -
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
             def reported() -> list[dict[str, Any]]:
-                report = LocalBackend(store).xds_report() or {}
+                report = embedded(store).state.xds.latest() or {}
                 return [n for n in report.get("nacks", ()) if n["message"].startswith("xxx")]
 
             # Read while the proxies are connected: the report lists connected proxies' rejections.

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gitmesh.cluster.backend import stale
+from gitmesh.cluster.inventory import stale
 from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan.diff import clean, diff_fields, make_plan
 from gitmesh.plan.model import Action, FieldDiff, Plan

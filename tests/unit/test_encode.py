@@ -5,7 +5,7 @@ import json
 import jsonschema
 import pytest
 
-from gitmesh.cluster.backend import stale
+from gitmesh.cluster.inventory import stale
 from gitmesh.errors import PlanError
 from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan import encode

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gitmesh.cluster.backend import stale
+from gitmesh.cluster.inventory import stale
 from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan.diff import make_plan
 from gitmesh.plan.impact import access_triples

@@ -5,8 +5,9 @@ import json
 import pytest
 import urllib3
 
-from gitmesh.cluster import errors
+from gitmesh.cluster.port import ObjectsFailed
 from gitmesh.errors import ClusterError
+from gitmesh.kube import errors
 from gitmesh.objects import ObjectRef
 
 REF = ObjectRef("", "Service", "app", "web")
@@ -89,9 +90,24 @@ def test_apply_failed_lists_every_object() -> None:
         errors.api_error(422, status_body(422, "Invalid", "bad"), REF),
         errors.api_error(403, status_body(403, "Forbidden", "no"), ObjectRef("", "Namespace", "", "x")),
     ]
-    text = str(errors.ObjectsFailed("applied", failures))
+    text = str(ObjectsFailed("applied", failures))
     assert text.splitlines() == [
         "2 object(s) could not be applied:",
         "  Service/app/web: 422 Invalid: bad",
         "  Namespace/x: 403 Forbidden: no",
     ]
+
+
+def test_a_404_names_the_resource_the_server_did_not_find() -> None:
+    # What the API server answers when an object's namespace does not exist yet.
+    body = {
+        "kind": "Status",
+        "code": 404,
+        "reason": "NotFound",
+        "message": 'namespaces "shop" not found',
+        "details": {"name": "shop", "kind": "namespaces"},
+    }
+    e = errors.api_error(404, json.dumps(body).encode(), REF)
+    assert isinstance(e, errors.NotFound) and e.missing == "namespaces"
+    other = status_body(404, "NotFound", "services web not found")  # no details.kind: nothing named
+    assert errors.api_error(404, other, REF).missing == ""

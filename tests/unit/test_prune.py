@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from gitmesh import pipeline
-from gitmesh.cluster.backend import stale
-from gitmesh.cluster.local import LocalBackend
+from gitmesh.cluster.inventory import stale
 from gitmesh.errors import PlanError
 from gitmesh.objects import ObjectRef
 from gitmesh.plan.model import Action
 from gitmesh.plan.validate import Validated
+from gitmesh.settings import Settings, embedded
 from gitmesh.sync.git import Revision, read_directory
 from tests import factory as f
 
@@ -23,8 +23,8 @@ TARGET = ObjectRef("access.smi-spec.io", "TrafficTarget", "store", "buyer-to-sto
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> LocalBackend:
-    return LocalBackend(tmp_path / "store.db")
+def store(tmp_path: Path) -> Settings:
+    return embedded(tmp_path / "store.db")
 
 
 def revision(tmp_path: Path, objects: list[dict[str, Any]]) -> Revision:
@@ -34,20 +34,20 @@ def revision(tmp_path: Path, objects: list[dict[str, Any]]) -> Revision:
     return read_directory(str(root))
 
 
-def apply(rev: Revision, validated: Validated, store: LocalBackend) -> None:
+def apply(rev: Revision, validated: Validated, store: Settings) -> None:
     pipeline.apply(pipeline.plan(rev, validated, store, "default"), store)
 
 
 def test_stale_is_what_was_applied_is_live_and_is_declared_no_more() -> None:
     a, b, c, d = (ObjectRef("", "Service", "store", n) for n in "abcd")
-    assert stale(inventory=[a, b, c], live=[a, b, d], declared=[b]) == [a]
+    assert stale(previous=[a, b, c], live=[a, b, d], declared=[b]) == [a]
 
 
-def test_a_target_at_an_unknown_version_refuses_the_revision(tmp_path: Path, store: LocalBackend) -> None:
+def test_a_target_at_an_unknown_version_refuses_the_revision(tmp_path: Path, store: Settings) -> None:
     objects = f.bookstore()
     first = revision(tmp_path, objects)
     apply(first, pipeline.check(first), store)
-    assert TARGET in store.list_managed()
+    assert TARGET in store.objects.list()
 
     objects[-1]["apiVersion"] = "access.smi-spec.io/v1alpha9"
     bumped = revision(tmp_path, objects)
@@ -56,10 +56,10 @@ def test_a_target_at_an_unknown_version_refuses_the_revision(tmp_path: Path, sto
     assert TARGET in checked.declared
     with pytest.raises(PlanError):
         pipeline.plan(bumped, checked, store, "default")
-    assert TARGET in store.list_managed()
+    assert TARGET in store.objects.list()
 
 
-def test_an_object_still_declared_is_kept_and_stays_owned(tmp_path: Path, store: LocalBackend) -> None:
+def test_an_object_still_declared_is_kept_and_stays_owned(tmp_path: Path, store: Settings) -> None:
     rev = revision(tmp_path, f.bookstore())
     checked = pipeline.check(rev)
     apply(rev, checked, store)
@@ -69,8 +69,8 @@ def test_an_object_still_declared_is_kept_and_stays_owned(tmp_path: Path, store:
     (kept,) = [c for c in plan.changes if c.ref == TARGET]
     assert (kept.action, kept.reason) == (Action.NOOP, "kept: the revision still has it")
     apply(rev, lost, store)
-    assert TARGET in store.list_managed()
-    assert TARGET in store.inventory("default")
+    assert TARGET in store.objects.list()
+    assert TARGET in store.state.inventories.get("default")
     # Once the revision really has it no more, it is pruned.
     gone = revision(tmp_path, f.bookstore()[:-1])
     plan = pipeline.plan(gone, pipeline.check(gone), store, "default")

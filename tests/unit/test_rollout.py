@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gitmesh.cluster.local import LocalBackend
+from gitmesh.cluster.port import Changes
 from gitmesh.errors import RolloutError
 from gitmesh.plan import policy as policies
 from gitmesh.plan.load import SourceFile, load_files
@@ -23,7 +23,9 @@ from gitmesh.rollout.metrics import Measurement, quantile
 from gitmesh.rollout.model import Analysis, Phase, Rollout, Sample, Verdict
 from gitmesh.rollout.prometheus import queries
 from gitmesh.rollout.steps import gaining, losing, plan_steps, shares
-from tests import factory
+from gitmesh.settings import embedded
+from tests import factory, fakes
+from tests.fakes import FakeObjects
 
 V1, V2 = "web-v1", "web-v2"
 POLICY = Policy(steps=(10, 25, 50), interval=10, success_rate=99, latency_p99=200, min_requests=20)
@@ -421,6 +423,32 @@ def test_backends_written_as_dns_names_are_measured_under_their_service() -> Non
     v1, v2 = "web-v1.shop", "web-v2.shop.svc.cluster.local"
     r = machine.start("shop/web", "default", "abc", POLICY, {v1: 100, v2: 0}, {v1: 0, v2: 100}, 1000.0)
     source = Source()
-    measured = driver.Runner(LocalBackend(":memory:"), source, lambda _: None).measure(r, 1010.0)
+    measured = driver.Runner(embedded(":memory:"), source, lambda _: None).measure(r, 1010.0)
     assert source.asked == ["shop/web-v1", "shop/web-v2"]
     assert set(measured.samples) == {v1, v2}
+
+
+def test_the_runner_writes_each_step_through_the_one_write_path() -> None:
+    class Healthy:
+        def measure(self, backends: Sequence[str], policy: Policy, window: float, mark: Any) -> Measurement:
+            return Measurement({b: Sample(100, 0, 50) for b in backends}, {})
+
+    objects = FakeObjects()
+    settings = fakes.settings(objects)
+    split = factory.split("shop", "web", "web", {V1: 100, V2: 0})
+    split["metadata"]["annotations"] = {PREFIX + "steps": "10,25,50", PREFIX + "interval": "10s"}
+    settings.write("default", "abc", "main", Changes(writes=(split,)))
+    r = machine.start("shop/web", "default", "abc", POLICY, {V1: 100, V2: 0}, {V1: 0, V2: 100}, 1000.0)
+    settings.state.rollouts.save(r.split, r.to_json())
+    runner = driver.Runner(settings, Healthy(), lambda _: None)
+
+    def live() -> tuple[dict[str, int], str]:
+        (obj,) = objects.list().values()
+        (entry,) = settings.state.inventories.get("default").values()
+        return driver.weights_of(obj.obj), entry.resource_version
+
+    runner.tick(1000.0)  # the first step's weights are written, as the source, into its inventory
+    assert live() == ({V1: 90, V2: 10}, "2")
+    runner.tick(1011.0)  # its window passed, healthy: the next step
+    assert live() == ({V1: 75, V2: 25}, "3")
+    assert driver.load(settings)["shop/web"].step == 1

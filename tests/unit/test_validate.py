@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 
 from gitmesh import pipeline
-from gitmesh.cluster.local import LocalBackend
+from gitmesh.cluster.port import Changes
 from gitmesh.objects import ObjectRef
 from gitmesh.plan.load import SourceFile, load_files
 from gitmesh.plan.validate import Validated, validate
+from gitmesh.settings import embedded
 from gitmesh.sync.git import read_directory
 from tests import factory as f
 
@@ -268,11 +269,11 @@ def test_older_versions_are_checked_with_their_own_field_layout() -> None:
 
 
 def test_the_embedded_store_is_the_cluster_plan_looks_in(tmp_path: Path) -> None:
-    store = LocalBackend(tmp_path / "store.db")
+    store = embedded(tmp_path / "store.db")
     root = tmp_path / "revision"
     root.mkdir()
     (root / "mesh.yaml").write_text(f.dump(*_with(BASE, SPLIT, ("spec", "service"), "storefront")))
     revision = read_directory(str(root))
-    assert [d.code for d in pipeline.check(revision, store).errors] == ["GM101"]
-    store.apply("platform", None, "", [f.service("store", "storefront", 80)], [], {})
-    assert pipeline.check(revision, store).diagnostics == ()
+    assert [d.code for d in pipeline.check(revision, store.objects).errors] == ["GM101"]
+    store.objects.apply(Changes(writes=(f.service("store", "storefront", 80),)))
+    assert pipeline.check(revision, store.objects).diagnostics == ()

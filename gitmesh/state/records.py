@@ -1,4 +1,4 @@
-"""What the controller keeps per source in the backend: conditions and the last reconciles.
+"""What the controller keeps per source: conditions and the last reconciles.
 
 Plain values with one JSON form, so the embedded store and the cluster store them alike
 (a row, a ConfigMap) and ``gitmesh status`` / ``gitmesh history`` read them back.

@@ -31,8 +31,10 @@ class ApiError(ClusterError):
         message: str,
         ref: ObjectRef | None = None,
         causes: tuple[Cause, ...] = (),
+        missing: str = "",
     ) -> None:
         self.status, self.reason, self.message, self.ref, self.causes = status, reason, message, ref, causes
+        self.missing = missing  # on a 404, the resource (plural) the server did not find, as it says
         fields = "".join(f"\n    {c.field}: {c.message}" if c.field else f"\n    {c.message}" for c in causes)
         self.detail = f"{status} {reason}: {message}{fields}"
         super().__init__(f"{ref}: {self.detail}" if ref else self.detail)
@@ -65,15 +67,6 @@ class Unreachable(ClusterError):
     """The API server did not answer: down, wrong address, or too slow."""
 
 
-class ObjectsFailed(ClusterError):
-    """The server refused some objects of a dry-run or an apply; ``failures`` has one error per object."""
-
-    def __init__(self, verb: str, failures: list[ApiError]) -> None:
-        self.verb, self.failures = verb, failures
-        lines = "\n".join(f"  {f}" for f in failures)
-        super().__init__(f"{len(failures)} object(s) could not be {verb}:\n{lines}")
-
-
 def api_error(status: int, body: bytes, ref: ObjectRef | None = None) -> ApiError:
     """The error for a non-2xx answer, from its Status body when there is one."""
     try:
@@ -83,11 +76,12 @@ def api_error(status: int, body: bytes, ref: ObjectRef | None = None) -> ApiErro
     if not isinstance(st, dict) or st.get("kind") != "Status":
         text = body[:300].decode("utf-8", "replace").strip()
         return _class(status)(status, "", text or "no message", ref)
+    details = st.get("details") or {}
     causes = tuple(
-        Cause(str(c.get("field", "")), str(c.get("message", "")))
-        for c in (st.get("details") or {}).get("causes") or ()
+        Cause(str(c.get("field", "")), str(c.get("message", ""))) for c in details.get("causes") or ()
     )
-    return _class(status)(status, str(st.get("reason", "")), str(st.get("message", "")), ref, causes)
+    missing = str(details.get("kind", "")) if status == 404 else ""
+    return _class(status)(status, str(st.get("reason", "")), str(st.get("message", "")), ref, causes, missing)
 
 
 def _class(status: int) -> type[ApiError]:

@@ -1,0 +1,58 @@
+"""The reconciler against a fake object port: what it applies, what it refuses, what it records."""
+
+from __future__ import annotations
+
+import threading
+
+from gitmesh.controller.metrics import Metrics
+from gitmesh.controller.reconciler import Reconciler
+from gitmesh.objects import ObjectRef
+from gitmesh.sync.source import Source
+from tests import factory as f
+from tests.conftest import GitRepo
+from tests.fakes import FakeObjects, settings
+
+SPLIT = ObjectRef("split.smi-spec.io", "TrafficSplit", "store", "bookstore-split")
+
+
+def reconciler(git_repo: GitRepo, objects: FakeObjects) -> Reconciler:
+    source = Source(name="mesh", url=str(git_repo.path))
+    return Reconciler((source,), settings(objects), Metrics(), threading.Event())
+
+
+def weights(objects: FakeObjects) -> dict[str, int]:
+    return {b["service"]: b["weight"] for b in objects.objects[SPLIT].obj["spec"]["backends"]}
+
+
+def test_a_commit_is_applied_and_recorded(git_repo: GitRepo) -> None:
+    bookstore = f.bookstore()
+    sha = git_repo.commit("bookstore", {"mesh.yaml": f.dump(*bookstore)})
+    objects = FakeObjects()
+    r = reconciler(git_repo, objects)
+    assert r.reconcile("mesh", frozenset({"start"})) is None
+    assert set(objects.objects) == {ObjectRef.of(o) for o in bookstore}
+    assert set(r.settings.state.inventories.get("mesh")) == set(objects.objects)
+    (record,) = r.records()
+    assert (record.last_applied, record.history[0].result) == (sha, "applied")
+
+
+def test_an_invalid_commit_changes_nothing_and_prune_keeps_what_is_declared(
+    git_repo: GitRepo,
+) -> None:
+    bookstore = f.bookstore()
+    good = git_repo.commit("bookstore", {"mesh.yaml": f.dump(*bookstore)})
+    objects = FakeObjects()
+    r = reconciler(git_repo, objects)
+    r.reconcile("mesh", frozenset({"start"}))
+    before = dict(objects.objects)
+    broken = [f.split("store", "bookstore-split", "bookstore", {"bookstore-v1": -5})]
+    git_repo.commit("broken", {"mesh.yaml": f.dump(*bookstore[:-3], *broken)})
+    r.reconcile("mesh", frozenset({"manual"}))
+    assert objects.objects == before
+    (record,) = r.records()
+    assert (record.last_applied, record.history[0].result) == (good, "invalid")
+    # Gone from a valid revision, objects are pruned; the rest stay as they were.
+    git_repo.commit("no access", {"mesh.yaml": f.dump(*bookstore[:-2])})
+    r.reconcile("mesh", frozenset({"manual"}))
+    assert set(objects.objects) == {ObjectRef.of(o) for o in bookstore[:-2]}
+    assert weights(objects) == {"bookstore-v1": 90, "bookstore-v2": 10}
