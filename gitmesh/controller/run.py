@@ -52,6 +52,7 @@ class Settings:
 
 
 ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)
+FILES_KEPT = 128  # open files kept from sidecars for the store, Git, sidecar stats and logs
 
 
 def run(
@@ -86,8 +87,11 @@ def run(
         daemon=True,
     )
     rollouts.start()
+    # Sidecars' connections may take what the HTTP port and the process's own files leave: past that
+    # they are closed as they arrive, rather than starving the store, Git and the HTTP port.
+    xds_connections = max(16, open_files - (port.max_connections if port else 0) - FILES_KEPT)
     try:
-        asyncio.run(_run(settings, controller, port, reporting, keeper))
+        asyncio.run(_run(settings, controller, port, reporting, keeper, xds_connections))
     finally:
         stopping.set()
         rollouts.join(timeout=10)
@@ -132,6 +136,7 @@ async def _run(
     port: ControllerPort | None,
     mesh: serve.Source,
     keeper: Keeper,
+    xds_connections: int,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -142,7 +147,12 @@ async def _run(
         port.start()
     try:
         await serve.run(
-            mesh, settings.xds_address, keeper=keeper, cert_lifetime=settings.cert_lifetime, stop=stop
+            mesh,
+            settings.xds_address,
+            keeper=keeper,
+            cert_lifetime=settings.cert_lifetime,
+            stop=stop,
+            max_connections=xds_connections,
         )
     finally:
         await loop.run_in_executor(None, controller.stop)  # lets an apply under way finish
