@@ -6,8 +6,6 @@ import subprocess
 import sys
 import time
 
-from gitmesh.controller import run
-
 
 def test_work_that_hangs_past_the_deadline_is_cut_short() -> None:
     # The main thread hangs as an apply to a cluster that stopped answering would.
@@ -23,4 +21,3 @@ def test_work_that_hangs_past_the_deadline_is_cut_short() -> None:
     assert done.returncode == 1
     assert time.monotonic() - started < 20
     assert "exiting now" in done.stderr
-
