@@ -15,12 +15,19 @@ interval of an hour, so only the webhook brings a change in. Then, ``--pushes`` 
 
 It prints each push and the median, p90 and max of: the push itself (``git push`` plus the
 webhook request), t_applied - t0 and t_envoys - t0.
+
+With ``--flood N``, half the pushes are timed, then N hostile requests hit the HTTP port, 200 at a
+time (unsigned and wrongly signed webhooks, a webhook for no source, reconciles without a token,
+status reads), then the other half: the controller's RSS before, at its peak and after the flood,
+the answers by status (a reset or other error counted as such), and the pushes' figures before and
+after, side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -28,9 +35,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -126,20 +136,87 @@ def v1_weights(sidecar: demo.Sidecar) -> set[int]:
     return found
 
 
+def flood(d: PushedDemo, requests: int) -> None:
+    """``requests`` hostile requests, 200 at a time; prints the answers and the controller's RSS."""
+    body = json.dumps({"ref": "refs/heads/main", "repository": {"clone_url": "file:///nowhere"}}).encode()
+    kinds: list[tuple[str, str, bytes, dict[str, str]]] = [
+        ("POST", "/hook", body, {webhook.EVENT_HEADER: "push"}),
+        (
+            "POST",
+            "/hook",
+            body,
+            {webhook.EVENT_HEADER: "push", webhook.SIGNATURE_HEADER: "sha256=" + "0" * 64},
+        ),
+        (
+            "POST",
+            "/hook",
+            body,
+            {webhook.EVENT_HEADER: "push", webhook.SIGNATURE_HEADER: webhook.signature(SECRET, body)},
+        ),
+        ("POST", "/sources/default/reconcile", b"", {}),
+        ("GET", "/status", b"", {}),
+    ]
+
+    def one(i: int) -> str:
+        method, path, payload, headers = kinds[i % len(kinds)]
+        connection = http.client.HTTPConnection("127.0.0.1", d.http_port, timeout=60)
+        try:
+            connection.request(method, path, payload if method == "POST" else None, headers)
+            return f"{path} {connection.getresponse().status}"
+        except (OSError, http.client.HTTPException) as e:
+            return f"{path} {type(e).__name__}"
+        finally:
+            connection.close()
+
+    pid = d.gitmesh.pid
+    before, peak, stop = rss_mib(pid), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.05):
+            peak[0] = max(peak[0], rss_mib(pid))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.monotonic()
+    with ThreadPoolExecutor(200) as pool:
+        answers = Counter(pool.map(one, range(requests)))
+    took = time.monotonic() - started
+    stop.set()
+    sampler.join()
+    time.sleep(2)
+    print(
+        f"\nflood: {requests} requests in {took:.1f} s; controller RSS {before:.1f} MiB before, "
+        f"{max(peak[0], before):.1f} at peak, {rss_mib(pid):.1f} after"
+    )
+    for answer, count in sorted(answers.items()):
+        print(f"  {answer}: {count}")
+    print()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--pushes", type=int, default=10)
     parser.add_argument("--keep", action="store_true", help="keep the work directory and print where")
+    parser.add_argument("--flood", type=int, default=0, help="hostile requests between the two halves")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="gitmesh-push-bench-"))
-    rows = []
+    rows: list[tuple[float, float, float]] = []
     try:
         with running(workdir) as d:
             routed = [s for s in d.sidecars.values() if v1_weights(s)]
             print(f"{len(routed)} of {len(d.sidecars)} sidecars route to bookstore v1; load average {load()}")
             for i in range(args.pushes):
+                if args.flood and i == args.pushes // 2:
+                    flood(d, args.flood)
                 weight = 10 if i % 2 == 0 else 90
                 sha = d.push(weight)
                 t0 = time.monotonic()
@@ -166,13 +243,27 @@ def main() -> None:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n{len(rows)} pushes; load average {load()}")
+    halves = (
+        [("", rows)]
+        if not args.flood
+        else [
+            (" (before the flood)", rows[: args.pushes // 2]),
+            (" (after the flood)", rows[args.pushes // 2 :]),
+        ]
+    )
+    for when, timed in halves:
+        summarise(timed, when)
+
+
+def summarise(rows: list[tuple[float, float, float]], when: str) -> None:
     for label, column in zip(
         ("push + webhook", "push -> applied", "push -> all Envoys"), zip(*rows, strict=True), strict=True
     ):
         ordered = sorted(column)
         p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
         print(
-            f"{label:<20} median {statistics.median(ordered):.3f} s  p90 {p90:.3f} s  max {ordered[-1]:.3f} s"
+            f"{label + when:<38} median {statistics.median(ordered):.3f} s  p90 {p90:.3f} s  "
+            f"max {ordered[-1]:.3f} s"
         )
 
 

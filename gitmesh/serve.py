@@ -306,6 +306,7 @@ async def run(
     keeper: store.Keeper,
     cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME,
     stop: asyncio.Event | None = None,
+    max_connections: int = 0,
 ) -> None:
     """Serve ADS over mTLS on ``address`` until ``stop`` is set, republishing whenever ``source``
     changes, with the CA ``keeper`` holds (made on first run)."""
@@ -315,7 +316,11 @@ async def run(
     publisher.update(live.obj for live in source.list_managed().values())
     host = address.rpartition(":")[0].strip("[]")
     server = await serve(
-        publisher.cache, address, tls=publisher.server_tls(host), authorize=publisher.authorize
+        publisher.cache,
+        address,
+        tls=publisher.server_tls(host),
+        authorize=publisher.authorize,
+        max_connections=max_connections,
     )
     log.info("serving ADS over mTLS on %s (trust domain %s)", address, mesh_ca.trust_domain)
     stop = stop or asyncio.Event()
@@ -325,23 +330,26 @@ async def run(
     try:
         while not stop.is_set():
             polls += 1
-            if renewed := publisher.refresh_certificates():
-                log.info("renewed the certificates of %s", ", ".join(map(str, renewed)))
-            if polls % CA_POLL_EVERY == 0:
-                _follow_rotation(publisher, keeper, server.servicer.streams())
-            if time.monotonic() - reported_at >= REPORT_EVERY_SECONDS:
-                report = xds_report(server.servicer.streams(), publisher.cache, mesh_ca.expiries())
-                if report != reported:
-                    source.record_xds({**report, "at": time.time()})
-                    reported, reported_at = report, time.monotonic()
+            try:
+                if renewed := publisher.refresh_certificates():
+                    log.info("renewed the certificates of %s", ", ".join(map(str, renewed)))
+                if polls % CA_POLL_EVERY == 0:
+                    _follow_rotation(publisher, keeper, server.servicer.streams())
+                if time.monotonic() - reported_at >= REPORT_EVERY_SECONDS:
+                    report = xds_report(server.servicer.streams(), publisher.cache, mesh_ca.expiries())
+                    if report != reported:
+                        source.record_xds({**report, "at": time.time()})
+                        reported, reported_at = report, time.monotonic()
+                current = source.version()
+                if current != seen:
+                    current = await _settled(source, current)
+                    seen = current
+                    publisher.update(live.obj for live in source.list_managed().values())
+                    log.info("mesh updated to store version %s", current)
+            except OSError as e:  # out of file descriptors for a moment (a flood of connections)
+                log.error("serving on what was last read, retried in %ss: %s", POLL_SECONDS, e)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_SECONDS)
-            current = source.version()
-            if current != seen:
-                current = await _settled(source, current)
-                seen = current
-                publisher.update(live.obj for live in source.list_managed().values())
-                log.info("mesh updated to store version %s", current)
     finally:
         await server.stop(1.0)
 

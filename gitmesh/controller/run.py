@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import resource
 import signal
 import threading
@@ -53,6 +54,8 @@ class Options:
 
 
 ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)
+FILES_KEPT = 128  # open files kept from sidecars for the store, Git, sidecar stats and logs
+STOP_DEADLINE = 9.0  # seconds from SIGTERM to exit, an apply or a remote under way or not
 
 
 def run(options: Options, settings: Settings) -> None:
@@ -86,8 +89,11 @@ def run(options: Options, settings: Settings) -> None:
         daemon=True,
     )
     rollouts.start()
+    # Sidecars' connections may take what the HTTP port and the process's own files leave: past that
+    # they are closed as they arrive, rather than starving the store, Git and the HTTP port.
+    xds_connections = max(16, open_files - (port.max_connections if port else 0) - FILES_KEPT)
     try:
-        asyncio.run(_run(options, controller, port, reporting, settings.state.ca))
+        asyncio.run(_run(options, controller, port, reporting, settings.state.ca, xds_connections))
     finally:
         stopping.set()
         rollouts.join(timeout=10)
@@ -132,22 +138,45 @@ async def _run(
     port: ControllerPort | None,
     mesh: serve.Source,
     keeper: Keeper,
+    xds_connections: int,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _stopping, stop)
     controller.start()
     if port:
         port.start()
     try:
         await serve.run(
-            mesh, options.xds_address, keeper=keeper, cert_lifetime=options.cert_lifetime, stop=stop
+            mesh,
+            options.xds_address,
+            keeper=keeper,
+            cert_lifetime=options.cert_lifetime,
+            stop=stop,
+            max_connections=xds_connections,
         )
     finally:
         await loop.run_in_executor(None, controller.stop)  # lets an apply under way finish
         if port:
             port.stop()
+
+
+def _stopping(stop: asyncio.Event) -> None:
+    """Stop gracefully, and for certain: whatever still runs after STOP_DEADLINE (a cluster or a remote
+    that stopped answering) is cut short, as a supervisor's SIGKILL would a little later."""
+    if stop.is_set():
+        return
+    stop.set()
+    deadline = threading.Timer(STOP_DEADLINE, _exit_now)
+    deadline.daemon = True
+    deadline.start()
+
+
+def _exit_now() -> None:
+    log.error("still stopping %.0fs after the signal: exiting now", STOP_DEADLINE)
+    logging.shutdown()
+    os._exit(1)
 
 
 class _Reporting:

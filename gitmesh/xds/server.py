@@ -677,9 +677,11 @@ async def serve(
     logger: logging.Logger | None = None,
     tls: ServerTls | None = None,
     authorize: Authorize | None = None,
+    max_connections: int = 0,
 ) -> RunningServer:
     """Start an ADS server on ``address`` (port 0 picks a free port): TLS with client certificates
-    when ``tls`` is given, else plaintext."""
+    when ``tls`` is given, else plaintext; with ``max_connections``, connections past it are closed
+    as they arrive (each costs a file descriptor, and the process needs some for itself)."""
     servicer = AggregatedDiscoveryServicer(cache, logger, authorize)
     server = grpc.aio.server(
         options=[
@@ -695,6 +697,7 @@ async def serve(
             ("grpc.tsi.max_frame_size", 4096),
             ("grpc.enable_channelz", 0),  # per-call bookkeeping for an introspection gitmesh does not use
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+            *([("grpc.max_allowed_incoming_connections", max_connections)] if max_connections else []),
         ]
     )
     server.add_generic_rpc_handlers((servicer.rpc_handler(),))

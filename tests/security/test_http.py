@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -410,6 +411,39 @@ def test_a_thousand_idle_connections_under_a_low_open_files_limit(
     eventually(lambda: watch.sample().fds, lambda n: n <= watch.before.fds + 4, "the port's sockets closed")
     after = watch.done()
     assert after.peak - watch.before.rss < 32
+
+
+def test_a_thousand_idle_connections_to_the_xds_port_under_a_low_open_files_limit(
+    mesh: GitRepo, tmp_path: Path, token: bytes, controllers: list[RunningController]
+) -> None:
+    """Sidecars' connections may not take the descriptors the process needs: past its share they
+    are closed as they arrive; /healthz and ADS answer throughout, and after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))  # this test's own 1,100 sockets
+    c = start(controllers, mesh, tmp_path, open_files=(256, 1024))
+    store = tmp_path / "store.db"
+    eventually(lambda: ads_answers(c, store), bool, "the mesh served over ADS")
+    watch = Watch(c, "1,100 idle connections to the xDS port, open files limited to 1,024")
+    idle: list[socket.socket] = []
+    try:
+        with watch.sampling():
+            for _ in range(1100):
+                with contextlib.suppress(OSError):  # refused or reset: the cap at work
+                    idle.append(socket.create_connection(("127.0.0.1", c.xds_port), timeout=10))
+            time.sleep(2)  # the periodic work (certificates, the CA, reports) runs meanwhile
+            assert c.process is not None and c.process.poll() is None
+            assert healthy(c)
+    finally:
+        for s in idle:
+            s.close()
+    most = max(s.fds for s in watch.samples)
+    assert most <= 1024 - 64  # the share left to sidecars, not every descriptor
+    eventually(lambda: ads_answers(c, store), bool, "ADS after the flood")
+    assert healthy(c)
+    eventually(lambda: watch.sample().fds, lambda n: n <= watch.before.fds + 8, "the flood's sockets closed")
+    after = watch.done()
+    assert after.peak - watch.before.rss < 64
 
 
 def test_a_flood_of_mixed_requests_is_answered_never_reset(
