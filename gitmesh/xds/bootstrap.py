@@ -190,6 +190,11 @@ def proxy_of(node: base_pb2.Node) -> Proxy:
         raise ValueError(f"node {node.id!r} was not bootstrapped by gitmesh: metadata lacks {e}") from e
 
 
+def admin_address(node: base_pb2.Node) -> str:
+    """The sidecar's admin interface, HOST:PORT, as its bootstrap gives it ("" if it does not)."""
+    return str(node.metadata.fields["admin_address"].string_value)
+
+
 def parse_upstream(text: str, namespace: str = "") -> Upstream:
     """``SERVICE[.NAMESPACE]:PORT=LOCAL_PORT`` (or ``NAMESPACE/SERVICE:PORT=LOCAL_PORT``, as in the
     node metadata); a short name is in ``namespace``. ValueError says what is wrong."""
