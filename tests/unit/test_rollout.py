@@ -16,7 +16,7 @@ from gitmesh.cluster.local import LocalBackend
 from gitmesh.errors import RolloutError
 from gitmesh.plan import policy as policies
 from gitmesh.plan.load import SourceFile, load_files
-from gitmesh.plan.policy import PREFIX, Policy
+from gitmesh.plan.policy import DOC, PREFIX, Policy
 from gitmesh.rollout import driver, envoy_stats, machine, render, revert
 from gitmesh.rollout.analysis import analyse
 from gitmesh.rollout.metrics import Measurement, quantile
@@ -424,3 +424,8 @@ def test_backends_written_as_dns_names_are_measured_under_their_service() -> Non
     measured = driver.Runner(LocalBackend(":memory:"), source, lambda _: None).measure(r, 1010.0)
     assert source.asked == ["shop/web-v1", "shop/web-v2"]
     assert set(measured.samples) == {v1, v2}
+
+
+def test_a_policy_takes_its_defaults_from_policy_alone() -> None:
+    assert policy_of(**{"min-requests": "5"}) == Policy(min_requests=5)
+    assert f"(default {Policy().interval:g}s)" in DOC
