@@ -29,6 +29,9 @@ from gitmesh.plan.diagnostics import Diagnostic, field_path
 PREFIX = "rollout.gitmesh.dev/"
 
 
+DEADLINE_INTERVALS = 10  # a step's progress deadline, in intervals, when the policy gives none
+
+
 @dataclass(frozen=True)
 class Policy:
     steps: tuple[float, ...] = (10.0, 25.0, 50.0)  # percents of the way, increasing, each < 100
@@ -37,13 +40,15 @@ class Policy:
     latency_p99: float | None = None  # greatest, milliseconds
     min_requests: int = 20
     failure_threshold: int = 2
-    progress_deadline: float | None = None  # seconds; None: 10 intervals
+    progress_deadline: float | None = None  # seconds; None: DEADLINE_INTERVALS intervals
     baseline_margin: float | None = None
     queries: Mapping[str, str] = field(default_factory=dict)  # requests/success-rate/latency-p99 -> PromQL
 
     @property
     def deadline(self) -> float:
-        return self.progress_deadline if self.progress_deadline is not None else 10 * self.interval
+        if self.progress_deadline is not None:
+            return self.progress_deadline
+        return DEADLINE_INTERVALS * self.interval
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,7 +88,7 @@ A TrafficSplit with any {PREFIX}* annotation changes weights progressively. Valu
   {PREFIX}failure-threshold  "2"         failed checks in one rollout before rolling back
                                           (default {_D.failure_threshold})
   {PREFIX}progress-deadline  "10m"       a step not passed this long after it began fails the rollout
-                                          (default 10 intervals)
+                                          (default {DEADLINE_INTERVALS} intervals)
   {PREFIX}baseline-margin    "1"         also compare with the backends losing traffic: success rate at
                                           most this many points lower, p99 at most this % higher
   {PREFIX}query-requests     PromQL      override the Prometheus queries: requests served, success rate

@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -73,7 +72,6 @@ class Revision:
     ref: str
     path: str
     files: tuple[SourceFile, ...]
-    committed_at: datetime | None = None
     author: str = ""
     message: str = ""
     builds: tuple[Build, ...] = ()  # the kustomizations, rendered
@@ -297,7 +295,6 @@ def _read_revision(repo: git.Repo, ref: str, path: str, namespace: str) -> Revis
         sha=commit.hexsha,
         ref=ref,
         path=path,
-        committed_at=datetime.fromtimestamp(commit.committed_date, UTC),
         author=str(commit.author.name),
         message=str(commit.message).strip(),
     )

@@ -29,8 +29,6 @@ from gitmesh.xds.translate import Proxy, Upstream, local_cluster_name
 
 XDS_CLUSTER = "gitmesh-xds"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"  # ADS is gRPC: HTTP/2
-DEFAULT_OUTBOUND_PORT = 15001
-DEFAULT_INBOUND_PORT = 15006
 # Who serves xDS: the control plane's own identity, in the SPIFFE ID of its server certificate.
 SERVER_IDENTITY = Identity("gitmesh-system", "gitmesh")
 # A bootstrap certificate is only shown when the sidecar (re)connects to xDS; it lives as long as
