@@ -45,7 +45,7 @@ from gitmesh.xds.translate import Proxy, Translator
 log = logging.getLogger("gitmesh.serve")
 
 DEFAULT_XDS_ADDRESS = "127.0.0.1:15010"
-POLL_SECONDS = 0.2  # how often the source is asked whether anything changed
+POLL_SECONDS = 0.2  # how often the backend is asked whether anything changed
 DEBOUNCE_SECONDS = 0.1
 MAX_DEBOUNCE_SECONDS = 1.0
 CA_POLL_EVERY = 5  # polls: the kept CA state is read once a second, for a rotation begun elsewhere
@@ -64,8 +64,9 @@ def utcnow() -> datetime.datetime:
 Clock = Callable[[], datetime.datetime]
 
 
-class Source(Protocol):
-    """What the server reads objects from: the embedded store, later a cluster."""
+class MeshBackend(Protocol):
+    """Where the server reads the mesh's objects and reports its proxies: the embedded store or a
+    cluster (``ClusterBackend`` provides it)."""
 
     def version(self) -> str:
         """Changes whenever any object changes."""
@@ -76,13 +77,13 @@ class Source(Protocol):
         """Keep what the server sees of its proxies, for ``gitmesh status``."""
 
 
-async def _settled(source: Source, version: str) -> str:
+async def _settled(backend: MeshBackend, version: str) -> str:
     """Wait out a burst of changes (an apply writes many objects): until the version holds still
     for DEBOUNCE_SECONDS, or at most MAX_DEBOUNCE_SECONDS."""
     deadline = time.monotonic() + MAX_DEBOUNCE_SECONDS
     while time.monotonic() < deadline:
         await asyncio.sleep(DEBOUNCE_SECONDS)
-        latest = source.version()
+        latest = backend.version()
         if latest == version:
             break
         version = latest
@@ -317,19 +318,19 @@ def all_hold_their_secrets(streams: Iterable[StreamInfo], cache: SnapshotCache) 
 
 
 async def run(
-    source: Source,
+    backend: MeshBackend,
     address: str = DEFAULT_XDS_ADDRESS,
     *,
     keeper: store.Keeper,
     cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve ADS over mTLS on ``address`` until ``stop`` is set, republishing whenever ``source``
+    """Serve ADS over mTLS on ``address`` until ``stop`` is set, republishing whenever ``backend``
     changes, with the CA ``keeper`` holds (made on first run)."""
     mesh_ca = MeshCA(store.load_or_create(keeper, utcnow()), cert_lifetime)
     publisher = MeshPublisher(mesh_ca=mesh_ca)
-    seen = source.version()
-    publisher.update(live.obj for live in source.list_managed().values())
+    seen = backend.version()
+    publisher.update(live.obj for live in backend.list_managed().values())
     host = address.rpartition(":")[0].strip("[]")
     server = await serve(
         publisher.cache,
@@ -355,15 +356,15 @@ async def run(
                     server.servicer.streams(), publisher.cache, publisher.admins(), mesh_ca.expiries()
                 )
                 if report != reported:
-                    source.record_xds({**report, "at": time.time()})
+                    backend.record_xds({**report, "at": time.time()})
                     reported, reported_at = report, time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_SECONDS)
-            current = source.version()
+            current = backend.version()
             if current != seen:
-                current = await _settled(source, current)
+                current = await _settled(backend, current)
                 seen = current
-                publisher.update(live.obj for live in source.list_managed().values())
+                publisher.update(live.obj for live in backend.list_managed().values())
                 log.info("mesh updated to store version %s", current)
     finally:
         await server.stop(1.0)

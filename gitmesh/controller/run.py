@@ -57,7 +57,7 @@ ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each a
 def run(
     settings: Settings,
     open_backend: Callable[[], ClusterBackend],
-    mesh: serve.Source,
+    mesh: serve.MeshBackend,
     keeper: Keeper,
     review: Callable[[str, str], Reviewed] | None = None,
 ) -> None:
@@ -130,7 +130,7 @@ async def _run(
     settings: Settings,
     controller: Controller,
     port: ControllerPort | None,
-    mesh: serve.Source,
+    mesh: serve.MeshBackend,
     keeper: Keeper,
 ) -> None:
     loop = asyncio.get_running_loop()
@@ -153,7 +153,7 @@ async def _run(
 class _Reporting:
     """The ADS server's source, with its reports of the sidecars also turned into metrics."""
 
-    def __init__(self, inner: serve.Source, metrics: Metrics) -> None:
+    def __init__(self, inner: serve.MeshBackend, metrics: Metrics) -> None:
         self.inner = inner
         self.metrics = metrics
         self.admins: list[str] = []  # the connected sidecars' admin interfaces, for rollout metrics

@@ -23,7 +23,7 @@ from gitmesh.plan import kustomize
 from gitmesh.plan.diagnostics import Diagnostic
 from gitmesh.plan.ignore import managed_kinds
 from gitmesh.plan.kustomize import Build, BuildPlan, Tree
-from gitmesh.plan.load import SourceFile, default_namespace, is_manifest_path, load_files
+from gitmesh.plan.load import RevisionFile, default_namespace, is_manifest_path, load_files
 from gitmesh.plan.validate import Validated
 
 CHART_FILE = "Chart.yaml"
@@ -76,7 +76,7 @@ def _chart_note(directory: str, tree: Tree, files: list[str]) -> Diagnostic:
 
 
 def load(
-    files: Iterable[SourceFile],
+    files: Iterable[RevisionFile],
     builds: Iterable[Build],
     *,
     namespace: str = "",

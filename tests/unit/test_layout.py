@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from gitmesh.objects import Location
 from gitmesh.plan import kustomize, layout
 from gitmesh.plan.kustomize import MARK, Build, BuildPlan
-from gitmesh.plan.load import SourceFile
+from gitmesh.plan.load import RevisionFile
 from gitmesh.plan.validate import validate
 from gitmesh.sync.build import build
 from tests import factory as f
@@ -37,9 +37,9 @@ class Files:
     def is_dir(self, path: str) -> bool:
         return path in ("", ".") or any(p.startswith(path + "/") for p in self.files)
 
-    def read(self, path: str) -> SourceFile:
+    def read(self, path: str) -> RevisionFile:
         data = self.files[path].encode()
-        return SourceFile(path, len(data), data)
+        return RevisionFile(path, len(data), data)
 
 
 MESH = f.dump(f.service("", "web", 80), f.service("", "web-v1", 80))
@@ -239,8 +239,8 @@ def test_a_failed_build_brings_its_diagnostics_and_no_objects() -> None:
 
 def test_the_default_namespace_goes_to_objects_that_name_none() -> None:
     files = [
-        SourceFile("a.yaml", 0, f.dump(f.service("", "web", 80), f.service("other", "api", 80)).encode()),
-        SourceFile("b.yaml", 0, f.dump(f.namespace("shop"), f.service("", "cart", 80)).encode()),
+        RevisionFile("a.yaml", 0, f.dump(f.service("", "web", 80), f.service("other", "api", 80)).encode()),
+        RevisionFile("b.yaml", 0, f.dump(f.namespace("shop"), f.service("", "cart", 80)).encode()),
     ]
     loaded = layout.load(files, [], namespace="team")
     assert sorted(str(m.ref) for m in loaded.manifests) == [
@@ -258,8 +258,8 @@ def test_foreign_kinds_are_one_line_per_kind_and_silent_when_acknowledged() -> N
     ]
     release = {"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease", "metadata": {"name": "r"}}
     files = [
-        SourceFile("deploy.yaml", 0, f.dump(*deployments).encode()),
-        SourceFile("flux.yaml", 0, f.dump(release, f.service("x", "web")).encode()),
+        RevisionFile("deploy.yaml", 0, f.dump(*deployments).encode()),
+        RevisionFile("flux.yaml", 0, f.dump(release, f.service("x", "web")).encode()),
     ]
     loaded = layout.load(files, [])
     assert [str(m.ref) for m in loaded.manifests] == ["Service/x/web"]
@@ -277,7 +277,7 @@ def test_foreign_kinds_are_one_line_per_kind_and_silent_when_acknowledged() -> N
 
 def test_the_core_group_is_written_without_a_slash() -> None:
     config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "x"}}
-    (d,) = layout.load([SourceFile("c.yaml", 0, f.dump(config_map).encode())], []).diagnostics
+    (d,) = layout.load([RevisionFile("c.yaml", 0, f.dump(config_map).encode())], []).diagnostics
     assert "'kind: ConfigMap'" in d.message
     assert posixpath.basename(d.location.file) == "c.yaml"
 
@@ -302,7 +302,7 @@ def test_a_managed_kind_in_another_group_is_left_to_validation_not_summed_up() -
         "kind": "Service",
         "metadata": {"name": "k", "namespace": "x"},
     }
-    files = [SourceFile("m.yaml", 0, f.dump(typo, knative).encode())]
+    files = [RevisionFile("m.yaml", 0, f.dump(typo, knative).encode())]
     assert [m.obj["apiVersion"] for m in layout.load(files, []).manifests] == ["v1", "serving.knative.dev/v1"]
     acknowledged = frozenset({("serving.knative.dev", "Service")})
     assert [m.obj["apiVersion"] for m in layout.load(files, [], acknowledged=acknowledged).manifests] == [
