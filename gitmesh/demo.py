@@ -28,19 +28,21 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from gitmesh import pipeline
 from gitmesh.certs import store
-from gitmesh.cluster.kube import KubeBackend
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.mesh.state import ServiceRef
 from gitmesh.smi import Identity
 from gitmesh.sync.git import open_repo, read_revision
 from gitmesh.xds.bootstrap import XdsClientTls, bootstrap, client_tls
 from gitmesh.xds.translate import Proxy, Upstream
+
+if TYPE_CHECKING:
+    from gitmesh.cluster.kube import KubeBackend
 
 EXAMPLE_REPO = Path(__file__).resolve().parent.parent / "examples" / "repo"
 MESH_PATH = "mesh"
@@ -247,22 +249,17 @@ def eventually(probe: Callable[[], Any], want: Callable[[Any], bool], what: str,
 
 
 class Demo:
-    """The bookstore, running: apps, their sidecars, gitmesh run, and a Git repo to change."""
+    """The bookstore, running: apps, their sidecars, gitmesh run, and a Git repo to change.
 
-    def __init__(
-        self,
-        workdir: Path,
-        *,
-        delta: bool = False,
-        kubeconfig: Path | None = None,
-        host: str = "127.0.0.1",
-        cert_lifetime: str = "24h",
-    ) -> None:
+    A variant (another backend, delta xDS, another address) overrides the class attributes and
+    ``backend`` / ``run_options``; ``gitmesh demo`` runs this one."""
+
+    delta = False  # the sidecars ask for their configuration by incremental xDS
+    host = "127.0.0.1"  # the address the sidecars' inbound listeners bind, and the endpoints name
+    cert_lifetime = "24h"  # of workload certificates, as gitmesh run takes it
+
+    def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.delta = delta  # the sidecars use incremental xDS
-        self.kubeconfig = kubeconfig  # a cluster instead of the embedded store
-        self.host = host  # the address the sidecars' inbound listeners bind, and the endpoints name
-        self.cert_lifetime = cert_lifetime  # of workload certificates, as gitmesh run takes it
         self.repo = workdir / "repo"
         self.store = workdir / "store.db"
         self.xds_port = free_port()
@@ -275,7 +272,7 @@ class Demo:
                 free_port(),
                 free_port(),
                 (Upstream(MYSQL, MYSQL_PORT, free_port()),) if name in MYSQL_CALLERS else (),
-                host,
+                self.host,
             )
             for name, (ns, sa) in APPS.items()
         }
@@ -332,8 +329,12 @@ class Demo:
         return revision.sha or ""
 
     def backend(self) -> LocalBackend | KubeBackend:
-        """Where the demo's mesh lives: the embedded store, or the cluster."""
-        return KubeBackend.connect(str(self.kubeconfig)) if self.kubeconfig else LocalBackend(self.store)
+        """Where the demo's mesh lives: the embedded store."""
+        return LocalBackend(self.store)
+
+    def run_options(self) -> list[str]:
+        """The options that point gitmesh run at ``backend``."""
+        return ["--store", str(self.store)]
 
     def ca_keeper(self) -> store.Keeper:
         """The mesh CA, where gitmesh run keeps it (beside the store, or in a Secret of the cluster)."""
@@ -352,11 +353,7 @@ class Demo:
                     "-m",
                     "gitmesh",
                     "run",
-                    *(
-                        ("--kubeconfig", str(self.kubeconfig))
-                        if self.kubeconfig
-                        else ("--store", str(self.store))
-                    ),
+                    *self.run_options(),
                     "--xds-address",
                     f"127.0.0.1:{self.xds_port}",
                     "--cert-lifetime",
@@ -420,16 +417,9 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running(
-    workdir: Path,
-    *,
-    delta: bool = False,
-    kubeconfig: Path | None = None,
-    host: str = "127.0.0.1",
-    cert_lifetime: str = "24h",
-) -> Iterator[Demo]:
+def running(workdir: Path) -> Iterator[Demo]:
     workdir.mkdir(parents=True, exist_ok=True)
-    demo = Demo(workdir, delta=delta, kubeconfig=kubeconfig, host=host, cert_lifetime=cert_lifetime)
+    demo = Demo(workdir)
     try:
         demo.start()
         yield demo

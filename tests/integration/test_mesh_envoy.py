@@ -21,6 +21,7 @@ from gitmesh import demo as demo_mod
 from gitmesh.cli import cli
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.demo import Demo, eventually
+from tests import bookstore
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(params=["sotw", "delta"])
 def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Demo]:
     try:
-        with demo_mod.running(tmp_path, delta=request.param == "delta") as d:
+        with bookstore.running(tmp_path, delta=request.param == "delta") as d:
             yield d
     except (AssertionError, TimeoutError):
         for log in sorted(tmp_path.glob("*.log")):

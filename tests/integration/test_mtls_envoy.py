@@ -25,6 +25,7 @@ from gitmesh.cli import cli
 from gitmesh.cluster.local import LocalBackend
 from gitmesh.demo import CALLER_AGENT, Demo, eventually
 from gitmesh.smi import Identity
+from tests import bookstore
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ BUYER = Identity("bookbuyer", "bookbuyer")
 @contextlib.contextmanager
 def running(tmp_path: Path, **kw: Any) -> Iterator[Demo]:
     try:
-        with demo_mod.running(tmp_path, **kw) as d:
+        with bookstore.running(tmp_path, **kw) as d:
             yield d
     except (AssertionError, TimeoutError):
         for log in sorted(tmp_path.glob("*.log")):
