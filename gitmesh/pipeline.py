@@ -7,6 +7,7 @@ controller call these and nothing deeper.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 from collections.abc import Iterator, Mapping
 
@@ -64,7 +65,7 @@ def check(revision: Revision, backend: ClusterBackend | None = None) -> Validate
     validated = validate(loaded.manifests, loaded.diagnostics)
     if backend is not None and validated.outside:
         validated = validate(loaded.manifests, loaded.diagnostics, backend.present(validated.outside))
-    return layout.explain(validated, loaded.notes)
+    return dataclasses.replace(validated, diagnostics=layout.explain(validated.diagnostics, loaded.notes))
 
 
 @_without_cycle_collection()
