@@ -81,8 +81,9 @@ T = TypeVar("T")
 
 
 class _Memo(Generic[T]):
-    """Results per tuple of objects, by their ids; an entry holds its objects, so that an id is
-    never another object's while it is kept. The oldest go past ``limit``."""
+    """Results per tuple of objects, by their ids. An entry holds its objects, so no other object
+    can have their ids while it is kept: the same ids are the same objects. The oldest go past
+    ``limit``."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -93,7 +94,7 @@ class _Memo(Generic[T]):
         key = tuple(map(id, args))
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and all(a is b for a, b in zip(entry[0], args, strict=True)):
+            if entry is not None:
                 self._entries.move_to_end(key)
                 return entry[1]
         value = compute()
@@ -104,11 +105,8 @@ class _Memo(Generic[T]):
         return value
 
     def drop(self, args: Args) -> None:
-        key = tuple(map(id, args))
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and all(a is b for a, b in zip(entry[0], args, strict=True)):
-                del self._entries[key]
+            self._entries.pop(tuple(map(id, args)), None)
 
     def clear(self) -> None:
         with self._lock:
@@ -139,15 +137,28 @@ class Encodings:
             weakref.WeakValueDictionary()
         )
         self._interned_lock = threading.Lock()
-        self._objects: _Memo[tuple[str, EncodedResource]] = _Memo(self.MAX_OBJECTS)
+        # id -> (message, its name, its encoding): the memo of the most numerous objects, kept flat
+        self._objects: collections.OrderedDict[int, tuple[Message | Pieces, str, EncodedResource]] = (
+            collections.OrderedDict()
+        )
+        self._objects_lock = threading.Lock()
         self._maps: _Memo[tuple[dict[str, EncodedResource], str]] = _Memo(self.MAX_MAPS)
         self._misfiled: _Memo[list[str]] = _Memo(self.MAX_MAPS)
         self._unassigned: _Memo[list[str]] = _Memo(self.MAX_MAPS)
 
     def encode(self, name: str, message: Message | Pieces) -> EncodedResource:
         """The shared encoding of ``message`` (which must not change once handed over)."""
-        kept = self._objects.get((message,), lambda: (name, self._by_content(name, message)))
-        return kept[1] if kept[0] == name else self._by_content(name, message)
+        with self._objects_lock:
+            kept = self._objects.get(id(message))
+            if kept is not None and kept[1] == name:  # held by the entry: the same object
+                self._objects.move_to_end(id(message))
+                return kept[2]
+        found = self._by_content(name, message)
+        with self._objects_lock:
+            self._objects[id(message)] = (message, name, found)
+            if len(self._objects) > self.MAX_OBJECTS:
+                self._objects.popitem(last=False)
+        return found
 
     def encode_map(self, by_name: Mapping[str, Message | Pieces]) -> tuple[dict[str, EncodedResource], str]:
         """Each resource's encoding, and the version of them all."""
@@ -171,7 +182,9 @@ class Encodings:
     def next_generation(self) -> None:
         """New messages replace the old: what was kept by object would only keep the old alive
         (snapshots keep what they encoded)."""
-        for memo in (self._objects, self._maps, self._misfiled, self._unassigned):
+        with self._objects_lock:
+            self._objects.clear()
+        for memo in (self._maps, self._misfiled, self._unassigned):
             memo.clear()
 
     def forget(self, snapshot: Snapshot, type_urls: Iterable[str]) -> None:
@@ -182,8 +195,9 @@ class Encodings:
             by_name = snapshot.resources.get(url)
             if by_name is None:
                 continue
-            for message in by_name.values():
-                self._objects.drop((message,))
+            with self._objects_lock:
+                for message in by_name.values():
+                    self._objects.pop(id(message), None)
             self._maps.drop((by_name,))
             self._misfiled.drop((url, by_name))
 
