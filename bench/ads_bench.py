@@ -269,7 +269,6 @@ async def server_main(args: argparse.Namespace) -> None:
     from gitmesh.certs.authority import MeshCA
     from gitmesh.certs.store import FileKeeper, load_or_create
     from gitmesh.serve import MeshPublisher, utcnow
-    from gitmesh.xds import snapshot as snapshot_module
     from gitmesh.xds.server import serve
 
     logging.basicConfig(level=logging.WARNING)
@@ -286,13 +285,14 @@ async def server_main(args: argparse.Namespace) -> None:
         running = await serve(
             publisher.cache,
             "127.0.0.1:0",
+            nodes=publisher,
             tls=publisher.server_tls("127.0.0.1"),
             authorize=publisher.authorize,
         )
     else:
         publisher = MeshPublisher()
         publisher.update(objects)
-        running = await serve(publisher.cache, "127.0.0.1:0")
+        running = await serve(publisher.cache, "127.0.0.1:0", nodes=publisher)
     # The publisher keeps what it needs of the objects; the server keeps no copy of its own.
     object_count = len(objects)
     del objects
@@ -336,7 +336,7 @@ async def server_main(args: argparse.Namespace) -> None:
                     cpu=cpu_seconds(),
                     keys=len(publisher._proxies),
                     streams=len(running.servicer.streams()),
-                    interned=len(snapshot_module._interned),
+                    interned=len(publisher.encodings._interned),
                 )
             elif command == "trim":
                 # What is in use, told apart from what the C allocator holds free but has not given
@@ -349,7 +349,9 @@ async def server_main(args: argparse.Namespace) -> None:
             elif command == "report":  # what gitmesh run would write to its store for gitmesh status
                 from gitmesh.serve import xds_report
 
-                report = xds_report(running.servicer.streams(), publisher.cache, publisher.ca.expiries())
+                report = xds_report(
+                    running.servicer.streams(), publisher.cache, publisher.admins(), publisher.ca.expiries()
+                )
                 emit(nacks=len(report["nacks"]), bytes=len(json.dumps(report)))
             elif command == "change":
                 flip = not flip

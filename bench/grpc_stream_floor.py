@@ -10,7 +10,7 @@ throwaway CA; ``--dynamic-tls`` serves them through ``grpc.dynamic_ssl_server_cr
 ``gitmesh.xds.server`` does).
 
 The server's RSS is read twice after the streams are open: as it is, and after glibc's
-``malloc_trim(0)`` (what ``gitmesh.xds.server.AfterBursts`` does after each burst of responses), so
+``malloc_trim(0)`` (what ``gitmesh.xds.memory.AfterBursts`` does after each burst of responses), so
 memory freed but kept by malloc is told apart from memory in use. Every answer is checked byte for
 byte by the client (a pseudo-random PAYLOAD bytes), so a setting that breaks large messages fails here.
 It also prints how long the client took to open the streams and read the answers and the server's

@@ -244,22 +244,17 @@ def eventually(probe: Callable[[], Any], want: Callable[[Any], bool], what: str,
 
 
 class Demo:
-    """The bookstore, running: apps, their sidecars, gitmesh run, and a Git repo to change."""
+    """The bookstore, running: apps, their sidecars, gitmesh run, and a Git repo to change.
 
-    def __init__(
-        self,
-        workdir: Path,
-        *,
-        delta: bool = False,
-        kubeconfig: Path | None = None,
-        host: str = "127.0.0.1",
-        cert_lifetime: str = "24h",
-    ) -> None:
+    A variant (another backend, delta xDS, another address) overrides the class attributes and
+    ``backend`` / ``run_options``; ``gitmesh demo`` runs this one."""
+
+    delta = False  # the sidecars ask for their configuration by incremental xDS
+    host = "127.0.0.1"  # the address the sidecars' inbound listeners bind, and the endpoints name
+    cert_lifetime = "24h"  # of workload certificates, as gitmesh run takes it
+
+    def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.delta = delta  # the sidecars use incremental xDS
-        self.kubeconfig = kubeconfig  # a cluster instead of the embedded store
-        self.host = host  # the address the sidecars' inbound listeners bind, and the endpoints name
-        self.cert_lifetime = cert_lifetime  # of workload certificates, as gitmesh run takes it
         self.repo = workdir / "repo"
         self.store = workdir / "store.db"
         self.xds_port = free_port()
@@ -272,7 +267,7 @@ class Demo:
                 free_port(),
                 free_port(),
                 (Upstream(MYSQL, MYSQL_PORT, free_port()),) if name in MYSQL_CALLERS else (),
-                host,
+                self.host,
             )
             for name, (ns, sa) in APPS.items()
         }
@@ -326,8 +321,12 @@ class Demo:
         return revision.sha or ""
 
     def settings(self) -> settings.Settings:
-        """Where the demo's mesh lives: the embedded store, or the cluster."""
-        return settings.kubernetes(str(self.kubeconfig)) if self.kubeconfig else settings.embedded(self.store)
+        """Where the demo's mesh lives: the embedded store."""
+        return settings.embedded(self.store)
+
+    def run_options(self) -> list[str]:
+        """The options that point gitmesh run at ``settings``."""
+        return ["--store", str(self.store)]
 
     def ca_keeper(self) -> store.Keeper:
         """The mesh CA, where gitmesh run keeps it (beside the store, or in a Secret of the cluster)."""
@@ -346,11 +345,7 @@ class Demo:
                     "-m",
                     "gitmesh",
                     "run",
-                    *(
-                        ("--kubeconfig", str(self.kubeconfig))
-                        if self.kubeconfig
-                        else ("--store", str(self.store))
-                    ),
+                    *self.run_options(),
                     "--xds-address",
                     f"127.0.0.1:{self.xds_port}",
                     "--cert-lifetime",
@@ -414,16 +409,9 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running(
-    workdir: Path,
-    *,
-    delta: bool = False,
-    kubeconfig: Path | None = None,
-    host: str = "127.0.0.1",
-    cert_lifetime: str = "24h",
-) -> Iterator[Demo]:
+def running(workdir: Path) -> Iterator[Demo]:
     workdir.mkdir(parents=True, exist_ok=True)
-    demo = Demo(workdir, delta=delta, kubeconfig=kubeconfig, host=host, cert_lifetime=cert_lifetime)
+    demo = Demo(workdir)
     try:
         demo.start()
         yield demo

@@ -7,6 +7,7 @@ controller call these and nothing deeper.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import json
@@ -31,7 +32,9 @@ def _without_cycle_collection() -> Iterator[None]:
     """Loading, validating and diffing build large trees of plain dicts and lists with no
     reference cycles. The cyclic garbage collector can free none of it, only walk all of it,
     again and again: a third of the time on a 10,000-object repo. So it is paused, and what was
-    built is then moved out of its sight (``gc.freeze``); reference counting alone frees it."""
+    built is then moved out of its sight (``gc.freeze``); reference counting alone frees it.
+    The few cycles among it (a YAML loader holds its own bound methods) stay frozen until
+    ``thaw``."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -40,6 +43,14 @@ def _without_cycle_collection() -> Iterator[None]:
         gc.freeze()
         if enabled:
             gc.enable()
+
+
+def thaw() -> None:
+    """Hand what the stages froze back to the collector and collect it: frozen objects are never
+    collected, so a long-running caller calls this once it has dropped a revision's results
+    (then only what is still alive is walked, once)."""
+    gc.unfreeze()
+    gc.collect()
 
 
 @_without_cycle_collection()
@@ -60,7 +71,7 @@ def check(revision: Revision, objects: ObjectPort | None = None) -> Validated:
     if objects is not None and validated.outside:
         present = frozenset(objects.list(validated.outside))
         validated = validate(loaded.manifests, loaded.diagnostics, present)
-    return layout.explain(validated, loaded.notes)
+    return dataclasses.replace(validated, diagnostics=layout.explain(validated.diagnostics, loaded.notes))
 
 
 @_without_cycle_collection()

@@ -2,8 +2,10 @@
 
 ``MeshPublisher`` keeps, for every connected proxy, the snapshot
 ``translate(mesh, proxy)``. Proxies with the same identity, service and ports
-share one snapshot key, so their resources are computed and serialized once;
-a key is forgotten when its last stream closes.
+share one snapshot key, so their resources are computed and serialized once
+(through the publisher's own ``Encodings``, renewed at each mesh update); a
+key is forgotten when its last stream closes. The publisher is the server's
+``Nodes``: a stream opening is what makes a proxy known and published.
 ``run`` watches the backend and republishes when its objects change.
 
 Each sidecar's snapshot also holds its identity's certificate and the trust
@@ -35,16 +37,16 @@ from gitmesh.errors import GitmeshError
 from gitmesh.mesh import state
 from gitmesh.mesh.state import Identity
 from gitmesh.xds import resources, tls
-from gitmesh.xds.bootstrap import SERVER_IDENTITY, proxy_of
+from gitmesh.xds.bootstrap import SERVER_IDENTITY, admin_address, proxy_of
 from gitmesh.xds.cache import SnapshotCache
 from gitmesh.xds.server import ServerTls, StreamInfo, serve
-from gitmesh.xds.snapshot import Snapshot, forget_encodings, forget_shared
+from gitmesh.xds.snapshot import Encodings, Snapshot
 from gitmesh.xds.translate import Proxy, Translator
 
 log = logging.getLogger("gitmesh.serve")
 
 DEFAULT_XDS_ADDRESS = "127.0.0.1:15010"
-POLL_SECONDS = 0.2  # how often the source is asked whether anything changed
+POLL_SECONDS = 0.2  # how often the backend is asked whether anything changed
 DEBOUNCE_SECONDS = 0.1
 MAX_DEBOUNCE_SECONDS = 1.0
 CA_POLL_EVERY = 5  # polls: the kept CA state is read once a second, for a rotation begun elsewhere
@@ -63,8 +65,9 @@ def utcnow() -> datetime.datetime:
 Clock = Callable[[], datetime.datetime]
 
 
-class Source(Protocol):
-    """What the server reads objects from: the embedded store, later a cluster."""
+class MeshBackend(Protocol):
+    """Where the server reads the mesh's objects and reports its proxies: the embedded store or a
+    cluster (``ClusterBackend`` provides it)."""
 
     def version(self) -> str:
         """Changes whenever any object changes."""
@@ -75,13 +78,13 @@ class Source(Protocol):
         """Keep what the server sees of its proxies, for ``gitmesh status``."""
 
 
-async def _settled(source: Source, version: str) -> str:
+async def _settled(backend: MeshBackend, version: str) -> str:
     """Wait out a burst of changes (an apply writes many objects): until the version holds still
     for DEBOUNCE_SECONDS, or at most MAX_DEBOUNCE_SECONDS."""
     deadline = time.monotonic() + MAX_DEBOUNCE_SECONDS
     while time.monotonic() < deadline:
         await asyncio.sleep(DEBOUNCE_SECONDS)
-        latest = source.version()
+        latest = backend.version()
         if latest == version:
             break
         version = latest
@@ -89,7 +92,10 @@ async def _settled(source: Source, version: str) -> str:
 
 
 def xds_report(
-    streams: Iterable[StreamInfo], cache: SnapshotCache, expiries: Mapping[str, datetime.datetime]
+    streams: Iterable[StreamInfo],
+    cache: SnapshotCache,
+    admins: Iterable[str],
+    expiries: Mapping[str, datetime.datetime],
 ) -> dict[str, Any]:
     """Connected proxies (and their admin interfaces, where rollouts read their stats), the latest
     rejections they reported, and when each identity's certificate expires, as plain data."""
@@ -108,7 +114,7 @@ def xds_report(
     ]
     return {
         "proxies": sorted(s.node_id for s in streams),
-        "admins": sorted({s.admin for s in streams if s.admin}),
+        "admins": sorted(set(admins)),
         "nacks": nacks,
         "certificates": {identity: at.isoformat() for identity, at in expiries.items()},
     }
@@ -170,9 +176,12 @@ class MeshPublisher:
     def __init__(self, *, mesh_ca: MeshCA | None = None, clock: Clock = utcnow) -> None:
         self.clock = clock
         self.ca = mesh_ca or ephemeral_ca(clock())
-        self.cache = SnapshotCache(node_key=self._key, released=self._forget)
+        self.cache = SnapshotCache()
+        self.encodings = Encodings()
         self._lock = threading.Lock()
         self._proxies: dict[str, Proxy] = {}
+        # node id -> the admin interface its latest stream's bootstrap gives, and its open streams
+        self._admins: dict[str, tuple[str, int]] = {}
         self._secrets_of: dict[Identity, tuple[ca.Issued, tuple[str, ...], dict[str, message.Message]]] = {}
         self._mesh = read.mesh([])
         self._addresses: Addresses = {}
@@ -191,37 +200,47 @@ class MeshPublisher:
             log.warning("%s", warning)
         translator = Translator(mesh, self.ca.trust_domain)
         addresses = endpoint_addresses(objects)
-        forget_shared()  # the previous generation's messages are not needed to encode this one
         with self._lock:
+            self.encodings.next_generation()
             self._mesh, self._translator, self._addresses = mesh, translator, addresses
             self._generation += 1
             proxies = dict(self._proxies)
         for key, proxy in proxies.items():
             self._publish(key, proxy, translator)
 
-    def _key(self, node: base_pb2.Node) -> str:
+    def opened(self, node: base_pb2.Node) -> str:
+        """A stream of ``node`` opened: its key, published first if it is new."""
         proxy = proxy_of(node)
         key = proxy_key(proxy)
         with self._lock:
             new = key not in self._proxies
             self._proxies[key] = proxy
+            self._admins[node.id] = (admin_address(node), self._admins.get(node.id, ("", 0))[1] + 1)
             translator = self._translator
         if new:
             self._publish(key, proxy, translator)
         return key
 
-    def _forget(self, key: str) -> None:
-        """The last stream of ``key`` closed: its proxy and snapshot go, so that proxies that come and
-        go (a new app port each time) leave nothing behind, and a mesh change republishes only the
-        keys of connected proxies. One that comes back is translated again."""
+    def closed(self, node_id: str, key: str) -> None:
+        """A stream closed. The last of ``key`` takes its proxy and snapshot along, so that proxies
+        that come and go (a new app port each time) leave nothing behind, and a mesh change
+        republishes only the keys of connected proxies. One that comes back is translated again."""
         with self._lock:
-            if self.cache.watch_count(key):  # a stream of the key opened meanwhile
+            admin, streams = self._admins.pop(node_id)
+            if streams > 1:
+                self._admins[node_id] = (admin, streams - 1)
+            if self.cache.watch_count(key):  # another stream of the key is open
                 return
             self._proxies.pop(key, None)
             snapshot = self.cache.snapshot(key)
             self.cache.clear_snapshot(key)
         if snapshot is not None:
-            forget_encodings(snapshot, _PER_PROXY_TYPES)
+            self.encodings.forget(snapshot, _PER_PROXY_TYPES)
+
+    def admins(self) -> list[str]:
+        """The admin interfaces of the connected sidecars (where rollouts read their stats)."""
+        with self._lock:
+            return sorted({admin for admin, _ in self._admins.values() if admin})
 
     def set_ca_state(self, ca_state: CaState) -> None:
         """A rotation step: the bundle or the signer changed; every sidecar gets what follows from it."""
@@ -284,7 +303,7 @@ class MeshPublisher:
         if not proxy.grpc:
             issued = self.ca.certificate(proxy.identity, self.clock())
             by_type = {**by_type, resources.SECRET: self._secrets(issued)}
-        snapshot = Snapshot(str(self._generation), by_type)
+        snapshot = Snapshot(str(self._generation), by_type, self.encodings)
         with self._lock:
             if key in self._proxies:  # not forgotten while it was translated
                 self.cache.set_snapshot(key, snapshot)
@@ -300,7 +319,7 @@ def all_hold_their_secrets(streams: Iterable[StreamInfo], cache: SnapshotCache) 
 
 
 async def run(
-    source: Source,
+    backend: MeshBackend,
     address: str = DEFAULT_XDS_ADDRESS,
     *,
     keeper: store.Keeper,
@@ -308,16 +327,17 @@ async def run(
     stop: asyncio.Event | None = None,
     max_connections: int = 0,
 ) -> None:
-    """Serve ADS over mTLS on ``address`` until ``stop`` is set, republishing whenever ``source``
+    """Serve ADS over mTLS on ``address`` until ``stop`` is set, republishing whenever ``backend``
     changes, with the CA ``keeper`` holds (made on first run)."""
     mesh_ca = MeshCA(store.load_or_create(keeper, utcnow()), cert_lifetime)
     publisher = MeshPublisher(mesh_ca=mesh_ca)
-    seen = source.version()
-    publisher.update(live.obj for live in source.list_managed().values())
+    seen = backend.version()
+    publisher.update(live.obj for live in backend.list_managed().values())
     host = address.rpartition(":")[0].strip("[]")
     server = await serve(
         publisher.cache,
         address,
+        nodes=publisher,
         tls=publisher.server_tls(host),
         authorize=publisher.authorize,
         max_connections=max_connections,
@@ -336,15 +356,17 @@ async def run(
                 if polls % CA_POLL_EVERY == 0:
                     _follow_rotation(publisher, keeper, server.servicer.streams())
                 if time.monotonic() - reported_at >= REPORT_EVERY_SECONDS:
-                    report = xds_report(server.servicer.streams(), publisher.cache, mesh_ca.expiries())
+                    report = xds_report(
+                        server.servicer.streams(), publisher.cache, publisher.admins(), mesh_ca.expiries()
+                    )
                     if report != reported:
-                        source.record_xds({**report, "at": time.time()})
+                        backend.record_xds({**report, "at": time.time()})
                         reported, reported_at = report, time.monotonic()
-                current = source.version()
+                current = backend.version()
                 if current != seen:
-                    current = await _settled(source, current)
+                    current = await _settled(backend, current)
                     seen = current
-                    publisher.update(live.obj for live in source.list_managed().values())
+                    publisher.update(live.obj for live in backend.list_managed().values())
                     log.info("mesh updated to store version %s", current)
             except OSError as e:  # out of file descriptors for a moment (a flood of connections)
                 log.error("serving on what was last read, retried in %ss: %s", POLL_SECONDS, e)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import click
 from rich.text import Text
 
+from gitmesh import durations
 from gitmesh.cli.base import (
     BackendChoice,
     backend_options,
@@ -23,7 +24,6 @@ from gitmesh.controller.config import (
     DEFAULT_HTTP_ADDRESS,
     ControllerConfig,
     RolloutSettings,
-    duration,
     load_config,
     read_http_token,
     read_webhook_secret,
@@ -33,20 +33,19 @@ from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 
 
 class Duration(click.ParamType[datetime.timedelta]):
-    """A length of time: a number and a unit, s, m, h or d (``90s``, ``24h``)."""
+    """A length of time, as ``durations.seconds`` reads it (``90s``, ``24h``, ``7d``)."""
 
     name = "duration"
-    _UNITS: ClassVar[dict[str, int]] = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> datetime.timedelta:
         if isinstance(value, datetime.timedelta):
             return value
-        text = str(value).strip()
-        if len(text) < 2 or text[-1] not in self._UNITS or not text[:-1].isdigit() or int(text[:-1]) == 0:
-            self.fail(f"{value!r} is not a duration such as 90s, 30m, 24h or 7d", param, ctx)
-        return datetime.timedelta(seconds=int(text[:-1]) * self._UNITS[text[-1]])
+        try:
+            return datetime.timedelta(seconds=durations.seconds(str(value)))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 @cli.command("run")
@@ -214,8 +213,8 @@ def _one_source(
             url=repo,
             ref=Ref(RefKind(kind), value),
             path=subdir,
-            interval=duration(interval),
-            drift_interval=duration(drift_interval),
+            interval=durations.seconds(interval),
+            drift_interval=durations.seconds(drift_interval),
             allow_empty=allow_empty,
             **extra,
         )

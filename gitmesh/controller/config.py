@@ -7,7 +7,6 @@ below is the one definition of it, and every problem in a file is reported at on
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from gitmesh import durations
 from gitmesh.errors import ConfigError
 from gitmesh.plan.layout import NAMESPACE_NAME
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
@@ -153,8 +153,8 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
                     url=_relative_to(base, s["url"]),
                     ref=Ref(RefKind(kind), value),
                     path=s.get("path", ""),
-                    interval=duration(s.get("interval", "1m")),
-                    drift_interval=duration(s.get("drift_interval", "10m")),
+                    interval=durations.seconds(s.get("interval", "1m")),
+                    drift_interval=durations.seconds(s.get("drift_interval", "10m")),
                     allow_empty=s.get("allow_empty", False),
                     auth=BasicAuth(auth["username"], base / auth["password_file"]) if auth else None,
                     ca_file=base / s["ca_file"] if "ca_file" in s else None,
@@ -223,20 +223,3 @@ def _verification(base: Path, verify: dict[str, str]) -> Verification:
 def _relative_to(base: Path, url: str) -> str:
     """A local path in the file is relative to the file; a URL is left as it is."""
     return url if "://" in url or "@" in url.split("/", 1)[0] else str(base / url)
-
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_TEXT = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-
-
-def duration(value: str | float) -> float:
-    """Seconds, from a number of seconds or ``500ms``, ``30s``, ``5m``, ``1h``."""
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif m := _DURATION_TEXT.match(value.strip()):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ValueError(f"{value!r} is not a duration (e.g. 30s, 5m, 1h)")
-    if seconds <= 0:
-        raise ValueError(f"{value!r}: a duration must be more than zero")
-    return seconds

@@ -141,6 +141,8 @@ class Reconciler:
         except _Abandoned:  # stopping: nothing was written; the next start reconciles it again
             log.info("stopping: %s@%s not applied", name, sha[:12], extra={"source": name})
             return None
+        finally:
+            pipeline.thaw()  # the revision's objects are dropped: what the stages froze is freed
         duration = time.monotonic() - started
         entry = Reconcile(sha, ref, started_at, duration, result.value, summary, ",".join(sorted(triggers)))
         if result.succeeded:

@@ -136,7 +136,7 @@ async def _run(
     options: Options,
     controller: Controller,
     port: ControllerPort | None,
-    mesh: serve.Source,
+    mesh: serve.MeshBackend,
     keeper: Keeper,
     xds_connections: int,
 ) -> None:

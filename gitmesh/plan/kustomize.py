@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from gitmesh.objects import Location, Manifest
 from gitmesh.plan.diagnostics import Diagnostic
-from gitmesh.plan.load import SourceFile, parse_file
+from gitmesh.plan.load import RevisionFile, parse_file
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 MAX_KUSTOMIZATIONS = 100  # kustomizations one build may follow
@@ -57,7 +57,7 @@ class Tree(Protocol):
 
     def is_dir(self, path: str) -> bool: ...
 
-    def read(self, path: str) -> SourceFile: ...
+    def read(self, path: str) -> RevisionFile: ...
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Build:
     """A finished build: the resource files as written, and what kubectl printed (or why it failed)."""
 
     root: str
-    inputs: tuple[SourceFile, ...] = ()
+    inputs: tuple[RevisionFile, ...] = ()
     output: bytes = b""
     problems: tuple[Diagnostic, ...] = ()
 
@@ -124,7 +124,7 @@ def find(paths: Iterable[str], tree: Tree) -> Kustomizations:
     return Kustomizations(tuple(builds), included, tuple(problems))
 
 
-def _is_flux_object(f: SourceFile) -> bool:
+def _is_flux_object(f: RevisionFile) -> bool:
     """A Flux Kustomization object saved as kustomization.yaml: an object to read, not a build."""
     manifests, _ = parse_file(f)
     return len(manifests) == 1 and str(manifests[0].obj.get("apiVersion", "")).startswith(_FLUX_GROUP)
@@ -230,7 +230,7 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def mark(f: SourceFile) -> tuple[bytes, list[Diagnostic]]:
+def mark(f: RevisionFile) -> tuple[bytes, list[Diagnostic]]:
     """The resource file ``f`` with each object marked with where it is written, as kustomize input."""
     manifests, diagnostics = parse_file(f)
     docs = []
@@ -254,7 +254,7 @@ def load_build(build: Build) -> tuple[list[tuple[Manifest, str]], list[Diagnosti
         manifests, _ = parse_file(f)  # problems in inputs stopped the build before it ran
         written |= {f"{f.path}#{i}": m for i, m in enumerate(manifests)}
     rendered, diagnostics = parse_file(
-        SourceFile(build.root, len(build.output), build.output), MAX_OUTPUT_BYTES
+        RevisionFile(build.root, len(build.output), build.output), MAX_OUTPUT_BYTES
     )
     directory = posixpath.dirname(build.root) or "."
     out: list[tuple[Manifest, str]] = []

@@ -22,8 +22,7 @@ from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan import kustomize
 from gitmesh.plan.diagnostics import Diagnostic
 from gitmesh.plan.kustomize import Build, BuildPlan, Tree
-from gitmesh.plan.load import SourceFile, default_namespace, is_manifest_path, load_files
-from gitmesh.plan.validate import Validated
+from gitmesh.plan.load import RevisionFile, default_namespace, is_manifest_path, load_files
 
 CHART_FILE = "Chart.yaml"
 NAMESPACE_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # what a default namespace may be (a DNS label)
@@ -75,7 +74,7 @@ def _chart_note(directory: str, tree: Tree, files: list[str]) -> Diagnostic:
 
 
 def load(
-    files: Iterable[SourceFile],
+    files: Iterable[RevisionFile],
     builds: Iterable[Build],
     *,
     namespace: str = "",
@@ -139,12 +138,8 @@ def _foreign(
     return managed, out
 
 
-def explain(validated: Validated, notes: dict[ObjectRef, str]) -> Validated:
+def explain(diagnostics: Sequence[Diagnostic], notes: dict[ObjectRef, str]) -> tuple[Diagnostic, ...]:
     """The diagnostics of rendered objects, each with what kustomize did to the object."""
-    if not notes:
-        return validated
-    diagnostics = tuple(
-        replace(d, message=f"{d.message} ({notes[d.ref]})") if d.ref in notes else d
-        for d in validated.diagnostics
+    return tuple(
+        replace(d, message=f"{d.message} ({notes[d.ref]})") if d.ref in notes else d for d in diagnostics
     )
-    return replace(validated, diagnostics=diagnostics)

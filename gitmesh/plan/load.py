@@ -73,8 +73,9 @@ class _Loader(yaml.CSafeLoader):
 
 
 @dataclass(frozen=True)
-class SourceFile:
-    """A file to load: its repo-relative path, its size, and its bytes (empty when over the limit)."""
+class RevisionFile:
+    """A file of a revision, to load: its repo-relative path, its size, and its bytes (empty when
+    over the limit)."""
 
     path: str
     size: int
@@ -91,7 +92,7 @@ def is_manifest_path(path: str) -> bool:
     return path.endswith(MANIFEST_SUFFIXES)
 
 
-def load_files(files: Iterable[SourceFile]) -> Loaded:
+def load_files(files: Iterable[RevisionFile]) -> Loaded:
     manifests: list[Manifest] = []
     diagnostics: list[Diagnostic] = []
     for f in files:
@@ -101,13 +102,13 @@ def load_files(files: Iterable[SourceFile]) -> Loaded:
     return Loaded(tuple(manifests), tuple(diagnostics))
 
 
-def load_file(f: SourceFile) -> tuple[list[Manifest], list[Diagnostic]]:
+def load_file(f: RevisionFile) -> tuple[list[Manifest], list[Diagnostic]]:
     """All objects in one file, with namespaces inferred, or the diagnostics that stopped it."""
     manifests, diagnostics = parse_file(f)
     return _infer_namespaces(manifests), diagnostics
 
 
-def parse_file(f: SourceFile, max_bytes: int = MAX_FILE_BYTES) -> tuple[list[Manifest], list[Diagnostic]]:
+def parse_file(f: RevisionFile, max_bytes: int = MAX_FILE_BYTES) -> tuple[list[Manifest], list[Diagnostic]]:
     """All objects in one file as written, or the diagnostics that stopped it."""
     here = Location(f.path)
     if f.size > max_bytes:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,38 +21,15 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
+from gitmesh import durations
 from gitmesh.objects import Manifest
 from gitmesh.plan import schema
 from gitmesh.plan.diagnostics import Diagnostic, field_path
 
 PREFIX = "rollout.gitmesh.dev/"
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
-DOC = f"""\
-A TrafficSplit with any {PREFIX}* annotation changes weights progressively. Values are strings.
 
-  {PREFIX}steps              "10,25,50"  percents of the way from the live weights to the
-                                          target, increasing, each below 100 (default 10,25,50)
-  {PREFIX}step-size          "20"        instead of steps: this percent of the way per step ...
-  {PREFIX}step-max           "80"        ... up to this percent (default: up to 100)
-  {PREFIX}interval           "30s"       each step holds this long, then is analysed (default 60s)
-  {PREFIX}success-rate       "99"        least % of non-5xx responses a gaining backend may show (default 99)
-  {PREFIX}latency-p99        "200ms"     greatest p99 latency a gaining backend may show (default: none)
-  {PREFIX}min-requests       "20"        fewer requests in an interval is no data: hold (default 20)
-  {PREFIX}failure-threshold  "2"         failed checks in one rollout before rolling back (default 2)
-  {PREFIX}progress-deadline  "10m"       a step not passed this long after it began fails the rollout
-                                          (default 10 intervals)
-  {PREFIX}baseline-margin    "1"         also compare with the backends losing traffic: success rate at
-                                          most this many points lower, p99 at most this % higher
-  {PREFIX}query-requests     PromQL      override the Prometheus queries: requests served, success rate
-  {PREFIX}query-success-rate PromQL      (0-1) and p99 in milliseconds over the interval, for one backend;
-  {PREFIX}query-latency-p99  PromQL      $backend (namespace/service) and $interval (e.g. 30s) filled in
-
-Backends whose share grows are analysed; the final step is the target itself. A check fails on a
-threshold, holds (neither pass nor failure) with too few requests, and the rollout fails when
-failure-threshold checks have failed or the progress deadline passes; weights then go back to
-where the rollout started, and the same target is not tried again until a commit changes it."""
+DEADLINE_INTERVALS = 10  # a step's progress deadline, in intervals, when the policy gives none
 
 
 @dataclass(frozen=True)
@@ -64,13 +40,15 @@ class Policy:
     latency_p99: float | None = None  # greatest, milliseconds
     min_requests: int = 20
     failure_threshold: int = 2
-    progress_deadline: float | None = None  # seconds; None: 10 intervals
+    progress_deadline: float | None = None  # seconds; None: DEADLINE_INTERVALS intervals
     baseline_margin: float | None = None
     queries: Mapping[str, str] = field(default_factory=dict)  # requests/success-rate/latency-p99 -> PromQL
 
     @property
     def deadline(self) -> float:
-        return self.progress_deadline if self.progress_deadline is not None else 10 * self.interval
+        if self.progress_deadline is not None:
+            return self.progress_deadline
+        return DEADLINE_INTERVALS * self.interval
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,6 +66,39 @@ class Policy:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Policy:
         return cls(**{**data, "steps": tuple(data["steps"]), "queries": dict(data["queries"])})
+
+
+# The defaults as DOC shows them: Policy's own.
+_D = Policy()
+_STEPS, _INTERVAL, _RATE = ",".join(f"{s:g}" for s in _D.steps), f"{_D.interval:g}s", f"{_D.success_rate:g}"
+
+DOC = f"""\
+A TrafficSplit with any {PREFIX}* annotation changes weights progressively. Values are strings.
+
+  {PREFIX}steps              "10,25,50"  percents of the way from the live weights to the
+                                          target, increasing, each below 100 (default {_STEPS})
+  {PREFIX}step-size          "20"        instead of steps: this percent of the way per step ...
+  {PREFIX}step-max           "80"        ... up to this percent (default: up to 100)
+  {PREFIX}interval           "30s"       each step holds this long, then is analysed (default {_INTERVAL})
+  {PREFIX}success-rate       "99"        least % of non-5xx responses a gaining backend may show
+                                          (default {_RATE})
+  {PREFIX}latency-p99        "200ms"     greatest p99 latency a gaining backend may show (default: none)
+  {PREFIX}min-requests       "20"        fewer requests in an interval is no data: hold
+                                          (default {_D.min_requests})
+  {PREFIX}failure-threshold  "2"         failed checks in one rollout before rolling back
+                                          (default {_D.failure_threshold})
+  {PREFIX}progress-deadline  "10m"       a step not passed this long after it began fails the rollout
+                                          (default {DEADLINE_INTERVALS} intervals)
+  {PREFIX}baseline-margin    "1"         also compare with the backends losing traffic: success rate at
+                                          most this many points lower, p99 at most this % higher
+  {PREFIX}query-requests     PromQL      override the Prometheus queries: requests served, success rate
+  {PREFIX}query-success-rate PromQL      (0-1) and p99 in milliseconds over the interval, for one backend;
+  {PREFIX}query-latency-p99  PromQL      $backend (namespace/service) and $interval (e.g. 30s) filled in
+
+Backends whose share grows are analysed; the final step is the target itself. A check fails on a
+threshold, holds (neither pass nor failure) with too few requests, and the rollout fails when
+failure-threshold checks have failed or the progress deadline passes; weights then go back to
+where the rollout started, and the same target is not tried again until a commit changes it."""
 
 
 def _annotations(obj: Mapping[str, Any]) -> dict[str, str]:
@@ -108,24 +119,20 @@ def of(obj: Mapping[str, Any]) -> Policy | None:
         steps = _numbers(keys["steps"])
     else:
         steps = Policy.steps
-    return Policy(
-        steps=steps,
-        interval=seconds(keys.get("interval", "60s")),
-        success_rate=float(keys.get("success-rate", "99")),
-        latency_p99=seconds(keys["latency-p99"]) * 1000 if "latency-p99" in keys else None,
-        min_requests=int(keys.get("min-requests", "20")),
-        failure_threshold=int(keys.get("failure-threshold", "2")),
-        progress_deadline=seconds(keys["progress-deadline"]) if "progress-deadline" in keys else None,
-        baseline_margin=float(keys["baseline-margin"]) if "baseline-margin" in keys else None,
-        queries={k[len("query-") :]: v for k, v in keys.items() if k.startswith("query-")},
-    )
-
-
-def seconds(text: str) -> float:
-    match = _DURATION.match(text)
-    if match is None:
-        raise ValueError(f"not a duration: {text!r}")
-    return float(match[1]) * _UNIT_SECONDS[match[2]]
+    given: dict[str, Any] = {"steps": steps}
+    for key, name, read in (
+        ("interval", "interval", durations.seconds),
+        ("success-rate", "success_rate", float),
+        ("latency-p99", "latency_p99", lambda text: durations.seconds(text) * 1000),
+        ("min-requests", "min_requests", int),
+        ("failure-threshold", "failure_threshold", int),
+        ("progress-deadline", "progress_deadline", durations.seconds),
+        ("baseline-margin", "baseline_margin", float),
+    ):
+        if key in keys:
+            given[name] = read(keys[key])
+    queries = {k[len("query-") :]: v for k, v in keys.items() if k.startswith("query-")}
+    return Policy(**given, queries=queries)
 
 
 def _numbers(text: str) -> tuple[float, ...]:
@@ -161,12 +168,20 @@ def check(m: Manifest) -> list[Diagnostic]:
             out.append(_at(m, "steps", "GM141", message))
     if "step-size" in shaped and not 0 < float(shaped["step-size"]) < 100:
         out.append(_at(m, "step-size", "GM141", "step-size must be above 0 and below 100"))
+    for key in ("interval", "latency-p99", "progress-deadline"):
+        if key in shaped:
+            try:
+                durations.seconds(shaped[key])
+            except ValueError as e:
+                out.append(_at(m, key, "GM141", str(e)))
+                shaped.pop(key)
     if "steps" in keys and "step-size" in keys:
         out.append(_at(m, "step-size", "GM142", "give either steps or step-size, not both"))
     if "step-max" in keys and "step-size" not in keys:
         out.append(_at(m, "step-max", "GM142", "step-max needs step-size"))
     if "interval" in shaped and "progress-deadline" in shaped:
-        interval, deadline = seconds(shaped["interval"]), seconds(shaped["progress-deadline"])
+        interval = durations.seconds(shaped["interval"])
+        deadline = durations.seconds(shaped["progress-deadline"])
         if deadline < interval:
             out.append(
                 _at(
@@ -186,9 +201,9 @@ _EXPECTED = {
     "step-max": "a number from 0 to 100",
     "success-rate": "a number from 0 to 100",
     "baseline-margin": "a number from 0 to 100",
-    "interval": "a duration such as 500ms, 30s, 5m or 1h",
-    "latency-p99": "a duration such as 500ms, 30s, 5m or 1h",
-    "progress-deadline": "a duration such as 500ms, 30s, 5m or 1h",
+    "interval": "a duration such as 500ms, 30s, 5m, 1h or 7d",
+    "latency-p99": "a duration such as 500ms, 30s, 5m, 1h or 7d",
+    "progress-deadline": "a duration such as 500ms, 30s, 5m, 1h or 7d",
     "min-requests": "a whole number",
     "failure-threshold": "a whole number above 0",
     "query-requests": "a PromQL query",

@@ -20,7 +20,7 @@ from pathlib import Path
 from gitmesh.objects import Location
 from gitmesh.plan.diagnostics import Diagnostic
 from gitmesh.plan.kustomize import MAX_OUTPUT_BYTES, Build, BuildPlan, Tree, mark
-from gitmesh.plan.load import SourceFile
+from gitmesh.plan.load import RevisionFile
 
 KUBECTL = "kubectl"
 TIMEOUT = 30.0  # seconds a build may take
@@ -69,7 +69,7 @@ def _in_copy(path: str, root: str) -> str | None:
     return relative
 
 
-def _run(plan: BuildPlan, directory: Path, inputs: tuple[SourceFile, ...], home: Path) -> Build:
+def _run(plan: BuildPlan, directory: Path, inputs: tuple[RevisionFile, ...], home: Path) -> Build:
     kubectl = shutil.which(KUBECTL)
     base = home / "tree"
     if kubectl is None:

@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -39,7 +38,7 @@ from gitmesh.plan import layout
 from gitmesh.plan.diagnostics import Diagnostic
 from gitmesh.plan.ignore import IGNORE_FILE, IgnoreRules, parse_ignore
 from gitmesh.plan.kustomize import Build, Tree
-from gitmesh.plan.load import MAX_FILE_BYTES, SourceFile, is_manifest_path
+from gitmesh.plan.load import MAX_FILE_BYTES, RevisionFile, is_manifest_path
 from gitmesh.sync.build import build
 
 MAX_ENTRIES = 100_000  # files and directories under a source's path
@@ -72,8 +71,7 @@ class Revision:
     sha: str | None
     ref: str
     path: str
-    files: tuple[SourceFile, ...]
-    committed_at: datetime | None = None
+    files: tuple[RevisionFile, ...]
     author: str = ""
     message: str = ""
     builds: tuple[Build, ...] = ()  # the kustomizations, rendered
@@ -81,7 +79,7 @@ class Revision:
     acknowledged: frozenset[tuple[str, str]] = frozenset()  # foreign (group, kind)s not to mention
     namespace: str = ""  # for objects that name none
     # The other files that diagnostics of reading point at (.gitmeshignore, kustomizations), to quote.
-    quoted: tuple[SourceFile, ...] = ()
+    quoted: tuple[RevisionFile, ...] = ()
 
     @property
     def short(self) -> str:
@@ -297,7 +295,6 @@ def _read_revision(repo: git.Repo, ref: str, path: str, namespace: str) -> Revis
         sha=commit.hexsha,
         ref=ref,
         path=path,
-        committed_at=datetime.fromtimestamp(commit.committed_date, UTC),
         author=str(commit.author.name),
         message=str(commit.message).strip(),
     )
@@ -370,10 +367,10 @@ class _GitTree:
     def is_dir(self, path: str) -> bool:
         return isinstance(self._entry(path), git.Tree)
 
-    def read(self, path: str) -> SourceFile:
+    def read(self, path: str) -> RevisionFile:
         blob = self.blobs.get(path) or self.tree / path
         size = blob.size  # asked first: an oversized blob is never read
-        return SourceFile(path, size, blob.data_stream.read() if size <= MAX_FILE_BYTES else b"")
+        return RevisionFile(path, size, blob.data_stream.read() if size <= MAX_FILE_BYTES else b"")
 
 
 class _DirTree:
@@ -388,9 +385,9 @@ class _DirTree:
     def is_dir(self, path: str) -> bool:
         return os.path.isdir(path)
 
-    def read(self, path: str) -> SourceFile:
+    def read(self, path: str) -> RevisionFile:
         size = os.stat(path).st_size
-        return SourceFile(path, size, Path(path).read_bytes() if size <= MAX_FILE_BYTES else b"")
+        return RevisionFile(path, size, Path(path).read_bytes() if size <= MAX_FILE_BYTES else b"")
 
 
 def _check_trees(repo: git.Repo, commit: git.Commit, path: str) -> None:

@@ -27,8 +27,6 @@ from gitmesh.xds.translate import Proxy, Upstream, local_cluster_name
 
 XDS_CLUSTER = "gitmesh-xds"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"  # ADS is gRPC: HTTP/2
-DEFAULT_OUTBOUND_PORT = 15001
-DEFAULT_INBOUND_PORT = 15006
 # Who serves xDS: the control plane's own identity, in the SPIFFE ID of its server certificate.
 SERVER_IDENTITY = Identity("gitmesh-system", "gitmesh")
 # A bootstrap certificate is only shown when the sidecar (re)connects to xDS; it lives as long as
@@ -186,6 +184,11 @@ def proxy_of(node: base_pb2.Node) -> Proxy:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"node {node.id!r} was not bootstrapped by gitmesh: metadata lacks {e}") from e
+
+
+def admin_address(node: base_pb2.Node) -> str:
+    """The sidecar's admin interface, HOST:PORT, as its bootstrap gives it ("" if it does not)."""
+    return str(node.metadata.fields["admin_address"].string_value)
 
 
 def parse_upstream(text: str, namespace: str = "") -> Upstream:

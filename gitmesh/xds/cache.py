@@ -1,11 +1,12 @@
 """Snapshots per proxy, the versions each stream holds, and the NACKs proxies sent.
 
-The cache knows nothing about gRPC: the server registers a ``Watch`` per
-stream with a wake-up callback, and records in ``Watch.held`` the version of
-each type the stream last received. ``set_snapshot`` wakes only the watches
-of that node key whose held version of some type differs from the new one,
-so a change for one proxy never touches the streams of another, and a change
-to clusters alone leaves a stream that already has the listeners asleep.
+The cache knows nothing about gRPC nor about nodes: it is keyed by whatever
+its publisher keys snapshots by. The server registers a ``Watch`` per stream
+with a wake-up callback and the stream's own test of whether a snapshot
+differs from what it holds. ``set_snapshot`` wakes only the watches of that
+key that are outdated by the new snapshot, so a change for one proxy never
+touches the streams of another, and a change to clusters alone leaves a
+stream that already has the listeners asleep.
 
 All methods are safe to call from any thread; wake-up callbacks run on the
 caller's thread and must only schedule work.
@@ -19,20 +20,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from envoy.config.core.v3 import base_pb2
-
 from gitmesh.xds.snapshot import Snapshot
-
-NodeKey = Callable[[base_pb2.Node], str]
 
 # A proxy may reject configuration as often and as wordily as it likes: what is kept of it is bounded.
 MAX_NACKS_PER_NODE = 10
 MAX_NACK_MESSAGE = 4096  # bytes of a rejection's text kept (Envoy's own reasons are far shorter)
-
-
-def node_id(node: base_pb2.Node) -> str:
-    """The default snapshot key: Envoy's ``--service-node`` / bootstrap ``node.id``."""
-    return str(node.id)
 
 
 def clipped(message: str, limit: int = MAX_NACK_MESSAGE) -> str:
@@ -54,38 +46,30 @@ class Nack:
 
 
 class Watch:
-    """One stream's interest in a node key's snapshots."""
+    """One stream's interest in a key's snapshots."""
 
-    __slots__ = ("_cache", "_wake", "held", "key")
+    __slots__ = ("_cache", "_wake", "key", "outdated")
 
-    def __init__(self, cache: SnapshotCache, key: str, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, cache: SnapshotCache, key: str, wake: Callable[[], None], outdated: Callable[[Snapshot], bool]
+    ) -> None:
         self._cache = cache
         self._wake = wake
         self.key = key
-        self.held: dict[str, str] = {}
-        """type URL -> version the stream last received (or started with)."""
-
-    def outdated(self, snapshot: Snapshot) -> bool:
-        return any(snapshot.type_version(url) != version for url, version in self.held.items())
+        self.outdated = outdated
 
     def close(self) -> None:
         self._cache._unwatch(self)
 
 
 class SnapshotCache:
-    """The latest consistent snapshot per node key, and who is watching it."""
+    """The latest consistent snapshot per key, and who is watching it."""
 
-    def __init__(self, node_key: NodeKey = node_id, released: Callable[[str], None] | None = None) -> None:
-        """``released`` is called (on the closing stream's thread) with a key whose last stream closed."""
-        self._node_key = node_key
-        self._released = released
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._snapshots: dict[str, Snapshot] = {}
         self._watches: dict[str, set[Watch]] = {}
         self._nacks: dict[str, deque[Nack]] = {}
-
-    def key_for(self, node: base_pb2.Node) -> str:
-        return self._node_key(node)
 
     def set_snapshot(self, key: str, snapshot: Snapshot) -> None:
         """Publish ``snapshot`` for ``key``; refuse it if Envoy could not load it as a whole."""
@@ -113,9 +97,10 @@ class SnapshotCache:
         snapshot = self.snapshot(key)
         return None if snapshot is None else snapshot.type_version(type_url)
 
-    def watch(self, key: str, wake: Callable[[], None]) -> Watch:
-        """Register a stream; ``wake`` is called when a new snapshot differs from what it holds."""
-        watch = Watch(self, key, wake)
+    def watch(self, key: str, wake: Callable[[], None], outdated: Callable[[Snapshot], bool]) -> Watch:
+        """Register a stream; ``wake`` is called when a new snapshot is ``outdated`` for it (it
+        differs from what the stream holds). Both are called on the publishing thread."""
+        watch = Watch(self, key, wake, outdated)
         with self._lock:
             self._watches.setdefault(key, set()).add(watch)
         return watch
@@ -130,11 +115,8 @@ class SnapshotCache:
             if watches is None:
                 return
             watches.discard(watch)
-            last = not watches
-            if last:
+            if not watches:
                 del self._watches[watch.key]
-        if last and self._released is not None:
-            self._released(watch.key)
 
     def record_nack(self, key: str, type_url: str, version: str, message: str) -> Nack:
         """Keep a rejection: its text clipped, only the latest few per key."""
@@ -153,9 +135,7 @@ __all__ = [
     "MAX_NACKS_PER_NODE",
     "MAX_NACK_MESSAGE",
     "Nack",
-    "NodeKey",
     "SnapshotCache",
     "Watch",
     "clipped",
-    "node_id",
 ]

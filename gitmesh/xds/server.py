@@ -1,12 +1,13 @@
 """The ADS gRPC server: state of the world and delta, over one ``SnapshotCache``.
 
-This is the only module that imports grpc. Each stream is driven by a small
-protocol object (``SotwStream`` / ``DeltaStream``) that turns requests and
+This is the only module that imports grpc. Each stream is driven by a protocol
+object (``sotw.SotwStream`` / ``delta.DeltaStream``) that turns requests and
 cache wake-ups into encoded responses without doing I/O; the servicer only
 moves bytes between the protocol object and the gRPC call.
 
-Responses are written as bytes assembled from the snapshot's shared
-``Any`` encodings, so no stream copies or re-serializes a resource.
+The server knows nothing of what a node's metadata means: ``Nodes`` turns a
+stream's node into the key its snapshots are published under (the node id by
+default), and is told when the stream closes.
 
 With ``ServerTls`` the server speaks TLS and requires a client certificate; an
 ``authorize`` callback then judges each stream's node against its peer's
@@ -17,12 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import sys
-import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,12 +28,15 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from gitmesh.xds import resources, wire
-from gitmesh.xds.cache import SnapshotCache, Watch
-from gitmesh.xds.snapshot import EncodedResource, Snapshot
+from gitmesh.xds import resources
+from gitmesh.xds.cache import SnapshotCache
+from gitmesh.xds.delta import DeltaStream
+from gitmesh.xds.memory import AfterBursts
+from gitmesh.xds.snapshot import Snapshot
+from gitmesh.xds.sotw import SotwStream
+from gitmesh.xds.subscriptions import WILDCARD
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-WILDCARD = "*"
 # gRPC refuses a larger request (RESOURCE_EXHAUSTED, which ends the stream) before it is parsed.
 # A request's size is mostly the names it subscribes to, about 40 bytes each: 1 MiB is some 25,000.
 MAX_REQUEST_BYTES = 1 << 20
@@ -43,356 +44,24 @@ MAX_REQUEST_BYTES = 1 << 20
 _log = logging.getLogger(__name__)
 
 
-# --- responses assembled from shared bytes ---
+class Nodes(Protocol):
+    """Who the streams' nodes are, for the publisher of the cache the server reads."""
+
+    def opened(self, node: base_pb2.Node) -> str:
+        """The snapshot key a new stream of ``node`` is served from; ValueError refuses the node."""
+
+    def closed(self, node_id: str, key: str) -> None:
+        """A stream of ``node_id`` under ``key`` closed (others of the key may remain)."""
 
 
-def _sotw_response(version: str, type_url: str, nonce: str, items: Iterable[EncodedResource]) -> bytes:
-    """A serialized DiscoveryResponse: version_info=1, resources=2, type_url=4, nonce=5."""
-    parts = [wire.field(1, version.encode())]
-    for item in items:
-        parts += (item.field_head, *item.parts)
-    parts += (wire.field(4, type_url.encode()), wire.field(5, nonce.encode()))
-    return b"".join(parts)
+class NodeIds:
+    """Snapshots keyed by Envoy's ``--service-node`` (bootstrap ``node.id``), published by hand."""
 
+    def opened(self, node: base_pb2.Node) -> str:
+        return str(node.id)
 
-def _delta_entry(item: EncodedResource) -> tuple[bytes, ...]:
-    """``item`` as a Resource{version=1, resource=2, name=3} in field 2 of a DeltaDiscoveryResponse,
-    written once and kept on the item, which every stream and snapshot shares."""
-    if item.delta_entry is None:
-        head = wire.field(1, item.version.encode())
-        tail = wire.field(3, item.name.encode())
-        size = len(head) + len(item.field_head) + item.size + len(tail)
-        item.delta_entry = (wire.field_head(2, size) + head + item.field_head, *item.parts, tail)
-    return item.delta_entry
-
-
-def _delta_response(
-    system_version: str, type_url: str, nonce: str, items: Iterable[EncodedResource], removed: Iterable[str]
-) -> bytes:
-    """A serialized DeltaDiscoveryResponse of Resource{version=1, resource=2, name=3} entries."""
-    parts = [wire.field(1, system_version.encode())]
-    for item in items:
-        parts += _delta_entry(item)
-    parts += (wire.field(4, type_url.encode()), wire.field(5, nonce.encode()))
-    parts += (wire.field(6, name.encode()) for name in removed)
-    return b"".join(parts)
-
-
-# --- per-stream protocol state, free of I/O ---
-
-
-class OnNack(Protocol):
-    def __call__(self, type_url: str, version: str, message: str) -> None: ...
-
-
-def _push_order(type_urls: Iterable[str]) -> list[str]:
-    return sorted(type_urls, key=lambda url: (resources.push_rank(url), url))
-
-
-Names = frozenset[str]  # the resource names a stream subscribed to
-
-# hash of the set -> the one shared set of those names while any stream holds it
-_subscriptions: weakref.WeakValueDictionary[int, Names] = weakref.WeakValueDictionary()
-
-
-def subscription(names: Iterable[str]) -> Names:
-    """A thousand proxies subscribing to the same thousand clusters hold one set of interned names,
-    not a thousand (a set that size is 32 KiB)."""
-    wanted = frozenset(sys.intern(name) for name in names)
-    shared = _subscriptions.get(hash(wanted))
-    if shared is not None and shared == wanted:
-        return shared
-    _subscriptions[hash(wanted)] = wanted  # a different set with the same hash is simply not shared
-    return wanted
-
-
-# Names a stream subscribes to that are no resource of its snapshot: a proxy asks for what its
-# clusters and listeners name, which the same snapshot holds, and a few ahead of a change at most.
-MAX_UNKNOWN_NAMES = 100
-
-
-def _capped(names: Iterable[str], snapshot: Snapshot | None, type_url: str) -> Iterator[str]:
-    """``names`` that are resources of ``snapshot``, and the first MAX_UNKNOWN_NAMES others: a stream
-    asking for 80,000 names that do not exist is not made to remember them."""
-    known = snapshot.encoded(type_url) if snapshot is not None else {}
-    unknown = 0
-    for name in names:
-        if name in known:
-            yield name
-        elif unknown < MAX_UNKNOWN_NAMES:
-            unknown += 1
-            yield name
-
-
-class _SotwType:
-    __slots__ = ("acked", "force", "names", "nonce", "sent")
-
-    def __init__(self, names: Names | None, held: str) -> None:
-        self.names = names  # None: the full set (LDS / CDS)
-        self.sent = held  # version the proxy has or was last sent
-        self.acked = held
-        self.nonce = ""
-        self.force = False
-
-
-class SotwStream:
-    """State-of-the-world ADS for one stream: what each type was sent, under which nonce."""
-
-    def __init__(self, watch: Watch, on_nack: OnNack) -> None:
-        self._watch = watch
-        self._on_nack = on_nack
-        self._types: dict[str, _SotwType] = {}
-        self._nonces = 0
-
-    def acked(self) -> dict[str, str]:
-        """type URL -> last version the proxy accepted on this stream."""
-        return {url: state.acked for url, state in self._types.items()}
-
-    def on_request(self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot | None) -> list[bytes]:
-        url = request.type_url
-        state = self._types.get(url)
-        names = (
-            None
-            if url in resources.WILDCARD_TYPES
-            else subscription(_capped(request.resource_names, snapshot, url))
-        )
-        if not request.response_nonce:
-            # A subscription (first, or renewed after reconnect): start from what the proxy holds.
-            state = self._types[url] = _SotwType(names, request.version_info)
-            self._watch.held[url] = request.version_info
-            return self.push(snapshot)
-        if state is None or request.response_nonce != state.nonce:
-            return []  # an answer to a response that has since been superseded
-        if request.HasField("error_detail"):
-            self._on_nack(url, state.sent, request.error_detail.message)
-            return []
-        state.acked = request.version_info
-        if names != state.names:
-            state.names = names
-            state.force = True
-        return self.push(snapshot)
-
-    def push(self, snapshot: Snapshot | None) -> list[bytes]:
-        """Responses for every type whose content moved past what the stream holds, CDS first."""
-        if snapshot is None:
-            return []
-        out = []
-        clusters_sent = False
-        for url in _push_order(self._types):
-            state = self._types[url]
-            version = snapshot.type_version(url)
-            resend = state.force or (url == resources.ENDPOINT and clusters_sent)
-            if version == state.sent and not resend:
-                continue
-            encoded = snapshot.encoded(url)
-            if state.names is None:
-                items: Iterable[EncodedResource] = encoded.values()
-            else:
-                items = [item for name, item in encoded.items() if name in state.names]
-            self._nonces += 1
-            state.nonce = str(self._nonces)
-            state.sent = version
-            state.force = False
-            self._watch.held[url] = version
-            out.append(_sotw_response(version, url, state.nonce, items))
-            clusters_sent |= url == resources.CLUSTER
-        return out
-
-
-class _Held:
-    """Which version of each resource of one type a delta stream's proxy holds.
-
-    Right after a push the proxy holds exactly the snapshot's resources of its subscription, so
-    that is what is kept: the snapshot's map and the subscription, both shared with every stream of
-    the key, plus the few names where the proxy differs since (None: not held). A per-stream map
-    of a thousand clusters would cost more than everything else a stream keeps.
-    """
-
-    __slots__ = ("base", "differ", "scope")
-
-    def __init__(self, versions: Mapping[str, str]) -> None:
-        self.base: Mapping[str, EncodedResource] = {}
-        self.scope: Names | None = None  # None: all of base
-        self.differ: dict[str, str | None] = dict(versions)
-
-    def get(self, name: str) -> str | None:
-        if name in self.differ:
-            return self.differ[name]
-        item = self.base.get(name)
-        if item is None or (self.scope is not None and name not in self.scope):
-            return None
-        return item.version
-
-    def names(self) -> Iterator[str]:
-        for name in self.base if self.scope is None else self.scope:
-            if name in self.base and name not in self.differ:
-                yield name
-        yield from (name for name, version in self.differ.items() if version is not None)
-
-    def forget(self, name: str) -> bool:
-        """The proxy no longer holds ``name``; whether it did."""
-        had = self.get(name) is not None
-        if had:
-            self.differ[name] = None
-        return had
-
-    def exactly(self, base: Mapping[str, EncodedResource], scope: Names | None) -> None:
-        self.base, self.scope, self.differ = base, scope, {}
-
-
-class _DeltaType:
-    __slots__ = ("acked", "force", "held", "names", "nonce", "sent", "wildcard")
-
-    def __init__(self, held: _Held, wildcard: bool) -> None:
-        self.held = held
-        self.wildcard = wildcard
-        self.names = subscription(())
-        self.nonce = ""
-        self.sent = ""
-        self.acked = ""
-        self.force = True  # the first request always gets an answer
-
-
-class DeltaStream:
-    """Incremental ADS for one stream: per resource, the version the proxy has."""
-
-    def __init__(self, watch: Watch, on_nack: OnNack) -> None:
-        self._watch = watch
-        self._on_nack = on_nack
-        self._types: dict[str, _DeltaType] = {}
-        self._nonces = 0
-
-    def acked(self) -> dict[str, str]:
-        return {url: state.acked for url, state in self._types.items()}
-
-    def on_request(
-        self, request: discovery_pb2.DeltaDiscoveryRequest, snapshot: Snapshot | None
-    ) -> list[bytes]:
-        url = request.type_url
-        state = self._types.get(url)
-        changes = bool(request.resource_names_subscribe or request.resource_names_unsubscribe)
-        if state is None:
-            # Legacy wildcard: LDS / CDS subscribed with no names means "everything".
-            wildcard = url in resources.WILDCARD_TYPES and not request.resource_names_subscribe
-            versions = request.initial_resource_versions
-            held = _Held({sys.intern(name): versions[name] for name in _capped(versions, snapshot, url)})
-            state = self._types[url] = _DeltaType(held, wildcard)
-        elif request.response_nonce:
-            if request.response_nonce == state.nonce:
-                if request.HasField("error_detail"):
-                    self._on_nack(url, state.sent, request.error_detail.message)
-                else:
-                    state.acked = state.sent
-            if not changes:
-                return []  # a bare ACK / NACK, or one for a superseded response
-        subscribe = set(request.resource_names_subscribe)
-        unsubscribe = set(request.resource_names_unsubscribe)
-        if subscribe:
-            state.force = True
-        if WILDCARD in subscribe or WILDCARD in unsubscribe:
-            state.wildcard = WILDCARD in subscribe
-        if changes:
-            state.names = subscription(
-                _capped((state.names | subscribe) - unsubscribe - {WILDCARD}, snapshot, url)
-            )
-        for name in unsubscribe:
-            state.held.forget(name)
-        return self.push(snapshot)
-
-    def push(self, snapshot: Snapshot | None) -> list[bytes]:
-        """Only the resources that differ from what the proxy has, and the ones it has that are gone."""
-        if snapshot is None:
-            return []
-        out = []
-        for url in _push_order(self._types):
-            state = self._types[url]
-            version = snapshot.type_version(url)
-            if version == self._watch.held.get(url) and not state.force:
-                continue
-            self._watch.held[url] = version
-            encoded = snapshot.encoded(url)
-            scope = None if state.wildcard else state.names
-            held = state.held
-            changed = [
-                item
-                for name, item in encoded.items()
-                if (scope is None or name in scope) and held.get(name) != item.version
-            ]
-            removed = sorted(n for n in held.names() if n not in encoded or not (scope is None or n in scope))
-            held.exactly(encoded, scope)  # what it holds once this response is applied
-            if not changed and not removed and not (state.force and not state.nonce):
-                state.force = False
-                continue
-            self._nonces += 1
-            state.nonce = str(self._nonces)
-            state.sent = version
-            state.force = False
-            out.append(_delta_response(snapshot.version, url, state.nonce, changed, removed))
-            if url == resources.CLUSTER and changed:
-                self._resend_endpoints(snapshot, [item.name for item in changed])
-        return out
-
-    def _resend_endpoints(self, snapshot: Snapshot, clusters: list[str]) -> None:
-        """An updated EDS cluster warms until it gets its endpoints again, changed or not."""
-        state = self._types.get(resources.ENDPOINT)
-        if state is None:
-            return
-        for name in snapshot.eds_names(clusters):
-            if state.held.forget(name):
-                state.force = True
-
-
-# --- giving memory back after bursts ---
-
-
-def trim_free_memory() -> None:
-    """glibc's ``malloc_trim(0)``: the free pages of every heap go back to the OS (elsewhere: nothing)."""
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
-
-
-class AfterBursts:
-    """Calls ``release`` (in a thread) once writing has paused for ``settle`` seconds after a burst.
-
-    A push to every proxy holds a response per stream at once (a split change: a thousand route
-    configurations of 240 KiB). Sent and freed, that memory stays in glibc's heaps, as the process's
-    RSS, until given back; a server that pushes in bursts and idles in between gives it back."""
-
-    def __init__(self, release: Callable[[], None] = trim_free_memory, settle: float = 1.0) -> None:
-        self._release = release
-        self._settle = settle
-        self._writing = 0
-        self._wrote = False
-        self._timer: asyncio.TimerHandle | None = None
-        self.releases = 0
-
-    def begin(self) -> None:
-        self._writing += 1
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def end(self, wrote: bool) -> None:
-        self._writing -= 1
-        self._wrote |= wrote
-        if not self._writing and self._wrote:
-            self._timer = asyncio.get_running_loop().call_later(self._settle, self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        self._wrote = False
-        self.releases += 1
-        asyncio.get_running_loop().run_in_executor(None, self._release)
-
-    def close(self) -> None:
-        """No release after the server stops (its loop may be shutting its threads down)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-
-# --- the servicer ---
+    def closed(self, node_id: str, key: str) -> None:
+        pass
 
 
 @dataclass
@@ -403,7 +72,6 @@ class StreamInfo:
     key: str
     delta: bool
     acked: Callable[[], dict[str, str]]
-    admin: str = ""  # the sidecar's admin interface, HOST:PORT, as its bootstrap gives it
 
 
 class _End:
@@ -450,10 +118,12 @@ class AggregatedDiscoveryServicer:
     def __init__(
         self,
         cache: SnapshotCache,
+        nodes: Nodes,
         logger: logging.Logger | None = None,
         authorize: Authorize | None = None,
     ) -> None:
         self._cache = cache
+        self._nodes = nodes
         self._log = logger or _log
         self._authorize = authorize
         self.bursts = AfterBursts()
@@ -537,9 +207,11 @@ class AggregatedDiscoveryServicer:
                 if refusal is not None:
                     self._log.warning("refused node %s from %s: %s", node.id, context.peer(), refusal)
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
-            key = self._cache.key_for(node)
+            try:
+                key = self._nodes.opened(node)
+            except ValueError as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             node_id = node.id
-            admin = str(node.metadata.fields["admin_address"].string_value)
             del node  # a part of a request keeps the whole request alive
             woken = False
 
@@ -555,11 +227,11 @@ class AggregatedDiscoveryServicer:
                     "proxy %s rejected %s version %s: %s", node_id, type_url, version, nack.message
                 )
 
-            watch = self._cache.watch(key, wake)
-            stream: SotwStream | DeltaStream = (DeltaStream if delta else SotwStream)(watch, on_nack)
+            stream: SotwStream | DeltaStream = (DeltaStream if delta else SotwStream)(on_nack)
+            watch = self._cache.watch(key, wake, stream.outdated)
             stream_id = self._next_stream
             self._next_stream += 1
-            self._streams[stream_id] = StreamInfo(node_id, key, delta, stream.acked, admin)
+            self._streams[stream_id] = StreamInfo(node_id, key, delta, stream.acked)
             self._connections[key] += 1
             try:
                 item: object = first
@@ -576,6 +248,7 @@ class AggregatedDiscoveryServicer:
                 self._connections[key] -= 1
                 if not self._connections[key]:
                     del self._connections[key]
+                self._nodes.closed(node_id, key)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -674,15 +347,17 @@ async def serve(
     cache: SnapshotCache,
     address: str = "127.0.0.1:0",
     *,
+    nodes: Nodes | None = None,
     logger: logging.Logger | None = None,
     tls: ServerTls | None = None,
     authorize: Authorize | None = None,
     max_connections: int = 0,
 ) -> RunningServer:
     """Start an ADS server on ``address`` (port 0 picks a free port): TLS with client certificates
-    when ``tls`` is given, else plaintext; with ``max_connections``, connections past it are closed
-    as they arrive (each costs a file descriptor, and the process needs some for itself)."""
-    servicer = AggregatedDiscoveryServicer(cache, logger, authorize)
+    when ``tls`` is given, else plaintext. ``nodes`` keys the streams (by node id when None); with
+    ``max_connections``, connections past it are closed as they arrive (each costs a file
+    descriptor, and the process needs some for itself)."""
+    servicer = AggregatedDiscoveryServicer(cache, nodes or NodeIds(), logger, authorize)
     server = grpc.aio.server(
         options=[
             ("grpc.max_concurrent_streams", 1 << 16),
@@ -710,17 +385,13 @@ async def serve(
 
 __all__ = [
     "MAX_REQUEST_BYTES",
-    "MAX_UNKNOWN_NAMES",
     "SERVICE",
-    "AfterBursts",
     "AggregatedDiscoveryServicer",
     "Authorize",
-    "DeltaStream",
+    "NodeIds",
+    "Nodes",
     "RunningServer",
     "ServerTls",
-    "SotwStream",
     "StreamInfo",
     "serve",
-    "subscription",
-    "trim_free_memory",
 ]

@@ -1,10 +1,10 @@
 """One proxy's complete configuration at one version, encoded once.
 
 A snapshot is immutable: its resources are serialized into ``Any`` bytes when
-it is built, and identical resources (the same bytes) share one
-``EncodedResource`` across every snapshot alive in the process. Thousands of
-proxies that see the same cluster therefore hold one copy of it, and the
-server writes those bytes to every stream without encoding again.
+it is built, through its owner's ``Encodings``, where identical resources (the
+same bytes) share one ``EncodedResource`` across every snapshot the owner
+built. Thousands of proxies that see the same cluster therefore hold one copy
+of it, and the server writes those bytes to every stream without encoding again.
 
 Messages handed to a snapshot belong to it: do not mutate them afterwards.
 """
@@ -16,8 +16,8 @@ import hashlib
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from dataclasses import InitVar, dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -37,7 +37,7 @@ class EncodedResource:
     The serialization is kept in ``parts`` (one, unless the resource came in pieces that other
     resources share: see ``Pieces``); written out, they are the Any's bytes in order."""
 
-    __slots__ = ("__weakref__", "delta_entry", "field_head", "name", "parts", "size", "version")
+    __slots__ = ("__weakref__", "_delta_entry", "field_head", "name", "parts", "size", "version")
 
     def __init__(self, name: str, version: str, parts: tuple[bytes, ...]) -> None:
         self.name = name
@@ -47,7 +47,17 @@ class EncodedResource:
         # Key and length that make it field 2 of the message holding it: DiscoveryResponse.resources
         # and a delta Resource.resource alike.
         self.field_head = wire.field_head(2, self.size)
-        self.delta_entry: tuple[bytes, ...] | None = None  # its delta Resource, written when first sent
+        self._delta_entry: tuple[bytes, ...] | None = None
+
+    def delta_entry(self) -> tuple[bytes, ...]:
+        """This resource as a Resource{version=1, resource=2, name=3} in field 2 of a
+        DeltaDiscoveryResponse: written when first sent, then kept for every stream that sends it."""
+        if self._delta_entry is None:
+            head = wire.field(1, self.version.encode())
+            tail = wire.field(3, self.name.encode())
+            size = len(head) + len(self.field_head) + self.size + len(tail)
+            self._delta_entry = (wire.field_head(2, size) + head + self.field_head, *self.parts, tail)
+        return self._delta_entry
 
     def __repr__(self) -> str:
         return f"EncodedResource({self.name!r}, version={self.version!r}, {self.size} bytes)"
@@ -62,57 +72,154 @@ class Pieces(Protocol):
     def serialized_parts(self) -> tuple[bytes, ...]: ...
 
 
-# (name, digest of the Any bytes) -> the one shared encoding while any snapshot holds it.
-_interned: weakref.WeakValueDictionary[tuple[str, bytes], EncodedResource] = weakref.WeakValueDictionary()
-
-
 def _version(digest: bytes) -> str:
     return digest.hex()[:16]
 
 
-# Proxies are handed the same message objects for what they share (translate.Translator), so an
-# object is serialized once, not once per snapshot: that keeps a republish to thousands of
-# proxies cheap. Entries hold their message, so an id is never reused while it is cached.
-_MAX_BY_OBJECT = 200_000
-_by_object: collections.OrderedDict[int, tuple[Message | Pieces, str, EncodedResource]] = (
-    collections.OrderedDict()
-)
-_by_object_lock = threading.Lock()
+Args = tuple[object, ...]
+T = TypeVar("T")
 
 
-def encode(name: str, message: Message | Pieces) -> EncodedResource:
-    """The shared encoding of ``message`` (which must not change once handed over)."""
-    with _by_object_lock:
-        entry = _by_object.get(id(message))
-        if entry is not None and entry[0] is message and entry[1] == name:
-            _by_object.move_to_end(id(message))
-            return entry[2]
-    found = _encode(name, message)
-    with _by_object_lock:
-        _by_object[id(message)] = (message, name, found)
-        if len(_by_object) > _MAX_BY_OBJECT:
-            _by_object.popitem(last=False)
-    return found
+class _Memo(Generic[T]):
+    """Results per tuple of objects, by their ids. An entry holds its objects, so no other object
+    can have their ids while it is kept: the same ids are the same objects. The oldest go past
+    ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._entries: collections.OrderedDict[tuple[int, ...], tuple[Args, T]] = collections.OrderedDict()
+
+    def get(self, args: Args, compute: Callable[[], T]) -> T:
+        key = tuple(map(id, args))
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                return entry[1]
+        value = compute()
+        with self._lock:
+            self._entries[key] = (args, value)
+            if len(self._entries) > self._limit:
+                self._entries.popitem(last=False)
+        return value
+
+    def drop(self, args: Args) -> None:
+        with self._lock:
+            self._entries.pop(tuple(map(id, args)), None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
-def _encode(name: str, message: Message | Pieces) -> EncodedResource:
-    """Serialize ``message`` deterministically and return the shared encoding of those bytes."""
-    type_field = wire.field(1, resources.type_url(message.DESCRIPTOR.full_name).encode())
-    if isinstance(message, Message):
-        value = message.SerializeToString(deterministic=True)
-        parts: tuple[bytes, ...] = (type_field + wire.field(2, value) if value else type_field,)
-    else:  # Any{type_url=1, value=2}, the value left in its pieces
-        pieces = message.serialized_parts()
-        parts = (type_field + wire.field_head(2, sum(map(len, pieces))), *pieces)
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part)
-    key = (name, digest.digest())
-    found = _interned.get(key)
-    if found is None:
-        found = EncodedResource(name, _version(key[1]), parts)
-        _interned[key] = found
-    return found
+class Encodings:
+    """The encodings of the messages one owner hands to its snapshots, and what was checked of them.
+
+    Two tables, two lifetimes:
+
+    - by content: identical bytes (same name, same digest) share one ``EncodedResource`` for as
+      long as any snapshot holds it, across generations;
+    - by object: a message object (and a map of them) handed over again is not serialized or
+      checked again. These entries hold their objects, so they last one generation: the owner
+      calls ``next_generation`` when new messages replace the old, and ``forget`` when a
+      snapshot's own maps will not be handed over again (its proxy is gone).
+
+    ``serve.MeshPublisher`` owns one: proxies are handed the same message objects for what they
+    share (``translate.Translator``), so a republish to thousands of proxies encodes each once.
+    """
+
+    MAX_OBJECTS = 200_000
+    MAX_MAPS = 10_000
+
+    def __init__(self) -> None:
+        self._interned: weakref.WeakValueDictionary[tuple[str, bytes], EncodedResource] = (
+            weakref.WeakValueDictionary()
+        )
+        self._interned_lock = threading.Lock()
+        # id -> (message, its name, its encoding): the memo of the most numerous objects, kept flat
+        self._objects: collections.OrderedDict[int, tuple[Message | Pieces, str, EncodedResource]] = (
+            collections.OrderedDict()
+        )
+        self._objects_lock = threading.Lock()
+        self._maps: _Memo[tuple[dict[str, EncodedResource], str]] = _Memo(self.MAX_MAPS)
+        self._misfiled: _Memo[list[str]] = _Memo(self.MAX_MAPS)
+        self._unassigned: _Memo[list[str]] = _Memo(self.MAX_MAPS)
+
+    def encode(self, name: str, message: Message | Pieces) -> EncodedResource:
+        """The shared encoding of ``message`` (which must not change once handed over)."""
+        with self._objects_lock:
+            kept = self._objects.get(id(message))
+            if kept is not None and kept[1] == name:  # held by the entry: the same object
+                self._objects.move_to_end(id(message))
+                return kept[2]
+        found = self._by_content(name, message)
+        with self._objects_lock:
+            self._objects[id(message)] = (message, name, found)
+            if len(self._objects) > self.MAX_OBJECTS:
+                self._objects.popitem(last=False)
+        return found
+
+    def encode_map(self, by_name: Mapping[str, Message | Pieces]) -> tuple[dict[str, EncodedResource], str]:
+        """Each resource's encoding, and the version of them all."""
+
+        def compute() -> tuple[dict[str, EncodedResource], str]:
+            encoded = {name: self.encode(name, message) for name, message in by_name.items()}
+            return encoded, _type_version(encoded)
+
+        return self._maps.get((by_name,), compute)
+
+    def misfiled(self, url: str, by_name: Mapping[str, Message | Pieces]) -> list[str]:
+        return self._misfiled.get((url, by_name), lambda: _misfiled(url, by_name))
+
+    def unassigned(
+        self, clusters: Mapping[str, Message | Pieces], assignments: Mapping[str, Message | Pieces]
+    ) -> list[str]:
+        return self._unassigned.get(
+            (clusters, assignments), lambda: _missing_assignments(clusters, assignments)
+        )
+
+    def next_generation(self) -> None:
+        """New messages replace the old: what was kept by object would only keep the old alive
+        (snapshots keep what they encoded)."""
+        with self._objects_lock:
+            self._objects.clear()
+        for memo in (self._maps, self._misfiled, self._unassigned):
+            memo.clear()
+
+    def forget(self, snapshot: Snapshot, type_urls: Iterable[str]) -> None:
+        """Drop what is kept by object of ``snapshot``'s maps of these types and their resources: maps
+        built for one proxy alone. A resource in them that other snapshots share is found again by
+        its bytes (one hash) when next encoded."""
+        for url in type_urls:
+            by_name = snapshot.resources.get(url)
+            if by_name is None:
+                continue
+            with self._objects_lock:
+                for message in by_name.values():
+                    self._objects.pop(id(message), None)
+            self._maps.drop((by_name,))
+            self._misfiled.drop((url, by_name))
+
+    def _by_content(self, name: str, message: Message | Pieces) -> EncodedResource:
+        """Serialize ``message`` deterministically and return the shared encoding of those bytes."""
+        type_field = wire.field(1, resources.type_url(message.DESCRIPTOR.full_name).encode())
+        if isinstance(message, Message):
+            value = message.SerializeToString(deterministic=True)
+            parts: tuple[bytes, ...] = (type_field + wire.field(2, value) if value else type_field,)
+        else:  # Any{type_url=1, value=2}, the value left in its pieces
+            pieces = message.serialized_parts()
+            parts = (type_field + wire.field_head(2, sum(map(len, pieces))), *pieces)
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+        key = (name, digest.digest())
+        with self._interned_lock:
+            found = self._interned.get(key)
+            if found is None:
+                found = EncodedResource(name, _version(key[1]), parts)
+                self._interned[key] = found
+        return found
 
 
 def _type_version(encoded: Mapping[str, EncodedResource]) -> str:
@@ -151,65 +258,6 @@ def _route_names(listener: Message) -> Iterator[str]:
                 yield manager.rds.route_config_name
 
 
-_MAX_SHARED = 10_000
-_shared_results: collections.OrderedDict[tuple[int, ...], tuple[tuple[Any, ...], Any]] = (
-    collections.OrderedDict()
-)
-_shared_lock = threading.Lock()
-T = TypeVar("T")
-
-
-def _shared(args: tuple[Any, ...], compute: Callable[..., T]) -> T:
-    """``compute(*args)``, remembered for these very objects (held, so their ids stay theirs)."""
-    key = (id(compute.__code__), *map(id, args))
-    with _shared_lock:
-        entry = _shared_results.get(key)
-        if entry is not None and all(a is b for a, b in zip(entry[0], args, strict=True)):
-            _shared_results.move_to_end(key)
-            return entry[1]  # type: ignore[no-any-return]
-    value = compute(*args)
-    with _shared_lock:
-        _shared_results[key] = (args, value)
-        if len(_shared_results) > _MAX_SHARED:
-            _shared_results.popitem(last=False)
-    return value
-
-
-def forget_shared() -> None:
-    """Drop the memoised encodings and results, e.g. when a new generation of messages replaces
-    the old: snapshots keep what they encoded; the memo only keeps old messages alive."""
-    with _by_object_lock:
-        _by_object.clear()
-    with _shared_lock:
-        _shared_results.clear()
-
-
-def forget_encodings(snapshot: Snapshot, type_urls: Iterable[str]) -> None:
-    """Drop what the memos keep of ``snapshot``'s maps of these types and of their resources: maps
-    built for one proxy alone, which no later snapshot asks for once that proxy is gone. A resource
-    in them that other snapshots share is found again by its bytes (one hash) when next encoded."""
-    for url in type_urls:
-        by_name = snapshot.resources.get(url)
-        if by_name is None:
-            continue
-        with _by_object_lock:
-            for message in by_name.values():
-                encoded = _by_object.get(id(message))
-                if encoded is not None and encoded[0] is message:
-                    del _by_object[id(message)]
-        with _shared_lock:
-            for args, compute in (((by_name,), _encode_all), ((url, by_name), _misfiled)):
-                key = (id(compute.__code__), *map(id, args))
-                result = _shared_results.get(key)
-                if result is not None and all(a is b for a, b in zip(result[0], args, strict=True)):
-                    del _shared_results[key]
-
-
-def _encode_all(by_name: Mapping[str, Message | Pieces]) -> tuple[dict[str, EncodedResource], str]:
-    encoded = {name: encode(name, message) for name, message in by_name.items()}
-    return encoded, _type_version(encoded)
-
-
 def _misfiled(url: str, by_name: Mapping[str, Message | Pieces]) -> list[str]:
     errors = []
     for name, message in by_name.items():
@@ -223,7 +271,9 @@ def _misfiled(url: str, by_name: Mapping[str, Message | Pieces]) -> list[str]:
     return errors
 
 
-def _missing_assignments(clusters: Mapping[str, Message], assignments: Mapping[str, Message]) -> list[str]:
+def _missing_assignments(
+    clusters: Mapping[str, Message | Pieces], assignments: Mapping[str, Message | Pieces]
+) -> list[str]:
     errors = []
     for name, cluster in sorted(clusters.items()):
         wanted = eds_name(cluster) if isinstance(cluster, cluster_pb2.Cluster) else None
@@ -242,17 +292,22 @@ class Snapshot:
 
     version: str
     resources: Mapping[str, Mapping[str, Message | Pieces]]
+    encodings: InitVar[Encodings | None] = None
+    """The owner's ``Encodings``, for snapshots that share messages; None: encoded on their own."""
     _encoded: dict[str, dict[str, EncodedResource]] = field(init=False, repr=False, compare=False)
     _versions: dict[str, str] = field(init=False, repr=False, compare=False)
+    _errors: list[str] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, encodings: Encodings | None) -> None:
         # Maps are kept, not copied: callers hand them over for good (translate.Translator gives
         # thousands of snapshots the same cluster and endpoint maps, encoded and versioned once).
+        encodings = encodings or Encodings()
         frozen = dict(self.resources)
-        encoded = {url: _shared((by_name,), _encode_all) for url, by_name in frozen.items()}
+        encoded = {url: encodings.encode_map(by_name) for url, by_name in frozen.items()}
         object.__setattr__(self, "resources", frozen)
         object.__setattr__(self, "_encoded", {url: e for url, (e, _) in encoded.items()})
         object.__setattr__(self, "_versions", {url: v for url, (_, v) in encoded.items()})
+        object.__setattr__(self, "_errors", self._check(encodings))
 
     def type_version(self, type_url: str) -> str:
         """The version of one type; a type the snapshot lacks has the version of an empty set."""
@@ -273,11 +328,14 @@ class Snapshot:
 
     def consistency_errors(self) -> list[str]:
         """Every problem that would leave Envoy warming forever or loading the wrong thing."""
+        return list(self._errors)
+
+    def _check(self, encodings: Encodings) -> list[str]:
         errors: list[str] = []
         for url, by_name in self.resources.items():
-            errors += _shared((url, by_name), _misfiled)
+            errors += encodings.misfiled(url, by_name)
         clusters = self.resources.get(resources.CLUSTER, {})
-        errors += _shared((clusters, self.resources.get(resources.ENDPOINT, {})), _missing_assignments)
+        errors += encodings.unassigned(clusters, self.resources.get(resources.ENDPOINT, {}))
         routes = self.resources.get(resources.ROUTE, {})
         for name, listener in sorted(self.resources.get(resources.LISTENER, {}).items()):
             if resources.type_url(listener.DESCRIPTOR.full_name) != resources.LISTENER:
@@ -293,9 +351,8 @@ class Snapshot:
 __all__ = [
     "EMPTY_VERSION",
     "EncodedResource",
+    "Encodings",
+    "Pieces",
     "Snapshot",
     "eds_name",
-    "encode",
-    "forget_encodings",
-    "forget_shared",
 ]

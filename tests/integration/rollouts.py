@@ -23,6 +23,7 @@ from gitmesh.demo import Demo, eventually, stop_process
 from gitmesh.rollout import driver
 from gitmesh.rollout.model import Phase, Rollout
 from gitmesh.settings import embedded
+from tests import bookstore
 
 SPLIT = "bookstore/bookstore-split"
 POLICY = {
@@ -40,7 +41,7 @@ LATENCY_POLICY = POLICY | {"latency-p99": "200ms"}
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Demo]:
     try:
-        with demo_mod.running(tmp_path) as d:
+        with bookstore.running(tmp_path) as d:
             commit_split(d, 100, 0, message="v1 only, under a rollout policy")
             d.applied = d.apply()  # the starting point goes in directly
             yield d

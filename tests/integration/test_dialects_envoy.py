@@ -11,6 +11,7 @@ import pytest
 
 from gitmesh import demo as demo_mod
 from gitmesh.demo import Demo, eventually
+from tests import bookstore
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +21,7 @@ CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "dialects"
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Demo]:
     try:
-        with demo_mod.running(tmp_path) as d:
+        with bookstore.running(tmp_path) as d:
             yield d
     except (AssertionError, TimeoutError):
         for log in sorted(tmp_path.glob("*.log")):

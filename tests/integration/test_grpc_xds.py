@@ -88,6 +88,7 @@ class Control:
             serve(
                 self.publisher.cache,
                 "127.0.0.1:0",
+                nodes=self.publisher,
                 tls=self.publisher.server_tls("127.0.0.1"),
                 authorize=self.publisher.authorize,
             ),

@@ -21,13 +21,13 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from gitmesh import demo
 from gitmesh.certs import ca
 from gitmesh.cli import cli
 from gitmesh.demo import eventually, free_port, stop_process
 from gitmesh.mesh.state import Identity
 from gitmesh.settings import kubernetes
 from gitmesh.xds import resources
+from tests import bookstore
 from tests import factory as f
 from tests.conftest import GitRepo
 from tests.integration.test_grpc_xds import endpoints, grpc_service
@@ -182,7 +182,7 @@ def pod_address() -> Iterator[str]:
 def test_traffic_flows_through_a_mesh_served_from_the_cluster(
     cluster: Cluster, pod_address: str, tmp_path: Path
 ) -> None:
-    with demo.running(tmp_path, kubeconfig=cluster.kubeconfig, host=pod_address) as d:
+    with bookstore.running(tmp_path, kubeconfig=cluster.kubeconfig, host=pod_address) as d:
         slices = cluster.kubectl("get", "endpointslices", "-n", "bookstore", "-o", "json").stdout
         assert pod_address in slices  # the cluster holds what the sidecars are reached by
         seen = d.shares(500)

@@ -22,6 +22,7 @@ from gitmesh.cli import cli
 from gitmesh.cluster.port import Changes
 from gitmesh.demo import Demo, eventually
 from gitmesh.settings import embedded
+from tests import bookstore
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(params=["sotw", "delta"])
 def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Demo]:
     try:
-        with demo_mod.running(tmp_path, delta=request.param == "delta") as d:
+        with bookstore.running(tmp_path, delta=request.param == "delta") as d:
             yield d
     except (AssertionError, TimeoutError):
         for log in sorted(tmp_path.glob("*.log")):

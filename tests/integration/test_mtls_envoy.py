@@ -26,6 +26,7 @@ from gitmesh.cluster.port import Changes
 from gitmesh.demo import CALLER_AGENT, Demo, eventually
 from gitmesh.mesh.state import Identity
 from gitmesh.settings import embedded
+from tests import bookstore
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ BUYER = Identity("bookbuyer", "bookbuyer")
 @contextlib.contextmanager
 def running(tmp_path: Path, **kw: Any) -> Iterator[Demo]:
     try:
-        with demo_mod.running(tmp_path, **kw) as d:
+        with bookstore.running(tmp_path, **kw) as d:
             yield d
     except (AssertionError, TimeoutError):
         for log in sorted(tmp_path.glob("*.log")):

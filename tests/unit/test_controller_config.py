@@ -8,7 +8,6 @@ import pytest
 
 from gitmesh.controller.config import (
     RolloutSettings,
-    duration,
     load_config,
     read_http_token,
     read_webhook_secret,
@@ -132,19 +131,6 @@ def test_problems_are_listed_with_where_they_are(tmp_path: Path, text: str, prob
         load_config(write(tmp_path, text))
     for problem in problems:
         assert problem in str(e.value)
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"), [("500ms", 0.5), ("30s", 30.0), ("5m", 300.0), ("1.5h", 5400.0), (2, 2.0)]
-)
-def test_durations(value: str | int, seconds: float) -> None:
-    assert duration(value) == seconds
-
-
-@pytest.mark.parametrize("value", ["", "5", "1d", "-1s", "0s", 0])
-def test_bad_durations(value: str | int) -> None:
-    with pytest.raises(ValueError):
-        duration(value)
 
 
 @pytest.mark.parametrize(

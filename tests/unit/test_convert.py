@@ -10,7 +10,7 @@ from rich.console import Console
 from gitmesh.apis.kinds import BY_NAME
 from gitmesh.plan import encode, render, schema
 from gitmesh.plan.convert import integer_weights, lost_fields, to_served
-from gitmesh.plan.load import SourceFile, load_files
+from gitmesh.plan.load import RevisionFile, load_files
 from gitmesh.plan.model import Action, Plan
 from gitmesh.plan.validate import validate
 from tests import factory as f
@@ -132,7 +132,7 @@ def test_validation_converts_and_remembers_the_written_version() -> None:
         f.service("n", "a", 80),
         f.split("n", "x", "root", {"a": 1}, version="v1alpha2"),
     ).encode()
-    loaded = load_files([SourceFile("m.yaml", len(text), text)])
+    loaded = load_files([RevisionFile("m.yaml", len(text), text)])
     result = validate(loaded.manifests)
     (split,) = [m for m in result.desired if m.obj["kind"] == "TrafficSplit"]
     assert split.obj["apiVersion"] == "split.smi-spec.io/v1alpha4"
@@ -152,7 +152,7 @@ def test_destination_port_cannot_be_converted() -> None:
 def _plan_against(written: list[dict[str, Any]], live: list[dict[str, Any]]) -> Plan:
     """Validate ``written`` (converting older versions) and plan it against ``live``."""
     text = f.dump(*written).encode()
-    result = validate(load_files([SourceFile("m.yaml", len(text), text)]).manifests)
+    result = validate(load_files([RevisionFile("m.yaml", len(text), text)]).manifests)
     assert result.ok, result.diagnostics
     return plan_of(result.desired, live, live)
 

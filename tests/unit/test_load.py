@@ -26,7 +26,7 @@ from gitmesh.plan.load import (
     MAX_DOCUMENTS,
     MAX_FILE_BYTES,
     MAX_VALUES,
-    SourceFile,
+    RevisionFile,
     load_file,
     load_files,
 )
@@ -37,9 +37,9 @@ MEMORY_BOUND = 32 * 1024 * 1024  # the worst refused case below peaks near 5 MB
 T = TypeVar("T")
 
 
-def source(text: str | bytes, path: str = "m.yaml") -> SourceFile:
+def source(text: str | bytes, path: str = "m.yaml") -> RevisionFile:
     data = text.encode() if isinstance(text, str) else text
-    return SourceFile(path, len(data), data)
+    return RevisionFile(path, len(data), data)
 
 
 def load(text: str | bytes, path: str = "m.yaml") -> tuple[list[Manifest], list[Diagnostic]]:
@@ -78,7 +78,7 @@ def test_oversized_file_is_refused_unparsed(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(yaml, "CSafeLoader", no_parsing)
     monkeypatch.setattr(yaml, "parse", no_parsing)
-    (manifests, diagnostics), peak = traced(lambda: load_file(SourceFile("big.yaml", len(data), data)))
+    (manifests, diagnostics), peak = traced(lambda: load_file(RevisionFile("big.yaml", len(data), data)))
     assert manifests == []
     assert codes(diagnostics) == [("GM003", 1)]
     assert f"{len(data):,}" in diagnostics[0].message

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from gitmesh.cluster.port import Changes
 from gitmesh.errors import RolloutError
 from gitmesh.plan import policy as policies
-from gitmesh.plan.load import SourceFile, load_files
-from gitmesh.plan.policy import PREFIX, Policy
+from gitmesh.plan.load import RevisionFile, load_files
+from gitmesh.plan.policy import DOC, PREFIX, Policy
 from gitmesh.rollout import driver, envoy_stats, machine, render, revert
 from gitmesh.rollout.analysis import analyse
 from gitmesh.rollout.metrics import Measurement, quantile
@@ -401,7 +401,7 @@ def test_a_revert_changes_only_the_weight_values() -> None:
         "  - {service: web-v2, weight: '100'}\n"
         '  - {"service": "web-v3", "weight": 5}\n'
     )
-    (m,) = load_files([SourceFile("split.yaml", len(text), text.encode())]).manifests
+    (m,) = load_files([RevisionFile("split.yaml", len(text), text.encode())]).manifests
     positions = {i: m.positions[("spec", "backends", i, "weight")] for i in range(3)}
     got = revert.revert_text(text, positions, {0: 100, 1: 0, 2: 0})
     assert got == text.replace("weight: 0 ", "weight: 100 ").replace("'100'", "0").replace(
@@ -412,7 +412,7 @@ def test_a_revert_changes_only_the_weight_values() -> None:
 
 
 def test_backends_written_as_dns_names_are_measured_under_their_service() -> None:
-    class Source:
+    class Metrics:
         def __init__(self) -> None:
             self.asked: list[str] = []
 
@@ -422,9 +422,9 @@ def test_backends_written_as_dns_names_are_measured_under_their_service() -> Non
 
     v1, v2 = "web-v1.shop", "web-v2.shop.svc.cluster.local"
     r = machine.start("shop/web", "default", "abc", POLICY, {v1: 100, v2: 0}, {v1: 0, v2: 100}, 1000.0)
-    source = Source()
-    measured = driver.Runner(embedded(":memory:"), source, lambda _: None).measure(r, 1010.0)
-    assert source.asked == ["shop/web-v1", "shop/web-v2"]
+    metrics = Metrics()
+    measured = driver.Runner(embedded(":memory:"), metrics, lambda _: None).measure(r, 1010.0)
+    assert metrics.asked == ["shop/web-v1", "shop/web-v2"]
     assert set(measured.samples) == {v1, v2}
 
 
@@ -452,3 +452,8 @@ def test_the_runner_writes_each_step_through_the_one_write_path() -> None:
     runner.tick(1011.0)  # its window passed, healthy: the next step
     assert live() == ({V1: 75, V2: 25}, "3")
     assert driver.load(settings)["shop/web"].step == 1
+
+
+def test_a_policy_takes_its_defaults_from_policy_alone() -> None:
+    assert policy_of(**{"min-requests": "5"}) == Policy(min_requests=5)
+    assert f"(default {Policy().interval:g}s)" in DOC

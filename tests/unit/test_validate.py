@@ -9,7 +9,7 @@ import pytest
 from gitmesh import pipeline
 from gitmesh.cluster.port import Changes
 from gitmesh.objects import ObjectRef
-from gitmesh.plan.load import SourceFile, load_files
+from gitmesh.plan.load import RevisionFile, load_files
 from gitmesh.plan.validate import Validated, validate
 from gitmesh.settings import embedded
 from gitmesh.sync.git import read_directory
@@ -22,7 +22,7 @@ EMPTY_CLUSTER: frozenset[ObjectRef] = frozenset()
 def check(*objs: dict[str, Any], present: frozenset[ObjectRef] | None = EMPTY_CLUSTER) -> Validated:
     """Validate as plan does against a cluster that has none of what the revision lacks."""
     text = f.dump(*objs).encode()
-    loaded = load_files([SourceFile("mesh.yaml", len(text), text)])
+    loaded = load_files([RevisionFile("mesh.yaml", len(text), text)])
     return validate(loaded.manifests, loaded.diagnostics, present)
 
 
@@ -219,7 +219,7 @@ def test_diagnostics_point_at_the_line_of_the_field() -> None:
         b"  service: root\n"
         b"  backends: [{service: a, weight: 1}]\n"
     )
-    loaded = load_files([SourceFile("s.yaml", len(text), text)])
+    loaded = load_files([RevisionFile("s.yaml", len(text), text)])
     result = validate(loaded.manifests, loaded.diagnostics, EMPTY_CLUSTER)
     weight = [d for d in result.diagnostics if d.code == "GM020"]
     assert [(d.location.line, d.location.column, d.path) for d in weight] == [
@@ -247,7 +247,7 @@ def test_normalising_does_not_touch_the_loaded_manifest() -> None:
     group = f.route_group("store", "routes", {"books": "/books", "buy": "/buy"})
     group["spec"]["matches"][0]["headers"] = {"x-canary": "yes"}
     text = f.dump(*BASE[:6], group, BASE[7]).encode()
-    loaded = load_files([SourceFile("m.yaml", len(text), text)])
+    loaded = load_files([RevisionFile("m.yaml", len(text), text)])
     validate(loaded.manifests)
     (original,) = [m for m in loaded.manifests if m.obj["kind"] == "HTTPRouteGroup"]
     assert original.obj["spec"]["matches"][0]["headers"] == {"x-canary": "yes"}

@@ -17,7 +17,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
 from gitmesh.xds import resources
-from gitmesh.xds.snapshot import Snapshot
+from gitmesh.xds.snapshot import Encodings, Snapshot
 
 
 def _ads() -> config_source_pb2.ConfigSource:
@@ -122,17 +122,23 @@ def route(
     )
 
 
-def snapshot(version: str, *items: Message) -> Snapshot:
+def snapshot(version: str, *items: Message, encodings: Encodings | None = None) -> Snapshot:
     """A snapshot of ``items``, each filed under its type URL and own name."""
     by_type: dict[str, dict[str, Message]] = {}
     for item in items:
         url = resources.type_url(item.DESCRIPTOR.full_name)
         name = item.cluster_name if url == resources.ENDPOINT else item.name  # type: ignore[attr-defined]
         by_type.setdefault(url, {})[name] = item
-    return Snapshot(version, by_type)
+    return Snapshot(version, by_type, encodings)
 
 
-def mesh(version: str, upstream_port: int = 9000, listen_port: int = 10000, **changes: Message) -> Snapshot:
+def mesh(
+    version: str,
+    upstream_port: int = 9000,
+    listen_port: int = 10000,
+    encodings: Encodings | None = None,
+    **changes: Message,
+) -> Snapshot:
     """A typical proxy: EDS cluster ``web`` + its endpoints, listener ``http`` with route ``http``."""
     parts: Mapping[str, Message] = {
         "cluster": eds_cluster("web"),
@@ -141,4 +147,4 @@ def mesh(version: str, upstream_port: int = 9000, listen_port: int = 10000, **ch
         "route": route("http", cluster="web"),
         **changes,
     }
-    return snapshot(version, *parts.values())
+    return snapshot(version, *parts.values(), encodings=encodings)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
-from envoy.config.core.v3 import base_pb2
 from google.protobuf import any_pb2
 
 from gitmesh.xds import resources
 from gitmesh.xds.cache import MAX_NACK_MESSAGE, MAX_NACKS_PER_NODE, SnapshotCache, clipped
-from gitmesh.xds.snapshot import EMPTY_VERSION, Snapshot, encode
+from gitmesh.xds.snapshot import EMPTY_VERSION, Encodings, Snapshot
 from tests.xds import builders as b
 
 
@@ -61,11 +62,38 @@ def test_type_versions_follow_content_only() -> None:
     assert one.type_version(resources.SECRET) == EMPTY_VERSION
 
 
-def test_identical_resources_share_one_encoding() -> None:
-    first = b.mesh("v1")
-    second = b.mesh("v2", upstream_port=9001)
+def test_identical_resources_share_one_encoding_of_their_owner() -> None:
+    encodings = Encodings()
+    first = b.mesh("v1", encodings=encodings)
+    second = b.mesh("v2", upstream_port=9001, encodings=encodings)
     assert first.encoded(resources.CLUSTER)["web"] is second.encoded(resources.CLUSTER)["web"]
     assert first.encoded(resources.ENDPOINT)["web"] is not second.encoded(resources.ENDPOINT)["web"]
+    # Another owner's snapshots share nothing with these: no table is process-wide.
+    assert b.mesh("v1").encoded(resources.CLUSTER)["web"] is not first.encoded(resources.CLUSTER)["web"]
+
+
+def test_a_message_handed_over_again_is_encoded_once_per_generation() -> None:
+    encodings = Encodings()
+    clusters = {"web": b.eds_cluster("web")}
+    first = Snapshot("v1", {resources.CLUSTER: clusters}, encodings)
+    assert Snapshot("v2", {resources.CLUSTER: clusters}, encodings).encoded(
+        resources.CLUSTER
+    ) is first.encoded(resources.CLUSTER)
+    encodings.next_generation()
+    again = Snapshot("v3", {resources.CLUSTER: clusters}, encodings)
+    assert again.encoded(resources.CLUSTER) is not first.encoded(resources.CLUSTER)  # encoded anew ...
+    assert again.encoded(resources.CLUSTER)["web"] is first.encoded(resources.CLUSTER)["web"]  # same bytes
+
+
+def test_forgetting_a_snapshot_drops_what_was_kept_of_its_own_maps() -> None:
+    encodings = Encodings()
+    listeners = {"http": b.listener("http", 10000, "http")}
+    routes = {"http": b.route("http", cluster="web")}
+    first = Snapshot("v1", {resources.LISTENER: listeners, resources.ROUTE: routes}, encodings)
+    encodings.forget(first, [resources.LISTENER])
+    again = Snapshot("v2", {resources.LISTENER: listeners, resources.ROUTE: routes}, encodings)
+    assert again.encoded(resources.LISTENER) is not first.encoded(resources.LISTENER)
+    assert again.encoded(resources.ROUTE) is first.encoded(resources.ROUTE)
 
 
 def test_an_encoding_is_the_message_packed_in_any() -> None:
@@ -73,7 +101,7 @@ def test_an_encoding_is_the_message_packed_in_any() -> None:
     packed = any_pb2.Any(
         type_url=resources.CLUSTER, value=cluster.SerializeToString(deterministic=True)
     ).SerializeToString(deterministic=True)
-    encoded = encode("web", cluster)
+    encoded = Encodings().encode("web", cluster)
     assert b"".join(encoded.parts) == packed and encoded.size == len(packed)
 
 
@@ -82,14 +110,26 @@ def test_watchers_wake_only_when_their_held_version_differs() -> None:
     first = b.mesh("v1")
     cache.set_snapshot("a", first)
     woken: list[str] = []
-    listeners_only = cache.watch("a", lambda: woken.append("listeners"))
-    listeners_only.held[resources.LISTENER] = first.type_version(resources.LISTENER)
-    clusters = cache.watch("a", lambda: woken.append("clusters"))
-    clusters.held[resources.CLUSTER] = first.type_version(resources.CLUSTER)
-    endpoints = cache.watch("a", lambda: woken.append("endpoints"))
-    endpoints.held[resources.ENDPOINT] = first.type_version(resources.ENDPOINT)
-    other_node = cache.watch("b", lambda: woken.append("other node"))
-    other_node.held[resources.ENDPOINT] = ""
+
+    def holds(url: str, version: str) -> Callable[[Snapshot], bool]:
+        return lambda snapshot: snapshot.type_version(url) != version
+
+    listeners_only = cache.watch(
+        "a",
+        lambda: woken.append("listeners"),
+        holds(resources.LISTENER, first.type_version(resources.LISTENER)),
+    )
+    clusters = cache.watch(
+        "a",
+        lambda: woken.append("clusters"),
+        holds(resources.CLUSTER, first.type_version(resources.CLUSTER)),
+    )
+    endpoints = cache.watch(
+        "a",
+        lambda: woken.append("endpoints"),
+        holds(resources.ENDPOINT, first.type_version(resources.ENDPOINT)),
+    )
+    other_node = cache.watch("b", lambda: woken.append("other node"), holds(resources.ENDPOINT, ""))
 
     cache.set_snapshot("a", b.mesh("v2"))  # same content: nobody
     assert woken == []
@@ -103,12 +143,6 @@ def test_watchers_wake_only_when_their_held_version_differs() -> None:
     for watch in (listeners_only, clusters, other_node):
         watch.close()
     assert cache.watch_count("a") == 0
-
-
-def test_node_key_is_pluggable() -> None:
-    cache = SnapshotCache(node_key=lambda node: node.cluster)
-    assert cache.key_for(base_pb2.Node(id="sidecar-1", cluster="bookstore")) == "bookstore"
-    assert SnapshotCache().key_for(base_pb2.Node(id="sidecar-1", cluster="bookstore")) == "sidecar-1"
 
 
 def test_version_and_nacks() -> None:
@@ -131,13 +165,3 @@ def test_a_rejection_is_kept_clipped_and_only_the_latest_few() -> None:
     # Cut at a character's boundary, with how long it was.
     assert kept[0].message == "é" * (MAX_NACK_MESSAGE // 2) + f" [truncated: {2 * MAX_NACK_MESSAGE:,} bytes]"
     assert clipped("short") == "short"
-
-
-def test_released_is_told_when_the_last_stream_of_a_key_closes() -> None:
-    released: list[str] = []
-    cache = SnapshotCache(released=released.append)
-    first, second = cache.watch("n", lambda: None), cache.watch("n", lambda: None)
-    first.close()
-    assert released == []
-    second.close()
-    assert released == ["n"]

@@ -31,7 +31,7 @@ class Sidecar:
 
     def __init__(self, publisher: serve.MeshPublisher) -> None:
         config = bootstrap(PROXY, xds_host="127.0.0.1", xds_port=1, admin_port=0)
-        self.key = publisher.cache.key_for(json_format.ParseDict(config["node"], base_pb2.Node()))
+        self.key = publisher.opened(json_format.ParseDict(config["node"], base_pb2.Node()))
         self.publisher = publisher
         self.held = ""
         self.stream = StreamInfo("alice-1", self.key, False, lambda: {resources.SECRET: self.held})

@@ -20,7 +20,7 @@ from google.rpc import status_pb2
 
 from gitmesh.xds import resources
 from gitmesh.xds.cache import SnapshotCache
-from gitmesh.xds.server import RunningServer, serve
+from gitmesh.xds.server import Nodes, RunningServer, serve
 from tests.xds import builders as b
 
 CDS, EDS, LDS, RDS = resources.CLUSTER, resources.ENDPOINT, resources.LISTENER, resources.ROUTE
@@ -99,12 +99,12 @@ class Proxies:
 Scenario = Callable[[SnapshotCache, RunningServer, Proxies], Awaitable[None]]
 
 
-def run(scenario: Scenario) -> None:
+def run(scenario: Scenario, nodes: Nodes | None = None) -> None:
     """Run ``scenario`` against a fresh server on a free loopback port."""
 
     async def main() -> None:
         cache = SnapshotCache()
-        running = await serve(cache, "127.0.0.1:0")
+        running = await serve(cache, "127.0.0.1:0", nodes=nodes)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
         proxies = Proxies(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel))
         try:
@@ -327,6 +327,45 @@ def test_first_request_must_name_the_node() -> None:
         assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     run(scenario)
+
+
+class ByCluster:
+    """Keys streams by their node's cluster; refuses nodes of cluster "stranger"."""
+
+    def __init__(self) -> None:
+        self.closed_streams: list[tuple[str, str]] = []
+
+    def opened(self, node: base_pb2.Node) -> str:
+        if node.cluster == "stranger":
+            raise ValueError(f"node {node.id!r} is nobody we know")
+        return f"cluster/{node.cluster}"
+
+    def closed(self, node_id: str, key: str) -> None:
+        self.closed_streams.append((node_id, key))
+
+
+def test_nodes_key_the_streams_and_hear_when_they_close() -> None:
+    nodes = ByCluster()
+
+    async def scenario(cache: SnapshotCache, running: RunningServer, connect: Proxies) -> None:
+        cache.set_snapshot("cluster/test", b.mesh("v1"))  # FakeProxy's node is of cluster "test"
+        proxy = connect()
+        await proxy.send(CDS)
+        assert names(await proxy.recv()) == ["web"]
+        assert running.servicer.connections == {"cluster/test": 1}
+        await proxy.close()
+        await wait_for(lambda: nodes.closed_streams == [(NODE, "cluster/test")])
+
+        stranger = connect.stub.StreamAggregatedResources()
+        await stranger.write(
+            discovery_pb2.DiscoveryRequest(type_url=CDS, node=base_pb2.Node(id="x", cluster="stranger"))
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stranger.read()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "nobody we know" in str(refused.value.details())
+
+    run(scenario, nodes)
 
 
 # --- delta ---

@@ -41,6 +41,7 @@ async def control() -> AsyncIterator[tuple[MeshPublisher, RunningServer]]:
     running = await serve(
         publisher.cache,
         "127.0.0.1:0",
+        nodes=publisher,
         tls=publisher.server_tls("127.0.0.1"),
         authorize=publisher.authorize,
     )
@@ -166,12 +167,18 @@ def test_a_client_without_a_mesh_certificate_cannot_connect(holding: str) -> Non
 
 def test_a_node_key_is_forgotten_when_its_last_stream_closes() -> None:
     publisher = MeshPublisher()
-    key = publisher.cache.key_for(node(ALICE))
-    streams = [publisher.cache.watch(key, lambda: None) for _ in range(2)]
+    first, second = node(ALICE), node(ALICE)
+    first.id, second.id = "alice-1", "alice-2"
+    key = publisher.opened(first)
+    assert publisher.opened(second) == key
+    streams = [publisher.cache.watch(key, lambda: None, lambda _: False) for _ in range(2)]
     streams[0].close()
+    publisher.closed("alice-1", key)
     assert publisher.cache.snapshot(key) is not None
     streams[1].close()
+    publisher.closed("alice-2", key)
     assert publisher.cache.snapshot(key) is None
+    assert publisher.admins() == []
     publisher.update([])  # a mesh change republishes only the keys of connected proxies
     assert publisher.cache.snapshot(key) is None
 

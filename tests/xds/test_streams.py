@@ -8,13 +8,14 @@ import asyncio
 from envoy.service.discovery.v3 import discovery_pb2
 
 from gitmesh.xds import resources
-from gitmesh.xds.cache import SnapshotCache
-from gitmesh.xds.server import MAX_UNKNOWN_NAMES, AfterBursts, DeltaStream, SotwStream, subscription
+from gitmesh.xds.delta import DeltaStream
+from gitmesh.xds.memory import AfterBursts
 from gitmesh.xds.snapshot import Snapshot
+from gitmesh.xds.sotw import SotwStream
+from gitmesh.xds.subscriptions import MAX_UNKNOWN_NAMES, subscription
 from tests.xds import builders as b
 
 CDS, EDS = resources.CLUSTER, resources.ENDPOINT
-NODE = "proxy-1"
 
 
 def ignore_nack(type_url: str, version: str, message: str) -> None:
@@ -35,10 +36,8 @@ def test_streams_naming_the_same_resources_share_one_set() -> None:
 
 
 def test_sotw_streams_share_their_subscription() -> None:
-    cache = SnapshotCache()
     snapshot = two_clusters("v1")
-    cache.set_snapshot(NODE, snapshot)
-    streams = [SotwStream(cache.watch(NODE, lambda: None), ignore_nack) for _ in range(2)]
+    streams = [SotwStream(ignore_nack) for _ in range(2)]
     for stream, names in zip(streams, (["a", "b"], ["b", "a"]), strict=True):
         (response,) = stream.on_request(
             discovery_pb2.DiscoveryRequest(type_url=EDS, resource_names=names), snapshot
@@ -49,10 +48,8 @@ def test_sotw_streams_share_their_subscription() -> None:
 
 
 def test_delta_streams_of_one_key_share_what_their_proxies_hold() -> None:
-    cache = SnapshotCache()
     snapshot = two_clusters("v1")
-    cache.set_snapshot(NODE, snapshot)
-    streams = [DeltaStream(cache.watch(NODE, lambda: None), ignore_nack) for _ in range(2)]
+    streams = [DeltaStream(ignore_nack) for _ in range(2)]
     for stream in streams:
         stream.on_request(discovery_pb2.DeltaDiscoveryRequest(type_url=CDS), snapshot)
         stream.on_request(
@@ -72,7 +69,6 @@ def test_delta_streams_of_one_key_share_what_their_proxies_hold() -> None:
     )
     assert held[0].get("a") is None and held[1].get("a") is not None
     changed = two_clusters("v2", port_a=7)
-    cache.set_snapshot(NODE, changed)
     assert streams[0].push(changed) == []
     (response,) = streams[1].push(changed)
     update = discovery_pb2.DeltaDiscoveryResponse.FromString(response)
@@ -113,18 +109,16 @@ def test_memory_is_given_back_once_after_a_burst_of_responses() -> None:
 
 
 def test_a_stream_keeps_the_names_that_exist_and_a_few_others() -> None:
-    cache = SnapshotCache()
     snapshot = two_clusters("v1")
-    cache.set_snapshot(NODE, snapshot)
     asked = [f"missing-{n}" for n in range(MAX_UNKNOWN_NAMES * 10)] + ["b"]
-    sotw = SotwStream(cache.watch(NODE, lambda: None), ignore_nack)
+    sotw = SotwStream(ignore_nack)
     (response,) = sotw.on_request(
         discovery_pb2.DiscoveryRequest(type_url=EDS, resource_names=asked), snapshot
     )
     assert [r.value for r in discovery_pb2.DiscoveryResponse.FromString(response).resources]
     kept = sotw._types[EDS].names
     assert kept is not None and "b" in kept and len(kept) == MAX_UNKNOWN_NAMES + 1
-    delta = DeltaStream(cache.watch(NODE, lambda: None), ignore_nack)
+    delta = DeltaStream(ignore_nack)
     versions = dict.fromkeys(asked, "v0")
     delta.on_request(
         discovery_pb2.DeltaDiscoveryRequest(

@@ -27,7 +27,7 @@ from gitmesh.mesh.state import Identity, MeshState, ServiceRef
 from gitmesh.sync.git import read_directory
 from gitmesh.xds import resources, tls
 from gitmesh.xds.bootstrap import bootstrap
-from gitmesh.xds.snapshot import encode
+from gitmesh.xds.snapshot import Encodings
 from gitmesh.xds.translate import Proxy, Resources, Translator, Upstream, translate
 from tests.conftest import EXAMPLE_REPO
 from tests.factory import mesh_config
@@ -103,8 +103,9 @@ def test_assembled_outbound_routes_are_byte_for_byte_the_message() -> None:
 
 def test_namespaces_share_their_outbound_hosts_bytes_once_encoded() -> None:
     translator = Translator(example(permissive=True))
+    encodings = Encodings()
     store, thief = (
-        encode("outbound", translator.resources(proxy)[resources.ROUTE]["outbound"])
+        encodings.encode("outbound", translator.resources(proxy)[resources.ROUTE]["outbound"])
         for proxy in (BOOKSTORE, BOOKTHIEF)
     )
     assert store is not thief  # short names differ between namespaces ...
