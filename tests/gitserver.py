@@ -1,7 +1,7 @@
 """Git over HTTP for tests: ``git http-backend`` (git's own smart-HTTP CGI) behind a small server.
 
 ``GitHttpServer(root, credentials=("user", "pass"))`` serves every repository under ``root``
-at ``http://127.0.0.1:PORT/<name>``, asking for basic authentication when credentials are
+at ``http://127.0.0.1:PORT/<name>`` (or on ``host``), asking for basic authentication when credentials are
 given; with ``tls=(certificate, key)`` at ``https://``. ``stop()`` takes it down (the remote
 is unreachable), ``start()`` brings it back on the same port.
 """
@@ -20,9 +20,14 @@ from pathlib import Path
 
 class GitHttpServer:
     def __init__(
-        self, root: Path, credentials: tuple[str, str] | None = None, tls: tuple[Path, Path] | None = None
+        self,
+        root: Path,
+        credentials: tuple[str, str] | None = None,
+        tls: tuple[Path, Path] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.root = root
+        self.host = host
         self.credentials = credentials
         self.tls = tls
         self.port = 0
@@ -30,7 +35,7 @@ class GitHttpServer:
         self._server: http.server.ThreadingHTTPServer | None = None
 
     def url(self, name: str) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/{name}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/{name}"
 
     def start(self) -> GitHttpServer:
         owner = self
@@ -91,7 +96,7 @@ class GitHttpServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = http.server.ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         if self.tls:

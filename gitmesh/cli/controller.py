@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.text import Text
@@ -30,6 +30,10 @@ from gitmesh.controller.config import (
 )
 from gitmesh.errors import GitmeshError
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
+
+if TYPE_CHECKING:
+    from gitmesh.controller.leader import Elector
+    from gitmesh.settings import Settings
 
 
 class Duration(click.ParamType[datetime.timedelta]):
@@ -114,6 +118,13 @@ class Duration(click.ParamType[datetime.timedelta]):
     "--rollout-push-reverts",
     help="After a failed rollout, push a revert commit to branch gitmesh/rollback/<sha> of this repository.",
 )
+@click.option(
+    "--leader-election",
+    is_flag=True,
+    help="Of the replicas, only the holder of the Lease gitmesh-system/gitmesh-leader reconciles and "
+    "walks rollouts (all serve ADS); named $POD_NAME, else the host name. In a pod ($POD_NAME), "
+    "the pod is labelled gitmesh.io/leader=true while it leads. Kubernetes only.",
+)
 @reports_errors
 def run_command(
     target: BackendChoice,
@@ -143,6 +154,7 @@ def run_command(
     rollout_prometheus: str | None,
     rollout_webhook: str | None,
     rollout_push_reverts: str | None,
+    leader_election: bool,
 ) -> None:
     """Keep the cluster in step with Git (with sources) and serve its mesh to Envoy sidecars over ADS."""
     from gitmesh.controller import logs
@@ -191,9 +203,30 @@ def run_command(
     )
     logs.setup(log_format)
     settings = target.open()
+    elector = _elector(settings) if leader_election else None
     names = ", ".join(s.name for s in options.sources) or "none"
     err.print(f"Serving ADS on {xds_address} from {settings.objects.describe()}; sources: {names}")
-    run(options, settings)
+    run(options, settings, elector)
+
+
+def _elector(settings: Settings) -> Elector:
+    """The Lease in the cluster the settings' object port writes to (its client is safe to share
+    between threads), held as $POD_NAME (and its pod labelled so), else as the host name."""
+    import os
+    import socket
+
+    from gitmesh.cluster.kube import KubeObjects
+    from gitmesh.controller.leader import LEASE, Elector, KubeLeases, PodLabel
+    from gitmesh.state.kube import SYSTEM_NAMESPACE
+
+    if not isinstance(settings.objects, KubeObjects):
+        raise click.UsageError("--leader-election needs a cluster (--kubeconfig, or running in one)")
+    client = settings.objects.client
+    pod = os.environ.get("POD_NAME")
+    leases = KubeLeases(client, SYSTEM_NAMESPACE, LEASE)
+    if pod is None:
+        return Elector(leases, socket.gethostname())
+    return Elector(leases, pod, announce=PodLabel(client, SYSTEM_NAMESPACE, pod))
 
 
 def _one_source(

@@ -27,6 +27,7 @@ from gitmesh.cli.base import (
     source_options,
     webhook_option,
 )
+from gitmesh.cli.install import install
 from gitmesh.errors import GitmeshError
 from gitmesh.plan import crds, encode, render
 from gitmesh.plan.diagnostics import CODES
@@ -274,11 +275,6 @@ def _print_xds(settings: Settings) -> None:
         out.print(Text(f"  rejected    {what}: {nack['message']}", style="red"))
     for identity, expires in sorted(report.get("certificates", {}).items()):
         out.print(f"  certificate {identity} expires {expires}")
-
-
-@cli.group()
-def install() -> None:
-    """Install what gitmesh needs in a cluster."""
 
 
 @install.command("crds")

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitmesh import serve
 from gitmesh.certs import ca
@@ -36,6 +36,9 @@ from gitmesh.rollout.prometheus import Prometheus
 from gitmesh.settings import Settings
 from gitmesh.state import XdsReports
 from gitmesh.sync.source import Source
+
+if TYPE_CHECKING:
+    from gitmesh.controller.leader import Elector
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +61,10 @@ FILES_KEPT = 128  # open files kept from sidecars for the store, Git, sidecar st
 STOP_DEADLINE = 9.0  # seconds from SIGTERM to exit, an apply or a remote under way or not
 
 
-def run(options: Options, settings: Settings) -> None:
+def run(options: Options, settings: Settings, elector: Elector | None = None) -> None:
     """Reconcile the sources into the cluster and serve its objects over ADS (mTLS, with the mesh
-    CA of the state stores) until SIGTERM or SIGINT."""
+    CA of the state stores) until SIGTERM or SIGINT. With an ``elector``, ADS is served at once but
+    reconciles and rollouts start only once this replica leads."""
     stopping = threading.Event()
     metrics = Metrics()
     notify = driver.webhook(options.rollouts.webhook)
@@ -88,15 +92,85 @@ def run(options: Options, settings: Settings) -> None:
         name="rollouts",
         daemon=True,
     )
-    rollouts.start()
+    leading = _Leading(controller, rollouts, elector, stopping)
     # Sidecars' connections may take what the HTTP port and the process's own files leave: past that
     # they are closed as they arrive, rather than starving the store, Git and the HTTP port.
     xds_connections = max(16, open_files - (port.max_connections if port else 0) - FILES_KEPT)
     try:
-        asyncio.run(_run(options, controller, port, reporting, settings.state.ca, xds_connections))
+        asyncio.run(_run(options, leading, port, reporting, settings.state.ca, xds_connections))
     finally:
         stopping.set()
-        rollouts.join(timeout=10)
+        if rollouts.ident is not None:  # started: this replica led
+            rollouts.join(timeout=10)
+        leading.release()
+
+
+class _Leading:
+    """Starts the reconciles and rollouts: at once, or once the elector holds the Lease. Losing it
+    ends the process there and then (an apply under way included): the Lease's deadlines leave
+    another replica no chance to apply before."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        rollouts: threading.Thread,
+        elector: Elector | None,
+        stopping: threading.Event,
+    ) -> None:
+        self.controller = controller
+        self.rollouts = rollouts
+        self.elector = elector
+        self.stopping = stopping
+        self._started = False
+        self._lock = threading.Lock()
+        self._electing: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.elector is None:
+            self._start()
+            return
+        self._electing = threading.Thread(
+            target=self.elector.run, args=(self.stopping, _lost), name="leader", daemon=True
+        )
+        self._electing.start()
+        threading.Thread(
+            target=self._when_leading, args=(self.elector,), name="follower", daemon=True
+        ).start()
+
+    def release(self) -> None:
+        """Once nothing applies here any more (stopped, rollouts ended), give the Lease up: the next
+        leader need not wait for it to expire."""
+        if self.elector is None or self._electing is None or self.rollouts.is_alive():
+            return
+        self._electing.join()  # its step under way could take the Lease again
+        self.elector.release()
+
+    def _when_leading(self, elector: Elector) -> None:
+        while not self.stopping.is_set():
+            if elector.leading.wait(1.0):
+                self._start()
+                return
+
+    def _start(self) -> None:
+        with self._lock:
+            if self.stopping.is_set():
+                return
+            self._started = True
+            self.controller.start()
+            self.rollouts.start()
+
+    def stop(self) -> None:
+        """No new runs; waits for the ones under way."""
+        with self._lock:
+            self.stopping.set()
+            if self._started:
+                self.controller.stop()
+
+
+def _lost() -> None:
+    log.error("this replica no longer leads: exiting so that only the new leader applies")
+    logging.shutdown()
+    os._exit(1)
 
 
 def _raise_open_files_limit() -> int:
@@ -134,7 +208,7 @@ def _walk_rollouts(
 
 async def _run(
     options: Options,
-    controller: Controller,
+    leading: _Leading,
     port: ControllerPort | None,
     mesh: serve.MeshBackend,
     keeper: Keeper,
@@ -144,7 +218,7 @@ async def _run(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _stopping, stop)
-    controller.start()
+    leading.start()
     if port:
         port.start()
     try:
@@ -157,7 +231,7 @@ async def _run(
             max_connections=xds_connections,
         )
     finally:
-        await loop.run_in_executor(None, controller.stop)  # lets an apply under way finish
+        await loop.run_in_executor(None, leading.stop)  # lets an apply under way finish
         if port:
             port.stop()
 

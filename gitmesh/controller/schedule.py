@@ -69,7 +69,8 @@ class Controller:
             return False
         with self._lock:
             self._pending[name].add(reason)
-            if name in self._running or self._stopping.is_set():
+            # Not started (a replica that does not lead): the reason is served by the first run.
+            if name in self._running or self._stopping.is_set() or not self.scheduler.running:
                 return True
         self.scheduler.modify_job(name, next_run_time=datetime.now(UTC))
         return True

@@ -96,3 +96,16 @@ def test_a_trigger_while_idle_runs_at_once(controller: tuple[Controller, Blockin
     c.trigger("mesh", "webhook")
     eventually(lambda: list(fake.runs), lambda runs: len(runs) == 2, "the triggered run")
     assert fake.runs[1] == frozenset({"webhook"})
+
+
+def test_a_trigger_before_the_start_is_served_by_the_first_run() -> None:
+    fake = BlockingReconciler()
+    c = Controller(fake, threading.Event())  # type: ignore[arg-type]
+    assert c.trigger("mesh", "webhook")
+    fake.release.set()
+    c.start()
+    try:
+        eventually(lambda: list(fake.runs), lambda runs: len(runs) == 1, "the first run")
+        assert fake.runs == [frozenset({"start", "webhook"})]
+    finally:
+        c.stop()

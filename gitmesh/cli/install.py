@@ -1,0 +1,140 @@
+"""gitmesh in a cluster: install (the controller as a Deployment, with what it needs) and uninstall."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+import yaml
+
+from gitmesh.cli.base import cli, out, reports_errors
+from gitmesh.controller.config import load_config
+from gitmesh.errors import ConfigError
+from gitmesh.install.manifests import (
+    NAMESPACE,
+    PASSWORD_KEY,
+    WEBHOOK_KEY,
+    InstallOptions,
+    config_file,
+    objects,
+)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--image", help="The gitmesh image the controller runs.")
+@click.option("--repo", help="The source's Git repository (a URL the pods can reach).")
+@click.option("--branch", default="", help="Follow this branch (default: the repository's default branch).")
+@click.option("--path", "subdir", default="", help="Directory of the manifests inside the repository.")
+@click.option("--source", default="default", show_default=True, help="The source's name.")
+@click.option("--interval", default="1m", show_default=True, help="How often to fetch.")
+@click.option("-n", "--namespace", default="", help="The namespace of objects that name none.")
+@click.option("--git-username", default="", help="HTTP(S) basic authentication: the user.")
+@click.option(
+    "--git-secret",
+    default="",
+    help=f"HTTP(S) basic authentication: a Secret in {NAMESPACE} holding the password as {PASSWORD_KEY!r}.",
+)
+@click.option(
+    "--webhook-secret",
+    default="",
+    help=f"A Secret in {NAMESPACE} holding the webhook secret as {WEBHOOK_KEY!r}; without it, no webhooks.",
+)
+@click.option("--replicas", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option(
+    "--image-pull-policy",
+    type=click.Choice(["Always", "IfNotPresent", "Never"]),
+    default="IfNotPresent",
+    show_default=True,
+)
+@click.option("--dry-run", is_flag=True, help="Print the objects instead of applying them.")
+@click.option("-o", "--output", type=click.Choice(["yaml"]), default="yaml", show_default=True)
+@click.option("--kubeconfig", envvar="KUBECONFIG", help="The cluster's kubeconfig (default: $KUBECONFIG).")
+@click.option("--context", help="The kubeconfig context to use (default: its current one).")
+@click.pass_context
+@reports_errors
+def install(
+    ctx: click.Context,
+    image: str | None,
+    repo: str | None,
+    branch: str,
+    subdir: str,
+    source: str,
+    interval: str,
+    namespace: str,
+    git_username: str,
+    git_secret: str,
+    webhook_secret: str,
+    replicas: int,
+    image_pull_policy: str,
+    dry_run: bool,
+    output: str,
+    kubeconfig: str | None,
+    context: str | None,
+) -> None:
+    """Install gitmesh in a cluster: its CRDs, and the controller (a Deployment in gitmesh-system,
+    leader-elected, serving xDS from every replica) with its RBAC, Service and configuration.
+    Run it again with new options, or a new image, to change or upgrade the install."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not image or not repo:
+        raise click.UsageError("gitmesh install needs --image and --repo")
+    try:
+        options = InstallOptions(
+            image=image,
+            repo=repo,
+            branch=branch,
+            path=subdir,
+            source=source,
+            interval=interval,
+            namespace=namespace,
+            git_username=git_username,
+            git_secret=git_secret,
+            webhook_secret=webhook_secret,
+            replicas=replicas,
+            image_pull_policy=image_pull_policy,
+        )
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    _check_config(options)
+    rendered = objects(options)
+    if dry_run:
+        click.echo(yaml.safe_dump_all(rendered, sort_keys=False), nl=False)
+        return
+    from gitmesh.install import cluster
+    from gitmesh.kube.client import Client
+
+    client = Client.connect(kubeconfig, context)
+    for line in cluster.apply(client, rendered):
+        out.print(f"applied {line}")
+    cluster.wait_rolled_out(client)
+    out.print(f"gitmesh is running in {NAMESPACE} ({replicas} replicas ready)")
+
+
+def _check_config(options: InstallOptions) -> None:
+    """Read the configuration file as the controller will: a mistake is refused here, not by the
+    controller in its pods, over and over."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory, "config.yaml")
+        path.write_text(config_file(options))
+        try:
+            load_config(path)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace(str(path), "the configuration these options make")) from None
+
+
+@cli.command("uninstall")
+@click.option("--kubeconfig", envvar="KUBECONFIG", help="The cluster's kubeconfig (default: $KUBECONFIG).")
+@click.option("--context", help="The kubeconfig context to use (default: its current one).")
+@reports_errors
+def uninstall(kubeconfig: str | None, context: str | None) -> None:
+    """Remove what gitmesh install made; a CRD with objects, or the namespace while it holds the
+    controller's state or your Secrets, stays (and is named)."""
+    from gitmesh.install import cluster
+    from gitmesh.kube.client import Client
+
+    deleted, kept = cluster.uninstall(Client.connect(kubeconfig, context))
+    for line in deleted:
+        out.print(f"deleted {line}")
+    for line in kept:
+        out.print(f"kept {line}")

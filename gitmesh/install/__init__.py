@@ -1,0 +1,1 @@
+"""What ``gitmesh install`` puts in a cluster, and how it is applied and removed."""
