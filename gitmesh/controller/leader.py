@@ -207,6 +207,11 @@ class PodLabel:
         self.client.apply(path, body, "gitmesh-leader", force=True)
 
 
+# The client sends the body as JSON text, which the API client would encode a second time were it
+# declared JSON; as YAML (which JSON is) it goes as it is (gitmesh.kube.review does the same).
+_BODY = "application/yaml"
+
+
 class KubeLeases:
     """The Lease ``namespace/name`` in a cluster."""
 
@@ -234,14 +239,15 @@ class KubeLeases:
 
     def create(self, record: LeaseRecord) -> str | None:
         try:
-            lease = self.client.request("POST", self._path, body=self._body(record, ""))
+            lease = self.client.request("POST", self._path, body=self._body(record, ""), content_type=_BODY)
         except errors.Conflict:  # 409 AlreadyExists
             return None
         return str(lease["metadata"]["resourceVersion"])
 
     def replace(self, record: LeaseRecord, version: str) -> str | None:
         try:
-            lease = self.client.request("PUT", f"{self._path}/{self.name}", body=self._body(record, version))
+            path = f"{self._path}/{self.name}"
+            lease = self.client.request("PUT", path, body=self._body(record, version), content_type=_BODY)
         except errors.Conflict:
             return None
         return str(lease["metadata"]["resourceVersion"])
