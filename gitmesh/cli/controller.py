@@ -203,7 +203,11 @@ def run_command(
     )
     logs.setup(log_format)
     settings = target.open()
-    elector = _elector(settings) if leader_election else None
+    try:
+        elector = _elector(settings) if leader_election else None
+    except click.UsageError:
+        settings.close()
+        raise
     names = ", ".join(s.name for s in options.sources) or "none"
     err.print(f"Serving ADS on {xds_address} from {settings.objects.describe()}; sources: {names}")
     run(options, settings, elector)

@@ -163,3 +163,12 @@ def test_a_configuration_the_controller_would_refuse_is_refused_by_install() -> 
     )
     assert result.exit_code == 1
     assert "sources.0.name" in result.output
+
+
+def test_leader_election_needs_a_cluster(tmp_path: Any) -> None:
+    result = CliRunner(env={"KUBECONFIG": None}).invoke(
+        cli,
+        ["run", "--leader-election", "--store", str(tmp_path / "store.db"), "--xds-address", "127.0.0.1:0"],
+    )
+    assert result.exit_code == 2, result.output
+    assert "--leader-election needs a cluster" in result.output
