@@ -1,5 +1,5 @@
 """gitmesh install's objects and the leader's Lease on a real kube-apiserver (no node: nothing runs
-the Deployment here; tests/node/test_install.py runs it)."""
+the Deployment here; tests/node/test_node.py runs it)."""
 
 from __future__ import annotations
 
