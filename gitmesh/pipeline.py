@@ -19,10 +19,10 @@ from gitmesh.cluster.port import Changes, Live, ObjectPort, ObjectsFailed, conte
 from gitmesh.errors import ClusterError, PlanError, StalePlan
 from gitmesh.kube.errors import ApiError
 from gitmesh.objects import Location, ObjectRef
-from gitmesh.plan import layout
 from gitmesh.plan.diff import make_plan
 from gitmesh.plan.model import Action, Plan
 from gitmesh.plan.validate import Validated, validate
+from gitmesh.revision import layout
 from gitmesh.settings import Settings
 from gitmesh.sync.git import Revision
 

@@ -22,8 +22,8 @@ from rich.text import Text
 from gitmesh.embedded import DEFAULT_PATH
 from gitmesh.errors import GitmeshError
 from gitmesh.plan import render
-from gitmesh.plan.layout import NAMESPACE_NAME
 from gitmesh.plan.validate import Validated
+from gitmesh.revision.layout import NAMESPACE_NAME
 from gitmesh.settings import Settings, open_settings
 from gitmesh.sync.git import Revision, open_repo, read_directory, read_revision
 

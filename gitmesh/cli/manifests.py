@@ -30,8 +30,8 @@ from gitmesh.cli.base import (
 from gitmesh.cli.install import install
 from gitmesh.errors import GitmeshError
 from gitmesh.plan import crds, encode, render
-from gitmesh.plan.diagnostics import CODES
 from gitmesh.plan.model import Action, Plan
+from gitmesh.revision.diagnostics import CODES
 from gitmesh.settings import Settings, embedded
 from gitmesh.state import SourceStatus
 from gitmesh.state.records import SourceRecord

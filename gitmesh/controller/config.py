@@ -16,7 +16,7 @@ import yaml
 
 from gitmesh import durations
 from gitmesh.errors import ConfigError
-from gitmesh.plan.layout import NAMESPACE_NAME
+from gitmesh.revision.layout import NAMESPACE_NAME
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 from gitmesh.sync.verify import Verification
 

@@ -9,8 +9,8 @@ from typing import Any
 from gitmesh.apis.kinds import apply_rank
 from gitmesh.objects import Manifest, ObjectRef
 from gitmesh.plan import convert, impact
-from gitmesh.plan.diagnostics import Diagnostic, field_path
 from gitmesh.plan.model import Action, Change, FieldDiff, Plan
+from gitmesh.revision.diagnostics import Diagnostic, field_path
 
 # Fields the server sets or owns: never part of what Git says, never a change.
 SERVER_METADATA = ("managedFields", "resourceVersion", "uid", "generation", "creationTimestamp", "selfLink")

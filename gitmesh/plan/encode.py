@@ -13,7 +13,6 @@ from typing import Any
 
 from gitmesh.errors import PlanError
 from gitmesh.objects import Location, ObjectRef
-from gitmesh.plan.diagnostics import Diagnostic
 from gitmesh.plan.model import (
     AccessChange,
     Action,
@@ -25,6 +24,7 @@ from gitmesh.plan.model import (
     RolloutStep,
     SplitShift,
 )
+from gitmesh.revision.diagnostics import Diagnostic
 
 FORMAT_VERSION = 1
 

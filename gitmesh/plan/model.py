@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gitmesh.objects import Location, ObjectRef
-from gitmesh.plan.diagnostics import Diagnostic
+from gitmesh.revision.diagnostics import Diagnostic
 
 
 class Action(enum.StrEnum):

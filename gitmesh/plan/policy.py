@@ -24,7 +24,7 @@ from jsonschema import Draft202012Validator
 from gitmesh import durations
 from gitmesh.objects import Manifest
 from gitmesh.plan import schema
-from gitmesh.plan.diagnostics import Diagnostic, field_path
+from gitmesh.revision.diagnostics import Diagnostic, field_path
 
 PREFIX = "rollout.gitmesh.dev/"
 

@@ -13,8 +13,8 @@ import yaml
 from rich.console import Console
 from rich.text import Text
 
-from gitmesh.plan.diagnostics import Diagnostic, Severity
 from gitmesh.plan.model import Action, Change, FieldDiff, Impact, Plan
+from gitmesh.revision.diagnostics import Diagnostic, Severity
 
 _SIGN = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-", Action.NOOP: " "}
 _STYLE = {Action.CREATE: "green", Action.UPDATE: "yellow", Action.DELETE: "red", Action.NOOP: "dim"}

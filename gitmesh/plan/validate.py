@@ -23,7 +23,7 @@ from gitmesh.apis.problem import Problem
 from gitmesh.mesh.state import REGEX_MAX_PROGRAM_SIZE, Service, ServiceRef, whole_path_regex
 from gitmesh.objects import Manifest, ObjectRef
 from gitmesh.plan import convert, policy, schema
-from gitmesh.plan.diagnostics import Diagnostic, field_path
+from gitmesh.revision.diagnostics import Diagnostic, field_path
 
 # Envoy matches routes with RE2, so patterns are checked with RE2: Python's re would accept
 # lookarounds and backreferences that Envoy then rejects.

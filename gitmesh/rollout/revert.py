@@ -14,7 +14,7 @@ import git
 from gitdb.base import IStream
 
 from gitmesh.errors import RolloutError, SourceError
-from gitmesh.plan.load import load_files
+from gitmesh.revision.load import load_files
 from gitmesh.rollout.model import Rollout
 from gitmesh.sync.git import open_repo, push, read_revision, split_credentials
 

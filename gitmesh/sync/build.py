@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 from gitmesh.objects import Location
-from gitmesh.plan.diagnostics import Diagnostic
-from gitmesh.plan.kustomize import MAX_OUTPUT_BYTES, Build, BuildPlan, Tree, mark
-from gitmesh.plan.load import RevisionFile
+from gitmesh.revision.diagnostics import Diagnostic
+from gitmesh.revision.kustomize import MAX_OUTPUT_BYTES, Build, BuildPlan, Tree, mark
+from gitmesh.revision.load import RevisionFile
 
 KUBECTL = "kubectl"
 TIMEOUT = 30.0  # seconds a build may take

@@ -34,11 +34,11 @@ import git
 from git.objects.fun import tree_entries_from_data
 
 from gitmesh.errors import SourceError
-from gitmesh.plan import layout
-from gitmesh.plan.diagnostics import Diagnostic
-from gitmesh.plan.ignore import IGNORE_FILE, IgnoreRules, parse_ignore
-from gitmesh.plan.kustomize import Build, Tree
-from gitmesh.plan.load import MAX_FILE_BYTES, RevisionFile, is_manifest_path
+from gitmesh.revision import layout
+from gitmesh.revision.diagnostics import Diagnostic
+from gitmesh.revision.ignore import IGNORE_FILE, IgnoreRules, parse_ignore
+from gitmesh.revision.kustomize import Build, Tree
+from gitmesh.revision.load import MAX_FILE_BYTES, RevisionFile, is_manifest_path
 from gitmesh.sync.build import build
 
 MAX_ENTRIES = 100_000  # files and directories under a source's path

@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 
 from gitmesh import pipeline
 from gitmesh.cli import cli
-from gitmesh.plan.diagnostics import CODES
+from gitmesh.revision.diagnostics import CODES
 from gitmesh.settings import embedded
 from gitmesh.sync.source import Source, read
 from tests import factory as f

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from gitmesh.cli import cli
 from gitmesh.demo import eventually
 from gitmesh.errors import SourceError
-from gitmesh.plan.load import MAX_FILE_BYTES
+from gitmesh.revision.load import MAX_FILE_BYTES
 from gitmesh.sync.git import (
     LOW_SPEED_TIME,
     MAX_ENTRIES,

@@ -10,9 +10,9 @@ from rich.console import Console
 from gitmesh.apis.kinds import BY_NAME
 from gitmesh.plan import encode, render, schema
 from gitmesh.plan.convert import integer_weights, lost_fields, to_served
-from gitmesh.plan.load import RevisionFile, load_files
 from gitmesh.plan.model import Action, Plan
 from gitmesh.plan.validate import validate
+from gitmesh.revision.load import RevisionFile, load_files
 from tests import factory as f
 from tests.unit.test_diff import plan_of
 

@@ -25,9 +25,9 @@ import pytest
 import yaml
 
 from gitmesh import pipeline
-from gitmesh.plan.diagnostics import CODES, Diagnostic, Severity
-from gitmesh.plan.kustomize import KUSTOMIZATION_FILES
 from gitmesh.plan.validate import Validated
+from gitmesh.revision.diagnostics import CODES, Diagnostic, Severity
+from gitmesh.revision.kustomize import KUSTOMIZATION_FILES
 from gitmesh.sync.git import read_directory, read_revision
 from tests.conftest import GitRepo
 

@@ -9,9 +9,9 @@ from gitmesh.cluster.inventory import stale
 from gitmesh.errors import PlanError
 from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan import encode
-from gitmesh.plan.diagnostics import Diagnostic
 from gitmesh.plan.diff import make_plan
 from gitmesh.plan.model import Plan
+from gitmesh.revision.diagnostics import Diagnostic
 from tests import factory as f
 
 

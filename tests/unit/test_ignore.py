@@ -1,4 +1,4 @@
-"""plan.ignore: .gitmeshignore lines become patterns, acknowledged kinds or diagnostics, never tracebacks."""
+"""revision.ignore: .gitmeshignore lines become patterns, acknowledged kinds or diagnostics."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gitmesh.plan.ignore import MAX_IGNORE_BYTES, MAX_LINE_CHARS, MAX_PATTERNS, IgnoreRules, parse_ignore
+from gitmesh.revision.ignore import MAX_IGNORE_BYTES, MAX_LINE_CHARS, MAX_PATTERNS, IgnoreRules, parse_ignore
 
 
 def rules(text: str) -> IgnoreRules:

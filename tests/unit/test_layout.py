@@ -1,4 +1,4 @@
-"""plan.layout and plan.kustomize on an in-memory tree: how files are read, where rendered objects come from.
+"""revision.layout and revision.kustomize on an in-memory tree: how files are read, where objects come from.
 
 kubectl itself runs in the integration cases of test_corpus.py; here a build's output is written by
 the test, as kustomize would print it, to check how gitmesh reads it back.
@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gitmesh.objects import Location
-from gitmesh.plan import kustomize, layout
-from gitmesh.plan.kustomize import MARK, Build, BuildPlan
-from gitmesh.plan.load import RevisionFile
 from gitmesh.plan.validate import validate
+from gitmesh.revision import kustomize, layout
+from gitmesh.revision.kustomize import MARK, Build, BuildPlan
+from gitmesh.revision.load import RevisionFile
 from gitmesh.sync.build import build
 from tests import factory as f
 

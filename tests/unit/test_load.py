@@ -1,4 +1,4 @@
-"""plan.load: manifests with their positions, and hostile input refused cheaply.
+"""revision.load: manifests with their positions, and hostile input refused cheaply.
 
 The hostile inputs are generated here, never committed. Each runs under
 ``tracemalloc`` and must peak below ``MEMORY_BOUND``. tracemalloc sees the Python
@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from gitmesh import pipeline
 from gitmesh.objects import Location, Manifest
-from gitmesh.plan.diagnostics import CODES, Diagnostic
-from gitmesh.plan.load import (
+from gitmesh.plan.validate import validate
+from gitmesh.revision.diagnostics import CODES, Diagnostic
+from gitmesh.revision.load import (
     MAX_DEPTH,
     MAX_DOCUMENTS,
     MAX_FILE_BYTES,
@@ -30,7 +31,6 @@ from gitmesh.plan.load import (
     load_file,
     load_files,
 )
-from gitmesh.plan.validate import validate
 from gitmesh.sync.git import read_directory
 
 MEMORY_BOUND = 32 * 1024 * 1024  # the worst refused case below peaks near 5 MB

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from gitmesh.objects import Location, ObjectRef
 from gitmesh.plan import render
-from gitmesh.plan.diagnostics import Diagnostic
+from gitmesh.revision.diagnostics import Diagnostic
 from tests.unit.test_encode import sample_plan
 
 TESTDATA = Path(__file__).parent / "testdata"

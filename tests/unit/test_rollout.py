@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from gitmesh.cluster.port import Changes
 from gitmesh.errors import RolloutError
 from gitmesh.plan import policy as policies
-from gitmesh.plan.load import RevisionFile, load_files
 from gitmesh.plan.policy import DOC, PREFIX, Policy
+from gitmesh.revision.load import RevisionFile, load_files
 from gitmesh.rollout import driver, envoy_stats, machine, render, revert
 from gitmesh.rollout.analysis import analyse
 from gitmesh.rollout.metrics import Measurement, quantile

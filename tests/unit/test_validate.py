@@ -9,8 +9,8 @@ import pytest
 from gitmesh import pipeline
 from gitmesh.cluster.port import Changes
 from gitmesh.objects import ObjectRef
-from gitmesh.plan.load import RevisionFile, load_files
 from gitmesh.plan.validate import Validated, validate
+from gitmesh.revision.load import RevisionFile, load_files
 from gitmesh.settings import embedded
 from gitmesh.sync.git import read_directory
 from tests import factory as f

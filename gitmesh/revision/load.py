@@ -18,7 +18,7 @@ import yaml
 
 from gitmesh.apis.kinds import CLUSTER_SCOPED
 from gitmesh.objects import Location, Manifest, Path
-from gitmesh.plan.diagnostics import Diagnostic, field_path
+from gitmesh.revision.diagnostics import Diagnostic, field_path
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_DEPTH = 64

@@ -18,7 +18,7 @@ from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
 
 from gitmesh.apis import kinds
 from gitmesh.objects import Location
-from gitmesh.plan.diagnostics import Diagnostic
+from gitmesh.revision.diagnostics import Diagnostic
 
 IGNORE_FILE = ".gitmeshignore"
 MAX_IGNORE_BYTES = 1024 * 1024

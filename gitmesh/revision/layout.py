@@ -19,10 +19,10 @@ import yaml
 
 from gitmesh.apis import kinds
 from gitmesh.objects import Location, Manifest, ObjectRef
-from gitmesh.plan import kustomize
-from gitmesh.plan.diagnostics import Diagnostic
-from gitmesh.plan.kustomize import Build, BuildPlan, Tree
-from gitmesh.plan.load import RevisionFile, default_namespace, is_manifest_path, load_files
+from gitmesh.revision import kustomize
+from gitmesh.revision.diagnostics import Diagnostic
+from gitmesh.revision.kustomize import Build, BuildPlan, Tree
+from gitmesh.revision.load import RevisionFile, default_namespace, is_manifest_path, load_files
 
 CHART_FILE = "Chart.yaml"
 NAMESPACE_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # what a default namespace may be (a DNS label)

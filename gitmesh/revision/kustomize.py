@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gitmesh.objects import Location, Manifest
-from gitmesh.plan.diagnostics import Diagnostic
-from gitmesh.plan.load import RevisionFile, parse_file
+from gitmesh.revision.diagnostics import Diagnostic
+from gitmesh.revision.load import RevisionFile, parse_file
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 MAX_KUSTOMIZATIONS = 100  # kustomizations one build may follow
