@@ -61,14 +61,14 @@ class Manifest:
     """One object as written in the source, with where it was written.
 
     ``positions`` maps a field path (("spec", "backends", 0, "weight")) to the
-    (line, column) where that field starts in ``source.file``, so every
+    (line, column) where that field starts in ``location.file``, so every
     diagnostic can point at the exact line. Plain tuples, not Locations: a large
     repo has hundreds of thousands of them, and tuples of ints cost the garbage
     collector nothing.
     """
 
     obj: dict[str, Any]
-    source: Location
+    location: Location
     positions: Mapping[Path, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
     converted_from: str = ""  # the apiVersion as written, when gitmesh converted it to the served one
     # When converted: the object as written, for diffs to show how a field was written.
@@ -83,5 +83,5 @@ class Manifest:
         for end in range(len(path), 0, -1):
             pos = self.positions.get(tuple(path[:end]))
             if pos is not None:
-                return Location(self.source.file, *pos)
-        return self.source
+                return Location(self.location.file, *pos)
+        return self.location

@@ -101,7 +101,7 @@ def plan(revision: Revision, validated: Validated, settings: Settings, source: s
     try:
         predicted = settings.objects.predict([m.obj for m in to_predict])
     except ObjectsFailed as e:
-        raise _located(e, {m.ref: m.source for m in to_predict}) from e
+        raise _located(e, {m.ref: m.location for m in to_predict}) from e
     predictions = dict(zip((m.ref for m in to_predict), predicted, strict=True))
     notes = {}
     drifted = set()
@@ -144,9 +144,8 @@ def apply(
     with settings.transaction():
         done = _apply(plan, settings, allow_empty, force_conflicts)
     if done.failures:
-        raise _located(
-            ObjectsFailed("applied", list(done.failures)), {c.ref: c.source for c in plan.changes if c.source}
-        )
+        where = {c.ref: c.location for c in plan.changes if c.location}
+        raise _located(ObjectsFailed("applied", list(done.failures)), where)
 
 
 def _apply(plan: Plan, settings: Settings, allow_empty: bool, force_conflicts: bool) -> ChangeSet:

@@ -140,9 +140,9 @@ ALL_TRAFFIC = (
 
 @dataclass(frozen=True)
 class Permission:
-    """``source`` may call ``destination`` on these HTTP matches and TCP/UDP port rules."""
+    """``caller`` may call ``destination`` on these HTTP matches and TCP/UDP port rules."""
 
-    source: Identity
+    caller: Identity
     destination: Identity
     http: tuple[HttpMatch, ...] = ()
     ports: tuple[PortRule, ...] = ()

@@ -63,7 +63,7 @@ def make_plan(
     for m in sorted(desired, key=lambda m: apply_rank(m.ref)):
         ref = m.ref
         if ref in unchanged:
-            changes.append(Change(ref, Action.NOOP, source=m.source))
+            changes.append(Change(ref, Action.NOOP, location=m.location))
             continue
         after = clean(predicted[ref])
         current = live.get(ref)
@@ -76,13 +76,13 @@ def make_plan(
             conflict = conflicts.get(ref, "")
             changes.append(
                 Change(
-                    ref, action, fields, before, after, m.obj, m.source, reason, conflict, ref in take_over
+                    ref, action, fields, before, after, m.obj, m.location, reason, conflict, ref in take_over
                 )
             )
         else:
             # An identical object not yet in the inventory is adopted: apply records it.
             manifest = None if ref in owned else m.obj
-            changes.append(Change(ref, Action.NOOP, manifest=manifest, source=m.source))
+            changes.append(Change(ref, Action.NOOP, manifest=manifest, location=m.location))
     # Owned, live, neither applied nor pruned: the revision still declares it (prune's second wall,
     # ``cluster.inventory.stale``). It stays, and stays in the inventory.
     kept = owned - {m.ref for m in desired} - set(stale)

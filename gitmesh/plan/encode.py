@@ -26,7 +26,7 @@ from gitmesh.plan.model import (
 )
 from gitmesh.revision.diagnostics import Diagnostic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def json_schema() -> dict[str, Any]:
@@ -58,7 +58,7 @@ def encode(plan: Plan) -> dict[str, Any]:
             ],
             "access": [
                 {
-                    "source": a.source,
+                    "caller": a.caller,
                     "destination": a.destination,
                     "route": a.route,
                     "change": "gained" if a.gained else "lost",
@@ -120,7 +120,7 @@ def decode(data: dict[str, Any]) -> Plan:
                 for s in impact["splits"]
             ),
             access=tuple(
-                AccessChange(a["source"], a["destination"], a["route"], a["change"] == "gained")
+                AccessChange(a["caller"], a["destination"], a["route"], a["change"] == "gained")
                 for a in impact["access"]
             ),
         ),
@@ -142,8 +142,8 @@ def decode(data: dict[str, Any]) -> Plan:
 
 def _change(c: Change) -> dict[str, Any]:
     out: dict[str, Any] = {"object": _ref(c.ref), "action": c.action.value}
-    if c.source:
-        out["source"] = _location(c.source)
+    if c.location:
+        out["location"] = _location(c.location)
     if c.reason:
         out["reason"] = c.reason
     if c.conflict:
@@ -178,7 +178,7 @@ def _decode_change(c: dict[str, Any]) -> Change:
         before=c.get("before"),
         after=c.get("after"),
         manifest=c.get("manifest"),
-        source=_decode_location(c["source"]) if "source" in c else None,
+        location=_decode_location(c["location"]) if "location" in c else None,
         reason=c.get("reason", ""),
         conflict=c.get("conflict", ""),
         take_over=c.get("take_over", False),

@@ -87,7 +87,7 @@ def _percent(shares: Mapping[str, Decimal]) -> dict[str, float]:
 def access_triples(objects: Iterable[Mapping[str, Any]]) -> set[tuple[str, str, str]]:
     """Every (source identity, destination identity, route) the TrafficTargets allow."""
     return {
-        (str(p.source), str(p.destination), route)
+        (str(p.caller), str(p.destination), route)
         for p in read.mesh(objects).permissions
         for route in p.routes()
     }

@@ -57,7 +57,7 @@ class Change:
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
     manifest: dict[str, Any] | None = None
-    source: Location | None = None
+    location: Location | None = None
     reason: str = ""  # for people only; never steers apply
     conflict: str = ""  # fields another field manager owns; apply refuses unless forced
     take_over: bool = False  # the conflict is on gitmesh's own fields, changed by hand: apply takes them back
@@ -82,7 +82,7 @@ class AccessChange:
     """A caller gaining or losing a route to a destination. Identities are ns/serviceaccount; "*" is
     every identity (permissive mode)."""
 
-    source: str
+    caller: str
     destination: str
     route: str
     gained: bool

@@ -116,7 +116,7 @@ def plan_text(console: Console, plan: Plan, *, show_unchanged: bool = False) -> 
     if shown:
         console.print()
     for c in shown:
-        where = f"  ({c.source})" if c.source else ""
+        where = f"  ({c.location})" if c.location else ""
         head = Text(f"  {_SIGN[c.action]} {c.action.value:<7} ", style=_STYLE[c.action])
         console.print(head + Text(str(c.ref), style="bold") + Text(where, style="dim"), soft_wrap=True)
         if c.reason:
@@ -166,7 +166,7 @@ def _impact_lines(impact: Impact) -> Iterable[tuple[str, str]]:
         for a in impact.access:
             sign, style = ("+", "green") if a.gained else ("-", "red")
             verb = "may now call" if a.gained else "loses"
-            yield f"    {sign} {a.source} {verb} {a.destination}: {a.route}", style
+            yield f"    {sign} {a.caller} {verb} {a.destination}: {a.route}", style
 
 
 def plan_markdown(plan: Plan) -> str:
@@ -183,7 +183,7 @@ def plan_markdown(plan: Plan) -> str:
         out += ["#### Access", "", "| | caller | destination | route |", "|---|---|---|---|"]
         for a in plan.impact.access:
             mark = "gained" if a.gained else "**lost**"
-            out.append(f"| {mark} | `{a.source}` | `{a.destination}` | `{_md_code(a.route)}` |")
+            out.append(f"| {mark} | `{a.caller}` | `{a.destination}` | `{_md_code(a.route)}` |")
         out.append("")
     changed = [c for c in plan.changes if c.action is not Action.NOOP]
     if changed:

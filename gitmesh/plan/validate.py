@@ -90,7 +90,7 @@ def _check_shape(m: Manifest) -> list[Diagnostic]:
         if not isinstance(v, str) or not v
     ]
     if missing:
-        return [Diagnostic(m.source, "GM010", f"missing or empty: {', '.join(missing)}")]
+        return [Diagnostic(m.location, "GM010", f"missing or empty: {', '.join(missing)}")]
     assert isinstance(api_version, str) and isinstance(kind, str) and isinstance(meta, dict)  # checked above
     ref = m.ref
     validator = schema.validator_for(api_version, kind)
@@ -140,7 +140,7 @@ def _not_read(m: Manifest, api_version: str, kind: str) -> Diagnostic:
             here, "GM013", f"{api_version} {kind} is not read by gitmesh{advice}", "apiVersion", m.ref
         )
     return Diagnostic(
-        m.source,
+        m.location,
         "GM011",
         f"{api_version} {kind} is not a kind gitmesh manages; it will not be applied",
         "apiVersion",
@@ -199,7 +199,7 @@ def _normalise(m: Manifest) -> Manifest:
     for x, at in matches:
         if x.headers:
             _get(obj, at)["headers"] = [{name: pattern} for name, pattern in x.headers]
-    return Manifest(obj, m.source, m.positions)
+    return Manifest(obj, m.location, m.positions)
 
 
 def _unconvertible(manifests: Sequence[Manifest]) -> list[Diagnostic]:
@@ -220,7 +220,7 @@ def _served(m: Manifest) -> Manifest:
     if not convert.needs_conversion(m.obj):
         return m
     return Manifest(
-        convert.to_served(m.obj), m.source, m.positions, converted_from=m.obj["apiVersion"], written=m.obj
+        convert.to_served(m.obj), m.location, m.positions, converted_from=m.obj["apiVersion"], written=m.obj
     )
 
 
@@ -241,9 +241,9 @@ def _duplicates(manifests: Sequence[Manifest]) -> list[Diagnostic]:
         if ref in first:
             out.append(
                 Diagnostic(
-                    m.source,
+                    m.location,
                     "GM121",
-                    f"{ref} is already defined at {first[ref].source}",
+                    f"{ref} is already defined at {first[ref].location}",
                     "metadata.name",
                     ref,
                 )
@@ -277,7 +277,7 @@ def check_references(
             m,
             ("metadata", "name"),
             "GM131",
-            f"a second MeshConfig; the first is {configs[0].ref} at {configs[0].source}",
+            f"a second MeshConfig; the first is {configs[0].ref} at {configs[0].location}",
         )
         for m in configs[1:]
     ]
@@ -305,7 +305,7 @@ def _check_splits(
                     s,
                     ("spec", "service"),
                     "GM104",
-                    f"service {key[1]!r} is already split by {roots[key].ref} ({roots[key].source})",
+                    f"service {key[1]!r} is already split by {roots[key].ref} ({roots[key].location})",
                 )
             )
         else:

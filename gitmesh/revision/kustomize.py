@@ -265,7 +265,7 @@ def load_build(build: Build) -> tuple[list[tuple[Manifest, str]], list[Diagnosti
             continue
         changes = _changes(origin.obj, r.obj)
         note = f"rendered by kustomize in {directory}" + (f"; {'; '.join(changes)}" if changes else "")
-        out.append((Manifest(r.obj, origin.source, origin.positions), note))
+        out.append((Manifest(r.obj, origin.location, origin.positions), note))
     if diagnostics:  # kubectl printed something gitmesh cannot read: say where it came from
         diagnostics = [
             Diagnostic(Location(build.root), d.code, f"kustomize output: {d.message}") for d in diagnostics

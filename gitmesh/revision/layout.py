@@ -134,7 +134,7 @@ def _foreign(
             else f"{written}: not a kind gitmesh manages, not applied. "
             f"A line '{line}' in .gitmeshignore acknowledges it"
         )
-        out.append(Diagnostic(first.source, "GM011", message, "apiVersion", first.ref))
+        out.append(Diagnostic(first.location, "GM011", message, "apiVersion", first.ref))
     return managed, out
 
 

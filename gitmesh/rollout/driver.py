@@ -127,7 +127,7 @@ def _with_weights(c: Change, weights: Weights, owned: bool) -> Change:
     after = with_weights(c.after, weights)
     fields = diff_fields(c.before, after)
     if not fields and owned:
-        return Change(c.ref, Action.NOOP, source=c.source)
+        return Change(c.ref, Action.NOOP, location=c.location)
     return replace(c, diff=fields, after=after, manifest=with_weights(c.manifest, weights))
 
 

@@ -57,7 +57,7 @@ def push_revert(url: str, r: Rollout) -> str:
     backends = m.obj["spec"]["backends"]
     positions = {i: m.positions[("spec", "backends", i, "weight")] for i in range(len(backends))}
     weights = {i: r.stable.get(b["service"], 0) for i, b in enumerate(backends)}
-    (source,) = [f for f in files if f.path == m.source.file]
+    (source,) = [f for f in files if f.path == m.location.file]
     data = revert_text(source.data.decode(), positions, weights).encode()
 
     base = repo.commit(r.revision)

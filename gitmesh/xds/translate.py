@@ -228,7 +228,7 @@ class Translator:
         if self._reached is None:
             reached: dict[Identity, set[str]] = defaultdict(set)
             for p in self.mesh.permissions:
-                reached[p.source].add(p.destination.namespace)
+                reached[p.caller].add(p.destination.namespace)
             self._reached = {identity: frozenset(found) for identity, found in reached.items()}
         return self._reached.get(identity, frozenset())
 
@@ -399,7 +399,7 @@ def _inbound_http_listener(mesh: MeshState, proxy: Proxy, trust_domain: str) -> 
     if mesh.permissive:
         network: list[listener_components_pb2.Filter] = []
     else:
-        callers = [p.source for p in mesh.allowed_callers(proxy.identity)]
+        callers = [p.caller for p in mesh.allowed_callers(proxy.identity)]
         network = [_callers_only(callers, trust_domain)]
     # Without a route's rules (none is ever missing) the filter allows nothing.
     deny_all = http_rbac_pb2.RBAC(rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW))
@@ -430,7 +430,7 @@ def _inbound_tcp_listener(
     else:
         callers = list(
             dict.fromkeys(
-                p.source
+                p.caller
                 for p in mesh.allowed_callers(proxy.identity)
                 if any(r.protocol == "tcp" and (not r.ports or ports & set(r.ports)) for r in p.ports)
             )
@@ -553,8 +553,8 @@ def _inbound_routes(mesh: MeshState, proxy: Proxy, trust_domain: str) -> route_p
         rules = http_rbac_pb2.RBACPerRoute()  # no rbac: the filter is off for this route
     else:
         per_caller = {
-            str(p.source): rbac_pb2.Policy(
-                principals=[tls.principal(p.source, trust_domain)],
+            str(p.caller): rbac_pb2.Policy(
+                principals=[tls.principal(p.caller, trust_domain)],
                 permissions=[_permission(m) for m in p.http] or [_nothing()],
             )
             for p in mesh.allowed_callers(proxy.identity)

@@ -103,7 +103,7 @@ def test_a_target_without_rules_allows_all_traffic_from_its_sources(tmp_path: Pa
     assert "rules" not in target["spec"]  # the served version holds it as written: no rules
     mesh = read.mesh(objects)
     (permission,) = bookstore_caller(mesh)
-    assert permission.source == Identity("bookbuyer", "bookbuyer")
+    assert permission.caller == Identity("bookbuyer", "bookbuyer")
     assert (permission.http, permission.ports) == ALL_TRAFFIC
     assert permission.routes() == (
         "no rules/* (* any path)",

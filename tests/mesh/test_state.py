@@ -28,7 +28,7 @@ def test_the_bookstore() -> None:
         Backend(ServiceRef("bookstore", "bookstore-v1"), 75),
         Backend(ServiceRef("bookstore", "bookstore-v2"), 25),
     )
-    callers = {(str(p.source), str(p.destination), p.routes()) for p in mesh.permissions}
+    callers = {(str(p.caller), str(p.destination), p.routes()) for p in mesh.permissions}
     assert callers == {
         (
             "bookbuyer/bookbuyer",
@@ -132,7 +132,7 @@ def test_older_versions_mean_the_same() -> None:
         ]
     )
     (p,) = old.permissions
-    assert (p.source, p.destination) == (Identity("app", "client"), Identity("app", "web"))
+    assert (p.caller, p.destination) == (Identity("app", "client"), Identity("app", "web"))
     assert p.routes() == ("all (tcp any port)",)
     assert old.splits[(ServiceRef("app", "web"), 80)].backends == (Backend(ServiceRef("app", "v1"), 3),)
 

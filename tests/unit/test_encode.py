@@ -68,7 +68,7 @@ def test_encoded_plan_matches_the_documented_schema() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["not json", "[]", json.dumps({"format_version": 99}), json.dumps({"format_version": 1, "source": "x"})],
+    ["not json", "[]", json.dumps({"format_version": 99}), json.dumps({"format_version": 2, "source": "x"})],
     ids=["garbage", "list", "future-version", "truncated"],
 )
 def test_bad_plan_files_are_clear_errors(text: str) -> None:

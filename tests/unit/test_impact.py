@@ -72,7 +72,7 @@ def test_removing_a_source_loses_all_its_routes() -> None:
     before = f.target("store", "t", "bookstore", ["buyer/buyer", "thief/thief"], "routes")
     after = f.target("store", "t", "bookstore", ["buyer/buyer"], "routes")
     lost = impact([ROUTES, after], [ROUTES, before]).access
-    assert [(a.source, a.route, a.gained) for a in lost] == [
+    assert [(a.caller, a.route, a.gained) for a in lost] == [
         ("thief/thief", "routes/books (GET ^/books)", False),
         ("thief/thief", "routes/buy (GET ^/buy)", False),
     ]
@@ -104,7 +104,7 @@ def test_no_access_changes_when_no_access_object_changes() -> None:
 def test_turning_permissive_mode_on_and_off_is_one_access_change_each_way() -> None:
     off, on = f.mesh_config(False), f.mesh_config(True)
     (gained,) = impact([on], [off]).access
-    assert (gained.source, gained.destination, gained.gained) == ("*", "*", True)
+    assert (gained.caller, gained.destination, gained.gained) == ("*", "*", True)
     (lost,) = impact([], [on]).access  # the MeshConfig deleted: TrafficTargets rule again
     assert not lost.gained
     assert impact([on], [on]).access == ()

@@ -261,7 +261,7 @@ spec:
 def test_positions_of_nested_fields_and_list_items() -> None:
     [m], diagnostics = load(SPLIT)
     assert diagnostics == []
-    assert m.source == Location("m.yaml", 2, 1)
+    assert m.location == Location("m.yaml", 2, 1)
     assert m.locate(("metadata", "namespace")) == at(SPLIT, 6, "namespace")
     assert m.locate(("spec", "backends")) == at(SPLIT, 9, "backends")
     assert m.locate(("spec", "backends", 0)) == at(SPLIT, 10, "service")
@@ -274,8 +274,8 @@ def test_locate_falls_back_to_the_nearest_known_parent() -> None:
     [m], _ = load(SPLIT)
     assert m.locate(("spec", "backends", 1, "no-such-field")) == m.locate(("spec", "backends", 1))
     assert m.locate(("spec", "backends", 7)) == m.locate(("spec", "backends"))
-    assert m.locate(("no-such-field",)) == m.source
-    assert m.locate(()) == m.source
+    assert m.locate(("no-such-field",)) == m.location
+    assert m.locate(()) == m.location
 
 
 def test_positions_with_crlf_line_endings_and_a_byte_order_mark() -> None:
@@ -312,7 +312,7 @@ metadata:
 def test_multi_document_files() -> None:
     manifests, diagnostics = load(MULTI)
     assert diagnostics == []
-    assert [(m.obj["kind"], m.source.line) for m in manifests] == [
+    assert [(m.obj["kind"], m.location.line) for m in manifests] == [
         ("Namespace", 1),
         ("Service", 6),
         ("ServiceAccount", 12),
@@ -329,7 +329,7 @@ def test_empty_documents_are_skipped() -> None:
     text = "---\n# nothing here yet\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\n"
     manifests, diagnostics = load(text)
     assert diagnostics == []
-    assert [m.source.line for m in manifests] == [4]
+    assert [m.location.line for m in manifests] == [4]
 
 
 LIST = """\
@@ -353,8 +353,8 @@ def test_list_items_become_manifests_with_their_own_positions() -> None:
     manifests, diagnostics = load(LIST)
     assert diagnostics == []
     ns, svc = manifests
-    assert (ns.obj["kind"], ns.source) == ("Namespace", at(LIST, 4, "apiVersion"))
-    assert (svc.obj["kind"], svc.source) == ("Service", at(LIST, 8, "apiVersion"))
+    assert (ns.obj["kind"], ns.location) == ("Namespace", at(LIST, 4, "apiVersion"))
+    assert (svc.obj["kind"], svc.location) == ("Service", at(LIST, 8, "apiVersion"))
     assert ns.locate(("metadata", "name")) == at(LIST, 7, "name")
     assert svc.locate(("metadata", "name")) == at(LIST, 10, "name")
     assert svc.locate(("spec", "ports", 0, "port")) == at(LIST, 13, "port")
