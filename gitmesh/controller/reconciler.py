@@ -112,8 +112,8 @@ class Reconciler:
             changed = conditions.fetch_failed(
                 progress.record.conditions, str(e), _now(), unavailable=isinstance(e, SourceUnavailable)
             )
-            self._update(settings, name, conditions=changed)
-            return self._failed(progress, source)
+            self._update(name, finished=True, conditions=changed)
+            return self._retry(progress, source)
         stalled = progress.record.condition(conditions.STALLED)
         chosen = choose(
             head,
@@ -133,9 +133,7 @@ class Reconciler:
             ref = "last applied"
         else:
             message = f"Reconciling {ref}@sha1:{sha[:12]}"
-            self._update(
-                settings, name, conditions=conditions.progressing(before, message, _now()), last_attempted=sha
-            )
+            self._update(name, conditions=conditions.progressing(before, message, _now()), last_attempted=sha)
         try:
             result, summary = self._reconcile(repo, source, settings, sha, ref)
         except _Abandoned:  # stopping: nothing was written; the next start reconciles it again
@@ -152,9 +150,15 @@ class Reconciler:
             keeps = f"; {good[:12]} stays applied" if good else ""
             message = f"{ref}@sha1:{sha[:12]}: {summary}{keeps}"
             settings.state.inventories.record_error(name, message)
+        # Metrics first, the record last: whoever sees the record sees the metrics that go with it.
+        self.metrics.reconciles.labels(name, result.value).inc()
+        self.metrics.duration.labels(name).observe(duration)
+        if result is Result.APPLIED:
+            self.metrics.last_applied.labels(name).set(time.time())
         self._update(
-            settings,
             name,
+            seen=head,
+            finished=True,
             conditions=before
             if back and result.succeeded
             else conditions.finished(progress.record.conditions, result, message, _now()),
@@ -165,10 +169,6 @@ class Reconciler:
             if result is Result.UNCHANGED and sha == progress.record.last_applied
             else (entry, *progress.record.history)[:HISTORY_LENGTH],
         )
-        self.metrics.reconciles.labels(name, result.value).inc()
-        self.metrics.duration.labels(name).observe(duration)
-        if result is Result.APPLIED:
-            self.metrics.last_applied.labels(name).set(time.time())
         log.log(
             logging.INFO if result.succeeded else logging.WARNING,
             "%s %s@%s: %s",
@@ -178,13 +178,9 @@ class Reconciler:
             summary,
             extra={"source": name, "revision": sha, "result": result.value, "duration": round(duration, 3)},
         )
-        with self._lock:
-            progress.seen = head
-            progress.attempted = True
         if result is Result.FAILED:
-            return self._failed(progress, source)
-        with self._lock:
-            progress.failures = 0
+            return self._retry(progress, source)
+        progress.failures = 0
         return None
 
     def _reconcile(
@@ -235,21 +231,29 @@ class Reconciler:
         pipeline.apply(plan, settings, allow_empty=source.allow_empty)
         driver.begin(plan, self.notify)
 
-    def _failed(self, progress: _Progress, source: Source) -> float:
-        with self._lock:
-            progress.failures += 1
-            progress.attempted = True
-            return min(RETRY_BASE * 2.0 ** (progress.failures - 1), source.interval)
+    def _retry(self, progress: _Progress, source: Source) -> float:
+        """One more consecutive failure: the seconds to wait before retrying."""
+        progress.failures += 1  # only this source's run reads and writes it
+        return min(RETRY_BASE * 2.0 ** (progress.failures - 1), source.interval)
 
-    def _update(self, settings: Settings, name: str, **changes: object) -> None:
-        with self._lock:
-            progress = self._progress[name]
-            progress.record = replace(progress.record, **changes)  # type: ignore[arg-type]
-            record = progress.record
+    def _update(
+        self, name: str, *, seen: str | None = None, finished: bool = False, **changes: object
+    ) -> None:
+        """Store the source's record with ``changes``, then show it, with ``seen`` and ``finished``
+        (a first attempt is over), in one step under the lock: a reader (the HTTP port) sees either
+        all of an attempt's outcome or none of it, and never a record the store does not have yet."""
+        progress = self._progress[name]  # only this source's run changes its record
+        record = replace(progress.record, **changes)  # type: ignore[arg-type]
         try:
-            settings.state.records.save(record)
+            self.settings.state.records.save(record)
         except ClusterError as e:  # the record is kept in memory and written with the next one
             log.warning("cannot store the record of %s: %s", name, e, extra={"source": name})
+        with self._lock:
+            progress.record = record
+            if seen is not None:
+                progress.seen = seen
+            if finished:
+                progress.attempted = True
 
 
 def choose(

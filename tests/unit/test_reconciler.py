@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from gitmesh.controller.metrics import Metrics
 from gitmesh.controller.reconciler import Reconciler
 from gitmesh.objects import ObjectRef
+from gitmesh.state.records import SourceRecord
 from gitmesh.sync.source import Source
 from tests import factory as f
 from tests.conftest import GitRepo
@@ -56,3 +59,31 @@ def test_an_invalid_commit_changes_nothing_and_prune_keeps_what_is_declared(
     r.reconcile("mesh", frozenset({"manual"}))
     assert set(objects.objects) == {ObjectRef.of(o) for o in bookstore[:-2]}
     assert weights(objects) == {"bookstore-v1": 90, "bookstore-v2": 10}
+
+
+def test_an_attempt_shows_once_its_record_is_stored_with_its_metrics(
+    git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a reader (the HTTP port) sees while the finished record is being stored: the attempt
+    # before it, not yet ready; after: the record, ready, and the metrics already counted.
+    git_repo.commit("bookstore", {"mesh.yaml": f.dump(*f.bookstore())})
+    r = reconciler(git_repo, FakeObjects())
+    records = r.settings.state.records
+    store = records.save
+    seen_while_saving: list[tuple[int, list[str], float | None]] = []
+
+    def save(record: SourceRecord) -> None:
+        if record.history:
+            (shown,) = r.records()
+            applied = r.metrics.registry.get_sample_value(
+                "gitmesh_reconciles_total", {"source": "mesh", "result": "applied"}
+            )
+            seen_while_saving.append((len(shown.history), r.not_ready(), applied))
+        store(record)
+
+    monkeypatch.setattr(records, "save", save)
+    r.reconcile("mesh", frozenset({"start"}))
+    assert seen_while_saving == [(0, ["mesh"], 1.0)]
+    (shown,) = r.records()
+    assert (len(shown.history), r.not_ready()) == (1, [])
+    assert [h.revision for h in records.all()[0].history] == [shown.last_applied]
