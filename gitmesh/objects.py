@@ -57,6 +57,16 @@ Path = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
+class Conflict:
+    """Fields of an object that another field manager owns: an apply takes them only when forced.
+    ``fields`` are the paths as the cluster names them (``.spec.backends``); ``detail`` is its
+    explanation, for people only."""
+
+    fields: tuple[str, ...]
+    detail: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     """One object as written in the source, with where it was written.
 

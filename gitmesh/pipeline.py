@@ -11,7 +11,7 @@ import dataclasses
 import gc
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from gitmesh.cluster.inventory import Applied, ChangeSet, stale
@@ -113,7 +113,7 @@ def plan(revision: Revision, validated: Validated, settings: Settings, source: s
         elif entry.hash == hashes[ref]:
             notes[ref] = "drift: changed in the cluster since gitmesh applied it"
             drifted.add(ref)
-    conflicts = {ref: p.conflict for ref, p in predictions.items() if p.conflict}
+    conflicts = {ref: p.conflict for ref, p in predictions.items() if p.conflict is not None}
     return make_plan(
         desired=validated.desired,
         predicted={ref: p.obj for ref, p in predictions.items()},
@@ -125,7 +125,11 @@ def plan(revision: Revision, validated: Validated, settings: Settings, source: s
         revision=revision.sha,
         git_ref=revision.ref,
         backend=settings.objects.describe(),
-        fingerprint=fingerprint(live, inventory, settings.state.rollouts.all()),
+        fingerprint=fingerprint(
+            _with_written_over(settings, live, (m.ref for m in to_predict)),
+            inventory,
+            settings.state.rollouts.all(),
+        ),
         diagnostics=validated.diagnostics,
         conflicts=conflicts,
         notes=notes,
@@ -153,16 +157,18 @@ def _apply(plan: Plan, settings: Settings, allow_empty: bool, force_conflicts: b
     if plan.backend != where:
         raise PlanError(f"the plan is for {plan.backend}, not {where}")
     live, inventory = settings.objects.list(), settings.state.inventories.get(plan.source)
-    if fingerprint(live, inventory, settings.state.rollouts.all()) != plan.live_fingerprint:
+    written = (c.ref for c in plan.changes if c.manifest is not None)
+    against = _with_written_over(settings, live, written)
+    if fingerprint(against, inventory, settings.state.rollouts.all()) != plan.live_fingerprint:
         raise StalePlan("the live state changed since this plan was made; run gitmesh plan again")
     if plan.deletes_everything and not allow_empty:
         raise PlanError(
             f"this revision would delete all {len(plan.changes)} objects that source {plan.source!r} owns; "
             "pass --allow-empty if that is intended"
         )
-    conflicted = [c for c in plan.changes if c.conflict and not c.take_over]
+    conflicted = [c for c in plan.changes if c.conflict is not None and not c.take_over]
     if conflicted and not force_conflicts:
-        names = "; ".join(f"{c.ref}: {c.conflict}" for c in conflicted[:5])
+        names = "; ".join(f"{c.ref}: {c.conflict.detail}" for c in conflicted[:5] if c.conflict is not None)
         raise PlanError(
             f"{len(conflicted)} object(s) have fields owned by another field manager ({names}); "
             "pass --force-conflicts to take them over"
@@ -177,7 +183,9 @@ def _apply(plan: Plan, settings: Settings, allow_empty: bool, force_conflicts: b
             unchanged=frozenset(
                 c.ref for c in plan.changes if c.action is Action.NOOP and c.manifest is None
             ),
-            force=frozenset(c.ref for c in plan.changes if c.take_over or (c.conflict and force_conflicts)),
+            force=frozenset(
+                c.ref for c in plan.changes if c.take_over or (c.conflict is not None and force_conflicts)
+            ),
         ),
     )
     if not done.failures:
@@ -185,6 +193,16 @@ def _apply(plan: Plan, settings: Settings, allow_empty: bool, force_conflicts: b
             if step.record is not None:
                 settings.state.rollouts.save(step.split, step.record)
     return done
+
+
+def _with_written_over(
+    settings: Settings, live: Mapping[ObjectRef, Live], written: Iterable[ObjectRef]
+) -> dict[ObjectRef, Live]:
+    """``live`` (gitmesh's objects) and the objects a plan writes that are not among them: another
+    manager's, which it writes over, are part of what the plan was made against too. The plan
+    writes (has a manifest for) exactly the objects it predicted that are not in ``live``, so
+    plan and apply look up the same ones."""
+    return {**live, **settings.objects.list([ref for ref in written if ref not in live])}
 
 
 def fingerprint(

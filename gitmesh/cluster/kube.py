@@ -21,7 +21,7 @@ from gitmesh.cluster.port import Changes, Live, ObjectsFailed, Prediction, conte
 from gitmesh.errors import ClusterError
 from gitmesh.kube import client, errors
 from gitmesh.kube.client import FIELD_MANAGER, Client, Resource
-from gitmesh.objects import ObjectRef
+from gitmesh.objects import Conflict, ObjectRef
 
 if TYPE_CHECKING:
     from gitmesh.cluster.watch import MeshWatch
@@ -105,7 +105,7 @@ class KubeObjects:
             # Another field manager owns some of these fields: show what applying would do if
             # forced, and say whose fields they are. Apply refuses unless --force-conflicts.
             try:
-                return Prediction(self._apply(body, dry_run=True, force=True), conflict=_conflict_text(e))
+                return Prediction(self._apply(body, dry_run=True, force=True), conflict=_conflict(e))
             except errors.ApiError as forced:
                 return forced
         except errors.NotFound as e:
@@ -197,5 +197,7 @@ def _established(crd: Mapping[str, Any]) -> bool:
     )
 
 
-def _conflict_text(e: errors.ApiError) -> str:
-    return "; ".join(c.message for c in e.causes) or e.message
+def _conflict(e: errors.ApiError) -> Conflict:
+    return Conflict(
+        tuple(c.field for c in e.causes if c.field), "; ".join(c.message for c in e.causes) or e.message
+    )

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from gitmesh.cluster.inventory import ChangeSet
 from gitmesh.errors import ClusterError
-from gitmesh.objects import MANAGED_BY_LABEL, MANAGED_BY_VALUE, ObjectRef
+from gitmesh.objects import MANAGED_BY_LABEL, MANAGED_BY_VALUE, Conflict, ObjectRef
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,11 @@ class Live:
 
 @dataclass(frozen=True)
 class Prediction:
-    """An object as it would be stored if applied now; ``conflict`` names fields another manager owns."""
+    """An object as it would be stored if applied now (forced, when another manager owns some of
+    its fields: then ``conflict`` names them)."""
 
     obj: dict[str, Any]
-    conflict: str = ""
+    conflict: Conflict | None = None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gitmesh.apis.kinds import apply_rank
-from gitmesh.objects import Manifest, ObjectRef
+from gitmesh.objects import Conflict, Manifest, ObjectRef
 from gitmesh.plan import convert, impact
 from gitmesh.plan.model import Action, Change, FieldDiff, Plan
 from gitmesh.revision.diagnostics import Diagnostic, field_path
@@ -43,7 +43,7 @@ def make_plan(
     backend: str,
     fingerprint: str,
     diagnostics: Sequence[Diagnostic] = (),
-    conflicts: Mapping[ObjectRef, str] | None = None,
+    conflicts: Mapping[ObjectRef, Conflict] | None = None,
     notes: Mapping[ObjectRef, str] | None = None,
     take_over: frozenset[ObjectRef] = frozenset(),
     unchanged: frozenset[ObjectRef] = frozenset(),
@@ -73,7 +73,7 @@ def make_plan(
         fields = () if before is not None and _same(before, after) else diff_fields(before, after, m.written)
         if fields:
             action = Action.CREATE if before is None else Action.UPDATE
-            conflict = conflicts.get(ref, "")
+            conflict = conflicts.get(ref)
             changes.append(
                 Change(
                     ref, action, fields, before, after, m.obj, m.location, reason, conflict, ref in take_over

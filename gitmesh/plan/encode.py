@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Any
 
 from gitmesh.errors import PlanError
-from gitmesh.objects import Location, ObjectRef
+from gitmesh.objects import Conflict, Location, ObjectRef
 from gitmesh.plan.model import (
     AccessChange,
     Action,
@@ -146,8 +146,8 @@ def _change(c: Change) -> dict[str, Any]:
         out["location"] = _location(c.location)
     if c.reason:
         out["reason"] = c.reason
-    if c.conflict:
-        out["conflict"] = c.conflict
+    if c.conflict is not None:
+        out["conflict"] = {"fields": list(c.conflict.fields), "detail": c.conflict.detail}
     if c.take_over:
         out["take_over"] = True
     if c.action is Action.NOOP:
@@ -165,6 +165,10 @@ def _change(c: Change) -> dict[str, Any]:
     return out
 
 
+def _decode_conflict(c: dict[str, Any]) -> Conflict:
+    return Conflict(tuple(c["fields"]), c["detail"])
+
+
 def _decode_change(c: dict[str, Any]) -> Change:
     return Change(
         ref=_decode_ref(c["object"]),
@@ -180,7 +184,7 @@ def _decode_change(c: dict[str, Any]) -> Change:
         manifest=c.get("manifest"),
         location=_decode_location(c["location"]) if "location" in c else None,
         reason=c.get("reason", ""),
-        conflict=c.get("conflict", ""),
+        conflict=_decode_conflict(c["conflict"]) if "conflict" in c else None,
         take_over=c.get("take_over", False),
     )
 

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitmesh.objects import Location, ObjectRef
+from gitmesh.objects import Conflict, Location, ObjectRef
 from gitmesh.revision.diagnostics import Diagnostic
 
 
@@ -59,7 +59,7 @@ class Change:
     manifest: dict[str, Any] | None = None
     location: Location | None = None
     reason: str = ""  # for people only; never steers apply
-    conflict: str = ""  # fields another field manager owns; apply refuses unless forced
+    conflict: Conflict | None = None  # fields another field manager owns; apply refuses unless forced
     take_over: bool = False  # the conflict is on gitmesh's own fields, changed by hand: apply takes them back
 
 

@@ -121,11 +121,11 @@ def plan_text(console: Console, plan: Plan, *, show_unchanged: bool = False) -> 
         console.print(head + Text(str(c.ref), style="bold") + Text(where, style="dim"), soft_wrap=True)
         if c.reason:
             console.print(Text(f"      ({c.reason})", style="dim"), soft_wrap=True)
-        if c.conflict and c.take_over:
-            taking = f"      taking back from another field manager: {c.conflict}"
+        if c.conflict is not None and c.take_over:
+            taking = f"      taking back from another field manager: {c.conflict.detail}"
             console.print(Text(taking, style="yellow"), soft_wrap=True)
-        elif c.conflict:
-            console.print(Text(f"      conflict: {c.conflict}", style="bold red"), soft_wrap=True)
+        elif c.conflict is not None:
+            console.print(Text(f"      conflict: {c.conflict.detail}", style="bold red"), soft_wrap=True)
         if c.action is Action.UPDATE:
             for f in c.diff:
                 console.print(Text(f"      {_diff_line(f)}", style=_STYLE_OP[f.op]), soft_wrap=True)
@@ -190,7 +190,7 @@ def plan_markdown(plan: Plan) -> str:
         out += ["#### Changes", ""]
     for c in changed:
         note = f" ({c.reason})" if c.reason else ""
-        note += " **conflict**" if c.conflict and not c.take_over else ""
+        note += " **conflict**" if c.conflict is not None and not c.take_over else ""
         out += [
             f"<details><summary><code>{_SIGN[c.action]} {c.action.value} {c.ref}</code>{note}</summary>",
             "",

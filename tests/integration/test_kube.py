@@ -234,7 +234,8 @@ def test_field_conflicts_are_reported_not_forced(cluster: Cluster, mesh: GitRepo
     plan = plan_json(cluster, mesh)
     (split,) = [c for c in plan["changes"] if c["object"]["name"] == "bookstore-split"]
     assert split["action"] == "update"
-    assert "hand-edit" in split["conflict"]
+    assert "hand-edit" in split["conflict"]["detail"]
+    assert split["conflict"]["fields"] and all(f.startswith(".spec.") for f in split["conflict"]["fields"])
     assert "take_over" not in split
     refused = gitmesh(cluster, "apply", mesh)
     assert refused.exit_code == 1

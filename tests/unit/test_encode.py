@@ -7,7 +7,7 @@ import pytest
 
 from gitmesh.cluster.inventory import stale
 from gitmesh.errors import PlanError
-from gitmesh.objects import Location, Manifest, ObjectRef
+from gitmesh.objects import Conflict, Location, Manifest, ObjectRef
 from gitmesh.plan import encode
 from gitmesh.plan.diff import make_plan
 from gitmesh.plan.model import Plan
@@ -49,6 +49,11 @@ def sample_plan() -> Plan:
         backend="local:store.db",
         fingerprint="fp",
         diagnostics=[warning],
+        conflicts={
+            ms[1].ref: Conflict(
+                (".spec.backends",), 'conflict with "hand-edit" using split.smi-spec.io/v1alpha4'
+            )
+        },
     )
 
 
