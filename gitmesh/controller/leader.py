@@ -207,11 +207,6 @@ class PodLabel:
         self.client.apply(path, body, "gitmesh-leader", force=True)
 
 
-# The client sends the body as JSON text, which the API client would encode a second time were it
-# declared JSON; as YAML (which JSON is) it goes as it is (gitmesh.kube.review does the same).
-_BODY = "application/yaml"
-
-
 class KubeLeases:
     """The Lease ``namespace/name`` in a cluster."""
 
@@ -239,7 +234,7 @@ class KubeLeases:
 
     def create(self, record: LeaseRecord) -> str | None:
         try:
-            lease = self.client.request("POST", self._path, body=self._body(record, ""), content_type=_BODY)
+            lease = self.client.request("POST", self._path, body=self._body(record, ""))
         except errors.Conflict:  # 409 AlreadyExists
             return None
         return str(lease["metadata"]["resourceVersion"])
@@ -247,7 +242,7 @@ class KubeLeases:
     def replace(self, record: LeaseRecord, version: str) -> str | None:
         try:
             path = f"{self._path}/{self.name}"
-            lease = self.client.request("PUT", path, body=self._body(record, version), content_type=_BODY)
+            lease = self.client.request("PUT", path, body=self._body(record, version))
         except errors.Conflict:
             return None
         return str(lease["metadata"]["resourceVersion"])

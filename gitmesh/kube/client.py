@@ -2,7 +2,8 @@
 
 Requests go through the official client's configured ``ApiClient`` (so every kubeconfig auth
 method works) with raw JSON bodies: gitmesh needs the apply-patch content type and the dry-run
-and field-manager parameters, which the typed APIs do not all offer. Object applies, the cluster
+and field-manager parameters, which the typed APIs do not all offer. A body is encoded once, in
+``Client.request``, and sent as those bytes whatever its content type. Object applies, the cluster
 watch and gitmesh's own state stores all go through here.
 """
 
@@ -26,7 +27,7 @@ from gitmesh.objects import ObjectRef
 
 FIELD_MANAGER = "gitmesh"  # gitmesh applies as this field manager (its own state under suffixes)
 CONCURRENCY = 8
-_TIMEOUT = (5, 30)  # connect, read (seconds)
+_TIMEOUT = urllib3.Timeout(connect=5, read=30)  # seconds
 _RETRY_FOR = 30.0  # seconds to keep retrying answers of 429 Too Many Requests
 
 T = TypeVar("T")
@@ -124,31 +125,34 @@ class Client:
         path: str,
         query: Mapping[str, str] | None = None,
         *,
-        body: Any = None,
+        body: Mapping[str, Any] | None = None,
         content_type: str = "application/json",
         ref: ObjectRef | None = None,
     ) -> dict[str, Any]:
-        method, url, headers, payload, _ = self.api.param_serialize(
+        """``body`` goes as JSON (which is also YAML, for the apply-patch type), encoded here once.
+        The API client's own encoding is not used: it depends on the content type and on its
+        version, and encodes a JSON text declared as JSON a second time."""
+        method, url, headers, _, _ = self.api.param_serialize(
             method,
             path,
             query_params=list((query or {}).items()),
             header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=json.dumps(body) if body is not None else None,
             auth_settings=["BearerToken"],
         )
+        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        # The API client's connection pool: its TLS, proxy and credentials, as configured.
+        pool = self.api.rest_client.pool_manager
         deadline = time.monotonic() + _RETRY_FOR
         while True:
             try:
-                resp = self.api.call_api(method, url, headers, payload, _request_timeout=_TIMEOUT)
-                data = resp.read()
+                resp = pool.request(method, url, body=payload, headers=headers, timeout=_TIMEOUT)
+                data = resp.data
             except (urllib3.exceptions.HTTPError, OSError) as e:
                 raise errors.unreachable(self.server, e) from e
-            except kubernetes.client.ApiException as e:  # TLS failures surface as status 0
-                raise errors.Unreachable(f"the API server at {self.server}: {e.reason}") from e
             # 429 means "not now" (throttled, or a new resource's storage still starting): wait as
             # told, like every Kubernetes client does, for a while.
             if resp.status == 429 and time.monotonic() < deadline:
-                time.sleep(min(float(resp.getheader("Retry-After") or 1), 1.0))
+                time.sleep(min(float(resp.headers.get("Retry-After") or 1), 1.0))
                 continue
             if not 200 <= resp.status < 300:
                 raise errors.api_error(resp.status, data, ref)

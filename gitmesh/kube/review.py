@@ -39,6 +39,5 @@ def may_reconcile(client: Client, token: str, source: str) -> Reviewed:
 
 
 def _review(client: Client, path: str, review: dict[str, Any]) -> dict[str, Any]:
-    # As YAML (which JSON is): the client would encode a JSON body a second time.
-    status = client.request("POST", path, body=review, content_type="application/yaml").get("status")
+    status = client.request("POST", path, body=review).get("status")
     return dict(status or {})
