@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from gitmesh import durations
 from gitmesh.errors import ClusterError
 from gitmesh.install.manifests import LEADER_LABEL
 from gitmesh.kube import errors
@@ -226,8 +227,8 @@ class KubeLeases:
         record = LeaseRecord(
             holder=spec.get("holderIdentity") or "",
             duration=float(spec.get("leaseDurationSeconds") or LEASE_DURATION),
-            acquired=_parse_time(spec.get("acquireTime")) or epoch,
-            renewed=_parse_time(spec.get("renewTime")) or epoch,
+            acquired=durations.instant(spec.get("acquireTime")) or epoch,
+            renewed=durations.instant(spec.get("renewTime")) or epoch,
             transitions=int(spec.get("leaseTransitions") or 0),
         )
         return record, lease["metadata"]["resourceVersion"]
@@ -265,9 +266,3 @@ class KubeLeases:
 
 def _format_time(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # a MicroTime
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.strptime(value.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z")

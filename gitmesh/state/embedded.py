@@ -7,9 +7,10 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from gitmesh import durations
 from gitmesh.certs.store import FileKeeper, ca_path
 from gitmesh.cluster.inventory import Applied
-from gitmesh.embedded import Database, now, parse_time
+from gitmesh.embedded import Database, now
 from gitmesh.objects import ObjectRef
 from gitmesh.state import SourceStatus, StateStores
 from gitmesh.state.records import SourceRecord
@@ -94,10 +95,10 @@ class EmbeddedInventories:
                 source,
                 revision,
                 ref,
-                parse_time(applied),
+                durations.instant(applied),
                 dict(counts.get(source, {})),
                 error,
-                parse_time(error_at),
+                durations.instant(error_at),
             )
             for source, revision, ref, applied, error, error_at in db.execute(
                 "SELECT source, revision, ref, applied_at, last_error, last_error_at "

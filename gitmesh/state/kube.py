@@ -14,10 +14,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from gitmesh import durations
 from gitmesh.certs import store as certs_store
 from gitmesh.certs.authority import CaState
 from gitmesh.cluster.inventory import Applied
-from gitmesh.embedded import now, parse_time
+from gitmesh.embedded import now
 from gitmesh.errors import CertsError, ClusterError
 from gitmesh.kube import errors
 from gitmesh.kube.client import CONFIGMAP, FIELD_MANAGER, NAMESPACE, SECRET, Client, Resource
@@ -117,10 +118,10 @@ class KubeInventories:
                     source,
                     data.get("revision") or None,
                     data.get("ref", ""),
-                    parse_time(data.get("appliedAt")),
+                    durations.instant(data.get("appliedAt")),
                     counts,
                     data.get("lastError", ""),
-                    parse_time(data.get("lastErrorAt")),
+                    durations.instant(data.get("lastErrorAt")),
                 )
             )
         return out

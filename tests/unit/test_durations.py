@@ -1,6 +1,8 @@
-"""The one reading of a length of time, wherever gitmesh takes one."""
+"""The one reading of a length of time and of an instant, wherever gitmesh takes one."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import pytest
 
@@ -19,3 +21,16 @@ def test_durations(value: str | int, seconds: float) -> None:
 def test_bad_durations(value: str | int) -> None:
     with pytest.raises(ValueError, match="duration"):
         durations.seconds(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "instant"),
+    [
+        ("2026-01-02T03:04:05Z", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)),  # a Time, as the stores write it
+        ("2026-01-02T03:04:05.250000Z", datetime(2026, 1, 2, 3, 4, 5, 250000, tzinfo=UTC)),  # a MicroTime
+        ("", None),
+        (None, None),
+    ],
+)
+def test_instants(value: str | None, instant: datetime | None) -> None:
+    assert durations.instant(value) == instant
