@@ -24,6 +24,7 @@ from gitmesh.state import StateStores
 from gitmesh.state import embedded as embedded_state
 
 if TYPE_CHECKING:
+    from gitmesh.kube.client import Client
     from gitmesh.kube.review import Reviewed
 
 
@@ -37,6 +38,9 @@ class Settings:
     transaction: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
     # Asks the cluster whether a bearer token's user may ask for a reconcile of a source.
     review: Callable[[str, str], Reviewed] | None = None
+    # The API client of the cluster the objects are in, if they are in one: what only a cluster
+    # offers (a Lease to elect a leader with) is built on it, with no need to know the port's class.
+    cluster: Client | None = None
     closing: Callable[[], None] = lambda: None  # lets go of connections (this thread's, embedded)
 
     def close(self) -> None:
@@ -80,6 +84,7 @@ def kubernetes(kubeconfig: str | None = None, context: str | None = None) -> Set
         KubeObjects(client),
         kube_state.stores(client),
         review=functools.partial(may_reconcile, client),
+        cluster=client,
         closing=client.close,
     )
 

@@ -214,18 +214,17 @@ def run_command(
 
 
 def _elector(settings: Settings) -> Elector:
-    """The Lease in the cluster the settings' object port writes to (its client is safe to share
-    between threads), held as $POD_NAME (and its pod labelled so), else as the host name."""
+    """The Lease in the settings' cluster (its client is safe to share between threads), held as
+    $POD_NAME (and its pod labelled so), else as the host name."""
     import os
     import socket
 
-    from gitmesh.cluster.kube import KubeObjects
     from gitmesh.controller.leader import LEASE, Elector, KubeLeases, PodLabel
     from gitmesh.state.kube import SYSTEM_NAMESPACE
 
-    if not isinstance(settings.objects, KubeObjects):
+    client = settings.cluster
+    if client is None:
         raise click.UsageError("--leader-election needs a cluster (--kubeconfig, or running in one)")
-    client = settings.objects.client
     pod = os.environ.get("POD_NAME")
     leases = KubeLeases(client, SYSTEM_NAMESPACE, LEASE)
     if pod is None:
