@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +54,141 @@ class Duration(click.ParamType[datetime.timedelta]):
             self.fail(str(e), param, ctx)
 
 
+def git_source_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """One Git source's options (``--repo`` and what goes with it), handed to the command as one
+    ``source``: None without ``--repo``. Its usage errors are found here."""
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        repo: str | None,
+        branch: str | None,
+        tag: str | None,
+        semver: str | None,
+        commit: str | None,
+        subdir: str,
+        interval: str,
+        drift_interval: str,
+        allow_empty: bool,
+        username: str | None,
+        password_file: str | None,
+        ca_file: str | None,
+        ssh_key_file: str | None,
+        known_hosts_file: str | None,
+        source_name: str,
+        **kwargs: Any,
+    ) -> Any:
+        refs = {
+            k: v for k, v in {"branch": branch, "tag": tag, "semver": semver, "commit": commit}.items() if v
+        }
+        if bool(username) != bool(password_file):
+            raise click.UsageError("--username and --password-file go together")
+        if bool(ssh_key_file) != bool(known_hosts_file):
+            raise click.UsageError("--ssh-key-file needs --known-hosts-file (and the other way round)")
+        given = {"--path": subdir, "--allow-empty": allow_empty, "--username": username, "--ca-file": ca_file}
+        given |= {"--ssh-key-file": ssh_key_file, **{f"--{k}": v for k, v in refs.items()}}
+        if not repo:
+            if missing := [name for name, value in given.items() if value]:
+                raise click.UsageError(f"{missing[0]} needs --repo")
+            return f(*args, source=None, **kwargs)
+        if len(refs) > 1:
+            raise click.UsageError(f"give one of --branch, --tag, --semver, --commit; not {', '.join(refs)}")
+        ((kind, value),) = (refs or {"branch": ""}).items()
+        try:
+            source = Source(
+                name=source_name,
+                url=repo,
+                ref=Ref(RefKind(kind), value),
+                path=subdir,
+                interval=durations.seconds(interval),
+                drift_interval=durations.seconds(drift_interval),
+                allow_empty=allow_empty,
+                auth=BasicAuth(username, Path(password_file)) if username and password_file else None,
+                ssh=SshAuth(Path(ssh_key_file), Path(known_hosts_file))
+                if ssh_key_file and known_hosts_file
+                else None,
+                ca_file=Path(ca_file) if ca_file else None,
+            )
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+        return f(*args, source=source, **kwargs)
+
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+        click.option("--repo", help="One source: its repository (a path, file://, http(s):// URL)."),
+        click.option("--branch", help="Follow this branch (default: the repository's default branch)."),
+        click.option("--tag", help="Follow this tag."),
+        click.option("--semver", help="Follow the highest tag in this version range, e.g. '>=1.2,<2'."),
+        click.option("--commit", help="Stay on this commit."),
+        click.option(
+            "--path", "subdir", default="", help="Directory of the manifests inside the repository."
+        ),
+        click.option("--interval", default="1m", show_default=True, help="How often to fetch."),
+        click.option(
+            "--drift-interval", default="10m", show_default=True, help="How often to look for drift."
+        ),
+        click.option(
+            "--allow-empty", is_flag=True, help="Let a revision delete everything the source applied."
+        ),
+        click.option("--username", help="HTTP(S) basic authentication: the user (with --password-file)."),
+        click.option(
+            "--password-file", type=click.Path(dir_okay=False), help="HTTP(S) basic authentication."
+        ),
+        click.option(
+            "--ca-file",
+            type=click.Path(dir_okay=False),
+            help="HTTPS: the CA certificates to trust for the remote.",
+        ),
+        click.option("--ssh-key-file", type=click.Path(dir_okay=False), help="SSH: the deploy key."),
+        click.option(
+            "--known-hosts-file",
+            type=click.Path(dir_okay=False),
+            help="SSH: the host keys the server may present (needed with --ssh-key-file).",
+        ),
+        source_name_option,
+    ]
+    command: Callable[..., Any] = wrapper
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def rollout_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Where rollouts read metrics and report, handed to the command as one ``rollouts``: None when
+    no option is given."""
+
+    @functools.wraps(f)
+    def wrapper(
+        *args: Any,
+        rollout_prometheus: str | None,
+        rollout_webhook: str | None,
+        rollout_push_reverts: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        given = rollout_prometheus or rollout_webhook or rollout_push_reverts
+        rollouts = (
+            RolloutSettings(rollout_prometheus, rollout_webhook, rollout_push_reverts) if given else None
+        )
+        return f(*args, rollouts=rollouts, **kwargs)
+
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+        click.option(
+            "--rollout-prometheus",
+            help="Rollouts read their metrics from this Prometheus (URL); "
+            "default: the connected sidecars' stats.",
+        ),
+        click.option("--rollout-webhook", help="POST every rollout phase change to this URL (JSON)."),
+        click.option(
+            "--rollout-push-reverts",
+            help="After a failed rollout, push a revert commit to branch gitmesh/rollback/<sha> of this "
+            "repository.",
+        ),
+    ]
+    command: Callable[..., Any] = wrapper
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command("run")
 @backend_options
 @click.option("--xds-address", default="127.0.0.1:15010", show_default=True, help="Where to serve ADS.")
@@ -68,27 +205,7 @@ class Duration(click.ParamType[datetime.timedelta]):
     type=click.Path(dir_okay=False, exists=True),
     help="The controller's sources and HTTP port, from a YAML file (see the README).",
 )
-@click.option("--repo", help="One source: its repository (a path, file://, http(s):// URL).")
-@click.option("--branch", help="Follow this branch (default: the repository's default branch).")
-@click.option("--tag", help="Follow this tag.")
-@click.option("--semver", help="Follow the highest tag in this version range, e.g. '>=1.2,<2'.")
-@click.option("--commit", help="Stay on this commit.")
-@click.option("--path", "subdir", default="", help="Directory of the manifests inside the repository.")
-@click.option("--interval", default="1m", show_default=True, help="How often to fetch.")
-@click.option("--drift-interval", default="10m", show_default=True, help="How often to look for drift.")
-@click.option("--allow-empty", is_flag=True, help="Let a revision delete everything the source applied.")
-@click.option("--username", help="HTTP(S) basic authentication: the user (with --password-file).")
-@click.option("--password-file", type=click.Path(dir_okay=False), help="HTTP(S) basic authentication.")
-@click.option(
-    "--ca-file", type=click.Path(dir_okay=False), help="HTTPS: the CA certificates to trust for the remote."
-)
-@click.option("--ssh-key-file", type=click.Path(dir_okay=False), help="SSH: the deploy key.")
-@click.option(
-    "--known-hosts-file",
-    type=click.Path(dir_okay=False),
-    help="SSH: the host keys the server may present (needed with --ssh-key-file).",
-)
-@source_name_option
+@git_source_options
 @click.option(
     "--http-address",
     help=f"The controller's HTTP port (default with sources: {DEFAULT_HTTP_ADDRESS}; without: none).",
@@ -109,15 +226,7 @@ class Duration(click.ParamType[datetime.timedelta]):
     help="The bearer token a client must send to ask for a reconcile; without it, that is refused.",
 )
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option(
-    "--rollout-prometheus",
-    help="Rollouts read their metrics from this Prometheus (URL); default: the connected sidecars' stats.",
-)
-@click.option("--rollout-webhook", help="POST every rollout phase change to this URL (JSON).")
-@click.option(
-    "--rollout-push-reverts",
-    help="After a failed rollout, push a revert commit to branch gitmesh/rollback/<sha> of this repository.",
-)
+@rollout_options
 @click.option(
     "--leader-election",
     is_flag=True,
@@ -131,64 +240,27 @@ def run_command(
     xds_address: str,
     cert_lifetime: datetime.timedelta,
     config_file: str | None,
-    repo: str | None,
-    branch: str | None,
-    tag: str | None,
-    semver: str | None,
-    commit: str | None,
-    subdir: str,
-    interval: str,
-    drift_interval: str,
-    allow_empty: bool,
-    username: str | None,
-    password_file: str | None,
-    ca_file: str | None,
-    ssh_key_file: str | None,
-    known_hosts_file: str | None,
-    source_name: str,
+    source: Source | None,
     http_address: str | None,
     webhook_secret_file: str | None,
     allow_short_webhook_secret: bool,
     http_token_file: str | None,
     log_format: str,
-    rollout_prometheus: str | None,
-    rollout_webhook: str | None,
-    rollout_push_reverts: str | None,
+    rollouts: RolloutSettings | None,
     leader_election: bool,
 ) -> None:
     """Keep the cluster in step with Git (with sources) and serve its mesh to Envoy sidecars over ADS."""
     from gitmesh.controller import logs
     from gitmesh.controller.run import Options, run
 
-    refs = {k: v for k, v in {"branch": branch, "tag": tag, "semver": semver, "commit": commit}.items() if v}
-    if bool(username) != bool(password_file):
-        raise click.UsageError("--username and --password-file go together")
-    if bool(ssh_key_file) != bool(known_hosts_file):
-        raise click.UsageError("--ssh-key-file needs --known-hosts-file (and the other way round)")
-    if config_file and (repo or refs or subdir or allow_empty or username or ca_file or ssh_key_file):
+    if config_file and source:
         raise click.UsageError("give --config or --repo (with its options), not both")
-    if config_file and (rollout_prometheus or rollout_webhook or rollout_push_reverts):
+    if config_file and rollouts:
         raise click.UsageError("with --config, rollout settings go in its rollouts section")
-    if refs and not repo:
-        raise click.UsageError(f"--{next(iter(refs))} needs --repo")
-    if len(refs) > 1:
-        raise click.UsageError(f"give one of --branch, --tag, --semver, --commit; not {', '.join(refs)}")
     if config_file:
         config = load_config(Path(config_file))
     else:
-        auth = BasicAuth(username, Path(password_file)) if username and password_file else None
-        ssh = (
-            SshAuth(Path(ssh_key_file), Path(known_hosts_file)) if ssh_key_file and known_hosts_file else None
-        )
-        extra = {"auth": auth, "ssh": ssh, "ca_file": Path(ca_file) if ca_file else None}
-        sources = (
-            (_one_source(repo, refs, subdir, interval, drift_interval, allow_empty, source_name, extra),)
-            if repo
-            else ()
-        )
-        config = ControllerConfig(
-            sources, rollouts=RolloutSettings(rollout_prometheus, rollout_webhook, rollout_push_reverts)
-        )
+        config = ControllerConfig((source,) if source else (), rollouts=rollouts or RolloutSettings())
     secret_file = webhook_secret_file or config.webhook_secret_file
     token_file = http_token_file or config.http_token_file
     allow_short = allow_short_webhook_secret or config.allow_short_webhook_secret
@@ -230,32 +302,6 @@ def _elector(settings: Settings) -> Elector:
     if pod is None:
         return Elector(leases, socket.gethostname())
     return Elector(leases, pod, announce=PodLabel(client, SYSTEM_NAMESPACE, pod))
-
-
-def _one_source(
-    repo: str,
-    refs: dict[str, str],
-    subdir: str,
-    interval: str,
-    drift_interval: str,
-    allow_empty: bool,
-    name: str,
-    extra: dict[str, Any],
-) -> Source:
-    ((kind, value),) = (refs or {"branch": ""}).items()
-    try:
-        return Source(
-            name=name,
-            url=repo,
-            ref=Ref(RefKind(kind), value),
-            path=subdir,
-            interval=durations.seconds(interval),
-            drift_interval=durations.seconds(drift_interval),
-            allow_empty=allow_empty,
-            **extra,
-        )
-    except ValueError as e:
-        raise click.UsageError(str(e)) from None
 
 
 @cli.command("reconcile")

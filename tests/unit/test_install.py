@@ -172,3 +172,26 @@ def test_leader_election_needs_a_cluster(tmp_path: Any) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "--leader-election needs a cluster" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--branch", "main"], "--branch needs --repo"),
+        (["--path", "mesh"], "--path needs --repo"),
+        (["--repo", ".", "--tag", "v1", "--branch", "main"], "give one of --branch, --tag"),
+        (["--repo", ".", "--username", "u"], "--username and --password-file go together"),
+        (["--repo", ".", "--interval", "soon"], "'soon' is not a duration"),
+        (["--config", __file__, "--repo", "."], "give --config or --repo"),
+        (
+            ["--config", __file__, "--rollout-webhook", "http://x"],
+            "rollout settings go in its rollouts section",
+        ),
+    ],
+)
+def test_run_refuses_source_options_that_do_not_fit(tmp_path: Any, args: list[str], message: str) -> None:
+    result = CliRunner(env={"KUBECONFIG": None}).invoke(
+        cli, ["run", "--store", str(tmp_path / "store.db"), "--xds-address", "127.0.0.1:0", *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
