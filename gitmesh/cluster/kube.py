@@ -13,19 +13,16 @@ import contextlib
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from itertools import groupby
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gitmesh.apis.kinds import KINDS, apply_rank
 from gitmesh.cluster.inventory import Applied, ChangeSet
 from gitmesh.cluster.port import Changes, Live, ObjectsFailed, Prediction, content_hash, owned
+from gitmesh.cluster.watch import MeshWatch
 from gitmesh.errors import ClusterError
 from gitmesh.kube import client, errors
 from gitmesh.kube.client import FIELD_MANAGER, Client, Resource
 from gitmesh.objects import Conflict, ObjectRef
-
-if TYPE_CHECKING:
-    from gitmesh.cluster.watch import MeshWatch
-
 
 # The kinds gitmesh manages, in the versions it writes.
 RESOURCES: dict[str, Resource] = {
@@ -84,9 +81,7 @@ class KubeObjects:
         return {ref: live for ref, live in zip(refs, found, strict=True) if live is not None}
 
     def watch(self) -> MeshWatch:
-        from gitmesh.cluster.watch import MeshWatch  # it imports this module
-
-        return MeshWatch(self).start()
+        return MeshWatch(self.client, RESOURCES).start()
 
     # --- predicting and writing -------------------------------------------------------------------
 

@@ -15,10 +15,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from gitmesh.cluster.kube import RESOURCES, KubeObjects
 from gitmesh.cluster.port import Live
 from gitmesh.errors import ClusterError
 from gitmesh.kube import errors
+from gitmesh.kube.client import Client, Resource
 from gitmesh.objects import ObjectRef
 
 log = logging.getLogger("gitmesh.watch")
@@ -28,14 +28,17 @@ RETRY_SECONDS = 1.0
 
 
 class MeshWatch:
-    def __init__(self, objects: KubeObjects) -> None:
-        self.objects = objects
+    """The objects of ``resources`` (kind -> resource) in the cluster of ``client``."""
+
+    def __init__(self, client: Client, resources: Mapping[str, Resource]) -> None:
+        self.client = client
+        self.resources = resources
         self._objects: dict[ObjectRef, Live] = {}
         self._lock = threading.Lock()
         self._changes = 0
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=self._follow, args=(kind,), daemon=True) for kind in RESOURCES
+            threading.Thread(target=self._follow, args=(kind,), daemon=True) for kind in resources
         ]
 
     def start(self, timeout: float = 30) -> MeshWatch:
@@ -47,7 +50,7 @@ class MeshWatch:
         for _ in self._threads:
             if not self._listed.acquire(timeout=max(0.0, deadline - time.monotonic())):
                 raise ClusterError(
-                    f"could not list the mesh's objects from {self.objects.client.server} in {timeout:g}s"
+                    f"could not list the mesh's objects from {self.client.server} in {timeout:g}s"
                 )
         return self
 
@@ -63,13 +66,13 @@ class MeshWatch:
             return dict(self._objects)
 
     def _follow(self, kind: str) -> None:
-        res = RESOURCES[kind]
+        res = self.resources[kind]
         api_version = res.api_version
         first = True
         while not self._stop.is_set():
             try:
                 try:
-                    body = self.objects.client.get(res.path())
+                    body = self.client.get(res.path())
                 except errors.NotFound:  # an SMI kind whose CRD is not installed (yet)
                     body = {"items": [], "metadata": {}}
                 items = [
@@ -89,7 +92,7 @@ class MeshWatch:
                 self._stop.wait(RETRY_SECONDS)
 
     def _watch(self, kind: str, api_version: str, path: str, rv: str) -> None:
-        for event in self.objects.client.watch(path, rv, WATCH_SECONDS):
+        for event in self.client.watch(path, rv, WATCH_SECONDS):
             if self._stop.is_set():
                 break
             obj = event.get("object") or {}
