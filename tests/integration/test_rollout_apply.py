@@ -100,7 +100,7 @@ def test_apply_planfile_writes_exactly_the_saved_plan_rollout_step_included(
     where = ("--repo", mesh.path, "--path", "mesh", "--store", store)
     assert run("apply", *where).exit_code == 0
     mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
-    shown = run("plan", *where, "-o", saved)
+    shown = run("plan", *where, "--out", saved)
     assert "(step 1 of 3: 100/0 -> 80/20, then analysis)" in shown.output, shown.output
     plan = encode.loads(saved.read_text())
     (split,) = [c.manifest for c in plan.changes if c.manifest is not None]
@@ -116,7 +116,7 @@ def test_apply_planfile_writes_exactly_the_saved_plan_rollout_step_included(
 
     # A plan saved while the rollout is at one state is refused once it moved, whatever else held still.
     mesh.commit("half to v2", {SPLIT_FILE: split_yaml(50, 50)})
-    assert run("plan", *where, "-o", saved).exit_code == 0
+    assert run("plan", *where, "--out", saved).exit_code == 0
     moved = {**step.record, "reason": "moved by hand"}
     backend.state.rollouts.save(step.split, moved)
     refused = run("apply", saved, "--store", store)
