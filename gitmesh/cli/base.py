@@ -136,6 +136,25 @@ def emit(kind: str, data: Mapping[str, Any], output: str) -> None:
         click.echo(json.dumps(doc, indent=2))
 
 
+def snake_keys(value: Any) -> Any:
+    """A record's camelCase JSON (as Flux writes conditions) with the CLI's snake_case keys."""
+    if isinstance(value, dict):
+        return {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): snake_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [snake_keys(v) for v in value]
+    return value
+
+
+def known_sources(settings: Settings) -> set[str]:
+    """Every source the target knows: applied, recorded by a controller, or suspended."""
+    state = settings.state
+    return (
+        {s.source for s in state.inventories.status()}
+        | {r.source for r in state.records.all()}
+        | state.records.suspended()
+    )
+
+
 def examples(*lines: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """An Examples section at the end of a command's --help (placed under ``@cli.command``)."""
 

@@ -30,6 +30,7 @@ from gitmesh.cli.base import (
     report,
     reports_errors,
     revision_of,
+    snake_keys,
     source_name_option,
     source_options,
     target_header,
@@ -309,7 +310,7 @@ def status(target: BackendChoice, output: str) -> None:
                 "last_error": s.last_error or None,
                 "last_error_at": s.last_error_at.isoformat() if s.last_error_at else None,
                 "suspended": s.source in suspended,
-                "controller": records[s.source].to_json() if s.source in records else None,
+                "controller": snake_keys(records[s.source].to_json()) if s.source in records else None,
             }
             for s in statuses
         ]
