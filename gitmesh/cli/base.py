@@ -156,11 +156,17 @@ def known_sources(settings: Settings) -> set[str]:
 
 
 def examples(*lines: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """An Examples section at the end of a command's --help (placed under ``@cli.command``)."""
+    """An Examples section at the end of a command's --help (placed under ``@cli.command``, or
+    above it for a command given its help as ``help=``)."""
+
+    # \b keeps click from re-wrapping the examples into one paragraph.
+    section = "\n\n\b\nExamples:\n" + "\n".join(f"  {x}" for x in lines)
 
     def add(f: Callable[..., Any]) -> Callable[..., Any]:
-        # \b keeps click from re-wrapping the examples into one paragraph.
-        f.__doc__ = (f.__doc__ or "").rstrip() + "\n\n\b\nExamples:\n" + "\n".join(f"  {x}" for x in lines)
+        if isinstance(f, click.Command):  # one made with help=...
+            f.help = (f.help or "").rstrip() + section
+        else:
+            f.__doc__ = (f.__doc__ or "").rstrip() + section
         return f
 
     return add
@@ -263,6 +269,11 @@ def _no_color(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 
 @click.group(
     cls=Group, context_settings={"auto_envvar_prefix": "GITMESH", "help_option_names": ["-h", "--help"]}
+)
+@examples(
+    "gitmesh plan --repo . --path examples/repo",
+    "gitmesh apply --repo . --path examples/repo",
+    "gitmesh status",
 )
 @click.version_option(package_name="gitmesh")
 @click.option(

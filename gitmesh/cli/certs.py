@@ -14,6 +14,7 @@ from gitmesh.cli.base import (
     BackendChoice,
     backend_options,
     cli,
+    examples,
     out,
     reports_errors,
 )
@@ -21,6 +22,7 @@ from gitmesh.errors import GitmeshError
 
 
 @cli.group()
+@examples("gitmesh certs init", "gitmesh certs rotate --wait 600")
 def certs() -> None:
     """The mesh certificate authority: its roots, and rotating them."""
 
@@ -50,6 +52,7 @@ def _authority(ca_cert: str | None, ca_key: str | None, trust_domain: str) -> An
 
 
 @certs.command("init")
+@examples("gitmesh certs init", "gitmesh certs init --ca-cert ca.pem --ca-key ca-key.pem --context prod")
 @backend_options
 @_ca_options
 @click.option("--trust-domain", default="cluster.local", show_default=True, help="The SPIFFE trust domain.")
@@ -66,6 +69,7 @@ def certs_init(target: BackendChoice, ca_cert: str | None, ca_key: str | None, t
 
 
 @certs.command("rotate")
+@examples("gitmesh certs rotate --wait 600", "gitmesh certs rotate --ca-cert new.pem --ca-key new-key.pem")
 @backend_options
 @_ca_options
 @click.option(

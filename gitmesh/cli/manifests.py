@@ -371,6 +371,7 @@ def _print_xds(settings: Settings) -> None:
 
 
 @install.command("crds")
+@examples("gitmesh install crds", "gitmesh install crds --print > crds.yaml")
 @click.option("--kubeconfig", envvar="KUBECONFIG", help="The cluster's kubeconfig (default: $KUBECONFIG).")
 @click.option("--context", help="The kubeconfig context to use (default: its current one).")
 @click.option("--print", "print_only", is_flag=True, help="Print the CRDs as YAML instead of applying them.")

@@ -29,6 +29,7 @@ from gitmesh.errors import GitmeshError
 
 
 @cli.group()
+@examples("gitmesh rollout status -w", "gitmesh rollout promote bookstore-split")
 def rollout() -> None:
     """Progressive traffic shifts: see them, move them by hand, run them (gitmesh explain rollout)."""
 
@@ -89,11 +90,11 @@ def rollout_status(
 
 
 def _rollout_action(action: str, doc: str) -> None:
-    @rollout.command(action, help=doc)
     @examples(
         f"gitmesh rollout {action} bookstore/bookstore-split",
         f"gitmesh rollout {action} web --context prod -y",
     )
+    @rollout.command(action, help=doc)
     @click.argument("split")
     @backend_options
     @yes_option
