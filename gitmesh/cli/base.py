@@ -261,6 +261,17 @@ class Group(click.Group):
                 ctx.fail(f"No such command {name!r}. Did you mean {near[0]!r}?")
         return super().resolve_command(ctx, args)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command's first sentence, whole: click would cut it at the terminal's width."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 def _no_color(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value:  # rich honours NO_COLOR by itself; the flag does the same for one run
