@@ -299,7 +299,7 @@ def status(target: BackendChoice, output: str) -> None:
     # Sources the controller knows but that never applied anything (their first fetch failed, ...).
     known = {s.source for s in statuses}
     statuses += [SourceStatus(name) for name in sorted((records.keys() | suspended) - known)]
-    if output == "json":
+    if output != "text":
         rows = [
             {
                 "source": s.source,
