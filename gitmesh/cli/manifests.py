@@ -117,7 +117,7 @@ def plan(
         git_repo = open_repo(repo)
         revision = read_revision(git_repo, head or ref, subdir, namespace)
         settings = embedded(":memory:")
-        base_rev, base_checked, base_note = _valid_base(git_repo, base, subdir, namespace)
+        base_rev, base_checked, base_ref, base_note = _valid_base(git_repo, base, subdir, namespace)
         if base_note:
             err.print(Text("note: ", style="yellow") + Text(base_note))
         if base_checked.ok:
@@ -139,7 +139,7 @@ def plan(
     if not base and not repo:  # a directory: no commit names it, its content does
         result = dataclasses.replace(result, revision=revision.digest)
     if base:  # planned against the base revision, not against a backend: the header says which
-        result = dataclasses.replace(result, backend=f"base {base_rev.short} ({base})")
+        result = dataclasses.replace(result, backend=f"base {base_rev.short} ({base_ref})")
     held = pipeline.namespace_contents(result, settings)
     # With --base, against the base revision: what merging the pull request does to rollouts.
     notes = _rollout_notes(result, settings)
@@ -471,12 +471,15 @@ def _note_work_tree(directory: str | None, repo: str | None, ref: str) -> None:
 _BASE_LOOKBACK = 20  # commits before an invalid base to look for its last valid state
 
 
-def _valid_base(git_repo: Any, base: str, subdir: str, namespace: str) -> tuple[Revision, Validated, str]:
-    """The base revision to plan against and, when the base itself is invalid, what was used instead."""
+def _valid_base(
+    git_repo: Any, base: str, subdir: str, namespace: str
+) -> tuple[Revision, Validated, str, str]:
+    """The revision to plan against, its ref and, when the base itself is invalid, a note of what was
+    used instead: its last valid state, or (with none) the invalid base, which plans as an empty mesh."""
     base_rev = read_revision(git_repo, base, subdir, namespace)
     checked = pipeline.check(base_rev)
     if checked.ok:
-        return base_rev, checked, ""
+        return base_rev, checked, base, ""
     for back in range(1, _BASE_LOOKBACK + 1):
         try:
             older = read_revision(git_repo, f"{base}~{back}", subdir, namespace)
@@ -487,12 +490,14 @@ def _valid_base(git_repo: Any, base: str, subdir: str, namespace: str) -> tuple[
             return (
                 older,
                 older_checked,
+                f"{base}~{back}",
                 f"the base {base} ({base_rev.short}) is invalid ({len(checked.errors)} error(s)); "
                 f"planned against its last valid state, {older.short} ({base}~{back})",
             )
     return (
         base_rev,
         checked,
+        base,
         f"the base {base} ({base_rev.short}) is invalid ({len(checked.errors)} error(s)) and has no valid "
         "state before it; planned against an empty mesh",
     )

@@ -191,3 +191,42 @@ def test_validate_without_a_path_in_a_huge_tree_asks_for_one(
     result = run("validate")
     assert result.exit_code == 2
     assert "give the DIRECTORY of the manifests" in result.output
+
+
+def test_a_preview_against_an_invalid_base_says_so_first(mesh: GitRepo) -> None:
+    good = mesh.git("rev-parse", "HEAD").strip()
+    split = (EXAMPLE_REPO / "bookstore/split.yaml").read_text()
+    broken = mesh.commit("break", {"mesh/bookstore/split.yaml": split.replace("weight: 25", "weight: -25")})
+    mesh.commit("fix and shift", {"mesh/bookstore/split.yaml": split.replace("75", "70").replace("25", "30")})
+    preview = [
+        "plan",
+        "--repo",
+        mesh.path,
+        "--path",
+        "mesh",
+        "--base",
+        broken,
+        "--head",
+        "main",
+        "-o",
+        "markdown",
+    ]
+    result = run(*preview)
+    assert result.exit_code == 0, result.output
+    first, _, rest = result.stdout.partition("\n")
+    assert first.startswith(f"> **Warning:** the base {broken} ({broken[:12]}) is invalid (1 error(s))"), (
+        first
+    )
+    assert f"its last valid state, {good[:12]} ({broken}~1)" in first
+    assert f"-> base {good[:12]} ({broken}~1)" in rest  # the header names base and head
+    assert "**0 to create, 1 to update, 0 to delete" in rest  # only the shift, not the whole mesh
+
+
+def test_a_preview_against_a_base_with_no_valid_state_plans_against_an_empty_mesh(git_repo: GitRepo) -> None:
+    broken = git_repo.commit("broken", {"a.yaml": "kind: [broken\n"})
+    git_repo.commit("fixed", {"a.yaml": f.dump(f.namespace("a"))})
+    result = run("plan", "--repo", git_repo.path, "--base", broken, "--head", "main", "-o", "markdown")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"> **Warning:** the base {broken} ({broken[:12]}) is invalid")
+    assert "has no valid state before it; planned against an empty mesh" in result.stdout.partition("\n")[0]
+    assert "**1 to create, 0 to update, 0 to delete" in result.stdout
