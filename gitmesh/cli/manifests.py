@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,16 @@ from gitmesh.cli.base import (
     yes_option,
 )
 from gitmesh.cli.install import install
-from gitmesh.errors import GitmeshError
+from gitmesh.controller import conditions
+from gitmesh.controller.conditions import Result
+from gitmesh.errors import GitmeshError, PlanError
 from gitmesh.plan import crds, encode, render
 from gitmesh.plan.model import Action, Plan
 from gitmesh.plan.validate import Validated
 from gitmesh.revision.diagnostics import CODES
 from gitmesh.settings import Settings, embedded
 from gitmesh.state import SourceStatus
-from gitmesh.state.records import SourceRecord
+from gitmesh.state.records import HISTORY_LENGTH, Reconcile, SourceRecord
 from gitmesh.sync.git import Revision, open_repo, read_revision
 
 
@@ -219,6 +222,7 @@ def apply(
     webhook: str | None,
 ) -> None:
     """Apply a saved plan (a plan file), or plan and apply a directory or --repo revision."""
+    started = datetime.now(UTC)
     settings = target.open()
     if output == "text":
         target_header(settings)
@@ -230,8 +234,16 @@ def apply(
         validated = pipeline.check(revision, settings.objects)
         if not validated.ok:
             report(validated, revision, "text")
-            settings.state.inventories.record_error(
-                source_name, f"revision {revision.short} is invalid: {len(validated.errors)} error(s)"
+            message = f"revision {revision.short} is invalid: {len(validated.errors)} error(s)"
+            settings.state.inventories.record_error(source_name, message)
+            _record(
+                settings,
+                source_name,
+                revision.sha or revision.digest,
+                revision.ref,
+                Result.INVALID,
+                message,
+                started,
             )
             sys.exit(1)
         from gitmesh.rollout import driver
@@ -262,7 +274,11 @@ def apply(
         )
     except GitmeshError as e:
         settings.state.inventories.record_error(result.source, str(e))
+        refused = Result.REFUSED if isinstance(e, PlanError) else Result.FAILED
+        _record(settings, result.source, result.revision or "", result.ref, refused, str(e), started)
         raise
+    done = Result.APPLIED if result.has_changes else Result.UNCHANGED
+    _record(settings, result.source, result.revision or "", result.ref, done, result.summary(), started)
     driver.begin(result, driver.webhook(webhook))
     if output == "json":
         counts = {a.value.replace("-", "_"): n for a, n in result.counts.items()}
@@ -342,6 +358,26 @@ def status(target: BackendChoice, output: str) -> None:
         if s.source in records:
             _print_conditions(records[s.source])
     _print_xds(settings)
+
+
+def _record(
+    settings: Settings, source: str, revision: str, ref: str, result: Result, summary: str, started: datetime
+) -> None:
+    """An apply by hand goes in the source's record as the controller's do: history and conditions."""
+    record = next((r for r in settings.state.records.all() if r.source == source), SourceRecord(source))
+    now = datetime.now(UTC)
+    entry = Reconcile(revision, ref, started, (now - started).total_seconds(), result.value, summary, "cli")
+    settings.state.records.save(
+        dataclasses.replace(
+            record,
+            conditions=conditions.finished(
+                record.conditions, result, f"{ref}@{revision[:19]}: {summary}", now
+            ),
+            last_applied=revision if result.succeeded else record.last_applied,
+            last_attempted=revision,
+            history=(entry, *record.history)[:HISTORY_LENGTH],
+        )
+    )
 
 
 def _print_conditions(record: SourceRecord) -> None:

@@ -230,3 +230,22 @@ def test_a_preview_against_a_base_with_no_valid_state_plans_against_an_empty_mes
     assert result.stdout.startswith(f"> **Warning:** the base {broken} ({broken[:12]}) is invalid")
     assert "has no valid state before it; planned against an empty mesh" in result.stdout.partition("\n")[0]
     assert "**1 to create, 0 to update, 0 to delete" in result.stdout
+
+
+def test_applies_by_hand_are_in_history_and_conditions(mesh: GitRepo, store: Path) -> None:
+    sha = mesh.git("rev-parse", "HEAD").strip()
+    assert run("apply", "--repo", mesh.path, "--path", "mesh", "--store", store).exit_code == 0
+    assert run("apply", "--repo", mesh.path, "--path", "mesh", "--store", store).exit_code == 0
+    split = (EXAMPLE_REPO / "bookstore/split.yaml").read_text()
+    bad = mesh.commit("break", {"mesh/bookstore/split.yaml": split.replace("weight: 25", "weight: -25")})
+    assert run("apply", "--repo", mesh.path, "--path", "mesh", "--store", store).exit_code == 1
+    history = conforms(run("history", "default", "--store", store, "-o", "json"), "history")
+    (record,) = history["sources"]
+    assert [(h["revision"], h["result"], h["trigger"]) for h in record["history"]] == [
+        (bad, "invalid", "cli"),
+        (sha, "unchanged", "cli"),
+        (sha, "applied", "cli"),
+    ]
+    assert record["last_applied_revision"] == sha
+    ready = next(c for c in record["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ValidationFailed")
