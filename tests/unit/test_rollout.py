@@ -345,6 +345,20 @@ def test_status_lines_say_where_a_rollout_stands_and_why() -> None:
     assert any(line.startswith("  next check  in 9s") for line in render.status_lines(started(), 1001))
 
 
+def test_a_rollout_nobody_walks_says_it_is_stuck_and_why() -> None:
+    r = started()  # its first check is due at 1000 + the interval
+    due = r.next_check_at
+    assert not any("stuck" in line for line in render.status_lines(r, due + render.STUCK_AFTER))
+    lines = render.status_lines(r, due + render.STUCK_AFTER + 15)
+    assert (
+        f"  stuck       its check is {render.STUCK_AFTER + 15:.0f}s overdue: "
+        "no gitmesh run or gitmesh rollout run is walking it" in lines
+    )
+    assert not any("next check" in line for line in lines)
+    # An ended rollout is never stuck, however old.
+    assert not any("stuck" in line for line in render.status_lines(failed_rollout(), due + 10_000))
+
+
 def test_the_timeline_draws_each_backend_each_check_and_each_phase() -> None:
     svg = render.timeline_svg(failed_rollout())
     ElementTree.fromstring(svg)  # well-formed
