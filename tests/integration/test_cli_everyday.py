@@ -249,3 +249,22 @@ def test_applies_by_hand_are_in_history_and_conditions(mesh: GitRepo, store: Pat
     assert record["last_applied_revision"] == sha
     ready = next(c for c in record["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "ValidationFailed")
+
+
+def test_a_missing_context_is_named_with_its_kubeconfig(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "staging", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "staging",
+            }
+        )
+    )
+    result = run("status", "--kubeconfig", kubeconfig, "--context", "prod")
+    assert result.exit_code == 1
+    assert f"cannot load context 'prod' from kubeconfig {kubeconfig}" in result.output
