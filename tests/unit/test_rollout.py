@@ -84,6 +84,23 @@ def test_steps_are_percents_of_the_way_from_live_to_target() -> None:
     )
 
 
+def test_step_weights_are_shares_of_all_traffic_as_flagger_writes_them() -> None:
+    policy = policy_of(**{"step-weights": "10,25,50"})
+    assert policy is not None and policy.step_weights == (10, 25, 50)
+    assert plan_steps({V1: 100, V2: 0}, {V1: 0, V2: 100}, policy) == (
+        {V1: 90, V2: 10},
+        {V1: 75, V2: 25},
+        {V1: 50, V2: 50},
+    )
+    # Already at 20%, toward 40%: only 25 lies between, and it is 25% of all traffic, not of the way.
+    assert plan_steps({V1: 80, V2: 20}, {V1: 60, V2: 40}, policy) == ({V1: 75, V2: 25},)
+    # The same steps as percents of the way mean other weights: the two keys are not alike.
+    assert plan_steps({V1: 80, V2: 20}, {V1: 60, V2: 40}, Policy(steps=(10, 25, 50)))[0] == {V1: 78, V2: 22}
+    assert Policy.from_json(policy.to_json()) == policy
+    before = {k: v for k, v in policy.to_json().items() if k != "step_weights"}  # a rollout saved earlier
+    assert Policy.from_json(before).step_weights == ()
+
+
 def test_a_backend_new_in_the_target_starts_from_zero() -> None:
     steps = plan_steps({V1: 1}, {V1: 1, V2: 1}, Policy(steps=(50,)))
     assert steps == ({V1: 75, V2: 25},)
