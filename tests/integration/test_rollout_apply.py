@@ -145,10 +145,11 @@ def test_abort_holds_the_stable_weights_until_a_commit_changes_the_target(
     assert "starts a rollout" in run("apply", *where).output
     assert weights(backend) == {"bookstore-v1": 90, "bookstore-v2": 10}
     status = json.loads(
-        run("rollout", "status", "bookstore-split", "--store", store, "--output", "json").output
+        run("rollout", "status", "bookstore-split", "--store", store, "--output", "json").stdout
     )
-    assert status["bookstore/bookstore-split"]["phase"] == "Progressing"
-    assert status["bookstore/bookstore-split"]["target"] == {"bookstore-v1": 50, "bookstore-v2": 50}
+    (rollout,) = status["rollouts"]
+    assert (rollout["split"], rollout["phase"]) == ("bookstore/bookstore-split", "Progressing")
+    assert rollout["target"] == {"bookstore-v1": 50, "bookstore-v2": 50}
 
 
 def test_a_split_without_a_policy_takes_its_weights_at_once(mesh: GitRepo, tmp_path: Path) -> None:
@@ -158,7 +159,7 @@ def test_a_split_without_a_policy_takes_its_weights_at_once(mesh: GitRepo, tmp_p
     mesh.commit("no policy, all to v2", {SPLIT_FILE: split_yaml(0, 100, policy="")})
     assert "Rollout" not in run("apply", *where).output
     assert weights(embedded(store)) == {"bookstore-v1": 0, "bookstore-v2": 100}
-    assert run("rollout", "status", "--store", store).output.strip() == "No rollouts."
+    assert run("rollout", "status", "--store", store).stdout.strip() == "No rollouts."
 
 
 def test_rollout_commands_name_a_rollout_that_exists(tmp_path: Path) -> None:
