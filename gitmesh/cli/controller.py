@@ -355,24 +355,45 @@ def _controller_status(controller: str) -> list[dict[str, Any]]:
         raise GitmeshError(f"cannot read the status of the controller at {controller}: {e}") from None
 
 
-def _last_reconcile(controller: str, source: str) -> str | None:
-    """When SOURCE's newest recorded reconcile started (None: never)."""
-    for record in _controller_status(controller):
-        if record["source"] == source and record["history"]:
-            started: str = record["history"][0]["startedAt"]
-            return started
-    return None
+def _record_of(controller: str, source: str) -> dict[str, Any]:
+    return next((r for r in _controller_status(controller) if r["source"] == source), {})
 
 
-def _next_reconcile(controller: str, source: str, before: str | None, timeout: float) -> dict[str, Any]:
-    """The first reconcile of SOURCE recorded after ``before``, once it is done."""
+def _marks(record: dict[str, Any]) -> tuple[str | None, str | None]:
+    """What moves when a reconcile ends: the newest history entry, or (for one that found nothing
+    new, which the history leaves out) the Reconciling condition's last transition."""
+    newest = record["history"][0]["startedAt"] if record.get("history") else None
+    busy = next((c for c in record.get("conditions", ()) if c["type"] == "Reconciling"), None)
+    return newest, busy["lastTransitionTime"] if busy else None
+
+
+def _last_reconcile(controller: str, source: str) -> tuple[str | None, str | None]:
+    return _marks(_record_of(controller, source))
+
+
+def _next_reconcile(
+    controller: str, source: str, before: tuple[str | None, str | None] | None, timeout: float
+) -> dict[str, Any]:
+    """The reconcile of SOURCE that ended after ``before``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for record in _controller_status(controller):
-            history = record["history"] if record["source"] == source else []
-            if history and history[0]["startedAt"] != before:
-                newest: dict[str, Any] = history[0]
+        record = _record_of(controller, source)
+        busy = next((c for c in record.get("conditions", ()) if c["type"] == "Reconciling"), None)
+        marks = _marks(record)
+        if marks != before and not (busy and busy["status"] == "True"):
+            if marks[0] != (before or (None, None))[0]:
+                newest: dict[str, Any] = record["history"][0]
                 return newest
+            ready: dict[str, Any] = next((c for c in record["conditions"] if c["type"] == "Ready"), {})
+            return {  # nothing new to apply: the controller records no history entry for it
+                "revision": record.get("lastAppliedRevision") or "",
+                "ref": record["history"][0]["ref"] if record.get("history") else "",
+                "startedAt": marks[1],
+                "duration": 0.0,
+                "result": "unchanged",
+                "summary": ready.get("message", "No changes"),
+                "trigger": "manual",
+            }
         time.sleep(0.5)
     raise GitmeshError(f"no reconcile of {source} was recorded within {timeout:.0f}s")
 
