@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -247,3 +248,23 @@ def test_the_pull_request_plan_says_what_merging_does_to_rollouts(mesh: GitRepo)
         "plan", "--repo", mesh.path, "--path", "mesh", "--base", "HEAD~1", "--output", "markdown"
     )
     assert "#### Rollouts" not in unchanged_policy.output  # weights unchanged: nothing rolls out
+
+
+def test_rollout_status_watch_follows_a_rollout_to_its_end(mesh: GitRepo, tmp_path: Path) -> None:
+    store = tmp_path / "store.db"
+    where = ("--repo", mesh.path, "--path", "mesh", "--store", store)
+    assert run("apply", *where).exit_code == 0
+    mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
+    assert run("apply", *where).exit_code == 0
+    watch = ["rollout", "status", "-w", "--interval", "0.1", "-n", "bookstore", "--store", str(store)]
+    with subprocess.Popen(
+        [sys.executable, "-m", "gitmesh", *watch], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as watching:
+        assert watching.stdout is not None
+        assert watching.stdout.readline().startswith("bookstore/bookstore-split  Progressing")
+        assert run("rollout", "promote", "bookstore-split", "--store", store).exit_code == 0
+        rest = watching.stdout.read()  # it ends by itself once no rollout is under way
+        assert watching.wait(timeout=60) == 0
+    assert "bookstore/bookstore-split  Succeeded" in rest, rest
+    other = run("rollout", "status", "-n", "bookbuyer", "--store", store)
+    assert other.stdout.strip() == "No rollouts."
