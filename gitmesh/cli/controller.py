@@ -17,6 +17,7 @@ from gitmesh.cli.base import (
     BackendChoice,
     backend_options,
     cli,
+    confirm_write,
     emit,
     err,
     examples,
@@ -27,6 +28,7 @@ from gitmesh.cli.base import (
     snake_keys,
     source_name_option,
     target_header,
+    yes_option,
 )
 from gitmesh.controller.config import (
     DEFAULT_HTTP_ADDRESS,
@@ -402,11 +404,14 @@ def _next_reconcile(
 @examples("gitmesh suspend default", "gitmesh suspend shop --context prod")
 @click.argument("source")
 @backend_options
+@yes_option
 @reports_errors
-def suspend_command(source: str, target: BackendChoice) -> None:
+def suspend_command(source: str, target: BackendChoice, yes: bool) -> None:
     """Stop reconciling SOURCE (marked in the backend: the controller leaves it alone until resumed)."""
     settings = target.open(read_only=True)
+    target_header(settings)
     _known(settings, source)
+    confirm_write(settings, f"Suspend {source}", yes)
     settings.state.records.set_suspended(source, True)
     out.print(f"Suspended {source}.")
 
@@ -415,11 +420,14 @@ def suspend_command(source: str, target: BackendChoice) -> None:
 @examples("gitmesh resume default", "gitmesh resume shop --context prod")
 @click.argument("source")
 @backend_options
+@yes_option
 @reports_errors
-def resume_command(source: str, target: BackendChoice) -> None:
+def resume_command(source: str, target: BackendChoice, yes: bool) -> None:
     """Reconcile SOURCE again (from its next fetch; gitmesh reconcile SOURCE for now)."""
     settings = target.open(read_only=True)
+    target_header(settings)
     _known(settings, source)
+    confirm_write(settings, f"Resume {source}", yes)
     settings.state.records.set_suspended(source, False)
     out.print(f"Resumed {source}.")
 
