@@ -3,8 +3,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# The demo needs gitmesh alone, not the test tools: its own stamp, which a full install also satisfies.
+DEMO_STAMP := $(VENV)/.demo-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# The demo means the embedded store, whatever cluster an exported KUBECONFIG names.
+DEMO_GITMESH := env -u KUBECONFIG $(BIN)/gitmesh
 
-.PHONY: demo demo-live test test-fast lint bench clean prometheus node-packages cluster cluster-down
+.PHONY: demo demo-live wheel test test-fast lint bench clean prometheus node-packages cluster cluster-down
 
 # Debian packages the tests use, installed once (as root, or with sudo): sshd serves Git over SSH,
 # gpg signs and checks commits, kubectl renders Kustomize directories and checks the test cluster.
@@ -25,20 +29,31 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	rm -f $(VENV)/.installed-* && touch $@
+	rm -f $(VENV)/.installed-* $(VENV)/.demo-* && touch $@ $(DEMO_STAMP)
 
 ## demo: validate and plan examples/repo at HEAD, apply it to the embedded store, show status,
 ## then run the bookstore for real (Envoy sidecars, apps, gitmesh run) and show what traffic does
-demo: $(STAMP)
-	$(BIN)/gitmesh validate --repo . --ref HEAD --path examples/repo
-	$(BIN)/gitmesh plan --repo . --ref HEAD --path examples/repo
-	$(BIN)/gitmesh apply --repo . --ref HEAD --path examples/repo
-	$(BIN)/gitmesh status
-	$(BIN)/gitmesh demo
+demo: $(DEMO_STAMP)
+	$(DEMO_GITMESH) validate --repo . --ref HEAD --path examples/repo
+	$(DEMO_GITMESH) plan --repo . --ref HEAD --path examples/repo --store .gitmesh/store.db
+	$(DEMO_GITMESH) apply --repo . --ref HEAD --path examples/repo --store .gitmesh/store.db --yes
+	$(DEMO_GITMESH) status --store .gitmesh/store.db
+	$(DEMO_GITMESH) demo
+	@echo "The command is $(abspath $(BIN))/gitmesh; to type just gitmesh: export PATH=\"$(abspath $(BIN)):\$$PATH\""
+
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	rm -f $(VENV)/.demo-* && touch $@
 
 ## demo-live: the running bookstore for ten minutes: commit to .gitmesh/demo/repo and watch the shares move
-demo-live: $(STAMP)
-	$(BIN)/gitmesh demo --live 600
+demo-live: $(DEMO_STAMP)
+	$(DEMO_GITMESH) demo --live 600
+
+## wheel: dist/gitmesh-VERSION-py3-none-any.whl, for pip install or pipx install of the command alone
+wheel: $(DEMO_STAMP)
+	$(BIN)/pip wheel --quiet --no-deps -w dist .
 
 ## prometheus: Debian's Prometheus, which the rollout tests run (directly, not as the system service)
 prometheus:

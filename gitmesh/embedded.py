@@ -17,13 +17,13 @@ from pathlib import Path
 
 from gitmesh.errors import ClusterError
 
-DEFAULT_PATH = Path(".gitmesh") / "store.db"
-
 
 class Database:
-    def __init__(self, path: Path | str = DEFAULT_PATH, schema: str = "") -> None:
+    def __init__(self, path: Path | str, schema: str = "", *, create: bool = True) -> None:
+        """``create=False``: a missing file is read as an empty store, in memory, and never made."""
         self.path = Path(path)
         self._schema = schema
+        self._file = str(self.path) if create or self.path.exists() else ":memory:"
         self._local = threading.local()
         self.connection()  # fail now, with a clear error, if the file cannot be opened
 
@@ -31,9 +31,9 @@ class Database:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             try:
-                if str(self.path) != ":memory:":
+                if self._file != ":memory:":
                     self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, isolation_level=None)
+                db = sqlite3.connect(self._file, isolation_level=None)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
                 db.execute("PRAGMA busy_timeout=5000")

@@ -139,20 +139,64 @@ def plan(revision: Revision, validated: Validated, settings: Settings, source: s
     )
 
 
+# On a live Namespace: deleting it may take the objects in it that gitmesh does not own.
+DELETE_WITH_CONTENTS = "gitmesh.io/delete-with-contents"
+
+
+def namespace_contents(plan: Plan, settings: Settings) -> dict[str, list[ObjectRef]]:
+    """For each Namespace the plan deletes, what else deleting it takes: objects in it that the plan
+    does not delete itself (whoever made them)."""
+    deleted = {c.ref for c in plan.changes if c.action is Action.DELETE}
+    out = {}
+    for ref in sorted(deleted, key=str):
+        if ref.group == "" and ref.kind == "Namespace":
+            others = [r for r in settings.objects.contents(ref.name) if r not in deleted]
+            if others:
+                out[ref.name] = others
+    return out
+
+
+def _refuse_namespace_deletes(plan: Plan, settings: Settings, live: Mapping[ObjectRef, Live]) -> None:
+    def allowed(name: str) -> bool:
+        ns = live.get(ObjectRef("", "Namespace", "", name))
+        annotations = (ns.obj["metadata"].get("annotations") or {}) if ns else {}
+        return annotations.get(DELETE_WITH_CONTENTS) == "true"
+
+    held = {ns: refs for ns, refs in namespace_contents(plan, settings).items() if not allowed(ns)}
+    if held:
+        what = "; ".join(
+            f"Namespace/{ns} holds {len(refs)}: "
+            + ", ".join(map(str, refs[:3]))
+            + (", ..." if len(refs) > 3 else "")
+            for ns, refs in held.items()
+        )
+        raise PlanError(
+            f"this revision deletes Namespaces holding objects it does not delete ({what}); annotate the "
+            f'Namespace {DELETE_WITH_CONTENTS}: "true" or pass --delete-namespace-contents if they should go'
+        )
+
+
 def apply(
-    plan: Plan, settings: Settings, *, allow_empty: bool = False, force_conflicts: bool = False
+    plan: Plan,
+    settings: Settings,
+    *,
+    allow_empty: bool = False,
+    force_conflicts: bool = False,
+    delete_namespace_contents: bool = False,
 ) -> None:
     """Apply exactly ``plan``: its objects, then its rollouts' state, refusing if anything it was
     made against (objects, the source's inventory, rollouts) moved since. In the embedded store,
     the check and every write are one transaction."""
     with settings.transaction():
-        done = _apply(plan, settings, allow_empty, force_conflicts)
+        done = _apply(plan, settings, allow_empty, force_conflicts, delete_namespace_contents)
     if done.failures:
         where = {c.ref: c.location for c in plan.changes if c.location}
         raise _located(ObjectsFailed("applied", list(done.failures)), where)
 
 
-def _apply(plan: Plan, settings: Settings, allow_empty: bool, force_conflicts: bool) -> ChangeSet:
+def _apply(
+    plan: Plan, settings: Settings, allow_empty: bool, force_conflicts: bool, delete_namespace_contents: bool
+) -> ChangeSet:
     where = settings.objects.describe()
     if plan.backend != where:
         raise PlanError(f"the plan is for {plan.backend}, not {where}")
@@ -173,6 +217,8 @@ def _apply(plan: Plan, settings: Settings, allow_empty: bool, force_conflicts: b
             f"{len(conflicted)} object(s) have fields owned by another field manager ({names}); "
             "pass --force-conflicts to take them over"
         )
+    if not delete_namespace_contents:
+        _refuse_namespace_deletes(plan, settings, live)
     done = settings.write(
         plan.source,
         plan.revision,

@@ -60,9 +60,10 @@ class Settings:
         return done
 
 
-def embedded(path: Path | str) -> Settings:
-    """Objects and state in one SQLite file (the CA beside it)."""
-    db = Database(path, OBJECTS_SCHEMA + embedded_state.SCHEMA)
+def embedded(path: Path | str, *, create: bool = True) -> Settings:
+    """Objects and state in one SQLite file (the CA beside it); ``create=False`` for readers, who
+    see a missing file as an empty store and leave it missing."""
+    db = Database(path, OBJECTS_SCHEMA + embedded_state.SCHEMA, create=create)
 
     @contextlib.contextmanager
     def transaction() -> Iterator[None]:
@@ -89,10 +90,12 @@ def kubernetes(kubeconfig: str | None = None, context: str | None = None) -> Set
     )
 
 
-def open_settings(store: Path | str, kubeconfig: str | None, context: str | None) -> Settings:
+def open_settings(
+    store: Path | str, kubeconfig: str | None, context: str | None, *, create: bool = True
+) -> Settings:
     """A cluster when one is named (or gitmesh runs in one), else the embedded store."""
     from gitmesh.kube.client import in_cluster
 
     if kubeconfig or context or in_cluster():
         return kubernetes(kubeconfig, context)
-    return embedded(store)
+    return embedded(store, create=create)

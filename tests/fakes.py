@@ -39,6 +39,9 @@ class FakeObjects:
             self.objects.pop(ref, None)
         return ChangeSet(applied, frozenset(changes.deletes), changes.unchanged)
 
+    def contents(self, namespace: str) -> builtins.list[ObjectRef]:
+        return sorted((r for r in self.objects if r.namespace == namespace), key=str)
+
     def watch(self) -> FakeObjects:
         return self
 

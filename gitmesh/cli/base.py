@@ -8,18 +8,23 @@ Exit codes: 0 success; 1 an error (invalid revision, refused apply, ...);
 
 from __future__ import annotations
 
+import difflib
 import functools
+import json
+import os
 import re
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 from rich.console import Console
 from rich.text import Text
 
-from gitmesh.embedded import DEFAULT_PATH
 from gitmesh.errors import GitmeshError
 from gitmesh.plan import render
 from gitmesh.plan.validate import Validated
@@ -58,16 +63,113 @@ def _namespace_name(ctx: click.Context, param: click.Parameter, value: str) -> s
     return value
 
 
+# The version of every command's JSON output (``gitmesh/cli/schemas/``); bumped on any breaking change.
+FORMAT_VERSION = 1
+
+
+def default_store() -> Path:
+    """Per repository when run inside a Git work tree, else per user: never "wherever you stand"."""
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=False
+        )
+    except OSError:  # no git on the PATH
+        found = None
+    if found is not None and found.returncode == 0 and found.stdout.strip():
+        return Path(found.stdout.strip()) / ".gitmesh" / "store.db"
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "gitmesh" / "store.db"
+
+
 @dataclass(frozen=True)
 class BackendChoice:
     """Where objects live: a cluster when one is named (or gitmesh runs in one), else the embedded store."""
 
-    store: str
+    store: str | None
     kubeconfig: str | None
     context: str | None
 
-    def open(self) -> Settings:
-        return open_settings(self.store, self.kubeconfig, self.context)
+    def open(self, *, read_only: bool = False) -> Settings:
+        """``read_only``: a missing store reads as empty and is not created."""
+        return open_settings(
+            self.store or default_store(), self.kubeconfig, self.context, create=not read_only
+        )
+
+
+def target_header(settings: Settings) -> None:
+    """Every command that reads or writes objects says where, first: a local store or a cluster."""
+    err.print(Text("target: ", style="bold") + Text(settings.objects.describe()))
+
+
+def confirm_write(settings: Settings, what: str, yes: bool) -> None:
+    """Writes to a cluster ask first on a terminal, as Terraform does; never in CI or from a pipe."""
+    where = settings.objects.describe()
+    if yes or not where.startswith("kube:") or os.environ.get("CI") or not sys.stdin.isatty():
+        return
+    if not click.confirm(f"{what} to {where}?", default=False, err=True):
+        err.print("Nothing was applied.")
+        sys.exit(1)
+
+
+def yes_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-y", "--yes", is_flag=True, help="Do not ask before writing to a cluster.")(f)
+
+
+def output_option(*formats: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The one output flag: ``-o/--output``, text first and the default."""
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["text", *formats]),
+        default="text",
+        show_default=True,
+        help="How to print the result (json and yaml: see docs/cli-json.md).",
+    )
+
+
+def emit(kind: str, data: Mapping[str, Any], output: str) -> None:
+    """A command's result as JSON or YAML: snake_case keys, versioned by ``format_version``."""
+    doc = {"format_version": FORMAT_VERSION, "kind": kind, **data}
+    if output == "yaml":
+        click.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
+    else:
+        click.echo(json.dumps(doc, indent=2))
+
+
+def snake_keys(value: Any) -> Any:
+    """A record's camelCase JSON (as Flux writes conditions) with the CLI's snake_case keys."""
+    if isinstance(value, dict):
+        return {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): snake_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [snake_keys(v) for v in value]
+    return value
+
+
+def known_sources(settings: Settings) -> set[str]:
+    """Every source the target knows: applied, recorded by a controller, or suspended."""
+    state = settings.state
+    return (
+        {s.source for s in state.inventories.status()}
+        | {r.source for r in state.records.all()}
+        | state.records.suspended()
+    )
+
+
+def examples(*lines: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """An Examples section at the end of a command's --help (placed under ``@cli.command``, or
+    above it for a command given its help as ``help=``)."""
+
+    # \b keeps click from re-wrapping the examples into one paragraph.
+    section = "\n\n\b\nExamples:\n" + "\n".join(f"  {x}" for x in lines)
+
+    def add(f: Callable[..., Any]) -> Callable[..., Any]:
+        if isinstance(f, click.Command):  # one made with help=...
+            f.help = (f.help or "").rstrip() + section
+        else:
+            f.__doc__ = (f.__doc__ or "").rstrip() + section
+        return f
+
+    return add
 
 
 def backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -80,9 +182,8 @@ def backend_options(f: Callable[..., Any]) -> Callable[..., Any]:
     wrapper = click.option(
         "--store",
         type=click.Path(dir_okay=False),
-        default=str(DEFAULT_PATH),
-        show_default=True,
-        help="The embedded store, used when no cluster is given.",
+        help="The embedded store, used when no cluster is given "
+        "(default: <git top>/.gitmesh/store.db, else $XDG_STATE_HOME/gitmesh/store.db).",
     )(wrapper)
     wrapper = click.option(
         "--kubeconfig",
@@ -136,8 +237,8 @@ def revision_of(directory: str | None, repo: str | None, ref: str, subdir: str, 
 
 def report(validated: Validated, revision: Revision, output: str, console: Console = err) -> None:
     diagnostics = validated.diagnostics
-    if output == "json":
-        click.echo(render.diagnostics_json(diagnostics))
+    if output in ("json", "yaml"):
+        emit("diagnostics", json.loads(render.diagnostics_json(diagnostics)), output)
     elif output == "github":
         if diagnostics:
             click.echo(render.diagnostics_github(diagnostics))
@@ -145,7 +246,54 @@ def report(validated: Validated, revision: Revision, output: str, console: Conso
         render.diagnostics_text(console, diagnostics, revision.texts)
 
 
-@click.group(context_settings={"auto_envvar_prefix": "GITMESH", "help_option_names": ["-h", "--help"]})
+class Group(click.Group):
+    """A command group that suggests the nearest command for a misspelt one."""
+
+    group_class = type  # subgroups (rollout, certs, install) suggest too
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            near = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            if near:
+                ctx.fail(f"No such command {name!r}. Did you mean {near[0]!r}?")
+        return super().resolve_command(ctx, args)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command's first sentence, whole: click would cut it at the terminal's width."""
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _no_color(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:  # rich honours NO_COLOR by itself; the flag does the same for one run
+        out.no_color = err.no_color = True
+
+
+@click.group(
+    cls=Group, context_settings={"auto_envvar_prefix": "GITMESH", "help_option_names": ["-h", "--help"]}
+)
+@examples(
+    "gitmesh plan --repo . --path examples/repo",
+    "gitmesh apply --repo . --path examples/repo",
+    "gitmesh status",
+)
 @click.version_option(package_name="gitmesh")
+@click.option(
+    "--no-color",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_no_color,
+    help="No colours (as NO_COLOR=1 does).",
+)
 def cli() -> None:
     """GitOps for an SMI service mesh: validate, plan and apply mesh manifests from Git."""

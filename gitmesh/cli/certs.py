@@ -14,13 +14,18 @@ from gitmesh.cli.base import (
     BackendChoice,
     backend_options,
     cli,
+    confirm_write,
+    examples,
     out,
     reports_errors,
+    target_header,
+    yes_option,
 )
 from gitmesh.errors import GitmeshError
 
 
 @cli.group()
+@examples("gitmesh certs init", "gitmesh certs rotate --wait 600")
 def certs() -> None:
     """The mesh certificate authority: its roots, and rotating them."""
 
@@ -50,22 +55,30 @@ def _authority(ca_cert: str | None, ca_key: str | None, trust_domain: str) -> An
 
 
 @certs.command("init")
+@examples("gitmesh certs init", "gitmesh certs init --ca-cert ca.pem --ca-key ca-key.pem --context prod")
 @backend_options
 @_ca_options
 @click.option("--trust-domain", default="cluster.local", show_default=True, help="The SPIFFE trust domain.")
+@yes_option
 @reports_errors
-def certs_init(target: BackendChoice, ca_cert: str | None, ca_key: str | None, trust_domain: str) -> None:
+def certs_init(
+    target: BackendChoice, ca_cert: str | None, ca_key: str | None, trust_domain: str, yes: bool
+) -> None:
     """Make the mesh CA, from a new root or your own CA (gitmesh run makes one on first use)."""
     from gitmesh.certs.authority import CaState
 
-    keeper = target.open().state.ca
+    settings = target.open()
+    target_header(settings)
+    keeper = settings.state.ca
     if keeper.load() is not None:
         raise click.UsageError("the mesh CA exists already; `gitmesh certs rotate` replaces its root")
+    confirm_write(settings, f"Make the mesh CA for {trust_domain}", yes)
     keeper.save(CaState(trust_domain, (_authority(ca_cert, ca_key, trust_domain),)))
     out.print(f"Mesh CA for trust domain {trust_domain} kept in {keeper}")
 
 
 @certs.command("rotate")
+@examples("gitmesh certs rotate --wait 600", "gitmesh certs rotate --ca-cert new.pem --ca-key new-key.pem")
 @backend_options
 @_ca_options
 @click.option(
@@ -75,17 +88,23 @@ def certs_init(target: BackendChoice, ca_cert: str | None, ca_key: str | None, t
     show_default=True,
     help="Seconds to wait for gitmesh run to finish the rotation (0: start it and return).",
 )
+@yes_option
 @reports_errors
-def certs_rotate(target: BackendChoice, ca_cert: str | None, ca_key: str | None, wait: int) -> None:
+def certs_rotate(
+    target: BackendChoice, ca_cert: str | None, ca_key: str | None, wait: int, yes: bool
+) -> None:
     """Replace the root without downtime: gitmesh run adds the new root to every sidecar's bundle,
     then reissues every certificate from it, then retires the old root, each step once every
     connected sidecar has taken the previous one."""
     from gitmesh.certs import authority
 
-    keeper = target.open().state.ca
+    settings = target.open()
+    target_header(settings)
+    keeper = settings.state.ca
     current = keeper.load()
     if current is None:
         raise click.UsageError("there is no mesh CA yet: `gitmesh certs init` or `gitmesh run` makes one")
+    confirm_write(settings, "Rotate the mesh CA's root", yes)
     new = _authority(ca_cert, ca_key, current.trust_domain)
     try:
         keeper.save(authority.begin_rotation(current, new))

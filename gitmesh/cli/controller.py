@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,10 +19,18 @@ from gitmesh.cli.base import (
     BackendChoice,
     backend_options,
     cli,
+    confirm_write,
+    emit,
     err,
+    examples,
+    known_sources,
     out,
+    output_option,
     reports_errors,
+    snake_keys,
     source_name_option,
+    target_header,
+    yes_option,
 )
 from gitmesh.controller.config import (
     DEFAULT_HTTP_ADDRESS,
@@ -190,6 +200,10 @@ def rollout_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @cli.command("run")
+@examples(
+    "gitmesh run --config gitmesh.yaml",
+    "gitmesh run --repo https://git.example.com/mesh.git --path mesh --context prod",
+)
 @backend_options
 @click.option("--xds-address", default="127.0.0.1:15010", show_default=True, help="Where to serve ADS.")
 @click.option(
@@ -305,6 +319,10 @@ def _elector(settings: Settings) -> Elector:
 
 
 @cli.command("reconcile")
+@examples(
+    "gitmesh reconcile default --token-file token",
+    "gitmesh reconcile default --token-file token --wait -o json",
+)
 @click.argument("source")
 @click.option(
     "--controller",
@@ -317,12 +335,26 @@ def _elector(settings: Settings) -> Elector:
     type=click.Path(dir_okay=False, exists=True),
     help="The controller's bearer token (its --http-token-file).",
 )
+@click.option("--wait", is_flag=True, help="Wait for the reconcile and print its revision and result.")
+@click.option(
+    "--timeout", type=Duration(), default="5m", show_default=True, help="How long --wait waits at most."
+)
+@output_option("json", "yaml")
 @reports_errors
-def reconcile_command(source: str, controller: str, token_file: str | None) -> None:
-    """Ask the running controller (gitmesh run) to fetch and reconcile SOURCE now."""
+def reconcile_command(
+    source: str,
+    controller: str,
+    token_file: str | None,
+    wait: bool,
+    timeout: datetime.timedelta,
+    output: str,
+) -> None:
+    """Ask the running controller (gitmesh run) to fetch and reconcile SOURCE now; it refuses a source
+    it does not know."""
     import urllib.error
     import urllib.request
 
+    before = _last_reconcile(controller, source) if wait else None
     url = f"{controller.rstrip('/')}/sources/{source}/reconcile"
     token = read_http_token(Path(token_file)).decode("latin-1") if token_file else None
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -336,42 +368,140 @@ def reconcile_command(source: str, controller: str, token_file: str | None) -> N
         raise GitmeshError(f"the controller at {controller} refused: {detail}") from None
     except OSError as e:
         raise GitmeshError(f"cannot reach the controller at {controller}: {e}") from None
-    out.print(f"Reconciling {source} now; see gitmesh history {source}.")
+    if not wait:
+        if output != "text":
+            emit("reconcile", {"source": source, "triggered": True}, output)
+            return
+        out.print(f"Reconciling {source} now; see gitmesh history {source}.")
+        return
+    err.print(f"Reconciling {source}; waiting for the result...")
+    done = _next_reconcile(controller, source, before, timeout.total_seconds())
+    if output != "text":
+        emit("reconcile", {"source": source, "triggered": True, "reconcile": snake_keys(done)}, output)
+    else:
+        failed = done["result"] in FAILED_RESULTS
+        out.print(
+            Text(f"{done['result']} ", style="red" if failed else "green")
+            + Text(f"{done['revision'][:12]} ({done['ref']}): {done['summary']}"),
+            soft_wrap=True,
+        )
+    sys.exit(1 if done["result"] in FAILED_RESULTS else 0)
+
+
+FAILED_RESULTS = ("invalid", "refused", "failed")
+
+
+def _controller_status(controller: str) -> list[dict[str, Any]]:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{controller.rstrip('/')}/status", timeout=10) as answer:
+            sources: list[dict[str, Any]] = json.loads(answer.read())["sources"]
+            return sources
+    except (OSError, ValueError, KeyError) as e:
+        raise GitmeshError(f"cannot read the status of the controller at {controller}: {e}") from None
+
+
+def _record_of(controller: str, source: str) -> dict[str, Any]:
+    return next((r for r in _controller_status(controller) if r["source"] == source), {})
+
+
+def _marks(record: dict[str, Any]) -> tuple[str | None, str | None]:
+    """What moves when a reconcile ends: the newest history entry, or (for one that found nothing
+    new, which the history leaves out) the Reconciling condition's last transition."""
+    newest = record["history"][0]["startedAt"] if record.get("history") else None
+    busy = next((c for c in record.get("conditions", ()) if c["type"] == "Reconciling"), None)
+    return newest, busy["lastTransitionTime"] if busy else None
+
+
+def _last_reconcile(controller: str, source: str) -> tuple[str | None, str | None]:
+    return _marks(_record_of(controller, source))
+
+
+def _next_reconcile(
+    controller: str, source: str, before: tuple[str | None, str | None] | None, timeout: float
+) -> dict[str, Any]:
+    """The reconcile of SOURCE that ended after ``before``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = _record_of(controller, source)
+        busy = next((c for c in record.get("conditions", ()) if c["type"] == "Reconciling"), None)
+        marks = _marks(record)
+        if marks != before and not (busy and busy["status"] == "True"):
+            if marks[0] != (before or (None, None))[0]:
+                newest: dict[str, Any] = record["history"][0]
+                return newest
+            ready: dict[str, Any] = next((c for c in record["conditions"] if c["type"] == "Ready"), {})
+            return {  # nothing new to apply: the controller records no history entry for it
+                "revision": record.get("lastAppliedRevision") or "",
+                "ref": record["history"][0]["ref"] if record.get("history") else "",
+                "startedAt": marks[1],
+                "duration": 0.0,
+                "result": "unchanged",
+                "summary": ready.get("message", "No changes"),
+                "trigger": "manual",
+            }
+        time.sleep(0.5)
+    raise GitmeshError(f"no reconcile of {source} was recorded within {timeout:.0f}s")
 
 
 @cli.command("suspend")
+@examples("gitmesh suspend default", "gitmesh suspend shop --context prod")
 @click.argument("source")
 @backend_options
+@yes_option
 @reports_errors
-def suspend_command(source: str, target: BackendChoice) -> None:
+def suspend_command(source: str, target: BackendChoice, yes: bool) -> None:
     """Stop reconciling SOURCE (marked in the backend: the controller leaves it alone until resumed)."""
-    target.open().state.records.set_suspended(source, True)
+    settings = target.open(read_only=True)
+    target_header(settings)
+    _known(settings, source)
+    confirm_write(settings, f"Suspend {source}", yes)
+    settings.state.records.set_suspended(source, True)
     out.print(f"Suspended {source}.")
 
 
 @cli.command("resume")
+@examples("gitmesh resume default", "gitmesh resume shop --context prod")
 @click.argument("source")
 @backend_options
+@yes_option
 @reports_errors
-def resume_command(source: str, target: BackendChoice) -> None:
+def resume_command(source: str, target: BackendChoice, yes: bool) -> None:
     """Reconcile SOURCE again (from its next fetch; gitmesh reconcile SOURCE for now)."""
-    target.open().state.records.set_suspended(source, False)
+    settings = target.open(read_only=True)
+    target_header(settings)
+    _known(settings, source)
+    confirm_write(settings, f"Resume {source}", yes)
+    settings.state.records.set_suspended(source, False)
     out.print(f"Resumed {source}.")
 
 
+def _known(settings: Settings, source: str) -> None:
+    known = known_sources(settings)
+    if source not in known:
+        listed = ", ".join(sorted(known)) or "none yet"
+        raise GitmeshError(f"no source {source!r} in {settings.objects.describe()} (known: {listed})")
+
+
 @cli.command("history")
+@examples("gitmesh history", "gitmesh history default -o json")
 @click.argument("source", required=False)
 @backend_options
-@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option("json", "yaml")
 @reports_errors
 def history_command(source: str | None, target: BackendChoice, output: str) -> None:
-    """The last reconciles of each source (or of SOURCE), newest first."""
-    records = [r for r in target.open().state.records.all() if source is None or r.source == source]
-    if source is not None and not records:
-        raise GitmeshError(f"no reconciles recorded for source {source!r}")
-    if output == "json":
-        click.echo(json.dumps([r.to_json() for r in records], indent=2))
+    """The last reconciles and applies of each source (or of SOURCE), newest first (read from the
+    target; writes nothing)."""
+    settings = target.open(read_only=True)
+    records = [r for r in settings.state.records.all() if source is None or r.source == source]
+    if output != "text":
+        rows = [snake_keys(r.to_json()) for r in records]
+        emit("history", {"target": settings.objects.describe(), "sources": rows}, output)
         return
+    target_header(settings)
+    if not records:
+        out.print("No reconciles recorded" + (f" for source {source}." if source else "."))
     for record in records:
         out.print(Text(f"source {record.source}", style="bold"))
         for r in record.history:

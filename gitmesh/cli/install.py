@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import yaml
 
-from gitmesh.cli.base import cli, out, reports_errors
+from gitmesh.cli.base import cli, examples, out, reports_errors
 from gitmesh.controller.config import load_config
 from gitmesh.errors import ConfigError
 from gitmesh.install.manifests import (
@@ -22,6 +22,10 @@ from gitmesh.install.manifests import (
 
 
 @cli.group(invoke_without_command=True)
+@examples(
+    "gitmesh install --repo https://git.example.com/mesh.git --path mesh --dry-run",
+    "gitmesh install crds --print",
+)
 @click.option("--image", help="The gitmesh image the controller runs.")
 @click.option("--repo", help="The source's Git repository (a URL the pods can reach).")
 @click.option("--branch", default="", help="Follow this branch (default: the repository's default branch).")
@@ -124,6 +128,7 @@ def _check_config(options: InstallOptions) -> None:
 
 
 @cli.command("uninstall")
+@examples("gitmesh uninstall", "gitmesh uninstall --context staging")
 @click.option("--kubeconfig", envvar="KUBECONFIG", help="The cluster's kubeconfig (default: $KUBECONFIG).")
 @click.option("--context", help="The kubeconfig context to use (default: its current one).")
 @reports_errors

@@ -17,6 +17,7 @@ from gitmesh.cli.base import (
     BackendChoice,
     backend_options,
     cli,
+    examples,
     out,
     reports_errors,
 )
@@ -24,6 +25,7 @@ from gitmesh.errors import GitmeshError
 
 
 @cli.command("demo")
+@examples("gitmesh demo", "gitmesh demo --live 600")
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False),
@@ -86,6 +88,10 @@ def _show_shares(d: Any, revision: str) -> None:
 
 
 @cli.command("bootstrap")
+@examples(
+    "gitmesh bootstrap --namespace bookstore --service-account bookstore --service bookstore "
+    "--app-port 8080 --out envoy.yaml",
+)
 @click.option("--namespace", required=True, help="The sidecar's identity: its ServiceAccount's namespace.")
 @click.option("--service-account", required=True, help="The sidecar's identity: its ServiceAccount.")
 @click.option("--service", required=True, help="The Service whose endpoint this sidecar fronts.")
@@ -122,8 +128,8 @@ def _show_shares(d: Any, revision: str) -> None:
 @click.option("--xds-address", default="127.0.0.1:15010", show_default=True, help="gitmesh's ADS server.")
 @click.option("--delta", is_flag=True, help="Use incremental (delta) xDS instead of state of the world.")
 @click.option(
-    "-o",
-    "--output",
+    "--out",
+    "output",
     type=click.Path(dir_okay=False),
     help="Write it to this file, readable by its owner only (it holds a private key), not to stdout.",
 )

@@ -45,7 +45,7 @@ class KubeObjects:
         self.client.close()
 
     def describe(self) -> str:
-        return f"kube:{self.client.name}"
+        return f"kube:{self.client.name} at {self.client.server}"
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -79,6 +79,44 @@ class KubeObjects:
 
         found = self.client.parallel(get, refs)
         return {ref: live for ref, live in zip(refs, found, strict=True) if live is not None}
+
+    def contents(self, namespace: str) -> builtins.list[ObjectRef]:
+        # Every kind the server lists in a namespace, found by discovery as kubectl api-resources does:
+        # deleting a Namespace takes all of them, not only the kinds gitmesh manages.
+        kinds = self._namespaced_kinds()
+
+        def list_kind(kind: tuple[str, Resource]) -> builtins.list[ObjectRef]:
+            name, res = kind
+            try:
+                body = self.client.get(res.path(namespace))
+            except (errors.NotFound, errors.Forbidden):
+                return []  # gone meanwhile, or hidden from us: a real apiserver answers both
+            refs = [
+                ObjectRef(res.group, name, namespace, str(i["metadata"]["name"]))
+                for i in body.get("items") or ()
+            ]
+            owners = [bool(i["metadata"].get("ownerReferences")) for i in body.get("items") or ()]
+            # Events, what the control plane puts in every namespace, and what another object owns
+            # (it goes with its owner) are not worth a refusal.
+            return [r for r, o in zip(refs, owners, strict=True) if not o and not _housekeeping(r)]
+
+        return sorted((r for refs in self.client.parallel(list_kind, kinds) for r in refs), key=str)
+
+    def _namespaced_kinds(self) -> builtins.list[tuple[str, Resource]]:
+        versions = ["v1"] + [
+            g["preferredVersion"]["groupVersion"] for g in self.client.get("/apis").get("groups") or ()
+        ]
+
+        def discover(group_version: str) -> builtins.list[tuple[str, Resource]]:
+            group, _, version = group_version.rpartition("/")
+            path = f"/apis/{group_version}" if group else f"/api/{version}"
+            found = []
+            for r in self.client.get(path).get("resources") or ():
+                if r["namespaced"] and "/" not in r["name"] and "list" in r.get("verbs", ()):
+                    found.append((str(r["kind"]), Resource(group, version, r["name"], True)))
+            return found
+
+        return [k for kinds in self.client.parallel(discover, versions) for k in kinds]
 
     def watch(self) -> MeshWatch:
         return MeshWatch(self.client, RESOURCES).start()
@@ -176,6 +214,13 @@ class KubeObjects:
     def _delete(self, ref: ObjectRef) -> None:
         with contextlib.suppress(errors.NotFound):  # already gone: what prune wanted
             self.client.delete(_resource(ref.kind).path(ref.namespace, ref.name), ref=ref)
+
+
+def _housekeeping(ref: ObjectRef) -> bool:
+    return ref.kind == "Event" or (ref.kind, ref.name) in {
+        ("ServiceAccount", "default"),
+        ("ConfigMap", "kube-root-ca.crt"),
+    }
 
 
 def _resource(kind: str) -> Resource:

@@ -90,6 +90,13 @@ class LocalObjects:
             db.execute("UPDATE counter SET value = ?", (counter,))
         return ChangeSet(applied, frozenset(changes.deletes), changes.unchanged)
 
+    def contents(self, namespace: str) -> builtins.list[ObjectRef]:
+        rows = self.db.connection().execute(
+            "SELECT grp, kind, namespace, name FROM objects WHERE namespace = ? ORDER BY kind, name",
+            (namespace,),
+        )
+        return [ObjectRef(*row) for row in rows]
+
     def watch(self) -> LocalObjects:
         """Every object here is the mesh's, and ``version()`` follows every write: it is its own watch."""
         return self

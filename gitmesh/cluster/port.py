@@ -72,7 +72,7 @@ class ObjectPort(Protocol):
     state (inventories, records, rollouts): that is kept in the state stores."""
 
     def describe(self) -> str:
-        """Where objects go, for plans and logs: ``local:/path/store.db``, ``kube:context``."""
+        """Where objects go, for plans and logs: ``local:/path/store.db``, ``kube:<context> at <server>``."""
 
     def list(self, refs: Collection[ObjectRef] | None = None) -> dict[ObjectRef, Live]:
         """Every live object of the kinds gitmesh manages that carries its managed-by label; with
@@ -87,6 +87,9 @@ class ObjectPort(Protocol):
 
     def watch(self) -> Watched:
         """The cluster's objects, followed from now on."""
+
+    def contents(self, namespace: str) -> builtins.list[ObjectRef]:
+        """Every object in ``namespace``, whoever made it: what deleting the Namespace takes with it."""
 
 
 def owned(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -80,7 +80,10 @@ class Client:
                 kubernetes.config.load_incluster_config(client_configuration=cfg)
                 name = "in-cluster"
         except (kubernetes.config.ConfigException, OSError, TypeError, KeyError) as e:
-            raise ClusterError(f"cannot load Kubernetes configuration: {e}") from e
+            # Name what was asked for and where it was looked up, as kubectl's errors do not.
+            where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            wanted = f"context {context!r}" if context else "the current context"
+            raise ClusterError(f"cannot load {wanted} from kubeconfig {where}: {e}") from e
         cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, CONCURRENCY * 2)
         cfg.retries = False
         return cls(kubernetes.client.ApiClient(cfg), name)

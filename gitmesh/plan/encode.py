@@ -1,4 +1,4 @@
-"""The plan's JSON form: what ``gitmesh plan -o FILE`` writes and ``gitmesh apply FILE`` reads.
+"""The plan's JSON form: what ``gitmesh plan --out FILE`` writes and ``gitmesh apply FILE`` reads.
 
 The format is versioned (``format_version``) and described field by field in
 ``plan.schema.json`` beside this module; a test checks every encoded plan

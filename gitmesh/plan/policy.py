@@ -7,11 +7,12 @@ change to it shows in the plan like any other field. Each key sits on its own li
 diagnostic points at exactly the value that is wrong.
 
 Shape is checked by a JSON Schema (``schemas/rollout-policy.yaml``, GM140), meaning here
-(GM141-GM143).
+(GM141-GM145).
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import itertools
 from collections.abc import Mapping
@@ -35,6 +36,9 @@ DEADLINE_INTERVALS = 10  # a step's progress deadline, in intervals, when the po
 @dataclass(frozen=True)
 class Policy:
     steps: tuple[float, ...] = (10.0, 25.0, 50.0)  # percents of the way, increasing, each < 100
+    # Instead of steps when given: the gaining backends' share of all traffic at each step, in percent
+    # (Flagger's stepWeights), increasing, each < 100.
+    step_weights: tuple[float, ...] = ()
     interval: float = 60.0  # seconds
     success_rate: float = 99.0  # least percent
     latency_p99: float | None = None  # greatest, milliseconds
@@ -53,6 +57,7 @@ class Policy:
     def to_json(self) -> dict[str, Any]:
         return {
             "steps": list(self.steps),
+            "step_weights": list(self.step_weights),
             "interval": self.interval,
             "success_rate": self.success_rate,
             "latency_p99": self.latency_p99,
@@ -65,7 +70,14 @@ class Policy:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Policy:
-        return cls(**{**data, "steps": tuple(data["steps"]), "queries": dict(data["queries"])})
+        return cls(
+            **{
+                **data,
+                "steps": tuple(data["steps"]),
+                "step_weights": tuple(data.get("step_weights", ())),  # kept before step weights existed
+                "queries": dict(data["queries"]),
+            }
+        )
 
 
 # The defaults as DOC shows them: Policy's own.
@@ -79,6 +91,10 @@ A TrafficSplit with any {PREFIX}* annotation changes weights progressively. Valu
                                           target, increasing, each below 100 (default {_STEPS})
   {PREFIX}step-size          "20"        instead of steps: this percent of the way per step ...
   {PREFIX}step-max           "80"        ... up to this percent (default: up to 100)
+  {PREFIX}step-weights       "10,25,50"  instead of steps: the gaining backends' share of ALL traffic
+                                          at each step, as Flagger's stepWeights; increasing, each
+                                          below 100; those not between the live share and the target
+                                          are skipped
   {PREFIX}interval           "30s"       each step holds this long, then is analysed (default {_INTERVAL})
   {PREFIX}success-rate       "99"        least % of non-5xx responses a gaining backend may show
                                           (default {_RATE})
@@ -120,6 +136,8 @@ def of(obj: Mapping[str, Any]) -> Policy | None:
     else:
         steps = Policy.steps
     given: dict[str, Any] = {"steps": steps}
+    if "step-weights" in keys:
+        given["step_weights"] = _numbers(keys["step-weights"])
     for key, name, read in (
         ("interval", "interval", durations.seconds),
         ("success-rate", "success_rate", float),
@@ -155,7 +173,9 @@ def check(m: Manifest) -> list[Diagnostic]:
     for error in _validator().iter_errors(keys):
         if error.validator == "additionalProperties":
             for key in sorted(set(error.instance) - set(error.schema["properties"])):
-                out.append(_at(m, key, "GM140", f"unknown rollout policy key {PREFIX + key!r}"))
+                near = difflib.get_close_matches(key, error.schema["properties"], n=1)
+                hint = f"; did you mean {PREFIX + near[0]!r}?" if near else ""
+                out.append(_at(m, key, "GM140", f"unknown rollout policy key {PREFIX + key!r}{hint}"))
                 shaped.pop(key, None)
         else:
             key = str(error.absolute_path[0])
@@ -166,6 +186,15 @@ def check(m: Manifest) -> list[Diagnostic]:
         if any(not 0 < s < 100 for s in steps) or any(a >= b for a, b in itertools.pairwise(steps)):
             message = f"{shaped['steps']!r}: steps must increase, each above 0 and below 100"
             out.append(_at(m, "steps", "GM141", message))
+    if "step-weights" in shaped:
+        weights = _numbers(shaped["step-weights"])
+        if any(not 0 < w < 100 for w in weights) or any(a >= b for a, b in itertools.pairwise(weights)):
+            message = f"{shaped['step-weights']!r}: step-weights must increase, each above 0 and below 100"
+            out.append(_at(m, "step-weights", "GM144", message))
+    if "step-weights" in keys and ("steps" in keys or "step-size" in keys):
+        other = "steps" if "steps" in keys else "step-size"
+        message = f"give step-weights (shares of all traffic) or {other} (percents of the way), not both"
+        out.append(_at(m, "step-weights", "GM145", message))
     if "step-size" in shaped and not 0 < float(shaped["step-size"]) < 100:
         out.append(_at(m, "step-size", "GM141", "step-size must be above 0 and below 100"))
     for key in ("interval", "latency-p99", "progress-deadline"):
@@ -197,6 +226,7 @@ def check(m: Manifest) -> list[Diagnostic]:
 
 _EXPECTED = {
     "steps": "comma-separated numbers",
+    "step-weights": "comma-separated numbers",
     "step-size": "a number from 0 to 100",
     "step-max": "a number from 0 to 100",
     "success-rate": "a number from 0 to 100",

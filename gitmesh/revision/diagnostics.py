@@ -331,6 +331,22 @@ CODES: dict[str, Code] = {
             "A step is analysed once its interval has passed; a progress deadline shorter than the "
             "interval would fail every rollout before its first check.",
         ),
+        Code(
+            "GM144",
+            _E,
+            "rollout step weights out of order or range",
+            "rollout.gitmesh.dev/step-weights are shares of all traffic (as Flagger's stepWeights) that "
+            "the backends gaining traffic reach at each step: each above 0 and below 100 (the target "
+            "is always the last step), strictly increasing.",
+        ),
+        Code(
+            "GM145",
+            _E,
+            "step weights given with steps",
+            "rollout.gitmesh.dev/step-weights (shares of all traffic) and steps or step-size (percents "
+            "of the way from the live weights to the target) are two ways to say the same thing; give "
+            "one.",
+        ),
     )
 }
 

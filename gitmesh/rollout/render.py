@@ -23,6 +23,10 @@ def weights_text(weights: Weights) -> str:
     return "  ".join(f"{b} {100 * w / total:.0f}%" for b, w in weights.items())
 
 
+# Seconds a due check may wait before the rollout is shown as stuck: a runner looks every second or so.
+STUCK_AFTER = 30.0
+
+
 def status_lines(r: Rollout, now: float) -> list[str]:
     """What ``gitmesh rollout status`` prints for one rollout."""
     lines = [
@@ -34,7 +38,12 @@ def status_lines(r: Rollout, now: float) -> list[str]:
         f"  failures    {r.failures} failed check(s); {r.policy.failure_threshold} roll back",
         f"  reason      {r.reason}",
     ]
-    if r.phase.active:
+    if r.phase.active and now - r.next_check_at > STUCK_AFTER:
+        lines.append(
+            f"  stuck       its check is {now - r.next_check_at:.0f}s overdue: no gitmesh run or "
+            "gitmesh rollout run is walking it"
+        )
+    elif r.phase.active:
         lines.append(f"  next check  in {max(0.0, r.next_check_at - now):.0f}s")
     if r.analysis is not None:
         when = time.strftime("%H:%M:%S", time.gmtime(r.analysis.at))

@@ -28,12 +28,22 @@ def plan_steps(live: Weights, target: Weights, policy: Policy) -> tuple[dict[str
     start, end = shares(live), shares(target)
     names = [*live, *(b for b in target if b not in live)]
     out: list[dict[str, int]] = []
-    for percent in policy.steps:
+    for percent in _percents_of_the_way(start, end, policy):
         exact = {b: start.get(b, 0.0) + (end.get(b, 0.0) - start.get(b, 0.0)) * percent / 100 for b in names}
         step = _rounded(exact)
         if not same_shares(step, out[-1] if out else live) and not same_shares(step, target):
             out.append(step)
     return tuple(out)
+
+
+def _percents_of_the_way(start: dict[str, float], end: dict[str, float], policy: Policy) -> tuple[float, ...]:
+    """The policy's steps; step weights (shares of all traffic that the gaining backends reach) turned
+    into percents of the way, those not strictly between the live and the target share dropped."""
+    if not policy.step_weights:
+        return policy.steps
+    gain = [b for b in end if end[b] > start.get(b, 0.0)]
+    before, after = sum(start.get(b, 0.0) for b in gain), sum(end[b] for b in gain)
+    return tuple((w - before) * 100 / (after - before) for w in policy.step_weights if before < w < after)
 
 
 def _rounded(exact: dict[str, float]) -> dict[str, int]:

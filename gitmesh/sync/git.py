@@ -86,6 +86,14 @@ class Revision:
         return self.sha[:12] if self.sha else "working directory"
 
     @property
+    def digest(self) -> str:
+        """Names a plain directory's content as a commit's sha names a commit's: ``sha256:<hex>``."""
+        h = hashlib.sha256()
+        for path, data in sorted(self.texts.items()):
+            h.update(f"{len(path)}:{path}{len(data)}:".encode() + data)
+        return f"sha256:{h.hexdigest()}"
+
+    @property
     def texts(self) -> dict[str, bytes]:
         """Every file's bytes by path, to quote the lines diagnostics point at."""
         builds = (i for b in self.builds for i in b.inputs)

@@ -166,7 +166,8 @@ def test_saved_plan_applies_exactly_and_refuses_when_stale(
 ) -> None:
     plan_file = tmp_path / "plan.json"
     assert (
-        run("plan", "--repo", mesh.path, "--path", "mesh", "--store", store, "-o", plan_file).exit_code == 0
+        run("plan", "--repo", mesh.path, "--path", "mesh", "--store", store, "--out", plan_file).exit_code
+        == 0
     )
     # A newer commit lands after the plan was saved: applying the plan applies the old revision only.
     mesh.commit("later", {"mesh/extra.yaml": f.dump(f.service_account("bookstore", "late"))})
@@ -272,6 +273,7 @@ def test_a_kill_mid_apply_leaves_the_store_before_or_after(tmp_path: Path) -> No
             env=env,
         ) as proc:
             assert proc.stderr is not None
+            assert proc.stderr.readline().decode() == f"target: local:{store}\n"
             line = proc.stderr.readline().decode()
             assert line.startswith("Applying 3001 objects"), line
             time.sleep(delay)

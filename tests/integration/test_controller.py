@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 from click.testing import CliRunner
 
@@ -387,6 +388,35 @@ def test_a_suspended_source_is_left_alone_until_resumed(
     assert "ServiceAccount/bookstore/late" not in managed(store)
     cli_run("resume", "default", "--store", store)
     c.wait_applied(change)
+
+
+def test_reconcile_wait_prints_the_reconcile_it_caused(
+    mesh: GitRepo, store: Path, tmp_path: Path, controllers: list[RunningController]
+) -> None:
+    token = write_token(tmp_path)
+    c = start(
+        controllers, tmp_path, *local_source(mesh, store), "--http-token-file", token, "--interval", "1h"
+    )
+    c.wait_applied(head(mesh))
+    change = mesh.commit("more", {"mesh/extra.yaml": f.dump(f.service_account("bookstore", "late"))})
+    controller = ["--controller", f"http://127.0.0.1:{c.http_port}", "--token-file", str(token)]
+    waited = CliRunner().invoke(cli, ["reconcile", "default", *controller, "--wait", "-o", "json"])
+    assert waited.exit_code == 0, waited.output
+    doc = json.loads(waited.stdout)
+    schema = json.loads(
+        (Path(__file__).resolve().parents[2] / "gitmesh/cli/schemas/reconcile.schema.json").read_text()
+    )
+    jsonschema.validate(doc, schema)
+    assert (doc["reconcile"]["revision"], doc["reconcile"]["result"], doc["reconcile"]["trigger"]) == (
+        change,
+        "applied",
+        "manual",
+    )
+    assert "ServiceAccount/bookstore/late" in managed(store)
+    text = CliRunner().invoke(cli, ["reconcile", "default", *controller, "--wait"])
+    assert text.exit_code == 0 and f"unchanged {change[:12]}" in text.stdout, text.output  # nothing new
+    unknown = CliRunner().invoke(cli, ["reconcile", "nope", *controller, "--wait"])
+    assert unknown.exit_code == 1 and "no source 'nope'" in unknown.output
 
 
 def test_sources_from_a_config_file_follow_tags_in_a_version_range(

@@ -202,7 +202,14 @@ def test_prune_deletes_only_what_gitmesh_applied(cluster: Cluster, mesh: GitRepo
         "ServiceAccount/bookthief/bookthief": "delete",
         "Service/bookthief/bookthief": "delete",
     }
-    assert gitmesh(cluster, "apply", mesh).exit_code == 0
+    # Deleting the Namespace would take them with it: refused until the user says so.
+    refused = gitmesh(cluster, "apply", mesh)
+    assert refused.exit_code == 1
+    assert (
+        "Namespace/bookthief holds 2: ServiceAccount/bookthief/labelled, ServiceAccount/bookthief/theirs"
+        in (refused.output)
+    )
+    assert gitmesh(cluster, "apply", mesh, "--delete-namespace-contents").exit_code == 0
     namespaces = {n["metadata"]["name"] for n in kubectl_json(cluster, "namespaces")["items"]}
     phase = (
         kubectl_json(cluster, "namespace", "bookthief")["status"]["phase"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -100,7 +101,7 @@ def test_apply_planfile_writes_exactly_the_saved_plan_rollout_step_included(
     where = ("--repo", mesh.path, "--path", "mesh", "--store", store)
     assert run("apply", *where).exit_code == 0
     mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
-    shown = run("plan", *where, "-o", saved)
+    shown = run("plan", *where, "--out", saved)
     assert "(step 1 of 3: 100/0 -> 80/20, then analysis)" in shown.output, shown.output
     plan = encode.loads(saved.read_text())
     (split,) = [c.manifest for c in plan.changes if c.manifest is not None]
@@ -116,7 +117,7 @@ def test_apply_planfile_writes_exactly_the_saved_plan_rollout_step_included(
 
     # A plan saved while the rollout is at one state is refused once it moved, whatever else held still.
     mesh.commit("half to v2", {SPLIT_FILE: split_yaml(50, 50)})
-    assert run("plan", *where, "-o", saved).exit_code == 0
+    assert run("plan", *where, "--out", saved).exit_code == 0
     moved = {**step.record, "reason": "moved by hand"}
     backend.state.rollouts.save(step.split, moved)
     refused = run("apply", saved, "--store", store)
@@ -145,10 +146,11 @@ def test_abort_holds_the_stable_weights_until_a_commit_changes_the_target(
     assert "starts a rollout" in run("apply", *where).output
     assert weights(backend) == {"bookstore-v1": 90, "bookstore-v2": 10}
     status = json.loads(
-        run("rollout", "status", "bookstore-split", "--store", store, "--output", "json").output
+        run("rollout", "status", "bookstore-split", "--store", store, "--output", "json").stdout
     )
-    assert status["bookstore/bookstore-split"]["phase"] == "Progressing"
-    assert status["bookstore/bookstore-split"]["target"] == {"bookstore-v1": 50, "bookstore-v2": 50}
+    (rollout,) = status["rollouts"]
+    assert (rollout["split"], rollout["phase"]) == ("bookstore/bookstore-split", "Progressing")
+    assert rollout["target"] == {"bookstore-v1": 50, "bookstore-v2": 50}
 
 
 def test_a_split_without_a_policy_takes_its_weights_at_once(mesh: GitRepo, tmp_path: Path) -> None:
@@ -158,7 +160,7 @@ def test_a_split_without_a_policy_takes_its_weights_at_once(mesh: GitRepo, tmp_p
     mesh.commit("no policy, all to v2", {SPLIT_FILE: split_yaml(0, 100, policy="")})
     assert "Rollout" not in run("apply", *where).output
     assert weights(embedded(store)) == {"bookstore-v1": 0, "bookstore-v2": 100}
-    assert run("rollout", "status", "--store", store).output.strip() == "No rollouts."
+    assert run("rollout", "status", "--store", store).stdout.strip() == "No rollouts."
 
 
 def test_rollout_commands_name_a_rollout_that_exists(tmp_path: Path) -> None:
@@ -246,3 +248,23 @@ def test_the_pull_request_plan_says_what_merging_does_to_rollouts(mesh: GitRepo)
         "plan", "--repo", mesh.path, "--path", "mesh", "--base", "HEAD~1", "--output", "markdown"
     )
     assert "#### Rollouts" not in unchanged_policy.output  # weights unchanged: nothing rolls out
+
+
+def test_rollout_status_watch_follows_a_rollout_to_its_end(mesh: GitRepo, tmp_path: Path) -> None:
+    store = tmp_path / "store.db"
+    where = ("--repo", mesh.path, "--path", "mesh", "--store", store)
+    assert run("apply", *where).exit_code == 0
+    mesh.commit("all to v2", {SPLIT_FILE: split_yaml(0, 100)})
+    assert run("apply", *where).exit_code == 0
+    watch = ["rollout", "status", "-w", "--interval", "0.1", "-n", "bookstore", "--store", str(store)]
+    with subprocess.Popen(
+        [sys.executable, "-m", "gitmesh", *watch], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as watching:
+        assert watching.stdout is not None
+        assert watching.stdout.readline().startswith("bookstore/bookstore-split  Progressing")
+        assert run("rollout", "promote", "bookstore-split", "--store", store).exit_code == 0
+        rest = watching.stdout.read()  # it ends by itself once no rollout is under way
+        assert watching.wait(timeout=60) == 0
+    assert "bookstore/bookstore-split  Succeeded" in rest, rest
+    other = run("rollout", "status", "-n", "bookbuyer", "--store", store)
+    assert other.stdout.strip() == "No rollouts."

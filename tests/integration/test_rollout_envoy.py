@@ -107,7 +107,7 @@ def test_v2_answering_half_500s_is_rolled_back(demo: Demo, webhook: Webhook, tmp
     # ... the timeline draws it ...
     svg = tmp_path / "timeline.svg"
     result = CliRunner().invoke(
-        cli, ["rollout", "timeline", SPLIT, "--store", str(demo.store), "-o", str(svg)]
+        cli, ["rollout", "timeline", SPLIT, "--store", str(demo.store), "--out", str(svg)]
     )
     assert result.exit_code == 0, result.output
     assert svg.read_text().count("<circle") == 4 and "Failed" in svg.read_text()  # 2 checks, v1 and v2

@@ -84,6 +84,23 @@ def test_steps_are_percents_of_the_way_from_live_to_target() -> None:
     )
 
 
+def test_step_weights_are_shares_of_all_traffic_as_flagger_writes_them() -> None:
+    policy = policy_of(**{"step-weights": "10,25,50"})
+    assert policy is not None and policy.step_weights == (10, 25, 50)
+    assert plan_steps({V1: 100, V2: 0}, {V1: 0, V2: 100}, policy) == (
+        {V1: 90, V2: 10},
+        {V1: 75, V2: 25},
+        {V1: 50, V2: 50},
+    )
+    # Already at 20%, toward 40%: only 25 lies between, and it is 25% of all traffic, not of the way.
+    assert plan_steps({V1: 80, V2: 20}, {V1: 60, V2: 40}, policy) == ({V1: 75, V2: 25},)
+    # The same steps as percents of the way mean other weights: the two keys are not alike.
+    assert plan_steps({V1: 80, V2: 20}, {V1: 60, V2: 40}, Policy(steps=(10, 25, 50)))[0] == {V1: 78, V2: 22}
+    assert Policy.from_json(policy.to_json()) == policy
+    before = {k: v for k, v in policy.to_json().items() if k != "step_weights"}  # a rollout saved earlier
+    assert Policy.from_json(before).step_weights == ()
+
+
 def test_a_backend_new_in_the_target_starts_from_zero() -> None:
     steps = plan_steps({V1: 1}, {V1: 1, V2: 1}, Policy(steps=(50,)))
     assert steps == ({V1: 75, V2: 25},)
@@ -343,6 +360,20 @@ def test_status_lines_say_where_a_rollout_stands_and_why() -> None:
     assert "    it was fail" in lines
     assert not any("next check" in line for line in lines)  # nothing is due once it has ended
     assert any(line.startswith("  next check  in 9s") for line in render.status_lines(started(), 1001))
+
+
+def test_a_rollout_nobody_walks_says_it_is_stuck_and_why() -> None:
+    r = started()  # its first check is due at 1000 + the interval
+    due = r.next_check_at
+    assert not any("stuck" in line for line in render.status_lines(r, due + render.STUCK_AFTER))
+    lines = render.status_lines(r, due + render.STUCK_AFTER + 15)
+    assert (
+        f"  stuck       its check is {render.STUCK_AFTER + 15:.0f}s overdue: "
+        "no gitmesh run or gitmesh rollout run is walking it" in lines
+    )
+    assert not any("next check" in line for line in lines)
+    # An ended rollout is never stuck, however old.
+    assert not any("stuck" in line for line in render.status_lines(failed_rollout(), due + 10_000))
 
 
 def test_the_timeline_draws_each_backend_each_check_and_each_phase() -> None:

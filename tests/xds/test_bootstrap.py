@@ -101,7 +101,7 @@ def test_the_bootstrap_command_writes_it_with_a_certificate_for_the_identity(tmp
             "mysql.bookwarehouse:3306=13306",
             "--store",
             str(tmp_path / "store.db"),
-            "--output",
+            "--out",
             str(tmp_path / "bootstrap.json"),
         ],
     )
