@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from gitmesh.apis import read
 from gitmesh.cluster.inventory import Applied, ChangeSet, stale
 from gitmesh.cluster.port import Changes, Live, ObjectPort, ObjectsFailed, content_hash
 from gitmesh.errors import ClusterError, PlanError, StalePlan
@@ -23,8 +24,10 @@ from gitmesh.plan.diff import make_plan
 from gitmesh.plan.model import Action, Plan
 from gitmesh.plan.validate import Validated, validate
 from gitmesh.revision import layout
+from gitmesh.revision.diagnostics import Diagnostic
 from gitmesh.settings import Settings
 from gitmesh.sync.git import Revision
+from gitmesh.xds import patch_check
 
 
 @contextlib.contextmanager
@@ -71,7 +74,26 @@ def check(revision: Revision, objects: ObjectPort | None = None) -> Validated:
     if objects is not None and validated.outside:
         present = frozenset(objects.list(validated.outside))
         validated = validate(loaded.manifests, loaded.diagnostics, present)
+    validated = _check_patches(validated)
     return dataclasses.replace(validated, diagnostics=layout.explain(validated.diagnostics, loaded.notes))
+
+
+def _check_patches(validated: Validated) -> Validated:
+    """The EnvoyPatches checked on the Envoy resources they change, once the rest is valid (the
+    resources are translated from it); a patch with an error is left out of the desired state."""
+    if not validated.ok or not any(m.obj["kind"] == "EnvoyPatch" for m in validated.desired):
+        return validated
+    found = patch_check.diagnostics(validated.desired, read.mesh(m.obj for m in validated.desired))
+    failed = {d.ref for d in found if d.is_error}
+    return dataclasses.replace(
+        validated,
+        desired=tuple(m for m in validated.desired if m.ref not in failed),
+        diagnostics=tuple(sorted((*validated.diagnostics, *found), key=_order)),
+    )
+
+
+def _order(d: Diagnostic) -> tuple[str, int, int, str]:
+    return (d.location.file, d.location.line, d.location.column, d.code)
 
 
 @_without_cycle_collection()

@@ -36,7 +36,7 @@ from gitmesh.cluster.port import Live
 from gitmesh.errors import GitmeshError
 from gitmesh.mesh import state
 from gitmesh.mesh.state import Identity
-from gitmesh.xds import resources, tls
+from gitmesh.xds import patch, resources, tls
 from gitmesh.xds.bootstrap import SERVER_IDENTITY, admin_address, proxy_of
 from gitmesh.xds.cache import SnapshotCache
 from gitmesh.xds.server import ServerTls, StreamInfo, serve
@@ -300,6 +300,10 @@ class MeshPublisher:
 
     def _publish(self, key: str, proxy: Proxy, translator: Translator) -> None:
         by_type = translator.resources(proxy)
+        if translator.mesh.patches:
+            # Validation refused every patch that does not apply; one that no longer does (a
+            # resource gone since) is left out here, and said in ``gitmesh validate``.
+            by_type = patch.apply(by_type, translator.mesh.patches, proxy.service, proxy.identity).resources
         if not proxy.grpc:
             issued = self.ca.certificate(proxy.identity, self.clock())
             by_type = {**by_type, resources.SECRET: self._secrets(issued)}

@@ -1,0 +1,148 @@
+"""A revision's EnvoyPatches checked as the proxies will get them, before anything is applied.
+
+For every proxy a patch selects (each Service, under each identity of its namespace), the mesh is
+translated and the patches applied (``xds.patch``): a target that does not exist, a change that
+cannot be made and a result the Envoy protos refuse are diagnostics at the patch entry. Then the
+distinct patched resources go to the real Envoy (``envoy_check``), all in one run; only when it
+refuses are the patches asked about one by one, to name the one at fault.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from gitmesh.mesh.state import EnvoyPatch, Identity, MeshState, ResourceChange
+from gitmesh.objects import Manifest
+from gitmesh.revision.diagnostics import Diagnostic, field_path
+from gitmesh.xds import envoy_check, resources
+from gitmesh.xds.patch import Patched, PatchProblem, apply, as_json
+from gitmesh.xds.translate import Proxy, Translator
+
+# A proxy checked: any ports do, the resources' names do not depend on them but the app port's.
+_OUTBOUND_PORT, _INBOUND_PORT = 15001, 15006
+
+
+def diagnostics(manifests: Sequence[Manifest], mesh: MeshState, envoy: str | None = None) -> list[Diagnostic]:
+    """Every problem of the EnvoyPatches among ``manifests`` (schema-valid), whose mesh is ``mesh``."""
+    written = {(m.ref.namespace, m.ref.name): m for m in manifests if m.obj.get("kind") == "EnvoyPatch"}
+    if not written:
+        return []
+    translator = Translator(mesh)
+    problems: dict[tuple[EnvoyPatch, int, str], PatchProblem] = {}
+    found: dict[tuple[EnvoyPatch, int], bool] = defaultdict(bool)  # a target existed for some proxy
+    together: list[envoy_check.Checked] = []
+    selected: list[tuple[Proxy, list[EnvoyPatch]]] = []
+    for proxy in proxies(mesh):
+        selecting = [p for p in mesh.patches if p.selects(proxy.service, proxy.identity)]
+        if not selecting:
+            continue
+        selected.append((proxy, selecting))
+        patched = apply(translator.resources(proxy), selecting, proxy.service, proxy.identity)
+        if patched.changed:
+            together.append(_checked(patched))
+        for problem in patched.problems:
+            problems.setdefault((problem.patch, problem.change.index, problem.code), problem)
+        missing = {(p.patch, p.change.index) for p in patched.problems if p.code == "GM150"}
+        for patch in selecting:
+            for change in patch.changes:
+                found[(patch, change.index)] |= (patch, change.index) not in missing
+    out = []
+    for p in mesh.patches:
+        m = written[(p.namespace, p.name)]
+        if not any(p in selecting for _, selecting in selected):
+            out.append(_at(m, ("spec",), "GM154", f"{p} selects no proxy of the revision's services"))
+            continue
+        out += [
+            _at(m, _where(m, problem), problem.code, problem.message)
+            for (patch, index, code), problem in problems.items()
+            if patch == p and (code != "GM150" or not found[(patch, index)])
+        ]
+    if out or not together:  # a patch that cannot be made is not shown to Envoy
+        return out
+    envoy = envoy or envoy_check.envoy_binary()
+    if envoy_check.check(envoy_check.render(together), envoy) is None:
+        return out
+    for p in mesh.patches:  # which one: each patch alone, on the proxies it selects
+        alone = [
+            _checked(patched)
+            for proxy, selecting in selected
+            if p in selecting
+            and (patched := apply(translator.resources(proxy), [p], proxy.service, proxy.identity)).changed
+        ]
+        said = envoy_check.check(envoy_check.render(alone), envoy) if alone else None
+        if said:
+            m = written[(p.namespace, p.name)]
+            out.append(_at(m, ("spec", "patches"), "GM153", f"envoy --mode validate refused it: {said}"))
+    return out
+
+
+def proxies(mesh: MeshState) -> list[Proxy]:
+    """A proxy for each Service under each identity of its namespace (one named after the Service
+    where the namespace has none): the proxies a patch may select."""
+    by_namespace: dict[str, list[Identity]] = defaultdict(list)
+    for identity in sorted(mesh.identities, key=str):
+        by_namespace[identity.namespace].append(identity)
+    out = []
+    for ref, svc in sorted(mesh.services.items()):
+        app_port = svc.ports[0].port if svc.ports else 8080
+        for identity in by_namespace.get(ref.namespace) or [Identity(ref.namespace, ref.name)]:
+            out.append(Proxy(identity, ref, app_port, _OUTBOUND_PORT, _INBOUND_PORT))
+    return out
+
+
+def _checked(patched: Patched) -> envoy_check.Checked:
+    """The resources a patch changed, as Envoy is shown them: listeners with the proxy's routes inline."""
+    routes = {name: as_json(r) for name, r in patched.resources.get(resources.ROUTE, {}).items()}
+    by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for url, name in sorted(patched.changed):
+        by_type[url].append(as_json(patched.resources[url][name]))
+    return envoy_check.Checked(
+        listeners=tuple(envoy_check.inline_routes(r, routes) for r in by_type[resources.LISTENER]),
+        clusters=tuple(by_type[resources.CLUSTER]),
+        routes=tuple(by_type[resources.ROUTE]),
+    )
+
+
+# What a proto parse error names: an unknown field, else the proto path of the value it refused.
+_FIELD = re.compile(r'field named "([^"]+)"|at "?[\w.]*?(\w+)"?\.?$')
+
+
+def _where(m: Manifest, problem: PatchProblem) -> tuple[str | int, ...]:
+    """The patch entry, or within it the key the proto error names, where it is written."""
+    entry: tuple[str | int, ...] = ("spec", "patches", problem.change.index)
+    if problem.code == "GM150":
+        return (*entry, "name")
+    written = m.obj["spec"]["patches"][problem.change.index]
+    found = _FIELD.search(problem.message)
+    if problem.code == "GM152" and found:
+        at = _find_key(written, found.group(1) or found.group(2))
+        if at is not None:
+            return (*entry, *at)
+    return (*entry, "merge" if _is_merge(problem.change) else "jsonPatch")
+
+
+def _is_merge(change: ResourceChange) -> bool:
+    return change.merge is not None
+
+
+def _find_key(node: Any, key: str) -> tuple[str | int, ...] | None:
+    if isinstance(node, dict):
+        if key in node:
+            return (key,)
+        items: Any = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return None
+    for k, v in items:
+        below = _find_key(v, key)
+        if below is not None:
+            return (k, *below)
+    return None
+
+
+def _at(m: Manifest, path: tuple[str | int, ...], code: str, message: str) -> Diagnostic:
+    return Diagnostic(m.locate(path), code, message, field_path(path), m.ref)
