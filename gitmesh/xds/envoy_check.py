@@ -1,10 +1,11 @@
 """The real Envoy's word on patched resources: ``envoy --mode validate`` on a rendered bootstrap.
 
-The protos accept values Envoy refuses (an unknown filter name, a regex it will not compile,
+The protos accept values Envoy refuses (a negative timeout, a regex it will not compile,
 contradictory settings). Every distinct patched resource goes, once, into one static bootstrap
-(listeners with their routes inline, clusters as they are) and Envoy is asked about all of them in
-one run; only when it refuses is each patch asked about alone, to say which one it was. Answers are
-cached by the bootstrap's content and each run is bounded in time.
+(a route configuration in a listener of its own; listeners keep their RDS, which validation does
+not fetch) and Envoy is asked about all of them in one run; only when it refuses is each patch
+asked about alone, to say which one it was. Answers are cached by the bootstrap's content and
+each run is bounded in time.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def envoy_binary() -> str:
 class Checked:
     """The resources of one patch to show Envoy, in Envoy's proto field names."""
 
-    listeners: tuple[dict[str, Any], ...] = ()  # their routes inline (``inline_routes``)
+    listeners: tuple[dict[str, Any], ...] = ()
     clusters: tuple[dict[str, Any], ...] = ()
     routes: tuple[dict[str, Any], ...] = ()
 
@@ -79,11 +80,19 @@ def _static(
         "load_assignment": {"cluster_name": "ads", "endpoints": [{"lb_endpoints": [endpoint]}]},
     }
     return {
-        "listeners": [
-            {**r, "name": f"{i}:{r['name']}", "bind_to_port": False} for i, r in enumerate(listeners.values())
-        ],
+        "listeners": [_apart(r, i) for i, r in enumerate(listeners.values())],
         "clusters": [ads, *({**r, "name": f"{i}:{r['name']}"} for i, r in enumerate(clusters.values()))],
     }
+
+
+def _apart(listener: dict[str, Any], i: int) -> dict[str, Any]:
+    """A listener under a name and port of its own: proxies' listeners share both, and Envoy refuses
+    two listeners on one address even when neither binds it."""
+    out = {**listener, "name": f"{i}:{listener['name']}", "bind_to_port": False}
+    socket = listener.get("address", {}).get("socket_address")
+    if socket is not None and "port_value" in socket:
+        out["address"] = {**listener["address"], "socket_address": {**socket, "port_value": 1 + i}}
+    return out
 
 
 def _key(resource: dict[str, Any]) -> str:
@@ -105,19 +114,6 @@ def _route_listener(route: dict[str, Any]) -> dict[str, Any]:
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
     }
-
-
-def inline_routes(listener: dict[str, Any], routes: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    """The listener with each HTTP connection manager's RDS replaced by the route configuration
-    itself (its clusters are not looked for: they are the mesh's, checked apart)."""
-    listener = json.loads(json.dumps(listener))
-    for chain in listener.get("filter_chains", ()):
-        for f in chain.get("filters", ()):
-            config = f.get("typed_config", {})
-            if config.get("@type") == _HCM and "rds" in config:
-                name = config.pop("rds").get("route_config_name", "")
-                config["route_config"] = {**routes.get(name, {"name": name}), "validate_clusters": False}
-    return listener
 
 
 def check(bootstrap: dict[str, Any], envoy: str) -> str | None:

@@ -94,13 +94,12 @@ def proxies(mesh: MeshState) -> list[Proxy]:
 
 
 def _checked(patched: Patched) -> envoy_check.Checked:
-    """The resources a patch changed, as Envoy is shown them: listeners with the proxy's routes inline."""
-    routes = {name: as_json(r) for name, r in patched.resources.get(resources.ROUTE, {}).items()}
+    """The resources a patch changed, as Envoy is shown them."""
     by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for url, name in sorted(patched.changed):
         by_type[url].append(as_json(patched.resources[url][name]))
     return envoy_check.Checked(
-        listeners=tuple(envoy_check.inline_routes(r, routes) for r in by_type[resources.LISTENER]),
+        listeners=tuple(by_type[resources.LISTENER]),
         clusters=tuple(by_type[resources.CLUSTER]),
         routes=tuple(by_type[resources.ROUTE]),
     )
