@@ -19,9 +19,9 @@ from gitmesh.cluster.inventory import Applied, ChangeSet, stale
 from gitmesh.cluster.port import Changes, Live, ObjectPort, ObjectsFailed, content_hash
 from gitmesh.errors import ClusterError, PlanError, StalePlan
 from gitmesh.kube.errors import ApiError
-from gitmesh.objects import Location, ObjectRef
+from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan.diff import make_plan
-from gitmesh.plan.model import Action, Plan
+from gitmesh.plan.model import Action, EnvoyChange, Plan
 from gitmesh.plan.validate import Validated, validate
 from gitmesh.revision import layout
 from gitmesh.revision.diagnostics import Diagnostic
@@ -136,7 +136,7 @@ def plan(revision: Revision, validated: Validated, settings: Settings, source: s
             notes[ref] = "drift: changed in the cluster since gitmesh applied it"
             drifted.add(ref)
     conflicts = {ref: p.conflict for ref, p in predictions.items() if p.conflict}
-    return make_plan(
+    made = make_plan(
         desired=validated.desired,
         predicted={ref: p.obj for ref, p in predictions.items()},
         unchanged=frozenset(unchanged),
@@ -154,6 +154,19 @@ def plan(revision: Revision, validated: Validated, settings: Settings, source: s
         # The manifest is the one gitmesh applied, so every conflicting field is one it set and
         # someone changed by hand: Git wins.
         take_over=frozenset(drifted & conflicts.keys()),
+    )
+    return dataclasses.replace(made, envoy=_envoy_changes(validated.desired, live))
+
+
+def _envoy_changes(desired: tuple[Manifest, ...], live: Mapping[ObjectRef, Live]) -> tuple[EnvoyChange, ...]:
+    """What the revision's EnvoyPatches do to the Envoy resources, against the live ones."""
+    was = [o.obj for ref, o in live.items() if ref.kind == "EnvoyPatch"]
+    if not was and not any(m.obj["kind"] == "EnvoyPatch" for m in desired):
+        return ()
+    mesh = read.mesh(m.obj for m in desired)
+    return tuple(
+        EnvoyChange(d.proxies, d.type, d.name, d.before, d.after)
+        for d in patch_check.resource_diffs(mesh, read.mesh(was).patches)
     )
 
 

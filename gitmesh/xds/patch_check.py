@@ -9,17 +9,21 @@ refuses are the patches asked about one by one, to name the one at fault.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from google.protobuf import message
 
 from gitmesh.mesh.state import EnvoyPatch, Identity, MeshState, ResourceChange
 from gitmesh.objects import Manifest
 from gitmesh.revision.diagnostics import Diagnostic, field_path
 from gitmesh.xds import envoy_check, resources
-from gitmesh.xds.patch import Patched, PatchProblem, apply, as_json
-from gitmesh.xds.translate import Proxy, Translator
+from gitmesh.xds.patch import TYPES, Patched, PatchProblem, apply, as_json
+from gitmesh.xds.translate import AssembledRoutes, Proxy, Translator
 
 # A proxy checked: any ports do, the resources' names do not depend on them but the app port's.
 _OUTBOUND_PORT, _INBOUND_PORT = 15001, 15006
@@ -77,6 +81,43 @@ def diagnostics(manifests: Sequence[Manifest], mesh: MeshState, envoy: str | Non
             m = written[(p.namespace, p.name)]
             out.append(_at(m, ("spec", "patches"), "GM153", f"envoy --mode validate refused it: {said}"))
     return out
+
+
+@dataclass(frozen=True)
+class ResourceDiff:
+    """One resource as the mesh's patches leave it against other patches (those live), the same
+    for each proxy listed; JSON in proto field names, "" where it did not exist."""
+
+    proxies: tuple[str, ...]  # each as <namespace>/<service> (<identity namespace>/<name>)
+    type: str
+    name: str
+    before: str
+    after: str
+
+
+def resource_diffs(mesh: MeshState, before: Sequence[EnvoyPatch]) -> list[ResourceDiff]:
+    """What changing the patches from ``before`` to ``mesh.patches`` does to each selected proxy's
+    resources, grouped by proxies that get the same change."""
+    translator = Translator(mesh)
+    groups: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
+    names = {url: type_name for type_name, (url, _) in TYPES.items()}
+    for proxy in proxies(mesh):
+        now = [p for p in mesh.patches if p.selects(proxy.service, proxy.identity)]
+        was = [p for p in before if p.selects(proxy.service, proxy.identity)]
+        if now == was:
+            continue
+        found = translator.resources(proxy)
+        old = apply(found, was, proxy.service, proxy.identity)
+        new = apply(found, now, proxy.service, proxy.identity)
+        for url, name in sorted(old.changed | new.changed):
+            was_text, now_text = (_text(p.resources.get(url, {}).get(name)) for p in (old, new))
+            if was_text != now_text:
+                groups[(names[url], name, was_text, now_text)].append(f"{proxy.service} ({proxy.identity})")
+    return [ResourceDiff(tuple(ps), t, n, b, a) for (t, n, b, a), ps in groups.items()]
+
+
+def _text(resource: message.Message | AssembledRoutes | None) -> str:
+    return "" if resource is None else json.dumps(as_json(resource), indent=2, sort_keys=True)
 
 
 def proxies(mesh: MeshState) -> list[Proxy]:
