@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,7 @@ class Patched:
     resources: Resources
     changed: frozenset[tuple[str, str]]  # (type URL, name) of every resource a patch changed
     problems: tuple[PatchProblem, ...]
+    by_type: Mapping[str, tuple[str, ...]]  # type URL -> the patches that changed resources of it
 
 
 def apply(
@@ -59,6 +60,7 @@ def apply(
     out: dict[str, dict[str, Any]] = {}
     changed: set[tuple[str, str]] = set()
     problems: list[PatchProblem] = []
+    by_type: dict[str, list[str]] = {}
     for patch in patches:
         if not patch.selects(service, identity):
             continue
@@ -90,7 +92,14 @@ def apply(
             if not failed:
                 out[url] = updated
                 changed.update((url, n) for n in names)
-    return Patched({**found, **out}, frozenset(changed), tuple(problems))
+                if str(patch) not in by_type.setdefault(url, []):
+                    by_type[url].append(str(patch))
+    return Patched(
+        {**found, **out},
+        frozenset(changed),
+        tuple(problems),
+        {url: tuple(patches) for url, patches in by_type.items()},
+    )
 
 
 def as_json(resource: message.Message | AssembledRoutes) -> dict[str, Any]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -148,3 +150,37 @@ def test_a_bad_patch_is_refused_at_its_line_and_never_reaches_a_proxy(case: str,
     assert found, result.output
     assert int(found.group(1)) >= line  # at the patch entry or within it
     assert said in result.output
+
+
+def test_a_rejection_of_a_patched_resource_names_the_patch(demo: Demo) -> None:
+    # Valid everywhere but on this host: the outbound listener moved onto a port another program
+    # holds (without SO_REUSEPORT). envoy --mode validate binds nothing, so only the sidecar can say.
+    holder = socket.create_server(("127.0.0.1", 0))
+    taken = holder.getsockname()[1]
+    commit(
+        demo,
+        patch_file(
+            {
+                "patches": [
+                    {
+                        "type": "Listener",
+                        "name": "outbound",
+                        "merge": {"address": {"socket_address": {"port_value": taken}}},
+                    }
+                ]
+            }
+        ),
+    )
+
+    def status() -> dict[str, Any]:
+        result = CliRunner().invoke(cli, ["status", "--store", str(demo.store), "--output", "json"])
+        return json.loads(result.output)["sidecars"] or {}
+
+    with holder:
+        report = eventually(status, lambda r: bool(r.get("nacks")), "the rejection reported")
+    (nack,) = report["nacks"]
+    assert nack["type"] == "Listener" and "bookbuyer" in nack["proxy"]
+    assert nack["patches"] == ["EnvoyPatch bookbuyer/tune"]
+    text = CliRunner().invoke(cli, ["status", "--store", str(demo.store)]).output
+    assert "(changed by EnvoyPatch bookbuyer/tune)" in text
+    assert demo.buy("/books-bought")[0] == 200  # the last good listener keeps serving
