@@ -9,6 +9,7 @@ refuses are the patches asked about one by one, to name the one at fault.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import defaultdict
@@ -69,18 +70,32 @@ def diagnostics(manifests: Sequence[Manifest], mesh: MeshState, envoy: str | Non
     envoy = envoy or envoy_check.envoy_binary()
     if envoy_check.check(envoy_check.render(together), envoy) is None:
         return out
-    for p in mesh.patches:  # which one: each patch alone, on the proxies it selects
-        alone = [
-            _checked(patched)
-            for proxy, selecting in selected
-            if p in selecting
-            and (patched := apply(translator.resources(proxy), [p], proxy.service, proxy.identity)).changed
-        ]
-        said = envoy_check.check(envoy_check.render(alone), envoy) if alone else None
+    for p in mesh.patches:  # which one: each patch alone, then its first entries, to the one at fault
+        said = _refused(p, selected, translator, envoy)
         if said:
+            entry = next(
+                k
+                for k in range(1, len(p.changes) + 1)
+                if k == len(p.changes)
+                or _refused(dataclasses.replace(p, changes=p.changes[:k]), selected, translator, envoy)
+            )
             m = written[(p.namespace, p.name)]
-            out.append(_at(m, ("spec", "patches"), "GM153", f"envoy --mode validate refused it: {said}"))
+            where = ("spec", "patches", entry - 1)
+            out.append(_at(m, where, "GM153", f"envoy --mode validate refused it: {said}"))
     return out
+
+
+def _refused(
+    p: EnvoyPatch, selected: Sequence[tuple[Proxy, list[EnvoyPatch]]], translator: Translator, envoy: str
+) -> str | None:
+    """What Envoy says of ``p``'s changes alone, on the proxies it selects."""
+    alone = [
+        _checked(patched)
+        for proxy, selecting in selected
+        if any(q.namespace == p.namespace and q.name == p.name for q in selecting)
+        and (patched := apply(translator.resources(proxy), [p], proxy.service, proxy.identity)).changed
+    ]
+    return envoy_check.check(envoy_check.render(alone), envoy) if alone else None
 
 
 @dataclass(frozen=True)
