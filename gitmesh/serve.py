@@ -22,6 +22,7 @@ import datetime
 import logging
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -184,6 +185,8 @@ class MeshPublisher:
         self._lock = threading.Lock()
         self._proxies: dict[str, Proxy] = {}
         self._patched: dict[str, Mapping[str, tuple[str, ...]]] = {}  # key -> type URL -> EnvoyPatches
+        # The patches' changes, shared by the proxies of a translation while it is in use.
+        self._memos: weakref.WeakKeyDictionary[Translator, patch.Memo] = weakref.WeakKeyDictionary()
         # node id -> the admin interface its latest stream's bootstrap gives, and its open streams
         self._admins: dict[str, tuple[str, int]] = {}
         self._secrets_of: dict[Identity, tuple[ca.Issued, tuple[str, ...], dict[str, message.Message]]] = {}
@@ -315,7 +318,8 @@ class MeshPublisher:
         if translator.mesh.patches:
             # Validation refused every patch that does not apply; one that no longer does (a
             # resource gone since) is left out here, and said in ``gitmesh validate``.
-            patched = patch.apply(by_type, translator.mesh.patches, proxy.service, proxy.identity)
+            memo = self._memos.setdefault(translator, patch.Memo())
+            patched = patch.apply(by_type, translator.mesh.patches, proxy.service, proxy.identity, memo)
             by_type, patched_by = patched.resources, patched.by_type
         if not proxy.grpc:
             issued = self.ca.certificate(proxy.identity, self.clock())

@@ -52,11 +52,42 @@ class Patched:
     by_type: Mapping[str, tuple[str, ...]]  # type URL -> the patches that changed resources of it
 
 
+class Memo:
+    """Changes already made, by the resource object they were made to. Proxies share their
+    translated resources (a scope's clusters, a namespace's routes), so a patch over a thousand
+    proxies changes each shared resource once, not once per proxy. Keep one as long as the
+    resources it has seen (a translation's generation)."""
+
+    def __init__(self) -> None:
+        # Each entry holds its resource, so that the id it is keyed by is not reused.
+        self._made: dict[tuple[int, EnvoyPatch, int], tuple[object, message.Message | str]] = {}
+
+    def change(
+        self,
+        resource: message.Message | AssembledRoutes,
+        patch: EnvoyPatch,
+        change: ResourceChange,
+        proto: type[message.Message],
+    ) -> message.Message | str:
+        key = (id(resource), patch, change.index)
+        made = self._made.get(key)
+        if made is None or made[0] is not resource:
+            made = (resource, _change(resource, change, proto))
+            self._made[key] = made
+        return made[1]
+
+
 def apply(
-    found: Resources, patches: Sequence[EnvoyPatch], service: ServiceRef, identity: Identity
+    found: Resources,
+    patches: Sequence[EnvoyPatch],
+    service: ServiceRef,
+    identity: Identity,
+    memo: Memo | None = None,
 ) -> Patched:
     """``found`` with every change of the patches selecting this proxy made, in order. A change
-    that cannot be made is a problem and leaves its resource as it was."""
+    that cannot be made is a problem and leaves its resource as it was. ``memo`` shares the
+    changes made between the proxies of one translation."""
+    memo = memo or Memo()
     out: dict[str, dict[str, Any]] = {}
     changed: set[tuple[str, str]] = set()
     problems: list[PatchProblem] = []
@@ -82,7 +113,7 @@ def apply(
             updated = dict(current)
             failed = False
             for name in names:
-                result = _change(current[name], change, proto)
+                result = memo.change(current[name], patch, change, proto)
                 if isinstance(result, str):
                     code, _, text = result.partition(" ")
                     problems.append(PatchProblem(patch, change, code, f"{change.type} {name!r}: {text}"))

@@ -23,7 +23,7 @@ from gitmesh.mesh.state import EnvoyPatch, Identity, MeshState, ResourceChange
 from gitmesh.objects import Manifest
 from gitmesh.revision.diagnostics import Diagnostic, field_path
 from gitmesh.xds import envoy_check, resources
-from gitmesh.xds.patch import TYPES, Patched, PatchProblem, apply, as_json
+from gitmesh.xds.patch import TYPES, Memo, Patched, PatchProblem, apply, as_json
 from gitmesh.xds.translate import AssembledRoutes, Proxy, Translator
 
 # A proxy checked: any ports do, the resources' names do not depend on them but the app port's.
@@ -35,19 +35,18 @@ def diagnostics(manifests: Sequence[Manifest], mesh: MeshState, envoy: str | Non
     written = {(m.ref.namespace, m.ref.name): m for m in manifests if m.obj.get("kind") == "EnvoyPatch"}
     if not written:
         return []
-    translator = Translator(mesh)
+    translator, memo = Translator(mesh), Memo()
     problems: dict[tuple[EnvoyPatch, int, str], PatchProblem] = {}
     found: dict[tuple[EnvoyPatch, int], bool] = defaultdict(bool)  # a target existed for some proxy
-    together: list[envoy_check.Checked] = []
+    together = _Shown()
     selected: list[tuple[Proxy, list[EnvoyPatch]]] = []
     for proxy in proxies(mesh):
         selecting = [p for p in mesh.patches if p.selects(proxy.service, proxy.identity)]
         if not selecting:
             continue
         selected.append((proxy, selecting))
-        patched = apply(translator.resources(proxy), selecting, proxy.service, proxy.identity)
-        if patched.changed:
-            together.append(_checked(patched))
+        patched = apply(translator.resources(proxy), selecting, proxy.service, proxy.identity, memo)
+        together.add(patched)
         for problem in patched.problems:
             problems.setdefault((problem.patch, problem.change.index, problem.code), problem)
         missing = {(p.patch, p.change.index) for p in patched.problems if p.code == "GM150"}
@@ -65,19 +64,19 @@ def diagnostics(manifests: Sequence[Manifest], mesh: MeshState, envoy: str | Non
             for (patch, index, code), problem in problems.items()
             if patch == p and (code != "GM150" or not found[(patch, index)])
         ]
-    if out or not together:  # a patch that cannot be made is not shown to Envoy
+    if out or not together.resources:  # a patch that cannot be made is not shown to Envoy
         return out
     envoy = envoy or envoy_check.envoy_binary()
-    if envoy_check.check(envoy_check.render(together), envoy) is None:
+    if envoy_check.check(envoy_check.render([together.checked()]), envoy) is None:
         return out
     for p in mesh.patches:  # which one: each patch alone, then its first entries, to the one at fault
-        said = _refused(p, selected, translator, envoy)
+        said = _refused(p, selected, translator, memo, envoy)
         if said:
             entry = next(
                 k
                 for k in range(1, len(p.changes) + 1)
                 if k == len(p.changes)
-                or _refused(dataclasses.replace(p, changes=p.changes[:k]), selected, translator, envoy)
+                or _refused(dataclasses.replace(p, changes=p.changes[:k]), selected, translator, memo, envoy)
             )
             m = written[(p.namespace, p.name)]
             where = ("spec", "patches", entry - 1)
@@ -86,16 +85,18 @@ def diagnostics(manifests: Sequence[Manifest], mesh: MeshState, envoy: str | Non
 
 
 def _refused(
-    p: EnvoyPatch, selected: Sequence[tuple[Proxy, list[EnvoyPatch]]], translator: Translator, envoy: str
+    p: EnvoyPatch,
+    selected: Sequence[tuple[Proxy, list[EnvoyPatch]]],
+    translator: Translator,
+    memo: Memo,
+    envoy: str,
 ) -> str | None:
     """What Envoy says of ``p``'s changes alone, on the proxies it selects."""
-    alone = [
-        _checked(patched)
-        for proxy, selecting in selected
-        if any(q.namespace == p.namespace and q.name == p.name for q in selecting)
-        and (patched := apply(translator.resources(proxy), [p], proxy.service, proxy.identity)).changed
-    ]
-    return envoy_check.check(envoy_check.render(alone), envoy) if alone else None
+    alone = _Shown()
+    for proxy, selecting in selected:
+        if any(q.namespace == p.namespace and q.name == p.name for q in selecting):
+            alone.add(apply(translator.resources(proxy), [p], proxy.service, proxy.identity, memo))
+    return envoy_check.check(envoy_check.render([alone.checked()]), envoy) if alone.resources else None
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class ResourceDiff:
 def resource_diffs(mesh: MeshState, before: Sequence[EnvoyPatch]) -> list[ResourceDiff]:
     """What changing the patches from ``before`` to ``mesh.patches`` does to each selected proxy's
     resources, grouped by proxies that get the same change."""
-    translator = Translator(mesh)
+    translator, memo = Translator(mesh), Memo()
     groups: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
     names = {url: type_name for type_name, (url, _) in TYPES.items()}
     for proxy in proxies(mesh):
@@ -122,8 +123,8 @@ def resource_diffs(mesh: MeshState, before: Sequence[EnvoyPatch]) -> list[Resour
         if now == was:
             continue
         found = translator.resources(proxy)
-        old = apply(found, was, proxy.service, proxy.identity)
-        new = apply(found, now, proxy.service, proxy.identity)
+        old = apply(found, was, proxy.service, proxy.identity, memo)
+        new = apply(found, now, proxy.service, proxy.identity, memo)
         for url, name in sorted(old.changed | new.changed):
             was_text, now_text = (_text(p.resources.get(url, {}).get(name)) for p in (old, new))
             if was_text != now_text:
@@ -149,16 +150,27 @@ def proxies(mesh: MeshState) -> list[Proxy]:
     return out
 
 
-def _checked(patched: Patched) -> envoy_check.Checked:
-    """The resources a patch changed, as Envoy is shown them."""
-    by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for url, name in sorted(patched.changed):
-        by_type[url].append(as_json(patched.resources[url][name]))
-    return envoy_check.Checked(
-        listeners=tuple(by_type[resources.LISTENER]),
-        clusters=tuple(by_type[resources.CLUSTER]),
-        routes=tuple(by_type[resources.ROUTE]),
-    )
+class _Shown:
+    """The changed resources of many proxies, each object once: proxies share them (``Memo``), and
+    a thousand proxies' copies of one cluster are one resource to show Envoy."""
+
+    def __init__(self) -> None:
+        self.resources: dict[int, tuple[str, Any]] = {}
+
+    def add(self, patched: Patched) -> None:
+        for url, name in patched.changed:
+            resource = patched.resources[url][name]
+            self.resources.setdefault(id(resource), (url, resource))
+
+    def checked(self) -> envoy_check.Checked:
+        by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for url, resource in self.resources.values():
+            by_type[url].append(as_json(resource))
+        return envoy_check.Checked(
+            listeners=tuple(by_type[resources.LISTENER]),
+            clusters=tuple(by_type[resources.CLUSTER]),
+            routes=tuple(by_type[resources.ROUTE]),
+        )
 
 
 # What a proto parse error names: an unknown field, else the proto path of the value it refused.
