@@ -26,7 +26,8 @@ from gitmesh.xds import envoy_check, resources
 from gitmesh.xds.patch import TYPES, Memo, Patched, PatchProblem, apply, as_json
 from gitmesh.xds.translate import AssembledRoutes, Proxy, Translator
 
-# A proxy checked: any ports do, the resources' names do not depend on them but the app port's.
+# The ports of the proxies checked: no resource name depends on them (the local app's cluster, named
+# by the app port, is in the bootstrap).
 _OUTBOUND_PORT, _INBOUND_PORT = 15001, 15006
 
 
@@ -67,7 +68,8 @@ def diagnostics(manifests: Sequence[Manifest], mesh: MeshState, envoy: str | Non
     if out or not together.resources:  # a patch that cannot be made is not shown to Envoy
         return out
     envoy = envoy or envoy_check.envoy_binary()
-    if envoy_check.check(envoy_check.render([together.checked()]), envoy) is None:
+    said_of_all = envoy_check.check(envoy_check.render([together.checked()]), envoy)
+    if said_of_all is None:
         return out
     for p in mesh.patches:  # which one: each patch alone, then its first entries, to the one at fault
         said = _refused(p, selected, translator, memo, envoy)
@@ -81,6 +83,13 @@ def diagnostics(manifests: Sequence[Manifest], mesh: MeshState, envoy: str | Non
             m = written[(p.namespace, p.name)]
             where = ("spec", "patches", entry - 1)
             out.append(_at(m, where, "GM153", f"envoy --mode validate refused it: {said}"))
+    if not out:  # each is fine alone, not together (two patches on one resource): all of them
+        out = [
+            _at(written[(p.namespace, p.name)], ("spec", "patches"), "GM153",
+                f"envoy --mode validate refused the patches together: {said_of_all}")
+            for p in mesh.patches
+            if any(p in selecting for _, selecting in selected)
+        ]  # fmt: skip
     return out
 
 
