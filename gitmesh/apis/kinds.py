@@ -105,7 +105,7 @@ KINDS: tuple[Kind, ...] = (
     ),
     Kind(
         envoy.GROUP, "EnvoyPatch", ("v1alpha1",), "v1alpha1", "envoypatches",
-        Meaning.ENVOY, crd=True, short_names=("ep",),
+        Meaning.ENVOY, crd=True, short_names=("epatch",),  # "ep" is kubectl's for Endpoints
     ),
 )  # fmt: skip
 
