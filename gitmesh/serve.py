@@ -187,6 +187,9 @@ class MeshPublisher:
         self._patched: dict[str, Mapping[str, tuple[str, ...]]] = {}  # key -> type URL -> EnvoyPatches
         # The patches' changes, shared by the proxies of a translation while it is in use.
         self._memos: weakref.WeakKeyDictionary[Translator, patch.Memo] = weakref.WeakKeyDictionary()
+        self._left_out: weakref.WeakKeyDictionary[Translator, set[tuple[state.EnvoyPatch, int]]] = (
+            weakref.WeakKeyDictionary()
+        )
         # node id -> the admin interface its latest stream's bootstrap gives, and its open streams
         self._admins: dict[str, tuple[str, int]] = {}
         self._secrets_of: dict[Identity, tuple[ca.Issued, tuple[str, ...], dict[str, message.Message]]] = {}
@@ -316,11 +319,22 @@ class MeshPublisher:
         by_type = translator.resources(proxy)
         patched_by: Mapping[str, tuple[str, ...]] = {}
         if translator.mesh.patches:
-            # Validation refused every patch that does not apply; one that no longer does (a
-            # resource gone since) is left out here, and said in ``gitmesh validate``.
+            # Validation refused every patch that does not apply. One that does not here (written
+            # past gitmesh, or a resource gone since) is left out of this proxy's resources, and said.
             memo = self._memos.setdefault(translator, patch.Memo())
             patched = patch.apply(by_type, translator.mesh.patches, proxy.service, proxy.identity, memo)
             by_type, patched_by = patched.resources, patched.by_type
+            said = self._left_out.setdefault(translator, set())
+            for problem in patched.problems:
+                if (problem.patch, problem.change.index) not in said:  # once per mesh, not per proxy
+                    said.add((problem.patch, problem.change.index))
+                    log.warning(
+                        "%s, patches[%d] left out (first for %s): %s",
+                        problem.patch,
+                        problem.change.index,
+                        key,
+                        problem.message,
+                    )
         if not proxy.grpc:
             issued = self.ca.certificate(proxy.identity, self.clock())
             by_type = {**by_type, resources.SECRET: self._secrets(issued)}

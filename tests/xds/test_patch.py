@@ -5,12 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
+from google.protobuf import json_format
 
+from gitmesh import serve
 from gitmesh.apis import read
 from gitmesh.mesh.state import Identity, MeshState, ServiceRef
 from gitmesh.xds import patch_check, resources
+from gitmesh.xds.bootstrap import bootstrap
 from gitmesh.xds.patch import apply
 from gitmesh.xds.translate import Proxy, Translator
 
@@ -18,34 +23,36 @@ WEB = Proxy(Identity("shop", "web"), ServiceRef("shop", "web"), 8080, 15001, 150
 API = Proxy(Identity("shop", "api"), ServiceRef("shop", "api"), 8080, 15001, 15006)
 
 
-def mesh(*patches: dict[str, Any]) -> MeshState:
-    objects: list[dict[str, Any]] = [
+OBJECTS: list[dict[str, Any]] = [
+    {
+        "apiVersion": "config.openservicemesh.io/v1alpha2",
+        "kind": "MeshConfig",
+        "metadata": {"name": "mesh", "namespace": "shop"},
+        "spec": {"traffic": {"enablePermissiveTrafficPolicyMode": True}},
+    },
+    *(
         {
-            "apiVersion": "config.openservicemesh.io/v1alpha2",
-            "kind": "MeshConfig",
-            "metadata": {"name": "mesh", "namespace": "shop"},
-            "spec": {"traffic": {"enablePermissiveTrafficPolicyMode": True}},
-        },
-        *(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": name, "namespace": "shop"},
-                "spec": {"ports": [{"name": "http", "port": 80}]},
-            }
-            for name in ("web", "api")
-        ),
-        *(
-            {
-                "apiVersion": "gitmesh.dev/v1alpha1",
-                "kind": "EnvoyPatch",
-                "metadata": {"name": f"p{i}", "namespace": "shop"},
-                "spec": spec,
-            }
-            for i, spec in enumerate(patches)
-        ),
-    ]
-    return read.mesh(objects)
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"ports": [{"name": "http", "port": 80}]},
+        }
+        for name in ("web", "api")
+    ),
+]
+
+
+def patch_object(spec: dict[str, Any], name: str = "p0") -> dict[str, Any]:
+    return {
+        "apiVersion": "gitmesh.dev/v1alpha1",
+        "kind": "EnvoyPatch",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": spec,
+    }
+
+
+def mesh(*patches: dict[str, Any]) -> MeshState:
+    return read.mesh([*OBJECTS, *(patch_object(spec, f"p{i}") for i, spec in enumerate(patches))])
 
 
 def patched(m: MeshState, proxy: Proxy) -> Any:
@@ -151,3 +158,30 @@ def test_the_plan_groups_proxies_that_get_the_same_change() -> None:
     assert diff.proxies == ("shop/api (shop/api)", "shop/web (shop/web)")
     assert '"connect_timeout": "1s"' in diff.before and '"connect_timeout": "3s"' in diff.after
     assert patch_check.resource_diffs(after, after.patches) == []
+
+
+def test_the_publisher_sends_patched_resources_and_says_once_what_it_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A mesh read from a cluster is not validated: a change that does not apply is left out and
+    logged once, the others still reach the proxies, and what they changed is remembered."""
+    publisher = serve.MeshPublisher()
+    objects = [
+        *OBJECTS,
+        patch_object(
+            {"patches": [{"type": "Cluster", "name": "shop/web|80", "merge": {"connect_timeout": "3s"}}]}
+        ),
+        patch_object({"patches": [{"type": "Cluster", "name": "shop/gone|80", "merge": {}}]}, "p1"),
+    ]
+    publisher.update(objects)
+    keys = []
+    for proxy in (WEB, API):
+        node = bootstrap(proxy, xds_host="127.0.0.1", xds_port=1, admin_port=0)["node"]
+        keys.append(publisher.opened(json_format.ParseDict(node, base_pb2.Node())))
+    for key in keys:
+        snapshot = publisher.cache.snapshot(key)
+        assert snapshot is not None
+        assert snapshot.resources[resources.CLUSTER]["shop/web|80"].connect_timeout.seconds == 3
+        assert publisher.patched()[key] == {resources.CLUSTER: ("EnvoyPatch shop/p0",)}
+    left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(left_out) == 1 and "EnvoyPatch shop/p1, patches[0]" in left_out[0], left_out
