@@ -14,17 +14,20 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from gitmesh.apis import read
 from gitmesh.cluster.inventory import Applied, ChangeSet, stale
 from gitmesh.cluster.port import Changes, Live, ObjectPort, ObjectsFailed, content_hash
 from gitmesh.errors import ClusterError, PlanError, StalePlan
 from gitmesh.kube.errors import ApiError
-from gitmesh.objects import Location, ObjectRef
+from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan.diff import make_plan
-from gitmesh.plan.model import Action, Plan
+from gitmesh.plan.model import Action, EnvoyChange, Plan
 from gitmesh.plan.validate import Validated, validate
 from gitmesh.revision import layout
+from gitmesh.revision.diagnostics import Diagnostic
 from gitmesh.settings import Settings
 from gitmesh.sync.git import Revision
+from gitmesh.xds import patch_check
 
 
 @contextlib.contextmanager
@@ -71,7 +74,26 @@ def check(revision: Revision, objects: ObjectPort | None = None) -> Validated:
     if objects is not None and validated.outside:
         present = frozenset(objects.list(validated.outside))
         validated = validate(loaded.manifests, loaded.diagnostics, present)
+    validated = _check_patches(validated)
     return dataclasses.replace(validated, diagnostics=layout.explain(validated.diagnostics, loaded.notes))
+
+
+def _check_patches(validated: Validated) -> Validated:
+    """The EnvoyPatches checked on the Envoy resources they change, once the rest is valid (the
+    resources are translated from it); a patch with an error is left out of the desired state."""
+    if not validated.ok or not any(m.obj["kind"] == "EnvoyPatch" for m in validated.desired):
+        return validated
+    found = patch_check.diagnostics(validated.desired, read.mesh(m.obj for m in validated.desired))
+    failed = {d.ref for d in found if d.is_error}
+    return dataclasses.replace(
+        validated,
+        desired=tuple(m for m in validated.desired if m.ref not in failed),
+        diagnostics=tuple(sorted((*validated.diagnostics, *found), key=_order)),
+    )
+
+
+def _order(d: Diagnostic) -> tuple[str, int, int, str]:
+    return (d.location.file, d.location.line, d.location.column, d.code)
 
 
 @_without_cycle_collection()
@@ -114,7 +136,7 @@ def plan(revision: Revision, validated: Validated, settings: Settings, source: s
             notes[ref] = "drift: changed in the cluster since gitmesh applied it"
             drifted.add(ref)
     conflicts = {ref: p.conflict for ref, p in predictions.items() if p.conflict is not None}
-    return make_plan(
+    made = make_plan(
         desired=validated.desired,
         predicted={ref: p.obj for ref, p in predictions.items()},
         unchanged=frozenset(unchanged),
@@ -136,6 +158,19 @@ def plan(revision: Revision, validated: Validated, settings: Settings, source: s
         # The manifest is the one gitmesh applied, so every conflicting field is one it set and
         # someone changed by hand: Git wins.
         take_over=frozenset(drifted & conflicts.keys()),
+    )
+    return dataclasses.replace(made, envoy=_envoy_changes(validated.desired, live))
+
+
+def _envoy_changes(desired: tuple[Manifest, ...], live: Mapping[ObjectRef, Live]) -> tuple[EnvoyChange, ...]:
+    """What the revision's EnvoyPatches do to the Envoy resources, against the live ones."""
+    was = [o.obj for ref, o in live.items() if ref.kind == "EnvoyPatch"]
+    if not was and not any(m.obj["kind"] == "EnvoyPatch" for m in desired):
+        return ()
+    mesh = read.mesh(m.obj for m in desired)
+    return tuple(
+        EnvoyChange(d.proxies, d.type, d.name, d.before, d.after)
+        for d in patch_check.resource_diffs(mesh, read.mesh(was).patches)
     )
 
 

@@ -22,6 +22,7 @@ import datetime
 import logging
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -36,7 +37,7 @@ from gitmesh.cluster.port import Live
 from gitmesh.errors import GitmeshError
 from gitmesh.mesh import state
 from gitmesh.mesh.state import Identity
-from gitmesh.xds import resources, tls
+from gitmesh.xds import patch, resources, tls
 from gitmesh.xds.bootstrap import SERVER_IDENTITY, admin_address, proxy_of
 from gitmesh.xds.cache import SnapshotCache
 from gitmesh.xds.server import ServerTls, StreamInfo, serve
@@ -96,9 +97,11 @@ def xds_report(
     cache: SnapshotCache,
     admins: Iterable[str],
     expiries: Mapping[str, datetime.datetime],
+    patched: Mapping[str, Mapping[str, tuple[str, ...]]],
 ) -> dict[str, Any]:
     """Connected proxies (and their admin interfaces, where rollouts read their stats), the latest
-    rejections they reported, and when each identity's certificate expires, as plain data."""
+    rejections they reported (with the EnvoyPatches that changed resources of the type rejected),
+    and when each identity's certificate expires, as plain data."""
     streams = list(streams)
     every = [(key, n) for key in sorted({s.key for s in streams}) for n in cache.nacks(key)]
     latest = sorted(every, key=lambda kept: kept[1].at)[-MAX_REPORTED_NACKS:]
@@ -109,6 +112,7 @@ def xds_report(
             "version": n.version,
             "message": n.message,
             "at": n.at,
+            "patches": list(patched.get(key, {}).get(n.type_url, ())),
         }
         for key, n in latest
     ]
@@ -180,6 +184,12 @@ class MeshPublisher:
         self.encodings = Encodings()
         self._lock = threading.Lock()
         self._proxies: dict[str, Proxy] = {}
+        self._patched: dict[str, Mapping[str, tuple[str, ...]]] = {}  # key -> type URL -> EnvoyPatches
+        # The patches' changes, shared by the proxies of a translation while it is in use.
+        self._memos: weakref.WeakKeyDictionary[Translator, patch.Memo] = weakref.WeakKeyDictionary()
+        self._left_out: weakref.WeakKeyDictionary[Translator, set[tuple[state.EnvoyPatch, int]]] = (
+            weakref.WeakKeyDictionary()
+        )
         # node id -> the admin interface its latest stream's bootstrap gives, and its open streams
         self._admins: dict[str, tuple[str, int]] = {}
         self._secrets_of: dict[Identity, tuple[ca.Issued, tuple[str, ...], dict[str, message.Message]]] = {}
@@ -232,10 +242,17 @@ class MeshPublisher:
             if self.cache.watch_count(key):  # another stream of the key is open
                 return
             self._proxies.pop(key, None)
+            self._patched.pop(key, None)
             snapshot = self.cache.snapshot(key)
             self.cache.clear_snapshot(key)
         if snapshot is not None:
             self.encodings.forget(snapshot, _PER_PROXY_TYPES)
+
+    def patched(self) -> dict[str, Mapping[str, tuple[str, ...]]]:
+        """Per proxy key and type URL, the EnvoyPatches that changed what it was last sent (what a
+        rejection of that type may be down to)."""
+        with self._lock:
+            return {key: by_type for key, by_type in self._patched.items() if by_type}
 
     def admins(self) -> list[str]:
         """The admin interfaces of the connected sidecars (where rollouts read their stats)."""
@@ -300,6 +317,24 @@ class MeshPublisher:
 
     def _publish(self, key: str, proxy: Proxy, translator: Translator) -> None:
         by_type = translator.resources(proxy)
+        patched_by: Mapping[str, tuple[str, ...]] = {}
+        if translator.mesh.patches:
+            # Validation refused every patch that does not apply. One that does not here (written
+            # past gitmesh, or a resource gone since) is left out of this proxy's resources, and said.
+            memo = self._memos.setdefault(translator, patch.Memo())
+            patched = patch.apply(by_type, translator.mesh.patches, proxy.service, proxy.identity, memo)
+            by_type, patched_by = patched.resources, patched.by_type
+            said = self._left_out.setdefault(translator, set())
+            for problem in patched.problems:
+                if (problem.patch, problem.change.index) not in said:  # once per mesh, not per proxy
+                    said.add((problem.patch, problem.change.index))
+                    log.warning(
+                        "%s, patches[%d] left out (first for %s): %s",
+                        problem.patch,
+                        problem.change.index,
+                        key,
+                        problem.message,
+                    )
         if not proxy.grpc:
             issued = self.ca.certificate(proxy.identity, self.clock())
             by_type = {**by_type, resources.SECRET: self._secrets(issued)}
@@ -307,6 +342,7 @@ class MeshPublisher:
         with self._lock:
             if key in self._proxies:  # not forgotten while it was translated
                 self.cache.set_snapshot(key, snapshot)
+                self._patched[key] = patched_by
 
 
 def all_hold_their_secrets(streams: Iterable[StreamInfo], cache: SnapshotCache) -> bool:
@@ -357,7 +393,11 @@ async def run(
                     _follow_rotation(publisher, keeper, server.servicer.streams())
                 if time.monotonic() - reported_at >= REPORT_EVERY_SECONDS:
                     report = xds_report(
-                        server.servicer.streams(), publisher.cache, publisher.admins(), mesh_ca.expiries()
+                        server.servicer.streams(),
+                        publisher.cache,
+                        publisher.admins(),
+                        mesh_ca.expiries(),
+                        publisher.patched(),
                     )
                     if report != reported:
                         backend.record_xds({**report, "at": time.time()})

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from gitmesh.apis import osm, smi
+from gitmesh.apis import envoy, osm, smi
 from gitmesh.objects import ObjectRef
 
 
@@ -32,6 +32,7 @@ class Meaning(enum.Enum):
     ACCESS = "access"  # who may call whom
     SPLIT = "split"  # where a service's traffic goes, by weight
     SETTINGS = "settings"  # mesh-wide settings (permissive mode)
+    ENVOY = "envoy"  # changes to the Envoy resources themselves
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,10 @@ KINDS: tuple[Kind, ...] = (
         Meaning.SPLIT, crd=True, short_names=("ts",),
         columns=(PrinterColumn("Service", ".spec.service", "The root service."),),
         shares=smi.split_shares,
+    ),
+    Kind(
+        envoy.GROUP, "EnvoyPatch", ("v1alpha1",), "v1alpha1", "envoypatches",
+        Meaning.ENVOY, crd=True, short_names=("epatch",),  # "ep" is kubectl's for Endpoints
     ),
 )  # fmt: skip
 

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gitmesh.apis import core, osm, smi
+from gitmesh.apis import core, envoy, osm, smi
 from gitmesh.mesh.state import MeshState, Permission, ServiceRef, Split
 
 
@@ -42,6 +42,10 @@ def mesh(objects: Iterable[Mapping[str, Any]]) -> MeshState:
         tuple(permissions),
         any(osm.permissive(c) for c in by_kind["MeshConfig"]),
         tuple(warnings),
+        tuple(
+            envoy.read_patch(p)
+            for p in sorted(by_kind["EnvoyPatch"], key=lambda o: (core.namespace(o), o["metadata"]["name"]))
+        ),
     )
 
 

@@ -401,6 +401,8 @@ def _print_xds(settings: Settings) -> None:
     for nack in report["nacks"]:
         at = time.strftime("%H:%M:%S", time.gmtime(nack["at"]))
         what = f"{nack['type']} version {nack['version']} by {nack['proxy']} at {at}"
+        if nack.get("patches"):  # reports from before EnvoyPatch have no such field
+            what += f" (changed by {', '.join(nack['patches'])})"
         out.print(Text(f"  rejected    {what}: {nack['message']}", style="red"))
     for identity, expires in sorted(report.get("certificates", {}).items()):
         out.print(f"  certificate {identity} expires {expires}")

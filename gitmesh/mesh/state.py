@@ -153,6 +153,41 @@ class Permission:
 
 
 @dataclass(frozen=True)
+class ResourceChange:
+    """One entry of an EnvoyPatch: a resource type, its documented name (None: every one), and the
+    change as JSON text in Envoy's proto field names: a merge patch or a JSON patch."""
+
+    index: int  # its place in spec.patches, for diagnostics
+    type: str  # Listener, RouteConfiguration or Cluster
+    name: str | None
+    merge: str | None = None
+    json_patch: str | None = None
+
+
+@dataclass(frozen=True)
+class EnvoyPatch:
+    """Raw Envoy changes to the proxies selected: by service name, identity name and namespace,
+    each left empty to match every proxy."""
+
+    namespace: str
+    name: str
+    services: frozenset[str]
+    identities: frozenset[str]
+    namespaces: frozenset[str]
+    changes: tuple[ResourceChange, ...]
+
+    def selects(self, service: ServiceRef, identity: Identity) -> bool:
+        return (
+            (not self.namespaces or service.namespace in self.namespaces)
+            and (not self.services or service.name in self.services)
+            and (not self.identities or identity.name in self.identities)
+        )
+
+    def __str__(self) -> str:
+        return f"EnvoyPatch {self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
 class MeshState:
     services: Mapping[ServiceRef, Service]
     identities: frozenset[Identity]
@@ -160,6 +195,7 @@ class MeshState:
     permissions: tuple[Permission, ...]
     permissive: bool = False
     warnings: tuple[str, ...] = ()
+    patches: tuple[EnvoyPatch, ...] = ()  # in apply order: by namespace, then name
 
     @functools.cached_property
     def _by_destination(self) -> dict[Identity, tuple[Permission, ...]]:

@@ -18,6 +18,7 @@ from gitmesh.plan.model import (
     Action,
     BackendShare,
     Change,
+    EnvoyChange,
     FieldDiff,
     Impact,
     Plan,
@@ -81,6 +82,10 @@ def encode(plan: Plan) -> dict[str, Any]:
         "rollouts": [
             {"split": r.split, "note": r.note, "record": r.record, "starts": r.starts} for r in plan.rollouts
         ],
+        "envoy": [
+            {"proxies": list(e.proxies), "type": e.type, "name": e.name, "before": e.before, "after": e.after}
+            for e in plan.envoy
+        ],
     }
 
 
@@ -136,6 +141,10 @@ def decode(data: dict[str, Any]) -> Plan:
         ),
         rollouts=tuple(
             RolloutStep(r["split"], r["note"], r["record"], r["starts"]) for r in data.get("rollouts", ())
+        ),
+        envoy=tuple(
+            EnvoyChange(tuple(e["proxies"]), e["type"], e["name"], e["before"], e["after"])
+            for e in data.get("envoy", ())
         ),
     )
 

@@ -110,6 +110,18 @@ class RolloutStep:
 
 
 @dataclass(frozen=True)
+class EnvoyChange:
+    """What applying the plan does to one Envoy resource of the proxies listed (EnvoyPatch):
+    before and after as JSON in Envoy's proto field names; "" where there is none."""
+
+    proxies: tuple[str, ...]
+    type: str  # Listener, RouteConfiguration or Cluster
+    name: str
+    before: str
+    after: str
+
+
+@dataclass(frozen=True)
 class Plan:
     source: str
     revision: str | None
@@ -120,6 +132,7 @@ class Plan:
     live_fingerprint: str
     diagnostics: tuple[Diagnostic, ...] = field(default=())
     rollouts: tuple[RolloutStep, ...] = ()
+    envoy: tuple[EnvoyChange, ...] = ()  # derived from the objects, for people: apply ignores it
 
     @property
     def counts(self) -> Counter[Action]:

@@ -5,6 +5,8 @@ Renderers return text or write to a rich Console; they never decide anything.
 
 from __future__ import annotations
 
+import difflib
+import html
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -13,7 +15,7 @@ import yaml
 from rich.console import Console
 from rich.text import Text
 
-from gitmesh.plan.model import Action, Change, FieldDiff, Impact, Plan
+from gitmesh.plan.model import Action, Change, EnvoyChange, FieldDiff, Impact, Plan
 from gitmesh.revision.diagnostics import Diagnostic, Severity
 
 _SIGN = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-", Action.NOOP: " "}
@@ -112,6 +114,14 @@ def plan_text(console: Console, plan: Plan, *, show_unchanged: bool = False) -> 
         console.print(Text("Traffic impact", style="bold underline"))
         for line, style in _impact_lines(plan.impact):
             console.print(Text(line, style=style), soft_wrap=True)
+    if plan.envoy:
+        console.print()
+        console.print(Text("Envoy resources (EnvoyPatch)", style="bold underline"))
+        for e in plan.envoy:
+            console.print(Text(f"  {_envoy_head(e)}", style="bold"), soft_wrap=True)
+            for line in _envoy_diff(e):
+                style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
+                console.print(Text(f"    {line}", style=style), soft_wrap=True)
     shown = [c for c in plan.changes if show_unchanged or c.action is not Action.NOOP]
     if shown:
         console.print()
@@ -185,6 +195,19 @@ def plan_markdown(plan: Plan) -> str:
             mark = "gained" if a.gained else "**lost**"
             out.append(f"| {mark} | `{a.caller}` | `{a.destination}` | `{_md_code(a.route)}` |")
         out.append("")
+    if plan.envoy:
+        out += ["#### Envoy resources (EnvoyPatch)", ""]
+        for e in plan.envoy:
+            out += [
+                f"<details><summary><code>{html.escape(_envoy_head(e))}</code></summary>",
+                "",
+                "```diff",
+                *_envoy_diff(e),
+                "```",
+                "",
+                "</details>",
+            ]
+        out.append("")
     changed = [c for c in plan.changes if c.action is not Action.NOOP]
     if changed:
         out += ["#### Changes", ""]
@@ -201,6 +224,19 @@ def plan_markdown(plan: Plan) -> str:
             "</details>",
         ]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _envoy_head(e: EnvoyChange) -> str:
+    shown = ", ".join(e.proxies[:3]) + (f" and {len(e.proxies) - 3} more" if len(e.proxies) > 3 else "")
+    return f"{e.type} {e.name} on {len(e.proxies)} {'proxy' if len(e.proxies) == 1 else 'proxies'}: {shown}"
+
+
+def _envoy_diff(e: EnvoyChange) -> list[str]:
+    """The changed lines of the resource's JSON, with a little context."""
+    lines = difflib.unified_diff(
+        e.before.splitlines(), e.after.splitlines(), "before", "after", n=2, lineterm=""
+    )
+    return list(lines)[2:]  # without the file header
 
 
 def _change_diff_lines(c: Change) -> list[str]:

@@ -347,6 +347,44 @@ CODES: dict[str, Code] = {
             "of the way from the live weights to the target) are two ways to say the same thing; give "
             "one.",
         ),
+        # GM15x: EnvoyPatch, checked on the resources it changes.
+        Code(
+            "GM150",
+            _E,
+            "patch target does not exist",
+            "No proxy the EnvoyPatch selects has a resource of that type and name. Resource names are "
+            "documented (README, 'Resource names'); a name that changed in an upgrade is reported here "
+            "rather than the patch left out.",
+        ),
+        Code(
+            "GM151",
+            _E,
+            "patch cannot be applied",
+            "A JSON patch operation names a path the resource does not have, or a test operation failed. "
+            "`gitmesh plan` shows the resources as they are before the patch.",
+        ),
+        Code(
+            "GM152",
+            _E,
+            "patched resource is not a valid Envoy message",
+            "The patched resource does not parse against Envoy's protos: an unknown field or a value of "
+            "the wrong type, at the proto path given. Fields are written as in Envoy's proto files "
+            "(snake_case), and an Any as typed_config with its @type.",
+        ),
+        Code(
+            "GM153",
+            _E,
+            "Envoy refuses the patched configuration",
+            "`envoy --mode validate` refused the patched resources: the value is well-formed but Envoy "
+            "cannot use it (a negative duration, an unknown extension, contradictory settings).",
+        ),
+        Code(
+            "GM154",
+            _W,
+            "patch selects no proxy",
+            "No Service of the revision matches the EnvoyPatch's selector (services, identities, "
+            "namespaces: the patch's own namespace when left out); it changes nothing.",
+        ),
     )
 }
 

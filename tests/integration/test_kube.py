@@ -69,12 +69,36 @@ def test_crds_are_established_with_one_served_version(cluster: Cluster) -> None:
         "tcproutes.specs.smi-spec.io",
         "udproutes.specs.smi-spec.io",
         "meshconfigs.config.openservicemesh.io",
+        "envoypatches.gitmesh.dev",
     }
     for crd in crds.values():
         assert any(c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"])
         assert [v["name"] for v in crd["spec"]["versions"] if v["served"]] == [
             crd["spec"]["versions"][0]["name"]
         ]
+
+
+def test_an_envoy_patch_keeps_its_free_form_fields(cluster: Cluster) -> None:
+    """The merge and JSON patch values are Envoy's, not the CRD's: the API server keeps them whole."""
+    merge = {"upstream_connection_options": {"tcp_keepalive": {"keepalive_time": 60}}}
+    lua = {"name": "envoy.filters.http.lua", "typed_config": {"@type": "type.googleapis.com/x"}}
+    patch = {
+        "apiVersion": "gitmesh.dev/v1alpha1",
+        "kind": "EnvoyPatch",
+        "metadata": {"name": "tune", "namespace": "default"},
+        "spec": {
+            "patches": [
+                {"type": "Cluster", "merge": merge},
+                {"type": "Listener", "jsonPatch": [{"op": "add", "path": "/a/0", "value": lua}]},
+            ]
+        },
+    }
+    cluster.kubectl("apply", "--validate=strict", "-f", "-", input=json.dumps(patch))
+    try:
+        kept = kubectl_json(cluster, "envoypatch", "-n", "default", "tune")["spec"]
+        assert kept == patch["spec"]
+    finally:
+        cluster.kubectl("delete", "envoypatch", "-n", "default", "tune")
 
 
 def test_the_example_repo_applies_and_kubectl_sees_it(cluster: Cluster, mesh: GitRepo) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jsonschema
@@ -10,7 +11,7 @@ from gitmesh.errors import PlanError
 from gitmesh.objects import Conflict, Location, Manifest, ObjectRef
 from gitmesh.plan import encode
 from gitmesh.plan.diff import make_plan
-from gitmesh.plan.model import Plan
+from gitmesh.plan.model import EnvoyChange, Plan
 from gitmesh.revision.diagnostics import Diagnostic
 from tests import factory as f
 
@@ -37,7 +38,7 @@ def sample_plan() -> Plan:
         "apiVersion",
         ObjectRef("example.com", "Widget", "store", "w"),
     )
-    return make_plan(
+    made = make_plan(
         desired=ms,
         predicted={m.ref: m.obj for m in ms},
         live={ObjectRef.of(o): o for o in live},
@@ -55,12 +56,16 @@ def sample_plan() -> Plan:
             )
         },
     )
+    patched = EnvoyChange(
+        ("store/bookstore (store/bookstore)",), "Cluster", "store/v1|8080", '{"a": 1}', '{"a": 2}'
+    )
+    return dataclasses.replace(made, envoy=(patched,))
 
 
 def test_round_trip_is_exact() -> None:
     plan = sample_plan()
     assert {c.action.value for c in plan.changes} == {"create", "update", "delete", "no-op"}
-    assert plan.impact.splits and plan.impact.access
+    assert plan.impact.splits and plan.impact.access and plan.envoy
     assert encode.loads(encode.dumps(plan)) == plan
 
 
