@@ -8,6 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from gitmesh.apis.kinds import KINDS
 from gitmesh.cli import cli
 from gitmesh.controller.config import load_config
 from gitmesh.install.manifests import INSTALL_LABELS, NAMESPACE, InstallOptions, config_file, objects
@@ -172,3 +173,15 @@ def test_leader_election_needs_a_cluster(tmp_path: Any) -> None:
     )
     assert result.exit_code == 2, result.output
     assert "--leader-election needs a cluster" in result.output
+
+
+def test_cluster_role_writes_every_kind_gitmesh_reads() -> None:
+    (cluster_role,) = by_kind(objects(OPTIONS))["ClusterRole"]
+    granted = {
+        (group, resource)
+        for rule in cluster_role["rules"]
+        if {"get", "list", "watch", "create", "patch", "delete"} <= set(rule["verbs"])
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert {(k.group, k.plural) for k in KINDS if k.read} <= granted

@@ -53,6 +53,11 @@ EXPECTED_KINDS = frozenset(
         ("discovery.k8s.io/v1", "EndpointSlice"),
         ("config.openservicemesh.io/v1alpha1", "MeshConfig"),
         ("config.openservicemesh.io/v1alpha2", "MeshConfig"),
+        ("gitmesh.dev/v1alpha1", "FaultInjection"),
+    }
+    | {
+        ("policy.openservicemesh.io/v1alpha1", k)
+        for k in ("Retry", "UpstreamTrafficSetting", "Egress", "IngressBackend")
     }
 )
 
