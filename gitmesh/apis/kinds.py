@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from gitmesh.apis import envoy, osm, smi
+from gitmesh.apis import envoy, osm, policy, smi
 from gitmesh.objects import ObjectRef
 
 
@@ -33,6 +33,7 @@ class Meaning(enum.Enum):
     SPLIT = "split"  # where a service's traffic goes, by weight
     SETTINGS = "settings"  # mesh-wide settings (permissive mode)
     ENVOY = "envoy"  # changes to the Envoy resources themselves
+    POLICY = "policy"  # retries, connection limits, egress, ingress, faults
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,27 @@ KINDS: tuple[Kind, ...] = (
         Meaning.SPLIT, crd=True, short_names=("ts",),
         columns=(PrinterColumn("Service", ".spec.service", "The root service."),),
         shares=smi.split_shares,
+    ),
+    Kind(
+        policy.OSM_GROUP, "Retry", ("v1alpha1",), "v1alpha1", "retries",
+        Meaning.POLICY, crd=True, short_names=("retry",),
+    ),
+    Kind(
+        policy.OSM_GROUP, "UpstreamTrafficSetting", ("v1alpha1",), "v1alpha1", "upstreamtrafficsettings",
+        Meaning.POLICY, crd=True, short_names=("upstreamtrafficsetting",),
+        columns=(PrinterColumn("Host", ".spec.host", "The destination host."),),
+    ),
+    Kind(
+        policy.OSM_GROUP, "Egress", ("v1alpha1",), "v1alpha1", "egresses",
+        Meaning.POLICY, crd=True, short_names=("egress",),
+    ),
+    Kind(
+        policy.OSM_GROUP, "IngressBackend", ("v1alpha1",), "v1alpha1", "ingressbackends",
+        Meaning.POLICY, crd=True, short_names=("ingressbackend",),
+    ),
+    Kind(
+        policy.GITMESH_GROUP, "FaultInjection", ("v1alpha1",), "v1alpha1", "faultinjections",
+        Meaning.POLICY, crd=True, short_names=("fault",),
     ),
     Kind(
         envoy.GROUP, "EnvoyPatch", ("v1alpha1",), "v1alpha1", "envoypatches",

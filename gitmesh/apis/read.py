@@ -11,8 +11,18 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gitmesh.apis import core, envoy, osm, smi
-from gitmesh.mesh.state import MeshState, Permission, ServiceRef, Split
+from gitmesh.apis import core, envoy, osm, policy, smi
+from gitmesh.mesh.state import (
+    ConnectionLimits,
+    EgressRule,
+    Fault,
+    IngressRule,
+    MeshState,
+    Permission,
+    RetryPolicy,
+    ServiceRef,
+    Split,
+)
 
 
 def mesh(objects: Iterable[Mapping[str, Any]]) -> MeshState:
@@ -35,6 +45,14 @@ def mesh(objects: Iterable[Mapping[str, Any]]) -> MeshState:
         allowed, problems = smi.read_target(t, routes_by_ref)
         permissions += allowed
         warnings += [_warning(t, p.message) for p in problems]
+    reads = []
+    for kind, reader in policy.READERS.items():
+        for o in sorted(by_kind[kind], key=lambda o: (core.namespace(o), o["metadata"]["name"])):
+            read = reader(o, services)
+            warnings += [_warning(o, p.message) for p in read.problems]
+            reads.append((o, read))
+    kept, lost = policy.first_wins(reads)
+    warnings += [_warning(o, f"{v} is left out: {_name(winner)} wins") for o, v, winner in lost]
     return MeshState(
         services,
         core.identities(by_kind["ServiceAccount"]),
@@ -46,8 +64,17 @@ def mesh(objects: Iterable[Mapping[str, Any]]) -> MeshState:
             envoy.read_patch(p)
             for p in sorted(by_kind["EnvoyPatch"], key=lambda o: (core.namespace(o), o["metadata"]["name"]))
         ),
+        tuple(v for v in kept if isinstance(v, RetryPolicy)),
+        tuple(v for v in kept if isinstance(v, ConnectionLimits)),
+        tuple(v for v in kept if isinstance(v, EgressRule)),
+        tuple(v for v in kept if isinstance(v, IngressRule)),
+        tuple(v for v in kept if isinstance(v, Fault)),
     )
 
 
+def _name(obj: Mapping[str, Any]) -> str:
+    return f"{obj['kind']} {core.namespace(obj)}/{obj['metadata']['name']}"
+
+
 def _warning(obj: Mapping[str, Any], message: str) -> str:
-    return f"{obj['kind']} {core.namespace(obj)}/{obj['metadata']['name']}: {message}"
+    return f"{_name(obj)}: {message}"

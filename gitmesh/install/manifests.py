@@ -50,6 +50,12 @@ _RULES: list[dict[str, Any]] = [
     },
     {"apiGroups": ["config.openservicemesh.io"], "resources": ["meshconfigs"], "verbs": _WRITES},
     {"apiGroups": ["gitmesh.dev"], "resources": ["envoypatches"], "verbs": _WRITES},
+    {
+        "apiGroups": ["policy.openservicemesh.io"],
+        "resources": ["retries", "upstreamtrafficsettings", "egresses", "ingressbackends"],
+        "verbs": _WRITES,
+    },
+    {"apiGroups": ["gitmesh.dev"], "resources": ["faultinjections"], "verbs": _WRITES},
     # A bearer token sent to the HTTP port: whose it is and whether they may ask for a reconcile.
     {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
     {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},

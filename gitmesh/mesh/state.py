@@ -7,7 +7,9 @@ knows how an API spells a thing, so a second route API is a second reader into t
 - an identity is a workload's ServiceAccount, written namespace/name;
 - access is denied unless a permission allows it, or the mesh is permissive;
 - a split sends traffic for a root service and port to weighted backends, for the requests its
-  HTTP matches select (all of them without matches).
+  HTTP matches select (all of them without matches);
+- policies: retries per caller and destination, connection limits per destination, egress rules
+  (off unless allowed), ingress-only backend ports, and injected faults.
 """
 
 from __future__ import annotations
@@ -188,6 +190,104 @@ class EnvoyPatch:
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """Requests from ``source`` to ``destination`` are retried on ``retry_on`` (Envoy's conditions,
+    comma-separated), at most ``retries`` times after the first attempt."""
+
+    source: Identity
+    destination: ServiceRef
+    retry_on: str
+    retries: int
+    per_try_timeout_ms: int
+    backoff_base_ms: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.source} retries {self.destination} on {self.retry_on} up to {self.retries} times "
+            f"({self.per_try_timeout_ms} ms per try)"
+        )
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Circuit breaking for every caller of ``service``; None: Envoy's default."""
+
+    service: ServiceRef
+    max_connections: int | None = None
+    connect_timeout_ms: int | None = None
+    max_requests: int | None = None
+    max_requests_per_connection: int | None = None
+    max_pending_requests: int | None = None
+    max_retries: int | None = None
+
+    def __str__(self) -> str:
+        limits = [
+            f"{name} {value}"
+            for name, value in (
+                ("connections", self.max_connections),
+                ("connect timeout ms", self.connect_timeout_ms),
+                ("requests", self.max_requests),
+                ("requests per connection", self.max_requests_per_connection),
+                ("pending requests", self.max_pending_requests),
+                ("retries", self.max_retries),
+            )
+            if value is not None
+        ]
+        return f"{self.service} limits {', '.join(limits) or 'nothing'}"
+
+
+@dataclass(frozen=True)
+class EgressRule:
+    """``source`` may reach ``host``:``port`` outside the mesh; ``protocol`` says how the host is
+    seen: the HTTP Host (http), the TLS SNI (tls), or only the port (tcp, host empty)."""
+
+    source: Identity
+    host: str
+    port: int
+    protocol: str
+
+    def __str__(self) -> str:
+        return f"{self.source} may reach {self.host or '*'}:{self.port} ({self.protocol})"
+
+
+@dataclass(frozen=True)
+class IngressRule:
+    """Only ``sources`` (ingress identities) may reach ``backend`` on ``port``, with mTLS from the
+    ingress when ``mtls``; mesh callers of that port are refused."""
+
+    backend: ServiceRef
+    port: int
+    sources: tuple[Identity, ...]
+    mtls: bool
+
+    def __str__(self) -> str:
+        over = " over mTLS" if self.mtls else ""
+        return f"{self.backend}:{self.port} is ingress only, from {', '.join(map(str, self.sources))}{over}"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A share of the requests to ``destination`` (from ``source`` only, when given) are delayed
+    or aborted with ``abort_status``; percents from 0 to 100."""
+
+    destination: ServiceRef
+    source: Identity | None
+    delay_percent: float = 0.0
+    delay_ms: int = 0
+    abort_percent: float = 0.0
+    abort_status: int = 0
+
+    def __str__(self) -> str:
+        parts = []
+        if self.delay_percent:
+            parts.append(f"delays {self.delay_percent:g}% by {self.delay_ms} ms")
+        if self.abort_percent:
+            parts.append(f"aborts {self.abort_percent:g}% with {self.abort_status}")
+        who = f" from {self.source}" if self.source else ""
+        return f"{self.destination}{who}: {' and '.join(parts)}"
+
+
+@dataclass(frozen=True)
 class MeshState:
     services: Mapping[ServiceRef, Service]
     identities: frozenset[Identity]
@@ -196,6 +296,11 @@ class MeshState:
     permissive: bool = False
     warnings: tuple[str, ...] = ()
     patches: tuple[EnvoyPatch, ...] = ()  # in apply order: by namespace, then name
+    retries: tuple[RetryPolicy, ...] = ()
+    limits: tuple[ConnectionLimits, ...] = ()
+    egress: tuple[EgressRule, ...] = ()  # nothing leaves the mesh unless a rule allows it
+    ingress: tuple[IngressRule, ...] = ()
+    faults: tuple[Fault, ...] = ()
 
     @functools.cached_property
     def _by_destination(self) -> dict[Identity, tuple[Permission, ...]]:

@@ -66,6 +66,9 @@ def encode(plan: Plan) -> dict[str, Any]:
                 }
                 for a in plan.impact.access
             ],
+            "policies": [
+                {"line": p.line, "change": "gained" if p.gained else "lost"} for p in plan.impact.policies
+            ],
         },
         "changes": [_change(c) for c in plan.changes],
         "diagnostics": [

@@ -1,6 +1,8 @@
 """What a plan does to traffic, from what the objects mean to the mesh rather than from the text.
 
 Splits: each backend's share of the root service before and after.
+Policies: the effects (retries, connection limits, egress, ingress-only ports, faults) that appear
+or go, over the mesh's Services and policies before and after, when a policy changed.
 Access: the (caller, destination, route) triples that appear or disappear,
 computed over the whole mesh before and after, so a change to a route group
 shows up on every TrafficTarget that uses it. A MeshConfig turning permissive
@@ -16,10 +18,12 @@ from typing import Any
 from gitmesh.apis import osm, read
 from gitmesh.apis.kinds import BY_NAME, Meaning, with_meaning
 from gitmesh.objects import ObjectRef
-from gitmesh.plan.model import AccessChange, Action, BackendShare, Change, Impact, SplitShift
+from gitmesh.plan.model import AccessChange, Action, BackendShare, Change, Impact, PolicyChange, SplitShift
 
 _ACCESS_KINDS = with_meaning(Meaning.ACCESS, Meaning.ROUTE)
 _SETTINGS_KINDS = with_meaning(Meaning.SETTINGS)
+_POLICY_KINDS = with_meaning(Meaning.POLICY)
+_POLICY_INPUT_KINDS = _POLICY_KINDS | {"Service"}
 PERMISSIVE = ("*", "*", "every route (permissive mode)")
 
 
@@ -47,7 +51,35 @@ def compute(changes: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any
                 + [AccessChange(*t, gained=False) for t in old - new]
             )
         )
-    return Impact(splits, access + _permissive_change(moved, live))
+    return Impact(splits, access + _permissive_change(moved, live), _policy_changes(moved, live))
+
+
+def _policy_changes(
+    moved: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any]]
+) -> tuple[PolicyChange, ...]:
+    if not any(c.ref.kind in _POLICY_KINDS for c in moved):
+        return ()
+    before = {r: o for r, o in live.items() if r.kind in _POLICY_INPUT_KINDS}
+    after = dict(before)
+    for c in moved:
+        if c.ref.kind in _POLICY_INPUT_KINDS:
+            if c.after is None:
+                after.pop(c.ref, None)
+            else:
+                after[c.ref] = c.after
+    old, new = policy_lines(before.values()), policy_lines(after.values())
+    return tuple(
+        sorted(
+            [PolicyChange(line, True) for line in new - old]
+            + [PolicyChange(line, False) for line in old - new]
+        )
+    )
+
+
+def policy_lines(objects: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Each policy effect as people read it."""
+    mesh = read.mesh(objects)
+    return {str(v) for v in (*mesh.retries, *mesh.limits, *mesh.egress, *mesh.ingress, *mesh.faults)}
 
 
 def _permissive_change(

@@ -88,14 +88,24 @@ class AccessChange:
     gained: bool
 
 
+@dataclass(frozen=True, order=True)
+class PolicyChange:
+    """A policy's effect on traffic appearing or going: ``shop/bookbuyer may reach
+    api.example.com:443 (tls)``, ``shop/bookstore limits connections 100``."""
+
+    line: str
+    gained: bool
+
+
 @dataclass(frozen=True)
 class Impact:
     splits: tuple[SplitShift, ...] = ()
     access: tuple[AccessChange, ...] = ()
+    policies: tuple[PolicyChange, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not self.splits and not self.access
+        return not self.splits and not self.access and not self.policies
 
 
 @dataclass(frozen=True)

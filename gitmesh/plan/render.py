@@ -177,6 +177,11 @@ def _impact_lines(impact: Impact) -> Iterable[tuple[str, str]]:
             sign, style = ("+", "green") if a.gained else ("-", "red")
             verb = "may now call" if a.gained else "loses"
             yield f"    {sign} {a.caller} {verb} {a.destination}: {a.route}", style
+    if impact.policies:
+        yield "  Policies:", "bold"
+        for p in impact.policies:
+            sign, style = ("+", "green") if p.gained else ("-", "red")
+            yield f"    {sign} {p.line}", style
 
 
 def plan_markdown(plan: Plan) -> str:
@@ -207,6 +212,12 @@ def plan_markdown(plan: Plan) -> str:
                 "",
                 "</details>",
             ]
+        out.append("")
+    if plan.impact.policies:
+        out += ["#### Policies", ""]
+        out += [
+            f"- {'now' if p.gained else '**no longer**'}: `{_md_code(p.line)}`" for p in plan.impact.policies
+        ]
         out.append("")
     changed = [c for c in plan.changes if c.action is not Action.NOOP]
     if changed:

@@ -18,6 +18,7 @@ import re2
 from jsonschema import exceptions as schema_errors
 
 from gitmesh.apis import core, osm, smi
+from gitmesh.apis import policy as policies
 from gitmesh.apis.kinds import BY_NAME, CLUSTER_SCOPED, READ_GROUPS
 from gitmesh.apis.problem import Problem
 from gitmesh.mesh.state import REGEX_MAX_PROGRAM_SIZE, Service, ServiceRef, whole_path_regex
@@ -283,6 +284,30 @@ def check_references(
     ]
     out += [d for m in by_kind["MeshConfig"] for d in _settings_not_acted_on(m)]
     out += [d for s in by_kind["TrafficSplit"] for d in policy.check(s)]
+    out += _check_policies(by_kind, services, present, outside)
+    return out
+
+
+def _check_policies(
+    by_kind: Mapping[str, list[Manifest]],
+    services: Mapping[ServiceRef, Service],
+    present: AbstractSet[ObjectRef] | None,
+    outside: set[ObjectRef],
+) -> list[Diagnostic]:
+    """Each policy's own problems (``gitmesh.apis.policy``), then the overlaps between policies
+    (GM172, a warning naming the one that wins). A Service only the cluster has counts as present:
+    its policy is checked as if the revision defined it."""
+    out: list[Diagnostic] = []
+    reads = []
+    for kind, reader in policies.READERS.items():
+        for m in sorted(by_kind[kind], key=lambda m: (core.namespace(m.obj), m.obj["metadata"]["name"])):
+            read = reader(m.obj, services)
+            out += [d for p in read.problems if (d := _outside(m, p, present, outside)) is not None]
+            reads.append((m, read))
+    _, lost = policies.first_wins(reads)
+    for m, value, winner in lost:
+        message = f"{value} overlaps {winner.ref} ({winner.location}), which wins; this one is left out"
+        out.append(_at(m, ("spec",), "GM172", message))
     return out
 
 

@@ -385,6 +385,46 @@ CODES: dict[str, Code] = {
             "No Service of the revision matches the EnvoyPatch's selector (services, identities, "
             "namespaces: the patch's own namespace when left out); it changes nothing.",
         ),
+        # GM170-GM179: traffic policies (Retry, UpstreamTrafficSetting, Egress, IngressBackend,
+        # FaultInjection).
+        Code(
+            "GM170",
+            _E,
+            "policy names a Service that does not exist",
+            "A policy's destination, host or backend must be a Service of the mesh, in the revision or "
+            "(at plan and apply) in the cluster. A host is written name, name.ns or "
+            "name.ns.svc.cluster.local.",
+        ),
+        Code(
+            "GM171",
+            _E,
+            "policy duration is not a duration",
+            "Timeouts and intervals are a number and a unit: 250ms, 1s, 5m.",
+        ),
+        Code(
+            "GM172",
+            _W,
+            "overlapping policies",
+            "Two policies say different things about the same thing (a caller's retries to one "
+            "destination, one host's connection limits, one backend port's ingress, one fault). The "
+            "first in namespace/name order wins; the others are left out. Merge them into one.",
+        ),
+        Code(
+            "GM173",
+            _E,
+            "policy says what gitmesh cannot carry yet",
+            "The policy is valid for Open Service Mesh but uses something gitmesh does not translate "
+            "yet: egress by IP range, wildcard hosts or route matches, IngressBackend sources by IP "
+            "range or Service, rate limits. It is refused rather than silently dropped, so that "
+            "nothing OSM allowed or limited changes unnoticed. Rewrite it with hosts and "
+            "ServiceAccounts, or leave it out.",
+        ),
+        Code(
+            "GM174",
+            _E,
+            "fault injection without a fault",
+            "A FaultInjection needs a delay, an abort or both.",
+        ),
     )
 }
 

@@ -42,6 +42,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_response_pb2
@@ -53,16 +54,19 @@ from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
 from gitmesh.certs.ca import DEFAULT_TRUST_DOMAIN
 from gitmesh.mesh.state import (
+    ConnectionLimits,
+    Fault,
     HttpMatch,
     Identity,
     MeshState,
     Port,
+    RetryPolicy,
     Service,
     ServiceRef,
     Split,
     whole_path_regex,
 )
-from gitmesh.xds import resources, tls, wire
+from gitmesh.xds import policy, resources, tls, wire
 
 OUTBOUND = "outbound"
 INBOUND = "inbound"
@@ -173,14 +177,22 @@ class Translator:
         self._reached: dict[Identity, Scope] | None = None
         self._endpoints: dict[Scope, dict[str, message.Message]] = {}
         self._clusters: dict[tuple[bool, Scope], dict[str, message.Message]] = {}  # by mTLS or not
-        self._routes: dict[tuple[str, Scope], AssembledRoutes] = {}
-        self._hosts: dict[tuple[ServiceRef, int, bool], bytes] = {}
+        self._routes: dict[tuple[str, Scope, Identity | None], AssembledRoutes] = {}
+        self._hosts: dict[tuple[ServiceRef, int, bool, RetryPolicy | None, Fault | None], bytes] = {}
+        self._retries = {(r.source, r.destination): r for r in mesh.retries}
+        self._faults = {(f.source, f.destination): f for f in mesh.faults}
+        # Callers some retry or fault names by identity get routes of their own; the rest share.
+        self._own_routes = frozenset(r.source for r in mesh.retries) | frozenset(
+            f.source for f in mesh.faults if f.source is not None
+        )
 
     def resources(self, proxy: Proxy) -> Resources:
         if proxy.grpc:
             return self._grpc_client(proxy)
+        # The fault filter does nothing but where a route's per-filter config says so.
+        faults = [_http_filter(policy.FAULT_FILTER, fault_pb2.HTTPFault())] if self.mesh.faults else []
         listeners = {
-            OUTBOUND: _http_listener(OUTBOUND, "127.0.0.1", proxy.outbound_port),
+            OUTBOUND: _http_listener(OUTBOUND, "127.0.0.1", proxy.outbound_port, http_filters=faults),
             INBOUND: _inbound_listener(self.mesh, proxy, self.trust_domain),
         }
         for upstream in proxy.upstreams:
@@ -248,10 +260,12 @@ class Translator:
 
     def _mesh_clusters(self, scope: Scope, *, mtls: bool) -> dict[str, message.Message]:
         if (mtls, scope) not in self._clusters:
+            limits = {lim.service: lim for lim in self.mesh.limits}
             self._clusters[(mtls, scope)] = {
                 cluster_name(svc.ref, port.port): _eds_cluster(
                     cluster_name(svc.ref, port.port),
                     tls.upstream(svc.ref.namespace, self.trust_domain) if mtls else None,
+                    limits.get(svc.ref),
                 )
                 for svc in self._reachable(scope)
                 for port in svc.ports
@@ -261,36 +275,53 @@ class Translator:
     def _outbound_routes(self, proxy: Proxy) -> AssembledRoutes:
         """A virtual host per HTTP service port, found by Host: short name (same namespace only),
         ``svc.ns``, ``svc.ns.svc`` and the cluster FQDN, with and without the port."""
-        key = (proxy.service.namespace, self._scope(proxy.identity))
+        caller = proxy.identity if proxy.identity in self._own_routes else None
+        key = (proxy.service.namespace, self._scope(proxy.identity), caller)
         if key not in self._routes:
             hosts = [
-                self._virtual_host(svc, port, i == 0, svc.ref.namespace == key[0])
+                self._virtual_host(svc, port, i == 0, svc.ref.namespace == key[0], proxy.identity)
                 for svc in self._reachable(key[1])
                 for i, port in enumerate(p for p in svc.ports if p.is_http)
             ]
             self._routes[key] = AssembledRoutes(OUTBOUND, hosts)
         return self._routes[key]
 
-    def _virtual_host(self, svc: Service, port: Port, first: bool, short: bool) -> bytes:
-        """Virtual hosts differ between namespaces only by the short name: each is built and
-        serialized once per kind."""
-        key = (svc.ref, port.port, short)
+    def _virtual_host(self, svc: Service, port: Port, first: bool, short: bool, caller: Identity) -> bytes:
+        """Virtual hosts differ between namespaces only by the short name, and between callers by
+        their retries and faults: each is built and serialized once per kind."""
+        retry = self._retries.get((caller, svc.ref))
+        fault = self._faults.get((caller, svc.ref)) or self._faults.get((None, svc.ref))
+        key = (svc.ref, port.port, short, retry, fault)
         if key not in self._hosts:
-            self._hosts[key] = AssembledRoutes.host_field(_virtual_host(self.mesh, svc, port, first, short))
+            host = _virtual_host(self.mesh, svc, port, first, short)
+            if retry is not None:
+                host.retry_policy.CopyFrom(policy.retry_policy(retry))
+            if fault is not None:
+                host.typed_per_filter_config[policy.FAULT_FILTER].CopyFrom(_typed(policy.http_fault(fault)))
+            self._hosts[key] = AssembledRoutes.host_field(host)
         return self._hosts[key]
 
 
 # --- clusters -----------------------------------------------------------------------------------
 
 
-def _eds_cluster(name: str, transport_socket: base_pb2.TransportSocket | None) -> cluster_pb2.Cluster:
-    return cluster_pb2.Cluster(
+def _eds_cluster(
+    name: str, transport_socket: base_pb2.TransportSocket | None, limits: ConnectionLimits | None = None
+) -> cluster_pb2.Cluster:
+    cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
         connect_timeout=duration_pb2.Duration(seconds=1),
         transport_socket=transport_socket,
     )
+    if limits is not None:
+        cluster.circuit_breakers.CopyFrom(policy.circuit_breakers(limits))
+        if limits.max_requests_per_connection is not None:
+            cluster.max_requests_per_connection.value = limits.max_requests_per_connection
+        if limits.connect_timeout_ms is not None:
+            cluster.connect_timeout.FromMilliseconds(limits.connect_timeout_ms)
+    return cluster
 
 
 def _load_assignment(name: str, svc: Service, port: int) -> endpoint_pb2.ClusterLoadAssignment:

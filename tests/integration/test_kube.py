@@ -70,6 +70,11 @@ def test_crds_are_established_with_one_served_version(cluster: Cluster) -> None:
         "udproutes.specs.smi-spec.io",
         "meshconfigs.config.openservicemesh.io",
         "envoypatches.gitmesh.dev",
+        "retries.policy.openservicemesh.io",
+        "upstreamtrafficsettings.policy.openservicemesh.io",
+        "egresses.policy.openservicemesh.io",
+        "ingressbackends.policy.openservicemesh.io",
+        "faultinjections.gitmesh.dev",
     }
     for crd in crds.values():
         assert any(c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"])
@@ -119,6 +124,55 @@ def test_the_example_repo_applies_and_kubectl_sees_it(cluster: Cluster, mesh: Gi
     assert svc["spec"]["ports"][0]["protocol"] == "TCP"
     routes = kubectl_json(cluster, "httproutegroup", "-n", "bookstore", "bookstore-service-routes")
     assert routes["spec"]["matches"][0]["headers"] == [{"user-agent": ".*-http-client/.*"}]
+
+
+def test_policies_apply_and_the_plan_names_their_effect(cluster: Cluster, git_repo: GitRepo) -> None:
+    ns = {"metadata": {"namespace": "shop"}}
+    retry = {
+        "apiVersion": "policy.openservicemesh.io/v1alpha1",
+        "kind": "Retry",
+        "metadata": {"name": "retry", **ns["metadata"]},
+        "spec": {
+            "source": {"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"},
+            "destinations": [{"kind": "Service", "name": "bookstore", "namespace": "shop"}],
+            "retryPolicy": {
+                "retryOn": "5xx",
+                "perTryTimeout": "1s",
+                "numRetries": 5,
+                "retryBackoffBaseInterval": "10ms",
+            },
+        },
+    }
+    egress = {
+        "apiVersion": "policy.openservicemesh.io/v1alpha1",
+        "kind": "Egress",
+        "metadata": {"name": "out", **ns["metadata"]},
+        "spec": {
+            "sources": [{"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"}],
+            "hosts": ["api.example.com"],
+            "ports": [{"number": 443, "protocol": "tls"}],
+        },
+    }
+    fault = {
+        "apiVersion": "gitmesh.dev/v1alpha1",
+        "kind": "FaultInjection",
+        "metadata": {"name": "slow", **ns["metadata"]},
+        "spec": {
+            "destination": {"name": "bookstore", "namespace": "shop"},
+            "delay": {"percent": 10, "duration": "1s"},
+        },
+    }
+    objects = (f.namespace("shop"), f.service("shop", "bookstore", 80), retry, egress, fault)
+    git_repo.commit("policies", {"mesh/policies.yaml": f.dump(*objects)})
+    plan = plan_json(cluster, git_repo)
+    assert {"line": "shop/bookbuyer may reach api.example.com:443 (tls)", "change": "gained"} in plan[
+        "impact"
+    ]["policies"]
+    result = gitmesh(cluster, "apply", git_repo)
+    assert result.exit_code == 0, result.output
+    assert kubectl_json(cluster, "retry", "-n", "shop", "retry")["spec"]["retryPolicy"]["numRetries"] == 5
+    assert kubectl_json(cluster, "egress", "-n", "shop", "out")["spec"]["hosts"] == ["api.example.com"]
+    assert kubectl_json(cluster, "faultinjection", "-n", "shop", "slow")["spec"]["delay"]["percent"] == 10
 
 
 def test_a_repo_identical_to_the_cluster_plans_no_changes(cluster: Cluster, mesh: GitRepo) -> None:

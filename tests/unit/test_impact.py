@@ -6,7 +6,7 @@ from gitmesh.cluster.inventory import stale
 from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan.diff import make_plan
 from gitmesh.plan.impact import access_triples
-from gitmesh.plan.model import AccessChange, BackendShare, Impact
+from gitmesh.plan.model import AccessChange, BackendShare, Impact, PolicyChange
 from tests import factory as f
 
 
@@ -108,3 +108,47 @@ def test_turning_permissive_mode_on_and_off_is_one_access_change_each_way() -> N
     (lost,) = impact([], [on]).access  # the MeshConfig deleted: TrafficTargets rule again
     assert not lost.gained
     assert impact([on], [on]).access == ()
+
+
+def _egress(hosts: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy.openservicemesh.io/v1alpha1",
+        "kind": "Egress",
+        "metadata": {"name": "out", "namespace": "shop"},
+        "spec": {
+            "sources": [{"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"}],
+            "hosts": hosts,
+            "ports": [{"number": 443, "protocol": "tls"}],
+        },
+    }
+
+
+def _limits(max_connections: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy.openservicemesh.io/v1alpha1",
+        "kind": "UpstreamTrafficSetting",
+        "metadata": {"name": "limits", "namespace": "shop"},
+        "spec": {"host": "bookstore", "connectionSettings": {"tcp": {"maxConnections": max_connections}}},
+    }
+
+
+def test_new_egress_says_who_may_now_reach_which_host() -> None:
+    assert impact([_egress(["api.example.com"])], []).policies == (
+        PolicyChange("shop/bookbuyer may reach api.example.com:443 (tls)", gained=True),
+    )
+
+
+def test_changed_connection_limits_show_the_old_and_the_new() -> None:
+    store = f.service("shop", "bookstore", 80)
+    assert impact([store, _limits(10)], [store, _limits(5)]).policies == (
+        PolicyChange("shop/bookstore limits connections 10", gained=True),
+        PolicyChange("shop/bookstore limits connections 5", gained=False),
+    )
+
+
+def test_a_pruned_policy_is_lost_and_an_unchanged_one_says_nothing() -> None:
+    store = f.service("shop", "bookstore", 80)
+    assert impact([store], [store, _limits(5)]).policies == (
+        PolicyChange("shop/bookstore limits connections 5", gained=False),
+    )
+    assert impact([store, _limits(5)], [store, _limits(5)]).policies == ()

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from gitmesh.apis.kinds import KINDS
 from gitmesh.cli import cli
 from gitmesh.controller.config import load_config
 from gitmesh.install.manifests import INSTALL_LABELS, NAMESPACE, InstallOptions, config_file, objects
@@ -195,3 +196,15 @@ def test_run_refuses_source_options_that_do_not_fit(tmp_path: Any, args: list[st
     )
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_cluster_role_writes_every_kind_gitmesh_reads() -> None:
+    (cluster_role,) = by_kind(objects(OPTIONS))["ClusterRole"]
+    granted = {
+        (group, resource)
+        for rule in cluster_role["rules"]
+        if {"get", "list", "watch", "create", "patch", "delete"} <= set(rule["verbs"])
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert {(k.group, k.plural) for k in KINDS if k.read} <= granted

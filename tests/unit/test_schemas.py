@@ -54,6 +54,11 @@ EXPECTED_KINDS = frozenset(
         ("config.openservicemesh.io/v1alpha1", "MeshConfig"),
         ("config.openservicemesh.io/v1alpha2", "MeshConfig"),
         ("gitmesh.dev/v1alpha1", "EnvoyPatch"),
+        ("gitmesh.dev/v1alpha1", "FaultInjection"),
+    }
+    | {
+        ("policy.openservicemesh.io/v1alpha1", k)
+        for k in ("Retry", "UpstreamTrafficSetting", "Egress", "IngressBackend")
     }
 )
 

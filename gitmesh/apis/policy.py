@@ -1,0 +1,226 @@
+"""The policy readers: OSM's Retry, UpstreamTrafficSetting, Egress and IngressBackend, and gitmesh's
+FaultInjection, into the mesh model's policy values.
+
+Each reader takes one object and the known Services and gives the values it means and the
+``Problem``s it has; a value naming an unknown Service is left out. Two objects saying different
+things about the same thing (a caller's retries to one destination, one destination's limits, one
+backend port's ingress, one fault) overlap: the first in (namespace, name) order wins, the others
+are left out with a GM172 warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gitmesh import durations
+from gitmesh.apis import core, smi
+from gitmesh.apis.problem import Problem
+from gitmesh.mesh.state import (
+    ConnectionLimits,
+    EgressRule,
+    Fault,
+    Identity,
+    IngressRule,
+    RetryPolicy,
+    Service,
+    ServiceRef,
+)
+from gitmesh.objects import Path
+
+OSM_GROUP = "policy.openservicemesh.io"
+GITMESH_GROUP = "gitmesh.dev"
+
+PolicyValue = RetryPolicy | ConnectionLimits | EgressRule | IngressRule | Fault
+
+
+@dataclass(frozen=True)
+class Read:
+    """What one policy object means, and what it gets wrong."""
+
+    values: tuple[PolicyValue, ...]
+    problems: tuple[Problem, ...]
+
+
+def _service(
+    ref: ServiceRef, path: Path, services: Mapping[ServiceRef, Service], problems: list[Problem]
+) -> bool:
+    if ref in services:
+        return True
+    problems.append(Problem("GM170", path, f"Service {ref} does not exist", missing=ref))
+    return False
+
+
+def _millis(value: Any, path: Path, problems: list[Problem]) -> int | None:
+    try:
+        return round(durations.seconds(str(value)) * 1000)
+    except ValueError as e:
+        problems.append(Problem("GM171", path, str(e)))
+        return None
+
+
+def read_retry(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
+    spec = obj["spec"]
+    problems: list[Problem] = []
+    source = Identity(spec["source"]["namespace"], spec["source"]["name"])
+    policy = spec["retryPolicy"]
+    per_try = _millis(policy["perTryTimeout"], ("spec", "retryPolicy", "perTryTimeout"), problems)
+    backoff = _millis(
+        policy["retryBackoffBaseInterval"], ("spec", "retryPolicy", "retryBackoffBaseInterval"), problems
+    )
+    values: list[PolicyValue] = []
+    for i, d in enumerate(spec["destinations"]):
+        ref = ServiceRef(d["namespace"], d["name"])
+        if _service(ref, ("spec", "destinations", i), services, problems) and per_try and backoff:
+            values.append(RetryPolicy(source, ref, policy["retryOn"], policy["numRetries"], per_try, backoff))
+    return Read(tuple(values), tuple(problems))
+
+
+def read_limits(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
+    spec = obj["spec"]
+    problems: list[Problem] = []
+    for field in ("rateLimit", "httpRoutes"):
+        if field in spec:
+            problems.append(Problem("GM173", ("spec", field), "rate limits are not carried by gitmesh yet"))
+    ns, name = smi.service_ref(spec["host"], core.namespace(obj))
+    if "." in name:
+        problems.append(Problem("GM170", ("spec", "host"), f"host {name!r} names no Service of the mesh"))
+        return Read((), tuple(problems))
+    ref = ServiceRef(ns, name)
+    tcp = (spec.get("connectionSettings") or {}).get("tcp") or {}
+    http = (spec.get("connectionSettings") or {}).get("http") or {}
+    timeout = None
+    if "connectTimeout" in tcp:
+        timeout = _millis(
+            tcp["connectTimeout"], ("spec", "connectionSettings", "tcp", "connectTimeout"), problems
+        )
+    if not _service(ref, ("spec", "host"), services, problems) or problems:
+        return Read((), tuple(problems))
+    limits = ConnectionLimits(
+        ref,
+        tcp.get("maxConnections"),
+        timeout,
+        http.get("maxRequests"),
+        http.get("maxRequestsPerConnection"),
+        http.get("maxPendingRequests"),
+        http.get("maxRetries"),
+    )
+    return Read((limits,), ())
+
+
+def read_egress(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
+    spec = obj["spec"]
+    problems: list[Problem] = []
+    for field in ("ipAddresses", "matches"):
+        if spec.get(field):
+            problems.append(
+                Problem("GM173", ("spec", field), f"egress by {field} is not carried by gitmesh yet")
+            )
+    hosts = spec.get("hosts") or []
+    for i, host in enumerate(hosts):
+        if "*" in host:
+            problems.append(
+                Problem("GM173", ("spec", "hosts", i), f"wildcard host {host!r} is not carried yet")
+            )
+    for i, port in enumerate(spec["ports"]):
+        if port["protocol"].lower() != "tcp" and not hosts:
+            message = f"{port['protocol']} egress needs hosts (egress by IP range is not carried yet)"
+            problems.append(Problem("GM173", ("spec", "ports", i), message))
+    if problems:
+        return Read((), tuple(problems))
+    values: list[PolicyValue] = [
+        EgressRule(Identity(s["namespace"], s["name"]), host, p["number"], p["protocol"].lower())
+        for s in spec["sources"]
+        for p in spec["ports"]
+        for host in (hosts if p["protocol"].lower() != "tcp" else [""])
+    ]
+    return Read(tuple(values), ())
+
+
+def read_ingress(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
+    spec, ns = obj["spec"], core.namespace(obj)
+    problems: list[Problem] = []
+    sources: list[Identity] = []
+    for i, s in enumerate(spec["sources"]):
+        if s["kind"] == "ServiceAccount":
+            sources.append(Identity(s.get("namespace") or ns, s["name"]))
+        else:
+            message = f"a {s['kind']} source is not carried by gitmesh yet: name the ingress's ServiceAccount"
+            problems.append(Problem("GM173", ("spec", "sources", i), message))
+    if spec.get("matches"):
+        problems.append(Problem("GM173", ("spec", "matches"), "route matches are not carried by gitmesh yet"))
+    values: list[PolicyValue] = []
+    for i, b in enumerate(spec["backends"]):
+        ref = ServiceRef(ns, b["name"])
+        if _service(ref, ("spec", "backends", i, "name"), services, problems):
+            values.append(
+                IngressRule(ref, b["port"]["number"], tuple(sources), b["port"]["protocol"] == "https")
+            )
+    return Read(() if problems else tuple(values), tuple(problems))
+
+
+def read_fault(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
+    spec = obj["spec"]
+    problems: list[Problem] = []
+    ns = core.namespace(obj)
+    ref = ServiceRef(spec["destination"]["namespace"] or ns, spec["destination"]["name"])
+    source = Identity(spec["source"]["namespace"], spec["source"]["name"]) if "source" in spec else None
+    delay, abort = spec.get("delay"), spec.get("abort")
+    if delay is None and abort is None:
+        problems.append(Problem("GM174", ("spec",), "a FaultInjection needs a delay, an abort or both"))
+    delay_ms = _millis(delay["duration"], ("spec", "delay", "duration"), problems) if delay else 0
+    if not _service(ref, ("spec", "destination"), services, problems) or problems:
+        return Read((), tuple(problems))
+    fault = Fault(
+        ref,
+        source,
+        float(delay["percent"]) if delay else 0.0,
+        delay_ms or 0,
+        float(abort["percent"]) if abort else 0.0,
+        abort["status"] if abort else 0,
+    )
+    return Read((fault,), ())
+
+
+READERS: dict[str, Callable[[Mapping[str, Any], Mapping[ServiceRef, Service]], Read]] = {
+    "Retry": read_retry,
+    "UpstreamTrafficSetting": read_limits,
+    "Egress": read_egress,
+    "IngressBackend": read_ingress,
+    "FaultInjection": read_fault,
+}
+
+
+def overlap_key(value: PolicyValue) -> Hashable | None:
+    """What two values may not both say; None: values of this kind add up (egress rules)."""
+    match value:
+        case RetryPolicy():
+            return ("retry", value.source, value.destination)
+        case ConnectionLimits():
+            return ("limits", value.service)
+        case IngressRule():
+            return ("ingress", value.backend, value.port)
+        case Fault():
+            return ("fault", value.destination, value.source)
+    return None
+
+
+def first_wins(
+    reads: Iterable[tuple[Any, Read]],
+) -> tuple[list[PolicyValue], list[tuple[Any, PolicyValue, Any]]]:
+    """The values kept, in order, and each value left out as (its object, the value, the object
+    whose value wins); ``reads`` in (namespace, name) order, each object with what it reads as."""
+    kept: list[PolicyValue] = []
+    lost: list[tuple[Any, PolicyValue, Any]] = []
+    owner: dict[Hashable, Any] = {}
+    for obj, read in reads:
+        for v in read.values:
+            key = overlap_key(v)
+            if key is not None and key in owner:
+                lost.append((obj, v, owner[key]))
+                continue
+            if key is not None:
+                owner[key] = obj
+            kept.append(v)
+    return kept, lost

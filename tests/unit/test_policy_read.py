@@ -1,0 +1,147 @@
+"""The policy readers: each OSM policy and FaultInjection into the mesh model, through ``read.mesh``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gitmesh.apis import read
+from gitmesh.mesh.state import (
+    ConnectionLimits,
+    EgressRule,
+    Fault,
+    Identity,
+    IngressRule,
+    RetryPolicy,
+    ServiceRef,
+)
+
+BOOKSTORE = ServiceRef("shop", "bookstore")
+BUYER = Identity("shop", "bookbuyer")
+
+
+def service(name: str) -> dict[str, Any]:
+    return {
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop"},
+        "spec": {"ports": [{"port": 80}]},
+    }
+
+
+def policy(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": kind, "metadata": {"name": name, "namespace": "shop"}, "spec": spec}
+
+
+def retry(name: str, retries: int, destination: str = "bookstore") -> dict[str, Any]:
+    return policy(
+        "Retry",
+        name,
+        {
+            "source": {"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"},
+            "destinations": [{"kind": "Service", "name": destination, "namespace": "shop"}],
+            "retryPolicy": {
+                "retryOn": "5xx,reset",
+                "perTryTimeout": "250ms",
+                "numRetries": retries,
+                "retryBackoffBaseInterval": "10ms",
+            },
+        },
+    )
+
+
+def test_retry_reads_attempts_and_durations_in_milliseconds() -> None:
+    mesh = read.mesh([service("bookstore"), retry("r", 5)])
+    assert mesh.retries == (RetryPolicy(BUYER, BOOKSTORE, "5xx,reset", 5, 250, 10),)
+    assert mesh.warnings == ()
+
+
+def test_retry_to_a_missing_service_is_left_out_with_a_warning() -> None:
+    mesh = read.mesh([service("bookstore"), retry("r", 5, destination="nowhere")])
+    assert mesh.retries == ()
+    assert mesh.warnings == ("Retry shop/r: Service shop/nowhere does not exist",)
+
+
+def test_overlapping_retries_first_by_name_wins() -> None:
+    mesh = read.mesh([service("bookstore"), retry("b", 2), retry("a", 7)])
+    assert [r.retries for r in mesh.retries] == [7]
+    assert "Retry shop/a wins" in mesh.warnings[0]
+
+
+def test_upstream_traffic_setting_reads_connection_limits_by_host() -> None:
+    spec = {
+        "host": "bookstore.shop.svc.cluster.local",
+        "connectionSettings": {
+            "tcp": {"maxConnections": 3, "connectTimeout": "2s"},
+            "http": {"maxPendingRequests": 1},
+        },
+    }
+    mesh = read.mesh([service("bookstore"), policy("UpstreamTrafficSetting", "u", spec)])
+    assert mesh.limits == (
+        ConnectionLimits(BOOKSTORE, max_connections=3, connect_timeout_ms=2000, max_pending_requests=1),
+    )
+
+
+def test_rate_limits_are_refused_not_dropped() -> None:
+    spec = {"host": "bookstore", "rateLimit": {"local": {"http": {"requests": 10, "unit": "second"}}}}
+    mesh = read.mesh([service("bookstore"), policy("UpstreamTrafficSetting", "u", spec)])
+    assert mesh.limits == ()
+    assert "rate limits are not carried" in mesh.warnings[0]
+
+
+def test_egress_is_one_rule_per_source_port_and_host() -> None:
+    spec = {
+        "sources": [{"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"}],
+        "hosts": ["api.example.com"],
+        "ports": [{"number": 443, "protocol": "tls"}, {"number": 80, "protocol": "http"}],
+    }
+    mesh = read.mesh([policy("Egress", "e", spec)])
+    assert mesh.egress == (
+        EgressRule(BUYER, "api.example.com", 443, "tls"),
+        EgressRule(BUYER, "api.example.com", 80, "http"),
+    )
+    assert str(mesh.egress[0]) == "shop/bookbuyer may reach api.example.com:443 (tls)"
+
+
+def test_egress_by_ip_range_is_refused_whole() -> None:
+    spec = {
+        "sources": [{"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"}],
+        "hosts": ["api.example.com"],
+        "ipAddresses": ["10.0.0.0/8"],
+        "ports": [{"number": 443, "protocol": "tls"}],
+    }
+    mesh = read.mesh([policy("Egress", "e", spec)])
+    assert mesh.egress == ()
+    assert "ipAddresses" in mesh.warnings[0]
+
+
+def test_ingress_backend_names_ingress_identities_and_mtls() -> None:
+    spec = {
+        "backends": [{"name": "bookstore", "port": {"number": 80, "protocol": "https"}}],
+        "sources": [{"kind": "ServiceAccount", "name": "ingress", "namespace": "edge"}],
+    }
+    mesh = read.mesh([service("bookstore"), policy("IngressBackend", "i", spec)])
+    assert mesh.ingress == (IngressRule(BOOKSTORE, 80, (Identity("edge", "ingress"),), True),)
+
+
+def test_ingress_backend_ip_range_source_is_refused() -> None:
+    spec = {
+        "backends": [{"name": "bookstore", "port": {"number": 80, "protocol": "http"}}],
+        "sources": [{"kind": "IPRange", "name": "10.0.0.0/8"}],
+    }
+    mesh = read.mesh([service("bookstore"), policy("IngressBackend", "i", spec)])
+    assert mesh.ingress == ()
+    assert "IPRange source is not carried" in mesh.warnings[0]
+
+
+def test_fault_injection_reads_delay_and_abort_per_source() -> None:
+    spec = {
+        "destination": {"name": "bookstore", "namespace": "shop"},
+        "source": {"name": "bookbuyer", "namespace": "shop"},
+        "delay": {"percent": 50, "duration": "100ms"},
+        "abort": {"percent": 10, "status": 503},
+    }
+    mesh = read.mesh([service("bookstore"), policy("FaultInjection", "f", spec)])
+    assert mesh.faults == (Fault(BOOKSTORE, BUYER, 50.0, 100, 10.0, 503),)
+    assert (
+        str(mesh.faults[0])
+        == "shop/bookstore from shop/bookbuyer: delays 50% by 100 ms and aborts 10% with 503"
+    )
