@@ -10,7 +10,6 @@ zero rather than going negative.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,16 +21,26 @@ CONNECTIONS = "envoy_cluster_upstream_cx_total"
 ACTIVE = "envoy_cluster_upstream_cx_active"
 SENT = "envoy_cluster_upstream_cx_tx_bytes_total"
 RECEIVED = "envoy_cluster_upstream_cx_rx_bytes_total"
-STATS = (RESPONSES, LATENCY, CONNECTIONS, ACTIVE, SENT, RECEIVED)
 # What to ask the admin endpoint for, so that a sidecar sends only these (and only those it used).
 ADMIN_FILTER = (
     "^cluster\\..+\\.(upstream_rq_[0-9]xx|upstream_rq_time"
     "|upstream_cx_(total|active|tx_bytes_total|rx_bytes_total))$"
 )
 
-_COUNTERS = {CONNECTIONS: "connections", ACTIVE: "active", SENT: "sent", RECEIVED: "received"}
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-_WANTED = re.compile("^(" + "|".join(STATS) + ")(?:_total)?{")  # counters named either way
+# How each wanted line starts, as Envoy writes it (labels in this order, the cluster name's first),
+# and what it counts: split at its quotes, a line is read without a regular expression. Counters
+# are matched under either name (``_total`` added the OpenMetrics way or not).
+_CLUSTER = "envoy_cluster_name="
+_CLASS = "envoy_response_code_class="
+_HEADS = {
+    f"{LATENCY}{{{_CLUSTER}": "bucket",
+    f"{RESPONSES}{{{_CLASS}": "responses",
+    f"{RESPONSES}_total{{{_CLASS}": "responses",
+    f"{CONNECTIONS}{{{_CLUSTER}": "connections",
+    f"{ACTIVE}{{{_CLUSTER}": "active",
+    f"{SENT}{{{_CLUSTER}": "sent",
+    f"{RECEIVED}{{{_CLUSTER}": "received",
+}
 
 Row = dict[str, Any]  # requests, errors, buckets {le: count}, connections, active, sent, received
 Reading = dict[str, Row]  # destination (namespace/service) -> its cumulative row, from one sidecar
@@ -50,33 +59,37 @@ def _row() -> Row:
 
 
 def parse(text: str) -> Reading:
-    """One sidecar's cumulative stats per destination. Only the lines the model needs are looked at
-    (a sidecar of a large mesh has thousands of others); other clusters (the local app's, the ADS
+    """One sidecar's cumulative stats per destination. Only the lines the model needs are read (a
+    sidecar of a large mesh has thousands of others); other clusters (the local app's, the ADS
     cluster) have no namespace in their name and are left out."""
     out: Reading = {}
-    for line in text.splitlines():
-        m = _WANTED.match(line)
-        if m is None:
+    for line in text.split("\n"):
+        parts = line.split('"', 5)  # head, value, ..., the rest: '} <number>'
+        kind = _HEADS.get(parts[0])
+        if kind is None:
             continue
-        name = m.group(1)
-        close = line.rindex("}")
-        labels = dict(_LABEL.findall(line, m.end() - 1, close))
-        backend, sep, _port = labels.get("envoy_cluster_name", "").partition("|")
+        if kind == "responses":
+            code_class, cluster, value = parts[1], parts[3], parts[4]
+        elif kind == "bucket":
+            cluster, le, value = parts[1], parts[3], parts[4]
+        else:
+            cluster, value = parts[1], parts[2]
+        backend, sep, _port = cluster.partition("|")
         if not sep or "/" not in backend:
             continue
-        value = float(line[close + 1 :].split()[0])
         row = out.get(backend)
         if row is None:
             row = out[backend] = _row()
-        if name == RESPONSES:
-            row["requests"] += value
-            if labels.get("envoy_response_code_class") == "5":
-                row["errors"] += value
-        elif name == LATENCY:
-            le = labels["le"]
-            row["buckets"][le] = row["buckets"].get(le, 0.0) + value
+        number = float(value[2:])
+        if kind == "bucket":
+            buckets = row["buckets"]
+            buckets[le] = buckets.get(le, 0.0) + number
+        elif kind == "responses":
+            row["requests"] += number
+            if code_class == "5":
+                row["errors"] += number
         else:
-            row[_COUNTERS[name]] += value
+            row[kind] += number
     return out
 
 
