@@ -14,26 +14,23 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from gitmesh.cli.base import BackendChoice, backend_options, cli, out, reports_errors
+from gitmesh.cli.base import (
+    BackendChoice,
+    backend_options,
+    cli,
+    envoy_admin_option,
+    out,
+    reports_errors,
+    sidecars_of,
+)
 from gitmesh.metrics import envoy, model
 from gitmesh.rollout import driver, render
 from gitmesh.rollout.model import Rollout
 
 
-def _sidecar(text: str) -> tuple[str, str]:
-    admin, _, service = text.partition("=")
-    return admin, service
-
-
 @cli.command()
 @backend_options
-@click.option(
-    "--envoy-admin",
-    multiple=True,
-    metavar="HOST:PORT[=NAMESPACE/SERVICE]",
-    help="A sidecar's admin interface, and the service it serves (repeat); "
-    "default: the sidecars gitmesh run last reported.",
-)
+@envoy_admin_option
 @click.option(
     "--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Seconds per refresh."
 )
@@ -50,16 +47,9 @@ def top(
       gitmesh top --store mesh.db --envoy-admin 127.0.0.1:15000=bookstore/bookbuyer --once -o json
     """
     settings = target.open()
-    given = dict(map(_sidecar, envoy_admin))
-
-    def sidecars() -> dict[str, str]:  # asked at every reading: sidecars come and go
-        return given or dict((settings.state.xds.latest() or {}).get("sidecars", {}))
-
     if output == "json" and not once:
         raise click.UsageError("-o json prints one interval: give --once")
-    if not sidecars():
-        raise click.UsageError("no sidecars to read: give --envoy-admin, or run gitmesh run with this store")
-    stats = envoy.EnvoyStats(sidecars)
+    stats = envoy.EnvoyStats(sidecars_of(settings, envoy_admin))
     before = stats.read()
     if once:
         time.sleep(interval)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gitmesh.metrics import model
+from gitmesh.metrics import model, prometheus
 
 STATS = """\
 # TYPE envoy_cluster_upstream_rq_xx counter
@@ -87,3 +87,29 @@ def test_quantile_interpolates_within_the_bucket() -> None:
     assert model.quantile(0.5, {10: 50, 20: 100, float("inf"): 100}) == pytest.approx(10)
     assert model.quantile(0.99, {250: 0, 500: 100, float("inf"): 100}) == pytest.approx(497.5)
     assert model.quantile(0.99, {5: 1, float("inf"): 100}) == 5  # past the last bound: the bound
+
+
+def test_prometheus_scrapes_only_the_models_stats_and_labels_each_sidecar_with_its_service() -> None:
+    config = prometheus.config("/etc/gitmesh", "15s")
+    (job,) = config["scrape_configs"]
+    assert job["params"]["filter"] == [model.ADMIN_FILTER] and "usedonly" in job["params"]
+    assert job["file_sd_configs"][0]["files"] == ["/etc/gitmesh/sidecars.json"]
+    assert config["rule_files"] == ["/etc/gitmesh/gitmesh-rules.yml"]
+    assert prometheus.targets({"10.0.0.2:15000": "shop/api", "10.0.0.1:15000": "shop/front"}) == [
+        {"targets": ["10.0.0.1:15000"], "labels": {"source": "shop/front"}},
+        {"targets": ["10.0.0.2:15000"], "labels": {"source": "shop/api"}},
+    ]
+
+
+def test_every_recorded_series_is_a_rule_summed_per_edge() -> None:
+    recorded = {r["record"]: r["expr"] for r in prometheus.rules()["groups"][0]["rules"]}
+    assert set(recorded) == {
+        prometheus.REQUESTS,
+        prometheus.ERRORS,
+        prometheus.SUCCESS,
+        *prometheus.LATENCY.values(),
+        prometheus.SENT,
+        prometheus.RECEIVED,
+        prometheus.CONNECTIONS,
+    }
+    assert all("sum by (source, destination" in expr for expr in recorded.values())
