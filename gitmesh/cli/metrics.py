@@ -74,6 +74,30 @@ def metrics_prometheus(
                 out.print(f"{prometheus.TARGETS}: {len(written)} sidecars")
 
 
+@metrics.command("dashboards")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("deploy/dashboards"),
+    show_default=True,
+    help="The directory to write the dashboards' JSON to.",
+)
+def metrics_dashboards(out_dir: Path) -> None:
+    """Write the Grafana dashboards (the mesh, a service, a rollout) over the recorded series.
+
+    \b
+    Example:
+      gitmesh metrics dashboards --out /var/lib/grafana/dashboards/gitmesh
+    """
+    from gitmesh.metrics import dashboards
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in dashboards.dashboards().items():
+        _write(out_dir / name, text)
+        out.print(f"Wrote {out_dir / name}")
+
+
 def _targets(out_dir: Path, sidecars: dict[str, str]) -> dict[str, str]:
     _write(out_dir / prometheus.TARGETS, json.dumps(prometheus.targets(sidecars), indent=2))
     return sidecars
