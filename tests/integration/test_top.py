@@ -26,10 +26,13 @@ def sidecar(d: Demo) -> str:
     return f"127.0.0.1:{d.sidecars['bookbuyer'].admin_port}={EDGE[0]}"
 
 
-def test_once_as_json_gives_the_edges_and_the_rollouts_under_way(demo: Demo, webhook: Webhook) -> None:
+def test_once_as_json_gives_the_reported_sidecars_edges_and_the_rollouts_under_way(
+    demo: Demo, webhook: Webhook
+) -> None:
     commit_split(demo, 0, 100)
     apply_head(demo, webhook)  # a rollout at its first step; nothing walks it here
-    args = ["top", "--store", str(demo.store), "--envoy-admin", sidecar(demo), "--interval", "1"]
+    # No --envoy-admin: the sidecars, and the service each serves, as gitmesh run reports them.
+    args = ["top", "--store", str(demo.store), "--interval", "1"]
     with Traffic(demo):
         found = eventually(
             lambda: json.loads(CliRunner().invoke(cli, [*args, "--once", "-o", "json"]).output),
