@@ -55,7 +55,7 @@ def metrics_prometheus(
       gitmesh metrics prometheus --out /etc/prometheus/gitmesh --follow
       prometheus --config.file=/etc/prometheus/gitmesh/prometheus.yml
     """
-    sidecars = sidecars_of(target.open(), envoy_admin)
+    sidecars = sidecars_of(target.open(), envoy_admin, required=not follow)  # following: they may come later
     out_dir.mkdir(parents=True, exist_ok=True)
     directory = str(out_dir.resolve())
     _write(
