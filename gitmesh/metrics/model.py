@@ -1,6 +1,7 @@
 """The metrics model, pure: per source -> destination service (each backend of a split is a destination
 of its own, since the caller's sidecar picks the backend), requests per second, success rate, latency
-p50/p90/p99, TCP bytes and connections; rollouts, ``gitmesh top`` and the console read it.
+p50/p90/p99, TCP bytes and connections; rollouts and ``gitmesh top`` read it, and the Prometheus rules
+and the dashboards (``prometheus.py``, ``dashboards.py``) record and show the same.
 
 It is computed from readings of the sidecars' own Envoy stats (Prometheus text format). A reading is
 cumulative and plain JSON data (a rollout keeps its last one as its mark); a window is the difference

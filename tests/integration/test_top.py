@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -33,10 +34,18 @@ def test_once_as_json_gives_the_reported_sidecars_edges_and_the_rollouts_under_w
     apply_head(demo, webhook)  # a rollout at its first step; nothing walks it here
     # No --envoy-admin: the sidecars, and the service each serves, as gitmesh run reports them.
     args = ["top", "--store", str(demo.store), "--interval", "1"]
+
+    def seen() -> dict[str, Any] | None:  # None until gitmesh run has reported its sidecars
+        result = CliRunner().invoke(cli, [*args, "--once", "-o", "json"])
+        return json.loads(result.output) if result.exit_code == 0 else None
+
     with Traffic(demo):
         found = eventually(
-            lambda: json.loads(CliRunner().invoke(cli, [*args, "--once", "-o", "json"]).output),
-            lambda r: any((e["source"], e["destination"]) == EDGE and e["rps"] > 5 for e in r["edges"]),
+            seen,
+            lambda r: (
+                r is not None
+                and any((e["source"], e["destination"]) == EDGE and e["rps"] > 5 for e in r["edges"])
+            ),
             "bookbuyer's calls seen",
         )
     edge = next(e for e in found["edges"] if (e["source"], e["destination"]) == EDGE)
