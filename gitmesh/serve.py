@@ -181,7 +181,7 @@ class MeshPublisher:
         self._lock = threading.Lock()
         self._proxies: dict[str, Proxy] = {}
         # node id -> the admin interface its latest stream's bootstrap gives, its service, its open streams
-        self._admins: dict[str, tuple[str, str, int]] = {}
+        self._sidecars: dict[str, tuple[str, str, int]] = {}
         self._secrets_of: dict[Identity, tuple[ca.Issued, tuple[str, ...], dict[str, message.Message]]] = {}
         self._mesh = read.mesh([])
         self._addresses: Addresses = {}
@@ -215,8 +215,8 @@ class MeshPublisher:
         with self._lock:
             new = key not in self._proxies
             self._proxies[key] = proxy
-            streams = self._admins.get(node.id, ("", "", 0))[2]
-            self._admins[node.id] = (admin_address(node), str(proxy.service), streams + 1)
+            streams = self._sidecars.get(node.id, ("", "", 0))[2]
+            self._sidecars[node.id] = (admin_address(node), str(proxy.service), streams + 1)
             translator = self._translator
         if new:
             self._publish(key, proxy, translator)
@@ -227,9 +227,9 @@ class MeshPublisher:
         that come and go (a new app port each time) leave nothing behind, and a mesh change
         republishes only the keys of connected proxies. One that comes back is translated again."""
         with self._lock:
-            admin, service, streams = self._admins.pop(node_id)
+            admin, service, streams = self._sidecars.pop(node_id)
             if streams > 1:
-                self._admins[node_id] = (admin, service, streams - 1)
+                self._sidecars[node_id] = (admin, service, streams - 1)
             if self.cache.watch_count(key):  # another stream of the key is open
                 return
             self._proxies.pop(key, None)
@@ -242,7 +242,7 @@ class MeshPublisher:
         """The connected sidecars' admin interfaces (where their stats are read) -> the service each
         serves (namespace/name), the source of what it sends."""
         with self._lock:
-            return {admin: service for admin, service, _ in sorted(self._admins.values()) if admin}
+            return {admin: service for admin, service, _ in sorted(self._sidecars.values()) if admin}
 
     def set_ca_state(self, ca_state: CaState) -> None:
         """A rotation step: the bundle or the signer changed; every sidecar gets what follows from it."""
