@@ -8,7 +8,7 @@ DEMO_STAMP := $(VENV)/.demo-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # The demo means the embedded store, whatever cluster an exported KUBECONFIG names.
 DEMO_GITMESH := env -u KUBECONFIG $(BIN)/gitmesh
 
-.PHONY: demo demo-live wheel test test-fast lint bench clean prometheus node-packages cluster cluster-down
+.PHONY: demo demo-live wheel test test-fast lint bench clean prometheus tmux node-packages cluster cluster-down
 
 # Debian packages the tests use, installed once (as root, or with sudo): sshd serves Git over SSH,
 # gpg signs and checks commits, kubectl renders Kustomize directories and checks the test cluster.
@@ -59,6 +59,10 @@ wheel: $(DEMO_STAMP)
 prometheus:
 	@command -v prometheus >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; }
 
+## tmux: Debian's tmux, the terminal the gitmesh top test looks at
+tmux:
+	@command -v tmux >/dev/null || { $(APT_INSTALL) tmux; }
+
 ## node-packages: Debian's containerd, runc, CNI plugins, iptables and conntrack, which the test node runs
 node-packages:
 	@command -v containerd >/dev/null && command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] && \
@@ -74,7 +78,7 @@ cluster-down: $(STAMP)
 	testenv/down
 
 ## test: lint, then every test (unit and integration)
-test: $(STAMP) $(SSHD) $(GPG_AGENT) $(KUBECTL) prometheus node-packages
+test: $(STAMP) $(SSHD) $(GPG_AGENT) $(KUBECTL) prometheus tmux node-packages
 	$(BIN)/ruff check gitmesh tests bench
 	$(BIN)/ruff format --check gitmesh tests bench
 	$(BIN)/lint-imports

@@ -350,7 +350,7 @@ async def server_main(args: argparse.Namespace) -> None:
                 from gitmesh.serve import xds_report
 
                 report = xds_report(
-                    running.servicer.streams(), publisher.cache, publisher.admins(), publisher.ca.expiries()
+                    running.servicer.streams(), publisher.cache, publisher.sidecars(), publisher.ca.expiries()
                 )
                 emit(nacks=len(report["nacks"]), bytes=len(json.dumps(report)))
             elif command == "change":

@@ -21,6 +21,10 @@ time (unsigned and wrongly signed webhooks, a webhook for no source, reconciles 
 status reads), then the other half: the controller's RSS before, at its peak and after the flood,
 the answers by status (a reset or other error counted as such), and the pushes' figures before and
 after, side by side.
+
+With ``--scrape S``, pushes go in pairs without and with a scraper reading every sidecar's stats
+into the metrics model every S seconds (as ``gitmesh top`` and ``gitmesh run``'s rollouts do, with
+the same filtered query), and the figures of each are printed side by side.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ if str(REPO_ROOT) not in sys.path:  # run from a checkout without `pip install -
     sys.path.insert(0, str(REPO_ROOT))
 
 from gitmesh import demo  # noqa: E402
+from gitmesh.metrics import envoy, model  # noqa: E402
 from gitmesh.sync import webhook  # noqa: E402
 
 SECRET = b"bench-secret-of-32-bytes-at-least"
@@ -207,17 +212,23 @@ def main() -> None:
     parser.add_argument("--pushes", type=int, default=10)
     parser.add_argument("--keep", action="store_true", help="keep the work directory and print where")
     parser.add_argument("--flood", type=int, default=0, help="hostile requests between the two halves")
+    parser.add_argument("--scrape", type=float, default=0, help="seconds between scrapes, every other pair")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="gitmesh-push-bench-"))
     rows: list[tuple[float, float, float]] = []
+    scraping = threading.Event()
+    stop = threading.Event()
     try:
-        with running(workdir) as d:
+        with running(workdir) as d, scraper(d, args.scrape, scraping, stop):
             routed = [s for s in d.sidecars.values() if v1_weights(s)]
             print(f"{len(routed)} of {len(d.sidecars)} sidecars route to bookstore v1; load average {load()}")
             for i in range(args.pushes):
                 if args.flood and i == args.pushes // 2:
                     flood(d, args.flood)
                 weight = 10 if i % 2 == 0 else 90
+                if args.scrape:  # pairs of pushes (both weights) without, then with
+                    (scraping.set if (i // 2) % 2 else scraping.clear)()
+                    time.sleep(args.scrape)
                 sha = d.push(weight)
                 t0 = time.monotonic()
                 d.send()
@@ -243,14 +254,17 @@ def main() -> None:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n{len(rows)} pushes; load average {load()}")
-    halves = (
-        [("", rows)]
-        if not args.flood
-        else [
+    halves = [("", rows)]
+    if args.flood:
+        halves = [
             (" (before the flood)", rows[: args.pushes // 2]),
             (" (after the flood)", rows[args.pushes // 2 :]),
         ]
-    )
+    if args.scrape:
+        halves = [
+            (" (no scrape)", [r for i, r in enumerate(rows) if not (i // 2) % 2]),
+            (f" (scrape every {args.scrape:g} s)", [r for i, r in enumerate(rows) if (i // 2) % 2]),
+        ]
     for when, timed in halves:
         summarise(timed, when)
 
@@ -269,6 +283,30 @@ def summarise(rows: list[tuple[float, float, float]], when: str) -> None:
 
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+@contextlib.contextmanager
+def scraper(d: PushedDemo, every: float, scraping: threading.Event, stop: threading.Event) -> Iterator[None]:
+    """Reads every sidecar into the metrics model each ``every`` seconds while ``scraping`` is set."""
+    stats = envoy.EnvoyStats(lambda: {f"127.0.0.1:{s.admin_port}": name for name, s in d.sidecars.items()})
+
+    def run() -> None:
+        before = stats.read()
+        while not stop.wait(every):
+            if scraping.is_set():
+                now = stats.read()
+                model.edges(model.window(now, before), every)
+                before = now
+
+    thread = threading.Thread(target=run, daemon=True)
+    if every:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if every:
+            thread.join()
 
 
 @contextlib.contextmanager

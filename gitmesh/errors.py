@@ -7,7 +7,8 @@
     ├── ClusterError     the cluster backend refused or failed
     ├── CertsError       the mesh CA's kept state cannot be read
     ├── ConfigError      the controller's configuration file cannot be used
-    └── RolloutError     a rollout cannot be found or moved as asked
+    ├── RolloutError     a rollout cannot be found or moved as asked
+    └── MetricsError     the sidecars' stats or Prometheus cannot be read
 
 Invalid manifests are not errors: validation returns diagnostics. Caller
 mistakes (a wrong type passed in code) raise TypeError / ValueError instead.
@@ -46,3 +47,7 @@ class ConfigError(GitmeshError):
 
 class RolloutError(GitmeshError):
     pass
+
+
+class MetricsError(GitmeshError):
+    """A metrics source could not be read; a rollout skips its check rather than failing it."""

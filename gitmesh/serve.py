@@ -95,13 +95,13 @@ async def _settled(backend: MeshBackend, version: str) -> str:
 def xds_report(
     streams: Iterable[StreamInfo],
     cache: SnapshotCache,
-    admins: Iterable[str],
+    sidecars: Mapping[str, str],
     expiries: Mapping[str, datetime.datetime],
     patched: Mapping[str, Mapping[str, tuple[str, ...]]],
 ) -> dict[str, Any]:
-    """Connected proxies (and their admin interfaces, where rollouts read their stats), the latest
-    rejections they reported (with the EnvoyPatches that changed resources of the type rejected),
-    and when each identity's certificate expires, as plain data."""
+    """Connected proxies (and their admin interfaces -> their services, where metrics are read), the
+    latest rejections they reported (with the EnvoyPatches that changed resources of the type
+    rejected), and when each identity's certificate expires, as plain data."""
     streams = list(streams)
     every = [(key, n) for key in sorted({s.key for s in streams}) for n in cache.nacks(key)]
     latest = sorted(every, key=lambda kept: kept[1].at)[-MAX_REPORTED_NACKS:]
@@ -118,7 +118,7 @@ def xds_report(
     ]
     return {
         "proxies": sorted(s.node_id for s in streams),
-        "admins": sorted(set(admins)),
+        "sidecars": dict(sorted(sidecars.items())),
         "nacks": nacks,
         "certificates": {identity: at.isoformat() for identity, at in expiries.items()},
     }
@@ -190,8 +190,8 @@ class MeshPublisher:
         self._left_out: weakref.WeakKeyDictionary[Translator, set[tuple[state.EnvoyPatch, int]]] = (
             weakref.WeakKeyDictionary()
         )
-        # node id -> the admin interface its latest stream's bootstrap gives, and its open streams
-        self._admins: dict[str, tuple[str, int]] = {}
+        # node id -> the admin interface its latest stream's bootstrap gives, its service, its open streams
+        self._sidecars: dict[str, tuple[str, str, int]] = {}
         self._secrets_of: dict[Identity, tuple[ca.Issued, tuple[str, ...], dict[str, message.Message]]] = {}
         self._mesh = read.mesh([])
         self._addresses: Addresses = {}
@@ -225,7 +225,8 @@ class MeshPublisher:
         with self._lock:
             new = key not in self._proxies
             self._proxies[key] = proxy
-            self._admins[node.id] = (admin_address(node), self._admins.get(node.id, ("", 0))[1] + 1)
+            streams = self._sidecars.get(node.id, ("", "", 0))[2]
+            self._sidecars[node.id] = (admin_address(node), str(proxy.service), streams + 1)
             translator = self._translator
         if new:
             self._publish(key, proxy, translator)
@@ -236,9 +237,9 @@ class MeshPublisher:
         that come and go (a new app port each time) leave nothing behind, and a mesh change
         republishes only the keys of connected proxies. One that comes back is translated again."""
         with self._lock:
-            admin, streams = self._admins.pop(node_id)
+            admin, service, streams = self._sidecars.pop(node_id)
             if streams > 1:
-                self._admins[node_id] = (admin, streams - 1)
+                self._sidecars[node_id] = (admin, service, streams - 1)
             if self.cache.watch_count(key):  # another stream of the key is open
                 return
             self._proxies.pop(key, None)
@@ -254,10 +255,11 @@ class MeshPublisher:
         with self._lock:
             return {key: by_type for key, by_type in self._patched.items() if by_type}
 
-    def admins(self) -> list[str]:
-        """The admin interfaces of the connected sidecars (where rollouts read their stats)."""
+    def sidecars(self) -> dict[str, str]:
+        """The connected sidecars' admin interfaces (where their stats are read) -> the service each
+        serves (namespace/name), the source of what it sends."""
         with self._lock:
-            return sorted({admin for admin, _ in self._admins.values() if admin})
+            return {admin: service for admin, service, _ in sorted(self._sidecars.values()) if admin}
 
     def set_ca_state(self, ca_state: CaState) -> None:
         """A rotation step: the bundle or the signer changed; every sidecar gets what follows from it."""
@@ -395,7 +397,7 @@ async def run(
                     report = xds_report(
                         server.servicer.streams(),
                         publisher.cache,
-                        publisher.admins(),
+                        publisher.sidecars(),
                         mesh_ca.expiries(),
                         publisher.patched(),
                     )

@@ -213,6 +213,34 @@ def webhook_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def envoy_admin_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--envoy-admin",
+        multiple=True,
+        metavar="HOST:PORT[=NAMESPACE/SERVICE]",
+        help="A sidecar's admin interface, and the service it serves (repeat); "
+        "default: the sidecars gitmesh run last reported.",
+    )(f)
+
+
+def sidecars_of(
+    settings: Settings, envoy_admin: tuple[str, ...], *, required: bool = True
+) -> Callable[[], dict[str, str]]:
+    """The sidecars to read (admin address -> service): those given, else those in the backend's
+    last xDS report, asked again at every reading, since sidecars come and go. ``required``: none
+    now is a usage error."""
+    given = dict(a.partition("=")[::2] for a in envoy_admin)
+
+    def sidecars() -> dict[str, str]:
+        return given or dict((settings.state.xds.latest() or {}).get("sidecars", {}))
+
+    if required and not sidecars():
+        raise click.UsageError(
+            "no sidecars to read: give --envoy-admin, or run gitmesh run with this backend"
+        )
+    return sidecars
+
+
 def reports_errors(f: Callable[..., Any]) -> Callable[..., Any]:
     """The one place a GitmeshError becomes a message and exit code 1."""
 

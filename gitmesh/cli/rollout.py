@@ -158,7 +158,9 @@ def rollout_run(
     if bool(envoy_admin) == bool(prometheus):
         raise click.UsageError("give the sidecars' --envoy-admin addresses or --prometheus, one of them")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    metrics: MetricsSource = Prometheus(prometheus) if prometheus else EnvoyStats(lambda: envoy_admin)
+    metrics: MetricsSource = (
+        Prometheus(prometheus) if prometheus else EnvoyStats(lambda: dict.fromkeys(envoy_admin, ""))
+    )
     runner = driver.Runner(target.open(), metrics, driver.webhook(webhook), push_reverts)
     err.print("Running rollouts; Ctrl-C stops (their state stays in the rollout store).")
     with contextlib.suppress(KeyboardInterrupt):

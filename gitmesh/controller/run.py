@@ -195,7 +195,7 @@ def _walk_rollouts(
     """Walk every rollout under way, reading metrics from Prometheus or from the connected sidecars.
     A tick holds the reconciler's apply lock: a step written meanwhile would make its plan stale."""
     metrics: MetricsSource = (
-        Prometheus(rollouts.prometheus) if rollouts.prometheus else EnvoyStats(lambda: reporting.admins)
+        Prometheus(rollouts.prometheus) if rollouts.prometheus else EnvoyStats(lambda: reporting.sidecars)
     )
     runner = driver.Runner(settings, metrics, notify, rollouts.push_reverts)
     while not stopping.wait(ROLLOUT_TICK_SECONDS):
@@ -261,7 +261,7 @@ class _Reporting:
         self.watched = watched
         self.reports = reports
         self.metrics = metrics
-        self.admins: list[str] = []  # the connected sidecars' admin interfaces, for rollout metrics
+        self.sidecars: dict[str, str] = {}  # the connected sidecars' admin interfaces -> their services
 
     def version(self) -> str:
         return self.watched.version()
@@ -270,6 +270,6 @@ class _Reporting:
         return self.watched.list()
 
     def record_xds(self, report: Mapping[str, Any]) -> None:
-        self.admins = list(report["admins"])
+        self.sidecars = dict(report["sidecars"])
         self.metrics.xds(report)
         self.reports.save(report)

@@ -24,14 +24,14 @@ from typing import Any
 
 from gitmesh.apis import smi
 from gitmesh.cluster.port import Changes, Live, ObjectsFailed
-from gitmesh.errors import GitmeshError, RolloutError
+from gitmesh.errors import GitmeshError, MetricsError, RolloutError
 from gitmesh.objects import ObjectRef
 from gitmesh.plan import policy as policies
 from gitmesh.plan.diff import clean, diff_fields
 from gitmesh.plan.model import Action, Change, Plan, RolloutStep
 from gitmesh.rollout import machine, revert
 from gitmesh.rollout.analysis import analyse
-from gitmesh.rollout.metrics import Measurement, MetricsError, MetricsSource
+from gitmesh.rollout.metrics import Measurement, MetricsSource
 from gitmesh.rollout.model import Phase, Rollout, Weights
 from gitmesh.rollout.steps import gaining, losing, same_shares
 from gitmesh.settings import Settings

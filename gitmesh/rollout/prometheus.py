@@ -16,8 +16,9 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gitmesh.errors import MetricsError
 from gitmesh.plan.policy import Policy
-from gitmesh.rollout.metrics import Measurement, MetricsError
+from gitmesh.rollout.metrics import Measurement
 from gitmesh.rollout.model import Sample
 
 _CLUSTER = 'envoy_cluster_name=~"$backend\\\\|.*"'  # every port of the backend's service

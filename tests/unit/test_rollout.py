@@ -14,12 +14,13 @@ from hypothesis import strategies as st
 
 from gitmesh.cluster.port import Changes
 from gitmesh.errors import RolloutError
+from gitmesh.metrics import model as metrics_model
 from gitmesh.plan import policy as policies
 from gitmesh.plan.policy import DOC, PREFIX, Policy
 from gitmesh.revision.load import RevisionFile, load_files
 from gitmesh.rollout import driver, envoy_stats, machine, render, revert
 from gitmesh.rollout.analysis import analyse
-from gitmesh.rollout.metrics import Measurement, quantile
+from gitmesh.rollout.metrics import Measurement
 from gitmesh.rollout.model import Analysis, Phase, Rollout, Sample, Verdict
 from gitmesh.rollout.prometheus import queries
 from gitmesh.rollout.steps import gaining, losing, plan_steps, shares
@@ -288,46 +289,22 @@ def test_rollout_state_round_trips_through_json() -> None:
 # --- metrics arithmetic ---------------------------------------------------------------------------
 
 
-def test_quantile_interpolates_within_the_bucket() -> None:
-    assert quantile(0.99, {}) is None
-    assert quantile(0.99, {10: 0, float("inf"): 0}) is None
-    assert quantile(0.5, {10: 50, 20: 100, float("inf"): 100}) == pytest.approx(10)
-    assert quantile(0.99, {250: 0, 500: 100, float("inf"): 100}) == pytest.approx(497.5)
-    assert quantile(0.99, {5: 1, float("inf"): 100}) == 5  # past the last bound: the bound
+def v2_stats(ok: int, bad: int) -> metrics_model.Reading:
+    cluster = 'envoy_cluster_name="shop/web-v2|80"'
+    return metrics_model.parse(
+        f'envoy_cluster_upstream_rq_xx{{envoy_response_code_class="2",{cluster}}} {ok}\n'
+        f'envoy_cluster_upstream_rq_xx{{envoy_response_code_class="5",{cluster}}} {bad}\n'
+        f'envoy_cluster_upstream_rq_time_bucket{{{cluster},le="+Inf"}} {ok + bad}\n'
+    )
 
 
-STATS = """\
-# TYPE envoy_cluster_upstream_rq_xx counter
-envoy_cluster_upstream_rq_xx{{envoy_response_code_class="2",envoy_cluster_name="shop/web-v2|80"}} {ok}
-envoy_cluster_upstream_rq_xx{{envoy_response_code_class="5",envoy_cluster_name="shop/web-v2|80"}} {bad}
-envoy_cluster_upstream_rq_xx{{envoy_response_code_class="2",envoy_cluster_name="local|8080"}} 7
-# TYPE envoy_cluster_upstream_rq_time histogram
-envoy_cluster_upstream_rq_time_bucket{{envoy_cluster_name="shop/web-v2|80",le="5"}} {fast}
-envoy_cluster_upstream_rq_time_bucket{{envoy_cluster_name="shop/web-v2|80",le="500"}} {total}
-envoy_cluster_upstream_rq_time_bucket{{envoy_cluster_name="shop/web-v2|80",le="+Inf"}} {total}
-envoy_cluster_upstream_rq_time_sum{{envoy_cluster_name="shop/web-v2|80"}} 0
-envoy_cluster_upstream_rq_time_count{{envoy_cluster_name="shop/web-v2|80"}} {total}
-"""
-
-
-def stats(ok: int, bad: int, fast: int) -> str:
-    return STATS.format(ok=ok, bad=bad, fast=fast, total=ok + bad)
-
-
-def test_envoy_stats_are_summed_per_backend_and_windowed_by_difference() -> None:
-    first = envoy_stats.parse(stats(10, 0, 10))
-    assert set(first) == {"shop/web-v2"}  # the local app's cluster is not a backend
-    later = envoy_stats.parse(stats(60, 50, 20))
-    (sample,) = envoy_stats.window({"a": later, "b": later}, {"a": first, "b": first}).values()
-    assert (sample.requests, sample.errors) == (200, 100)
-    assert sample.success_rate == 50
-    assert sample.p99_ms is not None and 5 < sample.p99_ms <= 500
-
-
-def test_a_restarted_sidecar_counts_from_zero() -> None:
-    before = {"a": envoy_stats.parse(stats(1000, 0, 1000))}
-    after = {"a": envoy_stats.parse(stats(30, 10, 40))}
-    assert envoy_stats.window(after, before)["shop/web-v2"].requests == 40
+def test_envoy_stats_give_each_backend_what_every_source_sent_it_since_the_kept_mark() -> None:
+    first = {"a": ("shop/front", v2_stats(10, 0)), "b": ("shop/api", v2_stats(10, 0))}
+    kept = envoy_stats.kept(json.loads(json.dumps(first)))  # as the rollout store gives it back
+    later = {"a": ("shop/front", v2_stats(60, 50)), "b": ("shop/api", v2_stats(60, 50))}
+    assert envoy_stats.samples(later, kept) == {"shop/web-v2": Sample(200, 100, 0.0)}
+    old_mark = {"a": v2_stats(10, 0)}  # kept before readings named their source
+    assert envoy_stats.samples(later, envoy_stats.kept(old_mark))["shop/web-v2"].requests == 100 + 110
 
 
 def test_prometheus_queries_fill_in_the_backend_and_take_overrides() -> None:

@@ -178,7 +178,7 @@ def test_a_node_key_is_forgotten_when_its_last_stream_closes() -> None:
     streams[1].close()
     publisher.closed("alice-2", key)
     assert publisher.cache.snapshot(key) is None
-    assert publisher.admins() == []
+    assert publisher.sidecars() == {}
     publisher.update([])  # a mesh change republishes only the keys of connected proxies
     assert publisher.cache.snapshot(key) is None
 
