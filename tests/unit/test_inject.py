@@ -3,6 +3,7 @@ capture rules, and ``gitmesh inject`` over multi-document YAML."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from typing import Any
@@ -13,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from gitmesh.cli import cli
-from gitmesh.inject import capture, patch
+from gitmesh.inject import capture, patch, webhook
 
 CONFIG = patch.Config("localhost/envoy:1", "localhost/gitmesh:dev", "gitmesh.gitmesh-system.svc", 15010)
 CONFIG_ARGS = ["--xds-address", "gitmesh.gitmesh-system.svc:15010"]
@@ -276,3 +277,48 @@ def test_gitmesh_capture_dry_run_prints_the_rules() -> None:
     assert "-A GITMESH_OUTBOUND -d 10.0.0.0/8 -j RETURN" in result.output
     bad = CliRunner().invoke(cli, [*args, "--exclude-inbound-ports", "99999", "--dry-run"])
     assert bad.exit_code == 2
+
+
+def admission(obj: dict[str, Any], operation: str = "CREATE") -> dict[str, Any]:
+    request = {"uid": "u-1", "operation": operation, "namespace": "bookstore", "object": obj}
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+
+
+def test_the_webhook_answers_with_the_same_patch_as_the_command() -> None:
+    answer = webhook.review(admission(pod()), CONFIG, by_default=True)["response"]
+    assert answer["uid"] == "u-1" and answer["allowed"] is True
+    assert answer["patchType"] == "JSONPatch"
+    assert json.loads(base64.b64decode(answer["patch"])) == patch.object_patch(pod(), CONFIG)
+
+
+@pytest.mark.parametrize(("annotation", "by_default"), [("disabled", True), ("", False)])
+def test_the_webhook_allows_a_pod_not_wanted_unchanged(annotation: str, by_default: bool) -> None:
+    obj = pod()
+    if annotation:
+        obj["metadata"]["annotations"] = {patch.INJECT: annotation}
+    answer = webhook.review(admission(obj), CONFIG, by_default=by_default)["response"]
+    assert answer == {"uid": "u-1", "allowed": True}
+
+
+def test_the_webhook_refuses_a_pod_with_a_malformed_annotation() -> None:
+    obj = pod()
+    obj["metadata"]["annotations"] = {patch.EXCLUDE_OUTBOUND_PORTS: "mysql"}
+    answer = webhook.review(admission(obj), CONFIG, by_default=True)["response"]
+    assert answer["allowed"] is False
+    assert patch.EXCLUDE_OUTBOUND_PORTS in answer["status"]["message"]
+
+
+def test_the_webhook_configuration_never_selects_system_namespaces() -> None:
+    config = webhook.configuration(
+        {"service": {"name": "gitmesh", "namespace": "gitmesh-system", "port": 15017}}, "PEM"
+    )
+    labelled, opted_in = config["webhooks"]
+    for hook in (labelled, opted_in):
+        never = hook["namespaceSelector"]["matchExpressions"][0]
+        assert never["operator"] == "NotIn" and set(never["values"]) == {"kube-system", "gitmesh-system"}
+        assert base64.b64decode(hook["clientConfig"]["caBundle"]) == b"PEM"
+    assert (labelled["failurePolicy"], labelled["clientConfig"]["service"]["path"]) == ("Fail", "/inject")
+    assert (opted_in["failurePolicy"], opted_in["clientConfig"]["service"]["path"]) == (
+        "Ignore",
+        "/inject-opted-in",
+    )
