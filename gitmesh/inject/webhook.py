@@ -51,9 +51,10 @@ def review(body: dict[str, Any], config: patch.Config, *, by_default: bool) -> d
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
 
 
-def configuration(client_config: dict[str, Any], ca_bundle: str) -> dict[str, Any]:
+def configuration(client_config: dict[str, Any], ca_bundle: str = "") -> dict[str, Any]:
     """The MutatingWebhookConfiguration; ``client_config`` without its path (a ``service`` or a
-    ``url``), ``ca_bundle`` the mesh's roots (PEM) that signed the serving certificate."""
+    ``url``), ``ca_bundle`` the mesh's roots (PEM) that signed the serving certificate. Without one
+    (``gitmesh install``), the controller adds it (``bundle_patch``), as its own field manager."""
     never = {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": list(NEVER)}
     webhooks = []
     for path, by_default in PATHS.items():
@@ -75,7 +76,7 @@ def configuration(client_config: dict[str, Any], ca_bundle: str) -> dict[str, An
                 "failurePolicy": "Fail" if by_default else "Ignore",
                 "reinvocationPolicy": "IfNeeded",
                 "timeoutSeconds": 5,
-                "clientConfig": {**where, "caBundle": base64.b64encode(ca_bundle.encode()).decode()},
+                "clientConfig": {**where, **_bundle(ca_bundle)},
                 "namespaceSelector": {"matchExpressions": [never, label]},
                 "rules": [
                     {
@@ -93,6 +94,22 @@ def configuration(client_config: dict[str, Any], ca_bundle: str) -> dict[str, An
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": NAME},
         "webhooks": webhooks,
+    }
+
+
+def _bundle(ca_bundle: str) -> dict[str, str]:
+    return {"caBundle": base64.b64encode(ca_bundle.encode()).decode()} if ca_bundle else {}
+
+
+def bundle_patch(ca_bundle: str) -> dict[str, Any]:
+    """What keeps the configuration's ``caBundle`` current: a server-side apply of it alone."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": NAME},
+        "webhooks": [
+            {"name": f"{path.strip('/')}.gitmesh.dev", "clientConfig": _bundle(ca_bundle)} for path in PATHS
+        ],
     }
 
 

@@ -4,18 +4,25 @@ injected bootstrap."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
-from gitmesh.certs import ca
+from gitmesh.certs import ca, store
+from gitmesh.certs.authority import advance, begin_rotation
+from gitmesh.controller.inject import InjectWebhook, bundle_writer
 from gitmesh.inject import patch, webhook
+from gitmesh.kube.client import Client
 from gitmesh.mesh.state import Identity
 from tests.kube import Cluster
 
@@ -118,3 +125,59 @@ def test_the_apiserver_injects_pods_of_labelled_namespaces_only(registered: Clus
         [str(envoy), "--mode", "validate", "--config-yaml", text], capture_output=True, text=True, timeout=60
     )
     assert checked.returncode == 0, checked.stderr[-2000:]
+
+
+def bundle_roots(cluster: Cluster) -> list[str]:
+    config = json.loads(
+        cluster.kubectl("get", "mutatingwebhookconfiguration", webhook.NAME, "-o", "json").stdout
+    )
+    bundles = {base64.b64decode(w["clientConfig"]["caBundle"]).decode() for w in config["webhooks"]}
+    assert len(bundles) == 1, "both webhooks trust the same roots"
+    return [
+        c.fingerprint(hashes.SHA256()).hex() for c in x509.load_pem_x509_certificates(bundles.pop().encode())
+    ]
+
+
+def fingerprint(authority: ca.Authority) -> str:
+    return x509.load_pem_x509_certificate(authority.cert_pem.encode()).fingerprint(hashes.SHA256()).hex()
+
+
+def test_the_controller_keeps_the_ca_bundle_and_its_certificate_through_a_root_rotation(
+    add_kube_cluster: Any, tmp_path: Path
+) -> None:
+    cluster = add_kube_cluster()
+    keeper = store.FileKeeper(tmp_path / "ca.json")
+    stopping = threading.Event()
+    served = InjectWebhook(
+        ("127.0.0.1", 0),
+        CONFIG,
+        keeper,
+        bundle_writer(Client.connect(str(cluster.kubeconfig))),
+        stopping,
+        server_name="127.0.0.1",
+    )
+    # As gitmesh install writes it: no caBundle; the controller adds it.
+    registration = webhook.configuration({"url": f"https://127.0.0.1:{served.server.port}"})
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(registration))
+    namespace(cluster, "meshed", {patch.INJECT: "enabled"})
+    served.start()
+    try:
+        served.check()
+        first = keeper.load()
+        assert first is not None
+        assert bundle_roots(cluster) == [fingerprint(first.authorities[0])]
+        assert init_names(create_pod(cluster, "meshed", "before")) == [patch.INIT_NAME, patch.PROXY_NAME]
+
+        now = datetime.datetime.now(datetime.UTC)
+        steps = [begin_rotation(first, ca.new_root(first.trust_domain, now))]
+        steps += [advance(steps[0]), advance(advance(steps[0]))]
+        for number, state in enumerate(steps):
+            keeper.save(state)
+            served.check()
+            assert bundle_roots(cluster) == [fingerprint(a) for a in state.authorities]
+            pod = create_pod(cluster, "meshed", f"rotation-{number}")
+            assert init_names(pod) == [patch.INIT_NAME, patch.PROXY_NAME], state.phase
+        assert bundle_roots(cluster) == [fingerprint(steps[0].authorities[1])]  # the old root is gone
+    finally:
+        served.stop()
+        cluster.stop()
