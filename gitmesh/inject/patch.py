@@ -261,7 +261,11 @@ def _proxy_container(config: Config, routes: list[dict[str, Any]]) -> dict[str, 
         "imagePullPolicy": "IfNotPresent",
         "restartPolicy": "Always",
         # Kubernetes expands $(POD_NAME) and the others in the arguments: one bootstrap text per pod.
-        "args": ["--config-yaml", json.dumps(proxy_bootstrap(config, routes), sort_keys=True)],
+        "args": [
+            "--config-yaml",
+            json.dumps(proxy_bootstrap(config, routes), sort_keys=True),
+            "--disable-hot-restart",  # one Envoy per container: no shared memory to hand over
+        ],
         "env": [
             _env("POD_NAME", "metadata.name"),
             _env("POD_NAMESPACE", "metadata.namespace"),
