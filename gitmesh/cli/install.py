@@ -51,6 +51,12 @@ from gitmesh.install.manifests import (
     default="IfNotPresent",
     show_default=True,
 )
+@click.option(
+    "--proxy-image",
+    default="",
+    help="Inject this Envoy image as the sidecar of pods in namespaces labelled gitmesh.dev/inject=enabled "
+    "(the controller serves the webhook); without it, no injection.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the objects instead of applying them.")
 @click.option("-o", "--output", type=click.Choice(["yaml"]), default="yaml", show_default=True)
 @click.option("--kubeconfig", envvar="KUBECONFIG", help="The cluster's kubeconfig (default: $KUBECONFIG).")
@@ -71,6 +77,7 @@ def install(
     webhook_secret: str,
     replicas: int,
     image_pull_policy: str,
+    proxy_image: str,
     dry_run: bool,
     output: str,
     kubeconfig: str | None,
@@ -97,6 +104,7 @@ def install(
             webhook_secret=webhook_secret,
             replicas=replicas,
             image_pull_policy=image_pull_policy,
+            proxy_image=proxy_image,
         )
     except ValueError as e:
         raise click.UsageError(str(e)) from None

@@ -25,6 +25,7 @@ from gitmesh.certs.store import Keeper
 from gitmesh.cluster.port import Live, Watched
 from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, RolloutSettings
 from gitmesh.controller.httpd import ControllerPort
+from gitmesh.controller.inject import Injection, InjectWebhook, publisher
 from gitmesh.controller.metrics import Metrics
 from gitmesh.controller.reconciler import Reconciler
 from gitmesh.controller.schedule import Controller
@@ -54,6 +55,7 @@ class Options:
     http_token: bytes | None = None  # the bearer token that lets a client ask for a reconcile
     cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME  # of the workload certificates served
     rollouts: RolloutSettings = field(default_factory=RolloutSettings)
+    inject: Injection | None = None  # serve the sidecar-injection webhook
 
 
 ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)
@@ -93,6 +95,15 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
         daemon=True,
     )
     leading = _Leading(controller, rollouts, elector, stopping)
+    injecting = (
+        InjectWebhook(
+            options.inject.address, options.inject.config, settings.state.ca, publisher(settings), stopping
+        )
+        if options.inject
+        else None
+    )
+    if injecting:
+        injecting.start()
     # Sidecars' connections may take what the HTTP port and the process's own files leave: past that
     # they are closed as they arrive, rather than starving the store, Git and the HTTP port.
     xds_connections = max(16, open_files - (port.max_connections if port else 0) - FILES_KEPT)
@@ -100,6 +111,8 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
         asyncio.run(_run(options, leading, port, reporting, settings.state.ca, xds_connections))
     finally:
         stopping.set()
+        if injecting:
+            injecting.stop()
         if rollouts.ident is not None:  # started: this replica led
             rollouts.join(timeout=10)
         leading.release()

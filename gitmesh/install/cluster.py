@@ -25,6 +25,9 @@ from gitmesh.state.kube import SecretKeeper
 _RBAC = "rbac.authorization.k8s.io"
 # The kinds install writes, in the order uninstall deletes them (the Namespace and CRDs come last).
 _RESOURCES: dict[str, Resource] = {
+    "MutatingWebhookConfiguration": Resource(
+        "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", False
+    ),
     "Service": Resource("", "v1", "services", True),
     "PodDisruptionBudget": Resource("policy", "v1", "poddisruptionbudgets", True),
     "Deployment": Resource("apps", "v1", "deployments", True),

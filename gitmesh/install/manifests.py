@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from gitmesh.inject import webhook
 from gitmesh.plan import crds
 
 NAMESPACE = "gitmesh-system"
@@ -26,6 +27,7 @@ INSTALL_LABELS = {"app.kubernetes.io/managed-by": MANAGER, "app.kubernetes.io/pa
 SELECTOR = {"app.kubernetes.io/name": NAME}
 CONFIG_ANNOTATION = "gitmesh.io/config-sha256"
 XDS_PORT = 15010
+INJECT_PORT = 15017  # the sidecar-injection webhook (HTTPS), served by every replica
 HTTP_PORT = 9090
 CONFIG_DIR = "/etc/gitmesh/config"
 WEBHOOK_DIR = "/etc/gitmesh/webhook"
@@ -59,6 +61,13 @@ _RULES: list[dict[str, Any]] = [
     # A bearer token sent to the HTTP port: whose it is and whether they may ask for a reconcile.
     {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
     {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+    # The injection webhook's caBundle, kept to the mesh CA's roots (also through a rotation).
+    {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["mutatingwebhookconfigurations"],
+        "resourceNames": [webhook.NAME],
+        "verbs": ["get", "patch"],
+    },
 ]
 # In gitmesh-system only: inventories, reconcile records, rollouts and the xDS report
 # (ConfigMaps), the mesh CA (a Secret), the leader's Lease, and the leader's label on its own pod.
@@ -86,6 +95,7 @@ class InstallOptions:
     webhook_secret: str = ""  # a Secret in gitmesh-system with the secret under WEBHOOK_KEY
     replicas: int = 2
     image_pull_policy: str = "IfNotPresent"
+    proxy_image: str = ""  # the injected sidecar's Envoy image; "" injects nothing
 
     def __post_init__(self) -> None:
         if bool(self.git_username) != bool(self.git_secret):
@@ -113,10 +123,16 @@ def objects(options: InstallOptions) -> list[dict[str, Any]]:
             # One replica may go at a time: a drain never leaves the sidecars without a server.
             {"spec": {"maxUnavailable": 1, "selector": {"matchLabels": SELECTOR}}},
         ),
-        _service(NAME, SELECTOR, [_XDS_PORT, _HTTP_PORT]),
+        _service(NAME, SELECTOR, [_XDS_PORT, _HTTP_PORT, *([_INJECT_PORT] if options.proxy_image else [])]),
         # Webhooks and reconcile requests: to the leader only, which labels its pod so.
         _service(LEADER_SERVICE, {**SELECTOR, LEADER_LABEL: "true"}, [_HTTP_PORT]),
+        *([_labelled(_webhook_configuration())] if options.proxy_image else []),
     ]
+
+
+def _webhook_configuration() -> dict[str, Any]:
+    service = {"name": NAME, "namespace": NAMESPACE, "port": INJECT_PORT}
+    return webhook.configuration({"service": service})
 
 
 def config_file(options: InstallOptions) -> str:
@@ -201,6 +217,7 @@ def _deployment(options: InstallOptions, config: str) -> dict[str, Any]:
             "--leader-election",
             "--log-format",
             "json",
+            *_inject_args(options),
         ],
         "env": [
             # The Lease holder's name: the pod's, so kubectl shows which pod leads.
@@ -209,6 +226,7 @@ def _deployment(options: InstallOptions, config: str) -> dict[str, Any]:
         "ports": [
             {"name": "xds", "containerPort": XDS_PORT},
             {"name": "http", "containerPort": HTTP_PORT},
+            *([{"name": "inject", "containerPort": INJECT_PORT}] if options.proxy_image else []),
         ],
         "readinessProbe": probe,
         "livenessProbe": {**probe, "failureThreshold": 6},
@@ -245,8 +263,22 @@ def _deployment(options: InstallOptions, config: str) -> dict[str, Any]:
     return _object("apps/v1", "Deployment", {"spec": spec})
 
 
+def _inject_args(options: InstallOptions) -> list[str]:
+    if not options.proxy_image:
+        return []
+    return [
+        "--inject-address",
+        f"0.0.0.0:{INJECT_PORT}",
+        "--inject-proxy-image",
+        options.proxy_image,
+        "--inject-init-image",
+        options.image,  # its `gitmesh capture` sets the iptables rules
+    ]
+
+
 _XDS_PORT = {"name": "xds", "port": XDS_PORT, "targetPort": "xds", "appProtocol": "grpc"}
 _HTTP_PORT = {"name": "http", "port": HTTP_PORT, "targetPort": "http"}
+_INJECT_PORT = {"name": "inject", "port": INJECT_PORT, "targetPort": "inject"}
 
 
 def _service(name: str, selector: dict[str, str], ports: list[dict[str, Any]]) -> dict[str, Any]:

@@ -320,6 +320,47 @@ def test_the_gitmesh_image_runs_gitmesh_and_git(apps: NodeCluster) -> None:
     assert apps.kubectl("-n", NAMESPACE, "logs", "gitmesh", "-c", "git").stdout.startswith("git 2.")
 
 
+def test_injected_pods_start_after_their_sidecar_capture_traffic_and_jobs_complete(apps: NodeCluster) -> None:
+    """``gitmesh inject`` on a pod with an HTTP readiness probe and on a Job; the pods run
+    with capture set by the init container and Envoy as a native sidecar."""
+    server = _pod("injected", [_app_container(apps)])
+    job_pod = _pod("job", [{**_app_container(apps), "args": ["get", "http://127.0.0.1:15021/ready"]}])
+    del job_pod["spec"]["containers"][0]["readinessProbe"]
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "injected-job", "namespace": NAMESPACE},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {"metadata": {}, "spec": {**job_pod["spec"], "restartPolicy": "Never"}},
+        },
+    }
+    images = ["--proxy-image", apps.images.envoy, "--init-image", apps.images.gitmesh]
+    result = CliRunner().invoke(cli, ["inject", "-f", "-", *images], input=yaml.safe_dump_all([server, job]))
+    assert result.exit_code == 0, result.output
+    apps.apply(result.output)
+    apps.kubectl(
+        "-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/injected", "--timeout=90s", timeout=100
+    )
+    apps.kubectl(
+        "-n", NAMESPACE, "wait", "--for=condition=Complete", "job/injected-job", "--timeout=90s", timeout=100
+    )
+    pod = _pod_json(apps, "injected")
+    # Ready through the rewritten probe: kubelet -> the sidecar's health port -> the app.
+    assert pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] == 15021
+    statuses = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
+    assert statuses["gitmesh-init"]["state"]["terminated"]["exitCode"] == 0
+    assert statuses["gitmesh-proxy"]["started"] is True
+    rules = apps.kubectl("-n", NAMESPACE, "logs", "injected", "-c", "gitmesh-init").stdout
+    assert "-A GITMESH_INBOUND -p tcp -j REDIRECT --to-ports 15006" in rules
+    pod_ip = pod["status"]["podIP"]
+    # The health port is exempt from capture; the app's port is captured, and the sidecar has no
+    # inbound listener until gitmesh serves it one: the app is not reachable past the mesh.
+    assert _fetch(apps, f"http://{pod_ip}:15021/ready") == (200, "200 ready\n")
+    status, body = _fetch(apps, f"http://{pod_ip}:{APP_PORT}/")
+    assert "hello from injected" not in body, (status, body)
+
+
 def test_a_second_up_reuses_the_running_node(node_cluster: NodeCluster) -> None:
     before = node_processes(node_cluster.directory)
     again = node_up(node_cluster.directory)

@@ -208,3 +208,21 @@ def test_cluster_role_writes_every_kind_gitmesh_reads() -> None:
         for resource in rule["resources"]
     }
     assert {(k.group, k.plural) for k in KINDS if k.read} <= granted
+
+
+def test_with_a_proxy_image_install_registers_the_injection_webhook_and_lets_it_keep_its_bundle() -> None:
+    assert "MutatingWebhookConfiguration" not in by_kind(objects(OPTIONS))
+    kinds = by_kind(objects(InstallOptions(**{**OPTIONS.__dict__, "proxy_image": "example.org/envoy:1"})))
+    (registration,) = kinds["MutatingWebhookConfiguration"]
+    for hook in registration["webhooks"]:
+        assert "caBundle" not in hook["clientConfig"]  # the controller's field, not install's
+        assert hook["clientConfig"]["service"]["name"] == "gitmesh"
+    args = kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--inject-proxy-image") + 1] == "example.org/envoy:1"
+    assert args[args.index("--inject-init-image") + 1] == OPTIONS.image
+    rule = next(
+        r for r in kinds["ClusterRole"][0]["rules"] if "mutatingwebhookconfigurations" in r["resources"]
+    )
+    assert rule["resourceNames"] == ["gitmesh-inject"] and set(rule["verbs"]) == {"get", "patch"}
+    service = next(s for s in kinds["Service"] if s["metadata"]["name"] == "gitmesh")
+    assert {p["name"] for p in service["spec"]["ports"]} == {"xds", "http", "inject"}
