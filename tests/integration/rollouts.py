@@ -187,8 +187,13 @@ def live_weights(d: Demo) -> dict[str, int]:
         store.close()
 
 
-def wait_for(d: Demo, phases: set[Phase], timeout: float = 90) -> Rollout:
-    return eventually(lambda: rollout(d), lambda r: r.phase in phases, f"rollout reaching {phases}", timeout)
+def wait_for(d: Demo, phases: set[Phase], timeout: float = 90, hook: Webhook | None = None) -> Rollout:
+    """The rollout once in one of ``phases``; with ``hook``, once the hook has been told of it too (the
+    runner posts after it saves, so stopping it at once could lose the notice)."""
+    r = eventually(lambda: rollout(d), lambda r: r.phase in phases, f"rollout reaching {phases}", timeout)
+    if hook is not None:
+        eventually(hook.phases, lambda p: bool(p) and p[-1] == str(r.phase), f"the webhook told of {r.phase}")
+    return r
 
 
 def v2_share(answers: list[tuple[float, int, str]]) -> float:
@@ -211,7 +216,7 @@ def roll_out(
         apply_head(d, hook)
         runner = start_runner(d, workdir, hook, *runner_args)
         try:
-            end = wait_for(d, {Phase.SUCCEEDED, Phase.FAILED})
+            end = wait_for(d, {Phase.SUCCEEDED, Phase.FAILED}, hook=hook)
         finally:
             stop_process(runner)
         eventually(lambda: len(d.shares(50)), lambda n: n == 1, "all traffic on one version")

@@ -28,19 +28,22 @@ def on_terminal(args: list[str], answer: str | None = None, **env: str) -> tuple
     """Run gitmesh with a pty as its stdin, stdout and stderr; type ``answer`` at a [y/N] prompt."""
     master, slave = pty.openpty()
     environ = {k: v for k, v in os.environ.items() if k not in ("CI", "NO_COLOR", "KUBECONFIG")}
-    with subprocess.Popen(
+    proc = subprocess.Popen(
         [*GITMESH, *args],
         stdin=slave,
         stdout=slave,
         stderr=slave,
         env=environ | {"TERM": "xterm-256color", "COLUMNS": "200"} | env,
         start_new_session=True,
-    ) as proc:
-        os.close(slave)
-        seen, answered = b"", False
+    )
+    os.close(slave)
+    # poll, not select: a busy test worker has descriptors above select's limit of 1024.
+    poller = select.poll()
+    poller.register(master, select.POLLIN)
+    seen, answered = b"", False
+    try:
         while True:
-            ready, _, _ = select.select([master], [], [], 1)
-            if not ready:
+            if not poller.poll(1000):
                 if proc.poll() is not None:
                     break
                 continue
@@ -54,8 +57,12 @@ def on_terminal(args: list[str], answer: str | None = None, **env: str) -> tuple
             if answer is not None and not answered and b"[y/N]" in seen:
                 os.write(master, answer.encode() + b"\r")
                 answered = True
+        return proc.wait(timeout=60), seen.decode(errors="replace")
+    finally:
         os.close(master)
-        return proc.wait(timeout=120), seen.decode(errors="replace")
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_colours_only_when_allowed(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def test_healthy_v2_walks_every_step_to_the_target(demo: Demo, webhook: Webhook,
         assert live_weights(demo) == {"bookstore-v1": 90, "bookstore-v2": 10}
         runner = start_runner(demo, tmp_path, webhook)
         try:
-            done = wait_for(demo, {Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED})
+            done = wait_for(demo, {Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED}, hook=webhook)
         finally:
             stop_process(runner)
         time.sleep(2)  # traffic on the target for the last window below
@@ -135,11 +135,11 @@ def test_no_traffic_holds_then_fails_at_the_progress_deadline(
     apply_head(demo, webhook)
     runner = start_runner(demo, tmp_path, webhook)
     try:
-        holding = wait_for(demo, {Phase.HOLDING, Phase.FAILED, Phase.SUCCEEDED})
+        holding = wait_for(demo, {Phase.HOLDING, Phase.FAILED, Phase.SUCCEEDED}, hook=webhook)
         assert holding.phase is Phase.HOLDING
         assert "fewer than min-requests 5" in holding.reason, holding.reason
         assert live_weights(demo)["bookstore-v2"] == 10  # holding keeps the step
-        failed = wait_for(demo, {Phase.FAILED, Phase.SUCCEEDED})
+        failed = wait_for(demo, {Phase.FAILED, Phase.SUCCEEDED}, hook=webhook)
     finally:
         stop_process(runner)
     assert failed.phase is Phase.FAILED
@@ -163,7 +163,7 @@ def test_a_killed_runner_resumes_where_it_stopped(demo: Demo, webhook: Webhook, 
         assert live_weights(demo) == {"bookstore-v1": 50, "bookstore-v2": 50}
         runner = start_runner(demo, tmp_path, webhook)
         try:
-            done = wait_for(demo, {Phase.SUCCEEDED, Phase.FAILED})
+            done = wait_for(demo, {Phase.SUCCEEDED, Phase.FAILED}, hook=webhook)
         finally:
             stop_process(runner)
     assert done.phase is Phase.SUCCEEDED, done.reason
@@ -216,7 +216,7 @@ def test_gitmesh_run_starts_and_walks_a_committed_shift_from_its_sidecars_stats(
         eventually(
             lambda: live_weights(demo)["bookstore-v2"], lambda w: w > 0, "the commit's first step applied"
         )
-        done = wait_for(demo, {Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED})
+        done = wait_for(demo, {Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED}, hook=webhook)
     assert done.phase is Phase.SUCCEEDED, done.reason
     assert live_weights(demo) == {"bookstore-v1": 0, "bookstore-v2": 100}
     changes = [p for i, p in enumerate(done.history) if i == 0 or p.weights != done.history[i - 1].weights]
