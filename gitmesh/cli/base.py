@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
@@ -31,6 +31,9 @@ from gitmesh.plan.validate import Validated
 from gitmesh.revision.layout import NAMESPACE_NAME
 from gitmesh.settings import Settings, open_settings
 from gitmesh.sync.git import Revision, open_repo, read_directory, read_revision
+
+if TYPE_CHECKING:
+    from gitmesh.kube.client import Client
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -101,13 +104,22 @@ def target_header(settings: Settings) -> None:
     err.print(Text("target: ", style="bold") + Text(settings.objects.describe()))
 
 
+def cluster_header(client: Client) -> None:
+    """``target_header`` for commands that work on a cluster itself (install, uninstall)."""
+    err.print(Text("target: ", style="bold") + Text(client.describe()))
+
+
 def confirm_write(settings: Settings, what: str, yes: bool) -> None:
     """Writes to a cluster ask first on a terminal, as Terraform does; never in CI or from a pipe."""
-    where = settings.objects.describe()
+    confirm_at(settings.objects.describe(), what, yes)
+
+
+def confirm_at(where: str, what: str, yes: bool, preposition: str = "to") -> None:
+    """``confirm_write`` for a target named by ``where`` (``kube:<context> at <server>`` asks)."""
     if yes or not where.startswith("kube:") or os.environ.get("CI") or not sys.stdin.isatty():
         return
-    if not click.confirm(f"{what} to {where}?", default=False, err=True):
-        err.print("Nothing was applied.")
+    if not click.confirm(f"{what} {preposition} {where}?", default=False, err=True):
+        err.print("Nothing was changed.")
         sys.exit(1)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 import yaml
 
-from gitmesh.cli.base import cli, examples, out, reports_errors
+from gitmesh.cli.base import cli, cluster_header, confirm_at, examples, out, reports_errors, yes_option
 from gitmesh.controller.config import load_config
 from gitmesh.errors import ConfigError
 from gitmesh.install.manifests import (
@@ -61,6 +61,7 @@ from gitmesh.install.manifests import (
 @click.option("-o", "--output", type=click.Choice(["yaml"]), default="yaml", show_default=True)
 @click.option("--kubeconfig", envvar="KUBECONFIG", help="The cluster's kubeconfig (default: $KUBECONFIG).")
 @click.option("--context", help="The kubeconfig context to use (default: its current one).")
+@yes_option
 @click.pass_context
 @reports_errors
 def install(
@@ -82,6 +83,7 @@ def install(
     output: str,
     kubeconfig: str | None,
     context: str | None,
+    yes: bool,
 ) -> None:
     """Install gitmesh in a cluster: its CRDs, and the controller (a Deployment in gitmesh-system,
     leader-elected, serving xDS from every replica) with its RBAC, Service and configuration.
@@ -117,6 +119,8 @@ def install(
     from gitmesh.kube.client import Client
 
     client = Client.connect(kubeconfig, context)
+    cluster_header(client)
+    confirm_at(client.describe(), f"Install gitmesh ({replicas} replicas of {image})", yes)
     for line in cluster.apply(client, rendered):
         out.print(f"applied {line}")
     cluster.wait_rolled_out(client)
@@ -139,14 +143,18 @@ def _check_config(options: InstallOptions) -> None:
 @examples("gitmesh uninstall", "gitmesh uninstall --context staging")
 @click.option("--kubeconfig", envvar="KUBECONFIG", help="The cluster's kubeconfig (default: $KUBECONFIG).")
 @click.option("--context", help="The kubeconfig context to use (default: its current one).")
+@yes_option
 @reports_errors
-def uninstall(kubeconfig: str | None, context: str | None) -> None:
+def uninstall(kubeconfig: str | None, context: str | None, yes: bool) -> None:
     """Remove what gitmesh install made; a CRD with objects, or the namespace while it holds the
     controller's state or your Secrets, stays (and is named)."""
     from gitmesh.install import cluster
     from gitmesh.kube.client import Client
 
-    deleted, kept = cluster.uninstall(Client.connect(kubeconfig, context))
+    client = Client.connect(kubeconfig, context)
+    cluster_header(client)
+    confirm_at(client.describe(), "Uninstall gitmesh", yes, preposition="from")
+    deleted, kept = cluster.uninstall(client)
     for line in deleted:
         out.print(f"deleted {line}")
     for line in kept:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from gitmesh.cli.install import install
 from gitmesh.controller import conditions
 from gitmesh.controller.conditions import Result
 from gitmesh.errors import GitmeshError, PlanError
+from gitmesh.objects import ObjectRef
 from gitmesh.plan import crds, encode, render
 from gitmesh.plan.model import Action, Plan
 from gitmesh.plan.validate import Validated
@@ -301,15 +304,21 @@ def apply(
 
 
 @cli.command()
-@examples("gitmesh status", "gitmesh status --context prod -o json")
+@examples("gitmesh status", "gitmesh status --context prod -o json", "gitmesh status -n bookstore")
 @backend_options
+@click.option("-n", "--namespace", help="Count only each source's objects in this namespace.")
 @output_option("json", "yaml")
 @reports_errors
-def status(target: BackendChoice, output: str) -> None:
+def status(target: BackendChoice, namespace: str | None, output: str) -> None:
     """Each source's applied revision, object counts and last error; the sidecars gitmesh run serves
     (read from the target; writes nothing)."""
     settings = target.open(read_only=True)
     statuses = settings.state.inventories.status()
+    if namespace is not None:
+        statuses = [
+            dataclasses.replace(s, objects=_counts(settings.state.inventories.get(s.source), namespace))
+            for s in statuses
+        ]
     records = {r.source: r for r in settings.state.records.all()}
     suspended = settings.state.records.suspended()
     # Sources the controller knows but that never applied anything (their first fetch failed, ...).
@@ -331,7 +340,8 @@ def status(target: BackendChoice, output: str) -> None:
             for s in statuses
         ]
         sidecars = settings.state.xds.latest()
-        emit("status", {"target": settings.objects.describe(), "sources": rows, "sidecars": sidecars}, output)
+        where = {"target": settings.objects.describe(), "namespace": namespace}
+        emit("status", {**where, "sources": rows, "sidecars": sidecars}, output)
         return
     target_header(settings)
     if not statuses:
@@ -343,9 +353,9 @@ def status(target: BackendChoice, output: str) -> None:
         commit = " (not a commit)" if s.revision and s.revision.startswith("sha256:") else ""
         out.print(f"  revision    {s.revision or '-'} ({s.ref or '-'}){commit}", soft_wrap=True)
         out.print(f"  applied     {applied}")
-        out.print(
-            f"  objects     {sum(s.objects.values())}" + (f": {counts}" if counts else ""), soft_wrap=True
-        )
+        label = "objects" + (f" in {namespace}" if namespace is not None else "")
+        total = sum(s.objects.values())
+        out.print(f"  {label:<11} {total}" + (f": {counts}" if counts else ""), soft_wrap=True)
         if s.last_error:
             when = s.last_error_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.last_error_at else ""
             out.print(
@@ -388,6 +398,10 @@ def _print_conditions(record: SourceRecord) -> None:
         style = "green" if c.status == (c.type == "Ready") else "red"
         line = Text(f"  {c.type:<11} ") + Text(str(c.status), style=style) + Text(f" {c.reason}: {c.message}")
         out.print(line + Text(f" (since {when})", style="dim"), soft_wrap=True)
+
+
+def _counts(inventory: Mapping[ObjectRef, Any], namespace: str) -> dict[str, int]:
+    return dict(collections.Counter(ref.kind for ref in inventory if ref.namespace == namespace))
 
 
 def _print_xds(settings: Settings) -> None:

@@ -45,7 +45,7 @@ class KubeObjects:
         self.client.close()
 
     def describe(self) -> str:
-        return f"kube:{self.client.name} at {self.client.server}"
+        return self.client.describe()
 
     # --- reading --------------------------------------------------------------------------------
 

@@ -64,6 +64,10 @@ class Client:
         self.name = name
         self.server = api.configuration.host
 
+    def describe(self) -> str:
+        """The target as every command names it: ``kube:<context> at <server>``."""
+        return f"kube:{self.name} at {self.server}"
+
     @classmethod
     def connect(cls, kubeconfig: str | None = None, context: str | None = None) -> Client:
         """The usual conventions: --kubeconfig, else $KUBECONFIG; --context, else the current one;

@@ -176,6 +176,19 @@ def test_json_outputs_follow_their_schemas(mesh: GitRepo, store: Path) -> None:
     assert as_yaml == status
 
 
+def test_status_counts_one_namespace_with_n(mesh: GitRepo, store: Path) -> None:
+    assert run("apply", "--repo", mesh.path, "--path", "mesh", "--store", store).exit_code == 0
+    every = conforms(run("status", "--store", store, "-o", "json"), "status")["sources"][0]["objects"]
+    one = conforms(run("status", "--store", store, "-n", "bookbuyer", "-o", "json"), "status")
+    assert one["namespace"] == "bookbuyer"
+    counted = one["sources"][0]["objects"]
+    assert 0 < sum(counted.values()) < sum(every.values())
+    assert counted == {"ServiceAccount": 1, "Service": 1}  # the Namespace itself is cluster-scoped
+    assert "TrafficSplit" not in counted  # the splits live in bookstore
+    text = run("status", "--store", store, "-n", "nowhere").stdout
+    assert "objects in nowhere 0" in text, text
+
+
 def test_explain_suggests_the_nearest_code() -> None:
     result = run("explain", "GM-104")
     assert result.exit_code == 2

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from gitmesh.cli import cli
+from gitmesh.demo import eventually
 from tests import factory as f
 from tests.conftest import EXAMPLE_REPO, GitRepo
 from tests.kube import Cluster
@@ -88,7 +89,7 @@ def test_apply_to_a_cluster_asks_on_a_terminal_only(crd_cluster: Cluster, mesh: 
     code, declined = on_terminal(apply, answer="n")
     assert code == 1, declined
     assert "target: kube:" in declined and f"at {crd_cluster.server}" in declined
-    assert "[y/N]" in declined and "Nothing was applied." in declined
+    assert "[y/N]" in declined and "Nothing was changed." in declined
     assert not crd_cluster.kubectl("get", "trafficsplits", "-A", "-o", "name").stdout.strip()
     code, accepted = on_terminal(apply, answer="y")
     assert code == 0, accepted
@@ -118,3 +119,45 @@ def test_a_namespace_holding_objects_gitmesh_did_not_make_is_kept(
     assert "Namespace/shop holds 1: ConfigMap/shop/theirs" in refused.output
     assert crd_cluster.kubectl("get", "configmap", "theirs", "-n", "shop", "-o", "name").stdout.strip()
     assert crd_cluster.kubectl("get", "serviceaccount", "mine", "-n", "shop", "-o", "name").stdout.strip()
+
+
+def _in_tmux(tmp_path: Path, args: list[str], answer: str) -> str:
+    """Run gitmesh in a tmux pane as a person would, type ``answer`` at its [y/N] prompt, and return
+    the screen once the command has finished."""
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is not installed: make tmux (make test does it)")
+    tmux = ["tmux", "-L", f"gitmesh-ask-{tmp_path.name}"]  # a server of its own
+    environ = ["env", "-u", "CI", "-u", "NO_COLOR", "-u", "KUBECONFIG", "-u", "COLUMNS", "-u", "LINES"]
+    shell = " ".join([*environ, *GITMESH, *args]) + "; echo exit=$?; sleep 60"
+    subprocess.run([*tmux, "new-session", "-d", "-x", "200", "-y", "40", shell], check=True)
+
+    def screen() -> str:
+        return subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True).stdout
+
+    try:
+        eventually(screen, lambda s: "[y/N]" in s, "the question on the screen")
+        subprocess.run([*tmux, "send-keys", answer, "Enter"], check=True)
+        return str(eventually(screen, lambda s: "exit=" in s, "the command finishing"))
+    finally:
+        subprocess.run([*tmux, "kill-server"], check=False)
+
+
+def test_install_and_uninstall_ask_a_person_first(crd_cluster: Cluster, tmp_path: Path) -> None:
+    kube = ["--kubeconfig", str(crd_cluster.kubeconfig)]
+    install = [
+        "install",
+        "--image",
+        "localhost/gitmesh:dev",
+        "--repo",
+        "https://git.example.com/m.git",
+        *kube,
+    ]
+    declined = _in_tmux(tmp_path, install, "n")
+    assert "target: kube:" in declined and crd_cluster.server in declined, declined
+    assert "Install gitmesh (2 replicas of localhost/gitmesh:dev) to kube:" in declined
+    assert "Nothing was changed." in declined and "exit=1" in declined
+    namespaces = crd_cluster.kubectl("get", "namespaces", "-o", "name").stdout
+    assert "namespace/gitmesh-system" not in namespaces
+    declined = _in_tmux(tmp_path, ["uninstall", *kube], "n")
+    assert "Uninstall gitmesh from kube:" in declined and "exit=1" in declined, declined
+    assert crd_cluster.kubectl("get", "crd", "trafficsplits.split.smi-spec.io", "-o", "name").stdout.strip()
