@@ -7,6 +7,7 @@ normalised (HTTPRouteGroup headers always in the list form the CRDs serve).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,7 +20,7 @@ from jsonschema import exceptions as schema_errors
 
 from gitmesh.apis import core, osm, smi
 from gitmesh.apis import policy as policies
-from gitmesh.apis.kinds import BY_NAME, CLUSTER_SCOPED, READ_GROUPS
+from gitmesh.apis.kinds import BY_NAME, CLUSTER_SCOPED, KINDS, READ_GROUPS
 from gitmesh.apis.problem import Problem
 from gitmesh.mesh.state import REGEX_MAX_PROGRAM_SIZE, Service, ServiceRef, whole_path_regex
 from gitmesh.objects import Manifest, ObjectRef
@@ -136,7 +137,8 @@ def _not_read(m: Manifest, api_version: str, kind: str) -> Diagnostic:
             m.ref,
         )
     if group in READ_GROUPS:
-        advice = _UNREAD_ADVICE.get(kind, "")
+        near = difflib.get_close_matches(kind, [k.name for k in KINDS if k.group == group], n=1)
+        advice = _UNREAD_ADVICE.get(kind, f"; did you mean {near[0]}?" if near else "")
         return Diagnostic(
             here, "GM013", f"{api_version} {kind} is not read by gitmesh{advice}", "apiVersion", m.ref
         )
