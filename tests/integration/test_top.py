@@ -16,12 +16,14 @@ from click.testing import CliRunner
 
 from gitmesh.cli import cli
 from gitmesh.demo import Demo, eventually
-from tests.integration.rollouts import Traffic, Webhook, apply_head, commit_split, demo, webhook
+from tests.integration.rollouts import POLICY, Traffic, Webhook, apply_head, commit_split, demo, webhook
 
 pytestmark = pytest.mark.integration
 __all__ = ["demo", "webhook"]  # fixtures, used by name
 
 EDGE = ("bookbuyer/bookbuyer", "bookstore/bookstore-v1")
+# gitmesh run walks rollouts: with these, the one applied here stays at its first step for the test.
+STILL = POLICY | {"interval": "10m", "progress-deadline": "30m"}
 
 
 def sidecar(d: Demo) -> str:
@@ -31,8 +33,8 @@ def sidecar(d: Demo) -> str:
 def test_once_as_json_gives_the_reported_sidecars_edges_and_the_rollouts_under_way(
     demo: Demo, webhook: Webhook
 ) -> None:
-    commit_split(demo, 0, 100)
-    apply_head(demo, webhook)  # a rollout at its first step; nothing walks it here
+    commit_split(demo, 0, 100, policy=STILL)
+    apply_head(demo, webhook)  # a rollout at its first step, and there it stays
     # No --envoy-admin: the sidecars, and the service each serves, as gitmesh run reports them.
     args = ["top", "--store", str(demo.store), "--interval", "1"]
 
@@ -66,7 +68,7 @@ def test_a_person_sees_the_edges_and_the_rollout_step_in_a_terminal(
 ) -> None:
     if shutil.which("tmux") is None:
         pytest.fail("tmux is not installed: make tmux (make test does it)")
-    commit_split(demo, 0, 100)
+    commit_split(demo, 0, 100, policy=STILL)
     apply_head(demo, webhook)
     tmux = ["tmux", "-L", f"gitmesh-top-{tmp_path.name}"]  # a server of its own
     # The terminal's own size, as a person's shell has it (pytest's environment says 80 columns).
