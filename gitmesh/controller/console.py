@@ -24,6 +24,9 @@ from gitmesh.rollout.model import Rollout
 from gitmesh.state.records import SourceRecord
 
 REFRESH = 2.0  # seconds between readings of the sidecars' stats, and between events on a stream
+# What a person can read, worst first; a mesh of 1,000 services has some 5,000 edges.
+EDGES_SHOWN = 200  # in the table
+EDGES_DRAWN = 40  # in the graph
 ROLLOUTS_SHOWN = 6  # those under way first, then the latest to end
 RECONCILES_SHOWN = 5  # per source, newest first
 STATIC = {  # file -> content type, served from the package: no CDN, no build step
@@ -167,6 +170,7 @@ def _edges(view: View) -> str:
     if not view.edges:
         return "<p>No traffic measured yet.</p>" if not view.error else "<p>No stats.</p>"
     share = shares(view.edges, view.rollouts)
+    shown = view.edges[:EDGES_SHOWN]
     rows = "".join(
         f'<tr class="{_health(e.success_rate)}" data-edge="{_e(e.source)} {_e(e.destination)}">'
         f"<td>{_e(e.source or '-')}</td><td>{_e(e.destination)}</td>"
@@ -175,15 +179,17 @@ def _edges(view: View) -> str:
         f'<td class="success">{_number(e.success_rate, "%")}</td>'
         f"<td>{_number(e.p50_ms, 'ms')}</td><td>{_number(e.p90_ms, 'ms')}</td>"
         f'<td class="p99">{_number(e.p99_ms, "ms")}</td><td>{e.connections:.0f}</td></tr>'
-        for e in view.edges
+        for e in shown
     )
+    more = len(view.edges) - len(shown)
+    rest = f"<p>{more} more edges, none worse than these.</p>" if more else ""
     head = "".join(
         f"<th>{c}</th>"
         for c in ("source", "destination", "RPS", "share", "success", "p50", "p90", "p99", "conns")
     )
     return (
-        graph(view.edges, share)
-        + f'<table class="edges"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+        graph(view.edges[:EDGES_DRAWN], share)
+        + f'<table class="edges"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>{rest}'
     )
 
 
@@ -191,12 +197,14 @@ def layers(edges: Sequence[model.Edge]) -> dict[str, int]:
     """Each service's column: one right of its furthest caller (callers of nobody's calls at 0)."""
     nodes = sorted({n for e in edges for n in (e.source or "?", e.destination)})
     column = dict.fromkeys(nodes, 0)
-    for _ in nodes:  # at most one pass per node, so a cycle of calls ends
+    for _ in nodes:  # the longest path is done after one pass per node
         moved = False
         for e in edges:
             source = e.source or "?"
-            if source != e.destination and column[e.destination] < column[source] + 1:
-                column[e.destination] = column[source] + 1
+            # Capped: around a cycle of calls the columns would climb with every pass.
+            right = min(column[source] + 1, len(nodes) - 1)
+            if source != e.destination and column[e.destination] < right:
+                column[e.destination] = right
                 moved = True
         if not moved:
             break

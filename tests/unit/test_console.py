@@ -1,0 +1,99 @@
+"""The console's page, from views made here: layout, split shares, what is escaped, what is capped."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+from typing import Any
+
+from gitmesh.controller import console
+from gitmesh.demo import free_port
+from gitmesh.metrics.model import Edge
+from gitmesh.plan.policy import Policy
+from gitmesh.rollout import machine
+from gitmesh.state.records import Condition, Reconcile, SourceRecord
+
+
+def edge(source: str, destination: str, rps: float = 10.0, success: float | None = 100.0) -> Edge:
+    return Edge(source, destination, rps, success, 1.0, 2.0, 3.0, 1.0, 0.0, 0.0)
+
+
+def view(edges: list[Edge], **kw: Any) -> console.View:
+    return console.View(
+        **({"at": 0.0, "seconds": 2.0, "sidecars": 3, "rollouts": [], "records": []} | kw), edges=edges
+    )
+
+
+def test_each_service_is_one_column_right_of_its_furthest_caller_and_a_cycle_ends() -> None:
+    edges = [edge("a/buyer", "a/store"), edge("a/store", "a/db"), edge("a/buyer", "a/db")]
+    assert console.layers(edges) == {"a/buyer": 0, "a/store": 1, "a/db": 2}
+    looped = console.layers([edge("a/x", "a/y"), edge("a/y", "a/x")])
+    assert set(looped) == {"a/x", "a/y"} and max(looped.values()) < len(looped)
+
+
+def test_a_split_backends_share_is_of_what_that_caller_sent_to_the_split() -> None:
+    policy = Policy(steps=(25,), interval=10, success_rate=99, latency_p99=200, min_requests=20)
+    r = machine.start(
+        "shop/store-split",
+        "default",
+        "abc",
+        policy,
+        {"store-v1": 100, "store-v2": 0},
+        {"store-v1": 0, "store-v2": 100},
+        0.0,
+    )
+    assert r.weights == {"store-v1": 75, "store-v2": 25}
+    edges = [
+        edge("shop/buyer", "shop/store-v1", 30),
+        edge("shop/buyer", "shop/store-v2", 10),
+        edge("shop/thief", "shop/store-v2", 5),
+        edge("shop/buyer", "shop/db", 100),
+    ]
+    assert console.shares(edges, [r]) == {
+        ("shop/buyer", "shop/store-v1"): 75.0,
+        ("shop/buyer", "shop/store-v2"): 25.0,
+        ("shop/thief", "shop/store-v2"): 100.0,
+    }
+
+
+def test_names_are_escaped_and_the_page_runs_only_its_own_script() -> None:
+    hostile = "<img src=x onerror=alert(1)>"
+    now = datetime.datetime.now(datetime.UTC)
+    record = SourceRecord(
+        hostile,
+        (Condition("Ready", False, "ApplyFailed", hostile, now),),
+        "abc",
+        "abc",
+        (Reconcile("abc", "main", now, 0.1, "failed", hostile, "start"),),
+    )
+    page = console.page(view([edge(hostile, "a/b")], records=[record], error=hostile))
+    assert hostile not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert re.findall(r"<script[^>]*>", page) == ['<script src="/console/console.js" defer>']
+    sent = console.event(view([edge(hostile, "a/b")]))
+    assert sent.startswith(b"event: view\ndata: ") and sent.endswith(b"\n\n") and sent.count(b"\n") == 3
+    assert set(json.loads(sent.split(b"data: ", 1)[1])) == {"status", "edges", "rollouts", "sources"}
+
+
+def test_a_large_mesh_shows_its_worst_edges_and_says_how_many_more() -> None:
+    edges = [edge(f"ns/s{i}", f"ns/d{i}", success=50.0 if i < 3 else 100.0) for i in range(500)]
+    parts = console.fragments(view(edges))
+    assert parts["edges"].count("<tr class=") == console.EDGES_SHOWN
+    assert f"{500 - console.EDGES_SHOWN} more edges" in parts["edges"]
+    assert parts["edges"].count('<g class="edge') == console.EDGES_DRAWN
+    assert 'data-edge="ns/s0 ns/d0"' in parts["edges"]
+
+
+def test_stats_that_cannot_be_read_are_said_and_one_reading_serves_every_viewer() -> None:
+    asked: list[int] = []
+
+    def rollouts() -> dict[str, object]:
+        asked.append(1)
+        return {}
+
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    c = console.Console(lambda: {dead: "a/b"}, rollouts, lambda: [])  # type: ignore[arg-type,return-value]
+    first = c.view()
+    assert c.view() is first and len(asked) == 1
+    assert first.edges == [] and dead in first.error
+    assert "cannot read the Envoy stats" in console.fragments(first)["status"]
