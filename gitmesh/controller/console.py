@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from gitmesh.errors import MetricsError
 from gitmesh.metrics import envoy, model
@@ -29,6 +30,7 @@ EDGES_SHOWN = 200  # in the table
 EDGES_DRAWN = 40  # in the graph
 ROLLOUTS_SHOWN = 6  # those under way first, then the latest to end
 RECONCILES_SHOWN = 5  # per source, newest first
+PROXIES_SHOWN = 50
 STATIC = {  # file -> content type, served from the package: no CDN, no build step
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
@@ -45,19 +47,22 @@ class View:
     edges: Sequence[model.Edge]
     rollouts: Sequence[Rollout]
     records: Sequence[SourceRecord]
+    report: Mapping[str, Any]  # the ADS server's: connected proxies, the configurations they rejected
     error: str = ""  # why the stats could not be read, when they could not
 
 
 class Console:
-    """The latest view, read anew at most every REFRESH seconds, whoever asks."""
+    """The latest view, read anew at most every REFRESH seconds, whoever asks. ``report()`` is the ADS
+    server's latest report (``serve.xds_report``): the stats are read from its sidecars."""
 
     def __init__(
         self,
-        sidecars: Callable[[], Mapping[str, str]],
+        report: Callable[[], Mapping[str, Any]],
         rollouts: Callable[[], Mapping[str, Rollout]],
         records: Callable[[], list[SourceRecord]],
     ) -> None:
-        self.stats = envoy.EnvoyStats(sidecars)
+        self.report = report
+        self.stats = envoy.EnvoyStats(lambda: report().get("sidecars", {}))
         self.rollouts = rollouts
         self.records = records
         self._lock = threading.Lock()
@@ -82,7 +87,16 @@ class Console:
                     edges = model.edges(model.window(reading, self._reading[1]), seconds)
                 self._reading = (now, reading)
             shown = sorted(self.rollouts().values(), key=lambda r: (not r.phase.active, -r.started_at))
-            view = View(time.time(), seconds, sidecars, edges, shown[:ROLLOUTS_SHOWN], self.records(), error)
+            view = View(
+                time.time(),
+                seconds,
+                sidecars,
+                edges,
+                shown[:ROLLOUTS_SHOWN],
+                self.records(),
+                self.report(),
+                error,
+            )
             self._view = (now, view)
             return view
 
@@ -106,6 +120,7 @@ def page(view: View) -> str:
 <section><h2>Service edges</h2><div id="edges">{parts["edges"]}</div></section>
 <section><h2>Rollouts</h2><div id="rollouts">{parts["rollouts"]}</div></section>
 <section><h2>Sources</h2><div id="sources">{parts["sources"]}</div></section>
+<section><h2>Proxies</h2><div id="proxies">{parts["proxies"]}</div></section>
 </body>
 </html>
 """
@@ -122,6 +137,7 @@ def fragments(view: View) -> dict[str, str]:
         "edges": _edges(view),
         "rollouts": _rollouts(view.rollouts),
         "sources": _sources(view.records),
+        "proxies": _proxies(view.report),
     }
 
 
@@ -278,4 +294,27 @@ def _sources(records: Sequence[SourceRecord]) -> str:
             "<table><thead><tr><th>started (UTC)</th><th>trigger</th><th>revision</th><th>result</th>"
             f"<th>plan</th></tr></thead><tbody>{reconciles}</tbody></table></article>"
         )
+    return "".join(out)
+
+
+def _proxies(report: Mapping[str, Any]) -> str:
+    proxies = report.get("proxies", [])
+    listed = "".join(f"<li>{_e(p)}</li>" for p in proxies[:PROXIES_SHOWN])
+    more = f"<li>and {len(proxies) - PROXIES_SHOWN} more</li>" if len(proxies) > PROXIES_SHOWN else ""
+    out = [f"<details><summary>{len(proxies)} connected</summary><ul>{listed}{more}</ul></details>"]
+    nacks = report.get("nacks", [])
+    if not nacks:
+        out.append('<p class="good">No configuration rejected.</p>')
+        return "".join(out)
+    rows = "".join(
+        f"<tr><td>{_e(time.strftime('%H:%M:%S', time.gmtime(n['at'])))}</td><td>{_e(n['proxy'])}</td>"
+        f"<td>{_e(n['type'])}</td><td>{_e(n['version'])}</td>"
+        f'<td class="bad">{_e(n["message"])}</td><td>{_e(", ".join(n.get("patches", [])))}</td></tr>'
+        for n in reversed(nacks)
+    )
+    out.append(
+        f'<table class="nacks"><caption class="bad">{len(nacks)} rejected (NACK), newest first</caption>'
+        "<thead><tr><th>at (UTC)</th><th>proxy</th><th>type</th><th>version</th><th>Envoy said</th>"
+        f"<th>patched by</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
     return "".join(out)

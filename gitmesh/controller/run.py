@@ -85,7 +85,7 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
             options.http_token,
             settings.review,
             open_files,
-            Console(lambda: reporting.sidecars, lambda: driver.load(settings), reconciler.records),
+            Console(lambda: reporting.report, lambda: driver.load(settings), reconciler.records),
         )
         if address
         else None
@@ -277,6 +277,7 @@ class _Reporting:
         self.reports = reports
         self.metrics = metrics
         self.sidecars: dict[str, str] = {}  # the connected sidecars' admin interfaces -> their services
+        self.report: Mapping[str, Any] = {}  # the ADS server's latest, for the console
 
     def version(self) -> str:
         return self.watched.version()
@@ -286,5 +287,6 @@ class _Reporting:
 
     def record_xds(self, report: Mapping[str, Any]) -> None:
         self.sidecars = dict(report["sidecars"])
+        self.report = report
         self.metrics.xds(report)
         self.reports.save(report)

@@ -17,7 +17,9 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from gitmesh import demo as demo_mod
+from gitmesh.cluster.port import Changes
 from gitmesh.demo import eventually, free_port
+from gitmesh.settings import embedded
 from tests.bookstore import Bookstore
 from tests.integration.rollouts import (
     POLICY,
@@ -193,3 +195,26 @@ def test_a_failed_rollout_shows_on_the_open_page(
         browser.save_screenshot(str(tmp_path / "console-failed.png"))
     assert "bookstore-v1 100%" in shown and "bookstore-v2 0%" in shown
     assert seen and min(seen) < 90  # while v2 had its 10%, the page showed it failing
+
+
+def test_a_configuration_a_sidecar_rejects_shows_on_the_open_page(
+    demo: ConsoleBookstore, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    browser.get(demo.console)
+    assert "No configuration rejected." in text_of(browser, "#proxies")
+    # Past validation, straight into the store: a route group whose path pattern does not compile.
+    store = embedded(demo.store)
+    try:
+        (routes,) = [
+            live.obj for ref, live in store.objects.list().items() if ref.name == "bookstore-service-routes"
+        ]
+        routes["spec"]["matches"][0]["pathRegex"] = "/books-bought("
+        store.write("vandal", None, "", Changes(writes=(routes,)))
+    finally:
+        store.close()
+    shown = eventually(
+        lambda: text_of(browser, "#proxies"), lambda t: "NACK" in t, "the rejection on the page"
+    )
+    browser.save_screenshot(str(tmp_path / "console-nack.png"))
+    assert "RouteConfiguration" in shown and "bookstore/bookstore" in shown
+    assert "missing )" in shown  # RE2's own words, as Envoy passed them on

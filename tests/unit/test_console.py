@@ -21,7 +21,8 @@ def edge(source: str, destination: str, rps: float = 10.0, success: float | None
 
 def view(edges: list[Edge], **kw: Any) -> console.View:
     return console.View(
-        **({"at": 0.0, "seconds": 2.0, "sidecars": 3, "rollouts": [], "records": []} | kw), edges=edges
+        **({"at": 0.0, "seconds": 2.0, "sidecars": 3, "rollouts": [], "records": [], "report": {}} | kw),
+        edges=edges,
     )
 
 
@@ -67,12 +68,20 @@ def test_names_are_escaped_and_the_page_runs_only_its_own_script() -> None:
         "abc",
         (Reconcile("abc", "main", now, 0.1, "failed", hostile, "start"),),
     )
-    page = console.page(view([edge(hostile, "a/b")], records=[record], error=hostile))
+    nack = {"proxy": hostile, "type": "Listener", "version": "7", "message": hostile, "at": 0.0}
+    report = {"proxies": [hostile], "nacks": [nack]}
+    page = console.page(view([edge(hostile, "a/b")], records=[record], error=hostile, report=report))
     assert hostile not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert re.findall(r"<script[^>]*>", page) == ['<script src="/console/console.js" defer>']
     sent = console.event(view([edge(hostile, "a/b")]))
     assert sent.startswith(b"event: view\ndata: ") and sent.endswith(b"\n\n") and sent.count(b"\n") == 3
-    assert set(json.loads(sent.split(b"data: ", 1)[1])) == {"status", "edges", "rollouts", "sources"}
+    assert set(json.loads(sent.split(b"data: ", 1)[1])) == {
+        "status",
+        "edges",
+        "rollouts",
+        "sources",
+        "proxies",
+    }
 
 
 def test_a_large_mesh_shows_its_worst_edges_and_says_how_many_more() -> None:
@@ -92,8 +101,18 @@ def test_stats_that_cannot_be_read_are_said_and_one_reading_serves_every_viewer(
         return {}
 
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
-    c = console.Console(lambda: {dead: "a/b"}, rollouts, lambda: [])  # type: ignore[arg-type,return-value]
+    c = console.Console(lambda: {"sidecars": {dead: "a/b"}}, rollouts, lambda: [])  # type: ignore[arg-type,return-value]
     first = c.view()
     assert c.view() is first and len(asked) == 1
     assert first.edges == [] and dead in first.error
     assert "cannot read the Envoy stats" in console.fragments(first)["status"]
+
+
+def test_rejected_configurations_are_listed_newest_first_and_none_is_said_too() -> None:
+    assert "No configuration rejected." in console.fragments(view([], report={"proxies": ["a"]}))["proxies"]
+    nacks = [
+        {"proxy": "p1", "type": "Listener", "version": "1", "message": "msg-old", "at": 10.0},
+        {"proxy": "p2", "type": "Cluster", "version": "2", "message": "msg-new", "at": 20.0, "patches": []},
+    ]
+    shown = console.fragments(view([], report={"proxies": ["p1", "p2"], "nacks": nacks}))["proxies"]
+    assert "2 rejected (NACK)" in shown and shown.index("msg-new") < shown.index("msg-old")
