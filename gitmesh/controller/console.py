@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 from gitmesh.errors import MetricsError
+from gitmesh.mesh.state import MeshState
 from gitmesh.metrics import envoy, model
 from gitmesh.rollout import render
 from gitmesh.rollout.model import Rollout
@@ -48,6 +49,7 @@ class View:
     rollouts: Sequence[Rollout]
     records: Sequence[SourceRecord]
     report: Mapping[str, Any]  # the ADS server's: connected proxies, the configurations they rejected
+    mesh: MeshState  # what is live: who may call whom, the splits, the policies
     error: str = ""  # why the stats could not be read, when they could not
 
 
@@ -60,8 +62,10 @@ class Console:
         report: Callable[[], Mapping[str, Any]],
         rollouts: Callable[[], Mapping[str, Rollout]],
         records: Callable[[], list[SourceRecord]],
+        mesh: Callable[[], MeshState],
     ) -> None:
         self.report = report
+        self.mesh = mesh
         self.stats = envoy.EnvoyStats(lambda: report().get("sidecars", {}))
         self.rollouts = rollouts
         self.records = records
@@ -95,6 +99,7 @@ class Console:
                 shown[:ROLLOUTS_SHOWN],
                 self.records(),
                 self.report(),
+                self.mesh(),
                 error,
             )
             self._view = (now, view)
@@ -119,6 +124,7 @@ def page(view: View) -> str:
 <header><h1>gitmesh</h1><span id="status">{parts["status"]}</span></header>
 <section><h2>Service edges</h2><div id="edges">{parts["edges"]}</div></section>
 <section><h2>Rollouts</h2><div id="rollouts">{parts["rollouts"]}</div></section>
+<section><h2>Access and policies</h2><div id="mesh">{parts["mesh"]}</div></section>
 <section><h2>Sources</h2><div id="sources">{parts["sources"]}</div></section>
 <section><h2>Proxies</h2><div id="proxies">{parts["proxies"]}</div></section>
 </body>
@@ -138,6 +144,7 @@ def fragments(view: View) -> dict[str, str]:
         "rollouts": _rollouts(view.rollouts),
         "sources": _sources(view.records),
         "proxies": _proxies(view.report),
+        "mesh": _mesh(view.mesh),
     }
 
 
@@ -317,4 +324,39 @@ def _proxies(report: Mapping[str, Any]) -> str:
         "<thead><tr><th>at (UTC)</th><th>proxy</th><th>type</th><th>version</th><th>Envoy said</th>"
         f"<th>patched by</th></tr></thead><tbody>{rows}</tbody></table>"
     )
+    return "".join(out)
+
+
+def _mesh(mesh: MeshState) -> str:
+    """Who may call each identity (and on which routes), the splits, and the policies in force."""
+    callers: dict[str, list[str]] = {}
+    for p in mesh.permissions:
+        routes = ", ".join(sorted({f"{m.group}/{m.name}" for m in p.http}))
+        callers.setdefault(str(p.destination), []).append(f"{p.caller}" + (f" ({routes})" if routes else ""))
+    out = []
+    if mesh.permissive:
+        out.append('<p class="warn">Permissive: every identity may call every service.</p>')
+    rows = "".join(
+        f'<tr data-identity="{_e(d)}"><td>{_e(d)}</td><td>{_e("; ".join(sorted(c)))}</td></tr>'
+        for d, c in sorted(callers.items())
+    )
+    out.append(
+        '<table class="access"><thead><tr><th>identity</th><th>may be called by</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+        if rows
+        else "<p>No one may call anyone (no TrafficTarget).</p>"
+    )
+    splits = "".join(
+        f"<tr><td>{_e(root)}:{port}</td>"
+        f"<td>{_e(render.weights_text({b.service.name: b.weight for b in s.backends}))}</td></tr>"
+        for (root, port), s in sorted(mesh.splits.items())
+    )
+    if splits:
+        out.append(
+            '<table class="splits"><thead><tr><th>split</th><th>weights</th></tr></thead>'
+            f"<tbody>{splits}</tbody></table>"
+        )
+    policies = [*mesh.retries, *mesh.limits, *mesh.faults, *mesh.egress, *mesh.ingress]
+    if policies:
+        out.append('<ul class="policies">' + "".join(f"<li>{_e(p)}</li>" for p in policies) + "</ul>")
     return "".join(out)

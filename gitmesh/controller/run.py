@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gitmesh import serve
+from gitmesh.apis import read
 from gitmesh.certs import ca
 from gitmesh.certs.store import Keeper
 from gitmesh.cluster.port import Live, Watched
@@ -85,7 +86,12 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
             options.http_token,
             settings.review,
             open_files,
-            Console(lambda: reporting.report, lambda: driver.load(settings), reconciler.records),
+            Console(
+                lambda: reporting.report,
+                lambda: driver.load(settings),
+                reconciler.records,
+                lambda: read.mesh(live.obj for live in reporting.list_managed().values()),
+            ),
         )
         if address
         else None

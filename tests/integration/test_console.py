@@ -99,7 +99,7 @@ def browser() -> Iterator[webdriver.Chrome]:
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        "--window-size=1280,1400",
+        "--window-size=1280,2000",
         f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
@@ -160,6 +160,12 @@ def test_a_person_sees_the_edges_move_with_traffic_and_the_rollout_weights(
     rollout = text_of(browser, f'article[data-split="{SPLIT}"]')
     assert "Progressing" in rollout and "step 1 of 2" in rollout
     assert "bookstore-v1 90%" in rollout and "bookstore-v2 10%" in rollout
+    # Who may call the bookstore: bookbuyer, on its routes; bookthief is not among them.
+    access = text_of(browser, 'tr[data-identity="bookstore/bookstore"]')
+    assert (
+        "bookbuyer/bookbuyer (bookstore-service-routes/books-bought" in access and "bookthief" not in access
+    )
+    assert "bookstore-v1 90%" in text_of(browser, "table.splits")
     # The graph draws the same edges: the two backends as boxes, the calls to them as lines.
     graph = text_of(browser, "svg.graph")
     assert "bookstore/bookstore-v1" in graph and "bookstore/bookstore-v2" in graph

@@ -9,10 +9,22 @@ from typing import Any
 
 from gitmesh.controller import console
 from gitmesh.demo import free_port
+from gitmesh.mesh.state import (
+    Backend,
+    HttpMatch,
+    Identity,
+    MeshState,
+    Permission,
+    RetryPolicy,
+    ServiceRef,
+    Split,
+)
 from gitmesh.metrics.model import Edge
 from gitmesh.plan.policy import Policy
 from gitmesh.rollout import machine
 from gitmesh.state.records import Condition, Reconcile, SourceRecord
+
+EMPTY = MeshState({}, frozenset(), {}, ())
 
 
 def edge(source: str, destination: str, rps: float = 10.0, success: float | None = 100.0) -> Edge:
@@ -21,7 +33,18 @@ def edge(source: str, destination: str, rps: float = 10.0, success: float | None
 
 def view(edges: list[Edge], **kw: Any) -> console.View:
     return console.View(
-        **({"at": 0.0, "seconds": 2.0, "sidecars": 3, "rollouts": [], "records": [], "report": {}} | kw),
+        **(
+            {
+                "at": 0.0,
+                "seconds": 2.0,
+                "sidecars": 3,
+                "rollouts": [],
+                "records": [],
+                "report": {},
+                "mesh": EMPTY,
+            }
+            | kw
+        ),
         edges=edges,
     )
 
@@ -75,13 +98,8 @@ def test_names_are_escaped_and_the_page_runs_only_its_own_script() -> None:
     assert re.findall(r"<script[^>]*>", page) == ['<script src="/console/console.js" defer>']
     sent = console.event(view([edge(hostile, "a/b")]))
     assert sent.startswith(b"event: view\ndata: ") and sent.endswith(b"\n\n") and sent.count(b"\n") == 3
-    assert set(json.loads(sent.split(b"data: ", 1)[1])) == {
-        "status",
-        "edges",
-        "rollouts",
-        "sources",
-        "proxies",
-    }
+    assert set(json.loads(sent.split(b"data: ", 1)[1])) == set(console.fragments(view([])))
+    assert set(console.fragments(view([]))) == {"status", "edges", "rollouts", "sources", "proxies", "mesh"}
 
 
 def test_a_large_mesh_shows_its_worst_edges_and_says_how_many_more() -> None:
@@ -101,7 +119,7 @@ def test_stats_that_cannot_be_read_are_said_and_one_reading_serves_every_viewer(
         return {}
 
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
-    c = console.Console(lambda: {"sidecars": {dead: "a/b"}}, rollouts, lambda: [])  # type: ignore[arg-type,return-value]
+    c = console.Console(lambda: {"sidecars": {dead: "a/b"}}, rollouts, lambda: [], lambda: EMPTY)  # type: ignore[arg-type,return-value]
     first = c.view()
     assert c.view() is first and len(asked) == 1
     assert first.edges == [] and dead in first.error
@@ -116,3 +134,27 @@ def test_rejected_configurations_are_listed_newest_first_and_none_is_said_too() 
     ]
     shown = console.fragments(view([], report={"proxies": ["p1", "p2"], "nacks": nacks}))["proxies"]
     assert "2 rejected (NACK)" in shown and shown.index("msg-new") < shown.index("msg-old")
+
+
+def test_who_may_call_whom_the_splits_and_the_policies_are_shown() -> None:
+    buyer, store = Identity("shop", "buyer"), Identity("shop", "store")
+    root = ServiceRef("shop", "store")
+    match = HttpMatch("store-routes", "buy", "/buy", ("GET",), ())
+    backends = (Backend(ServiceRef("shop", "store-v1"), 75), Backend(ServiceRef("shop", "store-v2"), 25))
+    mesh = MeshState(
+        {},
+        frozenset({buyer, store}),
+        {(root, 80): Split(root, 80, backends)},
+        (Permission(buyer, store, (match,)),),
+        retries=(RetryPolicy(buyer, root, "5xx", 3, 100, 25),),
+    )
+    shown = console.fragments(view([], mesh=mesh))["mesh"]
+    assert (
+        '<tr data-identity="shop/store"><td>shop/store</td><td>shop/buyer (store-routes/buy)</td></tr>'
+        in shown
+    )
+    assert "shop/store:80</td><td>store-v1 75%  store-v2 25%" in shown
+    assert "shop/buyer retries shop/store on 5xx up to 3 times" in shown
+    assert "Permissive" not in shown
+    permissive = MeshState({}, frozenset(), {}, (), permissive=True)
+    assert "Permissive" in console.fragments(view([], mesh=permissive))["mesh"]
