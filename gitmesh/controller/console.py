@@ -13,11 +13,12 @@ import html
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from gitmesh.apis import read
 from gitmesh.errors import MetricsError
 from gitmesh.mesh.state import MeshState
 from gitmesh.metrics import envoy, model
@@ -72,6 +73,7 @@ class Console:
         self._lock = threading.Lock()
         self._reading: tuple[float, dict[str, model.Sidecar]] | None = None
         self._view: tuple[float, View] | None = None
+        self._rendered: tuple[View, dict[str, str]] | None = None
 
     def view(self) -> View:
         with self._lock:
@@ -105,13 +107,37 @@ class Console:
             self._view = (now, view)
             return view
 
+    def fragments(self) -> dict[str, str]:
+        """The latest view's fragments, rendered once per view however many watch."""
+        view = self.view()
+        with self._lock:
+            if self._rendered is None or self._rendered[0] is not view:
+                self._rendered = (view, fragments(view))
+            return self._rendered[1]
+
+
+class LiveMesh:
+    """The mesh read from the live objects, read again only once their version has moved."""
+
+    def __init__(
+        self, version: Callable[[], str], objects: Callable[[], Iterable[Mapping[str, Any]]]
+    ) -> None:
+        self.version = version
+        self.objects = objects
+        self._read: tuple[str, MeshState] | None = None
+
+    def __call__(self) -> MeshState:
+        version = self.version()  # before the objects: a change in between is read again next time
+        if self._read is None or self._read[0] != version:
+            self._read = (version, read.mesh(self.objects()))
+        return self._read[1]
+
 
 def static(name: str) -> bytes:
     return (resources.files(__package__) / name).read_bytes()
 
 
-def page(view: View) -> str:
-    parts = fragments(view)
+def page(parts: Mapping[str, str]) -> str:
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -132,9 +158,9 @@ def page(view: View) -> str:
 """
 
 
-def event(view: View) -> bytes:
-    """One server-sent event carrying every fragment (element id -> its HTML)."""
-    return b"event: view\ndata: " + json.dumps(fragments(view)).encode() + b"\n\n"
+def event(parts: Mapping[str, str]) -> bytes:
+    """One server-sent event carrying fragments (element id -> its HTML)."""
+    return b"event: view\ndata: " + json.dumps(parts).encode() + b"\n\n"
 
 
 def fragments(view: View) -> dict[str, str]:

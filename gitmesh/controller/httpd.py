@@ -300,8 +300,10 @@ class ControllerPort:
         if name in console.STATIC:
             return Response(200, console.static(name), console.STATIC[name])
         if path == "/console":
-            view = await asyncio.get_running_loop().run_in_executor(self._console_thread, self.console.view)
-            return Response(200, console.page(view).encode(), "text/html; charset=utf-8", _PAGE_HEADERS)
+            parts = await asyncio.get_running_loop().run_in_executor(
+                self._console_thread, self.console.fragments
+            )
+            return Response(200, console.page(parts).encode(), "text/html; charset=utf-8", _PAGE_HEADERS)
         if path == "/console/events":
             if self._streams.locked():
                 return _text(503, f"{MAX_STREAMS} console streams are open already")
@@ -312,9 +314,12 @@ class ControllerPort:
     async def _events(self, view: console.Console) -> AsyncGenerator[bytes, None]:
         loop = asyncio.get_running_loop()
         end = loop.time() + STREAM_SECONDS
+        sent: dict[str, str] = {}  # what this viewer has: the page it loaded may be older
         yield f"retry: {int(console.REFRESH * 1000)}\n\n".encode()
         while loop.time() < end:
-            yield console.event(await loop.run_in_executor(self._console_thread, view.view))
+            parts = await loop.run_in_executor(self._console_thread, view.fragments)
+            yield console.event({k: v for k, v in parts.items() if sent.get(k) != v})  # what changed
+            sent = parts
             await asyncio.sleep(console.REFRESH)
 
     async def _reconcile(self, name: str, head: _Head) -> Response:

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gitmesh import serve
-from gitmesh.apis import read
 from gitmesh.certs import ca
 from gitmesh.certs.store import Keeper
 from gitmesh.cluster.port import Live, Watched
 from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, RolloutSettings
-from gitmesh.controller.console import Console
+from gitmesh.controller.console import Console, LiveMesh
 from gitmesh.controller.httpd import ControllerPort
 from gitmesh.controller.inject import Injection, InjectWebhook, publisher
 from gitmesh.controller.metrics import Metrics
@@ -90,7 +89,7 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
                 lambda: reporting.report,
                 lambda: driver.load(settings),
                 reconciler.records,
-                lambda: read.mesh(live.obj for live in reporting.list_managed().values()),
+                LiveMesh(reporting.version, lambda: (live.obj for live in reporting.list_managed().values())),
             ),
         )
         if address

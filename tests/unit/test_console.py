@@ -93,10 +93,12 @@ def test_names_are_escaped_and_the_page_runs_only_its_own_script() -> None:
     )
     nack = {"proxy": hostile, "type": "Listener", "version": "7", "message": hostile, "at": 0.0}
     report = {"proxies": [hostile], "nacks": [nack]}
-    page = console.page(view([edge(hostile, "a/b")], records=[record], error=hostile, report=report))
+    page = console.page(
+        console.fragments(view([edge(hostile, "a/b")], records=[record], error=hostile, report=report))
+    )
     assert hostile not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert re.findall(r"<script[^>]*>", page) == ['<script src="/console/console.js" defer>']
-    sent = console.event(view([edge(hostile, "a/b")]))
+    sent = console.event(console.fragments(view([edge(hostile, "a/b")])))
     assert sent.startswith(b"event: view\ndata: ") and sent.endswith(b"\n\n") and sent.count(b"\n") == 3
     assert set(json.loads(sent.split(b"data: ", 1)[1])) == set(console.fragments(view([])))
     assert set(console.fragments(view([]))) == {"status", "edges", "rollouts", "sources", "proxies", "mesh"}
@@ -122,6 +124,7 @@ def test_stats_that_cannot_be_read_are_said_and_one_reading_serves_every_viewer(
     c = console.Console(lambda: {"sidecars": {dead: "a/b"}}, rollouts, lambda: [], lambda: EMPTY)  # type: ignore[arg-type,return-value]
     first = c.view()
     assert c.view() is first and len(asked) == 1
+    assert c.fragments() is c.fragments()
     assert first.edges == [] and dead in first.error
     assert "cannot read the Envoy stats" in console.fragments(first)["status"]
 
@@ -158,3 +161,18 @@ def test_who_may_call_whom_the_splits_and_the_policies_are_shown() -> None:
     assert "Permissive" not in shown
     permissive = MeshState({}, frozenset(), {}, (), permissive=True)
     assert "Permissive" in console.fragments(view([], mesh=permissive))["mesh"]
+
+
+def test_the_live_mesh_is_read_again_only_when_the_objects_version_moves() -> None:
+    version, reads = ["1"], []
+
+    def objects() -> list[dict[str, Any]]:
+        reads.append(version[0])
+        return []
+
+    mesh = console.LiveMesh(lambda: version[0], objects)
+    first = mesh()
+    assert mesh() is first and reads == ["1"]
+    version[0] = "2"
+    mesh()
+    assert reads == ["1", "2"]
