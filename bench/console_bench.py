@@ -124,9 +124,12 @@ def main() -> None:
         started = time.process_time()
         event = console.event(parts)
         events.append(time.process_time() - started)
+    # After the first event, a stream sends what changed: the traffic (status and edges) every refresh.
+    refresh = console.event({k: parts[k] for k in ("status", "edges")})
     print(
         f"{len(services)} services ({len(objects)} objects), {args.proxies} sidecars, {len(edges)} edges;"
-        f" page {len(page) / 1e3:.0f} kB, event {len(event) / 1e3:.0f} kB"
+        f" page {len(page) / 1e3:.0f} kB, first event {len(event) / 1e3:.0f} kB,"
+        f" then {len(refresh) / 1e3:.0f} kB per refresh"
     )
     print(
         f"per refresh (cpu, median of {args.refreshes}): read.mesh {statistics.median(reads):.3f} s,"
