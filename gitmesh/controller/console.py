@@ -198,12 +198,11 @@ def _health(rate: float | None) -> str:
     return "good" if rate >= 99 else "warn" if rate >= 95 else "bad"
 
 
-def shares(edges: Sequence[model.Edge], rollouts: Sequence[Rollout]) -> dict[tuple[str, str], float]:
-    """Each split backend's measured share (percent) of what its caller sent to that split: the
-    backends of a split are those its rollouts name, in the split's namespace."""
+def shares(edges: Sequence[model.Edge], mesh: MeshState) -> dict[tuple[str, str], float]:
+    """Each split backend's measured share (percent) of what its caller sent to that split."""
     out: dict[tuple[str, str], float] = {}
-    splits = {r.split: {f"{r.split.partition('/')[0]}/{b}" for b in r.weights} for r in rollouts}
-    for backends in splits.values():
+    for split in mesh.splits.values():
+        backends = {str(b.service) for b in split.backends}
         by_source: dict[str, list[model.Edge]] = {}
         for e in edges:
             if e.destination in backends:
@@ -218,7 +217,7 @@ def shares(edges: Sequence[model.Edge], rollouts: Sequence[Rollout]) -> dict[tup
 def _edges(view: View) -> str:
     if not view.edges:
         return "<p>No traffic measured yet.</p>" if not view.error else "<p>No stats.</p>"
-    share = shares(view.edges, view.rollouts)
+    share = shares(view.edges, view.mesh)
     shown = view.edges[:EDGES_SHOWN]
     rows = "".join(
         f'<tr class="{_health(e.success_rate)}" data-edge="{_e(e.source)} {_e(e.destination)}">'

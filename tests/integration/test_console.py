@@ -180,6 +180,27 @@ def test_a_person_sees_the_edges_move_with_traffic_and_the_rollout_weights(
     assert (tmp_path / "console.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_the_bookstore_split_shows_its_shares_as_measured(
+    demo: ConsoleBookstore, webhook: Webhook, browser: webdriver.Chrome
+) -> None:
+    commit_split(demo, 75, 25, policy={})  # the example's own split, no rollout: the weights at once
+    apply_head(demo, webhook)
+    browser.get(demo.console)
+    with Traffic(demo, workers=2):
+        v1, v2 = eventually(
+            lambda: (cells(browser, V1), cells(browser, V2)),
+            lambda c: None not in c and number(c[0]["rps"]) + number(c[1]["rps"]) > 20,
+            "bookbuyer's calls to both backends on the page",
+            timeout=60,
+        )
+    assert v1 is not None and v2 is not None
+    assert 60 <= number(v1["share"]) <= 90 and 10 <= number(v2["share"]) <= 40
+    assert abs(number(v1["share"]) + number(v2["share"]) - 100) < 0.2
+    assert "No rollouts." in text_of(browser, "#rollouts")
+    splits = text_of(browser, "table.splits")
+    assert "bookstore-v1 75%" in splits and "bookstore-v2 25%" in splits
+
+
 def test_a_failed_rollout_shows_on_the_open_page(
     demo: ConsoleBookstore, webhook: Webhook, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:

@@ -20,8 +20,6 @@ from gitmesh.mesh.state import (
     Split,
 )
 from gitmesh.metrics.model import Edge
-from gitmesh.plan.policy import Policy
-from gitmesh.rollout import machine
 from gitmesh.state.records import Condition, Reconcile, SourceRecord
 
 EMPTY = MeshState({}, frozenset(), {}, ())
@@ -57,24 +55,16 @@ def test_each_service_is_one_column_right_of_its_furthest_caller_and_a_cycle_end
 
 
 def test_a_split_backends_share_is_of_what_that_caller_sent_to_the_split() -> None:
-    policy = Policy(steps=(25,), interval=10, success_rate=99, latency_p99=200, min_requests=20)
-    r = machine.start(
-        "shop/store-split",
-        "default",
-        "abc",
-        policy,
-        {"store-v1": 100, "store-v2": 0},
-        {"store-v1": 0, "store-v2": 100},
-        0.0,
-    )
-    assert r.weights == {"store-v1": 75, "store-v2": 25}
+    root = ServiceRef("shop", "store")
+    backends = (Backend(ServiceRef("shop", "store-v1"), 50), Backend(ServiceRef("shop", "store-v2"), 50))
+    mesh = MeshState({}, frozenset(), {(root, 80): Split(root, 80, backends)}, ())
     edges = [
         edge("shop/buyer", "shop/store-v1", 30),
         edge("shop/buyer", "shop/store-v2", 10),
         edge("shop/thief", "shop/store-v2", 5),
         edge("shop/buyer", "shop/db", 100),
     ]
-    assert console.shares(edges, [r]) == {
+    assert console.shares(edges, mesh) == {
         ("shop/buyer", "shop/store-v1"): 75.0,
         ("shop/buyer", "shop/store-v2"): 25.0,
         ("shop/thief", "shop/store-v2"): 100.0,
