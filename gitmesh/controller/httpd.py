@@ -121,7 +121,7 @@ class ControllerPort:
         token: bytes | None,
         review: Callable[[str, str], Reviewed] | None,
         open_files: int,
-        view: console.Console | None = None,
+        web_console: console.Console | None = None,
     ) -> None:
         host, _, port = address.rpartition(":")
         if not port.isdigit():
@@ -131,7 +131,7 @@ class ControllerPort:
         self.secret = secret
         self.token = token
         self.review = review
-        self.console = view
+        self.web_console = web_console
         # The console's readings (sidecars' stats, the store) block: one thread of their own, which
         # every viewer shares, so that they never wait on token reviews nor hold up the port's loop.
         self._console_thread = ThreadPoolExecutor(1, "console")
@@ -294,30 +294,30 @@ class ControllerPort:
         return _text(404, "not found")
 
     async def _console(self, path: str) -> Response | Stream:
-        if self.console is None:
+        if self.web_console is None:
             return _text(404, "not found")
         name = path.removeprefix("/console/")
         if name in console.STATIC:
             return Response(200, console.static(name), console.STATIC[name])
         if path == "/console":
             parts = await asyncio.get_running_loop().run_in_executor(
-                self._console_thread, self.console.fragments
+                self._console_thread, self.web_console.fragments
             )
             return Response(200, console.page(parts).encode(), "text/html; charset=utf-8", _PAGE_HEADERS)
         if path == "/console/events":
             if self._streams.locked():
                 return _text(503, f"{MAX_STREAMS} console streams are open already")
             await self._streams.acquire()  # at once: not locked, and nothing ran in between
-            return Stream(self._events(self.console), self._streams.release)
+            return Stream(self._events(self.web_console), self._streams.release)
         return _text(404, "not found")
 
-    async def _events(self, view: console.Console) -> AsyncGenerator[bytes, None]:
+    async def _events(self, web_console: console.Console) -> AsyncGenerator[bytes, None]:
         loop = asyncio.get_running_loop()
         end = loop.time() + STREAM_SECONDS
         sent: dict[str, str] = {}  # what this viewer has: the page it loaded may be older
         yield f"retry: {int(console.REFRESH * 1000)}\n\n".encode()
         while loop.time() < end:
-            parts = await loop.run_in_executor(self._console_thread, view.fragments)
+            parts = await loop.run_in_executor(self._console_thread, web_console.fragments)
             yield console.event({k: v for k, v in parts.items() if sent.get(k) != v})  # what changed
             sent = parts
             await asyncio.sleep(console.REFRESH)
