@@ -8,7 +8,7 @@ DEMO_STAMP := $(VENV)/.demo-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # The demo means the embedded store, whatever cluster an exported KUBECONFIG names.
 DEMO_GITMESH := env -u KUBECONFIG $(BIN)/gitmesh
 
-.PHONY: demo demo-live wheel test test-fast lint bench clean prometheus tmux node-packages cluster cluster-down
+.PHONY: demo demo-live wheel test test-fast lint bench clean prometheus tmux chromium node-packages cluster cluster-down
 
 # Debian packages the tests use, installed once (as root, or with sudo): sshd serves Git over SSH,
 # gpg signs and checks commits, kubectl renders Kustomize directories and checks the test cluster.
@@ -63,6 +63,10 @@ prometheus:
 tmux:
 	@command -v tmux >/dev/null || { $(APT_INSTALL) tmux; }
 
+## chromium: Debian's Chromium and its ChromeDriver, the browser the console's tests look through
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { $(APT_INSTALL) chromium chromium-driver; }
+
 ## node-packages: Debian's containerd, runc, CNI plugins, iptables and conntrack, which the test node runs
 node-packages:
 	@command -v containerd >/dev/null && command -v runc >/dev/null && [ -x /usr/lib/cni/bridge ] && \
@@ -78,7 +82,7 @@ cluster-down: $(STAMP)
 	testenv/down
 
 ## test: lint, then every test (unit and integration)
-test: $(STAMP) $(SSHD) $(GPG_AGENT) $(KUBECTL) prometheus tmux node-packages
+test: $(STAMP) $(SSHD) $(GPG_AGENT) $(KUBECTL) prometheus tmux chromium node-packages
 	$(BIN)/ruff check gitmesh tests bench
 	$(BIN)/ruff format --check gitmesh tests bench
 	$(BIN)/lint-imports

@@ -4,6 +4,8 @@ GET  /healthz                   open    200 while the process runs
 GET  /readyz                    open    200 once every source has finished a first reconcile, else 503
 GET  /metrics                   open    Prometheus metrics
 GET  /status                    open    every source's record (conditions, revisions, history) as JSON
+GET  /console                   open    the web console (its script and style under /console/ too)
+GET  /console/events            open    the console's live updates: server-sent events, MAX_STREAMS at once
 POST /hook                      signed  a webhook (GitHub push, or the generic form): HMAC-SHA256 of the body
 POST /sources/NAME/reconcile    token   reconcile NAME now (``gitmesh reconcile NAME``): a bearer token,
                                         the controller's own, or on a cluster one RBAC lets reconcile NAME
@@ -13,7 +15,9 @@ a thread, and nothing here waits on the ADS server or slows it. Everything a cli
 before it is read: the head (16 KiB), the body (a Content-Length of at most 1 MiB, on POST only and
 read only for /hook, 16 at once) and the time a request may take to arrive (10 s). Connections beyond
 the cap wait in the listen queue, costing no file descriptor; while they wait, connections that have
-not sent their head within 0.25 s are let go, so idle clients cannot hold the port.
+not sent their head within 0.25 s are let go, so idle clients cannot hold the port. The console's event
+streams are the one answer that lasts: at most MAX_STREAMS at once, each ended after STREAM_SECONDS
+(the browser reconnects), and dropped like any answer the client does not take within 10 s.
 """
 
 from __future__ import annotations
@@ -28,13 +32,15 @@ import logging
 import re
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gitmesh.controller import console
 from gitmesh.controller.metrics import Metrics
 from gitmesh.controller.schedule import Controller
 from gitmesh.errors import ClusterError, ConfigError
@@ -54,6 +60,8 @@ REQUEST_TIMEOUT = 10.0  # seconds for a whole request to arrive, and for its ans
 BUSY_TIMEOUT = 1.0  # ... for a webhook body while every body place is taken
 EVICT_AFTER = 0.25  # seconds: while every connection slot is taken, one still without its head is let go
 LISTEN_BACKLOG = 1024  # connections waiting for a slot, queued by the kernel
+MAX_STREAMS = 16  # console event streams at once; each holds a connection slot while it lasts
+STREAM_SECONDS = 60.0  # then it ends, and the browser's EventSource opens another
 LINGER_SECONDS = 1.0  # after answering, how long to discard what the client still sends
 _POLL = 0.25  # how often a request still arriving looks at its deadline
 _LENGTH = re.compile(r"[0-9]{1,16}")
@@ -73,6 +81,14 @@ def _text(status: int, text: str) -> Response:
 
 def _json(status: int, data: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
     return Response(status, json.dumps(data, indent=2).encode() + b"\n", "application/json", headers)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """An answer sent as it is made: server-sent events until ``events`` ends; then ``done()``."""
+
+    events: AsyncGenerator[bytes, None]
+    done: Callable[[], None]
 
 
 class _Refused(Exception):
@@ -105,6 +121,7 @@ class ControllerPort:
         token: bytes | None,
         review: Callable[[str, str], Reviewed] | None,
         open_files: int,
+        web_console: console.Console | None = None,
     ) -> None:
         host, _, port = address.rpartition(":")
         if not port.isdigit():
@@ -114,6 +131,11 @@ class ControllerPort:
         self.secret = secret
         self.token = token
         self.review = review
+        self.web_console = web_console
+        # The console's readings (sidecars' stats, the store) block: one thread of their own, which
+        # every viewer shares, so that they never wait on token reviews nor hold up the port's loop.
+        self._console_thread = ThreadPoolExecutor(1, "console")
+        self._streams = asyncio.Semaphore(MAX_STREAMS)
         self.max_connections = max(1, min(MAX_CONNECTIONS, open_files // 4))
         try:
             self._listener = socket.create_server((host or "127.0.0.1", int(port)), backlog=LISTEN_BACKLOG)
@@ -143,6 +165,7 @@ class ControllerPort:
         finally:
             self._loop.close()
             self._listener.close()
+            self._console_thread.shutdown(wait=False, cancel_futures=True)
 
     async def _serve(self) -> None:
         connections: set[asyncio.Task[None]] = set()
@@ -202,7 +225,10 @@ class ControllerPort:
             except Exception:
                 log.exception("the HTTP port failed to answer a request")
                 response = _text(500, "internal error (logged)")
-            await self._write(writer, response)
+            if isinstance(response, Stream):
+                await self._stream(writer, response)
+            else:
+                await self._write(writer, response)
             # Closing with bytes unread would reset the connection and could lose the answer: half-close,
             # then discard what the client still sends (bounded in time and size) until it closes.
             writer.write_eof()
@@ -232,13 +258,15 @@ class ControllerPort:
                 if waited >= REQUEST_TIMEOUT or (waited >= BUSY_TIMEOUT and busy()):
                     raise _Refused(_text(408, "the request did not arrive in time")) from None
 
-    async def _handle(self, reader: asyncio.StreamReader, accepted: float) -> Response:
+    async def _handle(self, reader: asyncio.StreamReader, accepted: float) -> Response | Stream:
         try:
             raw = await self._arrival(lambda: reader.readuntil(b"\r\n\r\n"), accepted)
         except asyncio.LimitOverrunError:
             raise _Refused(_text(431, f"the request head is larger than {MAX_HEAD} bytes")) from None
         self._heads.pop(reader, None)  # (an eviction may have come between the head and this)
         head = _parse_head(raw)
+        if head.method == "GET" and (head.path == "/console" or head.path.startswith("/console/")):
+            return await self._console(head.path)
         if head.method == "GET":
             return self._get(head.path)
         if head.method != "POST":
@@ -264,6 +292,35 @@ class ControllerPort:
         if path == "/status":
             return _json(200, {"sources": [r.to_json() for r in reconciler.records()]})
         return _text(404, "not found")
+
+    async def _console(self, path: str) -> Response | Stream:
+        if self.web_console is None:
+            return _text(404, "not found")
+        name = path.removeprefix("/console/")
+        if name in console.STATIC:
+            return Response(200, console.static(name), console.STATIC[name])
+        if path == "/console":
+            parts = await asyncio.get_running_loop().run_in_executor(
+                self._console_thread, self.web_console.fragments
+            )
+            return Response(200, console.page(parts).encode(), "text/html; charset=utf-8", _PAGE_HEADERS)
+        if path == "/console/events":
+            if self._streams.locked():
+                return _text(503, f"{MAX_STREAMS} console streams are open already")
+            await self._streams.acquire()  # at once: not locked, and nothing ran in between
+            return Stream(self._events(self.web_console), self._streams.release)
+        return _text(404, "not found")
+
+    async def _events(self, web_console: console.Console) -> AsyncGenerator[bytes, None]:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + STREAM_SECONDS
+        sent: dict[str, str] = {}  # what this viewer has: the page it loaded may be older
+        yield f"retry: {int(console.REFRESH * 1000)}\n\n".encode()
+        while loop.time() < end:
+            parts = await loop.run_in_executor(self._console_thread, web_console.fragments)
+            yield console.event({k: v for k, v in parts.items() if sent.get(k) != v})  # what changed
+            sent = parts
+            await asyncio.sleep(console.REFRESH)
 
     async def _reconcile(self, name: str, head: _Head) -> Response:
         if self.token is None and self.review is None:
@@ -353,6 +410,31 @@ class ControllerPort:
         writer.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + response.body)
         async with asyncio.timeout(REQUEST_TIMEOUT):  # a client that does not read its answer is let go
             await writer.drain()
+
+    async def _stream(self, writer: asyncio.StreamWriter, stream: Stream) -> None:
+        lines = [
+            "HTTP/1.1 200 OK",
+            "Content-Type: text/event-stream",
+            "Cache-Control: no-store",
+            "Connection: close",
+        ]
+        try:
+            writer.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n")
+            async for data in stream.events:
+                writer.write(data)
+                async with asyncio.timeout(REQUEST_TIMEOUT):  # a client that stops reading is let go
+                    await writer.drain()
+        finally:
+            await stream.events.aclose()
+            stream.done()
+
+
+# The page loads only its own script and style, and may not be framed: nothing else runs in it.
+_PAGE_HEADERS = (
+    ("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Cache-Control", "no-store"),
+)
 
 
 async def _closed(writer: asyncio.StreamWriter) -> None:

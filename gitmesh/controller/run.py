@@ -24,6 +24,7 @@ from gitmesh.certs import ca
 from gitmesh.certs.store import Keeper
 from gitmesh.cluster.port import Live, Watched
 from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, RolloutSettings
+from gitmesh.controller.console import Console, LiveMesh
 from gitmesh.controller.httpd import ControllerPort
 from gitmesh.controller.inject import Injection, InjectWebhook, publisher
 from gitmesh.controller.metrics import Metrics
@@ -74,6 +75,7 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
     controller = Controller(reconciler, stopping)
     address = options.http_address or (DEFAULT_HTTP_ADDRESS if options.sources else None)
     open_files = _raise_open_files_limit()
+    reporting = _Reporting(settings.objects.watch(), settings.state.xds, metrics)
     port = (
         ControllerPort(
             address,
@@ -83,11 +85,16 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
             options.http_token,
             settings.review,
             open_files,
+            Console(
+                lambda: reporting.report,
+                lambda: driver.load(settings),
+                reconciler.records,
+                LiveMesh(reporting.version, lambda: (live.obj for live in reporting.list_managed().values())),
+            ),
         )
         if address
         else None
     )
-    reporting = _Reporting(settings.objects.watch(), settings.state.xds, metrics)
     rollouts = threading.Thread(
         target=_walk_rollouts,
         args=(options.rollouts, settings, reporting, reconciler.apply_lock, notify, stopping),
@@ -275,6 +282,7 @@ class _Reporting:
         self.reports = reports
         self.metrics = metrics
         self.sidecars: dict[str, str] = {}  # the connected sidecars' admin interfaces -> their services
+        self.report: Mapping[str, Any] = {}  # the ADS server's latest, for the console
 
     def version(self) -> str:
         return self.watched.version()
@@ -284,5 +292,6 @@ class _Reporting:
 
     def record_xds(self, report: Mapping[str, Any]) -> None:
         self.sidecars = dict(report["sidecars"])
+        self.report = report
         self.metrics.xds(report)
         self.reports.save(report)

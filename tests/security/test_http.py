@@ -32,7 +32,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format
 
-from gitmesh.controller.httpd import MAX_BODY, MAX_CONNECTIONS, MAX_HEAD, REQUEST_TIMEOUT
+from gitmesh.controller.httpd import MAX_BODY, MAX_CONNECTIONS, MAX_HEAD, MAX_STREAMS, REQUEST_TIMEOUT
 from gitmesh.demo import eventually, free_port
 from gitmesh.mesh.state import Identity, ServiceRef
 from gitmesh.settings import embedded
@@ -290,6 +290,56 @@ def test_a_controller_without_a_token_refuses_every_reconcile(
         403,
         {"error": "reconcile over HTTP is off: gitmesh run has no --http-token-file"},
     )
+
+
+def open_stream(port: int) -> tuple[socket.socket, bytes]:
+    """A console event stream, read up to its first event (or to the end of a refusal)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(b"GET /console/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    seen = b""
+    while b"event: view" not in seen and (chunk := s.recv(65536)):
+        seen += chunk
+    return s, seen
+
+
+def test_the_console_only_reads_and_holds_a_bounded_number_of_streams(
+    mesh: GitRepo, tmp_path: Path, token: bytes, controllers: list[RunningController]
+) -> None:
+    c = start(controllers, mesh, tmp_path)
+    with urllib.request.urlopen(f"http://127.0.0.1:{c.http_port}/console", timeout=15) as r:
+        page = r.read().decode()
+        assert r.headers["Content-Security-Policy"] == "default-src 'self'; frame-ancestors 'none'"
+    assert '<article class="source" data-source="default">' in page
+    assert "<script>" not in page  # the one script is a file of the package, as the policy wants
+    assert exchange(c.http_port, b"POST /console HTTP/1.1\r\nContent-Length: 0\r\n\r\n").startswith(
+        b"HTTP/1.1 404 "
+    )
+    watch = Watch(c, f"{MAX_STREAMS} console streams and one more")
+    streams = [open_stream(c.http_port) for _ in range(MAX_STREAMS)]
+    try:
+        assert all(
+            head.startswith(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream") for _, head in streams
+        )
+        extra, refused = open_stream(c.http_port)
+        extra.close()
+        assert refused.startswith(b"HTTP/1.1 503 ")
+        assert healthy(c)
+        during = watch.sample()
+    finally:
+        for s, _ in streams:
+            s.close()
+
+    # Closed by their clients, the streams give their places back.
+    def reopened() -> bool:
+        s, head = open_stream(c.http_port)
+        s.close()
+        return b" 200 OK" in head
+
+    eventually(reopened, bool, "a stream open again")
+    # A stream sees its client gone at its next event (every 2 s), then closes its socket.
+    eventually(lambda: watch.sample().fds, lambda n: n <= watch.before.fds + 4, "the streams' sockets closed")
+    watch.done()
+    assert during.threads <= watch.before.threads + 1  # the console's one reading thread, no more
 
 
 def test_bodies_are_refused_before_they_are_read(

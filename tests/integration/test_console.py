@@ -1,0 +1,247 @@
+"""The web console as a person sees it: the bookstore with real Envoy sidecars, traffic, and
+``gitmesh run`` following the demo repo, its console opened in a real headless Chromium (Debian's
+chromium and chromium-driver, driven by selenium). The page is read as it is shown, without reloads:
+its numbers must move with the traffic."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+from gitmesh import demo as demo_mod
+from gitmesh.cluster.port import Changes
+from gitmesh.demo import eventually, free_port
+from gitmesh.settings import embedded
+from tests.bookstore import Bookstore
+from tests.integration.rollouts import (
+    POLICY,
+    SPLIT,
+    Traffic,
+    Webhook,
+    apply_head,
+    commit_split,
+    webhook,
+)
+
+pytestmark = pytest.mark.integration
+__all__ = ["webhook"]  # a fixture, used by name
+
+V1 = "bookbuyer/bookbuyer bookstore/bookstore-v1"
+V2 = "bookbuyer/bookbuyer bookstore/bookstore-v2"
+# A rollout that stays at its first step (10% to v2) for the whole test: its next check is minutes away.
+HELD = POLICY | {"interval": "10m", "progress-deadline": "20m"}
+
+
+class ConsoleBookstore(Bookstore):
+    """The bookstore, with gitmesh run following the demo repo as source ``demo`` and serving its
+    HTTP port (and so the console)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.http_port = free_port()
+        super().__init__(workdir)
+
+    def run_options(self) -> list[str]:
+        follow = [
+            "--repo",
+            str(self.repo),
+            "--path",
+            demo_mod.MESH_PATH,
+            "--source",
+            "demo",
+            "--interval",
+            "1h",
+        ]
+        return [*super().run_options(), *follow, "--http-address", f"127.0.0.1:{self.http_port}"]
+
+    @property
+    def console(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/console"
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[ConsoleBookstore]:
+    d = ConsoleBookstore(tmp_path)
+    try:
+        d.start()
+        commit_split(d, 100, 0, message="v1 only, under a rollout policy")
+        d.applied = d.apply()
+        yield d
+    except (AssertionError, TimeoutError):
+        for log in sorted(tmp_path.glob("*.log")):
+            print(f"--- {log.name} ---\n{log.read_text()[-3000:]}")
+        raise
+    finally:
+        d.close()
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    if shutil.which("chromedriver") is None:
+        pytest.fail("chromium-driver is not installed: make chromium (make test does it)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    profile = tempfile.mkdtemp(prefix="gitmesh-chromium-")
+    # Headless, and nothing that reaches beyond this machine (its network is closed).
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,2000",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def cells(browser: webdriver.Chrome, edge: str) -> dict[str, str] | None:
+    """The edge's row as the page shows it now (class -> text), None while it is not on the page."""
+    try:
+        row = browser.find_element(By.CSS_SELECTOR, f'tr[data-edge="{edge}"]')
+        return {c: row.find_element(By.CLASS_NAME, c).text for c in ("rps", "share", "success", "p99")}
+    except (NoSuchElementException, StaleElementReferenceException):  # swapped in anew meanwhile
+        return None
+
+
+def number(text: str) -> float:
+    return float(text.rstrip("%ms"))
+
+
+def text_of(browser: webdriver.Chrome, selector: str) -> str:
+    try:
+        return str(browser.find_element(By.CSS_SELECTOR, selector).text)
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
+def test_a_person_sees_the_edges_move_with_traffic_and_the_rollout_weights(
+    demo: ConsoleBookstore, webhook: Webhook, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    commit_split(demo, 0, 100, policy=HELD)
+    apply_head(demo, webhook)  # v2 gets 10% at once; the next step is 10 minutes away
+    browser.get(demo.console)
+    assert browser.title == "gitmesh console"
+    # Source "demo": gitmesh run reconciled the repo's head when it started, and found it applied.
+    source = eventually(
+        lambda: text_of(browser, 'article[data-source="demo"]'), lambda t: "Ready" in t, "the source"
+    )
+    assert "ReconciliationSucceeded" in source
+
+    with Traffic(demo):
+        busy = eventually(
+            lambda: (cells(browser, V1), cells(browser, V2)),
+            lambda c: c[0] is not None and c[1] is not None and number(c[0]["rps"]) > 5,
+            "bookbuyer's calls to both backends on the page",
+            timeout=60,
+        )
+        browser.save_screenshot(str(tmp_path / "console.png"))
+    v1, v2 = busy
+    assert number(v1["success"]) == 100 and number(v2["success"]) == 100
+    # The split's shares as measured: most of it to v1, some to v2 (10% by weight).
+    assert 0 < number(v2["share"]) < 30 < number(v1["share"])
+    assert number(v1["p99"]) > 0
+    rollout = text_of(browser, f'article[data-split="{SPLIT}"]')
+    assert "Progressing" in rollout and "step 1 of 2" in rollout
+    assert "bookstore-v1 90%" in rollout and "bookstore-v2 10%" in rollout
+    # Who may call the bookstore: bookbuyer, on its routes; bookthief is not among them.
+    access = text_of(browser, 'tr[data-identity="bookstore/bookstore"]')
+    assert (
+        "bookbuyer/bookbuyer (bookstore-service-routes/books-bought" in access and "bookthief" not in access
+    )
+    assert "bookstore-v1 90%" in text_of(browser, "table.splits")
+    # The graph draws the same edges: the two backends as boxes, the calls to them as lines.
+    graph = text_of(browser, "svg.graph")
+    assert "bookstore/bookstore-v1" in graph and "bookstore/bookstore-v2" in graph
+
+    # The traffic has stopped: without a reload, the page says so within a refresh or two.
+    eventually(
+        lambda: cells(browser, V1),
+        lambda c: c is None or number(c["rps"]) == 0,
+        "bookbuyer's calls gone from the page",
+        timeout=20,
+    )
+    assert (tmp_path / "console.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_bookstore_split_shows_its_shares_as_measured(
+    demo: ConsoleBookstore, webhook: Webhook, browser: webdriver.Chrome
+) -> None:
+    commit_split(demo, 75, 25, policy={})  # the example's own split, no rollout: the weights at once
+    apply_head(demo, webhook)
+    browser.get(demo.console)
+    with Traffic(demo, workers=2):
+        v1, v2 = eventually(
+            lambda: (cells(browser, V1), cells(browser, V2)),
+            lambda c: None not in c and number(c[0]["rps"]) + number(c[1]["rps"]) > 20,
+            "bookbuyer's calls to both backends on the page",
+            timeout=60,
+        )
+    assert v1 is not None and v2 is not None
+    assert 60 <= number(v1["share"]) <= 90 and 10 <= number(v2["share"]) <= 40
+    assert abs(number(v1["share"]) + number(v2["share"]) - 100) < 0.2
+    assert "No rollouts." in text_of(browser, "#rollouts")
+    splits = text_of(browser, "table.splits")
+    assert "bookstore-v1 75%" in splits and "bookstore-v2 25%" in splits
+
+
+def test_a_failed_rollout_shows_on_the_open_page(
+    demo: ConsoleBookstore, webhook: Webhook, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    """gitmesh run walks the rollout itself, from its sidecars' stats; v2 fails half its requests."""
+    demo.apps["bookstore-v2"].error_rate = 0.5
+    browser.get(demo.console)
+    commit_split(demo, 0, 100)
+    seen: list[float] = []  # v2's success rate each time the page showed its edge
+
+    def rollout() -> str:
+        v2 = cells(browser, V2)
+        if v2 is not None and v2["success"] != "-":
+            seen.append(number(v2["success"]))
+        return text_of(browser, f'article[data-split="{SPLIT}"]')
+
+    with Traffic(demo):
+        apply_head(demo, webhook)
+        shown = eventually(rollout, lambda t: "Failed" in t, "the failed rollout on the page", timeout=90)
+        browser.save_screenshot(str(tmp_path / "console-failed.png"))
+    assert "bookstore-v1 100%" in shown and "bookstore-v2 0%" in shown
+    assert seen and min(seen) < 90  # while v2 had its 10%, the page showed it failing
+
+
+def test_a_configuration_a_sidecar_rejects_shows_on_the_open_page(
+    demo: ConsoleBookstore, browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    browser.get(demo.console)
+    assert "No configuration rejected." in text_of(browser, "#proxies")
+    # Past validation, straight into the store: a route group whose path pattern does not compile.
+    store = embedded(demo.store)
+    try:
+        (routes,) = [
+            live.obj for ref, live in store.objects.list().items() if ref.name == "bookstore-service-routes"
+        ]
+        routes["spec"]["matches"][0]["pathRegex"] = "/books-bought("
+        store.write("vandal", None, "", Changes(writes=(routes,)))
+    finally:
+        store.close()
+    shown = eventually(
+        lambda: text_of(browser, "#proxies"), lambda t: "NACK" in t, "the rejection on the page"
+    )
+    browser.save_screenshot(str(tmp_path / "console-nack.png"))
+    assert "RouteConfiguration" in shown and "bookstore/bookstore" in shown
+    assert "missing )" in shown  # RE2's own words, as Envoy passed them on
