@@ -1,0 +1,213 @@
+"""A fleet on real parts: a hub and two member clusters (each its own kube-apiserver), a real Git
+repository with a base and an EU overlay, and one ``gitmesh run --fleet-hub`` agent process per
+member, each with the credentials ``gitmesh fleet join`` made for it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from gitmesh.cli import cli
+from gitmesh.demo import eventually
+from gitmesh.fleet.hub import Hub
+from gitmesh.kube import errors
+from gitmesh.kube.client import Client
+from tests import factory as f
+from tests.conftest import GitRepo
+from tests.controller import RunningController
+from tests.kube import Cluster
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = json.loads((Path(__file__).parents[2] / "gitmesh/cli/schemas/fleet-status.schema.json").read_text())
+NS = "shop"
+BASE = [
+    f.namespace(NS),
+    f.service_account(NS, "web"),
+    f.service(NS, "web"),
+    f.service(NS, "web-v1"),
+    f.service(NS, "web-v2"),
+    f.split(NS, "web-split", "web", {"web-v1": 100, "web-v2": 0}),
+]
+
+
+def _eu_overlay(v2: int) -> dict[str, str]:
+    canary = f.split(NS, "web-split", "web", {"web-v1": 100 - v2, "web-v2": v2})
+    return {
+        "fleet/eu/kustomization.yaml": yaml.safe_dump(
+            {"resources": ["../base"], "patches": [{"path": "canary.yaml"}]}
+        ),
+        "fleet/eu/canary.yaml": f.dump(canary),
+    }
+
+
+def _cli(*args: str | Path) -> str:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.fixture
+def fleet(
+    add_kube_cluster: Callable[..., Cluster], git_repo: GitRepo, tmp_path: Path
+) -> Iterator[tuple[Cluster, dict[str, Cluster], dict[str, RunningController], GitRepo]]:
+    """The hub with one configuration (the base, and fleet/eu for region=eu), members eu-1 and us-1
+    joined and each followed by its agent."""
+    git_repo.commit(
+        "base and the EU overlay",
+        {
+            "fleet/base/kustomization.yaml": yaml.safe_dump({"resources": ["mesh.yaml"]}),
+            "fleet/base/mesh.yaml": f.dump(*BASE),
+            **_eu_overlay(10),
+        },
+    )
+    hub = add_kube_cluster()
+    members = {"eu-1": add_kube_cluster(), "us-1": add_kube_cluster()}
+    agents: dict[str, RunningController] = {}
+    try:
+        assert "fleetclusters.gitmesh.dev established" in _cli(
+            "install", "fleet-hub", "--kubeconfig", hub.kubeconfig
+        )
+        configuration = {
+            "apiVersion": "gitmesh.dev/v1alpha1",
+            "kind": "FleetConfiguration",
+            "metadata": {"name": "mesh", "namespace": "gitmesh-fleet"},
+            "spec": {
+                "repository": str(git_repo.path),
+                "ref": {"branch": "main"},
+                "path": "fleet/base",
+                "interval": "1s",
+                "overlays": [{"path": "fleet/eu", "clusterSelector": {"matchLabels": {"region": "eu"}}}],
+            },
+        }
+        hub.kubectl("apply", "-f", "-", input=json.dumps(configuration))
+        for name, member in members.items():
+            _cli("install", "crds", "--kubeconfig", member.kubeconfig)
+            credentials = tmp_path / f"{name}.hub.kubeconfig"
+            region = name.split("-")[0]
+            _cli(
+                "fleet",
+                "join",
+                name,
+                "-l",
+                f"region={region}",
+                "--unknown-after",
+                "5s",
+                "--out",
+                credentials,
+                "--kubeconfig",
+                hub.kubeconfig,
+            )
+            workdir = tmp_path / name
+            workdir.mkdir()
+            agents[name] = RunningController(
+                workdir,
+                [
+                    "--fleet-hub",
+                    credentials,
+                    "--fleet-cluster",
+                    name,
+                    "--kubeconfig",
+                    member.kubeconfig,
+                    "--fleet-report-interval",
+                    "1s",
+                ],
+            ).start()
+        yield hub, members, agents, git_repo
+        for agent in agents.values():
+            if agent.process and agent.process.poll() is None:
+                assert agent.stop() == 0, agent.log.read_text()
+    finally:
+        for agent in agents.values():
+            if agent.process and agent.process.poll() is None:
+                agent.kill()
+        for cluster in (hub, *members.values()):
+            cluster.stop()
+
+
+def status(hub: Cluster) -> dict[str, dict[str, Any]]:
+    doc = json.loads(_cli("fleet", "status", "-o", "json", "--kubeconfig", hub.kubeconfig))
+    jsonschema.validate(doc, SCHEMA)
+    return {c["name"]: c for c in doc["clusters"]}
+
+
+def weights(member: Cluster) -> list[int]:
+    split = json.loads(member.kubectl("get", "trafficsplit", "-n", NS, "web-split", "-o", "json").stdout)
+    return [b["weight"] for b in split["spec"]["backends"]]
+
+
+def services(member: Cluster) -> set[str]:
+    found = json.loads(member.kubectl("get", "services", "-n", NS, "-o", "json").stdout)
+    return {s["metadata"]["name"] for s in found["items"]}
+
+
+def all_compliant_at(head: str) -> Callable[[dict[str, dict[str, Any]]], bool]:
+    def check(clusters: dict[str, dict[str, Any]]) -> bool:
+        return all(
+            c["compliance"] == "Compliant" and c["configurations"][0]["applied_revision"] == head
+            for c in clusters.values()
+        )
+
+    return check
+
+
+def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
+    fleet: tuple[Cluster, dict[str, Cluster], dict[str, RunningController], GitRepo], tmp_path: Path
+) -> None:
+    hub, members, agents, repo = fleet
+    head = repo.git("rev-parse", "HEAD").strip()
+
+    # First rollout: every member Compliant at the head, each with its overlay.
+    clusters = eventually(lambda: status(hub), all_compliant_at(head), "every member Compliant", timeout=60)
+    assert clusters["eu-1"]["configurations"][0]["path"] == "fleet/eu"
+    assert clusters["us-1"]["configurations"][0]["path"] == "fleet/base"
+    assert clusters["eu-1"]["labels"] == {"region": "eu"}
+    assert weights(members["eu-1"]) == [90, 10]
+    assert weights(members["us-1"]) == [100, 0]
+    table = _cli("fleet", "status", "--kubeconfig", hub.kubeconfig)
+    assert "eu-1" in table and "us-1" in table and "Compliant" in table
+
+    # An agent's credentials write its own status and nobody else's.
+    own = Hub(Client.connect(str(tmp_path / "eu-1.hub.kubeconfig")))
+    with pytest.raises(errors.Forbidden):
+        own.report("us-1", {"compliance": "Compliant"})
+    with pytest.raises(errors.Forbidden):
+        own.client.request(
+            "DELETE", "/apis/gitmesh.dev/v1alpha1/namespaces/gitmesh-fleet/fleetconfigurations/mesh"
+        )
+
+    # A commit that breaks only the EU overlay: eu-1 Non-Compliant with the reason and nothing of
+    # the commit applied there; us-1 takes all of it.
+    broken = repo.commit(
+        "web-v3 for everyone, and a broken EU canary",
+        {"fleet/base/mesh.yaml": f.dump(*BASE, f.service(NS, "web-v3")), **_eu_overlay(-10)},
+    )
+    clusters = eventually(
+        lambda: status(hub),
+        lambda c: (
+            c["eu-1"]["compliance"] == "Non-Compliant"
+            and c["us-1"]["configurations"][0]["applied_revision"] == broken
+        ),
+        "eu-1 Non-Compliant, us-1 at the new head",
+        timeout=60,
+    )
+    eu = clusters["eu-1"]["configurations"][0]
+    assert (eu["desired_revision"], eu["applied_revision"]) == (broken, head)
+    assert "GM020" in eu["reason"] and "spec.backends[1].weight" in eu["reason"], eu["reason"]
+    assert clusters["us-1"]["compliance"] == "Compliant"
+    assert "web-v3" in services(members["us-1"])
+    assert "web-v3" not in services(members["eu-1"])  # nothing half-applied
+    assert weights(members["eu-1"]) == [90, 10]  # the last good revision stays
+
+    # An agent killed: its cluster reads Unknown once its unknownAfter (5s) has passed.
+    agents["us-1"].kill()
+    clusters = eventually(lambda: status(hub), lambda c: c["us-1"]["compliance"] == "Unknown", "us-1 Unknown")
+    assert clusters["us-1"]["reason"].startswith("no report for")
+    assert clusters["eu-1"]["compliance"] == "Non-Compliant"  # its agent still reports
