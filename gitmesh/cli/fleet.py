@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
@@ -30,7 +30,11 @@ from gitmesh.cli.base import (
 )
 from gitmesh.fleet import model
 from gitmesh.fleet.hub import Hub
+from gitmesh.plan.model import Action
 from gitmesh.settings import Settings
+
+if TYPE_CHECKING:
+    from gitmesh.fleet.plan import MemberPlan
 
 _STYLES = {
     model.State.COMPLIANT: "green",
@@ -191,3 +195,114 @@ def status(target: BackendChoice, output: str) -> None:
             Text(m.reason),
         )
     out.print(table)
+
+
+@fleet.command("plan")
+@examples(
+    "gitmesh fleet plan mesh --ref HEAD --repo . --kubeconfig hub.kubeconfig",
+    "gitmesh fleet plan mesh --ref origin/main -o markdown",
+)
+@click.argument("configuration")
+@click.option("--ref", default="HEAD", show_default=True, help="The revision to plan.")
+@click.option("--repo", help="Read the revision here (default: the configuration's repository).")
+@backend_options
+@output_option("json", "yaml", "markdown")
+@reports_errors
+def plan(configuration: str, ref: str, repo: str | None, target: BackendChoice, output: str) -> None:
+    """What a revision of a configuration would change on each member it selects, planned against the
+    revision each member reports applied at its overlay's path (reads the hub; writes nothing)."""
+    from gitmesh.fleet.plan import plan_members
+    from gitmesh.kube import errors
+    from gitmesh.sync.git import open_repo
+
+    settings = target.open(read_only=True)
+    if output == "text":
+        target_header(settings)
+    hub = _hub(settings)
+    try:
+        chosen = next(c for c in hub.configurations() if c.name == configuration)
+    except StopIteration:
+        raise click.BadParameter(f"the hub has no FleetConfiguration {configuration!r}") from None
+    except errors.NotFound:
+        raise click.UsageError("this cluster is no fleet hub: see gitmesh install fleet-hub") from None
+    git_repo = open_repo(repo or chosen.repository)
+    revision = git_repo.commit(ref).hexsha
+    members = [(model.Member.of(obj), obj.get("status") or {}) for obj in hub.clusters()]
+    plans = plan_members(git_repo, revision, chosen, members)
+    if output in ("json", "yaml"):
+        emit(
+            "fleet-plan",
+            {
+                "target": settings.objects.describe(),
+                "configuration": configuration,
+                "revision": revision,
+                "clusters": [
+                    {
+                        "name": p.cluster,
+                        "path": p.path,
+                        "base_revision": p.base,
+                        "valid": p.plan is not None,
+                        "summary": p.summary,
+                        "changes": [
+                            {"action": c.action.value, "object": str(c.ref)}
+                            for c in (p.plan.changes if p.plan else ())
+                            if c.action is not Action.NOOP
+                        ],
+                        "splits": [
+                            {
+                                "split": str(s.split),
+                                "service": s.service,
+                                "backends": [
+                                    {"service": b.service, "before": b.before, "after": b.after}
+                                    for b in s.backends
+                                ],
+                            }
+                            for s in p.splits
+                        ],
+                    }
+                    for p in plans
+                ],
+            },
+            output,
+        )
+        return
+    if output == "markdown":
+        lines = [
+            f"### gitmesh fleet plan for `{revision[:12]}` ({configuration})",
+            "",
+            "| cluster | path | from | changes | traffic |",
+            "|---|---|---|---|---|",
+        ]
+        for p in plans:
+            summary = p.summary if p.plan else f"**{p.summary}**"
+            traffic = "<br>".join(_shares(p))
+            lines.append(f"| {p.cluster} | `{p.path}` | `{(p.base or '-')[:12]}` | {summary} | {traffic} |")
+        click.echo("\n".join(lines))
+        return
+    if not plans:
+        out.print(f"No cluster is selected by {configuration}.")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("CLUSTER", "PATH", "FROM", "CHANGES", "TRAFFIC"):
+        table.add_column(column)
+    for p in plans:
+        table.add_row(
+            p.cluster,
+            p.path,
+            (p.base or "-")[:12],
+            Text(p.summary, style="" if p.plan else "bold red"),
+            "\n".join(_shares(p)) or "-",
+        )
+    out.print(Text(f"Revision {revision[:12]} of {configuration}", style="bold"))
+    out.print(table)
+
+
+def _shares(p: MemberPlan) -> list[str]:
+    return [
+        f"{s.split}: " + ", ".join(f"{b.service} {_share(b.before)} -> {_share(b.after)}" for b in s.backends)
+        for s in p.splits
+    ]
+
+
+def _share(share: float | None) -> str:
+    return "-" if share is None else f"{share:g}%"

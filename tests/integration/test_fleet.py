@@ -26,7 +26,7 @@ from tests.kube import Cluster
 
 pytestmark = pytest.mark.integration
 
-SCHEMA = json.loads((Path(__file__).parents[2] / "gitmesh/cli/schemas/fleet-status.schema.json").read_text())
+SCHEMAS = Path(__file__).parents[2] / "gitmesh" / "cli" / "schemas"
 NS = "shop"
 BASE = [
     f.namespace(NS),
@@ -134,7 +134,7 @@ def fleet(
 
 def status(hub: Cluster) -> dict[str, dict[str, Any]]:
     doc = json.loads(_cli("fleet", "status", "-o", "json", "--kubeconfig", hub.kubeconfig))
-    jsonschema.validate(doc, SCHEMA)
+    jsonschema.validate(doc, json.loads((SCHEMAS / "fleet-status.schema.json").read_text()))
     return {c["name"]: c for c in doc["clusters"]}
 
 
@@ -183,6 +183,51 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
             "DELETE", "/apis/gitmesh.dev/v1alpha1/namespaces/gitmesh-fleet/fleetconfigurations/mesh"
         )
 
+    # A plan per member for a branch not merged yet: the EU canary moves to 20%, everyone gets web-v3.
+    repo.git("checkout", "-q", "-b", "next")
+    repo.commit(
+        "web-v3 and a 20% EU canary",
+        {"fleet/base/mesh.yaml": f.dump(*BASE, f.service(NS, "web-v3")), **_eu_overlay(20)},
+    )
+    repo.git("checkout", "-q", "main")
+    doc = json.loads(
+        _cli(
+            "fleet",
+            "plan",
+            "mesh",
+            "--ref",
+            "next",
+            "--repo",
+            repo.path,
+            "-o",
+            "json",
+            "--kubeconfig",
+            hub.kubeconfig,
+        )
+    )
+    jsonschema.validate(doc, json.loads((SCHEMAS / "fleet-plan.schema.json").read_text()))
+    plans = {p["name"]: p for p in doc["clusters"]}
+    assert {p["base_revision"] for p in plans.values()} == {head}
+    assert plans["us-1"]["changes"] == [{"action": "create", "object": "Service/shop/web-v3"}]
+    assert plans["us-1"]["splits"] == []
+    assert {"action": "update", "object": "TrafficSplit/shop/web-split"} in plans["eu-1"]["changes"]
+    ((split,),) = [p["splits"] for p in plans.values() if p["splits"]]
+    assert [(b["before"], b["after"]) for b in split["backends"]] == [(90, 80), (10, 20)]
+    markdown = _cli(
+        "fleet",
+        "plan",
+        "mesh",
+        "--ref",
+        "next",
+        "--repo",
+        repo.path,
+        "-o",
+        "markdown",
+        "--kubeconfig",
+        hub.kubeconfig,
+    )
+    assert "| eu-1 | `fleet/eu` |" in markdown and "web-v2 10% -> 20%" in markdown
+
     # A commit that breaks only the EU overlay: eu-1 Non-Compliant with the reason and nothing of
     # the commit applied there; us-1 takes all of it.
     broken = repo.commit(
@@ -205,6 +250,24 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
     assert "web-v3" in services(members["us-1"])
     assert "web-v3" not in services(members["eu-1"])  # nothing half-applied
     assert weights(members["eu-1"]) == [90, 10]  # the last good revision stays
+
+    # Suspended on the member itself: the hub hears it.
+    _cli("suspend", "mesh", "--kubeconfig", members["us-1"].kubeconfig)
+    eventually(lambda: status(hub), lambda c: c["us-1"]["compliance"] == "Suspended", "us-1 Suspended")
+    _cli("resume", "mesh", "--kubeconfig", members["us-1"].kubeconfig)
+    eventually(lambda: status(hub), lambda c: c["us-1"]["compliance"] == "Compliant", "us-1 Compliant again")
+
+    # Git out of reach: both report it, and each keeps what it had applied.
+    moved = repo.path.rename(repo.path.with_name("moved"))
+    clusters = eventually(
+        lambda: status(hub),
+        lambda c: c["us-1"]["compliance"] == "Non-Compliant",
+        "us-1 Non-Compliant without Git",
+    )
+    assert clusters["us-1"]["configurations"][0]["applied_revision"] == broken
+    assert "web-v3" in services(members["us-1"]) and weights(members["eu-1"]) == [90, 10]
+    moved.rename(repo.path)
+    eventually(lambda: status(hub), lambda c: c["us-1"]["compliance"] == "Compliant", "us-1 back with Git")
 
     # An agent killed: its cluster reads Unknown once its unknownAfter (5s) has passed.
     agents["us-1"].kill()
