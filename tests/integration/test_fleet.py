@@ -274,3 +274,17 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
     clusters = eventually(lambda: status(hub), lambda c: c["us-1"]["compliance"] == "Unknown", "us-1 Unknown")
     assert clusters["us-1"]["reason"].startswith("no report for")
     assert clusters["eu-1"]["compliance"] == "Non-Compliant"  # its agent still reports
+
+    # The hub assigns eu-1 something else (the base): its agent stops, to be started on it (exit 3).
+    hub.kubectl(
+        "-n",
+        "gitmesh-fleet",
+        "patch",
+        "fleetconfiguration",
+        "mesh",
+        "--type=merge",
+        "-p",
+        '{"spec": {"overlays": []}}',
+    )
+    assert agents["eu-1"].process is not None
+    assert agents["eu-1"].process.wait(30) == 3, agents["eu-1"].log.read_text()
