@@ -119,8 +119,10 @@ def join(
     for line in hub.join(member_objects(cluster, parsed, unknown_after)):
         out.print(f"applied {line}")
     token = hub.agent_token(cluster, lifetime)
-    Path(out_file).touch(mode=0o600)
-    Path(out_file).write_text(_kubeconfig(hub, cluster, token))
+    written = Path(out_file)
+    written.touch(mode=0o600)
+    written.chmod(0o600)  # it holds a token: the owner's alone, also when it was there before
+    written.write_text(_kubeconfig(hub, cluster, token))
     out.print(f"wrote the agent's kubeconfig to {out_file} (its token is valid for {token_lifetime})")
 
 

@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from gitmesh.errors import ClusterError, GitmeshError
+from gitmesh.errors import GitmeshError
 from gitmesh.fleet import model
 from gitmesh.fleet.hub import Hub
+from gitmesh.kube import errors
 from gitmesh.settings import Settings
 from gitmesh.sync.source import Source
 
@@ -35,16 +36,14 @@ def assignment(hub: Hub, cluster: str) -> tuple[Source, ...]:
 
 
 def first_assignment(hub: Hub, cluster: str, stopping: threading.Event) -> tuple[Source, ...] | None:
-    """The assignment, tried until the hub answers (None: stopped before it did). An unknown cluster
-    or credentials the hub refuses are not retried: they need a person."""
+    """The assignment, tried until the hub answers (None: stopped before it did). Anything else (an
+    unknown cluster, credentials the hub refuses, an object it cannot read) is raised: it needs a person."""
     wait = 1.0
     while True:
         try:
             return assignment(hub, cluster)
-        except ClusterError as e:
-            if getattr(e, "status", None) in (401, 403, 404):
-                raise
-            log.warning("the fleet hub is unreachable (%s); trying again in %.0fs", e, wait)
+        except (errors.Unreachable, errors.ServerError) as e:
+            log.warning("the fleet hub does not answer (%s); trying again in %.0fs", e, wait)
         if stopping.wait(wait):
             return None
         wait = min(wait * 2, HUB_RETRY_MAX)

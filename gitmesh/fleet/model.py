@@ -8,14 +8,16 @@ last report older than the cluster's ``unknownAfter``.
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from gitmesh import durations
 from gitmesh.controller import conditions
+from gitmesh.errors import ConfigError
 from gitmesh.state.records import SourceRecord
 from gitmesh.sync.source import Ref, RefKind, Source
 
@@ -48,11 +50,12 @@ class Member:
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> Member:
         spec = obj.get("spec") or {}
-        return cls(
-            obj["metadata"]["name"],
-            dict(spec.get("labels") or {}),
-            durations.seconds(spec.get("unknownAfter") or DEFAULT_UNKNOWN_AFTER),
-        )
+        with _reading("FleetCluster", obj):
+            return cls(
+                obj["metadata"]["name"],
+                dict(spec.get("labels") or {}),
+                durations.seconds(spec.get("unknownAfter") or DEFAULT_UNKNOWN_AFTER),
+            )
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,11 @@ class Configuration:
 
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> Configuration:
+        with _reading("FleetConfiguration", obj):
+            return cls._of(obj)
+
+    @classmethod
+    def _of(cls, obj: Mapping[str, Any]) -> Configuration:
         spec = obj["spec"]
         ref = spec.get("ref") or {}
         ((kind, value),) = (ref or {"branch": ""}).items()
@@ -125,6 +133,17 @@ class Configuration:
 def assignment(member: Member, configurations: Iterable[Configuration]) -> tuple[Source, ...]:
     """The sources a member follows: one per configuration selecting it, in name order."""
     return tuple(c.source(member) for c in sorted(configurations, key=lambda c: c.name) if c.selects(member))
+
+
+@contextlib.contextmanager
+def _reading(kind: str, obj: Mapping[str, Any]) -> Iterator[None]:
+    """A hub object the CRD's schema let through but gitmesh cannot read (a zero duration, two refs)
+    is named, not a traceback."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError) as e:
+        name = (obj.get("metadata") or {}).get("name", "?")
+        raise ConfigError(f"{kind} {NAMESPACE}/{name} in the fleet hub cannot be read: {e}") from e
 
 
 def _matches(wanted: Mapping[str, str], labels: Mapping[str, str]) -> bool:

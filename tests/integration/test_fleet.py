@@ -5,6 +5,9 @@ member, each with the credentials ``gitmesh fleet join`` made for it."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -288,3 +291,43 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
     )
     assert agents["eu-1"].process is not None
     assert agents["eu-1"].process.wait(30) == 3, agents["eu-1"].log.read_text()
+
+
+def test_members_go_on_without_the_hub_and_refused_credentials_stop_an_agent(
+    fleet: tuple[Cluster, dict[str, Cluster], dict[str, RunningController], GitRepo], tmp_path: Path
+) -> None:
+    hub, members, agents, repo = fleet
+    head = repo.git("rev-parse", "HEAD").strip()
+    eventually(lambda: status(hub), all_compliant_at(head), "every member Compliant", timeout=60)
+
+    # Credentials the hub does not accept: the agent says so and exits, rather than serve nothing.
+    bad = hub.kubeconfig_for(tmp_path / "bad", "not-a-token")
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gitmesh",
+            "run",
+            "--fleet-hub",
+            bad,
+            "--fleet-cluster",
+            "eu-1",
+            "--kubeconfig",
+            members["eu-1"].kubeconfig,
+            "--xds-address",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
+    )
+    assert refused.returncode == 1, refused.stderr
+    assert "error: 401 Unauthorized" in refused.stderr
+
+    # The hub gone: the agents go on following Git.
+    hub.stop()
+    repo.commit("web-v3", {"fleet/base/mesh.yaml": f.dump(*BASE, f.service(NS, "web-v3"))})
+    for member in members.values():
+        eventually(lambda m=member: services(m), lambda s: "web-v3" in s, "web-v3 applied without the hub")
+    assert all(a.process is not None and a.process.poll() is None for a in agents.values())
