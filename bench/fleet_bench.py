@@ -1,6 +1,7 @@
 """From a commit to every member of a fleet Compliant at it, as the hub sees it; and `fleet status`.
 
     python bench/fleet_bench.py [--members 4] [--rounds 3] [--interval 10s] [--report-interval 1s]
+                                [--simulated 1000]
 
 Starts the test control plane (tests/kube.py; binaries from testenv/build.sh): one hub and
 ``--members`` member kube-apiservers on one etcd, the hub's CRDs, one FleetConfiguration (a base
@@ -8,7 +9,8 @@ and an overlay for half of the members), and one ``gitmesh run --fleet-hub`` age
 member, fetching every ``--interval``. Each round commits a new split weight and times until the
 hub shows every member Compliant at that commit (read through the hub's API every 0.1 s), once
 with each agent told by a signed webhook right after the commit and once waiting for its poll.
-Then times ``gitmesh fleet status -o json`` (a fresh process) over the members.
+Then times ``gitmesh fleet status`` (a fresh process) over the members, and with ``--simulated N``
+over N more FleetClusters, each with a report written as an agent writes it.
 """
 
 from __future__ import annotations
@@ -83,6 +85,35 @@ def _all_compliant(hub: Hub, head: str, timeout: float = 300) -> float:
     raise SystemExit(f"not every member Compliant at {head[:12]} after {timeout:g}s")
 
 
+def _time_status(kubeconfig: Path, members: int) -> None:
+    for output in ("json", "text"):
+        times = []
+        for _ in range(3):
+            started = time.monotonic()
+            _gitmesh("fleet", "status", "-o", output, "--kubeconfig", kubeconfig)
+            times.append(time.monotonic() - started)
+        print(
+            f"gitmesh fleet status -o {output} over {members} members (a fresh process): "
+            f"median {statistics.median(times):.2f} s, max {max(times):.2f} s"
+        )
+
+
+def _simulate(hub: Hub, count: int, head: str) -> None:
+    """``count`` more FleetClusters with a Compliant report each, as agents would write them."""
+    from gitmesh.fleet.hub import CLUSTERS, MANAGER, member_objects
+
+    def one(i: int) -> None:
+        name = f"simulated-{i:05d}"
+        (cluster, *_) = member_objects(name, {"ring": "simulated"}, "2m")
+        hub.client.apply(CLUSTERS.path(model.NAMESPACE, name), cluster, MANAGER, force=True)
+        compliance = model.Compliance("mesh", model.State.COMPLIANT, "simulated", "fleet/base", head, head, 5)
+        hub.report(name, model.report([compliance], datetime.now(UTC)))
+
+    started = time.monotonic()
+    hub.client.parallel(one, range(count))
+    print(f"{count} simulated members written (object and report each) in {time.monotonic() - started:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,6 +122,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--interval", default="10s", help="the agents' Git poll interval")
     parser.add_argument("--report-interval", default="1s")
+    parser.add_argument("--simulated", type=int, default=0, help="then time fleet status with this many more")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         work = Path(tmp)
@@ -166,15 +198,19 @@ def main() -> None:
                         f"commit -> all {args.members} Compliant ({how}, {every}): "
                         f"median {statistics.median(times):.2f} s, max {max(times):.2f} s ({figures})"
                     )
-                status = []
-                for _ in range(3):
-                    started = time.monotonic()
-                    _gitmesh("fleet", "status", "-o", "json", "--kubeconfig", hub_cluster.kubeconfig)
-                    status.append(time.monotonic() - started)
-                print(
-                    f"gitmesh fleet status -o json over {args.members} members (a fresh process): "
-                    f"median {statistics.median(status):.2f} s"
-                )
+                _time_status(hub_cluster.kubeconfig, args.members)
+                if args.simulated:
+                    _simulate(hub, args.simulated, head)
+                    _time_status(hub_cluster.kubeconfig, args.members + args.simulated)
+                    times = []
+                    for _ in range(3):
+                        started = time.monotonic()
+                        seen = [model.seen(o, datetime.now(UTC)) for o in hub.clusters()]
+                        times.append(time.monotonic() - started)
+                    print(
+                        f"in-process: list {len(seen)} FleetClusters and read their states: "
+                        f"median {statistics.median(times):.2f} s, max {max(times):.2f} s"
+                    )
             finally:
                 for agent in agents:
                     if agent.process and agent.process.poll() is None:

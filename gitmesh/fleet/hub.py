@@ -106,9 +106,16 @@ _CONFIGURATION_SPEC = {
 }
 
 
+# A configuration's name is its source's name in every member (inventories, records): refused at the
+# hub when a member could not use it.
+_SOURCE_NAME = {"type": "string", "maxLength": 42, "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}
+
+
 def _crd(kind: str, plural: str, short: str, spec: dict[str, Any], status: dict[str, Any] | None,
-         columns: list[dict[str, str]]) -> dict[str, Any]:  # fmt: skip
+         columns: list[dict[str, str]], name: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     properties: dict[str, Any] = {"spec": spec}
+    if name:  # the one restriction a CRD may put on metadata
+        properties["metadata"] = {"type": "object", "properties": {"name": name}}
     if status:
         properties["status"] = status
     version: dict[str, Any] = {
@@ -164,6 +171,7 @@ def hub_objects() -> list[dict[str, Any]]:
                 {"name": "Repository", "type": "string", "jsonPath": ".spec.repository"},
                 {"name": "Path", "type": "string", "jsonPath": ".spec.path"},
             ],
+            name=_SOURCE_NAME,
         ),
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": dict(LABELS)}},
     ]

@@ -300,6 +300,16 @@ def test_members_go_on_without_the_hub_and_refused_credentials_stop_an_agent(
     head = repo.git("rev-parse", "HEAD").strip()
     eventually(lambda: status(hub), all_compliant_at(head), "every member Compliant", timeout=60)
 
+    # A configuration whose name no member could keep its records under is refused by the hub.
+    unusable = {
+        "apiVersion": "gitmesh.dev/v1alpha1",
+        "kind": "FleetConfiguration",
+        "metadata": {"name": "mesh.eu", "namespace": "gitmesh-fleet"},
+        "spec": {"repository": "r"},
+    }
+    refused_name = hub.kubectl("apply", "-f", "-", input=json.dumps(unusable), check=False)
+    assert refused_name.returncode != 0 and "metadata.name" in refused_name.stderr, refused_name.stderr
+
     # Credentials the hub does not accept: the agent says so and exits, rather than serve nothing.
     bad = hub.kubeconfig_for(tmp_path / "bad", "not-a-token")
     refused = subprocess.run(
