@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from gitmesh.cli import cli
 from gitmesh.controller import conditions
 from gitmesh.controller.conditions import Result
 from gitmesh.errors import ConfigError
@@ -95,10 +97,6 @@ def test_the_first_assignment_waits_for_the_hub_but_not_for_a_refusal() -> None:
 
 
 def test_fleet_commands_need_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from click.testing import CliRunner
-
-    from gitmesh.cli import cli
-
     monkeypatch.delenv("KUBECONFIG", raising=False)
     result = CliRunner().invoke(cli, ["fleet", "status", "--store", str(tmp_path / "store.db")])
     assert result.exit_code == 2

@@ -7,7 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import yaml
+from click.testing import CliRunner
 
+from gitmesh.cli import cli
 from gitmesh.controller import conditions
 from gitmesh.controller.conditions import Result
 from gitmesh.fleet import hub, model
@@ -128,4 +131,15 @@ def test_the_hub_crds_keep_status_apart_and_an_agent_writes_only_its_own() -> No
             "resourceNames": ["eu-1"],
             "verbs": ["get", "patch"],
         }
+    ]
+
+
+def test_install_fleet_hub_dry_run_prints_what_it_would_apply() -> None:
+    result = CliRunner().invoke(cli, ["install", "fleet-hub", "--dry-run", "-o", "yaml"])
+    assert result.exit_code == 0, result.output
+    docs = list(yaml.safe_load_all(result.stdout))
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
+        ("CustomResourceDefinition", "fleetclusters.gitmesh.dev"),
+        ("CustomResourceDefinition", "fleetconfigurations.gitmesh.dev"),
+        ("Namespace", "gitmesh-fleet"),
     ]
