@@ -27,7 +27,9 @@ from tests.conftest import GitRepo
 from tests.controller import RunningController
 from tests.kube import Cluster
 
-pytestmark = pytest.mark.integration
+# Three apiservers and two agent processes per test, walked through several states: more than the
+# default two minutes when the machine is busy.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 SCHEMAS = Path(__file__).parents[2] / "gitmesh" / "cli" / "schemas"
 NS = "shop"
