@@ -46,6 +46,7 @@ from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 if TYPE_CHECKING:
     from gitmesh.controller.inject import Injection
     from gitmesh.controller.leader import Elector
+    from gitmesh.controller.run import Options
     from gitmesh.settings import Settings
 
 
@@ -259,6 +260,20 @@ def rollout_options(f: Callable[..., Any]) -> Callable[..., Any]:
     "walks rollouts (all serve ADS); named $POD_NAME, else the host name. In a pod ($POD_NAME), "
     "the pod is labelled gitmesh.io/leader=true while it leads. Kubernetes only.",
 )
+@click.option(
+    "--fleet-hub",
+    type=click.Path(dir_okay=False, exists=True),
+    help="A member of a fleet: the hub's kubeconfig (the agent's credentials). The hub assigns the "
+    "sources, and this cluster's compliance is reported to it.",
+)
+@click.option("--fleet-cluster", help="A member of a fleet: this cluster's name in the hub.")
+@click.option(
+    "--fleet-report-interval",
+    type=Duration(),
+    default="30s",
+    show_default=True,
+    help="How often a fleet member reports its compliance to the hub.",
+)
 @reports_errors
 def run_command(
     target: BackendChoice,
@@ -276,6 +291,9 @@ def run_command(
     inject_address: str | None,
     inject_proxy_image: str,
     inject_init_image: str,
+    fleet_hub: str | None,
+    fleet_cluster: str | None,
+    fleet_report_interval: datetime.timedelta,
 ) -> None:
     """Keep the cluster in step with Git (with sources) and serve its mesh to Envoy sidecars over ADS."""
     from gitmesh.controller import logs
@@ -283,6 +301,10 @@ def run_command(
 
     if config_file and source:
         raise click.UsageError("give --config or --repo (with its options), not both")
+    if bool(fleet_hub) != bool(fleet_cluster):
+        raise click.UsageError("--fleet-hub and --fleet-cluster go together")
+    if fleet_hub and (config_file or source):
+        raise click.UsageError("with --fleet-hub the hub assigns the sources: no --config or --repo")
     if config_file and rollouts:
         raise click.UsageError("with --config, rollout settings go in its rollouts section")
     if config_file:
@@ -309,9 +331,51 @@ def run_command(
     except click.UsageError:
         settings.close()
         raise
+    if fleet_hub and fleet_cluster:
+        _run_member(options, settings, elector, fleet_hub, fleet_cluster, fleet_report_interval)
+        return
     names = ", ".join(s.name for s in options.sources) or "none"
     err.print(f"Serving ADS on {xds_address} from {settings.objects.describe()}; sources: {names}")
     run(options, settings, elector)
+
+
+def _run_member(
+    options: Options,
+    settings: Settings,
+    elector: Elector | None,
+    hub_kubeconfig: str,
+    cluster: str,
+    interval: datetime.timedelta,
+) -> None:
+    """``gitmesh run`` as a fleet member: the hub's assignment as the sources, reported on as it goes.
+    Exits 3 when the hub assigns other configurations, to be started again on them."""
+    import dataclasses
+    import threading
+
+    from gitmesh.controller.run import run
+    from gitmesh.fleet import agent
+    from gitmesh.fleet.hub import Hub
+    from gitmesh.kube.client import Client
+
+    hub = Hub(Client.connect(hub_kubeconfig))
+    sources = agent.first_assignment(hub, cluster, threading.Event())
+    if sources is None:
+        return
+    options = dataclasses.replace(options, sources=sources)
+    names = ", ".join(f"{s.name} ({s.path or '/'})" for s in sources) or "none"
+    err.print(
+        f"Serving ADS on {options.xds_address} from {settings.objects.describe()}; "
+        f"fleet member {cluster} of {hub.client.server}; sources: {names}"
+    )
+    reporter = agent.Reporter(hub, cluster, sources, settings, interval.total_seconds())
+    reporter.start()
+    try:
+        run(options, settings, elector)
+    finally:
+        reporter.stop()
+    if reporter.changed:
+        sys.exit(3)
+    reporter.report_once()  # the state it stopped in
 
 
 def _injection(address: str | None, proxy_image: str, init_image: str, xds_address: str) -> Injection | None:

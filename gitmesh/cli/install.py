@@ -159,3 +159,41 @@ def uninstall(kubeconfig: str | None, context: str | None, yes: bool) -> None:
         out.print(f"deleted {line}")
     for line in kept:
         out.print(f"kept {line}")
+
+
+@install.command("fleet-hub")
+@examples(
+    "gitmesh install fleet-hub --kubeconfig hub.kubeconfig",
+    "gitmesh install fleet-hub --dry-run -o yaml",
+)
+@click.option("--kubeconfig", envvar="KUBECONFIG", help="The hub's kubeconfig (default: $KUBECONFIG).")
+@click.option("--context", help="The kubeconfig context to use (default: its current one).")
+@click.option("--dry-run", is_flag=True, help="Print the objects instead of applying them.")
+@click.option("-o", "--output", type=click.Choice(["yaml"]), default="yaml", show_default=True)
+@yes_option
+@reports_errors
+def install_fleet_hub(
+    kubeconfig: str | None, context: str | None, dry_run: bool, output: str, yes: bool
+) -> None:
+    """Make a cluster a fleet hub: the FleetCluster and FleetConfiguration CRDs (a member's compliance
+    is its FleetCluster's status) and the gitmesh-fleet namespace. Members join with gitmesh fleet join."""
+    from gitmesh.fleet.hub import MANAGER, hub_objects
+
+    rendered = hub_objects()
+    if dry_run:
+        click.echo(yaml.safe_dump_all(rendered, sort_keys=False), nl=False)
+        return
+    from gitmesh.cluster.kube import KubeObjects
+    from gitmesh.kube.client import NAMESPACE as NAMESPACES
+    from gitmesh.kube.client import Client
+
+    client = Client.connect(kubeconfig, context)
+    cluster_header(client)
+    confirm_at(client.describe(), "Make a fleet hub", yes, preposition="of")
+    crds = [o for o in rendered if o["kind"] == "CustomResourceDefinition"]
+    for name in KubeObjects(client).install_crds(crds):
+        out.print(f"{name} established")
+    for obj in rendered:
+        if obj["kind"] == "Namespace":
+            client.apply(NAMESPACES.path(name=obj["metadata"]["name"]), obj, MANAGER, force=True)
+            out.print(f"applied Namespace/{obj['metadata']['name']}")

@@ -1,0 +1,221 @@
+"""From a commit to every member of a fleet Compliant at it, as the hub sees it; and `fleet status`.
+
+    python bench/fleet_bench.py [--members 4] [--rounds 3] [--interval 10s] [--report-interval 1s]
+                                [--simulated 1000]
+
+Starts the test control plane (tests/kube.py; binaries from testenv/build.sh): one hub and
+``--members`` member kube-apiservers on one etcd, the hub's CRDs, one FleetConfiguration (a base
+and an overlay for half of the members), and one ``gitmesh run --fleet-hub`` agent process per
+member, fetching every ``--interval``. Each round commits a new split weight and times until the
+hub shows every member Compliant at that commit (read through the hub's API every 0.1 s), once
+with each agent told by a signed webhook right after the commit and once waiting for its poll.
+Then times ``gitmesh fleet status`` (a fresh process) over the members, and with ``--simulated N``
+over N more FleetClusters, each with a report written as an agent writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from gitmesh import durations  # noqa: E402
+from gitmesh.fleet import model  # noqa: E402
+from gitmesh.fleet.hub import Hub  # noqa: E402
+from gitmesh.kube.client import Client  # noqa: E402
+from tests import factory as f  # noqa: E402
+from tests.conftest import GitRepo  # noqa: E402
+from tests.controller import RunningController  # noqa: E402
+from tests.kube import KubeEnv, build_binaries  # noqa: E402
+
+GITMESH = [sys.executable, "-m", "gitmesh"]
+SECRET = b"a-webhook-secret-of-32-bytes-000"
+
+
+def _files(v2: int) -> dict[str, str]:
+    ns = "shop"
+    base = [
+        f.namespace(ns),
+        f.service(ns, "web"),
+        f.service(ns, "web-v1"),
+        f.service(ns, "web-v2"),
+        f.split(ns, "web-split", "web", {"web-v1": 100 - v2, "web-v2": v2}),
+    ]
+    canary = f.split(ns, "web-split", "web", {"web-v1": 50, "web-v2": 50})
+    return {
+        "fleet/base/kustomization.yaml": yaml.safe_dump({"resources": ["mesh.yaml"]}),
+        "fleet/base/mesh.yaml": f.dump(*base),
+        "fleet/canary/kustomization.yaml": yaml.safe_dump(
+            {"resources": ["../base"], "patches": [{"path": "canary.yaml"}]}
+        ),
+        "fleet/canary/canary.yaml": f.dump(canary),
+    }
+
+
+def _gitmesh(*args: str | Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    done = subprocess.run([*GITMESH, *map(str, args)], capture_output=True, text=True, env=env, check=False)
+    if done.returncode:
+        raise SystemExit(f"gitmesh {' '.join(map(str, args))} failed:\n{done.stderr}")
+    return done.stdout
+
+
+def _all_compliant(hub: Hub, head: str, timeout: float = 300) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        seen = [model.seen(o, datetime.now(UTC)) for o in hub.clusters()]
+        if seen and all(
+            s.state is model.State.COMPLIANT and s.configurations[0].get("appliedRevision") == head
+            for s in seen
+        ):
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise SystemExit(f"not every member Compliant at {head[:12]} after {timeout:g}s")
+
+
+def _time_status(kubeconfig: Path, members: int) -> None:
+    for output in ("json", "text"):
+        times = []
+        for _ in range(3):
+            started = time.monotonic()
+            _gitmesh("fleet", "status", "-o", output, "--kubeconfig", kubeconfig)
+            times.append(time.monotonic() - started)
+        print(
+            f"gitmesh fleet status -o {output} over {members} members (a fresh process): "
+            f"median {statistics.median(times):.2f} s, max {max(times):.2f} s"
+        )
+
+
+def _simulate(hub: Hub, count: int, head: str) -> None:
+    """``count`` more FleetClusters with a Compliant report each, as agents would write them."""
+    from gitmesh.fleet.hub import CLUSTERS, MANAGER, member_objects
+
+    def one(i: int) -> None:
+        name = f"simulated-{i:05d}"
+        (cluster, *_) = member_objects(name, {"ring": "simulated"}, "2m")
+        hub.client.apply(CLUSTERS.path(model.NAMESPACE, name), cluster, MANAGER, force=True)
+        compliance = model.Compliance("mesh", model.State.COMPLIANT, "simulated", "fleet/base", head, head, 5)
+        hub.report(name, model.report([compliance], datetime.now(UTC)))
+
+    started = time.monotonic()
+    hub.client.parallel(one, range(count))
+    print(f"{count} simulated members written (object and report each) in {time.monotonic() - started:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--interval", default="10s", help="the agents' Git poll interval")
+    parser.add_argument("--report-interval", default="1s")
+    parser.add_argument("--simulated", type=int, default=0, help="then time fleet status with this many more")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
+        work = Path(tmp)
+        repo = GitRepo(work / "repo")
+        repo.commit("first", _files(0))
+        secret_file = work / "webhook-secret"
+        secret_file.write_bytes(SECRET)
+        with KubeEnv(build_binaries(), work / "kube") as env:
+            hub_cluster = env.add_cluster("hub")
+            _gitmesh("install", "fleet-hub", "--kubeconfig", hub_cluster.kubeconfig)
+            configuration = {
+                "apiVersion": "gitmesh.dev/v1alpha1",
+                "kind": "FleetConfiguration",
+                "metadata": {"name": "mesh", "namespace": model.NAMESPACE},
+                "spec": {
+                    "repository": str(repo.path),
+                    "ref": {"branch": "main"},
+                    "path": "fleet/base",
+                    "interval": args.interval,
+                    "overlays": [
+                        {"path": "fleet/canary", "clusterSelector": {"matchLabels": {"ring": "canary"}}}
+                    ],
+                },
+            }
+            hub_cluster.kubectl("apply", "-f", "-", input=json.dumps(configuration))
+            agents: list[RunningController] = []
+            try:
+                for i in range(args.members):
+                    member = env.add_cluster(f"member-{i}")
+                    _gitmesh("install", "crds", "--kubeconfig", member.kubeconfig)
+                    credentials = work / f"member-{i}.hub"
+                    ring = "canary" if i % 2 == 0 else "main"
+                    _gitmesh("fleet", "join", member.name, "-l", f"ring={ring}", "--out", credentials,
+                             "--kubeconfig", hub_cluster.kubeconfig)  # fmt: skip
+                    (work / member.name).mkdir()
+                    agents.append(
+                        RunningController(
+                            work / member.name,
+                            [
+                                "--fleet-hub",
+                                credentials,
+                                "--fleet-cluster",
+                                member.name,
+                                "--kubeconfig",
+                                member.kubeconfig,
+                                "--fleet-report-interval",
+                                args.report_interval,
+                                "--webhook-secret-file",
+                                secret_file,
+                            ],
+                        ).start()
+                    )
+                hub = Hub(Client.connect(str(hub_cluster.kubeconfig)))
+                head = repo.git("rev-parse", "HEAD").strip()
+                first = _all_compliant(hub, head)
+                print(f"{args.members} members: first rollout to all Compliant in {first:.2f} s")
+                results: dict[str, list[float]] = {"webhook": [], "poll": []}
+                weight = 0
+                for _ in range(args.rounds):
+                    for how in results:
+                        weight += 1
+                        head = repo.commit(f"web-v2 at {weight}%", _files(weight))
+                        if how == "webhook":
+                            for agent in agents:
+                                code, _ = agent.hook({"source": "mesh"}, SECRET, github=False)
+                                assert code == 202, code
+                        results[how].append(_all_compliant(hub, head))
+                interval = durations.seconds(args.interval)
+                for how, times in results.items():
+                    every = f"poll every {interval:g}s, reports every {args.report_interval}"
+                    figures = ", ".join(f"{t:.2f}" for t in times)
+                    print(
+                        f"commit -> all {args.members} Compliant ({how}, {every}): "
+                        f"median {statistics.median(times):.2f} s, max {max(times):.2f} s ({figures})"
+                    )
+                _time_status(hub_cluster.kubeconfig, args.members)
+                if args.simulated:
+                    _simulate(hub, args.simulated, head)
+                    _time_status(hub_cluster.kubeconfig, args.members + args.simulated)
+                    times = []
+                    for _ in range(3):
+                        started = time.monotonic()
+                        seen = [model.seen(o, datetime.now(UTC)) for o in hub.clusters()]
+                        times.append(time.monotonic() - started)
+                    print(
+                        f"in-process: list {len(seen)} FleetClusters and read their states: "
+                        f"median {statistics.median(times):.2f} s, max {max(times):.2f} s"
+                    )
+            finally:
+                for agent in agents:
+                    if agent.process and agent.process.poll() is None:
+                        agent.stop()
+
+
+if __name__ == "__main__":
+    main()

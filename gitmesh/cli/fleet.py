@@ -1,0 +1,310 @@
+"""The fleet's commands, run against the hub: join (register a member and its agent's credentials)
+and status (every member's compliance)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+import yaml
+from rich.table import Table
+from rich.text import Text
+
+from gitmesh import durations
+from gitmesh.cli.base import (
+    BackendChoice,
+    backend_options,
+    cli,
+    confirm_write,
+    emit,
+    examples,
+    out,
+    output_option,
+    reports_errors,
+    snake_keys,
+    target_header,
+    yes_option,
+)
+from gitmesh.fleet import model
+from gitmesh.fleet.hub import Hub
+from gitmesh.plan.model import Action
+from gitmesh.settings import Settings
+
+if TYPE_CHECKING:
+    from gitmesh.fleet.plan import MemberPlan
+
+_STYLES = {
+    model.State.COMPLIANT: "green",
+    model.State.NON_COMPLIANT: "bold red",
+    model.State.PENDING: "yellow",
+    model.State.SUSPENDED: "blue",
+    model.State.UNKNOWN: "magenta",
+}
+
+
+@cli.group()
+@examples(
+    "gitmesh fleet status --kubeconfig hub.kubeconfig",
+    "gitmesh fleet join eu-1 -l region=eu --out a.kubeconfig",
+)
+def fleet() -> None:
+    """A fleet of clusters: a hub, an agent in each member, compliance at a glance."""
+
+
+def _hub(settings: Settings) -> Hub:
+    if settings.cluster is None:
+        raise click.UsageError("fleet commands work on the hub: give its --kubeconfig (or --context)")
+    return Hub(settings.cluster)
+
+
+@fleet.command("join")
+@examples(
+    "gitmesh fleet join eu-1 -l region=eu -l tier=edge --out eu-1.kubeconfig --kubeconfig hub.kubeconfig",
+)
+@click.argument("cluster")
+@click.option("-l", "--label", "labels", multiple=True, help="A label KEY=VALUE (repeat for more).")
+@click.option(
+    "--unknown-after",
+    default=model.DEFAULT_UNKNOWN_AFTER,
+    show_default=True,
+    help="Its state reads Unknown after this long without a report from its agent.",
+)
+@click.option(
+    "--token-lifetime",
+    default="24h",
+    show_default=True,
+    help="How long the agent's token in --out is valid (join again for a new one).",
+)
+@click.option(
+    "--out",
+    "out_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Write the agent's kubeconfig for the hub here (give it to gitmesh run --fleet-hub).",
+)
+@backend_options
+@yes_option
+@reports_errors
+def join(
+    cluster: str,
+    labels: tuple[str, ...],
+    unknown_after: str,
+    token_lifetime: str,
+    out_file: str,
+    target: BackendChoice,
+    yes: bool,
+) -> None:
+    """Register a member cluster in the hub (its FleetCluster, and a ServiceAccount that may read its
+    assignment and write only its own status), and write its agent's kubeconfig."""
+    from gitmesh.fleet.hub import member_objects
+
+    parsed: dict[str, str] = {}
+    for label in labels:
+        key, eq, value = label.partition("=")
+        if not eq or not key:
+            raise click.BadParameter(f"{label!r}: expected KEY=VALUE", param_hint="--label")
+        parsed[key] = value
+    try:
+        durations.seconds(unknown_after)
+        lifetime = int(durations.seconds(token_lifetime))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    settings = target.open()
+    target_header(settings)
+    hub = _hub(settings)
+    confirm_write(settings, f"Register cluster {cluster} in the fleet", yes)
+    for line in hub.join(member_objects(cluster, parsed, unknown_after)):
+        out.print(f"applied {line}")
+    token = hub.agent_token(cluster, lifetime)
+    written = Path(out_file)
+    written.touch(mode=0o600)
+    written.chmod(0o600)  # it holds a token: the owner's alone, also when it was there before
+    written.write_text(_kubeconfig(hub, cluster, token))
+    out.print(f"wrote the agent's kubeconfig to {out_file} (its token is valid for {token_lifetime})")
+
+
+def _kubeconfig(hub: Hub, cluster: str, token: str) -> str:
+    configuration = hub.client.api.configuration
+    server: dict[str, Any] = {"server": hub.client.server}
+    if configuration.ssl_ca_cert:
+        server["certificate-authority-data"] = base64.b64encode(
+            Path(configuration.ssl_ca_cert).read_bytes()
+        ).decode()
+    user = f"fleet-agent-{cluster}"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fleet-hub", "cluster": server}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "fleet-hub", "context": {"cluster": "fleet-hub", "user": user}}],
+        "current-context": "fleet-hub",
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+@fleet.command("status")
+@examples("gitmesh fleet status --kubeconfig hub.kubeconfig", "gitmesh fleet status -o json")
+@backend_options
+@output_option("json", "yaml")
+@reports_errors
+def status(target: BackendChoice, output: str) -> None:
+    """Every member's compliance, read from the hub (writes nothing): Compliant, Non-Compliant,
+    Pending, Suspended, or Unknown when its agent has not reported for longer than its unknownAfter."""
+    settings = target.open(read_only=True)
+    if output == "text":
+        target_header(settings)
+    now = datetime.now(UTC)
+    members = [model.seen(obj, now) for obj in _hub(settings).clusters()]
+    if output != "text":
+        emit(
+            "fleet-status",
+            {
+                "target": settings.objects.describe(),
+                "clusters": [
+                    {
+                        "name": m.name,
+                        "labels": dict(m.labels),
+                        "compliance": m.state.value,
+                        "reason": m.reason,
+                        "last_report_time": m.last_report.isoformat() if m.last_report else None,
+                        "configurations": snake_keys([dict(c) for c in m.configurations]),
+                    }
+                    for m in members
+                ],
+            },
+            output,
+        )
+        return
+    if not members:
+        out.print("No cluster has joined the fleet.")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("CLUSTER", "LABELS", "COMPLIANCE", "CONFIGURATIONS", "LAST REPORT", "REASON"):
+        table.add_column(column)
+    for m in members:
+        configurations = ", ".join(
+            f"{c['name']}@{str(c.get('appliedRevision') or '-')[:12]}" for c in m.configurations
+        )
+        table.add_row(
+            m.name,
+            ",".join(f"{k}={v}" for k, v in sorted(m.labels.items())),
+            Text(m.state.value, style=_STYLES[m.state]),
+            configurations or "-",
+            f"{(now - m.last_report).total_seconds():.0f}s ago" if m.last_report else "never",
+            Text(m.reason),
+        )
+    out.print(table)
+
+
+@fleet.command("plan")
+@examples(
+    "gitmesh fleet plan mesh --ref HEAD --repo . --kubeconfig hub.kubeconfig",
+    "gitmesh fleet plan mesh --ref origin/main -o markdown",
+)
+@click.argument("configuration")
+@click.option("--ref", default="HEAD", show_default=True, help="The revision to plan.")
+@click.option("--repo", help="Read the revision here (default: the configuration's repository).")
+@backend_options
+@output_option("json", "yaml", "markdown")
+@reports_errors
+def plan(configuration: str, ref: str, repo: str | None, target: BackendChoice, output: str) -> None:
+    """What a revision of a configuration would change on each member it selects, planned against the
+    revision each member reports applied at its overlay's path (reads the hub; writes nothing)."""
+    from gitmesh.fleet.plan import plan_members
+    from gitmesh.kube import errors
+    from gitmesh.sync.git import open_repo
+
+    settings = target.open(read_only=True)
+    if output == "text":
+        target_header(settings)
+    hub = _hub(settings)
+    try:
+        chosen = next(c for c in hub.configurations() if c.name == configuration)
+    except StopIteration:
+        raise click.BadParameter(f"the hub has no FleetConfiguration {configuration!r}") from None
+    except errors.NotFound:
+        raise click.UsageError("this cluster is no fleet hub: see gitmesh install fleet-hub") from None
+    git_repo = open_repo(repo or chosen.repository)
+    revision = git_repo.commit(ref).hexsha
+    members = [(model.Member.of(obj), obj.get("status") or {}) for obj in hub.clusters()]
+    plans = plan_members(git_repo, revision, chosen, members)
+    if output in ("json", "yaml"):
+        emit(
+            "fleet-plan",
+            {
+                "target": settings.objects.describe(),
+                "configuration": configuration,
+                "revision": revision,
+                "clusters": [
+                    {
+                        "name": p.cluster,
+                        "path": p.path,
+                        "base_revision": p.base,
+                        "valid": p.plan is not None,
+                        "summary": p.summary,
+                        "changes": [
+                            {"action": c.action.value, "object": str(c.ref)}
+                            for c in (p.plan.changes if p.plan else ())
+                            if c.action is not Action.NOOP
+                        ],
+                        "splits": [
+                            {
+                                "split": str(s.split),
+                                "service": s.service,
+                                "backends": [
+                                    {"service": b.service, "before": b.before, "after": b.after}
+                                    for b in s.backends
+                                ],
+                            }
+                            for s in p.splits
+                        ],
+                    }
+                    for p in plans
+                ],
+            },
+            output,
+        )
+        return
+    if output == "markdown":
+        lines = [
+            f"### gitmesh fleet plan for `{revision[:12]}` ({configuration})",
+            "",
+            "| cluster | path | from | changes | traffic |",
+            "|---|---|---|---|---|",
+        ]
+        for p in plans:
+            summary = p.summary if p.plan else f"**{p.summary}**"
+            traffic = "<br>".join(_shares(p))
+            lines.append(f"| {p.cluster} | `{p.path}` | `{(p.base or '-')[:12]}` | {summary} | {traffic} |")
+        click.echo("\n".join(lines))
+        return
+    if not plans:
+        out.print(f"No cluster is selected by {configuration}.")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("CLUSTER", "PATH", "FROM", "CHANGES", "TRAFFIC"):
+        table.add_column(column)
+    for p in plans:
+        table.add_row(
+            p.cluster,
+            p.path,
+            (p.base or "-")[:12],
+            Text(p.summary, style="" if p.plan else "bold red"),
+            "\n".join(_shares(p)) or "-",
+        )
+    out.print(Text(f"Revision {revision[:12]} of {configuration}", style="bold"))
+    out.print(table)
+
+
+def _shares(p: MemberPlan) -> list[str]:
+    return [
+        f"{s.split}: " + ", ".join(f"{b.service} {_share(b.before)} -> {_share(b.after)}" for b in s.backends)
+        for s in p.splits
+    ]
+
+
+def _share(share: float | None) -> str:
+    return "-" if share is None else f"{share:g}%"

@@ -1,0 +1,283 @@
+"""The hub: a Kubernetes API server holding the fleet as objects, and the one client that reads and
+writes them.
+
+``gitmesh install fleet-hub`` installs ``hub_objects()``: the two CRDs (FleetCluster, whose status
+is the member's compliance, and FleetConfiguration) and the namespace they live in. ``gitmesh fleet
+join`` registers a member with ``member_objects()``: its FleetCluster and an agent ServiceAccount
+whose Role lets it read its own FleetCluster and every configuration (its assignment is among them)
+and write only its own FleetCluster's status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gitmesh.errors import ClusterError
+from gitmesh.fleet.model import DEFAULT_UNKNOWN_AFTER, GROUP, NAMESPACE, VERSION, Configuration, Member
+from gitmesh.kube import errors
+from gitmesh.kube.client import Client, Resource
+
+CLUSTERS = Resource(GROUP, VERSION, "fleetclusters", True)
+CONFIGURATIONS = Resource(GROUP, VERSION, "fleetconfigurations", True)
+SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts", True)
+_RBAC = "rbac.authorization.k8s.io"
+ROLES = Resource(_RBAC, "v1", "roles", True)
+ROLE_BINDINGS = Resource(_RBAC, "v1", "rolebindings", True)
+MANAGER = "gitmesh-fleet"  # the field manager of what install and join write
+AGENT_MANAGER = "gitmesh-fleet-agent"  # the field manager of an agent's status reports
+LABELS = {"app.kubernetes.io/managed-by": MANAGER, "app.kubernetes.io/part-of": "gitmesh"}
+
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_SELECTOR = {"type": "object", "properties": {"matchLabels": _STRING_MAP}}
+_DURATION = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d)$"}
+
+_CLUSTER_SPEC = {
+    "type": "object",
+    "properties": {
+        "labels": {**_STRING_MAP, "description": "What configurations and overlays select it by."},
+        "unknownAfter": {
+            **_DURATION,
+            "description": f"Its state reads Unknown after this long without a report "
+            f"(default {DEFAULT_UNKNOWN_AFTER}).",
+        },
+        "agent": {
+            "type": "object",
+            "description": "How its agent authenticates to the hub.",
+            "properties": {"serviceAccount": {"type": "string"}},
+        },
+    },
+}
+_COMPLIANCE = {"type": "string", "enum": ["Compliant", "Non-Compliant", "Pending", "Suspended"]}
+_CLUSTER_STATUS = {
+    "type": "object",
+    "description": "Written by the member's agent.",
+    "properties": {
+        "compliance": _COMPLIANCE,
+        "reason": {"type": "string"},
+        "lastReportTime": {"type": "string", "format": "date-time"},
+        "configurations": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "compliance"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "compliance": _COMPLIANCE,
+                    "reason": {"type": "string"},
+                    "path": {"type": "string"},
+                    "desiredRevision": {"type": "string"},
+                    "appliedRevision": {"type": "string"},
+                    "objects": {"type": "integer"},
+                },
+            },
+        },
+    },
+}
+_CONFIGURATION_SPEC = {
+    "type": "object",
+    "required": ["repository"],
+    "properties": {
+        "repository": {"type": "string", "description": "The Git repository's URL, as the agents reach it."},
+        "ref": {
+            "type": "object",
+            "description": "One of branch, tag, semver, commit (default: the default branch).",
+            "maxProperties": 1,
+            "properties": {k: {"type": "string"} for k in ("branch", "tag", "semver", "commit")},
+        },
+        "path": {"type": "string", "description": "The manifests' directory (the base)."},
+        "namespace": {"type": "string", "description": "The namespace of objects that name none."},
+        "interval": {**_DURATION, "description": "How often agents fetch (default 1m)."},
+        "clusterSelector": {**_SELECTOR, "description": "The clusters it applies to (all when empty)."},
+        "overlays": {
+            "type": "array",
+            "description": "Directories replacing path for some clusters; the first that applies wins.",
+            "items": {
+                "type": "object",
+                "required": ["path"],
+                "properties": {
+                    "path": {"type": "string"},
+                    "clusters": {"type": "array", "items": {"type": "string"}},
+                    "clusterSelector": _SELECTOR,
+                },
+            },
+        },
+    },
+}
+
+
+# A configuration's name is its source's name in every member (inventories, records): refused at the
+# hub when a member could not use it.
+_SOURCE_NAME = {"type": "string", "maxLength": 42, "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}
+
+
+def _crd(kind: str, plural: str, short: str, spec: dict[str, Any], status: dict[str, Any] | None,
+         columns: list[dict[str, str]], name: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    properties: dict[str, Any] = {"spec": spec}
+    if name:  # the one restriction a CRD may put on metadata
+        properties["metadata"] = {"type": "object", "properties": {"name": name}}
+    if status:
+        properties["status"] = status
+    version: dict[str, Any] = {
+        "name": VERSION,
+        "served": True,
+        "storage": True,
+        "schema": {"openAPIV3Schema": {"type": "object", "properties": properties}},
+        "additionalPrinterColumns": columns,
+    }
+    if status:
+        version["subresources"] = {"status": {}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}", "labels": dict(LABELS)},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short],
+                "categories": ["gitmesh"],
+            },
+            "versions": [version],
+        },
+    }
+
+
+def hub_objects() -> list[dict[str, Any]]:
+    """What ``gitmesh install fleet-hub`` applies, CRDs first."""
+    return [
+        _crd(
+            "FleetCluster",
+            CLUSTERS.plural,
+            "fc",
+            _CLUSTER_SPEC,
+            _CLUSTER_STATUS,
+            [
+                {"name": "Compliance", "type": "string", "jsonPath": ".status.compliance"},
+                {"name": "Last report", "type": "date", "jsonPath": ".status.lastReportTime"},
+            ],
+        ),
+        _crd(
+            "FleetConfiguration",
+            CONFIGURATIONS.plural,
+            "fconf",
+            _CONFIGURATION_SPEC,
+            None,
+            [
+                {"name": "Repository", "type": "string", "jsonPath": ".spec.repository"},
+                {"name": "Path", "type": "string", "jsonPath": ".spec.path"},
+            ],
+            name=_SOURCE_NAME,
+        ),
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": dict(LABELS)}},
+    ]
+
+
+def agent_account(cluster: str) -> str:
+    return f"agent-{cluster}"
+
+
+def member_objects(cluster: str, labels: Mapping[str, str], unknown_after: str) -> list[dict[str, Any]]:
+    """A member's FleetCluster and its agent's ServiceAccount, Role and RoleBinding."""
+    account = agent_account(cluster)
+
+    def meta(name: str) -> dict[str, Any]:
+        return {"name": name, "namespace": NAMESPACE, "labels": dict(LABELS)}
+
+    rules = [
+        {"apiGroups": [GROUP], "resources": [CLUSTERS.plural], "resourceNames": [cluster], "verbs": ["get"]},
+        {
+            "apiGroups": [GROUP],
+            "resources": [f"{CLUSTERS.plural}/status"],
+            "resourceNames": [cluster],
+            "verbs": ["get", "patch"],
+        },
+        {"apiGroups": [GROUP], "resources": [CONFIGURATIONS.plural], "verbs": ["get", "list", "watch"]},
+    ]
+    return [
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "FleetCluster",
+            "metadata": meta(cluster),
+            "spec": {
+                "labels": dict(labels),
+                "unknownAfter": unknown_after,
+                "agent": {"serviceAccount": account},
+            },
+        },
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(account)},
+        {"apiVersion": f"{_RBAC}/v1", "kind": "Role", "metadata": meta(account), "rules": rules},
+        {
+            "apiVersion": f"{_RBAC}/v1",
+            "kind": "RoleBinding",
+            "metadata": meta(account),
+            "roleRef": {"apiGroup": _RBAC, "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}],
+        },
+    ]
+
+
+_RESOURCES = {
+    "FleetCluster": CLUSTERS,
+    "ServiceAccount": SERVICE_ACCOUNTS,
+    "Role": ROLES,
+    "RoleBinding": ROLE_BINDINGS,
+}
+
+
+class Hub:
+    """The hub's API server, through one client: an agent's (scoped by RBAC) or an operator's."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def member(self, name: str) -> Member:
+        return Member.of(self.client.get(CLUSTERS.path(NAMESPACE, name)))
+
+    def configurations(self) -> list[Configuration]:
+        items = self.client.get(CONFIGURATIONS.path(NAMESPACE)).get("items") or []
+        return [Configuration.of(obj) for obj in items]
+
+    def clusters(self) -> list[dict[str, Any]]:
+        """Every FleetCluster, status included, in name order."""
+        items = self.client.get(CLUSTERS.path(NAMESPACE)).get("items") or []
+        return sorted(items, key=lambda o: o["metadata"]["name"])
+
+    def report(self, name: str, status: Mapping[str, Any]) -> None:
+        """Write a member's status (server-side apply of the status subresource, as the agent)."""
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "FleetCluster",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "status": dict(status),
+        }
+        self.client.apply(CLUSTERS.path(NAMESPACE, name) + "/status", body, AGENT_MANAGER, force=True)
+
+    def join(self, objects: list[dict[str, Any]]) -> list[str]:
+        """Apply a member's objects; returns them as kind/name."""
+        done = []
+        for obj in objects:
+            path = _RESOURCES[obj["kind"]].path(NAMESPACE, obj["metadata"]["name"])
+            self.client.apply(path, obj, MANAGER, force=True)
+            done.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        return done
+
+    def agent_token(self, cluster: str, seconds: int) -> str:
+        """A token for the member's agent ServiceAccount (TokenRequest), valid for ``seconds``."""
+        path = SERVICE_ACCOUNTS.path(NAMESPACE, agent_account(cluster)) + "/token"
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": seconds},
+        }
+        try:
+            answer = self.client.request("POST", path, body=body)
+        except errors.NotFound:
+            raise ClusterError(
+                f"cluster {cluster!r} has not joined the fleet (no ServiceAccount {agent_account(cluster)})"
+            ) from None
+        return str(answer["status"]["token"])

@@ -1,0 +1,104 @@
+"""The agent's reports and its reading of the assignment, against a hub in a few lines and the
+controller's state stores in memory."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from gitmesh.cli import cli
+from gitmesh.controller import conditions
+from gitmesh.controller.conditions import Result
+from gitmesh.errors import ConfigError
+from gitmesh.fleet import agent, model
+from gitmesh.kube import errors
+from gitmesh.state.records import SourceRecord
+from tests import fakes
+
+
+def _configuration(path: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "mesh"},
+        "spec": {"repository": "https://git.example.com/m.git", "path": path},
+    }
+
+
+class Hub:
+    """Answers with one member and its configurations, or fails as told; keeps what is reported."""
+
+    def __init__(self) -> None:
+        self.configuration = _configuration("base")
+        self.reports: list[dict[str, Any]] = []
+        self.failure: Exception | None = None
+
+    def member(self, name: str) -> model.Member:
+        if self.failure:
+            raise self.failure
+        return model.Member(name, {"region": "eu"}, 60.0)
+
+    def configurations(self) -> list[model.Configuration]:
+        return [model.Configuration.of(self.configuration)]
+
+    def report(self, name: str, status: dict[str, Any]) -> None:
+        if self.failure:
+            raise self.failure
+        self.reports.append(status)
+
+
+def test_the_agent_reports_its_records_and_stops_when_assigned_something_else() -> None:
+    hub = Hub()
+    settings = fakes.settings(fakes.FakeObjects())
+    done = conditions.finished((), Result.APPLIED, "Applied", datetime.now(UTC))
+    settings.state.records.save(SourceRecord("mesh", done, "a" * 40, "a" * 40))
+    sources = agent.assignment(hub, "eu-1")
+    changes: list[str] = []
+    reporter = agent.Reporter(hub, "eu-1", sources, settings, 1.0, lambda: changes.append("stop"))
+
+    reporter.report_once()
+    ((conf,),) = [r["configurations"] for r in hub.reports]
+    assert (hub.reports[0]["compliance"], conf["appliedRevision"], conf["path"]) == (
+        "Compliant",
+        "a" * 40,
+        "base",
+    )
+    assert changes == []
+
+    hub.failure = errors.Unreachable("the API server at https://hub is unreachable")
+    reporter.report_once()  # logged; tried again next time
+    assert len(hub.reports) == 1
+
+    hub.failure = None
+    hub.configuration = _configuration("overlays/eu")
+    reporter.report_once()
+    reporter.report_once()
+    assert changes == ["stop"] and reporter.changed
+
+
+def test_the_first_assignment_waits_for_the_hub_but_not_for_a_refusal() -> None:
+    hub = Hub()
+    hub.failure = errors.Unreachable("the API server at https://hub is unreachable")
+    stopped = threading.Event()
+    stopped.set()
+    assert agent.first_assignment(hub, "eu-1", stopped) is None
+    hub.failure = errors.Forbidden(403, "Forbidden", "agent-eu-1 cannot get fleetclusters us-1")
+    with pytest.raises(errors.Forbidden):
+        agent.first_assignment(hub, "us-1", threading.Event())
+    hub.failure = None
+    hub.configuration = {"metadata": {"name": "mesh"}, "spec": {"repository": "r", "interval": "0s"}}
+    with pytest.raises(
+        ConfigError, match="FleetConfiguration gitmesh-fleet/mesh in the fleet hub cannot be read"
+    ):
+        agent.first_assignment(hub, "eu-1", threading.Event())
+
+
+def test_fleet_commands_need_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    result = CliRunner().invoke(cli, ["fleet", "status", "--store", str(tmp_path / "store.db")])
+    assert result.exit_code == 2
+    assert "fleet commands work on the hub: give its --kubeconfig" in result.output
+    assert not (tmp_path / "store.db").exists()
