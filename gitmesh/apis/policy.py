@@ -123,17 +123,27 @@ def read_egress(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) 
             problems.append(
                 Problem("GM173", ("spec", "hosts", i), f"wildcard host {host!r} is not carried yet")
             )
+    tls_ports = [i for i, port in enumerate(spec["ports"]) if port["protocol"].lower() == "tls"]
     for i, port in enumerate(spec["ports"]):
-        if port["protocol"].lower() != "tcp" and not hosts:
+        protocol = port["protocol"].lower()
+        if protocol == "tcp":
+            # A sidecar is reached at its own address: what a TCP connection was meant for is known
+            # only by its HTTP Host or TLS server name, never by the port alone.
+            message = "TCP egress by port alone is not carried: name hosts with protocol tls or http"
+            problems.append(Problem("GM173", ("spec", "ports", i, "protocol"), message))
+        elif not hosts:
             message = f"{port['protocol']} egress needs hosts (egress by IP range is not carried yet)"
             problems.append(Problem("GM173", ("spec", "ports", i), message))
+    if len(tls_ports) > 1:
+        message = "TLS egress is told apart by server name only: one tls port per host"
+        problems.append(Problem("GM173", ("spec", "ports", tls_ports[1]), message))
     if problems:
         return Read((), tuple(problems))
     values: list[PolicyValue] = [
         EgressRule(Identity(s["namespace"], s["name"]), host, p["number"], p["protocol"].lower())
         for s in spec["sources"]
         for p in spec["ports"]
-        for host in (hosts if p["protocol"].lower() != "tcp" else [""])
+        for host in hosts
     ]
     return Read(tuple(values), ())
 
@@ -153,6 +163,10 @@ def read_ingress(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service])
     values: list[PolicyValue] = []
     for i, b in enumerate(spec["backends"]):
         ref = ServiceRef(ns, b["name"])
+        if b["port"]["protocol"] != "https" and sources:
+            # Plaintext carries no identity: OSM admits it by source address, which gitmesh cannot yet.
+            message = "a ServiceAccount is proven only over mTLS: use protocol https"
+            problems.append(Problem("GM173", ("spec", "backends", i, "port", "protocol"), message))
         if _service(ref, ("spec", "backends", i, "name"), services, problems):
             values.append(
                 IngressRule(ref, b["port"]["number"], tuple(sources), b["port"]["protocol"] == "https")
@@ -193,7 +207,7 @@ READERS: dict[str, Callable[[Mapping[str, Any], Mapping[ServiceRef, Service]], R
 
 
 def overlap_key(value: PolicyValue) -> Hashable | None:
-    """What two values may not both say; None: values of this kind add up (egress rules)."""
+    """What two values may not both say; None: values of this kind add up (HTTP egress rules)."""
     match value:
         case RetryPolicy():
             return ("retry", value.source, value.destination)
@@ -201,6 +215,8 @@ def overlap_key(value: PolicyValue) -> Hashable | None:
             return ("limits", value.service)
         case IngressRule():
             return ("ingress", value.backend, value.port)
+        case EgressRule(protocol="tls"):
+            return ("tls egress", value.source, value.host)  # one port per server name
         case Fault():
             return ("fault", value.destination, value.source)
     return None

@@ -406,16 +406,18 @@ CODES: dict[str, Code] = {
             _W,
             "overlapping policies",
             "Two policies say different things about the same thing (a caller's retries to one "
-            "destination, one host's connection limits, one backend port's ingress, one fault). The "
-            "first in namespace/name order wins; the others are left out. Merge them into one.",
+            "destination, one host's connection limits, one backend port's ingress, one fault, the "
+            "TLS port one caller reaches a host on). The first in namespace/name order wins; the "
+            "others are left out. Merge them into one.",
         ),
         Code(
             "GM173",
             _E,
             "policy says what gitmesh cannot carry yet",
             "The policy is valid for Open Service Mesh but uses something gitmesh does not translate "
-            "yet: egress by IP range, wildcard hosts or route matches, IngressBackend sources by IP "
-            "range or Service, rate limits. It is refused rather than silently dropped, so that "
+            "yet: egress by IP range, by TCP port alone, wildcard hosts or route matches, a host on "
+            "two TLS ports, IngressBackend sources by IP range or Service or over plaintext, rate "
+            "limits. It is refused rather than silently dropped, so that "
             "nothing OSM allowed or limited changes unnoticed. Rewrite it with hosts and "
             "ServiceAccounts, or leave it out.",
         ),

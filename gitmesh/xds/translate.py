@@ -19,9 +19,12 @@ Resource names, the one scheme used everywhere (users read them in
 
 ============================  =====================================================
 cluster, load assignment      ``<namespace>/<service>|<port>``; the local app: ``local|<app_port>``
-                              (a static cluster of the sidecar's bootstrap)
+                              (a static cluster of the sidecar's bootstrap); an external host a
+                              caller's Egress allows: ``egress|<host>:<port>`` (DNS, no assignment)
 listener                      ``outbound``, ``inbound``; upstreams: ``outbound|<namespace>/<service>|<port>``
 route configuration           ``outbound``, ``inbound``
+virtual host, filter chain    egress: ``egress|<host>:<port>``, HTTP on ``outbound`` routes, TLS
+                              on the ``outbound`` listener (after its HTTP chain)
 secret (SDS)                  ``workload-cert``: the sidecar's own identity's certificate and key;
                               ``trust-bundle``: the mesh's root certificates
 ============================  =====================================================
@@ -55,9 +58,11 @@ from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 from gitmesh.certs.ca import DEFAULT_TRUST_DOMAIN
 from gitmesh.mesh.state import (
     ConnectionLimits,
+    EgressRule,
     Fault,
     HttpMatch,
     Identity,
+    IngressRule,
     MeshState,
     Port,
     RetryPolicy,
@@ -168,6 +173,11 @@ class Translator:
     load assignments (each sidecar presents its own certificate under the one secret name;
     proxyless gRPC clients get plaintext clusters), and the outbound routes per caller namespace
     too (short names resolve in the caller's namespace).
+
+    Egress is off: a caller reaches an external host only where an Egress rule names its identity
+    (HTTP by Host on its outbound routes, TLS by server name on its outbound listener). An
+    ingress-only backend port (IngressBackend) admits its ingress identities alone, over mTLS; they
+    are sent that backend's namespace as if a TrafficTarget named it.
     """
 
     def __init__(self, mesh: MeshState, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
@@ -181,9 +191,16 @@ class Translator:
         self._hosts: dict[tuple[ServiceRef, int, bool, RetryPolicy | None, Fault | None], bytes] = {}
         self._retries = {(r.source, r.destination): r for r in mesh.retries}
         self._faults = {(f.source, f.destination): f for f in mesh.faults}
-        # Callers some retry or fault names by identity get routes of their own; the rest share.
-        self._own_routes = frozenset(r.source for r in mesh.retries) | frozenset(
-            f.source for f in mesh.faults if f.source is not None
+        self._egress: dict[Identity, list[EgressRule]] = defaultdict(list)
+        for rule in dict.fromkeys(mesh.egress):
+            self._egress[rule.source].append(rule)
+        self._ingress = {(rule.backend, rule.port): rule for rule in mesh.ingress}
+        # Callers some retry, fault or HTTP egress names by identity get routes of their own; the
+        # rest share.
+        self._own_routes = (
+            frozenset(r.source for r in mesh.retries)
+            | frozenset(f.source for f in mesh.faults if f.source is not None)
+            | frozenset(e.source for e in mesh.egress if e.protocol == "http")
         )
 
     def resources(self, proxy: Proxy) -> Resources:
@@ -191,22 +208,32 @@ class Translator:
             return self._grpc_client(proxy)
         # The fault filter does nothing but where a route's per-filter config says so.
         faults = [_http_filter(policy.FAULT_FILTER, fault_pb2.HTTPFault())] if self.mesh.faults else []
+        outbound = _http_listener(OUTBOUND, "127.0.0.1", proxy.outbound_port, http_filters=faults)
+        egress = self._egress.get(proxy.identity, [])
+        tls_egress = [rule for rule in egress if rule.protocol == "tls"]
+        if tls_egress:
+            outbound.listener_filters.append(policy.tls_inspector())
+            outbound.filter_chains.extend(policy.egress_tls_chain(rule) for rule in tls_egress)
+        ingress = self._ingress.get((proxy.service, proxy.app_port))
         listeners = {
-            OUTBOUND: _http_listener(OUTBOUND, "127.0.0.1", proxy.outbound_port, http_filters=faults),
-            INBOUND: _inbound_listener(self.mesh, proxy, self.trust_domain),
+            OUTBOUND: outbound,
+            INBOUND: _inbound_listener(self.mesh, proxy, self.trust_domain, ingress),
         }
         for upstream in proxy.upstreams:
             # Built for each proxy, not kept: a proxy names its upstreams' local ports as it likes.
             listeners[upstream_listener_name(upstream)] = _upstream_listener(self.mesh, upstream)
         scope = self._scope(proxy.identity)
+        # The local app's cluster is in the sidecar's bootstrap, so proxies of a scope share this map.
+        clusters = self._mesh_clusters(scope, mtls=True)
+        if egress:
+            clusters = clusters | {policy.egress_cluster_name(r): policy.egress_cluster(r) for r in egress}
         return {
-            # The local app's cluster is in the sidecar's bootstrap, so proxies of a scope share this map.
-            resources.CLUSTER: self._mesh_clusters(scope, mtls=True),
+            resources.CLUSTER: clusters,
             resources.ENDPOINT: self._load_assignments(scope),
             resources.LISTENER: listeners,
             resources.ROUTE: {
                 OUTBOUND: self._outbound_routes(proxy),
-                INBOUND: _inbound_routes(self.mesh, proxy, self.trust_domain),
+                INBOUND: _inbound_routes(self.mesh, proxy, self.trust_domain, ingress),
             },
         }
 
@@ -241,6 +268,9 @@ class Translator:
             reached: dict[Identity, set[str]] = defaultdict(set)
             for p in self.mesh.permissions:
                 reached[p.caller].add(p.destination.namespace)
+            for rule in self.mesh.ingress:
+                for source in rule.sources:
+                    reached[source].add(rule.backend.namespace)
             self._reached = {identity: frozenset(found) for identity, found in reached.items()}
         return self._reached.get(identity, frozenset())
 
@@ -282,6 +312,11 @@ class Translator:
                 self._virtual_host(svc, port, i == 0, svc.ref.namespace == key[0], proxy.identity)
                 for svc in self._reachable(key[1])
                 for i, port in enumerate(p for p in svc.ports if p.is_http)
+            ]
+            hosts += [
+                AssembledRoutes.host_field(policy.egress_virtual_host(rule))
+                for rule in self._egress.get(proxy.identity, [])
+                if rule.protocol == "http"
             ]
             self._routes[key] = AssembledRoutes(OUTBOUND, hosts)
         return self._routes[key]
@@ -400,12 +435,15 @@ def _upstream_listener(mesh: MeshState, upstream: Upstream) -> listener_pb2.List
     )
 
 
-def _inbound_listener(mesh: MeshState, proxy: Proxy, trust_domain: str) -> listener_pb2.Listener:
-    """In front of the app, mTLS only: HTTP unless every port the sidecar serves is TCP."""
+def _inbound_listener(
+    mesh: MeshState, proxy: Proxy, trust_domain: str, ingress: IngressRule | None
+) -> listener_pb2.Listener:
+    """In front of the app, mTLS only: HTTP unless every port the sidecar serves is TCP (an
+    ingress-only port is HTTP: an IngressBackend port speaks http or https)."""
     served = _served_ports(mesh, proxy)
-    if served and not any(p.is_http for p in served):
+    if ingress is None and served and not any(p.is_http for p in served):
         return _inbound_tcp_listener(mesh, proxy, {p.port for p in served}, trust_domain)
-    return _inbound_http_listener(mesh, proxy, trust_domain)
+    return _inbound_http_listener(mesh, proxy, trust_domain, ingress)
 
 
 def _served_ports(mesh: MeshState, proxy: Proxy) -> tuple[Port, ...]:
@@ -420,15 +458,19 @@ def _served_ports(mesh: MeshState, proxy: Proxy) -> tuple[Port, ...]:
     return mine or svc.ports
 
 
-def _inbound_http_listener(mesh: MeshState, proxy: Proxy, trust_domain: str) -> listener_pb2.Listener:
+def _inbound_http_listener(
+    mesh: MeshState, proxy: Proxy, trust_domain: str, ingress: IngressRule | None
+) -> listener_pb2.Listener:
     """Callers not allowed at all are refused the connection (network RBAC, new connections); every
     request is checked against the caller's routes by the HTTP RBAC filter, whose rules live in the
     inbound route configuration (``_inbound_routes``). A listener change reaches only connections
     opened after it (open ones drain slowly); a route configuration change reaches the next request
     on every connection, so revoking access takes effect at once. Permissive: any caller with a
-    mesh certificate."""
-    if mesh.permissive:
-        network: list[listener_components_pb2.Filter] = []
+    mesh certificate. An ingress-only port: its ingress identities alone, whatever the mesh allows."""
+    if ingress is not None:
+        network = [_callers_only(ingress.sources, trust_domain)]
+    elif mesh.permissive:
+        network = []
     else:
         callers = [p.caller for p in mesh.allowed_callers(proxy.identity)]
         network = [_callers_only(callers, trust_domain)]
@@ -576,11 +618,23 @@ def _route_match(m: HttpMatch) -> route_components_pb2.RouteMatch:
     return match
 
 
-def _inbound_routes(mesh: MeshState, proxy: Proxy, trust_domain: str) -> route_pb2.RouteConfiguration:
+def _inbound_routes(
+    mesh: MeshState, proxy: Proxy, trust_domain: str, ingress: IngressRule | None
+) -> route_pb2.RouteConfiguration:
     """Every request to the local app, checked against the routes each caller is allowed
-    (no rules at all in permissive mode)."""
+    (no rules at all in permissive mode; every request of an ingress identity to its port)."""
     local_cluster = local_cluster_name(proxy.app_port)
-    if mesh.permissive:
+    if ingress is not None:
+        sources = {
+            str(s): rbac_pb2.Policy(
+                principals=[tls.principal(s, trust_domain)], permissions=[rbac_pb2.Permission(any=True)]
+            )
+            for s in ingress.sources
+        }
+        rules = http_rbac_pb2.RBACPerRoute(
+            rbac=http_rbac_pb2.RBAC(rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies=sources))
+        )
+    elif mesh.permissive:
         rules = http_rbac_pb2.RBACPerRoute()  # no rbac: the filter is off for this route
     else:
         per_caller = {

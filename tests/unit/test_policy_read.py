@@ -113,6 +113,44 @@ def test_egress_by_ip_range_is_refused_whole() -> None:
     assert "ipAddresses" in mesh.warnings[0]
 
 
+def test_egress_the_sidecar_cannot_tell_apart_is_refused() -> None:
+    source = [{"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"}]
+    by_port = {"sources": source, "hosts": ["db.example.com"], "ports": [{"number": 5432, "protocol": "tcp"}]}
+    two_tls = {
+        "sources": source,
+        "hosts": ["api.example.com"],
+        "ports": [{"number": 443, "protocol": "tls"}, {"number": 8443, "protocol": "tls"}],
+    }
+    mesh = read.mesh([policy("Egress", "a", by_port), policy("Egress", "b", two_tls)])
+    assert mesh.egress == ()
+    assert "TCP egress by port alone is not carried" in mesh.warnings[0]
+    assert "one tls port per host" in mesh.warnings[1]
+
+
+def test_tls_egress_to_one_host_on_two_ports_overlaps_across_objects() -> None:
+    def egress(name: str, port: int) -> dict[str, Any]:
+        spec = {
+            "sources": [{"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"}],
+            "hosts": ["api.example.com"],
+            "ports": [{"number": port, "protocol": "tls"}],
+        }
+        return policy("Egress", name, spec)
+
+    mesh = read.mesh([egress("b", 8443), egress("a", 443)])
+    assert mesh.egress == (EgressRule(BUYER, "api.example.com", 443, "tls"),)
+    assert "Egress shop/a wins" in mesh.warnings[0]
+
+
+def test_ingress_backend_over_plaintext_cannot_prove_a_service_account() -> None:
+    spec = {
+        "backends": [{"name": "bookstore", "port": {"number": 80, "protocol": "http"}}],
+        "sources": [{"kind": "ServiceAccount", "name": "ingress", "namespace": "edge"}],
+    }
+    mesh = read.mesh([service("bookstore"), policy("IngressBackend", "i", spec)])
+    assert mesh.ingress == ()
+    assert "proven only over mTLS" in mesh.warnings[0]
+
+
 def test_ingress_backend_names_ingress_identities_and_mtls() -> None:
     spec = {
         "backends": [{"name": "bookstore", "port": {"number": 80, "protocol": "https"}}],

@@ -1,5 +1,6 @@
 """Policies in the Envoy translation: retries and faults on the caller's outbound virtual host,
-connection limits as the destination cluster's circuit breakers; and real Envoy accepting them."""
+connection limits as the destination cluster's circuit breakers, egress as DNS clusters reached by
+Host or server name, ingress-only backend ports; and real Envoy accepting them."""
 
 from __future__ import annotations
 
@@ -10,13 +11,24 @@ from pathlib import Path
 
 import pytest
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 
-from gitmesh.mesh.state import ConnectionLimits, Fault, MeshState, RetryPolicy, ServiceRef
+from gitmesh.mesh.state import (
+    ConnectionLimits,
+    EgressRule,
+    Fault,
+    IngressRule,
+    MeshState,
+    RetryPolicy,
+    ServiceRef,
+)
 from gitmesh.xds import resources
 from gitmesh.xds.translate import Proxy, Resources, translate
 from tests.xds.envoy import ENVOY
 from tests.xds.test_translate import BOOKBUYER, BOOKSTORE, BOOKTHIEF, _as_static_bootstrap, example
+from tests.xds.test_translate import WAREHOUSE as WAREHOUSE_PROXY
 
 WAREHOUSE = ServiceRef("bookwarehouse", "bookwarehouse")
 HOST = "bookwarehouse/bookwarehouse|14001"
@@ -30,6 +42,11 @@ def with_policies() -> MeshState:
             ConnectionLimits(WAREHOUSE, max_connections=2, max_pending_requests=1, connect_timeout_ms=500),
         ),
         faults=(Fault(WAREHOUSE, BOOKTHIEF.identity, 25.0, 100, 10.5, 503),),
+        egress=(
+            EgressRule(BOOKBUYER.identity, "api.example.com", 80, "http"),
+            EgressRule(BOOKBUYER.identity, "api.example.com", 443, "tls"),
+        ),
+        ingress=(IngressRule(WAREHOUSE, WAREHOUSE_PROXY.app_port, (BOOKTHIEF.identity,), True),),
     )
 
 
@@ -76,8 +93,52 @@ def test_a_mesh_without_faults_has_no_fault_filter() -> None:
     assert [f.name for f in hcm.http_filters] == ["envoy.filters.http.router"]
 
 
+def test_http_egress_is_a_virtual_host_and_a_dns_cluster_of_its_source_only() -> None:
+    mesh = with_policies()
+    buyer = translate(mesh, BOOKBUYER)
+    host = virtual_host(buyer, "egress|api.example.com:80")
+    assert list(host.domains) == ["api.example.com:80", "api.example.com"]  # type: ignore[attr-defined]
+    assert host.routes[0].route.cluster == "egress|api.example.com:80"  # type: ignore[attr-defined]
+    cluster = buyer[resources.CLUSTER]["egress|api.example.com:80"]
+    address = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address  # type: ignore[attr-defined]
+    assert (address.address, address.port_value) == ("api.example.com", 80)
+    thief = translate(mesh, BOOKTHIEF)
+    assert not [h for h in thief[resources.ROUTE]["outbound"].virtual_hosts if h.name.startswith("egress")]  # type: ignore[attr-defined]
+    assert not [name for name in thief[resources.CLUSTER] if name.startswith("egress")]
+
+
+def test_tls_egress_is_a_filter_chain_by_server_name_after_the_http_chain() -> None:
+    listener = translate(with_policies(), BOOKBUYER)[resources.LISTENER]["outbound"]
+    http, tls = listener.filter_chains  # type: ignore[attr-defined]
+    assert http.filters[0].name == "envoy.filters.network.http_connection_manager"
+    assert list(tls.filter_chain_match.server_names) == ["api.example.com"]
+    assert tls.filter_chain_match.transport_protocol == "tls"
+    assert [f.name for f in listener.listener_filters] == ["envoy.filters.listener.tls_inspector"]  # type: ignore[attr-defined]
+    plain = translate(with_policies(), BOOKTHIEF)[resources.LISTENER]["outbound"]
+    assert len(plain.filter_chains) == 1 and not plain.listener_filters  # type: ignore[attr-defined]
+
+
+def test_an_ingress_only_port_admits_its_ingress_identities_and_no_mesh_caller() -> None:
+    res = translate(example(), WAREHOUSE_PROXY)  # bookstore may call the warehouse: a TrafficTarget says so
+    network = network_rbac_pb2.RBAC()
+    res[resources.LISTENER]["inbound"].filter_chains[0].filters[0].typed_config.Unpack(network)  # type: ignore[attr-defined]
+    assert "bookstore" in str(network.rules.policies["callers"].principals)
+    res = translate(with_policies(), WAREHOUSE_PROXY)
+    res[resources.LISTENER]["inbound"].filter_chains[0].filters[0].typed_config.Unpack(network)  # type: ignore[attr-defined]
+    principals = str(network.rules.policies["callers"].principals)
+    assert "/ns/bookthief/sa/bookthief" in principals and "bookstore" not in principals
+    rules = http_rbac_pb2.RBACPerRoute()
+    (host,) = res[resources.ROUTE]["inbound"].virtual_hosts  # type: ignore[attr-defined]
+    host.typed_per_filter_config["envoy.filters.http.rbac"].Unpack(rules)
+    assert list(rules.rbac.rules.policies) == ["bookthief/bookthief"]
+    # The ingress identity is sent the backend's namespace, which no TrafficTarget gives it.
+    assert HOST in translate(replace(with_policies(), permissive=False), BOOKTHIEF)[resources.CLUSTER]
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("proxy", [BOOKBUYER, BOOKTHIEF], ids=["retry", "fault"])
+@pytest.mark.parametrize(
+    "proxy", [BOOKBUYER, BOOKTHIEF, WAREHOUSE_PROXY], ids=["retry and egress", "fault", "ingress"]
+)
 def test_real_envoy_accepts_the_policies(proxy: Proxy, tmp_path: Path) -> None:
     config = tmp_path / "bootstrap.json"
     config.write_text(json.dumps(_as_static_bootstrap(translate(with_policies(), proxy), proxy)))
