@@ -23,6 +23,7 @@ from gitmesh.mesh.state import (
     Fault,
     Identity,
     IngressRule,
+    RateLimit,
     RetryPolicy,
     Service,
     ServiceRef,
@@ -33,6 +34,13 @@ OSM_GROUP = "policy.openservicemesh.io"
 GITMESH_GROUP = "gitmesh.dev"
 
 PolicyValue = RetryPolicy | ConnectionLimits | EgressRule | IngressRule | Fault
+
+UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
+# The statuses Envoy's local rate limit can answer with (envoy.type.v3.StatusCode, 4xx and 5xx):
+# it refuses any other number, so such a status is refused here rather than by the sidecar.
+RATE_LIMIT_STATUSES = frozenset(
+    [*range(400, 418), 421, 422, 423, 424, 426, 428, 429, 431, *range(500, 509), 510, 511]
+)
 
 
 @dataclass(frozen=True)
@@ -77,12 +85,32 @@ def read_retry(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -
     return Read(tuple(values), tuple(problems))
 
 
+def _rate(local: Mapping[str, Any], protocol: str, problems: list[Problem]) -> RateLimit | None:
+    """OSM's ``rateLimit.local.tcp`` (connections) or ``.http`` (requests) as a token bucket."""
+    limit = local.get(protocol)
+    if not limit:
+        return None
+    status = limit.get("responseStatusCode", 429)
+    if status not in RATE_LIMIT_STATUSES:
+        path = ("spec", "rateLimit", "local", protocol, "responseStatusCode")
+        problems.append(Problem("GM173", path, f"Envoy's local rate limit cannot answer {status}"))
+    return RateLimit(
+        limit["connections" if protocol == "tcp" else "requests"],
+        UNIT_SECONDS[limit["unit"]],
+        limit.get("burst", 0),
+        status,
+        tuple((h["name"], h["value"]) for h in limit.get("responseHeadersToAdd") or ()),
+    )
+
+
 def read_limits(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
     spec = obj["spec"]
     problems: list[Problem] = []
-    for field in ("rateLimit", "httpRoutes"):
-        if field in spec:
-            problems.append(Problem("GM173", ("spec", field), "rate limits are not carried by gitmesh yet"))
+    if "httpRoutes" in spec:
+        message = "per-route rate limits are not carried by gitmesh yet"
+        problems.append(Problem("GM173", ("spec", "httpRoutes"), message))
+    local = (spec.get("rateLimit") or {}).get("local") or {}
+    connection_rate, request_rate = _rate(local, "tcp", problems), _rate(local, "http", problems)
     ns, name = smi.service_ref(spec["host"], core.namespace(obj))
     if "." in name:
         problems.append(Problem("GM170", ("spec", "host"), f"host {name!r} names no Service of the mesh"))
@@ -97,6 +125,9 @@ def read_limits(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) 
         )
     if not _service(ref, ("spec", "host"), services, problems) or problems:
         return Read((), tuple(problems))
+    if request_rate and not any(p.is_http for p in services[ref].ports):
+        message = f"{ref} has no HTTP port: an HTTP rate limit would limit nothing"
+        return Read((), (Problem("GM173", ("spec", "rateLimit", "local", "http"), message),))
     limits = ConnectionLimits(
         ref,
         tcp.get("maxConnections"),
@@ -105,6 +136,8 @@ def read_limits(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) 
         http.get("maxRequestsPerConnection"),
         http.get("maxPendingRequests"),
         http.get("maxRetries"),
+        connection_rate,
+        request_rate,
     )
     return Read((limits,), ())
 

@@ -209,8 +209,25 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: ``count`` connections or requests every ``seconds``, ``burst`` more at once;
+    a limited HTTP request is answered ``status`` with ``headers`` added (name, value)."""
+
+    count: int
+    seconds: int
+    burst: int = 0
+    status: int = 429
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        unit = {1: "second", 60: "minute", 3600: "hour"}.get(self.seconds, f"{self.seconds} s")
+        return f"{self.count}/{unit}" + (f" (burst {self.burst})" if self.burst else "")
+
+
+@dataclass(frozen=True)
 class ConnectionLimits:
-    """Circuit breaking for every caller of ``service``; None: Envoy's default."""
+    """Circuit breaking for every caller of ``service`` (None: Envoy's default), and rate limits
+    each sidecar of ``service`` enforces on what it receives, on its own (as OSM's local limits)."""
 
     service: ServiceRef
     max_connections: int | None = None
@@ -219,6 +236,8 @@ class ConnectionLimits:
     max_requests_per_connection: int | None = None
     max_pending_requests: int | None = None
     max_retries: int | None = None
+    connection_rate: RateLimit | None = None
+    request_rate: RateLimit | None = None
 
     def __str__(self) -> str:
         limits = [
@@ -230,6 +249,8 @@ class ConnectionLimits:
                 ("requests per connection", self.max_requests_per_connection),
                 ("pending requests", self.max_pending_requests),
                 ("retries", self.max_retries),
+                ("connections at", self.connection_rate),
+                ("requests at", self.request_rate),
             )
             if value is not None
         ]

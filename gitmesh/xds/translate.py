@@ -195,6 +195,14 @@ class Translator:
         for rule in dict.fromkeys(mesh.egress):
             self._egress[rule.source].append(rule)
         self._ingress = {(rule.backend, rule.port): rule for rule in mesh.ingress}
+        # Rate limits hold at the sidecars a limited service's endpoints point at (or of that service).
+        self._rates: dict[ServiceRef | tuple[str, int], ConnectionLimits] = {}
+        for lim in mesh.limits:
+            if lim.connection_rate or lim.request_rate:
+                self._rates.setdefault(lim.service, lim)
+                svc = mesh.services.get(lim.service)
+                for endpoint in (e for ends in (svc.endpoints.values() if svc else ()) for e in ends):
+                    self._rates.setdefault((endpoint.address, endpoint.port), lim)
         # Callers some retry, fault or HTTP egress names by identity get routes of their own; the
         # rest share.
         self._own_routes = (
@@ -215,9 +223,10 @@ class Translator:
             outbound.listener_filters.append(policy.tls_inspector())
             outbound.filter_chains.extend(policy.egress_tls_chain(rule) for rule in tls_egress)
         ingress = self._ingress.get((proxy.service, proxy.app_port))
+        rates = self._rates.get((proxy.inbound_address, proxy.inbound_port)) or self._rates.get(proxy.service)
         listeners = {
             OUTBOUND: outbound,
-            INBOUND: _inbound_listener(self.mesh, proxy, self.trust_domain, ingress),
+            INBOUND: _inbound_listener(self.mesh, proxy, self.trust_domain, ingress, rates),
         }
         for upstream in proxy.upstreams:
             # Built for each proxy, not kept: a proxy names its upstreams' local ports as it likes.
@@ -436,14 +445,29 @@ def _upstream_listener(mesh: MeshState, upstream: Upstream) -> listener_pb2.List
 
 
 def _inbound_listener(
-    mesh: MeshState, proxy: Proxy, trust_domain: str, ingress: IngressRule | None
+    mesh: MeshState,
+    proxy: Proxy,
+    trust_domain: str,
+    ingress: IngressRule | None,
+    rates: ConnectionLimits | None,
 ) -> listener_pb2.Listener:
     """In front of the app, mTLS only: HTTP unless every port the sidecar serves is TCP (an
-    ingress-only port is HTTP: an IngressBackend port speaks http or https)."""
+    ingress-only port is HTTP: an IngressBackend port speaks http or https). Connections and
+    requests past a rate limit are refused after the callers' check, so refused callers spend none."""
+    connection_rate = (
+        [_network_filter(policy.CONNECTION_RATE_FILTER, policy.connection_rate(rates.connection_rate))]
+        if rates and rates.connection_rate
+        else []
+    )
     served = _served_ports(mesh, proxy)
     if ingress is None and served and not any(p.is_http for p in served):
-        return _inbound_tcp_listener(mesh, proxy, {p.port for p in served}, trust_domain)
-    return _inbound_http_listener(mesh, proxy, trust_domain, ingress)
+        return _inbound_tcp_listener(mesh, proxy, {p.port for p in served}, trust_domain, connection_rate)
+    request_rate = (
+        [_http_filter(policy.REQUEST_RATE_FILTER, policy.request_rate(rates.request_rate))]
+        if rates and rates.request_rate
+        else []
+    )
+    return _inbound_http_listener(mesh, proxy, trust_domain, ingress, connection_rate, request_rate)
 
 
 def _served_ports(mesh: MeshState, proxy: Proxy) -> tuple[Port, ...]:
@@ -459,7 +483,12 @@ def _served_ports(mesh: MeshState, proxy: Proxy) -> tuple[Port, ...]:
 
 
 def _inbound_http_listener(
-    mesh: MeshState, proxy: Proxy, trust_domain: str, ingress: IngressRule | None
+    mesh: MeshState,
+    proxy: Proxy,
+    trust_domain: str,
+    ingress: IngressRule | None,
+    connection_rate: Sequence[listener_components_pb2.Filter],
+    request_rate: Sequence[hcm_pb2.HttpFilter],
 ) -> listener_pb2.Listener:
     """Callers not allowed at all are refused the connection (network RBAC, new connections); every
     request is checked against the caller's routes by the HTTP RBAC filter, whose rules live in the
@@ -480,14 +509,18 @@ def _inbound_http_listener(
         INBOUND,
         proxy.inbound_address,
         proxy.inbound_port,
-        network_filters=network,
-        http_filters=[_http_filter(HTTP_RBAC, deny_all)],
+        network_filters=[*network, *connection_rate],
+        http_filters=[_http_filter(HTTP_RBAC, deny_all), *request_rate],
         transport_socket=tls.downstream(),
     )
 
 
 def _inbound_tcp_listener(
-    mesh: MeshState, proxy: Proxy, ports: set[int], trust_domain: str
+    mesh: MeshState,
+    proxy: Proxy,
+    ports: set[int],
+    trust_domain: str,
+    connection_rate: Sequence[listener_components_pb2.Filter],
 ) -> listener_pb2.Listener:
     """Only callers a TrafficTarget allows on one of these ports through a TCPRoute connect.
 
@@ -514,7 +547,7 @@ def _inbound_tcp_listener(
         return listener
     listener.filter_chains.append(
         listener_components_pb2.FilterChain(
-            filters=[_network_filter("envoy.filters.network.tcp_proxy", tcp)],
+            filters=[*connection_rate, _network_filter("envoy.filters.network.tcp_proxy", tcp)],
             transport_socket=tls.downstream(callers, trust_domain),
         )
     )

@@ -71,7 +71,8 @@ def stat(d: Demo, sidecar: str, name: str) -> int:
 
 
 def configured(d: Demo, sidecar: str, text: str) -> None:
-    """Wait until the sidecar's configuration holds ``text``: the policy has reached it."""
+    """Wait until the sidecar's configuration holds ``text``: the policy has reached it. Not a
+    filter's name: the dump lists every extension the Envoy build has (node.extensions)."""
     eventually(lambda: d.sidecars[sidecar].admin("/config_dump"), lambda t: text in t, f"{text} in {sidecar}")
 
 
@@ -320,3 +321,24 @@ def test_an_ingress_only_backend_answers_its_ingress_and_refuses_the_mesh(demo: 
         demo, "bookwarehouse", "http.inbound.rbac.denied"
     )
     assert denied >= 5
+
+
+def test_local_rate_limits_refuse_requests_and_connections_past_the_bucket(demo: Demo) -> None:
+    requests = {
+        "host": "bookstore-v1",
+        "rateLimit": {"local": {"http": {"requests": 3, "unit": "hour", "responseStatusCode": 503}}},
+    }
+    connections = {"host": "mysql-v1", "rateLimit": {"local": {"tcp": {"connections": 2, "unit": "hour"}}}}
+    commit(demo, "bookstore", obj(OSM_POLICY, "UpstreamTrafficSetting", "bookstore", requests))
+    commit(demo, "bookwarehouse", obj(OSM_POLICY, "UpstreamTrafficSetting", "bookwarehouse", connections))
+    for sidecar in ("bookstore-v1", "mysql-v1"):
+        configured(demo, sidecar, '"stat_prefix": "inbound_rate"')
+    statuses = [buy_v1(demo)[0] for _ in range(6)]
+    assert statuses == [200, 200, 200, 503, 503, 503]  # 3 an hour; the status the policy names
+    assert stat(demo, "bookstore-v1", "inbound_rate.http_local_rate_limit.rate_limited") == 3
+    # mysql-v1 takes 2 connections an hour and closes the rest unanswered; mysql-v2 has no limit.
+    answers = [demo.query() for _ in range(20)]
+    assert answers.count("mysql-v1") == 2, answers
+    refused = answers.count("")
+    assert refused >= 1 and refused + 2 + answers.count("mysql-v2") == 20, answers
+    assert stat(demo, "mysql-v1", "local_rate_limit.inbound_rate.rate_limited") == refused

@@ -11,6 +11,7 @@ from gitmesh.mesh.state import (
     Fault,
     Identity,
     IngressRule,
+    RateLimit,
     RetryPolicy,
     ServiceRef,
 )
@@ -23,7 +24,7 @@ def service(name: str) -> dict[str, Any]:
     return {
         "kind": "Service",
         "metadata": {"name": name, "namespace": "shop"},
-        "spec": {"ports": [{"port": 80}]},
+        "spec": {"ports": [{"port": 80, "name": "http"}]},
     }
 
 
@@ -80,11 +81,50 @@ def test_upstream_traffic_setting_reads_connection_limits_by_host() -> None:
     )
 
 
-def test_rate_limits_are_refused_not_dropped() -> None:
-    spec = {"host": "bookstore", "rateLimit": {"local": {"http": {"requests": 10, "unit": "second"}}}}
+def test_local_rate_limits_are_token_buckets_per_unit() -> None:
+    local = {
+        "tcp": {"connections": 100, "unit": "minute", "burst": 10},
+        "http": {
+            "requests": 10,
+            "unit": "second",
+            "responseStatusCode": 503,
+            "responseHeadersToAdd": [{"name": "x-limited", "value": "yes"}],
+        },
+    }
+    spec = {"host": "bookstore", "rateLimit": {"local": local}}
     mesh = read.mesh([service("bookstore"), policy("UpstreamTrafficSetting", "u", spec)])
+    (limits,) = mesh.limits
+    assert limits.connection_rate == RateLimit(100, 60, 10)
+    assert limits.request_rate == RateLimit(10, 1, 0, 503, (("x-limited", "yes"),))
+    assert str(limits) == "shop/bookstore limits connections at 100/minute (burst 10), requests at 10/second"
+
+
+def test_rate_limits_envoy_cannot_carry_are_refused_not_dropped() -> None:
+    per_route = {"host": "bookstore", "httpRoutes": [{"path": "/", "rateLimit": {}}]}
+    teapot = {
+        "host": "bookstore",
+        "rateLimit": {"local": {"http": {"requests": 1, "unit": "hour", "responseStatusCode": 418}}},
+    }
+    tcp_only = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "mysql", "namespace": "shop"},
+        "spec": {"ports": [{"port": 3306, "name": "mysql"}]},
+    }
+    on_tcp = {"host": "mysql", "rateLimit": {"local": {"http": {"requests": 1, "unit": "hour"}}}}
+    mesh = read.mesh(
+        [
+            service("bookstore"),
+            tcp_only,
+            policy("UpstreamTrafficSetting", "a", per_route),
+            policy("UpstreamTrafficSetting", "b", teapot),
+            policy("UpstreamTrafficSetting", "c", on_tcp),
+        ]
+    )
     assert mesh.limits == ()
-    assert "rate limits are not carried" in mesh.warnings[0]
+    assert "per-route rate limits are not carried" in mesh.warnings[0]
+    assert "cannot answer 418" in mesh.warnings[1]
+    assert "shop/mysql has no HTTP port" in mesh.warnings[2]
 
 
 def test_egress_is_one_rule_per_source_port_and_host() -> None:

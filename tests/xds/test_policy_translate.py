@@ -11,23 +11,28 @@ from pathlib import Path
 
 import pytest
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as http_rate_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit_pb2 as network_rate_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
+from envoy.type.v3 import http_status_pb2
 
+from gitmesh.apis.policy import RATE_LIMIT_STATUSES
 from gitmesh.mesh.state import (
     ConnectionLimits,
     EgressRule,
     Fault,
     IngressRule,
     MeshState,
+    RateLimit,
     RetryPolicy,
     ServiceRef,
 )
 from gitmesh.xds import resources
 from gitmesh.xds.translate import Proxy, Resources, translate
 from tests.xds.envoy import ENVOY
-from tests.xds.test_translate import BOOKBUYER, BOOKSTORE, BOOKTHIEF, _as_static_bootstrap, example
+from tests.xds.test_translate import BOOKBUYER, BOOKSTORE, BOOKTHIEF, MYSQL_V1, _as_static_bootstrap, example
 from tests.xds.test_translate import WAREHOUSE as WAREHOUSE_PROXY
 
 WAREHOUSE = ServiceRef("bookwarehouse", "bookwarehouse")
@@ -40,6 +45,12 @@ def with_policies() -> MeshState:
         retries=(RetryPolicy(BOOKBUYER.identity, WAREHOUSE, "5xx,reset", 5, 250, 10),),
         limits=(
             ConnectionLimits(WAREHOUSE, max_connections=2, max_pending_requests=1, connect_timeout_ms=500),
+            ConnectionLimits(ServiceRef("bookwarehouse", "mysql-v1"), connection_rate=RateLimit(10, 60, 5)),
+            ConnectionLimits(
+                ServiceRef("bookstore", "bookstore-v1"),
+                connection_rate=RateLimit(100, 1),
+                request_rate=RateLimit(3, 60, 0, 503, (("x-limited", "yes"),)),
+            ),
         ),
         faults=(Fault(WAREHOUSE, BOOKTHIEF.identity, 25.0, 100, 10.5, 503),),
         egress=(
@@ -135,9 +146,52 @@ def test_an_ingress_only_port_admits_its_ingress_identities_and_no_mesh_caller()
     assert HOST in translate(replace(with_policies(), permissive=False), BOOKTHIEF)[resources.CLUSTER]
 
 
+def test_rate_limits_are_filters_of_the_limited_services_inbound_listener() -> None:
+    listener = translate(with_policies(), BOOKSTORE)[resources.LISTENER]["inbound"]
+    (chain,) = listener.filter_chains  # type: ignore[attr-defined]
+    assert [f.name for f in chain.filters] == [
+        "envoy.filters.network.local_ratelimit",  # permissive: no callers' check before it
+        "envoy.filters.network.http_connection_manager",
+    ]
+    connections = network_rate_pb2.LocalRateLimit()
+    chain.filters[0].typed_config.Unpack(connections)
+    assert connections.token_bucket.max_tokens == 100
+    hcm = hcm_pb2.HttpConnectionManager()
+    chain.filters[1].typed_config.Unpack(hcm)
+    assert [f.name for f in hcm.http_filters] == [
+        "envoy.filters.http.rbac",
+        "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.router",
+    ]
+    requests = http_rate_pb2.LocalRateLimit()
+    hcm.http_filters[1].typed_config.Unpack(requests)
+    bucket = requests.token_bucket
+    assert (bucket.max_tokens, bucket.tokens_per_fill.value, bucket.fill_interval.seconds) == (3, 3, 60)
+    assert requests.status.code == 503
+    assert requests.response_headers_to_add[0].header.key == "x-limited"
+    # A TCP sidecar: the connection limit before its proxying; bucket = rate + burst.
+    (tcp_chain,) = translate(with_policies(), MYSQL_V1)[resources.LISTENER]["inbound"].filter_chains  # type: ignore[attr-defined]
+    assert [f.name for f in tcp_chain.filters] == [
+        "envoy.filters.network.local_ratelimit",
+        "envoy.filters.network.tcp_proxy",
+    ]
+    tcp_chain.filters[0].typed_config.Unpack(connections)
+    assert connections.token_bucket.max_tokens == 15
+    # Callers' sidecars are not limited: limits hold where the service receives.
+    (plain,) = translate(with_policies(), BOOKBUYER)[resources.LISTENER]["inbound"].filter_chains  # type: ignore[attr-defined]
+    assert "envoy.filters.network.local_ratelimit" not in [f.name for f in plain.filters]
+
+
+def test_the_rate_limit_statuses_are_envoys() -> None:
+    envoy = {code for code in http_status_pb2.StatusCode.values() if 400 <= code <= 599}
+    assert envoy == RATE_LIMIT_STATUSES
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    "proxy", [BOOKBUYER, BOOKTHIEF, WAREHOUSE_PROXY], ids=["retry and egress", "fault", "ingress"]
+    "proxy",
+    [BOOKBUYER, BOOKTHIEF, WAREHOUSE_PROXY, BOOKSTORE, MYSQL_V1],
+    ids=["retry and egress", "fault", "ingress", "http rate limits", "tcp rate limit"],
 )
 def test_real_envoy_accepts_the_policies(proxy: Proxy, tmp_path: Path) -> None:
     config = tmp_path / "bootstrap.json"
