@@ -10,6 +10,7 @@ are left out with a GM172 warning.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -181,28 +182,64 @@ def read_egress(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) 
     return Read(tuple(values), ())
 
 
+def _ranges(
+    source: Mapping[str, Any],
+    ns: str,
+    path: Path,
+    services: Mapping[ServiceRef, Service],
+    problems: list[Problem],
+) -> list[str]:
+    """The address ranges a plaintext ingress source stands for: an IPRange's CIDR, or the
+    addresses of a Service's endpoints (its ingress controller's pods), each as a /32 or /128."""
+    if source["kind"] == "IPRange":
+        try:
+            return [str(ipaddress.ip_network(source["name"], strict=False))]
+        except ValueError as e:
+            problems.append(Problem("GM175", (*path, "name"), str(e)))
+            return []
+    ref = ServiceRef(source.get("namespace") or ns, source["name"])
+    if not _service(ref, (*path, "name"), services, problems):
+        return []
+    addresses = {e.address for ends in services[ref].endpoints.values() for e in ends}
+    return [str(ipaddress.ip_network(a)) for a in sorted(addresses)]
+
+
 def read_ingress(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
+    """OSM's semantics: over mTLS (https) the ingress proves a ServiceAccount; over plaintext
+    (http) it is known only by its address, an IPRange or the endpoints of its Service."""
     spec, ns = obj["spec"], core.namespace(obj)
     problems: list[Problem] = []
-    sources: list[Identity] = []
+    identities: list[Identity] = []
+    ranges: list[str] = []
     for i, s in enumerate(spec["sources"]):
         if s["kind"] == "ServiceAccount":
-            sources.append(Identity(s.get("namespace") or ns, s["name"]))
+            identities.append(Identity(s.get("namespace") or ns, s["name"]))
         else:
-            message = f"a {s['kind']} source is not carried by gitmesh yet: name the ingress's ServiceAccount"
-            problems.append(Problem("GM173", ("spec", "sources", i), message))
+            ranges += _ranges(s, ns, ("spec", "sources", i), services, problems)
     if spec.get("matches"):
         problems.append(Problem("GM173", ("spec", "matches"), "route matches are not carried by gitmesh yet"))
     values: list[PolicyValue] = []
     for i, b in enumerate(spec["backends"]):
         ref = ServiceRef(ns, b["name"])
-        if b["port"]["protocol"] != "https" and sources:
-            # Plaintext carries no identity: OSM admits it by source address, which gitmesh cannot yet.
+        path: Path = ("spec", "backends", i)
+        mtls = b["port"]["protocol"] == "https"
+        if mtls and ranges:
+            message = (
+                "over mTLS the ingress is known by its ServiceAccount, not its address: use protocol http"
+            )
+            problems.append(Problem("GM173", (*path, "port", "protocol"), message))
+        if not mtls and identities:
             message = "a ServiceAccount is proven only over mTLS: use protocol https"
-            problems.append(Problem("GM173", ("spec", "backends", i, "port", "protocol"), message))
-        if _service(ref, ("spec", "backends", i, "name"), services, problems):
+            problems.append(Problem("GM173", (*path, "port", "protocol"), message))
+        for field, value in (b.get("tls") or {}).items():
+            if value:  # gitmesh always checks the ingress's mesh certificate, whatever its SNI
+                message = (
+                    f"tls.{field} is not carried by gitmesh: the ingress's certificate is always checked"
+                )
+                problems.append(Problem("GM173", (*path, "tls", field), message))
+        if _service(ref, (*path, "name"), services, problems):
             values.append(
-                IngressRule(ref, b["port"]["number"], tuple(sources), b["port"]["protocol"] == "https")
+                IngressRule(ref, b["port"]["number"], tuple(identities), mtls, () if mtls else tuple(ranges))
             )
     return Read(() if problems else tuple(values), tuple(problems))
 

@@ -273,17 +273,21 @@ class EgressRule:
 
 @dataclass(frozen=True)
 class IngressRule:
-    """Only ``sources`` (ingress identities) may reach ``backend`` on ``port``, with mTLS from the
-    ingress when ``mtls``; mesh callers of that port are refused."""
+    """Only the ingress may reach ``backend`` on ``port`` (the app's own port): over mTLS when
+    ``mtls``, as one of ``sources``; else in plaintext, from an address in ``source_ranges`` (CIDRs).
+    Mesh callers of that port are refused."""
 
     backend: ServiceRef
     port: int
     sources: tuple[Identity, ...]
     mtls: bool
+    source_ranges: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        over = " over mTLS" if self.mtls else ""
-        return f"{self.backend}:{self.port} is ingress only, from {', '.join(map(str, self.sources))}{over}"
+        where = f"{self.backend}:{self.port} is ingress only"
+        if self.mtls:
+            return f"{where}, from {', '.join(map(str, self.sources))} over mTLS"
+        return f"{where}, in plaintext from {', '.join(self.source_ranges) or 'no address yet'}"
 
 
 @dataclass(frozen=True)

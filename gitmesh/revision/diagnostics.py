@@ -416,9 +416,9 @@ CODES: dict[str, Code] = {
             "policy says what gitmesh cannot carry yet",
             "The policy is valid for Open Service Mesh but uses something gitmesh does not translate "
             "yet: egress by IP range, by TCP port alone, wildcard hosts or route matches, a host on "
-            "two TLS ports, IngressBackend sources by IP range or Service or over plaintext, "
-            "per-route rate limits, a rate-limit status Envoy does not define. It is refused "
-            "rather than silently dropped, so that nothing OSM allowed or limited changes "
+            "two TLS ports, IngressBackend ServiceAccounts over plaintext, addresses over mTLS or tls "
+            "options, per-route rate limits, a rate-limit status Envoy does not define. It is "
+            "refused rather than silently dropped, so that nothing OSM allowed or limited changes "
             "unnoticed. Rewrite it with hosts and ServiceAccounts, or leave it out.",
         ),
         Code(
@@ -426,6 +426,12 @@ CODES: dict[str, Code] = {
             _E,
             "fault injection without a fault",
             "A FaultInjection needs a delay, an abort or both.",
+        ),
+        Code(
+            "GM175",
+            _E,
+            "policy address range is not an IP range",
+            "An IngressBackend IPRange source is an address or a CIDR: 10.0.0.0/8, 192.168.1.7.",
         ),
     )
 }

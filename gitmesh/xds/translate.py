@@ -33,6 +33,7 @@ secret (SDS)                  ``workload-cert``: the sidecar's own identity's ce
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -176,8 +177,8 @@ class Translator:
 
     Egress is off: a caller reaches an external host only where an Egress rule names its identity
     (HTTP by Host on its outbound routes, TLS by server name on its outbound listener). An
-    ingress-only backend port (IngressBackend) admits its ingress identities alone, over mTLS; they
-    are sent that backend's namespace as if a TrafficTarget named it.
+    ingress-only backend port (IngressBackend) admits its ingress alone: identities over mTLS (they
+    are sent that backend's namespace as if a TrafficTarget named it), or addresses in plaintext.
     """
 
     def __init__(self, mesh: MeshState, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
@@ -467,7 +468,46 @@ def _inbound_listener(
         if rates and rates.request_rate
         else []
     )
+    if ingress is not None and not ingress.mtls:
+        return _inbound_plaintext_listener(proxy, ingress, connection_rate, request_rate)
     return _inbound_http_listener(mesh, proxy, trust_domain, ingress, connection_rate, request_rate)
+
+
+def _inbound_plaintext_listener(
+    proxy: Proxy,
+    ingress: IngressRule,
+    connection_rate: Sequence[listener_components_pb2.Filter],
+    request_rate: Sequence[hcm_pb2.HttpFilter],
+) -> listener_pb2.Listener:
+    """A plaintext ingress port (OSM's http IngressBackend): plaintext connections from the
+    ingress's addresses only, every request to the app. Its address is all the ingress proves, so
+    there is no RBAC; mesh callers speak TLS, match no chain and are closed."""
+    if not ingress.source_ranges:  # no address yet: an empty range list would match every source
+        listener = listener_pb2.Listener(
+            name=INBOUND, address=_address(proxy.inbound_address, proxy.inbound_port)
+        )
+        refuse = _network_filter("envoy.filters.network.direct_response", direct_response_pb2.Config())
+        listener.filter_chains.append(listener_components_pb2.FilterChain(filters=[refuse]))
+        return listener
+    listener = _http_listener(
+        INBOUND,
+        proxy.inbound_address,
+        proxy.inbound_port,
+        network_filters=connection_rate,
+        http_filters=request_rate,
+    )
+    listener.listener_filters.append(policy.tls_inspector())
+    match = listener.filter_chains[0].filter_chain_match
+    match.transport_protocol = "raw_buffer"
+    for cidr in ingress.source_ranges:
+        network = ipaddress.ip_network(cidr)
+        match.source_prefix_ranges.append(
+            address_pb2.CidrRange(
+                address_prefix=str(network.network_address),
+                prefix_len=wrappers_pb2.UInt32Value(value=network.prefixlen),
+            )
+        )
+    return listener
 
 
 def _served_ports(mesh: MeshState, proxy: Proxy) -> tuple[Port, ...]:

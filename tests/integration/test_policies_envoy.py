@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import http.client
 import re
 import socket
 import ssl
@@ -342,3 +343,36 @@ def test_local_rate_limits_refuse_requests_and_connections_past_the_bucket(demo:
     refused = answers.count("")
     assert refused >= 1 and refused + 2 + answers.count("mysql-v2") == 20, answers
     assert stat(demo, "mysql-v1", "local_rate_limit.inbound_rate.rate_limited") == refused
+
+
+def plaintext_from(source: str, port: int) -> tuple[int, str]:
+    """A plain HTTP GET from ``source`` (a loopback address) straight to a sidecar's inbound port,
+    as an ingress outside the mesh sends it; (0, "") when the connection is closed unanswered."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
+    try:
+        connection.request("GET", "/")
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    except (ConnectionError, http.client.HTTPException):
+        return 0, ""
+    finally:
+        connection.close()
+
+
+def test_a_plaintext_ingress_backend_answers_the_ingress_address_only(demo: Demo) -> None:
+    warehouse = demo.proxies["bookwarehouse"]
+    assert plaintext_from("127.0.0.2", warehouse.inbound_port) == (0, "")  # the mesh speaks mTLS only
+    spec = {
+        "backends": [{"name": "bookwarehouse", "port": {"number": warehouse.app_port, "protocol": "http"}}],
+        "sources": [{"kind": "IPRange", "name": "127.0.0.2/32"}],  # the ingress's address
+    }
+    commit(demo, "bookwarehouse", obj(OSM_POLICY, "IngressBackend", "bookwarehouse", spec))
+    eventually(
+        lambda: plaintext_from("127.0.0.2", warehouse.inbound_port),
+        lambda r: r == (200, "bookwarehouse"),
+        "plaintext from the ingress address admitted",
+    )
+    assert plaintext_from("127.0.0.3", warehouse.inbound_port) == (0, "")  # another address
+    # The bookstore's mTLS matches no chain of the listener; its sidecar answers 503.
+    refused = [restock(demo, "bookstore-v1") for _ in range(3)]
+    assert all(status in (403, 503) and body != "bookwarehouse" for status, body in refused), refused

@@ -200,14 +200,60 @@ def test_ingress_backend_names_ingress_identities_and_mtls() -> None:
     assert mesh.ingress == (IngressRule(BOOKSTORE, 80, (Identity("edge", "ingress"),), True),)
 
 
-def test_ingress_backend_ip_range_source_is_refused() -> None:
+def test_plaintext_ingress_is_known_by_address_an_ip_range_or_its_services_endpoints() -> None:
     spec = {
         "backends": [{"name": "bookstore", "port": {"number": 80, "protocol": "http"}}],
-        "sources": [{"kind": "IPRange", "name": "10.0.0.0/8"}],
+        "sources": [
+            {"kind": "IPRange", "name": "10.1.2.3/8"},
+            {"kind": "Service", "name": "ingress", "namespace": "shop"},
+        ],
     }
-    mesh = read.mesh([service("bookstore"), policy("IngressBackend", "i", spec)])
+    endpoints = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "ingress-1",
+            "namespace": "shop",
+            "labels": {"kubernetes.io/service-name": "ingress"},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": [{"addresses": ["10.9.0.7"]}, {"addresses": ["10.9.0.8"]}],
+    }
+    objects = [service("bookstore"), service("ingress"), endpoints, policy("IngressBackend", "i", spec)]
+    mesh = read.mesh(objects)
+    assert mesh.ingress == (
+        IngressRule(BOOKSTORE, 80, (), False, ("10.0.0.0/8", "10.9.0.7/32", "10.9.0.8/32")),
+    )
+    assert str(mesh.ingress[0]).startswith("shop/bookstore:80 is ingress only, in plaintext from 10.0.0.0/8")
+
+
+def test_ingress_sources_that_do_not_fit_the_protocol_are_refused() -> None:
+    def ingress(name: str, protocol: str, source: dict[str, str], **backend: Any) -> dict[str, Any]:
+        port = {"number": 80, "protocol": protocol}
+        return policy(
+            "IngressBackend",
+            name,
+            {"backends": [{"name": "bookstore", "port": port, **backend}], "sources": [source]},
+        )
+
+    mesh = read.mesh(
+        [
+            service("bookstore"),
+            ingress("a", "https", {"kind": "IPRange", "name": "10.0.0.0/8"}),
+            ingress("b", "http", {"kind": "IPRange", "name": "10.0.0.300/8"}),
+            ingress(
+                "c",
+                "https",
+                {"kind": "ServiceAccount", "name": "ingress"},
+                tls={"skipClientCertValidation": True},
+            ),
+        ]
+    )
     assert mesh.ingress == ()
-    assert "IPRange source is not carried" in mesh.warnings[0]
+    assert "known by its ServiceAccount, not its address" in mesh.warnings[0]
+    assert "10.0.0.300/8" in mesh.warnings[1]
+    assert "tls.skipClientCertValidation is not carried" in mesh.warnings[2]
 
 
 def test_fault_injection_reads_delay_and_abort_per_source() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -146,6 +147,34 @@ def test_an_ingress_only_port_admits_its_ingress_identities_and_no_mesh_caller()
     assert HOST in translate(replace(with_policies(), permissive=False), BOOKTHIEF)[resources.CLUSTER]
 
 
+def plaintext_ingress(*ranges: str) -> MeshState:
+    rule = IngressRule(WAREHOUSE, WAREHOUSE_PROXY.app_port, (), False, ranges)
+    return replace(example(), ingress=(rule,))
+
+
+def test_a_plaintext_ingress_port_takes_plaintext_from_the_ingress_addresses_only() -> None:
+    listener = translate(plaintext_ingress("10.0.0.0/8", "10.9.0.7/32"), WAREHOUSE_PROXY)[resources.LISTENER][
+        "inbound"
+    ]
+    (chain,) = listener.filter_chains  # type: ignore[attr-defined]
+    assert chain.filter_chain_match.transport_protocol == "raw_buffer"
+    assert [
+        (r.address_prefix, r.prefix_len.value) for r in chain.filter_chain_match.source_prefix_ranges
+    ] == [
+        ("10.0.0.0", 8),
+        ("10.9.0.7", 32),
+    ]
+    assert not chain.HasField("transport_socket")  # plaintext; TLS (mesh callers) matches no chain
+    assert [f.name for f in chain.filters] == ["envoy.filters.network.http_connection_manager"]  # no RBAC
+    assert [f.name for f in listener.listener_filters] == ["envoy.filters.listener.tls_inspector"]  # type: ignore[attr-defined]
+
+
+def test_a_plaintext_ingress_with_no_address_yet_refuses_everyone() -> None:
+    listener = translate(plaintext_ingress(), WAREHOUSE_PROXY)[resources.LISTENER]["inbound"]
+    (chain,) = listener.filter_chains  # type: ignore[attr-defined]
+    assert [f.name for f in chain.filters] == ["envoy.filters.network.direct_response"]
+
+
 def test_rate_limits_are_filters_of_the_limited_services_inbound_listener() -> None:
     listener = translate(with_policies(), BOOKSTORE)[resources.LISTENER]["inbound"]
     (chain,) = listener.filter_chains  # type: ignore[attr-defined]
@@ -189,13 +218,20 @@ def test_the_rate_limit_statuses_are_envoys() -> None:
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    "proxy",
-    [BOOKBUYER, BOOKTHIEF, WAREHOUSE_PROXY, BOOKSTORE, MYSQL_V1],
-    ids=["retry and egress", "fault", "ingress", "http rate limits", "tcp rate limit"],
+    ("mesh", "proxy"),
+    [
+        (with_policies, BOOKBUYER),
+        (with_policies, BOOKTHIEF),
+        (with_policies, WAREHOUSE_PROXY),
+        (with_policies, BOOKSTORE),
+        (with_policies, MYSQL_V1),
+        (lambda: plaintext_ingress("10.0.0.0/8"), WAREHOUSE_PROXY),
+    ],
+    ids=["retry and egress", "fault", "ingress", "http rate limits", "tcp rate limit", "plaintext ingress"],
 )
-def test_real_envoy_accepts_the_policies(proxy: Proxy, tmp_path: Path) -> None:
+def test_real_envoy_accepts_the_policies(mesh: Callable[[], MeshState], proxy: Proxy, tmp_path: Path) -> None:
     config = tmp_path / "bootstrap.json"
-    config.write_text(json.dumps(_as_static_bootstrap(translate(with_policies(), proxy), proxy)))
+    config.write_text(json.dumps(_as_static_bootstrap(translate(mesh(), proxy), proxy)))
     result = subprocess.run(
         [ENVOY, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id", "-l", "error"],
         capture_output=True,
