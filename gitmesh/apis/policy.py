@@ -86,17 +86,18 @@ def read_retry(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -
     return Read(tuple(values), tuple(problems))
 
 
-def _rate(local: Mapping[str, Any], protocol: str, problems: list[Problem]) -> RateLimit | None:
-    """OSM's ``rateLimit.local.tcp`` (connections) or ``.http`` (requests) as a token bucket."""
-    limit = local.get(protocol)
+def _rate(
+    limit: Mapping[str, Any] | None, count: str, path: Path, problems: list[Problem]
+) -> RateLimit | None:
+    """One of OSM's local limits (``count``: connections or requests per unit) as a token bucket."""
     if not limit:
         return None
     status = limit.get("responseStatusCode", 429)
     if status not in RATE_LIMIT_STATUSES:
-        path = ("spec", "rateLimit", "local", protocol, "responseStatusCode")
-        problems.append(Problem("GM173", path, f"Envoy's local rate limit cannot answer {status}"))
+        message = f"Envoy's local rate limit cannot answer {status}"
+        problems.append(Problem("GM173", (*path, "responseStatusCode"), message))
     return RateLimit(
-        limit["connections" if protocol == "tcp" else "requests"],
+        limit[count],
         UNIT_SECONDS[limit["unit"]],
         limit.get("burst", 0),
         status,
@@ -107,11 +108,16 @@ def _rate(local: Mapping[str, Any], protocol: str, problems: list[Problem]) -> R
 def read_limits(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
     spec = obj["spec"]
     problems: list[Problem] = []
-    if "httpRoutes" in spec:
-        message = "per-route rate limits are not carried by gitmesh yet"
-        problems.append(Problem("GM173", ("spec", "httpRoutes"), message))
     local = (spec.get("rateLimit") or {}).get("local") or {}
-    connection_rate, request_rate = _rate(local, "tcp", problems), _rate(local, "http", problems)
+    at: Path = ("spec", "rateLimit", "local")
+    connection_rate = _rate(local.get("tcp"), "connections", (*at, "tcp"), problems)
+    request_rate = _rate(local.get("http"), "requests", (*at, "http"), problems)
+    route_rates = []
+    for i, route in enumerate(spec.get("httpRoutes") or ()):
+        at = ("spec", "httpRoutes", i, "rateLimit", "local")
+        rate = _rate((route.get("rateLimit") or {}).get("local"), "requests", at, problems)
+        if rate is not None:  # a route without a limit says nothing
+            route_rates.append((route["path"], rate))
     ns, name = smi.service_ref(spec["host"], core.namespace(obj))
     if "." in name:
         problems.append(Problem("GM170", ("spec", "host"), f"host {name!r} names no Service of the mesh"))
@@ -126,9 +132,10 @@ def read_limits(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) 
         )
     if not _service(ref, ("spec", "host"), services, problems) or problems:
         return Read((), tuple(problems))
-    if request_rate and not any(p.is_http for p in services[ref].ports):
+    if (request_rate or route_rates) and not any(p.is_http for p in services[ref].ports):
         message = f"{ref} has no HTTP port: an HTTP rate limit would limit nothing"
-        return Read((), (Problem("GM173", ("spec", "rateLimit", "local", "http"), message),))
+        field = ("spec", "rateLimit", "local", "http") if request_rate else ("spec", "httpRoutes")
+        return Read((), (Problem("GM173", field, message),))
     limits = ConnectionLimits(
         ref,
         tcp.get("maxConnections"),
@@ -139,6 +146,7 @@ def read_limits(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) 
         http.get("maxRetries"),
         connection_rate,
         request_rate,
+        tuple(route_rates),
     )
     return Read((limits,), ())
 

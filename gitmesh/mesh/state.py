@@ -238,6 +238,9 @@ class ConnectionLimits:
     max_retries: int | None = None
     connection_rate: RateLimit | None = None
     request_rate: RateLimit | None = None
+    # Request rates of their own for the paths that match a regex (anchored at the start of the
+    # path only, as an HttpMatch's), each its own bucket; the first that matches counts.
+    route_rates: tuple[tuple[str, RateLimit], ...] = ()
 
     def __str__(self) -> str:
         limits = [
@@ -251,6 +254,7 @@ class ConnectionLimits:
                 ("retries", self.max_retries),
                 ("connections at", self.connection_rate),
                 ("requests at", self.request_rate),
+                *((f"requests to ^{path} at", rate) for path, rate in self.route_rates),
             )
             if value is not None
         ]

@@ -252,9 +252,10 @@ CODES: dict[str, Code] = {
             "GM113",
             _E,
             "invalid regular expression",
-            "A pathRegex or header pattern does not compile as RE2, the regular expression engine Envoy "
-            "uses (no lookarounds, no backreferences, repetition counts up to 1000), or compiles to a "
-            "program larger than gitmesh's sidecars accept (RE2 program size 1000).",
+            "A pathRegex, header pattern or rate-limited path does not compile as RE2, the regular "
+            "expression engine Envoy uses (no lookarounds, no backreferences, repetition counts up "
+            "to 1000), or compiles to a program larger than gitmesh's sidecars accept (RE2 program "
+            "size 1000).",
         ),
         Code(
             "GM114",
@@ -417,9 +418,9 @@ CODES: dict[str, Code] = {
             "The policy is valid for Open Service Mesh but uses something gitmesh does not translate "
             "yet: egress by IP range, by TCP port alone, wildcard hosts or route matches, a host on "
             "two TLS ports, IngressBackend ServiceAccounts over plaintext, addresses over mTLS or tls "
-            "options, per-route rate limits, a rate-limit status Envoy does not define. It is "
-            "refused rather than silently dropped, so that nothing OSM allowed or limited changes "
-            "unnoticed. Rewrite it with hosts and ServiceAccounts, or leave it out.",
+            "options, a rate-limit status Envoy does not define. It is refused rather than "
+            "silently dropped, so that nothing OSM allowed or limited changes unnoticed. Rewrite "
+            "it with hosts and ServiceAccounts, or leave it out.",
         ),
         Code(
             "GM174",

@@ -172,6 +172,12 @@ def request_rate(rate: RateLimit) -> http_rate_pb2.LocalRateLimit:
     )
 
 
+def route_rates_only() -> http_rate_pb2.LocalRateLimit:
+    """The filter for routes' own rates alone: no bucket of its own, so it limits only the routes
+    whose per-filter config gives one."""
+    return http_rate_pb2.LocalRateLimit(stat_prefix=RATE_STAT_PREFIX)
+
+
 def _bucket(rate: RateLimit) -> token_bucket_pb2.TokenBucket:
     return token_bucket_pb2.TokenBucket(
         max_tokens=rate.count + rate.burst,

@@ -199,7 +199,7 @@ class Translator:
         # Rate limits hold at the sidecars a limited service's endpoints point at (or of that service).
         self._rates: dict[ServiceRef | tuple[str, int], ConnectionLimits] = {}
         for lim in mesh.limits:
-            if lim.connection_rate or lim.request_rate:
+            if lim.connection_rate or lim.request_rate or lim.route_rates:
                 self._rates.setdefault(lim.service, lim)
                 svc = mesh.services.get(lim.service)
                 for endpoint in (e for ends in (svc.endpoints.values() if svc else ()) for e in ends):
@@ -243,7 +243,7 @@ class Translator:
             resources.LISTENER: listeners,
             resources.ROUTE: {
                 OUTBOUND: self._outbound_routes(proxy),
-                INBOUND: _inbound_routes(self.mesh, proxy, self.trust_domain, ingress),
+                INBOUND: _inbound_routes(self.mesh, proxy, self.trust_domain, ingress, rates),
             },
         }
 
@@ -463,11 +463,11 @@ def _inbound_listener(
     served = _served_ports(mesh, proxy)
     if ingress is None and served and not any(p.is_http for p in served):
         return _inbound_tcp_listener(mesh, proxy, {p.port for p in served}, trust_domain, connection_rate)
-    request_rate = (
-        [_http_filter(policy.REQUEST_RATE_FILTER, policy.request_rate(rates.request_rate))]
-        if rates and rates.request_rate
-        else []
-    )
+    request_rate = []
+    if rates and rates.request_rate:
+        request_rate = [_http_filter(policy.REQUEST_RATE_FILTER, policy.request_rate(rates.request_rate))]
+    elif rates and rates.route_rates:
+        request_rate = [_http_filter(policy.REQUEST_RATE_FILTER, policy.route_rates_only())]
     if ingress is not None and not ingress.mtls:
         return _inbound_plaintext_listener(proxy, ingress, connection_rate, request_rate)
     return _inbound_http_listener(mesh, proxy, trust_domain, ingress, connection_rate, request_rate)
@@ -692,11 +692,27 @@ def _route_match(m: HttpMatch) -> route_components_pb2.RouteMatch:
 
 
 def _inbound_routes(
-    mesh: MeshState, proxy: Proxy, trust_domain: str, ingress: IngressRule | None
+    mesh: MeshState,
+    proxy: Proxy,
+    trust_domain: str,
+    ingress: IngressRule | None,
+    rates: ConnectionLimits | None,
 ) -> route_pb2.RouteConfiguration:
     """Every request to the local app, checked against the routes each caller is allowed
-    (no rules at all in permissive mode; every request of an ingress identity to its port)."""
+    (no rules at all in permissive mode; every request of an ingress identity to its port).
+    Paths with request rates of their own have routes of their own, each with its bucket."""
     local_cluster = local_cluster_name(proxy.app_port)
+    to_app = route_components_pb2.RouteAction(cluster=local_cluster)
+    routes = [
+        route_components_pb2.Route(
+            name=f"rate|{path}",
+            match=route_components_pb2.RouteMatch(safe_regex=_regex(whole_path_regex(path))),
+            route=to_app,
+            typed_per_filter_config={policy.REQUEST_RATE_FILTER: _typed(policy.request_rate(rate))},
+        )
+        for path, rate in (rates.route_rates if rates else ())
+    ]
+    routes.append(route_components_pb2.Route(match=route_components_pb2.RouteMatch(prefix="/"), route=to_app))
     if ingress is not None:
         sources = {
             str(s): rbac_pb2.Policy(
@@ -726,12 +742,7 @@ def _inbound_routes(
             route_components_pb2.VirtualHost(
                 name=local_cluster,
                 domains=["*"],
-                routes=[
-                    route_components_pb2.Route(
-                        match=route_components_pb2.RouteMatch(prefix="/"),
-                        route=route_components_pb2.RouteAction(cluster=local_cluster),
-                    )
-                ],
+                routes=routes,
                 typed_per_filter_config={HTTP_RBAC: _typed(rules)},
             )
         ],

@@ -328,6 +328,23 @@ def test_local_rate_limits_refuse_requests_and_connections_past_the_bucket(demo:
     assert stat(demo, "mysql-v1", "local_rate_limit.inbound_rate.rate_limited") == refused
 
 
+def test_a_paths_own_rate_limit_leaves_the_other_paths_alone(demo: Demo) -> None:
+    spec = {
+        "host": "bookstore-v1",
+        "httpRoutes": [{"path": "/buy-a-book", "rateLimit": {"local": {"requests": 1, "unit": "hour"}}}],
+    }
+    commit(demo, "bookstore", obj(OSM_POLICY, "UpstreamTrafficSetting", "bookstore", spec))
+    configured(demo, "bookstore-v1", '"name": "rate|/buy-a-book"')
+    port = demo.proxies["bookbuyer"].outbound_port
+
+    def buy(path: str) -> int:
+        return call(port, "bookstore-v1.bookstore:14001", path)[0]
+
+    assert [buy("/buy-a-book/new") for _ in range(3)] == [200, 429, 429]  # 1 an hour, then 429
+    assert [buy("/books-bought") for _ in range(5)] == [200] * 5
+    assert stat(demo, "bookstore-v1", "inbound_rate.http_local_rate_limit.rate_limited") == 2
+
+
 def plaintext_from(source: str, port: int) -> tuple[int, str]:
     """A plain HTTP GET from ``source`` (a loopback address) straight to a sidecar's inbound port,
     as an ingress outside the mesh sends it; (0, "") when the connection is closed unanswered."""

@@ -99,8 +99,21 @@ def test_local_rate_limits_are_token_buckets_per_unit() -> None:
     assert str(limits) == "shop/bookstore limits connections at 100/minute (burst 10), requests at 10/second"
 
 
+def test_a_paths_own_rate_limit_is_read_with_its_path() -> None:
+    spec = {
+        "host": "bookstore",
+        "httpRoutes": [
+            {"path": "/buy", "rateLimit": {"local": {"requests": 1, "unit": "minute"}}},
+            {"path": "/free"},  # no limit: nothing to carry
+        ],
+    }
+    mesh = read.mesh([service("bookstore"), policy("UpstreamTrafficSetting", "u", spec)])
+    (limits,) = mesh.limits
+    assert limits.route_rates == (("/buy", RateLimit(1, 60)),)
+    assert str(limits) == "shop/bookstore limits requests to ^/buy at 1/minute"
+
+
 def test_rate_limits_envoy_cannot_carry_are_refused_not_dropped() -> None:
-    per_route = {"host": "bookstore", "httpRoutes": [{"path": "/", "rateLimit": {}}]}
     teapot = {
         "host": "bookstore",
         "rateLimit": {"local": {"http": {"requests": 1, "unit": "hour", "responseStatusCode": 418}}},
@@ -116,15 +129,13 @@ def test_rate_limits_envoy_cannot_carry_are_refused_not_dropped() -> None:
         [
             service("bookstore"),
             tcp_only,
-            policy("UpstreamTrafficSetting", "a", per_route),
             policy("UpstreamTrafficSetting", "b", teapot),
             policy("UpstreamTrafficSetting", "c", on_tcp),
         ]
     )
     assert mesh.limits == ()
-    assert "per-route rate limits are not carried" in mesh.warnings[0]
-    assert "cannot answer 418" in mesh.warnings[1]
-    assert "shop/mysql has no HTTP port" in mesh.warnings[2]
+    assert "cannot answer 418" in mesh.warnings[0]
+    assert "shop/mysql has no HTTP port" in mesh.warnings[1]
 
 
 def test_egress_is_one_rule_per_source_port_and_host() -> None:

@@ -52,6 +52,9 @@ def with_policies() -> MeshState:
                 connection_rate=RateLimit(100, 1),
                 request_rate=RateLimit(3, 60, 0, 503, (("x-limited", "yes"),)),
             ),
+            ConnectionLimits(
+                ServiceRef("bookstore", "bookstore-v2"), route_rates=(("/buy", RateLimit(1, 60)),)
+            ),
         ),
         faults=(Fault(WAREHOUSE, BOOKTHIEF.identity, 25.0, 100, 10.5, 503),),
         egress=(
@@ -211,6 +214,23 @@ def test_rate_limits_are_filters_of_the_limited_services_inbound_listener() -> N
     assert "envoy.filters.network.local_ratelimit" not in [f.name for f in plain.filters]
 
 
+def test_a_paths_own_rate_is_a_route_of_its_own_with_its_bucket() -> None:
+    v2 = Proxy(BOOKSTORE.identity, ServiceRef("bookstore", "bookstore-v2"), 8080, 15001, 15006)
+    res = translate(with_policies(), v2)
+    (host,) = res[resources.ROUTE]["inbound"].virtual_hosts  # type: ignore[attr-defined]
+    limited, rest = host.routes
+    assert limited.match.safe_regex.regex == "(?:/buy).*"  # anchored at the start, as a pathRegex
+    assert rest.match.prefix == "/" and not rest.typed_per_filter_config
+    bucket = http_rate_pb2.LocalRateLimit()
+    limited.typed_per_filter_config["envoy.filters.http.local_ratelimit"].Unpack(bucket)
+    assert (bucket.token_bucket.max_tokens, bucket.token_bucket.fill_interval.seconds) == (1, 60)
+    hcm = hcm_pb2.HttpConnectionManager()
+    res[resources.LISTENER]["inbound"].filter_chains[0].filters[-1].typed_config.Unpack(hcm)  # type: ignore[attr-defined]
+    listener_level = http_rate_pb2.LocalRateLimit()
+    hcm.http_filters[1].typed_config.Unpack(listener_level)
+    assert not listener_level.HasField("token_bucket")  # only the route's bucket limits
+
+
 def test_the_rate_limit_statuses_are_envoys() -> None:
     envoy = {code for code in http_status_pb2.StatusCode.values() if 400 <= code <= 599}
     assert envoy == RATE_LIMIT_STATUSES
@@ -226,8 +246,20 @@ def test_the_rate_limit_statuses_are_envoys() -> None:
         (with_policies, BOOKSTORE),
         (with_policies, MYSQL_V1),
         (lambda: plaintext_ingress("10.0.0.0/8"), WAREHOUSE_PROXY),
+        (
+            with_policies,
+            Proxy(BOOKSTORE.identity, ServiceRef("bookstore", "bookstore-v2"), 8080, 15001, 15006),
+        ),
     ],
-    ids=["retry and egress", "fault", "ingress", "http rate limits", "tcp rate limit", "plaintext ingress"],
+    ids=[
+        "retry and egress",
+        "fault",
+        "ingress",
+        "http rate limits",
+        "tcp rate limit",
+        "plaintext ingress",
+        "route rate limit",
+    ],
 )
 def test_real_envoy_accepts_the_policies(mesh: Callable[[], MeshState], proxy: Proxy, tmp_path: Path) -> None:
     config = tmp_path / "bootstrap.json"
