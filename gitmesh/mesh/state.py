@@ -263,8 +263,8 @@ class ConnectionLimits:
 
 @dataclass(frozen=True)
 class EgressRule:
-    """``source`` may reach ``host``:``port`` outside the mesh; ``protocol`` says how the host is
-    seen: the HTTP Host (http), the TLS SNI (tls), or only the port (tcp, host empty)."""
+    """``source`` may reach ``host``:``port`` outside the mesh; ``protocol`` says how its sidecar
+    tells the host apart: by the HTTP Host (http) or the TLS server name (tls)."""
 
     source: Identity
     host: str
@@ -272,7 +272,7 @@ class EgressRule:
     protocol: str
 
     def __str__(self) -> str:
-        return f"{self.source} may reach {self.host or '*'}:{self.port} ({self.protocol})"
+        return f"{self.source} may reach {self.host}:{self.port} ({self.protocol})"
 
 
 @dataclass(frozen=True)
