@@ -160,11 +160,16 @@ def read_egress(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) 
                 Problem("GM173", ("spec", field), f"egress by {field} is not carried by gitmesh yet")
             )
     hosts = spec.get("hosts") or []
+    sources = [Identity(s["namespace"], s["name"]) for s in spec["sources"]]
     for i, host in enumerate(hosts):
         if "*" in host:
             problems.append(
                 Problem("GM173", ("spec", "hosts", i), f"wildcard host {host!r} is not carried yet")
             )
+        elif mesh := _mesh_service(host, sources, services):
+            # Its sidecars already route that name to the mesh: a second route would be refused.
+            message = f"{host!r} is Service {mesh} of the mesh: reach it by a TrafficTarget, not by Egress"
+            problems.append(Problem("GM173", ("spec", "hosts", i), message))
     tls_ports = [i for i, port in enumerate(spec["ports"]) if port["protocol"].lower() == "tls"]
     for i, port in enumerate(spec["ports"]):
         protocol = port["protocol"].lower()
@@ -182,12 +187,25 @@ def read_egress(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) 
     if problems:
         return Read((), tuple(problems))
     values: list[PolicyValue] = [
-        EgressRule(Identity(s["namespace"], s["name"]), host, p["number"], p["protocol"].lower())
-        for s in spec["sources"]
+        EgressRule(source, host, p["number"], p["protocol"].lower())
+        for source in sources
         for p in spec["ports"]
         for host in hosts
     ]
     return Read(tuple(values), ())
+
+
+def _mesh_service(
+    host: str, sources: list[Identity], services: Mapping[ServiceRef, Service]
+) -> ServiceRef | None:
+    """The mesh Service ``host`` names as a caller's sidecar resolves it: name (in a source's own
+    namespace), name.ns, name.ns.svc or name.ns.svc.cluster.local."""
+    name, _, rest = host.partition(".")
+    ns, _, suffix = rest.partition(".")
+    candidates = [ServiceRef(ns, name)] if ns and suffix in ("", "svc", "svc.cluster.local") else []
+    if not rest:
+        candidates = [ServiceRef(source.namespace, name) for source in sources]
+    return next((ref for ref in candidates if ref in services), None)
 
 
 def _ranges(

@@ -417,10 +417,10 @@ CODES: dict[str, Code] = {
             "policy says what gitmesh cannot carry yet",
             "The policy is valid for Open Service Mesh but uses something gitmesh does not translate "
             "yet: egress by IP range, by TCP port alone, wildcard hosts or route matches, a host on "
-            "two TLS ports, IngressBackend ServiceAccounts over plaintext, addresses over mTLS or tls "
-            "options, a rate-limit status Envoy does not define. It is refused rather than "
-            "silently dropped, so that nothing OSM allowed or limited changes unnoticed. Rewrite "
-            "it with hosts and ServiceAccounts, or leave it out.",
+            "two TLS ports or that is a mesh Service, IngressBackend ServiceAccounts over plaintext, "
+            "addresses over mTLS or tls options, a rate-limit status Envoy does not define. It is "
+            "refused rather than silently dropped, so that nothing OSM allowed or limited changes "
+            "unnoticed. Rewrite it with hosts and ServiceAccounts, or leave it out.",
         ),
         Code(
             "GM174",

@@ -178,6 +178,18 @@ def test_egress_the_sidecar_cannot_tell_apart_is_refused() -> None:
     assert "one tls port per host" in mesh.warnings[1]
 
 
+def test_egress_to_a_mesh_service_is_refused() -> None:
+    for host in ("bookstore", "bookstore.shop", "bookstore.shop.svc.cluster.local"):
+        spec = {
+            "sources": [{"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"}],
+            "hosts": [host],
+            "ports": [{"number": 80, "protocol": "http"}],
+        }
+        mesh = read.mesh([service("bookstore"), policy("Egress", "e", spec)])
+        assert mesh.egress == ()
+        assert "is Service shop/bookstore of the mesh" in mesh.warnings[0]
+
+
 def test_tls_egress_to_one_host_on_two_ports_overlaps_across_objects() -> None:
     def egress(name: str, port: int) -> dict[str, Any]:
         spec = {
