@@ -22,6 +22,7 @@ from gitmesh.mesh.state import (
     ConnectionLimits,
     EgressRule,
     Fault,
+    HttpMatch,
     Identity,
     IngressRule,
     RateLimit,
@@ -42,6 +43,14 @@ UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
 RATE_LIMIT_STATUSES = frozenset(
     [*range(400, 418), 421, 422, 423, 424, 426, 428, 429, 431, *range(500, 509), 510, 511]
 )
+
+
+@dataclass(frozen=True)
+class Known:
+    """What a policy may name: the mesh's Services, and its HTTPRouteGroups by (namespace, name)."""
+
+    services: Mapping[ServiceRef, Service]
+    groups: Mapping[tuple[str, str], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,8 @@ def _millis(value: Any, path: Path, problems: list[Problem]) -> int | None:
         return None
 
 
-def read_retry(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
+def read_retry(obj: Mapping[str, Any], known: Known) -> Read:
+    services = known.services
     spec = obj["spec"]
     problems: list[Problem] = []
     source = Identity(spec["source"]["namespace"], spec["source"]["name"])
@@ -105,7 +115,8 @@ def _rate(
     )
 
 
-def read_limits(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
+def read_limits(obj: Mapping[str, Any], known: Known) -> Read:
+    services = known.services
     spec = obj["spec"]
     problems: list[Problem] = []
     local = (spec.get("rateLimit") or {}).get("local") or {}
@@ -151,14 +162,13 @@ def read_limits(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) 
     return Read((limits,), ())
 
 
-def read_egress(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
-    spec = obj["spec"]
+def read_egress(obj: Mapping[str, Any], known: Known) -> Read:
+    spec, services = obj["spec"], known.services
     problems: list[Problem] = []
-    for field in ("ipAddresses", "matches"):
-        if spec.get(field):
-            problems.append(
-                Problem("GM173", ("spec", field), f"egress by {field} is not carried by gitmesh yet")
-            )
+    if spec.get("ipAddresses"):
+        message = "egress by ipAddresses is not carried by gitmesh yet"
+        problems.append(Problem("GM173", ("spec", "ipAddresses"), message))
+    matches = _egress_matches(obj, known, problems)
     hosts = spec.get("hosts") or []
     sources = [Identity(s["namespace"], s["name"]) for s in spec["sources"]]
     for i, host in enumerate(hosts):
@@ -187,12 +197,37 @@ def read_egress(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) 
     if problems:
         return Read((), tuple(problems))
     values: list[PolicyValue] = [
-        EgressRule(source, host, p["number"], p["protocol"].lower())
+        EgressRule(
+            source,
+            host,
+            p["number"],
+            p["protocol"].lower(),
+            matches if p["protocol"].lower() == "http" else (),
+        )
         for source in sources
         for p in spec["ports"]
         for host in hosts
     ]
     return Read(tuple(values), ())
+
+
+def _egress_matches(obj: Mapping[str, Any], known: Known, problems: list[Problem]) -> tuple[HttpMatch, ...]:
+    """The HTTP requests an Egress narrows its http ports to: the matches of the HTTPRouteGroups
+    (of its own namespace) it names; none named: every request."""
+    found: list[HttpMatch] = []
+    for i, ref in enumerate(obj["spec"].get("matches") or ()):
+        path = ("spec", "matches", i)
+        if ref["kind"] != "HTTPRouteGroup":
+            message = f"egress matches by {ref['kind']} are not carried by gitmesh yet"
+            problems.append(Problem("GM173", (*path, "kind"), message))
+            continue
+        group = known.groups.get((core.namespace(obj), ref["name"]))
+        if group is None:
+            message = f"HTTPRouteGroup {core.namespace(obj)}/{ref['name']} does not exist"
+            problems.append(Problem("GM170", (*path, "name"), message))
+            continue
+        found += [m for m, _ in smi.http_matches(dict(group))]
+    return tuple(found)
 
 
 def _mesh_service(
@@ -230,7 +265,8 @@ def _ranges(
     return [str(ipaddress.ip_network(a)) for a in sorted(addresses)]
 
 
-def read_ingress(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
+def read_ingress(obj: Mapping[str, Any], known: Known) -> Read:
+    services = known.services
     """OSM's semantics: over mTLS (https) the ingress proves a ServiceAccount; over plaintext
     (http) it is known only by its address, an IPRange or the endpoints of its Service."""
     spec, ns = obj["spec"], core.namespace(obj)
@@ -270,7 +306,8 @@ def read_ingress(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service])
     return Read(() if problems else tuple(values), tuple(problems))
 
 
-def read_fault(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
+def read_fault(obj: Mapping[str, Any], known: Known) -> Read:
+    services = known.services
     spec = obj["spec"]
     problems: list[Problem] = []
     ns = core.namespace(obj)
@@ -293,7 +330,7 @@ def read_fault(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -
     return Read((fault,), ())
 
 
-READERS: dict[str, Callable[[Mapping[str, Any], Mapping[ServiceRef, Service]], Read]] = {
+READERS: dict[str, Callable[[Mapping[str, Any], Known], Read]] = {
     "Retry": read_retry,
     "UpstreamTrafficSetting": read_limits,
     "Egress": read_egress,

@@ -264,15 +264,18 @@ class ConnectionLimits:
 @dataclass(frozen=True)
 class EgressRule:
     """``source`` may reach ``host``:``port`` outside the mesh; ``protocol`` says how its sidecar
-    tells the host apart: by the HTTP Host (http) or the TLS server name (tls)."""
+    tells the host apart: by the HTTP Host (http) or the TLS server name (tls). HTTP egress with
+    ``http_matches`` is for the requests one of them matches only."""
 
     source: Identity
     host: str
     port: int
     protocol: str
+    http_matches: tuple[HttpMatch, ...] = ()
 
     def __str__(self) -> str:
-        return f"{self.source} may reach {self.host}:{self.port} ({self.protocol})"
+        on = f" on {', '.join(map(str, self.http_matches))}" if self.http_matches else ""
+        return f"{self.source} may reach {self.host}:{self.port} ({self.protocol}){on}"
 
 
 @dataclass(frozen=True)

@@ -285,13 +285,13 @@ def check_references(
     ]
     out += [d for m in by_kind["MeshConfig"] for d in _settings_not_acted_on(m)]
     out += [d for s in by_kind["TrafficSplit"] for d in policy.check(s)]
-    out += _check_policies(by_kind, services, present, outside)
+    out += _check_policies(by_kind, policies.Known(services, groups), present, outside)
     return out
 
 
 def _check_policies(
     by_kind: Mapping[str, list[Manifest]],
-    services: Mapping[ServiceRef, Service],
+    known: policies.Known,
     present: AbstractSet[ObjectRef] | None,
     outside: set[ObjectRef],
 ) -> list[Diagnostic]:
@@ -302,7 +302,7 @@ def _check_policies(
     reads = []
     for kind, reader in policies.READERS.items():
         for m in sorted(by_kind[kind], key=lambda m: (core.namespace(m.obj), m.obj["metadata"]["name"])):
-            read = reader(m.obj, services)
+            read = reader(m.obj, known)
             out += [d for p in read.problems if (d := _outside(m, p, present, outside)) is not None]
             reads.append((m, read))
     _, lost = policies.first_wins(reads)

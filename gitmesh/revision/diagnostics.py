@@ -391,8 +391,9 @@ CODES: dict[str, Code] = {
         Code(
             "GM170",
             _E,
-            "policy names a Service that does not exist",
-            "A policy's destination, host or backend must be a Service of the mesh, in the revision or "
+            "policy names a Service or route group that does not exist",
+            "A policy's destination, host or backend must be a Service of the mesh, and an Egress's "
+            "matches HTTPRouteGroups of its namespace, in the revision or "
             "(at plan and apply) in the cluster. A host is written name, name.ns or "
             "name.ns.svc.cluster.local.",
         ),
@@ -416,11 +417,12 @@ CODES: dict[str, Code] = {
             _E,
             "policy says what gitmesh cannot carry yet",
             "The policy is valid for Open Service Mesh but uses something gitmesh does not translate "
-            "yet: egress by IP range, by TCP port alone, wildcard hosts or route matches, a host on "
-            "two TLS ports or that is a mesh Service, IngressBackend ServiceAccounts over plaintext, "
-            "addresses over mTLS or tls options, a rate-limit status Envoy does not define. It is "
-            "refused rather than silently dropped, so that nothing OSM allowed or limited changes "
-            "unnoticed. Rewrite it with hosts and ServiceAccounts, or leave it out.",
+            "yet: egress by IP range, by TCP port alone, wildcard hosts or matches but "
+            "HTTPRouteGroups, a host on two TLS ports or that is a mesh Service, IngressBackend "
+            "ServiceAccounts over plaintext, addresses over mTLS or tls options, a rate-limit status "
+            "Envoy does not define. It is refused rather than silently dropped, so that nothing OSM "
+            "allowed or limited changes unnoticed. Rewrite it with hosts and ServiceAccounts, or "
+            "leave it out.",
         ),
         Code(
             "GM174",

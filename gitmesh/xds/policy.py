@@ -6,6 +6,8 @@ destination sidecar's inbound listener."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -111,17 +113,19 @@ def egress_cluster(rule: EgressRule) -> cluster_pb2.Cluster:
     )
 
 
-def egress_virtual_host(rule: EgressRule) -> route_components_pb2.VirtualHost:
-    """HTTP egress: requests whose Host is the external host (with its port, or bare for port 80)."""
+def egress_virtual_host(
+    rule: EgressRule, matches: Sequence[route_components_pb2.RouteMatch]
+) -> route_components_pb2.VirtualHost:
+    """HTTP egress: requests whose Host is the external host (with its port, or bare for port 80),
+    those ``matches`` select (every request without)."""
     domains = [f"{rule.host}:{rule.port}"] + ([rule.host] if rule.port == 80 else [])
+    to_host = route_components_pb2.RouteAction(cluster=egress_cluster_name(rule))
     return route_components_pb2.VirtualHost(
         name=egress_cluster_name(rule),
         domains=domains,
         routes=[
-            route_components_pb2.Route(
-                match=route_components_pb2.RouteMatch(prefix="/"),
-                route=route_components_pb2.RouteAction(cluster=egress_cluster_name(rule)),
-            )
+            route_components_pb2.Route(match=match, route=to_host)
+            for match in matches or [route_components_pb2.RouteMatch(prefix="/")]
         ],
     )
 

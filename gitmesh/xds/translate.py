@@ -323,13 +323,24 @@ class Translator:
                 for svc in self._reachable(key[1])
                 for i, port in enumerate(p for p in svc.ports if p.is_http)
             ]
-            hosts += [
-                AssembledRoutes.host_field(policy.egress_virtual_host(rule))
-                for rule in self._egress.get(proxy.identity, [])
-                if rule.protocol == "http"
-            ]
+            hosts += self._egress_hosts(proxy.identity)
             self._routes[key] = AssembledRoutes(OUTBOUND, hosts)
         return self._routes[key]
+
+    def _egress_hosts(self, caller: Identity) -> list[bytes]:
+        """A virtual host per external host and port the caller's HTTP egress names, for the
+        requests its rules match (all of them when one rule has no matches)."""
+        by_host: dict[tuple[str, int], list[EgressRule]] = defaultdict(list)
+        for rule in self._egress.get(caller, []):
+            if rule.protocol == "http":
+                by_host[(rule.host, rule.port)].append(rule)
+        hosts = []
+        for rules in by_host.values():
+            every = any(not r.http_matches for r in rules)
+            matches = [] if every else list(dict.fromkeys(m for r in rules for m in r.http_matches))
+            host = policy.egress_virtual_host(rules[0], [_route_match(m) for m in matches])
+            hosts.append(AssembledRoutes.host_field(host))
+        return hosts
 
     def _virtual_host(self, svc: Service, port: Port, first: bool, short: bool, caller: Identity) -> bytes:
         """Virtual hosts differ between namespaces only by the short name, and between callers by

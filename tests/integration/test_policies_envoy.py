@@ -176,7 +176,7 @@ def test_http_egress_reaches_an_external_host_from_its_source_only(demo: Demo) -
             return call(demo.proxies[caller].outbound_port, host, "/")
 
         assert reach("bookbuyer")[0] == 404  # egress is off: no route leaves the mesh
-        rule = {
+        rule: dict[str, Any] = {
             "sources": [{"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "bookbuyer"}],
             "hosts": ["localhost"],
             "ports": [{"number": external.port, "protocol": "http"}],
@@ -185,6 +185,20 @@ def test_http_egress_reaches_an_external_host_from_its_source_only(demo: Demo) -
         eventually(lambda: reach("bookbuyer"), lambda r: r == (200, "external"), "egress allowed")
         assert reach("bookthief")[0] == 404
         assert demo.buy()[0] == 200  # the mesh routes are still there
+
+        # Narrowed to an HTTPRouteGroup's matches: only those requests leave the mesh.
+        group = {
+            "apiVersion": "specs.smi-spec.io/v1alpha4",
+            "kind": "HTTPRouteGroup",
+            "metadata": {"name": "external-api", "namespace": "bookbuyer"},
+            "spec": {"matches": [{"name": "books", "pathRegex": "/books", "methods": ["GET"]}]},
+        }
+        rule["matches"] = [
+            {"apiGroup": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup", "name": "external-api"}
+        ]
+        commit(demo, "bookbuyer", group, obj(OSM_POLICY, "Egress", "bookbuyer", rule))
+        eventually(lambda: reach("bookbuyer"), lambda r: r[0] == 404, "egress narrowed")
+        assert call(demo.proxies["bookbuyer"].outbound_port, host, "/books/1") == (200, "external")
     finally:
         external.close()
 

@@ -178,6 +178,42 @@ def test_egress_the_sidecar_cannot_tell_apart_is_refused() -> None:
     assert "one tls port per host" in mesh.warnings[1]
 
 
+def test_http_egress_is_narrowed_to_the_matches_of_the_route_groups_it_names() -> None:
+    group = {
+        "apiVersion": "specs.smi-spec.io/v1alpha4",
+        "kind": "HTTPRouteGroup",
+        "metadata": {"name": "api", "namespace": "shop"},
+        "spec": {"matches": [{"name": "books", "pathRegex": "/books", "methods": ["GET"]}]},
+    }
+    spec = {
+        "sources": [{"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"}],
+        "hosts": ["api.example.com"],
+        "ports": [{"number": 80, "protocol": "http"}, {"number": 443, "protocol": "tls"}],
+        "matches": [{"apiGroup": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup", "name": "api"}],
+    }
+    mesh = read.mesh([group, policy("Egress", "e", spec)])
+    http, tls = mesh.egress
+    assert [str(m) for m in http.http_matches] == ["api/books (GET ^/books)"]
+    assert tls.http_matches == ()  # matches narrow HTTP only
+    assert str(http) == "shop/bookbuyer may reach api.example.com:80 (http) on api/books (GET ^/books)"
+
+
+def test_egress_matches_that_name_no_route_group_are_refused() -> None:
+    spec = {
+        "sources": [{"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"}],
+        "hosts": ["api.example.com"],
+        "ports": [{"number": 80, "protocol": "http"}],
+        "matches": [
+            {"apiGroup": "specs.smi-spec.io/v1alpha4", "kind": "HTTPRouteGroup", "name": "nowhere"},
+            {"apiGroup": "policy.openservicemesh.io/v1alpha1", "kind": "UpstreamTrafficSetting", "name": "u"},
+        ],
+    }
+    mesh = read.mesh([policy("Egress", "e", spec)])
+    assert mesh.egress == ()
+    assert "HTTPRouteGroup shop/nowhere does not exist" in mesh.warnings[0]
+    assert "egress matches by UpstreamTrafficSetting are not carried" in mesh.warnings[1]
+
+
 def test_egress_to_a_mesh_service_is_refused() -> None:
     for host in ("bookstore", "bookstore.shop", "bookstore.shop.svc.cluster.local"):
         spec = {

@@ -24,6 +24,7 @@ from gitmesh.mesh.state import (
     ConnectionLimits,
     EgressRule,
     Fault,
+    HttpMatch,
     IngressRule,
     MeshState,
     RateLimit,
@@ -120,6 +121,24 @@ def test_http_egress_is_a_virtual_host_and_a_dns_cluster_of_its_source_only() ->
     thief = translate(mesh, BOOKTHIEF)
     assert not [h for h in thief[resources.ROUTE]["outbound"].virtual_hosts if h.name.startswith("egress")]  # type: ignore[attr-defined]
     assert not [name for name in thief[resources.CLUSTER] if name.startswith("egress")]
+
+
+def test_http_egress_with_matches_routes_only_those_requests_and_rules_add_up() -> None:
+    books = HttpMatch("api", "books", "/books", ("GET",), ())
+    authors = HttpMatch("api", "authors", "/authors", (), ())
+    narrowed = [
+        EgressRule(BOOKBUYER.identity, "api.example.com", 8080, "http", (books,)),
+        EgressRule(BOOKBUYER.identity, "api.example.com", 8080, "http", (authors,)),
+    ]
+    host = virtual_host(
+        translate(replace(example(), egress=tuple(narrowed)), BOOKBUYER), "egress|api.example.com:8080"
+    )
+    assert [r.match.safe_regex.regex for r in host.routes] == ["(?:/books).*", "(?:/authors).*"]  # type: ignore[attr-defined]
+    everything = replace(
+        example(), egress=(*narrowed, EgressRule(BOOKBUYER.identity, "api.example.com", 8080, "http"))
+    )
+    host = virtual_host(translate(everything, BOOKBUYER), "egress|api.example.com:8080")
+    assert [r.match.prefix for r in host.routes] == ["/"]  # type: ignore[attr-defined]
 
 
 def test_tls_egress_is_a_filter_chain_by_server_name_after_the_http_chain() -> None:
