@@ -207,10 +207,15 @@ class Sidecar:
         stop_process(self.process)
 
 
-def call(port: int, host: str, path: str, user_agent: str = CALLER_AGENT) -> tuple[int, str]:
+def call(
+    port: int, host: str, path: str, user_agent: str = CALLER_AGENT, method: str = "GET"
+) -> tuple[int, str]:
     """A request as an app makes it: to its sidecar's outbound port, naming the service as Host."""
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", headers={"Host": host, "User-Agent": user_agent}
+        f"http://127.0.0.1:{port}{path}",
+        headers={"Host": host, "User-Agent": user_agent},
+        data=b"" if method == "POST" else None,
+        method=method,
     )
     try:
         with urllib.request.urlopen(request, timeout=5) as r:

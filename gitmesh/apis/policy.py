@@ -10,6 +10,7 @@ are left out with a GM172 warning.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,10 @@ from gitmesh.mesh.state import (
     ConnectionLimits,
     EgressRule,
     Fault,
+    HttpMatch,
     Identity,
     IngressRule,
+    RateLimit,
     RetryPolicy,
     Service,
     ServiceRef,
@@ -33,6 +36,21 @@ OSM_GROUP = "policy.openservicemesh.io"
 GITMESH_GROUP = "gitmesh.dev"
 
 PolicyValue = RetryPolicy | ConnectionLimits | EgressRule | IngressRule | Fault
+
+UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
+# The statuses Envoy's local rate limit can answer with (envoy.type.v3.StatusCode, 4xx and 5xx):
+# it refuses any other number, so such a status is refused here rather than by the sidecar.
+RATE_LIMIT_STATUSES = frozenset(
+    [*range(400, 418), 421, 422, 423, 424, 426, 428, 429, 431, *range(500, 509), 510, 511]
+)
+
+
+@dataclass(frozen=True)
+class Known:
+    """What a policy may name: the mesh's Services, and its HTTPRouteGroups by (namespace, name)."""
+
+    services: Mapping[ServiceRef, Service]
+    groups: Mapping[tuple[str, str], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -60,7 +78,8 @@ def _millis(value: Any, path: Path, problems: list[Problem]) -> int | None:
         return None
 
 
-def read_retry(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
+def read_retry(obj: Mapping[str, Any], known: Known) -> Read:
+    services = known.services
     spec = obj["spec"]
     problems: list[Problem] = []
     source = Identity(spec["source"]["namespace"], spec["source"]["name"])
@@ -77,12 +96,39 @@ def read_retry(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -
     return Read(tuple(values), tuple(problems))
 
 
-def read_limits(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
+def _rate(
+    limit: Mapping[str, Any] | None, count: str, path: Path, problems: list[Problem]
+) -> RateLimit | None:
+    """One of OSM's local limits (``count``: connections or requests per unit) as a token bucket."""
+    if not limit:
+        return None
+    status = limit.get("responseStatusCode", 429)
+    if status not in RATE_LIMIT_STATUSES:
+        message = f"Envoy's local rate limit cannot answer {status}"
+        problems.append(Problem("GM173", (*path, "responseStatusCode"), message))
+    return RateLimit(
+        limit[count],
+        UNIT_SECONDS[limit["unit"]],
+        limit.get("burst", 0),
+        status,
+        tuple((h["name"], h["value"]) for h in limit.get("responseHeadersToAdd") or ()),
+    )
+
+
+def read_limits(obj: Mapping[str, Any], known: Known) -> Read:
+    services = known.services
     spec = obj["spec"]
     problems: list[Problem] = []
-    for field in ("rateLimit", "httpRoutes"):
-        if field in spec:
-            problems.append(Problem("GM173", ("spec", field), "rate limits are not carried by gitmesh yet"))
+    local = (spec.get("rateLimit") or {}).get("local") or {}
+    at: Path = ("spec", "rateLimit", "local")
+    connection_rate = _rate(local.get("tcp"), "connections", (*at, "tcp"), problems)
+    request_rate = _rate(local.get("http"), "requests", (*at, "http"), problems)
+    route_rates = []
+    for i, route in enumerate(spec.get("httpRoutes") or ()):
+        at = ("spec", "httpRoutes", i, "rateLimit", "local")
+        rate = _rate((route.get("rateLimit") or {}).get("local"), "requests", at, problems)
+        if rate is not None:  # a route without a limit says nothing
+            route_rates.append((route["path"], rate))
     ns, name = smi.service_ref(spec["host"], core.namespace(obj))
     if "." in name:
         problems.append(Problem("GM170", ("spec", "host"), f"host {name!r} names no Service of the mesh"))
@@ -97,6 +143,10 @@ def read_limits(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) 
         )
     if not _service(ref, ("spec", "host"), services, problems) or problems:
         return Read((), tuple(problems))
+    if (request_rate or route_rates) and not any(p.is_http for p in services[ref].ports):
+        message = f"{ref} has no HTTP port: an HTTP rate limit would limit nothing"
+        field = ("spec", "rateLimit", "local", "http") if request_rate else ("spec", "httpRoutes")
+        return Read((), (Problem("GM173", field, message),))
     limits = ConnectionLimits(
         ref,
         tcp.get("maxConnections"),
@@ -105,62 +155,159 @@ def read_limits(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) 
         http.get("maxRequestsPerConnection"),
         http.get("maxPendingRequests"),
         http.get("maxRetries"),
+        connection_rate,
+        request_rate,
+        tuple(route_rates),
     )
     return Read((limits,), ())
 
 
-def read_egress(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
-    spec = obj["spec"]
+def read_egress(obj: Mapping[str, Any], known: Known) -> Read:
+    spec, services = obj["spec"], known.services
     problems: list[Problem] = []
-    for field in ("ipAddresses", "matches"):
-        if spec.get(field):
-            problems.append(
-                Problem("GM173", ("spec", field), f"egress by {field} is not carried by gitmesh yet")
-            )
+    if spec.get("ipAddresses"):
+        message = "egress by ipAddresses is not carried by gitmesh yet"
+        problems.append(Problem("GM173", ("spec", "ipAddresses"), message))
+    matches = _egress_matches(obj, known, problems)
     hosts = spec.get("hosts") or []
+    sources = [Identity(s["namespace"], s["name"]) for s in spec["sources"]]
     for i, host in enumerate(hosts):
         if "*" in host:
             problems.append(
                 Problem("GM173", ("spec", "hosts", i), f"wildcard host {host!r} is not carried yet")
             )
+        elif mesh := _mesh_service(host, sources, services):
+            # Its sidecars already route that name to the mesh: a second route would be refused.
+            message = f"{host!r} is Service {mesh} of the mesh: reach it by a TrafficTarget, not by Egress"
+            problems.append(Problem("GM173", ("spec", "hosts", i), message))
+    tls_ports = [i for i, port in enumerate(spec["ports"]) if port["protocol"].lower() == "tls"]
     for i, port in enumerate(spec["ports"]):
-        if port["protocol"].lower() != "tcp" and not hosts:
+        protocol = port["protocol"].lower()
+        if protocol == "tcp":
+            # A sidecar is reached at its own address: what a TCP connection was meant for is known
+            # only by its HTTP Host or TLS server name, never by the port alone.
+            message = "TCP egress by port alone is not carried: name hosts with protocol tls or http"
+            problems.append(Problem("GM173", ("spec", "ports", i, "protocol"), message))
+        elif not hosts:
             message = f"{port['protocol']} egress needs hosts (egress by IP range is not carried yet)"
             problems.append(Problem("GM173", ("spec", "ports", i), message))
+    if len(tls_ports) > 1:
+        message = "TLS egress is told apart by server name only: one tls port per host"
+        problems.append(Problem("GM173", ("spec", "ports", tls_ports[1]), message))
     if problems:
         return Read((), tuple(problems))
     values: list[PolicyValue] = [
-        EgressRule(Identity(s["namespace"], s["name"]), host, p["number"], p["protocol"].lower())
-        for s in spec["sources"]
+        EgressRule(
+            source,
+            host,
+            p["number"],
+            p["protocol"].lower(),
+            matches if p["protocol"].lower() == "http" else (),
+        )
+        for source in sources
         for p in spec["ports"]
-        for host in (hosts if p["protocol"].lower() != "tcp" else [""])
+        for host in hosts
     ]
     return Read(tuple(values), ())
 
 
-def read_ingress(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
+def _egress_matches(obj: Mapping[str, Any], known: Known, problems: list[Problem]) -> tuple[HttpMatch, ...]:
+    """The HTTP requests an Egress narrows its http ports to: the matches of the HTTPRouteGroups
+    (of its own namespace) it names; none named: every request."""
+    found: list[HttpMatch] = []
+    for i, ref in enumerate(obj["spec"].get("matches") or ()):
+        path = ("spec", "matches", i)
+        if ref["kind"] != "HTTPRouteGroup":
+            message = f"egress matches by {ref['kind']} are not carried by gitmesh yet"
+            problems.append(Problem("GM173", (*path, "kind"), message))
+            continue
+        group = known.groups.get((core.namespace(obj), ref["name"]))
+        if group is None:
+            message = f"HTTPRouteGroup {core.namespace(obj)}/{ref['name']} does not exist"
+            problems.append(Problem("GM170", (*path, "name"), message))
+            continue
+        found += [m for m, _ in smi.http_matches(dict(group))]
+    return tuple(found)
+
+
+def _mesh_service(
+    host: str, sources: list[Identity], services: Mapping[ServiceRef, Service]
+) -> ServiceRef | None:
+    """The mesh Service ``host`` names as a caller's sidecar resolves it: name (in a source's own
+    namespace), name.ns, name.ns.svc or name.ns.svc.cluster.local."""
+    name, _, rest = host.partition(".")
+    ns, _, suffix = rest.partition(".")
+    candidates = [ServiceRef(ns, name)] if ns and suffix in ("", "svc", "svc.cluster.local") else []
+    if not rest:
+        candidates = [ServiceRef(source.namespace, name) for source in sources]
+    return next((ref for ref in candidates if ref in services), None)
+
+
+def _ranges(
+    source: Mapping[str, Any],
+    ns: str,
+    path: Path,
+    services: Mapping[ServiceRef, Service],
+    problems: list[Problem],
+) -> list[str]:
+    """The address ranges a plaintext ingress source stands for: an IPRange's CIDR, or the
+    addresses of a Service's endpoints (its ingress controller's pods), each as a /32 or /128."""
+    if source["kind"] == "IPRange":
+        try:
+            return [str(ipaddress.ip_network(source["name"], strict=False))]
+        except ValueError as e:
+            problems.append(Problem("GM175", (*path, "name"), str(e)))
+            return []
+    ref = ServiceRef(source.get("namespace") or ns, source["name"])
+    if not _service(ref, (*path, "name"), services, problems):
+        return []
+    addresses = {e.address for ends in services[ref].endpoints.values() for e in ends}
+    return [str(ipaddress.ip_network(a)) for a in sorted(addresses)]
+
+
+def read_ingress(obj: Mapping[str, Any], known: Known) -> Read:
+    services = known.services
+    """OSM's semantics: over mTLS (https) the ingress proves a ServiceAccount; over plaintext
+    (http) it is known only by its address, an IPRange or the endpoints of its Service."""
     spec, ns = obj["spec"], core.namespace(obj)
     problems: list[Problem] = []
-    sources: list[Identity] = []
+    identities: list[Identity] = []
+    ranges: list[str] = []
     for i, s in enumerate(spec["sources"]):
         if s["kind"] == "ServiceAccount":
-            sources.append(Identity(s.get("namespace") or ns, s["name"]))
+            identities.append(Identity(s.get("namespace") or ns, s["name"]))
         else:
-            message = f"a {s['kind']} source is not carried by gitmesh yet: name the ingress's ServiceAccount"
-            problems.append(Problem("GM173", ("spec", "sources", i), message))
+            ranges += _ranges(s, ns, ("spec", "sources", i), services, problems)
     if spec.get("matches"):
         problems.append(Problem("GM173", ("spec", "matches"), "route matches are not carried by gitmesh yet"))
     values: list[PolicyValue] = []
     for i, b in enumerate(spec["backends"]):
         ref = ServiceRef(ns, b["name"])
-        if _service(ref, ("spec", "backends", i, "name"), services, problems):
+        path: Path = ("spec", "backends", i)
+        mtls = b["port"]["protocol"] == "https"
+        if mtls and ranges:
+            message = (
+                "over mTLS the ingress is known by its ServiceAccount, not its address: use protocol http"
+            )
+            problems.append(Problem("GM173", (*path, "port", "protocol"), message))
+        if not mtls and identities:
+            message = "a ServiceAccount is proven only over mTLS: use protocol https"
+            problems.append(Problem("GM173", (*path, "port", "protocol"), message))
+        for field, value in (b.get("tls") or {}).items():
+            if value:  # gitmesh always checks the ingress's mesh certificate, whatever its SNI
+                message = (
+                    f"tls.{field} is not carried by gitmesh: the ingress's certificate is always checked"
+                )
+                problems.append(Problem("GM173", (*path, "tls", field), message))
+        if _service(ref, (*path, "name"), services, problems):
             values.append(
-                IngressRule(ref, b["port"]["number"], tuple(sources), b["port"]["protocol"] == "https")
+                IngressRule(ref, b["port"]["number"], tuple(identities), mtls, () if mtls else tuple(ranges))
             )
     return Read(() if problems else tuple(values), tuple(problems))
 
 
-def read_fault(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -> Read:
+def read_fault(obj: Mapping[str, Any], known: Known) -> Read:
+    services = known.services
     spec = obj["spec"]
     problems: list[Problem] = []
     ns = core.namespace(obj)
@@ -183,7 +330,7 @@ def read_fault(obj: Mapping[str, Any], services: Mapping[ServiceRef, Service]) -
     return Read((fault,), ())
 
 
-READERS: dict[str, Callable[[Mapping[str, Any], Mapping[ServiceRef, Service]], Read]] = {
+READERS: dict[str, Callable[[Mapping[str, Any], Known], Read]] = {
     "Retry": read_retry,
     "UpstreamTrafficSetting": read_limits,
     "Egress": read_egress,
@@ -193,7 +340,7 @@ READERS: dict[str, Callable[[Mapping[str, Any], Mapping[ServiceRef, Service]], R
 
 
 def overlap_key(value: PolicyValue) -> Hashable | None:
-    """What two values may not both say; None: values of this kind add up (egress rules)."""
+    """What two values may not both say; None: values of this kind add up (HTTP egress rules)."""
     match value:
         case RetryPolicy():
             return ("retry", value.source, value.destination)
@@ -201,6 +348,8 @@ def overlap_key(value: PolicyValue) -> Hashable | None:
             return ("limits", value.service)
         case IngressRule():
             return ("ingress", value.backend, value.port)
+        case EgressRule(protocol="tls"):
+            return ("tls egress", value.source, value.host)  # one port per server name
         case Fault():
             return ("fault", value.destination, value.source)
     return None

@@ -48,7 +48,7 @@ def mesh(objects: Iterable[Mapping[str, Any]]) -> MeshState:
     reads = []
     for kind, reader in policy.READERS.items():
         for o in sorted(by_kind[kind], key=lambda o: (core.namespace(o), o["metadata"]["name"])):
-            read = reader(o, services)
+            read = reader(o, policy.Known(services, groups))
             warnings += [_warning(o, p.message) for p in read.problems]
             reads.append((o, read))
     kept, lost = policy.first_wins(reads)

@@ -209,8 +209,25 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: ``count`` connections or requests every ``seconds``, ``burst`` more at once;
+    a limited HTTP request is answered ``status`` with ``headers`` added (name, value)."""
+
+    count: int
+    seconds: int
+    burst: int = 0
+    status: int = 429
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __str__(self) -> str:
+        unit = {1: "second", 60: "minute", 3600: "hour"}.get(self.seconds, f"{self.seconds} s")
+        return f"{self.count}/{unit}" + (f" (burst {self.burst})" if self.burst else "")
+
+
+@dataclass(frozen=True)
 class ConnectionLimits:
-    """Circuit breaking for every caller of ``service``; None: Envoy's default."""
+    """Circuit breaking for every caller of ``service`` (None: Envoy's default), and rate limits
+    each sidecar of ``service`` enforces on what it receives, on its own (as OSM's local limits)."""
 
     service: ServiceRef
     max_connections: int | None = None
@@ -219,6 +236,11 @@ class ConnectionLimits:
     max_requests_per_connection: int | None = None
     max_pending_requests: int | None = None
     max_retries: int | None = None
+    connection_rate: RateLimit | None = None
+    request_rate: RateLimit | None = None
+    # Request rates of their own for the paths that match a regex (anchored at the start of the
+    # path only, as an HttpMatch's), each its own bucket; the first that matches counts.
+    route_rates: tuple[tuple[str, RateLimit], ...] = ()
 
     def __str__(self) -> str:
         limits = [
@@ -230,6 +252,9 @@ class ConnectionLimits:
                 ("requests per connection", self.max_requests_per_connection),
                 ("pending requests", self.max_pending_requests),
                 ("retries", self.max_retries),
+                ("connections at", self.connection_rate),
+                ("requests at", self.request_rate),
+                *((f"requests to ^{path} at", rate) for path, rate in self.route_rates),
             )
             if value is not None
         ]
@@ -238,31 +263,38 @@ class ConnectionLimits:
 
 @dataclass(frozen=True)
 class EgressRule:
-    """``source`` may reach ``host``:``port`` outside the mesh; ``protocol`` says how the host is
-    seen: the HTTP Host (http), the TLS SNI (tls), or only the port (tcp, host empty)."""
+    """``source`` may reach ``host``:``port`` outside the mesh; ``protocol`` says how its sidecar
+    tells the host apart: by the HTTP Host (http) or the TLS server name (tls). HTTP egress with
+    ``http_matches`` is for the requests one of them matches only."""
 
     source: Identity
     host: str
     port: int
     protocol: str
+    http_matches: tuple[HttpMatch, ...] = ()
 
     def __str__(self) -> str:
-        return f"{self.source} may reach {self.host or '*'}:{self.port} ({self.protocol})"
+        on = f" on {', '.join(map(str, self.http_matches))}" if self.http_matches else ""
+        return f"{self.source} may reach {self.host}:{self.port} ({self.protocol}){on}"
 
 
 @dataclass(frozen=True)
 class IngressRule:
-    """Only ``sources`` (ingress identities) may reach ``backend`` on ``port``, with mTLS from the
-    ingress when ``mtls``; mesh callers of that port are refused."""
+    """Only the ingress may reach ``backend`` on ``port`` (the app's own port): over mTLS when
+    ``mtls``, as one of ``sources``; else in plaintext, from an address in ``source_ranges`` (CIDRs).
+    Mesh callers of that port are refused."""
 
     backend: ServiceRef
     port: int
     sources: tuple[Identity, ...]
     mtls: bool
+    source_ranges: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        over = " over mTLS" if self.mtls else ""
-        return f"{self.backend}:{self.port} is ingress only, from {', '.join(map(str, self.sources))}{over}"
+        where = f"{self.backend}:{self.port} is ingress only"
+        if self.mtls:
+            return f"{where}, from {', '.join(map(str, self.sources))} over mTLS"
+        return f"{where}, in plaintext from {', '.join(self.source_ranges) or 'no address yet'}"
 
 
 @dataclass(frozen=True)

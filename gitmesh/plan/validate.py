@@ -274,6 +274,7 @@ def check_references(
     out = _check_splits(by_kind["TrafficSplit"], services, groups, present, outside)
     out += _check_targets(by_kind["TrafficTarget"], routes)
     out += _check_regexes(by_kind["HTTPRouteGroup"])
+    out += _check_route_rate_regexes(by_kind["UpstreamTrafficSetting"])
     configs = by_kind["MeshConfig"]
     out += [
         _at(
@@ -286,13 +287,13 @@ def check_references(
     ]
     out += [d for m in by_kind["MeshConfig"] for d in _settings_not_acted_on(m)]
     out += [d for s in by_kind["TrafficSplit"] for d in policy.check(s)]
-    out += _check_policies(by_kind, services, present, outside)
+    out += _check_policies(by_kind, policies.Known(services, groups), present, outside)
     return out
 
 
 def _check_policies(
     by_kind: Mapping[str, list[Manifest]],
-    services: Mapping[ServiceRef, Service],
+    known: policies.Known,
     present: AbstractSet[ObjectRef] | None,
     outside: set[ObjectRef],
 ) -> list[Diagnostic]:
@@ -303,7 +304,7 @@ def _check_policies(
     reads = []
     for kind, reader in policies.READERS.items():
         for m in sorted(by_kind[kind], key=lambda m: (core.namespace(m.obj), m.obj["metadata"]["name"])):
-            read = reader(m.obj, services)
+            read = reader(m.obj, known)
             out += [d for p in read.problems if (d := _outside(m, p, present, outside)) is not None]
             reads.append((m, read))
     _, lost = policies.first_wins(reads)
@@ -434,24 +435,39 @@ def _check_regexes(groups: list[Manifest]) -> list[Diagnostic]:
                 else []
             )
             patterns += [((*at, "headers"), p, p) for _, p in x.headers]
-            for path, pattern, sent in patterns:
-                try:
-                    size = re2.compile(sent, _RE2_OPTIONS).programsize
-                except re2.error as e:
-                    reason = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
-                    out.append(_at(g, path, "GM113", f"{pattern[:80]!r}: {reason}"))
-                    continue
-                if size > REGEX_MAX_PROGRAM_SIZE:
-                    out.append(
-                        _at(
-                            g,
-                            path,
-                            "GM113",
-                            f"{pattern[:80]!r} compiles to an RE2 program of size {size}; "
-                            f"gitmesh's sidecars accept at most {REGEX_MAX_PROGRAM_SIZE}",
-                        )
-                    )
+            out += [d for path, pattern, sent in patterns if (d := _check_regex(g, path, pattern, sent))]
     return out
+
+
+def _check_route_rate_regexes(settings: list[Manifest]) -> list[Diagnostic]:
+    """An UpstreamTrafficSetting's httpRoutes paths, sent as an HTTPRouteGroup's pathRegex is."""
+    return [
+        d
+        for m in settings
+        for i, route in enumerate((m.obj.get("spec") or {}).get("httpRoutes") or ())
+        if isinstance(route.get("path"), str)
+        and (
+            d := _check_regex(
+                m, ("spec", "httpRoutes", i, "path"), route["path"], whole_path_regex(route["path"])
+            )
+        )
+    ]
+
+
+def _check_regex(m: Manifest, path: tuple[str | int, ...], pattern: str, sent: str) -> Diagnostic | None:
+    """``pattern`` as Envoy is given it (``sent``): RE2, within the sidecars' program size."""
+    try:
+        size = re2.compile(sent, _RE2_OPTIONS).programsize
+    except re2.error as e:
+        reason = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
+        return _at(m, path, "GM113", f"{pattern[:80]!r}: {reason}")
+    if size > REGEX_MAX_PROGRAM_SIZE:
+        message = (
+            f"{pattern[:80]!r} compiles to an RE2 program of size {size}; "
+            f"gitmesh's sidecars accept at most {REGEX_MAX_PROGRAM_SIZE}"
+        )
+        return _at(m, path, "GM113", message)
+    return None
 
 
 def _at(m: Manifest, path: tuple[str | int, ...], code: str, message: str) -> Diagnostic:

@@ -252,9 +252,10 @@ CODES: dict[str, Code] = {
             "GM113",
             _E,
             "invalid regular expression",
-            "A pathRegex or header pattern does not compile as RE2, the regular expression engine Envoy "
-            "uses (no lookarounds, no backreferences, repetition counts up to 1000), or compiles to a "
-            "program larger than gitmesh's sidecars accept (RE2 program size 1000).",
+            "A pathRegex, header pattern or rate-limited path does not compile as RE2, the regular "
+            "expression engine Envoy uses (no lookarounds, no backreferences, repetition counts up "
+            "to 1000), or compiles to a program larger than gitmesh's sidecars accept (RE2 program "
+            "size 1000).",
         ),
         Code(
             "GM114",
@@ -390,8 +391,9 @@ CODES: dict[str, Code] = {
         Code(
             "GM170",
             _E,
-            "policy names a Service that does not exist",
-            "A policy's destination, host or backend must be a Service of the mesh, in the revision or "
+            "policy names a Service or route group that does not exist",
+            "A policy's destination, host or backend must be a Service of the mesh, and an Egress's "
+            "matches HTTPRouteGroups of its namespace, in the revision or "
             "(at plan and apply) in the cluster. A host is written name, name.ns or "
             "name.ns.svc.cluster.local.",
         ),
@@ -406,24 +408,33 @@ CODES: dict[str, Code] = {
             _W,
             "overlapping policies",
             "Two policies say different things about the same thing (a caller's retries to one "
-            "destination, one host's connection limits, one backend port's ingress, one fault). The "
-            "first in namespace/name order wins; the others are left out. Merge them into one.",
+            "destination, one host's connection limits, one backend port's ingress, one fault, the "
+            "TLS port one caller reaches a host on). The first in namespace/name order wins; the "
+            "others are left out. Merge them into one.",
         ),
         Code(
             "GM173",
             _E,
             "policy says what gitmesh cannot carry yet",
             "The policy is valid for Open Service Mesh but uses something gitmesh does not translate "
-            "yet: egress by IP range, wildcard hosts or route matches, IngressBackend sources by IP "
-            "range or Service, rate limits. It is refused rather than silently dropped, so that "
-            "nothing OSM allowed or limited changes unnoticed. Rewrite it with hosts and "
-            "ServiceAccounts, or leave it out.",
+            "yet: egress by IP range, by TCP port alone, wildcard hosts or matches but "
+            "HTTPRouteGroups, a host on two TLS ports or that is a mesh Service, IngressBackend "
+            "ServiceAccounts over plaintext, addresses over mTLS or tls options, a rate-limit status "
+            "Envoy does not define. It is refused rather than silently dropped, so that nothing OSM "
+            "allowed or limited changes unnoticed. Rewrite it with hosts and ServiceAccounts, or "
+            "leave it out.",
         ),
         Code(
             "GM174",
             _E,
             "fault injection without a fault",
             "A FaultInjection needs a delay, an abort or both.",
+        ),
+        Code(
+            "GM175",
+            _E,
+            "policy address range is not an IP range",
+            "An IngressBackend IPRange source is an address or a CIDR: 10.0.0.0/8, 192.168.1.7.",
         ),
     )
 }

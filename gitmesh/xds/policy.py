@@ -1,18 +1,34 @@
 """The policy values of the mesh model as Envoy configuration: retries and faults on a caller's
-outbound virtual host, connection limits as the destination cluster's circuit breakers."""
+outbound virtual host, connection limits as the destination cluster's circuit breakers, egress as
+a DNS cluster per external host and port that the caller's outbound listener reaches by HTTP Host
+(a virtual host) or by TLS server name (a filter chain), local rate limits as filters of the
+destination sidecar's inbound listener."""
 
 from __future__ import annotations
 
-from envoy.config.cluster.v3 import circuit_breaker_pb2
+from collections.abc import Sequence
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
-from envoy.type.v3 import percent_pb2
-from google.protobuf import duration_pb2, wrappers_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as http_rate_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit_pb2 as network_rate_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.type.v3 import http_status_pb2, percent_pb2, token_bucket_pb2
+from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
-from gitmesh.mesh.state import ConnectionLimits, Fault, RetryPolicy
+from gitmesh.mesh.state import ConnectionLimits, EgressRule, Fault, RateLimit, RetryPolicy
 
 FAULT_FILTER = "envoy.filters.http.fault"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+CONNECTION_RATE_FILTER = "envoy.filters.network.local_ratelimit"
+REQUEST_RATE_FILTER = "envoy.filters.http.local_ratelimit"
+RATE_STAT_PREFIX = "inbound_rate"  # counters: <filter's prefix>.inbound_rate.rate_limited
 
 
 def retry_policy(retry: RetryPolicy) -> route_components_pb2.RetryPolicy:
@@ -64,3 +80,111 @@ def _per_million(percent: float) -> percent_pb2.FractionalPercent:
 
 def _millis(ms: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def egress_cluster_name(rule: EgressRule) -> str:
+    return f"egress|{rule.host}:{rule.port}"
+
+
+def egress_cluster(rule: EgressRule) -> cluster_pb2.Cluster:
+    """The external host by DNS, as the system resolver has it; plaintext: HTTP egress is plain
+    HTTP and TLS egress is the caller's own TLS, passed through."""
+    name = egress_cluster_name(rule)
+    address = address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=rule.host, port_value=rule.port)
+    )
+    return cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.LOGICAL_DNS,
+        dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED,
+        connect_timeout=duration_pb2.Duration(seconds=1),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(address=address)
+                        )
+                    ]
+                )
+            ],
+        ),
+    )
+
+
+def egress_virtual_host(
+    rule: EgressRule, matches: Sequence[route_components_pb2.RouteMatch]
+) -> route_components_pb2.VirtualHost:
+    """HTTP egress: requests whose Host is the external host (with its port, or bare for port 80),
+    those ``matches`` select (every request without)."""
+    domains = [f"{rule.host}:{rule.port}"] + ([rule.host] if rule.port == 80 else [])
+    to_host = route_components_pb2.RouteAction(cluster=egress_cluster_name(rule))
+    return route_components_pb2.VirtualHost(
+        name=egress_cluster_name(rule),
+        domains=domains,
+        routes=[
+            route_components_pb2.Route(match=match, route=to_host)
+            for match in matches or [route_components_pb2.RouteMatch(prefix="/")]
+        ],
+    )
+
+
+def egress_tls_chain(rule: EgressRule) -> listener_components_pb2.FilterChain:
+    """TLS egress: connections whose ClientHello names the host, passed through to it unread."""
+    tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=egress_cluster_name(rule), cluster=egress_cluster_name(rule))
+    config = any_pb2.Any()
+    config.Pack(tcp)
+    return listener_components_pb2.FilterChain(
+        name=egress_cluster_name(rule),
+        filter_chain_match=listener_components_pb2.FilterChainMatch(
+            server_names=[rule.host], transport_protocol="tls"
+        ),
+        filters=[listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=config)],
+    )
+
+
+def tls_inspector() -> listener_components_pb2.ListenerFilter:
+    """Reads a TLS ClientHello's server name for the filter chain match; plaintext passes untouched."""
+    config = any_pb2.Any()
+    config.Pack(tls_inspector_pb2.TlsInspector())
+    return listener_components_pb2.ListenerFilter(name=TLS_INSPECTOR, typed_config=config)
+
+
+def connection_rate(rate: RateLimit) -> network_rate_pb2.LocalRateLimit:
+    """New connections beyond the bucket are closed at once."""
+    return network_rate_pb2.LocalRateLimit(stat_prefix=RATE_STAT_PREFIX, token_bucket=_bucket(rate))
+
+
+def request_rate(rate: RateLimit) -> http_rate_pb2.LocalRateLimit:
+    """Requests beyond the bucket are answered ``rate.status`` without reaching the app."""
+    every = base_pb2.RuntimeFractionalPercent(
+        default_value=percent_pb2.FractionalPercent(
+            numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED
+        )
+    )
+    return http_rate_pb2.LocalRateLimit(
+        stat_prefix=RATE_STAT_PREFIX,
+        status=http_status_pb2.HttpStatus(code=rate.status),
+        token_bucket=_bucket(rate),
+        filter_enabled=every,
+        filter_enforced=every,
+        response_headers_to_add=[
+            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value))
+            for name, value in rate.headers
+        ],
+    )
+
+
+def route_rates_only() -> http_rate_pb2.LocalRateLimit:
+    """The filter for routes' own rates alone: no bucket of its own, so it limits only the routes
+    whose per-filter config gives one."""
+    return http_rate_pb2.LocalRateLimit(stat_prefix=RATE_STAT_PREFIX)
+
+
+def _bucket(rate: RateLimit) -> token_bucket_pb2.TokenBucket:
+    return token_bucket_pb2.TokenBucket(
+        max_tokens=rate.count + rate.burst,
+        tokens_per_fill=wrappers_pb2.UInt32Value(value=rate.count),
+        fill_interval=duration_pb2.Duration(seconds=rate.seconds),
+    )

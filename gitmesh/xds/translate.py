@@ -19,9 +19,12 @@ Resource names, the one scheme used everywhere (users read them in
 
 ============================  =====================================================
 cluster, load assignment      ``<namespace>/<service>|<port>``; the local app: ``local|<app_port>``
-                              (a static cluster of the sidecar's bootstrap)
+                              (a static cluster of the sidecar's bootstrap); an external host a
+                              caller's Egress allows: ``egress|<host>:<port>`` (DNS, no assignment)
 listener                      ``outbound``, ``inbound``; upstreams: ``outbound|<namespace>/<service>|<port>``
 route configuration           ``outbound``, ``inbound``
+virtual host, filter chain    egress: ``egress|<host>:<port>``, HTTP on ``outbound`` routes, TLS
+                              on the ``outbound`` listener (after its HTTP chain)
 secret (SDS)                  ``workload-cert``: the sidecar's own identity's certificate and key;
                               ``trust-bundle``: the mesh's root certificates
 ============================  =====================================================
@@ -30,6 +33,7 @@ secret (SDS)                  ``workload-cert``: the sidecar's own identity's ce
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -55,9 +59,11 @@ from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 from gitmesh.certs.ca import DEFAULT_TRUST_DOMAIN
 from gitmesh.mesh.state import (
     ConnectionLimits,
+    EgressRule,
     Fault,
     HttpMatch,
     Identity,
+    IngressRule,
     MeshState,
     Port,
     RetryPolicy,
@@ -168,6 +174,11 @@ class Translator:
     load assignments (each sidecar presents its own certificate under the one secret name;
     proxyless gRPC clients get plaintext clusters), and the outbound routes per caller namespace
     too (short names resolve in the caller's namespace).
+
+    Egress is off: a caller reaches an external host only where an Egress rule names its identity
+    (HTTP by Host on its outbound routes, TLS by server name on its outbound listener). An
+    ingress-only backend port (IngressBackend) admits its ingress alone: identities over mTLS (they
+    are sent that backend's namespace as if a TrafficTarget named it), or addresses in plaintext.
     """
 
     def __init__(self, mesh: MeshState, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
@@ -181,9 +192,24 @@ class Translator:
         self._hosts: dict[tuple[ServiceRef, int, bool, RetryPolicy | None, Fault | None], bytes] = {}
         self._retries = {(r.source, r.destination): r for r in mesh.retries}
         self._faults = {(f.source, f.destination): f for f in mesh.faults}
-        # Callers some retry or fault names by identity get routes of their own; the rest share.
-        self._own_routes = frozenset(r.source for r in mesh.retries) | frozenset(
-            f.source for f in mesh.faults if f.source is not None
+        self._egress: dict[Identity, list[EgressRule]] = defaultdict(list)
+        for rule in dict.fromkeys(mesh.egress):
+            self._egress[rule.source].append(rule)
+        self._ingress = {(rule.backend, rule.port): rule for rule in mesh.ingress}
+        # Rate limits hold at the sidecars a limited service's endpoints point at (or of that service).
+        self._rates: dict[ServiceRef | tuple[str, int], ConnectionLimits] = {}
+        for lim in mesh.limits:
+            if lim.connection_rate or lim.request_rate or lim.route_rates:
+                self._rates.setdefault(lim.service, lim)
+                svc = mesh.services.get(lim.service)
+                for endpoint in (e for ends in (svc.endpoints.values() if svc else ()) for e in ends):
+                    self._rates.setdefault((endpoint.address, endpoint.port), lim)
+        # Callers some retry, fault or HTTP egress names by identity get routes of their own; the
+        # rest share.
+        self._own_routes = (
+            frozenset(r.source for r in mesh.retries)
+            | frozenset(f.source for f in mesh.faults if f.source is not None)
+            | frozenset(e.source for e in mesh.egress if e.protocol == "http")
         )
 
     def resources(self, proxy: Proxy) -> Resources:
@@ -191,22 +217,33 @@ class Translator:
             return self._grpc_client(proxy)
         # The fault filter does nothing but where a route's per-filter config says so.
         faults = [_http_filter(policy.FAULT_FILTER, fault_pb2.HTTPFault())] if self.mesh.faults else []
+        outbound = _http_listener(OUTBOUND, "127.0.0.1", proxy.outbound_port, http_filters=faults)
+        egress = self._egress.get(proxy.identity, [])
+        tls_egress = [rule for rule in egress if rule.protocol == "tls"]
+        if tls_egress:
+            outbound.listener_filters.append(policy.tls_inspector())
+            outbound.filter_chains.extend(policy.egress_tls_chain(rule) for rule in tls_egress)
+        ingress = self._ingress.get((proxy.service, proxy.app_port))
+        rates = self._rates.get((proxy.inbound_address, proxy.inbound_port)) or self._rates.get(proxy.service)
         listeners = {
-            OUTBOUND: _http_listener(OUTBOUND, "127.0.0.1", proxy.outbound_port, http_filters=faults),
-            INBOUND: _inbound_listener(self.mesh, proxy, self.trust_domain),
+            OUTBOUND: outbound,
+            INBOUND: _inbound_listener(self.mesh, proxy, self.trust_domain, ingress, rates),
         }
         for upstream in proxy.upstreams:
             # Built for each proxy, not kept: a proxy names its upstreams' local ports as it likes.
             listeners[upstream_listener_name(upstream)] = _upstream_listener(self.mesh, upstream)
         scope = self._scope(proxy.identity)
+        # The local app's cluster is in the sidecar's bootstrap, so proxies of a scope share this map.
+        clusters = self._mesh_clusters(scope, mtls=True)
+        if egress:
+            clusters = clusters | {policy.egress_cluster_name(r): policy.egress_cluster(r) for r in egress}
         return {
-            # The local app's cluster is in the sidecar's bootstrap, so proxies of a scope share this map.
-            resources.CLUSTER: self._mesh_clusters(scope, mtls=True),
+            resources.CLUSTER: clusters,
             resources.ENDPOINT: self._load_assignments(scope),
             resources.LISTENER: listeners,
             resources.ROUTE: {
                 OUTBOUND: self._outbound_routes(proxy),
-                INBOUND: _inbound_routes(self.mesh, proxy, self.trust_domain),
+                INBOUND: _inbound_routes(self.mesh, proxy, self.trust_domain, ingress, rates),
             },
         }
 
@@ -241,6 +278,9 @@ class Translator:
             reached: dict[Identity, set[str]] = defaultdict(set)
             for p in self.mesh.permissions:
                 reached[p.caller].add(p.destination.namespace)
+            for rule in self.mesh.ingress:
+                for source in rule.sources:
+                    reached[source].add(rule.backend.namespace)
             self._reached = {identity: frozenset(found) for identity, found in reached.items()}
         return self._reached.get(identity, frozenset())
 
@@ -283,8 +323,24 @@ class Translator:
                 for svc in self._reachable(key[1])
                 for i, port in enumerate(p for p in svc.ports if p.is_http)
             ]
+            hosts += self._egress_hosts(proxy.identity)
             self._routes[key] = AssembledRoutes(OUTBOUND, hosts)
         return self._routes[key]
+
+    def _egress_hosts(self, caller: Identity) -> list[bytes]:
+        """A virtual host per external host and port the caller's HTTP egress names, for the
+        requests its rules match (all of them when one rule has no matches)."""
+        by_host: dict[tuple[str, int], list[EgressRule]] = defaultdict(list)
+        for rule in self._egress.get(caller, []):
+            if rule.protocol == "http":
+                by_host[(rule.host, rule.port)].append(rule)
+        hosts = []
+        for rules in by_host.values():
+            every = any(not r.http_matches for r in rules)
+            matches = [] if every else list(dict.fromkeys(m for r in rules for m in r.http_matches))
+            host = policy.egress_virtual_host(rules[0], [_route_match(m) for m in matches])
+            hosts.append(AssembledRoutes.host_field(host))
+        return hosts
 
     def _virtual_host(self, svc: Service, port: Port, first: bool, short: bool, caller: Identity) -> bytes:
         """Virtual hosts differ between namespaces only by the short name, and between callers by
@@ -400,12 +456,69 @@ def _upstream_listener(mesh: MeshState, upstream: Upstream) -> listener_pb2.List
     )
 
 
-def _inbound_listener(mesh: MeshState, proxy: Proxy, trust_domain: str) -> listener_pb2.Listener:
-    """In front of the app, mTLS only: HTTP unless every port the sidecar serves is TCP."""
+def _inbound_listener(
+    mesh: MeshState,
+    proxy: Proxy,
+    trust_domain: str,
+    ingress: IngressRule | None,
+    rates: ConnectionLimits | None,
+) -> listener_pb2.Listener:
+    """In front of the app, mTLS only: HTTP unless every port the sidecar serves is TCP (an
+    ingress-only port is HTTP: an IngressBackend port speaks http or https). Connections and
+    requests past a rate limit are refused after the callers' check, so refused callers spend none."""
+    connection_rate = (
+        [_network_filter(policy.CONNECTION_RATE_FILTER, policy.connection_rate(rates.connection_rate))]
+        if rates and rates.connection_rate
+        else []
+    )
     served = _served_ports(mesh, proxy)
-    if served and not any(p.is_http for p in served):
-        return _inbound_tcp_listener(mesh, proxy, {p.port for p in served}, trust_domain)
-    return _inbound_http_listener(mesh, proxy, trust_domain)
+    if ingress is None and served and not any(p.is_http for p in served):
+        return _inbound_tcp_listener(mesh, proxy, {p.port for p in served}, trust_domain, connection_rate)
+    request_rate = []
+    if rates and rates.request_rate:
+        request_rate = [_http_filter(policy.REQUEST_RATE_FILTER, policy.request_rate(rates.request_rate))]
+    elif rates and rates.route_rates:
+        request_rate = [_http_filter(policy.REQUEST_RATE_FILTER, policy.route_rates_only())]
+    if ingress is not None and not ingress.mtls:
+        return _inbound_plaintext_listener(proxy, ingress, connection_rate, request_rate)
+    return _inbound_http_listener(mesh, proxy, trust_domain, ingress, connection_rate, request_rate)
+
+
+def _inbound_plaintext_listener(
+    proxy: Proxy,
+    ingress: IngressRule,
+    connection_rate: Sequence[listener_components_pb2.Filter],
+    request_rate: Sequence[hcm_pb2.HttpFilter],
+) -> listener_pb2.Listener:
+    """A plaintext ingress port (OSM's http IngressBackend): plaintext connections from the
+    ingress's addresses only, every request to the app. Its address is all the ingress proves, so
+    there is no RBAC; mesh callers speak TLS, match no chain and are closed."""
+    if not ingress.source_ranges:  # no address yet: an empty range list would match every source
+        listener = listener_pb2.Listener(
+            name=INBOUND, address=_address(proxy.inbound_address, proxy.inbound_port)
+        )
+        refuse = _network_filter("envoy.filters.network.direct_response", direct_response_pb2.Config())
+        listener.filter_chains.append(listener_components_pb2.FilterChain(filters=[refuse]))
+        return listener
+    listener = _http_listener(
+        INBOUND,
+        proxy.inbound_address,
+        proxy.inbound_port,
+        network_filters=connection_rate,
+        http_filters=request_rate,
+    )
+    listener.listener_filters.append(policy.tls_inspector())
+    match = listener.filter_chains[0].filter_chain_match
+    match.transport_protocol = "raw_buffer"
+    for cidr in ingress.source_ranges:
+        network = ipaddress.ip_network(cidr)
+        match.source_prefix_ranges.append(
+            address_pb2.CidrRange(
+                address_prefix=str(network.network_address),
+                prefix_len=wrappers_pb2.UInt32Value(value=network.prefixlen),
+            )
+        )
+    return listener
 
 
 def _served_ports(mesh: MeshState, proxy: Proxy) -> tuple[Port, ...]:
@@ -420,15 +533,24 @@ def _served_ports(mesh: MeshState, proxy: Proxy) -> tuple[Port, ...]:
     return mine or svc.ports
 
 
-def _inbound_http_listener(mesh: MeshState, proxy: Proxy, trust_domain: str) -> listener_pb2.Listener:
+def _inbound_http_listener(
+    mesh: MeshState,
+    proxy: Proxy,
+    trust_domain: str,
+    ingress: IngressRule | None,
+    connection_rate: Sequence[listener_components_pb2.Filter],
+    request_rate: Sequence[hcm_pb2.HttpFilter],
+) -> listener_pb2.Listener:
     """Callers not allowed at all are refused the connection (network RBAC, new connections); every
     request is checked against the caller's routes by the HTTP RBAC filter, whose rules live in the
     inbound route configuration (``_inbound_routes``). A listener change reaches only connections
     opened after it (open ones drain slowly); a route configuration change reaches the next request
     on every connection, so revoking access takes effect at once. Permissive: any caller with a
-    mesh certificate."""
-    if mesh.permissive:
-        network: list[listener_components_pb2.Filter] = []
+    mesh certificate. An ingress-only port: its ingress identities alone, whatever the mesh allows."""
+    if ingress is not None:
+        network = [_callers_only(ingress.sources, trust_domain)]
+    elif mesh.permissive:
+        network = []
     else:
         callers = [p.caller for p in mesh.allowed_callers(proxy.identity)]
         network = [_callers_only(callers, trust_domain)]
@@ -438,14 +560,18 @@ def _inbound_http_listener(mesh: MeshState, proxy: Proxy, trust_domain: str) -> 
         INBOUND,
         proxy.inbound_address,
         proxy.inbound_port,
-        network_filters=network,
-        http_filters=[_http_filter(HTTP_RBAC, deny_all)],
+        network_filters=[*network, *connection_rate],
+        http_filters=[_http_filter(HTTP_RBAC, deny_all), *request_rate],
         transport_socket=tls.downstream(),
     )
 
 
 def _inbound_tcp_listener(
-    mesh: MeshState, proxy: Proxy, ports: set[int], trust_domain: str
+    mesh: MeshState,
+    proxy: Proxy,
+    ports: set[int],
+    trust_domain: str,
+    connection_rate: Sequence[listener_components_pb2.Filter],
 ) -> listener_pb2.Listener:
     """Only callers a TrafficTarget allows on one of these ports through a TCPRoute connect.
 
@@ -472,7 +598,7 @@ def _inbound_tcp_listener(
         return listener
     listener.filter_chains.append(
         listener_components_pb2.FilterChain(
-            filters=[_network_filter("envoy.filters.network.tcp_proxy", tcp)],
+            filters=[*connection_rate, _network_filter("envoy.filters.network.tcp_proxy", tcp)],
             transport_socket=tls.downstream(callers, trust_domain),
         )
     )
@@ -576,11 +702,39 @@ def _route_match(m: HttpMatch) -> route_components_pb2.RouteMatch:
     return match
 
 
-def _inbound_routes(mesh: MeshState, proxy: Proxy, trust_domain: str) -> route_pb2.RouteConfiguration:
+def _inbound_routes(
+    mesh: MeshState,
+    proxy: Proxy,
+    trust_domain: str,
+    ingress: IngressRule | None,
+    rates: ConnectionLimits | None,
+) -> route_pb2.RouteConfiguration:
     """Every request to the local app, checked against the routes each caller is allowed
-    (no rules at all in permissive mode)."""
+    (no rules at all in permissive mode; every request of an ingress identity to its port).
+    Paths with request rates of their own have routes of their own, each with its bucket."""
     local_cluster = local_cluster_name(proxy.app_port)
-    if mesh.permissive:
+    to_app = route_components_pb2.RouteAction(cluster=local_cluster)
+    routes = [
+        route_components_pb2.Route(
+            name=f"rate|{path}",
+            match=route_components_pb2.RouteMatch(safe_regex=_regex(whole_path_regex(path))),
+            route=to_app,
+            typed_per_filter_config={policy.REQUEST_RATE_FILTER: _typed(policy.request_rate(rate))},
+        )
+        for path, rate in (rates.route_rates if rates else ())
+    ]
+    routes.append(route_components_pb2.Route(match=route_components_pb2.RouteMatch(prefix="/"), route=to_app))
+    if ingress is not None:
+        sources = {
+            str(s): rbac_pb2.Policy(
+                principals=[tls.principal(s, trust_domain)], permissions=[rbac_pb2.Permission(any=True)]
+            )
+            for s in ingress.sources
+        }
+        rules = http_rbac_pb2.RBACPerRoute(
+            rbac=http_rbac_pb2.RBAC(rules=rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW, policies=sources))
+        )
+    elif mesh.permissive:
         rules = http_rbac_pb2.RBACPerRoute()  # no rbac: the filter is off for this route
     else:
         per_caller = {
@@ -599,12 +753,7 @@ def _inbound_routes(mesh: MeshState, proxy: Proxy, trust_domain: str) -> route_p
             route_components_pb2.VirtualHost(
                 name=local_cluster,
                 domains=["*"],
-                routes=[
-                    route_components_pb2.Route(
-                        match=route_components_pb2.RouteMatch(prefix="/"),
-                        route=route_components_pb2.RouteAction(cluster=local_cluster),
-                    )
-                ],
+                routes=routes,
                 typed_per_filter_config={HTTP_RBAC: _typed(rules)},
             )
         ],
