@@ -2,6 +2,8 @@ from decimal import Decimal
 from typing import Any
 
 from gitmesh.apis import gateway
+from gitmesh.plan import schema
+from tests import factory as f
 
 
 def _route(rules: list[dict[str, Any]], parents: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -49,3 +51,14 @@ def test_only_service_parents_count() -> None:
     ]
     assert gateway.service_parents(_route([], parents)) == ("reviews",)
     assert gateway.route_shares(_route([], parents)) == ("reviews", {})
+
+
+def test_the_schema_refuses_what_is_not_served_yet() -> None:
+    validator = schema.validator_for("gateway.networking.k8s.io/v1", "HTTPRoute")
+    assert validator is not None
+    route = f.http_route("bookinfo", "reviews", "reviews", {"v1": 9, "v2": 1})
+    assert list(validator.iter_errors(route)) == []
+    route["spec"]["rules"][0]["matches"] = [{"path": {"type": "PathPrefix", "value": "/beta"}}]
+    (error,) = validator.iter_errors(route)
+    assert list(error.absolute_path) == ["spec", "rules", 0]
+    assert "matches" in error.message
