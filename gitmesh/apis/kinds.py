@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from gitmesh.apis import envoy, osm, policy, smi
+from gitmesh.apis import envoy, gateway, osm, policy, smi
 from gitmesh.objects import ObjectRef
 
 
@@ -103,6 +103,11 @@ KINDS: tuple[Kind, ...] = (
         Meaning.SPLIT, crd=True, short_names=("ts",),
         columns=(PrinterColumn("Service", ".spec.service", "The root service."),),
         shares=smi.split_shares,
+    ),
+    # Its CustomResourceDefinition is Gateway API's own, installed with the Gateway API.
+    Kind(
+        gateway.GROUP, "HTTPRoute", ("v1",), "v1", "httproutes", Meaning.SPLIT,
+        shares=gateway.route_shares,
     ),
     Kind(
         policy.OSM_GROUP, "Retry", ("v1alpha1",), "v1alpha1", "retries",

@@ -47,6 +47,7 @@ EXPECTED_KINDS = frozenset(
     }
     | {
         ("specs.smi-spec.io/v1alpha4", "UDPRoute"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute"),
         ("v1", "Namespace"),
         ("v1", "Service"),
         ("v1", "ServiceAccount"),
