@@ -35,15 +35,16 @@ def split(
     }
 
 
-def http_route(ns: str, name: str, parent: str, backends: dict[str, int]) -> dict[str, Any]:
-    """A GAMMA HTTPRoute on Service ``parent`` splitting its traffic among ``backends`` by weight."""
+def http_route(ns: str, name: str, parent: str, backends: dict[str, int], port: int = 80) -> dict[str, Any]:
+    """A GAMMA HTTPRoute on Service ``parent`` splitting its traffic among ``backends`` (on ``port``)
+    by weight."""
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
         "metadata": {"name": name, "namespace": ns},
         "spec": {
             "parentRefs": [{"group": "", "kind": "Service", "name": parent}],
-            "rules": [{"backendRefs": [{"name": s, "weight": w} for s, w in backends.items()]}],
+            "rules": [{"backendRefs": [{"name": s, "port": port, "weight": w} for s, w in backends.items()]}],
         },
     }
 

@@ -1,18 +1,55 @@
 """Gateway API for mesh (GAMMA): routes whose parent is a Service.
 
 A GAMMA route attaches to a Service (``parentRefs: [{group: "", kind: Service, name, port}]``) and
-sends that Service's traffic to its rules' weighted ``backendRefs``.
+routes the requests sent to it: the first rule whose match holds takes a request, and a request no
+rule matches is answered 404. A route in the Service's namespace (a producer route) is for every
+caller; a route in another namespace (a consumer route) is for the callers of that namespace only,
+and they no longer see the producer routes. Between routes, matches rank as the HTTPRoute spec
+says: an exact path, then the longest prefix, then a method, then the most header matches, then
+the most query matches; ties go to the oldest route, then by namespace/name, then by rule order.
+A regular-expression path (whose ranking the spec leaves to the implementation) ranks between
+exact and prefix paths.
+
+What gitmesh does not serve yet is refused (GM160) rather than dropped.
 """
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+from gitmesh.apis.core import namespace
+from gitmesh.apis.problem import Problem
+from gitmesh.mesh.state import (
+    Backend,
+    HeaderEdit,
+    HttpMatch,
+    RouteRule,
+    Service,
+    ServiceRef,
+    ServiceRoutes,
+    literal,
+    whole_path_regex,
+)
+from gitmesh.objects import Path
 
 GROUP = "gateway.networking.k8s.io"
 
 # A backendRef without a weight has weight 1 (Gateway API v1, HTTPBackendRef.weight).
 _DEFAULT_WEIGHT = 1
+_HEADER_FILTERS = {
+    "RequestHeaderModifier": "requestHeaderModifier",
+    "ResponseHeaderModifier": "responseHeaderModifier",
+}
+_PATH_RANK = {"Exact": 0, "RegularExpression": 1, "PathPrefix": 2}
+_DURATION_PART = re.compile(r"([0-9]+)(h|ms|m|s)")
+_MS = {"h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+
+RouteKey = tuple[ServiceRef, int, "str | None"]
 
 
 def service_parents(obj: dict[str, Any]) -> tuple[str, ...]:
@@ -41,3 +78,222 @@ def route_shares(obj: dict[str, Any]) -> tuple[str, dict[str, Decimal]]:
     total = sum(weights.values(), Decimal(0))
     shares = {n: (w * 100 / total if total else Decimal(0)) for n, w in weights.items()}
     return (parents[0] if parents else ""), shares
+
+
+@dataclass(frozen=True)
+class RankedRule:
+    """A rule with one match, and its place among every route's rules for the same parent port."""
+
+    key: RouteKey
+    rank: tuple[Any, ...]
+    rule: RouteRule
+
+
+@dataclass(frozen=True)
+class RouteRead:
+    rules: tuple[RankedRule, ...]
+    problems: tuple[Problem, ...]
+
+
+def read_route(obj: dict[str, Any], services: Mapping[ServiceRef, Service]) -> RouteRead:
+    """A schema-valid HTTPRoute's rules, one per match and parent port, and what is wrong with it.
+
+    A Service not in ``services`` is a problem naming it in ``Problem.missing`` (the cluster may
+    have it); a backend with a problem is left out of its rule.
+    """
+    ns = namespace(obj)
+    spec = obj["spec"]
+    problems = _not_served(obj)
+    keys: list[RouteKey] = []
+    for i, parent in enumerate(spec["parentRefs"]):
+        if parent.get("group", "") != "" or parent.get("kind", "Service") != "Service":
+            continue  # refused in _not_served
+        ref = ServiceRef(str(parent.get("namespace", ns)), str(parent["name"]))
+        callers = None if ref.namespace == ns else ns
+        svc = services.get(ref)
+        if svc is None:
+            problems.append(
+                Problem("GM161", ("spec", "parentRefs", i, "name"), f"no Service {str(ref)!r}", ref)
+            )
+            continue
+        ports = [p for p in svc.ports if parent.get("port", p.port) == p.port]
+        if not ports:
+            problems.append(
+                Problem(
+                    "GM162",
+                    ("spec", "parentRefs", i, "port"),
+                    f"Service {str(ref)!r} has no port {parent['port']}",
+                )
+            )
+        for port in ports:
+            if port.is_http:
+                keys.append((ref, port.port, callers))
+            elif "port" in parent:
+                message = f"port {port.port} of Service {str(ref)!r} is not HTTP (name it http-*)"
+                problems.append(Problem("GM162", ("spec", "parentRefs", i, "port"), message))
+    ranked: list[RankedRule] = []
+    age = (str(obj["metadata"].get("creationTimestamp", "")), ns, str(obj["metadata"]["name"]))
+    for r, rule in enumerate(spec["rules"]):
+        at: Path = ("spec", "rules", r)
+        backends = _backends(rule, at, ns, services, problems)
+        request, response = (_header_edit(rule, kind) for kind in _HEADER_FILTERS)
+        timeout = rule.get("timeouts", {}).get("request")
+        for m, match in enumerate(rule.get("matches") or [{}]):
+            path = match.get("path", {})
+            kind, value = path.get("type", "PathPrefix"), str(path.get("value", "/"))
+            headers = match.get("headers") or ()
+            query = match.get("queryParams") or ()
+            rank = (
+                _PATH_RANK[kind],
+                -len(value.rstrip("/")) if kind == "PathPrefix" else 0,  # /books/ is /books
+                0 if "method" in match else 1,
+                -len(headers),
+                -len(query),
+                *age,
+                r,
+                m,
+            )
+            http = HttpMatch(
+                f"{ns}/{obj['metadata']['name']}",
+                str(rule.get("name", f"rules[{r}]")),
+                _path_regex(kind, value),
+                (str(match["method"]),) if "method" in match else (),
+                tuple((str(h["name"]).lower(), _value_regex(h)) for h in headers),
+                tuple((str(q["name"]), _value_regex(q)) for q in query),
+            )
+            routed = RouteRule(
+                http, backends, request, response, None if timeout is None else duration_ms(timeout)
+            )
+            ranked += [RankedRule(key, rank, routed) for key in keys]
+    return RouteRead(tuple(ranked), tuple(problems))
+
+
+def service_routes(rules: Iterable[RankedRule]) -> dict[RouteKey, ServiceRoutes]:
+    """Every route's rules gathered per parent port and caller namespace, in precedence order."""
+    grouped: dict[RouteKey, list[RankedRule]] = defaultdict(list)
+    for r in rules:
+        grouped[r.key].append(r)
+    return {
+        key: ServiceRoutes(key[0], key[1], key[2], tuple(r.rule for r in sorted(found, key=lambda r: r.rank)))
+        for key, found in grouped.items()
+    }
+
+
+def duration_ms(text: str) -> int:
+    """A Gateway API duration (GEP-2257: ``1h``, ``2m30s``, ``500ms``) in milliseconds."""
+    return sum(int(n) * _MS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def regexes(obj: dict[str, Any]) -> list[tuple[Path, str, str]]:
+    """Each regular expression the route's matches hold: its path, as written, and as Envoy gets it."""
+    out = []
+    for r, rule in enumerate(obj["spec"]["rules"]):
+        for m, match in enumerate(rule.get("matches") or ()):
+            at: Path = ("spec", "rules", r, "matches", m)
+            path = match.get("path", {})
+            if path.get("type") == "RegularExpression":
+                value = str(path.get("value", ""))
+                out.append(
+                    ((*at, "path", "value"), value, whole_path_regex(_path_regex("RegularExpression", value)))
+                )
+            for field in ("headers", "queryParams"):
+                for i, h in enumerate(match.get(field) or ()):
+                    if h.get("type") == "RegularExpression":
+                        out.append(((*at, field, i, "value"), str(h["value"]), str(h["value"])))
+    return out
+
+
+def _path_regex(kind: str, value: str) -> str:
+    """The path match as a regex anchored at the start of the path (``HttpMatch.path_regex``)."""
+    if kind == "Exact":
+        return literal(value) + "$"
+    if kind == "RegularExpression":
+        return f"(?:{value})$"
+    # A prefix matches whole path elements: /books matches /books and /books/1, not /bookshelf.
+    trimmed = value.rstrip("/")
+    return literal(trimmed) + "(?:/|$)" if trimmed else "/"
+
+
+def _value_regex(match: Mapping[str, Any]) -> str:
+    value = str(match["value"])
+    return value if match.get("type", "Exact") == "RegularExpression" else literal(value)
+
+
+def _backends(
+    rule: Mapping[str, Any],
+    at: Path,
+    ns: str,
+    services: Mapping[ServiceRef, Service],
+    problems: list[Problem],
+) -> tuple[Backend, ...]:
+    found = []
+    for b, ref in enumerate(rule.get("backendRefs") or ()):
+        path: Path = (*at, "backendRefs", b)
+        if (
+            ref.get("group", "") != ""
+            or ref.get("kind", "Service") != "Service"
+            or ref.get("namespace", ns) != ns
+        ):
+            continue  # refused in _not_served
+        service = ServiceRef(ns, str(ref["name"]))
+        svc = services.get(service)
+        if svc is None:
+            problems.append(Problem("GM161", (*path, "name"), f"no Service {str(service)!r}", service))
+            continue
+        if ref["port"] not in {p.port for p in svc.ports}:
+            problems.append(
+                Problem("GM162", (*path, "port"), f"Service {str(service)!r} has no port {ref['port']}")
+            )
+            continue
+        found.append(Backend(service, int(ref.get("weight", _DEFAULT_WEIGHT)), int(ref["port"])))
+    return tuple(found)
+
+
+def _header_edit(rule: Mapping[str, Any], kind: str) -> HeaderEdit:
+    edits = [f[_HEADER_FILTERS[kind]] for f in rule.get("filters") or () if f["type"] == kind]
+    return HeaderEdit(
+        tuple((str(h["name"]), str(h["value"])) for e in edits for h in e.get("set") or ()),
+        tuple((str(h["name"]), str(h["value"])) for e in edits for h in e.get("add") or ()),
+        tuple(str(name) for e in edits for name in e.get("remove") or ()),
+    )
+
+
+def _not_served(obj: dict[str, Any]) -> list[Problem]:
+    """GM160 for each thing the route says that gitmesh does not carry to Envoy yet."""
+    ns = namespace(obj)
+    spec = obj["spec"]
+    out: list[tuple[Path, str]] = []
+    if spec.get("hostnames"):
+        out.append((("spec", "hostnames"), "hostnames (a route on a Service takes every request sent to it)"))
+    for i, parent in enumerate(spec["parentRefs"]):
+        if parent.get("group", "") != "" or parent.get("kind", "Service") != "Service":
+            kind = parent.get("kind", "Gateway")
+            out.append(
+                (("spec", "parentRefs", i, "kind"), f"a {kind} parent (gitmesh serves routes on Services)")
+            )
+        if "sectionName" in parent:
+            out.append(
+                (("spec", "parentRefs", i, "sectionName"), "sectionName (name the Service port with port)")
+            )
+    for r, rule in enumerate(spec["rules"]):
+        at: Path = ("spec", "rules", r)
+        for f, flt in enumerate(rule.get("filters") or ()):
+            if flt["type"] not in _HEADER_FILTERS:
+                out.append(((*at, "filters", f, "type"), f"a {flt['type']} filter"))
+        for b, ref in enumerate(rule.get("backendRefs") or ()):
+            path: Path = (*at, "backendRefs", b)
+            if ref.get("group", "") != "" or ref.get("kind", "Service") != "Service":
+                out.append(
+                    ((*path, "kind"), f"a {ref.get('kind', 'Service')} backend (gitmesh sends to Services)")
+                )
+            if ref.get("namespace", ns) != ns:
+                out.append(
+                    ((*path, "namespace"), "a backend in another namespace (ReferenceGrant is not read yet)")
+                )
+            if ref.get("filters"):
+                out.append(((*path, "filters"), "filters on a backend"))
+        if "backendRequest" in rule.get("timeouts", {}):
+            out.append(((*at, "timeouts", "backendRequest"), "timeouts.backendRequest"))
+        if "sessionPersistence" in rule:
+            out.append(((*at, "sessionPersistence"), "sessionPersistence"))
+    return [Problem("GM160", path, f"gitmesh does not serve {what} yet") for path, what in out]

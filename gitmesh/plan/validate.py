@@ -17,7 +17,7 @@ from typing import Any, cast
 import re2
 from jsonschema import exceptions as schema_errors
 
-from gitmesh.apis import core, osm, smi
+from gitmesh.apis import core, gateway, osm, smi
 from gitmesh.apis import policy as policies
 from gitmesh.apis.kinds import BY_NAME, CLUSTER_SCOPED, READ_GROUPS
 from gitmesh.apis.problem import Problem
@@ -285,6 +285,35 @@ def check_references(
     out += [d for m in by_kind["MeshConfig"] for d in _settings_not_acted_on(m)]
     out += [d for s in by_kind["TrafficSplit"] for d in policy.check(s)]
     out += _check_policies(by_kind, services, present, outside)
+    out += _check_http_routes(by_kind["HTTPRoute"], by_kind["TrafficSplit"], services, present, outside)
+    return out
+
+
+def _check_http_routes(
+    routes: list[Manifest],
+    splits: list[Manifest],
+    services: Mapping[ServiceRef, Service],
+    present: AbstractSet[ObjectRef] | None,
+    outside: set[ObjectRef],
+) -> list[Diagnostic]:
+    """Each route's own problems (``gateway.read_route``), its regexes as Envoy gets them, and a
+    Service routed by a TrafficSplit too (GM163, naming the split)."""
+    out: list[Diagnostic] = []
+    split_roots = {
+        ServiceRef(*smi.service_ref(smi.split_service(s.obj), core.namespace(s.obj))): s for s in splits
+    }
+    for m in routes:
+        read = gateway.read_route(m.obj, services)
+        out += [d for p in read.problems if (d := _outside(m, p, present, outside)) is not None]
+        ns = core.namespace(m.obj)
+        for i, parent in enumerate(m.obj["spec"]["parentRefs"]):
+            split = split_roots.get(ServiceRef(str(parent.get("namespace", ns)), str(parent["name"])))
+            if split is not None and parent.get("kind", "Service") == "Service":
+                message = f"Service {parent['name']!r} is split by {split.ref} ({split.location}) too"
+                out.append(_at(m, ("spec", "parentRefs", i, "name"), "GM163", message))
+        for path, pattern, sent in gateway.regexes(m.obj):
+            if (problem := _regex_problem(pattern, sent)) is not None:
+                out.append(_at(m, path, "GM113", problem))
     return out
 
 
@@ -433,23 +462,24 @@ def _check_regexes(groups: list[Manifest]) -> list[Diagnostic]:
             )
             patterns += [((*at, "headers"), p, p) for _, p in x.headers]
             for path, pattern, sent in patterns:
-                try:
-                    size = re2.compile(sent, _RE2_OPTIONS).programsize
-                except re2.error as e:
-                    reason = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
-                    out.append(_at(g, path, "GM113", f"{pattern[:80]!r}: {reason}"))
-                    continue
-                if size > REGEX_MAX_PROGRAM_SIZE:
-                    out.append(
-                        _at(
-                            g,
-                            path,
-                            "GM113",
-                            f"{pattern[:80]!r} compiles to an RE2 program of size {size}; "
-                            f"gitmesh's sidecars accept at most {REGEX_MAX_PROGRAM_SIZE}",
-                        )
-                    )
+                if (problem := _regex_problem(pattern, sent)) is not None:
+                    out.append(_at(g, path, "GM113", problem))
     return out
+
+
+def _regex_problem(pattern: str, sent: str) -> str | None:
+    """What RE2, or gitmesh's sidecars, have against ``sent``, the pattern as Envoy gets it."""
+    try:
+        size = re2.compile(sent, _RE2_OPTIONS).programsize
+    except re2.error as e:
+        reason = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
+        return f"{pattern[:80]!r}: {reason}"
+    if size > REGEX_MAX_PROGRAM_SIZE:
+        return (
+            f"{pattern[:80]!r} compiles to an RE2 program of size {size}; "
+            f"gitmesh's sidecars accept at most {REGEX_MAX_PROGRAM_SIZE}"
+        )
+    return None
 
 
 def _at(m: Manifest, path: tuple[str | int, ...], code: str, message: str) -> Diagnostic:

@@ -385,6 +385,41 @@ CODES: dict[str, Code] = {
             "No Service of the revision matches the EnvoyPatch's selector (services, identities, "
             "namespaces: the patch's own namespace when left out); it changes nothing.",
         ),
+        # GM160-GM169: Gateway API routes on Services (GAMMA).
+        Code(
+            "GM160",
+            _E,
+            "route says what gitmesh does not serve yet",
+            "The HTTPRoute is valid Gateway API but uses something gitmesh does not carry to Envoy yet: "
+            "a parent other than a Service (a Gateway), sectionName, hostnames, filters other than "
+            "RequestHeaderModifier and ResponseHeaderModifier, filters on a backend, a backend other "
+            "than a Service or in another namespace (ReferenceGrant), timeouts.backendRequest, "
+            "sessionPersistence. It is refused rather than served without it.",
+        ),
+        Code(
+            "GM161",
+            _E,
+            "route names a Service that does not exist",
+            "A route's parent and backends must be Services: in the revision or (at plan and apply) in "
+            "the cluster. A parent is in the route's namespace unless parentRefs[].namespace says "
+            "otherwise (a consumer route); a backend is in the route's namespace.",
+        ),
+        Code(
+            "GM162",
+            _E,
+            "route names a port its Service lacks, or a port that is not HTTP",
+            "parentRefs[].port must be an HTTP port of the parent Service (named http-*, http2-*, "
+            "grpc-*, or with an appProtocol of http, http2, h2c or grpc), and backendRefs[].port a port "
+            "of the backend Service.",
+        ),
+        Code(
+            "GM163",
+            _E,
+            "Service routed by both a TrafficSplit and an HTTPRoute",
+            "A Service's traffic is routed by SMI or by Gateway API, not both: the meaning of the two "
+            "together would be ambiguous. Move the split into the route's backendRefs (weights) or "
+            "remove the route.",
+        ),
         # GM170-GM179: traffic policies (Retry, UpstreamTrafficSetting, Egress, IngressBackend,
         # FaultInjection).
         Code(
