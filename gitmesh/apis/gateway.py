@@ -15,6 +15,7 @@ What gitmesh does not serve yet is refused (GM160) rather than dropped.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -62,22 +63,47 @@ def service_parents(obj: dict[str, Any]) -> tuple[str, ...]:
 
 
 def route_shares(obj: dict[str, Any]) -> tuple[str, dict[str, Decimal]]:
-    """The Service a route attaches to, and each backend's share in percent of its catch-all rule.
-
-    The catch-all rule is the first without ``matches`` (it takes every request the others leave),
-    else the first rule: that is the split a weight change (a rollout step) moves. A backend named
-    twice in the rule has the sum of its weights.
-    """
+    """The Service a route attaches to, and each backend's share in percent of its split rule."""
     parents = service_parents(obj)
-    rules = obj.get("spec", {}).get("rules") or []
-    rule = next((r for r in rules if not r.get("matches")), rules[0] if rules else {})
-    weights: dict[str, Decimal] = {}
-    for ref in rule.get("backendRefs") or ():
-        name = str(ref.get("name", ""))
-        weights[name] = weights.get(name, Decimal(0)) + Decimal(int(ref.get("weight", _DEFAULT_WEIGHT)))
-    total = sum(weights.values(), Decimal(0))
-    shares = {n: (w * 100 / total if total else Decimal(0)) for n, w in weights.items()}
+    weights = route_weights(obj)
+    total = sum(weights.values())
+    shares = {n: (Decimal(w) * 100 / total if total else Decimal(0)) for n, w in weights.items()}
     return (parents[0] if parents else ""), shares
+
+
+def split_rule(obj: Mapping[str, Any]) -> int | None:
+    """The index of the rule whose weights are the route's split: the first without ``matches``
+    (it takes every request the others leave), else the first; None without rules. A rollout
+    walks its weights, and the plan shows their shares."""
+    rules = obj.get("spec", {}).get("rules") or []
+    return next((i for i, r in enumerate(rules) if not r.get("matches")), 0 if rules else None)
+
+
+def route_weights(obj: Mapping[str, Any]) -> dict[str, int]:
+    """Each backend's weight in the split rule; a backend named twice has the sum of its weights."""
+    at = split_rule(obj)
+    weights: dict[str, int] = {}
+    for ref in obj["spec"]["rules"][at].get("backendRefs") or () if at is not None else ():
+        name = str(ref.get("name", ""))
+        weights[name] = weights.get(name, 0) + int(ref.get("weight", _DEFAULT_WEIGHT))
+    return weights
+
+
+def with_route_weights(obj: Mapping[str, Any], weights: Mapping[str, int]) -> dict[str, Any]:
+    """A copy of a route whose split rule carries ``weights``; a backend only ``weights`` names is
+    added on the port of the rule's first backend, and one named twice has its weight on the first."""
+    out = copy.deepcopy(dict(obj))
+    at = split_rule(out)
+    if at is None:
+        return out
+    refs = out["spec"]["rules"][at].setdefault("backendRefs", [])
+    named: set[str] = set()
+    for ref in refs:  # a backend named twice takes its weight once, so the shares hold
+        ref["weight"] = 0 if ref["name"] in named else weights.get(ref["name"], 0)
+        named.add(ref["name"])
+    port = {"port": refs[0]["port"]} if refs else {}
+    refs += [{"name": n, **port, "weight": w} for n, w in weights.items() if n not in named]
+    return out
 
 
 @dataclass(frozen=True)

@@ -253,3 +253,17 @@ def test_what_is_not_served_or_not_there_is_a_problem_at_its_field(
 
 def test_durations_add_their_parts() -> None:
     assert [gateway.duration_ms(d) for d in ("0s", "1h", "2m30s", "1s250ms")] == [0, 3_600_000, 150_000, 1250]
+
+
+def test_a_rollout_moves_the_split_rule_s_weights_and_adds_a_backend_on_its_port() -> None:
+    beta = {"matches": [{"path": {"value": "/beta"}}], "backendRefs": [_backend("v2")]}
+    route = _on_reviews([beta, {"backendRefs": [_backend("v1", 9), _backend("v1", 1)]}])
+    assert gateway.route_weights(route) == {"v1": 10}
+    moved = gateway.with_route_weights(route, {"v1": 80, "v2": 20})
+    assert moved["spec"]["rules"][0] == beta
+    assert moved["spec"]["rules"][1]["backendRefs"] == [
+        _backend("v1", 80),
+        _backend("v1", 0),
+        _backend("v2", 20),
+    ]
+    assert gateway.route_weights(route) == {"v1": 10}  # a copy: the route itself is unchanged
