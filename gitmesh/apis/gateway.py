@@ -53,13 +53,15 @@ _MS = {"h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
 RouteKey = tuple[ServiceRef, int, "str | None"]
 
 
+def is_service(parent: Mapping[str, Any]) -> bool:
+    """Whether a parentRef names a Service: its group and kind default to a Gateway's, so a Service
+    parent spells out ``group: ""`` (Gateway API v1, ParentReference)."""
+    return bool(parent.get("group", GROUP) == "" and parent.get("kind", "Gateway") == "Service")
+
+
 def service_parents(obj: dict[str, Any]) -> tuple[str, ...]:
     """The names of the Services a route attaches to, as written, in order."""
-    return tuple(
-        str(p.get("name", ""))
-        for p in obj.get("spec", {}).get("parentRefs") or ()
-        if p.get("group", "") == "" and p.get("kind") == "Service"
-    )
+    return tuple(str(p.get("name", "")) for p in obj.get("spec", {}).get("parentRefs") or () if is_service(p))
 
 
 def route_shares(obj: dict[str, Any]) -> tuple[str, dict[str, Decimal]]:
@@ -132,7 +134,7 @@ def read_route(obj: dict[str, Any], services: Mapping[ServiceRef, Service]) -> R
     problems = _not_served(obj)
     keys: list[RouteKey] = []
     for i, parent in enumerate(spec["parentRefs"]):
-        if parent.get("group", "") != "" or parent.get("kind", "Service") != "Service":
+        if not is_service(parent):
             continue  # refused in _not_served
         ref = ServiceRef(str(parent.get("namespace", ns)), str(parent["name"]))
         callers = None if ref.namespace == ns else ns
@@ -292,11 +294,11 @@ def _not_served(obj: dict[str, Any]) -> list[Problem]:
     if spec.get("hostnames"):
         out.append((("spec", "hostnames"), "hostnames (a route on a Service takes every request sent to it)"))
     for i, parent in enumerate(spec["parentRefs"]):
-        if parent.get("group", "") != "" or parent.get("kind", "Service") != "Service":
-            kind = parent.get("kind", "Gateway")
-            out.append(
-                (("spec", "parentRefs", i, "kind"), f"a {kind} parent (gitmesh serves routes on Services)")
-            )
+        if not is_service(parent):
+            kind = f"{parent.get('group', GROUP) or 'core'}/{parent.get('kind', 'Gateway')}"
+            where = "kind" if "kind" in parent else "name"
+            message = f'a {kind} parent (gitmesh serves routes on Services: group "", kind Service)'
+            out.append((("spec", "parentRefs", i, where), message))
         if "sectionName" in parent:
             out.append(
                 (("spec", "parentRefs", i, "sectionName"), "sectionName (name the Service port with port)")
@@ -320,6 +322,4 @@ def _not_served(obj: dict[str, Any]) -> list[Problem]:
                 out.append(((*path, "filters"), "filters on a backend"))
         if "backendRequest" in rule.get("timeouts", {}):
             out.append(((*at, "timeouts", "backendRequest"), "timeouts.backendRequest"))
-        if "sessionPersistence" in rule:
-            out.append(((*at, "sessionPersistence"), "sessionPersistence"))
     return [Problem("GM160", path, f"gitmesh does not serve {what} yet") for path, what in out]

@@ -308,7 +308,7 @@ def _check_http_routes(
         ns = core.namespace(m.obj)
         for i, parent in enumerate(m.obj["spec"]["parentRefs"]):
             split = split_roots.get(ServiceRef(str(parent.get("namespace", ns)), str(parent["name"])))
-            if split is not None and parent.get("kind", "Service") == "Service":
+            if split is not None and gateway.is_service(parent):
                 message = f"Service {parent['name']!r} is split by {split.ref} ({split.location}) too"
                 out.append(_at(m, ("spec", "parentRefs", i, "name"), "GM163", message))
         for path, pattern, sent in gateway.regexes(m.obj):

@@ -393,8 +393,8 @@ CODES: dict[str, Code] = {
             "The HTTPRoute is valid Gateway API but uses something gitmesh does not carry to Envoy yet: "
             "a parent other than a Service (a Gateway), sectionName, hostnames, filters other than "
             "RequestHeaderModifier and ResponseHeaderModifier, filters on a backend, a backend other "
-            "than a Service or in another namespace (ReferenceGrant), timeouts.backendRequest, "
-            "sessionPersistence. It is refused rather than served without it.",
+            "than a Service or in another namespace (ReferenceGrant), timeouts.backendRequest. It is "
+            "refused rather than served without it.",
         ),
         Code(
             "GM161",

@@ -278,7 +278,7 @@ def route_yaml(v1: int, v2: int) -> str:
     return (
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n"
         f"  name: bookstore\n  namespace: bookstore\n{POLICY}spec:\n"
-        "  parentRefs: [{kind: Service, name: bookstore, port: 14001}]\n  rules:\n"
+        '  parentRefs: [{group: "", kind: Service, name: bookstore, port: 14001}]\n  rules:\n'
         "  - matches: [{path: {value: /beta}}]\n    backendRefs: [{name: bookstore-v2, port: 14001}]\n"
         "  - backendRefs:\n"
         f"    - name: bookstore-v1\n      port: 14001\n      weight: {v1}\n"

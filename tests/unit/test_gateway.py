@@ -200,6 +200,8 @@ def test_a_route_in_another_namespace_is_for_that_namespace_s_callers_only() -> 
             "GM160",
             "spec.parentRefs[0].kind",
         ),
+        # Without a group, a parentRef names a Gateway API kind: the Service needs group "".
+        (lambda r: r["spec"]["parentRefs"][0].pop("group"), "GM160", "spec.parentRefs[0].kind"),
         (
             lambda r: r["spec"]["parentRefs"][0].update(sectionName="http"),
             "GM160",

@@ -56,7 +56,7 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: bookstore-for-buyers, namespace: bookbuyer}
 spec:
-  parentRefs: [{kind: Service, name: bookstore, namespace: bookstore}]
+  parentRefs: [{group: "", kind: Service, name: bookstore, namespace: bookstore}]
   rules: [{backendRefs: [{name: bookbuyer, port: 14001}]}]
 """
 
