@@ -165,35 +165,56 @@ def read_route(obj: dict[str, Any], services: Mapping[ServiceRef, Service]) -> R
         at: Path = ("spec", "rules", r)
         backends = _backends(rule, at, ns, services, problems)
         request, response = (_header_edit(rule, kind) for kind in _HEADER_FILTERS)
-        timeout = rule.get("timeouts", {}).get("request")
+        timeout = rule.get("timeouts", {}).get("request")  # GRPCRoute has none
         for m, match in enumerate(rule.get("matches") or [{}]):
-            path = match.get("path", {})
-            kind, value = path.get("type", "PathPrefix"), str(path.get("value", "/"))
-            headers = match.get("headers") or ()
-            query = match.get("queryParams") or ()
-            rank = (
-                _PATH_RANK[kind],
-                -len(value.rstrip("/")) if kind == "PathPrefix" else 0,  # /books/ is /books
-                0 if "method" in match else 1,
-                -len(headers),
-                -len(query),
-                *age,
-                r,
-                m,
-            )
-            http = HttpMatch(
-                f"{ns}/{obj['metadata']['name']}",
-                str(rule.get("name", f"rules[{r}]")),
-                _path_regex(kind, value),
-                (str(match["method"]),) if "method" in match else (),
-                tuple((str(h["name"]).lower(), _value_regex(h)) for h in headers),
-                tuple((str(q["name"]), _value_regex(q)) for q in query),
-            )
+            name = (f"{ns}/{obj['metadata']['name']}", str(rule.get("name", f"rules[{r}]")))
+            http, order = (_grpc_match if obj["kind"] == "GRPCRoute" else _http_match)(name, match)
+            # An HTTPRoute's rules come before a GRPCRoute's on the same port: gRPC paths are
+            # /package.Service/Method, which a plain HTTP rule rarely means to take.
+            rank = (obj["kind"] == "GRPCRoute", *order, *age, r, m)
             routed = RouteRule(
                 http, backends, request, response, None if timeout is None else duration_ms(timeout)
             )
             ranked += [RankedRule(key, rank, routed) for key in keys]
     return RouteRead(tuple(ranked), tuple(problems))
+
+
+def _http_match(name: tuple[str, str], match: Mapping[str, Any]) -> tuple[HttpMatch, tuple[int, ...]]:
+    """An HTTPRoute match, and its rank: exact path, longest prefix, method, headers, query."""
+    path = match.get("path", {})
+    kind, value = path.get("type", "PathPrefix"), str(path.get("value", "/"))
+    headers = match.get("headers") or ()
+    query = match.get("queryParams") or ()
+    rank = (
+        _PATH_RANK[kind],
+        -len(value.rstrip("/")) if kind == "PathPrefix" else 0,  # /books/ is /books
+        0 if "method" in match else 1,
+        -len(headers),
+        -len(query),
+    )
+    http = HttpMatch(
+        *name,
+        _path_regex(kind, value),
+        (str(match["method"]),) if "method" in match else (),
+        tuple((str(h["name"]).lower(), _value_regex(h)) for h in headers),
+        tuple((str(q["name"]), _value_regex(q)) for q in query),
+    )
+    return http, rank
+
+
+def _grpc_match(name: tuple[str, str], match: Mapping[str, Any]) -> tuple[HttpMatch, tuple[int, ...]]:
+    """A GRPCRoute match as the HTTP/2 path ``/service/method`` it selects, and its rank: the
+    longest service, then the longest method, then the most headers (GRPCRoute's precedence)."""
+    method = match.get("method", {})
+    service, call = str(method.get("service", "")), str(method.get("method", ""))
+    if method.get("type", "Exact") == "RegularExpression":
+        path = f"/(?:{service or '[^/]+'})/(?:{call or '[^/]+'})$"
+    else:
+        path = f"/{literal(service) if service else '[^/]+'}/{literal(call) if call else '[^/]+'}$"
+    headers = match.get("headers") or ()
+    rank = (-len(service), -len(call), -len(headers), 0, 0)
+    headers_regex = tuple((str(h["name"]).lower(), _value_regex(h)) for h in headers)
+    return HttpMatch(*name, path if method else None, (), headers_regex), rank
 
 
 def service_routes(rules: Iterable[RankedRule]) -> dict[RouteKey, ServiceRoutes]:
@@ -224,6 +245,11 @@ def regexes(obj: dict[str, Any]) -> list[tuple[Path, str, str]]:
                 out.append(
                     ((*at, "path", "value"), value, whole_path_regex(_path_regex("RegularExpression", value)))
                 )
+            method = match.get("method", {})
+            if isinstance(method, dict) and method.get("type") == "RegularExpression":  # a GRPCRoute's
+                http, _ = _grpc_match(("", ""), match)
+                written = f"{method.get('service', '')}/{method.get('method', '')}"
+                out.append(((*at, "method"), written, whole_path_regex(str(http.path_regex))))
             for field in ("headers", "queryParams"):
                 for i, h in enumerate(match.get(field) or ()):
                     if h.get("type") == "RegularExpression":

@@ -110,6 +110,10 @@ KINDS: tuple[Kind, ...] = (
         shares=gateway.route_shares,
     ),
     Kind(
+        gateway.GROUP, "GRPCRoute", ("v1",), "v1", "grpcroutes", Meaning.SPLIT,
+        shares=gateway.route_shares,
+    ),
+    Kind(
         policy.OSM_GROUP, "Retry", ("v1alpha1",), "v1alpha1", "retries",
         Meaning.POLICY, crd=True, short_names=("retry",),
     ),

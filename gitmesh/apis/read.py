@@ -38,7 +38,10 @@ def mesh(objects: Iterable[Mapping[str, Any]]) -> MeshState:
         warnings += [_warning(s, p.message) for p in problems]
         splits |= {(r.root, r.port): r for r in routes}
     ranked: list[gateway.RankedRule] = []
-    for h in sorted(by_kind["HTTPRoute"], key=lambda o: (core.namespace(o), o["metadata"]["name"])):
+    for h in sorted(
+        (*by_kind["HTTPRoute"], *by_kind["GRPCRoute"]),
+        key=lambda o: (core.namespace(o), o["metadata"]["name"]),
+    ):
         routed = gateway.read_route(h, services)
         warnings += [_warning(h, p.message) for p in routed.problems]
         ranked += routed.rules

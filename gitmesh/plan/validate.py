@@ -283,13 +283,14 @@ def check_references(
         for m in configs[1:]
     ]
     out += [d for m in by_kind["MeshConfig"] for d in _settings_not_acted_on(m)]
-    out += [d for s in (*by_kind["TrafficSplit"], *by_kind["HTTPRoute"]) for d in policy.check(s)]
+    gateway_routes = [*by_kind["HTTPRoute"], *by_kind["GRPCRoute"]]
+    out += [d for s in (*by_kind["TrafficSplit"], *gateway_routes) for d in policy.check(s)]
     out += _check_policies(by_kind, services, present, outside)
-    out += _check_http_routes(by_kind["HTTPRoute"], by_kind["TrafficSplit"], services, present, outside)
+    out += _check_gateway_routes(gateway_routes, by_kind["TrafficSplit"], services, present, outside)
     return out
 
 
-def _check_http_routes(
+def _check_gateway_routes(
     routes: list[Manifest],
     splits: list[Manifest],
     services: Mapping[ServiceRef, Service],

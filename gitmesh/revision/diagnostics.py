@@ -390,7 +390,8 @@ CODES: dict[str, Code] = {
             "GM160",
             _E,
             "route says what gitmesh does not serve yet",
-            "The HTTPRoute is valid Gateway API but uses something gitmesh does not carry to Envoy yet: "
+            "The HTTPRoute or GRPCRoute is valid Gateway API but uses something gitmesh does not carry "
+            "to Envoy yet: "
             "a parent other than a Service (a Gateway), sectionName, hostnames, filters other than "
             "RequestHeaderModifier and ResponseHeaderModifier, filters on a backend, a backend other "
             "than a Service or in another namespace (ReferenceGrant), timeouts.backendRequest. It is "

@@ -51,14 +51,14 @@ def split_key(ref: ObjectRef) -> str:
 
 
 def weights_of(obj: Mapping[str, Any]) -> dict[str, int]:
-    if obj.get("kind") == "HTTPRoute":
+    if obj.get("kind") != "TrafficSplit":  # a Gateway API route
         return gateway.route_weights(obj)
     return {b.service: int(b.weight) for b in smi.split_backends(dict(obj))}
 
 
 def with_weights(obj: Mapping[str, Any], weights: Weights) -> dict[str, Any]:
     """A copy of a split carrying ``weights``; a backend only ``weights`` names is added."""
-    if obj.get("kind") == "HTTPRoute":
+    if obj.get("kind") != "TrafficSplit":
         return gateway.with_route_weights(obj, weights)
     out = copy.deepcopy(dict(obj))
     backends = out["spec"]["backends"]

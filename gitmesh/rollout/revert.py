@@ -49,14 +49,14 @@ def push_revert(url: str, r: Rollout) -> str:
     manifests = [
         m
         for m in load_files(files).manifests
-        if m.obj.get("kind") in ("TrafficSplit", "HTTPRoute")
+        if m.obj.get("kind") in ("TrafficSplit", "HTTPRoute", "GRPCRoute")
         and (m.obj.get("metadata") or {}).get("name") == name
         and (m.obj.get("metadata") or {}).get("namespace") == namespace
     ]
     if len(manifests) != 1:
-        raise RolloutError(f"no TrafficSplit or HTTPRoute {r.split} in revision {r.revision[:12]}")
+        raise RolloutError(f"no TrafficSplit or route {r.split} in revision {r.revision[:12]}")
     m = manifests[0]
-    if m.obj["kind"] == "HTTPRoute":
+    if m.obj["kind"] != "TrafficSplit":
         at: Path = ("spec", "rules", gateway.split_rule(m.obj) or 0, "backendRefs")
         names = [str(b["name"]) for b in m.obj["spec"]["rules"][at[2]].get("backendRefs") or ()]
     else:

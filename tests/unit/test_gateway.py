@@ -269,3 +269,37 @@ def test_a_rollout_moves_the_split_rule_s_weights_and_adds_a_backend_on_its_port
         _backend("v2", 20),
     ]
     assert gateway.route_weights(route) == {"v1": 10}  # a copy: the route itself is unchanged
+
+
+def _grpc(rules: list[dict[str, Any]]) -> dict[str, Any]:
+    route = _on_reviews(rules)
+    route["kind"] = "GRPCRoute"
+    return route
+
+
+def test_grpc_matches_are_paths_ranked_by_service_then_method_then_headers() -> None:
+    route = _grpc(
+        [
+            {"matches": [{"method": {"service": "shop.Books"}}], "backendRefs": [_backend("v1")]},
+            {
+                "matches": [
+                    {"method": {"service": "shop.Books", "method": "Buy"}},
+                    {"method": {"method": "Buy"}, "headers": [{"name": "x-a", "value": "1"}]},
+                    {"method": {"type": "RegularExpression", "service": "shop\\..*"}},
+                ],
+                "backendRefs": [_backend("v2")],
+            },
+            {"backendRefs": [_backend("v1")]},
+        ]
+    )
+    read = gateway.read_route(route, SERVICES)
+    assert read.problems == ()
+    ((_, routes),) = gateway.service_routes(read.rules).items()
+    assert [(r.match.path_regex, r.match.headers) for r in routes.rules] == [
+        ("/shop\\.Books/Buy$", ()),
+        ("/shop\\.Books/[^/]+$", ()),
+        ("/(?:shop\\..*)/(?:[^/]+)$", ()),
+        ("/[^/]+/Buy$", (("x-a", "1"),)),
+        (None, ()),
+    ]
+    assert [path for path, *_ in gateway.regexes(route)] == [("spec", "rules", 1, "matches", 2, "method")]

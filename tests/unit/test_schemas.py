@@ -49,6 +49,7 @@ EXPECTED_KINDS = frozenset(
     | {
         ("specs.smi-spec.io/v1alpha4", "UDPRoute"),
         ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+        ("gateway.networking.k8s.io/v1", "GRPCRoute"),
         ("v1", "Namespace"),
         ("v1", "Service"),
         ("v1", "ServiceAccount"),
@@ -1320,26 +1321,25 @@ def gateway_api_dir() -> Path:
 def test_the_shipped_gateway_api_crds_are_the_pinned_release_s(gateway_api_dir: Path) -> None:
     for name in crds.OFFICIAL:
         assert (crds.OFFICIAL_DIR / name).read_bytes() == (gateway_api_dir / name).read_bytes(), name
-    (route,) = crds.official()
-    assert (
-        route["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"]
-        == crds.GATEWAY_API_RELEASE
-    )
-    assert route["metadata"]["annotations"]["gateway.networking.k8s.io/channel"] == "standard"
+    for crd in crds.official():
+        annotations = crd["metadata"]["annotations"]
+        assert annotations["gateway.networking.k8s.io/bundle-version"] == crds.GATEWAY_API_RELEASE
+        assert annotations["gateway.networking.k8s.io/channel"] == "standard"
 
 
-def test_the_http_route_schema_declares_only_fields_of_the_official_crd() -> None:
-    (route,) = crds.official()
+@pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute"])
+def test_a_route_schema_declares_only_fields_of_the_official_crd(kind: str) -> None:
+    (route,) = [c for c in crds.official() if c["spec"]["names"]["kind"] == kind]
     (v1,) = [v for v in route["spec"]["versions"] if v["name"] == "v1"]
     theirs = property_paths(v1["schema"]["openAPIV3Schema"])
-    ours = property_paths(schemas.schema_document("gateway.networking.k8s.io/v1", "HTTPRoute"))
+    ours = property_paths(schemas.schema_document("gateway.networking.k8s.io/v1", kind))
     assert ours - theirs == set()
     # What gitmesh does not spell out is inside what it accepts unread and refuses (GM160).
     unread = ("filters[*].", "backendRefs[*].filters[*].", "status")
     left = {p for p in theirs - ours if not p.startswith(("metadata", "status"))}
     assert {p for p in left if not any(u in p for u in unread)} == set()
     theirs_filters = v1["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["rules"]["items"]
-    ours_doc = schemas.schema_document("gateway.networking.k8s.io/v1", "HTTPRoute")
+    ours_doc = schemas.schema_document("gateway.networking.k8s.io/v1", kind)
     assert ours_doc is not None
     ours_filters = ours_doc["properties"]["spec"]["properties"]["rules"]["items"]
     enum = ["properties", "filters", "items", "properties", "type", "enum"]

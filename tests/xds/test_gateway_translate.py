@@ -118,3 +118,41 @@ def test_real_envoy_accepts_the_routes(routes: tuple[str, ...], tmp_path: Path) 
         timeout=60,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+GRPC = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: bookstore-grpc, namespace: bookstore}
+spec:
+  parentRefs: [{group: "", kind: Service, name: bookstore}]
+  rules:
+  - matches: [{method: {service: bookstore.Books, method: Buy}}]
+    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: x-grpc, value: "1"}]}}]
+    backendRefs: [{name: bookstore-v2, port: 14001}]
+  - backendRefs: [{name: bookstore-v1, port: 14001}]
+"""
+
+
+def test_a_grpc_route_s_methods_are_paths_after_the_http_route_s_rules() -> None:
+    mesh = gamma_example(ROUTE, GRPC)
+    assert mesh.warnings == ()
+    *http, buy, rest = bookstore_host(mesh, BOOKBUYER).routes
+    assert len(http) == 3
+    assert buy.match.safe_regex.regex == "(?:/bookstore\\.Books/Buy$).*"
+    assert [h.header.key for h in buy.request_headers_to_add] == ["x-grpc"]
+    assert rest.match.prefix == "/"
+    assert [c.name for c in rest.route.weighted_clusters.clusters] == ["bookstore/bookstore-v1|14001"]
+
+
+@pytest.mark.integration
+def test_real_envoy_accepts_a_grpc_route(tmp_path: Path) -> None:
+    config = tmp_path / "bootstrap.json"
+    config.write_text(json.dumps(_as_static_bootstrap(translate(gamma_example(GRPC), BOOKBUYER), BOOKBUYER)))
+    result = subprocess.run(
+        [ENVOY, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id", "-l", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
