@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 from click.testing import CliRunner
 from envoy.config.route.v3 import route_components_pb2
 
+import gitmesh.cli
 from gitmesh import pipeline
 from gitmesh.apis import read
 from gitmesh.cli import cli
@@ -97,4 +99,9 @@ def test_the_command_writes_routes_that_validate(tmp_path: Path) -> None:
     (repo / "bookstore" / "route.yaml").write_text(out.read_text())
     assert pipeline.check(read_directory(str(repo))).ok
     as_json = CliRunner().invoke(cli, ["convert", "smi-to-gamma", str(EXAMPLE_REPO), "-o", "json"])
-    assert json.loads(as_json.stdout)["routes"] == [route]
+    doc = json.loads(as_json.stdout)
+    assert doc["routes"] == [route]
+    schema = json.loads(
+        (Path(gitmesh.cli.__file__).parent / "schemas" / "conversion.schema.json").read_text()
+    )
+    jsonschema.Draft202012Validator(schema).validate(doc)
