@@ -123,11 +123,32 @@ class RouteRead:
     problems: tuple[Problem, ...]
 
 
-def read_route(obj: dict[str, Any], services: Mapping[ServiceRef, Service]) -> RouteRead:
-    """A schema-valid HTTPRoute's rules, one per match and parent port, and what is wrong with it.
+# (route kind, route namespace, Service namespace, Service name or None for all): what
+# ReferenceGrants let routes send to across namespaces.
+Grants = frozenset[tuple[str, str, str, "str | None"]]
+
+
+def grants(objects: Iterable[Mapping[str, Any]]) -> Grants:
+    """What the ReferenceGrants among ``objects`` allow routes to refer to: Services only."""
+    return frozenset(
+        (str(f["kind"]), str(f["namespace"]), namespace(g), t.get("name"))
+        for g in objects
+        for f in g["spec"]["from"]
+        if f["group"] == GROUP
+        for t in g["spec"]["to"]
+        if t["group"] == "" and t["kind"] == "Service"
+    )
+
+
+def read_route(
+    obj: dict[str, Any], services: Mapping[ServiceRef, Service], granted: Grants = frozenset()
+) -> RouteRead:
+    """A schema-valid HTTPRoute's or GRPCRoute's rules, one per match and parent port, and what is
+    wrong with it.
 
     A Service not in ``services`` is a problem naming it in ``Problem.missing`` (the cluster may
-    have it); a backend with a problem is left out of its rule.
+    have it); a backend with a problem is left out of its rule. A backend in another namespace needs
+    a ReferenceGrant there (``granted``).
     """
     ns = namespace(obj)
     spec = obj["spec"]
@@ -163,7 +184,7 @@ def read_route(obj: dict[str, Any], services: Mapping[ServiceRef, Service]) -> R
     age = (str(obj["metadata"].get("creationTimestamp", "")), ns, str(obj["metadata"]["name"]))
     for r, rule in enumerate(spec["rules"]):
         at: Path = ("spec", "rules", r)
-        backends = _backends(rule, at, ns, services, problems)
+        backends = _backends(rule, at, (str(obj["kind"]), ns), services, granted, problems)
         request, response = (_header_edit(rule, kind) for kind in _HEADER_FILTERS)
         timeout = rule.get("timeouts", {}).get("request")  # GRPCRoute has none
         for m, match in enumerate(rule.get("matches") or [{}]):
@@ -276,20 +297,26 @@ def _value_regex(match: Mapping[str, Any]) -> str:
 def _backends(
     rule: Mapping[str, Any],
     at: Path,
-    ns: str,
+    route: tuple[str, str],
     services: Mapping[ServiceRef, Service],
+    granted: Grants,
     problems: list[Problem],
 ) -> tuple[Backend, ...]:
+    kind, ns = route
     found = []
     for b, ref in enumerate(rule.get("backendRefs") or ()):
         path: Path = (*at, "backendRefs", b)
-        if (
-            ref.get("group", "") != ""
-            or ref.get("kind", "Service") != "Service"
-            or ref.get("namespace", ns) != ns
-        ):
+        if ref.get("group", "") != "" or ref.get("kind", "Service") != "Service":
             continue  # refused in _not_served
-        service = ServiceRef(ns, str(ref["name"]))
+        service = ServiceRef(str(ref.get("namespace", ns)), str(ref["name"]))
+        allowing = {(kind, ns, service.namespace, service.name), (kind, ns, service.namespace, None)}
+        if service.namespace != ns and not allowing & granted:
+            message = (
+                f"Service {str(service)!r} is in another namespace, and no ReferenceGrant there lets "
+                f"{kind}s of namespace {ns!r} send to it"
+            )
+            problems.append(Problem("GM164", (*path, "namespace"), message))
+            continue
         svc = services.get(service)
         if svc is None:
             problems.append(Problem("GM161", (*path, "name"), f"no Service {str(service)!r}", service))
@@ -314,7 +341,6 @@ def _header_edit(rule: Mapping[str, Any], kind: str) -> HeaderEdit:
 
 def _not_served(obj: dict[str, Any]) -> list[Problem]:
     """GM160 for each thing the route says that gitmesh does not carry to Envoy yet."""
-    ns = namespace(obj)
     spec = obj["spec"]
     out: list[tuple[Path, str]] = []
     if spec.get("hostnames"):
@@ -339,10 +365,6 @@ def _not_served(obj: dict[str, Any]) -> list[Problem]:
             if ref.get("group", "") != "" or ref.get("kind", "Service") != "Service":
                 out.append(
                     ((*path, "kind"), f"a {ref.get('kind', 'Service')} backend (gitmesh sends to Services)")
-                )
-            if ref.get("namespace", ns) != ns:
-                out.append(
-                    ((*path, "namespace"), "a backend in another namespace (ReferenceGrant is not read yet)")
                 )
             if ref.get("filters"):
                 out.append(((*path, "filters"), "filters on a backend"))

@@ -104,7 +104,11 @@ KINDS: tuple[Kind, ...] = (
         columns=(PrinterColumn("Service", ".spec.service", "The root service."),),
         shares=smi.split_shares,
     ),
-    # Its CustomResourceDefinition is Gateway API's own, installed with the Gateway API.
+    # Their CustomResourceDefinitions are Gateway API's own (gitmesh/plan/official/). A grant means
+    # nothing to the mesh alone: it lets routes of other namespaces send to this one's Services.
+    Kind(
+        gateway.GROUP, "ReferenceGrant", ("v1beta1", "v1"), "v1beta1", "referencegrants", Meaning.NONE,
+    ),
     Kind(
         gateway.GROUP, "HTTPRoute", ("v1",), "v1", "httproutes", Meaning.SPLIT,
         shares=gateway.route_shares,

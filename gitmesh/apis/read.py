@@ -38,11 +38,12 @@ def mesh(objects: Iterable[Mapping[str, Any]]) -> MeshState:
         warnings += [_warning(s, p.message) for p in problems]
         splits |= {(r.root, r.port): r for r in routes}
     ranked: list[gateway.RankedRule] = []
+    granted = gateway.grants(by_kind["ReferenceGrant"])
     for h in sorted(
         (*by_kind["HTTPRoute"], *by_kind["GRPCRoute"]),
         key=lambda o: (core.namespace(o), o["metadata"]["name"]),
     ):
-        routed = gateway.read_route(h, services)
+        routed = gateway.read_route(h, services, granted)
         warnings += [_warning(h, p.message) for p in routed.problems]
         ranked += routed.rules
     routes_by_ref = {

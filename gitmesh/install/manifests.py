@@ -58,7 +58,11 @@ _RULES: list[dict[str, Any]] = [
         "verbs": _WRITES,
     },
     {"apiGroups": ["gitmesh.dev"], "resources": ["faultinjections"], "verbs": _WRITES},
-    {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes"], "verbs": _WRITES},
+    {
+        "apiGroups": ["gateway.networking.k8s.io"],
+        "resources": ["referencegrants", "httproutes", "grpcroutes"],
+        "verbs": _WRITES,
+    },
     # A bearer token sent to the HTTP port: whose it is and whether they may ask for a reconcile.
     {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
     {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},

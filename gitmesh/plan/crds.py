@@ -36,6 +36,9 @@ OFFICIAL = {
     "gateway.networking.k8s.io_httproutes.yaml": (
         "a89d17ff5ed060fa0eac015524f9252bb291f616412c13ac8cb952ed9c25c5ad"
     ),
+    "gateway.networking.k8s.io_referencegrants.yaml": (
+        "ff8db85aaacc91fb4096975afb5782540572bf2f04842a258094cd7f50c7f38a"
+    ),
     "gateway.networking.k8s.io_grpcroutes.yaml": (
         "a96b307008290c194ad346f9bb9346dd560c12e4d4e7dfbdbe7d2fb5e812d62e"
     ),

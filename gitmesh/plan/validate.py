@@ -286,7 +286,8 @@ def check_references(
     gateway_routes = [*by_kind["HTTPRoute"], *by_kind["GRPCRoute"]]
     out += [d for s in (*by_kind["TrafficSplit"], *gateway_routes) for d in policy.check(s)]
     out += _check_policies(by_kind, services, present, outside)
-    out += _check_gateway_routes(gateway_routes, by_kind["TrafficSplit"], services, present, outside)
+    granted = gateway.grants(g.obj for g in by_kind["ReferenceGrant"])
+    out += _check_gateway_routes(gateway_routes, by_kind["TrafficSplit"], services, granted, present, outside)
     return out
 
 
@@ -294,6 +295,7 @@ def _check_gateway_routes(
     routes: list[Manifest],
     splits: list[Manifest],
     services: Mapping[ServiceRef, Service],
+    granted: gateway.Grants,
     present: AbstractSet[ObjectRef] | None,
     outside: set[ObjectRef],
 ) -> list[Diagnostic]:
@@ -304,7 +306,7 @@ def _check_gateway_routes(
         ServiceRef(*smi.service_ref(smi.split_service(s.obj), core.namespace(s.obj))): s for s in splits
     }
     for m in routes:
-        read = gateway.read_route(m.obj, services)
+        read = gateway.read_route(m.obj, services, granted)
         out += [d for p in read.problems if (d := _outside(m, p, present, outside)) is not None]
         ns = core.namespace(m.obj)
         for i, parent in enumerate(m.obj["spec"]["parentRefs"]):

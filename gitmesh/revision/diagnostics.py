@@ -394,7 +394,7 @@ CODES: dict[str, Code] = {
             "to Envoy yet: "
             "a parent other than a Service (a Gateway), sectionName, hostnames, filters other than "
             "RequestHeaderModifier and ResponseHeaderModifier, filters on a backend, a backend other "
-            "than a Service or in another namespace (ReferenceGrant), timeouts.backendRequest. It is "
+            "than a Service, timeouts.backendRequest. It is "
             "refused rather than served without it.",
         ),
         Code(
@@ -420,6 +420,14 @@ CODES: dict[str, Code] = {
             "A Service's traffic is routed by SMI or by Gateway API, not both: the meaning of the two "
             "together would be ambiguous. Move the split into the route's backendRefs (weights) or "
             "remove the route.",
+        ),
+        Code(
+            "GM164",
+            _E,
+            "route sends to another namespace without a ReferenceGrant",
+            "A backendRef with a namespace other than the route's needs a ReferenceGrant in that "
+            "namespace whose from names the route's kind (HTTPRoute, GRPCRoute) and namespace, and "
+            "whose to names the Service (or every Service).",
         ),
         # GM170-GM179: traffic policies (Retry, UpstreamTrafficSetting, Egress, IngressBackend,
         # FaultInjection).

@@ -245,10 +245,20 @@ class Translator:
             reached: dict[Identity, set[str]] = defaultdict(set)
             for p in self.mesh.permissions:
                 reached[p.caller].add(p.destination.namespace)
-            # A consumer route sends its namespace's callers to backends of that namespace.
-            consumers = {(r.service.namespace, r.callers) for r in self.mesh.routes.values() if r.callers}
+            # A caller that reaches a routed service reaches the backends of the routes it takes:
+            # a consumer route's are in its own namespace, a ReferenceGrant's in another.
+            routed = {
+                (r.service.namespace, r.callers, b.service.namespace)
+                for r in self.mesh.routes.values()
+                for rule in r.rules
+                for b in rule.backends
+            }
             for caller, found in reached.items():
-                found |= {ns for target, ns in consumers if ns == caller.namespace and target in found}
+                found |= {
+                    backend
+                    for target, callers, backend in routed
+                    if target in found and callers in (None, caller.namespace)
+                }
             self._reached = {identity: frozenset(found) for identity, found in reached.items()}
         return self._reached.get(identity, frozenset())
 

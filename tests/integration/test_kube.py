@@ -77,6 +77,7 @@ def test_crds_are_established_with_one_served_version(cluster: Cluster) -> None:
         "faultinjections.gitmesh.dev",
         "httproutes.gateway.networking.k8s.io",  # Gateway API's own, as released
         "grpcroutes.gateway.networking.k8s.io",
+        "referencegrants.gateway.networking.k8s.io",
     }
     for name, crd in crds.items():
         assert any(c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"])
@@ -84,6 +85,7 @@ def test_crds_are_established_with_one_served_version(cluster: Cluster) -> None:
         official = {
             "httproutes.gateway.networking.k8s.io": ["v1", "v1beta1"],
             "grpcroutes.gateway.networking.k8s.io": ["v1"],
+            "referencegrants.gateway.networking.k8s.io": ["v1", "v1beta1"],
         }
         assert served == official.get(name, served[:1])
 

@@ -217,7 +217,7 @@ def test_a_route_in_another_namespace_is_for_that_namespace_s_callers_only() -> 
         ),
         (
             lambda r: r["spec"]["rules"][0]["backendRefs"][0].update(namespace="shop"),
-            "GM160",
+            "GM164",
             "spec.rules[0].backendRefs[0].namespace",
         ),
         (
@@ -303,3 +303,23 @@ def test_grpc_matches_are_paths_ranked_by_service_then_method_then_headers() -> 
         (None, ()),
     ]
     assert [path for path, *_ in gateway.regexes(route)] == [("spec", "rules", 1, "matches", 2, "method")]
+
+
+def test_a_reference_grant_lets_a_route_send_to_another_namespace() -> None:
+    route = _on_reviews([{"backendRefs": [{**_backend("v3"), "namespace": "shop"}]}])
+    grant = {
+        "kind": "ReferenceGrant",
+        "metadata": {"name": "reviews", "namespace": "shop"},
+        "spec": {
+            "from": [{"group": gateway.GROUP, "kind": "HTTPRoute", "namespace": "bookinfo"}],
+            "to": [{"group": "", "kind": "Service", "name": "v3"}],
+        },
+    }
+    assert [p.code for p in gateway.read_route(route, SERVICES).problems] == ["GM164"]
+    read = gateway.read_route(route, SERVICES, gateway.grants([grant]))
+    assert read.problems == ()
+    assert read.rules[0].rule.backends == (Backend(ServiceRef("shop", "v3"), 1, 9080),)
+    grant["spec"]["from"][0]["kind"] = "GRPCRoute"  # for another kind of route: not this one
+    assert [p.code for p in gateway.read_route(route, SERVICES, gateway.grants([grant])).problems] == [
+        "GM164"
+    ]

@@ -27,7 +27,9 @@ def by_kind(rendered: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def test_every_object_is_labelled_and_lives_in_gitmesh_system() -> None:
     rendered = objects(OPTIONS)
     official = {c["metadata"]["name"] for c in crds.official()}
-    assert official == {"httproutes.gateway.networking.k8s.io", "grpcroutes.gateway.networking.k8s.io"}
+    assert official == {
+        f"{plural}.gateway.networking.k8s.io" for plural in ("httproutes", "grpcroutes", "referencegrants")
+    }
     for obj in rendered:
         if obj["metadata"]["name"] in official:  # Gateway API's own, as released: uninstall leaves them
             assert "labels" not in obj["metadata"]

@@ -50,6 +50,8 @@ EXPECTED_KINDS = frozenset(
         ("specs.smi-spec.io/v1alpha4", "UDPRoute"),
         ("gateway.networking.k8s.io/v1", "HTTPRoute"),
         ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+        ("gateway.networking.k8s.io/v1", "ReferenceGrant"),
+        ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
         ("v1", "Namespace"),
         ("v1", "Service"),
         ("v1", "ServiceAccount"),
@@ -1327,7 +1329,7 @@ def test_the_shipped_gateway_api_crds_are_the_pinned_release_s(gateway_api_dir: 
         assert annotations["gateway.networking.k8s.io/channel"] == "standard"
 
 
-@pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute"])
+@pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute", "ReferenceGrant"])
 def test_a_route_schema_declares_only_fields_of_the_official_crd(kind: str) -> None:
     (route,) = [c for c in crds.official() if c["spec"]["names"]["kind"] == kind]
     (v1,) = [v for v in route["spec"]["versions"] if v["name"] == "v1"]
@@ -1338,18 +1340,23 @@ def test_a_route_schema_declares_only_fields_of_the_official_crd(kind: str) -> N
     unread = ("filters[*].", "backendRefs[*].filters[*].", "status")
     left = {p for p in theirs - ours if not p.startswith(("metadata", "status"))}
     assert {p for p in left if not any(u in p for u in unread)} == set()
-    theirs_filters = v1["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["rules"]["items"]
-    ours_doc = schemas.schema_document("gateway.networking.k8s.io/v1", kind)
-    assert ours_doc is not None
-    ours_filters = ours_doc["properties"]["spec"]["properties"]["rules"]["items"]
-    enum = ["properties", "filters", "items", "properties", "type", "enum"]
 
-    def at(node: Any, path: list[str]) -> Any:
-        for key in path:
-            node = node[key]
-        return node
 
-    assert at(ours_filters, enum) == at(theirs_filters, enum)
+@pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute"])
+def test_a_route_schema_takes_the_filter_types_of_the_official_crd(kind: str) -> None:
+    (route,) = [c for c in crds.official() if c["spec"]["names"]["kind"] == kind]
+    (v1,) = [v for v in route["spec"]["versions"] if v["name"] == "v1"]
+    ours = schemas.schema_document("gateway.networking.k8s.io/v1", kind)
+    assert ours is not None
+    enum = ("spec", "rules", "filters", "type")
+
+    def types(node: Any) -> Any:
+        for key in enum:
+            node = node["properties"][key]
+            node = node.get("items", node)
+        return node["enum"]
+
+    assert types(ours) == types(v1["schema"]["openAPIV3Schema"])
 
 
 def test_a_tampered_official_crd_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -61,10 +61,30 @@ spec:
 """
 
 
+# Callers in bookbuyer's namespace send /buy-a-book to v2 only, granted by the bookstore's namespace.
+GRANTED = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bookstore-canary, namespace: bookbuyer}
+spec:
+  parentRefs: [{group: "", kind: Service, name: bookstore, namespace: bookstore}]
+  rules:
+  - matches: [{path: {value: /buy-a-book}}]
+    backendRefs: [{name: bookstore-v2, namespace: bookstore, port: 14001}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: bookbuyer-routes, namespace: bookstore}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: bookbuyer}]
+  to: [{group: "", kind: Service}]
+"""
+
+
 def gamma_example(*routes: str, permissive: bool = False) -> MeshState:
     validated = pipeline.check(read_directory(str(EXAMPLE_REPO)))
     objects = [m.obj for m in validated.desired if m.obj["kind"] != "TrafficSplit"]
-    objects += [yaml.safe_load(r) for r in routes]
+    objects += [o for r in routes for o in yaml.safe_load_all(r)]
     return read.mesh([*objects, *([mesh_config(True)] if permissive else [])])
 
 
@@ -106,7 +126,9 @@ def test_a_consumer_route_serves_its_namespace_and_the_producer_route_the_others
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("routes", [(ROUTE,), (ROUTE, CONSUMER)], ids=["producer", "consumer"])
+@pytest.mark.parametrize(
+    "routes", [(ROUTE,), (ROUTE, CONSUMER), (ROUTE, GRANTED)], ids=["producer", "consumer", "granted"]
+)
 def test_real_envoy_accepts_the_routes(routes: tuple[str, ...], tmp_path: Path) -> None:
     config = tmp_path / "bootstrap.json"
     bootstrap: dict[str, Any] = _as_static_bootstrap(translate(gamma_example(*routes), BOOKBUYER), BOOKBUYER)
@@ -156,3 +178,14 @@ def test_real_envoy_accepts_a_grpc_route(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_a_granted_route_sends_to_a_service_of_another_namespace() -> None:
+    mesh = gamma_example(ROUTE, GRANTED)
+    assert mesh.warnings == ()
+    (canary,) = bookstore_host(mesh, BOOKBUYER).routes
+    assert [c.name for c in canary.route.weighted_clusters.clusters] == ["bookstore/bookstore-v2|14001"]
+    # Without the grant the backend is refused: its rule answers 500, as the spec says, and the mesh warns.
+    ungranted = gamma_example(ROUTE, GRANTED.split("---")[0])
+    assert [r.direct_response.status for r in bookstore_host(ungranted, BOOKBUYER).routes] == [500]
+    assert "no ReferenceGrant" in ungranted.warnings[0]
