@@ -229,11 +229,11 @@ CODES: dict[str, Code] = {
         Code(
             "GM110",
             _W,
-            "split names a Service outside the revision, not checked",
+            "split or route names a Service outside the revision, not checked",
             "The Service is not defined in the revision: it may come from elsewhere (another team's "
             "repository, a Helm chart). Without a cluster gitmesh cannot check it; gitmesh plan and "
             "apply look for it in the cluster (or the embedded store) and refuse the revision with "
-            "GM101 or GM102 if it is not there either.",
+            "GM101 or GM102 (GM161 for an HTTPRoute or GRPCRoute) if it is not there either.",
         ),
         Code(
             "GM111",
