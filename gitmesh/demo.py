@@ -94,7 +94,8 @@ def envoy_binary() -> str:
 
 
 class App:
-    """A tiny HTTP app on 127.0.0.1 that answers every request with its name.
+    """A tiny HTTP app on 127.0.0.1 that answers every request with its name, and each ``x-``
+    request header as an ``x-echo-`` response header.
 
     Tests make it misbehave: ``error_rate`` of its answers are 500s (spread evenly, not at
     random, so a share is exact), and each answer waits ``delay`` seconds first.
@@ -115,6 +116,10 @@ class App:
                 body = name.encode()
                 self.send_response(500 if failing else 200)
                 self.send_header("Content-Length", str(len(body)))
+                # What the mesh did to the request, for tests to see: its x- headers, echoed.
+                for header, value in self.headers.items():
+                    if header.lower().startswith("x-"):
+                        self.send_header(f"x-echo-{header.lower()}", value)
                 self.end_headers()
                 self.wfile.write(body)
 

@@ -35,6 +35,20 @@ def split(
     }
 
 
+def http_route(ns: str, name: str, parent: str, backends: dict[str, int], port: int = 80) -> dict[str, Any]:
+    """A GAMMA HTTPRoute on Service ``parent`` splitting its traffic among ``backends`` (on ``port``)
+    by weight."""
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": parent}],
+            "rules": [{"backendRefs": [{"name": s, "port": port, "weight": w} for s, w in backends.items()]}],
+        },
+    }
+
+
 def route_group(ns: str, name: str, matches: dict[str, str]) -> dict[str, Any]:
     """matches: match name -> pathRegex; every match is GET."""
     return {

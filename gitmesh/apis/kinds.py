@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from gitmesh.apis import envoy, osm, policy, smi
+from gitmesh.apis import envoy, gateway, osm, policy, smi
 from gitmesh.objects import ObjectRef
 
 
@@ -103,6 +103,19 @@ KINDS: tuple[Kind, ...] = (
         Meaning.SPLIT, crd=True, short_names=("ts",),
         columns=(PrinterColumn("Service", ".spec.service", "The root service."),),
         shares=smi.split_shares,
+    ),
+    # Their CustomResourceDefinitions are Gateway API's own (gitmesh/plan/official/). A grant means
+    # nothing to the mesh alone: it lets routes of other namespaces send to this one's Services.
+    Kind(
+        gateway.GROUP, "ReferenceGrant", ("v1beta1", "v1"), "v1beta1", "referencegrants", Meaning.NONE,
+    ),
+    Kind(
+        gateway.GROUP, "HTTPRoute", ("v1",), "v1", "httproutes", Meaning.SPLIT,
+        shares=gateway.route_shares,
+    ),
+    Kind(
+        gateway.GROUP, "GRPCRoute", ("v1",), "v1", "grpcroutes", Meaning.SPLIT,
+        shares=gateway.route_shares,
     ),
     Kind(
         policy.OSM_GROUP, "Retry", ("v1alpha1",), "v1alpha1", "retries",

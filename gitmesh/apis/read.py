@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gitmesh.apis import core, envoy, osm, policy, smi
+from gitmesh.apis import core, envoy, gateway, osm, policy, smi
 from gitmesh.mesh.state import (
     ConnectionLimits,
     EgressRule,
@@ -37,6 +37,15 @@ def mesh(objects: Iterable[Mapping[str, Any]]) -> MeshState:
         routes, problems = smi.read_split(s, services, groups)
         warnings += [_warning(s, p.message) for p in problems]
         splits |= {(r.root, r.port): r for r in routes}
+    ranked: list[gateway.RankedRule] = []
+    granted = gateway.grants(by_kind["ReferenceGrant"])
+    for h in sorted(
+        (*by_kind["HTTPRoute"], *by_kind["GRPCRoute"]),
+        key=lambda o: (core.namespace(o), o["metadata"]["name"]),
+    ):
+        routed = gateway.read_route(h, services, granted)
+        warnings += [_warning(h, p.message) for p in routed.problems]
+        ranked += routed.rules
     routes_by_ref = {
         (kind, core.namespace(r), r["metadata"]["name"]): r for kind in smi.ROUTE_KINDS for r in by_kind[kind]
     }
@@ -69,6 +78,7 @@ def mesh(objects: Iterable[Mapping[str, Any]]) -> MeshState:
         tuple(v for v in kept if isinstance(v, EgressRule)),
         tuple(v for v in kept if isinstance(v, IngressRule)),
         tuple(v for v in kept if isinstance(v, Fault)),
+        gateway.service_routes(ranked),
     )
 
 

@@ -429,7 +429,7 @@ def _print_xds(settings: Settings) -> None:
 @click.option("--print", "print_only", is_flag=True, help="Print the CRDs as YAML instead of applying them.")
 @reports_errors
 def install_crds(kubeconfig: str | None, context: str | None, print_only: bool) -> None:
-    """The SMI CustomResourceDefinitions, rendered from gitmesh's schemas (one served version each)."""
+    """The CustomResourceDefinitions gitmesh reads: its own from its schemas, and Gateway API's HTTPRoute."""
     rendered = crds.render_all()
     if print_only:
         click.echo(yaml.safe_dump_all(rendered, sort_keys=False), nl=False)

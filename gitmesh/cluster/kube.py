@@ -192,8 +192,10 @@ class KubeObjects:
         for crd in crds:
             body = dict(crd)
             path = client.CRD.path(name=body["metadata"]["name"])
-            self.client.apply(path, body, FIELD_MANAGER, force=True, ref=ObjectRef.of(body))
             names.append(body["metadata"]["name"])
+            if BUNDLE_VERSION in (body["metadata"].get("annotations") or {}) and self._exists(path):
+                continue  # Gateway API's, installed already (perhaps a newer release): left as it is
+            self.client.apply(path, body, FIELD_MANAGER, force=True, ref=ObjectRef.of(body))
         deadline = time.monotonic() + timeout
         for name in names:
             while not _established(self.client.request("GET", client.CRD.path(name=name))):
@@ -206,6 +208,13 @@ class KubeObjects:
 
     # --- plumbing ---------------------------------------------------------------------------------
 
+    def _exists(self, path: str) -> bool:
+        try:
+            self.client.request("GET", path)
+        except errors.NotFound:
+            return False
+        return True
+
     def _apply(self, obj: dict[str, Any], *, dry_run: bool, force: bool) -> dict[str, Any]:
         ref = ObjectRef.of(obj)
         path = _resource(ref.kind).path(ref.namespace, ref.name)
@@ -214,6 +223,10 @@ class KubeObjects:
     def _delete(self, ref: ObjectRef) -> None:
         with contextlib.suppress(errors.NotFound):  # already gone: what prune wanted
             self.client.delete(_resource(ref.kind).path(ref.namespace, ref.name), ref=ref)
+
+
+# The annotation Gateway API's released CRDs carry: which release installed them.
+BUNDLE_VERSION = "gateway.networking.k8s.io/bundle-version"
 
 
 def _housekeeping(ref: ObjectRef) -> bool:

@@ -58,6 +58,11 @@ _RULES: list[dict[str, Any]] = [
         "verbs": _WRITES,
     },
     {"apiGroups": ["gitmesh.dev"], "resources": ["faultinjections"], "verbs": _WRITES},
+    {
+        "apiGroups": ["gateway.networking.k8s.io"],
+        "resources": ["referencegrants", "httproutes", "grpcroutes"],
+        "verbs": _WRITES,
+    },
     # A bearer token sent to the HTTP port: whose it is and whether they may ask for a reconcile.
     {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
     {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
@@ -108,7 +113,9 @@ def objects(options: InstallOptions) -> list[dict[str, Any]]:
     """The objects to apply, in an order the API server accepts (CRDs and the namespace first)."""
     config = config_file(options)
     return [
-        *(_labelled(crd) for crd in crds.render_all()),
+        *(_labelled(crd) for crd in crds.own()),
+        # Not labelled: they are Gateway API's, which other controllers read too; uninstall leaves them.
+        *crds.official(),
         _namespace(),
         _object("v1", "ServiceAccount", {}),
         _cluster_role(),

@@ -8,6 +8,9 @@ knows how an API spells a thing, so a second route API is a second reader into t
 - access is denied unless a permission allows it, or the mesh is permissive;
 - a split sends traffic for a root service and port to weighted backends, for the requests its
   HTTP matches select (all of them without matches);
+- service routes replace that for a service port: an ordered list of rules, the first whose match
+  holds takes the request (weighted backends, header edits, a timeout); no rule holds: 404. Routes
+  for one caller namespace take that namespace's requests instead of the routes for every caller;
 - policies: retries per caller and destination, connection limits per destination, egress rules
   (off unless allowed), ingress-only backend ports, and injected faults.
 """
@@ -78,6 +81,7 @@ class Service:
 class Backend:
     service: ServiceRef
     weight: int
+    port: int | None = None  # None: the port the traffic was sent to
 
 
 @dataclass(frozen=True)
@@ -103,20 +107,62 @@ class HttpMatch:
     path_regex: str | None
     methods: tuple[str, ...]  # empty: any method
     headers: tuple[tuple[str, str], ...]
+    query: tuple[tuple[str, str], ...] = ()  # query parameter name and value regex
 
     def describe(self) -> str:
         """``GET ^/api``: the methods, and the path regex anchored at the start of the path only."""
         text = f"{','.join(self.methods) or '*'} {'^' + self.path_regex if self.path_regex else 'any path'}"
-        return text + "".join(f" {name}~{pattern}" for name, pattern in self.headers)
+        text += "".join(f" {name}~{pattern}" for name, pattern in self.headers)
+        return text + "".join(f" ?{name}~{pattern}" for name, pattern in self.query)
 
     def __str__(self) -> str:
         return f"{self.group}/{self.name} ({self.describe()})"
+
+
+def literal(text: str) -> str:
+    """``text`` as an RE2 pattern matching it alone (RE2 refuses some of ``re.escape``'s escapes)."""
+    return "".join("\\" + c if c in _REGEX_SPECIAL else c for c in text)
+
+
+_REGEX_SPECIAL = frozenset("\\.+*?()|[]{}^$")
 
 
 def whole_path_regex(path_regex: str) -> str:
     """The regex the whole request path must match for ``HttpMatch.path_regex`` to match: Envoy
     matches a regex against the whole path (without the query string), hence the trailing ``.*``."""
     return f"(?:{path_regex}).*"
+
+
+@dataclass(frozen=True)
+class HeaderEdit:
+    """Headers set (replacing any of that name), added (beside any of that name) and removed."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """Requests matching ``match`` go to ``backends`` by relative weight (none weighted: 500),
+    their headers edited, answered within ``timeout_ms`` (0: no limit; None: Envoy's default)."""
+
+    match: HttpMatch
+    backends: tuple[Backend, ...]
+    request_headers: HeaderEdit = HeaderEdit()
+    response_headers: HeaderEdit = HeaderEdit()
+    timeout_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class ServiceRoutes:
+    """Requests for ``service`` on ``port`` from ``callers`` (a namespace; None: every caller
+    without routes of its own namespace) take the first rule that matches; none matches: 404."""
+
+    service: ServiceRef
+    port: int
+    callers: str | None
+    rules: tuple[RouteRule, ...]
 
 
 @dataclass(frozen=True)
@@ -333,6 +379,11 @@ class MeshState:
     egress: tuple[EgressRule, ...] = ()  # nothing leaves the mesh unless a rule allows it
     ingress: tuple[IngressRule, ...] = ()
     faults: tuple[Fault, ...] = ()
+    routes: Mapping[tuple[ServiceRef, int, str | None], ServiceRoutes] = field(default_factory=dict)
+
+    def routes_for(self, service: ServiceRef, port: int, caller_namespace: str) -> ServiceRoutes | None:
+        """The routes a caller of ``caller_namespace`` takes to ``service``:``port``, if any."""
+        return self.routes.get((service, port, caller_namespace)) or self.routes.get((service, port, None))
 
     @functools.cached_property
     def _by_destination(self) -> dict[Identity, tuple[Permission, ...]]:

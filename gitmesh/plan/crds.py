@@ -16,16 +16,61 @@ rejects unknown fields under strict field validation.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from gitmesh.apis.kinds import BY_NAME, KINDS
 from gitmesh.plan import schema
+
+# Gateway API's own CRDs for the Gateway API kinds gitmesh reads, shipped as that project releases
+# them (standard channel), each file pinned by its sha256: gitmesh installs them as they are, since
+# other controllers read the same kinds. testenv/crds.sh gateway-api fetches the release from its
+# Go module, and a test holds these files to it.
+GATEWAY_API_RELEASE = "v1.6.3"
+OFFICIAL_DIR = Path(__file__).parent / "official"
+OFFICIAL = {
+    "gateway.networking.k8s.io_httproutes.yaml": (
+        "a89d17ff5ed060fa0eac015524f9252bb291f616412c13ac8cb952ed9c25c5ad"
+    ),
+    "gateway.networking.k8s.io_referencegrants.yaml": (
+        "ff8db85aaacc91fb4096975afb5782540572bf2f04842a258094cd7f50c7f38a"
+    ),
+    "gateway.networking.k8s.io_grpcroutes.yaml": (
+        "a96b307008290c194ad346f9bb9346dd560c12e4d4e7dfbdbe7d2fb5e812d62e"
+    ),
+}
 
 _DROP = frozenset({"$schema", "$id", "title", "$comment", "examples"})
 
 
 def render_all() -> list[dict[str, Any]]:
+    """Every CRD ``gitmesh install crds`` installs: gitmesh's own, then the official ones."""
+    return [*own(), *official()]
+
+
+def own() -> list[dict[str, Any]]:
+    """The CRDs of the kinds gitmesh defines or installs from its own schemas."""
     return [render(kind.name) for kind in KINDS if kind.crd]
+
+
+@functools.cache
+def _official_docs() -> tuple[str, ...]:
+    texts = []
+    for name, digest in OFFICIAL.items():
+        data = (OFFICIAL_DIR / name).read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(f"{OFFICIAL_DIR / name} is not the file of Gateway API {GATEWAY_API_RELEASE}")
+        texts.append(data.decode())
+    return tuple(texts)
+
+
+def official() -> list[dict[str, Any]]:
+    """The official CRDs, checked against their pinned digests (fresh copies: callers may edit them)."""
+    return [yaml.load(text, Loader=yaml.CSafeLoader) for text in _official_docs()]
 
 
 def render(name: str) -> dict[str, Any]:

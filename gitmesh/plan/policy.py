@@ -1,4 +1,4 @@
-"""The rollout policy a TrafficSplit carries in its annotations.
+"""The rollout policy a TrafficSplit or an HTTPRoute carries in its annotations.
 
 A split with any ``rollout.gitmesh.dev/`` annotation does not jump to new weights: gitmesh walks
 it there in steps, analysing metrics between them (``gitmesh.rollout``). The policy lives on the
@@ -164,7 +164,7 @@ def _validator() -> Draft202012Validator:
 
 
 def check(m: Manifest) -> list[Diagnostic]:
-    """Every problem with a TrafficSplit's rollout policy (it passed its own schema already)."""
+    """Every problem with a split's rollout policy (TrafficSplit, HTTPRoute; its schema passed)."""
     keys = _annotations(m.obj)
     if not keys:
         return []

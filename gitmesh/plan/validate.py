@@ -18,7 +18,7 @@ from typing import Any, cast
 import re2
 from jsonschema import exceptions as schema_errors
 
-from gitmesh.apis import core, osm, smi
+from gitmesh.apis import core, gateway, osm, smi
 from gitmesh.apis import policy as policies
 from gitmesh.apis.kinds import BY_NAME, CLUSTER_SCOPED, KINDS, READ_GROUPS
 from gitmesh.apis.problem import Problem
@@ -286,8 +286,40 @@ def check_references(
         for m in configs[1:]
     ]
     out += [d for m in by_kind["MeshConfig"] for d in _settings_not_acted_on(m)]
-    out += [d for s in by_kind["TrafficSplit"] for d in policy.check(s)]
+    gateway_routes = [*by_kind["HTTPRoute"], *by_kind["GRPCRoute"]]
+    out += [d for s in (*by_kind["TrafficSplit"], *gateway_routes) for d in policy.check(s)]
     out += _check_policies(by_kind, policies.Known(services, groups), present, outside)
+    granted = gateway.grants(g.obj for g in by_kind["ReferenceGrant"])
+    out += _check_gateway_routes(gateway_routes, by_kind["TrafficSplit"], services, granted, present, outside)
+    return out
+
+
+def _check_gateway_routes(
+    routes: list[Manifest],
+    splits: list[Manifest],
+    services: Mapping[ServiceRef, Service],
+    granted: gateway.Grants,
+    present: AbstractSet[ObjectRef] | None,
+    outside: set[ObjectRef],
+) -> list[Diagnostic]:
+    """Each route's own problems (``gateway.read_route``), its regexes as Envoy gets them, and a
+    Service routed by a TrafficSplit too (GM163, naming the split)."""
+    out: list[Diagnostic] = []
+    split_roots = {
+        ServiceRef(*smi.service_ref(smi.split_service(s.obj), core.namespace(s.obj))): s for s in splits
+    }
+    for m in routes:
+        read = gateway.read_route(m.obj, services, granted)
+        out += [d for p in read.problems if (d := _outside(m, p, present, outside)) is not None]
+        ns = core.namespace(m.obj)
+        for i, parent in enumerate(m.obj["spec"]["parentRefs"]):
+            split = split_roots.get(ServiceRef(str(parent.get("namespace", ns)), str(parent["name"])))
+            if split is not None and gateway.is_service(parent):
+                message = f"Service {parent['name']!r} is split by {split.ref} ({split.location}) too"
+                out.append(_at(m, ("spec", "parentRefs", i, "name"), "GM163", message))
+        for path, pattern, sent in gateway.regexes(m.obj):
+            if (d := _check_regex(m, path, pattern, sent)) is not None:
+                out.append(d)
     return out
 
 

@@ -229,11 +229,11 @@ CODES: dict[str, Code] = {
         Code(
             "GM110",
             _W,
-            "split names a Service outside the revision, not checked",
+            "split or route names a Service outside the revision, not checked",
             "The Service is not defined in the revision: it may come from elsewhere (another team's "
             "repository, a Helm chart). Without a cluster gitmesh cannot check it; gitmesh plan and "
             "apply look for it in the cluster (or the embedded store) and refuse the revision with "
-            "GM101 or GM102 if it is not there either.",
+            "GM101 or GM102 (GM161 for an HTTPRoute or GRPCRoute) if it is not there either.",
         ),
         Code(
             "GM111",
@@ -385,6 +385,50 @@ CODES: dict[str, Code] = {
             "patch selects no proxy",
             "No Service of the revision matches the EnvoyPatch's selector (services, identities, "
             "namespaces: the patch's own namespace when left out); it changes nothing.",
+        ),
+        # GM160-GM169: Gateway API routes on Services (GAMMA).
+        Code(
+            "GM160",
+            _E,
+            "route says what gitmesh does not serve yet",
+            "The HTTPRoute or GRPCRoute is valid Gateway API but uses something gitmesh does not carry "
+            "to Envoy yet: "
+            "a parent other than a Service (a Gateway), sectionName, hostnames, filters other than "
+            "RequestHeaderModifier and ResponseHeaderModifier, filters on a backend, a backend other "
+            "than a Service, timeouts.backendRequest. It is "
+            "refused rather than served without it.",
+        ),
+        Code(
+            "GM161",
+            _E,
+            "route names a Service that does not exist",
+            "A route's parent and backends must be Services: in the revision or (at plan and apply) in "
+            "the cluster. A parent is in the route's namespace unless parentRefs[].namespace says "
+            "otherwise (a consumer route); a backend is in the route's namespace.",
+        ),
+        Code(
+            "GM162",
+            _E,
+            "route names a port its Service lacks, or a port that is not HTTP",
+            "parentRefs[].port must be an HTTP port of the parent Service (named http-*, http2-*, "
+            "grpc-*, or with an appProtocol of http, http2, h2c or grpc), and backendRefs[].port a port "
+            "of the backend Service.",
+        ),
+        Code(
+            "GM163",
+            _E,
+            "Service routed by both a TrafficSplit and an HTTPRoute",
+            "A Service's traffic is routed by SMI or by Gateway API, not both: the meaning of the two "
+            "together would be ambiguous. Move the split into the route's backendRefs (weights) or "
+            "remove the route.",
+        ),
+        Code(
+            "GM164",
+            _E,
+            "route sends to another namespace without a ReferenceGrant",
+            "A backendRef with a namespace other than the route's needs a ReferenceGrant in that "
+            "namespace whose from names the route's kind (HTTPRoute, GRPCRoute) and namespace, and "
+            "whose to names the Service (or every Service).",
         ),
         # GM170-GM179: traffic policies (Retry, UpstreamTrafficSetting, Egress, IngressBackend,
         # FaultInjection).

@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from gitmesh.apis import smi
+from gitmesh.apis import gateway, smi
+from gitmesh.apis.kinds import KINDS, Meaning
 from gitmesh.cluster.port import Changes, Live, ObjectsFailed
 from gitmesh.errors import GitmeshError, MetricsError, RolloutError
 from gitmesh.objects import ObjectRef
@@ -41,16 +42,24 @@ log = logging.getLogger(__name__)
 Notify = Callable[[Rollout], None]  # told of every phase change
 
 
+# The kinds whose weights a rollout walks: a TrafficSplit's backends, an HTTPRoute's split rule.
+SPLIT_KINDS = frozenset(k.name for k in KINDS if k.meaning is Meaning.SPLIT)
+
+
 def split_key(ref: ObjectRef) -> str:
     return f"{ref.namespace}/{ref.name}"
 
 
 def weights_of(obj: Mapping[str, Any]) -> dict[str, int]:
+    if obj.get("kind") != "TrafficSplit":  # a Gateway API route
+        return gateway.route_weights(obj)
     return {b.service: int(b.weight) for b in smi.split_backends(dict(obj))}
 
 
 def with_weights(obj: Mapping[str, Any], weights: Weights) -> dict[str, Any]:
     """A copy of a split carrying ``weights``; a backend only ``weights`` names is added."""
+    if obj.get("kind") != "TrafficSplit":
+        return gateway.with_route_weights(obj, weights)
     out = copy.deepcopy(dict(obj))
     backends = out["spec"]["backends"]
     for b in backends:
@@ -74,7 +83,7 @@ def prepare(plan: Plan, settings: Settings, now: float) -> Plan:
     for c in plan.changes:
         split = split_key(c.ref)
         r = rollouts.get(split)
-        if c.ref.kind != "TrafficSplit" or c.after is None or c.before is None:
+        if c.ref.kind not in SPLIT_KINDS or c.after is None or c.before is None:
             if r is not None and r.phase.active and c.action is Action.DELETE:
                 steps.append(RolloutStep(split, f"deletes the split: the rollout ({r.phase}) ends"))
             changes.append(c)
@@ -160,7 +169,7 @@ class Runner:
         live = {
             split_key(ref): obj
             for ref, obj in self.settings.objects.list().items()
-            if ref.kind == "TrafficSplit"
+            if ref.kind in SPLIT_KINDS
         }
         for split, r in active.items():
             self._step(r, live.get(split), now)
@@ -245,9 +254,9 @@ def _act(settings: Settings, split: str, action: str, now: float) -> Rollout:
     except ValueError as e:
         raise RolloutError(str(e)) from e
     objects = settings.objects
-    live = {split_key(ref): o.obj for ref, o in objects.list().items() if ref.kind == "TrafficSplit"}
+    live = {split_key(ref): o.obj for ref, o in objects.list().items() if ref.kind in SPLIT_KINDS}
     if r.split not in live:
-        raise RolloutError(f"TrafficSplit {r.split} is not in {objects.describe()}")
+        raise RolloutError(f"no TrafficSplit or HTTPRoute {r.split} in {objects.describe()}")
     write(settings, nxt, live[r.split])
     settings.state.rollouts.save(nxt.split, nxt.to_json())
     return nxt

@@ -13,7 +13,9 @@ import re
 import git
 from gitdb.base import IStream
 
+from gitmesh.apis import gateway
 from gitmesh.errors import RolloutError, SourceError
+from gitmesh.objects import Path
 from gitmesh.revision.load import load_files
 from gitmesh.rollout.model import Rollout
 from gitmesh.sync.git import open_repo, push, read_revision, split_credentials
@@ -47,16 +49,23 @@ def push_revert(url: str, r: Rollout) -> str:
     manifests = [
         m
         for m in load_files(files).manifests
-        if m.obj.get("kind") == "TrafficSplit"
+        if m.obj.get("kind") in ("TrafficSplit", "HTTPRoute", "GRPCRoute")
         and (m.obj.get("metadata") or {}).get("name") == name
         and (m.obj.get("metadata") or {}).get("namespace") == namespace
     ]
     if len(manifests) != 1:
-        raise RolloutError(f"TrafficSplit {r.split} is not in revision {r.revision[:12]}")
+        raise RolloutError(f"no TrafficSplit or route {r.split} in revision {r.revision[:12]}")
     m = manifests[0]
-    backends = m.obj["spec"]["backends"]
-    positions = {i: m.positions[("spec", "backends", i, "weight")] for i in range(len(backends))}
-    weights = {i: r.stable.get(b["service"], 0) for i, b in enumerate(backends)}
+    if m.obj["kind"] != "TrafficSplit":
+        at: Path = ("spec", "rules", gateway.split_rule(m.obj) or 0, "backendRefs")
+        names = [str(b["name"]) for b in m.obj["spec"]["rules"][at[2]].get("backendRefs") or ()]
+    else:
+        at, names = ("spec", "backends"), [str(b["service"]) for b in m.obj["spec"]["backends"]]
+    written = {i: m.positions.get((*at, i, "weight")) for i in range(len(names))}
+    if None in written.values():  # a route's weight may be left out (1): there is no value to change
+        raise RolloutError(f"{r.split} leaves a weight out in revision {r.revision[:12]}; no revert written")
+    positions = {i: p for i, p in written.items() if p is not None}
+    weights = {i: r.stable.get(n, 0) for i, n in enumerate(names)}
     (source,) = [f for f in files if f.path == m.location.file]
     data = revert_text(source.data.decode(), positions, weights).encode()
 

@@ -61,6 +61,7 @@ from gitmesh.mesh.state import (
     ConnectionLimits,
     EgressRule,
     Fault,
+    HeaderEdit,
     HttpMatch,
     Identity,
     IngressRule,
@@ -69,6 +70,7 @@ from gitmesh.mesh.state import (
     RetryPolicy,
     Service,
     ServiceRef,
+    ServiceRoutes,
     Split,
     whole_path_regex,
 )
@@ -189,7 +191,9 @@ class Translator:
         self._endpoints: dict[Scope, dict[str, message.Message]] = {}
         self._clusters: dict[tuple[bool, Scope], dict[str, message.Message]] = {}  # by mTLS or not
         self._routes: dict[tuple[str, Scope, Identity | None], AssembledRoutes] = {}
-        self._hosts: dict[tuple[ServiceRef, int, bool, RetryPolicy | None, Fault | None], bytes] = {}
+        self._hosts: dict[
+            tuple[ServiceRef, int, bool, RetryPolicy | None, Fault | None, ServiceRoutes | None], bytes
+        ] = {}
         self._retries = {(r.source, r.destination): r for r in mesh.retries}
         self._faults = {(f.source, f.destination): f for f in mesh.faults}
         self._egress: dict[Identity, list[EgressRule]] = defaultdict(list)
@@ -281,6 +285,20 @@ class Translator:
             for rule in self.mesh.ingress:
                 for source in rule.sources:
                     reached[source].add(rule.backend.namespace)
+            # A caller that reaches a routed service reaches the backends of the routes it takes:
+            # a consumer route's are in its own namespace, a ReferenceGrant's in another.
+            routed = {
+                (r.service.namespace, r.callers, b.service.namespace)
+                for r in self.mesh.routes.values()
+                for rule in r.rules
+                for b in rule.backends
+            }
+            for caller, found in reached.items():
+                found |= {
+                    backend
+                    for target, callers, backend in routed
+                    if target in found and callers in (None, caller.namespace)
+                }
             self._reached = {identity: frozenset(found) for identity, found in reached.items()}
         return self._reached.get(identity, frozenset())
 
@@ -319,7 +337,7 @@ class Translator:
         key = (proxy.service.namespace, self._scope(proxy.identity), caller)
         if key not in self._routes:
             hosts = [
-                self._virtual_host(svc, port, i == 0, svc.ref.namespace == key[0], proxy.identity)
+                self._virtual_host(svc, port, i == 0, key[0], proxy.identity)
                 for svc in self._reachable(key[1])
                 for i, port in enumerate(p for p in svc.ports if p.is_http)
             ]
@@ -342,14 +360,16 @@ class Translator:
             hosts.append(AssembledRoutes.host_field(host))
         return hosts
 
-    def _virtual_host(self, svc: Service, port: Port, first: bool, short: bool, caller: Identity) -> bytes:
-        """Virtual hosts differ between namespaces only by the short name, and between callers by
-        their retries and faults: each is built and serialized once per kind."""
+    def _virtual_host(self, svc: Service, port: Port, first: bool, namespace: str, caller: Identity) -> bytes:
+        """Virtual hosts differ between namespaces by the short name and their consumer routes,
+        and between callers by their retries and faults: each is built and serialized once per kind."""
         retry = self._retries.get((caller, svc.ref))
         fault = self._faults.get((caller, svc.ref)) or self._faults.get((None, svc.ref))
-        key = (svc.ref, port.port, short, retry, fault)
+        short = svc.ref.namespace == namespace
+        routes = self.mesh.routes_for(svc.ref, port.port, namespace)
+        key = (svc.ref, port.port, short, retry, fault, routes)
         if key not in self._hosts:
-            host = _virtual_host(self.mesh, svc, port, first, short)
+            host = _virtual_host(self.mesh, svc, port, first, short, routes)
             if retry is not None:
                 host.retry_policy.CopyFrom(policy.retry_policy(retry))
             if fault is not None:
@@ -646,7 +666,7 @@ def _permission(m: HttpMatch) -> rbac_pb2.Permission:
 
 
 def _virtual_host(
-    mesh: MeshState, svc: Service, port: Port, first: bool, short: bool
+    mesh: MeshState, svc: Service, port: Port, first: bool, short: bool, routes: ServiceRoutes | None
 ) -> route_components_pb2.VirtualHost:
     names = [
         f"{svc.ref.name}.{svc.ref.namespace}",
@@ -658,8 +678,50 @@ def _virtual_host(
     return route_components_pb2.VirtualHost(
         name=cluster_name(svc.ref, port.port),
         domains=[f"{n}:{port.port}" for n in names] + (names if first else []),
-        routes=_routes(mesh.splits.get((svc.ref, port.port)), cluster_name(svc.ref, port.port)),
+        routes=_service_routes(routes)
+        if routes is not None
+        else _routes(mesh.splits.get((svc.ref, port.port)), cluster_name(svc.ref, port.port)),
     )
+
+
+def _service_routes(routes: ServiceRoutes) -> list[route_components_pb2.Route]:
+    """A route per rule, in order; a request none matches finds no route, which Envoy answers 404."""
+    out = []
+    for rule in routes.rules:
+        route = route_components_pb2.Route(
+            match=_route_match(rule.match),
+            request_headers_to_add=_headers_to_add(rule.request_headers),
+            request_headers_to_remove=rule.request_headers.remove,
+            response_headers_to_add=_headers_to_add(rule.response_headers),
+            response_headers_to_remove=rule.response_headers.remove,
+        )
+        weighted = [b for b in rule.backends if b.weight]
+        if not weighted:
+            route.direct_response.status = 500  # what the spec asks of a rule with nowhere to send
+        else:
+            route.route.weighted_clusters.clusters.extend(
+                route_components_pb2.WeightedCluster.ClusterWeight(
+                    name=cluster_name(b.service, b.port or routes.port),
+                    weight=wrappers_pb2.UInt32Value(value=b.weight),
+                )
+                for b in weighted
+            )
+            if rule.timeout_ms is not None:
+                route.route.timeout.FromMilliseconds(rule.timeout_ms)
+        out.append(route)
+    return out
+
+
+def _headers_to_add(edit: HeaderEdit) -> list[base_pb2.HeaderValueOption]:
+    actions = (
+        (edit.set, base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD),
+        (edit.add, base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD),
+    )
+    return [
+        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=action)
+        for headers, action in actions
+        for name, value in headers
+    ]
 
 
 def _routes(split: Split | None, cluster: str) -> list[route_components_pb2.Route]:
@@ -690,7 +752,13 @@ def _routes(split: Split | None, cluster: str) -> list[route_components_pb2.Rout
 
 def _route_match(m: HttpMatch) -> route_components_pb2.RouteMatch:
     match = route_components_pb2.RouteMatch(
-        headers=[_header(name, regex=pattern) for name, pattern in m.headers]
+        headers=[_header(name, regex=pattern) for name, pattern in m.headers],
+        query_parameters=[
+            route_components_pb2.QueryParameterMatcher(
+                name=name, string_match=string_pb2.StringMatcher(safe_regex=_regex(pattern))
+            )
+            for name, pattern in m.query
+        ],
     )
     if m.path_regex:
         match.safe_regex.CopyFrom(_regex(whole_path_regex(m.path_regex)))

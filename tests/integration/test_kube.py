@@ -75,12 +75,19 @@ def test_crds_are_established_with_one_served_version(cluster: Cluster) -> None:
         "egresses.policy.openservicemesh.io",
         "ingressbackends.policy.openservicemesh.io",
         "faultinjections.gitmesh.dev",
+        "httproutes.gateway.networking.k8s.io",  # Gateway API's own, as released
+        "grpcroutes.gateway.networking.k8s.io",
+        "referencegrants.gateway.networking.k8s.io",
     }
-    for crd in crds.values():
+    for name, crd in crds.items():
         assert any(c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"])
-        assert [v["name"] for v in crd["spec"]["versions"] if v["served"]] == [
-            crd["spec"]["versions"][0]["name"]
-        ]
+        served = [v["name"] for v in crd["spec"]["versions"] if v["served"]]
+        official = {
+            "httproutes.gateway.networking.k8s.io": ["v1", "v1beta1"],
+            "grpcroutes.gateway.networking.k8s.io": ["v1"],
+            "referencegrants.gateway.networking.k8s.io": ["v1", "v1beta1"],
+        }
+        assert served == official.get(name, served[:1])
 
 
 def test_an_envoy_patch_keeps_its_free_form_fields(cluster: Cluster) -> None:
@@ -424,3 +431,38 @@ def test_forbidden_and_unreachable_are_clear_errors(cluster: Cluster, mesh: GitR
     unreachable = run("plan", "--repo", mesh.path, "--path", "mesh", "--kubeconfig", down)
     assert unreachable.exit_code == 1
     assert "is unreachable" in unreachable.output
+
+
+ROUTE = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bookstore, namespace: bookstore}
+spec:
+  parentRefs: [{group: "", kind: Service, name: bookstore, port: 14001}]
+  rules:
+  - matches: [{path: {type: Exact, value: /books-bought}, method: GET}]
+    backendRefs: [{name: bookstore-v2, port: 14001}]
+  - backendRefs: [{name: bookstore-v1, port: 14001, weight: 9}, {name: bookstore-v2, port: 14001, weight: 1}]
+"""
+
+
+def test_an_http_route_applies_under_the_official_crd_and_a_reinstall_keeps_a_newer_one(
+    cluster: Cluster, mesh: GitRepo
+) -> None:
+    (mesh.path / "mesh" / "bookstore" / "split.yaml").unlink()
+    mesh.commit("an HTTPRoute for the bookstore", {"mesh/bookstore/route.yaml": ROUTE})
+    result = gitmesh(cluster, "apply", mesh)
+    assert result.exit_code == 0, result.output
+    route = kubectl_json(cluster, "httproute", "-n", "bookstore", "bookstore")
+    # The API server defaulted what the official CRD defaults: a rule's match, a backend's group and kind.
+    assert route["spec"]["rules"][1]["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+    assert route["spec"]["rules"][0]["backendRefs"][0]["kind"] == "Service"
+    assert changed(plan_json(cluster, mesh)) == {}  # defaults are no drift
+
+    # Gateway API's CRD installed by someone else (here: a newer release) is left as it is.
+    crd = "crd/httproutes.gateway.networking.k8s.io"
+    newer = "gateway.networking.k8s.io/bundle-version=v1.7.0"
+    cluster.kubectl("annotate", "--overwrite", crd, newer)
+    assert run("install", "crds", "--kubeconfig", cluster.kubeconfig).exit_code == 0
+    annotations = kubectl_json(cluster, crd)["metadata"]["annotations"]
+    assert annotations["gateway.networking.k8s.io/bundle-version"] == "v1.7.0"

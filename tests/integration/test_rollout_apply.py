@@ -268,3 +268,51 @@ def test_rollout_status_watch_follows_a_rollout_to_its_end(mesh: GitRepo, tmp_pa
     assert "bookstore/bookstore-split  Succeeded" in rest, rest
     other = run("rollout", "status", "-n", "bookbuyer", "--store", store)
     assert other.stdout.strip() == "No rollouts."
+
+
+ROUTE_FILE = "mesh/bookstore/route.yaml"
+
+
+def route_yaml(v1: int, v2: int) -> str:
+    """The bookstore's split as an HTTPRoute: a beta path to v2, and the split rule under the policy."""
+    return (
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n"
+        f"  name: bookstore\n  namespace: bookstore\n{POLICY}spec:\n"
+        '  parentRefs: [{group: "", kind: Service, name: bookstore, port: 14001}]\n  rules:\n'
+        "  - matches: [{path: {value: /beta}}]\n    backendRefs: [{name: bookstore-v2, port: 14001}]\n"
+        "  - backendRefs:\n"
+        f"    - name: bookstore-v1\n      port: 14001\n      weight: {v1}\n"
+        f"    - name: bookstore-v2\n      port: 14001\n      weight: {v2}\n"
+    )
+
+
+def test_an_http_route_s_weights_are_rolled_out_and_back_like_a_split(mesh: GitRepo, tmp_path: Path) -> None:
+    store = tmp_path / "store.db"
+    where = ("--repo", mesh.path, "--path", "mesh", "--store", store)
+    (mesh.path / SPLIT_FILE).unlink()
+    mesh.commit("route, v1 only", {ROUTE_FILE: route_yaml(100, 0)})
+    assert run("apply", *where).exit_code == 0
+    backend = embedded(store)
+
+    def route_weights() -> dict[str, int]:
+        (obj,) = [o.obj for r, o in backend.objects.list().items() if r.kind == "HTTPRoute"]
+        return driver.weights_of(obj)
+
+    mesh.commit("all to v2", {ROUTE_FILE: route_yaml(0, 100)})
+    plan = run("plan", *where)
+    assert "this revision starts a rollout: 2 step(s) 80/20, 40/60, then 0/100, every 60s" in plan.output
+    assert "HTTPRoute/bookstore/bookstore splits 'bookstore':\n    bookstore-v1     100% -> 0%" in plan.output
+    assert run("apply", *where).exit_code == 0
+    assert route_weights() == {"bookstore-v1": 80, "bookstore-v2": 20}
+    result = run("rollout", "abort", "bookstore/bookstore", "--store", store)
+    assert result.exit_code == 0 and "Aborted (aborted by hand)" in result.output, result.output
+    assert route_weights() == {"bookstore-v1": 100, "bookstore-v2": 0}
+
+    r = driver.load(backend)["bookstore/bookstore"]
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(mesh.path), str(remote)], check=True)
+    branch = revert.push_revert(f"file://{remote}", r)
+    shown = subprocess.run(
+        ["git", "--git-dir", str(remote), "show", f"{branch}:{ROUTE_FILE}"], capture_output=True, text=True
+    )
+    assert shown.stdout == route_yaml(100, 0)  # the matched rule's backend has no weight to change

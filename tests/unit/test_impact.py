@@ -38,6 +38,14 @@ def test_split_shares_before_and_after_in_percent() -> None:
     )
 
 
+def test_http_route_weights_shift_like_a_split() -> None:
+    before = f.http_route("bookinfo", "reviews", "reviews", {"reviews-v1": 90, "reviews-v2": 10})
+    after = f.http_route("bookinfo", "reviews", "reviews", {"reviews-v1": 80, "reviews-v2": 20})
+    (shift,) = impact([after], [before]).splits
+    assert shift.service == "reviews"
+    assert shift.backends == (BackendShare("reviews-v1", 90.0, 80.0), BackendShare("reviews-v2", 10.0, 20.0))
+
+
 def test_weights_scaled_alike_are_no_traffic_change() -> None:
     before = f.split("store", "s", "bookstore", {"v1": 9, "v2": 1})
     after = f.split("store", "s", "bookstore", {"v1": 90, "v2": 10})

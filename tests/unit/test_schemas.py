@@ -30,6 +30,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis_jsonschema import from_schema
 
+from gitmesh.plan import crds
 from gitmesh.plan import schema as schemas
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,6 +48,10 @@ EXPECTED_KINDS = frozenset(
     }
     | {
         ("specs.smi-spec.io/v1alpha4", "UDPRoute"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+        ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+        ("gateway.networking.k8s.io/v1", "ReferenceGrant"),
+        ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
         ("v1", "Namespace"),
         ("v1", "Service"),
         ("v1", "ServiceAccount"),
@@ -1294,3 +1299,73 @@ def test_smi_objects_are_strict_everywhere(key: tuple[str, str]) -> None:
         and node.get("additionalProperties") is not False
     ]
     assert not loose
+
+
+# --------------------------------------------------------------------------- Gateway API
+
+
+@pytest.fixture(scope="module")
+def gateway_api_dir() -> Path:
+    """Gateway API's standard-channel CRDs at the pinned release, from its Go module."""
+    proc = subprocess.run(
+        ["bash", str(CRD_SCRIPT), "gateway-api"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"{CRD_SCRIPT} gateway-api failed:\n{proc.stderr}", pytrace=False)
+    return Path(proc.stdout.strip())
+
+
+@pytest.mark.integration
+def test_the_shipped_gateway_api_crds_are_the_pinned_release_s(gateway_api_dir: Path) -> None:
+    for name in crds.OFFICIAL:
+        assert (crds.OFFICIAL_DIR / name).read_bytes() == (gateway_api_dir / name).read_bytes(), name
+    for crd in crds.official():
+        annotations = crd["metadata"]["annotations"]
+        assert annotations["gateway.networking.k8s.io/bundle-version"] == crds.GATEWAY_API_RELEASE
+        assert annotations["gateway.networking.k8s.io/channel"] == "standard"
+
+
+@pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute", "ReferenceGrant"])
+def test_a_route_schema_declares_only_fields_of_the_official_crd(kind: str) -> None:
+    (route,) = [c for c in crds.official() if c["spec"]["names"]["kind"] == kind]
+    (v1,) = [v for v in route["spec"]["versions"] if v["name"] == "v1"]
+    theirs = property_paths(v1["schema"]["openAPIV3Schema"])
+    ours = property_paths(schemas.schema_document("gateway.networking.k8s.io/v1", kind))
+    assert ours - theirs == set()
+    # What gitmesh does not spell out is inside what it accepts unread and refuses (GM160).
+    unread = ("filters[*].", "backendRefs[*].filters[*].", "status")
+    left = {p for p in theirs - ours if not p.startswith(("metadata", "status"))}
+    assert {p for p in left if not any(u in p for u in unread)} == set()
+
+
+@pytest.mark.parametrize("kind", ["HTTPRoute", "GRPCRoute"])
+def test_a_route_schema_takes_the_filter_types_of_the_official_crd(kind: str) -> None:
+    (route,) = [c for c in crds.official() if c["spec"]["names"]["kind"] == kind]
+    (v1,) = [v for v in route["spec"]["versions"] if v["name"] == "v1"]
+    ours = schemas.schema_document("gateway.networking.k8s.io/v1", kind)
+    assert ours is not None
+    enum = ("spec", "rules", "filters", "type")
+
+    def types(node: Any) -> Any:
+        for key in enum:
+            node = node["properties"][key]
+            node = node.get("items", node)
+        return node["enum"]
+
+    assert types(ours) == types(v1["schema"]["openAPIV3Schema"])
+
+
+def test_a_tampered_official_crd_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in crds.OFFICIAL:
+        (tmp_path / name).write_bytes((crds.OFFICIAL_DIR / name).read_bytes().replace(b"v1.6.3", b"v1.6.4"))
+    monkeypatch.setattr(crds, "OFFICIAL_DIR", tmp_path)
+    crds._official_docs.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"is not the file of Gateway API v1\.6\.3"):
+            crds.official()
+    finally:
+        crds._official_docs.cache_clear()

@@ -277,3 +277,29 @@ def test_the_embedded_store_is_the_cluster_plan_looks_in(tmp_path: Path) -> None
     assert [d.code for d in pipeline.check(revision, store.objects).errors] == ["GM101"]
     store.objects.apply(Changes(writes=(f.service("store", "storefront", 80),)))
     assert pipeline.check(revision, store.objects).diagnostics == ()
+
+
+def _gamma(*, backend: str = "storefront-v2", path: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    services = [f.service("store", name, 80) for name in ("storefront", "storefront-v1")]
+    for s in services:
+        s["spec"]["ports"][0]["name"] = "http"
+    route = f.http_route("store", "storefront", "storefront", {"storefront-v1": 9, backend: 1})
+    if path is not None:
+        route["spec"]["rules"][0]["matches"] = [{"path": path}]
+    return [f.namespace("store"), *services, route]
+
+
+def test_a_route_s_services_outside_the_revision_are_looked_up_in_the_cluster() -> None:
+    backend = ObjectRef("", "Service", "store", "storefront-v2")
+    assert codes(check(*_gamma(), present=NO_CLUSTER)) == [("GM110", "spec.rules[0].backendRefs[1].name")]
+    assert check(*_gamma(), present=frozenset({backend})).diagnostics == ()
+    missing = check(*_gamma(), present=frozenset())
+    assert codes(missing) == [("GM161", "spec.rules[0].backendRefs[1].name")]
+    assert not missing.ok
+
+
+def test_a_route_s_regular_expressions_are_held_to_what_envoy_takes() -> None:
+    ok = check(*_gamma(backend="storefront-v1", path={"type": "RegularExpression", "value": "/books/[0-9]+"}))
+    assert ok.diagnostics == ()
+    bad = check(*_gamma(backend="storefront-v1", path={"type": "RegularExpression", "value": "/(a)\\1"}))
+    assert codes(bad) == [("GM113", "spec.rules[0].matches[0].path.value")]
