@@ -125,7 +125,10 @@ def xds_report(
 
 
 def proxy_key(proxy: Proxy) -> str:
-    """Proxies equal in everything translation reads share one snapshot."""
+    """Proxies equal in everything translation reads share one snapshot; a pod's sidecar has its own."""
+    if proxy.pod is not None:
+        pod = proxy.pod
+        return f"pod|{pod}|{pod.uid}|{proxy.identity}|{pod.ip}|{proxy.outbound_port},{proxy.inbound_port}"
     ports = f"{proxy.app_port},{proxy.outbound_port},{proxy.inbound_address}:{proxy.inbound_port}"
     upstreams = "".join(f"|{u}" for u in proxy.upstreams)
     return f"{proxy.identity}|{proxy.service}|{ports}{upstreams}" + ("|grpc" if proxy.grpc else "")

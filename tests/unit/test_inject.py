@@ -77,7 +77,13 @@ def test_the_bootstrap_carries_no_identity_only_the_downward_api() -> None:
     bootstrap = json.loads(proxy["args"][1])
     assert bootstrap["node"]["id"] == "$(POD_NAMESPACE)/$(POD_NAME)"
     assert bootstrap["node"]["metadata"]["service_account"] == "$(SERVICE_ACCOUNT)"
-    assert {e["name"] for e in proxy["env"]} == {"POD_NAME", "POD_NAMESPACE", "POD_UID", "SERVICE_ACCOUNT"}
+    assert {e["name"] for e in proxy["env"]} == {
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "POD_UID",
+        "POD_IP",
+        "SERVICE_ACCOUNT",
+    }
     text = proxy["args"][1]
     assert "BEGIN" not in text and "tls" not in text  # no certificate, no key: nothing issued
     xds = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "gitmesh-xds")

@@ -16,7 +16,7 @@ from gitmesh.mesh.state import ConnectionLimits, Fault, MeshState, RetryPolicy, 
 from gitmesh.xds import resources
 from gitmesh.xds.translate import Proxy, Resources, translate
 from tests.xds.envoy import ENVOY
-from tests.xds.test_translate import BOOKBUYER, BOOKSTORE, BOOKTHIEF, _as_static_bootstrap, example
+from tests.xds.test_translate import BOOKBUYER, BOOKSTORE, BOOKTHIEF, as_static_bootstrap, example
 
 WAREHOUSE = ServiceRef("bookwarehouse", "bookwarehouse")
 HOST = "bookwarehouse/bookwarehouse|14001"
@@ -80,7 +80,7 @@ def test_a_mesh_without_faults_has_no_fault_filter() -> None:
 @pytest.mark.parametrize("proxy", [BOOKBUYER, BOOKTHIEF], ids=["retry", "fault"])
 def test_real_envoy_accepts_the_policies(proxy: Proxy, tmp_path: Path) -> None:
     config = tmp_path / "bootstrap.json"
-    config.write_text(json.dumps(_as_static_bootstrap(translate(with_policies(), proxy), proxy)))
+    config.write_text(json.dumps(as_static_bootstrap(translate(with_policies(), proxy), proxy)))
     result = subprocess.run(
         [ENVOY, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id", "-l", "error"],
         capture_output=True,
