@@ -220,9 +220,12 @@ def _write_identity(directory: str, answer: dict[str, str], proxy_uid: int) -> N
         ("bundle.pem", "bundle_pem", 0o444),
         ("key.pem", "key_pem", 0o400),
     ):
+        # Written aside and renamed over: a restarted pod finds the last ones, which are the
+        # proxy's now and not writable by a root without CAP_DAC_OVERRIDE.
         path = os.path.join(directory, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(answer[key])
-        os.chown(path, proxy_uid, proxy_uid)
-        os.chmod(path, mode)
+        os.chmod(path + ".new", mode)  # first: once the proxy's, only CAP_FOWNER may change it
+        os.chown(path + ".new", proxy_uid, proxy_uid)
+        os.replace(path + ".new", path)

@@ -45,6 +45,7 @@ CA_BUNDLE_ENV = "GITMESH_CA_BUNDLE"
 # The xDS server's SPIFFE ID ends so (gitmesh.xds.bootstrap.SERVER_IDENTITY, whatever the trust domain).
 SERVER_ID_SUFFIX = "/ns/gitmesh-system/sa/gitmesh"
 PROBE_PREFIX = "/app-health"
+ADMIN_CLUSTER = "gitmesh-admin"
 
 # Where the pod template sits in each kind that has one ("" is a Pod itself).
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -297,7 +298,8 @@ def _proxy_container(config: Config, routes: list[dict[str, Any]]) -> dict[str, 
             _env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         ],
         "ports": [{"name": "gitmesh-health", "containerPort": config.health_port}],
-        # Ready once Envoy serves its health listener: the app starts after that.
+        # Ready once Envoy is live (its first configuration from gitmesh taken, or given up on
+        # after the initial fetch timeout): the app starts after that, and its first call is meshed.
         "startupProbe": {
             "httpGet": {"path": "/ready", "port": config.health_port},
             "periodSeconds": 1,
@@ -317,10 +319,11 @@ def _proxy_container(config: Config, routes: list[dict[str, Any]]) -> dict[str, 
 
 def proxy_bootstrap(config: Config, routes: list[dict[str, Any]]) -> dict[str, Any]:
     """The sidecar's bootstrap: who it is comes from the downward API and the token file, nothing
-    issued by gitmesh. Static: the admin interface, the health listener (Envoy's readiness and the
-    app's rewritten probes), and the xDS cluster; the rest comes over ADS."""
+    issued by gitmesh. Static: the admin interface, the health listener (Envoy's readiness from its
+    admin interface, and the app's rewritten probes), and the xDS cluster; the rest comes over ADS."""
     ports = sorted({int(r["route"]["cluster"].removeprefix("app-")) for r in routes})
     clusters = [_static_cluster(f"app-{port}", "127.0.0.1", port, "STATIC") for port in ports]
+    clusters.append(_static_cluster(ADMIN_CLUSTER, "127.0.0.1", config.admin_port, "STATIC"))
     xds = _static_cluster("gitmesh-xds", config.xds_host, config.xds_port, "STRICT_DNS")
     xds["transport_socket"] = _xds_tls()
     xds["typed_extension_protocol_options"] = {
@@ -329,10 +332,8 @@ def proxy_bootstrap(config: Config, routes: list[dict[str, Any]]) -> dict[str, A
             "explicit_http_config": {"http2_protocol_options": {}},
         }
     }
-    ready = {
-        "match": {"path": "/ready"},
-        "direct_response": {"status": 200, "body": {"inline_string": "ready\n"}},
-    }
+    # The admin interface's own /ready (200 LIVE, else 503), which is bound to loopback.
+    ready = {"match": {"path": "/ready"}, "route": {"cluster": ADMIN_CLUSTER}}
     health = {
         "name": "gitmesh-health",
         "address": {"socket_address": {"address": "0.0.0.0", "port_value": config.health_port}},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import shutil
 import socket
 import subprocess
 import threading
@@ -34,7 +35,7 @@ from gitmesh.install.manifests import XDS_PORT
 from gitmesh.xds.bootstrap import client_tls
 from tests import factory as f
 from tests.bookstore import Bookstore
-from tests.conftest import GitRepo
+from tests.conftest import EXAMPLE_REPO, GitRepo
 from tests.gitserver import GitHttpServer
 from tests.node import (
     CLUSTER_DOMAIN,
@@ -318,47 +319,6 @@ def test_the_gitmesh_image_runs_gitmesh_and_git(apps: NodeCluster) -> None:
     )
     assert "Usage:" in apps.kubectl("-n", NAMESPACE, "logs", "gitmesh", "-c", "cli").stdout
     assert apps.kubectl("-n", NAMESPACE, "logs", "gitmesh", "-c", "git").stdout.startswith("git 2.")
-
-
-def test_injected_pods_start_after_their_sidecar_capture_traffic_and_jobs_complete(apps: NodeCluster) -> None:
-    """``gitmesh inject`` on a pod with an HTTP readiness probe and on a Job; the pods run
-    with capture set by the init container and Envoy as a native sidecar."""
-    server = _pod("injected", [_app_container(apps)])
-    job_pod = _pod("job", [{**_app_container(apps), "args": ["get", "http://127.0.0.1:15021/ready"]}])
-    del job_pod["spec"]["containers"][0]["readinessProbe"]
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": "injected-job", "namespace": NAMESPACE},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {"metadata": {}, "spec": {**job_pod["spec"], "restartPolicy": "Never"}},
-        },
-    }
-    images = ["--proxy-image", apps.images.envoy, "--init-image", apps.images.gitmesh]
-    result = CliRunner().invoke(cli, ["inject", "-f", "-", *images], input=yaml.safe_dump_all([server, job]))
-    assert result.exit_code == 0, result.output
-    apps.apply(result.output)
-    apps.kubectl(
-        "-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/injected", "--timeout=90s", timeout=100
-    )
-    apps.kubectl(
-        "-n", NAMESPACE, "wait", "--for=condition=Complete", "job/injected-job", "--timeout=90s", timeout=100
-    )
-    pod = _pod_json(apps, "injected")
-    # Ready through the rewritten probe: kubelet -> the sidecar's health port -> the app.
-    assert pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] == 15021
-    statuses = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
-    assert statuses["gitmesh-init"]["state"]["terminated"]["exitCode"] == 0
-    assert statuses["gitmesh-proxy"]["started"] is True
-    rules = apps.kubectl("-n", NAMESPACE, "logs", "injected", "-c", "gitmesh-init").stdout
-    assert "-A GITMESH_INBOUND -p tcp -j REDIRECT --to-ports 15006" in rules
-    pod_ip = pod["status"]["podIP"]
-    # The health port is exempt from capture; the app's port is captured, and the sidecar has no
-    # inbound listener until gitmesh serves it one: the app is not reachable past the mesh.
-    assert _fetch(apps, f"http://{pod_ip}:15021/ready") == (200, "200 ready\n")
-    status, body = _fetch(apps, f"http://{pod_ip}:{APP_PORT}/")
-    assert "hello from injected" not in body, (status, body)
 
 
 def test_a_second_up_reuses_the_running_node(node_cluster: NodeCluster) -> None:
@@ -750,6 +710,231 @@ def test_an_upgrade_under_traffic_fails_no_request_and_the_sidecars_follow_the_n
         d.close()
         if forwarder is not None:
             forwarder.close()
+        CliRunner().invoke(cli, ["uninstall", "--kubeconfig", str(cluster.kubeconfig)])
+        cluster.kubectl(
+            "delete",
+            "namespace",
+            *sorted({namespace for namespace, _ in demo.APPS.values()}),
+            INSTALL_NAMESPACE,
+            "--ignore-not-found",
+            "--timeout=120s",
+            timeout=130,
+        )
+        server.stop()
+
+
+# --- the bookstore as injected pods, served by the in-cluster gitmesh ---
+BOOK_PORT = 14001
+
+
+def _book_pod(
+    cluster: NodeCluster, name: str, namespace: str, account: str, labels: dict[str, str]
+) -> dict[str, Any]:
+    """A test-app pod as a user writes it: nothing of the mesh in it, injected by the webhook."""
+    container = {
+        **_app_container(cluster),
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "PORT", "value": str(BOOK_PORT if namespace == "bookstore" else APP_PORT)},
+        ],
+        "ports": [{"containerPort": BOOK_PORT if namespace == "bookstore" else APP_PORT}],
+        "readinessProbe": {
+            "httpGet": {"path": "/", "port": BOOK_PORT if namespace == "bookstore" else APP_PORT},
+            "periodSeconds": 1,
+        },
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "serviceAccountName": account,
+            "containers": [container],
+            "terminationGracePeriodSeconds": 1,
+        },
+    }
+
+
+def _buy(cluster: NodeCluster, url: str) -> tuple[int, str]:
+    """The bookbuyer pod's app GETs ``url`` (the mesh does the rest); its port 8080 is no mesh port,
+    so the API server's pod proxy reaches it past its sidecar."""
+    query = urllib.parse.urlencode({"url": url})
+    status, body = cluster.get(f"/api/v1/namespaces/bookbuyer/pods/bookbuyer:{APP_PORT}/proxy/fetch?{query}")
+    return status, body if isinstance(body, str) else json.dumps(body)
+
+
+def _shares(cluster: NodeCluster, count: int) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    for _ in range(count):
+        status, body = _buy(cluster, f"http://bookstore.bookstore:{BOOK_PORT}/buy-a-book/new")
+        # "200 hello from <pod>": the pod that answered; anything else as it came.
+        answer = (
+            body.split()[3]
+            if status == 200 and body.startswith("200 hello from")
+            else f"{status} {body[:80]}"
+        )
+        seen[answer] = seen.get(answer, 0) + 1
+    return seen
+
+
+@pytest.mark.timeout(480)  # the node's start (about a minute) counts too
+def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_git(
+    node_cluster: NodeCluster, tmp_path: Path
+) -> None:
+    """gitmesh installed with injection applies the bookstore from Git; pods of labelled namespaces
+    get their sidecars from the webhook and their certificates for their pods' tokens; bookbuyer
+    calls the bookstore by its Service name, and the split, mTLS and access control hold."""
+    cluster = node_cluster
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE_REPO, repo / demo.MESH_PATH)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "bookstore"], check=True)
+    served = tmp_path / "served"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(served / "mesh.git")], check=True)
+    server = GitHttpServer(served, host=NODE_IP).start()
+    install = [
+        "install",
+        "--kubeconfig",
+        str(cluster.kubeconfig),
+        "--image",
+        cluster.images.gitmesh,
+        "--image-pull-policy",
+        "Never",
+        "--proxy-image",
+        cluster.images.envoy,
+        "--repo",
+        server.url("mesh.git"),
+        "--path",
+        demo.MESH_PATH,
+        "--interval",
+        "2s",
+    ]
+    try:
+        result = CliRunner().invoke(cli, install)
+        assert result.exit_code == 0, result.output
+        wait_for(
+            "the leader applies the bookstore",
+            lambda: (
+                cluster.kubectl(
+                    "-n", "bookstore", "get", "trafficsplit", "bookstore-split", check=False
+                ).returncode
+                == 0
+            ),
+            60,
+        )
+        wait_for(
+            "a replica publishes the webhook's caBundle",
+            lambda: all(
+                w["clientConfig"].get("caBundle")
+                for w in get_json(cluster, "mutatingwebhookconfiguration", "gitmesh-inject")["webhooks"]
+            ),
+            30,
+        )
+        for namespace in ("bookbuyer", "bookstore"):
+            cluster.kubectl("label", "namespace", namespace, "gitmesh.dev/inject=enabled")
+        cluster.apply(
+            [
+                _book_pod(
+                    cluster, "bookstore-v1", "bookstore", "bookstore", {"app": "bookstore", "version": "v1"}
+                ),
+                _book_pod(
+                    cluster, "bookstore-v2", "bookstore", "bookstore", {"app": "bookstore", "version": "v2"}
+                ),
+                _book_pod(cluster, "bookbuyer", "bookbuyer", "bookbuyer", {"app": "bookbuyer"}),
+            ]
+        )
+        for namespace, name in (
+            ("bookstore", "bookstore-v1"),
+            ("bookstore", "bookstore-v2"),
+            ("bookbuyer", "bookbuyer"),
+        ):
+            done = cluster.kubectl(
+                "-n",
+                namespace,
+                "wait",
+                "--for=condition=Ready",
+                f"pod/{name}",
+                "--timeout=120s",
+                timeout=130,
+                check=False,
+            )
+            assert done.returncode == 0, (
+                done.stderr
+                + cluster.kubectl("-n", namespace, "describe", "pod", name, check=False).stdout
+                + cluster.kubectl("-n", namespace, "logs", name, "-c", "gitmesh-init", check=False).stdout
+                + cluster.kubectl("-n", namespace, "logs", name, "-c", "gitmesh-proxy", check=False).stdout[
+                    -3000:
+                ]
+            )
+        pod = get_json(cluster, "-n", "bookstore", "pod", "bookstore-v1")
+        assert [c["name"] for c in pod["spec"]["initContainers"]] == ["gitmesh-init", "gitmesh-proxy"]
+        # Ready through the rewritten probe: kubelet -> the sidecar's health port -> the app.
+        assert pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] == 15021
+        rules = cluster.kubectl("-n", "bookstore", "logs", "bookstore-v1", "-c", "gitmesh-init").stdout
+        assert "-A GITMESH_INBOUND -p tcp -j REDIRECT --to-ports 15006" in rules
+
+        # A Job's app starts once its sidecar is configured, calls through the mesh, and the Job
+        # completes with its app (the native sidecar does not keep it running).
+        job_pod = _book_pod(cluster, "job", "bookbuyer", "bookbuyer", {})
+        app = job_pod["spec"]["containers"][0]
+        app["args"] = ["get", f"http://bookstore.bookstore:{BOOK_PORT}/buy-a-book/new"]
+        del app["readinessProbe"]
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "buyer-job", "namespace": "bookbuyer"},
+            "spec": {"backoffLimit": 0, "template": {"spec": {**job_pod["spec"], "restartPolicy": "Never"}}},
+        }
+        cluster.apply([job])
+        done = cluster.kubectl(
+            "-n",
+            "bookbuyer",
+            "wait",
+            "--for=condition=Complete",
+            "job/buyer-job",
+            "--timeout=90s",
+            timeout=100,
+            check=False,
+        )
+        logs = cluster.kubectl("-n", "bookbuyer", "logs", "job/buyer-job", "-c", "app", check=False).stdout
+        assert done.returncode == 0 and logs.startswith("200 hello from bookstore-v"), (done.stderr, logs)
+
+        # Routed by the mesh, by the Service's name: split 75/25 between the two versions' pods.
+        shares = demo.eventually(
+            lambda: _shares(cluster, 40),
+            lambda s: set(s) == {"bookstore-v1", "bookstore-v2"},
+            "bookbuyer reaching both versions through its sidecar",
+            90,
+        )
+        assert shares["bookstore-v1"] > shares["bookstore-v2"], shares
+        # Access control on the callee's sidecar: a route no HTTPRouteGroup match allows.
+        assert _buy(cluster, f"http://bookstore.bookstore:{BOOK_PORT}/admin")[1].startswith("403 ")
+        # mTLS only: plaintext straight to a bookstore pod's address gets no answer from its app.
+        v1_ip = pod["status"]["podIP"]
+        status, body = _buy(cluster, f"http://{v1_ip}:{BOOK_PORT}/buy-a-book/new")
+        assert "hello from" not in body, (status, body)
+
+        # A commit moves the traffic, nothing restarted.
+        split = repo / demo.MESH_PATH / "bookstore" / "split.yaml"
+        split.write_text(
+            split.read_text().replace("weight: 75", "weight: 0").replace("weight: 25", "weight: 100")
+        )
+        subprocess.run([*git, "commit", "-qam", "all to v2"], check=True)
+        subprocess.run([*git, "push", "-q", str(served / "mesh.git"), "main"], check=True)
+        demo.eventually(lambda: _shares(cluster, 20), lambda s: set(s) == {"bookstore-v2"}, "all to v2", 60)
+        for namespace, name in (
+            ("bookstore", "bookstore-v1"),
+            ("bookstore", "bookstore-v2"),
+            ("bookbuyer", "bookbuyer"),
+        ):
+            statuses = get_json(cluster, "-n", namespace, "pod", name)["status"]
+            restarts = [
+                s["restartCount"] for s in statuses["initContainerStatuses"] + statuses["containerStatuses"]
+            ]
+            assert restarts == [0, 0, 0], (name, restarts)
+    finally:
         CliRunner().invoke(cli, ["uninstall", "--kubeconfig", str(cluster.kubeconfig)])
         cluster.kubectl(
             "delete",

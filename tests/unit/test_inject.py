@@ -187,7 +187,14 @@ def test_an_http_probe_goes_to_the_health_port_and_on_to_the_app() -> None:
     route = next(r for r in routes if r["match"]["path"] == "/app-health/app/readinessProbe")
     assert route["route"] == {"cluster": "app-8080", "prefix_rewrite": "/healthz"}
     assert route["request_headers_to_add"] == [{"header": {"key": "X-Probe", "value": "1"}}]
-    assert {c["name"] for c in bootstrap["static_resources"]["clusters"]} == {"app-8080", "gitmesh-xds"}
+    assert {c["name"] for c in bootstrap["static_resources"]["clusters"]} == {
+        "app-8080",
+        patch.ADMIN_CLUSTER,
+        "gitmesh-xds",
+    }
+    # The sidecar is ready when Envoy's admin interface says it is live (configured).
+    ready = next(r for r in routes if r["match"]["path"] == "/ready")
+    assert ready["route"] == {"cluster": patch.ADMIN_CLUSTER}
     assert (
         "8080"
         not in init_args(result["spec"])[init_args(result["spec"]).index("--exclude-inbound-ports") + 1]
