@@ -8,6 +8,7 @@ worker (one file each): the last test tears the session's node down; keep it las
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ipaddress
 import json
@@ -22,16 +23,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 from click.testing import CliRunner
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import json_format, struct_pb2
 
 from gitmesh import demo
-from gitmesh.certs import store
+from gitmesh.certs import ca, store
 from gitmesh.cli import cli
+from gitmesh.cli.inject import fetch_identity
 from gitmesh.controller.leader import LEASE, LEASE_DURATION, RETRY_PERIOD
+from gitmesh.install.manifests import INJECT_PORT, XDS_PORT
 from gitmesh.install.manifests import NAMESPACE as INSTALL_NAMESPACE
-from gitmesh.install.manifests import XDS_PORT
+from gitmesh.mesh.state import Identity
+from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import client_tls
 from tests import factory as f
 from tests.bookstore import Bookstore
@@ -763,6 +772,56 @@ def _buy(cluster: NodeCluster, url: str) -> tuple[int, str]:
     return status, body if isinstance(body, str) else json.dumps(body)
 
 
+def _pod_node(pod: dict[str, Any], account: str) -> base_pb2.Node:
+    """What an injected sidecar of ``pod`` says of itself, claiming ServiceAccount ``account``."""
+    meta = pod["metadata"]
+    metadata = {
+        "pod_name": meta["name"],
+        "pod_namespace": meta["namespace"],
+        "pod_uid": meta["uid"],
+        "pod_ip": pod["status"]["podIP"],
+        "service_account": account,
+        "inbound_port": 15006,
+        "outbound_port": 15001,
+    }
+    node = base_pb2.Node(id=f"{meta['namespace']}/{meta['name']}")
+    node.metadata.CopyFrom(json_format.ParseDict(metadata, struct_pb2.Struct()))
+    return node
+
+
+def _listeners_or_refusal(address: str, bundle: str, held: dict[str, str], node: base_pb2.Node) -> Any:
+    """The listeners' names gitmesh's xDS port sends ``node`` on an mTLS stream with the certificate
+    ``held``, or the gRPC status it ends the stream with."""
+    credentials = grpc.ssl_channel_credentials(
+        bundle.encode(), held["key_pem"].encode(), held["cert_pem"].encode()
+    )
+    answered = threading.Event()
+
+    def requests() -> Iterator[discovery_pb2.DiscoveryRequest]:
+        yield discovery_pb2.DiscoveryRequest(node=node, type_url=resources.LISTENER)
+        answered.wait(20)
+
+    # The server's certificate names the address it listens on (0.0.0.0), besides its SPIFFE ID.
+    options = [("grpc.ssl_target_name_override", "0.0.0.0")]
+    with grpc.secure_channel(address, credentials, options=options) as channel:
+        stream = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
+            requests(), timeout=20
+        )
+        try:
+            response = next(stream)
+        except grpc.RpcError as e:
+            return e.code()
+        finally:
+            answered.set()
+        stream.cancel()
+    names = []
+    for packed in response.resources:
+        listener = listener_pb2.Listener()
+        packed.Unpack(listener)
+        names.append(listener.name)
+    return sorted(names)
+
+
 def _shares(cluster: NodeCluster, count: int) -> dict[str, int]:
     seen: dict[str, int] = {}
     for _ in range(count):
@@ -915,6 +974,34 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
         v1_ip = pod["status"]["podIP"]
         status, body = _buy(cluster, f"http://{v1_ip}:{BOOK_PORT}/buy-a-book/new")
         assert "hello from" not in body, (status, body)
+
+        # Pod identity, from the host: a token bound to the bookbuyer pod gets bookbuyer's certificate
+        # and no other; with it, a node naming bookbuyer's pod is served, one naming a bookstore pod
+        # (as bookstore, or as bookbuyer) is refused.
+        buyer = get_json(cluster, "-n", "bookbuyer", "pod", "bookbuyer")
+        token = cluster.kubectl(
+            "-n",
+            "bookbuyer",
+            "create",
+            "token",
+            "bookbuyer",
+            "--audience=gitmesh",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=bookbuyer",
+            f"--bound-object-uid={buyer['metadata']['uid']}",
+        ).stdout.strip()
+        webhooks = get_json(cluster, "mutatingwebhookconfiguration", "gitmesh-inject")["webhooks"]
+        bundle = base64.b64decode(webhooks[0]["clientConfig"]["caBundle"]).decode()
+        service_ip = get_json(cluster, "-n", INSTALL_NAMESPACE, "service", "gitmesh")["spec"]["clusterIP"]
+        held = fetch_identity(f"https://{service_ip}:{INJECT_PORT}/identity", token, bundle, wait=30)
+        trust_domain = ca.DEFAULT_TRUST_DOMAIN
+        assert ca.identity_of(held["cert_pem"], trust_domain) == Identity("bookbuyer", "bookbuyer")
+        xds = f"{service_ip}:{XDS_PORT}"
+        assert "outbound" in _listeners_or_refusal(xds, bundle, held, _pod_node(buyer, "bookbuyer"))
+        store_pod = get_json(cluster, "-n", "bookstore", "pod", "bookstore-v1")
+        for claim in ("bookstore", "bookbuyer"):
+            refusal = _listeners_or_refusal(xds, bundle, held, _pod_node(store_pod, claim))
+            assert refusal == grpc.StatusCode.PERMISSION_DENIED, claim
 
         # A commit moves the traffic, nothing restarted.
         split = repo / demo.MESH_PATH / "bookstore" / "split.yaml"
