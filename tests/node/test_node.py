@@ -764,11 +764,11 @@ def _book_pod(
     }
 
 
-def _buy(cluster: NodeCluster, url: str) -> tuple[int, str]:
-    """The bookbuyer pod's app GETs ``url`` (the mesh does the rest); its port 8080 is no mesh port,
-    so the API server's pod proxy reaches it past its sidecar."""
+def _buy(cluster: NodeCluster, url: str, caller: str = "bookbuyer") -> tuple[int, str]:
+    """The ``caller`` pod's app (in the namespace of its name) GETs ``url``, the mesh doing the rest;
+    its port 8080 is no mesh port, so the API server's pod proxy reaches it past its sidecar."""
     query = urllib.parse.urlencode({"url": url})
-    status, body = cluster.get(f"/api/v1/namespaces/bookbuyer/pods/bookbuyer:{APP_PORT}/proxy/fetch?{query}")
+    status, body = cluster.get(f"/api/v1/namespaces/{caller}/pods/{caller}:{APP_PORT}/proxy/fetch?{query}")
     return status, body if isinstance(body, str) else json.dumps(body)
 
 
@@ -891,7 +891,7 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
             ),
             30,
         )
-        for namespace in ("bookbuyer", "bookstore"):
+        for namespace in ("bookbuyer", "bookstore", "bookthief"):
             cluster.kubectl("label", "namespace", namespace, "gitmesh.dev/inject=enabled")
         cluster.apply(
             [
@@ -902,12 +902,14 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
                     cluster, "bookstore-v2", "bookstore", "bookstore", {"app": "bookstore", "version": "v2"}
                 ),
                 _book_pod(cluster, "bookbuyer", "bookbuyer", "bookbuyer", {"app": "bookbuyer"}),
+                _book_pod(cluster, "bookthief", "bookthief", "bookthief", {"app": "bookthief"}),
             ]
         )
         for namespace, name in (
             ("bookstore", "bookstore-v1"),
             ("bookstore", "bookstore-v2"),
             ("bookbuyer", "bookbuyer"),
+            ("bookthief", "bookthief"),
         ):
             done = cluster.kubectl(
                 "-n",
@@ -970,6 +972,10 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
         assert shares["bookstore-v1"] > shares["bookstore-v2"], shares
         # Access control on the callee's sidecar: a route no HTTPRouteGroup match allows.
         assert _buy(cluster, f"http://bookstore.bookstore:{BOOK_PORT}/admin")[1].startswith("403 ")
+        # bookthief, in the mesh but named by no TrafficTarget, is given no route to the bookstore:
+        # its call goes out as plaintext, which the bookstore's sidecar does not take.
+        status, body = _buy(cluster, f"http://bookstore.bookstore:{BOOK_PORT}/buy-a-book/new", "bookthief")
+        assert "hello from" not in body, (status, body)
         # mTLS only: plaintext straight to a bookstore pod's address gets no answer from its app.
         v1_ip = pod["status"]["podIP"]
         status, body = _buy(cluster, f"http://{v1_ip}:{BOOK_PORT}/buy-a-book/new")
