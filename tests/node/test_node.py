@@ -734,23 +734,46 @@ def test_an_upgrade_under_traffic_fails_no_request_and_the_sidecars_follow_the_n
 
 # --- the bookstore as injected pods, served by the in-cluster gitmesh ---
 BOOK_PORT = 14001
+MYSQL_PORT = 3306
+
+
+def _tcp_answers(cluster: NodeCluster, count: int) -> dict[str, int]:
+    """Which mysql pod answers each of ``count`` new connections bookwarehouse opens to the mysql
+    Service (a TCP port: split by connection); its app speaks HTTP, which TCP carries as bytes."""
+    seen: dict[str, int] = {}
+    for _ in range(count):
+        url = f"http://mysql.bookwarehouse:{MYSQL_PORT}/"
+        got = cluster.kubectl(
+            "-n", "bookwarehouse", "exec", "bookwarehouse", "-c", "app", "--", "/app", "get", url, check=False
+        )
+        words = got.stdout.split()
+        answer = (
+            words[3]
+            if words[:3] == ["200", "hello", "from"]
+            else f"{got.returncode} {got.stdout}{got.stderr}"[:80]
+        )
+        seen[answer] = seen.get(answer, 0) + 1
+    return seen
 
 
 def _book_pod(
-    cluster: NodeCluster, name: str, namespace: str, account: str, labels: dict[str, str]
+    cluster: NodeCluster,
+    name: str,
+    namespace: str,
+    account: str,
+    labels: dict[str, str],
+    port: int = APP_PORT,
 ) -> dict[str, Any]:
-    """A test-app pod as a user writes it: nothing of the mesh in it, injected by the webhook."""
+    """A test-app pod serving ``port``, as a user writes it: nothing of the mesh in it, injected by
+    the webhook."""
     container = {
         **_app_container(cluster),
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "PORT", "value": str(BOOK_PORT if namespace == "bookstore" else APP_PORT)},
+            {"name": "PORT", "value": str(port)},
         ],
-        "ports": [{"containerPort": BOOK_PORT if namespace == "bookstore" else APP_PORT}],
-        "readinessProbe": {
-            "httpGet": {"path": "/", "port": BOOK_PORT if namespace == "bookstore" else APP_PORT},
-            "periodSeconds": 1,
-        },
+        "ports": [{"containerPort": port}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": port}, "periodSeconds": 1},
     }
     return {
         "apiVersion": "v1",
@@ -891,18 +914,42 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
             ),
             30,
         )
-        for namespace in ("bookbuyer", "bookstore", "bookthief"):
+        for namespace in ("bookbuyer", "bookstore", "bookthief", "bookwarehouse"):
             cluster.kubectl("label", "namespace", namespace, "gitmesh.dev/inject=enabled")
         cluster.apply(
             [
                 _book_pod(
-                    cluster, "bookstore-v1", "bookstore", "bookstore", {"app": "bookstore", "version": "v1"}
+                    cluster,
+                    "bookstore-v1",
+                    "bookstore",
+                    "bookstore",
+                    {"app": "bookstore", "version": "v1"},
+                    BOOK_PORT,
                 ),
                 _book_pod(
-                    cluster, "bookstore-v2", "bookstore", "bookstore", {"app": "bookstore", "version": "v2"}
+                    cluster,
+                    "bookstore-v2",
+                    "bookstore",
+                    "bookstore",
+                    {"app": "bookstore", "version": "v2"},
+                    BOOK_PORT,
                 ),
                 _book_pod(cluster, "bookbuyer", "bookbuyer", "bookbuyer", {"app": "bookbuyer"}),
                 _book_pod(cluster, "bookthief", "bookthief", "bookthief", {"app": "bookthief"}),
+                _book_pod(
+                    cluster, "bookwarehouse", "bookwarehouse", "bookwarehouse", {"app": "bookwarehouse"}
+                ),
+                *(
+                    _book_pod(
+                        cluster,
+                        f"mysql-{v}",
+                        "bookwarehouse",
+                        "mysql",
+                        {"app": "mysql", "version": v},
+                        MYSQL_PORT,
+                    )
+                    for v in ("v1", "v2")
+                ),
             ]
         )
         for namespace, name in (
@@ -910,6 +957,9 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
             ("bookstore", "bookstore-v2"),
             ("bookbuyer", "bookbuyer"),
             ("bookthief", "bookthief"),
+            ("bookwarehouse", "bookwarehouse"),
+            ("bookwarehouse", "mysql-v1"),
+            ("bookwarehouse", "mysql-v2"),
         ):
             done = cluster.kubectl(
                 "-n",
@@ -936,6 +986,14 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
         rules = cluster.kubectl("-n", "bookstore", "logs", "bookstore-v1", "-c", "gitmesh-init").stdout
         assert "-A GITMESH_INBOUND -p tcp -j REDIRECT --to-ports 15006" in rules
 
+        # Routed by the mesh, by the Service's name: split 75/25 between the two versions' pods.
+        shares = demo.eventually(
+            lambda: _shares(cluster, 40),
+            lambda s: set(s) == {"bookstore-v1", "bookstore-v2"},
+            "bookbuyer reaching both versions through its sidecar",
+            90,
+        )
+        assert shares["bookstore-v1"] > shares["bookstore-v2"], shares
         # A Job's app starts once its sidecar is configured, calls through the mesh, and the Job
         # completes with its app (the native sidecar does not keep it running).
         job_pod = _book_pod(cluster, "job", "bookbuyer", "bookbuyer", {})
@@ -961,21 +1019,20 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
         )
         logs = cluster.kubectl("-n", "bookbuyer", "logs", "job/buyer-job", "-c", "app", check=False).stdout
         assert done.returncode == 0 and logs.startswith("200 hello from bookstore-v"), (done.stderr, logs)
-
-        # Routed by the mesh, by the Service's name: split 75/25 between the two versions' pods.
-        shares = demo.eventually(
-            lambda: _shares(cluster, 40),
-            lambda s: set(s) == {"bookstore-v1", "bookstore-v2"},
-            "bookbuyer reaching both versions through its sidecar",
-            90,
-        )
-        assert shares["bookstore-v1"] > shares["bookstore-v2"], shares
         # Access control on the callee's sidecar: a route no HTTPRouteGroup match allows.
         assert _buy(cluster, f"http://bookstore.bookstore:{BOOK_PORT}/admin")[1].startswith("403 ")
         # bookthief, in the mesh but named by no TrafficTarget, is given no route to the bookstore:
         # its call goes out as plaintext, which the bookstore's sidecar does not take.
         status, body = _buy(cluster, f"http://bookstore.bookstore:{BOOK_PORT}/buy-a-book/new", "bookthief")
         assert "hello from" not in body, (status, body)
+        # TCP by ClusterIP and port, split 90/10 by connection.
+        tcp = demo.eventually(
+            lambda: _tcp_answers(cluster, 10),
+            lambda s: set(s) <= {"mysql-v1", "mysql-v2"},
+            "bookwarehouse reaching mysql through its sidecar",
+            60,
+        )
+        assert tcp.get("mysql-v1", 0) >= 5, tcp
         # mTLS only: plaintext straight to a bookstore pod's address gets no answer from its app.
         v1_ip = pod["status"]["podIP"]
         status, body = _buy(cluster, f"http://{v1_ip}:{BOOK_PORT}/buy-a-book/new")
@@ -1014,9 +1071,16 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
         split.write_text(
             split.read_text().replace("weight: 75", "weight: 0").replace("weight: 25", "weight: 100")
         )
-        subprocess.run([*git, "commit", "-qam", "all to v2"], check=True)
+        mysql = repo / demo.MESH_PATH / "bookwarehouse" / "mysql.yaml"
+        mysql.write_text(
+            mysql.read_text().replace("weight: 90", "weight: 50").replace("weight: 10", "weight: 50")
+        )
+        subprocess.run([*git, "commit", "-qam", "all to v2, mysql half and half"], check=True)
         subprocess.run([*git, "push", "-q", str(served / "mesh.git"), "main"], check=True)
         demo.eventually(lambda: _shares(cluster, 20), lambda s: set(s) == {"bookstore-v2"}, "all to v2", 60)
+        demo.eventually(
+            lambda: _tcp_answers(cluster, 20), lambda s: set(s) == {"mysql-v1", "mysql-v2"}, "mysql 50/50", 60
+        )
 
         # The control plane restarted under pod-to-pod traffic: the leader's pod deleted, its
         # sidecars reconnect to the other replica; not one request fails.
