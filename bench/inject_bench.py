@@ -3,32 +3,41 @@
 
     python bench/inject_bench.py [--pods 8] [--rest 20]
 
-Starts the node (or reuses a running one). ``--pods`` times, alternately, one Pod of the test app
-with an HTTP readiness probe (period 1 s) as written, and the same Pod through `gitmesh inject`
-(capture init container, Envoy as a native sidecar, the probe through the sidecar's health port);
-each from just before `kubectl apply` to the return of `kubectl wait --for=condition=Ready`, then
-deleted. Then one injected Pod sits for ``--rest`` seconds and the VmRSS of its Envoy is read. The
-sidecar has no xDS server to reach (gitmesh is not installed): this is its cost at rest, with the
-static bootstrap alone. A node it started, it tears down at the end.
+Starts the node (or reuses a running one) and installs gitmesh into it with injection
+(`gitmesh install --proxy-image`), following a copy of examples/repo served from this host.
+``--pods`` times, alternately, one Pod of the test app with an HTTP readiness probe (period 1 s)
+opted out (``gitmesh.dev/inject: disabled``) and the same Pod injected by the webhook (the init
+container trades the pod's token for its certificate and sets capture; Envoy as a native sidecar,
+ready once it has its configuration; the probe through the sidecar's health port); each from just
+before `kubectl apply` to the return of `kubectl wait --for=condition=Ready`, then deleted. Then one
+injected Pod sits for ``--rest`` seconds and the VmRSS of its Envoy is read. gitmesh is uninstalled
+at the end; a node it started, it tears down.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gitmesh.cli import cli
-from tests.node import NodeCluster, node
+from gitmesh.inject.patch import INJECT
+from tests.conftest import EXAMPLE_REPO
+from tests.gitserver import GitHttpServer
+from tests.node import NODE_IP, NodeCluster, node
 
 NAMESPACE = "inject-bench"
 
@@ -37,7 +46,11 @@ def _pod(cluster: NodeCluster, name: str, injected: bool) -> str:
     pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "annotations": {INJECT: "enabled" if injected else "disabled"},
+        },
         "spec": {
             "terminationGracePeriodSeconds": 1,
             "containers": [
@@ -51,13 +64,53 @@ def _pod(cluster: NodeCluster, name: str, injected: bool) -> str:
             ],
         },
     }
-    if not injected:
-        return json.dumps(pod)
-    images = ["--proxy-image", cluster.images.envoy, "--init-image", cluster.images.gitmesh]
-    result = CliRunner().invoke(cli, ["inject", "-f", "-", *images], input=yaml.safe_dump(pod))
-    if result.exit_code:
-        raise RuntimeError(result.output)
-    return result.output
+    return json.dumps(pod)
+
+
+@contextlib.contextmanager
+def installed(cluster: NodeCluster) -> Iterator[None]:
+    """gitmesh in the node with injection, following examples/repo; uninstalled after."""
+    with tempfile.TemporaryDirectory() as scratch:
+        repo, served = Path(scratch) / "repo", Path(scratch) / "served"
+        shutil.copytree(EXAMPLE_REPO, repo / "mesh")
+        git = ["git", "-C", str(repo), "-c", "user.name=bench", "-c", "user.email=bench@gitmesh.invalid"]
+        subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+        subprocess.run([*git, "add", "-A"], check=True)
+        subprocess.run([*git, "commit", "-qm", "bookstore"], check=True)
+        subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(served / "mesh.git")], check=True)
+        server = GitHttpServer(served, host=NODE_IP).start()
+        kubeconfig = ["--kubeconfig", str(cluster.kubeconfig)]
+        images = ["--image", cluster.images.gitmesh, "--image-pull-policy", "Never"]
+        options = [
+            *images,
+            "--proxy-image",
+            cluster.images.envoy,
+            "--repo",
+            server.url("mesh.git"),
+            "--path",
+            "mesh",
+        ]
+        try:
+            result = CliRunner().invoke(cli, ["install", *kubeconfig, *options])
+            if result.exit_code:
+                raise RuntimeError(result.output)
+            deadline = time.monotonic() + 60
+            while not all(w["clientConfig"].get("caBundle") for w in _webhooks(cluster)):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no replica published the injection webhook's caBundle")
+                time.sleep(0.5)
+            yield
+        finally:
+            CliRunner().invoke(cli, ["uninstall", *kubeconfig])
+            cluster.kubectl("delete", "namespace", "gitmesh-system", "--ignore-not-found", "--wait=false")
+            server.stop()
+
+
+def _webhooks(cluster: NodeCluster) -> list[dict[str, Any]]:
+    found = cluster.kubectl(
+        "get", "mutatingwebhookconfiguration", "gitmesh-inject", "-o", "json", check=False
+    )
+    return list(json.loads(found.stdout)["webhooks"]) if found.returncode == 0 else [{"clientConfig": {}}]
 
 
 def ready_seconds(cluster: NodeCluster, name: str, injected: bool, keep: bool = False) -> float:
@@ -101,7 +154,7 @@ def main() -> int:
     parser.add_argument("--rest", type=float, default=20.0)
     args = parser.parse_args()
     print(f"load average before: {Path('/proc/loadavg').read_text().split()[:3]}")
-    with node() as cluster:
+    with node() as cluster, installed(cluster):
         cluster.kubectl("create", "namespace", NAMESPACE)
         try:
             plain: list[float] = []

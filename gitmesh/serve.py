@@ -35,6 +35,7 @@ from gitmesh.certs import ca, store
 from gitmesh.certs.authority import STEADY, CaState, MeshCA, advance
 from gitmesh.cluster.port import Live
 from gitmesh.errors import GitmeshError
+from gitmesh.inject import identity
 from gitmesh.mesh import state
 from gitmesh.mesh.state import Identity
 from gitmesh.xds import patch, resources, tls
@@ -42,7 +43,7 @@ from gitmesh.xds.bootstrap import SERVER_IDENTITY, admin_address, proxy_of
 from gitmesh.xds.cache import SnapshotCache
 from gitmesh.xds.server import ServerTls, StreamInfo, serve
 from gitmesh.xds.snapshot import Encodings, Snapshot
-from gitmesh.xds.translate import Proxy, Translator
+from gitmesh.xds.translate import Pod, Proxy, Translator
 
 log = logging.getLogger("gitmesh.serve")
 
@@ -64,6 +65,8 @@ def utcnow() -> datetime.datetime:
 
 
 Clock = Callable[[], datetime.datetime]
+# A pod by namespace and name, as the cluster has it (None: there is none).
+Pods = Callable[[str, str], Mapping[str, Any] | None]
 
 
 class MeshBackend(Protocol):
@@ -125,7 +128,10 @@ def xds_report(
 
 
 def proxy_key(proxy: Proxy) -> str:
-    """Proxies equal in everything translation reads share one snapshot."""
+    """Proxies equal in everything translation reads share one snapshot; a pod's sidecar has its own."""
+    if proxy.pod is not None:
+        pod = proxy.pod
+        return f"pod|{pod}|{pod.uid}|{proxy.identity}|{pod.ip}|{proxy.outbound_port},{proxy.inbound_port}"
     ports = f"{proxy.app_port},{proxy.outbound_port},{proxy.inbound_address}:{proxy.inbound_port}"
     upstreams = "".join(f"|{u}" for u in proxy.upstreams)
     return f"{proxy.identity}|{proxy.service}|{ports}{upstreams}" + ("|grpc" if proxy.grpc else "")
@@ -177,8 +183,13 @@ def ephemeral_ca(now: datetime.datetime) -> MeshCA:
 
 
 class MeshPublisher:
-    def __init__(self, *, mesh_ca: MeshCA | None = None, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, *, mesh_ca: MeshCA | None = None, clock: Clock = utcnow, pods: Pods | None = None
+    ) -> None:
+        """``pods`` looks up the pods injected sidecars say they run in (None: no cluster, and
+        no pod's sidecar is served)."""
         self.clock = clock
+        self._pods = pods
         self.ca = mesh_ca or ephemeral_ca(clock())
         self.cache = SnapshotCache()
         self.encodings = Encodings()
@@ -293,7 +304,21 @@ class MeshPublisher:
         if holder != proxy.identity:
             held = holder or "no mesh identity"
             return f"node claims identity {proxy.identity}, its certificate is for {held}"
+        if proxy.pod is not None:
+            return self._pod_problem(proxy, proxy.pod)
         return unbacked_claim(self._addresses, proxy)
+
+    def _pod_problem(self, proxy: Proxy, pod: Pod) -> str | None:
+        """Whether the pod the node names is there, as it says: its UID, its ServiceAccount (the
+        certificate's identity), its address."""
+        if self._pods is None:
+            return f"node claims pod {pod}: pods are served only from a cluster"
+        try:
+            found = self._pods(pod.namespace, pod.name)
+        except GitmeshError as e:
+            return f"node claims pod {pod}, which cannot be looked up now: {e}"
+        problem = identity.pod_problem(found, identity.PodClaim(proxy.identity, pod.name, pod.uid), pod.ip)
+        return f"node claims {problem}" if problem else None
 
     def server_tls(self, server_name: str) -> ServerTls:
         """The xDS server's own certificate (identity ``SERVER_IDENTITY``), renewed like the rest."""
@@ -364,11 +389,12 @@ async def run(
     cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME,
     stop: asyncio.Event | None = None,
     max_connections: int = 0,
+    pods: Pods | None = None,
 ) -> None:
     """Serve ADS over mTLS on ``address`` until ``stop`` is set, republishing whenever ``backend``
-    changes, with the CA ``keeper`` holds (made on first run)."""
+    changes, with the CA ``keeper`` holds (made on first run); ``pods``: see ``MeshPublisher``."""
     mesh_ca = MeshCA(store.load_or_create(keeper, utcnow()), cert_lifetime)
-    publisher = MeshPublisher(mesh_ca=mesh_ca)
+    publisher = MeshPublisher(mesh_ca=mesh_ca, pods=pods)
     seen = backend.version()
     publisher.update(live.obj for live in backend.list_managed().values())
     host = address.rpartition(":")[0].strip("[]")

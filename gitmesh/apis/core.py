@@ -43,5 +43,12 @@ def services(
             for p in (svc.get("spec") or {}).get("ports") or ()
         )
         by_name = endpoints.get(ref, {})
-        out[ref] = Service(ref, ports, {p.port: tuple(sorted(by_name.get(p.name, ()))) for p in ports})
+        spec = svc.get("spec") or {}
+        ips = spec.get("clusterIPs") or [spec.get("clusterIP") or ""]
+        out[ref] = Service(
+            ref,
+            ports,
+            {p.port: tuple(sorted(by_name.get(p.name, ()))) for p in ports},
+            tuple(ip for ip in ips if ip and ip != "None"),
+        )
     return out

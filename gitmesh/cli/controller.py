@@ -391,7 +391,9 @@ def _injection(address: str | None, proxy_image: str, init_image: str, xds_addre
     xds_port = int(xds_address.rpartition(":")[2])
     # Injected sidecars reach ADS through the Service that selects every replica.
     xds_host = f"{NAME}.{NAMESPACE}.svc.cluster.local"
-    return Injection((host, int(port)), Config(proxy_image, init_image, xds_host, xds_port))
+    # Injected pods trade their tokens for certificates on the webhook's port, through the same Service.
+    config = Config(proxy_image, init_image, xds_host, xds_port, identity_port=int(port))
+    return Injection((host, int(port)), config)
 
 
 def _elector(settings: Settings) -> Elector:

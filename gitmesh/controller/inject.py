@@ -1,6 +1,8 @@
 """The injection webhook in ``gitmesh run``: served with a certificate from the mesh CA, which is
 renewed when due and reissued by a new signer; the webhook configuration's ``caBundle`` follows
-the CA's roots (through a rotation, both roots are there)."""
+the CA's roots (through a rotation, both roots are there), and so do the roots injected pods
+trust gitmesh by. In a cluster it also trades injected pods' tokens for their sidecars'
+certificates (``PodIdentities``)."""
 
 from __future__ import annotations
 
@@ -8,14 +10,15 @@ import datetime
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from gitmesh.certs import store
+from gitmesh.certs import ca, store
 from gitmesh.certs.authority import MeshCA
 from gitmesh.cluster.kube import KubeObjects
 from gitmesh.errors import GitmeshError
-from gitmesh.inject import patch, webhook
+from gitmesh.inject import identity, patch, webhook
 from gitmesh.install.manifests import NAME, NAMESPACE
+from gitmesh.kube import review
 from gitmesh.kube.client import Client
 from gitmesh.settings import Settings
 from gitmesh.xds.bootstrap import SERVER_IDENTITY
@@ -26,6 +29,10 @@ SERVER_NAME = f"{NAME}.{NAMESPACE}.svc"  # the name the API server calls the web
 CHECK_SECONDS = 30.0
 MANAGER = "gitmesh-inject-ca"  # the field manager of the caBundle
 _PATH = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{webhook.NAME}"
+# A sidecar's xDS client certificate is shown only when it (re)connects, and only while its pod
+# exists: every stream is checked against the pod (serve.MeshPublisher.authorize), so a deleted
+# pod's certificate opens nothing. Workload certificates (SDS) stay short-lived.
+POD_CERT_LIFETIME = datetime.timedelta(days=365)
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,31 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+class PodIdentities:
+    """An injected pod's token -> its sidecar's xDS client certificate, for the token's
+    ServiceAccount: the cluster reviews the token (audience gitmesh, bound to a pod), and the pod
+    it is bound to must be there, with that UID and ServiceAccount."""
+
+    def __init__(self, client: Client, mesh_ca: MeshCA) -> None:
+        self._client = client
+        self._ca = mesh_ca
+
+    def issue(self, token: str) -> dict[str, str]:
+        claim = identity.reviewed(review.token_review(self._client, token, [identity.AUDIENCE]))
+        pod = review.pod(self._client, claim.identity.namespace, claim.pod_name)
+        if problem := identity.pod_problem(pod, claim):
+            raise identity.Refused(problem)
+        state = self._ca.state
+        issued = ca.issue(state.signing, state.trust_domain, claim.identity, _now(), POD_CERT_LIFETIME)
+        log.info(
+            "issued pod %s/%s its sidecar's certificate as %s",
+            claim.identity.namespace,
+            claim.pod_name,
+            claim.identity,
+        )
+        return {"cert_pem": issued.cert_pem, "key_pem": issued.key_pem, "bundle_pem": "".join(state.bundle())}
+
+
 class InjectWebhook:
     """``publish(bundle_pem)`` writes the caBundle (None: nobody to tell, outside a cluster);
     ``server_name`` is what the API server calls the webhook by."""
@@ -66,6 +98,7 @@ class InjectWebhook:
         publish: Callable[[str], None] | None,
         stopping: threading.Event,
         server_name: str = SERVER_NAME,
+        client: Client | None = None,
     ) -> None:
         self._server_name = server_name
         self._keeper = keeper
@@ -74,7 +107,9 @@ class InjectWebhook:
         self._ca = MeshCA(store.load_or_create(keeper, _now()))
         self._issued = self._ca.certificate(SERVER_IDENTITY, _now(), self._server_name)
         self._published = ""
-        self.server = webhook.WebhookServer(address, config, self._issued)
+        issuer = PodIdentities(client, self._ca).issue if client is not None else None
+        self._config = config
+        self.server = webhook.WebhookServer(address, self._injected(), self._issued, issuer)
         self._thread = threading.Thread(target=self._keep, name="inject-ca", daemon=True)
 
     def start(self) -> None:
@@ -95,9 +130,14 @@ class InjectWebhook:
             self.server.set_certificate(issued)
             self._issued = issued
         bundle = "".join(self._ca.bundle())
+        self.server.config = self._injected()
         if self._publish is not None and bundle != self._published:
             self._publish(bundle)
             self._published = bundle
+
+    def _injected(self) -> patch.Config:
+        """What pods are injected with: the CA's current roots, to trust gitmesh by."""
+        return replace(self._config, ca_bundle="".join(self._ca.bundle()))
 
     def _keep(self) -> None:
         while True:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import os
 import resource
@@ -31,6 +32,7 @@ from gitmesh.controller.metrics import Metrics
 from gitmesh.controller.reconciler import Reconciler
 from gitmesh.controller.schedule import Controller
 from gitmesh.errors import GitmeshError
+from gitmesh.kube import review
 from gitmesh.rollout import driver
 from gitmesh.rollout.envoy_stats import EnvoyStats
 from gitmesh.rollout.metrics import MetricsSource
@@ -104,7 +106,12 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
     leading = _Leading(controller, rollouts, elector, stopping)
     injecting = (
         InjectWebhook(
-            options.inject.address, options.inject.config, settings.state.ca, publisher(settings), stopping
+            options.inject.address,
+            options.inject.config,
+            settings.state.ca,
+            publisher(settings),
+            stopping,
+            client=settings.cluster,
         )
         if options.inject
         else None
@@ -115,7 +122,9 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
     # they are closed as they arrive, rather than starving the store, Git and the HTTP port.
     xds_connections = max(16, open_files - (port.max_connections if port else 0) - FILES_KEPT)
     try:
-        asyncio.run(_run(options, leading, port, reporting, settings.state.ca, xds_connections))
+        cluster = settings.cluster
+        pods = functools.partial(review.pod, cluster) if cluster is not None else None
+        asyncio.run(_run(options, leading, port, reporting, settings.state.ca, xds_connections, pods))
     finally:
         stopping.set()
         if injecting:
@@ -233,6 +242,7 @@ async def _run(
     mesh: serve.MeshBackend,
     keeper: Keeper,
     xds_connections: int,
+    pods: serve.Pods | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -249,6 +259,7 @@ async def _run(
             cert_lifetime=options.cert_lifetime,
             stop=stop,
             max_connections=xds_connections,
+            pods=pods,
         )
     finally:
         await loop.run_in_executor(None, leading.stop)  # lets an apply under way finish

@@ -6,9 +6,12 @@ An injected pod gets, before its own init containers:
 - ``gitmesh-init``: sets the iptables rules of ``capture`` and exits;
 - ``gitmesh-proxy``: Envoy as a native sidecar (an init container with ``restartPolicy: Always``,
   Kubernetes 1.29+), so the app starts once the proxy runs and a Job completes when its app does.
-  Its bootstrap is in its arguments and carries no identity: the pod's name, namespace, UID and
-  ServiceAccount come from the downward API, and the proxy proves them with a projected
-  ServiceAccount token (audience ``gitmesh``) that only the kubelet writes.
+  Its bootstrap is in its arguments and carries no identity: the pod's name, namespace, UID, IP
+  and ServiceAccount come from the downward API. Before capture starts, ``gitmesh-init`` proves
+  them with the pod's projected ServiceAccount token (audience ``gitmesh``, which only the kubelet
+  writes) and gets, for the token's ServiceAccount, the sidecar's xDS client certificate
+  (``gitmesh.inject.identity``), checking gitmesh against the mesh's roots (``Config.ca_bundle``,
+  which the webhook keeps current); Envoy reads it from a memory volume that only the two share.
 
 Probes: an ``httpGet`` probe over HTTP is rewritten to the sidecar's health port, which forwards it
 to the app's port on 127.0.0.1 (so it also works when the app port only takes mTLS); the ports of
@@ -36,7 +39,13 @@ PROXY_NAME = "gitmesh-proxy"
 TOKEN_VOLUME = "gitmesh-token"
 TOKEN_DIR = "/var/run/secrets/gitmesh"
 TOKEN_AUDIENCE = "gitmesh"
+IDENTITY_VOLUME = "gitmesh-identity"
+IDENTITY_DIR = "/var/run/gitmesh/identity"  # cert.pem, key.pem, bundle.pem: the sidecar's xDS client TLS
+CA_BUNDLE_ENV = "GITMESH_CA_BUNDLE"
+# The xDS server's SPIFFE ID ends so (gitmesh.xds.bootstrap.SERVER_IDENTITY, whatever the trust domain).
+SERVER_ID_SUFFIX = "/ns/gitmesh-system/sa/gitmesh"
 PROBE_PREFIX = "/app-health"
+ADMIN_CLUSTER = "gitmesh-admin"
 
 # Where the pod template sits in each kind that has one ("" is a Pod itself).
 TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
@@ -58,6 +67,8 @@ class Config:
     init_image: str
     xds_host: str
     xds_port: int
+    ca_bundle: str = ""  # the mesh's roots (PEM): what the init container trusts gitmesh by
+    identity_port: int = 15017  # where gitmesh answers a pod's token with its certificate (HTTPS)
     proxy_uid: int = 1337
     admin_port: int = 15000
     outbound_port: int = 15001
@@ -142,10 +153,11 @@ def pod_patch(pod: dict[str, Any], config: Config) -> list[dict[str, Any]]:
             ]
         },
     }
+    shared = {"name": IDENTITY_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
     if spec.get("volumes"):
-        ops.append({"op": "add", "path": "/spec/volumes/-", "value": volume})
+        ops += [{"op": "add", "path": "/spec/volumes/-", "value": v} for v in (volume, shared)]
     else:
-        ops.append({"op": "add", "path": "/spec/volumes", "value": [volume]})
+        ops.append({"op": "add", "path": "/spec/volumes", "value": [volume, shared]})
     mark = {INJECTED: "true"}
     if not metadata:
         ops.append({"op": "add", "path": "/metadata", "value": {"annotations": mark}})
@@ -229,6 +241,12 @@ def _init_container(config: Config, rules: capture.Capture) -> dict[str, Any]:
         str(rules.inbound_port),
         "--outbound-port",
         str(rules.outbound_port),
+        "--identity-url",
+        f"https://{config.xds_host}:{config.identity_port}/identity",
+        "--token-file",
+        f"{TOKEN_DIR}/token",
+        "--identity-dir",
+        IDENTITY_DIR,
     ]
     for flag, values in (
         ("--exclude-inbound-ports", rules.exclude_inbound_ports),
@@ -242,11 +260,17 @@ def _init_container(config: Config, rules: capture.Capture) -> dict[str, Any]:
         "image": config.init_image,
         "imagePullPolicy": "IfNotPresent",
         "args": args,
+        "env": [{"name": CA_BUNDLE_ENV, "value": config.ca_bundle}],
         "securityContext": {
             "runAsUser": 0,
             "runAsNonRoot": False,
-            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+            # CHOWN: the certificate's key is handed to the proxy's UID alone.
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "CHOWN"]},
         },
+        "volumeMounts": [
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": IDENTITY_VOLUME, "mountPath": IDENTITY_DIR},
+        ],
     }
 
 
@@ -270,10 +294,12 @@ def _proxy_container(config: Config, routes: list[dict[str, Any]]) -> dict[str, 
             _env("POD_NAME", "metadata.name"),
             _env("POD_NAMESPACE", "metadata.namespace"),
             _env("POD_UID", "metadata.uid"),
+            _env("POD_IP", "status.podIP"),
             _env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
         ],
         "ports": [{"name": "gitmesh-health", "containerPort": config.health_port}],
-        # Ready once Envoy serves its health listener: the app starts after that.
+        # Ready once Envoy is live (its first configuration from gitmesh taken, or given up on
+        # after the initial fetch timeout): the app starts after that, and its first call is meshed.
         "startupProbe": {
             "httpGet": {"path": "/ready", "port": config.health_port},
             "periodSeconds": 1,
@@ -287,27 +313,27 @@ def _proxy_container(config: Config, routes: list[dict[str, Any]]) -> dict[str, 
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}],
+        "volumeMounts": [{"name": IDENTITY_VOLUME, "mountPath": IDENTITY_DIR, "readOnly": True}],
     }
 
 
 def proxy_bootstrap(config: Config, routes: list[dict[str, Any]]) -> dict[str, Any]:
     """The sidecar's bootstrap: who it is comes from the downward API and the token file, nothing
-    issued by gitmesh. Static: the admin interface, the health listener (Envoy's readiness and the
-    app's rewritten probes), and the xDS cluster; the rest comes over ADS."""
+    issued by gitmesh. Static: the admin interface, the health listener (Envoy's readiness from its
+    admin interface, and the app's rewritten probes), and the xDS cluster; the rest comes over ADS."""
     ports = sorted({int(r["route"]["cluster"].removeprefix("app-")) for r in routes})
     clusters = [_static_cluster(f"app-{port}", "127.0.0.1", port, "STATIC") for port in ports]
+    clusters.append(_static_cluster(ADMIN_CLUSTER, "127.0.0.1", config.admin_port, "STATIC"))
     xds = _static_cluster("gitmesh-xds", config.xds_host, config.xds_port, "STRICT_DNS")
+    xds["transport_socket"] = _xds_tls()
     xds["typed_extension_protocol_options"] = {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             "explicit_http_config": {"http2_protocol_options": {}},
         }
     }
-    ready = {
-        "match": {"path": "/ready"},
-        "direct_response": {"status": 200, "body": {"inline_string": "ready\n"}},
-    }
+    # The admin interface's own /ready (200 LIVE, else 503), which is bound to loopback.
+    ready = {"match": {"path": "/ready"}, "route": {"cluster": ADMIN_CLUSTER}}
     health = {
         "name": "gitmesh-health",
         "address": {"socket_address": {"address": "0.0.0.0", "port_value": config.health_port}},
@@ -348,6 +374,7 @@ def proxy_bootstrap(config: Config, routes: list[dict[str, Any]]) -> dict[str, A
                 "pod_name": "$(POD_NAME)",
                 "pod_namespace": "$(POD_NAMESPACE)",
                 "pod_uid": "$(POD_UID)",
+                "pod_ip": "$(POD_IP)",
                 "service_account": "$(SERVICE_ACCOUNT)",
                 "admin_address": f"127.0.0.1:{config.admin_port}",
                 "inbound_port": config.inbound_port,
@@ -365,6 +392,32 @@ def proxy_bootstrap(config: Config, routes: list[dict[str, Any]]) -> dict[str, A
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
         "static_resources": {"listeners": [health], "clusters": [*clusters, xds]},
+    }
+
+
+def _xds_tls() -> dict[str, Any]:
+    """mTLS to gitmesh with what the init container wrote: the pod's certificate, the mesh's roots;
+    the server must be gitmesh's own identity."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": f"{IDENTITY_DIR}/cert.pem"},
+                        "private_key": {"filename": f"{IDENTITY_DIR}/key.pem"},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": f"{IDENTITY_DIR}/bundle.pem"},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"suffix": SERVER_ID_SUFFIX}}
+                    ],
+                },
+            },
+        },
     }
 
 

@@ -7,6 +7,10 @@ Two webhooks share the server. Pods in namespaces labelled ``gitmesh.dev/inject=
 pod never starts outside the mesh. Pods of other namespaces come to ``/inject-opted-in`` and are
 injected only when annotated ``enabled``; there ``failurePolicy: Ignore``, so gitmesh being down
 never blocks them. Neither webhook sees gitmesh's own namespace or kube-system.
+
+The same server answers ``POST /identity`` (``IDENTITY_PATH``): an injected pod's init container
+sends its projected ServiceAccount token and gets its sidecar's xDS client certificate, when the
+token proves the pod (``gitmesh.inject.identity``).
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import os
 import ssl
 import tempfile
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from gitmesh.certs import ca
-from gitmesh.inject import patch
+from gitmesh.errors import GitmeshError
+from gitmesh.inject import identity, patch
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,9 @@ NAME = "gitmesh-inject"  # the MutatingWebhookConfiguration
 PATHS = {"/inject": True, "/inject-opted-in": False}  # path -> injected unless the pod says otherwise
 NEVER = ("kube-system", "gitmesh-system")  # namespaces neither webhook sees
 MAX_BODY = 4 * 1024 * 1024  # an AdmissionReview of one pod is far smaller
+IDENTITY_PATH = "/identity"
+# A token -> the sidecar's certificate, key and the mesh's roots (PEM); identity.Refused says why not.
+Issuer = Callable[[str], dict[str, str]]
 
 
 def review(body: dict[str, Any], config: patch.Config, *, by_default: bool) -> dict[str, Any]:
@@ -115,13 +124,17 @@ def bundle_patch(ca_bundle: str) -> dict[str, Any]:
 
 class WebhookServer:
     """Serves ``review`` over HTTPS on a thread; ``set_certificate`` swaps the serving certificate
-    for the connections that follow (renewal, a new root)."""
+    for the connections that follow (renewal, a new root), ``config`` may be replaced (the roots
+    injected pods trust); ``issuer`` answers ``IDENTITY_PATH`` (None: not served)."""
 
-    def __init__(self, address: tuple[str, int], config: patch.Config, issued: ca.Issued) -> None:
+    def __init__(
+        self, address: tuple[str, int], config: patch.Config, issued: ca.Issued, issuer: Issuer | None = None
+    ) -> None:
+        self.config = config
         self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.set_certificate(issued)
-        self._httpd = ThreadingHTTPServer(address, _handler(config))
+        self._httpd = ThreadingHTTPServer(address, _handler(self, issuer))
         self._httpd.daemon_threads = True
         # The handshake happens in the request thread, not in accept(): a silent client blocks no other.
         self._httpd.socket = self._context.wrap_socket(
@@ -150,21 +163,41 @@ class WebhookServer:
         self._httpd.server_close()
 
 
-def _handler(config: patch.Config) -> type[BaseHTTPRequestHandler]:
+def _handler(server: WebhookServer, issuer: Issuer | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            by_default = PATHS.get(self.path.partition("?")[0])
+            path = self.path.partition("?")[0]
+            by_default = PATHS.get(path)
+            known = by_default is not None or (path == IDENTITY_PATH and issuer is not None)
             length = int(self.headers.get("Content-Length") or 0)
-            if by_default is None or not 0 < length <= MAX_BODY:
-                self.send_error(404 if by_default is None else 400)
+            if not known or not 0 < length <= MAX_BODY:
+                self.send_error(400 if known else 404)
                 return
             try:
                 body = json.loads(self.rfile.read(length))
             except ValueError:
                 self.send_error(400, "not JSON")
                 return
-            data = json.dumps(review(body, config, by_default=by_default)).encode()
-            self.send_response(200)
+            if by_default is not None:
+                self._send(200, review(body, server.config, by_default=by_default))
+                return
+            assert issuer is not None
+            token = body.get("token") if isinstance(body, dict) else None
+            if not isinstance(token, str) or not token:
+                self._send(400, {"error": 'expected {"token": ...}'})
+                return
+            try:
+                self._send(200, issuer(token))
+            except identity.Refused as e:
+                log.warning("inject: identity refused to %s: %s", self.client_address[0], e)
+                self._send(403, {"error": str(e)})
+            except GitmeshError as e:  # the cluster did not answer: the init container asks again
+                log.warning("inject: cannot check an identity now: %s", e)
+                self._send(503, {"error": "cannot check the token now"})
+
+        def _send(self, status: int, answer: dict[str, Any]) -> None:
+            data = json.dumps(answer).encode()
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

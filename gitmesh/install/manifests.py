@@ -66,6 +66,9 @@ _RULES: list[dict[str, Any]] = [
     # A bearer token sent to the HTTP port: whose it is and whether they may ask for a reconcile.
     {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
     {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+    # An injected pod's token is checked against the pod it is bound to, before its certificate is
+    # issued and on every xDS stream its sidecar opens.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
     # The injection webhook's caBundle, kept to the mesh CA's roots (also through a rotation).
     {
         "apiGroups": ["admissionregistration.k8s.io"],

@@ -1,4 +1,5 @@
-"""Who may ask the controller for a reconcile: the cluster's own authentication and RBAC."""
+"""What the cluster says of a bearer token: who may ask the controller for a reconcile (its own
+authentication and RBAC), and which pod an injected sidecar's token is bound to."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gitmesh.kube.client import Client
+from gitmesh.kube.errors import NotFound
 
 RECONCILE_PERMISSION = {"group": "gitmesh.dev", "resource": "sources", "verb": "reconcile"}
 
@@ -36,6 +38,24 @@ def may_reconcile(client: Client, token: str, source: str) -> Reviewed:
     access = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
     allowed = _review(client, "/apis/authorization.k8s.io/v1/subjectaccessreviews", access).get("allowed")
     return Reviewed(spec["user"], bool(allowed))
+
+
+def token_review(client: Client, token: str, audiences: list[str]) -> dict[str, Any]:
+    """What the cluster says of a token meant for ``audiences`` (the TokenReview's status)."""
+    review = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token, "audiences": audiences},
+    }
+    return _review(client, "/apis/authentication.k8s.io/v1/tokenreviews", review)
+
+
+def pod(client: Client, namespace: str, name: str) -> dict[str, Any] | None:
+    """The pod as the API server has it; None when there is none."""
+    try:
+        return client.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+    except NotFound:
+        return None
 
 
 def _review(client: Client, path: str, review: dict[str, Any]) -> dict[str, Any]:

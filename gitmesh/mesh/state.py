@@ -75,6 +75,7 @@ class Service:
     ref: ServiceRef
     ports: tuple[Port, ...]
     endpoints: Mapping[int, tuple[Endpoint, ...]] = field(default_factory=dict)  # service port -> endpoints
+    cluster_ips: tuple[str, ...] = ()  # what a pod calls it by once DNS answered (none when headless)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ keep it readable by the sidecar only.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from google.protobuf import json_format
 from gitmesh.certs import ca
 from gitmesh.certs.authority import CaState
 from gitmesh.mesh.state import REGEX_MAX_PROGRAM_SIZE, Identity, ServiceRef
-from gitmesh.xds.translate import Proxy, Upstream, local_cluster_name
+from gitmesh.xds.translate import Pod, Proxy, Upstream, local_cluster_name
 
 XDS_CLUSTER = "gitmesh-xds"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"  # ADS is gRPC: HTTP/2
@@ -172,6 +173,8 @@ def proxy_of(node: base_pb2.Node) -> Proxy:
     """The proxy a node describes; ValueError when its metadata lacks what a gitmesh bootstrap puts there."""
     meta = json_format.MessageToDict(node.metadata)
     try:
+        if "pod_uid" in meta:
+            return _pod_proxy(meta)
         return Proxy(
             identity=Identity(str(meta["namespace"]), str(meta["service_account"])),
             service=ServiceRef(str(meta["service_namespace"]), str(meta["service"])),
@@ -184,6 +187,22 @@ def proxy_of(node: base_pb2.Node) -> Proxy:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"node {node.id!r} was not bootstrapped by gitmesh: metadata lacks {e}") from e
+
+
+def _pod_proxy(meta: dict[str, Any]) -> Proxy:
+    """An injected pod's sidecar: what the downward API filled in (``gitmesh.inject.patch``)."""
+    pod = Pod(str(meta["pod_namespace"]), str(meta["pod_name"]), str(meta["pod_uid"]), str(meta["pod_ip"]))
+    if not (pod.namespace and pod.name and pod.uid and meta["service_account"]):
+        raise ValueError("an empty pod field")
+    ipaddress.ip_address(pod.ip)
+    return Proxy(
+        identity=Identity(pod.namespace, str(meta["service_account"])),
+        service=ServiceRef(pod.namespace, ""),
+        app_port=0,
+        outbound_port=int(meta["outbound_port"]),
+        inbound_port=int(meta["inbound_port"]),
+        pod=pod,
+    )
 
 
 def admin_address(node: base_pb2.Node) -> str:

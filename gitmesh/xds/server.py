@@ -203,7 +203,8 @@ class AggregatedDiscoveryServicer:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
             if self._authorize is not None:
                 peer = next(iter(context.auth_context().get("x509_pem_cert", ())), None)
-                refusal = self._authorize(node, peer)
+                # It may ask the cluster (an injected pod's sidecar): off the loop.
+                refusal = await loop.run_in_executor(None, self._authorize, node, peer)
                 if refusal is not None:
                     self._log.warning("refused node %s from %s: %s", node.id, context.peer(), refusal)
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)

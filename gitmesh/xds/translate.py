@@ -1,6 +1,16 @@
 """MeshState + one proxy -> that proxy's Envoy resources. Pure and deterministic.
 
-Sidecars here are local processes, not pods: there is no iptables capture. An
+Sidecars are local processes or pods. A pod's sidecar (``Proxy.pod``) is
+**transparent**: the pod's iptables rules (``gitmesh.inject.capture``) redirect
+what the app sends to the **outbound** listener and what it receives to the
+**inbound** listener, and both read the original destination (``SO_ORIGINAL_DST``).
+Outbound, HTTP to a service port is routed by Host (the service's names and its
+ClusterIP) and TCP by ClusterIP and port; anything else passes through to where it
+was going (``passthrough``). Inbound, each port the pod serves to the mesh takes
+mTLS only and hands traffic on to the app at the address it was sent to; other
+ports pass through.
+
+A local process sidecar has no iptables capture. An
 app reaches HTTP services through its sidecar's **outbound** listener
 (``http://127.0.0.1:<outbound_port>`` with the service as Host). TCP has no Host
 to route by, so each TCP service port an app calls is an **upstream** of its
@@ -20,7 +30,8 @@ Resource names, the one scheme used everywhere (users read them in
 ============================  =====================================================
 cluster, load assignment      ``<namespace>/<service>|<port>``; the local app: ``local|<app_port>``
                               (a static cluster of the sidecar's bootstrap); an external host a
-                              caller's Egress allows: ``egress|<host>:<port>`` (DNS, no assignment)
+                              caller's Egress allows: ``egress|<host>:<port>`` (DNS, no assignment);
+                              a pod's original destination: ``passthrough``
 listener                      ``outbound``, ``inbound``; upstreams: ``outbound|<namespace>/<service>|<port>``
 route configuration           ``outbound``, ``inbound``
 virtual host, filter chain    egress: ``egress|<host>:<port>``, HTTP on ``outbound`` routes, TLS
@@ -49,6 +60,7 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as direct_response_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
@@ -80,6 +92,7 @@ OUTBOUND = "outbound"
 INBOUND = "inbound"
 CLUSTER_DOMAIN = "cluster.local"
 HTTP_RBAC = "envoy.filters.http.rbac"
+PASSTHROUGH = "passthrough"
 
 
 @dataclass(frozen=True, order=True)
@@ -94,9 +107,24 @@ class Upstream:
         return f"{self.service}:{self.port}={self.local_port}"
 
 
+@dataclass(frozen=True, order=True)
+class Pod:
+    """The pod an injected sidecar runs in, as the downward API gives it to its bootstrap."""
+
+    namespace: str
+    name: str
+    uid: str
+    ip: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
 @dataclass(frozen=True)
 class Proxy:
-    """One sidecar, as its bootstrap describes it (node metadata)."""
+    """One sidecar, as its bootstrap describes it (node metadata). A pod's sidecar (``pod``) fronts
+    whatever Services select the pod: its ``service`` names its namespace only (``""``), and its
+    ``app_port`` is unused (traffic goes on to where it was sent)."""
 
     identity: Identity
     service: ServiceRef
@@ -106,6 +134,7 @@ class Proxy:
     upstreams: tuple[Upstream, ...] = ()
     inbound_address: str = "127.0.0.1"  # what the service's endpoints name: the pod's address
     grpc: bool = False  # a proxyless gRPC client (xds:/// targets), not an Envoy sidecar
+    pod: Pod | None = None  # an injected pod's transparent sidecar
 
 
 class AssembledRoutes:
@@ -189,11 +218,13 @@ class Translator:
         self._services = sorted(mesh.services.values(), key=lambda s: s.ref)
         self._reached: dict[Identity, Scope] | None = None
         self._endpoints: dict[Scope, dict[str, message.Message]] = {}
-        self._clusters: dict[tuple[bool, Scope], dict[str, message.Message]] = {}  # by mTLS or not
+        # by mTLS or not, and with pods' passthrough
+        self._clusters: dict[tuple[bool, Scope] | tuple[bool, Scope, str], dict[str, message.Message]] = {}
         self._routes: dict[tuple[str, Scope, Identity | None], AssembledRoutes] = {}
         self._hosts: dict[
             tuple[ServiceRef, int, bool, RetryPolicy | None, Fault | None, ServiceRoutes | None], bytes
         ] = {}
+        self._transparent: dict[tuple[Scope, int], listener_pb2.Listener] = {}
         self._retries = {(r.source, r.destination): r for r in mesh.retries}
         self._faults = {(f.source, f.destination): f for f in mesh.faults}
         self._egress: dict[Identity, list[EgressRule]] = defaultdict(list)
@@ -219,6 +250,8 @@ class Translator:
     def resources(self, proxy: Proxy) -> Resources:
         if proxy.grpc:
             return self._grpc_client(proxy)
+        if proxy.pod is not None:
+            return self._pod_resources(proxy, proxy.pod)
         # The fault filter does nothing but where a route's per-filter config says so.
         faults = [_http_filter(policy.FAULT_FILTER, fault_pb2.HTTPFault())] if self.mesh.faults else []
         outbound = _http_listener(OUTBOUND, "127.0.0.1", proxy.outbound_port, http_filters=faults)
@@ -250,6 +283,55 @@ class Translator:
                 INBOUND: _inbound_routes(self.mesh, proxy, self.trust_domain, ingress, rates),
             },
         }
+
+    def _pod_resources(self, proxy: Proxy, pod: Pod) -> Resources:
+        scope = self._scope(proxy.identity)
+        return {
+            resources.CLUSTER: self._mesh_clusters(scope, mtls=True, passthrough=True),
+            resources.ENDPOINT: self._load_assignments(scope),
+            resources.LISTENER: {
+                OUTBOUND: self._transparent_outbound(scope, proxy.outbound_port),
+                INBOUND: _transparent_inbound(self.mesh, proxy, pod, self.trust_domain),
+            },
+            resources.ROUTE: {
+                OUTBOUND: self._outbound_routes(proxy),
+                # IngressBackend and rate limits reach host sidecars only so far (README "Policies").
+                INBOUND: _inbound_routes(self.mesh, proxy, self.trust_domain, None, None, PASSTHROUGH),
+            },
+        }
+
+    def _transparent_outbound(self, scope: Scope, port: int) -> listener_pb2.Listener:
+        """What a pod sends, by original destination: a chain per HTTP service port (routed by Host,
+        over the ClusterIPs with that port), one per TCP service port (its ClusterIPs), and the rest
+        passed through. Shared by the pods of a scope."""
+        if (scope, port) in self._transparent:
+            return self._transparent[(scope, port)]
+        faults = [_http_filter(policy.FAULT_FILTER, fault_pb2.HTTPFault())] if self.mesh.faults else []
+        http: dict[int, list[str]] = defaultdict(list)
+        chains = []
+        for svc in self._reachable(scope):
+            for p in svc.ports:
+                if not svc.cluster_ips or p.protocol != "TCP":
+                    continue
+                if p.is_http:
+                    http[p.port] += svc.cluster_ips
+                    continue
+                tcp = _tcp_proxy(self.mesh, svc.ref, p.port, f"{OUTBOUND}|{cluster_name(svc.ref, p.port)}")
+                chains.append(
+                    listener_components_pb2.FilterChain(
+                        name=cluster_name(svc.ref, p.port),
+                        filter_chain_match=_destination(svc.cluster_ips, p.port),
+                        filters=[_network_filter("envoy.filters.network.tcp_proxy", tcp)],
+                    )
+                )
+        for number, ips in sorted(http.items()):
+            chain = _http_listener(OUTBOUND, "", 0, http_filters=faults).filter_chains[0]
+            chain.name = f"{OUTBOUND}|{number}"
+            chain.filter_chain_match.CopyFrom(_destination(ips, number))
+            chains.append(chain)
+        listener = _transparent_listener(OUTBOUND, port, chains)
+        self._transparent[(scope, port)] = listener
+        return listener
 
     def _grpc_client(self, proxy: Proxy) -> Resources:
         """What a proxyless gRPC client needs: an API listener per HTTP service port, named as its
@@ -316,7 +398,14 @@ class Translator:
             }
         return self._endpoints[scope]
 
-    def _mesh_clusters(self, scope: Scope, *, mtls: bool) -> dict[str, message.Message]:
+    def _mesh_clusters(
+        self, scope: Scope, *, mtls: bool, passthrough: bool = False
+    ) -> dict[str, message.Message]:
+        if passthrough:
+            key = (True, scope, PASSTHROUGH)
+            if key not in self._clusters:
+                self._clusters[key] = {**self._mesh_clusters(scope, mtls=True), PASSTHROUGH: _passthrough()}
+            return self._clusters[key]
         if (mtls, scope) not in self._clusters:
             limits = {lim.service: lim for lim in self.mesh.limits}
             self._clusters[(mtls, scope)] = {
@@ -449,10 +538,24 @@ def _http_listener(
 
 def _upstream_listener(mesh: MeshState, upstream: Upstream) -> listener_pb2.Listener:
     """A local port proxying each connection to the service, or by weight to a split's backends."""
-    split = mesh.splits.get((upstream.service, upstream.port))
-    tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=upstream_listener_name(upstream))
+    tcp = _tcp_proxy(mesh, upstream.service, upstream.port, upstream_listener_name(upstream))
+    return listener_pb2.Listener(
+        name=upstream_listener_name(upstream),
+        address=_address("127.0.0.1", upstream.local_port),
+        filter_chains=[
+            listener_components_pb2.FilterChain(
+                filters=[_network_filter("envoy.filters.network.tcp_proxy", tcp)]
+            )
+        ],
+    )
+
+
+def _tcp_proxy(mesh: MeshState, service: ServiceRef, port: int, stat_prefix: str) -> tcp_proxy_pb2.TcpProxy:
+    """Each connection to the service, or by weight to a split's backends."""
+    split = mesh.splits.get((service, port))
+    tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix)
     if split is None:
-        tcp.cluster = cluster_name(upstream.service, upstream.port)
+        tcp.cluster = cluster_name(service, port)
     else:
         tcp.weighted_clusters.CopyFrom(
             tcp_proxy_pb2.TcpProxy.WeightedCluster(
@@ -465,15 +568,7 @@ def _upstream_listener(mesh: MeshState, upstream: Upstream) -> listener_pb2.List
                 ]
             )
         )
-    return listener_pb2.Listener(
-        name=upstream_listener_name(upstream),
-        address=_address("127.0.0.1", upstream.local_port),
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[_network_filter("envoy.filters.network.tcp_proxy", tcp)]
-            )
-        ],
-    )
+    return tcp
 
 
 def _inbound_listener(
@@ -602,6 +697,18 @@ def _inbound_tcp_listener(
     listener = listener_pb2.Listener(
         name=INBOUND, address=_address(proxy.inbound_address, proxy.inbound_port)
     )
+    listener.filter_chains.append(_inbound_tcp_chain(mesh, proxy, ports, trust_domain, tcp, connection_rate))
+    return listener
+
+
+def _inbound_tcp_chain(
+    mesh: MeshState,
+    proxy: Proxy,
+    ports: set[int],
+    trust_domain: str,
+    tcp: tcp_proxy_pb2.TcpProxy,
+    connection_rate: Sequence[listener_components_pb2.Filter] = (),
+) -> listener_components_pb2.FilterChain:
     if mesh.permissive:
         callers: list[Identity] | None = None  # any mesh certificate
     else:
@@ -614,15 +721,85 @@ def _inbound_tcp_listener(
         )
     if callers == []:  # a listener needs a chain: one that closes every connection without a word
         refuse = _network_filter("envoy.filters.network.direct_response", direct_response_pb2.Config())
-        listener.filter_chains.append(listener_components_pb2.FilterChain(filters=[refuse]))
-        return listener
-    listener.filter_chains.append(
-        listener_components_pb2.FilterChain(
-            filters=[*connection_rate, _network_filter("envoy.filters.network.tcp_proxy", tcp)],
-            transport_socket=tls.downstream(callers, trust_domain),
-        )
+        return listener_components_pb2.FilterChain(filters=[refuse])
+    return listener_components_pb2.FilterChain(
+        filters=[*connection_rate, _network_filter("envoy.filters.network.tcp_proxy", tcp)],
+        transport_socket=tls.downstream(callers, trust_domain),
     )
-    return listener
+
+
+def _pod_ports(mesh: MeshState, pod: Pod) -> dict[int, bool]:
+    """The ports the pod serves the mesh on (the target ports of its Services' endpoints at its
+    address; while it has none yet, those of every Service of its namespace) -> whether HTTP."""
+    mine: dict[int, bool] = {}
+    namespace: dict[int, bool] = {}
+    for svc in mesh.services.values():
+        if svc.ref.namespace != pod.namespace:
+            continue
+        for port in svc.ports:
+            for e in svc.endpoints.get(port.port, ()):
+                found = mine if e.address == pod.ip else namespace
+                found[e.port] = found.get(e.port, False) or port.is_http
+    return mine or namespace
+
+
+def _transparent_inbound(mesh: MeshState, proxy: Proxy, pod: Pod, trust_domain: str) -> listener_pb2.Listener:
+    """What a pod receives, by original destination port: on the ports it serves the mesh, mTLS
+    only (HTTP checked per request as ``_inbound_http_listener`` does, TCP in the handshake), then on
+    to the app at the address it was sent to; other ports pass through (the app's own business)."""
+    chains = []
+    for port, is_http in sorted(_pod_ports(mesh, pod).items()):
+        if is_http:
+            chain = _inbound_http_listener(mesh, proxy, trust_domain, None, (), ()).filter_chains[0]
+        else:
+            tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=f"{INBOUND}|{port}", cluster=PASSTHROUGH)
+            chain = _inbound_tcp_chain(mesh, proxy, {port}, trust_domain, tcp)
+        chain.name = f"{INBOUND}|{port}"
+        chain.filter_chain_match.destination_port.value = port
+        chains.append(chain)
+    return _transparent_listener(INBOUND, proxy.inbound_port, chains)
+
+
+def _transparent_listener(
+    name: str, port: int, chains: Sequence[listener_components_pb2.FilterChain]
+) -> listener_pb2.Listener:
+    """A capture port: the original destination restored, then matched against ``chains``; what
+    none matches goes on to that destination as it came."""
+    original = listener_components_pb2.ListenerFilter(
+        name="envoy.filters.listener.original_dst", typed_config=_typed(original_dst_pb2.OriginalDst())
+    )
+    passthrough = tcp_proxy_pb2.TcpProxy(stat_prefix=f"{name}|{PASSTHROUGH}", cluster=PASSTHROUGH)
+    return listener_pb2.Listener(
+        name=name,
+        address=_address("0.0.0.0", port),
+        listener_filters=[original],
+        filter_chains=chains,
+        default_filter_chain=listener_components_pb2.FilterChain(
+            name=PASSTHROUGH, filters=[_network_filter("envoy.filters.network.tcp_proxy", passthrough)]
+        ),
+    )
+
+
+def _destination(ips: Sequence[str], port: int) -> listener_components_pb2.FilterChainMatch:
+    ranges = [
+        address_pb2.CidrRange(
+            address_prefix=ip, prefix_len=wrappers_pb2.UInt32Value(value=32 if "." in ip else 128)
+        )
+        for ip in sorted(set(ips), key=ipaddress.ip_address)
+    ]
+    return listener_components_pb2.FilterChainMatch(
+        destination_port=wrappers_pb2.UInt32Value(value=port), prefix_ranges=ranges
+    )
+
+
+def _passthrough() -> cluster_pb2.Cluster:
+    """Connections on to their original destination (the proxy's own UID is exempt from capture)."""
+    return cluster_pb2.Cluster(
+        name=PASSTHROUGH,
+        type=cluster_pb2.Cluster.ORIGINAL_DST,
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        connect_timeout=duration_pb2.Duration(seconds=1),
+    )
 
 
 def _callers_only(callers: Sequence[Identity], trust_domain: str) -> listener_components_pb2.Filter:
@@ -675,6 +852,8 @@ def _virtual_host(
     ]
     if short:
         names.insert(0, svc.ref.name)
+    # A pod calling the ClusterIP (what the name resolves to) sends it as the Host.
+    names += [f"[{ip}]" if ":" in ip else ip for ip in svc.cluster_ips]
     return route_components_pb2.VirtualHost(
         name=cluster_name(svc.ref, port.port),
         domains=[f"{n}:{port.port}" for n in names] + (names if first else []),
@@ -776,11 +955,13 @@ def _inbound_routes(
     trust_domain: str,
     ingress: IngressRule | None,
     rates: ConnectionLimits | None,
+    local_cluster: str = "",
 ) -> route_pb2.RouteConfiguration:
-    """Every request to the local app, checked against the routes each caller is allowed
-    (no rules at all in permissive mode; every request of an ingress identity to its port).
-    Paths with request rates of their own have routes of their own, each with its bucket."""
-    local_cluster = local_cluster_name(proxy.app_port)
+    """Every request to the local app (``local_cluster``, by default the sidecar's static one),
+    checked against the routes each caller is allowed (no rules at all in permissive mode; every
+    request of an ingress identity to its port). Paths with request rates of their own have routes
+    of their own, each with its bucket."""
+    local_cluster = local_cluster or local_cluster_name(proxy.app_port)
     to_app = route_components_pb2.RouteAction(cluster=local_cluster)
     routes = [
         route_components_pb2.Route(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import json
 import subprocess
 import sys
@@ -17,13 +18,20 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from envoy.config.core.v3 import base_pb2
+from google.protobuf import json_format, struct_pb2
 
 from gitmesh.certs import ca, store
-from gitmesh.certs.authority import advance, begin_rotation
-from gitmesh.controller.inject import InjectWebhook, bundle_writer
-from gitmesh.inject import patch, webhook
+from gitmesh.certs.authority import CaState, MeshCA, advance, begin_rotation
+from gitmesh.cli.inject import fetch_identity
+from gitmesh.controller.inject import InjectWebhook, PodIdentities, bundle_writer
+from gitmesh.errors import GitmeshError
+from gitmesh.inject import identity, patch, webhook
+from gitmesh.kube import review
 from gitmesh.kube.client import Client
 from gitmesh.mesh.state import Identity
+from gitmesh.serve import MeshPublisher
+from gitmesh.xds.bootstrap import SERVER_IDENTITY
 from tests.kube import Cluster
 
 pytestmark = pytest.mark.integration
@@ -117,9 +125,21 @@ def test_the_apiserver_injects_pods_of_labelled_namespaces_only(registered: Clus
         "POD_NAME": "a",
         "POD_NAMESPACE": "meshed",
         "POD_UID": "u",
+        "POD_IP": "10.244.0.3",
         "SERVICE_ACCOUNT": "default",
     }.items():
         text = text.replace(f"$({name})", value)
+    # What the init container writes: the pod's certificate, its key, the mesh's roots.
+    now = datetime.datetime.now(datetime.UTC)
+    root = ca.new_root(ca.DEFAULT_TRUST_DOMAIN, now)
+    issued = ca.issue(root, ca.DEFAULT_TRUST_DOMAIN, Identity("meshed", "default"), now)
+    for name, pem in (
+        ("cert.pem", issued.cert_pem),
+        ("key.pem", issued.key_pem),
+        ("bundle.pem", root.cert_pem),
+    ):
+        (tmp_path / name).write_text(pem)
+    text = text.replace(patch.IDENTITY_DIR, str(tmp_path))
     envoy = Path(sys.executable).parent / "envoy"
     checked = subprocess.run(
         [str(envoy), "--mode", "validate", "--config-yaml", text], capture_output=True, text=True, timeout=60
@@ -181,3 +201,153 @@ def test_the_controller_keeps_the_ca_bundle_and_its_certificate_through_a_root_r
     finally:
         served.stop()
         cluster.stop()
+
+
+# --- pod identity: projected tokens, TokenReview and the pods they are bound to ---
+
+
+def _pod_with(cluster: Cluster, namespace: str, name: str, account: str, ip: str) -> dict[str, Any]:
+    """A pod of ``account`` (no node runs it here), its status saying it is at ``ip``."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"serviceAccountName": account, "containers": [{"name": "app", "image": "x"}]},
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    status = json.dumps({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}})
+    cluster.kubectl(
+        "-n", namespace, "patch", "pod", name, "--subresource=status", "--type=merge", "-p", status
+    )
+    created: dict[str, Any] = json.loads(
+        cluster.kubectl("-n", namespace, "get", "pod", name, "-o", "json").stdout
+    )
+    return created
+
+
+def _token(cluster: Cluster, namespace: str, account: str, *args: str) -> str:
+    return cluster.kubectl("-n", namespace, "create", "token", account, *args).stdout.strip()
+
+
+def _bound(cluster: Cluster, pod: dict[str, Any], audience: str = identity.AUDIENCE) -> str:
+    meta = pod["metadata"]
+    return _token(
+        cluster,
+        meta["namespace"],
+        pod["spec"]["serviceAccountName"],
+        f"--audience={audience}",
+        "--bound-object-kind=Pod",
+        f"--bound-object-name={meta['name']}",
+        f"--bound-object-uid={meta['uid']}",
+    )
+
+
+def _node(pod: dict[str, Any], account: str) -> base_pb2.Node:
+    """The node an injected sidecar of ``pod`` sends, claiming ServiceAccount ``account``."""
+    meta = pod["metadata"]
+    metadata = {
+        "pod_name": meta["name"],
+        "pod_namespace": meta["namespace"],
+        "pod_uid": meta["uid"],
+        "pod_ip": pod["status"]["podIP"],
+        "service_account": account,
+        "inbound_port": 15006,
+        "outbound_port": 15001,
+    }
+    node = base_pb2.Node(id=f"{meta['namespace']}/{meta['name']}")
+    node.metadata.CopyFrom(json_format.ParseDict(metadata, struct_pb2.Struct()))
+    return node
+
+
+@pytest.fixture
+def shop(add_kube_cluster: Any) -> Iterator[tuple[Cluster, dict[str, dict[str, Any]]]]:
+    """A cluster with two ServiceAccounts of namespace shop, web and db, and a pod of each."""
+    cluster = add_kube_cluster()
+    namespace(cluster, "shop", {patch.INJECT: "enabled"})
+    for account in ("web", "db"):
+        cluster.kubectl("-n", "shop", "create", "serviceaccount", account)
+    pods = {
+        "web": _pod_with(cluster, "shop", "web-1", "web", "10.244.0.21"),
+        "db": _pod_with(cluster, "shop", "db-1", "db", "10.244.0.22"),
+    }
+    try:
+        yield cluster, pods
+    finally:
+        cluster.stop()
+
+
+def test_a_pods_token_gets_a_certificate_for_its_own_service_account_only(
+    shop: tuple[Cluster, dict[str, dict[str, Any]]],
+) -> None:
+    cluster, pods = shop
+    client = Client.connect(str(cluster.kubeconfig))
+    now = datetime.datetime.now(datetime.UTC)
+    mesh_ca = MeshCA(CaState(ca.DEFAULT_TRUST_DOMAIN, (ca.new_root(ca.DEFAULT_TRUST_DOMAIN, now),)))
+    issuer = PodIdentities(client, mesh_ca)
+
+    for account, pod in pods.items():
+        answer = issuer.issue(_bound(cluster, pod))
+        assert ca.identity_of(answer["cert_pem"], ca.DEFAULT_TRUST_DOMAIN) == Identity("shop", account)
+        assert answer["bundle_pem"] == "".join(mesh_ca.bundle())
+
+    refusals = {
+        "another audience": _bound(cluster, pods["web"], audience="https://kubernetes.default.svc"),
+        "not bound to a pod": _token(cluster, "shop", "web", "--audience=gitmesh"),
+        "not a token": "not-a-token",
+    }
+    for why, token in refusals.items():
+        with pytest.raises(identity.Refused):
+            issuer.issue(token)
+            pytest.fail(why)
+
+    # A deleted pod's token proves nothing any more.
+    token = _bound(cluster, pods["db"])
+    cluster.kubectl("-n", "shop", "delete", "pod", "db-1", "--grace-period=0", "--force")
+    with pytest.raises(identity.Refused):
+        issuer.issue(token)
+
+
+def test_a_sidecar_claiming_another_pods_identity_in_its_node_is_refused(
+    shop: tuple[Cluster, dict[str, dict[str, Any]]],
+) -> None:
+    cluster, pods = shop
+    client = Client.connect(str(cluster.kubeconfig))
+    publisher = MeshPublisher(pods=functools.partial(review.pod, client))
+    now = datetime.datetime.now(datetime.UTC)
+    web_cert = publisher.ca.certificate(Identity("shop", "web"), now).cert_pem.encode()
+
+    assert publisher.authorize(_node(pods["web"], "web"), web_cert) is None
+    # web's certificate, claiming db's pod (as db, or as web): refused either way.
+    assert "certificate is for shop/web" in str(publisher.authorize(_node(pods["db"], "db"), web_cert))
+    assert "runs as ServiceAccount db" in str(publisher.authorize(_node(pods["db"], "web"), web_cert))
+    # Its own pod, with another UID (a pod of that name made again) or another address: refused.
+    stale = _node({**pods["web"], "metadata": {**pods["web"]["metadata"], "uid": "0000"}}, "web")
+    assert "has UID" in str(publisher.authorize(stale, web_cert))
+    moved = _node({**pods["web"], "status": {"podIP": "10.244.0.99"}}, "web")
+    assert "is not at 10.244.0.99" in str(publisher.authorize(moved, web_cert))
+    # Outside a cluster, no pod's sidecar is served.
+    assert "only from a cluster" in str(MeshPublisher().authorize(_node(pods["web"], "web"), web_cert))
+
+
+def test_the_init_container_trades_the_token_over_https_checked_against_the_mesh_roots(
+    shop: tuple[Cluster, dict[str, dict[str, Any]]],
+) -> None:
+    cluster, pods = shop
+    client = Client.connect(str(cluster.kubeconfig))
+    now = datetime.datetime.now(datetime.UTC)
+    root = ca.new_root(ca.DEFAULT_TRUST_DOMAIN, now)
+    mesh_ca = MeshCA(CaState(ca.DEFAULT_TRUST_DOMAIN, (root,)))
+    serving = mesh_ca.certificate(SERVER_IDENTITY, now, "127.0.0.1")
+    server = webhook.WebhookServer(("127.0.0.1", 0), CONFIG, serving, PodIdentities(client, mesh_ca).issue)
+    server.start()
+    url = f"https://127.0.0.1:{server.port}{webhook.IDENTITY_PATH}"
+    try:
+        answer = fetch_identity(url, _bound(cluster, pods["web"]), root.cert_pem, wait=0)
+        assert ca.identity_of(answer["cert_pem"], ca.DEFAULT_TRUST_DOMAIN) == Identity("shop", "web")
+        with pytest.raises(GitmeshError, match="refused the pod's identity"):
+            fetch_identity(url, _token(cluster, "shop", "web", "--audience=gitmesh"), root.cert_pem, wait=0)
+        other = ca.new_root(ca.DEFAULT_TRUST_DOMAIN, now).cert_pem  # not the mesh's: not trusted
+        with pytest.raises(GitmeshError, match="no certificate"):
+            fetch_identity(url, _bound(cluster, pods["web"]), other, wait=0)
+    finally:
+        server.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+from dataclasses import replace
 from typing import Any
 
 import jsonpatch
@@ -13,8 +14,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from gitmesh.certs import ca
 from gitmesh.cli import cli
 from gitmesh.inject import capture, patch, webhook
+from gitmesh.xds.bootstrap import SERVER_IDENTITY
 
 CONFIG = patch.Config("localhost/envoy:1", "localhost/gitmesh:dev", "gitmesh.gitmesh-system.svc", 15010)
 CONFIG_ARGS = ["--xds-address", "gitmesh.gitmesh-system.svc:15010"]
@@ -64,9 +67,14 @@ def test_a_pod_gets_capture_then_a_native_sidecar_then_its_own_init_containers()
     proxy = spec["initContainers"][1]
     assert proxy["restartPolicy"] == "Always"
     assert proxy["securityContext"]["runAsUser"] == CONFIG.proxy_uid
-    assert [v["name"] for v in spec["volumes"]] == ["data", patch.TOKEN_VOLUME]
+    assert [v["name"] for v in spec["volumes"]] == ["data", patch.TOKEN_VOLUME, patch.IDENTITY_VOLUME]
     token = spec["volumes"][1]["projected"]["sources"][0]["serviceAccountToken"]
     assert token["audience"] == patch.TOKEN_AUDIENCE
+    # The token goes to the init container alone; the certificate it gets, to the proxy too.
+    init = spec["initContainers"][0]
+    assert {m["name"] for m in init["volumeMounts"]} == {patch.TOKEN_VOLUME, patch.IDENTITY_VOLUME}
+    assert [m["name"] for m in proxy["volumeMounts"]] == [patch.IDENTITY_VOLUME]
+    assert proxy["volumeMounts"][0]["readOnly"] is True
     assert result["metadata"]["annotations"] == {patch.INJECTED: "true"}
     assert spec["containers"] == [app()]  # no probes: the app is left as it was
 
@@ -77,12 +85,35 @@ def test_the_bootstrap_carries_no_identity_only_the_downward_api() -> None:
     bootstrap = json.loads(proxy["args"][1])
     assert bootstrap["node"]["id"] == "$(POD_NAMESPACE)/$(POD_NAME)"
     assert bootstrap["node"]["metadata"]["service_account"] == "$(SERVICE_ACCOUNT)"
-    assert {e["name"] for e in proxy["env"]} == {"POD_NAME", "POD_NAMESPACE", "POD_UID", "SERVICE_ACCOUNT"}
+    assert {e["name"] for e in proxy["env"]} == {
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "POD_UID",
+        "POD_IP",
+        "SERVICE_ACCOUNT",
+    }
     text = proxy["args"][1]
-    assert "BEGIN" not in text and "tls" not in text  # no certificate, no key: nothing issued
+    assert "BEGIN" not in text  # no certificate, no key: nothing issued at injection
     xds = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "gitmesh-xds")
     address = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     assert address["socket_address"] == {"address": CONFIG.xds_host, "port_value": CONFIG.xds_port}
+    # mTLS to gitmesh with the files the init container writes; the server must be gitmesh itself.
+    context = xds["transport_socket"]["typed_config"]["common_tls_context"]
+    assert context["tls_certificates"][0]["private_key"] == {"filename": f"{patch.IDENTITY_DIR}/key.pem"}
+    names = context["validation_context"]["match_typed_subject_alt_names"]
+    assert names == [{"san_type": "URI", "matcher": {"suffix": patch.SERVER_ID_SUFFIX}}]
+    assert ca.spiffe_id("any.domain", SERVER_IDENTITY).endswith(patch.SERVER_ID_SUFFIX)
+
+
+def test_the_init_container_trades_the_token_for_the_certificate_before_capture() -> None:
+    config = replace(CONFIG, ca_bundle="-----BEGIN CERTIFICATE-----\n")
+    init = jsonpatch.apply_patch(pod(), patch.object_patch(pod(), config))["spec"]["initContainers"][0]
+    args = init["args"]
+    assert (
+        args[args.index("--identity-url") + 1] == f"https://{CONFIG.xds_host}:{CONFIG.identity_port}/identity"
+    )
+    assert args[args.index("--token-file") + 1] == f"{patch.TOKEN_DIR}/token"
+    assert init["env"] == [{"name": patch.CA_BUNDLE_ENV, "value": config.ca_bundle}]
 
 
 @pytest.mark.parametrize(
@@ -156,7 +187,14 @@ def test_an_http_probe_goes_to_the_health_port_and_on_to_the_app() -> None:
     route = next(r for r in routes if r["match"]["path"] == "/app-health/app/readinessProbe")
     assert route["route"] == {"cluster": "app-8080", "prefix_rewrite": "/healthz"}
     assert route["request_headers_to_add"] == [{"header": {"key": "X-Probe", "value": "1"}}]
-    assert {c["name"] for c in bootstrap["static_resources"]["clusters"]} == {"app-8080", "gitmesh-xds"}
+    assert {c["name"] for c in bootstrap["static_resources"]["clusters"]} == {
+        "app-8080",
+        patch.ADMIN_CLUSTER,
+        "gitmesh-xds",
+    }
+    # The sidecar is ready when Envoy's admin interface says it is live (configured).
+    ready = next(r for r in routes if r["match"]["path"] == "/ready")
+    assert ready["route"] == {"cluster": patch.ADMIN_CLUSTER}
     assert (
         "8080"
         not in init_args(result["spec"])[init_args(result["spec"]).index("--exclude-inbound-ports") + 1]

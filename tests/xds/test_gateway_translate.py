@@ -21,7 +21,7 @@ from gitmesh.xds.translate import Proxy, translate
 from tests.conftest import EXAMPLE_REPO
 from tests.factory import mesh_config
 from tests.xds.envoy import ENVOY
-from tests.xds.test_translate import BOOKBUYER, BOOKTHIEF, _as_static_bootstrap
+from tests.xds.test_translate import BOOKBUYER, BOOKTHIEF, as_static_bootstrap
 
 ROUTE = """
 apiVersion: gateway.networking.k8s.io/v1
@@ -131,7 +131,7 @@ def test_a_consumer_route_serves_its_namespace_and_the_producer_route_the_others
 )
 def test_real_envoy_accepts_the_routes(routes: tuple[str, ...], tmp_path: Path) -> None:
     config = tmp_path / "bootstrap.json"
-    bootstrap: dict[str, Any] = _as_static_bootstrap(translate(gamma_example(*routes), BOOKBUYER), BOOKBUYER)
+    bootstrap: dict[str, Any] = as_static_bootstrap(translate(gamma_example(*routes), BOOKBUYER), BOOKBUYER)
     config.write_text(json.dumps(bootstrap))
     result = subprocess.run(
         [ENVOY, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id", "-l", "error"],
@@ -170,7 +170,7 @@ def test_a_grpc_route_s_methods_are_paths_after_the_http_route_s_rules() -> None
 @pytest.mark.integration
 def test_real_envoy_accepts_a_grpc_route(tmp_path: Path) -> None:
     config = tmp_path / "bootstrap.json"
-    config.write_text(json.dumps(_as_static_bootstrap(translate(gamma_example(GRPC), BOOKBUYER), BOOKBUYER)))
+    config.write_text(json.dumps(as_static_bootstrap(translate(gamma_example(GRPC), BOOKBUYER), BOOKBUYER)))
     result = subprocess.run(
         [ENVOY, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id", "-l", "error"],
         capture_output=True,

@@ -34,7 +34,7 @@ from gitmesh.mesh.state import (
 from gitmesh.xds import resources
 from gitmesh.xds.translate import Proxy, Resources, translate
 from tests.xds.envoy import ENVOY
-from tests.xds.test_translate import BOOKBUYER, BOOKSTORE, BOOKTHIEF, MYSQL_V1, _as_static_bootstrap, example
+from tests.xds.test_translate import BOOKBUYER, BOOKSTORE, BOOKTHIEF, MYSQL_V1, as_static_bootstrap, example
 from tests.xds.test_translate import WAREHOUSE as WAREHOUSE_PROXY
 
 WAREHOUSE = ServiceRef("bookwarehouse", "bookwarehouse")
@@ -282,7 +282,7 @@ def test_the_rate_limit_statuses_are_envoys() -> None:
 )
 def test_real_envoy_accepts_the_policies(mesh: Callable[[], MeshState], proxy: Proxy, tmp_path: Path) -> None:
     config = tmp_path / "bootstrap.json"
-    config.write_text(json.dumps(_as_static_bootstrap(translate(mesh(), proxy), proxy)))
+    config.write_text(json.dumps(as_static_bootstrap(translate(mesh(), proxy), proxy)))
     result = subprocess.run(
         [ENVOY, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id", "-l", "error"],
         capture_output=True,

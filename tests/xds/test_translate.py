@@ -322,7 +322,7 @@ def test_the_secrets_hold_the_identity_certificate_and_the_bundle() -> None:
     assert got["trust-bundle"].validation_context.trusted_ca.inline_string == "ROOT1\nROOT2\n"
 
 
-def _as_static_bootstrap(res: Resources, proxy: Proxy) -> dict[str, Any]:
+def as_static_bootstrap(res: Resources, proxy: Proxy) -> dict[str, Any]:
     """The proxy's resources as a static bootstrap, so Envoy's validate mode can judge them."""
 
     def js(m: Any) -> dict[str, Any]:
@@ -330,7 +330,8 @@ def _as_static_bootstrap(res: Resources, proxy: Proxy) -> dict[str, Any]:
         return json.loads(json_format.MessageToJson(m).replace('"sdsConfig"', '"_sds"'), object_hook=_no_sds)
 
     own = bootstrap(proxy, xds_host="127.0.0.1", xds_port=1, admin_port=0)["static_resources"]["clusters"]
-    clusters = [c for c in own if c["name"] != "gitmesh-xds"]
+    # A pod's sidecar has no local app cluster: traffic goes on to its original destination.
+    clusters = [c for c in own if c["name"] != "gitmesh-xds" and proxy.pod is None]
     for name, c in res[resources.CLUSTER].items():
         d = js(c)
         if "edsClusterConfig" in d:
@@ -341,10 +342,12 @@ def _as_static_bootstrap(res: Resources, proxy: Proxy) -> dict[str, Any]:
     listeners = []
     for listener in res[resources.LISTENER].values():
         d = js(listener)
-        for f in d["filterChains"][0]["filters"]:
-            if f["name"] == "envoy.filters.network.http_connection_manager":
-                route = f["typedConfig"].pop("rds")["routeConfigName"]
-                f["typedConfig"]["routeConfig"] = js(res[resources.ROUTE][route])
+        default = [d["defaultFilterChain"]] if "defaultFilterChain" in d else []
+        for chain in [*d.get("filterChains", []), *default]:
+            for f in chain["filters"]:
+                if f["name"] == "envoy.filters.network.http_connection_manager":
+                    route = f["typedConfig"].pop("rds")["routeConfigName"]
+                    f["typedConfig"]["routeConfig"] = js(res[resources.ROUTE][route])
         listeners.append(d)
     return {
         "node": {"id": "validate", "cluster": "validate"},
@@ -404,7 +407,7 @@ def _secrets(proxy: Proxy) -> dict[str, Any]:
 @pytest.mark.parametrize("permissive", [False, True], ids=["rbac", "permissive"])
 def test_real_envoy_accepts_the_translation(proxy: Proxy, permissive: bool, tmp_path: Path) -> None:
     config = tmp_path / "bootstrap.json"
-    config.write_text(json.dumps(_as_static_bootstrap(translate(example(permissive), proxy), proxy)))
+    config.write_text(json.dumps(as_static_bootstrap(translate(example(permissive), proxy), proxy)))
     result = subprocess.run(
         [ENVOY, "--mode", "validate", "-c", str(config), "--use-dynamic-base-id", "-l", "error"],
         capture_output=True,
