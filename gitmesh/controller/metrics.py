@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-FLEET_COMPLIANCE = "gitmesh_fleet_cluster_compliance"
+from gitmesh.metrics.prometheus import FLEET_COMPLIANCE
 
 
 class FleetMember(Protocol):

@@ -9,11 +9,12 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from gitmesh.controller import console
-from gitmesh.controller.metrics import FLEET_COMPLIANCE, Metrics
+from gitmesh.controller.metrics import Metrics
 from gitmesh.errors import ClusterError
 from gitmesh.fleet import model
 from gitmesh.fleet.hub import Hub
 from gitmesh.fleet.view import FleetView
+from gitmesh.metrics.prometheus import FLEET_COMPLIANCE
 from tests.unit.test_console import view
 
 NOW = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
