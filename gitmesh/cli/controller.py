@@ -337,10 +337,11 @@ def run_command(
     view = _fleet_view(fleet_view) if fleet_view else None
     if view:
         options = dataclasses.replace(options, fleet=view.members)
-        err.print(f"Showing the fleet of {view.hub.client.server}")
-        view.start()
     settings = target.open()
     try:
+        if view:
+            view.start()
+            err.print(f"Showing the fleet of {view.hub.client.server}")
         try:
             elector = _elector(settings) if leader_election else None
         except click.UsageError:
