@@ -336,7 +336,7 @@ def run_command(
     logs.setup(log_format)
     view = _fleet_view(fleet_view) if fleet_view else None
     if view:
-        options = dataclasses.replace(options, fleet=view.members)
+        options = dataclasses.replace(options, fleet=view)
     settings = target.open()
     try:
         if view:

@@ -19,7 +19,7 @@ from importlib import resources
 from typing import Any
 
 from gitmesh.apis import read
-from gitmesh.controller.metrics import FleetMember
+from gitmesh.controller.metrics import Fleet, FleetMember
 from gitmesh.errors import MetricsError
 from gitmesh.mesh.state import MeshState
 from gitmesh.metrics import envoy, model
@@ -54,6 +54,7 @@ class View:
     mesh: MeshState  # what is live: who may call whom, the splits, the policies
     error: str = ""  # why the stats could not be read, when they could not
     fleet: Sequence[FleetMember] | None = None  # the fleet's members, when a hub is shown
+    fleet_error: str = ""  # why the hub could not be read, when it could not
 
 
 class Console:
@@ -66,7 +67,7 @@ class Console:
         rollouts: Callable[[], Mapping[str, Rollout]],
         records: Callable[[], list[SourceRecord]],
         mesh: Callable[[], MeshState],
-        fleet: Callable[[], Sequence[FleetMember]] | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.report = report
         self.fleet = fleet
@@ -107,7 +108,8 @@ class Console:
                 self.report(),
                 self.mesh(),
                 error,
-                self.fleet() if self.fleet else None,
+                self.fleet.members() if self.fleet else None,
+                self.fleet.error if self.fleet else "",
             )
             self._view = (now, view)
             return view
@@ -182,7 +184,7 @@ def fragments(view: View) -> dict[str, str]:
         "mesh": _mesh(view.mesh),
     }
     if view.fleet is not None:
-        parts["fleet"] = _fleet(view.fleet, view.at)
+        parts["fleet"] = _fleet(view.fleet, view.at, view.fleet_error)
     return parts
 
 
@@ -403,10 +405,11 @@ def _mesh(mesh: MeshState) -> str:
 _COMPLIANCE = {"Compliant": "good", "Pending": "warn", "Suspended": "idle"}
 
 
-def _fleet(members: Sequence[FleetMember], at: float) -> str:
+def _fleet(members: Sequence[FleetMember], at: float, error: str) -> str:
     """The compliance table: one row per member and configuration (the member's state on its first)."""
+    said = f'<p class="bad">The hub cannot be read: {_e(error)}</p>' if error else ""
     if not members:
-        return "<p>No cluster has joined the fleet.</p>"
+        return said + "<p>No cluster has joined the fleet.</p>"
     rows = []
     for m in members:
         state = str(m.state.value)
@@ -430,4 +433,4 @@ def _fleet(members: Sequence[FleetMember], at: float) -> str:
         f"<th>{c}</th>"
         for c in ("cluster", "state", "reason", "configuration", "desired", "applied", "last report")
     )
-    return f'<table class="fleet"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return f'{said}<table class="fleet"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'

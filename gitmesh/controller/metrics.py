@@ -30,6 +30,15 @@ class FleetMember(Protocol):
     def configurations(self) -> tuple[Mapping[str, Any], ...]: ...  # as its agent reported them
 
 
+class Fleet(Protocol):
+    """A reader of the hub (``gitmesh.fleet.view.FleetView``): its latest members, and why its last
+    reading failed, when it did. Neither blocks."""
+
+    @property
+    def error(self) -> str: ...
+    def members(self) -> Sequence[FleetMember]: ...
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

@@ -15,7 +15,7 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, RolloutSettings
 from gitmesh.controller.console import Console, LiveMesh
 from gitmesh.controller.httpd import ControllerPort
 from gitmesh.controller.inject import Injection, InjectWebhook, publisher
-from gitmesh.controller.metrics import FleetMember, Metrics
+from gitmesh.controller.metrics import Fleet, Metrics
 from gitmesh.controller.reconciler import Reconciler
 from gitmesh.controller.schedule import Controller
 from gitmesh.errors import GitmeshError
@@ -57,7 +57,7 @@ class Options:
     cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME  # of the workload certificates served
     rollouts: RolloutSettings = field(default_factory=RolloutSettings)
     inject: Injection | None = None  # serve the sidecar-injection webhook
-    fleet: Callable[[], Sequence[FleetMember]] | None = None  # a fleet's members, on /metrics and /console
+    fleet: Fleet | None = None  # a reader of a fleet's hub, shown on /metrics and /console
 
 
 ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)
@@ -72,7 +72,7 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
     stopping = threading.Event()
     metrics = Metrics()
     if options.fleet:
-        metrics.watch_fleet(options.fleet)
+        metrics.watch_fleet(options.fleet.members)
     notify = driver.webhook(options.rollouts.webhook)
     reconciler = Reconciler(options.sources, settings, metrics, stopping, notify)
     controller = Controller(reconciler, stopping)

@@ -77,6 +77,8 @@ def test_the_console_shows_the_fleet_table_only_when_a_hub_is_shown() -> None:
     assert f'<td class="desired">{"b" * 12}</td><td class="applied">{"a" * 12}</td>' in table
     assert '<td class="reported" rowspan="1">1s ago</td>' in table and ">never<" in table
     assert "No cluster has joined" in console.fragments(view([], fleet=[]))["fleet"]
+    unread = console.fragments(view([], fleet=MEMBERS, fleet_error="hub <down>"))["fleet"]
+    assert '<p class="bad">The hub cannot be read: hub &lt;down&gt;</p><table' in unread
 
 
 class _Hub(Hub):
