@@ -63,7 +63,7 @@ def test_the_console_shows_each_members_compliance_and_an_agent_gone_silent(
         assert state_class(browser, "us-1") == "state bad"
         assert "no report for" in text_of(browser, 'tr[data-cluster="us-1"] td.reason')
         assert text_of(browser, 'tr[data-cluster="eu-1"] td.state') == "Compliant"
-        browser.save_screenshot(str(tmp_path / "fleet.png"))
+        browser.find_element(By.ID, "fleet").screenshot(str(tmp_path / "fleet.png"))  # docs/fleet-console.png
 
         code, body = viewer.get("/metrics")
         exposition = body.decode()
