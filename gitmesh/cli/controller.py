@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import json
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from gitmesh.controller.inject import Injection
     from gitmesh.controller.leader import Elector
     from gitmesh.controller.run import Options
+    from gitmesh.fleet.view import FleetView
     from gitmesh.settings import Settings
 
 
@@ -274,6 +276,12 @@ def rollout_options(f: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
     help="How often a fleet member reports its compliance to the hub.",
 )
+@click.option(
+    "--fleet-view",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Show a fleet's compliance on /metrics (gitmesh_fleet_cluster_compliance) and /console: a "
+    "kubeconfig for its hub that may list the FleetClusters (an agent's may not).",
+)
 @reports_errors
 def run_command(
     target: BackendChoice,
@@ -294,6 +302,7 @@ def run_command(
     fleet_hub: str | None,
     fleet_cluster: str | None,
     fleet_report_interval: datetime.timedelta,
+    fleet_view: str | None,
 ) -> None:
     """Keep the cluster in step with Git (with sources) and serve its mesh to Envoy sidecars over ADS."""
     from gitmesh.controller import logs
@@ -325,18 +334,36 @@ def run_command(
         inject=_injection(inject_address, inject_proxy_image, inject_init_image, xds_address),
     )
     logs.setup(log_format)
+    view = _fleet_view(fleet_view) if fleet_view else None
+    if view:
+        options = dataclasses.replace(options, fleet=view)
     settings = target.open()
     try:
-        elector = _elector(settings) if leader_election else None
-    except click.UsageError:
-        settings.close()
-        raise
-    if fleet_hub and fleet_cluster:
-        _run_member(options, settings, elector, fleet_hub, fleet_cluster, fleet_report_interval)
-        return
-    names = ", ".join(s.name for s in options.sources) or "none"
-    err.print(f"Serving ADS on {xds_address} from {settings.objects.describe()}; sources: {names}")
-    run(options, settings, elector)
+        if view:
+            view.start()
+            err.print(f"Showing the fleet of {view.hub.client.server}")
+        try:
+            elector = _elector(settings) if leader_election else None
+        except click.UsageError:
+            settings.close()
+            raise
+        if fleet_hub and fleet_cluster:
+            _run_member(options, settings, elector, fleet_hub, fleet_cluster, fleet_report_interval)
+            return
+        names = ", ".join(s.name for s in options.sources) or "none"
+        err.print(f"Serving ADS on {xds_address} from {settings.objects.describe()}; sources: {names}")
+        run(options, settings, elector)
+    finally:
+        if view:
+            view.stop()
+
+
+def _fleet_view(hub_kubeconfig: str) -> FleetView:
+    from gitmesh.fleet.hub import Hub
+    from gitmesh.fleet.view import FleetView
+    from gitmesh.kube.client import Client
+
+    return FleetView(Hub(Client.connect(hub_kubeconfig)))
 
 
 def _run_member(
@@ -349,7 +376,6 @@ def _run_member(
 ) -> None:
     """``gitmesh run`` as a fleet member: the hub's assignment as the sources, reported on as it goes.
     Exits 3 when the hub assigns other configurations, to be started again on them."""
-    import dataclasses
     import threading
 
     from gitmesh.controller.run import run

@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 from gitmesh.apis import read
+from gitmesh.controller.metrics import Fleet, FleetMember
 from gitmesh.errors import MetricsError
 from gitmesh.mesh.state import MeshState
 from gitmesh.metrics import envoy, model
@@ -52,6 +53,8 @@ class View:
     report: Mapping[str, Any]  # the ADS server's: connected proxies, the configurations they rejected
     mesh: MeshState  # what is live: who may call whom, the splits, the policies
     error: str = ""  # why the stats could not be read, when they could not
+    fleet: Sequence[FleetMember] | None = None  # the fleet's members, when a hub is shown
+    fleet_error: str = ""  # why the hub could not be read, when it could not
 
 
 class Console:
@@ -64,8 +67,10 @@ class Console:
         rollouts: Callable[[], Mapping[str, Rollout]],
         records: Callable[[], list[SourceRecord]],
         mesh: Callable[[], MeshState],
+        fleet: Fleet | None = None,
     ) -> None:
         self.report = report
+        self.fleet = fleet
         self.mesh = mesh
         self.stats = envoy.EnvoyStats(lambda: report().get("sidecars", {}))
         self.rollouts = rollouts
@@ -103,6 +108,8 @@ class Console:
                 self.report(),
                 self.mesh(),
                 error,
+                self.fleet.members() if self.fleet else None,
+                self.fleet.error if self.fleet else "",
             )
             self._view = (now, view)
             return view
@@ -138,6 +145,9 @@ def static(name: str) -> bytes:
 
 
 def page(parts: Mapping[str, str]) -> str:
+    fleet = (
+        f'<section><h2>Fleet</h2><div id="fleet">{parts["fleet"]}</div></section>' if "fleet" in parts else ""
+    )
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -153,6 +163,7 @@ def page(parts: Mapping[str, str]) -> str:
 <section><h2>Access and policies</h2><div id="mesh">{parts["mesh"]}</div></section>
 <section><h2>Sources</h2><div id="sources">{parts["sources"]}</div></section>
 <section><h2>Proxies</h2><div id="proxies">{parts["proxies"]}</div></section>
+{fleet}
 </body>
 </html>
 """
@@ -164,7 +175,7 @@ def event(parts: Mapping[str, str]) -> bytes:
 
 
 def fragments(view: View) -> dict[str, str]:
-    return {
+    parts = {
         "status": _status(view),
         "edges": _edges(view),
         "rollouts": _rollouts(view.rollouts),
@@ -172,6 +183,9 @@ def fragments(view: View) -> dict[str, str]:
         "proxies": _proxies(view.report),
         "mesh": _mesh(view.mesh),
     }
+    if view.fleet is not None:
+        parts["fleet"] = _fleet(view.fleet, view.at, view.fleet_error)
+    return parts
 
 
 def _e(text: object) -> str:
@@ -385,3 +399,38 @@ def _mesh(mesh: MeshState) -> str:
     if policies:
         out.append('<ul class="policies">' + "".join(f"<li>{_e(p)}</li>" for p in policies) + "</ul>")
     return "".join(out)
+
+
+# A compliance state's class on the page: the colours ``gitmesh fleet status`` prints.
+_COMPLIANCE = {"Compliant": "good", "Pending": "warn", "Suspended": "idle"}
+
+
+def _fleet(members: Sequence[FleetMember], at: float, error: str) -> str:
+    """The compliance table: one row per member and configuration (the member's state on its first)."""
+    said = f'<p class="bad">The hub cannot be read: {_e(error)}</p>' if error else ""
+    if not members:
+        return said + "<p>No cluster has joined the fleet.</p>"
+    rows = []
+    for m in members:
+        state = str(m.state.value)
+        ago = f"{max(0.0, at - m.last_report.timestamp()):.0f}s ago" if m.last_report else "never"
+        span = f' rowspan="{max(1, len(m.configurations))}"'
+        first = (
+            f"<td{span}>{_e(m.name)}</td>"
+            f'<td class="state {_COMPLIANCE.get(state, "bad")}"{span}>{_e(state)}</td>'
+            f'<td class="reason"{span}>{_e(m.reason)}</td>'
+        )
+        for i, c in enumerate(m.configurations or ({},)):
+            cells = (
+                f"<td>{_e(c.get('name', '-'))}</td>"
+                f'<td class="desired">{_e(str(c.get("desiredRevision") or "-")[:12])}</td>'
+                f'<td class="applied">{_e(str(c.get("appliedRevision") or "-")[:12])}</td>'
+            )
+            lead = first if i == 0 else ""
+            report = f'<td class="reported"{span}>{_e(ago)}</td>' if i == 0 else ""
+            rows.append(f'<tr data-cluster="{_e(m.name)}">{lead}{cells}{report}</tr>')
+    head = "".join(
+        f"<th>{c}</th>"
+        for c in ("cluster", "state", "reason", "configuration", "desired", "applied", "last report")
+    )
+    return f'{said}<table class="fleet"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'

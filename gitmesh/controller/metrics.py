@@ -3,10 +3,40 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
-from typing import Any
+import enum
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gitmesh.metrics.prometheus import FLEET_COMPLIANCE
+
+
+class FleetMember(Protocol):
+    """A fleet member as the hub shows it (``gitmesh.fleet.model.Seen``, which sits above the
+    controller); ``state``'s enum holds every state there is."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> enum.Enum: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def last_report(self) -> datetime.datetime | None: ...
+    @property
+    def configurations(self) -> tuple[Mapping[str, Any], ...]: ...  # as its agent reported them
+
+
+class Fleet(Protocol):
+    """A reader of the hub (``gitmesh.fleet.view.FleetView``): its latest members, and why its last
+    reading failed, when it did. Neither blocks."""
+
+    @property
+    def error(self) -> str: ...
+    def members(self) -> Sequence[FleetMember]: ...
 
 
 class Metrics:
@@ -73,5 +103,28 @@ class Metrics:
         for identity, expires in report.get("certificates", {}).items():
             self.cert_expiry.labels(identity).set(datetime.datetime.fromisoformat(expires).timestamp())
 
+    def watch_fleet(self, members: Callable[[], Sequence[FleetMember]]) -> None:
+        """Expose each member's compliance, read when scraped (``members`` must not block)."""
+        self.registry.register(_FleetCompliance(members))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _FleetCompliance(Collector):
+    """1 for each cluster's current state and 0 for the others, so that every state can be summed
+    and a cluster's change of state shows as two series moving."""
+
+    def __init__(self, members: Callable[[], Sequence[FleetMember]]) -> None:
+        self.members = members
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            FLEET_COMPLIANCE,
+            "A fleet member's compliance as the hub shows it: 1 for its current state, 0 for the others.",
+            labels=["cluster", "state"],
+        )
+        for member in self.members():
+            for state in type(member.state):
+                family.add_metric([member.name, str(state.value)], 1.0 if state is member.state else 0.0)
+        yield family

@@ -28,7 +28,7 @@ from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, RolloutSettings
 from gitmesh.controller.console import Console, LiveMesh
 from gitmesh.controller.httpd import ControllerPort
 from gitmesh.controller.inject import Injection, InjectWebhook, publisher
-from gitmesh.controller.metrics import Metrics
+from gitmesh.controller.metrics import Fleet, Metrics
 from gitmesh.controller.reconciler import Reconciler
 from gitmesh.controller.schedule import Controller
 from gitmesh.errors import GitmeshError
@@ -59,6 +59,7 @@ class Options:
     cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME  # of the workload certificates served
     rollouts: RolloutSettings = field(default_factory=RolloutSettings)
     inject: Injection | None = None  # serve the sidecar-injection webhook
+    fleet: Fleet | None = None  # a reader of a fleet's hub, shown on /metrics and /console
 
 
 ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)
@@ -72,10 +73,12 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
     reconciles and rollouts start only once this replica leads."""
     stopping = threading.Event()
     metrics = Metrics()
+    if options.fleet:
+        metrics.watch_fleet(options.fleet.members)
     notify = driver.webhook(options.rollouts.webhook)
     reconciler = Reconciler(options.sources, settings, metrics, stopping, notify)
     controller = Controller(reconciler, stopping)
-    address = options.http_address or (DEFAULT_HTTP_ADDRESS if options.sources else None)
+    address = options.http_address or (DEFAULT_HTTP_ADDRESS if options.sources or options.fleet else None)
     open_files = _raise_open_files_limit()
     reporting = _Reporting(settings.objects.watch(), settings.state.xds, metrics)
     port = (
@@ -92,6 +95,7 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
                 lambda: driver.load(settings),
                 reconciler.records,
                 LiveMesh(reporting.version, lambda: (live.obj for live in reporting.list_managed().values())),
+                options.fleet,
             ),
         )
         if address

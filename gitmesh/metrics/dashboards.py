@@ -1,6 +1,6 @@
 """Grafana dashboards of the metrics model, built with grafana-foundation-sdk from the series the
-Prometheus rules record (``gitmesh.metrics.prometheus``): the mesh overview, one service, and a
-rollout's backends side by side. Pure: dashboard name -> its JSON model."""
+Prometheus rules record (``gitmesh.metrics.prometheus``): the mesh overview, one service, a
+rollout's backends side by side, and the fleet's compliance. Pure: dashboard name -> its JSON model."""
 
 from __future__ import annotations
 
@@ -124,7 +124,20 @@ def rollout() -> dashboard.Dashboard:
     )
 
 
+def fleet() -> dashboard.Dashboard:
+    """The fleet's compliance: how many members in each state, and which are not Compliant when."""
+    return (
+        _base("gitmesh-fleet", "gitmesh: the fleet")
+        .with_panel(_panel("Members per compliance state", "short", [(prometheus.FLEET_STATES, "{{state}}")]))
+        .with_panel(
+            _panel(
+                "Compliant (1) or not (0), per member", "short", [(prometheus.FLEET_COMPLIANT, "{{cluster}}")]
+            )
+        )
+    )
+
+
 def dashboards() -> dict[str, str]:
     """File name -> the dashboard's JSON model, as committed under ``deploy/dashboards/``."""
-    built = (overview().build(), service().build(), rollout().build())
+    built = (overview().build(), service().build(), rollout().build(), fleet().build())
     return {f"{d.uid}.json": json.dumps(d, cls=JSONEncoder, indent=2, sort_keys=True) + "\n" for d in built}

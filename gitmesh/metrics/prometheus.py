@@ -44,6 +44,10 @@ LATENCY = {q: f"gitmesh:edge_latency_ms:p{q}" for q in (50, 90, 99)}
 SENT = f"gitmesh:edge_sent_bytes:rate{WINDOW}"
 RECEIVED = f"gitmesh:edge_received_bytes:rate{WINDOW}"
 CONNECTIONS = "gitmesh:edge_connections:active"
+# The fleet, from the hub's reader (``gitmesh run --fleet-view``): 1 for each cluster's state, 0 for others.
+FLEET_COMPLIANCE = "gitmesh_fleet_cluster_compliance"
+FLEET_STATES = "gitmesh:fleet_clusters:by_state"
+FLEET_COMPLIANT = "gitmesh:fleet_cluster:compliant"
 
 RECORDED: dict[str, str] = {
     REQUESTS: _by_edge(_rate(model.RESPONSES)),
@@ -56,6 +60,10 @@ RECORDED: dict[str, str] = {
     SENT: _by_edge(_rate(model.SENT)),
     RECEIVED: _by_edge(_rate(model.RECEIVED)),
     CONNECTIONS: _by_edge(f"{model.ACTIVE}{{{_MESH}}}"),
+}
+RECORDED_FLEET: dict[str, str] = {
+    FLEET_STATES: f"sum by (state) ({FLEET_COMPLIANCE})",
+    FLEET_COMPLIANT: f'max by (cluster) ({FLEET_COMPLIANCE}{{state="Compliant"}})',
 }
 
 ALERTS: list[dict[str, Any]] = [
@@ -77,6 +85,13 @@ ALERTS: list[dict[str, Any]] = [
         "annotations": {"summary": "{{ $labels.source }} -> {{ $labels.destination }}: p99 {{ $value }} ms"},
     },
     {
+        "alert": "GitmeshFleetClusterNotCompliant",
+        "expr": f"{FLEET_COMPLIANT} == 0",
+        "for": "10m",
+        "labels": {"severity": "warning"},
+        "annotations": {"summary": "fleet member {{ $labels.cluster }} is not Compliant"},
+    },
+    {
         "alert": "GitmeshSidecarUnreachable",
         "expr": f'up{{job="{JOB}"}} == 0',
         "for": "1m",
@@ -90,6 +105,7 @@ def rules() -> dict[str, Any]:
     return {
         "groups": [
             {"name": "gitmesh-edges", "rules": [{"record": n, "expr": e} for n, e in RECORDED.items()]},
+            {"name": "gitmesh-fleet", "rules": [{"record": n, "expr": e} for n, e in RECORDED_FLEET.items()]},
             {"name": "gitmesh-alerts", "rules": ALERTS},
         ]
     }

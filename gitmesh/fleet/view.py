@@ -1,0 +1,62 @@
+"""The fleet as the controller's HTTP port shows it (``gitmesh run --fleet-view``): every member's
+compliance, read from the hub on a thread of its own every REFRESH seconds, so that neither a scrape
+of ``/metrics`` nor the console waits on the hub. A hub that does not answer leaves the last reading
+(its members turn Unknown as their reports age) and says why."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from gitmesh.errors import GitmeshError
+from gitmesh.fleet import model
+from gitmesh.fleet.hub import Hub
+
+log = logging.getLogger("gitmesh.fleet")
+
+REFRESH = 5.0  # seconds between readings of the hub: one list of FleetClusters each
+
+
+class FleetView:
+    def __init__(self, hub: Hub, interval: float = REFRESH) -> None:
+        self.hub = hub
+        self.interval = interval
+        self.error = ""  # why the last reading failed, when it did
+        self._raw: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-view", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=10)
+
+    def members(self) -> Sequence[model.Seen]:
+        """Every member as seen now (Unknown read off the last report's age at this moment)."""
+        with self._lock:
+            raw = self._raw
+        now = datetime.now(UTC)
+        return [model.seen(obj, now) for obj in raw]
+
+    def read_once(self) -> None:
+        try:
+            raw = self.hub.clusters()
+            [model.seen(obj, datetime.now(UTC)) for obj in raw]  # one it cannot read is an error here
+        except GitmeshError as e:
+            log.warning("cannot read the fleet hub: %s", e)
+            self.error = str(e)
+            return
+        with self._lock:
+            self._raw, self.error = raw, ""
+
+    def _run(self) -> None:
+        while True:
+            self.read_once()
+            if self._stopping.wait(self.interval):
+                return
