@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from gitmesh import serve
 from gitmesh.certs import ca
 from gitmesh.certs.store import Keeper
+from gitmesh.certs.vault import VaultPki, VaultSettings
 from gitmesh.cluster.port import Live, Watched
 from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, RolloutSettings
 from gitmesh.controller.httpd import ControllerPort
@@ -56,6 +57,7 @@ class Options:
     cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME  # of the workload certificates served
     rollouts: RolloutSettings = field(default_factory=RolloutSettings)
     inject: Injection | None = None  # serve the sidecar-injection webhook
+    vault: VaultSettings | None = None  # workload certificates from Vault's PKI, not the built-in CA
 
 
 ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)
@@ -240,6 +242,7 @@ async def _run(
             options.xds_address,
             keeper=keeper,
             cert_lifetime=options.cert_lifetime,
+            issuer=VaultPki(options.vault) if options.vault else None,
             stop=stop,
             max_connections=xds_connections,
         )
