@@ -102,7 +102,7 @@ def _vault_errors(error: urllib.error.HTTPError) -> str:
     except (ValueError, AttributeError, OSError):
         errors = None
     if isinstance(errors, list) and errors:
-        return "; ".join(str(e).strip() for e in errors)
+        return "; ".join(" ".join(str(e).split()) for e in errors)  # Vault's are multi-line
     return str(error.reason)
 
 
