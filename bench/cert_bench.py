@@ -68,7 +68,7 @@ def main() -> None:
     if args.provider in ("vault", "both"):
         from tests import vault as vault_mod
 
-        with tempfile.TemporaryDirectory() as tmp, vault_mod.running(Path(tmp)) as vault:
+        with tempfile.TemporaryDirectory() as tmp, vault_mod.running(vault_mod.build(), Path(tmp)) as vault:
             token = Path(tmp) / "token"
             token.write_text(vault.root_token)
             settings = VaultSettings(vault.address, vault_mod.ROLE, token)

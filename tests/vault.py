@@ -122,8 +122,8 @@ class Vault:
 
 
 @contextlib.contextmanager
-def running(workdir: Path) -> Iterator[Vault]:
-    vault = Vault(build(), workdir)
+def running(binary: Path, workdir: Path) -> Iterator[Vault]:
+    vault = Vault(binary, workdir)
     try:
         vault.start()
         yield vault

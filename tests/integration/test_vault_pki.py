@@ -60,8 +60,8 @@ class VaultBookstore(Bookstore):
 
 
 @pytest.fixture
-def vault(tmp_path: Path) -> Iterator[vault_mod.Vault]:
-    with vault_mod.running(tmp_path) as v:
+def vault(vault_binary: Path, tmp_path: Path) -> Iterator[vault_mod.Vault]:
+    with vault_mod.running(vault_binary, tmp_path) as v:
         yield v
 
 
