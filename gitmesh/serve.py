@@ -9,9 +9,11 @@ key is forgotten when its last stream closes. The publisher is the server's
 ``run`` watches the backend and republishes when its objects change.
 
 Each sidecar's snapshot also holds its identity's certificate and the trust
-bundle (SDS), from the mesh CA. ``run`` renews certificates at two thirds of
-their lifetime and walks a root rotation (``gitmesh certs rotate``) a step at
-a time, each step once every connected sidecar has accepted the previous one.
+bundle (SDS), from the workload CA: the built-in mesh CA, or a remote provider
+(``certs.provider``). ``run`` renews certificates at two thirds of their
+lifetime, off the serving path, and walks a root rotation (``gitmesh certs
+rotate``) a step at a time, each step once every connected sidecar has accepted
+the previous one. The xDS connection itself is always on the built-in CA.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from google.protobuf import message
 from gitmesh.apis import core, read
 from gitmesh.certs import ca, store
 from gitmesh.certs.authority import STEADY, CaState, MeshCA, advance
+from gitmesh.certs.provider import Issuer, Remote, WorkloadCA
 from gitmesh.cluster.port import Live
 from gitmesh.errors import GitmeshError
 from gitmesh.inject import identity
@@ -101,10 +104,12 @@ def xds_report(
     sidecars: Mapping[str, str],
     expiries: Mapping[str, datetime.datetime],
     patched: Mapping[str, Mapping[str, tuple[str, ...]]],
+    workload: WorkloadCA | None = None,
 ) -> dict[str, Any]:
     """Connected proxies (and their admin interfaces -> their services, where metrics are read), the
     latest rejections they reported (with the EnvoyPatches that changed resources of the type
-    rejected), and when each identity's certificate expires, as plain data."""
+    rejected), when each identity's certificate expires and, with ``workload``, which provider
+    issues them and why it last failed, as plain data."""
     streams = list(streams)
     every = [(key, n) for key in sorted({s.key for s in streams}) for n in cache.nacks(key)]
     latest = sorted(every, key=lambda kept: kept[1].at)[-MAX_REPORTED_NACKS:]
@@ -124,6 +129,11 @@ def xds_report(
         "sidecars": dict(sorted(sidecars.items())),
         "nacks": nacks,
         "certificates": {identity: at.isoformat() for identity, at in expiries.items()},
+        **(
+            {"certificate_provider": {"name": workload.provider, "problem": workload.problem()}}
+            if workload is not None
+            else {}
+        ),
     }
 
 
@@ -184,13 +194,20 @@ def ephemeral_ca(now: datetime.datetime) -> MeshCA:
 
 class MeshPublisher:
     def __init__(
-        self, *, mesh_ca: MeshCA | None = None, clock: Clock = utcnow, pods: Pods | None = None
+        self,
+        *,
+        mesh_ca: MeshCA | None = None,
+        workload: WorkloadCA | None = None,
+        clock: Clock = utcnow,
+        pods: Pods | None = None,
     ) -> None:
-        """``pods`` looks up the pods injected sidecars say they run in (None: no cluster, and
-        no pod's sidecar is served)."""
+        """``workload`` issues the sidecars' certificates (default: the xDS connection's CA);
+        ``pods`` looks up the pods injected sidecars say they run in (None: no cluster, and no pod's
+        sidecar is served)."""
         self.clock = clock
         self._pods = pods
-        self.ca = mesh_ca or ephemeral_ca(clock())
+        self.ca = mesh_ca or ephemeral_ca(clock())  # the xDS connection's CA
+        self.workload: WorkloadCA = workload or self.ca  # the sidecars' certificates (SDS)
         self.cache = SnapshotCache()
         self.encodings = Encodings()
         self._lock = threading.Lock()
@@ -206,7 +223,7 @@ class MeshPublisher:
         self._secrets_of: dict[Identity, tuple[ca.Issued, tuple[str, ...], dict[str, message.Message]]] = {}
         self._mesh = read.mesh([])
         self._addresses: Addresses = {}
-        self._translator = Translator(self._mesh, self.ca.trust_domain)
+        self._translator = Translator(self._mesh, self.workload.trust_domain)
         self._generation = 0
 
     @property
@@ -219,7 +236,7 @@ class MeshPublisher:
         mesh = read.mesh(objects)
         for warning in mesh.warnings:
             log.warning("%s", warning)
-        translator = Translator(mesh, self.ca.trust_domain)
+        translator = Translator(mesh, self.workload.trust_domain)
         addresses = endpoint_addresses(objects)
         with self._lock:
             self.encodings.next_generation()
@@ -277,10 +294,11 @@ class MeshPublisher:
         self.ca.set_state(ca_state)
         self.refresh_certificates(force=True)
 
-    def refresh_certificates(self, *, force: bool = False) -> list[Identity]:
-        """Renew every certificate that is due and republish to its proxies (all proxies when
-        ``force``); the identities renewed."""
-        due = set(self.ca.due(self.clock()))
+    def refresh_certificates(self, due: Iterable[Identity] = (), *, force: bool = False) -> list[Identity]:
+        """Republish to the proxies of ``due`` (what ``workload.refresh`` returned: identities with a
+        new certificate, or one due that sending issues), or to all proxies when ``force``; the
+        identities of ``due`` that have a proxy."""
+        due = set(due)
         with self._lock:
             proxies = dict(self._proxies)
             translator = self._translator
@@ -331,7 +349,7 @@ class MeshPublisher:
 
     def _secrets(self, issued: ca.Issued) -> dict[str, message.Message]:
         """An identity's secrets, built once per certificate and bundle and shared by its proxies."""
-        bundle = self.ca.bundle()
+        bundle = self.workload.bundle()
         with self._lock:
             held = self._secrets_of.get(issued.identity)
             if held is None or held[0] is not issued or held[1] != bundle:
@@ -362,8 +380,9 @@ class MeshPublisher:
                         key,
                         problem.message,
                     )
-        if not proxy.grpc:
-            issued = self.ca.certificate(proxy.identity, self.clock())
+        # Without a certificate yet (a remote provider's first is on its way) the sidecar is sent no
+        # secrets: it waits for them, and the renewal that brings them republishes.
+        if not proxy.grpc and (issued := self.workload.current(proxy.identity, self.clock())):
             by_type = {**by_type, resources.SECRET: self._secrets(issued)}
         snapshot = Snapshot(str(self._generation), by_type, self.encodings)
         with self._lock:
@@ -387,14 +406,17 @@ async def run(
     *,
     keeper: store.Keeper,
     cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME,
+    issuer: Issuer | None = None,
     stop: asyncio.Event | None = None,
     max_connections: int = 0,
     pods: Pods | None = None,
 ) -> None:
     """Serve ADS over mTLS on ``address`` until ``stop`` is set, republishing whenever ``backend``
-    changes, with the CA ``keeper`` holds (made on first run); ``pods``: see ``MeshPublisher``."""
+    changes, with the CA ``keeper`` holds (made on first run) for the xDS connection and, without
+    an ``issuer`` (a remote provider), for the sidecars' certificates; ``pods``: see ``MeshPublisher``."""
     mesh_ca = MeshCA(store.load_or_create(keeper, utcnow()), cert_lifetime)
-    publisher = MeshPublisher(mesh_ca=mesh_ca, pods=pods)
+    workload = Remote(issuer, mesh_ca.trust_domain, cert_lifetime) if issuer else None
+    publisher = MeshPublisher(mesh_ca=mesh_ca, workload=workload, pods=pods)
     seen = backend.version()
     publisher.update(live.obj for live in backend.list_managed().values())
     host = address.rpartition(":")[0].strip("[]")
@@ -406,17 +428,35 @@ async def run(
         authorize=publisher.authorize,
         max_connections=max_connections,
     )
-    log.info("serving ADS over mTLS on %s (trust domain %s)", address, mesh_ca.trust_domain)
+    log.info(
+        "serving ADS over mTLS on %s (trust domain %s, workload certificates from %s)",
+        address,
+        mesh_ca.trust_domain,
+        publisher.workload.provider,
+    )
     stop = stop or asyncio.Event()
     reported: dict[str, Any] | None = None
     reported_at = 0.0
     polls = 0
+    # Renewal runs in a thread (a remote CA may be slow); the loop only collects what it brought.
+    renewing: asyncio.Future[list[Identity]] | None = None
+    problem: str | None = None
     try:
         while not stop.is_set():
             polls += 1
             try:
-                if renewed := publisher.refresh_certificates():
-                    log.info("renewed the certificates of %s", ", ".join(map(str, renewed)))
+                if renewing is None:
+                    renewing = asyncio.ensure_future(asyncio.to_thread(publisher.workload.refresh, utcnow()))
+                elif renewing.done():
+                    if renewed := publisher.refresh_certificates(renewing.result()):
+                        log.info("renewed the certificates of %s", ", ".join(map(str, renewed)))
+                    renewing = None
+                    if publisher.workload.problem() != problem:
+                        problem = publisher.workload.problem()
+                        if problem:
+                            log.error("certificates not renewed, sidecars keep theirs: %s", problem)
+                        else:
+                            log.info("certificate provider %s issues again", publisher.workload.provider)
                 if polls % CA_POLL_EVERY == 0:
                     _follow_rotation(publisher, keeper, server.servicer.streams())
                 if time.monotonic() - reported_at >= REPORT_EVERY_SECONDS:
@@ -424,8 +464,9 @@ async def run(
                         server.servicer.streams(),
                         publisher.cache,
                         publisher.sidecars(),
-                        mesh_ca.expiries(),
+                        publisher.workload.expiries(),
                         publisher.patched(),
+                        publisher.workload,
                     )
                     if report != reported:
                         backend.record_xds({**report, "at": time.time()})
@@ -441,6 +482,8 @@ async def run(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), POLL_SECONDS)
     finally:
+        if renewing is not None:
+            await renewing
         await server.stop(1.0)
 
 

@@ -3,18 +3,22 @@
 #   ${GITMESH_TESTENV_CACHE:-$HOME/.cache/gitmesh/testenv}/<k8s-version>/
 # and print that directory on stdout. `build.sh node` also builds what the test
 # node runs: kubelet, kube-scheduler, kube-controller-manager, kube-proxy,
-# CoreDNS and the pause and app programs of its images.
+# CoreDNS and the pause and app programs of its images. `build.sh vault` builds
+# HashiCorp Vault only (for the Vault PKI certificate provider's tests), into the
+# same directory.
 # Idempotent: a module's binaries are rebuilt only when one is missing or when
 # the module (go.mod, go.sum, its .go files) or the link flags changed.
 # Progress and errors go to stderr; a failed build exits non-zero with Go's
 # own error output.
 set -euo pipefail
 
+with_vault=false
 case "${1:-}" in
 "") with_node=false ;;
 node) with_node=true ;;
+vault) with_node=false with_vault=true ;;
 *)
-    echo "usage: testenv/build.sh [node]" >&2
+    echo "usage: testenv/build.sh [node|vault]" >&2
     exit 2
     ;;
 esac
@@ -44,6 +48,8 @@ node_k8s_version="$(required_version "$here/node/go.mod" k8s.io/kubernetes)"
     die "node/go.mod requires k8s.io/kubernetes $node_k8s_version but kube-apiserver/go.mod $k8s_version; they must match"
 coredns_version="$(required_version "$here/coredns/go.mod" github.com/coredns/coredns)"
 [[ -n "$coredns_version" ]] || die "cannot find the github.com/coredns/coredns version in coredns/go.mod"
+vault_version="$(required_version "$here/vault/go.mod" github.com/hashicorp/vault)"
+[[ -n "$vault_version" ]] || die "cannot find the github.com/hashicorp/vault version in vault/go.mod"
 
 cache_root="${GITMESH_TESTENV_CACHE:-$HOME/.cache/gitmesh/testenv}"
 out="$cache_root/$k8s_version"
@@ -112,6 +118,11 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     version_ldflags+=" -X $pkg.gitTreeState=clean"
 done
 
+if $with_vault; then
+    build vault "-s -w" vault
+    echo "$out"
+    exit 0
+fi
 build etcd "-s -w" etcd
 build kube-apiserver "-s -w$version_ldflags" kube-apiserver
 if $with_node; then
@@ -125,6 +136,7 @@ kube-apiserver $k8s_version
 etcd $etcd_version
 kubelet, kube-scheduler, kube-controller-manager, kube-proxy $k8s_version
 coredns $coredns_version
+vault $vault_version (built by build.sh vault)
 $(go env GOVERSION)
 EOF
 

@@ -63,7 +63,11 @@ def advance(state: CaState) -> CaState:
 
 
 class MeshCA:
-    """Issues and remembers one certificate per identity; thread-safe."""
+    """Issues and remembers one certificate per identity; thread-safe. The built-in provider of
+    workload certificates (``provider.WorkloadCA``): issuing is local and quick, so it is done when
+    a certificate is asked for."""
+
+    provider = "builtin"
 
     def __init__(self, state: CaState, lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME) -> None:
         self.lifetime = lifetime
@@ -101,6 +105,16 @@ class MeshCA:
             )
             self._issued[identity] = (issued, signer)
             return issued
+
+    def current(self, identity: Identity, now: datetime.datetime) -> ca.Issued:
+        return self.certificate(identity, now)
+
+    def refresh(self, now: datetime.datetime) -> list[Identity]:
+        """The identities due: sending their sidecars what changed issues their new certificates."""
+        return self.due(now)
+
+    def problem(self) -> None:
+        return None
 
     def due(self, now: datetime.datetime) -> list[Identity]:
         """Identities whose certificate should be renewed, or reissued by the current signer."""

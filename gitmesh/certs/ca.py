@@ -189,6 +189,11 @@ def issue(
     return Issued(identity, _pem(cert) + chain, _key_pem(key), now, not_after)
 
 
+def not_after(cert_pem: str) -> datetime.datetime:
+    """When a certificate (the first in ``cert_pem``) expires."""
+    return x509.load_pem_x509_certificates(cert_pem.encode())[0].not_valid_after_utc
+
+
 def should_renew(issued: Issued, now: datetime.datetime) -> bool:
     """Past two thirds of its lifetime from issue (so also when expired)."""
     return now >= issued.issued_at + (issued.not_after - issued.issued_at) * 2 / 3
@@ -220,6 +225,7 @@ __all__ = [
     "identity_of",
     "issue",
     "new_root",
+    "not_after",
     "should_renew",
     "spiffe_id",
 ]

@@ -331,6 +331,7 @@ def run_command(
         http_token=read_http_token(Path(token_file)) if token_file else None,
         cert_lifetime=cert_lifetime,
         rollouts=config.rollouts,
+        vault=config.vault,
         inject=_injection(inject_address, inject_proxy_image, inject_init_image, xds_address),
     )
     logs.setup(log_format)

@@ -420,6 +420,9 @@ def _print_xds(settings: Settings) -> None:
         out.print(Text(f"  rejected    {what}: {nack['message']}", style="red"))
     for identity, expires in sorted(report.get("certificates", {}).items()):
         out.print(f"  certificate {identity} expires {expires}")
+    provider = report.get("certificate_provider") or {}  # reports of older versions have none
+    if provider.get("problem"):
+        out.print(Text(f"  certificates not renewed: {provider['problem']}", style="red"), soft_wrap=True)
 
 
 @install.command("crds")

@@ -1,5 +1,5 @@
-"""The controller's configuration file (``gitmesh run --config FILE``): its sources and its HTTP port;
-and the secrets the HTTP port checks requests with.
+"""The controller's configuration file (``gitmesh run --config FILE``): its sources, its HTTP port and
+where workload certificates come from; and the secrets the HTTP port checks requests with.
 
 The format is documented in the README ("The controller's configuration file"); the schema
 below is the one definition of it, and every problem in a file is reported at once.
@@ -15,6 +15,7 @@ import jsonschema
 import yaml
 
 from gitmesh import durations
+from gitmesh.certs.vault import VaultSettings
 from gitmesh.errors import ConfigError
 from gitmesh.revision.layout import NAMESPACE_NAME
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
@@ -27,12 +28,33 @@ _DURATION = {"type": ["string", "number"]}
 _SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["sources"],
     "properties": {
         "http_address": {"type": "string", "pattern": r"^[^:\s]*:\d+$"},
         "webhook_secret_file": {"type": "string", "minLength": 1},
         "allow_short_webhook_secret": {"type": "boolean"},
         "http_token_file": {"type": "string", "minLength": 1},
+        "certificates": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["provider"],
+            "properties": {
+                "provider": {"enum": ["builtin", "vault"]},
+                "vault": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["address", "role", "token_file"],
+                    "properties": {
+                        "address": {"type": "string", "pattern": "^https?://"},
+                        "mount": {"type": "string", "minLength": 1},
+                        "role": {"type": "string", "minLength": 1},
+                        "token_file": {"type": "string", "minLength": 1},
+                        "ca_file": {"type": "string", "minLength": 1},
+                    },
+                },
+            },
+            "if": {"properties": {"provider": {"const": "vault"}}},
+            "then": {"required": ["vault"]},
+        },
         "rollouts": {
             "type": "object",
             "additionalProperties": False,
@@ -118,6 +140,7 @@ class ControllerConfig:
     allow_short_webhook_secret: bool = False
     http_token_file: Path | None = None
     rollouts: RolloutSettings = RolloutSettings()
+    vault: VaultSettings | None = None  # workload certificates from Vault's PKI; None: the built-in CA
 
 
 def load_config(path: Path) -> ControllerConfig:
@@ -142,7 +165,7 @@ def load_config(path: Path) -> ControllerConfig:
 
 def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
     sources = []
-    for i, s in enumerate(data["sources"]):
+    for i, s in enumerate(data.get("sources", [])):
         where = f"sources.{i}"
         ((kind, value),) = (s.get("ref") or {"branch": ""}).items()
         auth, ssh, verify = s.get("auth"), s.get("ssh"), s.get("verify")
@@ -171,6 +194,8 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
     secret, token = data.get("webhook_secret_file"), data.get("http_token_file")
     rollouts = data.get("rollouts") or {}
     reverts = rollouts.get("push_reverts")
+    certificates = data.get("certificates") or {}
+    vault = certificates.get("vault") if certificates.get("provider") == "vault" else None
     return ControllerConfig(
         tuple(sources),
         data.get("http_address"),
@@ -180,6 +205,15 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
         RolloutSettings(
             rollouts.get("prometheus"), rollouts.get("webhook"), reverts and _relative_to(base, reverts)
         ),
+        VaultSettings(
+            vault["address"],
+            vault["role"],
+            base / vault["token_file"],
+            vault.get("mount", "pki"),
+            base / vault["ca_file"] if "ca_file" in vault else None,
+        )
+        if vault
+        else None,
     )
 
 

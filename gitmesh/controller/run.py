@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from gitmesh import serve
 from gitmesh.certs import ca
 from gitmesh.certs.store import Keeper
+from gitmesh.certs.vault import VaultPki, VaultSettings
 from gitmesh.cluster.port import Live, Watched
 from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, RolloutSettings
 from gitmesh.controller.console import Console, LiveMesh
@@ -60,6 +61,7 @@ class Options:
     rollouts: RolloutSettings = field(default_factory=RolloutSettings)
     inject: Injection | None = None  # serve the sidecar-injection webhook
     fleet: Fleet | None = None  # a reader of a fleet's hub, shown on /metrics and /console
+    vault: VaultSettings | None = None  # workload certificates from Vault's PKI, not the built-in CA
 
 
 ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)
@@ -261,6 +263,7 @@ async def _run(
             options.xds_address,
             keeper=keeper,
             cert_lifetime=options.cert_lifetime,
+            issuer=VaultPki(options.vault) if options.vault else None,
             stop=stop,
             max_connections=xds_connections,
             pods=pods,

@@ -22,10 +22,30 @@ import pytest
 from click.testing import CliRunner
 
 from gitmesh.cli import cli
+from tests import vault
 from tests.kube import Cluster, KubeEnv, KubeEnvError, build_binaries
 
 _FIXTURES_NEEDING_BINARIES = {"kube_binaries", "kube_env", "add_kube_cluster"}
 _build: dict[str, Path | str] = {}
+_vault_build: dict[str, Path | str] = {}  # HashiCorp Vault (testenv/build.sh vault), the same way
+
+
+def _build_vault() -> None:
+    """Build once; a failure is kept for the tests that ask for Vault, never raised here."""
+    if "path" not in _vault_build and "error" not in _vault_build:
+        try:
+            _vault_build["path"] = vault.build()
+        except RuntimeError as exc:
+            _vault_build["error"] = str(exc)
+
+
+def _run_vault_build() -> Path:
+    _build_vault()
+    if "error" in _vault_build:
+        pytest.fail(f"cannot build Vault:\n{_vault_build['error']}", pytrace=False)
+    path = _vault_build["path"]
+    assert isinstance(path, Path)
+    return path
 
 
 def _run_build() -> Path:
@@ -48,6 +68,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     wanted = any(
         _FIXTURES_NEEDING_BINARIES.intersection(getattr(item, "fixturenames", ())) for item in session.items
     )
+    if any("vault_binary" in getattr(item, "fixturenames", ()) for item in session.items):
+        started = time.monotonic()
+        _build_vault()
+        elapsed = time.monotonic() - started
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and elapsed > 5:
+            reporter.write_line(f"testenv/build.sh vault built Vault in {elapsed:.0f}s")
     if wanted and "path" not in _build and "error" not in _build:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         started = time.monotonic()
@@ -64,6 +91,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def kube_binaries() -> Path:
     """Directory with the cached ``kube-apiserver`` and ``etcd`` binaries."""
     return _run_build()
+
+
+@pytest.fixture(scope="session")
+def vault_binary() -> Path:
+    """The cached ``vault`` binary (built right after collection when a test asks for it)."""
+    return _run_vault_build()
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gitmesh.certs.vault import VaultSettings
 from gitmesh.controller.config import (
     RolloutSettings,
     load_config,
@@ -96,11 +97,37 @@ def test_rollout_settings(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "sources:\n  - {name: a, url: x}\n")).rollouts == RolloutSettings()
 
 
+def test_workload_certificates_from_vault_or_the_builtin_ca(tmp_path: Path) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """
+certificates:
+  provider: vault
+  vault: {address: "https://vault:8200", mount: mesh-pki, role: sidecars, token_file: vault-token}
+""",
+        )
+    )
+    assert config.sources == ()  # a controller that only serves the mesh
+    token = tmp_path / "vault-token"
+    assert config.vault == VaultSettings("https://vault:8200", "sidecars", token, "mesh-pki")
+    builtin = "certificates: {provider: builtin}\nsources: [{name: a, url: x}]\n"
+    assert load_config(write(tmp_path, builtin)).vault is None
+
+
 @pytest.mark.parametrize(
     ("text", "problems"),
     [
         ("sources: []\n", ["sources: [] should be non-empty"]),
-        ("{}\n", ["(top level): 'sources' is a required property"]),
+        ("certificates: {provider: vault}\n", ["certificates: 'vault' is a required property"]),
+        (
+            "certificates: {provider: acme, vault: {address: vault:8200, role: r}}\n",
+            [
+                "certificates.provider: 'acme' is not one of ['builtin', 'vault']",
+                "certificates.vault.address: 'vault:8200' does not match '^https?://'",
+                "certificates.vault: 'token_file' is a required property",
+            ],
+        ),
         (
             "sources:\n  - {name: a, url: x, ref: {branch: main, tag: v1}, colour: red}\n",
             [
