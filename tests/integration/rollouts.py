@@ -41,7 +41,7 @@ LATENCY_POLICY = POLICY | {"latency-p99": "200ms"}
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Demo]:
     try:
-        with bookstore.running(tmp_path) as d:
+        with bookstore.running(tmp_path, walk_rollouts=False) as d:
             commit_split(d, 100, 0, message="v1 only, under a rollout policy")
             d.applied = d.apply()  # the starting point goes in directly
             yield d
