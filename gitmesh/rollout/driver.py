@@ -166,13 +166,20 @@ class Runner:
         active = {split: r for split, r in load(self.settings).items() if r.phase.active}
         if not active:  # gitmesh run ticks every second: with nothing under way, read nothing more
             return
-        live = {
-            split_key(ref): obj
-            for ref, obj in self.settings.objects.list().items()
-            if ref.kind in SPLIT_KINDS
-        }
-        for split, r in active.items():
-            self._step(r, live.get(split), now)
+        for split in active:
+            # One rollout at a time under the store's transaction, read again inside it: another
+            # walker (gitmesh run beside gitmesh rollout run) may have moved it meanwhile, and its
+            # weights must not be written back over that one's.
+            with self.settings.transaction():
+                r = load(self.settings).get(split)
+                if r is None or not r.phase.active:
+                    continue
+                live = {
+                    split_key(ref): obj
+                    for ref, obj in self.settings.objects.list().items()
+                    if ref.kind in SPLIT_KINDS
+                }
+                self._step(r, live.get(split), now)
 
     def _step(self, r: Rollout, split: Live | None, now: float) -> None:
         obj = split.obj if split is not None else None
