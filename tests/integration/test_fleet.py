@@ -243,6 +243,7 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
         lambda: status(hub),
         lambda c: (
             c["eu-1"]["compliance"] == "Non-Compliant"
+            and c["eu-1"]["configurations"][0]["desired_revision"] == broken
             and c["us-1"]["configurations"][0]["applied_revision"] == broken
         ),
         "eu-1 Non-Compliant, us-1 at the new head",
