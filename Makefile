@@ -87,7 +87,7 @@ test: $(STAMP) $(SSHD) $(GPG_AGENT) $(KUBECTL) prometheus tmux chromium node-pac
 	$(BIN)/ruff format --check gitmesh tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 ## test-fast: unit tests only, for the edit-test loop
 test-fast: $(STAMP)

@@ -18,6 +18,14 @@ EXAMPLE_FILES = sorted(EXAMPLE_REPO.rglob("*.yaml"))
 EXAMPLE_OBJECTS = sum(len([d for d in yaml.safe_load_all(p.read_text()) if d]) for p in EXAMPLE_FILES)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist's loadgroup each file is one group, as with loadfile, except that all the node
+    tests are one: there is one node per host, so they must share one worker."""
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group("node" if path.startswith("tests/node/") else path))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test reads the developer's git config, cache or GITMESH_* settings."""

@@ -54,10 +54,8 @@ from tests.node import (
     POD_CIDR,
     NodeCluster,
     NodeError,
-    leftovers,
     node_processes,
     node_up,
-    read_sysctl,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.node]
@@ -1140,22 +1138,3 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
             timeout=130,
         )
         server.stop()
-
-
-def test_teardown_leaves_nothing_behind(node_cluster: NodeCluster) -> None:
-    if not node_cluster.owned:
-        pytest.skip("the node was started by testenv/up, not by this session; testenv/down removes it")
-    state = json.loads((node_cluster.directory / "state.json").read_text())
-    assert leftovers(node_cluster.directory)["processes"], "the node's processes should be running before"
-    node_cluster.down()
-    assert leftovers(node_cluster.directory) == {
-        "processes": [],
-        "links": [],
-        "iptables chains": [],
-        "mounts": [],
-        "pod log links": [],
-        "cgroups": [],
-    }
-    assert [path for path in state["created_paths"] if Path(path).exists()] == []
-    for name, value in state["sysctls"].items():
-        assert read_sysctl(name) == value
