@@ -29,6 +29,7 @@ from gitmesh.mesh.state import (
     Backend,
     HeaderEdit,
     HttpMatch,
+    Redirect,
     RouteRule,
     Service,
     ServiceRef,
@@ -194,7 +195,12 @@ def read_route(
             # /package.Service/Method, which a plain HTTP rule rarely means to take.
             rank = (obj["kind"] == "GRPCRoute", *order, *age, r, m)
             routed = RouteRule(
-                http, backends, request, response, None if timeout is None else duration_ms(timeout)
+                http,
+                backends,
+                request,
+                response,
+                None if timeout is None else duration_ms(timeout),
+                _redirect(rule, match),
             )
             ranked += [RankedRule(key, rank, routed) for key in keys]
     return RouteRead(tuple(ranked), tuple(problems))
@@ -330,6 +336,29 @@ def _backends(
     return tuple(found)
 
 
+def _redirect(rule: Mapping[str, Any], match: Mapping[str, Any]) -> Redirect | None:
+    """A rule's RequestRedirect filter; a prefix replaced is the one ``match`` has (the CRD allows
+    ReplacePrefixMatch only beside one PathPrefix match; without a path that prefix is ``/``)."""
+    found = [f["requestRedirect"] for f in rule.get("filters") or () if f["type"] == "RequestRedirect"]
+    if not found:
+        return None
+    redirect = found[0]
+    path = redirect.get("path") or {}
+    full = path.get("replaceFullPath") if path.get("type") == "ReplaceFullPath" else None
+    prefix = None
+    if path.get("type") == "ReplacePrefixMatch":
+        matched = match.get("path", {}).get("value", "/")
+        prefix = (str(matched), str(path.get("replacePrefixMatch", "/")))
+    return Redirect(
+        int(redirect.get("statusCode", 302)),
+        redirect.get("scheme"),
+        redirect.get("hostname"),
+        redirect.get("port"),
+        None if full is None else str(full),
+        prefix,
+    )
+
+
 def _header_edit(rule: Mapping[str, Any], kind: str) -> HeaderEdit:
     edits = [f[_HEADER_FILTERS[kind]] for f in rule.get("filters") or () if f["type"] == kind]
     return HeaderEdit(
@@ -358,7 +387,7 @@ def _not_served(obj: dict[str, Any]) -> list[Problem]:
     for r, rule in enumerate(spec["rules"]):
         at: Path = ("spec", "rules", r)
         for f, flt in enumerate(rule.get("filters") or ()):
-            if flt["type"] not in _HEADER_FILTERS:
+            if flt["type"] not in _HEADER_FILTERS and flt["type"] != "RequestRedirect":
                 out.append(((*at, "filters", f, "type"), f"a {flt['type']} filter"))
         for b, ref in enumerate(rule.get("backendRefs") or ()):
             path: Path = (*at, "backendRefs", b)

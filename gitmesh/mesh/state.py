@@ -144,15 +144,33 @@ class HeaderEdit:
 
 
 @dataclass(frozen=True)
+class Redirect:
+    """A redirect answered in place of the request's backends; what is None keeps the request's.
+
+    The path is replaced whole (``path``) or only the part the rule's path prefix matched
+    (``prefix``: the prefix and its replacement; ``/old`` by ``/new`` sends ``/old/a`` to ``/new/a``).
+    Without a port the Location keeps the request's."""
+
+    status: int = 302
+    scheme: str | None = None
+    hostname: str | None = None
+    port: int | None = None
+    path: str | None = None
+    prefix: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class RouteRule:
     """Requests matching ``match`` go to ``backends`` by relative weight (none weighted: 500),
-    their headers edited, answered within ``timeout_ms`` (0: no limit; None: Envoy's default)."""
+    their headers edited, answered within ``timeout_ms`` (0: no limit; None: Envoy's default);
+    a rule with a ``redirect`` answers with it and sends nothing on."""
 
     match: HttpMatch
     backends: tuple[Backend, ...]
     request_headers: HeaderEdit = HeaderEdit()
     response_headers: HeaderEdit = HeaderEdit()
     timeout_ms: int | None = None
+    redirect: Redirect | None = None
 
 
 @dataclass(frozen=True)

@@ -79,11 +79,13 @@ from gitmesh.mesh.state import (
     IngressRule,
     MeshState,
     Port,
+    Redirect,
     RetryPolicy,
     Service,
     ServiceRef,
     ServiceRoutes,
     Split,
+    literal,
     whole_path_regex,
 )
 from gitmesh.xds import policy, resources, tls, wire
@@ -875,7 +877,9 @@ def _service_routes(routes: ServiceRoutes) -> list[route_components_pb2.Route]:
             response_headers_to_remove=rule.response_headers.remove,
         )
         weighted = [b for b in rule.backends if b.weight]
-        if not weighted:
+        if rule.redirect is not None:
+            route.redirect.CopyFrom(_redirect(rule.redirect, routes.port))
+        elif not weighted:
             route.direct_response.status = 500  # what the spec asks of a rule with nowhere to send
         else:
             route.route.weighted_clusters.clusters.extend(
@@ -889,6 +893,45 @@ def _service_routes(routes: ServiceRoutes) -> list[route_components_pb2.Route]:
                 route.route.timeout.FromMilliseconds(rule.timeout_ms)
         out.append(route)
     return out
+
+
+_REDIRECT_CODES = {
+    301: route_components_pb2.RedirectAction.MOVED_PERMANENTLY,
+    302: route_components_pb2.RedirectAction.FOUND,
+    303: route_components_pb2.RedirectAction.SEE_OTHER,
+    307: route_components_pb2.RedirectAction.TEMPORARY_REDIRECT,
+    308: route_components_pb2.RedirectAction.PERMANENT_REDIRECT,
+}
+
+
+_SCHEME_PORTS = {"http": 80, "https": 443}
+
+
+def _redirect(redirect: Redirect, service_port: int) -> route_components_pb2.RedirectAction:
+    """The Location's port is the one given, else the new scheme's, else the Service port the
+    request was sent to (as a Gateway listener's); a scheme's own port is left out of it."""
+    scheme = redirect.scheme or "http"  # a sidecar sees its app's requests in plaintext
+    port = redirect.port or (_SCHEME_PORTS.get(scheme, 0) if redirect.scheme else service_port)
+    action = route_components_pb2.RedirectAction(
+        response_code=_REDIRECT_CODES[redirect.status],
+        scheme_redirect=redirect.scheme or "",
+        host_redirect=redirect.hostname or "",
+        port_redirect=0 if port == _SCHEME_PORTS.get(scheme) else port,
+    )
+    if redirect.path is not None:
+        action.path_redirect = redirect.path
+    elif redirect.prefix is not None:
+        # The prefix matches whole path elements (/old: /old and /old/a, not /older): what follows
+        # it is kept, and a prefix replaced by / leaves the rest, or / itself.
+        prefix, replacement = (part.rstrip("/") for part in redirect.prefix)
+        pattern, substitution = (
+            (f"^{literal(prefix)}(/.*)?$", replacement + r"\1")
+            if replacement
+            else (f"^{literal(prefix)}/?(.*)$", r"/\1")
+        )
+        action.regex_rewrite.pattern.CopyFrom(_regex(pattern))
+        action.regex_rewrite.substitution = substitution
+    return action
 
 
 def _headers_to_add(edit: HeaderEdit) -> list[base_pb2.HeaderValueOption]:

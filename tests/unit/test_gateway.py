@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from gitmesh.apis import core, gateway
-from gitmesh.mesh.state import Backend, HeaderEdit, MeshState, Service, ServiceRef
+from gitmesh.mesh.state import Backend, HeaderEdit, MeshState, Redirect, Service, ServiceRef
 from gitmesh.plan import schema
 from gitmesh.revision.diagnostics import field_path
 from tests import factory as f
@@ -176,6 +176,41 @@ def test_a_rule_carries_its_header_edits_timeout_and_query_matches() -> None:
     assert ranked.rule.backends == (Backend(ServiceRef("bookinfo", "v2"), 1, 9090),)
 
 
+def test_a_redirect_is_read_with_the_prefix_of_each_match() -> None:
+    redirect = {"hostname": "example.org", "statusCode": 301}
+    rules = [
+        {"filters": [{"type": "RequestRedirect", "requestRedirect": redirect}]},
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+            "filters": [
+                {
+                    "type": "RequestRedirect",
+                    "requestRedirect": {
+                        "scheme": "https",
+                        "port": 8443,
+                        "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"},
+                    },
+                }
+            ],
+        },
+        {
+            "filters": [
+                {
+                    "type": "RequestRedirect",
+                    "requestRedirect": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "/all"}},
+                }
+            ]
+        },
+    ]
+    read = gateway.read_route(_on_reviews(rules), SERVICES)
+    assert read.problems == ()
+    assert [r.rule.redirect for r in read.rules] == [
+        Redirect(301, hostname="example.org"),
+        Redirect(302, scheme="https", port=8443, prefix=("/old", "/new")),
+        Redirect(302, path="/all"),
+    ]
+
+
 def test_a_route_in_another_namespace_is_for_that_namespace_s_callers_only() -> None:
     producer = _on_reviews([{"backendRefs": [_backend("v1")]}])
     consumer = _on_reviews([{"backendRefs": [_backend("v3")]}], ns="shop", namespace="bookinfo", port=9080)
@@ -210,7 +245,7 @@ def test_a_route_in_another_namespace_is_for_that_namespace_s_callers_only() -> 
         (lambda r: r["spec"].update(hostnames=["reviews"]), "GM160", "spec.hostnames"),
         (
             lambda r: r["spec"]["rules"][0].update(
-                filters=[{"type": "RequestRedirect", "requestRedirect": {}}]
+                filters=[{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "v2"}}}]
             ),
             "GM160",
             "spec.rules[0].filters[0].type",
