@@ -5,20 +5,23 @@
 # node runs: kubelet, kube-scheduler, kube-controller-manager, kube-proxy,
 # CoreDNS and the pause and app programs of its images. `build.sh vault` builds
 # HashiCorp Vault only (for the Vault PKI certificate provider's tests), into the
-# same directory.
+# same directory. `build.sh conformance` builds the Gateway API conformance suite as
+# a test binary and the programs of the echo image its mesh tests deploy (Istio's
+# echo server and client), into the same directory.
 # Idempotent: a module's binaries are rebuilt only when one is missing or when
 # the module (go.mod, go.sum, its .go files) or the link flags changed.
 # Progress and errors go to stderr; a failed build exits non-zero with Go's
 # own error output.
 set -euo pipefail
 
-with_vault=false
+with_vault=false with_conformance=false
 case "${1:-}" in
 "") with_node=false ;;
 node) with_node=true ;;
 vault) with_node=false with_vault=true ;;
+conformance) with_node=false with_conformance=true ;;
 *)
-    echo "usage: testenv/build.sh [node|vault]" >&2
+    echo "usage: testenv/build.sh [node|vault|conformance]" >&2
     exit 2
     ;;
 esac
@@ -50,6 +53,10 @@ coredns_version="$(required_version "$here/coredns/go.mod" github.com/coredns/co
 [[ -n "$coredns_version" ]] || die "cannot find the github.com/coredns/coredns version in coredns/go.mod"
 vault_version="$(required_version "$here/vault/go.mod" github.com/hashicorp/vault)"
 [[ -n "$vault_version" ]] || die "cannot find the github.com/hashicorp/vault version in vault/go.mod"
+conformance_version="$(required_version "$here/conformance/go.mod" sigs.k8s.io/gateway-api/conformance)"
+[[ -n "$conformance_version" ]] || die "cannot find the conformance suite's version in conformance/go.mod"
+istio_version="$(required_version "$here/echo/go.mod" istio.io/istio)"
+[[ -n "$istio_version" ]] || die "cannot find the istio.io/istio version in echo/go.mod"
 
 cache_root="${GITMESH_TESTENV_CACHE:-$HOME/.cache/gitmesh/testenv}"
 out="$cache_root/$k8s_version"
@@ -78,7 +85,32 @@ stamp_of() { # <module dir> <ldflags>: a digest of what decides the binaries
     ) | sha256sum | cut -d' ' -f1
 }
 
-# One `go build` per module, so packages shared by its main packages compile once.
+# How a module's binaries are compiled into a folder: one `go build` of every main package, so
+# packages shared by them compile once; `compile_<module>` where that is not it.
+compile() { # <module> <ldflags> <folder>
+    if declare -F "compile_$1" >/dev/null; then
+        "compile_$1" "$2" "$3"
+    else
+        go build -ldflags="$2" -o "$3/" ./...
+    fi
+}
+
+# The suite is the test binary of its module's test; `-test.run` etc. are its flags.
+compile_conformance() { # <ldflags> <folder>
+    go test -c -ldflags="$1" -o "$2/gateway-conformance.test" .
+}
+
+# Istio's echo server and client (the suite's echo-advanced image), and the certificate its
+# image carries at /cert.crt and /cert.key for the server's TLS port.
+compile_echo() { # <ldflags> <folder>
+    go build -ldflags="$1" -o "$2/echo-server" istio.io/istio/pkg/test/echo/cmd/server &&
+        go build -ldflags="$1" -o "$2/echo-client" istio.io/istio/pkg/test/echo/cmd/client || return 1
+    local certs
+    certs="$(go list -m -f '{{.Dir}}' istio.io/istio)/tests/testdata/certs/dns"
+    install -m 0644 "$certs/cert-chain.pem" "$2/echo-cert.crt"
+    install -m 0644 "$certs/key.pem" "$2/echo-cert.key"
+}
+
 build() { # <module> <ldflags> <binary>...
     local module="$1" ldflags="$2"
     shift 2
@@ -87,7 +119,7 @@ build() { # <module> <ldflags> <binary>...
     stamp="$(stamp_of "$src" "$ldflags")"
     local fresh=true
     for binary in "$@"; do
-        [[ -x "$out/$binary" ]] || fresh=false
+        [[ -f "$out/$binary" ]] || fresh=false
     done
     if $fresh && [[ -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" ]]; then
         return 0
@@ -97,7 +129,7 @@ build() { # <module> <ldflags> <binary>...
     local tmp="$out/.build-$module.$$"
     trap "rm -rf '$tmp'" EXIT
     mkdir -p "$tmp"
-    if ! (cd "$src" && go build -ldflags="$ldflags" -o "$tmp/" ./...); then
+    if ! (cd "$src" && compile "$module" "$ldflags" "$tmp"); then
         rm -rf "$tmp"
         die "building $module failed (module $src, see the Go errors above)"
     fi
@@ -123,6 +155,12 @@ if $with_vault; then
     echo "$out"
     exit 0
 fi
+if $with_conformance; then
+    build conformance "-s -w" gateway-conformance.test
+    build echo "-s -w" echo-server echo-client echo-cert.crt echo-cert.key
+    echo "$out"
+    exit 0
+fi
 build etcd "-s -w" etcd
 build kube-apiserver "-s -w$version_ldflags" kube-apiserver
 if $with_node; then
@@ -137,6 +175,7 @@ etcd $etcd_version
 kubelet, kube-scheduler, kube-controller-manager, kube-proxy $k8s_version
 coredns $coredns_version
 vault $vault_version (built by build.sh vault)
+gateway-conformance.test $conformance_version, echo-server and echo-client istio.io/istio $istio_version (built by build.sh conformance)
 $(go env GOVERSION)
 EOF
 
