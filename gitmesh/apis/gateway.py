@@ -30,6 +30,7 @@ from gitmesh.mesh.state import (
     HeaderEdit,
     HttpMatch,
     Redirect,
+    Rewrite,
     RouteRule,
     Service,
     ServiceRef,
@@ -201,6 +202,7 @@ def read_route(
                 response,
                 None if timeout is None else duration_ms(timeout),
                 _redirect(rule, match),
+                _rewrite(rule, match),
             )
             ranked += [RankedRule(key, rank, routed) for key in keys]
     return RouteRead(tuple(ranked), tuple(problems))
@@ -336,27 +338,44 @@ def _backends(
     return tuple(found)
 
 
-def _redirect(rule: Mapping[str, Any], match: Mapping[str, Any]) -> Redirect | None:
-    """A rule's RequestRedirect filter; a prefix replaced is the one ``match`` has (the CRD allows
+_FILTER_FIELDS = {"RequestRedirect": "requestRedirect", "URLRewrite": "urlRewrite"}
+
+
+def _filter(rule: Mapping[str, Any], kind: str) -> dict[str, Any] | None:
+    """The rule's filter of ``kind`` (the CRD allows one of each)."""
+    found = [f[_FILTER_FIELDS[kind]] for f in rule.get("filters") or () if f["type"] == kind]
+    return dict(found[0]) if found else None
+
+
+def _path_change(
+    modifier: Mapping[str, Any], match: Mapping[str, Any]
+) -> tuple[str | None, tuple[str, str] | None]:
+    """A redirect's or rewrite's path: replaced whole, or the prefix ``match`` has (the CRD allows
     ReplacePrefixMatch only beside one PathPrefix match; without a path that prefix is ``/``)."""
-    found = [f["requestRedirect"] for f in rule.get("filters") or () if f["type"] == "RequestRedirect"]
-    if not found:
-        return None
-    redirect = found[0]
-    path = redirect.get("path") or {}
-    full = path.get("replaceFullPath") if path.get("type") == "ReplaceFullPath" else None
-    prefix = None
+    path = modifier.get("path") or {}
+    if path.get("type") == "ReplaceFullPath":
+        return str(path.get("replaceFullPath", "/")), None
     if path.get("type") == "ReplacePrefixMatch":
-        matched = match.get("path", {}).get("value", "/")
-        prefix = (str(matched), str(path.get("replacePrefixMatch", "/")))
+        return None, (str(match.get("path", {}).get("value", "/")), str(path.get("replacePrefixMatch", "/")))
+    return None, None
+
+
+def _redirect(rule: Mapping[str, Any], match: Mapping[str, Any]) -> Redirect | None:
+    redirect = _filter(rule, "RequestRedirect")
+    if redirect is None:
+        return None
+    full, prefix = _path_change(redirect, match)
+    status = int(redirect.get("statusCode", 302))
     return Redirect(
-        int(redirect.get("statusCode", 302)),
-        redirect.get("scheme"),
-        redirect.get("hostname"),
-        redirect.get("port"),
-        None if full is None else str(full),
-        prefix,
+        status, redirect.get("scheme"), redirect.get("hostname"), redirect.get("port"), full, prefix
     )
+
+
+def _rewrite(rule: Mapping[str, Any], match: Mapping[str, Any]) -> Rewrite | None:
+    rewrite = _filter(rule, "URLRewrite")
+    if rewrite is None:
+        return None
+    return Rewrite(rewrite.get("hostname"), *_path_change(rewrite, match))
 
 
 def _header_edit(rule: Mapping[str, Any], kind: str) -> HeaderEdit:
@@ -387,7 +406,7 @@ def _not_served(obj: dict[str, Any]) -> list[Problem]:
     for r, rule in enumerate(spec["rules"]):
         at: Path = ("spec", "rules", r)
         for f, flt in enumerate(rule.get("filters") or ()):
-            if flt["type"] not in _HEADER_FILTERS and flt["type"] != "RequestRedirect":
+            if flt["type"] not in _HEADER_FILTERS and flt["type"] not in _FILTER_FIELDS:
                 out.append(((*at, "filters", f, "type"), f"a {flt['type']} filter"))
         for b, ref in enumerate(rule.get("backendRefs") or ()):
             path: Path = (*at, "backendRefs", b)

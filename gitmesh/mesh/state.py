@@ -160,6 +160,16 @@ class Redirect:
 
 
 @dataclass(frozen=True)
+class Rewrite:
+    """What a rule changes of a request it sends on: the Host, and the path replaced whole or in
+    the prefix matched (as a ``Redirect``'s)."""
+
+    hostname: str | None = None
+    path: str | None = None
+    prefix: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class RouteRule:
     """Requests matching ``match`` go to ``backends`` by relative weight (none weighted: 500),
     their headers edited, answered within ``timeout_ms`` (0: no limit; None: Envoy's default);
@@ -171,6 +181,7 @@ class RouteRule:
     response_headers: HeaderEdit = HeaderEdit()
     timeout_ms: int | None = None
     redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ from gitmesh.mesh.state import (
     Port,
     Redirect,
     RetryPolicy,
+    Rewrite,
     Service,
     ServiceRef,
     ServiceRoutes,
@@ -891,6 +892,8 @@ def _service_routes(routes: ServiceRoutes) -> list[route_components_pb2.Route]:
             )
             if rule.timeout_ms is not None:
                 route.route.timeout.FromMilliseconds(rule.timeout_ms)
+            if rule.rewrite is not None:
+                _rewrite(route.route, rule.rewrite)
         out.append(route)
     return out
 
@@ -921,17 +924,29 @@ def _redirect(redirect: Redirect, service_port: int) -> route_components_pb2.Red
     if redirect.path is not None:
         action.path_redirect = redirect.path
     elif redirect.prefix is not None:
-        # The prefix matches whole path elements (/old: /old and /old/a, not /older): what follows
-        # it is kept, and a prefix replaced by / leaves the rest, or / itself.
-        prefix, replacement = (part.rstrip("/") for part in redirect.prefix)
-        pattern, substitution = (
-            (f"^{literal(prefix)}(/.*)?$", replacement + r"\1")
-            if replacement
-            else (f"^{literal(prefix)}/?(.*)$", r"/\1")
-        )
-        action.regex_rewrite.pattern.CopyFrom(_regex(pattern))
-        action.regex_rewrite.substitution = substitution
+        action.regex_rewrite.CopyFrom(_prefix_rewrite(*redirect.prefix))
     return action
+
+
+def _rewrite(action: route_components_pb2.RouteAction, rewrite: Rewrite) -> None:
+    if rewrite.hostname is not None:
+        action.host_rewrite_literal = rewrite.hostname
+    if rewrite.path is not None:  # the whole path; Envoy keeps the query string out of it
+        action.regex_rewrite.pattern.CopyFrom(_regex("^.*$"))
+        action.regex_rewrite.substitution = rewrite.path
+    elif rewrite.prefix is not None:
+        action.regex_rewrite.CopyFrom(_prefix_rewrite(*rewrite.prefix))
+
+
+def _prefix_rewrite(prefix: str, replacement: str) -> regex_pb2.RegexMatchAndSubstitute:
+    """The path prefix replaced: it matches whole path elements (/old: /old and /old/a, not /older),
+    what follows it is kept, and a prefix replaced by / leaves the rest, or / itself."""
+    prefix, replacement = prefix.rstrip("/"), replacement.rstrip("/")
+    if replacement:
+        pattern, substitution = f"^{literal(prefix)}(/.*)?$", replacement + r"\1"
+    else:
+        pattern, substitution = f"^{literal(prefix)}/?(.*)$", r"/\1"
+    return regex_pb2.RegexMatchAndSubstitute(pattern=_regex(pattern), substitution=substitution)
 
 
 def _headers_to_add(edit: HeaderEdit) -> list[base_pb2.HeaderValueOption]:

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from gitmesh.apis import core, gateway
-from gitmesh.mesh.state import Backend, HeaderEdit, MeshState, Redirect, Service, ServiceRef
+from gitmesh.mesh.state import Backend, HeaderEdit, MeshState, Redirect, Rewrite, Service, ServiceRef
 from gitmesh.plan import schema
 from gitmesh.revision.diagnostics import field_path
 from tests import factory as f
@@ -174,6 +174,33 @@ def test_a_rule_carries_its_header_edits_timeout_and_query_matches() -> None:
     assert ranked.rule.response_headers == HeaderEdit(add=(("x-b", "2"),), remove=("server",))
     assert ranked.rule.timeout_ms == 60_500
     assert ranked.rule.backends == (Backend(ServiceRef("bookinfo", "v2"), 1, 9090),)
+
+
+def test_a_rewrite_is_read_with_the_prefix_of_each_match() -> None:
+    rewrite = {"hostname": "elsewhere", "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}
+    rules = [
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/a"}}, {"path": {"value": "/b/"}}],
+            "filters": [{"type": "URLRewrite", "urlRewrite": rewrite}],
+            "backendRefs": [_backend("v1")],
+        },
+        {
+            "filters": [
+                {
+                    "type": "URLRewrite",
+                    "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "/x"}},
+                }
+            ],
+            "backendRefs": [_backend("v1")],
+        },
+    ]
+    read = gateway.read_route(_on_reviews(rules), SERVICES)
+    assert read.problems == ()
+    assert [r.rule.rewrite for r in sorted(read.rules, key=lambda r: r.rank[-2:])] == [
+        Rewrite("elsewhere", prefix=("/a", "/")),
+        Rewrite("elsewhere", prefix=("/b/", "/")),
+        Rewrite(path="/x"),
+    ]
 
 
 def test_a_redirect_is_read_with_the_prefix_of_each_match() -> None:
