@@ -94,8 +94,8 @@ def envoy_binary() -> str:
 
 
 class App:
-    """A tiny HTTP app on 127.0.0.1 that answers every request with its name, and each ``x-``
-    request header as an ``x-echo-`` response header.
+    """A tiny HTTP app on 127.0.0.1 that answers every request with its name, and its path, its
+    Host and each ``x-`` request header as ``x-echo-`` response headers.
 
     Tests make it misbehave: ``error_rate`` of its answers are 500s (spread evenly, not at
     random, so a share is exact), and each answer waits ``delay`` seconds first.
@@ -116,7 +116,9 @@ class App:
                 body = name.encode()
                 self.send_response(500 if failing else 200)
                 self.send_header("Content-Length", str(len(body)))
-                # What the mesh did to the request, for tests to see: its x- headers, echoed.
+                # What the mesh did to the request, for tests to see: path, Host, x- headers.
+                self.send_header("x-echo-path", self.path)
+                self.send_header("x-echo-host", self.headers.get("Host", ""))
                 for header, value in self.headers.items():
                     if header.lower().startswith("x-"):
                         self.send_header(f"x-echo-{header.lower()}", value)

@@ -38,7 +38,38 @@ spec:
   - name: buy
     matches: [{path: {type: PathPrefix, value: /buy-a-book}, queryParams: [{name: n, value: "1"}]}]
     backendRefs: [{name: bookstore-v1, port: 14001, weight: 0}, {name: bookstore-v2, port: 14001, weight: 1}]
+  - name: moved
+    matches: [{path: {type: PathPrefix, value: /old-books}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect:
+        hostname: books.example
+        statusCode: 301
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /books-bought}
+  - name: renamed
+    matches: [{path: {type: PathPrefix, value: /sold}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite:
+        hostname: shop.example
+        path: {type: ReplacePrefixMatch, replacePrefixMatch: /books-bought}
+    backendRefs: [{name: bookstore-v1, port: 14001}]
+  - name: secure
+    matches: [{path: {type: Exact, value: /login}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {scheme: https, hostname: secure.example}
 """
+
+
+class _Unfollowed(urllib.request.HTTPRedirectHandler):
+    """Redirects come back as they are, to be looked at."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_Unfollowed)
 
 
 def get(d: Demo, path: str, headers: dict[str, str]) -> tuple[int, str, dict[str, str]]:
@@ -48,7 +79,7 @@ def get(d: Demo, path: str, headers: dict[str, str]) -> tuple[int, str, dict[str
         headers={"Host": "bookstore.bookstore:14001", "User-Agent": demo_mod.CALLER_AGENT, **headers},
     )
     try:
-        with urllib.request.urlopen(request, timeout=5) as r:
+        with _OPENER.open(request, timeout=5) as r:
             return r.status, r.read().decode(), {k.lower(): v for k, v in r.headers.items()}
     except urllib.error.HTTPError as e:
         with e:
@@ -82,3 +113,14 @@ def test_an_http_route_routes_by_its_rules_and_refuses_what_none_match(tmp_path:
         # No rule matches: 404 from the caller's sidecar, not the bookstore's 403.
         assert get(d, "/buy-a-book/new", {})[0] == 404
         assert get(d, "/admin", {})[0] == 404
+        # Redirects are answered by the caller's sidecar: the matched prefix replaced, the query
+        # kept, the Service port in the Location (as a Gateway listener's); a scheme's own port not.
+        status, _, headers = get(d, "/old-books/2026?x=1", {})
+        assert (status, headers["location"]) == (301, "http://books.example:14001/books-bought/2026?x=1")
+        assert get(d, "/old-books", {})[2]["location"] == "http://books.example:14001/books-bought"
+        # A rewrite changes the request the backend gets, the query kept.
+        status, body, headers = get(d, "/sold/2026?x=1", {})
+        assert (status, body) == (200, "bookstore-v1")
+        assert (headers["x-echo-path"], headers["x-echo-host"]) == ("/books-bought/2026?x=1", "shop.example")
+        status, _, headers = get(d, "/login", {})
+        assert (status, headers["location"]) == (302, "https://secure.example/login")
