@@ -2,8 +2,9 @@
 
 All TCP a pod sends goes to the sidecar's outbound listener and all TCP it receives to its inbound
 listener, by NAT ``REDIRECT`` (the listeners read the original destination, ``SO_ORIGINAL_DST``).
-Exempt: the proxy's own traffic (by UID, or it would loop), loopback, and the ports and CIDRs a pod
-names; inbound also the proxy's own ports (admin, health) and the probe ports left to the kubelet.
+Exempt: the proxy's own traffic (by UID, or it would loop) but for what it sends its own pod,
+loopback, and the ports and CIDRs a pod names; inbound also the proxy's own ports (admin, health)
+and the probe ports left to the kubelet.
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ def rules(capture: Capture) -> str:
         lines.append(f"-A {INBOUND_CHAIN} -p tcp --dport {port} -j RETURN")
     lines.append(f"-A {INBOUND_CHAIN} -p tcp -j REDIRECT --to-ports {capture.inbound_port}")
     lines += [
-        # The proxy's own connections (upstream, xDS) leave as they are.
+        # The proxy calling its own pod (a Service whose endpoint is this pod) goes to its own
+        # inbound listener, as a call from another pod would, not in mTLS straight to the app.
+        f"-A {OUTBOUND_CHAIN} ! -d 127.0.0.1/32 -o lo -m owner --uid-owner {capture.proxy_uid} "
+        f"-j {INBOUND_CHAIN}",
+        # Its other connections (upstream, xDS) leave as they are.
         f"-A {OUTBOUND_CHAIN} -m owner --uid-owner {capture.proxy_uid} -j RETURN",
         f"-A {OUTBOUND_CHAIN} -d 127.0.0.1/32 -j RETURN",
     ]
