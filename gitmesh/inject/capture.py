@@ -15,6 +15,9 @@ from dataclasses import dataclass
 # Chains of our own, so the rules can be read (and counted) apart from the pod's others.
 INBOUND_CHAIN = "GITMESH_INBOUND"
 OUTBOUND_CHAIN = "GITMESH_OUTBOUND"
+# The source address the sidecar passes what it received on to its app from: the one connection of
+# its own to its pod's address that is not captured again.
+INBOUND_SOURCE = "127.0.0.6"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ def rules(capture: Capture) -> str:
         lines.append(f"-A {INBOUND_CHAIN} -p tcp --dport {port} -j RETURN")
     lines.append(f"-A {INBOUND_CHAIN} -p tcp -j REDIRECT --to-ports {capture.inbound_port}")
     lines += [
+        f"-A {OUTBOUND_CHAIN} -s {INBOUND_SOURCE}/32 -o lo -j RETURN",
         # The proxy calling its own pod (a Service whose endpoint is this pod) goes to its own
         # inbound listener, as a call from another pod would, not in mTLS straight to the app.
         f"-A {OUTBOUND_CHAIN} ! -d 127.0.0.1/32 -o lo -m owner --uid-owner {capture.proxy_uid} "

@@ -69,6 +69,7 @@ from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
 from gitmesh.certs.ca import DEFAULT_TRUST_DOMAIN
+from gitmesh.inject.capture import INBOUND_SOURCE
 from gitmesh.mesh.state import (
     ConnectionLimits,
     EgressRule,
@@ -96,6 +97,9 @@ INBOUND = "inbound"
 CLUSTER_DOMAIN = "cluster.local"
 HTTP_RBAC = "envoy.filters.http.rbac"
 PASSTHROUGH = "passthrough"
+# What a pod's sidecar received, on to its app at the address it was sent to, from the address
+# capture leaves alone (its connections to its own pod are captured again, into its inbound).
+INBOUND_PASSTHROUGH = "inbound-passthrough"
 
 
 @dataclass(frozen=True, order=True)
@@ -299,7 +303,9 @@ class Translator:
             resources.ROUTE: {
                 OUTBOUND: self._outbound_routes(proxy),
                 # IngressBackend and rate limits reach host sidecars only so far (README "Policies").
-                INBOUND: _inbound_routes(self.mesh, proxy, self.trust_domain, None, None, PASSTHROUGH),
+                INBOUND: _inbound_routes(
+                    self.mesh, proxy, self.trust_domain, None, None, INBOUND_PASSTHROUGH
+                ),
             },
         }
 
@@ -332,7 +338,7 @@ class Translator:
             chain.name = f"{OUTBOUND}|{number}"
             chain.filter_chain_match.CopyFrom(_destination(ips, number))
             chains.append(chain)
-        listener = _transparent_listener(OUTBOUND, port, chains)
+        listener = _transparent_listener(OUTBOUND, port, chains, PASSTHROUGH)
         self._transparent[(scope, port)] = listener
         return listener
 
@@ -407,7 +413,11 @@ class Translator:
         if passthrough:
             key = (True, scope, PASSTHROUGH)
             if key not in self._clusters:
-                self._clusters[key] = {**self._mesh_clusters(scope, mtls=True), PASSTHROUGH: _passthrough()}
+                self._clusters[key] = {
+                    **self._mesh_clusters(scope, mtls=True),
+                    PASSTHROUGH: _passthrough(PASSTHROUGH),
+                    INBOUND_PASSTHROUGH: _passthrough(INBOUND_PASSTHROUGH, INBOUND_SOURCE),
+                }
             return self._clusters[key]
         if (mtls, scope) not in self._clusters:
             limits = {lim.service: lim for lim in self.mesh.limits}
@@ -755,23 +765,23 @@ def _transparent_inbound(mesh: MeshState, proxy: Proxy, pod: Pod, trust_domain: 
         if is_http:
             chain = _inbound_http_listener(mesh, proxy, trust_domain, None, (), ()).filter_chains[0]
         else:
-            tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=f"{INBOUND}|{port}", cluster=PASSTHROUGH)
+            tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=f"{INBOUND}|{port}", cluster=INBOUND_PASSTHROUGH)
             chain = _inbound_tcp_chain(mesh, proxy, {port}, trust_domain, tcp)
         chain.name = f"{INBOUND}|{port}"
         chain.filter_chain_match.destination_port.value = port
         chains.append(chain)
-    return _transparent_listener(INBOUND, proxy.inbound_port, chains)
+    return _transparent_listener(INBOUND, proxy.inbound_port, chains, INBOUND_PASSTHROUGH)
 
 
 def _transparent_listener(
-    name: str, port: int, chains: Sequence[listener_components_pb2.FilterChain]
+    name: str, port: int, chains: Sequence[listener_components_pb2.FilterChain], passthrough_cluster: str
 ) -> listener_pb2.Listener:
     """A capture port: the original destination restored, then matched against ``chains``; what
-    none matches goes on to that destination as it came."""
+    none matches goes on to that destination as it came, through ``passthrough_cluster``."""
     original = listener_components_pb2.ListenerFilter(
         name="envoy.filters.listener.original_dst", typed_config=_typed(original_dst_pb2.OriginalDst())
     )
-    passthrough = tcp_proxy_pb2.TcpProxy(stat_prefix=f"{name}|{PASSTHROUGH}", cluster=PASSTHROUGH)
+    passthrough = tcp_proxy_pb2.TcpProxy(stat_prefix=f"{name}|{PASSTHROUGH}", cluster=passthrough_cluster)
     return listener_pb2.Listener(
         name=name,
         address=_address("0.0.0.0", port),
@@ -795,14 +805,18 @@ def _destination(ips: Sequence[str], port: int) -> listener_components_pb2.Filte
     )
 
 
-def _passthrough() -> cluster_pb2.Cluster:
-    """Connections on to their original destination (the proxy's own UID is exempt from capture)."""
-    return cluster_pb2.Cluster(
-        name=PASSTHROUGH,
+def _passthrough(name: str, source: str | None = None) -> cluster_pb2.Cluster:
+    """Connections on to their original destination (the proxy's own UID is exempt from capture),
+    from ``source`` when given."""
+    cluster = cluster_pb2.Cluster(
+        name=name,
         type=cluster_pb2.Cluster.ORIGINAL_DST,
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
         connect_timeout=duration_pb2.Duration(seconds=1),
     )
+    if source is not None:
+        cluster.upstream_bind_config.source_address.CopyFrom(_address(source, 0).socket_address)
+    return cluster
 
 
 def _callers_only(callers: Sequence[Identity], trust_domain: str) -> listener_components_pb2.Filter:

@@ -266,6 +266,7 @@ def test_capture_rules_exempt_the_proxy_loopback_and_exclusions() -> None:
         "-A GITMESH_INBOUND -p tcp --dport 8080 -j RETURN",
         "-A GITMESH_INBOUND -p tcp --dport 15021 -j RETURN",
         "-A GITMESH_INBOUND -p tcp -j REDIRECT --to-ports 15006",
+        "-A GITMESH_OUTBOUND -s 127.0.0.6/32 -o lo -j RETURN",
         "-A GITMESH_OUTBOUND ! -d 127.0.0.1/32 -o lo -m owner --uid-owner 1337 -j GITMESH_INBOUND",
         "-A GITMESH_OUTBOUND -m owner --uid-owner 1337 -j RETURN",
         "-A GITMESH_OUTBOUND -d 127.0.0.1/32 -j RETURN",
