@@ -150,7 +150,8 @@ def read_route(
 
     A Service not in ``services`` is a problem naming it in ``Problem.missing`` (the cluster may
     have it); a backend with a problem is left out of its rule. A backend in another namespace needs
-    a ReferenceGrant there (``granted``).
+    a ReferenceGrant there (``granted``), unless it is a parent of the route: a consumer route sending
+    on to the Service it is attached to, as the conformance suite's MeshConsumerRoute does.
     """
     ns = namespace(obj)
     spec = obj["spec"]
@@ -186,7 +187,10 @@ def read_route(
     age = (str(obj["metadata"].get("creationTimestamp", "")), ns, str(obj["metadata"]["name"]))
     for r, rule in enumerate(spec["rules"]):
         at: Path = ("spec", "rules", r)
-        backends = _backends(rule, at, (str(obj["kind"]), ns), services, granted, problems)
+        parents = {k[0] for k in keys}
+        backends = _backends(
+            rule, at, (str(obj["kind"]), ns), services, granted | _own(obj, parents), problems
+        )
         request, response = (_header_edit(rule, kind) for kind in _HEADER_FILTERS)
         timeout = rule.get("timeouts", {}).get("request")  # GRPCRoute has none
         for m, match in enumerate(rule.get("matches") or [{}]):
@@ -300,6 +304,11 @@ def _path_regex(kind: str, value: str) -> str:
 def _value_regex(match: Mapping[str, Any]) -> str:
     value = str(match["value"])
     return value if match.get("type", "Exact") == "RegularExpression" else literal(value)
+
+
+def _own(obj: Mapping[str, Any], parents: Iterable[ServiceRef]) -> Grants:
+    """What a route may send to in other namespaces without a grant: the Services it attaches to."""
+    return frozenset((str(obj["kind"]), namespace(obj), p.namespace, p.name) for p in parents)
 
 
 def _backends(

@@ -367,6 +367,26 @@ def test_grpc_matches_are_paths_ranked_by_service_then_method_then_headers() -> 
     assert [path for path, *_ in gateway.regexes(route)] == [("spec", "rules", 1, "matches", 2, "method")]
 
 
+def test_a_consumer_route_sends_to_the_service_it_is_attached_to_without_a_grant() -> None:
+    route = _on_reviews(
+        [
+            {
+                "backendRefs": [
+                    {**_backend("reviews"), "namespace": "bookinfo"},
+                    {**_backend("v1"), "namespace": "bookinfo"},
+                ]
+            }
+        ],
+        ns="shop",
+        namespace="bookinfo",
+    )
+    read = gateway.read_route(route, SERVICES)
+    assert [(p.code, field_path(p.path)) for p in read.problems] == [
+        ("GM164", "spec.rules[0].backendRefs[1].namespace")
+    ]
+    assert read.rules[0].rule.backends == (Backend(ServiceRef("bookinfo", "reviews"), 1, 9080),)
+
+
 def test_a_reference_grant_lets_a_route_send_to_another_namespace() -> None:
     route = _on_reviews([{"backendRefs": [{**_backend("v3"), "namespace": "shop"}]}])
     grant = {
