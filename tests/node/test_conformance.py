@@ -6,7 +6,7 @@ that its mesh manifests run (Istio's echo app, image ``echo-advanced``); the ima
 under the name the manifests use and imported into the node, so nothing is pulled. The suite
 applies its Services, Deployments and routes with its own client, execs the echo client in one pod
 and checks what the others answer; gitmesh reads the routes from the cluster and serves the
-sidecars. The suite's report is written to ``$GITMESH_CONFORMANCE_REPORT`` when set
+sidecars. The suite's report is written to ``$CONFORMANCE_REPORT`` when set
 (docs/conformance/ holds the published one).
 """
 
@@ -204,7 +204,7 @@ def test_the_mesh_http_profile_passes_its_core_tests(
     run = run_suite(cluster, bin_dir / "gateway-conformance.test", "MESH-HTTP", report)
     (tmp_path / "suite.log").write_text(run.stdout + run.stderr)
     assert report.exists(), (run.stdout + run.stderr)[-6000:]
-    if published := os.environ.get("GITMESH_CONFORMANCE_REPORT"):
+    if published := os.environ.get("CONFORMANCE_REPORT"):
         shutil.copyfile(report, published)
     mesh_http = profile_report(report, "MESH-HTTP")
     failed = [line for line in run.stdout.splitlines() if line.lstrip().startswith("--- FAIL")]

@@ -18,12 +18,13 @@ from google.protobuf import json_format, struct_pb2
 from gitmesh import pipeline
 from gitmesh.apis import read
 from gitmesh.inject import patch
+from gitmesh.inject.capture import INBOUND_SOURCE
 from gitmesh.mesh.state import Identity, MeshState, ServiceRef
 from gitmesh.serve import proxy_key
 from gitmesh.sync.git import read_directory
 from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import proxy_of
-from gitmesh.xds.translate import PASSTHROUGH, Pod, Proxy, Translator
+from gitmesh.xds.translate import INBOUND_PASSTHROUGH, PASSTHROUGH, Pod, Proxy, Translator
 from tests.conftest import EXAMPLE_REPO
 from tests.factory import mesh_config
 from tests.xds.envoy import ENVOY
@@ -153,14 +154,19 @@ def test_the_inbound_listener_takes_mtls_on_the_ports_the_pod_serves_and_hands_o
     assert served.transport_socket.name == "envoy.transport_sockets.tls"
     assert served.filters[0].name == "envoy.filters.network.rbac"  # callers only
     route = res[resources.ROUTE]["inbound"].virtual_hosts[0].routes[0]
-    assert route.route.cluster == PASSTHROUGH  # to the app, at the address the caller sent to
-    assert inbound.default_filter_chain.name == PASSTHROUGH
+    # To the app, at the address the caller sent to, from the one source capture leaves alone.
+    assert route.route.cluster == INBOUND_PASSTHROUGH
+    default = _unpack(inbound.default_filter_chain, tcp_proxy_pb2.TcpProxy)
+    assert default.cluster == INBOUND_PASSTHROUGH
+    to_app = res[resources.CLUSTER][INBOUND_PASSTHROUGH]
+    assert to_app.type == cluster_pb2.Cluster.ORIGINAL_DST
+    assert to_app.upstream_bind_config.source_address.address == INBOUND_SOURCE
 
 
 def test_a_tcp_port_takes_only_its_allowed_callers_in_the_handshake() -> None:
     res = Translator(cluster_mesh()).resources(MYSQL_V1)
     served = _chains(res[resources.LISTENER]["inbound"])["inbound|3306"]
-    assert _unpack(served, tcp_proxy_pb2.TcpProxy).cluster == PASSTHROUGH
+    assert _unpack(served, tcp_proxy_pb2.TcpProxy).cluster == INBOUND_PASSTHROUGH
     assert served.transport_socket.name == "envoy.transport_sockets.tls"
 
 
