@@ -192,6 +192,11 @@ class NodeCluster:
 
         _wait(f"kube-proxy's rules for Service {namespace}/{name}", programmed, timeout)
 
+    def import_image(self, tarball: Path) -> None:
+        """Import an image tarball into the running node's containerd (again: a no-op)."""
+        socket = self.directory / "containerd" / "containerd.sock"
+        _run("ctr", f"--address={socket}", "--namespace=k8s.io", "images", "import", str(tarball))
+
     def down(self) -> None:
         """Tear the node down (only if this handle started it)."""
         if self.owned:
@@ -580,24 +585,29 @@ def _image_sources(bin_dir: Path) -> dict[str, tuple[dict[str, Path | bytes], di
 def build_images(bin_dir: Path, out: Path) -> dict[str, Path]:
     """Write every image's tarball into ``out`` (reused while its inputs are unchanged)."""
     out.mkdir(parents=True, exist_ok=True)
-    tarballs: dict[str, Path] = {}
-    for name, (files, config) in _image_sources(bin_dir).items():
-        key = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-        for path in sorted(files):
-            source = files[path]
-            if isinstance(source, bytes):
-                key.update(f"{path}\0".encode() + source)
-            else:
-                stat = source.stat()
-                key.update(f"{path}\0{source}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
-        slug = re.sub(r"[^a-z0-9]+", "-", name.split("/", 1)[1])
-        tarball = out / f"{slug}-{key.hexdigest()[:16]}.tar"
-        if not tarball.exists():
-            for stale in out.glob(f"{slug}-*.tar"):
-                stale.unlink()
-            write_image(tarball, name, files, config)
-        tarballs[name] = tarball
-    return tarballs
+    return {
+        name: image_tarball(out, name, files, config)
+        for name, (files, config) in _image_sources(bin_dir).items()
+    }
+
+
+def image_tarball(out: Path, name: str, files: Mapping[str, Path | bytes], config: Mapping[str, Any]) -> Path:
+    """The tarball of one image in ``out``, written unless one of the same inputs is there."""
+    key = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for path in sorted(files):
+        source = files[path]
+        if isinstance(source, bytes):
+            key.update(f"{path}\0".encode() + source)
+        else:
+            stat = source.stat()
+            key.update(f"{path}\0{source}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    slug = re.sub(r"[^a-z0-9]+", "-", name.split("/", 1)[1])
+    tarball = out / f"{slug}-{key.hexdigest()[:16]}.tar"
+    if not tarball.exists():
+        for stale in out.glob(f"{slug}-*.tar"):
+            stale.unlink()
+        write_image(tarball, name, files, config)
+    return tarball
 
 
 # --------------------------------------------------------------------------- configuration files
