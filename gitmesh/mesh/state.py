@@ -57,11 +57,20 @@ class Port:
 
     @property
     def is_http(self) -> bool:
-        return self.app_protocol.lower() in ("http", "http2", "h2c", "grpc") or self.name.split("-")[0] in (
+        return self.app_protocol.lower() in ("http", *_HTTP2_PROTOCOLS) or self.name.split("-")[0] in (
             "http",
             "http2",
             "grpc",
         )
+
+    @property
+    def is_http2(self) -> bool:
+        """HTTP/2 in cleartext to the app (gRPC): its clusters must speak it, HTTP/1.1 will not do."""
+        return self.app_protocol.lower() in _HTTP2_PROTOCOLS or self.name.split("-")[0] in ("http2", "grpc")
+
+
+# Kubernetes' own name for HTTP/2 over cleartext (KEP-3726) and the names meshes used before it.
+_HTTP2_PROTOCOLS = ("http2", "h2c", "grpc", "kubernetes.io/h2c")
 
 
 @dataclass(frozen=True, order=True)

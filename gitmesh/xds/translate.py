@@ -65,6 +65,7 @@ from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as di
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
@@ -426,6 +427,7 @@ class Translator:
                     cluster_name(svc.ref, port.port),
                     tls.upstream(svc.ref.namespace, self.trust_domain) if mtls else None,
                     limits.get(svc.ref),
+                    http2=port.is_http2,
                 )
                 for svc in self._reachable(scope)
                 for port in svc.ports
@@ -484,7 +486,11 @@ class Translator:
 
 
 def _eds_cluster(
-    name: str, transport_socket: base_pb2.TransportSocket | None, limits: ConnectionLimits | None = None
+    name: str,
+    transport_socket: base_pb2.TransportSocket | None,
+    limits: ConnectionLimits | None = None,
+    *,
+    http2: bool = False,
 ) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=name,
@@ -493,6 +499,10 @@ def _eds_cluster(
         connect_timeout=duration_pb2.Duration(seconds=1),
         transport_socket=transport_socket,
     )
+    if http2:
+        options = http_protocol_options_pb2.HttpProtocolOptions()
+        options.explicit_http_config.http2_protocol_options.SetInParent()
+        cluster.typed_extension_protocol_options[_HTTP_PROTOCOL_OPTIONS].Pack(options)
     if limits is not None:
         cluster.circuit_breakers.CopyFrom(policy.circuit_breakers(limits))
         if limits.max_requests_per_connection is not None:
@@ -816,7 +826,15 @@ def _passthrough(name: str, source: str | None = None) -> cluster_pb2.Cluster:
     )
     if source is not None:
         cluster.upstream_bind_config.source_address.CopyFrom(_address(source, 0).socket_address)
+        # On to the app in the protocol it was sent in: HTTP/2 to a gRPC server, HTTP/1.1 to the rest.
+        options = http_protocol_options_pb2.HttpProtocolOptions()
+        options.use_downstream_protocol_config.http2_protocol_options.SetInParent()
+        options.use_downstream_protocol_config.http_protocol_options.SetInParent()
+        cluster.typed_extension_protocol_options[_HTTP_PROTOCOL_OPTIONS].Pack(options)
     return cluster
+
+
+_HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def _callers_only(callers: Sequence[Identity], trust_domain: str) -> listener_components_pb2.Filter:

@@ -1,5 +1,5 @@
-"""The official Gateway API conformance suite (sigs.k8s.io/gateway-api/conformance, the mesh
-profiles) against gitmesh installed in the test node with sidecar injection.
+"""The official Gateway API conformance suite (sigs.k8s.io/gateway-api/conformance, profiles
+MESH-HTTP and MESH-GRPC) against gitmesh installed in the test node with sidecar injection.
 
 ``testenv/build.sh conformance`` builds the suite as a test binary and the echo server and client
 that its mesh manifests run (Istio's echo app, image ``echo-advanced``); the image is written here
@@ -55,7 +55,8 @@ EXTENDED = (
     "MeshHTTPRouteRedirectPath",
     "MeshHTTPRouteRewritePath",
 )
-PROFILES = {"MESH-HTTP": ("Mesh", "HTTPRoute")}
+# Each profile run, and its core features.
+PROFILES = {"MESH-HTTP": ("Mesh", "HTTPRoute"), "MESH-GRPC": ("Mesh", "GRPCRoute")}
 # Tests of supported features that gitmesh fails, each with why (README says the same): a pod's
 # call to another pod's address goes out in plaintext, which that pod's sidecar refuses on a port
 # of the mesh (mTLS only); MeshFrontend sends one to check it bypasses the Service's routes.
@@ -162,16 +163,16 @@ def gitmesh_with_injection(node_cluster: NodeCluster, tmp_path: Path) -> Iterato
         server.stop()
 
 
-def run_suite(
-    cluster: NodeCluster, suite: Path, profile: str, report: Path
-) -> subprocess.CompletedProcess[str]:
-    features = ",".join((*PROFILES[profile], *EXTENDED))
+def run_suite(cluster: NodeCluster, suite: Path, report: Path) -> subprocess.CompletedProcess[str]:
+    features = (
+        ",".join(dict.fromkeys(f for core in PROFILES.values() for f in core)) + "," + ",".join(EXTENDED)
+    )
     argv = [
         str(suite),
         "-test.run=TestConformance",
         "-test.v",
         "-test.timeout=30m",
-        f"-conformance-profiles={profile}",
+        f"-conformance-profiles={','.join(PROFILES)}",
         f"-supported-features={features}",
         f"-namespace-labels={INJECT_LABEL}",
         f"-skip-tests={','.join(SKIPPED)}",
@@ -194,21 +195,20 @@ def profile_report(report: Path, name: str) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(2400)
-def test_the_mesh_http_profile_passes_its_core_tests(
-    gitmesh_with_injection: NodeCluster, tmp_path: Path
-) -> None:
+def test_the_mesh_profiles_pass_their_core_tests(gitmesh_with_injection: NodeCluster, tmp_path: Path) -> None:
     cluster = gitmesh_with_injection
     bin_dir = build_conformance()
     cluster.import_image(echo_image(bin_dir, cluster.directory / "images"))
     report = tmp_path / "report.yaml"
-    run = run_suite(cluster, bin_dir / "gateway-conformance.test", "MESH-HTTP", report)
+    run = run_suite(cluster, bin_dir / "gateway-conformance.test", report)
     (tmp_path / "suite.log").write_text(run.stdout + run.stderr)
     assert report.exists(), (run.stdout + run.stderr)[-6000:]
     if published := os.environ.get("CONFORMANCE_REPORT"):
         shutil.copyfile(report, published)
-    mesh_http = profile_report(report, "MESH-HTTP")
     failed = [line for line in run.stdout.splitlines() if line.lstrip().startswith("--- FAIL")]
-    assert mesh_http["core"]["result"] == "success", (mesh_http, failed)
-    assert mesh_http["core"]["statistics"]["Failed"] == 0
-    assert mesh_http["core"]["statistics"]["Passed"] >= 7, mesh_http
+    for name in PROFILES:
+        profile = profile_report(report, name)
+        assert profile["core"]["result"] == "success", (name, profile, failed)
+        assert profile["core"]["statistics"]["Failed"] == 0, (name, profile)
+    assert profile_report(report, "MESH-HTTP")["core"]["statistics"]["Passed"] >= 7
     assert run.returncode == 0, failed

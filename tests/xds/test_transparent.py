@@ -13,6 +13,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format, struct_pb2
 
 from gitmesh import pipeline
@@ -245,3 +246,41 @@ def test_real_envoy_accepts_the_transparent_translation(
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "OK" in result.stdout
+
+
+def test_a_grpc_port_is_http_and_its_cluster_speaks_http2_to_the_app() -> None:
+    """``appProtocol: kubernetes.io/h2c`` (HTTP/2 in cleartext, as gRPC servers speak it) is an HTTP
+    port whose cluster speaks HTTP/2; the inbound hands on in the protocol the caller used."""
+    grpc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "echo", "namespace": "bookstore"},
+        "spec": {
+            "clusterIP": "10.96.0.40",
+            "selector": {"app": "echo"},
+            "ports": [{"name": "grpc", "port": 7070, "appProtocol": "kubernetes.io/h2c"}],
+        },
+    }
+    mesh = read.mesh(
+        [
+            *[
+                json.loads(json.dumps(m.obj))
+                for m in pipeline.check(read_directory(str(EXAMPLE_REPO))).desired
+            ],
+            grpc,
+            mesh_config(True),
+        ]
+    )
+    (port,) = mesh.services[ServiceRef("bookstore", "echo")].ports
+    assert port.is_http and port.is_http2
+    res = Translator(mesh).resources(V1_PROXY)
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    packed = res[resources.CLUSTER]["bookstore/echo|7070"].typed_extension_protocol_options
+    packed["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Unpack(options)
+    assert options.explicit_http_config.HasField("http2_protocol_options")
+    assert "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" not in (
+        res[resources.CLUSTER]["bookstore/bookstore|14001"].typed_extension_protocol_options
+    )
+    to_app = res[resources.CLUSTER][INBOUND_PASSTHROUGH].typed_extension_protocol_options
+    to_app["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Unpack(options)
+    assert options.HasField("use_downstream_protocol_config")
