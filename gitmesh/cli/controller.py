@@ -31,6 +31,7 @@ from gitmesh.cli.base import (
     snake_keys,
     source_name_option,
     target_header,
+    with_options,
     yes_option,
 )
 from gitmesh.controller.config import (
@@ -160,10 +161,7 @@ def git_source_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         source_name_option,
     ]
-    command: Callable[..., Any] = wrapper
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(wrapper, options)
 
 
 def rollout_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -197,10 +195,7 @@ def rollout_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "repository.",
         ),
     ]
-    command: Callable[..., Any] = wrapper
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(wrapper, options)
 
 
 @cli.command("run")
