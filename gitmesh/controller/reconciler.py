@@ -270,7 +270,15 @@ def choose(
     None: nothing to do, the head was reconciled and nothing asks for more."""
     if head == seen and not failures and not triggers & FORCING:
         return None
-    if triggers == {"drift"} and head == seen and stalled and last_applied is not None:
+    # Drift may arrive together with a poll or webhook (triggers coalesce under load): an unchanged,
+    # stalled head is still not retried; only asking for it by hand does that.
+    if (
+        "drift" in triggers
+        and "manual" not in triggers
+        and head == seen
+        and stalled
+        and last_applied is not None
+    ):
         return last_applied, True
     return head, False
 
