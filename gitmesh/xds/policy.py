@@ -45,6 +45,7 @@ CONNECTION_RATE_FILTER = "envoy.filters.network.local_ratelimit"
 REQUEST_RATE_FILTER = "envoy.filters.http.local_ratelimit"
 FORWARD_PROXY_FILTER = "envoy.filters.http.dynamic_forward_proxy"
 DNS_CACHE = "egress"
+OPEN_EGRESS = "egress|*"  # the cluster and virtual host of requests for any host (enableEgress)
 RATE_STAT_PREFIX = "inbound_rate"  # counters: <filter's prefix>.inbound_rate.rate_limited
 
 
@@ -109,15 +110,7 @@ def egress_cluster(rule: EgressRule) -> cluster_pb2.Cluster:
     passed through."""
     name = egress_cluster_name(rule)
     if rule.wildcard:
-        return cluster_pb2.Cluster(
-            name=name,
-            lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
-            connect_timeout=duration_pb2.Duration(seconds=1),
-            cluster_type=cluster_pb2.Cluster.CustomClusterType(
-                name="envoy.clusters.dynamic_forward_proxy",
-                typed_config=_any(dfp_cluster_pb2.ClusterConfig(dns_cache_config=dns_cache())),
-            ),
-        )
+        return forward_proxy_cluster(name)
     address = address_pb2.Address(
         socket_address=address_pb2.SocketAddress(address=rule.host, port_value=rule.port)
     )
@@ -138,6 +131,30 @@ def egress_cluster(rule: EgressRule) -> cluster_pb2.Cluster:
                 )
             ],
         ),
+    )
+
+
+def forward_proxy_cluster(name: str) -> cluster_pb2.Cluster:
+    """Envoy's dynamic forward proxy: each host as the request or server name gives it."""
+    return cluster_pb2.Cluster(
+        name=name,
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        connect_timeout=duration_pb2.Duration(seconds=1),
+        cluster_type=cluster_pb2.Cluster.CustomClusterType(
+            name="envoy.clusters.dynamic_forward_proxy",
+            typed_config=_any(dfp_cluster_pb2.ClusterConfig(dns_cache_config=dns_cache())),
+        ),
+    )
+
+
+def open_egress_virtual_host() -> route_components_pb2.VirtualHost:
+    """MeshConfig enableEgress on the outbound routes: a request no other virtual host takes goes
+    to the host its Host header names."""
+    to_host = route_components_pb2.RouteAction(cluster=OPEN_EGRESS)
+    return route_components_pb2.VirtualHost(
+        name=OPEN_EGRESS,
+        domains=["*"],
+        routes=[route_components_pb2.Route(match=route_components_pb2.RouteMatch(prefix="/"), route=to_host)],
     )
 
 

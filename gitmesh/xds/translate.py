@@ -273,8 +273,8 @@ class Translator:
         scope = self._scope(proxy.identity)
         # The local app's cluster is in the sidecar's bootstrap, so proxies of a scope share this map.
         clusters = self._mesh_clusters(scope, mtls=True)
-        if egress:
-            clusters = clusters | {policy.egress_cluster_name(r): policy.egress_cluster(r) for r in egress}
+        if external := self._egress_clusters(egress):  # else the scope's shared map, as it is
+            clusters = clusters | external
         return {
             resources.CLUSTER: clusters,
             resources.ENDPOINT: self._load_assignments(scope),
@@ -285,11 +285,17 @@ class Translator:
             },
         }
 
+    @staticmethod
+    def _egress_clusters(rules: Sequence[EgressRule]) -> dict[str, message.Message]:
+        return {policy.egress_cluster_name(r): policy.egress_cluster(r) for r in rules}
+
     def _outbound_filters(self, caller: Identity) -> list[hcm_pb2.HttpFilter]:
         """The fault filter (it does nothing but where a route's per-filter config says so) and, for
         a caller with wildcard HTTP egress, the forward proxy's (it resolves only for its clusters)."""
         filters = [_http_filter(policy.FAULT_FILTER, fault_pb2.HTTPFault())] if self.mesh.faults else []
-        if any(r.wildcard and r.protocol == "http" for r in self._egress.get(caller, [])):
+        if self.mesh.egress_open or any(
+            r.wildcard and r.protocol == "http" for r in self._egress.get(caller, [])
+        ):
             filters.append(_http_filter(policy.FORWARD_PROXY_FILTER, policy.forward_proxy_filter()))
         return filters
 
@@ -297,10 +303,8 @@ class Translator:
         scope = self._scope(proxy.identity)
         egress = self._egress.get(proxy.identity, [])
         clusters = self._mesh_clusters(scope, mtls=True, passthrough=True)
-        if egress:
-            clusters = clusters | {
-                policy.egress_cluster_name(r): policy.egress_cluster(r) for r in egress if r.protocol != "tcp"
-            }
+        if external := self._egress_clusters([r for r in egress if r.protocol != "tcp"]):
+            clusters = clusters | external
         routes = {
             OUTBOUND: self._outbound_routes(proxy),
             INBOUND: _inbound_routes(self.mesh, proxy, self.trust_domain, None, None, PASSTHROUGH),
@@ -481,6 +485,10 @@ class Translator:
                 for svc in self._reachable(scope)
                 for port in svc.ports
             }
+            if mtls and self.mesh.egress_open:  # what the sidecars' "*" virtual host routes to
+                self._clusters[(mtls, scope)][policy.OPEN_EGRESS] = policy.forward_proxy_cluster(
+                    policy.OPEN_EGRESS
+                )
         return self._clusters[(mtls, scope)]
 
     def _outbound_routes(self, proxy: Proxy) -> AssembledRoutes:
@@ -495,6 +503,8 @@ class Translator:
                 for i, port in enumerate(p for p in svc.ports if p.is_http)
             ]
             hosts += self._egress_hosts(proxy.identity)
+            if self.mesh.egress_open:
+                hosts.append(AssembledRoutes.host_field(policy.open_egress_virtual_host()))
             self._routes[key] = AssembledRoutes(OUTBOUND, hosts)
         return self._routes[key]
 

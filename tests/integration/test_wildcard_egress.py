@@ -50,11 +50,14 @@ def external() -> Iterator[int]:
     server.server_close()
 
 
-def _sidecar(proxy: Proxy, rules: tuple[EgressRule, ...], resolver: int, workdir: Path) -> Iterator[Proxy]:
+def _sidecar(
+    proxy: Proxy, rules: tuple[EgressRule, ...], resolver: int, workdir: Path, *, open_: bool = False
+) -> Iterator[Proxy]:
     """Envoy running ``proxy``'s translation (as a static bootstrap) with the system resolver
     replaced by the test one, until the generator is closed."""
     proxy = replace(proxy, outbound_port=free_port(), inbound_port=free_port())
-    config = as_static_bootstrap(Translator(replace(example(), egress=rules)).resources(proxy), proxy)
+    mesh = replace(example(), egress=rules, egress_open=open_)
+    config = as_static_bootstrap(Translator(mesh).resources(proxy), proxy)
     config["typed_dns_resolver_config"] = {
         "name": "envoy.network.dns_resolver.cares",
         "typed_config": {
@@ -144,3 +147,18 @@ def test_wildcard_egress_resolves_each_name_under_its_domain_for_its_source_only
             buyer.close()
             thief.close()
             tls_server.close()
+
+
+def test_enable_egress_lets_a_process_sidecar_reach_any_host_by_name(external: int, tmp_path: Path) -> None:
+    with LoopbackResolver(("example.test",)) as resolver:
+        thief = _sidecar(BOOKTHIEF, (), resolver.port, tmp_path, open_=True)
+        try:
+            port = next(thief).outbound_port
+            host = f"anything.example.test:{external}"
+            got = eventually(lambda: _get(port, host), lambda r: r[0] == 200, "any host reached", 20)
+            assert got == (200, f"external for {host}")
+            # A name the resolver does not know: Envoy's forward proxy answers for it.
+            assert _get(port, f"nowhere.example.org:{external}") == (503, "DNS resolution failure")
+            assert "nowhere.example.org" in resolver.asked
+        finally:
+            thief.close()

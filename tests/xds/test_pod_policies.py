@@ -33,7 +33,7 @@ from gitmesh.mesh.state import (
 from gitmesh.xds import resources
 from gitmesh.xds.translate import PASSTHROUGH, Pod, Proxy, Translator
 from tests.xds.envoy import ENVOY
-from tests.xds.test_translate import as_static_bootstrap
+from tests.xds.test_translate import BOOKTHIEF, as_static_bootstrap, example
 from tests.xds.test_transparent import BUYER, MYSQL_V1, V1_PROXY, WAREHOUSE, cluster_mesh
 
 THIEF = Identity("bookthief", "bookthief")
@@ -219,8 +219,17 @@ def test_rate_limits_hold_on_the_pods_the_limited_service_points_at() -> None:
         (lambda: with_inbound_policies(PLAIN_INGRESS), V1_PROXY),
         (lambda: with_inbound_policies(replace(PLAIN_INGRESS, source_ranges=())), V1_PROXY),
         (lambda: with_inbound_policies(MTLS_INGRESS), MYSQL_V1),
+        (lambda: replace(example(), egress_open=True), BOOKTHIEF),
     ],
-    ids=["egress", "egress open", "mtls ingress", "plaintext ingress", "ingress without address", "tcp rate"],
+    ids=[
+        "egress",
+        "egress open",
+        "mtls ingress",
+        "plaintext ingress",
+        "ingress without address",
+        "tcp rate",
+        "process sidecar, egress open",
+    ],
 )
 def test_real_envoy_accepts_a_pods_policies(mesh: Any, proxy: Proxy, tmp_path: Path) -> None:
     config = tmp_path / "bootstrap.json"
@@ -232,3 +241,15 @@ def test_real_envoy_accepts_a_pods_policies(mesh: Any, proxy: Proxy, tmp_path: P
         timeout=60,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_enable_egress_on_a_process_sidecar_sends_unknown_hosts_by_name() -> None:
+    res = Translator(replace(example(), egress_open=True)).resources(BOOKTHIEF)
+    hosts = res[resources.ROUTE]["outbound"].virtual_hosts
+    assert (hosts[-1].name, list(hosts[-1].domains)) == ("egress|*", ["*"])
+    assert hosts[-1].routes[0].route.cluster == "egress|*"
+    cluster = res[resources.CLUSTER]["egress|*"]
+    assert cluster.cluster_type.name == "envoy.clusters.dynamic_forward_proxy"
+    hcm = _unpack(res[resources.LISTENER]["outbound"].filter_chains[0], hcm_pb2.HttpConnectionManager)
+    assert "envoy.filters.http.dynamic_forward_proxy" in [f.name for f in hcm.http_filters]
+    assert "egress|*" not in Translator(example()).resources(BOOKTHIEF)[resources.CLUSTER]
