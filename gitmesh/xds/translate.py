@@ -5,10 +5,12 @@ Sidecars are local processes or pods. A pod's sidecar (``Proxy.pod``) is
 what the app sends to the **outbound** listener and what it receives to the
 **inbound** listener, and both read the original destination (``SO_ORIGINAL_DST``).
 Outbound, HTTP to a service port is routed by Host (the service's names and its
-ClusterIP) and TCP by ClusterIP and port; anything else passes through to where it
-was going (``passthrough``). Inbound, each port the pod serves to the mesh takes
-mTLS only and hands traffic on to the app at the address it was sent to; other
-ports pass through.
+ClusterIP) and TCP by ClusterIP and port; then the pod's Egress (HTTP by Host and TLS by server
+name on their ports, TCP by original destination range and port); anything else is closed, or
+passes through to where it was going (``passthrough``) when the MeshConfig enables egress.
+Inbound, each port the pod serves to the mesh takes mTLS only (or its IngressBackend's ingress)
+and hands traffic on to the app at the address it was sent to, rate limited as a process
+sidecar's inbound listener is; other ports pass through.
 
 A local process sidecar has no iptables capture. An
 app reaches HTTP services through its sidecar's **outbound** listener
@@ -30,12 +32,16 @@ Resource names, the one scheme used everywhere (users read them in
 ============================  =====================================================
 cluster, load assignment      ``<namespace>/<service>|<port>``; the local app: ``local|<app_port>``
                               (a static cluster of the sidecar's bootstrap); an external host a
-                              caller's Egress allows: ``egress|<host>:<port>`` (DNS, no assignment);
-                              a pod's original destination: ``passthrough``
+                              caller's Egress allows: ``egress|<host>:<port>`` (DNS, no assignment;
+                              a ``*.`` wildcard's a dynamic forward proxy); any host (MeshConfig
+                              enableEgress): ``egress|*``; a pod's original destination: ``passthrough``
 listener                      ``outbound``, ``inbound``; upstreams: ``outbound|<namespace>/<service>|<port>``
-route configuration           ``outbound``, ``inbound``
+route configuration           ``outbound``, ``inbound``; a pod's port with an IngressBackend or rate
+                              limits: ``inbound|<port>``
 virtual host, filter chain    egress: ``egress|<host>:<port>``, HTTP on ``outbound`` routes, TLS
-                              on the ``outbound`` listener (after its HTTP chain)
+                              on the ``outbound`` listener (after its HTTP chain); a pod's HTTP
+                              egress chain ``egress|http:<port>``, TCP ``egress|tcp:<port>``; the
+                              enableEgress virtual host ``egress|*``
 secret (SDS)                  ``workload-cert``: the sidecar's own identity's certificate and key;
                               ``trust-bundle``: the mesh's root certificates
 ============================  =====================================================
@@ -206,8 +212,9 @@ class Translator:
     proxyless gRPC clients get plaintext clusters), and the outbound routes per caller namespace
     too (short names resolve in the caller's namespace).
 
-    Egress is off: a caller reaches an external host only where an Egress rule names its identity
-    (HTTP by Host on its outbound routes, TLS by server name on its outbound listener). An
+    Egress is off unless the MeshConfig enables it: a caller reaches an external host only where
+    an Egress rule names its identity (HTTP by Host on its outbound routes, TLS by server name on
+    its outbound listener, and a pod's TCP by original destination). An
     ingress-only backend port (IngressBackend) admits its ingress alone: identities over mTLS (they
     are sent that backend's namespace as if a TrafficTarget named it), or addresses in plaintext.
     """
