@@ -298,7 +298,8 @@ class Translator:
 
     def _outbound_filters(self, caller: Identity) -> list[hcm_pb2.HttpFilter]:
         """The fault filter (it does nothing but where a route's per-filter config says so) and, for
-        a caller with wildcard HTTP egress, the forward proxy's (it resolves only for its clusters)."""
+        a caller with wildcard HTTP egress or with enableEgress, the forward proxy's (it resolves
+        only for its own clusters)."""
         filters = [_http_filter(policy.FAULT_FILTER, fault_pb2.HTTPFault())] if self.mesh.faults else []
         if self.mesh.egress_open or any(
             r.wildcard and r.protocol == "http" for r in self._egress.get(caller, [])

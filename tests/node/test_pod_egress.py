@@ -5,6 +5,7 @@ sent to (an IP range)."""
 from __future__ import annotations
 
 import http.server
+import json
 import shutil
 import subprocess
 import threading
@@ -22,11 +23,11 @@ from gitmesh.cli import cli
 from gitmesh.install.manifests import NAMESPACE as INSTALL_NAMESPACE
 from tests.gitserver import GitHttpServer
 from tests.node import NODE_IP, NodeCluster
-from tests.node.test_node import APP_PORT, _book_pod, get_json, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.node]
 
 NAMESPACE = "egress-caller"
+APP_PORT = 8080  # the test app's, no mesh port: the API server's pod proxy reaches it
 OSM_POLICY = "policy.openservicemesh.io/v1alpha1"
 
 
@@ -52,6 +53,38 @@ def external() -> Iterator[tuple[int, int]]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+def _caller(cluster: NodeCluster) -> dict[str, Any]:
+    """The test app as a plain pod of the namespace, injected by the webhook."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "caller", "namespace": NAMESPACE, "labels": {"app": "caller"}},
+        "spec": {
+            "serviceAccountName": "caller",
+            "containers": [
+                {
+                    "name": "app",
+                    "image": cluster.images.app,
+                    "imagePullPolicy": "Never",
+                    "env": [{"name": "POD_NAME", "value": "caller"}],
+                    "ports": [{"containerPort": APP_PORT}],
+                    "readinessProbe": {"httpGet": {"path": "/", "port": APP_PORT}, "periodSeconds": 1},
+                }
+            ],
+            "terminationGracePeriodSeconds": 1,
+        },
+    }
+
+
+def _webhook_ready(cluster: NodeCluster) -> bool:
+    found = cluster.kubectl(
+        "get", "mutatingwebhookconfiguration", "gitmesh-inject", "-o", "json", check=False
+    )
+    return found.returncode == 0 and all(
+        w["clientConfig"].get("caBundle") for w in json.loads(found.stdout)["webhooks"]
+    )
 
 
 def _fetch(cluster: NodeCluster, url: str) -> tuple[int, str]:
@@ -118,24 +151,19 @@ def test_an_injected_pods_external_call_is_refused_until_an_egress_allows_it(
     try:
         result = CliRunner().invoke(cli, install)
         assert result.exit_code == 0, result.output
-        wait_for(
-            "the leader applies the namespace",
+        demo.eventually(
             lambda: (
                 cluster.kubectl("get", "serviceaccount", "-n", NAMESPACE, "caller", check=False).returncode
-                == 0
             ),
+            lambda code: code == 0,
+            "the leader applying the namespace",
             60,
         )
-        wait_for(
-            "a replica publishes the webhook's caBundle",
-            lambda: all(
-                w["clientConfig"].get("caBundle")
-                for w in get_json(cluster, "mutatingwebhookconfiguration", "gitmesh-inject")["webhooks"]
-            ),
-            30,
+        demo.eventually(
+            lambda: _webhook_ready(cluster), bool, "a replica publishing the webhook's caBundle", 30
         )
         cluster.kubectl("label", "namespace", NAMESPACE, "gitmesh.dev/inject=enabled")
-        cluster.apply([_book_pod(cluster, "caller", NAMESPACE, "caller", {"app": "caller"})])
+        cluster.apply([_caller(cluster)])
         done = cluster.kubectl(
             "-n",
             NAMESPACE,
