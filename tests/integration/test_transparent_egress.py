@@ -3,7 +3,9 @@ the test's own, the init container's iptables rules (``gitmesh.inject.capture``)
 "app" connects to into the sidecar's transparent outbound listener, which finds the original
 destination (``SO_ORIGINAL_DST``) and lets out only what an Egress allows: TCP by address range
 and port, on to that destination; HTTP by Host. The rest is closed, or passes through with
-MeshConfig enableEgress. Every address is on the namespace's own loopback."""
+MeshConfig enableEgress. And inbound, a plaintext IngressBackend and a request rate limit on the
+pod's port (a rule of the test stands in for the inbound capture, which sees only traffic from
+other hosts). Every address is on the namespace's own loopback."""
 
 from __future__ import annotations
 
@@ -22,11 +24,11 @@ import pytest
 
 from gitmesh.demo import eventually
 from gitmesh.inject.capture import Capture, rules
-from gitmesh.mesh.state import EgressRule
+from gitmesh.mesh.state import ConnectionLimits, EgressRule, IngressRule, RateLimit, ServiceRef
 from gitmesh.xds.translate import Translator
 from tests.xds.envoy import ENVOY
 from tests.xds.test_translate import as_static_bootstrap
-from tests.xds.test_transparent import BUYER, cluster_mesh
+from tests.xds.test_transparent import BUYER, V1_PROXY, cluster_mesh
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +47,19 @@ class Answer(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Answer).serve_forever()
 """
 CLIENT = """
-import sys, urllib.request
+import http.client, sys, urllib.error, urllib.request
+source = sys.argv[2] if len(sys.argv) > 2 else ""
+handler = urllib.request.HTTPHandler()
+if source:  # the client's own address
+    class From(http.client.HTTPConnection):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, source_address=(source, 0), **kwargs)
+    handler.http_open = lambda req: handler.do_open(From, req)
 try:
-    with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
+    with urllib.request.build_opener(handler).open(sys.argv[1], timeout=5) as r:
         print(r.status, r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
 except Exception as e:
     print("failed", type(e).__name__)
 """
@@ -93,12 +104,13 @@ def _servers(netns: str, workdir: Path, addresses: list[tuple[str, int]]) -> lis
     ]
 
 
-def _fetch(netns: str, workdir: Path, url: str) -> str:
-    """What an app of the pod (any user but the proxy's: captured) gets from ``url``."""
+def _fetch(netns: str, workdir: Path, url: str, source: str = "") -> str:
+    """What an app of the pod (any user but the proxy's: captured) gets from ``url``, calling from
+    ``source`` when given."""
     script = workdir / "client.py"
     script.write_text(CLIENT)
     done = subprocess.run(
-        ["ip", "netns", "exec", netns, sys.executable, str(script), url],
+        ["ip", "netns", "exec", netns, sys.executable, str(script), url, *([source] if source else [])],
         capture_output=True,
         text=True,
         timeout=30,
@@ -162,6 +174,41 @@ def test_a_pods_egress_by_range_and_port_and_by_host_and_nothing_else(netns: str
                 while _listening(netns, BUYER.outbound_port) and time.monotonic() < deadline:
                     time.sleep(0.1)
     finally:
+        for server in servers:
+            server.terminate()
+            server.wait(10)
+
+
+def test_a_pods_plaintext_ingress_port_answers_its_range_within_its_rate(netns: str, readable: Path) -> None:
+    app = ("127.0.0.2", 8080)  # the pod's port 8080, served to the mesh by bookstore-v1
+    # What the inbound capture does with a connection from another host, for this namespace's own.
+    rule = ["-p", "tcp", "--dport", "8080", "-m", "owner", "!", "--uid-owner", str(PROXY_UID)]
+    redirect = ["-j", "REDIRECT", "--to-ports", str(V1_PROXY.inbound_port)]
+    subprocess.run(
+        ["ip", "netns", "exec", netns, "iptables", "-t", "nat", "-I", "OUTPUT", "1", *rule, *redirect],
+        check=True,
+    )
+    v1 = ServiceRef("bookstore", "bookstore-v1")
+    mesh = replace(
+        cluster_mesh(),
+        ingress=(IngressRule(v1, 8080, (), False, ("127.0.0.1/32",)),),
+        limits=(ConnectionLimits(v1, request_rate=RateLimit(2, 3600)),),
+    )
+    servers = _servers(netns, readable, [app])
+    sidecar = _sidecar(netns, readable, as_static_bootstrap(Translator(mesh).resources(V1_PROXY), V1_PROXY))
+    try:
+        eventually(lambda: _listening(netns, V1_PROXY.inbound_port), bool, "the sidecar listening", 30)
+        url = "http://127.0.0.2:8080/"
+        # Another address than the ingress's: closed, and it spends none of the bucket.
+        assert _fetch(netns, readable, url, source="127.0.0.9").startswith("failed")
+        # The ingress's address: on to the app at the address it was sent to, twice; then 429.
+        first = eventually(lambda: _fetch(netns, readable, url), lambda r: r.startswith("200"), "ingress", 20)
+        assert first == "200 external 127.0.0.2:8080"
+        assert _fetch(netns, readable, url) == "200 external 127.0.0.2:8080"
+        assert _fetch(netns, readable, url).startswith("429")
+    finally:
+        sidecar.terminate()
+        sidecar.wait(10)
         for server in servers:
             server.terminate()
             server.wait(10)
