@@ -227,7 +227,7 @@ class Translator:
         self._endpoints: dict[Scope, dict[str, message.Message]] = {}
         # by mTLS or not, and with pods' passthrough
         self._clusters: dict[tuple[bool, Scope] | tuple[bool, Scope, str], dict[str, message.Message]] = {}
-        self._routes: dict[tuple[str, Scope, Identity | None], AssembledRoutes] = {}
+        self._routes: dict[tuple[str, Scope, Identity | None, bool], AssembledRoutes] = {}
         self._hosts: dict[
             tuple[ServiceRef, int, bool, RetryPolicy | None, Fault | None, ServiceRoutes | None], bytes
         ] = {}
@@ -503,7 +503,9 @@ class Translator:
         """A virtual host per HTTP service port, found by Host: short name (same namespace only),
         ``svc.ns``, ``svc.ns.svc`` and the cluster FQDN, with and without the port."""
         caller = proxy.identity if proxy.identity in self._own_routes else None
-        key = (proxy.service.namespace, self._scope(proxy.identity), caller)
+        # A proxyless gRPC client has no forward proxy cluster for enableEgress's catch-all.
+        open_egress = self.mesh.egress_open and not proxy.grpc
+        key = (proxy.service.namespace, self._scope(proxy.identity), caller, open_egress)
         if key not in self._routes:
             hosts = [
                 self._virtual_host(svc, port, i == 0, key[0], proxy.identity)
@@ -511,7 +513,7 @@ class Translator:
                 for i, port in enumerate(p for p in svc.ports if p.is_http)
             ]
             hosts += self._egress_hosts(proxy.identity)
-            if self.mesh.egress_open:
+            if open_egress:
                 hosts.append(AssembledRoutes.host_field(policy.open_egress_virtual_host()))
             self._routes[key] = AssembledRoutes(OUTBOUND, hosts)
         return self._routes[key]

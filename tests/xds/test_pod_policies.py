@@ -253,3 +253,6 @@ def test_enable_egress_on_a_process_sidecar_sends_unknown_hosts_by_name() -> Non
     hcm = _unpack(res[resources.LISTENER]["outbound"].filter_chains[0], hcm_pb2.HttpConnectionManager)
     assert "envoy.filters.http.dynamic_forward_proxy" in [f.name for f in hcm.http_filters]
     assert "egress|*" not in Translator(example()).resources(BOOKTHIEF)[resources.CLUSTER]
+    # A proxyless gRPC client gets no catch-all: it has no forward proxy to send it to.
+    grpc = Translator(replace(example(), egress_open=True)).resources(replace(BOOKTHIEF, grpc=True))
+    assert "egress|*" not in {h.name for h in grpc[resources.ROUTE]["outbound"].virtual_hosts}
