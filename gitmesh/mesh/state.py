@@ -12,7 +12,7 @@ knows how an API spells a thing, so a second route API is a second reader into t
   holds takes the request (weighted backends, header edits, a timeout); no rule holds: 404. Routes
   for one caller namespace take that namespace's requests instead of the routes for every caller;
 - policies: retries per caller and destination, connection limits per destination, egress rules
-  (off unless allowed), ingress-only backend ports, and injected faults.
+  (off unless allowed, or open mesh-wide), ingress-only backend ports, and injected faults.
 """
 
 from __future__ import annotations
@@ -311,18 +311,26 @@ class ConnectionLimits:
 @dataclass(frozen=True)
 class EgressRule:
     """``source`` may reach ``host``:``port`` outside the mesh; ``protocol`` says how its sidecar
-    tells the host apart: by the HTTP Host (http) or the TLS server name (tls). HTTP egress with
-    ``http_matches`` is for the requests one of them matches only."""
+    tells the destination apart: by the HTTP Host (http), the TLS server name (tls), or, for a pod's
+    sidecar, by the address the connection was sent to (tcp: within ``ranges``, CIDRs; none: any
+    address; ``host`` is empty). A host ``*.example.com`` stands for every name under that domain.
+    HTTP egress with ``http_matches`` is for the requests one of them matches only."""
 
     source: Identity
     host: str
     port: int
     protocol: str
     http_matches: tuple[HttpMatch, ...] = ()
+    ranges: tuple[str, ...] = ()
+
+    @property
+    def wildcard(self) -> bool:
+        return self.host.startswith("*.")
 
     def __str__(self) -> str:
         on = f" on {', '.join(map(str, self.http_matches))}" if self.http_matches else ""
-        return f"{self.source} may reach {self.host}:{self.port} ({self.protocol}){on}"
+        where = self.host or (",".join(self.ranges) if self.ranges else "any address")
+        return f"{self.source} may reach {where}:{self.port} ({self.protocol}){on}"
 
 
 @dataclass(frozen=True)
@@ -381,6 +389,9 @@ class MeshState:
     ingress: tuple[IngressRule, ...] = ()
     faults: tuple[Fault, ...] = ()
     routes: Mapping[tuple[ServiceRef, int, str | None], ServiceRoutes] = field(default_factory=dict)
+    # A pod's connections that no mesh service nor Egress claims pass through (OSM's enableEgress);
+    # else they are closed.
+    egress_open: bool = False
 
     def routes_for(self, service: ServiceRef, port: int, caller_namespace: str) -> ServiceRoutes | None:
         """The routes a caller of ``caller_namespace`` takes to ``service``:``port``, if any."""

@@ -461,8 +461,10 @@ CODES: dict[str, Code] = {
             _E,
             "policy says what gitmesh cannot carry yet",
             "The policy is valid for Open Service Mesh but uses something gitmesh does not translate "
-            "yet: egress by IP range, by TCP port alone, wildcard hosts or matches but "
-            "HTTPRouteGroups, a host on two TLS ports or that is a mesh Service, IngressBackend "
+            "yet: egress hosts on a tcp port or IP ranges on http or tls ports (hosts tell HTTP and "
+            "TLS apart, addresses TCP), http or tls egress without hosts, a wildcard other than a "
+            "leading '*.', matches but HTTPRouteGroups, a host on two TLS ports or that is a mesh "
+            "Service, IngressBackend "
             "ServiceAccounts over plaintext, addresses over mTLS or tls options, a rate-limit status "
             "Envoy does not define. It is refused rather than silently dropped, so that nothing OSM "
             "allowed or limited changes unnoticed. Rewrite it with hosts and ServiceAccounts, or "
@@ -478,7 +480,8 @@ CODES: dict[str, Code] = {
             "GM175",
             _E,
             "policy address range is not an IP range",
-            "An IngressBackend IPRange source is an address or a CIDR: 10.0.0.0/8, 192.168.1.7.",
+            "An IngressBackend IPRange source, or an Egress ipAddresses entry, is an address or a "
+            "CIDR: 10.0.0.0/8, 192.168.1.7.",
         ),
     )
 }
