@@ -13,8 +13,11 @@ from click.testing import CliRunner, Result
 from gitmesh import pipeline
 from gitmesh.apis.route_status import CONTROLLER_NAME
 from gitmesh.cli import cli
+from gitmesh.demo import eventually
 from gitmesh.settings import Settings, embedded, kubernetes
 from tests import factory as f
+from tests.conftest import GitRepo
+from tests.controller import RunningController
 from tests.kube import Cluster
 
 pytestmark = pytest.mark.integration
@@ -147,3 +150,44 @@ def test_route_status_is_written_to_the_status_subresource_keeping_other_control
     (entry,) = ours(got)
     assert verdict(entry) == {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "BackendNotFound")}
     assert "shop/reviews-v9" in entry["conditions"][1]["message"]
+
+
+def test_gitmesh_run_keeps_the_status_of_routes_anyone_makes(
+    crd_cluster: Cluster, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    objects = [f.namespace(NS), *(http_service(n) for n in ("reviews", "reviews-v1", "reviews-v2"))]
+    git_repo.commit("the shop's services", {"mesh/shop.yaml": f.dump(*objects)})
+    args = (
+        "--repo",
+        git_repo.path,
+        "--path",
+        "mesh",
+        "--kubeconfig",
+        crd_cluster.kubeconfig,
+        "--interval",
+        "1s",
+    )
+    controller = RunningController(tmp_path, args).start()
+    try:
+        controller.wait_applied(git_repo.git("rev-parse", "HEAD").strip())
+        # A route made with kubectl (as Gateway API's conformance suite makes them), to a backend
+        # no one has made yet; then the backend appears.
+        (tmp_path / "ratings.json").write_text(json.dumps(route("ratings", ["reviews-v1", "reviews-v9"])))
+        crd_cluster.kubectl("apply", "-f", str(tmp_path / "ratings.json"))
+
+        def said() -> dict[str, tuple[str, str]]:
+            got = json.loads(
+                crd_cluster.kubectl("get", "httproute", "-n", NS, "ratings", "-o", "json").stdout
+            )
+            entries = ours(got) if got.get("status") else []
+            return verdict(entries[0]) if entries else {}
+
+        not_found = {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "BackendNotFound")}
+        eventually(said, lambda v: v == not_found, "the route's status naming the missing backend")
+        (tmp_path / "v9.json").write_text(json.dumps(http_service("reviews-v9")))
+        crd_cluster.kubectl("apply", "-f", str(tmp_path / "v9.json"))
+        eventually(said, lambda v: v == ACCEPTED, "the route's status once the backend exists")
+        assert controller.stop() == 0
+    finally:
+        if controller.process and controller.process.poll() is None:
+            controller.kill()
