@@ -165,3 +165,13 @@ def test_entries_of_a_parent_no_longer_named_are_removed() -> None:
 def test_services_the_routes_name_and_do_not_hold_are_missing() -> None:
     obj = route([{"name": "reviews-v9", "port": 80}])
     assert {str(s) for s in route_status.missing([obj, *SERVICES])} == {"shop/reviews-v9"}
+
+
+def test_a_grpc_route_gets_the_same_status() -> None:
+    obj = route()
+    obj["kind"] = "GRPCRoute"
+    obj["spec"]["rules"][0]["matches"] = [{"method": {"service": "shop.Reviews", "method": "List"}}]
+    assert conditions(written(obj)) == {
+        "Accepted": ("True", "Accepted"),
+        "ResolvedRefs": ("True", "ResolvedRefs"),
+    }
