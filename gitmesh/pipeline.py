@@ -11,23 +11,28 @@ import dataclasses
 import gc
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-from gitmesh.apis import read
+from gitmesh.apis import read, route_status
 from gitmesh.cluster.inventory import Applied, ChangeSet, stale
-from gitmesh.cluster.port import Changes, Live, ObjectPort, ObjectsFailed, content_hash
+from gitmesh.cluster.port import Changes, Live, ObjectPort, ObjectsFailed, StatusWrite, content_hash
 from gitmesh.errors import ClusterError, PlanError, StalePlan
 from gitmesh.kube.errors import ApiError
+from gitmesh.mesh.state import ServiceRef
 from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan.diff import make_plan
-from gitmesh.plan.model import Action, EnvoyChange, Plan
+from gitmesh.plan.model import Action, EnvoyChange, Plan, RouteStatus
 from gitmesh.plan.validate import Validated, validate
 from gitmesh.revision import layout
 from gitmesh.revision.diagnostics import Diagnostic
 from gitmesh.settings import Settings
 from gitmesh.sync.git import Revision
 from gitmesh.xds import patch_check
+
+log = logging.getLogger("gitmesh.pipeline")
 
 
 @contextlib.contextmanager
@@ -159,7 +164,91 @@ def plan(revision: Revision, validated: Validated, settings: Settings, source: s
         # someone changed by hand: Git wins.
         take_over=frozenset(drifted & conflicts.keys()),
     )
-    return dataclasses.replace(made, envoy=_envoy_changes(validated.desired, live))
+    return dataclasses.replace(
+        made, envoy=_envoy_changes(validated.desired, live), routes=_route_statuses(made, settings, live)
+    )
+
+
+def _route_statuses(
+    plan: Plan, settings: Settings, live: Mapping[ObjectRef, Live]
+) -> tuple[RouteStatus, ...]:
+    """What gitmesh will say of each route the plan keeps, where that differs from what it says now."""
+    deleted = {c.ref for c in plan.changes if c.action is Action.DELETE}
+    after = {ref: o.obj for ref, o in live.items() if ref not in deleted}
+    for c in plan.changes:
+        if c.manifest is not None:  # its status and generation are the live object's until applied
+            was = after.get(c.ref, {})
+            after[c.ref] = {**c.manifest, **({"status": was["status"]} if "status" in was else {})}
+    if not any(o.get("kind") in route_status.ROUTE_KINDS for o in after.values()):
+        return ()
+    objects = [*after.values(), *_looked_up(settings, route_status.missing(after.values()))]
+    out = []
+    for route, parents in sorted(route_status.routes(objects), key=lambda r: str(ObjectRef.of(r[0]))):
+        if not route_status.differs(route, parents):
+            continue
+        for p in parents:
+            failed = [c for c in (p.accepted, p.resolved) if not c.status]
+            out.append(
+                RouteStatus(
+                    ObjectRef.of(route),
+                    p.parent(ObjectRef.of(route).namespace),
+                    p.accepted.status,
+                    p.accepted.reason,
+                    p.resolved.status,
+                    p.resolved.reason,
+                    "; ".join(c.message for c in failed),
+                )
+            )
+    return tuple(out)
+
+
+def live_route_statuses(settings: Settings) -> list[RouteStatus]:
+    """What gitmesh says in the status of each route it applied, as the target keeps it."""
+    refs = {r for s in settings.state.inventories.status() for r in settings.state.inventories.get(s.source)}
+    routes = settings.objects.list([r for r in refs if r.kind in route_status.ROUTE_KINDS])
+    out = []
+    for ref, live in sorted(routes.items(), key=lambda kv: str(kv[0])):
+        for entry in (live.obj.get("status") or {}).get("parents") or ():
+            if entry.get("controllerName") != route_status.CONTROLLER_NAME:
+                continue
+            said = {c["type"]: c for c in entry.get("conditions") or ()}
+            accepted, resolved = said.get("Accepted", {}), said.get("ResolvedRefs", {})
+            failed = [c for c in (accepted, resolved) if c.get("status") != "True"]
+            out.append(
+                RouteStatus(
+                    ref,
+                    route_status.parent_name(entry["parentRef"], ref.namespace),
+                    accepted.get("status") == "True",
+                    str(accepted.get("reason", "")),
+                    resolved.get("status") == "True",
+                    str(resolved.get("reason", "")),
+                    "; ".join(str(c.get("message", "")) for c in failed),
+                )
+            )
+    return out
+
+
+def _looked_up(settings: Settings, services: Iterable[ServiceRef]) -> list[dict[str, Any]]:
+    """The Services named that gitmesh does not own, as the cluster has them."""
+    refs = [ObjectRef("", "Service", s.namespace, s.name) for s in services]
+    return [o.obj for o in settings.objects.list(refs).values()] if refs else []
+
+
+def write_route_status(settings: Settings, objects: Iterable[Mapping[str, Any]] | None = None) -> int:
+    """Bring the status of every route among ``objects`` (by default gitmesh's live objects and the
+    Services they name) in step with what gitmesh serves; returns how many were written. A status
+    not written (the route moved on meanwhile) is logged: the next pass computes it again."""
+    listed = list(objects) if objects is not None else [o.obj for o in settings.objects.list().values()]
+    if not any(o.get("kind") in route_status.ROUTE_KINDS for o in listed):
+        return 0
+    listed += _looked_up(settings, route_status.missing(listed))
+    versions = {ObjectRef.of(o): str(o["metadata"].get("resourceVersion", "")) for o in listed}
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    writes = [StatusWrite(ref, versions[ref], s) for ref, s in route_status.changed(listed, now).items()]
+    refused = settings.objects.write_status(writes) if writes else []
+    for e in refused:
+        log.info("route status not written, computed again next time: %s", e)
+    return len(writes) - len(refused)
 
 
 def _envoy_changes(desired: tuple[Manifest, ...], live: Mapping[ObjectRef, Live]) -> tuple[EnvoyChange, ...]:
@@ -227,6 +316,8 @@ def apply(
     if done.failures:
         where = {c.ref: c.location for c in plan.changes if c.location}
         raise _located(ObjectsFailed("applied", list(done.failures)), where)
+    if any(c.ref.kind in route_status.ROUTE_KINDS for c in plan.changes):
+        write_route_status(settings)
 
 
 def _apply(

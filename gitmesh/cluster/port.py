@@ -49,6 +49,16 @@ class Changes:
     force: frozenset[ObjectRef] = frozenset()
 
 
+@dataclass(frozen=True)
+class StatusWrite:
+    """An object's new status, computed from its version ``resource_version``: written over that
+    version only, so that an entry another controller wrote meanwhile is never lost."""
+
+    ref: ObjectRef
+    resource_version: str
+    status: Mapping[str, Any]
+
+
 class ObjectsFailed(ClusterError):
     """The server refused some objects of a dry-run or an apply; ``failures`` has one error per object."""
 
@@ -84,6 +94,10 @@ class ObjectPort(Protocol):
     def apply(self, changes: Changes) -> ChangeSet:
         """Write ``changes.writes`` in order, then delete ``changes.deletes`` in order, stopping at
         the first kind with a refusal; the refusals are in the change set, not raised."""
+
+    def write_status(self, writes: Sequence[StatusWrite]) -> builtins.list[ClusterError]:
+        """Write each object's status (its status subresource, whoever made the object); returns
+        what was not written: the object changed or went meanwhile, or the server refused."""
 
     def watch(self) -> Watched:
         """The cluster's objects, followed from now on."""

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gitmesh import serve
+from gitmesh import pipeline, serve
 from gitmesh.certs import ca
 from gitmesh.certs.store import Keeper
 from gitmesh.certs.vault import VaultPki, VaultSettings
@@ -65,6 +65,7 @@ class Options:
 
 
 ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)
+ROUTE_STATUS_SECONDS = 1.0  # how often the mesh's version is looked at for route status to write
 FILES_KEPT = 128  # open files kept from sidecars for the store, Git, sidecar stats and logs
 STOP_DEADLINE = 9.0  # seconds from SIGTERM to exit, an apply or a remote under way or not
 
@@ -109,7 +110,10 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
         name="rollouts",
         daemon=True,
     )
-    leading = _Leading(controller, rollouts, elector, stopping)
+    statuses = threading.Thread(
+        target=_write_route_status, args=(settings, reporting, stopping), name="route-status", daemon=True
+    )
+    leading = _Leading(controller, (rollouts, statuses), elector, stopping)
     injecting = (
         InjectWebhook(
             options.inject.address,
@@ -135,25 +139,27 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
         stopping.set()
         if injecting:
             injecting.stop()
-        if rollouts.ident is not None:  # started: this replica led
-            rollouts.join(timeout=10)
+        for worker in (rollouts, statuses):
+            if worker.ident is not None:  # started: this replica led
+                worker.join(timeout=10)
         leading.release()
 
 
 class _Leading:
-    """Starts the reconciles and rollouts: at once, or once the elector holds the Lease. Losing it
+    """Starts the reconciles and the workers (rollouts, route status): at once, or once the elector
+    holds the Lease. Losing it
     ends the process there and then (an apply under way included): the Lease's deadlines leave
     another replica no chance to apply before."""
 
     def __init__(
         self,
         controller: Controller,
-        rollouts: threading.Thread,
+        workers: tuple[threading.Thread, ...],
         elector: Elector | None,
         stopping: threading.Event,
     ) -> None:
         self.controller = controller
-        self.rollouts = rollouts
+        self.workers = workers
         self.elector = elector
         self.stopping = stopping
         self._started = False
@@ -175,7 +181,7 @@ class _Leading:
     def release(self) -> None:
         """Once nothing applies here any more (stopped, rollouts ended), give the Lease up: the next
         leader need not wait for it to expire."""
-        if self.elector is None or self._electing is None or self.rollouts.is_alive():
+        if self.elector is None or self._electing is None or any(w.is_alive() for w in self.workers):
             return
         self._electing.join()  # its step under way could take the Lease again
         self.elector.release()
@@ -192,7 +198,8 @@ class _Leading:
                 return
             self._started = True
             self.controller.start()
-            self.rollouts.start()
+            for worker in self.workers:
+                worker.start()
 
     def stop(self) -> None:
         """No new runs; waits for the ones under way."""
@@ -239,6 +246,21 @@ def _walk_rollouts(
                 runner.tick(time.time())
         except GitmeshError as e:  # the cluster may be back next time; the state is kept
             log.warning("rollout tick failed: %s", e)
+
+
+def _write_route_status(settings: Settings, reporting: _Reporting, stopping: threading.Event) -> None:
+    """Keep every route's status in step with the mesh served: each time anything the mesh reads
+    changes (a route anyone made, a Service, a ReferenceGrant), the statuses that differ are written."""
+    seen = None
+    while not stopping.wait(ROUTE_STATUS_SECONDS):
+        version = reporting.version()
+        if version == seen:
+            continue
+        try:
+            pipeline.write_route_status(settings, (live.obj for live in reporting.list_managed().values()))
+            seen = version
+        except GitmeshError as e:  # the cluster may be back next time
+            log.warning("route status not written: %s", e)
 
 
 async def _run(

@@ -63,6 +63,14 @@ class Port:
             "grpc",
         )
 
+    @property
+    def is_http2(self) -> bool:
+        """HTTP/2 end to end (gRPC): sidecars speak it to each other and to the app behind them."""
+        return self.app_protocol.lower() in ("http2", "h2c", "grpc") or self.name.split("-")[0] in (
+            "http2",
+            "grpc",
+        )
+
 
 @dataclass(frozen=True, order=True)
 class Endpoint:

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
@@ -71,6 +71,7 @@ from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as di
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_pb2
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
@@ -99,6 +100,7 @@ INBOUND = "inbound"
 CLUSTER_DOMAIN = "cluster.local"
 HTTP_RBAC = "envoy.filters.http.rbac"
 PASSTHROUGH = policy.PASSTHROUGH
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 @dataclass(frozen=True, order=True)
@@ -489,6 +491,7 @@ class Translator:
                     cluster_name(svc.ref, port.port),
                     tls.upstream(svc.ref.namespace, self.trust_domain) if mtls else None,
                     limits.get(svc.ref),
+                    http2=port.is_http2,
                 )
                 for svc in self._reachable(scope)
                 for port in svc.ports
@@ -555,7 +558,11 @@ class Translator:
 
 
 def _eds_cluster(
-    name: str, transport_socket: base_pb2.TransportSocket | None, limits: ConnectionLimits | None = None
+    name: str,
+    transport_socket: base_pb2.TransportSocket | None,
+    limits: ConnectionLimits | None = None,
+    *,
+    http2: bool = False,
 ) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(
         name=name,
@@ -564,6 +571,13 @@ def _eds_cluster(
         connect_timeout=duration_pb2.Duration(seconds=1),
         transport_socket=transport_socket,
     )
+    if http2:  # Envoy speaks HTTP/1.1 upstream unless told: gRPC needs HTTP/2 to the next sidecar
+        options = http_options_pb2.HttpProtocolOptions(
+            explicit_http_config=http_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+            )
+        )
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(_typed(options))
     if limits is not None:
         cluster.circuit_breakers.CopyFrom(policy.circuit_breakers(limits))
         if limits.max_requests_per_connection is not None:
@@ -954,12 +968,21 @@ def _destination(ips: Sequence[str], port: int) -> listener_components_pb2.Filte
 
 def _passthrough() -> cluster_pb2.Cluster:
     """Connections on to their original destination (the proxy's own UID is exempt from capture)."""
-    return cluster_pb2.Cluster(
+    cluster = cluster_pb2.Cluster(
         name=PASSTHROUGH,
         type=cluster_pb2.Cluster.ORIGINAL_DST,
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
         connect_timeout=duration_pb2.Duration(seconds=1),
     )
+    # A pod's app gets the protocol its caller's sidecar spoke: HTTP/2 on a gRPC port.
+    options = http_options_pb2.HttpProtocolOptions(
+        use_downstream_protocol_config=http_options_pb2.HttpProtocolOptions.UseDownstreamHttpConfig(
+            http_protocol_options=protocol_pb2.Http1ProtocolOptions(),
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions(),
+        )
+    )
+    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(_typed(options))
+    return cluster
 
 
 def _callers_only(callers: Sequence[Identity], trust_domain: str) -> listener_components_pb2.Filter:
