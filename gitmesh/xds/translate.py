@@ -269,7 +269,7 @@ class Translator:
         for upstream in proxy.upstreams:
             # Built for each proxy, not kept: a proxy names its upstreams' local ports as it likes.
             listeners[upstream_listener_name(upstream)] = _upstream_listener(self.mesh, upstream)
-        scope = self._scope(proxy.identity)
+        scope = self.scope(proxy.identity)
         # The local app's cluster is in the sidecar's bootstrap, so proxies of a scope share this map.
         clusters = self._mesh_clusters(scope, mtls=True)
         if egress:
@@ -285,7 +285,7 @@ class Translator:
         }
 
     def _pod_resources(self, proxy: Proxy, pod: Pod) -> Resources:
-        scope = self._scope(proxy.identity)
+        scope = self.scope(proxy.identity)
         return {
             resources.CLUSTER: self._mesh_clusters(scope, mtls=True, passthrough=True),
             resources.ENDPOINT: self._load_assignments(scope),
@@ -336,7 +336,7 @@ class Translator:
     def _grpc_client(self, proxy: Proxy) -> Resources:
         """What a proxyless gRPC client needs: an API listener per HTTP service port, named as its
         ``xds:///`` target (``<service>.<namespace>:<port>``), sharing the outbound routes; no sockets."""
-        scope = self._scope(proxy.identity)
+        scope = self.scope(proxy.identity)
         listeners: dict[str, message.Message] = {}
         for svc in self._reachable(scope):
             for port in svc.ports:
@@ -356,7 +356,7 @@ class Translator:
             resources.ROUTE: {OUTBOUND: self._outbound_routes(proxy)},
         }
 
-    def _scope(self, identity: Identity) -> Scope:
+    def scope(self, identity: Identity) -> Scope:
         """The namespaces whose services ``identity`` may call; None: all of them (permissive)."""
         if self.mesh.permissive:
             return None
@@ -423,7 +423,7 @@ class Translator:
         """A virtual host per HTTP service port, found by Host: short name (same namespace only),
         ``svc.ns``, ``svc.ns.svc`` and the cluster FQDN, with and without the port."""
         caller = proxy.identity if proxy.identity in self._own_routes else None
-        key = (proxy.service.namespace, self._scope(proxy.identity), caller)
+        key = (proxy.service.namespace, self.scope(proxy.identity), caller)
         if key not in self._routes:
             hosts = [
                 self._virtual_host(svc, port, i == 0, key[0], proxy.identity)
