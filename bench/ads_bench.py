@@ -78,7 +78,7 @@ LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 SDS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 TYPES = (CDS, EDS, LDS, RDS)
-TYPE_NAMES = {CDS: "CDS", EDS: "EDS", LDS: "LDS", RDS: "RDS"}
+TYPE_NAMES = {CDS: "CDS", EDS: "EDS", LDS: "LDS", RDS: "RDS", SDS: "SDS"}
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 
 
