@@ -934,6 +934,11 @@ def run(args: argparse.Namespace, peer: str = "") -> dict[str, Any]:
 
     workdir = tempfile.TemporaryDirectory(prefix="ads_bench.")
     args.ca_file = str(Path(workdir.name) / "ca.json")
+    if args.xds == "mtls":  # made here, once: replicas share the CA, as they share it in the store
+        from gitmesh.certs.store import FileKeeper, load_or_create
+        from gitmesh.serve import utcnow
+
+        load_or_create(FileKeeper(Path(args.ca_file)), utcnow())
     xds = ["--xds", args.xds, "--ca-file", args.ca_file]
     servers: list[Child] = []
     clients: list[Child] = []
