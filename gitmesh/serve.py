@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
 import threading
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from envoy.config.core.v3 import base_pb2
@@ -186,6 +187,58 @@ def unbacked_claim(addresses: Addresses, proxy: Proxy) -> str | None:
     return None
 
 
+# MeshState's fields compared namespace by namespace below, and those translation never reads.
+_BY_NAMESPACE = frozenset({"services", "identities", "splits", "permissions", "routes"})
+_NOT_TRANSLATED = frozenset({"warnings"})
+
+
+def changed_namespaces(before: state.MeshState, after: state.MeshState) -> frozenset[str] | None:
+    """The namespaces whose part of the mesh differs (a service, a split or route to one of its
+    services, a permission to one of its identities); None when something mesh-wide differs, which
+    may touch every proxy (permissive mode, patches, retries, limits, egress, ingress, faults)."""
+
+    def mesh_wide(m: state.MeshState) -> tuple[object, ...]:
+        # Every field but those split by namespace below, so a field added later counts as mesh-wide.
+        return tuple(
+            getattr(m, f.name) for f in dataclasses.fields(m) if f.name not in _BY_NAMESPACE | _NOT_TRANSLATED
+        )
+
+    if mesh_wide(before) != mesh_wide(after):
+        return None
+
+    def by_namespace(m: state.MeshState) -> dict[str, list[object]]:
+        parts: dict[str, list[object]] = defaultdict(list)
+        for ref, svc in m.services.items():
+            parts[ref.namespace].append(svc)
+        for holder in m.identities:
+            parts[holder.namespace].append(holder)
+        for (root, _), split in m.splits.items():
+            parts[root.namespace].append(split)
+        for p in m.permissions:
+            parts[p.destination.namespace].append(p)
+        for (service, _, _), routes in m.routes.items():
+            parts[service.namespace].append(routes)
+        return parts
+
+    old, new = by_namespace(before), by_namespace(after)
+    return frozenset(ns for ns in old.keys() | new.keys() if old.get(ns) != new.get(ns))
+
+
+def affected(proxy: Proxy, changed: frozenset[str] | None, before: Translator, after: Translator) -> bool:
+    """Whether ``proxy``'s resources may differ between the two translations, given the namespaces
+    that ``changed``: what it may call (its scope, and the services in it), what it serves (its own
+    namespace's services and permissions), its upstreams and its pod's namespace."""
+    if changed is None:
+        return True
+    scope = after.scope(proxy.identity)
+    if scope is None or scope != before.scope(proxy.identity) or scope & changed:
+        return True
+    own = {proxy.identity.namespace, proxy.service.namespace, *(u.service.namespace for u in proxy.upstreams)}
+    if proxy.pod is not None:
+        own.add(proxy.pod.namespace)
+    return bool(own & changed)
+
+
 def ephemeral_ca(now: datetime.datetime) -> MeshCA:
     """A CA kept nowhere: for publishers run in-process (tests, benchmarks), whose certificates
     need not outlive them."""
@@ -231,7 +284,15 @@ class MeshPublisher:
         return self._mesh
 
     def update(self, objects: Iterable[Mapping[str, Any]]) -> None:
-        """A new mesh: every known proxy gets its new snapshot (unchanged resources keep their versions)."""
+        """A new mesh: every proxy it touches gets its new snapshot (see ``updating``)."""
+        for _ in self.updating(objects):
+            pass
+
+    def updating(self, objects: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+        """A new mesh, published key by key: each key whose resources the change may touch is
+        translated and published, then yielded, so that a caller on the server's event loop lets
+        the streams of that key be answered before the next is translated (``run`` does). Keys the
+        change cannot touch keep their snapshots (``affected``)."""
         objects = list(objects)
         mesh = read.mesh(objects)
         for warning in mesh.warnings:
@@ -239,12 +300,16 @@ class MeshPublisher:
         translator = Translator(mesh, self.workload.trust_domain)
         addresses = endpoint_addresses(objects)
         with self._lock:
+            before = self._translator
             self.encodings.next_generation()
             self._mesh, self._translator, self._addresses = mesh, translator, addresses
             self._generation += 1
             proxies = dict(self._proxies)
+        changed = changed_namespaces(before.mesh, mesh)
         for key, proxy in proxies.items():
-            self._publish(key, proxy, translator)
+            if affected(proxy, changed, before, translator):
+                self._publish(key, proxy, translator)
+                yield key
 
     def opened(self, node: base_pb2.Node) -> str:
         """A stream of ``node`` opened: its key, published first if it is new."""
@@ -475,7 +540,8 @@ async def run(
                 if current != seen:
                     current = await _settled(backend, current)
                     seen = current
-                    publisher.update(live.obj for live in backend.list_managed().values())
+                    for _ in publisher.updating(live.obj for live in backend.list_managed().values()):
+                        await asyncio.sleep(0)  # its streams are answered before the next key is translated
                     log.info("mesh updated to store version %s", current)
             except OSError as e:  # out of file descriptors for a moment (a flood of connections)
                 log.error("serving on what was last read, retried in %ss: %s", POLL_SECONDS, e)

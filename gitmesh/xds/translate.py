@@ -279,7 +279,7 @@ class Translator:
         for upstream in proxy.upstreams:
             # Built for each proxy, not kept: a proxy names its upstreams' local ports as it likes.
             listeners[upstream_listener_name(upstream)] = _upstream_listener(self.mesh, upstream)
-        scope = self._scope(proxy.identity)
+        scope = self.scope(proxy.identity)
         # The local app's cluster is in the sidecar's bootstrap, so proxies of a scope share this map.
         clusters = self._mesh_clusters(scope, mtls=True)
         if external := self._egress_clusters(egress):  # else the scope's shared map, as it is
@@ -310,7 +310,7 @@ class Translator:
         return filters
 
     def _pod_resources(self, proxy: Proxy, pod: Pod) -> Resources:
-        scope = self._scope(proxy.identity)
+        scope = self.scope(proxy.identity)
         egress = self._egress.get(proxy.identity, [])
         clusters = self._mesh_clusters(scope, mtls=True, passthrough=True)
         if external := self._egress_clusters([r for r in egress if r.protocol != "tcp"]):
@@ -414,7 +414,7 @@ class Translator:
     def _grpc_client(self, proxy: Proxy) -> Resources:
         """What a proxyless gRPC client needs: an API listener per HTTP service port, named as its
         ``xds:///`` target (``<service>.<namespace>:<port>``), sharing the outbound routes; no sockets."""
-        scope = self._scope(proxy.identity)
+        scope = self.scope(proxy.identity)
         listeners: dict[str, message.Message] = {}
         for svc in self._reachable(scope):
             for port in svc.ports:
@@ -434,7 +434,7 @@ class Translator:
             resources.ROUTE: {OUTBOUND: self._outbound_routes(proxy)},
         }
 
-    def _scope(self, identity: Identity) -> Scope:
+    def scope(self, identity: Identity) -> Scope:
         """The namespaces whose services ``identity`` may call; None: all of them (permissive)."""
         if self.mesh.permissive:
             return None
@@ -508,7 +508,7 @@ class Translator:
         caller = proxy.identity if proxy.identity in self._own_routes else None
         # A proxyless gRPC client has no forward proxy cluster for enableEgress's catch-all.
         open_egress = self.mesh.egress_open and not proxy.grpc
-        key = (proxy.service.namespace, self._scope(proxy.identity), caller, open_egress)
+        key = (proxy.service.namespace, self.scope(proxy.identity), caller, open_egress)
         if key not in self._routes:
             hosts = [
                 self._virtual_host(svc, port, i == 0, key[0], proxy.identity)
