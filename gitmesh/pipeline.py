@@ -17,7 +17,7 @@ from typing import Any
 from gitmesh.apis import read
 from gitmesh.cluster.inventory import Applied, ChangeSet, stale
 from gitmesh.cluster.port import Changes, Live, ObjectPort, ObjectsFailed, content_hash
-from gitmesh.errors import ClusterError, PlanError, StalePlan
+from gitmesh.errors import PlanError, StalePlan
 from gitmesh.kube.errors import ApiError
 from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan.diff import make_plan
@@ -304,12 +304,13 @@ def fingerprint(
     return h.hexdigest()
 
 
-def _located(e: ObjectsFailed, written: Mapping[ObjectRef, Location]) -> ClusterError:
-    """The server's refusals, each naming where the object is written."""
+def _located(e: ObjectsFailed, written: Mapping[ObjectRef, Location]) -> ObjectsFailed:
+    """The server's refusals, each naming where the object is written (the failures kept, so that a
+    reconcile can tell per object which were refused)."""
     lines = [
         f"  {f.ref} ({written[f.ref]}): {f.detail}"
         if isinstance(f, ApiError) and f.ref is not None and f.ref in written
         else f"  {f}"
         for f in e.failures
     ]
-    return ClusterError(f"{len(e.failures)} object(s) could not be {e.verb}:\n" + "\n".join(lines))
+    return ObjectsFailed(e.verb, e.failures, lines)

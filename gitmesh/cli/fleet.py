@@ -146,18 +146,28 @@ def _kubeconfig(hub: Hub, cluster: str, token: str) -> str:
 
 
 @fleet.command("status")
-@examples("gitmesh fleet status --kubeconfig hub.kubeconfig", "gitmesh fleet status -o json")
+@examples(
+    "gitmesh fleet status --kubeconfig hub.kubeconfig",
+    "gitmesh fleet status eu-1",
+    "gitmesh fleet status -o json",
+)
+@click.argument("cluster", required=False)
 @backend_options
 @output_option("json", "yaml")
 @reports_errors
-def status(target: BackendChoice, output: str) -> None:
+def status(cluster: str | None, target: BackendChoice, output: str) -> None:
     """Every member's compliance, read from the hub (writes nothing): Compliant, Non-Compliant,
-    Pending, Suspended, or Unknown when its agent has not reported for longer than its unknownAfter."""
+    Pending, Suspended, or Unknown when its agent has not reported for longer than its unknownAfter.
+    With CLUSTER, that member alone, with what its last reconcile did to each object."""
     settings = target.open(read_only=True)
     if output == "text":
         target_header(settings)
     now = datetime.now(UTC)
     members = [model.seen(obj, now) for obj in _hub(settings).clusters()]
+    if cluster is not None:
+        members = [m for m in members if m.name == cluster]
+        if not members:
+            raise click.BadParameter(f"no cluster {cluster!r} has joined the fleet", param_hint="CLUSTER")
     if output != "text":
         emit(
             "fleet-status",
@@ -197,6 +207,31 @@ def status(target: BackendChoice, output: str) -> None:
             Text(m.reason),
         )
     out.print(table)
+    if cluster is not None:
+        _print_objects(members[0])
+
+
+def _print_objects(member: model.Seen) -> None:
+    """Per configuration, what the member's last reconcile did to each object."""
+    for c in member.configurations:
+        results = c.get("objectResults") or []
+        omitted = int(c.get("objectResultsOmitted") or 0)
+        out.print(
+            Text(f"\n{c['name']} ({c.get('path') or '/'}): {len(results) + omitted} object(s)", style="bold")
+        )
+        if not results:
+            continue
+        table = Table(box=None, pad_edge=False)
+        for column in ("OBJECT", "RESULT", "WHY"):
+            table.add_column(column)
+        for r in results:
+            failed = r["result"] in ("invalid", "refused", "claimed")
+            table.add_row(
+                r["object"], Text(r["result"], style="bold red" if failed else ""), Text(r.get("message", ""))
+            )
+        out.print(table)
+        if omitted:
+            out.print(f"... and {omitted} more (the first {len(results)} are kept, failures first)")
 
 
 @fleet.command("plan")

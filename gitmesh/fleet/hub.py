@@ -17,6 +17,7 @@ from gitmesh.errors import ClusterError
 from gitmesh.fleet.model import DEFAULT_UNKNOWN_AFTER, GROUP, NAMESPACE, VERSION, Configuration, Member
 from gitmesh.kube import errors
 from gitmesh.kube.client import Client, Resource
+from gitmesh.state.records import MESSAGE_KEPT, OBJECTS_KEPT
 
 CLUSTERS = Resource(GROUP, VERSION, "fleetclusters", True)
 CONFIGURATIONS = Resource(GROUP, VERSION, "fleetconfigurations", True)
@@ -69,6 +70,21 @@ _CLUSTER_STATUS = {
                     "desiredRevision": {"type": "string"},
                     "appliedRevision": {"type": "string"},
                     "objects": {"type": "integer"},
+                    "objectResults": {
+                        "type": "array",
+                        "description": "What the last reconcile did with each object, failures first.",
+                        "maxItems": OBJECTS_KEPT,
+                        "items": {
+                            "type": "object",
+                            "required": ["object", "result"],
+                            "properties": {
+                                "object": {"type": "string"},
+                                "result": {"type": "string"},
+                                "message": {"type": "string", "maxLength": MESSAGE_KEPT},
+                            },
+                        },
+                    },
+                    "objectResultsOmitted": {"type": "integer"},
                 },
             },
         },

@@ -18,7 +18,7 @@ from typing import Any
 from gitmesh import durations
 from gitmesh.controller import conditions
 from gitmesh.errors import ConfigError
-from gitmesh.state.records import SourceRecord
+from gitmesh.state.records import ObjectResult, SourceRecord
 from gitmesh.sync.source import Ref, RefKind, Source
 
 GROUP = "gitmesh.dev"
@@ -161,6 +161,9 @@ class Compliance:
     desired_revision: str | None  # the head of the configuration's ref the agent last fetched
     applied_revision: str | None  # what is applied in the member
     objects: int  # objects applied for it
+    # What the last reconcile did with each object (failures first, at most OBJECTS_KEPT of them)
+    results: tuple[ObjectResult, ...] = ()
+    results_omitted: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -171,6 +174,11 @@ class Compliance:
             "desiredRevision": self.desired_revision or "",
             "appliedRevision": self.applied_revision or "",
             "objects": self.objects,
+            "objectResults": [
+                {"object": r.object, "result": r.result, **({"message": r.message} if r.message else {})}
+                for r in self.results
+            ],
+            "objectResultsOmitted": self.results_omitted,
         }
 
 
@@ -182,8 +190,12 @@ def compliance(source: Source, record: SourceRecord | None, suspended: bool, obj
     applied = record.last_applied if record else None
     desired = record.last_attempted if record else None
 
+    results, omitted = (record.objects, record.objects_omitted) if record else ((), 0)
+
     def made(state: State, reason: str) -> Compliance:
-        return Compliance(source.name, state, reason, source.path, desired, applied, objects)
+        return Compliance(
+            source.name, state, reason, source.path, desired, applied, objects, results, omitted
+        )
 
     if suspended:
         return made(State.SUSPENDED, "reconciles are suspended on this member")

@@ -252,6 +252,14 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
     eu = clusters["eu-1"]["configurations"][0]
     assert (eu["desired_revision"], eu["applied_revision"]) == (broken, head)
     assert "GM020" in eu["reason"] and "spec.backends[1].weight" in eu["reason"], eu["reason"]
+    # Per object: the one that failed, and why.
+    (invalid,) = eu["object_results"]
+    assert (invalid["object"], invalid["result"]) == ("TrafficSplit/shop/web-split", "invalid")
+    assert "canary.yaml" in invalid["message"] and "GM020" in invalid["message"], invalid
+    us = clusters["us-1"]["configurations"][0]
+    assert {"object": "Service/shop/web-v3", "result": "created"} in us["object_results"]
+    detail = _cli("fleet", "status", "eu-1", "--kubeconfig", hub.kubeconfig)
+    assert "TrafficSplit/shop/web-split" in detail and "invalid" in detail and "us-1" not in detail
     assert clusters["us-1"]["compliance"] == "Compliant"
     assert "web-v3" in services(members["us-1"])
     assert "web-v3" not in services(members["eu-1"])  # nothing half-applied

@@ -9,7 +9,7 @@ import pytest
 from gitmesh.controller.metrics import Metrics
 from gitmesh.controller.reconciler import Reconciler
 from gitmesh.objects import ObjectRef
-from gitmesh.state.records import SourceRecord
+from gitmesh.state.records import MESSAGE_KEPT, OBJECTS_KEPT, ObjectResult, SourceRecord, kept_objects
 from gitmesh.sync.source import Source
 from tests import factory as f
 from tests.conftest import GitRepo
@@ -59,6 +59,32 @@ def test_an_invalid_commit_changes_nothing_and_prune_keeps_what_is_declared(
     r.reconcile("mesh", frozenset({"manual"}))
     assert set(objects.objects) == {ObjectRef.of(o) for o in bookstore[:-2]}
     assert weights(objects) == {"bookstore-v1": 90, "bookstore-v2": 10}
+
+
+def test_the_record_says_what_became_of_each_object(git_repo: GitRepo) -> None:
+    bookstore = f.bookstore()
+    git_repo.commit("bookstore", {"mesh.yaml": f.dump(*bookstore)})
+    r = reconciler(git_repo, FakeObjects())
+    r.reconcile("mesh", frozenset({"start"}))
+    (record,) = r.records()
+    assert {o.result for o in record.objects} == {"created"}
+    assert {o.object for o in record.objects} == {str(ObjectRef.of(o)) for o in bookstore}
+    broken = [f.split("store", "bookstore-split", "bookstore", {"bookstore-v1": -5})]
+    git_repo.commit("broken", {"mesh.yaml": f.dump(*bookstore[:-3], *broken)})
+    r.reconcile("mesh", frozenset({"manual"}))
+    (record,) = r.records()
+    (invalid,) = record.objects
+    assert (invalid.object, invalid.result) == ("TrafficSplit/store/bookstore-split", "invalid")
+    assert "mesh.yaml" in invalid.message and "GM" in invalid.message, invalid.message
+    assert SourceRecord.from_json(record.to_json()).objects == record.objects
+
+
+def test_a_record_keeps_a_bounded_number_of_object_results_failures_first() -> None:
+    results = [ObjectResult(f"Service/shop/s{i:03}", "created") for i in range(150)]
+    results.append(ObjectResult("Service/shop/zz", "refused", "x" * 1000))
+    kept, omitted = kept_objects(results)
+    assert (len(kept), omitted) == (OBJECTS_KEPT, 151 - OBJECTS_KEPT)
+    assert kept[0].object == "Service/shop/zz" and len(kept[0].message) == MESSAGE_KEPT
 
 
 def test_an_attempt_shows_once_its_record_is_stored_with_its_metrics(
