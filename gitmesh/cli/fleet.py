@@ -181,6 +181,7 @@ def status(cluster: str | None, target: BackendChoice, output: str) -> None:
                         "reason": m.reason,
                         "last_report_time": m.last_report.isoformat() if m.last_report else None,
                         "configurations": snake_keys([dict(c) for c in m.configurations]),
+                        "overlaps": snake_keys([dict(o) for o in m.overlaps]),
                     }
                     for m in members
                 ],

@@ -24,6 +24,7 @@ from gitmesh.controller.conditions import Result
 from gitmesh.controller.metrics import Metrics
 from gitmesh.errors import ClusterError, GitmeshError, PlanError, SourceError, StalePlan
 from gitmesh.kube.errors import ApiError
+from gitmesh.objects import ObjectRef
 from gitmesh.plan.model import Action, Plan
 from gitmesh.rollout import driver
 from gitmesh.settings import Settings
@@ -48,6 +49,7 @@ class _Progress:
     seen: str | None = None  # the head last reconciled by this process
     failures: int = 0  # consecutive failures that are retried
     attempted: bool = False  # a first attempt has finished (for /readyz)
+    declared: frozenset[ObjectRef] | None = None  # every object of the revision last read (None: none yet)
 
 
 class Reconciler:
@@ -206,6 +208,8 @@ class Reconciler:
         except SourceError as e:
             return Result.INVALID, str(e), None
         validated = pipeline.check(revision, settings.objects)
+        with self._lock:
+            self._progress[source.name].declared = validated.declared | {m.ref for m in validated.desired}
         if not validated.ok:
             first = validated.errors[0]
             return (
@@ -224,7 +228,9 @@ class Reconciler:
             )
         try:
             with self.apply_lock:
-                plan = pipeline.plan(revision, validated, settings, source.name)
+                plan = pipeline.plan(
+                    revision, validated, settings, source.name, self._declared_by_others(source.name)
+                )
                 # A split whose weights change under a rollout policy moves one step now; one whose
                 # rollout is under way keeps its live weights (the runner walks them), so that is no drift.
                 plan = driver.prepare(plan, settings, time.time())
@@ -241,6 +247,12 @@ class Reconciler:
                 return Result.APPLIED, plan.summary(), _done(plan)
         except StalePlan as e:
             return Result.FAILED, str(e), None
+        except pipeline.Claimed as e:  # retried: it clears once the other source lets them go
+            return (
+                Result.FAILED,
+                str(e),
+                [ObjectResult(str(ref), "claimed", f"applied by {owner}") for ref, owner in e.claims.items()],
+            )
         except PlanError as e:
             return Result.REFUSED, str(e), None
         except ObjectsFailed as e:  # the objects the cluster refused, each with its reason; retried
@@ -252,6 +264,15 @@ class Reconciler:
         """The one place the controller applies a plan; its rollouts start with it."""
         pipeline.apply(plan, settings, allow_empty=source.allow_empty)
         driver.begin(plan, self.notify)
+
+    def _declared_by_others(self, name: str) -> dict[str, frozenset[ObjectRef]]:
+        """What the other sources' last revisions declare, for those read since this process started."""
+        with self._lock:
+            return {
+                other: p.declared
+                for other, p in self._progress.items()
+                if other != name and p.declared is not None
+            }
 
     def _retry(self, progress: _Progress, source: Source) -> float:
         """One more consecutive failure: the seconds to wait before retrying."""

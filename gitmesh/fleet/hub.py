@@ -57,6 +57,14 @@ _CLUSTER_STATUS = {
         "compliance": _COMPLIANCE,
         "reason": {"type": "string"},
         "lastReportTime": {"type": "string", "format": "date-time"},
+        "overlaps": {
+            "type": "array",
+            "description": "Objects two configurations declare: the first to apply one keeps it.",
+            "items": {
+                "type": "object",
+                "properties": {k: {"type": "string"} for k in ("object", "appliedBy", "refusedTo")},
+            },
+        },
         "configurations": {
             "type": "array",
             "items": {

@@ -217,14 +217,55 @@ def overall(configurations: Sequence[Compliance]) -> tuple[State, str]:
     return worst.state, f"{worst.configuration}: {worst.reason}"
 
 
+@dataclass(frozen=True)
+class Overlap:
+    """An object two configurations declare on one member: the one that applied it first keeps it,
+    the other is refused it (and neither's prune deletes it while the other declares it)."""
+
+    object: str
+    applied_by: str
+    refused_to: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"object": self.object, "appliedBy": self.applied_by, "refusedTo": self.refused_to}
+
+
+def overlaps(configurations: Sequence[Compliance]) -> list[Overlap]:
+    """The objects a member's configurations both declare, from their per-object results."""
+    found = []
+    for c in configurations:
+        for r in c.results:
+            if r.result != "claimed":
+                continue
+            owner = next(
+                (
+                    o.configuration
+                    for o in configurations
+                    if o is not c and any(x.object == r.object for x in o.results)
+                ),
+                r.message.removeprefix("applied by "),  # a source of the member's own, or a result left out
+            )
+            found.append(Overlap(r.object, owner, c.configuration))
+    return found
+
+
 def report(configurations: Sequence[Compliance], now: datetime) -> dict[str, Any]:
-    """The FleetCluster status an agent writes."""
+    """The FleetCluster status an agent writes; overlapping configurations are the cluster's reason."""
     state, reason = overall(configurations)
+    overlapping = overlaps(configurations)
+    if overlapping:
+        first = overlapping[0]
+        pairs = sorted({(o.applied_by, o.refused_to) for o in overlapping})
+        reason = (
+            f"overlapping configurations: {', '.join(f'{a} and {b}' for a, b in pairs)} declare the same "
+            f"{len(overlapping)} object(s) ({first.object}, ...); each is left as the first applied it"
+        )
     return {
         "compliance": state.value,
         "reason": reason,
         "lastReportTime": now.isoformat().replace("+00:00", "Z"),
         "configurations": [c.to_json() for c in configurations],
+        "overlaps": [o.to_json() for o in overlapping],
     }
 
 
@@ -238,6 +279,7 @@ class Seen:
     reason: str
     last_report: datetime | None
     configurations: tuple[Mapping[str, Any], ...]
+    overlaps: tuple[Mapping[str, Any], ...] = ()  # as its agent last reported them
 
 
 def seen(obj: Mapping[str, Any], now: datetime) -> Seen:
@@ -247,12 +289,15 @@ def seen(obj: Mapping[str, Any], now: datetime) -> Seen:
     status = obj.get("status") or {}
     last = durations.instant(status.get("lastReportTime"))
     configurations = tuple(status.get("configurations") or ())
+    overlapping = tuple(status.get("overlaps") or ())
     if last is None:
-        return Seen(member.name, member.labels, State.UNKNOWN, "no report yet", None, configurations)
+        return Seen(
+            member.name, member.labels, State.UNKNOWN, "no report yet", None, configurations, overlapping
+        )
     silent = (now - last).total_seconds()
     if silent > member.unknown_after:
         reason = f"no report for {silent:.0f}s (unknown after {member.unknown_after:g}s)"
-        return Seen(member.name, member.labels, State.UNKNOWN, reason, last, configurations)
+        return Seen(member.name, member.labels, State.UNKNOWN, reason, last, configurations, overlapping)
     return Seen(
         member.name,
         member.labels,
@@ -260,4 +305,5 @@ def seen(obj: Mapping[str, Any], now: datetime) -> Seen:
         status.get("reason", ""),
         last,
         configurations,
+        overlapping,
     )

@@ -153,6 +153,14 @@ def services(member: Cluster) -> set[str]:
     return {s["metadata"]["name"] for s in found["items"]}
 
 
+def restart(agents: dict[str, RunningController]) -> None:
+    """Each agent stops on a new assignment (exit 3) and is started again on it."""
+    for agent in agents.values():
+        assert agent.process is not None
+        assert agent.process.wait(30) == 3, agent.log.read_text()
+        agent.start()
+
+
 def all_compliant_at(head: str) -> Callable[[dict[str, dict[str, Any]]], bool]:
     def check(clusters: dict[str, dict[str, Any]]) -> bool:
         return all(
@@ -255,7 +263,9 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
     # Per object: the one that failed, and why.
     (invalid,) = eu["object_results"]
     assert (invalid["object"], invalid["result"]) == ("TrafficSplit/shop/web-split", "invalid")
-    assert "canary.yaml" in invalid["message"] and "GM020" in invalid["message"], invalid
+    assert "fleet/base/mesh.yaml" in invalid["message"] and "kustomize in fleet/eu" in invalid["message"], (
+        invalid
+    )
     us = clusters["us-1"]["configurations"][0]
     assert {"object": "Service/shop/web-v3", "result": "created"} in us["object_results"]
     detail = _cli("fleet", "status", "eu-1", "--kubeconfig", hub.kubeconfig)
@@ -345,6 +355,39 @@ def test_members_go_on_without_the_hub_and_refused_credentials_stop_an_agent(
     )
     assert refused.returncode == 1, refused.stderr
     assert "error: 401 Unauthorized" in refused.stderr
+
+    # A second configuration declaring one of the first one's objects: each agent, started again on
+    # the new assignment (exit 3, as a Deployment restarts it), reports the overlap; the object stays
+    # as the first configuration applied it, and nothing else of the second is applied.
+    intruder = f.service(NS, "web-v1", 9090)
+    repo.commit("extra", {"fleet/extra/mesh.yaml": f.dump(intruder, f.service(NS, "extra-only"))})
+    extra = {
+        "apiVersion": "gitmesh.dev/v1alpha1",
+        "kind": "FleetConfiguration",
+        "metadata": {"name": "extra", "namespace": "gitmesh-fleet"},
+        "spec": {"repository": str(repo.path), "path": "fleet/extra", "interval": "1s"},
+    }
+    hub.kubectl("apply", "-f", "-", input=json.dumps(extra))
+    restart(agents)
+    clusters = eventually(
+        lambda: status(hub),
+        lambda c: all(m.get("overlaps") for m in c.values()),
+        "every member reporting the overlap",
+        timeout=60,
+    )
+    for name, member in members.items():
+        assert clusters[name]["overlaps"] == [
+            {"object": "Service/shop/web-v1", "applied_by": "mesh", "refused_to": "extra"}
+        ]
+        assert clusters[name]["reason"].startswith("overlapping configurations: mesh and extra"), clusters[
+            name
+        ]
+        assert "extra-only" not in services(member)
+        live = json.loads(member.kubectl("get", "service", "-n", NS, "web-v1", "-o", "json").stdout)
+        assert [p["port"] for p in live["spec"]["ports"]] != [9090]
+    hub.kubectl("-n", "gitmesh-fleet", "delete", "fleetconfiguration", "extra")
+    restart(agents)
+    eventually(lambda: status(hub), lambda c: not any(m.get("overlaps") for m in c.values()), "no overlap")
 
     # The hub gone: the agents go on following Git.
     hub.stop()

@@ -117,6 +117,28 @@ def test_a_report_carries_the_per_object_results() -> None:
     assert reported["objectResultsOmitted"] == 2
 
 
+def test_overlapping_configurations_are_the_clusters_reason() -> None:
+    mesh = model.Compliance(
+        "mesh", State.COMPLIANT, "ok", "", "a", "a", 2, (ObjectResult("Service/shop/web", "unchanged"),)
+    )
+    extra = model.Compliance(
+        "extra",
+        State.NON_COMPLIANT,
+        "refused",
+        "",
+        "b",
+        None,
+        0,
+        (ObjectResult("Service/shop/web", "claimed", "applied by mesh"),),
+    )
+    status = model.report([extra, mesh], NOW)
+    assert status["overlaps"] == [{"object": "Service/shop/web", "appliedBy": "mesh", "refusedTo": "extra"}]
+    assert status["compliance"] == "Non-Compliant"
+    assert status["reason"].startswith(
+        "overlapping configurations: mesh and extra declare the same 1 object(s)"
+    )
+
+
 def test_a_member_is_as_compliant_as_its_worst_configuration() -> None:
     def c(name: str, state: State) -> model.Compliance:
         return model.Compliance(name, state, f"{name} says", "", None, None, 0)

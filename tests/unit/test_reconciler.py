@@ -113,3 +113,35 @@ def test_an_attempt_shows_once_its_record_is_stored_with_its_metrics(
     (shown,) = r.records()
     assert (len(shown.history), r.not_ready()) == (1, [])
     assert [h.revision for h in records.all()[0].history] == [shown.last_applied]
+
+
+def test_two_sources_declaring_one_object_never_write_over_or_prune_each_others(git_repo: GitRepo) -> None:
+    shop, web = f.namespace("shop"), f.service("shop", "web")
+    web_ref = ObjectRef.of(web)
+    git_repo.commit(
+        "a and b both declare shop/web",
+        {"a/mesh.yaml": f.dump(shop, web), "b/mesh.yaml": f.dump(web, f.service("shop", "b-only"))},
+    )
+    objects = FakeObjects()
+    sources = (
+        Source(name="a", url=str(git_repo.path), path="a"),
+        Source(name="b", url=str(git_repo.path), path="b"),
+    )
+    r = Reconciler(sources, settings(objects), Metrics(), threading.Event())
+    assert r.reconcile("a", frozenset({"start"})) is None
+    assert r.reconcile("b", frozenset({"start"})) is not None  # refused, and retried
+    records = {rec.source: rec for rec in r.records()}
+    assert "another source's: Service/shop/web (source a)" in records["b"].history[0].summary
+    assert [(o.object, o.result, o.message) for o in records["b"].objects] == [
+        ("Service/shop/web", "claimed", "applied by a")
+    ]
+    assert ObjectRef.of(f.service("shop", "b-only")) not in objects.objects  # nothing of b applied
+    assert set(r.settings.state.inventories.get("b")) == set()
+
+    # a lets go of it: not pruned, since b declares it; b takes it over on its retry.
+    git_repo.commit("a without web", {"a/mesh.yaml": f.dump(shop)})
+    r.reconcile("a", frozenset({"manual"}))
+    assert web_ref in objects.objects
+    r.reconcile("b", frozenset({"retry"}))
+    assert web_ref in r.settings.state.inventories.get("b")
+    assert {rec.source: rec.history[0].result for rec in r.records()} == {"a": "unchanged", "b": "applied"}
