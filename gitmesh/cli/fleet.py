@@ -30,6 +30,7 @@ from gitmesh.cli.base import (
 )
 from gitmesh.fleet import model
 from gitmesh.fleet.hub import Hub
+from gitmesh.fleet.wave import StageState, WaveState, WaveStatus
 from gitmesh.plan.model import Action
 from gitmesh.settings import Settings
 
@@ -163,7 +164,9 @@ def status(cluster: str | None, target: BackendChoice, output: str) -> None:
     if output == "text":
         target_header(settings)
     now = datetime.now(UTC)
-    members = [model.seen(obj, now) for obj in _hub(settings).clusters()]
+    hub = _hub(settings)
+    members = [model.seen(obj, now) for obj in hub.clusters()]
+    waves = [(c.name, c.wave_status) for c in hub.configurations() if c.wave_status is not None]
     if cluster is not None:
         members = [m for m in members if m.name == cluster]
         if not members:
@@ -184,6 +187,9 @@ def status(cluster: str | None, target: BackendChoice, output: str) -> None:
                         "overlaps": snake_keys([dict(o) for o in m.overlaps]),
                     }
                     for m in members
+                ],
+                "waves": [
+                    {"configuration": name, **snake_keys(w.to_json())} for name, w in waves if cluster is None
                 ],
             },
             output,
@@ -210,6 +216,71 @@ def status(cluster: str | None, target: BackendChoice, output: str) -> None:
     out.print(table)
     if cluster is not None:
         _print_objects(members[0])
+        return
+    for name, w in waves:
+        _print_wave(name, w)
+
+
+_WAVE_STYLES = {
+    StageState.PASSED: "green",
+    StageState.ROLLED_BACK: "bold red",
+    StageState.WAITING_APPROVAL: "blue",
+    StageState.APPLYING: "yellow",
+    StageState.VERIFYING: "yellow",
+    StageState.PENDING: "",
+}
+
+
+def _print_wave(configuration: str, w: WaveStatus) -> None:
+    out.print(
+        Text(
+            f"\nWave of {configuration} toward {w.revision[:12]} (last good {w.last_good[:12]}): ",
+            style="bold",
+        )
+        + Text(w.state.value, style="bold red" if w.state is WaveState.HALTED else "bold")
+        + Text(f"  {w.reason}")
+    )
+    table = Table(box=None, pad_edge=False)
+    for column in ("STAGE", "STATE", "REVISION", "SINCE", "WHY"):
+        table.add_column(column)
+    for s in w.stages:
+        table.add_row(
+            s.name,
+            Text(s.state.value, style=_WAVE_STYLES[s.state]),
+            s.revision[:12],
+            s.since.strftime("%H:%M:%S"),
+            Text(s.reason),
+        )
+    out.print(table)
+
+
+@fleet.command("approve")
+@examples("gitmesh fleet approve mesh eu --kubeconfig hub.kubeconfig")
+@click.argument("configuration")
+@click.argument("stage")
+@backend_options
+@yes_option
+@reports_errors
+def approve(configuration: str, stage: str, target: BackendChoice, yes: bool) -> None:
+    """Approve the revision a configuration's wave brings for one of its stages (a stage with
+    approval: true waits for it); the approval is written to the configuration, for that revision only."""
+    settings = target.open()
+    target_header(settings)
+    hub = _hub(settings)
+    chosen = next((c for c in hub.configurations() if c.name == configuration), None)
+    if chosen is None or chosen.wave is None or chosen.wave_status is None:
+        raise click.BadParameter(
+            f"the hub has no wave of {configuration!r} under way", param_hint="CONFIGURATION"
+        )
+    if stage not in [s.name for s in chosen.wave.stages]:
+        names = ", ".join(s.name for s in chosen.wave.stages)
+        raise click.BadParameter(
+            f"{configuration} has no stage {stage!r} (its stages: {names})", param_hint="STAGE"
+        )
+    revision = chosen.wave_status.revision
+    confirm_write(settings, f"Approve {revision[:12]} of {configuration} for stage {stage}", yes)
+    hub.approve(configuration, stage, revision)
+    out.print(f"approved {revision[:12]} of {configuration} for stage {stage}")
 
 
 def _print_objects(member: model.Seen) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from gitmesh.errors import ClusterError
 from gitmesh.fleet.model import DEFAULT_UNKNOWN_AFTER, GROUP, NAMESPACE, VERSION, Configuration, Member
+from gitmesh.fleet.wave import StageState, WaveState
 from gitmesh.kube import errors
 from gitmesh.kube.client import Client, Resource
 from gitmesh.state.records import MESSAGE_KEPT, OBJECTS_KEPT
@@ -27,6 +28,7 @@ ROLES = Resource(_RBAC, "v1", "roles", True)
 ROLE_BINDINGS = Resource(_RBAC, "v1", "rolebindings", True)
 MANAGER = "gitmesh-fleet"  # the field manager of what install and join write
 AGENT_MANAGER = "gitmesh-fleet-agent"  # the field manager of an agent's status reports
+WAVE_MANAGER = "gitmesh-fleet-waves"  # the field manager of the waves' status
 LABELS = {"app.kubernetes.io/managed-by": MANAGER, "app.kubernetes.io/part-of": "gitmesh"}
 
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
@@ -113,6 +115,42 @@ _CONFIGURATION_SPEC = {
         "namespace": {"type": "string", "description": "The namespace of objects that name none."},
         "interval": {**_DURATION, "description": "How often agents fetch (default 1m)."},
         "clusterSelector": {**_SELECTOR, "description": "The clusters it applies to (all when empty)."},
+        "wave": {
+            "type": "object",
+            "description": "Roll each new revision out by stages, each gated on the one before being "
+            "Compliant and healthy (gitmesh run --fleet-view walks it).",
+            "required": ["stages"],
+            "properties": {
+                "stages": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "clusterSelector": {
+                                **_SELECTOR,
+                                "description": "Its clusters (not in an earlier stage); all when empty.",
+                            },
+                            "wait": {**_DURATION, "description": "How long mesh health must pass."},
+                            "approval": {"type": "boolean", "description": "A person approves it first."},
+                        },
+                    },
+                },
+                "health": {
+                    "type": "object",
+                    "description": "What every backend of the configuration's splits must show, per member.",
+                    "properties": {
+                        "successRate": {"type": "number", "minimum": 0, "maximum": 100},
+                        "latencyP99": {"type": "number", "minimum": 0, "description": "Milliseconds."},
+                        "minRequests": {"type": "integer", "minimum": 0},
+                        "window": _DURATION,
+                    },
+                },
+                "approvals": {**_STRING_MAP, "description": "Stage -> the revision approved for it."},
+            },
+        },
         "overlays": {
             "type": "array",
             "description": "Directories replacing path for some clusters; the first that applies wins.",
@@ -129,6 +167,35 @@ _CONFIGURATION_SPEC = {
     },
 }
 
+
+_CONFIGURATION_STATUS = {
+    "type": "object",
+    "description": "Written by the wave walker.",
+    "properties": {
+        "wave": {
+            "type": "object",
+            "properties": {
+                "revision": {"type": "string"},
+                "lastGood": {"type": "string"},
+                "state": {"type": "string", "enum": [s.value for s in WaveState]},
+                "reason": {"type": "string"},
+                "stages": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "revision": {"type": "string"},
+                            "state": {"type": "string", "enum": [s.value for s in StageState]},
+                            "reason": {"type": "string"},
+                            "since": {"type": "string", "format": "date-time"},
+                        },
+                    },
+                },
+            },
+        }
+    },
+}
 
 # A configuration's name is its source's name in every member (inventories, records): refused at the
 # hub when a member could not use it.
@@ -190,10 +257,11 @@ def hub_objects() -> list[dict[str, Any]]:
             CONFIGURATIONS.plural,
             "fconf",
             _CONFIGURATION_SPEC,
-            None,
+            _CONFIGURATION_STATUS,
             [
                 {"name": "Repository", "type": "string", "jsonPath": ".spec.repository"},
                 {"name": "Path", "type": "string", "jsonPath": ".spec.path"},
+                {"name": "Wave", "type": "string", "jsonPath": ".status.wave.state"},
             ],
             name=_SOURCE_NAME,
         ),
@@ -280,6 +348,27 @@ class Hub:
             "status": dict(status),
         }
         self.client.apply(CLUSTERS.path(NAMESPACE, name) + "/status", body, AGENT_MANAGER, force=True)
+
+    def write_wave(self, configuration: str, wave: Mapping[str, Any]) -> None:
+        """Write a configuration's wave (its status subresource, as the walker)."""
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "FleetConfiguration",
+            "metadata": {"name": configuration, "namespace": NAMESPACE},
+            "status": {"wave": dict(wave)},
+        }
+        self.client.apply(
+            CONFIGURATIONS.path(NAMESPACE, configuration) + "/status", body, WAVE_MANAGER, force=True
+        )
+
+    def approve(self, configuration: str, stage: str, revision: str) -> None:
+        """Approve ``revision`` for a stage of a configuration's wave (its spec, as a person)."""
+        self.client.request(
+            "PATCH",
+            CONFIGURATIONS.path(NAMESPACE, configuration),
+            body={"spec": {"wave": {"approvals": {stage: revision}}}},
+            content_type="application/merge-patch+json",
+        )
 
     def join(self, objects: list[dict[str, Any]]) -> list[str]:
         """Apply a member's objects; returns them as kind/name."""

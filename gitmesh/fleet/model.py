@@ -18,6 +18,7 @@ from typing import Any
 from gitmesh import durations
 from gitmesh.controller import conditions
 from gitmesh.errors import ConfigError
+from gitmesh.fleet.wave import Wave, WaveStatus
 from gitmesh.state.records import ObjectResult, SourceRecord
 from gitmesh.sync.source import Ref, RefKind, Source
 
@@ -84,6 +85,8 @@ class Configuration:
     interval: float
     match_labels: Mapping[str, str]
     overlays: tuple[Overlay, ...]
+    wave: Wave | None = None  # roll new revisions out by stages
+    wave_status: WaveStatus | None = None  # where its wave stands (None: not walked yet)
 
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> Configuration:
@@ -111,6 +114,10 @@ class Configuration:
                 )
                 for o in spec.get("overlays") or ()
             ),
+            wave=Wave.of(spec["wave"]) if spec.get("wave") else None,
+            wave_status=WaveStatus.of(status["wave"])
+            if (status := obj.get("status") or {}).get("wave")
+            else None,
         )
 
     def selects(self, member: Member) -> bool:
@@ -118,12 +125,16 @@ class Configuration:
 
     def source(self, member: Member) -> Source:
         """The Git source the member's agent follows for this configuration: its overlay's path (the
-        first that applies), else the configuration's."""
+        first that applies), else the configuration's; with a wave under way, the commit the
+        member's stage has reached."""
         overlay = next((o for o in self.overlays if o.applies_to(member)), None)
+        ref = self.ref
+        if self.wave and self.wave_status:
+            ref = Ref(RefKind.COMMIT, self.wave_status.revision_for(self.wave.stage_of(member.labels)))
         return Source(
             name=self.name,
             url=self.repository,
-            ref=self.ref,
+            ref=ref,
             path=overlay.path if overlay else self.path,
             interval=self.interval,
             namespace=self.namespace,
@@ -164,6 +175,7 @@ class Compliance:
     # What the last reconcile did with each object (failures first, at most OBJECTS_KEPT of them)
     results: tuple[ObjectResult, ...] = ()
     results_omitted: int = 0
+    health: Mapping[str, Any] = field(default_factory=dict)  # mesh health, for a configuration in waves
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -179,10 +191,17 @@ class Compliance:
                 for r in self.results
             ],
             "objectResultsOmitted": self.results_omitted,
+            **({"health": dict(self.health)} if self.health else {}),
         }
 
 
-def compliance(source: Source, record: SourceRecord | None, suspended: bool, objects: int) -> Compliance:
+def compliance(
+    source: Source,
+    record: SourceRecord | None,
+    suspended: bool,
+    objects: int,
+    health: Mapping[str, Any] | None = None,
+) -> Compliance:
     """A configuration's state on a member from its source's record: Compliant once the revision
     last fetched is the one applied and Ready; Non-Compliant with Ready's message when it failed
     (invalid, refused, Git unreachable: the last good revision stays applied); Pending before the
@@ -194,7 +213,7 @@ def compliance(source: Source, record: SourceRecord | None, suspended: bool, obj
 
     def made(state: State, reason: str) -> Compliance:
         return Compliance(
-            source.name, state, reason, source.path, desired, applied, objects, results, omitted
+            source.name, state, reason, source.path, desired, applied, objects, results, omitted, health or {}
         )
 
     if suspended:
