@@ -389,6 +389,8 @@ def _run_member(
     if sources is None:
         return
     reporter = agent.Reporter(hub, cluster, sources, settings, interval.total_seconds())
+    reporter.watch = agent.AssignmentWatch(hub, cluster, reporter.wake)
+    reporter.watch.start()
     options = dataclasses.replace(options, sources=sources, attach=reporter.attach)
     names = ", ".join(f"{s.name} ({s.path or '/'})" for s in sources) or "none"
     err.print(

@@ -4,6 +4,7 @@ and status (every member's compliance)."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -198,22 +199,23 @@ def status(cluster: str | None, target: BackendChoice, output: str) -> None:
     if not members:
         out.print("No cluster has joined the fleet.")
         return
-    table = Table(box=None, pad_edge=False)
-    for column in ("CLUSTER", "LABELS", "COMPLIANCE", "CONFIGURATIONS", "LAST REPORT", "REASON"):
-        table.add_column(column)
-    for m in members:
-        configurations = ", ".join(
-            f"{c['name']}@{str(c.get('appliedRevision') or '-')[:12]}" for c in m.configurations
-        )
-        table.add_row(
-            m.name,
-            ",".join(f"{k}={v}" for k, v in sorted(m.labels.items())),
+    rows = [
+        [
+            Text(m.name),
+            Text(",".join(f"{k}={v}" for k, v in sorted(m.labels.items()))),
             Text(m.state.value, style=_STYLES[m.state]),
-            configurations or "-",
-            f"{(now - m.last_report).total_seconds():.0f}s ago" if m.last_report else "never",
+            Text(
+                ", ".join(
+                    f"{c['name']}@{str(c.get('appliedRevision') or '-')[:12]}" for c in m.configurations
+                )
+                or "-"
+            ),
+            Text(f"{(now - m.last_report).total_seconds():.0f}s ago" if m.last_report else "never"),
             Text(m.reason),
-        )
-    out.print(table)
+        ]
+        for m in members
+    ]
+    out.print(_columns(("CLUSTER", "LABELS", "COMPLIANCE", "CONFIGURATIONS", "LAST REPORT", "REASON"), rows))
     if cluster is not None:
         _print_objects(members[0])
         return
@@ -281,6 +283,23 @@ def approve(configuration: str, stage: str, target: BackendChoice, yes: bool) ->
     confirm_write(settings, f"Approve {revision[:12]} of {configuration} for stage {stage}", yes)
     hub.approve(configuration, stage, revision)
     out.print(f"approved {revision[:12]} of {configuration} for stage {stage}")
+
+
+def _columns(header: Sequence[str], rows: Sequence[Sequence[Text]]) -> Text:
+    """One-line rows as one Text, each column padded to its widest cell (the last not at all). Rich's
+    Table measures every cell to wrap it, which over 1,000 members took longer than all the rest of
+    ``fleet status``; a long reason here runs on, and the terminal wraps it."""
+    lines = [[Text(h, style="bold") for h in header], *rows]
+    widths = [max(len(line[i].plain) for line in lines) for i in range(len(header))]
+    table = Text()
+    for line in lines:
+        for i, cell in enumerate(line):
+            table.append_text(cell)
+            if i < len(line) - 1:
+                table.append(" " * (widths[i] - len(cell.plain) + 2))
+        table.append("\n")
+    table.rstrip()
+    return table
 
 
 def _print_objects(member: model.Seen) -> None:

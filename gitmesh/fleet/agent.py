@@ -146,6 +146,67 @@ def _backends_of(obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return list((obj.get("spec") or {}).get("backends") or ())
 
 
+WATCH_SECONDS = 300  # the hub ends each watch after this; the agent lists and watches again
+RETRY_SECONDS = 1.0
+
+
+class AssignmentWatch:
+    """The FleetConfigurations as the hub has them now, and this member's FleetCluster, kept by one
+    LIST then a WATCH of the configurations (listed again, with the member, when a watch ends or
+    expires), so that an agent's reports cost the hub one status write each and a change to a
+    configuration (a wave moving a stage) is acted on at once. ``changed`` is called on every change."""
+
+    def __init__(self, hub: Hub, cluster: str, changed: Callable[[], None]) -> None:
+        self.hub = hub
+        self.cluster = cluster
+        self.changed = changed
+        self._member: model.Member | None = None
+        self._objects: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="fleet-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def current(self) -> tuple[model.Member, list[model.Configuration]] | None:
+        """The member and the configurations as last seen; None before the first list."""
+        with self._lock:
+            member, objects = self._member, list(self._objects.values())
+        if member is None:
+            return None
+        return member, [model.Configuration.of(obj) for obj in objects]
+
+    def _follow(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                member = self.hub.member(self.cluster)
+                items, version = self.hub.list_configurations()
+                with self._lock:
+                    self._member = member
+                    self._objects = {obj["metadata"]["name"]: obj for obj in items}
+                self.changed()
+                for event in self.hub.watch_configurations(version, WATCH_SECONDS):
+                    if self._stopping.is_set() or event.get("type") == "ERROR":  # e.g. 410 Gone: list again
+                        break
+                    obj = event.get("object") or {}
+                    name = (obj.get("metadata") or {}).get("name")
+                    if event.get("type") not in ("ADDED", "MODIFIED", "DELETED") or not name:
+                        continue  # a bookmark
+                    with self._lock:
+                        if event["type"] == "DELETED":
+                            self._objects.pop(name, None)
+                        else:
+                            self._objects[name] = obj
+                    self.changed()
+            except GitmeshError as e:
+                log.warning("watching the fleet hub: %s; trying again", e)
+                self._stopping.wait(RETRY_SECONDS)
+
+
 class Reporter:
     """Reports the member's compliance to the hub every ``interval`` seconds, on its own thread,
     and stops the process (``on_change``) when the hub assigns something else."""
@@ -169,7 +230,9 @@ class Reporter:
         self.configurations: list[model.Configuration] = []  # as the hub last said
         self.retarget: Callable[[Source], None] | None = None  # tells the controller a source's new ref
         self.health: HealthWatch | None = None
+        self.watch: AssignmentWatch | None = None  # without one, each report reads the hub
         self._stopping = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet-report", daemon=True)
 
     def start(self) -> None:
@@ -177,7 +240,10 @@ class Reporter:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake.set()
         self._thread.join(timeout=10)
+        if self.watch:
+            self.watch.stop()
 
     def attach(self, retarget: Callable[[Source], None], metrics: MetricsSource) -> None:
         """The running controller: where a wave's new ref goes, and the member's metrics."""
@@ -199,8 +265,9 @@ class Reporter:
         try:
             status = model.report(compliances(self.sources, self.settings, self._health()), datetime.now(UTC))
             self.hub.report(self.cluster, status)
-            self.configurations = self.hub.configurations()
-            now = model.assignment(self.hub.member(self.cluster), self.configurations)
+            seen = self.watch.current() if self.watch else None
+            member, self.configurations = seen or (self.hub.member(self.cluster), self.hub.configurations())
+            now = model.assignment(member, self.configurations)
         except GitmeshError as e:
             log.warning("cannot report to the fleet hub: %s", e)
             return
@@ -217,12 +284,16 @@ class Reporter:
             log.warning("the hub assigns other configurations (%s): stopping to start again on them", names)
             self.on_change()
 
+    def wake(self) -> None:
+        """Report (and look at the assignment) now rather than at the next interval."""
+        self._wake.set()
+
     def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
+            self._wake.clear()
             started = time.monotonic()
             self.report_once()
-            if self._stopping.wait(max(0.0, self.interval - (time.monotonic() - started))):
-                return
+            self._wake.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
 
 def _only_refs_differ(before: tuple[Source, ...], after: tuple[Source, ...]) -> bool:

@@ -10,7 +10,7 @@ and write only its own FleetCluster's status.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from gitmesh.errors import ClusterError
@@ -95,6 +95,16 @@ _CLUSTER_STATUS = {
                         },
                     },
                     "objectResultsOmitted": {"type": "integer"},
+                    "health": {
+                        "type": "object",
+                        "description": "Its mesh health at the applied revision (a configuration in waves).",
+                        "properties": {
+                            "revision": {"type": "string"},
+                            "verdict": {"type": "string", "enum": ["pass", "fail", "hold"]},
+                            "reasons": {"type": "array", "items": {"type": "string"}},
+                            "passingSince": {"type": "string", "format": "date-time"},
+                        },
+                    },
                 },
             },
         },
@@ -333,6 +343,15 @@ class Hub:
     def configurations(self) -> list[Configuration]:
         items = self.client.get(CONFIGURATIONS.path(NAMESPACE)).get("items") or []
         return [Configuration.of(obj) for obj in items]
+
+    def list_configurations(self) -> tuple[list[dict[str, Any]], str]:
+        """Every FleetConfiguration as the server has it, and the list's resourceVersion to watch from."""
+        body = self.client.get(CONFIGURATIONS.path(NAMESPACE))
+        return list(body.get("items") or ()), str((body.get("metadata") or {}).get("resourceVersion") or "")
+
+    def watch_configurations(self, resource_version: str, seconds: int) -> Iterator[dict[str, Any]]:
+        """The FleetConfigurations' events from ``resource_version`` until the server ends the watch."""
+        return self.client.watch(CONFIGURATIONS.path(NAMESPACE), resource_version, seconds)
 
     def clusters(self) -> list[dict[str, Any]]:
         """Every FleetCluster, status included, in name order."""

@@ -85,6 +85,12 @@ class FleetView:
                 if c.selects(member)
             ]
             walked = wave.step(c.wave, c.wave_status, head, reports, now)
+            # As far as these reports take it: a stage that passed tells the next one at once.
+            for _ in range(3 * len(c.wave.stages)):
+                further = wave.step(c.wave, walked, head, reports, now)
+                if further == walked:
+                    break
+                walked = further
             if walked != c.wave_status:
                 if c.wave_status is None or walked.state is not c.wave_status.state:
                     log.info("wave of %s: %s: %s", c.name, walked.state.value, walked.reason)

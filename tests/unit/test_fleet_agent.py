@@ -3,9 +3,10 @@ controller's state stores in memory."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -183,3 +184,45 @@ def test_a_wave_moves_the_agents_commit_in_place_and_its_mesh_health_is_reported
     reporter.report_once()
     health = hub.reports[-1]["configurations"][0]["health"]
     assert health["verdict"] == "pass" and health["passingSince"].endswith("Z")
+
+
+class WatchedHub(Hub):
+    """Lists the configurations, then answers a watch with the events queued for it; a watch that
+    ends (or an ERROR event, the hub's 410 Gone) makes the agent list again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists = 0
+        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def list_configurations(self) -> tuple[list[dict[str, Any]], str]:
+        self.lists += 1
+        return [self.configuration], str(self.lists)
+
+    def watch_configurations(self, resource_version: str, seconds: int) -> Iterator[dict[str, Any]]:
+        while (event := self.events.get(timeout=10)) is not None:
+            yield event
+
+
+def test_the_assignment_is_watched_and_listed_again_when_the_watch_ends() -> None:
+    hub = WatchedHub()
+    changes = queue.Queue[str]()
+    watch = agent.AssignmentWatch(hub, "eu-1", lambda: changes.put("changed"))
+    watch.start()
+    try:
+        assert changes.get(timeout=10) == "changed"
+        member, (configuration,) = watch.current() or (None, [])
+        assert member is not None and configuration.path == "base"
+        hub.events.put({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "7"}}})
+        hub.events.put({"type": "MODIFIED", "object": _configuration("overlays/eu")})
+        assert changes.get(timeout=10) == "changed"
+        (_, (configuration,)) = watch.current() or (None, [])
+        assert configuration.path == "overlays/eu" and hub.lists == 1
+        hub.events.put({"type": "DELETED", "object": _configuration("overlays/eu")})
+        assert changes.get(timeout=10) == "changed"
+        assert watch.current() == (member, [])
+        hub.events.put({"type": "ERROR", "object": {"code": 410}})
+        assert changes.get(timeout=10) == "changed" and hub.lists == 2  # listed again
+    finally:
+        watch.stop()
+        hub.events.put(None)
