@@ -129,7 +129,8 @@ class HealthWatch:
         return report
 
     def _backends(self, source: str) -> list[str]:
-        """Every backend (namespace/service) of the splits the configuration applied here."""
+        """Every backend (namespace/service) the configuration's splits send traffic to here: one at
+        weight 0 gets none, so it could never show enough requests to pass."""
         splits = [ref for ref in self.settings.state.inventories.get(source) if ref.kind == "TrafficSplit"]
         live = self.settings.objects.list(splits)
         return sorted(
@@ -138,6 +139,7 @@ class HealthWatch:
                 for ref in splits
                 if ref in live
                 for b in _backends_of(live[ref].obj)
+                if b.get("weight") not in (0, "0")
             }
         )
 

@@ -131,7 +131,7 @@ def test_a_wave_moves_the_agents_commit_in_place_and_its_mesh_health_is_reported
     hub = Hub()
     objects = fakes.FakeObjects()
     settings = fakes.settings(objects)
-    split = f.split("shop", "web-split", "web", {"web-v1": 90, "web-v2": 10})
+    split = f.split("shop", "web-split", "web", {"web-v1": 90, "web-v2": 10, "web-v3": 0})
     ref = ObjectRef.of(split)
     objects.objects[ref] = Live(split, "1")
     settings.state.inventories.save("mesh", {ref: Applied("h", "1")}, "a" * 40, "main", "")
@@ -176,7 +176,7 @@ def test_a_wave_moves_the_agents_commit_in_place_and_its_mesh_health_is_reported
     assert reporter.sources == tuple(retargets)
     reporter.report_once()
     health = hub.reports[-1]["configurations"][0]["health"]
-    assert metrics.asked[-1] == ("shop/web-v1", "shop/web-v2")
+    assert metrics.asked[-1] == ("shop/web-v1", "shop/web-v2")  # web-v3 at 0 gets no traffic to judge
     assert (health["revision"], health["verdict"]) == ("b" * 40, "fail")
     assert "success rate 50.0% is below 95%" in health["reasons"][0]
     metrics.errors = 0
