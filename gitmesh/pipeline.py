@@ -12,14 +12,14 @@ import gc
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from gitmesh.apis import read, route_status
 from gitmesh.cluster.inventory import Applied, ChangeSet, stale
 from gitmesh.cluster.port import Changes, Live, ObjectPort, ObjectsFailed, StatusWrite, content_hash
-from gitmesh.errors import ClusterError, PlanError, StalePlan
+from gitmesh.errors import PlanError, StalePlan
 from gitmesh.kube.errors import ApiError
 from gitmesh.mesh.state import ServiceRef
 from gitmesh.objects import Location, Manifest, ObjectRef
@@ -101,21 +101,68 @@ def _order(d: Diagnostic) -> tuple[str, int, int, str]:
     return (d.location.file, d.location.line, d.location.column, d.code)
 
 
+class Claimed(PlanError):
+    """The revision declares objects another source applied: neither source writes over the other's."""
+
+    def __init__(self, source: str, claims: Mapping[ObjectRef, str]) -> None:
+        self.claims = claims  # object -> the source that applied it
+        named = "; ".join(f"{ref} (source {owner})" for ref, owner in sorted(claims.items())[:5])
+        more = f" and {len(claims) - 5} more" if len(claims) > 5 else ""
+        super().__init__(
+            f"{len(claims)} object(s) of this revision are another source's: {named}{more}; "
+            f"nothing of it was applied to leave them as they are: declare each object in one source only"
+        )
+
+
+def _claims(
+    settings: Settings, source: str, refs: Collection[ObjectRef], others: Mapping[str, Collection[ObjectRef]]
+) -> dict[ObjectRef, str]:
+    """Which of ``refs`` other sources' inventories hold, and whose; not those an owner is known to
+    no longer declare (it let them go, and keeps them only until another takes them over)."""
+    inventories = settings.state.inventories
+    return {
+        ref: other.source
+        for other in inventories.status()
+        if other.source != source
+        for ref in inventories.get(other.source)
+        if ref in refs and (other.source not in others or ref in others[other.source])
+    }
+
+
+def _union(sets: Iterable[Collection[ObjectRef]]) -> set[ObjectRef]:
+    return {ref for refs in sets for ref in refs}
+
+
 @_without_cycle_collection()
-def plan(revision: Revision, validated: Validated, settings: Settings, source: str) -> Plan:
+def plan(
+    revision: Revision,
+    validated: Validated,
+    settings: Settings,
+    source: str,
+    others: Mapping[str, Collection[ObjectRef]] | None = None,
+) -> Plan:
     """Diff a valid revision against what ``source`` owns in the cluster.
 
     An object whose manifest is unchanged since gitmesh applied it, and whose
     live version is the one that apply produced, is unchanged on both sides:
     it needs no dry-run. Everything else is predicted by the cluster.
+
+    Two sources never write over each other: an object another source applied is refused
+    (``Claimed``). ``others`` is what other sources' last revisions declare, where known (the
+    controller knows its own sources'): an object one of them declares is never pruned, and one
+    its owner no longer declares may be taken over.
     """
     if not validated.ok:
         raise PlanError(
             f"revision {revision.short} has {len(validated.errors)} error(s); nothing was planned"
         )
+    hashes = {m.ref: content_hash(m.obj) for m in validated.desired}
+    others = others or {}
+    claims = _claims(settings, source, hashes.keys(), others)
+    if claims:
+        raise Claimed(source, claims)
     live = settings.objects.list()
     inventory = settings.state.inventories.get(source)
-    hashes = {m.ref: content_hash(m.obj) for m in validated.desired}
     unchanged = {
         ref
         for ref, h in hashes.items()
@@ -147,7 +194,7 @@ def plan(revision: Revision, validated: Validated, settings: Settings, source: s
         unchanged=frozenset(unchanged),
         live={ref: obj.obj for ref, obj in live.items()},
         inventory=inventory,
-        stale=stale(inventory, live, validated.declared | hashes.keys()),
+        stale=stale(inventory, live, validated.declared | hashes.keys() | _union(others.values())),
         source=source,
         revision=revision.sha,
         git_ref=revision.ref,
@@ -395,12 +442,13 @@ def fingerprint(
     return h.hexdigest()
 
 
-def _located(e: ObjectsFailed, written: Mapping[ObjectRef, Location]) -> ClusterError:
-    """The server's refusals, each naming where the object is written."""
+def _located(e: ObjectsFailed, written: Mapping[ObjectRef, Location]) -> ObjectsFailed:
+    """The server's refusals, each naming where the object is written (the failures kept, so that a
+    reconcile can tell per object which were refused)."""
     lines = [
         f"  {f.ref} ({written[f.ref]}): {f.detail}"
         if isinstance(f, ApiError) and f.ref is not None and f.ref in written
         else f"  {f}"
         for f in e.failures
     ]
-    return ClusterError(f"{len(e.failures)} object(s) could not be {e.verb}:\n" + "\n".join(lines))
+    return ObjectsFailed(e.verb, e.failures, lines)

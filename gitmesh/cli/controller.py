@@ -383,13 +383,15 @@ def _run_member(
     sources = agent.first_assignment(hub, cluster, threading.Event())
     if sources is None:
         return
-    options = dataclasses.replace(options, sources=sources)
+    reporter = agent.Reporter(hub, cluster, sources, settings, interval.total_seconds())
+    reporter.watch = agent.AssignmentWatch(hub, cluster, reporter.wake)
+    reporter.watch.start()
+    options = dataclasses.replace(options, sources=sources, attach=reporter.attach)
     names = ", ".join(f"{s.name} ({s.path or '/'})" for s in sources) or "none"
     err.print(
         f"Serving ADS on {options.xds_address} from {settings.objects.describe()}; "
         f"fleet member {cluster} of {hub.client.server}; sources: {names}"
     )
-    reporter = agent.Reporter(hub, cluster, sources, settings, interval.total_seconds())
     reporter.start()
     try:
         run(options, settings, elector)

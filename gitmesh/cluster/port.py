@@ -62,10 +62,10 @@ class StatusWrite:
 class ObjectsFailed(ClusterError):
     """The server refused some objects of a dry-run or an apply; ``failures`` has one error per object."""
 
-    def __init__(self, verb: str, failures: Sequence[ClusterError]) -> None:
+    def __init__(self, verb: str, failures: Sequence[ClusterError], lines: Sequence[str] = ()) -> None:
         self.verb, self.failures = verb, failures
-        lines = "\n".join(f"  {f}" for f in failures)
-        super().__init__(f"{len(failures)} object(s) could not be {verb}:\n{lines}")
+        said = "\n".join(lines or [f"  {f}" for f in failures])  # ``lines``: each failure told with its file
+        super().__init__(f"{len(failures)} object(s) could not be {verb}:\n{said}")
 
 
 class Watched(Protocol):

@@ -16,7 +16,7 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,9 @@ class Options:
     inject: Injection | None = None  # serve the sidecar-injection webhook
     fleet: Fleet | None = None  # a reader of a fleet's hub, shown on /metrics and /console
     vault: VaultSettings | None = None  # workload certificates from Vault's PKI, not the built-in CA
+    # Told, once made, how to give a source a new ref and where the mesh's metrics come from (a fleet
+    # agent follows a wave's commit and measures its member's mesh health with them).
+    attach: Callable[[Callable[[Source], None], MetricsSource], None] | None = None
 
 
 ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)
@@ -84,6 +87,13 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
     address = options.http_address or (DEFAULT_HTTP_ADDRESS if options.sources or options.fleet else None)
     open_files = _raise_open_files_limit()
     reporting = _Reporting(settings.objects.watch(), settings.state.xds, metrics)
+    mesh_metrics: MetricsSource = (
+        Prometheus(options.rollouts.prometheus)
+        if options.rollouts.prometheus
+        else EnvoyStats(lambda: reporting.sidecars)
+    )
+    if options.attach:
+        options.attach(controller.retarget, mesh_metrics)
     port = (
         ControllerPort(
             address,
@@ -106,7 +116,7 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
     )
     rollouts = threading.Thread(
         target=_walk_rollouts,
-        args=(options.rollouts, settings, reporting, reconciler.apply_lock, notify, stopping),
+        args=(options.rollouts, settings, mesh_metrics, reconciler.apply_lock, notify, stopping),
         name="rollouts",
         daemon=True,
     )
@@ -229,16 +239,13 @@ def _raise_open_files_limit() -> int:
 def _walk_rollouts(
     rollouts: RolloutSettings,
     settings: Settings,
-    reporting: _Reporting,
+    metrics: MetricsSource,
     apply_lock: threading.Lock,
     notify: driver.Notify,
     stopping: threading.Event,
 ) -> None:
     """Walk every rollout under way, reading metrics from Prometheus or from the connected sidecars.
     A tick holds the reconciler's apply lock: a step written meanwhile would make its plan stale."""
-    metrics: MetricsSource = (
-        Prometheus(rollouts.prometheus) if rollouts.prometheus else EnvoyStats(lambda: reporting.sidecars)
-    )
     runner = driver.Runner(settings, metrics, notify, rollouts.push_reverts)
     while not stopping.wait(ROLLOUT_TICK_SECONDS):
         try:
