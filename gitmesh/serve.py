@@ -12,8 +12,9 @@ Each sidecar's snapshot also holds its identity's certificate and the trust
 bundle (SDS), from the workload CA: the built-in mesh CA, or a remote provider
 (``certs.provider``). ``run`` renews certificates at two thirds of their
 lifetime, off the serving path, and walks a root rotation (``gitmesh certs
-rotate``) a step at a time, each step once every connected sidecar has accepted
-the previous one. The xDS connection itself is always on the built-in CA.
+rotate``) and a switch of provider (``certs.switch``) a step at a time, each
+step once every connected sidecar has accepted the previous one. The xDS
+connection itself is always on the built-in CA.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from google.protobuf import message
 
 from gitmesh.apis import core, read
 from gitmesh.certs import ca, store
-from gitmesh.certs.authority import STEADY, CaState, MeshCA, advance
-from gitmesh.certs.provider import Issuer, Remote, WorkloadCA
+from gitmesh.certs.authority import STEADY, TRUSTING, CaState, MeshCA, advance
+from gitmesh.certs.choice import Choice, issuer
+from gitmesh.certs.provider import Remote, WorkloadCA
+from gitmesh.certs.switch import Switch
 from gitmesh.cluster.port import Live
 from gitmesh.errors import GitmeshError
 from gitmesh.inject import identity
@@ -208,6 +211,7 @@ class MeshPublisher:
         self._pods = pods
         self.ca = mesh_ca or ephemeral_ca(clock())  # the xDS connection's CA
         self.workload: WorkloadCA = workload or self.ca  # the sidecars' certificates (SDS)
+        self.bundle_sent = self.workload.bundle()  # what the last republishing to all sent
         self.cache = SnapshotCache()
         self.encodings = Encodings()
         self._lock = threading.Lock()
@@ -299,6 +303,8 @@ class MeshPublisher:
         new certificate, or one due that sending issues), or to all proxies when ``force``; the
         identities of ``due`` that have a proxy."""
         due = set(due)
+        if force:
+            self.bundle_sent = self.workload.bundle()
         with self._lock:
             proxies = dict(self._proxies)
             translator = self._translator
@@ -308,6 +314,16 @@ class MeshPublisher:
                 self._publish(key, proxy, translator)
                 renewed |= {proxy.identity} & due
         return sorted(renewed, key=str)
+
+    def switch_to(self, new: WorkloadCA) -> None:
+        """Begin a switch of provider (``certs.switch``): every sidecar is sent both roots."""
+        self.workload = Switch(self.workload, new)
+        self.refresh_certificates(force=True)
+
+    def identities(self) -> set[Identity]:
+        """The identities of the connected proxies."""
+        with self._lock:
+            return {p.identity for p in self._proxies.values()}
 
     def authorize(self, node: base_pb2.Node, peer_pem: bytes | None) -> str | None:
         """Why a stream is refused: its node is not a gitmesh proxy, or its certificate is not
@@ -406,17 +422,18 @@ async def run(
     *,
     keeper: store.Keeper,
     cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME,
-    issuer: Issuer | None = None,
+    certificates: Callable[[], Choice] = Choice,
     stop: asyncio.Event | None = None,
     max_connections: int = 0,
     pods: Pods | None = None,
 ) -> None:
     """Serve ADS over mTLS on ``address`` until ``stop`` is set, republishing whenever ``backend``
-    changes, with the CA ``keeper`` holds (made on first run) for the xDS connection and, without
-    an ``issuer`` (a remote provider), for the sidecars' certificates; ``pods``: see ``MeshPublisher``."""
+    changes, with the CA ``keeper`` holds (made on first run) for the xDS connection and the
+    sidecars' certificates from the provider ``certificates`` chooses (asked again every second: a
+    new choice is switched to); ``pods``: see ``MeshPublisher``."""
     mesh_ca = MeshCA(store.load_or_create(keeper, utcnow()), cert_lifetime)
-    workload = Remote(issuer, mesh_ca.trust_domain, cert_lifetime) if issuer else None
-    publisher = MeshPublisher(mesh_ca=mesh_ca, workload=workload, pods=pods)
+    serving = certificates()
+    publisher = MeshPublisher(mesh_ca=mesh_ca, workload=_workload(serving, mesh_ca, cert_lifetime), pods=pods)
     seen = backend.version()
     publisher.update(live.obj for live in backend.list_managed().values())
     host = address.rpartition(":")[0].strip("[]")
@@ -459,6 +476,9 @@ async def run(
                             log.info("certificate provider %s issues again", publisher.workload.provider)
                 if polls % CA_POLL_EVERY == 0:
                     _follow_rotation(publisher, keeper, server.servicer.streams())
+                    serving = _follow_switch(
+                        publisher, serving, certificates(), server.servicer.streams(), cert_lifetime
+                    )
                 if time.monotonic() - reported_at >= REPORT_EVERY_SECONDS:
                     report = xds_report(
                         server.servicer.streams(),
@@ -505,3 +525,42 @@ def _follow_rotation(publisher: MeshPublisher, keeper: store.Keeper, streams: It
         keeper.save(following)
         publisher.set_ca_state(following)
         log.info("root rotation: %s", following.phase)
+
+
+def _workload(choice: Choice, mesh_ca: MeshCA, lifetime: datetime.timedelta) -> WorkloadCA:
+    remote = issuer(choice)
+    return Remote(remote, mesh_ca.trust_domain, lifetime) if remote else mesh_ca
+
+
+def _follow_switch(
+    publisher: MeshPublisher,
+    serving: Choice,
+    wanted: Choice,
+    streams: Iterable[StreamInfo],
+    lifetime: datetime.timedelta,
+) -> Choice:
+    """Begin a switch to the provider chosen now, or take the next step of the one under way once
+    every sidecar holds what the last one sent; the choice served from now on (a switch's target
+    from its start: a new choice during a switch is taken up after it)."""
+    switch = publisher.workload
+    if not isinstance(switch, Switch):
+        if wanted == serving:
+            return serving
+        try:
+            publisher.switch_to(_workload(wanted, publisher.ca, lifetime))
+        except ValueError as e:
+            log.error("not switching the certificate provider to %s: %s", wanted, e)
+            return serving
+        log.info("switching the certificate provider from %s to %s: trusting both roots", serving, wanted)
+        return wanted
+    if publisher.bundle_sent != switch.bundle():  # the new provider's roots came with its first certificate
+        publisher.refresh_certificates(force=True)
+    elif switch.ready(publisher.identities()) and all_hold_their_secrets(streams, publisher.cache):
+        if switch.phase == TRUSTING:
+            switch.advance()
+            log.info("switching the certificate provider to %s: issuing from it", serving)
+        else:
+            publisher.workload = switch.new
+            log.info("switched the certificate provider to %s: the old root is dropped", serving)
+        publisher.refresh_certificates(force=True)
+    return serving

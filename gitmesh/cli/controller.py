@@ -16,6 +16,7 @@ import click
 from rich.text import Text
 
 from gitmesh import durations
+from gitmesh.certs.choice import Choice
 from gitmesh.cli.base import (
     BackendChoice,
     backend_options,
@@ -35,6 +36,7 @@ from gitmesh.cli.base import (
 )
 from gitmesh.controller.config import (
     DEFAULT_HTTP_ADDRESS,
+    CertificatesFile,
     ControllerConfig,
     RolloutSettings,
     load_config,
@@ -331,7 +333,7 @@ def run_command(
         http_token=read_http_token(Path(token_file)) if token_file else None,
         cert_lifetime=cert_lifetime,
         rollouts=config.rollouts,
-        vault=config.vault,
+        certificates=CertificatesFile(Path(config_file), config.certificates) if config_file else Choice,
         inject=_injection(inject_address, inject_proxy_image, inject_init_image, xds_address),
     )
     logs.setup(log_format)

@@ -7,7 +7,9 @@ below is the one definition of it, and every problem in a file is reported at on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,14 @@ import jsonschema
 import yaml
 
 from gitmesh import durations
+from gitmesh.certs.choice import PROVIDERS, Choice
 from gitmesh.certs.vault import VaultSettings
 from gitmesh.errors import ConfigError
 from gitmesh.revision.layout import NAMESPACE_NAME
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 from gitmesh.sync.verify import Verification
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:9090"
 MIN_SECRET_BYTES = 16  # a webhook secret or bearer token shorter than this is refused (unless allowed)
@@ -38,7 +43,7 @@ _SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "required": ["provider"],
             "properties": {
-                "provider": {"enum": ["builtin", "vault"]},
+                "provider": {"enum": list(PROVIDERS)},
                 "vault": {
                     "type": "object",
                     "additionalProperties": False,
@@ -140,7 +145,7 @@ class ControllerConfig:
     allow_short_webhook_secret: bool = False
     http_token_file: Path | None = None
     rollouts: RolloutSettings = RolloutSettings()
-    vault: VaultSettings | None = None  # workload certificates from Vault's PKI; None: the built-in CA
+    certificates: Choice = field(default_factory=Choice)  # where workload certificates come from
 
 
 def load_config(path: Path) -> ControllerConfig:
@@ -196,6 +201,17 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
     reverts = rollouts.get("push_reverts")
     certificates = data.get("certificates") or {}
     vault = certificates.get("vault") if certificates.get("provider") == "vault" else None
+    vault_settings = (
+        VaultSettings(
+            vault["address"],
+            vault["role"],
+            base / vault["token_file"],
+            vault.get("mount", "pki"),
+            base / vault["ca_file"] if "ca_file" in vault else None,
+        )
+        if vault
+        else None
+    )
     return ControllerConfig(
         tuple(sources),
         data.get("http_address"),
@@ -205,16 +221,38 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
         RolloutSettings(
             rollouts.get("prometheus"), rollouts.get("webhook"), reverts and _relative_to(base, reverts)
         ),
-        VaultSettings(
-            vault["address"],
-            vault["role"],
-            base / vault["token_file"],
-            vault.get("mount", "pki"),
-            base / vault["ca_file"] if "ca_file" in vault else None,
-        )
-        if vault
-        else None,
+        Choice(certificates.get("provider", "builtin"), vault_settings),
     )
+
+
+class CertificatesFile:
+    """The certificate provider a configuration file chooses, read again whenever the file changes
+    (``gitmesh run`` switches to it while serving). A file that no longer loads keeps the last
+    choice, and says why once."""
+
+    def __init__(self, path: Path, first: Choice) -> None:
+        self.path = path
+        self._lock = threading.Lock()  # called from the serving loop and from status readers
+        self._choice = first
+        self._seen = self._stamp()
+
+    def __call__(self) -> Choice:
+        with self._lock:
+            stamp = self._stamp()
+            if stamp != self._seen:
+                self._seen = stamp
+                try:
+                    self._choice = load_config(self.path).certificates
+                except ConfigError as e:
+                    log.error("keeping the certificate provider %s: %s", self._choice, e)
+            return self._choice
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
 
 
 def read_webhook_secret(path: Path, allow_short: bool) -> bytes:

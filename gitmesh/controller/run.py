@@ -16,14 +16,14 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gitmesh import serve
 from gitmesh.certs import ca
+from gitmesh.certs.choice import Choice
 from gitmesh.certs.store import Keeper
-from gitmesh.certs.vault import VaultPki, VaultSettings
 from gitmesh.cluster.port import Live, Watched
 from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, RolloutSettings
 from gitmesh.controller.console import Console, LiveMesh
@@ -61,7 +61,7 @@ class Options:
     rollouts: RolloutSettings = field(default_factory=RolloutSettings)
     inject: Injection | None = None  # serve the sidecar-injection webhook
     fleet: Fleet | None = None  # a reader of a fleet's hub, shown on /metrics and /console
-    vault: VaultSettings | None = None  # workload certificates from Vault's PKI, not the built-in CA
+    certificates: Callable[[], Choice] = Choice  # the workload certificates' provider, asked again and again
 
 
 ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)
@@ -263,7 +263,7 @@ async def _run(
             options.xds_address,
             keeper=keeper,
             cert_lifetime=options.cert_lifetime,
-            issuer=VaultPki(options.vault) if options.vault else None,
+            certificates=options.certificates,
             stop=stop,
             max_connections=xds_connections,
             pods=pods,

@@ -5,7 +5,9 @@ provider and why, and the sidecars keep the valid certificates they hold."""
 
 from __future__ import annotations
 
+import collections
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from gitmesh.demo import eventually
 from gitmesh.settings import embedded
 from tests import vault as vault_mod
 from tests.bookstore import Bookstore
-from tests.integration.test_mtls_envoy import active_secrets, bundle_of, certs, serial_hex
+from tests.integration.test_mtls_envoy import Load, active_secrets, bundle_of, certs, serial_hex
 
 pytestmark = pytest.mark.integration
 
@@ -30,26 +32,20 @@ LIFETIME = "30s"  # short, so that renewals (at two thirds) happen within the te
 class VaultBookstore(Bookstore):
     """The bookstore demo with ``gitmesh run --config`` choosing Vault for workload certificates."""
 
-    def __init__(self, workdir: Path, vault: vault_mod.Vault, token: str) -> None:
+    def __init__(self, workdir: Path, vault: vault_mod.Vault, token: str, provider: str = "vault") -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        self.vault = vault
         self.config = workdir / "gitmesh.yaml"
         self.token_file = workdir / "vault-token"
         self.token_file.write_text(token)
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "certificates": {
-                        "provider": "vault",
-                        "vault": {
-                            "address": vault.address,
-                            "role": vault_mod.ROLE,
-                            "token_file": "vault-token",
-                        },
-                    }
-                }
-            )
-        )
+        self.choose(provider)
         super().__init__(workdir, cert_lifetime=LIFETIME)
+
+    def choose(self, provider: str) -> None:
+        """Write the configuration with ``provider`` (``gitmesh run`` reads it again when it changes)."""
+        vault = {"address": self.vault.address, "role": vault_mod.ROLE, "token_file": "vault-token"}
+        section = {"provider": provider, **({"vault": vault} if provider == "vault" else {})}
+        self.config.write_text(yaml.safe_dump({"certificates": section}))
 
     def run_options(self) -> list[str]:
         return [*super().run_options(), "--config", str(self.config)]
@@ -135,3 +131,62 @@ def test_sidecars_present_vault_certificates_and_keep_them_while_vault_refuses(
     )
     assert problem.startswith(f"vault ({vault.address} pki/issue/{vault_mod.ROLE}): unreachable:")
     assert demo.buy()[0] == 200  # the certificates held are valid for a third of their lifetime yet
+
+
+def bundle_serials(demo: VaultBookstore, sidecar: str) -> list[str]:
+    bundle = bundle_of(active_secrets(demo, sidecar)).encode()
+    return sorted(format(c.serial_number, "040x") for c in x509.load_pem_x509_certificates(bundle))
+
+
+def test_switching_provider_under_traffic_is_a_root_rotation_that_loses_no_request(
+    tmp_path: Path, vault: vault_mod.Vault
+) -> None:
+    demo = VaultBookstore(tmp_path / "demo", vault, vault.root_token, provider="builtin")
+    try:
+        demo.start()
+        keeper = demo.ca_keeper().load()
+        assert keeper is not None
+        builtin_root, vault_root = serial_hex(keeper.signing.root_pem), serial_hex(vault.root_pem)
+        sidecars = sorted(demo.sidecars)
+        assert issuer_of(demo, "bookbuyer") != ["CN=vault test root"]
+        with Load(demo) as load:
+            eventually(lambda: len(load.results), lambda n: n > 20, "traffic flowing")
+            took = {}
+            for provider, root, issuer in (
+                ("vault", vault_root, "CN=vault test root"),
+                ("builtin", builtin_root, issuer_of(demo, "bookbuyer")[0]),
+            ):
+                started, sent = time.monotonic(), len(load.results)
+                demo.choose(provider)
+                # Both roots are trusted by every sidecar before any holds a certificate of the new one.
+                for name in sidecars:
+                    eventually(
+                        lambda name=name: bundle_serials(demo, name),
+                        lambda b: b == sorted({builtin_root, vault_root}),
+                        f"{name} trusting both roots",
+                        timeout=60,
+                    )
+                for name in sidecars:
+                    eventually(
+                        lambda name=name: (issuer_of(demo, name), bundle_serials(demo, name)),
+                        lambda held, root=root, issuer=issuer: held == ([issuer], [root]),
+                        f"{name} holding a {provider} certificate and trusting its root alone",
+                        timeout=60,
+                    )
+                took[provider] = time.monotonic() - started
+                eventually(lambda: len(load.results), lambda n, sent=sent: n > sent + 20, "traffic after")
+                eventually(
+                    demo.provider_report, lambda r, p=provider: r == {"name": p, "problem": None}, "report"
+                )
+        counts = collections.Counter(load.results)
+        print(
+            f"provider switches under traffic: {len(load.results)} requests, {counts}; "
+            f"builtin -> vault {took['vault']:.1f}s, vault -> builtin {took['builtin']:.1f}s"
+        )
+        assert counts[200] == len(load.results), counts
+        assert certs(demo, "bookbuyer")["spiffe"] == ["spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer"]
+    except (AssertionError, TimeoutError):
+        print((tmp_path / "demo" / "gitmesh-run.log").read_text()[-5000:])
+        raise
+    finally:
+        demo.close()

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from gitmesh.certs.choice import Choice
 from gitmesh.certs.vault import VaultSettings
 from gitmesh.controller.config import (
+    CertificatesFile,
     RolloutSettings,
     load_config,
     read_http_token,
@@ -110,9 +112,27 @@ certificates:
     )
     assert config.sources == ()  # a controller that only serves the mesh
     token = tmp_path / "vault-token"
-    assert config.vault == VaultSettings("https://vault:8200", "sidecars", token, "mesh-pki")
+    vault = VaultSettings("https://vault:8200", "sidecars", token, "mesh-pki")
+    assert config.certificates == Choice("vault", vault)
     builtin = "certificates: {provider: builtin}\nsources: [{name: a, url: x}]\n"
-    assert load_config(write(tmp_path, builtin)).vault is None
+    assert load_config(write(tmp_path, builtin)).certificates == Choice()
+
+
+def test_the_certificate_provider_is_read_again_when_the_file_changes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, "certificates: {provider: builtin}\n")
+    chosen = CertificatesFile(path, load_config(path).certificates)
+    assert chosen() == Choice()
+    vault = "certificates: {provider: vault, vault: {address: 'http://v:8200', role: r, token_file: t}}\n"
+    path.write_text(vault)
+    assert chosen() == Choice("vault", VaultSettings("http://v:8200", "r", tmp_path / "t"))
+    path.write_text("certificates: {provider: vault}\n")  # broken: the last choice is kept, and why said
+    assert chosen().provider == "vault"
+    assert "keeping the certificate provider vault (http://v:8200 pki/issue/r)" in caplog.text
+    assert "'vault' is a required property" in caplog.text
+    path.write_text("certificates: {provider: builtin}  \n")
+    assert chosen() == Choice()
 
 
 @pytest.mark.parametrize(
