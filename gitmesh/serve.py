@@ -36,7 +36,7 @@ from google.protobuf import message
 from gitmesh.apis import core, read
 from gitmesh.certs import ca, store
 from gitmesh.certs.authority import STEADY, TRUSTING, CaState, MeshCA, advance
-from gitmesh.certs.choice import Choice, issuer
+from gitmesh.certs.choice import Choice, Decision, combine, issuer
 from gitmesh.certs.provider import Remote, WorkloadCA
 from gitmesh.certs.switch import Switch
 from gitmesh.cluster.port import Live
@@ -108,11 +108,13 @@ def xds_report(
     expiries: Mapping[str, datetime.datetime],
     patched: Mapping[str, Mapping[str, tuple[str, ...]]],
     workload: WorkloadCA | None = None,
+    refused: str | None = None,
 ) -> dict[str, Any]:
     """Connected proxies (and their admin interfaces -> their services, where metrics are read), the
     latest rejections they reported (with the EnvoyPatches that changed resources of the type
     rejected), when each identity's certificate expires and, with ``workload``, which provider
-    issues them and why it last failed, as plain data."""
+    issues them, why it last failed and why the mesh's certificate settings were refused, as plain
+    data."""
     streams = list(streams)
     every = [(key, n) for key in sorted({s.key for s in streams}) for n in cache.nacks(key)]
     latest = sorted(every, key=lambda kept: kept[1].at)[-MAX_REPORTED_NACKS:]
@@ -133,7 +135,13 @@ def xds_report(
         "nacks": nacks,
         "certificates": {identity: at.isoformat() for identity, at in expiries.items()},
         **(
-            {"certificate_provider": {"name": workload.provider, "problem": workload.problem()}}
+            {
+                "certificate_provider": {
+                    "name": workload.provider,
+                    "problem": workload.problem(),
+                    **({"refused": refused} if refused else {}),
+                }
+            }
             if workload is not None
             else {}
         ),
@@ -421,21 +429,27 @@ async def run(
     address: str = DEFAULT_XDS_ADDRESS,
     *,
     keeper: store.Keeper,
-    cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME,
-    certificates: Callable[[], Choice] = Choice,
+    cert_lifetime: datetime.timedelta | None = None,
+    certificates: Callable[[], Choice | None] = lambda: None,
     stop: asyncio.Event | None = None,
     max_connections: int = 0,
     pods: Pods | None = None,
 ) -> None:
     """Serve ADS over mTLS on ``address`` until ``stop`` is set, republishing whenever ``backend``
-    changes, with the CA ``keeper`` holds (made on first run) for the xDS connection and the
-    sidecars' certificates from the provider ``certificates`` chooses (asked again every second: a
-    new choice is switched to); ``pods``: see ``MeshPublisher``."""
-    mesh_ca = MeshCA(store.load_or_create(keeper, utcnow()), cert_lifetime)
-    serving = certificates()
-    publisher = MeshPublisher(mesh_ca=mesh_ca, workload=_workload(serving, mesh_ca, cert_lifetime), pods=pods)
+    changes, with the CA ``keeper`` holds (made on first run) for the xDS connection, and the
+    sidecars' certificates from the provider the configuration (``certificates``, ``cert_lifetime``:
+    None where it says nothing) and the mesh's objects choose (``certs.choice.combine``; asked again
+    every second, and a new choice is switched to); ``pods``: see ``MeshPublisher``."""
+    mesh_ca = MeshCA(store.load_or_create(keeper, utcnow()))
+    publisher = MeshPublisher(mesh_ca=mesh_ca, pods=pods)
     seen = backend.version()
     publisher.update(live.obj for live in backend.list_managed().values())
+
+    def decide() -> Decision:
+        return combine(certificates(), cert_lifetime, publisher.mesh.certificates, mesh_ca.trust_domain)
+
+    serving = decide()
+    publisher.workload = _workload(serving, mesh_ca)  # before any sidecar is served
     host = address.rpartition(":")[0].strip("[]")
     server = await serve(
         publisher.cache,
@@ -476,9 +490,7 @@ async def run(
                             log.info("certificate provider %s issues again", publisher.workload.provider)
                 if polls % CA_POLL_EVERY == 0:
                     _follow_rotation(publisher, keeper, server.servicer.streams())
-                    serving = _follow_switch(
-                        publisher, serving, certificates(), server.servicer.streams(), cert_lifetime
-                    )
+                    serving = _follow_switch(publisher, serving, decide(), server.servicer.streams())
                 if time.monotonic() - reported_at >= REPORT_EVERY_SECONDS:
                     report = xds_report(
                         server.servicer.streams(),
@@ -487,6 +499,7 @@ async def run(
                         publisher.workload.expiries(),
                         publisher.patched(),
                         publisher.workload,
+                        serving.refused,
                     )
                     if report != reported:
                         backend.record_xds({**report, "at": time.time()})
@@ -527,40 +540,62 @@ def _follow_rotation(publisher: MeshPublisher, keeper: store.Keeper, streams: It
         log.info("root rotation: %s", following.phase)
 
 
-def _workload(choice: Choice, mesh_ca: MeshCA, lifetime: datetime.timedelta) -> WorkloadCA:
-    remote = issuer(choice)
-    return Remote(remote, mesh_ca.trust_domain, lifetime) if remote else mesh_ca
+def _workload(decision: Decision, mesh_ca: MeshCA) -> WorkloadCA:
+    remote = issuer(decision.choice)
+    workload: WorkloadCA = Remote(remote, mesh_ca.trust_domain) if remote else mesh_ca
+    _tune(workload, decision)
+    return workload
+
+
+def _tune(workload: WorkloadCA, decision: Decision) -> None:
+    """The lifetime and key strength of the certificates issued from now on; those held are issued
+    again (the built-in CA's when next sent, a remote provider's at its next refresh). A remote
+    provider's role decides its keys."""
+    if isinstance(workload, MeshCA):
+        workload.tune(decision.lifetime, decision.key_bits)
+    elif isinstance(workload, Remote):
+        workload.tune(decision.lifetime)
 
 
 def _follow_switch(
-    publisher: MeshPublisher,
-    serving: Choice,
-    wanted: Choice,
-    streams: Iterable[StreamInfo],
-    lifetime: datetime.timedelta,
-) -> Choice:
+    publisher: MeshPublisher, serving: Decision, wanted: Decision, streams: Iterable[StreamInfo]
+) -> Decision:
     """Begin a switch to the provider chosen now, or take the next step of the one under way once
-    every sidecar holds what the last one sent; the choice served from now on (a switch's target
-    from its start: a new choice during a switch is taken up after it)."""
+    every sidecar holds what the last one sent; what is served from now on (a switch's target from
+    its start: a new choice during a switch is taken up after it)."""
+    if wanted.refused != serving.refused and wanted.refused:
+        log.error("certificate settings of the mesh refused: %s", wanted.refused)
     switch = publisher.workload
     if not isinstance(switch, Switch):
-        if wanted == serving:
-            return serving
+        if wanted.choice == serving.choice:
+            if (wanted.lifetime, wanted.key_bits) != (serving.lifetime, serving.key_bits):
+                log.info("workload certificates from now on: valid %s, %s", wanted.lifetime, _key(wanted))
+                _tune(switch, wanted)
+                publisher.refresh_certificates(force=True)
+            return wanted
         try:
-            publisher.switch_to(_workload(wanted, publisher.ca, lifetime))
+            publisher.switch_to(_workload(wanted, publisher.ca))
         except ValueError as e:
-            log.error("not switching the certificate provider to %s: %s", wanted, e)
+            log.error("not switching the certificate provider to %s: %s", wanted.choice, e)
             return serving
-        log.info("switching the certificate provider from %s to %s: trusting both roots", serving, wanted)
+        log.info(
+            "switching the certificate provider from %s to %s: trusting both roots",
+            serving.choice,
+            wanted.choice,
+        )
         return wanted
     if publisher.bundle_sent != switch.bundle():  # the new provider's roots came with its first certificate
         publisher.refresh_certificates(force=True)
     elif switch.ready(publisher.identities()) and all_hold_their_secrets(streams, publisher.cache):
         if switch.phase == TRUSTING:
             switch.advance()
-            log.info("switching the certificate provider to %s: issuing from it", serving)
+            log.info("switching the certificate provider to %s: issuing from it", serving.choice)
         else:
             publisher.workload = switch.new
-            log.info("switched the certificate provider to %s: the old root is dropped", serving)
+            log.info("switched the certificate provider to %s: the old root is dropped", serving.choice)
         publisher.refresh_certificates(force=True)
     return serving
+
+
+def _key(decision: Decision) -> str:
+    return "ECDSA P-256" if decision.key_bits is None else f"keys as strong as RSA {decision.key_bits}"

@@ -79,6 +79,7 @@ class Remote:
         self._held: dict[Identity, ca.Issued] = {}
         self._wanted: set[Identity] = set()
         self._failed_at: dict[Identity, datetime.datetime] = {}
+        self._retuned: set[Identity] = set()  # held with another lifetime than the one asked for now
         self._bundle: tuple[str, ...] = ()
         self._problem: str | None = None
 
@@ -94,6 +95,14 @@ class Remote:
         with self._lock:
             return self._bundle
 
+    def tune(self, lifetime: datetime.timedelta) -> None:
+        """Another lifetime: every certificate held is asked for again at the next ``refresh`` (and
+        served until then)."""
+        with self._lock:
+            if lifetime != self.lifetime:
+                self.lifetime = lifetime
+                self._retuned = set(self._held)
+
     def current(self, identity: Identity, now: datetime.datetime) -> ca.Issued | None:
         with self._lock:
             self._wanted.add(identity)
@@ -107,7 +116,7 @@ class Remote:
                 (
                     i
                     for i in self._wanted
-                    if (i not in self._held or ca.should_renew(self._held[i], now))
+                    if (i not in self._held or i in self._retuned or ca.should_renew(self._held[i], now))
                     and now >= self._failed_at.get(i, now - RETRY_AFTER) + RETRY_AFTER
                 ),
                 key=str,
@@ -124,6 +133,7 @@ class Remote:
             with self._lock:
                 self._held[identity] = issued
                 self._failed_at.pop(identity, None)
+                self._retuned.discard(identity)
                 self._bundle = roots
                 self._problem = None
             renewed.append(identity)

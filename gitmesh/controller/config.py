@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import yaml
 
 from gitmesh import durations
 from gitmesh.certs.choice import PROVIDERS, Choice
-from gitmesh.certs.vault import VaultSettings
+from gitmesh.certs.vault import SERVICE_ACCOUNT_TOKEN, KubernetesAuth, VaultSettings
 from gitmesh.errors import ConfigError
 from gitmesh.revision.layout import NAMESPACE_NAME
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
@@ -47,12 +47,22 @@ _SCHEMA: dict[str, Any] = {
                 "vault": {
                     "type": "object",
                     "additionalProperties": False,
-                    "required": ["address", "role", "token_file"],
+                    "required": ["address", "role"],
                     "properties": {
                         "address": {"type": "string", "pattern": "^https?://"},
                         "mount": {"type": "string", "minLength": 1},
                         "role": {"type": "string", "minLength": 1},
                         "token_file": {"type": "string", "minLength": 1},
+                        "kubernetes": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["role"],
+                            "properties": {
+                                "role": {"type": "string", "minLength": 1},
+                                "mount": {"type": "string", "minLength": 1},
+                                "token_file": {"type": "string", "minLength": 1},
+                            },
+                        },
                         "ca_file": {"type": "string", "minLength": 1},
                     },
                 },
@@ -145,7 +155,7 @@ class ControllerConfig:
     allow_short_webhook_secret: bool = False
     http_token_file: Path | None = None
     rollouts: RolloutSettings = RolloutSettings()
-    certificates: Choice = field(default_factory=Choice)  # where workload certificates come from
+    certificates: Choice | None = None  # where workload certificates come from; None: the file says not
 
 
 def load_config(path: Path) -> ControllerConfig:
@@ -201,13 +211,25 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
     reverts = rollouts.get("push_reverts")
     certificates = data.get("certificates") or {}
     vault = certificates.get("vault") if certificates.get("provider") == "vault" else None
+    kubernetes = (vault or {}).get("kubernetes")
+    if vault and ("token_file" in vault) == bool(kubernetes):
+        raise ValueError(
+            "certificates.vault: give token_file or kubernetes (Vault's Kubernetes auth), one of them"
+        )
     vault_settings = (
         VaultSettings(
             vault["address"],
             vault["role"],
-            base / vault["token_file"],
+            base / vault["token_file"] if "token_file" in vault else None,
             vault.get("mount", "pki"),
             base / vault["ca_file"] if "ca_file" in vault else None,
+            KubernetesAuth(
+                kubernetes["role"],
+                kubernetes.get("mount", "kubernetes"),
+                base / kubernetes["token_file"] if "token_file" in kubernetes else SERVICE_ACCOUNT_TOKEN,
+            )
+            if kubernetes
+            else None,
         )
         if vault
         else None
@@ -221,22 +243,22 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
         RolloutSettings(
             rollouts.get("prometheus"), rollouts.get("webhook"), reverts and _relative_to(base, reverts)
         ),
-        Choice(certificates.get("provider", "builtin"), vault_settings),
+        Choice(certificates["provider"], vault_settings) if certificates else None,
     )
 
 
 class CertificatesFile:
-    """The certificate provider a configuration file chooses, read again whenever the file changes
-    (``gitmesh run`` switches to it while serving). A file that no longer loads keeps the last
-    choice, and says why once."""
+    """The certificate provider a configuration file chooses (None: it names none), read again
+    whenever the file changes (``gitmesh run`` switches to it while serving). A file that no longer
+    loads keeps the last choice, and says why once."""
 
-    def __init__(self, path: Path, first: Choice) -> None:
+    def __init__(self, path: Path, first: Choice | None) -> None:
         self.path = path
         self._lock = threading.Lock()  # called from the serving loop and from status readers
         self._choice = first
         self._seen = self._stamp()
 
-    def __call__(self) -> Choice:
+    def __call__(self) -> Choice | None:
         with self._lock:
             stamp = self._stamp()
             if stamp != self._seen:
@@ -244,7 +266,7 @@ class CertificatesFile:
                 try:
                     self._choice = load_config(self.path).certificates
                 except ConfigError as e:
-                    log.error("keeping the certificate provider %s: %s", self._choice, e)
+                    log.error("keeping the certificate provider %s: %s", self._choice or "builtin", e)
             return self._choice
 
     def _stamp(self) -> tuple[int, int] | None:

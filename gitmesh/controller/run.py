@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gitmesh import serve
-from gitmesh.certs import ca
 from gitmesh.certs.choice import Choice
 from gitmesh.certs.store import Keeper
 from gitmesh.cluster.port import Live, Watched
@@ -57,11 +56,12 @@ class Options:
     http_address: str | None = None  # None: DEFAULT_HTTP_ADDRESS when there are sources, else no port
     webhook_secret: bytes | None = None
     http_token: bytes | None = None  # the bearer token that lets a client ask for a reconcile
-    cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME  # of the workload certificates served
+    cert_lifetime: datetime.timedelta | None = None  # of workload certificates; None: MeshConfig's, or 24h
     rollouts: RolloutSettings = field(default_factory=RolloutSettings)
     inject: Injection | None = None  # serve the sidecar-injection webhook
     fleet: Fleet | None = None  # a reader of a fleet's hub, shown on /metrics and /console
-    certificates: Callable[[], Choice] = Choice  # the workload certificates' provider, asked again and again
+    # The workload certificates' provider the configuration names (None: none), asked again and again.
+    certificates: Callable[[], Choice | None] = lambda: None
 
 
 ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)

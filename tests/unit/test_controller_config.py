@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gitmesh.certs.choice import Choice
-from gitmesh.certs.vault import VaultSettings
+from gitmesh.certs.vault import KubernetesAuth, VaultSettings
 from gitmesh.controller.config import (
     CertificatesFile,
     RolloutSettings,
@@ -114,6 +114,12 @@ certificates:
     token = tmp_path / "vault-token"
     vault = VaultSettings("https://vault:8200", "sidecars", token, "mesh-pki")
     assert config.certificates == Choice("vault", vault)
+    kubernetes = (
+        "certificates: {provider: vault, vault: {address: 'http://v', role: r, kubernetes: {role: g}}}"
+    )
+    assert load_config(write(tmp_path, kubernetes)).certificates == Choice(
+        "vault", VaultSettings("http://v", "r", kubernetes=KubernetesAuth("g"))
+    )
     builtin = "certificates: {provider: builtin}\nsources: [{name: a, url: x}]\n"
     assert load_config(write(tmp_path, builtin)).certificates == Choice()
 
@@ -145,8 +151,20 @@ def test_the_certificate_provider_is_read_again_when_the_file_changes(
             [
                 "certificates.provider: 'acme' is not one of ['builtin', 'vault']",
                 "certificates.vault.address: 'vault:8200' does not match '^https?://'",
-                "certificates.vault: 'token_file' is a required property",
             ],
+        ),
+        (
+            "certificates: {provider: vault, vault: {address: 'http://v', role: r}}\n",
+            ["certificates.vault: give token_file or kubernetes (Vault's Kubernetes auth), one of them"],
+        ),
+        (
+            "certificates: {provider: vault, vault: {address: 'http://v', role: r, token_file: t, "
+            "kubernetes: {role: gitmesh}}}\n",
+            ["certificates.vault: give token_file or kubernetes (Vault's Kubernetes auth), one of them"],
+        ),
+        (
+            "certificates: {provider: vault, vault: {address: 'http://v', role: r, kubernetes: {mount: k}}}",
+            ["certificates.vault.kubernetes: 'role' is a required property"],
         ),
         (
             "sources:\n  - {name: a, url: x, ref: {branch: main, tag: v1}, colour: red}\n",
