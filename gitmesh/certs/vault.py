@@ -136,7 +136,7 @@ class VaultPki:
             renew_at = self._clock() + lease * RELOGIN_AT if lease else float("inf")
             self._login = (str(login["client_token"]), renew_at)
             log.info(
-                "logged in to Vault as role %s (%s auth), for %ss", auth.role, auth.mount, lease or "ever"
+                "logged in to Vault as role %s (%s auth) for %ss", auth.role, auth.mount, lease or "ever"
             )
             return self._login[0]
 
