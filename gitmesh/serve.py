@@ -36,6 +36,7 @@ from google.protobuf import message
 from gitmesh.apis import core, read
 from gitmesh.certs import ca, store
 from gitmesh.certs.authority import STEADY, TRUSTING, CaState, MeshCA, advance
+from gitmesh.certs.certmanager import Requests
 from gitmesh.certs.choice import Choice, Decision, combine, issuer
 from gitmesh.certs.provider import Remote, WorkloadCA
 from gitmesh.certs.switch import Switch
@@ -431,6 +432,7 @@ async def run(
     keeper: store.Keeper,
     cert_lifetime: datetime.timedelta | None = None,
     certificates: Callable[[], Choice | None] = lambda: None,
+    certificate_requests: Requests | None = None,
     stop: asyncio.Event | None = None,
     max_connections: int = 0,
     pods: Pods | None = None,
@@ -439,17 +441,24 @@ async def run(
     changes, with the CA ``keeper`` holds (made on first run) for the xDS connection, and the
     sidecars' certificates from the provider the configuration (``certificates``, ``cert_lifetime``:
     None where it says nothing) and the mesh's objects choose (``certs.choice.combine``; asked again
-    every second, and a new choice is switched to); ``pods``: see ``MeshPublisher``."""
+    every second, and a new choice is switched to); ``certificate_requests``: the cluster's, for
+    cert-manager; ``pods``: see ``MeshPublisher``."""
     mesh_ca = MeshCA(store.load_or_create(keeper, utcnow()))
     publisher = MeshPublisher(mesh_ca=mesh_ca, pods=pods)
     seen = backend.version()
     publisher.update(live.obj for live in backend.list_managed().values())
 
     def decide() -> Decision:
-        return combine(certificates(), cert_lifetime, publisher.mesh.certificates, mesh_ca.trust_domain)
+        return combine(
+            certificates(),
+            cert_lifetime,
+            publisher.mesh.certificates,
+            mesh_ca.trust_domain,
+            cluster=certificate_requests is not None,
+        )
 
     serving = decide()
-    publisher.workload = _workload(serving, mesh_ca)  # before any sidecar is served
+    publisher.workload = _workload(serving, mesh_ca, certificate_requests)  # before any sidecar is served
     host = address.rpartition(":")[0].strip("[]")
     server = await serve(
         publisher.cache,
@@ -490,7 +499,9 @@ async def run(
                             log.info("certificate provider %s issues again", publisher.workload.provider)
                 if polls % CA_POLL_EVERY == 0:
                     _follow_rotation(publisher, keeper, server.servicer.streams())
-                    serving = _follow_switch(publisher, serving, decide(), server.servicer.streams())
+                    serving = _follow_switch(
+                        publisher, serving, decide(), server.servicer.streams(), certificate_requests
+                    )
                 if time.monotonic() - reported_at >= REPORT_EVERY_SECONDS:
                     report = xds_report(
                         server.servicer.streams(),
@@ -540,8 +551,8 @@ def _follow_rotation(publisher: MeshPublisher, keeper: store.Keeper, streams: It
         log.info("root rotation: %s", following.phase)
 
 
-def _workload(decision: Decision, mesh_ca: MeshCA) -> WorkloadCA:
-    remote = issuer(decision.choice)
+def _workload(decision: Decision, mesh_ca: MeshCA, requests: Requests | None) -> WorkloadCA:
+    remote = issuer(decision.choice, requests, decision.key_bits)
     workload: WorkloadCA = Remote(remote, mesh_ca.trust_domain) if remote else mesh_ca
     _tune(workload, decision)
     return workload
@@ -558,7 +569,11 @@ def _tune(workload: WorkloadCA, decision: Decision) -> None:
 
 
 def _follow_switch(
-    publisher: MeshPublisher, serving: Decision, wanted: Decision, streams: Iterable[StreamInfo]
+    publisher: MeshPublisher,
+    serving: Decision,
+    wanted: Decision,
+    streams: Iterable[StreamInfo],
+    requests: Requests | None,
 ) -> Decision:
     """Begin a switch to the provider chosen now, or take the next step of the one under way once
     every sidecar holds what the last one sent; what is served from now on (a switch's target from
@@ -574,7 +589,7 @@ def _follow_switch(
                 publisher.refresh_certificates(force=True)
             return wanted
         try:
-            publisher.switch_to(_workload(wanted, publisher.ca))
+            publisher.switch_to(_workload(wanted, publisher.ca, requests))
         except ValueError as e:
             log.error("not switching the certificate provider to %s: %s", wanted.choice, e)
             return serving

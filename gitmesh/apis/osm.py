@@ -57,6 +57,7 @@ def certificate_settings(
         spec = root_certificates[0].get("spec") or {}
         said_by.append(_name(root_certificates[0]))
         fields["trust_domain"] = spec.get("trustDomain") or "cluster.local"  # OSM's default
+        fields["namespace"] = (root_certificates[0].get("metadata") or {}).get("namespace")
         ((kind, provider),) = (spec.get("provider") or {}).items()
         fields["provider"] = PROVIDERS[kind]
         if kind == "vault":

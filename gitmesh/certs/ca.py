@@ -200,6 +200,22 @@ def workload_key(rsa_bits: int | None = None) -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP384R1() if rsa_bits <= 7680 else ec.SECP521R1())
 
 
+def without_roots(chain: list[str]) -> list[str]:
+    """What travels with a leaf: every certificate of a chain but a self-signed root."""
+    return [c.strip() + "\n" for c in chain if not _self_signed(c)]
+
+
+def top_of(chain: list[str]) -> tuple[str, ...]:
+    """The roots to trust from a CA chain: its self-signed certificates, or its top when it stops short."""
+    roots = [c for c in chain if _self_signed(c)] or chain[-1:]
+    return tuple(_pem(x509.load_pem_x509_certificate(c.encode())) for c in roots)
+
+
+def _self_signed(pem: str) -> bool:
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    return cert.issuer == cert.subject
+
+
 def not_after(cert_pem: str) -> datetime.datetime:
     """When a certificate (the first in ``cert_pem``) expires."""
     return x509.load_pem_x509_certificates(cert_pem.encode())[0].not_valid_after_utc

@@ -15,17 +15,19 @@ import datetime
 from dataclasses import dataclass
 
 from gitmesh.certs import ca
+from gitmesh.certs.certmanager import CertManager, CertManagerSettings, Requests
 from gitmesh.certs.provider import Issuer
 from gitmesh.certs.vault import VaultPki, VaultSettings
 from gitmesh.mesh.state import CertificateSettings
 
-PROVIDERS = ("builtin", "vault")
+PROVIDERS = ("builtin", "vault", "cert-manager")
 
 
 @dataclass(frozen=True)
 class Choice:
     provider: str = "builtin"
     vault: VaultSettings | None = None  # with provider ``vault``
+    cert_manager: CertManagerSettings | None = None  # with provider ``cert-manager``
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -33,17 +35,22 @@ class Choice:
             raise ValueError(f"unknown certificate provider {self.provider!r} (one of {known})")
         if (self.provider == "vault") != (self.vault is not None):
             raise ValueError("the vault provider, and it alone, takes vault settings")
+        if (self.provider == "cert-manager") != (self.cert_manager is not None):
+            raise ValueError("the cert-manager provider, and it alone, takes cert-manager settings")
 
     def __str__(self) -> str:
         if self.vault is not None:
             return f"vault ({self.vault.address} {self.vault.mount}/issue/{self.vault.role})"
+        if self.cert_manager is not None:
+            return f"cert-manager ({self.cert_manager})"
         return self.provider
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What is served: the provider, the certificates' lifetime and key strength, and why the mesh's
-    objects were not taken (None when nothing was refused)."""
+    """What is served: the provider, the certificates' lifetime and key strength, and why what was
+    chosen is not (the mesh's objects' settings, or cert-manager without a cluster; None when
+    nothing was refused)."""
 
     choice: Choice
     lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME
@@ -51,9 +58,14 @@ class Decision:
     refused: str | None = None
 
 
-def issuer(choice: Choice) -> Issuer | None:
-    """The remote CA the choice names; None for the built-in CA."""
-    return VaultPki(choice.vault) if choice.vault is not None else None
+def issuer(choice: Choice, requests: Requests | None, key_bits: int | None = None) -> Issuer | None:
+    """The remote CA the choice names; None for the built-in CA. ``requests``: the cluster's
+    CertificateRequests (``combine`` chooses cert-manager only where there are some)."""
+    if choice.vault is not None:
+        return VaultPki(choice.vault)
+    if choice.cert_manager is not None and requests is not None:
+        return CertManager(choice.cert_manager, requests, key_bits)
+    return None
 
 
 def combine(
@@ -61,9 +73,11 @@ def combine(
     lifetime: datetime.timedelta | None,
     mesh: CertificateSettings,
     trust_domain: str,
+    cluster: bool = False,
 ) -> Decision:
     """The controller's configuration (``configured``: its provider, None when it names none;
-    ``lifetime``: None when not given) with what the mesh's objects say filled in."""
+    ``lifetime``: None when not given) with what the mesh's objects say filled in; ``cluster``:
+    whether gitmesh run has one (cert-manager issues only there)."""
     conflicts = []
     choice = configured or Choice()
     if mesh.trust_domain is not None and mesh.trust_domain != trust_domain:
@@ -77,8 +91,7 @@ def combine(
                 f"it chooses {_said(wanted)}; gitmesh reads Vault's credentials from its own "
                 "configuration only (certificates.vault), not from a Secret a repository names"
             )
-        elif configured is None and mesh.provider != "builtin":
-            conflicts.append(f"it chooses {_said(wanted)}, which gitmesh does not provide")
+
     if (
         mesh.lifetime_seconds is not None
         and lifetime is not None
@@ -96,6 +109,14 @@ def combine(
         )
     if lifetime is None and mesh.lifetime_seconds is not None:
         lifetime = datetime.timedelta(seconds=mesh.lifetime_seconds)
+    if configured is None and mesh.issuer is not None:
+        group, kind, name = mesh.issuer
+        choice = Choice(
+            "cert-manager", cert_manager=CertManagerSettings(name, kind, group, mesh.namespace or "")
+        )
+    if choice.cert_manager is not None and not cluster:
+        refused = f"{choice} issues in a cluster, and gitmesh run has none; the built-in CA issues"
+        return Decision(Choice(), lifetime or ca.DEFAULT_LIFETIME, mesh.key_bits, refused)
     return Decision(choice, lifetime or ca.DEFAULT_LIFETIME, mesh.key_bits)
 
 
@@ -109,6 +130,13 @@ def _wanted(mesh: CertificateSettings) -> tuple[str, ...]:
 def _wanted_of(choice: Choice) -> tuple[str, ...]:
     if choice.vault is not None:
         return ("vault", choice.vault.address.rstrip("/"), choice.vault.role)
+    if choice.cert_manager is not None:
+        return (
+            "cert-manager",
+            choice.cert_manager.group,
+            choice.cert_manager.kind,
+            choice.cert_manager.issuer,
+        )
     return (choice.provider,)
 
 

@@ -27,9 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
+from gitmesh.certs import ca
 from gitmesh.certs.provider import ProviderError
 
 log = logging.getLogger(__name__)
@@ -91,7 +89,7 @@ class VaultPki:
         try:
             cert, key = str(data["certificate"]), str(data["private_key"])
             chain = [str(c) for c in data.get("ca_chain") or [data["issuing_ca"]]]
-            return cert + "".join(_intermediates(chain)), key, _roots(chain)
+            return cert + "".join(ca.without_roots(chain)), key, ca.top_of(chain)
         except (KeyError, TypeError) as e:
             raise self._error(f"its answer lacks {e}") from None
         except ValueError as e:  # a CA certificate that does not parse
@@ -190,25 +188,6 @@ def _vault_errors(error: urllib.error.HTTPError) -> str:
     if isinstance(errors, list) and errors:
         return "; ".join(" ".join(str(e).split()) for e in errors)  # Vault's are multi-line
     return str(error.reason)
-
-
-def _self_signed(pem: str) -> bool:
-    cert = x509.load_pem_x509_certificate(pem.encode())
-    return cert.issuer == cert.subject
-
-
-def _intermediates(chain: list[str]) -> list[str]:
-    """What travels with the leaf: every CA certificate but a self-signed root."""
-    return [c.strip() + "\n" for c in chain if not _self_signed(c)]
-
-
-def _roots(chain: list[str]) -> tuple[str, ...]:
-    """The bundle: the chain's self-signed root, or its top when the engine's chain stops short."""
-    roots = [c for c in chain if _self_signed(c)] or chain[-1:]
-    return tuple(
-        x509.load_pem_x509_certificate(c.encode()).public_bytes(serialization.Encoding.PEM).decode()
-        for c in roots
-    )
 
 
 __all__ = [

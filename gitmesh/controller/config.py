@@ -17,6 +17,7 @@ import jsonschema
 import yaml
 
 from gitmesh import durations
+from gitmesh.certs.certmanager import GROUP, CertManagerSettings
 from gitmesh.certs.choice import PROVIDERS, Choice
 from gitmesh.certs.vault import SERVICE_ACCOUNT_TOKEN, KubernetesAuth, VaultSettings
 from gitmesh.errors import ConfigError
@@ -66,9 +67,25 @@ _SCHEMA: dict[str, Any] = {
                         "ca_file": {"type": "string", "minLength": 1},
                     },
                 },
+                "cert_manager": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["issuer"],
+                    "properties": {
+                        "issuer": {"type": "string", "minLength": 1},
+                        "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                        "group": {"type": "string", "minLength": 1},
+                        "namespace": {"type": "string", "pattern": NAMESPACE_NAME},
+                    },
+                },
             },
-            "if": {"properties": {"provider": {"const": "vault"}}},
-            "then": {"required": ["vault"]},
+            "allOf": [
+                {"if": {"properties": {"provider": {"const": "vault"}}}, "then": {"required": ["vault"]}},
+                {
+                    "if": {"properties": {"provider": {"const": "cert-manager"}}},
+                    "then": {"required": ["cert_manager"]},
+                },
+            ],
         },
         "rollouts": {
             "type": "object",
@@ -243,7 +260,9 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
         RolloutSettings(
             rollouts.get("prometheus"), rollouts.get("webhook"), reverts and _relative_to(base, reverts)
         ),
-        Choice(certificates["provider"], vault_settings) if certificates else None,
+        Choice(certificates["provider"], vault_settings, _cert_manager(certificates))
+        if certificates
+        else None,
     )
 
 
@@ -307,6 +326,18 @@ def _read_secret(path: Path, what: str, min_bytes: int, allow_hint: str) -> byte
             f"with: openssl rand -hex 32{allow_hint}"
         )
     return secret
+
+
+def _cert_manager(certificates: dict[str, Any]) -> CertManagerSettings | None:
+    found = certificates.get("cert_manager")
+    if certificates["provider"] != "cert-manager" or not found:
+        return None
+    return CertManagerSettings(
+        found["issuer"],
+        found.get("kind", "Issuer"),
+        found.get("group", GROUP),
+        found.get("namespace", CertManagerSettings.namespace),
+    )
 
 
 def _verification(base: Path, verify: dict[str, str]) -> Verification:

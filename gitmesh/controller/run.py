@@ -33,6 +33,7 @@ from gitmesh.controller.reconciler import Reconciler
 from gitmesh.controller.schedule import Controller
 from gitmesh.errors import GitmeshError
 from gitmesh.kube import review
+from gitmesh.kube.certificate_requests import CertificateRequests
 from gitmesh.rollout import driver
 from gitmesh.rollout.envoy_stats import EnvoyStats
 from gitmesh.rollout.metrics import MetricsSource
@@ -130,7 +131,10 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
     try:
         cluster = settings.cluster
         pods = functools.partial(review.pod, cluster) if cluster is not None else None
-        asyncio.run(_run(options, leading, port, reporting, settings.state.ca, xds_connections, pods))
+        requests = CertificateRequests(cluster) if cluster is not None else None
+        asyncio.run(
+            _run(options, leading, port, reporting, settings.state.ca, xds_connections, pods, requests)
+        )
     finally:
         stopping.set()
         if injecting:
@@ -249,6 +253,7 @@ async def _run(
     keeper: Keeper,
     xds_connections: int,
     pods: serve.Pods | None,
+    certificate_requests: CertificateRequests | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -264,6 +269,7 @@ async def _run(
             keeper=keeper,
             cert_lifetime=options.cert_lifetime,
             certificates=options.certificates,
+            certificate_requests=certificate_requests,
             stop=stop,
             max_connections=xds_connections,
             pods=pods,

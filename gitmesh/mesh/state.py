@@ -376,6 +376,7 @@ class CertificateSettings:
     vault_address: str | None = None  # protocol://host:port
     vault_role: str | None = None
     issuer: tuple[str, str, str] | None = None  # cert-manager: (group, kind, name)
+    namespace: str | None = None  # the MeshRootCertificate's: where cert-manager's requests go
     trust_domain: str | None = None
     lifetime_seconds: float | None = None
     key_bits: int | None = None

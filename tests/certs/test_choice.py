@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gitmesh.apis import osm, read
 from gitmesh.certs import ca
+from gitmesh.certs.certmanager import CertManagerSettings
 from gitmesh.certs.choice import Choice, Decision, combine
 from gitmesh.certs.vault import VaultSettings
 from gitmesh.mesh.state import CertificateSettings
@@ -69,6 +70,7 @@ def test_the_mesh_objects_are_read_as_osm_writes_them() -> None:
         vault_address="https://vault.example:8200",
         vault_role="sidecars",
         trust_domain="cluster.local",
+        namespace="osm-system",
         lifetime_seconds=5400,
         key_bits=4096,
         said_by=(
@@ -182,3 +184,27 @@ def test_a_disagreement_is_refused_and_the_configuration_kept(
 def test_key_strength_is_never_below_the_rsa_size_asked_for(bits: int | None, curve: str) -> None:
     key = ca.workload_key(bits)
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == curve
+
+
+def test_a_cert_manager_issuer_is_taken_where_there_is_a_cluster() -> None:
+    manager = settings(
+        root_certificate(
+            {
+                "certManager": {
+                    "issuerName": "mesh-ca",
+                    "issuerKind": "Issuer",
+                    "issuerGroup": "cert-manager.io",
+                }
+            }
+        )
+    )
+    wanted = Choice(
+        "cert-manager", cert_manager=CertManagerSettings("mesh-ca", "Issuer", namespace="osm-system")
+    )
+    assert combine(None, None, manager, TD, cluster=True) == Decision(wanted)
+    assert combine(wanted, None, manager, TD, cluster=True) == Decision(wanted)  # the same: agreed
+    alone = combine(None, None, manager, TD)
+    assert alone.choice == Choice() and alone.refused == (
+        "cert-manager (Issuer osm-system/mesh-ca) issues in a cluster, and gitmesh run has none; "
+        "the built-in CA issues"
+    )

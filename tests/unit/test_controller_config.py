@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gitmesh.certs.certmanager import CertManagerSettings
 from gitmesh.certs.choice import Choice
 from gitmesh.certs.vault import KubernetesAuth, VaultSettings
 from gitmesh.controller.config import (
@@ -120,6 +121,10 @@ certificates:
     assert load_config(write(tmp_path, kubernetes)).certificates == Choice(
         "vault", VaultSettings("http://v", "r", kubernetes=KubernetesAuth("g"))
     )
+    manager = "certificates: {provider: cert-manager, cert_manager: {issuer: mesh-ca, kind: ClusterIssuer}}"
+    assert load_config(write(tmp_path, manager)).certificates == Choice(
+        "cert-manager", cert_manager=CertManagerSettings("mesh-ca", "ClusterIssuer")
+    )
     builtin = "certificates: {provider: builtin}\nsources: [{name: a, url: x}]\n"
     assert load_config(write(tmp_path, builtin)).certificates == Choice()
 
@@ -149,10 +154,11 @@ def test_the_certificate_provider_is_read_again_when_the_file_changes(
         (
             "certificates: {provider: acme, vault: {address: vault:8200, role: r}}\n",
             [
-                "certificates.provider: 'acme' is not one of ['builtin', 'vault']",
+                "certificates.provider: 'acme' is not one of ['builtin', 'vault', 'cert-manager']",
                 "certificates.vault.address: 'vault:8200' does not match '^https?://'",
             ],
         ),
+        ("certificates: {provider: cert-manager}\n", ["certificates: 'cert_manager' is a required property"]),
         (
             "certificates: {provider: vault, vault: {address: 'http://v', role: r}}\n",
             ["certificates.vault: give token_file or kubernetes (Vault's Kubernetes auth), one of them"],
