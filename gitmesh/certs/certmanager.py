@@ -70,9 +70,11 @@ class CertManager:
         key_bits: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        wait: float = WAIT_SECONDS,
     ) -> None:
         self.settings = settings
         self.key_bits = key_bits  # see ca.workload_key
+        self.wait = wait  # seconds for one request to be signed
         self._requests, self._sleep, self._clock = requests, sleep, clock
 
     def issue(self, spiffe_id: str, lifetime: datetime.timedelta) -> tuple[str, str, tuple[str, ...]]:
@@ -131,7 +133,7 @@ class CertManager:
     def _wait(self, name: str) -> dict[str, Any]:
         """The status of the request once Ready; a ProviderError naming its condition otherwise."""
         where = f"CertificateRequest {self.settings.namespace}/{name}"
-        deadline = self._clock() + WAIT_SECONDS
+        deadline = self._clock() + self.wait
         waiting = "not approved yet"
         while True:
             try:
@@ -152,7 +154,7 @@ class CertManager:
             elif conditions.get("Approved", {}).get("status") == "True":
                 waiting = "approved, not signed yet"
             if self._clock() >= deadline:
-                raise self._error(f"{where} not issued after {WAIT_SECONDS:g}s: {waiting}")
+                raise self._error(f"{where} not issued after {self.wait:g}s: {waiting}")
             self._sleep(POLL_SECONDS)
 
     def _error(self, reason: str) -> ProviderError:
