@@ -12,6 +12,7 @@ the control plane's own channel, not the mesh's traffic.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import threading
 from typing import Protocol
@@ -22,6 +23,7 @@ from gitmesh.mesh.state import Identity
 
 # After a failed request, an identity is not asked for again before this long (the CA is not hammered).
 RETRY_AFTER = datetime.timedelta(seconds=5)
+PARALLEL_REQUESTS = 16  # asked of a remote CA at once
 
 
 class ProviderError(CertsError):
@@ -121,23 +123,29 @@ class Remote:
                 ),
                 key=str,
             )
-        renewed = []
-        for identity in due:
-            try:
-                issued, roots = self._issue(identity, now)
-            except ProviderError as e:
-                with self._lock:
-                    self._failed_at[identity] = now
-                    self._problem = str(e)
-                continue
+        if not due:
+            return []
+        # A remote CA's answer takes a round trip (cert-manager's, a wait for its controllers):
+        # several are asked at once, so that many new sidecars are not served one after another.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL_REQUESTS) as pool:
+            answered = list(pool.map(lambda identity: self._renew(identity, now), due))
+        return [identity for identity, ok in zip(due, answered, strict=True) if ok]
+
+    def _renew(self, identity: Identity, now: datetime.datetime) -> bool:
+        try:
+            issued, roots = self._issue(identity, now)
+        except ProviderError as e:
             with self._lock:
-                self._held[identity] = issued
-                self._failed_at.pop(identity, None)
-                self._retuned.discard(identity)
-                self._bundle = roots
-                self._problem = None
-            renewed.append(identity)
-        return renewed
+                self._failed_at[identity] = now
+                self._problem = str(e)
+            return False
+        with self._lock:
+            self._held[identity] = issued
+            self._failed_at.pop(identity, None)
+            self._retuned.discard(identity)
+            self._bundle = roots
+            self._problem = None
+        return True
 
     def expiries(self) -> dict[str, datetime.datetime]:
         with self._lock:
@@ -167,4 +175,4 @@ class Remote:
         return ca.Issued(identity, cert_pem, key_pem, now, not_after), roots
 
 
-__all__ = ["RETRY_AFTER", "Issuer", "ProviderError", "Remote", "WorkloadCA"]
+__all__ = ["PARALLEL_REQUESTS", "RETRY_AFTER", "Issuer", "ProviderError", "Remote", "WorkloadCA"]

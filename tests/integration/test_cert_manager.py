@@ -32,11 +32,6 @@ pytestmark = pytest.mark.integration
 SPIFFE = "spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer"
 
 
-@pytest.fixture(scope="module")
-def cert_manager_build() -> Path:
-    return cm.build()
-
-
 @pytest.fixture
 def issuer_root(cert_manager_build: Path, crd_cluster: Cluster, tmp_path: Path) -> Iterator[ca.Authority]:
     with cm.running(cert_manager_build, crd_cluster, tmp_path) as root:
