@@ -28,6 +28,7 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from envoy.config.core.v3 import base_pb2
@@ -457,8 +458,8 @@ async def run(
             cluster=certificate_requests is not None,
         )
 
-    serving = decide()
-    publisher.workload = _workload(serving, mesh_ca, certificate_requests)  # before any sidecar is served
+    serving = _Serving(decide())
+    publisher.workload = _workload(serving.decision, mesh_ca, certificate_requests)  # before any sidecar
     host = address.rpartition(":")[0].strip("[]")
     server = await serve(
         publisher.cache,
@@ -510,7 +511,7 @@ async def run(
                         publisher.workload.expiries(),
                         publisher.patched(),
                         publisher.workload,
-                        serving.refused,
+                        serving.decision.refused,
                     )
                     if report != reported:
                         backend.record_xds({**report, "at": time.time()})
@@ -568,26 +569,35 @@ def _tune(workload: WorkloadCA, decision: Decision) -> None:
         workload.tune(decision.lifetime)
 
 
+@dataclass(frozen=True)
+class _Serving:
+    """What is served, and during a switch what was served before it (to go back to)."""
+
+    decision: Decision
+    switched_from: Decision | None = None
+
+
 def _follow_switch(
     publisher: MeshPublisher,
-    serving: Decision,
+    serving: _Serving,
     wanted: Decision,
     streams: Iterable[StreamInfo],
     requests: Requests | None,
-) -> Decision:
+) -> _Serving:
     """Begin a switch to the provider chosen now, or take the next step of the one under way once
-    every sidecar holds what the last one sent; what is served from now on (a switch's target from
-    its start: a new choice during a switch is taken up after it)."""
-    if wanted.refused != serving.refused and wanted.refused:
-        log.error("certificate settings of the mesh refused: %s", wanted.refused)
+    every sidecar holds what the last one sent. A new choice while both roots are only trusted
+    abandons the switch (no sidecar holds the new provider's certificates yet, and it may never
+    issue: a wrong issuer); once it issues to sidecars, the switch is finished first."""
+    if wanted.refused != serving.decision.refused and wanted.refused:
+        log.error("certificate settings refused: %s", wanted.refused)
     switch = publisher.workload
     if not isinstance(switch, Switch):
-        if wanted.choice == serving.choice:
-            if (wanted.lifetime, wanted.key_bits) != (serving.lifetime, serving.key_bits):
+        if wanted.choice == serving.decision.choice:
+            if (wanted.lifetime, wanted.key_bits) != (serving.decision.lifetime, serving.decision.key_bits):
                 log.info("workload certificates from now on: valid %s, %s", wanted.lifetime, _key(wanted))
                 _tune(switch, wanted)
                 publisher.refresh_certificates(force=True)
-            return wanted
+            return _Serving(wanted)
         try:
             publisher.switch_to(_workload(wanted, publisher.ca, requests))
         except ValueError as e:
@@ -595,19 +605,26 @@ def _follow_switch(
             return serving
         log.info(
             "switching the certificate provider from %s to %s: trusting both roots",
-            serving.choice,
+            serving.decision.choice,
             wanted.choice,
         )
-        return wanted
+        return _Serving(wanted, serving.decision)
+    target = serving.decision.choice
+    if switch.phase == TRUSTING and wanted.choice != target and serving.switched_from is not None:
+        publisher.workload = switch.old
+        publisher.refresh_certificates(force=True)
+        log.info("abandoned the switch to %s: %s issues", target, serving.switched_from.choice)
+        return _Serving(serving.switched_from)
     if publisher.bundle_sent != switch.bundle():  # the new provider's roots came with its first certificate
         publisher.refresh_certificates(force=True)
     elif switch.ready(publisher.identities()) and all_hold_their_secrets(streams, publisher.cache):
         if switch.phase == TRUSTING:
             switch.advance()
-            log.info("switching the certificate provider to %s: issuing from it", serving.choice)
+            log.info("switching the certificate provider to %s: issuing from it", target)
         else:
             publisher.workload = switch.new
-            log.info("switched the certificate provider to %s: the old root is dropped", serving.choice)
+            log.info("switched the certificate provider to %s: the old root is dropped", target)
+            serving = _Serving(serving.decision)
         publisher.refresh_certificates(force=True)
     return serving
 

@@ -4,13 +4,18 @@ provider's certificate served once it has it, ready only when every identity was
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from cryptography import x509
 
+from gitmesh import serve
 from gitmesh.certs import ca
 from gitmesh.certs.authority import ISSUING, TRUSTING, CaState, MeshCA
+from gitmesh.certs.choice import Choice, Decision
 from gitmesh.certs.provider import Remote
 from gitmesh.certs.switch import Switch
+from gitmesh.certs.vault import VaultSettings
 from tests.certs.test_provider import BUYER, HOUR, NOW, STORE, TD, FakeIssuer
 
 
@@ -79,3 +84,17 @@ def test_a_problem_of_either_provider_is_said_and_the_trust_domain_is_kept() -> 
     assert not switch.ready({BUYER})  # no roots from a provider that refuses: the switch waits
     with pytest.raises(ValueError, match="a switch keeps the trust domain"):
         Switch(builtin(), Remote(fake, "other.test", HOUR))
+
+
+def test_a_switch_to_a_provider_that_never_issues_is_abandoned_for_a_new_choice() -> None:
+    publisher = serve.MeshPublisher()
+    builtin = Decision(Choice())
+    unreachable = Decision(Choice("vault", VaultSettings("http://127.0.0.1:9", "sidecars", Path("token"))))
+    serving = serve._follow_switch(publisher, serve._Serving(builtin), unreachable, [], None)
+    assert isinstance(publisher.workload, Switch) and serving == serve._Serving(unreachable, builtin)
+    # It has no roots to trust yet: the switch waits in its first step, the built-in CA issuing.
+    assert serve._follow_switch(publisher, serving, unreachable, [], None) == serving
+    assert publisher.workload.phase == TRUSTING
+    # The configuration goes back: nothing of the other provider was served, so it is let go.
+    serving = serve._follow_switch(publisher, serving, builtin, [], None)
+    assert publisher.workload is publisher.ca and serving == serve._Serving(builtin)
