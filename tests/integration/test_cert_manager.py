@@ -5,6 +5,7 @@ problem; real Envoy sidecars present cert-manager's certificates and call each o
 
 from __future__ import annotations
 
+import collections
 import datetime
 import random
 import subprocess
@@ -23,7 +24,7 @@ from gitmesh.kube.certificate_requests import CertificateRequests
 from gitmesh.kube.client import Client
 from tests import cert_manager as cm
 from tests.bookstore import Bookstore
-from tests.integration.test_mtls_envoy import active_secrets, bundle_of, certs
+from tests.integration.test_mtls_envoy import Load, active_secrets, bundle_of, certs
 from tests.integration.test_vault_pki import issuer_of
 from tests.kube import Cluster
 
@@ -68,15 +69,17 @@ def test_certificate_requests_are_approved_and_signed_by_cert_manager(
 class CertManagerBookstore(Bookstore):
     """The bookstore in a cluster, ``gitmesh run --config`` choosing cert-manager's Issuer."""
 
-    def __init__(self, workdir: Path, kubeconfig: Path, host: str) -> None:
+    def __init__(self, workdir: Path, kubeconfig: Path, host: str, provider: str = "cert-manager") -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "gitmesh.yaml"
-        section = {
-            "provider": "cert-manager",
-            "cert_manager": {"issuer": cm.ISSUER, "namespace": cm.NAMESPACE},
-        }
-        self.config.write_text(yaml.safe_dump({"certificates": section}))
+        self.choose(provider)
         super().__init__(workdir, kubeconfig=kubeconfig, host=host, cert_lifetime="1h")
+
+    def choose(self, provider: str) -> None:
+        """Write the configuration with ``provider`` (``gitmesh run`` reads it again when it changes)."""
+        manager = {"cert_manager": {"issuer": cm.ISSUER, "namespace": cm.NAMESPACE}}
+        section = {"provider": provider, **(manager if provider == "cert-manager" else {})}
+        self.config.write_text(yaml.safe_dump({"certificates": section}))
 
     def run_options(self) -> list[str]:
         return [*super().run_options(), "--config", str(self.config)]
@@ -123,3 +126,37 @@ def test_sidecars_present_cert_manager_certificates(
 def demo_report(demo: Bookstore) -> dict[str, object]:
     report = demo.settings().state.xds.latest() or {}
     return dict(report.get("certificate_provider") or {})
+
+
+def test_switching_to_cert_manager_under_traffic_loses_no_request(
+    issuer_root: ca.Authority, crd_cluster: Cluster, pod_address: str, tmp_path: Path
+) -> None:
+    demo = CertManagerBookstore(tmp_path / "demo", crd_cluster.kubeconfig, pod_address, provider="builtin")
+    try:
+        demo.start()
+        root = x509.load_pem_x509_certificate(issuer_root.root_pem.encode())
+        held = lambda name: (  # noqa: E731
+            issuer_of(demo, name),
+            x509.load_pem_x509_certificates(bundle_of(active_secrets(demo, name)).encode()),
+        )
+        assert root not in held("bookbuyer")[1]
+        with Load(demo) as load:
+            eventually(lambda: len(load.results), lambda n: n > 20, "traffic flowing")
+            demo.choose("cert-manager")
+            for name in sorted(demo.sidecars):
+                eventually(
+                    lambda name=name: held(name),
+                    lambda h: h == ([root.subject.rfc4514_string()], [root]),
+                    f"{name} holding cert-manager's certificate and trusting its CA alone",
+                    timeout=90,
+                )
+            sent = len(load.results)
+            eventually(lambda: len(load.results), lambda n: n > sent + 20, "traffic after the switch")
+        counts = collections.Counter(load.results)
+        print(f"builtin -> cert-manager under traffic: {len(load.results)} requests, {counts}")
+        assert counts[200] == len(load.results), counts
+    except (AssertionError, TimeoutError):
+        print((tmp_path / "demo" / "gitmesh-run.log").read_text()[-5000:])
+        raise
+    finally:
+        demo.close()
