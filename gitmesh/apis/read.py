@@ -79,7 +79,7 @@ def mesh(objects: Iterable[Mapping[str, Any]]) -> MeshState:
         tuple(v for v in kept if isinstance(v, IngressRule)),
         tuple(v for v in kept if isinstance(v, Fault)),
         gateway.service_routes(ranked),
-        osm.certificate_settings(by_kind["MeshConfig"], by_kind["MeshRootCertificate"]),
+        certificates=osm.certificate_settings(by_kind["MeshConfig"], by_kind["MeshRootCertificate"]),
     )
 
 
