@@ -5,7 +5,8 @@
 # node runs: kubelet, kube-scheduler, kube-controller-manager, kube-proxy,
 # CoreDNS and the pause and app programs of its images. `build.sh vault` builds
 # HashiCorp Vault only (for the Vault PKI certificate provider's tests), into the
-# same directory.
+# same directory; `build.sh cert-manager` cert-manager's CA issuer and approver
+# (cert-manager/main.go) and copies its CRDs beside it (cert-manager-crds/).
 # Idempotent: a module's binaries are rebuilt only when one is missing or when
 # the module (go.mod, go.sum, its .go files) or the link flags changed.
 # Progress and errors go to stderr; a failed build exits non-zero with Go's
@@ -13,12 +14,14 @@
 set -euo pipefail
 
 with_vault=false
+with_cert_manager=false
 case "${1:-}" in
 "") with_node=false ;;
 node) with_node=true ;;
 vault) with_node=false with_vault=true ;;
+cert-manager) with_node=false with_cert_manager=true ;;
 *)
-    echo "usage: testenv/build.sh [node|vault]" >&2
+    echo "usage: testenv/build.sh [node|vault|cert-manager]" >&2
     exit 2
     ;;
 esac
@@ -50,6 +53,9 @@ coredns_version="$(required_version "$here/coredns/go.mod" github.com/coredns/co
 [[ -n "$coredns_version" ]] || die "cannot find the github.com/coredns/coredns version in coredns/go.mod"
 vault_version="$(required_version "$here/vault/go.mod" github.com/hashicorp/vault)"
 [[ -n "$vault_version" ]] || die "cannot find the github.com/hashicorp/vault version in vault/go.mod"
+cert_manager_version="$(required_version "$here/cert-manager/go.mod" github.com/cert-manager/cert-manager)"
+[[ -n "$cert_manager_version" ]] ||
+    die "cannot find the github.com/cert-manager/cert-manager version in cert-manager/go.mod"
 
 cache_root="${GITMESH_TESTENV_CACHE:-$HOME/.cache/gitmesh/testenv}"
 out="$cache_root/$k8s_version"
@@ -123,6 +129,18 @@ if $with_vault; then
     echo "$out"
     exit 0
 fi
+if $with_cert_manager; then
+    build cert-manager "-s -w" cert-manager
+    crds="$out/cert-manager-crds"
+    if [[ ! -f "$crds/$cert_manager_version" ]]; then
+        module_dir="$(cd "$here/cert-manager" && go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)"
+        rm -rf "$crds" && mkdir -p "$crds"
+        cp "$module_dir"/deploy/crds/*.yaml "$crds/" && chmod u+w "$crds"/*.yaml
+        touch "$crds/$cert_manager_version"
+    fi
+    echo "$out"
+    exit 0
+fi
 build etcd "-s -w" etcd
 build kube-apiserver "-s -w$version_ldflags" kube-apiserver
 if $with_node; then
@@ -137,6 +155,7 @@ etcd $etcd_version
 kubelet, kube-scheduler, kube-controller-manager, kube-proxy $k8s_version
 coredns $coredns_version
 vault $vault_version (built by build.sh vault)
+cert-manager $cert_manager_version (built by build.sh cert-manager)
 $(go env GOVERSION)
 EOF
 

@@ -36,6 +36,7 @@ from gitmesh.cli.base import (
 )
 from gitmesh.controller.config import (
     DEFAULT_HTTP_ADDRESS,
+    CertificatesFile,
     ControllerConfig,
     RolloutSettings,
     load_config,
@@ -218,9 +219,8 @@ def rollout_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--cert-lifetime",
     type=Duration(),
-    default="24h",
-    show_default=True,
-    help="How long workload certificates are valid; each is renewed at two thirds of it.",
+    help="How long workload certificates are valid; each is renewed at two thirds of it. "
+    "[default: the MeshConfig's spec.certificate.serviceCertValidityDuration, else 24h]",
 )
 @click.option(
     "--config",
@@ -281,7 +281,7 @@ def rollout_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def run_command(
     target: BackendChoice,
     xds_address: str,
-    cert_lifetime: datetime.timedelta,
+    cert_lifetime: datetime.timedelta | None,
     config_file: str | None,
     source: Source | None,
     http_address: str | None,
@@ -326,7 +326,9 @@ def run_command(
         http_token=read_http_token(Path(token_file)) if token_file else None,
         cert_lifetime=cert_lifetime,
         rollouts=config.rollouts,
-        vault=config.vault,
+        certificates=CertificatesFile(Path(config_file), config.certificates)
+        if config_file
+        else lambda: None,
         inject=_injection(inject_address, inject_proxy_image, inject_init_image, xds_address),
     )
     logs.setup(log_format)

@@ -448,6 +448,8 @@ def _print_xds(settings: Settings) -> None:
     provider = report.get("certificate_provider") or {}  # reports of older versions have none
     if provider.get("problem"):
         out.print(Text(f"  certificates not renewed: {provider['problem']}", style="red"), soft_wrap=True)
+    if provider.get("refused"):
+        out.print(Text(f"  certificate settings refused: {provider['refused']}", style="red"), soft_wrap=True)
 
 
 @install.command("crds")

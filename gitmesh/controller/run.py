@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gitmesh import pipeline, serve
-from gitmesh.certs import ca
+from gitmesh.certs.choice import Choice
 from gitmesh.certs.store import Keeper
-from gitmesh.certs.vault import VaultPki, VaultSettings
 from gitmesh.cluster.port import Live, Watched
 from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, RolloutSettings
 from gitmesh.controller.console import Console, LiveMesh
@@ -34,6 +33,7 @@ from gitmesh.controller.reconciler import Reconciler
 from gitmesh.controller.schedule import Controller
 from gitmesh.errors import GitmeshError
 from gitmesh.kube import review
+from gitmesh.kube.certificate_requests import CertificateRequests
 from gitmesh.rollout import driver
 from gitmesh.rollout.envoy_stats import EnvoyStats
 from gitmesh.rollout.metrics import MetricsSource
@@ -57,14 +57,15 @@ class Options:
     http_address: str | None = None  # None: DEFAULT_HTTP_ADDRESS when there are sources, else no port
     webhook_secret: bytes | None = None
     http_token: bytes | None = None  # the bearer token that lets a client ask for a reconcile
-    cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME  # of the workload certificates served
+    cert_lifetime: datetime.timedelta | None = None  # of workload certificates; None: MeshConfig's, or 24h
     rollouts: RolloutSettings = field(default_factory=RolloutSettings)
     inject: Injection | None = None  # serve the sidecar-injection webhook
     fleet: Fleet | None = None  # a reader of a fleet's hub, shown on /metrics and /console
-    vault: VaultSettings | None = None  # workload certificates from Vault's PKI, not the built-in CA
     # Told, once made, how to give a source a new ref and where the mesh's metrics come from (a fleet
     # agent follows a wave's commit and measures its member's mesh health with them).
     attach: Callable[[Callable[[Source], None], MetricsSource], None] | None = None
+    # The workload certificates' provider the configuration names (None: none), asked again and again.
+    certificates: Callable[[], Choice | None] = lambda: None
 
 
 ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)
@@ -144,7 +145,10 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
     try:
         cluster = settings.cluster
         pods = functools.partial(review.pod, cluster) if cluster is not None else None
-        asyncio.run(_run(options, leading, port, reporting, settings.state.ca, xds_connections, pods))
+        requests = CertificateRequests(cluster) if cluster is not None else None
+        asyncio.run(
+            _run(options, leading, port, reporting, settings.state.ca, xds_connections, pods, requests)
+        )
     finally:
         stopping.set()
         if injecting:
@@ -278,6 +282,7 @@ async def _run(
     keeper: Keeper,
     xds_connections: int,
     pods: serve.Pods | None,
+    certificate_requests: CertificateRequests | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -292,7 +297,8 @@ async def _run(
             options.xds_address,
             keeper=keeper,
             cert_lifetime=options.cert_lifetime,
-            issuer=VaultPki(options.vault) if options.vault else None,
+            certificates=options.certificates,
+            certificate_requests=certificate_requests,
             stop=stop,
             max_connections=xds_connections,
             pods=pods,

@@ -383,6 +383,23 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class CertificateSettings:
+    """What the mesh's own objects say of workload certificates (OSM's MeshRootCertificate and
+    MeshConfig ``spec.certificate``); None where they say nothing. The controller's configuration
+    has the last word (``certs.choice.combine``)."""
+
+    provider: str | None = None  # builtin | vault | cert-manager
+    vault_address: str | None = None  # protocol://host:port
+    vault_role: str | None = None
+    issuer: tuple[str, str, str] | None = None  # cert-manager: (group, kind, name)
+    namespace: str | None = None  # the MeshRootCertificate's: where cert-manager's requests go
+    trust_domain: str | None = None
+    lifetime_seconds: float | None = None
+    key_bits: int | None = None
+    said_by: tuple[str, ...] = ()  # the objects, as Kind namespace/name, for messages
+
+
+@dataclass(frozen=True)
 class MeshState:
     services: Mapping[ServiceRef, Service]
     identities: frozenset[Identity]
@@ -400,6 +417,7 @@ class MeshState:
     # A pod's connections that no mesh service nor Egress claims pass through (OSM's enableEgress);
     # else they are closed.
     egress_open: bool = False
+    certificates: CertificateSettings = CertificateSettings()
 
     def routes_for(self, service: ServiceRef, port: int, caller_namespace: str) -> ServiceRoutes | None:
         """The routes a caller of ``caller_namespace`` takes to ``service``:``port``, if any."""

@@ -297,10 +297,21 @@ CODES: dict[str, Code] = {
             _W,
             "MeshConfig settings gitmesh does not act on",
             "gitmesh reads MeshConfig as Open Service Mesh writes it (config.openservicemesh.io "
-            "v1alpha1 and v1alpha2) but acts only on spec.traffic.enablePermissiveTrafficPolicyMode. "
+            "v1alpha1 and v1alpha2) but acts only on spec.traffic.enablePermissiveTrafficPolicyMode and "
+            "spec.certificate's serviceCertValidityDuration and certKeyBitSize. "
             "The other settings are accepted, so that a MeshConfig copied from OSM keeps working, and "
-            "listed in this one note. Sidecar images, TLS versions, egress, certificate and tracing "
-            "settings belong to OSM's own components; gitmesh's equivalents are its command options.",
+            "listed in this one note. Sidecar images, TLS versions, egress, ingress gateway certificate "
+            "and tracing settings belong to OSM's own components; gitmesh's equivalents are its command "
+            "options.",
+        ),
+        Code(
+            "GM133",
+            _E,
+            "more than one MeshRootCertificate",
+            "A MeshRootCertificate chooses the mesh's certificate provider, so a revision may have at most "
+            "one: with two, which provider issues would depend on their order. OSM's rotation between "
+            "two (an active and a passive one) is gitmesh's switch of provider: change the one object, "
+            "and gitmesh run walks both roots through the rotation. Keep one.",
         ),
         Code(
             "GM140",
