@@ -78,7 +78,7 @@ LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 SDS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 TYPES = (CDS, EDS, LDS, RDS)
-TYPE_NAMES = {CDS: "CDS", EDS: "EDS", LDS: "LDS", RDS: "RDS"}
+TYPE_NAMES = {CDS: "CDS", EDS: "EDS", LDS: "LDS", RDS: "RDS", SDS: "SDS"}
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 
 
@@ -213,7 +213,7 @@ def affected_proxies(services: int, proxies: int, identities: int) -> int:
     from gitmesh.mesh.state import Identity
 
     mesh = read.mesh(mesh_objects(services))
-    callers = {p.source for p in mesh.permissions if p.destination.namespace == CHANGED_SPLIT[0]}
+    callers = {p.caller for p in mesh.permissions if p.destination.namespace == CHANGED_SPLIT[0]}
     pool = workloads(services, identities)
     return sum(
         1
@@ -221,6 +221,51 @@ def affected_proxies(services: int, proxies: int, identities: int) -> int:
         if mesh.permissive
         or Identity(pool[i % len(pool)].namespace, pool[i % len(pool)].service_account) in callers
     )
+
+
+def node_metadata(workload: Workload) -> dict[str, str | int]:
+    """What a sidecar's bootstrap says of it (``gitmesh.xds.bootstrap``), as the load client sends it."""
+    app, outbound, inbound = workload.ports
+    return {
+        "namespace": workload.namespace,
+        "service_account": workload.service_account,
+        "service": workload.service,
+        "service_namespace": workload.namespace,
+        "app_port": app,
+        "outbound_port": outbound,
+        "inbound_port": inbound,
+        "inbound_address": workload.address,
+    }
+
+
+def node_message(index: int, workload: Workload) -> Any:
+    from envoy.config.core.v3 import base_pb2
+
+    node = base_pb2.Node(
+        id=f"{workload.namespace}/{workload.service}/proxy-{index}",
+        cluster=f"{workload.namespace}/{workload.service}",
+    )
+    node.metadata.update(node_metadata(workload))
+    return node
+
+
+PEER_KEY_FIELDS = (  # bench/peer/main.go's keyFields
+    "namespace",
+    "service_account",
+    "service_namespace",
+    "service",
+    "app_port",
+    "outbound_port",
+    "inbound_port",
+    "inbound_address",
+)
+
+
+def peer_key(workload: Workload) -> str:
+    """The peer's snapshot key of a workload's proxies (bench/peer/main.go's ``nodeKey``): what
+    gitmesh's ``proxy_key`` tells apart for the bench's sidecars, so both group proxies alike."""
+    metadata = node_metadata(workload)
+    return "|".join(str(metadata[name]) for name in PEER_KEY_FIELDS)
 
 
 def eds_names(services: int) -> list[str]:
@@ -361,11 +406,14 @@ async def server_main(args: argparse.Namespace) -> None:
                     profiler.enable()
                 cpu0 = time.process_time()
                 t0 = time.monotonic()
-                publisher.update(changed)
+                first_key = 0.0  # the mesh read and compared, and the first key published
+                for _ in publisher.updating(changed):  # as gitmesh run: streams answered between keys
+                    first_key = first_key or time.monotonic()
+                    await asyncio.sleep(0)
                 t1 = time.monotonic()
                 cpu1 = time.process_time()
                 del changed
-                emit(t0=t0, t1=t1, update_cpu=cpu1 - cpu0)
+                emit(t0=t0, t1=t1, first_key=first_key or t1, update_cpu=cpu1 - cpu0)
             elif command.startswith("streams "):  # which of these proxies has a stream here, holding what
                 wanted = {f"proxy-{i}" for i in command.split()[1].split(",")}
                 emit(
@@ -382,6 +430,41 @@ async def server_main(args: argparse.Namespace) -> None:
                 emit(ok=True)
     finally:
         await running.stop(0)
+
+
+def dump_main(args: argparse.Namespace) -> None:
+    """What gitmesh publishes for every distinct proxy of the bench, before and after the split
+    change, as serialized Any per peer key and type, and the xDS server's TLS material: what the
+    go-control-plane peer serves."""
+    import base64
+
+    from gitmesh.certs.authority import MeshCA
+    from gitmesh.certs.store import FileKeeper, load_or_create
+    from gitmesh.serve import MeshPublisher, utcnow
+
+    mtls = args.xds == "mtls"
+    mesh_ca = MeshCA(load_or_create(FileKeeper(Path(args.ca_file)), utcnow())) if mtls else None
+    publisher = MeshPublisher(mesh_ca=mesh_ca)
+    pool = workloads(args.services, args.identities)
+    variants = []
+    for weights in ((90, 10), (80, 20)):
+        publisher.update(mesh_objects(args.services, weights))
+        by_key: dict[str, dict[str, list[str]]] = {}
+        for index, workload in enumerate(pool):
+            key = publisher.opened(node_message(index, workload))
+            snapshot = publisher.cache.snapshot(key)
+            assert snapshot is not None
+            by_key[peer_key(workload)] = {
+                url: [
+                    base64.b64encode(b"".join(item.parts)).decode() for item in snapshot.encoded(url).values()
+                ]
+                for url in snapshot.resources
+                if mtls or url != SDS
+            }
+        variants.append(by_key)
+    material = publisher.server_tls("127.0.0.1").current() if mtls else None
+    tls = dict(zip(("key", "cert", "roots"), material, strict=True)) if material else None
+    Path(args.dump).write_text(json.dumps({"variants": variants, "tls": tls}))
 
 
 # --- the load client -----------------------------------------------------------------------------
@@ -421,16 +504,12 @@ class LoadClient:
     """Many proxies in one process; each is one channel, one ADS stream."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from envoy.config.core.v3 import base_pb2
         from envoy.service.discovery.v3 import discovery_pb2
-        from google.protobuf import struct_pb2
 
         self.args = args
         self.delta = args.mode == "delta"
         self.pb = discovery_pb2
-        self.base = base_pb2
-        self.struct = struct_pb2
-        self.address = f"127.0.0.1:{args.port}"
+        self.addresses = [f"127.0.0.1:{port}" for port in args.ports.split(",")]
         self.stats: dict[int, StreamStats] = {}
         self.errors: list[str] = []
         self.retries = 0  # streams reopened after failing before their first config
@@ -493,27 +572,8 @@ class LoadClient:
         return out
 
     def node(self, index: int, workload: Workload) -> bytes:
-        app, outbound, inbound = workload.ports
-        metadata = self.struct.Struct()
-        metadata.update(
-            {
-                "namespace": workload.namespace,
-                "service_account": workload.service_account,
-                "service": workload.service,
-                "service_namespace": workload.namespace,
-                "app_port": app,
-                "outbound_port": outbound,
-                "inbound_port": inbound,
-                "inbound_address": workload.address,
-            }
-        )
-        node = self.base.Node(
-            id=f"{workload.namespace}/{workload.service}/proxy-{index}",
-            cluster=f"{workload.namespace}/{workload.service}",
-            metadata=metadata,
-        )
         field_number = 1 if self.delta else 2
-        return _field(field_number, node.SerializeToString())
+        return _field(field_number, node_message(index, workload).SerializeToString())
 
     def ack(self, url: str, version: str, nonce: str) -> bytes:
         if self.delta:
@@ -534,7 +594,9 @@ class LoadClient:
         )
         while not stop.is_set():
             try:
-                await self.stream(node, stats, stop, credentials)
+                # Replicas behind one Service: each proxy lands on one of them.
+                address = self.addresses[index % len(self.addresses)]
+                await self.stream(address, node, stats, stop, credentials)
                 if not stats.configured and not stop.is_set():
                     self.errors.append(f"proxy {index}: the server ended the stream before its config")
                 return
@@ -554,7 +616,9 @@ class LoadClient:
                 stats.acked.clear()
                 await asyncio.sleep(random.uniform(0.25, 1.0))
 
-    async def stream(self, node: bytes, stats: StreamStats, stop: asyncio.Event, credentials: Any) -> None:
+    async def stream(
+        self, address: str, node: bytes, stats: StreamStats, stop: asyncio.Event, credentials: Any
+    ) -> None:
         import grpc
 
         options = [
@@ -563,9 +627,9 @@ class LoadClient:
             ("grpc.enable_retries", 0),
         ]
         if credentials is None:
-            channel = grpc.aio.insecure_channel(self.address, options=options)
+            channel = grpc.aio.insecure_channel(address, options=options)
         else:
-            channel = grpc.aio.secure_channel(self.address, credentials, options=options)
+            channel = grpc.aio.secure_channel(address, credentials, options=options)
         method = "DeltaAggregatedResources" if self.delta else "StreamAggregatedResources"
         call = channel.stream_stream(
             ADS + method, request_serializer=lambda b: b, response_deserializer=lambda b: b
@@ -682,14 +746,15 @@ def client_main(args: argparse.Namespace) -> None:
 class Child:
     """A child process spoken to in JSON lines: commands on stdin, replies on stdout."""
 
-    def __init__(self, name: str, argv: list[str]) -> None:
+    def __init__(self, name: str, argv: list[str], program: list[str] | None = None) -> None:
+        """Runs this script with ``argv``, or ``program`` with it."""
         import queue
         import tempfile
 
         self.name = name
         self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), *argv],
+            [*(program or [sys.executable, str(Path(__file__).resolve())]), *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
@@ -723,6 +788,10 @@ class Child:
 
     def ask(self, command: str, timeout: float = 60.0) -> dict[str, Any]:
         self.send(command)
+        return self.answer(command, timeout)
+
+    def answer(self, command: str, timeout: float) -> dict[str, Any]:
+        """The reply to ``command``, sent before."""
         return self.read(timeout)
 
     def stop(self) -> None:
@@ -741,6 +810,49 @@ class Child:
             print(f"--- {self.name} stderr (tail) ---\n{tail}", file=sys.stderr)
 
 
+class PeerServer(Child):
+    """The go-control-plane peer (``bench/peer``), spoken to as gitmesh's server is; what it does
+    not answer itself (RSS, CPU) is read from /proc."""
+
+    def __init__(self, binary: str, dump: str) -> None:
+        super().__init__("peer", ["-dump", dump], program=[binary])
+        self.keys = 0
+        self._cpu_at_change = 0.0
+
+    def read(self, timeout: float) -> dict[str, Any]:
+        reply = super().read(timeout)
+        self.keys = reply.get("keys", self.keys)
+        return reply
+
+    def send(self, command: str) -> None:
+        if command == "change":
+            self._cpu_at_change = cpu_seconds(self.proc.pid)
+        super().send(command)
+
+    def answer(self, command: str, timeout: float) -> dict[str, Any]:
+        pid = self.proc.pid
+        if command == "rss":  # sent as "gc": RSS read after a collection, as gitmesh's after gc.collect()
+            super().answer(command, timeout)
+            return {"rss": rss_bytes(pid), "cpu": cpu_seconds(pid), "keys": self.keys}
+        if command == "cpu":
+            return {"cpu": cpu_seconds(pid)}
+        if command.startswith("streams "):
+            return {"streams": []}
+        reply = super().answer(command, timeout)
+        if command == "trim":
+            return {"rss": rss_bytes(pid)}
+        if command == "change":
+            reply["update_cpu"] = cpu_seconds(pid) - self._cpu_at_change
+        return reply
+
+    def ask(self, command: str, timeout: float = 60.0) -> dict[str, Any]:
+        if command in ("rss", "trim", "change"):
+            self.send("gc" if command == "rss" else command)
+        elif command not in ("cpu", "quit") and not command.startswith("streams "):
+            raise ValueError(f"the peer does not answer {command!r}")
+        return self.answer(command, timeout)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
@@ -754,9 +866,9 @@ def _summary(values: list[float]) -> str:
 
 
 def _wait(
-    clients: list[Child], server: Child, key: str, want: int, timeout: float, max_rss: int
+    clients: list[Child], servers: list[Child], key: str, want: int, timeout: float, max_rss: int
 ) -> tuple[float, int]:
-    """Poll the clients until ``key`` counts ``want`` streams; returns (seconds waited, server peak RSS)."""
+    """Poll the clients until ``key`` counts ``want`` streams; returns (seconds waited, servers' peak RSS)."""
     started = time.monotonic()
     peak = 0
     last = -1
@@ -766,7 +878,7 @@ def _wait(
         done = sum(s[key] for s in status)
         errors = [e for s in status for e in s["errors"]]
         retries = sum(s["retries"] for s in status)
-        rss = rss_bytes(server.proc.pid)
+        rss = sum(rss_bytes(server.proc.pid) for server in servers)
         peak = max(peak, rss)
         if errors:
             raise RuntimeError(f"streams failed: {errors[:3]}")
@@ -790,7 +902,8 @@ def _wait(
             return time.monotonic() - started, peak
         if over:
             waiting = [w for s in status for w in s.get("waiting", ())][:5]
-            seen = server.ask("streams " + ",".join(str(w[0]) for w in waiting))["streams"]
+            asked = "streams " + ",".join(str(w[0]) for w in waiting)
+            seen = [stream for server in servers for stream in server.ask(asked)["streams"]]
             raise TimeoutError(
                 f"only {done} of {want} streams {key} after {timeout:.0f} s; "
                 f"waiting (proxy, types held, responses): {waiting}; "
@@ -801,77 +914,114 @@ def _wait(
         time.sleep(0.25)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def _total(servers: list[Child], command: str, field: str, timeout: float = 120.0) -> float:
+    return sum(server.ask(command, timeout=timeout)[field] for server in servers)
+
+
+def run(args: argparse.Namespace, peer: str = "") -> dict[str, Any]:
+    """One run against ``--replicas`` gitmesh servers, or against the go-control-plane ``peer``
+    binary (one process) serving what gitmesh computes."""
     identities = args.identities or args.proxies
+    replicas = 1 if peer else args.replicas
     print(
         f"ads_bench: {args.services} services, {args.proxies} proxies ({args.mode}, {args.xds}), "
-        f"{identities} distinct proxy keys, {args.clients} client process(es); load {os.getloadavg()[0]:.2f}",
+        f"{identities} distinct proxy keys, {args.clients} client process(es), "
+        f"{'go-control-plane peer' if peer else f'{replicas} gitmesh server(s)'}; "
+        f"load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
     import tempfile
 
     workdir = tempfile.TemporaryDirectory(prefix="ads_bench.")
     args.ca_file = str(Path(workdir.name) / "ca.json")
+    if args.xds == "mtls":  # made here, once: replicas share the CA, as they share it in the store
+        from gitmesh.certs.store import FileKeeper, load_or_create
+        from gitmesh.serve import utcnow
+
+        load_or_create(FileKeeper(Path(args.ca_file)), utcnow())
     xds = ["--xds", args.xds, "--ca-file", args.ca_file]
-    server_argv = ["_server", "--services", str(args.services), *xds]
-    if args.profile:
-        server_argv += ["--profile", args.profile]
-    if args.tracemalloc:
-        server_argv.append("--tracemalloc")
-    server = Child("server", server_argv)
+    servers: list[Child] = []
     clients: list[Child] = []
     try:
-        info = server.read(120)
-        print(
-            f"  server: {info['objects']} objects, {info['services']} services, "
-            f"{info['splits']} split routes, "
-            f"ready in {info['setup_s']:.2f} s, RSS {info['rss'] / 2**20:,.1f} MiB, port {info['port']}",
-            flush=True,
-        )
-        base = server.ask("rss")
+        if peer:
+            dump = str(Path(workdir.name) / "dump.json")
+            made = time.monotonic()
+            dump_argv = ["_dump", "--services", str(args.services), "--identities", str(identities)]
+            subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), *dump_argv, "--dump", dump, *xds], check=True
+            )
+            print(f"  gitmesh's resources dumped for the peer in {time.monotonic() - made:.1f} s", flush=True)
+            servers.append(PeerServer(peer, dump))
+        else:
+            server_argv = ["_server", "--services", str(args.services), *xds]
+            if args.profile:
+                server_argv += ["--profile", args.profile]
+            if args.tracemalloc:
+                server_argv.append("--tracemalloc")
+            servers = [Child(f"server {r}", server_argv) for r in range(replicas)]
+        ports = []
+        for server in servers:
+            info = server.read(300)
+            ports.append(str(info["port"]))
+            if peer:
+                print(f"  peer: {info['keys']} snapshot keys loaded, port {info['port']}", flush=True)
+            else:
+                print(
+                    f"  {server.name}: {info['objects']} objects, {info['services']} services, "
+                    f"{info['splits']} split routes, ready in {info['setup_s']:.2f} s, "
+                    f"RSS {info['rss'] / 2**20:,.1f} MiB, port {info['port']}",
+                    flush=True,
+                )
+        base_rss = _total(servers, "rss", "rss")
+        cpu0 = _total(servers, "cpu", "cpu")
         for index in range(args.clients):
-            argv = ["_client", "--port", str(info["port"]), "--services", str(args.services)]
+            argv = ["_client", "--ports", ",".join(ports), "--services", str(args.services)]
             argv += ["--proxies", str(args.proxies), "--identities", str(identities), "--mode", args.mode]
             argv += ["--clients", str(args.clients), "--client-index", str(index), *xds]
             clients.append(Child(f"client {index}", argv))
         for client in clients:
             client.read(120)
-        cpu0 = base["cpu"]
         started = [c.ask("connect")["started"] for c in clients]
         connect_s, peak = _wait(
-            clients, server, "configured", args.proxies, args.timeout, args.max_server_rss
+            clients, servers, "configured", args.proxies, args.timeout, args.max_server_rss
         )
         time.sleep(args.settle)  # memory at rest: gitmesh gives back what a burst freed once it is over
-        loaded = server.ask("rss", timeout=120)
+        loaded = [server.ask("rss", timeout=120) for server in servers]
+        loaded_rss = sum(reading["rss"] for reading in loaded)
+        cpu1 = sum(reading["cpu"] for reading in loaded)
         times = [c.ask("times", timeout=120) for c in clients]
         t_start = min(started)
         to_config = [t - t_start for ts in times for t in ts["configured"]]
-        per_proxy = (loaded["rss"] - base["rss"]) / args.proxies
+        per_proxy = (loaded_rss - base_rss) / args.proxies
+        keys = sum(reading["keys"] for reading in loaded)
         result: dict[str, Any] = {
+            "server": "go-control-plane" if peer else "gitmesh",
+            "replicas": replicas,
             "services": args.services,
             "proxies": args.proxies,
             "mode": args.mode,
             "xds": args.xds,
-            "keys": loaded["keys"],
+            "keys": keys,
+            "load_average": os.getloadavg()[0],
             "connect_all_s": max(to_config),
             "connect_p50_s": percentile(to_config, 0.5),
-            "server_cpu_connect_s": loaded["cpu"] - cpu0,
-            "rss_before": base["rss"],
-            "rss_after": loaded["rss"],
+            "server_cpu_connect_s": cpu1 - cpu0,
+            "rss_before": base_rss,
+            "rss_after": loaded_rss,
             "rss_peak": peak,
             "bytes_per_proxy": per_proxy,
             "initial_bytes_per_proxy_sent": sum(t["bytes"] for t in times) / args.proxies,
             "changes": [],
         }
         print(
-            f"  connected and configured {args.proxies} proxies ({loaded['keys']} snapshot keys, "
-            f"{loaded['streams']} streams) in {connect_s:.2f} s; first config {_summary(to_config)}",
+            f"  connected and configured {args.proxies} proxies ({keys} snapshot keys) "
+            f"in {connect_s:.2f} s; first config {_summary(to_config)}",
             flush=True,
         )
         print(
-            f"  server RSS {base['rss'] / 2**20:,.1f} -> {loaded['rss'] / 2**20:,.1f} MiB: "
+            f"  server RSS {base_rss / 2**20:,.1f} -> {loaded_rss / 2**20:,.1f} MiB: "
             f"{per_proxy / 1024:,.1f} KiB per proxy (target {TARGET_BYTES_PER_PROXY // 1024} KiB); "
-            f"server CPU while connecting {loaded['cpu'] - cpu0:.1f} s; "
+            f"server CPU while connecting {cpu1 - cpu0:.1f} s; "
             f"{result['initial_bytes_per_proxy_sent'] / 1024:,.0f} KiB of responses per proxy",
             flush=True,
         )
@@ -880,61 +1030,108 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for n in range(args.changes):
             for client in clients:
                 client.ask("arm")
-            cpu_before = server.ask("cpu")["cpu"]
-            stamp = server.ask("change", timeout=args.timeout)
+            cpu_before = _total(servers, "cpu", "cpu")
+            for server in servers:  # every replica republishes at once, as each watches the store
+                server.send("change")
+            stamps = [server.answer("change", timeout=args.timeout) for server in servers]
+            t0 = min(stamp["t0"] for stamp in stamps)
+            # The peer is handed its snapshots ready made; gitmesh reads the mesh first.
+            first_key = min(stamp.get("first_key", stamp["t0"]) for stamp in stamps)
+            update_s = max(stamp["t1"] for stamp in stamps) - t0
             print(
-                f"    publisher.update returned after {stamp['t1'] - stamp['t0']:.2f} s "
-                f"(CPU {stamp['update_cpu']:.2f} s), "
-                f"server RSS {rss_bytes(server.proc.pid) / 2**20:,.0f} MiB",
+                f"    the update returned after {update_s:.2f} s "
+                f"(CPU {sum(stamp['update_cpu'] for stamp in stamps):.2f} s), server RSS "
+                f"{sum(rss_bytes(server.proc.pid) for server in servers) / 2**20:,.0f} MiB",
                 flush=True,
             )
-            _wait(clients, server, "changed", affected, args.timeout, args.max_server_rss)
-            cpu_after = server.ask("cpu")["cpu"]
+            _wait(clients, servers, "changed", affected, args.timeout, args.max_server_rss)
+            cpu_after = _total(servers, "cpu", "cpu")
             times = [c.ask("times", timeout=120) for c in clients]
-            latencies = [t - stamp["t0"] for ts in times for t in ts["changed"] if t]
+            latencies_at = [t for ts in times for t in ts["changed"] if t]
+            latencies = [t - t0 for t in latencies_at]
             change = {
                 "p50_s": percentile(latencies, 0.5),
                 "p99_s": percentile(latencies, 0.99),
                 "max_s": max(latencies),
-                "update_s": stamp["t1"] - stamp["t0"],
-                "update_cpu_s": stamp["update_cpu"],
+                "read_s": first_key - t0,
+                "p99_after_read_s": percentile([t - first_key for t in latencies_at], 0.99),
+                "update_s": update_s,
+                "update_cpu_s": sum(stamp["update_cpu"] for stamp in stamps),
                 "server_cpu_s": cpu_after - cpu_before,
             }
             result["changes"].append(change)
             print(
                 f"  split change {n + 1}: the {affected} proxies that may call {CHANGED_SPLIT[0]} ACKed the "
                 f"new routes: {_summary(latencies)} "
-                f"(publisher.update blocked the loop {change['update_s']:.3f} s, "
+                f"(the update took {change['update_s']:.3f} s, the first key was published after "
+                f"{change['read_s']:.3f} s, p99 from then {change['p99_after_read_s']:.3f} s, "
                 f"server CPU {change['server_cpu_s']:.2f} s)",
                 flush=True,
             )
         if args.changes:
             time.sleep(args.settle)
-            after = server.ask("rss", timeout=120)
-            trimmed = server.ask("trim", timeout=120)
-            result["bytes_per_proxy_after_changes"] = (after["rss"] - base["rss"]) / args.proxies
-            result["in_use_bytes_per_proxy_after_changes"] = (trimmed["rss"] - base["rss"]) / args.proxies
+            after = _total(servers, "rss", "rss")
+            trimmed = _total(servers, "trim", "rss")
+            result["bytes_per_proxy_after_changes"] = (after - base_rss) / args.proxies
+            result["in_use_bytes_per_proxy_after_changes"] = (trimmed - base_rss) / args.proxies
             print(
-                f"  after the changes: server RSS {after['rss'] / 2**20:,.1f} MiB, "
-                f"{result['bytes_per_proxy_after_changes'] / 1024:,.1f} KiB per proxy; in use (malloc_trim) "
-                f"{trimmed['rss'] / 2**20:,.1f} MiB, "
+                f"  after the changes: server RSS {after / 2**20:,.1f} MiB, "
+                f"{result['bytes_per_proxy_after_changes'] / 1024:,.1f} KiB per proxy; in use (trimmed) "
+                f"{trimmed / 2**20:,.1f} MiB, "
                 f"{result['in_use_bytes_per_proxy_after_changes'] / 1024:,.1f} KiB per proxy",
                 flush=True,
             )
-        if args.profile:
-            server.ask("profile-stop", timeout=120)
+        if args.profile and not peer:
+            for server in servers:
+                server.ask("profile-stop", timeout=120)
         return result
     finally:
-        for child in (*clients, server):
+        for child in (*clients, *servers):
             child.stop()
         workdir.cleanup()
+
+
+def side_by_side(args: argparse.Namespace) -> int:
+    """gitmesh and the go-control-plane peer, alternated (A/B/A/B) so both see the machine's noise
+    alike; each figure as gitmesh / peer."""
+    built = subprocess.run(
+        [str(ROOT / "bench" / "peer" / "build.sh")], check=True, capture_output=True, text=True
+    )
+    binary = built.stdout.strip()
+    results: list[dict[str, Any]] = []
+    for _ in range(args.rounds):
+        results.append(run(args))
+        results.append(run(args, peer=binary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    figures = {
+        "connect + first config, all N (s)": lambda r: r["connect_all_s"],
+        "RSS per proxy at rest (KiB)": lambda r: r["bytes_per_proxy"] / 1024,
+        "split change p50 (s)": lambda r: r["changes"][0]["p50_s"],
+        "split change p99 (s)": lambda r: r["changes"][0]["p99_s"],
+        "split change max (s)": lambda r: r["changes"][0]["max_s"],
+        "split change p99 after the read (s)": lambda r: r["changes"][0]["p99_after_read_s"],
+        "server CPU per change (s)": lambda r: r["changes"][0]["server_cpu_s"],
+    }
+    print(f"{'':36} {'gitmesh':>24} {'go-control-plane':>24} {'ratio':>14}")
+    for label, figure in figures.items():
+        if not args.changes and "change" in label:
+            continue
+        mine = [figure(r) for r in results if r["server"] == "gitmesh"]
+        peer = [figure(r) for r in results if r["server"] != "gitmesh"]
+        ratios = [m / p for m, p in zip(mine, peer, strict=True) if p]
+        print(
+            f"{label:36} {', '.join(f'{v:.3f}' for v in mine):>24} {', '.join(f'{v:.3f}' for v in peer):>24} "
+            f"{', '.join(f'{v:.2f}' for v in ratios):>14}"
+        )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("role", nargs="?", default="bench", choices=["bench", "_server", "_client"])
+    parser.add_argument("role", nargs="?", default="bench", choices=["bench", "_server", "_client", "_dump"])
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--proxies", type=int, default=1000)
     parser.add_argument("--mode", choices=["sotw", "delta"], default="sotw")
@@ -960,8 +1157,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--xds", choices=["mtls", "plaintext"], default="mtls", help="the ADS connections (gitmesh run: mtls)"
     )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="gitmesh server processes; proxy i connects to i %% R"
+    )
+    parser.add_argument(
+        "--peer",
+        action="store_true",
+        help="side by side with go-control-plane (bench/peer) on gitmesh's resources, alternated",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="with --peer: gitmesh, peer, gitmesh, peer, ..."
+    )
     parser.add_argument("--ca-file", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--dump", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--ports", default="", help=argparse.SUPPRESS)
     parser.add_argument("--client-index", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.role == "_server":
@@ -970,8 +1179,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "_client":
         client_main(args)
         return 0
+    if args.role == "_dump":
+        dump_main(args)
+        return 0
     args.max_server_rss = int(args.max_server_rss * 2**30)
     print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs", flush=True)
+    if args.peer:
+        return side_by_side(args)
     result = run(args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

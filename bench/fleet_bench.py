@@ -1,7 +1,8 @@
-"""From a commit to every member of a fleet Compliant at it, as the hub sees it; and `fleet status`.
+"""From a commit to every member of a fleet Compliant at it, as the hub sees it; `fleet status`; and
+simulated agents reporting to one real hub.
 
     python bench/fleet_bench.py [--members 4] [--rounds 3] [--interval 10s] [--report-interval 1s]
-                                [--simulated 1000]
+                                [--simulated 1000] [--agents-for 120]
 
 Starts the test control plane (tests/kube.py; binaries from testenv/build.sh): one hub and
 ``--members`` member kube-apiservers on one etcd, the hub's CRDs, one FleetConfiguration (a base
@@ -10,7 +11,11 @@ member, fetching every ``--interval``. Each round commits a new split weight and
 hub shows every member Compliant at that commit (read through the hub's API every 0.1 s), once
 with each agent told by a signed webhook right after the commit and once waiting for its poll.
 Then times ``gitmesh fleet status`` (a fresh process) over the members, and with ``--simulated N``
-over N more FleetClusters, each with a report written as an agent writes it.
+over N more FleetClusters, each with a report written as an agent writes it. With ``--agents-for
+SECONDS`` those N then report as N agents would, every 30 s each (spread evenly over the 30 s, 16
+requests at a time at most): the reports' latency and lateness, the 429s, and the CPU the hub's
+kube-apiserver and the shared etcd used meanwhile; then one of them stops, and the time until
+``fleet status`` reads it Unknown (its unknownAfter is 30 s) is measured.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,7 +110,7 @@ def _simulate(hub: Hub, count: int, head: str) -> None:
 
     def one(i: int) -> None:
         name = f"simulated-{i:05d}"
-        (cluster, *_) = member_objects(name, {"ring": "simulated"}, "2m")
+        (cluster, *_) = member_objects(name, {"ring": "simulated"}, "30s")
         hub.client.apply(CLUSTERS.path(model.NAMESPACE, name), cluster, MANAGER, force=True)
         compliance = model.Compliance("mesh", model.State.COMPLIANT, "simulated", "fleet/base", head, head, 5)
         hub.report(name, model.report([compliance], datetime.now(UTC)))
@@ -112,6 +118,85 @@ def _simulate(hub: Hub, count: int, head: str) -> None:
     started = time.monotonic()
     hub.client.parallel(one, range(count))
     print(f"{count} simulated members written (object and report each) in {time.monotonic() - started:.1f} s")
+
+
+REPORT_EVERY = 30.0  # seconds between one simulated agent's reports
+REPORTING_AT_ONCE = 16
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _agents(hub: Hub, count: int, head: str, seconds: float, pids: dict[str, int]) -> None:
+    """``count`` simulated agents reporting every REPORT_EVERY s for ``seconds``, then one goes silent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gitmesh.fleet.hub import CLUSTERS
+
+    names = [f"simulated-{i:05d}" for i in range(count)]
+    compliance = model.Compliance("mesh", model.State.COMPLIANT, "simulated", "fleet/base", head, head, 5)
+    latencies: list[float] = []
+    late: list[float] = []
+    failures: list[str] = []
+    silent = names[0]
+
+    def report(name: str, due: float) -> None:
+        started = time.monotonic()
+        late.append(max(0.0, started - due))
+        try:
+            hub.report(name, model.report([compliance], datetime.now(UTC)))
+        except Exception as e:  # counted: the hub's limits are what this measures
+            failures.append(f"{type(e).__name__}: {str(e)[:80]}")
+        latencies.append(time.monotonic() - started)
+
+    unknown: list[tuple[datetime, datetime | None]] = []  # (when read Unknown, its last report)
+
+    def look_for_unknown() -> None:
+        """Read the silent one as ``fleet status`` would, every 0.5 s, until it is Unknown."""
+        while True:
+            seen = model.seen(hub.client.get(CLUSTERS.path(model.NAMESPACE, silent)), datetime.now(UTC))
+            if seen.state is model.State.UNKNOWN:
+                unknown.append((datetime.now(UTC), seen.last_report))
+                return
+            time.sleep(0.5)
+
+    looking = threading.Thread(target=look_for_unknown, daemon=True)
+    cpu_before = {k: _cpu_seconds(p) for k, p in pids.items()}
+    begun = time.monotonic()
+    with ThreadPoolExecutor(REPORTING_AT_ONCE) as pool:
+        tick = 0
+        while (due := begun + tick * REPORT_EVERY / count) < begun + seconds:
+            i = tick % count
+            time.sleep(max(0.0, due - time.monotonic()))
+            if names[i] == silent and due - begun > seconds / 2:
+                if not looking.is_alive() and not unknown:
+                    looking.start()
+            else:
+                pool.submit(report, names[i], due)
+            tick += 1
+    elapsed = time.monotonic() - begun
+    cpu = {k: _cpu_seconds(p) - cpu_before[k] for k, p in pids.items()}
+    latencies.sort()
+    print(
+        f"{count} simulated agents reporting every {REPORT_EVERY:g} s for {elapsed:.0f} s: "
+        f"{len(latencies)} reports ({len(latencies) / elapsed:.1f}/s), {len(failures)} failed "
+        f"{sorted(set(failures))[:3]}; latency median {statistics.median(latencies) * 1000:.0f} ms, "
+        f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms; "
+        f"most late {max(late):.2f} s"
+    )
+    print(
+        "CPU used meanwhile: "
+        + ", ".join(f"{k} {v:.1f} s ({100 * v / elapsed:.0f} % of a core)" for k, v in cpu.items())
+    )
+    looking.join()
+    ((read_at, last),) = unknown
+    assert last is not None
+    print(
+        f"a silent agent read Unknown {(read_at - last).total_seconds():.1f} s after its last report "
+        f"(unknownAfter 30 s, read every 0.5 s)"
+    )
 
 
 def main() -> None:
@@ -123,6 +208,7 @@ def main() -> None:
     parser.add_argument("--interval", default="10s", help="the agents' Git poll interval")
     parser.add_argument("--report-interval", default="1s")
     parser.add_argument("--simulated", type=int, default=0, help="then time fleet status with this many more")
+    parser.add_argument("--agents-for", type=float, default=0, help="then have them report for this long (s)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         work = Path(tmp)
@@ -211,6 +297,13 @@ def main() -> None:
                         f"in-process: list {len(seen)} FleetClusters and read their states: "
                         f"median {statistics.median(times):.2f} s, max {max(times):.2f} s"
                     )
+                    if args.agents_for:
+                        assert hub_cluster._process is not None and env._etcd is not None
+                        pids = {
+                            "hub kube-apiserver": hub_cluster._process.popen.pid,
+                            "etcd (shared)": env._etcd.popen.pid,
+                        }
+                        _agents(hub, args.simulated, head, args.agents_for, pids)
             finally:
                 for agent in agents:
                     if agent.process and agent.process.poll() is None:

@@ -25,7 +25,7 @@ Knobs to try what lowers the floor, each applied to the server process only:
 - ``--env KEY=VALUE`` (repeatable): an environment variable for the server process, e.g.
   ``MALLOC_ARENA_MAX=2`` or ``GRPC_EXPERIMENTS=...``.
 
-    python bench/grpc_stream_floor.py [--streams 1000] [--payload 0] [--tls [--dynamic-tls]]
+    python bench/grpc_stream_floor.py [--streams 1000] [--payload 0] [--tls [--dynamic-tls]] [--sync]
         [--option KEY=VALUE ...] [--mallopt NAME=VALUE ...] [--env KEY=VALUE ...]
 """
 
@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -147,6 +147,29 @@ def throwaway_pki(directory: Path) -> None:
         (directory / f"{name}.key").write_bytes(pem)
 
 
+def server_credentials(pki: Path, dynamic_tls: bool) -> grpc.ServerCredentials:
+    key_chain = [((pki / "server.key").read_bytes(), (pki / "server.pem").read_bytes())]
+    roots = (pki / "ca.pem").read_bytes()
+    if dynamic_tls:
+        config = grpc.ssl_server_certificate_configuration(key_chain, roots)
+        return grpc.dynamic_ssl_server_credentials(config, lambda: None, require_client_authentication=True)
+    return grpc.ssl_server_credentials(key_chain, root_certificates=roots, require_client_auth=True)
+
+
+def listen(srv: grpc.Server | grpc.aio.Server, pki: Path | None, dynamic_tls: bool) -> int:
+    if pki is None:
+        return srv.add_insecure_port("127.0.0.1:0")
+    return srv.add_secure_port("127.0.0.1:0", server_credentials(pki, dynamic_tls))
+
+
+def report() -> None:
+    """The RSS with the client's streams open, then after malloc_trim, and the CPU so far."""
+    after = rss_bytes()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    malloc_trim()
+    print(after, rss_bytes(), usage.ru_utime + usage.ru_stime, flush=True)
+
+
 async def server(
     payload: int, pki: Path | None, dynamic_tls: bool, options: list[tuple[str, int | str]]
 ) -> None:
@@ -163,31 +186,46 @@ async def server(
         handler, request_deserializer=bytes, response_serializer=bytes
     )
     srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("floor.Floor", {"Stream": method}),))
-    if pki is None:
-        port = srv.add_insecure_port("127.0.0.1:0")
-    else:
-        key_chain = [((pki / "server.key").read_bytes(), (pki / "server.pem").read_bytes())]
-        roots = (pki / "ca.pem").read_bytes()
-        if dynamic_tls:
-            config = grpc.ssl_server_certificate_configuration(key_chain, roots)
-            credentials = grpc.dynamic_ssl_server_credentials(
-                config, lambda: None, require_client_authentication=True
-            )
-        else:
-            credentials = grpc.ssl_server_credentials(
-                key_chain, root_certificates=roots, require_client_auth=True
-            )
-        port = srv.add_secure_port("127.0.0.1:0", credentials)
+    port = listen(srv, pki, dynamic_tls)
     await srv.start()
     loop = asyncio.get_running_loop()
     print(port, rss_bytes(), flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)  # the client has its streams open
-    after = rss_bytes()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    malloc_trim()
-    print(after, rss_bytes(), usage.ru_utime + usage.ru_stime, flush=True)
+    report()
     await loop.run_in_executor(None, sys.stdin.readline)
     await srv.stop(None)
+
+
+def sync_server(
+    payload: int, pki: Path | None, dynamic_tls: bool, options: list[tuple[str, int | str]], streams: int
+) -> None:
+    """grpcio's synchronous server: a thread of its pool per open stream."""
+    from concurrent import futures
+
+    answer = answer_bytes(payload)
+
+    def handler(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        for request in requests:
+            del request
+            yield answer
+
+    threads = futures.ThreadPoolExecutor(max_workers=streams + 8)
+    srv = grpc.server(
+        threads,
+        options=[("grpc.max_concurrent_streams", 1 << 16), *options],
+        maximum_concurrent_rpcs=streams + 8,
+    )
+    method = grpc.stream_stream_rpc_method_handler(
+        handler, request_deserializer=bytes, response_serializer=bytes
+    )
+    srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("floor.Floor", {"Stream": method}),))
+    port = listen(srv, pki, dynamic_tls)
+    srv.start()
+    print(port, rss_bytes(), flush=True)
+    sys.stdin.readline()
+    report()
+    sys.stdin.readline()
+    srv.stop(None)
 
 
 async def client(port: int, streams: int, payload: int, pki: Path | None) -> list[object]:
@@ -252,6 +290,9 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="an environment variable for the server process (repeatable)",
     )
+    parser.add_argument(
+        "--sync", action="store_true", help="grpcio's synchronous server (a thread per stream), not grpc.aio"
+    )
     parser.add_argument("--server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pki", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -261,13 +302,18 @@ def main() -> int:
     if args.server:
         apply_mallopt(args.mallopt)
         pki = Path(args.pki) if args.pki else None
-        asyncio.run(server(args.payload, pki, args.dynamic_tls, args.option))
+        if args.sync:
+            sync_server(args.payload, pki, args.dynamic_tls, args.option, args.streams)
+        else:
+            asyncio.run(server(args.payload, pki, args.dynamic_tls, args.option))
         return 0
     pki = Path(tempfile.mkdtemp(prefix="grpc-floor-")) if args.tls else None
     if pki is not None:
         throwaway_pki(pki)
     command = [sys.executable, __file__, "--server", "--payload", str(args.payload), "--pki", str(pki or "")]
-    command += ["--dynamic-tls"] * args.dynamic_tls
+    command += (
+        ["--dynamic-tls"] * args.dynamic_tls + ["--sync"] * args.sync + ["--streams", str(args.streams)]
+    )
     for key, value in args.option:
         command += ["--option", f"{key}={value}"]
     for name, value in args.mallopt:
@@ -304,7 +350,7 @@ def main() -> int:
         ("mutual TLS (dynamic credentials)" if args.dynamic_tls else "mutual TLS")
         if args.tls
         else "plaintext"
-    )
+    ) + (" (sync server)" if args.sync else "")
     settings = [f"{k}={v}" for k, v in (*args.option, *args.mallopt, *args.env)]
     print(
         f"{args.streams} {kind} streams, {args.payload}-byte answers, opened and answered in {elapsed:.1f} s "

@@ -263,7 +263,7 @@ class Demo:
 
     delta = False  # the sidecars ask for their configuration by incremental xDS
     host = "127.0.0.1"  # the address the sidecars' inbound listeners bind, and the endpoints name
-    cert_lifetime = "24h"  # of workload certificates, as gitmesh run takes it
+    cert_lifetime = "24h"  # of workload certificates, as gitmesh run takes it ("": not given)
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -360,8 +360,7 @@ class Demo:
                     *self.run_options(),
                     "--xds-address",
                     f"127.0.0.1:{self.xds_port}",
-                    "--cert-lifetime",
-                    self.cert_lifetime,
+                    *(["--cert-lifetime", self.cert_lifetime] if self.cert_lifetime else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -11,23 +11,28 @@ import dataclasses
 import gc
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+import logging
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-from gitmesh.apis import read
+from gitmesh.apis import read, route_status
 from gitmesh.cluster.inventory import Applied, ChangeSet, stale
-from gitmesh.cluster.port import Changes, Live, ObjectPort, ObjectsFailed, content_hash
-from gitmesh.errors import ClusterError, PlanError, StalePlan
+from gitmesh.cluster.port import Changes, Live, ObjectPort, ObjectsFailed, StatusWrite, content_hash
+from gitmesh.errors import PlanError, StalePlan
 from gitmesh.kube.errors import ApiError
+from gitmesh.mesh.state import ServiceRef
 from gitmesh.objects import Location, Manifest, ObjectRef
 from gitmesh.plan.diff import make_plan
-from gitmesh.plan.model import Action, EnvoyChange, Plan
+from gitmesh.plan.model import Action, EnvoyChange, Plan, RouteStatus
 from gitmesh.plan.validate import Validated, validate
 from gitmesh.revision import layout
 from gitmesh.revision.diagnostics import Diagnostic
 from gitmesh.settings import Settings
 from gitmesh.sync.git import Revision
 from gitmesh.xds import patch_check
+
+log = logging.getLogger("gitmesh.pipeline")
 
 
 @contextlib.contextmanager
@@ -96,21 +101,68 @@ def _order(d: Diagnostic) -> tuple[str, int, int, str]:
     return (d.location.file, d.location.line, d.location.column, d.code)
 
 
+class Claimed(PlanError):
+    """The revision declares objects another source applied: neither source writes over the other's."""
+
+    def __init__(self, source: str, claims: Mapping[ObjectRef, str]) -> None:
+        self.claims = claims  # object -> the source that applied it
+        named = "; ".join(f"{ref} (source {owner})" for ref, owner in sorted(claims.items())[:5])
+        more = f" and {len(claims) - 5} more" if len(claims) > 5 else ""
+        super().__init__(
+            f"{len(claims)} object(s) of this revision are another source's: {named}{more}; "
+            f"nothing of it was applied to leave them as they are: declare each object in one source only"
+        )
+
+
+def _claims(
+    settings: Settings, source: str, refs: Collection[ObjectRef], others: Mapping[str, Collection[ObjectRef]]
+) -> dict[ObjectRef, str]:
+    """Which of ``refs`` other sources' inventories hold, and whose; not those an owner is known to
+    no longer declare (it let them go, and keeps them only until another takes them over)."""
+    inventories = settings.state.inventories
+    return {
+        ref: other.source
+        for other in inventories.status()
+        if other.source != source
+        for ref in inventories.get(other.source)
+        if ref in refs and (other.source not in others or ref in others[other.source])
+    }
+
+
+def _union(sets: Iterable[Collection[ObjectRef]]) -> set[ObjectRef]:
+    return {ref for refs in sets for ref in refs}
+
+
 @_without_cycle_collection()
-def plan(revision: Revision, validated: Validated, settings: Settings, source: str) -> Plan:
+def plan(
+    revision: Revision,
+    validated: Validated,
+    settings: Settings,
+    source: str,
+    others: Mapping[str, Collection[ObjectRef]] | None = None,
+) -> Plan:
     """Diff a valid revision against what ``source`` owns in the cluster.
 
     An object whose manifest is unchanged since gitmesh applied it, and whose
     live version is the one that apply produced, is unchanged on both sides:
     it needs no dry-run. Everything else is predicted by the cluster.
+
+    Two sources never write over each other: an object another source applied is refused
+    (``Claimed``). ``others`` is what other sources' last revisions declare, where known (the
+    controller knows its own sources'): an object one of them declares is never pruned, and one
+    its owner no longer declares may be taken over.
     """
     if not validated.ok:
         raise PlanError(
             f"revision {revision.short} has {len(validated.errors)} error(s); nothing was planned"
         )
+    hashes = {m.ref: content_hash(m.obj) for m in validated.desired}
+    others = others or {}
+    claims = _claims(settings, source, hashes.keys(), others)
+    if claims:
+        raise Claimed(source, claims)
     live = settings.objects.list()
     inventory = settings.state.inventories.get(source)
-    hashes = {m.ref: content_hash(m.obj) for m in validated.desired}
     unchanged = {
         ref
         for ref, h in hashes.items()
@@ -142,7 +194,7 @@ def plan(revision: Revision, validated: Validated, settings: Settings, source: s
         unchanged=frozenset(unchanged),
         live={ref: obj.obj for ref, obj in live.items()},
         inventory=inventory,
-        stale=stale(inventory, live, validated.declared | hashes.keys()),
+        stale=stale(inventory, live, validated.declared | hashes.keys() | _union(others.values())),
         source=source,
         revision=revision.sha,
         git_ref=revision.ref,
@@ -159,7 +211,91 @@ def plan(revision: Revision, validated: Validated, settings: Settings, source: s
         # someone changed by hand: Git wins.
         take_over=frozenset(drifted & conflicts.keys()),
     )
-    return dataclasses.replace(made, envoy=_envoy_changes(validated.desired, live))
+    return dataclasses.replace(
+        made, envoy=_envoy_changes(validated.desired, live), routes=_route_statuses(made, settings, live)
+    )
+
+
+def _route_statuses(
+    plan: Plan, settings: Settings, live: Mapping[ObjectRef, Live]
+) -> tuple[RouteStatus, ...]:
+    """What gitmesh will say of each route the plan keeps, where that differs from what it says now."""
+    deleted = {c.ref for c in plan.changes if c.action is Action.DELETE}
+    after = {ref: o.obj for ref, o in live.items() if ref not in deleted}
+    for c in plan.changes:
+        if c.manifest is not None:  # its status and generation are the live object's until applied
+            was = after.get(c.ref, {})
+            after[c.ref] = {**c.manifest, **({"status": was["status"]} if "status" in was else {})}
+    if not any(o.get("kind") in route_status.ROUTE_KINDS for o in after.values()):
+        return ()
+    objects = [*after.values(), *_looked_up(settings, route_status.missing(after.values()))]
+    out = []
+    for route, parents in sorted(route_status.routes(objects), key=lambda r: str(ObjectRef.of(r[0]))):
+        if not route_status.differs(route, parents):
+            continue
+        for p in parents:
+            failed = [c for c in (p.accepted, p.resolved) if not c.status]
+            out.append(
+                RouteStatus(
+                    ObjectRef.of(route),
+                    p.parent(ObjectRef.of(route).namespace),
+                    p.accepted.status,
+                    p.accepted.reason,
+                    p.resolved.status,
+                    p.resolved.reason,
+                    "; ".join(c.message for c in failed),
+                )
+            )
+    return tuple(out)
+
+
+def live_route_statuses(settings: Settings) -> list[RouteStatus]:
+    """What gitmesh says in the status of each route it applied, as the target keeps it."""
+    refs = {r for s in settings.state.inventories.status() for r in settings.state.inventories.get(s.source)}
+    routes = settings.objects.list([r for r in refs if r.kind in route_status.ROUTE_KINDS])
+    out = []
+    for ref, live in sorted(routes.items(), key=lambda kv: str(kv[0])):
+        for entry in (live.obj.get("status") or {}).get("parents") or ():
+            if entry.get("controllerName") != route_status.CONTROLLER_NAME:
+                continue
+            said = {c["type"]: c for c in entry.get("conditions") or ()}
+            accepted, resolved = said.get("Accepted", {}), said.get("ResolvedRefs", {})
+            failed = [c for c in (accepted, resolved) if c.get("status") != "True"]
+            out.append(
+                RouteStatus(
+                    ref,
+                    route_status.parent_name(entry["parentRef"], ref.namespace),
+                    accepted.get("status") == "True",
+                    str(accepted.get("reason", "")),
+                    resolved.get("status") == "True",
+                    str(resolved.get("reason", "")),
+                    "; ".join(str(c.get("message", "")) for c in failed),
+                )
+            )
+    return out
+
+
+def _looked_up(settings: Settings, services: Iterable[ServiceRef]) -> list[dict[str, Any]]:
+    """The Services named that gitmesh does not own, as the cluster has them."""
+    refs = [ObjectRef("", "Service", s.namespace, s.name) for s in services]
+    return [o.obj for o in settings.objects.list(refs).values()] if refs else []
+
+
+def write_route_status(settings: Settings, objects: Iterable[Mapping[str, Any]] | None = None) -> int:
+    """Bring the status of every route among ``objects`` (by default gitmesh's live objects and the
+    Services they name) in step with what gitmesh serves; returns how many were written. A status
+    not written (the route moved on meanwhile) is logged: the next pass computes it again."""
+    listed = list(objects) if objects is not None else [o.obj for o in settings.objects.list().values()]
+    if not any(o.get("kind") in route_status.ROUTE_KINDS for o in listed):
+        return 0
+    listed += _looked_up(settings, route_status.missing(listed))
+    versions = {ObjectRef.of(o): str(o["metadata"].get("resourceVersion", "")) for o in listed}
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    writes = [StatusWrite(ref, versions[ref], s) for ref, s in route_status.changed(listed, now).items()]
+    refused = settings.objects.write_status(writes) if writes else []
+    for e in refused:
+        log.info("route status not written, computed again next time: %s", e)
+    return len(writes) - len(refused)
 
 
 def _envoy_changes(desired: tuple[Manifest, ...], live: Mapping[ObjectRef, Live]) -> tuple[EnvoyChange, ...]:
@@ -227,6 +363,8 @@ def apply(
     if done.failures:
         where = {c.ref: c.location for c in plan.changes if c.location}
         raise _located(ObjectsFailed("applied", list(done.failures)), where)
+    if any(c.ref.kind in route_status.ROUTE_KINDS for c in plan.changes):
+        write_route_status(settings)
 
 
 def _apply(
@@ -304,12 +442,13 @@ def fingerprint(
     return h.hexdigest()
 
 
-def _located(e: ObjectsFailed, written: Mapping[ObjectRef, Location]) -> ClusterError:
-    """The server's refusals, each naming where the object is written."""
+def _located(e: ObjectsFailed, written: Mapping[ObjectRef, Location]) -> ObjectsFailed:
+    """The server's refusals, each naming where the object is written (the failures kept, so that a
+    reconcile can tell per object which were refused)."""
     lines = [
         f"  {f.ref} ({written[f.ref]}): {f.detail}"
         if isinstance(f, ApiError) and f.ref is not None and f.ref in written
         else f"  {f}"
         for f in e.failures
     ]
-    return ClusterError(f"{len(e.failures)} object(s) could not be {e.verb}:\n" + "\n".join(lines))
+    return ObjectsFailed(e.verb, e.failures, lines)

@@ -12,21 +12,24 @@ Each sidecar's snapshot also holds its identity's certificate and the trust
 bundle (SDS), from the workload CA: the built-in mesh CA, or a remote provider
 (``certs.provider``). ``run`` renews certificates at two thirds of their
 lifetime, off the serving path, and walks a root rotation (``gitmesh certs
-rotate``) a step at a time, each step once every connected sidecar has accepted
-the previous one. The xDS connection itself is always on the built-in CA.
+rotate``) and a switch of provider (``certs.switch``) a step at a time, each
+step once every connected sidecar has accepted the previous one. The xDS
+connection itself is always on the built-in CA.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
 import threading
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from envoy.config.core.v3 import base_pb2
@@ -34,8 +37,11 @@ from google.protobuf import message
 
 from gitmesh.apis import core, read
 from gitmesh.certs import ca, store
-from gitmesh.certs.authority import STEADY, CaState, MeshCA, advance
-from gitmesh.certs.provider import Issuer, Remote, WorkloadCA
+from gitmesh.certs.authority import STEADY, TRUSTING, CaState, MeshCA, advance
+from gitmesh.certs.certmanager import Requests
+from gitmesh.certs.choice import Choice, Decision, combine, issuer
+from gitmesh.certs.provider import Remote, WorkloadCA
+from gitmesh.certs.switch import Switch
 from gitmesh.cluster.port import Live
 from gitmesh.errors import GitmeshError
 from gitmesh.inject import identity
@@ -105,11 +111,13 @@ def xds_report(
     expiries: Mapping[str, datetime.datetime],
     patched: Mapping[str, Mapping[str, tuple[str, ...]]],
     workload: WorkloadCA | None = None,
+    refused: str | None = None,
 ) -> dict[str, Any]:
     """Connected proxies (and their admin interfaces -> their services, where metrics are read), the
     latest rejections they reported (with the EnvoyPatches that changed resources of the type
     rejected), when each identity's certificate expires and, with ``workload``, which provider
-    issues them and why it last failed, as plain data."""
+    issues them, why it last failed and why the mesh's certificate settings were refused, as plain
+    data."""
     streams = list(streams)
     every = [(key, n) for key in sorted({s.key for s in streams}) for n in cache.nacks(key)]
     latest = sorted(every, key=lambda kept: kept[1].at)[-MAX_REPORTED_NACKS:]
@@ -130,7 +138,13 @@ def xds_report(
         "nacks": nacks,
         "certificates": {identity: at.isoformat() for identity, at in expiries.items()},
         **(
-            {"certificate_provider": {"name": workload.provider, "problem": workload.problem()}}
+            {
+                "certificate_provider": {
+                    "name": workload.provider,
+                    "problem": workload.problem(),
+                    **({"refused": refused} if refused else {}),
+                }
+            }
             if workload is not None
             else {}
         ),
@@ -186,6 +200,58 @@ def unbacked_claim(addresses: Addresses, proxy: Proxy) -> str | None:
     return None
 
 
+# MeshState's fields compared namespace by namespace below, and those translation never reads.
+_BY_NAMESPACE = frozenset({"services", "identities", "splits", "permissions", "routes"})
+_NOT_TRANSLATED = frozenset({"warnings"})
+
+
+def changed_namespaces(before: state.MeshState, after: state.MeshState) -> frozenset[str] | None:
+    """The namespaces whose part of the mesh differs (a service, a split or route to one of its
+    services, a permission to one of its identities); None when something mesh-wide differs, which
+    may touch every proxy (permissive mode, patches, retries, limits, egress, ingress, faults)."""
+
+    def mesh_wide(m: state.MeshState) -> tuple[object, ...]:
+        # Every field but those split by namespace below, so a field added later counts as mesh-wide.
+        return tuple(
+            getattr(m, f.name) for f in dataclasses.fields(m) if f.name not in _BY_NAMESPACE | _NOT_TRANSLATED
+        )
+
+    if mesh_wide(before) != mesh_wide(after):
+        return None
+
+    def by_namespace(m: state.MeshState) -> dict[str, list[object]]:
+        parts: dict[str, list[object]] = defaultdict(list)
+        for ref, svc in m.services.items():
+            parts[ref.namespace].append(svc)
+        for holder in m.identities:
+            parts[holder.namespace].append(holder)
+        for (root, _), split in m.splits.items():
+            parts[root.namespace].append(split)
+        for p in m.permissions:
+            parts[p.destination.namespace].append(p)
+        for (service, _, _), routes in m.routes.items():
+            parts[service.namespace].append(routes)
+        return parts
+
+    old, new = by_namespace(before), by_namespace(after)
+    return frozenset(ns for ns in old.keys() | new.keys() if old.get(ns) != new.get(ns))
+
+
+def affected(proxy: Proxy, changed: frozenset[str] | None, before: Translator, after: Translator) -> bool:
+    """Whether ``proxy``'s resources may differ between the two translations, given the namespaces
+    that ``changed``: what it may call (its scope, and the services in it), what it serves (its own
+    namespace's services and permissions), its upstreams and its pod's namespace."""
+    if changed is None:
+        return True
+    scope = after.scope(proxy.identity)
+    if scope is None or scope != before.scope(proxy.identity) or scope & changed:
+        return True
+    own = {proxy.identity.namespace, proxy.service.namespace, *(u.service.namespace for u in proxy.upstreams)}
+    if proxy.pod is not None:
+        own.add(proxy.pod.namespace)
+    return bool(own & changed)
+
+
 def ephemeral_ca(now: datetime.datetime) -> MeshCA:
     """A CA kept nowhere: for publishers run in-process (tests, benchmarks), whose certificates
     need not outlive them."""
@@ -208,6 +274,7 @@ class MeshPublisher:
         self._pods = pods
         self.ca = mesh_ca or ephemeral_ca(clock())  # the xDS connection's CA
         self.workload: WorkloadCA = workload or self.ca  # the sidecars' certificates (SDS)
+        self.bundle_sent = self.workload.bundle()  # what the last republishing to all sent
         self.cache = SnapshotCache()
         self.encodings = Encodings()
         self._lock = threading.Lock()
@@ -231,7 +298,15 @@ class MeshPublisher:
         return self._mesh
 
     def update(self, objects: Iterable[Mapping[str, Any]]) -> None:
-        """A new mesh: every known proxy gets its new snapshot (unchanged resources keep their versions)."""
+        """A new mesh: every proxy it touches gets its new snapshot (see ``updating``)."""
+        for _ in self.updating(objects):
+            pass
+
+    def updating(self, objects: Iterable[Mapping[str, Any]]) -> Iterator[str]:
+        """A new mesh, published key by key: each key whose resources the change may touch is
+        translated and published, then yielded, so that a caller on the server's event loop lets
+        the streams of that key be answered before the next is translated (``run`` does). Keys the
+        change cannot touch keep their snapshots (``affected``)."""
         objects = list(objects)
         mesh = read.mesh(objects)
         for warning in mesh.warnings:
@@ -239,12 +314,16 @@ class MeshPublisher:
         translator = Translator(mesh, self.workload.trust_domain)
         addresses = endpoint_addresses(objects)
         with self._lock:
+            before = self._translator
             self.encodings.next_generation()
             self._mesh, self._translator, self._addresses = mesh, translator, addresses
             self._generation += 1
             proxies = dict(self._proxies)
+        changed = changed_namespaces(before.mesh, mesh)
         for key, proxy in proxies.items():
-            self._publish(key, proxy, translator)
+            if affected(proxy, changed, before, translator):
+                self._publish(key, proxy, translator)
+                yield key
 
     def opened(self, node: base_pb2.Node) -> str:
         """A stream of ``node`` opened: its key, published first if it is new."""
@@ -299,6 +378,8 @@ class MeshPublisher:
         new certificate, or one due that sending issues), or to all proxies when ``force``; the
         identities of ``due`` that have a proxy."""
         due = set(due)
+        if force:
+            self.bundle_sent = self.workload.bundle()
         with self._lock:
             proxies = dict(self._proxies)
             translator = self._translator
@@ -308,6 +389,16 @@ class MeshPublisher:
                 self._publish(key, proxy, translator)
                 renewed |= {proxy.identity} & due
         return sorted(renewed, key=str)
+
+    def switch_to(self, new: WorkloadCA) -> None:
+        """Begin a switch of provider (``certs.switch``): every sidecar is sent both roots."""
+        self.workload = Switch(self.workload, new)
+        self.refresh_certificates(force=True)
+
+    def identities(self) -> set[Identity]:
+        """The identities of the connected proxies."""
+        with self._lock:
+            return {p.identity for p in self._proxies.values()}
 
     def authorize(self, node: base_pb2.Node, peer_pem: bytes | None) -> str | None:
         """Why a stream is refused: its node is not a gitmesh proxy, or its certificate is not
@@ -405,20 +496,35 @@ async def run(
     address: str = DEFAULT_XDS_ADDRESS,
     *,
     keeper: store.Keeper,
-    cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME,
-    issuer: Issuer | None = None,
+    cert_lifetime: datetime.timedelta | None = None,
+    certificates: Callable[[], Choice | None] = lambda: None,
+    certificate_requests: Requests | None = None,
     stop: asyncio.Event | None = None,
     max_connections: int = 0,
     pods: Pods | None = None,
 ) -> None:
     """Serve ADS over mTLS on ``address`` until ``stop`` is set, republishing whenever ``backend``
-    changes, with the CA ``keeper`` holds (made on first run) for the xDS connection and, without
-    an ``issuer`` (a remote provider), for the sidecars' certificates; ``pods``: see ``MeshPublisher``."""
-    mesh_ca = MeshCA(store.load_or_create(keeper, utcnow()), cert_lifetime)
-    workload = Remote(issuer, mesh_ca.trust_domain, cert_lifetime) if issuer else None
-    publisher = MeshPublisher(mesh_ca=mesh_ca, workload=workload, pods=pods)
+    changes, with the CA ``keeper`` holds (made on first run) for the xDS connection, and the
+    sidecars' certificates from the provider the configuration (``certificates``, ``cert_lifetime``:
+    None where it says nothing) and the mesh's objects choose (``certs.choice.combine``; asked again
+    every second, and a new choice is switched to); ``certificate_requests``: the cluster's, for
+    cert-manager; ``pods``: see ``MeshPublisher``."""
+    mesh_ca = MeshCA(store.load_or_create(keeper, utcnow()))
+    publisher = MeshPublisher(mesh_ca=mesh_ca, pods=pods)
     seen = backend.version()
     publisher.update(live.obj for live in backend.list_managed().values())
+
+    def decide() -> Decision:
+        return combine(
+            certificates(),
+            cert_lifetime,
+            publisher.mesh.certificates,
+            mesh_ca.trust_domain,
+            cluster=certificate_requests is not None,
+        )
+
+    serving = _Serving(decide())
+    publisher.workload = _workload(serving.decision, mesh_ca, certificate_requests)  # before any sidecar
     host = address.rpartition(":")[0].strip("[]")
     server = await serve(
         publisher.cache,
@@ -459,6 +565,9 @@ async def run(
                             log.info("certificate provider %s issues again", publisher.workload.provider)
                 if polls % CA_POLL_EVERY == 0:
                     _follow_rotation(publisher, keeper, server.servicer.streams())
+                    serving = _follow_switch(
+                        publisher, serving, decide(), server.servicer.streams(), certificate_requests
+                    )
                 if time.monotonic() - reported_at >= REPORT_EVERY_SECONDS:
                     report = xds_report(
                         server.servicer.streams(),
@@ -467,6 +576,7 @@ async def run(
                         publisher.workload.expiries(),
                         publisher.patched(),
                         publisher.workload,
+                        serving.decision.refused,
                     )
                     if report != reported:
                         backend.record_xds({**report, "at": time.time()})
@@ -475,7 +585,8 @@ async def run(
                 if current != seen:
                     current = await _settled(backend, current)
                     seen = current
-                    publisher.update(live.obj for live in backend.list_managed().values())
+                    for _ in publisher.updating(live.obj for live in backend.list_managed().values()):
+                        await asyncio.sleep(0)  # its streams are answered before the next key is translated
                     log.info("mesh updated to store version %s", current)
             except OSError as e:  # out of file descriptors for a moment (a flood of connections)
                 log.error("serving on what was last read, retried in %ss: %s", POLL_SECONDS, e)
@@ -505,3 +616,84 @@ def _follow_rotation(publisher: MeshPublisher, keeper: store.Keeper, streams: It
         keeper.save(following)
         publisher.set_ca_state(following)
         log.info("root rotation: %s", following.phase)
+
+
+def _workload(decision: Decision, mesh_ca: MeshCA, requests: Requests | None) -> WorkloadCA:
+    remote = issuer(decision.choice, requests, decision.key_bits)
+    workload: WorkloadCA = Remote(remote, mesh_ca.trust_domain) if remote else mesh_ca
+    _tune(workload, decision)
+    return workload
+
+
+def _tune(workload: WorkloadCA, decision: Decision) -> None:
+    """The lifetime and key strength of the certificates issued from now on; those held are issued
+    again (the built-in CA's when next sent, a remote provider's at its next refresh). A remote
+    provider's role decides its keys."""
+    if isinstance(workload, MeshCA):
+        workload.tune(decision.lifetime, decision.key_bits)
+    elif isinstance(workload, Remote):
+        workload.tune(decision.lifetime)
+
+
+@dataclass(frozen=True)
+class _Serving:
+    """What is served, and during a switch what was served before it (to go back to)."""
+
+    decision: Decision
+    switched_from: Decision | None = None
+
+
+def _follow_switch(
+    publisher: MeshPublisher,
+    serving: _Serving,
+    wanted: Decision,
+    streams: Iterable[StreamInfo],
+    requests: Requests | None,
+) -> _Serving:
+    """Begin a switch to the provider chosen now, or take the next step of the one under way once
+    every sidecar holds what the last one sent. A new choice while both roots are only trusted
+    abandons the switch (no sidecar holds the new provider's certificates yet, and it may never
+    issue: a wrong issuer); once it issues to sidecars, the switch is finished first."""
+    if wanted.refused != serving.decision.refused and wanted.refused:
+        log.error("certificate settings refused: %s", wanted.refused)
+    switch = publisher.workload
+    if not isinstance(switch, Switch):
+        if wanted.choice == serving.decision.choice:
+            if (wanted.lifetime, wanted.key_bits) != (serving.decision.lifetime, serving.decision.key_bits):
+                log.info("workload certificates from now on: valid %s, %s", wanted.lifetime, _key(wanted))
+                _tune(switch, wanted)
+                publisher.refresh_certificates(force=True)
+            return _Serving(wanted)
+        try:
+            publisher.switch_to(_workload(wanted, publisher.ca, requests))
+        except ValueError as e:
+            log.error("not switching the certificate provider to %s: %s", wanted.choice, e)
+            return serving
+        log.info(
+            "switching the certificate provider from %s to %s: trusting both roots",
+            serving.decision.choice,
+            wanted.choice,
+        )
+        return _Serving(wanted, serving.decision)
+    target = serving.decision.choice
+    if switch.phase == TRUSTING and wanted.choice != target and serving.switched_from is not None:
+        publisher.workload = switch.old
+        publisher.refresh_certificates(force=True)
+        log.info("abandoned the switch to %s: %s issues", target, serving.switched_from.choice)
+        return _Serving(serving.switched_from)
+    if publisher.bundle_sent != switch.bundle():  # the new provider's roots came with its first certificate
+        publisher.refresh_certificates(force=True)
+    elif switch.ready(publisher.identities()) and all_hold_their_secrets(streams, publisher.cache):
+        if switch.phase == TRUSTING:
+            switch.advance()
+            log.info("switching the certificate provider to %s: issuing from it", target)
+        else:
+            publisher.workload = switch.new
+            log.info("switched the certificate provider to %s: the old root is dropped", target)
+            serving = _Serving(serving.decision)
+        publisher.refresh_certificates(force=True)
+    return serving
+
+
+def _key(decision: Decision) -> str:
+    return "ECDSA P-256" if decision.key_bits is None else f"keys as strong as RSA {decision.key_bits}"

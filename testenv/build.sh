@@ -5,9 +5,11 @@
 # node runs: kubelet, kube-scheduler, kube-controller-manager, kube-proxy,
 # CoreDNS and the pause and app programs of its images. `build.sh vault` builds
 # HashiCorp Vault only (for the Vault PKI certificate provider's tests), into the
-# same directory. `build.sh conformance` builds the Gateway API conformance suite as
-# a test binary and the programs of the echo image its mesh tests deploy (Istio's
-# echo server and client), into the same directory.
+# same directory; `build.sh cert-manager` cert-manager's CA issuer and approver
+# (cert-manager/main.go) and copies its CRDs beside it (cert-manager-crds/).
+# `build.sh conformance` builds the Gateway API conformance suite as a test binary
+# and the programs of the echo image its mesh tests deploy (Istio's echo server
+# and client), into the same directory.
 # Idempotent: a module's binaries are rebuilt only when one is missing or when
 # the module (go.mod, go.sum, its .go files) or the link flags changed.
 # Progress and errors go to stderr; a failed build exits non-zero with Go's
@@ -15,13 +17,15 @@
 set -euo pipefail
 
 with_vault=false with_conformance=false
+with_cert_manager=false
 case "${1:-}" in
 "") with_node=false ;;
 node) with_node=true ;;
 vault) with_node=false with_vault=true ;;
+cert-manager) with_node=false with_cert_manager=true ;;
 conformance) with_node=false with_conformance=true ;;
 *)
-    echo "usage: testenv/build.sh [node|vault|conformance]" >&2
+    echo "usage: testenv/build.sh [node|vault|cert-manager|conformance]" >&2
     exit 2
     ;;
 esac
@@ -53,6 +57,9 @@ coredns_version="$(required_version "$here/coredns/go.mod" github.com/coredns/co
 [[ -n "$coredns_version" ]] || die "cannot find the github.com/coredns/coredns version in coredns/go.mod"
 vault_version="$(required_version "$here/vault/go.mod" github.com/hashicorp/vault)"
 [[ -n "$vault_version" ]] || die "cannot find the github.com/hashicorp/vault version in vault/go.mod"
+cert_manager_version="$(required_version "$here/cert-manager/go.mod" github.com/cert-manager/cert-manager)"
+[[ -n "$cert_manager_version" ]] ||
+    die "cannot find the github.com/cert-manager/cert-manager version in cert-manager/go.mod"
 conformance_version="$(required_version "$here/conformance/go.mod" sigs.k8s.io/gateway-api/conformance)"
 [[ -n "$conformance_version" ]] || die "cannot find the conformance suite's version in conformance/go.mod"
 istio_version="$(required_version "$here/echo/go.mod" istio.io/istio)"
@@ -155,6 +162,18 @@ if $with_vault; then
     echo "$out"
     exit 0
 fi
+if $with_cert_manager; then
+    build cert-manager "-s -w" cert-manager
+    crds="$out/cert-manager-crds"
+    if [[ ! -f "$crds/$cert_manager_version" ]]; then
+        module_dir="$(cd "$here/cert-manager" && go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)"
+        rm -rf "$crds" && mkdir -p "$crds"
+        cp "$module_dir"/deploy/crds/*.yaml "$crds/" && chmod u+w "$crds"/*.yaml
+        touch "$crds/$cert_manager_version"
+    fi
+    echo "$out"
+    exit 0
+fi
 if $with_conformance; then
     build conformance "-s -w" gateway-conformance.test
     build echo "-s -w" echo-server echo-client echo-cert.crt echo-cert.key
@@ -175,6 +194,7 @@ etcd $etcd_version
 kubelet, kube-scheduler, kube-controller-manager, kube-proxy $k8s_version
 coredns $coredns_version
 vault $vault_version (built by build.sh vault)
+cert-manager $cert_manager_version (built by build.sh cert-manager)
 gateway-conformance.test $conformance_version, echo-server and echo-client istio.io/istio $istio_version (built by build.sh conformance)
 $(go env GOVERSION)
 EOF

@@ -7,8 +7,9 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from gitmesh.cluster.inventory import Applied, ChangeSet
-from gitmesh.cluster.port import Changes, Live, Prediction, content_hash, is_owned, owned
+from gitmesh.cluster.port import Changes, Live, Prediction, StatusWrite, content_hash, is_owned, owned
 from gitmesh.embedded import Database
+from gitmesh.errors import ClusterError
 from gitmesh.objects import ObjectRef
 from gitmesh.settings import Settings
 from gitmesh.state import embedded
@@ -41,6 +42,14 @@ class FakeObjects:
 
     def contents(self, namespace: str) -> builtins.list[ObjectRef]:
         return sorted((r for r in self.objects if r.namespace == namespace), key=str)
+
+    def write_status(self, writes: Sequence[StatusWrite]) -> builtins.list[ClusterError]:
+        for w in writes:
+            self.writes += 1
+            body = {**self.objects[w.ref].obj, "status": dict(w.status)}
+            body["metadata"] = {**body["metadata"], "resourceVersion": str(self.writes)}
+            self.objects[w.ref] = Live.of(body)
+        return []
 
     def watch(self) -> FakeObjects:
         return self

@@ -95,6 +95,40 @@ class Vault:
             },
         )
 
+    def kubernetes_auth(self, server: str, ca_pem: str, reviewer_jwt: str) -> None:
+        """Vault's Kubernetes auth method at ``auth/kubernetes``, checking tokens with TokenReviews
+        at ``server`` (as ``reviewer_jwt``, who may create them)."""
+        self.call("POST", "sys/auth/kubernetes", {"type": "kubernetes"})
+        self.call(
+            "POST",
+            "auth/kubernetes/config",
+            {
+                "kubernetes_host": server,
+                "kubernetes_ca_cert": ca_pem,
+                "token_reviewer_jwt": reviewer_jwt,
+                "disable_local_ca_jwt": True,  # Vault runs outside any pod
+            },
+        )
+
+    def login_role(self, name: str, service_account: str, namespace: str, ttl: str) -> None:
+        """A Kubernetes auth role for one ServiceAccount, whose tokens may issue from ``ROLE`` for ``ttl``."""
+        self.call(
+            "PUT",
+            "sys/policies/acl/issue-sidecars",
+            {"policy": f'path "pki/issue/{ROLE}" {{ capabilities = ["create", "update"] }}'},
+        )
+        self.call(
+            "POST",
+            f"auth/kubernetes/role/{name}",
+            {
+                "bound_service_account_names": service_account,
+                "bound_service_account_namespaces": namespace,
+                "token_policies": "issue-sidecars",
+                "token_ttl": ttl,
+                "token_max_ttl": ttl,
+            },
+        )
+
     def token(self, policies: list[str]) -> str:
         """A new token with ``policies`` (``default`` alone may not issue)."""
         created = self.call("POST", "auth/token/create", {"policies": policies})
@@ -107,8 +141,11 @@ class Vault:
             headers={"X-Vault-Token": self.root_token},
             method=method,
         )
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            text = reply.read()
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                text = reply.read()
+        except urllib.error.HTTPError as e:  # with Vault's own words
+            raise RuntimeError(f"vault {method} {path}: HTTP {e.code}: {e.read().decode()}") from None
         return json.loads(text) if text else {}
 
     def stop(self) -> None:

@@ -79,6 +79,10 @@ KINDS: tuple[Kind, ...] = (
         osm.CONFIG_GROUP, "MeshConfig", ("v1alpha1", "v1alpha2"), "v1alpha2", "meshconfigs",
         Meaning.SETTINGS, crd=True, short_names=("meshconfig",),
     ),
+    Kind(
+        osm.CONFIG_GROUP, "MeshRootCertificate", ("v1alpha2",), "v1alpha2", "meshrootcertificates",
+        Meaning.SETTINGS, crd=True, short_names=("mrc",),
+    ),
     Kind("", "ServiceAccount", ("v1",), "v1", "serviceaccounts", Meaning.SERVICE),
     Kind("", "Service", ("v1",), "v1", "services", Meaning.SERVICE),
     Kind("discovery.k8s.io", "EndpointSlice", ("v1",), "v1", "endpointslices", Meaning.SERVICE),

@@ -163,51 +163,56 @@ def read_limits(obj: Mapping[str, Any], known: Known) -> Read:
 
 
 def read_egress(obj: Mapping[str, Any], known: Known) -> Read:
+    """HTTP and TLS ports reach the ``hosts`` (a leading ``*.`` for every name under a domain); TCP
+    ports reach addresses, those in ``ipAddresses`` or, without, any (as OSM reads them)."""
     spec, services = obj["spec"], known.services
     problems: list[Problem] = []
-    if spec.get("ipAddresses"):
-        message = "egress by ipAddresses is not carried by gitmesh yet"
-        problems.append(Problem("GM173", ("spec", "ipAddresses"), message))
+    ranges: list[str] = []
+    for i, cidr in enumerate(spec.get("ipAddresses") or ()):
+        try:
+            ranges.append(str(ipaddress.ip_network(cidr, strict=False)))
+        except ValueError as e:
+            problems.append(Problem("GM175", ("spec", "ipAddresses", i), str(e)))
     matches = _egress_matches(obj, known, problems)
     hosts = spec.get("hosts") or []
     sources = [Identity(s["namespace"], s["name"]) for s in spec["sources"]]
     for i, host in enumerate(hosts):
-        if "*" in host:
-            problems.append(
-                Problem("GM173", ("spec", "hosts", i), f"wildcard host {host!r} is not carried yet")
-            )
+        if "*" in host and not (host.startswith("*.") and "*" not in host[2:] and host[2:]):
+            message = f"wildcard host {host!r}: only a leading '*.' (every name under a domain) is carried"
+            problems.append(Problem("GM173", ("spec", "hosts", i), message))
         elif mesh := _mesh_service(host, sources, services):
             # Its sidecars already route that name to the mesh: a second route would be refused.
             message = f"{host!r} is Service {mesh} of the mesh: reach it by a TrafficTarget, not by Egress"
             problems.append(Problem("GM173", ("spec", "hosts", i), message))
-    tls_ports = [i for i, port in enumerate(spec["ports"]) if port["protocol"].lower() == "tls"]
-    for i, port in enumerate(spec["ports"]):
-        protocol = port["protocol"].lower()
-        if protocol == "tcp":
-            # A sidecar is reached at its own address: what a TCP connection was meant for is known
-            # only by its HTTP Host or TLS server name, never by the port alone.
-            message = "TCP egress by port alone is not carried: name hosts with protocol tls or http"
-            problems.append(Problem("GM173", ("spec", "ports", i, "protocol"), message))
-        elif not hosts:
-            message = f"{port['protocol']} egress needs hosts (egress by IP range is not carried yet)"
+    protocols = [port["protocol"].lower() for port in spec["ports"]]
+    for i, protocol in enumerate(protocols):
+        if protocol != "tcp" and not hosts:
+            message = (
+                f"{protocol} egress is told apart by name: it needs hosts (ipAddresses are for tcp ports)"
+            )
             problems.append(Problem("GM173", ("spec", "ports", i), message))
+    if ranges and "tcp" not in protocols:
+        message = "ipAddresses narrow tcp ports only; http and tls egress is told apart by hosts"
+        problems.append(Problem("GM173", ("spec", "ipAddresses"), message))
+    if hosts and set(protocols) == {"tcp"}:
+        message = "hosts name HTTP Hosts and TLS server names; a tcp port is reached by address (ipAddresses)"
+        problems.append(Problem("GM173", ("spec", "hosts"), message))
+    tls_ports = [i for i, protocol in enumerate(protocols) if protocol == "tls"]
     if len(tls_ports) > 1:
         message = "TLS egress is told apart by server name only: one tls port per host"
         problems.append(Problem("GM173", ("spec", "ports", tls_ports[1]), message))
     if problems:
         return Read((), tuple(problems))
-    values: list[PolicyValue] = [
-        EgressRule(
-            source,
-            host,
-            p["number"],
-            p["protocol"].lower(),
-            matches if p["protocol"].lower() == "http" else (),
-        )
-        for source in sources
-        for p in spec["ports"]
-        for host in hosts
-    ]
+    values: list[PolicyValue] = []
+    for source in sources:
+        for p, protocol in zip(spec["ports"], protocols, strict=True):
+            if protocol == "tcp":
+                values.append(EgressRule(source, "", p["number"], protocol, ranges=tuple(ranges)))
+            else:
+                values += [
+                    EgressRule(source, host, p["number"], protocol, matches if protocol == "http" else ())
+                    for host in hosts
+                ]
     return Read(tuple(values), ())
 
 

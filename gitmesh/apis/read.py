@@ -79,6 +79,8 @@ def mesh(objects: Iterable[Mapping[str, Any]]) -> MeshState:
         tuple(v for v in kept if isinstance(v, IngressRule)),
         tuple(v for v in kept if isinstance(v, Fault)),
         gateway.service_routes(ranked),
+        any(osm.egress_open(c) for c in by_kind["MeshConfig"]),
+        certificates=osm.certificate_settings(by_kind["MeshConfig"], by_kind["MeshRootCertificate"]),
     )
 
 

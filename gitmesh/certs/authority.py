@@ -69,8 +69,11 @@ class MeshCA:
 
     provider = "builtin"
 
-    def __init__(self, state: CaState, lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME) -> None:
+    def __init__(
+        self, state: CaState, lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME, key_bits: int | None = None
+    ) -> None:
         self.lifetime = lifetime
+        self.key_bits = key_bits  # see ca.workload_key
         self._lock = threading.Lock()
         self._state = state
         self._issued: dict[Identity, tuple[ca.Issued, ca.Authority]] = {}
@@ -92,6 +95,13 @@ class MeshCA:
         with self._lock:
             self._state = state
 
+    def tune(self, lifetime: datetime.timedelta, key_bits: int | None) -> None:
+        """Another lifetime or key strength: every certificate is issued again when next asked for."""
+        with self._lock:
+            if (lifetime, key_bits) != (self.lifetime, self.key_bits):
+                self.lifetime, self.key_bits = lifetime, key_bits
+                self._issued.clear()
+
     def certificate(self, identity: Identity, now: datetime.datetime, server_name: str = "") -> ca.Issued:
         """``identity``'s current certificate: the one issued before, unless it is due.
         ``server_name``: see ``ca.issue`` (give the same one every time for an identity)."""
@@ -101,7 +111,13 @@ class MeshCA:
                 return held[0]
             signer = self._state.signing
             issued = ca.issue(
-                signer, self._state.trust_domain, identity, now, self.lifetime, server_name=server_name
+                signer,
+                self._state.trust_domain,
+                identity,
+                now,
+                self.lifetime,
+                server_name=server_name,
+                key_bits=self.key_bits,
             )
             self._issued[identity] = (issued, signer)
             return issued

@@ -4,7 +4,8 @@ A workload certificate names one identity by its SPIFFE ID
 (``spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>``) as its only
 URI SAN, is short-lived, and is renewed once two thirds of its lifetime have
 passed, so a renewal that fails has a third of the lifetime to be retried.
-Keys are ECDSA P-256.
+Keys are ECDSA P-256, or a larger curve when an RSA size is asked for that P-256 does not match
+(``workload_key``).
 """
 
 from __future__ import annotations
@@ -148,15 +149,17 @@ def issue(
     lifetime: datetime.timedelta = DEFAULT_LIFETIME,
     *,
     server_name: str = "",
+    key_bits: int | None = None,
 ) -> Issued:
     """A fresh key and a certificate for ``identity``, usable as TLS client and server.
 
-    ``server_name`` adds a DNS or IP SAN (for the xDS server, which clients reach by address)."""
+    ``server_name`` adds a DNS or IP SAN (for the xDS server, which clients reach by address);
+    ``key_bits``: see ``workload_key``."""
     ca_cert = x509.load_pem_x509_certificate(authority.cert_pem.encode())
     ca_key = serialization.load_pem_private_key(authority.key_pem.encode(), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise ValueError("the CA key must be ECDSA or RSA")
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = workload_key(key_bits)
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id(trust_domain, identity))]
     if server_name:
         sans.append(_server_name(server_name))
@@ -187,6 +190,30 @@ def issue(
     above = x509.load_pem_x509_certificates((authority.cert_pem + authority.chain_pem).encode())
     chain = "".join(_pem(c) for c in above if c.issuer != c.subject)
     return Issued(identity, _pem(cert) + chain, _key_pem(key), now, not_after)
+
+
+def workload_key(rsa_bits: int | None = None) -> ec.EllipticCurvePrivateKey:
+    """A new ECDSA key at least as strong as an RSA key of ``rsa_bits`` (OSM's certKeyBitSize):
+    P-256 up to RSA 3072, P-384 up to 7680, P-521 above (NIST SP 800-57 part 1's equivalences)."""
+    if rsa_bits is None or rsa_bits <= 3072:
+        return ec.generate_private_key(ec.SECP256R1())
+    return ec.generate_private_key(ec.SECP384R1() if rsa_bits <= 7680 else ec.SECP521R1())
+
+
+def without_roots(chain: list[str]) -> list[str]:
+    """What travels with a leaf: every certificate of a chain but a self-signed root."""
+    return [c.strip() + "\n" for c in chain if not _self_signed(c)]
+
+
+def top_of(chain: list[str]) -> tuple[str, ...]:
+    """The roots to trust from a CA chain: its self-signed certificates, or its top when it stops short."""
+    roots = [c for c in chain if _self_signed(c)] or chain[-1:]
+    return tuple(_pem(x509.load_pem_x509_certificate(c.encode())) for c in roots)
+
+
+def _self_signed(pem: str) -> bool:
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    return cert.issuer == cert.subject
 
 
 def not_after(cert_pem: str) -> datetime.datetime:

@@ -12,6 +12,7 @@ the control plane's own channel, not the mesh's traffic.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import threading
 from typing import Protocol
@@ -22,6 +23,7 @@ from gitmesh.mesh.state import Identity
 
 # After a failed request, an identity is not asked for again before this long (the CA is not hammered).
 RETRY_AFTER = datetime.timedelta(seconds=5)
+PARALLEL_REQUESTS = 16  # asked of a remote CA at once
 
 
 class ProviderError(CertsError):
@@ -79,6 +81,7 @@ class Remote:
         self._held: dict[Identity, ca.Issued] = {}
         self._wanted: set[Identity] = set()
         self._failed_at: dict[Identity, datetime.datetime] = {}
+        self._retuned: set[Identity] = set()  # held with another lifetime than the one asked for now
         self._bundle: tuple[str, ...] = ()
         self._problem: str | None = None
 
@@ -94,6 +97,14 @@ class Remote:
         with self._lock:
             return self._bundle
 
+    def tune(self, lifetime: datetime.timedelta) -> None:
+        """Another lifetime: every certificate held is asked for again at the next ``refresh`` (and
+        served until then)."""
+        with self._lock:
+            if lifetime != self.lifetime:
+                self.lifetime = lifetime
+                self._retuned = set(self._held)
+
     def current(self, identity: Identity, now: datetime.datetime) -> ca.Issued | None:
         with self._lock:
             self._wanted.add(identity)
@@ -107,27 +118,34 @@ class Remote:
                 (
                     i
                     for i in self._wanted
-                    if (i not in self._held or ca.should_renew(self._held[i], now))
+                    if (i not in self._held or i in self._retuned or ca.should_renew(self._held[i], now))
                     and now >= self._failed_at.get(i, now - RETRY_AFTER) + RETRY_AFTER
                 ),
                 key=str,
             )
-        renewed = []
-        for identity in due:
-            try:
-                issued, roots = self._issue(identity, now)
-            except ProviderError as e:
-                with self._lock:
-                    self._failed_at[identity] = now
-                    self._problem = str(e)
-                continue
+        if not due:
+            return []
+        # A remote CA's answer takes a round trip (cert-manager's, a wait for its controllers):
+        # several are asked at once, so that many new sidecars are not served one after another.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL_REQUESTS) as pool:
+            answered = list(pool.map(lambda identity: self._renew(identity, now), due))
+        return [identity for identity, ok in zip(due, answered, strict=True) if ok]
+
+    def _renew(self, identity: Identity, now: datetime.datetime) -> bool:
+        try:
+            issued, roots = self._issue(identity, now)
+        except ProviderError as e:
             with self._lock:
-                self._held[identity] = issued
-                self._failed_at.pop(identity, None)
-                self._bundle = roots
-                self._problem = None
-            renewed.append(identity)
-        return renewed
+                self._failed_at[identity] = now
+                self._problem = str(e)
+            return False
+        with self._lock:
+            self._held[identity] = issued
+            self._failed_at.pop(identity, None)
+            self._retuned.discard(identity)
+            self._bundle = roots
+            self._problem = None
+        return True
 
     def expiries(self) -> dict[str, datetime.datetime]:
         with self._lock:
@@ -157,4 +175,4 @@ class Remote:
         return ca.Issued(identity, cert_pem, key_pem, now, not_after), roots
 
 
-__all__ = ["RETRY_AFTER", "Issuer", "ProviderError", "Remote", "WorkloadCA"]
+__all__ = ["PARALLEL_REQUESTS", "RETRY_AFTER", "Issuer", "ProviderError", "Remote", "WorkloadCA"]

@@ -15,7 +15,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -182,6 +182,16 @@ def examples(*lines: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         return f
 
     return add
+
+
+def with_options(
+    command: Callable[..., Any], options: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]]
+) -> Callable[..., Any]:
+    """``command`` with ``options`` applied as if stacked as decorators in this order (so ``--help``
+    lists them in it)."""
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def backend_options(f: Callable[..., Any]) -> Callable[..., Any]:

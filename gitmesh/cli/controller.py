@@ -31,10 +31,12 @@ from gitmesh.cli.base import (
     snake_keys,
     source_name_option,
     target_header,
+    with_options,
     yes_option,
 )
 from gitmesh.controller.config import (
     DEFAULT_HTTP_ADDRESS,
+    CertificatesFile,
     ControllerConfig,
     RolloutSettings,
     load_config,
@@ -160,10 +162,7 @@ def git_source_options(f: Callable[..., Any]) -> Callable[..., Any]:
         ),
         source_name_option,
     ]
-    command: Callable[..., Any] = wrapper
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(wrapper, options)
 
 
 def rollout_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -197,10 +196,7 @@ def rollout_options(f: Callable[..., Any]) -> Callable[..., Any]:
             "repository.",
         ),
     ]
-    command: Callable[..., Any] = wrapper
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return with_options(wrapper, options)
 
 
 @cli.command("run")
@@ -223,9 +219,8 @@ def rollout_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--cert-lifetime",
     type=Duration(),
-    default="24h",
-    show_default=True,
-    help="How long workload certificates are valid; each is renewed at two thirds of it.",
+    help="How long workload certificates are valid; each is renewed at two thirds of it. "
+    "[default: the MeshConfig's spec.certificate.serviceCertValidityDuration, else 24h]",
 )
 @click.option(
     "--config",
@@ -286,7 +281,7 @@ def rollout_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def run_command(
     target: BackendChoice,
     xds_address: str,
-    cert_lifetime: datetime.timedelta,
+    cert_lifetime: datetime.timedelta | None,
     config_file: str | None,
     source: Source | None,
     http_address: str | None,
@@ -331,7 +326,9 @@ def run_command(
         http_token=read_http_token(Path(token_file)) if token_file else None,
         cert_lifetime=cert_lifetime,
         rollouts=config.rollouts,
-        vault=config.vault,
+        certificates=CertificatesFile(Path(config_file), config.certificates)
+        if config_file
+        else lambda: None,
         inject=_injection(inject_address, inject_proxy_image, inject_init_image, xds_address),
     )
     logs.setup(log_format)
@@ -388,13 +385,15 @@ def _run_member(
     sources = agent.first_assignment(hub, cluster, threading.Event())
     if sources is None:
         return
-    options = dataclasses.replace(options, sources=sources)
+    reporter = agent.Reporter(hub, cluster, sources, settings, interval.total_seconds())
+    reporter.watch = agent.AssignmentWatch(hub, cluster, reporter.wake)
+    reporter.watch.start()
+    options = dataclasses.replace(options, sources=sources, attach=reporter.attach)
     names = ", ".join(f"{s.name} ({s.path or '/'})" for s in sources) or "none"
     err.print(
         f"Serving ADS on {options.xds_address} from {settings.objects.describe()}; "
         f"fleet member {cluster} of {hub.client.server}; sources: {names}"
     )
-    reporter = agent.Reporter(hub, cluster, sources, settings, interval.total_seconds())
     reporter.start()
     try:
         run(options, settings, elector)

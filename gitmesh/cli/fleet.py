@@ -4,6 +4,7 @@ and status (every member's compliance)."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from gitmesh.cli.base import (
 )
 from gitmesh.fleet import model
 from gitmesh.fleet.hub import Hub
+from gitmesh.fleet.wave import StageState, WaveState, WaveStatus
 from gitmesh.plan.model import Action
 from gitmesh.settings import Settings
 
@@ -146,18 +148,30 @@ def _kubeconfig(hub: Hub, cluster: str, token: str) -> str:
 
 
 @fleet.command("status")
-@examples("gitmesh fleet status --kubeconfig hub.kubeconfig", "gitmesh fleet status -o json")
+@examples(
+    "gitmesh fleet status --kubeconfig hub.kubeconfig",
+    "gitmesh fleet status eu-1",
+    "gitmesh fleet status -o json",
+)
+@click.argument("cluster", required=False)
 @backend_options
 @output_option("json", "yaml")
 @reports_errors
-def status(target: BackendChoice, output: str) -> None:
+def status(cluster: str | None, target: BackendChoice, output: str) -> None:
     """Every member's compliance, read from the hub (writes nothing): Compliant, Non-Compliant,
-    Pending, Suspended, or Unknown when its agent has not reported for longer than its unknownAfter."""
+    Pending, Suspended, or Unknown when its agent has not reported for longer than its unknownAfter.
+    With CLUSTER, that member alone, with what its last reconcile did to each object."""
     settings = target.open(read_only=True)
     if output == "text":
         target_header(settings)
     now = datetime.now(UTC)
-    members = [model.seen(obj, now) for obj in _hub(settings).clusters()]
+    hub = _hub(settings)
+    members = [model.seen(obj, now) for obj in hub.clusters()]
+    waves = [(c.name, c.wave_status) for c in hub.configurations() if c.wave_status is not None]
+    if cluster is not None:
+        members = [m for m in members if m.name == cluster]
+        if not members:
+            raise click.BadParameter(f"no cluster {cluster!r} has joined the fleet", param_hint="CLUSTER")
     if output != "text":
         emit(
             "fleet-status",
@@ -171,8 +185,12 @@ def status(target: BackendChoice, output: str) -> None:
                         "reason": m.reason,
                         "last_report_time": m.last_report.isoformat() if m.last_report else None,
                         "configurations": snake_keys([dict(c) for c in m.configurations]),
+                        "overlaps": snake_keys([dict(o) for o in m.overlaps]),
                     }
                     for m in members
+                ],
+                "waves": [
+                    {"configuration": name, **snake_keys(w.to_json())} for name, w in waves if cluster is None
                 ],
             },
             output,
@@ -181,22 +199,130 @@ def status(target: BackendChoice, output: str) -> None:
     if not members:
         out.print("No cluster has joined the fleet.")
         return
-    table = Table(box=None, pad_edge=False)
-    for column in ("CLUSTER", "LABELS", "COMPLIANCE", "CONFIGURATIONS", "LAST REPORT", "REASON"):
-        table.add_column(column)
-    for m in members:
-        configurations = ", ".join(
-            f"{c['name']}@{str(c.get('appliedRevision') or '-')[:12]}" for c in m.configurations
-        )
-        table.add_row(
-            m.name,
-            ",".join(f"{k}={v}" for k, v in sorted(m.labels.items())),
+    rows = [
+        [
+            Text(m.name),
+            Text(",".join(f"{k}={v}" for k, v in sorted(m.labels.items()))),
             Text(m.state.value, style=_STYLES[m.state]),
-            configurations or "-",
-            f"{(now - m.last_report).total_seconds():.0f}s ago" if m.last_report else "never",
+            Text(
+                ", ".join(
+                    f"{c['name']}@{str(c.get('appliedRevision') or '-')[:12]}" for c in m.configurations
+                )
+                or "-"
+            ),
+            Text(f"{(now - m.last_report).total_seconds():.0f}s ago" if m.last_report else "never"),
             Text(m.reason),
+        ]
+        for m in members
+    ]
+    out.print(_columns(("CLUSTER", "LABELS", "COMPLIANCE", "CONFIGURATIONS", "LAST REPORT", "REASON"), rows))
+    if cluster is not None:
+        _print_objects(members[0])
+        return
+    for name, w in waves:
+        _print_wave(name, w)
+
+
+_WAVE_STYLES = {
+    StageState.PASSED: "green",
+    StageState.ROLLED_BACK: "bold red",
+    StageState.WAITING_APPROVAL: "blue",
+    StageState.APPLYING: "yellow",
+    StageState.VERIFYING: "yellow",
+    StageState.PENDING: "",
+}
+
+
+def _print_wave(configuration: str, w: WaveStatus) -> None:
+    out.print(
+        Text(
+            f"\nWave of {configuration} toward {w.revision[:12]} (last good {w.last_good[:12]}): ",
+            style="bold",
+        )
+        + Text(w.state.value, style="bold red" if w.state is WaveState.HALTED else "bold")
+        + Text(f"  {w.reason}")
+    )
+    table = Table(box=None, pad_edge=False)
+    for column in ("STAGE", "STATE", "REVISION", "SINCE", "WHY"):
+        table.add_column(column)
+    for s in w.stages:
+        table.add_row(
+            s.name,
+            Text(s.state.value, style=_WAVE_STYLES[s.state]),
+            s.revision[:12],
+            s.since.strftime("%H:%M:%S"),
+            Text(s.reason),
         )
     out.print(table)
+
+
+@fleet.command("approve")
+@examples("gitmesh fleet approve mesh eu --kubeconfig hub.kubeconfig")
+@click.argument("configuration")
+@click.argument("stage")
+@backend_options
+@yes_option
+@reports_errors
+def approve(configuration: str, stage: str, target: BackendChoice, yes: bool) -> None:
+    """Approve the revision a configuration's wave brings for one of its stages (a stage with
+    approval: true waits for it); the approval is written to the configuration, for that revision only."""
+    settings = target.open()
+    target_header(settings)
+    hub = _hub(settings)
+    chosen = next((c for c in hub.configurations() if c.name == configuration), None)
+    if chosen is None or chosen.wave is None or chosen.wave_status is None:
+        raise click.BadParameter(
+            f"the hub has no wave of {configuration!r} under way", param_hint="CONFIGURATION"
+        )
+    if stage not in [s.name for s in chosen.wave.stages]:
+        names = ", ".join(s.name for s in chosen.wave.stages)
+        raise click.BadParameter(
+            f"{configuration} has no stage {stage!r} (its stages: {names})", param_hint="STAGE"
+        )
+    revision = chosen.wave_status.revision
+    confirm_write(settings, f"Approve {revision[:12]} of {configuration} for stage {stage}", yes)
+    hub.approve(configuration, stage, revision)
+    out.print(f"approved {revision[:12]} of {configuration} for stage {stage}")
+
+
+def _columns(header: Sequence[str], rows: Sequence[Sequence[Text]]) -> Text:
+    """One-line rows as one Text, each column padded to its widest cell (the last not at all). Rich's
+    Table measures every cell to wrap it, which over 1,000 members took longer than all the rest of
+    ``fleet status``; a long reason here runs on, and the terminal wraps it."""
+    lines = [[Text(h, style="bold") for h in header], *rows]
+    widths = [max(len(line[i].plain) for line in lines) for i in range(len(header))]
+    table = Text()
+    for line in lines:
+        for i, cell in enumerate(line):
+            table.append_text(cell)
+            if i < len(line) - 1:
+                table.append(" " * (widths[i] - len(cell.plain) + 2))
+        table.append("\n")
+    table.rstrip()
+    return table
+
+
+def _print_objects(member: model.Seen) -> None:
+    """Per configuration, what the member's last reconcile did to each object."""
+    for c in member.configurations:
+        results = c.get("objectResults") or []
+        omitted = int(c.get("objectResultsOmitted") or 0)
+        out.print(
+            Text(f"\n{c['name']} ({c.get('path') or '/'}): {len(results) + omitted} object(s)", style="bold")
+        )
+        if not results:
+            continue
+        table = Table(box=None, pad_edge=False)
+        for column in ("OBJECT", "RESULT", "WHY"):
+            table.add_column(column)
+        for r in results:
+            failed = r["result"] in ("invalid", "refused", "claimed")
+            table.add_row(
+                r["object"], Text(r["result"], style="bold red" if failed else ""), Text(r.get("message", ""))
+            )
+        out.print(table)
+        if omitted:
+            out.print(f"... and {omitted} more (the first {len(results)} are kept, failures first)")
 
 
 @fleet.command("plan")

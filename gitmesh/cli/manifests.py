@@ -341,7 +341,19 @@ def status(target: BackendChoice, namespace: str | None, output: str) -> None:
         ]
         sidecars = settings.state.xds.latest()
         where = {"target": settings.objects.describe(), "namespace": namespace}
-        emit("status", {**where, "sources": rows, "sidecars": sidecars}, output)
+        routes = [
+            {
+                "route": str(r.route),
+                "parent": r.parent,
+                "accepted": r.accepted,
+                "accepted_reason": r.accepted_reason,
+                "resolved_refs": r.resolved,
+                "resolved_refs_reason": r.resolved_reason,
+                "message": r.message,
+            }
+            for r in pipeline.live_route_statuses(settings)
+        ]
+        emit("status", {**where, "sources": rows, "routes": routes, "sidecars": sidecars}, output)
         return
     target_header(settings)
     if not statuses:
@@ -367,7 +379,20 @@ def status(target: BackendChoice, namespace: str | None, output: str) -> None:
             out.print(Text("  suspended   yes (gitmesh resume to reconcile again)", style="yellow"))
         if s.source in records:
             _print_conditions(records[s.source])
+    _print_routes(settings)
     _print_xds(settings)
+
+
+def _print_routes(settings: Settings) -> None:
+    """What gitmesh wrote in the status of the routes it applied, per Service parent."""
+    routes = pipeline.live_route_statuses(settings)
+    if routes:
+        out.print(Text("routes", style="bold"))
+    for r in routes:
+        out.print(
+            Text(f"  {render.route_line(r)}", style="green" if r.accepted and r.resolved else "red"),
+            soft_wrap=True,
+        )
 
 
 def _record(
@@ -423,6 +448,8 @@ def _print_xds(settings: Settings) -> None:
     provider = report.get("certificate_provider") or {}  # reports of older versions have none
     if provider.get("problem"):
         out.print(Text(f"  certificates not renewed: {provider['problem']}", style="red"), soft_wrap=True)
+    if provider.get("refused"):
+        out.print(Text(f"  certificate settings refused: {provider['refused']}", style="red"), soft_wrap=True)
 
 
 @install.command("crds")

@@ -17,7 +17,7 @@ from typing import Any
 
 from gitmesh.apis.kinds import KINDS, apply_rank
 from gitmesh.cluster.inventory import Applied, ChangeSet
-from gitmesh.cluster.port import Changes, Live, ObjectsFailed, Prediction, content_hash, owned
+from gitmesh.cluster.port import Changes, Live, ObjectsFailed, Prediction, StatusWrite, content_hash, owned
 from gitmesh.cluster.watch import MeshWatch
 from gitmesh.errors import ClusterError
 from gitmesh.kube import client, errors
@@ -185,6 +185,32 @@ class KubeObjects:
         except ClusterError as e:  # refused, or the server gone: the change set says so
             return e
         return str(applied["metadata"]["resourceVersion"])
+
+    def write_status(self, writes: Sequence[StatusWrite]) -> builtins.list[ClusterError]:
+        def write(w: StatusWrite) -> ClusterError | None:
+            res = _resource(w.ref.kind)
+            # The resourceVersion makes the apply conditional (409 when the object moved on); force
+            # takes a list another manager applied last (status.parents is one atomic list), whose
+            # other controllers' entries ``w.status`` carries as they were.
+            metadata = {
+                "name": w.ref.name,
+                "namespace": w.ref.namespace,
+                "resourceVersion": w.resource_version,
+            }
+            body = {
+                "apiVersion": res.api_version,
+                "kind": w.ref.kind,
+                "metadata": metadata,
+                "status": w.status,
+            }
+            try:
+                path = res.path(w.ref.namespace, w.ref.name) + "/status"
+                self.client.apply(path, body, FIELD_MANAGER, force=True, ref=w.ref)
+            except ClusterError as e:
+                return e
+            return None
+
+        return [e for e in self.client.parallel(write, writes) if e is not None]
 
     def install_crds(self, crds: Iterable[Mapping[str, Any]], timeout: float = 60) -> builtins.list[str]:
         """Apply CRDs, then wait until the API server serves every one of them (Established)."""

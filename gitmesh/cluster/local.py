@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import builtins
 import json
+import sqlite3
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from gitmesh.cluster.inventory import Applied, ChangeSet
-from gitmesh.cluster.port import Changes, Live, Prediction, content_hash, is_owned, owned
+from gitmesh.cluster.port import Changes, Live, Prediction, StatusWrite, content_hash, is_owned, owned
 from gitmesh.embedded import Database, now
+from gitmesh.errors import ClusterError
 from gitmesh.objects import ObjectRef
 
 SCHEMA = """
@@ -75,7 +77,9 @@ class LocalObjects:
                 counter += 1
                 r = ObjectRef.of(obj)
                 applied[r] = Applied(content_hash(obj), str(counter))
-                body = json.dumps(owned(obj), separators=(",", ":"), sort_keys=True)
+                body = json.dumps(
+                    _as_stored(owned(obj), self._body(db, r)), separators=(",", ":"), sort_keys=True
+                )
                 db.execute(
                     "INSERT INTO objects VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
                     "body = excluded.body, resource_version = excluded.resource_version",
@@ -90,6 +94,31 @@ class LocalObjects:
             db.execute("UPDATE counter SET value = ?", (counter,))
         return ChangeSet(applied, frozenset(changes.deletes), changes.unchanged)
 
+    def write_status(self, writes: Sequence[StatusWrite]) -> builtins.list[ClusterError]:
+        refused: builtins.list[ClusterError] = []
+        with self.db.transaction() as db:
+            (counter,) = db.execute("SELECT value FROM counter").fetchone()
+            for w in writes:
+                r = w.ref
+                key = (r.group, r.kind, r.namespace, r.name)
+                row = db.execute(_SELECT_ONE, key).fetchone()
+                if row is None or str(row[1]) != w.resource_version:
+                    refused.append(ClusterError(f"{r} changed since its status was computed"))
+                    continue
+                counter += 1
+                body = {**json.loads(row[0]), "status": dict(w.status)}
+                db.execute(
+                    "UPDATE objects SET body = ?, resource_version = ? WHERE grp = ? AND kind = ? "
+                    "AND namespace = ? AND name = ?",
+                    (json.dumps(body, separators=(",", ":"), sort_keys=True), counter, *key),
+                )
+            db.execute("UPDATE counter SET value = ?", (counter,))
+        return refused
+
+    def _body(self, db: sqlite3.Connection, r: ObjectRef) -> dict[str, Any] | None:
+        row = db.execute(_SELECT_ONE, (r.group, r.kind, r.namespace, r.name)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
     def contents(self, namespace: str) -> builtins.list[ObjectRef]:
         rows = self.db.connection().execute(
             "SELECT grp, kind, namespace, name FROM objects WHERE namespace = ? ORDER BY kind, name",
@@ -100,3 +129,27 @@ class LocalObjects:
     def watch(self) -> LocalObjects:
         """Every object here is the mesh's, and ``version()`` follows every write: it is its own watch."""
         return self
+
+
+_SELECT_ONE = (
+    "SELECT body, resource_version FROM objects WHERE grp = ? AND kind = ? AND namespace = ? AND name = ?"
+)
+
+
+def _as_stored(obj: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any]:
+    """An object written over ``before`` as Kubernetes stores it: its status kept (that is written
+    apart, like a status subresource) and ``metadata.generation`` counting the changes of the rest."""
+    if before is None:
+        obj["metadata"]["generation"] = 1
+        return obj
+    generation = int(before["metadata"].get("generation", 1))
+    if _spec(before) != _spec(obj):
+        generation += 1
+    obj["metadata"]["generation"] = generation
+    if "status" in before:
+        obj["status"] = before["status"]
+    return obj
+
+
+def _spec(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}

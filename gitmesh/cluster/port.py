@@ -49,13 +49,23 @@ class Changes:
     force: frozenset[ObjectRef] = frozenset()
 
 
+@dataclass(frozen=True)
+class StatusWrite:
+    """An object's new status, computed from its version ``resource_version``: written over that
+    version only, so that an entry another controller wrote meanwhile is never lost."""
+
+    ref: ObjectRef
+    resource_version: str
+    status: Mapping[str, Any]
+
+
 class ObjectsFailed(ClusterError):
     """The server refused some objects of a dry-run or an apply; ``failures`` has one error per object."""
 
-    def __init__(self, verb: str, failures: Sequence[ClusterError]) -> None:
+    def __init__(self, verb: str, failures: Sequence[ClusterError], lines: Sequence[str] = ()) -> None:
         self.verb, self.failures = verb, failures
-        lines = "\n".join(f"  {f}" for f in failures)
-        super().__init__(f"{len(failures)} object(s) could not be {verb}:\n{lines}")
+        said = "\n".join(lines or [f"  {f}" for f in failures])  # ``lines``: each failure told with its file
+        super().__init__(f"{len(failures)} object(s) could not be {verb}:\n{said}")
 
 
 class Watched(Protocol):
@@ -84,6 +94,10 @@ class ObjectPort(Protocol):
     def apply(self, changes: Changes) -> ChangeSet:
         """Write ``changes.writes`` in order, then delete ``changes.deletes`` in order, stopping at
         the first kind with a refusal; the refusals are in the change set, not raised."""
+
+    def write_status(self, writes: Sequence[StatusWrite]) -> builtins.list[ClusterError]:
+        """Write each object's status (its status subresource, whoever made the object); returns
+        what was not written: the object changed or went meanwhile, or the server refused."""
 
     def watch(self) -> Watched:
         """The cluster's objects, followed from now on."""

@@ -7,6 +7,8 @@ below is the one definition of it, and every problem in a file is reported at on
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,15 @@ import jsonschema
 import yaml
 
 from gitmesh import durations
-from gitmesh.certs.vault import VaultSettings
+from gitmesh.certs.certmanager import GROUP, CertManagerSettings
+from gitmesh.certs.choice import PROVIDERS, Choice
+from gitmesh.certs.vault import SERVICE_ACCOUNT_TOKEN, KubernetesAuth, VaultSettings
 from gitmesh.errors import ConfigError
 from gitmesh.revision.layout import NAMESPACE_NAME
 from gitmesh.sync.source import BasicAuth, Ref, RefKind, Source, SshAuth
 from gitmesh.sync.verify import Verification
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HTTP_ADDRESS = "127.0.0.1:9090"
 MIN_SECRET_BYTES = 16  # a webhook secret or bearer token shorter than this is refused (unless allowed)
@@ -38,22 +44,48 @@ _SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "required": ["provider"],
             "properties": {
-                "provider": {"enum": ["builtin", "vault"]},
+                "provider": {"enum": list(PROVIDERS)},
                 "vault": {
                     "type": "object",
                     "additionalProperties": False,
-                    "required": ["address", "role", "token_file"],
+                    "required": ["address", "role"],
                     "properties": {
                         "address": {"type": "string", "pattern": "^https?://"},
                         "mount": {"type": "string", "minLength": 1},
                         "role": {"type": "string", "minLength": 1},
                         "token_file": {"type": "string", "minLength": 1},
+                        "kubernetes": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["role"],
+                            "properties": {
+                                "role": {"type": "string", "minLength": 1},
+                                "mount": {"type": "string", "minLength": 1},
+                                "token_file": {"type": "string", "minLength": 1},
+                            },
+                        },
                         "ca_file": {"type": "string", "minLength": 1},
                     },
                 },
+                "cert_manager": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["issuer"],
+                    "properties": {
+                        "issuer": {"type": "string", "minLength": 1},
+                        "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                        "group": {"type": "string", "minLength": 1},
+                        "namespace": {"type": "string", "pattern": NAMESPACE_NAME},
+                    },
+                },
             },
-            "if": {"properties": {"provider": {"const": "vault"}}},
-            "then": {"required": ["vault"]},
+            "allOf": [
+                {"if": {"properties": {"provider": {"const": "vault"}}}, "then": {"required": ["vault"]}},
+                {
+                    "if": {"properties": {"provider": {"const": "cert-manager"}}},
+                    "then": {"required": ["cert_manager"]},
+                },
+            ],
         },
         "rollouts": {
             "type": "object",
@@ -140,7 +172,7 @@ class ControllerConfig:
     allow_short_webhook_secret: bool = False
     http_token_file: Path | None = None
     rollouts: RolloutSettings = RolloutSettings()
-    vault: VaultSettings | None = None  # workload certificates from Vault's PKI; None: the built-in CA
+    certificates: Choice | None = None  # where workload certificates come from; None: the file says not
 
 
 def load_config(path: Path) -> ControllerConfig:
@@ -196,6 +228,29 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
     reverts = rollouts.get("push_reverts")
     certificates = data.get("certificates") or {}
     vault = certificates.get("vault") if certificates.get("provider") == "vault" else None
+    kubernetes = (vault or {}).get("kubernetes")
+    if vault and ("token_file" in vault) == bool(kubernetes):
+        raise ValueError(
+            "certificates.vault: give token_file or kubernetes (Vault's Kubernetes auth), one of them"
+        )
+    vault_settings = (
+        VaultSettings(
+            vault["address"],
+            vault["role"],
+            base / vault["token_file"] if "token_file" in vault else None,
+            vault.get("mount", "pki"),
+            base / vault["ca_file"] if "ca_file" in vault else None,
+            KubernetesAuth(
+                kubernetes["role"],
+                kubernetes.get("mount", "kubernetes"),
+                base / kubernetes["token_file"] if "token_file" in kubernetes else SERVICE_ACCOUNT_TOKEN,
+            )
+            if kubernetes
+            else None,
+        )
+        if vault
+        else None
+    )
     return ControllerConfig(
         tuple(sources),
         data.get("http_address"),
@@ -205,16 +260,40 @@ def _parse(data: dict[str, Any], base: Path) -> ControllerConfig:
         RolloutSettings(
             rollouts.get("prometheus"), rollouts.get("webhook"), reverts and _relative_to(base, reverts)
         ),
-        VaultSettings(
-            vault["address"],
-            vault["role"],
-            base / vault["token_file"],
-            vault.get("mount", "pki"),
-            base / vault["ca_file"] if "ca_file" in vault else None,
-        )
-        if vault
+        Choice(certificates["provider"], vault_settings, _cert_manager(certificates))
+        if certificates
         else None,
     )
+
+
+class CertificatesFile:
+    """The certificate provider a configuration file chooses (None: it names none), read again
+    whenever the file changes (``gitmesh run`` switches to it while serving). A file that no longer
+    loads keeps the last choice, and says why once."""
+
+    def __init__(self, path: Path, first: Choice | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()  # called from the serving loop and from status readers
+        self._choice = first
+        self._seen = self._stamp()
+
+    def __call__(self) -> Choice | None:
+        with self._lock:
+            stamp = self._stamp()
+            if stamp != self._seen:
+                self._seen = stamp
+                try:
+                    self._choice = load_config(self.path).certificates
+                except ConfigError as e:
+                    log.error("keeping the certificate provider %s: %s", self._choice or "builtin", e)
+            return self._choice
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
 
 
 def read_webhook_secret(path: Path, allow_short: bool) -> bytes:
@@ -247,6 +326,18 @@ def _read_secret(path: Path, what: str, min_bytes: int, allow_hint: str) -> byte
             f"with: openssl rand -hex 32{allow_hint}"
         )
     return secret
+
+
+def _cert_manager(certificates: dict[str, Any]) -> CertManagerSettings | None:
+    found = certificates.get("cert_manager")
+    if certificates["provider"] != "cert-manager" or not found:
+        return None
+    return CertManagerSettings(
+        found["issuer"],
+        found.get("kind", "Issuer"),
+        found.get("group", GROUP),
+        found.get("namespace", CertManagerSettings.namespace),
+    )
 
 
 def _verification(base: Path, verify: dict[str, str]) -> Verification:

@@ -18,14 +18,17 @@ from datetime import UTC, datetime
 import git
 
 from gitmesh import pipeline
+from gitmesh.cluster.port import ObjectsFailed
 from gitmesh.controller import conditions
 from gitmesh.controller.conditions import Result
 from gitmesh.controller.metrics import Metrics
 from gitmesh.errors import ClusterError, GitmeshError, PlanError, SourceError, StalePlan
-from gitmesh.plan.model import Plan
+from gitmesh.kube.errors import ApiError
+from gitmesh.objects import ObjectRef
+from gitmesh.plan.model import Action, Plan
 from gitmesh.rollout import driver
 from gitmesh.settings import Settings
-from gitmesh.state.records import HISTORY_LENGTH, Reconcile, SourceRecord
+from gitmesh.state.records import HISTORY_LENGTH, ObjectResult, Reconcile, SourceRecord, kept_objects
 from gitmesh.sync.git import SourceUnavailable
 from gitmesh.sync.source import Source, fetch, read, resolve
 from gitmesh.sync.verify import verify_commit
@@ -46,6 +49,7 @@ class _Progress:
     seen: str | None = None  # the head last reconciled by this process
     failures: int = 0  # consecutive failures that are retried
     attempted: bool = False  # a first attempt has finished (for /readyz)
+    declared: frozenset[ObjectRef] | None = None  # every object of the revision last read (None: none yet)
 
 
 class Reconciler:
@@ -135,7 +139,7 @@ class Reconciler:
             message = f"Reconciling {ref}@sha1:{sha[:12]}"
             self._update(name, conditions=conditions.progressing(before, message, _now()), last_attempted=sha)
         try:
-            result, summary = self._reconcile(repo, source, settings, sha, ref)
+            result, summary, objects = self._reconcile(repo, source, settings, sha, ref)
         except _Abandoned:  # stopping: nothing was written; the next start reconciles it again
             log.info("stopping: %s@%s not applied", name, sha[:12], extra={"source": name})
             return None
@@ -155,10 +159,17 @@ class Reconciler:
         self.metrics.duration.labels(name).observe(duration)
         if result is Result.APPLIED:
             self.metrics.last_applied.labels(name).set(time.time())
+        kept, omitted = (
+            kept_objects(objects)
+            if objects is not None
+            else (progress.record.objects, progress.record.objects_omitted)
+        )
         self._update(
             name,
             seen=head,
             finished=True,
+            objects=kept,
+            objects_omitted=omitted,
             conditions=before
             if back and result.succeeded
             else conditions.finished(progress.record.conditions, result, message, _now()),
@@ -185,51 +196,83 @@ class Reconciler:
 
     def _reconcile(
         self, repo: git.Repo, source: Source, settings: Settings, sha: str, ref: str
-    ) -> tuple[Result, str]:
+    ) -> tuple[Result, str, list[ObjectResult] | None]:
+        """How it ended, and what became of each object (None: it never got as far as objects)."""
         if source.verify is not None:
             try:
                 verify_commit(repo, sha, source.verify)
             except SourceError as e:
-                return Result.UNVERIFIED, str(e)
+                return Result.UNVERIFIED, str(e), None
         try:
             revision = read(repo, source, sha, ref)
         except SourceError as e:
-            return Result.INVALID, str(e)
+            return Result.INVALID, str(e), None
         validated = pipeline.check(revision, settings.objects)
+        with self._lock:
+            self._progress[source.name].declared = validated.declared | {m.ref for m in validated.desired}
         if not validated.ok:
             first = validated.errors[0]
-            return Result.INVALID, (
+            return (
+                Result.INVALID,
                 f"invalid: {len(validated.errors)} error(s), the first {first.location}: "
-                f"{first.code} {first.path + ': ' if first.path else ''}{first.message}"
+                f"{first.code} {first.path + ': ' if first.path else ''}{first.message}",
+                [
+                    ObjectResult(
+                        str(d.ref),
+                        "invalid",
+                        f"{d.location}: {d.code} {d.path + ': ' if d.path else ''}{d.message}",
+                    )
+                    for d in validated.errors
+                    if d.ref is not None
+                ],
             )
         try:
             with self.apply_lock:
-                plan = pipeline.plan(revision, validated, settings, source.name)
+                plan = pipeline.plan(
+                    revision, validated, settings, source.name, self._declared_by_others(source.name)
+                )
                 # A split whose weights change under a rollout policy moves one step now; one whose
                 # rollout is under way keeps its live weights (the runner walks them), so that is no drift.
                 plan = driver.prepare(plan, settings, time.time())
                 if not plan.has_changes:
                     if any(step.record is not None for step in plan.rollouts):
                         self._apply(plan, settings, source)  # a rollout takes a new policy
-                    return Result.UNCHANGED, plan.summary()
+                    return Result.UNCHANGED, plan.summary(), _done(plan)
                 if self._stopping.is_set():
                     raise _Abandoned
                 log.info(
                     "applying %s@%s: %s", source.name, sha[:12], plan.summary(), extra={"source": source.name}
                 )
                 self._apply(plan, settings, source)
-                return Result.APPLIED, plan.summary()
+                return Result.APPLIED, plan.summary(), _done(plan)
         except StalePlan as e:
-            return Result.FAILED, str(e)
+            return Result.FAILED, str(e), None
+        except pipeline.Claimed as e:  # retried: it clears once the other source lets them go
+            return (
+                Result.FAILED,
+                str(e),
+                [ObjectResult(str(ref), "claimed", f"applied by {owner}") for ref, owner in e.claims.items()],
+            )
         except PlanError as e:
-            return Result.REFUSED, str(e)
+            return Result.REFUSED, str(e), None
+        except ObjectsFailed as e:  # the objects the cluster refused, each with its reason; retried
+            return Result.FAILED, str(e), _refused(e)
         except GitmeshError as e:  # the cluster's (ClusterError) or any other: recorded alike, and retried
-            return Result.FAILED, str(e)
+            return Result.FAILED, str(e), None
 
     def _apply(self, plan: Plan, settings: Settings, source: Source) -> None:
         """The one place the controller applies a plan; its rollouts start with it."""
         pipeline.apply(plan, settings, allow_empty=source.allow_empty)
         driver.begin(plan, self.notify)
+
+    def _declared_by_others(self, name: str) -> dict[str, frozenset[ObjectRef]]:
+        """What the other sources' last revisions declare, for those read since this process started."""
+        with self._lock:
+            return {
+                other: p.declared
+                for other, p in self._progress.items()
+                if other != name and p.declared is not None
+            }
 
     def _retry(self, progress: _Progress, source: Source) -> float:
         """One more consecutive failure: the seconds to wait before retrying."""
@@ -256,6 +299,26 @@ class Reconciler:
                 progress.attempted = True
 
 
+_DONE = {
+    Action.CREATE: "created",
+    Action.UPDATE: "updated",
+    Action.DELETE: "deleted",
+    Action.NOOP: "unchanged",
+}
+
+
+def _done(plan: Plan) -> list[ObjectResult]:
+    return [ObjectResult(str(c.ref), _DONE[c.action]) for c in plan.changes]
+
+
+def _refused(e: ObjectsFailed) -> list[ObjectResult]:
+    return [
+        ObjectResult(str(f.ref), "refused", f.detail)
+        for f in e.failures
+        if isinstance(f, ApiError) and f.ref is not None
+    ]
+
+
 def choose(
     head: str,
     *,
@@ -270,7 +333,15 @@ def choose(
     None: nothing to do, the head was reconciled and nothing asks for more."""
     if head == seen and not failures and not triggers & FORCING:
         return None
-    if triggers == {"drift"} and head == seen and stalled and last_applied is not None:
+    # Drift may arrive together with a poll or webhook (triggers coalesce under load): an unchanged,
+    # stalled head is still not retried; only asking for it by hand does that.
+    if (
+        "drift" in triggers
+        and "manual" not in triggers
+        and head == seen
+        and stalled
+        and last_applied is not None
+    ):
         return last_applied, True
     return head, False
 

@@ -16,14 +16,13 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gitmesh import serve
-from gitmesh.certs import ca
+from gitmesh import pipeline, serve
+from gitmesh.certs.choice import Choice
 from gitmesh.certs.store import Keeper
-from gitmesh.certs.vault import VaultPki, VaultSettings
 from gitmesh.cluster.port import Live, Watched
 from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, RolloutSettings
 from gitmesh.controller.console import Console, LiveMesh
@@ -34,6 +33,7 @@ from gitmesh.controller.reconciler import Reconciler
 from gitmesh.controller.schedule import Controller
 from gitmesh.errors import GitmeshError
 from gitmesh.kube import review
+from gitmesh.kube.certificate_requests import CertificateRequests
 from gitmesh.rollout import driver
 from gitmesh.rollout.envoy_stats import EnvoyStats
 from gitmesh.rollout.metrics import MetricsSource
@@ -57,14 +57,19 @@ class Options:
     http_address: str | None = None  # None: DEFAULT_HTTP_ADDRESS when there are sources, else no port
     webhook_secret: bytes | None = None
     http_token: bytes | None = None  # the bearer token that lets a client ask for a reconcile
-    cert_lifetime: datetime.timedelta = ca.DEFAULT_LIFETIME  # of the workload certificates served
+    cert_lifetime: datetime.timedelta | None = None  # of workload certificates; None: MeshConfig's, or 24h
     rollouts: RolloutSettings = field(default_factory=RolloutSettings)
     inject: Injection | None = None  # serve the sidecar-injection webhook
     fleet: Fleet | None = None  # a reader of a fleet's hub, shown on /metrics and /console
-    vault: VaultSettings | None = None  # workload certificates from Vault's PKI, not the built-in CA
+    # Told, once made, how to give a source a new ref and where the mesh's metrics come from (a fleet
+    # agent follows a wave's commit and measures its member's mesh health with them).
+    attach: Callable[[Callable[[Source], None], MetricsSource], None] | None = None
+    # The workload certificates' provider the configuration names (None: none), asked again and again.
+    certificates: Callable[[], Choice | None] = lambda: None
 
 
 ROLLOUT_TICK_SECONDS = 1.0  # how often rollouts under way are looked at (each analyses on its interval)
+ROUTE_STATUS_SECONDS = 1.0  # how often the mesh's version is looked at for route status to write
 FILES_KEPT = 128  # open files kept from sidecars for the store, Git, sidecar stats and logs
 STOP_DEADLINE = 9.0  # seconds from SIGTERM to exit, an apply or a remote under way or not
 
@@ -83,6 +88,13 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
     address = options.http_address or (DEFAULT_HTTP_ADDRESS if options.sources or options.fleet else None)
     open_files = _raise_open_files_limit()
     reporting = _Reporting(settings.objects.watch(), settings.state.xds, metrics)
+    mesh_metrics: MetricsSource = (
+        Prometheus(options.rollouts.prometheus)
+        if options.rollouts.prometheus
+        else EnvoyStats(lambda: reporting.sidecars)
+    )
+    if options.attach:
+        options.attach(controller.retarget, mesh_metrics)
     port = (
         ControllerPort(
             address,
@@ -105,11 +117,14 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
     )
     rollouts = threading.Thread(
         target=_walk_rollouts,
-        args=(options.rollouts, settings, reporting, reconciler.apply_lock, notify, stopping),
+        args=(options.rollouts, settings, mesh_metrics, reconciler.apply_lock, notify, stopping),
         name="rollouts",
         daemon=True,
     )
-    leading = _Leading(controller, rollouts, elector, stopping)
+    statuses = threading.Thread(
+        target=_write_route_status, args=(settings, reporting, stopping), name="route-status", daemon=True
+    )
+    leading = _Leading(controller, (rollouts, statuses), elector, stopping)
     injecting = (
         InjectWebhook(
             options.inject.address,
@@ -130,30 +145,35 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
     try:
         cluster = settings.cluster
         pods = functools.partial(review.pod, cluster) if cluster is not None else None
-        asyncio.run(_run(options, leading, port, reporting, settings.state.ca, xds_connections, pods))
+        requests = CertificateRequests(cluster) if cluster is not None else None
+        asyncio.run(
+            _run(options, leading, port, reporting, settings.state.ca, xds_connections, pods, requests)
+        )
     finally:
         stopping.set()
         if injecting:
             injecting.stop()
-        if rollouts.ident is not None:  # started: this replica led
-            rollouts.join(timeout=10)
+        for worker in (rollouts, statuses):
+            if worker.ident is not None:  # started: this replica led
+                worker.join(timeout=10)
         leading.release()
 
 
 class _Leading:
-    """Starts the reconciles and rollouts: at once, or once the elector holds the Lease. Losing it
+    """Starts the reconciles and the workers (rollouts, route status): at once, or once the elector
+    holds the Lease. Losing it
     ends the process there and then (an apply under way included): the Lease's deadlines leave
     another replica no chance to apply before."""
 
     def __init__(
         self,
         controller: Controller,
-        rollouts: threading.Thread,
+        workers: tuple[threading.Thread, ...],
         elector: Elector | None,
         stopping: threading.Event,
     ) -> None:
         self.controller = controller
-        self.rollouts = rollouts
+        self.workers = workers
         self.elector = elector
         self.stopping = stopping
         self._started = False
@@ -175,7 +195,7 @@ class _Leading:
     def release(self) -> None:
         """Once nothing applies here any more (stopped, rollouts ended), give the Lease up: the next
         leader need not wait for it to expire."""
-        if self.elector is None or self._electing is None or self.rollouts.is_alive():
+        if self.elector is None or self._electing is None or any(w.is_alive() for w in self.workers):
             return
         self._electing.join()  # its step under way could take the Lease again
         self.elector.release()
@@ -192,7 +212,8 @@ class _Leading:
                 return
             self._started = True
             self.controller.start()
-            self.rollouts.start()
+            for worker in self.workers:
+                worker.start()
 
     def stop(self) -> None:
         """No new runs; waits for the ones under way."""
@@ -222,16 +243,13 @@ def _raise_open_files_limit() -> int:
 def _walk_rollouts(
     rollouts: RolloutSettings,
     settings: Settings,
-    reporting: _Reporting,
+    metrics: MetricsSource,
     apply_lock: threading.Lock,
     notify: driver.Notify,
     stopping: threading.Event,
 ) -> None:
     """Walk every rollout under way, reading metrics from Prometheus or from the connected sidecars.
     A tick holds the reconciler's apply lock: a step written meanwhile would make its plan stale."""
-    metrics: MetricsSource = (
-        Prometheus(rollouts.prometheus) if rollouts.prometheus else EnvoyStats(lambda: reporting.sidecars)
-    )
     runner = driver.Runner(settings, metrics, notify, rollouts.push_reverts)
     while not stopping.wait(ROLLOUT_TICK_SECONDS):
         try:
@@ -239,6 +257,21 @@ def _walk_rollouts(
                 runner.tick(time.time())
         except GitmeshError as e:  # the cluster may be back next time; the state is kept
             log.warning("rollout tick failed: %s", e)
+
+
+def _write_route_status(settings: Settings, reporting: _Reporting, stopping: threading.Event) -> None:
+    """Keep every route's status in step with the mesh served: each time anything the mesh reads
+    changes (a route anyone made, a Service, a ReferenceGrant), the statuses that differ are written."""
+    seen = None
+    while not stopping.wait(ROUTE_STATUS_SECONDS):
+        version = reporting.version()
+        if version == seen:
+            continue
+        try:
+            pipeline.write_route_status(settings, (live.obj for live in reporting.list_managed().values()))
+            seen = version
+        except GitmeshError as e:  # the cluster may be back next time
+            log.warning("route status not written: %s", e)
 
 
 async def _run(
@@ -249,6 +282,7 @@ async def _run(
     keeper: Keeper,
     xds_connections: int,
     pods: serve.Pods | None,
+    certificate_requests: CertificateRequests | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -263,7 +297,8 @@ async def _run(
             options.xds_address,
             keeper=keeper,
             cert_lifetime=options.cert_lifetime,
-            issuer=VaultPki(options.vault) if options.vault else None,
+            certificates=options.certificates,
+            certificate_requests=certificate_requests,
             stop=stop,
             max_connections=xds_connections,
             pods=pods,

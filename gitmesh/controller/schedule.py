@@ -19,6 +19,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from gitmesh.controller.reconciler import Reconciler
 from gitmesh.errors import GitmeshError
+from gitmesh.sync.source import Source
 
 log = logging.getLogger("gitmesh.controller")
 
@@ -74,6 +75,12 @@ class Controller:
                 return True
         self.scheduler.modify_job(name, next_run_time=datetime.now(UTC))
         return True
+
+    def retarget(self, source: Source) -> None:
+        """Follow another ref for a known source (same name, repository and path) and reconcile it
+        now: a fleet wave moving the member's commit."""
+        self.reconciler.sources[source.name] = source
+        self.trigger(source.name, "manual")
 
     def _run(self, name: str) -> None:
         with self._lock:

@@ -10,13 +10,15 @@ and write only its own FleetCluster's status.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from gitmesh.errors import ClusterError
 from gitmesh.fleet.model import DEFAULT_UNKNOWN_AFTER, GROUP, NAMESPACE, VERSION, Configuration, Member
+from gitmesh.fleet.wave import StageState, WaveState
 from gitmesh.kube import errors
 from gitmesh.kube.client import Client, Resource
+from gitmesh.state.records import MESSAGE_KEPT, OBJECTS_KEPT
 
 CLUSTERS = Resource(GROUP, VERSION, "fleetclusters", True)
 CONFIGURATIONS = Resource(GROUP, VERSION, "fleetconfigurations", True)
@@ -26,6 +28,7 @@ ROLES = Resource(_RBAC, "v1", "roles", True)
 ROLE_BINDINGS = Resource(_RBAC, "v1", "rolebindings", True)
 MANAGER = "gitmesh-fleet"  # the field manager of what install and join write
 AGENT_MANAGER = "gitmesh-fleet-agent"  # the field manager of an agent's status reports
+WAVE_MANAGER = "gitmesh-fleet-waves"  # the field manager of the waves' status
 LABELS = {"app.kubernetes.io/managed-by": MANAGER, "app.kubernetes.io/part-of": "gitmesh"}
 
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
@@ -56,6 +59,14 @@ _CLUSTER_STATUS = {
         "compliance": _COMPLIANCE,
         "reason": {"type": "string"},
         "lastReportTime": {"type": "string", "format": "date-time"},
+        "overlaps": {
+            "type": "array",
+            "description": "Objects two configurations declare: the first to apply one keeps it.",
+            "items": {
+                "type": "object",
+                "properties": {k: {"type": "string"} for k in ("object", "appliedBy", "refusedTo")},
+            },
+        },
         "configurations": {
             "type": "array",
             "items": {
@@ -69,6 +80,31 @@ _CLUSTER_STATUS = {
                     "desiredRevision": {"type": "string"},
                     "appliedRevision": {"type": "string"},
                     "objects": {"type": "integer"},
+                    "objectResults": {
+                        "type": "array",
+                        "description": "What the last reconcile did with each object, failures first.",
+                        "maxItems": OBJECTS_KEPT,
+                        "items": {
+                            "type": "object",
+                            "required": ["object", "result"],
+                            "properties": {
+                                "object": {"type": "string"},
+                                "result": {"type": "string"},
+                                "message": {"type": "string", "maxLength": MESSAGE_KEPT},
+                            },
+                        },
+                    },
+                    "objectResultsOmitted": {"type": "integer"},
+                    "health": {
+                        "type": "object",
+                        "description": "Its mesh health at the applied revision (a configuration in waves).",
+                        "properties": {
+                            "revision": {"type": "string"},
+                            "verdict": {"type": "string", "enum": ["pass", "fail", "hold"]},
+                            "reasons": {"type": "array", "items": {"type": "string"}},
+                            "passingSince": {"type": "string", "format": "date-time"},
+                        },
+                    },
                 },
             },
         },
@@ -89,6 +125,42 @@ _CONFIGURATION_SPEC = {
         "namespace": {"type": "string", "description": "The namespace of objects that name none."},
         "interval": {**_DURATION, "description": "How often agents fetch (default 1m)."},
         "clusterSelector": {**_SELECTOR, "description": "The clusters it applies to (all when empty)."},
+        "wave": {
+            "type": "object",
+            "description": "Roll each new revision out by stages, each gated on the one before being "
+            "Compliant and healthy (gitmesh run --fleet-view walks it).",
+            "required": ["stages"],
+            "properties": {
+                "stages": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "clusterSelector": {
+                                **_SELECTOR,
+                                "description": "Its clusters (not in an earlier stage); all when empty.",
+                            },
+                            "wait": {**_DURATION, "description": "How long mesh health must pass."},
+                            "approval": {"type": "boolean", "description": "A person approves it first."},
+                        },
+                    },
+                },
+                "health": {
+                    "type": "object",
+                    "description": "What every backend of the configuration's splits must show, per member.",
+                    "properties": {
+                        "successRate": {"type": "number", "minimum": 0, "maximum": 100},
+                        "latencyP99": {"type": "number", "minimum": 0, "description": "Milliseconds."},
+                        "minRequests": {"type": "integer", "minimum": 0},
+                        "window": _DURATION,
+                    },
+                },
+                "approvals": {**_STRING_MAP, "description": "Stage -> the revision approved for it."},
+            },
+        },
         "overlays": {
             "type": "array",
             "description": "Directories replacing path for some clusters; the first that applies wins.",
@@ -105,6 +177,35 @@ _CONFIGURATION_SPEC = {
     },
 }
 
+
+_CONFIGURATION_STATUS = {
+    "type": "object",
+    "description": "Written by the wave walker.",
+    "properties": {
+        "wave": {
+            "type": "object",
+            "properties": {
+                "revision": {"type": "string"},
+                "lastGood": {"type": "string"},
+                "state": {"type": "string", "enum": [s.value for s in WaveState]},
+                "reason": {"type": "string"},
+                "stages": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "revision": {"type": "string"},
+                            "state": {"type": "string", "enum": [s.value for s in StageState]},
+                            "reason": {"type": "string"},
+                            "since": {"type": "string", "format": "date-time"},
+                        },
+                    },
+                },
+            },
+        }
+    },
+}
 
 # A configuration's name is its source's name in every member (inventories, records): refused at the
 # hub when a member could not use it.
@@ -166,10 +267,11 @@ def hub_objects() -> list[dict[str, Any]]:
             CONFIGURATIONS.plural,
             "fconf",
             _CONFIGURATION_SPEC,
-            None,
+            _CONFIGURATION_STATUS,
             [
                 {"name": "Repository", "type": "string", "jsonPath": ".spec.repository"},
                 {"name": "Path", "type": "string", "jsonPath": ".spec.path"},
+                {"name": "Wave", "type": "string", "jsonPath": ".status.wave.state"},
             ],
             name=_SOURCE_NAME,
         ),
@@ -242,6 +344,15 @@ class Hub:
         items = self.client.get(CONFIGURATIONS.path(NAMESPACE)).get("items") or []
         return [Configuration.of(obj) for obj in items]
 
+    def list_configurations(self) -> tuple[list[dict[str, Any]], str]:
+        """Every FleetConfiguration as the server has it, and the list's resourceVersion to watch from."""
+        body = self.client.get(CONFIGURATIONS.path(NAMESPACE))
+        return list(body.get("items") or ()), str((body.get("metadata") or {}).get("resourceVersion") or "")
+
+    def watch_configurations(self, resource_version: str, seconds: int) -> Iterator[dict[str, Any]]:
+        """The FleetConfigurations' events from ``resource_version`` until the server ends the watch."""
+        return self.client.watch(CONFIGURATIONS.path(NAMESPACE), resource_version, seconds)
+
     def clusters(self) -> list[dict[str, Any]]:
         """Every FleetCluster, status included, in name order."""
         items = self.client.get(CLUSTERS.path(NAMESPACE)).get("items") or []
@@ -256,6 +367,27 @@ class Hub:
             "status": dict(status),
         }
         self.client.apply(CLUSTERS.path(NAMESPACE, name) + "/status", body, AGENT_MANAGER, force=True)
+
+    def write_wave(self, configuration: str, wave: Mapping[str, Any]) -> None:
+        """Write a configuration's wave (its status subresource, as the walker)."""
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "FleetConfiguration",
+            "metadata": {"name": configuration, "namespace": NAMESPACE},
+            "status": {"wave": dict(wave)},
+        }
+        self.client.apply(
+            CONFIGURATIONS.path(NAMESPACE, configuration) + "/status", body, WAVE_MANAGER, force=True
+        )
+
+    def approve(self, configuration: str, stage: str, revision: str) -> None:
+        """Approve ``revision`` for a stage of a configuration's wave (its spec, as a person)."""
+        self.client.request(
+            "PATCH",
+            CONFIGURATIONS.path(NAMESPACE, configuration),
+            body={"spec": {"wave": {"approvals": {stage: revision}}}},
+            content_type="application/merge-patch+json",
+        )
 
     def join(self, objects: list[dict[str, Any]]) -> list[str]:
         """Apply a member's objects; returns them as kind/name."""

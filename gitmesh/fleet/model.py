@@ -18,7 +18,8 @@ from typing import Any
 from gitmesh import durations
 from gitmesh.controller import conditions
 from gitmesh.errors import ConfigError
-from gitmesh.state.records import SourceRecord
+from gitmesh.fleet.wave import Wave, WaveStatus
+from gitmesh.state.records import ObjectResult, SourceRecord
 from gitmesh.sync.source import Ref, RefKind, Source
 
 GROUP = "gitmesh.dev"
@@ -84,6 +85,8 @@ class Configuration:
     interval: float
     match_labels: Mapping[str, str]
     overlays: tuple[Overlay, ...]
+    wave: Wave | None = None  # roll new revisions out by stages
+    wave_status: WaveStatus | None = None  # where its wave stands (None: not walked yet)
 
     @classmethod
     def of(cls, obj: Mapping[str, Any]) -> Configuration:
@@ -111,6 +114,10 @@ class Configuration:
                 )
                 for o in spec.get("overlays") or ()
             ),
+            wave=Wave.of(spec["wave"]) if spec.get("wave") else None,
+            wave_status=WaveStatus.of(status["wave"])
+            if (status := obj.get("status") or {}).get("wave")
+            else None,
         )
 
     def selects(self, member: Member) -> bool:
@@ -118,12 +125,16 @@ class Configuration:
 
     def source(self, member: Member) -> Source:
         """The Git source the member's agent follows for this configuration: its overlay's path (the
-        first that applies), else the configuration's."""
+        first that applies), else the configuration's; with a wave under way, the commit the
+        member's stage has reached."""
         overlay = next((o for o in self.overlays if o.applies_to(member)), None)
+        ref = self.ref
+        if self.wave and self.wave_status:
+            ref = Ref(RefKind.COMMIT, self.wave_status.revision_for(self.wave.stage_of(member.labels)))
         return Source(
             name=self.name,
             url=self.repository,
-            ref=self.ref,
+            ref=ref,
             path=overlay.path if overlay else self.path,
             interval=self.interval,
             namespace=self.namespace,
@@ -161,6 +172,10 @@ class Compliance:
     desired_revision: str | None  # the head of the configuration's ref the agent last fetched
     applied_revision: str | None  # what is applied in the member
     objects: int  # objects applied for it
+    # What the last reconcile did with each object (failures first, at most OBJECTS_KEPT of them)
+    results: tuple[ObjectResult, ...] = ()
+    results_omitted: int = 0
+    health: Mapping[str, Any] = field(default_factory=dict)  # mesh health, for a configuration in waves
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -171,10 +186,22 @@ class Compliance:
             "desiredRevision": self.desired_revision or "",
             "appliedRevision": self.applied_revision or "",
             "objects": self.objects,
+            "objectResults": [
+                {"object": r.object, "result": r.result, **({"message": r.message} if r.message else {})}
+                for r in self.results
+            ],
+            "objectResultsOmitted": self.results_omitted,
+            **({"health": dict(self.health)} if self.health else {}),
         }
 
 
-def compliance(source: Source, record: SourceRecord | None, suspended: bool, objects: int) -> Compliance:
+def compliance(
+    source: Source,
+    record: SourceRecord | None,
+    suspended: bool,
+    objects: int,
+    health: Mapping[str, Any] | None = None,
+) -> Compliance:
     """A configuration's state on a member from its source's record: Compliant once the revision
     last fetched is the one applied and Ready; Non-Compliant with Ready's message when it failed
     (invalid, refused, Git unreachable: the last good revision stays applied); Pending before the
@@ -182,8 +209,12 @@ def compliance(source: Source, record: SourceRecord | None, suspended: bool, obj
     applied = record.last_applied if record else None
     desired = record.last_attempted if record else None
 
+    results, omitted = (record.objects, record.objects_omitted) if record else ((), 0)
+
     def made(state: State, reason: str) -> Compliance:
-        return Compliance(source.name, state, reason, source.path, desired, applied, objects)
+        return Compliance(
+            source.name, state, reason, source.path, desired, applied, objects, results, omitted, health or {}
+        )
 
     if suspended:
         return made(State.SUSPENDED, "reconciles are suspended on this member")
@@ -205,14 +236,55 @@ def overall(configurations: Sequence[Compliance]) -> tuple[State, str]:
     return worst.state, f"{worst.configuration}: {worst.reason}"
 
 
+@dataclass(frozen=True)
+class Overlap:
+    """An object two configurations declare on one member: the one that applied it first keeps it,
+    the other is refused it (and neither's prune deletes it while the other declares it)."""
+
+    object: str
+    applied_by: str
+    refused_to: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"object": self.object, "appliedBy": self.applied_by, "refusedTo": self.refused_to}
+
+
+def overlaps(configurations: Sequence[Compliance]) -> list[Overlap]:
+    """The objects a member's configurations both declare, from their per-object results."""
+    found = []
+    for c in configurations:
+        for r in c.results:
+            if r.result != "claimed":
+                continue
+            owner = next(
+                (
+                    o.configuration
+                    for o in configurations
+                    if o is not c and any(x.object == r.object for x in o.results)
+                ),
+                r.message.removeprefix("applied by "),  # a source of the member's own, or a result left out
+            )
+            found.append(Overlap(r.object, owner, c.configuration))
+    return found
+
+
 def report(configurations: Sequence[Compliance], now: datetime) -> dict[str, Any]:
-    """The FleetCluster status an agent writes."""
+    """The FleetCluster status an agent writes; overlapping configurations are the cluster's reason."""
     state, reason = overall(configurations)
+    overlapping = overlaps(configurations)
+    if overlapping:
+        first = overlapping[0]
+        pairs = sorted({(o.applied_by, o.refused_to) for o in overlapping})
+        reason = (
+            f"overlapping configurations: {', '.join(f'{a} and {b}' for a, b in pairs)} declare the same "
+            f"{len(overlapping)} object(s) ({first.object}, ...); each is left as the first applied it"
+        )
     return {
         "compliance": state.value,
         "reason": reason,
         "lastReportTime": now.isoformat().replace("+00:00", "Z"),
         "configurations": [c.to_json() for c in configurations],
+        "overlaps": [o.to_json() for o in overlapping],
     }
 
 
@@ -226,6 +298,7 @@ class Seen:
     reason: str
     last_report: datetime | None
     configurations: tuple[Mapping[str, Any], ...]
+    overlaps: tuple[Mapping[str, Any], ...] = ()  # as its agent last reported them
 
 
 def seen(obj: Mapping[str, Any], now: datetime) -> Seen:
@@ -235,12 +308,15 @@ def seen(obj: Mapping[str, Any], now: datetime) -> Seen:
     status = obj.get("status") or {}
     last = durations.instant(status.get("lastReportTime"))
     configurations = tuple(status.get("configurations") or ())
+    overlapping = tuple(status.get("overlaps") or ())
     if last is None:
-        return Seen(member.name, member.labels, State.UNKNOWN, "no report yet", None, configurations)
+        return Seen(
+            member.name, member.labels, State.UNKNOWN, "no report yet", None, configurations, overlapping
+        )
     silent = (now - last).total_seconds()
     if silent > member.unknown_after:
         reason = f"no report for {silent:.0f}s (unknown after {member.unknown_after:g}s)"
-        return Seen(member.name, member.labels, State.UNKNOWN, reason, last, configurations)
+        return Seen(member.name, member.labels, State.UNKNOWN, reason, last, configurations, overlapping)
     return Seen(
         member.name,
         member.labels,
@@ -248,4 +324,5 @@ def seen(obj: Mapping[str, Any], now: datetime) -> Seen:
         status.get("reason", ""),
         last,
         configurations,
+        overlapping,
     )

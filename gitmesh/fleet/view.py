@@ -1,7 +1,11 @@
 """The fleet as the controller's HTTP port shows it (``gitmesh run --fleet-view``): every member's
 compliance, read from the hub on a thread of its own every REFRESH seconds, so that neither a scrape
 of ``/metrics`` nor the console waits on the hub. A hub that does not answer leaves the last reading
-(its members turn Unknown as their reports age) and says why."""
+(its members turn Unknown as their reports age) and says why.
+
+With each reading it walks the waves: for every configuration with one, the head of its ref
+(fetched from Git here) and the members' reports give the wave's next state (``wave.step``), written
+to the configuration's status when it changed. One ``--fleet-view`` per hub walks them."""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gitmesh.errors import GitmeshError
-from gitmesh.fleet import model
+from gitmesh.fleet import model, wave
 from gitmesh.fleet.hub import Hub
+from gitmesh.sync.source import Source, fetch, resolve
 
 log = logging.getLogger("gitmesh.fleet")
 
@@ -54,6 +59,42 @@ class FleetView:
             return
         with self._lock:
             self._raw, self.error = raw, ""
+        try:
+            self.walk_waves(raw)
+        except GitmeshError as e:
+            log.warning("cannot walk the fleet's waves: %s", e)
+            self.error = f"waves: {e}"
+
+    def walk_waves(self, raw: Sequence[dict[str, Any]]) -> None:
+        """One step of every configuration's wave."""
+        now = datetime.now(UTC)
+        seen = [(model.Member.of(obj), model.seen(obj, now)) for obj in raw]
+        for c in self.hub.configurations():
+            if c.wave is None:
+                continue
+            repo = fetch(Source(name=c.name, url=c.repository, ref=c.ref), self._stopping)
+            head, _ = resolve(repo, c.ref)
+            reports = [
+                wave.MemberReport.of(
+                    s.name,
+                    s.labels,
+                    s.state is not model.State.UNKNOWN,
+                    next((r for r in s.configurations if r.get("name") == c.name), {}),
+                )
+                for member, s in seen
+                if c.selects(member)
+            ]
+            walked = wave.step(c.wave, c.wave_status, head, reports, now)
+            # As far as these reports take it: a stage that passed tells the next one at once.
+            for _ in range(3 * len(c.wave.stages)):
+                further = wave.step(c.wave, walked, head, reports, now)
+                if further == walked:
+                    break
+                walked = further
+            if walked != c.wave_status:
+                if c.wave_status is None or walked.state is not c.wave_status.state:
+                    log.info("wave of %s: %s: %s", c.name, walked.state.value, walked.reason)
+                self.hub.write_wave(c.name, walked.to_json())
 
     def _run(self) -> None:
         while True:

@@ -50,7 +50,11 @@ _RULES: list[dict[str, Any]] = [
         "resources": ["httproutegroups", "tcproutes", "udproutes"],
         "verbs": _WRITES,
     },
-    {"apiGroups": ["config.openservicemesh.io"], "resources": ["meshconfigs"], "verbs": _WRITES},
+    {
+        "apiGroups": ["config.openservicemesh.io"],
+        "resources": ["meshconfigs", "meshrootcertificates"],
+        "verbs": _WRITES,
+    },
     {"apiGroups": ["gitmesh.dev"], "resources": ["envoypatches"], "verbs": _WRITES},
     {
         "apiGroups": ["policy.openservicemesh.io"],

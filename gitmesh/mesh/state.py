@@ -12,7 +12,7 @@ knows how an API spells a thing, so a second route API is a second reader into t
   holds takes the request (weighted backends, header edits, a timeout); no rule holds: 404. Routes
   for one caller namespace take that namespace's requests instead of the routes for every caller;
 - policies: retries per caller and destination, connection limits per destination, egress rules
-  (off unless allowed), ingress-only backend ports, and injected faults.
+  (off unless allowed, or open mesh-wide), ingress-only backend ports, and injected faults.
 """
 
 from __future__ import annotations
@@ -65,8 +65,11 @@ class Port:
 
     @property
     def is_http2(self) -> bool:
-        """HTTP/2 in cleartext to the app (gRPC): its clusters must speak it, HTTP/1.1 will not do."""
-        return self.app_protocol.lower() in _HTTP2_PROTOCOLS or self.name.split("-")[0] in ("http2", "grpc")
+        """HTTP/2 end to end (gRPC): sidecars speak it to each other and to the app behind them."""
+        return self.app_protocol.lower() in _HTTP2_PROTOCOLS or self.name.split("-")[0] in (
+            "http2",
+            "grpc",
+        )
 
 
 # Kubernetes' own name for HTTP/2 over cleartext (KEP-3726) and the names meshes used before it.
@@ -349,18 +352,26 @@ class ConnectionLimits:
 @dataclass(frozen=True)
 class EgressRule:
     """``source`` may reach ``host``:``port`` outside the mesh; ``protocol`` says how its sidecar
-    tells the host apart: by the HTTP Host (http) or the TLS server name (tls). HTTP egress with
-    ``http_matches`` is for the requests one of them matches only."""
+    tells the destination apart: by the HTTP Host (http), the TLS server name (tls), or, for a pod's
+    sidecar, by the address the connection was sent to (tcp: within ``ranges``, CIDRs; none: any
+    address; ``host`` is empty). A host ``*.example.com`` stands for every name under that domain.
+    HTTP egress with ``http_matches`` is for the requests one of them matches only."""
 
     source: Identity
     host: str
     port: int
     protocol: str
     http_matches: tuple[HttpMatch, ...] = ()
+    ranges: tuple[str, ...] = ()
+
+    @property
+    def wildcard(self) -> bool:
+        return self.host.startswith("*.")
 
     def __str__(self) -> str:
         on = f" on {', '.join(map(str, self.http_matches))}" if self.http_matches else ""
-        return f"{self.source} may reach {self.host}:{self.port} ({self.protocol}){on}"
+        where = self.host or (",".join(self.ranges) if self.ranges else "any address")
+        return f"{self.source} may reach {where}:{self.port} ({self.protocol}){on}"
 
 
 @dataclass(frozen=True)
@@ -405,6 +416,23 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class CertificateSettings:
+    """What the mesh's own objects say of workload certificates (OSM's MeshRootCertificate and
+    MeshConfig ``spec.certificate``); None where they say nothing. The controller's configuration
+    has the last word (``certs.choice.combine``)."""
+
+    provider: str | None = None  # builtin | vault | cert-manager
+    vault_address: str | None = None  # protocol://host:port
+    vault_role: str | None = None
+    issuer: tuple[str, str, str] | None = None  # cert-manager: (group, kind, name)
+    namespace: str | None = None  # the MeshRootCertificate's: where cert-manager's requests go
+    trust_domain: str | None = None
+    lifetime_seconds: float | None = None
+    key_bits: int | None = None
+    said_by: tuple[str, ...] = ()  # the objects, as Kind namespace/name, for messages
+
+
+@dataclass(frozen=True)
 class MeshState:
     services: Mapping[ServiceRef, Service]
     identities: frozenset[Identity]
@@ -419,6 +447,10 @@ class MeshState:
     ingress: tuple[IngressRule, ...] = ()
     faults: tuple[Fault, ...] = ()
     routes: Mapping[tuple[ServiceRef, int, str | None], ServiceRoutes] = field(default_factory=dict)
+    # A pod's connections that no mesh service nor Egress claims pass through (OSM's enableEgress);
+    # else they are closed.
+    egress_open: bool = False
+    certificates: CertificateSettings = CertificateSettings()
 
     def routes_for(self, service: ServiceRef, port: int, caller_namespace: str) -> ServiceRoutes | None:
         """The routes a caller of ``caller_namespace`` takes to ``service``:``port``, if any."""

@@ -23,6 +23,7 @@ from gitmesh.plan.model import (
     Impact,
     Plan,
     RolloutStep,
+    RouteStatus,
     SplitShift,
 )
 from gitmesh.revision.diagnostics import Diagnostic
@@ -89,6 +90,18 @@ def encode(plan: Plan) -> dict[str, Any]:
             {"proxies": list(e.proxies), "type": e.type, "name": e.name, "before": e.before, "after": e.after}
             for e in plan.envoy
         ],
+        "routes": [
+            {
+                "route": _ref(r.route),
+                "parent": r.parent,
+                "accepted": r.accepted,
+                "accepted_reason": r.accepted_reason,
+                "resolved_refs": r.resolved,
+                "resolved_refs_reason": r.resolved_reason,
+                "message": r.message,
+            }
+            for r in plan.routes
+        ],
     }
 
 
@@ -148,6 +161,18 @@ def decode(data: dict[str, Any]) -> Plan:
         envoy=tuple(
             EnvoyChange(tuple(e["proxies"]), e["type"], e["name"], e["before"], e["after"])
             for e in data.get("envoy", ())
+        ),
+        routes=tuple(
+            RouteStatus(
+                _decode_ref(r["route"]),
+                r["parent"],
+                r["accepted"],
+                r["accepted_reason"],
+                r["resolved_refs"],
+                r["resolved_refs_reason"],
+                r["message"],
+            )
+            for r in data.get("routes", ())
         ),
     )
 

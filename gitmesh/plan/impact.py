@@ -1,8 +1,9 @@
 """What a plan does to traffic, from what the objects mean to the mesh rather than from the text.
 
 Splits: each backend's share of the root service before and after.
-Policies: the effects (retries, connection limits, egress, ingress-only ports, faults) that appear
-or go, over the mesh's Services and policies before and after, when a policy changed.
+Policies: the effects (retries, connection limits, egress, ingress-only ports, faults, and egress
+open to every pod by the MeshConfig) that appear or go, over the mesh's Services and policies
+before and after, when a policy or the MeshConfig changed.
 Access: the (caller, destination, route) triples that appear or disappear,
 computed over the whole mesh before and after, so a change to a route group
 shows up on every TrafficTarget that uses it. A MeshConfig turning permissive
@@ -23,7 +24,9 @@ from gitmesh.plan.model import AccessChange, Action, BackendShare, Change, Impac
 _ACCESS_KINDS = with_meaning(Meaning.ACCESS, Meaning.ROUTE)
 _SETTINGS_KINDS = with_meaning(Meaning.SETTINGS)
 _POLICY_KINDS = with_meaning(Meaning.POLICY)
-_POLICY_INPUT_KINDS = _POLICY_KINDS | {"Service"}
+# The MeshConfig's enableEgress is a policy effect too: every pod may go out.
+_POLICY_INPUT_KINDS = _POLICY_KINDS | _SETTINGS_KINDS | {"Service"}
+EGRESS_OPEN = "every pod may reach what no Egress names (MeshConfig enableEgress)"
 PERMISSIVE = ("*", "*", "every route (permissive mode)")
 
 
@@ -57,7 +60,7 @@ def compute(changes: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any
 def _policy_changes(
     moved: Sequence[Change], live: Mapping[ObjectRef, Mapping[str, Any]]
 ) -> tuple[PolicyChange, ...]:
-    if not any(c.ref.kind in _POLICY_KINDS for c in moved):
+    if not any(c.ref.kind in _POLICY_KINDS | _SETTINGS_KINDS for c in moved):
         return ()
     before = {r: o for r, o in live.items() if r.kind in _POLICY_INPUT_KINDS}
     after = dict(before)
@@ -79,7 +82,8 @@ def _policy_changes(
 def policy_lines(objects: Iterable[Mapping[str, Any]]) -> set[str]:
     """Each policy effect as people read it."""
     mesh = read.mesh(objects)
-    return {str(v) for v in (*mesh.retries, *mesh.limits, *mesh.egress, *mesh.ingress, *mesh.faults)}
+    lines = {str(v) for v in (*mesh.retries, *mesh.limits, *mesh.egress, *mesh.ingress, *mesh.faults)}
+    return lines | ({EGRESS_OPEN} if mesh.egress_open else set())
 
 
 def _permissive_change(

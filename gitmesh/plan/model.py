@@ -132,6 +132,20 @@ class EnvoyChange:
 
 
 @dataclass(frozen=True)
+class RouteStatus:
+    """What gitmesh will say of a route on one Service parent once the plan is applied (its
+    ``status.parents`` entry): Accepted, and whether every backend resolved, with the spec's reasons."""
+
+    route: ObjectRef
+    parent: str  # namespace/name, and :port when the route names one
+    accepted: bool
+    accepted_reason: str
+    resolved: bool
+    resolved_reason: str
+    message: str  # why not, when either is false
+
+
+@dataclass(frozen=True)
 class Plan:
     source: str
     revision: str | None
@@ -143,6 +157,7 @@ class Plan:
     diagnostics: tuple[Diagnostic, ...] = field(default=())
     rollouts: tuple[RolloutStep, ...] = ()
     envoy: tuple[EnvoyChange, ...] = ()  # derived from the objects, for people: apply ignores it
+    routes: tuple[RouteStatus, ...] = ()  # the route statuses that change, for people: apply derives its own
 
     @property
     def counts(self) -> Counter[Action]:

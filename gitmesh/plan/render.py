@@ -15,7 +15,7 @@ import yaml
 from rich.console import Console
 from rich.text import Text
 
-from gitmesh.plan.model import Action, Change, EnvoyChange, FieldDiff, Impact, Plan
+from gitmesh.plan.model import Action, Change, EnvoyChange, FieldDiff, Impact, Plan, RouteStatus
 from gitmesh.revision.diagnostics import Diagnostic, Severity
 
 _SIGN = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-", Action.NOOP: " "}
@@ -122,6 +122,14 @@ def plan_text(console: Console, plan: Plan, *, show_unchanged: bool = False) -> 
             for line in _envoy_diff(e):
                 style = "green" if line.startswith("+") else "red" if line.startswith("-") else "dim"
                 console.print(Text(f"    {line}", style=style), soft_wrap=True)
+    if plan.routes:
+        console.print()
+        console.print(Text("Route status (Gateway API)", style="bold underline"))
+        for r in plan.routes:
+            console.print(
+                Text(f"  {route_line(r)}", style="green" if r.accepted and r.resolved else "red"),
+                soft_wrap=True,
+            )
     shown = [c for c in plan.changes if show_unchanged or c.action is not Action.NOOP]
     if shown:
         console.print()
@@ -213,6 +221,10 @@ def plan_markdown(plan: Plan) -> str:
                 "</details>",
             ]
         out.append("")
+    if plan.routes:
+        out += ["#### Route status (Gateway API)", ""]
+        out += [f"- `{_md_code(route_line(r))}`" for r in plan.routes]
+        out.append("")
     if plan.impact.policies:
         out += ["#### Policies", ""]
         out += [
@@ -235,6 +247,16 @@ def plan_markdown(plan: Plan) -> str:
             "</details>",
         ]
     return "\n".join(out).rstrip() + "\n"
+
+
+def route_line(r: RouteStatus) -> str:
+    """``HTTPRoute/shop/reviews on shop/reviews:80: Accepted, ResolvedRefs``, or what is not and why."""
+    said = [
+        r.accepted_reason if r.accepted else f"not Accepted ({r.accepted_reason})",
+        r.resolved_reason if r.resolved else f"not ResolvedRefs ({r.resolved_reason})",
+    ]
+    why = f": {r.message}" if r.message else ""
+    return f"{r.route} on Service {r.parent}: {', '.join(said)}{why}"
 
 
 def _envoy_head(e: EnvoyChange) -> str:

@@ -285,6 +285,16 @@ def check_references(
         )
         for m in configs[1:]
     ]
+    roots = by_kind["MeshRootCertificate"]
+    out += [
+        _at(
+            m,
+            ("metadata", "name"),
+            "GM133",
+            f"a second MeshRootCertificate; the first is {roots[0].ref} at {roots[0].location}",
+        )
+        for m in roots[1:]
+    ]
     out += [d for m in by_kind["MeshConfig"] for d in _settings_not_acted_on(m)]
     gateway_routes = [*by_kind["HTTPRoute"], *by_kind["GRPCRoute"]]
     out += [d for s in (*by_kind["TrafficSplit"], *gateway_routes) for d in policy.check(s)]

@@ -297,10 +297,21 @@ CODES: dict[str, Code] = {
             _W,
             "MeshConfig settings gitmesh does not act on",
             "gitmesh reads MeshConfig as Open Service Mesh writes it (config.openservicemesh.io "
-            "v1alpha1 and v1alpha2) but acts only on spec.traffic.enablePermissiveTrafficPolicyMode. "
+            "v1alpha1 and v1alpha2) but acts only on spec.traffic.enablePermissiveTrafficPolicyMode and "
+            "spec.certificate's serviceCertValidityDuration and certKeyBitSize. "
             "The other settings are accepted, so that a MeshConfig copied from OSM keeps working, and "
-            "listed in this one note. Sidecar images, TLS versions, egress, certificate and tracing "
-            "settings belong to OSM's own components; gitmesh's equivalents are its command options.",
+            "listed in this one note. Sidecar images, TLS versions, egress, ingress gateway certificate "
+            "and tracing settings belong to OSM's own components; gitmesh's equivalents are its command "
+            "options.",
+        ),
+        Code(
+            "GM133",
+            _E,
+            "more than one MeshRootCertificate",
+            "A MeshRootCertificate chooses the mesh's certificate provider, so a revision may have at most "
+            "one: with two, which provider issues would depend on their order. OSM's rotation between "
+            "two (an active and a passive one) is gitmesh's switch of provider: change the one object, "
+            "and gitmesh run walks both roots through the rotation. Keep one.",
         ),
         Code(
             "GM140",
@@ -461,8 +472,10 @@ CODES: dict[str, Code] = {
             _E,
             "policy says what gitmesh cannot carry yet",
             "The policy is valid for Open Service Mesh but uses something gitmesh does not translate "
-            "yet: egress by IP range, by TCP port alone, wildcard hosts or matches but "
-            "HTTPRouteGroups, a host on two TLS ports or that is a mesh Service, IngressBackend "
+            "yet: egress hosts on a tcp port or IP ranges on http or tls ports (hosts tell HTTP and "
+            "TLS apart, addresses TCP), http or tls egress without hosts, a wildcard other than a "
+            "leading '*.', matches but HTTPRouteGroups, a host on two TLS ports or that is a mesh "
+            "Service, IngressBackend "
             "ServiceAccounts over plaintext, addresses over mTLS or tls options, a rate-limit status "
             "Envoy does not define. It is refused rather than silently dropped, so that nothing OSM "
             "allowed or limited changes unnoticed. Rewrite it with hosts and ServiceAccounts, or "
@@ -478,7 +491,8 @@ CODES: dict[str, Code] = {
             "GM175",
             _E,
             "policy address range is not an IP range",
-            "An IngressBackend IPRange source is an address or a CIDR: 10.0.0.0/8, 192.168.1.7.",
+            "An IngressBackend IPRange source, or an Egress ipAddresses entry, is an address or a "
+            "CIDR: 10.0.0.0/8, 192.168.1.7.",
         ),
     )
 }

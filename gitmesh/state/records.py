@@ -11,6 +11,10 @@ from datetime import datetime
 from typing import Any
 
 HISTORY_LENGTH = 20
+# Per-object results kept of the last reconcile, failures first: a record (and a fleet member's
+# report) stays small however many objects a source has; the rest are counted.
+OBJECTS_KEPT = 100
+MESSAGE_KEPT = 300  # characters of one object's message
 
 
 @dataclass(frozen=True)
@@ -38,12 +42,34 @@ class Reconcile:
 
 
 @dataclass(frozen=True)
+class ObjectResult:
+    """What the last reconcile did with one object."""
+
+    object: str  # Kind/namespace/name
+    result: str  # created | updated | deleted | unchanged | invalid | refused | claimed
+    message: str = ""  # why, for the ones that failed
+
+    @property
+    def failed(self) -> bool:
+        return self.result in ("invalid", "refused", "claimed")
+
+
+def kept_objects(results: list[ObjectResult]) -> tuple[tuple[ObjectResult, ...], int]:
+    """The results a record keeps (failures first, then by object) and how many it leaves out."""
+    ordered = sorted(results, key=lambda r: (not r.failed, r.object, r.result))
+    kept = tuple(ObjectResult(r.object, r.result, r.message[:MESSAGE_KEPT]) for r in ordered[:OBJECTS_KEPT])
+    return kept, max(0, len(ordered) - OBJECTS_KEPT)
+
+
+@dataclass(frozen=True)
 class SourceRecord:
     source: str
     conditions: tuple[Condition, ...] = ()
     last_applied: str | None = None
     last_attempted: str | None = None
     history: tuple[Reconcile, ...] = ()  # newest first, at most HISTORY_LENGTH
+    objects: tuple[ObjectResult, ...] = ()  # of the last reconcile that got as far as objects
+    objects_omitted: int = 0  # results past OBJECTS_KEPT, left out
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -75,6 +101,8 @@ class SourceRecord:
                 }
                 for r in self.history
             ],
+            "objects": [{"object": o.object, "result": o.result, "message": o.message} for o in self.objects],
+            "objectsOmitted": self.objects_omitted,
         }
 
     @classmethod
@@ -105,4 +133,8 @@ class SourceRecord:
                 )
                 for r in data.get("history", ())
             ),
+            objects=tuple(
+                ObjectResult(o["object"], o["result"], o.get("message", "")) for o in data.get("objects", ())
+            ),
+            objects_omitted=int(data.get("objectsOmitted", 0)),
         )

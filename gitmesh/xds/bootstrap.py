@@ -110,7 +110,19 @@ def bootstrap(
         },
         "static_resources": {
             "clusters": [
-                _static_cluster(local_cluster_name(proxy.app_port), "127.0.0.1", proxy.app_port),
+                {
+                    **_static_cluster(local_cluster_name(proxy.app_port), "127.0.0.1", proxy.app_port),
+                    # The app gets the protocol the caller's sidecar spoke: HTTP/2 on a gRPC port.
+                    "typed_extension_protocol_options": {
+                        _HTTP_OPTIONS: {
+                            "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
+                            "use_downstream_protocol_config": {
+                                "http_protocol_options": {},
+                                "http2_protocol_options": {},
+                            },
+                        }
+                    },
+                },
                 {
                     **_static_cluster(XDS_CLUSTER, xds_host, xds_port),
                     **xds_cluster,

@@ -2,10 +2,16 @@
 outbound virtual host, connection limits as the destination cluster's circuit breakers, egress as
 a DNS cluster per external host and port that the caller's outbound listener reaches by HTTP Host
 (a virtual host) or by TLS server name (a filter chain), local rate limits as filters of the
-destination sidecar's inbound listener."""
+destination sidecar's inbound listener.
+
+A wildcard host (``*.example.com``) names no one address to resolve ahead: its cluster is Envoy's
+dynamic forward proxy, which resolves each name as it is asked for (the HTTP Host, by the
+``dynamic_forward_proxy`` HTTP filter; the TLS server name, by the ``sni_dynamic_forward_proxy``
+network filter), all through one DNS cache, ``egress``, on the system's resolver."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
@@ -13,21 +19,33 @@ from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_pb2
+from envoy.extensions.common.dynamic_forward_proxy.v3 import dns_cache_pb2
 from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
+from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import dynamic_forward_proxy_pb2 as dfp_http_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as http_rate_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit_pb2 as network_rate_pb2
+from envoy.extensions.filters.network.sni_dynamic_forward_proxy.v3 import (
+    sni_dynamic_forward_proxy_pb2 as dfp_sni_pb2,
+)
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.type.v3 import http_status_pb2, percent_pb2, token_bucket_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
 from gitmesh.mesh.state import ConnectionLimits, EgressRule, Fault, RateLimit, RetryPolicy
+
+# The resource names a passthrough default and TCP egress use; translate's ``PASSTHROUGH`` is this.
+PASSTHROUGH = "passthrough"
 
 FAULT_FILTER = "envoy.filters.http.fault"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 CONNECTION_RATE_FILTER = "envoy.filters.network.local_ratelimit"
 REQUEST_RATE_FILTER = "envoy.filters.http.local_ratelimit"
+FORWARD_PROXY_FILTER = "envoy.filters.http.dynamic_forward_proxy"
+DNS_CACHE = "egress"
+OPEN_EGRESS = "egress|*"  # the cluster and virtual host of requests for any host (enableEgress)
 RATE_STAT_PREFIX = "inbound_rate"  # counters: <filter's prefix>.inbound_rate.rate_limited
 
 
@@ -87,9 +105,12 @@ def egress_cluster_name(rule: EgressRule) -> str:
 
 
 def egress_cluster(rule: EgressRule) -> cluster_pb2.Cluster:
-    """The external host by DNS, as the system resolver has it; plaintext: HTTP egress is plain
-    HTTP and TLS egress is the caller's own TLS, passed through."""
+    """The external host by DNS, as the system resolver has it (a wildcard's names each as it is
+    asked for); plaintext: HTTP egress is plain HTTP and TLS egress is the caller's own TLS,
+    passed through."""
     name = egress_cluster_name(rule)
+    if rule.wildcard:
+        return forward_proxy_cluster(name)
     address = address_pb2.Address(
         socket_address=address_pb2.SocketAddress(address=rule.host, port_value=rule.port)
     )
@@ -113,6 +134,41 @@ def egress_cluster(rule: EgressRule) -> cluster_pb2.Cluster:
     )
 
 
+def forward_proxy_cluster(name: str) -> cluster_pb2.Cluster:
+    """Envoy's dynamic forward proxy: each host as the request or server name gives it."""
+    return cluster_pb2.Cluster(
+        name=name,
+        lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
+        connect_timeout=duration_pb2.Duration(seconds=1),
+        cluster_type=cluster_pb2.Cluster.CustomClusterType(
+            name="envoy.clusters.dynamic_forward_proxy",
+            typed_config=_any(dfp_cluster_pb2.ClusterConfig(dns_cache_config=dns_cache())),
+        ),
+    )
+
+
+def open_egress_virtual_host() -> route_components_pb2.VirtualHost:
+    """MeshConfig enableEgress on the outbound routes: a request no other virtual host takes goes
+    to the host its Host header names."""
+    to_host = route_components_pb2.RouteAction(cluster=OPEN_EGRESS)
+    return route_components_pb2.VirtualHost(
+        name=OPEN_EGRESS,
+        domains=["*"],
+        routes=[route_components_pb2.Route(match=route_components_pb2.RouteMatch(prefix="/"), route=to_host)],
+    )
+
+
+def dns_cache() -> dns_cache_pb2.DnsCacheConfig:
+    """The one cache wildcard egress resolves through: the filters and clusters naming it must
+    give it the same settings."""
+    return dns_cache_pb2.DnsCacheConfig(name=DNS_CACHE, dns_lookup_family=cluster_pb2.Cluster.V4_PREFERRED)
+
+
+def forward_proxy_filter() -> dfp_http_pb2.FilterConfig:
+    """Resolves the Host of requests routed to a wildcard's cluster; others pass untouched."""
+    return dfp_http_pb2.FilterConfig(dns_cache_config=dns_cache())
+
+
 def egress_virtual_host(
     rule: EgressRule, matches: Sequence[route_components_pb2.RouteMatch]
 ) -> route_components_pb2.VirtualHost:
@@ -130,17 +186,48 @@ def egress_virtual_host(
     )
 
 
-def egress_tls_chain(rule: EgressRule) -> listener_components_pb2.FilterChain:
-    """TLS egress: connections whose ClientHello names the host, passed through to it unread."""
+def egress_tls_chain(rule: EgressRule, by_port: bool = False) -> listener_components_pb2.FilterChain:
+    """TLS egress: connections whose ClientHello names the host (a wildcard: any name under its
+    domain, resolved as it comes), passed through to it unread; ``by_port``: only those sent to its
+    port (a pod's sidecar sees where they were sent)."""
     tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=egress_cluster_name(rule), cluster=egress_cluster_name(rule))
-    config = any_pb2.Any()
-    config.Pack(tcp)
+    filters = [listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=_any(tcp))]
+    if rule.wildcard:
+        sni = dfp_sni_pb2.FilterConfig(dns_cache_config=dns_cache(), port_value=rule.port)
+        filters.insert(
+            0,
+            listener_components_pb2.Filter(
+                name="envoy.filters.network.sni_dynamic_forward_proxy", typed_config=_any(sni)
+            ),
+        )
+    match = listener_components_pb2.FilterChainMatch(server_names=[rule.host], transport_protocol="tls")
+    if by_port:
+        match.destination_port.value = rule.port
     return listener_components_pb2.FilterChain(
-        name=egress_cluster_name(rule),
-        filter_chain_match=listener_components_pb2.FilterChainMatch(
-            server_names=[rule.host], transport_protocol="tls"
-        ),
-        filters=[listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=config)],
+        name=egress_cluster_name(rule), filter_chain_match=match, filters=filters
+    )
+
+
+def egress_tcp_chain(port: int, ranges: Sequence[str]) -> listener_components_pb2.FilterChain:
+    """TCP egress of a pod: connections sent to ``port`` at an address in ``ranges`` (none: any),
+    on to where they were sent."""
+    match = listener_components_pb2.FilterChainMatch(destination_port=wrappers_pb2.UInt32Value(value=port))
+    for cidr in ranges:
+        network = ipaddress.ip_network(cidr)
+        match.prefix_ranges.append(
+            address_pb2.CidrRange(
+                address_prefix=str(network.network_address),
+                prefix_len=wrappers_pb2.UInt32Value(value=network.prefixlen),
+            )
+        )
+    name = f"egress|tcp:{port}"
+    tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=name, cluster=PASSTHROUGH)
+    return listener_components_pb2.FilterChain(
+        name=name,
+        filter_chain_match=match,
+        filters=[
+            listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy", typed_config=_any(tcp))
+        ],
     )
 
 
@@ -188,3 +275,9 @@ def _bucket(rate: RateLimit) -> token_bucket_pb2.TokenBucket:
         tokens_per_fill=wrappers_pb2.UInt32Value(value=rate.count),
         fill_interval=duration_pb2.Duration(seconds=rate.seconds),
     )
+
+
+def _any(msg: message.Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(msg)
+    return packed

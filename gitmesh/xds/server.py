@@ -33,7 +33,7 @@ from gitmesh.xds.cache import SnapshotCache
 from gitmesh.xds.delta import DeltaStream
 from gitmesh.xds.memory import AfterBursts
 from gitmesh.xds.snapshot import Snapshot
-from gitmesh.xds.sotw import SotwStream
+from gitmesh.xds.sotw import Bodies, SotwStream
 from gitmesh.xds.subscriptions import WILDCARD
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
@@ -127,6 +127,7 @@ class AggregatedDiscoveryServicer:
         self._log = logger or _log
         self._authorize = authorize
         self.bursts = AfterBursts()
+        self._bodies = Bodies()  # what the streams of a key are sent alike, written once
         self._connections: Counter[str] = Counter()
         self._streams: dict[int, StreamInfo] = {}
         self._next_stream = 0
@@ -228,7 +229,9 @@ class AggregatedDiscoveryServicer:
                     "proxy %s rejected %s version %s: %s", node_id, type_url, version, nack.message
                 )
 
-            stream: SotwStream | DeltaStream = (DeltaStream if delta else SotwStream)(on_nack)
+            stream: SotwStream | DeltaStream = (
+                DeltaStream(on_nack) if delta else SotwStream(on_nack, self._bodies)
+            )
             watch = self._cache.watch(key, wake, stream.outdated)
             stream_id = self._next_stream
             self._next_stream += 1

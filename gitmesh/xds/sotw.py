@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -12,13 +13,43 @@ from gitmesh.xds.snapshot import EncodedResource, Snapshot
 from gitmesh.xds.subscriptions import Names, OnNack, capped, push_order, subscription
 
 
-def _response(version: str, type_url: str, nonce: str, items: Iterable[EncodedResource]) -> bytes:
-    """A serialized DiscoveryResponse: version_info=1, resources=2, type_url=4, nonce=5."""
+def _body(version: str, type_url: str, items: Iterable[EncodedResource]) -> bytes:
+    """A serialized DiscoveryResponse but its nonce: version_info=1, resources=2, type_url=4."""
     parts = [wire.field(1, version.encode())]
     for item in items:
         parts += (item.field_head, *item.parts)
-    parts += (wire.field(4, type_url.encode()), wire.field(5, nonce.encode()))
+    parts.append(wire.field(4, type_url.encode()))
     return b"".join(parts)
+
+
+class Bodies:
+    """Responses as every stream of a snapshot key is sent them, but for the nonce (field 5, which a
+    stream appends: a message's fields may come in any order). Written once per snapshot, type and
+    subscription, for the streams a publish wakes together; the latest are kept up to
+    ``max_bytes``. The servicer shares one between its streams."""
+
+    def __init__(self, max_bytes: int = 16 << 20) -> None:
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        # (snapshot, type, subscription) by identity -> them (so no others have their ids), body
+        self._kept: collections.OrderedDict[tuple[int, str, int], tuple[Snapshot, Names | None, bytes]] = (
+            collections.OrderedDict()
+        )
+
+    def body(self, snapshot: Snapshot, type_url: str, names: Names | None) -> bytes:
+        key = (id(snapshot), type_url, id(names))
+        kept = self._kept.get(key)
+        if kept is not None:
+            self._kept.move_to_end(key)
+            return kept[2]
+        encoded = snapshot.encoded(type_url)
+        items = encoded.values() if names is None else [item for n, item in encoded.items() if n in names]
+        body = _body(snapshot.type_version(type_url), type_url, items)
+        self._kept[key] = (snapshot, names, body)
+        self._bytes += len(body)
+        while self._bytes > self._max_bytes:
+            self._bytes -= len(self._kept.popitem(last=False)[1][2])
+        return body
 
 
 class _SotwType:
@@ -35,8 +66,9 @@ class _SotwType:
 class SotwStream:
     """State-of-the-world ADS for one stream: what each type was sent, under which nonce."""
 
-    def __init__(self, on_nack: OnNack) -> None:
+    def __init__(self, on_nack: OnNack, bodies: Bodies | None = None) -> None:
         self._on_nack = on_nack
+        self._bodies = bodies or Bodies()
         self._types: dict[str, _SotwType] = {}
         self._held: dict[str, str] = {}  # type URL -> version last sent (or the proxy started with)
         self._nonces = 0
@@ -85,19 +117,15 @@ class SotwStream:
             resend = state.force or (url == resources.ENDPOINT and clusters_sent)
             if version == state.sent and not resend:
                 continue
-            encoded = snapshot.encoded(url)
-            if state.names is None:
-                items: Iterable[EncodedResource] = encoded.values()
-            else:
-                items = [item for name, item in encoded.items() if name in state.names]
             self._nonces += 1
             state.nonce = str(self._nonces)
             state.sent = version
             state.force = False
             self._held[url] = version
-            out.append(_response(version, url, state.nonce, items))
+            body = self._bodies.body(snapshot, url, state.names)
+            out.append(body + wire.field(5, state.nonce.encode()))
             clusters_sent |= url == resources.CLUSTER
         return out
 
 
-__all__ = ["SotwStream"]
+__all__ = ["Bodies", "SotwStream"]

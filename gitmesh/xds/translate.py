@@ -5,10 +5,12 @@ Sidecars are local processes or pods. A pod's sidecar (``Proxy.pod``) is
 what the app sends to the **outbound** listener and what it receives to the
 **inbound** listener, and both read the original destination (``SO_ORIGINAL_DST``).
 Outbound, HTTP to a service port is routed by Host (the service's names and its
-ClusterIP) and TCP by ClusterIP and port; anything else passes through to where it
-was going (``passthrough``). Inbound, each port the pod serves to the mesh takes
-mTLS only and hands traffic on to the app at the address it was sent to; other
-ports pass through.
+ClusterIP) and TCP by ClusterIP and port; then the pod's Egress (HTTP by Host and TLS by server
+name on their ports, TCP by original destination range and port); anything else is closed, or
+passes through to where it was going (``passthrough``) when the MeshConfig enables egress.
+Inbound, each port the pod serves to the mesh takes mTLS only (or its IngressBackend's ingress)
+and hands traffic on to the app at the address it was sent to, rate limited as a process
+sidecar's inbound listener is; other ports pass through.
 
 A local process sidecar has no iptables capture. An
 app reaches HTTP services through its sidecar's **outbound** listener
@@ -30,12 +32,16 @@ Resource names, the one scheme used everywhere (users read them in
 ============================  =====================================================
 cluster, load assignment      ``<namespace>/<service>|<port>``; the local app: ``local|<app_port>``
                               (a static cluster of the sidecar's bootstrap); an external host a
-                              caller's Egress allows: ``egress|<host>:<port>`` (DNS, no assignment);
-                              a pod's original destination: ``passthrough``
+                              caller's Egress allows: ``egress|<host>:<port>`` (DNS, no assignment;
+                              a ``*.`` wildcard's a dynamic forward proxy); any host (MeshConfig
+                              enableEgress): ``egress|*``; a pod's original destination: ``passthrough``
 listener                      ``outbound``, ``inbound``; upstreams: ``outbound|<namespace>/<service>|<port>``
-route configuration           ``outbound``, ``inbound``
+route configuration           ``outbound``, ``inbound``; a pod's port with an IngressBackend or rate
+                              limits: ``inbound|<port>``
 virtual host, filter chain    egress: ``egress|<host>:<port>``, HTTP on ``outbound`` routes, TLS
-                              on the ``outbound`` listener (after its HTTP chain)
+                              on the ``outbound`` listener (after its HTTP chain); a pod's HTTP
+                              egress chain ``egress|http:<port>``, TCP ``egress|tcp:<port>``; the
+                              enableEgress virtual host ``egress|*``
 secret (SDS)                  ``workload-cert``: the sidecar's own identity's certificate and key;
                               ``trust-bundle``: the mesh's root certificates
 ============================  =====================================================
@@ -52,7 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
@@ -65,7 +71,7 @@ from envoy.extensions.filters.network.direct_response.v3 import config_pb2 as di
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_pb2
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, message, wrappers_pb2
 
@@ -97,10 +103,11 @@ OUTBOUND = "outbound"
 INBOUND = "inbound"
 CLUSTER_DOMAIN = "cluster.local"
 HTTP_RBAC = "envoy.filters.http.rbac"
-PASSTHROUGH = "passthrough"
+PASSTHROUGH = policy.PASSTHROUGH
 # What a pod's sidecar received, on to its app at the address it was sent to, from the address
 # capture leaves alone (its connections to its own pod are captured again, into its inbound).
 INBOUND_PASSTHROUGH = "inbound-passthrough"
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 @dataclass(frozen=True, order=True)
@@ -214,8 +221,9 @@ class Translator:
     proxyless gRPC clients get plaintext clusters), and the outbound routes per caller namespace
     too (short names resolve in the caller's namespace).
 
-    Egress is off: a caller reaches an external host only where an Egress rule names its identity
-    (HTTP by Host on its outbound routes, TLS by server name on its outbound listener). An
+    Egress is off unless the MeshConfig enables it: a caller reaches an external host only where
+    an Egress rule names its identity (HTTP by Host on its outbound routes, TLS by server name on
+    its outbound listener, and a pod's TCP by original destination). An
     ingress-only backend port (IngressBackend) admits its ingress alone: identities over mTLS (they
     are sent that backend's namespace as if a TrafficTarget named it), or addresses in plaintext.
     """
@@ -228,11 +236,11 @@ class Translator:
         self._endpoints: dict[Scope, dict[str, message.Message]] = {}
         # by mTLS or not, and with pods' passthrough
         self._clusters: dict[tuple[bool, Scope] | tuple[bool, Scope, str], dict[str, message.Message]] = {}
-        self._routes: dict[tuple[str, Scope, Identity | None], AssembledRoutes] = {}
+        self._routes: dict[tuple[str, Scope, Identity | None, bool], AssembledRoutes] = {}
         self._hosts: dict[
             tuple[ServiceRef, int, bool, RetryPolicy | None, Fault | None, ServiceRoutes | None], bytes
         ] = {}
-        self._transparent: dict[tuple[Scope, int], listener_pb2.Listener] = {}
+        self._transparent: dict[tuple[Scope, int, Identity | None], listener_pb2.Listener] = {}
         self._retries = {(r.source, r.destination): r for r in mesh.retries}
         self._faults = {(f.source, f.destination): f for f in mesh.faults}
         self._egress: dict[Identity, list[EgressRule]] = defaultdict(list)
@@ -260,10 +268,11 @@ class Translator:
             return self._grpc_client(proxy)
         if proxy.pod is not None:
             return self._pod_resources(proxy, proxy.pod)
-        # The fault filter does nothing but where a route's per-filter config says so.
-        faults = [_http_filter(policy.FAULT_FILTER, fault_pb2.HTTPFault())] if self.mesh.faults else []
-        outbound = _http_listener(OUTBOUND, "127.0.0.1", proxy.outbound_port, http_filters=faults)
-        egress = self._egress.get(proxy.identity, [])
+        # A process sidecar is called at its own address: TCP egress (by address) is for pods.
+        egress = [rule for rule in self._egress.get(proxy.identity, []) if rule.protocol != "tcp"]
+        outbound = _http_listener(
+            OUTBOUND, "127.0.0.1", proxy.outbound_port, http_filters=self._outbound_filters(proxy.identity)
+        )
         tls_egress = [rule for rule in egress if rule.protocol == "tls"]
         if tls_egress:
             outbound.listener_filters.append(policy.tls_inspector())
@@ -277,11 +286,11 @@ class Translator:
         for upstream in proxy.upstreams:
             # Built for each proxy, not kept: a proxy names its upstreams' local ports as it likes.
             listeners[upstream_listener_name(upstream)] = _upstream_listener(self.mesh, upstream)
-        scope = self._scope(proxy.identity)
+        scope = self.scope(proxy.identity)
         # The local app's cluster is in the sidecar's bootstrap, so proxies of a scope share this map.
         clusters = self._mesh_clusters(scope, mtls=True)
-        if egress:
-            clusters = clusters | {policy.egress_cluster_name(r): policy.egress_cluster(r) for r in egress}
+        if external := self._egress_clusters(egress):  # else the scope's shared map, as it is
+            clusters = clusters | external
         return {
             resources.CLUSTER: clusters,
             resources.ENDPOINT: self._load_assignments(scope),
@@ -292,31 +301,75 @@ class Translator:
             },
         }
 
+    @staticmethod
+    def _egress_clusters(rules: Sequence[EgressRule]) -> dict[str, message.Message]:
+        return {policy.egress_cluster_name(r): policy.egress_cluster(r) for r in rules}
+
+    def _outbound_filters(self, caller: Identity) -> list[hcm_pb2.HttpFilter]:
+        """The fault filter (it does nothing but where a route's per-filter config says so) and, for
+        a caller with wildcard HTTP egress or with enableEgress, the forward proxy's (it resolves
+        only for its own clusters)."""
+        filters = [_http_filter(policy.FAULT_FILTER, fault_pb2.HTTPFault())] if self.mesh.faults else []
+        if self.mesh.egress_open or any(
+            r.wildcard and r.protocol == "http" for r in self._egress.get(caller, [])
+        ):
+            filters.append(_http_filter(policy.FORWARD_PROXY_FILTER, policy.forward_proxy_filter()))
+        return filters
+
     def _pod_resources(self, proxy: Proxy, pod: Pod) -> Resources:
-        scope = self._scope(proxy.identity)
+        scope = self.scope(proxy.identity)
+        egress = self._egress.get(proxy.identity, [])
+        clusters = self._mesh_clusters(scope, mtls=True, passthrough=True)
+        if external := self._egress_clusters([r for r in egress if r.protocol != "tcp"]):
+            clusters = clusters | external
+        routes = {
+            OUTBOUND: self._outbound_routes(proxy),
+            INBOUND: _inbound_routes(self.mesh, proxy, self.trust_domain, None, None, INBOUND_PASSTHROUGH),
+        }
+        chains = []
+        for port, is_http in sorted(_pod_ports(self.mesh, pod).items()):
+            ingress = next(
+                (r for svc in _pod_services(self.mesh, pod, port) if (r := self._ingress.get((svc, port)))),
+                None,
+            )
+            rates = self._rates.get((pod.ip, port))
+            if ingress is not None or rates is not None:
+                # A route configuration of its own: the ingress's rules, the paths' buckets.
+                name = f"{INBOUND}|{port}"
+                own = _inbound_routes(
+                    self.mesh, proxy, self.trust_domain, ingress, rates, INBOUND_PASSTHROUGH
+                )
+                own.name = name
+                routes[name] = own
+            chains += _transparent_inbound_chains(
+                self.mesh, proxy, port, is_http or ingress is not None, ingress, rates, self.trust_domain
+            )
         return {
-            resources.CLUSTER: self._mesh_clusters(scope, mtls=True, passthrough=True),
+            resources.CLUSTER: clusters,
             resources.ENDPOINT: self._load_assignments(scope),
             resources.LISTENER: {
-                OUTBOUND: self._transparent_outbound(scope, proxy.outbound_port),
-                INBOUND: _transparent_inbound(self.mesh, proxy, pod, self.trust_domain),
-            },
-            resources.ROUTE: {
-                OUTBOUND: self._outbound_routes(proxy),
-                # IngressBackend and rate limits reach host sidecars only so far (README "Policies").
-                INBOUND: _inbound_routes(
-                    self.mesh, proxy, self.trust_domain, None, None, INBOUND_PASSTHROUGH
+                OUTBOUND: self._transparent_outbound(scope, proxy.outbound_port, proxy.identity),
+                INBOUND: _transparent_listener(
+                    INBOUND,
+                    proxy.inbound_port,
+                    chains,
+                    passthrough=INBOUND_PASSTHROUGH,
+                    inspect_tls=any(c.filter_chain_match.transport_protocol for c in chains),
                 ),
             },
+            resources.ROUTE: routes,
         }
 
-    def _transparent_outbound(self, scope: Scope, port: int) -> listener_pb2.Listener:
+    def _transparent_outbound(self, scope: Scope, port: int, caller: Identity) -> listener_pb2.Listener:
         """What a pod sends, by original destination: a chain per HTTP service port (routed by Host,
-        over the ClusterIPs with that port), one per TCP service port (its ClusterIPs), and the rest
-        passed through. Shared by the pods of a scope."""
-        if (scope, port) in self._transparent:
-            return self._transparent[(scope, port)]
-        faults = [_http_filter(policy.FAULT_FILTER, fault_pb2.HTTPFault())] if self.mesh.faults else []
+        over the ClusterIPs with that port), one per TCP service port (its ClusterIPs), then the
+        caller's egress (HTTP by Host and TLS by server name on their ports, TCP by address); the
+        rest passes through with MeshConfig enableEgress, else is closed. Shared by the pods of a
+        scope whose identity no Egress names."""
+        egress = self._egress.get(caller, [])
+        key = (scope, port, caller if egress else None)
+        if key in self._transparent:
+            return self._transparent[key]
         http: dict[int, list[str]] = defaultdict(list)
         chains = []
         for svc in self._reachable(scope):
@@ -334,19 +387,43 @@ class Translator:
                         filters=[_network_filter("envoy.filters.network.tcp_proxy", tcp)],
                     )
                 )
+        filters = self._outbound_filters(caller)
         for number, ips in sorted(http.items()):
-            chain = _http_listener(OUTBOUND, "", 0, http_filters=faults).filter_chains[0]
+            chain = _http_listener(OUTBOUND, "", 0, http_filters=filters).filter_chains[0]
             chain.name = f"{OUTBOUND}|{number}"
             chain.filter_chain_match.CopyFrom(_destination(ips, number))
             chains.append(chain)
-        listener = _transparent_listener(OUTBOUND, port, chains, PASSTHROUGH)
-        self._transparent[(scope, port)] = listener
+        tcp_ranges: dict[int, set[str] | None] = {}  # None: any address
+        for rule in (r for r in egress if r.protocol == "tcp"):
+            found = tcp_ranges.get(rule.port, set())
+            tcp_ranges[rule.port] = None if found is None or not rule.ranges else found | set(rule.ranges)
+        chains += [
+            policy.egress_tcp_chain(number, sorted(ranges or ()))
+            for number, ranges in sorted(tcp_ranges.items())
+        ]
+        # HTTP egress on a port whose every address TCP egress passes already would match alike.
+        for number in sorted(
+            {r.port for r in egress if r.protocol == "http"} - {n for n, r in tcp_ranges.items() if r is None}
+        ):
+            chain = _http_listener(OUTBOUND, "", 0, http_filters=filters).filter_chains[0]
+            chain.name = f"egress|http:{number}"
+            chain.filter_chain_match.destination_port.value = number
+            chains.append(chain)
+        chains += [policy.egress_tls_chain(r, by_port=True) for r in egress if r.protocol == "tls"]
+        listener = _transparent_listener(
+            OUTBOUND,
+            port,
+            chains,
+            passthrough=PASSTHROUGH if self.mesh.egress_open else None,
+            inspect_tls=any(r.protocol == "tls" for r in egress),
+        )
+        self._transparent[key] = listener
         return listener
 
     def _grpc_client(self, proxy: Proxy) -> Resources:
         """What a proxyless gRPC client needs: an API listener per HTTP service port, named as its
         ``xds:///`` target (``<service>.<namespace>:<port>``), sharing the outbound routes; no sockets."""
-        scope = self._scope(proxy.identity)
+        scope = self.scope(proxy.identity)
         listeners: dict[str, message.Message] = {}
         for svc in self._reachable(scope):
             for port in svc.ports:
@@ -366,7 +443,7 @@ class Translator:
             resources.ROUTE: {OUTBOUND: self._outbound_routes(proxy)},
         }
 
-    def _scope(self, identity: Identity) -> Scope:
+    def scope(self, identity: Identity) -> Scope:
         """The namespaces whose services ``identity`` may call; None: all of them (permissive)."""
         if self.mesh.permissive:
             return None
@@ -432,13 +509,19 @@ class Translator:
                 for svc in self._reachable(scope)
                 for port in svc.ports
             }
+            if mtls and self.mesh.egress_open:  # what the sidecars' "*" virtual host routes to
+                self._clusters[(mtls, scope)][policy.OPEN_EGRESS] = policy.forward_proxy_cluster(
+                    policy.OPEN_EGRESS
+                )
         return self._clusters[(mtls, scope)]
 
     def _outbound_routes(self, proxy: Proxy) -> AssembledRoutes:
         """A virtual host per HTTP service port, found by Host: short name (same namespace only),
         ``svc.ns``, ``svc.ns.svc`` and the cluster FQDN, with and without the port."""
         caller = proxy.identity if proxy.identity in self._own_routes else None
-        key = (proxy.service.namespace, self._scope(proxy.identity), caller)
+        # A proxyless gRPC client has no forward proxy cluster for enableEgress's catch-all.
+        open_egress = self.mesh.egress_open and not proxy.grpc
+        key = (proxy.service.namespace, self.scope(proxy.identity), caller, open_egress)
         if key not in self._routes:
             hosts = [
                 self._virtual_host(svc, port, i == 0, key[0], proxy.identity)
@@ -446,6 +529,8 @@ class Translator:
                 for i, port in enumerate(p for p in svc.ports if p.is_http)
             ]
             hosts += self._egress_hosts(proxy.identity)
+            if open_egress:
+                hosts.append(AssembledRoutes.host_field(policy.open_egress_virtual_host()))
             self._routes[key] = AssembledRoutes(OUTBOUND, hosts)
         return self._routes[key]
 
@@ -499,10 +584,13 @@ def _eds_cluster(
         connect_timeout=duration_pb2.Duration(seconds=1),
         transport_socket=transport_socket,
     )
-    if http2:
-        options = http_protocol_options_pb2.HttpProtocolOptions()
-        options.explicit_http_config.http2_protocol_options.SetInParent()
-        cluster.typed_extension_protocol_options[_HTTP_PROTOCOL_OPTIONS].Pack(options)
+    if http2:  # Envoy speaks HTTP/1.1 upstream unless told: gRPC needs HTTP/2 to the next sidecar
+        options = http_options_pb2.HttpProtocolOptions(
+            explicit_http_config=http_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+            )
+        )
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(_typed(options))
     if limits is not None:
         cluster.circuit_breakers.CopyFrom(policy.circuit_breakers(limits))
         if limits.max_requests_per_connection is not None:
@@ -766,40 +854,116 @@ def _pod_ports(mesh: MeshState, pod: Pod) -> dict[int, bool]:
     return mine or namespace
 
 
-def _transparent_inbound(mesh: MeshState, proxy: Proxy, pod: Pod, trust_domain: str) -> listener_pb2.Listener:
-    """What a pod receives, by original destination port: on the ports it serves the mesh, mTLS
-    only (HTTP checked per request as ``_inbound_http_listener`` does, TCP in the handshake), then on
-    to the app at the address it was sent to; other ports pass through (the app's own business)."""
-    chains = []
-    for port, is_http in sorted(_pod_ports(mesh, pod).items()):
-        if is_http:
-            chain = _inbound_http_listener(mesh, proxy, trust_domain, None, (), ()).filter_chains[0]
-        else:
-            tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=f"{INBOUND}|{port}", cluster=INBOUND_PASSTHROUGH)
-            chain = _inbound_tcp_chain(mesh, proxy, {port}, trust_domain, tcp)
-        chain.name = f"{INBOUND}|{port}"
-        chain.filter_chain_match.destination_port.value = port
-        chains.append(chain)
-    return _transparent_listener(INBOUND, proxy.inbound_port, chains, INBOUND_PASSTHROUGH)
+def _pod_services(mesh: MeshState, pod: Pod, port: int) -> list[ServiceRef]:
+    """The Services whose endpoints are the pod's ``port`` (its namespace's, while it has none)."""
+    mine = [
+        svc.ref
+        for svc in mesh.services.values()
+        if any(e.address == pod.ip and e.port == port for ends in svc.endpoints.values() for e in ends)
+    ]
+    return mine or sorted(svc.ref for svc in mesh.services.values() if svc.ref.namespace == pod.namespace)
+
+
+def _transparent_inbound_chains(
+    mesh: MeshState,
+    proxy: Proxy,
+    port: int,
+    is_http: bool,
+    ingress: IngressRule | None,
+    rates: ConnectionLimits | None,
+    trust_domain: str,
+) -> list[listener_components_pb2.FilterChain]:
+    """What a pod receives on a port it serves the mesh: mTLS only (HTTP checked per request as
+    ``_inbound_http_listener`` does, TCP in the handshake; an ingress-only port its ingress alone),
+    rate limited as a host sidecar is, then on to the app at the address it was sent to."""
+    connection_rate = (
+        [_network_filter(policy.CONNECTION_RATE_FILTER, policy.connection_rate(rates.connection_rate))]
+        if rates and rates.connection_rate
+        else []
+    )
+    request_rate = []
+    if rates and rates.request_rate:
+        request_rate = [_http_filter(policy.REQUEST_RATE_FILTER, policy.request_rate(rates.request_rate))]
+    elif rates and rates.route_rates:
+        request_rate = [_http_filter(policy.REQUEST_RATE_FILTER, policy.route_rates_only())]
+    name = f"{INBOUND}|{port}"
+    routes = name if ingress is not None or rates is not None else INBOUND
+    if not is_http:
+        tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=name, cluster=INBOUND_PASSTHROUGH)
+        chain = _inbound_tcp_chain(mesh, proxy, {port}, trust_domain, tcp, connection_rate)
+    elif ingress is not None and not ingress.mtls:
+        # A pod's other connections pass through: what the ingress's chain does not take is closed
+        # here, plaintext from elsewhere and TLS alike (no backtracking past a more specific match).
+        chains = [_refusal(f"{name}|refused", port, "raw_buffer"), _refusal(f"{name}|tls", port, "")]
+        if ingress.source_ranges:
+            plain = _inbound_plaintext_listener(proxy, ingress, connection_rate, request_rate).filter_chains[
+                0
+            ]
+            _route_config(plain, routes)
+            plain.name = name
+            plain.filter_chain_match.destination_port.value = port
+            chains.insert(0, plain)
+        return chains
+    else:
+        chain = _inbound_http_listener(
+            mesh, proxy, trust_domain, ingress, connection_rate, request_rate
+        ).filter_chains[0]
+        _route_config(chain, routes)
+    chain.name = name
+    chain.filter_chain_match.destination_port.value = port
+    return [chain]
+
+
+def _refusal(name: str, port: int, transport: str) -> listener_components_pb2.FilterChain:
+    """Connections to ``port`` (of ``transport``, or any) closed without a word."""
+    refuse = _network_filter("envoy.filters.network.direct_response", direct_response_pb2.Config())
+    return listener_components_pb2.FilterChain(
+        name=name,
+        filter_chain_match=listener_components_pb2.FilterChainMatch(
+            destination_port=wrappers_pb2.UInt32Value(value=port), transport_protocol=transport
+        ),
+        filters=[refuse],
+    )
+
+
+def _route_config(chain: listener_components_pb2.FilterChain, name: str) -> None:
+    """Points the chain's HTTP connection manager at the route configuration ``name``."""
+    for f in chain.filters:
+        if f.typed_config.Is(hcm_pb2.HttpConnectionManager.DESCRIPTOR):
+            hcm = hcm_pb2.HttpConnectionManager()
+            f.typed_config.Unpack(hcm)
+            hcm.rds.route_config_name = name
+            f.typed_config.Pack(hcm)
 
 
 def _transparent_listener(
-    name: str, port: int, chains: Sequence[listener_components_pb2.FilterChain], passthrough_cluster: str
+    name: str,
+    port: int,
+    chains: Sequence[listener_components_pb2.FilterChain],
+    *,
+    passthrough: str | None,
+    inspect_tls: bool = False,
 ) -> listener_pb2.Listener:
-    """A capture port: the original destination restored, then matched against ``chains``; what
-    none matches goes on to that destination as it came, through ``passthrough_cluster``."""
+    """A capture port: the original destination restored (and a TLS server name read, when a
+    chain matches on it), then matched against ``chains``; what none matches goes on to that
+    destination as it came (through the cluster ``passthrough``), or is closed (None)."""
     original = listener_components_pb2.ListenerFilter(
         name="envoy.filters.listener.original_dst", typed_config=_typed(original_dst_pb2.OriginalDst())
     )
-    passthrough = tcp_proxy_pb2.TcpProxy(stat_prefix=f"{name}|{PASSTHROUGH}", cluster=passthrough_cluster)
+    if passthrough is not None:
+        tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=f"{name}|{PASSTHROUGH}", cluster=passthrough)
+        default = listener_components_pb2.FilterChain(
+            name=PASSTHROUGH, filters=[_network_filter("envoy.filters.network.tcp_proxy", tcp)]
+        )
+    else:
+        refuse = _network_filter("envoy.filters.network.direct_response", direct_response_pb2.Config())
+        default = listener_components_pb2.FilterChain(name=f"{name}|refused", filters=[refuse])
     return listener_pb2.Listener(
         name=name,
         address=_address("0.0.0.0", port),
-        listener_filters=[original],
+        listener_filters=[original, *([policy.tls_inspector()] if inspect_tls else [])],
         filter_chains=chains,
-        default_filter_chain=listener_components_pb2.FilterChain(
-            name=PASSTHROUGH, filters=[_network_filter("envoy.filters.network.tcp_proxy", passthrough)]
-        ),
+        default_filter_chain=default,
     )
 
 
@@ -824,17 +988,17 @@ def _passthrough(name: str, source: str | None = None) -> cluster_pb2.Cluster:
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
         connect_timeout=duration_pb2.Duration(seconds=1),
     )
+    # A pod's app gets the protocol its caller's sidecar spoke: HTTP/2 on a gRPC port.
+    options = http_options_pb2.HttpProtocolOptions(
+        use_downstream_protocol_config=http_options_pb2.HttpProtocolOptions.UseDownstreamHttpConfig(
+            http_protocol_options=protocol_pb2.Http1ProtocolOptions(),
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions(),
+        )
+    )
+    cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(_typed(options))
     if source is not None:
         cluster.upstream_bind_config.source_address.CopyFrom(_address(source, 0).socket_address)
-        # On to the app in the protocol it was sent in: HTTP/2 to a gRPC server, HTTP/1.1 to the rest.
-        options = http_protocol_options_pb2.HttpProtocolOptions()
-        options.use_downstream_protocol_config.http2_protocol_options.SetInParent()
-        options.use_downstream_protocol_config.http_protocol_options.SetInParent()
-        cluster.typed_extension_protocol_options[_HTTP_PROTOCOL_OPTIONS].Pack(options)
     return cluster
-
-
-_HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
 def _callers_only(callers: Sequence[Identity], trust_domain: str) -> listener_components_pb2.Filter:

@@ -22,28 +22,35 @@ import pytest
 from click.testing import CliRunner
 
 from gitmesh.cli import cli
-from tests import vault
+from tests import cert_manager, vault
 from tests.kube import Cluster, KubeEnv, KubeEnvError, build_binaries
 
 _FIXTURES_NEEDING_BINARIES = {"kube_binaries", "kube_env", "add_kube_cluster"}
 _build: dict[str, Path | str] = {}
 _vault_build: dict[str, Path | str] = {}  # HashiCorp Vault (testenv/build.sh vault), the same way
+_cert_manager_build: dict[str, Path | str] = {}  # cert-manager (testenv/build.sh cert-manager), too
+_OTHER_BUILDS = {
+    "vault_binary": ("Vault", vault.build, _vault_build),
+    "cert_manager_build": ("cert-manager", cert_manager.build, _cert_manager_build),
+}
 
 
-def _build_vault() -> None:
-    """Build once; a failure is kept for the tests that ask for Vault, never raised here."""
-    if "path" not in _vault_build and "error" not in _vault_build:
+def _build_other(fixture: str) -> None:
+    """Build once; a failure is kept for the tests that ask for it, never raised here."""
+    _, build, kept = _OTHER_BUILDS[fixture]
+    if "path" not in kept and "error" not in kept:
         try:
-            _vault_build["path"] = vault.build()
+            kept["path"] = build()
         except RuntimeError as exc:
-            _vault_build["error"] = str(exc)
+            kept["error"] = str(exc)
 
 
-def _run_vault_build() -> Path:
-    _build_vault()
-    if "error" in _vault_build:
-        pytest.fail(f"cannot build Vault:\n{_vault_build['error']}", pytrace=False)
-    path = _vault_build["path"]
+def _run_other_build(fixture: str) -> Path:
+    _build_other(fixture)
+    what, _, kept = _OTHER_BUILDS[fixture]
+    if "error" in kept:
+        pytest.fail(f"cannot build {what}:\n{kept['error']}", pytrace=False)
+    path = kept["path"]
     assert isinstance(path, Path)
     return path
 
@@ -68,13 +75,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     wanted = any(
         _FIXTURES_NEEDING_BINARIES.intersection(getattr(item, "fixturenames", ())) for item in session.items
     )
-    if any("vault_binary" in getattr(item, "fixturenames", ()) for item in session.items):
-        started = time.monotonic()
-        _build_vault()
-        elapsed = time.monotonic() - started
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and elapsed > 5:
-            reporter.write_line(f"testenv/build.sh vault built Vault in {elapsed:.0f}s")
+    for fixture, (what, _, _) in _OTHER_BUILDS.items():
+        if any(fixture in getattr(item, "fixturenames", ()) for item in session.items):
+            started = time.monotonic()
+            _build_other(fixture)
+            elapsed = time.monotonic() - started
+            reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None and elapsed > 5:
+                reporter.write_line(f"testenv/build.sh built {what} in {elapsed:.0f}s")
     if wanted and "path" not in _build and "error" not in _build:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         started = time.monotonic()
@@ -96,7 +104,13 @@ def kube_binaries() -> Path:
 @pytest.fixture(scope="session")
 def vault_binary() -> Path:
     """The cached ``vault`` binary (built right after collection when a test asks for it)."""
-    return _run_vault_build()
+    return _run_other_build("vault_binary")
+
+
+@pytest.fixture(scope="session")
+def cert_manager_build() -> Path:
+    """The directory of the cached ``cert-manager`` binary and its CRDs (built the same way)."""
+    return _run_other_build("cert_manager_build")
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,20 @@
-"""A fleet on real parts: a hub and two member clusters (each its own kube-apiserver), a real Git
+"""A fleet on real parts: a hub and four member clusters (each its own kube-apiserver), a real Git
 repository with a base and an EU overlay, and one ``gitmesh run --fleet-hub`` agent process per
-member, each with the credentials ``gitmesh fleet join`` made for it."""
+member, each with the credentials ``gitmesh fleet join`` made for it. Each agent reads its mesh
+health from a real Prometheus (Debian's), one for the canary eu-1 and one for the others, scraping
+Envoy's metric names from an exporter the test controls (``MeshMetrics``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
+import urllib.request
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +24,7 @@ import yaml
 from click.testing import CliRunner
 
 from gitmesh.cli import cli
-from gitmesh.demo import eventually
+from gitmesh.demo import eventually, free_port, stop_process
 from gitmesh.fleet.hub import Hub
 from gitmesh.kube import errors
 from gitmesh.kube.client import Client
@@ -27,9 +33,9 @@ from tests.conftest import GitRepo
 from tests.controller import RunningController
 from tests.kube import Cluster
 
-# Three apiservers and two agent processes per test, walked through several states: more than the
-# default two minutes when the machine is busy.
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+# Five apiservers, four agent processes and two Prometheus per test, walked through several states:
+# more than the default two minutes when the machine is busy.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 SCHEMAS = Path(__file__).parents[2] / "gitmesh" / "cli" / "schemas"
 NS = "shop"
@@ -59,12 +65,125 @@ def _cli(*args: str | Path) -> str:
     return result.stdout
 
 
+MEMBERS = {
+    "eu-1": ("region=eu", "ring=canary"),
+    "eu-2": ("region=eu",),
+    "us-1": ("region=us",),
+    "us-2": ("region=us",),
+}
+
+
+class MeshMetrics:
+    """Envoy's upstream request counters for shop/web-v1 and shop/web-v2, growing by 50 requests per
+    scrape: all answered 2xx, or, once ``failing``, half of web-v2's answered 5xx."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.counts: dict[tuple[str, str], int] = {}
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = metrics.scrape().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def scrape(self) -> str:
+        for backend in ("web-v1", "web-v2"):
+            bad = 25 if self.failing and backend == "web-v2" else 0
+            for klass, n in (("2", 50 - bad), ("5", bad)):
+                key = (backend, klass)
+                self.counts[key] = self.counts.get(key, 0) + n
+        lines = ["# TYPE envoy_cluster_upstream_rq_xx counter"]
+        lines += [
+            f'envoy_cluster_upstream_rq_xx{{envoy_cluster_name="shop/{b}|80",'
+            f'envoy_response_code_class="{k}"}} {n}'
+            for (b, k), n in sorted(self.counts.items())
+        ]
+        return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[[MeshMetrics], str]]:
+    """``prometheus(metrics)``: a real Prometheus scraping ``metrics`` every second; its URL."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("Debian's prometheus is not installed: make prometheus (make test does it)")
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(metrics: MeshMetrics) -> str:
+        workdir = tmp_path / f"prometheus-{len(processes)}"
+        workdir.mkdir()
+        config = {
+            "global": {"scrape_interval": "1s"},
+            "scrape_configs": [{"job_name": "sidecars", "static_configs": [{"targets": [metrics.address]}]}],
+        }
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        address = f"127.0.0.1:{free_port()}"
+        with (workdir / "prometheus.log").open("w") as log:
+            processes.append(
+                subprocess.Popen(
+                    [
+                        binary,
+                        f"--config.file={workdir / 'prometheus.yml'}",
+                        f"--storage.tsdb.path={workdir / 'tsdb'}",
+                        f"--web.listen-address={address}",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        url = f"http://{address}"
+        eventually(lambda: _ready(url), bool, "Prometheus ready")
+        return url
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            stop_process(process)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def canary_metrics() -> Iterator[MeshMetrics]:
+    metrics = MeshMetrics()
+    yield metrics
+    metrics.close()
+
+
 @pytest.fixture
 def fleet(
-    add_kube_cluster: Callable[..., Cluster], git_repo: GitRepo, tmp_path: Path
+    add_kube_cluster: Callable[..., Cluster],
+    git_repo: GitRepo,
+    tmp_path: Path,
+    prometheus: Callable[[MeshMetrics], str],
+    canary_metrics: MeshMetrics,
 ) -> Iterator[tuple[Cluster, dict[str, Cluster], dict[str, RunningController], GitRepo]]:
-    """The hub with one configuration (the base, and fleet/eu for region=eu), members eu-1 and us-1
-    joined and each followed by its agent."""
+    """The hub with one configuration (the base, and fleet/eu for region=eu), members eu-1 (the
+    canary), eu-2, us-1 and us-2 joined and each followed by its agent; eu-1's health from
+    ``canary_metrics``, the others' from metrics that stay healthy."""
     git_repo.commit(
         "base and the EU overlay",
         {
@@ -74,9 +193,11 @@ def fleet(
         },
     )
     hub = add_kube_cluster()
-    members = {"eu-1": add_kube_cluster(), "us-1": add_kube_cluster()}
+    members = {name: add_kube_cluster() for name in MEMBERS}
     agents: dict[str, RunningController] = {}
+    healthy = MeshMetrics()
     try:
+        health = {"canary": prometheus(canary_metrics), "others": prometheus(healthy)}
         assert "fleetclusters.gitmesh.dev established" in _cli(
             "install", "fleet-hub", "--kubeconfig", hub.kubeconfig
         )
@@ -96,13 +217,11 @@ def fleet(
         for name, member in members.items():
             _cli("install", "crds", "--kubeconfig", member.kubeconfig)
             credentials = tmp_path / f"{name}.hub.kubeconfig"
-            region = name.split("-")[0]
             _cli(
                 "fleet",
                 "join",
                 name,
-                "-l",
-                f"region={region}",
+                *(a for label in MEMBERS[name] for a in ("-l", label)),
                 "--unknown-after",
                 "5s",
                 "--out",
@@ -123,6 +242,8 @@ def fleet(
                     member.kubeconfig,
                     "--fleet-report-interval",
                     "1s",
+                    "--rollout-prometheus",
+                    health["canary" if name == "eu-1" else "others"],
                 ],
             ).start()
         yield hub, members, agents, git_repo
@@ -135,6 +256,7 @@ def fleet(
                 agent.kill()
         for cluster in (hub, *members.values()):
             cluster.stop()
+        healthy.close()
 
 
 def status(hub: Cluster) -> dict[str, dict[str, Any]]:
@@ -151,6 +273,14 @@ def weights(member: Cluster) -> list[int]:
 def services(member: Cluster) -> set[str]:
     found = json.loads(member.kubectl("get", "services", "-n", NS, "-o", "json").stdout)
     return {s["metadata"]["name"] for s in found["items"]}
+
+
+def restart(agents: dict[str, RunningController]) -> None:
+    """Each agent stops on a new assignment (exit 3) and is started again on it."""
+    for agent in agents.values():
+        assert agent.process is not None
+        assert agent.process.wait(30) == 3, agent.log.read_text()
+        agent.start()
 
 
 def all_compliant_at(head: str) -> Callable[[dict[str, dict[str, Any]]], bool]:
@@ -173,9 +303,8 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
     clusters = eventually(lambda: status(hub), all_compliant_at(head), "every member Compliant", timeout=60)
     assert clusters["eu-1"]["configurations"][0]["path"] == "fleet/eu"
     assert clusters["us-1"]["configurations"][0]["path"] == "fleet/base"
-    assert clusters["eu-1"]["labels"] == {"region": "eu"}
-    assert weights(members["eu-1"]) == [90, 10]
-    assert weights(members["us-1"]) == [100, 0]
+    assert clusters["eu-1"]["labels"] == {"region": "eu", "ring": "canary"}
+    assert [weights(members[m]) for m in MEMBERS] == [[90, 10], [90, 10], [100, 0], [100, 0]]
     table = _cli("fleet", "status", "--kubeconfig", hub.kubeconfig)
     assert "eu-1" in table and "us-1" in table and "Compliant" in table
 
@@ -216,7 +345,8 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
     assert plans["us-1"]["changes"] == [{"action": "create", "object": "Service/shop/web-v3"}]
     assert plans["us-1"]["splits"] == []
     assert {"action": "update", "object": "TrafficSplit/shop/web-split"} in plans["eu-1"]["changes"]
-    ((split,),) = [p["splits"] for p in plans.values() if p["splits"]]
+    assert [m for m, p in plans.items() if p["splits"]] == ["eu-1", "eu-2"]
+    (split,) = plans["eu-1"]["splits"]
     assert [(b["before"], b["after"]) for b in split["backends"]] == [(90, 80), (10, 20)]
     markdown = _cli(
         "fleet",
@@ -252,6 +382,16 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
     eu = clusters["eu-1"]["configurations"][0]
     assert (eu["desired_revision"], eu["applied_revision"]) == (broken, head)
     assert "GM020" in eu["reason"] and "spec.backends[1].weight" in eu["reason"], eu["reason"]
+    # Per object: the one that failed, and why.
+    (invalid,) = eu["object_results"]
+    assert (invalid["object"], invalid["result"]) == ("TrafficSplit/shop/web-split", "invalid")
+    assert "fleet/base/mesh.yaml" in invalid["message"] and "kustomize in fleet/eu" in invalid["message"], (
+        invalid
+    )
+    us = clusters["us-1"]["configurations"][0]
+    assert {"object": "Service/shop/web-v3", "result": "created"} in us["object_results"]
+    detail = _cli("fleet", "status", "eu-1", "--kubeconfig", hub.kubeconfig)
+    assert "TrafficSplit/shop/web-split" in detail and "invalid" in detail and "us-1" not in detail
     assert clusters["us-1"]["compliance"] == "Compliant"
     assert "web-v3" in services(members["us-1"])
     assert "web-v3" not in services(members["eu-1"])  # nothing half-applied
@@ -281,7 +421,8 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
     assert clusters["us-1"]["reason"].startswith("no report for")
     assert clusters["eu-1"]["compliance"] == "Non-Compliant"  # its agent still reports
 
-    # The hub assigns eu-1 something else (the base): its agent stops, to be started on it (exit 3).
+    # The hub assigns the EU members something else (the base): their agents stop, to be started on
+    # it (exit 3).
     hub.kubectl(
         "-n",
         "gitmesh-fleet",
@@ -292,8 +433,110 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
         "-p",
         '{"spec": {"overlays": []}}',
     )
-    assert agents["eu-1"].process is not None
-    assert agents["eu-1"].process.wait(30) == 3, agents["eu-1"].log.read_text()
+    for name in ("eu-1", "eu-2"):
+        process = agents[name].process
+        assert process is not None
+        assert process.wait(30) == 3, agents[name].log.read_text()
+
+
+def wave_of(hub: Cluster) -> dict[str, Any]:
+    doc = json.loads(_cli("fleet", "status", "-o", "json", "--kubeconfig", hub.kubeconfig))
+    jsonschema.validate(doc, json.loads((SCHEMAS / "fleet-status.schema.json").read_text()))
+    return dict(doc["waves"][0]) if doc["waves"] else {}  # none before the walker's first step
+
+
+def stages(wave: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {s["name"]: (s["state"], s["revision"]) for s in wave["stages"]}
+
+
+def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_alone(
+    fleet: tuple[Cluster, dict[str, Cluster], dict[str, RunningController], GitRepo],
+    canary_metrics: MeshMetrics,
+    tmp_path: Path,
+) -> None:
+    hub, members, _, repo = fleet
+    first = repo.git("rev-parse", "HEAD").strip()
+    eventually(lambda: status(hub), all_compliant_at(first), "every member Compliant", timeout=90)
+    workdir = tmp_path / "waves"
+    workdir.mkdir()
+    walker = RunningController(
+        workdir, ["--fleet-view", hub.kubeconfig, "--store", workdir / "store.db"]
+    ).start()
+    try:
+        # Stages: the canary (waits 2 s of passing health), the rest of the EU (a person approves),
+        # then everyone else. The revision applied now is where the wave starts.
+        wave = {
+            "stages": [
+                {"name": "canary", "clusterSelector": {"matchLabels": {"ring": "canary"}}, "wait": "2s"},
+                {"name": "eu", "clusterSelector": {"matchLabels": {"region": "eu"}}, "approval": True},
+                {"name": "rest"},
+            ],
+            "health": {"successRate": 95, "minRequests": 20, "window": "3s"},
+        }
+        hub.kubectl(
+            "-n", "gitmesh-fleet", "patch", "fleetconfiguration", "mesh", "--type=merge",
+            "-p", json.dumps({"spec": {"wave": wave}}),
+        )  # fmt: skip
+        eventually(
+            lambda: wave_of(hub).get("state"), lambda s: s == "Completed", "the wave at the first revision"
+        )
+
+        # A new commit: the canary takes it and stays healthy, then the EU waits for approval.
+        second = repo.commit("a 20% EU canary", _eu_overlay(20))
+        at_approval = eventually(
+            lambda: wave_of(hub),
+            lambda w: w.get("state") == "WaitingApproval",
+            "the eu stage waiting",
+            timeout=90,
+        )
+        assert stages(at_approval) == {
+            "canary": ("Passed", second),
+            "eu": ("WaitingApproval", first),
+            "rest": ("Pending", first),
+        }
+        assert weights(members["eu-1"]) == [80, 20] and weights(members["eu-2"]) == [90, 10]
+        health = status(hub)["eu-1"]["configurations"][0]["health"]
+        assert (health["revision"], health["verdict"]) == (second, "pass"), health
+        table = _cli("fleet", "status", "--kubeconfig", hub.kubeconfig)
+        assert f"Wave of mesh toward {second[:12]}" in table and "WaitingApproval" in table
+        assert "approved" in _cli("fleet", "approve", "mesh", "eu", "--kubeconfig", hub.kubeconfig)
+        done = eventually(
+            lambda: wave_of(hub), lambda w: w.get("state") == "Completed", "the wave done", timeout=90
+        )
+        assert done["last_good"] == second
+        eventually(lambda: status(hub), all_compliant_at(second), "every member at the second revision")
+        assert weights(members["eu-2"]) == [80, 20]
+
+        # The canary's web-v2 starts failing half its requests; the next commit stops at the canary,
+        # which goes back to the last good revision, and no later stage is told of it.
+        canary_metrics.failing = True
+        third = repo.commit("a 30% EU canary", _eu_overlay(30))
+        halted = eventually(
+            lambda: wave_of(hub), lambda w: w.get("state") == "Halted", "the wave halted", timeout=90
+        )
+        assert halted["revision"] == third
+        assert stages(halted) == {
+            "canary": ("RolledBack", second),
+            "eu": ("Pending", second),
+            "rest": ("Pending", second),
+        }
+        assert (
+            "halted at stage canary: eu-1: mesh health failed: shop/web-v2: success rate 50.0%"
+            in halted["reason"]
+        )
+        clusters = eventually(
+            lambda: status(hub),
+            lambda c: (
+                c["eu-1"]["compliance"] == "Compliant"
+                and c["eu-1"]["configurations"][0]["applied_revision"] == second
+            ),
+            "the canary back at the second revision",
+        )
+        assert weights(members["eu-1"]) == [80, 20]
+        assert {c["configurations"][0]["desired_revision"] for c in clusters.values()} == {second}
+        assert weights(members["eu-2"]) == [80, 20]
+    finally:
+        assert walker.stop() == 0, walker.log.read_text()
 
 
 def test_members_go_on_without_the_hub_and_refused_credentials_stop_an_agent(
@@ -337,6 +580,39 @@ def test_members_go_on_without_the_hub_and_refused_credentials_stop_an_agent(
     )
     assert refused.returncode == 1, refused.stderr
     assert "error: 401 Unauthorized" in refused.stderr
+
+    # A second configuration declaring one of the first one's objects: each agent, started again on
+    # the new assignment (exit 3, as a Deployment restarts it), reports the overlap; the object stays
+    # as the first configuration applied it, and nothing else of the second is applied.
+    intruder = f.service(NS, "web-v1", 9090)
+    repo.commit("extra", {"fleet/extra/mesh.yaml": f.dump(intruder, f.service(NS, "extra-only"))})
+    extra = {
+        "apiVersion": "gitmesh.dev/v1alpha1",
+        "kind": "FleetConfiguration",
+        "metadata": {"name": "extra", "namespace": "gitmesh-fleet"},
+        "spec": {"repository": str(repo.path), "path": "fleet/extra", "interval": "1s"},
+    }
+    hub.kubectl("apply", "-f", "-", input=json.dumps(extra))
+    restart(agents)
+    clusters = eventually(
+        lambda: status(hub),
+        lambda c: all(m.get("overlaps") for m in c.values()),
+        "every member reporting the overlap",
+        timeout=60,
+    )
+    for name, member in members.items():
+        assert clusters[name]["overlaps"] == [
+            {"object": "Service/shop/web-v1", "applied_by": "mesh", "refused_to": "extra"}
+        ]
+        assert clusters[name]["reason"].startswith("overlapping configurations: mesh and extra"), clusters[
+            name
+        ]
+        assert "extra-only" not in services(member)
+        live = json.loads(member.kubectl("get", "service", "-n", NS, "web-v1", "-o", "json").stdout)
+        assert [p["port"] for p in live["spec"]["ports"]] != [9090]
+    hub.kubectl("-n", "gitmesh-fleet", "delete", "fleetconfiguration", "extra")
+    restart(agents)
+    eventually(lambda: status(hub), lambda c: not any(m.get("overlaps") for m in c.values()), "no overlap")
 
     # The hub gone: the agents go on following Git.
     hub.stop()

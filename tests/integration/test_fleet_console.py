@@ -1,4 +1,4 @@
-"""The fleet's compliance as a person sees it: the hub and two members of ``test_fleet``'s fixture,
+"""The fleet's compliance as a person sees it: the hub and four members of ``test_fleet``'s fixture,
 each followed by its agent, and a third ``gitmesh run --fleet-view`` whose console is opened in real
 headless Chromium and whose ``/metrics`` a Prometheus would scrape."""
 
@@ -15,11 +15,11 @@ from gitmesh.metrics.prometheus import FLEET_COMPLIANCE
 from tests.conftest import GitRepo
 from tests.controller import RunningController
 from tests.integration.test_console import browser, text_of
-from tests.integration.test_fleet import all_compliant_at, fleet, status
+from tests.integration.test_fleet import all_compliant_at, canary_metrics, fleet, prometheus, status
 from tests.kube import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-__all__ = ["browser", "fleet"]  # fixtures, used by name
+__all__ = ["browser", "canary_metrics", "fleet", "prometheus"]  # fixtures, used by name
 
 
 def state_class(browser: webdriver.Chrome, cluster: str) -> str:
@@ -34,7 +34,7 @@ def test_the_console_shows_each_members_compliance_and_an_agent_gone_silent(
 ) -> None:
     hub, _, agents, repo = fleet
     head = repo.git("rev-parse", "HEAD").strip()
-    eventually(lambda: status(hub), all_compliant_at(head), "both members Compliant", timeout=120)
+    eventually(lambda: status(hub), all_compliant_at(head), "every member Compliant", timeout=120)
     workdir = tmp_path / "viewer"
     workdir.mkdir()
     viewer = RunningController(

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from gitmesh.certs.vault import VaultSettings
+from gitmesh.certs.certmanager import CertManagerSettings
+from gitmesh.certs.choice import Choice
+from gitmesh.certs.vault import KubernetesAuth, VaultSettings
 from gitmesh.controller.config import (
+    CertificatesFile,
     RolloutSettings,
     load_config,
     read_http_token,
@@ -110,9 +113,37 @@ certificates:
     )
     assert config.sources == ()  # a controller that only serves the mesh
     token = tmp_path / "vault-token"
-    assert config.vault == VaultSettings("https://vault:8200", "sidecars", token, "mesh-pki")
+    vault = VaultSettings("https://vault:8200", "sidecars", token, "mesh-pki")
+    assert config.certificates == Choice("vault", vault)
+    kubernetes = (
+        "certificates: {provider: vault, vault: {address: 'http://v', role: r, kubernetes: {role: g}}}"
+    )
+    assert load_config(write(tmp_path, kubernetes)).certificates == Choice(
+        "vault", VaultSettings("http://v", "r", kubernetes=KubernetesAuth("g"))
+    )
+    manager = "certificates: {provider: cert-manager, cert_manager: {issuer: mesh-ca, kind: ClusterIssuer}}"
+    assert load_config(write(tmp_path, manager)).certificates == Choice(
+        "cert-manager", cert_manager=CertManagerSettings("mesh-ca", "ClusterIssuer")
+    )
     builtin = "certificates: {provider: builtin}\nsources: [{name: a, url: x}]\n"
-    assert load_config(write(tmp_path, builtin)).vault is None
+    assert load_config(write(tmp_path, builtin)).certificates == Choice()
+
+
+def test_the_certificate_provider_is_read_again_when_the_file_changes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, "certificates: {provider: builtin}\n")
+    chosen = CertificatesFile(path, load_config(path).certificates)
+    assert chosen() == Choice()
+    vault = "certificates: {provider: vault, vault: {address: 'http://v:8200', role: r, token_file: t}}\n"
+    path.write_text(vault)
+    assert chosen() == Choice("vault", VaultSettings("http://v:8200", "r", tmp_path / "t"))
+    path.write_text("certificates: {provider: vault}\n")  # broken: the last choice is kept, and why said
+    assert chosen().provider == "vault"
+    assert "keeping the certificate provider vault (http://v:8200 pki/issue/r)" in caplog.text
+    assert "'vault' is a required property" in caplog.text
+    path.write_text("certificates: {provider: builtin}  \n")
+    assert chosen() == Choice()
 
 
 @pytest.mark.parametrize(
@@ -123,10 +154,23 @@ certificates:
         (
             "certificates: {provider: acme, vault: {address: vault:8200, role: r}}\n",
             [
-                "certificates.provider: 'acme' is not one of ['builtin', 'vault']",
+                "certificates.provider: 'acme' is not one of ['builtin', 'vault', 'cert-manager']",
                 "certificates.vault.address: 'vault:8200' does not match '^https?://'",
-                "certificates.vault: 'token_file' is a required property",
             ],
+        ),
+        ("certificates: {provider: cert-manager}\n", ["certificates: 'cert_manager' is a required property"]),
+        (
+            "certificates: {provider: vault, vault: {address: 'http://v', role: r}}\n",
+            ["certificates.vault: give token_file or kubernetes (Vault's Kubernetes auth), one of them"],
+        ),
+        (
+            "certificates: {provider: vault, vault: {address: 'http://v', role: r, token_file: t, "
+            "kubernetes: {role: gitmesh}}}\n",
+            ["certificates.vault: give token_file or kubernetes (Vault's Kubernetes auth), one of them"],
+        ),
+        (
+            "certificates: {provider: vault, vault: {address: 'http://v', role: r, kubernetes: {mount: k}}}",
+            ["certificates.vault.kubernetes: 'role' is a required property"],
         ),
         (
             "sources:\n  - {name: a, url: x, ref: {branch: main, tag: v1}, colour: red}\n",

@@ -15,7 +15,7 @@ from gitmesh.controller import conditions
 from gitmesh.controller.conditions import Result
 from gitmesh.fleet import hub, model
 from gitmesh.fleet.model import State
-from gitmesh.state.records import SourceRecord
+from gitmesh.state.records import ObjectResult, SourceRecord
 from gitmesh.sync.source import RefKind
 
 NOW = datetime(2026, 12, 5, 7, 0, tzinfo=UTC)
@@ -93,6 +93,50 @@ def test_compliance_follows_the_record(
     if record:
         revisions = (found.applied_revision, found.desired_revision)
         assert revisions == (record.last_applied, record.last_attempted)
+
+
+def test_a_report_carries_the_per_object_results() -> None:
+    record = SourceRecord(
+        "mesh",
+        conditions.finished((), Result.FAILED, "1 object(s) could not be applied", NOW),
+        "a" * 40,
+        "b" * 40,
+        objects=(
+            ObjectResult("Service/shop/web", "refused", "422 Invalid"),
+            ObjectResult("Namespace/shop", "created"),
+        ),
+        objects_omitted=2,
+    )
+    member = model.Member.of(cluster("us-1", {"tier": "edge"}))
+    (source,) = model.assignment(member, [model.Configuration.of(CONFIGURATION)])
+    (reported,) = model.report([model.compliance(source, record, False, 1)], NOW)["configurations"]
+    assert reported["objectResults"] == [
+        {"object": "Service/shop/web", "result": "refused", "message": "422 Invalid"},
+        {"object": "Namespace/shop", "result": "created"},
+    ]
+    assert reported["objectResultsOmitted"] == 2
+
+
+def test_overlapping_configurations_are_the_clusters_reason() -> None:
+    mesh = model.Compliance(
+        "mesh", State.COMPLIANT, "ok", "", "a", "a", 2, (ObjectResult("Service/shop/web", "unchanged"),)
+    )
+    extra = model.Compliance(
+        "extra",
+        State.NON_COMPLIANT,
+        "refused",
+        "",
+        "b",
+        None,
+        0,
+        (ObjectResult("Service/shop/web", "claimed", "applied by mesh"),),
+    )
+    status = model.report([extra, mesh], NOW)
+    assert status["overlaps"] == [{"object": "Service/shop/web", "appliedBy": "mesh", "refusedTo": "extra"}]
+    assert status["compliance"] == "Non-Compliant"
+    assert status["reason"].startswith(
+        "overlapping configurations: mesh and extra declare the same 1 object(s)"
+    )
 
 
 def test_a_member_is_as_compliant_as_its_worst_configuration() -> None:

@@ -160,3 +160,12 @@ def test_a_pruned_policy_is_lost_and_an_unchanged_one_says_nothing() -> None:
         PolicyChange("shop/bookstore limits connections 5", gained=False),
     )
     assert impact([store, _limits(5)], [store, _limits(5)]).policies == ()
+
+
+def test_meshconfig_enable_egress_is_one_policy_change_each_way() -> None:
+    closed, opened = f.mesh_config(False), f.mesh_config(False)
+    opened["spec"]["traffic"]["enableEgress"] = True
+    line = "every pod may reach what no Egress names (MeshConfig enableEgress)"
+    assert impact([opened], [closed]).policies == (PolicyChange(line, gained=True),)
+    assert impact([closed], [opened]).policies == (PolicyChange(line, gained=False),)
+    assert impact([opened], [opened]).policies == ()

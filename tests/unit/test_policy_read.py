@@ -152,7 +152,7 @@ def test_egress_is_one_rule_per_source_port_and_host() -> None:
     assert str(mesh.egress[0]) == "shop/bookbuyer may reach api.example.com:443 (tls)"
 
 
-def test_egress_by_ip_range_is_refused_whole() -> None:
+def test_ip_ranges_on_a_tls_port_are_refused_whole() -> None:
     spec = {
         "sources": [{"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"}],
         "hosts": ["api.example.com"],
@@ -161,21 +161,64 @@ def test_egress_by_ip_range_is_refused_whole() -> None:
     }
     mesh = read.mesh([policy("Egress", "e", spec)])
     assert mesh.egress == ()
-    assert "ipAddresses" in mesh.warnings[0]
+    assert "ipAddresses narrow tcp ports only" in mesh.warnings[0]
+
+
+def test_tcp_egress_reaches_addresses_in_its_ranges_or_any() -> None:
+    source = [{"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"}]
+    ranged = {
+        "sources": source,
+        "ipAddresses": ["10.1.2.3/16", "192.0.2.7"],
+        "ports": [{"number": 5432, "protocol": "TCP"}],
+    }
+    anywhere = {"sources": source, "ports": [{"number": 22, "protocol": "tcp"}]}
+    mesh = read.mesh([policy("Egress", "a", ranged), policy("Egress", "b", anywhere)])
+    assert mesh.egress == (
+        EgressRule(BUYER, "", 5432, "tcp", ranges=("10.1.0.0/16", "192.0.2.7/32")),
+        EgressRule(BUYER, "", 22, "tcp"),
+    )
+    assert [str(r) for r in mesh.egress] == [
+        "shop/bookbuyer may reach 10.1.0.0/16,192.0.2.7/32:5432 (tcp)",
+        "shop/bookbuyer may reach any address:22 (tcp)",
+    ]
+
+
+def test_a_leading_wildcard_host_is_read_and_other_wildcards_are_refused() -> None:
+    source = [{"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"}]
+    ports = [{"number": 443, "protocol": "tls"}]
+    good = {"sources": source, "hosts": ["*.example.com"], "ports": ports}
+    mesh = read.mesh([policy("Egress", "a", good)])
+    (rule,) = mesh.egress
+    assert rule.wildcard and rule.host == "*.example.com"
+    for host in ("api.*.com", "*", "*example.com", "*.*.example.com"):
+        bad = read.mesh([policy("Egress", "b", {**good, "hosts": [host]})])
+        assert bad.egress == () and "only a leading '*.'" in bad.warnings[0], host
 
 
 def test_egress_the_sidecar_cannot_tell_apart_is_refused() -> None:
     source = [{"kind": "ServiceAccount", "name": "bookbuyer", "namespace": "shop"}]
-    by_port = {"sources": source, "hosts": ["db.example.com"], "ports": [{"number": 5432, "protocol": "tcp"}]}
+    hosts_on_tcp = {
+        "sources": source,
+        "hosts": ["db.example.com"],
+        "ports": [{"number": 5432, "protocol": "tcp"}],
+    }
     two_tls = {
         "sources": source,
         "hosts": ["api.example.com"],
         "ports": [{"number": 443, "protocol": "tls"}, {"number": 8443, "protocol": "tls"}],
     }
-    mesh = read.mesh([policy("Egress", "a", by_port), policy("Egress", "b", two_tls)])
+    no_hosts = {
+        "sources": source,
+        "ipAddresses": ["10.0.0.0/8"],
+        "ports": [{"number": 80, "protocol": "http"}],
+    }
+    mesh = read.mesh(
+        [policy("Egress", "a", hosts_on_tcp), policy("Egress", "b", two_tls), policy("Egress", "c", no_hosts)]
+    )
     assert mesh.egress == ()
-    assert "TCP egress by port alone is not carried" in mesh.warnings[0]
+    assert "a tcp port is reached by address" in mesh.warnings[0]
     assert "one tls port per host" in mesh.warnings[1]
+    assert "http egress is told apart by name: it needs hosts" in mesh.warnings[2]
 
 
 def test_http_egress_is_narrowed_to_the_matches_of_the_route_groups_it_names() -> None:

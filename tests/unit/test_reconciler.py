@@ -9,7 +9,7 @@ import pytest
 from gitmesh.controller.metrics import Metrics
 from gitmesh.controller.reconciler import Reconciler
 from gitmesh.objects import ObjectRef
-from gitmesh.state.records import SourceRecord
+from gitmesh.state.records import MESSAGE_KEPT, OBJECTS_KEPT, ObjectResult, SourceRecord, kept_objects
 from gitmesh.sync.source import Source
 from tests import factory as f
 from tests.conftest import GitRepo
@@ -61,6 +61,32 @@ def test_an_invalid_commit_changes_nothing_and_prune_keeps_what_is_declared(
     assert weights(objects) == {"bookstore-v1": 90, "bookstore-v2": 10}
 
 
+def test_the_record_says_what_became_of_each_object(git_repo: GitRepo) -> None:
+    bookstore = f.bookstore()
+    git_repo.commit("bookstore", {"mesh.yaml": f.dump(*bookstore)})
+    r = reconciler(git_repo, FakeObjects())
+    r.reconcile("mesh", frozenset({"start"}))
+    (record,) = r.records()
+    assert {o.result for o in record.objects} == {"created"}
+    assert {o.object for o in record.objects} == {str(ObjectRef.of(o)) for o in bookstore}
+    broken = [f.split("store", "bookstore-split", "bookstore", {"bookstore-v1": -5})]
+    git_repo.commit("broken", {"mesh.yaml": f.dump(*bookstore[:-3], *broken)})
+    r.reconcile("mesh", frozenset({"manual"}))
+    (record,) = r.records()
+    (invalid,) = record.objects
+    assert (invalid.object, invalid.result) == ("TrafficSplit/store/bookstore-split", "invalid")
+    assert "mesh.yaml" in invalid.message and "GM" in invalid.message, invalid.message
+    assert SourceRecord.from_json(record.to_json()).objects == record.objects
+
+
+def test_a_record_keeps_a_bounded_number_of_object_results_failures_first() -> None:
+    results = [ObjectResult(f"Service/shop/s{i:03}", "created") for i in range(150)]
+    results.append(ObjectResult("Service/shop/zz", "refused", "x" * 1000))
+    kept, omitted = kept_objects(results)
+    assert (len(kept), omitted) == (OBJECTS_KEPT, 151 - OBJECTS_KEPT)
+    assert kept[0].object == "Service/shop/zz" and len(kept[0].message) == MESSAGE_KEPT
+
+
 def test_an_attempt_shows_once_its_record_is_stored_with_its_metrics(
     git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -87,3 +113,35 @@ def test_an_attempt_shows_once_its_record_is_stored_with_its_metrics(
     (shown,) = r.records()
     assert (len(shown.history), r.not_ready()) == (1, [])
     assert [h.revision for h in records.all()[0].history] == [shown.last_applied]
+
+
+def test_two_sources_declaring_one_object_never_write_over_or_prune_each_others(git_repo: GitRepo) -> None:
+    shop, web = f.namespace("shop"), f.service("shop", "web")
+    web_ref = ObjectRef.of(web)
+    git_repo.commit(
+        "a and b both declare shop/web",
+        {"a/mesh.yaml": f.dump(shop, web), "b/mesh.yaml": f.dump(web, f.service("shop", "b-only"))},
+    )
+    objects = FakeObjects()
+    sources = (
+        Source(name="a", url=str(git_repo.path), path="a"),
+        Source(name="b", url=str(git_repo.path), path="b"),
+    )
+    r = Reconciler(sources, settings(objects), Metrics(), threading.Event())
+    assert r.reconcile("a", frozenset({"start"})) is None
+    assert r.reconcile("b", frozenset({"start"})) is not None  # refused, and retried
+    records = {rec.source: rec for rec in r.records()}
+    assert "another source's: Service/shop/web (source a)" in records["b"].history[0].summary
+    assert [(o.object, o.result, o.message) for o in records["b"].objects] == [
+        ("Service/shop/web", "claimed", "applied by a")
+    ]
+    assert ObjectRef.of(f.service("shop", "b-only")) not in objects.objects  # nothing of b applied
+    assert set(r.settings.state.inventories.get("b")) == set()
+
+    # a lets go of it: not pruned, since b declares it; b takes it over on its retry.
+    git_repo.commit("a without web", {"a/mesh.yaml": f.dump(shop)})
+    r.reconcile("a", frozenset({"manual"}))
+    assert web_ref in objects.objects
+    r.reconcile("b", frozenset({"retry"}))
+    assert web_ref in r.settings.state.inventories.get("b")
+    assert {rec.source: rec.history[0].result for rec in r.records()} == {"a": "unchanged", "b": "applied"}

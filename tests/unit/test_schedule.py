@@ -24,6 +24,7 @@ from gitmesh.sync.source import Source
         ("a", "a", 0, {"manual"}, False, ("a", False)),  # asked for
         ("a", "a", 0, {"drift"}, False, ("a", False)),  # drift check of the applied head
         ("a", "a", 0, {"drift"}, True, ("good", True)),  # the head is stalled: the last good one
+        ("a", "a", 0, {"drift", "interval"}, True, ("good", True)),  # a poll beside it changes nothing
         ("a", "a", 0, {"drift", "manual"}, True, ("a", False)),  # asked for: the head itself
         ("b", "a", 0, {"drift"}, True, ("b", False)),  # a new head beats drift
     ],

@@ -58,6 +58,7 @@ EXPECTED_KINDS = frozenset(
         ("discovery.k8s.io/v1", "EndpointSlice"),
         ("config.openservicemesh.io/v1alpha1", "MeshConfig"),
         ("config.openservicemesh.io/v1alpha2", "MeshConfig"),
+        ("config.openservicemesh.io/v1alpha2", "MeshRootCertificate"),
         ("gitmesh.dev/v1alpha1", "EnvoyPatch"),
         ("gitmesh.dev/v1alpha1", "FaultInjection"),
     }
@@ -315,14 +316,21 @@ def test_the_official_crds_are_the_versions_compared_with(crd_versions: dict[tup
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("version", ["v1alpha1", "v1alpha2"])
-def test_mesh_config_is_the_osm_crd(crd_dir: Path, version: str) -> None:
-    """gitmesh accepts every MeshConfig field OSM v1.2 defines, with the same type, and no other:
-    an OSM user's MeshConfig means the same to gitmesh, or is refused."""
-    (doc,) = yaml.safe_load_all((crd_dir / "config_meshconfig.yaml").read_text())
+@pytest.mark.parametrize(
+    ("crd", "kind", "version"),
+    [
+        ("config_meshconfig.yaml", "MeshConfig", "v1alpha1"),
+        ("config_meshconfig.yaml", "MeshConfig", "v1alpha2"),
+        ("config_mesh_root_certificate.yaml", "MeshRootCertificate", "v1alpha2"),
+    ],
+)
+def test_osm_config_kinds_are_the_osm_crds(crd_dir: Path, crd: str, kind: str, version: str) -> None:
+    """gitmesh accepts every MeshConfig and MeshRootCertificate field OSM v1.2 defines, with the same
+    type, and no other: an OSM user's object means the same to gitmesh, or is refused."""
+    (doc,) = yaml.safe_load_all((crd_dir / crd).read_text())
     (served,) = [v for v in doc["spec"]["versions"] if v["name"] == version]
     theirs = served["schema"]["openAPIV3Schema"]
-    ours = schemas.schema_document(f"config.openservicemesh.io/{version}", "MeshConfig")
+    ours = schemas.schema_document(f"config.openservicemesh.io/{version}", kind)
     assert ours is not None
     paths = property_paths(ours) - {"apiVersion", "kind", "metadata"}
     assert paths == property_paths(theirs)

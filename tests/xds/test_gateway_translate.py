@@ -189,3 +189,20 @@ def test_a_granted_route_sends_to_a_service_of_another_namespace() -> None:
     ungranted = gamma_example(ROUTE, GRANTED.split("---")[0])
     assert [r.direct_response.status for r in bookstore_host(ungranted, BOOKBUYER).routes] == [500]
     assert "no ReferenceGrant" in ungranted.warnings[0]
+
+
+def test_clusters_of_grpc_ports_speak_http2_and_http_ones_are_left_to_envoys_default() -> None:
+    greeter = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "greeter", "namespace": "bookstore"},
+        "spec": {
+            "ports": [{"name": "grpc", "port": 50051}, {"name": "web", "port": 80, "appProtocol": "h2c"}]
+        },
+    }
+    mesh = gamma_example(yaml.safe_dump(greeter), permissive=True)
+    clusters = translate(mesh, BOOKBUYER)[resources.CLUSTER]
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    http2 = {n for n, c in clusters.items() if options in c.typed_extension_protocol_options}
+    assert http2 == {"bookstore/greeter|50051", "bookstore/greeter|80"}
+    assert "bookstore/bookstore-v1|14001" in clusters

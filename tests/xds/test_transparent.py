@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def _unpack(chain: listener_pb2.FilterChain, cls: type[Any]) -> Any:
     raise AssertionError(f"no {cls.__name__} in chain {chain.name}")
 
 
-def test_the_outbound_listener_routes_by_original_destination_and_passes_the_rest_through() -> None:
+def test_the_outbound_listener_routes_by_original_destination_and_closes_the_rest() -> None:
     res = Translator(cluster_mesh()).resources(WAREHOUSE)
     outbound = res[resources.LISTENER]["outbound"]
     assert outbound.address.socket_address.address == "0.0.0.0"
@@ -122,8 +123,14 @@ def test_the_outbound_listener_routes_by_original_destination_and_passes_the_res
         "bookwarehouse/mysql-v1|3306",
         "bookwarehouse/mysql-v2|3306",
     }
-    # Anything else (the API server, DNS over TCP, the internet) goes on as it came.
-    default = _unpack(outbound.default_filter_chain, tcp_proxy_pb2.TcpProxy)
+    # Anything else (the API server, DNS over TCP, the internet) no Egress names is closed...
+    assert outbound.default_filter_chain.name == "outbound|refused"
+    assert [f.name for f in outbound.default_filter_chain.filters] == [
+        "envoy.filters.network.direct_response"
+    ]
+    # ... unless the MeshConfig lets it out (OSM's enableEgress): then it goes on as it came.
+    opened = Translator(replace(cluster_mesh(), egress_open=True)).resources(WAREHOUSE)
+    default = _unpack(opened[resources.LISTENER]["outbound"].default_filter_chain, tcp_proxy_pb2.TcpProxy)
     assert default.cluster == PASSTHROUGH
     passthrough = res[resources.CLUSTER][PASSTHROUGH]
     assert passthrough.type == cluster_pb2.Cluster.ORIGINAL_DST
