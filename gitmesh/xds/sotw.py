@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import collections
+import weakref
 from collections.abc import Iterable
 
 from envoy.service.discovery.v3 import discovery_pb2
@@ -26,30 +27,56 @@ class Bodies:
     """Responses as every stream of a snapshot key is sent them, but for the nonce (field 5, which a
     stream appends: a message's fields may come in any order). Written once per snapshot, type and
     subscription, for the streams a publish wakes together; the latest are kept up to
-    ``max_bytes``. The servicer shares one between its streams."""
+    ``max_bytes``. The servicer shares one between its streams.
+
+    Snapshots are held weakly: the bodies of a snapshot go once its key is gone or republished
+    (a proxy that left keeps nothing here), at the next ``body`` call."""
 
     def __init__(self, max_bytes: int = 16 << 20) -> None:
         self._max_bytes = max_bytes
         self._bytes = 0
-        # (snapshot, type, subscription) by identity -> them (so no others have their ids), body
-        self._kept: collections.OrderedDict[tuple[int, str, int], tuple[Snapshot, Names | None, bytes]] = (
-            collections.OrderedDict()
-        )
+        # (snapshot, type, subscription) by identity -> the snapshot (weakly), the subscription
+        # (so no other has its id), body
+        self._kept: collections.OrderedDict[
+            tuple[int, str, int], tuple[weakref.ref[Snapshot], Names | None, bytes]
+        ] = collections.OrderedDict()
+        self._keys: dict[int, list[tuple[int, str, int]]] = {}  # snapshot id -> its keys above
+        # Ids of snapshots gone, appended by the collector in whatever thread freed them
+        self._gone: collections.deque[int] = collections.deque()
 
     def body(self, snapshot: Snapshot, type_url: str, names: Names | None) -> bytes:
+        self._forget_gone()
         key = (id(snapshot), type_url, id(names))
         kept = self._kept.get(key)
-        if kept is not None:
+        if kept is not None and kept[0]() is snapshot:
             self._kept.move_to_end(key)
             return kept[2]
+        self._drop(key)  # of a snapshot gone whose id this one has
         encoded = snapshot.encoded(type_url)
         items = encoded.values() if names is None else [item for n, item in encoded.items() if n in names]
         body = _body(snapshot.type_version(type_url), type_url, items)
-        self._kept[key] = (snapshot, names, body)
+        if id(snapshot) not in self._keys:
+            self._keys[id(snapshot)] = []
+            weakref.finalize(snapshot, self._gone.append, id(snapshot))
+        self._keys[id(snapshot)].append(key)
+        self._kept[key] = (weakref.ref(snapshot), names, body)
         self._bytes += len(body)
         while self._bytes > self._max_bytes:
-            self._bytes -= len(self._kept.popitem(last=False)[1][2])
+            self._drop(next(iter(self._kept)))
         return body
+
+    def _forget_gone(self) -> None:
+        while self._gone:
+            for key in self._keys.pop(self._gone.popleft(), ()):
+                self._drop(key)
+
+    def _drop(self, key: tuple[int, str, int]) -> None:
+        kept = self._kept.pop(key, None)
+        if kept is not None:
+            self._bytes -= len(kept[2])
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
 
 class _SotwType:

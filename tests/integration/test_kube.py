@@ -69,6 +69,7 @@ def test_crds_are_established_with_one_served_version(cluster: Cluster) -> None:
         "tcproutes.specs.smi-spec.io",
         "udproutes.specs.smi-spec.io",
         "meshconfigs.config.openservicemesh.io",
+        "meshrootcertificates.config.openservicemesh.io",
         "envoypatches.gitmesh.dev",
         "retries.policy.openservicemesh.io",
         "upstreamtrafficsettings.policy.openservicemesh.io",

@@ -177,7 +177,8 @@ def test_a_new_commit_mid_rollout_restarts_from_the_live_weights(demo: Demo, web
     apply_head(demo, webhook)
     assert live_weights(demo) == {"bookstore-v1": 90, "bookstore-v2": 10}
     plan = CliRunner().invoke(
-        cli, ["plan", "--repo", str(demo.repo), "--path", "mesh", "--store", str(demo.store)]
+        cli,
+        ["plan", "--repo", str(demo.repo), "--path", "mesh", "--store", str(demo.store), "--source", "demo"],
     )
     assert "Rollout under way: bookstore/bookstore-split Progressing, step 1 of 2" in plan.output, plan.output
     commit_split(demo, 50, 50)

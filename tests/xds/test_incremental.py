@@ -3,6 +3,7 @@ full translation of the new mesh gives; SotW responses are written once per key,
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from gitmesh import serve
 from gitmesh.mesh.state import Identity, ServiceRef
 from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import bootstrap
+from gitmesh.xds.snapshot import Snapshot
 from gitmesh.xds.sotw import Bodies, SotwStream
 from gitmesh.xds.translate import Proxy
 
@@ -176,3 +178,19 @@ def test_streams_of_a_key_share_one_written_response_but_their_nonces() -> None:
     body = bodies.body(snapshot, resources.CLUSTER, None)
     assert all(raw.startswith(body) for raw in sent)
     assert bodies.body(snapshot, resources.CLUSTER, None) is body
+
+
+def test_the_bodies_of_a_snapshot_go_with_it() -> None:
+    """A proxy that left (its snapshot dropped) leaves no written responses behind."""
+    publisher, keys = connected(mesh_objects())
+    bodies = Bodies()
+    snapshot = publisher.cache.snapshot(keys[0])
+    assert snapshot is not None
+    copy = Snapshot(snapshot.version, {url: dict(m) for url, m in snapshot.resources.items()})
+    bodies.body(copy, resources.CLUSTER, None)
+    bodies.body(snapshot, resources.CLUSTER, None)
+    assert len(bodies) == 2
+    del copy
+    gc.collect()
+    bodies.body(snapshot, resources.LISTENER, None)
+    assert len(bodies) == 2  # the copy's went; the live snapshot's two stay
