@@ -1226,6 +1226,12 @@ def node_processes(directory: Path) -> dict[int, str]:
     return found
 
 
+def node_components(directory: Path) -> dict[str, int]:
+    """The node's own running components (etcd, kube-apiserver, containerd, kubelet, ...) by name."""
+    state = _State.load(directory) or _State()
+    return {name: pid for name, pid in state.pids.items() if _alive(pid)}
+
+
 def leftovers(directory: Path | None = None) -> dict[str, list[str]]:
     """What of a node is still on the host: empty lists everywhere after a clean teardown."""
     directory = directory or default_directory()
