@@ -7,7 +7,7 @@ under the name the manifests use and imported into the node, so nothing is pulle
 applies its Services, Deployments and routes with its own client, execs the echo client in one pod
 and checks what the others answer; gitmesh reads the routes from the cluster and serves the
 sidecars. The suite's report is written to ``$CONFORMANCE_REPORT`` when set
-(docs/conformance/ holds the published one).
+(conformance/ holds the published one).
 """
 
 from __future__ import annotations
