@@ -19,10 +19,12 @@ EXAMPLE_OBJECTS = sum(len([d for d in yaml.safe_load_all(p.read_text()) if d]) f
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under xdist's loadgroup each file is one group, as with loadfile, except that all the node
     tests are one: there is one node per host, so they must share one worker. First, because
     xdist reads the groups in a hook of the same name."""
+    if not config.pluginmanager.hasplugin("xdist"):  # -p no:xdist: no groups, and no such mark
+        return
     for item in items:
         path = item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group("node" if path.startswith("tests/node/") else path))
