@@ -8,7 +8,7 @@ DEMO_STAMP := $(VENV)/.demo-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # The demo means the embedded store, whatever cluster an exported KUBECONFIG names.
 DEMO_GITMESH := env -u KUBECONFIG $(BIN)/gitmesh
 
-.PHONY: demo demo-live wheel test test-fast lint bench clean prometheus tmux chromium node-packages cluster cluster-down
+.PHONY: demo demo-live demo-cluster wheel test test-fast lint bench clean prometheus tmux chromium node-packages cluster cluster-down
 
 # Debian packages the tests use, installed once (as root, or with sudo): sshd serves Git over SSH,
 # gpg signs and checks commits, kubectl renders Kustomize directories and checks the test cluster.
@@ -76,6 +76,11 @@ node-packages:
 ## cluster: a real single-node Kubernetes on this host (testenv/README.md); prints the KUBECONFIG to export
 cluster: $(STAMP) node-packages
 	testenv/up
+
+## demo-cluster: the bookstore as injected pods on that node (root), applied from Git by gitmesh installed
+## in it: the split from real pod traffic, access control, a TCP split, then a commit that moves it
+demo-cluster: $(STAMP) $(KUBECTL) node-packages
+	$(BIN)/python -m tests.pod_bookstore
 
 ## cluster-down: stop it and remove everything it put on the host
 cluster-down: $(STAMP)

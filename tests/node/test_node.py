@@ -12,9 +12,10 @@ import base64
 import contextlib
 import ipaddress
 import json
-import shutil
+import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -43,8 +44,9 @@ from gitmesh.mesh.state import Identity
 from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import client_tls
 from tests import factory as f
+from tests import pod_bookstore
 from tests.bookstore import Bookstore
-from tests.conftest import EXAMPLE_REPO, GitRepo
+from tests.conftest import GitRepo
 from tests.gitserver import GitHttpServer
 from tests.node import (
     CLUSTER_DOMAIN,
@@ -733,68 +735,6 @@ def test_an_upgrade_under_traffic_fails_no_request_and_the_sidecars_follow_the_n
 
 
 # --- the bookstore as injected pods, served by the in-cluster gitmesh ---
-BOOK_PORT = 14001
-MYSQL_PORT = 3306
-
-
-def _tcp_answers(cluster: NodeCluster, count: int) -> dict[str, int]:
-    """Which mysql pod answers each of ``count`` new connections bookwarehouse opens to the mysql
-    Service (a TCP port: split by connection); its app speaks HTTP, which TCP carries as bytes."""
-    seen: dict[str, int] = {}
-    for _ in range(count):
-        url = f"http://mysql.bookwarehouse:{MYSQL_PORT}/"
-        got = cluster.kubectl(
-            "-n", "bookwarehouse", "exec", "bookwarehouse", "-c", "app", "--", "/app", "get", url, check=False
-        )
-        words = got.stdout.split()
-        answer = (
-            words[3]
-            if words[:3] == ["200", "hello", "from"]
-            else f"{got.returncode} {got.stdout}{got.stderr}"[:80]
-        )
-        seen[answer] = seen.get(answer, 0) + 1
-    return seen
-
-
-def _book_pod(
-    cluster: NodeCluster,
-    name: str,
-    namespace: str,
-    account: str,
-    labels: dict[str, str],
-    port: int = APP_PORT,
-) -> dict[str, Any]:
-    """A test-app pod serving ``port``, as a user writes it: nothing of the mesh in it, injected by
-    the webhook."""
-    container = {
-        **_app_container(cluster),
-        "env": [
-            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "PORT", "value": str(port)},
-        ],
-        "ports": [{"containerPort": port}],
-        "readinessProbe": {"httpGet": {"path": "/", "port": port}, "periodSeconds": 1},
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {
-            "serviceAccountName": account,
-            "containers": [container],
-            "terminationGracePeriodSeconds": 1,
-        },
-    }
-
-
-def _buy(cluster: NodeCluster, url: str, caller: str = "bookbuyer") -> tuple[int, str]:
-    """The ``caller`` pod's app (in the namespace of its name) GETs ``url``, the mesh doing the rest;
-    its port 8080 is no mesh port, so the API server's pod proxy reaches it past its sidecar."""
-    query = urllib.parse.urlencode({"url": url})
-    status, body = cluster.get(f"/api/v1/namespaces/{caller}/pods/{caller}:{APP_PORT}/proxy/fetch?{query}")
-    return status, body if isinstance(body, str) else json.dumps(body)
-
-
 def _pod_node(pod: dict[str, Any], account: str) -> base_pb2.Node:
     """What an injected sidecar of ``pod`` says of itself, claiming ServiceAccount ``account``."""
     meta = pod["metadata"]
@@ -845,20 +785,6 @@ def _listeners_or_refusal(address: str, bundle: str, held: dict[str, str], node:
     return sorted(names)
 
 
-def _shares(cluster: NodeCluster, count: int) -> dict[str, int]:
-    seen: dict[str, int] = {}
-    for _ in range(count):
-        status, body = _buy(cluster, f"http://bookstore.bookstore:{BOOK_PORT}/buy-a-book/new")
-        # "200 hello from <pod>": the pod that answered; anything else as it came.
-        answer = (
-            body.split()[3]
-            if status == 200 and body.startswith("200 hello from")
-            else f"{status} {body[:80]}"
-        )
-        seen[answer] = seen.get(answer, 0) + 1
-    return seen
-
-
 @pytest.mark.timeout(480)  # the node's start (about a minute) counts too
 def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_git(
     node_cluster: NodeCluster, tmp_path: Path
@@ -867,118 +793,7 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
     get their sidecars from the webhook and their certificates for their pods' tokens; bookbuyer
     calls the bookstore by its Service name, and the split, mTLS and access control hold."""
     cluster = node_cluster
-    repo = tmp_path / "repo"
-    shutil.copytree(EXAMPLE_REPO, repo / demo.MESH_PATH)
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "bookstore"], check=True)
-    served = tmp_path / "served"
-    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(served / "mesh.git")], check=True)
-    server = GitHttpServer(served, host=NODE_IP).start()
-    install = [
-        "install",
-        "--kubeconfig",
-        str(cluster.kubeconfig),
-        "--image",
-        cluster.images.gitmesh,
-        "--image-pull-policy",
-        "Never",
-        "--proxy-image",
-        cluster.images.envoy,
-        "--repo",
-        server.url("mesh.git"),
-        "--path",
-        demo.MESH_PATH,
-        "--interval",
-        "2s",
-    ]
-    try:
-        result = CliRunner().invoke(cli, install)
-        assert result.exit_code == 0, result.output
-        wait_for(
-            "the leader applies the bookstore",
-            lambda: (
-                cluster.kubectl(
-                    "-n", "bookstore", "get", "trafficsplit", "bookstore-split", check=False
-                ).returncode
-                == 0
-            ),
-            60,
-        )
-        wait_for(
-            "a replica publishes the webhook's caBundle",
-            lambda: all(
-                w["clientConfig"].get("caBundle")
-                for w in get_json(cluster, "mutatingwebhookconfiguration", "gitmesh-inject")["webhooks"]
-            ),
-            30,
-        )
-        for namespace in ("bookbuyer", "bookstore", "bookthief", "bookwarehouse"):
-            cluster.kubectl("label", "namespace", namespace, "gitmesh.dev/inject=enabled")
-        cluster.apply(
-            [
-                _book_pod(
-                    cluster,
-                    "bookstore-v1",
-                    "bookstore",
-                    "bookstore",
-                    {"app": "bookstore", "version": "v1"},
-                    BOOK_PORT,
-                ),
-                _book_pod(
-                    cluster,
-                    "bookstore-v2",
-                    "bookstore",
-                    "bookstore",
-                    {"app": "bookstore", "version": "v2"},
-                    BOOK_PORT,
-                ),
-                _book_pod(cluster, "bookbuyer", "bookbuyer", "bookbuyer", {"app": "bookbuyer"}),
-                _book_pod(cluster, "bookthief", "bookthief", "bookthief", {"app": "bookthief"}),
-                _book_pod(
-                    cluster, "bookwarehouse", "bookwarehouse", "bookwarehouse", {"app": "bookwarehouse"}
-                ),
-                *(
-                    _book_pod(
-                        cluster,
-                        f"mysql-{v}",
-                        "bookwarehouse",
-                        "mysql",
-                        {"app": "mysql", "version": v},
-                        MYSQL_PORT,
-                    )
-                    for v in ("v1", "v2")
-                ),
-            ]
-        )
-        for namespace, name in (
-            ("bookstore", "bookstore-v1"),
-            ("bookstore", "bookstore-v2"),
-            ("bookbuyer", "bookbuyer"),
-            ("bookthief", "bookthief"),
-            ("bookwarehouse", "bookwarehouse"),
-            ("bookwarehouse", "mysql-v1"),
-            ("bookwarehouse", "mysql-v2"),
-        ):
-            done = cluster.kubectl(
-                "-n",
-                namespace,
-                "wait",
-                "--for=condition=Ready",
-                f"pod/{name}",
-                "--timeout=120s",
-                timeout=130,
-                check=False,
-            )
-            assert done.returncode == 0, (
-                done.stderr
-                + cluster.kubectl("-n", namespace, "describe", "pod", name, check=False).stdout
-                + cluster.kubectl("-n", namespace, "logs", name, "-c", "gitmesh-init", check=False).stdout
-                + cluster.kubectl("-n", namespace, "logs", name, "-c", "gitmesh-proxy", check=False).stdout[
-                    -3000:
-                ]
-            )
+    with pod_bookstore.running(cluster, tmp_path) as shop:
         pod = get_json(cluster, "-n", "bookstore", "pod", "bookstore-v1")
         assert [c["name"] for c in pod["spec"]["initContainers"]] == ["gitmesh-init", "gitmesh-proxy"]
         # Ready through the rewritten probe: kubelet -> the sidecar's health port -> the app.
@@ -988,7 +803,7 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
 
         # Routed by the mesh, by the Service's name: split 75/25 between the two versions' pods.
         shares = demo.eventually(
-            lambda: _shares(cluster, 40),
+            lambda: shop.shares(40),
             lambda s: set(s) == {"bookstore-v1", "bookstore-v2"},
             "bookbuyer reaching both versions through its sidecar",
             90,
@@ -996,9 +811,9 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
         assert shares["bookstore-v1"] > shares["bookstore-v2"], shares
         # A Job's app starts once its sidecar is configured, calls through the mesh, and the Job
         # completes with its app (the native sidecar does not keep it running).
-        job_pod = _book_pod(cluster, "job", "bookbuyer", "bookbuyer", {})
+        job_pod = pod_bookstore.book_pod(cluster, "job", "bookbuyer", "bookbuyer", {}, APP_PORT)
         app = job_pod["spec"]["containers"][0]
-        app["args"] = ["get", f"http://bookstore.bookstore:{BOOK_PORT}/buy-a-book/new"]
+        app["args"] = ["get", f"{pod_bookstore.BOOKSTORE}/buy-a-book/new"]
         del app["readinessProbe"]
         job = {
             "apiVersion": "batch/v1",
@@ -1020,14 +835,14 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
         logs = cluster.kubectl("-n", "bookbuyer", "logs", "job/buyer-job", "-c", "app", check=False).stdout
         assert done.returncode == 0 and logs.startswith("200 hello from bookstore-v"), (done.stderr, logs)
         # Access control on the callee's sidecar: a route no HTTPRouteGroup match allows.
-        assert _buy(cluster, f"http://bookstore.bookstore:{BOOK_PORT}/admin")[1].startswith("403 ")
+        assert shop.buy(f"{pod_bookstore.BOOKSTORE}/admin")[1].startswith("403 ")
         # bookthief, in the mesh but named by no TrafficTarget, is given no route to the bookstore:
         # its own sidecar closes the call (no mesh route, no Egress).
-        status, body = _buy(cluster, f"http://bookstore.bookstore:{BOOK_PORT}/buy-a-book/new", "bookthief")
+        status, body = shop.buy(f"{pod_bookstore.BOOKSTORE}/buy-a-book/new", "bookthief")
         assert "hello from" not in body, (status, body)
         # TCP by ClusterIP and port, split 90/10 by connection.
         tcp = demo.eventually(
-            lambda: _tcp_answers(cluster, 10),
+            lambda: shop.tcp_answers(10),
             lambda s: set(s) <= {"mysql-v1", "mysql-v2"},
             "bookwarehouse reaching mysql through its sidecar",
             60,
@@ -1035,7 +850,7 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
         assert tcp.get("mysql-v1", 0) >= 5, tcp
         # mTLS only: plaintext straight to a bookstore pod's address gets no answer from its app.
         v1_ip = pod["status"]["podIP"]
-        status, body = _buy(cluster, f"http://{v1_ip}:{BOOK_PORT}/buy-a-book/new")
+        status, body = shop.buy(f"http://{v1_ip}:{pod_bookstore.BOOK_PORT}/buy-a-book/new")
         assert "hello from" not in body, (status, body)
 
         # Pod identity, from the host: a token bound to the bookbuyer pod gets bookbuyer's certificate
@@ -1067,19 +882,17 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
             assert refusal == grpc.StatusCode.PERMISSION_DENIED, claim
 
         # A commit moves the traffic, nothing restarted.
-        split = repo / demo.MESH_PATH / "bookstore" / "split.yaml"
-        split.write_text(
-            split.read_text().replace("weight: 75", "weight: 0").replace("weight: 25", "weight: 100")
+        split, mysql = "bookstore/split.yaml", "bookwarehouse/mysql.yaml"
+        shop.commit(
+            "all to v2, mysql half and half",
+            (split, "weight: 75", "weight: 0"),
+            (split, "weight: 25", "weight: 100"),
+            (mysql, "weight: 90", "weight: 50"),
+            (mysql, "weight: 10", "weight: 50"),
         )
-        mysql = repo / demo.MESH_PATH / "bookwarehouse" / "mysql.yaml"
-        mysql.write_text(
-            mysql.read_text().replace("weight: 90", "weight: 50").replace("weight: 10", "weight: 50")
-        )
-        subprocess.run([*git, "commit", "-qam", "all to v2, mysql half and half"], check=True)
-        subprocess.run([*git, "push", "-q", str(served / "mesh.git"), "main"], check=True)
-        demo.eventually(lambda: _shares(cluster, 20), lambda s: set(s) == {"bookstore-v2"}, "all to v2", 60)
+        demo.eventually(lambda: shop.shares(20), lambda s: set(s) == {"bookstore-v2"}, "all to v2", 60)
         demo.eventually(
-            lambda: _tcp_answers(cluster, 20), lambda s: set(s) == {"mysql-v1", "mysql-v2"}, "mysql 50/50", 60
+            lambda: shop.tcp_answers(20), lambda s: set(s) == {"mysql-v1", "mysql-v2"}, "mysql 50/50", 60
         )
 
         # The control plane restarted under pod-to-pod traffic: the leader's pod deleted, its
@@ -1090,7 +903,7 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
 
         def traffic() -> None:
             while not restarted.is_set():
-                status, body = _buy(cluster, f"http://bookstore.bookstore:{BOOK_PORT}/buy-a-book/new")
+                status, body = shop.buy(f"{pod_bookstore.BOOKSTORE}/buy-a-book/new")
                 answered[0] += 1
                 if status != 200 or not body.startswith("200 hello from bookstore-v2"):
                     failed.append((status, body))
@@ -1128,15 +941,33 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
                 s["restartCount"] for s in statuses["initContainerStatuses"] + statuses["containerStatuses"]
             ]
             assert restarts == [0, 0, 0], (name, restarts)
-    finally:
-        CliRunner().invoke(cli, ["uninstall", "--kubeconfig", str(cluster.kubeconfig)])
-        cluster.kubectl(
-            "delete",
-            "namespace",
-            *sorted({namespace for namespace, _ in demo.APPS.values()}),
-            INSTALL_NAMESPACE,
-            "--ignore-not-found",
-            "--timeout=120s",
-            timeout=130,
-        )
-        server.stop()
+
+
+@pytest.mark.timeout(480)
+def test_make_demo_cluster_shows_the_split_access_control_and_a_commit_that_moves_it(
+    node_cluster: NodeCluster,
+) -> None:
+    """What `make demo-cluster` runs, as a person runs it: on the running node, the bookstore as pods."""
+    shown = subprocess.run(
+        [sys.executable, "-m", "tests.pod_bookstore"],
+        env={**os.environ, "GITMESH_NODE_DIR": str(node_cluster.directory)},
+        capture_output=True,
+        text=True,
+        timeout=460,
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    lines = shown.stdout.splitlines()
+
+    def line(start: str) -> list[str]:
+        return [x for x in lines if x.startswith(start)]
+
+    first, after = line("bookbuyer  -> bookstore (")
+    assert "bookstore-v1" in first and "bookstore-v2" in first, first
+    assert after.endswith("bookstore-v2 100%"), after
+    assert " 403 " in line("bookbuyer  -> bookstore /admin")[0]
+    assert "no answer" in line("bookthief  -> bookstore")[0]
+    assert "mysql-v1" in line("bookwarehouse -> mysql")[0]
+    # It leaves the node running, and nothing of the demo in it.
+    assert "kubelet" in node_components(node_cluster.directory)
+    namespaces = {n["metadata"]["name"] for n in get_json(node_cluster, "namespaces")["items"]}
+    assert namespaces.isdisjoint([*pod_bookstore.NAMESPACES, INSTALL_NAMESPACE]), namespaces
