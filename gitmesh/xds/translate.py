@@ -41,7 +41,8 @@ route configuration           ``outbound``, ``inbound``; a pod's port with an In
 virtual host, filter chain    egress: ``egress|<host>:<port>``, HTTP on ``outbound`` routes, TLS
                               on the ``outbound`` listener (after its HTTP chain); a pod's HTTP
                               egress chain ``egress|http:<port>``, TCP ``egress|tcp:<port>``; the
-                              enableEgress virtual host ``egress|*``
+                              enableEgress virtual host ``egress|*``; without it, the catch-all of
+                              the services a caller may not call ``refused``
 secret (SDS)                  ``workload-cert``: the sidecar's own identity's certificate and key;
                               ``trust-bundle``: the mesh's root certificates
 ============================  =====================================================
