@@ -366,7 +366,8 @@ class Translator:
 
     def _transparent_outbound(self, scope: Scope, port: int, caller: Identity) -> listener_pb2.Listener:
         """What a pod sends, by original destination: a chain per HTTP service port (routed by Host,
-        over the ClusterIPs with that port), one per TCP service port (its ClusterIPs), then the
+        over the ClusterIPs with that port, also those of the services the pod may not call, which
+        its routes refuse and count), one per TCP service port (its ClusterIPs), then the
         caller's egress (HTTP by Host and TLS by server name on their ports, TCP by address); the
         rest passes through with MeshConfig enableEgress, else is closed. Shared by the pods of a
         scope whose identity no Egress names."""
@@ -375,6 +376,11 @@ class Translator:
         if key in self._transparent:
             return self._transparent[key]
         http: dict[int, list[str]] = defaultdict(list)
+        if self._refuses(scope):
+            for svc in self._unreached(scope):
+                for p in svc.ports:
+                    if p.is_http and p.protocol == "TCP" and svc.cluster_ips:
+                        http[p.port] += svc.cluster_ips
         chains = []
         for svc in self._reachable(scope):
             for p in svc.ports:
@@ -478,6 +484,9 @@ class Translator:
     def _reachable(self, scope: Scope) -> list[Service]:
         return [svc for svc in self._services if scope is None or svc.ref.namespace in scope]
 
+    def _unreached(self, scope: Scope) -> list[Service]:
+        return [svc for svc in self._services if scope is not None and svc.ref.namespace not in scope]
+
     def _load_assignments(self, scope: Scope) -> dict[str, message.Message]:
         if scope not in self._endpoints:
             self._endpoints[scope] = {
@@ -538,11 +547,7 @@ class Translator:
             hosts += self._egress_hosts(proxy.identity)
             if open_egress:
                 hosts.append(AssembledRoutes.host_field(policy.open_egress_virtual_host()))
-            unreached = [
-                svc
-                for svc in self._services
-                if scope is not None and svc.ref.namespace not in scope and any(p.is_http for p in svc.ports)
-            ]
+            unreached = [svc for svc in self._unreached(scope) if any(p.is_http for p in svc.ports)]
             if refuses and unreached:
                 hosts.append(AssembledRoutes.host_field(_refusals(unreached, key[0])))
             self._routes[key] = AssembledRoutes(OUTBOUND, hosts)

@@ -1022,7 +1022,7 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
         # Access control on the callee's sidecar: a route no HTTPRouteGroup match allows.
         assert _buy(cluster, f"http://bookstore.bookstore:{BOOK_PORT}/admin")[1].startswith("403 ")
         # bookthief, in the mesh but named by no TrafficTarget, is given no route to the bookstore:
-        # its own sidecar closes the call (no mesh route, no Egress).
+        # its own sidecar refuses the call (no mesh route, no Egress).
         status, body = _buy(cluster, f"http://bookstore.bookstore:{BOOK_PORT}/buy-a-book/new", "bookthief")
         assert "hello from" not in body, (status, body)
         # TCP by ClusterIP and port, split 90/10 by connection.
