@@ -199,7 +199,7 @@ def _status(view: View) -> str:
     if view.unreachable:
         named = "; ".join(f"{admin} ({why})" for admin, why in sorted(view.unreachable.items()))
         said = f"{len(view.unreachable)} unreachable: {named}"
-        return f'{_e(text)} <span class="bad unreachable">{_e(said)}</span>'
+        return f'{_e(text)} <span class="bad">{_e(said)}</span>'
     return _e(text)
 
 
