@@ -148,9 +148,10 @@ def test_access_follows_the_traffic_targets(demo: Demo) -> None:
     # A route outside the HTTPRouteGroup, and a request that breaks its header rule: 403.
     assert demo.buy("/admin")[0] == 403
     assert demo.buy("/books-bought", user_agent="curl/8")[0] == 403
-    # bookthief is named by no TrafficTarget: its sidecar is not even sent a route to the bookstore.
+    # bookthief is named by no TrafficTarget: its sidecar is not even sent a route to the bookstore,
+    # and refuses the call itself.
     status, _ = demo.buy(caller="bookthief")
-    assert status == 404
+    assert status == 403
 
 
 def test_restarting_gitmesh_fails_no_request(demo: Demo) -> None:
