@@ -293,8 +293,9 @@ def graph(edges: Sequence[model.Edge], share: Mapping[tuple[str, str], float]) -
         label = f"{e.rps:.1f} rps {_number(e.success_rate, '%')}"
         if (e.source, e.destination) in share:
             label += f" ({share[(e.source, e.destination)]:.0f}%)"
-        if e.denied_rps > 0:
-            label += f" {e.denied_rps:.1f} rps denied"
+        if e.denied_rps > 0:  # all of it when nothing got through
+            denied = f"{e.denied_rps:.1f} rps denied"
+            label = f"{label} {denied}" if e.rps else denied
         out.append(
             f'<g class="edge {_health(e)}" data-edge="{_e(e.source)} {_e(e.destination)}">'
             f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}"/>'
