@@ -106,7 +106,7 @@ def main() -> None:
         for destination in rng.sample(services, args.calls):
             rate = rng.choice((100.0, 100.0, 100.0, 99.5, 97.0, 60.0))
             edges[(source, destination)] = Edge(
-                source, destination, rng.uniform(0.1, 50), rate, 1.2, 4.0, 12.0, 2.0, 300.0, 900.0
+                source, destination, rng.uniform(0.1, 50), rate, 1.2, 4.0, 12.0, 2.0, 300.0, 900.0, 0.0
             )
     by_badness = sorted(edges.values(), key=lambda e: (e.success_rate or 100.0, -(e.p99_ms or 0)))
     report = {"proxies": [f"proxy-{i}" for i in range(args.proxies)], "sidecars": {}, "nacks": []}

@@ -55,7 +55,7 @@ def demo_command(workdir: str, live: int) -> None:
         status, _ = d.buy("/admin")
         out.print(f"bookbuyer  -> bookstore /admin          {status}  (no HTTPRouteGroup match allows it)")
         status, _ = d.buy(caller="bookthief")
-        out.print(f"bookthief  -> bookstore /books-bought   {status}  (no TrafficTarget names it: no route)")
+        out.print(f"bookthief  -> bookstore /books-bought   {status}  (no TrafficTarget names it: refused)")
         shares = "  ".join(f"{name} {share:.0%}" for name, share in d.tcp_shares().items())
         out.print(f"bookwarehouse -> mysql (TCP, 200 connections)  {shares}")
         answer = d.query("bookthief") or "closed, nothing received"

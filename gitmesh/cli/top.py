@@ -11,6 +11,7 @@ from typing import Any
 import click
 from rich.console import Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from gitmesh.cli.base import (
@@ -47,40 +48,46 @@ from gitmesh.rollout.model import Rollout
 def top(
     target: BackendChoice, envoy_admin: tuple[str, ...], interval: float, once: bool, output: str
 ) -> None:
-    """The service edges (RPS, success rate, p99), worst first, and the rollouts under way, live."""
+    """The service edges (RPS, success rate, refused calls, p99), worst first, and the rollouts under
+    way, live."""
     settings = target.open(read_only=True)
     if output != "text" and not once:
         raise click.UsageError(f"-o {output} prints one interval: give --once")
     stats = envoy.EnvoyStats(sidecars_of(settings, envoy_admin))
-    before = stats.read()
+    # A sidecar that cannot be read is named, and the others shown all the same.
+    before = stats.read_available().read
     if once:
         time.sleep(interval)
-        now = stats.read()
-        edges = model.edges(model.window(now, before), interval)
+        now = stats.read_available()
+        edges = model.edges(model.window(now.carried(before), before), interval)
         rollouts = _under_way(driver.load(settings))
         if output != "text":
-            emit("top", _json(edges, rollouts, interval), output)
+            emit("top", _json(edges, rollouts, interval, now.unreachable), output)
         else:
-            out.print(_view(edges, rollouts, len(now), interval))
+            out.print(_view(edges, rollouts, now, interval))
         return
     with contextlib.suppress(KeyboardInterrupt), Live(console=out, auto_refresh=False) as live:
         while True:
             time.sleep(interval)
-            now = stats.read()
-            edges = model.edges(model.window(now, before), interval)
-            live.update(_view(edges, _under_way(driver.load(settings)), len(now), interval), refresh=True)
-            before = now
+            now = stats.read_available()
+            reading = now.carried(before)
+            edges = model.edges(model.window(reading, before), interval)
+            live.update(_view(edges, _under_way(driver.load(settings)), now, interval), refresh=True)
+            before = reading
 
 
 def _under_way(rollouts: Mapping[str, Rollout]) -> list[Rollout]:
     return [r for _, r in sorted(rollouts.items()) if r.phase.active]
 
 
-def _json(edges: list[model.Edge], rollouts: list[Rollout], interval: float) -> dict[str, Any]:
+def _json(
+    edges: list[model.Edge], rollouts: list[Rollout], interval: float, unreachable: Mapping[str, str]
+) -> dict[str, Any]:
     return {
         "interval": interval,
         "edges": [dataclasses.asdict(e) for e in edges],
         "rollouts": [driver.event(r) for r in rollouts],
+        "unreachable": dict(sorted(unreachable.items())),
     }
 
 
@@ -88,11 +95,15 @@ def _number(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:.1f}{unit}"
 
 
-def _view(edges: list[model.Edge], rollouts: list[Rollout], sidecars: int, interval: float) -> Group:
+def _view(edges: list[model.Edge], rollouts: list[Rollout], stats: envoy.Available, interval: float) -> Group:
+    caption = "; ".join(f"{admin} unreachable ({why})" for admin, why in sorted(stats.unreachable.items()))
     table = Table(
-        title=f"Service edges, worst first ({sidecars} sidecars, last {interval:g}s)", title_justify="left"
+        title=f"Service edges, worst first ({len(stats.read)} sidecars, last {interval:g}s)",
+        title_justify="left",
+        caption=f"[red]{escape(caption)}[/]" if caption else None,
+        caption_justify="left",
     )
-    for column in ("source", "destination", "RPS", "success", "p50", "p99", "conns"):
+    for column in ("source", "destination", "RPS", "success", "denied", "p50", "p99", "conns"):
         table.add_column(column, justify="left" if column in ("source", "destination") else "right")
     for e in edges:
         rate = _number(e.success_rate, "%")
@@ -102,6 +113,7 @@ def _view(edges: list[model.Edge], rollouts: list[Rollout], sidecars: int, inter
             e.destination,
             f"{e.rps:.1f}",
             f"[{style}]{rate}[/]" if style else rate,
+            f"[red]{e.denied_rps:.1f}[/]" if e.denied_rps > 0 else f"{e.denied_rps:.1f}",
             _number(e.p50_ms, "ms"),
             _number(e.p99_ms, "ms"),
             f"{e.connections:.0f}",

@@ -1,6 +1,7 @@
 """The web console on the controller's HTTP port: the mesh's service edges (a graph and a table with
-requests per second, split shares, success rate and latency), the rollouts with their weights over
-time, and each source's reconcile state. Read-only, and open like ``/status``.
+requests per second, split shares, success rate, latency and the calls the mesh refused), the
+rollouts with their weights over time, and each source's reconcile state. Read-only, and open like
+``/status``.
 
 The HTML is rendered here; the page's script (``console.js``, beside this file) only swaps in the
 fragments that ``/console/events`` sends as server-sent events. Every viewer shares one reading of
@@ -14,13 +15,12 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from gitmesh.apis import read
 from gitmesh.controller.metrics import Fleet, FleetMember
-from gitmesh.errors import MetricsError
 from gitmesh.mesh.state import MeshState
 from gitmesh.metrics import envoy, model
 from gitmesh.rollout import render
@@ -52,7 +52,7 @@ class View:
     records: Sequence[SourceRecord]
     report: Mapping[str, Any]  # the ADS server's: connected proxies, the configurations they rejected
     mesh: MeshState  # what is live: who may call whom, the splits, the policies
-    error: str = ""  # why the stats could not be read, when they could not
+    unreachable: Mapping[str, str] = field(default_factory=dict)  # sidecars not read: admin -> why
     fleet: Sequence[FleetMember] | None = None  # the fleet's members, when a hub is shown
     fleet_error: str = ""  # why the hub could not be read, when it could not
 
@@ -86,28 +86,24 @@ class Console:
             if self._view is not None and now - self._view[0] < REFRESH:
                 return self._view[1]
             edges: list[model.Edge] = []
-            error, seconds, sidecars = "", 0.0, 0
-            try:
-                reading = self.stats.read()
-            except MetricsError as e:
-                error = str(e)
-            else:
-                sidecars = len(reading)
-                if self._reading is not None:
-                    seconds = now - self._reading[0]
-                    edges = model.edges(model.window(reading, self._reading[1]), seconds)
-                self._reading = (now, reading)
+            seconds = 0.0
+            available = self.stats.read_available()  # a sidecar that cannot be read hides no other
+            reading = available.carried(self._reading[1] if self._reading else {})
+            if self._reading is not None:
+                seconds = now - self._reading[0]
+                edges = model.edges(model.window(reading, self._reading[1]), seconds)
+            self._reading = (now, reading)
             shown = sorted(self.rollouts().values(), key=lambda r: (not r.phase.active, -r.started_at))
             view = View(
                 time.time(),
                 seconds,
-                sidecars,
+                len(available.read),
                 edges,
                 shown[:ROLLOUTS_SHOWN],
                 self.records(),
                 self.report(),
                 self.mesh(),
-                error,
+                available.unreachable,
                 self.fleet.members() if self.fleet else None,
                 self.fleet.error if self.fleet else "",
             )
@@ -200,16 +196,20 @@ def _status(view: View) -> str:
     when = time.strftime("%H:%M:%S", time.gmtime(view.at))
     measured = f"last {view.seconds:.1f}s" if view.seconds else "measuring"
     text = f"{view.sidecars} sidecars, {measured}, at {when} UTC"
-    if view.error:
-        return f'{_e(text)} <span class="bad">{_e(view.error)}</span>'
+    if view.unreachable:
+        named = "; ".join(f"{admin} ({why})" for admin, why in sorted(view.unreachable.items()))
+        said = f"{len(view.unreachable)} unreachable: {named}"
+        return f'{_e(text)} <span class="bad">{_e(said)}</span>'
     return _e(text)
 
 
-def _health(rate: float | None) -> str:
-    """The class an edge is drawn in, by its success rate."""
-    if rate is None:
+def _health(e: model.Edge) -> str:
+    """The class an edge is drawn in: refused calls before its success rate."""
+    if e.denied_rps > 0:
+        return "denied"
+    if e.success_rate is None:
         return "idle"
-    return "good" if rate >= 99 else "warn" if rate >= 95 else "bad"
+    return "good" if e.success_rate >= 99 else "warn" if e.success_rate >= 95 else "bad"
 
 
 def shares(edges: Sequence[model.Edge], mesh: MeshState) -> dict[tuple[str, str], float]:
@@ -230,15 +230,16 @@ def shares(edges: Sequence[model.Edge], mesh: MeshState) -> dict[tuple[str, str]
 
 def _edges(view: View) -> str:
     if not view.edges:
-        return "<p>No traffic measured yet.</p>" if not view.error else "<p>No stats.</p>"
+        return "<p>No traffic measured yet.</p>" if view.sidecars else "<p>No stats.</p>"
     share = shares(view.edges, view.mesh)
     shown = view.edges[:EDGES_SHOWN]
     rows = "".join(
-        f'<tr class="{_health(e.success_rate)}" data-edge="{_e(e.source)} {_e(e.destination)}">'
+        f'<tr class="{_health(e)}" data-edge="{_e(e.source)} {_e(e.destination)}">'
         f"<td>{_e(e.source or '-')}</td><td>{_e(e.destination)}</td>"
         f'<td class="rps">{e.rps:.1f}</td>'
         f'<td class="share">{_number(share.get((e.source, e.destination)), "%")}</td>'
         f'<td class="success">{_number(e.success_rate, "%")}</td>'
+        f'<td class="denied">{e.denied_rps:.1f}</td>'
         f"<td>{_number(e.p50_ms, 'ms')}</td><td>{_number(e.p90_ms, 'ms')}</td>"
         f'<td class="p99">{_number(e.p99_ms, "ms")}</td><td>{e.connections:.0f}</td></tr>'
         for e in shown
@@ -247,7 +248,7 @@ def _edges(view: View) -> str:
     rest = f"<p>{more} more edges, none worse than these.</p>" if more else ""
     head = "".join(
         f"<th>{c}</th>"
-        for c in ("source", "destination", "RPS", "share", "success", "p50", "p90", "p99", "conns")
+        for c in ("source", "destination", "RPS", "share", "success", "denied", "p50", "p90", "p99", "conns")
     )
     return (
         graph(view.edges[:EDGES_DRAWN], share)
@@ -275,7 +276,8 @@ def layers(edges: Sequence[model.Edge]) -> dict[str, int]:
 
 def graph(edges: Sequence[model.Edge], share: Mapping[tuple[str, str], float]) -> str:
     """The services as boxes in columns, each edge a line coloured by its success rate and labelled
-    with its requests per second (and share of its split)."""
+    with its requests per second (and share of its split); an edge with refused calls is dashed red
+    and says how many."""
     column = layers(edges)
     rows: dict[int, list[str]] = {}
     for node in sorted(column):
@@ -291,8 +293,12 @@ def graph(edges: Sequence[model.Edge], share: Mapping[tuple[str, str], float]) -
         label = f"{e.rps:.1f} rps {_number(e.success_rate, '%')}"
         if (e.source, e.destination) in share:
             label += f" ({share[(e.source, e.destination)]:.0f}%)"
+        if e.denied_rps > 0:  # all of it when nothing got through
+            denied = f"{e.denied_rps:.1f} rps denied"
+            label = f"{label} {denied}" if e.rps else denied
         out.append(
-            f'<g class="edge {_health(e.success_rate)}"><line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}"/>'
+            f'<g class="edge {_health(e)}" data-edge="{_e(e.source)} {_e(e.destination)}">'
+            f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}"/>'
             f'<text x="{(x1 + x2) / 2:.0f}" y="{(y1 + y2) / 2 - 4:.0f}">{_e(label)}</text></g>'
         )
     for node, (x, y) in where.items():

@@ -49,7 +49,7 @@ def _choice(name: str, label: str, of: str, multi: bool = False) -> dashboard.Qu
 
 
 def overview() -> dashboard.Dashboard:
-    """Every edge of the mesh: traffic, success, latency, bytes."""
+    """Every edge of the mesh: traffic, success, latency, refused calls, bytes."""
     r, ok = prometheus.REQUESTS, prometheus.SUCCESS
     return (
         _base("gitmesh-mesh", "gitmesh: the mesh")
@@ -57,6 +57,7 @@ def overview() -> dashboard.Dashboard:
         .with_panel(_panel("Success rate, per edge", "percentunit", [(ok, _EDGE)]))
         .with_panel(_panel("Latency p99, per edge", "ms", [(prometheus.LATENCY[99], _EDGE)]))
         .with_panel(_panel("Errors (5xx) per second, per edge", "reqps", [(prometheus.ERRORS, _EDGE)]))
+        .with_panel(_panel("Refused calls per second, per edge", "reqps", [(prometheus.DENIED, _EDGE)]))
         .with_panel(
             _panel(
                 "TCP bytes per second, per edge",

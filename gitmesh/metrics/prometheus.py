@@ -4,8 +4,8 @@ and recording and alerting rules for the golden signals per source -> destinatio
 to write as YAML or JSON.
 
 Each target carries its sidecar's service as the ``source`` label; ``destination`` is the
-destination cluster's service (``envoy_cluster_name`` without its port). The recorded names are
-those the dashboards query.
+destination cluster's service (``envoy_cluster_name`` without its port), or for a refused call the
+service its RBAC policy names. The recorded names are those the dashboards query.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ LATENCY = {q: f"gitmesh:edge_latency_ms:p{q}" for q in (50, 90, 99)}
 SENT = f"gitmesh:edge_sent_bytes:rate{WINDOW}"
 RECEIVED = f"gitmesh:edge_received_bytes:rate{WINDOW}"
 CONNECTIONS = "gitmesh:edge_connections:active"
+DENIED = f"gitmesh:edge_denied:rate{WINDOW}"  # calls the mesh refused (no TrafficTarget allows them)
 # The fleet, from the hub's reader (``gitmesh run --fleet-view``): 1 for each cluster's state, 0 for others.
 FLEET_COMPLIANCE = "gitmesh_fleet_cluster_compliance"
 FLEET_STATES = "gitmesh:fleet_clusters:by_state"
@@ -60,6 +61,11 @@ RECORDED: dict[str, str] = {
     SENT: _by_edge(_rate(model.SENT)),
     RECEIVED: _by_edge(_rate(model.RECEIVED)),
     CONNECTIONS: _by_edge(f"{model.ACTIVE}{{{_MESH}}}"),
+    DENIED: (
+        f"sum by ({', '.join(EDGE)}) (label_replace(rate({model.DENIED}"
+        f'{{envoy_http_conn_manager_prefix="{model.DENIED_BY}"}}[{WINDOW}]),'
+        ' "destination", "$1", "envoy_rbac_policy_name", "(.+)"))'
+    ),
 }
 RECORDED_FLEET: dict[str, str] = {
     FLEET_STATES: f"sum by (state) ({FLEET_COMPLIANCE})",

@@ -41,7 +41,8 @@ route configuration           ``outbound``, ``inbound``; a pod's port with an In
 virtual host, filter chain    egress: ``egress|<host>:<port>``, HTTP on ``outbound`` routes, TLS
                               on the ``outbound`` listener (after its HTTP chain); a pod's HTTP
                               egress chain ``egress|http:<port>``, TCP ``egress|tcp:<port>``; the
-                              enableEgress virtual host ``egress|*``
+                              enableEgress virtual host ``egress|*``; without it, the catch-all of
+                              the services a caller may not call ``refused``
 secret (SDS)                  ``workload-cert``: the sidecar's own identity's certificate and key;
                               ``trust-bundle``: the mesh's root certificates
 ============================  =====================================================
@@ -103,6 +104,7 @@ OUTBOUND = "outbound"
 INBOUND = "inbound"
 CLUSTER_DOMAIN = "cluster.local"
 HTTP_RBAC = "envoy.filters.http.rbac"
+REFUSED = "refused"  # the outbound routes' catch-all virtual host: what a caller may not call
 PASSTHROUGH = policy.PASSTHROUGH
 # What a pod's sidecar received, on to its app at the address it was sent to, from the address
 # capture leaves alone (its connections to its own pod are captured again, into its inbound).
@@ -236,7 +238,7 @@ class Translator:
         self._endpoints: dict[Scope, dict[str, message.Message]] = {}
         # by mTLS or not, and with pods' passthrough
         self._clusters: dict[tuple[bool, Scope] | tuple[bool, Scope, str], dict[str, message.Message]] = {}
-        self._routes: dict[tuple[str, Scope, Identity | None, bool], AssembledRoutes] = {}
+        self._routes: dict[tuple[str, Scope, Identity | None, bool, bool], AssembledRoutes] = {}
         self._hosts: dict[
             tuple[ServiceRef, int, bool, RetryPolicy | None, Fault | None, ServiceRoutes | None], bytes
         ] = {}
@@ -306,10 +308,12 @@ class Translator:
         return {policy.egress_cluster_name(r): policy.egress_cluster(r) for r in rules}
 
     def _outbound_filters(self, caller: Identity) -> list[hcm_pb2.HttpFilter]:
-        """The fault filter (it does nothing but where a route's per-filter config says so) and, for
-        a caller with wildcard HTTP egress or with enableEgress, the forward proxy's (it resolves
-        only for its own clusters)."""
+        """The RBAC filter of the refusals (``_refusals``), the fault filter (it does nothing but where
+        a route's per-filter config says so) and, for a caller with wildcard HTTP egress or with
+        enableEgress, the forward proxy's (it resolves only for its own clusters)."""
         filters = [_http_filter(policy.FAULT_FILTER, fault_pb2.HTTPFault())] if self.mesh.faults else []
+        if self._refuses(self.scope(caller)):  # it does nothing but on the refusals' route
+            filters.insert(0, _http_filter(HTTP_RBAC, http_rbac_pb2.RBAC()))
         if self.mesh.egress_open or any(
             r.wildcard and r.protocol == "http" for r in self._egress.get(caller, [])
         ):
@@ -362,7 +366,8 @@ class Translator:
 
     def _transparent_outbound(self, scope: Scope, port: int, caller: Identity) -> listener_pb2.Listener:
         """What a pod sends, by original destination: a chain per HTTP service port (routed by Host,
-        over the ClusterIPs with that port), one per TCP service port (its ClusterIPs), then the
+        over the ClusterIPs with that port, also those of the services the pod may not call, which
+        its routes refuse and count), one per TCP service port (its ClusterIPs), then the
         caller's egress (HTTP by Host and TLS by server name on their ports, TCP by address); the
         rest passes through with MeshConfig enableEgress, else is closed. Shared by the pods of a
         scope whose identity no Egress names."""
@@ -371,6 +376,11 @@ class Translator:
         if key in self._transparent:
             return self._transparent[key]
         http: dict[int, list[str]] = defaultdict(list)
+        if self._refuses(scope):
+            for svc in self._unreached(scope):
+                for p in svc.ports:
+                    if p.is_http and p.protocol == "TCP" and svc.cluster_ips:
+                        http[p.port] += svc.cluster_ips
         chains = []
         for svc in self._reachable(scope):
             for p in svc.ports:
@@ -474,6 +484,9 @@ class Translator:
     def _reachable(self, scope: Scope) -> list[Service]:
         return [svc for svc in self._services if scope is None or svc.ref.namespace in scope]
 
+    def _unreached(self, scope: Scope) -> list[Service]:
+        return [svc for svc in self._services if scope is not None and svc.ref.namespace not in scope]
+
     def _load_assignments(self, scope: Scope) -> dict[str, message.Message]:
         if scope not in self._endpoints:
             self._endpoints[scope] = {
@@ -519,20 +532,31 @@ class Translator:
         """A virtual host per HTTP service port, found by Host: short name (same namespace only),
         ``svc.ns``, ``svc.ns.svc`` and the cluster FQDN, with and without the port."""
         caller = proxy.identity if proxy.identity in self._own_routes else None
-        # A proxyless gRPC client has no forward proxy cluster for enableEgress's catch-all.
+        # A proxyless gRPC client has no forward proxy cluster for enableEgress's catch-all, and
+        # no stats for refusals to be counted in.
         open_egress = self.mesh.egress_open and not proxy.grpc
-        key = (proxy.service.namespace, self.scope(proxy.identity), caller, open_egress)
+        scope = self.scope(proxy.identity)
+        refuses = self._refuses(scope) and not proxy.grpc
+        key = (proxy.service.namespace, scope, caller, open_egress, refuses)
         if key not in self._routes:
             hosts = [
                 self._virtual_host(svc, port, i == 0, key[0], proxy.identity)
-                for svc in self._reachable(key[1])
+                for svc in self._reachable(scope)
                 for i, port in enumerate(p for p in svc.ports if p.is_http)
             ]
             hosts += self._egress_hosts(proxy.identity)
             if open_egress:
                 hosts.append(AssembledRoutes.host_field(policy.open_egress_virtual_host()))
+            unreached = [svc for svc in self._unreached(scope) if any(p.is_http for p in svc.ports)]
+            if refuses and unreached:
+                hosts.append(AssembledRoutes.host_field(_refusals(unreached, key[0])))
             self._routes[key] = AssembledRoutes(OUTBOUND, hosts)
         return self._routes[key]
+
+    def _refuses(self, scope: Scope) -> bool:
+        """Whether a caller's refused calls reach the refusals' catch-all: not in permissive mode
+        (nothing is refused), nor with enableEgress (whose catch-all sends any other host out)."""
+        return scope is not None and not self.mesh.egress_open
 
     def _egress_hosts(self, caller: Identity) -> list[bytes]:
         """A virtual host per external host and port the caller's HTTP egress names, for the
@@ -1060,6 +1084,47 @@ def _virtual_host(
         if routes is not None
         else _routes(mesh.splits.get((svc.ref, port.port)), cluster_name(svc.ref, port.port)),
     )
+
+
+def _refusals(services: Sequence[Service], namespace: str) -> route_components_pb2.VirtualHost:
+    """The catch-all of a caller's outbound routes: a request for a mesh service the caller may not
+    call is refused (403) by an RBAC policy named after that service, so that the caller's own stats
+    count the refusals per destination (``http.outbound.rbac.policy.<namespace>/<name>.denied``);
+    any other host is not found (404), as without it. One policy per service (its names by Host),
+    not per port: a few hundred bytes per service, in routes shared like the others."""
+    rbac = http_rbac_pb2.RBAC(
+        rules=rbac_pb2.RBAC(
+            action=rbac_pb2.RBAC.DENY,
+            policies={
+                str(svc.ref): rbac_pb2.Policy(
+                    permissions=[
+                        rbac_pb2.Permission(header=_header(":authority", regex=_host_pattern(svc, namespace)))
+                    ],
+                    principals=[rbac_pb2.Principal(any=True)],
+                )
+                for svc in services
+            },
+        ),
+        track_per_rule_stats=True,  # the per-policy counters; only the route's own config turns them on
+    )
+    route = route_components_pb2.Route(
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        typed_per_filter_config={HTTP_RBAC: _typed(http_rbac_pb2.RBACPerRoute(rbac=rbac))},
+    )
+    route.direct_response.status = 404
+    return route_components_pb2.VirtualHost(name=REFUSED, domains=["*"], routes=[route])
+
+
+def _host_pattern(svc: Service, namespace: str) -> str:
+    """The Host of a request for ``svc`` from ``namespace``, any port: the names and ClusterIPs its
+    virtual hosts have (``_virtual_host``)."""
+    names = [
+        literal(f"{svc.ref.name}.{svc.ref.namespace}") + f"(\\.svc(\\.{literal(CLUSTER_DOMAIN)})?)?",
+        *(literal(f"[{ip}]" if ":" in ip else ip) for ip in svc.cluster_ips),
+    ]
+    if svc.ref.namespace == namespace:
+        names.insert(0, literal(svc.ref.name))
+    return f"({'|'.join(names)})(:[0-9]+)?"
 
 
 def _service_routes(routes: ServiceRoutes) -> list[route_components_pb2.Route]:

@@ -105,10 +105,12 @@ def webhook() -> Iterator[Webhook]:
 
 @dataclass
 class Traffic:
-    """bookbuyer calling the bookstore from ``workers`` threads; every answer kept with its time."""
+    """``caller`` (bookbuyer) calling the bookstore from ``workers`` threads; every answer kept with
+    its time."""
 
     d: Demo
     workers: int = 1
+    caller: str = "bookbuyer"
     seen: list[tuple[float, int, str]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -121,7 +123,7 @@ class Traffic:
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
-                status, body = self.d.buy()
+                status, body = self.d.buy(caller=self.caller)
             except OSError:
                 status, body = 0, ""
             self.seen.append((time.time(), status, body))

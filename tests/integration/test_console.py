@@ -36,6 +36,7 @@ __all__ = ["webhook"]  # a fixture, used by name
 
 V1 = "bookbuyer/bookbuyer bookstore/bookstore-v1"
 V2 = "bookbuyer/bookbuyer bookstore/bookstore-v2"
+THIEF = "bookthief/bookthief bookstore/bookstore"  # no TrafficTarget names bookthief: refused
 # A rollout that stays at its first step (10% to v2) for the whole test: its next check is minutes away.
 HELD = POLICY | {"interval": "10m", "progress-deadline": "20m"}
 
@@ -115,8 +116,27 @@ def cells(browser: webdriver.Chrome, edge: str) -> dict[str, str] | None:
     """The edge's row as the page shows it now (class -> text), None while it is not on the page."""
     try:
         row = browser.find_element(By.CSS_SELECTOR, f'tr[data-edge="{edge}"]')
-        return {c: row.find_element(By.CLASS_NAME, c).text for c in ("rps", "share", "success", "p99")}
+        return {
+            c: row.find_element(By.CLASS_NAME, c).text for c in ("rps", "share", "success", "denied", "p99")
+        }
     except (NoSuchElementException, StaleElementReferenceException):  # swapped in anew meanwhile
+        return None
+
+
+def denied_edge(browser: webdriver.Chrome, edge: str) -> tuple[str, str, str, str] | None:
+    """How the graph draws an edge with refused calls (its line's stroke and dashes, its label) and
+    its row's class; None while no such edge is drawn."""
+    try:
+        drawn = browser.find_element(By.CSS_SELECTOR, f'svg.graph g.edge.denied[data-edge="{edge}"]')
+        line = drawn.find_element(By.TAG_NAME, "line")
+        row = browser.find_element(By.CSS_SELECTOR, f'tr[data-edge="{edge}"]')
+        return (
+            line.value_of_css_property("stroke"),
+            line.value_of_css_property("stroke-dasharray"),
+            drawn.text,
+            row.get_attribute("class") or "",
+        )
+    except (NoSuchElementException, StaleElementReferenceException):
         return None
 
 
@@ -144,16 +164,24 @@ def test_a_person_sees_the_edges_move_with_traffic_and_the_rollout_weights(
     )
     assert "ReconciliationSucceeded" in source
 
-    with Traffic(demo):
+    with Traffic(demo), Traffic(demo, caller="bookthief"):
         busy = eventually(
-            lambda: (cells(browser, V1), cells(browser, V2)),
-            lambda c: c[0] is not None and c[1] is not None and number(c[0]["rps"]) > 5,
-            "bookbuyer's calls to both backends on the page",
+            lambda: (cells(browser, V1), cells(browser, V2), cells(browser, THIEF)),
+            lambda c: None not in c and number(c[0]["rps"]) > 5 and number(c[2]["denied"]) > 1,
+            "bookbuyer's calls to both backends and bookthief's refused ones on the page",
             timeout=60,
         )
+        # The bookthief edge shows denied: drawn dashed red, labelled with its refused rate, and its row
+        # in the table marked so.
+        stroke, dashes, label, row = eventually(
+            lambda: denied_edge(browser, THIEF), lambda d: d is not None, "the refused edge drawn"
+        )
         browser.save_screenshot(str(tmp_path / "console.png"))
-    v1, v2 = busy
+    assert stroke == "rgb(214, 39, 40)" and dashes not in ("", "none"), (stroke, dashes)
+    assert "rps denied" in label and "denied" in row.split()
+    v1, v2, thief = busy
     assert number(v1["success"]) == 100 and number(v2["success"]) == 100
+    assert number(v1["denied"]) == 0 and number(thief["rps"]) == 0 and thief["success"] == "-"
     # The split's shares as measured: most of it to v1, some to v2 (10% by weight).
     assert 0 < number(v2["share"]) < 30 < number(v1["share"])
     assert number(v1["p99"]) > 0

@@ -49,7 +49,7 @@ def test_path_regex_is_anchored_at_the_start_of_the_path_only(demo: Demo) -> Non
 
 
 def test_a_v1alpha2_target_without_rules_allows_every_request_from_its_sources(demo: Demo) -> None:
-    assert demo.buy(caller="bookthief")[0] == 404  # no route: bookthief may call nothing yet
+    assert demo.buy(caller="bookthief")[0] == 403  # refused: bookthief may call nothing yet
     assert demo.query("bookthief") == ""
     target = (
         "apiVersion: access.smi-spec.io/v1alpha2\nkind: TrafficTarget\n"
@@ -69,7 +69,7 @@ def test_a_v1alpha2_target_without_rules_allows_every_request_from_its_sources(d
 
 
 def test_an_osm_v1alpha1_mesh_config_with_permissive_mode_is_permissive(demo: Demo) -> None:
-    assert demo.buy(caller="bookthief")[0] == 404  # no route: bookthief may call nothing yet
+    assert demo.buy(caller="bookthief")[0] == 403  # refused: bookthief may call nothing yet
     text = (CORPUS / "meshconfig-v1alpha1-osm.yaml").read_text()
     assert "apiVersion: config.openservicemesh.io/v1alpha1" in text
     assert "enablePermissiveTrafficPolicyMode: true" in text

@@ -114,7 +114,7 @@ def test_tcp_access_follows_the_tcproute(demo: Demo) -> None:
 
 
 def test_a_permissive_mesh_config_lets_everyone_through_until_it_goes(demo: Demo) -> None:
-    assert demo.buy(caller="bookthief")[0] == 404  # no route: bookthief may call nothing
+    assert demo.buy(caller="bookthief")[0] == 403  # refused: bookthief may call nothing
     assert demo.query("bookthief") == ""
     config = demo.repo / demo_mod.MESH_PATH / "mesh-config.yaml"
     config.write_text(
@@ -135,9 +135,9 @@ def test_a_permissive_mesh_config_lets_everyone_through_until_it_goes(demo: Demo
     subprocess.run([*git, "rm", "-q", str(config)], check=True)
     subprocess.run([*git, "commit", "-qm", "strict again"], check=True)
     demo.applied = demo.apply()
-    # Its own sidecar loses the route (404; a route configuration applies at once, also on a
-    # connection opened before), and the bookstore's refuses it again meanwhile (403, 503).
-    eventually(thief, lambda s: s == {404}, "bookthief refused again")
+    # Its own sidecar loses the route and refuses it (403; a route configuration applies at once,
+    # also on a connection opened before), and the bookstore's refuses it too meanwhile (403, 503).
+    eventually(thief, lambda s: s == {403}, "bookthief refused again")
     assert demo.buy("/admin")[0] == 403
     assert demo.query("bookthief") == ""
 
@@ -148,9 +148,10 @@ def test_access_follows_the_traffic_targets(demo: Demo) -> None:
     # A route outside the HTTPRouteGroup, and a request that breaks its header rule: 403.
     assert demo.buy("/admin")[0] == 403
     assert demo.buy("/books-bought", user_agent="curl/8")[0] == 403
-    # bookthief is named by no TrafficTarget: its sidecar is not even sent a route to the bookstore.
+    # bookthief is named by no TrafficTarget: its sidecar is not even sent a route to the bookstore,
+    # and refuses the call itself.
     status, _ = demo.buy(caller="bookthief")
-    assert status == 404
+    assert status == 403
 
 
 def test_restarting_gitmesh_fails_no_request(demo: Demo) -> None:
@@ -192,7 +193,7 @@ def test_the_demo_command_shows_the_split_and_the_refusals(tmp_path: Path) -> No
     v1 = int(shares.split("bookstore-v1 ")[1].split("%")[0])
     assert 60 <= v1 <= 90, shares
     assert any("/admin" in line and " 403 " in line for line in lines), result.output
-    assert any(line.startswith("bookthief") and " 404 " in line for line in lines), result.output
+    assert any(line.startswith("bookthief") and " 403 " in line for line in lines), result.output
     (mtls,) = [line for line in lines if "over mTLS" in line]
     assert "as spiffe://cluster.local/ns/bookbuyer/sa/bookbuyer (certificate expires 20" in mtls, mtls
 

@@ -1,4 +1,5 @@
-"""The metrics model read from real Envoy sidecars: bookbuyer calling the bookstore."""
+"""The metrics model read from real Envoy sidecars: bookbuyer calling the bookstore, and bookthief
+refused."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import urllib.request
 
 import pytest
 
-from gitmesh.demo import Demo, eventually
+from gitmesh.demo import Demo, eventually, free_port
+from gitmesh.errors import MetricsError
 from gitmesh.metrics import envoy, model
 from tests.integration.rollouts import Traffic, demo
 
@@ -47,3 +49,20 @@ def test_the_sidecars_stats_give_each_edge(demo: Demo) -> None:
 
     assert counters(model.parse(filtered)) == counters(model.parse(whole))
     assert len(filtered) < len(whole) / 3
+
+
+def test_a_refused_call_is_counted_by_the_callers_sidecar_for_its_destination(demo: Demo) -> None:
+    thief = f"127.0.0.1:{demo.sidecars['bookthief'].admin_port}"
+    gone = f"127.0.0.1:{free_port()}"  # a sidecar nothing answers for
+    stats = envoy.EnvoyStats(lambda: {thief: "bookthief/bookthief", gone: "bookstore/gone"})
+    before = stats.read_available()
+    assert list(before.unreachable) == [gone] and list(before.read) == [thief]
+    statuses = {demo.buy(caller="bookthief")[0] for _ in range(10)}
+    assert statuses == {403}  # no TrafficTarget names bookthief: its own sidecar refuses
+    now = stats.read_available()
+    edges = {(e.source, e.destination): e for e in model.edges(model.window(now.read, before.read), 1)}
+    refused = edges[("bookthief/bookthief", "bookstore/bookstore")]
+    assert refused.denied_rps == 10 and refused.rps == 0
+    assert all(e.denied_rps == 0 for k, e in edges.items() if k[1] != "bookstore/bookstore")
+    with pytest.raises(MetricsError, match=gone):
+        stats.read()  # what a rollout reads: every sidecar, or it fails

@@ -32,8 +32,9 @@ def binary(name: str) -> str:
 
 
 def write(d: Demo, out: Path) -> None:
-    admin = f"127.0.0.1:{d.sidecars['bookbuyer'].admin_port}=bookbuyer/bookbuyer"
-    args = ["metrics", "prometheus", "--out", str(out), "--envoy-admin", admin, "--scrape-interval", "1s"]
+    args = ["metrics", "prometheus", "--out", str(out), "--scrape-interval", "1s"]
+    for name in ("bookbuyer", "bookthief"):
+        args += ["--envoy-admin", f"127.0.0.1:{d.sidecars[name].admin_port}={name}/{name}"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
 
@@ -53,7 +54,7 @@ def test_promtool_passes_the_configuration_and_the_rules(demo: Demo, tmp_path: P
         )
         assert done.returncode == 0, done.stdout + done.stderr
     targets = json.loads((tmp_path / prometheus.TARGETS).read_text())
-    assert [t["labels"]["source"] for t in targets] == ["bookbuyer/bookbuyer"]
+    assert sorted(t["labels"]["source"] for t in targets) == ["bookbuyer/bookbuyer", "bookthief/bookthief"]
 
 
 def test_prometheus_records_each_edges_golden_signals(demo: Demo, tmp_path: Path) -> None:
@@ -72,6 +73,7 @@ def test_prometheus_records_each_edges_golden_signals(demo: Demo, tmp_path: Path
         )
     url = f"http://{address}"
     edge = '{source="bookbuyer/bookbuyer",destination="bookstore/bookstore-v1"}'
+    refused = '{source="bookthief/bookthief",destination="bookstore/bookstore"}'
     try:
         with Traffic(demo):
             requests = eventually(
@@ -91,6 +93,14 @@ def test_prometheus_records_each_edges_golden_signals(demo: Demo, tmp_path: Path
                 "p99 recorded",
             )
             assert float(p99["value"][1]) > 0
-        assert query(url, f'up{{job="{prometheus.JOB}"}}')[0]["value"][1] == "1"
+        # bookthief's calls, refused by its own sidecar: a denied rate on its edge, none on bookbuyer's.
+        with Traffic(demo, caller="bookthief"):
+            eventually(
+                lambda: query(url, f"{prometheus.DENIED}{refused}"),
+                lambda r: len(r) == 1 and float(r[0]["value"][1]) > 1,
+                "the refused calls recorded",
+            )
+        assert query(url, f"{prometheus.DENIED}{edge}") == []
+        assert [r["value"][1] for r in query(url, f'up{{job="{prometheus.JOB}"}}')] == ["1", "1"]
     finally:
         stop_process(process)

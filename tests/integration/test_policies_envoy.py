@@ -301,7 +301,7 @@ def restock(d: Demo, caller: str) -> tuple[int, str]:
 
 def test_an_ingress_only_backend_answers_its_ingress_and_refuses_the_mesh(demo: Demo) -> None:
     assert restock(demo, "bookstore-v1") == (200, "bookwarehouse")  # a TrafficTarget allows it
-    assert restock(demo, "bookthief")[0] == 404  # no TrafficTarget: the warehouse is not routed
+    assert restock(demo, "bookthief")[0] == 403  # no TrafficTarget: its sidecar refuses the warehouse
     warehouse = demo.proxies["bookwarehouse"]
     spec = {
         # The backend port is the app's own (the Service's target port), as OSM reads it.

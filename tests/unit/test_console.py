@@ -25,8 +25,10 @@ from gitmesh.state.records import Condition, Reconcile, SourceRecord
 EMPTY = MeshState({}, frozenset(), {}, ())
 
 
-def edge(source: str, destination: str, rps: float = 10.0, success: float | None = 100.0) -> Edge:
-    return Edge(source, destination, rps, success, 1.0, 2.0, 3.0, 1.0, 0.0, 0.0)
+def edge(
+    source: str, destination: str, rps: float = 10.0, success: float | None = 100.0, denied: float = 0.0
+) -> Edge:
+    return Edge(source, destination, rps, success, 1.0, 2.0, 3.0, 1.0, 0.0, 0.0, denied)
 
 
 def view(edges: list[Edge], **kw: Any) -> console.View:
@@ -84,7 +86,9 @@ def test_names_are_escaped_and_the_page_runs_only_its_own_script() -> None:
     nack = {"proxy": hostile, "type": "Listener", "version": "7", "message": hostile, "at": 0.0}
     report = {"proxies": [hostile], "nacks": [nack]}
     page = console.page(
-        console.fragments(view([edge(hostile, "a/b")], records=[record], error=hostile, report=report))
+        console.fragments(
+            view([edge(hostile, "a/b")], records=[record], unreachable={hostile: hostile}, report=report)
+        )
     )
     assert hostile not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert re.findall(r"<script[^>]*>", page) == ['<script src="/console/console.js" defer>']
@@ -115,8 +119,25 @@ def test_stats_that_cannot_be_read_are_said_and_one_reading_serves_every_viewer(
     first = c.view()
     assert c.view() is first and len(asked) == 1
     assert c.fragments() is c.fragments()
-    assert first.edges == [] and dead in first.error
-    assert "cannot read the Envoy stats" in console.fragments(first)["status"]
+    assert first.edges == [] and first.sidecars == 0 and list(first.unreachable) == [dead]
+    status = console.fragments(first)["status"]
+    assert f"1 unreachable: {dead} (a/b: cannot read the Envoy stats" in status and 'class="bad' in status
+    assert console.fragments(first)["edges"] == "<p>No stats.</p>"
+
+
+def test_a_refused_edge_is_dashed_red_and_its_rate_is_in_the_table() -> None:
+    edges = [
+        edge("shop/front", "shop/web"),
+        edge("shop/thief", "shop/web", rps=0.0, success=None, denied=2.5),
+    ]
+    parts = console.fragments(view(edges))["edges"]
+    (drawn,) = re.findall(r'<g class="edge denied" data-edge="shop/thief shop/web">.*?</g>', parts)
+    assert ">2.5 rps denied</text>" in drawn  # nothing got through: that alone
+    assert '<g class="edge good" data-edge="shop/front shop/web">' in parts
+    (row,) = re.findall(r'<tr class="denied" data-edge="shop/thief shop/web">.*?</tr>', parts)
+    assert '<td class="denied">2.5</td>' in row and "<th>denied</th>" in parts
+    css = console.static("console.css").decode()
+    assert re.search(r"svg\.graph \.denied line \{[^}]*stroke: #d62728;[^}]*stroke-dasharray", css)
 
 
 def test_rejected_configurations_are_listed_newest_first_and_none_is_said_too() -> None:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
+import re
+import threading
+
 import pytest
 
-from gitmesh.metrics import model, prometheus
+from gitmesh.demo import free_port
+from gitmesh.errors import MetricsError
+from gitmesh.metrics import envoy, model, prometheus
 
 STATS = """\
 # TYPE envoy_cluster_upstream_rq_xx counter
@@ -111,5 +117,106 @@ def test_every_recorded_series_is_a_rule_summed_per_edge() -> None:
         prometheus.SENT,
         prometheus.RECEIVED,
         prometheus.CONNECTIONS,
+        prometheus.DENIED,
     }
     assert all("sum by (source, destination" in expr for expr in recorded.values())
+
+
+# A caller's sidecar refusing what it may not call: its outbound RBAC policy names the destination.
+def _denied(policy: str, manager: str, count: str) -> str:
+    return (
+        f'envoy_http_rbac_policy_denied{{envoy_rbac_policy_name="{policy}",'
+        f'envoy_http_conn_manager_prefix="{manager}"}} {count}\n'
+    )
+
+
+REFUSED = (
+    "# TYPE envoy_http_rbac_policy_denied counter\n"
+    + _denied("shop/web", "outbound", "{web}")
+    + _denied("shop/db", "outbound", "4")
+    + _denied("shop/api", "inbound", "9")
+    + 'envoy_http_rbac_denied{envoy_http_conn_manager_prefix="outbound"} 999\n'
+)
+
+
+def refused(web: int) -> model.Reading:
+    return model.parse(REFUSED.replace("{web}", str(web)))
+
+
+def test_refused_calls_count_for_the_destination_their_policy_names() -> None:
+    reading = refused(30)
+    # Only the outbound routes' refusals; the filter's total is not counted again.
+    assert {k: row["denied"] for k, row in reading.items()} == {"shop/web": 30, "shop/db": 4}
+    assert reading["shop/web"]["requests"] == 0  # refused calls are not requests sent
+    line = _denied("a/b", "outbound", "5").replace("_denied{", "_denied_total{")
+    assert model.parse(line)["a/b"]["denied"] == 5
+
+
+def test_refused_calls_are_rates_per_edge_and_come_first() -> None:
+    before = {"t": ("shop/thief", refused(10)), "f": ("shop/front", stats(10, 0, 10))}
+    now = {"t": ("shop/thief", refused(30)), "f": ("shop/front", stats(60, 50, 20))}
+    edges = model.edges(model.window(now, before), seconds=10)
+    assert [(e.source, e.destination, e.denied_rps) for e in edges] == [
+        ("shop/thief", "shop/web", 2.0),  # 20 refused in 10 s, before the failing edge
+        ("shop/front", "shop/web-v2", 0.0),
+        ("shop/thief", "shop/db", 0.0),  # refused before, not in this window
+    ]
+    assert edges[0].rps == 0 and edges[0].success_rate is None
+    # A sidecar restarted counts its refusals from zero, and a mark kept before refusals were read
+    # (rows without them) counts them all.
+    assert model.window({"t": ("shop/thief", refused(3))}, before)[("shop/thief", "shop/web")].denied == 3
+    old = {
+        "t": ("shop/thief", {"shop/web": {k: v for k, v in refused(10)["shop/web"].items() if k != "denied"}})
+    }
+    assert model.window(now, old)[("shop/thief", "shop/web")].denied == 30
+
+
+def test_the_admin_filter_asks_for_the_outbound_refusals_only() -> None:
+    wanted = re.compile(model.ADMIN_FILTER)
+    assert wanted.search("http.outbound.rbac.policy.shop/web.denied")
+    assert wanted.search("cluster.shop/web|80.upstream_rq_2xx")
+    assert not wanted.search("http.inbound.rbac.policy.shop/web.denied")
+    assert not wanted.search("http.outbound.rbac.denied")
+
+
+def test_a_sidecar_that_cannot_be_read_is_named_and_the_others_read() -> None:
+    with Served(REFUSED.replace("{web}", "7")) as good:
+        dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+        stats = envoy.EnvoyStats(lambda: {good: "shop/thief", dead: "shop/gone"})
+        available = stats.read_available()
+        assert available.read[good] == ("shop/thief", refused(7))
+        assert set(available.unreachable) == {dead}
+        assert available.unreachable[dead].startswith("shop/gone: cannot read the Envoy stats at")
+        with pytest.raises(MetricsError, match=dead):
+            stats.read()  # a rollout judges on every sidecar or none
+    # An unreachable sidecar keeps its last reading: its window is empty, not its whole history.
+    before = {dead: ("shop/gone", refused(5))}
+    carried = available.carried(before)
+    assert carried[dead] is before[dead] and carried[good] == available.read[good]
+
+
+class Served:
+    """A stand-in admin endpoint serving one stats page, on a free port (its address)."""
+
+    def __init__(self, text: str) -> None:
+        body = text.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    def __enter__(self) -> str:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -39,6 +39,8 @@ def test_the_documented_names_of_a_sidecars_resources() -> None:
         "bookstore/bookstore|14001",
     ]
     assert sorted(found[resources.ENDPOINT]) == sorted(found[resources.CLUSTER])
+    # The catch-all of what bookbuyer may not call, last of its outbound virtual hosts.
+    assert [h.name for h in found[resources.ROUTE]["outbound"].virtual_hosts][-1] == "refused"
 
 
 def test_the_documented_names_of_egress_and_a_pods_policies() -> None:

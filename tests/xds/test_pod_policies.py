@@ -147,7 +147,11 @@ def test_a_wildcard_host_goes_through_the_dynamic_forward_proxy() -> None:
     filters = [
         f.name for f in _unpack(chains["egress|http:8080"], hcm_pb2.HttpConnectionManager).http_filters
     ]
-    assert filters == ["envoy.filters.http.dynamic_forward_proxy", "envoy.filters.http.router"]
+    assert filters == [
+        "envoy.filters.http.rbac",  # the refusals'
+        "envoy.filters.http.dynamic_forward_proxy",
+        "envoy.filters.http.router",
+    ]
     # TLS: the server name, resolved by the SNI forward proxy filter, then proxied to its cluster.
     tls = chains["egress|*.example.org:8443"]
     assert list(tls.filter_chain_match.server_names) == ["*.example.org"]

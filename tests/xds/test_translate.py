@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -160,14 +161,61 @@ def test_a_proxy_is_sent_only_the_services_its_identity_may_call() -> None:
     mesh = example()
     bookstore = {"bookstore/bookstore|14001", "bookstore/bookstore-v1|14001", "bookstore/bookstore-v2|14001"}
     # bookbuyer may call the bookstore identity, which backs the bookstore namespace's services.
-    assert outbound_view(translate(mesh, BOOKBUYER)) == (bookstore, bookstore, bookstore)
-    # No TrafficTarget names bookthief: it is sent no cluster, no endpoint, no route of anyone's.
-    assert outbound_view(translate(mesh, BOOKTHIEF)) == (set(), set(), set())
+    assert outbound_view(translate(mesh, BOOKBUYER)) == (bookstore, bookstore, bookstore | {"refused"})
+    # No TrafficTarget names bookthief: it is sent no cluster, no endpoint, no route of anyone's,
+    # only the refusals of what it may not call.
+    assert outbound_view(translate(mesh, BOOKTHIEF)) == (set(), set(), {"refused"})
     clusters, _, _ = outbound_view(translate(mesh, BOOKSTORE))
     assert clusters and all(name.startswith("bookwarehouse/") for name in clusters)
-    # Permissive: every service, as every caller may call it.
+    # Permissive: every service, as every caller may call it, and nothing is refused.
     every = {f"{s.ref.namespace}/{s.ref.name}|{p.port}" for s in mesh.services.values() for p in s.ports}
-    assert outbound_view(translate(example(permissive=True), BOOKTHIEF))[0] == every
+    clusters, _, hosts = outbound_view(translate(example(permissive=True), BOOKTHIEF))
+    assert clusters == every and "refused" not in hosts
+
+
+def refusals(res: Resources) -> dict[str, str]:
+    """The outbound refusals' policies: the service refused -> the Host pattern it is known by."""
+    (host,) = [h for h in res[resources.ROUTE]["outbound"].virtual_hosts if h.name == "refused"]
+    (route,) = host.routes
+    rules = http_rbac_pb2.RBACPerRoute()
+    route.typed_per_filter_config["envoy.filters.http.rbac"].Unpack(rules)
+    assert rules.rbac.rules.action == rules.rbac.rules.DENY and rules.rbac.track_per_rule_stats
+    return {
+        name: p.permissions[0].header.string_match.safe_regex.regex
+        for name, p in rules.rbac.rules.policies.items()
+    }
+
+
+def test_a_call_the_mesh_refuses_is_counted_per_destination_by_the_callers_sidecar() -> None:
+    mesh = example()
+    res = translate(mesh, BOOKTHIEF)
+    # Every HTTP service of the mesh, for bookthief may call none of them; bookbuyer only those
+    # outside the bookstore's namespace.
+    http = {str(s.ref) for s in mesh.services.values() if any(p.is_http for p in s.ports)}
+    assert set(refusals(res)) == http
+    assert "bookstore/bookstore" not in refusals(translate(mesh, BOOKBUYER))
+    pattern = re.compile(refusals(res)["bookstore/bookstore"])
+    for host in ("bookstore.bookstore", "bookstore.bookstore:14001", "bookstore.bookstore.svc.cluster.local"):
+        assert pattern.fullmatch(host), host
+    for host in ("bookstore", "bookstore-v1.bookstore", "bookstore.bookstorex", "example.org"):
+        assert not pattern.fullmatch(host), host
+    # The short name is the caller's namespace's only.
+    assert re.fullmatch(refusals(res)["bookthief/bookthief"], "bookthief:14001")
+    # The RBAC filter that refuses comes first on the outbound listener, and allows without the route's.
+    outbound = network_filters(res[resources.LISTENER]["outbound"])[
+        "envoy.filters.network.http_connection_manager"
+    ]
+    first = outbound.http_filters[0]
+    assert first.name == "envoy.filters.http.rbac" and not _unpacked(first.typed_config).HasField("rules")
+    # With enableEgress, the catch-all is egress's: nothing is refused.
+    opened = translate(replace(mesh, egress_open=True), BOOKTHIEF)
+    assert "refused" not in {h.name for h in opened[resources.ROUTE]["outbound"].virtual_hosts}
+
+
+def _unpacked(typed: any_pb2.Any) -> http_rbac_pb2.RBAC:
+    rbac = http_rbac_pb2.RBAC()
+    typed.Unpack(rbac)
+    return rbac
 
 
 def test_proxies_reaching_the_same_namespaces_share_their_maps() -> None:

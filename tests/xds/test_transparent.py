@@ -51,6 +51,14 @@ WAREHOUSE = Proxy(
     15006,
     pod=Pod("bookwarehouse", "bookwarehouse-1", "uid-w", "10.244.0.11"),
 )
+THIEF = Proxy(
+    Identity("bookthief", "bookthief"),
+    ServiceRef("bookthief", ""),
+    0,
+    15001,
+    15006,
+    pod=Pod("bookthief", "bookthief-1", "uid-t", "10.244.0.13"),
+)
 MYSQL_V1 = Proxy(
     Identity("bookwarehouse", "mysql"),
     ServiceRef("bookwarehouse", ""),
@@ -150,6 +158,21 @@ def test_http_by_service_name_or_cluster_ip_is_routed_by_the_mesh() -> None:
     assert weights == {"bookstore/bookstore-v1|14001": 75, "bookstore/bookstore-v2|14001": 25}
 
 
+def test_http_to_a_service_the_pod_may_not_call_reaches_its_routes_to_be_refused() -> None:
+    mesh = cluster_mesh()
+    thief = Translator(mesh).resources(THIEF)
+    chain = _chains(thief[resources.LISTENER]["outbound"])["outbound|14001"]
+    # Every HTTP service's ClusterIPs, though bookthief may call none: its routes refuse them (403)
+    # and its sidecar counts that per destination; it is sent no cluster of them.
+    every = {ip for s in mesh.services.values() if any(p.is_http for p in s.ports) for ip in s.cluster_ips}
+    assert {r.address_prefix for r in chain.filter_chain_match.prefix_ranges} == every
+    assert not [name for name in thief[resources.CLUSTER] if "/" in name]
+    (refused,) = [h for h in thief[resources.ROUTE]["outbound"].virtual_hosts if h.name == "refused"]
+    assert refused.domains == ["*"]
+    # TCP stays closed by the listener: a TCP port of a service it may not call has no chain.
+    assert "bookwarehouse/mysql|3306" not in _chains(thief[resources.LISTENER]["outbound"])
+
+
 def test_the_inbound_listener_takes_mtls_on_the_ports_the_pod_serves_and_hands_on_to_the_app() -> None:
     res = Translator(cluster_mesh()).resources(V1_PROXY)
     inbound = res[resources.LISTENER]["inbound"]
@@ -236,7 +259,7 @@ def test_the_injected_bootstrap_describes_a_pod_proxy() -> None:
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    "proxy", [BUYER, V1_PROXY, WAREHOUSE, MYSQL_V1], ids=["buyer", "v1", "warehouse", "mysql"]
+    "proxy", [BUYER, V1_PROXY, WAREHOUSE, MYSQL_V1, THIEF], ids=["buyer", "v1", "warehouse", "mysql", "thief"]
 )
 @pytest.mark.parametrize("permissive", [False, True], ids=["rbac", "permissive"])
 def test_real_envoy_accepts_the_transparent_translation(
