@@ -451,6 +451,18 @@ def stages(wave: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {s["name"]: (s["state"], s["revision"]) for s in wave["stages"]}
 
 
+def canary_back_at(hub: Cluster, revision: str) -> dict[str, dict[str, Any]]:
+    """The fleet's status once eu-1 is Compliant at ``revision`` again."""
+    return eventually(
+        lambda: status(hub),
+        lambda c: (
+            c["eu-1"]["compliance"] == "Compliant"
+            and c["eu-1"]["configurations"][0]["applied_revision"] == revision
+        ),
+        f"the canary back at {revision[:12]}",
+    )
+
+
 def wave_status(hub: Cluster) -> dict[str, Any]:
     """``fleet wave status mesh -o json``, checked against its schema."""
     doc = json.loads(_cli("fleet", "wave", "status", "mesh", "-o", "json", "--kubeconfig", hub.kubeconfig))
@@ -542,14 +554,7 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
             "halted at stage canary: eu-1: mesh health failed: shop/web-v2: success rate 50.0%"
             in halted["reason"]
         )
-        clusters = eventually(
-            lambda: status(hub),
-            lambda c: (
-                c["eu-1"]["compliance"] == "Compliant"
-                and c["eu-1"]["configurations"][0]["applied_revision"] == second
-            ),
-            "the canary back at the second revision",
-        )
+        clusters = canary_back_at(hub, second)
         assert weights(members["eu-1"]) == [80, 20]
         assert {c["configurations"][0]["desired_revision"] for c in clusters.values()} == {second}
         assert weights(members["eu-2"]) == [80, 20]
@@ -586,14 +591,7 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
         assert [s["started"] for s in stopped["stages"][1:]] == [None, None]
         table = _cli("fleet", "wave", "status", "--kubeconfig", hub.kubeconfig)
         assert "Aborted" in table and "gitmesh-admin" in table, table
-        clusters = eventually(
-            lambda: status(hub),
-            lambda c: (
-                c["eu-1"]["compliance"] == "Compliant"
-                and c["eu-1"]["configurations"][0]["applied_revision"] == second
-            ),
-            "the canary back at the second revision",
-        )
+        clusters = canary_back_at(hub, second)
         assert {c["configurations"][0]["desired_revision"] for c in clusters.values()} == {second}
         assert weights(members["eu-1"]) == [80, 20] and weights(members["eu-2"]) == [80, 20]
         again = CliRunner().invoke(
