@@ -17,10 +17,12 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitmesh import durations
-from gitmesh.plan.policy import Policy
+
+if TYPE_CHECKING:
+    from gitmesh.plan.policy import Policy
 
 
 class WaveState(enum.Enum):
@@ -68,6 +70,8 @@ class Health:
     window: float = 10.0  # seconds per measurement
 
     def policy(self) -> Policy:
+        from gitmesh.plan.policy import Policy  # its schema checks weigh on every fleet command
+
         return Policy(
             interval=self.window,
             success_rate=self.success_rate,
