@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -78,3 +79,30 @@ def test_a_command_imports_only_its_own_module() -> None:
     assert "gitmesh.cli.fleet" in loaded
     for other in ("gitmesh.cli.controller", "gitmesh.cli.sidecars", "gitmesh.cli.manifests", "grpc", "envoy"):
         assert f"'{other}" not in loaded, loaded
+
+
+WALK = """
+import click, json, sys
+from gitmesh.cli import cli
+
+def walk(group, path=()):
+    for name, command in group.commands.items():
+        yield " ".join((*path, name))
+        if isinstance(command, click.Group):
+            yield from walk(command, (*path, name))
+
+ctx = click.Context(cli)
+for name in sys.argv[1:]:
+    cli.get_command(ctx, name)
+print(json.dumps(sorted(walk(cli))))
+"""
+
+
+@pytest.mark.parametrize("module", sorted({m for m, _ in base.COMMANDS.values()}))
+def test_a_commands_module_alone_makes_all_its_subcommands(module: str) -> None:
+    """As ``gitmesh NAME ...`` loads it: alone, it must add every command the table gives it, and
+    every subcommand those have when all modules are loaded."""
+    names = [n for n, (m, _) in base.COMMANDS.items() if m == module]
+    done = subprocess.run([sys.executable, "-c", WALK, names[0]], capture_output=True, text=True, check=True)
+    alone = {p for p in json.loads(done.stdout) if p.split()[0] in names}
+    assert alone == {" ".join(p) for p in COMMANDS if p and p[0] in names}
