@@ -2,7 +2,9 @@
 repository with a base and an EU overlay, and one ``gitmesh run --fleet-hub`` agent process per
 member, each with the credentials ``gitmesh fleet join`` made for it. Each agent reads its mesh
 health from a real Prometheus (Debian's), one for the canary eu-1 and one for the others, scraping
-Envoy's metric names from an exporter the test controls (``MeshMetrics``)."""
+Envoy's metric names from an exporter the test controls (``MeshMetrics``). With ``$FLEET_TIMELINE``
+set, the wave test writes its waves' timeline there as SVG (the README's docs/fleet-wave.svg), and
+with ``$FLEET_STATUS_SAMPLE`` the ``fleet status`` table it reads while a stage waits for approval."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from click.testing import CliRunner
 from gitmesh.cli import cli
 from gitmesh.demo import eventually, free_port, stop_process
 from gitmesh.fleet.hub import Hub
+from gitmesh.fleet.timeline import render as render_timeline
 from gitmesh.kube import errors
 from gitmesh.kube.client import Client
 from tests import factory as f
@@ -520,7 +524,10 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
         assert (health["revision"], health["verdict"]) == (second, "pass"), health
         table = _cli("fleet", "status", "--kubeconfig", hub.kubeconfig)
         assert f"Wave of mesh toward {second[:12]}" in table and "WaitingApproval" in table
+        if sample := os.environ.get("FLEET_STATUS_SAMPLE"):  # the README's fleet status table
+            Path(sample).write_text(table)
         detail = wave_status(hub)
+        timeline = [detail]  # the wave as it stands at each step, for $FLEET_TIMELINE
         assert {s["name"]: (s["clusters"], s["waiting_for"]) for s in detail["stages"]} == {
             "canary": (["eu-1"], None),
             "eu": (["eu-2"], "approval"),
@@ -534,6 +541,7 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
             lambda: wave_of(hub), lambda w: w.get("state") == "Completed", "the wave done", timeout=90
         )
         assert done["last_good"] == second
+        timeline.append(wave_status(hub))
         eventually(lambda: status(hub), all_compliant_at(second), "every member at the second revision")
         assert weights(members["eu-2"]) == [80, 20]
 
@@ -545,6 +553,7 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
             lambda: wave_of(hub), lambda w: w.get("state") == "Halted", "the wave halted", timeout=90
         )
         assert halted["revision"] == third
+        timeline.append(wave_status(hub))
         assert stages(halted) == {
             "canary": ("RolledBack", second),
             "eu": ("Pending", second),
@@ -582,6 +591,9 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
             lambda: wave_status(hub), lambda w: w["state"] == "Aborted", "the wave aborted", timeout=60
         )
         assert stopped["abort"]["revision"] == fourth and stopped["abort"]["by"] == "gitmesh-admin"
+        timeline.append(stopped)
+        if published := os.environ.get("FLEET_TIMELINE"):  # the README's picture (docs/fleet-wave.svg)
+            Path(published).write_text(render_timeline(timeline, datetime.now(UTC)))
         assert stages(stopped) == {
             "canary": ("RolledBack", second),
             "eu": ("Pending", second),
