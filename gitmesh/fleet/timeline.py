@@ -32,9 +32,9 @@ WAVE_COLOURS = {
 }
 
 QUOTE = {"'": "&apos;"}  # attribute values are in single quotes
-WIDTH = 860
+WIDTH = 900
 LABEL = 200  # the stage names and clusters, left of the bars
-BARS = (LABEL + 10, WIDTH - 150)  # where bars may run; the right margin holds each bar's state
+BARS = (LABEL + 10, WIDTH - 200)  # where bars may run; the right margin holds each bar's state
 ROW = 26
 HEADER = 44  # a panel's title and reason
 AXIS = 22
@@ -77,10 +77,10 @@ def _panel(wave: Mapping[str, Any], top: float, now: datetime) -> tuple[list[str
         _text(WIDTH - 75, top + 16, state, 12, fill="white", text_anchor="middle", font_weight="bold"),
     ]
     note = str(wave.get("reason") or "")
-    if wave.get("abort"):
-        note = f"aborted by {wave['abort']['by']} at {wave['abort']['at']}" + (f": {note}" if note else "")
+    if wave.get("abort") and not note:
+        note = f"aborted by {wave['abort']['by']} at {wave['abort']['at']}"
     if note:
-        parts.append(_text(10, top + 34, note if len(note) <= 120 else note[:119] + "…", 11, fill="#424242"))
+        parts.append(_text(10, top + 34, note if len(note) <= 130 else note[:129] + "…", 11, fill="#424242"))
     y = top + HEADER
     for stage in stages:
         name, colour = str(stage["name"]), STAGE_COLOURS.get(str(stage["state"]), "#616161")
