@@ -2,7 +2,8 @@
 simulated agents reporting to one real hub.
 
     python bench/fleet_bench.py [--members 4] [--rounds 3] [--interval 10s] [--report-interval 1s]
-                                [--simulated 1000] [--agents-for 120]
+                                [--simulated 1000] [--agents-for 120] [--status-runs 3]
+                                [--before DIR]
 
 Starts the test control plane (tests/kube.py; binaries from testenv/build.sh): one hub and
 ``--members`` member kube-apiservers on one etcd, the hub's CRDs, one FleetConfiguration (a base
@@ -10,7 +11,9 @@ and an overlay for half of the members), and one ``gitmesh run --fleet-hub`` age
 member, fetching every ``--interval``. Each round commits a new split weight and times until the
 hub shows every member Compliant at that commit (read through the hub's API every 0.1 s), once
 with each agent told by a signed webhook right after the commit and once waiting for its poll.
-Then times ``gitmesh fleet status`` (a fresh process) over the members, and with ``--simulated N``
+Then times ``gitmesh --help`` and ``gitmesh fleet status`` (a fresh process each, ``--status-runs``
+times; with ``--before DIR`` each run is followed by one of the code in DIR, a ``git archive`` of an
+earlier commit) over the members, and with ``--simulated N``
 over N more FleetClusters, each with a report written as an agent writes it. With ``--agents-for
 SECONDS`` those N then report as N agents would, every 30 s each (spread evenly over the 30 s, 16
 requests at a time at most): the reports' latency and lateness, the 429s, and the CPU the hub's
@@ -70,9 +73,13 @@ def _files(v2: int) -> dict[str, str]:
     }
 
 
-def _gitmesh(*args: str | Path) -> str:
+def _gitmesh(*args: str | Path, tree: Path = REPO_ROOT) -> str:
+    """``gitmesh ARGS`` in a fresh process, run from the code in ``tree``."""
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    done = subprocess.run([*GITMESH, *map(str, args)], capture_output=True, text=True, env=env, check=False)
+    env["PYTHONPATH"] = str(tree)
+    done = subprocess.run(
+        [*GITMESH, *map(str, args)], capture_output=True, text=True, env=env, cwd=tree, check=False
+    )
     if done.returncode:
         raise SystemExit(f"gitmesh {' '.join(map(str, args))} failed:\n{done.stderr}")
     return done.stdout
@@ -91,17 +98,24 @@ def _all_compliant(hub: Hub, head: str, timeout: float = 300) -> float:
     raise SystemExit(f"not every member Compliant at {head[:12]} after {timeout:g}s")
 
 
-def _time_status(kubeconfig: Path, members: int) -> None:
-    for output in ("json", "text"):
-        times = []
-        for _ in range(3):
-            started = time.monotonic()
-            _gitmesh("fleet", "status", "-o", output, "--kubeconfig", kubeconfig)
-            times.append(time.monotonic() - started)
-        print(
-            f"gitmesh fleet status -o {output} over {members} members (a fresh process): "
-            f"median {statistics.median(times):.2f} s, max {max(times):.2f} s"
-        )
+def _time_status(kubeconfig: Path, members: int, before: Path | None, runs: int) -> None:
+    """``fleet status`` (and ``--help``), each run of this tree followed by one of ``before``."""
+    trees = {"": REPO_ROOT, **({f" [before: {before}]": before} if before else {})}
+    for command in (["--help"], ["fleet", "status", "-o", "json"], ["fleet", "status", "-o", "text"]):
+        times: dict[str, list[float]] = {label: [] for label in trees}
+        for _ in range(runs):
+            for label, tree in trees.items():
+                started = time.monotonic()
+                _gitmesh(
+                    *command, *(["--kubeconfig", kubeconfig] if command != ["--help"] else []), tree=tree
+                )
+                times[label].append(time.monotonic() - started)
+        for label, taken in times.items():
+            over = f" over {members} members" if command != ["--help"] else ""
+            print(
+                f"gitmesh {' '.join(command)}{over} (a fresh process){label}: "
+                f"median {statistics.median(taken):.2f} s, min {min(taken):.2f} s, max {max(taken):.2f} s"
+            )
 
 
 def _simulate(hub: Hub, count: int, head: str) -> None:
@@ -209,6 +223,12 @@ def main() -> None:
     parser.add_argument("--report-interval", default="1s")
     parser.add_argument("--simulated", type=int, default=0, help="then time fleet status with this many more")
     parser.add_argument("--agents-for", type=float, default=0, help="then have them report for this long (s)")
+    parser.add_argument("--status-runs", type=int, default=3, help="fresh processes per fleet status timing")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also time the CLI from this tree (a git archive of an earlier commit), run for run",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         work = Path(tmp)
@@ -284,10 +304,12 @@ def main() -> None:
                         f"commit -> all {args.members} Compliant ({how}, {every}): "
                         f"median {statistics.median(times):.2f} s, max {max(times):.2f} s ({figures})"
                     )
-                _time_status(hub_cluster.kubeconfig, args.members)
+                _time_status(hub_cluster.kubeconfig, args.members, args.before, args.status_runs)
                 if args.simulated:
                     _simulate(hub, args.simulated, head)
-                    _time_status(hub_cluster.kubeconfig, args.members + args.simulated)
+                    _time_status(
+                        hub_cluster.kubeconfig, args.members + args.simulated, args.before, args.status_runs
+                    )
                     times = []
                     for _ in range(3):
                         started = time.monotonic()

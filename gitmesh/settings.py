@@ -21,7 +21,6 @@ from gitmesh.cluster.local import LocalObjects
 from gitmesh.cluster.port import Changes, ObjectPort, ObjectsFailed
 from gitmesh.embedded import Database
 from gitmesh.state import StateStores
-from gitmesh.state import embedded as embedded_state
 
 if TYPE_CHECKING:
     from gitmesh.kube.client import Client
@@ -63,6 +62,8 @@ class Settings:
 def embedded(path: Path | str, *, create: bool = True) -> Settings:
     """Objects and state in one SQLite file (the CA beside it); ``create=False`` for readers, who
     see a missing file as an empty store and leave it missing."""
+    from gitmesh.state import embedded as embedded_state  # the CA's file store: cryptography
+
     db = Database(path, OBJECTS_SCHEMA + embedded_state.SCHEMA, create=create)
 
     @contextlib.contextmanager

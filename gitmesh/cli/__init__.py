@@ -4,7 +4,6 @@ Exit codes: 0 success; 1 an error (invalid revision, refused apply, ...);
 2 a usage error, or, with ``plan --detailed-exitcode``, a plan with changes.
 """
 
-from gitmesh.cli import certs, controller, convert, fleet, inject, manifests, metrics, rollout, sidecars, top  # noqa: F401 - each adds its commands
 from gitmesh.cli.base import cli
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
 import json
 import os
 import re
@@ -26,14 +27,12 @@ from rich.console import Console
 from rich.text import Text
 
 from gitmesh.errors import GitmeshError
-from gitmesh.plan import render
-from gitmesh.plan.validate import Validated
-from gitmesh.revision.layout import NAMESPACE_NAME
-from gitmesh.settings import Settings, open_settings
-from gitmesh.sync.git import Revision, open_repo, read_directory, read_revision
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the rest is imported where used: a command loads only what it needs
     from gitmesh.kube.client import Client
+    from gitmesh.plan.validate import Validated
+    from gitmesh.settings import Settings
+    from gitmesh.sync.git import Revision
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -61,6 +60,8 @@ def namespace_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _namespace_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from gitmesh.revision.layout import NAMESPACE_NAME
+
     if value and not re.match(NAMESPACE_NAME, value):
         raise click.BadParameter(f"{value!r} is not a namespace name (lowercase letters, digits, '-')")
     return value
@@ -94,6 +95,8 @@ class BackendChoice:
 
     def open(self, *, read_only: bool = False) -> Settings:
         """``read_only``: a missing store reads as empty and is not created."""
+        from gitmesh.settings import open_settings
+
         return open_settings(
             self.store or default_store(), self.kubeconfig, self.context, create=not read_only
         )
@@ -278,6 +281,8 @@ def reports_errors(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def revision_of(directory: str | None, repo: str | None, ref: str, subdir: str, namespace: str) -> Revision:
+    from gitmesh.sync.git import open_repo, read_directory, read_revision
+
     if directory and repo:
         raise click.UsageError("give a DIRECTORY or --repo, not both")
     if repo:
@@ -286,6 +291,8 @@ def revision_of(directory: str | None, repo: str | None, ref: str, subdir: str, 
 
 
 def report(validated: Validated, revision: Revision, output: str, console: Console = err) -> None:
+    from gitmesh.plan import render
+
     diagnostics = validated.diagnostics
     if output in ("json", "yaml"):
         emit("diagnostics", json.loads(render.diagnostics_json(diagnostics)), output)
@@ -299,7 +306,7 @@ def report(validated: Validated, revision: Revision, output: str, console: Conso
 class Group(click.Group):
     """A command group that suggests the nearest command for a misspelt one."""
 
-    group_class = type  # subgroups (rollout, certs, install) suggest too
+    group_class: type[click.Group] | type[type] = type  # subgroups (rollout, certs, install) suggest too
 
     def resolve_command(
         self, ctx: click.Context, args: list[str]
@@ -323,13 +330,144 @@ class Group(click.Group):
                 formatter.write_dl(rows)
 
 
+class Commands(Group):
+    """The root group: each command's module is imported when that command runs (or its help is
+    asked for), so ``gitmesh fleet status`` loads the fleet's code and not the xDS server's, the
+    installer's or the sidecars'. ``COMMANDS`` names each command's module and its summary, which
+    ``gitmesh --help`` lists without importing any (a unit test holds them equal to the
+    commands')."""
+
+    group_class: type[click.Group] | type[type] = (
+        Group  # its subgroups (fleet, rollout, ...) hold their commands themselves
+    )
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(COMMANDS[cmd_name][0])  # its module adds it with @cli.command
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+# Each command of ``gitmesh``: the module that defines it, and its summary (the first sentence of
+# its help) for ``gitmesh --help``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    name: (f"gitmesh.cli.{module}", summary)
+    for name, module, summary in [
+        (
+            "apply",
+            "manifests",
+            "Apply a saved plan (a plan file), or plan and apply a directory or --repo revision.",
+        ),
+        ("bootstrap", "sidecars", "Print the Envoy bootstrap for one sidecar (run it with: envoy -c FILE)."),
+        (
+            "capture",
+            "inject",
+            "Send the pod's TCP through its sidecar (iptables NAT); run by the injected init container.",
+        ),
+        ("certs", "certs", "The mesh certificate authority: its roots, and rotating them."),
+        (
+            "convert",
+            "convert",
+            "Rewrite manifests from one mesh API to another; reads manifests, writes nothing but --out FILE.",
+        ),
+        (
+            "demo",
+            "sidecars",
+            "Run the bookstore mesh for real: apps, Envoy sidecars, gitmesh run; send traffic, show what "
+            "happens.",
+        ),
+        ("explain", "manifests", 'Explain a diagnostic code (GMnnn), or with "rollout" the rollout policy.'),
+        ("fleet", "fleet", "A fleet of clusters: a hub, an agent in each member, compliance at a glance."),
+        (
+            "history",
+            "controller",
+            "The last reconciles and applies of each source (or of SOURCE), newest first (read from the "
+            "target; writes nothing).",
+        ),
+        ("inject", "inject", "Print manifests with the mesh's sidecar added to every pod they make."),
+        (
+            "install",
+            "install",
+            "Install gitmesh in a cluster: its CRDs, and the controller (a Deployment in gitmesh-system, "
+            "leader-elected, serving xDS from every replica) with its RBAC, Service and configuration.",
+        ),
+        (
+            "metrics",
+            "metrics",
+            "The mesh's metrics for other tools: Prometheus scrape configuration and rules.",
+        ),
+        (
+            "plan",
+            "manifests",
+            "Show what applying the manifests would change, and what it does to traffic (read from the "
+            "target; writes nothing but --out).",
+        ),
+        (
+            "reconcile",
+            "controller",
+            "Ask the running controller (gitmesh run) to fetch and reconcile SOURCE now; it refuses a "
+            "source it does not know.",
+        ),
+        (
+            "resume",
+            "controller",
+            "Reconcile SOURCE again (from its next fetch; gitmesh reconcile SOURCE for now).",
+        ),
+        (
+            "rollout",
+            "rollout",
+            "Progressive traffic shifts: see them, move them by hand, run them (gitmesh explain rollout).",
+        ),
+        (
+            "run",
+            "controller",
+            "Keep the cluster in step with Git (with sources) and serve its mesh to Envoy sidecars over ADS.",
+        ),
+        (
+            "status",
+            "manifests",
+            "Each source's applied revision, object counts and last error; the sidecars gitmesh run "
+            "serves (read from the target; writes nothing).",
+        ),
+        (
+            "suspend",
+            "controller",
+            "Stop reconciling SOURCE (marked in the backend: the controller leaves it alone until resumed).",
+        ),
+        (
+            "top",
+            "top",
+            "The service edges (RPS, success rate, p99), worst first, and the rollouts under way, live.",
+        ),
+        (
+            "uninstall",
+            "install",
+            "Remove what gitmesh install made; a CRD with objects, or the namespace while it holds the "
+            "controller's state or your Secrets, stays (and is named).",
+        ),
+        (
+            "validate",
+            "manifests",
+            "Check manifests read from a directory or a commit: schemas and cross-object meaning.",
+        ),
+    ]
+}
+
+
 def _no_color(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if value:  # rich honours NO_COLOR by itself; the flag does the same for one run
         out.no_color = err.no_color = True
 
 
 @click.group(
-    cls=Group, context_settings={"auto_envvar_prefix": "GITMESH", "help_option_names": ["-h", "--help"]}
+    cls=Commands, context_settings={"auto_envvar_prefix": "GITMESH", "help_option_names": ["-h", "--help"]}
 )
 @examples(
     "gitmesh plan --repo . --path examples/repo",

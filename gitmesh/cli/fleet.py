@@ -1,9 +1,11 @@
-"""The fleet's commands, run against the hub: join (register a member and its agent's credentials)
-and status (every member's compliance)."""
+"""The fleet's commands, run against the hub: join (register a member and its agent's credentials),
+status (every member's compliance), plan, and wave status|approve|abort (configurations rolled out
+stage by stage)."""
 
 from __future__ import annotations
 
 import base64
+import getpass
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +33,7 @@ from gitmesh.cli.base import (
 )
 from gitmesh.fleet import model
 from gitmesh.fleet.hub import Hub
-from gitmesh.fleet.wave import StageState, WaveState, WaveStatus
+from gitmesh.fleet.wave import Abort, StageState, Wave, WaveState, WaveStatus
 from gitmesh.plan.model import Action
 from gitmesh.settings import Settings
 
@@ -51,6 +53,7 @@ _STYLES = {
 @examples(
     "gitmesh fleet status --kubeconfig hub.kubeconfig",
     "gitmesh fleet join eu-1 -l region=eu --out a.kubeconfig",
+    "gitmesh fleet wave status mesh",
 )
 def fleet() -> None:
     """A fleet of clusters: a hub, an agent in each member, compliance at a glance."""
@@ -220,69 +223,12 @@ def status(cluster: str | None, target: BackendChoice, output: str) -> None:
         _print_objects(members[0])
         return
     for name, w in waves:
-        _print_wave(name, w)
-
-
-_WAVE_STYLES = {
-    StageState.PASSED: "green",
-    StageState.ROLLED_BACK: "bold red",
-    StageState.WAITING_APPROVAL: "blue",
-    StageState.APPLYING: "yellow",
-    StageState.VERIFYING: "yellow",
-    StageState.PENDING: "",
-}
-
-
-def _print_wave(configuration: str, w: WaveStatus) -> None:
-    out.print(
-        Text(
-            f"\nWave of {configuration} toward {w.revision[:12]} (last good {w.last_good[:12]}): ",
-            style="bold",
+        # One line each: gitmesh fleet wave status has its stages.
+        out.print(
+            Text(f"\nWave of {name} toward {w.revision[:12]}: ", style="bold")
+            + Text(w.state.value, style=_WAVE_STATE_STYLES[w.state])
+            + Text(f"  {w.reason}")
         )
-        + Text(w.state.value, style="bold red" if w.state is WaveState.HALTED else "bold")
-        + Text(f"  {w.reason}")
-    )
-    table = Table(box=None, pad_edge=False)
-    for column in ("STAGE", "STATE", "REVISION", "SINCE", "WHY"):
-        table.add_column(column)
-    for s in w.stages:
-        table.add_row(
-            s.name,
-            Text(s.state.value, style=_WAVE_STYLES[s.state]),
-            s.revision[:12],
-            s.since.strftime("%H:%M:%S"),
-            Text(s.reason),
-        )
-    out.print(table)
-
-
-@fleet.command("approve")
-@examples("gitmesh fleet approve mesh eu --kubeconfig hub.kubeconfig")
-@click.argument("configuration")
-@click.argument("stage")
-@backend_options
-@yes_option
-@reports_errors
-def approve(configuration: str, stage: str, target: BackendChoice, yes: bool) -> None:
-    """Approve the revision a configuration's wave brings for one of its stages (a stage with
-    approval: true waits for it); the approval is written to the configuration, for that revision only."""
-    settings = target.open()
-    target_header(settings)
-    hub = _hub(settings)
-    chosen = next((c for c in hub.configurations() if c.name == configuration), None)
-    if chosen is None or chosen.wave is None or chosen.wave_status is None:
-        raise click.BadParameter(
-            f"the hub has no wave of {configuration!r} under way", param_hint="CONFIGURATION"
-        )
-    if stage not in [s.name for s in chosen.wave.stages]:
-        names = ", ".join(s.name for s in chosen.wave.stages)
-        raise click.BadParameter(
-            f"{configuration} has no stage {stage!r} (its stages: {names})", param_hint="STAGE"
-        )
-    revision = chosen.wave_status.revision
-    confirm_write(settings, f"Approve {revision[:12]} of {configuration} for stage {stage}", yes)
-    hub.approve(configuration, stage, revision)
-    out.print(f"approved {revision[:12]} of {configuration} for stage {stage}")
 
 
 def _columns(header: Sequence[str], rows: Sequence[Sequence[Text]]) -> Text:
@@ -434,3 +380,213 @@ def _shares(p: MemberPlan) -> list[str]:
 
 def _share(share: float | None) -> str:
     return "-" if share is None else f"{share:g}%"
+
+
+@fleet.group("wave")
+@examples(
+    "gitmesh fleet wave status --kubeconfig hub.kubeconfig",
+    "gitmesh fleet wave approve mesh eu",
+    "gitmesh fleet wave abort mesh",
+)
+def wave_commands() -> None:
+    """Configurations rolled out stage by stage: where each wave stands, approve a stage, abort one."""
+
+
+_WAVE_STATE_STYLES = {
+    WaveState.PROGRESSING: "yellow",
+    WaveState.WAITING_APPROVAL: "blue",
+    WaveState.HALTED: "bold red",
+    WaveState.ABORTED: "bold red",
+    WaveState.COMPLETED: "green",
+}
+_STAGE_STYLES = {
+    StageState.PASSED: "green",
+    StageState.ROLLED_BACK: "bold red",
+    StageState.WAITING_APPROVAL: "blue",
+    StageState.APPLYING: "yellow",
+    StageState.VERIFYING: "yellow",
+    StageState.PENDING: "",
+}
+
+
+def wave_json(configuration: model.Configuration, members: Sequence[model.Member]) -> dict[str, Any] | None:
+    """A configuration's wave as ``fleet wave status -o json`` prints it: its stages with the
+    clusters each holds now and what the stage's spec asks; None before the walker's first step."""
+    w, spec = configuration.wave_status, configuration.wave
+    if w is None or spec is None:
+        return None
+    declared = {s.name: (i, s) for i, s in enumerate(spec.stages)}
+    selected = [m for m in members if configuration.selects(m)]
+
+    def time(at: datetime | None) -> str | None:
+        return at.isoformat().replace("+00:00", "Z") if at else None
+
+    stages = []
+    for s in w.stages:
+        index, stage = declared.get(s.name, (None, None))
+        stages.append(
+            {
+                "name": s.name,
+                "clusters": [
+                    m.name for m in selected if index is not None and spec.stage_of(m.labels) == index
+                ],
+                "revision": s.revision,
+                "state": s.state.value,
+                "reason": s.reason,
+                "since": time(s.since),
+                "started": time(s.started),
+                "finished": time(s.finished),
+                "waiting_for": s.waiting_for.value if s.waiting_for else None,
+                "wait": stage.wait if stage else None,
+                "approval": stage.approval if stage else None,
+            }
+        )
+    return {
+        "configuration": configuration.name,
+        "revision": w.revision,
+        "last_good": w.last_good,
+        "state": w.state.value,
+        "reason": w.reason,
+        "abort": snake_keys(w.abort.to_json()) if w.abort else None,
+        "stages": stages,
+    }
+
+
+@wave_commands.command("status")
+@examples(
+    "gitmesh fleet wave status --kubeconfig hub.kubeconfig",
+    "gitmesh fleet wave status mesh -o json",
+)
+@click.argument("configuration", required=False)
+@backend_options
+@output_option("json", "yaml")
+@reports_errors
+def wave_status(configuration: str | None, target: BackendChoice, output: str) -> None:
+    """Where each configuration's wave stands, read from the hub (writes nothing): the revision it
+    brings, and per stage its clusters, state, when it started and finished, and what it waits for
+    (its clusters, mesh health analysis, its wait, or an approval); why it halted or who aborted it."""
+    settings = target.open(read_only=True)
+    if output == "text":
+        target_header(settings)
+    hub = _hub(settings)
+    configurations = [c for c in hub.configurations() if c.wave is not None]
+    if configuration is not None:
+        configurations = [c for c in configurations if c.name == configuration]
+        if not configurations:
+            raise click.BadParameter(
+                f"the hub has no configuration {configuration!r} rolled out in waves",
+                param_hint="CONFIGURATION",
+            )
+    members = [model.Member.of(obj) for obj in hub.clusters()]
+    waves = [(c.name, wave_json(c, members)) for c in configurations]
+    if output != "text":
+        emit(
+            "fleet-waves",
+            {"target": settings.objects.describe(), "waves": [w for _, w in waves if w]},
+            output,
+        )
+        return
+    if not waves:
+        out.print("No configuration is rolled out in waves.")
+    for name, w in waves:
+        if w is None:
+            out.print(f"{name}: its wave has not been walked yet (by gitmesh run --fleet-view)")
+            continue
+        _print_wave(w)
+
+
+def _print_wave(w: dict[str, Any]) -> None:
+    state = WaveState(w["state"])
+    out.print(
+        Text(
+            f"Wave of {w['configuration']} toward {w['revision'][:12]} (last good {w['last_good'][:12]}): ",
+            style="bold",
+        )
+        + Text(state.value, style=_WAVE_STATE_STYLES[state])
+        + Text(f"  {w['reason']}")
+    )
+    table = Table(box=None, pad_edge=False)
+    for column in ("STAGE", "CLUSTERS", "STATE", "REVISION", "STARTED", "FINISHED", "WAITING FOR", "WHY"):
+        table.add_column(column)
+    for s in w["stages"]:
+        waiting = s["waiting_for"] or "-"
+        if waiting == "wait":
+            waiting = f"wait ({s['wait']:g}s)"
+        table.add_row(
+            s["name"],
+            ", ".join(s["clusters"]) or "-",
+            Text(s["state"], style=_STAGE_STYLES[StageState(s["state"])]),
+            s["revision"][:12],
+            _clock(s["started"]),
+            _clock(s["finished"]),
+            waiting,
+            Text(s["reason"]),
+        )
+    out.print(table)
+    out.print()
+
+
+def _clock(at: str | None) -> str:
+    return at[11:19] if at else "-"  # HH:MM:SS of an ISO 8601 UTC time
+
+
+def _under_way(hub: Hub, configuration: str) -> tuple[Wave, WaveStatus]:
+    """A configuration's wave as declared and as it stands."""
+    chosen = next((c for c in hub.configurations() if c.name == configuration), None)
+    if chosen is None or chosen.wave is None or chosen.wave_status is None:
+        raise click.BadParameter(
+            f"the hub has no wave of {configuration!r} under way", param_hint="CONFIGURATION"
+        )
+    return chosen.wave, chosen.wave_status
+
+
+@wave_commands.command("approve")
+@examples("gitmesh fleet wave approve mesh eu --kubeconfig hub.kubeconfig")
+@click.argument("configuration")
+@click.argument("stage")
+@backend_options
+@yes_option
+@reports_errors
+def approve(configuration: str, stage: str, target: BackendChoice, yes: bool) -> None:
+    """Approve the revision a configuration's wave brings for one of its stages (a stage with
+    approval: true waits for it); the approval is written to the configuration, for that revision only."""
+    settings = target.open()
+    target_header(settings)
+    hub = _hub(settings)
+    declared, w = _under_way(hub, configuration)
+    if stage not in [s.name for s in declared.stages]:
+        names = ", ".join(s.name for s in declared.stages)
+        raise click.BadParameter(
+            f"{configuration} has no stage {stage!r} (its stages: {names})", param_hint="STAGE"
+        )
+    revision = w.revision
+    confirm_write(settings, f"Approve {revision[:12]} of {configuration} for stage {stage}", yes)
+    hub.approve(configuration, stage, revision)
+    out.print(f"approved {revision[:12]} of {configuration} for stage {stage}")
+
+
+@wave_commands.command("abort")
+@examples("gitmesh fleet wave abort mesh --kubeconfig hub.kubeconfig")
+@click.argument("configuration")
+@backend_options
+@yes_option
+@reports_errors
+def abort(configuration: str, target: BackendChoice, yes: bool) -> None:
+    """Stop a configuration's wave where it is: stages not started never get its revision, the
+    clusters of the stage under way go back to the last good one (as a failing stage's do), and the
+    wave reads Aborted until a new revision starts another. Written to the configuration, for the
+    revision under way only; the walker (gitmesh run --fleet-view) carries it out."""
+    settings = target.open()
+    target_header(settings)
+    hub = _hub(settings)
+    _, w = _under_way(hub, configuration)
+    if w.state not in (WaveState.PROGRESSING, WaveState.WAITING_APPROVAL):
+        raise click.BadParameter(
+            f"the wave of {configuration} toward {w.revision[:12]} is {w.state.value}: nothing to abort",
+            param_hint="CONFIGURATION",
+        )
+    confirm_write(settings, f"Abort the wave of {configuration} toward {w.revision[:12]}", yes)
+    # Who, as the hub knows them; the local login where the hub cannot say.
+    by = hub.user() or getpass.getuser()
+    hub.abort(configuration, Abort(w.revision, by, datetime.now(UTC)))
+    out.print(f"asked the walker to abort the wave of {configuration} toward {w.revision[:12]} (as {by})")

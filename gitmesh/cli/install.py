@@ -19,6 +19,7 @@ from gitmesh.install.manifests import (
     config_file,
     objects,
 )
+from gitmesh.plan import crds
 
 
 @cli.group(invoke_without_command=True)
@@ -197,3 +198,21 @@ def install_fleet_hub(
         if obj["kind"] == "Namespace":
             client.apply(NAMESPACES.path(name=obj["metadata"]["name"]), obj, MANAGER, force=True)
             out.print(f"applied Namespace/{obj['metadata']['name']}")
+
+
+@install.command("crds")
+@examples("gitmesh install crds", "gitmesh install crds --print > crds.yaml")
+@click.option("--kubeconfig", envvar="KUBECONFIG", help="The cluster's kubeconfig (default: $KUBECONFIG).")
+@click.option("--context", help="The kubeconfig context to use (default: its current one).")
+@click.option("--print", "print_only", is_flag=True, help="Print the CRDs as YAML instead of applying them.")
+@reports_errors
+def install_crds(kubeconfig: str | None, context: str | None, print_only: bool) -> None:
+    """The CustomResourceDefinitions gitmesh reads: its own from its schemas, and Gateway API's HTTPRoute."""
+    rendered = crds.render_all()
+    if print_only:
+        click.echo(yaml.safe_dump_all(rendered, sort_keys=False), nl=False)
+        return
+    from gitmesh.cluster import kube
+
+    for name in kube.KubeObjects.connect(kubeconfig, context).install_crds(rendered):
+        out.print(f"{name} established")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 from rich.text import Text
 
 from gitmesh import pipeline
@@ -40,12 +39,11 @@ from gitmesh.cli.base import (
     webhook_option,
     yes_option,
 )
-from gitmesh.cli.install import install
 from gitmesh.controller import conditions
 from gitmesh.controller.conditions import Result
 from gitmesh.errors import GitmeshError, PlanError
 from gitmesh.objects import ObjectRef
-from gitmesh.plan import crds, encode, render
+from gitmesh.plan import encode, render
 from gitmesh.plan.model import Action, Plan
 from gitmesh.plan.validate import Validated
 from gitmesh.revision.diagnostics import CODES
@@ -450,24 +448,6 @@ def _print_xds(settings: Settings) -> None:
         out.print(Text(f"  certificates not renewed: {provider['problem']}", style="red"), soft_wrap=True)
     if provider.get("refused"):
         out.print(Text(f"  certificate settings refused: {provider['refused']}", style="red"), soft_wrap=True)
-
-
-@install.command("crds")
-@examples("gitmesh install crds", "gitmesh install crds --print > crds.yaml")
-@click.option("--kubeconfig", envvar="KUBECONFIG", help="The cluster's kubeconfig (default: $KUBECONFIG).")
-@click.option("--context", help="The kubeconfig context to use (default: its current one).")
-@click.option("--print", "print_only", is_flag=True, help="Print the CRDs as YAML instead of applying them.")
-@reports_errors
-def install_crds(kubeconfig: str | None, context: str | None, print_only: bool) -> None:
-    """The CustomResourceDefinitions gitmesh reads: its own from its schemas, and Gateway API's HTTPRoute."""
-    rendered = crds.render_all()
-    if print_only:
-        click.echo(yaml.safe_dump_all(rendered, sort_keys=False), nl=False)
-        return
-    from gitmesh.cluster import kube
-
-    for name in kube.KubeObjects.connect(kubeconfig, context).install_crds(rendered):
-        out.print(f"{name} established")
 
 
 @cli.command()

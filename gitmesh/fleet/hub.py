@@ -15,7 +15,7 @@ from typing import Any
 
 from gitmesh.errors import ClusterError
 from gitmesh.fleet.model import DEFAULT_UNKNOWN_AFTER, GROUP, NAMESPACE, VERSION, Configuration, Member
-from gitmesh.fleet.wave import StageState, WaveState
+from gitmesh.fleet.wave import Abort, Gate, StageState, WaveState
 from gitmesh.kube import errors
 from gitmesh.kube.client import Client, Resource
 from gitmesh.state.records import MESSAGE_KEPT, OBJECTS_KEPT
@@ -34,6 +34,16 @@ LABELS = {"app.kubernetes.io/managed-by": MANAGER, "app.kubernetes.io/part-of": 
 _STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 _SELECTOR = {"type": "object", "properties": {"matchLabels": _STRING_MAP}}
 _DURATION = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d)$"}
+_TIME = {"type": "string", "format": "date-time"}
+_ABORT = {
+    "type": "object",
+    "required": ["revision", "at"],
+    "properties": {
+        "revision": {"type": "string", "description": "The revision whose wave stops."},
+        "by": {"type": "string", "description": "Who aborted it."},
+        "at": _TIME,
+    },
+}
 
 _CLUSTER_SPEC = {
     "type": "object",
@@ -159,6 +169,10 @@ _CONFIGURATION_SPEC = {
                     },
                 },
                 "approvals": {**_STRING_MAP, "description": "Stage -> the revision approved for it."},
+                "abort": {
+                    **_ABORT,
+                    "description": "Stop the wave bringing this revision (gitmesh fleet wave abort).",
+                },
             },
         },
         "overlays": {
@@ -198,10 +212,14 @@ _CONFIGURATION_STATUS = {
                             "revision": {"type": "string"},
                             "state": {"type": "string", "enum": [s.value for s in StageState]},
                             "reason": {"type": "string"},
-                            "since": {"type": "string", "format": "date-time"},
+                            "since": _TIME,
+                            "started": _TIME,
+                            "finished": _TIME,
+                            "waitingFor": {"type": "string", "enum": [g.value for g in Gate]},
                         },
                     },
                 },
+                "abort": _ABORT,
             },
         }
     },
@@ -388,6 +406,27 @@ class Hub:
             body={"spec": {"wave": {"approvals": {stage: revision}}}},
             content_type="application/merge-patch+json",
         )
+
+    def abort(self, configuration: str, abort: Abort) -> None:
+        """Ask the walker to stop a configuration's wave (its spec, as a person)."""
+        self.client.request(
+            "PATCH",
+            CONFIGURATIONS.path(NAMESPACE, configuration),
+            body={"spec": {"wave": {"abort": abort.to_json()}}},
+            content_type="application/merge-patch+json",
+        )
+
+    def user(self) -> str | None:
+        """Who the hub says its client is (SelfSubjectReview); None from a server without it, or one
+        that does not let this client ask."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        try:
+            answer = self.client.request(
+                "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=body
+            )
+        except (errors.NotFound, errors.Forbidden):
+            return None
+        return ((answer.get("status") or {}).get("userInfo") or {}).get("username") or None
 
     def join(self, objects: list[dict[str, Any]]) -> list[str]:
         """Apply a member's objects; returns them as kind/name."""

@@ -6,8 +6,9 @@ FleetConfiguration's ``status.wave``), the branch head and what the members last
 returns the wave's next state. Stages never move members themselves: each stage names the revision
 its members apply (``StageStatus.revision``), which their agents follow as a pinned commit
 (``model.Configuration.source``). A failing stage puts its own members back on the last good
-revision and halts; the stages after it never get the new revision. A new head restarts the wave
-toward it.
+revision and halts; the stages after it never get the new revision. A person's abort
+(``spec.wave.abort``, for the revision under way) stops it the same way, at whatever stage it has
+reached. A new head restarts the wave toward it.
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitmesh import durations
-from gitmesh.plan.policy import Policy
+
+if TYPE_CHECKING:
+    from gitmesh.plan.policy import Policy
 
 
 class WaveState(enum.Enum):
     PROGRESSING = "Progressing"
     WAITING_APPROVAL = "WaitingApproval"
     HALTED = "Halted"
+    ABORTED = "Aborted"  # halted by a person: ``Abort``
     COMPLETED = "Completed"
 
 
@@ -35,7 +39,16 @@ class StageState(enum.Enum):
     APPLYING = "Applying"  # its members are told the revision, not all Compliant at it yet
     VERIFYING = "Verifying"  # Compliant; mesh health has not passed for its wait yet
     PASSED = "Passed"
-    ROLLED_BACK = "RolledBack"  # failed: its members are back on the last good revision
+    ROLLED_BACK = "RolledBack"  # failed or aborted: its members are back on the last good revision
+
+
+class Gate(enum.Enum):
+    """What a stage under way waits for."""
+
+    APPROVAL = "approval"  # a person: ``gitmesh fleet wave approve``
+    CLUSTERS = "clusters"  # its clusters Compliant at the revision
+    ANALYSIS = "analysis"  # its clusters' mesh health to pass
+    WAIT = "wait"  # mesh health to keep passing for the stage's wait
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,7 @@ class Stage:
     name: str
     match_labels: Mapping[str, str]  # empty: every cluster not in an earlier stage
     wait: float  # seconds mesh health must pass before the next stage starts
-    approval: bool  # a person approves (``gitmesh fleet approve``) before it starts
+    approval: bool  # a person approves (``gitmesh fleet wave approve``) before it starts
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,8 @@ class Health:
     window: float = 10.0  # seconds per measurement
 
     def policy(self) -> Policy:
+        from gitmesh.plan.policy import Policy  # its schema checks weigh on every fleet command
+
         return Policy(
             interval=self.window,
             success_rate=self.success_rate,
@@ -66,12 +81,29 @@ class Health:
 
 
 @dataclass(frozen=True)
+class Abort:
+    """A person's order to stop the wave bringing ``revision`` (``gitmesh fleet wave abort``)."""
+
+    revision: str
+    by: str
+    at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"revision": self.revision, "by": self.by, "at": _timestamp(self.at)}
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> Abort:
+        return cls(data["revision"], data.get("by", ""), _instant(data["at"]))
+
+
+@dataclass(frozen=True)
 class Wave:
     """``spec.wave`` of a FleetConfiguration."""
 
     stages: tuple[Stage, ...]
     health: Health = field(default_factory=Health)
     approvals: Mapping[str, str] = field(default_factory=dict)  # stage -> the revision approved
+    abort: Abort | None = None  # for one revision: a later head walks again
 
     @classmethod
     def of(cls, spec: Mapping[str, Any]) -> Wave:
@@ -93,6 +125,7 @@ class Wave:
                 durations.seconds(health.get("window") or "10s"),
             ),
             approvals=dict(spec.get("approvals") or {}),
+            abort=Abort.of(spec["abort"]) if spec.get("abort") else None,
         )
 
     def stage_of(self, labels: Mapping[str, str]) -> int | None:
@@ -115,6 +148,9 @@ class StageStatus:
     state: StageState
     reason: str
     since: datetime  # when it entered this state
+    started: datetime | None = None  # when the wave told its clusters the revision
+    finished: datetime | None = None  # when it passed or went back
+    waiting_for: Gate | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +162,7 @@ class WaveStatus:
     state: WaveState
     reason: str
     stages: tuple[StageStatus, ...]
+    abort: Abort | None = None  # what aborted it (state Aborted)
 
     def revision_for(self, stage: int | None) -> str:
         """What a member of ``stage`` applies."""
@@ -134,21 +171,30 @@ class WaveStatus:
         return self.stages[stage].revision
 
     def to_json(self) -> dict[str, Any]:
+        """As the hub stores it: what is not known is left out (so that the walker's apply drops it)."""
+        stages = []
+        for s in self.stages:
+            stage: dict[str, Any] = {
+                "name": s.name,
+                "revision": s.revision,
+                "state": s.state.value,
+                "reason": s.reason,
+                "since": _timestamp(s.since),
+            }
+            if s.started is not None:
+                stage["started"] = _timestamp(s.started)
+            if s.finished is not None:
+                stage["finished"] = _timestamp(s.finished)
+            if s.waiting_for is not None:
+                stage["waitingFor"] = s.waiting_for.value
+            stages.append(stage)
         return {
             "revision": self.revision,
             "lastGood": self.last_good,
             "state": self.state.value,
             "reason": self.reason,
-            "stages": [
-                {
-                    "name": s.name,
-                    "revision": s.revision,
-                    "state": s.state.value,
-                    "reason": s.reason,
-                    "since": _timestamp(s.since),
-                }
-                for s in self.stages
-            ],
+            "stages": stages,
+            **({"abort": self.abort.to_json()} if self.abort else {}),
         }
 
     @classmethod
@@ -165,9 +211,13 @@ class WaveStatus:
                     StageState(s["state"]),
                     s.get("reason", ""),
                     _instant(s["since"]),
+                    _instant(s["started"]) if s.get("started") else None,
+                    _instant(s["finished"]) if s.get("finished") else None,
+                    Gate(s["waitingFor"]) if s.get("waitingFor") else None,
                 )
                 for s in data.get("stages") or ()
             ),
+            Abort.of(data["abort"]) if data.get("abort") else None,
         )
 
 
@@ -221,7 +271,7 @@ class MemberReport:
 def start(wave: Wave, head: str, now: datetime) -> WaveStatus:
     """The first status: no wave to walk yet, every stage at the head (the first rollout goes to all)."""
     stages = tuple(
-        StageStatus(s.name, head, StageState.PASSED, "the first revision", now) for s in wave.stages
+        StageStatus(s.name, head, StageState.PASSED, "the first revision", now, now, now) for s in wave.stages
     )
     return WaveStatus(head, head, WaveState.COMPLETED, "the first revision goes to every cluster", stages)
 
@@ -237,7 +287,7 @@ def step(
         status = _toward(replace(status, stages=_fresh(wave, status.last_good, now)), head)
     if head != status.revision:
         status = _toward(status, head)
-    if status.state in (WaveState.HALTED, WaveState.COMPLETED):
+    if status.state in (WaveState.HALTED, WaveState.ABORTED, WaveState.COMPLETED):
         return status
     index = next((i for i, s in enumerate(status.stages) if s.state is not StageState.PASSED), None)
     if index is None:
@@ -275,22 +325,55 @@ def _stage(
         to: str = revision,
         wave_state: WaveState = WaveState.PROGRESSING,
         wave_reason: str = "",
+        waiting_for: Gate | None = None,
     ) -> WaveStatus:
         since = current.since if (state, to) == (current.state, current.revision) else now
+        told = state not in (StageState.PENDING, StageState.WAITING_APPROVAL)
+        started = current.started or (now if told else None)
+        done = state in (StageState.PASSED, StageState.ROLLED_BACK)
+        finished = (current.finished or now) if done else None
         stages = list(status.stages)
-        stages[index] = StageStatus(stage.name, to, state, reason, since)
+        stages[index] = StageStatus(stage.name, to, state, reason, since, started, finished, waiting_for)
         said = wave_reason or f"stage {stage.name}: {state.value}: {reason}"
         return replace(status, stages=tuple(stages), state=wave_state, reason=said)
 
+    def halted(why: str, wave_state: WaveState, wave_reason: str) -> WaveStatus:
+        """The stage goes back to the last good revision (once the wave has told its clusters the
+        revision; before, it stays as it is) and the wave stops: later stages never get the revision."""
+        if current.revision != revision:
+            return moved(
+                StageState.PENDING, why, to=current.revision, wave_state=wave_state, wave_reason=wave_reason
+            )
+        back = status.last_good
+        return moved(
+            StageState.ROLLED_BACK,
+            f"{why}; its clusters go back to {back[:12]}",
+            to=back,
+            wave_state=wave_state,
+            wave_reason=wave_reason,
+        )
+
+    abort = wave.abort
+    if abort is not None and abort.revision == revision:
+        at = _timestamp(abort.at)
+        return replace(
+            halted(
+                f"aborted by {abort.by}",
+                WaveState.ABORTED,
+                f"aborted at stage {stage.name} by {abort.by} at {at}; later stages untouched",
+            ),
+            abort=abort,
+        )
     if current.revision != revision:
         if stage.approval and wave.approvals.get(stage.name) != revision:
             return moved(
                 StageState.WAITING_APPROVAL,
-                f"approve {revision[:12]} for it: gitmesh fleet approve CONFIGURATION {stage.name}",
+                f"approve {revision[:12]} for it: gitmesh fleet wave approve CONFIGURATION {stage.name}",
                 to=current.revision,
                 wave_state=WaveState.WAITING_APPROVAL,
+                waiting_for=Gate.APPROVAL,
             )
-        return moved(StageState.APPLYING, f"its clusters are told {revision[:12]}")
+        return moved(StageState.APPLYING, f"its clusters are told {revision[:12]}", waiting_for=Gate.CLUSTERS)
     mine = [m for m in members if wave.stage_of(m.labels) == index]
     if not mine:
         return moved(StageState.PASSED, "no cluster in this stage")
@@ -302,13 +385,10 @@ def _stage(
         if m.health_revision == revision and m.verdict == "fail"
     ]
     if failed:
-        back = status.last_good
-        return moved(
-            StageState.ROLLED_BACK,
-            f"{'; '.join(failed)}; its clusters go back to {back[:12]}",
-            to=back,
-            wave_state=WaveState.HALTED,
-            wave_reason=f"halted at stage {stage.name}: {failed[0]}; later stages untouched",
+        return halted(
+            "; ".join(failed),
+            WaveState.HALTED,
+            f"halted at stage {stage.name}: {failed[0]}; later stages untouched",
         )
     behind = [
         m.name for m in mine if not (m.reachable and m.compliance == "Compliant" and m.applied == revision)
@@ -318,6 +398,7 @@ def _stage(
             StageState.APPLYING,
             f"{len(mine) - len(behind)} of {len(mine)} Compliant at {revision[:12]} "
             f"(not: {', '.join(behind)})",
+            waiting_for=Gate.CLUSTERS,
         )
     unproven = [
         f"{m.name}: {'; '.join(m.health_reasons) or 'not measured yet'}"
@@ -325,14 +406,18 @@ def _stage(
         if m.health_revision != revision or m.verdict != "pass" or m.passing_since is None
     ]
     if unproven:
-        return moved(StageState.VERIFYING, f"mesh health not passing yet: {unproven[0]}")
+        return moved(
+            StageState.VERIFYING, f"mesh health not passing yet: {unproven[0]}", waiting_for=Gate.ANALYSIS
+        )
     waiting = [
         m
         for m in mine
         if m.passing_since is not None and (now - m.passing_since).total_seconds() < stage.wait
     ]
     if waiting:
-        return moved(StageState.VERIFYING, f"mesh health passing; waiting {stage.wait:g}s of it")
+        return moved(
+            StageState.VERIFYING, f"mesh health passing; waiting {stage.wait:g}s of it", waiting_for=Gate.WAIT
+        )
     passed = moved(StageState.PASSED, f"Compliant and healthy for {stage.wait:g}s")
     if index + 1 == len(wave.stages):
         return replace(

@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from gitmesh.certs.store import Keeper
 from gitmesh.cluster.inventory import Applied
 from gitmesh.objects import ObjectRef
 from gitmesh.state.records import SourceRecord
+
+if TYPE_CHECKING:  # the CA's store (and cryptography) load with the stores that hold one
+    from gitmesh.certs.store import Keeper
 
 
 @dataclass(frozen=True)

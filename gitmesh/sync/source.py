@@ -15,14 +15,18 @@ import threading
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import git
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from gitmesh.errors import SourceError
-from gitmesh.sync.git import Revision, mirror, read_revision, split_credentials
-from gitmesh.sync.verify import Verification
+
+if TYPE_CHECKING:  # GitPython is imported when a source is fetched: describing one needs none of it
+    import git
+
+    from gitmesh.sync.git import Revision
+    from gitmesh.sync.verify import Verification
 
 
 class RefKind(Enum):
@@ -87,12 +91,17 @@ class Source:
         # A local path is mirrored like any remote; its cache key must not depend on the cwd.
         if "://" not in self.url and not _scp_like(self.url):
             object.__setattr__(self, "url", os.path.abspath(self.url))
-        if self.auth and split_credentials(self.url)[1]:
-            raise ValueError("the URL carries credentials and auth is set: give them once")
+        if self.auth:
+            from gitmesh.sync.git import split_credentials
+
+            if split_credentials(self.url)[1]:
+                raise ValueError("the URL carries credentials and auth is set: give them once")
 
 
 def fetch(source: Source, stop: threading.Event | None = None) -> git.Repo:
     """The source's mirror, fetched now (abandoned once ``stop`` is set)."""
+    from gitmesh.sync.git import mirror
+
     settings = []
     if source.auth:
         settings.append(("http.extraHeader", _authorization(source.auth)))
@@ -104,6 +113,8 @@ def fetch(source: Source, stop: threading.Event | None = None) -> git.Repo:
 
 def resolve(repo: git.Repo, ref: Ref) -> tuple[str, str]:
     """The commit ``ref`` names in ``repo`` now, and the name it was found under."""
+    import git
+
     if ref.kind is RefKind.SEMVER:
         name = _highest_tag(repo, ref.value)
         target = f"refs/tags/{name}"
@@ -124,6 +135,8 @@ def resolve(repo: git.Repo, ref: Ref) -> tuple[str, str]:
 
 def read(repo: git.Repo, source: Source, sha: str, name: str) -> Revision:
     """The source's manifests at commit ``sha`` (found as ``name``)."""
+    from gitmesh.sync.git import read_revision
+
     return dataclasses.replace(read_revision(repo, sha, source.path, source.namespace), ref=name)
 
 

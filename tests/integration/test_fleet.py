@@ -2,7 +2,9 @@
 repository with a base and an EU overlay, and one ``gitmesh run --fleet-hub`` agent process per
 member, each with the credentials ``gitmesh fleet join`` made for it. Each agent reads its mesh
 health from a real Prometheus (Debian's), one for the canary eu-1 and one for the others, scraping
-Envoy's metric names from an exporter the test controls (``MeshMetrics``)."""
+Envoy's metric names from an exporter the test controls (``MeshMetrics``). With ``$FLEET_TIMELINE``
+set, the wave test writes its waves' timeline there as SVG (the README's docs/fleet-wave.svg), and
+with ``$FLEET_STATUS_SAMPLE`` the ``fleet status`` table it reads while a stage waits for approval."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from click.testing import CliRunner
 from gitmesh.cli import cli
 from gitmesh.demo import eventually, free_port, stop_process
 from gitmesh.fleet.hub import Hub
+from gitmesh.fleet.timeline import render as render_timeline
 from gitmesh.kube import errors
 from gitmesh.kube.client import Client
 from tests import factory as f
@@ -75,10 +79,12 @@ MEMBERS = {
 
 class MeshMetrics:
     """Envoy's upstream request counters for shop/web-v1 and shop/web-v2, growing by 50 requests per
-    scrape: all answered 2xx, or, once ``failing``, half of web-v2's answered 5xx."""
+    scrape: all answered 2xx, or, once ``failing``, half of web-v2's answered 5xx; once ``idle``, not
+    growing (no traffic: health holds)."""
 
     def __init__(self) -> None:
         self.failing = False
+        self.idle = False
         self.counts: dict[tuple[str, str], int] = {}
         metrics = self
 
@@ -107,7 +113,7 @@ class MeshMetrics:
             bad = 25 if self.failing and backend == "web-v2" else 0
             for klass, n in (("2", 50 - bad), ("5", bad)):
                 key = (backend, klass)
-                self.counts[key] = self.counts.get(key, 0) + n
+                self.counts[key] = self.counts.get(key, 0) + (0 if self.idle else n)
         lines = ["# TYPE envoy_cluster_upstream_rq_xx counter"]
         lines += [
             f'envoy_cluster_upstream_rq_xx{{envoy_cluster_name="shop/{b}|80",'
@@ -449,6 +455,25 @@ def stages(wave: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {s["name"]: (s["state"], s["revision"]) for s in wave["stages"]}
 
 
+def canary_back_at(hub: Cluster, revision: str) -> dict[str, dict[str, Any]]:
+    """The fleet's status once eu-1 is Compliant at ``revision`` again."""
+    return eventually(
+        lambda: status(hub),
+        lambda c: (
+            c["eu-1"]["compliance"] == "Compliant"
+            and c["eu-1"]["configurations"][0]["applied_revision"] == revision
+        ),
+        f"the canary back at {revision[:12]}",
+    )
+
+
+def wave_status(hub: Cluster) -> dict[str, Any]:
+    """``fleet wave status mesh -o json``, checked against its schema."""
+    doc = json.loads(_cli("fleet", "wave", "status", "mesh", "-o", "json", "--kubeconfig", hub.kubeconfig))
+    jsonschema.validate(doc, json.loads((SCHEMAS / "fleet-waves.schema.json").read_text()))
+    return dict(doc["waves"][0])
+
+
 def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_alone(
     fleet: tuple[Cluster, dict[str, Cluster], dict[str, RunningController], GitRepo],
     canary_metrics: MeshMetrics,
@@ -499,11 +524,24 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
         assert (health["revision"], health["verdict"]) == (second, "pass"), health
         table = _cli("fleet", "status", "--kubeconfig", hub.kubeconfig)
         assert f"Wave of mesh toward {second[:12]}" in table and "WaitingApproval" in table
-        assert "approved" in _cli("fleet", "approve", "mesh", "eu", "--kubeconfig", hub.kubeconfig)
+        if sample := os.environ.get("FLEET_STATUS_SAMPLE"):  # the README's fleet status table
+            Path(sample).write_text(table)
+        detail = wave_status(hub)
+        timeline = [detail]  # the wave as it stands at each step, for $FLEET_TIMELINE
+        assert {s["name"]: (s["clusters"], s["waiting_for"]) for s in detail["stages"]} == {
+            "canary": (["eu-1"], None),
+            "eu": (["eu-2"], "approval"),
+            "rest": (["us-1", "us-2"], None),
+        }
+        canary = detail["stages"][0]
+        assert canary["started"] is not None and canary["finished"] is not None, canary
+        assert detail["stages"][1]["started"] is None
+        assert "approved" in _cli("fleet", "wave", "approve", "mesh", "eu", "--kubeconfig", hub.kubeconfig)
         done = eventually(
             lambda: wave_of(hub), lambda w: w.get("state") == "Completed", "the wave done", timeout=90
         )
         assert done["last_good"] == second
+        timeline.append(wave_status(hub))
         eventually(lambda: status(hub), all_compliant_at(second), "every member at the second revision")
         assert weights(members["eu-2"]) == [80, 20]
 
@@ -515,6 +553,7 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
             lambda: wave_of(hub), lambda w: w.get("state") == "Halted", "the wave halted", timeout=90
         )
         assert halted["revision"] == third
+        timeline.append(wave_status(hub))
         assert stages(halted) == {
             "canary": ("RolledBack", second),
             "eu": ("Pending", second),
@@ -524,17 +563,53 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
             "halted at stage canary: eu-1: mesh health failed: shop/web-v2: success rate 50.0%"
             in halted["reason"]
         )
-        clusters = eventually(
-            lambda: status(hub),
-            lambda c: (
-                c["eu-1"]["compliance"] == "Compliant"
-                and c["eu-1"]["configurations"][0]["applied_revision"] == second
-            ),
-            "the canary back at the second revision",
-        )
+        clusters = canary_back_at(hub, second)
         assert weights(members["eu-1"]) == [80, 20]
         assert {c["configurations"][0]["desired_revision"] for c in clusters.values()} == {second}
         assert weights(members["eu-2"]) == [80, 20]
+
+        # No traffic at the canary: its health holds, and the next commit stays at the canary,
+        # verifying, until a person aborts it there. The canary goes back as a failing one does, and
+        # no later stage is told of it.
+        canary_metrics.failing, canary_metrics.idle = False, True
+        eventually(
+            lambda: status(hub)["eu-1"]["configurations"][0].get("health", {}).get("verdict"),
+            lambda v: v == "hold",
+            "the canary's health holding",
+        )
+        fourth = repo.commit("a 40% EU canary", _eu_overlay(40))
+        verifying = eventually(
+            lambda: wave_status(hub),
+            lambda w: w["revision"] == fourth and w["stages"][0]["waiting_for"] == "analysis",
+            "the canary verifying the fourth revision",
+            timeout=90,
+        )
+        assert stages(verifying)["canary"] == ("Verifying", fourth)
+        asked = _cli("fleet", "wave", "abort", "mesh", "--kubeconfig", hub.kubeconfig)
+        assert f"toward {fourth[:12]} (as gitmesh-admin)" in asked, asked
+        stopped = eventually(
+            lambda: wave_status(hub), lambda w: w["state"] == "Aborted", "the wave aborted", timeout=60
+        )
+        assert stopped["abort"]["revision"] == fourth and stopped["abort"]["by"] == "gitmesh-admin"
+        timeline.append(stopped)
+        if published := os.environ.get("FLEET_TIMELINE"):  # the README's picture (docs/fleet-wave.svg)
+            Path(published).write_text(render_timeline(timeline, datetime.now(UTC)))
+        assert stages(stopped) == {
+            "canary": ("RolledBack", second),
+            "eu": ("Pending", second),
+            "rest": ("Pending", second),
+        }
+        assert stopped["stages"][0]["finished"] is not None
+        assert [s["started"] for s in stopped["stages"][1:]] == [None, None]
+        table = _cli("fleet", "wave", "status", "--kubeconfig", hub.kubeconfig)
+        assert "Aborted" in table and "gitmesh-admin" in table, table
+        clusters = canary_back_at(hub, second)
+        assert {c["configurations"][0]["desired_revision"] for c in clusters.values()} == {second}
+        assert weights(members["eu-1"]) == [80, 20] and weights(members["eu-2"]) == [80, 20]
+        again = CliRunner().invoke(
+            cli, ["fleet", "wave", "abort", "mesh", "--kubeconfig", str(hub.kubeconfig)]
+        )
+        assert again.exit_code == 2 and "is Aborted: nothing to abort" in again.output, again.output
     finally:
         assert walker.stop() == 0, walker.log.read_text()
 
