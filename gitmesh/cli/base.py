@@ -444,7 +444,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         (
             "top",
             "top",
-            "The service edges (RPS, success rate, p99), worst first, and the rollouts under way, live.",
+            "The service edges (RPS, success rate, refused calls, p99), worst first, and the rollouts "
+            "under way, live.",
         ),
         (
             "uninstall",
