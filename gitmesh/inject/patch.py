@@ -332,8 +332,10 @@ def proxy_bootstrap(config: Config, routes: list[dict[str, Any]]) -> dict[str, A
             "explicit_http_config": {"http2_protocol_options": {}},
         }
     }
-    # The admin interface's own /ready (200 LIVE, else 503), which is bound to loopback.
+    # The admin interface is bound to loopback; of it, the health port serves /ready (200 LIVE, else
+    # 503) and the stats gitmesh reads (rollouts, top, the console), nothing else.
     ready = {"match": {"path": "/ready"}, "route": {"cluster": ADMIN_CLUSTER}}
+    stats = {"match": {"path": "/stats/prometheus"}, "route": {"cluster": ADMIN_CLUSTER}}
     health = {
         "name": "gitmesh-health",
         "address": {"socket_address": {"address": "0.0.0.0", "port_value": config.health_port}},
@@ -348,7 +350,7 @@ def proxy_bootstrap(config: Config, routes: list[dict[str, Any]]) -> dict[str, A
                             "stat_prefix": "gitmesh_health",
                             "route_config": {
                                 "virtual_hosts": [
-                                    {"name": "health", "domains": ["*"], "routes": [ready, *routes]}
+                                    {"name": "health", "domains": ["*"], "routes": [ready, stats, *routes]}
                                 ]
                             },
                             "http_filters": [
@@ -376,7 +378,7 @@ def proxy_bootstrap(config: Config, routes: list[dict[str, Any]]) -> dict[str, A
                 "pod_uid": "$(POD_UID)",
                 "pod_ip": "$(POD_IP)",
                 "service_account": "$(SERVICE_ACCOUNT)",
-                "admin_address": f"127.0.0.1:{config.admin_port}",
+                "admin_address": f"$(POD_IP):{config.health_port}",  # where its stats are read
                 "inbound_port": config.inbound_port,
                 "outbound_port": config.outbound_port,
             },

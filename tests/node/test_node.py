@@ -41,6 +41,7 @@ from gitmesh.controller.leader import LEASE, LEASE_DURATION, RETRY_PERIOD
 from gitmesh.install.manifests import INJECT_PORT, XDS_PORT
 from gitmesh.install.manifests import NAMESPACE as INSTALL_NAMESPACE
 from gitmesh.mesh.state import Identity
+from gitmesh.metrics import envoy, model
 from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import client_tls
 from tests import factory as f
@@ -840,6 +841,16 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
         # its own sidecar refuses the call (403: no mesh route, no Egress).
         status, body = shop.buy(f"{pod_bookstore.BOOKSTORE}/buy-a-book/new", "bookthief")
         assert body.startswith("403 "), (status, body)
+        # The sidecars' stats, read as rollouts, top and the console read them: at the address each
+        # sidecar reports (its pod's health port), from outside the pod.
+        admins = {
+            f"{get_json(cluster, '-n', name, 'pod', name)['status']['podIP']}:15021": f"{name}/{name}"
+            for name in ("bookbuyer", "bookthief")
+        }
+        edges = model.window(envoy.EnvoyStats(lambda: admins).read(), None)
+        assert edges[("bookbuyer/bookbuyer", "bookstore/bookstore-v1")].requests >= 20, edges
+        assert edges[("bookbuyer/bookbuyer", "bookstore/bookstore-v2")].requests >= 1, edges
+        assert edges[("bookthief/bookthief", "bookstore/bookstore")].denied >= 1, edges
         # TCP by ClusterIP and port, split 90/10 by connection.
         tcp = demo.eventually(
             lambda: shop.tcp_answers(10),

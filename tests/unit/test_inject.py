@@ -201,6 +201,22 @@ def test_an_http_probe_goes_to_the_health_port_and_on_to_the_app() -> None:
     )
 
 
+def test_the_sidecars_stats_are_read_at_the_pods_address_and_no_more_of_its_admin() -> None:
+    result = injected(pod())
+    bootstrap = json.loads(result["spec"]["initContainers"][1]["args"][1])
+    # Kubernetes puts the pod's address in for $(POD_IP): where gitmesh's rollouts, top and console read.
+    assert bootstrap["node"]["metadata"]["admin_address"] == f"$(POD_IP):{CONFIG.health_port}"
+    assert bootstrap["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    health = bootstrap["static_resources"]["listeners"][0]
+    assert health["address"]["socket_address"]["port_value"] == CONFIG.health_port
+    routes = health["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0][
+        "routes"
+    ]
+    to_admin = {r["match"]["path"] for r in routes if r["route"]["cluster"] == patch.ADMIN_CLUSTER}
+    assert to_admin == {"/ready", "/stats/prometheus"}
+    assert all("prefix" not in r["match"] for r in routes)  # exact paths only: no other admin page
+
+
 def test_tcp_grpc_and_https_probe_ports_are_exempt_from_inbound_capture() -> None:
     containers = [
         app(livenessProbe={"tcpSocket": {"port": 8080}}),
