@@ -34,6 +34,9 @@ EDGES_DRAWN = 40  # in the graph
 ROLLOUTS_SHOWN = 6  # those under way first, then the latest to end
 RECONCILES_SHOWN = 5  # per source, newest first
 PROXIES_SHOWN = 50
+# Where along its line an edge is labelled: toward its destination, so that two lines crossing midway
+# (bookbuyer -> v1 and bookthief -> the root in the demo) keep their labels apart.
+LABEL_AT = 0.7
 STATIC = {  # file -> content type, served from the package: no CDN, no build step
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
@@ -299,7 +302,8 @@ def graph(edges: Sequence[model.Edge], share: Mapping[tuple[str, str], float]) -
         out.append(
             f'<g class="edge {_health(e)}" data-edge="{_e(e.source)} {_e(e.destination)}">'
             f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}"/>'
-            f'<text x="{(x1 + x2) / 2:.0f}" y="{(y1 + y2) / 2 - 4:.0f}">{_e(label)}</text></g>'
+            f'<text x="{x1 + LABEL_AT * (x2 - x1):.0f}" y="{y1 + LABEL_AT * (y2 - y1) - 4:.0f}">'
+            f"{_e(label)}</text></g>"
         )
     for node, (x, y) in where.items():
         out.append(

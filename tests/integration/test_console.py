@@ -1,12 +1,17 @@
 """The web console as a person sees it: the bookstore with real Envoy sidecars, traffic, and
 ``gitmesh run`` following the demo repo, its console opened in a real headless Chromium (Debian's
 chromium and chromium-driver, driven by selenium). The page is read as it is shown, without reloads:
-its numbers must move with the traffic."""
+its numbers must move with the traffic.
+
+With ``CONSOLE_SCREENSHOTS=DIR`` each view is also saved there, cropped to its section: the README's
+pictures (docs/views/)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,7 +55,11 @@ class ConsoleBookstore(Bookstore):
         super().__init__(workdir)
 
     def run_options(self) -> list[str]:
+        self.token = self.workdir / "token"
+        self.token.write_text("console-test-token\n")
         follow = [
+            "--http-token-file",
+            str(self.token),
             "--repo",
             str(self.repo),
             "--path",
@@ -61,6 +70,16 @@ class ConsoleBookstore(Bookstore):
             "1h",
         ]
         return [*super().run_options(), *follow, "--http-address", f"127.0.0.1:{self.http_port}"]
+
+    def reconcile(self) -> None:
+        """What ``gitmesh reconcile demo`` asks: gitmesh run applies the repo's head now."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/sources/demo/reconcile",
+            method="POST",
+            headers={"Authorization": f"Bearer {self.token.read_text().strip()}"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            assert answer.status == 202
 
     @property
     def console(self) -> str:
@@ -140,6 +159,42 @@ def denied_edge(browser: webdriver.Chrome, edge: str) -> tuple[str, str, str, st
         return None
 
 
+def screenshot(browser: webdriver.Chrome, selector: str, name: str, tmp_path: Path) -> None:
+    """The element the CSS selector finds, cropped to it, in tmp_path; and in $CONSOLE_SCREENSHOTS
+    when set. Found anew if the page swapped it out meanwhile."""
+    shot = tmp_path / name
+
+    def taken() -> bool:
+        try:
+            browser.find_element(By.CSS_SELECTOR, selector).screenshot(str(shot))
+            return True
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+
+    eventually(taken, bool, f"a screenshot of {selector}", timeout=10)
+    assert shot.read_bytes().startswith(b"\x89PNG")
+    if published := os.environ.get("CONSOLE_SCREENSHOTS"):
+        Path(published).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, Path(published) / name)
+
+
+def labels(browser: webdriver.Chrome) -> list[dict[str, float]]:
+    """Where the graph's edge labels are drawn (x, y, width, height); [] while swapped out."""
+    try:
+        return [t.rect for t in browser.find_elements(By.CSS_SELECTOR, "svg.graph g.edge text")]
+    except StaleElementReferenceException:
+        return []
+
+
+def overlap(a: dict[str, float], b: dict[str, float]) -> bool:
+    return (
+        a["x"] < b["x"] + b["width"]
+        and b["x"] < a["x"] + a["width"]
+        and a["y"] < b["y"] + b["height"]
+        and b["y"] < a["y"] + a["height"]
+    )
+
+
 def number(text: str) -> float:
     return float(text.rstrip("%ms"))
 
@@ -177,6 +232,10 @@ def test_a_person_sees_the_edges_move_with_traffic_and_the_rollout_weights(
             lambda: denied_edge(browser, THIEF), lambda d: d is not None, "the refused edge drawn"
         )
         browser.save_screenshot(str(tmp_path / "console.png"))
+        screenshot(browser, "svg.graph", "graph.png", tmp_path)
+        screenshot(browser, "table.edges", "edges.png", tmp_path)
+        boxes = eventually(lambda: labels(browser), lambda b: len(b) == 3, "the graph's three labels")
+        screenshot(browser, "section:has(#mesh)", "access.png", tmp_path)
     assert stroke == "rgb(214, 39, 40)" and dashes not in ("", "none"), (stroke, dashes)
     assert "rps denied" in label and "denied" in row.split()
     v1, v2, thief = busy
@@ -197,6 +256,8 @@ def test_a_person_sees_the_edges_move_with_traffic_and_the_rollout_weights(
     # The graph draws the same edges: the two backends as boxes, the calls to them as lines.
     graph = text_of(browser, "svg.graph")
     assert "bookstore/bookstore-v1" in graph and "bookstore/bookstore-v2" in graph
+    # Each label readable: bookbuyer -> v1 crosses bookthief -> the root midway, their labels do not.
+    assert not any(overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :]), boxes
 
     # The traffic has stopped: without a reload, the page says so within a refresh or two.
     eventually(
@@ -208,12 +269,29 @@ def test_a_person_sees_the_edges_move_with_traffic_and_the_rollout_weights(
     assert (tmp_path / "console.png").read_bytes().startswith(b"\x89PNG")
 
 
+def reconciles(browser: webdriver.Chrome) -> list[list[str]]:
+    """The demo source's last reconciles as the page lists them (their cells' text), newest first."""
+    try:
+        rows = browser.find_elements(By.CSS_SELECTOR, 'article[data-source="demo"] tbody tr')
+        return [[c.text for c in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+    except StaleElementReferenceException:
+        return []
+
+
 def test_the_bookstore_split_shows_its_shares_as_measured(
-    demo: ConsoleBookstore, webhook: Webhook, browser: webdriver.Chrome
+    demo: ConsoleBookstore, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
-    commit_split(demo, 75, 25, policy={})  # the example's own split, no rollout: the weights at once
-    apply_head(demo, webhook)
     browser.get(demo.console)
+    commit_split(demo, 75, 25, policy={})  # the example's own split, no rollout: the weights at once
+    demo.reconcile()  # gitmesh run applies it, asked as gitmesh reconcile asks
+    # The sources: the reconcile asked for, above the one at start, with its plan's summary.
+    newest, *older = eventually(
+        lambda: reconciles(browser), lambda r: len(r) >= 2, "the reconcile asked for on the page"
+    )
+    assert newest[1:4] == ["manual", demo.head()[:12], "applied"], newest
+    assert newest[4].startswith("0 to create, 1 to update, 0 to delete"), newest  # the split
+    assert older[-1][1] == "start", older
+    screenshot(browser, "section:has(#sources)", "sources.png", tmp_path)
     with Traffic(demo, workers=2):
         v1, v2 = eventually(
             lambda: (cells(browser, V1), cells(browser, V2)),
@@ -248,6 +326,7 @@ def test_a_failed_rollout_shows_on_the_open_page(
         apply_head(demo, webhook)
         shown = eventually(rollout, lambda t: "Failed" in t, "the failed rollout on the page", timeout=90)
         browser.save_screenshot(str(tmp_path / "console-failed.png"))
+        screenshot(browser, "section:has(#rollouts)", "rollout-failed.png", tmp_path)
     assert "bookstore-v1 100%" in shown and "bookstore-v2 0%" in shown
     assert seen and min(seen) < 90  # while v2 had its 10%, the page showed it failing
 
@@ -271,5 +350,6 @@ def test_a_configuration_a_sidecar_rejects_shows_on_the_open_page(
         lambda: text_of(browser, "#proxies"), lambda t: "NACK" in t, "the rejection on the page"
     )
     browser.save_screenshot(str(tmp_path / "console-nack.png"))
+    screenshot(browser, "section:has(#proxies)", "proxies-nack.png", tmp_path)
     assert "RouteConfiguration" in shown and "bookstore/bookstore" in shown
     assert "missing )" in shown  # RE2's own words, as Envoy passed them on
