@@ -47,6 +47,7 @@ from gitmesh.errors import GitmeshError
 from gitmesh.inject import identity
 from gitmesh.mesh import state
 from gitmesh.mesh.state import Identity
+from gitmesh.state import reports
 from gitmesh.xds import patch, resources, tls
 from gitmesh.xds.bootstrap import SERVER_IDENTITY, admin_address, proxy_of
 from gitmesh.xds.cache import SnapshotCache
@@ -62,7 +63,6 @@ DEBOUNCE_SECONDS = 0.1
 MAX_DEBOUNCE_SECONDS = 1.0
 CA_POLL_EVERY = 5  # polls: the kept CA state is read once a second, for a rotation begun elsewhere
 REPORT_EVERY_SECONDS = 1.0  # the report of the proxies is written to the backend at most this often
-MAX_REPORTED_NACKS = 100  # the latest rejections, of all proxies, that the report lists
 
 
 # The maps translation builds for each proxy (clusters, endpoints and secrets are shared).
@@ -120,7 +120,7 @@ def xds_report(
     data."""
     streams = list(streams)
     every = [(key, n) for key in sorted({s.key for s in streams}) for n in cache.nacks(key)]
-    latest = sorted(every, key=lambda kept: kept[1].at)[-MAX_REPORTED_NACKS:]
+    latest = sorted(every, key=lambda kept: kept[1].at)[-reports.MAX_NACKS :]
     nacks = [
         {
             "proxy": key,
@@ -568,7 +568,8 @@ async def run(
                     serving = _follow_switch(
                         publisher, serving, decide(), server.servicer.streams(), certificate_requests
                     )
-                if time.monotonic() - reported_at >= REPORT_EVERY_SECONDS:
+                since = time.monotonic() - reported_at
+                if since >= REPORT_EVERY_SECONDS:
                     report = xds_report(
                         server.servicer.streams(),
                         publisher.cache,
@@ -578,7 +579,7 @@ async def run(
                         publisher.workload,
                         serving.decision.refused,
                     )
-                    if report != reported:
+                    if report != reported or since >= reports.REFRESH_SECONDS:
                         backend.record_xds({**report, "at": time.time()})
                         reported, reported_at = report, time.monotonic()
                 current = backend.version()

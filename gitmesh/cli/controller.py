@@ -426,19 +426,17 @@ def _elector(settings: Settings) -> Elector:
     """The Lease in the settings' cluster (its client is safe to share between threads), held as
     $POD_NAME (and its pod labelled so), else as the host name."""
     import os
-    import socket
 
-    from gitmesh.controller.leader import LEASE, Elector, KubeLeases, PodLabel
+    from gitmesh.controller.leader import LEASE, Elector, KubeLeases, PodLabel, replica_name
     from gitmesh.state.kube import SYSTEM_NAMESPACE
 
     client = settings.cluster
     if client is None:
         raise click.UsageError("--leader-election needs a cluster (--kubeconfig, or running in one)")
-    pod = os.environ.get("POD_NAME")
     leases = KubeLeases(client, SYSTEM_NAMESPACE, LEASE)
-    if pod is None:
-        return Elector(leases, socket.gethostname())
-    return Elector(leases, pod, announce=PodLabel(client, SYSTEM_NAMESPACE, pod))
+    if "POD_NAME" not in os.environ:
+        return Elector(leases, replica_name())
+    return Elector(leases, replica_name(), announce=PodLabel(client, SYSTEM_NAMESPACE, replica_name()))
 
 
 @cli.command("reconcile")

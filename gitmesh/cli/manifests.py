@@ -434,7 +434,9 @@ def _print_xds(settings: Settings) -> None:
         return
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report["at"]))
     out.print(Text("sidecars", style="bold"))
-    out.print(f"  connected   {len(report['proxies'])} (as of {when})")
+    replicas = len(report.get("replicas", ())) or 1
+    to = f" to {replicas} replicas" if replicas > 1 else ""
+    out.print(f"  connected   {len(report['proxies'])}{to} (as of {when})")
     for nack in report["nacks"]:
         at = time.strftime("%H:%M:%S", time.gmtime(nack["at"]))
         what = f"{nack['type']} version {nack['version']} by {nack['proxy']} at {at}"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +35,11 @@ LEASE = "gitmesh-leader"  # in gitmesh-system
 LEASE_DURATION = 15.0  # seconds a Lease not renewed stays its holder's
 RENEW_DEADLINE = 10.0  # seconds the leader keeps leading without a renewal
 RETRY_PERIOD = 2.0  # seconds between attempts to take or renew the Lease
+
+
+def replica_name() -> str:
+    """This replica's name among the controller's: its pod's ($POD_NAME), else the host's."""
+    return os.environ.get("POD_NAME") or socket.gethostname()
 
 
 @dataclass(frozen=True)

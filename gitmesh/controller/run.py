@@ -28,10 +28,11 @@ from gitmesh.controller.config import DEFAULT_HTTP_ADDRESS, RolloutSettings
 from gitmesh.controller.console import Console, LiveMesh
 from gitmesh.controller.httpd import ControllerPort
 from gitmesh.controller.inject import Injection, InjectWebhook, publisher
+from gitmesh.controller.leader import replica_name
 from gitmesh.controller.metrics import Fleet, Metrics
 from gitmesh.controller.reconciler import Reconciler
 from gitmesh.controller.schedule import Controller
-from gitmesh.errors import GitmeshError
+from gitmesh.errors import GitmeshError, MetricsError
 from gitmesh.kube import review
 from gitmesh.kube.certificate_requests import CertificateRequests
 from gitmesh.rollout import driver
@@ -91,7 +92,7 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
     mesh_metrics: MetricsSource = (
         Prometheus(options.rollouts.prometheus)
         if options.rollouts.prometheus
-        else EnvoyStats(lambda: reporting.sidecars)
+        else EnvoyStats(reporting.sidecars)
     )
     if options.attach:
         options.attach(controller.retarget, mesh_metrics)
@@ -105,7 +106,7 @@ def run(options: Options, settings: Settings, elector: Elector | None = None) ->
             settings.review,
             open_files,
             Console(
-                lambda: reporting.report,
+                reporting.whole,
                 lambda: driver.load(settings),
                 reconciler.records,
                 LiveMesh(reporting.version, lambda: (live.obj for live in reporting.list_managed().values())),
@@ -328,14 +329,13 @@ def _exit_now() -> None:
 
 class _Reporting:
     """The ADS server's source: the cluster's watch, with the reports of the sidecars kept in the
-    xDS report store and turned into metrics."""
+    xDS report store (this replica's beside the others') and turned into metrics."""
 
     def __init__(self, watched: Watched, reports: XdsReports, metrics: Metrics) -> None:
         self.watched = watched
         self.reports = reports
         self.metrics = metrics
-        self.sidecars: dict[str, str] = {}  # the connected sidecars' admin interfaces -> their services
-        self.report: Mapping[str, Any] = {}  # the ADS server's latest, for the console
+        self.report: Mapping[str, Any] = {}  # this replica's latest
 
     def version(self) -> str:
         return self.watched.version()
@@ -344,7 +344,24 @@ class _Reporting:
         return self.watched.list()
 
     def record_xds(self, report: Mapping[str, Any]) -> None:
-        self.sidecars = dict(report["sidecars"])
-        self.report = report
+        self.report = {**report, "replica": replica_name()}
         self.metrics.xds(report)
-        self.reports.save(report)
+        self.reports.save(self.report)
+
+    def sidecars(self) -> dict[str, str]:
+        """Every replica's sidecars (admin address -> service): a rollout is judged on the whole
+        mesh, whichever replica each sidecar is connected to."""
+        try:
+            whole = self.reports.latest() or {}
+        except GitmeshError as e:
+            raise MetricsError(f"cannot read the sidecars of the other replicas: {e}") from e
+        return {**whole.get("sidecars", {}), **self.report.get("sidecars", {})}
+
+    def whole(self) -> Mapping[str, Any]:
+        """Every replica's report as one, for the console; this replica's own while the store
+        cannot be read."""
+        try:
+            return self.reports.latest() or self.report
+        except GitmeshError as e:
+            log.warning("showing this replica's sidecars only: %s", e)
+            return self.report

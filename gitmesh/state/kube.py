@@ -11,6 +11,7 @@ import base64
 import gzip
 import json
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +24,7 @@ from gitmesh.errors import CertsError, ClusterError
 from gitmesh.kube import errors
 from gitmesh.kube.client import CONFIGMAP, FIELD_MANAGER, NAMESPACE, SECRET, Client, Resource
 from gitmesh.objects import ObjectRef
-from gitmesh.state import SourceStatus, StateStores
+from gitmesh.state import SourceStatus, StateStores, reports
 from gitmesh.state.records import SourceRecord
 
 SYSTEM_NAMESPACE = "gitmesh-system"
@@ -195,27 +196,28 @@ class KubeRollouts:
 
 
 class KubeXdsReports:
-    """ConfigMap ``gitmesh-xds``, beside the inventories."""
+    """ConfigMap ``gitmesh-xds``, beside the inventories: a key per replica (its report's
+    ``replica``), each applied by a field manager of its own, read back as one (``reports.merged``)."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
 
     def save(self, report: Mapping[str, Any]) -> None:
+        replica = re.sub(r"[^-._a-zA-Z0-9]", "_", str(report.get("replica") or "report"))  # a data key
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": XDS_CONFIGMAP, "namespace": SYSTEM_NAMESPACE},
-            "data": {"report": json.dumps(report, sort_keys=True)},
+            "data": {replica: json.dumps(report, sort_keys=True)},
         }
-        apply_system(self._client, CONFIGMAP, body)
+        apply_system(self._client, CONFIGMAP, body, manager=f"{FIELD_MANAGER}-xds-{replica}"[:128])
 
     def latest(self) -> dict[str, Any] | None:
         try:
             cm = self._client.get(CONFIGMAP.path(SYSTEM_NAMESPACE, XDS_CONFIGMAP))
         except errors.NotFound:
             return None
-        report: dict[str, Any] | None = json.loads((cm.get("data") or {}).get("report") or "null")
-        return report
+        return reports.merged((json.loads(v) for v in (cm.get("data") or {}).values()), time.time())
 
 
 class SecretKeeper:

@@ -467,3 +467,34 @@ def test_an_http_route_applies_under_the_official_crd_and_a_reinstall_keeps_a_ne
     assert run("install", "crds", "--kubeconfig", cluster.kubeconfig).exit_code == 0
     annotations = kubectl_json(cluster, crd)["metadata"]["annotations"]
     assert annotations["gateway.networking.k8s.io/bundle-version"] == "v1.7.0"
+
+
+def test_each_replica_s_xds_report_is_kept_and_status_shows_them_as_one(cluster: Cluster) -> None:
+    """Replicas save their reports side by side in ConfigMap gitmesh-xds (a field manager each): one
+    saving never drops the other's, and readers get every fresh replica's sidecars."""
+    import time
+
+    from gitmesh.state.reports import STALE_SECONDS
+
+    xds = kubernetes(str(cluster.kubeconfig)).state.xds
+    now = time.time()
+    base = {"proxies": [], "nacks": [], "certificates": {}}
+    xds.save({**base, "replica": "gitmesh-a", "at": now, "sidecars": {"10.1.0.1:15021": "b/buyer"}})
+    xds.save({**base, "replica": "gitmesh-b", "at": now, "sidecars": {"10.1.0.2:15021": "s/v2"}})
+    xds.save({**base, "replica": "gitmesh-a", "at": now + 1, "sidecars": {"10.1.0.3:15021": "b/buyer"}})
+    gone = {
+        **base,
+        "replica": "gitmesh-gone",
+        "at": now - STALE_SECONDS - 5,
+        "sidecars": {"10.1.0.9:15021": "x/y"},
+    }
+    xds.save(gone)
+    data = kubectl_json(cluster, "-n", "gitmesh-system", "configmap", "gitmesh-xds")["data"]
+    assert set(data) == {"gitmesh-a", "gitmesh-b", "gitmesh-gone"}
+    result = run("status", "--kubeconfig", cluster.kubeconfig, "-o", "json")
+    assert result.exit_code == 0, result.output
+    sidecars = json.loads(result.output)["sidecars"]
+    assert sidecars["sidecars"] == {"10.1.0.2:15021": "s/v2", "10.1.0.3:15021": "b/buyer"}
+    assert set(sidecars["replicas"]) == {"gitmesh-a", "gitmesh-b"}
+    text = run("status", "--kubeconfig", cluster.kubeconfig).output
+    assert "connected   0 to 2 replicas" in text, text
