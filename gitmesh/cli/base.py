@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import inspect
 import json
 import os
 import re
@@ -178,10 +179,11 @@ def examples(*lines: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     section = "\n\n\b\nExamples:\n" + "\n".join(f"  {x}" for x in lines)
 
     def add(f: Callable[..., Any]) -> Callable[..., Any]:
+        # Dedented first: click dedents the whole, and the section's lines start at the margin.
         if isinstance(f, click.Command):  # one made with help=...
-            f.help = (f.help or "").rstrip() + section
+            f.help = inspect.cleandoc(f.help or "") + section
         else:
-            f.__doc__ = (f.__doc__ or "").rstrip() + section
+            f.__doc__ = inspect.cleandoc(f.__doc__ or "") + section
         return f
 
     return add

@@ -40,6 +40,9 @@ def test_every_command_has_examples(path: tuple[str, ...]) -> None:
     examples = result.output.partition("Examples:\n")[2]
     assert examples, f"gitmesh {' '.join(path)} --help has no Examples section"
     assert examples.lstrip().startswith("gitmesh "), examples
+    # A docstring's indentation is not carried into the rewrapped description.
+    description = result.output.partition("Examples:")[0].partition("\n\n")[2]
+    assert "   " not in description.strip(), description
 
 
 @pytest.mark.parametrize(
