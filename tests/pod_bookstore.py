@@ -15,7 +15,7 @@ import subprocess
 import sys
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +48,16 @@ NAMESPACES = sorted({namespace for _, namespace, _, _, _ in PODS})
 
 
 def book_pod(
-    cluster: NodeCluster, name: str, namespace: str, account: str, labels: dict[str, str], port: int
+    cluster: NodeCluster,
+    name: str,
+    namespace: str,
+    account: str,
+    labels: dict[str, str],
+    port: int,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A test-app pod serving ``port``, with nothing of the mesh in it."""
+    """A test-app pod serving ``port``, with nothing of the mesh in it; ``env`` for its app
+    (``ERROR_EVERY``: a bad build)."""
     container = {
         "name": "app",
         "image": cluster.images.app,
@@ -58,9 +65,10 @@ def book_pod(
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "PORT", "value": str(port)},
+            *({"name": k, "value": v} for k, v in (env or {}).items()),
         ],
         "ports": [{"containerPort": port}],
-        "readinessProbe": {"httpGet": {"path": "/", "port": port}, "periodSeconds": 1},
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": port}, "periodSeconds": 1},
     }
     return {
         "apiVersion": "v1",

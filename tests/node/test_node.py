@@ -954,6 +954,128 @@ def test_the_bookstore_as_injected_pods_talks_mtls_and_follows_the_split_from_gi
             assert restarts == [0, 0, 0], (name, restarts)
 
 
+def bookstore_weights(cluster: NodeCluster) -> dict[str, int]:
+    split = get_json(cluster, "-n", "bookstore", "trafficsplit", "bookstore-split")
+    return {b["service"]: b["weight"] for b in split["spec"]["backends"]}
+
+
+def rollout_of(cluster: NodeCluster, split: str) -> dict[str, Any]:
+    """SPLIT's rollout as ``gitmesh rollout status SPLIT -o json`` shows it from this host ({}: none)."""
+    args = ["rollout", "status", split, "--kubeconfig", str(cluster.kubeconfig), "-o", "json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    rollouts: list[dict[str, Any]] = json.loads(result.output)["rollouts"]
+    return rollouts[0] if rollouts else {}
+
+
+@pytest.mark.timeout(480)
+def test_a_canary_of_pods_answering_half_500s_is_rolled_back_from_every_replica_s_sidecars(
+    node_cluster: NodeCluster, tmp_path: Path
+) -> None:
+    """A commit sends bookstore traffic to a v2 whose pod answers every second request with a 500,
+    under a rollout policy: the leader steps the split, judges v2 on the callers' sidecars (read
+    at their pods, whichever replica each is connected to), and rolls back to v1 by itself."""
+    cluster = node_cluster
+    with pod_bookstore.running(cluster, tmp_path) as shop:
+        split = "bookstore/split.yaml"
+        v1, v2 = "- service: bookstore-v1\n    weight: ", "- service: bookstore-v2\n    weight: "
+        shop.commit("v1 only", (split, f"{v1}75", f"{v1}100"), (split, f"{v2}25", f"{v2}0"))
+        wait_for(
+            "v1 only", lambda: bookstore_weights(cluster) == {"bookstore-v1": 100, "bookstore-v2": 0}, 60
+        )
+        cluster.kubectl("-n", "bookstore", "delete", "pod", "bookstore-v2", "--wait=true", timeout=90)
+        bad = pod_bookstore.book_pod(
+            cluster,
+            "bookstore-v2",
+            "bookstore",
+            "bookstore",
+            {"app": "bookstore", "version": "v2"},
+            pod_bookstore.BOOK_PORT,
+            env={"ERROR_EVERY": "2"},
+        )
+        cluster.apply([bad])
+        cluster.kubectl(
+            "-n",
+            "bookstore",
+            "wait",
+            "--for=condition=Ready",
+            "pod/bookstore-v2",
+            "--timeout=120s",
+            timeout=130,
+        )
+        # Each replica reports the sidecars connected to it; read back, they are the whole mesh.
+        pods = {
+            get_json(cluster, "-n", namespace, "pod", name)["status"]["podIP"]
+            for name, namespace, *_ in pod_bookstore.PODS
+        }
+
+        def whole() -> dict[str, Any] | None:
+            status = CliRunner().invoke(
+                cli, ["status", "--kubeconfig", str(cluster.kubeconfig), "-o", "json"]
+            )
+            report = json.loads(status.output)["sidecars"] or {}
+            admins = {a.rpartition(":")[0] for a in report.get("sidecars", {})}
+            return report if admins == pods and len(report["replicas"]) == 2 else None
+
+        report = wait_for("every sidecar reported by the two replicas", whole, 60)
+        assert set(report["replicas"]) == set(gitmesh_pods(cluster)), report["replicas"]
+
+        answers: list[str] = []
+        done = threading.Event()
+
+        def traffic() -> None:
+            while not done.is_set():
+                status, body = shop.buy(f"{pod_bookstore.BOOKSTORE}/buy-a-book/new")
+                answers.append(body[:40] if status == 200 else f"{status} {body[:40]}")
+
+        sender = threading.Thread(target=traffic)
+        sender.start()
+        try:
+            time.sleep(2)
+            policy = "".join(
+                f'    rollout.gitmesh.dev/{key}: "{value}"\n'
+                for key, value in {
+                    "steps": "10,50",
+                    "interval": "3s",
+                    "success-rate": "95",
+                    "min-requests": "5",
+                    "failure-threshold": "2",
+                    "progress-deadline": "60s",
+                }.items()
+            )
+            revision = shop.commit(
+                "bookstore v2, under a rollout policy",
+                (split, "  namespace: bookstore\n", f"  namespace: bookstore\n  annotations:\n{policy}"),
+                (split, f"{v1}100", f"{v1}0"),
+                (split, f"{v2}0", f"{v2}100"),
+            )
+            ended = wait_for(
+                "the rollout's end",
+                lambda: (
+                    (r := rollout_of(cluster, "bookstore/bookstore-split")).get("phase")
+                    in {"Succeeded", "Failed"}
+                    and r
+                ),
+                180,
+            )
+            time.sleep(3)  # traffic on the weights it ended on
+        finally:
+            done.set()
+            sender.join()
+        assert ended["phase"] == "Failed", ended
+        assert ended["revision"] == revision, ended
+        assert "success rate" in ended["reason"] and "below 95%" in ended["reason"], ended["reason"]
+        assert ended["weights"] == {"bookstore-v1": 100, "bookstore-v2": 0}, ended
+        assert bookstore_weights(cluster) == {"bookstore-v1": 100, "bookstore-v2": 0}
+        # v2 had its trial (answers from it, its 500s among them), and after it all traffic is v1's.
+        assert any(a.startswith("200 hello from bookstore-v2") for a in answers), answers[-20:]
+        assert any(a.startswith("500 bookstore-v2 fails") for a in answers), answers[-20:]
+        assert all(a.startswith("200 hello from bookstore-v1") for a in answers[-10:]), answers[-10:]
+        time.sleep(5)  # a reconcile or two of the same head: the target is not tried again
+        assert rollout_of(cluster, "bookstore/bookstore-split")["phase"] == "Failed"
+        assert set(shop.shares(20)) == {"bookstore-v1"}
+
+
 @pytest.mark.timeout(480)
 def test_make_demo_cluster_shows_the_split_access_control_and_a_commit_that_moves_it(
     node_cluster: NodeCluster,

@@ -1,8 +1,10 @@
 // Command app is the test node's demo workload. As a server it answers "/"
 // with its pod name (and the X-Via header it was sent, so a proxy in front of
 // it shows) and "/fetch?url=U" with the status and body of a GET of U, so tests
-// drive pod-to-pod, pod-to-Service and DNS traffic from inside a pod. The image
-// has no shell or curl: `app get URL` is the client that `kubectl exec` runs.
+// drive pod-to-pod, pod-to-Service and DNS traffic from inside a pod. With
+// ERROR_EVERY=N every Nth request to a path other than /healthz (its probes')
+// answers 500: a bad canary. The image has no shell or curl: `app get URL` is
+// the client that `kubectl exec` runs.
 package main
 
 import (
@@ -11,6 +13,8 @@ import (
 	"log"
 	"net/http"
 	"os"
+	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,13 +30,25 @@ func main() {
 		fmt.Printf("%d %s", status, body)
 		return
 	}
-	serve(":"+getenv("PORT", "8080"), getenv("POD_NAME", "app"))
+	every, err := strconv.Atoi(getenv("ERROR_EVERY", "0"))
+	if err != nil {
+		log.Fatalf("ERROR_EVERY: %v", err)
+	}
+	serve(":"+getenv("PORT", "8080"), getenv("POD_NAME", "app"), int64(every))
 }
 
-func serve(addr, name string) {
+func serve(addr, name string, errorEvery int64) {
+	var served atomic.Int64
 	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		log.Printf("%s %s from %s", r.Method, r.URL.Path, r.RemoteAddr)
+		if errorEvery > 0 && served.Add(1)%errorEvery == 0 {
+			http.Error(w, fmt.Sprintf("%s fails every %dth request", name, errorEvery), http.StatusInternalServerError)
+			return
+		}
 		fmt.Fprintf(w, "hello from %s\n", name)
 		if via := r.Header.Get("X-Via"); via != "" {
 			fmt.Fprintf(w, "via %s\n", via)
