@@ -25,6 +25,11 @@ $(GPG_AGENT):
 $(KUBECTL):
 	$(APT_INSTALL) kubectl
 
+# The web console's third-party scripts (gitmesh/controller/assets.json), fetched pinned from the npm registry.
+ASSETS := gitmesh/controller/assets/.pins.json
+$(ASSETS): gitmesh/controller/assets.json tools/fetch_assets.py
+	python3 tools/fetch_assets.py
+
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -33,7 +38,7 @@ $(STAMP): pyproject.toml
 
 ## demo: validate and plan examples/repo at HEAD, apply it to the embedded store, show status,
 ## then run the bookstore for real (Envoy sidecars, apps, gitmesh run) and show what traffic does
-demo: $(DEMO_STAMP)
+demo: $(DEMO_STAMP) $(ASSETS)
 	$(DEMO_GITMESH) validate --repo . --ref HEAD --path examples/repo
 	$(DEMO_GITMESH) plan --repo . --ref HEAD --path examples/repo --store .gitmesh/store.db
 	$(DEMO_GITMESH) apply --repo . --ref HEAD --path examples/repo --store .gitmesh/store.db --yes
@@ -48,11 +53,11 @@ $(DEMO_STAMP): pyproject.toml
 	rm -f $(VENV)/.demo-* && touch $@
 
 ## demo-live: the running bookstore for ten minutes: commit to .gitmesh/demo/repo and watch the shares move
-demo-live: $(DEMO_STAMP)
+demo-live: $(DEMO_STAMP) $(ASSETS)
 	$(DEMO_GITMESH) demo --live 600
 
 ## wheel: dist/gitmesh-VERSION-py3-none-any.whl, for pip install or pipx install of the command alone
-wheel: $(DEMO_STAMP)
+wheel: $(DEMO_STAMP) $(ASSETS)
 	$(BIN)/pip wheel --quiet --no-deps -w dist .
 
 ## prometheus: Debian's Prometheus, which the rollout tests run (directly, not as the system service)
@@ -74,12 +79,12 @@ node-packages:
 		{ $(APT_INSTALL) containerd runc containernetworking-plugins iptables conntrack; }
 
 ## cluster: a real single-node Kubernetes on this host (testenv/README.md); prints the KUBECONFIG to export
-cluster: $(STAMP) node-packages
+cluster: $(STAMP) $(ASSETS) node-packages
 	testenv/up
 
 ## demo-cluster: the bookstore as injected pods on that node (root), applied from Git by gitmesh installed
 ## in it: the split from real pod traffic, access control, a TCP split, then a commit that moves it
-demo-cluster: $(STAMP) $(KUBECTL) node-packages
+demo-cluster: $(STAMP) $(ASSETS) $(KUBECTL) node-packages
 	$(BIN)/python -m tests.pod_bookstore
 
 ## cluster-down: stop it and remove everything it put on the host
@@ -87,15 +92,15 @@ cluster-down: $(STAMP)
 	testenv/down
 
 ## test: lint, then every test (unit and integration)
-test: $(STAMP) $(SSHD) $(GPG_AGENT) $(KUBECTL) prometheus tmux chromium node-packages
-	$(BIN)/ruff check gitmesh tests bench
-	$(BIN)/ruff format --check gitmesh tests bench
+test: $(STAMP) $(ASSETS) $(SSHD) $(GPG_AGENT) $(KUBECTL) prometheus tmux chromium node-packages
+	$(BIN)/ruff check gitmesh tests bench tools
+	$(BIN)/ruff format --check gitmesh tests bench tools
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 ## test-fast: unit tests only, for the edit-test loop
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(ASSETS)
 	$(BIN)/python -m pytest -q -m "not integration"
 
 bench: $(STAMP)

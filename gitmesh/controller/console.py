@@ -3,9 +3,11 @@ requests per second, split shares, success rate, latency and the calls the mesh 
 rollouts with their weights over time, and each source's reconcile state. Read-only, and open like
 ``/status``.
 
-The HTML is rendered here; the page's script (``console.js``, beside this file) only swaps in the
-fragments that ``/console/events`` sends as server-sent events. Every viewer shares one reading of
-the sidecars' stats per REFRESH, taken only while someone is watching.
+The HTML is rendered here; the page's script (``console.js``, beside this file) swaps in the
+fragments that ``/console/events`` sends as server-sent events, and has the service graph laid out
+by ELK and each rollout's timeline charted by uPlot (``assets/``, fetched by ``make``:
+tools/fetch_assets.py). Every viewer shares one reading of the sidecars' stats per REFRESH, taken
+only while someone is watching.
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ EDGES_DRAWN = 40  # in the graph
 ROLLOUTS_SHOWN = 6  # those under way first, then the latest to end
 RECONCILES_SHOWN = 5  # per source, newest first
 PROXIES_SHOWN = 50
-# Where along its line an edge is labelled: toward its destination, so that two lines crossing midway
-# (bookbuyer -> v1 and bookthief -> the root in the demo) keep their labels apart.
-LABEL_AT = 0.7
 STATIC = {  # file -> content type, served from the package: no CDN, no build step
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
+    # The graph's layout library and the charts', fetched pinned from the npm registry (assets.json).
+    "assets/elk.js": "text/javascript; charset=utf-8",
+    "assets/uplot.js": "text/javascript; charset=utf-8",
+    "assets/uplot.css": "text/css; charset=utf-8",
 }
 
 
@@ -152,7 +155,10 @@ def page(parts: Mapping[str, str]) -> str:
 <head>
 <meta charset="utf-8">
 <title>gitmesh console</title>
+<link rel="stylesheet" href="/console/assets/uplot.css">
 <link rel="stylesheet" href="/console/console.css">
+<script src="/console/assets/elk.js" defer></script>
+<script src="/console/assets/uplot.js" defer></script>
 <script src="/console/console.js" defer></script>
 </head>
 <body>
@@ -217,12 +223,14 @@ def _health(e: model.Edge) -> str:
 
 def shares(edges: Sequence[model.Edge], mesh: MeshState) -> dict[tuple[str, str], float]:
     """Each split backend's measured share (percent) of what its caller sent to that split."""
+    into: dict[str, list[model.Edge]] = {}  # destination -> the edges into it: one pass over the edges
+    for e in edges:
+        into.setdefault(e.destination, []).append(e)
     out: dict[tuple[str, str], float] = {}
     for split in mesh.splits.values():
-        backends = {str(b.service) for b in split.backends}
         by_source: dict[str, list[model.Edge]] = {}
-        for e in edges:
-            if e.destination in backends:
+        for backend in dict.fromkeys(str(b.service) for b in split.backends):
+            for e in into.get(backend, ()):
                 by_source.setdefault(e.source, []).append(e)
         for group in by_source.values():
             total = sum(e.rps for e in group)
@@ -259,40 +267,16 @@ def _edges(view: View) -> str:
     )
 
 
-def layers(edges: Sequence[model.Edge]) -> dict[str, int]:
-    """Each service's column: one right of its furthest caller (callers of nobody's calls at 0)."""
-    nodes = sorted({n for e in edges for n in (e.source or "?", e.destination)})
-    column = dict.fromkeys(nodes, 0)
-    for _ in nodes:  # the longest path is done after one pass per node
-        moved = False
-        for e in edges:
-            source = e.source or "?"
-            # Capped: around a cycle of calls the columns would climb with every pass.
-            right = min(column[source] + 1, len(nodes) - 1)
-            if source != e.destination and column[e.destination] < right:
-                column[e.destination] = right
-                moved = True
-        if not moved:
-            break
-    return column
-
-
 def graph(edges: Sequence[model.Edge], share: Mapping[tuple[str, str], float]) -> str:
-    """The services as boxes in columns, each edge a line coloured by its success rate and labelled
-    with its requests per second (and share of its split); an edge with refused calls is dashed red
-    and says how many."""
-    column = layers(edges)
-    rows: dict[int, list[str]] = {}
-    for node in sorted(column):
-        rows.setdefault(column[node], []).append(node)
-    width, height, box_w, box_h = 380, 60, 190, 28  # a column, a row; a box
-    where = {n: (20 + c * width, 20 + i * height) for c, ns in rows.items() for i, n in enumerate(ns)}
-    total_w = 40 + max(rows) * width + box_w
-    total_h = 40 + max(len(ns) for ns in rows.values()) * height
-    out = [f'<svg class="graph" width="{total_w}" height="{total_h}" role="img" aria-label="service graph">']
+    """The services as boxes, each edge a line coloured by its success rate and labelled with its
+    requests per second (and share of its split); an edge with refused calls is dashed red and says
+    how many. Drawn unplaced: the page's script has the layout library (ELK, layered) place the
+    boxes, route the lines and put each label where no other is."""
+    nodes = {
+        n: f"n{i}" for i, n in enumerate(sorted({n for e in edges for n in (e.source or "?", e.destination)}))
+    }
+    out = ['<svg class="graph" role="img" aria-label="service graph" data-layout="pending">']
     for e in edges:
-        (left, top), (right, bottom) = where[e.source or "?"], where[e.destination]
-        x1, y1, x2, y2 = left + box_w, top + box_h / 2, right, bottom + box_h / 2
         label = f"{e.rps:.1f} rps {_number(e.success_rate, '%')}"
         if (e.source, e.destination) in share:
             label += f" ({share[(e.source, e.destination)]:.0f}%)"
@@ -300,16 +284,12 @@ def graph(edges: Sequence[model.Edge], share: Mapping[tuple[str, str], float]) -
             denied = f"{e.denied_rps:.1f} rps denied"
             label = f"{label} {denied}" if e.rps else denied
         out.append(
-            f'<g class="edge {_health(e)}" data-edge="{_e(e.source)} {_e(e.destination)}">'
-            f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}"/>'
-            f'<text x="{x1 + LABEL_AT * (x2 - x1):.0f}" y="{y1 + LABEL_AT * (y2 - y1) - 4:.0f}">'
-            f"{_e(label)}</text></g>"
+            f'<g class="edge {_health(e)}" data-edge="{_e(e.source)} {_e(e.destination)}" '
+            f'data-from="{nodes[e.source or "?"]}" data-to="{nodes[e.destination]}">'
+            f"<path/><text>{_e(label)}</text></g>"
         )
-    for node, (x, y) in where.items():
-        out.append(
-            f'<g class="node"><rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="4"/>'
-            f'<text x="{x + 8}" y="{y + 18}">{_e(node)}</text></g>'
-        )
+    for node, key in nodes.items():
+        out.append(f'<g class="node" data-node="{key}"><rect rx="4"/><text>{_e(node)}</text></g>')
     out.append("</svg>")
     return "".join(out)
 
@@ -324,7 +304,8 @@ def _rollouts(rollouts: Sequence[Rollout]) -> str:
             f'<span class="phase">{_e(r.phase)}</span></h3>'
             f"<p>step {min(r.step + 1, len(r.steps))} of {len(r.steps)}; weights "
             f'<span class="weights">{_e(render.weights_text(r.weights))}</span>; {_e(r.reason)}</p>'
-            f"{render.timeline_svg(r, width=640, height=300)}</article>"
+            f'<div class="timeline" data-timeline="{_e(json.dumps(render.timeline_columns(r)))}"></div>'
+            "</article>"
         )
     return "".join(out)
 

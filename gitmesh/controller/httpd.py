@@ -298,7 +298,10 @@ class ControllerPort:
             return _text(404, "not found")
         name = path.removeprefix("/console/")
         if name in console.STATIC:
-            return Response(200, console.static(name), console.STATIC[name])
+            try:
+                return Response(200, console.static(name), console.STATIC[name])
+            except FileNotFoundError:  # an asset not fetched: a source tree without `make`
+                return _text(404, f"{name} is not installed: python3 tools/fetch_assets.py fetches it")
         if path == "/console":
             parts = await asyncio.get_running_loop().run_in_executor(
                 self._console_thread, self.web_console.fragments

@@ -1,9 +1,11 @@
-"""Rollouts for people: the status lines, and the timeline as an SVG drawing. Pure functions."""
+"""Rollouts for people: the status lines, the timeline as an SVG drawing (a file), and as columns for
+the console's chart library. Pure functions."""
 
 from __future__ import annotations
 
 import html
 import time
+from typing import Any
 
 from gitmesh.rollout.model import Phase, Rollout, Weights
 
@@ -52,6 +54,49 @@ def status_lines(r: Rollout, now: float) -> list[str]:
     return lines
 
 
+def _share(weights: Weights, backend: str) -> float:
+    return 100 * weights.get(backend, 0) / (sum(weights.values()) or 1)
+
+
+def timeline_columns(r: Rollout) -> dict[str, Any]:
+    """The timeline as a chart library takes it: seconds since the start (and a little room after
+    the last point, where the final weights hold), each backend's weight as a share in percent and
+    the success rate of each check it was analysed in (None at the other moments), and where the
+    phase changed."""
+    points = r.history
+    t0 = points[0].at if points else 0.0
+    end = (points[-1].at - t0) * 1.15 if points else 1.0
+    backends = list(dict.fromkeys(b for p in points for b in p.weights))
+    analysed = [b for b in backends if any(p.success_rate.get(b) is not None for p in points)]
+    changes = [p for i, p in enumerate(points) if i == 0 or p.phase is not points[i - 1].phase]
+    return {
+        "seconds": [*(round(p.at - t0, 3) for p in points), round(max(end, 1.0), 3)],
+        "series": [
+            {
+                "label": f"{b} weight",
+                "backend": i,
+                "kind": "weight",
+                "values": [_share(p.weights, b) for p in [*points, *points[-1:]]],  # held to the end
+            }
+            for i, b in enumerate(backends)
+        ]
+        + [
+            {
+                "label": f"{b} success rate",
+                "backend": backends.index(b),
+                "kind": "success",
+                "values": [*(p.success_rate.get(b) for p in points), None],
+            }
+            for b in analysed
+        ],
+        "phases": [
+            {"at": round(p.at - t0, 3), "phase": str(p.phase), "colour": _PHASE_COLOURS[p.phase]}
+            for p in changes
+        ],
+        "colours": list(_COLOURS),
+    }
+
+
 def timeline_svg(r: Rollout, width: int = 760, height: int = 420) -> str:
     """Two panels over the rollout's time: each backend's weight (percent), and the success rate
     of the backends analysed at each check; the phase changes marked on the time axis."""
@@ -94,8 +139,7 @@ def timeline_svg(r: Rollout, width: int = 760, height: int = 420) -> str:
         path: list[str] = []
         prev: float | None = None
         for p in points:
-            total = sum(p.weights.values()) or 1
-            share = 100 * p.weights.get(b, 0) / total
+            share = _share(p.weights, b)
             if prev is not None:
                 path.append(f"L{x(p.at):.1f},{y(prev, bases[0]):.1f}")  # weights hold until they change
             path.append(f"{'M' if not path else 'L'}{x(p.at):.1f},{y(share, bases[0]):.1f}")

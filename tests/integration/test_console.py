@@ -19,6 +19,7 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
 from gitmesh import demo as demo_mod
@@ -146,8 +147,10 @@ def denied_edge(browser: webdriver.Chrome, edge: str) -> tuple[str, str, str, st
     """How the graph draws an edge with refused calls (its line's stroke and dashes, its label) and
     its row's class; None while no such edge is drawn."""
     try:
-        drawn = browser.find_element(By.CSS_SELECTOR, f'svg.graph g.edge.denied[data-edge="{edge}"]')
-        line = drawn.find_element(By.TAG_NAME, "line")
+        drawn = browser.find_element(
+            By.CSS_SELECTOR, f'svg.graph[data-layout="done"] g.edge.denied[data-edge="{edge}"]'
+        )
+        line = drawn.find_element(By.TAG_NAME, "path")
         row = browser.find_element(By.CSS_SELECTOR, f'tr[data-edge="{edge}"]')
         return (
             line.value_of_css_property("stroke"),
@@ -179,9 +182,24 @@ def screenshot(browser: webdriver.Chrome, selector: str, name: str, tmp_path: Pa
 
 
 def labels(browser: webdriver.Chrome) -> list[dict[str, float]]:
-    """Where the graph's edge labels are drawn (x, y, width, height); [] while swapped out."""
+    """Where the graph's edge labels are drawn (x, y, width, height), once the layout library has placed
+    them; [] while swapped out."""
     try:
-        return [t.rect for t in browser.find_elements(By.CSS_SELECTOR, "svg.graph g.edge text")]
+        return [
+            t.rect
+            for t in browser.find_elements(By.CSS_SELECTOR, 'svg.graph[data-layout="done"] g.edge text')
+        ]
+    except StaleElementReferenceException:
+        return []
+
+
+def boxes_of(browser: webdriver.Chrome) -> list[dict[str, float]]:
+    """Where the graph's service boxes are drawn, once placed; [] while swapped out."""
+    try:
+        return [
+            r.rect
+            for r in browser.find_elements(By.CSS_SELECTOR, 'svg.graph[data-layout="done"] g.node rect')
+        ]
     except StaleElementReferenceException:
         return []
 
@@ -235,6 +253,7 @@ def test_a_person_sees_the_edges_move_with_traffic_and_the_rollout_weights(
         screenshot(browser, "svg.graph", "graph.png", tmp_path)
         screenshot(browser, "table.edges", "edges.png", tmp_path)
         boxes = eventually(lambda: labels(browser), lambda b: len(b) == 3, "the graph's three labels")
+        services = eventually(lambda: boxes_of(browser), lambda b: len(b) == 5, "the graph's five services")
         screenshot(browser, "section:has(#mesh)", "access.png", tmp_path)
     assert stroke == "rgb(214, 39, 40)" and dashes not in ("", "none"), (stroke, dashes)
     assert "rps denied" in label and "denied" in row.split()
@@ -256,8 +275,11 @@ def test_a_person_sees_the_edges_move_with_traffic_and_the_rollout_weights(
     # The graph draws the same edges: the two backends as boxes, the calls to them as lines.
     graph = text_of(browser, "svg.graph")
     assert "bookstore/bookstore-v1" in graph and "bookstore/bookstore-v2" in graph
-    # Each label readable: bookbuyer -> v1 crosses bookthief -> the root midway, their labels do not.
+    # Laid out by the layout library: every label readable, every box apart, no label over a box.
     assert not any(overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :]), boxes
+    assert not any(overlap(a, b) for i, a in enumerate(services) for b in services[i + 1 :]), services
+    assert not any(overlap(a, b) for a in boxes for b in services), (boxes, services)
+    assert all(b["width"] > 60 and b["height"] > 20 for b in services), services
 
     # The traffic has stopped: without a reload, the page says so within a refresh or two.
     eventually(
@@ -307,6 +329,20 @@ def test_the_bookstore_split_shows_its_shares_as_measured(
     assert "bookstore-v1 75%" in splits and "bookstore-v2 25%" in splits
 
 
+def pointed_at_end(browser: webdriver.Chrome, chart: str) -> dict[str, str]:
+    """The chart's legend (series -> value) with the mouse at the chart's right end; {} while the
+    chart is swapped out."""
+    try:
+        over = browser.find_element(By.CSS_SELECTOR, f"{chart} .u-over")
+        ActionChains(browser).move_to_element_with_offset(over, over.size["width"] // 2 - 2, 0).perform()
+        return {
+            row.find_element(By.CLASS_NAME, "u-label").text: row.find_element(By.CLASS_NAME, "u-value").text
+            for row in browser.find_elements(By.CSS_SELECTOR, f"{chart} .u-legend .u-series")
+        }
+    except (NoSuchElementException, StaleElementReferenceException):
+        return {}
+
+
 def test_a_failed_rollout_shows_on_the_open_page(
     demo: ConsoleBookstore, webhook: Webhook, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
@@ -329,6 +365,18 @@ def test_a_failed_rollout_shows_on_the_open_page(
         screenshot(browser, "section:has(#rollouts)", "rollout-failed.png", tmp_path)
     assert "bookstore-v1 100%" in shown and "bookstore-v2 0%" in shown
     assert seen and min(seen) < 90  # while v2 had its 10%, the page showed it failing
+    # Its timeline, charted by the chart library: each backend's weight and v2's checks; pointing at
+    # the end of the chart gives the weights it ended on.
+    chart = f'article[data-split="{SPLIT}"] div.timeline[data-charted="yes"]'
+    legend = eventually(lambda: text_of(browser, f"{chart} .u-legend"), bool, "the timeline's legend")
+    for series in ("bookstore-v1 weight", "bookstore-v2 weight", "bookstore-v2 success rate"):
+        assert series in legend, legend
+    values = eventually(
+        lambda: pointed_at_end(browser, chart),
+        lambda v: v.get("bookstore-v1 weight") == "100",
+        "the weights at the chart's end under the cursor",
+    )
+    assert values["bookstore-v2 weight"] == "0", values
 
 
 def test_a_configuration_a_sidecar_rejects_shows_on_the_open_page(

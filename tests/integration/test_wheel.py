@@ -19,6 +19,9 @@ pytestmark = pytest.mark.integration
 
 def test_the_wheel_installs_and_its_command_plans(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
+    # setuptools builds in the tree's build/: a copy left there by an earlier build would hide a
+    # package file the tree lacks now.
+    shutil.rmtree(REPO_ROOT / "build", ignore_errors=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", dist, REPO_ROOT],
         check=True,
@@ -76,3 +79,16 @@ def test_the_wheel_installs_and_its_command_plans(tmp_path: Path) -> None:
     assert '"format_version"' in planned.stdout
     explained = subprocess.run([command, "explain", "GM104", "-o", "json"], capture_output=True, text=True)
     assert explained.returncode == 0 and '"GM104"' in explained.stdout, explained.stderr
+    # The console's scripts and style, its layout and chart libraries among them, are in the wheel.
+    served = subprocess.run(
+        [
+            fresh / "bin" / "python",
+            "-c",
+            "from gitmesh.controller import console as c; print(*(len(c.static(n)) for n in c.STATIC))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+    )
+    assert served.returncode == 0, served.stderr
+    assert all(int(size) > 500 for size in served.stdout.split()), served.stdout

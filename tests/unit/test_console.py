@@ -49,11 +49,15 @@ def view(edges: list[Edge], **kw: Any) -> console.View:
     )
 
 
-def test_each_service_is_one_column_right_of_its_furthest_caller_and_a_cycle_ends() -> None:
-    edges = [edge("a/buyer", "a/store"), edge("a/store", "a/db"), edge("a/buyer", "a/db")]
-    assert console.layers(edges) == {"a/buyer": 0, "a/store": 1, "a/db": 2}
-    looped = console.layers([edge("a/x", "a/y"), edge("a/y", "a/x")])
-    assert set(looped) == {"a/x", "a/y"} and max(looped.values()) < len(looped)
+def test_the_graph_names_each_service_once_and_each_edge_its_two_ends_for_the_layout() -> None:
+    edges = [edge("a/buyer", "a/store"), edge("a/store", "a/db"), edge("", "a/db")]
+    drawn = console.graph(edges, {})
+    nodes = dict(re.findall(r'<g class="node" data-node="(n\d+)"><rect rx="4"/><text>([^<]*)</text>', drawn))
+    assert sorted(nodes.values()) == ["?", "a/buyer", "a/db", "a/store"]
+    key = {name: n for n, name in nodes.items()}
+    ends = re.findall(r'data-edge="[^"]*" data-from="(n\d+)" data-to="(n\d+)"><path/><text>', drawn)
+    assert ends == [(key["a/buyer"], key["a/store"]), (key["a/store"], key["a/db"]), (key["?"], key["a/db"])]
+    assert 'data-layout="pending"' in drawn  # the page's script places it
 
 
 def test_a_split_backends_share_is_of_what_that_caller_sent_to_the_split() -> None:
@@ -73,7 +77,7 @@ def test_a_split_backends_share_is_of_what_that_caller_sent_to_the_split() -> No
     }
 
 
-def test_names_are_escaped_and_the_page_runs_only_its_own_script() -> None:
+def test_names_are_escaped_and_the_page_runs_only_its_own_scripts() -> None:
     hostile = "<img src=x onerror=alert(1)>"
     now = datetime.datetime.now(datetime.UTC)
     record = SourceRecord(
@@ -91,7 +95,11 @@ def test_names_are_escaped_and_the_page_runs_only_its_own_script() -> None:
         )
     )
     assert hostile not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
-    assert re.findall(r"<script[^>]*>", page) == ['<script src="/console/console.js" defer>']
+    assert re.findall(r"<script[^>]*>", page) == [
+        '<script src="/console/assets/elk.js" defer>',
+        '<script src="/console/assets/uplot.js" defer>',
+        '<script src="/console/console.js" defer>',
+    ]
     sent = console.event(console.fragments(view([edge(hostile, "a/b")])))
     assert sent.startswith(b"event: view\ndata: ") and sent.endswith(b"\n\n") and sent.count(b"\n") == 3
     assert set(json.loads(sent.split(b"data: ", 1)[1])) == set(console.fragments(view([])))
@@ -131,13 +139,13 @@ def test_a_refused_edge_is_dashed_red_and_its_rate_is_in_the_table() -> None:
         edge("shop/thief", "shop/web", rps=0.0, success=None, denied=2.5),
     ]
     parts = console.fragments(view(edges))["edges"]
-    (drawn,) = re.findall(r'<g class="edge denied" data-edge="shop/thief shop/web">.*?</g>', parts)
+    (drawn,) = re.findall(r'<g class="edge denied" data-edge="shop/thief shop/web" .*?</g>', parts)
     assert ">2.5 rps denied</text>" in drawn  # nothing got through: that alone
-    assert '<g class="edge good" data-edge="shop/front shop/web">' in parts
+    assert '<g class="edge good" data-edge="shop/front shop/web" ' in parts
     (row,) = re.findall(r'<tr class="denied" data-edge="shop/thief shop/web">.*?</tr>', parts)
     assert '<td class="denied">2.5</td>' in row and "<th>denied</th>" in parts
     css = console.static("console.css").decode()
-    assert re.search(r"svg\.graph \.denied line \{[^}]*stroke: #d62728;[^}]*stroke-dasharray", css)
+    assert re.search(r"svg\.graph \.denied path \{[^}]*stroke: #d62728;[^}]*stroke-dasharray", css)
 
 
 def test_rejected_configurations_are_listed_newest_first_and_none_is_said_too() -> None:

@@ -362,6 +362,24 @@ def test_the_timeline_draws_each_backend_each_check_and_each_phase() -> None:
     assert ">web-v1</text>" in svg and ">web-v2</text>" in svg
 
 
+def test_the_timeline_columns_hold_each_weight_to_the_end_and_each_check_where_it_was() -> None:
+    r = failed_rollout()
+    columns = render.timeline_columns(r)
+    seconds = columns["seconds"]
+    assert seconds[0] == 0 and seconds == sorted(seconds) and len(seconds) == len(r.history) + 1
+    weights = {s["label"]: s["values"] for s in columns["series"] if s["kind"] == "weight"}
+    assert list(weights) == ["web-v1 weight", "web-v2 weight"]
+    assert all(len(v) == len(seconds) for v in weights.values())
+    assert weights["web-v2 weight"][0] == 10 and weights["web-v2 weight"][-1] == 0  # rolled back, held
+    (checks,) = [s for s in columns["series"] if s["kind"] == "success"]
+    assert checks["label"] == "web-v2 success rate" and checks["backend"] == 1
+    assert [v is not None for v in checks["values"]] == [
+        p.success_rate.get("web-v2") is not None for p in r.history
+    ] + [False]
+    assert [p["phase"] for p in columns["phases"]] == ["Progressing", "Failed"]
+    json.dumps(columns)  # what the page is given
+
+
 @given(
     st.lists(st.tuples(st.sampled_from(list(Verdict)), st.floats(0, 30)), max_size=30),
     st.integers(1, 4),
