@@ -82,12 +82,18 @@ _RULES: list[dict[str, Any]] = [
     },
 ]
 # In gitmesh-system only: inventories, reconcile records, rollouts and the xDS report
-# (ConfigMaps), the mesh CA (a Secret), the leader's Lease, and the leader's label on its own pod.
+# (ConfigMaps), the mesh CA (a Secret), the leader's Lease, the leader's label on its own pod, and
+# the CertificateRequests of the cert-manager provider (made there unless an Issuer elsewhere signs).
 _SYSTEM_RULES: list[dict[str, Any]] = [
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "create", "patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]},
+    {
+        "apiGroups": ["cert-manager.io"],
+        "resources": ["certificaterequests"],
+        "verbs": ["get", "create", "delete"],
+    },
 ]
 
 

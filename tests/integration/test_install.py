@@ -37,6 +37,26 @@ def can(c: Cluster, verb: str, resource: str, namespace: str = "") -> bool:
     return c.kubectl(*args, check=False).stdout.strip() == "yes"
 
 
+def allowed(client: Client, verb: str, group: str, resource: str, namespace: str) -> bool:
+    """Whether gitmesh's ServiceAccount may, as the API server's authorizer answers."""
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": SERVICE_ACCOUNT,
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}"],
+            "resourceAttributes": {
+                "verb": verb,
+                "group": group,
+                "resource": resource,
+                "namespace": namespace,
+            },
+        },
+    }
+    answer = client.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", body=review)
+    return bool(answer["status"].get("allowed"))
+
+
 def get_json(c: Cluster, *args: str) -> Any:
     return json.loads(c.kubectl("get", "-o", "json", *args).stdout)
 
@@ -66,6 +86,11 @@ def test_install_applies_least_privilege_and_uninstall_removes_only_what_it_made
     assert not can(cluster, "update", "leases.coordination.k8s.io", "kube-system")
     assert not can(cluster, "create", "deployments.apps", NAMESPACE)
     assert not can(cluster, "delete", "customresourcedefinitions.apiextensions.k8s.io")
+    # The cert-manager provider's CertificateRequests: in gitmesh-system, and only there (asked by a
+    # SubjectAccessReview: kubectl auth can-i misreads a resource whose CRD is not installed).
+    assert allowed(client, "create", "cert-manager.io", "certificaterequests", NAMESPACE)
+    assert allowed(client, "delete", "cert-manager.io", "certificaterequests", NAMESPACE)
+    assert not allowed(client, "create", "cert-manager.io", "certificaterequests", "default")
 
     # Someone's Secret in gitmesh-system and a TrafficSplit: uninstall keeps what holds them.
     cluster.kubectl("-n", NAMESPACE, "create", "secret", "generic", "mesh-git", "--from-literal=password=x")

@@ -84,7 +84,9 @@ def test_rbac_grants_leases_and_secrets_only_in_gitmesh_system() -> None:
         "secrets",
         "leases",
         "pods",
+        "certificaterequests",
     }
+    assert "certificaterequests" not in cluster_resources
     assert [rule["verbs"] for rule in role["rules"] if rule["resources"] == ["pods"]] == [["patch"]]
     for binding in kinds["ClusterRoleBinding"] + kinds["RoleBinding"]:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "gitmesh", "namespace": NAMESPACE}]
