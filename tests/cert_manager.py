@@ -1,6 +1,7 @@
 """A real cert-manager for the tests: its CA issuer, issuer readiness and approver controllers,
-built by ``testenv/build.sh cert-manager`` and run as a host process against a test apiserver,
-with its CRDs and a CA Issuer whose root the test makes."""
+built by ``testenv/build.sh cert-manager`` and run as a host process against a test apiserver
+(``running``) or as a pod of its own image in the test node (``in_node``), with its CRDs and a CA
+Issuer whose root the test makes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from gitmesh.certs import ca
 from tests.kube import BUILD_SCRIPT, Cluster
+from tests.node import NodeCluster
 
 ISSUER = "mesh-ca"
 NAMESPACE = "gitmesh-system"
@@ -32,7 +34,7 @@ def build() -> Path:
     return out
 
 
-def ca_issuer(cluster: Cluster, root: ca.Authority, name: str = ISSUER) -> None:
+def ca_issuer(cluster: Cluster | NodeCluster, root: ca.Authority, name: str = ISSUER) -> None:
     """An Issuer ``name`` in NAMESPACE signing with ``root`` (its key in a Secret of that name)."""
     secret = {
         "apiVersion": "v1",
@@ -100,4 +102,88 @@ def running(built: Path, cluster: Cluster, workdir: Path) -> Iterator[ca.Authori
             process.wait()
 
 
-__all__ = ["ISSUER", "NAMESPACE", "build", "ca_issuer", "running"]
+IMAGE = "localhost/cert-manager:test"
+CONTROLLER_NAMESPACE = "cert-manager"
+# What its CA issuer, issuer and approver controllers read and write, for its ServiceAccount.
+_RULES = [
+    {
+        "apiGroups": ["cert-manager.io"],
+        "resources": ["*"],
+        "verbs": ["get", "list", "watch", "update", "patch"],
+    },
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+
+
+def in_node(built: Path, cluster: NodeCluster) -> ca.Authority:
+    """cert-manager's CRDs installed in the node, its controller running there as a pod (its own
+    image, a ServiceAccount with what it needs), and a CA Issuer (ISSUER in NAMESPACE, which must
+    exist) ready; the Issuer's root."""
+    cluster.import_static(built / "cert-manager", IMAGE)
+    for crd in sorted((built / "cert-manager-crds").glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "-f", str(crd))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "crd/certificaterequests.cert-manager.io",
+        "crd/issuers.cert-manager.io",
+    )
+    meta = {"name": "cert-manager", "namespace": CONTROLLER_NAMESPACE}
+    subject = [{"kind": "ServiceAccount", **meta}]
+    role = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cert-manager-test"}
+    container = {
+        "name": "controller",
+        "image": IMAGE,
+        "imagePullPolicy": "Never",
+        "args": ["--cluster-resource-namespace", NAMESPACE],
+    }
+    cluster.apply(
+        [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONTROLLER_NAMESPACE}},
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": "cert-manager-test"},
+                "rules": _RULES,
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "cert-manager-test"},
+                "roleRef": role,
+                "subjects": subject,
+            },
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": meta,
+                "spec": {
+                    "selector": {"matchLabels": {"app": "cert-manager"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "cert-manager"}},
+                        "spec": {"serviceAccountName": "cert-manager", "containers": [container]},
+                    },
+                },
+            },
+        ]
+    )
+    root = ca.new_root("cluster.local", datetime.datetime.now(datetime.UTC))
+    try:
+        ca_issuer(cluster, root)
+    except subprocess.CalledProcessError as e:
+        logs = cluster.kubectl("-n", CONTROLLER_NAMESPACE, "logs", "deployment/cert-manager", check=False)
+        raise RuntimeError(f"the Issuer is not ready: {e.stderr}\n{logs.stdout[-3000:]}") from e
+    return root
+
+
+def remove_from_node(cluster: NodeCluster) -> None:
+    """What ``in_node`` made, but its CRDs (cert-manager's own, left as installed CRDs are)."""
+    cluster.kubectl(
+        "delete", "namespace", CONTROLLER_NAMESPACE, "--ignore-not-found", "--timeout=120s", timeout=130
+    )
+    cluster.kubectl("delete", "clusterrole,clusterrolebinding", "cert-manager-test", "--ignore-not-found")
+
+
+__all__ = ["ISSUER", "NAMESPACE", "build", "ca_issuer", "in_node", "remove_from_node", "running"]

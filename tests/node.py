@@ -192,6 +192,11 @@ class NodeCluster:
 
         _wait(f"kube-proxy's rules for Service {namespace}/{name}", programmed, timeout)
 
+    def import_static(self, binary: Path, image: str) -> None:
+        """A static binary as an image (it is the entrypoint), imported into the node."""
+        files, config = _static_image(binary, binary.name)
+        self.import_image(image_tarball(self.directory / "images", image, files, config))
+
     def import_image(self, tarball: Path) -> None:
         """Import an image tarball into the running node's containerd (again: a no-op)."""
         socket = self.directory / "containerd" / "containerd.sock"

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,12 +153,20 @@ class PodBookstore:
 
 
 @contextmanager
-def running(cluster: NodeCluster, workdir: Path) -> Iterator[PodBookstore]:
-    """gitmesh installed with injection, following a copy of examples/repo over Git HTTP from this
-    host; the bookstore's namespaces labelled for injection and its pods Ready. Uninstalled after."""
+def running(
+    cluster: NodeCluster,
+    workdir: Path,
+    mesh_files: Mapping[str, str] | None = None,
+    before_pods: Callable[[], None] | None = None,
+) -> Iterator[PodBookstore]:
+    """gitmesh installed with injection, following a copy of examples/repo (and ``mesh_files``: path
+    under it -> text) over Git HTTP from this host; ``before_pods`` called once gitmesh runs; the
+    bookstore's namespaces labelled for injection and its pods Ready. Uninstalled after."""
     repo, served = workdir / "repo", workdir / "served"
     shutil.rmtree(workdir, ignore_errors=True)
     shutil.copytree(EXAMPLE_REPO, repo / demo.MESH_PATH)
+    for path, text in (mesh_files or {}).items():
+        (repo / demo.MESH_PATH / path).write_text(text)
     shop = PodBookstore(cluster, repo, served)
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
     shop._git("add", "-A")
@@ -192,6 +200,8 @@ def running(cluster: NodeCluster, workdir: Path) -> Iterator[PodBookstore]:
             "a replica publishes the webhook's caBundle",
             30,
         )
+        if before_pods is not None:
+            before_pods()
         for namespace in NAMESPACES:
             cluster.kubectl("label", "--overwrite", "namespace", namespace, "gitmesh.dev/inject=enabled")
         cluster.apply([book_pod(cluster, *pod) for pod in PODS])

@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import grpc
 import pytest
 import yaml
 from click.testing import CliRunner
+from cryptography import x509
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -44,8 +46,8 @@ from gitmesh.mesh.state import Identity
 from gitmesh.metrics import envoy, model
 from gitmesh.xds import resources
 from gitmesh.xds.bootstrap import client_tls
+from tests import cert_manager, pod_bookstore
 from tests import factory as f
-from tests import pod_bookstore
 from tests.bookstore import Bookstore
 from tests.conftest import GitRepo
 from tests.gitserver import GitHttpServer
@@ -1074,6 +1076,89 @@ def test_a_canary_of_pods_answering_half_500s_is_rolled_back_from_every_replica_
         time.sleep(5)  # a reconcile or two of the same head: the target is not tried again
         assert rollout_of(cluster, "bookstore/bookstore-split")["phase"] == "Failed"
         assert set(shop.shares(20)) == {"bookstore-v1"}
+
+
+def served_chain(address: str, port: int, authority: ca.Authority, workdir: Path) -> list[x509.Certificate]:
+    """The certificate chain a sidecar's inbound listener presents, to a client of identity
+    bookbuyer whose certificate ``authority`` signs (``openssl s_client``, from this host)."""
+    client = ca.issue(
+        authority, ca.DEFAULT_TRUST_DOMAIN, Identity("bookbuyer", "bookbuyer"), datetime.now(UTC)
+    )
+    (workdir / "client.pem").write_text(client.cert_pem)
+    (workdir / "client.key").write_text(client.key_pem)
+    shown = subprocess.run(
+        [
+            "openssl", "s_client", "-connect", f"{address}:{port}", "-showcerts",
+            "-cert", str(workdir / "client.pem"), "-key", str(workdir / "client.key"),
+        ],
+        input="", capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    pems = re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", shown.stdout, re.S)
+    return [x509.load_pem_x509_certificate(p.encode()) for p in pems]
+
+
+@pytest.mark.timeout(900)  # a cold build of cert-manager (minutes) counts too
+def test_cert_manager_in_the_node_issues_the_pods_certificates(
+    node_cluster: NodeCluster, tmp_path: Path
+) -> None:
+    """cert-manager's controller as a pod of the node (its CA Issuer and approver), chosen by a
+    MeshRootCertificate in the mesh's repository: the in-cluster gitmesh asks it for every pod's
+    certificate with CertificateRequests in gitmesh-system, and the pods talk mTLS with them."""
+    cluster = node_cluster
+    built = cert_manager.build()
+    roots: list[ca.Authority] = []
+    chooser = yaml.safe_dump(
+        {
+            "apiVersion": "config.openservicemesh.io/v1alpha2",
+            "kind": "MeshRootCertificate",
+            "metadata": {"name": "mesh-root", "namespace": INSTALL_NAMESPACE},
+            "spec": {
+                "trustDomain": ca.DEFAULT_TRUST_DOMAIN,
+                "provider": {
+                    "certManager": {
+                        "issuerName": cert_manager.ISSUER,
+                        "issuerKind": "Issuer",
+                        "issuerGroup": "cert-manager.io",
+                    }
+                },
+            },
+        }
+    )
+    try:
+        with pod_bookstore.running(
+            cluster,
+            tmp_path / "shop",
+            {"mesh-root-certificate.yaml": chooser},
+            lambda: roots.append(cert_manager.in_node(built, cluster)),
+        ) as shop:
+            (root,) = roots
+            shares = demo.eventually(
+                lambda: shop.shares(20),
+                lambda s: set(s) == {"bookstore-v1", "bookstore-v2"},
+                "bookbuyer reaching both versions over mTLS",
+                90,
+            )
+            assert sum(shares.values()) == 20
+            status = CliRunner().invoke(
+                cli, ["status", "--kubeconfig", str(cluster.kubeconfig), "-o", "json"]
+            )
+            provider = json.loads(status.output)["sidecars"]["certificate_provider"]
+            assert provider["name"].startswith("cert-manager") and provider["problem"] is None, provider
+            # What bookstore-v1's sidecar presents: a certificate for its ServiceAccount, signed by
+            # the Issuer's root (no mesh CA of gitmesh's own between them).
+            v1 = get_json(cluster, "-n", "bookstore", "pod", "bookstore-v1")["status"]["podIP"]
+            chain = served_chain(v1, pod_bookstore.BOOK_PORT, root, tmp_path)
+            assert chain, "no certificate presented"
+            root_cert = x509.load_pem_x509_certificate(root.cert_pem.encode())
+            chain[0].verify_directly_issued_by(root_cert)
+            sans = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            spiffe = f"spiffe://{ca.DEFAULT_TRUST_DOMAIN}/ns/bookstore/sa/bookstore"
+            assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [spiffe]
+            # Answered and deleted: no CertificateRequest of gitmesh's is left behind.
+            left = cluster.kubectl("-n", INSTALL_NAMESPACE, "get", "certificaterequests", "-o", "name")
+            assert left.stdout.strip() == ""
+    finally:
+        cert_manager.remove_from_node(cluster)
 
 
 @pytest.mark.timeout(480)
