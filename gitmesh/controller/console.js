@@ -108,19 +108,21 @@ function chart(div) {
       ctx.restore();
     }
   };
-  new uPlot(
-    {
-      width: 640,
-      height: 240,
-      scales: { x: { time: false }, "%": { range: [0, 100] } },
-      axes: [{ label: "seconds since the rollout started" }, { scale: "%", label: "%" }],
-      series: [{ label: "seconds" }, ...series],
-      hooks: { draw: [phases] },
-    },
-    [columns.seconds, ...columns.series.map((s) => s.values)],
-    div,
-  );
-  div.dataset.charted = "yes";
+  const options = {
+    width: 640,
+    height: 240,
+    scales: { x: { time: false }, "%": { range: [0, 100] } },
+    axes: [{ label: "seconds since the rollout started" }, { scale: "%", label: "%" }],
+    series: [{ label: "seconds" }, ...series],
+    hooks: { draw: [phases] },
+  };
+  try {
+    new uPlot(options, [columns.seconds, ...columns.series.map((s) => s.values)], div);
+    div.dataset.charted = "yes";
+  } catch (error) {
+    div.textContent = "The timeline could not be charted.";
+    console.error("gitmesh console: timeline chart", error);
+  }
 }
 
 async function swap(element, fragment) {
@@ -130,11 +132,15 @@ async function swap(element, fragment) {
   staged.className = "staged";
   staged.innerHTML = fragment;
   document.body.append(staged);
-  try {
-    await Promise.all([...staged.querySelectorAll("svg.graph")].map(layOut));
-  } finally {
-    staged.remove();
-  }
+  // A graph the library cannot lay out is said so; the rest of the fragment (the table) still shows.
+  const placed = (svg) =>
+    layOut(svg).catch((error) => {
+      svg.dataset.layout = "failed";
+      svg.insertAdjacentHTML("beforebegin", "<p class=\"bad\">The graph could not be laid out.</p>");
+      console.error("gitmesh console: graph layout", error);
+    });
+  await Promise.all([...staged.querySelectorAll("svg.graph")].map(placed));
+  staged.remove();
   if (turns.get(element) !== turn) return;
   element.replaceChildren(...staged.childNodes);
   element.querySelectorAll("div.timeline[data-timeline]").forEach(chart);
