@@ -6,6 +6,11 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+# Before anything imports grpc: its fork handlers, run in the child of a subprocess started with a
+# preexec_fn (kube-apiserver, gitmesh run with an open-files limit) while the test process has gRPC
+# threads, can abort that child before it execs (7 of 200 such forks in a test of it).
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
+
 import pytest
 import yaml
 
