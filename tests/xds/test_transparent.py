@@ -39,34 +39,20 @@ CLUSTER_IPS = {
     ("bookwarehouse", "mysql"): "10.96.0.30",
     ("bookwarehouse", "mysql-v1"): "10.96.0.31",
 }
+
+
+def pod_proxy(account: str, pod: Pod) -> Proxy:
+    """An injected pod's sidecar, as its bootstrap describes it (outbound 15001, inbound 15006)."""
+    return Proxy(Identity(pod.namespace, account), ServiceRef(pod.namespace, ""), 0, 15001, 15006, pod=pod)
+
+
 V1_POD = Pod("bookstore", "bookstore-v1-abc", "uid-v1", "10.244.0.7")
-V1_PROXY = Proxy(Identity("bookstore", "bookstore"), ServiceRef("bookstore", ""), 0, 15001, 15006, pod=V1_POD)
+V1_PROXY = pod_proxy("bookstore", V1_POD)
 BUYER_POD = Pod("bookbuyer", "bookbuyer-xyz", "uid-buyer", "10.244.0.9")
-BUYER = Proxy(Identity("bookbuyer", "bookbuyer"), ServiceRef("bookbuyer", ""), 0, 15001, 15006, pod=BUYER_POD)
-WAREHOUSE = Proxy(
-    Identity("bookwarehouse", "bookwarehouse"),
-    ServiceRef("bookwarehouse", ""),
-    0,
-    15001,
-    15006,
-    pod=Pod("bookwarehouse", "bookwarehouse-1", "uid-w", "10.244.0.11"),
-)
-THIEF = Proxy(
-    Identity("bookthief", "bookthief"),
-    ServiceRef("bookthief", ""),
-    0,
-    15001,
-    15006,
-    pod=Pod("bookthief", "bookthief-1", "uid-t", "10.244.0.13"),
-)
-MYSQL_V1 = Proxy(
-    Identity("bookwarehouse", "mysql"),
-    ServiceRef("bookwarehouse", ""),
-    0,
-    15001,
-    15006,
-    pod=Pod("bookwarehouse", "mysql-v1-0", "uid-m", "10.244.0.12"),
-)
+BUYER = pod_proxy("bookbuyer", BUYER_POD)
+WAREHOUSE = pod_proxy("bookwarehouse", Pod("bookwarehouse", "bookwarehouse-1", "uid-w", "10.244.0.11"))
+THIEF = pod_proxy("bookthief", Pod("bookthief", "bookthief-1", "uid-t", "10.244.0.13"))
+MYSQL_V1 = pod_proxy("mysql", Pod("bookwarehouse", "mysql-v1-0", "uid-m", "10.244.0.12"))
 
 
 def _slice(namespace: str, service: str, port_name: str, port: int, address: str) -> dict[str, Any]:
@@ -202,14 +188,7 @@ def test_a_tcp_port_takes_only_its_allowed_callers_in_the_handshake() -> None:
 
 
 def test_a_pod_without_endpoints_yet_is_ready_for_the_ports_of_its_namespace() -> None:
-    fresh = Proxy(
-        V1_PROXY.identity,
-        V1_PROXY.service,
-        0,
-        15001,
-        15006,
-        pod=Pod("bookstore", "bookstore-v2-new", "uid-2", "10.244.0.40"),
-    )
+    fresh = pod_proxy("bookstore", Pod("bookstore", "bookstore-v2-new", "uid-2", "10.244.0.40"))
     assert set(_chains(Translator(cluster_mesh()).resources(fresh)[resources.LISTENER]["inbound"])) == {
         "inbound|8080"
     }
@@ -217,14 +196,7 @@ def test_a_pod_without_endpoints_yet_is_ready_for_the_ports_of_its_namespace() -
 
 def test_pods_of_a_scope_share_the_outbound_listener_and_are_keyed_each_by_its_pod() -> None:
     translator = Translator(cluster_mesh())
-    other = Proxy(
-        BUYER.identity,
-        BUYER.service,
-        0,
-        15001,
-        15006,
-        pod=Pod("bookbuyer", "bookbuyer-2", "uid-b2", "10.244.0.10"),
-    )
+    other = pod_proxy("bookbuyer", Pod("bookbuyer", "bookbuyer-2", "uid-b2", "10.244.0.10"))
     a, b = translator.resources(BUYER), translator.resources(other)
     assert a[resources.LISTENER]["outbound"] is b[resources.LISTENER]["outbound"]
     assert a[resources.CLUSTER] is b[resources.CLUSTER]
