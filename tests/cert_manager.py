@@ -11,7 +11,7 @@ import datetime
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gitmesh.certs import ca
@@ -60,10 +60,8 @@ def ca_issuer(cluster: Cluster | NodeCluster, root: ca.Authority, name: str = IS
     )
 
 
-@contextlib.contextmanager
-def running(built: Path, cluster: Cluster, workdir: Path) -> Iterator[ca.Authority]:
-    """cert-manager's CRDs installed in ``cluster``, its controller running, and a CA Issuer
-    (ISSUER in NAMESPACE) ready; the Issuer's root."""
+def install_crds(built: Path, cluster: Cluster | NodeCluster) -> None:
+    """cert-manager's CRDs, built beside its binary, installed and established."""
     for crd in sorted((built / "cert-manager-crds").glob("*.yaml")):
         cluster.kubectl("apply", "--server-side", "-f", str(crd))
     cluster.kubectl(
@@ -72,6 +70,24 @@ def running(built: Path, cluster: Cluster, workdir: Path) -> Iterator[ca.Authori
         "crd/certificaterequests.cert-manager.io",
         "crd/issuers.cert-manager.io",
     )
+
+
+def ready_issuer(cluster: Cluster | NodeCluster, logs: Callable[[], str]) -> ca.Authority:
+    """A new root, and a CA Issuer (ISSUER in NAMESPACE) signing with it, ready; the controller's
+    ``logs`` in the error when it does not get there."""
+    root = ca.new_root("cluster.local", datetime.datetime.now(datetime.UTC))
+    try:
+        ca_issuer(cluster, root)
+    except subprocess.CalledProcessError as e:
+        raise RuntimeError(f"the Issuer is not ready: {e.stderr}\n{logs()}") from e
+    return root
+
+
+@contextlib.contextmanager
+def running(built: Path, cluster: Cluster, workdir: Path) -> Iterator[ca.Authority]:
+    """cert-manager's CRDs installed in ``cluster``, its controller running, and a CA Issuer
+    (ISSUER in NAMESPACE) ready; the Issuer's root."""
+    install_crds(built, cluster)
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     log = workdir / "cert-manager.log"
     with log.open("ab") as out:
@@ -87,12 +103,7 @@ def running(built: Path, cluster: Cluster, workdir: Path) -> Iterator[ca.Authori
             stderr=subprocess.STDOUT,
         )
     try:
-        root = ca.new_root("cluster.local", datetime.datetime.now(datetime.UTC))
-        try:
-            ca_issuer(cluster, root)
-        except subprocess.CalledProcessError as e:
-            raise RuntimeError(f"the Issuer is not ready: {e.stderr}\n{log.read_text()[-3000:]}") from e
-        yield root
+        yield ready_issuer(cluster, lambda: log.read_text()[-3000:])
     finally:
         process.terminate()
         try:
@@ -121,14 +132,7 @@ def in_node(built: Path, cluster: NodeCluster) -> ca.Authority:
     image, a ServiceAccount with what it needs), and a CA Issuer (ISSUER in NAMESPACE, which must
     exist) ready; the Issuer's root."""
     cluster.import_static(built / "cert-manager", IMAGE)
-    for crd in sorted((built / "cert-manager-crds").glob("*.yaml")):
-        cluster.kubectl("apply", "--server-side", "-f", str(crd))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/certificaterequests.cert-manager.io",
-        "crd/issuers.cert-manager.io",
-    )
+    install_crds(built, cluster)
     meta = {"name": "cert-manager", "namespace": CONTROLLER_NAMESPACE}
     subject = [{"kind": "ServiceAccount", **meta}]
     role = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cert-manager-test"}
@@ -169,13 +173,12 @@ def in_node(built: Path, cluster: NodeCluster) -> ca.Authority:
             },
         ]
     )
-    root = ca.new_root("cluster.local", datetime.datetime.now(datetime.UTC))
-    try:
-        ca_issuer(cluster, root)
-    except subprocess.CalledProcessError as e:
-        logs = cluster.kubectl("-n", CONTROLLER_NAMESPACE, "logs", "deployment/cert-manager", check=False)
-        raise RuntimeError(f"the Issuer is not ready: {e.stderr}\n{logs.stdout[-3000:]}") from e
-    return root
+    return ready_issuer(
+        cluster,
+        lambda: cluster.kubectl(
+            "-n", CONTROLLER_NAMESPACE, "logs", "deployment/cert-manager", check=False
+        ).stdout[-3000:],
+    )
 
 
 def remove_from_node(cluster: NodeCluster) -> None:
@@ -186,4 +189,14 @@ def remove_from_node(cluster: NodeCluster) -> None:
     cluster.kubectl("delete", "clusterrole,clusterrolebinding", "cert-manager-test", "--ignore-not-found")
 
 
-__all__ = ["ISSUER", "NAMESPACE", "build", "ca_issuer", "in_node", "remove_from_node", "running"]
+__all__ = [
+    "ISSUER",
+    "NAMESPACE",
+    "build",
+    "ca_issuer",
+    "in_node",
+    "install_crds",
+    "ready_issuer",
+    "remove_from_node",
+    "running",
+]
