@@ -434,9 +434,10 @@ def _elector(settings: Settings) -> Elector:
     if client is None:
         raise click.UsageError("--leader-election needs a cluster (--kubeconfig, or running in one)")
     leases = KubeLeases(client, SYSTEM_NAMESPACE, LEASE)
-    if "POD_NAME" not in os.environ:
-        return Elector(leases, replica_name())
-    return Elector(leases, replica_name(), announce=PodLabel(client, SYSTEM_NAMESPACE, replica_name()))
+    name = replica_name()
+    if "POD_NAME" not in os.environ:  # not in a pod: none to label
+        return Elector(leases, name)
+    return Elector(leases, name, announce=PodLabel(client, SYSTEM_NAMESPACE, name))
 
 
 @cli.command("reconcile")

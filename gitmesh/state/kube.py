@@ -203,7 +203,7 @@ class KubeXdsReports:
         self._client = client
 
     def save(self, report: Mapping[str, Any]) -> None:
-        replica = re.sub(r"[^-._a-zA-Z0-9]", "_", str(report.get("replica") or "report"))  # a data key
+        replica = re.sub(r"[^-._a-zA-Z0-9]", "_", str(report["replica"]))  # a data key
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
