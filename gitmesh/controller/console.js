@@ -20,8 +20,8 @@ const elk = typeof ELK === "function" ? new ELK() : null;
 const measure = document.createElement("canvas").getContext("2d");
 const turns = new Map(); // element -> its newest swap: an older one whose layout ends later is dropped
 
-function width(text, element) {
-  measure.font = getComputedStyle(element).font;
+function width(text) {
+  measure.font = getComputedStyle(text).font;
   return Math.ceil(measure.measureText(text.textContent).width);
 }
 
@@ -39,7 +39,7 @@ async function layOut(svg) {
     layoutOptions: LAYOUT,
     children: nodes.map((g) => ({
       id: g.dataset.node,
-      width: width(g.querySelector("text"), g.querySelector("text")) + 2 * PADDING,
+      width: width(g.querySelector("text")) + 2 * PADDING,
       height: NODE_HEIGHT,
     })),
     edges: edges.map((g, i) => {
@@ -48,7 +48,7 @@ async function layOut(svg) {
         id: `e${i}`,
         sources: [g.dataset.from],
         targets: [g.dataset.to],
-        labels: [{ text: text.textContent, width: width(text, text), height: 14 }],
+        labels: [{ text: text.textContent, width: width(text), height: 14 }],
       };
     }),
   };

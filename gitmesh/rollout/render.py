@@ -4,6 +4,7 @@ the console's chart library. Pure functions."""
 from __future__ import annotations
 
 import html
+import itertools
 import time
 from typing import Any
 
@@ -59,10 +60,10 @@ def _share(weights: Weights, backend: str) -> float:
 
 
 def timeline_columns(r: Rollout) -> dict[str, Any]:
-    """The timeline as a chart library takes it: seconds since the start (and a little room after
-    the last point, where the final weights hold), each backend's weight as a share in percent and
-    the success rate of each check it was analysed in (None at the other moments), and where the
-    phase changed."""
+    """The timeline as columns, for the console's chart library and for ``timeline_svg``: seconds
+    since the start (and a little room after the last point, where the final weights hold), each
+    backend's weight as a share in percent and the success rate of each check it was analysed in
+    (None at the other moments), and where the phase changed."""
     points = r.history
     t0 = points[0].at if points else 0.0
     end = (points[-1].at - t0) * 1.15 if points else 1.0
@@ -71,6 +72,7 @@ def timeline_columns(r: Rollout) -> dict[str, Any]:
     changes = [p for i, p in enumerate(points) if i == 0 or p.phase is not points[i - 1].phase]
     return {
         "seconds": [*(round(p.at - t0, 3) for p in points), round(max(end, 1.0), 3)],
+        "backends": backends,
         "series": [
             {
                 "label": f"{b} weight",
@@ -98,17 +100,17 @@ def timeline_columns(r: Rollout) -> dict[str, Any]:
 
 
 def timeline_svg(r: Rollout, width: int = 760, height: int = 420) -> str:
-    """Two panels over the rollout's time: each backend's weight (percent), and the success rate
-    of the backends analysed at each check; the phase changes marked on the time axis."""
-    points = r.history
+    """Two panels over the rollout's time (``timeline_columns``): each backend's weight (percent),
+    and the success rate of the backends analysed at each check; the phase changes marked on the
+    time axis."""
+    columns = timeline_columns(r)
+    seconds: list[float] = columns["seconds"]
+    span = seconds[-1]
     left, right, top, gap = 50, 150, 50, 60
     panel = (height - top - gap - 50) // 2
-    t0 = points[0].at if points else 0.0
-    # A little room after the last point, so the final weights show as a line, not an edge.
-    span = max((points[-1].at - t0) * 1.15 if points else 1.0, 1.0)
 
     def x(t: float) -> float:
-        return left + (width - left - right) * (t - t0) / span
+        return left + (width - left - right) * t / span
 
     def y(value: float, base: int) -> float:
         return base + panel - panel * value / 100
@@ -129,45 +131,36 @@ def timeline_svg(r: Rollout, width: int = 760, height: int = 420) -> str:
         for v in (0, 50, 100):
             out.append(f'<text x="{left - 6}" y="{y(v, base) + 4:.1f}" text-anchor="end">{v}</text>')
     every = next((n for n in _TICKS if n >= span / 6), _TICKS[-1])
-    for t in (every * i for i in range(int(span // every) + 1)):
+    for tick in (every * i for i in range(int(span // every) + 1)):
         out.append(
-            f'<text x="{x(t0 + t):.1f}" y="{bases[1] + panel + 18}" text-anchor="middle">{t:.0f}s</text>'
+            f'<text x="{x(tick):.1f}" y="{bases[1] + panel + 18}" text-anchor="middle">{tick:.0f}s</text>'
         )
-    backends = list(dict.fromkeys(b for p in points for b in p.weights))
-    for i, b in enumerate(backends):
+    for i, b in enumerate(columns["backends"]):
         colour = _COLOURS[i % len(_COLOURS)]
-        path: list[str] = []
-        prev: float | None = None
-        for p in points:
-            share = _share(p.weights, b)
-            if prev is not None:
-                path.append(f"L{x(p.at):.1f},{y(prev, bases[0]):.1f}")  # weights hold until they change
-            path.append(f"{'M' if not path else 'L'}{x(p.at):.1f},{y(share, bases[0]):.1f}")
-            prev = share
-        if points:
-            path.append(f"L{x(t0 + span):.1f},{y(prev or 0, bases[0]):.1f}")
-        out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{colour}" stroke-width="2"/>')
         out.append(
             f'<text x="{width - right + 8}" y="{top + 14 + 16 * i}" fill="{colour}">{html.escape(b)}</text>'
         )
-        rates = [(p.at, p.success_rate[b]) for p in points if p.success_rate.get(b) is not None]
-        for at, rate in rates:
-            out.append(
-                f'<circle cx="{x(at):.1f}" cy="{y(rate or 0, bases[1]):.1f}" r="3.5" fill="{colour}"/>'
-            )
-        if len(rates) > 1:
-            line = " ".join(f"{x(at):.1f},{y(rate or 0, bases[1]):.1f}" for at, rate in rates)
+    for series in columns["series"]:
+        colour = _COLOURS[series["backend"] % len(_COLOURS)]
+        at = [(t, v) for t, v in zip(seconds, series["values"], strict=True) if v is not None]
+        if series["kind"] == "weight":  # weights hold until they change: a step line
+            path = [f"M{x(at[0][0]):.1f},{y(at[0][1], bases[0]):.1f}"]
+            for (_, before), (t, v) in itertools.pairwise(at):
+                path.append(f"L{x(t):.1f},{y(before, bases[0]):.1f} L{x(t):.1f},{y(v, bases[0]):.1f}")
+            out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{colour}" stroke-width="2"/>')
+            continue
+        for t, rate in at:
+            out.append(f'<circle cx="{x(t):.1f}" cy="{y(rate, bases[1]):.1f}" r="3.5" fill="{colour}"/>')
+        if len(at) > 1:
+            line = " ".join(f"{x(t):.1f},{y(rate, bases[1]):.1f}" for t, rate in at)
             out.append(f'<polyline points="{line}" fill="none" stroke="{colour}"/>')
-    last = None
-    for p in points:
-        if p.phase is not last:
-            colour = _PHASE_COLOURS[p.phase]
-            out.append(
-                f'<line x1="{x(p.at):.1f}" y1="{top - 18}" x2="{x(p.at):.1f}" y2="{bases[1] + panel}" '
-                f'stroke="{colour}" stroke-dasharray="3,3"/>'
-            )
-            out.append(f'<text x="{x(p.at) + 3:.1f}" y="{top - 22}" fill="{colour}">{p.phase}</text>')
-            last = p.phase
+    for change in columns["phases"]:
+        t, colour = change["at"], change["colour"]
+        out.append(
+            f'<line x1="{x(t):.1f}" y1="{top - 18}" x2="{x(t):.1f}" y2="{bases[1] + panel}" '
+            f'stroke="{colour}" stroke-dasharray="3,3"/>'
+        )
+        out.append(f'<text x="{x(t) + 3:.1f}" y="{top - 22}" fill="{colour}">{change["phase"]}</text>')
     out.append(f'<text x="{left}" y="{height - 8}">time since the rollout started</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
