@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gitmesh.certs import ca
+from gitmesh.demo import eventually
 from tests.kube import BUILD_SCRIPT, Cluster
 from tests.node import NodeCluster
 
@@ -64,11 +65,20 @@ def install_crds(built: Path, cluster: Cluster | NodeCluster) -> None:
     """cert-manager's CRDs, built beside its binary, installed and established."""
     for crd in sorted((built / "cert-manager-crds").glob("*.yaml")):
         cluster.kubectl("apply", "--server-side", "-f", str(crd))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/certificaterequests.cert-manager.io",
-        "crd/issuers.cert-manager.io",
+    # Asked again: kubectl wait errors out at once on a CRD whose status has no conditions yet.
+    eventually(
+        lambda: (
+            cluster.kubectl(
+                "wait",
+                "--for=condition=Established",
+                "crd/certificaterequests.cert-manager.io",
+                "crd/issuers.cert-manager.io",
+                check=False,
+            ).returncode
+        ),
+        lambda code: code == 0,
+        "cert-manager's CRDs established",
+        60,
     )
 
 
