@@ -169,12 +169,17 @@ def status(cluster: str | None, target: BackendChoice, output: str) -> None:
         target_header(settings)
     now = datetime.now(UTC)
     hub = _hub(settings)
-    members = [model.seen(obj, now) for obj in hub.clusters()]
-    waves = [(c.name, c.wave_status) for c in hub.configurations() if c.wave_status is not None]
+    raw = hub.clusters()
+    members = [model.seen(obj, now) for obj in raw]
+    configurations = hub.configurations()
+    waves = [(c.name, c.wave_status) for c in configurations if c.wave_status is not None]
+    joined = [model.Member.of(obj) for obj in raw]
+    selections = [model.selection(c, joined) for c in configurations]
     if cluster is not None:
         members = [m for m in members if m.name == cluster]
         if not members:
             raise click.BadParameter(f"no cluster {cluster!r} has joined the fleet", param_hint="CLUSTER")
+        selections = []
     if output != "text":
         emit(
             "fleet-status",
@@ -195,12 +200,14 @@ def status(cluster: str | None, target: BackendChoice, output: str) -> None:
                 "waves": [
                     {"configuration": name, **snake_keys(w.to_json())} for name, w in waves if cluster is None
                 ],
+                "configurations": [s.to_json() for s in selections],
             },
             output,
         )
         return
     if not members:
         out.print("No cluster has joined the fleet.")
+        _print_problems(selections)
         return
     rows = [
         [
@@ -229,6 +236,16 @@ def status(cluster: str | None, target: BackendChoice, output: str) -> None:
             + Text(w.state.value, style=_WAVE_STATE_STYLES[w.state])
             + Text(f"  {w.reason}")
         )
+    _print_problems(selections)
+
+
+def _print_problems(selections: Sequence[model.Selection]) -> None:
+    """A line for each part of a configuration that reaches no cluster: it is applied nowhere."""
+    for s in selections:
+        for problem in s.problems:
+            out.print(
+                Text(f"\nConfiguration {s.configuration}: ", style="bold") + Text(problem, style="bold red")
+            )
 
 
 def _columns(header: Sequence[str], rows: Sequence[Sequence[Text]]) -> Text:
@@ -303,6 +320,7 @@ def plan(configuration: str, ref: str, repo: str | None, target: BackendChoice, 
     revision = git_repo.commit(ref).hexsha
     members = [(model.Member.of(obj), obj.get("status") or {}) for obj in hub.clusters()]
     plans = plan_members(git_repo, revision, chosen, members)
+    problems = model.selection(chosen, [m for m, _ in members]).problems
     if output in ("json", "yaml"):
         emit(
             "fleet-plan",
@@ -336,6 +354,7 @@ def plan(configuration: str, ref: str, repo: str | None, target: BackendChoice, 
                     }
                     for p in plans
                 ],
+                "problems": list(problems),
             },
             output,
         )
@@ -351,10 +370,14 @@ def plan(configuration: str, ref: str, repo: str | None, target: BackendChoice, 
             summary = p.summary if p.plan else f"**{p.summary}**"
             traffic = "<br>".join(_shares(p))
             lines.append(f"| {p.cluster} | `{p.path}` | `{(p.base or '-')[:12]}` | {summary} | {traffic} |")
+        lines += ["", *(f"**{configuration}**: {problem}" for problem in problems)] if problems else []
         click.echo("\n".join(lines))
         return
     if not plans:
-        out.print(f"No cluster is selected by {configuration}.")
+        out.print(
+            Text(f"No cluster is selected by {configuration}: ", style="bold")
+            + Text(problems[0], style="bold red")
+        )
         return
     table = Table(box=None, pad_edge=False)
     for column in ("CLUSTER", "PATH", "FROM", "CHANGES", "TRAFFIC"):
@@ -369,6 +392,8 @@ def plan(configuration: str, ref: str, repo: str | None, target: BackendChoice, 
         )
     out.print(Text(f"Revision {revision[:12]} of {configuration}", style="bold"))
     out.print(table)
+    for problem in problems:
+        out.print(Text(f"{configuration}: ", style="bold") + Text(problem, style="bold red"))
 
 
 def _shares(p: MemberPlan) -> list[str]:

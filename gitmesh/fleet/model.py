@@ -146,6 +146,78 @@ def assignment(member: Member, configurations: Iterable[Configuration]) -> tuple
     return tuple(c.source(member) for c in sorted(configurations, key=lambda c: c.name) if c.selects(member))
 
 
+@dataclass(frozen=True)
+class Selection:
+    """The members a configuration selects, and each part of it that selects none (a misspelt label,
+    a cluster that never joined): nothing is applied for those, so readers must say so."""
+
+    configuration: str
+    clusters: tuple[str, ...]
+    problems: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.configuration, "clusters": list(self.clusters), "problems": list(self.problems)}
+
+
+def selection(configuration: Configuration, members: Sequence[Member]) -> Selection:
+    """Which members ``configuration`` selects; its selector, overlays and wave stages that reach
+    none of them, each with why (the labels the fleet has instead)."""
+    selected = [m for m in members if configuration.selects(m)]
+    problems = []
+    if not selected:
+        problems.append(f"selects no cluster: {_unmatched(configuration.match_labels, members)}")
+    taken = {configuration.source(m).path for m in selected}
+    earlier: list[Overlay] = []
+    for o in configuration.overlays:
+        if o.path not in taken and selected:
+            problems.append(
+                f"overlay {o.path} applies to no cluster: {_unused(o, earlier, selected, members)}"
+            )
+        earlier.append(o)
+    if configuration.wave:
+        for i, stage in enumerate(configuration.wave.stages):
+            if stage.match_labels and not any(configuration.wave.stage_of(m.labels) == i for m in selected):
+                problems.append(
+                    f"wave stage {stage.name} holds no cluster: {_unmatched(stage.match_labels, selected)}"
+                )
+    return Selection(configuration.name, tuple(m.name for m in selected), tuple(problems))
+
+
+def _unused(
+    overlay: Overlay, earlier: Sequence[Overlay], selected: Sequence[Member], members: Sequence[Member]
+) -> str:
+    """Why an overlay is no selected member's."""
+    if overlay.clusters:
+        joined = {m.name for m in members}
+        missing = [c for c in overlay.clusters if c not in joined]
+        if missing:
+            return f"no cluster {', '.join(missing)} has joined the fleet"
+        if not any(overlay.applies_to(m) for m in selected):
+            return f"the configuration does not select {', '.join(overlay.clusters)}"
+    elif not any(overlay.applies_to(m) for m in selected):
+        return _unmatched(overlay.match_labels, selected)
+    shadowing = sorted(
+        {e.path for e in earlier for m in selected if overlay.applies_to(m) and e.applies_to(m)}
+    )
+    return f"each cluster it would apply to takes an earlier overlay ({', '.join(shadowing)})"
+
+
+def _unmatched(wanted: Mapping[str, str], members: Sequence[Member]) -> str:
+    """Why no member has every label of ``wanted``: the first label none has, and what they have."""
+    if not members:
+        return "no cluster has joined the fleet"
+    for key, value in sorted(wanted.items()):
+        values = sorted({m.labels[key] for m in members if key in m.labels})
+        if not values:
+            keys = sorted({k for m in members for k in m.labels})
+            return f"no cluster has label {key}" + (
+                f" (the labels there are: {', '.join(keys)})" if keys else ""
+            )
+        if value not in values:
+            return f"no cluster has {key}={value} ({key} is {' or '.join(values)} there)"
+    return "no cluster has all of " + ", ".join(f"{k}={v}" for k, v in sorted(wanted.items()))
+
+
 @contextlib.contextmanager
 def _reading(kind: str, obj: Mapping[str, Any]) -> Iterator[None]:
     """A hub object the CRD's schema let through but gitmesh cannot read (a zero duration, two refs)

@@ -28,7 +28,7 @@ def cluster(name: str, labels: dict[str, str], status: dict[str, Any] | None = N
     return obj
 
 
-CONFIGURATION = {
+CONFIGURATION: dict[str, Any] = {
     "metadata": {"name": "mesh"},
     "spec": {
         "repository": "https://git.example.com/mesh.git",
@@ -64,6 +64,88 @@ def test_a_member_follows_its_overlay_or_the_base(name: str, labels: dict[str, s
 def test_a_configuration_selects_by_labels() -> None:
     member = model.Member.of(cluster("core-1", {"region": "eu"}))
     assert model.assignment(member, [model.Configuration.of(CONFIGURATION)]) == ()
+
+
+def _selection(spec: dict[str, Any], *members: tuple[str, dict[str, str]]) -> model.Selection:
+    configuration = model.Configuration.of({"metadata": {"name": "mesh"}, "spec": spec})
+    return model.selection(configuration, [model.Member.of(cluster(n, labels)) for n, labels in members])
+
+
+FLEET = (("eu-1", {"tier": "edge", "region": "eu"}), ("us-1", {"tier": "edge", "region": "us"}))
+
+
+def test_a_selection_names_its_clusters_and_nothing_is_wrong_when_every_part_reaches_one() -> None:
+    eu_2 = ("eu-2", {"tier": "edge", "region": "eu"})
+    chosen = _selection(CONFIGURATION["spec"], *FLEET, eu_2, ("core-1", {"region": "eu"}))
+    assert (chosen.clusters, chosen.problems) == (("eu-1", "us-1", "eu-2"), ())
+
+
+@pytest.mark.parametrize(
+    ("selector", "problem"),
+    [
+        (
+            {"teir": "edge"},
+            "selects no cluster: no cluster has label teir (the labels there are: region, tier)",
+        ),
+        ({"tier": "egde"}, "selects no cluster: no cluster has tier=egde (tier is edge there)"),
+        ({"region": "ap"}, "selects no cluster: no cluster has region=ap (region is eu or us there)"),
+        (
+            {"region": "eu", "tier": "core"},
+            "selects no cluster: no cluster has tier=core (tier is edge there)",
+        ),
+    ],
+    ids=["unknown-key", "unknown-value", "values-listed", "second-label"],
+)
+def test_a_selector_that_matches_no_cluster_says_which_label_none_has(
+    selector: dict[str, str], problem: str
+) -> None:
+    spec = {**CONFIGURATION["spec"], "clusterSelector": {"matchLabels": selector}, "overlays": []}
+    chosen = _selection(spec, *FLEET)
+    assert (chosen.clusters, chosen.problems) == ((), (problem,))
+
+
+def test_a_selector_is_unmatched_in_an_empty_fleet_and_by_a_combination() -> None:
+    spec = {**CONFIGURATION["spec"], "overlays": []}
+    assert _selection(spec).problems == ("selects no cluster: no cluster has joined the fleet",)
+    both = {**spec, "clusterSelector": {"matchLabels": {"region": "eu", "tier": "core"}}}
+    mixed = (("eu-1", {"region": "eu", "tier": "edge"}), ("core-1", {"region": "us", "tier": "core"}))
+    assert _selection(both, *mixed).problems == (
+        "selects no cluster: no cluster has all of region=eu, tier=core",
+    )
+
+
+def test_overlays_and_wave_stages_that_reach_no_selected_cluster_are_named() -> None:
+    spec = {
+        **CONFIGURATION["spec"],
+        "overlays": [
+            {"path": "overlays/canary", "clusters": ["eu-9"]},  # never joined
+            {"path": "overlays/core", "clusters": ["core-1"]},  # joined, not selected
+            {"path": "overlays/eu", "clusterSelector": {"matchLabels": {"region": "eu"}}},
+            {
+                "path": "overlays/eu-again",
+                "clusterSelector": {"matchLabels": {"tier": "edge", "region": "eu"}},
+            },
+            {"path": "overlays/ap", "clusterSelector": {"matchLabels": {"region": "ap"}}},
+        ],
+        "wave": {
+            "stages": [
+                {"name": "canary", "clusterSelector": {"matchLabels": {"ring": "canary"}}},
+                {"name": "eu", "clusterSelector": {"matchLabels": {"region": "eu"}}},
+                {"name": "all"},
+            ]
+        },
+    }
+    chosen = _selection(spec, *FLEET, ("core-1", {"region": "eu"}))
+    assert chosen.clusters == ("eu-1", "us-1")
+    assert chosen.problems == (
+        "overlay overlays/canary applies to no cluster: no cluster eu-9 has joined the fleet",
+        "overlay overlays/core applies to no cluster: the configuration does not select core-1",
+        "overlay overlays/eu-again applies to no cluster: each cluster it would apply to takes an earlier "
+        "overlay (overlays/eu)",
+        "overlay overlays/ap applies to no cluster: no cluster has region=ap (region is eu or us there)",
+        "wave stage canary holds no cluster: no cluster has label ring (the labels there are: region, tier)",
+    )
+    assert chosen.to_json()["problems"] == list(chosen.problems)
 
 
 def _record(result: Result | None, applied: str | None, attempted: str | None) -> SourceRecord:
