@@ -5,8 +5,9 @@
 # node runs: kubelet, kube-scheduler, kube-controller-manager, kube-proxy,
 # CoreDNS and the pause and app programs of its images. `build.sh vault` builds
 # HashiCorp Vault only (for the Vault PKI certificate provider's tests), into the
-# same directory; `build.sh cert-manager` cert-manager's CA issuer and approver
-# (cert-manager/main.go) and copies its CRDs beside it (cert-manager-crds/).
+# same directory; `build.sh cert-manager` cert-manager's controller (CA issuer and
+# approver), webhook and cainjector as one binary (cert-manager/main.go) and copies
+# its CRDs beside it (cert-manager-crds/).
 # `build.sh conformance` builds the Gateway API conformance suite as a test binary
 # and the programs of the echo image its mesh tests deploy (Istio's echo server
 # and client), into the same directory.

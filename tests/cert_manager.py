@@ -1,7 +1,7 @@
-"""A real cert-manager for the tests: its CA issuer, issuer readiness and approver controllers,
-built by ``testenv/build.sh cert-manager`` and run as a host process against a test apiserver
-(``running``) or as a pod of its own image in the test node (``in_node``), with its CRDs and a CA
-Issuer whose root the test makes."""
+"""A real cert-manager for the tests, built by ``testenv/build.sh cert-manager``: its controller
+(CA issuer, issuer readiness, approver) as a host process against a test apiserver (``running``),
+or the controller, admission webhook and cainjector as pods of its own image in the test node
+(``in_node``); with its CRDs and a CA Issuer whose root the test makes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from gitmesh.certs import ca
 from gitmesh.demo import eventually
@@ -104,6 +105,7 @@ def running(built: Path, cluster: Cluster, workdir: Path) -> Iterator[ca.Authori
         process = subprocess.Popen(
             [
                 str(built / "cert-manager"),
+                "controller",
                 "--kubeconfig",
                 str(cluster.kubeconfig),
                 "--cluster-resource-namespace",
@@ -125,33 +127,97 @@ def running(built: Path, cluster: Cluster, workdir: Path) -> Iterator[ca.Authori
 
 IMAGE = "localhost/cert-manager:test"
 CONTROLLER_NAMESPACE = "cert-manager"
-# What its CA issuer, issuer and approver controllers read and write, for its ServiceAccount.
+WEBHOOK = "cert-manager-webhook"  # its Deployment, Service and webhook configurations
+WEBHOOK_CA = "cert-manager-webhook-ca"  # the Secret of the CA its serving certificate is from
+# What the controller, webhook and cainjector read and write, for the ServiceAccount they share
+# (one test install; cert-manager's own chart gives each its own).
 _RULES = [
     {
         "apiGroups": ["cert-manager.io"],
         "resources": ["*"],
         "verbs": ["get", "list", "watch", "update", "patch"],
     },
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+    # The webhook lets only who may approve for a signer set the Approved condition: the approver.
+    {
+        "apiGroups": ["cert-manager.io"],
+        "resources": ["signers"],
+        "verbs": ["approve"],
+        "resourceNames": ["issuers.cert-manager.io/*", "clusterissuers.cert-manager.io/*"],
+    },
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "update"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+    {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
+        "verbs": ["get", "list", "watch", "update", "patch"],
+    },
 ]
 
 
+def _deployment(name: str, args: list[str], **container: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": CONTROLLER_NAMESPACE},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "serviceAccountName": "cert-manager",
+                    "containers": [
+                        {"name": name, "image": IMAGE, "imagePullPolicy": "Never", "args": args, **container}
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _webhook_configuration(kind: str, path: str, operations: list[str]) -> dict[str, Any]:
+    """cert-manager's admission webhook for its own kinds, its CA bundle left to cainjector."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": kind,
+        "metadata": {
+            "name": WEBHOOK,
+            "annotations": {"cert-manager.io/inject-ca-from-secret": f"{CONTROLLER_NAMESPACE}/{WEBHOOK_CA}"},
+        },
+        "webhooks": [
+            {
+                "name": "webhook.cert-manager.io",
+                "rules": [
+                    {
+                        "apiGroups": ["cert-manager.io", "acme.cert-manager.io"],
+                        "apiVersions": ["v1"],
+                        "operations": operations,
+                        "resources": ["*/*"],
+                    }
+                ],
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Fail",  # nothing of cert-manager's gets past an absent webhook
+                "timeoutSeconds": 10,
+                "clientConfig": {
+                    "service": {"name": WEBHOOK, "namespace": CONTROLLER_NAMESPACE, "path": path}
+                },
+            }
+        ],
+    }
+
+
 def in_node(built: Path, cluster: NodeCluster) -> ca.Authority:
-    """cert-manager's CRDs installed in the node, its controller running there as a pod (its own
-    image, a ServiceAccount with what it needs), and a CA Issuer (ISSUER in NAMESPACE, which must
-    exist) ready; the Issuer's root."""
+    """cert-manager in the node as its chart installs it: CRDs, the controller, the admission webhook
+    (validating and mutating, failing closed) and cainjector as pods of one image, the webhook's CA
+    bundle injected by cainjector; then a CA Issuer (ISSUER in NAMESPACE, which must exist) ready
+    through the webhook; the Issuer's root."""
     cluster.import_static(built / "cert-manager", IMAGE)
     install_crds(built, cluster)
     meta = {"name": "cert-manager", "namespace": CONTROLLER_NAMESPACE}
-    subject = [{"kind": "ServiceAccount", **meta}]
     role = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cert-manager-test"}
-    container = {
-        "name": "controller",
-        "image": IMAGE,
-        "imagePullPolicy": "Never",
-        "args": ["--cluster-resource-namespace", NAMESPACE],
-    }
+    dns = f"{WEBHOOK},{WEBHOOK}.{CONTROLLER_NAMESPACE},{WEBHOOK}.{CONTROLLER_NAMESPACE}.svc"
+    ready = {"httpGet": {"path": "/healthz", "port": 6080}, "periodSeconds": 2}
     cluster.apply(
         [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONTROLLER_NAMESPACE}},
@@ -167,32 +233,73 @@ def in_node(built: Path, cluster: NodeCluster) -> ca.Authority:
                 "kind": "ClusterRoleBinding",
                 "metadata": {"name": "cert-manager-test"},
                 "roleRef": role,
-                "subjects": subject,
+                "subjects": [{"kind": "ServiceAccount", **meta}],
             },
+            _deployment("cert-manager", ["controller", "--cluster-resource-namespace", NAMESPACE]),
+            _deployment(
+                WEBHOOK,
+                ["webhook", "--ca-secret", f"{CONTROLLER_NAMESPACE}/{WEBHOOK_CA}", "--dns-names", dns],
+                readinessProbe=ready,
+            ),
+            _deployment("cert-manager-cainjector", ["cainjector"]),
             {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": meta,
-                "spec": {
-                    "selector": {"matchLabels": {"app": "cert-manager"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "cert-manager"}},
-                        "spec": {"serviceAccountName": "cert-manager", "containers": [container]},
-                    },
-                },
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": WEBHOOK, "namespace": CONTROLLER_NAMESPACE},
+                "spec": {"selector": {"app": WEBHOOK}, "ports": [{"port": 443, "targetPort": 10250}]},
             },
+            _webhook_configuration("ValidatingWebhookConfiguration", "/validate", ["CREATE", "UPDATE"]),
+            _webhook_configuration("MutatingWebhookConfiguration", "/mutate", ["CREATE"]),
         ]
     )
-    return ready_issuer(
-        cluster,
-        lambda: cluster.kubectl(
-            "-n", CONTROLLER_NAMESPACE, "logs", "deployment/cert-manager", check=False
-        ).stdout[-3000:],
+
+    def logs() -> str:
+        return "\n".join(
+            cluster.kubectl("-n", CONTROLLER_NAMESPACE, "logs", f"deployment/{d}", check=False).stdout[-2000:]
+            for d in ("cert-manager", WEBHOOK, "cert-manager-cainjector")
+        )
+
+    try:
+        cluster.kubectl(
+            "-n",
+            CONTROLLER_NAMESPACE,
+            "rollout",
+            "status",
+            f"deployment/{WEBHOOK}",
+            "--timeout=120s",
+            timeout=130,
+        )
+        cluster.wait_for_service(CONTROLLER_NAMESPACE, WEBHOOK)
+        eventually(lambda: webhook_ca_bundles(cluster), lambda b: all(b), "cainjector's CA bundles", 60)
+    except (subprocess.CalledProcessError, TimeoutError) as e:
+        raise RuntimeError(f"cert-manager's webhook is not ready: {e}\n{logs()}") from e
+    return ready_issuer(cluster, logs)
+
+
+def webhook_ca_bundles(cluster: NodeCluster) -> list[bytes]:
+    """The CA bundle of the validating and the mutating webhook configuration (empty until cainjector
+    has put one there)."""
+    bundles = []
+    for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+        shown = cluster.kubectl("get", kind, WEBHOOK, "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}")
+        bundles.append(base64.b64decode(shown.stdout))
+    return bundles
+
+
+def webhook_ca(cluster: NodeCluster) -> bytes:
+    """The CA the webhook made for its serving certificate, from its Secret."""
+    shown = cluster.kubectl(
+        "-n", CONTROLLER_NAMESPACE, "get", "secret", WEBHOOK_CA, "-o", "jsonpath={.data.ca\\.crt}"
     )
+    return base64.b64decode(shown.stdout)
 
 
 def remove_from_node(cluster: NodeCluster) -> None:
-    """What ``in_node`` made, but its CRDs (cert-manager's own, left as installed CRDs are)."""
+    """What ``in_node`` made, but its CRDs (cert-manager's own, left as installed CRDs are); the
+    webhook configurations first, so that nothing of cert-manager's waits on a webhook going away."""
+    cluster.kubectl(
+        "delete", "validatingwebhookconfiguration,mutatingwebhookconfiguration", WEBHOOK, "--ignore-not-found"
+    )
     cluster.kubectl(
         "delete", "namespace", CONTROLLER_NAMESPACE, "--ignore-not-found", "--timeout=120s", timeout=130
     )
@@ -209,4 +316,6 @@ __all__ = [
     "ready_issuer",
     "remove_from_node",
     "running",
+    "webhook_ca",
+    "webhook_ca_bundles",
 ]

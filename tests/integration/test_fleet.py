@@ -369,6 +369,37 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
     )
     assert "| eu-1 | `fleet/eu` |" in markdown and "web-v2 10% -> 20%" in markdown
 
+    # A configuration whose selector is misspelt selects no cluster: status and plan say so and why,
+    # and no agent is assigned anything new.
+    edge = {
+        "apiVersion": "gitmesh.dev/v1alpha1",
+        "kind": "FleetConfiguration",
+        "metadata": {"name": "edge", "namespace": "gitmesh-fleet"},
+        "spec": {
+            "repository": str(repo.path),
+            "ref": {"branch": "main"},
+            "path": "fleet/base",
+            "clusterSelector": {"matchLabels": {"regoin": "eu"}},
+        },
+    }
+    hub.kubectl("apply", "-f", "-", input=json.dumps(edge))
+    doc = json.loads(_cli("fleet", "status", "-o", "json", "--kubeconfig", hub.kubeconfig))
+    jsonschema.validate(doc, json.loads((SCHEMAS / "fleet-status.schema.json").read_text()))
+    selections = {c["name"]: c for c in doc["configurations"]}
+    assert (sorted(selections["mesh"]["clusters"]), selections["mesh"]["problems"]) == (sorted(MEMBERS), [])
+    assert selections["edge"]["clusters"] == []
+    assert selections["edge"]["problems"] == [
+        "selects no cluster: no cluster has label regoin (the labels there are: region, ring)"
+    ]
+    table = " ".join(_cli("fleet", "status", "--kubeconfig", hub.kubeconfig).split())  # unwrapped
+    assert "Configuration edge: selects no cluster: no cluster has label regoin" in table
+    edge_plan = " ".join(
+        _cli("fleet", "plan", "edge", "--repo", repo.path, "--kubeconfig", hub.kubeconfig).split()
+    )
+    assert "No cluster is selected by edge: selects no cluster: no cluster has label regoin" in edge_plan
+    hub.kubectl("-n", "gitmesh-fleet", "delete", "fleetconfiguration", "edge")
+    assert all(a.process is not None and a.process.poll() is None for a in agents.values())
+
     # A commit that breaks only the EU overlay: eu-1 Non-Compliant with the reason and nothing of
     # the commit applied there; us-1 takes all of it.
     broken = repo.commit(

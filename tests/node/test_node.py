@@ -30,6 +30,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -1108,7 +1109,7 @@ def served_chain(address: str, port: int, authority: ca.Authority, workdir: Path
 def test_cert_manager_in_the_node_issues_the_pods_certificates(
     node_cluster: NodeCluster, tmp_path: Path
 ) -> None:
-    """cert-manager's controller as a pod of the node (its CA Issuer and approver), chosen by a
+    """cert-manager as pods of the node (its controller, webhook and cainjector), chosen by a
     MeshRootCertificate in the mesh's repository: the in-cluster gitmesh asks it for every pod's
     certificate with CertificateRequests in gitmesh-system, and the pods talk mTLS with them."""
     cluster = node_cluster
@@ -1164,8 +1165,63 @@ def test_cert_manager_in_the_node_issues_the_pods_certificates(
             # Answered and deleted: no CertificateRequest of gitmesh's is left behind.
             left = cluster.kubectl("-n", INSTALL_NAMESPACE, "get", "certificaterequests", "-o", "name")
             assert left.stdout.strip() == ""
+            # Every request above went through cert-manager's webhook (failing closed), whose
+            # serving CA cainjector put in both webhook configurations.
+            ca_pem = cert_manager.webhook_ca(cluster)
+            assert b"BEGIN CERTIFICATE" in ca_pem
+            assert cert_manager.webhook_ca_bundles(cluster) == [ca_pem, ca_pem]
+            _webhook_checks_certificate_requests(cluster)
     finally:
         cert_manager.remove_from_node(cluster)
+
+
+def _webhook_checks_certificate_requests(cluster: NodeCluster) -> None:
+    """cert-manager's webhook records who asks for a certificate, whatever the request claims, keeps
+    that identity, and refuses a request without a CSR: nothing is signed for a wrong identity."""
+
+    def request(name: str, **spec: Any) -> dict[str, Any]:
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://x/ns/a/sa/b")]),
+                critical=True,
+            )
+            .sign(ca.workload_key(None), hashes.SHA256())
+        )
+        body = {
+            "request": base64.b64encode(csr.public_bytes(serialization.Encoding.PEM)).decode(),
+            "issuerRef": {"name": cert_manager.ISSUER, "kind": "Issuer", "group": "cert-manager.io"},
+        }
+        return {
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "CertificateRequest",
+            "metadata": {"name": name, "namespace": cert_manager.NAMESPACE},
+            "spec": {**body, **spec},
+        }
+
+    def create(cr: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return cluster.kubectl("create", "-f", "-", input=json.dumps(cr), check=False)
+
+    me = cluster.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout
+    denied = 'admission webhook "webhook.cert-manager.io" denied the request'
+    # A request claiming a workload's identity is recorded as the admin's, who sent it; that
+    # identity cannot be changed afterwards.
+    posing = create(request("posing", username="system:serviceaccount:bookstore:bookstore"))
+    assert posing.returncode == 0, posing.stderr
+    try:
+        shown = get_json(cluster, "-n", cert_manager.NAMESPACE, "certificaterequest", "posing")
+        assert me and shown["spec"]["username"] == me
+        changed = cluster.kubectl(
+            "-n", cert_manager.NAMESPACE, "patch", "certificaterequest", "posing", "--type=merge",
+            "-p", '{"spec": {"username": "system:serviceaccount:bookstore:bookstore"}}', check=False,
+        )  # fmt: skip
+        assert changed.returncode != 0 and denied in changed.stderr, changed.stderr
+        assert "username identity cannot be changed" in changed.stderr, changed.stderr
+    finally:
+        cluster.kubectl("-n", cert_manager.NAMESPACE, "delete", "certificaterequest", "posing")
+    empty = create(request("no-csr", request=base64.b64encode(b"not a CSR").decode()))
+    assert empty.returncode != 0 and denied in empty.stderr and "spec.request" in empty.stderr, empty.stderr
 
 
 @pytest.mark.timeout(480)
