@@ -140,6 +140,7 @@ func injector(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	config.UserAgent = "cert-manager-cainjector" // its field manager, for the CA bundles it applies
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
