@@ -95,7 +95,7 @@ class SotwStream:
 
     def __init__(self, on_nack: OnNack, bodies: Bodies | None = None) -> None:
         self._on_nack = on_nack
-        self._bodies = bodies or Bodies()
+        self._bodies = bodies if bodies is not None else Bodies()  # an empty one is falsy
         self._types: dict[str, _SotwType] = {}
         self._held: dict[str, str] = {}  # type URL -> version last sent (or the proxy started with)
         self._nonces = 0

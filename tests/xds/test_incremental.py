@@ -174,7 +174,9 @@ def test_streams_of_a_key_share_one_written_response_but_their_nonces() -> None:
     assert {r.type_url for p in parsed for r in p.resources} == {resources.CLUSTER}
     assert [len(p.resources) for p in parsed] == [len(snapshot.encoded(resources.CLUSTER))] * 2
     assert all(p.nonce for p in parsed)
-    # The body is written once: the second stream's response starts with the very same bytes.
+    # The body is written once, into the shared bodies (an empty one too: it is falsy), and the
+    # second stream's response starts with the very same bytes.
+    assert len(bodies) == 1
     body = bodies.body(snapshot, resources.CLUSTER, None)
     assert all(raw.startswith(body) for raw in sent)
     assert bodies.body(snapshot, resources.CLUSTER, None) is body
