@@ -35,6 +35,7 @@ from gitmesh.kube.client import Client
 from tests import factory as f
 from tests.conftest import GitRepo
 from tests.controller import RunningController
+from tests.gitserver import GitHttpServer
 from tests.kube import Cluster
 
 # Five apiservers, four agent processes and two Prometheus per test, walked through several states:
@@ -180,9 +181,18 @@ def canary_metrics() -> Iterator[MeshMetrics]:
 
 
 @pytest.fixture
+def git_http(git_repo: GitRepo) -> Iterator[GitHttpServer]:
+    """``git_repo`` served over HTTP (``git http-backend``), its commits there as soon as made."""
+    server = GitHttpServer(git_repo.path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def fleet(
     add_kube_cluster: Callable[..., Cluster],
     git_repo: GitRepo,
+    git_http: GitHttpServer,
     tmp_path: Path,
     prometheus: Callable[[MeshMetrics], str],
     canary_metrics: MeshMetrics,
@@ -212,7 +222,7 @@ def fleet(
             "kind": "FleetConfiguration",
             "metadata": {"name": "mesh", "namespace": "gitmesh-fleet"},
             "spec": {
-                "repository": str(git_repo.path),
+                "repository": git_http.url(".git"),
                 "ref": {"branch": "main"},
                 "path": "fleet/base",
                 "interval": "1s",
@@ -300,7 +310,9 @@ def all_compliant_at(head: str) -> Callable[[dict[str, dict[str, Any]]], bool]:
 
 
 def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
-    fleet: tuple[Cluster, dict[str, Cluster], dict[str, RunningController], GitRepo], tmp_path: Path
+    fleet: tuple[Cluster, dict[str, Cluster], dict[str, RunningController], GitRepo],
+    git_http: GitHttpServer,
+    tmp_path: Path,
 ) -> None:
     hub, members, agents, repo = fleet
     head = repo.git("rev-parse", "HEAD").strip()
@@ -440,8 +452,8 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
     _cli("resume", "mesh", "--kubeconfig", members["us-1"].kubeconfig)
     eventually(lambda: status(hub), lambda c: c["us-1"]["compliance"] == "Compliant", "us-1 Compliant again")
 
-    # Git out of reach: both report it, and each keeps what it had applied.
-    moved = repo.path.rename(repo.path.with_name("moved"))
+    # Git's server down: the members report it, and each keeps what it had applied.
+    git_http.stop()
     clusters = eventually(
         lambda: status(hub),
         lambda c: c["us-1"]["compliance"] == "Non-Compliant",
@@ -449,14 +461,20 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
     )
     assert clusters["us-1"]["configurations"][0]["applied_revision"] == broken
     assert "web-v3" in services(members["us-1"]) and weights(members["eu-1"]) == [90, 10]
-    moved.rename(repo.path)
+    git_http.start()
     eventually(lambda: status(hub), lambda c: c["us-1"]["compliance"] == "Compliant", "us-1 back with Git")
 
-    # An agent killed: its cluster reads Unknown once its unknownAfter (5s) has passed.
+    # An agent killed: its cluster reads Unknown once its unknownAfter (5s) has passed, and
+    # Compliant again once it is back.
     agents["us-1"].kill()
     clusters = eventually(lambda: status(hub), lambda c: c["us-1"]["compliance"] == "Unknown", "us-1 Unknown")
     assert clusters["us-1"]["reason"].startswith("no report for")
     assert clusters["eu-1"]["compliance"] == "Non-Compliant"  # its agent still reports
+    agents["us-1"].start()
+    clusters = eventually(
+        lambda: status(hub), lambda c: c["us-1"]["compliance"] == "Compliant", "us-1 Compliant once back"
+    )
+    assert clusters["us-1"]["configurations"][0]["applied_revision"] == broken
 
     # The hub assigns the EU members something else (the base): their agents stop, to be started on
     # it (exit 3).
