@@ -14,6 +14,8 @@ with the build's own error.
 
 from __future__ import annotations
 
+import random
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -136,3 +138,17 @@ def crd_cluster(add_kube_cluster: Callable[..., Cluster]) -> Iterator[Cluster]:
     assert installed.exit_code == 0, installed.output
     yield c
     c.stop()
+
+
+@pytest.fixture
+def pod_address() -> Iterator[str]:
+    """An address that stands in for the pods: the apiserver refuses loopback endpoints, so one from
+    TEST-NET-1 (never routed) is put on this host's loopback interface for the test."""
+    address = f"192.0.2.{random.randint(2, 254)}"
+    subprocess.run(["ip", "address", "add", f"{address}/32", "dev", "lo"], check=True, capture_output=True)
+    try:
+        yield address
+    finally:
+        subprocess.run(
+            ["ip", "address", "del", f"{address}/32", "dev", "lo"], check=True, capture_output=True
+        )

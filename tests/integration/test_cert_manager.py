@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import collections
 import datetime
-import random
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,19 +81,6 @@ class CertManagerBookstore(Bookstore):
 
     def run_options(self) -> list[str]:
         return [*super().run_options(), "--config", str(self.config)]
-
-
-@pytest.fixture
-def pod_address() -> Iterator[str]:
-    """An address standing in for the pods' (the apiserver refuses loopback endpoints)."""
-    address = f"192.0.2.{random.randint(2, 254)}"
-    subprocess.run(["ip", "address", "add", f"{address}/32", "dev", "lo"], check=True, capture_output=True)
-    try:
-        yield address
-    finally:
-        subprocess.run(
-            ["ip", "address", "del", f"{address}/32", "dev", "lo"], check=True, capture_output=True
-        )
 
 
 def test_sidecars_present_cert_manager_certificates(

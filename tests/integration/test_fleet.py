@@ -1,19 +1,24 @@
 """A fleet on real parts: a hub and four member clusters (each its own kube-apiserver), a real Git
-repository with a base and an EU overlay, and one ``gitmesh run --fleet-hub`` agent process per
-member, each with the credentials ``gitmesh fleet join`` made for it. Each agent reads its mesh
-health from a real Prometheus (Debian's), one for the canary eu-1 and one for the others, scraping
-Envoy's metric names from an exporter the test controls (``MeshMetrics``). With ``$FLEET_TIMELINE``
-set, the wave test writes its waves' timeline there as SVG (the README's docs/fleet-wave.svg), and
-with ``$FLEET_STATUS_SAMPLE`` the ``fleet status`` table it reads while a stage waits for approval."""
+repository served over HTTP with a base and an EU overlay, and one ``gitmesh run --fleet-hub`` agent
+process per member, each with the credentials ``gitmesh fleet join`` made for it. The canary eu-1's
+agent serves real Envoy sidecars (``Canary``: web-v1, web-v2 and a caller sending them requests)
+and judges its mesh health from their stats; the others read theirs from a real Prometheus
+(Debian's) scraping Envoy's metric names from an exporter that stays healthy (``MeshMetrics``). With
+``$FLEET_TIMELINE`` set, the wave test writes its waves' timeline there as SVG (the README's
+docs/fleet-wave.svg), and with ``$FLEET_STATUS_SAMPLE`` the ``fleet status`` table it reads while a
+stage waits for approval."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -26,12 +31,18 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from gitmesh import settings
+from gitmesh.certs import store
+from gitmesh.certs.authority import CaState
 from gitmesh.cli import cli
-from gitmesh.demo import eventually, free_port, stop_process
+from gitmesh.demo import App, Sidecar, call, eventually, free_port, stop_process
 from gitmesh.fleet.hub import Hub
 from gitmesh.fleet.timeline import render as render_timeline
 from gitmesh.kube import errors
 from gitmesh.kube.client import Client
+from gitmesh.mesh.state import Identity, ServiceRef
+from gitmesh.xds.bootstrap import client_tls
+from gitmesh.xds.translate import Proxy
 from tests import factory as f
 from tests.conftest import GitRepo
 from tests.controller import RunningController
@@ -44,13 +55,25 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 SCHEMAS = Path(__file__).parents[2] / "gitmesh" / "cli" / "schemas"
 NS = "shop"
+
+
+def _http_service(name: str) -> dict[str, Any]:
+    service = f.service(NS, name)
+    service["spec"]["ports"] = [{"name": "http", "port": 80}]
+    return service
+
+
 BASE = [
     f.namespace(NS),
     f.service_account(NS, "web"),
-    f.service(NS, "web"),
-    f.service(NS, "web-v1"),
-    f.service(NS, "web-v2"),
+    f.service_account(NS, "client"),
+    _http_service("web"),
+    _http_service("web-v1"),
+    _http_service("web-v2"),
+    _http_service("client"),
     f.split(NS, "web-split", "web", {"web-v1": 100, "web-v2": 0}),
+    f.route_group(NS, "everything", {"all": ".*"}),
+    f.target(NS, "client-to-web", "web", [f"{NS}/client"], "everything"),
 ]
 
 
@@ -80,12 +103,9 @@ MEMBERS = {
 
 class MeshMetrics:
     """Envoy's upstream request counters for shop/web-v1 and shop/web-v2, growing by 50 requests per
-    scrape: all answered 2xx, or, once ``failing``, half of web-v2's answered 5xx; once ``idle``, not
-    growing (no traffic: health holds)."""
+    scrape, all answered 2xx: the members other than the canary, always healthy."""
 
     def __init__(self) -> None:
-        self.failing = False
-        self.idle = False
         self.counts: dict[tuple[str, str], int] = {}
         metrics = self
 
@@ -111,10 +131,8 @@ class MeshMetrics:
 
     def scrape(self) -> str:
         for backend in ("web-v1", "web-v2"):
-            bad = 25 if self.failing and backend == "web-v2" else 0
-            for klass, n in (("2", 50 - bad), ("5", bad)):
-                key = (backend, klass)
-                self.counts[key] = self.counts.get(key, 0) + (0 if self.idle else n)
+            key = (backend, "2")
+            self.counts[key] = self.counts.get(key, 0) + 50
         lines = ["# TYPE envoy_cluster_upstream_rq_xx counter"]
         lines += [
             f'envoy_cluster_upstream_rq_xx{{envoy_cluster_name="shop/{b}|80",'
@@ -122,6 +140,77 @@ class MeshMetrics:
             for (b, k), n in sorted(self.counts.items())
         ]
         return "\n".join(lines) + "\n"
+
+
+class Canary:
+    """The canary member's sidecars: real Envoys in front of web-v1, web-v2 (``apps``, whose
+    ``error_rate`` a test sets) and client, which sends web a request every 20 ms while
+    ``sending`` is set. They connect to the eu-1 agent's xDS port, with certificates of the mesh CA
+    kept in eu-1's cluster."""
+
+    def __init__(self, workdir: Path, address: str) -> None:
+        self.workdir = workdir
+        self.apps = {name: App(name) for name in ("web-v1", "web-v2", "client")}
+        self.proxies = {
+            name: Proxy(
+                Identity(NS, "client" if name == "client" else "web"),
+                ServiceRef(NS, name),
+                app.port,
+                free_port(),
+                free_port(),
+                inbound_address=address,  # the endpoints' (the apiserver refuses loopback ones)
+            )
+            for name, app in self.apps.items()
+        }
+        self.sidecars: list[Sidecar] = []
+        self.sending = threading.Event()
+        self._closed = threading.Event()
+        self._traffic = threading.Thread(target=self._send, daemon=True)
+
+    def endpoints(self) -> str:
+        """EndpointSlices: each service at its sidecar's inbound port, for the base."""
+        return f.dump(
+            *(
+                {
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "kind": "EndpointSlice",
+                    "metadata": {
+                        "name": f"{name}-local",
+                        "namespace": NS,
+                        "labels": {"kubernetes.io/service-name": name},
+                    },
+                    "addressType": "IPv4",
+                    "ports": [{"name": "http", "port": proxy.inbound_port}],
+                    "endpoints": [{"addresses": [proxy.inbound_address], "conditions": {"ready": True}}],
+                }
+                for name, proxy in self.proxies.items()
+            )
+        )
+
+    def start(self, xds_port: int, ca: CaState) -> None:
+        now = datetime.now(UTC)
+        self.sidecars = [
+            Sidecar(p, xds_port, self.workdir, client_tls(ca, p.identity, now)) for p in self.proxies.values()
+        ]
+        for sidecar in self.sidecars:
+            eventually(sidecar.ready, bool, f"the {sidecar.proxy.service} sidecar ready", timeout=60)
+        self.sending.set()
+        self._traffic.start()
+
+    def _send(self) -> None:
+        port = self.proxies["client"].outbound_port
+        while not self._closed.is_set():
+            if self.sending.is_set():
+                with contextlib.suppress(OSError):
+                    call(port, f"web.{NS}", "/")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self._closed.set()
+        for sidecar in self.sidecars:
+            sidecar.close()
+        for app in self.apps.values():
+            app.close()
 
 
 @pytest.fixture
@@ -174,10 +263,12 @@ def _ready(url: str) -> bool:
 
 
 @pytest.fixture
-def canary_metrics() -> Iterator[MeshMetrics]:
-    metrics = MeshMetrics()
-    yield metrics
-    metrics.close()
+def canary(tmp_path: Path, pod_address: str) -> Iterator[Canary]:
+    workdir = tmp_path / "canary"
+    workdir.mkdir()
+    sidecars = Canary(workdir, pod_address)
+    yield sidecars
+    sidecars.close()
 
 
 @pytest.fixture
@@ -195,16 +286,17 @@ def fleet(
     git_http: GitHttpServer,
     tmp_path: Path,
     prometheus: Callable[[MeshMetrics], str],
-    canary_metrics: MeshMetrics,
+    canary: Canary,
 ) -> Iterator[tuple[Cluster, dict[str, Cluster], dict[str, RunningController], GitRepo]]:
     """The hub with one configuration (the base, and fleet/eu for region=eu), members eu-1 (the
-    canary), eu-2, us-1 and us-2 joined and each followed by its agent; eu-1's health from
-    ``canary_metrics``, the others' from metrics that stay healthy."""
+    canary), eu-2, us-1 and us-2 joined and each followed by its agent; eu-1's health from the
+    ``canary``'s sidecars, the others' from metrics that stay healthy."""
     git_repo.commit(
         "base and the EU overlay",
         {
-            "fleet/base/kustomization.yaml": yaml.safe_dump({"resources": ["mesh.yaml"]}),
+            "fleet/base/kustomization.yaml": yaml.safe_dump({"resources": ["mesh.yaml", "endpoints.yaml"]}),
             "fleet/base/mesh.yaml": f.dump(*BASE),
+            "fleet/base/endpoints.yaml": canary.endpoints(),
             **_eu_overlay(10),
         },
     )
@@ -213,7 +305,7 @@ def fleet(
     agents: dict[str, RunningController] = {}
     healthy = MeshMetrics()
     try:
-        health = {"canary": prometheus(canary_metrics), "others": prometheus(healthy)}
+        others = prometheus(healthy)
         assert "fleetclusters.gitmesh.dev established" in _cli(
             "install", "fleet-hub", "--kubeconfig", hub.kubeconfig
         )
@@ -230,6 +322,10 @@ def fleet(
             },
         }
         hub.kubectl("apply", "-f", "-", input=json.dumps(configuration))
+        # The canary's sidecars' certificates are from the CA its agent will find in its cluster.
+        canary_ca = store.load_or_create(
+            settings.kubernetes(str(members["eu-1"].kubeconfig)).state.ca, datetime.now(UTC)
+        )
         for name, member in members.items():
             _cli("install", "crds", "--kubeconfig", member.kubeconfig)
             credentials = tmp_path / f"{name}.hub.kubeconfig"
@@ -258,10 +354,11 @@ def fleet(
                     member.kubeconfig,
                     "--fleet-report-interval",
                     "1s",
-                    "--rollout-prometheus",
-                    health["canary" if name == "eu-1" else "others"],
+                    # eu-1 judges its health from the sidecars it serves, as gitmesh run does
+                    *(() if name == "eu-1" else ("--rollout-prometheus", others)),
                 ],
             ).start()
+        canary.start(agents["eu-1"].xds_port, canary_ca)
         yield hub, members, agents, git_repo
         for agent in agents.values():
             if agent.process and agent.process.poll() is None:
@@ -525,7 +622,7 @@ def wave_status(hub: Cluster) -> dict[str, Any]:
 
 def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_alone(
     fleet: tuple[Cluster, dict[str, Cluster], dict[str, RunningController], GitRepo],
-    canary_metrics: MeshMetrics,
+    canary: Canary,
     tmp_path: Path,
 ) -> None:
     hub, members, _, repo = fleet
@@ -582,8 +679,8 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
             "eu": (["eu-2"], "approval"),
             "rest": (["us-1", "us-2"], None),
         }
-        canary = detail["stages"][0]
-        assert canary["started"] is not None and canary["finished"] is not None, canary
+        passed = detail["stages"][0]
+        assert passed["started"] is not None and passed["finished"] is not None, passed
         assert detail["stages"][1]["started"] is None
         assert "approved" in _cli("fleet", "wave", "approve", "mesh", "eu", "--kubeconfig", hub.kubeconfig)
         done = eventually(
@@ -596,7 +693,7 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
 
         # The canary's web-v2 starts failing half its requests; the next commit stops at the canary,
         # which goes back to the last good revision, and no later stage is told of it.
-        canary_metrics.failing = True
+        canary.apps["web-v2"].error_rate = 0.5
         third = repo.commit("a 30% EU canary", _eu_overlay(30))
         halted = eventually(
             lambda: wave_of(hub), lambda w: w.get("state") == "Halted", "the wave halted", timeout=90
@@ -608,10 +705,10 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
             "eu": ("Pending", second),
             "rest": ("Pending", second),
         }
-        assert (
-            "halted at stage canary: eu-1: mesh health failed: shop/web-v2: success rate 50.0%"
-            in halted["reason"]
-        )
+        assert re.search(
+            r"halted at stage canary: eu-1: mesh health failed: shop/web-v2: success rate [45]\d\.\d%",
+            halted["reason"],
+        ), halted["reason"]
         clusters = canary_back_at(hub, second)
         assert weights(members["eu-1"]) == [80, 20]
         assert {c["configurations"][0]["desired_revision"] for c in clusters.values()} == {second}
@@ -620,7 +717,8 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
         # No traffic at the canary: its health holds, and the next commit stays at the canary,
         # verifying, until a person aborts it there. The canary goes back as a failing one does, and
         # no later stage is told of it.
-        canary_metrics.failing, canary_metrics.idle = False, True
+        canary.apps["web-v2"].error_rate = 0.0
+        canary.sending.clear()
         eventually(
             lambda: status(hub)["eu-1"]["configurations"][0].get("health", {}).get("verdict"),
             lambda v: v == "hold",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -163,20 +162,6 @@ def test_the_mesh_follows_the_cluster(cluster: Cluster, gitmesh_run: int, git_re
         cluster.kubectl("get", "secret", "-n", "gitmesh-system", "gitmesh-ca", "-o", "json").stdout
     )
     assert set(secret["data"]) == {"ca.json"}
-
-
-@pytest.fixture
-def pod_address() -> Iterator[str]:
-    """An address that stands in for the pods: the apiserver refuses loopback endpoints, so one from
-    TEST-NET-1 (never routed) is put on this host's loopback interface for the test."""
-    address = f"192.0.2.{random.randint(2, 254)}"
-    subprocess.run(["ip", "address", "add", f"{address}/32", "dev", "lo"], check=True, capture_output=True)
-    try:
-        yield address
-    finally:
-        subprocess.run(
-            ["ip", "address", "del", f"{address}/32", "dev", "lo"], check=True, capture_output=True
-        )
 
 
 def test_traffic_flows_through_a_mesh_served_from_the_cluster(
