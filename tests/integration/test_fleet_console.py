@@ -15,11 +15,11 @@ from gitmesh.metrics.prometheus import FLEET_COMPLIANCE
 from tests.conftest import GitRepo
 from tests.controller import RunningController
 from tests.integration.test_console import browser, screenshot, text_of
-from tests.integration.test_fleet import all_compliant_at, canary_metrics, fleet, prometheus, status
+from tests.integration.test_fleet import all_compliant_at, canary, fleet, git_http, prometheus, status
 from tests.kube import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-__all__ = ["browser", "canary_metrics", "fleet", "prometheus"]  # fixtures, used by name
+__all__ = ["browser", "canary", "fleet", "git_http", "prometheus"]  # fixtures, used by name
 
 
 def state_class(browser: webdriver.Chrome, cluster: str) -> str:
