@@ -27,12 +27,14 @@ class Bodies:
     """Responses as every stream of a snapshot key is sent them, but for the nonce (field 5, which a
     stream appends: a message's fields may come in any order). Written once per snapshot, type and
     subscription, for the streams a publish wakes together; the latest are kept up to
-    ``max_bytes``. The servicer shares one between its streams.
+    ``max_bytes``, which a burst needs, no more: writing one again is a join of bytes already
+    encoded, while every MiB kept is memory every proxy shares. The servicer shares one between its
+    streams.
 
     Snapshots are held weakly: the bodies of a snapshot go once its key is gone or republished
     (a proxy that left keeps nothing here), at the next ``body`` call."""
 
-    def __init__(self, max_bytes: int = 16 << 20) -> None:
+    def __init__(self, max_bytes: int = 2 << 20) -> None:
         self._max_bytes = max_bytes
         self._bytes = 0
         # (snapshot, type, subscription) by identity -> the snapshot (weakly), the subscription
