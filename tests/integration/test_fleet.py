@@ -543,6 +543,32 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
     assert "web-v3" not in services(members["eu-1"])  # nothing half-applied
     assert weights(members["eu-1"]) == [90, 10]  # the last good revision stays
 
+    # An EU overlay that does not render (its patch file is missing): the EU members say why and
+    # keep their last good revision; the US members take the commit.
+    unrendered = repo.commit(
+        "an EU overlay naming a patch that is not there",
+        {
+            **_eu_overlay(10),
+            "fleet/eu/kustomization.yaml": yaml.safe_dump(
+                {"resources": ["../base"], "patches": [{"path": "missing.yaml"}]}
+            ),
+        },
+    )
+    clusters = eventually(
+        lambda: status(hub),
+        lambda c: (
+            c["eu-2"]["configurations"][0]["desired_revision"] == unrendered
+            and c["us-2"]["configurations"][0]["applied_revision"] == unrendered
+        ),
+        "eu-2 at the overlay that does not render, us-2 past it",
+        timeout=60,
+    )
+    eu = clusters["eu-2"]["configurations"][0]
+    assert (clusters["eu-2"]["compliance"], eu["applied_revision"]) == ("Non-Compliant", head)
+    assert "GM052" in eu["reason"] and "missing.yaml" in eu["reason"], eu["reason"]
+    assert clusters["us-2"]["compliance"] == "Compliant"
+    assert weights(members["eu-2"]) == [90, 10] and "web-v3" not in services(members["eu-2"])
+
     # Suspended on the member itself: the hub hears it.
     _cli("suspend", "mesh", "--kubeconfig", members["us-1"].kubeconfig)
     eventually(lambda: status(hub), lambda c: c["us-1"]["compliance"] == "Suspended", "us-1 Suspended")
@@ -556,7 +582,7 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
         lambda c: c["us-1"]["compliance"] == "Non-Compliant",
         "us-1 Non-Compliant without Git",
     )
-    assert clusters["us-1"]["configurations"][0]["applied_revision"] == broken
+    assert clusters["us-1"]["configurations"][0]["applied_revision"] == unrendered
     assert "web-v3" in services(members["us-1"]) and weights(members["eu-1"]) == [90, 10]
     git_http.start()
     eventually(lambda: status(hub), lambda c: c["us-1"]["compliance"] == "Compliant", "us-1 back with Git")
@@ -571,7 +597,7 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
     clusters = eventually(
         lambda: status(hub), lambda c: c["us-1"]["compliance"] == "Compliant", "us-1 Compliant once back"
     )
-    assert clusters["us-1"]["configurations"][0]["applied_revision"] == broken
+    assert clusters["us-1"]["configurations"][0]["applied_revision"] == unrendered
 
     # The hub assigns the EU members something else (the base): their agents stop, to be started on
     # it (exit 3).
