@@ -168,7 +168,8 @@ class AssembledRoutes:
     DESCRIPTOR = route_pb2.RouteConfiguration.DESCRIPTOR
 
     def __init__(self, name: str, hosts: Sequence[bytes]) -> None:
-        """``hosts``: each virtual host already written as the message's field 2 (``host_field``)."""
+        """``hosts``: the virtual hosts already written as the message's field 2 (``host_field``), each
+        whole or in pieces (``_refusals``)."""
         self.name = name
         self._parts = (wire.field(1, name.encode()), *hosts)
 
@@ -242,6 +243,9 @@ class Translator:
         self._hosts: dict[
             tuple[ServiceRef, int, bool, RetryPolicy | None, Fault | None, ServiceRoutes | None], bytes
         ] = {}
+        # Each refused service's RBAC policy, written once for callers outside its namespace and once
+        # for those in it (they may call it by its short name): every caller's routes share them.
+        self._refused: dict[tuple[ServiceRef, bool], bytes] = {}
         self._transparent: dict[tuple[Scope, int, Identity | None], listener_pb2.Listener] = {}
         self._retries = {(r.source, r.destination): r for r in mesh.retries}
         self._faults = {(f.source, f.destination): f for f in mesh.faults}
@@ -549,9 +553,15 @@ class Translator:
                 hosts.append(AssembledRoutes.host_field(policy.open_egress_virtual_host()))
             unreached = [svc for svc in self._unreached(scope) if any(p.is_http for p in svc.ports)]
             if refuses and unreached:
-                hosts.append(AssembledRoutes.host_field(_refusals(unreached, key[0])))
+                hosts += _refusals([self._refusal(svc, key[0]) for svc in unreached])
             self._routes[key] = AssembledRoutes(OUTBOUND, hosts)
         return self._routes[key]
+
+    def _refusal(self, svc: Service, namespace: str) -> bytes:
+        key = (svc.ref, svc.ref.namespace == namespace)
+        if key not in self._refused:
+            self._refused[key] = _refusal_policy(svc, namespace)
+        return self._refused[key]
 
     def _refuses(self, scope: Scope) -> bool:
         """Whether a caller's refused calls reach the refusals' catch-all: not in permissive mode
@@ -1086,33 +1096,55 @@ def _virtual_host(
     )
 
 
-def _refusals(services: Sequence[Service], namespace: str) -> route_components_pb2.VirtualHost:
+def _refusals(policies: Sequence[bytes]) -> list[bytes]:
     """The catch-all of a caller's outbound routes: a request for a mesh service the caller may not
-    call is refused (403) by an RBAC policy named after that service, so that the caller's own stats
-    count the refusals per destination (``http.outbound.rbac.policy.<namespace>/<name>.denied``);
-    any other host is not found (404), as without it. One policy per service (its names by Host),
-    not per port: a few hundred bytes per service, in routes shared like the others."""
-    rbac = http_rbac_pb2.RBAC(
-        rules=rbac_pb2.RBAC(
-            action=rbac_pb2.RBAC.DENY,
-            policies={
-                str(svc.ref): rbac_pb2.Policy(
-                    permissions=[
-                        rbac_pb2.Permission(header=_header(":authority", regex=_host_pattern(svc, namespace)))
-                    ],
-                    principals=[rbac_pb2.Principal(any=True)],
-                )
-                for svc in services
-            },
-        ),
-        track_per_rule_stats=True,  # the per-policy counters; only the route's own config turns them on
-    )
-    route = route_components_pb2.Route(
-        match=route_components_pb2.RouteMatch(prefix="/"),
-        typed_per_filter_config={HTTP_RBAC: _typed(http_rbac_pb2.RBACPerRoute(rbac=rbac))},
-    )
+    call is refused (403) by an RBAC policy named after that service (``_refusal_policy``), so that
+    the caller's own stats count the refusals per destination
+    (``http.outbound.rbac.policy.<namespace>/<name>.denied``); any other host is not found (404), as
+    without it. The virtual host is written around ``policies`` in pieces, as the routes' field 2:
+    a caller may not call most of a large mesh, and each policy's bytes are shared by every caller
+    refused that service, where a whole host would be each caller's own (~110 bytes a service)."""
+    rules = [rbac_pb2.RBAC(action=rbac_pb2.RBAC.DENY).SerializeToString(), *policies]
+    rbac = [
+        *wire.wrapped(_field_number(http_rbac_pb2.RBAC, "rules"), rules),
+        # the per-policy counters; only the route's own config turns them on
+        http_rbac_pb2.RBAC(track_per_rule_stats=True).SerializeToString(),
+    ]
+    per_route = wire.wrapped(_field_number(http_rbac_pb2.RBACPerRoute, "rbac"), rbac)
+    typed = [
+        any_pb2.Any(
+            type_url=f"type.googleapis.com/{http_rbac_pb2.RBACPerRoute.DESCRIPTOR.full_name}"
+        ).SerializeToString(),
+        *wire.wrapped(_field_number(any_pb2.Any, "value"), per_route),
+    ]
+    entry = [wire.field(1, HTTP_RBAC.encode()), *wire.wrapped(2, typed)]  # a map entry: key 1, value 2
+    route = route_components_pb2.Route(match=route_components_pb2.RouteMatch(prefix="/"))
     route.direct_response.status = 404
-    return route_components_pb2.VirtualHost(name=REFUSED, domains=["*"], routes=[route])
+    host = [
+        route_components_pb2.VirtualHost(name=REFUSED, domains=["*"]).SerializeToString(),
+        *wire.wrapped(
+            _field_number(route_components_pb2.VirtualHost, "routes"),
+            [
+                route.SerializeToString(),
+                *wire.wrapped(_field_number(route_components_pb2.Route, "typed_per_filter_config"), entry),
+            ],
+        ),
+    ]
+    return wire.wrapped(_field_number(route_pb2.RouteConfiguration, "virtual_hosts"), host)
+
+
+def _refusal_policy(svc: Service, namespace: str) -> bytes:
+    """The refusals' policy for ``svc`` (its names by Host, any port), as an entry of the RBAC
+    ``policies`` map: the serialization of an RBAC holding that one policy."""
+    policy = rbac_pb2.Policy(
+        permissions=[rbac_pb2.Permission(header=_header(":authority", regex=_host_pattern(svc, namespace)))],
+        principals=[rbac_pb2.Principal(any=True)],
+    )
+    return bytes(rbac_pb2.RBAC(policies={str(svc.ref): policy}).SerializeToString())
+
+
+def _field_number(kind: type[message.Message], name: str) -> int:
+    return int(kind.DESCRIPTOR.fields_by_name[name].number)
 
 
 def _host_pattern(svc: Service, namespace: str) -> str:

@@ -25,3 +25,8 @@ def field_head(number: int, length: int) -> bytes:
 def field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (string, bytes or message) numbered ``number``."""
     return field_head(number, len(payload)) + payload
+
+
+def wrapped(number: int, parts: list[bytes]) -> list[bytes]:
+    """A message field numbered ``number`` whose content is ``parts``, left in its pieces."""
+    return [field_head(number, sum(len(p) for p in parts)), *parts]

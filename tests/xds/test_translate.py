@@ -212,6 +212,21 @@ def test_a_call_the_mesh_refuses_is_counted_per_destination_by_the_callers_sidec
     assert "refused" not in {h.name for h in opened[resources.ROUTE]["outbound"].virtual_hosts}
 
 
+def test_callers_share_the_bytes_of_each_refusal() -> None:
+    """A caller may not call most of a large mesh: each refused service's policy is written once and
+    shared by every caller's routes (thousands of callers, thousands of services), not copied."""
+    translator = Translator(example())
+    thief, buyer = (translator.resources(p)[resources.ROUTE]["outbound"] for p in (BOOKTHIEF, BOOKBUYER))
+    assert "bookwarehouse/bookwarehouse" in refusals({resources.ROUTE: {"outbound": thief}})
+
+    def policy(routes: Any) -> bytes:
+        (part,) = [p for p in routes.serialized_parts() if b"bookwarehouse/bookwarehouse" in p]
+        assert isinstance(part, bytes)
+        return part
+
+    assert policy(thief) is policy(buyer)
+
+
 def _unpacked(typed: any_pb2.Any) -> http_rbac_pb2.RBAC:
     rbac = http_rbac_pb2.RBAC()
     typed.Unpack(rbac)
