@@ -520,6 +520,7 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
         lambda c: (
             c["eu-1"]["compliance"] == "Non-Compliant"
             and c["eu-1"]["configurations"][0]["desired_revision"] == broken
+            and broken[:12] in c["eu-1"]["configurations"][0]["reason"]
             and c["us-1"]["configurations"][0]["applied_revision"] == broken
         ),
         "eu-1 Non-Compliant, us-1 at the new head",
@@ -558,6 +559,8 @@ def test_a_fleet_rolls_out_reports_compliance_and_notices_a_silent_agent(
         lambda: status(hub),
         lambda c: (
             c["eu-2"]["configurations"][0]["desired_revision"] == unrendered
+            # the reason of the revision fetched, not of the one before, still under validation
+            and unrendered[:12] in c["eu-2"]["configurations"][0]["reason"]
             and c["us-2"]["configurations"][0]["applied_revision"] == unrendered
         ),
         "eu-2 at the overlay that does not render, us-2 past it",
