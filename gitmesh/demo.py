@@ -306,7 +306,7 @@ class Demo:
             shutil.rmtree(self.repo)
         shutil.copytree(EXAMPLE_REPO, self.repo / MESH_PATH)
         slices = [
-            _endpoint_slice(
+            endpoint_slice(
                 p.service, "mysql" if name in TCP_APPS else "http", p.inbound_address, p.inbound_port
             )
             for name, p in self.proxies.items()
@@ -394,7 +394,7 @@ class Demo:
             app.close()
 
 
-def _endpoint_slice(service: ServiceRef, port_name: str, address: str, port: int) -> dict[str, Any]:
+def endpoint_slice(service: ServiceRef, port_name: str, address: str, port: int) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gitmesh.certs import ca
 from gitmesh.certs.provider import ProviderError
@@ -58,6 +59,20 @@ class Requests(Protocol):
     def delete(self, namespace: str, name: str) -> None: ...
 
 
+def request_pem(spiffe_id: str, key: ec.EllipticCurvePrivateKey) -> bytes:
+    """A certificate signing request for ``spiffe_id`` alone (its only SAN, no subject), signed with
+    ``key``, as PEM: what a CertificateRequest's ``spec.request`` holds, base64-encoded."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=True
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
 class CertManager:
     """An ``Issuer`` (``provider.Issuer``) over cert-manager's CertificateRequests."""
 
@@ -79,14 +94,6 @@ class CertManager:
 
     def issue(self, spiffe_id: str, lifetime: datetime.timedelta) -> tuple[str, str, tuple[str, ...]]:
         key = ca.workload_key(self.key_bits)
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([]))
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=True
-            )
-            .sign(key, hashes.SHA256())
-        )
         body = {
             "apiVersion": f"{GROUP}/v1",
             "kind": "CertificateRequest",
@@ -96,7 +103,7 @@ class CertManager:
                 "annotations": {"gitmesh.dev/spiffe-id": spiffe_id},
             },
             "spec": {
-                "request": base64.b64encode(csr.public_bytes(serialization.Encoding.PEM)).decode(),
+                "request": base64.b64encode(request_pem(spiffe_id, key)).decode(),
                 "issuerRef": {
                     "name": self.settings.issuer,
                     "kind": self.settings.kind,
@@ -177,4 +184,5 @@ __all__ = [
     "CertManager",
     "CertManagerSettings",
     "Requests",
+    "request_pem",
 ]

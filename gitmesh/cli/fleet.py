@@ -173,13 +173,14 @@ def status(cluster: str | None, target: BackendChoice, output: str) -> None:
     members = [model.seen(obj, now) for obj in raw]
     configurations = hub.configurations()
     waves = [(c.name, c.wave_status) for c in configurations if c.wave_status is not None]
-    joined = [model.Member.of(obj) for obj in raw]
-    selections = [model.selection(c, joined) for c in configurations]
+    selections: list[model.Selection] = []
     if cluster is not None:
         members = [m for m in members if m.name == cluster]
         if not members:
             raise click.BadParameter(f"no cluster {cluster!r} has joined the fleet", param_hint="CLUSTER")
-        selections = []
+    else:
+        joined = [model.Member.of(obj) for obj in raw]
+        selections = [model.selection(c, joined) for c in configurations]
     if output != "text":
         emit(
             "fleet-status",

@@ -1113,7 +1113,7 @@ def _refusals(policies: Sequence[bytes]) -> list[bytes]:
     per_route = wire.wrapped(_field_number(http_rbac_pb2.RBACPerRoute, "rbac"), rbac)
     typed = [
         any_pb2.Any(
-            type_url=f"type.googleapis.com/{http_rbac_pb2.RBACPerRoute.DESCRIPTOR.full_name}"
+            type_url=resources.type_url(http_rbac_pb2.RBACPerRoute.DESCRIPTOR.full_name)
         ).SerializeToString(),
         *wire.wrapped(_field_number(any_pb2.Any, "value"), per_route),
     ]

@@ -35,7 +35,7 @@ from gitmesh import settings
 from gitmesh.certs import store
 from gitmesh.certs.authority import CaState
 from gitmesh.cli import cli
-from gitmesh.demo import App, Sidecar, call, eventually, free_port, stop_process
+from gitmesh.demo import App, Sidecar, call, endpoint_slice, eventually, free_port, stop_process
 from gitmesh.fleet.hub import Hub
 from gitmesh.fleet.timeline import render as render_timeline
 from gitmesh.kube import errors
@@ -171,19 +171,8 @@ class Canary:
         """EndpointSlices: each service at its sidecar's inbound port, for the base."""
         return f.dump(
             *(
-                {
-                    "apiVersion": "discovery.k8s.io/v1",
-                    "kind": "EndpointSlice",
-                    "metadata": {
-                        "name": f"{name}-local",
-                        "namespace": NS,
-                        "labels": {"kubernetes.io/service-name": name},
-                    },
-                    "addressType": "IPv4",
-                    "ports": [{"name": "http", "port": proxy.inbound_port}],
-                    "endpoints": [{"addresses": [proxy.inbound_address], "conditions": {"ready": True}}],
-                }
-                for name, proxy in self.proxies.items()
+                endpoint_slice(p.service, "http", p.inbound_address, p.inbound_port)
+                for p in self.proxies.values()
             )
         )
 

@@ -30,14 +30,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import json_format, struct_pb2
 
 from gitmesh import demo
-from gitmesh.certs import ca, store
+from gitmesh.certs import ca, certmanager, store
 from gitmesh.cli import cli
 from gitmesh.cli.inject import fetch_identity
 from gitmesh.controller.leader import LEASE, LEASE_DURATION, RETRY_PERIOD
@@ -1180,17 +1179,9 @@ def _webhook_checks_certificate_requests(cluster: NodeCluster) -> None:
     that identity, and refuses a request without a CSR: nothing is signed for a wrong identity."""
 
     def request(name: str, **spec: Any) -> dict[str, Any]:
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([]))
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://x/ns/a/sa/b")]),
-                critical=True,
-            )
-            .sign(ca.workload_key(None), hashes.SHA256())
-        )
+        csr = certmanager.request_pem("spiffe://x/ns/a/sa/b", ca.workload_key())
         body = {
-            "request": base64.b64encode(csr.public_bytes(serialization.Encoding.PEM)).decode(),
+            "request": base64.b64encode(csr).decode(),
             "issuerRef": {"name": cert_manager.ISSUER, "kind": "Issuer", "group": "cert-manager.io"},
         }
         return {
