@@ -228,7 +228,7 @@ def sync_server(
     srv.stop(None)
 
 
-async def client(port: int, streams: int, payload: int, pki: Path | None) -> list[object]:
+async def client(port: int, streams: int, payload: int, messages: int, pki: Path | None) -> list[object]:
     held: list[object] = []
     expected = answer_bytes(payload)
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1)]
@@ -245,11 +245,12 @@ async def client(port: int, streams: int, payload: int, pki: Path | None) -> lis
         call = channel.stream_stream(
             "/floor.Floor/Stream", request_serializer=bytes, response_deserializer=bytes
         )()
-        await call.write(b"hello")
-        answer = await call.read()
-        if answer != expected:
-            got = len(answer) if isinstance(answer, bytes) else answer
-            raise SystemExit(f"stream {len(held) // 2}: wrong answer ({got} bytes, expected {payload})")
+        for _ in range(messages):
+            await call.write(b"hello")
+            answer = await call.read()
+            if answer != expected:
+                got = len(answer) if isinstance(answer, bytes) else answer
+                raise SystemExit(f"stream {len(held) // 2}: wrong answer ({got} bytes, expected {payload})")
         held += [channel, call]
     return held
 
@@ -260,6 +261,9 @@ def main() -> int:
     )
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--payload", type=int, default=0, help="bytes in each answer")
+    parser.add_argument(
+        "--messages", type=int, default=1, help="messages each stream sends, each answered, before the reading"
+    )
     parser.add_argument("--tls", action="store_true", help="mutual TLS on every connection")
     parser.add_argument(
         "--dynamic-tls",
@@ -330,7 +334,7 @@ def main() -> int:
 
     async def measure() -> tuple[float, int, int, float]:
         start = time.monotonic()
-        held = await client(port, args.streams, args.payload, pki)
+        held = await client(port, args.streams, args.payload, args.messages, pki)
         elapsed = time.monotonic() - start
         await asyncio.sleep(1)
         child.stdin.write("\n")

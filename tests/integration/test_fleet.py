@@ -660,7 +660,7 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
                 {"name": "eu", "clusterSelector": {"matchLabels": {"region": "eu"}}, "approval": True},
                 {"name": "rest"},
             ],
-            "health": {"successRate": 95, "minRequests": 20, "window": "3s"},
+            "health": {"successRate": 95, "minRequests": 10, "window": "3s"},
         }
         hub.kubectl(
             "-n", "gitmesh-fleet", "patch", "fleetconfiguration", "mesh", "--type=merge",
@@ -684,8 +684,13 @@ def test_a_wave_walks_stage_by_stage_and_a_canary_failing_mesh_health_goes_back_
             "rest": ("Pending", first),
         }
         assert weights(members["eu-1"]) == [80, 20] and weights(members["eu-2"]) == [90, 10]
-        health = status(hub)["eu-1"]["configurations"][0]["health"]
-        assert (health["revision"], health["verdict"]) == (second, "pass"), health
+        # The member measures its health again and again; under load one window can fall short of
+        # min-requests (a hold), so the report is read until it is a pass of the second revision.
+        eventually(
+            lambda: status(hub)["eu-1"]["configurations"][0]["health"],
+            lambda h: (h["revision"], h["verdict"]) == (second, "pass"),
+            "the canary's health a pass of the second revision",
+        )
         table = _cli("fleet", "status", "--kubeconfig", hub.kubeconfig)
         assert f"Wave of mesh toward {second[:12]}" in table and "WaitingApproval" in table
         if sample := os.environ.get("FLEET_STATUS_SAMPLE"):  # the README's fleet status table
