@@ -3,11 +3,11 @@
 The floor under ``ads_bench.py``'s memory per proxy: a server process with a
 handler that answers each message with PAYLOAD bytes and keeps nothing, and a
 client opening N streams, each on its own connection (as N sidecars would),
-sending one message and reading the answer. The server's VmRSS before and after,
-divided by N, is what grpc itself holds per connected stream. With ``--tls`` every
-connection is mutual TLS, as ``gitmesh run`` serves ADS (ECDSA P-256 certificates from a
-throwaway CA; ``--dynamic-tls`` serves them through ``grpc.dynamic_ssl_server_credentials``, as
-``gitmesh.xds.server`` does).
+sending one message (``--messages``: that many, one after the other) and reading each answer.
+The server's VmRSS before and after, divided by N, is what grpc itself holds per connected
+stream. With ``--tls`` every connection is mutual TLS, as ``gitmesh run`` serves ADS (ECDSA
+P-256 certificates from a throwaway CA; ``--dynamic-tls`` serves them through
+``grpc.dynamic_ssl_server_credentials``, as ``gitmesh.xds.server`` does).
 
 The server's RSS is read twice after the streams are open: as it is, and after glibc's
 ``malloc_trim(0)`` (what ``gitmesh.xds.memory.AfterBursts`` does after each burst of responses), so
@@ -25,8 +25,9 @@ Knobs to try what lowers the floor, each applied to the server process only:
 - ``--env KEY=VALUE`` (repeatable): an environment variable for the server process, e.g.
   ``MALLOC_ARENA_MAX=2`` or ``GRPC_EXPERIMENTS=...``.
 
-    python bench/grpc_stream_floor.py [--streams 1000] [--payload 0] [--tls [--dynamic-tls]] [--sync]
-        [--option KEY=VALUE ...] [--mallopt NAME=VALUE ...] [--env KEY=VALUE ...]
+    python bench/grpc_stream_floor.py [--streams 1000] [--payload 0] [--messages 1]
+        [--tls [--dynamic-tls]] [--sync] [--option KEY=VALUE ...] [--mallopt NAME=VALUE ...]
+        [--env KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -261,9 +262,7 @@ def main() -> int:
     )
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--payload", type=int, default=0, help="bytes in each answer")
-    parser.add_argument(
-        "--messages", type=int, default=1, help="messages each stream sends, each answered, before the reading"
-    )
+    parser.add_argument("--messages", type=int, default=1, help="messages each stream sends, each answered")
     parser.add_argument("--tls", action="store_true", help="mutual TLS on every connection")
     parser.add_argument(
         "--dynamic-tls",
