@@ -118,11 +118,18 @@ def service_names(services: int) -> list[tuple[str, str]]:
     return out
 
 
-def mesh_objects(services: int, weights: tuple[int, int] = (90, 10)) -> list[dict[str, Any]]:
+def mesh_objects(
+    services: int, weights: tuple[int, int] = (90, 10), permissive: bool = False
+) -> list[dict[str, Any]]:
     """Namespaces, a ServiceAccount per service, Services with an HTTP port, EndpointSlices,
-    TrafficSplits, HTTPRouteGroups and TrafficTargets. ``weights`` of the changed split only."""
+    TrafficSplits, HTTPRouteGroups and TrafficTargets. ``weights`` of the changed split only;
+    ``permissive``: a MeshConfig that turns access checks off (every proxy is sent every service)."""
     names = service_names(services)
     objects: list[dict[str, Any]] = []
+    if permissive:
+        config = _meta("MeshConfig", "config.openservicemesh.io/v1alpha2", "osm-system", "osm-mesh-config")
+        config["spec"] = {"traffic": {"enablePermissiveTrafficPolicyMode": True}}
+        objects.append(config)
     namespaces = sorted({ns for ns, _ in names})
     for ns in namespaces:
         objects.append(_meta("Namespace", "v1", None, ns))
@@ -206,13 +213,13 @@ def workloads(services: int, identities: int) -> list[Workload]:
     return out
 
 
-def affected_proxies(services: int, proxies: int, identities: int) -> int:
+def affected_proxies(services: int, proxies: int, identities: int, permissive: bool) -> int:
     """How many proxies a change of CHANGED_SPLIT reaches: those whose identity may call a service
-    of its namespace (a proxy is sent only those)."""
+    of its namespace (a proxy is sent only those), every proxy in a permissive mesh."""
     from gitmesh.apis import read
     from gitmesh.mesh.state import Identity
 
-    mesh = read.mesh(mesh_objects(services))
+    mesh = read.mesh(mesh_objects(services, permissive=permissive))
     callers = {p.caller for p in mesh.permissions if p.destination.namespace == CHANGED_SPLIT[0]}
     pool = workloads(services, identities)
     return sum(
@@ -322,7 +329,7 @@ async def server_main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     if args.tracemalloc:
         tracemalloc.start()
-    objects = mesh_objects(args.services)
+    objects = mesh_objects(args.services, permissive=args.permissive)
     if args.xds == "mtls":  # as gitmesh run serves: TLS, client certificates checked against nodes
         mesh_ca = MeshCA(load_or_create(FileKeeper(Path(args.ca_file)), utcnow()))
         publisher = MeshPublisher(mesh_ca=mesh_ca)
@@ -401,7 +408,7 @@ async def server_main(args: argparse.Namespace) -> None:
             elif command == "change":
                 flip = not flip
                 weights = (80, 20) if flip else (90, 10)
-                changed = mesh_objects(args.services, weights)
+                changed = mesh_objects(args.services, weights, args.permissive)
                 if profiler is not None:
                     profiler.enable()
                 cpu0 = time.process_time()
@@ -448,7 +455,7 @@ def dump_main(args: argparse.Namespace) -> None:
     pool = workloads(args.services, args.identities)
     variants = []
     for weights in ((90, 10), (80, 20)):
-        publisher.update(mesh_objects(args.services, weights))
+        publisher.update(mesh_objects(args.services, weights, args.permissive))
         by_key: dict[str, dict[str, list[str]]] = {}
         for index, workload in enumerate(pool):
             key = publisher.opened(node_message(index, workload))
@@ -939,7 +946,7 @@ def run(args: argparse.Namespace, peer: str = "") -> dict[str, Any]:
         from gitmesh.serve import utcnow
 
         load_or_create(FileKeeper(Path(args.ca_file)), utcnow())
-    xds = ["--xds", args.xds, "--ca-file", args.ca_file]
+    xds = ["--xds", args.xds, "--ca-file", args.ca_file, *["--permissive"] * args.permissive]
     servers: list[Child] = []
     clients: list[Child] = []
     try:
@@ -1025,7 +1032,7 @@ def run(args: argparse.Namespace, peer: str = "") -> dict[str, Any]:
             f"{result['initial_bytes_per_proxy_sent'] / 1024:,.0f} KiB of responses per proxy",
             flush=True,
         )
-        affected = affected_proxies(args.services, args.proxies, identities)
+        affected = affected_proxies(args.services, args.proxies, identities, args.permissive)
         result["affected_proxies"] = affected
         for n in range(args.changes):
             for client in clients:
@@ -1156,6 +1163,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--xds", choices=["mtls", "plaintext"], default="mtls", help="the ADS connections (gitmesh run: mtls)"
+    )
+    parser.add_argument(
+        "--permissive",
+        action="store_true",
+        help="a permissive mesh (OSM's MeshConfig): every proxy is sent every service",
     )
     parser.add_argument(
         "--replicas", type=int, default=1, help="gitmesh server processes; proxy i connects to i %% R"
