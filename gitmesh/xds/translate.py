@@ -239,6 +239,10 @@ class Translator:
         self._endpoints: dict[Scope, dict[str, message.Message]] = {}
         # by mTLS or not, and with pods' passthrough
         self._clusters: dict[tuple[bool, Scope] | tuple[bool, Scope, str], dict[str, message.Message]] = {}
+        # Each service port's cluster (by mTLS or not) and load assignment, built once and shared by
+        # the scopes that reach it: a message holds several times its encoding in memory.
+        self._service_clusters: dict[tuple[bool, ServiceRef, int], message.Message] = {}
+        self._service_assignments: dict[tuple[ServiceRef, int], message.Message] = {}
         self._routes: dict[tuple[str, Scope, Identity | None, bool, bool], AssembledRoutes] = {}
         self._hosts: dict[
             tuple[ServiceRef, int, bool, RetryPolicy | None, Fault | None, ServiceRoutes | None], bytes
@@ -253,6 +257,7 @@ class Translator:
         for rule in dict.fromkeys(mesh.egress):
             self._egress[rule.source].append(rule)
         self._ingress = {(rule.backend, rule.port): rule for rule in mesh.ingress}
+        self._limits = {lim.service: lim for lim in mesh.limits}
         # Rate limits hold at the sidecars a limited service's endpoints point at (or of that service).
         self._rates: dict[ServiceRef | tuple[str, int], ConnectionLimits] = {}
         for lim in mesh.limits:
@@ -494,9 +499,7 @@ class Translator:
     def _load_assignments(self, scope: Scope) -> dict[str, message.Message]:
         if scope not in self._endpoints:
             self._endpoints[scope] = {
-                cluster_name(svc.ref, port.port): _load_assignment(
-                    cluster_name(svc.ref, port.port), svc, port.port
-                )
+                cluster_name(svc.ref, port.port): self._service_assignment(svc, port.port)
                 for svc in self._reachable(scope)
                 for port in svc.ports
             }
@@ -515,14 +518,8 @@ class Translator:
                 }
             return self._clusters[key]
         if (mtls, scope) not in self._clusters:
-            limits = {lim.service: lim for lim in self.mesh.limits}
             self._clusters[(mtls, scope)] = {
-                cluster_name(svc.ref, port.port): _eds_cluster(
-                    cluster_name(svc.ref, port.port),
-                    tls.upstream(svc.ref.namespace, self.trust_domain) if mtls else None,
-                    limits.get(svc.ref),
-                    http2=port.is_http2,
-                )
+                cluster_name(svc.ref, port.port): self._service_cluster(svc, port, mtls)
                 for svc in self._reachable(scope)
                 for port in svc.ports
             }
@@ -531,6 +528,23 @@ class Translator:
                     policy.OPEN_EGRESS
                 )
         return self._clusters[(mtls, scope)]
+
+    def _service_assignment(self, svc: Service, port: int) -> message.Message:
+        key = (svc.ref, port)
+        if key not in self._service_assignments:
+            self._service_assignments[key] = _load_assignment(cluster_name(svc.ref, port), svc, port)
+        return self._service_assignments[key]
+
+    def _service_cluster(self, svc: Service, port: Port, mtls: bool) -> message.Message:
+        key = (mtls, svc.ref, port.port)
+        if key not in self._service_clusters:
+            self._service_clusters[key] = _eds_cluster(
+                cluster_name(svc.ref, port.port),
+                tls.upstream(svc.ref.namespace, self.trust_domain) if mtls else None,
+                self._limits.get(svc.ref),
+                http2=port.is_http2,
+            )
+        return self._service_clusters[key]
 
     def _outbound_routes(self, proxy: Proxy) -> AssembledRoutes:
         """A virtual host per HTTP service port, found by Host: short name (same namespace only),

@@ -31,7 +31,7 @@ from gitmesh.xds.bootstrap import bootstrap
 from gitmesh.xds.snapshot import Encodings
 from gitmesh.xds.translate import Proxy, Resources, Translator, Upstream, translate
 from tests.conftest import EXAMPLE_REPO
-from tests.factory import mesh_config
+from tests.factory import mesh_config, target
 from tests.xds.envoy import ENVOY
 
 BOOKSTORE = Proxy(
@@ -240,6 +240,23 @@ def test_proxies_reaching_the_same_namespaces_share_their_maps() -> None:
     assert again[resources.CLUSTER] is buyer[resources.CLUSTER]
     assert again[resources.ROUTE]["outbound"] is buyer[resources.ROUTE]["outbound"]
     assert translator.resources(BOOKTHIEF)[resources.CLUSTER] is not buyer[resources.CLUSTER]
+
+
+def test_scopes_that_reach_a_service_share_its_cluster_and_load_assignment() -> None:
+    # bookthief may call both namespaces: a scope of its own, overlapping bookbuyer's and bookstore's.
+    validated = pipeline.check(read_directory(str(EXAMPLE_REPO)))
+    thief = [
+        target(ns, f"{ns}-thief", ns, ["bookthief/bookthief"], f"{ns}-service-routes")
+        for ns in ("bookstore", "bookwarehouse")
+    ]
+    translator = Translator(read.mesh([*(m.obj for m in validated.desired), *thief]))
+    wide, buyer, store = (translator.resources(p) for p in (BOOKTHIEF, BOOKBUYER, BOOKSTORE))
+    for kind in (resources.CLUSTER, resources.ENDPOINT):
+        assert wide[kind] is not buyer[kind] and wide[kind] is not store[kind]
+        assert set(wide[kind]) == set(buyer[kind]) | set(store[kind]) != set()
+        # One message per service port, whichever scopes reach it (not one per scope).
+        for narrow in (buyer, store):
+            assert all(wide[kind][name] is message for name, message in narrow[kind].items())
 
 
 def test_inbound_admits_only_allowed_callers_on_their_routes() -> None:
