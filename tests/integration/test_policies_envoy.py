@@ -163,7 +163,8 @@ def test_fault_injection_aborts_and_delays_the_requests_of_its_source(demo: Demo
     delays = stat(demo, "bookbuyer", "http.outbound.fault.delays_injected")
     started = time.monotonic()
     status, _ = demo.buy()
-    assert status == 200 and time.monotonic() - started >= 0.4
+    # Envoy starts the delay's timer from its loop's cached time, which can lag a few milliseconds.
+    assert status == 200 and time.monotonic() - started >= 0.35
     assert stat(demo, "bookbuyer", "http.outbound.fault.delays_injected") == delays + 1
 
 
