@@ -57,9 +57,12 @@ MYSQL_V1 = Proxy(
 )
 
 
-def example(permissive: bool = False) -> MeshState:
+def example(permissive: bool = False, *extra: dict[str, Any]) -> MeshState:
+    """The example repository's mesh, permissive or not, with ``extra`` objects beside it."""
     validated = pipeline.check(read_directory(str(EXAMPLE_REPO)))
-    return read.mesh([*(m.obj for m in validated.desired), *([mesh_config(True)] if permissive else [])])
+    return read.mesh(
+        [*(m.obj for m in validated.desired), *([mesh_config(True)] if permissive else []), *extra]
+    )
 
 
 def serialized(res: Resources) -> dict[str, dict[str, bytes]]:
@@ -244,12 +247,11 @@ def test_proxies_reaching_the_same_namespaces_share_their_maps() -> None:
 
 def test_scopes_that_reach_a_service_share_its_cluster_and_load_assignment() -> None:
     # bookthief may call both namespaces: a scope of its own, overlapping bookbuyer's and bookstore's.
-    validated = pipeline.check(read_directory(str(EXAMPLE_REPO)))
     thief = [
         target(ns, f"{ns}-thief", ns, ["bookthief/bookthief"], f"{ns}-service-routes")
         for ns in ("bookstore", "bookwarehouse")
     ]
-    translator = Translator(read.mesh([*(m.obj for m in validated.desired), *thief]))
+    translator = Translator(example(False, *thief))
     wide, buyer, store = (translator.resources(p) for p in (BOOKTHIEF, BOOKBUYER, BOOKSTORE))
     for kind in (resources.CLUSTER, resources.ENDPOINT):
         assert wide[kind] is not buyer[kind] and wide[kind] is not store[kind]
